@@ -1,0 +1,86 @@
+"""Running emitted graphs for checking: onnxruntime where it has kernels,
+onnx's reference evaluator where it does not (e.g. float64 Conv), and
+finite-difference gradient checks shared by the tests and `flowgrad gradcheck`."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+
+
+class Runner:
+    """Runs one model; `backend` says which runtime took it."""
+
+    def __init__(self, model: onnx.ModelProto, prefer: str = "ort"):
+        self.model = model
+        self.backend = "reference"
+        self._sess = None
+        if prefer == "ort":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            try:
+                self._sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+                self.backend = "onnxruntime"
+            except Exception as e:  # no kernel for some op/dtype: use the reference evaluator
+                if "NOT_IMPLEMENTED" not in str(e) and "Could not find an implementation" not in str(e):
+                    raise
+        if self._sess is None:
+            from onnx.reference import ReferenceEvaluator
+
+            self._ref = ReferenceEvaluator(model)
+        self.output_names = [o.name for o in model.graph.output]
+
+    def __call__(self, feeds: dict) -> dict:
+        if self._sess is not None:
+            outs = self._sess.run(None, feeds)
+        else:
+            outs = self._ref.run(None, feeds)
+        return dict(zip(self.output_names, outs))
+
+
+def reference_run(model: onnx.ModelProto, feeds: dict) -> dict:
+    return Runner(model, prefer="reference")(feeds)
+
+
+def fd_directional(f: Callable[[list], float], xs: list, direction: list, eps: float = 1e-6) -> float:
+    """Central difference of scalar f along `direction` at xs."""
+    plus = [np.asarray(x + eps * d) for x, d in zip(xs, direction)]
+    minus = [np.asarray(x - eps * d) for x, d in zip(xs, direction)]
+    return (f(plus) - f(minus)) / (2 * eps)
+
+
+def check_gradients(
+    f: Callable[[list], float],
+    xs: list,
+    grads: list,
+    rng: np.random.Generator,
+    n_directions: int = 2,
+    n_coords: int = 3,
+    eps: float = 1e-6,
+) -> float:
+    """Worst relative error between symbolic `grads` of scalar f at xs and
+    central finite differences, along random directions and a few sampled
+    coordinates (as JAX's check_grads and PyTensor's verify_grad do)."""
+    worst = 0.0
+    probes = []
+    for _ in range(n_directions):
+        probes.append([rng.normal(size=np.shape(x)) for x in xs])
+    for _ in range(n_coords):
+        k = int(rng.integers(len(xs)))
+        if np.size(xs[k]) == 0:
+            continue
+        d = [np.zeros(np.shape(x)) for x in xs]
+        flat = d[k].reshape(-1)
+        flat[int(rng.integers(flat.size))] = 1.0
+        probes.append(d)
+    for d in probes:
+        numeric = fd_directional(f, xs, d, eps)
+        symbolic = float(sum(np.sum(g * di) for g, di in zip(grads, d)))
+        scale = max(abs(numeric), abs(symbolic), 1e-3)
+        worst = max(worst, abs(numeric - symbolic) / scale)
+    return worst

@@ -1,0 +1,152 @@
+"""ONNX emission: IR graph -> onnx.ModelProto at one pinned opset.
+
+Each op emits itself through the small builder below (`Emitter.add`);
+this module only names values, collects constants as initializers and
+wraps the result in a checked model.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .ir import Graph, Value, producers_of
+
+OPSET = 21
+# onnxruntime 1.31 accepts IR versions up to 13 while onnx 1.23 writes 14 by
+# default; opset 21 belongs to IR version 10, which every runtime we target reads.
+IR_VERSION = 10
+
+
+def onnx_dtype(dtype: str) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def value_info(name: str, dtype: str, shape) -> onnx.ValueInfoProto:
+    dims = [d if isinstance(d, int) else str(d) for d in shape]
+    return helper.make_tensor_value_info(name, onnx_dtype(dtype), dims)
+
+
+class Emitter:
+    """Collects ONNX nodes and initializers with unique names."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self._const_names: dict[tuple, str] = {}
+        self._used: set[str] = set()
+
+    def fresh(self, hint: str) -> str:
+        hint = hint.replace("/", "_") or "v"
+        name, i = hint, 1
+        while name in self._used:
+            i += 1
+            name = f"{hint}_{i}"
+        self._used.add(name)
+        return name
+
+    def reserve(self, name: str) -> None:
+        self._used.add(name)
+
+    def add(self, op_type: str, inputs: Sequence[str], outputs=1, **attrs):
+        """Add one ONNX node. `outputs` is a count (fresh names) or a list of names.
+        Returns the output name, or the list of names when there are several."""
+        if isinstance(outputs, int):
+            outputs = [self.fresh(op_type.lower()) for _ in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), **attrs))
+        return outputs[0] if len(outputs) == 1 else list(outputs)
+
+    def const(self, value, dtype=None, name: str | None = None) -> str:
+        """An initializer holding `value`; equal constants share one name."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if name is None and key in self._const_names:
+            return self._const_names[key]
+        name = name or self.fresh("c")
+        self._used.add(name)
+        self.initializers[name] = numpy_helper.from_array(arr, name)
+        self._const_names.setdefault(key, name)
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(np.asarray(list(values), dtype=np.int64))
+
+
+def emit_model(
+    graph: Graph,
+    inputs: Sequence[tuple[str, Value]],
+    outputs: Sequence[tuple[str, Value]],
+    initializers: dict[str, np.ndarray] | None = None,
+    name: str = "flowgrad",
+    doc: str = "",
+    metadata: dict[str, str] | None = None,
+    check: bool = True,
+) -> onnx.ModelProto:
+    """Emit the nodes that `outputs` need. `inputs` become graph inputs;
+    `initializers` (name -> array) bind some of those inputs to fixed values
+    (listed as initializers, not inputs)."""
+    e = Emitter()
+    names: dict[int, str] = {}
+    for in_name, v in inputs:
+        names[v.id] = in_name
+        e.reserve(in_name)
+    out_names = [n for n, _ in outputs]
+    for n in out_names:
+        e.reserve(n)
+
+    nodes = producers_of([v for _, v in outputs])
+    # An output computed by a node takes the output's name directly; an output
+    # that is an input, a constant, or a second name for a value needs an Identity.
+    claimed: dict[int, str] = {}
+    identities: list[tuple[str, Value]] = []
+    for out_name, v in outputs:
+        if v.id in names or v.id in claimed or (v.producer is not None and v.producer.op.name == "constant"):
+            identities.append((out_name, v))
+        else:
+            claimed[v.id] = out_name
+
+    missing = [v for node in nodes for v in node.inputs if v.producer is None and v.id not in names]
+    if missing:
+        raise ValueError(f"graph inputs not provided for emission: {missing}")
+
+    for node in nodes:
+        ins = [names[v.id] for v in node.inputs]
+        outs = []
+        for v in node.outputs:
+            n = claimed.get(v.id) or e.fresh(v.name or node.op.name)
+            names[v.id] = n
+            outs.append(n)
+        node.op.emit(e, node, ins, outs)
+    for out_name, v in identities:
+        e.add("Identity", [names[v.id]], [out_name])
+
+    init_protos = []
+    graph_inputs = []
+    for in_name, v in inputs:
+        if initializers and in_name in initializers:
+            arr = np.asarray(initializers[in_name], dtype=v.dtype)
+            init_protos.append(numpy_helper.from_array(arr, in_name))
+        else:
+            graph_inputs.append(value_info(in_name, v.dtype, v.shape))
+    g = helper.make_graph(
+        e.nodes,
+        name,
+        graph_inputs,
+        [value_info(n, v.dtype, v.shape) for n, v in outputs],
+        initializer=init_protos + list(e.initializers.values()),
+        doc_string=doc,
+    )
+    model = helper.make_model(
+        g,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="flowgrad",
+    )
+    if metadata:
+        helper.set_model_props(model, metadata)
+    if check:
+        onnx.checker.check_model(model, full_check=True)
+    return model

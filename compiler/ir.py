@@ -1,0 +1,317 @@
+"""The IR: a graph of primitive ops over typed values.
+
+A Graph is built by applying registered ops to Values; every application
+runs the op's shape/dtype rule at once, so a Value always knows its type.
+Nodes are appended in construction order, which is therefore a topological
+order. Gradients are built into the same Graph with the same ops, so they
+can be differentiated again.
+
+Shapes are tuples of dims; a dim is an int or a symbolic product such as
+"N" or "N*T" (see `dim_mul`), which stays unknown until run time.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+
+from spec.errors import Loc, ShapeError
+
+Dim = Union[int, str]
+Shape = tuple
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
+INT_DTYPES = ("int32", "int64", "uint32", "uint8")
+# Order used for implicit promotion in mixed arithmetic (bool < ints < floats).
+_PROMOTION = ("bool", "uint8", "int32", "uint32", "int64", "float16", "float32", "float64")
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES
+
+
+def promote_dtypes(a: str, b: str) -> str:
+    return a if _PROMOTION.index(a) >= _PROMOTION.index(b) else b
+
+
+# ------------------------------------------------------------------ dims
+def _factors(d: Dim) -> tuple[int, list[str]]:
+    if isinstance(d, int):
+        return d, []
+    coef, names = 1, []
+    for part in d.split("*"):
+        if part.isdigit():
+            coef *= int(part)
+        else:
+            names.append(part)
+    return coef, names
+
+
+def _join(coef: int, names: list[str]) -> Dim:
+    if not names:
+        return coef
+    names = sorted(names)
+    return "*".join(([str(coef)] if coef != 1 else []) + names)
+
+
+def dim_mul(a: Dim, b: Dim) -> Dim:
+    ca, na = _factors(a)
+    cb, nb = _factors(b)
+    return _join(ca * cb, na + nb)
+
+
+def dim_div(a: Dim, b: Dim) -> Dim | None:
+    """a / b when it divides exactly, else None."""
+    ca, na = _factors(a)
+    cb, nb = _factors(b)
+    rest = list(na)
+    for n in nb:
+        if n not in rest:
+            return None
+        rest.remove(n)
+    if cb == 0 or ca % cb:
+        return None
+    return _join(ca // cb, rest)
+
+
+def numel(shape: Sequence[Dim]) -> Dim:
+    out: Dim = 1
+    for d in shape:
+        out = dim_mul(out, d)
+    return out
+
+
+def is_static(shape: Sequence[Dim]) -> bool:
+    return all(isinstance(d, int) for d in shape)
+
+
+def fmt_shape(shape: Sequence[Dim]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def broadcast_shapes(*shapes: Sequence[Dim], what: str = "operands") -> tuple:
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = {s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            raise ShapeError(
+                f"shapes {' and '.join(fmt_shape(s) for s in shapes)} of the {what} do not broadcast",
+                hint="broadcasting aligns trailing dims; each pair must be equal or 1",
+            )
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}")
+    return axis % rank if rank else 0
+
+
+# ------------------------------------------------------------------ types
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}{fmt_shape(self.shape)}"
+
+
+# The spec location that ops being built now should report errors at.
+_current_loc: contextvars.ContextVar[Loc | None] = contextvars.ContextVar("loc", default=None)
+
+
+@contextlib.contextmanager
+def at(loc: Loc | None):
+    token = _current_loc.set(loc)
+    try:
+        yield
+    finally:
+        _current_loc.reset(token)
+
+
+def current_loc() -> Loc | None:
+    return _current_loc.get()
+
+
+_ids = itertools.count()
+
+
+class Value:
+    """One tensor in the graph: a graph input, or an output of a node."""
+
+    __slots__ = ("graph", "type", "producer", "index", "name", "loc", "id", "__weakref__")
+    __array_priority__ = 1000  # so numpy scalars defer to our operators
+
+    def __init__(self, graph: "Graph", type: TensorType, producer=None, index=0, name=None, loc=None):
+        self.graph = graph
+        self.type = type
+        self.producer = producer
+        self.index = index
+        self.name = name
+        self.loc = loc
+        self.id = next(_ids)
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def shape(self) -> tuple:
+        return self.type.shape
+
+    @property
+    def rank(self) -> int:
+        return len(self.type.shape)
+
+    def __repr__(self) -> str:
+        who = self.name or (self.producer.op.name if self.producer else "input")
+        return f"<{who}#{self.id} {self.type}>"
+
+    def __hash__(self):
+        return self.id
+
+    def __eq__(self, other):  # identity; element-wise equality is the `eq` op
+        return self is other
+
+    # Arithmetic builds nodes, with dtype promotion and Python scalars lifted.
+    def __add__(self, o): return self.graph.binary("add", self, o)
+    def __radd__(self, o): return self.graph.binary("add", o, self)
+    def __sub__(self, o): return self.graph.binary("sub", self, o)
+    def __rsub__(self, o): return self.graph.binary("sub", o, self)
+    def __mul__(self, o): return self.graph.binary("mul", self, o)
+    def __rmul__(self, o): return self.graph.binary("mul", o, self)
+    def __truediv__(self, o): return self.graph.binary("div", self, o)
+    def __rtruediv__(self, o): return self.graph.binary("div", o, self)
+    def __pow__(self, o): return self.graph.binary("pow", self, o)
+    def __matmul__(self, o): return self.graph.apply("matmul", self, o)
+    def __neg__(self): return self.graph.apply("neg", self)
+
+
+@dataclass(eq=False)
+class Node:
+    op: Any  # compiler.registry.OpDef
+    inputs: list
+    attrs: dict
+    outputs: list = field(default_factory=list)
+    loc: Loc | None = None
+
+    def __repr__(self) -> str:
+        return f"<{self.op.name} {self.inputs} -> {self.outputs}>"
+
+
+@dataclass
+class GraphInput:
+    value: Value
+    kind: str  # "input" (data), "param", "buffer", "state" (optimizer), "control" (lr, step, seed)
+    init: Any = None  # for params: the spec's InitSpec
+
+
+class Graph:
+    """A growing list of nodes; the unit that autodiff, rewrites and emission work on."""
+
+    def __init__(self, float_dtype: str = "float32", mode: str = "train"):
+        self.nodes: list[Node] = []
+        self.inputs: dict[str, GraphInput] = {}
+        self.float_dtype = float_dtype
+        self.mode = mode  # "train", "eval" or "infer": ops like dropout read it
+        # buffer name -> new value; written by ops such as batch_norm in train mode
+        self.buffer_updates: dict[str, Value] = {}
+        self._random_salt = itertools.count(1)
+
+    # -------------------------------------------------------------- building
+    def add_input(self, name: str, dtype: str, shape, kind: str = "input", init=None, loc=None) -> Value:
+        if name in self.inputs:
+            raise ValueError(f"graph input {name!r} defined twice")
+        v = Value(self, TensorType(dtype, tuple(shape)), name=name, loc=loc)
+        self.inputs[name] = GraphInput(v, kind, init)
+        return v
+
+    def input(self, name: str) -> Value:
+        return self.inputs[name].value
+
+    def apply(self, op_name: str, *inputs, **attrs):
+        """Apply a registered op; returns its output Value, or a tuple when it has several."""
+        from .registry import get_op
+
+        op = get_op(op_name)
+        return op.build(self, list(inputs), attrs)
+
+    def add_node(self, op, inputs: list, attrs: dict, out_types: list[TensorType]) -> list[Value]:
+        loc = current_loc()
+        node = Node(op, list(inputs), attrs, loc=loc)
+        node.outputs = [Value(self, t, node, i, loc=loc) for i, t in enumerate(out_types)]
+        self.nodes.append(node)
+        return node.outputs
+
+    def const(self, value, dtype: str | None = None) -> Value:
+        arr = np.asarray(value, dtype=dtype or (self.float_dtype if isinstance(value, float) else None))
+        return self.apply("constant", value=arr)
+
+    def lift(self, x, like: Value | None = None) -> Value:
+        """A Value for x; Python numbers take the dtype of `like` (or the float dtype)."""
+        if isinstance(x, Value):
+            return x
+        if isinstance(x, (bool, np.bool_)):
+            return self.const(np.asarray(x, dtype=bool))
+        if like is not None and isinstance(x, (int, float, np.number)):
+            dtype = like.dtype if (is_float(like.dtype) or isinstance(x, (int, np.integer))) else self.float_dtype
+            return self.const(np.asarray(x, dtype=dtype))
+        if isinstance(x, float):
+            return self.const(np.asarray(x, dtype=self.float_dtype))
+        if isinstance(x, int):
+            return self.const(np.asarray(x, dtype=np.int64))
+        return self.const(np.asarray(x))
+
+    def cast(self, x: Value, dtype: str) -> Value:
+        return x if x.dtype == dtype else self.apply("cast", x, to=dtype)
+
+    def binary(self, op_name: str, a, b) -> Value:
+        """Elementwise binary op with Python scalars lifted and dtypes promoted once, here."""
+        a = self.lift(a, like=b if isinstance(b, Value) else None)
+        b = self.lift(b, like=a)
+        if a.dtype != b.dtype:
+            target = promote_dtypes(a.dtype, b.dtype)
+            if op_name in ("div", "pow") and not is_float(target):
+                target = self.float_dtype
+            a, b = self.cast(a, target), self.cast(b, target)
+        return self.apply(op_name, a, b)
+
+    def rng_inputs(self) -> tuple[Value, Value]:
+        """The (seed, step) control inputs that all in-graph randomness is a
+        pure function of, created on first use."""
+        if "seed" not in self.inputs:
+            self.add_input("seed", "int64", (), kind="control")
+            self.add_input("step", "int64", (), kind="control")
+        return self.input("seed"), self.input("step")
+
+    def random_salt(self) -> int:
+        """A distinct integer for each random op, so their streams differ."""
+        return next(self._random_salt)
+
+
+def producers_of(values: Iterable[Value]) -> list[Node]:
+    """The nodes needed to compute `values`, in the graph's (topological) order."""
+    values = list(values)
+    if not values:
+        return []
+    needed: set[int] = set()
+    stack = [v.producer for v in values if v.producer is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in needed:
+            continue
+        needed.add(id(node))
+        stack.extend(v.producer for v in node.inputs if v.producer is not None)
+    return [n for n in values[0].graph.nodes if id(n) in needed]

@@ -1,0 +1,633 @@
+"""Elementwise ops, constants, casts, comparisons and broadcasting helpers."""
+from __future__ import annotations
+
+import numpy as np
+
+from spec.errors import ShapeError
+
+from ..ir import TensorType, broadcast_shapes, fmt_shape, is_float
+from ..registry import REQUIRED, OpDef, Sample, Unary, float_samples, op, require_float
+
+
+def _sum_to(g, shape):
+    return g.graph.apply("sum_to", g, shape=tuple(shape))
+
+
+# ------------------------------------------------------------------ leaves
+@op("constant")
+class Constant(OpDef):
+    """A fixed tensor (emitted as an initializer)."""
+
+    inputs = ()
+    attrs = {"value": REQUIRED}
+    nondiff = True
+
+    def infer(self, attrs):
+        v = np.asarray(attrs["value"])
+        return [TensorType(v.dtype.name, v.shape)]
+
+    def emit(self, e, node, ins, outs):
+        e.add("Identity", [e.const(node.attrs["value"])], outs)
+
+    def ref(self, attrs):
+        return np.asarray(attrs["value"])
+
+    def samples(self, rng):
+        return [Sample([], {"value": rng.normal(size=(2, 3))}), Sample([], {"value": np.arange(4)})]
+
+
+@op("cast")
+class Cast(OpDef):
+    """Convert to another dtype (bool -> float gives 0/1)."""
+
+    attrs = {"to": REQUIRED}
+
+    def infer(self, attrs, x):
+        np.dtype(attrs["to"])  # validates the name
+        return [TensorType(attrs["to"], x.shape)]
+
+    def emit(self, e, node, ins, outs):
+        from ..emit import onnx_dtype
+
+        e.add("Cast", ins, outs, to=onnx_dtype(node.attrs["to"]))
+
+    def vjp(self, node, gouts):
+        (x,) = node.inputs
+        if not is_float(node.attrs["to"]) or not is_float(x.dtype):
+            return [None]
+        return [x.graph.cast(gouts[0], x.dtype)]
+
+    def ref(self, attrs, x):
+        return x.astype(attrs["to"])
+
+    def samples(self, rng):
+        return [
+            Sample([rng.normal(size=(3, 4))], {"to": "float32"}, grad_inputs=[]),
+            Sample([rng.normal(size=(3,))], {"to": "float64"}),
+            Sample([rng.normal(size=(5,)) > 0], {"to": "float64"}),
+        ]
+
+
+@op("identity")
+class Identity(Unary):
+    """The input, unchanged."""
+
+    onnx = "Identity"
+
+    def infer(self, attrs, x):
+        return [x]
+
+    def vjp(self, node, gouts):
+        return [gouts[0]]
+
+    def ref(self, attrs, x):
+        return x
+
+    samples = float_samples((3, 2))
+
+
+@op("stop_gradient")
+class StopGradient(Unary):
+    """The input, but no gradient flows back through it."""
+
+    onnx = "Identity"
+    nondiff = True
+
+    def infer(self, attrs, x):
+        return [x]
+
+    def ref(self, attrs, x):
+        return x
+
+    samples = float_samples((3, 2))
+
+
+@op("zeros_like")
+class ZerosLike(OpDef):
+    """Zeros with the shape and dtype of x."""
+
+    nondiff = True
+    fill = 0
+
+    def infer(self, attrs, x):
+        return [x]
+
+    def emit(self, e, node, ins, outs):
+        dtype = node.inputs[0].dtype
+        shape = e.add("Shape", ins)
+        e.add("ConstantOfShape", [shape], outs, value=_scalar_tensor(self.fill, dtype))
+
+    def ref(self, attrs, x):
+        return np.full_like(x, self.fill)
+
+    samples = float_samples((2, 3))
+
+
+@op("ones_like")
+class OnesLike(ZerosLike):
+    """Ones with the shape and dtype of x."""
+
+    fill = 1
+
+
+def _scalar_tensor(v, dtype):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray([v], dtype=dtype))
+
+
+@op("broadcast_like")
+class BroadcastLike(OpDef):
+    """x broadcast to the shape of ref (ref's values are not used)."""
+
+    inputs = ("x", "ref")
+
+    def infer(self, attrs, x, ref):
+        out = broadcast_shapes(x.shape, ref.shape)
+        if out != tuple(ref.shape):
+            raise ShapeError(f"cannot broadcast {fmt_shape(x.shape)} to {fmt_shape(ref.shape)}")
+        return [TensorType(x.dtype, ref.shape)]
+
+    def emit(self, e, node, ins, outs):
+        e.add("Expand", [ins[0], e.add("Shape", [ins[1]])], outs)
+
+    def vjp(self, node, gouts):
+        return [_sum_to(gouts[0], node.inputs[0].shape), None]
+
+    def ref(self, attrs, x, ref):
+        return np.broadcast_to(x, ref.shape).copy()
+
+    def samples(self, rng):
+        return [
+            Sample([rng.normal(size=(3,)), rng.normal(size=(2, 3))], grad_inputs=[0]),
+            Sample([rng.normal(size=(2, 1)), rng.normal(size=(2, 4))], grad_inputs=[0]),
+        ]
+
+
+@op("sum_to")
+class SumTo(OpDef):
+    """Sum x down to `shape` (undoing a broadcast): the gradient of broadcasting."""
+
+    attrs = {"shape": REQUIRED}
+
+    def plan(self, xshape, shape):
+        """(axes to reduce, number of leading axes to drop)."""
+        lead = len(xshape) - len(shape)
+        if lead < 0:
+            raise ShapeError(f"cannot sum {fmt_shape(xshape)} to the larger rank {fmt_shape(shape)}")
+        axes = list(range(lead))
+        for i, d in enumerate(shape):
+            xd = xshape[lead + i]
+            if d == xd:
+                continue
+            if d != 1:
+                raise ShapeError(f"cannot sum {fmt_shape(xshape)} to {fmt_shape(shape)}")
+            axes.append(lead + i)
+        return axes, lead
+
+    def build(self, g, inputs, attrs):
+        x = inputs[0]
+        if tuple(x.shape) == tuple(attrs["shape"]):
+            return x  # nothing was broadcast: no node at all
+        return super().build(g, inputs, attrs)
+
+    def infer(self, attrs, x):
+        self.plan(x.shape, attrs["shape"])
+        return [TensorType(x.dtype, tuple(attrs["shape"]))]
+
+    def emit(self, e, node, ins, outs):
+        axes, lead = self.plan(node.inputs[0].shape, node.attrs["shape"])
+        if lead:
+            s = e.add("ReduceSum", [ins[0], e.ints(axes)], keepdims=1)
+            e.add("Squeeze", [s, e.ints(range(lead))], outs)
+        else:
+            e.add("ReduceSum", [ins[0], e.ints(axes)], outs, keepdims=1)
+
+    def vjp(self, node, gouts):
+        return [gouts[0].graph.apply("broadcast_like", gouts[0], node.inputs[0])]
+
+    def ref(self, attrs, x):
+        axes, lead = self.plan(x.shape, attrs["shape"])
+        return x.sum(axis=tuple(axes), keepdims=True).reshape(attrs["shape"])
+
+    def samples(self, rng):
+        return [
+            Sample([rng.normal(size=(2, 3, 4))], {"shape": (3, 4)}),
+            Sample([rng.normal(size=(2, 3, 4))], {"shape": (3, 1)}),
+            Sample([rng.normal(size=(2, 3))], {"shape": (1, 3)}),
+        ]
+
+
+# ------------------------------------------------------------------ binary arithmetic
+class Binary(OpDef):
+    inputs = ("a", "b")
+    gradgrad = True
+
+    def infer(self, attrs, a, b):
+        if a.dtype != b.dtype:
+            raise ShapeError(f"operands have different dtypes {a.dtype} and {b.dtype}")
+        return [TensorType(a.dtype, broadcast_shapes(a.shape, b.shape))]
+
+    def samples(self, rng):
+        return [
+            Sample([rng.uniform(-2, 2, (3, 4)), rng.uniform(-2, 2, (3, 4))]),
+            Sample([rng.uniform(-2, 2, (2, 3, 4)), rng.uniform(-2, 2, (4,))]),
+            Sample([rng.uniform(-2, 2, (3, 1)), rng.uniform(-2, 2, (1, 5))]),
+            Sample([rng.uniform(-2, 2, ()), rng.uniform(-2, 2, (2, 2))]),
+        ]
+
+
+@op("add")
+class Add(Binary):
+    """a + b, broadcasting."""
+
+    onnx = "Add"
+
+    def vjp(self, node, gouts):
+        a, b = node.inputs
+        return [_sum_to(gouts[0], a.shape), _sum_to(gouts[0], b.shape)]
+
+    def ref(self, attrs, a, b):
+        return a + b
+
+
+@op("sub")
+class Sub(Binary):
+    """a - b, broadcasting."""
+
+    onnx = "Sub"
+
+    def vjp(self, node, gouts):
+        a, b = node.inputs
+        return [_sum_to(gouts[0], a.shape), _sum_to(-gouts[0], b.shape)]
+
+    def ref(self, attrs, a, b):
+        return a - b
+
+
+@op("mul")
+class Mul(Binary):
+    """a * b, broadcasting."""
+
+    onnx = "Mul"
+
+    def vjp(self, node, gouts):
+        a, b = node.inputs
+        (g,) = gouts
+        return [_sum_to(g * b, a.shape), _sum_to(g * a, b.shape)]
+
+    def ref(self, attrs, a, b):
+        return a * b
+
+
+@op("div")
+class Div(Binary):
+    """a / b, broadcasting."""
+
+    onnx = "Div"
+
+    def vjp(self, node, gouts):
+        a, b = node.inputs
+        (g,) = gouts
+        ga = g / b
+        return [_sum_to(ga, a.shape), _sum_to(-ga * node.outputs[0], b.shape)]
+
+    def ref(self, attrs, a, b):
+        return a / b
+
+    def samples(self, rng):
+        return [
+            Sample([rng.uniform(-2, 2, (3, 4)), rng.uniform(0.5, 2, (3, 4))]),
+            Sample([rng.uniform(-2, 2, (2, 3)), rng.uniform(0.5, 2, (3,))]),
+        ]
+
+
+@op("pow")
+class Pow(Binary):
+    """a ** b, broadcasting (a > 0 where b is not an integer)."""
+
+    onnx = "Pow"
+
+    def vjp(self, node, gouts):
+        a, b = node.inputs
+        (g,) = gouts
+        y = node.outputs[0]
+        g_a = g * b * (a ** (b - 1.0))
+        g_b = g * y * a.graph.apply("log", a)
+        return [_sum_to(g_a, a.shape), _sum_to(g_b, b.shape)]
+
+    def ref(self, attrs, a, b):
+        return a**b
+
+    def samples(self, rng):
+        return [
+            Sample([rng.uniform(0.5, 2, (3, 4)), rng.uniform(-2, 2, (3, 4))]),
+            Sample([rng.uniform(0.5, 2, (2, 3)), np.asarray(2.0)]),
+        ]
+
+
+@op("maximum")
+class Maximum(Binary):
+    """Elementwise max(a, b), broadcasting; ties send the gradient to a."""
+
+    onnx = "Max"
+
+    def vjp(self, node, gouts):
+        a, b = node.inputs
+        (g,) = gouts
+        gr = g.graph
+        take_a = gr.apply("ge", a, b) if node.op.name == "maximum" else gr.apply("le", a, b)
+        zero = gr.lift(0.0, like=g)
+        return [
+            _sum_to(gr.apply("where", take_a, g, zero), a.shape),
+            _sum_to(gr.apply("where", take_a, zero, g), b.shape),
+        ]
+
+    def ref(self, attrs, a, b):
+        return np.maximum(a, b)
+
+
+@op("minimum")
+class Minimum(Maximum):
+    """Elementwise min(a, b), broadcasting; ties send the gradient to a."""
+
+    onnx = "Min"
+
+    def ref(self, attrs, a, b):
+        return np.minimum(a, b)
+
+
+# ------------------------------------------------------------------ comparisons and selection
+class Comparison(OpDef):
+    inputs = ("a", "b")
+    nondiff = True
+    onnx_op = ""
+    negate = False
+    np_fn = None
+
+    def infer(self, attrs, a, b):
+        if a.dtype != b.dtype:
+            raise ShapeError(f"cannot compare {a.dtype} with {b.dtype}")
+        return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
+
+    def emit(self, e, node, ins, outs):
+        if self.negate:
+            e.add("Not", [e.add(self.onnx_op, ins)], outs)
+        else:
+            e.add(self.onnx_op, ins, outs)
+
+    def ref(self, attrs, a, b):
+        return type(self).np_fn(a, b)
+
+    def samples(self, rng):
+        a = rng.integers(0, 3, (3, 4)).astype(np.float64)
+        return [Sample([a, rng.integers(0, 3, (3, 4)).astype(np.float64)]), Sample([a, np.asarray(1.0)])]
+
+
+def _comparison(name, onnx_op, np_fn, negate=False, doc=""):
+    cls = type(name, (Comparison,), {"onnx_op": onnx_op, "np_fn": staticmethod(np_fn), "negate": negate, "__doc__": doc})
+    op(name)(cls)
+
+
+_comparison("eq", "Equal", np.equal, doc="a == b elementwise (bool).")
+_comparison("ne", "Equal", np.not_equal, negate=True, doc="a != b elementwise (bool).")
+_comparison("lt", "Less", np.less, doc="a < b elementwise (bool).")
+_comparison("le", "LessOrEqual", np.less_equal, doc="a <= b elementwise (bool).")
+_comparison("gt", "Greater", np.greater, doc="a > b elementwise (bool).")
+_comparison("ge", "GreaterOrEqual", np.greater_equal, doc="a >= b elementwise (bool).")
+
+
+@op("logical_not")
+class LogicalNot(OpDef):
+    """not x, for bool tensors."""
+
+    nondiff = True
+    onnx = "Not"
+
+    def infer(self, attrs, x):
+        if x.dtype != "bool":
+            raise ShapeError(f"'not' needs a bool tensor, got {x.dtype}")
+        return [x]
+
+    def ref(self, attrs, x):
+        return np.logical_not(x)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(3,)) > 0])]
+
+
+@op("where")
+class Where(OpDef):
+    """Select a where cond is true, else b (broadcasting)."""
+
+    inputs = ("cond", "a", "b")
+    onnx = "Where"
+    gradgrad = True
+
+    def infer(self, attrs, c, a, b):
+        if c.dtype != "bool":
+            raise ShapeError(f"where() needs a bool condition, got {c.dtype}", hint="compare first, e.g. where(x > 0, x, 0)")
+        if a.dtype != b.dtype:
+            raise ShapeError(f"where() branches have different dtypes {a.dtype} and {b.dtype}")
+        return [TensorType(a.dtype, broadcast_shapes(c.shape, a.shape, b.shape))]
+
+    def vjp(self, node, gouts):
+        c, a, b = node.inputs
+        (g,) = gouts
+        zero = g.graph.lift(0.0, like=g)
+        w = g.graph.apply
+        return [None, _sum_to(w("where", c, g, zero), a.shape), _sum_to(w("where", c, zero, g), b.shape)]
+
+    def ref(self, attrs, c, a, b):
+        return np.where(c, a, b)
+
+    def samples(self, rng):
+        return [
+            Sample([rng.normal(size=(3, 4)) > 0, rng.normal(size=(3, 4)), rng.normal(size=(3, 4))]),
+            Sample([rng.normal(size=(3, 4)) > 0, rng.normal(size=(4,)), np.asarray(0.5)]),
+        ]
+
+
+# ------------------------------------------------------------------ unary math
+@op("neg")
+class Neg(Unary):
+    """-x."""
+
+    onnx = "Neg"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        return [-gouts[0]]
+
+    def ref(self, attrs, x):
+        return -x
+
+    samples = float_samples((3, 4))
+
+
+@op("exp")
+class Exp(Unary):
+    """e ** x."""
+
+    onnx = "Exp"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        return [gouts[0] * node.outputs[0]]
+
+    def ref(self, attrs, x):
+        return np.exp(x)
+
+    samples = float_samples((3, 4), ())
+
+
+@op("log")
+class Log(Unary):
+    """Natural logarithm (x > 0)."""
+
+    onnx = "Log"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        return [gouts[0] / node.inputs[0]]
+
+    def ref(self, attrs, x):
+        return np.log(x)
+
+    samples = float_samples((3, 4), low=0.3, high=3.0)
+
+
+@op("sqrt")
+class Sqrt(Unary):
+    """Square root (x > 0)."""
+
+    onnx = "Sqrt"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        return [gouts[0] * 0.5 / node.outputs[0]]
+
+    def ref(self, attrs, x):
+        return np.sqrt(x)
+
+    samples = float_samples((3, 4), low=0.3, high=3.0)
+
+
+@op("abs")
+class Abs(Unary):
+    """|x| (gradient sign(x))."""
+
+    onnx = "Abs"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        return [gouts[0] * gouts[0].graph.apply("sign", node.inputs[0])]
+
+    def ref(self, attrs, x):
+        return np.abs(x)
+
+    samples = float_samples((3, 4))
+
+
+@op("sign")
+class Sign(Unary):
+    """-1, 0 or 1 by the sign of x (no gradient)."""
+
+    onnx = "Sign"
+    nondiff = True
+
+    def ref(self, attrs, x):
+        return np.sign(x)
+
+    samples = float_samples((3, 4))
+
+
+@op("relu")
+class Relu(Unary):
+    """max(x, 0)."""
+
+    onnx = "Relu"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        x = node.inputs[0]
+        g = gouts[0]
+        return [g.graph.apply("where", x.graph.apply("gt", x, x.graph.lift(0.0, like=x)), g, g.graph.lift(0.0, like=g))]
+
+    def ref(self, attrs, x):
+        return np.maximum(x, 0)
+
+    samples = float_samples((3, 4))
+
+
+@op("leaky_relu")
+class LeakyRelu(Unary):
+    """x where x > 0, else alpha * x."""
+
+    onnx = "LeakyRelu"
+    attrs = {"alpha": 0.01}
+    gradgrad = True
+
+    def onnx_attrs(self, attrs):
+        return {"alpha": float(attrs["alpha"])}
+
+    def vjp(self, node, gouts):
+        x, g = node.inputs[0], gouts[0]
+        pos = x.graph.apply("gt", x, x.graph.lift(0.0, like=x))
+        return [g.graph.apply("where", pos, g, g * node.attrs["alpha"])]
+
+    def ref(self, attrs, x):
+        return np.where(x > 0, x, attrs["alpha"] * x)
+
+    def samples(self, rng):
+        return [Sample([rng.uniform(-2, 2, (3, 4))]), Sample([rng.uniform(-2, 2, (5,))], {"alpha": 0.2})]
+
+
+@op("tanh")
+class Tanh(Unary):
+    """Hyperbolic tangent."""
+
+    onnx = "Tanh"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        y = node.outputs[0]
+        return [gouts[0] * (1.0 - y * y)]
+
+    def ref(self, attrs, x):
+        return np.tanh(x)
+
+    samples = float_samples((3, 4))
+
+
+@op("sigmoid")
+class Sigmoid(Unary):
+    """1 / (1 + e ** -x)."""
+
+    onnx = "Sigmoid"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        y = node.outputs[0]
+        return [gouts[0] * y * (1.0 - y)]
+
+    def ref(self, attrs, x):
+        return 1.0 / (1.0 + np.exp(-x))
+
+    samples = float_samples((3, 4))
+
+
+@op("softplus")
+class Softplus(Unary):
+    """log(1 + e ** x), computed stably."""
+
+    onnx = "Softplus"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        return [gouts[0] * gouts[0].graph.apply("sigmoid", node.inputs[0])]
+
+    def ref(self, attrs, x):
+        return np.logaddexp(0.0, x)
+
+    samples = float_samples((3, 4), low=-4, high=4)

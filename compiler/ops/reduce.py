@@ -1,0 +1,198 @@
+"""Reductions over axes: sum, mean, max, min, argmax, argmin, numel."""
+from __future__ import annotations
+
+import numpy as np
+
+from spec.errors import ShapeError
+
+from ..ir import TensorType, normalize_axis
+from ..registry import OpDef, Sample, op
+
+
+def reduce_axes(axis, rank: int) -> tuple:
+    """Normalized, sorted axes; None means all."""
+    if axis is None:
+        return tuple(range(rank))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = sorted({normalize_axis(a, rank) for a in axes})
+    return tuple(out)
+
+
+def reduced_shape(shape, axes, keepdims) -> tuple:
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def keep_reduced(g, node):
+    """The cotangent of a reduction reshaped to keepdims form, ready to broadcast."""
+    axes = reduce_axes(node.attrs["axis"], node.inputs[0].rank)
+    if node.attrs["keepdims"] or not axes:
+        return g
+    return g.graph.apply("unsqueeze", g, axes=axes)
+
+
+class Reduction(OpDef):
+    attrs = {"axis": None, "keepdims": False}
+    onnx = ""
+    np_fn = None
+
+    def infer(self, attrs, x):
+        if x.dtype == "bool":
+            raise ShapeError(f"cannot {self.name} a bool tensor", hint="cast it first, e.g. cast(x, 'float32')")
+        axes = reduce_axes(attrs["axis"], x.rank)
+        return [TensorType(x.dtype, reduced_shape(x.shape, axes, attrs["keepdims"]))]
+
+    def emit(self, e, node, ins, outs):
+        axes = reduce_axes(node.attrs["axis"], node.inputs[0].rank)
+        if not axes:
+            e.add("Identity", ins, outs)
+            return
+        e.add(self.onnx, [ins[0], e.ints(axes)], outs, keepdims=int(bool(node.attrs["keepdims"])))
+
+    def ref(self, attrs, x):
+        axes = reduce_axes(attrs["axis"], x.ndim)
+        return type(self).np_fn(x, axis=axes, keepdims=bool(attrs["keepdims"]))
+
+    def samples(self, rng):
+        x = rng.normal(size=(3, 4, 2))
+        return [
+            Sample([x]),
+            Sample([x], {"axis": 1}),
+            Sample([x], {"axis": (0, 2), "keepdims": True}),
+            Sample([x], {"axis": -1}),
+        ]
+
+
+@op("sum")
+class Sum(Reduction):
+    """Sum over `axis` (an int, a list, or all when omitted)."""
+
+    onnx = "ReduceSum"
+    np_fn = staticmethod(np.sum)
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        x = node.inputs[0]
+        return [x.graph.apply("broadcast_like", keep_reduced(gouts[0], node), x)]
+
+
+@op("max")
+class Max(Reduction):
+    """Maximum over `axis`; the gradient goes to the maximal entries."""
+
+    onnx = "ReduceMax"
+    np_fn = staticmethod(np.max)
+
+    def vjp(self, node, gouts):
+        x = node.inputs[0]
+        gr = x.graph
+        y = keep_reduced(node.outputs[0], node)
+        g = keep_reduced(gouts[0], node)
+        hit = gr.apply("eq", x, gr.apply("broadcast_like", y, x))
+        return [gr.apply("where", hit, gr.apply("broadcast_like", g, x), gr.lift(0.0, like=g))]
+
+
+@op("min")
+class Min(Max):
+    """Minimum over `axis`; the gradient goes to the minimal entries."""
+
+    onnx = "ReduceMin"
+    np_fn = staticmethod(np.min)
+
+
+@op("numel")
+class Numel(OpDef):
+    """Number of elements along `axis` (all when omitted), as a float scalar."""
+
+    attrs = {"axis": None, "dtype": None}
+    nondiff = True
+
+    def build(self, g, inputs, attrs):
+        x = inputs[0]
+        attrs = self.bind_attrs(attrs)
+        axes = reduce_axes(attrs["axis"], x.rank)
+        dims = [x.shape[a] for a in axes]
+        if all(isinstance(d, int) for d in dims):  # known now: a constant, not a node
+            count = np.asarray(float(np.prod(dims, dtype=np.int64)), dtype=attrs["dtype"] or _float_of(g, x))
+            return g.const(count)
+        return super().build(g, inputs, attrs)
+
+    def infer(self, attrs, x):
+        return [TensorType(attrs["dtype"] or (x.dtype if x.dtype.startswith("float") else "float32"), ())]
+
+    def emit(self, e, node, ins, outs):
+        from ..emit import onnx_dtype
+
+        axes = reduce_axes(node.attrs["axis"], node.inputs[0].rank)
+        shape = e.add("Shape", ins)
+        picked = e.add("Gather", [shape, e.ints(axes)], axis=0)
+        count = e.add("ReduceProd", [picked], keepdims=0)
+        e.add("Cast", [count], outs, to=onnx_dtype(node.outputs[0].dtype))
+
+    def ref(self, attrs, x):
+        axes = reduce_axes(attrs["axis"], x.ndim)
+        return np.asarray(float(np.prod([x.shape[a] for a in axes])), dtype=x.dtype)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(3, 4))]), Sample([rng.normal(size=(3, 4))], {"axis": 0})]
+
+
+def _float_of(g, x):
+    return x.dtype if x.dtype.startswith("float") else g.float_dtype
+
+
+@op("mean")
+class Mean(OpDef):
+    """Mean over `axis` (all when omitted); bool inputs count as 0/1."""
+
+    attrs = {"axis": None, "keepdims": False}
+    composite = True
+
+    def expand(self, g, x, axis, keepdims):
+        if not x.dtype.startswith("float"):
+            x = g.cast(x, g.float_dtype)
+        return g.apply("sum", x, axis=axis, keepdims=keepdims) / g.apply("numel", x, axis=axis)
+
+    def ref(self, attrs, x):
+        axes = reduce_axes(attrs["axis"], x.ndim)
+        return np.mean(x, axis=axes, keepdims=bool(attrs["keepdims"]))
+
+    samples = Reduction.samples
+
+
+class ArgReduction(OpDef):
+    attrs = {"axis": -1, "keepdims": False}
+    nondiff = True
+    onnx = ""
+    np_fn = None
+
+    def infer(self, attrs, x):
+        axis = normalize_axis(attrs["axis"], x.rank)
+        return [TensorType("int64", reduced_shape(x.shape, (axis,), attrs["keepdims"]))]
+
+    def emit(self, e, node, ins, outs):
+        axis = normalize_axis(node.attrs["axis"], node.inputs[0].rank)
+        e.add(self.onnx, ins, outs, axis=axis, keepdims=int(bool(node.attrs["keepdims"])))
+
+    def ref(self, attrs, x):
+        return type(self).np_fn(x, axis=attrs["axis"], keepdims=bool(attrs["keepdims"]))
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(4, 5))]), Sample([rng.normal(size=(4, 5))], {"axis": 0, "keepdims": True})]
+
+
+@op("argmax")
+class ArgMax(ArgReduction):
+    """Index of the largest entry along `axis` (int64)."""
+
+    onnx = "ArgMax"
+    np_fn = staticmethod(np.argmax)
+
+
+@op("argmin")
+class ArgMin(ArgReduction):
+    """Index of the smallest entry along `axis` (int64)."""
+
+    onnx = "ArgMin"
+    np_fn = staticmethod(np.argmin)

@@ -1,0 +1,196 @@
+"""Ops that only move data: reshape, flatten, transpose, squeeze, unsqueeze."""
+from __future__ import annotations
+
+import numpy as np
+
+from spec.errors import ShapeError
+
+from ..ir import TensorType, dim_div, dim_mul, fmt_shape, normalize_axis, numel
+from ..registry import REQUIRED, OpDef, Sample, op
+
+
+def resolve_reshape(in_shape, target) -> tuple:
+    """The output shape of reshaping `in_shape` to `target` (one entry may be -1)."""
+    target = tuple(target)
+    if sum(1 for d in target if d == -1) > 1:
+        raise ShapeError(f"reshape target {fmt_shape(target)} has more than one -1")
+    known = 1
+    for d in target:
+        if d != -1:
+            known = dim_mul(known, d)
+    total = numel(in_shape)
+    if -1 in target:
+        rest = dim_div(total, known)
+        if rest is None:
+            raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} to {fmt_shape(target)}")
+        return tuple(rest if d == -1 else d for d in target)
+    if known != total:
+        raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} ({total} elements) to {fmt_shape(target)} ({known})")
+    return target
+
+
+def reshape_code(in_shape, out_shape) -> list[int]:
+    """ONNX Reshape's shape input for out_shape: ints as they are, a symbolic
+    dim copied from the same position of the input (0) or inferred (-1)."""
+    code = []
+    for i, d in enumerate(out_shape):
+        if isinstance(d, int):
+            code.append(d)
+        elif i < len(in_shape) and in_shape[i] == d:
+            code.append(0)
+        else:
+            code.append(-1)
+    if code.count(-1) > 1:
+        raise ShapeError(f"cannot express reshape {fmt_shape(in_shape)} -> {fmt_shape(out_shape)} with one unknown dim")
+    if 0 in out_shape:
+        raise ShapeError("reshape to an empty dim is not supported")
+    return code
+
+
+@op("reshape")
+class Reshape(OpDef):
+    """x with a new shape of the same size; one dim may be -1."""
+
+    attrs = {"shape": REQUIRED}
+    gradgrad = True
+
+    def infer(self, attrs, x):
+        return [TensorType(x.dtype, resolve_reshape(x.shape, attrs["shape"]))]
+
+    def emit(self, e, node, ins, outs):
+        code = reshape_code(node.inputs[0].shape, node.outputs[0].shape)
+        e.add("Reshape", [ins[0], e.ints(code)], outs)
+
+    def vjp(self, node, gouts):
+        x = node.inputs[0]
+        return [x.graph.apply("reshape", gouts[0], shape=tuple(x.shape))]
+
+    def ref(self, attrs, x):
+        return x.reshape(attrs["shape"])
+
+    def samples(self, rng):
+        x = rng.normal(size=(2, 3, 4))
+        return [Sample([x], {"shape": (6, 4)}), Sample([x], {"shape": (2, -1)}), Sample([x], {"shape": (24,)})]
+
+
+@op("flatten")
+class Flatten(OpDef):
+    """x reshaped to 2-D: dims before `axis` become rows, the rest columns."""
+
+    attrs = {"axis": 1}
+    composite = True
+
+    def expand(self, g, x, axis):
+        axis = normalize_axis(axis, x.rank + 1) if axis != x.rank else axis
+        rows, cols = numel(x.shape[:axis]), numel(x.shape[axis:])
+        return g.apply("reshape", x, shape=(rows, cols))
+
+    def ref(self, attrs, x):
+        a = attrs["axis"]
+        return x.reshape(int(np.prod(x.shape[:a])), -1)
+
+    def samples(self, rng):
+        x = rng.normal(size=(2, 3, 4))
+        return [Sample([x]), Sample([x], {"axis": 2})]
+
+
+@op("transpose")
+class Transpose(OpDef):
+    """x with its axes permuted by `perm` (reversed when omitted)."""
+
+    attrs = {"perm": None}
+    gradgrad = True
+
+    def perm(self, attrs, rank):
+        perm = tuple(range(rank))[::-1] if attrs["perm"] is None else tuple(normalize_axis(p, rank) for p in attrs["perm"])
+        if sorted(perm) != list(range(rank)):
+            raise ShapeError(f"perm {attrs['perm']} is not a permutation of the {rank} axes")
+        return perm
+
+    def infer(self, attrs, x):
+        perm = self.perm(attrs, x.rank)
+        return [TensorType(x.dtype, tuple(x.shape[p] for p in perm))]
+
+    def emit(self, e, node, ins, outs):
+        e.add("Transpose", ins, outs, perm=list(self.perm(node.attrs, node.inputs[0].rank)))
+
+    def vjp(self, node, gouts):
+        perm = self.perm(node.attrs, node.inputs[0].rank)
+        inverse = tuple(int(i) for i in np.argsort(perm))
+        return [gouts[0].graph.apply("transpose", gouts[0], perm=inverse)]
+
+    def ref(self, attrs, x):
+        return np.transpose(x, self.perm(attrs, x.ndim))
+
+    def samples(self, rng):
+        x = rng.normal(size=(2, 3, 4))
+        return [Sample([x]), Sample([x], {"perm": (1, 0, 2)}), Sample([rng.normal(size=(3, 5))])]
+
+
+@op("unsqueeze")
+class Unsqueeze(OpDef):
+    """x with new size-1 axes inserted at `axes` (positions in the output)."""
+
+    attrs = {"axes": REQUIRED}
+    gradgrad = True
+
+    def out_axes(self, attrs, rank):
+        axes = (attrs["axes"],) if isinstance(attrs["axes"], int) else tuple(attrs["axes"])
+        out_rank = rank + len(axes)
+        norm = sorted(normalize_axis(a, out_rank) for a in axes)
+        if len(set(norm)) != len(norm):
+            raise ShapeError(f"unsqueeze axes {axes} repeat")
+        return tuple(norm)
+
+    def infer(self, attrs, x):
+        axes = self.out_axes(attrs, x.rank)
+        dims = iter(x.shape)
+        shape = tuple(1 if i in axes else next(dims) for i in range(x.rank + len(axes)))
+        return [TensorType(x.dtype, shape)]
+
+    def emit(self, e, node, ins, outs):
+        e.add("Unsqueeze", [ins[0], e.ints(self.out_axes(node.attrs, node.inputs[0].rank))], outs)
+
+    def vjp(self, node, gouts):
+        axes = self.out_axes(node.attrs, node.inputs[0].rank)
+        return [gouts[0].graph.apply("squeeze", gouts[0], axes=axes)]
+
+    def ref(self, attrs, x):
+        return np.expand_dims(x, self.out_axes(attrs, x.ndim))
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(3, 4))], {"axes": (0,)}), Sample([rng.normal(size=(3, 4))], {"axes": (1, 3)})]
+
+
+@op("squeeze")
+class Squeeze(OpDef):
+    """x without the size-1 axes listed in `axes`."""
+
+    attrs = {"axes": REQUIRED}
+    gradgrad = True
+
+    def norm_axes(self, attrs, x):
+        axes = (attrs["axes"],) if isinstance(attrs["axes"], int) else tuple(attrs["axes"])
+        norm = tuple(sorted(normalize_axis(a, x.rank) for a in axes))
+        for a in norm:
+            if x.shape[a] != 1:
+                raise ShapeError(f"cannot squeeze axis {a} of size {x.shape[a]} in {fmt_shape(x.shape)}")
+        return norm
+
+    def infer(self, attrs, x):
+        axes = self.norm_axes(attrs, x)
+        return [TensorType(x.dtype, tuple(d for i, d in enumerate(x.shape) if i not in axes))]
+
+    def emit(self, e, node, ins, outs):
+        e.add("Squeeze", [ins[0], e.ints(self.norm_axes(node.attrs, node.inputs[0].type))], outs)
+
+    def vjp(self, node, gouts):
+        axes = self.norm_axes(node.attrs, node.inputs[0].type)
+        return [gouts[0].graph.apply("unsqueeze", gouts[0], axes=axes)]
+
+    def ref(self, attrs, x):
+        axes = (attrs["axes"],) if isinstance(attrs["axes"], int) else tuple(attrs["axes"])
+        return np.squeeze(x, axis=axes)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(3, 1, 4))], {"axes": (1,)}), Sample([rng.normal(size=(1, 3, 1))], {"axes": (0, -1)})]

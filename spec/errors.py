@@ -1,0 +1,82 @@
+"""User-facing errors. Every mistake a user can make becomes one of these,
+carrying where in which file it happened and how to fix it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A position in a spec file; line and col are 1-based."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    def shifted(self, line_offset: int = 0, col: int | None = None) -> "Loc":
+        return Loc(self.file, self.line + line_offset, self.col if col is None else col)
+
+
+class FlowgradError(Exception):
+    """Base class of errors caused by the user's input (exit code 1)."""
+
+    def __init__(self, message: str, loc: Loc | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+        self.hint = hint
+
+    def one_line(self) -> str:
+        where = f"{self.loc}: " if self.loc else ""
+        return f"{where}{self.message}"
+
+    def __str__(self) -> str:
+        text = self.one_line()
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class SpecError(FlowgradError):
+    """The spec file is malformed: YAML, schema, expressions, names."""
+
+
+class ShapeError(FlowgradError):
+    """Shapes or dtypes do not fit together."""
+
+
+class GradientError(FlowgradError):
+    """A gradient that was asked for cannot be formed (e.g. a parameter that never reaches the loss)."""
+
+
+class ExportError(FlowgradError):
+    """A model cannot be emitted or exported."""
+
+
+class DataError(FlowgradError):
+    """A data file does not match the spec."""
+
+
+class MultiError(FlowgradError):
+    """Several independent problems found at once (e.g. schema validation)."""
+
+    def __init__(self, errors: list[FlowgradError]):
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.message, first.loc, first.hint)
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+def did_you_mean(word: str, choices) -> str | None:
+    """A 'did you mean ...?' hint, or None when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return None
+    return "did you mean " + " or ".join(repr(c) for c in close) + "?"

@@ -1,0 +1,152 @@
+"""The parsed spec: what spec/ hands to compiler/.
+
+Every node keeps the Loc of the text it came from so that compiler errors
+point at the spec. Expressions are a small tree (Expr subclasses) built from
+Python's `ast` by spec/expr.py; nothing here is ever evaluated as Python.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .errors import Loc
+
+
+# ---------------------------------------------------------------- expressions
+@dataclass
+class Expr:
+    loc: Loc
+
+
+@dataclass
+class Name(Expr):
+    id: str  # may be dotted ("h.W"): only valid where it names a parameter
+
+
+@dataclass
+class Const(Expr):
+    value: Union[int, float, bool, str, None]
+
+
+@dataclass
+class BinOp(Expr):
+    op: str  # one of + - * / @ **
+    left: Expr
+    right: Expr
+
+
+@dataclass
+class UnaryOp(Expr):
+    op: str  # one of - + not
+    operand: Expr
+
+
+@dataclass
+class Compare(Expr):
+    op: str  # one of == != < <= > >=
+    left: Expr
+    right: Expr
+
+
+@dataclass
+class Call(Expr):
+    func: str
+    args: list[Expr]
+    kwargs: dict[str, Expr]
+    func_loc: Loc | None = None
+    kwarg_locs: dict[str, Loc] = field(default_factory=dict)
+
+
+@dataclass
+class Slice(Expr):
+    start: Expr | None
+    stop: Expr | None
+    step: Expr | None
+
+
+@dataclass
+class Subscript(Expr):
+    value: Expr
+    index: list[Expr]  # each a Slice, an Expr (integer index) or Const(None) for a new axis
+
+
+@dataclass
+class ListExpr(Expr):
+    items: list[Expr]
+
+
+# ---------------------------------------------------------------- declarations
+# A shape dimension: a concrete int, or the name of a symbolic dim (e.g. "N")
+# that stays unknown until run time.
+ShapeDim = Union[int, str]
+
+
+@dataclass
+class InitSpec:
+    kind: str  # zeros, constant, normal, uniform, glorot_uniform, ...
+    args: dict[str, Any]
+    loc: Loc
+
+
+@dataclass
+class InputDecl:
+    name: str
+    shape: list[ShapeDim]
+    dtype: str  # float32 (default; means "the compile float type"), int64, bool, ...
+    loc: Loc
+    doc: str = ""
+
+
+@dataclass
+class ParamDecl:
+    name: str
+    shape: list[int]
+    init: InitSpec
+    loc: Loc
+    trainable: bool = True
+    dtype: str = "float32"
+
+
+@dataclass
+class Assign:
+    """`targets: expr` — one graph entry (several targets for tuple unpacking)."""
+
+    targets: list[str]
+    expr: Expr
+    loc: Loc  # the key's position
+    target_locs: list[Loc] = field(default_factory=list)
+
+
+@dataclass
+class Block:
+    name: str
+    inputs: list[str]
+    params: dict[str, ParamDecl]
+    graph: list[Assign]
+    outputs: list[str]
+    loc: Loc
+
+
+@dataclass
+class Spec:
+    path: str
+    version: int
+    name: str
+    doc: str
+    dims: dict[str, int]
+    inputs: dict[str, InputDecl]
+    params: dict[str, ParamDecl]
+    graph: list[Assign]
+    outputs: list[Assign]
+    loss: Assign | None
+    metrics: list[Assign]
+    blocks: dict[str, Block]
+    train: dict[str, Any]  # validated by the schema; plain Python values
+    raw: Any  # the located YAML tree (spec.loader.LocMap), for locating anything
+    dim_locs: dict[str, Loc] = field(default_factory=dict)
+
+    def locate(self, *path) -> Loc:
+        """Loc of the value at `path` in the YAML tree (e.g. "train", "optimizer")."""
+        from .loader import locate
+
+        return locate(self.raw, path, self.path)

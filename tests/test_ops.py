@@ -1,0 +1,202 @@
+"""Every registered op, every sample: forward vs the NumPy reference, inferred
+shapes vs the runtime and ONNX's strict shape inference, and the symbolic
+gradient (and, where declared, the gradient of the gradient) vs central
+finite differences in float64. One table drives all of it: the registry."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.autodiff import grad
+from compiler.check import Runner, check_gradients, reference_run
+from compiler.emit import emit_model
+from compiler.ir import Graph, is_float
+from compiler.registry import OpDef, all_ops
+
+OPS = all_ops()
+
+
+def _cases():
+    out = []
+    for op in OPS.values():
+        rng = np.random.default_rng(zlib.crc32(op.name.encode()))
+        for i, s in enumerate(op.samples(rng)):
+            out.append(pytest.param(op, s, id=f"{op.name}-{i}"))
+    return out
+
+
+CASES = _cases()
+
+
+def _grad_inputs(sample):
+    if sample.grad_inputs is not None:
+        return list(sample.grad_inputs)
+    return [i for i, x in enumerate(sample.inputs) if np.asarray(x).dtype.kind == "f"]
+
+
+def _rng(op, sample_id=0):
+    return np.random.default_rng(zlib.crc32(op.name.encode()) + 7 * sample_id)
+
+
+def _arrays(sample):
+    return [np.asarray(x) for x in sample.inputs]
+
+
+def _build(op, sample):
+    g = Graph(float_dtype="float64")
+    arrays = _arrays(sample)
+    ins = [g.add_input(f"in{i}", a.dtype.name, a.shape) for i, a in enumerate(arrays)]
+    out = g.apply(op.name, *ins, **sample.attrs)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    return g, ins, outs, arrays
+
+
+def _ref_outputs(op, sample, arrays):
+    r = op.ref(op.bind_attrs(sample.attrs), *arrays)
+    return list(r) if isinstance(r, tuple) else [r]
+
+
+def _tol(op, key, default):
+    return op.tol.get(key, default)
+
+
+@pytest.mark.parametrize("op,sample", CASES)
+def test_forward_and_shapes(op, sample):
+    g, ins, outs, arrays = _build(op, sample)
+    model = emit_model(g, [(f"in{i}", v) for i, v in enumerate(ins)], [(f"out{k}", v) for k, v in enumerate(outs)])
+    feeds = {f"in{i}": a for i, a in enumerate(arrays)}
+    runner = Runner(model)
+    got = runner(feeds)
+    want = _ref_outputs(op, sample, arrays)
+    rtol = _tol(op, "forward", 1e-7)
+    for k, (v, w) in enumerate(zip(outs, want)):
+        y = got[f"out{k}"]
+        assert y.shape == tuple(v.shape), f"inferred {v.shape}, runtime {y.shape}"
+        assert y.dtype == np.dtype(v.dtype)
+        np.testing.assert_allclose(y, w, rtol=rtol, atol=rtol)
+    # The same graph on onnx's reference evaluator gives the same values.
+    if runner.backend == "onnxruntime":
+        again = reference_run(model, feeds)
+        for k in range(len(outs)):
+            np.testing.assert_allclose(again[f"out{k}"], got[f"out{k}"], rtol=1e-7, atol=1e-9)
+    # Strict ONNX shape inference agrees with ours wherever it knows a dim.
+    if op.check_onnx_shapes:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True)
+        for o, v in zip(inferred.graph.output, outs):
+            dims = o.type.tensor_type.shape.dim
+            assert len(dims) == len(v.shape)
+            for d, ours in zip(dims, v.shape):
+                if d.HasField("dim_value"):
+                    assert d.dim_value == ours
+
+
+def _weighted_sum_graph(op, sample):
+    """loss = sum_k sum(out_k * w_k) with fixed random w_k, and its gradient."""
+    g, ins, outs, arrays = _build(op, sample)
+    rng = _rng(op)
+    weights = []
+    loss = None
+    for v in outs:
+        if not is_float(v.dtype):
+            continue
+        w = rng.normal(size=[int(d) for d in v.shape])
+        weights.append(w)
+        term = g.apply("sum", v * g.const(w))
+        loss = term if loss is None else loss + term
+    return g, ins, loss, arrays, weights
+
+
+def _numeric_loss(op, sample, weights):
+    def f(arrays):
+        outs = [o for o in _ref_outputs(op, sample, arrays) if np.asarray(o).dtype.kind == "f"]
+        return float(sum(np.sum(o * w) for o, w in zip(outs, weights)))
+
+    return f
+
+
+GRAD_CASES = [c for c in CASES if not c.values[0].nondiff and not c.values[0].name == "constant" and _grad_inputs(c.values[1])]
+
+
+@pytest.mark.parametrize("op,sample", GRAD_CASES)
+def test_vjp(op, sample):
+    g, ins, loss, arrays, weights = _weighted_sum_graph(op, sample)
+    which = _grad_inputs(sample)
+    grads = grad([loss], [ins[i] for i in which])
+    outputs = [(f"g{i}", gv) for i, gv in zip(which, grads) if gv is not None]
+    model = emit_model(g, [(f"in{i}", v) for i, v in enumerate(ins)], outputs)
+    got = Runner(model)({f"in{i}": a for i, a in enumerate(arrays)})
+    sym = [got[f"g{i}"] if f"g{i}" in got else np.zeros_like(arrays[i]) for i in which]
+
+    base = list(arrays)
+    f_all = _numeric_loss(op, sample, weights)
+
+    def f(xs):
+        full = list(base)
+        for i, x in zip(which, xs):
+            full[i] = x
+        return f_all(full)
+
+    err = check_gradients(f, [arrays[i] for i in which], sym, _rng(op, 1))
+    assert err < _tol(op, "vjp", 1e-5), f"relative error {err:.2e}"
+
+
+GRADGRAD_CASES = [c for c in GRAD_CASES if c.values[0].gradgrad]
+
+
+@pytest.mark.parametrize("op,sample", GRADGRAD_CASES)
+def test_vjp_of_vjp(op, sample):
+    """The gradient graph differentiated again matches finite differences of the gradient."""
+    g, ins, loss, arrays, weights = _weighted_sum_graph(op, sample)
+    which = _grad_inputs(sample)
+    xs = [ins[i] for i in which]
+    first = grad([loss], xs)
+    rng = _rng(op, 2)
+    probe = None
+    us = []
+    for gv, x in zip(first, xs):
+        if gv is None:
+            us.append(None)
+            continue
+        u = rng.normal(size=[int(d) for d in x.shape])
+        us.append(u)
+        term = g.apply("sum", gv * g.const(u))
+        probe = term if probe is None else probe + term
+    if probe is None:
+        pytest.skip("gradient does not depend on the inputs")
+    second = grad([probe], xs)
+    outputs = [(f"p", probe)] + [(f"h{i}", hv) for i, hv in zip(which, second) if hv is not None]
+    model = emit_model(g, [(f"in{i}", v) for i, v in enumerate(ins)], outputs)
+    run = Runner(model)
+    feeds = {f"in{i}": a for i, a in enumerate(arrays)}
+    got = run(feeds)
+    sym = [got[f"h{i}"] if f"h{i}" in got else np.zeros_like(arrays[i]) for i in which]
+
+    def f(vals):
+        fd = dict(feeds)
+        for i, v in zip(which, vals):
+            fd[f"in{i}"] = v
+        return float(run(fd)["p"])
+
+    err = check_gradients(f, [arrays[i] for i in which], sym, _rng(op, 3))
+    assert err < _tol(op, "vjp_vjp", 1e-5), f"relative error {err:.2e}"
+
+
+def test_registry_complete():
+    problems = []
+    for name, op in OPS.items():
+        if op.ref is None:
+            problems.append(f"{name}: no NumPy reference")
+        if not op.samples(np.random.default_rng(0)):
+            problems.append(f"{name}: no samples")
+        if not op.doc:
+            problems.append(f"{name}: no doc")
+        if op.composite:
+            continue
+        if not op.nondiff and op.vjp is None:
+            problems.append(f"{name}: no gradient rule (set nondiff=True if none exists)")
+        if op.onnx is None and type(op).emit is OpDef.emit:
+            problems.append(f"{name}: no ONNX emission")
+    assert not problems, "\n".join(problems)
