@@ -302,16 +302,22 @@ class Graph:
 
 
 def producers_of(values: Iterable[Value]) -> list[Node]:
-    """The nodes needed to compute `values`, in the graph's (topological) order."""
-    values = list(values)
-    if not values:
-        return []
-    needed: set[int] = set()
-    stack = [v.producer for v in values if v.producer is not None]
-    while stack:
-        node = stack.pop()
-        if id(node) in needed:
+    """The nodes needed to compute `values`, each after the nodes it reads from."""
+    order: list[Node] = []
+    done: set[int] = set()
+    for root in values:
+        if root.producer is None or id(root.producer) in done:
             continue
-        needed.add(id(node))
-        stack.extend(v.producer for v in node.inputs if v.producer is not None)
-    return [n for n in values[0].graph.nodes if id(n) in needed]
+        stack = [(root.producer, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i < len(node.inputs):
+                stack.append((node, i + 1))
+                dep = node.inputs[i].producer
+                if dep is not None and id(dep) not in done:
+                    done.add(id(dep))  # claimed now; emitted when its own inputs are done
+                    stack.append((dep, 0))
+            else:
+                order.append(node)
+        done.add(id(root.producer))
+    return order

@@ -27,7 +27,7 @@ class Constant(OpDef):
         return [TensorType(v.dtype.name, v.shape)]
 
     def emit(self, e, node, ins, outs):
-        e.add("Identity", [e.const(node.attrs["value"])], outs)
+        e.const(node.attrs["value"], name=outs[0])
 
     def ref(self, attrs):
         return np.asarray(attrs["value"])
@@ -308,6 +308,16 @@ class Pow(Binary):
 
     onnx = "Pow"
 
+    def build(self, g, inputs, attrs):
+        a, b = inputs
+        c = b.producer.attrs["value"] if b.producer is not None and b.producer.op.name == "constant" else None
+        if c is not None and np.ndim(c) == 0 and a.dtype == b.dtype:
+            if c == 2:  # a*a is cheaper than Pow and so is its gradient
+                return a * a
+            if c == 1:
+                return a
+        return super().build(g, inputs, attrs)
+
     def vjp(self, node, gouts):
         a, b = node.inputs
         (g,) = gouts
@@ -487,6 +497,22 @@ class Log(Unary):
 
     onnx = "Log"
     gradgrad = True
+
+    def build(self, g, inputs, attrs):
+        # Stabilise at construction, so the gradient is the stable one too.
+        p = inputs[0].producer if hasattr(inputs[0], "producer") else None
+        if p is not None:
+            if p.op.name == "softmax":
+                return g.apply("log_softmax", p.inputs[0], axis=p.attrs["axis"])
+            if p.op.name == "sigmoid":  # log(sigmoid(z)) = -softplus(-z)
+                return -g.apply("softplus", -p.inputs[0])
+            if p.op.name == "sub":  # log(1 - sigmoid(z)) = -softplus(z)
+                one, s = p.inputs
+                c = one.producer
+                if (c is not None and c.op.name == "constant" and np.all(np.asarray(c.attrs["value"]) == 1)
+                        and s.producer is not None and s.producer.op.name == "sigmoid" and s.shape == p.outputs[0].shape):
+                    return -g.apply("softplus", s.producer.inputs[0])
+        return super().build(g, inputs, attrs)
 
     def vjp(self, node, gouts):
         return [gouts[0] / node.inputs[0]]

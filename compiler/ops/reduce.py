@@ -143,22 +143,24 @@ def _float_of(g, x):
 
 
 @op("mean")
-class Mean(OpDef):
-    """Mean over `axis` (all when omitted); bool inputs count as 0/1."""
+class Mean(Reduction):
+    """Mean over `axis` (all when omitted); bool and int inputs count as floats."""
 
-    attrs = {"axis": None, "keepdims": False}
-    composite = True
+    onnx = "ReduceMean"
+    np_fn = staticmethod(np.mean)
+    gradgrad = True
 
-    def expand(self, g, x, axis, keepdims):
+    def build(self, g, inputs, attrs):
+        x = inputs[0]
         if not x.dtype.startswith("float"):
             x = g.cast(x, g.float_dtype)
-        return g.apply("sum", x, axis=axis, keepdims=keepdims) / g.apply("numel", x, axis=axis)
+        return super().build(g, [x], attrs)
 
-    def ref(self, attrs, x):
-        axes = reduce_axes(attrs["axis"], x.ndim)
-        return np.mean(x, axis=axes, keepdims=bool(attrs["keepdims"]))
-
-    samples = Reduction.samples
+    def vjp(self, node, gouts):
+        x = node.inputs[0]
+        gr = x.graph
+        count = gr.apply("numel", x, axis=node.attrs["axis"])
+        return [gr.apply("broadcast_like", keep_reduced(gouts[0], node) / count, x)]
 
 
 class ArgReduction(OpDef):

@@ -1,0 +1,74 @@
+"""Parameter initialisers. Each parameter draws from its own stream, seeded by
+the run seed and the parameter's name, so adding a parameter does not change
+the others' initial values."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from spec.errors import SpecError
+
+INITS = ("zeros", "ones", "constant", "normal", "uniform", "glorot_uniform", "glorot_normal",
+         "he_uniform", "he_normal", "orthogonal")
+
+
+def fans(shape) -> tuple[int, int]:
+    """(fan_in, fan_out): dense weights are [in, out]; conv weights [out, in, k...]."""
+    shape = tuple(shape)
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    field = int(np.prod(shape[2:]))
+    return shape[1] * field, shape[0] * field
+
+
+def param_rng(seed: int, name: str, own_seed: int | None = None) -> np.random.Generator:
+    if own_seed is not None:
+        return np.random.default_rng(own_seed)
+    return np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(name.encode())])
+
+
+def initial_value(kind: str, args: dict, shape, dtype: str, rng: np.random.Generator, loc=None) -> np.ndarray:
+    shape = tuple(int(d) for d in shape)
+    fan_in, fan_out = fans(shape)
+    if kind == "zeros":
+        v = np.zeros(shape)
+    elif kind == "ones":
+        v = np.ones(shape)
+    elif kind == "constant":
+        v = np.full(shape, float(args.get("value", 0.0)))
+    elif kind == "normal":
+        v = rng.normal(float(args.get("mean", 0.0)), float(args.get("std", 0.01)), shape)
+    elif kind == "uniform":
+        v = rng.uniform(float(args.get("low", -0.05)), float(args.get("high", 0.05)), shape)
+    elif kind == "glorot_uniform":
+        a = np.sqrt(6.0 / (fan_in + fan_out)) * float(args.get("gain", 1.0))
+        v = rng.uniform(-a, a, shape)
+    elif kind == "glorot_normal":
+        v = rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)) * float(args.get("gain", 1.0)), shape)
+    elif kind == "he_uniform":
+        a = np.sqrt(6.0 / fan_in) * float(args.get("gain", 1.0))
+        v = rng.uniform(-a, a, shape)
+    elif kind == "he_normal":
+        v = rng.normal(0.0, np.sqrt(2.0 / fan_in) * float(args.get("gain", 1.0)), shape)
+    elif kind == "orthogonal":
+        v = _orthogonal(shape, rng) * float(args.get("gain", 1.0))
+    else:
+        raise SpecError(f"unknown initialiser {kind!r}", loc)
+    return np.asarray(v, dtype=dtype)
+
+
+def _orthogonal(shape, rng) -> np.ndarray:
+    if len(shape) < 2:
+        raise SpecError("orthogonal init needs a parameter of rank >= 2")
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    a = rng.normal(size=(max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))  # makes the distribution uniform (Mezzadri 2007)
+    if rows < cols:
+        q = q.T
+    return q[:rows, :cols].reshape(shape)

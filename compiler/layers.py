@@ -1,0 +1,226 @@
+"""Layer shorthands: calls in a spec that create their own named parameters.
+
+`h: dense(x, H, act=relu)` makes the parameters `h.W` and `h.b`; passing
+`W=...` / `b=...` uses given tensors instead (weight tying). A second layer
+call in the same entry gets a numbered prefix (`h.dense2.W`).
+"""
+from __future__ import annotations
+
+from spec.errors import ShapeError, SpecError
+
+from .ir import Value, at
+
+
+def _int_arg(v, what, loc):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise SpecError(f"{what} must be a positive integer, got {v!r}", loc)
+    return v
+
+
+def _init(v, default: str, default_args: dict | None = None) -> tuple[str, dict]:
+    """An init= argument: a name (`he_normal`) or a one-entry mapping (`{normal: {std: 0.1}}`)."""
+    from .init import INITS
+
+    if v is None:
+        return default, dict(default_args or {})
+    if isinstance(v, str) and v in INITS:
+        return v, {}
+    raise SpecError(f"unknown initialiser {v!r}", None, f"choose one of {', '.join(INITS)}")
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+class Layer:
+    name = ""
+    # keyword arguments the shorthand accepts (besides its positional ones)
+    keywords: tuple = ()
+    positional: tuple = ()
+
+    def applies(self, args, kwargs) -> bool:
+        return True
+
+    def bind(self, e, args, kwargs) -> dict:
+        if len(args) > len(self.positional):
+            raise SpecError(f"{self.name}() takes {len(self.positional)} positional arguments, got {len(args)}", e.loc,
+                            f"usage: {self.usage}")
+        bound = dict(zip(self.positional, args))
+        for k, v in kwargs.items():
+            if k not in self.keywords and k not in self.positional:
+                from spec.errors import did_you_mean
+
+                raise SpecError(f"{self.name}() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
+                                did_you_mean(k, self.keywords + self.positional) or f"usage: {self.usage}")
+            bound[k] = v
+        missing = [p for p in self.required if p not in bound]
+        if missing:
+            raise SpecError(f"{self.name}() is missing {', '.join(missing)}", e.loc, f"usage: {self.usage}")
+        return bound
+
+    required: tuple = ()
+    usage = ""
+
+    def activate(self, low, y, act, e):
+        if act is None:
+            return y
+        if not isinstance(act, str):
+            raise SpecError(f"act must name an op such as relu, got {act!r}", e.kwarg_locs.get("act", e.loc))
+        from .lower import get_op_at
+        from spec.model import Call
+
+        get_op_at(Call(loc=e.kwarg_locs.get("act", e.loc), func=act, args=[], kwargs={},
+                       func_loc=e.kwarg_locs.get("act", e.loc)))
+        return low.graph.apply(act, y)
+
+
+class Dense(Layer):
+    name = "dense"
+    positional = ("x", "units")
+    keywords = ("act", "bias", "init", "W", "b")
+    required = ("x", "units")
+    usage = "dense(x, units, act=relu, bias=true, init=glorot_uniform, W=..., b=...)"
+
+    def __call__(self, low, e, args, kwargs):
+        a = self.bind(e, args, kwargs)
+        x = a["x"]
+        if not isinstance(x, Value):
+            raise SpecError("dense() needs a tensor input", e.loc)
+        units = _int_arg(a["units"], "units", e.args[1].loc if len(e.args) > 1 else e.loc)
+        if x.rank < 1:
+            raise ShapeError("dense() needs an input of rank >= 1", e.loc)
+        prefix = low.layer_name("dense")
+        W = a.get("W")
+        if W is None:
+            kind, args_ = _init(a.get("init"), "glorot_uniform")
+            W = low.add_param(f"{prefix}.W", (x.shape[-1], units), kind, args_, loc=e.loc)
+        y = low.graph.apply("matmul", x, W)
+        if a.get("bias", True):
+            b = a.get("b")
+            if b is None:
+                b = low.add_param(f"{prefix}.b", (units,), "zeros", loc=e.loc)
+            y = y + b
+        return self.activate(low, y, a.get("act"), e)
+
+
+class Conv2d(Layer):
+    name = "conv2d"
+    positional = ("x", "channels", "kernel")
+    keywords = ("stride", "padding", "dilation", "groups", "act", "bias", "init", "W", "b")
+    required = ("x", "channels", "kernel")
+    usage = "conv2d(x, channels, kernel, stride=1, padding=0, dilation=1, act=relu)"
+
+    def __call__(self, low, e, args, kwargs):
+        if len(args) >= 2 and isinstance(args[1], Value):
+            # conv2d(x, W[, b]) with explicit tensors: the raw op plus a bias.
+            x, W = args[0], args[1]
+            y = low.graph.apply("conv", x, W, **{k: v for k, v in kwargs.items() if k in ("stride", "padding", "dilation", "groups")})
+            if len(args) > 2:
+                y = y + low.graph.apply("reshape", args[2], shape=(-1, 1, 1))
+            return self.activate(low, y, kwargs.get("act"), e)
+        a = self.bind(e, args, kwargs)
+        x = a["x"]
+        if not isinstance(x, Value) or x.rank != 4:
+            raise ShapeError(f"conv2d() needs an NCHW input of rank 4, got {x.type if isinstance(x, Value) else x!r}", e.loc)
+        channels = _int_arg(a["channels"], "channels", e.loc)
+        kh, kw = _pair(a["kernel"])
+        groups = a.get("groups", 1)
+        prefix = low.layer_name("conv2d")
+        W = a.get("W")
+        if W is None:
+            if not isinstance(x.shape[1], int) or x.shape[1] % groups:
+                raise ShapeError(f"input channels {x.shape[1]} are not divisible by groups={groups}", e.loc)
+            kind, args_ = _init(a.get("init"), "he_uniform")
+            W = low.add_param(f"{prefix}.W", (channels, x.shape[1] // groups, kh, kw), kind, args_, loc=e.loc)
+        conv_attrs = {k: a[k] for k in ("stride", "padding", "dilation", "groups") if k in a}
+        y = low.graph.apply("conv", x, W, **conv_attrs)
+        if a.get("bias", True):
+            b = a.get("b")
+            if b is None:
+                b = low.add_param(f"{prefix}.b", (channels,), "zeros", loc=e.loc)
+            y = y + low.graph.apply("reshape", b, shape=(channels, 1, 1))
+        return self.activate(low, y, a.get("act"), e)
+
+
+class Embedding(Layer):
+    name = "embedding"
+    positional = ("ids", "vocab", "dim")
+    keywords = ("init", "W")
+    required = ("ids", "vocab", "dim")
+    usage = "embedding(ids, vocab_size, dim) or embedding(ids, table)"
+
+    def applies(self, args, kwargs):
+        return len(args) >= 2 and not isinstance(args[1], Value)
+
+    def __call__(self, low, e, args, kwargs):
+        a = self.bind(e, args, kwargs)
+        vocab = _int_arg(a["vocab"], "vocab", e.loc)
+        dim = _int_arg(a["dim"], "dim", e.loc)
+        W = a.get("W")
+        if W is None:
+            kind, args_ = _init(a.get("init"), "normal", {"std": 1.0})
+            W = low.add_param(f"{low.layer_name('embedding')}.W", (vocab, dim), kind, args_, loc=e.loc)
+        return low.graph.apply("embedding", a["ids"], W)
+
+
+class Norm(Layer):
+    """batch_norm(x) / layer_norm(x): the shorthand when only x is given."""
+
+    keywords = ("eps", "momentum", "axis")
+    positional = ("x",)
+    required = ("x",)
+
+    def __init__(self, name):
+        self.name = name
+        self.usage = f"{name}(x, eps=1e-5)" + (", momentum=0.1" if name == "batch_norm" else "")
+
+    def applies(self, args, kwargs):
+        return len(args) == 1
+
+    def __call__(self, low, e, args, kwargs):
+        a = self.bind(e, args, kwargs)
+        x = a.pop("x")
+        prefix = low.layer_name(self.name)
+        if self.name == "batch_norm":
+            if x.rank < 2:
+                raise ShapeError("batch_norm() needs an input [N, C, ...]", e.loc)
+            c = x.shape[1]
+            gamma = low.add_param(f"{prefix}.gamma", (c,), "ones", loc=e.loc)
+            beta = low.add_param(f"{prefix}.beta", (c,), "zeros", loc=e.loc)
+            mean = low.add_param(f"{prefix}.running_mean", (c,), "zeros", loc=e.loc, kind="buffer")
+            var = low.add_param(f"{prefix}.running_var", (c,), "ones", loc=e.loc, kind="buffer")
+            return low.graph.apply("batch_norm", x, gamma, beta, mean, var, **a)
+        c = x.shape[-1]
+        gamma = low.add_param(f"{prefix}.gamma", (c,), "ones", loc=e.loc)
+        beta = low.add_param(f"{prefix}.beta", (c,), "zeros", loc=e.loc)
+        return low.graph.apply("layer_norm", x, gamma, beta, **a)
+
+
+class Fill(Layer):
+    """zeros(d0, d1, ...) / ones(...): a constant tensor of the given (static) shape."""
+
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+        self.usage = f"{name}(d0, d1, ...)"
+
+    def __call__(self, low, e, args, kwargs):
+        import numpy as np
+
+        if kwargs:
+            raise SpecError(f"{self.name}() takes only dims", e.loc, f"usage: {self.usage}")
+        for d, src in zip(args, e.args):
+            if not isinstance(d, int) or isinstance(d, bool):
+                raise SpecError(f"{self.name}() dims must be integers, got {d!r}", src.loc,
+                                "symbolic dims such as N are not supported here yet")
+        return low.graph.const(np.full(tuple(args), self.value, dtype=low.graph.float_dtype))
+
+
+LAYERS = {
+    "dense": Dense(),
+    "conv2d": Conv2d(),
+    "embedding": Embedding(),
+    "batch_norm": Norm("batch_norm"),
+    "layer_norm": Norm("layer_norm"),
+    "zeros": Fill("zeros", 0.0),
+    "ones": Fill("ones", 1.0),
+}

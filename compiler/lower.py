@@ -1,0 +1,314 @@
+"""Lowering: a parsed Spec -> an IR Graph of primitive ops.
+
+Graph entries are order-free: a name is evaluated when first needed, and a
+cycle is reported with the chain of names. Expressions map onto registry ops;
+layer shorthands (compiler/layers.py) create their own named parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spec import model as S
+from spec.errors import FlowgradError, Loc, ShapeError, SpecError, did_you_mean
+
+from .ir import Graph, Value, at, is_float
+from .registry import REQUIRED, all_ops, get_op
+
+
+@dataclass
+class ParamInfo:
+    name: str
+    value: Value
+    init_kind: str
+    init_args: dict
+    trainable: bool
+    loc: Loc | None
+    kind: str = "param"  # or "buffer" (non-trained state such as running statistics)
+    seed: int | None = None
+
+    @property
+    def shape(self):
+        return tuple(self.value.shape)
+
+
+_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow"}
+_COMPARE = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+_PY_BINOPS = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+    "**": lambda a, b: a**b,
+}
+
+
+class Lowering:
+    """Evaluates a spec's expressions into one Graph."""
+
+    def __init__(self, spec: S.Spec, mode: str = "train", float_dtype: str | None = None):
+        self.spec = spec
+        self.graph = Graph(float_dtype=float_dtype or spec.train.get("dtype", "float32"), mode=mode)
+        self.params: dict[str, ParamInfo] = {}
+        self.inputs: dict[str, Value] = {}
+        self.env: dict[str, Any] = {}
+        self._defs: dict[str, tuple[S.Assign, int]] = {}
+        self._evaluating: list[str] = []
+        self._target: str | None = None
+        self._layer_calls = 0
+        for a in spec.graph:
+            for i, t in enumerate(a.targets):
+                self._defs[t] = (a, i)
+        for name, p in spec.params.items():
+            self.add_param(name, p.shape, p.init.kind, p.init.args, p.trainable, p.loc, seed=p.init.args.get("seed"))
+
+    # ------------------------------------------------------------------ params
+    def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None) -> Value:
+        if name in self.params:
+            raise SpecError(f"parameter {name!r} is defined twice", loc, f"first defined at {self.params[name].loc}")
+        dtype = self.graph.float_dtype
+        v = self.graph.add_input(name, dtype, tuple(shape), kind=kind, loc=loc)
+        self.params[name] = ParamInfo(name, v, init_kind, dict(init_args or {}), trainable and kind == "param", loc, kind, seed)
+        return v
+
+    # ------------------------------------------------------------------ names
+    def input_value(self, name: str) -> Value:
+        if name not in self.inputs:
+            decl = self.spec.inputs[name]
+            dtype = self.graph.float_dtype if decl.dtype in ("float32", "float") else decl.dtype
+            self.inputs[name] = self.graph.add_input(name, dtype, tuple(decl.shape), kind="input", loc=decl.loc)
+        return self.inputs[name]
+
+    def known_names(self) -> list[str]:
+        return [*self._defs, *self.spec.inputs, *self.params, *self.spec.dims]
+
+    def lookup(self, name: str, loc: Loc | None):
+        if name in self.env:
+            return self.env[name]
+        if name in self._defs:
+            return self.evaluate_name(name)
+        if name in self.spec.inputs:
+            return self.input_value(name)
+        if name in self.params:
+            return self.params[name].value
+        if name in self.spec.dims:
+            return self.spec.dims[name]
+        if "." in name:
+            # A dotted name refers to a parameter a layer shorthand creates:
+            # evaluate the layer's node first, then look again.
+            head = name.split(".", 1)[0]
+            if head in self._defs:
+                self.evaluate_name(head)
+                if name in self.params:
+                    return self.params[name].value
+            raise SpecError(
+                f"{name!r} is not a parameter",
+                loc,
+                did_you_mean(name, self.params) or "dotted names may only name parameters, such as 'h.W' made by 'h: dense(...)'",
+            )
+        raise SpecError(f"undefined name {name!r}", loc, did_you_mean(name, self.known_names()))
+
+    def evaluate_name(self, name: str):
+        if name in self.env:
+            return self.env[name]
+        assign, _ = self._defs[name]
+        if name in self._evaluating:
+            cycle = self._evaluating[self._evaluating.index(name):] + [name]
+            raise SpecError(f"cycle in the graph: {' -> '.join(cycle)}", assign.loc,
+                            "a node cannot depend on itself; use scan for recurrence")
+        self._evaluating.append(name)
+        try:
+            self.evaluate_assign(assign)
+        finally:
+            self._evaluating.pop()
+        return self.env[name]
+
+    def evaluate_assign(self, a: S.Assign):
+        saved = self._target, self._layer_calls
+        self._target, self._layer_calls = a.targets[0] if len(a.targets) == 1 else "_".join(a.targets), 0
+        try:
+            value = self.eval(a.expr)
+        finally:
+            self._target, self._layer_calls = saved
+        if len(a.targets) == 1:
+            self.env[a.targets[0]] = value
+        else:
+            if not isinstance(value, tuple) or len(value) != len(a.targets):
+                n = len(value) if isinstance(value, tuple) else 1
+                raise SpecError(f"cannot unpack {n} value(s) into {len(a.targets)} names", a.loc)
+            for t, v in zip(a.targets, value):
+                self.env[t] = v
+        for t in a.targets:
+            v = self.env[t]
+            if isinstance(v, Value) and v.name is None and v.producer is not None:
+                v.name = t  # emitted ONNX names follow the spec's names
+        return value
+
+    def evaluate_all(self) -> None:
+        for a in self.spec.graph:
+            if a.targets[0] not in self.env:
+                self.evaluate_assign(a)
+
+    def layer_name(self, fn: str) -> str:
+        """Parameter prefix for a layer shorthand call in the current entry."""
+        self._layer_calls += 1
+        base = self._target or fn
+        return base if self._layer_calls == 1 else f"{base}.{fn}{self._layer_calls}"
+
+    # ------------------------------------------------------------------ expressions
+    def eval(self, e: S.Expr):
+        with at(e.loc):
+            return self._eval(e)
+
+    def tensor(self, e: S.Expr) -> Value:
+        v = self.eval(e)
+        if isinstance(v, Value):
+            return v
+        if isinstance(v, (bool, int, float)):
+            return self.graph.lift(v)
+        raise SpecError(f"expected a tensor, got {type(v).__name__} {v!r}", e.loc)
+
+    def _eval(self, e: S.Expr):
+        g = self.graph
+        if isinstance(e, S.Name):
+            return self.lookup(e.id, e.loc)
+        if isinstance(e, S.Const):
+            return e.value
+        if isinstance(e, S.ListExpr):
+            return [self.eval(i) for i in e.items]
+        if isinstance(e, S.UnaryOp):
+            v = self.eval(e.operand)
+            if e.op == "not":
+                return g.apply("logical_not", v) if isinstance(v, Value) else (not v)
+            if e.op == "-":
+                return -v
+            return v
+        if isinstance(e, S.BinOp):
+            a, b = self.eval(e.left), self.eval(e.right)
+            if not isinstance(a, Value) and not isinstance(b, Value):
+                try:
+                    return _PY_BINOPS[e.op](a, b)
+                except Exception as ex:
+                    raise SpecError(f"cannot compute {a!r} {e.op} {b!r}: {ex}", e.loc) from None
+            if e.op == "@":
+                return g.apply("matmul", self._as_tensor(a, e.left), self._as_tensor(b, e.right))
+            self._check_operands(a, b, e)
+            return g.binary(_BINOPS[e.op], a, b)
+        if isinstance(e, S.Compare):
+            a, b = self.eval(e.left), self.eval(e.right)
+            if not isinstance(a, Value) and not isinstance(b, Value):
+                raise SpecError("comparison of two constants", e.loc)
+            return g.binary(_COMPARE[e.op], a, b)
+        if isinstance(e, S.Call):
+            return self.call(e)
+        if isinstance(e, S.Subscript):
+            x = self.tensor(e.value)
+            return g.apply("index", x, spec=tuple(self._index_item(i) for i in e.index))
+        raise SpecError(f"unsupported expression {type(e).__name__}", e.loc)
+
+    def _as_tensor(self, v, e):
+        if isinstance(v, Value):
+            return v
+        raise SpecError(f"@ needs tensors on both sides, got {v!r}", e.loc, "use * to scale by a number")
+
+    def _check_operands(self, a, b, e):
+        for v, side in ((a, e.left), (b, e.right)):
+            if not isinstance(v, (Value, bool, int, float)):
+                raise SpecError(f"cannot use {v!r} in arithmetic", side.loc)
+
+    def _index_item(self, item):
+        if isinstance(item, S.Slice):
+            parts = [None if p is None else self.eval(p) for p in (item.start, item.stop, item.step)]
+            for p, src in zip(parts, (item.start, item.stop, item.step)):
+                if p is not None and not isinstance(p, int):
+                    raise SpecError("slice bounds must be integers", src.loc)
+            return tuple(parts)
+        v = self.eval(item)
+        if v is None or isinstance(v, int) or v is Ellipsis:
+            return v
+        raise SpecError("indices must be integers, slices or None", item.loc,
+                        "use take(x, ids, axis=...) to index with a tensor")
+
+    def call(self, e: S.Call):
+        from . import layers
+
+        args = [self.eval(a) for a in e.args]
+        kwargs = {}
+        for k, v in e.kwargs.items():
+            if k in ("act", "init") and isinstance(v, S.Name) and v.id not in self._defs:
+                kwargs[k] = v.id  # act=relu names an op and init=he_normal an initialiser, not values
+            else:
+                kwargs[k] = self.eval(v)
+        layer = layers.LAYERS.get(e.func)
+        if layer is not None and layer.applies(args, kwargs):
+            return layer(self, e, args, kwargs)
+        if e.func in ("grad", "jacobian", "hvp", "scan"):
+            raise SpecError(f"{e.func}() is not supported yet", e.func_loc or e.loc)
+        op = get_op_at(e)
+        return self.apply_op(op, e, args, kwargs)
+
+    def apply_op(self, op, e: S.Call, args: list, kwargs: dict):
+        """Bind positional arguments: tensors first (op.inputs), then attributes in declared order."""
+        g = self.graph
+        attr_names = list(op.attrs)
+        tensors, attrs = [], {}
+        if op.variadic:
+            tensors = list(args)
+        else:
+            n = len(op.inputs)
+            tensors = list(args[:n])
+            extra = args[n:]
+            free = [a for a in attr_names if a not in kwargs]
+            if len(extra) > len(free):
+                raise SpecError(f"{op.name}() takes at most {n + len(free)} positional arguments, got {len(args)}",
+                                e.loc, f"signature: {signature(op)}")
+            attrs.update(zip(free, extra))
+        for k, v in kwargs.items():
+            if k in op.inputs and not op.variadic:
+                idx = op.inputs.index(k)
+                while len(tensors) <= idx:
+                    tensors.append(None)
+                if tensors[idx] is not None:
+                    raise SpecError(f"{op.name}() got {k!r} twice", e.kwarg_locs.get(k, e.loc))
+                tensors[idx] = v
+            else:
+                attrs[k] = v
+        if not op.variadic and (len(tensors) < len(op.inputs) or any(t is None for t in tensors)):
+            missing = [n for i, n in enumerate(op.inputs) if i >= len(tensors) or tensors[i] is None]
+            raise SpecError(f"{op.name}() is missing the argument(s) {', '.join(missing)}", e.loc,
+                            f"signature: {signature(op)}")
+        for i, t in enumerate(tensors):
+            if not isinstance(t, (Value, bool, int, float)):
+                loc = e.args[i].loc if i < len(e.args) else e.loc
+                raise SpecError(f"{op.name}() argument {i + 1} must be a tensor or a number, got {t!r}", loc)
+        for k, v in attrs.items():
+            if isinstance(v, Value):
+                raise SpecError(f"{op.name}() argument {k!r} must be a constant, not a tensor",
+                                e.kwarg_locs.get(k, e.loc))
+            if isinstance(v, list):
+                attrs[k] = tuple(v)
+        # Python numbers take the dtype of the tensors they meet.
+        like = next((t for t in tensors if isinstance(t, Value) and is_float(t.dtype)), None)
+        tensors = [t if isinstance(t, Value) else g.lift(t, like=like) for t in tensors]
+        return g.apply(op.name, *tensors, **attrs)
+
+
+def get_op_at(e: S.Call):
+    from . import layers
+
+    with at(e.func_loc or e.loc):
+        ops = all_ops()
+        if e.func not in ops:
+            choices = list(ops) + list(layers.LAYERS)
+            raise SpecError(f"unknown op {e.func!r}", e.func_loc or e.loc,
+                            did_you_mean(e.func, choices) or "run 'flowgrad ops' to list the ops")
+        return ops[e.func]
+
+
+def signature(op) -> str:
+    parts = ["*" + op.inputs[0] + "s" if op.variadic else n for n in ([op.inputs[0]] if op.variadic else op.inputs)]
+    for k, d in op.attrs.items():
+        parts.append(k if d is REQUIRED else f"{k}={d!r}")
+    return f"{op.name}({', '.join(parts)})"

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spec.errors import Loc, SpecError, did_you_mean
+
+OPTIMIZERS: dict[str, type] = {}
+
+
+def optimizer(name: str):
+    def register(cls):
+        if name in OPTIMIZERS:
+            raise RuntimeError(f"optimizer {name!r} registered twice")
+        cls.name = name
+        OPTIMIZERS[name] = cls
+        return cls
+
+    return register
+
+
+class Optimizer:
+    name = ""
+    defaults: dict = {}
+    state_names: tuple = ()
+
+    def __init__(self, hp: dict):
+        self.hp = {**self.defaults, **hp}
+
+    def update(self, p, grad, state: dict, lr, t):
+        """(new parameter, {state name: new value}); all arguments are IR Values
+        except t, the float 1-based update count as a Value."""
+        raise NotImplementedError
+
+    def decayed(self, p, grad):
+        """Coupled (L2) weight decay: added to the gradient."""
+        wd = self.hp.get("weight_decay", 0.0)
+        return grad + wd * p if wd else grad
+
+
+def optimizer_from_config(cfg: dict, loc: Loc | None = None) -> Optimizer:
+    """{adam: {lr: 1e-3}} -> an Optimizer; the schema already checked the keys."""
+    if not isinstance(cfg, dict) or len(cfg) != 1:
+        raise SpecError("optimizer must be a mapping with exactly one optimizer name", loc,
+                        f"for example {{adam: {{lr: 0.001}}}}; choose from {', '.join(OPTIMIZERS)}")
+    (name, hp), = cfg.items()
+    if name not in OPTIMIZERS:
+        raise SpecError(f"unknown optimizer {name!r}", loc, did_you_mean(name, OPTIMIZERS) or f"choose from {', '.join(OPTIMIZERS)}")
+    hp = dict(hp or {})
+    if "lr" not in hp:
+        raise SpecError(f"optimizer {name!r} needs lr", loc)
+    if not hp["lr"] > 0:
+        raise SpecError(f"lr must be positive, got {hp['lr']}", loc)
+    return OPTIMIZERS[name](hp)

@@ -1,0 +1,185 @@
+"""Graph rewrites that keep emitted graphs small and fast.
+
+`optimize(outputs)` runs, in one topological pass: algebraic identities
+(x*1, x+0, cast to the same dtype, ...), constant folding of anything that
+depends only on constants (with the ops' own NumPy references), and common
+subexpression elimination across forward and backward. Then MatMul+Add and
+transposed operands are fused into Gemm. Dead code never reaches emission:
+only the nodes the outputs need are emitted.
+
+Numerical stabilisation (log(softmax) -> log_softmax, log(sigmoid) ->
+-softplus(-x)) happens when those ops are built, before differentiation, so
+the gradient is also the stable one (see the `log` op).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ir import Node, Value, producers_of
+
+# Folding results larger than this stay computed at run time, to keep files small.
+MAX_FOLDED_ELEMENTS = 1 << 16
+_NEVER_FOLD = {"random_bits"}
+
+
+def const_value(v: Value):
+    if v.producer is not None and v.producer.op.name == "constant":
+        return np.asarray(v.producer.attrs["value"])
+    return None
+
+
+def _is_fill(v: Value, fill: float) -> bool:
+    c = const_value(v)
+    return c is not None and c.size > 0 and bool(np.all(c == fill))
+
+
+def _attrs_key(attrs: dict):
+    items = []
+    for k, v in sorted(attrs.items()):
+        if isinstance(v, np.ndarray):
+            v = (v.dtype.str, v.shape, v.tobytes())
+        items.append((k, repr(v) if not isinstance(v, tuple) or not v or not isinstance(v[0], str) else v))
+    return tuple(items)
+
+
+def _simplify(node: Node) -> Value | None:
+    """A Value that node's (single) output equals, without the node."""
+    name = node.op.name
+    ins = node.inputs
+    out = node.outputs[0]
+    same = lambda x: x.type == out.type  # noqa: E731  (replacement must keep the type)
+    if name == "mul":
+        a, b = ins
+        if _is_fill(b, 1) and same(a):
+            return a
+        if _is_fill(a, 1) and same(b):
+            return b
+    elif name in ("add", "sub"):
+        a, b = ins
+        if _is_fill(b, 0) and same(a):
+            return a
+        if name == "add" and _is_fill(a, 0) and same(b):
+            return b
+    elif name == "div":
+        if _is_fill(ins[1], 1) and same(ins[0]):
+            return ins[0]
+    elif name == "neg":
+        p = ins[0].producer
+        if p is not None and p.op.name == "neg":
+            return p.inputs[0]
+    elif name in ("cast", "identity", "broadcast_like", "reshape"):
+        if same(ins[0]):
+            return ins[0]
+    elif name == "transpose":
+        p = ins[0].producer
+        if p is not None and p.op.name == "transpose":
+            inner = p.op.perm(p.attrs, p.inputs[0].rank)
+            outer = node.op.perm(node.attrs, ins[0].rank)
+            if [inner[i] for i in outer] == list(range(len(outer))):
+                return p.inputs[0]
+    return None
+
+
+def _fold(node: Node):
+    if node.op.name in _NEVER_FOLD or node.op.name == "constant" or node.op.ref is None:
+        return None
+    if node.op.name in ("zeros_like", "ones_like") and all(isinstance(d, int) for d in node.inputs[0].shape):
+        fill = 0 if node.op.name == "zeros_like" else 1
+        return [np.full([int(d) for d in node.inputs[0].shape], fill, dtype=node.inputs[0].dtype)]
+    values = [const_value(v) for v in node.inputs]
+    if not node.inputs or any(v is None for v in values):
+        return None
+    result = node.op.ref(node.attrs, *values)
+    results = list(result) if isinstance(result, tuple) else [result]
+    if sum(np.size(r) for r in results) > MAX_FOLDED_ELEMENTS:
+        return None
+    return [np.asarray(r, dtype=o.dtype).reshape([int(d) for d in o.shape]) for r, o in zip(results, node.outputs)]
+
+
+def optimize(outputs: list[Value]) -> list[Value]:
+    """Rewrite the graph that computes `outputs`; returns the (possibly new) output Values."""
+    if not outputs:
+        return outputs
+    g = outputs[0].graph
+    repl: dict[int, Value] = {}
+    seen: dict[tuple, Node] = {}
+
+    def resolve(v: Value) -> Value:
+        while v.id in repl:
+            v = repl[v.id]
+        return v
+
+    for node in producers_of(outputs):
+        node.inputs = [resolve(v) for v in node.inputs]
+        if len(node.outputs) == 1:
+            r = _simplify(node)
+            if r is not None:
+                repl[node.outputs[0].id] = r
+                continue
+        folded = _fold(node)
+        if folded is not None:
+            for o, arr in zip(node.outputs, folded):
+                c = g.apply("constant", value=arr)
+                c.name = o.name
+                repl[o.id] = _dedupe(c, seen, repl)
+            continue
+        key = (node.op.name, tuple(v.id for v in node.inputs), _attrs_key(node.attrs))
+        if key in seen:
+            for a, b in zip(node.outputs, seen[key].outputs):
+                repl[a.id] = b
+            continue
+        seen[key] = node
+    outputs = [resolve(v) for v in outputs]
+    return fuse_gemm(outputs)
+
+
+def _dedupe(c: Value, seen: dict, repl: dict) -> Value:
+    node = c.producer
+    key = ("constant", (), _attrs_key(node.attrs))
+    if key in seen:
+        return seen[key].outputs[0]
+    seen[key] = node
+    return c
+
+
+def _use_counts(outputs: list[Value], nodes: list[Node]) -> dict[int, int]:
+    uses: dict[int, int] = {}
+    for n in nodes:
+        for v in n.inputs:
+            uses[v.id] = uses.get(v.id, 0) + 1
+    for v in outputs:
+        uses[v.id] = uses.get(v.id, 0) + 1
+    return uses
+
+
+def _untransposed(v: Value) -> tuple[Value, bool]:
+    p = v.producer
+    if p is not None and p.op.name == "transpose" and v.rank == 2 and p.op.perm(p.attrs, 2) == (1, 0):
+        return p.inputs[0], True
+    return v, False
+
+
+def fuse_gemm(outputs: list[Value]) -> list[Value]:
+    """add(matmul(a, b), c) -> gemm(a, b, c) for matrices, folding transposes of a and b."""
+    nodes = producers_of(outputs)
+    uses = _use_counts(outputs, nodes)
+    repl: dict[int, Value] = {}
+    for node in nodes:
+        node.inputs = [repl.get(v.id, v) for v in node.inputs]
+        if node.op.name != "add":
+            continue
+        for mm, c in (node.inputs, node.inputs[::-1]):
+            p = mm.producer
+            if p is None or p.op.name != "matmul" or uses.get(mm.id, 0) != 1:
+                continue
+            a, b = p.inputs
+            if a.rank != 2 or b.rank != 2 or c.rank > 2 or node.outputs[0].shape != mm.shape:
+                continue
+            a0, ta = _untransposed(a)
+            b0, tb = _untransposed(b)
+            g = node.outputs[0].graph
+            fused = g.apply("gemm", a0, b0, c, trans_a=ta, trans_b=tb)
+            fused.name = node.outputs[0].name
+            repl[node.outputs[0].id] = fused
+            break
+    return [repl.get(v.id, v) for v in outputs]

@@ -1,0 +1,438 @@
+"""From a spec to its compiled graphs: training (per objective), eval,
+inference, gradients-only and apply-only, plus a manifest that says which
+graph does what and how every input and output is named.
+
+Naming: parameters and buffers keep their spec names (`W1`, `h.W`,
+`bn.running_mean`); optimizer state is `<state>/<param>` (`m/W1`);
+updated tensors come out as `next/<name>`; gradients as `grad/<param>`;
+control inputs are `lr` (float scalar), `step` (int64, updates done so
+far) and `seed` (int64).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from spec import model as S
+from spec.errors import GradientError, ShapeError, SpecError
+
+from .autodiff import grad
+from .emit import IR_VERSION, OPSET, emit_model
+from .init import initial_value, param_rng
+from .ir import Graph, Value, at, is_float, producers_of
+from .lower import Lowering, ParamInfo
+from .optim import Optimizer, optimizer_from_config
+from .rewrites import optimize
+
+
+@dataclass
+class Objective:
+    name: str
+    loss: S.Assign
+    param_globs: list[str]
+    optimizer: Optimizer
+    clip_norm: float | None
+    l1: float
+    l2: float
+    loc: Any = None
+
+
+@dataclass
+class GraphIO:
+    name: str
+    role: str  # input | param | buffer | state | control | loss | metric | output | next | grad
+    dtype: str
+    shape: list
+
+    def to_json(self):
+        return {"name": self.name, "role": self.role, "dtype": self.dtype, "shape": [d if isinstance(d, int) else str(d) for d in self.shape]}
+
+
+@dataclass
+class CompiledGraph:
+    kind: str
+    model: onnx.ModelProto
+    inputs: list[GraphIO]
+    outputs: list[GraphIO]
+    objective: str | None = None
+
+    @property
+    def node_count(self) -> int:
+        return len(self.model.graph.node)
+
+
+@dataclass
+class CompiledModel:
+    spec: S.Spec
+    float_dtype: str
+    params: dict[str, ParamInfo]
+    objectives: list[Objective]
+    graphs: dict[str, CompiledGraph] = field(default_factory=dict)
+    compile_seconds: float = 0.0
+
+    # ---------------------------------------------------------------- state
+    def state_names(self, objective: Objective) -> list[tuple[str, str]]:
+        """(state input name, parameter name) for an objective's optimizer state."""
+        out = []
+        for p in self.trained_params(objective):
+            for s in objective.optimizer.state_names:
+                out.append((f"{s}/{p}", p))
+        return out
+
+    def trained_params(self, objective: Objective) -> list[str]:
+        return [n for n, p in self.params.items() if p.kind == "param" and p.trainable and _matches(n, objective.param_globs)]
+
+    def initial_state(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Initial parameters and buffers (seeded per name) and zero optimizer state."""
+        state = {}
+        for name, p in self.params.items():
+            rng = param_rng(seed, name, p.seed)
+            state[name] = initial_value(p.init_kind, p.init_args, p.shape, self.float_dtype, rng, p.loc)
+        for obj in self.objectives:
+            for sname, pname in self.state_names(obj):
+                state[sname] = np.zeros(self.params[pname].shape, dtype=self.float_dtype)
+        return state
+
+    # ---------------------------------------------------------------- files
+    def manifest(self) -> dict:
+        return {
+            "flowgrad_manifest": 1,
+            "name": self.spec.name,
+            "opset": OPSET,
+            "ir_version": IR_VERSION,
+            "float_dtype": self.float_dtype,
+            "params": {
+                n: {"shape": list(p.shape), "kind": p.kind, "trainable": p.trainable, "init": p.init_kind}
+                for n, p in self.params.items()
+            },
+            "objectives": {
+                o.name: {
+                    "params": self.trained_params(o),
+                    "optimizer": o.optimizer.name,
+                    "hyper": o.optimizer.hp,
+                    "state": [s for s, _ in self.state_names(o)],
+                }
+                for o in self.objectives
+            },
+            "schedule": self.schedule,
+            "graphs": {
+                k: {
+                    "file": f"{k}.onnx",
+                    "objective": g.objective,
+                    "nodes": g.node_count,
+                    "inputs": [i.to_json() for i in g.inputs],
+                    "outputs": [o.to_json() for o in g.outputs],
+                }
+                for k, g in self.graphs.items()
+            },
+        }
+
+    @property
+    def schedule(self) -> list[str]:
+        sched = self.spec.train.get("schedule")
+        return list(sched) if sched else [o.name for o in self.objectives]
+
+    def save(self, directory: str) -> list[str]:
+        os.makedirs(directory, exist_ok=True)
+        written = []
+        for k, g in self.graphs.items():
+            path = os.path.join(directory, f"{k}.onnx")
+            onnx.save_model(g.model, path)
+            written.append(path)
+        path = os.path.join(directory, "manifest.json")
+        with open(path, "w") as f:
+            json.dump(self.manifest(), f, indent=2, default=_json_default)
+        written.append(path)
+        return written
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return str(o)
+
+
+def _matches(name: str, globs: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+# -------------------------------------------------------------------- objectives
+def objectives_of(spec: S.Spec) -> list[Objective]:
+    train = spec.train or {}
+    common = dict(clip_norm=train.get("clip_norm"), l1=float(train.get("l1", 0.0)), l2=float(train.get("l2", 0.0)))
+    default_opt = train.get("optimizer", {"sgd": {"lr": 0.01}})
+    if "objectives" not in train:
+        if spec.loss is None:
+            return []
+        opt = optimizer_from_config(default_opt, _loc(spec, "train", "optimizer"))
+        return [Objective("main", spec.loss, ["*"], opt, loc=spec.loss.loc, **common)]
+    out = []
+    graph_names = {t for a in spec.graph for t in a.targets}
+    for name, cfg in train["objectives"].items():
+        loc = _loc(spec, "train", "objectives", name)
+        loss_name = cfg["loss"]
+        if loss_name == "loss" and spec.loss is not None:
+            loss = spec.loss
+        elif loss_name in graph_names:
+            loss = S.Assign([loss_name], S.Name(loc=_loc(spec, "train", "objectives", name, "loss"), id=loss_name), loc)
+        else:
+            from spec.errors import did_you_mean
+
+            raise SpecError(f"objective {name!r} names an unknown loss {loss_name!r}", _loc(spec, "train", "objectives", name, "loss"),
+                            did_you_mean(loss_name, graph_names | {"loss"}) or "name a graph node or 'loss'")
+        globs = cfg.get("params", "*")
+        globs = [globs] if isinstance(globs, str) else list(globs)
+        opt = optimizer_from_config(cfg.get("optimizer", default_opt), _loc(spec, "train", "objectives", name))
+        out.append(Objective(name, loss, globs, opt, loc=loc,
+                             clip_norm=cfg.get("clip_norm", common["clip_norm"]), l1=common["l1"], l2=common["l2"]))
+    for s in train.get("schedule", []):
+        if s not in train["objectives"]:
+            raise SpecError(f"schedule names an unknown objective {s!r}", _loc(spec, "train", "schedule"))
+    return out
+
+
+def _loc(spec, *path):
+    try:
+        return spec.locate(*path)
+    except Exception:
+        return None
+
+
+# -------------------------------------------------------------------- graph builders
+def _scalar_loss(low: Lowering, obj_loss: S.Assign) -> Value:
+    with at(obj_loss.loc):
+        if isinstance(obj_loss.expr, S.Name) and obj_loss.expr.id in low._defs:
+            loss = low.evaluate_name(obj_loss.expr.id)
+        else:
+            loss = low.eval(obj_loss.expr)
+    if not isinstance(loss, Value) or not is_float(loss.dtype) or loss.shape != ():
+        what = loss.type if isinstance(loss, Value) else repr(loss)
+        raise ShapeError(f"the loss must be a float scalar, got {what}", obj_loss.expr.loc,
+                         "reduce it, e.g. mean(...) or sum(...)")
+    return loss
+
+
+def _metrics(low: Lowering, spec: S.Spec) -> dict[str, Value]:
+    out = {}
+    for m in spec.metrics:
+        v = low.eval(m.expr)
+        if not isinstance(v, Value):
+            v = low.graph.lift(v)
+        if v.shape != ():
+            raise ShapeError(f"metric {m.targets[0]!r} must be a scalar, got {v.type}", m.expr.loc, "reduce it, e.g. mean(...)")
+        out[m.targets[0]] = low.graph.cast(v, low.graph.float_dtype)
+    return out
+
+
+class _Builder:
+    """Collects the named inputs and outputs of one emitted graph."""
+
+    def __init__(self, low: Lowering):
+        self.low = low
+        self.g = low.graph
+        self.outputs: list[tuple[str, str, Value]] = []
+
+    def out(self, name, role, v):
+        self.outputs.append((name, role, v))
+
+    def emit(self, kind: str, optimize_graph: bool, doc: str, objective=None) -> CompiledGraph:
+        values = [v for _, _, v in self.outputs]
+        if optimize_graph:
+            values = optimize(values)
+        outs = [(n, v) for (n, _, _), v in zip(self.outputs, values)]
+        needed = {v.id for node in producers_of(values) for v in node.inputs} | {v.id for v in values}
+        ins = []
+        for name, gi in self.g.inputs.items():
+            if gi.value.id in needed:
+                ins.append((name, gi))
+        model = emit_model(self.g, [(n, gi.value) for n, gi in ins], outs, name=f"{self.low.spec.name}_{kind}", doc=doc)
+        return CompiledGraph(
+            kind,
+            model,
+            [GraphIO(n, gi.kind, gi.value.dtype, list(gi.value.shape)) for n, gi in ins],
+            [GraphIO(n, role, v.dtype, list(v.shape)) for (n, role, _), v in zip(self.outputs, values)],
+            objective,
+        )
+
+
+def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str]) -> dict[str, Value]:
+    values = [low.params[n].value for n in trained]
+    grads = grad([loss], values)
+    out = {}
+    for n, gv in zip(trained, grads):
+        if gv is None:
+            p = low.params[n]
+            raise GradientError(
+                f"parameter {n!r} never reaches the loss of objective {obj.name!r}",
+                p.loc,
+                "use it in the loss, mark it 'trainable: false', or leave it out of the objective's params",
+            )
+        out[n] = gv
+    # Penalties from the train section act on the gradient directly.
+    for n in trained:
+        p = low.params[n].value
+        if obj.l2:
+            out[n] = out[n] + obj.l2 * p
+        if obj.l1:
+            out[n] = out[n] + obj.l1 * low.graph.apply("sign", p)
+    return out
+
+
+def _apply_updates(g: Graph, obj: Objective, params: dict[str, Value], grads: dict[str, Value], states: dict[str, Value],
+                   lr: Value, step: Value):
+    """New params and optimizer state, with global-norm clipping first."""
+    if obj.clip_norm:
+        total = None
+        for gv in grads.values():
+            s = g.apply("sum", gv * gv)
+            total = s if total is None else total + s
+        norm = g.apply("sqrt", total)
+        scale = g.apply("minimum", g.lift(1.0, like=norm), obj.clip_norm / (norm + 1e-6))
+        grads = {n: gv * scale for n, gv in grads.items()}
+    t = g.cast(step, g.float_dtype) + 1.0
+    new_params, new_states = {}, {}
+    for n, gv in grads.items():
+        st = {s: states[f"{s}/{n}"] for s in obj.optimizer.state_names}
+        p_new, st_new = obj.optimizer.update(params[n], gv, st, lr, t)
+        new_params[n] = p_new
+        for s, v in st_new.items():
+            new_states[f"{s}/{n}"] = v
+    return new_params, new_states
+
+
+def _add_state_inputs(low: Lowering, obj: Objective, trained: list[str]) -> tuple[dict, Value, Value]:
+    g = low.graph
+    states = {}
+    for n in trained:
+        for s in obj.optimizer.state_names:
+            states[f"{s}/{n}"] = g.add_input(f"{s}/{n}", g.float_dtype, low.params[n].shape, kind="state")
+    lr = g.add_input("lr", g.float_dtype, (), kind="control")
+    step = g.input("step") if "step" in g.inputs else g.add_input("step", "int64", (), kind="control")
+    return states, lr, step
+
+
+def _training_lowering(spec, obj, dtype):
+    low = Lowering(spec, mode="train", float_dtype=dtype)
+    g = low.graph
+    g.rng_inputs()  # seed and step exist even when unused by randomness (step drives Adam)
+    loss = _scalar_loss(low, obj.loss)
+    metrics = _metrics(low, spec)
+    trained = [n for n, p in low.params.items() if p.kind == "param" and p.trainable and _matches(n, obj.param_globs)]
+    if not trained:
+        raise SpecError(f"objective {obj.name!r} trains no parameters", obj.loc,
+                        f"its params {obj.param_globs} match none of: {', '.join(low.params) or '(no parameters)'}")
+    return low, loss, metrics, trained
+
+
+def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients_only=False) -> CompiledGraph:
+    low, loss, metrics, trained = _training_lowering(spec, obj, dtype)
+    g = low.graph
+    grads = _gradients(low, loss, obj, trained)
+    b = _Builder(low)
+    b.out("loss", "loss", loss)
+    for k, v in metrics.items():
+        b.out(k, "metric", v)
+    if gradients_only:
+        for n, gv in grads.items():
+            b.out(f"grad/{n}", "grad", gv)
+    else:
+        states, lr, step = _add_state_inputs(low, obj, trained)
+        new_params, new_states = _apply_updates(g, obj, {n: low.params[n].value for n in trained}, grads, states, lr, step)
+        for n, v in new_params.items():
+            b.out(f"next/{n}", "next", v)
+        for n, v in new_states.items():
+            b.out(f"next/{n}", "next", v)
+    for n, v in g.buffer_updates.items():
+        b.out(f"next/{n}", "next", v)
+    kind = ("grads" if gradients_only else "train") + ("" if obj.name == "main" else f"_{obj.name}")
+    return b.emit(kind, optimize_graph, f"{'gradients' if gradients_only else 'training step'} of objective {obj.name}", obj.name)
+
+
+def build_apply(spec, obj: Objective, dtype: str, params: dict[str, ParamInfo], optimize_graph=True) -> CompiledGraph:
+    g = Graph(float_dtype=dtype, mode="train")
+    low = Lowering.__new__(Lowering)  # a bare holder: the apply graph has no spec expressions
+    low.spec, low.graph, low.params = spec, g, {}
+    trained = [n for n, p in params.items() if p.kind == "param" and p.trainable and _matches(n, obj.param_globs)]
+    pv = {n: g.add_input(n, dtype, params[n].shape, kind="param") for n in trained}
+    gv = {n: g.add_input(f"grad/{n}", dtype, params[n].shape, kind="grad") for n in trained}
+    low.params = {n: ParamInfo(n, pv[n], "", {}, True, None) for n in trained}
+    states, lr, step = _add_state_inputs(low, obj, trained)
+    new_params, new_states = _apply_updates(g, obj, pv, gv, states, lr, step)
+    b = _Builder(low)
+    for n, v in {**new_params, **new_states}.items():
+        b.out(f"next/{n}", "next", v)
+    kind = "apply" + ("" if obj.name == "main" else f"_{obj.name}")
+    return b.emit(kind, optimize_graph, f"optimizer update of objective {obj.name}", obj.name)
+
+
+def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
+    if spec.loss is None and not spec.metrics:
+        return None
+    low = Lowering(spec, mode="eval", float_dtype=dtype)
+    b = _Builder(low)
+    if spec.loss is not None:
+        b.out("loss", "loss", _scalar_loss(low, spec.loss))
+    for k, v in _metrics(low, spec).items():
+        b.out(k, "metric", v)
+    return b.emit("eval", optimize_graph, "loss and metrics, dropout off")
+
+
+def build_infer(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
+    if not spec.outputs:
+        return None
+    low = Lowering(spec, mode="infer", float_dtype=dtype)
+    b = _Builder(low)
+    for a in spec.outputs:
+        v = low.eval(a.expr)
+        if not isinstance(v, Value):
+            v = low.graph.lift(v)
+        b.out(a.targets[0], "output", v)
+    return b.emit("infer", optimize_graph, "deployment outputs")
+
+
+def check_spec(spec: S.Spec, dtype: str | None = None) -> Lowering:
+    """Evaluate every expression once (shapes, names, ops) without emitting."""
+    dtype = dtype or spec.train.get("dtype", "float32")
+    low = Lowering(spec, mode="train", float_dtype=dtype)
+    low.evaluate_all()
+    if spec.loss is not None:
+        _scalar_loss(low, spec.loss)
+    _metrics(low, spec)
+    for a in spec.outputs:
+        low.eval(a.expr)
+    return low
+
+
+def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = True, graphs: tuple = ("train", "eval", "infer", "grads", "apply")) -> CompiledModel:
+    t0 = time.perf_counter()
+    dtype = dtype or spec.train.get("dtype", "float32")
+    check = check_spec(spec, dtype)
+    objectives = objectives_of(spec)
+    cm = CompiledModel(spec, dtype, check.params, objectives)
+    for obj in objectives:
+        suffix = "" if obj.name == "main" else f"_{obj.name}"
+        if "train" in graphs:
+            cm.graphs["train" + suffix] = build_train(spec, obj, dtype, optimize_graph)
+        if "grads" in graphs:
+            cm.graphs["grads" + suffix] = build_train(spec, obj, dtype, optimize_graph, gradients_only=True)
+        if "apply" in graphs:
+            cm.graphs["apply" + suffix] = build_apply(spec, obj, dtype, check.params, optimize_graph)
+    if "eval" in graphs:
+        ev = build_eval(spec, dtype, optimize_graph)
+        if ev is not None:
+            cm.graphs["eval"] = ev
+    if "infer" in graphs:
+        inf = build_infer(spec, dtype, optimize_graph)
+        if inf is not None:
+            cm.graphs["infer"] = inf
+    cm.compile_seconds = time.perf_counter() - t0
+    return cm
