@@ -160,6 +160,156 @@ def ops(
     out.print(table)
 
 
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cuda or cpu.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).", min=1)]
+
+
+@app.command()
+def train(
+    spec: SpecArg,
+    set: SetOpt = None,
+    run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Where the run is written (default runs/<name>).")] = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, data order and dropout.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override train.epochs.", min=1)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Stop after this many updates.", min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Override train.batch_size.", min=1)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Training data: an .npz whose arrays are named like the spec's inputs.")] = None,
+    valid: Annotated[Optional[str], typer.Option("--valid", help="Validation data (.npz).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the run directory from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in a run directory that holds a run.")] = False,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Warm start from another run's parameters.")] = None,
+    freeze: Annotated[Optional[list[str]], typer.Option("--freeze", help="Keep parameters matching this glob fixed (repeatable).")] = None,
+    accumulate: Annotated[int, typer.Option("--accumulate", help="Average gradients over K batches per update.", min=1)] = 1,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps (0: each epoch).", min=0)] = 0,
+    dtype: DtypeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Compile a spec and train it on its data, with progress, validation and checkpoints."""
+    from runtime.train import TrainOptions, train as run_training
+
+    with user_errors():
+        _check_dtype(dtype)
+        s = _load(spec, set)
+        opts = TrainOptions(run_dir=run_dir, device=device, threads=threads, seed=seed, epochs=epochs, steps=steps,
+                            batch_size=batch_size, data=data, valid=valid, resume=resume, overwrite=overwrite,
+                            init_from=init_from, freeze=list(freeze or []), accumulate=accumulate,
+                            checkpoint_every=checkpoint_every, progress=not quiet, dtype=dtype)
+        if not quiet:
+            err.print(f"training [bold]{s.name}[/bold] on {_device_name(device)}")
+        result = run_training(s, opts)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    summary = Table(title=f"{s.name}: {result.stopped} after {result.epochs} epochs, {result.steps} steps, "
+                          f"{result.seconds:.1f} s on {result.device}", title_justify="left")
+    summary.add_column("metric")
+    summary.add_column("final", justify="right")
+    summary.add_column(f"best (epoch {result.best.get('epoch', '-')})", justify="right")
+    for k, v in result.final.items():
+        if k.startswith(("train_", "valid_")):
+            summary.add_row(k, f"{v:.4f}", f"{result.best.get(k, float('nan')):.4f}")
+    err.print(summary)
+    err.print(f"run written to {result.run_dir}  (export: flowgrad export {result.run_dir} -o {s.name}.onnx)")
+
+
+def _device_name(device: str) -> str:
+    from runtime.session import pick_device
+
+    return pick_device(device)
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by 'flowgrad train'.")],
+    data: Annotated[str, typer.Option("--data", help="An .npz with arrays named like the spec's inputs.")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+):
+    """Loss and metrics of a trained run on other data."""
+    from runtime.api import evaluate_run
+
+    with user_errors():
+        metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size)
+    print(json.dumps(metrics, indent=2))
+
+
+@app.command()
+def export(
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by 'flowgrad train'.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="The ONNX file to write.")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best (by validation) or last.")] = "best",
+):
+    """Write the deployment graph with the trained weights baked in."""
+    from runtime.export import export as do_export
+
+    with user_errors():
+        if checkpoint not in ("best", "last"):
+            from spec.errors import FlowgradError
+
+            raise FlowgradError(f"unknown --checkpoint {checkpoint!r}", hint="choose best or last")
+        info = do_export(run_dir, output, checkpoint)
+    err.print(f"wrote {info['path']}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}")
+    print(info["path"])
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="An exported ONNX file.")],
+    data: Annotated[str, typer.Option("--data", help="An .npz with one array per model input.")],
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the outputs to this .npz.")] = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+):
+    """Run an exported model on an .npz of inputs."""
+    from runtime.data import load_npz
+    from runtime.export import predict as run_predict
+    from runtime.session import pick_device
+
+    with user_errors():
+        ds = load_npz(data)
+        outs = run_predict(model, ds.arrays, pick_device(device), threads)
+    if output:
+        import numpy as np
+
+        np.savez(output, **outs)
+        err.print(f"wrote {output}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}")
+        return
+    for k, v in outs.items():
+        print(f"{k}: shape {list(v.shape)} dtype {v.dtype}")
+        print(v if v.size <= 50 else v.reshape(len(v), -1)[:10])
+
+
+@app.command()
+def gradcheck(
+    spec: SpecArg,
+    set: SetOpt = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest relative error that passes.")] = 1e-4,
+):
+    """Compare each parameter's symbolic gradient with finite differences (float64)."""
+    from compiler.gradcheck import gradcheck_spec
+
+    with user_errors():
+        s = _load(spec, set)
+        report = gradcheck_spec(s, seed)
+    table = Table(title=f"{s.name}: gradient check (float64, central differences)", title_justify="left")
+    for col in ("objective", "parameter", "worst relative error", ""):
+        table.add_column(col)
+    worst = 0.0
+    for obj, errs in report.items():
+        for p, e in errs.items():
+            worst = max(worst, e)
+            table.add_row(obj, p, f"{e:.2e}", "[green]ok[/green]" if e <= tolerance else "[red]FAIL[/red]")
+    out.print(table)
+    if worst > tolerance:
+        raise typer.Exit(1)
+
+
 def main():
     app()
 

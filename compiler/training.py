@@ -42,6 +42,13 @@ class Objective:
     l1: float
     l2: float
     loc: Any = None
+    frozen: list[str] = field(default_factory=list)  # globs of parameters kept fixed
+
+
+def trained_names(params: dict[str, ParamInfo], obj: Objective) -> list[str]:
+    """The parameters an objective updates: trainable, matching its globs, not frozen."""
+    return [n for n, p in params.items()
+            if p.kind == "param" and p.trainable and _matches(n, obj.param_globs) and not _matches(n, obj.frozen)]
 
 
 @dataclass
@@ -87,7 +94,7 @@ class CompiledModel:
         return out
 
     def trained_params(self, objective: Objective) -> list[str]:
-        return [n for n, p in self.params.items() if p.kind == "param" and p.trainable and _matches(n, objective.param_globs)]
+        return trained_names(self.params, objective)
 
     def initial_state(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Initial parameters and buffers (seeded per name) and zero optimizer state."""
@@ -326,7 +333,7 @@ def _training_lowering(spec, obj, dtype):
     g.rng_inputs()  # seed and step exist even when unused by randomness (step drives Adam)
     loss = _scalar_loss(low, obj.loss)
     metrics = _metrics(low, spec)
-    trained = [n for n, p in low.params.items() if p.kind == "param" and p.trainable and _matches(n, obj.param_globs)]
+    trained = trained_names(low.params, obj)
     if not trained:
         raise SpecError(f"objective {obj.name!r} trains no parameters", obj.loc,
                         f"its params {obj.param_globs} match none of: {', '.join(low.params) or '(no parameters)'}")
@@ -361,7 +368,7 @@ def build_apply(spec, obj: Objective, dtype: str, params: dict[str, ParamInfo], 
     g = Graph(float_dtype=dtype, mode="train")
     low = Lowering.__new__(Lowering)  # a bare holder: the apply graph has no spec expressions
     low.spec, low.graph, low.params = spec, g, {}
-    trained = [n for n, p in params.items() if p.kind == "param" and p.trainable and _matches(n, obj.param_globs)]
+    trained = trained_names(params, obj)
     pv = {n: g.add_input(n, dtype, params[n].shape, kind="param") for n in trained}
     gv = {n: g.add_input(f"grad/{n}", dtype, params[n].shape, kind="grad") for n in trained}
     low.params = {n: ParamInfo(n, pv[n], "", {}, True, None) for n in trained}
@@ -412,11 +419,20 @@ def check_spec(spec: S.Spec, dtype: str | None = None) -> Lowering:
     return low
 
 
-def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = True, graphs: tuple = ("train", "eval", "infer", "grads", "apply")) -> CompiledModel:
+def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = True,
+                 graphs: tuple = ("train", "eval", "infer", "grads", "apply"), frozen: list[str] = ()) -> CompiledModel:
+    """Compile every graph of a spec. `frozen` globs name parameters that no objective updates."""
     t0 = time.perf_counter()
     dtype = dtype or spec.train.get("dtype", "float32")
     check = check_spec(spec, dtype)
     objectives = objectives_of(spec)
+    if frozen:
+        hit = [n for n in check.params if _matches(n, list(frozen))]
+        if not hit:
+            raise SpecError(f"frozen parameters {list(frozen)} match no parameter", None,
+                            f"parameters: {', '.join(check.params)}")
+        for o in objectives:
+            o.frozen = list(frozen)
     cm = CompiledModel(spec, dtype, check.params, objectives)
     for obj in objectives:
         suffix = "" if obj.name == "main" else f"_{obj.name}"

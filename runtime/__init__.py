@@ -1,0 +1,1 @@
+"""flowgrad's runtime: onnxruntime sessions, the training loop, data, export."""

@@ -1,0 +1,66 @@
+"""The Python API: the CLI's verbs as functions.
+
+    from runtime.api import load, compile, train, export, predict
+    spec = load("models/mlp.yaml", overrides=["dims.H=128"])
+    result = train(spec, epochs=5)
+    export(result.run_dir, "mlp.onnx")
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from compiler.training import CompiledModel, compile_spec
+from spec import load_spec, spec_from_dict
+from spec.model import Spec
+
+from . import data as D
+from .checkpoint import load_checkpoint
+from .export import export, predict  # noqa: F401  (part of the API)
+from .session import pick_device
+from .train import TrainOptions, TrainResult, batches, needed_inputs
+from .train import train as _train
+from .trainer import Trainer
+
+
+def load(spec: str | dict | Spec, overrides: list[str] | None = None) -> Spec:
+    """A Spec from a YAML path, a dict (same structure as the YAML), or a Spec."""
+    if isinstance(spec, Spec):
+        return spec
+    if isinstance(spec, dict):
+        if overrides:
+            raise ValueError("apply overrides to the dict itself")
+        return spec_from_dict(spec)
+    return load_spec(spec, list(overrides or []))
+
+
+def compile(spec: str | dict | Spec, dtype: str | None = None, output: str | None = None) -> CompiledModel:  # noqa: A001
+    cm = compile_spec(load(spec), dtype)
+    if output:
+        cm.save(output)
+    return cm
+
+
+def train(spec: str | dict | Spec, **options) -> TrainResult:
+    """Train a spec; keyword options are those of TrainOptions (epochs, device, run_dir, ...)."""
+    s = load(spec)
+    opts = TrainOptions(**{"progress": False, **options})
+    return _train(s, opts)
+
+
+def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str = "auto", threads: int | None = None,
+                 batch_size: int = 256) -> dict:
+    spec = load_spec(os.path.join(run_dir, "spec.yaml"))
+    with open(os.path.join(run_dir, "run.json")) as f:
+        info = json.load(f)
+    cm = compile_spec(spec)
+    ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
+    state, _ = load_checkpoint(ckpt)
+    ds = D.load_npz(data)
+    needed = needed_inputs(cm, ("eval",))
+    D.check_against_spec(ds, spec, needed, data)
+    ds = D.cast_for(ds, {n: (cm.float_dtype if spec.inputs[n].dtype.startswith("float") else spec.inputs[n].dtype) for n in needed})
+    trainer = Trainer(cm, pick_device(device), threads, state, info.get("seed", 0))
+    return trainer.evaluate(b for _, b in batches(ds, batch_size))

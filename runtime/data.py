@@ -1,0 +1,143 @@
+"""Data that needs no download, and users' .npz files checked against the spec.
+
+A dataset is a dict of arrays keyed by the spec's input names, all with the
+same first dim (examples). Bundled sets:
+
+- digits / digits_images: the UCI 8x8 handwritten digits (1,797 images)
+  that ship with scikit-learn, as x [N, 64] or x [N, 1, 8, 8] in [0, 1], y int64.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import os
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spec.errors import DataError, Loc
+
+BUNDLED = ("digits", "digits_images", "text", "dates", "reverse", "copy")
+
+
+@dataclass
+class Dataset:
+    arrays: dict[str, np.ndarray]
+    name: str
+    meta: dict = field(default_factory=dict)  # e.g. vocabularies
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def subset(self, idx: np.ndarray) -> "Dataset":
+        return Dataset({k: v[idx] for k, v in self.arrays.items()}, self.name, self.meta)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for k in sorted(self.arrays):
+            a = np.ascontiguousarray(self.arrays[k])
+            h.update(k.encode())
+            h.update(str(a.dtype).encode() + str(a.shape).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()[:16]
+
+
+def _sklearn_data_file(name: str) -> str:
+    # Locate the file without importing scikit-learn (its import is slow).
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the digits dataset needs scikit-learn installed", hint="pip install scikit-learn")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+    if not os.path.exists(path):
+        raise DataError(f"scikit-learn's bundled file {name} is missing at {path}")
+    return path
+
+
+def load_digits(images: bool = False) -> Dataset:
+    with gzip.open(_sklearn_data_file("digits.csv.gz"), "rt") as f:
+        raw = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    x = (raw[:, :64] / 16.0).astype(np.float32)
+    y = raw[:, 64].astype(np.int64)
+    if images:
+        x = x.reshape(-1, 1, 8, 8)
+    return Dataset({"x": x, "y": y}, "digits_images" if images else "digits",
+                   {"classes": [str(i) for i in range(10)]})
+
+
+def load_bundled(name: str, options: dict | None = None, loc: Loc | None = None) -> Dataset:
+    options = options or {}
+    if name == "digits":
+        return load_digits(False)
+    if name == "digits_images":
+        return load_digits(True)
+    from . import datasets_text
+
+    loader = getattr(datasets_text, f"load_{name}", None)
+    if loader is None:
+        raise DataError(f"unknown dataset {name!r}", loc, f"bundled datasets: {', '.join(BUNDLED)}")
+    return loader(**options)
+
+
+def load_npz(path: str, loc: Loc | None = None) -> Dataset:
+    """A user's .npz, refusing pickled object arrays."""
+    if not os.path.exists(path):
+        raise DataError(f"data file {path!r} does not exist", loc)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        raise DataError(f"{path}: cannot read arrays ({e})", loc, "object arrays are refused; save plain numeric arrays") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})", loc, "write it with numpy.savez") from None
+    if not arrays:
+        raise DataError(f"{path}: contains no arrays", loc)
+    return Dataset(arrays, os.path.basename(path))
+
+
+def check_against_spec(ds: Dataset, spec, needed: list[str], where: str) -> None:
+    """Every input the graphs need is present, with the declared rank, dtype
+    kind, fixed dims and equal lengths; float inputs are finite."""
+    from spec.errors import did_you_mean
+
+    lengths = {}
+    for name in needed:
+        decl = spec.inputs[name]
+        if name not in ds.arrays:
+            raise DataError(f"{where}: no array named {name!r} for the input declared at {decl.loc}", decl.loc,
+                            did_you_mean(name, ds.arrays) or f"the file has: {', '.join(ds.arrays) or 'nothing'}")
+        a = ds.arrays[name]
+        if a.ndim != len(decl.shape):
+            raise DataError(f"{where}: array {name!r} has rank {a.ndim} {list(a.shape)}, the spec declares {decl.shape}", decl.loc)
+        for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
+            if isinstance(want, int) and got != want:
+                raise DataError(f"{where}: array {name!r} has size {got} in dim {i}, the spec declares {want}", decl.loc)
+        want_float = decl.dtype.startswith("float")
+        if want_float and a.dtype.kind not in "fiub":
+            raise DataError(f"{where}: array {name!r} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc)
+        if not want_float and a.dtype.kind not in "iub":
+            raise DataError(f"{where}: array {name!r} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc,
+                            "labels and ids must be integers")
+        if a.size == 0:
+            raise DataError(f"{where}: array {name!r} is empty", decl.loc)
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            bad = int(np.argwhere(~np.isfinite(a))[0][0])
+            raise DataError(f"{where}: array {name!r} has NaN or inf values (first at example {bad})", decl.loc)
+        lengths[name] = len(a)
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}: {v}" for k, v in lengths.items())
+        raise DataError(f"{where}: arrays have different numbers of examples ({detail})", None)
+
+
+def cast_for(ds: Dataset, dtypes: dict[str, str]) -> Dataset:
+    return Dataset({k: np.ascontiguousarray(ds.arrays[k], dtype=d) for k, d in dtypes.items() if k in ds.arrays},
+                   ds.name, ds.meta)
+
+
+def split(ds: Dataset, valid: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A seeded, stratification-free shuffle split."""
+    n = len(ds)
+    idx = np.random.default_rng([seed, 12345]).permutation(n)
+    n_valid = max(1, int(round(n * valid)))
+    return ds.subset(np.sort(idx[n_valid:])), ds.subset(np.sort(idx[:n_valid]))

@@ -1,0 +1,132 @@
+"""Deployment ONNX: the inference graph with trained weights baked in, and
+`predict`, which runs any such file (with only onnxruntime at run time)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from spec.errors import DataError, ExportError
+
+from .checkpoint import load_checkpoint
+
+# Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
+EXTERNAL_DATA_BYTES = 1 << 31
+
+
+def export(run_dir: str, output: str, checkpoint: str = "best") -> dict:
+    """Write RUN_DIR's inference graph with its trained parameters as `output`."""
+    graph_path = os.path.join(run_dir, "graphs", "infer.onnx")
+    manifest_path = os.path.join(run_dir, "graphs", "manifest.json")
+    if not os.path.exists(graph_path):
+        if not os.path.isdir(run_dir):
+            raise ExportError(f"{run_dir} is not a run directory", hint="pass the directory that 'flowgrad train' wrote, e.g. runs/mlp")
+        raise ExportError(f"{run_dir} has no inference graph", hint="the spec needs an 'outputs' section to export")
+    ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
+    if not os.path.exists(ckpt):
+        ckpt = os.path.join(run_dir, "checkpoint.npz")
+    state, meta = load_checkpoint(ckpt)
+    model = onnx.load(graph_path)
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    kept, baked = [], []
+    for inp in model.graph.input:
+        role = manifest["params"].get(inp.name, {}).get("kind")
+        if role in ("param", "buffer"):
+            model.graph.initializer.append(numpy_helper.from_array(state[inp.name], inp.name))
+            baked.append(inp.name)
+        else:
+            kept.append(inp)
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    run_info = _read_json(os.path.join(run_dir, "run.json"))
+    props = {
+        "flowgrad.spec": manifest["name"],
+        "flowgrad.inputs": json.dumps([i.name for i in kept]),
+        "flowgrad.outputs": json.dumps([o.name for o in model.graph.output]),
+        "flowgrad.step": str(meta.get("step", 0)),
+    }
+    for k, v in (run_info.get("meta") or {}).items():
+        props[f"flowgrad.{k}"] = json.dumps(v)
+    onnx.helper.set_model_props(model, props)
+    onnx.checker.check_model(model, full_check=True)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    size = sum(state[n].nbytes for n in baked)
+    if size >= EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, output, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(output) + ".data")
+    else:
+        onnx.save_model(model, output)
+    return {"path": output, "inputs": [i.name for i in kept], "outputs": [o.name for o in model.graph.output],
+            "parameters": len(baked), "bytes": size}
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError:
+        return {}
+
+
+def load_model_safely(path: str) -> onnx.ModelProto:
+    """Parse an ONNX file from anyone: malformed files and external-data paths
+    that leave the model's directory are refused."""
+    if not os.path.isfile(path):
+        raise ExportError(f"no ONNX file at {path}")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:
+        raise ExportError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
+    base = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    for t in _all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            target = os.path.realpath(os.path.join(base, loc))
+            if os.path.isabs(loc) or os.path.commonpath([base, target]) != base:
+                raise ExportError(f"{path}: tensor {t.name!r} points outside the model's directory ({loc!r})",
+                                  hint="refusing to read external data from there")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, base)
+    return model
+
+
+def _all_tensors(model):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+
+
+def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", threads: int | None = None) -> dict[str, np.ndarray]:
+    from .session import make_session
+
+    model = load_model_safely(model_path)
+    sess = make_session(model, device, threads)
+    wanted = {i.name: i for i in sess.get_inputs()}
+    missing = [n for n in wanted if n not in feeds]
+    if missing:
+        raise DataError(f"the model needs input(s) {', '.join(missing)}", hint=f"the data file has: {', '.join(feeds)}")
+    fixed = {}
+    for name, meta in wanted.items():
+        a = np.asarray(feeds[name])
+        want = _ORT_TYPES.get(meta.type)
+        if want is not None and a.dtype != want:
+            if a.dtype.kind == "f" and np.dtype(want).kind in "iu":
+                raise DataError(f"input {name!r} must hold integers, got {a.dtype}")
+            a = a.astype(want)
+        if len(a.shape) != len(meta.shape):
+            raise DataError(f"input {name!r} has rank {a.ndim}, the model expects {len(meta.shape)} ({meta.shape})")
+        fixed[name] = a
+    outs = sess.run(None, fixed)
+    return dict(zip([o.name for o in sess.get_outputs()], outs))
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}

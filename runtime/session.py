@@ -1,0 +1,110 @@
+"""onnxruntime sessions: quiet device choice, thread settings, IOBinding.
+
+`pick_device("auto")` takes CUDA when onnxruntime-gpu can really create its
+CUDA provider, else the CPU, without letting onnxruntime's loader print its
+loud errors about missing CUDA libraries.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from functools import lru_cache
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from spec.errors import FlowgradError
+
+ort.set_default_logger_severity(3)
+
+
+@contextlib.contextmanager
+def _silenced_stderr():
+    """Hide what native code writes to fd 2 (onnxruntime's CUDA loader errors)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            sys.stderr.flush()
+            os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _probe_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10).SerializeToString()
+
+
+@lru_cache(maxsize=None)
+def cuda_available() -> bool:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        with _silenced_stderr():
+            sess = ort.InferenceSession(_probe_model(), opts, providers=["CUDAExecutionProvider"])
+        return sess.get_providers()[0] == "CUDAExecutionProvider"
+    except Exception:
+        return False
+
+
+def pick_device(device: str) -> str:
+    if device not in ("auto", "cuda", "cpu"):
+        raise FlowgradError(f"unknown device {device!r}", hint="choose auto, cuda or cpu")
+    if device == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda"
+    if device == "cuda":
+        raise FlowgradError(
+            "--device cuda was asked for, but onnxruntime cannot create its CUDA provider here",
+            hint="install onnxruntime-gpu with CUDA 13 and cuDNN 9 libraries, or use --device cpu",
+        )
+    return "cpu"
+
+
+def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data, opts, providers=providers)
+
+
+def ort_device(device: str) -> tuple[str, int]:
+    return ("cuda", 0) if device == "cuda" else ("cpu", 0)
+
+
+def to_device(arr: np.ndarray, device: str) -> ort.OrtValue:
+    kind, idx = ort_device(device)
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), kind, idx)
+
+
+def empty_like(v: ort.OrtValue, device: str) -> ort.OrtValue:
+    kind, idx = ort_device(device)
+    return ort.OrtValue.ortvalue_from_shape_and_type(v.shape(), _np_type(v), kind, idx)
+
+
+def _np_type(v: ort.OrtValue):
+    t = v.data_type()  # e.g. "tensor(float)"
+    return {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}[t]

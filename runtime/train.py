@@ -1,0 +1,378 @@
+"""The training loop: data, run directory, checkpoints, validation, early
+stopping, progress. Everything random is a function of the seed: data order
+of (seed, epoch), in-graph randomness of (seed, step), initial parameters of
+(seed, parameter name). So a resumed run replays the uninterrupted one."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.training import CompiledModel, compile_spec
+from spec import model as S
+from spec.errors import DataError, FlowgradError
+
+from . import data as D
+from .checkpoint import load_checkpoint, save_checkpoint
+from .schedules import lr_schedule
+from .session import pick_device
+from .trainer import Trainer
+
+CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"
+
+
+@dataclass
+class TrainOptions:
+    run_dir: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+    seed: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    data: str | None = None
+    valid: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)
+    accumulate: int = 1
+    checkpoint_every: int = 0  # steps; 0 = at the end of each epoch only
+    progress: bool = True
+    dtype: str | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    device: str
+    steps: int
+    epochs: int
+    seconds: float
+    final: dict
+    best: dict
+    history: list
+    stopped: str = "finished"
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("run_dir", "device", "steps", "epochs", "seconds", "final", "best", "stopped")}
+
+
+# ---------------------------------------------------------------- data
+def needed_inputs(cm: CompiledModel, kinds=("train", "eval")) -> list[str]:
+    names = []
+    for k, g in cm.graphs.items():
+        if k.split("_")[0] in kinds:
+            for i in g.inputs:
+                if i.role == "input" and i.name not in names:
+                    names.append(i.name)
+    return names
+
+
+def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) -> tuple[D.Dataset, D.Dataset | None]:
+    cfg = spec.train.get("data", {}) or {}
+    loc = spec.locate("train", "data") if "data" in spec.train else spec.locate("train") if spec.train else None
+    if opts.data:
+        train_ds = D.load_npz(opts.data)
+        where = opts.data
+    elif "path" in cfg:
+        path = cfg["path"]
+        if not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), path)
+        train_ds = D.load_npz(path, loc)
+        where = path
+    elif "dataset" in cfg:
+        train_ds = D.load_bundled(cfg["dataset"], cfg.get("options"), loc)
+        where = f"dataset {cfg['dataset']!r}"
+    else:
+        raise DataError("no training data: the spec has no train.data and no --data was given", loc,
+                        "add train: {data: {dataset: digits}} or pass --data train.npz")
+    needed = needed_inputs(cm)
+    D.check_against_spec(train_ds, spec, needed, where)
+    valid_cfg = opts.valid if opts.valid is not None else cfg.get("valid")
+    valid_ds = None
+    if isinstance(valid_cfg, str):
+        valid_ds = D.load_npz(valid_cfg, loc)
+        D.check_against_spec(valid_ds, spec, needed, valid_cfg)
+    elif valid_cfg:
+        train_ds, valid_ds = D.split(train_ds, float(valid_cfg), seed)
+    dtypes = {n: (cm.float_dtype if spec.inputs[n].dtype.startswith("float") else spec.inputs[n].dtype) for n in needed}
+    train_ds = D.cast_for(train_ds, dtypes)
+    if valid_ds is not None:
+        valid_ds = D.cast_for(valid_ds, dtypes)
+    return train_ds, valid_ds
+
+
+def batches(ds: D.Dataset, batch_size: int, order: np.ndarray | None = None, start: int = 0):
+    n = len(ds)
+    idx = np.arange(n) if order is None else order
+    for i in range(start, n, batch_size):
+        sel = idx[i:i + batch_size]
+        yield i, {k: np.ascontiguousarray(v[sel]) for k, v in ds.arrays.items()}
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, 7]).permutation(n)
+
+
+# ---------------------------------------------------------------- run directory
+@contextlib.contextmanager
+def run_lock(run_dir: str):
+    """One training process per run directory."""
+    import fcntl
+
+    path = os.path.join(run_dir, ".lock")
+    f = open(path, "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise FlowgradError(f"another flowgrad process is training in {run_dir}",
+                            hint="wait for it to finish, or use --run-dir for a separate run") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
+    run_dir = opts.run_dir or os.path.join("runs", spec.name)
+    ckpt = os.path.join(run_dir, CHECKPOINT)
+    if os.path.exists(ckpt) and not opts.resume and not opts.overwrite:
+        raise FlowgradError(f"{run_dir} already holds a run (its checkpoint would be lost)",
+                            hint="continue it with --resume, start over with --overwrite, or pick --run-dir")
+    if opts.resume and not os.path.exists(ckpt):
+        raise FlowgradError(f"nothing to resume: no checkpoint in {run_dir}", hint="train without --resume first")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise FlowgradError(f"cannot create the run directory {run_dir}: {e.strerror}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise FlowgradError(f"the run directory {run_dir} is not writable", hint="pick another with --run-dir")
+    return run_dir
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
+
+
+# ---------------------------------------------------------------- the loop
+def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
+    opts = opts or TrainOptions()
+    t_start = time.perf_counter()
+    cfg = spec.train or {}
+    seed = int(opts.seed if opts.seed is not None else cfg.get("seed", 0))
+    if opts.accumulate < 1:
+        raise FlowgradError("--accumulate must be at least 1")
+    device = pick_device(opts.device)
+    run_dir = prepare_run_dir(spec, opts)
+    with run_lock(run_dir):
+        cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
+        train_ds, valid_ds = load_data(spec, cm, opts, seed)
+        batch_size = int(opts.batch_size or cfg.get("batch_size", 32))
+        steps_per_epoch = -(-len(train_ds) // (batch_size * opts.accumulate))
+        epochs = opts.epochs or cfg.get("epochs")
+        max_steps = opts.steps or cfg.get("steps")
+        if not epochs and not max_steps:
+            epochs = 10
+        total_steps = max_steps or epochs * steps_per_epoch
+        epochs = epochs or -(-total_steps // steps_per_epoch)
+
+        state, meta = None, {}
+        ckpt_path = os.path.join(run_dir, CHECKPOINT)
+        if opts.resume:
+            state, meta = load_checkpoint(ckpt_path)
+            _check_state(cm, state, ckpt_path, seed)
+        elif opts.init_from:
+            state = _warm_start(cm, opts.init_from, seed)
+        trainer = Trainer(cm, device, opts.threads, state, seed)
+        _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed=bool(meta))
+
+        schedules = {o.name: lr_schedule(o.optimizer.hp["lr"], cfg.get("lr_schedule"), total_steps, steps_per_epoch)
+                     for o in cm.objectives}
+        step = int(meta.get("step", 0))
+        epoch = int(meta.get("epoch", 0))
+        position = int(meta.get("position", 0))
+        history = list(meta.get("history", []))
+        best = dict(meta.get("best", {}))
+        bad_epochs = int(meta.get("bad_epochs", 0))
+        _rewrite_metrics(run_dir, history)
+        stopping = cfg.get("early_stopping")
+        stopped = "finished"
+
+        def checkpoint(pos):
+            save_checkpoint(ckpt_path, trainer.state_numpy(), {
+                "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
+                "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state)})
+
+        progress = _Progress(opts.progress, epochs, steps_per_epoch)
+        with progress:
+            while epoch < epochs and step < total_steps and stopped == "finished":
+                order = epoch_order(seed, epoch, len(train_ds))
+                sums, count = {}, 0
+                t_epoch = time.perf_counter()
+                progress.start_epoch(epoch, position // (batch_size * opts.accumulate))
+                group: list = []
+                for pos, batch in batches(train_ds, batch_size, order, position):
+                    group.append(batch)
+                    if len(group) < opts.accumulate and pos + batch_size < len(train_ds):
+                        continue
+                    n = sum(len(next(iter(b.values()))) for b in group)
+                    for name in cm.schedule:
+                        lr = schedules[name](step)
+                        if opts.accumulate > 1:
+                            scalars = trainer.accumulate_step(name, group, lr, step)
+                        else:
+                            scalars = trainer.train_step(name, group[0], lr, step)
+                        _check_finite(scalars, step, epoch, run_dir)
+                        for k, v in scalars.items():
+                            key = k if len(cm.schedule) == 1 else f"{name}/{k}"
+                            sums[key] = sums.get(key, 0.0) + v * n
+                    group = []
+                    count += n
+                    step += 1
+                    next_pos = pos + batch_size
+                    progress.advance({k: v / count for k, v in sums.items()}, count / max(time.perf_counter() - t_epoch, 1e-9))
+                    if opts.checkpoint_every and step % opts.checkpoint_every == 0 and next_pos < len(train_ds):
+                        checkpoint(next_pos)
+                    if step >= total_steps:
+                        break
+                position = 0
+                record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
+                if valid_ds is not None:
+                    record.update({f"valid_{k}": v for k, v in trainer.evaluate(
+                        b for _, b in batches(valid_ds, max(batch_size, 256))).items()})
+                record["seconds"] = round(time.perf_counter() - t_start, 3)
+                epoch += 1
+                improved = True
+                if stopping:
+                    key = stopping["metric"]
+                    if key not in record:
+                        raise FlowgradError(f"early_stopping metric {key!r} is not reported",
+                                            spec.locate("train", "early_stopping", "metric"),
+                                            f"reported: {', '.join(k for k in record if k not in ('epoch', 'step', 'seconds'))}")
+                    better = (lambda a, b: a > b) if stopping.get("mode", "min") == "max" else (lambda a, b: a < b)
+                    improved = not best or better(record[key], best[key])
+                    bad_epochs = 0 if improved else bad_epochs + 1
+                if improved:
+                    best = dict(record)
+                history.append(record)
+                checkpoint(0)
+                if improved:
+                    shutil.copyfile(ckpt_path, os.path.join(run_dir, BEST))
+                with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                progress.end_epoch(record)
+                if on_epoch:
+                    on_epoch(record)
+                if stopping and bad_epochs >= int(stopping.get("patience", 5)):
+                    stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
+        result = TrainResult(run_dir, device, step, epoch, time.perf_counter() - t_start,
+                             history[-1] if history else {}, best, history, stopped)
+        with open(os.path.join(run_dir, "result.json"), "w") as f:
+            json.dump(result.to_json(), f, indent=2)
+        return result
+
+
+def _check_finite(scalars, step, epoch, run_dir):
+    for k, v in scalars.items():
+        if not np.isfinite(v):
+            raise FlowgradError(
+                f"{k} became {v} at step {step} (epoch {epoch + 1}); training stopped",
+                hint=f"the last good checkpoint is in {run_dir}; lower the learning rate or add clip_norm, then --resume or --overwrite",
+            )
+
+
+def _check_state(cm: CompiledModel, state: dict, path: str, seed: int):
+    want = cm.initial_state(seed)
+    missing = [k for k in want if k not in state]
+    if missing:
+        raise DataError(f"checkpoint {path} lacks {', '.join(missing[:5])}", hint="the spec changed since it was written; train anew with --overwrite")
+    for k, v in want.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise DataError(f"checkpoint {path}: {k} has shape {list(state[k].shape)}, the spec now says {list(v.shape)}",
+                            hint="the spec changed since it was written; train anew with --overwrite")
+
+
+def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> dict:
+    path = os.path.join(run_dir, CHECKPOINT) if os.path.isdir(run_dir) else run_dir
+    source, _ = load_checkpoint(path)
+    state = cm.initial_state(seed)
+    taken = 0
+    for k in cm.params:
+        if k in source and source[k].shape == state[k].shape:
+            state[k] = source[k].astype(state[k].dtype)
+            taken += 1
+    if not taken:
+        raise DataError(f"--init-from {run_dir}: no parameter matches this spec by name and shape")
+    return state
+
+
+def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed):
+    shutil.copyfile(spec.path, os.path.join(run_dir, "spec.yaml")) if os.path.exists(spec.path) else None
+    cm.save(os.path.join(run_dir, "graphs"))
+    info = {
+        "spec": spec.name, "seed": seed, "device": device, "threads": opts.threads, "data": train_ds.name,
+        "data_hash": train_ds.fingerprint(), "versions": _versions(), "resumed": resumed,
+        "argv": sys.argv, "meta": train_ds.meta,
+    }
+    with open(os.path.join(run_dir, "run.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+
+def _rewrite_metrics(run_dir, history):
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        for r in history:
+            f.write(json.dumps(r) + "\n")
+
+
+class _Progress:
+    """A rich progress bar on stderr: epoch, step, loss, metric, samples/s."""
+
+    def __init__(self, enabled: bool, epochs: int, steps_per_epoch: int):
+        self.enabled = enabled
+        self.epochs = epochs
+        self.steps = steps_per_epoch
+        self.bar = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.console = Console(stderr=True)
+            self.bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, transient=False)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start_epoch(self, epoch, done):
+        if self.bar is not None:
+            self.task = self.bar.add_task("", total=self.steps, completed=done, epoch=f"{epoch + 1}/{self.epochs}", info="")
+
+    def advance(self, running: dict, rate: float):
+        if self.bar is not None:
+            info = "  ".join(f"{k} {v:.4f}" for k, v in running.items()) + f"  {rate:,.0f} samples/s"
+            self.bar.update(self.task, advance=1, info=info)
+
+    def end_epoch(self, record):
+        if self.bar is not None:
+            info = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "valid_")))
+            self.bar.update(self.task, info=info)

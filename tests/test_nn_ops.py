@@ -1,0 +1,229 @@
+"""Checks of the nn ops beyond the registry-driven table in test_ops.py:
+the float32 path on onnxruntime (the float64 table runs convolutions and
+average pooling on onnx's reference evaluator), batch_norm's eval mode and
+running-buffer updates, symbolic batch dims, and error messages."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from compiler.autodiff import grad
+from compiler.check import Runner
+from compiler.emit import emit_model
+from compiler.ir import Graph
+from compiler.registry import all_ops
+from spec.errors import ShapeError
+
+NN_OPS = {name: o for name, o in all_ops().items() if o.family == "nn"}
+
+
+def _cases():
+    out = []
+    for op in NN_OPS.values():
+        rng = np.random.default_rng(zlib.crc32(op.name.encode()))
+        for i, s in enumerate(op.samples(rng)):
+            out.append(pytest.param(op, s, id=f"{op.name}-{i}"))
+    return out
+
+
+def _forward_and_grads(op, sample, dtype, prefer):
+    """Run op and the gradient of a fixed weighted sum of its output, in `dtype`."""
+    g = Graph(float_dtype=dtype)
+    arrays = [np.asarray(a, dtype=dtype) if np.asarray(a).dtype.kind == "f" else np.asarray(a) for a in sample.inputs]
+    ins = [g.add_input(f"in{i}", a.dtype.name, a.shape) for i, a in enumerate(arrays)]
+    out = g.apply(op.name, *ins, **sample.attrs)
+    w = np.random.default_rng(0).normal(size=[int(d) for d in out.shape]).astype(dtype)
+    loss = g.apply("sum", out * g.const(w))
+    which = sample.grad_inputs if sample.grad_inputs is not None else [
+        i for i, a in enumerate(arrays) if a.dtype.kind == "f"
+    ]
+    grads = grad([loss], [ins[i] for i in which])
+    outputs = [("y", out)] + [(f"g{i}", gv) for i, gv in zip(which, grads) if gv is not None]
+    model = emit_model(g, [(f"in{i}", v) for i, v in enumerate(ins)], outputs)
+    runner = Runner(model, prefer=prefer)
+    return runner, runner({f"in{i}": a for i, a in enumerate(arrays)})
+
+
+@pytest.mark.parametrize("op,sample", _cases())
+def test_float32_on_onnxruntime(op, sample):
+    """float32 forward matches the NumPy reference, and float32 gradients on
+    onnxruntime match the float64 ones (which run on the reference evaluator)."""
+    run32, got32 = _forward_and_grads(op, sample, "float32", "ort")
+    assert run32.backend == "onnxruntime"
+    want = op.ref(op.bind_attrs(sample.attrs), *[np.asarray(a) for a in sample.inputs])
+    assert got32["y"].dtype == np.float32
+    np.testing.assert_allclose(got32["y"], want, rtol=1e-4, atol=1e-4)
+    _, got64 = _forward_and_grads(op, sample, "float64", "reference")
+    for k in got64:
+        if k.startswith("g"):
+            np.testing.assert_allclose(got32[k], got64[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+# ------------------------------------------------------------------ batch_norm
+def _bn_graph(mode, x, gamma, beta, rm, rv, **attrs):
+    g = Graph(float_dtype="float64", mode=mode)
+    ins = [
+        g.add_input("x", "float64", x.shape),
+        g.add_input("gamma", "float64", gamma.shape, kind="param"),
+        g.add_input("beta", "float64", beta.shape, kind="param"),
+        g.add_input("bn.running_mean", "float64", rm.shape, kind="buffer"),
+        g.add_input("bn.running_var", "float64", rv.shape, kind="buffer"),
+    ]
+    y = g.apply("batch_norm", *ins, **attrs)
+    return g, ins, y
+
+
+def _bn_data(shape=(4, 3, 2, 2)):
+    rng = np.random.default_rng(1)
+    c = shape[1]
+    return (rng.normal(size=shape) * 2 + 1, rng.uniform(0.5, 1.5, c), rng.normal(size=c),
+            rng.normal(size=c), rng.uniform(0.5, 2.0, c))
+
+
+@pytest.mark.parametrize("mode", ["eval", "infer"])
+def test_batch_norm_eval_uses_running_stats(mode):
+    x, gamma, beta, rm, rv = _bn_data()
+    g, ins, y = _bn_graph(mode, x, gamma, beta, rm, rv, eps=1e-3)
+    assert g.buffer_updates == {}
+    # the gradient reaches x, gamma and beta only
+    loss = g.apply("sum", y * y)
+    gx, gg, gb, grm, grv = grad([loss], ins)
+    assert grm is not None and grv is not None  # eval: the output depends on the running stats
+    model = emit_model(g, [(v.name, v) for v in ins], [("y", y), ("gx", gx)])
+    feeds = dict(zip([v.name for v in ins], [x, gamma, beta, rm, rv]))
+    got = Runner(model)(feeds)
+    s = (1, -1, 1, 1)
+    want = (x - rm.reshape(s)) / np.sqrt(rv.reshape(s) + 1e-3) * gamma.reshape(s) + beta.reshape(s)
+    np.testing.assert_allclose(got["y"], want, rtol=1e-10)
+    np.testing.assert_allclose(got["gx"], 2 * want * (gamma / np.sqrt(rv + 1e-3)).reshape(s), rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 2, 2), (5, 3)])
+def test_batch_norm_train_buffer_updates(shape):
+    x, gamma, beta, rm, rv = _bn_data(shape)
+    g, ins, y = _bn_graph("train", x, gamma, beta, rm, rv, momentum=0.25)
+    assert set(g.buffer_updates) == {"bn.running_mean", "bn.running_var"}
+    new_rm, new_rv = g.buffer_updates["bn.running_mean"], g.buffer_updates["bn.running_var"]
+    assert new_rm.shape == (3,) and new_rv.shape == (3,)
+    model = emit_model(g, [(v.name, v) for v in ins], [("y", y), ("rm", new_rm), ("rv", new_rv)])
+    got = Runner(model)(dict(zip([v.name for v in ins], [x, gamma, beta, rm, rv])))
+    axes = (0,) + tuple(range(2, x.ndim))
+    np.testing.assert_allclose(got["rm"], 0.75 * rm + 0.25 * x.mean(axis=axes), rtol=1e-12)
+    np.testing.assert_allclose(got["rv"], 0.75 * rv + 0.25 * x.var(axis=axes, ddof=1), rtol=1e-12)
+    # no gradient flows into the buffers, not even through the updates
+    loss = g.apply("sum", y * y) + g.apply("sum", new_rm) + g.apply("sum", new_rv)
+    grads = grad([loss], ins)
+    assert grads[0] is not None
+    gm, gv = grads[3], grads[4]
+    # d(update)/d(buffer) is the (1 - momentum) decay only; the batch stats enter through stop_gradient
+    model = emit_model(g, [(v.name, v) for v in ins], [("gx", grads[0]), ("gm", gm), ("gv", gv)])
+    got = Runner(model)(dict(zip([v.name for v in ins], [x, gamma, beta, rm, rv])))
+    np.testing.assert_allclose(got["gm"], np.full(3, 0.75))
+    np.testing.assert_allclose(got["gv"], np.full(3, 0.75))
+    # and the x gradient is that of the normalised output alone
+    loss_y = g.apply("sum", y * y)
+    (gx_y,) = grad([loss_y], [ins[0]])
+    model = emit_model(g, [(v.name, v) for v in ins], [("a", grads[0]), ("b", gx_y)])
+    got = Runner(model)(dict(zip([v.name for v in ins], [x, gamma, beta, rm, rv])))
+    np.testing.assert_allclose(got["a"], got["b"], rtol=1e-12)
+
+
+def test_batch_norm_train_needs_several_values():
+    x, gamma, beta, rm, rv = _bn_data((1, 3))
+    with pytest.raises(ShapeError, match="more than one value per channel"):
+        _bn_graph("train", x, gamma, beta, rm, rv)
+
+
+# ------------------------------------------------------------------ symbolic batch
+def test_conv_and_pool_with_symbolic_batch():
+    g = Graph(float_dtype="float32")
+    x = g.add_input("x", "float32", ("N", 4, 7, 6))
+    w = g.add_input("w", "float32", (6, 2, 3, 3), kind="param")
+    h = g.apply("conv", x, w, stride=2, padding=1, groups=2)
+    assert h.shape == ("N", 6, 4, 3)
+    h = g.apply("relu", h)
+    m = g.apply("max_pool2d", h, kernel=2, stride=1)
+    a = g.apply("avg_pool2d", h, kernel=(2, 3), padding=(1, 1))
+    loss = g.apply("sum", m) + g.apply("sum", a * a)
+    gx, gw = grad([loss], [x, w])
+    assert gx.shape == x.shape and gw.shape == w.shape
+    model = emit_model(g, [("x", x), ("w", w)], [("loss", loss), ("gx", gx), ("gw", gw)])
+    run = Runner(model)
+    assert run.backend == "onnxruntime"
+    rng = np.random.default_rng(0)
+    for n in (1, 3):
+        xs = rng.normal(size=(n, 4, 7, 6)).astype(np.float32)
+        ws = rng.normal(size=(6, 2, 3, 3)).astype(np.float32)
+        got = run({"x": xs, "w": ws})
+        assert got["gx"].shape == xs.shape and got["gw"].shape == ws.shape
+        # against the same graph in float64 with static shapes
+        g2 = Graph(float_dtype="float64")
+        x2 = g2.add_input("x", "float64", xs.shape)
+        w2 = g2.add_input("w", "float64", ws.shape)
+        h2 = g2.apply("relu", g2.apply("conv", x2, w2, stride=2, padding=1, groups=2))
+        l2 = g2.apply("sum", g2.apply("max_pool2d", h2, kernel=2, stride=1))
+        a2 = g2.apply("avg_pool2d", h2, kernel=(2, 3), padding=(1, 1))
+        l2 = l2 + g2.apply("sum", a2 * a2)
+        gx2, gw2 = grad([l2], [x2, w2])
+        want = Runner(emit_model(g2, [("x", x2), ("w", w2)], [("gx", gx2), ("gw", gw2)]))(
+            {"x": xs.astype(np.float64), "w": ws.astype(np.float64)}
+        )
+        np.testing.assert_allclose(got["gx"], want["gx"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(got["gw"], want["gw"], rtol=1e-3, atol=1e-3)
+
+
+# ------------------------------------------------------------------ errors
+def _g():
+    return Graph(float_dtype="float64")
+
+
+def test_maxout_must_divide():
+    g = _g()
+    x = g.add_input("x", "float64", (2, 7))
+    with pytest.raises(ShapeError, match="not a multiple of pieces=3"):
+        g.apply("maxout", x, pieces=3)
+
+
+def test_conv_channel_mismatch():
+    g = _g()
+    x = g.add_input("x", "float64", (2, 3, 5, 5))
+    w = g.add_input("w", "float64", (4, 2, 3, 3))
+    with pytest.raises(ShapeError, match=r"conv: input \[2, 3, 5, 5\] has 3 channels"):
+        g.apply("conv", x, w)
+
+
+def test_conv_input_smaller_than_kernel():
+    g = _g()
+    x = g.add_input("x", "float64", (2, 3, 2, 5))
+    w = g.add_input("w", "float64", (4, 3, 3, 3))
+    with pytest.raises(ShapeError, match="smaller than the \\(dilated\\) kernel"):
+        g.apply("conv", x, w)
+
+
+def test_conv_bad_groups_and_padding():
+    g = _g()
+    x = g.add_input("x", "float64", (2, 4, 5, 5))
+    w = g.add_input("w", "float64", (3, 2, 3, 3))
+    with pytest.raises(ShapeError, match="do not split into 2 groups"):
+        g.apply("conv", x, w, groups=2)
+    w2 = g.add_input("w2", "float64", (4, 4, 3, 3))
+    with pytest.raises(ShapeError, match="padding 'valid' is not supported"):
+        g.apply("conv", x, w2, padding="valid")
+
+
+def test_pool_padding_must_be_smaller_than_kernel():
+    g = _g()
+    x = g.add_input("x", "float64", (1, 1, 5, 5))
+    with pytest.raises(ShapeError, match="smaller than the kernel"):
+        g.apply("max_pool2d", x, kernel=2, padding=2)
+
+
+def test_layer_norm_gamma_shape():
+    g = _g()
+    x = g.add_input("x", "float64", (2, 3, 4))
+    gamma = g.add_input("gamma", "float64", (3,))
+    beta = g.add_input("beta", "float64", (4,))
+    with pytest.raises(ShapeError, match=r"gamma must be \[4\]"):
+        g.apply("layer_norm", x, gamma, beta)
