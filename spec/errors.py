@@ -80,3 +80,7 @@ def did_you_mean(word: str, choices) -> str | None:
     if not close:
         return None
     return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+class MultiSpecError(MultiError, SpecError):
+    """Several problems in one spec: caught by `except SpecError` and by `except MultiError`."""

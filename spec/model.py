@@ -67,7 +67,9 @@ class Slice(Expr):
 @dataclass
 class Subscript(Expr):
     value: Expr
-    index: list[Expr]  # each a Slice, an Expr (integer index) or Const(None) for a new axis
+    # each a Slice, an Expr (integer index), Const(None) for a new axis or
+    # Const(Ellipsis) for all the axes in between (x[..., -1])
+    index: list[Expr]
 
 
 @dataclass
@@ -105,6 +107,8 @@ class ParamDecl:
     loc: Loc
     trainable: bool = True
     dtype: str = "float32"
+    seed: int | None = None  # of this parameter's initializer; None: derived from train.seed
+    doc: str = ""
 
 
 @dataclass

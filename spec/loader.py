@@ -1,0 +1,697 @@
+"""Spec files -> Spec objects: YAML, overrides, JSON Schema, names, sizes, expressions.
+
+Every mistake becomes a SpecError located in the file (or in the --set
+string it came from); independent mistakes are reported together as a
+MultiSpecError (both a SpecError and a MultiError), one located line each.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import keyword
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import FlowgradError, Loc, MultiError, MultiSpecError, SpecError, did_you_mean
+from .expr import ast_parse, parse_expr
+from .model import Assign, Block, Const, Expr, InitSpec, InputDecl, ParamDecl, Spec
+from .yamltree import (MAX_BYTES, LocList, LocMap, ScalarSrc, load_yaml, locate, locate_key,
+                       parse_yaml, to_plain)
+
+__all__ = [
+    "load_spec", "spec_from_dict", "spec_from_text", "apply_override", "validate_tree",
+    "schema", "schema_default", "eval_size", "LocMap", "LocList", "ScalarSrc", "locate",
+    "locate_key", "load_yaml", "to_plain", "SPEC_VERSION", "DTYPES", "INIT_KINDS", "OPTIMIZERS",
+    "LR_SCHEDULES",
+]
+
+SPEC_VERSION = 1
+MAX_SIZE = 2 ** 40  # a size beyond this is a typo, and keeps size arithmetic cheap
+
+
+# ---------------------------------------------------------------- entry points
+def load_spec(path: str, overrides=()) -> Spec:
+    """Load, validate and parse the spec file at `path`, after applying `--set` overrides."""
+    path = str(path)
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_BYTES:
+            raise SpecError(f"spec is too large ({size:,} bytes; the limit is {MAX_BYTES:,})",
+                            Loc(path, 1, 1), "a spec is a short YAML file; keep data in .npz files")
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise SpecError(f"no such spec file: {path}") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path} is a directory, not a spec file") from None
+    except OSError as e:
+        raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise SpecError("the file is not UTF-8 text", Loc(path, line, 1),
+                        "save the spec as UTF-8") from None
+    return spec_from_text(text, path, overrides)
+
+
+def spec_from_text(text: str, path: str = "<string>", overrides=()) -> Spec:
+    """Parse a spec from YAML text; `path` names it in error messages."""
+    tree = load_yaml(text, path)
+    if tree is None:
+        raise SpecError("the spec is empty", Loc(path, 1, 1), "start with 'flowgrad: 1'")
+    if not isinstance(tree, LocMap):
+        raise SpecError(f"a spec must be a YAML mapping of keys, not {_describe(tree)}",
+                        getattr(tree, "loc", None) or Loc(path, 1, 1), "start with 'flowgrad: 1'")
+    for text_ in overrides:
+        apply_override(tree, text_)
+    _check_version(tree, path)
+    _raise_all(validate_tree(tree, path))
+    return _SpecBuilder(tree, path).build()
+
+
+def spec_from_dict(d: dict, name: str = "<dict>", overrides=()) -> Spec:
+    """Parse a spec given as Python data; errors point into its YAML dump."""
+    try:
+        text = yaml.safe_dump(d, sort_keys=False, allow_unicode=True, width=float("inf"))
+    except yaml.YAMLError as e:
+        raise SpecError(f"cannot turn the dict into YAML: {e}",
+                        hint="use only dicts, lists, strings, numbers, booleans and None") from None
+    return spec_from_text(text, name, overrides)
+
+
+# ---------------------------------------------------------------- overrides
+def apply_override(tree: LocMap, text: str) -> None:
+    """Apply one `--set key.path=value` to the tree. The value is YAML (safe)."""
+    origin = f"--set {text}"
+    if "=" not in text:
+        raise SpecError(f"bad override '{text}': expected KEY=VALUE", Loc(origin, 1, 1),
+                        "e.g. --set dims.H=32")
+    path_text, value_text = text.split("=", 1)
+    keys = [k.strip() for k in path_text.split(".")]
+    if not all(keys):
+        raise SpecError(f"bad override '{text}': empty key in '{path_text}'", Loc(origin, 1, 7),
+                        "write a dotted path, e.g. train.optimizer.sgd.lr=0.01")
+    value_col = len("--set ") + len(path_text) + 1  # 0-based column of the value
+    value, value_loc, src = parse_yaml(value_text, origin, col_offset=value_col)
+    # columns of each key in the path, for locating the key that does not exist
+    cols, col = [], len("--set ") + len(path_text) - len(path_text.lstrip()) + 1
+    for k in keys:
+        cols.append(col)
+        col += len(k) + 1
+
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        here = ".".join(keys[:i]) or "the spec"
+        if isinstance(node, LocMap):
+            if key not in node:
+                raise SpecError(f"cannot set '{path_text}': {here} has no key '{key}'",
+                                Loc(origin, 1, cols[i]), _choices_hint(key, node.keys()))
+            node = node[key]
+        elif isinstance(node, LocList) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
+                            Loc(origin, 1, cols[i]))
+    last = keys[-1]
+    if isinstance(node, LocMap):
+        node.set(last, value, Loc(origin, 1, cols[-1]), value_loc, src)
+    elif isinstance(node, LocList) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+        node.item_locs[int(last)] = value_loc
+        node.item_srcs[int(last)] = src
+    else:
+        here = ".".join(keys[:-1])
+        raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
+                        Loc(origin, 1, cols[-1]))
+
+
+# ---------------------------------------------------------------- schema
+@functools.lru_cache(maxsize=None)
+def _schema_text() -> str:
+    return (Path(__file__).parent / "schema.json").read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def _schema() -> dict:
+    return json.loads(_schema_text())
+
+
+def schema() -> dict:
+    """The JSON Schema of spec files (a fresh copy)."""
+    return json.loads(_schema_text())
+
+
+# The vocabularies, as the schema defines them (one place to change them).
+DTYPES = tuple(_schema()["$defs"]["dtype"]["enum"])
+INIT_KINDS = tuple(_schema()["$defs"]["init"]["then"]["enum"])
+OPTIMIZERS = tuple(_schema()["$defs"]["optimizer"]["properties"])
+LR_SCHEDULES = tuple(k for k in _schema()["properties"]["train"]["properties"]["lr_schedule"]["properties"]
+                     if k != "warmup")
+
+
+@functools.lru_cache(maxsize=None)
+def _validator():
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(_schema())
+
+
+def schema_default(*path: str):
+    """The schema's default for a key path, e.g. schema_default("train", "optimizer", "adam", "beta1").
+
+    None when the schema declares no default. Runtime code should take its
+    defaults from here so that docs/schema.md stays true.
+    """
+    s = _schema()
+    node = s
+    for key in path:
+        node = _resolve(s, node)
+        props = node.get("properties", {})
+        if key in props:
+            node = props[key]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        elif isinstance(node.get("else"), dict) and key in node["else"].get("properties", {}):
+            node = node["else"]["properties"][key]
+        else:
+            raise KeyError(".".join(path))
+    if "default" in node:
+        return node["default"]
+    return _resolve(s, node).get("default")
+
+
+def _resolve(root: dict, node: dict) -> dict:
+    """Follow a local $ref; the referring node's own keys win."""
+    while "$ref" in node:
+        target = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def validate_tree(tree: LocMap, file: str) -> list[SpecError]:
+    """Every schema violation in the tree, each as a located SpecError."""
+    errors, seen = [], set()
+    for e in _validator().iter_errors(tree):
+        if list(e.absolute_path)[:1] == ["flowgrad"]:
+            continue  # checked first, with a better message
+        for err in _schema_errors(e, tree, file):
+            key = (err.loc, err.message)
+            if key not in seen:
+                seen.add(key)
+                errors.append(err)
+    return errors
+
+
+def _where(path) -> str:
+    out = ""
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else str(step))
+    return out or "the spec"
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {_short(value)!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _short(text: str, n: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def _choices_hint(word: str, choices) -> str | None:
+    choices = [c for c in choices if isinstance(c, str)]
+    hint = did_you_mean(word, choices)
+    if hint is None and choices:
+        hint = "expected one of: " + ", ".join(sorted(choices))
+    return hint
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string",
+               "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "empty"}
+
+
+def _schema_errors(e, tree, file) -> list[SpecError]:
+    path = list(e.absolute_path)
+    where = _where(path)
+    loc = locate(tree, path, file)
+    value = e.instance
+    hint = e.schema.get("x-hint") if isinstance(e.schema, dict) else None
+    v = e.validator
+
+    if v == "additionalProperties":
+        allowed = list(e.schema.get("properties", {}))
+        patterns = list(e.schema.get("patternProperties", {}))
+        out = []
+        for key in value:
+            if key in allowed or any(re.search(p, key) for p in patterns):
+                continue
+            inside = f"in {where}" if path else "at the top level"
+            out.append(SpecError(f"unknown key '{key}' {inside}", locate_key(tree, path + [key], file),
+                                 _choices_hint(key, allowed)))
+        return out
+    if v == "required":
+        missing = [k for k in e.validator_value if k not in value]
+        inside = f"in {where}" if path else "at the top level"
+        return [SpecError(f"missing required key '{k}' {inside}", loc,
+                          _required_hint(path, k)) for k in missing]
+    if v == "type":
+        types = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+        want = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        if isinstance(value, (list, dict)) and hint is None:
+            hint = "YAML reads [...] as a list and {...} as a mapping; quote the value if it is text"
+        return [SpecError(f"{where} must be {want}, not {_describe(value)}", loc, hint)]
+    if v == "enum":
+        options = ", ".join(str(o) for o in e.validator_value)
+        if isinstance(value, str):
+            hint = did_you_mean(value, e.validator_value) or f"expected one of: {options}"
+        return [SpecError(f"{where} must be one of {options}, not {_describe(value)}", loc, hint)]
+    if v == "const":
+        return [SpecError(f"{where} must be {e.validator_value!r}, not {_describe(value)}", loc, hint)]
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
+        return [SpecError(f"{where} must be {sign} {e.validator_value}, not {value}", loc, hint)]
+    if v == "minLength":
+        return [SpecError(f"{where} must not be an empty string", loc, hint)]
+    if v == "pattern":
+        return [SpecError(f"{where} {_describe(value)} has characters that are not allowed", loc,
+                          hint or f"it must match {e.validator_value}")]
+    if v == "minItems":
+        return [SpecError(f"{where} needs at least {e.validator_value} item(s)", loc, hint)]
+    if v == "minProperties":
+        choices = list(e.schema.get("properties", {}))
+        if choices and e.schema.get("maxProperties") == 1:
+            return [SpecError(f"{where} needs one of: {', '.join(choices)}", loc, hint)]
+        return [SpecError(f"{where} must not be empty", loc, hint)]
+    if v == "maxProperties":
+        keys = ", ".join(f"'{k}'" for k in value)
+        return [SpecError(f"{where} takes exactly one key, got {keys}", loc, hint)]
+    if v in ("oneOf", "anyOf"):
+        branches = e.validator_value
+        if all(set(b) == {"required"} for b in branches):
+            names = " or ".join(f"'{r}'" for b in branches for r in b["required"])
+            if e.context:
+                return [SpecError(f"{where} needs {names}", loc, hint)]
+            return [SpecError(f"{where} takes only one of {names}", loc, hint)]
+        from jsonschema.exceptions import best_match
+
+        best = best_match(e.context)
+        if best is not None:
+            return _schema_errors(best, tree, file)
+    return [SpecError(f"{where}: {e.message}", loc, hint)]
+
+
+def _required_hint(path, key) -> str | None:
+    examples = {
+        "name": "e.g. name: mlp",
+        "inputs": "e.g. inputs: {x: {shape: [N, D]}}",
+        "shape": "e.g. shape: [N, D]",
+        "init": "e.g. init: glorot_uniform (or zeros, normal, ...)",
+        "lr": "e.g. lr: 0.01",
+        "graph": "e.g. graph: {h2: tanh(x_t @ W + h @ U)}",
+        "in": "e.g. in: [x_t, h]",
+        "out": "e.g. out: [h2]",
+    }
+    return examples.get(key)
+
+
+def _check_version(tree: LocMap, file: str) -> None:
+    if "flowgrad" not in tree:
+        raise SpecError("missing required key 'flowgrad' (the spec language version)",
+                        tree.loc or Loc(file, 1, 1), "start the spec with 'flowgrad: 1'")
+    version = tree["flowgrad"]
+    if type(version) is not int or version != SPEC_VERSION:
+        raise SpecError(f"unsupported spec version {version!r}", tree.value_locs["flowgrad"],
+                        f"this flowgrad reads spec version {SPEC_VERSION}: write 'flowgrad: {SPEC_VERSION}'")
+
+
+def _raise_all(errors: list[FlowgradError]) -> None:
+    if not errors:
+        return
+    errors = sorted(errors, key=lambda e: (e.loc.file, e.loc.line, e.loc.col) if e.loc else ("", 0, 0))
+    if len(errors) == 1:
+        raise errors[0]
+    raise MultiSpecError(errors)
+
+
+# ---------------------------------------------------------------- sizes
+def eval_size(value, dims: dict[str, int], loc: Loc, src: ScalarSrc | None = None,
+              symbolic: bool = False, what: str = "a shape", later=()) -> int | str:
+    """A size: an int, or a string of integer arithmetic over `dims`.
+
+    With symbolic=True a bare name that is not a dim is returned as is (a
+    dim that stays unknown until run time, like the batch size N). `what`
+    says where the size is ("dim 'G'", "the shape of parameter 'W'");
+    `later` names dims defined further down, for a better hint.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise SpecError(f"sizes in {what} must be integers or expressions over dims, not {_describe(value)}",
+                        loc, _SIZE_HINT)
+    if isinstance(value, int):
+        return _positive(value, loc, what, str(value))
+    at = src.loc_at if src is not None else (lambda i: Loc(loc.file, loc.line, loc.col + i))
+    text = value.strip()
+    lead = len(value) - len(value.lstrip())
+    if symbolic and text.isidentifier() and text not in dims:
+        _check_name(text, at(lead), "symbolic size")
+        return text
+    try:
+        tree = ast_parse(text)
+    except SyntaxError as e:
+        col = max((e.offset or 1) - 1, 0)
+        raise SpecError(f"invalid size '{text}' in {what}: {e.msg}", at(lead + col), _SIZE_HINT) from None
+    except (ValueError, RecursionError, MemoryError):
+        raise SpecError(f"invalid size '{text}' in {what}", at(lead), _SIZE_HINT) from None
+
+    def node_loc(node) -> Loc:
+        return at(lead + node.col_offset)
+
+    def ev(node) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            result = node.value
+        elif isinstance(node, ast.Name):
+            if node.id not in dims:
+                raise SpecError(f"unknown dim '{node.id}' in {what}", node_loc(node),
+                                _unknown_dim_hint(node.id, dims, symbolic, later))
+            result = dims[node.id]
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            result = -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
+        elif isinstance(node, ast.BinOp) and type(node.op) in (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Div):
+            a, b = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Add):
+                result = a + b
+            elif isinstance(node.op, ast.Sub):
+                result = a - b
+            elif isinstance(node.op, ast.Mult):
+                result = a * b
+            elif b == 0:
+                raise SpecError(f"division by zero in size '{text}' in {what}", node_loc(node))
+            elif isinstance(node.op, ast.FloorDiv):
+                result = a // b
+            elif a % b:
+                raise SpecError(f"size '{text}' in {what} is not a whole number ({a} / {b})",
+                                node_loc(node), "use // to round down")
+            else:
+                result = a // b
+        else:
+            raise SpecError(f"size '{text}' in {what} may only use integers, dim names, "
+                            "+ - * // / and parentheses", node_loc(node), _SIZE_HINT)
+        if abs(result) > MAX_SIZE:
+            raise SpecError(f"size '{text}' in {what} is too large", node_loc(node))
+        return result
+
+    return _positive(ev(tree.body), loc, what, text)
+
+
+_SIZE_HINT = "a size is an integer or an expression over dims, e.g. 4*H or H//2"
+
+
+def _unknown_dim_hint(name, dims, symbolic, later=()) -> str:
+    if name in later:
+        return f"'{name}' is defined further down; a dim may only use the dims above it"
+    hint = did_you_mean(name, list(dims) + list(later))
+    if hint:
+        return hint
+    if symbolic:
+        return "a symbolic size such as N must stand alone; arithmetic needs dims"
+    if dims:
+        return f"sizes here must be concrete: use numbers or the dims {', '.join(dims)}"
+    return "define it under dims, e.g. dims: {H: 256}"
+
+
+def _positive(value: int, loc: Loc, what: str, text: str) -> int:
+    if value < 1:
+        shown = f"'{text}'" if text == str(value) else f"'{text}' (= {value})"
+        raise SpecError(f"size {shown} in {what} is not a positive integer", loc, _SIZE_HINT)
+    return value
+
+
+# ---------------------------------------------------------------- names
+_KIND_WORDS = {"dim": "a dim", "input": "an input", "param": "a parameter", "block": "a block",
+               "graph": "a graph value", "loss": "the loss", "block input": "a block input"}
+
+
+def _check_name(name: str, loc: Loc, what: str) -> None:
+    if not name.isidentifier():
+        raise SpecError(f"{what} name '{name}' is not a valid name", loc,
+                        "use letters, digits and '_', not starting with a digit")
+    if keyword.iskeyword(name):
+        raise SpecError(f"{what} name '{name}' is a Python keyword", loc,
+                        "expressions could not refer to it; choose another name")
+    if name.startswith("__") and name.endswith("__"):
+        raise SpecError(f"{what} name '{name}' is not allowed", loc,
+                        "names that start and end with '__' are reserved")
+
+
+class _Names:
+    """One namespace: reports a name defined twice at its second definition."""
+
+    def __init__(self, errors: list):
+        self.errors = errors
+        self.defined: dict[str, tuple[str, Loc]] = {}
+
+    def add(self, name: str, kind: str, loc: Loc) -> None:
+        if name in self.defined:
+            other_kind, other_loc = self.defined[name]
+            self.errors.append(SpecError(
+                f"'{name}' is already defined as {_KIND_WORDS[other_kind]} at {other_loc}", loc,
+                "every name (dims, inputs, params, blocks, graph values) must be unique; rename one"))
+        else:
+            self.defined[name] = (kind, loc)
+
+
+# ---------------------------------------------------------------- the spec
+class _SpecBuilder:
+    def __init__(self, tree: LocMap, file: str):
+        self.tree = tree
+        self.file = file
+        self.errors: list[FlowgradError] = []
+        self.dims: dict[str, int] = {}
+        self.dim_locs: dict[str, Loc] = {}
+        self.graph_targets: list[tuple[str, Loc]] = []  # top-level graph, even entries that failed
+
+    def attempt(self, fn, *args):
+        """Run one independent step; keep its error and go on to report others."""
+        try:
+            return fn(*args)
+        except MultiError as e:
+            self.errors.extend(e.errors)
+        except SpecError as e:
+            self.errors.append(e)
+        return None
+
+    def build(self) -> Spec:
+        t = self.tree
+        # Sizes come first and stop at the first error: later errors would
+        # only repeat it as unknown dims.
+        self.build_dims(t.get("dims") or LocMap())
+
+        inputs = {}
+        for name, decl in (t.get("inputs") or {}).items():
+            inputs[name] = self.attempt(self.build_input, t["inputs"], name, decl)
+        params = self.build_params(t.get("params") or LocMap(), "params")
+        blocks = {}
+        for name, b in (t.get("blocks") or {}).items():
+            blocks[name] = self.attempt(self.build_block, t["blocks"], name, b)
+        graph = self.build_graph(t.get("graph") or LocMap(), self.graph_targets)
+        outputs = self.build_named_exprs(t.get("outputs") or LocMap(), "output")
+        metrics = self.build_named_exprs(t.get("metrics") or LocMap(), "metric")
+        loss = None
+        if "loss" in t:
+            loss_loc = t.key_locs["loss"]
+            expr = self.attempt(self.expr, t, "loss")
+            loss = Assign(["loss"], expr, loss_loc, [loss_loc]) if expr is not None else None
+        self.check_names(t)
+        train = to_plain(t.get("train") or {})
+        self.attempt(self.check_train, t.get("train") or LocMap())
+        _raise_all(self.errors)
+        return Spec(
+            path=self.file, version=t["flowgrad"], name=t["name"], doc=t.get("doc") or "",
+            dims=dict(self.dims), inputs=inputs, params=params, graph=graph, outputs=outputs,
+            loss=loss, metrics=metrics, blocks=blocks, train=train, raw=t, dim_locs=dict(self.dim_locs))
+
+    # -- dims, inputs, params
+    def build_dims(self, dims: LocMap) -> None:
+        names = list(dims)
+        for i, (name, value) in enumerate(dims.items()):
+            loc = dims.key_locs[name]
+            _check_name(name, loc, "dim")
+            self.dims[name] = eval_size(value, self.dims, dims.value_locs[name], dims.value_srcs.get(name),
+                                        what=f"dim '{name}'", later=names[i + 1:])
+            self.dim_locs[name] = loc
+
+    def shape(self, shape: LocList, symbolic: bool, what: str) -> list:
+        return [eval_size(item, self.dims, shape.item_locs[i], shape.item_srcs[i], symbolic=symbolic, what=what)
+                for i, item in enumerate(shape)]
+
+    def build_input(self, parent: LocMap, name: str, decl: LocMap) -> InputDecl:
+        loc = parent.key_locs[name]
+        _check_name(name, loc, "input")
+        shape = self.shape(decl["shape"], symbolic=True, what=f"the shape of input '{name}'")
+        return InputDecl(name, shape, decl.get("dtype", "float32"), loc, decl.get("doc", ""))
+
+    def build_params(self, params: LocMap, where: str) -> dict[str, ParamDecl]:
+        out = {}
+        for name, decl in params.items():
+            out[name] = self.attempt(self.build_param, params, name, decl, where)
+        return out
+
+    def build_param(self, parent: LocMap, name: str, decl: LocMap, where: str) -> ParamDecl:
+        loc = parent.key_locs[name]
+        _check_name(name, loc, "parameter")
+        shape = self.shape(decl["shape"], symbolic=False, what=f"the shape of parameter '{name}'")
+        init = self.build_init(decl, f"{where}.{name}.init")
+        return ParamDecl(name, shape, init, loc, trainable=decl.get("trainable", True),
+                         dtype=decl.get("dtype", "float32"), seed=decl.get("seed"), doc=decl.get("doc", ""))
+
+    def build_init(self, decl: LocMap, where: str) -> InitSpec:
+        init, loc = decl["init"], decl.value_locs["init"]
+        if isinstance(init, str):
+            kind, args = init, {}
+            if kind == "constant":
+                raise SpecError(f"{where} 'constant' needs a value", loc,
+                                "write init: {constant: {value: 0.5}}")
+        else:
+            kind = next(iter(init))
+            args = dict(to_plain(init[kind]) or {})
+            if kind == "uniform" and args.get("low", -0.05) >= args.get("high", 0.05):
+                raise SpecError(f"{where}: uniform needs low < high", init.value_locs[kind])
+        # Fill in the documented defaults, so the compiler needs no copy of them.
+        for key in ("mean", "std", "low", "high", "gain"):
+            default = self.init_default(kind, key)
+            if default is not None:
+                args.setdefault(key, default)
+        if decl.get("seed") is not None:
+            args["seed"] = decl["seed"]  # also ParamDecl.seed; the compiler reads it here
+        return InitSpec(kind, args, loc)
+
+    @staticmethod
+    def init_default(kind: str, key: str):
+        try:
+            return schema_default("params", "p", "init", kind, key)
+        except KeyError:
+            return None
+
+    # -- blocks
+    def build_block(self, parent: LocMap, name: str, b: LocMap) -> Block:
+        loc = parent.key_locs[name]
+        _check_name(name, loc, "block")
+        local = _Names(self.errors)
+        inputs = list(b["in"])
+        for i, arg in enumerate(inputs):
+            self.attempt(_check_name, arg, b["in"].item_locs[i], "block input")
+            local.add(arg, "block input", b["in"].item_locs[i])
+        params = self.build_params(b.get("params") or LocMap(), f"blocks.{name}.params")
+        for pname in b.get("params") or {}:
+            local.add(pname, "param", b["params"].key_locs[pname])
+        targets = []
+        graph = self.build_graph(b["graph"], targets)
+        for target, tloc in targets:
+            local.add(target, "graph", tloc)
+        for i, out in enumerate(b["out"]):
+            self.attempt(_check_name, out, b["out"].item_locs[i], "block output")
+        return Block(name, inputs, {k: v for k, v in params.items() if v is not None}, graph,
+                     list(b["out"]), loc)
+
+    # -- expressions
+    def expr(self, parent: LocMap, key: str) -> Expr:
+        value, loc = parent[key], parent.value_locs[key]
+        if not isinstance(value, str):  # a number or boolean written directly
+            return Const(loc, value)
+        src = parent.value_srcs.get(key)
+        where = src.loc_at if src is not None else None
+        return parse_expr(value, loc, quoted=bool(src and src.quoted), where=where)
+
+    def build_graph(self, graph: LocMap, seen: list) -> list[Assign]:
+        """The entries of a graph; `seen` collects (target, Loc), also of entries that failed."""
+        out = []
+        for key in graph:
+            targets = self.attempt(self.targets, graph, key)
+            expr = self.attempt(self.expr, graph, key)
+            if targets is not None:
+                seen.extend(zip(*targets))
+                if expr is not None:
+                    out.append(Assign(targets[0], expr, graph.key_locs[key], targets[1]))
+        return out
+
+    def targets(self, graph: LocMap, key: str) -> tuple[list[str], list[Loc]]:
+        """The names in a key such as "i, f, o, g", each with its Loc."""
+        src = graph.key_srcs.get(key)
+        key_loc = graph.key_locs[key]
+        at = src.loc_at if src is not None else (lambda i: Loc(key_loc.file, key_loc.line, key_loc.col + i))
+        names, locs, start = [], [], 0
+        for part in key.split(","):
+            name = part.strip()
+            loc = at(start + len(part) - len(part.lstrip()))
+            if not name:
+                raise SpecError(f"empty target in '{key}'", loc, "write targets as 'a' or 'a, b'")
+            _check_name(name, loc, "target")
+            if name in names:
+                raise SpecError(f"target '{name}' appears twice in '{key}'", loc)
+            names.append(name)
+            locs.append(loc)
+            start += len(part) + 1
+        return names, locs
+
+    def build_named_exprs(self, section: LocMap, what: str) -> list[Assign]:
+        out = []
+        for name in section:
+            loc = section.key_locs[name]
+            self.attempt(_check_name, name, loc, what)
+            expr = self.attempt(self.expr, section, name)
+            if expr is not None:
+                out.append(Assign([name], expr, loc, [loc]))
+        return out
+
+    # -- cross checks
+    def check_names(self, t: LocMap) -> None:
+        defined = []
+        for section, kind in (("dims", "dim"), ("inputs", "input"), ("params", "param"), ("blocks", "block")):
+            part = t.get(section) or LocMap()
+            defined += [(name, kind, part.key_locs[name]) for name in part]
+        defined += [(name, "graph", loc) for name, loc in self.graph_targets]
+        if "loss" in t:
+            defined.append(("loss", "loss", t.key_locs["loss"]))
+        # the second definition in file order is the one reported
+        defined.sort(key=lambda d: (d[2].file != self.file, d[2].line, d[2].col))
+        names = _Names(self.errors)
+        for name, kind, loc in defined:
+            names.add(name, kind, loc)
+
+    def check_train(self, train: LocMap) -> None:
+        schedule = train.get("lr_schedule")
+        if isinstance(schedule, LocMap):
+            kinds = [k for k in schedule if k in LR_SCHEDULES]
+            if len(kinds) > 1:
+                raise SpecError(f"train.lr_schedule takes one schedule, got {', '.join(kinds)}",
+                                schedule.key_locs[kinds[1]], "keep one of them (warmup may go with any)")
+        objectives = train.get("objectives") or {}
+        order = train.get("schedule")
+        if order is not None and not objectives:
+            raise SpecError("train.schedule lists objectives, but train.objectives is missing",
+                            train.key_locs["schedule"], "define them under train.objectives")
+        for i, name in enumerate(order or []):
+            if name not in objectives:
+                raise SpecError(f"unknown objective '{name}' in train.schedule", order.item_locs[i],
+                                _choices_hint(name, objectives))

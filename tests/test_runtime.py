@@ -1,0 +1,152 @@
+"""The training runtime: loop, checkpoints and exact resume, export, predict."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from runtime import data as D
+from runtime.api import load, train
+from runtime.checkpoint import load_checkpoint
+from runtime.export import export, predict
+from runtime.schedules import lr_schedule
+from spec.errors import DataError, FlowgradError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MLP = os.path.join(ROOT, "models", "mlp.yaml")
+SMALL = ["dims.H=32"]
+
+
+def test_digits_bundled():
+    ds = D.load_digits()
+    assert ds.arrays["x"].shape == (1797, 64) and ds.arrays["x"].dtype == np.float32
+    assert 0.0 <= ds.arrays["x"].min() and ds.arrays["x"].max() <= 1.0
+    assert sorted(set(ds.arrays["y"].tolist())) == list(range(10))
+    img = D.load_digits(images=True)
+    assert img.arrays["x"].shape == (1797, 1, 8, 8)
+
+
+def test_train_export_predict(tmp_path):
+    spec = load(MLP)
+    result = train(spec, run_dir=str(tmp_path / "run"), epochs=3, threads=1, device="cpu")
+    assert result.epochs == 3 and result.steps > 0
+    assert result.final["valid_accuracy"] > 0.9
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["seed"] == 0 and info["data_hash"] and info["versions"]["onnxruntime"]
+
+    model = tmp_path / "mlp.onnx"
+    export(str(tmp_path / "run"), str(model))
+    x = D.load_digits().arrays["x"][:20]
+    outs = predict(str(model), {"x": x})
+    assert outs["probs"].shape == (20, 10)
+    np.testing.assert_allclose(outs["probs"].sum(axis=1), 1.0, rtol=1e-5)
+    assert np.array_equal(outs["label"], outs["probs"].argmax(axis=1))
+
+    # A fresh Python with only onnxruntime and numpy reproduces the predictions.
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+        "p = s.run(['probs'], {'x': np.load(sys.argv[2])})[0]\n"
+        "np.save(sys.argv[3], p)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-I", "-c", script, str(model), str(tmp_path / "x.npy"), str(tmp_path / "p.npy")],
+                   check=True, env=env, cwd=str(tmp_path))
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), outs["probs"], rtol=1e-6)
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    spec = load(MLP, SMALL)
+    train(spec, run_dir=str(tmp_path / "run"), epochs=1, threads=1, device="cpu")
+    with pytest.raises(FlowgradError, match="already holds a run"):
+        train(spec, run_dir=str(tmp_path / "run"), epochs=1, threads=1, device="cpu")
+
+
+def test_resume_continues_exactly(tmp_path):
+    spec = load(MLP, SMALL)
+    full = train(spec, run_dir=str(tmp_path / "full"), epochs=4, threads=1, device="cpu")
+    train(spec, run_dir=str(tmp_path / "part"), epochs=2, threads=1, device="cpu")
+    resumed = train(spec, run_dir=str(tmp_path / "part"), epochs=4, threads=1, device="cpu", resume=True)
+    a, _ = load_checkpoint(str(tmp_path / "full" / "checkpoint.npz"))
+    b, _ = load_checkpoint(str(tmp_path / "part" / "checkpoint.npz"))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    timeless = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert timeless(resumed.history) == timeless(full.history)
+
+
+def _flowgrad():
+    exe = os.path.join(os.path.dirname(sys.executable), "flowgrad")
+    return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
+
+
+def test_sigkill_mid_epoch_then_resume_matches(tmp_path):
+    """A real `flowgrad train` process killed with SIGKILL, then --resume, ends
+    with the same parameters as an uninterrupted run."""
+    args = ["train", MLP, "--set", "dims.H=32", "--epochs", "6", "--threads", "1", "--device", "cpu",
+            "--checkpoint-every", "7", "--quiet"]
+    ref = subprocess.run(_flowgrad() + args + ["--run-dir", str(tmp_path / "ref")], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_flowgrad() + args + ["--run-dir", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    ckpt = run / "checkpoint.npz"
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            _, meta = load_checkpoint(str(ckpt))
+            if meta["step"] >= 10 and meta["position"] > 0:  # a mid-epoch checkpoint exists
+                break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, meta = load_checkpoint(str(ckpt))
+    assert meta["step"] < 6 * 23
+
+    res = subprocess.run(_flowgrad() + args + ["--run-dir", str(run), "--resume"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a, _ = load_checkpoint(str(tmp_path / "ref" / "checkpoint.npz"))
+    b, _ = load_checkpoint(str(ckpt))
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_bad_npz_is_a_clean_error(tmp_path):
+    spec = load(MLP, SMALL)
+    np.savez(tmp_path / "bad.npz", x=np.zeros((10, 64), np.float32), label=np.zeros(10, np.int64))
+    with pytest.raises(DataError, match="no array named 'y'"):
+        train(spec, run_dir=str(tmp_path / "r1"), data=str(tmp_path / "bad.npz"), valid=0, epochs=1)
+    np.savez(tmp_path / "nan.npz", x=np.full((10, 64), np.nan, np.float32), y=np.zeros(10, np.int64))
+    with pytest.raises(DataError, match="NaN"):
+        train(spec, run_dir=str(tmp_path / "r2"), data=str(tmp_path / "nan.npz"), epochs=1)
+    np.savez(tmp_path / "obj.npz", x=np.array([object()] * 3), y=np.zeros(3, np.int64))
+    with pytest.raises(DataError):
+        train(spec, run_dir=str(tmp_path / "r3"), data=str(tmp_path / "obj.npz"), epochs=1)
+
+
+def test_nan_loss_stops_with_the_step(tmp_path):
+    spec = load(MLP, SMALL + ["train.optimizer.adam.lr=1e30"])
+    with pytest.raises(FlowgradError, match=r"at step \d+"):
+        train(spec, run_dir=str(tmp_path / "run"), epochs=3, threads=1, device="cpu")
+
+
+def test_lr_schedules():
+    const = lr_schedule(0.1, None, 100, 10)
+    assert const(0) == const(99) == 0.1
+    cos = lr_schedule(0.1, {"cosine": {"min_lr": 0.0}}, 100, 10)
+    assert cos(0) == pytest.approx(0.1) and cos(100) == pytest.approx(0.0) and cos(50) == pytest.approx(0.05)
+    warm = lr_schedule(0.1, {"constant": {}, "warmup": 10}, 100, 10)
+    assert warm(0) == pytest.approx(0.01) and warm(9) == pytest.approx(0.1) and warm(50) == 0.1
+    step = lr_schedule(0.1, {"step": {"every": 10, "gamma": 0.5}}, 100, 10)
+    assert step(9) == 0.1 and step(10) == 0.05
