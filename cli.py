@@ -310,6 +310,55 @@ def gradcheck(
         raise typer.Exit(1)
 
 
+@app.command()
+def bench(
+    spec: SpecArg,
+    set: SetOpt = None,
+    steps: Annotated[int, typer.Option("--steps", help="Timed training steps (after 5 warm-up steps).", min=1)] = 50,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size (default: the spec's).", min=1)] = None,
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON.")] = False,
+):
+    """Median training-step time, samples/s, compile time, node counts and peak memory."""
+    from runtime.bench import bench as run_bench
+
+    with user_errors():
+        s = _load(spec, set)
+        r = run_bench(s, batch_size, steps, device=device, threads=threads)
+    if as_json:
+        print(json.dumps(r))
+        return
+    table = Table(title=f"{s.name} on {r['device']}, batch {r['batch_size']}", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("median step", f"{r['step_ms']:.3f} ms")
+    table.add_row("samples/s", f"{r['samples_per_s']:,.0f}")
+    table.add_row("compile", f"{r['compile_s']:.3f} s")
+    for k, n in r["nodes"].items():
+        table.add_row(f"nodes: {k}", str(n))
+    table.add_row("peak RSS", f"{r['peak_rss_mb']:.0f} MB")
+    out.print(table)
+
+
+plot_app = typer.Typer(help="Pictures of runs.", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("curves")
+def plot_curves(
+    run_dirs: Annotated[list[str], typer.Argument(help="One or more run directories.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="PNG (or SVG/PDF) file to write.")] = "curves.png",
+):
+    """Training and validation loss and metrics per epoch; several runs overlaid."""
+    from runtime.plots import plot_curves as draw
+
+    with user_errors():
+        path = draw(run_dirs, output)
+    err.print(f"wrote {path}")
+    print(path)
+
+
 def main():
     app()
 

@@ -16,13 +16,15 @@ SYMBOLIC_SIZES = {"N": 3}
 DEFAULT_SYMBOLIC = 4
 
 
-def random_batch(spec: S.Spec, names: list[str], rng: np.random.Generator, dtype: str = "float64") -> dict[str, np.ndarray]:
+def random_batch(spec: S.Spec, names: list[str], rng: np.random.Generator, dtype: str = "float64",
+                 sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Random inputs of the declared shapes (symbolic dims small); integer
     inputs are 0 or 1, which is a valid class or token id for any model."""
+    sizes = {**SYMBOLIC_SIZES, **(sizes or {})}
     out = {}
     for name in names:
         decl = spec.inputs[name]
-        shape = [d if isinstance(d, int) else SYMBOLIC_SIZES.get(d, DEFAULT_SYMBOLIC) for d in decl.shape]
+        shape = [d if isinstance(d, int) else sizes.get(d, DEFAULT_SYMBOLIC) for d in decl.shape]
         if decl.dtype.startswith("float"):
             out[name] = rng.uniform(0.0, 1.0, shape).astype(dtype)
         elif decl.dtype == "bool":

@@ -193,14 +193,18 @@ class Lowering:
                 except Exception as ex:
                     raise SpecError(f"cannot compute {a!r} {e.op} {b!r}: {ex}", e.loc) from None
             if e.op == "@":
-                return g.apply("matmul", self._as_tensor(a, e.left), self._as_tensor(b, e.right))
+                a, b = self._as_tensor(a, e.left, "left"), self._as_tensor(b, e.right, "right")
+                with at(e.op_loc or e.loc):  # shape errors point at the operator
+                    return g.apply("matmul", a, b)
             self._check_operands(a, b, e)
-            return g.binary(_BINOPS[e.op], a, b)
+            with at(e.op_loc or e.loc):
+                return g.binary(_BINOPS[e.op], a, b)
         if isinstance(e, S.Compare):
             a, b = self.eval(e.left), self.eval(e.right)
             if not isinstance(a, Value) and not isinstance(b, Value):
-                raise SpecError("comparison of two constants", e.loc)
-            return g.binary(_COMPARE[e.op], a, b)
+                raise SpecError("comparison of two constants", e.op_loc or e.loc)
+            with at(e.op_loc or e.loc):
+                return g.binary(_COMPARE[e.op], a, b)
         if isinstance(e, S.Call):
             return self.call(e)
         if isinstance(e, S.Subscript):
@@ -208,10 +212,13 @@ class Lowering:
             return g.apply("index", x, spec=tuple(self._index_item(i) for i in e.index))
         raise SpecError(f"unsupported expression {type(e).__name__}", e.loc)
 
-    def _as_tensor(self, v, e):
-        if isinstance(v, Value):
-            return v
-        raise SpecError(f"@ needs tensors on both sides, got {v!r}", e.loc, "use * to scale by a number")
+    def _as_tensor(self, v, e, side):
+        if not isinstance(v, Value):
+            raise SpecError(f"@ needs tensors on both sides, got {v!r}", e.loc, "use * to scale by a number")
+        if not is_float(v.dtype):  # located at the operand, not at the whole product
+            raise ShapeError(f"matmul: {side} operand of @ must be a float tensor, got {v.dtype}", e.loc,
+                             "cast it with cast(x, 'float32')")
+        return v
 
     def _check_operands(self, a, b, e):
         for v, side in ((a, e.left), (b, e.right)):

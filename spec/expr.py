@@ -190,7 +190,8 @@ class _Converter:
                 # point at the operator itself, which sits between the operands
                 raise SpecError(f"{what} is not allowed in an expression",
                                 self.operator_loc(node.left), hint or f"expressions may use {ALLOWED}")
-            return BinOp(loc, _BINOPS[op], self.convert(node.left), self.convert(node.right))
+            return BinOp(loc, _BINOPS[op], self.convert(node.left), self.convert(node.right),
+                         op_loc=self.operator_loc(node.left))
         if isinstance(node, ast.UnaryOp):
             op = type(node.op)
             if op not in _UNARY:
@@ -208,7 +209,8 @@ class _Converter:
             if op not in _COMPARE:
                 raise SpecError(f"{_REFUSED_COMPARE.get(op, 'this comparison')} is not allowed in an expression",
                                 self.operator_loc(node.left), "use == != < <= > >=")
-            return Compare(loc, _COMPARE[op], self.convert(node.left), self.convert(node.comparators[0]))
+            return Compare(loc, _COMPARE[op], self.convert(node.left), self.convert(node.comparators[0]),
+                           op_loc=self.operator_loc(node.left))
         if isinstance(node, ast.Call):
             return self.call(node, loc)
         if isinstance(node, ast.Subscript):

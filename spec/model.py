@@ -33,6 +33,7 @@ class BinOp(Expr):
     op: str  # one of + - * / @ **
     left: Expr
     right: Expr
+    op_loc: Loc | None = field(default=None, compare=False)  # the operator itself, for errors such as shape mismatches
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Compare(Expr):
     op: str  # one of == != < <= > >=
     left: Expr
     right: Expr
+    op_loc: Loc | None = field(default=None, compare=False)
 
 
 @dataclass

@@ -197,7 +197,9 @@ class SumTo(OpDef):
 
     def emit(self, e, node, ins, outs):
         axes, lead = self.plan(node.inputs[0].shape, node.attrs["shape"])
-        if lead:
+        if axes == list(range(lead)):  # only leading axes go: one reduction, no squeeze
+            e.add("ReduceSum", [ins[0], e.ints(axes)], outs, keepdims=0)
+        elif lead:
             s = e.add("ReduceSum", [ins[0], e.ints(axes)], keepdims=1)
             e.add("Squeeze", [s, e.ints(range(lead))], outs)
         else:

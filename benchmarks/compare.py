@@ -1,0 +1,86 @@
+"""flowgrad vs PyTorch eager, side by side on this machine.
+
+Each measurement runs in a fresh process; flowgrad and PyTorch alternate for
+several rounds and the table reports the median of the per-process medians
+and their ratio (below 1.0: flowgrad is faster).
+
+    pip install torch==2.13.0          # CPU wheel, only for this benchmark
+    python benchmarks/compare.py --rounds 5 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# row name -> (spec, overrides for flowgrad, torch_ref model)
+ROWS = {
+    "mlp": ("models/mlp.yaml", [], "mlp"),
+    "convnet": ("models/convnet.yaml", [], "convnet"),
+}
+
+
+def flowgrad_cmd():
+    exe = shutil.which("flowgrad") or os.path.join(os.path.dirname(sys.executable), "flowgrad")
+    return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
+
+
+def run_json(cmd):
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", nargs="*", default=list(ROWS))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit("PyTorch is needed for the reference: pip install torch==2.13.0")
+    results = []
+    for row in args.rows:
+        spec, overrides, ref = ROWS[row]
+        fg, pt, fg_mem, pt_mem, nodes = [], [], [], [], None
+        for _ in range(args.rounds):
+            cmd = flowgrad_cmd() + ["bench", spec, "--json", "--steps", str(args.steps), "--threads", str(args.threads),
+                                    "--device", "cpu"]
+            for o in overrides:
+                cmd += ["--set", o]
+            r = run_json(cmd)
+            fg.append(r["step_ms"])
+            fg_mem.append(r["peak_rss_mb"])
+            nodes = r["nodes"].get("train")
+            r = run_json([sys.executable, os.path.join(HERE, "torch_ref.py"), ref, "--steps", str(args.steps),
+                          "--threads", str(args.threads)])
+            pt.append(r["step_ms"])
+            pt_mem.append(r["peak_rss_mb"])
+        f, p = statistics.median(fg), statistics.median(pt)
+        results.append({"row": row, "flowgrad_ms": round(f, 3), "pytorch_ms": round(p, 3), "ratio": round(f / p, 3),
+                        "flowgrad_rss_mb": round(statistics.median(fg_mem)), "pytorch_rss_mb": round(statistics.median(pt_mem)),
+                        "train_nodes": nodes})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{'model':<12}{'flowgrad ms':>13}{'pytorch ms':>12}{'ratio':>8}{'RSS MB fg/pt':>15}{'nodes':>7}")
+    for r in results:
+        print(f"{r['row']:<12}{r['flowgrad_ms']:>13.3f}{r['pytorch_ms']:>12.3f}{r['ratio']:>8.2f}"
+              f"{r['flowgrad_rss_mb']:>8}/{r['pytorch_rss_mb']:<6}{r['train_nodes']:>7}")
+    print(f"(median of {args.rounds} alternating fresh processes, {args.steps} steps each, {args.threads} threads)")
+
+
+if __name__ == "__main__":
+    main()

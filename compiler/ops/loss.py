@@ -1,0 +1,255 @@
+"""Losses and weight penalties, built as composites of numerically stable ops,
+so their gradients (and gradients of those) follow from the primitives.
+
+`reduction` is "mean" (default: the mean over all loss elements), "sum" or
+"none" (the per-element losses)."""
+from __future__ import annotations
+
+import numpy as np
+
+from spec.errors import ShapeError, SpecError
+
+from ..ir import current_loc, fmt_shape, is_float, normalize_axis
+from ..registry import REGISTRY, OpDef, Sample, op, require_float
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(g, v, reduction):
+    if reduction == "mean":
+        return g.apply("mean", v)
+    if reduction == "sum":
+        return g.apply("sum", v)
+    if reduction == "none":
+        return v
+    raise SpecError(f"unknown reduction {reduction!r}", current_loc(), "use one of: " + ", ".join(REDUCTIONS))
+
+
+def _np_reduce(v, reduction):
+    return {"mean": np.mean, "sum": np.sum}.get(reduction, np.asarray)(v)
+
+
+def log_softmax(g, x, axis):
+    """log_softmax(x) along axis: the `log_softmax` primitive (compiler/ops/nn.py);
+    until that exists, x - max - log(sum(exp(x - max))) built here."""
+    if "log_softmax" in REGISTRY:
+        return g.apply("log_softmax", x, axis=axis)
+    m = g.apply("stop_gradient", g.apply("max", x, axis=axis, keepdims=True))
+    z = x - m
+    return z - g.apply("log", g.apply("sum", g.apply("exp", z), axis=axis, keepdims=True))
+
+
+def _np_log_softmax(x, axis):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def _pick(g, lp, labels, axis):
+    """lp[..., labels[...], ...] along axis: the log-probability of each label."""
+    if labels.rank != lp.rank - 1:
+        raise ShapeError(f"labels {fmt_shape(labels.shape)} must have the shape of the scores {fmt_shape(lp.shape)} "
+                         f"without axis {axis}")
+    idx = g.apply("unsqueeze", labels, axes=(axis,))
+    return g.apply("squeeze", g.apply("take_along_axis", lp, idx, axis=axis), axes=(axis,))
+
+
+@op("cross_entropy")
+class CrossEntropy(OpDef):
+    """Softmax cross-entropy of `logits` [..., K, ...] (classes on `axis`) against
+    integer class ids `labels` (the logits' shape without `axis`) or float
+    probability targets of the logits' shape (soft labels). label_smoothing
+    mixes the targets with the uniform distribution. Stable: uses log_softmax."""
+
+    inputs = ("logits", "labels")
+    attrs = {"axis": -1, "reduction": "mean", "label_smoothing": 0.0}
+    composite = True
+    gradgrad = True
+
+    def expand(self, g, logits, labels, axis, reduction, label_smoothing):
+        require_float(logits, "logits")
+        axis = normalize_axis(axis, logits.rank)
+        lp = log_softmax(g, logits, axis)
+        if is_float(labels.dtype):
+            if tuple(labels.shape) != tuple(logits.shape):
+                raise ShapeError(f"soft labels {fmt_shape(labels.shape)} must have the logits' shape {fmt_shape(logits.shape)}",
+                                 hint="or give integer class ids")
+            loss = -g.apply("sum", g.cast(labels, logits.dtype) * lp, axis=axis)
+        elif labels.dtype in ("int32", "int64"):
+            loss = -_pick(g, lp, labels, axis)
+        else:
+            raise ShapeError(f"labels must be integer class ids or float probabilities, got {labels.dtype}")
+        if label_smoothing:
+            smooth = -g.apply("mean", lp, axis=axis)
+            loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
+        return _reduce(g, loss, reduction)
+
+    def ref(self, attrs, logits, labels):
+        axis = normalize_axis(attrs["axis"], logits.ndim)
+        lp = _np_log_softmax(logits, axis)
+        if labels.dtype.kind == "f":
+            loss = -(labels * lp).sum(axis=axis)
+        else:
+            loss = -np.take_along_axis(lp, np.expand_dims(labels, axis), axis=axis).squeeze(axis)
+        if attrs["label_smoothing"]:
+            e = attrs["label_smoothing"]
+            loss = (1 - e) * loss - e * lp.mean(axis=axis)
+        return _np_reduce(loss, attrs["reduction"])
+
+    def samples(self, rng):
+        n = rng.normal
+        soft = rng.uniform(size=(3, 4))
+        soft /= soft.sum(-1, keepdims=True)
+        return [
+            Sample([n(size=(5, 4)) * 3, np.array([0, 3, 1, 1, 2])], grad_inputs=[0]),
+            Sample([n(size=(2, 3, 4)), np.array([[0, 2, 1], [3, 3, 0]])], {"reduction": "none"}, grad_inputs=[0]),
+            Sample([n(size=(2, 3, 4)), np.array([[0, 2, 1, 1], [0, 1, 2, 2]])], {"axis": 1, "reduction": "sum"},
+                   grad_inputs=[0]),
+            Sample([n(size=(3, 4)), soft]),
+            Sample([n(size=(4, 3)) + 50.0, np.array([2, 0, 1, 1])], {"label_smoothing": 0.1}, grad_inputs=[0]),
+        ]
+
+
+@op("nll")
+class Nll(OpDef):
+    """Negative log-likelihood of integer `labels` given `log_probs` (classes on `axis`)."""
+
+    inputs = ("log_probs", "labels")
+    attrs = {"axis": -1, "reduction": "mean"}
+    composite = True
+    gradgrad = True
+
+    def expand(self, g, log_probs, labels, axis, reduction):
+        require_float(log_probs, "log_probs")
+        axis = normalize_axis(axis, log_probs.rank)
+        return _reduce(g, -_pick(g, log_probs, labels, axis), reduction)
+
+    def ref(self, attrs, lp, labels):
+        axis = normalize_axis(attrs["axis"], lp.ndim)
+        return _np_reduce(-np.take_along_axis(lp, np.expand_dims(labels, axis), axis=axis).squeeze(axis), attrs["reduction"])
+
+    def samples(self, rng):
+        return [
+            Sample([rng.normal(size=(4, 3)), np.array([0, 2, 2, 1])], grad_inputs=[0]),
+            Sample([rng.normal(size=(2, 3)), np.array([1, 0])], {"reduction": "none"}, grad_inputs=[0]),
+        ]
+
+
+@op("binary_cross_entropy")
+class BinaryCrossEntropy(OpDef):
+    """Sigmoid cross-entropy of `logits` z against targets t in [0, 1]:
+    max(z, 0) - z * t + log(1 + exp(-|z|)), stable for any z (softplus only
+    sees -|z| <= 0), with the exact gradient sigmoid(z) - t also at z = 0."""
+
+    inputs = ("logits", "targets")
+    attrs = {"reduction": "mean"}
+    composite = True
+    gradgrad = True
+
+    def expand(self, g, z, t, reduction):
+        require_float(z, "logits")
+        t = g.cast(t, z.dtype)
+        # -|z| as minimum(z, -z): at z = 0 its gradient is 1 (ties go to the
+        # first operand), so relu'(0) + sigmoid(0) * 1 = 1/2 = sigmoid(0) is
+        # exact there (abs would give sign(0) = 0 and a gradient of -t).
+        loss = g.apply("relu", z) - z * t + g.apply("softplus", g.apply("minimum", z, -z))
+        return _reduce(g, loss, reduction)
+
+    def ref(self, attrs, z, t):
+        return _np_reduce(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))), attrs["reduction"])
+
+    def samples(self, rng):
+        return [
+            Sample([rng.uniform(-3, 3, (4, 3)), rng.uniform(0, 1, (4, 3))]),
+            Sample([rng.uniform(-40, 40, (6,)), (rng.uniform(size=6) > 0.5).astype(np.float64)], {"reduction": "sum"},
+                   grad_inputs=[0]),
+            Sample([rng.uniform(-3, 3, (2, 3)), rng.uniform(0, 1, (3,))], {"reduction": "none"}),
+        ]
+
+
+@op("mse")
+class Mse(OpDef):
+    """Mean squared error (a - b) ** 2 (broadcasting), reduced by `reduction`."""
+
+    inputs = ("a", "b")
+    attrs = {"reduction": "mean"}
+    composite = True
+    gradgrad = True
+
+    def expand(self, g, a, b, reduction):
+        d = a - b
+        return _reduce(g, d * d, reduction)
+
+    def ref(self, attrs, a, b):
+        return _np_reduce((a - b) ** 2, attrs["reduction"])
+
+    def samples(self, rng):
+        n = rng.normal
+        return [Sample([n(size=(3, 4)), n(size=(3, 4))]), Sample([n(size=(2, 3)), n(size=(3,))], {"reduction": "sum"}),
+                Sample([n(size=(5,)), n(size=(5,))], {"reduction": "none"})]
+
+
+@op("l1_loss")
+class L1Loss(OpDef):
+    """Mean absolute error |a - b| (broadcasting), reduced by `reduction`."""
+
+    inputs = ("a", "b")
+    attrs = {"reduction": "mean"}
+    composite = True
+
+    def expand(self, g, a, b, reduction):
+        return _reduce(g, g.apply("abs", a - b), reduction)
+
+    def ref(self, attrs, a, b):
+        return _np_reduce(np.abs(a - b), attrs["reduction"])
+
+    def samples(self, rng):
+        n = rng.normal
+        return [Sample([n(size=(3, 4)), n(size=(3, 4))]), Sample([n(size=(2, 3)), n(size=(3,))], {"reduction": "sum"})]
+
+
+class _Penalty(OpDef):
+    inputs = ("param",)
+    variadic = True
+    composite = True
+    gradgrad = True
+
+    def term(self, g, p):
+        raise NotImplementedError
+
+    def expand(self, g, *params):
+        if not params:
+            raise SpecError(f"{self.name}() needs at least one tensor", current_loc())
+        total = None
+        for p in params:
+            require_float(p, f"argument of {self.name}()")
+            t = g.apply("sum", self.term(g, p))
+            total = t if total is None else total + g.cast(t, total.dtype)
+        return total
+
+    def samples(self, rng):
+        n = rng.normal
+        return [Sample([n(size=(3, 4))]), Sample([n(size=(3, 4)), n(size=(4,)), n(size=(2, 2, 2))])]
+
+
+@op("l2")
+class L2(_Penalty):
+    """Sum of squares of all given tensors, a weight penalty: 1e-4 * l2(W1, W2)."""
+
+    def term(self, g, p):
+        return p * p
+
+    def ref(self, attrs, *ps):
+        return np.asarray(sum(np.sum(p * p) for p in ps))
+
+
+@op("l1")
+class L1(_Penalty):
+    """Sum of absolute values of all given tensors, a sparsity penalty."""
+
+    gradgrad = False
+
+    def term(self, g, p):
+        return g.apply("abs", p)
+
+    def ref(self, attrs, *ps):
+        return np.asarray(sum(np.sum(np.abs(p)) for p in ps))

@@ -1,0 +1,56 @@
+"""`flowgrad bench`: compile time, node counts, median training-step time,
+samples/s and peak memory of one spec, measured in this process."""
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from compiler.gradcheck import random_batch
+from compiler.training import compile_spec
+from spec.model import Spec
+
+from .session import pick_device
+from .trainer import Trainer
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / (1024 * 1024)
+
+
+def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: int = 5, device: str = "cpu",
+          threads: int | None = None, seed: int = 0) -> dict:
+    t0 = time.perf_counter()
+    cm = compile_spec(spec)
+    compile_s = time.perf_counter() - t0
+    device = pick_device(device)
+    batch_size = batch_size or int(spec.train.get("batch_size", 32))
+    sizes = {"N": batch_size}
+    first = cm.graphs["train" if "train" in cm.graphs else next(k for k in cm.graphs if k.startswith("train"))]
+    names = [i.name for i in first.inputs if i.role == "input"]
+    rng = np.random.default_rng(seed)
+    batch = random_batch(spec, names, rng, cm.float_dtype, sizes)
+    trainer = Trainer(cm, device, threads, seed=seed)
+    times = []
+    for step in range(warmup + steps):
+        t = time.perf_counter()
+        for obj in cm.schedule:
+            trainer.train_step(obj, batch, lr=1e-4, step=step)
+        if step >= warmup:
+            times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    return {
+        "spec": spec.name,
+        "device": device,
+        "batch_size": batch_size,
+        "compile_s": round(compile_s, 4),
+        "nodes": {k: g.node_count for k, g in cm.graphs.items()},
+        "step_ms": round(median * 1e3, 4),
+        "samples_per_s": round(batch_size / median, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "steps": steps,
+    }

@@ -1,0 +1,271 @@
+"""Indexing and loss ops beyond the table-driven tests: symbolic batch dims
+(forward and gradient, on onnxruntime and onnx.reference), subscript specs,
+repeated-index accumulation, numerical stability and error messages."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compiler.autodiff import grad
+from compiler.check import Runner, reference_run
+from compiler.emit import emit_model
+from compiler.ir import Graph
+from spec.errors import FlowgradError, ShapeError
+
+
+def compile_fn(fn, specs, wrt=(), dtype="float64"):
+    """specs: name -> (dtype, shape). fn(g, *inputs) -> Value. Outputs y and, for
+    each input name in wrt, the gradient of sum(y * w) with w a graph input."""
+    g = Graph(float_dtype=dtype)
+    ins = {n: g.add_input(n, dt, shape) for n, (dt, shape) in specs.items()}
+    y = fn(g, *ins.values())
+    outs = [("y", y)]
+    inputs = list(ins.items())
+    if wrt:
+        w = g.add_input("w", y.dtype, y.shape)
+        inputs.append(("w", w))
+        gs = grad([g.apply("sum", y * w)], [ins[n] for n in wrt])
+        outs += [(f"g_{n}", gv) for n, gv in zip(wrt, gs)]
+    return emit_model(g, inputs, outs), y
+
+
+def run_all(model, feeds):
+    got = Runner(model)(feeds)
+    again = reference_run(model, feeds)
+    for k in got:
+        np.testing.assert_allclose(again[k], got[k], rtol=1e-12, atol=1e-12)
+    return got
+
+
+# ------------------------------------------------------------------ subscripts on a symbolic batch
+INDEX_CASES = [
+    ((0,), lambda a: a[0]),
+    ((-1,), lambda a: a[-1]),
+    (((-3, None, None),), lambda a: a[-3:]),
+    (((1, 3, None),), lambda a: a[1:3]),
+    (((None, None, -1),), lambda a: a[::-1]),
+    (((None, None, None), (1, 4, 2)), lambda a: a[:, 1:4:2]),
+    ((Ellipsis, -1), lambda a: a[..., -1]),
+    ((None,), lambda a: a[None]),
+    (((-3, -1, None), None, (None, None, -2)), lambda a: a[-3:-1, None, ::-2]),
+    ((Ellipsis, None, 2), lambda a: a[..., None, 2]),
+]
+
+
+@pytest.mark.parametrize("spec,np_fn", INDEX_CASES, ids=[str(c[0]) for c in INDEX_CASES])
+def test_index_symbolic_batch(spec, np_fn):
+    model, y = compile_fn(lambda g, x: g.apply("index", x, spec=spec), {"x": ("float64", ("N", 5))}, wrt=("x",))
+    rng = np.random.default_rng(0)
+    for n in (4, 6):
+        x = rng.normal(size=(n, 5))
+        want = np_fn(x)
+        w = rng.normal(size=want.shape)
+        got = run_all(model, {"x": x, "w": w})
+        np.testing.assert_array_equal(got["y"], want)
+        assert len(y.shape) == want.ndim
+        gx = np.zeros_like(x)
+        np_fn(gx)[...] += w  # the gradient of a view is the scatter of w
+        np.testing.assert_allclose(got["g_x"], gx)
+
+
+def test_index_static_matches_numpy_and_second_order():
+    x = np.arange(60.0).reshape(3, 4, 5)
+    model, _ = compile_fn(lambda g, x: g.apply("index", x, spec=(1, None, (None, None, -2), Ellipsis, (1, -1, None))),
+                          {"x": ("float64", (3, 4, 5))})
+    np.testing.assert_array_equal(run_all(model, {"x": x})["y"], x[1, None, ::-2, ..., 1:-1])
+
+
+def test_slice_symbolic_needs_one_sided_bounds():
+    g = Graph()
+    x = g.add_input("x", "float32", ("N", 3))
+    with pytest.raises(ShapeError, match="symbolic dim N"):
+        g.apply("index", x, spec=((1, None, None),))
+    with pytest.raises(ShapeError, match="out of range"):
+        g.apply("index", x, spec=(Ellipsis, 3))
+    with pytest.raises(ShapeError, match="too many indices"):
+        g.apply("index", x, spec=(0, 0, 0))
+
+
+def test_pad_slice_roundtrip_and_errors():
+    g = Graph()
+    x = g.add_input("x", "float32", ("N", 3))
+    y = g.apply("pad", x, pads=((0, 0), (2, 1)), value=1.0)
+    assert y.shape == ("N", 6)
+    with pytest.raises(ShapeError, match="symbolic"):
+        g.apply("pad", x, pads=((1, 0), (0, 0)))
+    with pytest.raises(ShapeError, match="negative"):
+        g.apply("pad", x, pads=((0, 0), (-1, 0)))
+
+
+# ------------------------------------------------------------------ gather / scatter
+def test_take_embedding_symbolic_with_repeats():
+    model, y = compile_fn(lambda g, ids, t: g.apply("embedding", ids, t),
+                          {"ids": ("int64", ("N", 3)), "table": ("float64", (5, 4))}, wrt=("table",))
+    assert y.shape == ("N", 3, 4)
+    rng = np.random.default_rng(1)
+    table = rng.normal(size=(5, 4))
+    for n in (2, 5):
+        ids = rng.integers(0, 3, size=(n, 3))  # many repeats
+        w = rng.normal(size=(n, 3, 4))
+        got = run_all(model, {"ids": ids, "table": table, "w": w})
+        np.testing.assert_allclose(got["y"], table[ids])
+        want = np.zeros_like(table)
+        np.add.at(want, ids, w)
+        np.testing.assert_allclose(got["g_table"], want)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_scatter_add_symbolic_index_shapes(axis):
+    """scatter_add with 2-D indices and symbolic dims around them (the runtime-shape path)."""
+    shape = [3, 4, 2]
+    def fn(g, like, idx, upd):
+        return g.apply("scatter_add", like, idx, upd, axis=axis)
+
+    like_shape = tuple("N" if i == 0 and axis != 0 else d for i, d in enumerate(shape))
+    idx_shape = ("M", 2)
+    upd_shape = tuple(like_shape[:axis]) + idx_shape + tuple(like_shape[axis + 1:])
+    model, _ = compile_fn(fn, {"like": ("float64", like_shape), "idx": ("int64", idx_shape),
+                               "upd": ("float64", upd_shape)}, wrt=("upd",))
+    rng = np.random.default_rng(axis)
+    for m in (1, 3):
+        like = rng.normal(size=shape)
+        idx = rng.integers(-shape[axis], shape[axis], size=(m, 2))
+        upd = rng.normal(size=tuple(shape[:axis]) + (m, 2) + tuple(shape[axis + 1:]))
+        out_w = rng.normal(size=shape)
+        got = run_all(model, {"like": like, "idx": idx, "upd": upd, "w": out_w})
+        want = np.zeros(shape)
+        moved = np.moveaxis(want, axis, 0)
+        np.add.at(moved, idx.reshape(-1), np.moveaxis(upd.reshape(upd.shape[:axis] + (-1,) + upd.shape[axis + 2:]), axis, 0))
+        np.testing.assert_allclose(got["y"], want)
+        np.testing.assert_allclose(got["g_upd"], np.take(out_w, idx, axis=axis))
+
+
+def test_take_along_axis_repeats_accumulate():
+    model, _ = compile_fn(lambda g, x, i: g.apply("take_along_axis", x, i, axis=1),
+                          {"x": ("float64", ("N", 3)), "i": ("int64", ("N", 4))}, wrt=("x",))
+    x = np.arange(6.0).reshape(2, 3)
+    i = np.array([[0, 0, 0, 2], [1, -1, 1, 1]])
+    w = np.ones((2, 4))
+    got = run_all(model, {"x": x, "i": i, "w": w})
+    np.testing.assert_array_equal(got["y"], np.take_along_axis(x, i, 1))
+    np.testing.assert_array_equal(got["g_x"], [[3, 0, 1], [0, 3, 1]])
+
+
+def test_concat_split_symbolic():
+    def fn(g, a, b):
+        c = g.apply("concat", a, b, axis=0)
+        assert c.shape == ("2*N", 3)
+        p, q = g.apply("split", c, sections=2, axis=0)
+        return g.apply("concat", q * 2.0, p, axis=1)
+
+    model, y = compile_fn(fn, {"a": ("float64", ("N", 3)), "b": ("float64", ("N", 3))}, wrt=("a", "b"))
+    assert y.shape == ("N", 6)
+    rng = np.random.default_rng(2)
+    for n in (1, 4):
+        a, b, w = rng.normal(size=(n, 3)), rng.normal(size=(n, 3)), rng.normal(size=(n, 6))
+        got = run_all(model, {"a": a, "b": b, "w": w})
+        np.testing.assert_allclose(got["y"], np.concatenate([2 * b, a], axis=1))
+        np.testing.assert_allclose(got["g_a"], w[:, 3:])
+        np.testing.assert_allclose(got["g_b"], 2 * w[:, :3])
+
+
+def test_concat_errors():
+    g = Graph()
+    a = g.add_input("a", "float32", ("N", 3))
+    b = g.add_input("b", "float32", ("M", 3))
+    with pytest.raises(ShapeError, match="symbolic sizes"):
+        g.apply("concat", a, b, axis=0)
+    with pytest.raises(ShapeError, match="along axis 1"):
+        g.apply("concat", a, b, axis=1)
+    with pytest.raises(ShapeError, match="equal parts"):
+        g.apply("split", g.add_input("c", "float32", (5,)), sections=2)
+
+
+def test_one_hot_runs_on_onnxruntime_float32():
+    g = Graph(float_dtype="float32")
+    ids = g.add_input("ids", "int64", ("N",))
+    y = g.apply("one_hot", ids, depth=4)
+    assert y.dtype == "float32" and y.shape == ("N", 4)
+    run = Runner(emit_model(g, [("ids", ids)], [("y", y)]))
+    assert run.backend == "onnxruntime"
+    np.testing.assert_array_equal(run({"ids": np.array([3, 0, 7, -1])})["y"],
+                                  [[0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+# ------------------------------------------------------------------ losses
+def _np_softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_symbolic_batch_and_gradient(dtype):
+    g = Graph(float_dtype=dtype)
+    z = g.add_input("z", dtype, ("N", 5))
+    t = g.add_input("t", "int64", ("N",))
+    loss = g.apply("cross_entropy", z, t)
+    assert loss.shape == ()
+    (gz,) = grad([loss], [z])
+    run = Runner(emit_model(g, [("z", z), ("t", t)], [("loss", loss), ("gz", gz)]))
+    assert run.backend == "onnxruntime"
+    rng = np.random.default_rng(3)
+    for n in (2, 7):
+        zv = (rng.normal(size=(n, 5)) * 30).astype(dtype)  # large logits: must stay finite and exact
+        tv = rng.integers(0, 5, size=n)
+        got = run({"z": zv, "t": tv})
+        zz = zv.astype(np.float64)
+        lp = zz - zz.max(-1, keepdims=True)
+        lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+        tol = 1e-5 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(got["loss"], -lp[np.arange(n), tv].mean(), rtol=tol)
+        np.testing.assert_allclose(got["gz"], (_np_softmax(zz) - np.eye(5)[tv]) / n, rtol=tol, atol=tol)
+
+
+def test_cross_entropy_soft_labels_match_hard():
+    g = Graph(float_dtype="float64")
+    z = g.add_input("z", "float64", (4, 3))
+    t = g.add_input("t", "int64", (4,))
+    hard = g.apply("cross_entropy", z, t, reduction="none")
+    soft = g.apply("cross_entropy", z, g.apply("one_hot", t, depth=3), reduction="none")
+    got = Runner(emit_model(g, [("z", z), ("t", t)], [("h", hard), ("s", soft)]))(
+        {"z": np.random.default_rng(4).normal(size=(4, 3)), "t": np.array([0, 2, 1, 2])})
+    np.testing.assert_allclose(got["h"], got["s"], rtol=1e-12)
+
+
+def test_cross_entropy_reduction_errors():
+    g = Graph()
+    z = g.add_input("z", "float32", (4, 3))
+    t = g.add_input("t", "int64", (4,))
+    with pytest.raises(FlowgradError, match="reduction"):
+        g.apply("cross_entropy", z, t, reduction="avg")
+    with pytest.raises(ShapeError):
+        g.apply("cross_entropy", z, g.add_input("t2", "int64", (3,)))
+
+
+def test_binary_cross_entropy_is_stable():
+    g = Graph(float_dtype="float32")
+    z = g.add_input("z", "float32", (6,))
+    t = g.add_input("t", "float32", (6,))
+    loss = g.apply("binary_cross_entropy", z, t, reduction="none")
+    (gz,) = grad([g.apply("sum", loss)], [z])
+    got = Runner(emit_model(g, [("z", z), ("t", t)], [("l", loss), ("g", gz)]))(
+        {"z": np.array([-200, -30, 0, 0.5, 30, 200], np.float32), "t": np.array([0, 1, 0.5, 1, 0, 1], np.float32)})
+    assert np.all(np.isfinite(got["l"])) and np.all(np.isfinite(got["g"]))
+    zz = np.array([-200, -30, 0, 0.5, 30, 200.0])
+    tt = np.array([0, 1, 0.5, 1, 0, 1.0])
+    np.testing.assert_allclose(got["l"], np.maximum(zz, 0) - zz * tt + np.log1p(np.exp(-np.abs(zz))), rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(got["g"], 1 / (1 + np.exp(-zz)) - tt, atol=1e-6)
+
+
+def test_weight_penalties():
+    g = Graph(float_dtype="float64")
+    w1 = g.add_input("w1", "float64", (3, 4))
+    w2 = g.add_input("w2", "float64", (4,))
+    reg = 1e-4 * g.apply("l2", w1, w2) + g.apply("l1", w1, w2)
+    g1, g2 = grad([reg], [w1, w2])
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=4)
+    got = Runner(emit_model(g, [("w1", w1), ("w2", w2)], [("r", reg), ("g1", g1), ("g2", g2)]))({"w1": a, "w2": b})
+    np.testing.assert_allclose(got["r"], 1e-4 * ((a**2).sum() + (b**2).sum()) + np.abs(a).sum() + np.abs(b).sum())
+    np.testing.assert_allclose(got["g1"], 2e-4 * a + np.sign(a))
+    np.testing.assert_allclose(got["g2"], 2e-4 * b + np.sign(b))
