@@ -259,13 +259,13 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
                 epoch += 1
                 # "best" follows the early-stopping metric, else the validation (or training) loss.
                 key = stopping["metric"] if stopping else ("valid_loss" if "valid_loss" in record else "train_loss")
-                if key not in record:
+                if key not in record and stopping:
                     raise FlowgradError(f"early_stopping metric {key!r} is not reported",
                                         spec.locate("train", "early_stopping", "metric"),
                                         f"reported: {', '.join(k for k in record if k not in ('epoch', 'step', 'seconds'))}")
                 mode = stopping.get("mode", "min") if stopping else "min"
                 better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
-                improved = not best or better(record[key], best[key])
+                improved = not best or key not in record or better(record[key], best[key])
                 bad_epochs = 0 if improved else bad_epochs + 1
                 if improved:
                     best = dict(record)

@@ -1,0 +1,131 @@
+"""Training features: several objectives on a schedule, frozen parameters,
+warm starts, gradient accumulation, early stopping."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.api import train
+from runtime.checkpoint import load_checkpoint
+from spec import spec_from_text
+from spec.errors import FlowgradError
+
+TWO_OBJECTIVES = """
+flowgrad: 1
+name: two
+dims: {D: 4}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N]}
+params:
+  A: {shape: [D], init: {normal: {std: 0.1}}}
+  B: {shape: [D], init: {normal: {std: 0.1}}}
+graph:
+  pa: x @ A
+  pb: x @ B
+  la: mean((pa - y) ** 2)
+  lb: mean((pb + pa - 2 * y) ** 2)
+loss: la + lb
+train:
+  objectives:
+    first: {loss: la, params: "A", optimizer: {sgd: {lr: 0.1}}}
+    second: {loss: lb, params: "B", optimizer: {adam: {lr: 0.05}}}
+  schedule: [first, second]
+  batch_size: 16
+"""
+
+REGRESSION = """
+flowgrad: 1
+name: reg
+dims: {D: 4, H: 8}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N]}
+params:
+  W1: {shape: [D, H], init: glorot_uniform}
+  w2: {shape: [H], init: glorot_uniform}
+graph:
+  h: tanh(x @ W1)
+  pred: h @ w2
+outputs:
+  pred: pred
+loss: mean((pred - y) ** 2)
+train:
+  optimizer: {sgd: {lr: 0.05}}
+  batch_size: 16
+"""
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * rng.normal(size=64)).astype(np.float32)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x, y=y)
+    return str(path)
+
+
+def _spec(text, tmp_path, name="spec.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return spec_from_text(text, str(p))
+
+
+def _params(run_dir):
+    state, _ = load_checkpoint(f"{run_dir}/checkpoint.npz")
+    return state
+
+
+def test_objectives_take_turns_on_their_own_parameters(tmp_path, data):
+    spec = _spec(TWO_OBJECTIVES, tmp_path)
+    result = train(spec, run_dir=str(tmp_path / "run"), data=data, epochs=30, threads=1, device="cpu")
+    first, last = result.history[0], result.history[-1]
+    assert last["train_first/loss"] < 0.5 * first["train_first/loss"]
+    assert last["train_second/loss"] < 0.5 * first["train_second/loss"]
+    state = _params(str(tmp_path / "run"))
+    # Each objective has its own optimizer state: SGD none, Adam m and v for B only.
+    assert "m/B" in state and "v/B" in state and "m/A" not in state
+    np.testing.assert_allclose(state["A"], [1.0, -2.0, 0.5, 0.0], atol=0.1)
+
+
+def test_frozen_parameters_do_not_move(tmp_path, data):
+    spec = _spec(REGRESSION, tmp_path)
+    train(spec, run_dir=str(tmp_path / "a"), data=data, epochs=2, threads=1, device="cpu")
+    train(spec, run_dir=str(tmp_path / "b"), data=data, epochs=2, threads=1, device="cpu", freeze=["W1"])
+    a, b = _params(str(tmp_path / "a")), _params(str(tmp_path / "b"))
+    from compiler.training import compile_spec
+
+    init = compile_spec(spec).initial_state(0)
+    assert np.array_equal(b["W1"], init["W1"])
+    assert not np.array_equal(a["W1"], init["W1"])
+    assert not np.array_equal(b["w2"], init["w2"])
+    with pytest.raises(FlowgradError, match="match no parameter"):
+        train(spec, run_dir=str(tmp_path / "c"), data=data, epochs=1, freeze=["nothing*"])
+
+
+def test_warm_start_takes_parameters_by_name(tmp_path, data):
+    spec = _spec(REGRESSION, tmp_path)
+    train(spec, run_dir=str(tmp_path / "a"), data=data, epochs=3, threads=1, device="cpu")
+    train(spec, run_dir=str(tmp_path / "b"), data=data, epochs=1, threads=1, device="cpu",
+          init_from=str(tmp_path / "a"), freeze=["W1"])
+    assert np.array_equal(_params(str(tmp_path / "a"))["W1"], _params(str(tmp_path / "b"))["W1"])
+
+
+def test_accumulated_gradients_equal_one_larger_batch(tmp_path, data):
+    spec = _spec(REGRESSION, tmp_path)
+    train(spec, run_dir=str(tmp_path / "big"), data=data, epochs=2, batch_size=32, threads=1, device="cpu")
+    train(spec, run_dir=str(tmp_path / "acc"), data=data, epochs=2, batch_size=16, accumulate=2, threads=1, device="cpu")
+    big, acc = _params(str(tmp_path / "big")), _params(str(tmp_path / "acc"))
+    for k in big:
+        np.testing.assert_allclose(acc[k], big[k], rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping(tmp_path, data):
+    text = REGRESSION + "  early_stopping: {metric: train_loss, mode: max, patience: 2}\n"
+    spec = _spec(text, tmp_path)
+    result = train(spec, run_dir=str(tmp_path / "run"), data=data, epochs=20, threads=1, device="cpu")
+    # The loss falls every epoch, so "max" never improves after the first epoch.
+    assert result.epochs == 3
+    assert result.stopped.startswith("early stopping")
+    assert result.best["epoch"] == 1
