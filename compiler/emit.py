@@ -32,11 +32,22 @@ def value_info(name: str, dtype: str, shape) -> onnx.ValueInfoProto:
 class Emitter:
     """Collects ONNX nodes and initializers with unique names."""
 
-    def __init__(self):
+    def __init__(self, parent: "Emitter | None" = None):
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: dict[str, onnx.TensorProto] = {}
-        self._const_names: dict[tuple, str] = {}
-        self._used: set[str] = set()
+        self.parent = parent
+        if parent is None:
+            self.initializers: dict[str, onnx.TensorProto] = {}
+            self._const_names: dict[tuple, str] = {}
+            self._used: set[str] = set()
+        else:
+            # A subgraph (a Loop body) shares names and constants with the
+            # outermost graph: constants live there and are read from outer scope.
+            self.initializers = parent.initializers
+            self._const_names = parent._const_names
+            self._used = parent._used
+
+    def child(self) -> "Emitter":
+        return Emitter(self)
 
     def fresh(self, hint: str) -> str:
         hint = hint.replace("/", "_") or "v"
@@ -73,6 +84,18 @@ class Emitter:
 
     def ints(self, values) -> str:
         return self.const(np.asarray(list(values), dtype=np.int64))
+
+
+def emit_nodes(e: Emitter, nodes, names: dict[int, str], claimed: dict[int, str] | None = None) -> None:
+    """Emit IR nodes in order; `names` maps Value ids to ONNX names and is filled in."""
+    for node in nodes:
+        ins = [names[v.id] for v in node.inputs]
+        outs = []
+        for v in node.outputs:
+            n = (claimed or {}).get(v.id) or e.fresh(v.name or node.op.name)
+            names[v.id] = n
+            outs.append(n)
+        node.op.emit(e, node, ins, outs)
 
 
 def emit_model(
@@ -112,14 +135,7 @@ def emit_model(
     if missing:
         raise ValueError(f"graph inputs not provided for emission: {missing}")
 
-    for node in nodes:
-        ins = [names[v.id] for v in node.inputs]
-        outs = []
-        for v in node.outputs:
-            n = claimed.get(v.id) or e.fresh(v.name or node.op.name)
-            names[v.id] = n
-            outs.append(n)
-        node.op.emit(e, node, ins, outs)
+    emit_nodes(e, nodes, names, claimed)
     for out_name, v in identities:
         e.add("Identity", [names[v.id]], [out_name])
 

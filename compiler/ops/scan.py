@@ -1,0 +1,461 @@
+"""scan: a step subgraph applied along time with carried state (Theano's scan).
+
+The node's inputs are the initial carries, the sequences (time-major,
+[T, ...]) and the non-sequences (weights and other values the step reads).
+Its outputs are, for each carry, either all its states stacked over time
+([T, ...], the state after each step) or only the final one, then the step's
+extra outputs stacked over time.
+
+The gradient is another scan running the other way over the saved states:
+its step recomputes the forward step from the state before it and applies
+the step's own (symbolic) gradient. Gradients of non-sequences that are sums
+over time of `A_tᵀ @ B_t` or of broadcast reductions are pushed out of the
+loop and computed once over all steps as one batched product; the rest
+accumulates in carries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spec.errors import GradientError, ShapeError
+
+from ..ir import Graph, TensorType, Value, dim_mul, fmt_shape, producers_of
+from ..registry import REQUIRED, OpDef, Sample, op
+
+
+@dataclass(eq=False)
+class Body:
+    """The step function: a Graph with its inputs and outputs in scan order."""
+
+    graph: Graph
+    carries: list  # body inputs: the state before the step
+    seqs: list  # body inputs: the step's slice of each sequence
+    nonseqs: list  # body inputs: values read every step
+    new_carries: list  # body outputs: the state after the step
+    extras: list = field(default_factory=list)  # body outputs stacked over time
+
+    def __repr__(self) -> str:  # stable, for CSE keys and messages
+        return f"Body#{id(self)}"
+
+
+def clone(values: list[Value], mapping: dict[int, Value], g: Graph) -> list[Value]:
+    """Rebuild the nodes computing `values` in graph g, body inputs replaced via `mapping`."""
+    env = dict(mapping)
+    for node in producers_of(values):
+        ins = [env[v.id] for v in node.inputs]
+        outs = node.op.build_node(g, ins, node.attrs) if hasattr(node.op, "build_node") else g.add_node(
+            node.op, ins, dict(node.attrs), [o.type for o in node.outputs])
+        for o, n in zip(node.outputs, outs):
+            env[o.id] = n
+            n.name = o.name
+    return [env[v.id] for v in values]
+
+
+def _time_len(seqs) -> object:
+    return seqs[0].shape[0] if seqs else None
+
+
+@op("scan")
+class Scan(OpDef):
+    """Apply `body` along axis 0 of the sequences, carrying state (see compiler/ops/scan.py)."""
+
+    inputs = ("xs",)
+    variadic = True
+    attrs = {"body": REQUIRED, "reverse": False, "stack": None, "length": None, "truncate": None}
+    check_onnx_shapes = True
+
+    # ------------------------------------------------------------------ shapes
+    def split_inputs(self, attrs, inputs):
+        b = attrs["body"]
+        nc, ns = len(b.carries), len(b.seqs)
+        return inputs[:nc], inputs[nc:nc + ns], inputs[nc + ns:]
+
+    def stack_flags(self, attrs) -> tuple:
+        b = attrs["body"]
+        return tuple(attrs["stack"]) if attrs["stack"] is not None else (True,) * len(b.carries)
+
+    def infer(self, attrs, *types):
+        b: Body = attrs["body"]
+        init, seqs, nonseqs = self.split_inputs(attrs, list(types))
+        if len(init) != len(b.carries) or len(seqs) != len(b.seqs) or len(nonseqs) != len(b.nonseqs):
+            raise ShapeError("scan inputs do not match its step's inputs")
+        for t, v in zip(init, b.carries):
+            if t.shape != v.shape or t.dtype != v.dtype:
+                raise ShapeError(f"initial state {t} does not match the step's state {v.type}",
+                                 hint="the step must return each state with the shape and dtype it takes")
+        T = attrs["length"]
+        for t, v in zip(seqs, b.seqs):
+            if t.rank != v.rank + 1 or tuple(t.shape[1:]) != tuple(v.shape):
+                raise ShapeError(f"sequence {t} does not match the step's slice {v.type}")
+            if T is None:
+                T = t.shape[0]
+            elif t.shape[0] != T:
+                raise ShapeError(f"sequences have different lengths {T} and {t.shape[0]}")
+        if T is None:
+            raise ShapeError("scan needs a sequence or a length")
+        for v, n in zip(b.carries, b.new_carries):
+            if v.type != n.type:
+                raise ShapeError(f"the step returns a state of type {n.type} for one of type {v.type}")
+        outs = []
+        for flag, c in zip(self.stack_flags(attrs), b.new_carries):
+            outs.append(TensorType(c.dtype, ((T,) + tuple(c.shape)) if flag else tuple(c.shape)))
+        for y in b.extras:
+            outs.append(TensorType(y.dtype, (T,) + tuple(y.shape)))
+        return outs
+
+    # ------------------------------------------------------------------ reference
+    def ref(self, attrs, *arrays):
+        from ..interp import evaluate
+
+        b: Body = attrs["body"]
+        init, seqs, nonseqs = self.split_inputs(attrs, list(arrays))
+        T = seqs[0].shape[0] if seqs else int(attrs["length"])
+        order = range(T - 1, -1, -1) if attrs["reverse"] else range(T)
+        state = list(init)
+        stacked = [[None] * T for _ in b.new_carries]
+        extras = [[None] * T for _ in b.extras]
+        for t in order:
+            feeds = {v.id: a for v, a in zip(b.carries, state)}
+            feeds.update({v.id: s[t] for v, s in zip(b.seqs, seqs)})
+            feeds.update({v.id: a for v, a in zip(b.nonseqs, nonseqs)})
+            outs = evaluate(b.new_carries + b.extras, feeds)
+            state = outs[:len(b.new_carries)]
+            for k, s in enumerate(state):
+                stacked[k][t] = s
+            for j, y in enumerate(outs[len(b.new_carries):]):
+                extras[j][t] = y
+        results = []
+        for flag, st, fin in zip(self.stack_flags(attrs), stacked, state):
+            results.append(np.stack(st) if flag else fin)
+        results += [np.stack(e) for e in extras]
+        return tuple(results) if len(results) != 1 else results[0]
+
+    # ------------------------------------------------------------------ ONNX
+    def emit(self, e, node, ins, outs):
+        from ..emit import emit_nodes, value_info
+        from onnx import helper
+
+        b: Body = node.attrs["body"]
+        nc, ns = len(b.carries), len(b.seqs)
+        init, seqs, nonseqs = ins[:nc], ins[nc:nc + ns], ins[nc + ns:]
+        if seqs:
+            length = e.add("Gather", [e.add("Shape", [seqs[0]]), e.const(np.asarray(0, dtype=np.int64))], axis=0)
+        else:
+            length = e.const(np.asarray(int(node.attrs["length"]), dtype=np.int64))
+        body = e.child()
+        it, cond = e.fresh("t"), e.fresh("cond")
+        names: dict[int, str] = {}
+        carry_in = []
+        for v in b.carries:
+            names[v.id] = e.fresh(v.name or "state")
+            carry_in.append(names[v.id])
+        for v, outer in zip(b.nonseqs, nonseqs):
+            names[v.id] = outer  # read from outer scope
+        if seqs:
+            index = it
+            if node.attrs["reverse"]:
+                last = e.add("Sub", [length, e.const(np.asarray(1, dtype=np.int64))])
+                index = body.add("Sub", [last, it])
+            for v, outer in zip(b.seqs, seqs):
+                names[v.id] = body.add("Gather", [outer, index], axis=0)
+        emit_nodes(body, producers_of(b.new_carries + b.extras), names)
+        # Loop body outputs: condition, carries, then the per-step outputs to stack.
+        body_outs = [body.add("Identity", [cond])]
+        carry_out = [body.add("Identity", [names[v.id]]) for v in b.new_carries]
+        flags = node.op.stack_flags(node.attrs)
+        # Per-step outputs leave the body flattened: onnx.reference's Loop concatenates
+        # them where onnxruntime stacks them, and for 1-D values both agree.
+        per_step = [v for f, v in zip(flags, b.new_carries) if f] + list(b.extras)
+        flat = body.ints([-1])
+        stacked = [body.add("Reshape", [names[v.id], flat]) for v in per_step]
+        body_outs += carry_out + stacked
+        out_types = [v.type for v in b.new_carries] + [TensorType(v.dtype, (_flat_size(v.shape),)) for v in per_step]
+        graph = helper.make_graph(
+            body.nodes, f"{node.outputs[0].name or 'scan'}_step",
+            [value_info(it, "int64", ()), value_info(cond, "bool", ())]
+            + [value_info(n, v.dtype, v.shape) for n, v in zip(carry_in, b.carries)],
+            [value_info(body_outs[0], "bool", ())]
+            + [value_info(n, t.dtype, t.shape) for n, t in zip(body_outs[1:], out_types)],
+        )
+        finals = [e.fresh("final") for _ in b.carries]
+        loop_stacked = [e.fresh("stacked") for _ in stacked]
+        # An explicit `true` condition: onnx.reference runs no iteration when it is omitted.
+        e.add("Loop", [length, e.const(np.asarray(True)), *init], finals + loop_stacked, body=graph)
+        loop_stacked = [e.add("Reshape", [st, e.ints(_unflatten_code(v.shape))]) for st, v in zip(loop_stacked, per_step)]
+        # Map to the node's outputs: per carry its stack or its final value, then the extras.
+        k = 0
+        src = []
+        for f, fin in zip(flags, finals):
+            if f:
+                src.append(loop_stacked[k])
+                k += 1
+            else:
+                src.append(fin)
+        src += loop_stacked[k:]
+        for i, (s, o) in enumerate(zip(src, outs)):
+            is_stack = i >= len(flags) or flags[i]
+            if node.attrs["reverse"] and is_stack:
+                # Loop stacks in iteration order; scan's outputs are in time order.
+                e.add("Slice", [s, e.ints([-1]), e.ints([np.iinfo(np.int64).min]), e.ints([0]), e.ints([-1])], [o])
+            else:
+                e.add("Identity", [s], [o])
+
+    # ------------------------------------------------------------------ gradient
+    def vjp(self, node, gouts):
+        g: Graph = node.outputs[0].graph
+        b: Body = node.attrs["body"]
+        reverse = bool(node.attrs["reverse"])
+        flags = self.stack_flags(node.attrs)
+        init, seqs, nonseqs = self.split_inputs(node.attrs, node.inputs)
+        nc, ny = len(b.carries), len(b.extras)
+        if not all(flags):
+            raise GradientError("the gradient of a scan needs every state over time",
+                                node.loc, "second-order gradients through scan are not supported")
+        stacked, ys = node.outputs[:nc], node.outputs[nc:]
+        g_stacked, g_ys = gouts[:nc], gouts[nc:]
+        T = stacked[0].shape[0] if nc else (seqs[0].shape[0] if seqs else node.attrs["length"])
+
+        # The state before each step, in time order.
+        prevs = [g.apply("shift", st, s0, reverse=reverse) for st, s0 in zip(stacked, init)]
+
+        bg = Graph(float_dtype=b.graph.float_dtype, mode=b.graph.mode)
+        lam = [bg.add_input(f"lam{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
+        prev_t = [bg.add_input(f"prev{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
+        seq_t = [bg.add_input(f"seq{k}", v.dtype, v.shape) for k, v in enumerate(b.seqs)]
+        gc_t = [bg.add_input(f"gc{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
+        gy_t = [bg.add_input(f"gy{k}", y.dtype, y.shape) for k, y in enumerate(b.extras)]
+        p_in = [bg.add_input(f"p{k}", v.dtype, v.shape) for k, v in enumerate(b.nonseqs)]
+        extra_seq_outer, extra_seq_in = [], []
+        truncate = node.attrs["truncate"]
+        if truncate:
+            extra_seq_outer.append(g.apply("step_mask", stacked[0] if nc else seqs[0], keep=int(truncate),
+                                           reverse=reverse, dtype=b.graph.float_dtype))
+            extra_seq_in.append(bg.add_input("keep", b.graph.float_dtype, ()))
+
+        mapping = {v.id: n for v, n in zip(b.carries, prev_t)}
+        mapping.update({v.id: n for v, n in zip(b.seqs, seq_t)})
+        mapping.update({v.id: n for v, n in zip(b.nonseqs, p_in)})
+        outs = clone(b.new_carries + b.extras, mapping, bg)
+        cot = [l + c for l, c in zip(lam, gc_t)] + list(gy_t)
+        if truncate:
+            cot = [c * extra_seq_in[0] for c in cot]
+        from ..autodiff import grad
+
+        float_p = [i for i, v in enumerate(b.nonseqs) if v.dtype.startswith("float")]
+        wrt = prev_t + [s for s in seq_t] + [p_in[i] for i in float_p]
+        grads = grad(outs, wrt, cot)
+        zero = lambda v: bg.apply("zeros_like", v)  # noqa: E731
+        new_lam = [gv if gv is not None else zero(v) for gv, v in zip(grads[:nc], prev_t)]
+        g_seq = grads[nc:nc + len(seq_t)]
+        g_p = grads[nc + len(seq_t):]
+
+        # Non-sequence gradients: push sums over time out of the loop where possible.
+        seq_outer = {v.id: o for v, o in zip(prev_t + seq_t + gc_t + gy_t, prevs + seqs + g_stacked + g_ys)}
+        pushed_terms: list[list] = []  # per float nonseq: [(kind, outer A or None, body B, shape)]
+        accumulate: list = []  # per float nonseq: body value summed in a carry, or None
+        for gv, i in zip(g_p, float_p):
+            if gv is None:
+                pushed_terms.append([])
+                accumulate.append(None)
+                continue
+            terms, rest = _split_terms(gv, seq_outer)
+            pushed_terms.append(terms)
+            accumulate.append(rest)
+        acc_in = []
+        acc_out = []
+        acc_index = []
+        for k, (i, rest) in enumerate(zip(float_p, accumulate)):
+            if rest is not None:
+                a = bg.add_input(f"acc{k}", rest.dtype, rest.shape)
+                acc_in.append(a)
+                acc_out.append(a + rest)
+                acc_index.append(k)
+        body_extras = [gv if gv is not None else zero(v) for gv, v in zip(g_seq, seq_t)]
+        pushed_values = []
+        for terms in pushed_terms:
+            for _, _, bval, _ in terms:
+                if bval not in pushed_values:
+                    pushed_values.append(bval)
+        body_extras += pushed_values
+        bbody = Body(bg, lam + acc_in, prev_t + seq_t + gc_t + gy_t + extra_seq_in, p_in, new_lam + acc_out, body_extras)
+        zeros_init = [g.apply("zeros_like", s0) for s0 in init]
+        acc_init = [g.apply("zeros_like", nonseqs[float_p[k]]) for k in acc_index]
+        flags_b = (False,) * (nc + len(acc_in))
+        res = g.apply("scan", *zeros_init, *acc_init, *prevs, *seqs, *g_stacked, *g_ys, *extra_seq_outer, *nonseqs,
+                      body=bbody, reverse=not reverse, stack=flags_b, length=node.attrs["length"] if not seqs else None)
+        res = list(res) if isinstance(res, tuple) else [res]
+        d_init = res[:nc]
+        d_acc = res[nc:nc + len(acc_in)]
+        stacked_out = res[nc + len(acc_in):]
+        d_seqs = stacked_out[:len(seq_t)]
+        pushed_stacked = dict(zip([v.id for v in pushed_values], stacked_out[len(seq_t):]))
+
+        d_nonseq = [None] * len(nonseqs)
+        for k, i in enumerate(float_p):
+            total = d_acc[acc_index.index(k)] if k in acc_index else None
+            for kind, outer_a, bval, shape in pushed_terms[k]:
+                B = pushed_stacked[bval.id]
+                if kind == "matmul":
+                    # sum_t A_tᵀ @ B_t as one product over all steps
+                    A2 = g.apply("reshape", outer_a, shape=(-1, outer_a.shape[-1]))
+                    B2 = g.apply("reshape", B, shape=(-1, B.shape[-1]))
+                    term = g.apply("matmul", g.apply("transpose", A2), B2)
+                else:
+                    term = g.apply("sum_to", B, shape=shape)
+                total = term if total is None else total + term
+            d_nonseq[i] = total
+        return list(d_init) + list(d_seqs) + d_nonseq
+
+    def samples(self, rng):
+        return [
+            Sample(*_rnn_sample(rng, reverse=False)),
+            Sample(*_rnn_sample(rng, reverse=True)),
+            Sample(*_rnn_sample(rng, reverse=False, two_states=True)),
+        ]
+
+
+@op("shift")
+class Shift(OpDef):
+    """The states before each step: [s0, x[0], ..., x[T-2]] along axis 0 (reverse: [x[1], ..., x[T-1], s0])."""
+
+    inputs = ("x", "first")
+    attrs = {"reverse": False}
+    gradgrad = True
+
+    def infer(self, attrs, x, first):
+        if x.rank != first.rank + 1 or tuple(x.shape[1:]) != tuple(first.shape) or x.dtype != first.dtype:
+            raise ShapeError(f"shift: {first} is not one step of {x}")
+        return [x]
+
+    def emit(self, e, node, ins, outs):
+        x, first = ins
+        head = e.add("Unsqueeze", [first, e.ints([0])])
+        big = np.iinfo(np.int64).max
+        if node.attrs["reverse"]:
+            rest = e.add("Slice", [x, e.ints([1]), e.ints([big]), e.ints([0])])
+            e.add("Concat", [rest, head], outs, axis=0)
+        else:
+            rest = e.add("Slice", [x, e.ints([0]), e.ints([-1]), e.ints([0])])
+            e.add("Concat", [head, rest], outs, axis=0)
+
+    def vjp(self, node, gouts):
+        (gy,) = gouts
+        x, first = node.inputs
+        g = gy.graph
+        rev = node.attrs["reverse"]
+        # What moved one step later flows one step back; the end that was dropped gets zeros.
+        gx = g.apply("shift", gy, g.apply("zeros_like", first), reverse=not rev)
+        gfirst = g.apply("index", gy, spec=(-1 if rev else 0,))
+        return [gx, gfirst]
+
+    def ref(self, attrs, x, first):
+        if attrs["reverse"]:
+            return np.concatenate([x[1:], first[None]], axis=0)
+        return np.concatenate([first[None], x[:-1]], axis=0)
+
+    def samples(self, rng):
+        x, f = rng.normal(size=(4, 2, 3)), rng.normal(size=(2, 3))
+        return [Sample([x, f]), Sample([x, f], {"reverse": True}), Sample([rng.normal(size=(1, 2)), rng.normal(size=(2,))])]
+
+
+@op("step_mask")
+class StepMask(OpDef):
+    """1.0 for the last `keep` steps along axis 0 of x (the first `keep` when reverse), else 0."""
+
+    attrs = {"keep": REQUIRED, "reverse": False, "dtype": "float32"}
+    nondiff = True
+
+    def infer(self, attrs, x):
+        return [TensorType(attrs["dtype"], (x.shape[0],))]
+
+    def emit(self, e, node, ins, outs):
+        from ..emit import onnx_dtype
+
+        length = e.add("Gather", [e.add("Shape", ins), e.const(np.asarray(0, dtype=np.int64))], axis=0)
+        steps = e.add("Range", [e.const(np.asarray(0, dtype=np.int64)), length, e.const(np.asarray(1, dtype=np.int64))])
+        keep = e.const(np.asarray(int(node.attrs["keep"]), dtype=np.int64))
+        if node.attrs["reverse"]:
+            m = e.add("Less", [steps, keep])
+        else:
+            m = e.add("GreaterOrEqual", [steps, e.add("Sub", [length, keep])])
+        e.add("Cast", [m], outs, to=onnx_dtype(node.attrs["dtype"]))
+
+    def ref(self, attrs, x):
+        T = x.shape[0]
+        t = np.arange(T)
+        m = t < attrs["keep"] if attrs["reverse"] else t >= T - attrs["keep"]
+        return m.astype(attrs["dtype"])
+
+    def samples(self, rng):
+        x = rng.normal(size=(5, 2))
+        return [Sample([x], {"keep": 2}), Sample([x], {"keep": 3, "reverse": True}), Sample([x], {"keep": 9})]
+
+
+def _flat_size(shape):
+    size = 1
+    for d in shape:
+        size = dim_mul(size, d)
+    return size
+
+
+def _unflatten_code(step_shape) -> list[int]:
+    """Reshape code for [T, prod(step_shape)] -> [T, *step_shape]."""
+    code = [0] + [d if isinstance(d, int) else -1 for d in step_shape]
+    if code.count(-1) > 1:
+        raise ShapeError(f"a scan step output of shape {fmt_shape(step_shape)} has more than one unknown dim")
+    return code
+
+
+def _split_terms(gv: Value, seq_outer: dict):
+    """Split a per-step gradient into pushable terms and an accumulated rest."""
+    terms, rest = [], []
+
+    def visit(v: Value):
+        p = v.producer
+        if p is not None and p.op.name == "add" and p.inputs[0].type == v.type and p.inputs[1].type == v.type:
+            visit(p.inputs[0])
+            visit(p.inputs[1])
+            return
+        if p is not None and p.op.name == "matmul" and v.rank == 2:
+            a, bval = p.inputs
+            ap = a.producer
+            if (ap is not None and ap.op.name == "transpose" and a.rank == 2 and ap.op.perm(ap.attrs, 2) == (1, 0)
+                    and ap.inputs[0].id in seq_outer and bval.rank == 2):
+                terms.append(("matmul", seq_outer[ap.inputs[0].id], bval, v.shape))
+                return
+        if p is not None and p.op.name == "sum_to":
+            src = p.inputs[0]
+            lead = src.rank - v.rank
+            if lead > 0 and tuple(src.shape[lead:]) == tuple(v.shape):
+                terms.append(("sum", None, src, v.shape))
+                return
+        rest.append(v)
+
+    visit(gv)
+    total = None
+    for r in rest:
+        total = r if total is None else total + r
+    return terms, total
+
+
+def _rnn_sample(rng, reverse=False, two_states=False, truncate=None):
+    """A tanh RNN step over [T=4, N=2, E=3] with H=3, as a scan sample."""
+    g = Graph(float_dtype="float64")
+    h = g.add_input("h", "float64", (2, 3))
+    x = g.add_input("x", "float64", (2, 3))
+    W = g.add_input("W", "float64", (3, 3))
+    U = g.add_input("U", "float64", (3, 3))
+    carries = [h]
+    h2 = g.apply("tanh", x @ W + h @ U)
+    new = [h2]
+    extras = [g.apply("sigmoid", h2) * 2.0]
+    if two_states:
+        c = g.add_input("c", "float64", (2, 3))
+        carries.append(c)
+        new = [h2 * c, c + h2]
+    body = Body(g, carries, [x], [W, U], new, extras)
+    ins = [rng.normal(size=(2, 3)) * 0.5 for _ in carries] + [rng.normal(size=(4, 2, 3)),
+                                                               rng.normal(size=(3, 3)) * 0.5, rng.normal(size=(3, 3)) * 0.5]
+    return ins, {"body": body, "reverse": reverse, "truncate": truncate}

@@ -1,0 +1,472 @@
+"""Bundled token datasets that need no download: a language-model corpus and
+three sequence-to-sequence tasks.
+
+``runtime.data.load_bundled`` calls ``load_<name>(**options)`` with the spec's
+``train.data.options`` mapping, so every keyword has a default and bad values
+raise ``DataError`` (one line plus a hint). Everything is deterministic given
+``seed``.
+
+text
+    CPython's ``pydoc_data.topics`` help text (~465k characters), joined in
+    sorted key order with blank lines.
+
+    - windows (default): ``x`` [N, seq_len] int64 token ids and ``y``
+      [N, seq_len] int64, the next token at each position
+      (``y[i, t] == stream[start_i + t + 1]``), windows every ``stride``
+      tokens (default ``seq_len``).
+    - n-gram (``context=n``, Bengio et al. 2003): ``x`` [N, n] the previous n
+      tokens and ``y`` [N] the next one, for every position of the stream.
+
+    Either mode can be subsampled with ``max_examples``.
+    meta: ``{"vocab": [...], "level": "char"|"word", "lowercase": bool,
+    "unk": id or None}``. The vocabulary is ordered by decreasing frequency,
+    then by token.
+
+dates, reverse, copy (sequence to sequence)
+    Special ids 0 = <pad>, 1 = <bos>, 2 = <eos> in both vocabularies.
+
+    - ``src`` [N, S] int64, padded with 0
+    - ``src_len`` [N] int64
+    - ``tgt_in`` [N, T] int64, <bos> + target, padded
+    - ``tgt`` [N, T] int64, target + <eos>, padded
+    - ``tgt_mask`` [N, T] float32, 1 for target positions including <eos>
+
+    S and T depend only on the options (not on the sample), so train and test
+    sets, and strings encoded later with ``encode_source``, share shapes.
+    meta: ``{"src_vocab", "tgt_vocab", "pad": 0, "bos": 1, "eos": 2,
+    "src_len": S, "tgt_len": T, "task": name}``.
+
+    dates: human-written dates between 1950-01-01 and 2049-12-31 (in one of
+    ``FORMATS``, with varied case and spacing) -> ISO ``YYYY-MM-DD``. The
+    calendar dates are split by a hash into train (~80%) and test (~20%) sets
+    that never share a date, whatever the seed.
+    reverse: random lowercase strings -> the reversed string.
+    copy: random lowercase strings -> the same string.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import re
+import string
+
+import numpy as np
+
+from spec.errors import DataError, did_you_mean
+
+from .data import Dataset
+
+PAD, BOS, EOS = 0, 1, 2
+SPECIALS = ["<pad>", "<bos>", "<eos>"]
+UNK = "<unk>"
+MAX_EXAMPLES = 10_000_000
+
+
+# ------------------------------------------------------------------ options
+def _reject_unknown(dataset: str, unknown: dict, known: list[str]) -> None:
+    if not unknown:
+        return
+    name = sorted(unknown)[0]
+    close = did_you_mean(name, known)
+    hint = close or f"options of {dataset}: {', '.join(known)}"
+    raise DataError(f"dataset {dataset!r} has no option {name!r}", None, hint)
+
+
+def _int(dataset: str, name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise DataError(f"dataset {dataset!r}: option {name} must be an integer, got {value!r}", None,
+                        f"write e.g. {name}: {lo if lo is not None else 1}")
+    value = int(value)
+    if lo is not None and value < lo:
+        raise DataError(f"dataset {dataset!r}: option {name} must be at least {lo}, got {value}", None,
+                        f"use {name} >= {lo}")
+    if hi is not None and value > hi:
+        raise DataError(f"dataset {dataset!r}: option {name} must be at most {hi}, got {value}", None,
+                        f"use {name} <= {hi}")
+    return value
+
+
+def _choice(dataset: str, name: str, value, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        close = did_you_mean(value, choices) if isinstance(value, str) else None
+        listed = f"{name} is one of: {', '.join(choices)}"
+        raise DataError(f"dataset {dataset!r}: unknown {name} {value!r}", None,
+                        f"{close} ({listed})" if close else listed)
+    return value
+
+
+def _bool(dataset: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise DataError(f"dataset {dataset!r}: option {name} must be true or false, got {value!r}", None,
+                        f"write {name}: true or {name}: false")
+    return value
+
+
+def _subsample(n_total: int, max_examples: int | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded subsample, or None to keep everything."""
+    if max_examples is None or max_examples >= n_total:
+        return None
+    rng = np.random.default_rng([seed, 0x7E47])
+    return np.sort(rng.choice(n_total, size=max_examples, replace=False))
+
+
+# --------------------------------------------------------------------- text
+_WORD_RE = re.compile(r"\w+|[^\w\s]")
+
+
+@functools.lru_cache(maxsize=1)
+def corpus() -> str:
+    """The raw English text: pydoc_data.topics values in sorted key order."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # pragma: no cover - stripped Python installs
+        raise DataError("the text dataset needs CPython's pydoc_data module, which this Python lacks", None,
+                        "use a full CPython installation") from None
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def tokenize(text: str, level: str) -> list[str]:
+    """Characters, or words and punctuation marks (whitespace dropped)."""
+    return list(text) if level == "char" else _WORD_RE.findall(text)
+
+
+@functools.lru_cache(maxsize=8)
+def _text_stream(level: str, lowercase: bool, max_vocab: int | None) -> tuple[np.ndarray, tuple[str, ...], int | None]:
+    text = corpus()
+    if lowercase:
+        text = text.lower()
+    tokens = tokenize(text, level)
+    counts: dict[str, int] = {}
+    for t in tokens:
+        counts[t] = counts.get(t, 0) + 1
+    ordered = sorted(counts, key=lambda t: (-counts[t], t))
+    unk = None
+    if max_vocab is not None and len(ordered) > max_vocab:
+        ordered = [UNK] + ordered[:max_vocab - 1]
+        unk = 0
+    index = {t: i for i, t in enumerate(ordered)}
+    if unk is None:
+        ids = np.fromiter((index[t] for t in tokens), dtype=np.int64, count=len(tokens))
+    else:
+        ids = np.fromiter((index.get(t, 0) for t in tokens), dtype=np.int64, count=len(tokens))
+    ids.flags.writeable = False
+    return ids, tuple(ordered), unk
+
+
+def load_text(level: str = "char", seq_len: int = 64, stride: int | None = None, max_vocab: int | None = None,
+              lowercase: bool = False, seed: int = 0, context: int | None = None,
+              max_examples: int | None = None, **unknown) -> Dataset:
+    """Language-model data from CPython's help text; see the module docstring."""
+    ds = "text"
+    _reject_unknown(ds, unknown, ["level", "seq_len", "stride", "max_vocab", "lowercase", "seed", "context",
+                                  "max_examples"])
+    level = _choice(ds, "level", level, ("char", "word"))
+    seq_len = _int(ds, "seq_len", seq_len, 1)
+    if stride is not None:
+        stride = _int(ds, "stride", stride, 1)
+    if max_vocab is not None:
+        max_vocab = _int(ds, "max_vocab", max_vocab, 2)
+    lowercase = _bool(ds, "lowercase", lowercase)
+    seed = _int(ds, "seed", seed, 0)
+    if context is not None:
+        context = _int(ds, "context", context, 1)
+        if stride is not None:
+            raise DataError("dataset 'text': stride applies to seq_len windows, not to context (n-gram) examples",
+                            None, "drop stride, or use max_examples to take fewer n-gram examples")
+    if max_examples is not None:
+        max_examples = _int(ds, "max_examples", max_examples, 1)
+
+    ids, vocab, unk = _text_stream(level, lowercase, max_vocab)
+    L = len(ids)
+    meta = {"vocab": list(vocab), "level": level, "lowercase": lowercase, "unk": unk}
+    if context is not None:
+        if context >= L:
+            raise DataError(f"dataset 'text': context {context} leaves no examples in a stream of {L} tokens", None,
+                            f"use context < {L}")
+        n_total = L - context
+        pick = _subsample(n_total, max_examples, seed)
+        starts = np.arange(n_total) if pick is None else pick
+        x = ids[starts[:, None] + np.arange(context)[None, :]]
+        y = ids[starts + context]
+        return Dataset({"x": x.astype(np.int64), "y": y.astype(np.int64)}, "text", meta)
+
+    if seq_len >= L:
+        raise DataError(f"dataset 'text': seq_len {seq_len} is not shorter than the {L}-token stream", None,
+                        f"use seq_len < {L}")
+    stride = seq_len if stride is None else stride
+    n_total = (L - seq_len - 1) // stride + 1  # windows with a full next-token target
+    starts = np.arange(n_total, dtype=np.int64) * stride
+    pick = _subsample(n_total, max_examples, seed)
+    if pick is not None:
+        starts = starts[pick]
+    cols = np.arange(seq_len)[None, :]
+    x = ids[starts[:, None] + cols]
+    y = ids[starts[:, None] + cols + 1]
+    return Dataset({"x": x.astype(np.int64), "y": y.astype(np.int64)}, "text", meta)
+
+
+def encode_text(text: str, meta: dict) -> np.ndarray:
+    """Token ids of `text` under a text dataset's meta (lowercased when it was)."""
+    if meta.get("lowercase"):
+        text = text.lower()
+    index = {t: i for i, t in enumerate(meta["vocab"])}
+    unk = meta.get("unk")
+    out = []
+    for t in tokenize(text, meta["level"]):
+        i = index.get(t, unk)
+        if i is None:
+            raise DataError(f"token {t!r} is not in the vocabulary", None,
+                            "train with max_vocab set to map rare tokens to <unk>")
+        out.append(i)
+    return np.asarray(out, dtype=np.int64)
+
+
+def decode_text(ids, meta: dict) -> str:
+    """The text of token ids: characters joined, or words joined by spaces."""
+    vocab = meta["vocab"]
+    toks = [vocab[int(i)] for i in np.asarray(ids).reshape(-1)]
+    return "".join(toks) if meta["level"] == "char" else " ".join(toks)
+
+
+# --------------------------------------------------------- sequence to sequence
+def _vocab(chars: str) -> list[str]:
+    return SPECIALS + sorted(set(chars))
+
+
+def _pack(sources: list[str], targets: list[str], src_vocab: list[str], tgt_vocab: list[str],
+          S: int, T: int, task: str) -> Dataset:
+    """Pad sources to S and targets (+ <eos>) to T with the shared id scheme."""
+    n = len(sources)
+    s_index = {c: i for i, c in enumerate(src_vocab)}
+    t_index = {c: i for i, c in enumerate(tgt_vocab)}
+    src = np.zeros((n, S), np.int64)
+    src_len = np.zeros(n, np.int64)
+    tgt_in = np.zeros((n, T), np.int64)
+    tgt = np.zeros((n, T), np.int64)
+    tgt_mask = np.zeros((n, T), np.float32)
+    for i, (s, t) in enumerate(zip(sources, targets)):
+        src[i, :len(s)] = [s_index[c] for c in s]
+        src_len[i] = len(s)
+        ti = [t_index[c] for c in t]
+        tgt_in[i, 0] = BOS
+        tgt_in[i, 1:len(ti) + 1] = ti
+        tgt[i, :len(ti)] = ti
+        tgt[i, len(ti)] = EOS
+        tgt_mask[i, :len(ti) + 1] = 1.0
+    meta = {"src_vocab": src_vocab, "tgt_vocab": tgt_vocab, "pad": PAD, "bos": BOS, "eos": EOS,
+            "src_len": S, "tgt_len": T, "task": task}
+    return Dataset({"src": src, "src_len": src_len, "tgt_in": tgt_in, "tgt": tgt, "tgt_mask": tgt_mask}, task, meta)
+
+
+def encode_source(text: str, meta: dict, length: int | None = None) -> np.ndarray:
+    """Source ids [length] of an arbitrary string, padded with <pad> to
+    `length` (default: the dataset's src_len). Its src_len is len(text)."""
+    length = meta.get("src_len", len(text)) if length is None else length
+    index = {c: i for i, c in enumerate(meta["src_vocab"]) if i > EOS}
+    bad = [c for c in text if c not in index]
+    if bad:
+        allowed = "".join(meta["src_vocab"][EOS + 1:])
+        raise DataError(f"character {bad[0]!r} is not in the source vocabulary", None,
+                        f"the model knows these characters: {allowed!r}")
+    if len(text) > length:
+        raise DataError(f"the text has {len(text)} characters, more than the {length} the model takes", None,
+                        "shorten it")
+    out = np.full(length, PAD, np.int64)
+    out[:len(text)] = [index[c] for c in text]
+    return out
+
+
+def _decode(ids, vocab: list[str], stop_at_eos: bool) -> str:
+    out = []
+    for i in np.asarray(ids).reshape(-1):
+        i = int(i)
+        if i == EOS and stop_at_eos:
+            break
+        if i in (PAD, BOS, EOS) or not 0 <= i < len(vocab):
+            continue
+        out.append(vocab[i])
+    return "".join(out)
+
+
+def decode_target(ids, meta: dict) -> str:
+    """The target string of ids: up to the first <eos>, <pad>/<bos> skipped."""
+    return _decode(ids, meta["tgt_vocab"], True)
+
+
+def decode_source(ids, meta: dict) -> str:
+    """The source string of ids, padding dropped."""
+    return _decode(ids, meta["src_vocab"], False)
+
+
+# -------------------------------------------------------------------- dates
+DATE_MIN = _dt.date(1950, 1, 1)
+DATE_MAX = _dt.date(2049, 12, 31)
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+# strftime-like templates rendered with English names whatever the locale:
+# %d day 01-31, %-d day 1-31, %o ordinal day (1st, 22nd), %m month 01-12,
+# %-m month 1-12, %B/%b month name/abbreviation, %A/%a weekday, %Y year, %y
+# two-digit year (50-99 -> 19xx, 00-49 -> 20xx, exact over 1950-2049).
+# Unambiguous by construction: numeric day/month orders are always
+# day-month-year or year-month-day (never month-day-year), and a 2-digit year
+# only comes last after a numeric or named month.
+FORMATS = (
+    "%d %B %Y",        # 26 November 2026
+    "%B %d, %Y",       # November 26, 2026
+    "%b %d %Y",        # Nov 26 2026
+    "%d/%m/%Y",        # 26/11/2026
+    "%A, %d %B %Y",    # Thursday, 26 November 2026
+    "%Y.%m.%d",        # 2026.11.26
+    "%-d %b %Y",       # 26 Nov 2026
+    "%d-%b-%Y",        # 26-Nov-2026
+    "%a %b %-d %Y",    # Thu Nov 26 2026
+    "%o %B %Y",        # 26th November 2026
+    "%B %o, %Y",       # November 26th, 2026
+    "%-d.%-m.%Y",      # 26.11.2026
+    "%d.%m.%y",        # 26.11.26
+    "%A %B %-d %Y",    # Thursday November 26 2026
+    "%Y/%m/%d",        # 2026/11/26
+    "%b. %-d, %Y",     # Nov. 26, 2026
+    "%a, %-d %b %y",   # Thu, 26 Nov 26
+    "%Y-%m-%d",        # 2026-11-26
+)
+_DIRECTIVE = re.compile(r"%(-?[a-zA-Z])")
+DATE_SRC_CHARS = string.ascii_letters + string.digits + " ,./-"
+DATE_TGT_CHARS = string.digits + "-"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _field(d: _dt.date, code: str) -> str:
+    if code == "d":
+        return f"{d.day:02d}"
+    if code == "-d":
+        return str(d.day)
+    if code == "o":
+        return _ordinal(d.day)
+    if code == "m":
+        return f"{d.month:02d}"
+    if code == "-m":
+        return str(d.month)
+    if code == "B":
+        return MONTHS[d.month - 1]
+    if code == "b":
+        return MONTHS[d.month - 1][:3]
+    if code == "A":
+        return WEEKDAYS[d.weekday()]
+    if code == "a":
+        return WEEKDAYS[d.weekday()][:3]
+    if code == "Y":
+        return f"{d.year:04d}"
+    if code == "y":
+        return f"{d.year % 100:02d}"
+    raise ValueError(f"unknown date directive %{code}")
+
+
+def render_date(date: _dt.date, fmt_index: int, rng: np.random.Generator | None = None) -> str:
+    """`date` written in FORMATS[fmt_index]. Without `rng` the canonical
+    rendering; with one, a random case (as is, lower, upper) and some spaces
+    doubled."""
+    text = _DIRECTIVE.sub(lambda m: _field(date, m.group(1)), FORMATS[fmt_index])
+    if rng is not None:
+        case = rng.random()
+        if case < 0.25:
+            text = text.lower()
+        elif case < 0.4:
+            text = text.upper()
+        if " " in text:
+            parts = text.split(" ")
+            doubled = rng.random(len(parts) - 1) < 0.1
+            text = parts[0] + "".join(("  " if dbl else " ") + p for dbl, p in zip(doubled, parts[1:]))
+    return text
+
+
+def date_split(date: _dt.date) -> str:
+    """'test' for about a fifth of the calendar dates (fixed by a hash), else 'train'."""
+    h = hashlib.blake2b(date.isoformat().encode(), digest_size=4).digest()
+    return "test" if int.from_bytes(h, "little") % 5 == 0 else "train"
+
+
+@functools.lru_cache(maxsize=2)
+def _dates_of(split: str) -> tuple[_dt.date, ...]:
+    days = (DATE_MAX - DATE_MIN).days + 1
+    all_dates = (DATE_MIN + _dt.timedelta(days=i) for i in range(days))
+    return tuple(d for d in all_dates if date_split(d) == split)
+
+
+@functools.lru_cache(maxsize=1)
+def date_src_len() -> int:
+    """The longest source any format can produce, spaces doubled included.
+    Every field's longest value shows up within one (non-leap) year."""
+    year = [_dt.date(2049, 1, 1) + _dt.timedelta(days=i) for i in range(365)]
+    longest = 0
+    for f in range(len(FORMATS)):
+        for d in year:
+            s = render_date(d, f)
+            longest = max(longest, len(s) + s.count(" "))
+    return longest
+
+
+def dates_meta() -> dict:
+    """The dates task's meta without generating data (for encode_source)."""
+    return _pack([], [], _vocab(DATE_SRC_CHARS), _vocab(DATE_TGT_CHARS), date_src_len(), 11, "dates").meta
+
+
+def load_dates(n: int = 20000, seed: int = 0, split: str = "train", **unknown) -> Dataset:
+    """Human-written dates -> ISO YYYY-MM-DD; train and test share no date."""
+    ds = "dates"
+    _reject_unknown(ds, unknown, ["n", "seed", "split"])
+    n = _int(ds, "n", n, 1, MAX_EXAMPLES)
+    seed = _int(ds, "seed", seed, 0)
+    split = _choice(ds, "split", split, ("train", "test"))
+    pool = _dates_of(split)
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1, 0xDA7E])
+    picks = rng.integers(len(pool), size=n)
+    fmts = rng.integers(len(FORMATS), size=n)
+    sources, targets = [], []
+    for p, f in zip(picks.tolist(), fmts.tolist()):
+        d = pool[p]
+        sources.append(render_date(d, f, rng))
+        targets.append(d.isoformat())
+    out = _pack(sources, targets, _vocab(DATE_SRC_CHARS), _vocab(DATE_TGT_CHARS), date_src_len(), 11, ds)
+    out.meta["split"] = split
+    return out
+
+
+# ---------------------------------------------------------- reverse / copy
+def _strings(task: str, n, min_len, max_len, alphabet, seed, unknown: dict) -> Dataset:
+    _reject_unknown(task, unknown, ["n", "min_len", "max_len", "alphabet", "seed"])
+    n = _int(task, "n", n, 1, MAX_EXAMPLES)
+    min_len = _int(task, "min_len", min_len, 1)
+    max_len = _int(task, "max_len", max_len, 1, 1000)
+    if min_len > max_len:
+        raise DataError(f"dataset {task!r}: min_len {min_len} is greater than max_len {max_len}", None,
+                        "use min_len <= max_len")
+    alphabet = _int(task, "alphabet", alphabet, 1, 26)
+    seed = _int(task, "seed", seed, 0)
+    rng = np.random.default_rng([seed, 0x5E0 if task == "reverse" else 0xC0F])
+    lengths = rng.integers(min_len, max_len + 1, size=n)
+    letters = rng.integers(alphabet, size=(n, max_len))
+    chars = np.array(list(string.ascii_lowercase[:alphabet]))
+    sources = ["".join(chars[row[:k]]) for row, k in zip(letters, lengths.tolist())]
+    targets = [s[::-1] for s in sources] if task == "reverse" else list(sources)
+    vocab = _vocab(string.ascii_lowercase[:alphabet])
+    return _pack(sources, targets, vocab, list(vocab), max_len, max_len + 1, task)
+
+
+def load_reverse(n: int = 20000, min_len: int = 1, max_len: int = 20, alphabet: int = 26, seed: int = 0,
+                 **unknown) -> Dataset:
+    """Random lowercase strings -> the reversed string."""
+    return _strings("reverse", n, min_len, max_len, alphabet, seed, unknown)
+
+
+def load_copy(n: int = 20000, min_len: int = 1, max_len: int = 20, alphabet: int = 26, seed: int = 0,
+              **unknown) -> Dataset:
+    """Random lowercase strings -> the same string."""
+    return _strings("copy", n, min_len, max_len, alphabet, seed, unknown)

@@ -1,0 +1,321 @@
+"""Bundled token datasets: text (language models) and the seq2seq tasks
+dates, reverse and copy."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+import numpy as np
+import pytest
+
+from runtime import data as D
+from runtime import datasets_text as T
+from spec.errors import DataError
+
+SEQ2SEQ_ARRAYS = {"src": np.int64, "src_len": np.int64, "tgt_in": np.int64, "tgt": np.int64, "tgt_mask": np.float32}
+
+
+def _json_roundtrip(meta: dict) -> None:
+    assert json.loads(json.dumps(meta)) == meta
+
+
+# --------------------------------------------------------------------- text
+def test_text_char_windows_shapes_and_shift():
+    ds = T.load_text(seq_len=32)
+    x, y = ds.arrays["x"], ds.arrays["y"]
+    assert x.dtype == np.int64 and y.dtype == np.int64
+    assert x.shape == y.shape and x.shape[1] == 32 and x.shape[0] > 10000
+    vocab = ds.meta["vocab"]
+    assert ds.meta["level"] == "char" and len(vocab) == len(set(vocab))
+    assert 0 <= x.min() and max(x.max(), y.max()) < len(vocab)
+    # y is x shifted by one token, and consecutive windows tile the stream.
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    np.testing.assert_array_equal(y[:-1, -1], x[1:, 0])
+    text = T.corpus()
+    assert T.decode_text(x[:3], ds.meta) == text[:96]
+    assert T.decode_text(y[0], ds.meta) == text[1:33]
+    _json_roundtrip(ds.meta)
+
+
+def test_text_stride_and_vocab_order():
+    ds = T.load_text(seq_len=10, stride=3)
+    x, y = ds.arrays["x"], ds.arrays["y"]
+    np.testing.assert_array_equal(x[1, :7], x[0, 3:])
+    n_tokens = len(T.corpus())
+    assert len(x) == (n_tokens - 11) // 3 + 1
+    assert T.decode_text(y[-1], ds.meta) == T.corpus()[3 * (len(x) - 1) + 1:][:10]
+    # Vocabulary sorted by decreasing frequency, then by token.
+    counts = {}
+    for c in T.corpus():
+        counts[c] = counts.get(c, 0) + 1
+    assert ds.meta["vocab"] == sorted(counts, key=lambda c: (-counts[c], c))
+
+
+def test_text_char_round_trip_and_lowercase():
+    ds = T.load_text()
+    s = "def f(x):\n    return x ** 2  # the answer"
+    assert T.decode_text(T.encode_text(s, ds.meta), ds.meta) == s
+    low = T.load_text(lowercase=True)
+    assert len(low.meta["vocab"]) < len(ds.meta["vocab"])
+    assert not any(c.isupper() for c in low.meta["vocab"])
+    assert T.decode_text(T.encode_text("Hello", low.meta), low.meta) == "hello"
+    with pytest.raises(DataError):
+        T.encode_text("\u4e2d", ds.meta)
+
+
+def test_text_word_level_and_max_vocab():
+    ds = T.load_text(level="word", seq_len=16, max_vocab=200)
+    vocab = ds.meta["vocab"]
+    assert ds.meta["level"] == "word" and len(vocab) == 200 and vocab[0] == "<unk>" and ds.meta["unk"] == 0
+    assert ds.arrays["x"].shape[1] == 16 and ds.arrays["x"].max() < 200
+    assert (ds.arrays["x"] == 0).any()  # rare words became <unk>
+    assert {"the", ".", ",", "("} <= set(vocab)
+    np.testing.assert_array_equal(ds.arrays["x"][:, 1:], ds.arrays["y"][:, :-1])
+    words = "the value of x is ( a , x ) ."
+    assert T.decode_text(T.encode_text(words, ds.meta), ds.meta) == words
+    assert T.decode_text(T.encode_text("the zzyzx", ds.meta), ds.meta) == "the <unk>"
+    full = T.load_text(level="word")
+    assert full.meta["unk"] is None and "<unk>" not in full.meta["vocab"]
+    _json_roundtrip(ds.meta)
+
+
+def test_text_context_ngrams():
+    ds = T.load_text(context=4)
+    x, y = ds.arrays["x"], ds.arrays["y"]
+    assert x.shape == (len(T.corpus()) - 4, 4) and y.shape == (len(x),)
+    assert x.dtype == np.int64 and y.dtype == np.int64
+    np.testing.assert_array_equal(x[1:, :3], x[:-1, 1:])
+    np.testing.assert_array_equal(x[1:, 3], y[:-1])
+    assert T.decode_text(x[10], ds.meta) + T.decode_text(y[10:11], ds.meta) == T.corpus()[10:15]
+
+    sub = T.load_text(context=4, max_examples=500, seed=3)
+    assert sub.arrays["x"].shape == (500, 4) and sub.arrays["y"].shape == (500,)
+    assert sub.fingerprint() == T.load_text(context=4, max_examples=500, seed=3).fingerprint()
+    assert sub.fingerprint() != T.load_text(context=4, max_examples=500, seed=4).fingerprint()
+    # Each subsampled example is a real (context, next) pair of the stream.
+    text = T.corpus()
+    for i in range(0, 500, 50):
+        ctx = T.decode_text(sub.arrays["x"][i], sub.meta)
+        assert ctx + T.decode_text(sub.arrays["y"][i:i + 1], sub.meta) in text
+
+
+def test_text_deterministic_and_bundled():
+    a = D.load_bundled("text", {"seq_len": 8, "max_examples": 100, "seed": 1})
+    b = D.load_bundled("text", {"seq_len": 8, "max_examples": 100, "seed": 1})
+    c = D.load_bundled("text", {"seq_len": 8, "max_examples": 100, "seed": 2})
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    assert a.arrays["x"].shape == (100, 8)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"level": "bytes"}, "level"),
+    ({"level": "words"}, "level"),
+    ({"seq_len": 0}, "seq_len"),
+    ({"seq_len": -5}, "seq_len"),
+    ({"seq_len": 3.5}, "seq_len"),
+    ({"seq_len": True}, "seq_len"),
+    ({"seq_len": 10_000_000}, "seq_len"),
+    ({"stride": 0}, "stride"),
+    ({"max_vocab": 1}, "max_vocab"),
+    ({"lowercase": "yes"}, "lowercase"),
+    ({"seed": -1}, "seed"),
+    ({"context": 0}, "context"),
+    ({"context": 3, "stride": 2}, "stride"),
+    ({"max_examples": 0}, "max_examples"),
+    ({"seqlen": 8}, "seqlen"),
+])
+def test_text_bad_options(options, words):
+    with pytest.raises(DataError) as e:
+        D.load_bundled("text", options)
+    assert words in e.value.message and "\n" not in e.value.message and e.value.hint
+
+
+# -------------------------------------------------------------------- dates
+def _strptime_pattern(fmt: str) -> str:
+    return fmt.replace("%-d", "%d").replace("%-m", "%m").replace("%o", "%d")
+
+
+def _parse(text: str, fmt: str) -> dt.date:
+    """A rendered date read back with datetime.strptime (case and runs of
+    spaces are ignored by strptime; ordinal suffixes are stripped)."""
+    text = re.sub(r"(\d)(st|nd|rd|th)\b", r"\1", text, flags=re.IGNORECASE)
+    d = dt.datetime.strptime(text, _strptime_pattern(fmt)).date()
+    if "%y" in fmt:  # the dataset's century rule: 50-99 -> 19xx, 00-49 -> 20xx
+        yy = d.year % 100
+        d = d.replace(year=1900 + yy if yy >= 50 else 2000 + yy)
+    return d
+
+
+def _parse_any(text: str) -> set[dt.date]:
+    found = set()
+    for fmt in T.FORMATS:
+        try:
+            found.add(_parse(text, fmt))
+        except ValueError:
+            pass
+    return found
+
+
+EDGE_DATES = [dt.date(1950, 1, 1), dt.date(2049, 12, 31), dt.date(2000, 2, 29), dt.date(1968, 5, 1),
+              dt.date(1969, 12, 31), dt.date(2011, 11, 11), dt.date(2003, 3, 3), dt.date(1972, 9, 22),
+              dt.date(2012, 12, 13), dt.date(1999, 1, 2)]
+
+
+def test_date_formats_parse_back_and_are_unambiguous():
+    assert len(T.FORMATS) >= 12
+    assert T.render_date(dt.date(2026, 11, 26), 0) == "26 November 2026"
+    assert T.render_date(dt.date(2026, 11, 26), 4) == "Thursday, 26 November 2026"
+    assert T.render_date(dt.date(2026, 11, 22), T.FORMATS.index("%B %o, %Y")) == "November 22nd, 2026"
+    rng = np.random.default_rng(0)
+    dates = EDGE_DATES + [T.DATE_MIN + dt.timedelta(days=int(k)) for k in rng.integers(36524, size=40)]
+    for d in dates:
+        for i, fmt in enumerate(T.FORMATS):
+            for text in (T.render_date(d, i), T.render_date(d, i, rng)):
+                assert _parse(text, fmt) == d, (text, fmt)
+                # No other format reads the same string as another date.
+                assert _parse_any(text) == {d}, (text, fmt)
+                if "%A" in fmt or "%a" in fmt:
+                    assert T.WEEKDAYS[d.weekday()][:3].lower() in text.lower()
+
+
+def test_dates_arrays_and_pairs():
+    ds = T.load_dates(n=400, seed=5)
+    S, Tl = ds.meta["src_len"], ds.meta["tgt_len"]
+    assert {k: v.dtype for k, v in ds.arrays.items()} == SEQ2SEQ_ARRAYS
+    assert ds.arrays["src"].shape == (400, S) and ds.arrays["src_len"].shape == (400,)
+    assert Tl == 11 and all(ds.arrays[k].shape == (400, 11) for k in ("tgt_in", "tgt", "tgt_mask"))
+    assert (ds.meta["pad"], ds.meta["bos"], ds.meta["eos"]) == (0, 1, 2)
+    assert ds.meta["src_vocab"][:3] == ds.meta["tgt_vocab"][:3] == ["<pad>", "<bos>", "<eos>"]
+    _json_roundtrip(ds.meta)
+    seen_formats = set()
+    for i in range(400):
+        src = T.decode_source(ds.arrays["src"][i], ds.meta)
+        iso = T.decode_target(ds.arrays["tgt"][i], ds.meta)
+        assert len(src) == ds.arrays["src_len"][i]
+        assert T.decode_target(ds.arrays["tgt_in"][i], ds.meta) == iso
+        assert _parse_any(src) == {dt.date.fromisoformat(iso)}, src
+        assert T.DATE_MIN <= dt.date.fromisoformat(iso) <= T.DATE_MAX
+        seen_formats.add(src)
+    assert len(seen_formats) > 350  # varied
+    lettered = [s for s in seen_formats if any(c.isalpha() for c in s)]
+    assert any(s == s.lower() for s in lettered) and any(s == s.upper() for s in lettered)
+    assert any(s != s.lower() and s != s.upper() for s in lettered) and any("  " in s for s in seen_formats)
+
+
+def test_dates_train_test_disjoint():
+    train, test = T._dates_of("train"), T._dates_of("test")
+    assert not set(train) & set(test)
+    assert len(train) + len(test) == (T.DATE_MAX - T.DATE_MIN).days + 1
+    assert 0.15 < len(test) / (len(train) + len(test)) < 0.25
+    a = T.load_dates(n=3000, split="train", seed=0)
+    b = T.load_dates(n=1000, split="test", seed=0)
+    c = T.load_dates(n=1000, split="test", seed=9)
+    targets = lambda ds: {T.decode_target(r, ds.meta) for r in ds.arrays["tgt"]}  # noqa: E731
+    assert not targets(a) & (targets(b) | targets(c))
+    assert b.meta["split"] == "test" and a.meta["src_vocab"] == b.meta["src_vocab"]
+    assert a.arrays["src"].shape[1] == b.arrays["src"].shape[1]
+
+
+def test_dates_deterministic():
+    a, b = T.load_dates(n=200, seed=3), D.load_bundled("dates", {"n": 200, "seed": 3})
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != T.load_dates(n=200, seed=4).fingerprint()
+
+
+def test_encode_source_for_arbitrary_text():
+    meta = T.dates_meta()
+    assert meta == {k: v for k, v in T.load_dates(n=2).meta.items() if k != "split"}
+    ids = T.encode_source("26 November 2026", meta)
+    assert ids.shape == (meta["src_len"],) and ids.dtype == np.int64
+    assert (ids[16:] == 0).all() and (ids[:16] > 2).all()
+    assert T.decode_source(ids, meta) == "26 November 2026"
+    assert T.encode_source("1.2.2003", meta, length=8).shape == (8,)
+    with pytest.raises(DataError):
+        T.encode_source("26 November 2026!", meta)
+    with pytest.raises(DataError):
+        T.encode_source("x" * (meta["src_len"] + 1), meta)
+    tgt_vocab = meta["tgt_vocab"]
+    ids = [tgt_vocab.index(c) for c in "2026-11-26"] + [2, 0, 0]
+    assert T.decode_target([1] + ids, meta) == "2026-11-26"
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"split": "valid"}, "split"),
+    ({"split": 1}, "split"),
+    ({"n": 0}, "n"),
+    ({"n": "10"}, "n"),
+    ({"seed": -2}, "seed"),
+    ({"seq_len": 8}, "seq_len"),
+])
+def test_dates_bad_options(options, words):
+    with pytest.raises(DataError) as e:
+        D.load_bundled("dates", options)
+    assert words in e.value.message and "\n" not in e.value.message and e.value.hint
+
+
+# ----------------------------------------------------------- reverse / copy
+def _check_masks(ds) -> None:
+    a = ds.arrays
+    src, src_len, tgt_in, tgt, mask = a["src"], a["src_len"], a["tgt_in"], a["tgt"], a["tgt_mask"]
+    n, S = src.shape
+    T_ = tgt.shape[1]
+    assert all(len(v) == n for v in a.values())
+    # Sources: real ids then padding, exactly src_len of them.
+    np.testing.assert_array_equal((src != 0).sum(1), src_len)
+    np.testing.assert_array_equal(src != 0, np.arange(S)[None, :] < src_len[:, None])
+    # Targets: the mask covers the target and its <eos>, nothing else.
+    n_tgt = mask.sum(1).astype(np.int64)
+    np.testing.assert_array_equal(mask, (np.arange(T_)[None, :] < n_tgt[:, None]).astype(np.float32))
+    np.testing.assert_array_equal(tgt[np.arange(n), n_tgt - 1], 2)
+    np.testing.assert_array_equal(tgt != 0, mask == 1)
+    assert (tgt_in[:, 0] == 1).all()
+    np.testing.assert_array_equal(np.where(tgt[:, :-1] == 2, 0, tgt[:, :-1]), tgt_in[:, 1:])
+    assert not np.isin(src, [1, 2]).any() and not (tgt_in == 2).any()
+
+
+@pytest.mark.parametrize("task", ["reverse", "copy"])
+def test_reverse_copy(task):
+    ds = D.load_bundled(task, {"n": 300, "min_len": 2, "max_len": 9, "alphabet": 5, "seed": 1})
+    assert {k: v.dtype for k, v in ds.arrays.items()} == SEQ2SEQ_ARRAYS
+    assert ds.arrays["src"].shape == (300, 9) and ds.arrays["tgt"].shape == (300, 10)
+    assert ds.meta["src_vocab"] == ds.meta["tgt_vocab"] == ["<pad>", "<bos>", "<eos>", "a", "b", "c", "d", "e"]
+    lens = ds.arrays["src_len"]
+    assert lens.min() == 2 and lens.max() == 9
+    np.testing.assert_array_equal(ds.arrays["tgt_mask"].sum(1), lens + 1)
+    for i in range(300):
+        s = T.decode_source(ds.arrays["src"][i], ds.meta)
+        t = T.decode_target(ds.arrays["tgt"][i], ds.meta)
+        assert set(s) <= set("abcde") and t == (s[::-1] if task == "reverse" else s)
+        assert T.decode_source(T.encode_source(s, ds.meta), ds.meta) == s
+    _check_masks(ds)
+    _json_roundtrip(ds.meta)
+    again = D.load_bundled(task, {"n": 300, "min_len": 2, "max_len": 9, "alphabet": 5, "seed": 1})
+    other = D.load_bundled(task, {"n": 300, "min_len": 2, "max_len": 9, "alphabet": 5, "seed": 2})
+    assert ds.fingerprint() == again.fingerprint() != other.fingerprint()
+
+
+def test_seq2seq_masks_dates():
+    _check_masks(T.load_dates(n=300, seed=2))
+
+
+def test_reverse_defaults():
+    ds = T.load_reverse(n=50)
+    assert ds.arrays["src"].shape == (50, 20) and ds.arrays["tgt_in"].shape == (50, 21)
+    assert len(ds.meta["src_vocab"]) == 29
+
+
+@pytest.mark.parametrize("task", ["reverse", "copy"])
+@pytest.mark.parametrize("options, words", [
+    ({"min_len": 5, "max_len": 3}, "min_len"),
+    ({"min_len": 0}, "min_len"),
+    ({"alphabet": 27}, "alphabet"),
+    ({"alphabet": 0}, "alphabet"),
+    ({"n": -1}, "n"),
+    ({"max_len": 2.0}, "max_len"),
+    ({"length": 3}, "length"),
+])
+def test_reverse_copy_bad_options(task, options, words):
+    with pytest.raises(DataError) as e:
+        D.load_bundled(task, options)
+    assert words in e.value.message and "\n" not in e.value.message and e.value.hint
