@@ -110,7 +110,7 @@ def broadcast_shapes(*shapes: Sequence[Dim], what: str = "operands") -> tuple:
 
 def normalize_axis(axis: int, rank: int) -> int:
     if not -rank <= axis < max(rank, 1):
-        raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}")
+        raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}", arg="axis")
     return axis % rank if rank else 0
 
 
@@ -231,7 +231,12 @@ class Graph:
         self._random_salt = itertools.count(1)
 
     # -------------------------------------------------------------- building
-    def add_input(self, name: str, dtype: str, shape, kind: str = "input", init=None, loc=None) -> Value:
+    def add_input(self, name: str, dtype: str, shape, kind: str = "input", init=None, loc=None, unique=False) -> Value:
+        if unique:  # internal inputs (scan steps) take a free variant of the name
+            base, k = name, 1
+            while name in self.inputs:
+                k += 1
+                name = f"{base}_{k}"
         if name in self.inputs:
             raise ValueError(f"graph input {name!r} defined twice")
         v = Value(self, TensorType(dtype, tuple(shape)), name=name, loc=loc)
@@ -281,10 +286,10 @@ class Graph:
         """Elementwise binary op with Python scalars lifted and dtypes promoted once, here."""
         a = self.lift(a, like=b if isinstance(b, Value) else None)
         b = self.lift(b, like=a)
-        if a.dtype != b.dtype:
-            target = promote_dtypes(a.dtype, b.dtype)
-            if op_name in ("div", "pow") and not is_float(target):
-                target = self.float_dtype
+        target = promote_dtypes(a.dtype, b.dtype)
+        if op_name in ("div", "pow") and not is_float(target):
+            target = self.float_dtype  # / and ** are float even between integers of one dtype
+        if a.dtype != target or b.dtype != target:
             a, b = self.cast(a, target), self.cast(b, target)
         return self.apply(op_name, a, b)
 

@@ -17,15 +17,18 @@ def _int_arg(v, what, loc):
     return v
 
 
-def _init(v, default: str, default_args: dict | None = None) -> tuple[str, dict]:
+def _init(v, default: str, default_args: dict | None = None, loc=None) -> tuple[str, dict]:
     """An init= argument: a name (`he_normal`) or a one-entry mapping (`{normal: {std: 0.1}}`)."""
+    from spec.errors import did_you_mean
+
     from .init import INITS
 
     if v is None:
         return default, dict(default_args or {})
     if isinstance(v, str) and v in INITS:
         return v, {}
-    raise SpecError(f"unknown initialiser {v!r}", None, f"choose one of {', '.join(INITS)}")
+    close = did_you_mean(v, INITS) if isinstance(v, str) else None
+    raise SpecError(f"unknown initialiser {v!r}", loc, close or f"choose one of {', '.join(INITS)}")
 
 
 def _pair(v):
@@ -92,7 +95,7 @@ class Dense(Layer):
         prefix = low.layer_name("dense")
         W = a.get("W")
         if W is None:
-            kind, args_ = _init(a.get("init"), "glorot_uniform")
+            kind, args_ = _init(a.get("init"), "glorot_uniform", loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{prefix}.W", (x.shape[-1], units), kind, args_, loc=e.loc)
         y = low.graph.apply("matmul", x, W)
         if a.get("bias", True):
@@ -121,16 +124,22 @@ class Conv2d(Layer):
         a = self.bind(e, args, kwargs)
         x = a["x"]
         if not isinstance(x, Value) or x.rank != 4:
-            raise ShapeError(f"conv2d() needs an NCHW input of rank 4, got {x.type if isinstance(x, Value) else x!r}", e.loc)
+            got = x.type if isinstance(x, Value) else repr(x)
+            raise ShapeError(f"conv2d() needs an NCHW input of rank 4, got {got}", e.kwarg_locs.get("x") or (e.args[0].loc if e.args else e.loc),
+                             "reshape it to [N, C, H, W] first" if isinstance(x, Value) else None)
         channels = _int_arg(a["channels"], "channels", e.loc)
-        kh, kw = _pair(a["kernel"])
+        kernel = _pair(a["kernel"])
+        if len(kernel) != 2 or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in kernel):
+            raise SpecError(f"kernel must be a positive integer or a pair of them, got {a['kernel']!r}",
+                            e.kwarg_locs.get("kernel") or (e.args[2].loc if len(e.args) > 2 else e.loc))
+        kh, kw = kernel
         groups = a.get("groups", 1)
         prefix = low.layer_name("conv2d")
         W = a.get("W")
         if W is None:
             if not isinstance(x.shape[1], int) or x.shape[1] % groups:
                 raise ShapeError(f"input channels {x.shape[1]} are not divisible by groups={groups}", e.loc)
-            kind, args_ = _init(a.get("init"), "he_uniform")
+            kind, args_ = _init(a.get("init"), "he_uniform", loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{prefix}.W", (channels, x.shape[1] // groups, kh, kw), kind, args_, loc=e.loc)
         conv_attrs = {k: a[k] for k in ("stride", "padding", "dilation", "groups") if k in a}
         y = low.graph.apply("conv", x, W, **conv_attrs)
@@ -158,7 +167,7 @@ class Embedding(Layer):
         dim = _int_arg(a["dim"], "dim", e.loc)
         W = a.get("W")
         if W is None:
-            kind, args_ = _init(a.get("init"), "normal", {"std": 1.0})
+            kind, args_ = _init(a.get("init"), "normal", {"std": 1.0}, loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{low.layer_name('embedding')}.W", (vocab, dim), kind, args_, loc=e.loc)
         return low.graph.apply("embedding", a["ids"], W)
 
@@ -196,31 +205,10 @@ class Norm(Layer):
         return low.graph.apply("layer_norm", x, gamma, beta, **a)
 
 
-class Fill(Layer):
-    """zeros(d0, d1, ...) / ones(...): a constant tensor of the given (static) shape."""
-
-    def __init__(self, name, value):
-        self.name, self.value = name, value
-        self.usage = f"{name}(d0, d1, ...)"
-
-    def __call__(self, low, e, args, kwargs):
-        import numpy as np
-
-        if kwargs:
-            raise SpecError(f"{self.name}() takes only dims", e.loc, f"usage: {self.usage}")
-        for d, src in zip(args, e.args):
-            if not isinstance(d, int) or isinstance(d, bool):
-                raise SpecError(f"{self.name}() dims must be integers, got {d!r}", src.loc,
-                                "symbolic dims such as N are not supported here yet")
-        return low.graph.const(np.full(tuple(args), self.value, dtype=low.graph.float_dtype))
-
-
 LAYERS = {
     "dense": Dense(),
     "conv2d": Conv2d(),
     "embedding": Embedding(),
     "batch_norm": Norm("batch_norm"),
     "layer_norm": Norm("layer_norm"),
-    "zeros": Fill("zeros", 0.0),
-    "ones": Fill("ones", 1.0),
 }

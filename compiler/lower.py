@@ -95,6 +95,8 @@ class Lowering:
             return self.params[name].value
         if name in self.spec.dims:
             return self.spec.dims[name]
+        if name in ("true", "false"):  # YAML spelling of booleans, e.g. layer_norm=true
+            return name == "true"
         if "." in name:
             # A dotted name refers to a parameter a layer shorthand creates:
             # evaluate the layer's node first, then look again.
@@ -149,7 +151,33 @@ class Lowering:
     def evaluate_all(self) -> None:
         for a in self.spec.graph:
             if a.targets[0] not in self.env:
-                self.evaluate_assign(a)
+                self.evaluate_name(a.targets[0])  # tracked, so a cycle is reported from its first entry in the file
+
+    def symbolic_dim(self, name: str):
+        """(input Value, axis) of a data input whose declared shape has the symbolic dim `name`."""
+        for n, decl in self.spec.inputs.items():
+            if name in decl.shape:
+                return self.lookup(n, decl.loc), list(decl.shape).index(name)
+        return None
+
+    def fill(self, e: S.Call, value: float) -> Value:
+        """zeros(N, H) / ones(...): dims are ints, dims names, or symbolic dims of the inputs (N)."""
+        dims, refs = [], []
+        for a in e.args:
+            if isinstance(a, S.Name) and a.id not in self.spec.dims and a.id not in self._defs:
+                found = self.symbolic_dim(a.id)
+                if found is None:
+                    raise SpecError(f"{a.id!r} is neither a dim nor a symbolic dim of an input", a.loc,
+                                    did_you_mean(a.id, list(self.spec.dims)) or "declare it under dims:")
+                refs.append(found[0])
+                dims.append((len(refs) - 1, found[1]))
+                continue
+            d = self.eval(a)
+            if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+                raise SpecError(f"{e.func}() dims must be non-negative integers, got {d!r}", a.loc)
+            dims.append(d)
+        with at(e.loc):
+            return self.graph.apply("fill", *refs, dims=tuple(dims), value=value, dtype=self.graph.float_dtype)
 
     def layer_name(self, fn: str) -> str:
         """Parameter prefix for a layer shorthand call in the current entry."""
@@ -203,6 +231,7 @@ class Lowering:
             a, b = self.eval(e.left), self.eval(e.right)
             if not isinstance(a, Value) and not isinstance(b, Value):
                 raise SpecError("comparison of two constants", e.op_loc or e.loc)
+            self._check_operands(a, b, e)
             with at(e.op_loc or e.loc):
                 return g.binary(_COMPARE[e.op], a, b)
         if isinstance(e, S.Call):
@@ -231,6 +260,8 @@ class Lowering:
             for p, src in zip(parts, (item.start, item.stop, item.step)):
                 if p is not None and not isinstance(p, int):
                     raise SpecError("slice bounds must be integers", src.loc)
+            if parts[2] == 0:
+                raise SpecError("slice step cannot be zero", item.step.loc, "use a positive step, or a negative one to reverse")
             return tuple(parts)
         v = self.eval(item)
         if v is None or isinstance(v, int) or v is Ellipsis:
@@ -239,28 +270,65 @@ class Lowering:
                         "use take(x, ids, axis=...) to index with a tensor")
 
     def call(self, e: S.Call):
-        from . import layers
+        from . import layers, recurrent  # noqa: F401  (recurrent registers its cells as layers)
 
+        if e.func == "scan":
+            from .recurrent import lower_scan
+
+            return lower_scan(self, e)
+        if e.func == "bidirectional" and e.args and isinstance(e.args[0], S.Name):
+            from . import recurrent  # noqa: F401  (registers the cells)
+            from .layers import LAYERS
+
+            args = [e.args[0].id] + [self.eval(a) for a in e.args[1:]]
+            return LAYERS["bidirectional"](self, e, args, self._eval_kwargs(e))
+        if e.func in ("zeros", "ones") and not e.kwargs:
+            return self.fill(e, 0.0 if e.func == "zeros" else 1.0)
+        self._check_keywords(e)
         args = [self.eval(a) for a in e.args]
-        kwargs = {}
-        for k, v in e.kwargs.items():
-            if k in ("act", "init") and isinstance(v, S.Name) and v.id not in self._defs:
-                kwargs[k] = v.id  # act=relu names an op and init=he_normal an initialiser, not values
-            else:
-                kwargs[k] = self.eval(v)
+        kwargs = self._eval_kwargs(e)
         layer = layers.LAYERS.get(e.func)
         if layer is not None and layer.applies(args, kwargs):
             return layer(self, e, args, kwargs)
-        if e.func in ("grad", "jacobian", "hvp", "scan"):
+        if e.func in ("grad", "jacobian", "hvp"):
             raise SpecError(f"{e.func}() is not supported yet", e.func_loc or e.loc)
         op = get_op_at(e)
         return self.apply_op(op, e, args, kwargs)
+
+    def _eval_kwargs(self, e: S.Call) -> dict:
+        kwargs = {}
+        for k, v in e.kwargs.items():
+            if isinstance(v, S.Name) and self._is_word(v.id):
+                kwargs[k] = v.id  # act=relu, init=he_normal, merge=sum: words, not values
+            else:
+                kwargs[k] = self.eval(v)
+        return kwargs
+
+    def _is_word(self, name: str) -> bool:
+        """A bare keyword value that names nothing in the spec is a word (an op or option name)."""
+        return not (name in self.env or name in self._defs or name in self.spec.inputs or name in self.params
+                    or name in self.spec.dims or name in ("true", "false") or "." in name)
+
+    def _check_keywords(self, e: S.Call):
+        """Refuse a keyword that neither the layer shorthand nor the op of that name takes, at the keyword,
+        before its value is evaluated (`dense(x, H, activation=relu)` is not an undefined name 'relu')."""
+        from . import layers
+
+        layer, op = layers.LAYERS.get(e.func), all_ops().get(e.func)
+        if layer is None and op is None:
+            return  # an unknown op is reported by get_op_at
+        known = [*(layer.positional + layer.keywords if layer else ()), *(op.inputs + tuple(op.attrs) if op else ())]
+        for k in e.kwargs:
+            if k not in known:
+                usage = layer.usage if layer else signature(op)
+                raise SpecError(f"{e.func}() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
+                                did_you_mean(k, dict.fromkeys(known)) or f"usage: {usage}")
 
     def apply_op(self, op, e: S.Call, args: list, kwargs: dict):
         """Bind positional arguments: tensors first (op.inputs), then attributes in declared order."""
         g = self.graph
         attr_names = list(op.attrs)
-        tensors, attrs = [], {}
+        tensors, attrs, attr_locs = [], {}, {}
         if op.variadic:
             tensors = list(args)
         else:
@@ -269,9 +337,12 @@ class Lowering:
             extra = args[n:]
             free = [a for a in attr_names if a not in kwargs]
             if len(extra) > len(free):
-                raise SpecError(f"{op.name}() takes at most {n + len(free)} positional arguments, got {len(args)}",
-                                e.loc, f"signature: {signature(op)}")
+                first_extra = n + len(free)
+                raise SpecError(f"{op.name}() takes at most {first_extra} positional argument{'s' if first_extra != 1 else ''}, "
+                                f"got {len(args)}", e.args[first_extra].loc if first_extra < len(e.args) else e.loc,
+                                f"signature: {signature(op)}")
             attrs.update(zip(free, extra))
+            attr_locs = {k: e.args[n + i].loc for i, k in enumerate(free[:len(extra)]) if n + i < len(e.args)}
         for k, v in kwargs.items():
             if k in op.inputs and not op.variadic:
                 idx = op.inputs.index(k)
@@ -286,20 +357,35 @@ class Lowering:
             missing = [n for i, n in enumerate(op.inputs) if i >= len(tensors) or tensors[i] is None]
             raise SpecError(f"{op.name}() is missing the argument(s) {', '.join(missing)}", e.loc,
                             f"signature: {signature(op)}")
+        # where each argument is written, by input or attribute name, for errors about one argument
+        arg_locs = {**{n: e.args[i].loc for i, n in enumerate(op.inputs[:len(e.args)]) if not op.variadic},
+                    **attr_locs, **e.kwarg_locs}
         for i, t in enumerate(tensors):
             if not isinstance(t, (Value, bool, int, float)):
-                loc = e.args[i].loc if i < len(e.args) else e.loc
-                raise SpecError(f"{op.name}() argument {i + 1} must be a tensor or a number, got {t!r}", loc)
+                loc = arg_locs.get(op.inputs[i]) if not op.variadic else (e.args[i].loc if i < len(e.args) else None)
+                raise SpecError(f"{op.name}() argument {i + 1} must be a tensor or a number, got {t!r}", loc or e.loc)
         for k, v in attrs.items():
             if isinstance(v, Value):
-                raise SpecError(f"{op.name}() argument {k!r} must be a constant, not a tensor",
-                                e.kwarg_locs.get(k, e.loc))
+                raise SpecError(f"{op.name}() argument {k!r} must be a constant, not a tensor", arg_locs.get(k, e.loc))
             if isinstance(v, list):
                 attrs[k] = tuple(v)
         # Python numbers take the dtype of the tensors they meet.
         like = next((t for t in tensors if isinstance(t, Value) and is_float(t.dtype)), None)
         tensors = [t if isinstance(t, Value) else g.lift(t, like=like) for t in tensors]
-        return g.apply(op.name, *tensors, **attrs)
+        try:
+            return g.apply(op.name, *tensors, **attrs)
+        except FlowgradError as err:
+            # An op's error about one of its arguments (err.arg) points at that argument.
+            if err.arg in arg_locs and err.loc == e.loc:
+                err.loc = arg_locs[err.arg]
+            raise
+        except (TypeError, ValueError, AttributeError) as ex:
+            if not attrs:
+                raise
+            # An attribute of the wrong kind (cast(x, 'foo'), split(x, 'a')) that the op's rule choked on.
+            what = ", ".join(f"{k}={v!r}" for k, v in attrs.items())
+            raise SpecError(f"{op.name}() cannot use {what}", arg_locs.get(next(iter(attrs))) if len(attrs) == 1 else e.loc,
+                            f"signature: {signature(op)}") from ex
 
 
 def get_op_at(e: S.Call):

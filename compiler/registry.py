@@ -57,16 +57,25 @@ class OpDef:
                 current_loc(),
             )
         if self.composite:
-            return self.expand(g, *inputs, **attrs)
+            try:
+                return self.expand(g, *inputs, **attrs)
+            except FlowgradError as e:
+                if e.loc is None:  # raised by expand itself (the ops it applies locate their own errors)
+                    self._locate(e)
+                raise
         try:
             types = self.infer(attrs, *[v.type for v in inputs])
         except FlowgradError as e:
-            e.loc = e.loc or current_loc()
-            if not e.message.startswith(f"{self.name}:"):
-                e.message = f"{self.name}: {e.message}"
+            self._locate(e)
             raise
         outs = g.add_node(self, inputs, attrs, list(types))
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _locate(self, e: FlowgradError) -> None:
+        """An error of this op: at the spec text being lowered, its message starting with the op's name."""
+        e.loc = e.loc or current_loc()
+        if not e.message.startswith((f"{self.name}:", f"{self.name}()")):
+            e.message = f"{self.name}: {e.message}"
 
     def bind_attrs(self, given: dict) -> dict:
         out = {}
@@ -156,6 +165,17 @@ def same_type(attrs, x: TensorType, *rest) -> list[TensorType]:
 def require_float(t: TensorType, what: str = "input") -> None:
     if t.dtype not in ("float16", "float32", "float64"):
         raise ShapeError(f"{what} must be a float tensor, got {t.dtype}", hint="cast it with cast(x, 'float32')")
+
+
+def require_dtype(name, attr: str = "dtype") -> str:
+    """A dtype name that the compiler can emit (as written in a spec: 'float32', 'int64', 'bool', ...)."""
+    from .ir import FLOAT_DTYPES, INT_DTYPES
+
+    known = FLOAT_DTYPES + INT_DTYPES + ("bool",)
+    if name not in known:
+        hint = (did_you_mean(name, known) if isinstance(name, str) else None) or f"choose one of {', '.join(known)}"
+        raise ShapeError(f"unknown dtype {name!r}", hint=hint, arg=attr)
+    return name
 
 
 class Unary(OpDef):

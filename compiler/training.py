@@ -333,11 +333,15 @@ def _training_lowering(spec, obj, dtype):
     g.rng_inputs()  # seed and step exist even when unused by randomness (step drives Adam)
     loss = _scalar_loss(low, obj.loss)
     metrics = _metrics(low, spec)
+    return low, loss, metrics, _trained(spec, low, obj)
+
+
+def _trained(spec, low: Lowering, obj: Objective) -> list[str]:
     trained = trained_names(low.params, obj)
     if not trained:
-        raise SpecError(f"objective {obj.name!r} trains no parameters", obj.loc,
+        raise SpecError(f"objective {obj.name!r} trains no parameters", _loc(spec, "train", "objectives", obj.name, "params") or obj.loc,
                         f"its params {obj.param_globs} match none of: {', '.join(low.params) or '(no parameters)'}")
-    return low, loss, metrics, trained
+    return trained
 
 
 def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients_only=False) -> CompiledGraph:
@@ -406,16 +410,20 @@ def build_infer(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
     return b.emit("infer", optimize_graph, "deployment outputs")
 
 
-def check_spec(spec: S.Spec, dtype: str | None = None) -> Lowering:
-    """Evaluate every expression once (shapes, names, ops) without emitting."""
+def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) -> Lowering:
+    """Evaluate every expression once (shapes, names, ops) without emitting; with `objectives`, also
+    what compiling would refuse: an objective's unknown loss, or parameters it cannot train."""
     dtype = dtype or spec.train.get("dtype", "float32")
     low = Lowering(spec, mode="train", float_dtype=dtype)
     low.evaluate_all()
-    if spec.loss is not None:
-        _scalar_loss(low, spec.loss)
+    loss = _scalar_loss(low, spec.loss) if spec.loss is not None else None
     _metrics(low, spec)
     for a in spec.outputs:
         low.eval(a.expr)
+    if objectives:
+        for obj in objectives_of(spec):
+            obj_loss = loss if obj.loss is spec.loss else _scalar_loss(low, obj.loss)
+            _gradients(low, obj_loss, obj, _trained(spec, low, obj))
     return low
 
 
@@ -424,7 +432,7 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
     """Compile every graph of a spec. `frozen` globs name parameters that no objective updates."""
     t0 = time.perf_counter()
     dtype = dtype or spec.train.get("dtype", "float32")
-    check = check_spec(spec, dtype)
+    check = check_spec(spec, dtype, objectives=False)  # the graphs built below check the objectives
     objectives = objectives_of(spec)
     if frozen:
         hit = [n for n in check.params if _matches(n, list(frozen))]

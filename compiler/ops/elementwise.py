@@ -6,7 +6,7 @@ import numpy as np
 from spec.errors import ShapeError
 
 from ..ir import TensorType, broadcast_shapes, fmt_shape, is_float
-from ..registry import REQUIRED, OpDef, Sample, Unary, float_samples, op, require_float
+from ..registry import REQUIRED, OpDef, Sample, Unary, float_samples, op, require_dtype, require_float
 
 
 def _sum_to(g, shape):
@@ -43,8 +43,7 @@ class Cast(OpDef):
     attrs = {"to": REQUIRED}
 
     def infer(self, attrs, x):
-        np.dtype(attrs["to"])  # validates the name
-        return [TensorType(attrs["to"], x.shape)]
+        return [TensorType(require_dtype(attrs["to"], "to"), x.shape)]
 
     def emit(self, e, node, ins, outs):
         from ..emit import onnx_dtype
@@ -134,6 +133,45 @@ def _scalar_tensor(v, dtype):
     from onnx import numpy_helper
 
     return numpy_helper.from_array(np.asarray([v], dtype=dtype))
+
+
+@op("fill")
+class Fill(OpDef):
+    """A tensor filled with `value`; `dims` entries are ints or (ref, axis): that dim of the ref-th input."""
+
+    inputs = ("refs",)
+    variadic = True
+    attrs = {"dims": REQUIRED, "value": 0.0, "dtype": "float32"}
+    nondiff = True
+
+    def infer(self, attrs, *refs):
+        shape = []
+        for d in attrs["dims"]:
+            if isinstance(d, int):
+                shape.append(d)
+            else:
+                i, axis = d
+                shape.append(refs[i].shape[axis])
+        return [TensorType(attrs["dtype"], tuple(shape))]
+
+    def emit(self, e, node, ins, outs):
+        parts = []
+        for d in node.attrs["dims"]:
+            if isinstance(d, int):
+                parts.append(e.ints([d]))
+            else:
+                i, axis = d
+                parts.append(e.add("Gather", [e.add("Shape", [ins[i]]), e.ints([axis])], axis=0))
+        shape = e.add("Concat", parts, axis=0) if len(parts) > 1 else (parts[0] if parts else e.ints([]))
+        e.add("ConstantOfShape", [shape], outs, value=_scalar_tensor(node.attrs["value"], node.attrs["dtype"]))
+
+    def ref(self, attrs, *refs):
+        shape = [d if isinstance(d, int) else refs[d[0]].shape[d[1]] for d in attrs["dims"]]
+        return np.full(shape, attrs["value"], dtype=attrs["dtype"])
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(3, 2))], {"dims": ((0, 0), 4), "dtype": "float64"}),
+                Sample([], {"dims": (2, 3), "value": 1.5, "dtype": "float64"})]
 
 
 @op("broadcast_like")
@@ -438,7 +476,8 @@ class Where(OpDef):
 
     def infer(self, attrs, c, a, b):
         if c.dtype != "bool":
-            raise ShapeError(f"where() needs a bool condition, got {c.dtype}", hint="compare first, e.g. where(x > 0, x, 0)")
+            raise ShapeError(f"where() needs a bool condition, got {c.dtype}", hint="compare first, e.g. where(x > 0, x, 0)",
+                             arg="cond")
         if a.dtype != b.dtype:
             raise ShapeError(f"where() branches have different dtypes {a.dtype} and {b.dtype}")
         return [TensorType(a.dtype, broadcast_shapes(c.shape, a.shape, b.shape))]

@@ -14,7 +14,7 @@ import onnx
 from spec.errors import GradientError, ShapeError
 
 from ..ir import TensorType, _factors, _join, fmt_shape, normalize_axis
-from ..registry import REQUIRED, OpDef, Sample, op
+from ..registry import REQUIRED, OpDef, Sample, op, require_dtype
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -632,7 +632,8 @@ class OneHot(OpDef):
         depth = attrs["depth"]
         if not isinstance(depth, (int, np.integer)) or depth < 1:
             raise ShapeError(f"one_hot depth must be a positive int, got {depth!r}")
-        return [TensorType(np.dtype(attrs["dtype"]).name, tuple(ids.shape) + (int(depth),))]
+        dtype = attrs["dtype"] if isinstance(attrs["dtype"], str) else np.dtype(attrs["dtype"]).name
+        return [TensorType(require_dtype(dtype), tuple(ids.shape) + (int(depth),))]
 
     def emit(self, e, node, ins, outs):
         from ..emit import onnx_dtype

@@ -70,9 +70,13 @@ class CrossEntropy(OpDef):
         axis = normalize_axis(axis, logits.rank)
         lp = log_softmax(g, logits, axis)
         if is_float(labels.dtype):
+            if labels.rank == logits.rank - 1:  # shaped like class ids, but float
+                raise ShapeError(f"class-id labels must be integers, got {labels.dtype}{fmt_shape(labels.shape)}",
+                                 hint=f"declare them with dtype: int64, or give soft labels of the logits' shape "
+                                      f"{fmt_shape(logits.shape)}", arg="labels")
             if tuple(labels.shape) != tuple(logits.shape):
                 raise ShapeError(f"soft labels {fmt_shape(labels.shape)} must have the logits' shape {fmt_shape(logits.shape)}",
-                                 hint="or give integer class ids")
+                                 hint="or give integer class ids", arg="labels")
             loss = -g.apply("sum", g.cast(labels, logits.dtype) * lp, axis=axis)
         elif labels.dtype in ("int32", "int64"):
             loss = -_pick(g, lp, labels, axis)

@@ -320,7 +320,7 @@ class Maxout(OpDef):
         if k is None:
             raise ShapeError(
                 f"maxout: axis {axis} of {fmt_shape(x.shape)} has size {size}, not a multiple of pieces={pieces}",
-                hint="the maxout axis must hold K * pieces features",
+                hint="the maxout axis must hold K * pieces features", arg="pieces",
             )
         split = tuple(x.shape[:axis]) + (k, int(pieces)) + tuple(x.shape[axis + 1:])
         return g.apply("max", g.apply("reshape", x, shape=split), axis=axis + 1)

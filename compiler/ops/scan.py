@@ -360,6 +360,27 @@ class Shift(OpDef):
         return [Sample([x, f]), Sample([x, f], {"reverse": True}), Sample([rng.normal(size=(1, 2)), rng.normal(size=(2,))])]
 
 
+@op("positions")
+class Positions(OpDef):
+    """0, 1, ..., n-1 (int64) for the size n of x along `axis`."""
+
+    attrs = {"axis": 0}
+    nondiff = True
+
+    def infer(self, attrs, x):
+        return [TensorType("int64", (x.shape[attrs["axis"]],))]
+
+    def emit(self, e, node, ins, outs):
+        n = e.add("Gather", [e.add("Shape", ins), e.const(np.asarray(node.attrs["axis"] % node.inputs[0].rank, dtype=np.int64))], axis=0)
+        e.add("Range", [e.const(np.asarray(0, dtype=np.int64)), n, e.const(np.asarray(1, dtype=np.int64))], outs)
+
+    def ref(self, attrs, x):
+        return np.arange(x.shape[attrs["axis"]], dtype=np.int64)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(2, 5))], {"axis": 1}), Sample([rng.normal(size=(3,))])]
+
+
 @op("step_mask")
 class StepMask(OpDef):
     """1.0 for the last `keep` steps along axis 0 of x (the first `keep` when reverse), else 0."""

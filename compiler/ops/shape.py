@@ -22,10 +22,10 @@ def resolve_reshape(in_shape, target) -> tuple:
     if -1 in target:
         rest = dim_div(total, known)
         if rest is None:
-            raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} to {fmt_shape(target)}")
+            raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} to {fmt_shape(target)}", arg="shape")
         return tuple(rest if d == -1 else d for d in target)
     if known != total:
-        raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} ({total} elements) to {fmt_shape(target)} ({known})")
+        raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} ({total} elements) to {fmt_shape(target)} ({known})", arg="shape")
     return target
 
 

@@ -1,0 +1,470 @@
+"""Recurrence in specs: `scan` over blocks, and the ready-made cells
+`rnn`, `lstm`, `gru` and `bidirectional(...)` built on the same scan op.
+
+Before a scan node is made, everything in its step that does not depend on
+the carried state is hoisted out of the loop (Theano's scan push-out): input
+projections `x_t @ W + b` become one batched product over all time steps,
+and loop-invariant values are computed once. Only the recurrent work stays
+inside the loop; the gradient of the hoisted part is then outside too.
+"""
+from __future__ import annotations
+
+from spec import model as S
+from spec.errors import ShapeError, SpecError, did_you_mean
+
+from .ir import Graph, TensorType, Value, at, dim_mul
+from .ops.scan import Body
+
+# Ops whose meaning does not change when their sequence operands carry an
+# extra leading time axis: they can run once over all steps.
+_ELEMENTWISE = {
+    "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "relu", "leaky_relu", "tanh",
+    "sigmoid", "softplus", "maximum", "minimum", "where", "cast", "eq", "ne", "lt", "le", "gt", "ge", "sign",
+    "identity", "stop_gradient", "logical_not", "constant", "zeros_like", "ones_like",
+}
+_LAST_AXIS = {"softmax", "log_softmax", "sum", "mean", "max", "min", "argmax", "argmin", "split", "concat"}
+
+
+def _batch_polymorphic(node) -> bool:
+    name = node.op.name
+    if name in _ELEMENTWISE:
+        return True
+    if name == "matmul":
+        return all(v.rank >= 2 for v in node.inputs)
+    if name in ("take", "embedding"):
+        return node.attrs.get("axis", 0) == 0 and node.inputs[0].rank >= 1
+    if name in _LAST_AXIS:
+        axis = node.attrs.get("axis")
+        axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+        return axis is not None and all(a < 0 for a in axes)
+    return False
+
+
+def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Graph):
+    """Move the state-independent part of `body` out of the loop.
+
+    Returns a new Body and the outer sequences and non-sequences it reads."""
+    from .ir import producers_of
+
+    kind: dict[int, str] = {}  # body value id -> "carry" | "seq" | "const"
+    outer: dict[int, Value] = {}  # body value id -> outer Value (stacked [T, ...] for "seq")
+    for v in body.carries:
+        kind[v.id] = "carry"
+    for v, o in zip(body.seqs, outer_seqs):
+        kind[v.id], outer[v.id] = "seq", o
+    for v, o in zip(body.nonseqs, outer_nonseqs):
+        kind[v.id], outer[v.id] = "const", o
+    outputs = body.new_carries + body.extras
+    nodes = producers_of(outputs)
+    for node in nodes:
+        kinds = [kind.get(v.id, "const") for v in node.inputs]
+        hoistable = "carry" not in kinds and node.op.name not in ("scan",) and (
+            "seq" not in kinds or _batch_polymorphic(node))
+        if not hoistable:
+            for o in node.outputs:
+                kind[o.id] = "carry"
+            continue
+        is_seq = "seq" in kinds
+        with at(node.loc):
+            res = g.add_node(node.op, [outer[v.id] for v in node.inputs], dict(node.attrs),
+                             list(node.op.infer(node.attrs, *[outer[v.id].type for v in node.inputs])))
+        for o, r in zip(node.outputs, res):
+            kind[o.id] = "seq" if is_seq else "const"
+            outer[o.id] = r
+            r.name = o.name
+    # The boundary: hoisted values read by what stays inside, or returned by the step.
+    inside = [n for n in nodes if all(kind[o.id] == "carry" for o in n.outputs)]
+    needed: list[Value] = []
+    seen: set[int] = set()
+    for v in [v for n in inside for v in n.inputs] + outputs:
+        if kind.get(v.id, "const") != "carry" and v.id not in seen and v.id in outer:
+            seen.add(v.id)
+            needed.append(v)
+    bg = Graph(float_dtype=body.graph.float_dtype, mode=body.graph.mode)
+    bg._random_salt = body.graph._random_salt
+    mapping: dict[int, Value] = {}
+    new_carries = [bg.add_input(c.name or f"state{k}", c.dtype, c.shape, unique=True) for k, c in enumerate(body.carries)]
+    mapping.update({c.id: n for c, n in zip(body.carries, new_carries)})
+    seqs, nonseqs, seq_outer, nonseq_outer = [], [], [], []
+    for v in needed:
+        if kind[v.id] == "seq":
+            n = bg.add_input(v.name or "x_t", v.dtype, v.shape, unique=True)
+            seqs.append(n)
+            seq_outer.append(outer[v.id])
+        else:
+            n = bg.add_input(v.name or "p", v.dtype, v.shape, unique=True)
+            nonseqs.append(n)
+            nonseq_outer.append(outer[v.id])
+        mapping[v.id] = n
+    for node in inside:
+        outs = bg.add_node(node.op, [mapping[v.id] for v in node.inputs], dict(node.attrs), [o.type for o in node.outputs])
+        for o, n in zip(node.outputs, outs):
+            mapping[o.id] = n
+            n.name = o.name
+    new = Body(bg, new_carries, seqs, nonseqs, [mapping[v.id] for v in body.new_carries],
+               [mapping[v.id] for v in body.extras])
+    return new, seq_outer, nonseq_outer
+
+
+def run_scan(g: Graph, body: Body, init: list[Value], seqs: list[Value], nonseqs: list[Value], reverse=False,
+             truncate=None, length=None, optimize=True):
+    """Apply `body` with hoisting; seqs are time-major. Returns the scan node's outputs as a list."""
+    if optimize and seqs:
+        body, seqs, nonseqs = hoist(body, seqs, nonseqs, g)
+    if not body.seqs and length is None and seqs == []:
+        length = None
+    res = g.apply("scan", *init, *seqs, *nonseqs, body=body, reverse=reverse, truncate=truncate,
+                  length=length if not body.seqs else None)
+    return list(res) if isinstance(res, tuple) else [res]
+
+
+def time_major(g: Graph, x: Value, axis: int) -> Value:
+    if x.rank < 1:
+        raise ShapeError(f"cannot scan over a scalar {x.type}")
+    axis = axis % x.rank
+    if axis == 0:
+        return x
+    perm = [axis] + [i for i in range(x.rank) if i != axis]
+    return g.apply("transpose", x, perm=tuple(perm))
+
+
+def from_time_major(g: Graph, x: Value, axis: int) -> Value:
+    axis = axis % x.rank
+    if axis == 0:
+        return x
+    perm = list(range(1, x.rank))
+    perm.insert(axis, 0)
+    return g.apply("transpose", x, perm=tuple(perm))
+
+
+class StepBuilder:
+    """Builds a Body in its own Graph, capturing outer values as non-sequences."""
+
+    def __init__(self, outer: Graph):
+        self.outer = outer
+        self.graph = Graph(float_dtype=outer.float_dtype, mode=outer.mode)
+        self.graph._random_salt = outer._random_salt  # one salt stream: no two random ops alike
+        self.graph.rng_inputs = self._rng_inputs
+        self.nonseqs: list[Value] = []
+        self.nonseq_outer: list[Value] = []
+        self._captured: dict[int, Value] = {}
+
+    def capture(self, v: Value) -> Value:
+        if v.graph is self.graph:
+            return v
+        if v.id not in self._captured:
+            n = self.graph.add_input(v.name or f"p{len(self.nonseqs)}", v.dtype, v.shape, unique=True)
+            self._captured[v.id] = n
+            self.nonseqs.append(n)
+            self.nonseq_outer.append(v)
+        return self._captured[v.id]
+
+    def _rng_inputs(self):
+        seed, step = self.outer.rng_inputs()
+        return self.capture(seed), self.capture(step)
+
+
+# -------------------------------------------------------------------- spec-level scan
+def lower_scan(low, e: S.Call):
+    """`outs: scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K)`."""
+    from .lower import Lowering
+
+    if not e.args or not isinstance(e.args[0], S.Name):
+        raise SpecError("scan() needs a block name first: scan(step, over=x, init=[h0])", e.loc)
+    block_name = e.args[0].id
+    block = low.spec.blocks.get(block_name)
+    if block is None:
+        raise SpecError(f"unknown block {block_name!r}", e.args[0].loc,
+                        did_you_mean(block_name, low.spec.blocks) or "declare it under 'blocks:'")
+    allowed = {"over", "init", "axis", "reverse", "mask", "truncate", "length"}
+    for k in e.kwargs:
+        if k not in allowed:
+            raise SpecError(f"scan() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
+                            did_you_mean(k, allowed) or f"scan takes {', '.join(sorted(allowed))}")
+    if len(e.args) > 1:
+        raise SpecError("scan() takes the block positionally and the rest by keyword", e.args[1].loc)
+    g = low.graph
+    kw = {k: low.eval(v) for k, v in e.kwargs.items()}
+    over = kw.get("over", [])
+    over = list(over) if isinstance(over, (list, tuple)) else [over]
+    init = kw.get("init", [])
+    init = list(init) if isinstance(init, (list, tuple)) else [init]
+    axis = kw.get("axis", 1)
+    reverse = bool(kw.get("reverse", False))
+    truncate = kw.get("truncate")
+    for v, what in [(x, "over") for x in over] + [(x, "init") for x in init]:
+        if not isinstance(v, Value):
+            raise SpecError(f"scan() {what} must be tensors, got {v!r}", e.kwarg_locs.get(what, e.loc))
+    if len(block.inputs) != len(over) + len(init):
+        raise SpecError(f"block {block_name!r} takes {len(block.inputs)} inputs ({', '.join(block.inputs)}), "
+                        f"but scan gives {len(over)} sequence(s) and {len(init)} state(s)", e.loc,
+                        "the block's inputs are the sequences' steps first, then the states")
+    seqs = [time_major(g, x, axis) for x in over]
+    if not seqs and kw.get("length") is None:
+        raise SpecError("scan() needs over= or length=", e.loc)
+    sb = StepBuilder(g)
+    seq_in = [sb.graph.add_input(n, x.dtype, x.shape[1:]) for n, x in zip(block.inputs, seqs)]
+    carry_in = [sb.graph.add_input(n, v.dtype, v.shape) for n, v in zip(block.inputs[len(over):], init)]
+    body_low = BlockLowering(low, block, sb, dict(zip(block.inputs, seq_in + carry_in)))
+    outs = []
+    for name in block.outputs:
+        v = body_low.lookup(name, block.loc)
+        if not isinstance(v, Value):
+            v = body_low.graph.lift(v)
+        outs.append(v)
+    if len(outs) < len(init):
+        raise SpecError(f"block {block_name!r} returns {len(outs)} value(s) for {len(init)} state(s)", block.loc)
+    new_carries, extras = outs[:len(init)], outs[len(init):]
+    for k, (c, n) in enumerate(zip(carry_in, new_carries)):
+        if c.type != n.type:
+            n2 = body_low.graph.cast(n, c.dtype) if c.shape == n.shape else None
+            if n2 is None:
+                raise ShapeError(f"block {block_name!r} returns state {block.outputs[k]!r} as {n.type}, "
+                                 f"but takes it as {c.type}", block.loc)
+            new_carries[k] = n2
+    mask = kw.get("mask")
+    if mask is not None:
+        new_carries, extras, m_in = _apply_mask(sb, carry_in, new_carries, extras)
+        seq_in.append(m_in)
+        seqs.append(time_major(g, g.cast(mask, g.float_dtype), axis))
+    body = Body(sb.graph, carry_in, seq_in, sb.nonseqs, new_carries, extras)
+    res = run_scan(g, body, init, seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate,
+                   length=kw.get("length"))
+    res = [from_time_major(g, r, axis) for r in res]
+    return tuple(res) if len(res) > 1 else res[0]
+
+
+def _apply_mask(sb: StepBuilder, carries, new_carries, extras):
+    """Padded steps (mask 0) keep the state and output zeros."""
+    bg = sb.graph
+    first = (carries or new_carries or extras)[0]
+    m = bg.add_input("mask_t", bg.float_dtype, (first.shape[0],) if first.rank else (), unique=True)
+    def expand(v):
+        return bg.apply("reshape", m, shape=(m.shape[0],) + (1,) * (v.rank - 1)) if v.rank > 1 else m
+    carried = [bg.apply("where", bg.apply("gt", expand(n), bg.lift(0.0, like=m)), n, c) for c, n in zip(carries, new_carries)]
+    outs = [y * expand(y) if y.dtype.startswith("float") else y for y in extras]
+    return carried, outs, m
+
+
+class BlockLowering:
+    """Evaluates a block's graph inside a StepBuilder; outer names become non-sequences."""
+
+    def __new__(cls, outer, block, sb, locals_):
+        from .lower import Lowering
+
+        class _BL(Lowering):
+            def __init__(self):
+                self.spec = outer.spec
+                self.graph = sb.graph
+                self.params = outer.params
+                self.inputs = {}
+                self.env = dict(locals_)
+                self._defs = {}
+                self._evaluating = []
+                self._target = None
+                self._layer_calls = 0
+                for a in block.graph:
+                    for i, t in enumerate(a.targets):
+                        self._defs[t] = (a, i)
+
+            def known_names(self):
+                return [*self.env, *self._defs, *block.params, *outer.known_names()]
+
+            def lookup(self, name, loc):
+                if name in self.env:
+                    return self.env[name]
+                if name in self._defs:
+                    return self.evaluate_name(name)
+                if name in block.params:
+                    full = f"{block.name}.{name}"
+                    if full not in outer.params:
+                        p = block.params[name]
+                        outer.add_param(full, p.shape, p.init.kind, p.init.args, p.trainable, p.loc,
+                                        seed=p.init.args.get("seed"))
+                    return sb.capture(outer.params[full].value)
+                v = outer.lookup(name, loc)
+                return sb.capture(v) if isinstance(v, Value) else v
+
+            def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None):
+                full = f"{block.name}.{name}"
+                if full not in outer.params:
+                    outer.add_param(full, shape, init_kind, init_args, trainable, loc, kind, seed)
+                return sb.capture(outer.params[full].value)
+
+        return _BL()
+
+
+# -------------------------------------------------------------------- ready-made cells
+from .layers import LAYERS, Layer, _int_arg  # noqa: E402
+
+
+def _lstm_step(bg, xw, carries, U, bias_u, H, ln, extra):
+    h, c = carries
+    z = xw + h @ U
+    if ln is not None:
+        z = bg.apply("layer_norm", z, *ln[0])
+    i, f, gg, o = bg.apply("split", z, sections=4, axis=-1)
+    c2 = bg.apply("sigmoid", f) * c + bg.apply("sigmoid", i) * bg.apply("tanh", gg)
+    cc = bg.apply("layer_norm", c2, *ln[1]) if ln is not None else c2
+    h2 = bg.apply("sigmoid", o) * bg.apply("tanh", cc)
+    return [h2, c2]
+
+
+def _gru_step(bg, xw, carries, U, bias_u, H, ln, linear_before_reset):
+    (h,) = carries
+    xr, xz, xn = bg.apply("split", xw, sections=3, axis=-1)
+    Ur, Uz, Un = bg.apply("split", U, sections=3, axis=-1)
+    br, bz, bn = bg.apply("split", bias_u, sections=3, axis=-1)
+    hr, hz = h @ Ur + br, h @ Uz + bz
+    if ln is not None:
+        hr, hz = bg.apply("layer_norm", hr, *ln[0]), bg.apply("layer_norm", hz, *ln[1])
+    r = bg.apply("sigmoid", xr + hr)
+    z = bg.apply("sigmoid", xz + hz)
+    if linear_before_reset:  # PyTorch and cuDNN: r gates the projected state
+        n = bg.apply("tanh", xn + r * (h @ Un + bn))
+    else:  # Cho et al. 2014: r gates the state before projection
+        n = bg.apply("tanh", xn + (r * h) @ Un + bn)
+    return [(1.0 - z) * n + z * h]
+
+
+def _rnn_step(bg, xw, carries, U, bias_u, H, ln, act):
+    (h,) = carries
+    z = xw + h @ U
+    if ln is not None:
+        z = bg.apply("layer_norm", z, *ln[0])
+    return [bg.apply(act, z)]
+
+
+CELLS = {  # name: (gates, states, step)
+    "rnn": (1, 1, _rnn_step),
+    "lstm": (4, 2, _lstm_step),
+    "gru": (3, 1, _gru_step),
+}
+
+
+def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=False, mask=None, init=None,
+                    truncate=None, layer_norm=False, act="tanh", linear_before_reset=True):
+    """One recurrent layer over x [N, T, E]; returns (hs [N, T, H], final states)."""
+    g = low.graph
+    gates, n_states, step = CELLS[cell]
+    if x.rank != 3:
+        raise ShapeError(f"{cell}() needs an input [N, T, features], got {x.type}", e.loc)
+    E = x.shape[2]
+    W = low.add_param(f"{prefix}.W", (E, gates * H), "glorot_uniform", loc=e.loc)
+    U = low.add_param(f"{prefix}.U", (H, gates * H), "orthogonal", loc=e.loc)
+    b = low.add_param(f"{prefix}.b", (gates * H,), "zeros", loc=e.loc)
+    bu = low.add_param(f"{prefix}.bu", (gates * H,), "zeros", loc=e.loc) if cell == "gru" else None
+    ln_params = None
+    if layer_norm:
+        n_ln = 2
+        size = [gates * H, H] if cell == "lstm" else ([H, H] if cell == "gru" else [gates * H, gates * H])
+        ln_params = [(low.add_param(f"{prefix}.ln{k}.gamma", (size[k],), "ones", loc=e.loc),
+                      low.add_param(f"{prefix}.ln{k}.beta", (size[k],), "zeros", loc=e.loc)) for k in range(n_ln)]
+    sb = StepBuilder(g)
+    bg = sb.graph
+    xs = time_major(g, x, 1)
+    x_t = bg.add_input("x_t", x.dtype, xs.shape[1:])
+    carries = [bg.add_input(n, x.dtype, (x.shape[0], H)) for n in (["h", "c"][:n_states])]
+    xw = x_t @ sb.capture(W) + sb.capture(b)  # hoisted out of the loop by run_scan
+    ln = [tuple(sb.capture(p) for p in pair) for pair in ln_params] if ln_params else None
+    extra = {"lstm": None, "gru": linear_before_reset, "rnn": act}[cell]
+    new = step(bg, xw, carries, sb.capture(U), sb.capture(bu) if bu is not None else None, H, ln, extra)
+    seqs, seq_in, extras = [xs], [x_t], []
+    if mask is not None:
+        new, extras, m_in = _apply_mask(sb, carries, new, [new[0]])
+        seq_in.append(m_in)
+        seqs.append(time_major(g, g.cast(mask, g.float_dtype), 1))
+    if init is None:
+        init = [g.apply("fill", x, dims=((0, 0), H), dtype=g.float_dtype) for _ in carries]
+    body = Body(bg, carries, seq_in, sb.nonseqs, new, extras)
+    res = run_scan(g, body, list(init), seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate)
+    stacked_states, ys = res[:n_states], res[n_states:]
+    hs = ys[0] if ys else stacked_states[0]
+    finals = [g.apply("index", s, spec=(0 if reverse else -1,)) for s in stacked_states]
+    return from_time_major(g, hs, 1), finals
+
+
+class Recurrent(Layer):
+    keywords = ("layers", "reverse", "mask", "lengths", "init", "truncate", "layer_norm", "return_state", "act",
+                "linear_before_reset", "dropout")
+    positional = ("x", "units")
+    required = ("x", "units")
+
+    def __init__(self, cell):
+        self.name = cell
+        self.usage = f"{cell}(x, units, layers=1, reverse=false, mask=m | lengths=len, truncate=K, layer_norm=false)"
+
+    def __call__(self, low, e, args, kwargs):
+        a = self.bind(e, args, kwargs)
+        x = a["x"]
+        if not isinstance(x, Value):
+            raise SpecError(f"{self.name}() needs a tensor input", e.loc)
+        H = _int_arg(a["units"], "units", e.args[1].loc if len(e.args) > 1 else e.loc)
+        mask = _mask_of(low, e, x, a)
+        prefix = low.layer_name(self.name)
+        n_layers = _int_arg(a.get("layers", 1), "layers", e.loc)
+        hs, finals = x, []
+        for layer in range(n_layers):
+            name = prefix if n_layers == 1 else f"{prefix}.l{layer + 1}"
+            if layer and a.get("dropout"):
+                hs = low.graph.apply("dropout", hs, rate=float(a["dropout"]))
+            hs, fin = recurrent_layer(low, e, self.name, hs, H, name, reverse=bool(a.get("reverse", False)), mask=mask,
+                                      init=a.get("init") if layer == 0 else None, truncate=a.get("truncate"),
+                                      layer_norm=bool(a.get("layer_norm", False)), act=a.get("act", "tanh"),
+                                      linear_before_reset=bool(a.get("linear_before_reset", True)))
+            finals = fin
+        if a.get("return_state"):
+            return (hs, *finals)
+        return hs
+
+
+def _mask_of(low, e, x, a):
+    if a.get("mask") is not None and a.get("lengths") is not None:
+        raise SpecError("give mask= or lengths=, not both", e.loc)
+    if a.get("lengths") is not None:
+        lengths = a["lengths"]
+        g = low.graph
+        steps = g.apply("positions", x, axis=1)
+        return g.cast(g.apply("lt", g.apply("unsqueeze", steps, axes=(0,)), g.apply("unsqueeze", lengths, axes=(1,))),
+                      g.float_dtype)
+    return a.get("mask")
+
+
+class Bidirectional(Layer):
+    name = "bidirectional"
+    positional = ("cell", "x", "units")
+    keywords = Recurrent.keywords + ("merge",)
+    required = ("cell", "x", "units")
+    usage = "bidirectional(lstm | gru | rnn, x, units, merge=concat | sum)"
+
+    def __call__(self, low, e, args, kwargs):
+        a = self.bind(e, args, kwargs)
+        cell = a["cell"]
+        if cell not in CELLS:
+            raise SpecError(f"bidirectional() needs a cell (rnn, lstm or gru), got {cell!r}", e.args[0].loc if e.args else e.loc,
+                            did_you_mean(str(cell), CELLS))
+        merge = a.pop("merge", "concat")
+        if merge not in ("concat", "sum"):
+            raise SpecError(f"merge must be concat or sum, got {merge!r}", e.kwarg_locs.get("merge", e.loc))
+        x, H = a.pop("x"), a.pop("units")
+        a.pop("cell")
+        if a.get("return_state"):
+            raise SpecError("bidirectional() returns the merged sequence only", e.kwarg_locs.get("return_state", e.loc))
+        prefix = low.layer_name("bidirectional")
+        mask = _mask_of(low, e, x, a)
+        a.pop("lengths", None)
+        a["mask"] = mask
+        outs = []
+        for direction, rev in (("fw", False), ("bw", True)):
+            hs, _ = recurrent_layer(low, e, cell, x, _int_arg(H, "units", e.loc), f"{prefix}.{direction}", reverse=rev,
+                                    mask=mask, truncate=a.get("truncate"), layer_norm=bool(a.get("layer_norm", False)),
+                                    act=a.get("act", "tanh"), linear_before_reset=bool(a.get("linear_before_reset", True)))
+            outs.append(hs)
+        if merge == "sum":
+            return outs[0] + outs[1]
+        return low.graph.apply("concat", outs[0], outs[1], axis=-1)
+
+
+for _cell in CELLS:
+    LAYERS[_cell] = Recurrent(_cell)
+LAYERS["bidirectional"] = Bidirectional()

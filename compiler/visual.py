@@ -1,0 +1,955 @@
+"""Seeing the model: pictures (Graphviz DOT) and counts (parameters, FLOPs) of a spec.
+
+Three pictures, all built from the compiler's own lowering and autodiff:
+
+* `spec_dot`: the flow graph as written: one box per spec node (input,
+  parameter, graph entry, loss, metric, output) with its expression, inferred
+  shape and `line:col`; edges follow the names each expression reads.
+* `spec_dot(..., backward=True)`: plus one gradient box per spec value on a
+  path from a trained parameter to the loss. The boxes and their edges come
+  from `compiler.autodiff.grad`: the cotangent of every spec value is asked
+  for, and an edge runs from d/da to d/db when the IR that computes d/db reads
+  d/da (through gradient ops only).
+* `ir_dot`: the primitive ops of the optimized training step (what gets
+  emitted), coloured forward / gradient / optimizer, clustered by the spec
+  entry they came from.
+
+`summary` counts parameters and FLOPs from the IR (see `node_flops`).
+"""
+from __future__ import annotations
+
+import html
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from spec import model as S
+from spec.errors import FlowgradError, Loc, SpecError
+from spec.expr import unparse
+
+from .autodiff import grad
+from .ir import Graph, Node, Value, at, fmt_shape, is_float, producers_of
+from .lower import Lowering, ParamInfo
+
+# ------------------------------------------------------------------ style
+FONT = "Helvetica"
+MONO = "Courier"
+# kind -> (fill, border, shape, style)
+STYLE = {
+    "input": ("#dbeafe", "#2563eb", "box", "filled"),
+    "param": ("#fef3c7", "#b45309", "box", "filled"),
+    "buffer": ("#f3f4f6", "#6b7280", "box", "filled,dashed"),
+    "node": ("#ffffff", "#374151", "box", "rounded,filled"),
+    "block": ("#ffffff", "#374151", "box3d", "filled"),
+    "loss": ("#fee2e2", "#dc2626", "box", "rounded,filled,bold"),
+    "metric": ("#dcfce7", "#15803d", "box", "rounded,filled"),
+    "output": ("#ede9fe", "#6d28d9", "box", "rounded,filled"),
+    "grad": ("#ffedd5", "#ea580c", "box", "rounded,filled"),
+}
+EDGE = "#6b7280"
+GRAD_EDGE = "#ea580c"
+IR_FILL = {"forward": ("#ffffff", "#374151"), "grad": ("#ffedd5", "#ea580c"), "update": ("#dcfce7", "#15803d")}
+MAX_EXPR = 46
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=False)
+
+
+def shorten(text: str, limit: int = MAX_EXPR) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def loc_text(loc: Loc | None) -> str:
+    return f"{loc.line}:{loc.col}" if loc else ""
+
+
+def _shape_str(shape) -> str:
+    return fmt_shape(shape) if len(shape) else "scalar"
+
+
+def shape_text(v) -> str:
+    if isinstance(v, Value):
+        return _shape_str(v.shape)
+    if isinstance(v, tuple):
+        return ", ".join(shape_text(x) for x in v)
+    return "const"
+
+
+# ------------------------------------------------------------------ lowering with owners
+class TrackingLowering(Lowering):
+    """A Lowering that remembers which spec node each IR node and each
+    layer-created parameter came from (the innermost entry being evaluated)."""
+
+    def __init__(self, spec: S.Spec, mode: str = "train", float_dtype: str | None = None):
+        self.node_owner: dict[int, str] = {}
+        self.param_owner: dict[str, str | None] = {}
+        self._owners: list[str] = []
+        super().__init__(spec, mode, float_dtype)
+
+    def add_param(self, name, *args, **kwargs):
+        v = super().add_param(name, *args, **kwargs)
+        self.param_owner[name] = self._owners[-1] if self._owners else None
+        return v
+
+    def evaluate_assign(self, a: S.Assign):
+        return self.owned(entry_key(a), lambda: super(TrackingLowering, self).evaluate_assign(a))
+
+    def owned(self, key: str, fn: Callable):
+        start = len(self.graph.nodes)
+        self._owners.append(key)
+        try:
+            return fn()
+        finally:
+            self._owners.pop()
+            for n in self.graph.nodes[start:]:
+                self.node_owner.setdefault(id(n), key)
+
+
+def entry_key(a: S.Assign) -> str:
+    return "node/" + ",".join(a.targets)
+
+
+# ------------------------------------------------------------------ the spec as nodes
+@dataclass
+class SpecNode:
+    key: str  # unique: input/x, param/W1, node/h1, loss/loss, metric/accuracy, output/probs
+    kind: str  # input | param | buffer | node | loss | metric | output
+    name: str
+    loc: Loc | None
+    expr: S.Expr | None = None
+    value: Any = None  # a Value, a tuple of them (several targets), or a Python constant
+    reads: list[str] = field(default_factory=list)  # keys of the spec nodes it reads
+    param: ParamInfo | None = None
+    created_by: str | None = None  # layer parameters: the key of the entry that made them
+    blocks: list[str] = field(default_factory=list)  # blocks its expression calls
+    shape_decl: tuple = ()  # inputs: the declared shape
+
+    @property
+    def values(self) -> list[Value]:
+        vs = self.value if isinstance(self.value, tuple) else (self.value,)
+        return [v for v in vs if isinstance(v, Value)]
+
+    @property
+    def op(self) -> str:
+        if self.kind in ("input", "param", "buffer"):
+            return self.kind
+        return op_word(self.expr)
+
+    @property
+    def expr_text(self) -> str:
+        return unparse(self.expr) if self.expr is not None else ""
+
+
+_BINOP_WORDS = {"@": "matmul", "+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow"}
+
+
+def op_word(e: S.Expr | None) -> str:
+    if isinstance(e, S.Call):
+        return e.func
+    if isinstance(e, S.BinOp):
+        return _BINOP_WORDS.get(e.op, e.op)
+    if isinstance(e, S.Compare):
+        return e.op
+    if isinstance(e, S.UnaryOp):
+        return "neg" if e.op == "-" else e.op
+    if isinstance(e, S.Name):
+        return "alias"
+    if isinstance(e, S.Subscript):
+        return "index"
+    if isinstance(e, S.Const):
+        return "const"
+    return type(e).__name__.lower() if e is not None else ""
+
+
+def names_in(e) -> list[str]:
+    """Every name an expression mentions, in reading order."""
+    out: list[str] = []
+
+    def walk(x):
+        if x is None:
+            return
+        if isinstance(x, S.Name):
+            out.append(x.id)
+        elif isinstance(x, (S.BinOp, S.Compare)):
+            walk(x.left)
+            walk(x.right)
+        elif isinstance(x, S.UnaryOp):
+            walk(x.operand)
+        elif isinstance(x, S.Call):
+            for a in x.args:
+                walk(a)
+            for v in x.kwargs.values():
+                walk(v)
+        elif isinstance(x, S.Subscript):
+            walk(x.value)
+            for i in x.index:
+                walk(i)
+        elif isinstance(x, S.Slice):
+            walk(x.start)
+            walk(x.stop)
+            walk(x.step)
+        elif isinstance(x, S.ListExpr):
+            for i in x.items:
+                walk(i)
+
+    walk(e)
+    return out
+
+
+def calls_in(e) -> list[str]:
+    out: list[str] = []
+
+    def walk(x):
+        if isinstance(x, S.Call):
+            out.append(x.func)
+        if isinstance(x, S.Expr):
+            for v in vars(x).values():
+                for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v]):
+                    if isinstance(c, S.Expr):
+                        walk(c)
+
+    walk(e)
+    return out
+
+
+class SpecGraph:
+    """A spec lowered once (training mode), seen as spec nodes with their values and reads."""
+
+    def __init__(self, spec: S.Spec, dtype: str | None = None):
+        self.spec = spec
+        dtype = dtype or spec.train.get("dtype", "float32")
+        self.low = low = TrackingLowering(spec, mode="train", float_dtype=dtype)
+        self.nodes: dict[str, SpecNode] = {}
+        low.evaluate_all()
+        self.loss_value = None
+        if spec.loss is not None:
+            from .training import _scalar_loss
+
+            self.loss_value = low.owned("loss/loss", lambda: _scalar_loss(low, spec.loss))
+        self.sink_values: dict[str, Any] = {}
+        for kind, entries in (("metric", spec.metrics), ("output", spec.outputs)):
+            for a in entries:
+                key = f"{kind}/{a.targets[0]}"
+                self.sink_values[key] = low.owned(key, lambda a=a: low.eval(a.expr))
+
+        # name -> key, for the names expressions read
+        self.key_of: dict[str, str] = {}
+        for name, decl in spec.inputs.items():
+            self._add(SpecNode(f"input/{name}", "input", name, decl.loc, value=low.inputs.get(name),
+                               shape_decl=tuple(decl.shape)))
+        for name, p in low.params.items():
+            kind = "buffer" if p.kind == "buffer" else "param"
+            owner = low.param_owner.get(name)
+            self._add(SpecNode(f"param/{name}", kind, name, p.loc, value=p.value, param=p,
+                               created_by=owner if owner != f"param/{name}" else None))
+        for a in spec.graph:
+            vals = tuple(low.env.get(t) for t in a.targets)
+            self._add(SpecNode(entry_key(a), "node", ", ".join(a.targets), a.loc, a.expr,
+                               vals[0] if len(vals) == 1 else vals,
+                               blocks=[c for c in calls_in(a.expr) if c in spec.blocks]), a.targets)
+        if spec.loss is not None:
+            self._add(SpecNode("loss/loss", "loss", "loss", spec.loss.loc, spec.loss.expr, self.loss_value))
+        for kind, entries in (("metric", spec.metrics), ("output", spec.outputs)):
+            for a in entries:
+                key = f"{kind}/{a.targets[0]}"
+                self._add(SpecNode(key, kind, a.targets[0], a.loc, a.expr, self.sink_values[key]))
+        for n in self.nodes.values():
+            reads = [self.key_of[x] for x in names_in(n.expr) if x in self.key_of]
+            reads += [f"param/{p}" for p, o in low.param_owner.items() if o == n.key]  # made by its layer calls
+            n.reads = [r for r in dict.fromkeys(reads) if r != n.key]
+
+    def _add(self, n: SpecNode, names: list[str] | None = None):
+        self.nodes[n.key] = n
+        if n.kind in ("input", "param", "buffer"):
+            self.key_of[n.name] = n.key
+        for t in names or []:
+            self.key_of[t] = n.key
+
+    def of_kind(self, *kinds) -> list[SpecNode]:
+        return [n for n in self.nodes.values() if n.kind in kinds]
+
+
+# ------------------------------------------------------------------ backward (spec granularity)
+@dataclass
+class GradNode:
+    key: str  # the spec node's key it is the gradient of
+    values: list[Value]
+    ops: int = 0  # IR gradient ops that compute it from the gradients it reads
+
+
+def pick_objective(spec: S.Spec, name: str | None):
+    from .training import objectives_of
+
+    objs = objectives_of(spec)
+    if not objs:
+        raise SpecError("the spec has no loss, so there is no gradient to draw", None,
+                        "add a 'loss:' (or train.objectives) to the spec")
+    if name is None:
+        return objs[0]
+    for o in objs:
+        if o.name == name:
+            return o
+    from spec.errors import did_you_mean
+
+    raise SpecError(f"unknown objective {name!r}", None,
+                    did_you_mean(name, [o.name for o in objs]) or f"objectives: {', '.join(o.name for o in objs)}")
+
+
+def _diff_reach(nodes: list[Node], start: set[int]) -> set[int]:
+    """Ids of values that depend on `start` through differentiable ops (as autodiff sees paths)."""
+    depends = set(start)
+    for node in nodes:
+        if node.op.nondiff:
+            continue
+        if any(v.id in depends for v in node.inputs):
+            depends.update(o.id for o in node.outputs)
+    return depends
+
+
+def backward_nodes(sg: SpecGraph, objective=None) -> tuple[str, dict[str, GradNode], list[tuple[str, str]]]:
+    """(loss key, gradient boxes by spec key, edges (from key, to key)) of an objective.
+
+    The cotangent of every spec value downstream of a trained parameter is
+    computed by `compiler.autodiff.grad` in the spec's own graph; a box exists
+    where it is not None, and d/da -> d/db where the gradient ops that compute
+    d/db read d/da."""
+    from .training import _scalar_loss, trained_names
+
+    obj = objective or pick_objective(sg.spec, None)
+    low, g = sg.low, sg.low.graph
+    if obj.loss is sg.spec.loss:
+        loss_key, loss = "loss/loss", sg.loss_value
+    else:
+        loss_key = sg.key_of[obj.loss.targets[0]]
+        loss = _scalar_loss(low, obj.loss)
+    trained = trained_names(low.params, obj)
+    forward = producers_of([loss])
+    reach = _diff_reach(forward, {low.params[n].value.id for n in trained})
+    wrt_keys, wrt_vals = [], []
+    for n in trained:
+        wrt_keys.append(f"param/{n}")
+        wrt_vals.append(low.params[n].value)
+    for node in sg.of_kind("node", "loss"):
+        if node.key == loss_key or node.kind == "node":
+            for v in node.values:
+                if v.id in reach and is_float(v.dtype):
+                    wrt_keys.append(node.key)
+                    wrt_vals.append(v)
+    if loss_key not in wrt_keys and isinstance(loss, Value):
+        wrt_keys.append(loss_key)
+        wrt_vals.append(loss)
+    start = len(g.nodes)
+    cots = grad([loss], wrt_vals)
+    grad_ids = {id(n) for n in g.nodes[start:]}
+    boxes: dict[str, GradNode] = {}
+    cot_keys: dict[int, list[str]] = {}
+    for k, c in zip(wrt_keys, cots):
+        if c is None:
+            continue
+        boxes.setdefault(k, GradNode(k, [])).values.append(c)
+        cot_keys.setdefault(c.id, []).append(k)
+    # Walk each gradient back through gradient ops to the gradients it is computed from;
+    # nearest the loss first, so each box counts the ops between it and its sources.
+    order = [loss_key] + [k for k in reversed(list(sg.nodes)) if k in boxes and k != loss_key]
+    claimed: set[int] = set()
+    edges: list[tuple[str, str]] = []
+    for k in order:
+        if k not in boxes:
+            continue
+        stack = list(boxes[k].values)
+        seen: set[int] = set()
+        while stack:
+            v = stack.pop()
+            if v.id in seen:
+                continue
+            seen.add(v.id)
+            if v.id in cot_keys and all(v is not b for b in boxes[k].values):
+                for src in cot_keys[v.id]:
+                    if src != k and (src, k) not in edges:
+                        edges.append((src, k))
+                continue
+            p = v.producer
+            if p is None or id(p) not in grad_ids:
+                continue
+            if id(p) not in claimed:
+                claimed.add(id(p))
+                boxes[k].ops += 1
+            stack.extend(p.inputs)
+    return loss_key, boxes, edges
+
+
+# ------------------------------------------------------------------ DOT: the spec view
+def _dot(title: str, rankdir: str = "TB"):
+    import graphviz
+
+    d = graphviz.Digraph("flowgrad", engine="dot")
+    d.attr("graph", rankdir=rankdir, fontname=FONT, fontsize="16", labelloc="t", labeljust="l",
+           label=title, nodesep="0.3", ranksep="0.45", bgcolor="white", pad="0.3", newrank="true")
+    d.attr("node", fontname=FONT, fontsize="11", margin="0.14,0.06", penwidth="1.2")
+    d.attr("edge", color=EDGE, arrowsize="0.7", penwidth="1.1")
+    return d
+
+
+def _spec_label(n: SpecNode) -> str:
+    loc = f'<FONT POINT-SIZE="9" COLOR="#6b7280">{_e(loc_text(n.loc))}</FONT>'
+    if n.kind in ("input", "param", "buffer"):
+        shape = fmt_shape(n.param.shape) if n.param else fmt_shape(n.shape_decl)
+        extra = ""
+        if n.param is not None:
+            extra = f"{n.param.init_kind}" + ("" if n.param.trainable or n.kind == "buffer" else ", frozen")
+        elif n.kind == "input" and n.value is not None and n.value.dtype != "float32":
+            extra = n.value.dtype
+        second = " · ".join(x for x in (_e(extra), loc) if x)
+        return (f'<<B>{_e(n.name)}</B>  <FONT FACE="{MONO}">{_e(shape)}</FONT>'
+                f'<BR/><FONT POINT-SIZE="9">{second}</FONT>>')
+    expr = shorten(n.expr_text)
+    shape = shape_text(n.value)
+    block = f'<FONT POINT-SIZE="9" COLOR="#6b7280">  block {_e(", ".join(n.blocks))}</FONT>' if n.blocks else ""
+    return (f'<<B>{_e(n.name)}</B> = <FONT FACE="{MONO}">{_e(expr)}</FONT>'
+            f'<BR/><FONT FACE="{MONO}"><B>{_e(shape)}</B></FONT>  {loc}{block}>')
+
+
+def _node_attrs(kind: str, cls: str | None = None) -> dict:
+    fill, color, shape, style = STYLE[kind]
+    return dict(shape=shape, style=style, fillcolor=fill, color=color, **{"class": cls or kind})
+
+
+def dot_id(key: str) -> str:
+    return key.replace(":", "_")
+
+
+def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None, expand: bool = False):
+    """The flow graph as the user wrote it (a graphviz.Digraph); with backward, the gradient boxes too."""
+    spec = sg.spec
+    title = f"{spec.name}: flow graph" + (" and its gradients" if backward else "")
+    grads: dict[str, GradNode] = {}
+    gedges: list[tuple[str, str]] = []
+    loss_key = None
+    if backward:
+        from .training import objectives_of
+
+        obj = pick_objective(spec, objective)
+        if objective or len(objectives_of(spec)) > 1:
+            title += f" (objective {obj.name})"
+        loss_key, grads, gedges = backward_nodes(sg, obj)
+    d = _dot(f'<<B>{_e(title)}</B>  <FONT POINT-SIZE="11" COLOR="#6b7280">{_e(spec.path)}</FONT>>')
+
+    order = list(sg.nodes.values())
+    if backward:  # the loss last, next to its gradient on the right
+        order.sort(key=lambda n: n.key == loss_key)
+    for n in order:
+        kind = "block" if n.kind == "node" and n.blocks else n.kind
+        attrs = _node_attrs(kind, n.kind)
+        if n.kind in ("param", "buffer"):
+            attrs["fontsize"] = "10"
+        d.node(dot_id(n.key), _spec_label(n), tooltip=f"{n.name}: {n.expr_text or n.kind}", **attrs)
+    for n in order:
+        for r in n.reads:
+            src = sg.nodes[r]
+            if src.kind in ("param", "buffer"):
+                d.edge(dot_id(r), dot_id(n.key), color=STYLE["param"][1], penwidth="0.9", weight="1")
+            else:  # the data path: kept straight
+                d.edge(dot_id(r), dot_id(n.key), weight="6")
+
+    if backward:
+        # metrics and outputs one level below the loss, so the loss and its gradient sit side by side
+        for n in sg.of_kind("metric", "output"):
+            if loss_key in sg.nodes and sg.nodes[loss_key].kind == "loss":
+                d.edge(dot_id(loss_key), dot_id(n.key), style="invis", weight="0")
+        for k, gn in grads.items():
+            node = sg.nodes[k]
+            shape = ", ".join(_shape_str(v.shape) for v in gn.values)
+            what = "∂loss/∂loss = 1" if k == loss_key and loss_key == "loss/loss" else f"∂{_loss_name(sg, loss_key)}/∂{node.name}"
+            label = f'<<B>{_e(what)}</B>  <FONT FACE="{MONO}">{_e(shape)}</FONT>>'
+            gid = dot_id("grad/" + k)
+            d.node(gid, label, tooltip=f"gradient of the loss with respect to {node.name}", **_node_attrs("grad"))
+            # on the same level as the value it is the gradient of, to its right
+            with d.subgraph() as s:
+                s.attr(rank="same")
+                s.node(dot_id(k))
+                s.node(gid)
+            d.edge(dot_id(k), gid, style="invis", weight="4")
+        for a, b in gedges:
+            # Drawn as b -> a pointing back, so the gradients are laid out level with the values
+            # they belong to while the arrows run from the loss back to the parameters.
+            w = "1" if sg.nodes[b].kind in ("param", "buffer") else "6"
+            d.edge(dot_id("grad/" + b), dot_id("grad/" + a), dir="back", color=GRAD_EDGE, penwidth="1.4", weight=w)
+    if expand:
+        _expand_blocks(d, sg)
+    return d
+
+
+def _loss_name(sg: SpecGraph, key: str) -> str:
+    return sg.nodes[key].name if key in sg.nodes else "loss"
+
+
+def _expand_blocks(d, sg: SpecGraph):
+    """Each block a spec calls, drawn as a cluster of its own entries (collapsed: one box per call)."""
+    for name, b in sg.spec.blocks.items():
+        with d.subgraph(name=f"cluster_block_{name}") as c:
+            c.attr(label=f"block {name}({', '.join(b.inputs)}) -> {', '.join(b.outputs)}", style="dashed",
+                   color="#9ca3af", fontname=FONT, fontsize="11")
+            local = {t: f"block/{name}/{t}" for t in [*b.inputs, *b.params, *(t for a in b.graph for t in a.targets)]}
+            for t in b.inputs:
+                c.node(dot_id(local[t]), f"<<B>{_e(t)}</B>>", **_node_attrs("input"))
+            for t, p in b.params.items():
+                c.node(dot_id(local[t]), f"<<B>{_e(t)}</B>  {_e(fmt_shape(p.shape))}>", **_node_attrs("param"))
+            for a in b.graph:
+                key = local[a.targets[0]]
+                c.node(dot_id(key), f'<<B>{_e(", ".join(a.targets))}</B> = <FONT FACE="{MONO}">'
+                                    f'{_e(shorten(unparse(a.expr)))}</FONT>>', **_node_attrs("node"))
+                for r in names_in(a.expr):
+                    if r in local and local[r] != key:
+                        c.edge(dot_id(local[r]), dot_id(key))
+        for n in sg.nodes.values():
+            if name in n.blocks and b.graph:
+                d.edge(dot_id(f"block/{name}/{b.graph[-1].targets[0]}"), dot_id(n.key), style="dashed", color="#9ca3af")
+
+
+# ------------------------------------------------------------------ the optimized training step
+@dataclass
+class IRStep:
+    """The optimized training graph of one objective, with where each node came from."""
+
+    nodes: list[Node]
+    outputs: list[tuple[str, Value]]
+    inputs: dict[str, Any]  # name -> GraphInput
+    phase: dict[int, str]  # id(node) -> forward | grad | update
+    cluster: dict[int, str]  # id(node) -> cluster key
+    cluster_label: dict[str, str]
+    objective: str
+
+
+class _VjpAt:
+    """Stands in for a forward node's op while autodiff runs: its gradient ops are
+    built at the node's spec location and remembered as coming from it."""
+
+    def __init__(self, op, node: Node, made: dict):
+        self._op, self._node, self._made = op, node, made
+
+    def __getattr__(self, name):
+        return getattr(self._op, name)
+
+    def vjp(self, node, gouts):
+        g = node.outputs[0].graph
+        start = len(g.nodes)
+        with at(node.loc):
+            out = self._op.vjp(node, gouts)
+        for n in g.nodes[start:]:
+            self._made.setdefault(id(n), node)
+        return out
+
+
+def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None = None, optimize_graph: bool = True) -> IRStep:
+    """Build the training step exactly as `compiler.training.build_train` does, keeping the IR."""
+    from .rewrites import optimize
+    from .training import _add_state_inputs, _apply_updates, _gradients, trained_names
+
+    obj = pick_objective(spec, objective)
+    dtype = dtype or spec.train.get("dtype", "float32")
+    low = TrackingLowering(spec, mode="train", float_dtype=dtype)
+    g = low.graph
+    g.rng_inputs()
+    from .training import _scalar_loss
+
+    loss_owner = "loss/loss" if obj.loss is spec.loss else entry_key(obj.loss)
+    loss = low.owned(loss_owner, lambda: _scalar_loss(low, obj.loss))
+    metrics = {}
+    for m in spec.metrics:  # as training._metrics does
+        def one(m=m):
+            v = low.eval(m.expr)
+            if not isinstance(v, Value):
+                v = g.lift(v)
+            return g.cast(v, g.float_dtype)
+        metrics[m.targets[0]] = low.owned(f"metric/{m.targets[0]}", one)
+    trained = trained_names(low.params, obj)
+    if not trained:
+        raise SpecError(f"objective {obj.name!r} trains no parameters", obj.loc)
+    n_forward = len(g.nodes)
+    made: dict[int, Node] = {}
+    swapped = []
+    for node in producers_of([loss]):
+        if node.op.vjp is not None and not node.op.nondiff:
+            swapped.append((node, node.op))
+            node.op = _VjpAt(node.op, node, made)
+    try:
+        grads = _gradients(low, loss, obj, trained)
+    finally:
+        for node, op in swapped:
+            node.op = op
+    n_grad = len(g.nodes)
+    states, lr, step = _add_state_inputs(low, obj, trained)
+    new_params, new_states = _apply_updates(g, obj, {n: low.params[n].value for n in trained}, grads, states, lr, step)
+    outs = [("loss", loss), *metrics.items(), *((f"next/{n}", v) for n, v in new_params.items()),
+            *((f"next/{n}", v) for n, v in new_states.items()), *((f"next/{n}", v) for n, v in g.buffer_updates.items())]
+    before = {id(n): i for i, n in enumerate(g.nodes)}
+    pre_matmuls = [n for n in g.nodes if n.op.name == "matmul"]
+    values = [v for _, v in outs]
+    if optimize_graph:
+        values = optimize(values)
+    outs = [(name, v) for (name, _), v in zip(outs, values)]
+    nodes = producers_of(values)
+
+    phase: dict[int, str] = {}
+    cluster: dict[int, str] = {}
+    labels: dict[str, str] = {}
+
+    def entry_label(key):
+        kind, name = key.split("/", 1)
+        return name if kind == "node" else f"{kind} {name}" if kind != "loss" else "loss"
+
+    for n in nodes:
+        i = before.get(id(n))
+        if i is None:
+            continue  # made by the rewrites: placed below
+        if i < n_forward:
+            phase[id(n)] = "forward"
+            key = low.node_owner.get(id(n))
+            if key:
+                cluster[id(n)] = key
+                labels[key] = entry_label(key)
+        elif i < n_grad:
+            phase[id(n)] = "grad"
+            src = made.get(id(n))
+            key = low.node_owner.get(id(src)) if src is not None else None
+            if key:
+                cluster[id(n)] = "grad/" + key
+                labels["grad/" + key] = f"∂ through {entry_label(key)}"
+        else:
+            phase[id(n)] = "update"
+    # Rewrites make gemm (from a matmul + add) and folded constants: they take the matmul's
+    # place, or their first consumer's.
+    for n in nodes:
+        if id(n) in phase:
+            continue
+        if n.op.name == "gemm":
+            a, b = n.inputs[0], n.inputs[1]
+            for mm in pre_matmuls:
+                ins = [_untransposed(v) for v in mm.inputs]
+                if ins[0] is a and ins[1] is b:
+                    phase[id(n)] = phase.get(id(mm), "forward" if before[id(mm)] < n_forward else "grad" if before[id(mm)] < n_grad else "update")
+                    if id(mm) in cluster:
+                        cluster[id(n)] = cluster[id(mm)]
+                    elif before[id(mm)] < n_forward and low.node_owner.get(id(mm)):
+                        cluster[id(n)] = low.node_owner[id(mm)]
+                    elif made.get(id(mm)) is not None and low.node_owner.get(id(made[id(mm)])):
+                        cluster[id(n)] = "grad/" + low.node_owner[id(made[id(mm)])]
+                    break
+    consumers: dict[int, list[Node]] = {}
+    for n in nodes:
+        for v in n.inputs:
+            if v.producer is not None:
+                consumers.setdefault(id(v.producer), []).append(n)
+    # Optimizer ops: one cluster per trained parameter (its update and state), shared ones alone.
+    update_of: dict[int, str] = {}
+    for name, v in outs:
+        if not name.startswith("next/"):
+            continue
+        pname = name.split("/")[-1]
+        if pname not in low.params or pname not in trained:
+            continue
+        stack = [v]
+        while stack:
+            x = stack.pop()
+            p = x.producer
+            if p is None or phase.get(id(p)) != "update" or id(p) in update_of:
+                continue
+            update_of[id(p)] = pname
+            stack.extend(p.inputs)
+    shared = {id(n) for n in nodes if phase.get(id(n)) == "update"
+              and len({update_of.get(id(c)) for c in consumers.get(id(n), [])} - {None}) > 1}
+    for n in nodes:
+        if phase.get(id(n)) == "update" and id(n) not in shared and id(n) in update_of:
+            cluster[id(n)] = "update/" + update_of[id(n)]
+            labels["update/" + update_of[id(n)]] = f"update {update_of[id(n)]} ({obj.optimizer.name})"
+    # Whatever is left (constants, accumulations, the seed): with its first consumer.
+    for _ in range(3):
+        for n in reversed(nodes):
+            if id(n) in cluster or id(n) in shared:
+                continue
+            for c in consumers.get(id(n), []):
+                if id(c) in cluster:
+                    cluster[id(n)] = cluster[id(c)]
+                    phase.setdefault(id(n), phase.get(id(c), "forward"))
+                    break
+    for n in nodes:
+        phase.setdefault(id(n), "forward")
+    return IRStep(nodes, outs, dict(g.inputs), phase, cluster, labels, obj.name)
+
+
+def _untransposed(v: Value) -> Value:
+    p = v.producer
+    if p is not None and p.op.name == "transpose" and v.rank == 2:
+        return p.inputs[0]
+    return v
+
+
+def _body_nodes(node: Node) -> list[Node] | None:
+    """The nodes of a subgraph op's body (scan, a block call), if the op has one."""
+    for v in node.attrs.values():
+        if isinstance(v, Graph):
+            return list(v.nodes)
+    body = getattr(node.op, "body_nodes", None)
+    return body(node) if callable(body) else None
+
+
+def _ir_label(n: Node, extra: str = "") -> str:
+    shape = ", ".join(fmt_shape(o.shape) for o in n.outputs)
+    name = n.op.name
+    if name == "constant":
+        val = n.attrs.get("value")
+        try:
+            import numpy as np
+
+            arr = np.asarray(val)
+            text = f"{arr.item():.4g}" if arr.size == 1 else f"const {fmt_shape(arr.shape)}"
+        except Exception:
+            text = "const"
+        return f'<<FONT POINT-SIZE="8">{_e(text)}</FONT>>'
+    if name == "gemm":
+        at_ = "ᵀ" if n.attrs.get("trans_a") else ""
+        bt_ = "ᵀ" if n.attrs.get("trans_b") else ""
+        name = f"gemm(a{at_}, b{bt_})"
+    loc = f'  <FONT POINT-SIZE="8" COLOR="#6b7280">{_e(loc_text(n.loc))}</FONT>' if n.loc else ""
+    return (f'<<B>{_e(name)}</B>{extra}<BR/><FONT FACE="{MONO}" POINT-SIZE="9">{_e(shape)}</FONT>{loc}>')
+
+
+def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
+    """One box per IR node of the optimized training step, clustered by the spec entry it came from."""
+    d = _dot(f'<<B>{_e(spec.name)}: optimized training step</B>  <FONT POINT-SIZE="11" COLOR="#6b7280">'
+             f'{len(step.nodes)} IR nodes · objective {_e(step.objective)} · '
+             f'<FONT COLOR="#374151">forward</FONT> / <FONT COLOR="#ea580c">gradient</FONT> / '
+             f'<FONT COLOR="#15803d">optimizer</FONT></FONT>>')
+    d.attr("graph", ranksep="0.3", nodesep="0.2")
+    d.attr("node", fontsize="10", margin="0.08,0.03")
+    d.attr("edge", arrowsize="0.5", penwidth="0.8")
+    ids = {id(n): f"op{i}" for i, n in enumerate(step.nodes)}
+    used_inputs = {v.id for n in step.nodes for v in n.inputs} | {v.id for _, v in step.outputs}
+    by_value = {gi.value.id: name for name, gi in step.inputs.items()}
+    groups: dict[str | None, list[Node]] = {}
+    for n in step.nodes:
+        groups.setdefault(step.cluster.get(id(n)), []).append(n)
+
+    def draw(target, n: Node):
+        fill, color = IR_FILL[step.phase[id(n)]]
+        cls = f"op {step.phase[id(n)]}"
+        body = _body_nodes(n)
+        if n.op.name == "constant":
+            target.node(ids[id(n)], _ir_label(n), shape="plaintext", fontcolor="#6b7280", height="0.2",
+                        **{"class": cls})
+        elif body is not None and not expand:
+            target.node(ids[id(n)], _ir_label(n, f'  <FONT POINT-SIZE="8">({len(body)} ops inside)</FONT>'),
+                        shape="box3d", style="filled", fillcolor=fill, color=color, **{"class": cls})
+        else:
+            target.node(ids[id(n)], _ir_label(n), shape="box", style="rounded,filled", fillcolor=fill, color=color,
+                        **{"class": cls})
+            if body is not None and expand:
+                with target.subgraph(name=f"cluster_body_{ids[id(n)]}") as c:
+                    c.attr(label=f"{n.op.name} body", style="dashed")
+                    for b in body:
+                        c.node(f"{ids[id(n)]}_{id(b)}", _ir_label(b), shape="box", style="rounded")
+
+    for key, members in groups.items():
+        if key is None:
+            for n in members:
+                draw(d, n)
+            continue
+        kind = "grad" if key.startswith("grad/") else "update" if key.startswith("update/") else "forward"
+        fill, color = IR_FILL[kind]
+        with d.subgraph(name="cluster_" + dot_id(key).replace("/", "_").replace(".", "_").replace(",", "_")) as c:
+            c.attr(label=step.cluster_label.get(key, key), style="rounded,dashed", color=color, fontcolor=color,
+                   fontname=FONT, fontsize="11", labeljust="l")
+            for n in members:
+                draw(c, n)
+    for name, gi in step.inputs.items():
+        if gi.value.id in used_inputs:
+            d.node(f"in/{name}", f'<<B>{_e(name)}</B> <FONT POINT-SIZE="8">{_e(fmt_shape(gi.value.shape))}</FONT>>',
+                   shape="box", style="filled", fillcolor=STYLE["param" if gi.kind == "param" else "input"][0],
+                   color=STYLE["param" if gi.kind == "param" else "input"][1], fontsize="9", height="0.25",
+                   **{"class": f"tensor {gi.kind}"})
+    for n in step.nodes:
+        for v in n.inputs:
+            src = ids.get(id(v.producer)) if v.producer is not None else f"in/{by_value.get(v.id, '?')}"
+            d.edge(src, ids[id(n)])
+    for name, v in step.outputs:
+        d.node(f"out/{name}", f'<<FONT POINT-SIZE="9">{_e(name)}</FONT>>', shape="plaintext", **{"class": "tensor out"})
+        src = ids.get(id(v.producer)) if v.producer is not None else f"in/{by_value.get(v.id, '?')}"
+        d.edge(src, f"out/{name}", style="dashed")
+    return d
+
+
+# ------------------------------------------------------------------ writing pictures
+RENDER_FORMATS = ("svg", "png", "pdf")
+INSTALL_HINT = "Debian/Ubuntu: apt-get install graphviz, macOS: brew install graphviz"
+
+
+def write_picture(d, path: str) -> tuple[str, str | None]:
+    """Write a Digraph by the extension of `path`: .dot/.gv as text, .svg/.png/.pdf through `dot`.
+    Returns (written path, a note when `dot` is missing and a .dot was written instead)."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in ("dot", "gv") + RENDER_FORMATS:
+        raise FlowgradError(f"cannot write a graph as {path!r}", None,
+                            "give a file ending in .svg, .png, .pdf or .dot")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    if ext in ("dot", "gv"):
+        with open(path, "w") as f:
+            f.write(d.source)
+        return path, None
+    if shutil.which("dot") is None:
+        dot_path = os.path.splitext(path)[0] + ".dot"
+        with open(dot_path, "w") as f:
+            f.write(d.source)
+        return dot_path, (f"Graphviz's 'dot' program is not installed, so wrote {dot_path} instead of {path}; "
+                          f"install Graphviz ({INSTALL_HINT}) and run: dot -T{ext} {dot_path} -o {path}")
+    data = d.pipe(format=ext)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path, None
+
+
+# ------------------------------------------------------------------ counting
+def _dim_value(d, env: dict) -> int:
+    if isinstance(d, int):
+        return d
+    out = 1
+    for part in str(d).split("*"):
+        out *= int(part) if part.isdigit() else env.get(part, 1)
+    return out
+
+
+def _numel(shape, env) -> int:
+    out = 1
+    for d in shape:
+        out *= _dim_value(d, env)
+    return out
+
+
+_FREE = {
+    "constant", "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "identity", "stop_gradient",
+    "broadcast_like", "cast", "slice", "concat", "split", "pad", "take", "take_along_axis", "one_hot", "index",
+    "numel", "zeros_like", "ones_like", "embedding",
+}
+_REDUCTIONS = {"sum", "mean", "max", "min", "argmax", "argmin", "sum_to"}
+
+
+def node_flops(n: Node, env: dict) -> tuple[str, int]:
+    """(category, FLOPs) of one IR node with symbolic dims valued by `env`.
+
+    matmul 2·m·k·n (batched: per matrix); gemm 2·m·k·n plus its bias add;
+    conv 2·N·Cout·Hout·Wout·(Cin/groups)·kh·kw (conv_transpose: the same
+    from the input side); elementwise ops and random bits 1 per output
+    element; reductions 1 per input element; softmax / log_softmax 3 per
+    element; pooling and its gradients 1 per window element; shape, copy
+    and index ops 0."""
+    name = n.op.name
+    out = n.outputs[0] if n.outputs else None
+    if name in _FREE or out is None:
+        return "other", 0
+    if name == "matmul":
+        a = n.inputs[0]
+        k = _dim_value(a.shape[-1], env)
+        return "matmul", 2 * _numel(out.shape, env) * k
+    if name == "gemm":
+        a = n.inputs[0]
+        k = _dim_value(a.shape[0] if n.attrs.get("trans_a") else a.shape[1], env)
+        mn = _numel(out.shape, env)
+        return "matmul", 2 * mn * k + mn
+    if name == "conv":
+        w = n.inputs[1]
+        per = _dim_value(w.shape[1], env) * _dim_value(w.shape[2], env) * _dim_value(w.shape[3], env)
+        return "conv", 2 * _numel(out.shape, env) * per
+    if name == "conv_transpose":
+        w = n.inputs[1]
+        per = _dim_value(w.shape[1], env) * _dim_value(w.shape[2], env) * _dim_value(w.shape[3], env)
+        return "conv", 2 * _numel(n.inputs[0].shape, env) * per
+    if name in _REDUCTIONS:
+        return "reduction", _numel(n.inputs[0].shape, env)
+    if name in ("softmax", "log_softmax"):
+        return "elementwise", 3 * _numel(out.shape, env)
+    if name.startswith(("max_pool2d", "avg_pool2d")):
+        k = n.attrs.get("kernel", 1)
+        kh, kw = (k, k) if isinstance(k, int) else tuple(k)
+        first = n.inputs[0]
+        return "other", _numel(first.shape if name.endswith("_grad") else out.shape, env) * kh * kw
+    if name in ("scatter_add", "scatter_add_along_axis"):
+        return "elementwise", _numel(n.inputs[2].shape, env)
+    return "elementwise", sum(_numel(o.shape, env) for o in n.outputs)
+
+
+def _flops_total(nodes, env) -> dict[str, int]:
+    tot = {"total": 0, "matmul": 0, "conv": 0, "elementwise": 0, "reduction": 0, "other": 0}
+    for n in nodes:
+        cat, f = node_flops(n, env)
+        tot[cat] += f
+        tot["total"] += f
+    return tot
+
+
+def batch_env(spec: S.Spec, batch_size: int) -> dict:
+    """Symbolic dims: the leading dim of the inputs is the batch; others count as 1."""
+    env = {}
+    for decl in spec.inputs.values():
+        if decl.shape and isinstance(decl.shape[0], str):
+            for part in str(decl.shape[0]).split("*"):
+                if not part.isdigit():
+                    env[part] = batch_size
+    return env
+
+
+def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = None) -> dict:
+    """Nodes, parameters and totals (parameter count, forward and training FLOPs per step)."""
+    B = int(batch_size or spec.train.get("batch_size", 32) or 32)
+    env = batch_env(spec, B)
+    sg = SpecGraph(spec, dtype)
+    low = sg.low
+    by_owner: dict[str, list[Node]] = {}
+    for n in low.graph.nodes:
+        by_owner.setdefault(low.node_owner.get(id(n), ""), []).append(n)
+    nodes = []
+    for n in sg.nodes.values():
+        if n.kind in ("input", "param", "buffer"):
+            continue
+        made = [p for p, o in low.param_owner.items() if o == n.key]
+        fl = _flops_total(by_owner.get(n.key, []), env)
+        nodes.append({
+            "name": n.name, "kind": n.kind, "op": n.op, "shape": shape_text(n.value),
+            "expr": n.expr_text, "loc": loc_text(n.loc),
+            "params": sum(_numel(low.params[p].shape, {}) for p in made),
+            "flops_per_example": fl["total"] / B, "matmul_flops_per_example": (fl["matmul"] + fl["conv"]) / B,
+        })
+    params = []
+    for name, p in low.params.items():
+        params.append({"name": name, "shape": list(p.shape), "count": _numel(p.shape, {}), "kind": p.kind,
+                       "trainable": p.trainable, "init": p.init_kind,
+                       "created_by": (low.param_owner.get(name) or "").split("/", 1)[-1] or None})
+    targets = [v for v in [sg.loss_value, *(sg.sink_values[f"metric/{m.targets[0]}"] for m in spec.metrics)]
+               if isinstance(v, Value)]
+    fwd = _flops_total(producers_of(targets), env) if targets else _flops_total(low.graph.nodes, env)
+    totals = {
+        "params": sum(x["count"] for x in params if x["kind"] == "param"),
+        "trainable_params": sum(x["count"] for x in params if x["kind"] == "param" and x["trainable"]),
+        "buffers": sum(x["count"] for x in params if x["kind"] == "buffer"),
+        "batch_size": B,
+        "forward_flops_per_step": fwd["total"],
+        "forward_flops_per_example": fwd["total"] / B,
+        "forward_matmul_flops_per_step": fwd["matmul"],
+        "forward_matmul_flops_per_example": fwd["matmul"] / B,
+        "forward_conv_flops_per_step": fwd["conv"],
+        "forward_flops_by_kind": {k: v for k, v in fwd.items() if k != "total"},
+    }
+    if spec.loss is not None or spec.train.get("objectives"):
+        step = training_step(spec, None, dtype)
+        tr = _flops_total(step.nodes, env)
+        totals.update({
+            "training_flops_per_step": tr["total"],
+            "training_flops_per_example": tr["total"] / B,
+            "training_matmul_flops_per_step": tr["matmul"],
+            "training_conv_flops_per_step": tr["conv"],
+            "training_ir_nodes": len(step.nodes),
+            "training_objective": step.objective,
+        })
+    return {"name": spec.name, "path": spec.path, "batch_size": B, "batch_dims": sorted(env),
+            "nodes": nodes, "params": params, "totals": totals}

@@ -1,0 +1,224 @@
+"""The command line, through typer's CliRunner (plus one real run of the installed command)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = sorted((ROOT / "models").glob("*.yaml"))
+MLP = str(ROOT / "models" / "mlp.yaml")
+BAD = str(ROOT / "tests" / "bad_specs" / "compile" / "unknown_op.yaml")
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_consoles(monkeypatch):
+    """cli's rich consoles took their width from the terminal at import: make it wide and fixed."""
+    import cli
+
+    for console in (cli.out, cli.err):
+        monkeypatch.setattr(console, "width", 200)
+
+
+def invoke(*args, code=0):
+    # a fixed, wide terminal: tables and help boxes do not wrap whatever the caller's COLUMNS
+    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "LINES": "50"})
+    assert isinstance(result.exception, (SystemExit, type(None))), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert result.exit_code == code, result.output
+    return result
+
+
+# ---------------------------------------------------------------- check / compile / ops
+@pytest.mark.parametrize("path", MODELS, ids=[p.name for p in MODELS])
+def test_check_models(path):
+    out = invoke("check", path).stdout
+    assert f"{path.stem}: nodes" in out and f"{path.stem}: parameters" in out
+    assert "logits" in out and "[N, 10]" in out
+    assert out.rstrip().endswith("spec OK")
+
+
+def test_check_set_changes_a_shape():
+    default = invoke("check", MLP).stdout
+    assert "[N, 256]" in default and "[N, 32]" not in default
+    out = invoke("check", MLP, "--set", "dims.H=32").stdout
+    assert "[N, 32]" in out and "[N, 256]" not in out
+    assert "[64, 32]" in out  # W1 follows the dim
+
+
+def test_check_bad_set_path():
+    result = invoke("check", MLP, "--set", "dimz.H=32", code=1)
+    assert "--set dimz.H=32:1:7: cannot set 'dimz.H'" in result.output
+    assert "did you mean 'dims'?" in result.output
+
+
+def test_compile_writes_every_graph(tmp_path):
+    out_dir = tmp_path / "build"
+    result = invoke("compile", MLP, "--set", "dims.H=16", "-o", out_dir)
+    names = {"train.onnx", "eval.onnx", "infer.onnx", "grads.onnx", "apply.onnx", "manifest.json"}
+    assert names <= {p.name for p in out_dir.iterdir()}
+    written = result.stdout.split()
+    assert {Path(p).name for p in written} == names
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"train", "eval", "infer", "grads", "apply"}
+    assert manifest["float_dtype"] == "float32"
+    assert manifest["params"]["W1"]["shape"] == [64, 16]
+    onnx.checker.check_model(onnx.load(str(out_dir / "infer.onnx")))
+
+
+def test_compile_float64(tmp_path):
+    invoke("compile", MLP, "--set", "dims.H=8", "--dtype", "float64", "-o", tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text())["float_dtype"] == "float64"
+    model = onnx.load(str(tmp_path / "infer.onnx"))
+    x = next(i for i in model.graph.input if i.name == "x")
+    assert x.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    assert "float64" in invoke("check", MLP, "--set", "dims.H=8", "--dtype", "float64").stdout
+
+
+@pytest.mark.parametrize("command", ["check", "compile"])
+def test_unknown_dtype(command, tmp_path):
+    result = invoke(command, MLP, "--dtype", "float8", "-o", tmp_path, code=1) if command == "compile" \
+        else invoke(command, MLP, "--dtype", "float8", code=1)
+    assert "unknown --dtype 'float8'" in result.output
+    assert "float32, float64 or float16" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_ops_table():
+    out = invoke("ops").stdout
+    for text in ("flowgrad ops", "matmul(a, b)", "relu(x)", "composite"):
+        assert text in out
+
+
+def test_ops_json():
+    rows = json.loads(invoke("ops", "--json").stdout)
+    assert len(rows) > 50
+    names = [r["name"] for r in rows]
+    assert len(names) == len(set(names))
+    for r in rows:
+        assert r["signature"].startswith(r["name"] + "("), r
+        assert r["doc"].strip(), f"op {r['name']} has no doc"
+        assert r["gradient"] in ("yes", "none", "composite")
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["softmax"]["signature"] == "softmax(x, axis=-1)"
+    assert by_name["argmax"]["gradient"] == "none"
+
+
+# ---------------------------------------------------------------- train / gradcheck / export / predict
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run: (run directory, the JSON it printed)."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = invoke("train", MLP, "--set", "dims.H=16", "--epochs", "1", "--run-dir", run_dir,
+                    "--quiet", "--json", "--device", "cpu", "--threads", "1")
+    return run_dir, json.loads(result.stdout)
+
+
+def test_train_json(trained):
+    run_dir, info = trained
+    assert info["epochs"] == 1 and info["steps"] > 0
+    assert Path(info["run_dir"]) == run_dir
+    assert np.isfinite(info["final"]["train_loss"]) and 0 <= info["final"]["valid_accuracy"] <= 1
+    for name in ("run.json", "checkpoint.npz", "graphs/manifest.json", "graphs/infer.onnx"):
+        assert (run_dir / name).exists(), name
+
+
+def test_gradcheck():
+    out = invoke("gradcheck", MLP, "--set", "dims.H=8").stdout
+    assert "gradient check" in out
+    for p in ("W1", "b1", "W2", "b2", "W3", "b3"):
+        assert p in out
+    assert "ok" in out and "FAIL" not in out
+
+
+def test_export_and_predict_round_trip(trained, tmp_path):
+    run_dir, _ = trained
+    model = tmp_path / "mlp.onnx"
+    result = invoke("export", run_dir, "-o", model)
+    assert result.stdout.strip() == str(model) and model.exists()
+    assert "inputs x -> outputs probs, label" in result.output
+    x = np.random.default_rng(0).uniform(0, 1, (7, 64)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    out = tmp_path / "out.npz"
+    invoke("predict", model, "--data", tmp_path / "in.npz", "-o", out, "--device", "cpu")
+    with np.load(out) as got:
+        probs, label = got["probs"], got["label"]
+    assert probs.shape == (7, 10) and label.shape == (7,)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(label, probs.argmax(axis=1))
+    # without -o the outputs are printed
+    printed = invoke("predict", model, "--data", tmp_path / "in.npz", "--device", "cpu").stdout
+    assert "probs: shape [7, 10] dtype float32" in printed
+
+
+@pytest.mark.parametrize("what", ["empty", "missing", "file"])
+def test_export_of_a_non_run_directory(what, tmp_path):
+    target = {"empty": tmp_path, "missing": tmp_path / "nope", "file": tmp_path / "a.txt"}[what]
+    if what == "file":
+        target.write_text("hi")
+    result = invoke("export", target, "-o", tmp_path / "m.onnx", code=1)
+    assert result.output.startswith(f"error: {target} is not a run directory")
+    assert "flowgrad train" in result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_predict_on_a_non_onnx_file(tmp_path):
+    bogus = tmp_path / "model.onnx"
+    bogus.write_text("this is not a model\n")
+    np.savez(tmp_path / "in.npz", x=np.zeros((2, 64), np.float32))
+    result = invoke("predict", bogus, "--data", tmp_path / "in.npz", code=1)
+    assert result.output.startswith(f"error: {bogus} is not a valid ONNX model")
+    result = invoke("predict", tmp_path / "missing.onnx", "--data", tmp_path / "in.npz", code=1)
+    assert "no ONNX file at" in result.output
+
+
+# ---------------------------------------------------------------- help
+COMMANDS = sorted(typer.main.get_command(app).commands)
+
+
+def test_top_level_help():
+    out = invoke("--help").stdout
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_command_help(name):
+    command = typer.main.get_command(app).commands[name]
+    out = invoke(name, "--help").stdout
+    assert f"Usage: flowgrad {name}" in " ".join(out.split())
+    assert (command.help or "").strip(), f"{name} has no description"
+    for param in command.params:
+        assert (getattr(param, "help", None) or "").strip(), f"{name}: {param.name} has no help text"
+        for flag in getattr(param, "opts", []):
+            if flag.startswith("--"):
+                assert flag in out, f"{name} --help does not show {flag}"
+
+
+# ---------------------------------------------------------------- the installed command
+FLOWGRAD = Path(sys.executable).parent / "flowgrad"
+
+
+@pytest.mark.skipif(not FLOWGRAD.exists(), reason="flowgrad is not installed next to this Python")
+def test_installed_command():
+    env = {**os.environ, "COLUMNS": "120"}
+    ok = subprocess.run([str(FLOWGRAD), "check", MLP], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    assert "spec OK" in ok.stdout
+    bad = subprocess.run([str(FLOWGRAD), "check", BAD], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert bad.returncode == 1
+    assert "Traceback" not in bad.stdout + bad.stderr
+    assert bad.stderr.startswith(f"error: {BAD}:14:7: unknown op 'rleu'"), bad.stderr
+    assert "did you mean 'relu'" in bad.stderr

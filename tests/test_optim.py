@@ -1,0 +1,323 @@
+"""Optimizers against a NumPy transcription of PyTorch's torch.optim update
+rules, in float64: the compiled `train` graph (stepped by the runtime's
+Trainer) must follow the reference step by step, where the reference is fed
+the gradients of the compiled `grads` graph at the reference's own
+parameters. Also: `apply` agrees with `train`, `lr` is a graph input, and
+the step counter drives Adam's bias correction."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from compiler.check import Runner
+from compiler.training import compile_spec
+from runtime.trainer import Trainer
+from spec import spec_from_dict
+
+RTOL = 1e-10
+ATOL = 1e-14
+D, K, N = 3, 2, 5
+STEPS = 5
+
+
+def make_spec(optimizer: dict, **train):
+    return spec_from_dict({
+        "flowgrad": 1,
+        "name": "lin",
+        "dims": {"D": D, "K": K},
+        "inputs": {"x": {"shape": ["N", "D"]}, "y": {"shape": ["N", "K"]}},
+        "params": {"W": {"shape": ["D", "K"], "init": "normal"}, "b": {"shape": ["K"], "init": "zeros"}},
+        "loss": "mean((x @ W + b - y) ** 2)",
+        "train": {"optimizer": optimizer, "dtype": "float64", **train},
+    })
+
+
+def raw_grads_runner(spec):
+    """The compiled gradients-only graph of the loss alone (no l1/l2 penalty,
+    no clipping): the input of the reference's own penalty and clipping."""
+    bare = dataclasses.replace(spec, train={k: v for k, v in spec.train.items() if k not in ("l1", "l2", "clip_norm")})
+    cm = compile_spec(bare, "float64", graphs=("grads",))
+    runner = Runner(cm.graphs["grads"].model)
+
+    def grads(params, batch):
+        out = runner({**params, **batch})
+        return {n: out[f"grad/{n}"] for n in params}
+
+    return grads
+
+
+def batches(seed=0, n=STEPS):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=(N, D)), "y": rng.normal(size=(N, K))} for _ in range(n)]
+
+
+def start_params(seed=1):
+    rng = np.random.default_rng(seed)
+    return {"W": rng.normal(size=(D, K)), "b": rng.normal(scale=0.5, size=(K,))}
+
+
+# ------------------------------------------------------------------ the NumPy reference (torch.optim)
+class Reference:
+    """torch.optim's single-tensor update rules (no amsgrad, maximize,
+    dampening, centered or lr_decay), preceded by the train section's
+    penalties (added to the gradient) and global-norm clipping
+    (torch.nn.utils.clip_grad_norm_)."""
+
+    def __init__(self, optimizer: dict, clip_norm=None, l1=0.0, l2=0.0):
+        (self.name, hp), = optimizer.items()
+        self.hp = dict(hp)
+        self.clip_norm, self.l1, self.l2 = clip_norm, l1, l2
+        self.state: dict[str, dict] = {}
+        self.clip_scales: list[float] = []
+
+    def step(self, params: dict, grads: dict, lr: float, t: int) -> dict:
+        """New parameters; t is PyTorch's 1-based step count."""
+        grads = {n: g + self.l2 * params[n] + self.l1 * np.sign(params[n]) for n, g in grads.items()}
+        if self.clip_norm:
+            total = np.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+            coef = min(self.clip_norm / (total + 1e-6), 1.0)
+            self.clip_scales.append(coef)
+            grads = {n: g * coef for n, g in grads.items()}
+        return {n: getattr(self, self.name)(n, params[n].copy(), grads[n].copy(), lr, t) for n in params}
+
+    def sgd(self, n, p, g, lr, t):
+        mu, wd, nesterov = self.hp.get("momentum", 0.0), self.hp.get("weight_decay", 0.0), self.hp.get("nesterov", False)
+        if wd:
+            g = g + wd * p
+        if mu:
+            st = self.state.setdefault(n, {})
+            st["buf"] = g.copy() if "buf" not in st else mu * st["buf"] + g  # dampening 0
+            g = g + mu * st["buf"] if nesterov else st["buf"]
+        return p - lr * g
+
+    def adagrad(self, n, p, g, lr, t):
+        eps, wd = self.hp.get("eps", 1e-10), self.hp.get("weight_decay", 0.0)
+        st = self.state.setdefault(n, {"sum": np.zeros_like(p)})
+        if wd:
+            g = g + wd * p
+        st["sum"] = st["sum"] + g * g
+        return p - lr * g / (np.sqrt(st["sum"]) + eps)
+
+    def rmsprop(self, n, p, g, lr, t):
+        alpha, eps = self.hp.get("alpha", 0.99), self.hp.get("eps", 1e-8)
+        mu, wd = self.hp.get("momentum", 0.0), self.hp.get("weight_decay", 0.0)
+        st = self.state.setdefault(n, {"square_avg": np.zeros_like(p), "buf": np.zeros_like(p)})
+        if wd:
+            g = g + wd * p
+        st["square_avg"] = alpha * st["square_avg"] + (1 - alpha) * g * g
+        avg = np.sqrt(st["square_avg"]) + eps
+        if mu > 0:
+            st["buf"] = mu * st["buf"] + g / avg
+            return p - lr * st["buf"]
+        return p - lr * g / avg
+
+    def adam(self, n, p, g, lr, t, decoupled=False):
+        b1, b2 = self.hp.get("beta1", 0.9), self.hp.get("beta2", 0.999)
+        eps = self.hp.get("eps", 1e-8)
+        wd = self.hp.get("weight_decay", 0.01 if decoupled else 0.0)
+        st = self.state.setdefault(n, {"exp_avg": np.zeros_like(p), "exp_avg_sq": np.zeros_like(p)})
+        if decoupled:
+            p = p * (1 - lr * wd)
+        elif wd:
+            g = g + wd * p
+        st["exp_avg"] = b1 * st["exp_avg"] + (1 - b1) * g
+        st["exp_avg_sq"] = b2 * st["exp_avg_sq"] + (1 - b2) * g * g
+        bias_correction1 = 1 - b1 ** t
+        bias_correction2 = 1 - b2 ** t
+        step_size = lr / bias_correction1
+        denom = np.sqrt(st["exp_avg_sq"]) / np.sqrt(bias_correction2) + eps
+        return p - step_size * st["exp_avg"] / denom
+
+    def adamw(self, n, p, g, lr, t):
+        return self.adam(n, p, g, lr, t, decoupled=True)
+
+
+CONFIGS = {
+    "sgd": ({"sgd": {"lr": 0.1}}, {}),
+    "sgd_momentum": ({"sgd": {"lr": 0.1, "momentum": 0.9}}, {}),
+    "sgd_nesterov": ({"sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True}}, {}),
+    "sgd_weight_decay": ({"sgd": {"lr": 0.1, "weight_decay": 0.3}}, {}),
+    "sgd_momentum_weight_decay": ({"sgd": {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.3}}, {}),
+    "adagrad": ({"adagrad": {"lr": 0.1}}, {}),
+    "adagrad_eps_weight_decay": ({"adagrad": {"lr": 0.1, "eps": 0.05, "weight_decay": 0.2}}, {}),
+    "rmsprop": ({"rmsprop": {"lr": 0.01}}, {}),
+    "rmsprop_alpha_eps": ({"rmsprop": {"lr": 0.01, "alpha": 0.8, "eps": 0.05}}, {}),
+    "rmsprop_momentum": ({"rmsprop": {"lr": 0.01, "momentum": 0.9}}, {}),
+    "rmsprop_momentum_weight_decay": ({"rmsprop": {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.2}}, {}),
+    "adam": ({"adam": {"lr": 0.05}}, {}),
+    "adam_betas_eps": ({"adam": {"lr": 0.05, "beta1": 0.5, "beta2": 0.9, "eps": 0.05}}, {}),
+    "adam_weight_decay": ({"adam": {"lr": 0.05, "weight_decay": 0.3}}, {}),
+    "adamw": ({"adamw": {"lr": 0.05, "weight_decay": 0.3}}, {}),
+    "adamw_default_decay": ({"adamw": {"lr": 0.05}}, {}),
+    "clip_norm_sgd": ({"sgd": {"lr": 0.1}}, {"clip_norm": 0.05}),
+    "clip_norm_adam": ({"adam": {"lr": 0.05}}, {"clip_norm": 0.05}),
+    "clip_norm_inactive": ({"sgd": {"lr": 0.1, "momentum": 0.9}}, {"clip_norm": 1e6}),
+    "l1": ({"sgd": {"lr": 0.1}}, {"l1": 0.05}),
+    "l2": ({"sgd": {"lr": 0.1}}, {"l2": 0.1}),
+    "l1_l2_clip_momentum": ({"sgd": {"lr": 0.1, "momentum": 0.9}}, {"l1": 0.05, "l2": 0.1, "clip_norm": 0.1}),
+    "l2_adamw": ({"adamw": {"lr": 0.05, "weight_decay": 0.1}}, {"l2": 0.1}),
+}
+
+
+def reference_for(optimizer, train):
+    return Reference(optimizer, train.get("clip_norm"), train.get("l1", 0.0), train.get("l2", 0.0))
+
+
+def initial_trainer_state(cm, params):
+    state = {n: v.copy() for n, v in params.items()}
+    for obj in cm.objectives:
+        for sname, pname in cm.state_names(obj):
+            state[sname] = np.zeros_like(params[pname])
+    return state
+
+
+def assert_params_close(got, want, what):
+    for n in want:
+        np.testing.assert_allclose(got[n], want[n], rtol=RTOL, atol=ATOL, err_msg=f"{what}: {n}")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_train_graph_follows_torch_reference(name):
+    optimizer, train = CONFIGS[name]
+    spec = make_spec(optimizer, **train)
+    cm = compile_spec(spec, graphs=("train",))
+    assert cm.float_dtype == "float64"
+    grads_at = raw_grads_runner(spec)
+    ref = reference_for(optimizer, train)
+    lr = next(iter(optimizer.values()))["lr"]
+
+    params = start_params()
+    trainer = Trainer(cm, "cpu", threads=1, state=initial_trainer_state(cm, params))
+    for step, batch in enumerate(batches()):
+        params = ref.step(params, grads_at(params, batch), lr, t=step + 1)
+        trainer.train_step("main", batch, lr=lr, step=step)
+        got = trainer.state_numpy()
+        assert_params_close(got, params, f"{name} step {step}")
+    if train.get("clip_norm") == 1e6:
+        assert all(s == 1.0 for s in ref.clip_scales)
+    elif train.get("clip_norm"):
+        assert all(s < 1.0 for s in ref.clip_scales), "clipping never engaged; the test would not test it"
+
+
+def test_raw_gradient_is_the_analytic_gradient():
+    """The reference's input: the grads graph gives d/dW, d/db of mean((xW + b - y)^2)."""
+    spec = make_spec({"sgd": {"lr": 0.1}})
+    grads_at = raw_grads_runner(spec)
+    params, batch = start_params(), batches(n=1)[0]
+    r = batch["x"] @ params["W"] + params["b"] - batch["y"]
+    dr = 2 * r / r.size
+    g = grads_at(params, batch)
+    np.testing.assert_allclose(g["W"], batch["x"].T @ dr, rtol=1e-12)
+    np.testing.assert_allclose(g["b"], dr.sum(axis=0), rtol=1e-12)
+
+
+def test_grads_graph_includes_penalties():
+    """With l1/l2 the grads graph (which feeds `apply` in gradient accumulation)
+    returns the penalised gradient, the same one `train` steps along."""
+    spec = make_spec({"sgd": {"lr": 0.1}}, l1=0.05, l2=0.1)
+    cm = compile_spec(spec, graphs=("grads",))
+    params, batch = start_params(), batches(n=1)[0]
+    out = Runner(cm.graphs["grads"].model)({**params, **batch})
+    raw = raw_grads_runner(spec)(params, batch)
+    for n in params:
+        np.testing.assert_allclose(out[f"grad/{n}"], raw[n] + 0.1 * params[n] + 0.05 * np.sign(params[n]), rtol=1e-12)
+
+
+def _feeds(graph, values: dict) -> dict:
+    feeds = {}
+    for i in graph.inputs:
+        feeds[i.name] = np.asarray(values[i.name], dtype=i.dtype)
+    return feeds
+
+
+@pytest.mark.parametrize("name", ["sgd_nesterov", "rmsprop_momentum", "adam_weight_decay", "adamw", "l1_l2_clip_momentum"])
+def test_apply_graph_matches_train_graph(name):
+    """`apply` fed the `grads` graph's gradients makes the same update as `train`."""
+    optimizer, train = CONFIGS[name]
+    cm = compile_spec(make_spec(optimizer, **train), graphs=("train", "grads", "apply"))
+    runners = {k: Runner(g.model) for k, g in cm.graphs.items()}
+    rng = np.random.default_rng(7)
+    params = start_params()
+    state = initial_trainer_state(cm, params)
+    for sname in state:
+        if "/" in sname:  # non-zero optimizer state, as mid-training (second moments positive)
+            state[sname] = np.abs(rng.normal(size=state[sname].shape)) * 0.1
+    batch = batches(n=1)[0]
+    control = {"lr": 0.03, "step": 3, "seed": 0}
+    values = {**state, **batch, **control}
+    train_out = runners["train"](_feeds(cm.graphs["train"], values))
+    grads = runners["grads"](_feeds(cm.graphs["grads"], values))
+    apply_out = runners["apply"](_feeds(cm.graphs["apply"], {**values, **grads}))
+    assert set(apply_out) == {k for k in train_out if k.startswith("next/")}
+    for k, v in apply_out.items():
+        np.testing.assert_allclose(v, train_out[k], rtol=RTOL, atol=ATOL, err_msg=k)
+    np.testing.assert_allclose(grads["loss"], train_out["loss"], rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["sgd_momentum", "adam", "adamw", "clip_norm_adam"])
+def test_lr_is_a_graph_input(name):
+    """Changing lr between steps needs no recompile, and each step uses the lr it is given."""
+    optimizer, train = CONFIGS[name]
+    spec = make_spec(optimizer, **train)
+    cm = compile_spec(spec, graphs=("train",))
+    graph = cm.graphs["train"]
+    lr_in = [i for i in graph.inputs if i.name == "lr"]
+    assert lr_in and lr_in[0].role == "control" and lr_in[0].dtype == "float64" and lr_in[0].shape == []
+    model_bytes = graph.model.SerializeToString()
+
+    grads_at = raw_grads_runner(spec)
+    ref = reference_for(optimizer, train)
+    lrs = [0.1, 0.02, 0.3, 0.0, 0.05]
+    params = start_params()
+    trainer = Trainer(cm, "cpu", threads=1, state=initial_trainer_state(cm, params))
+    for step, (batch, lr) in enumerate(zip(batches(), lrs)):
+        before = trainer.state_numpy()
+        params = ref.step(params, grads_at(params, batch), lr, t=step + 1)
+        trainer.train_step("main", batch, lr=lr, step=step)
+        got = trainer.state_numpy()
+        assert_params_close(got, params, f"{name} step {step} lr {lr}")
+        if lr == 0.0:
+            for n in ("W", "b"):
+                np.testing.assert_array_equal(got[n], before[n])
+    assert graph.model.SerializeToString() == model_bytes  # the same compiled graph throughout
+
+    # The same state and batch under two learning rates: different steps, each as the reference says.
+    state = initial_trainer_state(cm, start_params())
+    batch = batches(n=1)[0]
+    runner = Runner(graph.model)
+    outs = {}
+    for lr in (0.01, 0.2):
+        outs[lr] = runner(_feeds(graph, {**state, **batch, "lr": lr, "step": 0, "seed": 0}))
+        want = reference_for(optimizer, train).step(start_params(), grads_at(start_params(), batch), lr, t=1)
+        assert_params_close({n: outs[lr][f"next/{n}"] for n in want}, want, f"lr={lr}")
+    assert not np.allclose(outs[0.01]["next/W"], outs[0.2]["next/W"])
+
+
+def test_step_counter_drives_adam_bias_correction():
+    """step is the number of updates done so far: step 0 is t=1, where Adam's
+    bias-corrected first step is lr * g / (|g| + eps) from zero moments."""
+    optimizer = {"adam": {"lr": 0.05, "eps": 1e-3}}
+    spec = make_spec(optimizer)
+    cm = compile_spec(spec, graphs=("train",))
+    graph = cm.graphs["train"]
+    step_in = [i for i in graph.inputs if i.name == "step"]
+    assert step_in and step_in[0].role == "control" and step_in[0].dtype == "int64"
+    runner = Runner(graph.model)
+    params, batch = start_params(), batches(n=1)[0]
+    g = raw_grads_runner(spec)(params, batch)
+    zero_state = initial_trainer_state(cm, params)
+
+    out0 = runner(_feeds(graph, {**zero_state, **batch, "lr": 0.05, "step": 0, "seed": 0}))
+    for n in params:
+        step0 = params[n] - out0[f"next/{n}"]
+        assert np.all(np.isfinite(step0))
+        np.testing.assert_allclose(step0, 0.05 * g[n] / (np.abs(g[n]) + 1e-3), rtol=1e-9)
+
+    # Further along, the same zero moments and gradient give the t = step + 1 correction.
+    for step in (1, 4, 99):
+        out = runner(_feeds(graph, {**zero_state, **batch, "lr": 0.05, "step": step, "seed": 0}))
+        want = Reference(optimizer).step(params, g, 0.05, t=step + 1)
+        assert_params_close({n: out[f"next/{n}"] for n in want}, want, f"step {step}")
+        assert not np.allclose(out["next/W"], out0["next/W"])

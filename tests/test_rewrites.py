@@ -1,0 +1,396 @@
+"""Graph rewrites: they keep every model's numerics and shrink its graphs;
+unit checks of each rewrite on small hand-built IR graphs; and the
+numerical stabilisation of log(softmax), log(sigmoid) and log(1 - sigmoid)."""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from compiler.autodiff import grad
+from compiler.check import Runner
+from compiler.emit import emit_model
+from compiler.gradcheck import random_batch
+from compiler.ir import Graph, producers_of
+from compiler.rewrites import const_value, optimize
+from compiler.training import compile_spec
+from spec import load_spec, spec_from_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = sorted(glob.glob(os.path.join(ROOT, "models", "*.yaml")))
+IDS = [os.path.splitext(os.path.basename(m))[0] for m in MODELS]
+
+
+def shrunk(path: str, size: int = 5):
+    """The spec with every literal dim above 8 set to `size` (as in test_models)."""
+    with open(path) as f:
+        dims = (yaml.safe_load(f) or {}).get("dims") or {}
+    return load_spec(path, [f"dims.{k}={size}" for k, v in dims.items() if isinstance(v, int) and v > 8])
+
+
+# ------------------------------------------------------------------ whole models
+@pytest.mark.parametrize("path", MODELS, ids=IDS)
+def test_rewrites_keep_model_numerics_and_shrink_graphs(path):
+    spec = shrunk(path)
+    kinds = ("train", "eval", "infer")
+    opt = compile_spec(spec, graphs=kinds, optimize_graph=True)
+    raw = compile_spec(spec, graphs=kinds, optimize_graph=False)
+    assert set(opt.graphs) == set(raw.graphs) == set(kinds)
+    rng = np.random.default_rng(0)
+    state = opt.initial_state(0)
+    for name in state:  # optimizer state as mid-training: non-zero, second moments positive
+        if "/" in name:
+            state[name] = np.abs(rng.normal(scale=0.1, size=state[name].shape)).astype(np.float32)
+    data = random_batch(spec, list(spec.inputs), rng, "float32")
+    control = {"lr": np.float32(0.01), "step": np.int64(3), "seed": np.int64(11)}
+    for kind in kinds:
+        go, gr = opt.graphs[kind], raw.graphs[kind]
+        assert [(o.name, o.dtype) for o in go.outputs] == [(o.name, o.dtype) for o in gr.outputs]
+        assert go.node_count < gr.node_count, f"{kind}: {go.node_count} nodes optimized, {gr.node_count} not"
+        feeds = {}
+        for i in gr.inputs:
+            src = state if i.name in state else data if i.role == "input" else control
+            feeds[i.name] = np.asarray(src[i.name], dtype=i.dtype)
+        # the optimized graph needs no input the plain one does not
+        assert {i.name for i in go.inputs} <= set(feeds)
+        out_o = Runner(go.model)({i.name: feeds[i.name] for i in go.inputs})
+        out_r = Runner(gr.model)(feeds)
+        assert set(out_o) == set(out_r)
+        for k, v in out_r.items():
+            assert np.all(np.isfinite(v)) if v.dtype.kind == "f" else True
+            if v.dtype.kind == "f":
+                np.testing.assert_allclose(out_o[k], v, rtol=1e-5, atol=1e-7, err_msg=f"{kind}:{k}")
+            else:
+                np.testing.assert_array_equal(out_o[k], v, err_msg=f"{kind}:{k}")
+
+
+# ------------------------------------------------------------------ hand-built graphs
+def run_graph(g: Graph, outputs: dict, feeds: dict) -> dict:
+    """Emit the graph for `outputs` (inputs: every graph input it needs) and run it."""
+    needed = {v.id for n in producers_of(outputs.values()) for v in n.inputs} | {v.id for v in outputs.values()}
+    ins = [(name, gi.value) for name, gi in g.inputs.items() if gi.value.id in needed]
+    model = emit_model(g, ins, list(outputs.items()))
+    return Runner(model)({n: feeds[n] for n, _ in ins})
+
+
+def emitted(g: Graph, outputs: dict):
+    needed = {v.id for n in producers_of(outputs.values()) for v in n.inputs} | {v.id for v in outputs.values()}
+    ins = [(name, gi.value) for name, gi in g.inputs.items() if gi.value.id in needed]
+    return emit_model(g, ins, list(outputs.items()))
+
+
+def ops_of(values) -> list[str]:
+    return [n.op.name for n in producers_of(values)]
+
+
+def test_cse_merges_duplicate_subexpressions():
+    g = Graph("float64")
+    x = g.add_input("x", "float64", (3, 4))
+    y = g.add_input("y", "float64", (3, 4))
+    a = g.apply("exp", x * y)
+    b = g.apply("exp", x * y)
+    out = a + b
+    assert ops_of([out]) == ["mul", "exp", "mul", "exp", "add"]
+    (opt,) = optimize([out])
+    assert sorted(ops_of([opt])) == ["add", "exp", "mul"]
+    add = opt.producer
+    assert add.inputs[0] is add.inputs[1]
+    rng = np.random.default_rng(0)
+    fx, fy = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    got = run_graph(g, {"out": opt}, {"x": fx, "y": fy})["out"]
+    np.testing.assert_allclose(got, 2 * np.exp(fx * fy), rtol=1e-12)
+
+
+def test_cse_keeps_nodes_that_differ_in_attributes_or_randomness():
+    g = Graph("float32", mode="train")
+    x = g.add_input("x", "float32", (3, 4))
+    a = g.apply("leaky_relu", x, alpha=0.1)
+    b = g.apply("leaky_relu", x, alpha=0.2)
+    s0 = g.apply("sum", x, axis=0)
+    s1 = g.apply("sum", x, axis=(0,), keepdims=True)
+    d1 = g.apply("dropout", x, rate=0.5)
+    d2 = g.apply("dropout", x, rate=0.5)
+    outs = optimize([a - b, s0, s1, d1 - d2])
+    names = ops_of(outs)
+    assert names.count("leaky_relu") == 2
+    assert names.count("sum") == 2
+    assert names.count("random_bits") == 2, "two dropouts must draw two masks"
+    fx = np.random.default_rng(1).uniform(1, 2, (3, 4)).astype(np.float32)
+    res = run_graph(g, dict(zip(["lr", "s0", "s1", "dd"], outs)), {"x": fx, "seed": np.asarray(3, np.int64), "step": np.asarray(0, np.int64)})
+    np.testing.assert_allclose(res["lr"], np.zeros((3, 4)), atol=0)  # x > 0: both are x
+    assert np.any(res["dd"] != 0)
+
+
+def test_constant_folding_makes_one_constant():
+    g = Graph("float64")
+    x = g.add_input("x", "float64", (3,))
+    c = g.apply("exp", g.const(np.zeros(3)) * g.const(2.0)) * (g.const(3.0) + g.const(4.0))  # = 7, as [3]
+    out = x * c
+    assert len(producers_of([out])) > 2
+    (opt,) = optimize([out])
+    nodes = producers_of([opt])
+    assert [n.op.name for n in nodes] == ["constant", "mul"]
+    folded = const_value(nodes[0].outputs[0])
+    assert folded.dtype == np.float64
+    np.testing.assert_array_equal(folded, np.full(3, 7.0))
+    got = run_graph(g, {"out": opt}, {"x": np.arange(3.0)})["out"]
+    np.testing.assert_array_equal(got, 7 * np.arange(3.0))
+
+
+def test_constant_folding_keeps_the_dtype():
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (2,))
+    c = g.apply("sqrt", g.const(np.asarray([4.0, 9.0], dtype=np.float32)))
+    (opt,) = optimize([x + c])
+    consts = [n for n in producers_of([opt]) if n.op.name == "constant"]
+    assert len(consts) == 1 and const_value(consts[0].outputs[0]).dtype == np.float32
+    assert opt.dtype == "float32"
+
+
+IDENTITIES = {
+    "x*1": lambda g, x: x * 1.0,
+    "1*x": lambda g, x: 1.0 * x,
+    "x+0": lambda g, x: x + 0.0,
+    "0+x": lambda g, x: 0.0 + x,
+    "x-0": lambda g, x: x - 0.0,
+    "x/1": lambda g, x: x / 1.0,
+    "neg(neg(x))": lambda g, x: -(-x),
+    "transpose(transpose(x))": lambda g, x: g.apply("transpose", g.apply("transpose", x)),
+    "transpose3d_inverse": lambda g, x3: g.apply("transpose", g.apply("transpose", x3, perm=(1, 2, 0)), perm=(2, 0, 1)),
+    "cast_same": lambda g, x: g.apply("cast", x, to="float32"),
+    "chain": lambda g, x: -(-(g.apply("transpose", g.apply("transpose", x * 1.0 + 0.0)))),
+}
+
+
+@pytest.mark.parametrize("name", list(IDENTITIES))
+def test_identities_vanish(name):
+    g = Graph("float32")
+    shape = (2, 3, 4) if "3d" in name else (2, 3)
+    x = g.add_input("x", "float32", shape)
+    y = IDENTITIES[name](g, x)
+    assert y is not x and y.shape == x.shape
+    out = g.apply("exp", y)
+    (opt,) = optimize([out])
+    nodes = producers_of([opt])
+    assert [n.op.name for n in nodes] == ["exp"], [n.op.name for n in nodes]
+    assert nodes[0].inputs[0] is x
+    model = emitted(g, {"out": opt})
+    assert [n.op_type for n in model.graph.node] == ["Exp"]
+    assert not model.graph.initializer
+
+
+NOT_IDENTITIES = {
+    # the type would change: x [3] * ones [2, 3] broadcasts
+    "x*ones_broadcast": lambda g, x: x * g.const(np.ones((2, 3), dtype=np.float32)),
+    "x*2": lambda g, x: x * 2.0,
+    "x+1": lambda g, x: x + 1.0,
+    "0-x": lambda g, x: 0.0 - x,
+    "1/x": lambda g, x: 1.0 / x,
+    "neg": lambda g, x: -x,
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_IDENTITIES))
+def test_non_identities_stay(name):
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (3,))
+    y = NOT_IDENTITIES[name](g, x)
+    (opt,) = optimize([y])
+    assert len(producers_of([opt])) >= 1 and opt is not x
+    fx = np.asarray([0.5, 1.5, -2.0], dtype=np.float32)
+    got = run_graph(g, {"y": opt}, {"x": fx})["y"]
+    want = {"x*ones_broadcast": np.broadcast_to(fx, (2, 3)), "x*2": fx * 2, "x+1": fx + 1, "0-x": -fx,
+            "1/x": 1 / fx, "neg": -fx}[name]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_non_inverse_transposes_stay():
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (2, 3, 4))
+    y = g.apply("transpose", g.apply("transpose", x, perm=(1, 2, 0)), perm=(1, 2, 0))
+    (opt,) = optimize([y])
+    assert opt is not x and opt.shape == (4, 2, 3)
+    fx = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    got = run_graph(g, {"y": opt}, {"x": fx})["y"]
+    np.testing.assert_array_equal(got, fx.transpose(1, 2, 0).transpose(1, 2, 0))
+
+
+def _gemm_nodes(model):
+    return [n for n in model.graph.node if n.op_type == "Gemm"]
+
+
+def _attr(node, name):
+    return next((a.i for a in node.attribute if a.name == name), 0)
+
+
+@pytest.mark.parametrize("bias_first", [False, True])
+def test_matmul_add_becomes_gemm(bias_first):
+    g = Graph("float32")
+    x = g.add_input("x", "float32", ("N", 3))
+    W = g.add_input("W", "float32", (3, 2))
+    b = g.add_input("b", "float32", (2,))
+    out = (b + x @ W) if bias_first else (x @ W + b)
+    (opt,) = optimize([out])
+    assert ops_of([opt]) == ["gemm"]
+    model = emitted(g, {"out": opt})
+    assert [n.op_type for n in model.graph.node] == ["Gemm"]
+    rng = np.random.default_rng(0)
+    f = {"x": rng.normal(size=(5, 3)).astype(np.float32), "W": rng.normal(size=(3, 2)).astype(np.float32),
+         "b": rng.normal(size=(2,)).astype(np.float32)}
+    got = run_graph(g, {"out": opt}, f)["out"]
+    np.testing.assert_allclose(got, f["x"] @ f["W"] + f["b"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ta,tb", [(True, False), (False, True), (True, True)])
+def test_gemm_folds_transposed_operands(ta, tb):
+    g = Graph("float64")
+    a = g.add_input("a", "float64", (3, 4) if ta else (4, 3))
+    bm = g.add_input("bm", "float64", (2, 3) if tb else (3, 2))
+    c = g.add_input("c", "float64", (4, 2))
+    A = g.apply("transpose", a) if ta else a
+    B = g.apply("transpose", bm, perm=(1, 0)) if tb else bm
+    (opt,) = optimize([A @ B + c])
+    node = opt.producer
+    assert node.op.name == "gemm" and node.attrs["trans_a"] == ta and node.attrs["trans_b"] == tb
+    assert node.inputs[0] is a and node.inputs[1] is bm
+    model = emitted(g, {"out": opt})
+    assert [n.op_type for n in model.graph.node] == ["Gemm"], "no Transpose may be left"
+    (gemm,) = _gemm_nodes(model)
+    assert _attr(gemm, "transA") == int(ta) and _attr(gemm, "transB") == int(tb)
+    rng = np.random.default_rng(2)
+    f = {"a": rng.normal(size=(3, 4) if ta else (4, 3)), "bm": rng.normal(size=(2, 3) if tb else (3, 2)),
+         "c": rng.normal(size=(4, 2))}
+    want = (f["a"].T if ta else f["a"]) @ (f["bm"].T if tb else f["bm"]) + f["c"]
+    np.testing.assert_allclose(run_graph(g, {"out": opt}, f)["out"], want, rtol=1e-12)
+
+
+def test_gemm_fusion_leaves_shared_or_batched_matmuls():
+    g = Graph("float64")
+    x = g.add_input("x", "float64", (4, 3))
+    W = g.add_input("W", "float64", (3, 2))
+    b = g.add_input("b", "float64", (2,))
+    x3 = g.add_input("x3", "float64", (2, 4, 3))
+    m = x @ W
+    shared = m + b  # m is also an output of its own: fusing would compute it twice
+    batched = x3 @ W + b  # rank 3: Gemm takes matrices only
+    outs = optimize([shared, m, batched])
+    assert "gemm" not in ops_of(outs)
+    rng = np.random.default_rng(3)
+    f = {"x": rng.normal(size=(4, 3)), "W": rng.normal(size=(3, 2)), "b": rng.normal(size=(2,)),
+         "x3": rng.normal(size=(2, 4, 3))}
+    res = run_graph(g, dict(zip(["s", "m", "bt"], outs)), f)
+    np.testing.assert_allclose(res["s"], f["x"] @ f["W"] + f["b"], rtol=1e-12)
+    np.testing.assert_allclose(res["bt"], f["x3"] @ f["W"] + f["b"], rtol=1e-12)
+
+
+def test_dead_code_is_not_emitted():
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (2, 3))
+    unused = g.add_input("unused", "float32", (2, 3))
+    g.apply("log", g.apply("sigmoid", unused))  # dead: nothing reads it
+    g.apply("exp", x) * g.const(3.0)  # dead too
+    out = g.apply("tanh", -(-x) * 1.0)  # the negations and the multiply disappear
+    (opt,) = optimize([out])
+    model = emitted(g, {"out": opt})
+    assert [n.op_type for n in model.graph.node] == ["Tanh"]
+    assert [i.name for i in model.graph.input] == ["x"]
+    assert not model.graph.initializer
+
+
+def test_compiled_graphs_take_only_the_inputs_they_use():
+    spec = shrunk(os.path.join(ROOT, "models", "mlp.yaml"))
+    cm = compile_spec(spec, graphs=("eval", "infer"))
+    infer_in = {i.name for i in cm.graphs["infer"].inputs}
+    assert "y" not in infer_in and "lr" not in infer_in and "step" not in infer_in
+    assert not any("/" in n for n in infer_in)  # no optimizer state
+    for kind in ("eval", "infer"):
+        # dropout is off outside training, so no random bits or their seed
+        model = cm.graphs[kind].model
+        assert "seed" not in {i.name for i in model.graph.input}
+        used = {name for n in model.graph.node for name in n.input}
+        assert {i.name for i in model.graph.input} <= used
+
+
+# ------------------------------------------------------------------ stabilisation
+def _value_and_grad(g: Graph, y, x, feeds):
+    """y and d(sum(y * w))/dx for a fixed random weighting w, run through ONNX."""
+    w = g.add_input("w", y.dtype, y.shape)
+    (gx,) = grad([g.apply("sum", y * w)], [x])
+    y_opt, gx_opt = optimize([y, gx])
+    return run_graph(g, {"y": y_opt, "gx": gx_opt}, feeds), (y_opt, gx_opt)
+
+
+def test_log_softmax_is_stable():
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (2, 2))
+    y = g.apply("log", g.apply("softmax", x))
+    assert y.producer.op.name == "log_softmax"
+    assert "softmax" not in ops_of([y]) and "log" not in ops_of([y])
+    fx = np.asarray([[1000.0, -1000.0], [3.0, 3.0]], dtype=np.float32)
+    fw = np.asarray([[1.0, 2.0], [-1.0, 0.5]], dtype=np.float32)
+    res, (y_opt, gx_opt) = _value_and_grad(g, y, x, {"x": fx, "w": fw})
+    assert "softmax" not in ops_of([y_opt, gx_opt])
+    np.testing.assert_allclose(res["y"], [[0.0, -2000.0], [-np.log(2), -np.log(2)]], rtol=1e-6)
+    assert np.all(np.isfinite(res["gx"]))
+    p = np.asarray([[1.0, 0.0], [0.5, 0.5]])
+    np.testing.assert_allclose(res["gx"], fw - p * fw.sum(axis=1, keepdims=True), rtol=1e-6, atol=1e-6)
+
+
+def test_log_sigmoid_is_stable():
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (4,))
+    y = g.apply("log", g.apply("sigmoid", x))
+    assert "softplus" in ops_of([y]) and "log" not in ops_of([y]) and "sigmoid" not in ops_of([y])
+    fx = np.asarray([1000.0, -1000.0, 0.0, 5.0], dtype=np.float32)
+    fw = np.ones(4, dtype=np.float32)
+    res, _ = _value_and_grad(g, y, x, {"x": fx, "w": fw})
+    np.testing.assert_allclose(res["y"], [0.0, -1000.0, -np.log(2), -np.log1p(np.exp(-5.0))], rtol=1e-6, atol=1e-6)
+    assert np.all(np.isfinite(res["gx"]))
+    sig_neg = 1 / (1 + np.exp(fx.astype(np.float64).clip(-50, 50)))  # d/dx log sigmoid(x) = sigmoid(-x)
+    np.testing.assert_allclose(res["gx"], sig_neg, rtol=1e-6, atol=1e-6)
+
+
+def test_log_one_minus_sigmoid_is_stable():
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (4,))
+    y = g.apply("log", 1.0 - g.apply("sigmoid", x))
+    assert "softplus" in ops_of([y]) and "log" not in ops_of([y]) and "sigmoid" not in ops_of([y])
+    fx = np.asarray([1000.0, -1000.0, 0.0, 5.0], dtype=np.float32)
+    fw = np.ones(4, dtype=np.float32)
+    res, _ = _value_and_grad(g, y, x, {"x": fx, "w": fw})
+    np.testing.assert_allclose(res["y"], [-1000.0, 0.0, -np.log(2), -np.log1p(np.exp(5.0))], rtol=1e-6, atol=1e-6)
+    assert np.all(np.isfinite(res["gx"]))
+    sig = 1 / (1 + np.exp(-fx.astype(np.float64).clip(-50, 50)))  # d/dx log(1 - sigmoid(x)) = -sigmoid(x)
+    np.testing.assert_allclose(res["gx"], -sig, rtol=1e-6, atol=1e-6)
+
+
+def test_stabilised_forms_in_a_spec():
+    """The same stabilisation when the spec writes the unstable forms: the loss and
+    its gradients stay finite for logits of magnitude 1000."""
+    spec = spec_from_dict({
+        "flowgrad": 1,
+        "name": "stable",
+        "dims": {"D": 2, "K": 3},
+        "inputs": {"x": {"shape": ["N", "D"]}, "t": {"shape": ["N"]}, "y": {"shape": ["N", "K"]}},
+        "params": {"w": {"shape": ["D"], "init": "ones"}, "V": {"shape": ["D", "K"], "init": "ones"}},
+        "graph": {"z": "x @ w", "logits": "x @ V"},
+        "loss": "-mean(t * log(sigmoid(z)) + (1 - t) * log(1 - sigmoid(z))) - mean(sum(y * log(softmax(logits)), axis=-1))",
+        "train": {"optimizer": {"sgd": {"lr": 0.1}}},
+    })
+    cm = compile_spec(spec, graphs=("grads",))
+    graph = cm.graphs["grads"]
+    op_types = {n.op_type for n in graph.model.graph.node}
+    assert "LogSoftmax" in op_types and "Softplus" in op_types and "Log" not in op_types
+    x = np.asarray([[1000.0, 0.0], [-1000.0, 0.0], [0.0, 1000.0]], dtype=np.float32)
+    V = np.asarray([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]], dtype=np.float32)
+    feeds = {"x": x, "t": np.asarray([0.0, 1.0, 0.0], np.float32), "y": np.eye(3, dtype=np.float32)[[1, 0, 2]],
+             "w": np.ones(2, np.float32), "V": V}
+    out = Runner(graph.model)({i.name: feeds[i.name] for i in graph.inputs})
+    for k, v in out.items():
+        assert np.all(np.isfinite(v)), k
+    # z = [1000, -1000, 1000] against t = [0, 1, 0]: each row costs 1000; the logits rows
+    # [1000, -1000, 0], [-1000, 1000, 0], [0, 1000, -1000] against classes 1, 0, 2 cost 2000 each
+    np.testing.assert_allclose(out["loss"], 1000.0 + 2000.0, rtol=1e-5)
