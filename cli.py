@@ -228,7 +228,7 @@ def eval_cmd(
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per evaluation batch.", min=1)] = 256,
 ):
     """Loss and metrics of a trained run on other data."""
     from runtime.api import evaluate_run
@@ -288,7 +288,7 @@ def predict(
 def gradcheck(
     spec: SpecArg,
     set: SetOpt = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the parameters, inputs and probe directions.")] = 0,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest relative error that passes.")] = 1e-4,
 ):
     """Compare each parameter's symbolic gradient with finite differences (float64)."""

@@ -695,88 +695,126 @@ def _body_nodes(node: Node) -> list[Node] | None:
     return body(node) if callable(body) else None
 
 
-def _ir_label(n: Node, extra: str = "") -> str:
-    shape = ", ".join(fmt_shape(o.shape) for o in n.outputs)
-    name = n.op.name
-    if name == "constant":
-        val = n.attrs.get("value")
-        try:
-            import numpy as np
+def _const_text(v: Value) -> str:
+    import numpy as np
 
-            arr = np.asarray(val)
-            text = f"{arr.item():.4g}" if arr.size == 1 else f"const {fmt_shape(arr.shape)}"
-        except Exception:
-            text = "const"
-        return f'<<FONT POINT-SIZE="8">{_e(text)}</FONT>>'
+    arr = np.asarray(v.producer.attrs.get("value"))
+    if arr.size == 1:
+        x = arr.item()
+        return repr(x) if isinstance(x, bool) else f"{x:.4g}"
+    return f"const{fmt_shape(arr.shape)}"
+
+
+def is_constant(n: Node) -> bool:
+    return n.op.name == "constant"
+
+
+def _ir_label(n: Node, extra: str = "") -> str:
+    """op name (constant operands written in: mul(·, 0.8)), output shape, spec line:col."""
+    shape = ", ".join(_shape_str(o.shape) for o in n.outputs)
+    name = n.op.name
     if name == "gemm":
-        at_ = "ᵀ" if n.attrs.get("trans_a") else ""
-        bt_ = "ᵀ" if n.attrs.get("trans_b") else ""
-        name = f"gemm(a{at_}, b{bt_})"
+        name = f"gemm(a{'ᵀ' if n.attrs.get('trans_a') else ''}, b{'ᵀ' if n.attrs.get('trans_b') else ''}, c)"
+    elif any(v.producer is not None and is_constant(v.producer) for v in n.inputs):
+        args = [_const_text(v) if v.producer is not None and is_constant(v.producer) else "·" for v in n.inputs]
+        name = f"{name}({', '.join(args)})"
     loc = f'  <FONT POINT-SIZE="8" COLOR="#6b7280">{_e(loc_text(n.loc))}</FONT>' if n.loc else ""
-    return (f'<<B>{_e(name)}</B>{extra}<BR/><FONT FACE="{MONO}" POINT-SIZE="9">{_e(shape)}</FONT>{loc}>')
+    return f'<<B>{_e(name)}</B>{extra}<BR/><FONT FACE="{MONO}" POINT-SIZE="9">{_e(shape)}</FONT>{loc}>'
+
+
+def _cluster_id(key: str) -> str:
+    return "cluster_" + "".join(c if c.isalnum() else "_" for c in key) + f"_{abs(hash(key)) % 10**6}"
 
 
 def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
-    """One box per IR node of the optimized training step, clustered by the spec entry it came from."""
+    """One box per IR op of the optimized training step (constants are written into the ops that
+    use them, as ONNX initializers are), clustered by the spec entry each op came from."""
+    ops = [n for n in step.nodes if not is_constant(n)]
+    n_const = len(step.nodes) - len(ops)
     d = _dot(f'<<B>{_e(spec.name)}: optimized training step</B>  <FONT POINT-SIZE="11" COLOR="#6b7280">'
-             f'{len(step.nodes)} IR nodes · objective {_e(step.objective)} · '
-             f'<FONT COLOR="#374151">forward</FONT> / <FONT COLOR="#ea580c">gradient</FONT> / '
-             f'<FONT COLOR="#15803d">optimizer</FONT></FONT>>')
-    d.attr("graph", ranksep="0.3", nodesep="0.2")
-    d.attr("node", fontsize="10", margin="0.08,0.03")
+             f'{len(ops)} ops (+{n_const} constants) · objective {_e(step.objective)} · </FONT>'
+             f'<FONT POINT-SIZE="11" COLOR="#374151">forward</FONT><FONT POINT-SIZE="11" COLOR="#6b7280"> / </FONT>'
+             f'<FONT POINT-SIZE="11" COLOR="#ea580c">gradient</FONT><FONT POINT-SIZE="11" COLOR="#6b7280"> / </FONT>'
+             f'<FONT POINT-SIZE="11" COLOR="#15803d">optimizer</FONT>>')
+    d.attr("graph", ranksep="0.25", nodesep="0.15")
+    d.attr("node", fontsize="10", margin="0.08,0.03", height="0.3")
     d.attr("edge", arrowsize="0.5", penwidth="0.8")
-    ids = {id(n): f"op{i}" for i, n in enumerate(step.nodes)}
-    used_inputs = {v.id for n in step.nodes for v in n.inputs} | {v.id for _, v in step.outputs}
-    by_value = {gi.value.id: name for name, gi in step.inputs.items()}
+    ids = {id(n): f"op{i}" for i, n in enumerate(ops)}
+    inputs_by_value = {gi.value.id: (name, gi) for name, gi in step.inputs.items()}
     groups: dict[str | None, list[Node]] = {}
-    for n in step.nodes:
+    for n in ops:
         groups.setdefault(step.cluster.get(id(n)), []).append(n)
+    drawn_inputs: set[str] = set()
+
+    def input_id(v: Value, key) -> str:
+        """Graph inputs are drawn once per cluster that reads them, next to their readers."""
+        name, gi = inputs_by_value[v.id]
+        nid = f"in/{key}/{name}"
+        if nid not in drawn_inputs:
+            drawn_inputs.add(nid)
+            kind = "param" if gi.kind == "param" else "input"
+            target = cluster_targets.get(key, d)
+            target.node(nid, f'<<B>{_e(name)}</B> <FONT POINT-SIZE="8">{_e(_shape_str(gi.value.shape))}</FONT>>',
+                        shape="box", style="filled", fillcolor=STYLE[kind][0], color=STYLE[kind][1],
+                        fontsize="9", height="0.22", **{"class": f"tensor {gi.kind}"})
+        return nid
 
     def draw(target, n: Node):
-        fill, color = IR_FILL[step.phase[id(n)]]
-        cls = f"op {step.phase[id(n)]}"
+        phase = step.phase[id(n)]
+        fill, color = IR_FILL[phase]
+        cls = f"op {phase}"
         body = _body_nodes(n)
-        if n.op.name == "constant":
-            target.node(ids[id(n)], _ir_label(n), shape="plaintext", fontcolor="#6b7280", height="0.2",
-                        **{"class": cls})
-        elif body is not None and not expand:
+        if body is not None and not expand:
             target.node(ids[id(n)], _ir_label(n, f'  <FONT POINT-SIZE="8">({len(body)} ops inside)</FONT>'),
                         shape="box3d", style="filled", fillcolor=fill, color=color, **{"class": cls})
-        else:
-            target.node(ids[id(n)], _ir_label(n), shape="box", style="rounded,filled", fillcolor=fill, color=color,
-                        **{"class": cls})
-            if body is not None and expand:
-                with target.subgraph(name=f"cluster_body_{ids[id(n)]}") as c:
-                    c.attr(label=f"{n.op.name} body", style="dashed")
-                    for b in body:
-                        c.node(f"{ids[id(n)]}_{id(b)}", _ir_label(b), shape="box", style="rounded")
+            return
+        target.node(ids[id(n)], _ir_label(n), shape="box", style="rounded,filled", fillcolor=fill, color=color,
+                    **{"class": cls})
+        if body is not None:
+            with target.subgraph(name=_cluster_id("body" + ids[id(n)])) as c:
+                c.attr(label=f"{n.op.name} body", style="dashed")
+                for b in body:
+                    c.node(f"{ids[id(n)]}_{id(b)}", _ir_label(b), shape="box", style="rounded", **{"class": "body"})
 
+    cluster_targets: dict = {}
+    stack = []
     for key, members in groups.items():
         if key is None:
             for n in members:
                 draw(d, n)
             continue
         kind = "grad" if key.startswith("grad/") else "update" if key.startswith("update/") else "forward"
-        fill, color = IR_FILL[kind]
-        with d.subgraph(name="cluster_" + dot_id(key).replace("/", "_").replace(".", "_").replace(",", "_")) as c:
-            c.attr(label=step.cluster_label.get(key, key), style="rounded,dashed", color=color, fontcolor=color,
-                   fontname=FONT, fontsize="11", labeljust="l")
-            for n in members:
-                draw(c, n)
-    for name, gi in step.inputs.items():
-        if gi.value.id in used_inputs:
-            d.node(f"in/{name}", f'<<B>{_e(name)}</B> <FONT POINT-SIZE="8">{_e(fmt_shape(gi.value.shape))}</FONT>>',
-                   shape="box", style="filled", fillcolor=STYLE["param" if gi.kind == "param" else "input"][0],
-                   color=STYLE["param" if gi.kind == "param" else "input"][1], fontsize="9", height="0.25",
-                   **{"class": f"tensor {gi.kind}"})
-    for n in step.nodes:
+        color = IR_FILL[kind][1]
+        ctx = d.subgraph(name=_cluster_id(key))
+        c = ctx.__enter__()
+        stack.append((ctx, c))
+        cluster_targets[key] = c
+        c.attr(label=step.cluster_label.get(key, key), style="rounded,dashed", color=color, fontcolor=color,
+               fontname=FONT, fontsize="11", labeljust="l", margin="10")
+        for n in members:
+            draw(c, n)
+    for n in ops:
+        key = step.cluster.get(id(n))
         for v in n.inputs:
-            src = ids.get(id(v.producer)) if v.producer is not None else f"in/{by_value.get(v.id, '?')}"
-            d.edge(src, ids[id(n)])
+            if v.producer is not None and is_constant(v.producer):
+                continue
+            if v.producer is None:
+                if v.id in inputs_by_value:
+                    d.edge(input_id(v, key), ids[id(n)], color="#9ca3af")
+                continue
+            src_phase, dst_phase = step.phase[id(v.producer)], step.phase[id(n)]
+            if src_phase == dst_phase:
+                d.edge(ids[id(v.producer)], ids[id(n)], color=IR_FILL[dst_phase][1] if dst_phase != "forward" else EDGE)
+            else:  # a forward value the gradient reads, or a gradient the optimizer reads
+                d.edge(ids[id(v.producer)], ids[id(n)], color="#d1d5db", penwidth="0.6")
+    # subgraph contexts close (and so attach to the graph) after their input copies are drawn
+    for ctx, _ in reversed(stack):
+        ctx.__exit__(None, None, None)
     for name, v in step.outputs:
-        d.node(f"out/{name}", f'<<FONT POINT-SIZE="9">{_e(name)}</FONT>>', shape="plaintext", **{"class": "tensor out"})
-        src = ids.get(id(v.producer)) if v.producer is not None else f"in/{by_value.get(v.id, '?')}"
-        d.edge(src, f"out/{name}", style="dashed")
+        d.node(f"out/{name}", f'<<FONT POINT-SIZE="9">{_e(name)}</FONT>>', shape="plaintext", height="0.2",
+               **{"class": "tensor out"})
+        if v.producer is not None and id(v.producer) in ids:
+            d.edge(ids[id(v.producer)], f"out/{name}", style="dashed", color="#9ca3af")
     return d
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from spec.errors import DataError, Loc
 
-BUNDLED = ("digits", "digits_images", "text", "dates", "reverse", "copy")
+BUNDLED = ("digits", "digits_images", "text", "segment", "dates", "reverse", "copy")
 
 
 @dataclass

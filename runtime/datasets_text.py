@@ -470,3 +470,28 @@ def load_copy(n: int = 20000, min_len: int = 1, max_len: int = 20, alphabet: int
               **unknown) -> Dataset:
     """Random lowercase strings -> the same string."""
     return _strings("copy", n, min_len, max_len, alphabet, seed, unknown)
+
+
+# ------------------------------------------------------------------ word segmentation (tagging)
+def load_segment(seq_len: int = 48, stride: int | None = None, max_examples: int | None = None, seed: int = 0,
+                 **unknown) -> Dataset:
+    """Tagging where both directions matter: the corpus's words, lowercased
+    and run together without spaces; each letter is tagged 1 when it ends a
+    word. Telling where a word ends needs the letters before it and after it.
+
+    Arrays: x [N, T] int64 letter ids (a-z = 0..25), y [N, T] int64 tags."""
+    _reject_unknown("segment", unknown, ["seq_len", "stride", "max_examples", "seed"])
+    seq_len = _int("segment", "seq_len", seq_len, 2, 4096)
+    stride = seq_len if stride is None else _int("segment", "stride", stride, 1, 4096)
+    words = re.findall(r"[a-z]+", corpus().lower())
+    letters = "".join(words)
+    ends = np.zeros(len(letters), dtype=np.int64)
+    np.put(ends, np.cumsum([len(w) for w in words]) - 1, 1)
+    ids = np.frombuffer(letters.encode("ascii"), dtype=np.uint8).astype(np.int64) - ord("a")
+    starts = np.arange(0, len(ids) - seq_len + 1, stride)
+    keep = _subsample(len(starts), max_examples, seed)
+    if keep is not None:
+        starts = starts[keep]
+    window = starts[:, None] + np.arange(seq_len)[None, :]
+    vocab = list(string.ascii_lowercase)
+    return Dataset({"x": ids[window], "y": ends[window]}, "segment", {"vocab": vocab, "tags": ["inside", "end"]})

@@ -22,7 +22,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best") -> dict:
     graph_path = os.path.join(run_dir, "graphs", "infer.onnx")
     manifest_path = os.path.join(run_dir, "graphs", "manifest.json")
     if not os.path.exists(graph_path):
-        if not os.path.isdir(run_dir):
+        if not os.path.isfile(manifest_path):  # a missing path, or a directory that no training run wrote
             raise ExportError(f"{run_dir} is not a run directory", hint="pass the directory that 'flowgrad train' wrote, e.g. runs/mlp")
         raise ExportError(f"{run_dir} has no inference graph", hint="the spec needs an 'outputs' section to export")
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")

@@ -23,11 +23,12 @@ class Loc:
 class FlowgradError(Exception):
     """Base class of errors caused by the user's input (exit code 1)."""
 
-    def __init__(self, message: str, loc: Loc | None = None, hint: str | None = None):
+    def __init__(self, message: str, loc: Loc | None = None, hint: str | None = None, arg: str | None = None):
         super().__init__(message)
         self.message = message
         self.loc = loc
         self.hint = hint
+        self.arg = arg  # the op argument at fault, if one is: the compiler then points at it
 
     def one_line(self) -> str:
         where = f"{self.loc}: " if self.loc else ""

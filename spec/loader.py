@@ -529,7 +529,8 @@ class _SpecBuilder:
         return Spec(
             path=self.file, version=t["flowgrad"], name=t["name"], doc=t.get("doc") or "",
             dims=dict(self.dims), inputs=inputs, params=params, graph=graph, outputs=outputs,
-            loss=loss, metrics=metrics, blocks=blocks, train=train, raw=t, dim_locs=dict(self.dim_locs))
+            loss=loss, metrics=metrics, blocks=blocks, train=train, raw=t, dim_locs=dict(self.dim_locs),
+            generate=to_plain(t.get("generate") or {}))
 
     # -- dims, inputs, params
     def build_dims(self, dims: LocMap) -> None:

@@ -150,6 +150,7 @@ class Spec:
     train: dict[str, Any]  # validated by the schema; plain Python values
     raw: Any  # the located YAML tree (spec.loader.LocMap), for locating anything
     dim_locs: dict[str, Loc] = field(default_factory=dict)
+    generate: dict[str, Any] = field(default_factory=dict)  # autoregressive sampling for export
 
     def locate(self, *path) -> Loc:
         """Loc of the value at `path` in the YAML tree (e.g. "train", "optimizer")."""

@@ -244,6 +244,20 @@ def test_matmul_add_becomes_gemm(bias_first):
     np.testing.assert_allclose(got, f["x"] @ f["W"] + f["b"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cshape", [(), (1,), (4, 1), (1, 2), (4, 2)])
+def test_gemm_bias_broadcasts(cshape):
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (4, 3))
+    W = g.add_input("W", "float32", (3, 2))
+    c = g.add_input("c", "float32", cshape)
+    (opt,) = optimize([x @ W + c])
+    assert ops_of([opt]) == ["gemm"]
+    rng = np.random.default_rng(4)
+    f = {"x": rng.normal(size=(4, 3)).astype(np.float32), "W": rng.normal(size=(3, 2)).astype(np.float32),
+         "c": rng.normal(size=cshape).astype(np.float32)}
+    np.testing.assert_allclose(run_graph(g, {"out": opt}, f)["out"], f["x"] @ f["W"] + f["c"], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("ta,tb", [(True, False), (False, True), (True, True)])
 def test_gemm_folds_transposed_operands(ta, tb):
     g = Graph("float64")
