@@ -803,10 +803,13 @@ def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
                     d.edge(input_id(v, key), ids[id(n)], color="#9ca3af")
                 continue
             src_phase, dst_phase = step.phase[id(v.producer)], step.phase[id(n)]
-            if src_phase == dst_phase:
+            if src_phase == dst_phase == "grad":
+                # drawn reversed: the backward pass runs up, level with the forward ops it differentiates
+                d.edge(ids[id(n)], ids[id(v.producer)], dir="back", color=IR_FILL["grad"][1])
+            elif src_phase == dst_phase:
                 d.edge(ids[id(v.producer)], ids[id(n)], color=IR_FILL[dst_phase][1] if dst_phase != "forward" else EDGE)
             else:  # a forward value the gradient reads, or a gradient the optimizer reads
-                d.edge(ids[id(v.producer)], ids[id(n)], color="#d1d5db", penwidth="0.6")
+                d.edge(ids[id(v.producer)], ids[id(n)], color="#d1d5db", penwidth="0.6", constraint="false")
     # subgraph contexts close (and so attach to the graph) after their input copies are drawn
     for ctx, _ in reversed(stack):
         ctx.__exit__(None, None, None)

@@ -1,0 +1,281 @@
+"""Recurrence: the scan op against the same computation unrolled in the IR
+(forward values and symbolic gradients to 1e-9 in float64, and against
+finite differences), truncated backpropagation through time against an
+unrolled graph with stop_gradient on the early steps, spec-level scan over
+blocks and the ready-made cells under the whole-spec gradient check, and
+hoisting of state-independent work out of the ONNX Loop bodies.
+
+The cells are compared against ONNX's own LSTM/GRU/RNN ops in
+tests/test_cells.py."""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import pytest
+
+import compiler.recurrent as recurrent
+from compiler.autodiff import grad
+from compiler.check import Runner, check_gradients, reference_run
+from compiler.emit import emit_model
+from compiler.gradcheck import gradcheck_spec, random_batch
+from compiler.ir import Graph
+from compiler.ops.scan import Body
+from compiler.training import compile_spec
+from spec import spec_from_text
+
+F = "float64"
+N, T, E, H = 2, 4, 3, 3
+
+
+# ---------------------------------------------------------------------------- step functions
+# Each builds one step in graph g from (carries, sequence slices, non-sequences)
+# and returns (new carries, extra outputs). The same function builds the scan's
+# body and every step of the unrolled graph, so both compute the same thing.
+def rnn_step(g, carries, seqs, ps):
+    (h,), (x,), (W, U, b) = carries, seqs, ps
+    return [g.apply("tanh", x @ W + h @ U + b)], []
+
+
+def lstm_step(g, carries, seqs, ps):
+    (h, c), (x,), (W, U, b) = carries, seqs, ps
+    i, f, gg, o = g.apply("split", x @ W + h @ U + b, sections=4, axis=-1)
+    c2 = g.apply("sigmoid", f) * c + g.apply("sigmoid", i) * g.apply("tanh", gg)
+    return [g.apply("sigmoid", o) * g.apply("tanh", c2), c2], []
+
+
+def extras_step(g, carries, seqs, ps):
+    (h,), (x,), (W, U, b, W2) = carries, seqs, ps
+    h2 = g.apply("tanh", x @ W + h @ U + b)
+    # one extra reads the state, one does not (it is hoisted out of the loop whole)
+    return [h2], [g.apply("sigmoid", h2) * 2.0 + h, g.apply("tanh", x @ W2)]
+
+
+def masked(step):
+    """Padded steps (mask 0) keep the state; the extras are multiplied by the mask."""
+    def f(g, carries, seqs, ps):
+        *xs, m = seqs
+        new, extras = step(g, carries, xs, ps)
+        keep = g.apply("gt", g.apply("unsqueeze", m, axes=(1,)), g.lift(0.0, like=m))
+        mcol = g.apply("unsqueeze", m, axes=(1,))
+        return [g.apply("where", keep, n, c) for n, c in zip(new, carries)], [y * mcol for y in extras]
+    return f
+
+
+def encoder_step(g, carries, seqs, ps):
+    """Reads an outer graph value (an encoder state) besides the weights."""
+    (h,), (x,), (W, U, V, enc) = carries, seqs, ps
+    h2 = g.apply("tanh", x @ W + h @ U + enc @ V)
+    return [h2], [h2 * enc]
+
+
+def two_seq_step(g, carries, seqs, ps):
+    (h,), (x, u), (W, U, b) = carries, seqs, ps
+    h2 = g.apply("tanh", x @ W + h @ U + b) * g.apply("sigmoid", u) + u * 0.5
+    return [h2], [h2 * u]
+
+
+def no_seq_step(g, carries, seqs, ps):
+    (h,), (), (U, b) = carries, seqs, ps
+    h2 = g.apply("tanh", h @ U + b)
+    return [h2], [h2 * h2]
+
+
+@dataclass
+class Form:
+    step: Callable
+    states: int = 1
+    seqs: tuple = (("x", (N, E)),)  # name, shape of one step
+    params: tuple = (("W", (E, H)), ("U", (H, H)), ("b", (H,)))
+    reverse: bool = False
+    mask: bool = False
+    encoder: bool = False  # the step reads enc = tanh(z @ Z), computed in the outer graph
+    truncate: int | None = None
+    length: int | None = None  # a scan over no sequence
+
+
+LSTM_PARAMS = (("W", (E, 4 * H)), ("U", (H, 4 * H)), ("b", (4 * H,)))
+FORMS = {
+    "forward": Form(rnn_step),
+    "reverse": Form(rnn_step, reverse=True),
+    "states": Form(lstm_step, states=2, params=LSTM_PARAMS),
+    "states_reverse": Form(lstm_step, states=2, params=LSTM_PARAMS, reverse=True),
+    "extras": Form(extras_step, params=Form.params + (("W2", (E, H)),)),
+    "mask": Form(masked(extras_step), params=Form.params + (("W2", (E, H)),), mask=True),
+    "mask_reverse": Form(masked(lstm_step), states=2, params=LSTM_PARAMS, mask=True, reverse=True),
+    "nonseqs": Form(encoder_step, params=(("W", (E, H)), ("U", (H, H)), ("V", (H, H))), encoder=True),
+    "two_seqs": Form(two_seq_step, seqs=(("x", (N, E)), ("u", (N, H)))),
+    "no_seq": Form(no_seq_step, seqs=(), params=(("U", (H, H)), ("b", (H,))), length=T),
+}
+TRUNCATED = {
+    "forward_k2": Form(rnn_step, truncate=2),
+    "reverse_k2": Form(rnn_step, reverse=True, truncate=2),
+    "states_k1": Form(lstm_step, states=2, params=LSTM_PARAMS, truncate=1),
+    "extras_k3": Form(extras_step, params=Form.params + (("W2", (E, H)),), truncate=3),
+    "mask_k2": Form(masked(extras_step), params=Form.params + (("W2", (E, H)),), mask=True, truncate=2, reverse=True),
+    "nonseqs_k2": Form(encoder_step, params=(("W", (E, H)), ("U", (H, H)), ("V", (H, H))), encoder=True, truncate=2),
+    "k_is_T": Form(lstm_step, states=2, params=LSTM_PARAMS, truncate=T),
+    "k_over_T": Form(rnn_step, reverse=True, truncate=T + 3),
+}
+
+
+def _seed(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def form_inputs(form: Form, rng) -> dict[str, np.ndarray]:
+    feeds = {f"s{k}": rng.normal(size=(N, H)) * 0.5 for k in range(form.states)}
+    for name, shape in form.seqs:
+        feeds[name] = rng.normal(size=(T,) + shape)
+    if form.mask:
+        # time-major [T, N]: the second sequence is padded after 2 steps, the first after 3
+        feeds["m"] = np.array([[1, 1], [1, 1], [1, 0], [0, 0]], dtype=F)
+    for name, shape in form.params:
+        feeds[name] = rng.normal(size=shape) * 0.5
+    if form.encoder:
+        feeds["z"] = rng.normal(size=(N, E))
+        feeds["Z"] = rng.normal(size=(E, H)) * 0.5
+    return feeds
+
+
+def build(form: Form, mode: str, feeds: dict):
+    """The form as 'scan' (the op as is), 'hoisted' (through run_scan) or 'unrolled'.
+
+    Returns (graph, inputs by name, named outputs [T, ...] in time order)."""
+    g = Graph(float_dtype=F)
+    ins = {k: g.add_input(k, F, v.shape) for k, v in feeds.items()}
+    init = [ins[f"s{k}"] for k in range(form.states)]
+    seqs = [ins[n] for n, _ in form.seqs] + ([ins["m"]] if form.mask else [])
+    params = [ins[n] for n, _ in form.params]
+    if form.encoder:
+        params.append(g.apply("tanh", ins["z"] @ ins["Z"]))
+    if mode == "unrolled":
+        states = list(init)
+        stacked = [[None] * T for _ in range(form.states)]
+        extras = None
+        order = range(T - 1, -1, -1) if form.reverse else range(T)
+        for i, t in enumerate(order):
+            xs = [g.apply("index", s, spec=(t,)) for s in seqs]
+            ps = list(params)
+            cs = list(states)
+            if form.truncate is not None and i < T - form.truncate:
+                sg = lambda v: g.apply("stop_gradient", v)  # noqa: E731
+                cs, xs, ps = [sg(v) for v in cs], [sg(v) for v in xs], [sg(v) for v in ps]
+            states, ys = form.step(g, cs, xs, ps)
+            if extras is None:
+                extras = [[None] * T for _ in ys]
+            for k, s in enumerate(states):
+                stacked[k][t] = s
+            for k, y in enumerate(ys):
+                extras[k][t] = y
+        outs = [g.apply("concat", *[g.apply("unsqueeze", v, axes=(0,)) for v in vs], axis=0)
+                for vs in stacked + extras]
+    else:
+        bg = Graph(float_dtype=F)
+        carries = [bg.add_input(f"c{k}", F, v.shape) for k, v in enumerate(init)]
+        seq_in = [bg.add_input(f"x{k}", F, v.shape[1:]) for k, v in enumerate(seqs)]
+        p_in = [bg.add_input(f"p{k}", F, v.shape) for k, v in enumerate(params)]
+        new, ys = form.step(bg, carries, seq_in, p_in)
+        body = Body(bg, carries, seq_in, p_in, new, ys)
+        if mode == "scan":
+            res = g.apply("scan", *init, *seqs, *params, body=body, reverse=form.reverse, truncate=form.truncate,
+                          length=form.length)
+            outs = list(res) if isinstance(res, tuple) else [res]
+        else:
+            outs = recurrent.run_scan(g, body, init, seqs, params, reverse=form.reverse, truncate=form.truncate,
+                                      length=form.length)
+    return g, ins, outs
+
+
+def loss_and_grads(form: Form, mode: str, feeds: dict, weights_seed: int):
+    """Forward outputs, loss = sum_k <w_k, out_k> with fixed random w_k, and its gradient
+    w.r.t. every input, all from one emitted ONNX model. Returns (results, runner)."""
+    g, ins, outs = build(form, mode, feeds)
+    rng = np.random.default_rng(weights_seed)
+    loss = None
+    for o in outs:
+        term = g.apply("sum", o * g.const(rng.normal(size=[int(d) for d in o.shape])))
+        loss = term if loss is None else loss + term
+    names = list(ins)
+    grads = grad([loss], [ins[n] for n in names])
+    outputs = [("loss", loss)] + [(f"out{k}", o) for k, o in enumerate(outs)]
+    outputs += [(f"grad/{n}", gv) for n, gv in zip(names, grads) if gv is not None]
+    model = emit_model(g, [(n, ins[n]) for n in names], outputs)
+    runner = Runner(model)
+    got = runner(feeds)
+    for n in names:  # inputs the loss does not reach (truncated away) have zero gradient
+        got.setdefault(f"grad/{n}", np.zeros_like(feeds[n]))
+    return got, runner, model
+
+
+def _compare(a: dict, b: dict, tol=1e-9):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=tol, atol=tol, err_msg=k)
+
+
+@pytest.mark.parametrize("name", list(FORMS))
+def test_scan_equals_unrolled(name):
+    form = FORMS[name]
+    feeds = form_inputs(form, np.random.default_rng(_seed(name)))
+    want, _, _ = loss_and_grads(form, "unrolled", feeds, _seed(name) + 1)
+    got, runner, model = loss_and_grads(form, "scan", feeds, _seed(name) + 1)
+    hoisted, _, _ = loss_and_grads(form, "hoisted", feeds, _seed(name) + 1)
+    assert any(n.op_type == "Loop" for n in model.graph.node)
+    _compare(got, want)
+    _compare(hoisted, want)
+    # ... and the symbolic gradient agrees with central differences (not w.r.t. the
+    # 0/1 mask, whose `where` is discontinuous at 0).
+    names = [n for n in feeds if n != "m"]
+
+    def f(xs):
+        return float(runner({**feeds, **dict(zip(names, xs))})["loss"])
+
+    err = check_gradients(f, [feeds[n] for n in names], [got[f"grad/{n}"] for n in names],
+                          np.random.default_rng(_seed(name) + 2), n_directions=3, n_coords=4)
+    assert err < 1e-7, f"relative error {err:.2e}"
+
+
+def test_mask_keeps_state_and_zeroes_outputs():
+    form = FORMS["mask"]
+    feeds = form_inputs(form, np.random.default_rng(3))
+    got, _, _ = loss_and_grads(form, "hoisted", feeds, 4)
+    hs, y0, y1 = got["out0"], got["out1"], got["out2"]
+    m = feeds["m"]
+    for t in range(T):
+        for n in range(N):
+            if m[t, n] == 0:
+                prev = hs[t - 1, n] if t else feeds["s0"][n]
+                np.testing.assert_array_equal(hs[t, n], prev)
+                assert not y0[t, n].any() and not y1[t, n].any()
+            else:
+                assert np.abs(y1[t, n]).sum() > 0
+    # the gradient w.r.t. padded inputs is zero
+    assert not got["grad/x"][3].any() and not got["grad/x"][2, 1].any()
+
+
+@pytest.mark.parametrize("name", list(TRUNCATED))
+def test_truncated_scan_equals_stop_gradient_unrolled(name):
+    form = TRUNCATED[name]
+    feeds = form_inputs(form, np.random.default_rng(_seed(name)))
+    want, _, _ = loss_and_grads(form, "unrolled", feeds, _seed(name) + 1)
+    got, _, _ = loss_and_grads(form, "scan", feeds, _seed(name) + 1)
+    hoisted, _, _ = loss_and_grads(form, "hoisted", feeds, _seed(name) + 1)
+    _compare(got, want)
+    _compare(hoisted, want)
+    if form.truncate < T:
+        # truncation changes the gradient: the early steps and the initial state get none
+        full = Form(**{**form.__dict__, "truncate": None})
+        untrunc, _, _ = loss_and_grads(full, "scan", feeds, _seed(name) + 1)
+        np.testing.assert_allclose(untrunc["loss"], got["loss"], rtol=1e-12)
+        assert not np.allclose(untrunc["grad/W"], got["grad/W"])
+        assert not got["grad/s0"].any()
+        early = slice(0, T - form.truncate) if not form.reverse else slice(form.truncate, T)
+        assert not got["grad/x"][early].any()
+    else:
+        full = Form(**{**form.__dict__, "truncate": None})
+        untrunc, _, _ = loss_and_grads(full, "scan", feeds, _seed(name) + 1)
+        _compare(got, untrunc)
