@@ -106,6 +106,7 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
         ptable.add_row(n, "[" + ", ".join(map(str, p.shape)) + "]", p.init_kind, p.kind if p.trainable or p.kind != "param" else "frozen")
     out.print(ptable)
     out.print(f"{len(low.params)} tensors, {total:,} trainable values; spec OK")
+    err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {spec}[/dim]", soft_wrap=True)
 
 
 @app.command("compile")
@@ -212,7 +213,9 @@ def train(
         if k.startswith(("train_", "valid_")):
             summary.add_row(k, f"{v:.4f}", f"{result.best.get(k, float('nan')):.4f}")
     err.print(summary)
-    err.print(f"run written to {result.run_dir}  (export: flowgrad export {result.run_dir} -o {s.name}.onnx)")
+    err.print(f"run written to {result.run_dir}")
+    err.print(f"  plot the curves: flowgrad plot curves {result.run_dir} -o {os.path.join(result.run_dir, 'curves.png')}", soft_wrap=True)
+    err.print(f"  export the model: flowgrad export {result.run_dir} -o {s.name}.onnx", soft_wrap=True)
 
 
 def _device_name(device: str) -> str:
@@ -243,6 +246,7 @@ def export(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by 'flowgrad train'.")],
     output: Annotated[str, typer.Option("-o", "--output", help="The ONNX file to write.")],
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best (by validation) or last.")] = "best",
+    graph: Annotated[Optional[str], typer.Option("--graph", help="infer (the spec's outputs) or generate (sampling); default: generate where the spec has it.")] = None,
 ):
     """Write the deployment graph with the trained weights baked in."""
     from runtime.export import export as do_export
@@ -252,7 +256,7 @@ def export(
             from spec.errors import FlowgradError
 
             raise FlowgradError(f"unknown --checkpoint {checkpoint!r}", hint="choose best or last")
-        info = do_export(run_dir, output, checkpoint)
+        info = do_export(run_dir, output, checkpoint, graph)
     err.print(f"wrote {info['path']}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}")
     print(info["path"])
 
@@ -260,17 +264,30 @@ def export(
 @app.command()
 def predict(
     model: Annotated[str, typer.Argument(help="An exported ONNX file.")],
-    data: Annotated[str, typer.Option("--data", help="An .npz with one array per model input.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="An .npz with one array per model input.")] = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the outputs to this .npz.")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="Prompt for a text generator (models with a 'generate' section).")] = None,
+    max_len: Annotated[int, typer.Option("--max-len", help="Tokens to generate with --text.", min=1)] = 200,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy.", min=0.0)] = 0.8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling with --text.")] = 0,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
 ):
-    """Run an exported model on an .npz of inputs."""
+    """Run an exported model on an .npz of inputs, or generate text from a prompt."""
     from runtime.data import load_npz
+    from runtime.export import generate_text
     from runtime.export import predict as run_predict
     from runtime.session import pick_device
 
     with user_errors():
+        if (data is None) == (text is None):
+            from spec.errors import FlowgradError
+
+            raise FlowgradError("give either --data (an .npz of inputs) or --text (a prompt)")
+        if text is not None:
+            generated = generate_text(model, text, max_len, temperature, seed, pick_device(device))
+            print(text + generated)
+            return
         ds = load_npz(data)
         outs = run_predict(model, ds.arrays, pick_device(device), threads)
     if output:
@@ -339,6 +356,92 @@ def bench(
         table.add_row(f"nodes: {k}", str(n))
     table.add_row("peak RSS", f"{r['peak_rss_mb']:.0f} MB")
     out.print(table)
+
+
+@app.command("graph")
+def graph_cmd(
+    spec: SpecArg,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="File to write: .svg, .png, .pdf (need Graphviz's dot) or .dot (default <name>.svg).")] = None,
+    set: SetOpt = None,
+    backward: Annotated[bool, typer.Option("--backward", help="Add the gradient of the loss at every spec value on the way to the parameters.")] = False,
+    optimized: Annotated[bool, typer.Option("--optimized", help="Draw the primitive ops of the optimized training step instead.")] = False,
+    objective: Annotated[Optional[str], typer.Option("--objective", help="Objective whose gradients to draw (default: the first).")] = None,
+    expand: Annotated[bool, typer.Option("--expand", help="Draw block and scan step bodies op by op instead of one box.")] = False,
+    dtype: DtypeOpt = None,
+):
+    """Draw the flow graph as written (with --backward its gradients, with --optimized the emitted ops)."""
+    from compiler import visual
+
+    with user_errors():
+        _check_dtype(dtype)
+        s = _load(spec, set)
+        if optimized:
+            d = visual.ir_dot(visual.training_step(s, objective, dtype), s, expand)
+        else:
+            d = visual.spec_dot(visual.SpecGraph(s, dtype), backward, objective, expand)
+        suffix = "_optimized" if optimized else "_backward" if backward else ""
+        path, note = visual.write_picture(d, output or f"{s.name}{suffix}.svg")
+    err.print(note or f"wrote {path}", soft_wrap=True)
+    print(path)
+
+
+@app.command()
+def summary(
+    spec: SpecArg,
+    set: SetOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Value of the batch dim N (default: train.batch_size).", min=1)] = None,
+    dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Value of another symbolic dim, e.g. --dim T=64 (repeatable; unset ones count as 1).")] = None,
+    objective: Annotated[Optional[str], typer.Option("--objective", help="Objective whose training step to count (default: the first).")] = None,
+    dtype: DtypeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+):
+    """Nodes, parameters and FLOPs (forward and training, counted from the IR) of a spec."""
+    from compiler import visual
+    from spec.errors import FlowgradError
+
+    with user_errors():
+        _check_dtype(dtype)
+        dims = {}
+        for item in dim or []:
+            name, _, value = item.partition("=")
+            if not name or not value.strip().isdigit():
+                raise FlowgradError(f"--dim {item!r} is not NAME=INTEGER", hint="e.g. --dim T=64")
+            dims[name.strip()] = int(value)
+        s = _load(spec, set)
+        r = visual.summary(s, batch_size, dtype, dims, objective)
+    if as_json:
+        print(json.dumps(r, indent=2))
+        return
+    t, B = r["totals"], r["batch_size"]
+    num = lambda x: f"{x:,.0f}" if x else "-"  # noqa: E731
+    table = Table(title=f"{s.name}: nodes (FLOPs per example, N = {B})", title_justify="left")
+    for col, just in (("name", "left"), ("kind", "left"), ("op", "left"), ("shape", "left"), ("params", "right"), ("FLOPs", "right")):
+        table.add_column(col, justify=just)
+    for n in r["nodes"]:
+        table.add_row(n["name"], n["kind"], n["op"], n["shape"], num(n["params"]), num(n["flops_per_example"]))
+    out.print(table)
+    ptable = Table(title=f"{s.name}: parameters", title_justify="left")
+    for col, just in (("name", "left"), ("shape", "left"), ("count", "right"), ("init", "left"), ("made by", "left")):
+        ptable.add_column(col, justify=just)
+    for p in r["params"]:
+        kind = "" if p["kind"] == "param" and p["trainable"] else f" ({'frozen' if p['kind'] == 'param' else p['kind']})"
+        ptable.add_row(p["name"] + kind, "[" + ", ".join(map(str, p["shape"])) + "]", f"{p['count']:,}", p["init"], p["created_by"] or "")
+    out.print(ptable)
+    totals = Table(title=f"{s.name}: totals (batch N = {B})", title_justify="left")
+    for col, just in (("", "left"), ("per step", "right"), ("per example", "right")):
+        totals.add_column(col, justify=just)
+    totals.add_row("parameters", f"{t['params']:,}", "")
+    if t["buffers"]:
+        totals.add_row("buffers", f"{t['buffers']:,}", "")
+    totals.add_row("forward FLOPs", f"{t['forward_flops_per_step']:,}", num(t["forward_flops_per_example"]))
+    totals.add_row("  of which matmul", f"{t['forward_matmul_flops_per_step']:,}", num(t["forward_matmul_flops_per_example"]))
+    if t["forward_conv_flops_per_step"]:
+        totals.add_row("  of which conv", f"{t['forward_conv_flops_per_step']:,}", num(t["forward_conv_flops_per_step"] / B))
+    if "training_flops_per_step" in t:
+        totals.add_row("training FLOPs", f"{t['training_flops_per_step']:,}", num(t["training_flops_per_example"]))
+    out.print(totals)
+    if r["dims_counted_as_1"]:
+        err.print(f"[dim]symbolic dims counted as 1: {', '.join(r['dims_counted_as_1'])} (set them with --dim NAME=VALUE)[/dim]")
 
 
 plot_app = typer.Typer(help="Pictures of runs.", no_args_is_help=True)

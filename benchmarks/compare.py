@@ -24,6 +24,7 @@ ROOT = os.path.dirname(HERE)
 ROWS = {
     "mlp": ("models/mlp.yaml", [], "mlp"),
     "convnet": ("models/convnet.yaml", [], "convnet"),
+    "char_lstm": ("models/char_lstm.yaml", [], "char_lstm"),
 }
 
 

@@ -39,7 +39,25 @@ def convnet():
     return net, (1, 8, 8)
 
 
-MODELS = {"mlp": (mlp, 64), "mlp_big": (mlp_big, 256), "convnet": (convnet, 64), "maxout": None}
+class CharLSTM(nn.Module):
+    def __init__(self, vocab=103, emb=64, hidden=256):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb)
+        self.lstm = nn.LSTM(emb, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, x):
+        h, _ = self.lstm(self.emb(x))
+        return self.out(h)
+
+
+def char_lstm():
+    return CharLSTM(), "tokens"
+
+
+SEQUENCE = {"char_lstm": (103, 64)}  # vocab, sequence length
+MODELS = {"mlp": (mlp, 64), "mlp_big": (mlp_big, 256), "convnet": (convnet, 64), "char_lstm": (char_lstm, 32),
+          "maxout": None}
 
 
 def main():
@@ -56,17 +74,25 @@ def main():
     batch = args.batch_size or default_batch
     net, shape = build()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x = torch.rand(batch, *shape)
-    y = torch.randint(0, 2, (batch,))
     loss_fn = nn.CrossEntropyLoss()
+    if shape == "tokens":  # a language model: the spec's own text data, next-token targets
+        vocab, seq = SEQUENCE[args.model]
+        data = torch.randint(0, vocab, (batch, seq + 1))
+        x, y = data[:, :-1], data[:, 1:]
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    else:
+        x = torch.rand(batch, *shape)
+        y = torch.randint(0, 2, (batch,))
     times = []
     for step in range(args.warmup + args.steps):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         logits = net(x)
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         acc = (logits.argmax(-1) == y).float().mean()
         loss.backward()
+        if shape == "tokens":
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
         float(loss), float(acc)
         if step >= args.warmup:

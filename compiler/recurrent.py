@@ -106,15 +106,22 @@ def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Gr
     return new, seq_outer, nonseq_outer
 
 
+# Hoist state-independent work out of scan steps (run_scan's default); off only to compare.
+HOIST = True
+
+
 def run_scan(g: Graph, body: Body, init: list[Value], seqs: list[Value], nonseqs: list[Value], reverse=False,
-             truncate=None, length=None, optimize=True):
-    """Apply `body` with hoisting; seqs are time-major. Returns the scan node's outputs as a list."""
+             truncate=None, length=None, optimize=None, stack=None):
+    """Apply `body` with hoisting (unless optimize=False, or HOIST is off); seqs are time-major.
+    Returns the scan node's outputs as a list."""
+    if optimize is None:
+        optimize = HOIST
     if optimize and seqs:
         body, seqs, nonseqs = hoist(body, seqs, nonseqs, g)
     if not body.seqs and length is None and seqs == []:
         length = None
     res = g.apply("scan", *init, *seqs, *nonseqs, body=body, reverse=reverse, truncate=truncate,
-                  length=length if not body.seqs else None)
+                  length=length if not body.seqs else None, stack=stack)
     return list(res) if isinstance(res, tuple) else [res]
 
 
@@ -356,10 +363,22 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     bu = low.add_param(f"{prefix}.bu", (gates * H,), "zeros", loc=e.loc) if cell == "gru" else None
     ln_params = None
     if layer_norm:
-        n_ln = 2
+        n_ln = 1 if cell == "rnn" else 2  # rnn normalizes only its pre-activation
         size = [gates * H, H] if cell == "lstm" else ([H, H] if cell == "gru" else [gates * H, gates * H])
         ln_params = [(low.add_param(f"{prefix}.ln{k}.gamma", (size[k],), "ones", loc=e.loc),
                       low.add_param(f"{prefix}.ln{k}.beta", (size[k],), "zeros", loc=e.loc)) for k in range(n_ln)]
+    carried = getattr(low, "recurrent_state", None)  # generation: states carried between calls
+    if carried is not None and init is None and prefix in carried:
+        init = carried[prefix]
+    if carried is not None and x.shape[1] == 1 and mask is None:
+        # One step (sampling a token): the cell inline, without a loop.
+        init = init or [g.apply("fill", x, dims=((0, 0), H), dtype=g.float_dtype) for _ in range(n_states)]
+        x0 = g.apply("index", x, spec=((None, None, None), 0))  # x[:, 0]: [N, E]
+        ln = [tuple(pair) for pair in ln_params] if ln_params else None
+        extra = {"lstm": None, "gru": linear_before_reset, "rnn": act}[cell]
+        new = step(g, x0 @ W + b, list(init), U, bu, H, ln, extra)
+        low.recurrent_final[prefix] = new
+        return g.apply("unsqueeze", new[0], axes=(1,)), new
     sb = StepBuilder(g)
     bg = sb.graph
     xs = time_major(g, x, 1)
@@ -381,6 +400,8 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     stacked_states, ys = res[:n_states], res[n_states:]
     hs = ys[0] if ys else stacked_states[0]
     finals = [g.apply("index", s, spec=(0 if reverse else -1,)) for s in stacked_states]
+    if carried is not None:
+        low.recurrent_final[prefix] = finals
     return from_time_major(g, hs, 1), finals
 
 

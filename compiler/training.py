@@ -428,7 +428,7 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
 
 
 def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = True,
-                 graphs: tuple = ("train", "eval", "infer", "grads", "apply"), frozen: list[str] = ()) -> CompiledModel:
+                 graphs: tuple = ("train", "eval", "infer", "grads", "apply", "generate"), frozen: list[str] = ()) -> CompiledModel:
     """Compile every graph of a spec. `frozen` globs name parameters that no objective updates."""
     t0 = time.perf_counter()
     dtype = dtype or spec.train.get("dtype", "float32")
@@ -458,5 +458,9 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
         inf = build_infer(spec, dtype, optimize_graph)
         if inf is not None:
             cm.graphs["infer"] = inf
+    if "generate" in graphs and spec.generate:
+        from .generate import build_generator
+
+        cm.graphs["generate"] = build_generator(spec, dtype).emit("generate", optimize_graph, "autoregressive sampling")
     cm.compile_seconds = time.perf_counter() - t0
     return cm

@@ -51,6 +51,7 @@ EDGE = "#6b7280"
 GRAD_EDGE = "#ea580c"
 IR_FILL = {"forward": ("#ffffff", "#374151"), "grad": ("#ffedd5", "#ea580c"), "update": ("#dcfce7", "#15803d")}
 MAX_EXPR = 46
+PARAM_ROW = 3
 
 
 def _e(text: Any) -> str:
@@ -125,6 +126,7 @@ class SpecNode:
     created_by: str | None = None  # layer parameters: the key of the entry that made them
     blocks: list[str] = field(default_factory=list)  # blocks its expression calls
     shape_decl: tuple = ()  # inputs: the declared shape
+    subgraphs: list = field(default_factory=list)  # its subgraph ops (scan), drawn as one box unless expanded
 
     @property
     def values(self) -> list[Value]:
@@ -198,12 +200,16 @@ def names_in(e) -> list[str]:
     return out
 
 
-def calls_in(e) -> list[str]:
+def blocks_in(e, blocks) -> list[str]:
+    """The blocks an expression uses: scan(block, ...) or a direct call block(...)."""
     out: list[str] = []
 
     def walk(x):
         if isinstance(x, S.Call):
-            out.append(x.func)
+            if x.func in blocks:
+                out.append(x.func)
+            if x.func == "scan" and x.args and isinstance(x.args[0], S.Name) and x.args[0].id in blocks:
+                out.append(x.args[0].id)
         if isinstance(x, S.Expr):
             for v in vars(x).values():
                 for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v]):
@@ -211,7 +217,7 @@ def calls_in(e) -> list[str]:
                         walk(c)
 
     walk(e)
-    return out
+    return list(dict.fromkeys(out))
 
 
 class SpecGraph:
@@ -248,15 +254,24 @@ class SpecGraph:
             vals = tuple(low.env.get(t) for t in a.targets)
             self._add(SpecNode(entry_key(a), "node", ", ".join(a.targets), a.loc, a.expr,
                                vals[0] if len(vals) == 1 else vals,
-                               blocks=[c for c in calls_in(a.expr) if c in spec.blocks]), a.targets)
+                               blocks=blocks_in(a.expr, spec.blocks)), a.targets)
         if spec.loss is not None:
             self._add(SpecNode("loss/loss", "loss", "loss", spec.loss.loc, spec.loss.expr, self.loss_value))
         for kind, entries in (("metric", spec.metrics), ("output", spec.outputs)):
             for a in entries:
                 key = f"{kind}/{a.targets[0]}"
                 self._add(SpecNode(key, kind, a.targets[0], a.loc, a.expr, self.sink_values[key]))
+        for node in low.graph.nodes:
+            owner = low.node_owner.get(id(node))
+            if owner in self.nodes and _body_nodes(node) is not None:
+                self.nodes[owner].subgraphs.append(node)
         for n in self.nodes.values():
-            reads = [self.key_of[x] for x in names_in(n.expr) if x in self.key_of]
+            names = names_in(n.expr)
+            for bname in n.blocks:  # what its blocks read from outside them
+                b = spec.blocks[bname]
+                local = {*b.inputs, *b.params, *(t for a in b.graph for t in a.targets)}
+                names += [x for a in b.graph for x in names_in(a.expr) if x not in local]
+            reads = [self.key_of[x] for x in names if x in self.key_of]
             reads += [f"param/{p}" for p, o in low.param_owner.items() if o == n.key]  # made by its layer calls
             n.reads = [r for r in dict.fromkeys(reads) if r != n.key]
 
@@ -406,7 +421,13 @@ def _spec_label(n: SpecNode) -> str:
                 f'<BR/><FONT POINT-SIZE="9">{second}</FONT>>')
     expr = shorten(n.expr_text)
     shape = shape_text(n.value)
-    block = f'<FONT POINT-SIZE="9" COLOR="#6b7280">  block {_e(", ".join(n.blocks))}</FONT>' if n.blocks else ""
+    block = ""
+    if n.blocks or n.subgraphs:
+        ops = [x.op.name for x in n.subgraphs]
+        what = ", ".join([f"block {b}" for b in n.blocks] or
+                         [f"{ops.count(o)} {o}s" if ops.count(o) > 1 else o for o in dict.fromkeys(ops)])
+        steps = sum(len([b for b in (_body_nodes(x) or []) if not is_constant(b)]) for x in n.subgraphs)
+        block = f'<FONT POINT-SIZE="9" COLOR="#6b7280">  {_e(what)}' + (f" · {steps} ops per step" if steps else "") + "</FONT>"
     return (f'<<B>{_e(n.name)}</B> = <FONT FACE="{MONO}">{_e(expr)}</FONT>'
             f'<BR/><FONT FACE="{MONO}"><B>{_e(shape)}</B></FONT>  {loc}{block}>')
 
@@ -434,17 +455,40 @@ def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None
         if objective or len(objectives_of(spec)) > 1:
             title += f" (objective {obj.name})"
         loss_key, grads, gedges = backward_nodes(sg, obj)
-    d = _dot(f'<<B>{_e(title)}</B>  <FONT POINT-SIZE="11" COLOR="#6b7280">{_e(spec.path)}</FONT>>')
+    kinds = [("input", "input"), ("param", "parameter"), ("node", "graph entry"), ("loss", "loss"),
+             ("metric", "metric"), ("output", "output")] + ([("grad", "gradient")] if backward else [])
+    legend = "  ".join(f'<FONT COLOR="{STYLE[k][1]}">■</FONT> {w}' for k, w in kinds)
+    d = _dot(f'<<B>{_e(title)}</B>  <FONT POINT-SIZE="11" COLOR="#6b7280">{_e(spec.path)}</FONT>'
+             f'<BR ALIGN="LEFT"/><FONT POINT-SIZE="10" COLOR="#374151">{legend}</FONT><BR ALIGN="LEFT"/>>')
 
     order = list(sg.nodes.values())
     if backward:  # the loss last, next to its gradient on the right
         order.sort(key=lambda n: n.key == loss_key)
+    # The parameters a layer makes, when it makes many, sit together in a box of their own.
+    made: dict[str, list[SpecNode]] = {}
     for n in order:
-        kind = "block" if n.kind == "node" and n.blocks else n.kind
+        if n.created_by:
+            made.setdefault(n.created_by, []).append(n)
+    grouped = {p.key: owner for owner, ps in made.items() if len(ps) > PARAM_ROW for p in ps}
+    clusters: dict[str, Any] = {}
+    for n in order:
+        kind = "block" if n.kind == "node" and (n.blocks or n.subgraphs) else n.kind
         attrs = _node_attrs(kind, n.kind)
         if n.kind in ("param", "buffer"):
             attrs["fontsize"] = "10"
-        d.node(dot_id(n.key), _spec_label(n), tooltip=f"{n.name}: {n.expr_text or n.kind}", **attrs)
+        target = d
+        owner = grouped.get(n.key)
+        if owner is not None:
+            if owner not in clusters:
+                ctx = d.subgraph(name=_cluster_id("params/" + owner))
+                clusters[owner] = (ctx, ctx.__enter__())
+                clusters[owner][1].attr(label=f"made by {sg.nodes[owner].name}", style="rounded,dashed",
+                                        color=STYLE["param"][1], fontcolor=STYLE["param"][1], fontsize="10",
+                                        labeljust="l")
+            target = clusters[owner][1]
+        target.node(dot_id(n.key), _spec_label(n), tooltip=f"{n.name}: {n.expr_text or n.kind}", **attrs)
+    for ctx, _ in clusters.values():
+        ctx.__exit__(None, None, None)
     for n in order:
         for r in n.reads:
             src = sg.nodes[r]
@@ -453,31 +497,46 @@ def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None
             else:  # the data path: kept straight
                 d.edge(dot_id(r), dot_id(n.key), weight="6")
 
+    # An entry's many parameters (a layer's weights) stack in rows of PARAM_ROW, not one wide row.
+    for n in order:
+        ps = [r for r in n.reads if sg.nodes[r].kind in ("param", "buffer")]
+        for a, b in zip(ps, ps[PARAM_ROW:]):
+            d.edge(dot_id(a), dot_id(b), style="invis")
     if backward:
         # metrics and outputs one level below the loss, so the loss and its gradient sit side by side
         for n in sg.of_kind("metric", "output"):
             if loss_key in sg.nodes and sg.nodes[loss_key].kind == "loss":
                 d.edge(dot_id(loss_key), dot_id(n.key), style="invis", weight="0")
+        gclusters: dict[str, Any] = {}
         for k, gn in grads.items():
             node = sg.nodes[k]
             shape = ", ".join(_shape_str(v.shape) for v in gn.values)
             what = "∂loss/∂loss = 1" if k == loss_key and loss_key == "loss/loss" else f"∂{_loss_name(sg, loss_key)}/∂{node.name}"
             label = f'<<B>{_e(what)}</B>  <FONT FACE="{MONO}">{_e(shape)}</FONT>>'
             gid = dot_id("grad/" + k)
-            d.node(gid, label, tooltip=f"gradient of the loss with respect to {node.name}", **_node_attrs("grad"))
+            owner = grouped.get(k)
+            if owner is not None and owner not in gclusters:
+                ctx = d.subgraph(name=_cluster_id("gparams/" + owner))
+                gclusters[owner] = (ctx, ctx.__enter__())
+                gclusters[owner][1].attr(label=f"gradients of the parameters {sg.nodes[owner].name} made", style="rounded,dashed",
+                                         color=GRAD_EDGE, fontcolor=GRAD_EDGE, fontsize="10", labeljust="l")
+            target = gclusters[owner][1] if owner is not None else d
+            target.node(gid, label, tooltip=f"gradient of the loss with respect to {node.name}", **_node_attrs("grad"))
             # on the same level as the value it is the gradient of, to its right
             with d.subgraph() as s:
                 s.attr(rank="same")
                 s.node(dot_id(k))
                 s.node(gid)
             d.edge(dot_id(k), gid, style="invis", weight="4")
+        for ctx, _ in gclusters.values():
+            ctx.__exit__(None, None, None)
         for a, b in gedges:
             # Drawn as b -> a pointing back, so the gradients are laid out level with the values
             # they belong to while the arrows run from the loss back to the parameters.
             w = "1" if sg.nodes[b].kind in ("param", "buffer") else "6"
             d.edge(dot_id("grad/" + b), dot_id("grad/" + a), dir="back", color=GRAD_EDGE, penwidth="1.4", weight=w)
     if expand:
-        _expand_blocks(d, sg)
+        _expand_subgraphs(d, sg)
     return d
 
 
@@ -485,27 +544,65 @@ def _loss_name(sg: SpecGraph, key: str) -> str:
     return sg.nodes[key].name if key in sg.nodes else "loss"
 
 
-def _expand_blocks(d, sg: SpecGraph):
-    """Each block a spec calls, drawn as a cluster of its own entries (collapsed: one box per call)."""
-    for name, b in sg.spec.blocks.items():
-        with d.subgraph(name=f"cluster_block_{name}") as c:
-            c.attr(label=f"block {name}({', '.join(b.inputs)}) -> {', '.join(b.outputs)}", style="dashed",
-                   color="#9ca3af", fontname=FONT, fontsize="11")
-            local = {t: f"block/{name}/{t}" for t in [*b.inputs, *b.params, *(t for a in b.graph for t in a.targets)]}
-            for t in b.inputs:
-                c.node(dot_id(local[t]), f"<<B>{_e(t)}</B>>", **_node_attrs("input"))
-            for t, p in b.params.items():
-                c.node(dot_id(local[t]), f"<<B>{_e(t)}</B>  {_e(fmt_shape(p.shape))}>", **_node_attrs("param"))
-            for a in b.graph:
-                key = local[a.targets[0]]
-                c.node(dot_id(key), f'<<B>{_e(", ".join(a.targets))}</B> = <FONT FACE="{MONO}">'
-                                    f'{_e(shorten(unparse(a.expr)))}</FONT>>', **_node_attrs("node"))
-                for r in names_in(a.expr):
-                    if r in local and local[r] != key:
-                        c.edge(dot_id(local[r]), dot_id(key))
-        for n in sg.nodes.values():
-            if name in n.blocks and b.graph:
-                d.edge(dot_id(f"block/{name}/{b.graph[-1].targets[0]}"), dot_id(n.key), style="dashed", color="#9ca3af")
+def _expand_subgraphs(d, sg: SpecGraph):
+    """--expand: each block an entry runs drawn as a cluster of the block's own entries, and each
+    scan that a layer (lstm, gru, ...) makes as a cluster of its step's ops, beside the entry."""
+    for n in sg.nodes.values():
+        for name in n.blocks:
+            b = sg.spec.blocks[name]
+            prefix = f"block/{n.key}/{name}"
+            with d.subgraph(name=_cluster_id(prefix)) as c:
+                c.attr(label=f"block {name}({', '.join(b.inputs)}) -> {', '.join(b.outputs)}", style="rounded,dashed",
+                       color="#9ca3af", fontcolor="#4b5563", fontname=FONT, fontsize="11", labeljust="l")
+                local = {t: f"{prefix}/{t}" for t in [*b.inputs, *b.params, *(t for a in b.graph for t in a.targets)]}
+                for t in b.inputs:
+                    c.node(dot_id(local[t]), f"<<B>{_e(t)}</B>>", **_node_attrs("input", "body"))
+                for t, p in b.params.items():
+                    c.node(dot_id(local[t]), f"<<B>{_e(t)}</B>  {_e(fmt_shape(p.shape))}>",
+                           **_node_attrs("param", "body"), fontsize="10")
+                for a in b.graph:
+                    key = local[a.targets[0]]
+                    for t in a.targets:
+                        local[t] = key
+                    c.node(dot_id(key), f'<<B>{_e(", ".join(a.targets))}</B> = <FONT FACE="{MONO}">'
+                                        f'{_e(shorten(unparse(a.expr)))}</FONT>  <FONT POINT-SIZE="9" COLOR="#6b7280">'
+                                        f'{_e(loc_text(a.loc))}</FONT>>', **_node_attrs("node", "body"))
+                    for src in dict.fromkeys(local[r] for r in names_in(a.expr) if r in local):
+                        if src != key:
+                            c.edge(dot_id(src), dot_id(key))
+                last = [local[o] for o in b.outputs if o in local]
+            for o in last:
+                d.edge(dot_id(o), dot_id(n.key), style="dashed", color="#9ca3af")
+        if n.blocks:
+            continue
+        drawn: set[str] = set()
+        for k, node in enumerate(n.subgraphs):
+            prefix = f"body/{n.key}/{k}"
+            body = _body_nodes(node) or []
+            with d.subgraph(name=_cluster_id(prefix)) as c:
+                c.attr(label=f"{n.name}: {node.op.name} step ({len(body)} ops)", style="rounded,dashed",
+                       color="#9ca3af", fontcolor="#4b5563", fontname=FONT, fontsize="11", labeljust="l")
+                ids = {id(b): f"{prefix}/{i}" for i, b in enumerate(body)}
+                for b in body:
+                    if is_constant(b):
+                        continue
+                    c.node(dot_id(ids[id(b)]), _ir_label(b), shape="box", style="rounded", fontsize="10",
+                           margin="0.08,0.03", **{"class": "body"})
+                    for v in b.inputs:
+                        if v.producer is None and v.name:  # the step's inputs: state, sequence slices, weights
+                            vid = dot_id(f"{prefix}/in/{v.name}")
+                            if vid not in drawn:
+                                drawn.add(vid)
+                                kind = "param" if v.name in sg.low.params else "input"
+                                c.node(vid, f'<<B>{_e(v.name)}</B> <FONT POINT-SIZE="8">{_e(_shape_str(v.shape))}</FONT>>',
+                                       shape="box", style="filled", fillcolor=STYLE[kind][0], color=STYLE[kind][1],
+                                       fontsize="9", height="0.22", **{"class": "body"})
+                            c.edge(vid, dot_id(ids[id(b)]), arrowsize="0.5", color="#9ca3af")
+                        elif v.producer is not None and id(v.producer) in ids and not is_constant(v.producer):
+                            c.edge(dot_id(ids[id(v.producer)]), dot_id(ids[id(b)]), arrowsize="0.5")
+            ends = [b for b in body if not is_constant(b)][-1:]
+            for b in ends:  # beside the entry, not above it: the link does not rank
+                d.edge(dot_id(ids[id(b)]), dot_id(n.key), style="dashed", color="#9ca3af", constraint="false")
 
 
 # ------------------------------------------------------------------ the optimized training step
@@ -520,6 +617,7 @@ class IRStep:
     cluster: dict[int, str]  # id(node) -> cluster key
     cluster_label: dict[str, str]
     objective: str
+    loc_of: dict = field(default_factory=dict)  # id(node) -> Loc, for nodes the rewrites made
 
 
 class _VjpAt:
@@ -595,6 +693,7 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
     phase: dict[int, str] = {}
     cluster: dict[int, str] = {}
     labels: dict[str, str] = {}
+    loc_of: dict[int, Loc | None] = {}  # nodes made by the rewrites: the spec location of what they replace
 
     def entry_label(key):
         kind, name = key.split("/", 1)
@@ -630,6 +729,7 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
                 ins = [_untransposed(v) for v in mm.inputs]
                 if ins[0] is a and ins[1] is b:
                     phase[id(n)] = phase.get(id(mm), "forward" if before[id(mm)] < n_forward else "grad" if before[id(mm)] < n_grad else "update")
+                    loc_of[id(n)] = mm.loc
                     if id(mm) in cluster:
                         cluster[id(n)] = cluster[id(mm)]
                     elif before[id(mm)] < n_forward and low.node_owner.get(id(mm)):
@@ -676,7 +776,10 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
                     break
     for n in nodes:
         phase.setdefault(id(n), "forward")
-    return IRStep(nodes, outs, dict(g.inputs), phase, cluster, labels, obj.name)
+        key = cluster.get(id(n))
+        if key and key not in labels:
+            labels[key] = f"∂ through {entry_label(key[5:])}" if key.startswith("grad/") else entry_label(key)
+    return IRStep(nodes, outs, dict(g.inputs), phase, cluster, labels, obj.name, loc_of)
 
 
 def _untransposed(v: Value) -> Value:
@@ -687,12 +790,27 @@ def _untransposed(v: Value) -> Value:
 
 
 def _body_nodes(node: Node) -> list[Node] | None:
-    """The nodes of a subgraph op's body (scan, a block call), if the op has one."""
+    """The nodes of a subgraph op's body (scan's step, a block call), or None for a plain op."""
     for v in node.attrs.values():
+        outs = getattr(v, "new_carries", None)
+        if outs is not None and isinstance(getattr(v, "graph", None), Graph):  # a scan Body
+            return producers_of(list(outs) + list(getattr(v, "extras", [])))
         if isinstance(v, Graph):
             return list(v.nodes)
-    body = getattr(node.op, "body_nodes", None)
-    return body(node) if callable(body) else None
+    return None
+
+
+def _body_length(node: Node, env: dict) -> int:
+    """How many times a subgraph op runs its body (scan: the sequence length)."""
+    body = node.attrs.get("body")
+    if body is not None and hasattr(body, "carries") and hasattr(body, "seqs"):
+        nc, ns = len(body.carries), len(body.seqs)
+        seqs = node.inputs[nc:nc + ns]
+        if seqs:
+            return _dim_value(seqs[0].shape[0], env)
+        if node.attrs.get("length") is not None:
+            return _dim_value(node.attrs["length"], env)
+    return 1
 
 
 def _const_text(v: Value) -> str:
@@ -709,7 +827,7 @@ def is_constant(n: Node) -> bool:
     return n.op.name == "constant"
 
 
-def _ir_label(n: Node, extra: str = "") -> str:
+def _ir_label(n: Node, extra: str = "", loc: Loc | None = None) -> str:
     """op name (constant operands written in: mul(·, 0.8)), output shape, spec line:col."""
     shape = ", ".join(_shape_str(o.shape) for o in n.outputs)
     name = n.op.name
@@ -718,7 +836,8 @@ def _ir_label(n: Node, extra: str = "") -> str:
     elif any(v.producer is not None and is_constant(v.producer) for v in n.inputs):
         args = [_const_text(v) if v.producer is not None and is_constant(v.producer) else "·" for v in n.inputs]
         name = f"{name}({', '.join(args)})"
-    loc = f'  <FONT POINT-SIZE="8" COLOR="#6b7280">{_e(loc_text(n.loc))}</FONT>' if n.loc else ""
+    loc = loc or n.loc
+    loc = f'  <FONT POINT-SIZE="8" COLOR="#6b7280">{_e(loc_text(loc))}</FONT>' if loc else ""
     return f'<<B>{_e(name)}</B>{extra}<BR/><FONT FACE="{MONO}" POINT-SIZE="9">{_e(shape)}</FONT>{loc}>'
 
 
@@ -768,7 +887,8 @@ def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
             target.node(ids[id(n)], _ir_label(n, f'  <FONT POINT-SIZE="8">({len(body)} ops inside)</FONT>'),
                         shape="box3d", style="filled", fillcolor=fill, color=color, **{"class": cls})
             return
-        target.node(ids[id(n)], _ir_label(n), shape="box", style="rounded,filled", fillcolor=fill, color=color,
+        target.node(ids[id(n)], _ir_label(n, loc=step.loc_of.get(id(n))), shape="box", style="rounded,filled",
+                    fillcolor=fill, color=color,
                     **{"class": cls})
         if body is not None:
             with target.subgraph(name=_cluster_id("body" + ids[id(n)])) as c:
@@ -803,13 +923,19 @@ def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
                     d.edge(input_id(v, key), ids[id(n)], color="#9ca3af")
                 continue
             src_phase, dst_phase = step.phase[id(v.producer)], step.phase[id(n)]
-            if src_phase == dst_phase == "grad":
-                # drawn reversed: the backward pass runs up, level with the forward ops it differentiates
-                d.edge(ids[id(n)], ids[id(v.producer)], dir="back", color=IR_FILL["grad"][1])
-            elif src_phase == dst_phase:
-                d.edge(ids[id(v.producer)], ids[id(n)], color=IR_FILL[dst_phase][1] if dst_phase != "forward" else EDGE)
-            else:  # a forward value the gradient reads, or a gradient the optimizer reads
+            if src_phase == dst_phase or src_phase == "grad":
+                color = EDGE if dst_phase == "forward" else IR_FILL[dst_phase][1]
+                d.edge(ids[id(v.producer)], ids[id(n)], color=color)
+            else:  # a forward value the gradient or the optimizer reads: does not move the layout
                 d.edge(ids[id(v.producer)], ids[id(n)], color="#d1d5db", penwidth="0.6", constraint="false")
+    # The backward pass starts below the forward one: from the loss to the first gradient ops.
+    loss_op = next((v.producer for name, v in step.outputs if name == "loss" and v.producer is not None), None)
+    if loss_op is not None and id(loss_op) in ids:
+        for n in ops:
+            if step.phase[id(n)] == "grad" and not any(
+                    v.producer is not None and step.phase.get(id(v.producer)) == "grad" and not is_constant(v.producer)
+                    for v in n.inputs):
+                d.edge(ids[id(loss_op)], ids[id(n)], style="invis")
     # subgraph contexts close (and so attach to the graph) after their input copies are drawn
     for ctx, _ in reversed(stack):
         ctx.__exit__(None, None, None)
@@ -871,79 +997,86 @@ def _numel(shape, env) -> int:
 _FREE = {
     "constant", "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "identity", "stop_gradient",
     "broadcast_like", "cast", "slice", "concat", "split", "pad", "take", "take_along_axis", "one_hot", "index",
-    "numel", "zeros_like", "ones_like", "embedding",
+    "numel", "zeros_like", "ones_like", "embedding", "fill", "arange", "positions", "shift",
 }
 _REDUCTIONS = {"sum", "mean", "max", "min", "argmax", "argmin", "sum_to"}
 
 
-def node_flops(n: Node, env: dict) -> tuple[str, int]:
-    """(category, FLOPs) of one IR node with symbolic dims valued by `env`.
+def node_flops(n: Node, env: dict) -> dict[str, int]:
+    """FLOPs of one IR node by kind (matmul, conv, elementwise, reduction, other), symbolic
+    dims valued by `env`.
 
-    matmul 2·m·k·n (batched: per matrix); gemm 2·m·k·n plus its bias add;
-    conv 2·N·Cout·Hout·Wout·(Cin/groups)·kh·kw (conv_transpose: the same
-    from the input side); elementwise ops and random bits 1 per output
-    element; reductions 1 per input element; softmax / log_softmax 3 per
-    element; pooling and its gradients 1 per window element; shape, copy
-    and index ops 0."""
+    matmul 2·m·k·n (batched: per matrix); gemm 2·m·k·n plus 1 per element for its bias;
+    conv 2·N·Cout·Hout·Wout·(Cin/groups)·kh·kw (conv_transpose: the same from the input
+    side); elementwise ops and random bits 1 per output element; reductions 1 per input
+    element; softmax / log_softmax 3 per element; pooling and its gradients 1 per window
+    element; shape, copy and index ops 0; a subgraph op (scan) its body's FLOPs per step
+    times its steps."""
     name = n.op.name
     out = n.outputs[0] if n.outputs else None
     if name in _FREE or out is None:
-        return "other", 0
+        return {}
+    body = _body_nodes(n)
+    if body is not None:
+        T = _body_length(n, env)
+        return {k: T * f for k, f in _flops_total(body, env).items() if k != "total"}
     if name == "matmul":
         a = n.inputs[0]
-        k = _dim_value(a.shape[-1], env)
-        return "matmul", 2 * _numel(out.shape, env) * k
+        return {"matmul": 2 * _numel(out.shape, env) * _dim_value(a.shape[-1], env)}
     if name == "gemm":
         a = n.inputs[0]
         k = _dim_value(a.shape[0] if n.attrs.get("trans_a") else a.shape[1], env)
         mn = _numel(out.shape, env)
-        return "matmul", 2 * mn * k + mn
-    if name == "conv":
+        return {"matmul": 2 * mn * k, "elementwise": mn}
+    if name in ("conv", "conv_transpose"):
         w = n.inputs[1]
         per = _dim_value(w.shape[1], env) * _dim_value(w.shape[2], env) * _dim_value(w.shape[3], env)
-        return "conv", 2 * _numel(out.shape, env) * per
-    if name == "conv_transpose":
-        w = n.inputs[1]
-        per = _dim_value(w.shape[1], env) * _dim_value(w.shape[2], env) * _dim_value(w.shape[3], env)
-        return "conv", 2 * _numel(n.inputs[0].shape, env) * per
+        return {"conv": 2 * _numel((out if name == "conv" else n.inputs[0]).shape, env) * per}
     if name in _REDUCTIONS:
-        return "reduction", _numel(n.inputs[0].shape, env)
+        return {"reduction": _numel(n.inputs[0].shape, env)}
     if name in ("softmax", "log_softmax"):
-        return "elementwise", 3 * _numel(out.shape, env)
+        return {"elementwise": 3 * _numel(out.shape, env)}
     if name.startswith(("max_pool2d", "avg_pool2d")):
         k = n.attrs.get("kernel", 1)
         kh, kw = (k, k) if isinstance(k, int) else tuple(k)
         first = n.inputs[0]
-        return "other", _numel(first.shape if name.endswith("_grad") else out.shape, env) * kh * kw
+        return {"other": _numel(first.shape if name.endswith("_grad") else out.shape, env) * kh * kw}
     if name in ("scatter_add", "scatter_add_along_axis"):
-        return "elementwise", _numel(n.inputs[2].shape, env)
-    return "elementwise", sum(_numel(o.shape, env) for o in n.outputs)
+        return {"elementwise": _numel(n.inputs[2].shape, env)}
+    return {"elementwise": sum(_numel(o.shape, env) for o in n.outputs)}
 
 
 def _flops_total(nodes, env) -> dict[str, int]:
     tot = {"total": 0, "matmul": 0, "conv": 0, "elementwise": 0, "reduction": 0, "other": 0}
     for n in nodes:
-        cat, f = node_flops(n, env)
-        tot[cat] += f
-        tot["total"] += f
+        for k, f in node_flops(n, env).items():
+            tot[k] += f
+            tot["total"] += f
     return tot
 
 
-def batch_env(spec: S.Spec, batch_size: int) -> dict:
-    """Symbolic dims: the leading dim of the inputs is the batch; others count as 1."""
-    env = {}
+def _symbols(d) -> list[str]:
+    return [p for p in str(d).split("*") if not p.isdigit()] if isinstance(d, str) else []
+
+
+def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None) -> tuple[dict, list[str]]:
+    """Values of the symbolic dims: the inputs' leading dim is the batch, `dims` gives others
+    (a sequence length T); the rest count as 1 and are returned as the second item."""
+    env: dict = {}
     for decl in spec.inputs.values():
-        if decl.shape and isinstance(decl.shape[0], str):
-            for part in str(decl.shape[0]).split("*"):
-                if not part.isdigit():
-                    env[part] = batch_size
-    return env
+        if decl.shape:
+            for part in _symbols(decl.shape[0]):
+                env[part] = batch_size
+    env.update(dims or {})
+    unset = sorted({p for decl in spec.inputs.values() for d in decl.shape for p in _symbols(d)} - set(env))
+    return env, unset
 
 
-def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = None) -> dict:
+def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = None, dims: dict | None = None,
+            objective: str | None = None) -> dict:
     """Nodes, parameters and totals (parameter count, forward and training FLOPs per step)."""
     B = int(batch_size or spec.train.get("batch_size", 32) or 32)
-    env = batch_env(spec, B)
+    env, unset = batch_env(spec, B, dims)
     sg = SpecGraph(spec, dtype)
     low = sg.low
     by_owner: dict[str, list[Node]] = {}
@@ -959,7 +1092,8 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
             "name": n.name, "kind": n.kind, "op": n.op, "shape": shape_text(n.value),
             "expr": n.expr_text, "loc": loc_text(n.loc),
             "params": sum(_numel(low.params[p].shape, {}) for p in made),
-            "flops_per_example": fl["total"] / B, "matmul_flops_per_example": (fl["matmul"] + fl["conv"]) / B,
+            "flops_per_example": fl["total"] / B, "matmul_flops_per_example": fl["matmul"] / B,
+            "conv_flops_per_example": fl["conv"] / B,
         })
     params = []
     for name, p in low.params.items():
@@ -982,7 +1116,7 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
         "forward_flops_by_kind": {k: v for k, v in fwd.items() if k != "total"},
     }
     if spec.loss is not None or spec.train.get("objectives"):
-        step = training_step(spec, None, dtype)
+        step = training_step(spec, objective, dtype)
         tr = _flops_total(step.nodes, env)
         totals.update({
             "training_flops_per_step": tr["total"],
@@ -990,7 +1124,9 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
             "training_matmul_flops_per_step": tr["matmul"],
             "training_conv_flops_per_step": tr["conv"],
             "training_ir_nodes": len(step.nodes),
+            "training_ops": len([n for n in step.nodes if not is_constant(n)]),
             "training_objective": step.objective,
         })
-    return {"name": spec.name, "path": spec.path, "batch_size": B, "batch_dims": sorted(env),
+    return {"name": spec.name, "path": spec.path, "batch_size": B, "dims": dict(sorted(env.items())),
+            "dims_counted_as_1": unset,
             "nodes": nodes, "params": params, "totals": totals}

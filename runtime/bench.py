@@ -22,6 +22,16 @@ def peak_rss_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / (1024 * 1024)
 
 
+def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
+    """The first batch of the spec's own training data (real sequence lengths), if it has data."""
+    from .train import TrainOptions, load_data
+
+    if not (spec.train or {}).get("data"):
+        return None
+    train_ds, _ = load_data(spec, cm, TrainOptions(), seed)
+    return {k: np.ascontiguousarray(v[:batch_size]) for k, v in train_ds.arrays.items()}
+
+
 def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: int = 5, device: str = "cpu",
           threads: int | None = None, seed: int = 0) -> dict:
     t0 = time.perf_counter()
@@ -33,7 +43,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     first = cm.graphs["train" if "train" in cm.graphs else next(k for k in cm.graphs if k.startswith("train"))]
     names = [i.name for i in first.inputs if i.role == "input"]
     rng = np.random.default_rng(seed)
-    batch = random_batch(spec, names, rng, cm.float_dtype, sizes)
+    batch = real_batch(spec, cm, batch_size, seed) or random_batch(spec, names, rng, cm.float_dtype, sizes)
     trainer = Trainer(cm, device, threads, seed=seed)
     times = []
     for step in range(warmup + steps):

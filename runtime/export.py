@@ -17,11 +17,20 @@ from .checkpoint import load_checkpoint
 EXTERNAL_DATA_BYTES = 1 << 31
 
 
-def export(run_dir: str, output: str, checkpoint: str = "best") -> dict:
-    """Write RUN_DIR's inference graph with its trained parameters as `output`."""
-    graph_path = os.path.join(run_dir, "graphs", "infer.onnx")
+def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | None = None) -> dict:
+    """Write RUN_DIR's deployment graph with its trained parameters as `output`.
+
+    `graph` is "infer" (the spec's outputs) or "generate" (sampling from a
+    prompt); by default the sampling graph where the spec has one."""
+    if graph is None:
+        graph = "generate" if os.path.exists(os.path.join(run_dir, "graphs", "generate.onnx")) else "infer"
+    if graph not in ("infer", "generate"):
+        raise ExportError(f"unknown graph {graph!r}", hint="choose infer or generate")
+    graph_path = os.path.join(run_dir, "graphs", f"{graph}.onnx")
     manifest_path = os.path.join(run_dir, "graphs", "manifest.json")
     if not os.path.exists(graph_path):
+        if graph == "generate" and os.path.isfile(manifest_path):
+            raise ExportError(f"{run_dir} has no sampling graph", hint="the spec needs a 'generate' section")
         if not os.path.isfile(manifest_path):  # a missing path, or a directory that no training run wrote
             raise ExportError(f"{run_dir} is not a run directory", hint="pass the directory that 'flowgrad train' wrote, e.g. runs/mlp")
         raise ExportError(f"{run_dir} has no inference graph", hint="the spec needs an 'outputs' section to export")
@@ -130,3 +139,37 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+def model_metadata(model: onnx.ModelProto) -> dict:
+    """flowgrad's metadata of an exported model, JSON values decoded."""
+    out = {}
+    for p in model.metadata_props:
+        if p.key.startswith("flowgrad."):
+            try:
+                out[p.key[len("flowgrad."):]] = json.loads(p.value)
+            except ValueError:
+                out[p.key[len("flowgrad."):]] = p.value
+    return out
+
+
+def generate_text(model_path: str, prompt: str, max_len: int = 200, temperature: float = 0.8, seed: int = 0,
+                  device: str = "cpu") -> str:
+    """Sample text from an exported language model (a graph with a `prompt` input)."""
+    from .datasets_text import decode_text, encode_text
+
+    model = load_model_safely(model_path)
+    names = [i.name for i in model.graph.input]
+    meta = model_metadata(model)
+    if "prompt" not in names or "vocab" not in meta:
+        raise DataError(f"{model_path} is not a text generator (no prompt input or vocabulary)",
+                        hint="export a spec with a 'generate' section trained on text, or pass --data instead of --text")
+    text_meta = {"vocab": meta["vocab"], "level": meta.get("level", "char"), "unk": meta.get("unk"),
+                 "lowercase": meta.get("lowercase", False)}
+    ids = np.asarray(encode_text(prompt, text_meta), dtype=np.int64)
+    if ids.size == 0:
+        raise DataError("the prompt is empty", hint="give at least one character")
+    outs = predict(model_path, {"prompt": ids, "max_len": np.asarray(max_len, dtype=np.int64),
+                                "temperature": np.asarray(temperature, dtype=np.float32),
+                                "seed": np.asarray(seed, dtype=np.int64)}, device)
+    return decode_text(outs["tokens"].reshape(-1), text_meta)

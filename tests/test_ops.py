@@ -74,7 +74,9 @@ def test_forward_and_shapes(op, sample):
     rtol = _tol(op, "forward", 1e-7)
     for k, (v, w) in enumerate(zip(outs, want)):
         y = got[f"out{k}"]
-        assert y.shape == tuple(v.shape), f"inferred {v.shape}, runtime {y.shape}"
+        # A symbolic dim (a data-dependent size such as arange's) matches any runtime size.
+        assert len(y.shape) == len(v.shape) and all(
+            d == r for d, r in zip(v.shape, y.shape) if isinstance(d, int)), f"inferred {v.shape}, runtime {y.shape}"
         assert y.dtype == np.dtype(v.dtype)
         np.testing.assert_allclose(y, w, rtol=rtol, atol=rtol)
     # The same graph on onnx's reference evaluator gives the same values.

@@ -279,3 +279,307 @@ def test_truncated_scan_equals_stop_gradient_unrolled(name):
         full = Form(**{**form.__dict__, "truncate": None})
         untrunc, _, _ = loss_and_grads(full, "scan", feeds, _seed(name) + 1)
         _compare(got, untrunc)
+
+
+# ---------------------------------------------------------------------------- spec level
+HEAD = """\
+flowgrad: 1
+name: t
+dims: {E: 3, H: 3}
+"""
+
+SCAN_SPEC = HEAD + """\
+inputs:
+  x: {shape: [N, T, E]}
+  m: {shape: [N, T], dtype: int64}
+params:
+  V: {shape: [H, H], init: glorot_uniform}
+  h0: {shape: [H], init: {uniform: {low: -0.5, high: 0.5}}}
+blocks:
+  step:
+    in: [x_t, h, c]
+    params:
+      W: {shape: [E, 2*H], init: glorot_uniform}
+      U: {shape: [H, 2*H], init: orthogonal}
+      b: {shape: [2*H], init: {uniform: {low: -0.5, high: 0.5}}}
+    graph:
+      a, z: split(x_t @ W + h @ U + b, 2, axis=-1)
+      c2: sigmoid(z) * c + tanh(a @ V)
+      h2: tanh(c2) * sigmoid(a)
+      y: h2 * c2
+    out: [h2, c2, y]
+graph:
+  init: zeros(N, H) + h0
+  hs, cs, ys: scan(step, over=x, init=[init, zeros(N, H)], axis=1, reverse=true, mask=m)
+loss: mean(hs * hs) + mean(cs) + sum(ys * ys)
+"""
+
+LENGTHS = HEAD + """\
+inputs:
+  x: {shape: [N, T, E]}
+  len: {shape: [N], dtype: int64}
+"""
+# random_batch draws integer inputs as 0 or 1: `len + 2` gives lengths 2 or 3 of T = 4.
+CELL_SPECS = {
+    "scan": SCAN_SPEC,
+    "lstm_lengths": LENGTHS + "graph:\n  hs: lstm(x, H, lengths=len + 2)\nloss: mean(hs * hs) + mean(hs)\n",
+    "lstm_reverse_mask": HEAD + "inputs:\n  x: {shape: [N, T, E]}\n  m: {shape: [N, T], dtype: int64}\n"
+                         "graph:\n  hs: lstm(x, H, mask=m, reverse=true)\nloss: mean(hs * hs) + mean(hs)\n",
+    "gru_ln_lbr": LENGTHS + "graph:\n  hs: gru(x, H, layer_norm=true, lengths=len + 2)\n"
+                  "loss: mean(hs * hs) + mean(hs)\n",
+    "gru_ln_no_lbr": LENGTHS + "graph:\n  hs: gru(x, H, layer_norm=true, linear_before_reset=false)\n"
+                     "loss: mean(hs * hs) + mean(hs)\n",
+    "lstm_ln": LENGTHS + "graph:\n  hs: lstm(x, H, layer_norm=true, lengths=len + 2)\nloss: mean(hs * hs) + mean(hs)\n",
+    "rnn_ln": LENGTHS + "graph:\n  hs: rnn(x, H, layer_norm=true, reverse=true)\nloss: mean(hs * hs) + mean(hs)\n",
+    "bidir_concat": LENGTHS + "graph:\n  hs: bidirectional(lstm, x, H, merge=concat, lengths=len + 2)\n"
+                    "loss: mean(hs * hs) + mean(hs)\n",
+    "bidir_sum": LENGTHS + "graph:\n  hs: bidirectional(gru, x, H, merge=sum)\nloss: mean(hs * hs) + mean(hs)\n",
+    "lstm_layers2": LENGTHS + "graph:\n  hs, h, c: lstm(x, H, layers=2, return_state=true, lengths=len + 2)\n"
+                    "loss: mean(hs * hs) + mean(h) + mean(c * c)\n",
+    "gru_layers2": LENGTHS + "graph:\n  hs: gru(x, H, layers=2, reverse=true)\nloss: mean(hs * hs) + mean(hs)\n",
+}
+
+
+def _grads(spec, seed=1):
+    cm = compile_spec(spec, "float64", graphs=("grads",))
+    graph = cm.graphs["grads"]
+    feeds = random_batch(spec, [i.name for i in graph.inputs if i.role == "input"], np.random.default_rng(seed))
+    state = cm.initial_state(seed)
+    for i in graph.inputs:
+        if i.name in state:
+            feeds[i.name] = state[i.name]
+        elif i.role == "control":
+            feeds[i.name] = np.asarray(0, dtype=i.dtype)
+    return cm, Runner(graph.model)(feeds)
+
+
+@pytest.mark.parametrize("name", list(CELL_SPECS))
+def test_spec_gradcheck(name):
+    spec = spec_from_text(CELL_SPECS[name], f"{name}.yaml")
+    report = gradcheck_spec(spec, seed=1)
+    errors = report["main"]
+    assert errors
+    for p, err in errors.items():
+        assert err < 1e-6, f"{p}: relative error {err:.2e}"
+    # The check is not vacuous: every parameter gets a gradient.
+    cm, got = _grads(spec)
+    for p in errors:
+        assert np.abs(got[f"grad/{p}"]).max() > 1e-6, f"{p} gets no gradient"
+
+
+def test_spec_scan_params():
+    spec = spec_from_text(SCAN_SPEC, "scan.yaml")
+    cm = compile_spec(spec, "float64", graphs=("grads",))
+    assert sorted(cm.params) == ["V", "h0", "step.U", "step.W", "step.b"]
+    assert cm.params["step.W"].shape == (3, 6) and cm.params["step.U"].init_kind == "orthogonal"
+
+
+def test_spec_mask_semantics():
+    """mask= at spec level: padded steps keep the state and output zeros."""
+    text = HEAD + """\
+inputs:
+  x: {shape: [N, T, E]}
+  m: {shape: [N, T]}
+blocks:
+  step:
+    in: [x_t, h]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      h2: tanh(x_t @ W + h @ U)
+      y: h2 + 1.0
+    out: [h2, y]
+graph:
+  hs, ys: scan(step, over=x, init=[zeros(N, H)], mask=m)
+outputs:
+  hs: hs
+  ys: ys
+"""
+    cm = compile_spec(spec_from_text(text, "mask.yaml"), "float64", graphs=("infer",))
+    state = cm.initial_state(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, T, E))
+    m = np.array([[1, 1, 1, 0], [1, 0, 1, 0]], dtype=F)  # a hole, then padding
+    got = Runner(cm.graphs["infer"].model)({"x": x, "m": m, **{k: state[k] for k in ("step.W", "step.U")}})
+    hs, ys = got["hs"], got["ys"]
+    assert hs.shape == (N, T, H) and ys.shape == (N, T, H)
+    np.testing.assert_array_equal(hs[1, 1], hs[1, 0])
+    np.testing.assert_array_equal(hs[0, 3], hs[0, 2])
+    np.testing.assert_array_equal(hs[1, 3], hs[1, 2])
+    assert not ys[1, 1].any() and not ys[:, 3].any() and ys[0, :3].all() and ys[1, 2].all()
+    W, U = state["step.W"], state["step.U"]
+    h = np.zeros((N, H))
+    for t in range(T):
+        h = np.where(m[:, t, None] > 0, np.tanh(x[:, t] @ W + h @ U), h)
+        np.testing.assert_allclose(hs[:, t], h, rtol=1e-12, atol=1e-12)
+
+
+TRUNC_SPEC = """\
+flowgrad: 1
+name: t
+dims: {E: 3, H: 3, T: 4}
+inputs:
+  x: {shape: [N, T, E]}
+params:
+  W: {shape: [E, H], init: glorot_uniform}
+  U: {shape: [H, H], init: orthogonal}
+  h0: {shape: [H], init: {uniform: {low: -0.5, high: 0.5}}}
+blocks:
+  step:
+    in: [x_t, h]
+    graph:
+      h2: tanh(x_t @ W + h @ U)
+    out: [h2]
+  frozen:
+    in: [x_t, h]
+    graph:
+      h2: tanh(stop_gradient(x_t) @ stop_gradient(W) + stop_gradient(h) @ stop_gradient(U))
+    out: [h2]
+graph:
+  init: zeros(N, H) + h0
+%s
+loss: mean(hs * hs) + mean(hs)
+"""
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_spec_truncate_equals_stop_gradient(reverse):
+    """truncate=2 over T=4: the gradient of the two-scan split whose first part is frozen."""
+    rev = ", reverse=true" if reverse else ""
+    trunc = TRUNC_SPEC % f"  hs: scan(step, over=x, init=[init], truncate=2{rev})"
+    if not reverse:
+        split = ("  early: scan(frozen, over=x[:, 0:2], init=[init])\n"
+                 "  late: scan(step, over=x[:, 2:4], init=[early[:, -1]])\n"
+                 "  hs: concat(early, late, axis=1)")
+    else:
+        split = ("  early: scan(frozen, over=x[:, 2:4], init=[init], reverse=true)\n"
+                 "  late: scan(step, over=x[:, 0:2], init=[early[:, 0]], reverse=true)\n"
+                 "  hs: concat(late, early, axis=1)")
+    full = TRUNC_SPEC % f"  hs: scan(step, over=x, init=[init]{rev})"
+    a = _grads(spec_from_text(trunc, "trunc.yaml"))[1]
+    b = _grads(spec_from_text(TRUNC_SPEC % split, "split.yaml"))[1]
+    c = _grads(spec_from_text(full, "full.yaml"))[1]
+    assert sorted(a) == sorted(b) == ["grad/U", "grad/W", "grad/h0", "loss"]
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(a["loss"], c["loss"], rtol=1e-12)
+    assert not np.allclose(a["grad/W"], c["grad/W"])
+    assert not a["grad/h0"].any()
+
+
+# ---------------------------------------------------------------------------- hoisting
+LSTM_SPEC = HEAD + """\
+inputs:
+  x: {shape: [N, T, E]}
+  y: {shape: [N, T, H]}
+graph:
+  hs: lstm(x, H)
+loss: mean((hs - y) * (hs - y))
+"""
+
+
+def _loops(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The graph's Loop nodes in order: the forward scan precedes its gradient."""
+    return [n for n in model.graph.node if n.op_type == "Loop"]
+
+
+def _body(loop: onnx.NodeProto) -> onnx.GraphProto:
+    (attr,) = [a for a in loop.attribute if a.name == "body"]
+    return attr.g
+
+
+def _matmuls(nodes) -> list[onnx.NodeProto]:
+    return [n for n in nodes if n.op_type in ("MatMul", "Gemm")]
+
+
+def _compile(text, dtype, graphs, hoist=True, monkeypatch=None):
+    if monkeypatch is not None:
+        monkeypatch.setattr(recurrent, "HOIST", hoist)
+    return compile_spec(spec_from_text(text, "t.yaml"), dtype, graphs=graphs)
+
+
+def test_lstm_loops_are_hoisted(monkeypatch):
+    cm = _compile(LSTM_SPEC, "float32", ("train",), True, monkeypatch)
+    model = cm.graphs["train"].model
+    fwd, bwd = _loops(model)
+    # Forward step: only h @ U stays in the loop.
+    fbody = _body(fwd)
+    (mm,) = _matmuls(fbody.node)
+    assert "hs.U" in mm.input
+    assert not any("hs.W" in n.input for n in fbody.node)
+    # The input projection is one product over all steps, outside the loop.
+    proj = [n for n in _matmuls(model.graph.node) if "hs.W" in n.input]
+    assert len(proj) == 1
+    # Backward step: it recomputes h @ U and propagates δ @ Uᵀ, and nothing else;
+    # dU = Σ_t h_{t-1}ᵀ δ_t is one product outside, not a sum carried by the loop.
+    bbody = _body(bwd)
+    made = {o: n for n in bbody.node for o in n.output}
+    mms = _matmuls(bbody.node)
+    assert len(mms) == 2
+    for n in mms:  # a dU term would be transpose(h_{t-1}) @ δ_t
+        first = made.get(n.input[0])
+        assert first is None or first.op_type != "Transpose", "dU computed in the backward loop"
+    n_carries = len(bwd.input) - 2
+    assert n_carries == 2, "the backward loop carries only ∂h and ∂c (no gradient accumulators)"
+    assert len(fwd.input) - 2 == 2
+
+
+def test_unhoisted_loop_keeps_the_projection(monkeypatch):
+    cm = _compile(LSTM_SPEC, "float32", ("train",), False, monkeypatch)
+    fwd, _ = _loops(cm.graphs["train"].model)
+    assert len(_matmuls(_body(fwd).node)) == 2
+
+
+HOIST_SPECS = {"lstm": LSTM_SPEC, "scan": SCAN_SPEC, "gru_ln_lbr": CELL_SPECS["gru_ln_lbr"],
+               "bidir_concat": CELL_SPECS["bidir_concat"]}
+
+
+@pytest.mark.parametrize("name", list(HOIST_SPECS))
+def test_hoisting_does_not_change_results(name, monkeypatch):
+    text = HOIST_SPECS[name]
+    spec = spec_from_text(text, "t.yaml")
+    results = []
+    for hoist in (True, False):
+        cm = _compile(text, "float64", ("train",), hoist, monkeypatch)
+        graph = cm.graphs["train"]
+        feeds = random_batch(spec, [i.name for i in graph.inputs if i.role == "input"], np.random.default_rng(5))
+        state = cm.initial_state(5)
+        for i in graph.inputs:
+            if i.name in state:
+                # the initial biases are zero: make them count
+                feeds[i.name] = state[i.name] + (0.1 if i.role == "param" and "." in i.name else 0.0)
+            elif i.role == "control":
+                feeds[i.name] = np.asarray({"lr": 0.1, "step": 2, "seed": 5}[i.name], dtype=i.dtype)
+        loops = _loops(graph.model)
+        results.append((Runner(graph.model)(feeds), sum(len(_matmuls(_body(n).node)) for n in loops)))
+    (on, mm_on), (off, mm_off) = results
+    assert mm_on < mm_off
+    assert sorted(on) == sorted(off)
+    for k in on:
+        np.testing.assert_allclose(on[k], off[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+# ---------------------------------------------------------------------------- portability
+@pytest.mark.parametrize("name", ["lstm", "scan"])
+def test_training_graph_runs_on_reference_evaluator(name):
+    text = HOIST_SPECS[name]
+    spec = spec_from_text(text, "t.yaml")
+    cm = compile_spec(spec, "float32", graphs=("train",))
+    graph = cm.graphs["train"]
+    assert _loops(graph.model)
+    feeds = random_batch(spec, [i.name for i in graph.inputs if i.role == "input"], np.random.default_rng(2),
+                         "float32")
+    state = cm.initial_state(2)
+    for i in graph.inputs:
+        if i.name in state:
+            feeds[i.name] = state[i.name]
+        elif i.role == "control":
+            feeds[i.name] = np.asarray({"lr": 1e-2, "step": 3, "seed": 2}[i.name], dtype=i.dtype)
+    runner = Runner(graph.model)
+    assert runner.backend == "onnxruntime"
+    ort_out = runner(feeds)
+    ref_out = reference_run(graph.model, feeds)
+    assert sorted(ort_out) == sorted(ref_out)
+    for k, v in ort_out.items():
+        np.testing.assert_allclose(ref_out[k], v, rtol=2e-4, atol=2e-5, err_msg=k)

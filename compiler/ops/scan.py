@@ -360,6 +360,28 @@ class Shift(OpDef):
         return [Sample([x, f]), Sample([x, f], {"reverse": True}), Sample([rng.normal(size=(1, 2)), rng.normal(size=(2,))])]
 
 
+@op("arange")
+class Arange(OpDef):
+    """0, 1, ..., n-1 (int64) for an int64 scalar n; the length is the symbolic dim L."""
+
+    inputs = ("n",)
+    nondiff = True
+
+    def infer(self, attrs, n):
+        if n.shape != () or n.dtype != "int64":
+            raise ShapeError(f"arange needs an int64 scalar, got {n}")
+        return [TensorType("int64", ("L",))]
+
+    def emit(self, e, node, ins, outs):
+        e.add("Range", [e.const(np.asarray(0, dtype=np.int64)), ins[0], e.const(np.asarray(1, dtype=np.int64))], outs)
+
+    def ref(self, attrs, n):
+        return np.arange(int(n), dtype=np.int64)
+
+    def samples(self, rng):
+        return [Sample([np.asarray(5, dtype=np.int64)]), Sample([np.asarray(1, dtype=np.int64)])]
+
+
 @op("positions")
 class Positions(OpDef):
     """0, 1, ..., n-1 (int64) for the size n of x along `axis`."""

@@ -1,0 +1,166 @@
+"""The ready-made cells against ONNX's built-in LSTM, GRU and RNN operators,
+given the same weights, on onnxruntime in float32.
+
+flowgrad's cells use PyTorch's layout: lstm gates i, f, g, o in the columns
+of W [E, 4H] and U [H, 4H] with one bias b; gru gates r, z, n with W [E, 3H],
+U [H, 3H], an input bias b and a hidden bias bu. ONNX's operators take the
+transposed matrices per direction, W [D, G*H, E] and R [D, G*H, H], gates in
+the order i, o, f, c (LSTM) or z, r, h (GRU), and B [D, 2*G*H] = (Wb, Rb)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler.check import Runner
+from compiler.emit import IR_VERSION, OPSET
+from compiler.training import compile_spec
+from spec import spec_from_text
+
+N, T, E, H = 2, 4, 3, 3
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# ONNX's gate k is flowgrad's gate ORDER[cell][k]
+ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
+ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+LENGTHS = np.array([4, 2], dtype=np.int64)
+
+
+def _spec(graph: str, lengths: bool, outputs: list[str]) -> str:
+    return (
+        "flowgrad: 1\nname: cells\ndims: {E: 3, H: 3}\ninputs:\n  x: {shape: [N, T, E]}\n"
+        + ("  len: {shape: [N], dtype: int64}\n" if lengths else "")
+        + f"graph:\n  {graph}\noutputs:\n" + "".join(f"  {o}: {o}\n" for o in outputs)
+    )
+
+
+def _params(cell: str, rng) -> dict[str, np.ndarray]:
+    G = GATES[cell]
+    p = {"W": rng.normal(size=(E, G * H)) * 0.6, "U": rng.normal(size=(H, G * H)) * 0.6,
+         "b": rng.normal(size=(G * H,)) * 0.3}
+    if cell == "gru":
+        p["bu"] = rng.normal(size=(G * H,)) * 0.3
+    return {k: v.astype(np.float32) for k, v in p.items()}
+
+
+def _onnx_weights(cell: str, p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One direction's W [G*H, E], R [G*H, H], B [2*G*H] in ONNX's layout and gate order."""
+    G, order = GATES[cell], ORDER[cell]
+
+    def mat(m):
+        blocks = np.split(m, G, axis=1)
+        return np.concatenate([blocks[k].T for k in order], axis=0)
+
+    def vec(v):
+        parts = np.split(v, G)
+        return np.concatenate([parts[k] for k in order])
+
+    rb = vec(p["bu"]) if "bu" in p else np.zeros(G * H, np.float32)
+    return mat(p["W"]), mat(p["U"]), np.concatenate([vec(p["b"]), rb])
+
+
+def _onnx_run(cell: str, dirs: list[dict], x: np.ndarray, direction: str, lengths=None, **attrs) -> list[np.ndarray]:
+    """ONNX's operator over x [N, T, E] (batch-major); returns Y [T, D, N, H], Y_h[, Y_c]."""
+    ws = [_onnx_weights(cell, p) for p in dirs]
+    W, R, B = (np.stack([w[i] for w in ws]).astype(np.float32) for i in range(3))
+    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"), numpy_helper.from_array(B, "B")]
+    ins = ["X", "W", "R", "B"]
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, N, E])]
+    if lengths is not None:
+        ins.append("L")
+        graph_inputs.append(helper.make_tensor_value_info("L", TensorProto.INT32, [N]))
+    outs = ["Y", "Y_h"] + (["Y_c"] if cell == "lstm" else [])
+    node = helper.make_node(ONNX_OP[cell], ins, outs, hidden_size=H, direction=direction, **attrs)
+    graph = helper.make_graph([node], "ref", graph_inputs,
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    runner = Runner(model)
+    assert runner.backend == "onnxruntime"
+    feeds = {"X": np.ascontiguousarray(x.transpose(1, 0, 2))}
+    if lengths is not None:
+        feeds["L"] = lengths.astype(np.int32)
+    got = runner(feeds)
+    return [got[o] for o in outs]
+
+
+def _flowgrad_run(text: str, params: dict[str, np.ndarray], x: np.ndarray, lengths=None) -> dict:
+    cm = compile_spec(spec_from_text(text, "cells.yaml"), "float32", graphs=("infer",))
+    graph = cm.graphs["infer"]
+    assert sorted(cm.params) == sorted(params), (sorted(cm.params), sorted(params))
+    feeds = {"x": x, **params}
+    if lengths is not None:
+        feeds["len"] = lengths
+    runner = Runner(graph.model)
+    assert runner.backend == "onnxruntime"
+    return runner(feeds)
+
+
+def _close(a, b, what):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=what)
+
+
+CASES = [
+    # cell, flowgrad keywords, ONNX direction, ONNX attributes, lengths
+    ("lstm", "", "forward", {}, False),
+    ("lstm", ", reverse=true", "reverse", {}, False),
+    ("lstm", ", lengths=len", "forward", {}, True),
+    ("lstm", ", reverse=true, lengths=len", "reverse", {}, True),
+    ("gru", "", "forward", {"linear_before_reset": 1}, False),
+    ("gru", ", linear_before_reset=true", "forward", {"linear_before_reset": 1}, False),
+    ("gru", ", linear_before_reset=false", "forward", {"linear_before_reset": 0}, False),
+    ("gru", ", linear_before_reset=false, reverse=true", "reverse", {"linear_before_reset": 0}, False),
+    ("gru", ", reverse=true, lengths=len", "reverse", {"linear_before_reset": 1}, True),
+    ("rnn", "", "forward", {}, False),
+    ("rnn", ", reverse=true, lengths=len", "reverse", {}, True),
+    ("rnn", ", act=relu", "forward", {"activations": ["Relu"]}, False),
+]
+
+
+@pytest.mark.parametrize("cell,kw,direction,attrs,use_len", CASES,
+                         ids=[f"{c[0]}{c[1].replace(', ', '-').replace('=', '_')}" for c in CASES])
+def test_cell_matches_onnx_operator(cell, kw, direction, attrs, use_len):
+    rng = np.random.default_rng(len(kw) + 10 * GATES[cell])
+    x = rng.normal(size=(N, T, E)).astype(np.float32)
+    p = _params(cell, rng)
+    lengths = LENGTHS if use_len else None
+    states = ["h", "c"] if cell == "lstm" else ["h"]
+    targets = ", ".join(["hs"] + states)
+    text = _spec(f"{targets}: {cell}(x, H, return_state=true{kw})", use_len, ["hs"] + states)
+    prefix = targets.replace(", ", "_")
+    got = _flowgrad_run(text, {f"{prefix}.{k}": v for k, v in p.items()}, x, lengths)
+    want = _onnx_run(cell, [p], x, direction, lengths, **attrs)
+    _close(got["hs"], want[0][:, 0].transpose(1, 0, 2), "hs vs Y")
+    _close(got["h"], want[1][0], "final h vs Y_h")
+    if cell == "lstm":
+        _close(got["c"], want[2][0], "final c vs Y_c")
+    if use_len:  # padded steps output zeros
+        assert not got["hs"][1, 2:].any()
+
+
+def test_gru_reset_variants_differ():
+    """linear_before_reset changes the computation (the check above is not vacuous)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, T, E)).astype(np.float32)
+    p = _params("gru", rng)
+    a = _onnx_run("gru", [p], x, "forward", linear_before_reset=1)[0]
+    b = _onnx_run("gru", [p], x, "forward", linear_before_reset=0)[0]
+    assert np.abs(a - b).max() > 1e-3
+
+
+@pytest.mark.parametrize("cell,merge,use_len", [("lstm", "concat", False), ("gru", "sum", False),
+                                                 ("lstm", "sum", True), ("gru", "concat", True)])
+def test_bidirectional_matches_onnx_operator(cell, merge, use_len):
+    rng = np.random.default_rng(7 + GATES[cell])
+    x = rng.normal(size=(N, T, E)).astype(np.float32)
+    fw, bw = _params(cell, rng), _params(cell, rng)
+    lengths = LENGTHS if use_len else None
+    kw = f", merge={merge}" + (", lengths=len" if use_len else "")
+    text = _spec(f"bi: bidirectional({cell}, x, H{kw})", use_len, ["bi"])
+    params = {**{f"bi.fw.{k}": v for k, v in fw.items()}, **{f"bi.bw.{k}": v for k, v in bw.items()}}
+    got = _flowgrad_run(text, params, x, lengths)["bi"]
+    attrs = {"linear_before_reset": 1} if cell == "gru" else {}
+    Y = _onnx_run(cell, [fw, bw], x, "bidirectional", lengths, **attrs)[0]  # [T, 2, N, H]
+    Yf, Yb = Y[:, 0].transpose(1, 0, 2), Y[:, 1].transpose(1, 0, 2)
+    want = np.concatenate([Yf, Yb], axis=-1) if merge == "concat" else Yf + Yb
+    assert got.shape == want.shape
+    _close(got, want, "bidirectional vs Y")
