@@ -276,6 +276,10 @@ class Lowering:
             from .recurrent import lower_scan
 
             return lower_scan(self, e)
+        if e.func in ("grad", "hvp", "jacobian"):
+            from . import higher
+
+            return getattr(higher, f"lower_{e.func}")(self, e)
         if e.func == "bidirectional" and e.args and isinstance(e.args[0], S.Name):
             from . import recurrent  # noqa: F401  (registers the cells)
             from .layers import LAYERS
@@ -290,8 +294,6 @@ class Lowering:
         layer = layers.LAYERS.get(e.func)
         if layer is not None and layer.applies(args, kwargs):
             return layer(self, e, args, kwargs)
-        if e.func in ("grad", "jacobian", "hvp"):
-            raise SpecError(f"{e.func}() is not supported yet", e.func_loc or e.loc)
         op = get_op_at(e)
         return self.apply_op(op, e, args, kwargs)
 

@@ -1,7 +1,7 @@
 """Op families. Importing this package registers every op."""
 import importlib
 
-FAMILIES = ("elementwise", "reduce", "linalg", "shape", "indexing", "nn", "loss", "random", "scan")
+FAMILIES = ("elementwise", "reduce", "linalg", "shape", "indexing", "nn", "loss", "random", "scan", "batching")
 
 for _family in FAMILIES:
     try:

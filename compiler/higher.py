@@ -1,0 +1,93 @@
+"""Gradients inside the spec: `grad(expr, wrt)`, `hvp(expr, wrt, v)` and
+`jacobian(y, x)`. The compiler differentiates symbolically when the spec is
+compiled; the results are ordinary nodes, which the training graph then
+differentiates again (a contractive penalty, a gradient penalty)."""
+from __future__ import annotations
+
+import numpy as np
+
+from spec import model as S
+from spec.errors import GradientError, ShapeError, SpecError
+
+from .autodiff import grad
+from .ir import Value, at, dim_mul, producers_of
+
+
+def _tensor_args(low, e: S.Call, n: int, usage: str) -> list[Value]:
+    if len(e.args) != n or e.kwargs:
+        raise SpecError(f"{e.func}() takes {n} arguments", e.loc, f"usage: {usage}")
+    vals = [low.eval(a) for a in e.args]
+    for v, a in zip(vals, e.args):
+        if not isinstance(v, Value) or not v.dtype.startswith("float"):
+            raise SpecError(f"{e.func}() arguments must be float tensors, got {getattr(v, 'type', v)!r}", a.loc, f"usage: {usage}")
+    return vals
+
+
+def _grad_of(y: Value, x: Value, e: S.Call) -> Value:
+    if y.shape != ():
+        raise ShapeError(f"{e.func}() needs a scalar to differentiate, got {y.type}", e.args[0].loc,
+                         "reduce it first, e.g. sum(...) or mean(...); use jacobian(y, x) for every output")
+    (gx,) = grad([y], [x])
+    if gx is None:  # x does not reach y: the gradient is exactly zero
+        return x.graph.apply("zeros_like", x)
+    return gx
+
+
+def lower_grad(low, e: S.Call) -> Value:
+    y, x = _tensor_args(low, e, 2, "grad(scalar, wrt)")
+    with at(e.loc):
+        return _grad_of(y, x, e)
+
+
+def lower_hvp(low, e: S.Call) -> Value:
+    """Hessian-vector product: d/dx <d y/dx, v>."""
+    y, x, v = _tensor_args(low, e, 3, "hvp(scalar, wrt, v)")
+    if v.shape != x.shape:
+        raise ShapeError(f"hvp() vector {v.type} must have the shape of wrt {x.type}", e.args[2].loc)
+    with at(e.loc):
+        g = _grad_of(y, x, e)
+        return _grad_of(x.graph.apply("sum", g * v), x, e)
+
+
+def lower_jacobian(low, e: S.Call) -> Value:
+    """jacobian(y, x) for per-example y [N, M] and x [N, D]: J [N, M, D], J[n, m, d] = d y[n, m] / d x[n, d].
+
+    Exact, with one backward pass: the subgraph from x to y is rebuilt on a
+    batch repeated M times, and the cotangent picks output m in repeat m."""
+    y, x = _tensor_args(low, e, 2, "jacobian(y, x)")
+    if y.rank != 2 or x.rank != 2 or y.shape[0] != x.shape[0]:
+        raise ShapeError(f"jacobian() needs y [N, M] and x [N, D] with the same batch dim, got {y.type} and {x.type}",
+                         e.loc, "flatten per-example values to [N, features] first")
+    M = y.shape[1]
+    if not isinstance(M, int):
+        raise ShapeError(f"jacobian() needs a fixed number of outputs, got {y.type}", e.args[0].loc)
+    g = low.graph
+    with at(e.loc):
+        x_rep = g.apply("tile_batch", x, times=M)  # [M*N, D]: repeat m is rows m*N .. m*N+N-1
+        y_rep = _rebuild(y, x, x_rep, e)
+        picks = g.apply("one_hot_blocks", y_rep, blocks=M)  # [M*N, M]: 1 at column m in repeat m
+        (gx,) = grad([y_rep], [x_rep], [picks])
+        if gx is None:
+            return g.apply("fill", x, dims=((0, 0), M, x.shape[1]), dtype=x.dtype)
+        J = g.apply("reshape", gx, shape=(M, -1, x.shape[1]))  # [M, N, D]
+        return g.apply("transpose", J, perm=(1, 0, 2))
+
+
+def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call) -> Value:
+    """y's subgraph from x applied to x_new (other inputs unchanged), shapes re-inferred."""
+    g = x.graph
+    env = {x.id: x_new}
+    for node in producers_of([y]):
+        if not any(v.id in env for v in node.inputs):
+            continue
+        if node.op.name in ("scan", "random_bits"):
+            raise GradientError(f"jacobian() cannot rebuild {node.op.name!r} on a repeated batch", e.loc,
+                                "compute the jacobian of a deterministic, feed-forward part")
+        ins = [env.get(v.id, v) for v in node.inputs]
+        out = g.apply(node.op.name, *ins, **node.attrs)
+        outs = out if isinstance(out, tuple) else (out,)
+        for o, n in zip(node.outputs, outs):
+            env[o.id] = n
+    if y.id not in env:
+        return g.apply("fill", x_new, dims=((0, 0), y.shape[1]), dtype=y.dtype)
+    return env[y.id]

@@ -1,0 +1,70 @@
+"""Ops that repeat a batch, for exact Jacobians with batched cotangents."""
+from __future__ import annotations
+
+import numpy as np
+
+from spec.errors import ShapeError
+
+from ..ir import TensorType, dim_mul
+from ..registry import REQUIRED, OpDef, Sample, op
+
+
+@op("tile_batch")
+class TileBatch(OpDef):
+    """x [N, ...] repeated `times` times along axis 0: [times*N, ...]."""
+
+    attrs = {"times": REQUIRED}
+    gradgrad = True
+
+    def infer(self, attrs, x):
+        if x.rank < 1:
+            raise ShapeError("tile_batch needs a tensor with a batch axis")
+        return [TensorType(x.dtype, (dim_mul(int(attrs["times"]), x.shape[0]),) + tuple(x.shape[1:]))]
+
+    def emit(self, e, node, ins, outs):
+        e.add("Tile", [ins[0], e.ints([int(node.attrs["times"])] + [1] * (node.inputs[0].rank - 1))], outs)
+
+    def vjp(self, node, gouts):
+        x = node.inputs[0]
+        g = gouts[0].graph
+        rest = tuple(d if isinstance(d, int) else -1 for d in x.shape[1:])
+        if sum(1 for d in rest if d == -1):
+            raise ShapeError("tile_batch gradient needs fixed feature dims")
+        stacked = g.apply("reshape", gouts[0], shape=(int(node.attrs["times"]), -1) + rest)
+        return [g.apply("sum", stacked, axis=0)]
+
+    def ref(self, attrs, x):
+        return np.concatenate([x] * int(attrs["times"]), axis=0)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(2, 3))], {"times": 3}), Sample([rng.normal(size=(3,))], {"times": 2})]
+
+
+@op("one_hot_blocks")
+class OneHotBlocks(OpDef):
+    """[blocks*N, blocks] with 1 at column m in the rows of repeat m (ref gives the rows)."""
+
+    attrs = {"blocks": REQUIRED, "dtype": None}
+    nondiff = True
+
+    def infer(self, attrs, ref):
+        return [TensorType(attrs["dtype"] or ref.dtype, (ref.shape[0], int(attrs["blocks"])))]
+
+    def emit(self, e, node, ins, outs):
+        from ..emit import onnx_dtype
+
+        blocks = int(node.attrs["blocks"])
+        i64 = lambda v: e.const(np.asarray(v, dtype=np.int64))  # noqa: E731
+        rows = e.add("Gather", [e.add("Shape", ins), i64(0)], axis=0)
+        per_block = e.add("Div", [rows, i64(blocks)])
+        which = e.add("Div", [e.add("Range", [i64(0), rows, i64(1)]), per_block])
+        hit = e.add("Equal", [e.add("Unsqueeze", [which, e.ints([1])]), e.const(np.arange(blocks, dtype=np.int64))])
+        e.add("Cast", [hit], outs, to=onnx_dtype(node.outputs[0].dtype))
+
+    def ref(self, attrs, ref):
+        blocks = int(attrs["blocks"])
+        n = ref.shape[0] // blocks
+        return np.repeat(np.eye(blocks, dtype=attrs["dtype"] or ref.dtype), n, axis=0)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(6, 4))], {"blocks": 3}), Sample([rng.normal(size=(4,))], {"blocks": 2})]
