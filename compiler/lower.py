@@ -164,6 +164,12 @@ class Lowering:
         """zeros(N, H) / ones(...): dims are ints, dims names, or symbolic dims of the inputs (N)."""
         dims, refs = [], []
         for a in e.args:
+            if isinstance(a, S.Name) and a.id in self.spec.inputs and self.spec.inputs[a.id].shape == [] \
+                    and self.spec.inputs[a.id].dtype.startswith("int"):
+                # zeros(count, Z): a scalar integer input gives a size at run time (generators' sample count)
+                refs.append(self.lookup(a.id, a.loc))
+                dims.append((len(refs) - 1, a.id))
+                continue
             if isinstance(a, S.Name) and a.id not in self.spec.dims and a.id not in self._defs:
                 found = self.symbolic_dim(a.id)
                 if found is None:
@@ -288,6 +294,8 @@ class Lowering:
             return LAYERS["bidirectional"](self, e, args, self._eval_kwargs(e))
         if e.func in ("zeros", "ones") and not e.kwargs:
             return self.fill(e, 0.0 if e.func == "zeros" else 1.0)
+        if e.func in self.spec.blocks:
+            return self.call_block(e)
         self._check_keywords(e)
         args = [self.eval(a) for a in e.args]
         kwargs = self._eval_kwargs(e)
@@ -296,6 +304,23 @@ class Lowering:
             return layer(self, e, args, kwargs)
         op = get_op_at(e)
         return self.apply_op(op, e, args, kwargs)
+
+    def call_block(self, e: S.Call):
+        """`block(a, b)`: the block's graph applied to the arguments, inline. Its parameters
+        (`<block>.<name>`) are shared by every call, so `D(x)` and `D(fake)` use one discriminator."""
+        from .recurrent import _block_lowering
+
+        block = self.spec.blocks[e.func]
+        if e.kwargs or len(e.args) != len(block.inputs):
+            raise SpecError(f"block {e.func!r} takes {len(block.inputs)} argument(s) ({', '.join(block.inputs)}), "
+                            f"got {len(e.args) + len(e.kwargs)}", e.loc, "pass them positionally, in the block's 'in' order")
+        args = [self.tensor(a) for a in e.args]
+        body = _block_lowering(self, block, self.graph, lambda v: v, dict(zip(block.inputs, args)))
+        outs = []
+        for name in block.outputs:
+            v = body.lookup(name, block.loc)
+            outs.append(v if isinstance(v, Value) else self.graph.lift(v))
+        return tuple(outs) if len(outs) > 1 else outs[0]
 
     def _eval_kwargs(self, e: S.Call) -> dict:
         kwargs = {}

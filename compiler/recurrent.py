@@ -209,26 +209,24 @@ def lower_scan(low, e: S.Call):
     seqs = [time_major(g, x, axis) for x in over]
     if not seqs and kw.get("length") is None:
         raise SpecError("scan() needs over= or length=", e.loc)
+    carried = getattr(low, "recurrent_state", None)  # decoding: states carried between calls
+    key = "scan:" + (low._target or block_name)
+    if carried is not None and key in carried:
+        init = list(carried[key])
+    if carried is not None and seqs and seqs[0].shape[0] == 1 and kw.get("mask") is None:
+        # One step (decoding a token): the block inline, without a loop.
+        steps = [g.apply("index", x, spec=(0,)) for x in seqs]
+        body_low = _block_lowering(low, block, g, lambda v: v, dict(zip(block.inputs, steps + init)))
+        new_carries, extras = _block_outputs(body_low, block, len(init), init)
+        low.recurrent_final[key] = new_carries
+        res = [g.apply("unsqueeze", v, axes=(0,)) for v in new_carries + extras]
+        res = [from_time_major(g, r, axis) for r in res]
+        return tuple(res) if len(res) > 1 else res[0]
     sb = StepBuilder(g)
     seq_in = [sb.graph.add_input(n, x.dtype, x.shape[1:]) for n, x in zip(block.inputs, seqs)]
     carry_in = [sb.graph.add_input(n, v.dtype, v.shape) for n, v in zip(block.inputs[len(over):], init)]
-    body_low = BlockLowering(low, block, sb, dict(zip(block.inputs, seq_in + carry_in)))
-    outs = []
-    for name in block.outputs:
-        v = body_low.lookup(name, block.loc)
-        if not isinstance(v, Value):
-            v = body_low.graph.lift(v)
-        outs.append(v)
-    if len(outs) < len(init):
-        raise SpecError(f"block {block_name!r} returns {len(outs)} value(s) for {len(init)} state(s)", block.loc)
-    new_carries, extras = outs[:len(init)], outs[len(init):]
-    for k, (c, n) in enumerate(zip(carry_in, new_carries)):
-        if c.type != n.type:
-            n2 = body_low.graph.cast(n, c.dtype) if c.shape == n.shape else None
-            if n2 is None:
-                raise ShapeError(f"block {block_name!r} returns state {block.outputs[k]!r} as {n.type}, "
-                                 f"but takes it as {c.type}", block.loc)
-            new_carries[k] = n2
+    body_low = _block_lowering(low, block, sb.graph, sb.capture, dict(zip(block.inputs, seq_in + carry_in)))
+    new_carries, extras = _block_outputs(body_low, block, len(init), carry_in)
     mask = kw.get("mask")
     if mask is not None:
         new_carries, extras, m_in = _apply_mask(sb, carry_in, new_carries, extras)
@@ -237,6 +235,8 @@ def lower_scan(low, e: S.Call):
     body = Body(sb.graph, carry_in, seq_in, sb.nonseqs, new_carries, extras)
     res = run_scan(g, body, init, seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate,
                    length=kw.get("length"))
+    if carried is not None:
+        low.recurrent_final[key] = [g.apply("index", r, spec=(0 if reverse else -1,)) for r in res[:len(init)]]
     res = [from_time_major(g, r, axis) for r in res]
     return tuple(res) if len(res) > 1 else res[0]
 
@@ -253,52 +253,63 @@ def _apply_mask(sb: StepBuilder, carries, new_carries, extras):
     return carried, outs, m
 
 
-class BlockLowering:
-    """Evaluates a block's graph inside a StepBuilder; outer names become non-sequences."""
+def _block_lowering(outer, block, graph: Graph, capture, locals_: dict):
+    """A Lowering of a block's graph into `graph`; outer values pass through `capture`."""
+    from .lower import Lowering
 
-    def __new__(cls, outer, block, sb, locals_):
-        from .lower import Lowering
+    class BlockLowering(Lowering):
+        def __init__(self):
+            self.spec = outer.spec
+            self.graph = graph
+            self.params = outer.params
+            self.inputs = {}
+            self.env = dict(locals_)
+            self._defs = {t: (a, i) for a in block.graph for i, t in enumerate(a.targets)}
+            self._evaluating = []
+            self._target = None
+            self._layer_calls = 0
 
-        class _BL(Lowering):
-            def __init__(self):
-                self.spec = outer.spec
-                self.graph = sb.graph
-                self.params = outer.params
-                self.inputs = {}
-                self.env = dict(locals_)
-                self._defs = {}
-                self._evaluating = []
-                self._target = None
-                self._layer_calls = 0
-                for a in block.graph:
-                    for i, t in enumerate(a.targets):
-                        self._defs[t] = (a, i)
+        def known_names(self):
+            return [*self.env, *self._defs, *block.params, *outer.known_names()]
 
-            def known_names(self):
-                return [*self.env, *self._defs, *block.params, *outer.known_names()]
+        def lookup(self, name, loc):
+            if name in self.env:
+                return self.env[name]
+            if name in self._defs:
+                return self.evaluate_name(name)
+            if name in block.params:
+                p = block.params[name]
+                return self.add_param(name, p.shape, p.init.kind, p.init.args, p.trainable, p.loc,
+                                      seed=p.init.args.get("seed"))
+            v = outer.lookup(name, loc)
+            return capture(v) if isinstance(v, Value) else v
 
-            def lookup(self, name, loc):
-                if name in self.env:
-                    return self.env[name]
-                if name in self._defs:
-                    return self.evaluate_name(name)
-                if name in block.params:
-                    full = f"{block.name}.{name}"
-                    if full not in outer.params:
-                        p = block.params[name]
-                        outer.add_param(full, p.shape, p.init.kind, p.init.args, p.trainable, p.loc,
-                                        seed=p.init.args.get("seed"))
-                    return sb.capture(outer.params[full].value)
-                v = outer.lookup(name, loc)
-                return sb.capture(v) if isinstance(v, Value) else v
+        def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None):
+            full = f"{block.name}.{name}"  # a block's parameters are shared by every use of the block
+            if full not in outer.params:
+                outer.add_param(full, shape, init_kind, init_args, trainable, loc, kind, seed)
+            return capture(outer.params[full].value)
 
-            def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None):
-                full = f"{block.name}.{name}"
-                if full not in outer.params:
-                    outer.add_param(full, shape, init_kind, init_args, trainable, loc, kind, seed)
-                return sb.capture(outer.params[full].value)
+    return BlockLowering()
 
-        return _BL()
+
+def _block_outputs(body_low, block, n_states: int, carry_in: list) -> tuple[list, list]:
+    outs = []
+    for name in block.outputs:
+        v = body_low.lookup(name, block.loc)
+        if not isinstance(v, Value):
+            v = body_low.graph.lift(v)
+        outs.append(v)
+    if len(outs) < n_states:
+        raise SpecError(f"block {block.name!r} returns {len(outs)} value(s) for {n_states} state(s)", block.loc)
+    new_carries, extras = outs[:n_states], outs[n_states:]
+    for k, (c, n) in enumerate(zip(carry_in, new_carries)):
+        if c.type != n.type:
+            if c.shape != n.shape:
+                raise ShapeError(f"block {block.name!r} returns state {block.outputs[k]!r} as {n.type}, "
+                                 f"but takes it as {c.type}", block.loc)
+            new_carries[k] = body_low.graph.cast(n, c.dtype)
+    return new_carries, extras
 
 
 # -------------------------------------------------------------------- ready-made cells
@@ -489,3 +500,75 @@ class Bidirectional(Layer):
 for _cell in CELLS:
     LAYERS[_cell] = Recurrent(_cell)
 LAYERS["bidirectional"] = Bidirectional()
+
+
+class Cell(Layer):
+    """rnn_cell(x, h) / gru_cell(x, h) / lstm_cell(x, h, c): one step, for blocks; returns the new state(s)."""
+
+    keywords = ("layer_norm", "act", "linear_before_reset")
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.name = f"{cell}_cell"
+        gates, n_states, _ = CELLS[cell]
+        self.positional = ("x", "h", "c")[:1 + n_states]
+        self.required = self.positional
+        self.usage = f"{self.name}({', '.join(self.positional)})"
+
+    def __call__(self, low, e, args, kwargs):
+        a = self.bind(e, args, kwargs)
+        gates, n_states, step = CELLS[self.cell]
+        x, states = a["x"], [a[k] for k in self.positional[1:]]
+        for v, k in zip([x] + states, self.positional):
+            if not isinstance(v, Value) or v.rank != 2:
+                raise ShapeError(f"{self.name}() needs {k} as [N, features], got {getattr(v, 'type', v)}", e.loc)
+        H = states[0].shape[-1]
+        prefix = low.layer_name(self.name)
+        W = low.add_param(f"{prefix}.W", (x.shape[-1], gates * H), "glorot_uniform", loc=e.loc)
+        U = low.add_param(f"{prefix}.U", (H, gates * H), "orthogonal", loc=e.loc)
+        b = low.add_param(f"{prefix}.b", (gates * H,), "zeros", loc=e.loc)
+        bu = low.add_param(f"{prefix}.bu", (gates * H,), "zeros", loc=e.loc) if self.cell == "gru" else None
+        ln = None
+        if a.get("layer_norm"):
+            size = [gates * H, H] if self.cell == "lstm" else ([H, H] if self.cell == "gru" else [gates * H, gates * H])
+            ln = [(low.add_param(f"{prefix}.ln{k}.gamma", (size[k],), "ones", loc=e.loc),
+                   low.add_param(f"{prefix}.ln{k}.beta", (size[k],), "zeros", loc=e.loc)) for k in range(2)]
+        extra = {"lstm": None, "gru": bool(a.get("linear_before_reset", True)), "rnn": a.get("act", "tanh")}[self.cell]
+        new = step(low.graph, x @ W + b, states, U, bu, H, ln, extra)
+        return tuple(new) if len(new) > 1 else new[0]
+
+
+class Attention(Layer):
+    """additive_attention(query, keys, units, values=keys, mask=m): Bahdanau attention with its own
+    parameters; returns (context, weights). With tensors for W, U, v it is the raw op."""
+
+    name = "additive_attention"
+    positional = ("query", "keys", "units")
+    keywords = ("values", "mask")
+    required = ("query", "keys", "units")
+    usage = "additive_attention(query, keys, units, values=keys, mask=m)"
+
+    def applies(self, args, kwargs):
+        return len(args) == 3 and not isinstance(args[2], Value)
+
+    def __call__(self, low, e, args, kwargs):
+        a = self.bind(e, args, kwargs)
+        q, k = a["query"], a["keys"]
+        units = _int_arg(a["units"], "units", e.loc)
+        for v, what in ((q, "query"), (k, "keys")):
+            if not isinstance(v, Value):
+                raise SpecError(f"additive_attention() needs {what} as a tensor", e.loc)
+        values = a.get("values", k)
+        mask = a.get("mask")
+        if mask is None:
+            mask = low.graph.apply("fill", k, dims=((0, 0), (0, 1)), value=1.0, dtype=low.graph.float_dtype)
+        prefix = low.layer_name("attention")
+        W = low.add_param(f"{prefix}.W", (q.shape[-1], units), "glorot_uniform", loc=e.loc)
+        U = low.add_param(f"{prefix}.U", (k.shape[-1], units), "glorot_uniform", loc=e.loc)
+        v = low.add_param(f"{prefix}.v", (units,), "glorot_uniform", loc=e.loc)
+        return low.graph.apply("additive_attention", q, k, values, low.graph.cast(mask, low.graph.float_dtype), W, U, v)
+
+
+for _cell in CELLS:
+    LAYERS[f"{_cell}_cell"] = Cell(_cell)
+LAYERS["additive_attention"] = Attention()

@@ -401,6 +401,14 @@ def build_infer(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
     if not spec.outputs:
         return None
     low = Lowering(spec, mode="infer", float_dtype=dtype)
+    g = low.graph
+
+    def rng_inputs():  # deployment graphs draw from `seed` alone: step is fixed at 0
+        if "seed" not in g.inputs:
+            g.add_input("seed", "int64", (), kind="control")
+        return g.input("seed"), g.const(np.asarray(0, dtype=np.int64))
+
+    g.rng_inputs = rng_inputs
     b = _Builder(low)
     for a in spec.outputs:
         v = low.eval(a.expr)

@@ -291,7 +291,6 @@ class SpecGraph:
 class GradNode:
     key: str  # the spec node's key it is the gradient of
     values: list[Value]
-    ops: int = 0  # IR gradient ops that compute it from the gradients it reads
 
 
 def pick_objective(spec: S.Spec, name: str | None):
@@ -299,7 +298,7 @@ def pick_objective(spec: S.Spec, name: str | None):
 
     objs = objectives_of(spec)
     if not objs:
-        raise SpecError("the spec has no loss, so there is no gradient to draw", None,
+        raise SpecError("the spec has no loss, so it has no gradients or training step to draw", None,
                         "add a 'loss:' (or train.objectives) to the spec")
     if name is None:
         return objs[0]
@@ -365,10 +364,8 @@ def backward_nodes(sg: SpecGraph, objective=None) -> tuple[str, dict[str, GradNo
             continue
         boxes.setdefault(k, GradNode(k, [])).values.append(c)
         cot_keys.setdefault(c.id, []).append(k)
-    # Walk each gradient back through gradient ops to the gradients it is computed from;
-    # nearest the loss first, so each box counts the ops between it and its sources.
+    # Walk each gradient back through gradient ops to the gradients it is computed from.
     order = [loss_key] + [k for k in reversed(list(sg.nodes)) if k in boxes and k != loss_key]
-    claimed: set[int] = set()
     edges: list[tuple[str, str]] = []
     for k in order:
         if k not in boxes:
@@ -388,9 +385,6 @@ def backward_nodes(sg: SpecGraph, objective=None) -> tuple[str, dict[str, GradNo
             p = v.producer
             if p is None or id(p) not in grad_ids:
                 continue
-            if id(p) not in claimed:
-                claimed.add(id(p))
-                boxes[k].ops += 1
             stack.extend(p.inputs)
     return loss_key, boxes, edges
 

@@ -10,7 +10,7 @@ tests/test_cells.py."""
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -337,6 +337,39 @@ CELL_SPECS = {
     "lstm_layers2": LENGTHS + "graph:\n  hs, h, c: lstm(x, H, layers=2, return_state=true, lengths=len + 2)\n"
                     "loss: mean(hs * hs) + mean(h) + mean(c * c)\n",
     "gru_layers2": LENGTHS + "graph:\n  hs: gru(x, H, layers=2, reverse=true)\nloss: mean(hs * hs) + mean(hs)\n",
+    "scan_length": HEAD + """\
+inputs:
+  z: {shape: [N, H]}
+blocks:
+  step:
+    in: [h]
+    params:
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      h2: tanh(h @ U + z)
+    out: [h2]
+graph:
+  hs: scan(step, init=[z], length=4)
+loss: mean(hs * hs) + mean(hs)
+""",
+    "scan_two_seqs_axis0": HEAD + """\
+inputs:
+  x: {shape: [T, N, E]}
+  u: {shape: [T, N, H]}
+blocks:
+  step:
+    in: [x_t, u_t, h]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      h2: tanh(x_t @ W + h @ U) * sigmoid(u_t)
+      y: h2 + u_t
+    out: [h2, y]
+graph:
+  hs, ys: scan(step, over=[x, u], init=[zeros(N, H)], axis=0, truncate=9)
+loss: mean(hs * hs) + mean(ys * ys)
+""",
 }
 
 
@@ -508,14 +541,18 @@ def test_lstm_loops_are_hoisted(monkeypatch):
     (mm,) = _matmuls(fbody.node)
     assert "hs.U" in mm.input
     assert not any("hs.W" in n.input for n in fbody.node)
+    assert fwd.input[2:] and all(i not in ("hs.W", "hs.b") for i in fwd.input)
     # The input projection is one product over all steps, outside the loop.
-    proj = [n for n in _matmuls(model.graph.node) if "hs.W" in n.input]
-    assert len(proj) == 1
+    (proj,) = [n for n in _matmuls(model.graph.node) if "hs.W" in n.input]
+    shapes = {v.name: v.type.tensor_type.shape for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    dims = [d.dim_param or d.dim_value for d in shapes[proj.output[0]].dim]
+    assert dims == ["T", "N", 4 * H]  # x @ W for every step at once
     # Backward step: it recomputes h @ U and propagates δ @ Uᵀ, and nothing else;
     # dU = Σ_t h_{t-1}ᵀ δ_t is one product outside, not a sum carried by the loop.
     bbody = _body(bwd)
     made = {o: n for n in bbody.node for o in n.output}
     mms = _matmuls(bbody.node)
+    assert not any("hs.W" in n.input for n in bbody.node)
     assert len(mms) == 2
     for n in mms:  # a dU term would be transpose(h_{t-1}) @ δ_t
         first = made.get(n.input[0])

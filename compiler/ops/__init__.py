@@ -1,7 +1,7 @@
 """Op families. Importing this package registers every op."""
 import importlib
 
-FAMILIES = ("elementwise", "reduce", "linalg", "shape", "indexing", "nn", "loss", "random", "scan", "batching")
+FAMILIES = ("elementwise", "reduce", "linalg", "shape", "indexing", "nn", "loss", "random", "scan", "batching", "attention", "noise")
 
 for _family in FAMILIES:
     try:

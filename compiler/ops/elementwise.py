@@ -137,7 +137,9 @@ def _scalar_tensor(v, dtype):
 
 @op("fill")
 class Fill(OpDef):
-    """A tensor filled with `value`; `dims` entries are ints or (ref, axis): that dim of the ref-th input."""
+    """A tensor filled with `value`; `dims` entries are ints, (ref, axis): that dim of the
+    ref-th input, or (ref, name): the value of the ref-th input, an integer scalar (a size
+    given at run time, such as a generator's sample count; `name` labels the dim)."""
 
     inputs = ("refs",)
     variadic = True
@@ -149,6 +151,11 @@ class Fill(OpDef):
         for d in attrs["dims"]:
             if isinstance(d, int):
                 shape.append(d)
+            elif isinstance(d[1], str):
+                i, name = d
+                if refs[i].rank != 0 or not refs[i].dtype.startswith(("int", "uint")):
+                    raise ShapeError(f"a size read from a tensor needs an integer scalar, got {refs[i]}")
+                shape.append(name)
             else:
                 i, axis = d
                 shape.append(refs[i].shape[axis])
@@ -159,6 +166,11 @@ class Fill(OpDef):
         for d in node.attrs["dims"]:
             if isinstance(d, int):
                 parts.append(e.ints([d]))
+            elif isinstance(d[1], str):
+                from onnx import TensorProto
+
+                size = e.add("Cast", [ins[d[0]]], to=TensorProto.INT64)
+                parts.append(e.add("Reshape", [size, e.ints([1])]))
             else:
                 i, axis = d
                 parts.append(e.add("Gather", [e.add("Shape", [ins[i]]), e.ints([axis])], axis=0))
@@ -166,12 +178,14 @@ class Fill(OpDef):
         e.add("ConstantOfShape", [shape], outs, value=_scalar_tensor(node.attrs["value"], node.attrs["dtype"]))
 
     def ref(self, attrs, *refs):
-        shape = [d if isinstance(d, int) else refs[d[0]].shape[d[1]] for d in attrs["dims"]]
+        shape = [d if isinstance(d, int) else int(refs[d[0]]) if isinstance(d[1], str) else refs[d[0]].shape[d[1]]
+                 for d in attrs["dims"]]
         return np.full(shape, attrs["value"], dtype=attrs["dtype"])
 
     def samples(self, rng):
         return [Sample([rng.normal(size=(3, 2))], {"dims": ((0, 0), 4), "dtype": "float64"}),
-                Sample([], {"dims": (2, 3), "value": 1.5, "dtype": "float64"})]
+                Sample([], {"dims": (2, 3), "value": 1.5, "dtype": "float64"}),
+                Sample([np.asarray(5, dtype=np.int64)], {"dims": ((0, "count"), 3), "dtype": "float64"})]
 
 
 @op("broadcast_like")

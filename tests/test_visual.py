@@ -1,0 +1,403 @@
+"""Seeing the model: `flowgrad graph` (spec view, --backward, --optimized, --expand) and `flowgrad summary`."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from compiler import training
+from compiler.ir import producers_of
+from compiler.training import check_spec, compile_spec, objectives_of
+from spec import load_spec
+from spec import model as S
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = sorted((ROOT / "models").glob("*.yaml"))
+MLP = ROOT / "models" / "mlp.yaml"
+CHAR_LSTM = ROOT / "models" / "char_lstm.yaml"
+HAVE_DOT = shutil.which("dot") is not None
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_consoles(monkeypatch):
+    import cli
+
+    for console in (cli.out, cli.err):
+        monkeypatch.setattr(console, "width", 200)
+
+
+def invoke(*args, code=0):
+    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    assert isinstance(result.exception, (SystemExit, type(None))), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert result.exit_code == code, result.output
+    return result
+
+
+# ---------------------------------------------------------------- reading DOT back
+_ID = r'("(?:[^"\\]|\\.)*"|[A-Za-z_][\w.]*)'
+_NODE = re.compile(r"^\s*" + _ID + r"\s*\[(.*)\]\s*$")
+_EDGE = re.compile(r"^\s*" + _ID + r"\s*->\s*" + _ID + r"\s*(\[(.*)\])?\s*$")
+_CLASS = re.compile(r'(?:^|\s)class=(?:"([^"]*)"|([^\s\]]+))')
+
+
+def dot_nodes(text: str) -> dict[str, str]:
+    """Node id -> its class attribute, for every node statement that has one."""
+    nodes = {}
+    for line in text.splitlines():
+        if _EDGE.match(line):
+            continue
+        m = _NODE.match(line)
+        if not m or m.group(1) in ("graph", "node", "edge"):
+            continue
+        attrs = m.group(2)
+        attrs = re.sub(r"label=<.*?>(?= \w+=|$)", "", attrs)  # HTML labels hold no class=, but skip them
+        c = _CLASS.search(attrs)
+        if c:
+            nodes[m.group(1).strip('"')] = c.group(1) or c.group(2)
+    return nodes
+
+
+def dot_edges(text: str) -> list[tuple[str, str, str]]:
+    out = []
+    for line in text.splitlines():
+        m = _EDGE.match(line)
+        if m:
+            out.append((m.group(1).strip('"'), m.group(2).strip('"'), m.group(4) or ""))
+    return out
+
+
+# ---------------------------------------------------------------- what the spec says, counted here
+def names_read(e) -> list[str]:
+    """Every Name in an expression tree (walked generically over the dataclass fields)."""
+    out = []
+    if isinstance(e, S.Name):
+        out.append(e.id)
+    if isinstance(e, S.Expr):
+        for v in vars(e).values():
+            for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v]):
+                out += names_read(c)
+    return out
+
+
+def spec_node_count(spec, low) -> int:
+    return (len(spec.inputs) + len(low.params) + len(spec.graph) + (spec.loss is not None)
+            + len(spec.metrics) + len(spec.outputs))
+
+
+def on_path_to_loss(spec, low) -> set[str]:
+    """Spec values on a path from a trained parameter to the loss, from the names each expression
+    reads (a layer's parameters `h.W` feed its entry `h`)."""
+    entry = {t: ",".join(a.targets) for a in spec.graph for t in a.targets}
+    succ: dict[str, set[str]] = {}
+
+    def key(name):
+        return entry.get(name, name if name in low.params or name in spec.inputs else None)
+
+    for a in spec.graph:
+        for n in names_read(a.expr):
+            if key(n):
+                succ.setdefault(key(n), set()).add(",".join(a.targets))
+    for p in low.params:
+        head = p.split(".")[0]
+        if "." in p and head in entry:
+            succ.setdefault(p, set()).add(entry[head])
+    for n in names_read(spec.loss.expr):
+        if key(n):
+            succ.setdefault(key(n), set()).add("loss")
+    trained = [n for n, p in low.params.items() if p.kind == "param" and p.trainable]
+    down, stack = set(trained), list(trained)
+    while stack:
+        for s in succ.get(stack.pop(), ()):
+            if s not in down:
+                down.add(s)
+                stack.append(s)
+    pred: dict[str, set[str]] = {}
+    for a, bs in succ.items():
+        for b in bs:
+            pred.setdefault(b, set()).add(a)
+    up, stack = {"loss"}, ["loss"]
+    while stack:
+        for s in pred.get(stack.pop(), ()):
+            if s not in up:
+                up.add(s)
+                stack.append(s)
+    return down & up
+
+
+SPEC_KINDS = {"input", "param", "buffer", "node", "loss", "metric", "output"}
+
+
+# ---------------------------------------------------------------- graph: the spec view
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_graph_has_one_box_per_spec_node_and_a_gradient_per_value_on_the_loss_path(path, tmp_path):
+    spec = load_spec(str(path))
+    low = check_spec(spec)
+    out = tmp_path / "g.dot"
+    invoke("graph", path, "-o", out)
+    text = out.read_text()
+    nodes = dot_nodes(text)
+    assert set(nodes.values()) <= SPEC_KINDS
+    assert len(nodes) == spec_node_count(spec, low)
+    for name in [*spec.inputs, *low.params, *(t for a in spec.graph for t in a.targets)]:
+        assert any(k.endswith("/" + name) or name in k.split("/")[-1].split(",") for k in nodes), name
+    # edges follow the names: x -> h1 for `h1: ...(x @ W1 ...)`
+    if path == MLP:
+        edges = {(a, b) for a, b, _ in dot_edges(text)}
+        assert {("input/x", "node/h1"), ("param/W1", "node/h1"), ("node/h1", "node/h2"),
+                ("node/logits", "loss/loss"), ("input/y", "metric/accuracy")} <= edges
+
+    out_b = tmp_path / "b.dot"
+    invoke("graph", path, "--backward", "-o", out_b)
+    text_b = out_b.read_text()
+    nodes_b = dot_nodes(text_b)
+    grads = [k for k, c in nodes_b.items() if c == "grad"]
+    assert len(nodes_b) - len(grads) == spec_node_count(spec, low)
+    expected = on_path_to_loss(spec, low)
+    assert len(grads) == len(expected), (sorted(grads), sorted(expected))
+    trained = [n for n, p in low.params.items() if p.kind == "param" and p.trainable]
+    for p in trained:
+        assert f"∂loss/∂{p}</B>" in text_b
+    # The gradient arrows run back: from the loss's gradient towards the parameters' (drawn reversed).
+    back = [(a, b) for a, b, attrs in dot_edges(text_b) if a.startswith("grad/") and "dir=back" in attrs]
+    assert back and all(b.startswith("grad/") for _, b in back)
+
+
+def test_backward_edges_come_from_autodiff():
+    from compiler.visual import SpecGraph, backward_nodes
+
+    sg = SpecGraph(load_spec(str(MLP)))
+    loss_key, boxes, edges = backward_nodes(sg)
+    assert loss_key == "loss/loss"
+    assert set(edges) == {
+        ("loss/loss", "node/logits"), ("node/logits", "node/h2"), ("node/h2", "node/h1"),
+        ("node/logits", "param/W3"), ("node/logits", "param/b3"), ("node/h2", "param/W2"),
+        ("node/h2", "param/b2"), ("node/h1", "param/W1"), ("node/h1", "param/b1"),
+    }
+    assert [tuple(v.shape) for v in boxes["param/W1"].values] == [(64, 256)]
+    assert [tuple(v.shape) for v in boxes["node/h1"].values] == [("N", 256)]
+
+
+@pytest.mark.skipif(not HAVE_DOT, reason="Graphviz's dot is not installed")
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_graph_svg_is_xml_with_the_spec_names(path, tmp_path):
+    spec = load_spec(str(path))
+    low = check_spec(spec)
+    out = tmp_path / "g.svg"
+    res = invoke("graph", path, "--backward", "-o", out)
+    assert res.stdout.strip() == str(out)
+    root = ET.parse(out).getroot()
+    assert root.tag.endswith("svg")
+    text = " ".join(t for t in root.itertext())
+    for name in [*spec.inputs, *low.params, *(t for a in spec.graph for t in a.targets), "loss",
+                 *(m.targets[0] for m in spec.metrics), *(o.targets[0] for o in spec.outputs)]:
+        assert name in text, name
+    assert "∂loss/∂" in text
+
+
+@pytest.mark.skipif(not HAVE_DOT, reason="Graphviz's dot is not installed")
+def test_graph_png(tmp_path):
+    out = tmp_path / "g.png"
+    invoke("graph", MLP, "-o", out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_graph_without_graphviz_writes_dot_and_says_how_to_install(tmp_path, monkeypatch):
+    import compiler.visual as visual
+
+    monkeypatch.setattr(visual.shutil, "which", lambda name: None)
+    res = invoke("graph", MLP, "-o", tmp_path / "g.svg")
+    assert (tmp_path / "g.dot").exists() and not (tmp_path / "g.svg").exists()
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    assert "apt-get install graphviz" in lines[0] and "brew install graphviz" in lines[0]
+    assert res.stdout.strip() == str(tmp_path / "g.dot")
+
+
+def test_graph_refuses_an_unknown_format(tmp_path):
+    res = invoke("graph", MLP, "-o", tmp_path / "g.bmp", code=1)
+    assert ".svg" in res.stderr
+
+
+def test_graph_unknown_objective(tmp_path):
+    res = invoke("graph", MLP, "--backward", "--objective", "mian", "-o", tmp_path / "g.dot", code=1)
+    assert "main" in res.stderr
+
+
+# ---------------------------------------------------------------- graph --optimized
+def _optimized_training_nodes(spec):
+    """The IR nodes of the optimized training step, caught from compiler.training.build_train itself."""
+    caught = []
+    real = training.optimize
+
+    def spy(values):
+        out = real(values)
+        caught.append(out)
+        return out
+
+    training.optimize = spy
+    try:
+        training.build_train(spec, objectives_of(spec)[0], spec.train.get("dtype", "float32"))
+    finally:
+        training.optimize = real
+    return producers_of(caught[0])
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_optimized_graph_has_one_box_per_ir_op(path, tmp_path):
+    spec = load_spec(str(path))
+    out = tmp_path / "o.dot"
+    invoke("graph", path, "--optimized", "-o", out)
+    text = out.read_text()
+    ops = [c for c in dot_nodes(text).values() if c.startswith("op ")]
+    nodes = _optimized_training_nodes(spec)
+    # constants are written into the ops that read them (they are ONNX initializers, not ops)
+    real_ops = [n for n in nodes if n.op.name != "constant"]
+    assert len(ops) == len(real_ops)
+    assert f"{len(real_ops)} ops (+{len(nodes) - len(real_ops)} constants)" in text
+    assert {c.split()[1] for c in ops} == {"forward", "grad", "update"}
+    assert "subgraph cluster_" in text  # clustered by the spec entry the ops came from
+
+
+def test_optimized_graph_labels_ops_with_their_spec_location(tmp_path):
+    out = tmp_path / "o.dot"
+    invoke("graph", MLP, "--optimized", "-o", out)
+    text = out.read_text()
+    assert "<B>relu</B>" in text and "16:15" in text  # relu(...) in h1's entry, line 16
+    assert "gemm(a, b, c)" in text  # the fused x @ W1 + b1
+
+
+def test_scan_is_one_box_unless_expanded(tmp_path):
+    out, out_x = tmp_path / "c.dot", tmp_path / "cx.dot"
+    invoke("graph", CHAR_LSTM, "-o", out)
+    invoke("graph", CHAR_LSTM, "--expand", "-o", out_x)
+    plain, expanded = out.read_text(), out_x.read_text()
+    assert "body" not in dot_nodes(plain).values() and "box3d" in plain
+    body = [c for c in dot_nodes(expanded).values() if c == "body"]
+    assert len(body) > 5 and "scan step" in expanded
+    # the expanded picture keeps exactly one box per spec node besides the body
+    assert len([c for c in dot_nodes(expanded).values() if c != "body"]) == len(dot_nodes(plain))
+    opt, opt_x = tmp_path / "o.dot", tmp_path / "ox.dot"
+    invoke("graph", CHAR_LSTM, "--optimized", "-o", opt)
+    invoke("graph", CHAR_LSTM, "--optimized", "--expand", "-o", opt_x)
+    assert "ops inside" in opt.read_text() and "body" not in dot_nodes(opt.read_text()).values()
+    assert "body" in dot_nodes(opt_x.read_text()).values()
+
+
+BLOCK_SPEC = """\
+flowgrad: 1
+name: blocky
+dims: {E: 3, H: 4}
+inputs:
+  x: {shape: [N, T, E]}
+params:
+  V: {shape: [H, H], init: glorot_uniform}
+blocks:
+  step:
+    in: [x_t, h]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      a, z: split(x_t @ W + h @ U, 2, axis=-1)
+      h2: tanh(concat(a, z, axis=-1) @ V)
+    out: [h2]
+graph:
+  hs: scan(step, over=x, init=[zeros(N, H)])
+loss: mean(hs * hs)
+"""
+
+
+def test_blocks_expand_into_their_entries(tmp_path):
+    path = tmp_path / "blocky.yaml"
+    path.write_text(BLOCK_SPEC)
+    plain, expanded = tmp_path / "p.dot", tmp_path / "x.dot"
+    invoke("graph", path, "--backward", "-o", plain)
+    invoke("graph", path, "--backward", "--expand", "-o", expanded)
+    nodes = dot_nodes(plain.read_text())
+    # V is read inside the block: it still feeds the entry that runs the block, and gets a gradient
+    assert ("param/V", "node/hs") in {(a, b) for a, b, _ in dot_edges(plain.read_text())}
+    assert {"grad/param/V", "grad/param/step.W", "grad/param/step.U", "grad/node/hs"} <= set(nodes)
+    text = expanded.read_text()
+    assert "block step(x_t, h) -&gt; h2" in text or "block step(x_t, h) -> h2" in text
+    assert "<B>a, z</B>" in text and "<B>h2</B>" in text
+    body = [k for k, c in dot_nodes(text).items() if c == "body"]
+    assert len(body) == 2 + 2 + 2  # inputs x_t, h; params W, U; entries (a, z), h2
+
+
+# ---------------------------------------------------------------- summary
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_summary_parameter_count_matches_the_initial_state(path):
+    spec = load_spec(str(path))
+    r = json.loads(invoke("summary", path, "--json").stdout)
+    cm = compile_spec(spec, graphs=())
+    state = cm.initial_state()
+    assert r["totals"]["params"] == sum(state[n].size for n, p in cm.params.items() if p.kind == "param")
+    assert sum(p["count"] for p in r["params"]) == sum(state[n].size for n in cm.params)
+    assert [n["name"] for n in r["nodes"] if n["kind"] == "node"] == [", ".join(a.targets) for a in spec.graph]
+    t = r["totals"]
+    assert t["training_flops_per_step"] > 2 * t["forward_flops_per_step"] > 0
+    # layer shorthands: the parameters an entry makes add up to the parameters not declared in the spec
+    made = sum(n["params"] for n in r["nodes"])
+    assert made == sum(p["count"] for p in r["params"] if p["name"] not in spec.params)
+
+
+def test_summary_flops_of_the_mlp_by_hand():
+    r = json.loads(invoke("summary", MLP, "--json").stdout)
+    t = r["totals"]
+    B, D, H, K = 64, 64, 256, 10  # train.batch_size and the dims of models/mlp.yaml
+    assert r["batch_size"] == B
+    matmul = 2 * D * H + 2 * H * H + 2 * H * K
+    assert t["forward_matmul_flops_per_example"] == matmul
+    assert t["forward_matmul_flops_per_step"] == B * matmul
+    kinds = t["forward_flops_by_kind"]
+    assert t["forward_flops_per_step"] == sum(kinds.values())
+    assert kinds["conv"] == 0
+    # bias adds and relus at least, 1 per element; dropout, softmax and the loss a few more
+    assert B * (2 * H + 2 * H + K) <= kinds["elementwise"] <= B * 20 * (2 * H + K)
+    # training: the forward products, the weight gradients (same size) and the gradients of h1 and h2
+    # (not of the input x, which nothing trains)
+    assert t["training_matmul_flops_per_step"] == 3 * B * matmul - B * 2 * D * H
+    per_node = {n["name"]: n for n in r["nodes"]}
+    assert per_node["h1"]["matmul_flops_per_example"] == 2 * D * H
+    assert per_node["logits"]["matmul_flops_per_example"] == 2 * H * K
+    # --batch-size sets N
+    r2 = json.loads(invoke("summary", MLP, "--json", "--batch-size", "8").stdout)
+    assert r2["totals"]["forward_matmul_flops_per_step"] == 8 * matmul
+
+
+def test_summary_counts_conv_and_scan_flops():
+    r = json.loads(invoke("summary", ROOT / "models" / "convnet.yaml", "--json").stdout)
+    per_node = {n["name"]: n for n in r["nodes"]}
+    # conv2d(x, 32, 3, padding=1) on [N, 1, 8, 8]: 2 * Cout * Hout * Wout * Cin * kh * kw per example
+    assert per_node["c1"]["conv_flops_per_example"] == 2 * 32 * 8 * 8 * 1 * 3 * 3
+    assert per_node["c1"]["params"] == 32 * 1 * 3 * 3 + 32
+    one = json.loads(invoke("summary", CHAR_LSTM, "--json").stdout)
+    assert one["dims_counted_as_1"] == ["T"]
+    sixty_four = json.loads(invoke("summary", CHAR_LSTM, "--json", "--dim", "T=64").stdout)
+    E, H, V = 64, 256, 103
+    step = 2 * E * 4 * H + 2 * H * 4 * H + 2 * H * V  # input projection, recurrence, logits
+    assert sixty_four["totals"]["forward_matmul_flops_per_example"] == 64 * step
+    assert one["totals"]["forward_matmul_flops_per_example"] == step
+
+
+def test_summary_table_and_check_points_at_it():
+    out = invoke("summary", MLP).stdout
+    assert "mlp: nodes" in out and "mlp: parameters" in out and "training FLOPs" in out
+    assert "85,002" in out
+    res = invoke("check", MLP)
+    assert res.stdout.rstrip().endswith("spec OK")
+    assert "flowgrad summary" in res.stderr
+
+
+def test_summary_bad_dim():
+    res = invoke("summary", MLP, "--dim", "T", code=1)
+    assert "NAME=INTEGER" in res.stderr
