@@ -156,8 +156,10 @@ def ops(
     table = Table(title="flowgrad ops", title_justify="left")
     for col in ("family", "signature", "gradient", "doc"):
         table.add_column(col)
+    from rich.markup import escape
+
     for r in sorted(rows, key=lambda r: (r["family"], r["name"])):
-        table.add_row(r["family"], r["signature"], r["gradient"], r["doc"])
+        table.add_row(r["family"], escape(r["signature"]), r["gradient"], escape(r["doc"]))
     out.print(table)
 
 
