@@ -269,7 +269,8 @@ def predict(
     data: Annotated[Optional[str], typer.Option("--data", help="An .npz with one array per model input.")] = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the outputs to this .npz.")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Prompt for a text generator (models with a 'generate' section).")] = None,
-    max_len: Annotated[int, typer.Option("--max-len", help="Tokens to generate with --text.", min=1)] = 200,
+    max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text (default: the spec's generate.max_len).", min=1)] = None,
+    beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy.", min=1)] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy.", min=0.0)] = 0.8,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling with --text.")] = 0,
     device: DeviceOpt = "auto",
@@ -287,8 +288,8 @@ def predict(
 
             raise FlowgradError("give either --data (an .npz of inputs) or --text (a prompt)")
         if text is not None:
-            generated = generate_text(model, text, max_len, temperature, seed, pick_device(device))
-            print(text + generated)
+            generated = generate_text(model, text, max_len, temperature, seed, pick_device(device), beam_width)
+            print(generated if _is_translator(model) else text + generated)
             return
         ds = load_npz(data)
         outs = run_predict(model, ds.arrays, pick_device(device), threads)
@@ -301,6 +302,12 @@ def predict(
     for k, v in outs.items():
         print(f"{k}: shape {list(v.shape)} dtype {v.dtype}")
         print(v if v.size <= 50 else v.reshape(len(v), -1)[:10])
+
+
+def _is_translator(path: str) -> bool:
+    from runtime.export import load_model_safely
+
+    return any(i.name == "beam_width" for i in load_model_safely(path).graph.input)
 
 
 @app.command()
@@ -450,6 +457,21 @@ plot_app = typer.Typer(help="Pictures of runs.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
 
 
+@plot_app.command("attention")
+def plot_attention_cmd(
+    run_dir: Annotated[str, typer.Argument(help="A run of an attention model (e.g. models/dates_attention.yaml).")],
+    text: Annotated[str, typer.Option("--text", help="Source text to translate and show.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="PNG (or SVG/PDF) file to write.")] = "attention.png",
+):
+    """Attention weights (source positions × generated positions) while translating --text."""
+    from runtime.plots import plot_attention
+
+    with user_errors():
+        path = plot_attention(run_dir, text, output)
+    err.print(f"wrote {path}")
+    print(path)
+
+
 @plot_app.command("curves")
 def plot_curves(
     run_dirs: Annotated[list[str], typer.Argument(help="One or more run directories.")],
@@ -460,6 +482,28 @@ def plot_curves(
 
     with user_errors():
         path = draw(run_dirs, output)
+    err.print(f"wrote {path}")
+    print(path)
+
+
+@plot_app.command("samples")
+def plot_samples(
+    run_dir: Annotated[str, typer.Argument(help="A run directory of a generator (VAE, GAN) or an auto-encoder (DAE, CAE).")],
+    output: Annotated[str, typer.Option("-o", "--output", help="PNG (or SVG/PDF) file to write.")] = "samples.png",
+    count: Annotated[Optional[int], typer.Option("--count", help="Digits to draw (default 64), or to reconstruct (default 16).", min=1)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generator's noise, or of the examples and their corruption.")] = 0,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    corrupt: Annotated[Optional[float], typer.Option("--corrupt", help="Masking noise level for the triples (default: the spec's own noise, else 0.25).", min=0.0, max=1.0)] = None,
+):
+    """A grid of generated digits (generators), or input / corrupted / reconstructed triples (auto-encoders)."""
+    from runtime.samples import plot_samples as draw
+
+    with user_errors():
+        if checkpoint not in ("best", "last"):
+            from spec.errors import FlowgradError
+
+            raise FlowgradError(f"unknown --checkpoint {checkpoint!r}", hint="choose best or last")
+        path = draw(run_dir, output, count, seed, checkpoint, None if corrupt is None else ("masking_noise", corrupt))
     err.print(f"wrote {path}")
     print(path)
 

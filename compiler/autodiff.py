@@ -10,7 +10,7 @@ from typing import Sequence
 
 from spec.errors import GradientError
 
-from .ir import Graph, Value, is_float, producers_of
+from .ir import Graph, Value, at, is_float, producers_of
 
 
 def grad(ys: Sequence[Value], wrt: Sequence[Value], gys: Sequence[Value | None] | None = None) -> list[Value | None]:
@@ -55,7 +55,8 @@ def grad(ys: Sequence[Value], wrt: Sequence[Value], gys: Sequence[Value | None] 
             go if go is not None else (g.apply("zeros_like", o) if is_float(o.dtype) else None)
             for go, o in zip(gouts, node.outputs)
         ]
-        in_grads = node.op.vjp(node, gouts)
+        with at(node.loc):  # gradient nodes point at the spec text of the node they differentiate
+            in_grads = node.op.vjp(node, gouts)
         for v, gv in zip(node.inputs, in_grads):
             if gv is not None and v.id in depends and is_float(v.dtype):
                 accumulate(v, gv)

@@ -10,10 +10,12 @@ is standard ONNX: any onnxruntime user can generate with the one file.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from spec import model as S
 from spec.errors import SpecError, did_you_mean
 
-from .ir import Value, at
+from .ir import Value, at, producers_of
 from .lower import Lowering
 from .ops.scan import Body
 from .recurrent import StepBuilder, run_scan
@@ -25,6 +27,14 @@ def _sample(g, logits: Value, temperature: Value, seed: Value, step: Value, salt
     tiny = g.lift(1e-20, like=u)
     gumbel = -g.apply("log", -g.apply("log", u + tiny) + tiny)
     return g.apply("argmax", logits + temperature * gumbel, axis=-1)
+
+
+def _depends_on(v, source: Value) -> bool:
+    if not isinstance(v, Value):
+        return False
+    if v is source:
+        return True
+    return any(x is source for node in producers_of([v]) for x in node.inputs)
 
 
 class _StepLowering(Lowering):
@@ -43,14 +53,19 @@ class _StepLowering(Lowering):
         self._layer_calls = 0
         self._sb = sb
         self._token_input = token_input
+        self._outer = outer
+        self._outer_token = outer.inputs[token_input]
         self.recurrent_state = states
         self.recurrent_final = {}
 
     def lookup(self, name, loc):
         if name in self.params and name not in self.env and name not in self._defs:
             return self._sb.capture(self.params[name].value)
+        if name != self._token_input and name in self._outer.env and not _depends_on(self._outer.env[name], self._outer_token):
+            v = self._outer.env[name]  # computed once before the loop (the encoder, its mask, ...)
+            return self._sb.capture(v) if isinstance(v, Value) else v
         if name in self.spec.inputs and name != self._token_input:
-            raise SpecError(f"generation feeds only {self._token_input!r}, but the graph also reads {name!r}", loc)
+            return self._sb.capture(self._outer.lookup(name, loc))
         return super().lookup(name, loc)
 
     def input_value(self, name):
@@ -60,15 +75,9 @@ class _StepLowering(Lowering):
         return self._sb.capture(self.params[name].value)
 
 
-def build_generator(spec: S.Spec, dtype: str):
-    """The sampling graph's Builder outputs, or None when the spec has no `generate`."""
-    from .training import _Builder
-
+def _check_config(spec: S.Spec):
     cfg = spec.generate
-    if not cfg:
-        return None
     token_input, logits_name = cfg["input"], cfg["logits"]
-    loc = spec.locate("generate")
     if token_input not in spec.inputs:
         raise SpecError(f"generate.input {token_input!r} is not an input", spec.locate("generate", "input"),
                         did_you_mean(token_input, spec.inputs))
@@ -76,8 +85,59 @@ def build_generator(spec: S.Spec, dtype: str):
     if decl.dtype not in ("int64", "int32") or len(decl.shape) != 2:
         raise SpecError(f"generate.input {token_input!r} must be int token ids [N, T]", spec.locate("generate", "input"))
     if logits_name not in {t for a in spec.graph for t in a.targets}:
-        raise SpecError(f"generate.logits {logits_name!r} is not a graph node", spec.locate("generate", "logits"))
+        raise SpecError(f"generate.logits {logits_name!r} is not a graph node", spec.locate("generate", "logits"),
+                        did_you_mean(logits_name, [t for a in spec.graph for t in a.targets]))
+    return token_input, logits_name, decl
 
+
+def _first_pass(low: Lowering, logits_name: str, loc):
+    """Run the graph over the first tokens; returns the last position's logits and the carried states."""
+    low.recurrent_state, low.recurrent_final = {}, {}
+    logits = low.evaluate_name(logits_name)
+    if not isinstance(logits, Value) or logits.rank != 3:
+        raise SpecError(f"generate.logits {logits_name!r} must be [N, T, vocab], got "
+                        f"{getattr(logits, 'type', logits)}", low.spec.locate("generate", "logits"))
+    if not low.recurrent_final:
+        raise SpecError("generate needs a recurrent layer (rnn, lstm, gru or a scan) to carry the context", loc)
+    last = low.graph.apply("index", logits, spec=((None, None, None), -1))  # [N, V]
+    # Only layers that read the tokens carry state; the rest (an encoder) runs once.
+    token = low.inputs[low.spec.generate["input"]]
+    prefixes = [p for p, finals in low.recurrent_final.items() if any(_depends_on(f, token) for f in finals)]
+    if not prefixes:
+        raise SpecError("generate needs a recurrent layer that reads generate.input to carry the context", loc)
+    return last, prefixes, [s for p in prefixes for s in low.recurrent_final[p]]
+
+
+def _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name):
+    """The graph on one new token [N] inside the loop: (logits [N, V], new states)."""
+    bg = sb.graph
+    carried, k = {}, 0
+    for p in prefixes:
+        n = len(low.recurrent_final[p])
+        carried[p] = c_states[k:k + n]
+        k += n
+    tok = bg.apply("unsqueeze", bg.cast(token, decl.dtype), axes=(1,))  # [N, 1]
+    step_low = _StepLowering(low, sb, token_input, tok, carried)
+    new_logits = step_low.evaluate_name(logits_name)
+    new_last = bg.apply("index", new_logits, spec=((None, None, None), -1))
+    return new_last, [s for p in prefixes for s in step_low.recurrent_final[p]]
+
+
+def build_generator(spec: S.Spec, dtype: str):
+    """The decoding graph's Builder, or None when the spec has no `generate`."""
+    if not spec.generate:
+        return None
+    if "bos" in spec.generate:
+        return _build_beam_search(spec, dtype)
+    return _build_sampler(spec, dtype)
+
+
+def _build_sampler(spec: S.Spec, dtype: str):
+    """Language models: continue a prompt by sampling."""
+    from .training import _Builder
+
+    token_input, logits_name, decl = _check_config(spec)
+    loc = spec.locate("generate")
     low = Lowering(spec, mode="infer", float_dtype=dtype)
     g = low.graph
     prompt = g.add_input("prompt", "int64", ("P",))
@@ -85,38 +145,143 @@ def build_generator(spec: S.Spec, dtype: str):
     temperature = g.add_input("temperature", dtype, ())
     seed = g.add_input("seed", "int64", ())
     low.inputs[token_input] = g.apply("unsqueeze", g.cast(prompt, decl.dtype), axes=(0,))  # [1, P]
-    low.recurrent_state, low.recurrent_final = {}, {}
     with at(loc):
-        logits = low.evaluate_name(logits_name)
-        if not isinstance(logits, Value) or logits.rank != 3:
-            raise SpecError(f"generate.logits {logits_name!r} must be [N, T, vocab], got "
-                            f"{getattr(logits, 'type', logits)}", spec.locate("generate", "logits"))
-        if not low.recurrent_final:
-            raise SpecError("generate needs a recurrent layer (rnn, lstm or gru) to carry the context", loc)
-        last = g.apply("index", logits, spec=(0, -1))  # [V]
-        prefixes = list(low.recurrent_final)
-        states = [s for p in prefixes for s in low.recurrent_final[p]]
-        counts = [len(low.recurrent_final[p]) for p in prefixes]
-
+        last, prefixes, states = _first_pass(low, logits_name, loc)
         # The loop: carries = (logits of the last token, every recurrent state).
-        steps = g.apply("arange", max_len)
         sb = StepBuilder(g)
         bg = sb.graph
         t = bg.add_input("t", "int64", ())
         c_logits = bg.add_input("logits", last.dtype, last.shape)
-        c_states = [bg.add_input(f"state{k}", s.dtype, s.shape, unique=True) for k, s in enumerate(states)]
-        token = _sample(bg, c_logits, sb.capture(temperature), sb.capture(seed), t, salt=1)
-        carried, k = {}, 0
-        for p, n in zip(prefixes, counts):
-            carried[p] = c_states[k:k + n]
-            k += n
-        step_low = _StepLowering(low, sb, token_input, bg.apply("reshape", bg.cast(token, decl.dtype), shape=(1, 1)), carried)
-        new_logits = step_low.evaluate_name(logits_name)
-        new_last = bg.apply("index", new_logits, spec=(0, -1))
-        new_states = [s for p in prefixes for s in step_low.recurrent_final[p]]
+        c_states = [bg.add_input(f"state{k}", v.dtype, v.shape, unique=True) for k, v in enumerate(states)]
+        token = _sample(bg, c_logits, sb.capture(temperature), sb.capture(seed), t, salt=1)  # [1]
+        new_last, new_states = _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name)
         body = Body(bg, [c_logits] + c_states, [t], sb.nonseqs, [new_last] + new_states, [token])
-        res = run_scan(g, body, [last] + states, [steps], sb.nonseq_outer, optimize=False, stack=(False,) * (1 + len(states)))
+        res = run_scan(g, body, [last] + states, [g.apply("arange", max_len)], sb.nonseq_outer,
+                       stack=(False,) * (1 + len(states)))
     b = _Builder(low)
-    b.out("tokens", "output", res[-1])
+    b.out("tokens", "output", g.apply("reshape", res[-1], shape=(-1,)))
     return b
 
+
+class _BeamLowering(Lowering):
+    """The graph with every data input repeated per beam: row n*K + k is beam k of example n."""
+
+    def __init__(self, spec, dtype, beams: int, token_input: str):
+        super().__init__(spec, mode="infer", float_dtype=dtype)
+        self.beams = beams
+        self.token_input = token_input
+        self.sources = {}
+
+    def input_value(self, name):
+        if name not in self.inputs:
+            decl = self.spec.inputs[name]
+            dtype = self.graph.float_dtype if decl.dtype in ("float32", "float") else decl.dtype
+            x = self.graph.add_input(name, dtype, tuple(decl.shape), kind="input", loc=decl.loc)
+            self.sources[name] = x
+            self.inputs[name] = self.graph.apply("tile_rows", x, times=self.beams)
+        return self.inputs[name]
+
+
+def _build_beam_search(spec: S.Spec, dtype: str):
+    """Sequence to sequence: beam search (width 1: greedy) with per-row end-of-sequence bookkeeping.
+
+    Inputs: the spec's source inputs, `beam_width` (1..K, K = generate.beam_width at
+    compile time), `max_len` and `length_penalty`. Outputs: `tokens` [N, max_len]
+    (padded after end-of-sequence) and `scores` [N] (length-normalised log-probability)."""
+    from .training import _Builder
+
+    token_input, logits_name, decl = _check_config(spec)
+    cfg = spec.generate
+    loc = spec.locate("generate")
+    K = int(cfg.get("beam_width", 4))
+    bos, eos, pad = int(cfg["bos"]), int(cfg.get("eos", cfg["bos"])), int(cfg.get("pad", 0))
+    low = _BeamLowering(spec, dtype, K, token_input)
+    g = low.graph
+    beam_width = g.add_input("beam_width", "int64", ())
+    max_len = g.add_input("max_len", "int64", ())
+    alpha = g.add_input("length_penalty", dtype, ())
+    with at(loc):
+        # The first tokens: <bos> in every row; the row count comes from a source input.
+        src = next((n for n in spec.inputs if n != token_input and _reads(spec, logits_name, n)), None)
+        if src is None:
+            raise SpecError("beam search needs a source input besides generate.input", loc)
+        ref = low.input_value(src)
+        low.inputs[token_input] = g.apply("fill", ref, dims=((0, 0), 1), value=bos, dtype=decl.dtype)
+        last, prefixes, states = _first_pass(low, logits_name, loc)  # [N*K, V]
+        V = last.shape[-1]
+        if not isinstance(V, int):
+            raise SpecError("beam search needs a fixed vocabulary size in the logits", loc)
+        source = low.sources[src]
+        beam_pos = g.apply("positions", g.apply("fill", source, dims=(K,), dtype="int64"), axis=0)  # [K]
+        scores0 = g.apply("where", g.apply("eq", beam_pos, g.lift(0, like=beam_pos)),
+                          g.lift(0.0, like=last), g.lift(-1e9, like=last))  # only beam 0 is live at first
+        scores0 = g.apply("broadcast_like", scores0, g.apply("fill", source, dims=((0, 0), K), dtype=dtype))  # [N, K]
+        finished0 = g.apply("fill", source, dims=((0, 0), K), value=0.0, dtype="bool")
+        lengths0 = g.apply("fill", source, dims=((0, 0), K), dtype=dtype)
+        steps = g.apply("arange", max_len)
+        seqs0 = g.apply("fill", source, steps, dims=((0, 0), K, (1, 0)), value=pad, dtype="int64")  # [N, K, L]
+
+        sb = StepBuilder(g)
+        bg = sb.graph
+        t = bg.add_input("t", "int64", ())
+        c_logits = bg.add_input("logits", last.dtype, last.shape)
+        c_scores = bg.add_input("scores", dtype, scores0.shape)
+        c_fin = bg.add_input("finished", "bool", finished0.shape)
+        c_len = bg.add_input("lengths", dtype, lengths0.shape)
+        c_seqs = bg.add_input("seqs", "int64", seqs0.shape)
+        c_states = [bg.add_input(f"state{k}", v.dtype, v.shape, unique=True) for k, v in enumerate(states)]
+
+        logp = bg.apply("reshape", bg.apply("log_softmax", c_logits, axis=-1), shape=(-1, K, V))  # [N, K, V]
+        # A finished hypothesis only extends with <pad>, at no cost.
+        pad_row = np.full(V, -1e9, dtype=dtype)
+        pad_row[pad] = 0.0
+        logp = bg.apply("where", bg.apply("unsqueeze", c_fin, axes=(-1,)), bg.const(pad_row), logp)
+        cand = bg.apply("reshape", bg.apply("unsqueeze", c_scores, axes=(-1,)) + logp, shape=(-1, K * V))
+        top, idx = bg.apply("topk", cand, k=K, axis=-1)  # [N, K]
+        parent, token = bg.apply("divmod", idx, d=V)
+        # Beams past the requested width never survive.
+        live = bg.apply("lt", bg.apply("unsqueeze", sb.capture(beam_pos), axes=(0,)), sb.capture(beam_width))
+        new_scores = bg.apply("where", live, top, bg.lift(-1e9, like=top))
+        was_done = bg.apply("take_along_axis", c_fin, parent, axis=-1)
+        token = bg.apply("where", was_done, bg.lift(pad, like=token), token)
+        new_fin = bg.apply("logical_or", was_done, bg.apply("eq", token, bg.lift(eos, like=token)))
+        new_len = bg.apply("take_along_axis", c_len, parent, axis=-1) + bg.cast(bg.apply("logical_not", was_done), dtype)
+        seqs = bg.apply("take_along_axis", c_seqs, bg.apply("broadcast_like", bg.apply("unsqueeze", parent, axes=(-1,)), c_seqs), axis=1)
+        at_t = bg.apply("eq", sb.capture(steps), t)  # [L]
+        seqs = bg.apply("where", at_t, bg.apply("unsqueeze", token, axes=(-1,)), seqs)
+        moved = []
+        for st in c_states:  # each surviving hypothesis continues from its parent's state
+            rest = tuple(st.shape[1:])
+            s3 = bg.apply("reshape", st, shape=(-1, K) + rest)
+            idx3 = bg.apply("broadcast_like", bg.apply("reshape", parent, shape=(-1, K) + (1,) * len(rest)), s3)
+            moved.append(bg.apply("reshape", bg.apply("take_along_axis", s3, idx3, axis=1), shape=(-1,) + rest))
+        flat_token = bg.apply("reshape", token, shape=(-1,))
+        new_last, new_states = _step(low, sb, token_input, decl, flat_token, prefixes, moved, logits_name)
+        body = Body(bg, [c_logits, c_scores, c_fin, c_len, c_seqs] + c_states, [t], sb.nonseqs,
+                    [new_last, new_scores, new_fin, new_len, seqs] + new_states, [])
+        res = run_scan(g, body, [last, scores0, finished0, lengths0, seqs0] + states, [steps], sb.nonseq_outer,
+                       stack=(False,) * (5 + len(states)))
+        scores, lengths, seqs = res[1], res[3], res[4]
+        # GNMT length penalty, then the best hypothesis of each row.
+        lp = g.binary("pow", (lengths + 5.0) / 6.0, alpha)
+        norm = scores / lp
+        best = g.apply("argmax", norm, axis=-1, keepdims=True)  # [N, 1]
+        best_seq = g.apply("take_along_axis", seqs, g.apply("broadcast_like", g.apply("unsqueeze", best, axes=(-1,)),
+                                                            g.apply("index", seqs, spec=((None, None, None), (0, 1, None))), ), axis=1)
+        tokens = g.apply("squeeze", best_seq, axes=(1,))
+        best_score = g.apply("squeeze", g.apply("take_along_axis", norm, best, axis=-1), axes=(1,))
+    b = _Builder(low)
+    b.out("tokens", "output", tokens)
+    b.out("scores", "output", best_score)
+    return b
+
+
+def _reads(spec, logits_name, input_name) -> bool:
+    """Whether the graph text mentions the input at all (a cheap filter for the source input)."""
+    import re
+
+    from spec.expr import unparse
+
+    text = " ".join(unparse(a.expr) for a in spec.graph) + " " + " ".join(
+        unparse(a.expr) for b in spec.blocks.values() for a in b.graph)
+    return re.search(rf"\b{re.escape(input_name)}\b", text) is not None

@@ -239,6 +239,7 @@ class Graph:
                 name = f"{base}_{k}"
         if name in self.inputs:
             raise ValueError(f"graph input {name!r} defined twice")
+        _check_dims(tuple(shape), f"input {name!r}", loc or current_loc())
         v = Value(self, TensorType(dtype, tuple(shape)), name=name, loc=loc)
         self.inputs[name] = GraphInput(v, kind, init)
         return v
@@ -255,6 +256,8 @@ class Graph:
 
     def add_node(self, op, inputs: list, attrs: dict, out_types: list[TensorType]) -> list[Value]:
         loc = current_loc()
+        for t in out_types:
+            _check_dims(t.shape, op.name, loc)
         node = Node(op, list(inputs), attrs, loc=loc)
         node.outputs = [Value(self, t, node, i, loc=loc) for i, t in enumerate(out_types)]
         self.nodes.append(node)
@@ -304,6 +307,19 @@ class Graph:
     def random_salt(self) -> int:
         """A distinct integer for each random op, so their streams differ."""
         return next(self._random_salt)
+
+
+# ONNX dims are int64, but its shape inference and onnxruntime's kernels
+# overflow on dims of 2**31 and more; no model needs one (sizes are
+# products of dims, so the spec's own limit alone does not prevent them).
+MAX_DIM = 2**31 - 1
+
+
+def _check_dims(shape: tuple, what: str, loc) -> None:
+    for d in shape:
+        if isinstance(d, int) and not 0 <= d <= MAX_DIM:
+            raise ShapeError(f"{what}: a dimension of {fmt_shape(shape)} is {'negative' if d < 0 else 'too large'} "
+                             f"(the limit is {MAX_DIM:,})", loc, "check the dims and sizes this value is made from")
 
 
 def producers_of(values: Iterable[Value]) -> list[Node]:

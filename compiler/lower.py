@@ -116,16 +116,56 @@ class Lowering:
         if name in self.env:
             return self.env[name]
         assign, _ = self._defs[name]
-        if name in self._evaluating:
-            cycle = self._evaluating[self._evaluating.index(name):] + [name]
-            raise SpecError(f"cycle in the graph: {' -> '.join(cycle)}", assign.loc,
-                            "a node cannot depend on itself; use scan for recurrence")
+        self._check_cycle(self._evaluating, name)
+        if len(self._evaluating) >= _DEEP:
+            self._evaluate_dependencies(name)
         self._evaluating.append(name)
         try:
             self.evaluate_assign(assign)
         finally:
             self._evaluating.pop()
         return self.env[name]
+
+    def _check_cycle(self, path: list[str], name: str) -> None:
+        """Needing `name` while computing `path` (innermost last) is a cycle if it is on the path."""
+        assign, _ = self._defs[name]
+        # `a, b: f(...)` is one entry: needing b while computing a is a cycle too
+        busy = next((t for t in path if t in assign.targets), None)
+        if busy is not None:
+            cycle = path[path.index(busy):] + [name]
+            if len(cycle) > 12:
+                cycle = cycle[:6] + [f"... ({len(cycle) - 11} more)"] + cycle[-5:]
+            same = "" if busy == name else f" ('{name}' comes from the same entry as '{busy}')"
+            raise SpecError(f"cycle in the graph: {' -> '.join(cycle)}{same}", assign.loc,
+                            "a node cannot depend on itself; use scan for recurrence")
+
+    def _evaluate_dependencies(self, name: str) -> None:
+        """Evaluate the entries that `name` needs, deepest first, without recursion.
+
+        Entries are evaluated lazily and recursively, so a long chain of them
+        (a1: a0 + 1, a2: a1 + 1, ...) would exhaust Python's stack. Deep in
+        such a chain the rest of it is walked here, iteratively, in the order
+        the recursion would take, and evaluated from its far end.
+        """
+        path = list(self._evaluating) + [name]
+        stack = [(name, iter(names_in(self._defs[name][0].expr)))]
+        done = set()
+        while stack:
+            current, deps = stack[-1]
+            dep = next(deps, None)
+            if dep is None:
+                stack.pop()
+                path.pop()
+                done.add(current)
+                if current != name:
+                    self.evaluate_name(current)
+                continue
+            dep = dep.split(".", 1)[0] if dep not in self._defs else dep  # h.W needs h
+            if dep not in self._defs or dep in self.env or dep in done:
+                continue
+            self._check_cycle(path, dep)
+            path.append(dep)
+            stack.append((dep, iter(names_in(self._defs[dep][0].expr))))
 
     def evaluate_assign(self, a: S.Assign):
         saved = self._target, self._layer_calls
@@ -308,6 +348,12 @@ class Lowering:
     def call_block(self, e: S.Call):
         """`block(a, b)`: the block's graph applied to the arguments, inline. Its parameters
         (`<block>.<name>`) are shared by every call, so `D(x)` and `D(fake)` use one discriminator."""
+        from .recurrent import entering_block
+
+        with entering_block(e.func, e.func_loc or e.loc):
+            return self._call_block(e)
+
+    def _call_block(self, e: S.Call):
         from .recurrent import _block_lowering
 
         block = self.spec.blocks[e.func]
@@ -333,8 +379,7 @@ class Lowering:
 
     def _is_word(self, name: str) -> bool:
         """A bare keyword value that names nothing in the spec is a word (an op or option name)."""
-        return not (name in self.env or name in self._defs or name in self.spec.inputs or name in self.params
-                    or name in self.spec.dims or name in ("true", "false") or "." in name)
+        return not (name in self.env or name in self.known_names() or name in ("true", "false") or "." in name)
 
     def _check_keywords(self, e: S.Call):
         """Refuse a keyword that neither the layer shorthand nor the op of that name takes, at the keyword,
@@ -413,6 +458,37 @@ class Lowering:
             what = ", ".join(f"{k}={v!r}" for k, v in attrs.items())
             raise SpecError(f"{op.name}() cannot use {what}", arg_locs.get(next(iter(attrs))) if len(attrs) == 1 else e.loc,
                             f"signature: {signature(op)}") from ex
+
+
+# Depth of nested entries from which the rest of a chain is evaluated iteratively (see _evaluate_dependencies).
+_DEEP = 24
+
+
+def names_in(e) -> list[str]:
+    """The names an expression reads, in evaluation order (a scanned block or bidirectional's cell is not a value)."""
+    out, stack = [], [e]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, S.Name):
+            out.append(x.id)
+            continue
+        if isinstance(x, S.Call):
+            args = x.args[1:] if x.func in ("scan", "bidirectional") else x.args
+            kids = [*args, *x.kwargs.values()]
+        elif isinstance(x, (S.BinOp, S.Compare)):
+            kids = [x.left, x.right]
+        elif isinstance(x, S.UnaryOp):
+            kids = [x.operand]
+        elif isinstance(x, S.Subscript):
+            kids = [x.value, *x.index]
+        elif isinstance(x, S.Slice):
+            kids = [x.start, x.stop, x.step]
+        elif isinstance(x, S.ListExpr):
+            kids = list(x.items)
+        else:
+            kids = []
+        stack.extend(reversed([k for k in kids if k is not None]))
+    return out
 
 
 def get_op_at(e: S.Call):

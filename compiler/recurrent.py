@@ -9,6 +9,9 @@ inside the loop; the gradient of the hoisted part is then outside too.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 from spec import model as S
 from spec.errors import ShapeError, SpecError, did_you_mean
 
@@ -25,15 +28,25 @@ _ELEMENTWISE = {
 _LAST_AXIS = {"softmax", "log_softmax", "sum", "mean", "max", "min", "argmax", "argmin", "split", "concat"}
 
 
-def _batch_polymorphic(node) -> bool:
+def _batch_polymorphic(node, kinds: list[str]) -> bool:
+    """Whether the node computes the same thing on operands that carry an extra
+    leading time axis (the "seq" ones): each such operand must already have the
+    output's full rank, so that broadcasting puts time first, and ops with an
+    axis must count it from the end."""
     name = node.op.name
+    out_rank = node.outputs[0].rank
+    seq_ins = [v for v, k in zip(node.inputs, kinds) if k == "seq"]
+    if name in ("take", "embedding"):
+        return kinds[0] != "seq" and node.attrs.get("axis", 0) == 0
+    if any(v.rank != out_rank for v in seq_ins):
+        return False
     if name in _ELEMENTWISE:
         return True
     if name == "matmul":
         return all(v.rank >= 2 for v in node.inputs)
-    if name in ("take", "embedding"):
-        return node.attrs.get("axis", 0) == 0 and node.inputs[0].rank >= 1
     if name in _LAST_AXIS:
+        if name == "concat" and len(seq_ins) != len(node.inputs):
+            return False
         axis = node.attrs.get("axis")
         axes = axis if isinstance(axis, (tuple, list)) else (axis,)
         return axis is not None and all(a < 0 for a in axes)
@@ -59,7 +72,7 @@ def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Gr
     for node in nodes:
         kinds = [kind.get(v.id, "const") for v in node.inputs]
         hoistable = "carry" not in kinds and node.op.name not in ("scan",) and (
-            "seq" not in kinds or _batch_polymorphic(node))
+            "seq" not in kinds or _batch_polymorphic(node, kinds))
         if not hoistable:
             for o in node.outputs:
                 kind[o.id] = "carry"
@@ -172,7 +185,32 @@ class StepBuilder:
 
 
 # -------------------------------------------------------------------- spec-level scan
+_RUNNING: contextvars.ContextVar[tuple] = contextvars.ContextVar("running_blocks", default=())
+
+
+@contextlib.contextmanager
+def entering_block(name: str, loc):
+    """Refuse a block that runs itself (by scan or by a call, directly or through other blocks)."""
+    chain = _RUNNING.get()
+    if name in chain:
+        path = " -> ".join(chain[chain.index(name):] + (name,))
+        raise SpecError(f"block {name!r} runs itself ({path})", loc,
+                        "a block cannot contain itself; carry a state from step to step with scan's init instead")
+    token = _RUNNING.set(chain + (name,))
+    try:
+        yield
+    finally:
+        _RUNNING.reset(token)
+
+
 def lower_scan(low, e: S.Call):
+    if e.args and isinstance(e.args[0], S.Name):
+        with entering_block(e.args[0].id, e.args[0].loc):
+            return _lower_scan(low, e)
+    return _lower_scan(low, e)
+
+
+def _lower_scan(low, e: S.Call):
     """`outs: scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K)`."""
     from .lower import Lowering
 
@@ -288,7 +326,7 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict):
             full = f"{block.name}.{name}"  # a block's parameters are shared by every use of the block
             if full not in outer.params:
                 outer.add_param(full, shape, init_kind, init_args, trainable, loc, kind, seed)
-            return capture(outer.params[full].value)
+            return capture(outer.lookup(full, loc))  # through the outer lowering, which may capture it too
 
     return BlockLowering()
 

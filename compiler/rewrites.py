@@ -83,6 +83,10 @@ def _simplify(node: Node) -> Value | None:
 def _fold(node: Node):
     if node.op.name in _NEVER_FOLD or node.op.name == "constant" or node.op.ref is None:
         return None
+    # Decide by the inferred shapes, before computing anything: a constant
+    # such as zeros_like(W) of a huge W must not be materialized here.
+    if sum(_static_size(o.shape) for o in node.outputs) > MAX_FOLDED_ELEMENTS:
+        return None
     if node.op.name in ("zeros_like", "ones_like") and all(isinstance(d, int) for d in node.inputs[0].shape):
         fill = 0 if node.op.name == "zeros_like" else 1
         return [np.full([int(d) for d in node.inputs[0].shape], fill, dtype=node.inputs[0].dtype)]
@@ -94,6 +98,16 @@ def _fold(node: Node):
     if sum(np.size(r) for r in results) > MAX_FOLDED_ELEMENTS:
         return None
     return [np.asarray(r, dtype=o.dtype).reshape([int(d) for d in o.shape]) for r, o in zip(results, node.outputs)]
+
+
+def _static_size(shape) -> float:
+    """Elements of a shape; infinite when a dim is symbolic (never folded)."""
+    n = 1
+    for d in shape:
+        if not isinstance(d, int):
+            return float("inf")
+        n *= d
+    return n
 
 
 def optimize(outputs: list[Value]) -> list[Value]:

@@ -129,6 +129,7 @@ class CompiledModel:
                 for o in self.objectives
             },
             "schedule": self.schedule,
+            "generate": dict(self.spec.generate),
             "graphs": {
                 k: {
                     "file": f"{k}.onnx",

@@ -55,23 +55,55 @@ def _sklearn_data_file(name: str) -> str:
     return path
 
 
-def load_digits(images: bool = False) -> Dataset:
+def load_digits(images: bool = False, labelled: int | None = None) -> Dataset:
+    """The digits; with `labelled: k`, also a float mask `has_label` that is 1 for k
+    training examples (as many of each class as k allows) and 0 for the rest, for
+    semi-supervised specs. The k are picked within the training part of a
+    train/valid split (see `split`), so they are all training examples."""
     with gzip.open(_sklearn_data_file("digits.csv.gz"), "rt") as f:
         raw = np.loadtxt(f, delimiter=",", dtype=np.float64)
     x = (raw[:, :64] / 16.0).astype(np.float32)
     y = raw[:, 64].astype(np.int64)
     if images:
         x = x.reshape(-1, 1, 8, 8)
-    return Dataset({"x": x, "y": y}, "digits_images" if images else "digits",
-                   {"classes": [str(i) for i in range(10)]})
+    ds = Dataset({"x": x, "y": y}, "digits_images" if images else "digits",
+                 {"classes": [str(i) for i in range(10)]})
+    if labelled is not None:
+        if isinstance(labelled, bool) or not isinstance(labelled, int) or not 1 <= labelled <= len(y):
+            raise DataError(f"digits option labelled must be an integer in [1, {len(y)}], got {labelled!r}")
+        ds.meta["labelled"] = labelled
+        ds = mark_labelled(ds, labelled)
+    return ds
+
+
+def mark_labelled(ds: Dataset, k: int, seed: int = 0) -> Dataset:
+    """`has_label` = 1 for k examples spread evenly over the classes of `y` (seeded), else 0."""
+    y = ds.arrays["y"]
+    rng = np.random.default_rng([seed, 2718])
+    classes = np.unique(y)
+    chosen = []
+    for i, c in enumerate(classes):
+        want = k // len(classes) + (1 if i < k % len(classes) else 0)
+        chosen.extend(rng.permutation(np.flatnonzero(y == c))[:want])
+    mask = np.zeros(len(y), dtype=np.float32)
+    mask[np.asarray(chosen, dtype=np.int64)] = 1.0
+    return Dataset({**ds.arrays, "has_label": mask}, ds.name, ds.meta)
+
+
+def _digits_options(options: dict, loc: Loc | None) -> dict:
+    unknown = [k for k in options if k != "labelled"]
+    if unknown:
+        raise DataError(f"unknown option(s) for the digits: {', '.join(map(str, unknown))}", loc,
+                        "the digits take 'labelled: K' (a has_label mask over K training examples)")
+    return options
 
 
 def load_bundled(name: str, options: dict | None = None, loc: Loc | None = None) -> Dataset:
     options = options or {}
     if name == "digits":
-        return load_digits(False)
+        return load_digits(False, **_digits_options(options, loc))
     if name == "digits_images":
-        return load_digits(True)
+        return load_digits(True, **_digits_options(options, loc))
     from . import datasets_text
 
     loader = getattr(datasets_text, f"load_{name}", None)
@@ -140,4 +172,9 @@ def split(ds: Dataset, valid: float, seed: int) -> tuple[Dataset, Dataset]:
     n = len(ds)
     idx = np.random.default_rng([seed, 12345]).permutation(n)
     n_valid = max(1, int(round(n * valid)))
-    return ds.subset(np.sort(idx[n_valid:])), ds.subset(np.sort(idx[:n_valid]))
+    train, held = ds.subset(np.sort(idx[n_valid:])), ds.subset(np.sort(idx[:n_valid]))
+    if ds.meta.get("labelled") and "has_label" in ds.arrays:
+        # Semi-supervised data: the labelled examples are all training ones; validation keeps every label.
+        train = mark_labelled(train, min(int(ds.meta["labelled"]), len(train)))
+        held.arrays["has_label"] = np.ones(len(held), dtype=np.float32)
+    return train, held

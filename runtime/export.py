@@ -60,6 +60,9 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     }
     for k, v in (run_info.get("meta") or {}).items():
         props[f"flowgrad.{k}"] = json.dumps(v)
+    if graph == "generate":
+        for k, v in (manifest.get("generate") or {}).items():
+            props[f"flowgrad.generate.{k}"] = json.dumps(v)
     onnx.helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -153,14 +156,16 @@ def model_metadata(model: onnx.ModelProto) -> dict:
     return out
 
 
-def generate_text(model_path: str, prompt: str, max_len: int = 200, temperature: float = 0.8, seed: int = 0,
-                  device: str = "cpu") -> str:
+def generate_text(model_path: str, prompt: str, max_len: int | None = None, temperature: float = 0.8, seed: int = 0,
+                  device: str = "cpu", beam_width: int | None = None) -> str:
     """Sample text from an exported language model (a graph with a `prompt` input)."""
     from .datasets_text import decode_text, encode_text
 
     model = load_model_safely(model_path)
     names = [i.name for i in model.graph.input]
     meta = model_metadata(model)
+    if "beam_width" in names and "src_vocab" in meta:
+        return translate(model_path, [prompt], beam_width=beam_width, device=device, max_len=max_len)[0]
     if "prompt" not in names or "vocab" not in meta:
         raise DataError(f"{model_path} is not a text generator (no prompt input or vocabulary)",
                         hint="export a spec with a 'generate' section trained on text, or pass --data instead of --text")
@@ -169,7 +174,28 @@ def generate_text(model_path: str, prompt: str, max_len: int = 200, temperature:
     ids = np.asarray(encode_text(prompt, text_meta), dtype=np.int64)
     if ids.size == 0:
         raise DataError("the prompt is empty", hint="give at least one character")
+    max_len = max_len or int(meta.get("generate.max_len", 200))
     outs = predict(model_path, {"prompt": ids, "max_len": np.asarray(max_len, dtype=np.int64),
                                 "temperature": np.asarray(temperature, dtype=np.float32),
                                 "seed": np.asarray(seed, dtype=np.int64)}, device)
     return decode_text(outs["tokens"].reshape(-1), text_meta)
+
+
+def translate(model_path: str, texts: list[str], beam_width: int | None = None, max_len: int | None = None,
+              length_penalty: float = 0.6, device: str = "cpu") -> list[str]:
+    """Decode source strings with an exported sequence-to-sequence model (beam search in the graph)."""
+    from .datasets_text import decode_target, encode_source
+
+    model = load_model_safely(model_path)
+    meta = model_metadata(model)
+    if "src_vocab" not in meta:
+        raise DataError(f"{model_path} carries no source vocabulary", hint="export a run trained on a bundled seq2seq dataset")
+    src = np.stack([encode_source(t, meta) for t in texts])
+    lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
+    feeds = {"src": src, "src_len": lengths,
+             "beam_width": np.asarray(beam_width or int(meta.get("generate.beam_width", 4)), dtype=np.int64),
+             "max_len": np.asarray(max_len or int(meta.get("generate.max_len", meta.get("tgt_len", 32))), dtype=np.int64),
+             "length_penalty": np.asarray(length_penalty, dtype=np.float32)}
+    wanted = {i.name for i in model.graph.input}
+    outs = predict(model_path, {k: v for k, v in feeds.items() if k in wanted}, device)
+    return [decode_target(row, meta) for row in outs["tokens"]]

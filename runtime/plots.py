@@ -50,3 +50,48 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
     fig.savefig(output, dpi=110)
     plt.close(fig)
     return output
+
+
+def plot_attention(run_dir: str, text: str, output: str, output_name: str = "attention") -> str:
+    """Heat map of the attention weights while the run's model translates `text`:
+    source characters across, generated characters down."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .datasets_text import BOS, EOS, encode_source
+    from .export import export, model_metadata, load_model_safely, predict, translate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gen, inf = os.path.join(tmp, "gen.onnx"), os.path.join(tmp, "infer.onnx")
+        export(run_dir, gen, graph="generate")
+        export(run_dir, inf, graph="infer")
+        meta = model_metadata(load_model_safely(gen))
+        if output_name not in [o.name for o in load_model_safely(inf).graph.output]:
+            raise DataError(f"the spec has no output named {output_name!r}",
+                            hint="add e.g. 'attention: attn' under outputs (the scan's attention weights)")
+        result = translate(gen, [text], beam_width=1)[0]
+        tgt_vocab = meta["tgt_vocab"]
+        ids = [tgt_vocab.index(c) for c in result] + [EOS]
+        src = encode_source(text, meta)[None, :]
+        outs = predict(inf, {"src": src, "src_len": np.asarray([len(text)]), "tgt_in": np.asarray([[BOS] + ids[:-1]])})
+        weights = outs[output_name][0][:, :len(text)]  # [T, S]
+    rows = list(result) + ["<eos>"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.36 * len(text) + 1.5), max(3.0, 0.36 * len(rows) + 1.2)))
+    ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="equal")
+    ax.set_xticks(range(len(text)))
+    ax.set_xticklabels([c if c != " " else "␣" for c in text], fontsize=9)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows, fontsize=9)
+    ax.set_xlabel("source")
+    ax.set_ylabel("generated")
+    ax.set_title(f"{text!r} → {result!r}", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output

@@ -369,6 +369,8 @@ def eval_size(value, dims: dict[str, int], loc: Loc, src: ScalarSrc | None = Non
         raise SpecError(f"sizes in {what} must be integers or expressions over dims, not {_describe(value)}",
                         loc, _SIZE_HINT)
     if isinstance(value, int):
+        if abs(value) > MAX_SIZE:
+            raise SpecError(f"size {value} in {what} is too large", loc, _SIZE_HINT)
         return _positive(value, loc, what, str(value))
     at = src.loc_at if src is not None else (lambda i: Loc(loc.file, loc.line, loc.col + i))
     text = value.strip()

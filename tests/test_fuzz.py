@@ -95,8 +95,8 @@ train:
 """
 
 SEEDS = {p.name: p.read_text() for p in sorted((ROOT / "models").glob("*.yaml"))}
-SEEDS["scanned.yaml"] = SCAN_SEED
-SEEDS["gan.yaml"] = OBJECTIVES_SEED
+SEEDS["(seed) scanned.yaml"] = SCAN_SEED
+SEEDS["(seed) objectives.yaml"] = OBJECTIVES_SEED
 TREES = {name: yaml.safe_load(text) for name, text in SEEDS.items()}
 EXPR_SECTIONS = ("graph", "outputs", "metrics")
 
@@ -249,6 +249,8 @@ def truncate(data, text):
 
 def duplicate_line(data, text):
     lines = text.splitlines(keepends=True)
+    if not lines:
+        return text
     i = data.draw(st.integers(0, len(lines) - 1))
     return "".join(lines[:i + 1] + [lines[i]] + lines[i + 1:])
 
@@ -264,6 +266,8 @@ def chop(data, text):
 
 def swap_lines(data, text):
     lines = text.splitlines(keepends=True)
+    if not lines:
+        return text
     i, j = data.draw(st.integers(0, len(lines) - 1)), data.draw(st.integers(0, len(lines) - 1))
     lines[i], lines[j] = lines[j], lines[i]
     return "".join(lines)
@@ -288,12 +292,12 @@ def _mutant(data) -> tuple[str, str]:
         if op in TREE_MUTATIONS:
             if text is not None:  # back to a tree, if the text still is one
                 try:
-                    tree = yaml.safe_load(text)
+                    parsed = yaml.safe_load(text)
                 except yaml.YAMLError:
                     continue
-                text = None
-                if not isinstance(tree, dict):
+                if not isinstance(parsed, dict):
                     continue
+                tree, text = parsed, None
             tree = op(data, tree)
         else:
             text = op(data, text if text is not None else _dump(tree))
@@ -313,7 +317,7 @@ def _outcome(text: str, name: str, compile_too: bool) -> str:
     return "ok"
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_mutated_specs_fail_cleanly(data):
@@ -328,14 +332,12 @@ def test_seeds_are_valid(name):
     assert _outcome(SEEDS[name], name, compile_too=True) == "ok"
 
 
-@pytest.mark.parametrize("donor", sorted(SEEDS))
 @pytest.mark.parametrize("host", sorted(SEEDS))
-def test_every_expression_spliced_into_every_spec(host, donor):
-    """Exhaustively: each expression of `donor` as each graph entry of `host`."""
+def test_every_expression_spliced_into_every_spec(host):
+    """Exhaustively: every expression of every seed as the last graph entry of `host`
+    (the one the loss reads, so its shape and dtype matter downstream)."""
     tree = yaml.safe_load(SEEDS[host])
-    slots = [k for k, v in (tree.get("graph") or {}).items() if isinstance(v, str)]
-    for expr in _expressions(TREES[donor]):
-        for slot in slots:
-            t = yaml.safe_load(SEEDS[host])
-            t["graph"][slot] = expr
-            _outcome(_dump(t), host, compile_too=False)
+    slot = [k for k, v in tree["graph"].items() if isinstance(v, str)][-1]
+    for expr in EXPRESSIONS:
+        tree["graph"][slot] = expr
+        _outcome(_dump(tree), host, compile_too=False)

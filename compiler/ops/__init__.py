@@ -1,7 +1,7 @@
 """Op families. Importing this package registers every op."""
 import importlib
 
-FAMILIES = ("elementwise", "reduce", "linalg", "shape", "indexing", "nn", "loss", "random", "scan", "batching", "attention", "noise")
+FAMILIES = ("elementwise", "reduce", "linalg", "shape", "indexing", "nn", "loss", "random", "scan", "batching", "attention", "noise", "search")
 
 for _family in FAMILIES:
     try:

@@ -68,3 +68,43 @@ class OneHotBlocks(OpDef):
 
     def samples(self, rng):
         return [Sample([rng.normal(size=(6, 4))], {"blocks": 3}), Sample([rng.normal(size=(4,))], {"blocks": 2})]
+
+
+@op("tile_rows")
+class TileRows(OpDef):
+    """Each row of x [N, ...] repeated `times` times in place: row n*times + k is x[n] ([times*N, ...])."""
+
+    attrs = {"times": REQUIRED}
+    gradgrad = True
+
+    def infer(self, attrs, x):
+        if x.rank < 1:
+            raise ShapeError("tile_rows needs a tensor with a batch axis")
+        return [TensorType(x.dtype, (dim_mul(int(attrs["times"]), x.shape[0]),) + tuple(x.shape[1:]))]
+
+    def emit(self, e, node, ins, outs):
+        x = node.inputs[0]
+        k = int(node.attrs["times"])
+        u = e.add("Unsqueeze", [ins[0], e.ints([1])])
+        tiled = e.add("Tile", [u, e.ints([1, k] + [1] * (x.rank - 1))])
+        rest = [d if isinstance(d, int) else 0 for d in x.shape[1:]]  # unknown trailing dims copy through
+        if any(not isinstance(d, int) for d in x.shape[1:]):
+            shape = e.add("Concat", [e.ints([-1]), e.add("Slice", [e.add("Shape", [ins[0]]), e.ints([1]), e.ints([x.rank])])], axis=0)
+            e.add("Reshape", [tiled, shape], outs)
+        else:
+            e.add("Reshape", [tiled, e.ints([-1] + rest)], outs)
+
+    def vjp(self, node, gouts):
+        x = node.inputs[0]
+        g = gouts[0].graph
+        rest = tuple(d if isinstance(d, int) else -1 for d in x.shape[1:])
+        if -1 in rest:
+            raise ShapeError("tile_rows gradient needs fixed trailing dims")
+        grouped = g.apply("reshape", gouts[0], shape=(-1, int(node.attrs["times"])) + rest)
+        return [g.apply("sum", grouped, axis=1)]
+
+    def ref(self, attrs, x):
+        return np.repeat(x, int(attrs["times"]), axis=0)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(2, 3))], {"times": 3}), Sample([rng.integers(0, 9, size=(3, 2))], {"times": 2})]

@@ -480,6 +480,26 @@ class LogicalNot(OpDef):
         return [Sample([rng.normal(size=(3,)) > 0])]
 
 
+@op("logical_or")
+class LogicalOr(OpDef):
+    """a or b, for bool tensors (broadcasting)."""
+
+    inputs = ("a", "b")
+    nondiff = True
+    onnx = "Or"
+
+    def infer(self, attrs, a, b):
+        if a.dtype != "bool" or b.dtype != "bool":
+            raise ShapeError(f"'or' needs bool tensors, got {a.dtype} and {b.dtype}")
+        return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
+
+    def ref(self, attrs, a, b):
+        return np.logical_or(a, b)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(3, 4)) > 0, rng.normal(size=(4,)) > 0])]
+
+
 @op("where")
 class Where(OpDef):
     """Select a where cond is true, else b (broadcasting)."""

@@ -170,20 +170,37 @@ class Scan(OpDef):
         per_step = [v for f, v in zip(flags, b.new_carries) if f] + list(b.extras)
         flat = body.ints([-1])
         stacked = [body.add("Reshape", [names[v.id], flat]) for v in per_step]
-        body_outs += carry_out + stacked
-        out_types = [v.type for v in b.new_carries] + [TensorType(v.dtype, (_flat_size(v.shape),)) for v in per_step]
+        # A step output with several unknown dims cannot be unflattened from constants:
+        # its shape leaves the loop as an extra carried value.
+        shaped = [v for v in per_step if not _unflatten_code(v.shape)]
+        shape_in = [e.fresh("step_shape") for _ in shaped]
+        shape_out = [body.add("Shape", [names[v.id]]) for v in shaped]
+        body_outs += carry_out + shape_out + stacked
+        out_types = ([v.type for v in b.new_carries] + [TensorType("int64", (v.rank,)) for v in shaped]
+                     + [TensorType(v.dtype, (_flat_size(v.shape),)) for v in per_step])
         graph = helper.make_graph(
             body.nodes, f"{node.outputs[0].name or 'scan'}_step",
             [value_info(it, "int64", ()), value_info(cond, "bool", ())]
-            + [value_info(n, v.dtype, v.shape) for n, v in zip(carry_in, b.carries)],
+            + [value_info(n, v.dtype, v.shape) for n, v in zip(carry_in, b.carries)]
+            + [value_info(n, "int64", (v.rank,)) for n, v in zip(shape_in, shaped)],
             [value_info(body_outs[0], "bool", ())]
             + [value_info(n, t.dtype, t.shape) for n, t in zip(body_outs[1:], out_types)],
         )
         finals = [e.fresh("final") for _ in b.carries]
+        final_shapes = [e.fresh("step_shape") for _ in shaped]
         loop_stacked = [e.fresh("stacked") for _ in stacked]
+        shape_init = [e.ints([0] * v.rank) for v in shaped]
         # An explicit `true` condition: onnx.reference runs no iteration when it is omitted.
-        e.add("Loop", [length, e.const(np.asarray(True)), *init], finals + loop_stacked, body=graph)
-        loop_stacked = [e.add("Reshape", [st, e.ints(_unflatten_code(v.shape))]) for st, v in zip(loop_stacked, per_step)]
+        e.add("Loop", [length, e.const(np.asarray(True)), *init, *shape_init], finals + final_shapes + loop_stacked, body=graph)
+        unflat = []
+        for st, v in zip(loop_stacked, per_step):
+            code = _unflatten_code(v.shape)
+            if code:
+                target = e.ints(code)
+            else:
+                target = e.add("Concat", [e.ints([-1]), final_shapes[shaped.index(v)]], axis=0)
+            unflat.append(e.add("Reshape", [st, target]))
+        loop_stacked = unflat
         # Map to the node's outputs: per carry its stack or its final value, then the extras.
         k = 0
         src = []
@@ -443,12 +460,10 @@ def _flat_size(shape):
     return size
 
 
-def _unflatten_code(step_shape) -> list[int]:
-    """Reshape code for [T, prod(step_shape)] -> [T, *step_shape]."""
+def _unflatten_code(step_shape) -> list[int] | None:
+    """Reshape code for [T, prod(step_shape)] -> [T, *step_shape]; None with several unknown dims."""
     code = [0] + [d if isinstance(d, int) else -1 for d in step_shape]
-    if code.count(-1) > 1:
-        raise ShapeError(f"a scan step output of shape {fmt_shape(step_shape)} has more than one unknown dim")
-    return code
+    return code if code.count(-1) <= 1 else None
 
 
 def _split_terms(gv: Value, seq_outer: dict):

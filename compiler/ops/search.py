@@ -1,0 +1,65 @@
+"""Ops for searching over outputs (beam search): top-k and integer divmod."""
+from __future__ import annotations
+
+import numpy as np
+
+from spec.errors import ShapeError
+
+from ..ir import TensorType, normalize_axis
+from ..registry import REQUIRED, OpDef, Sample, op
+
+
+@op("topk")
+class TopK(OpDef):
+    """The k largest entries along `axis`, largest first: (values, int64 indices)."""
+
+    attrs = {"k": REQUIRED, "axis": -1}
+    nondiff = True
+    n_outputs = 2
+
+    def infer(self, attrs, x):
+        axis = normalize_axis(attrs["axis"], x.rank)
+        k = int(attrs["k"])
+        if isinstance(x.shape[axis], int) and k > x.shape[axis]:
+            raise ShapeError(f"topk k={k} is larger than the axis ({x.shape[axis]})")
+        shape = tuple(k if i == axis else d for i, d in enumerate(x.shape))
+        return [TensorType(x.dtype, shape), TensorType("int64", shape)]
+
+    def emit(self, e, node, ins, outs):
+        axis = normalize_axis(node.attrs["axis"], node.inputs[0].rank)
+        e.add("TopK", [ins[0], e.ints([int(node.attrs["k"])])], outs, axis=axis, largest=1, sorted=1)
+
+    def ref(self, attrs, x):
+        axis = normalize_axis(attrs["axis"], x.ndim)
+        idx = np.argsort(-x, axis=axis, kind="stable")
+        idx = np.take(idx, np.arange(int(attrs["k"])), axis=axis)
+        return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
+
+    def samples(self, rng):
+        x = rng.permutation(24).reshape(4, 6).astype(np.float64)  # distinct values: no ties
+        return [Sample([x], {"k": 3}), Sample([x], {"k": 2, "axis": 0})]
+
+
+@op("divmod")
+class DivMod(OpDef):
+    """Floor division and remainder of non-negative integers by a constant: (x // d, x % d)."""
+
+    attrs = {"d": REQUIRED}
+    nondiff = True
+    n_outputs = 2
+
+    def infer(self, attrs, x):
+        if x.dtype not in ("int64", "int32"):
+            raise ShapeError(f"divmod needs integers, got {x.dtype}")
+        return [x, x]
+
+    def emit(self, e, node, ins, outs):
+        d = e.const(np.asarray(int(node.attrs["d"]), dtype=node.inputs[0].dtype))
+        e.add("Div", [ins[0], d], [outs[0]])
+        e.add("Mod", [ins[0], d], [outs[1]])
+
+    def ref(self, attrs, x):
+        return x // int(attrs["d"]), x % int(attrs["d"])
+
+    def samples(self, rng):
+        return [Sample([rng.integers(0, 50, size=(3, 4))], {"d": 7})]

@@ -1,0 +1,286 @@
+"""Samples of trained unsupervised and generative models, and pictures of them.
+
+Two kinds of model, told apart by their inference graph's inputs:
+
+- a *generator* (VAE, GAN): no data input, an integer `count` and `seed`
+  (the spec's outputs draw noise with `normal(zeros(count, Z))`); it is run
+  to draw `count` digits;
+- an *auto-encoder* (DAE, CAE): a float data input; held-out examples are
+  corrupted with the spec's own noise (its masking_noise / gaussian_noise,
+  else masking noise with p = 0.25) and reconstructed, giving
+  input / corrupted / reconstructed triples.
+
+`plot_samples` draws either as a grid of images, headless (matplotlib Agg).
+Everything runs the run directory's compiled inference graph on onnxruntime
+with the trained parameters of its checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spec.errors import DataError
+
+
+@dataclass
+class Samples:
+    kind: str  # "generator" or "reconstruction"
+    images: dict[str, np.ndarray]  # row label -> [n, H, W] in [0, 1]
+    note: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the run's inference graph
+class InferRunner:
+    """graphs/infer.onnx of a run with its checkpoint's parameters bound."""
+
+    def __init__(self, run_dir: str, checkpoint: str = "best"):
+        import onnxruntime as ort
+
+        from .checkpoint import load_checkpoint
+
+        graph = os.path.join(run_dir, "graphs", "infer.onnx")
+        manifest = os.path.join(run_dir, "graphs", "manifest.json")
+        if not os.path.isfile(manifest):
+            raise DataError(f"{run_dir} is not a run directory", hint="pass a directory written by 'flowgrad train'")
+        if not os.path.isfile(graph):
+            raise DataError(f"{run_dir} has no inference graph", hint="the spec needs an 'outputs' section")
+        ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
+        if not os.path.exists(ckpt):
+            ckpt = os.path.join(run_dir, "checkpoint.npz")
+        if not os.path.exists(ckpt):
+            raise DataError(f"{run_dir} has no checkpoint yet", hint="train it first")
+        state, _ = load_checkpoint(ckpt)
+        with open(manifest) as f:
+            self.manifest = json.load(f)
+        info = self.manifest["graphs"]["infer"]
+        self.inputs = {i["name"]: i for i in info["inputs"]}
+        self.outputs = [o["name"] for o in info["outputs"]]
+        self.output_shapes = {o["name"]: o["shape"] for o in info["outputs"]}
+        self.params = {n: state[n] for n, i in self.inputs.items() if i["role"] in ("param", "buffer")}
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+
+    def data_inputs(self) -> list[dict]:
+        return [i for i in self.inputs.values() if i["role"] == "input"]
+
+    def count_input(self) -> str | None:
+        """The integer scalar input that sizes a generator's batch."""
+        for i in self.data_inputs():
+            if i["shape"] == [] and i["dtype"].startswith("int"):
+                return i["name"]
+        return None
+
+    def float_input(self) -> dict | None:
+        return next((i for i in self.data_inputs() if i["dtype"].startswith("float")), None)
+
+    def __call__(self, feeds: dict) -> dict[str, np.ndarray]:
+        full = dict(self.params)
+        for name, i in self.inputs.items():
+            if name in feeds:
+                full[name] = np.asarray(feeds[name], dtype=i["dtype"])
+        return dict(zip(self.outputs, self.session.run(None, full)))
+
+
+# ---------------------------------------------------------------- images
+def as_images(a: np.ndarray) -> np.ndarray:
+    """[n, D] with D a square (64 -> 8x8), or [n, 1, H, W] / [n, H, W] -> [n, H, W]."""
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim == 4 and a.shape[1] == 1:
+        return a[:, 0]
+    if a.ndim == 3:
+        return a
+    if a.ndim == 2:
+        side = int(round(math.sqrt(a.shape[1])))
+        if side * side == a.shape[1]:
+            return a.reshape(len(a), side, side)
+    raise DataError(f"cannot show values of shape {list(a.shape)} as images",
+                    hint="outputs of [n, D] with D a square number, or [n, 1, H, W], can be shown")
+
+
+def _image_output(runner: InferRunner, outs: dict, prefer: tuple) -> str:
+    for name in prefer:
+        if name in outs:
+            return name
+    for name, v in outs.items():  # the first float output that looks like images
+        if v.dtype.kind == "f" and v.ndim in (2, 3, 4):
+            try:
+                as_images(v)
+                return name
+            except DataError:
+                continue
+    raise DataError(f"no output of the inference graph looks like images (outputs: {', '.join(outs)})",
+                    hint="name the output 'samples' (generators) or 'reconstruction' (auto-encoders)")
+
+
+# ---------------------------------------------------------------- generators
+def generate(run_dir: str, count: int = 64, seed: int = 0, checkpoint: str = "best") -> Samples:
+    runner = InferRunner(run_dir, checkpoint)
+    name = runner.count_input()
+    if name is None:
+        raise DataError(f"{run_dir} is not a generator: its inference graph has no integer count input")
+    outs = runner({name: count, "seed": seed})
+    key = _image_output(runner, outs, ("samples",))
+    return Samples("generator", {"samples": as_images(outs[key])}, f"{count} samples, seed {seed}",
+                   {"output": key})
+
+
+# ---------------------------------------------------------------- auto-encoders
+def spec_noise(spec) -> tuple[str, float] | None:
+    """The first masking_noise / gaussian_noise call in the spec's graph, with its level."""
+    from spec import model as S
+
+    found = []
+
+    def walk(e):
+        if isinstance(e, S.Call):
+            if e.func in ("masking_noise", "gaussian_noise") and not found:
+                key = "p" if e.func == "masking_noise" else "sigma"
+                level = {"masking_noise": 0.25, "gaussian_noise": 0.1}[e.func]
+                if key in e.kwargs and isinstance(e.kwargs[key], S.Const):
+                    level = float(e.kwargs[key].value)
+                elif len(e.args) > 1 and isinstance(e.args[1], S.Const):
+                    level = float(e.args[1].value)
+                found.append((e.func, level))
+        if isinstance(e, S.Expr):
+            for v in vars(e).values():
+                for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v]):
+                    if isinstance(c, S.Expr):
+                        walk(c)
+
+    for a in spec.graph:
+        walk(a.expr)
+    return found[0] if found else None
+
+
+def corrupt(x: np.ndarray, noise: tuple[str, float], seed: int) -> np.ndarray:
+    kind, level = noise
+    rng = np.random.default_rng([seed, 31337])
+    if kind == "masking_noise":
+        return np.where(rng.uniform(size=x.shape) >= level, x, 0).astype(x.dtype)
+    return np.clip(x + level * rng.normal(size=x.shape), 0, 1).astype(x.dtype)
+
+
+def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> np.ndarray:
+    """`count` examples of input `name` the run did not train on (its validation split), else its data."""
+    from . import data as D
+
+    cfg = spec.train.get("data", {}) or {}
+    with open(os.path.join(run_dir, "run.json")) as f:
+        run_seed = int(json.load(f).get("seed", 0))
+    if "dataset" in cfg:
+        ds = D.load_bundled(cfg["dataset"], cfg.get("options"))
+    elif "path" in cfg:
+        path = cfg["path"] if os.path.isabs(cfg["path"]) else os.path.join(os.path.dirname(os.path.abspath(spec.path)), cfg["path"])
+        ds = D.load_npz(path)
+    else:
+        raise DataError("the run's spec names no data to reconstruct")
+    valid = cfg.get("valid")
+    if isinstance(valid, (int, float)) and not isinstance(valid, bool) and valid:
+        _, ds = D.split(ds, float(valid), run_seed)
+    if name not in ds.arrays:
+        raise DataError(f"the run's data has no array {name!r}")
+    x = ds.arrays[name]
+    idx = np.sort(np.random.default_rng([seed, 4242]).permutation(len(x))[:count])
+    return x[idx]
+
+
+def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = "best",
+                noise: tuple[str, float] | None = None) -> Samples:
+    from spec import load_spec
+
+    runner = InferRunner(run_dir, checkpoint)
+    inp = runner.float_input()
+    if inp is None:
+        raise DataError(f"{run_dir}: its inference graph takes no float data to reconstruct")
+    spec = load_spec(os.path.join(run_dir, "spec.yaml"))
+    noise = noise or spec_noise(spec) or ("masking_noise", 0.25)
+    x = held_out_examples(spec, run_dir, inp["name"], count, seed).astype(inp["dtype"])
+    x_noisy = corrupt(x, noise, seed)
+    outs = runner({inp["name"]: x_noisy, "seed": seed})
+    key = _image_output(runner, outs, ("reconstruction",))
+    what = f"masking noise p={noise[1]:g}" if noise[0] == "masking_noise" else f"gaussian noise sigma={noise[1]:g}"
+    return Samples("reconstruction", {"input": as_images(x), "corrupted": as_images(x_noisy),
+                                      "reconstructed": as_images(outs[key])},
+                   f"held-out digits, {what}", {"output": key, "noise": list(noise)})
+
+
+def samples_of(run_dir: str, count: int | None = None, seed: int = 0, checkpoint: str = "best",
+               noise: tuple[str, float] | None = None) -> Samples:
+    runner = InferRunner(run_dir, checkpoint)
+    if runner.count_input() is not None and runner.float_input() is None:
+        return generate(run_dir, count or 64, seed, checkpoint)
+    return reconstruct(run_dir, count or 16, seed, checkpoint, noise)
+
+
+# ---------------------------------------------------------------- pictures
+def _mosaic(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
+    n, h, w = images.shape
+    rows = -(-n // cols)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), np.nan, dtype=np.float32)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = images[k]
+    return out
+
+
+def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int = 0, checkpoint: str = "best",
+                 noise: tuple[str, float] | None = None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = samples_of(run_dir, count, seed, checkpoint, noise)
+    name = os.path.basename(os.path.normpath(run_dir))
+    cmap = plt.get_cmap("gray_r").copy()
+    cmap.set_bad("#c9cfdb")  # the gaps between digits
+    inch = 0.1  # per pixel: an 8x8 digit is 0.8 inch wide
+    if s.kind == "generator":
+        imgs = np.clip(s.images["samples"], 0, 1)
+        cols = min(len(imgs), max(8, int(math.ceil(math.sqrt(len(imgs))))))
+        m = _mosaic(imgs, cols)
+        fig = plt.figure(figsize=(inch * m.shape[1], inch * m.shape[0] + 0.35))
+        ax = fig.add_axes((0, 0, 1, inch * m.shape[0] / (inch * m.shape[0] + 0.35)))
+        ax.imshow(m, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+        fig.suptitle(f"{name}: {s.note}", fontsize=10, y=0.995, va="top")
+    else:
+        labels = list(s.images)
+        n = len(s.images["input"])
+        cols = min(n, 8)
+        bands = -(-n // cols)
+        row_h = inch * (s.images["input"].shape[1] + 2)
+        gap = 0.25
+        label_w = 1.1
+        ratios = []
+        for b in range(bands):
+            ratios += [row_h] * len(labels) + ([gap] if b < bands - 1 else [])
+        width = inch * (cols * (s.images["input"].shape[2] + 1) + 1)
+        height = sum(ratios) + 0.4
+        fig = plt.figure(figsize=(width + label_w, height))
+        gs = fig.add_gridspec(len(ratios), 1, height_ratios=ratios, hspace=0.0, left=label_w / (width + label_w),
+                              right=1.0, top=1 - 0.4 / height, bottom=0.0)
+        k = 0
+        for b in range(bands):
+            for label in labels:
+                ax = fig.add_subplot(gs[k])
+                k += 1
+                part = np.clip(s.images[label][b * cols:(b + 1) * cols], 0, 1)
+                ax.imshow(_mosaic(part, cols), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+            k += 1  # the gap between bands
+        fig.suptitle(f"{name}: {s.note}", fontsize=10, y=0.995, va="top")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output

@@ -1,0 +1,135 @@
+"""Decoding inside the exported graph of an attention encoder-decoder: greedy
+equals step-by-step decoding in Python, beam search equals a plain NumPy beam
+search over the same model, beam width 1 equals greedy. And attention masks."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from compiler.autodiff import grad
+from compiler.check import Runner
+from compiler.emit import emit_model
+from compiler.ir import Graph
+from runtime import datasets_text as T
+from runtime.api import export, load, train
+from runtime.export import predict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K = 3  # the exported graph's largest beam
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("decode")
+    spec = load(os.path.join(ROOT, "models", "reverse_attention.yaml"), [
+        "dims.H=16", "dims.E=8", "dims.A=16", "train.data.options.n=600", "train.data.options.max_len=6",
+        "generate.max_len=7", f"generate.beam_width={K}", "dims.SV=29", "dims.TV=29"])
+    result = train(spec, run_dir=str(tmp / "run"), steps=40, threads=1, device="cpu")
+    gen, inf = str(tmp / "gen.onnx"), str(tmp / "infer.onnx")
+    export(result.run_dir, gen, graph="generate")
+    export(result.run_dir, inf, graph="infer")
+    ds = T.load_reverse(n=6, seed=99, max_len=6)
+    return gen, inf, ds
+
+
+def _next_logp(inf, src, src_len, prefix):
+    """log p(next token | source, prefix) from the inference graph, run on the whole prefix."""
+    out = predict(inf, {"src": src[None], "src_len": np.asarray([src_len]), "tgt_in": np.asarray([prefix], dtype=np.int64)})
+    return np.log(out["probs"][0, -1].astype(np.float64))
+
+
+def _decode(gen, ds, beam, max_len=7, alpha=0.6):
+    return predict(gen, {"src": ds.arrays["src"], "src_len": ds.arrays["src_len"], "beam_width": np.asarray(beam),
+                         "max_len": np.asarray(max_len), "length_penalty": np.asarray(alpha, dtype=np.float32)})
+
+
+def numpy_beam_search(inf, src, src_len, width, max_len=7, alpha=0.6, bos=T.BOS, eos=T.EOS, pad=T.PAD):
+    """The reference: the same bookkeeping as the graph, one hypothesis at a time."""
+    beams = [([], 0.0, False)]  # (tokens, score, finished)
+    for _ in range(max_len):
+        cands = []
+        for k, (toks, score, done) in enumerate(beams):
+            if done:
+                cands.append((score, k, pad))
+                continue
+            logp = _next_logp(inf, src, src_len, [bos] + toks)
+            cands += [(score + lp, k, v) for v, lp in enumerate(logp)]
+        cands.sort(key=lambda c: (-c[0], c[1], c[2]))  # best first; ties by beam, then token
+        new = []
+        for score, k, v in cands[:width]:
+            toks, _, done = beams[k]
+            new.append((toks + [v], score, done or v == eos))
+        beams = new
+    def norm(b):  # GNMT length penalty; the length counts tokens up to and with end-of-sequence
+        length = next((i + 1 for i, t in enumerate(b[0]) if t == eos), len(b[0]))
+        return b[1] / ((5.0 + length) / 6.0) ** alpha
+    best = max(beams, key=norm)
+    return best[0], norm(best)
+
+
+def test_greedy_equals_step_by_step_decoding(model):
+    gen, inf, ds = model
+    out = _decode(gen, ds, beam=1)
+    # Not a trivial model: rows differ and do not all end at once.
+    assert len({tuple(r) for r in out["tokens"].tolist()}) > 1
+    for i in range(len(ds)):
+        src, n = ds.arrays["src"][i], int(ds.arrays["src_len"][i])
+        toks, done = [], False
+        for _ in range(7):
+            if done:
+                toks.append(T.PAD)
+                continue
+            toks.append(int(np.argmax(_next_logp(inf, src, n, [T.BOS] + toks))))
+            done = toks[-1] == T.EOS
+        assert out["tokens"][i].tolist() == toks
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_beam_search_equals_numpy_beam_search(model, width):
+    gen, inf, ds = model
+    out = _decode(gen, ds, beam=width)
+    for i in range(len(ds)):
+        toks, score = numpy_beam_search(inf, ds.arrays["src"][i], int(ds.arrays["src_len"][i]), width)
+        assert out["tokens"][i].tolist() == toks
+        assert out["scores"][i] == pytest.approx(score, rel=1e-4, abs=1e-4)
+
+
+def test_beam_width_one_is_greedy(model):
+    gen, inf, ds = model
+    a = _decode(gen, ds, beam=1)
+    toks = [numpy_beam_search(inf, ds.arrays["src"][i], int(ds.arrays["src_len"][i]), 1)[0] for i in range(len(ds))]
+    assert a["tokens"].tolist() == toks
+    # Every row is padded after its first end-of-sequence.
+    for row in a["tokens"]:
+        row = row.tolist()
+        if T.EOS in row:
+            assert all(t == T.PAD for t in row[row.index(T.EOS) + 1:])
+
+
+@pytest.mark.parametrize("op", ["dot_attention", "additive_attention"])
+def test_masked_positions_get_zero_weight_and_zero_gradient(op):
+    rng = np.random.default_rng(0)
+    g = Graph(float_dtype="float64")
+    q = g.add_input("q", "float64", (2, 4))
+    k = g.add_input("k", "float64", (2, 5, 4))
+    v = g.add_input("v", "float64", (2, 5, 3))
+    m = g.add_input("m", "float64", (2, 5))
+    extra = []
+    if op == "additive_attention":
+        extra = [g.add_input(n, "float64", s) for n, s in (("W", (4, 6)), ("U", (4, 6)), ("a", (6,)))]
+    ctx, w = g.apply(op, q, k, v, m, *extra)
+    loss = g.apply("sum", ctx * g.const(rng.normal(size=(2, 3)))) + g.apply("sum", w * g.const(rng.normal(size=(2, 5))))
+    gk, gv = grad([loss], [k, v])
+    inputs = [("q", q), ("k", k), ("v", v), ("m", m)] + [(x.name, x) for x in extra]
+    model = emit_model(g, inputs, [("w", w), ("gk", gk), ("gv", gv)])
+    mask = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=np.float64)
+    feeds = {"q": rng.normal(size=(2, 4)), "k": rng.normal(size=(2, 5, 4)), "v": rng.normal(size=(2, 5, 3)), "m": mask}
+    feeds.update({x.name: rng.normal(size=x.shape) for x in extra})
+    out = Runner(model)(feeds)
+    off = mask == 0
+    assert np.all(out["w"][off] == 0.0)
+    assert np.all(out["gk"][off] == 0.0) and np.all(out["gv"][off] == 0.0)
+    np.testing.assert_allclose(out["w"].sum(axis=1), 1.0, rtol=1e-12)
+    assert np.all(out["w"][~off] > 0)
