@@ -180,6 +180,8 @@ def fuse_gemm(outputs: list[Value]) -> list[Value]:
     repl: dict[int, Value] = {}
     for node in nodes:
         node.inputs = [repl.get(v.id, v) for v in node.inputs]
+        if node.op.name == "matmul" and uses.get(node.outputs[0].id, 0) and _transposed_matmul(node, repl):
+            continue
         if node.op.name != "add":
             continue
         for mm, c in (node.inputs, node.inputs[::-1]):
@@ -197,3 +199,20 @@ def fuse_gemm(outputs: list[Value]) -> list[Value]:
             repl[node.outputs[0].id] = fused
             break
     return [repl.get(v.id, v) for v in outputs]
+
+
+def _transposed_matmul(node, repl) -> bool:
+    """matmul of matrices with a transposed operand -> gemm with no bias (the transpose becomes an attribute)."""
+    a, b = node.inputs
+    if a.rank != 2 or b.rank != 2:
+        return False
+    a0, ta = _untransposed(a)
+    b0, tb = _untransposed(b)
+    if not (ta or tb):
+        return False
+    g = node.outputs[0].graph
+    zero = g.const(np.zeros((), dtype=node.outputs[0].dtype))
+    fused = g.apply("gemm", a0, b0, zero, trans_a=ta, trans_b=tb, beta=0.0)
+    fused.name = node.outputs[0].name
+    repl[node.outputs[0].id] = fused
+    return True

@@ -45,6 +45,28 @@ class Objective:
     frozen: list[str] = field(default_factory=list)  # globs of parameters kept fixed
 
 
+# Up to this many trained values, an objective's optimizer state is one flat
+# vector per kind (m, v, ...) and the update runs once over the concatenated
+# parameters: a few large ops instead of a dozen per parameter. Above it, the
+# concatenation's copies would cost more than the per-op overhead saved.
+FUSED_UPDATE_MAX_ELEMENTS = 1 << 20
+
+
+def fused_update(params: dict[str, ParamInfo], obj: "Objective") -> bool:
+    sizes = [int(np.prod(params[n].shape)) for n in trained_names(params, obj)]
+    return sum(sizes) <= FUSED_UPDATE_MAX_ELEMENTS
+
+
+def state_layout(params: dict[str, ParamInfo], obj: "Objective") -> list[tuple[str, tuple]]:
+    """Names and shapes of an objective's optimizer state: `<kind>/<objective>` flat vectors for a
+    fused update, else `<kind>/<parameter>` shaped like each parameter."""
+    trained = trained_names(params, obj)
+    if fused_update(params, obj):
+        total = sum(int(np.prod(params[n].shape)) for n in trained)
+        return [(f"{s}/{obj.name}", (total,)) for s in obj.optimizer.state_names]
+    return [(f"{s}/{n}", tuple(params[n].shape)) for n in trained for s in obj.optimizer.state_names]
+
+
 def trained_names(params: dict[str, ParamInfo], obj: Objective) -> list[str]:
     """The parameters an objective updates: trainable, matching its globs, not frozen."""
     return [n for n, p in params.items()
@@ -85,13 +107,9 @@ class CompiledModel:
     compile_seconds: float = 0.0
 
     # ---------------------------------------------------------------- state
-    def state_names(self, objective: Objective) -> list[tuple[str, str]]:
-        """(state input name, parameter name) for an objective's optimizer state."""
-        out = []
-        for p in self.trained_params(objective):
-            for s in objective.optimizer.state_names:
-                out.append((f"{s}/{p}", p))
-        return out
+    def state_specs(self, objective: Objective) -> list[tuple[str, tuple]]:
+        """(state input name, shape) of an objective's optimizer state."""
+        return state_layout(self.params, objective)
 
     def trained_params(self, objective: Objective) -> list[str]:
         return trained_names(self.params, objective)
@@ -103,8 +121,8 @@ class CompiledModel:
             rng = param_rng(seed, name, p.seed)
             state[name] = initial_value(p.init_kind, p.init_args, p.shape, self.float_dtype, rng, p.loc)
         for obj in self.objectives:
-            for sname, pname in self.state_names(obj):
-                state[sname] = np.zeros(self.params[pname].shape, dtype=self.float_dtype)
+            for sname, shape in self.state_specs(obj):
+                state[sname] = np.zeros(shape, dtype=self.float_dtype)
         return state
 
     # ---------------------------------------------------------------- files
@@ -124,7 +142,7 @@ class CompiledModel:
                     "params": self.trained_params(o),
                     "optimizer": o.optimizer.name,
                     "hyper": o.optimizer.hp,
-                    "state": [s for s, _ in self.state_names(o)],
+                    "state": [s for s, _ in self.state_specs(o)],
                 }
                 for o in self.objectives
             },
@@ -296,8 +314,15 @@ def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str]) -
 
 
 def _apply_updates(g: Graph, obj: Objective, params: dict[str, Value], grads: dict[str, Value], states: dict[str, Value],
-                   lr: Value, step: Value):
+                   lr: Value, step: Value, fused: bool):
     """New params and optimizer state, with global-norm clipping first."""
+    t = g.cast(step, g.float_dtype) + 1.0
+    names = list(grads)
+    shapes = {n: tuple(params[n].shape) for n in names}
+    if fused:
+        flat = lambda vs: g.apply("concat", *[g.apply("reshape", v, shape=(-1,)) for v in vs], axis=0)  # noqa: E731
+        grads = {"*": flat([grads[n] for n in names])}
+        params = {"*": flat([params[n] for n in names])}
     if obj.clip_norm:
         total = None
         for gv in grads.values():
@@ -306,23 +331,29 @@ def _apply_updates(g: Graph, obj: Objective, params: dict[str, Value], grads: di
         norm = g.apply("sqrt", total)
         scale = g.apply("minimum", g.lift(1.0, like=norm), obj.clip_norm / (norm + 1e-6))
         grads = {n: gv * scale for n, gv in grads.items()}
-    t = g.cast(step, g.float_dtype) + 1.0
     new_params, new_states = {}, {}
     for n, gv in grads.items():
-        st = {s: states[f"{s}/{n}"] for s in obj.optimizer.state_names}
+        key = obj.name if fused else n
+        st = {s: states[f"{s}/{key}"] for s in obj.optimizer.state_names}
         p_new, st_new = obj.optimizer.update(params[n], gv, st, lr, t)
         new_params[n] = p_new
         for s, v in st_new.items():
-            new_states[f"{s}/{n}"] = v
+            new_states[f"{s}/{key}"] = v
+    if fused:
+        new_params = _unflatten(g, new_params["*"], names, shapes)
     return new_params, new_states
+
+
+def _unflatten(g: Graph, flat: Value, names: list[str], shapes: dict[str, tuple]) -> dict[str, Value]:
+    sizes = [int(np.prod(shapes[n])) for n in names]
+    parts = g.apply("split", flat, sections=sizes, axis=0) if len(names) > 1 else (flat,)
+    parts = parts if isinstance(parts, tuple) else (parts,)
+    return {n: g.apply("reshape", p, shape=tuple(shapes[n])) for n, p in zip(names, parts)}
 
 
 def _add_state_inputs(low: Lowering, obj: Objective, trained: list[str]) -> tuple[dict, Value, Value]:
     g = low.graph
-    states = {}
-    for n in trained:
-        for s in obj.optimizer.state_names:
-            states[f"{s}/{n}"] = g.add_input(f"{s}/{n}", g.float_dtype, low.params[n].shape, kind="state")
+    states = {name: g.add_input(name, g.float_dtype, shape, kind="state") for name, shape in state_layout(low.params, obj)}
     lr = g.add_input("lr", g.float_dtype, (), kind="control")
     step = g.input("step") if "step" in g.inputs else g.add_input("step", "int64", (), kind="control")
     return states, lr, step
@@ -358,7 +389,8 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
             b.out(f"grad/{n}", "grad", gv)
     else:
         states, lr, step = _add_state_inputs(low, obj, trained)
-        new_params, new_states = _apply_updates(g, obj, {n: low.params[n].value for n in trained}, grads, states, lr, step)
+        new_params, new_states = _apply_updates(g, obj, {n: low.params[n].value for n in trained}, grads, states, lr, step,
+                                                fused_update(low.params, obj))
         for n, v in new_params.items():
             b.out(f"next/{n}", "next", v)
         for n, v in new_states.items():
@@ -378,7 +410,7 @@ def build_apply(spec, obj: Objective, dtype: str, params: dict[str, ParamInfo], 
     gv = {n: g.add_input(f"grad/{n}", dtype, params[n].shape, kind="grad") for n in trained}
     low.params = {n: ParamInfo(n, pv[n], "", {}, True, None) for n in trained}
     states, lr, step = _add_state_inputs(low, obj, trained)
-    new_params, new_states = _apply_updates(g, obj, pv, gv, states, lr, step)
+    new_params, new_states = _apply_updates(g, obj, pv, gv, states, lr, step, fused_update(params, obj))
     b = _Builder(low)
     for n, v in {**new_params, **new_states}.items():
         b.out(f"next/{n}", "next", v)

@@ -86,12 +86,23 @@ class TrackingLowering(Lowering):
     def __init__(self, spec: S.Spec, mode: str = "train", float_dtype: str | None = None):
         self.node_owner: dict[int, str] = {}
         self.param_owner: dict[str, str | None] = {}
+        self.param_reads: dict[str, list[str]] = {}  # owner key -> parameters it looked up by name
         self._owners: list[str] = []
         super().__init__(spec, mode, float_dtype)
 
     def add_param(self, name, *args, **kwargs):
         v = super().add_param(name, *args, **kwargs)
         self.param_owner[name] = self._owners[-1] if self._owners else None
+        return v
+
+    def lookup(self, name, loc):
+        """Also notes the parameters each entry reads by name, among them a block's parameters
+        (`D.h1.W`), which every use of the block looks up here, the first use making them."""
+        v = super().lookup(name, loc)
+        if self._owners and name in self.params and v is self.params[name].value:
+            reads = self.param_reads.setdefault(self._owners[-1], [])
+            if name not in reads:
+                reads.append(name)
         return v
 
     def evaluate_assign(self, a: S.Assign):
@@ -124,6 +135,7 @@ class SpecNode:
     reads: list[str] = field(default_factory=list)  # keys of the spec nodes it reads
     param: ParamInfo | None = None
     created_by: str | None = None  # layer parameters: the key of the entry that made them
+    block: str | None = None  # a block's parameters (`<block>.<name>`): the block, shared by its uses
     blocks: list[str] = field(default_factory=list)  # blocks its expression calls
     shape_decl: tuple = ()  # inputs: the declared shape
     subgraphs: list = field(default_factory=list)  # its subgraph ops (scan), drawn as one box unless expanded
@@ -220,6 +232,23 @@ def blocks_in(e, blocks) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def blocks_reached(names: list[str], blocks) -> list[str]:
+    """The blocks `names` use, directly or through the blocks they call (a block calling a block)."""
+    out = list(dict.fromkeys(names))
+    for name in out:  # grows while walked
+        for a in blocks[name].graph:
+            out += [b for b in blocks_in(a.expr, blocks) if b not in out]
+    return out
+
+
+def block_outer_names(block) -> list[str]:
+    """Names a block's graph reads from outside it: the enclosing graph's values (a scan step reading
+    `enc`), parameters read by name, dims. Its inputs, own parameters and entries (and the dotted
+    names of the parameters its entries make) are local."""
+    local = {*block.inputs, *block.params, *(t for a in block.graph for t in a.targets)}
+    return [x for a in block.graph for x in names_in(a.expr) if x not in local and x.split(".")[0] not in local]
+
+
 class SpecGraph:
     """A spec lowered once (training mode), seen as spec nodes with their values and reads."""
 
@@ -248,8 +277,10 @@ class SpecGraph:
         for name, p in low.params.items():
             kind = "buffer" if p.kind == "buffer" else "param"
             owner = low.param_owner.get(name)
+            head = name.split(".", 1)[0]
             self._add(SpecNode(f"param/{name}", kind, name, p.loc, value=p.value, param=p,
-                               created_by=owner if owner != f"param/{name}" else None))
+                               created_by=owner if owner != f"param/{name}" else None,
+                               block=head if "." in name and head in spec.blocks and name not in spec.params else None))
         for a in spec.graph:
             vals = tuple(low.env.get(t) for t in a.targets)
             self._add(SpecNode(entry_key(a), "node", ", ".join(a.targets), a.loc, a.expr,
@@ -267,12 +298,11 @@ class SpecGraph:
                 self.nodes[owner].subgraphs.append(node)
         for n in self.nodes.values():
             names = names_in(n.expr)
-            for bname in n.blocks:  # what its blocks read from outside them
-                b = spec.blocks[bname]
-                local = {*b.inputs, *b.params, *(t for a in b.graph for t in a.targets)}
-                names += [x for a in b.graph for x in names_in(a.expr) if x not in local]
+            for bname in blocks_reached(n.blocks, spec.blocks):  # what its blocks read from outside them
+                names += block_outer_names(spec.blocks[bname])
             reads = [self.key_of[x] for x in names if x in self.key_of]
             reads += [f"param/{p}" for p, o in low.param_owner.items() if o == n.key]  # made by its layer calls
+            reads += [f"param/{p}" for p in low.param_reads.get(n.key, [])]  # its blocks' (every use of a block)
             n.reads = [r for r in dict.fromkeys(reads) if r != n.key]
 
     def _add(self, n: SpecNode, names: list[str] | None = None):
@@ -458,12 +488,20 @@ def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None
     order = list(sg.nodes.values())
     if backward:  # the loss last, next to its gradient on the right
         order.sort(key=lambda n: n.key == loss_key)
-    # The parameters a layer makes, when it makes many, sit together in a box of their own.
+    # The parameters a layer makes, when it makes many, sit together in a box of their own; a
+    # block's parameters (shared by all its uses) in the block's box.
     made: dict[str, list[SpecNode]] = {}
     for n in order:
-        if n.created_by:
-            made.setdefault(n.created_by, []).append(n)
+        group = f"block/{n.block}" if n.block else n.created_by
+        if group:
+            made.setdefault(group, []).append(n)
     grouped = {p.key: owner for owner, ps in made.items() if len(ps) > PARAM_ROW for p in ps}
+
+    def group_label(owner: str, grads: bool = False) -> str:
+        if owner.startswith("block/"):
+            what = f"block {owner.split('/', 1)[1]}"
+            return f"gradients of the parameters of {what}" if grads else f"parameters of {what}"
+        return f"gradients of the parameters {sg.nodes[owner].name} made" if grads else f"made by {sg.nodes[owner].name}"
     clusters: dict[str, Any] = {}
     for n in order:
         kind = "block" if n.kind == "node" and (n.blocks or n.subgraphs) else n.kind
@@ -476,7 +514,7 @@ def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None
             if owner not in clusters:
                 ctx = d.subgraph(name=_cluster_id("params/" + owner))
                 clusters[owner] = (ctx, ctx.__enter__())
-                clusters[owner][1].attr(label=f"made by {sg.nodes[owner].name}", style="rounded,dashed",
+                clusters[owner][1].attr(label=group_label(owner), style="rounded,dashed",
                                         color=STYLE["param"][1], fontcolor=STYLE["param"][1], fontsize="10",
                                         labeljust="l")
             target = clusters[owner][1]
@@ -512,7 +550,7 @@ def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None
             if owner is not None and owner not in gclusters:
                 ctx = d.subgraph(name=_cluster_id("gparams/" + owner))
                 gclusters[owner] = (ctx, ctx.__enter__())
-                gclusters[owner][1].attr(label=f"gradients of the parameters {sg.nodes[owner].name} made", style="rounded,dashed",
+                gclusters[owner][1].attr(label=group_label(owner, grads=True), style="rounded,dashed",
                                          color=GRAD_EDGE, fontcolor=GRAD_EDGE, fontsize="10", labeljust="l")
             target = gclusters[owner][1] if owner is not None else d
             target.node(gid, label, tooltip=f"gradient of the loss with respect to {node.name}", **_node_attrs("grad"))

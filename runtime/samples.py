@@ -238,8 +238,7 @@ def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int 
 
     s = samples_of(run_dir, count, seed, checkpoint, noise)
     name = os.path.basename(os.path.normpath(run_dir))
-    cmap = plt.get_cmap("gray_r").copy()
-    cmap.set_bad("#c9cfdb")  # the gaps between digits
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="#c9cfdb")  # bad: the gaps between digits
     inch = 0.1  # per pixel: an 8x8 digit is 0.8 inch wide
     if s.kind == "generator":
         imgs = np.clip(s.images["samples"], 0, 1)

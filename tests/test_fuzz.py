@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from compiler.training import check_spec, compile_spec
@@ -113,7 +113,7 @@ def _expressions(tree) -> list[str]:
 EXPRESSIONS = sorted({e for t in TREES.values() for e in _expressions(t)})
 # pieces of expressions: names, calls, numbers, operators (for building new ones)
 TOKENS = sorted({tok for e in EXPRESSIONS for tok in re.findall(r"[A-Za-z_][\w.]*|\d+\.?\d*|\S", e)})
-NASTY_NUMBERS = [0, -1, 1, 2, 3, -0.0, 0.5, -2.5, 1e-300, 1e308, 2**31, 2**40, 2**63, 10**30, math.inf, -math.inf,
+NASTY_NUMBERS = [0, -1, 1, 2, 3, 5, 7, 16, 64, 0.25, -0.0, 0.5, -2.5, 1e-300, 1e308, 2**31, 2**40, 2**63, 10**30, math.inf, -math.inf,
                  math.nan, True, False, None, "3", "1e-4", "", "N", "H", "2*H", "H//0", "-H", "H/3", "1e400"]
 NASTY_VALUES = NASTY_NUMBERS + [[], {}, [1], ["N"], {"a": 1}, "relu(x)", "x @ x", "zeros(N, N)", "[x, x]",
                                 "__class__", "x[", "f(**k)", "lambda: 1", "'a' * 3", "x" * 200]
@@ -239,7 +239,31 @@ def change_type(data, tree):
     return _replace(tree, data.draw(st.sampled_from(paths)), data.draw(st.sampled_from(NASTY_VALUES)))
 
 
-TREE_MUTATIONS = [drop_key, rename_key, perturb_number, perturb_shape, splice_expression, add_entry, change_type]
+def swap_names(data, tree):
+    """One name in an expression replaced by another name of the spec: valid syntax, wrong meaning."""
+    slots = [p for p, v in _paths(tree) if len(p) >= 2 and isinstance(v, str)
+             and (p[0] in EXPR_SECTIONS or (p[0] == "blocks" and "graph" in p))]
+    if isinstance(tree.get("loss"), str):
+        slots.append(("loss",))
+    if not slots:
+        return tree
+    path = data.draw(st.sampled_from(slots))
+    expr = _parent(tree, path)[path[-1]]
+    names = sorted(set(re.findall(r"[A-Za-z_][\w.]*", expr)))
+    defined = sorted({str(k) for section in ("dims", "inputs", "params", "graph", "blocks")
+                      for k in (tree.get(section) if isinstance(tree.get(section), dict) else {})}
+                     | {"axis", "rate", "N", "T", "true"})
+    if not names or not defined:
+        return tree
+    old, new = data.draw(st.sampled_from(names)), data.draw(st.sampled_from(defined))
+    return _replace(tree, path, re.sub(rf"\b{re.escape(old)}\b", new, expr, count=1))
+
+
+# Mutations that keep a spec loadable come more often, so that check and
+# compile see many near-valid specs, not only what the schema refuses.
+TREE_MUTATIONS = [drop_key, rename_key, perturb_number, perturb_number, perturb_shape, perturb_shape,
+                  splice_expression, splice_expression, splice_expression, swap_names, swap_names, add_entry,
+                  change_type]
 
 
 # ------------------------------------------------------------------ text mutations
@@ -285,7 +309,7 @@ def _dump(tree) -> str:
 
 def _mutant(data) -> tuple[str, str]:
     name = data.draw(st.sampled_from(sorted(SEEDS)), label="seed")
-    ops = data.draw(st.lists(st.sampled_from(TREE_MUTATIONS + TEXT_MUTATIONS), min_size=1, max_size=4), label="mutations")
+    ops = data.draw(st.lists(st.sampled_from(TREE_MUTATIONS + TEXT_MUTATIONS), min_size=1, max_size=3), label="mutations")
     tree = yaml.safe_load(SEEDS[name])
     text = None
     for op in ops:
@@ -305,15 +329,19 @@ def _mutant(data) -> tuple[str, str]:
 
 
 def _outcome(text: str, name: str, compile_too: bool) -> str:
+    """"ok", or the stage that refused the mutant; any other exception fails the test."""
+    stage = "load"
     try:
         spec = spec_from_text(text, name)
+        stage = "check"
         check_spec(spec)
         if compile_too:
+            stage = "compile"
             compile_spec(spec, graphs=("train", "eval", "infer"))
     except FlowgradError as e:
         assert str(e).strip(), "an error without a message"
         assert "Traceback" not in str(e)
-        return "refused"
+        return f"refused by {stage}"
     return "ok"
 
 
@@ -323,7 +351,8 @@ def _outcome(text: str, name: str, compile_too: bool) -> str:
 def test_mutated_specs_fail_cleanly(data):
     name, text = _mutant(data)
     note(text)
-    _outcome(text, name, compile_too=data.draw(st.integers(0, 3), label="compile") == 0)
+    compile_too = data.draw(st.integers(0, 3), label="compile") == 0
+    event(_outcome(text, name, compile_too) + (" (compiled)" if compile_too else ""))
 
 
 @pytest.mark.parametrize("name", sorted(SEEDS))
@@ -341,3 +370,63 @@ def test_every_expression_spliced_into_every_spec(host):
     for expr in EXPRESSIONS:
         tree["graph"][slot] = expr
         _outcome(_dump(tree), host, compile_too=False)
+
+
+# ------------------------------------------------------------------ every op, wrong arguments
+OPS_SPEC = """\
+flowgrad: 1
+name: ops
+dims: {C: 3}
+inputs:
+  v: {shape: [N]}
+  m: {shape: [N, C]}
+  t: {shape: [N, 2, 4]}
+  img: {shape: [N, 1, 8, 8]}
+  ids: {shape: [N], dtype: int64}
+  idm: {shape: [N, C], dtype: int64}
+  flag: {shape: [N, C], dtype: bool}
+params:
+  s: {shape: [], init: zeros}
+  w: {shape: [C, C], init: glorot_uniform}
+graph:
+  probe: %s
+outputs:
+  out: probe
+"""
+ARGS = ["v", "m", "t", "img", "ids", "idm", "flag", "s", "w", "0", "-1", "2", "1.5", "true", "'float32'", "'relu'",
+        "[1, 2]", "[0, -1]", "[]", "m > 0", "w.T", "probe", "N", "C"]
+ATTR_VALUES = ["-5", "-1", "0", "1", "2", "3", "100", "0.5", "true", "false", "'x'", "'float32'", "[2, 2]",
+               "[0, -1]", "[]", "relu", "m", "(1, 2)", "'same'", "10**12"]
+
+
+def _callables() -> dict[str, list[str]]:
+    """Every op and layer shorthand a spec can call, with the keywords it takes."""
+    from compiler import layers, recurrent  # noqa: F401  (registers the cells)
+    from compiler.registry import all_ops
+
+    out = {n: [*o.inputs, *o.attrs] for n, o in all_ops().items()}
+    for n, layer in layers.LAYERS.items():
+        out[n] = sorted({*out.get(n, []), *layer.positional, *layer.keywords})
+    return out
+
+
+CALLABLES = _callables()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_every_op_with_wrong_arguments(data):
+    """Each op and layer called with arguments of the wrong rank, dtype or kind: a located error, never a crash."""
+    name = data.draw(st.sampled_from(sorted(CALLABLES)), label="op")
+    args = data.draw(st.lists(st.sampled_from(ARGS), max_size=4), label="args")
+    keywords = CALLABLES[name] + ["axis", "bogus"]
+    kwargs = data.draw(st.dictionaries(st.sampled_from(keywords), st.sampled_from(ATTR_VALUES), max_size=3), label="kwargs")
+    expr = f"{name}({', '.join(args + [f'{k}={v}' for k, v in kwargs.items()])})"
+    note(expr)
+    text = OPS_SPEC % expr.replace("w.T", "transpose(w)")
+    event(_outcome(text, "ops.yaml", compile_too=data.draw(st.booleans(), label="compile")))
+
+
+def test_ops_spec_is_valid():
+    assert _outcome(OPS_SPEC % "relu(m) @ w", "ops.yaml", compile_too=True) == "ok"

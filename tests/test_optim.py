@@ -168,8 +168,8 @@ def reference_for(optimizer, train):
 def initial_trainer_state(cm, params):
     state = {n: v.copy() for n, v in params.items()}
     for obj in cm.objectives:
-        for sname, pname in cm.state_names(obj):
-            state[sname] = np.zeros_like(params[pname])
+        for sname, shape in cm.state_specs(obj):
+            state[sname] = np.zeros(shape, dtype=cm.float_dtype)
     return state
 
 
@@ -321,3 +321,25 @@ def test_step_counter_drives_adam_bias_correction():
         want = Reference(optimizer).step(params, g, 0.05, t=step + 1)
         assert_params_close({n: out[f"next/{n}"] for n in want}, want, f"step {step}")
         assert not np.allclose(out["next/W"], out0["next/W"])
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd_nesterov", "rmsprop_momentum"])
+def test_fused_update_equals_per_parameter_update(name, monkeypatch):
+    """Small models update all parameters as one flat vector; large ones per parameter. Same numbers."""
+    import compiler.training as training
+    from runtime.trainer import Trainer
+
+    optimizer, train = CONFIGS[name]
+    spec = make_spec(optimizer, clip_norm=0.5, **train)
+    results = {}
+    for limit in (training.FUSED_UPDATE_MAX_ELEMENTS, 0):
+        monkeypatch.setattr(training, "FUSED_UPDATE_MAX_ELEMENTS", limit)
+        cm = compile_spec(spec, graphs=("train",))
+        fused = training.fused_update(cm.params, cm.objectives[0])
+        assert fused == (limit > 0)
+        trainer = Trainer(cm, "cpu", threads=1, state=initial_trainer_state(cm, start_params()))
+        for step, batch in enumerate(batches()):
+            trainer.train_step("main", batch, lr=0.05, step=step)
+        results[fused] = {k: v for k, v in trainer.state_numpy().items() if k in cm.params}
+    for k in results[True]:
+        np.testing.assert_allclose(results[True][k], results[False][k], rtol=1e-12, atol=1e-14)

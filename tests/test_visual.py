@@ -1,6 +1,7 @@
 """Seeing the model: `flowgrad graph` (spec view, --backward, --optimized, --expand) and `flowgrad summary`."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
@@ -93,27 +94,74 @@ def spec_node_count(spec, low) -> int:
             + len(spec.metrics) + len(spec.outputs))
 
 
-def on_path_to_loss(spec, low) -> set[str]:
-    """Spec values on a path from a trained parameter to the loss, from the names each expression
-    reads (a layer's parameters `h.W` feed its entry `h`)."""
+def blocks_used(e, spec) -> set[str]:
+    """The blocks an expression runs: called `G(z)` or scanned `scan(decode, ...)`, and the blocks
+    those blocks' graphs run in turn."""
+    found = set()
+
+    def direct(x):
+        out = set()
+        if isinstance(x, S.Call) and x.func in spec.blocks:
+            out.add(x.func)
+        if isinstance(x, S.Name) and x.id in spec.blocks:
+            out.add(x.id)
+        if isinstance(x, S.Expr):
+            for v in vars(x).values():
+                for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v]):
+                    out |= direct(c)
+        return out
+
+    todo = direct(e)
+    while todo:
+        b = todo.pop()
+        if b not in found:
+            found.add(b)
+            for a in spec.blocks[b].graph:
+                todo |= direct(a.expr)
+    return found
+
+
+def loss_name(spec, obj) -> str:
+    """What the gradient boxes are the gradient of: `loss`, or the graph entry an objective names."""
+    return "loss" if obj.loss is spec.loss else obj.loss.targets[0]
+
+
+def on_path_to_loss(spec, low, obj) -> set[str]:
+    """Spec values on a path from a parameter the objective trains to its loss, from the names each
+    expression reads. A layer's parameters `h.W` feed its entry `h`; a block's parameters `D.h1.W`
+    (declared in the block or made by its layer calls) feed every entry that runs the block (calls it,
+    scans it, or runs a block that does), and so do the outer values the block's graph reads."""
     entry = {t: ",".join(a.targets) for a in spec.graph for t in a.targets}
     succ: dict[str, set[str]] = {}
 
     def key(name):
         return entry.get(name, name if name in low.params or name in spec.inputs else None)
 
-    for a in spec.graph:
-        for n in names_read(a.expr):
+    def block_reads(b):
+        blk = spec.blocks[b]
+        local = {*blk.inputs, *blk.params, *(t for a in blk.graph for t in a.targets)}
+        names = [n for a in blk.graph for n in names_read(a.expr) if n not in local and n.split(".")[0] not in local]
+        return names + [p for p in low.params if p.startswith(b + ".")]
+
+    sink = "loss" if obj.loss is spec.loss else entry[obj.loss.targets[0]]
+    readers = [(",".join(a.targets), a.expr) for a in spec.graph]
+    if obj.loss is spec.loss:
+        readers.append(("loss", spec.loss.expr))
+    for target, expr in readers:
+        names = names_read(expr)
+        for b in blocks_used(expr, spec):
+            names += block_reads(b)
+        for n in names:
             if key(n):
-                succ.setdefault(key(n), set()).add(",".join(a.targets))
+                succ.setdefault(key(n), set()).add(target)
     for p in low.params:
         head = p.split(".")[0]
         if "." in p and head in entry:
             succ.setdefault(p, set()).add(entry[head])
-    for n in names_read(spec.loss.expr):
-        if key(n):
-            succ.setdefault(key(n), set()).add("loss")
-    trained = [n for n, p in low.params.items() if p.kind == "param" and p.trainable]
+    trained = [n for n, p in low.params.items() if p.kind == "param" and p.trainable
+               and any(fnmatch.fnmatchcase(n, g) for g in obj.param_globs)
+               and not any(fnmatch.fnmatchcase(n, g) for g in obj.frozen)]
+    assert trained, obj.name
     down, stack = set(trained), list(trained)
     while stack:
         for s in succ.get(stack.pop(), ()):
@@ -124,7 +172,7 @@ def on_path_to_loss(spec, low) -> set[str]:
     for a, bs in succ.items():
         for b in bs:
             pred.setdefault(b, set()).add(a)
-    up, stack = {"loss"}, ["loss"]
+    up, stack = {sink}, [sink]
     while stack:
         for s in pred.get(stack.pop(), ()):
             if s not in up:
@@ -155,20 +203,30 @@ def test_graph_has_one_box_per_spec_node_and_a_gradient_per_value_on_the_loss_pa
         assert {("input/x", "node/h1"), ("param/W1", "node/h1"), ("node/h1", "node/h2"),
                 ("node/logits", "loss/loss"), ("input/y", "metric/accuracy")} <= edges
 
-    out_b = tmp_path / "b.dot"
-    invoke("graph", path, "--backward", "-o", out_b)
-    text_b = out_b.read_text()
-    nodes_b = dot_nodes(text_b)
-    grads = [k for k, c in nodes_b.items() if c == "grad"]
-    assert len(nodes_b) - len(grads) == spec_node_count(spec, low)
-    expected = on_path_to_loss(spec, low)
-    assert len(grads) == len(expected), (sorted(grads), sorted(expected))
-    trained = [n for n, p in low.params.items() if p.kind == "param" and p.trainable]
-    for p in trained:
-        assert f"∂loss/∂{p}</B>" in text_b
-    # The gradient arrows run back: from the loss's gradient towards the parameters' (drawn reversed).
-    back = [(a, b) for a, b, attrs in dot_edges(text_b) if a.startswith("grad/") and "dir=back" in attrs]
-    assert back and all(b.startswith("grad/") for _, b in back)
+    # --backward draws the first objective by default (named in the title when there are several),
+    # any other with --objective NAME: each counted against its own loss and trained parameters.
+    objectives = objectives_of(spec)
+    runs = [(objectives[0], ())] + [(o, ("--objective", o.name)) for o in objectives[1:]]
+    for obj, extra in runs:
+        out_b = tmp_path / f"b_{obj.name}.dot"
+        invoke("graph", path, "--backward", *extra, "-o", out_b)
+        text_b = out_b.read_text()
+        if len(objectives) > 1:
+            assert f"(objective {obj.name})" in text_b
+        nodes_b = dot_nodes(text_b)
+        grads = [k for k, c in nodes_b.items() if c == "grad"]
+        assert len(nodes_b) - len(grads) == spec_node_count(spec, low)
+        expected = on_path_to_loss(spec, low, obj)
+        assert len(grads) == len(expected), (obj.name, sorted(grads), sorted(expected))
+        # the same values, by name: grad/<kind>/<name(s)> against the names counted here
+        assert {k.split("/", 2)[2] for k in grads} == expected, obj.name
+        trained = [n for n, p in low.params.items() if p.kind == "param" and p.trainable
+                   and any(fnmatch.fnmatchcase(n, g) for g in obj.param_globs)]
+        for p in trained:
+            assert f"∂{loss_name(spec, obj)}/∂{p}</B>" in text_b
+        # The gradient arrows run back: from the loss's gradient towards the parameters' (drawn reversed).
+        back = [(a, b) for a, b, attrs in dot_edges(text_b) if a.startswith("grad/") and "dir=back" in attrs]
+        assert back and all(b.startswith("grad/") for _, b in back)
 
 
 def test_backward_edges_come_from_autodiff():
@@ -197,10 +255,13 @@ def test_graph_svg_is_xml_with_the_spec_names(path, tmp_path):
     root = ET.parse(out).getroot()
     assert root.tag.endswith("svg")
     text = " ".join(t for t in root.itertext())
+    obj = objectives_of(spec)[0]  # --backward draws the first objective by default
     for name in [*spec.inputs, *low.params, *(t for a in spec.graph for t in a.targets), "loss",
-                 *(m.targets[0] for m in spec.metrics), *(o.targets[0] for o in spec.outputs)]:
+                 *(m.targets[0] for m in spec.metrics), *(o.targets[0] for o in spec.outputs), *spec.blocks]:
         assert name in text, name
-    assert "∂loss/∂" in text
+    assert f"∂{loss_name(spec, obj)}/∂" in text
+    if len(objectives_of(spec)) > 1:
+        assert f"objective {obj.name}" in text
 
 
 @pytest.mark.skipif(not HAVE_DOT, reason="Graphviz's dot is not installed")

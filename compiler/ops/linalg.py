@@ -101,8 +101,10 @@ class Gemm(OpDef):
 
     def emit(self, e, node, ins, outs):
         at = node.attrs
+        if float(at["beta"]) == 0.0:
+            ins = ins[:2]  # no bias: Gemm's C is optional
         e.add("Gemm", ins, outs, transA=int(at["trans_a"]), transB=int(at["trans_b"]),
-              alpha=float(at["alpha"]), beta=float(at["beta"]))
+              alpha=float(at["alpha"]), beta=float(at["beta"]) if len(ins) == 3 else None)
 
     def vjp(self, node, gouts):
         a, b, c = node.inputs

@@ -126,8 +126,10 @@ class Numel(OpDef):
 
         axes = reduce_axes(node.attrs["axis"], node.inputs[0].rank)
         shape = e.add("Shape", ins)
-        picked = e.add("Gather", [shape, e.ints(axes)], axis=0)
-        count = e.add("ReduceProd", [picked], keepdims=0)
+        if len(axes) == 1:  # one axis: its size is the count
+            count = e.add("Gather", [shape, e.const(np.asarray(axes[0], dtype=np.int64))], axis=0)
+        else:
+            count = e.add("ReduceProd", [e.add("Gather", [shape, e.ints(axes)], axis=0)], keepdims=0)
         e.add("Cast", [count], outs, to=onnx_dtype(node.outputs[0].dtype))
 
     def ref(self, attrs, x):

@@ -21,7 +21,7 @@ import numpy as np
 
 from spec.errors import GradientError, ShapeError
 
-from ..ir import Graph, TensorType, Value, dim_mul, fmt_shape, producers_of
+from ..ir import Graph, TensorType, Value, dim_mul, fmt_shape, normalize_axis, producers_of
 from ..registry import REQUIRED, OpDef, Sample, op
 
 
@@ -407,7 +407,9 @@ class Positions(OpDef):
     nondiff = True
 
     def infer(self, attrs, x):
-        return [TensorType("int64", (x.shape[attrs["axis"]],))]
+        if x.rank == 0:
+            raise ShapeError(f"positions() needs a tensor with an axis, got a scalar {x}", arg="x")
+        return [TensorType("int64", (x.shape[normalize_axis(attrs["axis"], x.rank)],))]
 
     def emit(self, e, node, ins, outs):
         n = e.add("Gather", [e.add("Shape", ins), e.const(np.asarray(node.attrs["axis"] % node.inputs[0].rank, dtype=np.int64))], axis=0)

@@ -1,0 +1,258 @@
+"""Unsupervised and generative models: the noise ops, the models in models/
+(dae, cae, vae, gan, semisupervised) on real digits, the contractive
+penalty's exact Jacobian and its gradient, block calls sharing parameters,
+the semi-supervised dataset option, exported generators run with onnxruntime
+alone, and `flowgrad plot samples`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from compiler.gradcheck import gradcheck_spec
+from compiler.ir import Graph
+from compiler.training import compile_spec, trained_names
+from runtime import data as D
+from runtime.api import train
+from runtime.export import export
+from runtime.trainer import Trainer
+from spec import load_spec, spec_from_text
+from spec.errors import DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = {m: os.path.join(ROOT, "models", f"{m}.yaml") for m in ("dae", "cae", "vae", "gan", "semisupervised")}
+SMALL = {"dae": ["dims.H=16"], "cae": ["dims.H=8"], "vae": ["dims.H=16", "dims.Z=2"],
+         "gan": ["dims.H=16", "dims.Z=4"], "semisupervised": ["dims.H=16"]}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = D.load_digits(labelled=100)
+    return {k: np.ascontiguousarray(v[:64]) for k, v in ds.arrays.items()}
+
+
+# ---------------------------------------------------------------- noise ops
+@pytest.mark.parametrize("mode", ["eval", "infer"])
+@pytest.mark.parametrize("op,attrs", [("masking_noise", {"p": 0.5}), ("gaussian_noise", {"sigma": 0.3}),
+                                      ("dropout", {"rate": 0.5})])
+def test_noise_is_identity_outside_training(op, attrs, mode):
+    g = Graph(float_dtype="float32", mode=mode)
+    x = g.add_input("x", "float32", (4, 8))
+    assert g.apply(op, x, **attrs) is x
+    assert not g.nodes and "seed" not in g.inputs  # nothing drawn
+
+
+def test_noise_in_train_mode():
+    from compiler.check import Runner
+    from compiler.emit import emit_model
+
+    g = Graph(float_dtype="float32", mode="train")
+    x = g.add_input("x", "float32", (200, 50))
+    outs = {"masked": g.apply("masking_noise", x, p=0.3), "gauss": g.apply("gaussian_noise", x, sigma=0.5)}
+    ins = [(n, gi.value) for n, gi in g.inputs.items()]
+    run = Runner(emit_model(g, ins, list(outs.items())))
+    xs = np.ones((200, 50), np.float32)
+    got = run({"x": xs, "seed": np.asarray(3, np.int64), "step": np.asarray(1, np.int64)})
+    zero = got["masked"] == 0
+    assert set(np.unique(got["masked"])) <= {0.0, 1.0}  # no rescaling of what is kept
+    assert abs(zero.mean() - 0.3) < 0.02
+    noise = got["gauss"] - 1
+    assert abs(noise.std() - 0.5) < 0.02 and abs(noise.mean()) < 0.02
+    again = run({"x": xs, "seed": np.asarray(3, np.int64), "step": np.asarray(2, np.int64)})
+    assert not np.array_equal(again["masked"], got["masked"])  # a fresh mask every step
+
+
+def test_reparameterize_draws_in_every_mode():
+    for mode in ("train", "eval", "infer"):
+        g = Graph(float_dtype="float32", mode=mode)
+        mu = g.add_input("mu", "float32", (3, 2))
+        out = g.apply("reparameterize", mu, mu)
+        assert out is not mu and "seed" in g.inputs
+
+
+# ---------------------------------------------------------------- models on real digits
+def _steps(trainer, objective, batch, n, lr=3e-3):
+    return [trainer.train_step(objective, batch, lr=lr, step=s)["loss"] for s in range(n)]
+
+
+@pytest.mark.parametrize("model", ["dae", "cae", "vae", "semisupervised"])
+def test_model_compiles_and_learns(model, digits):
+    cm = compile_spec(load_spec(MODEL[model], SMALL[model]), graphs=("train",))
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    for name in cm.schedule:
+        losses = _steps(trainer, name, digits, 12)
+        assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], (name, losses)
+
+
+def test_gan_objectives_each_lower_their_loss(digits):
+    cm = compile_spec(load_spec(MODEL["gan"], SMALL["gan"]), graphs=("train",))
+    assert cm.schedule == ["discriminator", "generator"]
+    # The parameter groups: the blocks' parameters, disjoint, each objective updating its own.
+    d = set(trained_names(cm.params, next(o for o in cm.objectives if o.name == "discriminator")))
+    g = set(trained_names(cm.params, next(o for o in cm.objectives if o.name == "generator")))
+    assert d and g and not d & g and d | g == set(cm.params)
+    assert all(n.startswith("D.") for n in d) and all(n.startswith("G.") for n in g)
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    d_losses = _steps(trainer, "discriminator", digits, 10)
+    assert d_losses[-1] < d_losses[0], d_losses
+    g_losses = _steps(trainer, "generator", digits, 10)  # against the now fixed discriminator
+    assert g_losses[-1] < g_losses[0], g_losses
+
+
+def test_block_calls_share_parameters():
+    spec = load_spec(MODEL["gan"], SMALL["gan"])
+    cm = compile_spec(spec, graphs=("train",))
+    # D is called on real and on generated digits, G in training and in the outputs: one set each.
+    assert sorted(cm.params) == sorted(f"{b}.{layer}.{w}" for b, layers in (("G", ("h1", "h2", "out")),
+                                                                         ("D", ("h1", "h2", "logit")))
+                                       for layer in layers for w in ("W", "b"))
+
+
+def test_dae_evaluates_clean_input(digits):
+    """Eval mode sees x itself: the metric equals a NumPy forward pass without noise (tied weights)."""
+    cm = compile_spec(load_spec(MODEL["dae"], SMALL["dae"]), graphs=("eval",))
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    got = trainer.evaluate([{"x": digits["x"]}])
+    s = cm.initial_state(0)
+    x = digits["x"].astype(np.float64)
+    h = 1 / (1 + np.exp(-(x @ s["h.W"] + s["h.b"])))
+    r = 1 / (1 + np.exp(-(h @ s["h.W"].T + s["logits.b"])))
+    np.testing.assert_allclose(got["recon_error"], np.mean((r - x) ** 2), rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the contractive penalty
+JACOBIAN = """
+flowgrad: 1
+name: jac
+dims: {D: 5, H: 3}
+inputs:
+  x: {shape: [N, D]}
+graph:
+  h: dense(x, H, act=sigmoid)
+outputs:
+  h: h
+  J: jacobian(h, x)
+"""
+
+
+def test_jacobian_of_a_sigmoid_layer_is_the_closed_form(tmp_path):
+    from compiler.check import Runner
+
+    spec = spec_from_text(JACOBIAN, str(tmp_path / "jac.yaml"))
+    cm = compile_spec(spec, "float64", graphs=("infer",))
+    state = cm.initial_state(0)
+    state["h.b"] = np.random.default_rng(1).normal(size=3)
+    x = np.random.default_rng(0).uniform(size=(4, 5))
+    out = Runner(cm.graphs["infer"].model)({"x": x, "h.W": state["h.W"], "h.b": state["h.b"]})
+    h = out["h"]
+    want = (h * (1 - h))[:, :, None] * state["h.W"].T[None, :, :]  # J[n] = diag(h(1-h)) W^T
+    assert out["J"].shape == (4, 3, 5)
+    np.testing.assert_allclose(out["J"], want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["contraction", "loss"])
+def test_cae_penalty_gradient_matches_finite_differences(loss):
+    """The penalty's gradient goes through the exact Jacobian (second order), end to end in float64."""
+    # The penalty alone (the decoder bias then only reaches the loss with a zero weight), then the whole loss.
+    overrides = ["dims.D=6", "dims.H=4"] + (["loss=contraction + 0 * reconstruction"] if loss == "contraction" else [])
+    report = gradcheck_spec(load_spec(MODEL["cae"], overrides), seed=2)
+    errors = report["main"]
+    assert set(errors) == {"h.W", "h.b", "logits.b"}
+    assert max(errors.values()) < 1e-6, errors
+
+
+# ---------------------------------------------------------------- semi-supervised data
+def test_digits_labelled_option():
+    ds = D.load_bundled("digits", {"labelled": 100})
+    mask = ds.arrays["has_label"]
+    assert mask.dtype == np.float32 and mask.sum() == 100
+    assert np.bincount(ds.arrays["y"][mask == 1], minlength=10).tolist() == [10] * 10
+    train_ds, valid_ds = D.split(ds, 0.2, seed=0)
+    # All 100 labelled digits are training digits; validation keeps every label.
+    assert train_ds.arrays["has_label"].sum() == 100
+    assert np.bincount(train_ds.arrays["y"][train_ds.arrays["has_label"] == 1], minlength=10).tolist() == [10] * 10
+    assert valid_ds.arrays["has_label"].min() == 1
+    again, _ = D.split(D.load_bundled("digits", {"labelled": 100}), 0.2, seed=0)
+    assert np.array_equal(again.arrays["has_label"], train_ds.arrays["has_label"])
+    assert "has_label" not in D.load_bundled("digits").arrays
+    with pytest.raises(DataError, match="labelled"):
+        D.load_bundled("digits", {"labeled": 100})
+    with pytest.raises(DataError, match="integer"):
+        D.load_bundled("digits", {"labelled": 0})
+
+
+# ---------------------------------------------------------------- exported generators
+FRESH = r"""
+import hashlib, json, sys
+import numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+out = {"inputs": sorted((i.name, i.type) for i in s.get_inputs())}
+for seed, count in ((1, 6), (1, 6), (2, 6), (1, 3)):
+    (x,) = s.run(["samples"], {"seed": np.asarray(seed, np.int64), "count": np.asarray(count, np.int64)})
+    out.setdefault("shapes", []).append(list(x.shape))
+    out.setdefault("hashes", []).append(hashlib.sha256(x.tobytes()).hexdigest())
+    out.setdefault("ranges", []).append([float(x.min()), float(x.max())])
+    if (seed, count) == (1, 3):
+        out["prefix"] = x.tolist()
+    if (seed, count) == (1, 6):
+        out["first"] = x[:3].tolist()
+out["flowgrad_loaded"] = sorted(m for m in ("compiler", "runtime", "spec", "cli") if m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_exported_generator_runs_without_flowgrad(model, tmp_path):
+    run_dir = str(tmp_path / "run")
+    train(load_spec(MODEL[model], SMALL[model]), run_dir=run_dir, steps=3, threads=1, device="cpu")
+    path = str(tmp_path / "gen.onnx")
+    info = export(run_dir, path)
+    assert sorted(info["inputs"]) == ["count", "seed"] and info["outputs"] == ["samples"]
+    script = tmp_path / "fresh.py"
+    script.write_text(FRESH)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-I", str(script), path], capture_output=True, text=True, cwd=str(tmp_path),
+                         env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["flowgrad_loaded"] == []
+    assert out["inputs"] == [("count", "tensor(int64)"), ("seed", "tensor(int64)")] or \
+        out["inputs"] == [["count", "tensor(int64)"], ["seed", "tensor(int64)"]]
+    assert out["shapes"] == [[6, 64], [6, 64], [6, 64], [3, 64]]
+    h = out["hashes"]
+    assert h[0] == h[1] and h[0] != h[2]  # seeded: same seed, same digits; another seed, others
+    assert all(0.0 <= lo and hi <= 1.0 for lo, hi in out["ranges"])  # pixel intensities
+    # A smaller count draws the same first digits (to rounding: matrix products of other shapes)
+    np.testing.assert_allclose(out["prefix"], out["first"], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- pictures
+def test_plot_samples(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    runner = CliRunner()
+    for model in ("vae", "dae"):
+        run_dir = str(tmp_path / model)
+        train(load_spec(MODEL[model], SMALL[model]), run_dir=run_dir, steps=2, threads=1, device="cpu")
+        png = tmp_path / f"{model}.png"
+        res = runner.invoke(app, ["plot", "samples", run_dir, "-o", str(png), "--count", "16"])
+        assert res.exit_code == 0, res.output
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+    from runtime.samples import samples_of
+
+    gen = samples_of(str(tmp_path / "vae"), count=10, seed=3)
+    assert gen.kind == "generator" and gen.images["samples"].shape == (10, 8, 8)
+    rec = samples_of(str(tmp_path / "dae"), count=5, seed=3)
+    assert rec.kind == "reconstruction" and list(rec.images) == ["input", "corrupted", "reconstructed"]
+    assert rec.meta["noise"] == ["masking_noise", 0.25]  # the spec's own corruption
+    masked = rec.images["corrupted"] == 0
+    assert np.all(rec.images["input"][~masked] == rec.images["corrupted"][~masked])
+    res = runner.invoke(app, ["plot", "samples", str(tmp_path), "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 1 and "not a run directory" in res.output
