@@ -20,12 +20,23 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-# row name -> (spec, overrides for flowgrad, torch_ref model)
+# row name -> (spec, overrides for flowgrad, torch_ref model or "script.py:model" for another reference)
 ROWS = {
     "mlp": ("models/mlp.yaml", [], "mlp"),
     "convnet": ("models/convnet.yaml", [], "convnet"),
     "char_lstm": ("models/char_lstm.yaml", [], "char_lstm"),
+    # generative models: a step of the gan is one discriminator and one generator update
+    "dae": ("models/dae.yaml", [], "generative_ref.py:dae"),
+    "vae": ("models/vae.yaml", [], "generative_ref.py:vae"),
+    "gan": ("models/gan.yaml", [], "generative_ref.py:gan"),
 }
+
+
+def reference_cmd(ref: str, steps: int, threads: int) -> list[str]:
+    script, _, model = ref.rpartition(":")
+    head = [sys.executable, os.path.join(HERE, script), "bench", model] if script else \
+        [sys.executable, os.path.join(HERE, "torch_ref.py"), model]
+    return head + ["--steps", str(steps), "--threads", str(threads)]
 
 
 def flowgrad_cmd():
@@ -65,8 +76,7 @@ def main():
             fg.append(r["step_ms"])
             fg_mem.append(r["peak_rss_mb"])
             nodes = r["nodes"].get("train")
-            r = run_json([sys.executable, os.path.join(HERE, "torch_ref.py"), ref, "--steps", str(args.steps),
-                          "--threads", str(args.threads)])
+            r = run_json(reference_cmd(ref, args.steps, args.threads))
             pt.append(r["step_ms"])
             pt_mem.append(r["peak_rss_mb"])
         f, p = statistics.median(fg), statistics.median(pt)

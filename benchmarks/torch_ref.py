@@ -55,9 +55,42 @@ def char_lstm():
     return CharLSTM(), "tokens"
 
 
+class DatesAttention(nn.Module):
+    """models/dates_attention.yaml in PyTorch: bidirectional GRU encoder over packed
+    sources, GRU decoder cell with additive attention, teacher forcing."""
+
+    def __init__(self, sv=70, tv=14, e=32, h=64, a=64):
+        super().__init__()
+        self.src_emb, self.tgt_emb = nn.Embedding(sv, e), nn.Embedding(tv, e)
+        self.enc = nn.GRU(e, h, batch_first=True, bidirectional=True)
+        self.s0 = nn.Linear(2 * h, h)
+        self.W, self.U, self.v = nn.Linear(h, a, bias=False), nn.Linear(2 * h, a, bias=False), nn.Linear(a, 1, bias=False)
+        self.cell = nn.GRUCell(e + 2 * h, h)
+        self.out = nn.Linear(h + 2 * h, tv)
+
+    def forward(self, src, src_len, tgt_in):
+        packed = nn.utils.rnn.pack_padded_sequence(self.src_emb(src), src_len, batch_first=True, enforce_sorted=False)
+        enc, _ = self.enc(packed)
+        enc, _ = nn.utils.rnn.pad_packed_sequence(enc, batch_first=True, total_length=src.shape[1])
+        mask = torch.arange(src.shape[1])[None, :] < src_len[:, None]
+        s = torch.tanh(self.s0((enc * mask[..., None]).sum(1) / src_len[:, None]))
+        keys = self.U(enc)
+        outs = []
+        for y_t in self.tgt_emb(tgt_in).unbind(1):
+            scores = self.v(torch.tanh(self.W(s)[:, None, :] + keys)).squeeze(-1).masked_fill(~mask, -1e9)
+            ctx = (torch.softmax(scores, -1)[..., None] * enc).sum(1)
+            s = self.cell(torch.cat([y_t, ctx], -1), s)
+            outs.append(torch.cat([s, ctx], -1))
+        return self.out(torch.stack(outs, 1))
+
+
+def dates_attention():
+    return DatesAttention(), "seq2seq"
+
+
 SEQUENCE = {"char_lstm": (103, 64)}  # vocab, sequence length
 MODELS = {"mlp": (mlp, 64), "mlp_big": (mlp_big, 256), "convnet": (convnet, 64), "char_lstm": (char_lstm, 32),
-          "maxout": None}
+          "dates_attention": (dates_attention, 64), "maxout": None}
 
 
 def main():
@@ -75,6 +108,33 @@ def main():
     net, shape = build()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
+    if shape == "seq2seq":  # the bundled dates task, as flowgrad bench feeds it
+        import sys as _sys, os as _os
+
+        _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+        from runtime.datasets_text import load_dates
+
+        d = load_dates(n=batch, seed=0).arrays
+        src, src_len, tgt_in = (torch.from_numpy(d[k]) for k in ("src", "src_len", "tgt_in"))
+        y, tmask = torch.from_numpy(d["tgt"]), torch.from_numpy(d["tgt_mask"])
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        times = []
+        for step in range(args.warmup + args.steps):
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            logits = net(src, src_len, tgt_in)
+            per = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+            loss = (per * tmask.reshape(-1)).sum() / tmask.sum()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            loss.item()
+            if step >= args.warmup:
+                times.append(time.perf_counter() - t)
+        median = statistics.median(times)
+        print(json.dumps({"framework": "pytorch", "model": args.model, "batch_size": batch, "step_ms": median * 1e3,
+                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
     if shape == "tokens":  # a language model: the spec's own text data, next-token targets
         vocab, seq = SEQUENCE[args.model]
         data = torch.randint(0, vocab, (batch, seq + 1))
