@@ -124,18 +124,42 @@ HOIST = True
 
 
 def run_scan(g: Graph, body: Body, init: list[Value], seqs: list[Value], nonseqs: list[Value], reverse=False,
-             truncate=None, length=None, optimize=None, stack=None):
+             truncate=None, length=None, optimize=None, stack=None, unroll=False):
     """Apply `body` with hoisting (unless optimize=False, or HOIST is off); seqs are time-major.
+    `unroll`: a fixed, short length is written out step by step instead of a loop.
     Returns the scan node's outputs as a list."""
     if optimize is None:
         optimize = HOIST
     if optimize and seqs:
         body, seqs, nonseqs = hoist(body, seqs, nonseqs, g)
+    steps = seqs[0].shape[0] if seqs else length
+    if unroll and isinstance(steps, int) and not truncate:
+        return _unrolled(g, body, init, seqs, nonseqs, steps, reverse, stack)
     if not body.seqs and length is None and seqs == []:
         length = None
     res = g.apply("scan", *init, *seqs, *nonseqs, body=body, reverse=reverse, truncate=truncate,
                   length=length if not body.seqs else None, stack=stack)
     return list(res) if isinstance(res, tuple) else [res]
+
+
+def _unrolled(g: Graph, body: Body, init, seqs, nonseqs, steps: int, reverse: bool, stack):
+    """The scan written out: the step's nodes once per time step, outputs stacked in time order."""
+    from .ops.scan import clone
+
+    flags = tuple(stack) if stack is not None else (True,) * len(init)
+    state = list(init)
+    per_step: list[list] = [[None] * steps for _ in body.new_carries + body.extras]
+    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        mapping = {v.id: x for v, x in zip(body.carries, state)}
+        mapping.update({v.id: g.apply("index", s, spec=(t,)) for v, s in zip(body.seqs, seqs)})
+        mapping.update({v.id: x for v, x in zip(body.nonseqs, nonseqs)})
+        outs = clone(body.new_carries + body.extras, mapping, g)
+        state = outs[:len(body.new_carries)]
+        for k, o in enumerate(outs):
+            per_step[k][t] = g.apply("unsqueeze", o, axes=(0,))
+    stacked = [g.apply("concat", *vals, axis=0) if len(vals) > 1 else vals[0] for vals in per_step]
+    res = [st if f else fin for f, st, fin in zip(flags, stacked, state)]
+    return res + stacked[len(body.new_carries):]
 
 
 def time_major(g: Graph, x: Value, axis: int) -> Value:
@@ -221,7 +245,7 @@ def _lower_scan(low, e: S.Call):
     if block is None:
         raise SpecError(f"unknown block {block_name!r}", e.args[0].loc,
                         did_you_mean(block_name, low.spec.blocks) or "declare it under 'blocks:'")
-    allowed = {"over", "init", "axis", "reverse", "mask", "truncate", "length"}
+    allowed = {"over", "init", "axis", "reverse", "mask", "truncate", "length", "unroll"}
     for k in e.kwargs:
         if k not in allowed:
             raise SpecError(f"scan() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
@@ -272,7 +296,7 @@ def _lower_scan(low, e: S.Call):
         seqs.append(time_major(g, g.cast(mask, g.float_dtype), axis))
     body = Body(sb.graph, carry_in, seq_in, sb.nonseqs, new_carries, extras)
     res = run_scan(g, body, init, seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate,
-                   length=kw.get("length"))
+                   length=kw.get("length"), unroll=bool(kw.get("unroll", False)))
     if carried is not None:
         low.recurrent_final[key] = [g.apply("index", r, spec=(0 if reverse else -1,)) for r in res[:len(init)]]
     res = [from_time_major(g, r, axis) for r in res]
@@ -399,7 +423,7 @@ CELLS = {  # name: (gates, states, step)
 
 
 def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=False, mask=None, init=None,
-                    truncate=None, layer_norm=False, act="tanh", linear_before_reset=True):
+                    truncate=None, layer_norm=False, act="tanh", linear_before_reset=True, unroll=False):
     """One recurrent layer over x [N, T, E]; returns (hs [N, T, H], final states)."""
     g = low.graph
     gates, n_states, step = CELLS[cell]
@@ -445,7 +469,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     if init is None:
         init = [g.apply("fill", x, dims=((0, 0), H), dtype=g.float_dtype) for _ in carries]
     body = Body(bg, carries, seq_in, sb.nonseqs, new, extras)
-    res = run_scan(g, body, list(init), seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate)
+    res = run_scan(g, body, list(init), seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate, unroll=unroll)
     stacked_states, ys = res[:n_states], res[n_states:]
     hs = ys[0] if ys else stacked_states[0]
     finals = [g.apply("index", s, spec=(0 if reverse else -1,)) for s in stacked_states]
@@ -455,7 +479,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
 
 
 class Recurrent(Layer):
-    keywords = ("layers", "reverse", "mask", "lengths", "init", "truncate", "layer_norm", "return_state", "act",
+    keywords = ("layers", "reverse", "mask", "lengths", "init", "truncate", "layer_norm", "return_state", "act", "unroll",
                 "linear_before_reset", "dropout")
     positional = ("x", "units")
     required = ("x", "units")
@@ -481,7 +505,8 @@ class Recurrent(Layer):
             hs, fin = recurrent_layer(low, e, self.name, hs, H, name, reverse=bool(a.get("reverse", False)), mask=mask,
                                       init=a.get("init") if layer == 0 else None, truncate=a.get("truncate"),
                                       layer_norm=bool(a.get("layer_norm", False)), act=a.get("act", "tanh"),
-                                      linear_before_reset=bool(a.get("linear_before_reset", True)))
+                                      linear_before_reset=bool(a.get("linear_before_reset", True)),
+                                      unroll=bool(a.get("unroll", False)))
             finals = fin
         if a.get("return_state"):
             return (hs, *finals)
