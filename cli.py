@@ -81,6 +81,10 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
         _check_dtype(dtype)
         s = _load(spec, set)
         low = check_spec(s, dtype)
+    for w in low.warnings:  # worth a look, but the spec is usable (exit code 0)
+        err.print(f"[bold yellow]warning:[/bold yellow] {w.one_line()}", soft_wrap=True)
+        if w.hint:
+            err.print(f"[dim]  hint: {w.hint}[/dim]", soft_wrap=True)
     table = Table(title=f"{s.name}: nodes", title_justify="left")
     table.add_column("name")
     table.add_column("op")
@@ -105,7 +109,8 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
             total += size
         ptable.add_row(n, "[" + ", ".join(map(str, p.shape)) + "]", p.init_kind, p.kind if p.trainable or p.kind != "param" else "frozen")
     out.print(ptable)
-    out.print(f"{len(low.params)} tensors, {total:,} trainable values; spec OK")
+    warned = f" ({len(low.warnings)} warning{'s' if len(low.warnings) != 1 else ''})" if low.warnings else ""
+    out.print(f"{len(low.params)} tensors, {total:,} trainable values; spec OK{warned}")
     err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {spec}[/dim]", soft_wrap=True)
 
 

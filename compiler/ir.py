@@ -109,6 +109,8 @@ def broadcast_shapes(*shapes: Sequence[Dim], what: str = "operands") -> tuple:
 
 
 def normalize_axis(axis: int, rank: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ShapeError(f"axis must be an integer, got {axis!r}", arg="axis")
     if not -rank <= axis < max(rank, 1):
         raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}", arg="axis")
     return axis % rank if rank else 0
@@ -258,6 +260,8 @@ class Graph:
         loc = current_loc()
         for t in out_types:
             _check_dims(t.shape, op.name, loc)
+            if t.dtype not in _PROMOTION:
+                raise ShapeError(f"{op.name}: unknown dtype {t.dtype!r}", loc, f"choose one of: {', '.join(_PROMOTION)}")
         node = Node(op, list(inputs), attrs, loc=loc)
         node.outputs = [Value(self, t, node, i, loc=loc) for i, t in enumerate(out_types)]
         self.nodes.append(node)

@@ -341,7 +341,11 @@ class Lowering:
         kwargs = self._eval_kwargs(e)
         layer = layers.LAYERS.get(e.func)
         if layer is not None and layer.applies(args, kwargs):
-            return layer(self, e, args, kwargs)
+            try:
+                return layer(self, e, args, kwargs)
+            except _RULE_ERRORS as ex:
+                given = ", ".join([*(_kind(a) for a in args), *(f"{k}={_kind(v)}" for k, v in kwargs.items())])
+                raise SpecError(f"{e.func}() cannot take ({given})", e.loc, f"usage: {layer.usage}") from ex
         op = get_op_at(e)
         return self.apply_op(op, e, args, kwargs)
 
@@ -364,7 +368,7 @@ class Lowering:
         body = _block_lowering(self, block, self.graph, lambda v: v, dict(zip(block.inputs, args)))
         outs = []
         for name in block.outputs:
-            v = body.lookup(name, block.loc)
+            v = body.lookup(name, block.output_loc(len(outs)))
             outs.append(v if isinstance(v, Value) else self.graph.lift(v))
         return tuple(outs) if len(outs) > 1 else outs[0]
 
@@ -451,13 +455,18 @@ class Lowering:
             if err.arg in arg_locs and err.loc == e.loc:
                 err.loc = arg_locs[err.arg]
             raise
-        except (TypeError, ValueError, AttributeError) as ex:
+        except _RULE_ERRORS as ex:
+            # An argument of the wrong kind (cast(x, 'foo'), split(x, 'a'), concat(2)) that the op's rule choked on.
             if not attrs:
-                raise
-            # An attribute of the wrong kind (cast(x, 'foo'), split(x, 'a')) that the op's rule choked on.
+                kinds = ", ".join(str(t.type) for t in tensors) or "no tensors"
+                raise SpecError(f"{op.name}() cannot take {kinds}", e.loc, f"signature: {signature(op)}") from ex
             what = ", ".join(f"{k}={v!r}" for k, v in attrs.items())
             raise SpecError(f"{op.name}() cannot use {what}", arg_locs.get(next(iter(attrs))) if len(attrs) == 1 else e.loc,
                             f"signature: {signature(op)}") from ex
+
+
+# What an op's shape rule or a layer raises when handed an argument of a kind it does not expect.
+_RULE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError)
 
 
 # Depth of nested entries from which the rest of a chain is evaluated iteratively (see _evaluate_dependencies).
@@ -489,6 +498,11 @@ def names_in(e) -> list[str]:
             kids = []
         stack.extend(reversed([k for k in kids if k is not None]))
     return out
+
+
+def _kind(v) -> str:
+    """A short description of an argument for messages: a tensor's type, else the value."""
+    return str(v.type) if isinstance(v, Value) else repr(v)
 
 
 def get_op_at(e: S.Call):

@@ -343,7 +343,12 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict):
                 p = block.params[name]
                 return self.add_param(name, p.shape, p.init.kind, p.init.args, p.trainable, p.loc,
                                       seed=p.init.args.get("seed"))
-            v = outer.lookup(name, loc)
+            try:
+                v = outer.lookup(name, loc)
+            except SpecError as err:
+                if err.message == f"undefined name {name!r}":  # the block's own names are candidates too
+                    err.hint = did_you_mean(name, self.known_names()) or err.hint
+                raise
             return capture(v) if isinstance(v, Value) else v
 
         def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None):
@@ -358,18 +363,19 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict):
 def _block_outputs(body_low, block, n_states: int, carry_in: list) -> tuple[list, list]:
     outs = []
     for name in block.outputs:
-        v = body_low.lookup(name, block.loc)
+        v = body_low.lookup(name, block.output_loc(len(outs)))
         if not isinstance(v, Value):
             v = body_low.graph.lift(v)
         outs.append(v)
     if len(outs) < n_states:
-        raise SpecError(f"block {block.name!r} returns {len(outs)} value(s) for {n_states} state(s)", block.loc)
+        raise SpecError(f"block {block.name!r} returns {len(outs)} value(s) for {n_states} state(s)",
+                        block.output_loc(len(outs) - 1) if outs else block.loc)
     new_carries, extras = outs[:n_states], outs[n_states:]
     for k, (c, n) in enumerate(zip(carry_in, new_carries)):
         if c.type != n.type:
             if c.shape != n.shape:
                 raise ShapeError(f"block {block.name!r} returns state {block.outputs[k]!r} as {n.type}, "
-                                 f"but takes it as {c.type}", block.loc)
+                                 f"but takes it as {c.type}", block.output_loc(k))
             new_carries[k] = body_low.graph.cast(n, c.dtype)
     return new_carries, extras
 
@@ -423,7 +429,8 @@ CELLS = {  # name: (gates, states, step)
 
 
 def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=False, mask=None, init=None,
-                    truncate=None, layer_norm=False, act="tanh", linear_before_reset=True, unroll=False):
+                    truncate=None, layer_norm=False, act="tanh", linear_before_reset=True, unroll=False,
+                    stateful=False):
     """One recurrent layer over x [N, T, E]; returns (hs [N, T, H], final states)."""
     g = low.graph
     gates, n_states, step = CELLS[cell]
@@ -466,10 +473,19 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
         new, extras, m_in = _apply_mask(sb, carries, new, [new[0]])
         seq_in.append(m_in)
         seqs.append(time_major(g, g.cast(mask, g.float_dtype), 1))
+    buffers = []
+    if stateful and g.mode == "train" and init is None:
+        # Carried across batches: the state after this batch starts the next one.
+        B = int((low.spec.train or {}).get("batch_size", 32))
+        buffers = [low.add_param(f"{prefix}.{n}0", (B, H), "zeros", loc=e.loc, kind="buffer") for n in ("h", "c")[:n_states]]
+        init = [g.apply("reshape_dims", b, x, dims=((0, 0), H)) for b in buffers]  # [N, H]; N must be B
     if init is None:
         init = [g.apply("fill", x, dims=((0, 0), H), dtype=g.float_dtype) for _ in carries]
     body = Body(bg, carries, seq_in, sb.nonseqs, new, extras)
     res = run_scan(g, body, list(init), seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate, unroll=unroll)
+    for b, s in zip(buffers, res[:n_states]):
+        last = g.apply("index", s, spec=(0 if reverse else -1,))
+        g.buffer_updates[b.name] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(b.shape)))
     stacked_states, ys = res[:n_states], res[n_states:]
     hs = ys[0] if ys else stacked_states[0]
     finals = [g.apply("index", s, spec=(0 if reverse else -1,)) for s in stacked_states]
@@ -480,6 +496,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
 
 class Recurrent(Layer):
     keywords = ("layers", "reverse", "mask", "lengths", "init", "truncate", "layer_norm", "return_state", "act", "unroll",
+                "stateful",
                 "linear_before_reset", "dropout")
     positional = ("x", "units")
     required = ("x", "units")
@@ -506,7 +523,7 @@ class Recurrent(Layer):
                                       init=a.get("init") if layer == 0 else None, truncate=a.get("truncate"),
                                       layer_norm=bool(a.get("layer_norm", False)), act=a.get("act", "tanh"),
                                       linear_before_reset=bool(a.get("linear_before_reset", True)),
-                                      unroll=bool(a.get("unroll", False)))
+                                      unroll=bool(a.get("unroll", False)), stateful=bool(a.get("stateful", False)))
             finals = fin
         if a.get("return_state"):
             return (hs, *finals)

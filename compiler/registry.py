@@ -31,6 +31,22 @@ class Sample:
     name: str = ""
 
 
+def _attr_kind(default, value) -> str | None:
+    """What an attribute must be, judged by its default, when `value` is not that; else None.
+    (Only unambiguous defaults: a float, a bool or a string; ints may also take pairs, e.g. kernel sizes.)"""
+    import numpy as np
+
+    if isinstance(default, bool):
+        ok = isinstance(value, (bool, np.bool_)) or (type(value) is int and value in (0, 1))
+        return None if ok else "true or false"
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+        return None if ok else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
 class OpDef:
     name: str = ""
     family: str = ""
@@ -88,6 +104,10 @@ class OpDef:
         for key, default in self.attrs.items():
             if key in given:
                 out[key] = given[key]
+                want = _attr_kind(default, given[key])
+                if want:
+                    raise SpecError(f"{self.name}() argument {key!r} must be {want}, got {given[key]!r}",
+                                    current_loc(), arg=key)
             elif default is REQUIRED:
                 raise SpecError(f"{self.name}() needs the argument {key!r}", current_loc())
             else:

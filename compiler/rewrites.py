@@ -178,9 +178,11 @@ def fuse_gemm(outputs: list[Value]) -> list[Value]:
     nodes = producers_of(outputs)
     uses = _use_counts(outputs, nodes)
     repl: dict[int, Value] = {}
+    # A product whose only use is an addition becomes a Gemm with that bias instead.
+    added = {v.id for n in nodes if n.op.name == "add" for v in n.inputs if uses.get(v.id, 0) == 1}
     for node in nodes:
         node.inputs = [repl.get(v.id, v) for v in node.inputs]
-        if node.op.name == "matmul" and uses.get(node.outputs[0].id, 0) and _transposed_matmul(node, repl):
+        if node.op.name == "matmul" and node.outputs[0].id not in added and _transposed_matmul(node, repl):
             continue
         if node.op.name != "add":
             continue

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from spec import model as S
-from spec.errors import GradientError, ShapeError, SpecError
+from spec.errors import GradientError, ShapeError, SpecError, SpecWarning
 
 from .autodiff import grad
 from .emit import IR_VERSION, OPSET, emit_model
@@ -465,7 +465,73 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
         for obj in objectives_of(spec):
             obj_loss = loss if obj.loss is spec.loss else _scalar_loss(low, obj.loss)
             _gradients(low, obj_loss, obj, _trained(spec, low, obj))
+    low.warnings = unused_entries(spec)
     return low
+
+
+def unused_entries(spec: S.Spec) -> list[SpecWarning]:
+    """A warning for each graph entry that no loss, metric, output, objective or generate section
+    needs, directly or through other entries and blocks: located at the entry."""
+    from .lower import names_in
+
+    entries = {t: a for a in spec.graph for t in a.targets}
+    read_by = {}  # name -> the first entry that reads it (used or not)
+    for a in spec.graph:
+        for n in names_in(a.expr):
+            read_by.setdefault(n.split(".", 1)[0], a)
+    roots = [n for a in [spec.loss, *spec.metrics, *spec.outputs] if a is not None for n in names_in(a.expr)]
+    roots += [str(o.get("loss")) for o in (spec.train.get("objectives") or {}).values() if isinstance(o, dict)]
+    roots += [v for v in (spec.generate or {}).values() if isinstance(v, str)]
+    seen_blocks, used, todo = set(), set(), list(roots)
+    while todo:
+        name = todo.pop().split(".", 1)[0]
+        if name in used:
+            continue
+        used.add(name)
+        exprs = [entries[name].expr] if name in entries else []
+        if name in spec.blocks and name not in seen_blocks:  # a block that runs reads outer names too
+            seen_blocks.add(name)
+            exprs += [b.expr for b in spec.blocks[name].graph]
+            todo += spec.blocks[name].outputs
+        for e in exprs:
+            todo += names_in(e)
+            todo += _blocks_called(e, spec)
+    out = []
+    for a in spec.graph:
+        if any(t in used for t in a.targets):
+            continue
+        what = ", ".join(a.targets)
+        reader = next((read_by[t] for t in a.targets if t in read_by and read_by[t] is not a), None)
+        if reader is None:
+            msg = f"graph entry '{what}' is never used"
+        else:
+            msg = f"graph entry '{what}' reaches no loss, metric or output (only '{', '.join(reader.targets)}' reads it, and nothing uses that)"
+        out.append(SpecWarning(msg, a.loc, "use it in the loss, a metric or an output, or remove it"))
+    return out
+
+
+def _blocks_called(e, spec: S.Spec) -> list[str]:
+    """Blocks an expression runs: scan(block, ...) or block(...)."""
+    out, stack = [], [e]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, S.Call):
+            if x.func in spec.blocks:
+                out.append(x.func)
+            if x.func == "scan" and x.args and isinstance(x.args[0], S.Name):
+                out.append(x.args[0].id)
+            stack += [*x.args, *x.kwargs.values()]
+        elif isinstance(x, (S.BinOp, S.Compare)):
+            stack += [x.left, x.right]
+        elif isinstance(x, S.UnaryOp):
+            stack.append(x.operand)
+        elif isinstance(x, S.Subscript):
+            stack += [x.value, *x.index]
+        elif isinstance(x, S.ListExpr):
+            stack += x.items
+        elif isinstance(x, S.Slice):
+            stack += [p for p in (x.start, x.stop, x.step) if p is not None]
+    return out
 
 
 def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = True,

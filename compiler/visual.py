@@ -5,8 +5,13 @@ Three pictures, all built from the compiler's own lowering and autodiff:
 * `spec_dot`: the flow graph as written: one box per spec node (input,
   parameter, graph entry, loss, metric, output) with its expression, inferred
   shape and `line:col`; edges follow the names each expression reads.
+  A block's parameters (`<block>.<name>`, declared in the block or made by
+  its layer calls) are shared by its uses: they feed every entry that calls
+  or scans the block, as do the outer values the block's graph reads.
 * `spec_dot(..., backward=True)`: plus one gradient box per spec value on a
-  path from a trained parameter to the loss. The boxes and their edges come
+  path from a parameter the objective trains to the objective's loss (the
+  first of `train.objectives` unless one is named; a graph entry that is an
+  objective's loss is drawn as a loss). The boxes and their edges come
   from `compiler.autodiff.grad`: the cotangent of every spec value is asked
   for, and an edge runs from d/da to d/db when the IR that computes d/db reads
   d/da (through gradient ops only).
@@ -472,6 +477,10 @@ def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None
     grads: dict[str, GradNode] = {}
     gedges: list[tuple[str, str]] = []
     loss_key = None
+    # train.objectives may name graph entries as their losses: drawn as losses (their class stays node)
+    objs = (spec.train or {}).get("objectives") or {}
+    loss_entries = {sg.key_of[c["loss"]] for c in objs.values() if isinstance(c, dict)
+                    and isinstance(c.get("loss"), str) and sg.key_of.get(c["loss"], "").startswith("node/")}
     if backward:
         from .training import objectives_of
 
@@ -504,7 +513,8 @@ def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None
         return f"gradients of the parameters {sg.nodes[owner].name} made" if grads else f"made by {sg.nodes[owner].name}"
     clusters: dict[str, Any] = {}
     for n in order:
-        kind = "block" if n.kind == "node" and (n.blocks or n.subgraphs) else n.kind
+        kind = ("loss" if n.key in loss_entries else "block" if n.kind == "node" and (n.blocks or n.subgraphs)
+                else n.kind)
         attrs = _node_attrs(kind, n.kind)
         if n.kind in ("param", "buffer"):
             attrs["fontsize"] = "10"
@@ -543,7 +553,7 @@ def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None
         for k, gn in grads.items():
             node = sg.nodes[k]
             shape = ", ".join(_shape_str(v.shape) for v in gn.values)
-            what = "∂loss/∂loss = 1" if k == loss_key and loss_key == "loss/loss" else f"∂{_loss_name(sg, loss_key)}/∂{node.name}"
+            what = f"∂{_loss_name(sg, loss_key)}/∂{node.name}" + (" = 1" if k == loss_key else "")
             label = f'<<B>{_e(what)}</B>  <FONT FACE="{MONO}">{_e(shape)}</FONT>>'
             gid = dot_id("grad/" + k)
             owner = grouped.get(k)
@@ -675,7 +685,7 @@ class _VjpAt:
 def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None = None, optimize_graph: bool = True) -> IRStep:
     """Build the training step exactly as `compiler.training.build_train` does, keeping the IR."""
     from .rewrites import optimize
-    from .training import _add_state_inputs, _apply_updates, _gradients, trained_names
+    from .training import _add_state_inputs, _apply_updates, _gradients, fused_update, trained_names
 
     obj = pick_objective(spec, objective)
     dtype = dtype or spec.train.get("dtype", "float32")
@@ -711,7 +721,9 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
             node.op = op
     n_grad = len(g.nodes)
     states, lr, step = _add_state_inputs(low, obj, trained)
-    new_params, new_states = _apply_updates(g, obj, {n: low.params[n].value for n in trained}, grads, states, lr, step)
+    fused = fused_update(low.params, obj)
+    new_params, new_states = _apply_updates(g, obj, {n: low.params[n].value for n in trained}, grads, states, lr, step,
+                                            fused)
     outs = [("loss", loss), *metrics.items(), *((f"next/{n}", v) for n, v in new_params.items()),
             *((f"next/{n}", v) for n, v in new_states.items()), *((f"next/{n}", v) for n, v in g.buffer_updates.items())]
     before = {id(n): i for i, n in enumerate(g.nodes)}
@@ -774,9 +786,19 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
         for v in n.inputs:
             if v.producer is not None:
                 consumers.setdefault(id(v.producer), []).append(n)
-    # Optimizer ops: one cluster per trained parameter (its update and state), shared ones alone.
+    # Optimizer ops: one cluster per trained parameter (its update and state), shared ones alone;
+    # a fused update (every parameter as one flat vector) is one cluster.
     update_of: dict[int, str] = {}
-    for name, v in outs:
+    if fused:
+        key = f"update/{obj.name}"
+        labels[key] = f"update of all {len(trained)} parameters at once ({obj.optimizer.name})"
+        for n in nodes:
+            if phase.get(id(n)) == "update":
+                cluster[id(n)] = key
+        outs_for_update = []
+    else:
+        outs_for_update = outs
+    for name, v in outs_for_update:
         if not name.startswith("next/"):
             continue
         pname = name.split("/")[-1]

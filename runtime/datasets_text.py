@@ -156,11 +156,15 @@ def _text_stream(level: str, lowercase: bool, max_vocab: int | None) -> tuple[np
 
 def load_text(level: str = "char", seq_len: int = 64, stride: int | None = None, max_vocab: int | None = None,
               lowercase: bool = False, seed: int = 0, context: int | None = None,
-              max_examples: int | None = None, **unknown) -> Dataset:
-    """Language-model data from CPython's help text; see the module docstring."""
+              max_examples: int | None = None, streams: int | None = None, **unknown) -> Dataset:
+    """Language-model data from CPython's help text; see the module docstring.
+
+    `streams=B` lays the text out for a stateful model: B contiguous parts of
+    the stream, window w of part b at row w*B + b, so that batch w (rows
+    w*B .. w*B+B-1, unshuffled) continues batch w-1 in every row."""
     ds = "text"
     _reject_unknown(ds, unknown, ["level", "seq_len", "stride", "max_vocab", "lowercase", "seed", "context",
-                                  "max_examples"])
+                                  "max_examples", "streams"])
     level = _choice(ds, "level", level, ("char", "word"))
     seq_len = _int(ds, "seq_len", seq_len, 1)
     if stride is not None:
@@ -194,6 +198,21 @@ def load_text(level: str = "char", seq_len: int = 64, stride: int | None = None,
     if seq_len >= L:
         raise DataError(f"dataset 'text': seq_len {seq_len} is not shorter than the {L}-token stream", None,
                         f"use seq_len < {L}")
+    if streams is not None:
+        streams = _int(ds, "streams", streams, 1)
+        if stride is not None or max_examples is not None or context is not None:
+            raise DataError("dataset 'text': streams keeps every window in order", None,
+                            "drop stride, max_examples and context when using streams")
+        part = L // streams
+        per = (part - 1) // seq_len  # windows per stream, each with its next-token targets
+        if per < 1:
+            raise DataError(f"dataset 'text': {streams} streams of {part} tokens hold no window of {seq_len}", None,
+                            "use fewer streams or a shorter seq_len")
+        starts = (np.arange(per)[:, None] * seq_len + np.arange(streams)[None, :] * part).reshape(-1)
+        cols = np.arange(seq_len)[None, :]
+        meta["streams"] = streams
+        return Dataset({"x": ids[starts[:, None] + cols].astype(np.int64), "y": ids[starts[:, None] + cols + 1].astype(np.int64)},
+                       "text", meta)
     stride = seq_len if stride is None else stride
     n_total = (L - seq_len - 1) // stride + 1  # windows with a full next-token target
     starts = np.arange(n_total, dtype=np.int64) * stride

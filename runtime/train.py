@@ -103,7 +103,12 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         valid_ds = D.load_npz(valid_cfg, loc)
         D.check_against_spec(valid_ds, spec, needed, valid_cfg)
     elif valid_cfg:
-        train_ds, valid_ds = D.split(train_ds, float(valid_cfg), seed)
+        if cfg.get("shuffle", True):
+            train_ds, valid_ds = D.split(train_ds, float(valid_cfg), seed)
+        else:  # ordered data (streams): the last examples validate, the rest keeps its order
+            n_valid = max(1, int(round(len(train_ds) * float(valid_cfg))))
+            idx = np.arange(len(train_ds))
+            train_ds, valid_ds = train_ds.subset(idx[:-n_valid]), train_ds.subset(idx[-n_valid:])
     dtypes = {n: (cm.float_dtype if spec.inputs[n].dtype.startswith("float") else spec.inputs[n].dtype) for n in needed}
     train_ds = D.cast_for(train_ds, dtypes)
     if valid_ds is not None:
@@ -111,9 +116,11 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     return train_ds, valid_ds
 
 
-def batches(ds: D.Dataset, batch_size: int, order: np.ndarray | None = None, start: int = 0):
+def batches(ds: D.Dataset, batch_size: int, order: np.ndarray | None = None, start: int = 0, drop_last: bool = False):
     n = len(ds)
     idx = np.arange(n) if order is None else order
+    if drop_last:
+        n -= n % batch_size
     for i in range(start, n, batch_size):
         sel = idx[i:i + batch_size]
         yield i, {k: np.ascontiguousarray(v[sel]) for k, v in ds.arrays.items()}
@@ -183,7 +190,8 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
         cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         batch_size = int(opts.batch_size or cfg.get("batch_size", 32))
-        steps_per_epoch = -(-len(train_ds) // (batch_size * opts.accumulate))
+        per_update = batch_size * opts.accumulate
+        steps_per_epoch = len(train_ds) // per_update if cfg.get("drop_last") else -(-len(train_ds) // per_update)
         epochs = opts.epochs or cfg.get("epochs")
         max_steps = opts.steps or cfg.get("steps")
         if not epochs and not max_steps:
@@ -221,12 +229,12 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
         progress = _Progress(opts.progress, epochs, steps_per_epoch)
         with progress:
             while epoch < epochs and step < total_steps and stopped == "finished":
-                order = epoch_order(seed, epoch, len(train_ds))
+                order = epoch_order(seed, epoch, len(train_ds)) if cfg.get("shuffle", True) else None
                 sums, count = {}, 0
                 t_epoch = time.perf_counter()
                 progress.start_epoch(epoch, position // (batch_size * opts.accumulate))
                 group: list = []
-                for pos, batch in batches(train_ds, batch_size, order, position):
+                for pos, batch in batches(train_ds, batch_size, order, position, bool(cfg.get("drop_last", False))):
                     group.append(batch)
                     if len(group) < opts.accumulate and pos + batch_size < len(train_ds):
                         continue

@@ -73,6 +73,11 @@ class MultiError(FlowgradError):
         return "\n".join(str(e) for e in self.errors)
 
 
+class SpecWarning(FlowgradError):
+    """Not a mistake that stops anything, but likely not what was meant (e.g. a graph entry that
+    nothing uses). Collected and reported by `flowgrad check`, never raised."""
+
+
 def did_you_mean(word: str, choices) -> str | None:
     """A 'did you mean ...?' hint, or None when nothing is close."""
     import difflib

@@ -248,6 +248,7 @@ class _Converter:
             parts.append(self.name(node, node.attr))
             node = node.value
         if not isinstance(node, ast.Name):
+            self.convert(node)  # __import__('os').system: the dunder name is the problem to report
             raise SpecError(f"attribute access '.{parts[-1]}' on an expression is not allowed",
                             self.loc(node), "only dotted parameter names like h.W are allowed")
         parts.append(self.name(node, node.id))
@@ -272,6 +273,7 @@ class _Converter:
         elif isinstance(node.func, ast.Attribute):
             func = self.dotted(node.func)
         else:
+            self.convert(node.func)  # a lambda or other refused construct is named as such
             raise self.refuse(node.func, "calling the result of an expression",
                               "only named ops can be called, e.g. relu(x)")
         args = []

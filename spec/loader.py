@@ -364,6 +364,8 @@ def eval_size(value, dims: dict[str, int], loc: Loc, src: ScalarSrc | None = Non
     `later` names dims defined further down, for a better hint.
     """
     if isinstance(value, float) and value.is_integer():
+        if abs(value) > MAX_SIZE:
+            raise SpecError(f"size {value:g} in {what} is too large", loc, _SIZE_HINT)
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise SpecError(f"sizes in {what} must be integers or expressions over dims, not {_describe(value)}",
@@ -615,7 +617,7 @@ class _SpecBuilder:
         for i, out in enumerate(b["out"]):
             self.attempt(_check_name, out, b["out"].item_locs[i], "block output")
         return Block(name, inputs, {k: v for k, v in params.items() if v is not None}, graph,
-                     list(b["out"]), loc)
+                     list(b["out"]), loc, list(b["out"].item_locs))
 
     # -- expressions
     def expr(self, parent: LocMap, key: str) -> Expr:

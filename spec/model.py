@@ -131,6 +131,10 @@ class Block:
     graph: list[Assign]
     outputs: list[str]
     loc: Loc
+    output_locs: list[Loc] = field(default_factory=list)  # where each name of `out` is written
+
+    def output_loc(self, i: int) -> Loc:
+        return self.output_locs[i] if i < len(self.output_locs) else self.loc
 
 
 @dataclass

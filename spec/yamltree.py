@@ -249,6 +249,9 @@ def _yaml_error(e: yaml.MarkedYAMLError, file: str, col_offset: int) -> SpecErro
         hint = "a spec is one YAML document; remove the '---' separator"
     elif "undefined alias" in problem:
         hint = "an alias (*name) must come after its anchor (&name)"
+    elif e.context and "flow" in e.context and e.context_mark is not None:
+        opened = "[" if "sequence" in e.context else "{"
+        hint = f"the '{opened}' at {_mark_loc(file, e.context_mark, col_offset)} is not closed where expected"
     return SpecError(f"invalid YAML: {problem}", loc, hint)
 
 

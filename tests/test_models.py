@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from compiler.check import Runner, reference_run
-from compiler.gradcheck import gradcheck_spec, random_batch
+from compiler.gradcheck import SYMBOLIC_SIZES, gradcheck_spec, random_batch
 from compiler.training import compile_spec
 from runtime.trainer import Trainer
 from spec import load_spec
@@ -26,6 +26,8 @@ def shrunk(path: str, size: int = 5):
     with open(path) as f:
         dims = (yaml.safe_load(f) or {}).get("dims") or {}
     overrides = [f"dims.{k}={size}" for k, v in dims.items() if isinstance(v, int) and v > 8]
+    # The random batches have SYMBOLIC_SIZES["N"] rows; stateful layers keep state for batch_size rows.
+    overrides.append(f"train.batch_size={SYMBOLIC_SIZES['N']}")
     return load_spec(path, overrides)
 
 

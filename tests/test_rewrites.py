@@ -24,11 +24,7 @@ MODELS = sorted(glob.glob(os.path.join(ROOT, "models", "*.yaml")))
 IDS = [os.path.splitext(os.path.basename(m))[0] for m in MODELS]
 
 
-def shrunk(path: str, size: int = 5):
-    """The spec with every literal dim above 8 set to `size` (as in test_models)."""
-    with open(path) as f:
-        dims = (yaml.safe_load(f) or {}).get("dims") or {}
-    return load_spec(path, [f"dims.{k}={size}" for k, v in dims.items() if isinstance(v, int) and v > 8])
+from test_models import shrunk  # noqa: E402  (the same shrinking as the whole-model tests)
 
 
 # ------------------------------------------------------------------ whole models

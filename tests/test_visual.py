@@ -394,6 +394,55 @@ def test_blocks_expand_into_their_entries(tmp_path):
     assert len(body) == 2 + 2 + 2  # inputs x_t, h; params W, U; entries (a, z), h2
 
 
+TWICE_SPEC = """\
+flowgrad: 1
+name: twice
+dims: {E: 3, H: 4}
+inputs:
+  x: {shape: [N, E]}
+  y: {shape: [N, E]}
+blocks:
+  f:
+    in: [v]
+    graph:
+      h: dense(v, H, act=tanh)
+    out: [h]
+graph:
+  a: f(x)
+  b: f(y)
+  c: dense(b, H)
+  la: mean(a * a)
+  lb: mean(c * c)
+train:
+  objectives:
+    first: {loss: la, params: "f.*"}
+    second: {loss: lb, params: "c.*"}
+"""
+
+
+def test_a_block_used_twice_and_the_objective_drawn(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text(TWICE_SPEC)
+    out = tmp_path / "f.dot"
+    invoke("graph", path, "-o", out)
+    edges = {(a, b) for a, b, _ in dot_edges(out.read_text())}
+    # the block's parameters (made by its first use) feed both entries that call it
+    assert {("param/f.h.W", "node/a"), ("param/f.h.W", "node/b"), ("param/f.h.b", "node/b")} <= edges
+    for objective, extra, grads in [
+        ("first", (), {"param/f.h.W", "param/f.h.b", "node/a", "node/la"}),
+        ("second", ("--objective", "second"), {"param/c.W", "param/c.b", "node/c", "node/lb"}),
+    ]:
+        out = tmp_path / f"{objective}.dot"
+        invoke("graph", path, "--backward", *extra, "-o", out)
+        text = out.read_text()
+        assert f"(objective {objective})" in text
+        assert {k[len("grad/"):] for k, c in dot_nodes(text).items() if c == "grad"} == grads
+        loss = "la" if objective == "first" else "lb"
+        assert f"∂{loss}/∂{loss} = 1</B>" in text
+    res = invoke("graph", path, "--backward", "--objective", "secnod", "-o", tmp_path / "x.dot", code=1)
+    assert "second" in res.stderr
+
+
 # ---------------------------------------------------------------- summary
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
 def test_summary_parameter_count_matches_the_initial_state(path):

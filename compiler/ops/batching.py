@@ -19,6 +19,7 @@ class TileBatch(OpDef):
     def infer(self, attrs, x):
         if x.rank < 1:
             raise ShapeError("tile_batch needs a tensor with a batch axis")
+        _check_times(attrs["times"])
         return [TensorType(x.dtype, (dim_mul(int(attrs["times"]), x.shape[0]),) + tuple(x.shape[1:]))]
 
     def emit(self, e, node, ins, outs):
@@ -80,6 +81,7 @@ class TileRows(OpDef):
     def infer(self, attrs, x):
         if x.rank < 1:
             raise ShapeError("tile_rows needs a tensor with a batch axis")
+        _check_times(attrs["times"])
         return [TensorType(x.dtype, (dim_mul(int(attrs["times"]), x.shape[0]),) + tuple(x.shape[1:]))]
 
     def emit(self, e, node, ins, outs):
@@ -108,3 +110,54 @@ class TileRows(OpDef):
 
     def samples(self, rng):
         return [Sample([rng.normal(size=(2, 3))], {"times": 3}), Sample([rng.integers(0, 9, size=(3, 2))], {"times": 2})]
+
+
+@op("reshape_dims")
+class ReshapeDims(OpDef):
+    """x reshaped to `dims`, whose entries are ints or (ref, axis): that dim of the ref-th extra
+    input. Gives a fixed-shape tensor a run-time batch dim (the sizes must agree when it runs)."""
+
+    inputs = ("x",)
+    variadic = True
+    attrs = {"dims": REQUIRED}
+    gradgrad = True
+
+    def infer(self, attrs, x, *refs):
+        dims = attrs["dims"]
+        ok = isinstance(dims, (tuple, list)) and all(
+            (type(d) is int and d >= 0) or (isinstance(d, (tuple, list)) and len(d) == 2 and all(type(i) is int for i in d)
+                                            and 0 <= d[0] < len(refs) and -refs[d[0]].rank <= d[1] < refs[d[0]].rank)
+            for d in dims)
+        if not ok:
+            raise ShapeError(f"reshape_dims: dims must be sizes or (input, axis) pairs, got {dims!r}", arg="dims")
+        shape = tuple(d if isinstance(d, int) else refs[d[0]].shape[d[1]] for d in dims)
+        if all(isinstance(d, int) for d in (*x.shape, *shape)) and int(np.prod(x.shape)) != int(np.prod(shape)):
+            raise ShapeError(f"reshape_dims: cannot reshape {x} to {list(shape)}", arg="dims")
+        return [TensorType(x.dtype, shape)]
+
+    def emit(self, e, node, ins, outs):
+        parts = []
+        for d in node.attrs["dims"]:
+            if isinstance(d, int):
+                parts.append(e.ints([d]))
+            else:
+                parts.append(e.add("Gather", [e.add("Shape", [ins[1 + d[0]]]), e.ints([d[1]])], axis=0))
+        e.add("Reshape", [ins[0], e.add("Concat", parts, axis=0) if len(parts) > 1 else parts[0]], outs)
+
+    def vjp(self, node, gouts):
+        x = node.inputs[0]
+        dims = tuple(d if isinstance(d, int) else (0, i) for i, d in enumerate(x.shape))  # x's own unknown dims
+        back = gouts[0].graph.apply("reshape_dims", gouts[0], x, dims=dims)
+        return [back] + [None] * (len(node.inputs) - 1)
+
+    def ref(self, attrs, x, *refs):
+        return x.reshape([d if isinstance(d, int) else refs[d[0]].shape[d[1]] for d in attrs["dims"]])
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(2, 3)), rng.normal(size=(2, 5))], {"dims": ((0, 0), 3)}, grad_inputs=[0]),
+                Sample([rng.normal(size=(6,)), rng.normal(size=(3, 1))], {"dims": ((0, 0), 2)}, grad_inputs=[0])]
+
+
+def _check_times(times) -> None:
+    if isinstance(times, bool) or not isinstance(times, (int, np.integer)) or times < 1:
+        raise ShapeError(f"times must be a positive integer, got {times!r}", arg="times")

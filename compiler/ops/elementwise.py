@@ -280,6 +280,9 @@ class Binary(OpDef):
     def infer(self, attrs, a, b):
         if a.dtype != b.dtype:
             raise ShapeError(f"operands have different dtypes {a.dtype} and {b.dtype}")
+        if a.dtype == "bool":
+            raise ShapeError("arithmetic on booleans (comparisons) is not defined",
+                             hint="cast them with cast(x, 'float32'), or use logical_or / logical_not")
         return [TensorType(a.dtype, broadcast_shapes(a.shape, b.shape))]
 
     def samples(self, rng):
@@ -432,6 +435,8 @@ class Comparison(OpDef):
     def infer(self, attrs, a, b):
         if a.dtype != b.dtype:
             raise ShapeError(f"cannot compare {a.dtype} with {b.dtype}")
+        if a.dtype == "bool" and self.onnx_op != "Equal":  # ONNX orders numbers only
+            raise ShapeError("booleans can be compared with == and != only", hint="cast them with cast(x, 'float32')")
         return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
 
     def emit(self, e, node, ins, outs):

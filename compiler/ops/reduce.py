@@ -172,6 +172,8 @@ class ArgReduction(OpDef):
     np_fn = None
 
     def infer(self, attrs, x):
+        if x.dtype == "bool":
+            raise ShapeError(f"{self.name} needs numbers, got {x}", hint="cast it with cast(x, 'float32')", arg="x")
         axis = normalize_axis(attrs["axis"], x.rank)
         return [TensorType("int64", reduced_shape(x.shape, (axis,), attrs["keepdims"]))]
 

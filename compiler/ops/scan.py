@@ -430,6 +430,11 @@ class StepMask(OpDef):
     nondiff = True
 
     def infer(self, attrs, x):
+        keep = attrs["keep"]
+        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 0:
+            raise ShapeError(f"step_mask needs a non-negative integer keep, got {keep!r}", arg="keep")
+        if x.rank == 0:
+            raise ShapeError(f"step_mask needs a tensor with steps along axis 0, got a scalar {x}", arg="x")
         return [TensorType(attrs["dtype"], (x.shape[0],))]
 
     def emit(self, e, node, ins, outs):

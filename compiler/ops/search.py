@@ -51,6 +51,9 @@ class DivMod(OpDef):
     def infer(self, attrs, x):
         if x.dtype not in ("int64", "int32"):
             raise ShapeError(f"divmod needs integers, got {x.dtype}")
+        d = attrs["d"]
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise ShapeError(f"divmod needs a positive integer d, got {d!r}", arg="d")
         return [x, x]
 
     def emit(self, e, node, ins, outs):
