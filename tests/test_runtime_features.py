@@ -130,3 +130,35 @@ def test_early_stopping(tmp_path, data):
     assert result.epochs == 3
     assert result.stopped.startswith("early stopping")
     assert result.best["epoch"] == 1
+
+
+def test_stateful_lstm_continues_the_previous_batch():
+    """With state carried across batches, the loss on batch 2 equals the loss of the same
+    positions when the model reads batches 1 and 2 as one long sequence from a zero state."""
+    import os
+
+    from compiler.check import Runner
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer
+    from spec import load_spec
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = load_spec(os.path.join(root, "models", "char_lstm_stateful.yaml"),
+                     ["dims.H=6", "dims.E=4", "train.batch_size=3"])
+    cm = compile_spec(spec, graphs=("train", "infer"))
+    rng = np.random.default_rng(0)
+    stream = rng.integers(0, 103, size=(3, 2 * 5 + 1))
+    b1 = {"x": stream[:, :5], "y": stream[:, 1:6]}
+    b2 = {"x": stream[:, 5:10], "y": stream[:, 6:11]}
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    start = trainer.state_numpy()
+    assert not start["hs.h0"].any() and not start["hs.c0"].any()
+    trainer.train_step("main", b1, lr=0.0, step=0)
+    assert trainer.state_numpy()["hs.h0"].any()
+    loss2 = trainer.train_step("main", b2, lr=0.0, step=1)["loss"]
+
+    infer = Runner(cm.graphs["infer"].model)
+    feeds = {"x": stream[:, :10], **{k: v for k, v in start.items() if k in {i.name for i in cm.graphs["infer"].inputs}}}
+    probs = infer(feeds)["probs"][:, 5:10]
+    want = -np.mean(np.log(np.take_along_axis(probs, stream[:, 6:11, None], axis=-1)))
+    assert loss2 == pytest.approx(want, rel=1e-5)
