@@ -147,12 +147,14 @@ def emit_model(
             init_protos.append(numpy_helper.from_array(arr, in_name))
         else:
             graph_inputs.append(value_info(in_name, v.dtype, v.shape))
+    used = _names_read(e.nodes) | {n for n, _ in outputs}
+    constants = [t for n, t in e.initializers.items() if n in used]  # an op may have emitted one it then skipped
     g = helper.make_graph(
         e.nodes,
         name,
         graph_inputs,
         [value_info(n, v.dtype, v.shape) for n, v in outputs],
-        initializer=init_protos + list(e.initializers.values()),
+        initializer=init_protos + constants,
         doc_string=doc,
     )
     model = helper.make_model(
@@ -166,3 +168,15 @@ def emit_model(
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _names_read(nodes) -> set[str]:
+    """Every value name the nodes read, inside Loop bodies too."""
+    names: set[str] = set()
+    for n in nodes:
+        names.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= _names_read(a.g.node)
+                names.update(o.name for o in a.g.output)
+    return names
