@@ -41,8 +41,27 @@ _PY_BINOPS = {
     "-": lambda a, b: a - b,
     "*": lambda a, b: a * b,
     "/": lambda a, b: a / b,
-    "**": lambda a, b: a**b,
+    "**": lambda a, b: _bounded_pow(a, b),
 }
+
+
+def _bounded_pow(a, b):
+    """a ** b of two constants, refusing integer powers too big to compute (10**10**10 would not finish)."""
+    if type(a) is int and type(b) is int and abs(a) > 1 and b > 64 and b * abs(a).bit_length() > 4096:
+        raise OverflowError("the result is too large")
+    return a ** b
+
+
+def _int64(value, loc):
+    """An integer constant, which must fit the int64 tensors it may become."""
+    if type(value) is int and not -2**63 <= value < 2**63:
+        raise SpecError(f"the integer {_short(value)} is too large", loc, "integers must fit in 64 bits; write a float, e.g. 1e30")
+    return value
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 24 else f"{text[:10]}...({len(text)} digits)"
 
 
 class Lowering:
@@ -249,7 +268,7 @@ class Lowering:
         if isinstance(e, S.Name):
             return self.lookup(e.id, e.loc)
         if isinstance(e, S.Const):
-            return e.value
+            return _int64(e.value, e.loc)
         if isinstance(e, S.ListExpr):
             return [self.eval(i) for i in e.items]
         if isinstance(e, S.UnaryOp):
@@ -263,9 +282,10 @@ class Lowering:
             a, b = self.eval(e.left), self.eval(e.right)
             if not isinstance(a, Value) and not isinstance(b, Value):
                 try:
-                    return _PY_BINOPS[e.op](a, b)
+                    result = _PY_BINOPS[e.op](a, b)
                 except Exception as ex:
-                    raise SpecError(f"cannot compute {a!r} {e.op} {b!r}: {ex}", e.loc) from None
+                    raise SpecError(f"cannot compute {_short(a)} {e.op} {_short(b)}: {ex}", e.loc) from None
+                return _int64(result, e.loc)
             if e.op == "@":
                 a, b = self._as_tensor(a, e.left, "left"), self._as_tensor(b, e.right, "right")
                 with at(e.op_loc or e.loc):  # shape errors point at the operator

@@ -657,3 +657,26 @@ train:
         results.append(Runner(graph.model)(feeds))
     for k in results[0]:
         np.testing.assert_allclose(results[1][k], results[0][k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_second_order_through_scan_is_a_located_error():
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+    from spec.errors import GradientError
+
+    text = """flowgrad: 1
+name: gp
+dims: {E: 3, H: 4}
+inputs:
+  x: {shape: [N, T, E]}
+graph:
+  hs: rnn(x, H)
+  gx: grad(sum(hs), x)
+loss: mean(hs) + mean(gx * gx)
+train:
+  optimizer: {sgd: {lr: 0.1}}
+"""
+    with pytest.raises(GradientError) as info:
+        compile_spec(spec_from_text(text, "gp.yaml"), graphs=("train",))
+    assert "second-order gradients through scan are not supported" in str(info.value)
+    assert "gp.yaml:7:7" in str(info.value)  # the recurrent layer whose gradient is differentiated again

@@ -48,6 +48,8 @@ def _mask_sample(rng, n, s):
 class DotAttention(OpDef):
     """Dot-product attention: weights = softmax(keys · query [/ sqrt(D)]) over unmasked positions."""
 
+    gradgrad = True
+
     inputs = ("query", "keys", "values", "mask")
     attrs = {"scaled": False}
     composite = True
@@ -79,6 +81,8 @@ class DotAttention(OpDef):
 @op("additive_attention")
 class AdditiveAttention(OpDef):
     """Bahdanau attention: weights = softmax(v · tanh(query @ W + keys @ U)) over unmasked positions."""
+
+    gradgrad = True
 
     inputs = ("query", "keys", "values", "mask", "W", "U", "v")
     composite = True

@@ -40,6 +40,8 @@ class Constant(OpDef):
 class Cast(OpDef):
     """Convert to another dtype (bool -> float gives 0/1)."""
 
+    gradgrad = True
+
     attrs = {"to": REQUIRED}
 
     def infer(self, attrs, x):
@@ -70,6 +72,8 @@ class Cast(OpDef):
 @op("identity")
 class Identity(Unary):
     """The input, unchanged."""
+
+    gradgrad = True
 
     onnx = "Identity"
 
@@ -192,6 +196,8 @@ class Fill(OpDef):
 class BroadcastLike(OpDef):
     """x broadcast to the shape of ref (ref's values are not used)."""
 
+    gradgrad = True
+
     inputs = ("x", "ref")
 
     def infer(self, attrs, x, ref):
@@ -219,6 +225,8 @@ class BroadcastLike(OpDef):
 @op("sum_to")
 class SumTo(OpDef):
     """Sum x down to `shape` (undoing a broadcast): the gradient of broadcasting."""
+
+    gradgrad = True
 
     attrs = {"shape": REQUIRED}
 

@@ -199,6 +199,7 @@ class L1Loss(OpDef):
     inputs = ("a", "b")
     attrs = {"reduction": "mean"}
     composite = True
+    gradgrad = True
 
     def expand(self, g, a, b, reduction):
         return _reduce(g, g.apply("abs", a - b), reduction)

@@ -81,6 +81,8 @@ class Sum(Reduction):
 class Max(Reduction):
     """Maximum over `axis`; the gradient goes to the maximal entries."""
 
+    gradgrad = True
+
     onnx = "ReduceMax"
     np_fn = staticmethod(np.max)
 

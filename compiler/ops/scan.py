@@ -228,8 +228,9 @@ class Scan(OpDef):
         init, seqs, nonseqs = self.split_inputs(node.attrs, node.inputs)
         nc, ny = len(b.carries), len(b.extras)
         if not all(flags):
-            raise GradientError("the gradient of a scan needs every state over time",
-                                node.loc, "second-order gradients through scan are not supported")
+            raise GradientError("second-order gradients through scan are not supported",
+                                node.loc, "this scan's gradient is differentiated again, e.g. by a grad(...) of it "
+                                          "inside the loss; keep grad(...) away from recurrent layers")
         stacked, ys = node.outputs[:nc], node.outputs[nc:]
         g_stacked, g_ys = gouts[:nc], gouts[nc:]
         T = stacked[0].shape[0] if nc else (seqs[0].shape[0] if seqs else node.attrs["length"])

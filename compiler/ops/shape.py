@@ -77,6 +77,8 @@ class Reshape(OpDef):
 class Flatten(OpDef):
     """x reshaped to 2-D: dims before `axis` become rows, the rest columns."""
 
+    gradgrad = True
+
     attrs = {"axis": 1}
     composite = True
 
