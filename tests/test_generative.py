@@ -256,3 +256,40 @@ def test_plot_samples(tmp_path):
     assert np.all(rec.images["input"][~masked] == rec.images["corrupted"][~masked])
     res = runner.invoke(app, ["plot", "samples", str(tmp_path), "-o", str(tmp_path / "x.png")])
     assert res.exit_code == 1 and "not a run directory" in res.output
+
+
+BLOCK_CALL = """
+flowgrad: 1
+name: calls
+dims: {D: 4, H: 3}
+inputs:
+  x: {shape: [N, D]}
+  count: {shape: [], dtype: int64}
+blocks:
+  enc:
+    in: [v]
+    graph:
+      h: dense(v, H, act=tanh)
+    out: [h]
+graph:
+  a: enc(x)
+  b: enc(2 * x)
+outputs:
+  noise: normal(zeros(count, H))
+loss: mean(a * b)
+"""
+
+
+def test_block_call_shares_parameters_and_checks_arity(tmp_path):
+    from spec.errors import SpecError
+
+    spec = spec_from_text(BLOCK_CALL, str(tmp_path / "calls.yaml"))
+    cm = compile_spec(spec, graphs=("train", "infer"))
+    assert sorted(cm.params) == ["enc.h.W", "enc.h.b"]  # two calls, one set
+    infer = cm.graphs["infer"]
+    assert [(i.name, i.dtype, i.shape) for i in infer.inputs] == [("count", "int64", []), ("seed", "int64", [])]
+    assert infer.outputs[0].shape == ["count", 3]
+    bad = BLOCK_CALL.replace("b: enc(2 * x)", "b: enc(x, x)")
+    with pytest.raises(SpecError, match=r"block 'enc' takes 1 argument\(s\) \(v\), got 2") as info:
+        compile_spec(spec_from_text(bad, str(tmp_path / "bad.yaml")))
+    assert (info.value.loc.line, info.value.loc.col) == (16, 6)  # at the call
