@@ -428,6 +428,22 @@ CELLS = {  # name: (gates, states, step)
 }
 
 
+def cell_params(low, e, cell: str, E: int, H: int, prefix: str, layer_norm: bool):
+    """A cell's parameters (input W, recurrent U, bias b, GRU's hidden bias bu, layer-norm pairs)."""
+    gates = CELLS[cell][0]
+    W = low.add_param(f"{prefix}.W", (E, gates * H), "glorot_uniform", loc=e.loc)
+    U = low.add_param(f"{prefix}.U", (H, gates * H), "orthogonal", loc=e.loc)
+    b = low.add_param(f"{prefix}.b", (gates * H,), "zeros", loc=e.loc)
+    bu = low.add_param(f"{prefix}.bu", (gates * H,), "zeros", loc=e.loc) if cell == "gru" else None
+    if not layer_norm:
+        return W, U, b, bu, None
+    n_ln = 1 if cell == "rnn" else 2  # rnn normalizes only its pre-activation
+    size = [gates * H, H] if cell == "lstm" else ([H, H] if cell == "gru" else [gates * H])
+    ln = [(low.add_param(f"{prefix}.ln{k}.gamma", (size[k],), "ones", loc=e.loc),
+           low.add_param(f"{prefix}.ln{k}.beta", (size[k],), "zeros", loc=e.loc)) for k in range(n_ln)]
+    return W, U, b, bu, ln
+
+
 def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=False, mask=None, init=None,
                     truncate=None, layer_norm=False, act="tanh", linear_before_reset=True, unroll=False,
                     stateful=False):
@@ -437,16 +453,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     if x.rank != 3:
         raise ShapeError(f"{cell}() needs an input [N, T, features], got {x.type}", e.loc)
     E = x.shape[2]
-    W = low.add_param(f"{prefix}.W", (E, gates * H), "glorot_uniform", loc=e.loc)
-    U = low.add_param(f"{prefix}.U", (H, gates * H), "orthogonal", loc=e.loc)
-    b = low.add_param(f"{prefix}.b", (gates * H,), "zeros", loc=e.loc)
-    bu = low.add_param(f"{prefix}.bu", (gates * H,), "zeros", loc=e.loc) if cell == "gru" else None
-    ln_params = None
-    if layer_norm:
-        n_ln = 1 if cell == "rnn" else 2  # rnn normalizes only its pre-activation
-        size = [gates * H, H] if cell == "lstm" else ([H, H] if cell == "gru" else [gates * H, gates * H])
-        ln_params = [(low.add_param(f"{prefix}.ln{k}.gamma", (size[k],), "ones", loc=e.loc),
-                      low.add_param(f"{prefix}.ln{k}.beta", (size[k],), "zeros", loc=e.loc)) for k in range(n_ln)]
+    W, U, b, bu, ln_params = cell_params(low, e, cell, E, H, prefix, layer_norm)
     carried = getattr(low, "recurrent_state", None)  # generation: states carried between calls
     if carried is not None and init is None and prefix in carried:
         init = carried[prefix]
@@ -604,15 +611,7 @@ class Cell(Layer):
                 raise ShapeError(f"{self.name}() needs {k} as [N, features], got {getattr(v, 'type', v)}", e.loc)
         H = states[0].shape[-1]
         prefix = low.layer_name(self.name)
-        W = low.add_param(f"{prefix}.W", (x.shape[-1], gates * H), "glorot_uniform", loc=e.loc)
-        U = low.add_param(f"{prefix}.U", (H, gates * H), "orthogonal", loc=e.loc)
-        b = low.add_param(f"{prefix}.b", (gates * H,), "zeros", loc=e.loc)
-        bu = low.add_param(f"{prefix}.bu", (gates * H,), "zeros", loc=e.loc) if self.cell == "gru" else None
-        ln = None
-        if a.get("layer_norm"):
-            size = [gates * H, H] if self.cell == "lstm" else ([H, H] if self.cell == "gru" else [gates * H, gates * H])
-            ln = [(low.add_param(f"{prefix}.ln{k}.gamma", (size[k],), "ones", loc=e.loc),
-                   low.add_param(f"{prefix}.ln{k}.beta", (size[k],), "zeros", loc=e.loc)) for k in range(2)]
+        W, U, b, bu, ln = cell_params(low, e, self.cell, x.shape[-1], H, prefix, bool(a.get("layer_norm")))
         extra = {"lstm": None, "gru": bool(a.get("linear_before_reset", True)), "rnn": a.get("act", "tanh")}[self.cell]
         new = step(low.graph, x @ W + b, states, U, bu, H, ln, extra)
         return tuple(new) if len(new) > 1 else new[0]
