@@ -25,6 +25,7 @@ ROWS = {
     "mlp": ("models/mlp.yaml", [], "mlp"),
     "convnet": ("models/convnet.yaml", [], "convnet"),
     "char_lstm": ("models/char_lstm.yaml", [], "char_lstm"),
+    "dates_attention": ("models/dates_attention.yaml", [], "dates_attention"),
     # generative models: a step of the gan is one discriminator and one generator update
     "dae": ("models/dae.yaml", [], "generative_ref.py:dae"),
     "vae": ("models/vae.yaml", [], "generative_ref.py:vae"),
