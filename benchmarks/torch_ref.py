@@ -154,7 +154,7 @@ def main():
         if shape == "tokens":
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
-        float(loss), float(acc)
+        loss.item(), acc.item()
         if step >= args.warmup:
             times.append(time.perf_counter() - t)
     median = statistics.median(times)
