@@ -547,13 +547,14 @@ def test_lstm_loops_are_hoisted(monkeypatch):
     shapes = {v.name: v.type.tensor_type.shape for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
     dims = [d.dim_param or d.dim_value for d in shapes[proj.output[0]].dim]
     assert dims == ["T", "N", 4 * H]  # x @ W for every step at once
-    # Backward step: it recomputes h @ U and propagates δ @ Uᵀ, and nothing else;
-    # dU = Σ_t h_{t-1}ᵀ δ_t is one product outside, not a sum carried by the loop.
+    # Backward step: it propagates δ @ Uᵀ and nothing else (h @ U is read from what the
+    # forward loop saved, not recomputed); dU = Σ_t h_{t-1}ᵀ δ_t is one product outside,
+    # not a sum carried by the loop.
     bbody = _body(bwd)
     made = {o: n for n in bbody.node for o in n.output}
     mms = _matmuls(bbody.node)
     assert not any("hs.W" in n.input for n in bbody.node)
-    assert len(mms) == 2
+    assert len(mms) == 1
     for n in mms:  # a dU term would be transpose(h_{t-1}) @ δ_t
         first = made.get(n.input[0])
         assert first is None or first.op_type != "Transpose", "dU computed in the backward loop"

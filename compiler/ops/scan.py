@@ -22,7 +22,7 @@ import numpy as np
 from spec.errors import GradientError, ShapeError
 
 from ..ir import Graph, TensorType, Value, dim_mul, fmt_shape, normalize_axis, producers_of
-from ..registry import REQUIRED, OpDef, Sample, op
+from ..registry import REQUIRED, OpDef, Sample, get_op, op
 
 
 @dataclass(eq=False)
@@ -40,13 +40,18 @@ class Body:
         return f"Body#{id(self)}"
 
 
-def clone(values: list[Value], mapping: dict[int, Value], g: Graph) -> list[Value]:
-    """Rebuild the nodes computing `values` in graph g, body inputs replaced via `mapping`."""
+def clone(values: list[Value], mapping: dict[int, Value], g: Graph, saved: dict[int, Value] | None = None) -> list[Value]:
+    """Rebuild the nodes computing `values` in graph g, body inputs replaced via `mapping`.
+    A node whose output is in `saved` is not recomputed: the saved value stands for it
+    (and still carries the node's gradient)."""
     env = dict(mapping)
     for node in producers_of(values):
         ins = [env[v.id] for v in node.inputs]
-        outs = node.op.build_node(g, ins, node.attrs) if hasattr(node.op, "build_node") else g.add_node(
-            node.op, ins, dict(node.attrs), [o.type for o in node.outputs])
+        if saved and len(node.outputs) == 1 and node.outputs[0].id in saved:
+            outs = g.add_node(get_op("precomputed"), [saved[node.outputs[0].id]] + ins,
+                              {"of": node.op.name, "of_attrs": dict(node.attrs)}, [node.outputs[0].type])
+        else:
+            outs = g.add_node(node.op, ins, dict(node.attrs), [o.type for o in node.outputs])
         for o, n in zip(node.outputs, outs):
             env[o.id] = n
             n.name = o.name
@@ -163,7 +168,16 @@ class Scan(OpDef):
         emit_nodes(body, producers_of(b.new_carries + b.extras), names)
         # Loop body outputs: condition, carries, then the per-step outputs to stack.
         body_outs = [body.add("Identity", [cond])]
-        carry_out = [body.add("Identity", [names[v.id]]) for v in b.new_carries]
+        # A state computed in the step leaves under its own name; one that is a step
+        # input or an outer value needs a copy (onnxruntime refuses those as outputs).
+        computed = {v.id for n in producers_of(b.new_carries + b.extras) for v in n.outputs}
+        carry_out, seen = [], set()
+        for v in b.new_carries:
+            if v.id in computed and names[v.id] not in seen:
+                carry_out.append(names[v.id])
+            else:
+                carry_out.append(body.add("Identity", [names[v.id]]))
+            seen.add(carry_out[-1])
         flags = node.op.stack_flags(node.attrs)
         # Per-step outputs leave the body flattened: onnx.reference's Loop concatenates
         # them where onnxruntime stacks them, and for 1-D values both agree.
@@ -231,9 +245,11 @@ class Scan(OpDef):
             raise GradientError("second-order gradients through scan are not supported",
                                 node.loc, "this scan's gradient is differentiated again, e.g. by a grad(...) of it "
                                           "inside the loss; keep grad(...) away from recurrent layers")
-        stacked, ys = node.outputs[:nc], node.outputs[nc:]
-        g_stacked, g_ys = gouts[:nc], gouts[nc:]
-        T = stacked[0].shape[0] if nc else (seqs[0].shape[0] if seqs else node.attrs["length"])
+        T = node.outputs[0].shape[0] if nc else (seqs[0].shape[0] if seqs else node.attrs["length"])
+        products, saved_outer = _save_products(node, T)
+        n_y = len(b.extras) - len(products)  # the step's own extra outputs, before the saved ones
+        stacked, ys = node.outputs[:nc], node.outputs[nc:nc + n_y]
+        g_stacked, g_ys = gouts[:nc], gouts[nc:nc + n_y]
 
         # The state before each step, in time order.
         prevs = [g.apply("shift", st, s0, reverse=reverse) for st, s0 in zip(stacked, init)]
@@ -243,7 +259,8 @@ class Scan(OpDef):
         prev_t = [bg.add_input(f"prev{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
         seq_t = [bg.add_input(f"seq{k}", v.dtype, v.shape) for k, v in enumerate(b.seqs)]
         gc_t = [bg.add_input(f"gc{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
-        gy_t = [bg.add_input(f"gy{k}", y.dtype, y.shape) for k, y in enumerate(b.extras)]
+        gy_t = [bg.add_input(f"gy{k}", y.dtype, y.shape) for k, y in enumerate(b.extras[:n_y])]
+        saved_t = [bg.add_input(f"saved{k}", v.dtype, v.shape) for k, v in enumerate(products)]
         p_in = [bg.add_input(f"p{k}", v.dtype, v.shape) for k, v in enumerate(b.nonseqs)]
         extra_seq_outer, extra_seq_in = [], []
         truncate = node.attrs["truncate"]
@@ -255,7 +272,7 @@ class Scan(OpDef):
         mapping = {v.id: n for v, n in zip(b.carries, prev_t)}
         mapping.update({v.id: n for v, n in zip(b.seqs, seq_t)})
         mapping.update({v.id: n for v, n in zip(b.nonseqs, p_in)})
-        outs = clone(b.new_carries + b.extras, mapping, bg)
+        outs = clone(b.new_carries + b.extras[:n_y], mapping, bg, {v.id: sv for v, sv in zip(products, saved_t)})
         cot = [l + c for l, c in zip(lam, gc_t)] + list(gy_t)
         if truncate:
             cot = [c * extra_seq_in[0] for c in cot]
@@ -270,7 +287,8 @@ class Scan(OpDef):
         g_p = grads[nc + len(seq_t):]
 
         # Non-sequence gradients: push sums over time out of the loop where possible.
-        seq_outer = {v.id: o for v, o in zip(prev_t + seq_t + gc_t + gy_t, prevs + seqs + g_stacked + g_ys)}
+        seq_outer = {v.id: o for v, o in zip(prev_t + seq_t + gc_t + gy_t + saved_t,
+                                             prevs + seqs + g_stacked + g_ys + saved_outer)}
         pushed_terms: list[list] = []  # per float nonseq: [(kind, outer A or None, body B, shape)]
         accumulate: list = []  # per float nonseq: body value summed in a carry, or None
         for gv, i in zip(g_p, float_p):
@@ -297,11 +315,13 @@ class Scan(OpDef):
                 if bval not in pushed_values:
                     pushed_values.append(bval)
         body_extras += pushed_values
-        bbody = Body(bg, lam + acc_in, prev_t + seq_t + gc_t + gy_t + extra_seq_in, p_in, new_lam + acc_out, body_extras)
+        bbody = Body(bg, lam + acc_in, prev_t + seq_t + gc_t + gy_t + extra_seq_in + saved_t, p_in, new_lam + acc_out,
+                     body_extras)
         zeros_init = [g.apply("zeros_like", s0) for s0 in init]
         acc_init = [g.apply("zeros_like", nonseqs[float_p[k]]) for k in acc_index]
         flags_b = (False,) * (nc + len(acc_in))
-        res = g.apply("scan", *zeros_init, *acc_init, *prevs, *seqs, *g_stacked, *g_ys, *extra_seq_outer, *nonseqs,
+        res = g.apply("scan", *zeros_init, *acc_init, *prevs, *seqs, *g_stacked, *g_ys, *extra_seq_outer, *saved_outer,
+                      *nonseqs,
                       body=bbody, reverse=not reverse, stack=flags_b, length=node.attrs["length"] if not seqs else None)
         res = list(res) if isinstance(res, tuple) else [res]
         d_init = res[:nc]
@@ -459,6 +479,64 @@ class StepMask(OpDef):
     def samples(self, rng):
         x = rng.normal(size=(5, 2))
         return [Sample([x], {"keep": 2}), Sample([x], {"keep": 3, "reverse": True}), Sample([x], {"keep": 9})]
+
+
+def _save_products(node, T):
+    """Have the forward scan also output, stacked over time, the matrix products of its
+    step, so the backward step reads them instead of recomputing them (memory for time).
+    Adds outputs to the node in place, once."""
+    from ..ir import TensorType as _T, Value
+
+    if getattr(node, "saved_products", None) is not None:
+        return node.saved_products
+    b: Body = node.attrs["body"]
+    inside = producers_of(b.new_carries + b.extras)
+    carried = {v.id for v in b.carries}
+    depends: set[int] = set(carried)
+    products = []
+    for n in inside:
+        if any(v.id in depends for v in n.inputs):
+            depends.update(o.id for o in n.outputs)
+            if n.op.name in ("matmul", "gemm") and n.outputs[0].id not in {v.id for v in b.extras}:
+                products.append(n.outputs[0])
+    outer = []
+    for v in products:
+        b.extras.append(v)
+        o = Value(node.outputs[0].graph, _T(v.dtype, (T,) + tuple(v.shape)), node, len(node.outputs), loc=node.loc)
+        node.outputs.append(o)
+        outer.append(o)
+    node.saved_products = (products, outer)
+    return node.saved_products
+
+
+@op("precomputed")
+class Precomputed(OpDef):
+    """`saved`, standing for op `of` applied to the other inputs (a value the forward pass
+    kept); its gradient is that op's gradient w.r.t. those inputs."""
+
+    inputs = ("saved",)
+    variadic = True
+    attrs = {"of": REQUIRED, "of_attrs": REQUIRED}
+
+    def infer(self, attrs, saved, *inputs):
+        return [saved]
+
+    def emit(self, e, node, ins, outs):
+        e.add("Identity", ins[:1], outs)
+
+    def vjp(self, node, gouts):
+        from ..ir import Node
+
+        of = get_op(node.attrs["of"])
+        stand_in = Node(of, node.inputs[1:], dict(node.attrs["of_attrs"]), outputs=node.outputs, loc=node.loc)
+        return [None] + list(of.vjp(stand_in, gouts))
+
+    def ref(self, attrs, saved, *inputs):
+        return saved
+
+    def samples(self, rng):
+        a, b = rng.normal(size=(2, 3)), rng.normal(size=(3, 4))
+        return [Sample([a @ b, a, b], {"of": "matmul", "of_attrs": {}}, grad_inputs=[])]
 
 
 def _flat_size(shape):
