@@ -320,8 +320,13 @@ class Scan(OpDef):
         zeros_init = [g.apply("zeros_like", s0) for s0 in init]
         acc_init = [g.apply("zeros_like", nonseqs[float_p[k]]) for k in acc_index]
         flags_b = (False,) * (nc + len(acc_in))
-        res = g.apply("scan", *zeros_init, *acc_init, *prevs, *seqs, *g_stacked, *g_ys, *extra_seq_outer, *saved_outer,
-                      *nonseqs,
+        b_seqs = [*prevs, *seqs, *g_stacked, *g_ys, *extra_seq_outer, *saved_outer]
+        b_nonseqs = list(nonseqs)
+        from ..recurrent import HOIST, hoist
+
+        if HOIST:  # the backward step's state-independent work (recomputed gates, Uᵀ) runs outside too
+            bbody, b_seqs, b_nonseqs = hoist(bbody, b_seqs, b_nonseqs, g)
+        res = g.apply("scan", *zeros_init, *acc_init, *b_seqs, *b_nonseqs,
                       body=bbody, reverse=not reverse, stack=flags_b, length=node.attrs["length"] if not seqs else None)
         res = list(res) if isinstance(res, tuple) else [res]
         d_init = res[:nc]
