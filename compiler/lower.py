@@ -87,6 +87,13 @@ class Lowering:
     def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None) -> Value:
         if name in self.params:
             raise SpecError(f"parameter {name!r} is defined twice", loc, f"first defined at {self.params[name].loc}")
+        unknown = [d for d in shape if not isinstance(d, int)]
+        if unknown:  # e.g. dense(x, H) over an x whose last dim is a symbolic size
+            from .ir import current_loc
+
+            raise ShapeError(f"parameter {name!r} would have shape [{', '.join(map(str, shape))}], but the size "
+                             f"{unknown[0]} is only known at run time", current_loc() or loc,
+                             f"declare {unknown[0]} under dims, so that it has a value")
         dtype = self.graph.float_dtype
         v = self.graph.add_input(name, dtype, tuple(shape), kind=kind, loc=loc)
         self.params[name] = ParamInfo(name, v, init_kind, dict(init_args or {}), trainable and kind == "param", loc, kind, seed)
@@ -351,7 +358,7 @@ class Lowering:
             from .layers import LAYERS
 
             args = [e.args[0].id] + [self.eval(a) for a in e.args[1:]]
-            return LAYERS["bidirectional"](self, e, args, self._eval_kwargs(e))
+            return self._run_layer(LAYERS["bidirectional"], e, args, self._eval_kwargs(e))
         if e.func in ("zeros", "ones") and not e.kwargs:
             return self.fill(e, 0.0 if e.func == "zeros" else 1.0)
         if e.func in self.spec.blocks:
@@ -361,13 +368,17 @@ class Lowering:
         kwargs = self._eval_kwargs(e)
         layer = layers.LAYERS.get(e.func)
         if layer is not None and layer.applies(args, kwargs):
-            try:
-                return layer(self, e, args, kwargs)
-            except _RULE_ERRORS as ex:
-                given = ", ".join([*(_kind(a) for a in args), *(f"{k}={_kind(v)}" for k, v in kwargs.items())])
-                raise SpecError(f"{e.func}() cannot take ({given})", e.loc, f"usage: {layer.usage}") from ex
+            return self._run_layer(layer, e, args, kwargs)
         op = get_op_at(e)
         return self.apply_op(op, e, args, kwargs)
+
+    def _run_layer(self, layer, e: S.Call, args: list, kwargs: dict):
+        """A layer shorthand; arguments of a kind it does not expect are the user's mistake, located."""
+        try:
+            return layer(self, e, args, kwargs)
+        except _RULE_ERRORS as ex:
+            given = ", ".join([*(_kind(a) for a in args), *(f"{k}={_kind(v)}" for k, v in kwargs.items())])
+            raise SpecError(f"{e.func}() cannot take ({given})", e.loc, f"usage: {layer.usage}") from ex
 
     def call_block(self, e: S.Call):
         """`block(a, b)`: the block's graph applied to the arguments, inline. Its parameters

@@ -371,7 +371,9 @@ def _training_lowering(spec, obj, dtype):
 def _trained(spec, low: Lowering, obj: Objective) -> list[str]:
     trained = trained_names(low.params, obj)
     if not trained:
-        raise SpecError(f"objective {obj.name!r} trains no parameters", _loc(spec, "train", "objectives", obj.name, "params") or obj.loc,
+        declared = "objectives" in (spec.train or {})  # else the implicit objective of `loss`: point at the loss
+        where = (_loc(spec, "train", "objectives", obj.name, "params") if declared else None) or obj.loc
+        raise SpecError(f"objective {obj.name!r} trains no parameters", where,
                         f"its params {obj.param_globs} match none of: {', '.join(low.params) or '(no parameters)'}")
     return trained
 
@@ -479,7 +481,8 @@ def unused_entries(spec: S.Spec) -> list[SpecWarning]:
     for a in spec.graph:
         for n in names_in(a.expr):
             read_by.setdefault(n.split(".", 1)[0], a)
-    roots = [n for a in [spec.loss, *spec.metrics, *spec.outputs] if a is not None for n in names_in(a.expr)]
+    root_exprs = [a.expr for a in [spec.loss, *spec.metrics, *spec.outputs] if a is not None]
+    roots = [n for e in root_exprs for n in [*names_in(e), *_blocks_called(e, spec)]]
     roots += [str(o.get("loss")) for o in (spec.train.get("objectives") or {}).values() if isinstance(o, dict)]
     roots += [v for v in (spec.generate or {}).values() if isinstance(v, str)]
     seen_blocks, used, todo = set(), set(), list(roots)

@@ -52,15 +52,30 @@ def train(spec: str | dict | Spec, **options) -> TrainResult:
 
 def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str = "auto", threads: int | None = None,
                  batch_size: int = 256) -> dict:
+    from runtime.session import ORT_ERRORS
+    from runtime.train import _check_state
+    from spec.errors import FlowgradError
+
     spec = load_spec(os.path.join(run_dir, "spec.yaml"))
-    with open(os.path.join(run_dir, "run.json")) as f:
-        info = json.load(f)
+    try:
+        with open(os.path.join(run_dir, "run.json")) as f:
+            info = json.load(f)
+        seed = int(info.get("seed", 0))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise FlowgradError(f"{run_dir}: run.json is missing or malformed ({type(e).__name__})",
+                            hint="pass a run directory that 'flowgrad train' wrote") from None
     cm = compile_spec(spec)
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
     state, _ = load_checkpoint(ckpt)
-    ds = D.load_npz(data)
+    _check_state(cm, state, ckpt, seed)
+    ds = D.load_npz(data, None, spec.inputs)
     needed = needed_inputs(cm, ("eval",))
     D.check_against_spec(ds, spec, needed, data)
     ds = D.cast_for(ds, {n: (cm.float_dtype if spec.inputs[n].dtype.startswith("float") else spec.inputs[n].dtype) for n in needed})
-    trainer = Trainer(cm, pick_device(device), threads, state, info.get("seed", 0))
-    return trainer.evaluate(b for _, b in batches(ds, batch_size))
+    trainer = Trainer(cm, pick_device(device), threads, state, seed)
+    try:
+        return trainer.evaluate(b for _, b in batches(ds, batch_size))
+    except ORT_ERRORS as ex:
+        from runtime.train import _step_failed
+
+        raise _step_failed(ex, "evaluation", run_dir) from None

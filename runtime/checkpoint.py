@@ -23,9 +23,7 @@ def atomic_write(path: str, data: bytes) -> None:
         raise FlowgradError(f"cannot write in {directory}: {e.strerror}", hint="check the run directory's permissions and free space") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            _write(f, data, path)
         os.replace(tmp, path)
     except OSError as e:
         with _ignore():
@@ -41,6 +39,25 @@ def atomic_write(path: str, data: bytes) -> None:
         pass
 
 
+def _write(f, data: bytes, path: str) -> None:
+    """Write and sync the temporary file of `path` (one place, so tests can fill the disk here)."""
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def remove_stale_temporaries(directory: str) -> None:
+    """Temporary files that a killed process left behind (call while holding the directory's lock)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".tmp-"):
+            with _ignore():
+                os.unlink(os.path.join(directory, name))
+
+
 class _ignore:
     def __enter__(self):
         return self
@@ -49,12 +66,16 @@ class _ignore:
         return True
 
 
-def save_checkpoint(path: str, state: dict[str, np.ndarray], meta: dict) -> None:
+def checkpoint_bytes(state: dict[str, np.ndarray], meta: dict) -> bytes:
     buf = io.BytesIO()
     arrays = {f"t:{k}": v for k, v in state.items()}
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez(buf, **arrays)
-    atomic_write(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_checkpoint(path: str, state: dict[str, np.ndarray], meta: dict) -> None:
+    atomic_write(path, checkpoint_bytes(state, meta))
 
 
 def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:

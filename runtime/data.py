@@ -112,16 +112,37 @@ def load_bundled(name: str, options: dict | None = None, loc: Loc | None = None)
     return loader(**options)
 
 
-def load_npz(path: str, loc: Loc | None = None) -> Dataset:
-    """A user's .npz, refusing pickled object arrays."""
+def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> Dataset:
+    """A user's .npz, refusing pickled object arrays. `inputs` (the spec's input
+    declarations) lets an error about one array point at its declaration."""
     if not os.path.exists(path):
         raise DataError(f"data file {path!r} does not exist", loc)
+    if os.path.isdir(path):
+        raise DataError(f"data file {path!r} is a directory", loc, "pass an .npz file written by numpy.savez")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})", loc) from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path}: is a single .npy array, not an .npz archive of named arrays", loc,
+                        "write it with numpy.savez(path, x=..., y=...), one array per input")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{path}: not an .npz file (it is not a zip archive)", loc, "write it with numpy.savez")
+    arrays = {}
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as e:
-        raise DataError(f"{path}: cannot read arrays ({e})", loc, "object arrays are refused; save plain numeric arrays") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+            for k in z.files:
+                try:
+                    arrays[k] = z[k]
+                except ValueError as e:
+                    where = inputs[k].loc if inputs and k in inputs else loc
+                    what = "is an object array (pickled Python objects)" if "allow_pickle" in str(e) else f"cannot be read ({e})"
+                    raise DataError(f"{path}: array {k!r} {what}", where,
+                                    "object arrays are refused; save plain numeric arrays") from None
+    except DataError:
+        raise
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})", loc, "write it with numpy.savez") from None
     if not arrays:
         raise DataError(f"{path}: contains no arrays", loc)
@@ -134,6 +155,7 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str) -> None
     from spec.errors import did_you_mean
 
     lengths = {}
+    sizes: dict[str, tuple[int, str]] = {}  # symbolic dim (other than the examples') -> (size, array)
     for name in needed:
         decl = spec.inputs[name]
         if name not in ds.arrays:
@@ -154,12 +176,25 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str) -> None
         if a.size == 0:
             raise DataError(f"{where}: array {name!r} is empty", decl.loc)
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            bad = int(np.argwhere(~np.isfinite(a))[0][0])
+            bad = int(np.argwhere(~np.isfinite(a))[0][0]) if a.ndim else 0
             raise DataError(f"{where}: array {name!r} has NaN or inf values (first at example {bad})", decl.loc)
-        lengths[name] = len(a)
+        if not want_float and a.dtype.kind == "i" and a.size and a.min() < 0:
+            bad = int(np.argwhere(a < 0)[0][0]) if a.ndim else 0
+            raise DataError(f"{where}: array {name!r} has negative values (first at example {bad})", decl.loc,
+                            "integer inputs are ids, labels, lengths or masks, and none is negative")
+        for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
+            if i and isinstance(want, str):  # the same symbolic dim in two arrays must have one size
+                first = sizes.setdefault(want, (got, name))
+                if first[0] != got:
+                    raise DataError(f"{where}: array {name!r} has size {got} in dim {i} ({want}), but array "
+                                    f"{first[1]!r} has {want} = {first[0]}", decl.loc)
+        if a.ndim:
+            lengths[name] = len(a)
     if len(set(lengths.values())) > 1:
-        detail = ", ".join(f"{k}: {v}" for k, v in lengths.items())
-        raise DataError(f"{where}: arrays have different numbers of examples ({detail})", None)
+        first = next(iter(lengths))
+        odd = next(k for k, v in lengths.items() if v != lengths[first])
+        raise DataError(f"{where}: array {odd!r} has {lengths[odd]} examples, but array {first!r} has {lengths[first]}",
+                        spec.inputs[odd].loc, "every array holds one entry per example, along its first dim")
 
 
 def cast_for(ds: Dataset, dtypes: dict[str, str]) -> Dataset:

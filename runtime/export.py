@@ -38,13 +38,23 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     if not os.path.exists(ckpt):
         ckpt = os.path.join(run_dir, "checkpoint.npz")
     state, meta = load_checkpoint(ckpt)
-    model = onnx.load(graph_path)
-    with open(manifest_path) as f:
-        manifest = json.load(f)
+    model = load_model_safely(graph_path)  # a run directory may come from someone else
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        params = manifest["params"]
+        roles = {n: (params[n] or {}).get("kind") for n in params}
+        str(manifest["name"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ExportError(f"{manifest_path} is unreadable or malformed ({type(e).__name__}: {e})",
+                          hint="export a run directory that 'flowgrad train' wrote") from None
     kept, baked = [], []
     for inp in model.graph.input:
-        role = manifest["params"].get(inp.name, {}).get("kind")
+        role = roles.get(inp.name)
         if role in ("param", "buffer"):
+            if inp.name not in state:
+                raise ExportError(f"{ckpt} lacks the parameter {inp.name!r} that the graph needs",
+                                  hint="the checkpoint and the graphs come from different runs")
             model.graph.initializer.append(numpy_helper.from_array(state[inp.name], inp.name))
             baked.append(inp.name)
         else:
@@ -64,14 +74,22 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         for k, v in (manifest.get("generate") or {}).items():
             props[f"flowgrad.generate.{k}"] = json.dumps(v)
     onnx.helper.set_model_props(model, props)
-    onnx.checker.check_model(model, full_check=True)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # onnx's ValidationError / InferenceError: the checkpoint does not fit the graph
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"the checkpoint {ckpt} does not fit the graph {graph_path}: {first}",
+                          hint="the checkpoint and the graphs come from different runs") from None
     size = sum(state[n].nbytes for n in baked)
-    if size >= EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, output, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=os.path.basename(output) + ".data")
-    else:
-        onnx.save_model(model, output)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        if size >= EXTERNAL_DATA_BYTES:
+            onnx.save_model(model, output, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=os.path.basename(output) + ".data")
+        else:
+            onnx.save_model(model, output)
+    except OSError as e:
+        raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
     return {"path": output, "inputs": [i.name for i in kept], "outputs": [o.name for o in model.graph.output],
             "parameters": len(baked), "bytes": size}
 
@@ -86,41 +104,71 @@ def _read_json(path):
 
 def load_model_safely(path: str) -> onnx.ModelProto:
     """Parse an ONNX file from anyone: malformed files and external-data paths
-    that leave the model's directory are refused."""
+    that leave the model's directory (absolute, '..', symlinks out) are refused,
+    in subgraphs too, before any external data is read."""
     if not os.path.isfile(path):
         raise ExportError(f"no ONNX file at {path}")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:
         raise ExportError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
+    if not model.graph.node and not model.graph.output:
+        raise ExportError(f"{path} is not an ONNX model: it holds no graph")
     base = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    for t in _all_tensors(model):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+    external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    for t in external:
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        try:
             target = os.path.realpath(os.path.join(base, loc))
-            if os.path.isabs(loc) or os.path.commonpath([base, target]) != base:
-                raise ExportError(f"{path}: tensor {t.name!r} points outside the model's directory ({loc!r})",
-                                  hint="refusing to read external data from there")
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
+            outside = not loc or os.path.isabs(loc) or os.path.commonpath([base, target]) != base or target == base
+        except ValueError:  # e.g. a NUL character in the location
+            outside = True
+        if outside:
+            raise ExportError(f"{path}: tensor {t.name!r} points outside the model's directory ({loc!r})",
+                              hint="refusing to read external data from there")
+        if not os.path.isfile(target):
+            raise ExportError(f"{path}: the external data of tensor {t.name!r} is missing ({loc!r})",
+                              hint="copy the data file next to the model")
+    if external:
         from onnx.external_data_helper import load_external_data_for_model
 
-        load_external_data_for_model(model, base)
+        try:
+            load_external_data_for_model(model, base)
+        except Exception as e:  # a short file, a bad offset or length
+            raise ExportError(f"{path}: cannot read its external data ({e})") from None
     return model
 
 
 def _all_tensors(model):
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for a in node.attribute:
-            if a.HasField("t"):
-                yield a.t
+    """Every tensor of the model: initializers, sparse ones, attributes, and those of subgraphs (Loop, If, Scan)."""
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        yield from g.initializer
+        for sp in g.sparse_initializer:
+            yield sp.values
+            yield sp.indices
+        for node in g.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("sparse_tensor"):
+                    yield a.sparse_tensor.values
+                    yield a.sparse_tensor.indices
+                if a.HasField("g"):
+                    graphs.append(a.g)
+                graphs.extend(a.graphs)
 
 
 def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", threads: int | None = None) -> dict[str, np.ndarray]:
-    from .session import make_session
+    from .session import ORT_ERRORS, make_session
 
     model = load_model_safely(model_path)
-    sess = make_session(model, device, threads)
+    try:
+        sess = make_session(model, device, threads)
+    except ORT_ERRORS as e:
+        raise ExportError(f"{model_path}: onnxruntime cannot run this model ({_ort_message(e)})") from None
     wanted = {i.name: i for i in sess.get_inputs()}
     missing = [n for n in wanted if n not in feeds]
     if missing:
@@ -130,14 +178,27 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
         a = np.asarray(feeds[name])
         want = _ORT_TYPES.get(meta.type)
         if want is not None and a.dtype != want:
+            if a.dtype.kind not in "biuf":
+                raise DataError(f"input {name!r} must hold numbers, got {a.dtype}")
             if a.dtype.kind == "f" and np.dtype(want).kind in "iu":
                 raise DataError(f"input {name!r} must hold integers, got {a.dtype}")
             a = a.astype(want)
         if len(a.shape) != len(meta.shape):
             raise DataError(f"input {name!r} has rank {a.ndim}, the model expects {len(meta.shape)} ({meta.shape})")
+        for i, (got, expected) in enumerate(zip(a.shape, meta.shape)):
+            if isinstance(expected, int) and got != expected:
+                raise DataError(f"input {name!r} has size {got} in dim {i}, the model expects {expected} ({meta.shape})")
         fixed[name] = a
-    outs = sess.run(None, fixed)
+    try:
+        outs = sess.run(None, fixed)
+    except ORT_ERRORS as e:
+        raise DataError(f"onnxruntime cannot run {model_path} on these inputs ({_ort_message(e)})") from None
     return dict(zip([o.name for o in sess.get_outputs()], outs))
+
+
+def _ort_message(e: Exception) -> str:
+    text = str(e).strip().split("\n")[0]
+    return text.split("] : ")[-1] if "] : " in text else (text or type(e).__name__)
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,

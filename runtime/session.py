@@ -78,6 +78,18 @@ def pick_device(device: str) -> str:
     return "cpu"
 
 
+def _ort_errors() -> tuple:
+    from onnxruntime.capi import onnxruntime_pybind11_state as st
+
+    names = ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph", "NoSuchFile", "InvalidProtobuf",
+             "NotImplemented", "EPFail")
+    return (RuntimeError, *(getattr(st, n) for n in names if hasattr(st, n)))
+
+
+# What onnxruntime raises when a session cannot be made or run (IOBinding runs raise RuntimeError).
+ORT_ERRORS = _ort_errors()
+
+
 def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -20,9 +21,9 @@ from spec import model as S
 from spec.errors import DataError, FlowgradError
 
 from . import data as D
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, remove_stale_temporaries
 from .schedules import lr_schedule
-from .session import pick_device
+from .session import ORT_ERRORS, pick_device
 from .trainer import Trainer
 
 CHECKPOINT = "checkpoint.npz"
@@ -81,13 +82,13 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     cfg = spec.train.get("data", {}) or {}
     loc = spec.locate("train", "data") if "data" in spec.train else spec.locate("train") if spec.train else None
     if opts.data:
-        train_ds = D.load_npz(opts.data)
+        train_ds = D.load_npz(opts.data, None, spec.inputs)
         where = opts.data
     elif "path" in cfg:
         path = cfg["path"]
         if not os.path.isabs(path):
             path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), path)
-        train_ds = D.load_npz(path, loc)
+        train_ds = D.load_npz(path, loc, spec.inputs)
         where = path
     elif "dataset" in cfg:
         train_ds = D.load_bundled(cfg["dataset"], cfg.get("options"), loc)
@@ -100,7 +101,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     valid_cfg = opts.valid if opts.valid is not None else cfg.get("valid")
     valid_ds = None
     if isinstance(valid_cfg, str):
-        valid_ds = D.load_npz(valid_cfg, loc)
+        valid_ds = D.load_npz(valid_cfg, loc, spec.inputs)
         D.check_against_spec(valid_ds, spec, needed, valid_cfg)
     elif valid_cfg:
         if cfg.get("shuffle", True):
@@ -178,6 +179,17 @@ def _versions() -> dict:
 
 # ---------------------------------------------------------------- the loop
 def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
+    """Train, turning the file system's refusals (full disk, no permission) into a clean error."""
+    try:
+        return _train(spec, opts, on_epoch)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise FlowgradError(f"cannot write the run: {e.strerror or e}{where}",
+                            hint="check the run directory's permissions and free space; the last checkpoint "
+                                 "is intact, continue with --resume") from None
+
+
+def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
     opts = opts or TrainOptions()
     t_start = time.perf_counter()
     cfg = spec.train or {}
@@ -187,6 +199,7 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
     device = pick_device(opts.device)
     run_dir = prepare_run_dir(spec, opts)
     with run_lock(run_dir):
+        remove_stale_temporaries(run_dir)  # of a process killed while writing
         cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         batch_size = int(opts.batch_size or cfg.get("batch_size", 32))
@@ -221,16 +234,24 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
         stopping = cfg.get("early_stopping")
         stopped = "finished"
 
-        def checkpoint(pos):
-            save_checkpoint(ckpt_path, trainer.state_numpy(), {
+        def checkpoint(pos, also_best=False):
+            state = trainer.state_numpy()
+            _check_state_finite(state, step, epoch, run_dir)  # never replace a good checkpoint with NaNs
+            data = checkpoint_bytes(state, {
                 "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
-                "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state)})
+                "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state),
+                # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
+                "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0})
+            if also_best:  # first: killed between the two writes, the resumed run redoes the epoch and both agree
+                atomic_write(os.path.join(run_dir, BEST), data)
+            atomic_write(ckpt_path, data)
 
         progress = _Progress(opts.progress, epochs, steps_per_epoch)
         with progress:
             while epoch < epochs and step < total_steps and stopped == "finished":
                 order = epoch_order(seed, epoch, len(train_ds)) if cfg.get("shuffle", True) else None
-                sums, count = {}, 0
+                # resumed mid-epoch: go on with the epoch's running sums from the checkpoint
+                sums, count = (dict(meta.get("epoch_sums", {})), int(meta.get("epoch_count", 0))) if position else ({}, 0)
                 t_epoch = time.perf_counter()
                 progress.start_epoch(epoch, position // (batch_size * opts.accumulate))
                 group: list = []
@@ -241,10 +262,13 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
                     n = sum(len(next(iter(b.values()))) for b in group)
                     for name in cm.schedule:
                         lr = schedules[name](step)
-                        if opts.accumulate > 1:
-                            scalars = trainer.accumulate_step(name, group, lr, step)
-                        else:
-                            scalars = trainer.train_step(name, group[0], lr, step)
+                        try:
+                            if opts.accumulate > 1:
+                                scalars = trainer.accumulate_step(name, group, lr, step)
+                            else:
+                                scalars = trainer.train_step(name, group[0], lr, step)
+                        except ORT_ERRORS as ex:
+                            raise _step_failed(ex, f"training step {step} (epoch {epoch + 1})", run_dir) from None
                         _check_finite(scalars, step, epoch, run_dir)
                         for k, v in scalars.items():
                             key = k if len(cm.schedule) == 1 else f"{name}/{k}"
@@ -261,8 +285,11 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
                 position = 0
                 record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
                 if valid_ds is not None:
-                    record.update({f"valid_{k}": v for k, v in trainer.evaluate(
-                        b for _, b in batches(valid_ds, max(batch_size, 256))).items()})
+                    try:
+                        record.update({f"valid_{k}": v for k, v in trainer.evaluate(
+                            b for _, b in batches(valid_ds, max(batch_size, 256))).items()})
+                    except ORT_ERRORS as ex:
+                        raise _step_failed(ex, f"validation after epoch {epoch + 1}", run_dir) from None
                 record["seconds"] = round(time.perf_counter() - t_start, 3)
                 epoch += 1
                 # "best" follows the early-stopping metric, else the validation (or training) loss.
@@ -278,9 +305,7 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
                 if improved:
                     best = dict(record)
                 history.append(record)
-                checkpoint(0)
-                if improved:
-                    shutil.copyfile(ckpt_path, os.path.join(run_dir, BEST))
+                checkpoint(0, also_best=improved)
                 with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
                     f.write(json.dumps(record) + "\n")
                 progress.end_epoch(record)
@@ -293,6 +318,27 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
         with open(os.path.join(run_dir, "result.json"), "w") as f:
             json.dump(result.to_json(), f, indent=2)
         return result
+
+
+def _check_state_finite(state: dict, step: int, epoch: int, run_dir: str) -> None:
+    bad = [k for k, v in state.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
+    if bad:
+        raise FlowgradError(
+            f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} became NaN or inf at step {step} "
+            f"(epoch {epoch + 1}); training stopped",
+            hint=f"the last good checkpoint is in {run_dir}; lower the learning rate or add clip_norm, then --resume or --overwrite",
+        )
+
+
+def _step_failed(ex: Exception, what: str, run_dir: str) -> FlowgradError:
+    """onnxruntime refused to run a step: nearly always data the graph cannot take."""
+    detail = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+    detail = detail.split("Status Message: ")[-1]
+    if re.match(r"\S+\.(cc|h|cpp):\d+ ", detail):  # a C++ source position and signature: keep what follows
+        detail = re.split(r"\] |\) ", detail)[-1]
+    return FlowgradError(f"onnxruntime failed in the {what}: {detail}",
+                         hint="check the data's values, e.g. class ids must be below the number of classes; "
+                              f"the last checkpoint in {run_dir} is intact")
 
 
 def _check_finite(scalars, step, epoch, run_dir):

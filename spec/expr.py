@@ -248,7 +248,6 @@ class _Converter:
             parts.append(self.name(node, node.attr))
             node = node.value
         if not isinstance(node, ast.Name):
-            self.convert(node)  # __import__('os').system: the dunder name is the problem to report
             raise SpecError(f"attribute access '.{parts[-1]}' on an expression is not allowed",
                             self.loc(node), "only dotted parameter names like h.W are allowed")
         parts.append(self.name(node, node.id))

@@ -21,7 +21,10 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from .errors import Loc, SpecError
 
-MAX_BYTES = 5_000_000      # a spec is a few kB; anything this big is a mistake or an attack
+# A spec is a few kB. PyYAML's pure-Python parser reads about 100,000 values a
+# second, so these limits keep refusing a hostile or mistaken file well under a second.
+MAX_BYTES = 1_000_000      # anything this big is a mistake or an attack
+MAX_VALUES = 10_000        # values (keys, scalars, lists, mappings) as written, before expanding aliases
 MAX_ALIASES = 100          # a spec may reuse a block of settings, not build a tree of aliases
 MAX_NODES = 1_000_000      # after expanding aliases
 MAX_DEPTH = 50             # specs nest about 6 levels deep
@@ -165,8 +168,14 @@ class _Loader(yaml.SafeLoader):
         self.file = file
         self.aliases = 0
         self.depth = 0
+        self.values = 0
 
     def compose_node(self, parent, index):
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise SpecError(f"the YAML document has more than {MAX_VALUES:,} values",
+                            _mark_loc(self.file, self.peek_event().start_mark),
+                            "a spec is a short file; keep data in .npz files")
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:

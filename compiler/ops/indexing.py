@@ -506,6 +506,8 @@ class ScatterAdd(OpDef):
 
 def _along_axis_check(x: TensorType, idx: TensorType, axis: int, what: str):
     _require_index(idx)
+    if x.rank == 0:
+        raise ShapeError(f"{what}: needs a tensor with an axis, got a scalar {x}")
     if idx.rank != x.rank:
         raise ShapeError(f"{what}: indices have rank {idx.rank}, but the tensor has rank {x.rank}")
     for i, (d, e) in enumerate(zip(x.shape, idx.shape)):

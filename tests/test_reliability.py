@@ -1,0 +1,608 @@
+"""Reliability and safety: hostile YAML, bad data, interrupted and failing runs,
+ONNX files from strangers, two processes on one run directory, and the
+warnings of `flowgrad check`.
+
+Every user-facing failure must end in a clean error: exit code 1, a message
+(located where there is a spec line to point at) and no traceback.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import set_external_data
+from typer.testing import CliRunner
+
+from cli import app
+from compiler.training import check_spec
+from runtime.checkpoint import load_checkpoint
+from spec import load_spec, spec_from_text
+from spec.errors import FlowgradError, SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+MLP = str(ROOT / "models" / "mlp.yaml")
+SMALL = ["--set", "dims.H=32", "--threads", "1", "--device", "cpu", "--quiet"]
+X_LINE = f"{MLP}:6:3"  # where models/mlp.yaml declares its inputs x and y
+Y_LINE = f"{MLP}:7:3"
+
+runner = CliRunner()
+
+
+def invoke(*args, code: int):
+    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+    assert isinstance(result.exception, (SystemExit, type(None))), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert result.exit_code == code, result.output
+    return result
+
+
+def error_line(result) -> str:
+    return next(line for line in result.output.splitlines() if line.startswith("error: "))
+
+
+def _flowgrad() -> list[str]:
+    exe = Path(sys.executable).parent / "flowgrad"
+    return [str(exe)] if exe.exists() else [sys.executable, str(ROOT / "cli.py")]
+
+
+def same_state(a_path, b_path) -> None:
+    a, _ = load_checkpoint(str(a_path))
+    b, _ = load_checkpoint(str(b_path))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def timeless(path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in Path(path).read_text().splitlines()]
+
+
+# ====================================================================== warnings of `check`
+UNUSED = """\
+flowgrad: 1
+name: m
+dims: {D: 4}
+inputs:
+  x: {shape: [N, D]}
+params:
+  W: {shape: [D, D], init: zeros}
+graph:
+  h: x @ W
+  junk: relu(h)
+  junk2: junk * 2.0
+  left, right: split(h, 2, axis=-1)
+  side: mean(x)
+blocks:
+  step:
+    in: [h_t]
+    graph:
+      out: h_t + side
+    out: [out]
+outputs:
+  y: step(left)
+loss: mean(h)
+"""
+
+
+def test_check_warns_about_unused_entries_with_their_location(tmp_path):
+    path = tmp_path / "unused.yaml"
+    path.write_text(UNUSED)
+    warnings = [str(w) for w in check_spec(load_spec(str(path))).warnings]
+    assert warnings == [
+        f"{path}:10:3: graph entry 'junk' reaches no loss, metric or output (only 'junk2' reads it, and nothing uses that)"
+        "\n  hint: use it in the loss, a metric or an output, or remove it",
+        f"{path}:11:3: graph entry 'junk2' is never used\n  hint: use it in the loss, a metric or an output, or remove it",
+    ]  # 'left, right' is used through 'left', and 'side' inside the block that an output runs
+    result = invoke("check", path, code=0)
+    assert f"warning: {path}:10:3: graph entry 'junk' reaches no loss" in result.output
+    assert f"warning: {path}:11:3: graph entry 'junk2' is never used" in result.output
+    assert "spec OK (2 warnings)" in result.output
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*.yaml")), ids=lambda p: p.name)
+def test_models_have_no_unused_entries(path):
+    assert [str(w) for w in check_spec(load_spec(str(path))).warnings] == []
+
+
+# ====================================================================== hostile YAML
+HEAD = "flowgrad: 1\nname: m\ninputs: {x: {shape: [N, 4]}}\nparams: {W: {shape: [4], init: zeros}}\n"
+
+
+def _laughs(levels=9, width=9):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "flowgrad: 1\nname: bomb\n" + "\n".join(lines) + "\n"
+
+
+HOSTILE = {
+    "billion laughs": (_laughs(), "YAML aliases expand to more than"),
+    "merge-key bomb": ("flowgrad: 1\nname: m\na: &a {" + ", ".join(f"k{i}: {i}" for i in range(50)) + "}\n"
+                       + "".join(f"b{i}: &b{i} {{<<: [*a, *b{i - 1}]}}\n" if i else "b0: &b0 {<<: *a}\n" for i in range(60)),
+                       "YAML aliases"),
+    "alias cycle": ("flowgrad: 1\nname: m\nx: &x [1, *x]\n", "cycle"),
+    "alias chain": ("flowgrad: 1\nname: m\na0: &a0 [1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 90)),
+                    "nest more than"),
+    "6 MB of comment": ("flowgrad: 1\nname: m\n" + "#" * 6_000_000 + "\n", "too large"),
+    "1.5 MB string": ("flowgrad: 1\nname: m\ndoc: '" + "a" * 1_500_000 + "'\n", "too large"),
+    "60k keys": ("flowgrad: 1\nname: m\n" + "".join(f"k{i}: {i}\n" for i in range(60_000)), "more than 10,000 values"),
+    "30k values": ("flowgrad: 1\nname: m\ndoc: [" + ", ".join(["1"] * 30_000) + "]\n", "more than 10,000 values"),
+    "deep flow nesting": ("flowgrad: 1\nname: m\nx: " + "[" * 20_000 + "]" * 20_000 + "\n", "nested more than"),
+    "deep block nesting": ("flowgrad: 1\nname: m\n" + "".join("  " * i + f"k{i}:\n" for i in range(200)) + "  " * 200 + "v: 1\n",
+                           "nested more than"),
+    "integer key": (HEAD + "graph:\n  1: x\n", "a key must be a string"),
+    "float key": (HEAD + "graph:\n  1.5: x\n", "a key must be a string"),
+    "null key": (HEAD + "graph:\n  ~: x\n", "a key must be a string"),
+    "boolean key": (HEAD + "graph:\n  yes: x\n", "a key must be a string"),
+    "list key": (HEAD + "graph:\n  ? [a, b]\n  : x\n", "a key must be a string, not a list"),
+    "mapping key": (HEAD + "graph:\n  ? {a: 1}\n  : x\n", "a key must be a string, not a mapping"),
+    "duplicate top-level key": (HEAD + "name: n\n", "duplicate key 'name'"),
+    "duplicate nested key": (HEAD + "graph: {h: x, h: x * W}\n", "duplicate key 'h'"),
+    "python tag": (HEAD + "doc: !!python/object/apply:os.system ['echo pwned']\n", "unsupported YAML tag"),
+    "NUL character": ("flowgrad: 1\nname: m\ndoc: \"a\x00b\"\n", "cannot read YAML"),
+    "10**10**10": (HEAD + "graph:\n  h: x * W * 10**10**10\nloss: mean(h)\n", "too large"),
+    "2**(2**30)": (HEAD + "graph:\n  h: x * W * 2**1073741824\nloss: mean(h)\n", "too large"),
+    "5000-digit integer": (HEAD + "graph:\n  h: x * " + "9" * 5000 + "\nloss: mean(h)\n", "too long"),
+    "deep expression": (HEAD + "graph:\n  h: " + "-" * 3000 + "x\nloss: mean(h)\n", "too deeply nested"),
+    "10,001-character expression": (HEAD + "graph:\n  h: " + "(" * 5000 + "x" + ")" * 5000 + "\nloss: mean(h)\n",
+                                    "too long"),
+    "huge size": (HEAD.replace("[4]", "[1099511627777]"), "too large"),
+}
+
+
+@pytest.mark.parametrize("text,message", HOSTILE.values(), ids=list(HOSTILE))
+def test_hostile_yaml_is_refused_fast_and_small(text, message):
+    t0 = time.perf_counter()
+    with pytest.raises(FlowgradError) as info:
+        check_spec(spec_from_text(text, "hostile.yaml"))
+    seconds = time.perf_counter() - t0
+    assert message in str(info.value)
+    assert seconds < 2.0, f"{seconds:.2f} s"
+    tracemalloc.start()
+    try:
+        with pytest.raises(FlowgradError):
+            check_spec(spec_from_text(text, "hostile.yaml"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200e6 + 3 * len(text), f"{peak / 1e6:.0f} MB"
+
+
+def test_hostile_files_through_the_cli(tmp_path):
+    """The same, from files: invalid UTF-8, a NUL byte, a directory, a file too large."""
+    cases = {
+        "latin1.yaml": ("flowgrad: 1\nname: m\ndoc: caf\xe9\n".encode("latin-1"), "not UTF-8"),
+        "nul.yaml": (b"flowgrad: 1\nname: m\x00\n", "cannot read YAML"),
+        "big.yaml": (b"flowgrad: 1\nname: m\n" + b"#" * 2_000_000, "too large"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        t0 = time.perf_counter()
+        result = invoke("check", tmp_path / name, code=1)
+        assert message in error_line(result) and time.perf_counter() - t0 < 2.0
+    assert "is a directory" in error_line(invoke("check", tmp_path, code=1))
+
+
+def test_a_long_chain_of_entries_and_blocks_that_run_themselves():
+    """No recursion limit is hit by long chains, and recursion by blocks is refused."""
+    chain = HEAD + "graph:\n  a0: x * W\n" + "".join(f"  a{i}: a{i - 1} + 1.0\n" for i in range(1, 1500)) + "loss: mean(a1499)\n"
+    check_spec(spec_from_text(chain, "chain.yaml"))
+    cyclic = chain.replace("a0: x * W", "a0: x * W + a1499")
+    with pytest.raises(SpecError, match=r"cycle in the graph: a0 -> a1499 -> .* \(1490 more\) -> .* -> a1 -> a0"):
+        check_spec(spec_from_text(cyclic, "chain.yaml"))
+    mutual = HEAD + """\
+blocks:
+  f:
+    in: [a]
+    graph: {b: g(a) + 1.0}
+    out: [b]
+  g:
+    in: [a]
+    graph: {b: f(a) * 2.0}
+    out: [b]
+graph:
+  h: f(x * W)
+loss: mean(h)
+"""
+    with pytest.raises(SpecError, match=r"block 'f' runs itself \(f -> g -> f\)"):
+        check_spec(spec_from_text(mutual, "blocks.yaml"))
+
+
+# ====================================================================== bad data
+def _x(n=50, d=64):
+    return np.random.default_rng(0).random((n, d), dtype=np.float32)
+
+
+def _y(n=50):
+    return np.random.default_rng(1).integers(0, 10, n)
+
+
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+
+
+def _truncated(path, keep):
+    np.savez(path, x=_x(), y=_y())
+    data = path.read_bytes()
+    path.write_bytes(data[:keep(len(data))])
+
+
+def _bad_crc(path):
+    np.savez(path, x=_x(), y=_y())
+    data = bytearray(path.read_bytes())
+    i = data.find(b"\x93NUMPY") + 400  # inside x's (uncompressed) bytes
+    data[i:i + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+
+
+BAD_DATA = {
+    # name: (writer, message, spec line the error points at or None)
+    "wrong name": (lambda p: _write_npz(p, x=_x(), label=_y()), "no array named 'y'", Y_LINE),
+    "wrong rank": (lambda p: _write_npz(p, x=_x().reshape(50, 8, 8), y=_y()), "array 'x' has rank 3", X_LINE),
+    "wrong size": (lambda p: _write_npz(p, x=_x(d=63), y=_y()), "array 'x' has size 63 in dim 1", X_LINE),
+    "float labels": (lambda p: _write_npz(p, x=_x(), y=_y().astype(np.float32)), "array 'y' has dtype float32", Y_LINE),
+    "complex features": (lambda p: _write_npz(p, x=_x().astype(np.complex64), y=_y()), "array 'x' has dtype complex64", X_LINE),
+    "text features": (lambda p: _write_npz(p, x=np.full((50, 64), "a"), y=_y()), "array 'x' has dtype <U1", X_LINE),
+    "unequal lengths": (lambda p: _write_npz(p, x=_x(), y=_y(40)), "array 'y' has 40 examples, but array 'x' has 50", Y_LINE),
+    "NaN": (lambda p: _write_npz(p, x=np.where(np.arange(64) == 3, np.nan, _x()).astype(np.float32), y=_y()),
+            "array 'x' has NaN or inf values (first at example 0)", X_LINE),
+    "inf": (lambda p: _write_npz(p, x=np.concatenate([_x(9), np.full((1, 64), np.inf, np.float32), _x(40)]), y=_y()),
+            "array 'x' has NaN or inf values (first at example 9)", X_LINE),
+    "negative labels": (lambda p: _write_npz(p, x=_x(), y=-_y() - 1), "array 'y' has negative values", Y_LINE),
+    "empty arrays": (lambda p: _write_npz(p, x=_x(0), y=_y(0)), "array 'x' is empty", X_LINE),
+    "no arrays": (lambda p: _write_npz(p), "contains no arrays", None),
+    "pickled object array": (lambda p: _write_npz(p, x=np.array([{"a": 1}] * 50, dtype=object), y=_y()),
+                             "array 'x' is an object array (pickled Python objects)", X_LINE),
+    "truncated in the middle": (lambda p: _truncated(p, lambda n: n // 2), "not a readable .npz file", None),
+    "truncated at the end": (lambda p: _truncated(p, lambda n: n - 10), "not a readable .npz file", None),
+    "corrupted bytes": (_bad_crc, "Bad CRC-32", None),
+    "a .npy file": (lambda p: (np.save(p.with_suffix(".npy"), _x()), os.replace(p.with_suffix(".npy"), p)),
+                    "is a single .npy array, not an .npz archive", None),
+    "a pickle": (lambda p: p.write_bytes(__import__("pickle").dumps({"x": _x(), "y": _y()})), "not an .npz file", None),
+    "a text file": (lambda p: p.write_text("x,y\n0.5,1\n"), "not an .npz file", None),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_DATA))
+def test_bad_data_is_refused_before_training(tmp_path, name):
+    write, message, line = BAD_DATA[name]
+    path = tmp_path / "data.npz"
+    write(path)
+    run = tmp_path / "run"
+    result = invoke("train", MLP, *SMALL, "--data", path, "--valid", path, "--epochs", "1", "--run-dir", run, code=1)
+    first = error_line(result)
+    assert message in first, result.output
+    if line:
+        assert first.startswith(f"error: {line}: "), first  # the spec line that declares the array
+    assert not (run / "checkpoint.npz").exists() and not (run / "run.json").exists()  # before training started
+
+
+def test_bad_validation_data_is_named(tmp_path):
+    np.savez(tmp_path / "train.npz", x=_x(), y=_y())
+    np.savez(tmp_path / "valid.npz", x=_x(d=32), y=_y())
+    result = invoke("train", MLP, *SMALL, "--data", tmp_path / "train.npz", "--valid", tmp_path / "valid.npz",
+                    "--run-dir", tmp_path / "run", code=1)
+    assert f"{X_LINE}: {tmp_path / 'valid.npz'}: array 'x' has size 32 in dim 1" in error_line(result)
+
+
+def test_symbolic_dims_must_agree_across_arrays(tmp_path):
+    spec = tmp_path / "seq.yaml"
+    spec.write_text("flowgrad: 1\nname: seq\ndims: {E: 4}\ninputs:\n  x: {shape: [N, T, E]}\n"
+                    "  y: {shape: [N, T], dtype: int64}\ngraph:\n  logits: dense(x, 3)\n"
+                    "loss: cross_entropy(logits, y)\ntrain: {optimizer: {sgd: {lr: 0.1}}}\n")
+    np.savez(tmp_path / "d.npz", x=np.zeros((5, 7, 4), np.float32), y=np.zeros((5, 6), np.int64))
+    result = invoke("train", spec, "--data", tmp_path / "d.npz", "--quiet", "--run-dir", tmp_path / "run", code=1)
+    assert f"{spec}:6:3: " in error_line(result)
+    assert "array 'y' has size 6 in dim 1 (T), but array 'x' has T = 7" in error_line(result)
+
+
+def test_labels_out_of_range_stop_cleanly_at_the_first_step(tmp_path):
+    np.savez(tmp_path / "d.npz", x=_x(), y=_y() + 100)
+    result = invoke("train", MLP, *SMALL, "--data", tmp_path / "d.npz", "--run-dir", tmp_path / "run", code=1)
+    assert "onnxruntime failed in the training step 0 (epoch 1): GatherElements op: Out of range value" in error_line(result)
+
+
+# ====================================================================== interrupted runs
+def _wait(proc, until, what: str, timeout: float = 60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if until():
+            return
+        assert proc.poll() is None, f"the run ended before {what}: {proc.stderr.read().decode()[-2000:]}"
+        time.sleep(0.0005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+
+def _tmp_files(run):
+    return [p.name for p in Path(run).iterdir() if p.name.startswith(".tmp-")] if Path(run).exists() else []
+
+
+def _checkpoint_step(path) -> int:
+    try:
+        return load_checkpoint(str(path))[1]["step"]
+    except FlowgradError:  # not written yet, or being replaced just now
+        return -1
+
+
+def test_three_sigkills_then_resume_equal_an_uninterrupted_run(tmp_path):
+    """A real `flowgrad train` killed with SIGKILL three times: mid-epoch, while a checkpoint's
+    temporary file is being written, and just after an epoch ended; each time resumed."""
+    args = _flowgrad() + ["train", MLP, *SMALL, "--epochs", "8", "--checkpoint-every", "3", "--seed", "5"]
+    ref = subprocess.run(args + ["--run-dir", str(tmp_path / "ref")], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+
+    run = tmp_path / "killed"
+    ckpt = run / "checkpoint.npz"
+    start = lambda *extra: subprocess.Popen(args + ["--run-dir", str(run), *extra],  # noqa: E731
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # 1. mid-epoch, once a checkpoint from inside an epoch exists
+    proc = start()
+    _wait(proc, lambda: _checkpoint_step(ckpt) >= 6, "a mid-epoch checkpoint")
+    _kill(proc)
+    steps = [_checkpoint_step(ckpt)]
+    # 2. while a checkpoint is being written: right after its temporary file appears
+    proc = start("--resume")
+    _wait(proc, lambda: bool(_tmp_files(run)), "a checkpoint's temporary file")
+    _kill(proc)
+    steps.append(_checkpoint_step(ckpt))  # the previous or the new checkpoint, whole either way
+    # 3. just after an epoch ended (its line in metrics.jsonl is written last)
+    metrics = run / "metrics.jsonl"
+    done = len(metrics.read_text().splitlines())
+    proc = start("--resume")
+    _wait(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) > done, "the end of an epoch")
+    _kill(proc)
+    steps.append(_checkpoint_step(ckpt))
+    assert all(s > 0 for s in steps) and steps[-1] < 8 * 23, steps
+    # 4. to the end
+    final = subprocess.run(args + ["--run-dir", str(run), "--resume"], capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+
+    same_state(tmp_path / "ref" / "checkpoint.npz", ckpt)
+    same_state(tmp_path / "ref" / "best.npz", run / "best.npz")
+    assert timeless(run / "metrics.jsonl") == timeless(tmp_path / "ref" / "metrics.jsonl")
+    assert _tmp_files(run) == []  # a killed write's temporary file is cleaned up
+
+
+def _train_in_process(tmp_path, name, *extra, code=0):
+    return invoke("train", MLP, *SMALL, "--epochs", "2", "--checkpoint-every", "5", "--run-dir", tmp_path / name,
+                  *extra, code=code)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import runtime.checkpoint as C
+
+    real, calls = C._write, []
+
+    def fill_the_disk(f, data, path):
+        if path.endswith("checkpoint.npz"):
+            calls.append(path)
+            if len(calls) == 2:
+                f.write(data[:len(data) // 3])  # part of it made it to disk
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, data, path)
+
+    monkeypatch.setattr(C, "_write", fill_the_disk)
+    result = _train_in_process(tmp_path, "run", code=1)
+    run = tmp_path / "run"
+    assert f"cannot write {os.path.abspath(run / 'checkpoint.npz')}: No space left on device" in result.output \
+        or f"cannot write {run / 'checkpoint.npz'}: No space left on device" in result.output, result.output
+    assert "the previous checkpoint is intact" in result.output
+    _, meta = load_checkpoint(str(run / "checkpoint.npz"))
+    assert meta["step"] == 5  # the first checkpoint, whole
+    assert _tmp_files(run) == []
+    # once there is space again, --resume ends where an uninterrupted run ends
+    monkeypatch.setattr(C, "_write", real)
+    _train_in_process(tmp_path, "run", "--resume")
+    _train_in_process(tmp_path, "ref")
+    same_state(tmp_path / "ref" / "checkpoint.npz", run / "checkpoint.npz")
+
+
+def test_unwritable_run_directory(tmp_path, monkeypatch):
+    import runtime.checkpoint as C
+
+    # a directory that becomes unwritable after the first checkpoint (simulated: tests may run as root)
+    real, calls = C.tempfile.mkstemp, []
+
+    def refuse(*args, **kwargs):
+        calls.append(kwargs.get("dir"))
+        if len(calls) >= 2:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(C, "tempfile", types.SimpleNamespace(mkstemp=refuse))
+    result = _train_in_process(tmp_path, "run", code=1)
+    assert f"cannot write in {tmp_path / 'run'}: Permission denied" in result.output
+    assert "check the run directory's permissions and free space" in result.output
+    assert load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))[1]["step"] == 5
+    # a run directory that cannot be written from the start
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and os.path.exists(path))
+    result = _train_in_process(tmp_path, "other", code=1)
+    assert f"the run directory {tmp_path / 'other'} is not writable" in error_line(result)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into a read-only directory anyway; the simulated case above covers it")
+def test_read_only_run_directory_for_real(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    run.chmod(0o555)
+    try:
+        result = _train_in_process(tmp_path, "run", code=1)
+        assert "is not writable" in error_line(result)
+    finally:
+        run.chmod(0o755)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(tmp_path):
+    result = _train_in_process(tmp_path, "run", "--set", "train.optimizer={sgd: {lr: 1.0e+30}}",
+                               "--checkpoint-every", "1", code=1)
+    m = re.search(r"loss became (nan|inf) at step (\d+) \(epoch 1\); training stopped", result.output)
+    assert m, result.output
+    state, meta = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
+    assert meta["step"] == int(m.group(2))  # the last checkpoint before the bad step
+    assert all(np.isfinite(v).all() for v in state.values())
+
+
+def test_parameters_that_become_inf_never_reach_the_checkpoint(tmp_path, monkeypatch):
+    from runtime.trainer import Trainer
+
+    real, calls = Trainer.state_numpy, []
+
+    def overflowing(self):
+        state = real(self)
+        calls.append(1)
+        if len(calls) >= 3:  # the third checkpoint: W1 overflowed in the update
+            state["W1"] = state["W1"] * np.float32(np.inf)
+        return state
+
+    monkeypatch.setattr(Trainer, "state_numpy", overflowing)
+    result = _train_in_process(tmp_path, "run", code=1)
+    assert "W1 became NaN or inf at step 15 (epoch 1); training stopped" in error_line(result)
+    state, meta = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
+    assert meta["step"] == 10 and all(np.isfinite(v).all() for v in state.values())
+
+
+# ====================================================================== ONNX files from strangers
+def _matmul_model(weight: onnx.TensorProto) -> onnx.ModelProto:
+    g = helper.make_graph([helper.make_node("MatMul", ["x", weight.name], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [weight])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def _external(location: str, name: str = "W") -> onnx.TensorProto:
+    w = numpy_helper.from_array(np.ones((3, 2), np.float32), name)
+    set_external_data(w, location=location, offset=0, length=24)
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    return w
+
+
+def _subgraph_escape() -> onnx.ModelProto:
+    """The escaping tensor hides in an If node's branch, not among the top-level initializers."""
+    def branch(name):
+        return helper.make_graph([helper.make_node("Identity", ["W"], ["out"])], name, [],
+                                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 2])],
+                                 [_external("../outside/secret.bin")])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"))
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+@pytest.fixture
+def stranger(tmp_path):
+    """A model directory next to a directory of secrets."""
+    (tmp_path / "outside").mkdir()
+    np.full(6, 7.0, np.float32).tofile(tmp_path / "outside" / "secret.bin")
+    models = tmp_path / "models"
+    models.mkdir()
+    np.savez(tmp_path / "x.npz", x=np.ones((4, 3), np.float32))
+    return tmp_path
+
+
+STRANGE_MODELS = {
+    "absolute path": (lambda d: _matmul_model(_external(str(d / "outside" / "secret.bin"))), "points outside the model's directory"),
+    "'..' path": (lambda d: _matmul_model(_external("../outside/secret.bin")), "points outside the model's directory"),
+    "symlink out": (lambda d: (os.symlink(d / "outside" / "secret.bin", d / "models" / "link.bin"),
+                               _matmul_model(_external("link.bin")))[1], "points outside the model's directory"),
+    "escape in a subgraph": (lambda d: _subgraph_escape(), "points outside the model's directory"),
+    "NUL in the path": (lambda d: _matmul_model(_external("a\x00b")), "points outside the model's directory"),
+    "missing data file": (lambda d: _matmul_model(_external("weights.bin")), "the external data of tensor 'W' is missing"),
+    "short data file": (lambda d: ((d / "models" / "short.bin").write_bytes(bytes(8)),
+                                   _matmul_model(_external("short.bin")))[1], "cannot read its external data"),
+    "unknown op": (lambda d: helper.make_model(helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])]), opset_imports=[helper.make_opsetid("", 21)]),
+        "onnxruntime cannot run this model"),
+}
+MALFORMED = {
+    "truncated protobuf": (lambda good: good[:len(good) // 2], "is not a valid ONNX model"),
+    "random bytes": (lambda good: bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)), "is not a valid ONNX model"),
+    "empty file": (lambda good: b"", "holds no graph"),
+}
+
+
+@pytest.mark.parametrize("name", list(STRANGE_MODELS))
+def test_predict_refuses_models_that_reach_outside_or_cannot_run(stranger, name):
+    build, message = STRANGE_MODELS[name]
+    path = stranger / "models" / "m.onnx"
+    onnx.save(build(stranger), str(path))
+    result = invoke("predict", path, "--data", stranger / "x.npz", "--device", "cpu", code=1)
+    assert message in error_line(result), result.output
+    assert "7.0" not in result.output  # nothing of the secret was read
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_predict_refuses_malformed_protobufs(stranger, name):
+    make, message = MALFORMED[name]
+    good = _matmul_model(numpy_helper.from_array(np.ones((3, 2), np.float32), "W")).SerializeToString()
+    path = stranger / "models" / "m.onnx"
+    path.write_bytes(make(good))
+    assert message in error_line(invoke("predict", path, "--data", stranger / "x.npz", "--device", "cpu", code=1))
+
+
+def test_predict_with_external_data_inside_the_directory_and_wrong_inputs(stranger):
+    np.full(6, 2.0, np.float32).tofile(stranger / "models" / "weights.bin")
+    path = stranger / "models" / "m.onnx"
+    onnx.save(_matmul_model(_external("weights.bin")), str(path))
+    result = invoke("predict", path, "--data", stranger / "x.npz", "--device", "cpu", "-o", stranger / "y.npz", code=0)
+    assert np.array_equal(np.load(stranger / "y.npz")["y"], np.full((4, 2), 6.0, np.float32)), result.output
+    np.savez(stranger / "wide.npz", x=np.ones((4, 5), np.float32))
+    result = invoke("predict", path, "--data", stranger / "wide.npz", "--device", "cpu", code=1)
+    assert "input 'x' has size 5 in dim 1, the model expects 3" in error_line(result)
+
+
+def test_export_refuses_a_run_whose_graph_reaches_outside(tmp_path):
+    run = tmp_path / "run"
+    invoke("train", MLP, *SMALL, "--steps", "2", "--run-dir", run, code=0)
+    invoke("export", run, "-o", tmp_path / "ok.onnx", code=0)
+    (tmp_path / "outside").mkdir()
+    np.full(6, 7.0, np.float32).tofile(tmp_path / "outside" / "secret.bin")
+    onnx.save(_matmul_model(_external("../../outside/secret.bin")), str(run / "graphs" / "infer.onnx"))
+    result = invoke("export", run, "-o", tmp_path / "m.onnx", code=1)
+    assert "points outside the model's directory" in error_line(result)
+    assert not (tmp_path / "m.onnx").exists()
+    (run / "graphs" / "manifest.json").write_text("{not json")
+    onnx.save(_matmul_model(numpy_helper.from_array(np.ones((3, 2), np.float32), "W")), str(run / "graphs" / "infer.onnx"))
+    assert "manifest.json is unreadable or malformed" in error_line(invoke("export", run, "-o", tmp_path / "m.onnx", code=1))
+
+
+# ====================================================================== two processes, one run directory
+def test_a_second_process_cannot_train_in_the_same_run_directory(tmp_path):
+    run = tmp_path / "run"
+    args = _flowgrad() + ["train", MLP, *SMALL, "--run-dir", str(run), "--checkpoint-every", "5"]
+    first = subprocess.Popen(args + ["--epochs", "12"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # run.json is written while the lock is held, before the first step; a checkpoint follows
+        _wait(first, lambda: (run / "run.json").exists() and (run / "checkpoint.npz").exists(), "a checkpoint")
+        first.send_signal(signal.SIGSTOP)  # paused, it still holds the lock: no race with its end
+        for flags in (["--overwrite"], ["--resume"]):
+            second = subprocess.run(args + ["--epochs", "1", *flags], capture_output=True, text=True, timeout=120)
+            assert second.returncode == 1, second.stderr
+            assert f"another flowgrad process is training in {run}" in second.stderr
+            assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGCONT)
+        out = first.communicate(timeout=120)[1].decode()
+    assert first.returncode == 0, out
+    state, meta = load_checkpoint(str(run / "checkpoint.npz"))
+    assert meta["epoch"] == 12 and all(np.isfinite(v).all() for v in state.values())
