@@ -53,8 +53,10 @@ def _batch_polymorphic(node, kinds: list[str]) -> bool:
     return False
 
 
-def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Graph):
-    """Move the state-independent part of `body` out of the loop.
+def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Graph, per_step: bool = True):
+    """Move the state-independent part of `body` out of the loop: loop-invariant
+    values, and (with `per_step`) values computed from the sequences alone, as one
+    batched computation over all steps.
 
     Returns a new Body and the outer sequences and non-sequences it reads."""
     from .ir import producers_of
@@ -72,7 +74,7 @@ def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Gr
     for node in nodes:
         kinds = [kind.get(v.id, "const") for v in node.inputs]
         hoistable = "carry" not in kinds and node.op.name not in ("scan",) and (
-            "seq" not in kinds or _batch_polymorphic(node, kinds))
+            "seq" not in kinds or (per_step and _batch_polymorphic(node, kinds)))
         if not hoistable:
             for o in node.outputs:
                 kind[o.id] = "carry"

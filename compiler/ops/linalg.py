@@ -45,6 +45,13 @@ class MatMul(OpDef):
         a, b = node.inputs
         (g,) = gouts
         gr = g.graph
+        if b.rank == 2 and a.rank > 2 and isinstance(a.shape[-1], int) and isinstance(b.shape[-1], int):
+            # A shared matrix applied to every row of a batch ([.., K] @ [K, M]): its gradient is one
+            # product over all rows, not a product per batch entry summed afterwards.
+            rows_a = gr.apply("reshape", a, shape=(-1, a.shape[-1]))
+            rows_g = gr.apply("reshape", g, shape=(-1, b.shape[-1]))
+            gb = gr.apply("transpose", rows_a) @ rows_g
+            return [g @ swap_last(b), gb]
         # View vectors as matrices so one rule serves every case.
         a2 = a if a.rank > 1 else gr.apply("unsqueeze", a, axes=(0,))
         b2 = b if b.rank > 1 else gr.apply("unsqueeze", b, axes=(1,))

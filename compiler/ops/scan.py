@@ -324,8 +324,10 @@ class Scan(OpDef):
         b_nonseqs = list(nonseqs)
         from ..recurrent import HOIST, hoist
 
-        if HOIST:  # the backward step's state-independent work (recomputed gates, Uᵀ) runs outside too
-            bbody, b_seqs, b_nonseqs = hoist(bbody, b_seqs, b_nonseqs, g)
+        if HOIST:
+            # Loop-invariant work of the backward step (Uᵀ) runs once outside. Its per-step
+            # work stays inside: moving it out costs more slicing than it saves (measured).
+            bbody, b_seqs, b_nonseqs = hoist(bbody, b_seqs, b_nonseqs, g, per_step=False)
         res = g.apply("scan", *zeros_init, *acc_init, *b_seqs, *b_nonseqs,
                       body=bbody, reverse=not reverse, stack=flags_b, length=node.attrs["length"] if not seqs else None)
         res = list(res) if isinstance(res, tuple) else [res]
