@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
-import numpy as np
-
 from spec import model as S
 from spec.errors import ShapeError, SpecError, did_you_mean
 
@@ -393,16 +391,10 @@ def _lstm_step(bg, xw, carries, U, bias_u, H, ln, extra):
     z = xw + h @ U
     if ln is not None:
         z = bg.apply("layer_norm", z, *ln[0])
-    # All four gates with one tanh: sigmoid(x) = (tanh(x / 2) + 1) / 2, so scaling the
-    # i, f, o columns by 1/2 before and after makes one activation (and one short gradient
-    # chain in the backward loop) serve all of them; the g columns stay a plain tanh.
-    col = np.concatenate([np.full(2 * H, 0.5), np.ones(H), np.full(H, 0.5)]).astype(z.dtype)
-    shift = np.concatenate([np.full(2 * H, 0.5), np.zeros(H), np.full(H, 0.5)]).astype(z.dtype)
-    act = bg.apply("tanh", z * bg.const(col)) * bg.const(col) + bg.const(shift)
-    i, f, gg, o = bg.apply("split", act, sections=4, axis=-1)
-    c2 = f * c + i * gg
+    i, f, gg, o = bg.apply("split", z, sections=4, axis=-1)
+    c2 = bg.apply("sigmoid", f) * c + bg.apply("sigmoid", i) * bg.apply("tanh", gg)
     cc = bg.apply("layer_norm", c2, *ln[1]) if ln is not None else c2
-    h2 = o * bg.apply("tanh", cc)
+    h2 = bg.apply("sigmoid", o) * bg.apply("tanh", cc)
     return [h2, c2]
 
 
