@@ -16,6 +16,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -31,6 +32,52 @@ ROWS = {
     "vae": ("models/vae.yaml", [], "generative_ref.py:vae"),
     "gan": ("models/gan.yaml", [], "generative_ref.py:gan"),
 }
+
+
+# Sizes of symbolic dims besides the batch, for counting a step's FLOPs (the bundled data's).
+SEQUENCE_DIMS = {"char_lstm": ["T=64"], "dates_attention": ["S=31", "T=11"]}
+
+
+def gemm_rate(threads: int, n: int = 1024, repeats: int = 20) -> float:
+    """FLOP/s that onnxruntime reaches on one large float32 MatMul here: the probe
+    behind each row's lower bound."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "a"], ["y"])], "probe", [a], [y])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+    sess.run(None, {"a": x})
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, {"a": x})
+        times.append(time.perf_counter() - t)
+    return 2.0 * n ** 3 / statistics.median(times)
+
+
+def training_flops(row: str, spec: str, overrides: list[str]) -> float:
+    """Matrix-product and convolution FLOPs of one training step (flowgrad summary)."""
+    cmd = flowgrad_cmd() + ["summary", spec, "--json"]
+    for o in overrides:
+        cmd += ["--set", o]
+    for d in SEQUENCE_DIMS.get(row, []):
+        cmd += ["--dim", d]
+    totals = run_json_text(cmd)["totals"]
+    return float(totals["training_matmul_flops_per_step"] + totals["training_conv_flops_per_step"])
+
+
+def run_json_text(cmd):
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr}")
+    return json.loads(res.stdout)
 
 
 def reference_cmd(ref: str, steps: int, threads: int) -> list[str]:
@@ -64,6 +111,7 @@ def main():
         import torch  # noqa: F401
     except ImportError:
         raise SystemExit("PyTorch is needed for the reference: pip install torch==2.13.0")
+    rate = gemm_rate(args.threads)
     results = []
     for row in args.rows:
         spec, overrides, ref = ROWS[row]
@@ -82,17 +130,21 @@ def main():
             pt.append(r["step_ms"])
             pt_mem.append(r["peak_rss_mb"])
         f, p = statistics.median(fg), statistics.median(pt)
+        bound = training_flops(row, spec, overrides) / rate * 1e3
         results.append({"row": row, "flowgrad_ms": round(f, 3), "pytorch_ms": round(p, 3), "ratio": round(f / p, 3),
+                        "flop_bound_ms": round(bound, 3), "flowgrad_over_bound": round(f / bound, 2) if bound else None,
                         "flowgrad_rss_mb": round(statistics.median(fg_mem)), "pytorch_rss_mb": round(statistics.median(pt_mem)),
                         "train_nodes": nodes})
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{'model':<12}{'flowgrad ms':>13}{'pytorch ms':>12}{'ratio':>8}{'RSS MB fg/pt':>15}{'nodes':>7}")
+    print(f"{'model':<16}{'flowgrad ms':>12}{'pytorch ms':>12}{'ratio':>7}{'bound ms':>10}{'fg/bound':>9}"
+          f"{'RSS MB fg/pt':>15}{'nodes':>7}")
     for r in results:
-        print(f"{r['row']:<12}{r['flowgrad_ms']:>13.3f}{r['pytorch_ms']:>12.3f}{r['ratio']:>8.2f}"
-              f"{r['flowgrad_rss_mb']:>8}/{r['pytorch_rss_mb']:<6}{r['train_nodes']:>7}")
-    print(f"(median of {args.rounds} alternating fresh processes, {args.steps} steps each, {args.threads} threads)")
+        print(f"{r['row']:<16}{r['flowgrad_ms']:>12.3f}{r['pytorch_ms']:>12.3f}{r['ratio']:>7.2f}{r['flop_bound_ms']:>10.3f}"
+              f"{r['flowgrad_over_bound'] or 0:>9.2f}{r['flowgrad_rss_mb']:>8}/{r['pytorch_rss_mb']:<6}{r['train_nodes']:>7}")
+    print(f"(median of {args.rounds} alternating fresh processes, {args.steps} steps each, {args.threads} threads; "
+          f"bound = training matmul+conv FLOPs / {rate / 1e9:.1f} GFLOP/s, onnxruntime's rate on a 1024x1024 MatMul here)")
 
 
 if __name__ == "__main__":
