@@ -379,10 +379,19 @@ class Conv(OpDef):
         (g,) = gouts
         geom = self.geom(node.attrs, x.type, w.type)
         gr = g.graph
-        dx = gr.apply(
-            "conv_transpose", g, w, stride=geom.s, dilation=geom.d, padding=geom.pads,
-            output_padding=geom.rem, groups=geom.groups,
-        )
+        (kh, kw) = geom.k
+        full = (kh - 1 - geom.pads[0], kw - 1 - geom.pads[1], kh - 1 - geom.pads[2], kw - 1 - geom.pads[3])
+        if geom.s == (1, 1) and geom.d == (1, 1) and geom.groups == 1 and min(full) >= 0:
+            # At stride 1 the input gradient is a plain convolution of g with the flipped,
+            # transposed kernel: onnxruntime's Conv is faster than its ConvTranspose.
+            flipped = gr.apply("index", gr.apply("transpose", w, perm=(1, 0, 2, 3)),
+                               spec=((None, None, None), (None, None, None), (None, None, -1), (None, None, -1)))
+            dx = gr.apply("conv", g, flipped, padding=full)
+        else:
+            dx = gr.apply(
+                "conv_transpose", g, w, stride=geom.s, dilation=geom.d, padding=geom.pads,
+                output_padding=geom.rem, groups=geom.groups,
+            )
         assert tuple(dx.shape) == tuple(x.shape), (dx.shape, x.shape)
         dw = _conv_weight_grad(x, g, w.shape, geom.s, geom.d, geom.pads, geom.groups)
         return [dx, dw]
