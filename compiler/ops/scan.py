@@ -181,7 +181,9 @@ class Scan(OpDef):
         flags = node.op.stack_flags(node.attrs)
         # Per-step outputs leave the body flattened: onnx.reference's Loop concatenates
         # them where onnxruntime stacks them, and for 1-D values both agree.
-        per_step = [v for f, v in zip(flags, b.new_carries) if f] + list(b.extras)
+        wanted = [v for f, v in zip(flags, b.new_carries) if f] + list(b.extras)
+        per_step = list({v.id: v for v in wanted}.values())  # a value wanted twice leaves the loop once
+        which = [[v.id for v in per_step].index(v.id) for v in wanted]
         flat = body.ints([-1])
         stacked = [body.add("Reshape", [names[v.id], flat]) for v in per_step]
         # A step output with several unknown dims cannot be unflattened from constants:
@@ -214,7 +216,7 @@ class Scan(OpDef):
             else:
                 target = e.add("Concat", [e.ints([-1]), final_shapes[shaped.index(v)]], axis=0)
             unflat.append(e.add("Reshape", [st, target]))
-        loop_stacked = unflat
+        loop_stacked = [unflat[i] for i in which]
         # Map to the node's outputs: per carry its stack or its final value, then the extras.
         k = 0
         src = []
@@ -258,8 +260,14 @@ class Scan(OpDef):
         lam = [bg.add_input(f"lam{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
         prev_t = [bg.add_input(f"prev{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
         seq_t = [bg.add_input(f"seq{k}", v.dtype, v.shape) for k, v in enumerate(b.seqs)]
-        gc_t = [bg.add_input(f"gc{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
-        gy_t = [bg.add_input(f"gy{k}", y.dtype, y.shape) for k, y in enumerate(b.extras[:n_y])]
+        # Cotangents that are zeros (states or outputs nothing outside reads) are not fed in.
+        is_zero = lambda v: v.producer is not None and v.producer.op.name == "zeros_like"  # noqa: E731
+        live_c = [k for k, v in enumerate(g_stacked) if not is_zero(v)]
+        live_y = [k for k, v in enumerate(g_ys) if not is_zero(v)]
+        g_stacked = [g_stacked[k] for k in live_c]
+        g_ys = [g_ys[k] for k in live_y]
+        gc_t = [bg.add_input(f"gc{k}", b.carries[k].dtype, b.carries[k].shape) for k in live_c]
+        gy_t = [bg.add_input(f"gy{k}", b.extras[k].dtype, b.extras[k].shape) for k in live_y]
         saved_t = [bg.add_input(f"saved{k}", v.dtype, v.shape) for k, v in enumerate(products)]
         p_in = [bg.add_input(f"p{k}", v.dtype, v.shape) for k, v in enumerate(b.nonseqs)]
         extra_seq_outer, extra_seq_in = [], []
@@ -273,7 +281,9 @@ class Scan(OpDef):
         mapping.update({v.id: n for v, n in zip(b.seqs, seq_t)})
         mapping.update({v.id: n for v, n in zip(b.nonseqs, p_in)})
         outs = clone(b.new_carries + b.extras[:n_y], mapping, bg, {v.id: sv for v, sv in zip(products, saved_t)})
-        cot = [l + c for l, c in zip(lam, gc_t)] + list(gy_t)
+        gc_of = dict(zip(live_c, gc_t))
+        cot = [lam[k] + gc_of[k] if k in gc_of else lam[k] for k in range(nc)] + list(gy_t)
+        outs = outs[:nc] + [outs[nc + k] for k in live_y]
         if truncate:
             cot = [c * extra_seq_in[0] for c in cot]
         from ..autodiff import grad
