@@ -277,11 +277,8 @@ def _build_beam_search(spec: S.Spec, dtype: str):
 
 
 def _reads(spec, logits_name, input_name) -> bool:
-    """Whether the graph text mentions the input at all (a cheap filter for the source input)."""
-    import re
+    """Whether any graph or block expression mentions the input (finds the source input)."""
+    from spec.expr import names_in
 
-    from spec.expr import unparse
-
-    text = " ".join(unparse(a.expr) for a in spec.graph) + " " + " ".join(
-        unparse(a.expr) for b in spec.blocks.values() for a in b.graph)
-    return re.search(rf"\b{re.escape(input_name)}\b", text) is not None
+    exprs = [a.expr for a in spec.graph] + [a.expr for b in spec.blocks.values() for a in b.graph]
+    return any(input_name in names_in(e) for e in exprs)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from spec import model as S
+from spec.expr import names_in
 from spec.errors import FlowgradError, Loc, SpecError
 from spec.expr import unparse
 
@@ -180,41 +181,6 @@ def op_word(e: S.Expr | None) -> str:
     if isinstance(e, S.Const):
         return "const"
     return type(e).__name__.lower() if e is not None else ""
-
-
-def names_in(e) -> list[str]:
-    """Every name an expression mentions, in reading order."""
-    out: list[str] = []
-
-    def walk(x):
-        if x is None:
-            return
-        if isinstance(x, S.Name):
-            out.append(x.id)
-        elif isinstance(x, (S.BinOp, S.Compare)):
-            walk(x.left)
-            walk(x.right)
-        elif isinstance(x, S.UnaryOp):
-            walk(x.operand)
-        elif isinstance(x, S.Call):
-            for a in x.args:
-                walk(a)
-            for v in x.kwargs.values():
-                walk(v)
-        elif isinstance(x, S.Subscript):
-            walk(x.value)
-            for i in x.index:
-                walk(i)
-        elif isinstance(x, S.Slice):
-            walk(x.start)
-            walk(x.stop)
-            walk(x.step)
-        elif isinstance(x, S.ListExpr):
-            for i in x.items:
-                walk(i)
-
-    walk(e)
-    return out
 
 
 def blocks_in(e, blocks) -> list[str]:

@@ -365,3 +365,38 @@ def _unparse(e: Expr, outer: int) -> str:
     else:
         raise TypeError(f"not an expression: {e!r}")
     return f"({text})" if prec < outer else text
+
+
+def names_in(e) -> list[str]:
+    """Every name an expression mentions, in reading order."""
+    out: list[str] = []
+
+    def walk(x):
+        if x is None:
+            return
+        if isinstance(x, Name):
+            out.append(x.id)
+        elif isinstance(x, (BinOp, Compare)):
+            walk(x.left)
+            walk(x.right)
+        elif isinstance(x, UnaryOp):
+            walk(x.operand)
+        elif isinstance(x, Call):
+            for a in x.args:
+                walk(a)
+            for v in x.kwargs.values():
+                walk(v)
+        elif isinstance(x, Subscript):
+            walk(x.value)
+            for i in x.index:
+                walk(i)
+        elif isinstance(x, Slice):
+            walk(x.start)
+            walk(x.stop)
+            walk(x.step)
+        elif isinstance(x, ListExpr):
+            for i in x.items:
+                walk(i)
+
+    walk(e)
+    return out
