@@ -24,6 +24,9 @@ ROOT = os.path.dirname(HERE)
 # row name -> (spec, overrides for flowgrad, torch_ref model or "script.py:model" for another reference)
 ROWS = {
     "mlp": ("models/mlp.yaml", [], "mlp"),
+    # 784-1024-1024-10 at batch 256, no dropout: matmul-bound
+    "mlp_big": ("models/mlp.yaml", ["dims.D=784", "dims.H=1024", "train.batch_size=256",
+                                    "graph.h1=relu(x @ W1 + b1)", "graph.h2=relu(h1 @ W2 + b2)"], "mlp_big"),
     "convnet": ("models/convnet.yaml", [], "convnet"),
     "char_lstm": ("models/char_lstm.yaml", [], "char_lstm"),
     "dates_attention": ("models/dates_attention.yaml", [], "dates_attention"),

@@ -26,9 +26,14 @@ def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
     """The first batch of the spec's own training data (real sequence lengths), if it has data."""
     from .train import TrainOptions, load_data
 
+    from spec.errors import DataError
+
     if not (spec.train or {}).get("data"):
         return None
-    train_ds, _ = load_data(spec, cm, TrainOptions(), seed)
+    try:
+        train_ds, _ = load_data(spec, cm, TrainOptions(), seed)
+    except DataError:  # resized by --set beyond its data: time it on random inputs
+        return None
     return {k: np.ascontiguousarray(v[:batch_size]) for k, v in train_ds.arrays.items()}
 
 
