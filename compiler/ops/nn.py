@@ -507,6 +507,15 @@ class _PoolGeom:
         return out
 
 
+def _pool_padding(e, geom: _PoolGeom, x: str, fill) -> tuple[str, list[int]]:
+    """(input, pads) for a pooling node: unequal pads are applied apart with an explicit
+    Pad of `fill`, because onnx's reference pooling misreads unequal pads."""
+    if geom.p[0] == geom.p[1]:
+        return x, list(geom.p) * 2
+    pads = e.ints([0, 0, geom.p[0], geom.p[1], 0, 0, geom.p[0], geom.p[1]])
+    return e.add("Pad", [x, pads, e.const(fill)], mode="constant"), [0, 0, 0, 0]
+
+
 def _pool_geom(attrs, x: TensorType) -> _PoolGeom:
     require_float(x)
     return _PoolGeom(attrs, _spatial(x, "input"))
@@ -566,13 +575,8 @@ class MaxPool2d(OpDef):
 
     def emit(self, e, node, ins, outs):
         geom = _pool_geom(node.attrs, node.inputs[0].type)
-        x, pads = ins[0], list(geom.p) * 2
-        if geom.p[0] != geom.p[1]:
-            # -inf padding never wins; done apart because onnx's reference
-            # MaxPool misreads unequal pads at stride 1.
-            lowest = e.const(np.asarray(-np.inf, dtype=node.inputs[0].dtype))
-            x = e.add("Pad", [x, e.ints([0, 0, geom.p[0], geom.p[1], 0, 0, geom.p[0], geom.p[1]]), lowest], mode="constant")
-            pads = [0, 0, 0, 0]
+        # -inf padding never wins the max
+        x, pads = _pool_padding(e, geom, ins[0], np.asarray(-np.inf, dtype=node.inputs[0].dtype))
         e.add("MaxPool", [x], outs, kernel_shape=list(geom.k), strides=list(geom.s), pads=pads)
 
     def vjp(self, node, gouts):
@@ -694,12 +698,8 @@ class AvgPool2d(OpDef):
 
     def emit(self, e, node, ins, outs):
         geom = _pool_geom(node.attrs, node.inputs[0].type)
-        x, pads = ins[0], list(geom.p) * 2
-        if geom.p[0] != geom.p[1]:
-            # Zero padding counted in the average is plain zero padding; done
-            # apart because onnx's reference AveragePool misreads unequal pads.
-            x = e.add("Pad", [x, e.ints([0, 0, geom.p[0], geom.p[1], 0, 0, geom.p[0], geom.p[1]])], mode="constant")
-            pads = [0, 0, 0, 0]
+        # zero padding counted in the average is plain zero padding
+        x, pads = _pool_padding(e, geom, ins[0], np.asarray(0, dtype=node.inputs[0].dtype))
         e.add("AveragePool", [x], outs, kernel_shape=list(geom.k), strides=list(geom.s), pads=pads, count_include_pad=1)
 
     def vjp(self, node, gouts):
