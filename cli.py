@@ -184,7 +184,7 @@ def train(
     steps: Annotated[Optional[int], typer.Option("--steps", help="Stop after this many updates.", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Override train.batch_size.", min=1)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Training data: an .npz whose arrays are named like the spec's inputs.")] = None,
-    valid: Annotated[Optional[str], typer.Option("--valid", help="Validation data (.npz).")] = None,
+    valid: Annotated[Optional[str], typer.Option("--valid", help="Validation data: an .npz, or a fraction of the training data (0 for none).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the run directory from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in a run directory that holds a run.")] = False,
     init_from: Annotated[Optional[str], typer.Option("--init-from", help="Warm start from another run's parameters.")] = None,

@@ -332,6 +332,7 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict):
             self._evaluating = []
             self._target = None
             self._layer_calls = 0
+            self._root = getattr(outer, "_root", outer)  # the lowering that owns every parameter
 
         def known_names(self):
             return [*self.env, *self._defs, *block.params, *outer.known_names()]
@@ -355,8 +356,8 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict):
 
         def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None):
             full = f"{block.name}.{name}"  # a block's parameters are shared by every use of the block
-            if full not in outer.params:
-                outer.add_param(full, shape, init_kind, init_args, trainable, loc, kind, seed)
+            if full not in self._root.params:
+                self._root.add_param(full, shape, init_kind, init_args, trainable, loc, kind, seed)
             return capture(outer.lookup(full, loc))  # through the outer lowering, which may capture it too
 
     return BlockLowering()

@@ -99,6 +99,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     needed = needed_inputs(cm)
     D.check_against_spec(train_ds, spec, needed, where)
     valid_cfg = opts.valid if opts.valid is not None else cfg.get("valid")
+    valid_cfg = _fraction_or_path(valid_cfg)
     valid_ds = None
     if isinstance(valid_cfg, str):
         valid_ds = D.load_npz(valid_cfg, loc, spec.inputs)
@@ -115,6 +116,19 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     if valid_ds is not None:
         valid_ds = D.cast_for(valid_ds, dtypes)
     return train_ds, valid_ds
+
+
+def _fraction_or_path(valid):
+    """--valid 0.1 (or 0: none) is a fraction of the training data; anything else a file."""
+    if isinstance(valid, str):
+        try:
+            value = float(valid)
+        except ValueError:
+            return valid
+        if not 0.0 <= value < 1.0:
+            raise DataError(f"--valid {valid} is not a fraction in [0, 1)", hint="give e.g. 0.2, or a path to an .npz")
+        return value
+    return valid
 
 
 def batches(ds: D.Dataset, batch_size: int, order: np.ndarray | None = None, start: int = 0, drop_last: bool = False):

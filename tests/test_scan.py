@@ -681,3 +681,37 @@ train:
         compile_spec(spec_from_text(text, "gp.yaml"), graphs=("train",))
     assert "second-order gradients through scan are not supported" in str(info.value)
     assert "gp.yaml:7:7" in str(info.value)  # the recurrent layer whose gradient is differentiated again
+
+
+def test_a_block_calling_a_block_shares_the_inner_parameters():
+    from compiler.gradcheck import gradcheck_spec
+    from compiler.training import check_spec
+    from spec import spec_from_text
+
+    text = """flowgrad: 1
+name: nested
+dims: {D: 4, H: 3}
+inputs:
+  x: {shape: [N, D]}
+blocks:
+  inner:
+    in: [u]
+    graph:
+      h: dense(u, H, act=tanh)
+    out: [h]
+  outer:
+    in: [v]
+    graph:
+      k: inner(v) * 2.0 + inner(v * 0.5)
+    out: [k]
+graph:
+  y: outer(x)
+loss: mean(y * y)
+train:
+  optimizer: {sgd: {lr: 0.1}}
+  dtype: float64
+"""
+    spec = spec_from_text(text, "nested.yaml")
+    assert sorted(check_spec(spec).params) == ["inner.h.W", "inner.h.b"]
+    errors = gradcheck_spec(spec)["main"]
+    assert max(errors.values()) < 1e-6, errors
