@@ -320,7 +320,10 @@ def _apply_updates(g: Graph, obj: Objective, params: dict[str, Value], grads: di
     names = list(grads)
     shapes = {n: tuple(params[n].shape) for n in names}
     if fused:
-        flat = lambda vs: g.apply("concat", *[g.apply("reshape", v, shape=(-1,)) for v in vs], axis=0)  # noqa: E731
+        def flat(vs):
+            parts = [g.apply("reshape", v, shape=(-1,)) for v in vs]
+            return g.apply("concat", *parts, axis=0) if len(parts) > 1 else parts[0]
+
         grads = {"*": flat([grads[n] for n in names])}
         params = {"*": flat([params[n] for n in names])}
     if obj.clip_norm:

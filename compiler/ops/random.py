@@ -362,7 +362,13 @@ class Dropout(RandomComposite):
         zero = g.const(np.asarray(0, dtype=x.dtype))
         if rate == 1.0:
             return x * zero
-        keep = g.apply("ge", self.unit(g, x, rng, salt, x.dtype), g.const(np.asarray(rate, dtype=x.dtype)))
+        # uniform(x) >= rate, compared on the bits themselves: u is k * 2^-m for the top m
+        # bits k, so u >= rate exactly when the bits reach ceil(rate * 2^m) << (32 - m).
+        m = MANTISSA_BITS[x.dtype]
+        k = int(np.ceil(float(np.asarray(rate, dtype=x.dtype)) * 2.0**m))
+        if k >= 1 << m:
+            return x * zero
+        keep = g.apply("ge", self.bits(g, x, rng, salt), g.const(np.asarray(k << (32 - m), dtype=U32)))
         return g.apply("where", keep, x * g.const(np.asarray(1.0 / (1.0 - rate), dtype=x.dtype)), zero)
 
     def ref(self, attrs, x, seed, step):
