@@ -211,8 +211,10 @@ def train(
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
-    summary = Table(title=f"{s.name}: {result.stopped} after {result.epochs} epochs, {result.steps} steps, "
-                          f"{result.seconds:.1f} s on {result.device}", title_justify="left")
+    # The headline stands on its own line: as a table title it would wrap to the table's width.
+    err.print(f"[bold]{s.name}[/bold]: {result.stopped} after {result.epochs} epochs, {result.steps} steps, "
+              f"{result.seconds:.1f} s on {result.device}")
+    summary = Table()
     summary.add_column("metric")
     summary.add_column("final", justify="right")
     summary.add_column(f"best (epoch {result.best.get('epoch', '-')})", justify="right")
