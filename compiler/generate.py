@@ -158,7 +158,7 @@ def _build_sampler(spec: S.Spec, dtype: str):
         body = Body(bg, [c_logits] + c_states, [t], sb.nonseqs, [new_last] + new_states, [token])
         res = run_scan(g, body, [last] + states, [g.apply("arange", max_len)], sb.nonseq_outer,
                        stack=(False,) * (1 + len(states)))
-    b = _Builder(low)
+    b = _Builder(low.graph, spec.name)
     b.out("tokens", "output", g.apply("reshape", res[-1], shape=(-1,)))
     return b
 
@@ -270,7 +270,7 @@ def _build_beam_search(spec: S.Spec, dtype: str):
                                                             g.apply("index", seqs, spec=((None, None, None), (0, 1, None))), ), axis=1)
         tokens = g.apply("squeeze", best_seq, axes=(1,))
         best_score = g.apply("squeeze", g.apply("take_along_axis", norm, best, axis=-1), axes=(1,))
-    b = _Builder(low)
+    b = _Builder(low.graph, spec.name)
     b.out("tokens", "output", tokens)
     b.out("scores", "output", best_score)
     return b

@@ -262,9 +262,9 @@ def _metrics(low: Lowering, spec: S.Spec) -> dict[str, Value]:
 class _Builder:
     """Collects the named inputs and outputs of one emitted graph."""
 
-    def __init__(self, low: Lowering):
-        self.low = low
-        self.g = low.graph
+    def __init__(self, graph: Graph, model_name: str):
+        self.g = graph
+        self.model_name = model_name
         self.outputs: list[tuple[str, str, Value]] = []
 
     def out(self, name, role, v):
@@ -280,7 +280,7 @@ class _Builder:
         for name, gi in self.g.inputs.items():
             if gi.value.id in needed:
                 ins.append((name, gi))
-        model = emit_model(self.g, [(n, gi.value) for n, gi in ins], outs, name=f"{self.low.spec.name}_{kind}", doc=doc)
+        model = emit_model(self.g, [(n, gi.value) for n, gi in ins], outs, name=f"{self.model_name}_{kind}", doc=doc)
         return CompiledGraph(
             kind,
             model,
@@ -354,9 +354,8 @@ def _unflatten(g: Graph, flat: Value, names: list[str], shapes: dict[str, tuple]
     return {n: g.apply("reshape", p, shape=tuple(shapes[n])) for n, p in zip(names, parts)}
 
 
-def _add_state_inputs(low: Lowering, obj: Objective, trained: list[str]) -> tuple[dict, Value, Value]:
-    g = low.graph
-    states = {name: g.add_input(name, g.float_dtype, shape, kind="state") for name, shape in state_layout(low.params, obj)}
+def _add_state_inputs(g: Graph, params: dict[str, ParamInfo], obj: Objective) -> tuple[dict, Value, Value]:
+    states = {name: g.add_input(name, g.float_dtype, shape, kind="state") for name, shape in state_layout(params, obj)}
     lr = g.add_input("lr", g.float_dtype, (), kind="control")
     step = g.input("step") if "step" in g.inputs else g.add_input("step", "int64", (), kind="control")
     return states, lr, step
@@ -385,7 +384,7 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
     low, loss, metrics, trained = _training_lowering(spec, obj, dtype)
     g = low.graph
     grads = _gradients(low, loss, obj, trained)
-    b = _Builder(low)
+    b = _Builder(low.graph, spec.name)
     b.out("loss", "loss", loss)
     for k, v in metrics.items():
         b.out(k, "metric", v)
@@ -393,7 +392,7 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
         for n, gv in grads.items():
             b.out(f"grad/{n}", "grad", gv)
     else:
-        states, lr, step = _add_state_inputs(low, obj, trained)
+        states, lr, step = _add_state_inputs(g, low.params, obj)
         new_params, new_states = _apply_updates(g, obj, {n: low.params[n].value for n in trained}, grads, states, lr, step,
                                                 fused_update(low.params, obj))
         for n, v in new_params.items():
@@ -408,15 +407,12 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
 
 def build_apply(spec, obj: Objective, dtype: str, params: dict[str, ParamInfo], optimize_graph=True) -> CompiledGraph:
     g = Graph(float_dtype=dtype, mode="train")
-    low = Lowering.__new__(Lowering)  # a bare holder: the apply graph has no spec expressions
-    low.spec, low.graph, low.params = spec, g, {}
     trained = trained_names(params, obj)
     pv = {n: g.add_input(n, dtype, params[n].shape, kind="param") for n in trained}
     gv = {n: g.add_input(f"grad/{n}", dtype, params[n].shape, kind="grad") for n in trained}
-    low.params = {n: ParamInfo(n, pv[n], "", {}, True, None) for n in trained}
-    states, lr, step = _add_state_inputs(low, obj, trained)
+    states, lr, step = _add_state_inputs(g, params, obj)
     new_params, new_states = _apply_updates(g, obj, pv, gv, states, lr, step, fused_update(params, obj))
-    b = _Builder(low)
+    b = _Builder(g, spec.name)
     for n, v in {**new_params, **new_states}.items():
         b.out(f"next/{n}", "next", v)
     kind = "apply" + ("" if obj.name == "main" else f"_{obj.name}")
@@ -427,7 +423,7 @@ def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
     if spec.loss is None and not spec.metrics:
         return None
     low = Lowering(spec, mode="eval", float_dtype=dtype)
-    b = _Builder(low)
+    b = _Builder(low.graph, spec.name)
     if spec.loss is not None:
         b.out("loss", "loss", _scalar_loss(low, spec.loss))
     for k, v in _metrics(low, spec).items():
@@ -447,7 +443,7 @@ def build_infer(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
         return g.input("seed"), g.const(np.asarray(0, dtype=np.int64))
 
     g.rng_inputs = rng_inputs
-    b = _Builder(low)
+    b = _Builder(low.graph, spec.name)
     for a in spec.outputs:
         v = low.eval(a.expr)
         if not isinstance(v, Value):

@@ -686,7 +686,7 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
         for node, op in swapped:
             node.op = op
     n_grad = len(g.nodes)
-    states, lr, step = _add_state_inputs(low, obj, trained)
+    states, lr, step = _add_state_inputs(g, low.params, obj)
     fused = fused_update(low.params, obj)
     new_params, new_states = _apply_updates(g, obj, {n: low.params[n].value for n in trained}, grads, states, lr, step,
                                             fused)
