@@ -112,6 +112,26 @@ def load_bundled(name: str, options: dict | None = None, loc: Loc | None = None)
     return loader(**options)
 
 
+# An .npz whose arrays would unpack beyond this, or far beyond their packed size, is refused
+# before anything is unpacked (a few kilobytes can otherwise expand to all memory).
+MAX_UNPACKED_BYTES = 1 << 34
+MAX_PACKING_RATIO = 1000
+RATIO_CHECKED_ABOVE = 1 << 28
+
+
+def _refuse_zip_bomb(path: str, loc) -> None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})", loc, "write it with numpy.savez") from None
+    unpacked = sum(i.file_size for i in infos)
+    packed = max(sum(i.compress_size for i in infos), 1)
+    if unpacked > MAX_UNPACKED_BYTES or (unpacked > RATIO_CHECKED_ABOVE and unpacked / packed > MAX_PACKING_RATIO):
+        raise DataError(f"{path}: its arrays would unpack to {unpacked / 2**30:.1f} GiB from {packed / 2**20:.1f} MiB",
+                        loc, "refusing what looks like a decompression bomb; save the arrays uncompressed or smaller")
+
+
 def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> Dataset:
     """A user's .npz, refusing pickled object arrays. `inputs` (the spec's input
     declarations) lets an error about one array point at its declaration."""
@@ -129,6 +149,7 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
                         "write it with numpy.savez(path, x=..., y=...), one array per input")
     if not magic.startswith(b"PK"):
         raise DataError(f"{path}: not an .npz file (it is not a zip archive)", loc, "write it with numpy.savez")
+    _refuse_zip_bomb(path, loc)
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as z:

@@ -606,3 +606,23 @@ def test_a_second_process_cannot_train_in_the_same_run_directory(tmp_path):
     assert first.returncode == 0, out
     state, meta = load_checkpoint(str(run / "checkpoint.npz"))
     assert meta["epoch"] == 12 and all(np.isfinite(v).all() for v in state.values())
+
+
+@pytest.mark.parametrize("limit", ["MAX_UNPACKED_BYTES", "RATIO_CHECKED_ABOVE"])
+def test_npz_decompression_bomb_is_refused_before_unpacking(tmp_path, monkeypatch, limit):
+    """Zeros pack about a thousandfold; with the limits scaled down, 16 MiB stands in for a bomb."""
+    import zipfile
+
+    import runtime.data as data
+    from spec.errors import DataError
+
+    monkeypatch.setattr(data, limit, 1 << 20)
+    monkeypatch.setattr(data, "MAX_PACKING_RATIO", 100)
+    path = tmp_path / "bomb.npz"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("x.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {**header, "shape": (1 << 22,)})
+            f.write(bytes(1 << 24))
+    with pytest.raises(DataError, match="would unpack"):
+        data.load_npz(str(path))
