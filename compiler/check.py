@@ -30,9 +30,7 @@ class Runner:
                 if "NOT_IMPLEMENTED" not in str(e) and "Could not find an implementation" not in str(e):
                     raise
         if self._sess is None:
-            from onnx.reference import ReferenceEvaluator
-
-            self._ref = ReferenceEvaluator(model)
+            self._ref = reference_evaluator(model)
         self.output_names = [o.name for o in model.graph.output]
 
     def __call__(self, feeds: dict) -> dict:
@@ -41,6 +39,44 @@ class Runner:
         else:
             outs = self._ref.run(None, feeds)
         return dict(zip(self.output_names, outs))
+
+
+def reference_evaluator(model: onnx.ModelProto):
+    """onnx's ReferenceEvaluator, with a Scan that also runs backwards.
+
+    ONNX's Scan takes `scan_input_directions`/`scan_output_directions` (1: the sequence
+    is read, or the output written, from its last step back); flowgrad emits reverse
+    scans with them, and onnx.reference's Scan refuses them, so this one completes it."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import OpRun
+    from onnx.reference.ops.op_scan import Scan as ReferenceScan
+
+    class Scan(ReferenceScan):
+        op_domain = ""
+
+        def __init__(self, onnx_node, run_params):
+            OpRun.__init__(self, onnx_node, run_params)
+            n = self.num_scan_inputs
+            self.read_backwards = [bool(d) for d in (self.scan_input_directions or [])] + [False] * n
+            self.write_backwards = [bool(d) for d in (self.scan_output_directions or [])]
+            self.scan_input_directions = self.scan_output_directions = None  # handled here
+            self.input_directions_ = [0] * n
+            self.input_axes_ = list(self.scan_input_axes or [0] * n)
+            if any(self.input_axes_) or any(self.scan_output_axes or []):
+                raise RuntimeError("Scan along axes other than 0 is not implemented here")
+            self.input_names = self.body.input_names
+            self.output_names = self.body.output_names
+
+        def _run(self, *args, context=None, **attributes):
+            n_state = len(args) - self.num_scan_inputs
+            args = [a[::-1] if i >= n_state and self.read_backwards[i - n_state] else a for i, a in enumerate(args)]
+            outs = list(super()._run(*args, context=context, **attributes))
+            for k, backwards in enumerate(self.write_backwards):
+                if backwards:
+                    outs[n_state + k] = np.ascontiguousarray(outs[n_state + k][::-1])
+            return tuple(outs)
+
+    return ReferenceEvaluator(model, new_ops=[Scan])
 
 
 def reference_run(model: onnx.ModelProto, feeds: dict) -> dict:

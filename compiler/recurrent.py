@@ -15,8 +15,9 @@ import contextvars
 from spec import model as S
 from spec.errors import ShapeError, SpecError, did_you_mean
 
-from .ir import Graph, TensorType, Value, at, dim_mul
+from .ir import Graph, TensorType, Value, at, dim_mul, normalize_axis
 from .ops.scan import Body
+from .registry import get_op
 
 # Ops whose meaning does not change when their sequence operands carry an
 # extra leading time axis: they can run once over all steps.
@@ -119,6 +120,61 @@ def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Gr
     new = Body(bg, new_carries, seqs, nonseqs, [mapping[v.id] for v in body.new_carries],
                [mapping[v.id] for v in body.extras])
     return new, seq_outer, nonseq_outer
+
+
+def gather_state_free_factors(body: Body) -> None:
+    """Regroup the products of a step (in place) so that the factors that do not depend
+    on the carried state meet in one value, which hoisting then computes for all steps
+    at once: (s * a) * b -> s * (a * b), and concat(s1 * a1, s2 * a2) -> concat(s1, s2) *
+    concat(a1, a2). A backward step is linear in its carried cotangents and multiplies
+    them by chains of forward values (gate derivatives and the like); regrouped, those
+    chains leave the loop and the step keeps a few multiplications per state."""
+    from .ir import producers_of
+
+    outputs = body.new_carries + body.extras
+    nodes = producers_of(outputs)
+    uses: dict[int, int] = {}
+    for n in nodes:
+        for v in n.inputs:
+            uses[v.id] = uses.get(v.id, 0) + 1
+    for v in outputs:
+        uses[v.id] = uses.get(v.id, 0) + 2  # an output is read outside: never folded away
+    g = body.graph
+    stateful = {v.id for v in body.carries}
+
+    def split(node):
+        """(state-dependent input, state-free input) of a product with exactly one of each."""
+        if node is None or node.op.name != "mul":
+            return None
+        a, b = node.inputs
+        if (a.id in stateful) == (b.id in stateful):
+            return None
+        return (a, b) if a.id in stateful else (b, a)
+
+    for node in nodes:
+        out = node.outputs[0]
+        sf = split(node)
+        if sf is not None:
+            s, f = sf
+            inner = split(s.producer)
+            if inner is not None and uses.get(s.id) == 1:
+                s2, f2 = inner
+                merged = g.apply("mul", f2, f)
+                if merged.dtype == out.dtype and merged.rank <= out.rank:
+                    node.inputs = [s2, merged]
+        elif node.op.name == "concat" and len(node.inputs) > 1:
+            parts = [split(v.producer) for v in node.inputs]
+            if all(p is not None and uses.get(v.id) == 1 and p[0].type == v.type and p[1].type == v.type
+                   for p, v in zip(parts, node.inputs)):
+                # counted from the end, so that hoisting can batch the state-free half over time
+                axis = normalize_axis(node.attrs["axis"], out.rank) - out.rank
+                with at(node.loc):
+                    left = g.apply("concat", *[p[0] for p in parts], axis=axis)
+                    right = g.apply("concat", *[p[1] for p in parts], axis=axis)
+                stateful.add(left.id)
+                node.op, node.attrs, node.inputs = get_op("mul"), {}, [left, right]
+        if any(v.id in stateful for v in node.inputs):
+            stateful.update(o.id for o in node.outputs)
 
 
 # Hoist state-independent work out of scan steps (run_scan's default); off only to compare.

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import yaml
 from onnx import TensorProto
-from onnx.reference import ReferenceEvaluator
+from compiler.check import reference_evaluator
 
 from compiler.check import Runner
 from compiler.emit import emit_model
@@ -217,7 +217,7 @@ def test_float16_train_graph_runs_on_the_reference_evaluator(mlp_models):
     f16 = feeds_for(g16, values)
     assert f16["x"].dtype == np.float16 and f16["W1"].dtype == np.float16 and f16["y"].dtype == np.int64
     with np.errstate(all="ignore"):  # the float16 Adam step divides by zero: see test_float16_adaptive_step_is_finite
-        out16 = dict(zip([o.name for o in g16.model.graph.output], ReferenceEvaluator(g16.model).run(None, f16)))
+        out16 = dict(zip([o.name for o in g16.model.graph.output], reference_evaluator(g16.model).run(None, f16)))
     # float32 from the same float16-rounded values, so only the arithmetic differs
     out32 = Runner(g32.model)({k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in f16.items()})
     assert out16["loss"].dtype == np.float16
@@ -232,7 +232,7 @@ def test_float16_sgd_step_is_finite_and_close():
     cm32 = compile_spec(spec, dtype="float32", graphs=("train",))
     g16, g32 = cm16.graphs["train"], cm32.graphs["train"]
     f16 = feeds_for(g16, _train_inputs(spec, cm32))
-    out16 = dict(zip([o.name for o in g16.model.graph.output], ReferenceEvaluator(g16.model).run(None, f16)))
+    out16 = dict(zip([o.name for o in g16.model.graph.output], reference_evaluator(g16.model).run(None, f16)))
     out32 = Runner(g32.model)({k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in f16.items()})
     for k, v in out32.items():
         assert np.all(np.isfinite(out16[k])), k
@@ -252,7 +252,7 @@ def test_float16_adaptive_step_is_finite(optimizer):
     g16 = cm16.graphs["train"]
     f16 = feeds_for(g16, _train_inputs(spec, cm32))
     with np.errstate(all="ignore"):
-        out16 = dict(zip([o.name for o in g16.model.graph.output], ReferenceEvaluator(g16.model).run(None, f16)))
+        out16 = dict(zip([o.name for o in g16.model.graph.output], reference_evaluator(g16.model).run(None, f16)))
     for k, v in out16.items():
         assert np.all(np.isfinite(v)), k
 
@@ -281,6 +281,6 @@ def test_float16_constants_in_hand_built_graph():
     model = emit_model(g, [("x", x)], [("y", y)])
     assert float_types_in(model) == {"float16"}
     fx = np.asarray([-3.0, 0.0, 1.0, 3.0], dtype=np.float16)
-    (got,) = ReferenceEvaluator(model).run(None, {"x": fx})
+    (got,) = reference_evaluator(model).run(None, {"x": fx})
     assert got.dtype == np.float16
     np.testing.assert_allclose(got.astype(np.float64), -np.logaddexp(0, 2 * fx.astype(np.float64)) + 0.5, rtol=5e-3, atol=5e-3)

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx.reference import ReferenceEvaluator
+from compiler.check import reference_evaluator
 
 from compiler.emit import emit_model
 from compiler.ir import Graph
@@ -39,7 +39,7 @@ def feeds(x, seed=0, step=0, model=None):
 
 def run_both(model, fd):
     a = _ort(model).run(None, fd)
-    b = ReferenceEvaluator(model).run(None, fd)
+    b = reference_evaluator(model).run(None, fd)
     return a, b
 
 

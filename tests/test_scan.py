@@ -224,7 +224,7 @@ def test_scan_equals_unrolled(name):
     want, _, _ = loss_and_grads(form, "unrolled", feeds, _seed(name) + 1)
     got, runner, model = loss_and_grads(form, "scan", feeds, _seed(name) + 1)
     hoisted, _, _ = loss_and_grads(form, "hoisted", feeds, _seed(name) + 1)
-    assert any(n.op_type == "Loop" for n in model.graph.node)
+    assert any(n.op_type == "Scan" for n in model.graph.node)
     _compare(got, want)
     _compare(hoisted, want)
     # ... and the symbolic gradient agrees with central differences (not w.r.t. the
@@ -513,8 +513,13 @@ loss: mean((hs - y) * (hs - y))
 
 
 def _loops(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The graph's Loop nodes in order: the forward scan precedes its gradient."""
-    return [n for n in model.graph.node if n.op_type == "Loop"]
+    """The graph's Scan nodes in order: the forward scan precedes its gradient."""
+    return [n for n in model.graph.node if n.op_type == "Scan"]
+
+
+def _attr(node: onnx.NodeProto, name: str):
+    (attr,) = [a for a in node.attribute if a.name == name]
+    return onnx.helper.get_attribute_value(attr)
 
 
 def _body(loop: onnx.NodeProto) -> onnx.GraphProto:
@@ -558,9 +563,14 @@ def test_lstm_loops_are_hoisted(monkeypatch):
     for n in mms:  # a dU term would be transpose(h_{t-1}) @ δ_t
         first = made.get(n.input[0])
         assert first is None or first.op_type != "Transpose", "dU computed in the backward loop"
-    n_carries = len(bwd.input) - 2
+    n_carries = len(bwd.input) - _attr(bwd, "num_scan_inputs")
     assert n_carries == 2, "the backward loop carries only ∂h and ∂c (no gradient accumulators)"
-    assert len(fwd.input) - 2 == 2
+    assert len(fwd.input) - _attr(fwd, "num_scan_inputs") == 2
+    # The gate derivatives depend on forward values only: they are computed for all steps
+    # at once outside, so the step keeps ∂h + ∂y_t, ∂c, the four gate cotangents, δ @ Uᵀ
+    # and ∂c ⊙ f (seven nodes), instead of recomputing the gates (forty-odd).
+    assert [n.op_type for n in bbody.node].count("Sigmoid") == 0
+    assert len(bbody.node) <= 8, [n.op_type for n in bbody.node]
 
 
 def test_unhoisted_loop_keeps_the_projection(monkeypatch):
@@ -648,7 +658,7 @@ train:
     for flag in ("false", "true"):
         cm = compile_spec(spec_from_text(text.replace("UNROLL", flag), "unroll.yaml"), graphs=("grads",))
         graph = cm.graphs["grads"]
-        loops = [n for n in graph.model.graph.node if n.op_type == "Loop"]
+        loops = [n for n in graph.model.graph.node if n.op_type == "Scan"]
         assert bool(loops) == (flag == "false")
         feeds = random_batch(cm.spec, ["x", "y"], np.random.default_rng(0))
         feeds["x"] = np.random.default_rng(1).integers(0, 7, size=(3, 5))

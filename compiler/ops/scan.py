@@ -11,7 +11,13 @@ its step recomputes the forward step from the state before it and applies
 the step's own (symbolic) gradient. Gradients of non-sequences that are sums
 over time of `A_tᵀ @ B_t` or of broadcast reductions are pushed out of the
 loop and computed once over all steps as one batched product; the rest
-accumulates in carries.
+accumulates in carries. Everything in the backward step that does not depend
+on the carried cotangents (gate derivatives, recomputed activations) is
+regrouped and computed for all steps at once outside the loop.
+
+A scan over sequences is emitted as an ONNX Scan (it slices its inputs and
+writes each step's outputs in place, with directions for reverse scans); one
+with a length and no sequences as a Loop.
 """
 from __future__ import annotations
 
@@ -145,6 +151,8 @@ class Scan(OpDef):
         b: Body = node.attrs["body"]
         nc, ns = len(b.carries), len(b.seqs)
         init, seqs, nonseqs = ins[:nc], ins[nc:nc + ns], ins[nc + ns:]
+        if seqs:
+            return _emit_scan(e, node, ins, outs)
         if seqs:
             length = e.add("Gather", [e.add("Shape", [seqs[0]]), e.const(np.asarray(0, dtype=np.int64))], axis=0)
         else:
@@ -332,12 +340,13 @@ class Scan(OpDef):
         flags_b = (False,) * (nc + len(acc_in))
         b_seqs = [*prevs, *seqs, *g_stacked, *g_ys, *extra_seq_outer, *saved_outer]
         b_nonseqs = list(nonseqs)
-        from ..recurrent import HOIST, hoist
+        from ..recurrent import HOIST, gather_state_free_factors, hoist
 
         if HOIST:
-            # Loop-invariant work of the backward step (Uᵀ) runs once outside. Its per-step
-            # work stays inside: moving it out costs more slicing than it saves (measured).
-            bbody, b_seqs, b_nonseqs = hoist(bbody, b_seqs, b_nonseqs, g, per_step=False)
+            # What does not depend on the cotangents (Uᵀ, the gate derivatives, ...) runs
+            # once outside, over all steps; regrouped first so it leaves as few slices as it can.
+            gather_state_free_factors(bbody)
+            bbody, b_seqs, b_nonseqs = hoist(bbody, b_seqs, b_nonseqs, g, per_step=True)
         res = g.apply("scan", *zeros_init, *acc_init, *b_seqs, *b_nonseqs,
                       body=bbody, reverse=not reverse, stack=flags_b, length=node.attrs["length"] if not seqs else None)
         res = list(res) if isinstance(res, tuple) else [res]
@@ -554,6 +563,66 @@ class Precomputed(OpDef):
     def samples(self, rng):
         a, b = rng.normal(size=(2, 3)), rng.normal(size=(3, 4))
         return [Sample([a @ b, a, b], {"of": "matmul", "of_attrs": {}}, grad_inputs=[])]
+
+
+def _emit_scan(e, node, ins, outs):
+    """Emit a scan with sequences as an ONNX Scan: it slices the sequences and writes each
+    step's outputs into place, where a Loop would gather and concatenate them."""
+    from ..emit import emit_nodes, value_info
+    from onnx import helper
+
+    b: Body = node.attrs["body"]
+    nc, ns = len(b.carries), len(b.seqs)
+    init, seqs = ins[:nc], ins[nc:nc + ns]
+    body = e.child()
+    names: dict[int, str] = {}
+    carry_in = [e.fresh(v.name or "state") for v in b.carries]
+    seq_in = [e.fresh(v.name or "x_t") for v in b.seqs]
+    names.update({v.id: n for v, n in zip(b.carries, carry_in)})
+    names.update({v.id: n for v, n in zip(b.seqs, seq_in)})
+    for v, outer in zip(b.nonseqs, ins[nc + ns:]):
+        names[v.id] = outer  # read from the outer scope
+    emit_nodes(body, producers_of(b.new_carries + b.extras), names)
+    # Every body output needs a name of its own, computed in the body.
+    computed = {v.id for n in producers_of(b.new_carries + b.extras) for v in n.outputs}
+    taken: set[str] = set()
+
+    def own(v: Value) -> str:
+        name = names[v.id]
+        if v.id not in computed or name in taken:
+            name = body.add("Identity", [name])
+        taken.add(name)
+        return name
+
+    carry_out = [own(v) for v in b.new_carries]
+    flags = node.op.stack_flags(node.attrs)
+    wanted = [v for f, v in zip(flags, b.new_carries) if f] + list(b.extras)
+    per_step = list({v.id: v for v in wanted}.values())  # a value wanted twice leaves the loop once
+    which = [[v.id for v in per_step].index(v.id) for v in wanted]
+    scan_out = [own(v) for v in per_step]
+    graph = helper.make_graph(
+        body.nodes, f"{node.outputs[0].name or 'scan'}_step",
+        [value_info(n, v.dtype, v.shape) for n, v in zip(carry_in + seq_in, b.carries + b.seqs)],
+        [value_info(n, v.dtype, v.shape) for n, v in zip(carry_out + scan_out, b.new_carries + per_step)],
+    )
+    finals = [e.fresh("final") for _ in b.carries]
+    stacked = [e.fresh("stacked") for _ in per_step]
+    directions = {}
+    if node.attrs["reverse"]:  # read and write from the last step back
+        directions = {"scan_input_directions": [1] * ns}
+        if per_step:
+            directions["scan_output_directions"] = [1] * len(per_step)
+    e.add("Scan", [*init, *seqs], finals + stacked, body=graph, num_scan_inputs=ns, **directions)
+    src, k = [], 0
+    for f, fin in zip(flags, finals):
+        if f:
+            src.append(stacked[which[k]])
+            k += 1
+        else:
+            src.append(fin)
+    src += [stacked[i] for i in which[k:]]
+    for s_, o in zip(src, outs):
+        e.add("Identity", [s_], [o])
 
 
 def _flat_size(shape):
