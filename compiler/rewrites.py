@@ -125,6 +125,8 @@ def optimize(outputs: list[Value]) -> list[Value]:
 
     for node in producers_of(outputs):
         node.inputs = [resolve(v) for v in node.inputs]
+        if node.op.name == "scan":
+            _optimize_body(node.attrs["body"])
         if len(node.outputs) == 1:
             r = _simplify(node)
             if r is not None:
@@ -145,6 +147,13 @@ def optimize(outputs: list[Value]) -> list[Value]:
         seen[key] = node
     outputs = [resolve(v) for v in outputs]
     return fuse_gemm(outputs)
+
+
+def _optimize_body(body) -> None:
+    """The same rewrites inside a scan's step (in place)."""
+    n = len(body.new_carries)
+    new = optimize(body.new_carries + body.extras)
+    body.new_carries, body.extras = new[:n], new[n:]
 
 
 def _dedupe(c: Value, seen: dict, repl: dict) -> Value:

@@ -299,6 +299,10 @@ class Scan(OpDef):
         float_p = [i for i, v in enumerate(b.nonseqs) if v.dtype.startswith("float")]
         wrt = prev_t + [s for s in seq_t] + [p_in[i] for i in float_p]
         grads = grad(outs, wrt, cot)
+        for n in bg.nodes:
+            if n.op.name == "precomputed":
+                # Differentiated: what the saved value stands for need not be computed again.
+                n.inputs = n.inputs[:1]
         zero = lambda v: bg.apply("zeros_like", v)  # noqa: E731
         new_lam = [gv if gv is not None else zero(v) for gv, v in zip(grads[:nc], prev_t)]
         g_seq = grads[nc:nc + len(seq_t)]
@@ -519,12 +523,24 @@ def _save_products(node, T):
     inside = producers_of(b.new_carries + b.extras)
     carried = {v.id for v in b.carries}
     depends: set[int] = set(carried)
+    readers: dict[int, list] = {}
+    for n in inside:
+        for v in n.inputs:
+            readers.setdefault(v.id, []).append(n)
     products = []
     for n in inside:
         if any(v.id in depends for v in n.inputs):
             depends.update(o.id for o in n.outputs)
             if n.op.name in ("matmul", "gemm") and n.outputs[0].id not in {v.id for v in b.extras}:
-                products.append(n.outputs[0])
+                saved = n.outputs[0]
+                # h @ U + (x @ W)_t: keep the sum (the gates' pre-activation), which the
+                # step computes as one Gemm and the backward step needs as it is.
+                users = readers.get(saved.id, [])
+                if len(users) == 1 and users[0].op.name == "add" and users[0].outputs[0].type == saved.type:
+                    other = [v for v in users[0].inputs if v is not saved]
+                    if len(other) == 1 and other[0].id not in depends:
+                        saved = users[0].outputs[0]
+                products.append(saved)
     outer = []
     for v in products:
         b.extras.append(v)
