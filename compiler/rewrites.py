@@ -200,6 +200,12 @@ def fuse_gemm(outputs: list[Value]) -> list[Value]:
             if p is None or p.op.name != "matmul" or uses.get(mm.id, 0) != 1:
                 continue
             a, b = p.inputs
+            if a.rank > 2 and b.rank == 2 and c.rank <= 1 and node.outputs[0].shape == mm.shape \
+                    and _static_size(b.shape) >= ROWS_GEMM_MIN_WEIGHTS:
+                fused = _rows_gemm(a, b, c)
+                fused.name = node.outputs[0].name
+                repl[node.outputs[0].id] = fused
+                break
             if a.rank != 2 or b.rank != 2 or c.rank > 2 or node.outputs[0].shape != mm.shape:
                 continue
             a0, ta = _untransposed(a)
@@ -210,6 +216,22 @@ def fuse_gemm(outputs: list[Value]) -> list[Value]:
             repl[node.outputs[0].id] = fused
             break
     return [repl.get(v.id, v) for v in outputs]
+
+
+# A dense layer over a sequence becomes reshape + Gemm + reshape when its weight has at
+# least this many entries (below it, the reshapes cost more than the bias pass they save).
+ROWS_GEMM_MIN_WEIGHTS = 4096
+
+
+def _rows_gemm(x: Value, w: Value, bias: Value) -> Value:
+    """x @ w + bias for x of rank > 2 (a dense layer over a sequence) as one Gemm over
+    all rows: the bias is added by the product instead of by a pass over the result."""
+    g = x.graph
+    rows = g.apply("reshape", x, shape=(-1, x.shape[-1]))
+    w0, tw = _untransposed(w)
+    y = g.apply("gemm", rows, w0, bias, trans_b=tw)
+    lead = tuple(d if isinstance(d, int) else (0, i) for i, d in enumerate(x.shape[:-1]))
+    return g.apply("reshape_dims", y, x, dims=lead + (w.shape[-1],))
 
 
 def _transposed_matmul(node, repl) -> bool:

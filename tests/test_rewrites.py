@@ -297,6 +297,22 @@ def test_gemm_fusion_leaves_shared_or_batched_matmuls():
     np.testing.assert_allclose(res["bt"], f["x3"] @ f["W"] + f["b"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("wshape", [(64, 64), (64, 128)])
+def test_dense_over_a_sequence_is_one_gemm_over_all_rows(wshape):
+    g = Graph("float64")
+    x = g.add_input("x", "float64", ("T", "N", wshape[0]))
+    W = g.add_input("W", "float64", wshape)
+    b = g.add_input("b", "float64", (wshape[1],))
+    (opt,) = optimize([x @ W + b])
+    assert opt.shape == ("T", "N", wshape[1])
+    assert "gemm" in ops_of([opt]) and "add" not in ops_of([opt])
+    model = emitted(g, {"out": opt})
+    assert [n.op_type for n in model.graph.node if n.op_type in ("Gemm", "MatMul", "Add")] == ["Gemm"]
+    rng = np.random.default_rng(5)
+    f = {"x": rng.normal(size=(3, 5, wshape[0])), "W": rng.normal(size=wshape), "b": rng.normal(size=wshape[1:])}
+    np.testing.assert_allclose(run_graph(g, {"out": opt}, f)["out"], f["x"] @ f["W"] + f["b"], rtol=1e-12)
+
+
 def test_dead_code_is_not_emitted():
     g = Graph("float32")
     x = g.add_input("x", "float32", (2, 3))

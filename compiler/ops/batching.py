@@ -136,12 +136,21 @@ class ReshapeDims(OpDef):
         return [TensorType(x.dtype, shape)]
 
     def emit(self, e, node, ins, outs):
-        parts = []
+        runs: list[list] = []  # consecutive sizes: [ints] or [ref, first axis, end axis]
         for d in node.attrs["dims"]:
             if isinstance(d, int):
-                parts.append(e.ints([d]))
+                if runs and runs[-1][0] == "ints":
+                    runs[-1][1].append(d)
+                else:
+                    runs.append(["ints", [d]])
+                continue
+            ref, axis = d[0], d[1] % node.inputs[1 + d[0]].rank
+            if runs and runs[-1][0] == "dims" and runs[-1][1] == ref and runs[-1][3] == axis:
+                runs[-1][3] = axis + 1
             else:
-                parts.append(e.add("Gather", [e.add("Shape", [ins[1 + d[0]]]), e.ints([d[1]])], axis=0))
+                runs.append(["dims", ref, axis, axis + 1])
+        parts = [e.ints(r[1]) if r[0] == "ints" else e.add("Shape", [ins[1 + r[1]]], start=r[2], end=r[3])
+                 for r in runs]
         e.add("Reshape", [ins[0], e.add("Concat", parts, axis=0) if len(parts) > 1 else parts[0]], outs)
 
     def vjp(self, node, gouts):

@@ -426,6 +426,10 @@ class Take(OpDef):
         ]
 
 
+# scatter_add into a [rows, E] table with at most this many rows is a one-hot product.
+ONE_HOT_ROWS = 512
+
+
 def _scatter_target(e, shape_src: str, dtype: str) -> str:
     """ONNX zeros with the shape of the tensor named shape_src."""
     from .elementwise import _scalar_tensor
@@ -458,6 +462,22 @@ class ScatterAdd(OpDef):
         like, idx, upd = node.inputs
         axis = normalize_axis(node.attrs["axis"], like.rank)
         k = idx.rank
+        if axis == 0 and like.rank == 2 and isinstance(like.shape[0], int) and like.shape[0] <= ONE_HOT_ROWS \
+                and isinstance(like.shape[1], int) and upd.dtype in ("float32", "float64"):
+            # A small table (an embedding's gradient over a character vocabulary): one-hot rows
+            # times the updates is one Gemm, where ScatterElements adds row by row.
+            rows = like.shape[0]
+            ids = e.add("Reshape", [ins[1], e.ints([-1])])
+            if idx.dtype != "int64":
+                ids = e.add("Cast", [ids], to=onnx.TensorProto.INT64)
+            ids = e.add("Mod", [ids, e.const(np.asarray(rows, np.int64))])  # -1 is the last row, as in take
+            hit = e.add("Equal", [e.add("Unsqueeze", [ids, e.ints([-1])]), e.const(np.arange(rows, dtype=np.int64))])
+            from ..emit import onnx_dtype
+
+            one_hot = e.add("Cast", [hit], to=onnx_dtype(upd.dtype))
+            u = e.add("Reshape", [ins[2], e.ints([-1, like.shape[1]])])
+            e.add("Gemm", [one_hot, u], outs, transA=1)
+            return
         # Flatten the indices to one axis so one ScatterElements does it all.
         flat_upd_shape = tuple(upd.shape[:axis]) + (-1,) + tuple(upd.shape[axis + k:])
         if all(isinstance(d, int) for d in upd.shape):
@@ -499,6 +519,7 @@ class ScatterAdd(OpDef):
         n = rng.normal
         return [
             Sample([n(size=(4, 3)), np.array([0, 2, 0, 3, 0]), n(size=(5, 3))], grad_inputs=[2]),
+            Sample([n(size=(4, 3)), np.array([[0, -1], [3, -1]], dtype=np.int32), n(size=(2, 2, 3))], grad_inputs=[2]),
             Sample([n(size=(2, 5)), np.array([[1, -1], [1, 1]]), n(size=(2, 2, 2))], {"axis": 1}, grad_inputs=[2]),
             Sample([n(size=(3, 4, 2)), np.array([3, 3]), n(size=(3, 2, 2))], {"axis": -2}, grad_inputs=[2]),
         ]
