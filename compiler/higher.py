@@ -10,7 +10,7 @@ from spec import model as S
 from spec.errors import GradientError, ShapeError, SpecError
 
 from .autodiff import grad
-from .ir import Value, at, dim_mul, producers_of
+from .ir import Value, at, dim_mul, is_float, producers_of
 
 
 def _tensor_args(low, e: S.Call, n: int, usage: str) -> list[Value]:
@@ -18,7 +18,7 @@ def _tensor_args(low, e: S.Call, n: int, usage: str) -> list[Value]:
         raise SpecError(f"{e.func}() takes {n} arguments", e.loc, f"usage: {usage}")
     vals = [low.eval(a) for a in e.args]
     for v, a in zip(vals, e.args):
-        if not isinstance(v, Value) or not v.dtype.startswith("float"):
+        if not isinstance(v, Value) or not is_float(v.dtype):
             raise SpecError(f"{e.func}() arguments must be float tensors, got {getattr(v, 'type', v)!r}", a.loc, f"usage: {usage}")
     return vals
 

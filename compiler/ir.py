@@ -17,6 +17,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence, Union
 
+import ml_dtypes  # noqa: F401  (registers NumPy's "bfloat16" dtype name)
 import numpy as np
 
 from spec.errors import Loc, ShapeError
@@ -24,10 +25,10 @@ from spec.errors import Loc, ShapeError
 Dim = Union[int, str]
 Shape = tuple
 
-FLOAT_DTYPES = ("float16", "float32", "float64")
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int32", "int64", "uint32", "uint8")
 # Order used for implicit promotion in mixed arithmetic (bool < ints < floats).
-_PROMOTION = ("bool", "uint8", "int32", "uint32", "int64", "float16", "float32", "float64")
+_PROMOTION = ("bool", "uint8", "int32", "uint32", "int64", "float16", "bfloat16", "float32", "float64")
 
 
 def is_float(dtype: str) -> bool:

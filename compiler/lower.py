@@ -28,6 +28,12 @@ class ParamInfo:
     loc: Loc | None
     kind: str = "param"  # or "buffer" (non-trained state such as running statistics)
     seed: int | None = None
+    stored: Value | None = None  # the graph input, where `value` is its cast to the compute dtype
+
+    @property
+    def input(self) -> Value:
+        """The graph input holding the parameter (in the stored dtype)."""
+        return self.stored if self.stored is not None else self.value
 
     @property
     def shape(self):
@@ -67,9 +73,12 @@ def _short(v) -> str:
 class Lowering:
     """Evaluates a spec's expressions into one Graph."""
 
-    def __init__(self, spec: S.Spec, mode: str = "train", float_dtype: str | None = None):
+    def __init__(self, spec: S.Spec, mode: str = "train", float_dtype: str | None = None, stored_dtype: str | None = None):
+        """`stored_dtype`: parameters and float inputs enter the graph in this dtype and are
+        cast to `float_dtype` for the computation (mixed precision's master weights)."""
         self.spec = spec
         self.graph = Graph(float_dtype=float_dtype or spec.train.get("dtype", "float32"), mode=mode)
+        self.stored_dtype = stored_dtype or self.graph.float_dtype
         self.params: dict[str, ParamInfo] = {}
         self.inputs: dict[str, Value] = {}
         self.env: dict[str, Any] = {}
@@ -94,17 +103,21 @@ class Lowering:
             raise ShapeError(f"parameter {name!r} would have shape [{', '.join(map(str, shape))}], but the size "
                              f"{unknown[0]} is only known at run time", current_loc() or loc,
                              f"declare {unknown[0]} under dims, so that it has a value")
-        dtype = self.graph.float_dtype
-        v = self.graph.add_input(name, dtype, tuple(shape), kind=kind, loc=loc)
-        self.params[name] = ParamInfo(name, v, init_kind, dict(init_args or {}), trainable and kind == "param", loc, kind, seed)
+        v = stored = self.graph.add_input(name, self.stored_dtype, tuple(shape), kind=kind, loc=loc)
+        if self.stored_dtype != self.graph.float_dtype:
+            v = self.graph.cast(stored, self.graph.float_dtype)
+        self.params[name] = ParamInfo(name, v, init_kind, dict(init_args or {}), trainable and kind == "param", loc, kind, seed,
+                                      stored if v is not stored else None)
         return v
 
     # ------------------------------------------------------------------ names
     def input_value(self, name: str) -> Value:
         if name not in self.inputs:
             decl = self.spec.inputs[name]
-            dtype = self.graph.float_dtype if decl.dtype in ("float32", "float") else decl.dtype
-            self.inputs[name] = self.graph.add_input(name, dtype, tuple(decl.shape), kind="input", loc=decl.loc)
+            is_float = decl.dtype in ("float32", "float")
+            dtype = self.stored_dtype if is_float else decl.dtype
+            v = self.graph.add_input(name, dtype, tuple(decl.shape), kind="input", loc=decl.loc)
+            self.inputs[name] = self.graph.cast(v, self.graph.float_dtype) if is_float and dtype != self.graph.float_dtype else v
         return self.inputs[name]
 
     def known_names(self) -> list[str]:

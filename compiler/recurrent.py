@@ -15,7 +15,7 @@ import contextvars
 from spec import model as S
 from spec.errors import ShapeError, SpecError, did_you_mean
 
-from .ir import Graph, TensorType, Value, at, dim_mul, normalize_axis
+from .ir import Graph, TensorType, Value, at, dim_mul, is_float, normalize_axis
 from .ops.scan import Body
 from .registry import get_op
 
@@ -369,7 +369,7 @@ def _apply_mask(sb: StepBuilder, carries, new_carries, extras):
     def expand(v):
         return bg.apply("reshape", m, shape=(m.shape[0],) + (1,) * (v.rank - 1)) if v.rank > 1 else m
     carried = [bg.apply("where", bg.apply("gt", expand(n), bg.lift(0.0, like=m)), n, c) for c, n in zip(carries, new_carries)]
-    outs = [y * expand(y) if y.dtype.startswith("float") else y for y in extras]
+    outs = [y * expand(y) if is_float(y.dtype) else y for y in extras]
     return carried, outs, m
 
 

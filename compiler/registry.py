@@ -183,7 +183,9 @@ def same_type(attrs, x: TensorType, *rest) -> list[TensorType]:
 
 
 def require_float(t: TensorType, what: str = "input") -> None:
-    if t.dtype not in ("float16", "float32", "float64"):
+    from .ir import FLOAT_DTYPES
+
+    if t.dtype not in FLOAT_DTYPES:
         raise ShapeError(f"{what} must be a float tensor, got {t.dtype}", hint="cast it with cast(x, 'float32')")
 
 

@@ -43,6 +43,31 @@ class Objective:
     l2: float
     loc: Any = None
     frozen: list[str] = field(default_factory=list)  # globs of parameters kept fixed
+    mixed: "MixedPrecision | None" = None
+
+
+@dataclass
+class MixedPrecision:
+    """Compute in float16/bfloat16, keep parameters and optimizer state in the stored dtype,
+    and scale the loss dynamically (PyTorch's GradScaler rule): a step whose gradients are
+    not finite changes nothing but halves the scale; `growth_interval` finite steps in a
+    row double it, up to `max_scale`."""
+
+    compute: str
+    init_scale: float
+    growth_interval: int
+    max_scale: float
+
+    @staticmethod
+    def of(cfg) -> "MixedPrecision | None":
+        if cfg is None:
+            return None
+        cfg = {"compute": cfg} if isinstance(cfg, str) else dict(cfg)
+        compute = cfg["compute"]
+        # float16's largest finite value is 65504: the scaled loss seed must stay below it
+        max_scale = float(cfg.get("max_scale", 2.0 ** 15 if compute == "float16" else 2.0 ** 24))
+        return MixedPrecision(compute, float(cfg.get("init_scale", min(2.0 ** 15, max_scale))),
+                              int(cfg.get("growth_interval", 2000)), max_scale)
 
 
 # Up to this many trained values, an objective's optimizer state is one flat
@@ -61,10 +86,11 @@ def state_layout(params: dict[str, ParamInfo], obj: "Objective") -> list[tuple[s
     """Names and shapes of an objective's optimizer state: `<kind>/<objective>` flat vectors for a
     fused update, else `<kind>/<parameter>` shaped like each parameter."""
     trained = trained_names(params, obj)
+    scaling = [(f"loss_scale/{obj.name}", ()), (f"loss_scale_steps/{obj.name}", ())] if obj.mixed else []
     if fused_update(params, obj):
         total = sum(int(np.prod(params[n].shape)) for n in trained)
-        return [(f"{s}/{obj.name}", (total,)) for s in obj.optimizer.state_names]
-    return [(f"{s}/{n}", tuple(params[n].shape)) for n in trained for s in obj.optimizer.state_names]
+        return [(f"{s}/{obj.name}", (total,)) for s in obj.optimizer.state_names] + scaling
+    return [(f"{s}/{n}", tuple(params[n].shape)) for n in trained for s in obj.optimizer.state_names] + scaling
 
 
 def trained_names(params: dict[str, ParamInfo], obj: Objective) -> list[str]:
@@ -122,7 +148,8 @@ class CompiledModel:
             state[name] = initial_value(p.init_kind, p.init_args, p.shape, self.float_dtype, rng, p.loc)
         for obj in self.objectives:
             for sname, shape in self.state_specs(obj):
-                state[sname] = np.zeros(shape, dtype=self.float_dtype)
+                fill = obj.mixed.init_scale if sname.startswith("loss_scale/") else 0
+                state[sname] = np.full(shape, fill, dtype=self.float_dtype)
         return state
 
     # ---------------------------------------------------------------- files
@@ -194,7 +221,8 @@ def _matches(name: str, globs: list[str]) -> bool:
 # -------------------------------------------------------------------- objectives
 def objectives_of(spec: S.Spec) -> list[Objective]:
     train = spec.train or {}
-    common = dict(clip_norm=train.get("clip_norm"), l1=float(train.get("l1", 0.0)), l2=float(train.get("l2", 0.0)))
+    common = dict(clip_norm=train.get("clip_norm"), l1=float(train.get("l1", 0.0)), l2=float(train.get("l2", 0.0)),
+                  mixed=MixedPrecision.of(train.get("mixed_precision")))
     default_opt = train.get("optimizer", {"sgd": {"lr": 0.01}})
     if "objectives" not in train:
         if spec.loss is None:
@@ -219,7 +247,8 @@ def objectives_of(spec: S.Spec) -> list[Objective]:
         globs = [globs] if isinstance(globs, str) else list(globs)
         opt = optimizer_from_config(cfg.get("optimizer", default_opt), _loc(spec, "train", "objectives", name))
         out.append(Objective(name, loss, globs, opt, loc=loc,
-                             clip_norm=cfg.get("clip_norm", common["clip_norm"]), l1=common["l1"], l2=common["l2"]))
+                             clip_norm=cfg.get("clip_norm", common["clip_norm"]), l1=common["l1"], l2=common["l2"],
+                             mixed=common["mixed"]))
     for s in train.get("schedule", []):
         if s not in train["objectives"]:
             raise SpecError(f"schedule names an unknown objective {s!r}", _loc(spec, "train", "schedule"))
@@ -290,9 +319,10 @@ class _Builder:
         )
 
 
-def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str]) -> dict[str, Value]:
+def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str], seed: Value | None = None) -> dict[str, Value]:
+    """Gradients of the loss (times `seed`, when given) with the train section's penalties."""
     values = [low.params[n].value for n in trained]
-    grads = grad([loss], values)
+    grads = grad([loss], values, [seed] if seed is not None else None)
     out = {}
     for n, gv in zip(trained, grads):
         if gv is None:
@@ -303,9 +333,15 @@ def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str]) -
                 "use it in the loss, mark it 'trainable: false', or leave it out of the objective's params",
             )
         out[n] = gv
-    # Penalties from the train section act on the gradient directly.
-    for n in trained:
-        p = low.params[n].value
+    if seed is not None:
+        return out
+    return _penalized(low, obj, out)
+
+
+def _penalized(low: Lowering, obj: Objective, out: dict[str, Value]) -> dict[str, Value]:
+    """Penalties from the train section act on the gradient directly."""
+    for n in out:
+        p = low.params[n].input
         if obj.l2:
             out[n] = out[n] + obj.l2 * p
         if obj.l1:
@@ -347,6 +383,28 @@ def _apply_updates(g: Graph, obj: Objective, params: dict[str, Value], grads: di
     return new_params, new_states
 
 
+def _skip_overflow(g: Graph, obj: Objective, params: dict, grads: dict, new_params: dict, states: dict, new_states: dict):
+    """Dynamic loss scaling: keep the update only where every gradient is finite, and
+    move the scale (see MixedPrecision)."""
+    total = None
+    for gv in grads.values():
+        s = g.apply("sum", gv)
+        total = s if total is None else total + s
+    finite = g.apply("eq", total - total, g.lift(0.0, like=total))  # inf - inf and nan - nan are nan
+    keep = lambda new, old: g.apply("where", finite, new, old)  # noqa: E731
+    new_params = {n: keep(v, params[n]) for n, v in new_params.items()}
+    new_states = {n: keep(v, states[n]) for n, v in new_states.items()}
+    m = obj.mixed
+    scale, steps = states[f"loss_scale/{obj.name}"], states[f"loss_scale_steps/{obj.name}"]
+    zero = g.lift(0.0, like=steps)
+    counted = g.apply("where", finite, steps + 1.0, zero)
+    grow = g.apply("ge", counted, g.lift(float(m.growth_interval), like=steps))
+    grown = g.apply("minimum", g.apply("where", grow, scale * 2.0, scale), g.lift(m.max_scale, like=scale))
+    new_states[f"loss_scale/{obj.name}"] = g.apply("where", finite, grown, scale * 0.5)
+    new_states[f"loss_scale_steps/{obj.name}"] = g.apply("where", grow, zero, counted)
+    return new_params, new_states
+
+
 def _unflatten(g: Graph, flat: Value, names: list[str], shapes: dict[str, tuple]) -> dict[str, Value]:
     sizes = [int(np.prod(shapes[n])) for n in names]
     parts = g.apply("split", flat, sections=sizes, axis=0) if len(names) > 1 else (flat,)
@@ -355,14 +413,15 @@ def _unflatten(g: Graph, flat: Value, names: list[str], shapes: dict[str, tuple]
 
 
 def _add_state_inputs(g: Graph, params: dict[str, ParamInfo], obj: Objective) -> tuple[dict, Value, Value]:
-    states = {name: g.add_input(name, g.float_dtype, shape, kind="state") for name, shape in state_layout(params, obj)}
+    states = {name: g.input(name) if name in g.inputs else g.add_input(name, g.float_dtype, shape, kind="state")
+              for name, shape in state_layout(params, obj)}
     lr = g.add_input("lr", g.float_dtype, (), kind="control")
     step = g.input("step") if "step" in g.inputs else g.add_input("step", "int64", (), kind="control")
     return states, lr, step
 
 
 def _training_lowering(spec, obj, dtype):
-    low = Lowering(spec, mode="train", float_dtype=dtype)
+    low = Lowering(spec, mode="train", float_dtype=obj.mixed.compute if obj.mixed else dtype, stored_dtype=dtype)
     g = low.graph
     g.rng_inputs()  # seed and step exist even when unused by randomness (step drives Adam)
     loss = _scalar_loss(low, obj.loss)
@@ -383,24 +442,35 @@ def _trained(spec, low: Lowering, obj: Objective) -> list[str]:
 def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients_only=False) -> CompiledGraph:
     low, loss, metrics, trained = _training_lowering(spec, obj, dtype)
     g = low.graph
-    grads = _gradients(low, loss, obj, trained)
+    if obj.mixed:
+        if gradients_only:
+            raise SpecError("mixed precision trains with one graph per step: gradient accumulation is not available",
+                            _loc(spec, "train", "mixed_precision"), "leave out --accumulate, or mixed_precision")
+        scale = g.add_input(f"loss_scale/{obj.name}", dtype, (), kind="state")
+        raw = _gradients(low, loss, obj, trained, seed=g.cast(scale, g.float_dtype))
+        g.float_dtype = dtype  # the update runs on the stored (master) parameters
+        grads = _penalized(low, obj, {n: g.cast(gv, dtype) * (1.0 / scale) for n, gv in raw.items()})
+    else:
+        grads = _gradients(low, loss, obj, trained)
     b = _Builder(low.graph, spec.name)
-    b.out("loss", "loss", loss)
+    b.out("loss", "loss", g.cast(loss, dtype))
     for k, v in metrics.items():
-        b.out(k, "metric", v)
+        b.out(k, "metric", g.cast(v, dtype) if is_float(v.dtype) else v)
     if gradients_only:
         for n, gv in grads.items():
             b.out(f"grad/{n}", "grad", gv)
     else:
         states, lr, step = _add_state_inputs(g, low.params, obj)
-        new_params, new_states = _apply_updates(g, obj, {n: low.params[n].value for n in trained}, grads, states, lr, step,
-                                                fused_update(low.params, obj))
+        params = {n: low.params[n].input for n in trained}
+        new_params, new_states = _apply_updates(g, obj, params, grads, states, lr, step, fused_update(low.params, obj))
+        if obj.mixed:
+            new_params, new_states = _skip_overflow(g, obj, params, grads, new_params, states, new_states)
         for n, v in new_params.items():
             b.out(f"next/{n}", "next", v)
         for n, v in new_states.items():
             b.out(f"next/{n}", "next", v)
     for n, v in g.buffer_updates.items():
-        b.out(f"next/{n}", "next", v)
+        b.out(f"next/{n}", "next", g.cast(v, dtype))
     kind = ("grads" if gradients_only else "train") + ("" if obj.name == "main" else f"_{obj.name}")
     return b.emit(kind, optimize_graph, f"{'gradients' if gradients_only else 'training step'} of objective {obj.name}", obj.name)
 
@@ -553,8 +623,19 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
     cm = CompiledModel(spec, dtype, check.params, objectives)
     for obj in objectives:
         suffix = "" if obj.name == "main" else f"_{obj.name}"
+        if obj.mixed and dtype != "float32":
+            raise SpecError(f"mixed precision keeps float32 master weights, but the graphs are compiled for {dtype}",
+                            _loc(spec, "train", "mixed_precision"), "leave train.dtype (and --dtype) at float32")
+        eps = obj.optimizer.hp.get("eps") if hasattr(obj.optimizer, "hp") else None
+        if dtype == "float16" and eps is not None and np.float16(eps) == 0:
+            raise SpecError(f"{type(obj.optimizer).__name__} divides by eps={eps:g}, which float16 rounds to 0: a "
+                            f"zero gradient would step by 0/0", _loc(spec, "train", "optimizer") or obj.loc,
+                            "train with mixed_precision: float16 (float32 weights and optimizer state) instead of "
+                            "dtype float16, or raise eps to 1e-4")
         if "train" in graphs:
             cm.graphs["train" + suffix] = build_train(spec, obj, dtype, optimize_graph)
+        if obj.mixed:
+            continue  # one graph per step: no separate gradient and update graphs to accumulate with
         if "grads" in graphs:
             cm.graphs["grads" + suffix] = build_train(spec, obj, dtype, optimize_graph, gradients_only=True)
         if "apply" in graphs:

@@ -108,7 +108,8 @@ def ort_device(device: str) -> tuple[str, int]:
 
 def to_device(arr: np.ndarray, device: str) -> ort.OrtValue:
     kind, idx = ort_device(device)
-    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), kind, idx)
+    # np.ascontiguousarray would make a scalar (a loss scale) one-dimensional
+    return ort.OrtValue.ortvalue_from_numpy(np.require(arr, requirements="C"), kind, idx)
 
 
 def empty_like(v: ort.OrtValue, device: str) -> ort.OrtValue:

@@ -27,6 +27,9 @@ from .session import ORT_ERRORS, pick_device
 from .trainer import Trainer
 
 CHECKPOINT = "checkpoint.npz"
+# Mixed precision skips a step whose gradients overflow and halves the loss scale; this
+# many in a row (a scale divided by 2^25) means no scale helps.
+MAX_OVERFLOWS = 25
 BEST = "best.npz"
 
 
@@ -210,12 +213,16 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
     seed = int(opts.seed if opts.seed is not None else cfg.get("seed", 0))
     if opts.accumulate < 1:
         raise FlowgradError("--accumulate must be at least 1")
+    if opts.accumulate > 1 and cfg.get("mixed_precision"):
+        raise FlowgradError("--accumulate does not work with train.mixed_precision",
+                            hint="its loss scaling needs each update's gradients in one step: leave out one of the two")
     device = pick_device(opts.device)
     run_dir = prepare_run_dir(spec, opts)
     with run_lock(run_dir):
         remove_stale_temporaries(run_dir)  # of a process killed while writing
         cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
+        mixed, overflows = any(o.mixed for o in cm.objectives), 0
         batch_size = int(opts.batch_size or cfg.get("batch_size", 32))
         per_update = batch_size * opts.accumulate
         steps_per_epoch = len(train_ds) // per_update if cfg.get("drop_last") else -(-len(train_ds) // per_update)
@@ -283,12 +290,23 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                 scalars = trainer.train_step(name, group[0], lr, step)
                         except ORT_ERRORS as ex:
                             raise _step_failed(ex, f"training step {step} (epoch {epoch + 1})", run_dir) from None
+                        if mixed and not all(np.isfinite(v) for v in scalars.values()):
+                            # the step overflowed in float16: it changed nothing but the loss scale
+                            overflows += 1
+                            if overflows > MAX_OVERFLOWS:
+                                raise FlowgradError(
+                                    f"every training step overflowed for {overflows} steps in mixed precision "
+                                    f"(step {step}, epoch {epoch + 1}); training stopped",
+                                    hint=f"the model's values exceed float16's range even unscaled; train without "
+                                         f"mixed_precision, or lower the learning rate; checkpoints are in {run_dir}")
+                            continue
+                        overflows = 0
                         _check_finite(scalars, step, epoch, run_dir)
                         for k, v in scalars.items():
                             key = k if len(cm.schedule) == 1 else f"{name}/{k}"
                             sums[key] = sums.get(key, 0.0) + v * n
                     group = []
-                    count += n
+                    count += n if not overflows else 0
                     step += 1
                     next_pos = pos + batch_size
                     progress.advance({k: v / count for k, v in sums.items()}, count / max(time.perf_counter() - t_epoch, 1e-9))
@@ -350,6 +368,11 @@ def _step_failed(ex: Exception, what: str, run_dir: str) -> FlowgradError:
     detail = detail.split("Status Message: ")[-1]
     if re.match(r"\S+\.(cc|h|cpp):\d+ ", detail):  # a C++ source position and signature: keep what follows
         detail = re.split(r"\] |\) ", detail)[-1]
+    if "NOT_IMPLEMENTED" in detail:
+        detail = detail.split("NOT_IMPLEMENTED : ")[-1]
+        return FlowgradError(f"onnxruntime cannot run the {what}: {detail}",
+                             hint="this device's provider lacks a kernel for that op and type (onnxruntime's CPU "
+                                  "provider has no bfloat16 matrix products: use mixed_precision float16 there)")
     return FlowgradError(f"onnxruntime failed in the {what}: {detail}",
                          hint="check the data's values, e.g. class ids must be below the number of classes; "
                               f"the last checkpoint in {run_dir} is intact")

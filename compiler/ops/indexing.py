@@ -426,6 +426,20 @@ class Take(OpDef):
         ]
 
 
+def _scatter_add(e, like: str, indices: str, updates: str, dtype: str, outs, axis: int) -> None:
+    """ScatterElements adding `updates` into zeros shaped like `like`. In float16 the sums run
+    in float32 (onnxruntime's CPU provider has no float16 kernel, and repeated indices
+    accumulate better there)."""
+    from ..emit import onnx_dtype
+
+    if dtype != "float16":
+        e.add("ScatterElements", [_scatter_target(e, like, dtype), indices, updates], outs, axis=axis, reduction="add")
+        return
+    wide = e.add("Cast", [updates], to=onnx.TensorProto.FLOAT)
+    summed = e.add("ScatterElements", [_scatter_target(e, like, "float32"), indices, wide], axis=axis, reduction="add")
+    e.add("Cast", [summed], outs, to=onnx_dtype(dtype))
+
+
 # scatter_add into a [rows, E] table with at most this many rows is a one-hot product.
 ONE_HOT_ROWS = 512
 
@@ -500,8 +514,7 @@ class ScatterAdd(OpDef):
         if idx.dtype != "int64":
             i = e.add("Cast", [i], to=onnx.TensorProto.INT64)
         i = e.add("Expand", [i, e.add("Shape", [u])])
-        zeros = _scatter_target(e, ins[0], upd.dtype)
-        e.add("ScatterElements", [zeros, i, u], outs, axis=axis, reduction="add")
+        _scatter_add(e, ins[0], i, u, upd.dtype, outs, axis=axis)
 
     def vjp(self, node, gouts):
         _, idx, _ = node.inputs
@@ -590,9 +603,7 @@ class ScatterAddAlongAxis(OpDef):
 
     def emit(self, e, node, ins, outs):
         like, idx, upd = node.inputs
-        zeros = _scatter_target(e, ins[0], upd.dtype)
-        e.add("ScatterElements", [zeros, ins[1], ins[2]], outs, axis=normalize_axis(node.attrs["axis"], like.rank),
-              reduction="add")
+        _scatter_add(e, ins[0], ins[1], ins[2], upd.dtype, outs, axis=normalize_axis(node.attrs["axis"], like.rank))
 
     def vjp(self, node, gouts):
         _, idx, _ = node.inputs

@@ -48,7 +48,7 @@ from ..registry import REQUIRED, OpDef, Sample, op
 GOLDEN = 0x9E3779B9  # salt multiplier: floor(2**32 / golden ratio), odd
 ROUND = 0x85EBCA6B  # offset between the three element round keys
 SEED_OFFSET = 0x6A09E667
-MANTISSA_BITS = {"float16": 11, "float32": 24, "float64": 32}
+MANTISSA_BITS = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 32}
 U32 = np.uint32
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from spec.errors import ShapeError
 
-from ..ir import TensorType, normalize_axis
+from ..ir import TensorType, is_float, normalize_axis
 from ..registry import OpDef, Sample, op
 
 
@@ -121,7 +121,7 @@ class Numel(OpDef):
         return super().build(g, inputs, attrs)
 
     def infer(self, attrs, x):
-        return [TensorType(attrs["dtype"] or (x.dtype if x.dtype.startswith("float") else "float32"), ())]
+        return [TensorType(attrs["dtype"] or (x.dtype if is_float(x.dtype) else "float32"), ())]
 
     def emit(self, e, node, ins, outs):
         from ..emit import onnx_dtype
@@ -143,7 +143,7 @@ class Numel(OpDef):
 
 
 def _float_of(g, x):
-    return x.dtype if x.dtype.startswith("float") else g.float_dtype
+    return x.dtype if is_float(x.dtype) else g.float_dtype
 
 
 @op("mean")
@@ -156,7 +156,7 @@ class Mean(Reduction):
 
     def build(self, g, inputs, attrs):
         x = inputs[0]
-        if not x.dtype.startswith("float"):
+        if not is_float(x.dtype):
             x = g.cast(x, g.float_dtype)
         return super().build(g, [x], attrs)
 

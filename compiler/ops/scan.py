@@ -27,7 +27,7 @@ import numpy as np
 
 from spec.errors import GradientError, ShapeError
 
-from ..ir import Graph, TensorType, Value, dim_mul, fmt_shape, normalize_axis, producers_of
+from ..ir import Graph, TensorType, Value, dim_mul, fmt_shape, is_float, normalize_axis, producers_of
 from ..registry import REQUIRED, OpDef, Sample, get_op, op
 
 
@@ -296,7 +296,7 @@ class Scan(OpDef):
             cot = [c * extra_seq_in[0] for c in cot]
         from ..autodiff import grad
 
-        float_p = [i for i, v in enumerate(b.nonseqs) if v.dtype.startswith("float")]
+        float_p = [i for i, v in enumerate(b.nonseqs) if is_float(v.dtype)]
         wrt = prev_t + [s for s in seq_t] + [p_in[i] for i in float_p]
         grads = grad(outs, wrt, cot)
         for n in bg.nodes:

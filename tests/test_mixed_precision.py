@@ -1,0 +1,177 @@
+"""Mixed precision (train.mixed_precision): the step computes in float16 while parameters
+and optimizer state stay float32, the loss is scaled dynamically, and a step whose
+gradients overflow changes nothing but the scale."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.check import Runner, reference_evaluator
+from compiler.training import compile_spec
+from spec import load_spec
+from spec.errors import FlowgradError, SpecError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MLP = os.path.join(ROOT, "models", "mlp.yaml")
+TINY = """flowgrad: 1
+name: tiny
+dims: {D: 8, H: 16, C: 3}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N], dtype: int64}
+graph:
+  h: relu(dense(x, H))
+  logits: dense(h, C)
+loss: cross_entropy(logits, y)
+metrics:
+  accuracy: mean(argmax(logits, axis=-1) == y)
+train:
+  optimizer: OPTIMIZER
+  mixed_precision: MIXED
+  l2: 0.001
+"""
+
+
+def tiny(tmp_path, mixed="float16", optimizer="{adam: {lr: 0.01}}"):
+    """The tiny spec; mixed=None leaves mixed_precision out."""
+    text = TINY.replace("OPTIMIZER", optimizer)
+    text = text.replace("MIXED", mixed) if mixed else text.replace("  mixed_precision: MIXED\n", "")
+    path = tmp_path / f"tiny_{bool(mixed)}.yaml"
+    path.write_text(text)
+    return load_spec(str(path))
+
+
+def batch(seed=0, n=16):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(size=(n, 8)).astype(np.float32), "y": rng.integers(0, 3, n)}
+
+
+def run_steps(cm, state, data, steps, runner=None, first_step=0):
+    g = cm.graphs["train"]
+    runner = runner or Runner(g.model)
+    outs = []
+    for step in range(first_step, first_step + steps):
+        control = {"lr": np.float32(0.01), "step": np.int64(step)}
+        out = runner({i.name: np.asarray(state[i.name] if i.name in state else {**data, **control}[i.name], dtype=i.dtype)
+                      for i in g.inputs})
+        state = {**state, **{k[len("next/"):]: v for k, v in out.items() if k.startswith("next/")}}
+        outs.append(out)
+    return state, outs
+
+
+def test_the_step_computes_in_float16_on_float32_weights(tmp_path):
+    cm = compile_spec(tiny(tmp_path))
+    g = cm.graphs["train"]
+    assert {i.dtype for i in g.inputs if i.role in ("param", "state")} == {"float32"}
+    assert {o.dtype for o in g.outputs if o.role in ("next", "loss")} == {"float32"}
+    model = onnx.shape_inference.infer_shapes(g.model, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    products = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert products and all(types[n.output[0]] == onnx.TensorProto.FLOAT16 for n in products if n.output[0] in types)
+    # evaluation and deployment stay float32
+    assert {i.dtype for i in cm.graphs["eval"].inputs if i.role == "param"} == {"float32"}
+    assert cm.initial_state(0)["loss_scale/main"] == 2.0 ** 15
+
+
+@pytest.mark.parametrize("compute", ["float16", "bfloat16"])
+def test_training_in_mixed_precision_learns_and_matches_the_reference_evaluator(tmp_path, compute):
+    """(onnxruntime's CPU provider has no bfloat16 products: Runner runs bfloat16 on the reference.)"""
+    cm = compile_spec(tiny(tmp_path, mixed=compute))
+    data = batch()
+    state, outs = run_steps(cm, cm.initial_state(0), data, 30)
+    losses = [float(o["loss"]) for o in outs]
+    assert losses[-1] < 0.6 * losses[0]
+    assert all(np.isfinite(losses))
+    assert float(state["loss_scale_steps/main"]) == 30  # no overflow: every step counted
+    g = cm.graphs["train"]
+    feeds = {i.name: np.asarray(state[i.name] if i.name in state else {**data, "lr": 0.01, "step": 30}[i.name], dtype=i.dtype)
+             for i in g.inputs}
+    ref = dict(zip([o.name for o in g.model.graph.output], reference_evaluator(g.model).run(None, feeds)))
+    ort = Runner(g.model)(feeds)
+    # float16 rounding differs between the two (onnxruntime widens some ops internally): an
+    # Adam step moves a weight by at most lr = 0.01, and they agree to half of that
+    for k in ort:
+        np.testing.assert_allclose(ref[k], ort[k], rtol=5e-3, atol=5e-3, err_msg=k)
+
+
+def test_mixed_precision_update_is_close_to_the_float32_one(tmp_path):
+    """One SGD step: the float16 arithmetic moves the float32 weights by nearly what float32 does."""
+    mixed = compile_spec(tiny(tmp_path, optimizer="{sgd: {lr: 0.5}}"))
+    plain = compile_spec(tiny(tmp_path, mixed=None, optimizer="{sgd: {lr: 0.5}}"))
+    state = mixed.initial_state(0)
+    s_mixed, _ = run_steps(mixed, state, batch(), 1)
+    s_plain, _ = run_steps(plain, {k: v for k, v in state.items() if not k.startswith("loss_scale")}, batch(), 1)
+    for name in plain.params:
+        moved = s_plain[name] - state[name]
+        assert np.abs(moved).max() > 0
+        np.testing.assert_allclose(s_mixed[name] - state[name], moved, rtol=0.02, atol=2e-3 * np.abs(moved).max(), err_msg=name)
+
+
+def test_an_overflowing_step_changes_nothing_and_halves_the_scale(tmp_path):
+    cm = compile_spec(tiny(tmp_path))
+    state, _ = run_steps(cm, cm.initial_state(0), batch(), 3)
+    # a scale beyond float16's range (65504) makes every gradient infinite
+    state["loss_scale/main"] = np.float32(2.0 ** 40)
+    after, (out,) = run_steps(cm, state, batch(), 1, first_step=3)
+    assert np.isfinite(out["loss"])
+    for name, value in state.items():
+        if not name.startswith("loss_scale"):
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
+    assert float(after["loss_scale/main"]) == 2.0 ** 39
+    assert float(after["loss_scale_steps/main"]) == 0
+    # and training goes on from there
+    after["loss_scale/main"] = np.float32(1024.0)
+    again, (out,) = run_steps(cm, after, batch(), 1, first_step=4)
+    assert float(again["loss_scale_steps/main"]) == 1
+    assert not np.array_equal(again["h.W"], after["h.W"])
+
+
+def test_the_scale_grows_after_growth_interval_finite_steps_up_to_its_maximum(tmp_path):
+    cm = compile_spec(tiny(tmp_path, mixed="{compute: float16, init_scale: 4, growth_interval: 3, max_scale: 16}"))
+    state = cm.initial_state(0)
+    scales = []
+    for k in range(12):
+        state, _ = run_steps(cm, state, batch(), 1, first_step=k)
+        scales.append(float(state["loss_scale/main"]))
+    assert scales == [4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16]
+
+
+def test_mixed_precision_trains_like_float32(tmp_path):
+    """The digits MLP through the training loop: the same accuracy as float32 after 5 epochs."""
+    from runtime.checkpoint import load_checkpoint
+    from runtime.train import TrainOptions, train
+
+    accuracy = {}
+    for mixed in ("float16", None):
+        extra = [f"train.mixed_precision={mixed}"] if mixed else []
+        spec = load_spec(MLP, ["train.epochs=5", "dims.H=64"] + extra)
+        result = train(spec, TrainOptions(run_dir=str(tmp_path / f"run_{mixed}"), progress=False, device="cpu"))
+        accuracy[mixed] = result.final["valid_accuracy"]
+    assert accuracy["float16"] > 0.85 and abs(accuracy["float16"] - accuracy[None]) < 0.02, accuracy
+    state, _ = load_checkpoint(str(tmp_path / "run_float16" / "checkpoint.npz"))
+    assert state["W1"].dtype == np.float32 and float(state["loss_scale/main"]) > 0
+
+
+def test_mixed_precision_with_float16_master_weights_is_a_located_error(tmp_path):
+    with pytest.raises(SpecError) as e:
+        compile_spec(tiny(tmp_path), dtype="float16")
+    assert "float32 master weights" in str(e.value) and e.value.loc is not None and e.value.loc.line == 15
+
+
+def test_mixed_precision_refuses_gradient_accumulation(tmp_path):
+    from runtime.train import TrainOptions, train
+
+    with pytest.raises(FlowgradError, match="--accumulate"):
+        train(tiny(tmp_path), TrainOptions(run_dir=str(tmp_path / "run"), progress=False, accumulate=2))
+
+
+def test_bfloat16_on_the_cpu_is_a_clear_error(tmp_path):
+    from runtime.train import TrainOptions, train
+
+    spec = load_spec(MLP, ["train.mixed_precision=bfloat16", "train.epochs=1"])
+    with pytest.raises(FlowgradError) as e:
+        train(spec, TrainOptions(run_dir=str(tmp_path / "run"), progress=False, device="cpu"))
+    assert "bfloat16" in e.value.hint and "float16" in e.value.hint
