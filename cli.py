@@ -352,13 +352,14 @@ def bench(
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON.")] = False,
+    steps_per_call: Annotated[int, typer.Option("--steps-per-call", help="Training steps per session call (a Loop over stacked minibatches in one graph).", min=1)] = 1,
 ):
     """Median training-step time, samples/s, compile time, node counts and peak memory."""
     from runtime.bench import bench as run_bench
 
     with user_errors():
         s = _load(spec, set)
-        r = run_bench(s, batch_size, steps, device=device, threads=threads)
+        r = run_bench(s, batch_size, steps, device=device, threads=threads, steps_per_call=steps_per_call)
     if as_json:
         print(json.dumps(r))
         return

@@ -38,7 +38,9 @@ def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
 
 
 def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: int = 5, device: str = "cpu",
-          threads: int | None = None, seed: int = 0) -> dict:
+          threads: int | None = None, seed: int = 0, steps_per_call: int = 1) -> dict:
+    """`steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
+    step_ms is then a call's time over its steps."""
     t0 = time.perf_counter()
     cm = compile_spec(spec)
     compile_s = time.perf_counter() - t0
@@ -51,12 +53,16 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     batch = real_batch(spec, cm, batch_size, seed) or random_batch(spec, names, rng, cm.float_dtype, sizes)
     trainer = Trainer(cm, device, threads, seed=seed)
     times = []
-    for step in range(warmup + steps):
+    k = steps_per_call
+    for call in range(warmup + -(-steps // k)):
         t = time.perf_counter()
         for obj in cm.schedule:
-            trainer.train_step(obj, batch, lr=1e-4, step=step)
-        if step >= warmup:
-            times.append(time.perf_counter() - t)
+            if k == 1:
+                trainer.train_step(obj, batch, lr=1e-4, step=call)
+            else:
+                trainer.train_steps(obj, [batch] * k, [1e-4] * k, step=call * k)
+        if call >= warmup:
+            times.append((time.perf_counter() - t) / k)
     median = statistics.median(times)
     return {
         "spec": spec.name,
@@ -68,4 +74,5 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
         "samples_per_s": round(batch_size / median, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "steps": steps,
+        "steps_per_call": k,
     }

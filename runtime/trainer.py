@@ -19,8 +19,10 @@ from .session import empty_like, make_session, to_device
 class GraphRunner:
     """One compiled graph in one session, fed from a shared state dict."""
 
-    def __init__(self, graph: CompiledGraph, device: str, threads: int | None):
+    def __init__(self, graph: CompiledGraph, device: str, threads: int | None, prefix: str = ""):
+        """`prefix`: the graph's names for state, outputs and scalars carry it (a looped step graph)."""
         self.graph = graph
+        self.prefix = prefix
         self.device = device
         self.session = make_session(graph.model, device, threads)
         self.binding = self.session.io_binding()
@@ -36,9 +38,10 @@ class GraphRunner:
     def run(self, state: dict[str, ort.OrtValue], spare: dict[str, ort.OrtValue], batch: dict[str, np.ndarray],
             control: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, ort.OrtValue]]:
         b = self.binding
+        cut = len(self.prefix)
         for name, role in self.input_roles.items():
             if role in ("param", "buffer", "state", "grad"):
-                b.bind_ortvalue_input(name, state[name])
+                b.bind_ortvalue_input(name, state[name[cut:]])
             elif role == "input":
                 b.bind_cpu_input(name, batch[name])
             else:
@@ -46,17 +49,17 @@ class GraphRunner:
         for name in self.scalar_outputs + self.other_outputs:
             b.bind_output(name, "cpu")
         for name in self.next_outputs:
-            key = name[len("next/"):]
+            key = name[cut + len("next/"):]
             if key not in spare:
                 spare[key] = empty_like(state[key], self.device)
             b.bind_ortvalue_output(name, spare[key])
         self.session.run_with_iobinding(b)
-        outs = dict(zip([o.name for o in self.session.get_outputs()], b.get_outputs()))
-        scalars = {n: float(outs[n].numpy()) for n in self.scalar_outputs}
+        outs = dict(zip(self.scalar_outputs + self.other_outputs + self.next_outputs, b.get_outputs()))  # bound order
+        scalars = {n[cut:]: _scalars(outs[n].numpy()) for n in self.scalar_outputs}
         others = {n: outs[n] for n in self.other_outputs}
         # The freshly written buffers become the state; the old ones are reused next step.
         for name in self.next_outputs:
-            key = name[len("next/"):]
+            key = name[cut + len("next/"):]
             state[key], spare[key] = spare[key], state[key]
         b.clear_binding_inputs()
         b.clear_binding_outputs()
@@ -86,6 +89,21 @@ class Trainer:
         control = {"lr": lr, "step": step, "seed": self.seed}
         scalars, _ = self.runner(kind).run(self.state, self.spare, batch, control)
         return scalars
+
+    def train_steps(self, objective: str, batches: list[dict[str, np.ndarray]], lrs: list[float], step: int) -> list[dict[str, float]]:
+        """len(batches) training steps in one session call (the step graph inside a Loop; see
+        compiler/multistep.py), from `step` on; returns each step's loss and metrics."""
+        from compiler.multistep import PREFIX, multi_step, stack_batches
+
+        kind = ("train" if objective == "main" else f"train_{objective}") + "_steps"
+        if kind not in self.runners:
+            self.runners[kind] = GraphRunner(multi_step(self.cm.graphs[kind[:-len("_steps")]]), self.device, self.threads,
+                                             prefix=PREFIX)
+        runner = self.runners[kind]
+        control = {PREFIX + "lr": np.asarray(lrs, dtype=runner.input_dtypes.get(PREFIX + "lr", np.float32)),
+                   PREFIX + "step": step, "seed": self.seed}
+        scalars, _ = runner.run(self.state, self.spare, stack_batches(batches), control)
+        return [{k: float(v[i]) for k, v in scalars.items()} for i in range(len(batches))]
 
     def accumulate_step(self, objective: str, batches: list[dict[str, np.ndarray]], lr: float, step: int) -> dict[str, float]:
         """One update from the mean gradient of several batches (gradients-only, then apply-only graph)."""
@@ -126,6 +144,10 @@ class Trainer:
 
     def state_numpy(self) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in self.state.items()}
+
+
+def _scalars(a: np.ndarray):
+    return float(a) if a.ndim == 0 else a
 
 
 def _dtype_of(cm: CompiledModel, name: str, value) -> str:
