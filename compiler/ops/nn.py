@@ -183,6 +183,10 @@ def _conv_weight_grad(x, gy, wshape, stride, dilation, pads, groups):
     G = groups
     gr = x.graph
     n, c, h, w = x.shape
+    kh, kw = wshape[2], wshape[3]
+    if (G == 1 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and kh * kw <= IM2COL_MAX_TAPS
+            and all(isinstance(d, int) for d in (c, h, w))):
+        return _conv_weight_grad_gemm(x, gy, wshape, pads)
     if G == 1:
         xt = gr.apply("transpose", x, perm=(1, 0, 2, 3))  # [C, N, H, W]
     else:
@@ -191,7 +195,6 @@ def _conv_weight_grad(x, gy, wshape, stride, dilation, pads, groups):
         xt = gr.apply("transpose", xt, perm=(2, 1, 0, 3, 4))  # [C/G, G, N, H, W]
         xt = gr.apply("reshape", xt, shape=(cg, dim_mul(G, n), h, w))
     wt = gr.apply("transpose", gy, perm=(1, 0, 2, 3))  # [M, N, Ho, Wo]
-    kh, kw = wshape[2], wshape[3]
     # rows/cols of x beyond the last window: crop them so the result is exactly kh x kw
     rem = [(h + pads[0] + pads[2] - (dilation[0] * (kh - 1) + 1)) % stride[0],
            (w + pads[1] + pads[3] - (dilation[1] * (kw - 1) + 1)) % stride[1]]
@@ -200,6 +203,31 @@ def _conv_weight_grad(x, gy, wshape, stride, dilation, pads, groups):
     dw = gr.apply("transpose", out, perm=(1, 0, 2, 3))
     assert tuple(dw.shape) == tuple(wshape), (dw.shape, wshape)
     return dw
+
+
+# A stride-1 conv's weight gradient with at most this many kernel taps is one Gemm over
+# shifted copies of the input; onnxruntime's Conv runs the equivalent batch-as-channels
+# convolution (a kernel the size of the image) several times slower.
+IM2COL_MAX_TAPS = 25
+
+
+def _conv_weight_grad_gemm(x, gy, wshape, pads):
+    """dw[m, c, i, j] = sum over n, y, x of gy[n, m, y, x] * xpad[n, c, y + i, x + j]. With the
+    input laid out [H, W, N, C], each of the kh*kw shifted windows is a slice of whole rows
+    (large contiguous copies); stacked, they are [kh*kw, Ho*Wo*N, C], and one batched
+    product with gy laid out [M, Ho*Wo*N] gives [kh*kw, M, C]."""
+    gr = x.graph
+    m, c, kh, kw = wshape
+    ho, wo = gy.shape[2], gy.shape[3]
+    xt = gr.apply("transpose", x, perm=(2, 3, 0, 1))  # [H, W, N, C]
+    if any(pads):
+        xt = gr.apply("pad", xt, pads=((pads[0], pads[2]), (pads[1], pads[3]), (0, 0), (0, 0)))
+    taps = [gr.apply("index", xt, spec=(None, (i, i + ho, None), (j, j + wo, None))) for i in range(kh) for j in range(kw)]
+    windows = gr.apply("concat", *taps, axis=0) if len(taps) > 1 else taps[0]  # [kh*kw, Ho, Wo, N, C]
+    windows = gr.apply("reshape", windows, shape=(kh * kw, -1, c))
+    gyt = gr.apply("reshape", gr.apply("transpose", gy, perm=(1, 2, 3, 0)), shape=(m, -1))  # [M, Ho*Wo*N]
+    dw = gr.apply("matmul", gyt, windows)  # [kh*kw, M, C]
+    return gr.apply("reshape", gr.apply("transpose", dw, perm=(1, 2, 0)), shape=(m, c, kh, kw))
 
 
 def _conv_np(x, w, stride, dilation, pads, groups):
@@ -557,6 +585,8 @@ _POOL_CASES = [
     ((1, 2, 5, 4), {"kernel": 3, "stride": 1, "padding": 1}),  # overlapping windows
     ((1, 1, 6, 7), {"kernel": (3, 2), "stride": (2, 3), "padding": (1, 0)}),
     ((1, 1, 4, 4), {"kernel": 2, "stride": 1, "padding": (1, 0)}),
+    ((2, 2, 4, 6), {"kernel": 2}),  # windows that tile the input
+    ((1, 2, 6, 6), {"kernel": (3, 2)}),
 ]
 
 
@@ -614,6 +644,13 @@ class MaxPool2dGrad(OpDef):
         H, W = geom.in_hw
         from .elementwise import _scalar_tensor
 
+        if geom.s == geom.k and geom.p == (0, 0) and (H, W) == tuple(o * k for o, k in zip(geom.out_hw, geom.k)):
+            # Windows that tile the input: MaxUnpool puts g at MaxPool's own indices (each
+            # window's first maximum) and zeros elsewhere, in one pass. (With rows or columns
+            # left over, onnx.reference's MaxUnpool misplaces values: those scatter.)
+            _, idx = e.add("MaxPool", [ins[1]], 2, kernel_shape=list(geom.k), strides=list(geom.s))
+            e.add("MaxUnpool", [ins[0], idx], outs, kernel_shape=list(geom.k), strides=list(geom.s))
+            return
         pos = _emit_argmax_positions(e, geom, ins[1])
         gf = e.add("Reshape", [ins[0], e.ints([0, 0, geom.out_hw[0] * geom.out_hw[1]])])
         xf = e.add("Reshape", [ins[1], e.ints([0, 0, H * W])])
@@ -642,6 +679,11 @@ class MaxPool2dGrad(OpDef):
             x = _pool_samples_x(rng, s)
             geom = _PoolGeom({**_POOL_ATTRS, **a}, s[2:])
             out.append(Sample([rng.normal(size=s[:2] + geom.out_hw), x], a, grad_inputs=[0]))
+        # ties (a ReLU's zeros): the whole gradient goes to each window's first maximum
+        tied = np.maximum(np.round(rng.normal(size=(2, 2, 4, 6))), 0.0)
+        out.append(Sample([rng.normal(size=(2, 2, 2, 3)), tied], {"kernel": 2}, grad_inputs=[0]))
+        out.append(Sample([rng.normal(size=(1, 2, 2, 2)), np.maximum(np.round(rng.normal(size=(1, 2, 5, 5))), 0.0)],
+                          {"kernel": 2}, grad_inputs=[0]))
         return out
 
 
