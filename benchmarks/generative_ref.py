@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from torch.nn import functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+from runtime.memory import peak_rss_mb  # noqa: E402
 
 
 def spec_config(model: str) -> dict:
@@ -223,7 +223,7 @@ def bench(model: str, steps: int, warmup: int, threads: int) -> dict:
             times.append(time.perf_counter() - t)
     return {"framework": "pytorch", "model": model, "batch_size": cfg["batch_size"],
             "step_ms": statistics.median(times) * 1e3,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main():

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
+import sys
 import time
 
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from runtime.memory import peak_rss_mb  # noqa: E402
 
 
 def mlp(hidden=256, depth=2, d_in=64, k=10, dropout=0.2):
@@ -133,7 +137,7 @@ def main():
                 times.append(time.perf_counter() - t)
         median = statistics.median(times)
         print(json.dumps({"framework": "pytorch", "model": args.model, "batch_size": batch, "step_ms": median * 1e3,
-                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                          "peak_rss_mb": peak_rss_mb()}))
         return
     if shape == "tokens":  # a language model: the spec's own text data, next-token targets
         vocab, seq = SEQUENCE[args.model]
@@ -159,7 +163,7 @@ def main():
             times.append(time.perf_counter() - t)
     median = statistics.median(times)
     print(json.dumps({"framework": "pytorch", "model": args.model, "batch_size": batch, "step_ms": median * 1e3,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,7 @@
 samples/s and peak memory of one spec, measured in this process."""
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -13,13 +11,9 @@ from compiler.gradcheck import random_batch
 from compiler.training import compile_spec
 from spec.model import Spec
 
+from .memory import peak_rss_mb
 from .session import pick_device
 from .trainer import Trainer
-
-
-def peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / (1024 * 1024)
 
 
 def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
