@@ -105,7 +105,12 @@ def _emit_round(e, x: str) -> str:
     u = lambda v: e.const(np.asarray(v, dtype=U32))  # noqa: E731
     t = e.add("Add", [e.add("Add", [x, x]), u(1)])
     p = e.add("Mul", [x, t])
-    return e.add("Add", [e.add("Div", [p, u(1 << 16)]), e.add("Mul", [p, u(1 << 16)])])
+    # p // 2**16 through float64, where it is exact (a power-of-two scale, then a cast that
+    # truncates): onnxruntime divides uint32 element by element, twice as slowly, and its
+    # CUDA provider has no BitShift.
+    high = e.add("Cast", [e.add("Mul", [e.add("Cast", [p], to=TensorProto.DOUBLE), e.const(np.asarray(2.0**-16))])],
+                 to=TensorProto.UINT32)
+    return e.add("Add", [high, e.add("Mul", [p, u(1 << 16)])])
 
 
 def _emit_base_key(e, seed: str, step: str) -> str:
