@@ -44,6 +44,7 @@ from spec.errors import ShapeError, SpecError
 
 from ..ir import TensorType, Value, current_loc, is_float, is_static
 from ..registry import REQUIRED, OpDef, Sample, op
+from .elementwise import emit_u32_shift_right
 
 GOLDEN = 0x9E3779B9  # salt multiplier: floor(2**32 / golden ratio), odd
 ROUND = 0x85EBCA6B  # offset between the three element round keys
@@ -105,12 +106,7 @@ def _emit_round(e, x: str) -> str:
     u = lambda v: e.const(np.asarray(v, dtype=U32))  # noqa: E731
     t = e.add("Add", [e.add("Add", [x, x]), u(1)])
     p = e.add("Mul", [x, t])
-    # p // 2**16 through float64, where it is exact (a power-of-two scale, then a cast that
-    # truncates): onnxruntime divides uint32 element by element, twice as slowly, and its
-    # CUDA provider has no BitShift.
-    high = e.add("Cast", [e.add("Mul", [e.add("Cast", [p], to=TensorProto.DOUBLE), e.const(np.asarray(2.0**-16))])],
-                 to=TensorProto.UINT32)
-    return e.add("Add", [high, e.add("Mul", [p, u(1 << 16)])])
+    return e.add("Add", [emit_u32_shift_right(e, p, 16), e.add("Mul", [p, u(1 << 16)])])
 
 
 def _emit_base_key(e, seed: str, step: str) -> str:
