@@ -23,7 +23,7 @@ ROOT = os.path.dirname(HERE)
 
 # row name -> (spec, overrides for flowgrad, torch_ref model or "script.py:model" for another reference)
 ROWS = {
-    "mlp": ("models/mlp.yaml", [], "mlp"),
+    "mlp": ("models/mlp.yaml", ["train.batch_size=128"], "mlp"),
     # 784-1024-1024-10 at batch 256, no dropout: matmul-bound
     "mlp_big": ("models/mlp.yaml", ["dims.D=784", "dims.H=1024", "train.batch_size=256",
                                     "graph.h1=relu(x @ W1 + b1)", "graph.h2=relu(h1 @ W2 + b2)"], "mlp_big"),
@@ -83,10 +83,13 @@ def run_json_text(cmd):
     return json.loads(res.stdout)
 
 
-def reference_cmd(ref: str, steps: int, threads: int) -> list[str]:
+def reference_cmd(ref: str, steps: int, threads: int, overrides=()) -> list[str]:
     script, _, model = ref.rpartition(":")
     head = [sys.executable, os.path.join(HERE, script), "bench", model] if script else \
         [sys.executable, os.path.join(HERE, "torch_ref.py"), model]
+    batch = [o.split("=", 1)[1] for o in overrides if o.startswith("train.batch_size=")]
+    if batch and not script:  # the same batch as flowgrad's row
+        head += ["--batch-size", batch[0]]
     return head + ["--steps", str(steps), "--threads", str(threads)]
 
 
@@ -129,7 +132,7 @@ def main():
             fg_mem.append(r["peak_rss_mb"])
             # several objectives (gan): the training graphs of one step together
             nodes = r["nodes"].get("train") or sum(n for k, n in r["nodes"].items() if k.startswith("train_"))
-            r = run_json(reference_cmd(ref, args.steps, args.threads))
+            r = run_json(reference_cmd(ref, args.steps, args.threads, overrides))
             pt.append(r["step_ms"])
             pt_mem.append(r["peak_rss_mb"])
         f, p = statistics.median(fg), statistics.median(pt)

@@ -73,10 +73,11 @@ class DatesAttention(nn.Module):
         self.out = nn.Linear(h + 2 * h, tv)
 
     def forward(self, src, src_len, tgt_in):
-        packed = nn.utils.rnn.pack_padded_sequence(self.src_emb(src), src_len, batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(self.src_emb(src), src_len.cpu(), batch_first=True, enforce_sorted=False)
         enc, _ = self.enc(packed)
         enc, _ = nn.utils.rnn.pad_packed_sequence(enc, batch_first=True, total_length=src.shape[1])
-        mask = torch.arange(src.shape[1])[None, :] < src_len[:, None]
+        src_len = src_len.to(src.device)
+        mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_len[:, None]
         s = torch.tanh(self.s0((enc * mask[..., None]).sum(1) / src_len[:, None]))
         keys = self.U(enc)
         outs = []
@@ -104,12 +105,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (each step ends by reading the loss, which waits for the GPU)")
     args = ap.parse_args()
+    dev = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     build, default_batch = MODELS[args.model]
     batch = args.batch_size or default_batch
     net, shape = build()
+    net = net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     if shape == "seq2seq":  # the bundled dates task, as flowgrad bench feeds it
@@ -119,8 +123,8 @@ def main():
         from runtime.datasets_text import load_dates
 
         d = load_dates(n=batch, seed=0).arrays
-        src, src_len, tgt_in = (torch.from_numpy(d[k]) for k in ("src", "src_len", "tgt_in"))
-        y, tmask = torch.from_numpy(d["tgt"]), torch.from_numpy(d["tgt_mask"])
+        src, src_len, tgt_in = (torch.from_numpy(d[k]).to(dev) for k in ("src", "src_len", "tgt_in"))
+        y, tmask = torch.from_numpy(d["tgt"]).to(dev), torch.from_numpy(d["tgt_mask"]).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
         times = []
         for step in range(args.warmup + args.steps):
@@ -136,17 +140,17 @@ def main():
             if step >= args.warmup:
                 times.append(time.perf_counter() - t)
         median = statistics.median(times)
-        print(json.dumps({"framework": "pytorch", "model": args.model, "batch_size": batch, "step_ms": median * 1e3,
+        print(json.dumps({"framework": "pytorch", "model": args.model, "device": args.device, "batch_size": batch, "step_ms": median * 1e3,
                           "peak_rss_mb": peak_rss_mb()}))
         return
     if shape == "tokens":  # a language model: the spec's own text data, next-token targets
         vocab, seq = SEQUENCE[args.model]
-        data = torch.randint(0, vocab, (batch, seq + 1))
+        data = torch.randint(0, vocab, (batch, seq + 1), device=dev)
         x, y = data[:, :-1], data[:, 1:]
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     else:
-        x = torch.rand(batch, *shape)
-        y = torch.randint(0, 2, (batch,))
+        x = torch.rand(batch, *shape, device=dev)
+        y = torch.randint(0, 2, (batch,), device=dev)
     times = []
     for step in range(args.warmup + args.steps):
         t = time.perf_counter()
@@ -162,7 +166,7 @@ def main():
         if step >= args.warmup:
             times.append(time.perf_counter() - t)
     median = statistics.median(times)
-    print(json.dumps({"framework": "pytorch", "model": args.model, "batch_size": batch, "step_ms": median * 1e3,
+    print(json.dumps({"framework": "pytorch", "model": args.model, "device": args.device, "batch_size": batch, "step_ms": median * 1e3,
                       "peak_rss_mb": peak_rss_mb()}))
 
 
