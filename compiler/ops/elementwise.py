@@ -684,9 +684,11 @@ class Relu(Unary):
     gradgrad = True
 
     def vjp(self, node, gouts):
-        x = node.inputs[0]
+        # y > 0 exactly where x > 0; reading the output lets the pre-activation be freed
+        # after the forward pass (the next layer keeps y for its own weight gradient).
+        y = node.outputs[0]
         g = gouts[0]
-        return [g.graph.apply("where", x.graph.apply("gt", x, x.graph.lift(0.0, like=x)), g, g.graph.lift(0.0, like=g))]
+        return [g.graph.apply("where", y.graph.apply("gt", y, y.graph.lift(0.0, like=y)), g, g.graph.lift(0.0, like=g))]
 
     def ref(self, attrs, x):
         return np.maximum(x, 0)
