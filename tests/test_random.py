@@ -185,6 +185,16 @@ def test_dropout_train(rate):
     assert abs(_corr(kept, y2 != 0)) < 0.02, "masks of consecutive steps correlate"
 
 
+def test_dropout_entries_sharing_a_hash_are_independent():
+    """Entries 2j and 2j + 1 take the two halves of one hash: their masks must not correlate."""
+    _, model = build(lambda g, x: g.apply("dropout", x, rate=0.5), (200, 500))
+    x = np.ones((200, 500), np.float32)
+    kept = (_ort(model).run(None, feeds(x, 7, 2, model))[0] != 0).reshape(-1)
+    assert abs(kept.mean() - 0.5) < 0.01
+    assert abs(_corr(kept[0::2], kept[1::2])) < 0.02
+    assert abs(_corr(kept[1:-1:2], kept[2::2])) < 0.02  # across neighbouring hashes too
+
+
 @pytest.mark.parametrize("mode", ["eval", "infer"])
 def test_dropout_eval_is_identity(mode):
     g, model = build(lambda g, x: g.apply("dropout", x, rate=0.5), (3, 4), mode=mode)

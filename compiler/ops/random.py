@@ -76,14 +76,19 @@ def op_key(seed: int, step: int, salt: int) -> np.uint32:
         return base_key(seed, step) + U32((salt * GOLDEN) % 2**32)
 
 
-def hash_bits(seed: int, step: int, salt: int, shape) -> np.ndarray:
-    """uint32 random bits for a tensor of `shape`: the reference for random_bits."""
+def hash_bits(seed: int, step: int, salt: int, shape, pairs: bool = False) -> np.ndarray:
+    """uint32 random bits for a tensor of `shape`: the reference for random_bits. With
+    `pairs`, one hash serves two entries: entry 2j holds hash j and entry 2j + 1 the same
+    hash shifted up by 16 bits, so each entry's top 16 bits are an independent draw."""
     shape = tuple(int(d) for d in shape)
+    n = int(np.prod(shape, dtype=np.int64))
     k = op_key(seed, step, salt)
-    x = (np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64) % 2**32).astype(U32)
+    x = (np.arange((n + 1) // 2 if pairs else n, dtype=np.int64) % 2**32).astype(U32)
     with np.errstate(over="ignore"):
         for r in range(3):
             x = _round_np(x + (k + U32((r * ROUND) % 2**32)))
+        if pairs:
+            x = np.stack([x, x * U32(1 << 16)], axis=-1).reshape(-1)[:n]
     return x.reshape(shape)
 
 
@@ -139,7 +144,7 @@ class RandomBits(OpDef):
     (the hash in compiler/ops/random.py). Values of `like` are not used."""
 
     inputs = ("seed", "step", "like")
-    attrs = {"salt": REQUIRED}
+    attrs = {"salt": REQUIRED, "pairs": False}
     nondiff = True
 
     def infer(self, attrs, seed, step, like):
@@ -154,20 +159,30 @@ class RandomBits(OpDef):
         u = lambda v: e.const(np.asarray(v, dtype=U32))  # noqa: E731
         i64 = lambda v: e.const(np.asarray(v, dtype=np.int64))  # noqa: E731
         key = e.add("Add", [_emit_base_key(e, ins[0], ins[1]), u((int(node.attrs["salt"]) * GOLDEN) % 2**32)])
+        pairs = bool(node.attrs["pairs"])
         if is_static(like.shape):
-            n = i64(int(np.prod(like.shape, dtype=np.int64)))
+            size = int(np.prod(like.shape, dtype=np.int64))
+            n, count = i64(size), i64((size + 1) // 2 if pairs else size)
             shape = e.ints(like.shape)
         else:
             shape = e.add("Shape", [ins[2]])
-            n = e.add("ReduceProd", [shape], keepdims=0)
-        x = e.add("Cast", [e.add("Range", [i64(0), n, i64(1)])], to=TensorProto.UINT32)
+            n = count = e.add("ReduceProd", [shape], keepdims=0)
+            if pairs:
+                count = e.add("Div", [e.add("Add", [n, i64(1)]), i64(2)])
+        x = e.add("Cast", [e.add("Range", [i64(0), count, i64(1)])], to=TensorProto.UINT32)
         for r in range(3):
             k = key if r == 0 else e.add("Add", [key, u((r * ROUND) % 2**32)])
             x = _emit_round(e, e.add("Add", [x, k]))
+        if pairs:  # entries 2j and 2j + 1: the hash, and the hash shifted up by 16 bits
+            shifted = e.add("Mul", [x, u(1 << 16)])
+            x = e.add("Reshape", [e.add("Concat", [e.add("Unsqueeze", [x, e.ints([1])]),
+                                                   e.add("Unsqueeze", [shifted, e.ints([1])])], axis=1), e.ints([-1])])
+            if not any(isinstance(d, int) and d % 2 == 0 for d in like.shape):  # maybe odd: one too many
+                x = e.add("Slice", [x, e.ints([0]), e.add("Reshape", [n, e.ints([1])])])
         e.add("Reshape", [x, shape], outs)
 
     def ref(self, attrs, seed, step, like):
-        return hash_bits(int(seed), int(step), int(attrs["salt"]), like.shape)
+        return hash_bits(int(seed), int(step), int(attrs["salt"]), like.shape, bool(attrs["pairs"]))
 
     def samples(self, rng):
         s = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
@@ -176,6 +191,8 @@ class RandomBits(OpDef):
             Sample([s(12345), s(7), np.zeros((2, 3, 5))], {"salt": 3}),
             Sample([s(-1), s(2**40 + 3), np.zeros(())], {"salt": 0}),
             Sample([s(2**62 + 17), s(1), np.zeros((7,), dtype=np.int64)], {"salt": 2**40}),
+            Sample([s(5), s(9), np.zeros((3, 4))], {"salt": 6, "pairs": True}),
+            Sample([s(5), s(9), np.zeros((3, 5))], {"salt": 6, "pairs": True}),  # an odd count
         ]
 
 
@@ -212,9 +229,9 @@ class RandomComposite(OpDef):
         rng = inputs[n:] or None
         return self.expand(g, *inputs[:n], rng=rng, salt=int(salt), **attrs)
 
-    def bits(self, g, like, rng, salt):
+    def bits(self, g, like, rng, salt, pairs=False):
         seed, step = rng if rng else g.rng_inputs()
-        return g.apply("random_bits", seed, step, like, salt=salt)
+        return g.apply("random_bits", seed, step, like, salt=salt, pairs=pairs)
 
     def unit(self, g, like, rng, salt, dtype, open_low=False):
         """Uniform in [0, 1) (or (0, 1] with open_low) of dtype, shaped like `like`."""
@@ -343,11 +360,17 @@ class Bernoulli(RandomComposite):
         return [_rng_sample(rng, (4, 5), 1), _rng_sample(rng, (10,), 3, {"p": 0.2})]
 
 
+def _dropout_threshold(rate: float) -> int:
+    return int(np.ceil(rate * 65536.0))
+
+
 @op("dropout")
 class Dropout(RandomComposite):
-    """In train mode, each entry of x is zeroed with probability `rate` and the
-    rest scaled by 1 / (1 - rate); in eval and infer mode, x unchanged. The mask
-    is uniform(x) >= rate, a function of (seed, step, salt): replayable."""
+    """In train mode, each entry of x is zeroed with probability `rate` (to 16 bits:
+    ceil(rate * 2^16) / 2^16) and the rest scaled by 1 / (1 - rate); in eval and
+    infer mode, x unchanged. The mask compares 16 random bits per entry (random_bits
+    with pairs: one hash for two entries) and is a function of (seed, step, salt):
+    replayable."""
 
     inputs = ("x",)
     attrs = {"rate": 0.5, "salt": None}
@@ -363,13 +386,12 @@ class Dropout(RandomComposite):
         zero = g.const(np.asarray(0, dtype=x.dtype))
         if rate == 1.0:
             return x * zero
-        # uniform(x) >= rate, compared on the bits themselves: u is k * 2^-m for the top m
-        # bits k, so u >= rate exactly when the bits reach ceil(rate * 2^m) << (32 - m).
-        m = MANTISSA_BITS[x.dtype]
-        k = int(np.ceil(float(np.asarray(rate, dtype=x.dtype)) * 2.0**m))
-        if k >= 1 << m:
+        # 16 bits per entry (half the hashing of 32): the entry is dropped when its top
+        # 16 bits are below k = ceil(rate * 2^16).
+        k = _dropout_threshold(rate)
+        if k >= 1 << 16:
             return x * zero
-        keep = g.apply("ge", self.bits(g, x, rng, salt), g.const(np.asarray(k << (32 - m), dtype=U32)))
+        keep = g.apply("ge", self.bits(g, x, rng, salt, pairs=True), g.const(np.asarray(k << 16, dtype=U32)))
         return g.apply("where", keep, x * g.const(np.asarray(1.0 / (1.0 - rate), dtype=x.dtype)), zero)
 
     def ref(self, attrs, x, seed, step):
@@ -377,10 +399,11 @@ class Dropout(RandomComposite):
         rate = attrs["rate"]
         if rate == 0.0:
             return x
-        if rate == 1.0:
+        k = _dropout_threshold(rate)
+        if k >= 1 << 16:
             return x * 0
-        u = bits_to_unit(hash_bits(seed, step, salt, x.shape), x.dtype.name)
-        return np.where(u >= np.asarray(rate, x.dtype), x * np.asarray(1.0 / (1.0 - rate), x.dtype), 0).astype(x.dtype)
+        top = hash_bits(seed, step, salt, x.shape, pairs=True) // U32(1 << 16)
+        return np.where(top >= k, x * np.asarray(1.0 / (1.0 - rate), x.dtype), 0).astype(x.dtype)
 
     def samples(self, rng):
         s = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
