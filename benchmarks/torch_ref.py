@@ -114,7 +114,8 @@ def main():
     batch = args.batch_size or default_batch
     net, shape = build()
     net = net.to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    # models/mlp.yaml trains with l2: 1e-5, added to the gradient: Adam's (coupled) weight_decay
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5 if args.model in ("mlp", "mlp_big") else 0.0)
     loss_fn = nn.CrossEntropyLoss()
     if shape == "seq2seq":  # the bundled dates task, as flowgrad bench feeds it
         import sys as _sys, os as _os
