@@ -347,8 +347,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                     stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
         result = TrainResult(run_dir, device, step, epoch, time.perf_counter() - t_start,
                              history[-1] if history else {}, best, history, stopped)
-        with open(os.path.join(run_dir, "result.json"), "w") as f:
-            json.dump(result.to_json(), f, indent=2)
+        atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode())
         return result
 
 
@@ -420,14 +419,11 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed):
         "data_hash": train_ds.fingerprint(), "versions": _versions(), "resumed": resumed,
         "argv": sys.argv, "meta": train_ds.meta,
     }
-    with open(os.path.join(run_dir, "run.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode())
 
 
 def _rewrite_metrics(run_dir, history):
-    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
-        for r in history:
-            f.write(json.dumps(r) + "\n")
+    atomic_write(os.path.join(run_dir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 class _Progress:
