@@ -131,6 +131,8 @@ class CompiledModel:
     objectives: list[Objective]
     graphs: dict[str, CompiledGraph] = field(default_factory=dict)
     compile_seconds: float = 0.0
+    # data input -> (exclusive upper bound of its values, what it indexes, "{}" for the bound): checked before training
+    index_bounds: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- state
     def state_specs(self, objective: Objective) -> list[tuple[str, tuple]]:
@@ -540,6 +542,33 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
     return low
 
 
+def index_bounds(g: Graph) -> dict[str, tuple[int, str]]:
+    """Integer data inputs used as indices of a fixed-size axis (embedding ids, class labels),
+    with that size: values at or above it would only fail (or gather garbage) at run time."""
+    inputs = {gi.value.id: name for name, gi in g.inputs.items() if gi.kind == "input"}
+    passthrough = {"unsqueeze", "squeeze", "reshape", "identity", "cast", "flatten"}
+
+    def source(v):
+        while v.id not in inputs and v.producer is not None and v.producer.op.name in passthrough:
+            v = v.producer.inputs[0]
+        return inputs.get(v.id)
+
+    bounds: dict[str, tuple[int, str]] = {}
+    for node in g.nodes:
+        name, size, what = None, None, ""
+        if node.op.name == "take" and node.inputs[0].rank >= 1:
+            axis = node.attrs.get("axis", 0) % node.inputs[0].rank
+            name, size, what = source(node.inputs[1]), node.inputs[0].shape[axis], "it indexes a table of {} rows"
+        elif node.op.name == "take_along_axis":
+            axis = node.attrs.get("axis", -1) % node.inputs[0].rank
+            name, size, what = source(node.inputs[1]), node.inputs[0].shape[axis], "the model has {} classes"
+        elif node.op.name == "one_hot":
+            name, size, what = source(node.inputs[0]), node.attrs["depth"], "its one_hot has {} classes"
+        if name is not None and isinstance(size, int) and (name not in bounds or size < bounds[name][0]):
+            bounds[name] = (int(size), what)
+    return bounds
+
+
 def unused_entries(spec: S.Spec) -> list[SpecWarning]:
     """A warning for each graph entry that no loss, metric, output, objective or generate section
     needs, directly or through other entries and blocks: located at the entry."""
@@ -620,7 +649,7 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
                             f"parameters: {', '.join(check.params)}")
         for o in objectives:
             o.frozen = list(frozen)
-    cm = CompiledModel(spec, dtype, check.params, objectives)
+    cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph))
     for obj in objectives:
         suffix = "" if obj.name == "main" else f"_{obj.name}"
         if obj.mixed and dtype != "float32":

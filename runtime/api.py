@@ -70,7 +70,7 @@ def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str 
     _check_state(cm, state, ckpt, seed)
     ds = D.load_npz(data, None, spec.inputs)
     needed = needed_inputs(cm, ("eval",))
-    D.check_against_spec(ds, spec, needed, data)
+    D.check_against_spec(ds, spec, needed, data, cm.index_bounds)
     ds = D.cast_for(ds, {n: (cm.float_dtype if spec.inputs[n].dtype.startswith("float") else spec.inputs[n].dtype) for n in needed})
     trainer = Trainer(cm, pick_device(device), threads, state, seed)
     try:

@@ -170,9 +170,10 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
     return Dataset(arrays, os.path.basename(path))
 
 
-def check_against_spec(ds: Dataset, spec, needed: list[str], where: str) -> None:
+def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds: dict | None = None) -> None:
     """Every input the graphs need is present, with the declared rank, dtype
-    kind, fixed dims and equal lengths; float inputs are finite."""
+    kind, fixed dims and equal lengths; float inputs are finite; ids and labels
+    are below the size of what they index (`bounds`: CompiledModel.index_bounds)."""
     from spec.errors import did_you_mean
 
     lengths = {}
@@ -203,6 +204,12 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str) -> None
             bad = int(np.argwhere(a < 0)[0][0]) if a.ndim else 0
             raise DataError(f"{where}: array {name!r} has negative values (first at example {bad})", decl.loc,
                             "integer inputs are ids, labels, lengths or masks, and none is negative")
+        if bounds and name in bounds and a.dtype.kind in "iu" and a.size and a.max() >= bounds[name][0]:
+            size, what = bounds[name]
+            bad = int(np.argwhere(a >= size)[0][0]) if a.ndim else 0
+            raise DataError(f"{where}: array {name!r} has the value {int(a.max())} (first too large at example {bad}), "
+                            f"but {what.format(size)}", decl.loc,
+                            "ids and labels count from 0: check the data, or enlarge the vocabulary or class count in dims")
         for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
             if i and isinstance(want, str):  # the same symbolic dim in two arrays must have one size
                 first = sizes.setdefault(want, (got, name))

@@ -100,13 +100,13 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         raise DataError("no training data: the spec has no train.data and no --data was given", loc,
                         "add train: {data: {dataset: digits}} or pass --data train.npz")
     needed = needed_inputs(cm)
-    D.check_against_spec(train_ds, spec, needed, where)
+    D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds)
     valid_cfg = opts.valid if opts.valid is not None else cfg.get("valid")
     valid_cfg = _fraction_or_path(valid_cfg)
     valid_ds = None
     if isinstance(valid_cfg, str):
         valid_ds = D.load_npz(valid_cfg, loc, spec.inputs)
-        D.check_against_spec(valid_ds, spec, needed, valid_cfg)
+        D.check_against_spec(valid_ds, spec, needed, valid_cfg, cm.index_bounds)
     elif valid_cfg:
         if cfg.get("shuffle", True):
             train_ds, valid_ds = D.split(train_ds, float(valid_cfg), seed)

@@ -261,6 +261,7 @@ BAD_DATA = {
     "inf": (lambda p: _write_npz(p, x=np.concatenate([_x(9), np.full((1, 64), np.inf, np.float32), _x(40)]), y=_y()),
             "array 'x' has NaN or inf values (first at example 9)", X_LINE),
     "negative labels": (lambda p: _write_npz(p, x=_x(), y=-_y() - 1), "array 'y' has negative values", Y_LINE),
+    "labels above the class count": (lambda p: _write_npz(p, x=_x(), y=_y() + 100), "but the model has 10 classes", Y_LINE),
     "empty arrays": (lambda p: _write_npz(p, x=_x(0), y=_y(0)), "array 'x' is empty", X_LINE),
     "no arrays": (lambda p: _write_npz(p), "contains no arrays", None),
     "pickled object array": (lambda p: _write_npz(p, x=np.array([{"a": 1}] * 50, dtype=object), y=_y()),
@@ -308,7 +309,23 @@ def test_symbolic_dims_must_agree_across_arrays(tmp_path):
     assert "array 'y' has size 6 in dim 1 (T), but array 'x' has T = 7" in error_line(result)
 
 
-def test_labels_out_of_range_stop_cleanly_at_the_first_step(tmp_path):
+def test_ids_beyond_an_embedding_table_are_refused_before_training(tmp_path):
+    spec = tmp_path / "emb.yaml"
+    spec.write_text("flowgrad: 1\nname: emb\ndims: {V: 5, E: 3}\ninputs:\n  x: {shape: [N], dtype: int64}\n"
+                    "  y: {shape: [N], dtype: int64}\ngraph:\n  logits: dense(embedding(x, V, E), 2)\n"
+                    "loss: cross_entropy(logits, y)\ntrain: {optimizer: {sgd: {lr: 0.1}}}\n")
+    np.savez(tmp_path / "d.npz", x=np.array([0, 4, 7, 1]), y=np.array([0, 1, 1, 0]))
+    result = invoke("train", spec, "--data", tmp_path / "d.npz", "--quiet", "--run-dir", tmp_path / "run", code=1)
+    assert error_line(result).startswith(f"error: {spec}:5:3: ")
+    assert "array 'x' has the value 7 (first too large at example 2), but it indexes a table of 5 rows" in error_line(result)
+
+
+def test_labels_out_of_range_stop_cleanly_at_the_first_step(tmp_path, monkeypatch):
+    """Where the data check cannot see an index (say, one used inside a loop), onnxruntime's
+    refusal still ends the run with one line naming the step."""
+    import compiler.training
+
+    monkeypatch.setattr(compiler.training, "index_bounds", lambda g: {})
     np.savez(tmp_path / "d.npz", x=_x(), y=_y() + 100)
     result = invoke("train", MLP, *SMALL, "--data", tmp_path / "d.npz", "--run-dir", tmp_path / "run", code=1)
     assert "onnxruntime failed in the training step 0 (epoch 1): GatherElements op: Out of range value" in error_line(result)
