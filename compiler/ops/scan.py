@@ -153,10 +153,8 @@ class Scan(OpDef):
         init, seqs, nonseqs = ins[:nc], ins[nc:nc + ns], ins[nc + ns:]
         if seqs:
             return _emit_scan(e, node, ins, outs)
-        if seqs:
-            length = e.add("Gather", [e.add("Shape", [seqs[0]]), e.const(np.asarray(0, dtype=np.int64))], axis=0)
-        else:
-            length = e.const(np.asarray(int(node.attrs["length"]), dtype=np.int64))
+        # A scan over a length alone: a Loop.
+        length = e.const(np.asarray(int(node.attrs["length"]), dtype=np.int64))
         body = e.child()
         it, cond = e.fresh("t"), e.fresh("cond")
         names: dict[int, str] = {}
@@ -166,13 +164,6 @@ class Scan(OpDef):
             carry_in.append(names[v.id])
         for v, outer in zip(b.nonseqs, nonseqs):
             names[v.id] = outer  # read from outer scope
-        if seqs:
-            index = it
-            if node.attrs["reverse"]:
-                last = e.add("Sub", [length, e.const(np.asarray(1, dtype=np.int64))])
-                index = body.add("Sub", [last, it])
-            for v, outer in zip(b.seqs, seqs):
-                names[v.id] = body.add("Gather", [outer, index], axis=0)
         emit_nodes(body, producers_of(b.new_carries + b.extras), names)
         # Loop body outputs: condition, carries, then the per-step outputs to stack.
         body_outs = [body.add("Identity", [cond])]
