@@ -288,7 +288,9 @@ class Scan(OpDef):
         from ..autodiff import grad
 
         float_p = [i for i, v in enumerate(b.nonseqs) if is_float(v.dtype)]
-        wrt = prev_t + [s for s in seq_t] + [p_in[i] for i in float_p]
+        # Sequences nothing differentiable flows into (a mask made from lengths) get no gradient.
+        live_s = [k for k, o in enumerate(seqs) if _has_gradient(o)]
+        wrt = prev_t + [seq_t[k] for k in live_s] + [p_in[i] for i in float_p]
         grads = grad(outs, wrt, cot)
         for n in bg.nodes:
             if n.op.name == "precomputed":
@@ -296,8 +298,8 @@ class Scan(OpDef):
                 n.inputs = n.inputs[:1]
         zero = lambda v: bg.apply("zeros_like", v)  # noqa: E731
         new_lam = [gv if gv is not None else zero(v) for gv, v in zip(grads[:nc], prev_t)]
-        g_seq = grads[nc:nc + len(seq_t)]
-        g_p = grads[nc + len(seq_t):]
+        g_seq = grads[nc:nc + len(live_s)]
+        g_p = grads[nc + len(live_s):]
 
         # Non-sequence gradients: push sums over time out of the loop where possible.
         seq_outer = {v.id: o for v, o in zip(prev_t + seq_t + gc_t + gy_t + saved_t,
@@ -321,7 +323,7 @@ class Scan(OpDef):
                 acc_in.append(a)
                 acc_out.append(a + rest)
                 acc_index.append(k)
-        body_extras = [gv if gv is not None else zero(v) for gv, v in zip(g_seq, seq_t)]
+        body_extras = [gv if gv is not None else zero(seq_t[k]) for gv, k in zip(g_seq, live_s)]
         pushed_values = []
         for terms in pushed_terms:
             for _, _, bval, _ in terms:
@@ -348,8 +350,10 @@ class Scan(OpDef):
         d_init = res[:nc]
         d_acc = res[nc:nc + len(acc_in)]
         stacked_out = res[nc + len(acc_in):]
-        d_seqs = stacked_out[:len(seq_t)]
-        pushed_stacked = dict(zip([v.id for v in pushed_values], stacked_out[len(seq_t):]))
+        d_seqs = [None] * len(seqs)
+        for k, d in zip(live_s, stacked_out[:len(live_s)]):
+            d_seqs[k] = d
+        pushed_stacked = dict(zip([v.id for v in pushed_values], stacked_out[len(live_s):]))
 
         d_nonseq = [None] * len(nonseqs)
         for k, i in enumerate(float_p):
@@ -630,6 +634,23 @@ def _emit_scan(e, node, ins, outs):
     src += [stacked[i] for i in which[k:]]
     for s_, o in zip(src, outs):
         e.add("Identity", [s_], [o])
+
+
+def _has_gradient(v: Value) -> bool:
+    """Whether a gradient can flow into v: a float value that some float graph input reaches
+    through differentiable ops (not, say, a mask cast from comparisons of lengths)."""
+    stack, seen = [v], set()
+    while stack:
+        u = stack.pop()
+        if u.id in seen or not is_float(u.dtype):
+            continue
+        seen.add(u.id)
+        p = u.producer
+        if p is None:
+            return True
+        if not p.op.nondiff:
+            stack.extend(p.inputs)
+    return False
 
 
 def _flat_size(shape):
