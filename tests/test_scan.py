@@ -725,3 +725,13 @@ train:
     assert sorted(check_spec(spec).params) == ["inner.h.W", "inner.h.b"]
     errors = gradcheck_spec(spec)["main"]
     assert max(errors.values()) < 1e-6, errors
+
+
+def test_a_mask_from_lengths_gets_no_gradient_in_the_backward_loop(monkeypatch):
+    """Nothing differentiable flows into a mask cast from lengths: the backward step neither
+    computes nor outputs a per-step gradient for it ([N] values)."""
+    cm = _compile(CELL_SPECS["lstm_lengths"], "float64", ("train",), True, monkeypatch)
+    _, bwd = _loops(cm.graphs["train"].model)
+    ranks = [len(o.type.tensor_type.shape.dim) for o in _body(bwd).output]
+    n_states = len(bwd.input) - _attr(bwd, "num_scan_inputs")
+    assert 1 not in ranks[n_states:], ranks
