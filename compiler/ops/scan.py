@@ -506,6 +506,11 @@ class StepMask(OpDef):
         return [Sample([x], {"keep": 2}), Sample([x], {"keep": 3, "reverse": True}), Sample([x], {"keep": 9})]
 
 
+# Activations the forward step also outputs for the backward pass, which would otherwise
+# recompute them (a Scan writes step outputs in place: keeping them costs only memory).
+SAVED_ACTIVATIONS = ("sigmoid", "tanh")
+
+
 def _save_products(node, T):
     """Have the forward scan also output, stacked over time, the matrix products of its
     step, so the backward step reads them instead of recomputing them (memory for time).
@@ -526,6 +531,8 @@ def _save_products(node, T):
     for n in inside:
         if any(v.id in depends for v in n.inputs):
             depends.update(o.id for o in n.outputs)
+            if n.op.name in SAVED_ACTIVATIONS and n.outputs[0].id not in {v.id for v in b.extras}:
+                products.append(n.outputs[0])
             if n.op.name in ("matmul", "gemm") and n.outputs[0].id not in {v.id for v in b.extras}:
                 saved = n.outputs[0]
                 # h @ U + (x @ W)_t: keep the sum (the gates' pre-activation), which the
@@ -535,7 +542,8 @@ def _save_products(node, T):
                     other = [v for v in users[0].inputs if v is not saved]
                     if len(other) == 1 and other[0].id not in depends:
                         saved = users[0].outputs[0]
-                products.append(saved)
+                if not _only_feeds_saved_activations(saved, readers):
+                    products.append(saved)
     outer = []
     for v in products:
         b.extras.append(v)
@@ -544,6 +552,26 @@ def _save_products(node, T):
         outer.append(o)
     node.saved_products = (products, outer)
     return node.saved_products
+
+
+def _only_feeds_saved_activations(v: Value, readers: dict) -> bool:
+    """Whether everything the step computes from v (through splits and reshapes) is a saved
+    activation: the backward step then never needs v itself."""
+    todo, seen = [v], set()
+    while todo:
+        u = todo.pop()
+        if u.id in seen:
+            continue
+        seen.add(u.id)
+        users = readers.get(u.id, [])
+        if not users:
+            return False  # a step output
+        for n in users:
+            if n.op.name in ("split", "reshape", "index", "squeeze", "unsqueeze"):
+                todo.extend(n.outputs)
+            elif n.op.name not in SAVED_ACTIVATIONS:
+                return False
+    return True
 
 
 @op("precomputed")
