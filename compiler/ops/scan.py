@@ -508,7 +508,7 @@ class StepMask(OpDef):
 
 # Activations the forward step also outputs for the backward pass, which would otherwise
 # recompute them (a Scan writes step outputs in place: keeping them costs only memory).
-SAVED_ACTIVATIONS = ("sigmoid", "tanh")
+SAVED_ACTIVATIONS = ("sigmoid", "tanh", "softmax", "relu", "exp")
 
 
 def _save_products(node, T):
