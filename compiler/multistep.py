@@ -25,13 +25,12 @@ PREFIX = "steps/"
 def multi_step(graph: CompiledGraph) -> CompiledGraph:
     model = graph.model
     step_graph = model.graph
-    carried = [i for i in graph.inputs if i.role in ("param", "buffer", "state")]
-    data = [i for i in graph.inputs if i.role == "input"]
     nexts = {o.name: o for o in graph.outputs if o.role == "next"}
+    # State the step updates is carried; what it only reads (another objective's parameters)
+    # is read from the outer graph under its own name, like the seed.
+    carried = [i for i in graph.inputs if i.role in ("param", "buffer", "state") and f"next/{i.name}" in nexts]
+    data = [i for i in graph.inputs if i.role == "input"]
     scalars = [o for o in graph.outputs if o.role in ("loss", "metric")]
-    missing = [i.name for i in carried if f"next/{i.name}" not in nexts]
-    if missing:
-        raise ValueError(f"the step graph does not update {missing}: it cannot be looped")
 
     # Loop body: (iteration, condition, carried state...) -> (condition, new state..., scalars...).
     # Names inside the body must not repeat outer names, so the step's own inputs keep their
@@ -91,10 +90,10 @@ def multi_step(graph: CompiledGraph) -> CompiledGraph:
         elif i.name == "step":
             outer_inputs.append(value_info(PREFIX + "step", i.dtype, []))
             io_inputs.append(GraphIO(PREFIX + "step", "control", i.dtype, []))
-        elif i.role in ("param", "buffer", "state"):
+        elif i in carried:
             outer_inputs.append(value_info(PREFIX + i.name, i.dtype, i.shape))
             io_inputs.append(GraphIO(PREFIX + i.name, i.role, i.dtype, list(i.shape)))
-        else:  # controls such as the seed: the step reads them from the outer graph as they are
+        else:  # read-only state and controls such as the seed: the step reads them as they are
             outer_inputs.append(value_info(i.name, i.dtype, i.shape))
             io_inputs.append(i)
     outer_outputs = [value_info(n, i.dtype, i.shape) for n, i in zip(finals, carried)]

@@ -41,7 +41,7 @@ class GraphRunner:
         cut = len(self.prefix)
         for name, role in self.input_roles.items():
             if role in ("param", "buffer", "state", "grad"):
-                b.bind_ortvalue_input(name, state[name[cut:]])
+                b.bind_ortvalue_input(name, state[name[cut:] if name.startswith(self.prefix) else name])
             elif role == "input":
                 b.bind_cpu_input(name, batch[name])
             else:

@@ -62,3 +62,27 @@ def test_the_looped_graph_is_standard_onnx_and_runs_on_the_reference_evaluator()
     np.testing.assert_allclose(out["steps/loss"], losses, rtol=1e-5)
     for k, v in trainer.state_numpy().items():
         np.testing.assert_allclose(out[f"steps/next/{k}"], v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_an_objective_that_reads_other_parameters_loops_too():
+    """A GAN's discriminator step reads the generator's parameters without updating them:
+    the looped graph reads them from outside the loop."""
+    cm = compile_spec(shrunk(os.path.join(ROOT, "models", "gan.yaml")), graphs=("train",))
+    name = cm.schedule[0]
+    graph = cm.graphs[f"train_{name}"]
+    read_only = [i.name for i in graph.inputs if i.role == "param" and f"next/{i.name}" not in
+                 {o.name for o in graph.outputs}]
+    assert read_only
+    from compiler.gradcheck import random_batch
+
+    names = [i.name for i in graph.inputs if i.role == "input"]
+    batches = [random_batch(cm.spec, names, np.random.default_rng(i), cm.float_dtype, {"N": 6}) for i in range(3)]
+    one, many = Trainer(cm, "cpu", 1, seed=2), Trainer(cm, "cpu", 1, seed=2)
+    each = [one.train_step(name, b, 0.01, 4 + i) for i, b in enumerate(batches)]
+    looped = many.train_steps(name, batches, [0.01] * 3, 4)
+    for a, b in zip(each, looped):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-7), k
+    s1, s2 = one.state_numpy(), many.state_numpy()
+    for k in s1:
+        np.testing.assert_allclose(s2[k], s1[k], rtol=1e-6, atol=1e-7, err_msg=k)
