@@ -349,9 +349,10 @@ def _lower_scan(low, e: S.Call):
     new_carries, extras = _block_outputs(body_low, block, len(init), carry_in)
     mask = kw.get("mask")
     if mask is not None:
-        new_carries, extras, m_in = _apply_mask(sb, carry_in, new_carries, extras)
-        seq_in.append(m_in)
-        seqs.append(time_major(g, g.cast(mask, g.float_dtype), axis))
+        new_carries, extras, m_ins, m_seqs = _apply_mask(g, sb, carry_in, new_carries, extras,
+                                                         time_major(g, g.cast(mask, g.float_dtype), axis))
+        seq_in += m_ins
+        seqs += m_seqs
     body = Body(sb.graph, carry_in, seq_in, sb.nonseqs, new_carries, extras)
     res = run_scan(g, body, init, seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate,
                    length=kw.get("length"), unroll=bool(kw.get("unroll", False)))
@@ -361,16 +362,27 @@ def _lower_scan(low, e: S.Call):
     return tuple(res) if len(res) > 1 else res[0]
 
 
-def _apply_mask(sb: StepBuilder, carries, new_carries, extras):
-    """Padded steps (mask 0) keep the state and output zeros."""
+def _apply_mask(g: Graph, sb: StepBuilder, carries, new_carries, extras, mask: Value):
+    """Padded steps (mask 0) keep the state and output zeros. `mask` is time-major [T, N];
+    it is shaped for broadcasting and compared once, for all steps, outside the loop.
+    Returns the new carries and extras, and the step inputs with their outer sequences."""
     bg = sb.graph
-    first = (carries or new_carries or extras)[0]
-    m = bg.add_input("mask_t", bg.float_dtype, (first.shape[0],) if first.rank else (), unique=True)
-    def expand(v):
-        return bg.apply("reshape", m, shape=(m.shape[0],) + (1,) * (v.rank - 1)) if v.rank > 1 else m
-    carried = [bg.apply("where", bg.apply("gt", expand(n), bg.lift(0.0, like=m)), n, c) for c, n in zip(carries, new_carries)]
-    outs = [y * expand(y) if is_float(y.dtype) else y for y in extras]
-    return carried, outs, m
+    step_ins, outer, by_rank = [], [], {}
+
+    def shaped(rank):  # (mask, keep flags) of the step, broadcastable against a value of this rank
+        if rank not in by_rank:
+            m = mask if rank <= 1 else g.apply("reshape", mask, shape=tuple(mask.shape) + (1,) * (rank - 1))
+            keep = g.apply("gt", m, g.lift(0.0, like=m))
+            pair = (bg.add_input("mask_t", bg.float_dtype, tuple(m.shape[1:]), unique=True),
+                    bg.add_input("keep_t", "bool", tuple(keep.shape[1:]), unique=True))
+            step_ins.extend(pair)
+            outer.extend([m, keep])
+            by_rank[rank] = pair
+        return by_rank[rank]
+
+    carried = [bg.apply("where", shaped(n.rank)[1], n, c) for c, n in zip(carries, new_carries)]
+    outs = [y * shaped(y.rank)[0] if is_float(y.dtype) else y for y in extras]
+    return carried, outs, step_ins, outer
 
 
 def _block_lowering(outer, block, graph: Graph, capture, locals_: dict):
@@ -540,9 +552,9 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     new = step(bg, xw, carries, sb.capture(U), sb.capture(bu) if bu is not None else None, H, ln, extra)
     seqs, seq_in, extras = [xs], [x_t], []
     if mask is not None:
-        new, extras, m_in = _apply_mask(sb, carries, new, [new[0]])
-        seq_in.append(m_in)
-        seqs.append(time_major(g, g.cast(mask, g.float_dtype), 1))
+        new, extras, m_ins, m_seqs = _apply_mask(g, sb, carries, new, [new[0]], time_major(g, g.cast(mask, g.float_dtype), 1))
+        seq_in += m_ins
+        seqs += m_seqs
     buffers = []
     if stateful and g.mode == "train" and init is None:
         # Carried across batches: the state after this batch starts the next one.
