@@ -314,7 +314,10 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
             return [SpecError(f"{where} takes only one of {names}", loc, hint)]
         from jsonschema.exceptions import best_match
 
-        best = best_match(e.context)
+        # A branch that took the value's type and failed inside it says what is wrong
+        # (compute: float8), where the others only say that the type does not fit.
+        inside = [c for c in e.context if len(c.relative_path) > 0]
+        best = best_match(inside or e.context)
         if best is not None:
             return _schema_errors(best, tree, file)
     return [SpecError(f"{where}: {e.message}", loc, hint)]
