@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Node, Value, producers_of
+from .ir import Node, Value, at, producers_of
+from .registry import get_op
 
 # Folding results larger than this stay computed at run time, to keep files small.
 MAX_FOLDED_ELEMENTS = 1 << 16
@@ -249,3 +250,74 @@ def _transposed_matmul(node, repl) -> bool:
     fused.name = node.outputs[0].name
     repl[node.outputs[0].id] = fused
     return True
+
+
+def fold_lookup_products(outputs: list[Value]) -> None:
+    """take(table, ids) @ W + b -> take(table @ W + b, ids), in place, before differentiation.
+
+    An embedding followed by a linear map (a recurrent layer's input projection,
+    a dense layer over embeddings) multiplies every looked-up row by W; for a
+    small table it is cheaper to project the table once and look up projected
+    rows, and the gradient then scatters into the projected table instead of
+    running two products over every row. Transposes of the looked-up rows that
+    keep the feature axis last move onto the ids."""
+    # Consumers before producers: an add folds its bias in before its product is seen alone.
+    for node in reversed(producers_of(outputs)):
+        if node.op.name == "add":
+            mm, bias = _product_and_bias(node)
+        elif node.op.name == "matmul":
+            mm, bias = node.outputs[0], None
+        else:
+            continue
+        if mm is None:
+            continue
+        rows, w = mm.producer.inputs
+        lookup = _lookup_of(rows) if w.rank == 2 else None
+        if lookup is None:
+            continue
+        table, ids = lookup
+        with at(node.loc):
+            projected = table @ w if bias is None else table @ w + bias
+        if projected.shape == (table.shape[0], w.shape[1]):
+            node.op, node.inputs, node.attrs = get_op("take"), [projected, ids], {"axis": 0}
+
+
+def _product_and_bias(node: Node):
+    """(matmul output, bias) of add(matmul(x, W), b) with b a vector along the last axis."""
+    for mm, b in (node.inputs, node.inputs[::-1]):
+        p = mm.producer
+        if p is not None and p.op.name == "matmul" and b.rank <= 1 and node.outputs[0].shape == mm.shape:
+            return mm, b
+    return None, None
+
+
+def _lookup_of(rows: Value):
+    """(table, ids) when `rows` are rows of a small 2-D table looked up by ids, possibly
+    transposed with the feature axis kept last; ids come back permuted to match."""
+    perms = []
+    v = rows
+    while v.producer is not None and v.producer.op.name == "transpose":
+        p = v.producer
+        perm = p.op.perm(p.attrs, p.inputs[0].rank)
+        if perm[-1] != len(perm) - 1:
+            return None
+        perms.append(perm[:-1])
+        v = p.inputs[0]
+    p = v.producer
+    if p is None or p.op.name != "take" or p.attrs.get("axis", 0) != 0:
+        return None
+    table, ids = p.inputs
+    if table.rank != 2 or not isinstance(table.shape[0], int) or table.shape[0] > LOOKUP_FOLD_MAX_ROWS:
+        return None
+    looked_up = _static_size(ids.shape)
+    if looked_up <= table.shape[0]:  # fewer rows than the table: projecting the rows is cheaper
+        return None
+    g = ids.graph
+    for perm in reversed(perms):
+        ids = g.apply("transpose", ids, perm=perm)
+    return table, ids
+
+
+# Tables up to this many rows are projected whole (the gradient's scatter into them is
+# then a one-hot product, compiler/ops/indexing.py); larger vocabularies keep the rows.
+LOOKUP_FOLD_MAX_ROWS = 512

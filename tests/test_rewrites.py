@@ -15,7 +15,7 @@ from compiler.check import Runner
 from compiler.emit import emit_model
 from compiler.gradcheck import random_batch
 from compiler.ir import Graph, producers_of
-from compiler.rewrites import const_value, optimize
+from compiler.rewrites import LOOKUP_FOLD_MAX_ROWS, const_value, fold_lookup_products, optimize
 from compiler.training import compile_spec
 from spec import load_spec, spec_from_dict
 
@@ -311,6 +311,49 @@ def test_dense_over_a_sequence_is_one_gemm_over_all_rows(wshape):
     rng = np.random.default_rng(5)
     f = {"x": rng.normal(size=(3, 5, wshape[0])), "W": rng.normal(size=wshape), "b": rng.normal(size=wshape[1:])}
     np.testing.assert_allclose(run_graph(g, {"out": opt}, f)["out"], f["x"] @ f["W"] + f["b"], rtol=1e-12)
+
+
+def _lookup_then_dense(rows: int, ids_shape, bias=True):
+    """take(table, ids), time-major as a recurrent layer reads it, times W (+ b)."""
+    g = Graph("float64")
+    table = g.add_input("table", "float64", (rows, 3))
+    ids = g.add_input("ids", "int64", ids_shape)
+    W = g.add_input("W", "float64", (3, 5))
+    b = g.add_input("b", "float64", (5,))
+    x = g.apply("transpose", g.apply("take", table, ids, axis=0), perm=(1, 0, 2))
+    y = x @ W + b if bias else x @ W
+    return g, y, (table, W, b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_lookup_then_product_projects_the_table(bias):
+    """take(table, ids) @ W + b -> take(table @ W + b, ids): same values, same gradients."""
+    rng = np.random.default_rng(3)
+    f = {"table": rng.normal(size=(7, 3)), "ids": rng.integers(0, 7, size=(4, 6)), "W": rng.normal(size=(3, 5)),
+         "b": rng.normal(size=5)}
+    results = []
+    for fold in (False, True):
+        g, y, params = _lookup_then_dense(7, ("N", "T"), bias)
+        loss = g.apply("sum", g.apply("tanh", y))
+        if fold:
+            fold_lookup_products([loss])
+            assert y.producer.op.name == "take" and y.producer.inputs[0].shape == (7, 5)
+            assert y.producer.inputs[1].producer.op.name == "transpose"  # the time-major order moved onto the ids
+        grads = grad([loss], params if bias else params[:2])
+        outs = optimize([y, *grads])
+        results.append(run_graph(g, {f"o{k}": v for k, v in enumerate(outs)}, f))
+    for k in results[0]:
+        np.testing.assert_allclose(results[1][k], results[0][k], rtol=1e-12, atol=1e-12, err_msg=k)
+    want = np.transpose(f["table"][f["ids"]], (1, 0, 2)) @ f["W"] + (f["b"] if bias else 0)
+    np.testing.assert_allclose(results[1]["o0"], want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("rows, ids_shape", [(LOOKUP_FOLD_MAX_ROWS + 1, ("N", "T")), (50, (4, 6))])
+def test_lookup_fold_keeps_large_tables_and_few_lookups(rows, ids_shape):
+    """A table above the size limit, or fewer ids than table rows: projecting the rows stays cheaper."""
+    g, y, _ = _lookup_then_dense(rows, ids_shape)
+    fold_lookup_products([y])
+    assert y.producer.op.name == "add" and y.producer.inputs[0].producer.op.name == "matmul"
 
 
 def test_dead_code_is_not_emitted():
