@@ -125,8 +125,8 @@ def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Gr
 def gather_state_free_factors(body: Body) -> None:
     """Regroup the products of a step (in place) so that the factors that do not depend
     on the carried state meet in one value, which hoisting then computes for all steps
-    at once: (s * a) * b -> s * (a * b), and concat(s1 * a1, s2 * a2) -> concat(s1, s2) *
-    concat(a1, a2). A backward step is linear in its carried cotangents and multiplies
+    at once: (s * a) * b -> s * (a * b), s * a - s * b -> s * (a - b), and
+    concat(s1 * a1, s2 * a2) -> concat(s1, s2) * concat(a1, a2). A backward step is linear in its carried cotangents and multiplies
     them by chains of forward values (gate derivatives and the like); regrouped, those
     chains leave the loop and the step keeps a few multiplications per state."""
     from .ir import producers_of
@@ -151,9 +151,30 @@ def gather_state_free_factors(body: Body) -> None:
             return None
         return (a, b) if a.id in stateful else (b, a)
 
+    def term(v):
+        """(sign, state-dependent factor, state-free factor) of s * a or -(s * a)."""
+        sign = 1
+        if v.producer is not None and v.producer.op.name == "neg":
+            sign, v = -1, v.producer.inputs[0]
+        sf = split(v.producer)
+        return None if sf is None else (sign, *sf)
+
     for node in nodes:
         out = node.outputs[0]
         sf = split(node)
+        if node.op.name in ("add", "sub"):
+            terms = [term(v) for v in node.inputs]
+            if all(t is not None for t in terms) and terms[0][1].id == terms[1][1].id:
+                # s*a + s*b -> s*(a + b) (and with signs): one product in the step, the sum outside
+                (sa, s1, a), (sb, _, b) = terms
+                if node.op.name == "sub":
+                    sb = -sb
+                with at(node.loc):
+                    first = a if sa > 0 else -a
+                    free = first + b if sb > 0 else first - b
+                if free.dtype == out.dtype and free.rank <= out.rank:
+                    node.op, node.attrs, node.inputs = get_op("mul"), {}, [s1, free]
+                    sf = (s1, free)
         if sf is not None:
             s, f = sf
             inner = split(s.producer)

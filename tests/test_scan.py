@@ -573,6 +573,16 @@ def test_lstm_loops_are_hoisted(monkeypatch):
     assert len(bbody.node) <= 8, [n.op_type for n in bbody.node]
 
 
+def test_gru_backward_step_factors_the_update_gate():
+    """h' = (1 - z) * n + z * h: the z-gate cotangent δ*h - δ*n is regrouped to δ * (h - n),
+    with h - n computed for all steps outside, so the backward step has no negation."""
+    cm = _compile(LSTM_SPEC.replace("lstm(x, H)", "gru(x, H)"), "float32", ("train",))
+    _, bwd = _loops(cm.graphs["train"].model)
+    ops = [n.op_type for n in _body(bwd).node]
+    assert "Neg" not in ops and "Sub" not in ops, ops
+    assert len(ops) <= 9, ops
+
+
 def test_unhoisted_loop_keeps_the_projection(monkeypatch):
     cm = _compile(LSTM_SPEC, "float32", ("train",), False, monkeypatch)
     fwd, _ = _loops(cm.graphs["train"].model)
