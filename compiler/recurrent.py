@@ -126,9 +126,10 @@ def gather_state_free_factors(body: Body) -> None:
     """Regroup the products of a step (in place) so that the factors that do not depend
     on the carried state meet in one value, which hoisting then computes for all steps
     at once: (s * a) * b -> s * (a * b), s * a - s * b -> s * (a - b), and
-    concat(s1 * a1, s2 * a2) -> concat(s1, s2) * concat(a1, a2). A backward step is linear in its carried cotangents and multiplies
-    them by chains of forward values (gate derivatives and the like); regrouped, those
-    chains leave the loop and the step keeps a few multiplications per state."""
+    concat(s1 * a1, s2 * a2) -> concat(s1, s2) * concat(a1, a2). A backward step is
+    linear in its carried cotangents and multiplies them by chains of forward values
+    (gate derivatives and the like); regrouped, those chains leave the loop and the
+    step keeps a few multiplications per state."""
     from .ir import producers_of
 
     outputs = body.new_carries + body.extras
