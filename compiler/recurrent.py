@@ -153,23 +153,29 @@ def gather_state_free_factors(body: Body) -> None:
         return (a, b) if a.id in stateful else (b, a)
 
     def term(v):
-        """(sign, state-dependent factor, state-free factor) of s * a or -(s * a)."""
+        """(sign, state-dependent factor, state-free factor) of s * a or -(s * a); of s or -s,
+        with None for the factor 1."""
         sign = 1
         if v.producer is not None and v.producer.op.name == "neg":
             sign, v = -1, v.producer.inputs[0]
         sf = split(v.producer)
-        return None if sf is None else (sign, *sf)
+        if sf is None:
+            return (sign, v, None) if v.id in stateful else None
+        return (sign, *sf)
 
     for node in nodes:
         out = node.outputs[0]
         sf = split(node)
         if node.op.name in ("add", "sub"):
             terms = [term(v) for v in node.inputs]
-            if all(t is not None for t in terms) and terms[0][1].id == terms[1][1].id:
-                # s*a + s*b -> s*(a + b) (and with signs): one product in the step, the sum outside
+            if all(t is not None for t in terms) and terms[0][1].id == terms[1][1].id \
+                    and (terms[0][2] is not None or terms[1][2] is not None):
+                # s*a + s*b -> s*(a + b) (with signs, and s alone as s*1): one product in the
+                # step, the sum outside
                 (sa, s1, a), (sb, _, b) = terms
                 if node.op.name == "sub":
                     sb = -sb
+                a, b = (1.0 if a is None else a), (1.0 if b is None else b)
                 with at(node.loc):
                     first = a if sa > 0 else -a
                     free = first + b if sb > 0 else first - b
@@ -491,23 +497,24 @@ def _lstm_step(bg, xw, carries, U, bias_u, H, ln, extra):
 
 def _gru_step(bg, xw, carries, U, bias_u, H, ln, linear_before_reset):
     (h,) = carries
-    xr, xz, xn = bg.apply("split", xw, sections=3, axis=-1)
+    xrz, xn = bg.apply("split", xw, sections=[2 * H, H], axis=-1)
     # One product with the state for all the gates it feeds (a third of the loop's kernels).
     if linear_before_reset:
-        hr, hz, hn = bg.apply("split", h @ U + bias_u, sections=3, axis=-1)
+        hrz, hn = bg.apply("split", h @ U + bias_u, sections=[2 * H, H], axis=-1)
     else:
         Urz, Un = bg.apply("split", U, sections=[2 * H, H], axis=-1)
         brz, bn = bg.apply("split", bias_u, sections=[2 * H, H], axis=-1)
-        hr, hz = bg.apply("split", h @ Urz + brz, sections=2, axis=-1)
+        hrz = h @ Urz + brz
     if ln is not None:
-        hr, hz = bg.apply("layer_norm", hr, *ln[0]), bg.apply("layer_norm", hz, *ln[1])
-    r = bg.apply("sigmoid", xr + hr)
-    z = bg.apply("sigmoid", xz + hz)
+        hr, hz = bg.apply("split", hrz, sections=2, axis=-1)
+        hrz = bg.apply("concat", bg.apply("layer_norm", hr, *ln[0]), bg.apply("layer_norm", hz, *ln[1]), axis=-1)
+    # Both sigmoid gates in one pass over [N, 2H].
+    r, z = bg.apply("split", bg.apply("sigmoid", xrz + hrz), sections=2, axis=-1)
     if linear_before_reset:  # PyTorch and cuDNN: r gates the projected state
         n = bg.apply("tanh", xn + r * hn)
     else:  # Cho et al. 2014: r gates the state before projection
         n = bg.apply("tanh", xn + (r * h) @ Un + bn)
-    return [(1.0 - z) * n + z * h]
+    return [n + z * (h - n)]  # (1 - z) * n + z * h in three kernels instead of four
 
 
 def _rnn_step(bg, xw, carries, U, bias_u, H, ln, act):
