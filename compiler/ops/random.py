@@ -392,7 +392,10 @@ class Dropout(RandomComposite):
         if k >= 1 << 16:
             return x * zero
         keep = g.apply("ge", self.bits(g, x, rng, salt, pairs=True), g.const(np.asarray(k << 16, dtype=U32)))
-        return g.apply("where", keep, x * g.const(np.asarray(1.0 / (1.0 - rate), dtype=x.dtype)), zero)
+        # x times a 0 / 1/(1-rate) mask (as PyTorch's dropout): the backward pass multiplies by the same
+        # mask, and onnxruntime runs Mul at several times the speed of Where.
+        mask = g.cast(keep, x.dtype) * g.const(np.asarray(1.0 / (1.0 - rate), dtype=x.dtype))
+        return x * mask
 
     def ref(self, attrs, x, seed, step):
         seed, step, salt = self.ref_args(attrs, seed, step)
@@ -403,7 +406,7 @@ class Dropout(RandomComposite):
         if k >= 1 << 16:
             return x * 0
         top = hash_bits(seed, step, salt, x.shape, pairs=True) // U32(1 << 16)
-        return np.where(top >= k, x * np.asarray(1.0 / (1.0 - rate), x.dtype), 0).astype(x.dtype)
+        return (x * ((top >= k).astype(x.dtype) * np.asarray(1.0 / (1.0 - rate), x.dtype))).astype(x.dtype)
 
     def samples(self, rng):
         s = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
