@@ -9,6 +9,7 @@ The cells are compared against ONNX's own LSTM/GRU/RNN ops in
 tests/test_cells.py."""
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -581,6 +582,23 @@ def test_gru_backward_step_factors_the_update_gate():
     ops = [n.op_type for n in _body(bwd).node]
     assert "Neg" not in ops and "Sub" not in ops, ops
     assert len(ops) <= 9, ops
+
+
+def test_attention_decoder_gradients_leave_the_backward_loop():
+    """The weight gradients of an attention decoder are sums over time of products whose
+    first factor the forward pass saved: the GRU input weights (a product with
+    concat(y_t, ctx_t), computed from saved values) and the encoder states read through
+    the context (a batched product alpha_t ⊗ dctx_t) are each one product over all steps
+    outside; the backward loop carries only dL/ds and d(keys), an elementwise sum."""
+    from test_models import shrunk
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cm = compile_spec(shrunk(os.path.join(root, "models", "dates_attention.yaml")), graphs=("train",))
+    loops = _loops(cm.graphs["train"].model)
+    carries = [len(n.input) - _attr(n, "num_scan_inputs") for n in loops]
+    decoder_backward = max(loops, key=lambda n: len(_body(n).node))
+    assert len(decoder_backward.input) - _attr(decoder_backward, "num_scan_inputs") <= 2, carries
+    assert len(_body(decoder_backward).node) <= 32, [n.op_type for n in _body(decoder_backward).node]
 
 
 def test_unhoisted_loop_keeps_the_projection(monkeypatch):

@@ -9,9 +9,10 @@ extra outputs stacked over time.
 The gradient is another scan running the other way over the saved states:
 its step recomputes the forward step from the state before it and applies
 the step's own (symbolic) gradient. Gradients of non-sequences that are sums
-over time of `A_tᵀ @ B_t` or of broadcast reductions are pushed out of the
-loop and computed once over all steps as one batched product; the rest
-accumulates in carries. Everything in the backward step that does not depend
+over time of `A_tᵀ @ B_t`, of batched `a_t @ b_t` or of broadcast reductions
+(A and a from values the forward pass saved, even through a few batchable
+ops) are pushed out of the loop and computed once over all steps as one
+product; the rest accumulates in carries. Everything in the backward step that does not depend
 on the carried cotangents (gate derivatives, recomputed activations) is
 regrouped and computed for all steps at once outside the loop.
 
@@ -304,14 +305,15 @@ class Scan(OpDef):
         # Non-sequence gradients: push sums over time out of the loop where possible.
         seq_outer = {v.id: o for v, o in zip(prev_t + seq_t + gc_t + gy_t + saved_t,
                                              prevs + seqs + g_stacked + g_ys + saved_outer)}
-        pushed_terms: list[list] = []  # per float nonseq: [(kind, outer A or None, body B, shape)]
+        nonseq_outer = {v.id: o for v, o in zip(p_in, nonseqs)}
+        pushed_terms: list[list] = []  # per float nonseq: [(kind, outer A or None, body B, shape, wrappers)]
         accumulate: list = []  # per float nonseq: body value summed in a carry, or None
         for gv, i in zip(g_p, float_p):
             if gv is None:
                 pushed_terms.append([])
                 accumulate.append(None)
                 continue
-            terms, rest = _split_terms(gv, seq_outer)
+            terms, rest = _split_terms(gv, seq_outer, nonseq_outer, g)
             pushed_terms.append(terms)
             accumulate.append(rest)
         acc_in = []
@@ -326,7 +328,7 @@ class Scan(OpDef):
         body_extras = [gv if gv is not None else zero(seq_t[k]) for gv, k in zip(g_seq, live_s)]
         pushed_values = []
         for terms in pushed_terms:
-            for _, _, bval, _ in terms:
+            for _, _, bval, _, _ in terms:
                 if bval not in pushed_values:
                     pushed_values.append(bval)
         body_extras += pushed_values
@@ -358,15 +360,25 @@ class Scan(OpDef):
         d_nonseq = [None] * len(nonseqs)
         for k, i in enumerate(float_p):
             total = d_acc[acc_index.index(k)] if k in acc_index else None
-            for kind, outer_a, bval, shape in pushed_terms[k]:
+            for kind, outer_a, bval, shape, wrappers in pushed_terms[k]:
                 B = pushed_stacked[bval.id]
                 if kind == "matmul":
                     # sum_t A_tᵀ @ B_t as one product over all steps
                     A2 = g.apply("reshape", outer_a, shape=(-1, outer_a.shape[-1]))
                     B2 = g.apply("reshape", B, shape=(-1, B.shape[-1]))
                     term = g.apply("matmul", g.apply("transpose", A2), B2)
+                elif kind == "bmatmul":
+                    # sum_t a_t @ b_t = [a_1 .. a_T] @ [b_1; ..; b_T]: time joins the contracted axis
+                    r = bval.rank
+                    A = g.apply("transpose", outer_a, perm=(*range(1, r), 0, r))  # [..., M, T, K]
+                    A = g.apply("reshape", A, shape=(*outer_a.shape[1:-1], -1))
+                    Bt = g.apply("transpose", B, perm=(*range(1, r - 1), 0, r - 1, r))  # [..., T, K, P]
+                    Bt = g.apply("reshape", Bt, shape=(*B.shape[1:-2], -1, B.shape[-1]))
+                    term = g.apply("matmul", A, Bt)
                 else:
                     term = g.apply("sum_to", B, shape=shape)
+                for w in wrappers:  # innermost first
+                    term = g.add_node(w.op, [term], dict(w.attrs), list(w.op.infer(w.attrs, term.type)))[0]
                 total = term if total is None else total + term
             d_nonseq[i] = total
         return list(d_init) + list(d_seqs) + d_nonseq
@@ -694,9 +706,46 @@ def _unflatten_code(step_shape) -> list[int] | None:
     return code if code.count(-1) <= 1 else None
 
 
-def _split_terms(gv: Value, seq_outer: dict):
-    """Split a per-step gradient into pushable terms and an accumulated rest."""
+def _split_terms(gv: Value, seq_outer: dict, nonseq_outer: dict, g: Graph):
+    """Split a per-step gradient into pushable terms and an accumulated rest.
+
+    A term is a product summed over time whose first factor does not depend on the
+    carried cotangents, so its stack over time can be had outside (`_stacked_outside`):
+    ("matmul", A, B) for A_tᵀ @ B_t of matrices, ("bmatmul", A, B) for batched a_t @ b_t,
+    ("sum", None, B) for a broadcast reduction; the second factor B is stacked by the
+    loop. Linear reshaping of a term (squeeze, sum_to, ...) is applied after the sum."""
     terms, rest = [], []
+
+    def term(v: Value):
+        p = v.producer
+        if p is None:
+            return None
+        if p.op.name in _LINEAR_WRAPPERS and len(p.inputs) == 1:
+            inner = term(p.inputs[0])
+            if inner is not None:
+                inner[3].append(p)
+                return inner
+        if p.op.name == "matmul" and v.rank == 2:
+            a, bval = p.inputs
+            ap = a.producer
+            if ap is not None and ap.op.name == "transpose" and a.rank == 2 and ap.op.perm(ap.attrs, 2) == (1, 0) \
+                    and bval.rank == 2:
+                outer = _stacked_outside(ap.inputs[0], seq_outer, nonseq_outer, g)
+                if outer is not None:
+                    return ["matmul", outer, bval, [], v.shape]
+        if p.op.name == "matmul" and v.rank >= 3:
+            a, bval = p.inputs
+            if a.rank == bval.rank == v.rank and tuple(a.shape[:-2]) == tuple(bval.shape[:-2]) \
+                    and isinstance(bval.shape[-1], int):  # (the stacked B is reshaped with its last dim)
+                outer = _stacked_outside(a, seq_outer, nonseq_outer, g)
+                if outer is not None:
+                    return ["bmatmul", outer, bval, [], v.shape]
+        if p.op.name == "sum_to":
+            src = p.inputs[0]
+            lead = src.rank - v.rank
+            if lead > 0 and tuple(src.shape[lead:]) == tuple(v.shape):
+                return ["sum", None, src, [], v.shape]
+        return None
 
     def visit(v: Value):
         p = v.producer
@@ -704,26 +753,67 @@ def _split_terms(gv: Value, seq_outer: dict):
             visit(p.inputs[0])
             visit(p.inputs[1])
             return
-        if p is not None and p.op.name == "matmul" and v.rank == 2:
-            a, bval = p.inputs
-            ap = a.producer
-            if (ap is not None and ap.op.name == "transpose" and a.rank == 2 and ap.op.perm(ap.attrs, 2) == (1, 0)
-                    and ap.inputs[0].id in seq_outer and bval.rank == 2):
-                terms.append(("matmul", seq_outer[ap.inputs[0].id], bval, v.shape))
-                return
-        if p is not None and p.op.name == "sum_to":
-            src = p.inputs[0]
-            lead = src.rank - v.rank
-            if lead > 0 and tuple(src.shape[lead:]) == tuple(v.shape):
-                terms.append(("sum", None, src, v.shape))
-                return
-        rest.append(v)
+        t = term(v)
+        if t is None:
+            rest.append(v)
+        else:
+            kind, outer, bval, wrappers, shape = t
+            terms.append((kind, outer, bval, shape, wrappers))
 
     visit(gv)
     total = None
     for r in rest:
         total = r if total is None else total + r
     return terms, total
+
+
+# Ops that commute with a sum over time: a term wrapped in them is summed first.
+_LINEAR_WRAPPERS = {"squeeze", "unsqueeze", "reshape", "sum_to", "transpose", "neg"}
+
+
+def _stacked_outside(v: Value, seq_outer: dict, nonseq_outer: dict, g: Graph):
+    """v for every step at once, [T, ...], built outside the loop from the stacked
+    sequences (None when v depends on a carry, or on an op that cannot be batched)."""
+    from ..recurrent import _batch_polymorphic
+
+    if v.id in seq_outer:
+        return seq_outer[v.id]
+    if v.producer is None:
+        return None  # a carry or a non-sequence: not a stack over time
+    outer: dict[int, tuple] = {}  # body value id -> (outer value, stacked over time)
+    for node in producers_of([v]):
+        ins = []
+        for x in node.inputs:
+            if x.id in seq_outer:
+                ins.append((seq_outer[x.id], True))
+            elif x.id in nonseq_outer:
+                ins.append((nonseq_outer[x.id], False))
+            elif x.id in outer:
+                ins.append(outer[x.id])
+            else:
+                return None  # a carry, or a body input with no outer value
+        stacked = any(st for _, st in ins)
+        attrs = dict(node.attrs)
+        if stacked:
+            name = node.op.name
+            if name == "transpose":
+                perm = node.op.perm(node.attrs, node.inputs[0].rank)
+                moved = [q for q in perm if node.inputs[0].shape[q] != 1]
+                if moved != sorted(moved):
+                    return None  # a real transpose of every step's values costs more than it saves
+                attrs["perm"] = (0, *[q + 1 for q in perm])
+            elif name == "unsqueeze":
+                attrs["axes"] = tuple(a + 1 for a in node.op.out_axes(node.attrs, node.inputs[0].rank))
+            elif name == "squeeze":
+                attrs["axes"] = tuple(a + 1 for a in node.op.norm_axes(node.attrs, node.inputs[0].type))
+            elif not _batch_polymorphic(node, ["seq" if st else "const" for _, st in ins]):
+                return None
+        vals = [x for x, _ in ins]
+        res = g.add_node(node.op, vals, attrs, list(node.op.infer(attrs, *[x.type for x in vals])))
+        for o, r in zip(node.outputs, res):
+            outer[o.id] = (r, stacked)
+    value, stacked = outer[v.id]
+    return value if stacked else None
 
 
 def _rnn_sample(rng, reverse=False, two_states=False, truncate=None):
