@@ -79,6 +79,19 @@ def two_seq_step(g, carries, seqs, ps):
     return [h2], [h2 * u]
 
 
+S, A = 5, 2
+
+
+def attention_step(g, carries, seqs, ps):
+    """An attention decoder: the state queries a memory (a non-sequence [N, S, H]). The
+    gradients of the memory (a batched product per step), of v (a product summed over the
+    batch) and of W (a product with concat(x_t, ctx_t)) are pushed out of the backward loop."""
+    (h,), (x,), (W, U, b, Wa, Ua, v, mem) = carries, seqs, ps
+    ctx, alpha = g.apply("additive_attention", h, mem, mem, g.const(np.ones((N, S))), Wa, Ua, v)
+    h2 = g.apply("tanh", g.apply("concat", x, ctx, axis=-1) @ W + h @ U + b)
+    return [h2], [alpha]
+
+
 def no_seq_step(g, carries, seqs, ps):
     (h,), (), (U, b) = carries, seqs, ps
     h2 = g.apply("tanh", h @ U + b)
@@ -110,6 +123,8 @@ FORMS = {
     "nonseqs": Form(encoder_step, params=(("W", (E, H)), ("U", (H, H)), ("V", (H, H))), encoder=True),
     "two_seqs": Form(two_seq_step, seqs=(("x", (N, E)), ("u", (N, H)))),
     "no_seq": Form(no_seq_step, seqs=(), params=(("U", (H, H)), ("b", (H,))), length=T),
+    "attention": Form(attention_step, params=(("W", (E + H, H)), ("U", (H, H)), ("b", (H,)), ("Wa", (H, A)),
+                                              ("Ua", (H, A)), ("v", (A,)), ("mem", (N, S, H)))),
 }
 TRUNCATED = {
     "forward_k2": Form(rnn_step, truncate=2),

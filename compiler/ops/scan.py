@@ -367,6 +367,8 @@ class Scan(OpDef):
                     A2 = g.apply("reshape", outer_a, shape=(-1, outer_a.shape[-1]))
                     B2 = g.apply("reshape", B, shape=(-1, B.shape[-1]))
                     term = g.apply("matmul", g.apply("transpose", A2), B2)
+                    if tuple(term.shape) != tuple(shape):  # a batched product summed over its batch
+                        term = g.apply("reshape", term, shape=tuple(shape))
                 elif kind == "bmatmul":
                     # sum_t a_t @ b_t = [a_1 .. a_T] @ [b_1; ..; b_T]: time joins the contracted axis
                     r = bval.rank
@@ -711,7 +713,8 @@ def _split_terms(gv: Value, seq_outer: dict, nonseq_outer: dict, g: Graph):
 
     A term is a product summed over time whose first factor does not depend on the
     carried cotangents, so its stack over time can be had outside (`_stacked_outside`):
-    ("matmul", A, B) for A_tᵀ @ B_t of matrices, ("bmatmul", A, B) for batched a_t @ b_t,
+    ("matmul", A, B) for A_tᵀ @ B_t of matrices (or of batches summed over the batch),
+    ("bmatmul", A, B) for batched a_t @ b_t,
     ("sum", None, B) for a broadcast reduction; the second factor B is stacked by the
     loop. Linear reshaping of a term (squeeze, sum_to, ...) is applied after the sum."""
     terms, rest = [], []
@@ -740,6 +743,21 @@ def _split_terms(gv: Value, seq_outer: dict, nonseq_outer: dict, g: Graph):
                 outer = _stacked_outside(a, seq_outer, nonseq_outer, g)
                 if outer is not None:
                     return ["bmatmul", outer, bval, [], v.shape]
+        if p.op.name == "sum_to" and v.rank >= 2 and all(d == 1 for d in v.shape[:-2]):
+            # sum over the batch of x_tᵀ @ b_t (batched): one product over all (t, batch) rows
+            src = p.inputs[0]
+            sp = src.producer
+            if sp is not None and sp.op.name == "matmul" and src.rank >= 3 \
+                    and tuple(src.shape[-2:]) == tuple(v.shape[-2:]):
+                a, bval = sp.inputs
+                ap = a.producer
+                swap = tuple(range(a.rank - 2)) + (a.rank - 1, a.rank - 2)
+                if ap is not None and ap.op.name == "transpose" and ap.op.perm(ap.attrs, a.rank) == swap \
+                        and bval.rank == a.rank and tuple(a.shape[:-2]) == tuple(bval.shape[:-2]) \
+                        and isinstance(a.shape[-2], int) and isinstance(bval.shape[-1], int):
+                    outer = _stacked_outside(ap.inputs[0], seq_outer, nonseq_outer, g)
+                    if outer is not None:
+                        return ["matmul", outer, bval, [], v.shape]
         if p.op.name == "sum_to":
             src = p.inputs[0]
             lead = src.rank - v.rank
