@@ -49,6 +49,7 @@ def gradcheck_spec(spec: S.Spec, seed: int = 0, n_directions: int = 2, n_coords:
         runner = Runner(graph.model)
         data_names = [i.name for i in graph.inputs if i.role == "input"]
         feeds = random_batch(spec, data_names, rng)
+        _spread_integers(feeds, spec, cm.index_bounds, rng)
         for i in graph.inputs:
             if i.name in state:
                 feeds[i.name] = state[i.name]
@@ -63,3 +64,16 @@ def gradcheck_spec(spec: S.Spec, seed: int = 0, n_directions: int = 2, n_coords:
             errors[p] = check_gradients(loss_at, [feeds[p]], [base[f"grad/{p}"]], rng, n_directions, n_coords, eps)
         report[obj.name] = errors
     return report
+
+
+def _spread_integers(feeds: dict, spec: S.Spec, bounds: dict, rng: np.random.Generator) -> None:
+    """Integer inputs over their whole valid range, so that every path is exercised: ids and
+    labels below the size of what they index, other integers (lengths) from 1 to the
+    symbolic size. With only 0 and 1, lengths of 0 or 1 leave a recurrent U and an
+    attention's weights without gradient."""
+    for name, arr in feeds.items():
+        if arr.dtype.kind not in "iu":
+            continue
+        high = bounds[name][0] if name in bounds else DEFAULT_SYMBOLIC + 1
+        low = 0 if name in bounds else 1
+        feeds[name] = rng.integers(low, max(high, low + 1), arr.shape).astype(arr.dtype)

@@ -38,6 +38,8 @@ def test_whole_model_gradient(path):
     for objective, errors in report.items():
         for param, err in errors.items():
             assert err < 1e-5, f"{objective}/{param}: relative error {err:.2e}"
+            # exactly 0 only when both gradients are 0: the batch does not exercise this parameter
+            assert err > 0, f"{objective}/{param}: gradient identically zero on the check's batch"
 
 
 def _feeds(cm, graph, seed=0, batch=None):
