@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from spec.errors import FlowgradError
+
 from .ir import Node, Value, at, producers_of
 from .registry import get_op
 
@@ -94,7 +96,11 @@ def _fold(node: Node):
     values = [const_value(v) for v in node.inputs]
     if not node.inputs or any(v is None for v in values):
         return None
-    result = node.op.ref(node.attrs, *values)
+    try:
+        result = node.op.ref(node.attrs, *values)
+    except FlowgradError as e:  # a constant the op refuses: point at the spec text that made it
+        e.loc = e.loc or node.loc
+        raise
     results = list(result) if isinstance(result, tuple) else [result]
     if sum(np.size(r) for r in results) > MAX_FOLDED_ELEMENTS:
         return None

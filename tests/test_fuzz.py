@@ -430,3 +430,14 @@ def test_every_op_with_wrong_arguments(data):
 
 def test_ops_spec_is_valid():
     assert _outcome(OPS_SPEC % "relu(m) @ w", "ops.yaml", compile_too=True) == "ok"
+
+
+@pytest.mark.parametrize("expr, outcome", [
+    ("pow(a=-5, b=-5)", "refused by compile"),  # folding an integer power met numpy's ValueError
+    ("sum(s, axis=0)", "ok"),  # a scalar's axis 0: nothing to reduce (was an ONNX shape error)
+    ("mean(0, axis=0)", "ok"),
+    ("argmax(s, axis=0)", "refused by check"),  # no axis to find an index along
+])
+def test_earlier_fuzz_finds(expr, outcome):
+    """Cases a long fuzzing run (FLOWGRAD_FUZZ_EXAMPLES=3000) found crashing."""
+    assert _outcome(OPS_SPEC % expr, "ops.yaml", compile_too=True) == outcome

@@ -412,6 +412,8 @@ class Pow(Binary):
         return [_sum_to(g_a, a.shape), _sum_to(g_b, b.shape)]
 
     def ref(self, attrs, a, b):
+        if np.asarray(b).dtype.kind in "iu" and np.any(np.asarray(b) < 0):
+            raise ShapeError("an integer raised to a negative integer power", hint="write the base as a float, e.g. 2.0 ** -1")
         return a**b
 
     def samples(self, rng):

@@ -15,7 +15,7 @@ def reduce_axes(axis, rank: int) -> tuple:
         return tuple(range(rank))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     out = sorted({normalize_axis(a, rank) for a in axes})
-    return tuple(out)
+    return tuple(out) if rank else ()  # a scalar's axis 0 is the scalar itself: nothing to reduce
 
 
 def reduced_shape(shape, axes, keepdims) -> tuple:
@@ -176,6 +176,8 @@ class ArgReduction(OpDef):
     def infer(self, attrs, x):
         if x.dtype == "bool":
             raise ShapeError(f"{self.name} needs numbers, got {x}", hint="cast it with cast(x, 'float32')", arg="x")
+        if x.rank == 0:
+            raise ShapeError(f"{self.name} of a scalar: there is no axis to find an index along", arg="x")
         axis = normalize_axis(attrs["axis"], x.rank)
         return [TensorType("int64", reduced_shape(x.shape, (axis,), attrs["keepdims"]))]
 
