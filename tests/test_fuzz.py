@@ -437,6 +437,7 @@ def test_ops_spec_is_valid():
     ("sum(s, axis=0)", "ok"),  # a scalar's axis 0: nothing to reduce (was an ONNX shape error)
     ("mean(0, axis=0)", "ok"),
     ("argmax(s, axis=0)", "refused by check"),  # no axis to find an index along
+    ("pad(0, [])", "ok"),  # a scalar padded on no axis (numpy refused the empty pad list)
 ])
 def test_earlier_fuzz_finds(expr, outcome):
     """Cases a long fuzzing run (FLOWGRAD_FUZZ_EXAMPLES=3000) found crashing."""

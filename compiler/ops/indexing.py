@@ -377,7 +377,10 @@ class Pad(OpDef):
                                      ends=tuple(pairs[i][0] + x.shape[i] for i in axes), axes=tuple(axes))]
 
     def ref(self, attrs, x):
-        return np.pad(x, _pad_pairs(attrs["pads"], x.ndim), constant_values=attrs["value"])
+        pairs = _pad_pairs(attrs["pads"], x.ndim)
+        if not pairs:  # a scalar: nothing to pad (numpy reads an empty pad list as floats)
+            return np.array(x)
+        return np.pad(x, pairs, constant_values=attrs["value"])
 
     def samples(self, rng):
         x = rng.normal(size=(2, 3))
