@@ -12,9 +12,9 @@ the step's own (symbolic) gradient. Gradients of non-sequences that are sums
 over time of `A_tᵀ @ B_t`, of batched `a_t @ b_t` or of broadcast reductions
 (A and a from values the forward pass saved, even through a few batchable
 ops) are pushed out of the loop and computed once over all steps as one
-product; the rest accumulates in carries. Everything in the backward step that does not depend
-on the carried cotangents (gate derivatives, recomputed activations) is
-regrouped and computed for all steps at once outside the loop.
+product; the rest accumulates in carries. Everything in the backward step
+that does not depend on the carried cotangents (gate derivatives, recomputed
+activations) is regrouped and computed for all steps at once outside the loop.
 
 A scan over sequences is emitted as an ONNX Scan (it slices its inputs and
 writes each step's outputs in place, with directions for reverse scans); one
