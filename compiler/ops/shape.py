@@ -114,7 +114,11 @@ class Transpose(OpDef):
         return [TensorType(x.dtype, tuple(x.shape[p] for p in perm))]
 
     def emit(self, e, node, ins, outs):
-        e.add("Transpose", ins, outs, perm=list(self.perm(node.attrs, node.inputs[0].rank)))
+        perm = list(self.perm(node.attrs, node.inputs[0].rank))
+        if perm == sorted(perm):  # nothing moves (a scalar has no axes: ONNX cannot even write its perm)
+            e.add("Identity", ins, outs)
+            return
+        e.add("Transpose", ins, outs, perm=perm)
 
     def vjp(self, node, gouts):
         perm = self.perm(node.attrs, node.inputs[0].rank)
