@@ -728,14 +728,11 @@ def _split_terms(gv: Value, seq_outer: dict, nonseq_outer: dict, g: Graph):
             if inner is not None:
                 inner[3].append(p)
                 return inner
-        if p.op.name == "matmul" and v.rank == 2:
-            a, bval = p.inputs
-            ap = a.producer
-            if ap is not None and ap.op.name == "transpose" and a.rank == 2 and ap.op.perm(ap.attrs, 2) == (1, 0) \
-                    and bval.rank == 2:
-                outer = _stacked_outside(ap.inputs[0], seq_outer, nonseq_outer, g)
-                if outer is not None:
-                    return ["matmul", outer, bval, [], v.shape]
+        rows = _transposed_rows(v) if v.rank == 2 else None
+        if rows is not None:
+            outer = _stacked_outside(rows[0], seq_outer, nonseq_outer, g)
+            if outer is not None:
+                return ["matmul", outer, rows[1], [], v.shape]
         if p.op.name == "matmul" and v.rank >= 3:
             a, bval = p.inputs
             if a.rank == bval.rank == v.rank and tuple(a.shape[:-2]) == tuple(bval.shape[:-2]) \
@@ -746,18 +743,11 @@ def _split_terms(gv: Value, seq_outer: dict, nonseq_outer: dict, g: Graph):
         if p.op.name == "sum_to" and v.rank >= 2 and all(d == 1 for d in v.shape[:-2]):
             # sum over the batch of x_tᵀ @ b_t (batched): one product over all (t, batch) rows
             src = p.inputs[0]
-            sp = src.producer
-            if sp is not None and sp.op.name == "matmul" and src.rank >= 3 \
-                    and tuple(src.shape[-2:]) == tuple(v.shape[-2:]):
-                a, bval = sp.inputs
-                ap = a.producer
-                swap = tuple(range(a.rank - 2)) + (a.rank - 1, a.rank - 2)
-                if ap is not None and ap.op.name == "transpose" and ap.op.perm(ap.attrs, a.rank) == swap \
-                        and bval.rank == a.rank and tuple(a.shape[:-2]) == tuple(bval.shape[:-2]) \
-                        and isinstance(a.shape[-2], int) and isinstance(bval.shape[-1], int):
-                    outer = _stacked_outside(ap.inputs[0], seq_outer, nonseq_outer, g)
-                    if outer is not None:
-                        return ["matmul", outer, bval, [], v.shape]
+            rows = _transposed_rows(src) if src.rank >= 3 and tuple(src.shape[-2:]) == tuple(v.shape[-2:]) else None
+            if rows is not None and isinstance(rows[0].shape[-1], int) and isinstance(rows[1].shape[-1], int):
+                outer = _stacked_outside(rows[0], seq_outer, nonseq_outer, g)
+                if outer is not None:
+                    return ["matmul", outer, rows[1], [], v.shape]
         if p.op.name == "sum_to":
             src = p.inputs[0]
             lead = src.rank - v.rank
@@ -783,6 +773,19 @@ def _split_terms(gv: Value, seq_outer: dict, nonseq_outer: dict, g: Graph):
     for r in rest:
         total = r if total is None else total + r
     return terms, total
+
+
+def _transposed_rows(v: Value):
+    """(x, b) when v = swap_last(x) @ b with the same batch dims: sums of xᵀ b over rows."""
+    p = v.producer
+    if p is None or p.op.name != "matmul":
+        return None
+    a, b = p.inputs
+    ap = a.producer
+    if ap is None or ap.op.name != "transpose" or b.rank != a.rank or tuple(a.shape[:-2]) != tuple(b.shape[:-2]):
+        return None
+    swap = tuple(range(a.rank - 2)) + (a.rank - 1, a.rank - 2)
+    return (ap.inputs[0], b) if ap.op.perm(ap.attrs, a.rank) == swap else None
 
 
 # Ops that commute with a sum over time: a term wrapped in them is summed first.
