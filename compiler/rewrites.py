@@ -288,6 +288,58 @@ def fold_lookup_products(outputs: list[Value]) -> None:
             node.op, node.inputs, node.attrs = get_op("take"), [projected, ids], {"axis": 0}
 
 
+def rewrite_forward(outputs: list[Value]) -> None:
+    """The rewrites that change which form gets differentiated; run on the forward graph
+    before the gradient is built, so the backward pass follows the cheaper form."""
+    fold_lookup_products(outputs)
+    pool_before_activation(outputs)
+
+
+def pool_before_activation(outputs: list[Value]) -> None:
+    """max_pool2d(relu(a + b)) -> relu(max_pool2d(a) + b), in place, for b constant over
+    each pooling window (a conv's per-channel bias) and intermediate values read only here.
+
+    Max pooling commutes with any non-decreasing function and with adding a per-window
+    constant, and the gradient still reaches each window's first maximum of a. The
+    activation, the bias and the activation's gradient then run on the pooled tensor, a
+    quarter of the elements for 2x2 windows."""
+    nodes = producers_of(outputs)
+    uses: dict[int, int] = {v.id: 1 for v in outputs}
+    for node in nodes:
+        for v in node.inputs:
+            uses[v.id] = uses.get(v.id, 0) + 1
+    sole = lambda v: uses.get(v.id) == 1  # noqa: E731
+    for node in nodes:
+        if node.op.name != "max_pool2d":
+            continue
+        a, relu, bias = node.inputs[0], False, None
+        if a.producer is not None and a.producer.op.name == "relu" and sole(a):
+            a, relu = a.producer.inputs[0], True
+        p = a.producer
+        if p is not None and p.op.name == "add" and sole(a):
+            for x, b in (p.inputs, p.inputs[::-1]):
+                if x.type == a.type and _constant_per_window(b, a.rank):
+                    a, bias = x, b
+                    break
+        if not relu and bias is None:
+            continue
+        with at(node.loc):
+            pooled = node.outputs[0].graph.apply("max_pool2d", a, **node.attrs)
+            if relu and bias is not None:
+                pooled = pooled + bias
+        if relu:
+            node.op, node.inputs, node.attrs = get_op("relu"), [pooled], {}
+        else:
+            node.op, node.inputs, node.attrs = get_op("add"), [pooled, bias], {}
+
+
+def _constant_per_window(b: Value, rank: int) -> bool:
+    """True when b, broadcast against a rank-`rank` NCHW tensor, is constant over H and W."""
+    if b.rank > rank:
+        return False
+    return ((1,) * (rank - b.rank) + tuple(b.shape))[-2:] == (1, 1)
+
+
 def _product_and_bias(node: Node):
     """(matmul output, bias) of add(matmul(x, W), b) with b a vector along the last axis."""
     for mm, b in (node.inputs, node.inputs[::-1]):

@@ -29,7 +29,7 @@ from .init import initial_value, param_rng
 from .ir import Graph, Value, at, is_float, producers_of
 from .lower import Lowering, ParamInfo
 from .optim import Optimizer, optimizer_from_config
-from .rewrites import fold_lookup_products, optimize
+from .rewrites import optimize, rewrite_forward
 
 
 @dataclass
@@ -304,7 +304,7 @@ class _Builder:
     def emit(self, kind: str, optimize_graph: bool, doc: str, objective=None) -> CompiledGraph:
         values = [v for _, _, v in self.outputs]
         if optimize_graph:
-            fold_lookup_products(values)
+            rewrite_forward(values)
             values = optimize(values)
         outs = [(n, v) for (n, _, _), v in zip(self.outputs, values)]
         needed = {v.id for node in producers_of(values) for v in node.inputs} | {v.id for v in values}
@@ -446,7 +446,7 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
     low, loss, metrics, trained = _training_lowering(spec, obj, dtype)
     g = low.graph
     if optimize_graph:  # before differentiation, so the gradient follows the cheaper form
-        fold_lookup_products([loss, *metrics.values()])
+        rewrite_forward([loss, *metrics.values()])
     if obj.mixed:
         if gradients_only:
             raise SpecError("mixed precision trains with one graph per step: gradient accumulation is not available",

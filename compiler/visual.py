@@ -650,7 +650,7 @@ class _VjpAt:
 
 def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None = None, optimize_graph: bool = True) -> IRStep:
     """Build the training step exactly as `compiler.training.build_train` does, keeping the IR."""
-    from .rewrites import fold_lookup_products, optimize
+    from .rewrites import optimize, rewrite_forward
     from .training import _add_state_inputs, _apply_updates, _gradients, fused_update, trained_names
 
     obj = pick_objective(spec, objective)
@@ -674,7 +674,7 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
     if not trained:
         raise SpecError(f"objective {obj.name!r} trains no parameters", obj.loc)
     if optimize_graph:
-        fold_lookup_products([loss, *metrics.values()])
+        rewrite_forward([loss, *metrics.values()])
     n_forward = len(g.nodes)
     made: dict[int, Node] = {}
     swapped = []

@@ -15,7 +15,7 @@ from compiler.check import Runner
 from compiler.emit import emit_model
 from compiler.gradcheck import random_batch
 from compiler.ir import Graph, producers_of
-from compiler.rewrites import LOOKUP_FOLD_MAX_ROWS, const_value, fold_lookup_products, optimize
+from compiler.rewrites import LOOKUP_FOLD_MAX_ROWS, const_value, fold_lookup_products, optimize, pool_before_activation
 from compiler.training import compile_spec
 from spec import load_spec, spec_from_dict
 
@@ -372,6 +372,82 @@ def test_lookup_fold_keeps_large_tables_and_few_lookups(rows, ids_shape):
     g, y, _ = _lookup_then_dense(rows, ids_shape)
     fold_lookup_products([y])
     assert y.producer.op.name == "add" and y.producer.inputs[0].producer.op.name == "matmul"
+
+
+def _conv_pool(form: str, pool: dict):
+    """conv(x, W) [+ b] [-> relu] -> max_pool2d, in float64 for exact comparisons."""
+    g = Graph("float64")
+    x = g.add_input("x", "float64", ("N", 2, 4, 6))
+    W = g.add_input("W", "float64", (3, 2, 3, 3))
+    b = g.add_input("b", "float64", (3,))
+    a = g.apply("conv", x, W, padding=1)
+    if "bias" in form:
+        a = a + g.apply("reshape", b, shape=(3, 1, 1))
+    if "relu" in form:
+        a = g.apply("relu", a)
+    y = g.apply("max_pool2d", a, **pool)
+    return g, y, (x, W, b) if "bias" in form else (x, W)
+
+
+POOLS = [{"kernel": 2}, {"kernel": 3, "stride": 1, "padding": 1}]
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=["tiled", "overlapping"])
+@pytest.mark.parametrize("form", ["bias+relu", "relu", "bias"])
+def test_pooling_moves_before_the_activation_and_bias(form, pool):
+    """max_pool2d(relu(a + b)) -> relu(max_pool2d(a) + b): the same values and the same gradients
+    (up to the order of sums), ties included: integer inputs and weights make many equal window
+    entries, and a gradient sent to another tied entry would be off by whole units."""
+    rng = np.random.default_rng(5)
+    f = {"x": rng.integers(-2, 3, size=(2, 2, 4, 6)).astype(float), "W": rng.integers(-1, 2, size=(3, 2, 3, 3)).astype(float),
+         "b": np.array([0.0, -1.0, 2.0])}
+    results = []
+    for rewrite in (False, True):
+        g, y, params = _conv_pool(form, pool)
+        loss = g.apply("sum", g.apply("tanh", y) * g.lift(np.arange(1.0, 1.0 + np.prod(y.shape[1:])).reshape(y.shape[1:])))
+        if rewrite:
+            pool_before_activation([loss])
+            first = "relu" if "relu" in form else "add"
+            assert y.producer.op.name == first
+            assert any(n.op.name == "max_pool2d" and n.inputs[0].producer.op.name == "conv" for n in producers_of([y]))
+        grads = grad([loss], params)
+        outs = optimize([y, *grads])
+        results.append(run_graph(g, {f"o{k}": v for k, v in enumerate(outs)}, f))
+    assert np.count_nonzero(results[0]["o1"]) > 0
+    for k in results[0]:
+        np.testing.assert_allclose(results[1][k], results[0][k], rtol=1e-13, atol=1e-13, err_msg=k)
+
+
+def test_pooling_stays_after_values_read_elsewhere_or_varying_biases():
+    """A relu output read by another node, or a bias that varies over the image, keeps its place."""
+    g, y, _ = _conv_pool("bias+relu", {"kernel": 2})
+    r = y.producer.inputs[0]
+    pool_before_activation([y, r])
+    assert y.producer.op.name == "max_pool2d" and y.producer.inputs[0] is r
+    g = Graph("float64")
+    a = g.add_input("a", "float64", (2, 3, 4, 6))
+    per_pixel = g.add_input("bias", "float64", (4, 6))
+    y = g.apply("max_pool2d", a + per_pixel, kernel=2)
+    pool_before_activation([y])
+    assert y.producer.op.name == "max_pool2d" and y.producer.inputs[0].producer.op.name == "add"
+
+
+def test_forward_pooling_also_gives_the_backward_its_indices():
+    """The training graph pools each input once: the forward MaxPool also returns the indices
+    its gradient scatters to; the inference graph keeps the plain one-output MaxPool."""
+    spec = spec_from_dict({
+        "flowgrad": 1, "name": "pool_once", "dims": {"K": 3},
+        "inputs": {"x": {"shape": ["N", 1, 6, 6]}, "y": {"shape": ["N"], "dtype": "int64"}},
+        "graph": {"c": "conv2d(x, 4, 3, padding=1, act=relu)", "p": "max_pool2d(c, 2)", "logits": "dense(flatten(p), K)"},
+        "outputs": {"probs": "softmax(logits)"},
+        "loss": "cross_entropy(logits, y)",
+        "train": {"optimizer": {"sgd": {"lr": 0.1}}, "batch_size": 4},
+    })
+    cm = compile_spec(spec)
+    pools = [n for n in cm.graphs["train"].model.graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == 1 and len(pools[0].output) == 2
+    pools = [n for n in cm.graphs["infer"].model.graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == 1 and len(pools[0].output) == 1
 
 
 def test_dead_code_is_not_emitted():

@@ -555,7 +555,7 @@ def _emit_argmax_positions(e, geom: _PoolGeom, x: str) -> str:
     if geom.s == geom.k and geom.p == (0, 0):
         # Non-overlapping windows: MaxPool's own indices (flat over N*C*H*W) are
         # right on every runtime here and far cheaper than gathering each window.
-        _, idx = e.add("MaxPool", [x], 2, kernel_shape=list(geom.k), strides=list(geom.s))
+        idx = _max_pool_indices(e, geom, x)
         pos = e.add("Mod", [idx, e.const(np.asarray(H * W, dtype=np.int64))])
         return e.add("Reshape", [pos, e.ints([0, 0, -1])])
     win = geom.windows()
@@ -566,6 +566,21 @@ def _emit_argmax_positions(e, geom: _PoolGeom, x: str) -> str:
     arg = e.add("ArgMax", [patches], axis=3, keepdims=0, select_last_index=0)
     flat = e.add("Add", [arg, e.const(np.arange(L, dtype=np.int64) * K)])
     return e.add("Gather", [e.const(win.reshape(-1)), flat], axis=0)
+
+
+def _max_pool_indices(e, geom: _PoolGeom, x: str) -> str:
+    """MaxPool's indices output for unpadded windows over x. When the forward pass already
+    pooled x with the same windows in this graph, that node gains the indices output
+    instead of pooling x a second time."""
+    window = {"kernel_shape": list(geom.k), "strides": list(geom.s)}
+    for node in e.nodes:
+        if node.op_type == "MaxPool" and list(node.input) == [x] and len(node.output) == 1:
+            attrs = {a.name: list(a.ints) for a in node.attribute}
+            if {k: attrs.get(k) for k in window} == window and not any(attrs.get("pads", [])) \
+                    and set(attrs) <= {"kernel_shape", "strides", "pads"}:
+                node.output.append(e.fresh("maxpool_indices"))
+                return node.output[1]
+    return e.add("MaxPool", [x], 2, **window)[1]
 
 
 def _argmax_positions_np(geom: _PoolGeom, x):
@@ -648,7 +663,7 @@ class MaxPool2dGrad(OpDef):
             # Windows that tile the input: MaxUnpool puts g at MaxPool's own indices (each
             # window's first maximum) and zeros elsewhere, in one pass. (With rows or columns
             # left over, onnx.reference's MaxUnpool misplaces values: those scatter.)
-            _, idx = e.add("MaxPool", [ins[1]], 2, kernel_shape=list(geom.k), strides=list(geom.s))
+            idx = _max_pool_indices(e, geom, ins[1])
             e.add("MaxUnpool", [ins[0], idx], outs, kernel_shape=list(geom.k), strides=list(geom.s))
             return
         pos = _emit_argmax_positions(e, geom, ins[1])
