@@ -213,18 +213,24 @@ IM2COL_MAX_TAPS = 25
 
 def _conv_weight_grad_gemm(x, gy, wshape, pads):
     """dw[m, c, i, j] = sum over n, y, x of gy[n, m, y, x] * xpad[n, c, y + i, x + j]. With the
-    input laid out [H, W, N, C], each of the kh*kw shifted windows is a slice of whole rows
-    (large contiguous copies); stacked, they are [kh*kw, Ho*Wo*N, C], and one batched
-    product with gy laid out [M, Ho*Wo*N] gives [kh*kw, M, C]."""
+    input laid out [H*W, N, C] plus one row of zeros (the padding), one take gathers every
+    window's rows as [kh*kw, Ho*Wo*N, C] (whole-row copies), and one batched product with gy
+    laid out [M, Ho*Wo*N] gives [kh*kw, M, C]."""
     gr = x.graph
     m, c, kh, kw = wshape
+    h, w = x.shape[2], x.shape[3]
     ho, wo = gy.shape[2], gy.shape[3]
-    xt = gr.apply("transpose", x, perm=(2, 3, 0, 1))  # [H, W, N, C]
-    if any(pads):
-        xt = gr.apply("pad", xt, pads=((pads[0], pads[2]), (pads[1], pads[3]), (0, 0), (0, 0)))
-    taps = [gr.apply("index", xt, spec=(None, (i, i + ho, None), (j, j + wo, None))) for i in range(kh) for j in range(kw)]
-    windows = gr.apply("concat", *taps, axis=0) if len(taps) > 1 else taps[0]  # [kh*kw, Ho, Wo, N, C]
-    windows = gr.apply("reshape", windows, shape=(kh * kw, -1, c))
+    rows = np.full((kh * kw, ho * wo), h * w, dtype=np.int64)  # h * w: the zero row
+    for i in range(kh):
+        for j in range(kw):
+            for y in range(ho):
+                for xx in range(wo):
+                    r, q = y + i - pads[0], xx + j - pads[1]
+                    if 0 <= r < h and 0 <= q < w:
+                        rows[i * kw + j, y * wo + xx] = r * w + q
+    xt = gr.apply("reshape", gr.apply("transpose", x, perm=(2, 3, 0, 1)), shape=(h * w, -1, c))  # [H*W, N, C]
+    xt = gr.apply("pad", xt, pads=((0, 1), (0, 0), (0, 0)))
+    windows = gr.apply("reshape", gr.apply("take", xt, gr.const(rows), axis=0), shape=(kh * kw, -1, c))
     gyt = gr.apply("reshape", gr.apply("transpose", gy, perm=(1, 2, 3, 0)), shape=(m, -1))  # [M, Ho*Wo*N]
     dw = gr.apply("matmul", gyt, windows)  # [kh*kw, M, C]
     return gr.apply("reshape", gr.apply("transpose", dw, perm=(1, 2, 0)), shape=(m, c, kh, kw))
@@ -437,6 +443,8 @@ class Conv(OpDef):
             Sample([n(size=(1, 2, 6, 7)), n(size=(2, 2, 2, 3))], {"dilation": 2, "padding": (1, 2), "stride": (1, 2)}),
             Sample([n(size=(2, 4, 6, 5)), n(size=(6, 2, 3, 3))], {"groups": 2, "stride": 2}),
             Sample([n(size=(1, 2, 5, 4)), n(size=(2, 2, 3, 2))], {"padding": "same"}),
+            # uneven padding: the weight gradient's gathered windows read the zero row on every side
+            Sample([n(size=(2, 3, 4, 5)), n(size=(2, 3, 3, 3))], {"padding": (2, 0, 1, 1)}),
             Sample([n(size=(1, 2, 7, 6)), n(size=(2, 1, 2, 2))], {"groups": 2, "stride": 3, "dilation": (2, 1), "padding": (0, 1, 1, 0)}),
         ]
 
