@@ -232,6 +232,9 @@ class Graph:
         # buffer name -> new value; written by ops such as batch_norm in train mode
         self.buffer_updates: dict[str, Value] = {}
         self._random_salt = itertools.count(1)
+        # The batch the spec trains with, when known: a hint for layout choices that depend on
+        # the row count (compiler/rewrites.py); graphs still accept any batch.
+        self.batch_size: int | None = None
 
     # -------------------------------------------------------------- building
     def add_input(self, name: str, dtype: str, shape, kind: str = "input", init=None, loc=None, unique=False) -> Value:

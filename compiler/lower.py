@@ -78,6 +78,7 @@ class Lowering:
         cast to `float_dtype` for the computation (mixed precision's master weights)."""
         self.spec = spec
         self.graph = Graph(float_dtype=float_dtype or spec.train.get("dtype", "float32"), mode=mode)
+        self.graph.batch_size = spec.batch_size
         self.stored_dtype = stored_dtype or self.graph.float_dtype
         self.params: dict[str, ParamInfo] = {}
         self.inputs: dict[str, Value] = {}

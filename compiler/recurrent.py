@@ -587,7 +587,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     buffers = []
     if stateful and g.mode == "train" and init is None:
         # Carried across batches: the state after this batch starts the next one.
-        B = int((low.spec.train or {}).get("batch_size", 32))
+        B = low.spec.batch_size
         buffers = [low.add_param(f"{prefix}.{n}0", (B, H), "zeros", loc=e.loc, kind="buffer") for n in ("h", "c")[:n_states]]
         init = [g.apply("reshape_dims", b, x, dims=((0, 0), H)) for b in buffers]  # [N, H]; N must be B
     if init is None:

@@ -9,7 +9,11 @@ only the nodes the outputs need are emitted.
 
 Numerical stabilisation (log(softmax) -> log_softmax, log(sigmoid) ->
 -softplus(-x)) happens when those ops are built, before differentiation, so
-the gradient is also the stable one (see the `log` op).
+the gradient is also the stable one (see the `log` op). `rewrite_forward`
+changes the forward graph before the gradient is built (a lookup followed by
+a product projects the table; max pooling moves before a ReLU and a bias), and
+`weights_first_in_loops` runs after `optimize` (products by a recurrent weight
+inside loop steps, for small batches).
 """
 from __future__ import annotations
 
@@ -161,6 +165,70 @@ def _optimize_body(body) -> None:
     n = len(body.new_carries)
     new = optimize(body.new_carries + body.extras)
     body.new_carries, body.extras = new[:n], new[n:]
+
+
+# A product by a loop-invariant weight of at least this many entries may run weights-first.
+WEIGHTS_FIRST_MIN_ENTRIES = 1 << 16
+
+
+def weights_first_in_loops(outputs: list[Value], rows_hint: int | None) -> None:
+    """x @ W inside a scan's step, W [K, M] read unchanged every step, becomes (W^T @ x^T)^T,
+    in place, with W^T computed once outside the loop; for steps of few rows.
+
+    onnxruntime's MatMul packs its right operand on every call. In a step the right operand is
+    the weight (a recurrent matrix), packed again each step; weights-first packs x^T instead
+    ([K, rows]) and adds two transposes of the step's rows, which pays while
+    rows * 2 * (K + M) < K * M. `rows_hint` stands for a symbolic row count (the batch the
+    spec trains with); without one the products stay."""
+    for node in producers_of(outputs):
+        if node.op.name != "scan":
+            continue
+        body = node.attrs["body"]
+        weights_first_in_loops(body.new_carries + body.extras, rows_hint)
+        outer = dict(zip((v.id for v in body.nonseqs), node.inputs[len(node.inputs) - len(body.nonseqs):]))
+        transposed: dict[int, Value] = {}  # weight id -> its transpose, a new step input
+        for n in producers_of(body.new_carries + body.extras):
+            product = _weights_first_candidate(n, outer, rows_hint)
+            if product is None:
+                continue
+            x, w, bias = product
+            if w.id not in transposed:
+                w_outer = outer[w.id]
+                p = w_outer.producer
+                if p is not None and p.op.name == "transpose" and tuple(p.op.perm(p.attrs, 2)) == (1, 0):
+                    wt_outer = p.inputs[0]
+                else:
+                    wt_outer = node.outputs[0].graph.apply("transpose", w_outer, perm=(1, 0))
+                wt = body.graph.add_input(f"{w.name or 'weight'}_T", w.dtype, tuple(wt_outer.shape), unique=True)
+                body.nonseqs.append(wt)
+                node.inputs.append(wt_outer)
+                transposed[w.id] = wt
+            g = body.graph
+            with at(n.loc):
+                yt = g.apply("matmul", transposed[w.id], g.apply("transpose", x, perm=(1, 0)))
+                if bias is None:
+                    n.op, n.inputs, n.attrs = get_op("transpose"), [yt], {"perm": (1, 0)}
+                else:
+                    n.op, n.inputs, n.attrs = get_op("add"), [g.apply("transpose", yt, perm=(1, 0)), bias], {}
+
+
+def _weights_first_candidate(n: Node, outer: dict, rows_hint: int | None):
+    """(x, W, bias or None) when node n is x @ W (+ bias) by a loop-invariant W worth it."""
+    if n.op.name == "matmul":
+        (x, w), bias = n.inputs, None
+    elif n.op.name == "gemm" and not n.attrs["trans_a"] and not n.attrs["trans_b"] and n.attrs["alpha"] == 1.0 \
+            and n.attrs["beta"] in (0.0, 1.0):
+        x, w, bias = n.inputs
+        bias = bias if n.attrs["beta"] == 1.0 else None
+    else:
+        return None
+    if w.id not in outer or x.rank != 2 or w.rank != 2 or not all(isinstance(d, int) for d in w.shape):
+        return None
+    rows = x.shape[0] if isinstance(x.shape[0], int) else rows_hint
+    K, M = w.shape
+    if rows is None or K * M < WEIGHTS_FIRST_MIN_ENTRIES or rows * 2 * (K + M) >= K * M:
+        return None
+    return x, w, bias
 
 
 def _dedupe(c: Value, seen: dict, repl: dict) -> Value:

@@ -29,7 +29,7 @@ from .init import initial_value, param_rng
 from .ir import Graph, Value, at, is_float, producers_of
 from .lower import Lowering, ParamInfo
 from .optim import Optimizer, optimizer_from_config
-from .rewrites import optimize, rewrite_forward
+from .rewrites import optimize, rewrite_forward, weights_first_in_loops
 
 
 @dataclass
@@ -306,6 +306,7 @@ class _Builder:
         if optimize_graph:
             rewrite_forward(values)
             values = optimize(values)
+            weights_first_in_loops(values, self.g.batch_size)
         outs = [(n, v) for (n, _, _), v in zip(self.outputs, values)]
         needed = {v.id for node in producers_of(values) for v in node.inputs} | {v.id for v in values}
         ins = []

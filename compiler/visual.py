@@ -650,7 +650,7 @@ class _VjpAt:
 
 def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None = None, optimize_graph: bool = True) -> IRStep:
     """Build the training step exactly as `compiler.training.build_train` does, keeping the IR."""
-    from .rewrites import optimize, rewrite_forward
+    from .rewrites import optimize, rewrite_forward, weights_first_in_loops
     from .training import _add_state_inputs, _apply_updates, _gradients, fused_update, trained_names
 
     obj = pick_objective(spec, objective)
@@ -699,6 +699,7 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
     values = [v for _, v in outs]
     if optimize_graph:
         values = optimize(values)
+        weights_first_in_loops(values, g.batch_size)
     outs = [(name, v) for (name, _), v in zip(outs, values)]
     nodes = producers_of(values)
 
@@ -1097,7 +1098,7 @@ def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None) -> tuple[
 def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = None, dims: dict | None = None,
             objective: str | None = None) -> dict:
     """Nodes, parameters and totals (parameter count, forward and training FLOPs per step)."""
-    B = int(batch_size or spec.train.get("batch_size", 32) or 32)
+    B = int(batch_size or spec.batch_size)
     env, unset = batch_env(spec, B, dims)
     sg = SpecGraph(spec, dtype)
     low = sg.low

@@ -35,11 +35,12 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
           threads: int | None = None, seed: int = 0, steps_per_call: int = 1) -> dict:
     """`steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
     step_ms is then a call's time over its steps."""
+    spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
     t0 = time.perf_counter()
     cm = compile_spec(spec)
     compile_s = time.perf_counter() - t0
     device = pick_device(device)
-    batch_size = batch_size or int(spec.train.get("batch_size", 32))
+    batch_size = spec.batch_size
     sizes = {"N": batch_size}
     first = cm.graphs["train" if "train" in cm.graphs else next(k for k in cm.graphs if k.startswith("train"))]
     names = [i.name for i in first.inputs if i.role == "input"]

@@ -209,6 +209,7 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
 def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
     opts = opts or TrainOptions()
     t_start = time.perf_counter()
+    spec = spec.with_batch_size(opts.batch_size)  # the graphs' layout choices follow the batch trained with
     cfg = spec.train or {}
     seed = int(opts.seed if opts.seed is not None else cfg.get("seed", 0))
     if opts.accumulate < 1:
@@ -223,7 +224,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         mixed, overflows = any(o.mixed for o in cm.objectives), 0
-        batch_size = int(opts.batch_size or cfg.get("batch_size", 32))
+        batch_size = spec.batch_size
         per_update = batch_size * opts.accumulate
         steps_per_epoch = len(train_ds) // per_update if cfg.get("drop_last") else -(-len(train_ds) // per_update)
         epochs = opts.epochs or cfg.get("epochs")

@@ -6,6 +6,7 @@ Python's `ast` by spec/expr.py; nothing here is ever evaluated as Python.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -137,6 +138,9 @@ class Block:
         return self.output_locs[i] if i < len(self.output_locs) else self.loc
 
 
+DEFAULT_BATCH_SIZE = 32  # spec/schema.json's default for train.batch_size
+
+
 @dataclass
 class Spec:
     path: str
@@ -155,6 +159,17 @@ class Spec:
     raw: Any  # the located YAML tree (spec.loader.LocMap), for locating anything
     dim_locs: dict[str, Loc] = field(default_factory=dict)
     generate: dict[str, Any] = field(default_factory=dict)  # autoregressive sampling for export
+
+    @property
+    def batch_size(self) -> int:
+        """Examples per optimizer step: train.batch_size, or the schema's default."""
+        return int((self.train or {}).get("batch_size") or DEFAULT_BATCH_SIZE)
+
+    def with_batch_size(self, batch_size: int | None) -> "Spec":
+        """This spec training with another batch size (a --batch-size override), or itself."""
+        if not batch_size or batch_size == self.batch_size:
+            return self
+        return dataclasses.replace(self, train={**(self.train or {}), "batch_size": int(batch_size)})
 
     def locate(self, *path) -> Loc:
         """Loc of the value at `path` in the YAML tree (e.g. "train", "optimizer")."""

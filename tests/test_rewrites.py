@@ -7,6 +7,7 @@ import glob
 import os
 
 import numpy as np
+import onnx
 import pytest
 import yaml
 
@@ -15,7 +16,8 @@ from compiler.check import Runner
 from compiler.emit import emit_model
 from compiler.gradcheck import random_batch
 from compiler.ir import Graph, producers_of
-from compiler.rewrites import LOOKUP_FOLD_MAX_ROWS, const_value, fold_lookup_products, optimize, pool_before_activation
+from compiler.rewrites import (LOOKUP_FOLD_MAX_ROWS, WEIGHTS_FIRST_MIN_ENTRIES, const_value, fold_lookup_products, optimize,
+                               pool_before_activation)
 from compiler.training import compile_spec
 from spec import load_spec, spec_from_dict
 
@@ -448,6 +450,54 @@ def test_forward_pooling_also_gives_the_backward_its_indices():
     assert len(pools) == 1 and len(pools[0].output) == 2
     pools = [n for n in cm.graphs["infer"].model.graph.node if n.op_type == "MaxPool"]
     assert len(pools) == 1 and len(pools[0].output) == 1
+
+
+def _lstm_spec(hidden: int, batch_size: int):
+    return spec_from_dict({
+        "flowgrad": 1, "name": "weights_first", "dims": {"V": 11, "E": 8, "H": hidden},
+        "inputs": {"x": {"shape": ["N", "T"], "dtype": "int64"}, "y": {"shape": ["N", "T"], "dtype": "int64"}},
+        "graph": {"hs": "lstm(embedding(x, V, E), H)", "logits": "dense(hs, V)"},
+        "outputs": {"probs": "softmax(logits)"},
+        "loss": "cross_entropy(logits, y)",
+        "train": {"optimizer": {"adam": {"lr": 0.01}}, "batch_size": batch_size, "dtype": "float64"},
+    })
+
+
+def _weights_first_products(model) -> int:
+    """MatMuls inside loop bodies whose left operand comes from outside the loop."""
+    count = 0
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                inner = {o for n in a.g.node for o in n.output} | {i.name for i in a.g.input}
+                count += sum(n.op_type == "MatMul" and n.input[0] not in inner for n in a.g.node)
+    return count
+
+
+def test_loop_products_run_weights_first_for_small_batches():
+    """With few rows per step, h @ U in the forward and backward loops becomes (U^T @ h^T)^T
+    (onnxruntime then packs h^T, not U, on every step): the same training step, to float64
+    rounding, as the graph compiled without rewrites."""
+    hidden = 128
+    assert hidden * 4 * hidden >= WEIGHTS_FIRST_MIN_ENTRIES
+    spec = _lstm_spec(hidden, batch_size=4)
+    opt = compile_spec(spec, graphs=("train", "infer"))
+    raw = compile_spec(spec, graphs=("train", "infer"), optimize_graph=False)
+    assert _weights_first_products(opt.graphs["train"].model) == 2  # the forward step and the backward step
+    assert _weights_first_products(opt.graphs["infer"].model) == 1
+    rng = np.random.default_rng(2)
+    state = opt.initial_state(0)
+    data = {"x": rng.integers(0, 11, size=(4, 5)), "y": rng.integers(0, 11, size=(4, 5))}
+    control = {"lr": np.float64(0.01), "step": np.int64(3), "seed": np.int64(11)}
+    for kind in ("train", "infer"):
+        feeds = {i.name: np.asarray({**state, **data, **control}[i.name], dtype=i.dtype) for i in raw.graphs[kind].inputs}
+        out_o = Runner(opt.graphs[kind].model)({i.name: feeds[i.name] for i in opt.graphs[kind].inputs})
+        out_r = Runner(raw.graphs[kind].model)(feeds)
+        for k, v in out_r.items():
+            np.testing.assert_allclose(out_o[k], v, rtol=1e-10, atol=1e-12, err_msg=f"{kind}:{k}")
+    # Many rows per step (here from a --batch-size override), or a small weight: products stay as they are.
+    assert _weights_first_products(compile_spec(spec.with_batch_size(256), graphs=("train",)).graphs["train"].model) == 0
+    assert _weights_first_products(compile_spec(_lstm_spec(32, 4), graphs=("train",)).graphs["train"].model) == 0
 
 
 def test_dead_code_is_not_emitted():
