@@ -306,7 +306,8 @@ class _Builder:
         if optimize_graph:
             rewrite_forward(values)
             values = optimize(values)
-            weights_first_in_loops(values, self.g.batch_size)
+            # The training step runs on the spec's batches; deployment graphs see batches of any size.
+            weights_first_in_loops(values, self.g.batch_size if kind.startswith(("train", "grads")) else None)
         outs = [(n, v) for (n, _, _), v in zip(self.outputs, values)]
         needed = {v.id for node in producers_of(values) for v in node.inputs} | {v.id for v in values}
         ins = []

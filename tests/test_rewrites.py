@@ -484,7 +484,7 @@ def test_loop_products_run_weights_first_for_small_batches():
     opt = compile_spec(spec, graphs=("train", "infer"))
     raw = compile_spec(spec, graphs=("train", "infer"), optimize_graph=False)
     assert _weights_first_products(opt.graphs["train"].model) == 2  # the forward step and the backward step
-    assert _weights_first_products(opt.graphs["infer"].model) == 1
+    assert _weights_first_products(opt.graphs["infer"].model) == 0  # deployment batches may be of any size
     rng = np.random.default_rng(2)
     state = opt.initial_state(0)
     data = {"x": rng.integers(0, 11, size=(4, 5)), "y": rng.integers(0, 11, size=(4, 5))}
