@@ -1,10 +1,11 @@
 """Stepping compiled graphs with device-resident state.
 
 Parameters, buffers and optimizer state live as OrtValues on the device.
-Each training step binds them as inputs and binds a second set of buffers
-as the `next/*` outputs (IOBinding), then swaps the two sets: nothing goes
-through NumPy inside the loop except the batch (copied in once) and the
-scalar loss and metrics (copied out).
+A training step reads them as inputs and writes a second set of buffers as
+the `next/*` outputs (IOBinding), then swaps the two sets; the binding of
+each of the two arrangements is kept, so a step only refreshes the batch and
+the control scalars. Nothing goes through NumPy inside the loop except the
+batch (copied in once) and the scalar loss and metrics (copied out).
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from compiler.training import CompiledGraph, CompiledModel
 from .session import empty_like, make_session, to_device
 
 
+STATE_ROLES = ("param", "buffer", "state", "grad")
+
+
 class GraphRunner:
     """One compiled graph in one session, fed from a shared state dict."""
 
@@ -25,45 +29,99 @@ class GraphRunner:
         self.prefix = prefix
         self.device = device
         self.session = make_session(graph.model, device, threads)
-        self.binding = self.session.io_binding()
         self.input_roles = {i.name: i.role for i in graph.inputs}
         self.input_dtypes = {i.name: np.dtype(i.dtype) for i in graph.inputs}
-        self.scalar_outputs = [o.name for o in graph.outputs if o.role in ("loss", "metric")]
-        self.next_outputs = [o.name for o in graph.outputs if o.role == "next"]
+        cut = len(prefix)
+        # (graph name, state key): the state dict's keys drop the prefix
+        self.state_inputs = [(n, n[cut:] if n.startswith(prefix) else n) for n, r in self.input_roles.items() if r in STATE_ROLES]
+        self.batch_inputs = [n for n, r in self.input_roles.items() if r == "input"]
+        self.control_inputs = [n for n, r in self.input_roles.items() if r not in STATE_ROLES and r != "input"]
+        self.scalar_outputs = [o for o in graph.outputs if o.role in ("loss", "metric")]
+        self.next_outputs = [(o.name, o.name[cut + len("next/"):]) for o in graph.outputs if o.role == "next"]
         self.other_outputs = [o.name for o in graph.outputs if o.role not in ("loss", "metric", "next")]
+        self._bindings: list[_Binding] = []  # for the last two sets of state and spare buffers
 
     def data_inputs(self) -> list[str]:
-        return [n for n, r in self.input_roles.items() if r == "input"]
+        return list(self.batch_inputs)
 
     def run(self, state: dict[str, ort.OrtValue], spare: dict[str, ort.OrtValue], batch: dict[str, np.ndarray],
             control: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, ort.OrtValue]]:
-        b = self.binding
-        cut = len(self.prefix)
-        for name, role in self.input_roles.items():
-            if role in ("param", "buffer", "state", "grad"):
-                b.bind_ortvalue_input(name, state[name[cut:] if name.startswith(self.prefix) else name])
-            elif role == "input":
-                b.bind_cpu_input(name, batch[name])
-            else:
-                b.bind_cpu_input(name, np.asarray(control[name], dtype=self.input_dtypes[name]))
-        for name in self.scalar_outputs + self.other_outputs:
-            b.bind_output(name, "cpu")
-        for name in self.next_outputs:
-            key = name[cut + len("next/"):]
+        for _, key in self.next_outputs:
             if key not in spare:
                 spare[key] = empty_like(state[key], self.device)
-            b.bind_ortvalue_output(name, spare[key])
-        self.session.run_with_iobinding(b)
-        outs = dict(zip(self.scalar_outputs + self.other_outputs + self.next_outputs, b.get_outputs()))  # bound order
-        scalars = {n[cut:]: _scalars(outs[n].numpy()) for n in self.scalar_outputs}
-        others = {n: outs[n] for n in self.other_outputs}
+        bound = [state[key] for _, key in self.state_inputs] + [spare[key] for _, key in self.next_outputs]
+        binding = next((b for b in self._bindings if b.binds(bound)), None)
+        if binding is None:
+            binding = _Binding(self, bound)
+            self._bindings = [binding] + self._bindings[:1]
+        binding.feed(batch, control)
+        self.session.run_with_iobinding(binding.io)
+        scalars, others = binding.results()
         # The freshly written buffers become the state; the old ones are reused next step.
-        for name in self.next_outputs:
-            key = name[cut + len("next/"):]
+        for _, key in self.next_outputs:
             state[key], spare[key] = spare[key], state[key]
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
         return scalars, others
+
+
+class _Binding:
+    """An IOBinding with one set of state buffers bound as inputs and another as the next/*
+    outputs. Training alternates between two such sets, so each step only refreshes the
+    batch and the control scalars (in place) instead of binding every tensor again: the
+    Python side of a step is then a small share even of the smallest models' steps."""
+
+    def __init__(self, runner: GraphRunner, bound: list[ort.OrtValue]):
+        self.runner = runner
+        self.bound = bound  # held, so that their ids cannot be reused while this binding lives
+        self.io = io = runner.session.io_binding()
+        n_in = len(runner.state_inputs)
+        for (name, _), v in zip(runner.state_inputs, bound[:n_in]):
+            io.bind_ortvalue_input(name, v)
+        for (name, _), v in zip(runner.next_outputs, bound[n_in:]):
+            io.bind_ortvalue_output(name, v)
+        # Static-shaped scalars (loss, metrics) land in buffers of their own; others (a looped
+        # step's per-step values, gradients) are allocated by onnxruntime and fetched.
+        self.scalars: dict[str, ort.OrtValue] = {}
+        self.fetched = [o.name for o in runner.scalar_outputs if o.shape] + runner.other_outputs
+        for o in runner.scalar_outputs:
+            if not o.shape:
+                self.scalars[o.name] = ort.OrtValue.ortvalue_from_shape_and_type([], np.dtype(o.dtype).type, "cpu", 0)
+                io.bind_ortvalue_output(o.name, self.scalars[o.name])
+        for name in self.fetched:
+            io.bind_output(name, "cpu")
+        self.fed: dict[str, tuple[ort.OrtValue, tuple, np.dtype]] = {}  # batch and control inputs
+
+    def binds(self, bound: list[ort.OrtValue]) -> bool:
+        return len(bound) == len(self.bound) and all(a is b for a, b in zip(bound, self.bound))
+
+    def feed(self, batch: dict[str, np.ndarray], control: dict) -> None:
+        dtypes = self.runner.input_dtypes
+        values = [(n, batch[n]) for n in self.runner.batch_inputs]
+        values += [(n, np.asarray(control[n], dtype=dtypes[n])) for n in self.runner.control_inputs]
+        for name, a in values:
+            a = np.ascontiguousarray(a)
+            held = self.fed.get(name)
+            if held is not None and held[1:] == (a.shape, a.dtype):
+                held[0].update_inplace(a)
+            else:  # a first step, or a batch of another size (the last of an epoch)
+                self.fed[name] = (_owned(a), a.shape, a.dtype)
+                self.io.bind_ortvalue_input(name, self.fed[name][0])
+
+    def results(self) -> tuple[dict[str, float], dict[str, ort.OrtValue]]:
+        cut = len(self.runner.prefix)
+        scalars = {n[cut:]: _scalars(v.numpy()) for n, v in self.scalars.items()}
+        others = {}
+        if self.fetched:
+            outs = dict(zip(self.fetched, self.io.get_outputs()[-len(self.fetched):]))
+            scalars.update({o.name[cut:]: _scalars(outs[o.name].numpy()) for o in self.runner.scalar_outputs if o.shape})
+            others = {n: outs[n] for n in self.runner.other_outputs}
+        return scalars, others
+
+
+def _owned(a: np.ndarray) -> ort.OrtValue:
+    """A CPU OrtValue with its own copy of a: updating it in place never writes into a."""
+    v = ort.OrtValue.ortvalue_from_shape_and_type(list(a.shape), a.dtype.type, "cpu", 0)
+    v.update_inplace(np.ascontiguousarray(a))
+    return v
 
 
 class Trainer:

@@ -150,3 +150,36 @@ def test_lr_schedules():
     assert warm(0) == pytest.approx(0.01) and warm(9) == pytest.approx(0.1) and warm(50) == 0.1
     step = lr_schedule(0.1, {"step": {"every": 10, "gamma": 0.5}}, 100, 10)
     assert step(9) == 0.1 and step(10) == 0.05
+
+
+def test_steps_reuse_their_bindings_without_changing_results():
+    """A step binds the state once per buffer set and refreshes the batch and control scalars in
+    place: the losses and parameters equal those of steps that bind everything afresh, a last
+    batch of another size is bound anew, and the caller's batch arrays are never written."""
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.trainer import Trainer
+    from spec import load_spec
+
+    spec = load_spec(os.path.join(ROOT, "models", "mlp.yaml"))
+    cm = compile_spec(spec)
+    full = real_batch(spec, cm, 64, 0)
+    batches = [{k: v[:32].copy() for k, v in full.items()}, {k: v[32:].copy() for k, v in full.items()},
+               {k: v[16:48].copy() for k, v in full.items()}, {k: v[:5].copy() for k, v in full.items()}]
+    originals = [{k: v.copy() for k, v in b.items()} for b in batches]
+    results = []
+    for fresh in (False, True):
+        trainer = Trainer(cm, "cpu", threads=1, seed=3)
+        losses = []
+        for step, batch in enumerate(batches):
+            if fresh:
+                trainer.runner("train")._bindings.clear()
+            losses.append(trainer.train_step("main", batch, 0.01, step)["loss"])
+        results.append((losses, {k: v.numpy().copy() for k, v in trainer.state.items()}))
+    assert results[0][0] == results[1][0]
+    for k in results[0][1]:
+        np.testing.assert_array_equal(results[0][1][k], results[1][1][k], err_msg=k)
+    for b, o in zip(batches, originals):
+        for k in b:
+            np.testing.assert_array_equal(b[k], o[k])
+    assert len(set(results[0][0])) == len(batches)  # each step saw its own batch
