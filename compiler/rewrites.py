@@ -167,6 +167,40 @@ def _optimize_body(body) -> None:
     body.new_carries, body.extras = new[:n], new[n:]
 
 
+def emission_rewrites(outputs: list[Value], rows_hint: int | None) -> None:
+    """The rewrites after `optimize` that only choose how values get computed: products in loop
+    steps (weights_first_in_loops) and random draws (merge_random_draws)."""
+    weights_first_in_loops(outputs, rows_hint)
+    merge_random_draws(outputs)
+
+
+def merge_random_draws(outputs: list[Value]) -> None:
+    """random_bits nodes of one graph that read the same seed and step and draw the same shape
+    (the two uniforms of a normal, dropouts on equal-sized layers) become rows of one
+    random_bits over all their salts, in place: the same bits, from one evaluation of the
+    hash instead of one per draw (a few dozen small kernels each)."""
+    nodes = producers_of(outputs)
+    position = {id(n): i for i, n in enumerate(nodes)}
+    groups: dict[tuple, list[Node]] = {}
+    for n in nodes:
+        if n.op.name == "random_bits" and not isinstance(n.attrs["salt"], tuple):
+            seed, step, like = n.inputs
+            groups.setdefault((seed.id, step.id, tuple(like.shape), bool(n.attrs["pairs"])), []).append(n)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        # The shape comes from the like computed first: it cannot depend on any draw of the group
+        # (each draw comes after its own like).
+        like = min((n.inputs[2] for n in group), key=lambda v: position.get(id(v.producer), -1))
+        seed, step = group[0].inputs[:2]
+        g = like.graph
+        with at(group[0].loc):
+            rows = g.apply("random_bits", seed, step, like, salt=tuple(int(n.attrs["salt"]) for n in group),
+                           pairs=group[0].attrs["pairs"])
+        for k, n in enumerate(group):
+            n.op, n.inputs, n.attrs = get_op("take"), [rows, g.const(np.asarray(k, dtype=np.int64))], {"axis": 0}
+
+
 # A product by a loop-invariant weight of at least this many entries may run weights-first.
 WEIGHTS_FIRST_MIN_ENTRIES = 1 << 16
 

@@ -29,7 +29,7 @@ from .init import initial_value, param_rng
 from .ir import Graph, Value, at, is_float, producers_of
 from .lower import Lowering, ParamInfo
 from .optim import Optimizer, optimizer_from_config
-from .rewrites import optimize, rewrite_forward, weights_first_in_loops
+from .rewrites import emission_rewrites, optimize, rewrite_forward
 
 
 @dataclass
@@ -307,7 +307,7 @@ class _Builder:
             rewrite_forward(values)
             values = optimize(values)
             # The training step runs on the spec's batches; deployment graphs see batches of any size.
-            weights_first_in_loops(values, self.g.batch_size if kind.startswith(("train", "grads")) else None)
+            emission_rewrites(values, self.g.batch_size if kind.startswith(("train", "grads")) else None)
         outs = [(n, v) for (n, _, _), v in zip(self.outputs, values)]
         needed = {v.id for node in producers_of(values) for v in node.inputs} | {v.id for v in values}
         ins = []

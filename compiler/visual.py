@@ -650,7 +650,7 @@ class _VjpAt:
 
 def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None = None, optimize_graph: bool = True) -> IRStep:
     """Build the training step exactly as `compiler.training.build_train` does, keeping the IR."""
-    from .rewrites import optimize, rewrite_forward, weights_first_in_loops
+    from .rewrites import emission_rewrites, optimize, rewrite_forward
     from .training import _add_state_inputs, _apply_updates, _gradients, fused_update, trained_names
 
     obj = pick_objective(spec, objective)
@@ -699,7 +699,7 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
     values = [v for _, v in outs]
     if optimize_graph:
         values = optimize(values)
-        weights_first_in_loops(values, g.batch_size)
+        emission_rewrites(values, g.batch_size)
     outs = [(name, v) for (name, _), v in zip(outs, values)]
     nodes = producers_of(values)
 

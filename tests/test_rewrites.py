@@ -16,8 +16,8 @@ from compiler.check import Runner
 from compiler.emit import emit_model
 from compiler.gradcheck import random_batch
 from compiler.ir import Graph, producers_of
-from compiler.rewrites import (LOOKUP_FOLD_MAX_ROWS, WEIGHTS_FIRST_MIN_ENTRIES, const_value, fold_lookup_products, optimize,
-                               pool_before_activation)
+from compiler.rewrites import (LOOKUP_FOLD_MAX_ROWS, WEIGHTS_FIRST_MIN_ENTRIES, const_value, fold_lookup_products,
+                               merge_random_draws, optimize, pool_before_activation)
 from compiler.training import compile_spec
 from spec import load_spec, spec_from_dict
 
@@ -498,6 +498,34 @@ def test_loop_products_run_weights_first_for_small_batches():
     # Many rows per step (here from a --batch-size override), or a small weight: products stay as they are.
     assert _weights_first_products(compile_spec(spec.with_batch_size(256), graphs=("train",)).graphs["train"].model) == 0
     assert _weights_first_products(compile_spec(_lstm_spec(32, 4), graphs=("train",)).graphs["train"].model) == 0
+
+
+def test_random_draws_of_one_shape_share_one_hash():
+    """Draws with the same seed, step and shape become rows of one random_bits (the second
+    draw's shape source depending on the first draw's result, as stacked dropouts do); a draw
+    of another shape stays alone; every draw keeps its bits."""
+    def build():
+        g = Graph("float32")
+        seed, step = g.add_input("seed", "int64", ()), g.add_input("step", "int64", ())
+        x = g.add_input("x", "float32", ("N", 6))
+        b1 = g.apply("random_bits", seed, step, x, salt=1, pairs=True)
+        h = x * g.cast(b1, "float32")  # the next draw is shaped like a value made from this one
+        b2 = g.apply("random_bits", seed, step, h, salt=2, pairs=True)
+        b3 = g.apply("random_bits", seed, step, g.add_input("z", "float32", (3,)), salt=3, pairs=True)
+        b4 = g.apply("random_bits", seed, step, x, salt=4)  # 32 bits per entry, not pairs
+        return g, [b1, b2, b3, b4]
+
+    feeds = {"seed": np.asarray(5), "step": np.asarray(2), "x": np.ones((4, 6), np.float32), "z": np.zeros(3, np.float32)}
+    g, draws = build()
+    want = run_graph(g, {f"b{k}": v for k, v in enumerate(draws)}, feeds)
+    g, draws = build()
+    merge_random_draws(draws)
+    assert [d.producer.op.name for d in draws] == ["take", "take", "random_bits", "random_bits"]
+    assert draws[0].producer.inputs[0] is draws[1].producer.inputs[0]
+    assert draws[0].producer.inputs[0].producer.attrs["salt"] == (1, 2)
+    got = run_graph(g, {f"b{k}": v for k, v in enumerate(draws)}, feeds)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
 def test_dead_code_is_not_emitted():

@@ -141,7 +141,9 @@ def _scalar_int(t: TensorType, what: str):
 class RandomBits(OpDef):
     """uint32 random bits shaped like `like`: a pure function of the int64
     scalars seed and step, the op's `salt` and each element's flat index
-    (the hash in compiler/ops/random.py). Values of `like` are not used."""
+    (the hash in compiler/ops/random.py). Values of `like` are not used.
+    With a tuple of salts the result has one row per salt, [S, *like.shape]:
+    the same bits as S separate draws, in one evaluation of the hash."""
 
     inputs = ("seed", "step", "like")
     attrs = {"salt": REQUIRED, "pairs": False}
@@ -150,39 +152,51 @@ class RandomBits(OpDef):
     def infer(self, attrs, seed, step, like):
         _scalar_int(seed, "seed")
         _scalar_int(step, "step")
-        if not isinstance(attrs["salt"], (int, np.integer)) or isinstance(attrs["salt"], bool):
-            raise ShapeError(f"salt must be an int, got {attrs['salt']!r}")
-        return [TensorType("uint32", tuple(like.shape))]
+        salts = attrs["salt"] if isinstance(attrs["salt"], tuple) else (attrs["salt"],)
+        if not salts or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in salts):
+            raise ShapeError(f"salt must be an int or a tuple of them, got {attrs['salt']!r}")
+        rows = (len(salts),) if isinstance(attrs["salt"], tuple) else ()
+        return [TensorType("uint32", rows + tuple(like.shape))]
 
     def emit(self, e, node, ins, outs):
         like = node.inputs[2]
         u = lambda v: e.const(np.asarray(v, dtype=U32))  # noqa: E731
         i64 = lambda v: e.const(np.asarray(v, dtype=np.int64))  # noqa: E731
-        key = e.add("Add", [_emit_base_key(e, ins[0], ins[1]), u((int(node.attrs["salt"]) * GOLDEN) % 2**32)])
+        salt = node.attrs["salt"]
+        rows = isinstance(salt, tuple)
+        offsets = np.asarray([(int(v) * GOLDEN) % 2**32 for v in (salt if rows else (salt,))], dtype=U32)
+        # one key per row ([S, 1]), broadcast over the element indices
+        key = e.add("Add", [_emit_base_key(e, ins[0], ins[1]), u(offsets.reshape(-1, 1) if rows else offsets[0])])
+        lead = [len(salt)] if rows else []
         pairs = bool(node.attrs["pairs"])
         if is_static(like.shape):
             size = int(np.prod(like.shape, dtype=np.int64))
             n, count = i64(size), i64((size + 1) // 2 if pairs else size)
-            shape = e.ints(like.shape)
+            shape = e.ints(lead + list(like.shape))
         else:
-            shape = e.add("Shape", [ins[2]])
-            n = count = e.add("ReduceProd", [shape], keepdims=0)
+            like_shape = e.add("Shape", [ins[2]])
+            n = count = e.add("ReduceProd", [like_shape], keepdims=0)
             if pairs:
                 count = e.add("Div", [e.add("Add", [n, i64(1)]), i64(2)])
+            shape = e.add("Concat", [e.ints(lead), like_shape], axis=0) if rows else like_shape
         x = e.add("Cast", [e.add("Range", [i64(0), count, i64(1)])], to=TensorProto.UINT32)
         for r in range(3):
             k = key if r == 0 else e.add("Add", [key, u((r * ROUND) % 2**32)])
             x = _emit_round(e, e.add("Add", [x, k]))
         if pairs:  # entries 2j and 2j + 1: the hash, and the hash shifted up by 16 bits
             shifted = e.add("Mul", [x, u(1 << 16)])
-            x = e.add("Reshape", [e.add("Concat", [e.add("Unsqueeze", [x, e.ints([1])]),
-                                                   e.add("Unsqueeze", [shifted, e.ints([1])])], axis=1), e.ints([-1])])
+            x = e.add("Reshape", [e.add("Concat", [e.add("Unsqueeze", [x, e.ints([-1])]),
+                                                   e.add("Unsqueeze", [shifted, e.ints([-1])])], axis=-1),
+                                  e.ints(lead + [-1])])
             if not any(isinstance(d, int) and d % 2 == 0 for d in like.shape):  # maybe odd: one too many
-                x = e.add("Slice", [x, e.ints([0]), e.add("Reshape", [n, e.ints([1])])])
+                x = e.add("Slice", [x, e.ints([0]), e.add("Reshape", [n, e.ints([1])]), e.ints([-1])])
         e.add("Reshape", [x, shape], outs)
 
     def ref(self, attrs, seed, step, like):
-        return hash_bits(int(seed), int(step), int(attrs["salt"]), like.shape, bool(attrs["pairs"]))
+        salt, pairs = attrs["salt"], bool(attrs["pairs"])
+        if isinstance(salt, tuple):
+            return np.stack([hash_bits(int(seed), int(step), int(v), like.shape, pairs) for v in salt])
+        return hash_bits(int(seed), int(step), int(salt), like.shape, pairs)
 
     def samples(self, rng):
         s = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
@@ -193,6 +207,10 @@ class RandomBits(OpDef):
             Sample([s(2**62 + 17), s(1), np.zeros((7,), dtype=np.int64)], {"salt": 2**40}),
             Sample([s(5), s(9), np.zeros((3, 4))], {"salt": 6, "pairs": True}),
             Sample([s(5), s(9), np.zeros((3, 5))], {"salt": 6, "pairs": True}),  # an odd count
+            # several draws at once: rows equal to the separate draws
+            Sample([s(8), s(2), np.zeros((2, 3))], {"salt": (4, 5, 9)}),
+            Sample([s(8), s(2), np.zeros((3, 5))], {"salt": (1, 2), "pairs": True}),
+            Sample([s(8), s(2), np.zeros(())], {"salt": (7, 3)}),
         ]
 
 
