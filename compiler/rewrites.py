@@ -21,7 +21,7 @@ import numpy as np
 
 from spec.errors import FlowgradError
 
-from .ir import Node, Value, at, producers_of
+from .ir import Graph, Node, Value, at, producers_of
 from .registry import get_op
 
 # Folding results larger than this stay computed at run time, to keep files small.
@@ -207,18 +207,20 @@ WEIGHTS_FIRST_MIN_ENTRIES = 1 << 16
 
 def weights_first_in_loops(outputs: list[Value], rows_hint: int | None) -> None:
     """x @ W inside a scan's step, W [K, M] read unchanged every step, becomes (W^T @ x^T)^T,
-    in place, with W^T computed once outside the loop; for steps of few rows.
+    with W^T computed once outside the loop; for steps of few rows.
 
     onnxruntime's MatMul packs its right operand on every call. In a step the right operand is
     the weight (a recurrent matrix), packed again each step; weights-first packs x^T instead
     ([K, rows]) and adds two transposes of the step's rows, which pays while
     rows * 2 * (K + M) < K * M. `rows_hint` stands for a symbolic row count (the batch the
-    spec trains with); without one the products stay."""
+    spec trains with); without one the products stay. A rewritten scan gets a step of its
+    own: steps are shared between scan nodes (a gradient's recomputation clones the node)."""
     for node in producers_of(outputs):
-        if node.op.name != "scan":
+        if node.op.name != "scan" or not _wants_weights_first(node, rows_hint):
             continue
-        body = node.attrs["body"]
-        weights_first_in_loops(body.new_carries + body.extras, rows_hint)
+        body = _own_step(node.attrs["body"])
+        node.attrs = {**node.attrs, "body": body}
+        weights_first_in_loops(body.new_carries + body.extras, rows_hint)  # loops inside the step
         outer = dict(zip((v.id for v in body.nonseqs), node.inputs[len(node.inputs) - len(body.nonseqs):]))
         transposed: dict[int, Value] = {}  # weight id -> its transpose, a new step input
         for n in producers_of(body.new_carries + body.extras):
@@ -235,7 +237,7 @@ def weights_first_in_loops(outputs: list[Value], rows_hint: int | None) -> None:
                     wt_outer = node.outputs[0].graph.apply("transpose", w_outer, perm=(1, 0))
                 wt = body.graph.add_input(f"{w.name or 'weight'}_T", w.dtype, tuple(wt_outer.shape), unique=True)
                 body.nonseqs.append(wt)
-                node.inputs.append(wt_outer)
+                node.inputs = node.inputs + [wt_outer]
                 transposed[w.id] = wt
             g = body.graph
             with at(n.loc):
@@ -244,6 +246,33 @@ def weights_first_in_loops(outputs: list[Value], rows_hint: int | None) -> None:
                     n.op, n.inputs, n.attrs = get_op("transpose"), [yt], {"perm": (1, 0)}
                 else:
                     n.op, n.inputs, n.attrs = get_op("add"), [g.apply("transpose", yt, perm=(1, 0)), bias], {}
+
+
+def _wants_weights_first(node: Node, rows_hint: int | None) -> bool:
+    body = node.attrs["body"]
+    outer = dict(zip((v.id for v in body.nonseqs), node.inputs[len(node.inputs) - len(body.nonseqs):]))
+    return any(_weights_first_candidate(n, outer, rows_hint) is not None
+               or (n.op.name == "scan" and _wants_weights_first(n, rows_hint))
+               for n in producers_of(body.new_carries + body.extras))
+
+
+def _own_step(body):
+    """A copy of a scan's step (its graph, inputs and nodes), to rewrite without touching the
+    scan nodes that share the original."""
+    from .ops.scan import Body, clone
+
+    bg = Graph(float_dtype=body.graph.float_dtype, mode=body.graph.mode)
+    mapping: dict[int, Value] = {}
+
+    def inputs(values):
+        copies = [bg.add_input(v.name, v.dtype, v.shape, unique=True) for v in values]
+        mapping.update({v.id: c for v, c in zip(values, copies)})
+        return copies
+
+    carries, seqs, nonseqs = inputs(body.carries), inputs(body.seqs), inputs(body.nonseqs)
+    outs = clone(body.new_carries + body.extras, mapping, bg)
+    n = len(body.new_carries)
+    return Body(bg, carries, seqs, nonseqs, outs[:n], outs[n:])
 
 
 def _weights_first_candidate(n: Node, outer: dict, rows_hint: int | None):
@@ -258,7 +287,8 @@ def _weights_first_candidate(n: Node, outer: dict, rows_hint: int | None):
         return None
     if w.id not in outer or x.rank != 2 or w.rank != 2 or not all(isinstance(d, int) for d in w.shape):
         return None
-    rows = x.shape[0] if isinstance(x.shape[0], int) else rows_hint
+    d = x.shape[0]
+    rows = d if isinstance(d, int) else rows_hint if d.isidentifier() else None  # the hint is for a batch dim, not N*T
     K, M = w.shape
     if rows is None or K * M < WEIGHTS_FIRST_MIN_ENTRIES or rows * 2 * (K + M) >= K * M:
         return None

@@ -17,7 +17,12 @@ from compiler.training import CompiledGraph, CompiledModel
 from .session import empty_like, make_session, to_device
 
 
+# Inputs held as device-resident state; "grad" inputs (gradient accumulation's sums) are
+# fresh tensors each call, so they are bound on every run rather than kept in a binding.
 STATE_ROLES = ("param", "buffer", "state", "grad")
+# A step's bindings kept per runner: two alternating buffer sets, or more when several
+# objectives swap their parameters on an uneven schedule.
+KEPT_BINDINGS = 4
 
 
 class GraphRunner:
@@ -33,13 +38,15 @@ class GraphRunner:
         self.input_dtypes = {i.name: np.dtype(i.dtype) for i in graph.inputs}
         cut = len(prefix)
         # (graph name, state key): the state dict's keys drop the prefix
-        self.state_inputs = [(n, n[cut:] if n.startswith(prefix) else n) for n, r in self.input_roles.items() if r in STATE_ROLES]
+        self.state_inputs = [(n, n[cut:] if n.startswith(prefix) else n) for n, r in self.input_roles.items()
+                             if r in STATE_ROLES and r != "grad"]
+        self.grad_inputs = [(n, n[cut:] if n.startswith(prefix) else n) for n, r in self.input_roles.items() if r == "grad"]
         self.batch_inputs = [n for n, r in self.input_roles.items() if r == "input"]
         self.control_inputs = [n for n, r in self.input_roles.items() if r not in STATE_ROLES and r != "input"]
         self.scalar_outputs = [o for o in graph.outputs if o.role in ("loss", "metric")]
         self.next_outputs = [(o.name, o.name[cut + len("next/"):]) for o in graph.outputs if o.role == "next"]
         self.other_outputs = [o.name for o in graph.outputs if o.role not in ("loss", "metric", "next")]
-        self._bindings: list[_Binding] = []  # for the last two sets of state and spare buffers
+        self._bindings: list[_Binding] = []  # the most recently used first
 
     def data_inputs(self) -> list[str]:
         return list(self.batch_inputs)
@@ -50,10 +57,10 @@ class GraphRunner:
             if key not in spare:
                 spare[key] = empty_like(state[key], self.device)
         bound = [state[key] for _, key in self.state_inputs] + [spare[key] for _, key in self.next_outputs]
-        binding = next((b for b in self._bindings if b.binds(bound)), None)
-        if binding is None:
-            binding = _Binding(self, bound)
-            self._bindings = [binding] + self._bindings[:1]
+        binding = next((b for b in self._bindings if b.binds(bound)), None) or _Binding(self, bound)
+        self._bindings = [binding] + [b for b in self._bindings if b is not binding][:KEPT_BINDINGS - 1]
+        for name, key in self.grad_inputs:
+            binding.io.bind_ortvalue_input(name, state[key])
         binding.feed(batch, control)
         self.session.run_with_iobinding(binding.io)
         scalars, others = binding.results()
@@ -67,7 +74,9 @@ class _Binding:
     """An IOBinding with one set of state buffers bound as inputs and another as the next/*
     outputs. Training alternates between two such sets, so each step only refreshes the
     batch and the control scalars (in place) instead of binding every tensor again: the
-    Python side of a step is then a small share even of the smallest models' steps."""
+    Python side of a step is then a small share even of the smallest models' steps.
+    Outputs of run-dependent shape are bound again before each run: onnxruntime would
+    otherwise write the next run's values into the previous run's result."""
 
     def __init__(self, runner: GraphRunner, bound: list[ort.OrtValue]):
         self.runner = runner
@@ -86,8 +95,6 @@ class _Binding:
             if not o.shape:
                 self.scalars[o.name] = ort.OrtValue.ortvalue_from_shape_and_type([], np.dtype(o.dtype).type, "cpu", 0)
                 io.bind_ortvalue_output(o.name, self.scalars[o.name])
-        for name in self.fetched:
-            io.bind_output(name, "cpu")
         self.fed: dict[str, tuple[ort.OrtValue, tuple, np.dtype]] = {}  # batch and control inputs
 
     def binds(self, bound: list[ort.OrtValue]) -> bool:
@@ -98,13 +105,15 @@ class _Binding:
         values = [(n, batch[n]) for n in self.runner.batch_inputs]
         values += [(n, np.asarray(control[n], dtype=dtypes[n])) for n in self.runner.control_inputs]
         for name, a in values:
-            a = np.ascontiguousarray(a)
+            a = np.require(a, requirements="C")  # keeps a scalar 0-d (ascontiguousarray would not)
             held = self.fed.get(name)
             if held is not None and held[1:] == (a.shape, a.dtype):
                 held[0].update_inplace(a)
             else:  # a first step, or a batch of another size (the last of an epoch)
                 self.fed[name] = (_owned(a), a.shape, a.dtype)
                 self.io.bind_ortvalue_input(name, self.fed[name][0])
+        for name in self.fetched:
+            self.io.bind_output(name, "cpu")
 
     def results(self) -> tuple[dict[str, float], dict[str, ort.OrtValue]]:
         cut = len(self.runner.prefix)
@@ -120,7 +129,7 @@ class _Binding:
 def _owned(a: np.ndarray) -> ort.OrtValue:
     """A CPU OrtValue with its own copy of a: updating it in place never writes into a."""
     v = ort.OrtValue.ortvalue_from_shape_and_type(list(a.shape), a.dtype.type, "cpu", 0)
-    v.update_inplace(np.ascontiguousarray(a))
+    v.update_inplace(np.require(a, requirements="C"))
     return v
 
 

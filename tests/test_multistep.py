@@ -86,3 +86,14 @@ def test_an_objective_that_reads_other_parameters_loops_too():
     s1, s2 = one.state_numpy(), many.state_numpy()
     for k in s1:
         np.testing.assert_allclose(s2[k], s1[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_calls_of_different_lengths_reuse_one_runner():
+    """K steps then fewer (the end of an epoch): each call's per-step losses are its own."""
+    cm = compile_spec(shrunk(os.path.join(ROOT, "models", "mlp.yaml")), graphs=("train",))
+    batches = _batches(cm, 5)
+    one, many = Trainer(cm, "cpu", 1, seed=3), Trainer(cm, "cpu", 1, seed=3)
+    each = [one.train_step("main", b, 0.01, i) for i, b in enumerate(batches)]
+    # the third call runs on the first call's buffers, with one step instead of two
+    looped = [s for i, j in ((0, 2), (2, 4), (4, 5)) for s in many.train_steps("main", batches[i:j], [0.01] * (j - i), i)]
+    assert [s["loss"] for s in looped] == pytest.approx([s["loss"] for s in each], rel=1e-6)

@@ -174,6 +174,30 @@ def test_conv_and_pool_with_symbolic_batch():
         np.testing.assert_allclose(got["gw"], want["gw"], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("padding", [1, (2, 0, 1, 1)])
+def test_conv_weight_gradient_gathers_or_slices_its_windows_alike(monkeypatch, padding):
+    """Small images gather the shifted windows with an index table; images beyond the
+    table's size limit slice them. Both give the same weight gradient."""
+    from compiler.ops import nn
+
+    def weight_grad():
+        g = Graph(float_dtype="float64")
+        x, w = g.add_input("x", "float64", (2, 3, 5, 6)), g.add_input("w", "float64", (4, 3, 3, 3))
+        y = g.apply("conv", x, w, padding=padding)
+        (gw,) = grad([g.apply("sum", y * y)], [w])
+        ops = {n.op.name for n in g.nodes}
+        rng = np.random.default_rng(1)
+        feeds = {"x": rng.normal(size=(2, 3, 5, 6)), "w": rng.normal(size=(4, 3, 3, 3))}
+        return Runner(emit_model(g, [("x", x), ("w", w)], [("gw", gw)]))(feeds)["gw"], ops
+
+    gathered, ops = weight_grad()
+    assert "take" in ops and "concat" not in ops
+    monkeypatch.setattr(nn, "IM2COL_GATHER_MAX_ENTRIES", 0)
+    sliced, ops = weight_grad()
+    assert "concat" in ops
+    np.testing.assert_allclose(gathered, sliced, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ errors
 def _g():
     return Graph(float_dtype="float64")

@@ -17,7 +17,7 @@ from compiler.emit import emit_model
 from compiler.gradcheck import random_batch
 from compiler.ir import Graph, producers_of
 from compiler.rewrites import (LOOKUP_FOLD_MAX_ROWS, WEIGHTS_FIRST_MIN_ENTRIES, const_value, fold_lookup_products,
-                               merge_random_draws, optimize, pool_before_activation)
+                               merge_random_draws, optimize, pool_before_activation, weights_first_in_loops)
 from compiler.training import compile_spec
 from spec import load_spec, spec_from_dict
 
@@ -498,6 +498,48 @@ def test_loop_products_run_weights_first_for_small_batches():
     # Many rows per step (here from a --batch-size override), or a small weight: products stay as they are.
     assert _weights_first_products(compile_spec(spec.with_batch_size(256), graphs=("train",)).graphs["train"].model) == 0
     assert _weights_first_products(compile_spec(_lstm_spec(32, 4), graphs=("train",)).graphs["train"].model) == 0
+
+
+def test_weights_first_steps_shared_by_several_loops():
+    """One step applied by two scans with different weights (as a gradient's recomputation
+    shares its forward's step): each rewritten scan gets a step of its own, and both keep
+    their values."""
+    from compiler.ops.scan import Body
+
+    H = 128
+
+    def build():
+        g = Graph("float64")
+        xs = g.add_input("xs", "float64", (5, 2, 4 * H))
+        U1, U2 = g.add_input("U1", "float64", (H, 4 * H)), g.add_input("U2", "float64", (H, 4 * H))
+        bg = Graph("float64")
+        h, x, U = bg.add_input("h", "float64", (2, H)), bg.add_input("x", "float64", (2, 4 * H)), bg.add_input("U", "float64", (H, 4 * H))
+        z = bg.apply("tanh", x + h @ U)
+        new_h = bg.apply("slice", z, starts=(0,), ends=(H,), axes=(1,))
+        step = Body(bg, [h], [x], [U], [new_h])
+        h0 = g.const(np.zeros((2, H)))
+        a = g.apply("scan", h0, xs, U1, body=step)
+        b = g.apply("scan", h0, xs, U2, body=step)
+        return g, [a, b]
+
+    rng = np.random.default_rng(4)
+    feeds = {"xs": rng.normal(size=(5, 2, 4 * H)), "U1": rng.normal(size=(H, 4 * H)) * 0.05,
+             "U2": rng.normal(size=(H, 4 * H)) * 0.05}
+    g, outs = build()
+    want = run_graph(g, {"a": outs[0], "b": outs[1]}, feeds)
+    g, outs = build()
+    shared = outs[0].producer.attrs["body"]
+    assert outs[1].producer.attrs["body"] is shared
+    weights_first_in_loops(outs, rows_hint=None)  # 2 rows: static, no hint needed
+    bodies = [o.producer.attrs["body"] for o in outs]
+    assert bodies[0] is not bodies[1] and shared not in bodies and len(shared.nonseqs) == 1
+    for o in outs:
+        body = o.producer.attrs["body"]
+        assert len(body.nonseqs) == 2 and len(o.producer.inputs) == 4
+        assert [n.op.name for n in producers_of(body.new_carries) if n.op.name in ("matmul", "gemm")] == ["matmul"]
+    got = run_graph(g, {"a": outs[0], "b": outs[1]}, feeds)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
 
 
 def test_random_draws_of_one_shape_share_one_hash():

@@ -183,3 +183,37 @@ def test_steps_reuse_their_bindings_without_changing_results():
         for k in b:
             np.testing.assert_array_equal(b[k], o[k])
     assert len(set(results[0][0])) == len(batches)  # each step saw its own batch
+
+
+def test_scalar_parameters_and_fetched_outputs_keep_their_shapes(monkeypatch):
+    """Control scalars are bound 0-d (a [1] lr would make a scalar parameter's update [1]), and
+    a fetched result (a gradient) is not overwritten by the next run of the same graph."""
+    from compiler import training
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer
+    from spec import spec_from_dict
+
+    monkeypatch.setattr(training, "FUSED_UPDATE_MAX_ELEMENTS", 0)  # one update per parameter
+    spec = spec_from_dict({
+        "flowgrad": 1, "name": "scalar_param",
+        "inputs": {"x": {"shape": ["N", 3]}, "y": {"shape": ["N", 2]}},
+        "params": {"W": {"shape": [3, 2], "init": "glorot_uniform"}, "s": {"shape": [], "init": "ones"}},
+        "graph": {"p": "x @ W * s"},
+        "loss": "mean((p - y) ** 2)",
+        "train": {"optimizer": {"adam": {"lr": 0.01}}},
+    })
+    cm = compile_spec(spec)
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.normal(size=(4, 3)).astype(np.float32), "y": rng.normal(size=(4, 2)).astype(np.float32)}
+               for _ in range(3)]
+    trainer = Trainer(cm, "cpu", threads=1)
+    for step, b in enumerate(batches):
+        trainer.train_step("main", b, 0.01, step)
+    assert trainer.state_numpy()["s"].shape == ()
+    runner = trainer.runner("grads")
+    _, first = runner.run(trainer.state, trainer.spare, batches[0], {"step": 0, "seed": 0, "lr": 0.01})
+    kept = {k: v.numpy().copy() for k, v in first.items()}
+    _, second = runner.run(trainer.state, trainer.spare, batches[1], {"step": 1, "seed": 0, "lr": 0.01})
+    for k in kept:
+        np.testing.assert_array_equal(first[k].numpy(), kept[k], err_msg=k)
+        assert not np.array_equal(second[k].numpy(), kept[k]), k

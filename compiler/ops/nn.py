@@ -9,9 +9,10 @@ data gradient of a conv_transpose with output_padding is a conv whose end pad
 is reduced by that padding.
 
 Max pooling's gradient scatters to the first maximal entry of each window.
-The argmax is computed from a constant window-index map (Gather, ArgMax), not
-from MaxPool's Indices output, so every runtime (onnxruntime and onnx's
-reference evaluator alike) picks the same entries.
+Windows that tile the input take MaxPool's own Indices output (the forward
+MaxPool node computes them); other windows compute the argmax from a constant
+window-index map (Gather, ArgMax), where onnx's reference evaluator and
+onnxruntime would otherwise disagree.
 """
 from __future__ import annotations
 
@@ -209,6 +210,9 @@ def _conv_weight_grad(x, gy, wshape, stride, dilation, pads, groups):
 # shifted copies of the input; onnxruntime's Conv runs the equivalent batch-as-channels
 # convolution (a kernel the size of the image) several times slower.
 IM2COL_MAX_TAPS = 25
+# Up to this many (tap, output position) pairs the shifted windows are one Gather with a
+# constant index table (int32, 1 MB at most); larger images slice each window.
+IM2COL_GATHER_MAX_ENTRIES = 1 << 18
 
 
 def _conv_weight_grad_gemm(x, gy, wshape, pads):
@@ -220,17 +224,19 @@ def _conv_weight_grad_gemm(x, gy, wshape, pads):
     m, c, kh, kw = wshape
     h, w = x.shape[2], x.shape[3]
     ho, wo = gy.shape[2], gy.shape[3]
-    rows = np.full((kh * kw, ho * wo), h * w, dtype=np.int64)  # h * w: the zero row
-    for i in range(kh):
-        for j in range(kw):
-            for y in range(ho):
-                for xx in range(wo):
-                    r, q = y + i - pads[0], xx + j - pads[1]
-                    if 0 <= r < h and 0 <= q < w:
-                        rows[i * kw + j, y * wo + xx] = r * w + q
-    xt = gr.apply("reshape", gr.apply("transpose", x, perm=(2, 3, 0, 1)), shape=(h * w, -1, c))  # [H*W, N, C]
-    xt = gr.apply("pad", xt, pads=((0, 1), (0, 0), (0, 0)))
-    windows = gr.apply("reshape", gr.apply("take", xt, gr.const(rows), axis=0), shape=(kh * kw, -1, c))
+    xt = gr.apply("transpose", x, perm=(2, 3, 0, 1))  # [H, W, N, C]
+    if kh * kw * ho * wo <= IM2COL_GATHER_MAX_ENTRIES:
+        ii, jj, yy, xx = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(ho), np.arange(wo), indexing="ij")
+        r, q = yy + ii - pads[0], xx + jj - pads[1]
+        inside = (r >= 0) & (r < h) & (q >= 0) & (q < w)
+        rows = np.where(inside, r * w + q, h * w).reshape(kh * kw, ho * wo).astype(np.int32)  # h * w: the zero row
+        xt = gr.apply("pad", gr.apply("reshape", xt, shape=(h * w, -1, c)), pads=((0, 1), (0, 0), (0, 0)))
+        windows = gr.apply("reshape", gr.apply("take", xt, gr.const(rows), axis=0), shape=(kh * kw, -1, c))
+    else:  # a large image: the index table would bloat the file; slice each shifted window
+        if any(pads):
+            xt = gr.apply("pad", xt, pads=((pads[0], pads[2]), (pads[1], pads[3]), (0, 0), (0, 0)))
+        taps = [gr.apply("index", xt, spec=(None, (i, i + ho, None), (j, j + wo, None))) for i in range(kh) for j in range(kw)]
+        windows = gr.apply("reshape", gr.apply("concat", *taps, axis=0) if len(taps) > 1 else taps[0], shape=(kh * kw, -1, c))
     gyt = gr.apply("reshape", gr.apply("transpose", gy, perm=(1, 2, 3, 0)), shape=(m, -1))  # [M, Ho*Wo*N]
     dw = gr.apply("matmul", gyt, windows)  # [kh*kw, M, C]
     return gr.apply("reshape", gr.apply("transpose", dw, perm=(1, 2, 0)), shape=(m, c, kh, kw))
@@ -582,11 +588,12 @@ def _max_pool_indices(e, geom: _PoolGeom, x: str) -> str:
     instead of pooling x a second time."""
     window = {"kernel_shape": list(geom.k), "strides": list(geom.s)}
     for node in e.nodes:
-        if node.op_type == "MaxPool" and list(node.input) == [x] and len(node.output) == 1:
+        if node.op_type == "MaxPool" and list(node.input) == [x]:
             attrs = {a.name: list(a.ints) for a in node.attribute}
             if {k: attrs.get(k) for k in window} == window and not any(attrs.get("pads", [])) \
                     and set(attrs) <= {"kernel_shape", "strides", "pads"}:
-                node.output.append(e.fresh("maxpool_indices"))
+                if len(node.output) == 1:
+                    node.output.append(e.fresh("maxpool_indices"))
                 return node.output[1]
     return e.add("MaxPool", [x], 2, **window)[1]
 
