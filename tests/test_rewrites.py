@@ -500,6 +500,41 @@ def test_loop_products_run_weights_first_for_small_batches():
     assert _weights_first_products(compile_spec(_lstm_spec(32, 4), graphs=("train",)).graphs["train"].model) == 0
 
 
+def _weights_first_products_nested(graph) -> int:
+    count = 0
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                inner = {o for n in a.g.node for o in n.output} | {i.name for i in a.g.input}
+                count += sum(n.op_type == "MatMul" and n.input[0] not in inner for n in a.g.node)
+                count += _weights_first_products_nested(a.g)
+    return count
+
+
+def test_weights_first_in_nested_loops():
+    """A scan whose step runs an LSTM: the inner loops (forward, and recomputed in the outer
+    backward step) run weights-first, and the training step matches the unrewritten one."""
+    spec = spec_from_dict({
+        "flowgrad": 1, "name": "nested_scan", "dims": {"D": 3, "H": 128},
+        "inputs": {"x": {"shape": ["N", "T", "S", "D"]}},
+        "blocks": {"step": {"in": ["xt", "h"], "graph": {"inner": "lstm(xt, H)", "h2": "tanh(h + inner[:, -1])"},
+                            "out": ["h2"]}},
+        "graph": {"hs": "scan(step, over=x, init=[zeros(N, H)], axis=1)"},
+        "loss": "mean(hs * hs)",
+        "train": {"optimizer": {"sgd": {"lr": 0.1}}, "batch_size": 4, "dtype": "float64"},
+    })
+    opt = compile_spec(spec, graphs=("train",))
+    raw = compile_spec(spec, graphs=("train",), optimize_graph=False)
+    assert _weights_first_products_nested(opt.graphs["train"].model.graph) >= 3
+    rng = np.random.default_rng(6)
+    state = opt.initial_state(0)
+    feeds = {**state, "x": rng.normal(size=(4, 3, 5, 3)), "lr": np.float64(0.1), "step": np.int64(0), "seed": np.int64(0)}
+    out_o = Runner(opt.graphs["train"].model)({i.name: np.asarray(feeds[i.name], i.dtype) for i in opt.graphs["train"].inputs})
+    out_r = Runner(raw.graphs["train"].model)({i.name: np.asarray(feeds[i.name], i.dtype) for i in raw.graphs["train"].inputs})
+    for k, v in out_r.items():
+        np.testing.assert_allclose(out_o[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
+
+
 def test_weights_first_steps_shared_by_several_loops():
     """One step applied by two scans with different weights (as a gradient's recomputation
     shares its forward's step): each rewritten scan gets a step of its own, and both keep
