@@ -271,6 +271,8 @@ def _own_step(body):
 
     carries, seqs, nonseqs = inputs(body.carries), inputs(body.seqs), inputs(body.nonseqs)
     outs = clone(body.new_carries + body.extras, mapping, bg)
+    for old, new in zip(producers_of(body.new_carries + body.extras), producers_of(outs)):
+        new.loc = old.loc  # the copy's nodes keep their spec locations (messages, drawings)
     n = len(body.new_carries)
     return Body(bg, carries, seqs, nonseqs, outs[:n], outs[n:])
 

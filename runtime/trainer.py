@@ -57,6 +57,10 @@ class GraphRunner:
             if key not in spare:
                 spare[key] = empty_like(state[key], self.device)
         bound = [state[key] for _, key in self.state_inputs] + [spare[key] for _, key in self.next_outputs]
+        if self.device != "cpu":
+            # onnxruntime copies an input to the session's device when it is bound, so values
+            # refreshed in place would never reach the GPU: bind everything for each run there.
+            self._bindings = []
         binding = next((b for b in self._bindings if b.binds(bound)), None) or _Binding(self, bound)
         self._bindings = [binding] + [b for b in self._bindings if b is not binding][:KEPT_BINDINGS - 1]
         for name, key in self.grad_inputs:
@@ -74,9 +78,10 @@ class _Binding:
     """An IOBinding with one set of state buffers bound as inputs and another as the next/*
     outputs. Training alternates between two such sets, so each step only refreshes the
     batch and the control scalars (in place) instead of binding every tensor again: the
-    Python side of a step is then a small share even of the smallest models' steps.
-    Outputs of run-dependent shape are bound again before each run: onnxruntime would
-    otherwise write the next run's values into the previous run's result."""
+    Python side of a step is then a small share even of the smallest models' steps (on the
+    CPU; a GPU session gets a fresh binding each run). Outputs of run-dependent shape are
+    bound again before each run: onnxruntime would otherwise write the next run's values
+    into the previous run's result."""
 
     def __init__(self, runner: GraphRunner, bound: list[ort.OrtValue]):
         self.runner = runner
@@ -105,7 +110,10 @@ class _Binding:
         values = [(n, batch[n]) for n in self.runner.batch_inputs]
         values += [(n, np.asarray(control[n], dtype=dtypes[n])) for n in self.runner.control_inputs]
         for name, a in values:
-            a = np.require(a, requirements="C")  # keeps a scalar 0-d (ascontiguousarray would not)
+            # native byte order (the buffer is copied as raw bytes), C order, and a scalar stays
+            # 0-d (ascontiguousarray would make it [1])
+            a = np.asarray(a)
+            a = np.require(a, dtype=a.dtype.newbyteorder("="), requirements="C")
             held = self.fed.get(name)
             if held is not None and held[1:] == (a.shape, a.dtype):
                 held[0].update_inplace(a)

@@ -217,3 +217,31 @@ def test_scalar_parameters_and_fetched_outputs_keep_their_shapes(monkeypatch):
     for k in kept:
         np.testing.assert_array_equal(first[k].numpy(), kept[k], err_msg=k)
         assert not np.array_equal(second[k].numpy(), kept[k]), k
+
+
+def test_batches_in_any_byte_order_and_bindings_off_the_cpu():
+    """A big-endian batch trains like the native one (the in-place refresh copies raw bytes),
+    and a runner for another device binds afresh every run (onnxruntime copies inputs to
+    the device when they are bound, so an in-place refresh would not reach it)."""
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.trainer import Trainer
+    from spec import load_spec
+
+    spec = load_spec(os.path.join(ROOT, "models", "mlp.yaml"))
+    cm = compile_spec(spec)
+    native = real_batch(spec, cm, 16, 0)
+    swapped = {k: v.astype(v.dtype.newbyteorder(">")) for k, v in native.items()}
+    losses = []
+    for batch in (native, swapped):
+        trainer = Trainer(cm, "cpu", threads=1, seed=3)
+        losses.append([trainer.train_step("main", batch, 0.01, step)["loss"] for step in range(3)])
+    assert losses[0] == losses[1]
+    trainer = Trainer(cm, "cpu", threads=1, seed=3)
+    runner = trainer.runner("train")
+    runner.device = "elsewhere"  # as a CUDA runner takes it; the session itself stays on the CPU
+    seen = []
+    for step in range(3):
+        trainer.train_step("main", native, 0.01, step)
+        seen.append(runner._bindings[0])
+    assert len({id(b) for b in seen}) == 3 and len(runner._bindings) == 1
