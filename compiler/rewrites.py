@@ -221,7 +221,7 @@ def weights_first_in_loops(outputs: list[Value], rows_hint: int | None) -> None:
         body = _own_step(node.attrs["body"])
         node.attrs = {**node.attrs, "body": body}
         weights_first_in_loops(body.new_carries + body.extras, rows_hint)  # loops inside the step
-        outer = dict(zip((v.id for v in body.nonseqs), node.inputs[len(node.inputs) - len(body.nonseqs):]))
+        outer = _read_every_step(node)
         transposed: dict[int, Value] = {}  # weight id -> its transpose, a new step input
         for n in producers_of(body.new_carries + body.extras):
             product = _weights_first_candidate(n, outer, rows_hint)
@@ -248,9 +248,16 @@ def weights_first_in_loops(outputs: list[Value], rows_hint: int | None) -> None:
                     n.op, n.inputs, n.attrs = get_op("add"), [g.apply("transpose", yt, perm=(1, 0)), bias], {}
 
 
+def _read_every_step(node: Node) -> dict[int, Value]:
+    """A scan's step inputs read unchanged every step (by Value id) -> the outer values they are."""
+    body = node.attrs["body"]
+    _, _, nonseqs = node.op.split_inputs(node.attrs, node.inputs)
+    return {v.id: outer for v, outer in zip(body.nonseqs, nonseqs)}
+
+
 def _wants_weights_first(node: Node, rows_hint: int | None) -> bool:
     body = node.attrs["body"]
-    outer = dict(zip((v.id for v in body.nonseqs), node.inputs[len(node.inputs) - len(body.nonseqs):]))
+    outer = _read_every_step(node)
     return any(_weights_first_candidate(n, outer, rows_hint) is not None
                or (n.op.name == "scan" and _wants_weights_first(n, rows_hint))
                for n in producers_of(body.new_carries + body.extras))

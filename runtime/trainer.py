@@ -37,10 +37,10 @@ class GraphRunner:
         self.input_roles = {i.name: i.role for i in graph.inputs}
         self.input_dtypes = {i.name: np.dtype(i.dtype) for i in graph.inputs}
         cut = len(prefix)
-        # (graph name, state key): the state dict's keys drop the prefix
-        self.state_inputs = [(n, n[cut:] if n.startswith(prefix) else n) for n, r in self.input_roles.items()
-                             if r in STATE_ROLES and r != "grad"]
-        self.grad_inputs = [(n, n[cut:] if n.startswith(prefix) else n) for n, r in self.input_roles.items() if r == "grad"]
+        key = lambda n: n[cut:] if n.startswith(prefix) else n  # noqa: E731  (the state dict's keys drop the prefix)
+        # (graph name, state key) pairs
+        self.state_inputs = [(n, key(n)) for n, r in self.input_roles.items() if r in STATE_ROLES and r != "grad"]
+        self.grad_inputs = [(n, key(n)) for n, r in self.input_roles.items() if r == "grad"]
         self.batch_inputs = [n for n, r in self.input_roles.items() if r == "input"]
         self.control_inputs = [n for n, r in self.input_roles.items() if r not in STATE_ROLES and r != "input"]
         self.scalar_outputs = [o for o in graph.outputs if o.role in ("loss", "metric")]
