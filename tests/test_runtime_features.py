@@ -162,3 +162,21 @@ def test_stateful_lstm_continues_the_previous_batch():
     probs = infer(feeds)["probs"][:, 5:10]
     want = -np.mean(np.log(np.take_along_axis(probs, stream[:, 6:11, None], axis=-1)))
     assert loss2 == pytest.approx(want, rel=1e-5)
+
+
+def test_a_batch_size_override_sizes_the_carried_state(tmp_path):
+    """`--batch-size` (TrainOptions.batch_size) trains a stateful model: the carried state has
+    the overriding batch's rows (it had the spec's and the first step failed)."""
+    import os
+
+    from runtime.api import train
+    from runtime.checkpoint import load_checkpoint
+    from spec import load_spec
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = load_spec(os.path.join(root, "models", "char_lstm_stateful.yaml"), ["dims.H=6", "dims.E=4"])
+    assert spec.batch_size == 32
+    result = train(spec, batch_size=5, steps=2, device="cpu", run_dir=str(tmp_path / "run"))
+    assert result.steps == 2
+    state, _ = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
+    assert state["hs.h0"].shape == (5, 6) and state["hs.h0"].any()
