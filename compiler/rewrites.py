@@ -445,10 +445,7 @@ def pool_before_activation(outputs: list[Value]) -> None:
     activation, the bias and the activation's gradient then run on the pooled tensor, a
     quarter of the elements for 2x2 windows."""
     nodes = producers_of(outputs)
-    uses: dict[int, int] = {v.id: 1 for v in outputs}
-    for node in nodes:
-        for v in node.inputs:
-            uses[v.id] = uses.get(v.id, 0) + 1
+    uses = _use_counts(outputs, nodes)
     sole = lambda v: uses.get(v.id) == 1  # noqa: E731
     for node in nodes:
         if node.op.name != "max_pool2d":
