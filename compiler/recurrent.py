@@ -584,19 +584,20 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
         new, extras, m_ins, m_seqs = _apply_mask(g, sb, carries, new, [new[0]], time_major(g, g.cast(mask, g.float_dtype), 1))
         seq_in += m_ins
         seqs += m_seqs
-    buffers = []
+    buffers = {}  # name -> value (under mixed precision a cast of the stored buffer, with no name)
     if stateful and g.mode == "train" and init is None:
         # Carried across batches: the state after this batch starts the next one.
         B = low.spec.batch_size
-        buffers = [low.add_param(f"{prefix}.{n}0", (B, H), "zeros", loc=e.loc, kind="buffer") for n in ("h", "c")[:n_states]]
-        init = [g.apply("reshape_dims", b, x, dims=((0, 0), H)) for b in buffers]  # [N, H]; N must be B
+        for n in ("h", "c")[:n_states]:
+            buffers[f"{prefix}.{n}0"] = low.add_param(f"{prefix}.{n}0", (B, H), "zeros", loc=e.loc, kind="buffer")
+        init = [g.apply("reshape_dims", b, x, dims=((0, 0), H)) for b in buffers.values()]  # [N, H]; N must be B
     if init is None:
         init = [g.apply("fill", x, dims=((0, 0), H), dtype=g.float_dtype) for _ in carries]
     body = Body(bg, carries, seq_in, sb.nonseqs, new, extras)
     res = run_scan(g, body, list(init), seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate, unroll=unroll)
-    for b, s in zip(buffers, res[:n_states]):
+    for (name, b), s in zip(buffers.items(), res[:n_states]):
         last = g.apply("index", s, spec=(0 if reverse else -1,))
-        g.buffer_updates[b.name] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(b.shape)))
+        g.buffer_updates[name] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(b.shape)))
     stacked_states, ys = res[:n_states], res[n_states:]
     hs = ys[0] if ys else stacked_states[0]
     finals = [g.apply("index", s, spec=(0 if reverse else -1,)) for s in stacked_states]

@@ -175,3 +175,23 @@ def test_bfloat16_on_the_cpu_is_a_clear_error(tmp_path):
     with pytest.raises(FlowgradError) as e:
         train(spec, TrainOptions(run_dir=str(tmp_path / "run"), progress=False, device="cpu"))
     assert "bfloat16" in e.value.hint and "float16" in e.value.hint
+
+
+def test_a_stateful_language_model_carries_its_state_in_mixed_precision():
+    """The carried LSTM state is a float32 buffer that the float16 step reads through a
+    cast: its next/ outputs keep the buffers' names (they once came out as next/None)."""
+    from runtime.bench import real_batch
+    from runtime.trainer import Trainer
+
+    spec = load_spec(os.path.join(ROOT, "models", "char_lstm_stateful.yaml"),
+                     ["train.mixed_precision=float16", "dims.H=16", "dims.E=8", "train.batch_size=4"])
+    cm = compile_spec(spec)
+    buffers = sorted(n for n, p in cm.params.items() if p.kind == "buffer")
+    nexts = {o.name for o in cm.graphs["train"].outputs if o.role == "next"}
+    assert buffers and {f"next/{n}" for n in buffers} <= nexts and "next/None" not in nexts
+    trainer = Trainer(cm, "cpu", seed=0)
+    data = real_batch(spec, cm, 4, 0)
+    losses = [trainer.train_step("main", data, lr=1e-2, step=s)["loss"] for s in range(3)]
+    assert np.all(np.isfinite(losses))
+    state = trainer.state_numpy()
+    assert all(state[n].dtype == np.float32 and np.any(state[n] != 0) for n in buffers)
