@@ -165,6 +165,7 @@ def emit_model(
     )
     if metadata:
         helper.set_model_props(model, metadata)
+    widen_unsupported_types(model)
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model
@@ -180,3 +181,79 @@ def _names_read(nodes) -> set[str]:
                 names |= _names_read(a.g.node)
                 names.update(o.name for o in a.g.output)
     return names
+
+
+# Narrow float types that some ops at OPSET do not take (Conv, MaxPool, Cos lack bfloat16).
+_NARROW = {TensorProto.BFLOAT16: "tensor(bfloat16)", TensorProto.FLOAT16: "tensor(float16)"}
+
+
+def widen_unsupported_types(model: onnx.ModelProto) -> None:
+    """Where a float16/bfloat16 value meets an op whose schema at OPSET lacks that type
+    (mixed precision), the op runs in float32 between Casts: the graph stays standard ONNX
+    and the rest of the step keeps its narrow arithmetic."""
+    if not any(n.op_type == "Cast" and _attr(n, "to") in _NARROW for n in _all_nodes(model.graph)):
+        return
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types: dict[str, int] = {}
+    for graph in _all_graphs(inferred.graph):
+        for v in [*graph.input, *graph.value_info, *graph.output]:
+            types[v.name] = v.type.tensor_type.elem_type
+        types.update({t.name: t.data_type for t in graph.initializer})
+    used = set(types) | {o for n in _all_nodes(model.graph) for o in n.output}
+
+    def fresh(name: str) -> str:
+        new, i = f"{name}_f32", 1
+        while new in used:
+            i += 1
+            new = f"{name}_f32_{i}"
+        used.add(new)
+        return new
+
+    for graph in _all_graphs(model.graph):
+        nodes = []
+        for node in graph.node:
+            schema = onnx.defs.get_schema(node.op_type, OPSET, node.domain)
+            allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+            formal = lambda i, params: params[min(i, len(params) - 1)].type_str  # noqa: E731 (variadic last)
+            widened = {}  # type variable -> the narrow type it had
+            for i, name in enumerate(node.input):
+                t, var = types.get(name), formal(i, schema.inputs) if schema.inputs else None
+                if name and t in _NARROW and var in allowed and _NARROW[t] not in allowed[var] \
+                        and "tensor(float)" in allowed[var]:
+                    widened[var] = t
+            if not widened:
+                nodes.append(node)
+                continue
+            for i, name in enumerate(node.input):
+                if name and formal(i, schema.inputs) in widened:
+                    wide = fresh(name)
+                    nodes.append(helper.make_node("Cast", [name], [wide], to=TensorProto.FLOAT))
+                    node.input[i] = wide
+            casts_back = []
+            for i, name in enumerate(node.output):
+                var = formal(i, schema.outputs)
+                if name and var in widened:
+                    wide = fresh(name)
+                    node.output[i] = wide
+                    casts_back.append(helper.make_node("Cast", [wide], [name], to=widened[var]))
+            nodes += [node, *casts_back]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def _attr(node: onnx.NodeProto, name: str):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
+
+
+def _all_graphs(graph: onnx.GraphProto):
+    """A graph and, depth first, the subgraphs (Loop and Scan bodies) of its nodes."""
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_graphs(a.g)
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for g in _all_graphs(graph):
+        yield from g.node

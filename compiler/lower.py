@@ -490,6 +490,12 @@ class Lowering:
                 raise SpecError(f"{op.name}() argument {k!r} must be a constant, not a tensor", arg_locs.get(k, e.loc))
             if isinstance(v, list):
                 attrs[k] = tuple(v)
+        for k in ("to", "dtype"):
+            # The spec's float type is the model's compute dtype, as for float inputs and
+            # parameters: float64 in gradient checks, float16/bfloat16 in mixed precision
+            # (else a cast(mask, 'float32') there would silently widen or break the products).
+            if attrs.get(k, op.attrs.get(k)) in ("float32", "float"):
+                attrs[k] = g.float_dtype
         # Python numbers take the dtype of the tensors they meet.
         like = next((t for t in tensors if isinstance(t, Value) and is_float(t.dtype)), None)
         tensors = [t if isinstance(t, Value) else g.lift(t, like=like) for t in tensors]

@@ -195,3 +195,47 @@ def test_a_stateful_language_model_carries_its_state_in_mixed_precision():
     assert np.all(np.isfinite(losses))
     state = trainer.state_numpy()
     assert all(state[n].dtype == np.float32 and np.any(state[n] != 0) for n in buffers)
+
+
+CONV_NOISE = """flowgrad: 1
+name: conv_noise
+dims: {C: 4, K: 3}
+inputs:
+  x: {shape: [N, 1, 6, 6]}
+  y: {shape: [N], dtype: int64}
+graph:
+  c: conv2d(x, C, 3, padding=1, act=relu)
+  p: max_pool2d(c, 2)
+  f: flatten(p) + 0.1 * normal(zeros(N, 36))
+  logits: dense(f, K)
+loss: cross_entropy(logits, y)
+train:
+  optimizer: {adam: {lr: 0.01}}
+  mixed_precision: MIXED
+"""
+
+
+@pytest.mark.parametrize("compute", ["float16", "bfloat16"])
+def test_ops_without_the_narrow_type_run_in_float32_between_casts(tmp_path, compute):
+    """ONNX's Conv, MaxPool and Cos (a normal draw) take no bfloat16 at the opset: the step
+    casts around them and stays standard ONNX (strict shape inference); float16 needs none."""
+    path = tmp_path / "conv_noise.yaml"
+    path.write_text(CONV_NOISE.replace("MIXED", compute))
+    cm = compile_spec(load_spec(str(path)))
+    g = cm.graphs["train"]
+    model = onnx.shape_inference.infer_shapes(g.model, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    narrow = getattr(onnx.TensorProto, compute.upper())
+    widened = {"Conv", "MaxPool", "Cos"}
+    for node in model.graph.node:
+        if node.op_type in widened:
+            want = onnx.TensorProto.FLOAT if compute == "bfloat16" else narrow
+            assert types[node.input[0]] == want, (node.op_type, types[node.input[0]])
+    assert any(types.get(n.output[0]) == narrow for n in model.graph.node if n.op_type in ("Gemm", "MatMul"))
+    rng = np.random.default_rng(0)
+    data = {"x": rng.uniform(size=(4, 1, 6, 6)).astype(np.float32), "y": rng.integers(0, 3, 4)}
+    state = cm.initial_state(0)
+    feeds = {i.name: np.asarray(state[i.name] if i.name in state else {**data, "lr": 0.01, "step": 0, "seed": 0}[i.name], dtype=i.dtype)
+             for i in g.inputs}
+    out = dict(zip([o.name for o in g.model.graph.output], reference_evaluator(g.model).run(None, feeds)))
+    assert np.isfinite(out["loss"]) and float(out["next/loss_scale_steps/main"]) == 1
