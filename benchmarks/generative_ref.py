@@ -137,7 +137,7 @@ def build(model: str):
 def gan_step(net: GAN, opts, x):
     """One discriminator update, then one generator update (the spec's schedule)."""
     opt_d, opt_g = opts
-    z = torch.randn(len(x), net.Z)
+    z = torch.randn(len(x), net.Z, device=x.device)
     d_real, d_fake = net.D(x), net.D(net.G(z).detach())
     d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, 0.9))
               + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
@@ -151,7 +151,7 @@ def gan_step(net: GAN, opts, x):
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
-    return float(d_loss), float(g_loss), float(p_real)
+    return d_loss.item(), g_loss.item(), p_real.item()
 
 
 # ---------------------------------------------------------------- data, as flowgrad's runtime prepares it
@@ -202,12 +202,14 @@ def quality(model: str, threads: int) -> dict:
             "best_valid_loss": min(h["valid_loss"] for h in history)}
 
 
-def bench(model: str, steps: int, warmup: int, threads: int) -> dict:
+def bench(model: str, steps: int, warmup: int, threads: int, device: str = "cpu") -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg, net, opts = build(model)
+    # Module.to moves parameters in place, so the optimizers built above still hold them
+    net.to(device)
     x_train, _ = digits(cfg)
-    x = x_train[:cfg["batch_size"]].contiguous()  # flowgrad bench's batch: the first of the spec's data
+    x = x_train[:cfg["batch_size"]].contiguous().to(device)  # flowgrad bench's batch: the first of the spec's data
     times = []
     for step in range(warmup + steps):
         t = time.perf_counter()
@@ -221,7 +223,7 @@ def bench(model: str, steps: int, warmup: int, threads: int) -> dict:
             float(loss), [float(v) for v in metrics.values()]
         if step >= warmup:
             times.append(time.perf_counter() - t)
-    return {"framework": "pytorch", "model": model, "batch_size": cfg["batch_size"],
+    return {"framework": "pytorch", "model": model, "device": device, "batch_size": cfg["batch_size"],
             "step_ms": statistics.median(times) * 1e3,
             "peak_rss_mb": peak_rss_mb()}
 
@@ -233,13 +235,14 @@ def main():
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="bench on cpu or cuda (each step reads its losses, which waits for the GPU)")
     args = ap.parse_args()
     if args.what == "quality":
         if args.model == "gan":
             raise SystemExit("a GAN has no likelihood to compare: see benchmarks/gan_coverage.py")
         print(json.dumps(quality(args.model, args.threads)))
     else:
-        print(json.dumps(bench(args.model, args.steps, args.warmup, args.threads)))
+        print(json.dumps(bench(args.model, args.steps, args.warmup, args.threads, args.device)))
 
 
 if __name__ == "__main__":
