@@ -187,12 +187,14 @@ def _names_read(nodes) -> set[str]:
 _NARROW = {TensorProto.BFLOAT16: "tensor(bfloat16)", TensorProto.FLOAT16: "tensor(float16)"}
 
 
-def widen_unsupported_types(model: onnx.ModelProto) -> None:
+def widen_unsupported_types(model: onnx.ModelProto, op_types: set[str] | None = None) -> int:
     """Where a float16/bfloat16 value meets an op whose schema at OPSET lacks that type
     (mixed precision), the op runs in float32 between Casts: the graph stays standard ONNX
-    and the rest of the step keeps its narrow arithmetic."""
+    and the rest of the step keeps its narrow arithmetic. With `op_types`, nodes of those
+    types are widened instead, whatever their schema says (a runtime with no kernel for
+    them in the narrow type). Returns the number of nodes widened."""
     if not any(n.op_type == "Cast" and _attr(n, "to") in _NARROW for n in _all_nodes(model.graph)):
-        return
+        return 0
     inferred = onnx.shape_inference.infer_shapes(model)
     types: dict[str, int] = {}
     for graph in _all_graphs(inferred.graph):
@@ -209,6 +211,7 @@ def widen_unsupported_types(model: onnx.ModelProto) -> None:
         used.add(new)
         return new
 
+    count = 0
     for graph in _all_graphs(model.graph):
         nodes = []
         for node in graph.node:
@@ -218,12 +221,13 @@ def widen_unsupported_types(model: onnx.ModelProto) -> None:
             widened = {}  # type variable -> the narrow type it had
             for i, name in enumerate(node.input):
                 t, var = types.get(name), formal(i, schema.inputs) if schema.inputs else None
-                if name and t in _NARROW and var in allowed and _NARROW[t] not in allowed[var] \
-                        and "tensor(float)" in allowed[var]:
+                lacking = _NARROW.get(t) not in allowed.get(var, ()) if op_types is None else node.op_type in op_types
+                if name and t in _NARROW and var in allowed and lacking and "tensor(float)" in allowed[var]:
                     widened[var] = t
             if not widened:
                 nodes.append(node)
                 continue
+            count += 1
             for i, name in enumerate(node.input):
                 if name and formal(i, schema.inputs) in widened:
                     wide = fresh(name)
@@ -239,6 +243,7 @@ def widen_unsupported_types(model: onnx.ModelProto) -> None:
             nodes += [node, *casts_back]
         del graph.node[:]
         graph.node.extend(nodes)
+    return count
 
 
 def _attr(node: onnx.NodeProto, name: str):

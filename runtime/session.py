@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from functools import lru_cache
@@ -16,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from compiler.emit import _all_nodes, widen_unsupported_types
 from spec.errors import FlowgradError
 
 ort.set_default_logger_severity(3)
@@ -97,9 +99,53 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    # float32 stays float32 on a GPU, as on the CPU (onnxruntime would use TF32 products,
+    # rounding their operands to 10 mantissa bits); mixed_precision is the faster, explicit path
+    providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"] if device == "cuda" \
+        else ["CPUExecutionProvider"]
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(data, opts, providers=providers)
+    widened: set[str] = set()
+    while True:
+        try:
+            return ort.InferenceSession(data, opts, providers=providers)
+        except ORT_ERRORS as err:
+            # onnxruntime has no kernel for some ops in bfloat16 (ArgMax, Log, comparisons on
+            # CUDA; nearly all on the CPU): those run in float32 between Casts
+            missing = _MISSING_KERNEL.search(str(err))
+            op_type = missing and (missing.group(1) or missing.group(2))
+            if not op_type or not isinstance(model, onnx.ModelProto):
+                raise
+            # an op the model lacks, or one already widened, comes from an expanded function
+            more = {op_type} if op_type in _op_types(model) - widened else _function_ops(model) - widened
+            if not more:
+                raise
+            widened |= more
+            wide = onnx.ModelProto()
+            wide.CopyFrom(model)
+            if not widen_unsupported_types(wide, widened):
+                raise
+            data = wide.SerializeToString()
+
+
+def _op_types(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type for n in _all_nodes(model.graph)}
+
+
+def _function_ops(model: onnx.ModelProto) -> set[str]:
+    """The model's ops that onnxruntime may expand into their ONNX function body (Softmax into
+    ReduceMax, Sub, Exp, ...) when it has no kernel for them: an op missing a kernel that the
+    model does not contain comes from one of those."""
+    from compiler.emit import OPSET
+
+    def expands(op_type):
+        schema = onnx.defs.get_schema(op_type, OPSET)
+        return schema.has_function or schema.has_context_dependent_function
+
+    return {t for t in _op_types(model) if expands(t)}
+
+
+# What onnxruntime says when no kernel of a provider takes a node's types.
+_MISSING_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(|Provider type for (\w+) node")
 
 
 def ort_device(device: str) -> tuple[str, int]:

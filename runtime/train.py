@@ -371,8 +371,8 @@ def _step_failed(ex: Exception, what: str, run_dir: str) -> FlowgradError:
     if "NOT_IMPLEMENTED" in detail:
         detail = detail.split("NOT_IMPLEMENTED : ")[-1]
         return FlowgradError(f"onnxruntime cannot run the {what}: {detail}",
-                             hint="this device's provider lacks a kernel for that op and type (onnxruntime's CPU "
-                                  "provider has no bfloat16 matrix products: use mixed_precision float16 there)")
+                             hint="this device's provider lacks a kernel for that op and type; with "
+                                  "mixed_precision, try float16 instead of bfloat16")
     return FlowgradError(f"onnxruntime failed in the {what}: {detail}",
                          hint="check the data's values, e.g. class ids must be below the number of classes; "
                               f"the last checkpoint in {run_dir} is intact")

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from compiler.training import CompiledGraph, CompiledModel
 
-from .session import empty_like, make_session, to_device
+from .session import empty_like, make_session, ort_device, to_device
 
 
 # Inputs held as device-resident state; "grad" inputs (gradient accumulation's sums) are
@@ -57,10 +57,6 @@ class GraphRunner:
             if key not in spare:
                 spare[key] = empty_like(state[key], self.device)
         bound = [state[key] for _, key in self.state_inputs] + [spare[key] for _, key in self.next_outputs]
-        if self.device != "cpu":
-            # onnxruntime copies an input to the session's device when it is bound, so values
-            # refreshed in place would never reach the GPU: bind everything for each run there.
-            self._bindings = []
         binding = next((b for b in self._bindings if b.binds(bound)), None) or _Binding(self, bound)
         self._bindings = [binding] + [b for b in self._bindings if b is not binding][:KEPT_BINDINGS - 1]
         for name, key in self.grad_inputs:
@@ -78,8 +74,11 @@ class _Binding:
     """An IOBinding with one set of state buffers bound as inputs and another as the next/*
     outputs. Training alternates between two such sets, so each step only refreshes the
     batch and the control scalars (in place) instead of binding every tensor again: the
-    Python side of a step is then a small share even of the smallest models' steps (on the
-    CPU; a GPU session gets a fresh binding each run). Outputs of run-dependent shape are
+    Python side of a step is then a small share even of the smallest models' steps. The
+    batch and control inputs live on the session's device: onnxruntime copies a CPU input to
+    the GPU when it is bound, so a CPU buffer refreshed in place would never reach a GPU
+    session, while a device buffer's in-place update writes the device memory that the
+    binding reads. Outputs of run-dependent shape are
     bound again before each run: onnxruntime would otherwise write the next run's values
     into the previous run's result."""
 
@@ -118,7 +117,7 @@ class _Binding:
             if held is not None and held[1:] == (a.shape, a.dtype):
                 held[0].update_inplace(a)
             else:  # a first step, or a batch of another size (the last of an epoch)
-                self.fed[name] = (_owned(a), a.shape, a.dtype)
+                self.fed[name] = (_owned(a, self.runner.device), a.shape, a.dtype)
                 self.io.bind_ortvalue_input(name, self.fed[name][0])
         for name in self.fetched:
             self.io.bind_output(name, "cpu")
@@ -134,9 +133,9 @@ class _Binding:
         return scalars, others
 
 
-def _owned(a: np.ndarray) -> ort.OrtValue:
-    """A CPU OrtValue with its own copy of a: updating it in place never writes into a."""
-    v = ort.OrtValue.ortvalue_from_shape_and_type(list(a.shape), a.dtype.type, "cpu", 0)
+def _owned(a: np.ndarray, device: str) -> ort.OrtValue:
+    """An OrtValue on `device` with its own copy of a: updating it in place never writes into a."""
+    v = ort.OrtValue.ortvalue_from_shape_and_type(list(a.shape), a.dtype.type, *ort_device(device))
     v.update_inplace(np.require(a, requirements="C"))
     return v
 

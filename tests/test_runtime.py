@@ -219,11 +219,14 @@ def test_scalar_parameters_and_fetched_outputs_keep_their_shapes(monkeypatch):
         assert not np.array_equal(second[k].numpy(), kept[k]), k
 
 
-def test_batches_in_any_byte_order_and_bindings_off_the_cpu():
+def test_batches_in_any_byte_order_and_bindings_off_the_cpu(monkeypatch):
     """A big-endian batch trains like the native one (the in-place refresh copies raw bytes),
-    and a runner for another device binds afresh every run (onnxruntime copies inputs to
-    the device when they are bound, so an in-place refresh would not reach it)."""
+    and a runner for another device keeps its batch and control inputs on that device
+    (onnxruntime copies a CPU input to the GPU when it is bound, so a CPU buffer refreshed in
+    place would go stale there): the same losses as on the CPU, bindings reused."""
     from compiler.training import compile_spec
+    from runtime import session as session_module
+    from runtime import trainer as trainer_module
     from runtime.bench import real_batch
     from runtime.trainer import Trainer
     from spec import load_spec
@@ -232,16 +235,22 @@ def test_batches_in_any_byte_order_and_bindings_off_the_cpu():
     cm = compile_spec(spec)
     native = real_batch(spec, cm, 16, 0)
     swapped = {k: v.astype(v.dtype.newbyteorder(">")) for k, v in native.items()}
+    batches = [native, {k: v[::-1].copy() for k, v in native.items()}, native]
     losses = []
     for batch in (native, swapped):
         trainer = Trainer(cm, "cpu", threads=1, seed=3)
         losses.append([trainer.train_step("main", batch, 0.01, step)["loss"] for step in range(3)])
     assert losses[0] == losses[1]
+    on_cpu = Trainer(cm, "cpu", threads=1, seed=3)
+    expected = [on_cpu.train_step("main", b, 0.01 * (step + 1), step)["loss"] for step, b in enumerate(batches)]
+    placed = []
+    for module in (trainer_module, session_module):
+        monkeypatch.setattr(module, "ort_device", lambda device: placed.append(device) or ("cpu", 0))
     trainer = Trainer(cm, "cpu", threads=1, seed=3)
     runner = trainer.runner("train")
-    runner.device = "elsewhere"  # as a CUDA runner takes it; the session itself stays on the CPU
-    seen = []
-    for step in range(3):
-        trainer.train_step("main", native, 0.01, step)
-        seen.append(runner._bindings[0])
-    assert len({id(b) for b in seen}) == 3 and len(runner._bindings) == 1
+    runner.device = "cuda"  # as a CUDA runner takes it; the session itself stays on the CPU
+    placed.clear()  # (the trainer's state was made for "cpu")
+    got = [trainer.train_step("main", b, 0.01 * (step + 1), step)["loss"] for step, b in enumerate(batches)]
+    assert got == expected
+    assert placed and set(placed) == {"cuda"}  # every fed input and spare buffer was made on the runner's device
+    assert len(runner._bindings) == 2  # the two alternating buffer sets, each bound once

@@ -13,12 +13,14 @@ from spec.errors import ShapeError
 from ..ir import TensorType
 from ..registry import OpDef, Sample, op
 
-NEG = -1e9  # exp(NEG - max) is exactly 0 in float32 and float64
+NEG = -1e9  # exp(NEG - max) is exactly 0 in float32 and float64 (and bfloat16)
+NEG_FLOAT16 = -6e4  # float16's range ends at 65504: -1e9 would be -inf, and a row masked whole NaN
 
 
 def masked_softmax(g, scores, mask):
     keep = g.apply("gt", mask, g.lift(0.0, like=mask))
-    return g.apply("softmax", g.apply("where", keep, scores, g.lift(NEG, like=scores)), axis=-1)
+    neg = NEG_FLOAT16 if scores.dtype == "float16" else NEG
+    return g.apply("softmax", g.apply("where", keep, scores, g.lift(neg, like=scores)), axis=-1)
 
 
 def _context(g, w, values):

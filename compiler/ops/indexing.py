@@ -430,12 +430,12 @@ class Take(OpDef):
 
 
 def _scatter_add(e, like: str, indices: str, updates: str, dtype: str, outs, axis: int) -> None:
-    """ScatterElements adding `updates` into zeros shaped like `like`. In float16 the sums run
-    in float32 (onnxruntime's CPU provider has no float16 kernel, and repeated indices
-    accumulate better there)."""
+    """ScatterElements adding `updates` into zeros shaped like `like`. In float16 and bfloat16
+    the sums run in float32 (onnxruntime's CPU provider has no such kernel, and repeated
+    indices accumulate better there)."""
     from ..emit import onnx_dtype
 
-    if dtype != "float16":
+    if dtype not in ("float16", "bfloat16"):
         e.add("ScatterElements", [_scatter_target(e, like, dtype), indices, updates], outs, axis=axis, reduction="add")
         return
     wide = e.add("Cast", [updates], to=onnx.TensorProto.FLOAT)
