@@ -217,7 +217,9 @@ class Trainer:
         return {k: v / max(count, 1) for k, v in totals.items()}
 
     def state_numpy(self) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in self.state.items()}
+        """A snapshot: copies, since on the CPU OrtValue.numpy() is a view of a buffer that
+        a later step reuses for its outputs."""
+        return {k: np.array(v.numpy(), copy=True) for k, v in self.state.items()}
 
 
 def _scalars(a: np.ndarray):

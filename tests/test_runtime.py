@@ -254,3 +254,20 @@ def test_batches_in_any_byte_order_and_bindings_off_the_cpu(monkeypatch):
     assert got == expected
     assert placed and set(placed) == {"cuda"}  # every fed input and spare buffer was made on the runner's device
     assert len(runner._bindings) == 2  # the two alternating buffer sets, each bound once
+
+
+def test_a_state_snapshot_is_not_overwritten_by_later_steps():
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.trainer import Trainer
+    from spec import load_spec
+
+    spec = load_spec(os.path.join(ROOT, "models", "mlp.yaml"))
+    cm = compile_spec(spec)
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    before = trainer.state_numpy()
+    kept = {k: v.copy() for k, v in before.items()}
+    for step in range(3):  # the state's two buffer sets alternate: the first is written again
+        trainer.train_step("main", real_batch(spec, cm, 16, 0), 0.01, step)
+    for k in kept:
+        np.testing.assert_array_equal(before[k], kept[k], err_msg=k)
