@@ -54,7 +54,7 @@ def step_agreement(names: list[str]) -> tuple[bool, list[dict]]:
 
     ok, rows = True, []
     print(f"{'spec':<22}{'loss rel diff':>15}{'grad rel diff':>15}{'update rel diff':>17}{'fp16':>8}{'bf16':>8}"
-          "  (cuda vs cpu)")
+          f"{'graph':>7}  (cuda vs cpu; graph: steps replayed as a CUDA graph)")
     for name in names:
         row = {"spec": name}
         try:
@@ -75,6 +75,8 @@ def step_agreement(names: list[str]) -> tuple[bool, list[dict]]:
                           for step, b in enumerate(batches) for obj in cm.schedule]
                 after = trainer.state_numpy()
                 results[device] = (np.array(losses), {k: after[k] - before[k] for k in cm.params})
+                if device == "cuda":  # did every step graph run as a captured CUDA graph?
+                    row["cuda_graph"] = all(r.capture and r._captured is not None for r in trainer.runners.values())
             (l_cpu, d_cpu), (l_gpu, d_gpu) = results["cpu"], results["cuda"]
             row["loss_rel"] = float(np.max(np.abs(l_gpu - l_cpu) / (np.abs(l_cpu) + 1e-12)))
             flat_cpu = np.concatenate([d_cpu[k].ravel() for k in sorted(d_cpu)])
@@ -95,7 +97,7 @@ def step_agreement(names: list[str]) -> tuple[bool, list[dict]]:
             print(f"{name:<22}  ERROR {row['error']}")
         else:
             print(f"{name:<22}{row['loss_rel']:>15.2e}{row['grad_rel']:>15.2e}{row['update_rel']:>17.2e}"
-                  f"{row['float16']:>8}{row['bfloat16']:>8}"
+                  f"{row['float16']:>8}{row['bfloat16']:>8}{'yes' if row['cuda_graph'] else 'no':>7}"
                   + ("" if row["agree"] else "  DISAGREE"))
     return ok, rows
 
@@ -164,7 +166,10 @@ def training_agreement(names: list[str], epochs: int) -> tuple[bool, list[dict]]
     return ok, rows
 
 
-def timing(rows: list[str], steps: int, device: str = "cuda") -> list[dict]:
+TIMING_COLUMNS = ("fg 1/call", "fg 16/call", "fg fp16", "fg bf16", "pytorch")
+
+
+def timing(rows: list[str], steps: int, device: str = "cuda", columns=TIMING_COLUMNS) -> list[dict]:
     """Median step times on `device`, flowgrad and PyTorch eager, each in a fresh process."""
     from compare import ROWS, flowgrad_cmd, reference_cmd
 
@@ -179,19 +184,20 @@ def timing(rows: list[str], steps: int, device: str = "cuda") -> list[dict]:
         return json.loads(res.stdout.strip().splitlines()[-1])["step_ms"], None
 
     out = []
-    head = ("fg 1/call", "fg 16/call", "fg fp16", "fg bf16", "pytorch")
+    head = TIMING_COLUMNS
     print(f"{'model':<16}" + "".join(f"{h:>11}" for h in (*head, "1/call/pt", "best/pt")) + f"  (ms per step, {device})")
     for row in rows:
         spec, overrides, ref = ROWS[row]
         base = flowgrad_cmd() + ["bench", spec, "--json", "--steps", str(steps), "--device", device]
         for o in overrides:
             base += ["--set", o]
+        commands = {"fg 1/call": base, "fg 16/call": base + ["--steps-per-call", "16"],
+                    "fg fp16": base + ["--set", "train.mixed_precision=float16"],
+                    "fg bf16": base + ["--set", "train.mixed_precision=bfloat16"],
+                    "pytorch": reference_cmd(ref, steps, 1, overrides) + ["--device", device]}
         cells, why = {}, {}
-        cells["fg 1/call"], why["fg 1/call"] = run(base)
-        cells["fg 16/call"], why["fg 16/call"] = run(base + ["--steps-per-call", "16"])
-        cells["fg fp16"], why["fg fp16"] = run(base + ["--set", "train.mixed_precision=float16"])
-        cells["fg bf16"], why["fg bf16"] = run(base + ["--set", "train.mixed_precision=bfloat16"])
-        cells["pytorch"], why["pytorch"] = run(reference_cmd(ref, steps, 1, overrides) + ["--device", device])
+        for column, cmd in commands.items():
+            cells[column], why[column] = run(cmd) if column in columns else (None, None)
         fg = [v for k, v in cells.items() if k != "pytorch" and v is not None]
         pt = cells["pytorch"]
         ratios = {"one_over_pytorch": cells["fg 1/call"] / pt if pt and cells["fg 1/call"] else None,
@@ -212,6 +218,8 @@ def main():
     ap.add_argument("--timing", nargs="*",
                     default=["mlp", "mlp_big", "convnet", "char_lstm", "dates_attention", "dae", "vae", "gan"])
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--columns", nargs="*", choices=TIMING_COLUMNS, default=list(TIMING_COLUMNS),
+                    help="which step times to measure")
     ap.add_argument("--only", nargs="*", choices=["steps", "training", "timing"], default=["steps", "training", "timing"],
                     help="run only these checks")
     ap.add_argument("--json", default=None, help="also write every number to this file")
@@ -228,7 +236,7 @@ def main():
         agree, report["training"] = training_agreement(args.models, args.epochs)
         ok &= agree
     if "timing" in args.only:
-        report["timing"] = timing(args.timing, args.steps)
+        report["timing"] = timing(args.timing, args.steps, columns=args.columns)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -92,7 +92,10 @@ def _ort_errors() -> tuple:
 ORT_ERRORS = _ort_errors()
 
 
-def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", threads: int | None = None,
+                 cuda_graph: bool = False) -> ort.InferenceSession:
+    """`cuda_graph`: onnxruntime records a CUDA graph per `gpu_graph_id` run option and
+    replays it (the model's shapes must be fixed, every node on the GPU)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -101,8 +104,8 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # float32 stays float32 on a GPU, as on the CPU (onnxruntime would use TF32 products,
     # rounding their operands to 10 mantissa bits); mixed_precision is the faster, explicit path
-    providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"] if device == "cuda" \
-        else ["CPUExecutionProvider"]
+    cuda = {"use_tf32": "0", **({"enable_cuda_graph": "1"} if cuda_graph else {})}
+    providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     widened: set[str] = set()
     while True:
@@ -146,6 +149,68 @@ def _function_ops(model: onnx.ModelProto) -> set[str]:
 
 # What onnxruntime says when no kernel of a provider takes a node's types.
 _MISSING_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(|Provider type for (\w+) node")
+
+
+def with_fixed_dims(model: onnx.ModelProto, shapes: dict[str, tuple]) -> onnx.ModelProto:
+    """A copy of the model whose symbolic dims take the sizes they have in `shapes` (input
+    name -> shape), wherever they appear in its inputs and outputs."""
+    sizes = {}
+    for i in model.graph.input:
+        if i.name in shapes:
+            for d, n in zip(i.type.tensor_type.shape.dim, shapes[i.name]):
+                if d.dim_param:
+                    sizes[d.dim_param] = int(n)
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for v in [*fixed.graph.input, *fixed.graph.output]:
+        for d in v.type.tensor_type.shape.dim:
+            if d.dim_param in sizes:
+                d.dim_value = sizes[d.dim_param]  # (setting the value clears the name: a oneof)
+    return fixed
+
+
+def unpool_by_scatter(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each MaxUnpool (onnxruntime's CUDA provider has none, so it would run
+    on the CPU, and a step with a CPU node cannot be captured as a CUDA graph) written as a
+    ScatterElements of the pooled values at their flat indices into zeros. The compiler
+    emits MaxUnpool only for windows that tile the input, whose indices are distinct."""
+    from onnx import TensorProto, helper
+
+    if not any(n.op_type == "MaxUnpool" for n in model.graph.node):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inferred = onnx.shape_inference.infer_shapes(out).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+    out.graph.initializer.append(helper.make_tensor("unpool_flat", TensorProto.INT64, [1], [-1]))
+    nodes = []
+    for n in out.graph.node:
+        if n.op_type != "MaxUnpool":
+            nodes.append(n)
+            continue
+        values, indices = n.input[0], n.input[1]
+        t = f"{n.output[0]}_unpool"
+        if len(n.input) > 2 and n.input[2]:
+            shape = n.input[2]
+        else:  # tiling windows: each spatial size times its stride
+            strides = next(helper.get_attribute_value(a) for a in n.attribute if a.name == "strides")
+            out.graph.initializer.append(helper.make_tensor(t + "_k", TensorProto.INT64, [2 + len(strides)],
+                                                            [1, 1, *strides]))
+            shape = t + "_shape"
+            nodes += [helper.make_node("Shape", [values], [t + "_in"]),
+                      helper.make_node("Mul", [t + "_in", t + "_k"], [shape])]
+        nodes += [
+            helper.make_node("Reshape", [values, "unpool_flat"], [t + "_v"]),
+            helper.make_node("Reshape", [indices, "unpool_flat"], [t + "_i"]),
+            helper.make_node("ReduceProd", [shape], [t + "_n"], keepdims=1),
+            helper.make_node("ConstantOfShape", [t + "_n"], [t + "_z"],
+                             value=helper.make_tensor("zero", types[values], [1], [0])),
+            helper.make_node("ScatterElements", [t + "_z", t + "_i", t + "_v"], [t + "_s"], axis=0),
+            helper.make_node("Reshape", [t + "_s", shape], [n.output[0]]),
+        ]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
 
 
 def ort_device(device: str) -> tuple[str, int]:

@@ -9,12 +9,14 @@ batch (copied in once) and the scalar loss and metrics (copied out).
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnxruntime as ort
 
 from compiler.training import CompiledGraph, CompiledModel
 
-from .session import empty_like, make_session, ort_device, to_device
+from .session import ORT_ERRORS, empty_like, make_session, ort_device, to_device, unpool_by_scatter, with_fixed_dims
 
 
 # Inputs held as device-resident state; "grad" inputs (gradient accumulation's sums) are
@@ -47,6 +49,13 @@ class GraphRunner:
         self.next_outputs = [(o.name, o.name[cut + len("next/"):]) for o in graph.outputs if o.role == "next"]
         self.other_outputs = [o.name for o in graph.outputs if o.role not in ("loss", "metric", "next")]
         self._bindings: list[_Binding] = []  # the most recently used first
+        self.threads = threads
+        # On a GPU the steps are bound by launching kernels: a batch of the first batch's shape
+        # runs a session specialised to that shape (its shape arithmetic folded away), which
+        # onnxruntime records as a CUDA graph and replays; other shapes run `session`.
+        self.capture = device == "cuda" and _capturable(self)
+        self._captured: tuple[tuple, ort.InferenceSession] | None = None
+        self._graph_ids = itertools.count()
 
     def data_inputs(self) -> list[str]:
         return list(self.batch_inputs)
@@ -57,17 +66,48 @@ class GraphRunner:
             if key not in spare:
                 spare[key] = empty_like(state[key], self.device)
         bound = [state[key] for _, key in self.state_inputs] + [spare[key] for _, key in self.next_outputs]
-        binding = next((b for b in self._bindings if b.binds(bound)), None) or _Binding(self, bound)
+        session = self._session_for(batch)
+        binding = next((b for b in self._bindings if b.session is session and b.binds(bound)), None) \
+            or _Binding(self, bound, session)
         self._bindings = [binding] + [b for b in self._bindings if b is not binding][:KEPT_BINDINGS - 1]
         for name, key in self.grad_inputs:
             binding.io.bind_ortvalue_input(name, state[key])
         binding.feed(batch, control)
-        self.session.run_with_iobinding(binding.io)
+        try:
+            session.run_with_iobinding(binding.io, binding.run_options)
+        except ORT_ERRORS:
+            if session is self.session:
+                raise
+            # onnxruntime could not capture this step: run it, and every later one, uncaptured
+            self.capture, self._captured = False, None
+            self._bindings = [b for b in self._bindings if b.session is self.session]
+            return self.run(state, spare, batch, control)
         scalars, others = binding.results()
         # The freshly written buffers become the state; the old ones are reused next step.
         for _, key in self.next_outputs:
             state[key], spare[key] = spare[key], state[key]
         return scalars, others
+
+    def _session_for(self, batch: dict[str, np.ndarray]) -> ort.InferenceSession:
+        if not self.capture:
+            return self.session
+        shapes = tuple(tuple(np.shape(batch[n])) for n in self.batch_inputs)
+        if self._captured is None:
+            model = unpool_by_scatter(with_fixed_dims(self.graph.model, dict(zip(self.batch_inputs, shapes))))
+            try:
+                self._captured = (shapes, make_session(model, self.device, self.threads, cuda_graph=True))
+            except ORT_ERRORS:  # e.g. a node only the CPU provider runs
+                self.capture = False
+                return self.session
+        return self._captured[1] if self._captured[0] == shapes else self.session
+
+
+def _capturable(runner: GraphRunner) -> bool:
+    """A CUDA graph replays fixed buffers: no control flow (onnxruntime cannot capture it),
+    no per-run inputs (gradients) and no outputs of run-dependent shape."""
+    control_flow = {"Loop", "Scan", "If"}
+    return (not runner.grad_inputs and not runner.other_outputs and all(not o.shape for o in runner.scalar_outputs)
+            and not any(n.op_type in control_flow for n in runner.graph.model.graph.node))
 
 
 class _Binding:
@@ -82,10 +122,16 @@ class _Binding:
     bound again before each run: onnxruntime would otherwise write the next run's values
     into the previous run's result."""
 
-    def __init__(self, runner: GraphRunner, bound: list[ort.OrtValue]):
+    def __init__(self, runner: GraphRunner, bound: list[ort.OrtValue], session: ort.InferenceSession):
         self.runner = runner
         self.bound = bound  # held, so that their ids cannot be reused while this binding lives
-        self.io = io = runner.session.io_binding()
+        self.session = session
+        self.io = io = session.io_binding()
+        self.run_options = None
+        captured = session is not runner.session
+        if captured:  # one CUDA graph per binding: its buffers are that graph's
+            self.run_options = ort.RunOptions()
+            self.run_options.add_run_config_entry("gpu_graph_id", str(next(runner._graph_ids)))
         n_in = len(runner.state_inputs)
         for (name, _), v in zip(runner.state_inputs, bound[:n_in]):
             io.bind_ortvalue_input(name, v)
@@ -96,8 +142,9 @@ class _Binding:
         self.scalars: dict[str, ort.OrtValue] = {}
         self.fetched = [o.name for o in runner.scalar_outputs if o.shape] + runner.other_outputs
         for o in runner.scalar_outputs:
-            if not o.shape:
-                self.scalars[o.name] = ort.OrtValue.ortvalue_from_shape_and_type([], np.dtype(o.dtype).type, "cpu", 0)
+            if not o.shape:  # a captured graph writes device memory only
+                where = ort_device(runner.device) if captured else ("cpu", 0)
+                self.scalars[o.name] = ort.OrtValue.ortvalue_from_shape_and_type([], np.dtype(o.dtype).type, *where)
                 io.bind_ortvalue_output(o.name, self.scalars[o.name])
         self.fed: dict[str, tuple[ort.OrtValue, tuple, np.dtype]] = {}  # batch and control inputs
 

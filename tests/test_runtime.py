@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import onnx
 import pytest
 
 from runtime import data as D
@@ -271,3 +272,89 @@ def test_a_state_snapshot_is_not_overwritten_by_later_steps():
         trainer.train_step("main", real_batch(spec, cm, 16, 0), 0.01, step)
     for k in kept:
         np.testing.assert_array_equal(before[k], kept[k], err_msg=k)
+
+
+def test_steps_of_the_first_batch_shape_run_a_shape_specialised_session(monkeypatch):
+    """On CUDA, a batch of the first batch's shape runs a session with the symbolic dims fixed
+    (captured as a CUDA graph there); other shapes (an epoch's last batch) run the general
+    session, and a session that cannot be made or captured falls back to it. Exercised
+    here on the CPU: the same losses and parameters as a runner without the specialisation."""
+    from compiler.training import compile_spec
+    from runtime import trainer as trainer_module
+    from runtime.bench import real_batch
+    from runtime.trainer import Trainer, _capturable
+    from spec import load_spec
+
+    spec = load_spec(os.path.join(ROOT, "models", "mlp.yaml"))
+    cm = compile_spec(spec)
+    full = real_batch(spec, cm, 64, 0)
+    batches = [{k: v[a:b].copy() for k, v in full.items()} for a, b in ((0, 32), (32, 64), (10, 15), (16, 48))]
+
+    def train(capture, broken=None):
+        trainer = Trainer(cm, "cpu", threads=1, seed=3)
+        runner = trainer.runner("train")
+        runner.capture = capture and _capturable(runner)
+        losses = []
+        for step, b in enumerate(batches):
+            if broken and step == 1:
+                broken(runner)
+            losses.append(trainer.train_step("main", b, 0.01, step)["loss"])
+        return runner, losses, trainer.state_numpy()
+
+    _, plain_losses, plain_state = train(False)
+    runner, losses, state = train(True)
+    assert runner.capture and runner._captured is not None and runner._captured[0] == ((32, 64), (32,))
+    specialised = runner._captured[1].get_inputs()[[i.name for i in runner._captured[1].get_inputs()].index("x")]
+    assert specialised.shape == [32, 64]
+    assert {id(b.session) for b in runner._bindings} == {id(runner.session), id(runner._captured[1])}
+    assert losses == plain_losses
+    for k in plain_state:
+        np.testing.assert_array_equal(state[k], plain_state[k], err_msg=k)
+
+    def refuse(runner):  # the captured session's runs fail (a capture onnxruntime refuses)
+        def fail(*args):
+            raise RuntimeError("capture refused")
+        monkeypatch.setattr(runner._captured[1], "run_with_iobinding", fail)
+
+    runner, losses, _ = train(True, refuse)
+    assert not runner.capture and losses == plain_losses
+
+    made = trainer_module.make_session
+
+    def no_capture(model, device, threads, cuda_graph=False):
+        if cuda_graph:  # e.g. a node only the CPU provider runs
+            raise RuntimeError("This session cannot use the graph capture feature")
+        return made(model, device, threads)
+
+    monkeypatch.setattr(trainer_module, "make_session", no_capture)
+    runner, losses, _ = train(True)
+    assert not runner.capture and runner._captured is None and losses == plain_losses
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_max_unpool_written_as_a_scatter_computes_the_same_step(dtype):
+    """A captured CUDA step must not hold MaxUnpool (the CUDA provider has none): the same
+    convnet step with it written as a ScatterElements gives the same outputs."""
+    from compiler.check import reference_evaluator
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.session import unpool_by_scatter, with_fixed_dims
+    from spec import load_spec
+
+    extra = ["train.mixed_precision=float16"] if dtype == "float16" else []
+    spec = load_spec(os.path.join(ROOT, "models", "convnet.yaml"), ["dims.C1=4", "dims.C2=8", "dims.H=16", *extra])
+    cm = compile_spec(spec)
+    g = cm.graphs["train"]
+    assert any(n.op_type == "MaxUnpool" for n in g.model.graph.node)
+    batch = real_batch(spec, cm, 8, 0)
+    state = cm.initial_state(0)
+    feeds = {i.name: np.asarray(state[i.name] if i.name in state else {**batch, "lr": 0.01, "step": 3, "seed": 1}[i.name],
+                                dtype=i.dtype) for i in g.inputs}
+    rewritten = unpool_by_scatter(with_fixed_dims(g.model, {"x": (8, 1, 8, 8), "y": (8,)}))
+    assert not any(n.op_type == "MaxUnpool" for n in rewritten.graph.node)
+    onnx.checker.check_model(rewritten, full_check=True)
+    names = [o.name for o in g.model.graph.output]
+    want = reference_evaluator(g.model).run(None, feeds)  # (onnxruntime's fusions differ between the two)
+    got = reference_evaluator(rewritten).run(None, feeds)
+    for k, a, b in zip(names, got, want):
+        np.testing.assert_array_equal(a, b, err_msg=k)
