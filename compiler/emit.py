@@ -193,7 +193,7 @@ def widen_unsupported_types(model: onnx.ModelProto, op_types: set[str] | None = 
     and the rest of the step keeps its narrow arithmetic. With `op_types`, nodes of those
     types are widened instead, whatever their schema says (a runtime with no kernel for
     them in the narrow type). Returns the number of nodes widened."""
-    if not any(n.op_type == "Cast" and _attr(n, "to") in _NARROW for n in _all_nodes(model.graph)):
+    if not narrow_types(model):
         return 0
     inferred = onnx.shape_inference.infer_shapes(model)
     types: dict[str, int] = {}
@@ -211,39 +211,52 @@ def widen_unsupported_types(model: onnx.ModelProto, op_types: set[str] | None = 
         used.add(new)
         return new
 
+    def formal(params, i: int) -> str:
+        return params[min(i, len(params) - 1)].type_str  # a variadic parameter is the last
+
     count = 0
     for graph in _all_graphs(model.graph):
         nodes = []
+        wide_of: dict[str, str] = {}  # a narrow value -> its float32 twin in this graph
         for node in graph.node:
             schema = onnx.defs.get_schema(node.op_type, OPSET, node.domain)
             allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
-            formal = lambda i, params: params[min(i, len(params) - 1)].type_str  # noqa: E731 (variadic last)
-            widened = {}  # type variable -> the narrow type it had
-            for i, name in enumerate(node.input):
-                t, var = types.get(name), formal(i, schema.inputs) if schema.inputs else None
+            input_vars = [formal(schema.inputs, i) for i in range(len(node.input))] if schema.inputs else []
+            widened = set()  # the type variables computed in float32
+            for name, var in zip(node.input, input_vars):
+                t = types.get(name)
                 lacking = _NARROW.get(t) not in allowed.get(var, ()) if op_types is None else node.op_type in op_types
                 if name and t in _NARROW and var in allowed and lacking and "tensor(float)" in allowed[var]:
-                    widened[var] = t
+                    widened.add(var)
             if not widened:
                 nodes.append(node)
                 continue
             count += 1
-            for i, name in enumerate(node.input):
-                if name and formal(i, schema.inputs) in widened:
-                    wide = fresh(name)
-                    nodes.append(helper.make_node("Cast", [name], [wide], to=TensorProto.FLOAT))
-                    node.input[i] = wide
+            for i, (name, var) in enumerate(zip(node.input, input_vars)):
+                if name and var in widened:
+                    if name not in wide_of:
+                        wide_of[name] = fresh(name)
+                        nodes.append(helper.make_node("Cast", [name], [wide_of[name]], to=TensorProto.FLOAT))
+                    node.input[i] = wide_of[name]
             casts_back = []
             for i, name in enumerate(node.output):
-                var = formal(i, schema.outputs)
-                if name and var in widened:
+                var, narrow = formal(schema.outputs, i), types.get(name)
+                # back to the narrow type it had: outputs of a widened type variable, and those
+                # whose type follows the inputs' without a variable of their own (no dtype attribute)
+                if name and narrow in _NARROW and (var in widened or var not in input_vars):
                     wide = fresh(name)
                     node.output[i] = wide
-                    casts_back.append(helper.make_node("Cast", [wide], [name], to=widened[var]))
+                    wide_of[name] = wide  # a later widened reader takes the float32 value as is
+                    casts_back.append(helper.make_node("Cast", [wide], [name], to=narrow))
             nodes += [node, *casts_back]
         del graph.node[:]
         graph.node.extend(nodes)
     return count
+
+
+def narrow_types(model: onnx.ModelProto) -> frozenset[int]:
+    """The float16/bfloat16 types that the model casts to (mixed precision's compute types)."""
+    return frozenset(t for n in _all_nodes(model.graph) if n.op_type == "Cast" and (t := _attr(n, "to")) in _NARROW)
 
 
 def _attr(node: onnx.NodeProto, name: str):

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compiler.emit import _all_nodes, widen_unsupported_types
+from compiler.emit import _all_nodes, narrow_types, widen_unsupported_types
 from spec.errors import FlowgradError
 
 ort.set_default_logger_severity(3)
@@ -106,28 +106,36 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     # rounding their operands to 10 mantissa bits); mixed_precision is the faster, explicit path
     cuda = {"use_tf32": "0", **({"enable_cuda_graph": "1"} if cuda_graph else {})}
     providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    widened: set[str] = set()
+    narrow = narrow_types(model) if isinstance(model, onnx.ModelProto) else frozenset()
+    if not narrow:
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        return ort.InferenceSession(data, opts, providers=providers)
+    # onnxruntime has no kernel for some ops in the narrow types (bfloat16 ArgMax, Log and
+    # comparisons on CUDA; nearly everything on the CPU): those run in float32 between Casts.
+    # Which ops is learned from its refusals, one op type a try, and kept for later sessions.
+    opts.log_severity_level = 4  # the refusals are expected: keep them off the terminal
+    learned = _LACKING_KERNELS.setdefault((device, narrow), set())
     while True:
+        wide = onnx.ModelProto()
+        wide.CopyFrom(model)
+        if learned & _op_types(model):
+            widen_unsupported_types(wide, learned)
         try:
-            return ort.InferenceSession(data, opts, providers=providers)
+            return ort.InferenceSession(wide.SerializeToString(), opts, providers=providers)
         except ORT_ERRORS as err:
-            # onnxruntime has no kernel for some ops in bfloat16 (ArgMax, Log, comparisons on
-            # CUDA; nearly all on the CPU): those run in float32 between Casts
             missing = _MISSING_KERNEL.search(str(err))
             op_type = missing and (missing.group(1) or missing.group(2))
-            if not op_type or not isinstance(model, onnx.ModelProto):
+            if not op_type:
                 raise
             # an op the model lacks, or one already widened, comes from an expanded function
-            more = {op_type} if op_type in _op_types(model) - widened else _function_ops(model) - widened
+            more = {op_type} if op_type in _op_types(model) - learned else _function_ops(model) - learned
             if not more:
                 raise
-            widened |= more
-            wide = onnx.ModelProto()
-            wide.CopyFrom(model)
-            if not widen_unsupported_types(wide, widened):
-                raise
-            data = wide.SerializeToString()
+            learned |= more
+
+
+# (device, narrow types) -> op types onnxruntime was seen to lack kernels for in those types.
+_LACKING_KERNELS: dict[tuple[str, frozenset], set[str]] = {}
 
 
 def _op_types(model: onnx.ModelProto) -> set[str]:

@@ -269,3 +269,26 @@ def test_float16_attention_masks_with_a_finite_constant():
                                     ["train.mixed_precision=float16"]))
     constants = [onnx.numpy_helper.to_array(t) for t in cm.graphs["train"].model.graph.initializer]
     assert all(np.all(np.isfinite(c)) for c in constants if c.dtype.kind == "f")
+
+
+def test_batch_norm_running_statistics_update_in_mixed_precision(tmp_path):
+    """The running mean and variance are float32 buffers that the float16 step reads through
+    casts; they are updated as in float32 (they once were never updated: eval then used 0 and 1)."""
+    from runtime.trainer import Trainer
+
+    text = TINY.replace("  h: relu(dense(x, H))", "  h: relu(batch_norm(dense(x, H)))")
+    steps = {}
+    for mixed in ("float16", None):
+        text_m = text.replace("MIXED", mixed) if mixed else text.replace("  mixed_precision: MIXED\n", "")
+        path = tmp_path / f"bn_{mixed}.yaml"
+        path.write_text(text_m.replace("OPTIMIZER", "{sgd: {lr: 0.01}}"))
+        cm = compile_spec(load_spec(str(path)))
+        buffers = sorted(n for n, p in cm.params.items() if p.kind == "buffer")
+        assert len(buffers) == 2 and {f"next/{b}" for b in buffers} <= {o.name for o in cm.graphs["train"].outputs}
+        trainer = Trainer(cm, "cpu", threads=1)
+        for step in range(3):
+            trainer.train_step("main", batch(step), 0.01, step)
+        steps[mixed] = {b: trainer.state_numpy()[b] for b in buffers}
+    for b in steps[None]:
+        assert np.any(steps["float16"][b] != (0.0 if "mean" in b else 1.0)), b
+        np.testing.assert_allclose(steps["float16"][b], steps[None][b], rtol=2e-2, atol=2e-3, err_msg=b)

@@ -915,13 +915,12 @@ class BatchNorm(OpDef):
             mean = g.apply("mean", x, axis=axes)  # [C]
             centered = x - _per_channel(mean, x.rank)
             var = g.apply("mean", centered * centered, axis=axes)  # biased, [C]
-            if running_mean.producer is None and running_mean.name and running_var.producer is None and running_var.name:
+            mean_buffer, var_buffer = _graph_input_name(running_mean), _graph_input_name(running_var)
+            if mean_buffer and var_buffer:
                 n = g.apply("numel", x, axis=axes)
                 unbiased = g.apply("stop_gradient", var) * (n / (n - 1.0))
-                g.buffer_updates[running_mean.name] = (
-                    (1.0 - momentum) * running_mean + momentum * g.apply("stop_gradient", mean)
-                )
-                g.buffer_updates[running_var.name] = (1.0 - momentum) * running_var + momentum * unbiased
+                g.buffer_updates[mean_buffer] = (1.0 - momentum) * running_mean + momentum * g.apply("stop_gradient", mean)
+                g.buffer_updates[var_buffer] = (1.0 - momentum) * running_var + momentum * unbiased
         else:
             mean, var = running_mean, running_var
             centered = x - _per_channel(mean, x.rank)
@@ -983,3 +982,11 @@ class LayerNorm(OpDef):
             Sample([n(size=(3, 4)), rng.uniform(0.5, 1.5, 4), n(size=4)]),
             Sample([n(size=(2, 3, 4)), rng.uniform(0.5, 1.5, (3, 4)), n(size=(3, 4))], {"axis": -2, "eps": 1e-3}),
         ]
+
+
+def _graph_input_name(v) -> str | None:
+    """The name of the graph input that v is, or that v casts (a buffer read in mixed
+    precision's compute dtype); None for a computed value."""
+    if v.producer is not None and v.producer.op.name == "cast":
+        v = v.producer.inputs[0]
+    return v.name if v.producer is None else None
