@@ -16,7 +16,7 @@ from spec import model as S
 from spec.errors import SpecError, did_you_mean
 
 from .ir import Value, at, producers_of
-from .lower import Lowering
+from .lower import SPEC_FLOAT_NAMES, Lowering
 from .ops.scan import Body
 from .recurrent import StepBuilder, run_scan
 
@@ -175,7 +175,7 @@ class _BeamLowering(Lowering):
     def input_value(self, name):
         if name not in self.inputs:
             decl = self.spec.inputs[name]
-            dtype = self.graph.float_dtype if decl.dtype in ("float32", "float") else decl.dtype
+            dtype = self.graph.float_dtype if decl.dtype in SPEC_FLOAT_NAMES else decl.dtype
             x = self.graph.add_input(name, dtype, tuple(decl.shape), kind="input", loc=decl.loc)
             self.sources[name] = x
             self.inputs[name] = self.graph.apply("tile_rows", x, times=self.beams)

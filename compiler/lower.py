@@ -51,6 +51,11 @@ _PY_BINOPS = {
 }
 
 
+# How a spec names its float type, which is the model's compute dtype (float64 in gradient
+# checks, float16/bfloat16 in mixed precision).
+SPEC_FLOAT_NAMES = ("float32", "float")
+
+
 def _bounded_pow(a, b):
     """a ** b of two constants, refusing integer powers too big to compute (10**10**10 would not finish)."""
     if type(a) is int and type(b) is int and abs(a) > 1 and b > 64 and b * abs(a).bit_length() > 4096:
@@ -115,7 +120,7 @@ class Lowering:
     def input_value(self, name: str) -> Value:
         if name not in self.inputs:
             decl = self.spec.inputs[name]
-            is_float = decl.dtype in ("float32", "float")
+            is_float = decl.dtype in SPEC_FLOAT_NAMES
             dtype = self.stored_dtype if is_float else decl.dtype
             v = self.graph.add_input(name, dtype, tuple(decl.shape), kind="input", loc=decl.loc)
             self.inputs[name] = self.graph.cast(v, self.graph.float_dtype) if is_float and dtype != self.graph.float_dtype else v
@@ -491,10 +496,9 @@ class Lowering:
             if isinstance(v, list):
                 attrs[k] = tuple(v)
         for k in ("to", "dtype"):
-            # The spec's float type is the model's compute dtype, as for float inputs and
-            # parameters: float64 in gradient checks, float16/bfloat16 in mixed precision
-            # (else a cast(mask, 'float32') there would silently widen or break the products).
-            if attrs.get(k, op.attrs.get(k)) in ("float32", "float"):
+            # as for float inputs and parameters (else a cast(mask, 'float32') in mixed
+            # precision would silently widen the step or break its products)
+            if attrs.get(k, op.attrs.get(k)) in SPEC_FLOAT_NAMES:
                 attrs[k] = g.float_dtype
         # Python numbers take the dtype of the tensors they meet.
         like = next((t for t in tensors if isinstance(t, Value) and is_float(t.dtype)), None)

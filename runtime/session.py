@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compiler.emit import _all_nodes, narrow_types, widen_unsupported_types
+from compiler.emit import OPSET, _all_nodes, narrow_types, widen_unsupported_types
 from spec.errors import FlowgradError
 
 ort.set_default_logger_severity(3)
@@ -146,8 +146,6 @@ def _function_ops(model: onnx.ModelProto) -> set[str]:
     """The model's ops that onnxruntime may expand into their ONNX function body (Softmax into
     ReduceMax, Sub, Exp, ...) when it has no kernel for them: an op missing a kernel that the
     model does not contain comes from one of those."""
-    from compiler.emit import OPSET
-
     def expands(op_type):
         schema = onnx.defs.get_schema(op_type, OPSET)
         return schema.has_function or schema.has_context_dependent_function
