@@ -197,11 +197,11 @@ def widen_unsupported_types(model: onnx.ModelProto, op_types: set[str] | None = 
         return 0
     inferred = onnx.shape_inference.infer_shapes(model)
     types: dict[str, int] = {}
-    for graph in _all_graphs(inferred.graph):
+    for graph in all_graphs(inferred.graph):
         for v in [*graph.input, *graph.value_info, *graph.output]:
             types[v.name] = v.type.tensor_type.elem_type
         types.update({t.name: t.data_type for t in graph.initializer})
-    used = set(types) | {o for n in _all_nodes(model.graph) for o in n.output}
+    used = set(types) | {o for n in all_nodes(model.graph) for o in n.output}
 
     def fresh(name: str) -> str:
         new, i = f"{name}_f32", 1
@@ -215,7 +215,7 @@ def widen_unsupported_types(model: onnx.ModelProto, op_types: set[str] | None = 
         return params[min(i, len(params) - 1)].type_str  # a variadic parameter is the last
 
     count = 0
-    for graph in _all_graphs(model.graph):
+    for graph in all_graphs(model.graph):
         nodes = []
         wide_of: dict[str, str] = {}  # a narrow value -> its float32 twin in this graph
         for node in graph.node:
@@ -256,22 +256,22 @@ def widen_unsupported_types(model: onnx.ModelProto, op_types: set[str] | None = 
 
 def narrow_types(model: onnx.ModelProto) -> frozenset[int]:
     """The float16/bfloat16 types that the model casts to (mixed precision's compute types)."""
-    return frozenset(t for n in _all_nodes(model.graph) if n.op_type == "Cast" and (t := _attr(n, "to")) in _NARROW)
+    return frozenset(t for n in all_nodes(model.graph) if n.op_type == "Cast" and (t := _attr(n, "to")) in _NARROW)
 
 
 def _attr(node: onnx.NodeProto, name: str):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
 
 
-def _all_graphs(graph: onnx.GraphProto):
+def all_graphs(graph: onnx.GraphProto):
     """A graph and, depth first, the subgraphs (Loop and Scan bodies) of its nodes."""
     yield graph
     for n in graph.node:
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_graphs(a.g)
+                yield from all_graphs(a.g)
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    for g in _all_graphs(graph):
+def all_nodes(graph: onnx.GraphProto):
+    for g in all_graphs(graph):
         yield from g.node

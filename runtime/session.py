@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compiler.emit import OPSET, _all_nodes, narrow_types, widen_unsupported_types
+from compiler.emit import OPSET, all_nodes, narrow_types, widen_unsupported_types
 from spec.errors import FlowgradError
 
 ort.set_default_logger_severity(3)
@@ -139,7 +139,7 @@ _LACKING_KERNELS: dict[tuple[str, frozenset], set[str]] = {}
 
 
 def _op_types(model: onnx.ModelProto) -> set[str]:
-    return {n.op_type for n in _all_nodes(model.graph)}
+    return {n.op_type for n in all_nodes(model.graph)}
 
 
 def _function_ops(model: onnx.ModelProto) -> set[str]:
