@@ -196,12 +196,22 @@ def widen_unsupported_types(model: onnx.ModelProto, op_types: set[str] | None = 
     if not narrow_types(model):
         return 0
     inferred = onnx.shape_inference.infer_shapes(model)
-    types: dict[str, int] = {}
-    for graph in all_graphs(inferred.graph):
-        for v in [*graph.input, *graph.value_info, *graph.output]:
+    # Each graph's value types, its enclosing graphs' visible too (a body reads outer values).
+    scopes: list[tuple[onnx.GraphProto, dict[str, int]]] = []
+
+    def collect(graph: onnx.GraphProto, typed: onnx.GraphProto, outer: dict[str, int]) -> None:
+        types = dict(outer)
+        for v in [*typed.input, *typed.value_info, *typed.output]:
             types[v.name] = v.type.tensor_type.elem_type
-        types.update({t.name: t.data_type for t in graph.initializer})
-    used = set(types) | {o for n in all_nodes(model.graph) for o in n.output}
+        types.update({t.name: t.data_type for t in typed.initializer})
+        scopes.append((graph, types))
+        for node, typed_node in zip(graph.node, typed.node):
+            for a, typed_a in zip(node.attribute, typed_node.attribute):
+                if a.type == onnx.AttributeProto.GRAPH:
+                    collect(a.g, typed_a.g, types)
+
+    collect(model.graph, inferred.graph, {})
+    used = {n for _, types in scopes for n in types} | {o for n in all_nodes(model.graph) for o in n.output}
 
     def fresh(name: str) -> str:
         new, i = f"{name}_f32", 1
@@ -215,7 +225,7 @@ def widen_unsupported_types(model: onnx.ModelProto, op_types: set[str] | None = 
         return params[min(i, len(params) - 1)].type_str  # a variadic parameter is the last
 
     count = 0
-    for graph in all_graphs(model.graph):
+    for graph, types in reversed(scopes):  # bodies first: rebuilding a graph copies its nodes' bodies
         nodes = []
         wide_of: dict[str, str] = {}  # a narrow value -> its float32 twin in this graph
         for node in graph.node:

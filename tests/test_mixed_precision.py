@@ -292,3 +292,55 @@ def test_batch_norm_running_statistics_update_in_mixed_precision(tmp_path):
     for b in steps[None]:
         assert np.any(steps["float16"][b] != (0.0 if "mean" in b else 1.0)), b
         np.testing.assert_allclose(steps["float16"][b], steps[None][b], rtol=2e-2, atol=2e-3, err_msg=b)
+
+
+def test_widening_works_per_scope_and_casts_each_value_once():
+    """Hand-made graphs beyond what the compiler emits today: two Loop bodies that use one
+    name with different types (only the bfloat16 Cos is widened), an op whose output type
+    follows its input without a type variable of its own (cast back), and a value read by
+    several widened ops (cast once; a widened op's float32 output feeds the next directly)."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from compiler.emit import OPSET, widen_unsupported_types
+
+    def vi(name, t, shape=(2,)):
+        return h.make_tensor_value_info(name, t, list(shape))
+
+    def checked(nodes, inputs, outputs, initializer=()):
+        model = h.make_model(h.make_graph(nodes, "g", inputs, outputs, list(initializer)),
+                             opset_imports=[h.make_opsetid("", OPSET)])
+        count = widen_unsupported_types(model)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        return count, model
+
+    def body(name, t, op):
+        return h.make_graph([h.make_node("Cast", ["outer"], ["v"], to=t), h.make_node(op, ["v"], ["w"]),
+                             h.make_node("Identity", ["cond_in"], ["cond_out"]),
+                             h.make_node("Cast", ["w"], ["res"], to=T.FLOAT)],
+                            name, [vi("i", T.INT64, ()), vi("cond_in", T.BOOL, ())], [vi("cond_out", T.BOOL, ()), vi("res", T.FLOAT)])
+
+    loops = [h.make_node("Cast", ["x"], ["outer"], to=T.FLOAT),
+             h.make_node("Loop", ["M", "c"], ["a"], body=body("A", T.BFLOAT16, "Cos")),
+             h.make_node("Loop", ["M", "c"], ["b"], body=body("B", T.FLOAT, "Identity"))]
+    count, model = checked(loops, [vi("x", T.FLOAT)], [vi("a", T.FLOAT, (1, 2)), vi("b", T.FLOAT, (1, 2))],
+                           [h.make_tensor("M", T.INT64, [], [1]), h.make_tensor("c", T.BOOL, [], [True])])
+    assert count == 1
+    body_a = model.graph.node[1].attribute[0].g
+    assert [n.op_type for n in body_a.node][:4] == ["Cast", "Cast", "Cos", "Cast"]
+
+    count, model = checked([h.make_node("Cast", ["x"], ["xb"], to=T.BFLOAT16), h.make_node("RandomNormalLike", ["xb"], ["r"]),
+                            h.make_node("Add", ["r", "xb"], ["s"]), h.make_node("Cast", ["s"], ["y"], to=T.FLOAT)],
+                           [vi("x", T.FLOAT)], [vi("y", T.FLOAT)])
+    assert count == 1
+
+    convs = [h.make_node("Cast", ["x"], ["xb"], to=T.BFLOAT16), h.make_node("Cast", ["w"], ["wb"], to=T.BFLOAT16),
+             h.make_node("Conv", ["xb", "wb"], ["c1"]), h.make_node("Conv", ["xb", "wb"], ["c2"]),
+             h.make_node("MaxPool", ["c1"], ["p"], kernel_shape=[1, 1]), h.make_node("Add", ["p", "c2"], ["s"]),
+             h.make_node("Cast", ["s"], ["y"], to=T.FLOAT)]
+    count, model = checked(convs, [vi("x", T.FLOAT, (1, 1, 2, 2))], [vi("y", T.FLOAT, (1, 1, 2, 2))],
+                           [h.make_tensor("w", T.FLOAT, [1, 1, 1, 1], [2.0])])
+    assert count == 3
+    to_float = [n for n in model.graph.node if n.op_type == "Cast" and n.attribute[0].i == T.FLOAT]
+    assert len(to_float) == 3  # xb and wb once each, and the output y; MaxPool reads c1's float32 value
