@@ -78,7 +78,8 @@ class GraphRunner:
         except ORT_ERRORS:
             if session is self.session:
                 raise
-            # onnxruntime could not capture this step: run it, and every later one, uncaptured
+            # a capture onnxruntime could not make (or bad data, which the general session
+            # reports in turn): this step and every later one run uncaptured
             self.capture, self._captured = False, None
             self._bindings = [b for b in self._bindings if b.session is self.session]
             return self.run(state, spare, batch, control)
@@ -115,12 +116,11 @@ class _Binding:
     outputs. Training alternates between two such sets, so each step only refreshes the
     batch and the control scalars (in place) instead of binding every tensor again: the
     Python side of a step is then a small share even of the smallest models' steps. The
-    batch and control inputs live on the session's device: onnxruntime copies a CPU input to
-    the GPU when it is bound, so a CPU buffer refreshed in place would never reach a GPU
-    session, while a device buffer's in-place update writes the device memory that the
-    binding reads. Outputs of run-dependent shape are
-    bound again before each run: onnxruntime would otherwise write the next run's values
-    into the previous run's result."""
+    batch and control inputs live on the session's device: onnxruntime copies a CPU input
+    to the GPU when it is bound, so a CPU buffer refreshed in place would never reach a GPU
+    session, while a device buffer's in-place update writes the memory the binding reads.
+    Outputs of run-dependent shape are bound again before each run: onnxruntime would
+    otherwise write the next run's values into the previous run's result."""
 
     def __init__(self, runner: GraphRunner, bound: list[ort.OrtValue], session: ort.InferenceSession):
         self.runner = runner
