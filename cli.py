@@ -372,6 +372,8 @@ def bench(
     for k, n in r["nodes"].items():
         table.add_row(f"nodes: {k}", str(n))
     table.add_row("peak RSS", f"{r['peak_rss_mb']:.0f} MB")
+    if r["device"] == "cuda":
+        table.add_row("CUDA graphs", "replayed" if r["cuda_graphs"] else "no (kernel by kernel)")
     out.print(table)
 
 

@@ -76,7 +76,7 @@ def step_agreement(names: list[str]) -> tuple[bool, list[dict]]:
                 after = trainer.state_numpy()
                 results[device] = (np.array(losses), {k: after[k] - before[k] for k in cm.params})
                 if device == "cuda":  # did every step graph run as a captured CUDA graph?
-                    row["cuda_graph"] = all(r.capture and r._captured is not None for r in trainer.runners.values())
+                    row["cuda_graph"] = all(r.replays_cuda_graph for r in trainer.runners.values())
             (l_cpu, d_cpu), (l_gpu, d_gpu) = results["cpu"], results["cuda"]
             row["loss_rel"] = float(np.max(np.abs(l_gpu - l_cpu) / (np.abs(l_cpu) + 1e-12)))
             flat_cpu = np.concatenate([d_cpu[k].ravel() for k in sorted(d_cpu)])

@@ -70,4 +70,6 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "steps": steps,
         "steps_per_call": k,
+        # on CUDA: whether the timed steps replayed captured CUDA graphs
+        "cuda_graphs": bool(trainer.runners) and all(r.replays_cuda_graph for r in trainer.runners.values()),
     }

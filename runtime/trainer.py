@@ -60,6 +60,11 @@ class GraphRunner:
     def data_inputs(self) -> list[str]:
         return list(self.batch_inputs)
 
+    @property
+    def replays_cuda_graph(self) -> bool:
+        """Whether steps of the first batch's shape run as a captured CUDA graph."""
+        return self.capture and self._captured is not None
+
     def run(self, state: dict[str, ort.OrtValue], spare: dict[str, ort.OrtValue], batch: dict[str, np.ndarray],
             control: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, ort.OrtValue]]:
         for _, key in self.next_outputs:

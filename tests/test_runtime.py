@@ -303,7 +303,7 @@ def test_steps_of_the_first_batch_shape_run_a_shape_specialised_session(monkeypa
 
     _, plain_losses, plain_state = train(False)
     runner, losses, state = train(True)
-    assert runner.capture and runner._captured is not None and runner._captured[0] == ((32, 64), (32,))
+    assert runner.replays_cuda_graph and runner._captured[0] == ((32, 64), (32,))
     specialised = runner._captured[1].get_inputs()[[i.name for i in runner._captured[1].get_inputs()].index("x")]
     assert specialised.shape == [32, 64]
     assert {id(b.session) for b in runner._bindings} == {id(runner.session), id(runner._captured[1])}
@@ -328,7 +328,7 @@ def test_steps_of_the_first_batch_shape_run_a_shape_specialised_session(monkeypa
 
     monkeypatch.setattr(trainer_module, "make_session", no_capture)
     runner, losses, _ = train(True)
-    assert not runner.capture and runner._captured is None and losses == plain_losses
+    assert not runner.replays_cuda_graph and losses == plain_losses
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
