@@ -1,9 +1,9 @@
 """On a machine with a GPU, three checks, each printing a table:
 
 1. Step agreement: every spec in models/ on CUDA and on the CPU from the same
-   parameters: the relative difference of the gradients, of the losses of three
-   training steps (two batches, three learning rates) and of the parameters'
-   change, and whether mixed-precision (float16, bfloat16) steps on CUDA stay
+   parameters: the relative difference of the gradients, of the losses of four
+   training steps (three batches, the last one short; four learning rates) and
+   of the parameters' change, and whether mixed-precision (float16, bfloat16) steps on CUDA stay
    finite.
 2. Training agreement: models/mlp.yaml and models/convnet.yaml trained for a
    few epochs on both devices with the same seed reach the same validation
@@ -64,9 +64,12 @@ def step_agreement(names: list[str]) -> tuple[bool, list[dict]]:
             inputs = [i.name for i in first.inputs if i.role == "input"]
             batch = real_batch(spec, cm, spec.batch_size, 0) or random_batch(
                 spec, inputs, np.random.default_rng(0), cm.float_dtype, {"N": spec.batch_size})
-            # Three steps on two different batches and learning rates: a device that kept a
-            # stale input would train on the first one throughout.
+            # Steps on different batches and learning rates (a device that kept a stale input
+            # would train on the first one throughout), the last one short like an epoch's
+            # last batch (it runs the general session, not the captured graph).
             batches = [batch, {k: np.ascontiguousarray(v[::-1]) for k, v in batch.items()}, batch]
+            if not spec.train.get("drop_last"):
+                batches.append({k: np.ascontiguousarray(v[:5]) for k, v in batch.items()})
             results = {}
             for device in ("cpu", "cuda"):
                 trainer = Trainer(cm, device, seed=0)
