@@ -1,9 +1,9 @@
 """On a machine with a GPU, three checks, each printing a table:
 
 1. Step agreement: every spec in models/ on CUDA and on the CPU from the same
-   parameters: the relative difference of the gradients, of the losses of four
-   training steps (three batches, the last one short; four learning rates) and
-   of the parameters' change, and whether mixed-precision (float16, bfloat16) steps on CUDA stay
+   parameters: the relative difference of the gradients, of the losses of seven
+   training steps (two batches in turn, then a short one; changing learning
+   rates) and of the parameters' change, and whether mixed-precision (float16, bfloat16) steps on CUDA stay
    finite.
 2. Training agreement: models/mlp.yaml and models/convnet.yaml trained for a
    few epochs on both devices with the same seed reach the same validation
@@ -64,10 +64,12 @@ def step_agreement(names: list[str]) -> tuple[bool, list[dict]]:
             inputs = [i.name for i in first.inputs if i.role == "input"]
             batch = real_batch(spec, cm, spec.batch_size, 0) or random_batch(
                 spec, inputs, np.random.default_rng(0), cm.float_dtype, {"N": spec.batch_size})
-            # Steps on different batches and learning rates (a device that kept a stale input
-            # would train on the first one throughout), the last one short like an epoch's
-            # last batch (it runs the general session, not the captured graph).
-            batches = [batch, {k: np.ascontiguousarray(v[::-1]) for k, v in batch.items()}, batch]
+            # Six steps on alternating batches and changing learning rates, so that each of
+            # the two buffer sets' CUDA graphs is replayed after its capture (a replay that
+            # kept a stale input would train on one batch throughout), then a short batch like
+            # an epoch's last (it runs the general session).
+            flipped = {k: np.ascontiguousarray(v[::-1]) for k, v in batch.items()}
+            batches = [batch, batch, flipped, flipped, batch, flipped]
             if not spec.train.get("drop_last"):
                 batches.append({k: np.ascontiguousarray(v[:5]) for k, v in batch.items()})
             results = {}

@@ -254,9 +254,10 @@ def widen_unsupported_types(model: onnx.ModelProto, op_types: set[str] | None = 
                 # back to the narrow type it had: outputs of a widened type variable, and those
                 # whose type follows the inputs' without a variable of their own (no dtype attribute)
                 if name and narrow in _NARROW and (var in widened or var not in input_vars):
+                    # (readers widened in turn cast the rounded value again: every reader sees
+                    # the narrow value, as without the widening)
                     wide = fresh(name)
                     node.output[i] = wide
-                    wide_of[name] = wide  # a later widened reader takes the float32 value as is
                     casts_back.append(helper.make_node("Cast", [wide], [name], to=narrow))
             nodes += [node, *casts_back]
         del graph.node[:]

@@ -178,27 +178,31 @@ def with_fixed_dims(model: onnx.ModelProto, shapes: dict[str, tuple]) -> onnx.Mo
 def unpool_by_scatter(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with each MaxUnpool (onnxruntime's CUDA provider has none, so it would run
     on the CPU, and a step with a CPU node cannot be captured as a CUDA graph) written as a
-    ScatterElements of the pooled values at their flat indices into zeros. The compiler
-    emits MaxUnpool only for windows that tile the input, whose indices are distinct."""
+    ScatterElements of the pooled values at their flat indices into zeros, where the windows
+    tile the input (the only MaxUnpool the compiler emits), so that the indices are distinct."""
     from onnx import TensorProto, helper
 
-    if not any(n.op_type == "MaxUnpool" for n in model.graph.node):
+    def tiling(n) -> bool:  # windows that tile the input: distinct indices, output = input * stride
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        return attrs.get("kernel_shape") == attrs.get("strides") and not any(attrs.get("pads", ()))
+
+    if not any(n.op_type == "MaxUnpool" and tiling(n) for n in model.graph.node):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inferred = onnx.shape_inference.infer_shapes(out).graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input, *inferred.output]}
-    out.graph.initializer.append(helper.make_tensor("unpool_flat", TensorProto.INT64, [1], [-1]))
     nodes = []
     for n in out.graph.node:
-        if n.op_type != "MaxUnpool":
+        if n.op_type != "MaxUnpool" or not tiling(n):
             nodes.append(n)
             continue
         values, indices = n.input[0], n.input[1]
-        t = f"{n.output[0]}_unpool"
+        t = f"{n.output[0]}_unpool"  # (output names are unique: so are these)
+        out.graph.initializer.append(helper.make_tensor(t + "_flat", TensorProto.INT64, [1], [-1]))
         if len(n.input) > 2 and n.input[2]:
             shape = n.input[2]
-        else:  # tiling windows: each spatial size times its stride
+        else:
             strides = next(helper.get_attribute_value(a) for a in n.attribute if a.name == "strides")
             out.graph.initializer.append(helper.make_tensor(t + "_k", TensorProto.INT64, [2 + len(strides)],
                                                             [1, 1, *strides]))
@@ -206,8 +210,8 @@ def unpool_by_scatter(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes += [helper.make_node("Shape", [values], [t + "_in"]),
                       helper.make_node("Mul", [t + "_in", t + "_k"], [shape])]
         nodes += [
-            helper.make_node("Reshape", [values, "unpool_flat"], [t + "_v"]),
-            helper.make_node("Reshape", [indices, "unpool_flat"], [t + "_i"]),
+            helper.make_node("Reshape", [values, t + "_flat"], [t + "_v"]),
+            helper.make_node("Reshape", [indices, t + "_flat"], [t + "_i"]),
             helper.make_node("ReduceProd", [shape], [t + "_n"], keepdims=1),
             helper.make_node("ConstantOfShape", [t + "_n"], [t + "_z"],
                              value=helper.make_tensor("zero", types[values], [1], [0])),

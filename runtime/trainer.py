@@ -9,8 +9,6 @@ batch (copied in once) and the scalar loss and metrics (copied out).
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import onnxruntime as ort
 
@@ -22,9 +20,15 @@ from .session import ORT_ERRORS, empty_like, make_session, ort_device, to_device
 # Inputs held as device-resident state; "grad" inputs (gradient accumulation's sums) are
 # fresh tensors each call, so they are bound on every run rather than kept in a binding.
 STATE_ROLES = ("param", "buffer", "state", "grad")
-# A step's bindings kept per runner: two alternating buffer sets, or more when several
-# objectives swap their parameters on an uneven schedule.
+# A step's bindings kept per runner and session: two alternating buffer sets, or more when
+# several objectives swap their parameters on an uneven schedule.
 KEPT_BINDINGS = 4
+# CUDA graphs a runner may capture (each holds its own buffers): a schedule whose buffer sets
+# never repeat would otherwise capture a new one every step. Past it, steps run uncaptured.
+MAX_CUDA_GRAPHS = 8
+# Batches of another shape in a row after which the captured session is made again for the
+# new shape (a run resumed at an epoch's short last batch would otherwise keep that one).
+RESPECIALISE_AFTER = 3
 
 
 class GraphRunner:
@@ -54,16 +58,19 @@ class GraphRunner:
         # runs a session specialised to that shape (its shape arithmetic folded away), which
         # onnxruntime records as a CUDA graph and replays; other shapes run `session`.
         self.capture = device == "cuda" and _capturable(self)
-        self._captured: tuple[tuple, ort.InferenceSession] | None = None
-        self._graph_ids = itertools.count()
+        self._captured: tuple[tuple, ort.InferenceSession] | None = None  # (batch shapes and dtypes, session)
+        self._captured_bindings: list[_Binding] = []
+        self._graphs = 0  # CUDA graphs captured (one per captured binding): the next one's id
+        self._misses = 0  # batches in a row that did not fit the captured session
 
     def data_inputs(self) -> list[str]:
         return list(self.batch_inputs)
 
     @property
     def replays_cuda_graph(self) -> bool:
-        """Whether steps of the first batch's shape run as a captured CUDA graph."""
-        return self.capture and self._captured is not None
+        """Whether steps replay a captured CUDA graph: a binding of the captured session ran
+        three times or more (onnxruntime captures on the first or second run of a graph)."""
+        return self.capture and any(b.runs >= 3 for b in self._captured_bindings)
 
     def run(self, state: dict[str, ort.OrtValue], spare: dict[str, ort.OrtValue], batch: dict[str, np.ndarray],
             control: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, ort.OrtValue]]:
@@ -72,22 +79,28 @@ class GraphRunner:
                 spare[key] = empty_like(state[key], self.device)
         bound = [state[key] for _, key in self.state_inputs] + [spare[key] for _, key in self.next_outputs]
         session = self._session_for(batch)
-        binding = next((b for b in self._bindings if b.session is session and b.binds(bound)), None) \
-            or _Binding(self, bound, session)
-        self._bindings = [binding] + [b for b in self._bindings if b is not binding][:KEPT_BINDINGS - 1]
+        captured = session is not self.session
+        kept = self._captured_bindings if captured else self._bindings
+        binding = next((b for b in kept if b.binds(bound)), None)
+        if binding is None:
+            if captured and self._graphs >= MAX_CUDA_GRAPHS:
+                self._stop_capture()
+                return self.run(state, spare, batch, control)
+            binding = _Binding(self, bound, session)
+        kept[:] = [binding] + [b for b in kept if b is not binding][:KEPT_BINDINGS - 1]
         for name, key in self.grad_inputs:
             binding.io.bind_ortvalue_input(name, state[key])
         binding.feed(batch, control)
         try:
             session.run_with_iobinding(binding.io, binding.run_options)
         except ORT_ERRORS:
-            if session is self.session:
+            if not captured:
                 raise
             # a capture onnxruntime could not make (or bad data, which the general session
             # reports in turn): this step and every later one run uncaptured
-            self.capture, self._captured = False, None
-            self._bindings = [b for b in self._bindings if b.session is self.session]
+            self._stop_capture()
             return self.run(state, spare, batch, control)
+        binding.runs += 1
         scalars, others = binding.results()
         # The freshly written buffers become the state; the old ones are reused next step.
         for _, key in self.next_outputs:
@@ -97,15 +110,27 @@ class GraphRunner:
     def _session_for(self, batch: dict[str, np.ndarray]) -> ort.InferenceSession:
         if not self.capture:
             return self.session
-        shapes = tuple(tuple(np.shape(batch[n])) for n in self.batch_inputs)
-        if self._captured is None:
-            model = unpool_by_scatter(with_fixed_dims(self.graph.model, dict(zip(self.batch_inputs, shapes))))
-            try:
-                self._captured = (shapes, make_session(model, self.device, self.threads, cuda_graph=True))
-            except ORT_ERRORS:  # e.g. a node only the CPU provider runs
-                self.capture = False
+        arrays = [np.asarray(batch[n]) for n in self.batch_inputs]
+        # a captured graph reads its buffers without checking them: a batch of another shape
+        # or dtype must not reach it
+        key = tuple((a.shape, a.dtype.newbyteorder("=")) for a in arrays)
+        if self._captured is not None and self._captured[0] != key:
+            self._misses += 1
+            if self._misses < RESPECIALISE_AFTER:
                 return self.session
-        return self._captured[1] if self._captured[0] == shapes else self.session
+            self._captured, self._captured_bindings = None, []
+        self._misses = 0
+        if self._captured is None:
+            try:
+                model = with_fixed_dims(self.graph.model, {n: a.shape for n, a in zip(self.batch_inputs, arrays)})
+                self._captured = (key, make_session(unpool_by_scatter(model), self.device, self.threads, cuda_graph=True))
+            except Exception:  # noqa: BLE001  (capture is a speed-up: e.g. a node only the CPU runs)
+                self._stop_capture()
+                return self.session
+        return self._captured[1]
+
+    def _stop_capture(self) -> None:
+        self.capture, self._captured, self._captured_bindings = False, None, []
 
 
 def _capturable(runner: GraphRunner) -> bool:
@@ -133,10 +158,12 @@ class _Binding:
         self.session = session
         self.io = io = session.io_binding()
         self.run_options = None
+        self.runs = 0
         captured = session is not runner.session
         if captured:  # one CUDA graph per binding: its buffers are that graph's
             self.run_options = ort.RunOptions()
-            self.run_options.add_run_config_entry("gpu_graph_id", str(next(runner._graph_ids)))
+            self.run_options.add_run_config_entry("gpu_graph_id", str(runner._graphs))
+            runner._graphs += 1
         n_in = len(runner.state_inputs)
         for (name, _), v in zip(runner.state_inputs, bound[:n_in]):
             io.bind_ortvalue_input(name, v)

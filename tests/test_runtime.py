@@ -275,10 +275,11 @@ def test_a_state_snapshot_is_not_overwritten_by_later_steps():
 
 
 def test_steps_of_the_first_batch_shape_run_a_shape_specialised_session(monkeypatch):
-    """On CUDA, a batch of the first batch's shape runs a session with the symbolic dims fixed
-    (captured as a CUDA graph there); other shapes (an epoch's last batch) run the general
-    session, and a session that cannot be made or captured falls back to it. Exercised
-    here on the CPU: the same losses and parameters as a runner without the specialisation."""
+    """On CUDA, a batch of the first batch's shape and dtypes runs a session with the symbolic
+    dims fixed (captured as a CUDA graph there); other batches (an epoch's last) run the
+    general session, a shape that keeps coming gets the specialised session made again, and
+    a session or capture that fails, or too many graphs, fall back to the general session.
+    Exercised here on the CPU: the same losses and parameters as a runner without it."""
     from compiler.training import compile_spec
     from runtime import trainer as trainer_module
     from runtime.bench import real_batch
@@ -288,36 +289,67 @@ def test_steps_of_the_first_batch_shape_run_a_shape_specialised_session(monkeypa
     spec = load_spec(os.path.join(ROOT, "models", "mlp.yaml"))
     cm = compile_spec(spec)
     full = real_batch(spec, cm, 64, 0)
-    batches = [{k: v[a:b].copy() for k, v in full.items()} for a, b in ((0, 32), (32, 64), (10, 15), (16, 48))]
 
-    def train(capture, broken=None):
+    def rows(a, b):
+        return {k: v[a:b].copy() for k, v in full.items()}
+
+    def train(batches, capture, broken=None):
         trainer = Trainer(cm, "cpu", threads=1, seed=3)
         runner = trainer.runner("train")
         runner.capture = capture and _capturable(runner)
         losses = []
         for step, b in enumerate(batches):
-            if broken and step == 1:
+            if broken and step == 3:
                 broken(runner)
-            losses.append(trainer.train_step("main", b, 0.01, step)["loss"])
+            losses.append(trainer.train_step("main", b, 0.01 * (1 + step % 3), step)["loss"])
         return runner, losses, trainer.state_numpy()
 
-    _, plain_losses, plain_state = train(False)
-    runner, losses, state = train(True)
-    assert runner.replays_cuda_graph and runner._captured[0] == ((32, 64), (32,))
-    specialised = runner._captured[1].get_inputs()[[i.name for i in runner._captured[1].get_inputs()].index("x")]
-    assert specialised.shape == [32, 64]
-    assert {id(b.session) for b in runner._bindings} == {id(runner.session), id(runner._captured[1])}
-    assert losses == plain_losses
-    for k in plain_state:
-        np.testing.assert_array_equal(state[k], plain_state[k], err_msg=k)
+    def same_as_plain(batches, capture=True, broken=None):
+        _, plain_losses, plain_state = train(batches, False)
+        runner, losses, state = train(batches, capture, broken)
+        assert losses == plain_losses
+        for k in plain_state:
+            np.testing.assert_array_equal(state[k], plain_state[k], err_msg=k)
+        return runner
+
+    # full batches of changing data, an epoch's short last batch among them
+    batches = [rows(i % 32, i % 32 + 32) for i in range(8)]
+    batches[4] = rows(10, 15)
+    runner = same_as_plain(batches)
+    assert runner.replays_cuda_graph
+    (x_shape, _), (y_shape, _) = runner._captured[0]
+    assert (x_shape, y_shape) == ((32, 64), (32,))
+    inputs = {i.name: i.shape for i in runner._captured[1].get_inputs()}
+    assert inputs["x"] == [32, 64]
+    assert len(runner._captured_bindings) == 2 and all(b.session is runner.session for b in runner._bindings)
+    # a batch of the captured shape in another dtype goes to the general session, which
+    # refuses it (a replay would have read the previous batch's buffer without a check)
+    trainer = Trainer(cm, "cpu", threads=1, seed=3)
+    runner = trainer.runner("train")
+    runner.capture = _capturable(runner)
+    for step in range(4):
+        trainer.train_step("main", rows(0, 32), 0.01, step)
+    wide = {**rows(0, 32), "x": rows(0, 32)["x"].astype(np.float64)}
+    assert runner._session_for(wide) is runner.session
+    with pytest.raises(RuntimeError, match="data type"):
+        trainer.train_step("main", wide, 0.01, 4)
+
+    # a run resumed at an epoch's short last batch: full batches in a row get their own session
+    runner = same_as_plain([rows(0, 10)] + [rows(i, i + 32) for i in range(8)])
+    assert runner.replays_cuda_graph and runner._captured[0][0][0] == (32, 64)
 
     def refuse(runner):  # the captured session's runs fail (a capture onnxruntime refuses)
         def fail(*args):
             raise RuntimeError("capture refused")
         monkeypatch.setattr(runner._captured[1], "run_with_iobinding", fail)
 
-    runner, losses, _ = train(True, refuse)
-    assert not runner.capture and losses == plain_losses
+    runner = same_as_plain([rows(i, i + 32) for i in range(6)], broken=refuse)
+    assert not runner.capture and not runner.replays_cuda_graph
+
+    monkeypatch.setattr(trainer_module, "MAX_CUDA_GRAPHS", 1)  # the second buffer set would be a second graph
+    runner = same_as_plain([rows(i, i + 32) for i in range(6)])
+    assert not runner.capture
+    monkeypatch.undo()
 
     made = trainer_module.make_session
 
@@ -327,8 +359,8 @@ def test_steps_of_the_first_batch_shape_run_a_shape_specialised_session(monkeypa
         return made(model, device, threads)
 
     monkeypatch.setattr(trainer_module, "make_session", no_capture)
-    runner, losses, _ = train(True)
-    assert not runner.replays_cuda_graph and losses == plain_losses
+    runner = same_as_plain([rows(i, i + 32) for i in range(6)])
+    assert not runner.capture and not runner.replays_cuda_graph
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
