@@ -170,6 +170,8 @@ def ops(
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cuda or cpu.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).", min=1)]
+CudaGraphsOpt = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
+                                             help="On CUDA, capture training steps as CUDA graphs and replay them.")]
 
 
 @app.command()
@@ -192,6 +194,7 @@ def train(
     accumulate: Annotated[int, typer.Option("--accumulate", help="Average gradients over K batches per update.", min=1)] = 1,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps (0: each epoch).", min=0)] = 0,
     dtype: DtypeOpt = None,
+    cuda_graphs: CudaGraphsOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
@@ -204,7 +207,7 @@ def train(
         opts = TrainOptions(run_dir=run_dir, device=device, threads=threads, seed=seed, epochs=epochs, steps=steps,
                             batch_size=batch_size, data=data, valid=valid, resume=resume, overwrite=overwrite,
                             init_from=init_from, freeze=list(freeze or []), accumulate=accumulate,
-                            checkpoint_every=checkpoint_every, progress=not quiet, dtype=dtype)
+                            checkpoint_every=checkpoint_every, progress=not quiet, dtype=dtype, cuda_graphs=cuda_graphs)
         if not quiet:
             err.print(f"training [bold]{s.name}[/bold] on {_device_name(device)}")
         result = run_training(s, opts)
@@ -353,13 +356,15 @@ def bench(
     threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON.")] = False,
     steps_per_call: Annotated[int, typer.Option("--steps-per-call", help="Training steps per session call (a Loop over stacked minibatches in one graph).", min=1)] = 1,
+    cuda_graphs: CudaGraphsOpt = True,
 ):
     """Median training-step time, samples/s, compile time, node counts and peak memory."""
     from runtime.bench import bench as run_bench
 
     with user_errors():
         s = _load(spec, set)
-        r = run_bench(s, batch_size, steps, device=device, threads=threads, steps_per_call=steps_per_call)
+        r = run_bench(s, batch_size, steps, device=device, threads=threads, steps_per_call=steps_per_call,
+                      cuda_graphs=cuda_graphs)
     if as_json:
         print(json.dumps(r))
         return

@@ -32,7 +32,7 @@ def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
 
 
 def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: int = 5, device: str = "cpu",
-          threads: int | None = None, seed: int = 0, steps_per_call: int = 1) -> dict:
+          threads: int | None = None, seed: int = 0, steps_per_call: int = 1, cuda_graphs: bool = True) -> dict:
     """`steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
     step_ms is then a call's time over its steps."""
     spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
@@ -46,7 +46,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     names = [i.name for i in first.inputs if i.role == "input"]
     rng = np.random.default_rng(seed)
     batch = real_batch(spec, cm, batch_size, seed) or random_batch(spec, names, rng, cm.float_dtype, sizes)
-    trainer = Trainer(cm, device, threads, seed=seed)
+    trainer = Trainer(cm, device, threads, seed=seed, cuda_graphs=cuda_graphs)
     times = []
     k = steps_per_call
     for call in range(warmup + -(-steps // k)):

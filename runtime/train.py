@@ -52,6 +52,7 @@ class TrainOptions:
     checkpoint_every: int = 0  # steps; 0 = at the end of each epoch only
     progress: bool = True
     dtype: str | None = None
+    cuda_graphs: bool = True  # on CUDA, replay captured steps where they can be
 
 
 @dataclass
@@ -241,7 +242,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             _check_state(cm, state, ckpt_path, seed)
         elif opts.init_from:
             state = _warm_start(cm, opts.init_from, seed)
-        trainer = Trainer(cm, device, opts.threads, state, seed)
+        trainer = Trainer(cm, device, opts.threads, state, seed, cuda_graphs=opts.cuda_graphs)
         _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed=bool(meta))
 
         schedules = {o.name: lr_schedule(o.optimizer.hp["lr"], cfg.get("lr_schedule"), total_steps, steps_per_epoch)

@@ -34,8 +34,10 @@ RESPECIALISE_AFTER = 3
 class GraphRunner:
     """One compiled graph in one session, fed from a shared state dict."""
 
-    def __init__(self, graph: CompiledGraph, device: str, threads: int | None, prefix: str = ""):
-        """`prefix`: the graph's names for state, outputs and scalars carry it (a looped step graph)."""
+    def __init__(self, graph: CompiledGraph, device: str, threads: int | None, prefix: str = "",
+                 cuda_graphs: bool = True):
+        """`prefix`: the graph's names for state, outputs and scalars carry it (a looped step graph).
+        `cuda_graphs`: on CUDA, capture and replay steps where they can be (see run)."""
         self.graph = graph
         self.prefix = prefix
         self.device = device
@@ -57,7 +59,7 @@ class GraphRunner:
         # On a GPU the steps are bound by launching kernels: a batch of the first batch's shape
         # runs a session specialised to that shape (its shape arithmetic folded away), which
         # onnxruntime records as a CUDA graph and replays; other shapes run `session`.
-        self.capture = device == "cuda" and _capturable(self)
+        self.capture = cuda_graphs and device == "cuda" and _capturable(self)
         self._captured: tuple[tuple, ort.InferenceSession] | None = None  # (batch shapes and dtypes, session)
         self._captured_bindings: list[_Binding] = []
         self._graphs = 0  # CUDA graphs captured (one per captured binding): the next one's id
@@ -221,7 +223,7 @@ def _owned(a: np.ndarray, device: str) -> ort.OrtValue:
 
 class Trainer:
     def __init__(self, cm: CompiledModel, device: str = "cpu", threads: int | None = None,
-                 state: dict[str, np.ndarray] | None = None, seed: int = 0):
+                 state: dict[str, np.ndarray] | None = None, seed: int = 0, cuda_graphs: bool = True):
         self.cm = cm
         self.device = device
         self.seed = seed
@@ -231,10 +233,11 @@ class Trainer:
         self.objectives = {o.name: o for o in cm.objectives}
         self.runners: dict[str, GraphRunner] = {}
         self.threads = threads
+        self.cuda_graphs = cuda_graphs
 
     def runner(self, kind: str) -> GraphRunner:
         if kind not in self.runners:
-            self.runners[kind] = GraphRunner(self.cm.graphs[kind], self.device, self.threads)
+            self.runners[kind] = GraphRunner(self.cm.graphs[kind], self.device, self.threads, cuda_graphs=self.cuda_graphs)
         return self.runners[kind]
 
     def train_step(self, objective: str, batch: dict[str, np.ndarray], lr: float, step: int) -> dict[str, float]:

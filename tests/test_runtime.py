@@ -390,3 +390,23 @@ def test_max_unpool_written_as_a_scatter_computes_the_same_step(dtype):
     got = reference_evaluator(rewritten).run(None, feeds)
     for k, a, b in zip(names, got, want):
         np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+def test_cuda_graphs_can_be_turned_off(monkeypatch):
+    """`--no-cuda-graphs` (TrainOptions.cuda_graphs, Trainer(cuda_graphs=False)): a CUDA
+    runner then never specialises or captures."""
+    from compiler.training import compile_spec
+    from runtime import trainer as trainer_module
+    from runtime.train import TrainOptions
+    from runtime.trainer import GraphRunner
+    from spec import load_spec
+
+    made = trainer_module.make_session
+    monkeypatch.setattr(trainer_module, "make_session", lambda model, device, threads, cuda_graph=False: made(model, "cpu", threads))
+    cm = compile_spec(load_spec(os.path.join(ROOT, "models", "mlp.yaml")))
+    assert GraphRunner(cm.graphs["train"], "cuda", 1).capture
+    assert not GraphRunner(cm.graphs["train"], "cuda", 1, cuda_graphs=False).capture
+    assert TrainOptions().cuda_graphs
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", "--help"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert "--no-cuda-graphs" in out.stdout
