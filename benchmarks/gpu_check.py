@@ -3,8 +3,8 @@
 1. Step agreement: every spec in models/ on CUDA and on the CPU from the same
    parameters: the relative difference of the gradients, of the losses of seven
    training steps (two batches in turn, then a short one; changing learning
-   rates) and of the parameters' change, and whether mixed-precision (float16, bfloat16) steps on CUDA stay
-   finite.
+   rates) and of the parameters' change; and whether mixed-precision (float16,
+   bfloat16) steps on CUDA stay finite and agree with and without CUDA graphs.
 2. Training agreement: models/mlp.yaml and models/convnet.yaml trained for a
    few epochs on both devices with the same seed reach the same validation
    accuracy (within 1%).
@@ -91,7 +91,7 @@ def step_agreement(names: list[str]) -> tuple[bool, list[dict]]:
             row["agree"] = bool(row["loss_rel"] <= LOSS_RTOL and row["grad_rel"] <= GRAD_RTOL
                                 and np.all(np.isfinite(flat_gpu)))
             for compute in ("float16", "bfloat16"):
-                row[compute] = _mixed_step(name, compute, batch)
+                row[compute] = _mixed_step(name, compute, batches[:6])
         except Exception as e:  # a check that reports every spec, not the first failure
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             row["agree"] = False
@@ -126,17 +126,28 @@ def _gradient_agreement(cm, batch) -> float:
     return worst
 
 
-def _mixed_step(name: str, compute: str, batch) -> str:
-    """'ok' when a mixed-precision step on CUDA gives a finite loss, else why not."""
+def _mixed_step(name: str, compute: str, batches) -> str:
+    """'ok' when mixed-precision steps on CUDA give finite losses, the same with and without
+    CUDA graphs (the captured session is specialised to the batch shape, and onnxruntime
+    optimises it apart), else what went wrong."""
     from compiler.training import compile_spec
     from runtime.trainer import Trainer
 
     try:
         spec = load(os.path.join(ROOT, "models", f"{name}.yaml"), [f"train.mixed_precision={compute}"])
         cm = compile_spec(spec)
-        trainer = Trainer(cm, "cuda", seed=0)
-        losses = [trainer.train_step(obj, batch, lr=1e-3, step=0)["loss"] for obj in cm.schedule]
-        return "ok" if np.all(np.isfinite(losses)) else "nan"
+        losses = {}
+        for graphs in (True, False):
+            trainer = Trainer(cm, "cuda", seed=0, cuda_graphs=graphs)
+            losses[graphs] = np.array([trainer.train_step(obj, b, lr=1e-3, step=step)["loss"]
+                                       for step, b in enumerate(batches) for obj in cm.schedule])
+        if not np.all(np.isfinite(losses[True])):
+            return "nan"
+        diff = float(np.max(np.abs(losses[True] - losses[False]) / (np.abs(losses[False]) + 1e-12)))
+        if diff > 1e-3:
+            print(f"  {name} {compute}: losses with and without CUDA graphs differ by {diff:.2e} (relative)")
+            return "graph"
+        return "ok"
     except Exception as e:
         print(f"  {name} {compute}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
         return type(e).__name__[:7]
