@@ -115,10 +115,11 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     # Which ops is learned from its refusals, one op type a try, and kept for later sessions.
     opts.log_severity_level = 4  # the refusals are expected: keep them off the terminal
     learned = _LACKING_KERNELS.setdefault((device, narrow), set())
+    present = {n.op_type for n in all_nodes(model.graph)}
     while True:
         wide = onnx.ModelProto()
         wide.CopyFrom(model)
-        if learned & _op_types(model):
+        if learned & present:
             widen_unsupported_types(wide, learned)
         try:
             return ort.InferenceSession(wide.SerializeToString(), opts, providers=providers)
@@ -128,7 +129,7 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
             if not op_type:
                 raise
             # an op the model lacks, or one already widened, comes from an expanded function
-            more = {op_type} if op_type in _op_types(model) - learned else _function_ops(model) - learned
+            more = {op_type} if op_type in present - learned else _function_ops(present) - learned
             if not more:
                 raise
             learned |= more
@@ -138,19 +139,15 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
 _LACKING_KERNELS: dict[tuple[str, frozenset], set[str]] = {}
 
 
-def _op_types(model: onnx.ModelProto) -> set[str]:
-    return {n.op_type for n in all_nodes(model.graph)}
-
-
-def _function_ops(model: onnx.ModelProto) -> set[str]:
-    """The model's ops that onnxruntime may expand into their ONNX function body (Softmax into
-    ReduceMax, Sub, Exp, ...) when it has no kernel for them: an op missing a kernel that the
-    model does not contain comes from one of those."""
+def _function_ops(op_types: set[str]) -> set[str]:
+    """The ops among these that onnxruntime may expand into their ONNX function body (Softmax
+    into ReduceMax, Sub, Exp, ...) when it has no kernel for them: an op missing a kernel
+    that the model does not contain comes from one of those."""
     def expands(op_type):
         schema = onnx.defs.get_schema(op_type, OPSET)
         return schema.has_function or schema.has_context_dependent_function
 
-    return {t for t in _op_types(model) if expands(t)}
+    return {t for t in op_types if expands(t)}
 
 
 # What onnxruntime says when no kernel of a provider takes a node's types.
