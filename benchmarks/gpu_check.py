@@ -126,10 +126,16 @@ def _gradient_agreement(cm, batch) -> float:
     return worst
 
 
+# the spacing of the compute dtype's numbers just above 1 (bits of mantissa: 10 and 7)
+_EPSILON = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
+
+
 def _mixed_step(name: str, compute: str, batches) -> str:
     """'ok' when mixed-precision steps on CUDA give finite losses, the same with and without
     CUDA graphs (the captured session is specialised to the batch shape, and onnxruntime
-    optimises it apart), else what went wrong."""
+    optimises it apart), else what went wrong. "The same" is within a few units of the
+    compute dtype's rounding: two CUDA runs of one spec are not bitwise equal in mixed
+    precision (dates_attention in bfloat16, which captures no graph, differed by 6e-3)."""
     from compiler.training import compile_spec
     from runtime.trainer import Trainer
 
@@ -144,7 +150,7 @@ def _mixed_step(name: str, compute: str, batches) -> str:
         if not np.all(np.isfinite(losses[True])):
             return "nan"
         diff = float(np.max(np.abs(losses[True] - losses[False]) / (np.abs(losses[False]) + 1e-12)))
-        if diff > 1e-3:
+        if diff > 4 * _EPSILON[compute]:
             print(f"  {name} {compute}: losses with and without CUDA graphs differ by {diff:.2e} (relative)")
             return "graph"
         return "ok"
