@@ -1,4 +1,4 @@
-"""On a machine with a GPU, three checks, each printing a table:
+"""On a machine with a GPU, four checks, each printing a table:
 
 1. Step agreement: every spec in models/ on CUDA and on the CPU from the same
    parameters: the relative difference of the gradients, of the losses of seven
@@ -11,6 +11,10 @@
 3. Step times on CUDA, each in a fresh process: flowgrad one step per call,
    16 steps per call (the step graph in a Loop), mixed precision float16 and
    bfloat16, and PyTorch eager on CUDA (when torch has CUDA).
+4. Mixed precision by size: the step time of float32, float16 and bfloat16
+   steps on CUDA as the MLP and the convnet grow (fresh processes); mixed
+   precision pays once the products are large enough for the tensor cores to
+   outweigh the casts.
 
     python benchmarks/gpu_check.py [--epochs 3] [--timing mlp convnet ...] [--json results.json]
 
@@ -188,22 +192,24 @@ def training_agreement(names: list[str], epochs: int) -> tuple[bool, list[dict]]
     return ok, rows
 
 
+def _step_ms(cmd: list[str]) -> tuple[float | None, str | None]:
+    """(median step ms, None) from a `bench --json` command, or (None, why it failed)."""
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=SUBPROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, "timeout"
+    if res.returncode != 0:
+        lines = res.stderr.strip().splitlines()
+        return None, lines[-1][:160] if lines else "failed"
+    return json.loads(res.stdout.strip().splitlines()[-1])["step_ms"], None
+
+
 TIMING_COLUMNS = ("fg 1/call", "fg 16/call", "fg fp16", "fg bf16", "pytorch")
 
 
 def timing(rows: list[str], steps: int, device: str = "cuda", columns=TIMING_COLUMNS) -> list[dict]:
     """Median step times on `device`, flowgrad and PyTorch eager, each in a fresh process."""
     from compare import ROWS, flowgrad_cmd, reference_cmd
-
-    def run(cmd):
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=SUBPROCESS_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return None, "timeout"
-        if res.returncode != 0:
-            lines = res.stderr.strip().splitlines()
-            return None, lines[-1][:160] if lines else "failed"
-        return json.loads(res.stdout.strip().splitlines()[-1])["step_ms"], None
 
     out = []
     head = TIMING_COLUMNS
@@ -219,13 +225,49 @@ def timing(rows: list[str], steps: int, device: str = "cuda", columns=TIMING_COL
                     "pytorch": reference_cmd(ref, steps, 1, overrides) + ["--device", device]}
         cells, why = {}, {}
         for column, cmd in commands.items():
-            cells[column], why[column] = run(cmd) if column in columns else (None, None)
+            cells[column], why[column] = _step_ms(cmd) if column in columns else (None, None)
         fg = [v for k, v in cells.items() if k != "pytorch" and v is not None]
         pt = cells["pytorch"]
         ratios = {"one_over_pytorch": cells["fg 1/call"] / pt if pt and cells["fg 1/call"] else None,
                   "best_over_pytorch": min(fg) / pt if pt and fg else None}
         out.append({"row": row, **cells, **ratios, "why": {k: v for k, v in why.items() if v}})
         text = "".join(f"{v:>11.3f}" if v is not None else f"{'-':>11}" for v in [*cells.values(), *ratios.values()])
+        notes = "; ".join(f"{k}: {v}" for k, v in why.items() if v)
+        print(f"{row:<16}{text}", ("  " + notes) if notes else "")
+    return out
+
+
+_WIDE_MLP = ["dims.D=784", "graph.h1=relu(x @ W1 + b1)", "graph.h2=relu(h1 @ W2 + b2)"]
+MIXED_ROWS = {
+    "mlp_big": ("models/mlp.yaml", _WIDE_MLP + ["dims.H=1024", "train.batch_size=256"]),
+    "mlp_4096": ("models/mlp.yaml", _WIDE_MLP + ["dims.H=4096", "train.batch_size=1024"]),
+    "mlp_8192": ("models/mlp.yaml", _WIDE_MLP + ["dims.H=8192", "train.batch_size=2048"]),
+    "convnet": ("models/convnet.yaml", []),
+    "convnet_wide": ("models/convnet.yaml", ["dims.C1=128", "dims.C2=256", "dims.H=1024", "train.batch_size=512"]),
+}
+
+
+def mixed_precision_scaling(steps: int, device: str = "cuda") -> list[dict]:
+    """Step times of float32, float16 and bfloat16 training as the models grow, each in a
+    fresh process, and the speed-up of each narrow type over float32."""
+    from compare import flowgrad_cmd
+
+    out = []
+    print(f"{'model':<16}{'float32':>10}{'float16':>10}{'bfloat16':>10}{'fp32/fp16':>11}{'fp32/bf16':>11}"
+          f"  (ms per step, {device})")
+    for row, (spec, overrides) in MIXED_ROWS.items():
+        base = flowgrad_cmd() + ["bench", spec, "--json", "--steps", str(steps), "--device", device]
+        for o in overrides:
+            base += ["--set", o]
+        cells, why = {}, {}
+        for compute in ("float32", "float16", "bfloat16"):
+            extra = [] if compute == "float32" else ["--set", f"train.mixed_precision={compute}"]
+            cells[compute], why[compute] = _step_ms(base + extra)
+        fp32 = cells["float32"]
+        speedups = {f"over_{c}": fp32 / cells[c] if fp32 and cells[c] else None for c in ("float16", "bfloat16")}
+        out.append({"row": row, "overrides": overrides, **cells, **speedups, "why": {k: v for k, v in why.items() if v}})
+        text = "".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in cells.values())
+        text += "".join(f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in speedups.values())
         notes = "; ".join(f"{k}: {v}" for k, v in why.items() if v)
         print(f"{row:<16}{text}", ("  " + notes) if notes else "")
     return out
@@ -242,7 +284,8 @@ def main():
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--columns", nargs="*", choices=TIMING_COLUMNS, default=list(TIMING_COLUMNS),
                     help="which step times to measure")
-    ap.add_argument("--only", nargs="*", choices=["steps", "training", "timing"], default=["steps", "training", "timing"],
+    ap.add_argument("--only", nargs="*", choices=["steps", "training", "timing", "mixed"],
+                    default=["steps", "training", "timing", "mixed"],
                     help="run only these checks")
     ap.add_argument("--json", default=None, help="also write every number to this file")
     args = ap.parse_args()
@@ -259,6 +302,8 @@ def main():
         ok &= agree
     if "timing" in args.only:
         report["timing"] = timing(args.timing, args.steps, columns=args.columns)
+    if "mixed" in args.only:
+        report["mixed_precision"] = mixed_precision_scaling(args.steps)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
