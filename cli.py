@@ -192,6 +192,9 @@ def train(
     init_from: Annotated[Optional[str], typer.Option("--init-from", help="Warm start from another run's parameters.")] = None,
     freeze: Annotated[Optional[list[str]], typer.Option("--freeze", help="Keep parameters matching this glob fixed (repeatable).")] = None,
     accumulate: Annotated[int, typer.Option("--accumulate", help="Average gradients over K batches per update.", min=1)] = 1,
+    steps_per_call: Annotated[int, typer.Option(
+        "--steps-per-call", help="Run K training steps per session call (the step graph in a Loop over stacked "
+                                 "minibatches): less per-step overhead, e.g. for recurrent models on a GPU.", min=1)] = 1,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps (0: each epoch).", min=0)] = 0,
     dtype: DtypeOpt = None,
     cuda_graphs: CudaGraphsOpt = True,
@@ -207,7 +210,8 @@ def train(
         opts = TrainOptions(run_dir=run_dir, device=device, threads=threads, seed=seed, epochs=epochs, steps=steps,
                             batch_size=batch_size, data=data, valid=valid, resume=resume, overwrite=overwrite,
                             init_from=init_from, freeze=list(freeze or []), accumulate=accumulate,
-                            checkpoint_every=checkpoint_every, progress=not quiet, dtype=dtype, cuda_graphs=cuda_graphs)
+                            steps_per_call=steps_per_call, checkpoint_every=checkpoint_every, progress=not quiet,
+                            dtype=dtype, cuda_graphs=cuda_graphs)
         if not quiet:
             err.print(f"training [bold]{s.name}[/bold] on {_device_name(device)}")
         result = run_training(s, opts)

@@ -49,6 +49,7 @@ class TrainOptions:
     init_from: str | None = None
     freeze: list[str] = field(default_factory=list)
     accumulate: int = 1
+    steps_per_call: int = 1  # >1: that many steps in one session call (the step graph in a Loop)
     checkpoint_every: int = 0  # steps; 0 = at the end of each epoch only
     progress: bool = True
     dtype: str | None = None
@@ -218,11 +219,21 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
     if opts.accumulate > 1 and cfg.get("mixed_precision"):
         raise FlowgradError("--accumulate does not work with train.mixed_precision",
                             hint="its loss scaling needs each update's gradients in one step: leave out one of the two")
+    if opts.steps_per_call < 1:
+        raise FlowgradError("--steps-per-call must be at least 1")
+    if opts.steps_per_call > 1 and opts.accumulate > 1:
+        raise FlowgradError("--steps-per-call does not work with --accumulate",
+                            hint="an accumulated update already runs several batches per update: leave out one of the two")
     device = pick_device(opts.device)
     run_dir = prepare_run_dir(spec, opts)
     with run_lock(run_dir):
         remove_stale_temporaries(run_dir)  # of a process killed while writing
         cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
+        if opts.steps_per_call > 1 and len(cm.schedule) > 1:
+            raise FlowgradError(
+                f"--steps-per-call does not work with a schedule of several objectives ({', '.join(cm.schedule)})",
+                spec.locate("train", "schedule") if "schedule" in cfg else None,
+                "their steps alternate, one call each: leave out --steps-per-call")
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         mixed, overflows = any(o.mixed for o in cm.objectives), 0
         batch_size = spec.batch_size
@@ -277,12 +288,80 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 sums, count = (dict(meta.get("epoch_sums", {})), int(meta.get("epoch_count", 0))) if position else ({}, 0)
                 t_epoch = time.perf_counter()
                 progress.start_epoch(epoch, position // (batch_size * opts.accumulate))
-                group: list = []
+                group: list = []  # the batches of one update (--accumulate)
+                pending: list = []  # (position after it, batch) of the steps of one call (--steps-per-call)
+
+                def finish_step(name, scalars, n) -> bool:
+                    """Book one step's results; False when it overflowed in mixed precision."""
+                    nonlocal overflows
+                    if mixed and not all(np.isfinite(v) for v in scalars.values()):
+                        # the step overflowed in float16: it changed nothing but the loss scale
+                        overflows += 1
+                        if overflows > MAX_OVERFLOWS:
+                            raise FlowgradError(
+                                f"every training step overflowed for {overflows} steps in mixed precision "
+                                f"(step {step}, epoch {epoch + 1}); training stopped",
+                                hint=f"the model's values exceed float16's range even unscaled; train without "
+                                     f"mixed_precision, or lower the learning rate; checkpoints are in {run_dir}")
+                        return False
+                    overflows = 0
+                    _check_finite(scalars, step, epoch, run_dir)
+                    for k, v in scalars.items():
+                        key = k if len(cm.schedule) == 1 else f"{name}/{k}"
+                        sums[key] = sums.get(key, 0.0) + v * n
+                    return True
+
+                def end_step(n, next_pos) -> bool:
+                    """Count one step; True when training has reached its last step."""
+                    nonlocal count, step
+                    count += n if not overflows else 0
+                    step += 1
+                    progress.advance({k: v / count for k, v in sums.items()} if count else {},
+                                     count / max(time.perf_counter() - t_epoch, 1e-9))
+                    if opts.checkpoint_every and step % opts.checkpoint_every == 0 and next_pos < len(train_ds):
+                        checkpoint(next_pos)
+                    return step >= total_steps
+
+                def run_pending() -> bool:
+                    """The pending steps in one session call (a lone step as a plain step)."""
+                    name = cm.schedule[0]
+                    if len(pending) > 1:
+                        try:
+                            results = trainer.train_steps(name, [b for _, b in pending],
+                                                          [schedules[name](step + i) for i in range(len(pending))], step)
+                        except ORT_ERRORS as ex:
+                            raise _step_failed(ex, f"training steps {step}-{step + len(pending) - 1} "
+                                                   f"(epoch {epoch + 1})", run_dir) from None
+                    else:
+                        results = [None]
+                    done = False
+                    for (next_pos, b), scalars in zip(pending, results):
+                        n = _rows(b)
+                        if scalars is None:
+                            try:
+                                scalars = trainer.train_step(name, b, schedules[name](step), step)
+                            except ORT_ERRORS as ex:
+                                raise _step_failed(ex, f"training step {step} (epoch {epoch + 1})", run_dir) from None
+                        finish_step(name, scalars, n)
+                        done = end_step(n, next_pos)
+                    pending.clear()
+                    return done
+
                 for pos, batch in batches(train_ds, batch_size, order, position, bool(cfg.get("drop_last", False))):
-                    group.append(batch)
-                    if len(group) < opts.accumulate and pos + batch_size < len(train_ds):
+                    next_pos = pos + batch_size
+                    if opts.steps_per_call > 1:
+                        if pending and _shapes(pending[0][1]) != _shapes(batch) and run_pending():
+                            break  # a short last batch does not stack with the others
+                        pending.append((next_pos, batch))
+                        ahead = step + len(pending)
+                        if (len(pending) == opts.steps_per_call or next_pos >= len(train_ds) or ahead >= total_steps
+                                or (opts.checkpoint_every and ahead % opts.checkpoint_every == 0)) and run_pending():
+                            break
                         continue
-                    n = sum(len(next(iter(b.values()))) for b in group)
+                    group.append(batch)
+                    if len(group) < opts.accumulate and next_pos < len(train_ds):
+                        continue
+                    n = sum(_rows(b) for b in group)
                     for name in cm.schedule:
                         lr = schedules[name](step)
                         try:
@@ -292,30 +371,12 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                 scalars = trainer.train_step(name, group[0], lr, step)
                         except ORT_ERRORS as ex:
                             raise _step_failed(ex, f"training step {step} (epoch {epoch + 1})", run_dir) from None
-                        if mixed and not all(np.isfinite(v) for v in scalars.values()):
-                            # the step overflowed in float16: it changed nothing but the loss scale
-                            overflows += 1
-                            if overflows > MAX_OVERFLOWS:
-                                raise FlowgradError(
-                                    f"every training step overflowed for {overflows} steps in mixed precision "
-                                    f"(step {step}, epoch {epoch + 1}); training stopped",
-                                    hint=f"the model's values exceed float16's range even unscaled; train without "
-                                         f"mixed_precision, or lower the learning rate; checkpoints are in {run_dir}")
-                            continue
-                        overflows = 0
-                        _check_finite(scalars, step, epoch, run_dir)
-                        for k, v in scalars.items():
-                            key = k if len(cm.schedule) == 1 else f"{name}/{k}"
-                            sums[key] = sums.get(key, 0.0) + v * n
+                        finish_step(name, scalars, n)
                     group = []
-                    count += n if not overflows else 0
-                    step += 1
-                    next_pos = pos + batch_size
-                    progress.advance({k: v / count for k, v in sums.items()}, count / max(time.perf_counter() - t_epoch, 1e-9))
-                    if opts.checkpoint_every and step % opts.checkpoint_every == 0 and next_pos < len(train_ds):
-                        checkpoint(next_pos)
-                    if step >= total_steps:
+                    if end_step(n, next_pos):
                         break
+                if pending:
+                    run_pending()
                 position = 0
                 record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
                 if valid_ds is not None:
@@ -351,6 +412,14 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                              history[-1] if history else {}, best, history, stopped)
         atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode())
         return result
+
+
+def _rows(batch: dict) -> int:
+    return len(next(iter(batch.values())))
+
+
+def _shapes(batch: dict) -> dict:
+    return {k: np.shape(v) for k, v in batch.items()}
 
 
 def _check_state_finite(state: dict, step: int, epoch: int, run_dir: str) -> None:

@@ -142,6 +142,16 @@ def test_train_json(trained):
         assert (run_dir / name).exists(), name
 
 
+def test_train_several_steps_per_call(trained, tmp_path):
+    _, one = trained
+    result = invoke("train", MLP, "--set", "dims.H=16", "--epochs", "1", "--run-dir", tmp_path / "run",
+                    "--quiet", "--json", "--device", "cpu", "--threads", "1", "--steps-per-call", "8")
+    info = json.loads(result.stdout)
+    assert info["steps"] == one["steps"]
+    assert info["final"]["train_loss"] == pytest.approx(one["final"]["train_loss"], rel=1e-5)
+    assert "greater than or equal to 1" in invoke("train", MLP, "--steps-per-call", "0", code=2).output
+
+
 def test_gradcheck():
     out = invoke("gradcheck", MLP, "--set", "dims.H=8").stdout
     assert "gradient check" in out

@@ -97,3 +97,81 @@ def test_calls_of_different_lengths_reuse_one_runner():
     # the third call runs on the first call's buffers, with one step instead of two
     looped = [s for i, j in ((0, 2), (2, 4), (4, 5)) for s in many.train_steps("main", batches[i:j], [0.01] * (j - i), i)]
     assert [s["loss"] for s in looped] == pytest.approx([s["loss"] for s in each], rel=1e-6)
+
+
+def _trained(tmp_path, name, overrides=(), **options):
+    from runtime.api import load, train
+    from runtime.checkpoint import load_checkpoint
+
+    spec = load(os.path.join(ROOT, "models", "mlp.yaml"), ["dims.H=32", *overrides])
+    result = train(spec, run_dir=str(tmp_path / name), threads=1, device="cpu", **options)
+    state, meta = load_checkpoint(str(tmp_path / name / "checkpoint.npz"))
+    return result, state, meta
+
+
+@pytest.mark.parametrize("options", [
+    dict(epochs=2),
+    dict(steps=30, checkpoint_every=7),
+    # mixed precision whose first steps overflow (each skipped in the graph, the loss scale
+    # halved), then train: the scale is carried from step to step inside the call
+    dict(steps=20, overrides=["train.mixed_precision={compute: float16, init_scale: 1.0e+9, max_scale: 1.0e+9}"]),
+])
+def test_training_with_several_steps_per_call_equals_one_step_per_call(tmp_path, options):
+    """Calls of 4 steps: an epoch's short last batch runs alone, a checkpoint or the last
+    step ends a call early; losses, parameters and positions are those of one step per call."""
+    one, a, meta_a = _trained(tmp_path, "one", **options)
+    four, b, meta_b = _trained(tmp_path, "four", steps_per_call=4, **options)
+    assert (four.steps, four.epochs) == (one.steps, one.epochs)
+    assert {k: meta_b[k] for k in ("step", "epoch", "position")} == {k: meta_a[k] for k in ("step", "epoch", "position")}
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for h1, h4 in zip(one.history, four.history, strict=True):
+        for k, v in h1.items():
+            if k != "seconds":
+                assert h4[k] == pytest.approx(v, rel=1e-5), k
+
+
+def test_a_checkpoint_inside_a_call_is_taken_at_its_step(tmp_path, monkeypatch):
+    """--checkpoint-every 6 with calls of 4 steps: the step-6 checkpoint equals the one
+    of a run of single steps, and a run resumed from it (as after a kill) ends where an
+    uninterrupted run does."""
+    import runtime.train as T
+    from runtime.checkpoint import load_checkpoint
+
+    written = {}
+    real_write = T.atomic_write
+
+    def keep(path, data):
+        if os.path.basename(path) == "checkpoint.npz":
+            written.setdefault(os.path.basename(os.path.dirname(path)), []).append(data)
+        real_write(path, data)
+
+    monkeypatch.setattr(T, "atomic_write", keep)
+    _, full, _ = _trained(tmp_path, "four", epochs=1, steps_per_call=4, checkpoint_every=6)
+    _trained(tmp_path, "one", epochs=1, checkpoint_every=6)
+    mid = {}
+    for run in ("four", "one"):
+        path = tmp_path / f"{run}.npz"
+        path.write_bytes(written[run][0])
+        mid[run] = load_checkpoint(str(path))
+    (a, meta_a), (b, meta_b) = mid["one"], mid["four"]
+    assert meta_b["step"] == 6 and meta_b["position"] > 0
+    assert {k: meta_b[k] for k in ("step", "epoch", "position")} == {k: meta_a[k] for k in ("step", "epoch", "position")}
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    os.replace(tmp_path / "four.npz", tmp_path / "four" / "checkpoint.npz")
+    _, resumed, _ = _trained(tmp_path, "four", epochs=1, steps_per_call=4, resume=True)
+    for k in full:
+        np.testing.assert_allclose(resumed[k], full[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_steps_per_call_refuses_what_it_cannot_do(tmp_path):
+    from runtime.api import load, train
+    from spec.errors import FlowgradError
+
+    mlp = load(os.path.join(ROOT, "models", "mlp.yaml"), ["dims.H=32"])
+    with pytest.raises(FlowgradError, match="does not work with --accumulate"):
+        train(mlp, run_dir=str(tmp_path / "a"), steps=2, steps_per_call=4, accumulate=2, device="cpu")
+    gan = load(os.path.join(ROOT, "models", "gan.yaml"))
+    with pytest.raises(FlowgradError, match="several objectives"):
+        train(gan, run_dir=str(tmp_path / "b"), steps=2, steps_per_call=4, device="cpu")
