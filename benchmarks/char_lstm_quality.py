@@ -64,7 +64,7 @@ def torch_run(train_ds, valid_ds, steps, batch, threads, seed, init="pytorch"):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         logits = net(x_all[idx])
-        loss = loss_fn(logits.reshape(-1, 103), y_all[idx].reshape(-1))
+        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), y_all[idx].reshape(-1))
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
@@ -74,7 +74,7 @@ def torch_run(train_ds, valid_ds, steps, batch, threads, seed, init="pytorch"):
         total = 0.0
         for i in range(0, len(xv), 256):
             lg = net(xv[i:i + 256])
-            total += float(loss_fn(lg.reshape(-1, 103), yv[i:i + 256].reshape(-1))) * len(xv[i:i + 256])
+            total += float(loss_fn(lg.reshape(-1, lg.shape[-1]), yv[i:i + 256].reshape(-1))) * len(xv[i:i + 256])
     return total / len(xv) / math.log(2), statistics.median(times[5:]) * 1e3
 
 

@@ -44,7 +44,7 @@ def convnet():
 
 
 class CharLSTM(nn.Module):
-    def __init__(self, vocab=103, emb=64, hidden=256):
+    def __init__(self, vocab=97, emb=64, hidden=256):
         super().__init__()
         self.emb = nn.Embedding(vocab, emb)
         self.lstm = nn.LSTM(emb, hidden, batch_first=True)
@@ -93,7 +93,7 @@ def dates_attention():
     return DatesAttention(), "seq2seq"
 
 
-SEQUENCE = {"char_lstm": (103, 64)}  # vocab, sequence length
+SEQUENCE = {"char_lstm": (97, 64)}  # vocab (the text dataset's character alphabet), sequence length
 MODELS = {"mlp": (mlp, 64), "mlp_big": (mlp_big, 256), "convnet": (convnet, 64), "char_lstm": (char_lstm, 32),
           "dates_attention": (dates_attention, 64), "maxout": None}
 

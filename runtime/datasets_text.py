@@ -19,8 +19,12 @@ text
 
     Either mode can be subsampled with ``max_examples``.
     meta: ``{"vocab": [...], "level": "char"|"word", "lowercase": bool,
-    "unk": id or None}``. The vocabulary is ordered by decreasing frequency,
-    then by token.
+    "unk": id or None}``. Characters use a fixed alphabet, whatever the
+    Python release's text holds: ``<unk>`` (id 0), newline and printable
+    ASCII (97 symbols; 71 with ``lowercase``); typographic quotes and dashes
+    read as their ASCII forms, tabs and no-break spaces as spaces, other
+    characters as ``<unk>``. Words are ordered by decreasing frequency, then
+    by word; ``max_vocab`` keeps the most frequent (the rest read as ``<unk>``).
 
 dates, reverse, copy (sequence to sequence)
     Special ids 0 = <pad>, 1 = <bos>, 2 = <eos> in both vocabularies.
@@ -126,9 +130,26 @@ def corpus() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
+# The character alphabet does not depend on the corpus: each CPython release has its own help
+# text, and a model's vocabulary size (a spec's dims) must not change with the Python running it.
+CHAR_ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
+_ASCII_FORMS = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
+                              "\u2014": "-", "\t": " ", "\u00a0": " "})
+
+
+def char_vocab(lowercase: bool) -> list[str]:
+    """The character vocabulary: <unk>, then the alphabet (without capitals when lowercased)."""
+    return [UNK] + [c for c in CHAR_ALPHABET if not (lowercase and c.isupper())]
+
+
+def _char_tokens(text: str) -> list[str]:
+    return list(text.translate(_ASCII_FORMS))
+
+
 def tokenize(text: str, level: str) -> list[str]:
-    """Characters, or words and punctuation marks (whitespace dropped)."""
-    return list(text) if level == "char" else _WORD_RE.findall(text)
+    """Characters (typographic quotes and dashes in their ASCII forms), or words and
+    punctuation marks (whitespace dropped)."""
+    return _char_tokens(text) if level == "char" else _WORD_RE.findall(text)
 
 
 @functools.lru_cache(maxsize=8)
@@ -137,14 +158,17 @@ def _text_stream(level: str, lowercase: bool, max_vocab: int | None) -> tuple[np
     if lowercase:
         text = text.lower()
     tokens = tokenize(text, level)
-    counts: dict[str, int] = {}
-    for t in tokens:
-        counts[t] = counts.get(t, 0) + 1
-    ordered = sorted(counts, key=lambda t: (-counts[t], t))
-    unk = None
-    if max_vocab is not None and len(ordered) > max_vocab:
-        ordered = [UNK] + ordered[:max_vocab - 1]
-        unk = 0
+    if level == "char":
+        ordered, unk = char_vocab(lowercase), 0
+    else:
+        counts: dict[str, int] = {}
+        for t in tokens:
+            counts[t] = counts.get(t, 0) + 1
+        ordered = sorted(counts, key=lambda t: (-counts[t], t))
+        unk = None
+        if max_vocab is not None and len(ordered) > max_vocab:
+            ordered = [UNK] + ordered[:max_vocab - 1]
+            unk = 0
     index = {t: i for i, t in enumerate(ordered)}
     if unk is None:
         ids = np.fromiter((index[t] for t in tokens), dtype=np.int64, count=len(tokens))
@@ -171,6 +195,9 @@ def load_text(level: str = "char", seq_len: int = 64, stride: int | None = None,
         stride = _int(ds, "stride", stride, 1)
     if max_vocab is not None:
         max_vocab = _int(ds, "max_vocab", max_vocab, 2)
+        if level == "char":
+            raise DataError(f"dataset 'text': max_vocab applies to level: word; characters use a fixed alphabet "
+                            f"of {len(char_vocab(False))} symbols", None, "drop max_vocab, or set level: word")
     lowercase = _bool(ds, "lowercase", lowercase)
     seed = _int(ds, "seed", seed, 0)
     if context is not None:

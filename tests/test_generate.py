@@ -63,9 +63,12 @@ def test_generator_runs_on_the_reference_evaluator(exported):
     assert ref.tolist() == predict(gen, feeds)["tokens"].tolist()
 
 
-def test_text_prompt_with_unknown_characters_is_a_clean_error(exported):
+def test_a_prompt_reads_characters_outside_the_alphabet_as_unk_and_an_empty_one_is_an_error(exported):
     from spec.errors import FlowgradError
 
     gen, _ = exported
-    with pytest.raises(FlowgradError):
-        generate_text(gen, "\u2603 snowman", max_len=5)
+    meta = model_metadata(load_model_safely(gen))
+    assert encode_text("\u2603 s", {"vocab": meta["vocab"], "level": "char", "unk": meta["unk"]}).tolist()[0] == 0
+    assert len(generate_text(gen, "\u2603 snowman", max_len=5, seed=1)) >= 5
+    with pytest.raises(FlowgradError, match="empty"):
+        generate_text(gen, "", max_len=5)

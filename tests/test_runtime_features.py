@@ -147,7 +147,7 @@ def test_stateful_lstm_continues_the_previous_batch():
                      ["dims.H=6", "dims.E=4", "train.batch_size=3"])
     cm = compile_spec(spec, graphs=("train", "infer"))
     rng = np.random.default_rng(0)
-    stream = rng.integers(0, 103, size=(3, 2 * 5 + 1))
+    stream = rng.integers(0, 97, size=(3, 2 * 5 + 1))
     b1 = {"x": stream[:, :5], "y": stream[:, 1:6]}
     b2 = {"x": stream[:, 5:10], "y": stream[:, 6:11]}
     trainer = Trainer(cm, "cpu", threads=1, seed=0)
