@@ -151,7 +151,7 @@ def _mixed_step(name: str, compute: str, batches) -> str:
             trainer = Trainer(cm, "cuda", seed=0, cuda_graphs=graphs)
             losses[graphs] = np.array([trainer.train_step(obj, b, lr=1e-3, step=step)["loss"]
                                        for step, b in enumerate(batches) for obj in cm.schedule])
-        if not np.all(np.isfinite(losses[True])):
+        if not (np.all(np.isfinite(losses[True])) and np.all(np.isfinite(losses[False]))):
             return "nan"
         diff = float(np.max(np.abs(losses[True] - losses[False]) / (np.abs(losses[False]) + 1e-12)))
         if diff > 4 * _EPSILON[compute]:

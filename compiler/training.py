@@ -191,8 +191,7 @@ class CompiledModel:
 
     @property
     def schedule(self) -> list[str]:
-        sched = self.spec.train.get("schedule")
-        return list(sched) if sched else [o.name for o in self.objectives]
+        return schedule_of(self.spec)
 
     def save(self, directory: str) -> list[str]:
         os.makedirs(directory, exist_ok=True)
@@ -221,6 +220,12 @@ def _matches(name: str, globs: list[str]) -> bool:
 
 
 # -------------------------------------------------------------------- objectives
+def schedule_of(spec: S.Spec) -> list[str]:
+    """The objectives' names in the order a training step runs them."""
+    sched = (spec.train or {}).get("schedule")
+    return list(sched) if sched else [o.name for o in objectives_of(spec)]
+
+
 def objectives_of(spec: S.Spec) -> list[Objective]:
     train = spec.train or {}
     common = dict(clip_norm=train.get("clip_norm"), l1=float(train.get("l1", 0.0)), l2=float(train.get("l2", 0.0)),

@@ -22,8 +22,8 @@ text
     "unk": id or None}``. Characters use a fixed alphabet, whatever the
     Python release's text holds: ``<unk>`` (id 0), newline and printable
     ASCII (97 symbols; 71 with ``lowercase``); typographic quotes and dashes
-    read as their ASCII forms, tabs and no-break spaces as spaces, other
-    characters as ``<unk>``. Words are ordered by decreasing frequency, then
+    read as their ASCII forms, tabs and no-break spaces as spaces, carriage
+    returns not at all, other characters as ``<unk>``. Words are ordered by decreasing frequency, then
     by word; ``max_vocab`` keeps the most frequent (the rest read as ``<unk>``).
 
 dates, reverse, copy (sequence to sequence)
@@ -134,7 +134,7 @@ def corpus() -> str:
 # text, and a model's vocabulary size (a spec's dims) must not change with the Python running it.
 CHAR_ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
 _ASCII_FORMS = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
-                              "\u2014": "-", "\t": " ", "\u00a0": " "})
+                              "\u2014": "-", "\t": " ", "\u00a0": " ", "\r": None})
 
 
 def char_vocab(lowercase: bool) -> list[str]:
@@ -263,7 +263,8 @@ def encode_text(text: str, meta: dict) -> np.ndarray:
         i = index.get(t, unk)
         if i is None:
             raise DataError(f"token {t!r} is not in the vocabulary", None,
-                            "train with max_vocab set to map rare tokens to <unk>")
+                            "leave it out of the text" if meta["level"] == "char"
+                            else "train with max_vocab set to map rare words to <unk>")
         out.append(i)
     return np.asarray(out, dtype=np.int64)
 

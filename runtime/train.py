@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.training import CompiledModel, compile_spec
+from compiler.training import CompiledModel, compile_spec, schedule_of
 from spec import model as S
 from spec.errors import DataError, FlowgradError
 
@@ -224,16 +224,16 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
     if opts.steps_per_call > 1 and opts.accumulate > 1:
         raise FlowgradError("--steps-per-call does not work with --accumulate",
                             hint="an accumulated update already runs several batches per update: leave out one of the two")
+    if opts.steps_per_call > 1 and len(schedule_of(spec)) > 1:
+        raise FlowgradError(
+            f"--steps-per-call does not work with a schedule of several objectives ({', '.join(schedule_of(spec))})",
+            spec.locate("train", "schedule") if "schedule" in cfg else spec.locate("train", "objectives"),
+            "their steps alternate, one call each: leave out --steps-per-call")
     device = pick_device(opts.device)
     run_dir = prepare_run_dir(spec, opts)
     with run_lock(run_dir):
         remove_stale_temporaries(run_dir)  # of a process killed while writing
         cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
-        if opts.steps_per_call > 1 and len(cm.schedule) > 1:
-            raise FlowgradError(
-                f"--steps-per-call does not work with a schedule of several objectives ({', '.join(cm.schedule)})",
-                spec.locate("train", "schedule") if "schedule" in cfg else None,
-                "their steps alternate, one call each: leave out --steps-per-call")
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         mixed, overflows = any(o.mixed for o in cm.objectives), 0
         batch_size = spec.batch_size
@@ -251,8 +251,10 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         if opts.resume:
             state, meta = load_checkpoint(ckpt_path)
             _check_state(cm, state, ckpt_path, seed)
+            _check_vocabulary(run_dir, train_ds.meta, "--resume")
         elif opts.init_from:
             state = _warm_start(cm, opts.init_from, seed)
+            _check_vocabulary(opts.init_from, train_ds.meta, "--init-from")
         trainer = Trainer(cm, device, opts.threads, state, seed, cuda_graphs=opts.cuda_graphs)
         _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed=bool(meta))
 
@@ -291,8 +293,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 group: list = []  # the batches of one update (--accumulate)
                 pending: list = []  # (position after it, batch) of the steps of one call (--steps-per-call)
 
-                def finish_step(name, scalars, n) -> bool:
-                    """Book one step's results; False when it overflowed in mixed precision."""
+                def finish_step(name, scalars, n) -> None:
+                    """Book one step's results (none when it overflowed in mixed precision)."""
                     nonlocal overflows
                     if mixed and not all(np.isfinite(v) for v in scalars.values()):
                         # the step overflowed in float16: it changed nothing but the loss scale
@@ -303,13 +305,12 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                 f"(step {step}, epoch {epoch + 1}); training stopped",
                                 hint=f"the model's values exceed float16's range even unscaled; train without "
                                      f"mixed_precision, or lower the learning rate; checkpoints are in {run_dir}")
-                        return False
+                        return
                     overflows = 0
                     _check_finite(scalars, step, epoch, run_dir)
                     for k, v in scalars.items():
                         key = k if len(cm.schedule) == 1 else f"{name}/{k}"
                         sums[key] = sums.get(key, 0.0) + v * n
-                    return True
 
                 def end_step(n, next_pos) -> bool:
                     """Count one step; True when training has reached its last step."""
@@ -325,25 +326,20 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 def run_pending() -> bool:
                     """The pending steps in one session call (a lone step as a plain step)."""
                     name = cm.schedule[0]
-                    if len(pending) > 1:
-                        try:
-                            results = trainer.train_steps(name, [b for _, b in pending],
-                                                          [schedules[name](step + i) for i in range(len(pending))], step)
-                        except ORT_ERRORS as ex:
-                            raise _step_failed(ex, f"training steps {step}-{step + len(pending) - 1} "
-                                                   f"(epoch {epoch + 1})", run_dir) from None
-                    else:
-                        results = [None]
+                    batches_ = [b for _, b in pending]
+                    try:
+                        if len(pending) == 1:
+                            results = [trainer.train_step(name, batches_[0], schedules[name](step), step)]
+                        else:
+                            results = trainer.train_steps(name, batches_, [schedules[name](step + i)
+                                                                           for i in range(len(pending))], step)
+                    except ORT_ERRORS as ex:
+                        steps = f"step {step}" if len(pending) == 1 else f"steps {step}-{step + len(pending) - 1}"
+                        raise _step_failed(ex, f"training {steps} (epoch {epoch + 1})", run_dir) from None
                     done = False
                     for (next_pos, b), scalars in zip(pending, results):
-                        n = _rows(b)
-                        if scalars is None:
-                            try:
-                                scalars = trainer.train_step(name, b, schedules[name](step), step)
-                            except ORT_ERRORS as ex:
-                                raise _step_failed(ex, f"training step {step} (epoch {epoch + 1})", run_dir) from None
-                        finish_step(name, scalars, n)
-                        done = end_step(n, next_pos)
+                        finish_step(name, scalars, _rows(b))
+                        done = end_step(_rows(b), next_pos)
                     pending.clear()
                     return done
 
@@ -468,6 +464,28 @@ def _check_state(cm: CompiledModel, state: dict, path: str, seed: int):
                             hint="the spec changed since it was written; train anew with --overwrite")
 
 
+VOCABULARY_KEYS = ("vocab", "src_vocab", "tgt_vocab")
+
+
+def _check_vocabulary(run_dir: str, meta: dict, how: str) -> None:
+    """Token ids mean the vocabulary's tokens: a run continued, or warm-started, on data whose
+    vocabulary differs would read every embedding row as another token."""
+    info_path = os.path.join(run_dir, "run.json")
+    if not os.path.isfile(info_path):  # --init-from a checkpoint file: nothing to compare
+        return
+    try:
+        with open(info_path) as f:
+            before = json.load(f).get("meta") or {}
+    except (OSError, ValueError):
+        return
+    for key in VOCABULARY_KEYS:
+        if key in before and key in meta and list(before[key]) != list(meta[key]):
+            raise DataError(
+                f"{how} {run_dir}: that run was trained on data whose {key} differs from this data's "
+                f"({len(before[key])} tokens, then {len(meta[key])}; token ids would change meaning)",
+                hint="train anew with --overwrite, or use the data the run was trained on")
+
+
 def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> dict:
     path = os.path.join(run_dir, CHECKPOINT) if os.path.isdir(run_dir) else run_dir
     source, _ = load_checkpoint(path)
@@ -483,7 +501,9 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> dict:
 
 
 def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed):
-    shutil.copyfile(spec.path, os.path.join(run_dir, "spec.yaml")) if os.path.exists(spec.path) else None
+    target = os.path.join(run_dir, "spec.yaml")
+    if os.path.exists(spec.path) and not (os.path.exists(target) and os.path.samefile(spec.path, target)):
+        shutil.copyfile(spec.path, target)
     cm.save(os.path.join(run_dir, "graphs"))
     info = {
         "spec": spec.name, "seed": seed, "device": device, "threads": opts.threads, "data": train_ds.name,

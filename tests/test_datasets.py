@@ -57,6 +57,12 @@ def test_text_characters_have_a_fixed_alphabet_whatever_the_python_release():
     text = "\u201cit\u2019s\u201d \u2014 caf\u00e9\tok\u00a0ok\u2026"
     assert T.decode_text(T.encode_text(text, meta), meta) == '"it\'s" - caf<unk> ok ok<unk>'
     assert T.encode_text("\u4e2d", meta).tolist() == [0]
+    assert T.decode_text(T.encode_text("a\r\nb", meta), meta) == "a\nb"  # Windows line ends
+    # a generator exported before the fixed alphabet has no <unk>: its error says what to do
+    old = {"vocab": ["a", "b"], "level": "char", "unk": None}
+    with pytest.raises(DataError, match="not in the vocabulary") as e:
+        T.encode_text("abc", old)
+    assert "leave it out" in e.value.hint
     with pytest.raises(DataError, match="max_vocab applies to level: word"):
         T.load_text(max_vocab=50)
 

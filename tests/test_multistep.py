@@ -131,9 +131,9 @@ def test_training_with_several_steps_per_call_equals_one_step_per_call(tmp_path,
                 assert h4[k] == pytest.approx(v, rel=1e-5), k
 
 
-def test_a_checkpoint_inside_a_call_is_taken_at_its_step(tmp_path, monkeypatch):
-    """--checkpoint-every 6 with calls of 4 steps: the step-6 checkpoint equals the one
-    of a run of single steps, and a run resumed from it (as after a kill) ends where an
+def test_a_call_ends_at_a_checkpoint_step_and_the_checkpoint_holds_that_step(tmp_path, monkeypatch):
+    """--checkpoint-every 6 with calls of 4 steps (4 + 2): the step-6 checkpoint equals the
+    one of a run of single steps, and a run resumed from it (as after a kill) ends where an
     uninterrupted run does."""
     import runtime.train as T
     from runtime.checkpoint import load_checkpoint
@@ -165,6 +165,28 @@ def test_a_checkpoint_inside_a_call_is_taken_at_its_step(tmp_path, monkeypatch):
         np.testing.assert_allclose(resumed[k], full[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize("per_call", [1, 4])
+def test_a_step_whose_loss_is_not_finite_stops_training_at_that_step(tmp_path, monkeypatch, per_call):
+    """A non-finite loss in the middle of a call stops the run with that step's number, as
+    with one step per call, and leaves the last checkpoint as it was."""
+    from runtime.trainer import Trainer
+    from spec.errors import FlowgradError
+
+    real_step, real_steps = Trainer.train_step, Trainer.train_steps
+
+    def poisoned(results, first):
+        return [dict(r, loss=float("nan")) if first + i == 5 else r for i, r in enumerate(results)]
+
+    monkeypatch.setattr(Trainer, "train_step", lambda self, o, b, lr, step: poisoned([real_step(self, o, b, lr, step)], step)[0])
+    monkeypatch.setattr(Trainer, "train_steps", lambda self, o, bs, lrs, step: poisoned(real_steps(self, o, bs, lrs, step), step))
+    with pytest.raises(FlowgradError, match="loss became nan at step 5 "):
+        _trained(tmp_path, "run", steps=12, steps_per_call=per_call, checkpoint_every=4)
+    from runtime.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
+    assert meta["step"] == 4
+
+
 def test_steps_per_call_refuses_what_it_cannot_do(tmp_path):
     from runtime.api import load, train
     from spec.errors import FlowgradError
@@ -173,5 +195,6 @@ def test_steps_per_call_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(FlowgradError, match="does not work with --accumulate"):
         train(mlp, run_dir=str(tmp_path / "a"), steps=2, steps_per_call=4, accumulate=2, device="cpu")
     gan = load(os.path.join(ROOT, "models", "gan.yaml"))
-    with pytest.raises(FlowgradError, match="several objectives"):
+    with pytest.raises(FlowgradError, match="several objectives") as e:
         train(gan, run_dir=str(tmp_path / "b"), steps=2, steps_per_call=4, device="cpu")
+    assert "gan.yaml:47:" in str(e.value) and not (tmp_path / "b").exists()

@@ -410,3 +410,24 @@ def test_cuda_graphs_can_be_turned_off(monkeypatch):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", "--help"], capture_output=True, text=True,
                          env={**os.environ, "COLUMNS": "200"})
     assert "--no-cuda-graphs" in out.stdout
+
+
+def test_resuming_or_warm_starting_on_data_with_another_vocabulary_is_refused(tmp_path):
+    """Token ids mean the run's vocabulary: a run trained when the characters had another
+    order (an older flowgrad) must not go on reading every embedding row as another one."""
+    spec = load(os.path.join(ROOT, "models", "char_lstm.yaml"), ["dims.H=8", "dims.E=4", "train.batch_size=8"])
+    run = tmp_path / "run"
+    train(spec, run_dir=str(run), steps=2, threads=1, device="cpu")
+    info = json.loads((run / "run.json").read_text())
+    info["meta"]["vocab"] = info["meta"]["vocab"][::-1]
+    (run / "run.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match="vocab differs"):
+        train(spec, run_dir=str(run), steps=4, threads=1, device="cpu", resume=True)
+    with pytest.raises(DataError, match="vocab differs"):
+        train(spec, run_dir=str(tmp_path / "warm"), steps=1, threads=1, device="cpu", init_from=str(run))
+    # the run's own vocabulary resumes, from the spec copy in the run directory too
+    info["meta"]["vocab"] = info["meta"]["vocab"][::-1]
+    (run / "run.json").write_text(json.dumps(info))
+    resumed = train(load(str(run / "spec.yaml"), ["dims.H=8", "dims.E=4", "train.batch_size=8"]), run_dir=str(run),
+                    steps=4, threads=1, device="cpu", resume=True)
+    assert resumed.steps == 4
