@@ -57,6 +57,19 @@ def user_errors():
             else:
                 err.print(f"[bold red]error:[/bold red] {line}", soft_wrap=True)
         raise typer.Exit(1) from None
+    except ModuleNotFoundError as e:  # an installation without one of flowgrad's dependencies
+        if _state["debug"] or not e.name:
+            raise
+        package = _PIP_NAMES.get(e.name.split(".")[0], e.name.split(".")[0])
+        err.print(f"[bold red]error:[/bold red] this Python lacks the package {package!r}, which flowgrad needs here",
+                  soft_wrap=True)
+        err.print(f"[dim]  hint: pip install '{package}', or reinstall flowgrad with its dependencies[/dim]",
+                  soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+# import name -> the name pip installs it by, where they differ
+_PIP_NAMES = {"yaml": "pyyaml", "sklearn": "scikit-learn", "onnxruntime": "onnxruntime-gpu"}
 
 
 def _load(path: str, overrides):

@@ -5,6 +5,7 @@ import fnmatch
 import json
 import re
 import shutil
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -281,6 +282,13 @@ def test_graph_without_graphviz_writes_dot_and_says_how_to_install(tmp_path, mon
     assert len(lines) == 1
     assert "apt-get install graphviz" in lines[0] and "brew install graphviz" in lines[0]
     assert res.stdout.strip() == str(tmp_path / "g.dot")
+
+
+def test_a_missing_python_package_is_a_one_line_error_with_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "graphviz", None)  # `import graphviz` fails as if not installed
+    res = invoke("graph", MLP, "-o", tmp_path / "g.svg", code=1)
+    assert "lacks the package 'graphviz'" in res.stderr and "pip install 'graphviz'" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_graph_refuses_an_unknown_format(tmp_path):
