@@ -64,8 +64,12 @@ def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str 
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise FlowgradError(f"{run_dir}: run.json is missing or malformed ({type(e).__name__})",
                             hint="pass a run directory that 'flowgrad train' wrote") from None
-    cm = compile_spec(spec)
+    if checkpoint not in ("best", "last"):
+        raise FlowgradError(f"unknown checkpoint {checkpoint!r}", hint="choose best or last")
+    cm = compile_spec(spec, info.get("dtype"))  # the float type the run trained in
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
+    if not os.path.exists(ckpt):  # a run stopped before its first epoch ended has no best yet
+        ckpt = os.path.join(run_dir, "checkpoint.npz")
     state, _ = load_checkpoint(ckpt)
     _check_state(cm, state, ckpt, seed)
     ds = D.load_npz(data, None, spec.inputs)

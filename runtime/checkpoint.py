@@ -84,7 +84,7 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
             meta = json.loads(bytes(z[META_KEY]).decode())
             state = {k[2:]: z[k] for k in z.files if k.startswith("t:")}
     except FileNotFoundError:
-        raise DataError(f"no checkpoint at {path}", hint="train first, or drop --resume") from None
+        raise DataError(f"no checkpoint at {path}", hint="pass a run directory that 'flowgrad train' wrote, or train first") from None
     except Exception as e:
         raise DataError(f"checkpoint {path} is unreadable ({e})") from None
     return state, meta

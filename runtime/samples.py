@@ -39,8 +39,6 @@ class InferRunner:
     """graphs/infer.onnx of a run with its checkpoint's parameters bound."""
 
     def __init__(self, run_dir: str, checkpoint: str = "best"):
-        import onnxruntime as ort
-
         from .checkpoint import load_checkpoint
 
         graph = os.path.join(run_dir, "graphs", "infer.onnx")
@@ -62,9 +60,10 @@ class InferRunner:
         self.outputs = [o["name"] for o in info["outputs"]]
         self.output_shapes = {o["name"]: o["shape"] for o in info["outputs"]}
         self.params = {n: state[n] for n, i in self.inputs.items() if i["role"] in ("param", "buffer")}
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        from .export import load_model_safely
+        from .session import make_session
+
+        self.session = make_session(load_model_safely(graph), "cpu")  # a run directory may come from someone else
 
     def data_inputs(self) -> list[dict]:
         return [i for i in self.inputs.values() if i["role"] == "input"]

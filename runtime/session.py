@@ -92,6 +92,13 @@ def _ort_errors() -> tuple:
 ORT_ERRORS = _ort_errors()
 
 
+def _narrow_values(model: onnx.ModelProto) -> bool:
+    """Whether the graph's inputs or constants are float16/bfloat16 (a --dtype float16 model)."""
+    narrow = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    return any(i.type.tensor_type.elem_type in narrow for i in model.graph.input) \
+        or any(t.data_type in narrow for t in model.graph.initializer)
+
+
 def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", threads: int | None = None,
                  cuda_graph: bool = False) -> ort.InferenceSession:
     """`cuda_graph`: onnxruntime records a CUDA graph per `gpu_graph_id` run option and
@@ -106,10 +113,14 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     # rounding their operands to 10 mantissa bits); mixed_precision is the faster, explicit path
     cuda = {"use_tf32": "0", **({"enable_cuda_graph": "1"} if cuda_graph else {})}
     providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    narrow = narrow_types(model) if isinstance(model, onnx.ModelProto) else frozenset()
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    narrow = narrow_types(model)
+    # onnxruntime 1.31's blocked-layout rewrite (it speeds up float32 convolutions only) crashes
+    # the process while making sessions of some float16 graphs with a Scan: keep it out of them.
+    no_nchwc = {"disabled_optimizers": ["NchwcTransformer"]} if narrow or _narrow_values(model) else {}
     if not narrow:
-        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-        return ort.InferenceSession(data, opts, providers=providers)
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers, **no_nchwc)
     # onnxruntime has no kernel for some ops in the narrow types (bfloat16 ArgMax, Log and
     # comparisons on CUDA; nearly everything on the CPU): those run in float32 between Casts.
     # Which ops is learned from its refusals, one op type a try, and kept for later sessions.
@@ -122,7 +133,7 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
         if learned & present:
             widen_unsupported_types(wide, learned)
         try:
-            return ort.InferenceSession(wide.SerializeToString(), opts, providers=providers)
+            return ort.InferenceSession(wide.SerializeToString(), opts, providers=providers, **no_nchwc)
         except ORT_ERRORS as err:
             missing = _MISSING_KERNEL.search(str(err))
             op_type = missing and (missing.group(1) or missing.group(2))

@@ -501,16 +501,32 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> dict:
 
 
 def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed):
-    target = os.path.join(run_dir, "spec.yaml")
-    if os.path.exists(spec.path) and not (os.path.exists(target) and os.path.samefile(spec.path, target)):
-        shutil.copyfile(spec.path, target)
+    _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"))
     cm.save(os.path.join(run_dir, "graphs"))
     info = {
-        "spec": spec.name, "seed": seed, "device": device, "threads": opts.threads, "data": train_ds.name,
+        "spec": spec.name, "seed": seed, "dtype": cm.float_dtype, "device": device, "threads": opts.threads,
+        "data": train_ds.name,
         "data_hash": train_ds.fingerprint(), "versions": _versions(), "resumed": resumed,
         "argv": sys.argv, "meta": train_ds.meta,
     }
     atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode())
+
+
+def _write_spec_as_trained(spec: S.Spec, target: str) -> None:
+    """The run's spec.yaml is the spec it trained: the file itself (comments kept), or, with
+    --set overrides or a spec given as data, the YAML of the spec after them, so that eval,
+    export and plots read the shapes the checkpoint has."""
+    if os.path.isfile(spec.path) and not spec.overrides:
+        if not (os.path.exists(target) and os.path.samefile(spec.path, target)):
+            shutil.copyfile(spec.path, target)
+        return
+    import yaml
+
+    from spec.yamltree import to_plain
+
+    origin = os.path.basename(spec.path) + "".join(f" --set {o}" for o in spec.overrides)
+    text = yaml.safe_dump(to_plain(spec.raw), sort_keys=False, allow_unicode=True, width=100)
+    atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode())
 
 
 def _rewrite_metrics(run_dir, history):

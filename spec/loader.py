@@ -72,7 +72,9 @@ def spec_from_text(text: str, path: str = "<string>", overrides=()) -> Spec:
         apply_override(tree, text_)
     _check_version(tree, path)
     _raise_all(validate_tree(tree, path))
-    return _SpecBuilder(tree, path).build()
+    spec = _SpecBuilder(tree, path).build()
+    spec.overrides = tuple(overrides)
+    return spec
 
 
 def spec_from_dict(d: dict, name: str = "<dict>", overrides=()) -> Spec:

@@ -159,6 +159,7 @@ class Spec:
     raw: Any  # the located YAML tree (spec.loader.LocMap), for locating anything
     dim_locs: dict[str, Loc] = field(default_factory=dict)
     generate: dict[str, Any] = field(default_factory=dict)  # autoregressive sampling for export
+    overrides: tuple[str, ...] = ()  # the --set overrides applied to the file at `path`
 
     @property
     def batch_size(self) -> int:

@@ -345,3 +345,29 @@ def test_widening_works_per_scope_and_casts_each_value_once():
     assert count == 3
     to_float = [n for n in model.graph.node if n.op_type == "Cast" and n.attribute[0].i == T.FLOAT]
     assert len(to_float) == 4  # xb and wb once each, c1 for MaxPool, and the output y
+
+
+@pytest.mark.parametrize("extra", [["train.mixed_precision=float16"], []])
+def test_float16_recurrent_sessions_do_not_crash_onnxruntime(tmp_path, extra):
+    """onnxruntime 1.31's NCHWc rewrite killed the process (SIGSEGV) while making sessions of
+    float16 graphs with a Scan (mixed precision, or --dtype float16): run in a subprocess, so
+    a regression fails this test instead of the test run."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from spec import spec_from_text\n"
+        "from compiler.training import compile_spec\n"
+        "from compiler.gradcheck import random_batch\n"
+        "from runtime.trainer import Trainer\n"
+        "spec = spec_from_text('''flowgrad: 1\nname: t\ndims: {E: 4, H: 8}\ninputs:\n  x: {shape: [N, T, E]}\n"
+        "graph:\n  hs: rnn(x, H)\nloss: mean(hs*hs) + mean(hs)\ntrain:\n  optimizer: {sgd: {lr: 0.01}}\n''', 't.yaml', "
+        f"{extra!r})\n"
+        f"cm = compile_spec(spec, {'None' if extra else repr('float16')}, graphs=('train',))\n"
+        "batch = random_batch(spec, ['x'], np.random.default_rng(0), cm.float_dtype)\n"
+        "loss = Trainer(cm, 'cpu', 1, seed=0).train_step('main', batch, 1e-2, 0)['loss']\n"
+        "assert np.isfinite(loss), loss\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])

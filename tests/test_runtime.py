@@ -431,3 +431,28 @@ def test_resuming_or_warm_starting_on_data_with_another_vocabulary_is_refused(tm
     resumed = train(load(str(run / "spec.yaml"), ["dims.H=8", "dims.E=4", "train.batch_size=8"]), run_dir=str(run),
                     steps=4, threads=1, device="cpu", resume=True)
     assert resumed.steps == 4
+
+
+def test_eval_compiles_the_spec_the_run_trained(tmp_path):
+    """A run trained with --set overrides, from a spec given as data, or in float64: its
+    spec.yaml and run.json say what it trained, so eval builds graphs its checkpoint fits."""
+    import yaml
+
+    from runtime.api import evaluate_run
+
+    digits = D.load_digits()
+    np.savez(tmp_path / "d.npz", x=digits.arrays["x"][:100], y=digits.arrays["y"][:100])
+    runs = {
+        "set": (load(MLP, ["dims.H=16"]), {}),
+        "dict": (load({**yaml.safe_load(open(MLP)), "dims": {"D": 64, "H": 12, "K": 10}}), {}),
+        "f64": (load(MLP, ["dims.H=8"]), {"dtype": "float64"}),
+    }
+    for name, (spec, extra) in runs.items():
+        run = tmp_path / name
+        train(spec, run_dir=str(run), steps=3, threads=1, device="cpu", **extra)
+        metrics = evaluate_run(str(run), str(tmp_path / "d.npz"), device="cpu", threads=1)
+        assert np.isfinite(metrics["loss"]) and 0 <= metrics["accuracy"] <= 1, name
+    assert "--set dims.H=16" in (tmp_path / "set" / "spec.yaml").read_text().splitlines()[0]
+    assert json.loads((tmp_path / "f64" / "run.json").read_text())["dtype"] == "float64"
+    with pytest.raises(FlowgradError, match="unknown checkpoint"):
+        evaluate_run(str(tmp_path / "set"), str(tmp_path / "d.npz"), checkpoint="newest", device="cpu")
