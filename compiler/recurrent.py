@@ -15,7 +15,7 @@ import contextvars
 from spec import model as S
 from spec.errors import ShapeError, SpecError, did_you_mean
 
-from .ir import Graph, TensorType, Value, at, dim_mul, is_float, normalize_axis
+from .ir import Graph, TensorType, Value, at, current_loc, dim_mul, is_float, normalize_axis
 from .ops.scan import Body
 from .registry import get_op
 
@@ -216,15 +216,24 @@ def run_scan(g: Graph, body: Body, init: list[Value], seqs: list[Value], nonseqs
     Returns the scan node's outputs as a list."""
     if optimize is None:
         optimize = HOIST
+    # The scan's own check, before hoisting takes the sequences apart: a hoisted product of a
+    # shorter sequence would broadcast over the steps instead of failing.
+    lengths = [s.shape[0] for s in seqs]
+    if any(n != lengths[0] for n in lengths):
+        raise ShapeError(f"scan: sequences have different lengths {', '.join(map(str, dict.fromkeys(lengths)))}",
+                         current_loc(), "every sequence scanned together needs the same time length")
+    steps = lengths[0] if seqs else length
     if optimize and seqs:
-        body, seqs, nonseqs = hoist(body, seqs, nonseqs, g)
-    steps = seqs[0].shape[0] if seqs else length
+        hoisted = hoist(body, seqs, nonseqs, g)
+        # A step left reading no sequence runs over a length, which must then be known here;
+        # with a symbolic one the step keeps its sequences as they are.
+        if hoisted[0].seqs or isinstance(steps, int):
+            body, seqs, nonseqs = hoisted
     if unroll and isinstance(steps, int) and not truncate:
         return _unrolled(g, body, init, seqs, nonseqs, steps, reverse, stack)
-    if not body.seqs and length is None and seqs == []:
-        length = None
+    # a step that reads no slice of its sequences (after hoisting) still runs once per time step
     res = g.apply("scan", *init, *seqs, *nonseqs, body=body, reverse=reverse, truncate=truncate,
-                  length=length if not body.seqs else None, stack=stack)
+                  length=steps if not body.seqs else None, stack=stack)
     return list(res) if isinstance(res, tuple) else [res]
 
 
@@ -345,18 +354,30 @@ def _lower_scan(low, e: S.Call):
     init = kw.get("init", [])
     init = list(init) if isinstance(init, (list, tuple)) else [init]
     axis = kw.get("axis", 1)
-    reverse = bool(kw.get("reverse", False))
-    truncate = kw.get("truncate")
+    reverse = _scan_flag(kw, "reverse", e)
+    truncate = _scan_count(kw, "truncate", e)
+    length = _scan_count(kw, "length", e)
+    unroll = _scan_flag(kw, "unroll", e)
+    if kw.get("mask") is not None and not isinstance(kw["mask"], Value):
+        raise SpecError(f"scan() mask must be a tensor [N, T] of 1 (step) and 0 (padding), got {kw['mask']!r}",
+                        e.kwarg_locs.get("mask", e.loc))
     for v, what in [(x, "over") for x in over] + [(x, "init") for x in init]:
         if not isinstance(v, Value):
             raise SpecError(f"scan() {what} must be tensors, got {v!r}", e.kwarg_locs.get(what, e.loc))
+    for x in over:
+        if x.rank < 2:
+            raise SpecError(f"scan() over= needs tensors with a batch and a time axis, got {x.type}",
+                            e.kwarg_locs.get("over", e.loc))
     if len(block.inputs) != len(over) + len(init):
         raise SpecError(f"block {block_name!r} takes {len(block.inputs)} inputs ({', '.join(block.inputs)}), "
                         f"but scan gives {len(over)} sequence(s) and {len(init)} state(s)", e.loc,
                         "the block's inputs are the sequences' steps first, then the states")
     seqs = [time_major(g, x, axis) for x in over]
-    if not seqs and kw.get("length") is None:
+    if not seqs and length is None:
         raise SpecError("scan() needs over= or length=", e.loc)
+    if seqs and length is not None:
+        raise SpecError("scan() takes over= or length=, not both", e.kwarg_locs.get("length", e.loc),
+                        "the sequences' time axis sets the length")
     carried = getattr(low, "recurrent_state", None)  # decoding: states carried between calls
     key = "scan:" + (low._target or block_name)
     if carried is not None and key in carried:
@@ -383,11 +404,29 @@ def _lower_scan(low, e: S.Call):
         seqs += m_seqs
     body = Body(sb.graph, carry_in, seq_in, sb.nonseqs, new_carries, extras)
     res = run_scan(g, body, init, seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate,
-                   length=kw.get("length"), unroll=bool(kw.get("unroll", False)))
+                   length=length, unroll=unroll)
     if carried is not None:
         low.recurrent_final[key] = [g.apply("index", r, spec=(0 if reverse else -1,)) for r in res[:len(init)]]
     res = [from_time_major(g, r, axis) for r in res]
     return tuple(res) if len(res) > 1 else res[0]
+
+
+def _scan_flag(kw: dict, name: str, e) -> bool:
+    v = kw.get(name, False)
+    if not isinstance(v, bool):
+        raise SpecError(f"scan() {name} must be true or false, got {v!r}", e.kwarg_locs.get(name, e.loc))
+    return v
+
+
+def _scan_count(kw: dict, name: str, e) -> int | None:
+    """A positive whole number of steps, or None when not given."""
+    v = kw.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise SpecError(f"scan() {name} must be a positive whole number of steps, got {v!r}",
+                        e.kwarg_locs.get(name, e.loc))
+    return v
 
 
 def _apply_mask(g: Graph, sb: StepBuilder, carries, new_carries, extras, mask: Value):
@@ -624,6 +663,7 @@ class Recurrent(Layer):
             raise SpecError(f"{self.name}() needs a tensor input", e.loc)
         H = _int_arg(a["units"], "units", e.args[1].loc if len(e.args) > 1 else e.loc)
         mask = _mask_of(low, e, x, a)
+        _check_truncate(a, e)
         prefix = low.layer_name(self.name)
         n_layers = _int_arg(a.get("layers", 1), "layers", e.loc)
         hs, finals = x, []
@@ -642,6 +682,12 @@ class Recurrent(Layer):
         return hs
 
 
+def _check_truncate(a: dict, e) -> None:
+    t = a.get("truncate")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+        raise SpecError(f"truncate must be a positive whole number of steps, got {t!r}", e.kwarg_locs.get("truncate", e.loc))
+
+
 def _mask_of(low, e, x, a):
     if a.get("mask") is not None and a.get("lengths") is not None:
         raise SpecError("give mask= or lengths=, not both", e.loc)
@@ -657,9 +703,11 @@ def _mask_of(low, e, x, a):
 class Bidirectional(Layer):
     name = "bidirectional"
     positional = ("cell", "x", "units")
-    keywords = Recurrent.keywords + ("merge",)
+    # a reverse pass is already in it; initial or carried states would be two, one per direction
+    keywords = tuple(k for k in Recurrent.keywords if k not in ("reverse", "init", "stateful")) + ("merge",)
     required = ("cell", "x", "units")
-    usage = "bidirectional(lstm | gru | rnn, x, units, merge=concat | sum)"
+    usage = ("bidirectional(lstm | gru | rnn, x, units, merge=concat | sum, layers=1, dropout=0, "
+             "mask=m | lengths=len, truncate=K, layer_norm=false)")
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
@@ -676,17 +724,24 @@ class Bidirectional(Layer):
             raise SpecError("bidirectional() returns the merged sequence only", e.kwarg_locs.get("return_state", e.loc))
         prefix = low.layer_name("bidirectional")
         mask = _mask_of(low, e, x, a)
-        a.pop("lengths", None)
-        a["mask"] = mask
-        outs = []
-        for direction, rev in (("fw", False), ("bw", True)):
-            hs, _ = recurrent_layer(low, e, cell, x, _int_arg(H, "units", e.loc), f"{prefix}.{direction}", reverse=rev,
-                                    mask=mask, truncate=a.get("truncate"), layer_norm=bool(a.get("layer_norm", False)),
-                                    act=a.get("act", "tanh"), linear_before_reset=bool(a.get("linear_before_reset", True)))
-            outs.append(hs)
-        if merge == "sum":
-            return outs[0] + outs[1]
-        return low.graph.apply("concat", outs[0], outs[1], axis=-1)
+        _check_truncate(a, e)
+        n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc))
+        units = _int_arg(H, "units", e.loc)
+        merged = x
+        for layer in range(n_layers):  # each layer reads the merged sequence of the one below
+            name = prefix if n_layers == 1 else f"{prefix}.l{layer + 1}"
+            if layer and a.get("dropout"):
+                merged = low.graph.apply("dropout", merged, rate=float(a["dropout"]))
+            outs = []
+            for direction, rev in (("fw", False), ("bw", True)):
+                hs, _ = recurrent_layer(low, e, cell, merged, units, f"{name}.{direction}", reverse=rev, mask=mask,
+                                        truncate=a.get("truncate"), layer_norm=bool(a.get("layer_norm", False)),
+                                        act=a.get("act", "tanh"),
+                                        linear_before_reset=bool(a.get("linear_before_reset", True)),
+                                        unroll=bool(a.get("unroll", False)))
+                outs.append(hs)
+            merged = outs[0] + outs[1] if merge == "sum" else low.graph.apply("concat", outs[0], outs[1], axis=-1)
+        return merged
 
 
 for _cell in CELLS:

@@ -27,6 +27,7 @@ from compiler.ir import Graph
 from compiler.ops.scan import Body
 from compiler.training import compile_spec
 from spec import spec_from_text
+from spec.errors import ShapeError, SpecError
 
 F = "float64"
 N, T, E, H = 2, 4, 3, 3
@@ -353,6 +354,8 @@ CELL_SPECS = {
     "lstm_layers2": LENGTHS + "graph:\n  hs, h, c: lstm(x, H, layers=2, return_state=true, lengths=len + 2)\n"
                     "loss: mean(hs * hs) + mean(h) + mean(c * c)\n",
     "gru_layers2": LENGTHS + "graph:\n  hs: gru(x, H, layers=2, reverse=true)\nloss: mean(hs * hs) + mean(hs)\n",
+    "bidir_layers2": LENGTHS + "graph:\n  hs: bidirectional(gru, x, H, layers=2, lengths=len + 2)\n"
+                     "loss: mean(hs * hs) + mean(hs)\n",
     "scan_length": HEAD + """\
 inputs:
   z: {shape: [N, H]}
@@ -778,3 +781,100 @@ def test_a_mask_from_lengths_gets_no_gradient_in_the_backward_loop(monkeypatch):
     ranks = [len(o.type.tensor_type.shape.dim) for o in _body(bwd).output]
     n_states = len(bwd.input) - _attr(bwd, "num_scan_inputs")
     assert 1 not in ranks[n_states:], ranks
+
+
+def test_bidirectional_stacks_its_layers_and_refuses_what_it_cannot_do():
+    spec = spec_from_text(CELL_SPECS["bidir_layers2"], "b.yaml")
+    params = set(compile_spec(spec, graphs=("infer",)).params)
+    for layer in ("l1", "l2"):
+        for direction in ("fw", "bw"):
+            assert f"hs.{layer}.{direction}.W" in params, (layer, direction, params)
+    # the second layer reads both directions of the first
+    assert compile_spec(spec, graphs=("infer",)).params["hs.l2.fw.W"].shape[0] == 2 * 3
+    for bad in ("reverse=true", "stateful=true", "init=[x]", "layers=0"):
+        text = LENGTHS + f"graph:\n  hs: bidirectional(gru, x, H, {bad})\nloss: mean(hs * hs)\n"
+        with pytest.raises(SpecError) as e:
+            compile_spec(spec_from_text(text, "b.yaml"))
+        assert str(e.value).startswith("b.yaml:"), str(e.value)
+
+
+STEP_SPEC = HEAD + """\
+inputs:
+  x: {shape: [N, %s, E]}
+  y: {shape: [N, %s, E]}
+blocks:
+  step:
+    in: [x_t, y_t, h]
+    params:
+      U: {shape: [H, H], init: orthogonal}
+      W: {shape: [E, H], init: glorot_uniform}
+    graph:
+      h2: tanh(h @ U + %s)
+    out: [h2]
+graph:
+  hs: scan(step, over=[x, y], init=[zeros(N, H)])
+loss: mean(hs * hs)
+"""
+
+
+@pytest.mark.parametrize("lengths", [("T", "T"), (4, 4)])
+def test_a_step_that_reads_no_slice_of_its_sequences_runs_once_per_step(lengths, monkeypatch):
+    """Hoisting leaves such a step no sequence: it still runs T times, as without hoisting."""
+    text = STEP_SPEC % (*lengths, "1.0")
+    got = _grads(spec_from_text(text, "s.yaml"))[1]
+    monkeypatch.setattr(recurrent, "HOIST", False)
+    want = _grads(spec_from_text(text, "s.yaml"))[1]
+    for k in want:
+        if k.startswith("grad/"):
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("lengths", [(4, 1), ("T", "S")])
+def test_sequences_of_different_lengths_are_a_located_error(lengths):
+    """Hoisting used to broadcast the shorter sequence's product over every step."""
+    text = STEP_SPEC % (*lengths, "x_t @ W + y_t @ W")
+    with pytest.raises(ShapeError, match="sequences have different lengths") as e:
+        compile_spec(spec_from_text(text, "s.yaml"))
+    assert str(e.value).startswith("s.yaml:")
+
+
+BAD_ARGS_SPEC = HEAD + """\
+inputs:
+  x: {shape: [N, T, E]}
+  s: {shape: []}
+blocks:
+  step:
+    in: [x_t, h]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+    graph:
+      h2: tanh(x_t @ W + h)
+    out: [h2]
+  lstep:
+    in: [h]
+    params:
+      U: {shape: [H, H], init: glorot_uniform}
+    graph:
+      h2: tanh(h @ U)
+    out: [h2]
+graph:
+  hs: %s
+loss: mean(hs * hs) + s + mean(x)
+"""
+
+
+@pytest.mark.parametrize("call, words", [
+    ("scan(step, over=x, init=[zeros(N, H)], mask=1.0)", "mask must be a tensor"),
+    ("scan(step, over=x, init=[zeros(N, H)], truncate=[2])", "truncate must be a positive whole number"),
+    ("scan(step, over=x, init=[zeros(N, H)], reverse=2)", "reverse must be true or false"),
+    ("scan(step, over=s, init=[zeros(N, H)])", "batch and a time axis"),
+    ("scan(step, over=x, init=[zeros(N, H)], length=3)", "over= or length=, not both"),
+    ("scan(lstep, init=[zeros(N, H)], length=2.5)", "length must be a positive whole number"),
+    ("scan(lstep, init=[zeros(N, H)], length=x)", "length must be a positive whole number"),
+    ("lstm(x, H, truncate=x)", "truncate must be a positive whole number"),
+    ("bidirectional(gru, x, H, truncate=0)", "truncate must be a positive whole number"),
+])
+def test_bad_scan_arguments_are_located_errors(call, words):
+    with pytest.raises(SpecError, match=words) as e:
+        compile_spec(spec_from_text(BAD_ARGS_SPEC % call, "bad.yaml"), graphs=("train",))
+    assert str(e.value).startswith("bad.yaml:23:"), str(e.value)
