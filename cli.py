@@ -298,7 +298,7 @@ def predict(
     text: Annotated[Optional[str], typer.Option("--text", help="Prompt for a text generator (models with a 'generate' section).")] = None,
     max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text (default: the spec's generate.max_len).", min=1)] = None,
     beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy.", min=1)] = None,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy.", min=0.0)] = 0.8,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling with --text.")] = 0,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -315,20 +315,31 @@ def predict(
 
             raise FlowgradError("give either --data (an .npz of inputs) or --text (a prompt)")
         if text is not None:
-            generated = generate_text(model, text, max_len, temperature, seed, pick_device(device), beam_width)
-            print(generated if _is_translator(model) else text + generated)
+            print(generate_text(model, text, max_len, temperature, seed, pick_device(device), beam_width,
+                                with_prompt=not _is_translator(model)))
             return
         ds = load_npz(data)
         outs = run_predict(model, ds.arrays, pick_device(device), threads)
-    if output:
-        import numpy as np
-
-        np.savez(output, **outs)
-        err.print(f"wrote {output}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}")
-        return
+        if output:
+            _write_npz(output, outs)
+            err.print(f"wrote {output}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}")
+            return
     for k, v in outs.items():
         print(f"{k}: shape {list(v.shape)} dtype {v.dtype}")
         print(v if v.size <= 50 else v.reshape(len(v), -1)[:10])
+
+
+def _write_npz(path: str, arrays: dict) -> None:
+    """The arrays as an .npz at exactly `path`, whole or not at all."""
+    import io
+
+    import numpy as np
+
+    from runtime.checkpoint import atomic_write
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue(), hint="free some space, or pick another path with -o")
 
 
 def _is_translator(path: str) -> bool:

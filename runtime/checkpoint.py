@@ -15,12 +15,15 @@ from spec.errors import DataError, FlowgradError
 META_KEY = "__meta__"
 
 
-def atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
+    """Write the file whole or not at all (a temporary beside it, then a rename); `hint` for
+    a file that is not a run's (the default hint speaks of checkpoints)."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     except OSError as e:
-        raise FlowgradError(f"cannot write in {directory}: {e.strerror}", hint="check the run directory's permissions and free space") from None
+        raise FlowgradError(f"cannot write in {directory}: {e.strerror}",
+                            hint=hint or "check the run directory's permissions and free space") from None
     try:
         with os.fdopen(fd, "wb") as f:
             _write(f, data, path)
@@ -28,7 +31,8 @@ def atomic_write(path: str, data: bytes) -> None:
     except OSError as e:
         with _ignore():
             os.unlink(tmp)
-        raise FlowgradError(f"cannot write {path}: {e.strerror}", hint="the previous checkpoint is intact; free some space and --resume") from None
+        raise FlowgradError(f"cannot write {path}: {e.strerror}",
+                            hint=hint or "the previous checkpoint is intact; free some space and --resume") from None
     try:  # make the rename itself durable
         dfd = os.open(directory, os.O_RDONLY)
         try:

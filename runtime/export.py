@@ -86,8 +86,10 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         if size >= EXTERNAL_DATA_BYTES:
             onnx.save_model(model, output, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=os.path.basename(output) + ".data")
-        else:
-            onnx.save_model(model, output)
+        else:  # whole or not at all: a failed write leaves any earlier file as it was
+            from .checkpoint import atomic_write
+
+            atomic_write(output, model.SerializeToString(), hint="free some space, or pick another path with -o")
     except OSError as e:
         raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
     return {"path": output, "inputs": [i.name for i in kept], "outputs": [o.name for o in model.graph.output],
@@ -217,9 +219,12 @@ def model_metadata(model: onnx.ModelProto) -> dict:
     return out
 
 
-def generate_text(model_path: str, prompt: str, max_len: int | None = None, temperature: float = 0.8, seed: int = 0,
-                  device: str = "cpu", beam_width: int | None = None) -> str:
-    """Sample text from an exported language model (a graph with a `prompt` input)."""
+def generate_text(model_path: str, prompt: str, max_len: int | None = None, temperature: float | None = None,
+                  seed: int = 0, device: str = "cpu", beam_width: int | None = None,
+                  with_prompt: bool = False) -> str:
+    """Sample text from an exported language model (a graph with a `prompt` input): the
+    continuation, or with `with_prompt` the prompt and its continuation. Unset arguments take
+    the spec's `generate` values (temperature 1.0 where the spec gives none)."""
     from .datasets_text import decode_text, encode_text
 
     model = load_model_safely(model_path)
@@ -227,6 +232,9 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     meta = model_metadata(model)
     if "beam_width" in names and "src_vocab" in meta:
         return translate(model_path, [prompt], beam_width=beam_width, device=device, max_len=max_len)[0]
+    if beam_width is not None:
+        raise DataError(f"{model_path} samples text: a beam width is for sequence-to-sequence models",
+                        hint="leave out --beam-width")
     if "prompt" not in names or "vocab" not in meta:
         raise DataError(f"{model_path} is not a text generator (no prompt input or vocabulary)",
                         hint="export a spec with a 'generate' section trained on text, or pass --data instead of --text")
@@ -235,28 +243,57 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     ids = np.asarray(encode_text(prompt, text_meta), dtype=np.int64)
     if ids.size == 0:
         raise DataError("the prompt is empty", hint="give at least one character")
-    max_len = max_len or int(meta.get("generate.max_len", 200))
+    max_len = _count(max_len if max_len is not None else meta.get("generate.max_len", 200), "max_len")
+    temperature = float(temperature if temperature is not None else meta.get("generate.temperature", 1.0))
+    if not temperature >= 0:
+        raise DataError(f"the temperature must be 0 or more, got {temperature}", hint="0 picks the most likely token")
     outs = predict(model_path, {"prompt": ids, "max_len": np.asarray(max_len, dtype=np.int64),
                                 "temperature": np.asarray(temperature, dtype=np.float32),
-                                "seed": np.asarray(seed, dtype=np.int64)}, device)
-    return decode_text(outs["tokens"].reshape(-1), text_meta)
+                                "seed": np.asarray(_int64(seed, "the seed"), dtype=np.int64)}, device)
+    text = decode_text(outs["tokens"].reshape(-1), text_meta)
+    if not with_prompt:
+        return text
+    return prompt + (" " if text_meta["level"] == "word" else "") + text
+
+
+def _int64(value: int, what: str) -> int:
+    if not -2**63 <= int(value) < 2**63:
+        raise DataError(f"{what} {value} does not fit in 64 bits", hint="use a smaller number")
+    return int(value)
+
+
+def _count(value, what: str, most: int = 1 << 20) -> int:
+    """A positive number of tokens, steps or beams, within what a run can allocate."""
+    value = int(value)
+    if not 1 <= value <= most:
+        raise DataError(f"{what} must be between 1 and {most:,}, got {value}")
+    return value
 
 
 def translate(model_path: str, texts: list[str], beam_width: int | None = None, max_len: int | None = None,
-              length_penalty: float = 0.6, device: str = "cpu") -> list[str]:
-    """Decode source strings with an exported sequence-to-sequence model (beam search in the graph)."""
+              length_penalty: float | None = None, device: str = "cpu") -> list[str]:
+    """Decode source strings with an exported sequence-to-sequence model (beam search in the graph).
+    Unset arguments take the spec's `generate` values (beam width 4, length penalty 0.6 where
+    the spec gives none)."""
     from .datasets_text import decode_target, encode_source
 
     model = load_model_safely(model_path)
     meta = model_metadata(model)
     if "src_vocab" not in meta:
         raise DataError(f"{model_path} carries no source vocabulary", hint="export a run trained on a bundled seq2seq dataset")
+    if any(not t for t in texts):
+        raise DataError("a source text is empty", hint="give at least one character")
     src = np.stack([encode_source(t, meta) for t in texts])
     lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
-    feeds = {"src": src, "src_len": lengths,
-             "beam_width": np.asarray(beam_width or int(meta.get("generate.beam_width", 4)), dtype=np.int64),
-             "max_len": np.asarray(max_len or int(meta.get("generate.max_len", meta.get("tgt_len", 32))), dtype=np.int64),
-             "length_penalty": np.asarray(length_penalty, dtype=np.float32)}
+    widest = int(meta.get("generate.beam_width", 4))  # the decoder's compiled beam count
+    beam_width = beam_width if beam_width is not None else widest
+    if not 1 <= beam_width <= widest:
+        raise DataError(f"the beam width must be between 1 and {widest} for {model_path}, got {beam_width}",
+                        hint="the spec's generate.beam_width sets the widest beam the export decodes")
+    max_len = _count(max_len if max_len is not None else meta.get("generate.max_len", meta.get("tgt_len", 32)), "max_len")
+    penalty = float(length_penalty if length_penalty is not None else meta.get("generate.length_penalty", 0.6))
+    feeds = {"src": src, "src_len": lengths, "beam_width": np.asarray(beam_width, dtype=np.int64),
+             "max_len": np.asarray(max_len, dtype=np.int64), "length_penalty": np.asarray(penalty, dtype=np.float32)}
     wanted = {i.name for i in model.graph.input}
     outs = predict(model_path, {k: v for k, v in feeds.items() if k in wanted}, device)
     return [decode_target(row, meta) for row in outs["tokens"]]

@@ -7,6 +7,32 @@ import os
 from spec.errors import DataError
 
 
+
+def save_figure(fig, output: str, dpi: int) -> None:
+    """Write a figure; a format matplotlib does not know or a path it cannot write is a
+    one-line error, and no partial file is left."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from spec.errors import FlowgradError
+
+    from .checkpoint import atomic_write
+
+    fmt = os.path.splitext(output)[1][1:].lower() or "png"
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=dpi, format=fmt)
+    except ValueError:
+        raise FlowgradError(f"cannot write a {fmt!r} image: {output}", hint="name the file .png, .svg or .pdf") from None
+    finally:
+        plt.close(fig)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    except OSError:
+        pass  # atomic_write says what is wrong with the path
+    atomic_write(output, buf.getvalue(), hint="pick another path with -o")
+
 def read_history(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
@@ -46,9 +72,7 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
+    save_figure(fig, output, 110)
     return output
 
 
@@ -91,7 +115,5 @@ def plot_attention(run_dir: str, text: str, output: str, output_name: str = "att
     ax.set_ylabel("generated")
     ax.set_title(f"{text!r} → {result!r}", fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    save_figure(fig, output, 120)
     return output

@@ -25,6 +25,8 @@ import numpy as np
 
 from spec.errors import DataError
 
+MAX_SAMPLES = 100_000  # digits a plot draws at most
+
 
 @dataclass
 class Samples:
@@ -118,11 +120,18 @@ def _image_output(runner: InferRunner, outs: dict, prefer: tuple) -> str:
 
 
 # ---------------------------------------------------------------- generators
+def _check_count_and_seed(count: int, seed: int) -> None:
+    if not 1 <= count <= MAX_SAMPLES or not -2**63 <= seed < 2**63:
+        raise DataError(f"count must be between 1 and {MAX_SAMPLES:,} and the seed fit in 64 bits, "
+                        f"got count {count} and seed {seed}")
+
+
 def generate(run_dir: str, count: int = 64, seed: int = 0, checkpoint: str = "best") -> Samples:
     runner = InferRunner(run_dir, checkpoint)
     name = runner.count_input()
     if name is None:
         raise DataError(f"{run_dir} is not a generator: its inference graph has no integer count input")
+    _check_count_and_seed(count, seed)
     outs = runner({name: count, "seed": seed})
     key = _image_output(runner, outs, ("samples",))
     return Samples("generator", {"samples": as_images(outs[key])}, f"{count} samples, seed {seed}",
@@ -193,6 +202,7 @@ def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = 
                 noise: tuple[str, float] | None = None) -> Samples:
     from spec import load_spec
 
+    _check_count_and_seed(count, seed)
     runner = InferRunner(run_dir, checkpoint)
     inp = runner.float_input()
     if inp is None:
@@ -278,7 +288,7 @@ def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int 
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
             k += 1  # the gap between bands
         fig.suptitle(f"{name}: {s.note}", fontsize=10, y=0.995, va="top")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
+    from .plots import save_figure
+
+    save_figure(fig, output, 110)
     return output

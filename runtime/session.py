@@ -104,7 +104,9 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     """`cuda_graph`: onnxruntime records a CUDA graph per `gpu_graph_id` run option and
     replays it (the model's shapes must be fixed, every node on the GPU)."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    # onnxruntime's own error lines would print before flowgrad's one-line error, which
+    # carries their message
+    opts.log_severity_level = 4
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -124,7 +126,6 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     # onnxruntime has no kernel for some ops in the narrow types (bfloat16 ArgMax, Log and
     # comparisons on CUDA; nearly everything on the CPU): those run in float32 between Casts.
     # Which ops is learned from its refusals, one op type a try, and kept for later sessions.
-    opts.log_severity_level = 4  # the refusals are expected: keep them off the terminal
     learned = _LACKING_KERNELS.setdefault((device, narrow), set())
     present = {n.op_type for n in all_nodes(model.graph)}
     while True:

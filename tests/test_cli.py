@@ -152,6 +152,35 @@ def test_train_several_steps_per_call(trained, tmp_path):
     assert "--steps-per-call" in invoke("train", MLP, "--steps-per-call", "0", code=2).output  # typer says why
 
 
+def test_predict_writes_exactly_the_named_file_or_says_why_not(trained, tmp_path):
+    run_dir, _ = trained
+    model = tmp_path / "m.onnx"
+    invoke("export", run_dir, "-o", model)
+    np.savez(tmp_path / "in.npz", x=np.zeros((3, 64), dtype=np.float32))
+    invoke("predict", model, "--data", tmp_path / "in.npz", "-o", tmp_path / "out.bin", "--device", "cpu")
+    assert set(np.load(tmp_path / "out.bin")) >= {"probs"} and not (tmp_path / "out.bin.npz").exists()
+    res = invoke("predict", model, "--data", tmp_path / "in.npz", "-o", tmp_path / "no" / "dir" / "y.npz", code=1)
+    assert "cannot write" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_export_leaves_an_earlier_file_whole_when_the_write_fails(trained, tmp_path, monkeypatch):
+    import runtime.checkpoint as C
+
+    run_dir, _ = trained
+    model = tmp_path / "m.onnx"
+    invoke("export", run_dir, "-o", model)
+    before = model.read_bytes()
+
+    def full_disk(f, data, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(C, "_write", full_disk)
+    res = invoke("export", run_dir, "-o", model, code=1)
+    assert "No space left" in res.stderr
+    assert model.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
 def test_gradcheck():
     out = invoke("gradcheck", MLP, "--set", "dims.H=8").stdout
     assert "gradient check" in out

@@ -133,3 +133,16 @@ def test_masked_positions_get_zero_weight_and_zero_gradient(op):
     assert np.all(out["gk"][off] == 0.0) and np.all(out["gv"][off] == 0.0)
     np.testing.assert_allclose(out["w"].sum(axis=1), 1.0, rtol=1e-12)
     assert np.all(out["w"][~off] > 0)
+
+
+def test_beam_widths_outside_the_compiled_range_and_empty_sources_are_errors(model):
+    from runtime.export import translate
+    from spec.errors import FlowgradError
+
+    gen, _, _ = model
+    for width in (0, K + 1):
+        with pytest.raises(FlowgradError, match=f"between 1 and {K}"):
+            translate(gen, ["abc"], beam_width=width)
+    with pytest.raises(FlowgradError, match="empty"):
+        translate(gen, [""])
+    assert len(translate(gen, ["abc"], max_len=3)) == 1

@@ -72,3 +72,18 @@ def test_a_prompt_reads_characters_outside_the_alphabet_as_unk_and_an_empty_one_
     assert len(generate_text(gen, "\u2603 snowman", max_len=5, seed=1)) >= 5
     with pytest.raises(FlowgradError, match="empty"):
         generate_text(gen, "", max_len=5)
+
+
+def test_unset_decoding_arguments_take_the_specs_values_and_bad_ones_are_errors(exported):
+    from spec.errors import FlowgradError
+
+    gen, _ = exported
+    meta = model_metadata(load_model_safely(gen))
+    spec_temperature = float(meta["generate.temperature"])
+    assert generate_text(gen, "def ", max_len=20, seed=5) == \
+        generate_text(gen, "def ", max_len=20, seed=5, temperature=spec_temperature)
+    assert generate_text(gen, "def ", max_len=8, seed=5, with_prompt=True).startswith("def ")
+    for kwargs, words in (({"seed": 2**70}, "64 bits"), ({"max_len": 0}, "max_len must be"),
+                          ({"temperature": -1.0}, "temperature must be"), ({"beam_width": 2}, "beam width")):
+        with pytest.raises(FlowgradError, match=words):
+            generate_text(gen, "def ", **{"max_len": 5, **kwargs})

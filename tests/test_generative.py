@@ -256,6 +256,14 @@ def test_plot_samples(tmp_path):
     assert np.all(rec.images["input"][~masked] == rec.images["corrupted"][~masked])
     res = runner.invoke(app, ["plot", "samples", str(tmp_path), "-o", str(tmp_path / "x.png")])
     assert res.exit_code == 1 and "not a run directory" in res.output
+    # user mistakes are one-line errors, and no partial file is left
+    for args, words in ((["-o", str(tmp_path / "p.xyz")], "cannot write a 'xyz' image"),
+                        (["-o", str(tmp_path / "x.png"), "--seed", str(10**20)], "fit in 64 bits"),
+                        (["-o", str(tmp_path / "x.png"), "--count", str(10**10)], "count must be between")):
+        res = runner.invoke(app, ["plot", "samples", str(tmp_path / "vae"), *args])
+        assert res.exit_code == 1 and words in res.output, (args, res.output)
+        assert isinstance(res.exception, SystemExit), (args, res.exception)  # not a traceback
+    assert not (tmp_path / "p.xyz").exists()
 
 
 BLOCK_CALL = """
