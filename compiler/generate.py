@@ -120,6 +120,14 @@ def _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name):
     step_low = _StepLowering(low, sb, token_input, tok, carried)
     new_logits = step_low.evaluate_name(logits_name)
     new_last = bg.apply("index", new_logits, spec=((None, None, None), -1))
+    # The loop sees one token at a time: what reads a token's place in the sequence would
+    # read 0 at every step and decode silently otherwise than the model computes.
+    for node in producers_of([new_last]):
+        if node.op.name in ("positions", "shift") and any(_depends_on(v, tok) for v in node.inputs):
+            raise SpecError(f"generate: the logits read the tokens' positions ({node.op.name}), which decoding "
+                            "one token at a time cannot reproduce", node.loc or low.spec.locate("generate"),
+                            "let the tokens reach the logits through the recurrent layers only (no position "
+                            "embeddings, no shifts over time)")
     return new_last, [s for p in prefixes for s in step_low.recurrent_final[p]]
 
 

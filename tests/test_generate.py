@@ -87,3 +87,17 @@ def test_unset_decoding_arguments_take_the_specs_values_and_bad_ones_are_errors(
                           ({"temperature": -1.0}, "temperature must be"), ({"beam_width": 2}, "beam width")):
         with pytest.raises(FlowgradError, match=words):
             generate_text(gen, "def ", **{"max_len": 5, **kwargs})
+
+
+def test_a_generator_whose_logits_read_token_positions_is_refused():
+    """Decoding feeds one token at a time, so positions() there reads 0 at every step: the
+    export would silently sample from another model than the one trained."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+    from spec.errors import SpecError
+
+    text = open(os.path.join(ROOT, "models", "char_lstm.yaml")).read().replace(
+        "  hs: lstm(e, H)\n", "  hs: lstm(e + embedding(positions(x, axis=1), 512, E), H)\n")
+    with pytest.raises(SpecError, match="positions") as e:
+        compile_spec(spec_from_text(text, "pos.yaml"))
+    assert str(e.value).startswith("pos.yaml:12:")
