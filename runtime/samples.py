@@ -180,16 +180,23 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> n
 
     cfg = spec.train.get("data", {}) or {}
     with open(os.path.join(run_dir, "run.json")) as f:
-        run_seed = int(json.load(f).get("seed", 0))
-    if "dataset" in cfg:
-        ds = D.load_bundled(cfg["dataset"], cfg.get("options"))
-    elif "path" in cfg:
-        path = cfg["path"] if os.path.isabs(cfg["path"]) else os.path.join(os.path.dirname(os.path.abspath(spec.path)), cfg["path"])
+        info = json.load(f)
+    run_seed = int(info.get("seed", 0))
+    # where the run's data came from (--data and --valid included); older runs: their spec
+    source = info.get("data_source") or {**cfg, "valid": cfg.get("valid")}
+    if "dataset" in source:
+        ds = D.load_bundled(source["dataset"], source.get("options"))
+    elif "path" in source:
+        path = source["path"]
+        if not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), path)
         ds = D.load_npz(path)
     else:
         raise DataError("the run's spec names no data to reconstruct")
-    valid = cfg.get("valid")
-    if isinstance(valid, (int, float)) and not isinstance(valid, bool) and valid:
+    valid = source.get("valid")
+    if isinstance(valid, str):
+        ds = D.load_npz(valid)
+    elif isinstance(valid, (int, float)) and not isinstance(valid, bool) and valid:
         _, ds = D.split(ds, float(valid), run_seed)
     if name not in ds.arrays:
         raise DataError(f"the run's data has no array {name!r}")

@@ -83,19 +83,31 @@ def needed_inputs(cm: CompiledModel, kinds=("train", "eval")) -> list[str]:
     return names
 
 
+def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
+    """Where a run's data comes from, as run.json records it for later readers (plots):
+    {"path": absolute .npz path} or {"dataset": name, "options": {...}}, with "valid": a
+    fraction, an absolute .npz path or None."""
+    cfg = spec.train.get("data", {}) or {}
+    if opts.data:
+        source: dict = {"path": os.path.abspath(opts.data)}
+    elif "path" in cfg:
+        source = {"path": os.path.join(os.path.dirname(os.path.abspath(spec.path)), cfg["path"])}
+    elif "dataset" in cfg:
+        source = {"dataset": cfg["dataset"], "options": cfg.get("options")}
+    else:
+        source = {}
+    valid = _fraction_or_path(opts.valid if opts.valid is not None else cfg.get("valid"))
+    return {**source, "valid": os.path.abspath(valid) if isinstance(valid, str) else valid}
+
+
 def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) -> tuple[D.Dataset, D.Dataset | None]:
     cfg = spec.train.get("data", {}) or {}
     loc = spec.locate("train", "data") if "data" in spec.train else spec.locate("train") if spec.train else None
-    if opts.data:
-        train_ds = D.load_npz(opts.data, None, spec.inputs)
-        where = opts.data
-    elif "path" in cfg:
-        path = cfg["path"]
-        if not os.path.isabs(path):
-            path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), path)
-        train_ds = D.load_npz(path, loc, spec.inputs)
-        where = path
-    elif "dataset" in cfg:
+    source = data_source(spec, opts)
+    if "path" in source:
+        train_ds = D.load_npz(source["path"], None if opts.data else loc, spec.inputs)
+        where = opts.data or source["path"]
+    elif "dataset" in source:
         train_ds = D.load_bundled(cfg["dataset"], cfg.get("options"), loc)
         where = f"dataset {cfg['dataset']!r}"
     else:
@@ -103,8 +115,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
                         "add train: {data: {dataset: digits}} or pass --data train.npz")
     needed = needed_inputs(cm)
     D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds)
-    valid_cfg = opts.valid if opts.valid is not None else cfg.get("valid")
-    valid_cfg = _fraction_or_path(valid_cfg)
+    valid_cfg = _fraction_or_path(opts.valid if opts.valid is not None else cfg.get("valid"))
     valid_ds = None
     if isinstance(valid_cfg, str):
         valid_ds = D.load_npz(valid_cfg, loc, spec.inputs)
@@ -505,7 +516,7 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed):
     cm.save(os.path.join(run_dir, "graphs"))
     info = {
         "spec": spec.name, "seed": seed, "dtype": cm.float_dtype, "device": device, "threads": opts.threads,
-        "data": train_ds.name,
+        "data": train_ds.name, "data_source": data_source(spec, opts),
         "data_hash": train_ds.fingerprint(), "versions": _versions(), "resumed": resumed,
         "argv": sys.argv, "meta": train_ds.meta,
     }

@@ -301,3 +301,27 @@ def test_block_call_shares_parameters_and_checks_arity(tmp_path):
     with pytest.raises(SpecError, match=r"block 'enc' takes 1 argument\(s\) \(v\), got 2") as info:
         compile_spec(spec_from_text(bad, str(tmp_path / "bad.yaml")))
     assert (info.value.loc.line, info.value.loc.col) == (16, 6)  # at the call
+
+
+def test_reconstructions_read_the_data_the_run_trained_on(tmp_path):
+    """A spec's relative train.data.path, and --data / --valid, are where the run's data came
+    from; plot samples reads them from run.json, not relative to the run's spec copy."""
+    from runtime.samples import samples_of
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    x = D.load_digits().arrays["x"]
+    np.savez(specs / "mine.npz", x=x[:300])
+    text = open(MODEL["dae"]).read().replace("data: {dataset: digits, valid: 0.2}", "data: {path: mine.npz, valid: 0.2}")
+    assert "path: mine.npz" in text
+    (specs / "dae.yaml").write_text(text)
+    train(load_spec(str(specs / "dae.yaml"), SMALL["dae"]), run_dir=str(tmp_path / "run"), steps=2, threads=1,
+          device="cpu")
+    rec = samples_of(str(tmp_path / "run"), count=4, seed=1)
+    assert rec.images["input"].shape == (4, 8, 8)
+    # --data and --valid given at training time
+    np.savez(tmp_path / "valid.npz", x=x[300:310] * 0 + 0.5)
+    train(load_spec(MODEL["dae"], SMALL["dae"]), run_dir=str(tmp_path / "run2"), steps=2, threads=1, device="cpu",
+          data=str(specs / "mine.npz"), valid=str(tmp_path / "valid.npz"))
+    rec = samples_of(str(tmp_path / "run2"), count=4, seed=1)
+    np.testing.assert_allclose(rec.images["input"], 0.5)  # the validation file's digits
