@@ -662,6 +662,7 @@ class Recurrent(Layer):
         if not isinstance(x, Value):
             raise SpecError(f"{self.name}() needs a tensor input", e.loc)
         H = _int_arg(a["units"], "units", e.args[1].loc if len(e.args) > 1 else e.loc)
+        _check_cell_args(a, e, self.name)
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
         prefix = low.layer_name(self.name)
@@ -686,6 +687,31 @@ def _check_truncate(a: dict, e) -> None:
     t = a.get("truncate")
     if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
         raise SpecError(f"truncate must be a positive whole number of steps, got {t!r}", e.kwarg_locs.get("truncate", e.loc))
+
+
+RNN_ACTS = ("tanh", "relu", "sigmoid")
+
+
+def _check_cell_args(a: dict, e, cell: str) -> None:
+    """The cells' keyword arguments that would otherwise be read loosely (bool("maybe")) or
+    not at all (act= of an lstm): located errors."""
+    where = lambda k: e.kwarg_locs.get(k, e.loc)  # noqa: E731
+    for k in ("reverse", "layer_norm", "return_state", "unroll", "stateful", "linear_before_reset"):
+        if k in a and not isinstance(a[k], bool):
+            raise SpecError(f"{k} must be true or false, got {a[k]!r}", where(k))
+    if "act" in a:
+        if cell != "rnn":
+            raise SpecError(f"act= is for rnn; {cell} has its own gate activations", where("act"))
+        if a["act"] not in RNN_ACTS:
+            raise SpecError(f"act must be one of {', '.join(RNN_ACTS)}, got {a['act']!r}", where("act"),
+                            did_you_mean(str(a["act"]), RNN_ACTS))
+    lengths = a.get("lengths")
+    if lengths is not None and (not isinstance(lengths, Value) or lengths.rank != 1):
+        raise SpecError(f"lengths must be a vector [N] of sequence lengths, got {getattr(lengths, 'type', lengths)}",
+                        where("lengths"))
+    if a.get("stateful") and (a.get("init") is not None or a.get("reverse")):
+        raise SpecError("stateful= carries the last state of a forward pass into the next batch: "
+                        "it takes no init= and no reverse=", where("stateful"))
 
 
 def _mask_of(low, e, x, a):
@@ -723,6 +749,7 @@ class Bidirectional(Layer):
         if a.get("return_state"):
             raise SpecError("bidirectional() returns the merged sequence only", e.kwarg_locs.get("return_state", e.loc))
         prefix = low.layer_name("bidirectional")
+        _check_cell_args(a, e, cell)
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
         n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc))

@@ -873,6 +873,11 @@ loss: mean(hs * hs) + s + mean(x)
     ("scan(lstep, init=[zeros(N, H)], length=x)", "length must be a positive whole number"),
     ("lstm(x, H, truncate=x)", "truncate must be a positive whole number"),
     ("bidirectional(gru, x, H, truncate=0)", "truncate must be a positive whole number"),
+    ("lstm(x, H, reverse=maybe)", "reverse must be true or false"),
+    ("lstm(x, H, act=relu)", "act= is for rnn"),
+    ("rnn(x, H, act=foo)", "act must be one of"),
+    ("gru(x, H, lengths=s)", "lengths must be a vector"),
+    ("lstm(x, H, stateful=true, reverse=true)", "stateful="),
 ])
 def test_bad_scan_arguments_are_located_errors(call, words):
     with pytest.raises(SpecError, match=words) as e:
