@@ -371,6 +371,12 @@ def gradcheck(
             table.add_row(obj, p, f"{e:.2e}", "[green]ok[/green]" if e <= tolerance else "[red]FAIL[/red]")
     out.print(table)
     if worst > tolerance:
+        from spec.yamltree import to_plain
+
+        if "truncate" in json.dumps(to_plain(s.raw)):
+            err.print("[dim]  note: truncate=K cuts backpropagation through time on purpose, so its gradient "
+                      "differs from finite differences of the loss; check the spec without truncate[/dim]",
+                      soft_wrap=True)
         raise typer.Exit(1)
 
 

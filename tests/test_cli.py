@@ -181,6 +181,14 @@ def test_export_leaves_an_earlier_file_whole_when_the_write_fails(trained, tmp_p
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
+def test_gradcheck_of_a_truncated_recurrence_says_why_it_differs(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("flowgrad: 1\nname: t\ndims: {E: 3, H: 3}\ninputs:\n  x: {shape: [N, T, E]}\n"
+                    "graph:\n  hs: lstm(x, H, truncate=1)\nloss: mean(hs * hs) + mean(hs)\n")
+    res = invoke("gradcheck", path, code=1)
+    assert "FAIL" in res.stdout and "truncate=K cuts backpropagation through time on purpose" in res.stderr
+
+
 def test_gradcheck():
     out = invoke("gradcheck", MLP, "--set", "dims.H=8").stdout
     assert "gradient check" in out
