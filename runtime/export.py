@@ -191,11 +191,32 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
             if isinstance(expected, int) and got != expected:
                 raise DataError(f"input {name!r} has size {got} in dim {i}, the model expects {expected} ({meta.shape})")
         fixed[name] = a
+    _check_decoder_inputs(fixed, model_metadata(model))
     try:
         outs = sess.run(None, fixed)
     except ORT_ERRORS as e:
         raise DataError(f"onnxruntime cannot run {model_path} on these inputs ({_ort_message(e)})") from None
     return dict(zip([o.name for o in sess.get_outputs()], outs))
+
+
+def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
+    """What an exported decoder would read past: token ids outside its vocabulary, source
+    lengths outside the source's width, a beam wider than it was compiled for."""
+    for name, key in (("src", "src_vocab"), ("prompt", "vocab")):
+        if name in feeds and key in meta and feeds[name].size:
+            ids, n = feeds[name], len(meta[key])
+            if ids.min() < 0 or ids.max() >= n:
+                raise DataError(f"input {name!r} holds token ids from {ids.min()} to {ids.max()}, "
+                                f"but the vocabulary has {n} tokens (0 to {n - 1})")
+    if "src_len" in feeds and "src" in feeds and feeds["src_len"].size:
+        width, lengths = feeds["src"].shape[-1], feeds["src_len"]
+        if lengths.min() < 1 or lengths.max() > width:
+            raise DataError(f"input 'src_len' holds lengths from {lengths.min()} to {lengths.max()}, "
+                            f"but the sources are {width} tokens wide", hint="each length is 1 to the width of src")
+    if "beam_width" in feeds and "generate.beam_width" in meta:
+        widest, width = int(meta["generate.beam_width"]), int(feeds["beam_width"])
+        if not 1 <= width <= widest:
+            raise DataError(f"beam_width must be between 1 and {widest} for this model, got {width}")
 
 
 def _ort_message(e: Exception) -> str:

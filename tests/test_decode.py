@@ -146,3 +146,17 @@ def test_beam_widths_outside_the_compiled_range_and_empty_sources_are_errors(mod
     with pytest.raises(FlowgradError, match="empty"):
         translate(gen, [""])
     assert len(translate(gen, ["abc"], max_len=3)) == 1
+
+
+def test_raw_decoder_inputs_outside_their_ranges_are_errors(model):
+    from spec.errors import FlowgradError
+
+    gen, _, ds = model
+    src, src_len = ds.arrays["src"][:2], ds.arrays["src_len"][:2]
+    feeds = {"src": src, "src_len": src_len, "beam_width": np.asarray(1), "max_len": np.asarray(3),
+             "length_penalty": np.asarray(0.6, dtype=np.float32)}
+    predict(gen, feeds)
+    for change, words in (({"src_len": np.asarray([-3, 2])}, "src_len"), ({"beam_width": np.asarray(0)}, "beam_width"),
+                          ({"src": src * 0 + 999}, "vocabulary")):
+        with pytest.raises(FlowgradError, match=words):
+            predict(gen, {**feeds, **change})
