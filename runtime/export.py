@@ -2,6 +2,7 @@
 `predict`, which runs any such file (with only onnxruntime at run time)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -74,16 +75,13 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         for k, v in (manifest.get("generate") or {}).items():
             props[f"flowgrad.generate.{k}"] = json.dumps(v)
     onnx.helper.set_model_props(model, props)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as e:  # onnx's ValidationError / InferenceError: the checkpoint does not fit the graph
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"the checkpoint {ckpt} does not fit the graph {graph_path}: {first}",
-                          hint="the checkpoint and the graphs come from different runs") from None
     size = sum(state[n].nbytes for n in baked)
+    external = size >= EXTERNAL_DATA_BYTES  # a protobuf holds at most 2 GB: the weights go beside it
+    if not external:
+        _check_exported(model, ckpt, graph_path)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        if size >= EXTERNAL_DATA_BYTES:
+        if external:
             onnx.save_model(model, output, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=os.path.basename(output) + ".data")
         else:  # whole or not at all: a failed write leaves any earlier file as it was
@@ -92,8 +90,25 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
             atomic_write(output, model.SerializeToString(), hint="free some space, or pick another path with -o")
     except OSError as e:
         raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
+    if external:  # onnx checks a model this large from its files
+        try:
+            _check_exported(output, ckpt, graph_path)
+        except ExportError:
+            for path in (output, output + ".data"):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            raise
     return {"path": output, "inputs": [i.name for i in kept], "outputs": [o.name for o in model.graph.output],
             "parameters": len(baked), "bytes": size}
+
+
+def _check_exported(model: onnx.ModelProto | str, ckpt: str, graph_path: str) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # onnx's ValidationError / InferenceError: the checkpoint does not fit the graph
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"the checkpoint {ckpt} does not fit the graph {graph_path}: {first}",
+                          hint="the checkpoint and the graphs come from different runs") from None
 
 
 def _read_json(path):

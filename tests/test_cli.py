@@ -276,3 +276,17 @@ def test_installed_command():
     assert "Traceback" not in bad.stdout + bad.stderr
     assert bad.stderr.startswith(f"error: {BAD}:14:7: unknown op 'rleu'"), bad.stderr
     assert "did you mean 'relu'" in bad.stderr
+
+
+def test_an_export_over_the_protobuf_limit_keeps_its_weights_beside_the_model(trained, tmp_path, monkeypatch):
+    """Above 2 GB the weights go to a .data file, and onnx checks the model from its files
+    (an in-memory check of such a model fails); tried here with the limit lowered."""
+    import runtime.export as X
+
+    run_dir, _ = trained
+    monkeypatch.setattr(X, "EXTERNAL_DATA_BYTES", 1000)
+    model = tmp_path / "big.onnx"
+    invoke("export", run_dir, "-o", model)
+    assert (tmp_path / "big.onnx.data").stat().st_size > 1000
+    np.savez(tmp_path / "in.npz", x=np.zeros((2, 64), dtype=np.float32))
+    invoke("predict", model, "--data", tmp_path / "in.npz", "--device", "cpu")
