@@ -256,9 +256,14 @@ def objectives_of(spec: S.Spec) -> list[Objective]:
         out.append(Objective(name, loss, globs, opt, loc=loc,
                              clip_norm=cfg.get("clip_norm", common["clip_norm"]), l1=common["l1"], l2=common["l2"],
                              mixed=common["mixed"]))
-    for s in train.get("schedule", []):
+    schedule = list(train.get("schedule", []))
+    for s in schedule:
         if s not in train["objectives"]:
             raise SpecError(f"schedule names an unknown objective {s!r}", _loc(spec, "train", "schedule"))
+        if schedule.count(s) > 1:
+            # a repeat would be the same step again: the same batch, random draws and Adam step count
+            raise SpecError(f"schedule names objective {s!r} {schedule.count(s)} times", _loc(spec, "train", "schedule"),
+                            "each objective takes one step per batch; to weigh one more, raise its learning rate")
     return out
 
 
@@ -395,7 +400,8 @@ def _apply_updates(g: Graph, obj: Objective, params: dict[str, Value], grads: di
 
 def _skip_overflow(g: Graph, obj: Objective, params: dict, grads: dict, new_params: dict, states: dict, new_states: dict):
     """Dynamic loss scaling: keep the update only where every gradient is finite, and
-    move the scale (see MixedPrecision)."""
+    move the scale (see MixedPrecision). Returns the new parameters and states, and a scalar
+    that is 0 for a kept step and NaN for a skipped one."""
     total = None
     for gv in grads.values():
         s = g.apply("sum", gv)
@@ -412,7 +418,7 @@ def _skip_overflow(g: Graph, obj: Objective, params: dict, grads: dict, new_para
     grown = g.apply("minimum", g.apply("where", grow, scale * 2.0, scale), g.lift(m.max_scale, like=scale))
     new_states[f"loss_scale/{obj.name}"] = g.apply("where", finite, grown, scale * 0.5)
     new_states[f"loss_scale_steps/{obj.name}"] = g.apply("where", grow, zero, counted)
-    return new_params, new_states
+    return new_params, new_states, total - total
 
 
 def _unflatten(g: Graph, flat: Value, names: list[str], shapes: dict[str, tuple]) -> dict[str, Value]:
@@ -465,18 +471,23 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
     else:
         grads = _gradients(low, loss, obj, trained)
     b = _Builder(low.graph, spec.name)
-    b.out("loss", "loss", g.cast(loss, dtype))
+    reported_loss = g.cast(loss, dtype)
+    if not gradients_only:
+        states, lr, step = _add_state_inputs(g, low.params, obj)
+        params = {n: low.params[n].input for n in trained}
+        new_params, new_states = _apply_updates(g, obj, params, grads, states, lr, step, fused_update(low.params, obj))
+        if obj.mixed:
+            new_params, new_states, skipped = _skip_overflow(g, obj, params, grads, new_params, states, new_states)
+            # a skipped step reports no loss: the runtime counts non-finite results as overflows
+            # (and stops a run that only overflows), whether the loss or only the gradients did
+            reported_loss = reported_loss + g.cast(skipped, dtype)
+    b.out("loss", "loss", reported_loss)
     for k, v in metrics.items():
         b.out(k, "metric", g.cast(v, dtype) if is_float(v.dtype) else v)
     if gradients_only:
         for n, gv in grads.items():
             b.out(f"grad/{n}", "grad", gv)
     else:
-        states, lr, step = _add_state_inputs(g, low.params, obj)
-        params = {n: low.params[n].input for n in trained}
-        new_params, new_states = _apply_updates(g, obj, params, grads, states, lr, step, fused_update(low.params, obj))
-        if obj.mixed:
-            new_params, new_states = _skip_overflow(g, obj, params, grads, new_params, states, new_states)
         for n, v in new_params.items():
             b.out(f"next/{n}", "next", v)
         for n, v in new_states.items():

@@ -248,13 +248,18 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         mixed, overflows = any(o.mixed for o in cm.objectives), 0
         batch_size = spec.batch_size
-        per_update = batch_size * opts.accumulate
-        steps_per_epoch = len(train_ds) // per_update if cfg.get("drop_last") else -(-len(train_ds) // per_update)
+        n_batches = len(train_ds) // batch_size if cfg.get("drop_last") else -(-len(train_ds) // batch_size)
+        if not n_batches:
+            raise DataError(f"drop_last leaves no batch: {len(train_ds)} training examples, batch size {batch_size}",
+                            spec.locate("train", "drop_last"), "lower the batch size, or leave out drop_last")
+        steps_per_epoch = -(-n_batches // opts.accumulate)  # an epoch's last update may take fewer batches
         epochs = opts.epochs or cfg.get("epochs")
         max_steps = opts.steps or cfg.get("steps")
         if not epochs and not max_steps:
             epochs = 10
-        total_steps = max_steps or epochs * steps_per_epoch
+        # with both limits the first one reached ends the run, and the lr schedule plans for it
+        total_steps = min(max_steps, epochs * steps_per_epoch) if max_steps and epochs else \
+            max_steps or epochs * steps_per_epoch
         epochs = epochs or -(-total_steps // steps_per_epoch)
 
         state, meta = None, {}

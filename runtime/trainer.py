@@ -262,26 +262,32 @@ class Trainer:
         return [{k: float(v[i]) for k, v in scalars.items()} for i in range(len(batches))]
 
     def accumulate_step(self, objective: str, batches: list[dict[str, np.ndarray]], lr: float, step: int) -> dict[str, float]:
-        """One update from the mean gradient of several batches (gradients-only, then apply-only graph)."""
+        """One update from the gradient of several batches together (gradients-only, then
+        apply-only graph): each batch's mean gradient weighted by its rows, as one batch of all
+        of them would give (an epoch's last batch may be shorter); each batch draws its own
+        random numbers (dropout, noise), as the rows of one batch do."""
         suffix = "" if objective == "main" else f"_{objective}"
         grads_runner = self.runner("grads" + suffix)
         total: dict[str, np.ndarray] = {}
         sums: dict[str, float] = {}
-        for i, batch in enumerate(batches):
-            control = {"step": step, "seed": self.seed, "lr": lr}
+        rows = [len(next(iter(b.values()))) for b in batches]
+        n = sum(rows)
+        for i, (batch, r) in enumerate(zip(batches, rows)):
+            # the i-th batch's stream: the seed's high 32 bits moved by i (the first keeps the run's)
+            seed = (self.seed + (i << 32) + 2**63) % 2**64 - 2**63
+            control = {"step": step, "seed": seed, "lr": lr}
             scalars, grads = grads_runner.run(self.state, self.spare, batch, control)
             for k, v in grads.items():
-                a = v.numpy()
+                a = v.numpy() * (r / n)
                 total[k] = a.copy() if k not in total else total[k] + a
             for k, v in scalars.items():
-                sums[k] = sums.get(k, 0.0) + v
-        n = len(batches)
+                sums[k] = sums.get(k, 0.0) + v * (r / n)
         for k, v in total.items():
-            self.state[k] = to_device(v / n, self.device)
+            self.state[k] = to_device(v, self.device)
         self.runner("apply" + suffix).run(self.state, self.spare, {}, {"lr": lr, "step": step, "seed": self.seed})
         for k in total:
             del self.state[k]
-        return {k: v / n for k, v in sums.items()}
+        return sums
 
     def evaluate(self, batches) -> dict[str, float]:
         """Example-weighted means of the eval graph's loss and metrics."""

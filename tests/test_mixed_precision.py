@@ -116,7 +116,7 @@ def test_an_overflowing_step_changes_nothing_and_halves_the_scale(tmp_path):
     # a scale beyond float16's range (65504) makes every gradient infinite
     state["loss_scale/main"] = np.float32(2.0 ** 40)
     after, (out,) = run_steps(cm, state, batch(), 1, first_step=3)
-    assert np.isfinite(out["loss"])
+    assert np.isnan(out["loss"])  # reported as skipped: the runtime counts it as an overflow
     for name, value in state.items():
         if not name.startswith("loss_scale"):
             np.testing.assert_array_equal(after[name], value, err_msg=name)
@@ -371,3 +371,20 @@ def test_float16_recurrent_sessions_do_not_crash_onnxruntime(tmp_path, extra):
     )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+
+
+def test_a_run_whose_gradients_always_overflow_stops_though_its_loss_is_finite(tmp_path):
+    """The loss is finite, the gradient of |w| at w = 0 is 0/0: every step is skipped. The run
+    must stop after MAX_OVERFLOWS of them, not finish having never updated."""
+    from runtime.api import train
+    from runtime.train import MAX_OVERFLOWS
+
+    text = TINY.replace("OPTIMIZER", "{adam: {lr: 0.01}}").replace("MIXED", "float16").replace(
+        "graph:", "params:\n  w: {shape: [3], init: zeros}\ngraph:").replace(
+        "loss: cross_entropy(logits, y)", "loss: cross_entropy(logits, y) + 0.01 * sum(sqrt(w * w))")
+    path = tmp_path / "nan.yaml"
+    path.write_text(text)
+    np.savez(tmp_path / "d.npz", **batch(n=64))
+    with pytest.raises(FlowgradError, match="overflowed"):
+        train(load_spec(str(path)), run_dir=str(tmp_path / "run"), data=str(tmp_path / "d.npz"), valid="0",
+              steps=MAX_OVERFLOWS + 5, threads=1, device="cpu")

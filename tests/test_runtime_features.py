@@ -2,6 +2,8 @@
 warm starts, gradient accumulation, early stopping."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,8 @@ from runtime.api import train
 from runtime.checkpoint import load_checkpoint
 from spec import spec_from_text
 from spec.errors import FlowgradError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TWO_OBJECTIVES = """
 flowgrad: 1
@@ -122,6 +126,33 @@ def test_accumulated_gradients_equal_one_larger_batch(tmp_path, data):
         np.testing.assert_allclose(acc[k], big[k], rtol=1e-5, atol=1e-6)
 
 
+def test_accumulated_batches_of_unequal_sizes_weigh_by_their_rows_and_draw_their_own_noise(tmp_path, monkeypatch):
+    """50 examples: 32 in one batch equal 16 + 16 accumulated, and 50 = 32 + 18 equal 16 + 16 +
+    16 + 2 (an epoch's last, short batch weighs 2 rows, not a batch's worth)."""
+    import runtime.trainer as T
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    np.savez(tmp_path / "d50.npz", x=x, y=(x @ np.array([1.0, -2.0, 0.5, 0.0])).astype(np.float32))
+    spec = _spec(REGRESSION, tmp_path)
+    common = dict(data=str(tmp_path / "d50.npz"), valid="0", epochs=2, threads=1, device="cpu")
+    train(spec, run_dir=str(tmp_path / "big"), batch_size=32, **common)
+    seeds = []
+    real_run = T.GraphRunner.run
+
+    def run(self, state, spare, batch, control):
+        if "grad" in {o.role for o in self.graph.outputs}:
+            seeds.append(control["seed"])
+        return real_run(self, state, spare, batch, control)
+
+    monkeypatch.setattr(T.GraphRunner, "run", run)
+    train(spec, run_dir=str(tmp_path / "acc"), batch_size=16, accumulate=2, **common)
+    big, acc = _params(str(tmp_path / "big")), _params(str(tmp_path / "acc"))
+    for k in big:
+        np.testing.assert_allclose(acc[k], big[k], rtol=1e-5, atol=1e-6)
+    assert seeds[:2] == [0, 1 << 32]  # the second batch of an update draws another stream
+
+
 def test_early_stopping(tmp_path, data):
     text = REGRESSION + "  early_stopping: {metric: train_loss, mode: max, patience: 2}\n"
     spec = _spec(text, tmp_path)
@@ -180,3 +211,44 @@ def test_a_batch_size_override_sizes_the_carried_state(tmp_path):
     assert result.steps == 2
     state, _ = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
     assert state["hs.h0"].shape == (5, 6) and state["hs.h0"].any()
+
+
+@pytest.mark.parametrize("train_cfg, words", [
+    ("  optimizer: {sgd: {lr: 0.1, nesterov: true}}\n", "nesterov needs momentum"),
+    ("  drop_last: true\n  batch_size: 100\n", "drop_last leaves no batch"),
+])
+def test_training_settings_that_cannot_work_are_located_errors(tmp_path, data, train_cfg, words):
+    text = REGRESSION.replace("  optimizer: {sgd: {lr: 0.05}}\n  batch_size: 16\n", train_cfg + (
+        "  optimizer: {sgd: {lr: 0.05}}\n" if "optimizer" not in train_cfg else ""))
+    with pytest.raises(FlowgradError, match=words) as e:
+        train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, steps=2, threads=1, device="cpu")
+    assert "spec.yaml:" in str(e.value)
+
+
+def test_drop_last_with_accumulate_counts_an_epochs_last_short_update(tmp_path, data):
+    """64 examples, batches of 16, 3 per update, drop_last: updates of 3 and 1 batches, two an epoch."""
+    spec = _spec(REGRESSION + "  drop_last: true\n", tmp_path)
+    res = train(spec, run_dir=str(tmp_path / "r"), data=data, valid="0", epochs=4, accumulate=3, threads=1,
+                device="cpu")
+    assert (res.epochs, res.steps) == (4, 8)
+
+
+def test_with_both_limits_the_lr_schedule_plans_for_the_one_reached_first(tmp_path, data, monkeypatch):
+    import runtime.train as TR
+
+    planned = []
+    real = TR.lr_schedule
+    monkeypatch.setattr(TR, "lr_schedule", lambda lr, cfg, total, per_epoch: planned.append(total) or real(lr, cfg, total, per_epoch))
+    train(_spec(REGRESSION, tmp_path), run_dir=str(tmp_path / "r"), data=data, valid="0", epochs=1, steps=100,
+          threads=1, device="cpu")
+    assert planned == [4]  # 64 examples / 16 a batch: the epoch ends first
+
+
+def test_an_objective_named_twice_in_the_schedule_is_a_located_error(tmp_path):
+    from compiler.training import compile_spec
+
+    text = open(os.path.join(ROOT, "models", "gan.yaml")).read().replace(
+        "schedule: [discriminator, generator]", "schedule: [discriminator, discriminator, generator]")
+    with pytest.raises(FlowgradError, match="2 times") as e:
+        compile_spec(_spec(text, tmp_path, "gan.yaml"))
+    assert "gan.yaml:47:" in str(e.value)

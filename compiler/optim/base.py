@@ -50,4 +50,6 @@ def optimizer_from_config(cfg: dict, loc: Loc | None = None) -> Optimizer:
         raise SpecError(f"optimizer {name!r} needs lr", loc)
     if not hp["lr"] > 0:
         raise SpecError(f"lr must be positive, got {hp['lr']}", loc)
+    if hp.get("nesterov") and not hp.get("momentum"):
+        raise SpecError("nesterov needs momentum", loc, "for example {sgd: {lr: 0.1, momentum: 0.9, nesterov: true}}")
     return OPTIMIZERS[name](hp)
