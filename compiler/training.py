@@ -90,7 +90,14 @@ def state_layout(params: dict[str, ParamInfo], obj: "Objective") -> list[tuple[s
     if fused_update(params, obj):
         total = sum(int(np.prod(params[n].shape)) for n in trained)
         return [(f"{s}/{obj.name}", (total,)) for s in obj.optimizer.state_names] + scaling
-    return [(f"{s}/{n}", tuple(params[n].shape)) for n in trained for s in obj.optimizer.state_names] + scaling
+    return [(f"{s}/{state_key(obj, n)}", tuple(params[n].shape)) for n in trained for s in obj.optimizer.state_names] \
+        + scaling
+
+
+def state_key(obj: "Objective", param: str) -> str:
+    """Whose optimizer state a per-parameter slot is: the parameter's, within its objective
+    when the spec names objectives (two may train one shared parameter, each its own way)."""
+    return param if obj.name == "main" else f"{obj.name}/{param}"
 
 
 def trained_names(params: dict[str, ParamInfo], obj: Objective) -> list[str]:
@@ -387,7 +394,7 @@ def _apply_updates(g: Graph, obj: Objective, params: dict[str, Value], grads: di
         grads = {n: gv * scale for n, gv in grads.items()}
     new_params, new_states = {}, {}
     for n, gv in grads.items():
-        key = obj.name if fused else n
+        key = obj.name if fused else state_key(obj, n)
         st = {s: states[f"{s}/{key}"] for s in obj.optimizer.state_names}
         p_new, st_new = obj.optimizer.update(params[n], gv, st, lr, t)
         new_params[n] = p_new

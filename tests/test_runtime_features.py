@@ -252,3 +252,19 @@ def test_an_objective_named_twice_in_the_schedule_is_a_located_error(tmp_path):
     with pytest.raises(FlowgradError, match="2 times") as e:
         compile_spec(_spec(text, tmp_path, "gan.yaml"))
     assert "gan.yaml:47:" in str(e.value)
+
+
+def test_two_objectives_sharing_a_parameter_keep_their_own_optimizer_state(monkeypatch):
+    """With one flat state vector per objective (small models) or one slot per parameter
+    (large ones), each objective's Adam moments are its own."""
+    import compiler.training as CT
+
+    spec = spec_from_text(open(os.path.join(ROOT, "models", "semisupervised.yaml")).read(), "semi.yaml")
+    for limit in (CT.FUSED_UPDATE_MAX_ELEMENTS, 0):
+        monkeypatch.setattr(CT, "FUSED_UPDATE_MAX_ELEMENTS", limit)
+        cm = CT.compile_spec(spec, graphs=("train",))
+        layouts = {o.name: {n for n, _ in CT.state_layout(cm.params, o)} for o in cm.objectives}
+        shared = set(CT.trained_names(cm.params, cm.objectives[0])) & set(CT.trained_names(cm.params, cm.objectives[1]))
+        assert shared, "the spec's objectives share the encoder"
+        a, b = layouts.values()
+        assert not (a & b), (limit, a & b)
