@@ -29,7 +29,7 @@ def lr_schedule(base_lr: float, cfg: dict | None, total_steps: int, steps_per_ep
             return base_lr * float(args.get("gamma", 0.95)) ** (step / max(steps_per_epoch, 1))
         if kind == "cosine":
             lo = float(args.get("min_lr", 0.0))
-            span = max(total_steps - warmup, 1)
+            span = max(total_steps - warmup - 1, 1)  # the last step (total_steps - 1) takes min_lr
             t = min(max(step - warmup, 0) / span, 1.0)
             return lo + 0.5 * (base_lr - lo) * (1 + math.cos(math.pi * t))
         raise SpecError(f"unknown lr_schedule {kind!r}", hint="choose constant, step, exponential or cosine")

@@ -146,7 +146,8 @@ def test_lr_schedules():
     const = lr_schedule(0.1, None, 100, 10)
     assert const(0) == const(99) == 0.1
     cos = lr_schedule(0.1, {"cosine": {"min_lr": 0.0}}, 100, 10)
-    assert cos(0) == pytest.approx(0.1) and cos(100) == pytest.approx(0.0) and cos(50) == pytest.approx(0.05)
+    assert cos(0) == pytest.approx(0.1) and cos(99) == pytest.approx(0.0)  # the last of 100 steps: min_lr
+    assert cos(49) > 0.05 > cos(50) and all(cos(k) >= cos(k + 1) for k in range(99))
     warm = lr_schedule(0.1, {"constant": {}, "warmup": 10}, 100, 10)
     assert warm(0) == pytest.approx(0.01) and warm(9) == pytest.approx(0.1) and warm(50) == 0.1
     step = lr_schedule(0.1, {"step": {"every": 10, "gamma": 0.5}}, 100, 10)
