@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.training import CompiledModel, compile_spec, schedule_of
+from compiler.training import CompiledModel, compile_spec, schedule_of, trained_names
 from spec import model as S
 from spec.errors import DataError, FlowgradError
 
@@ -264,9 +264,16 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
 
         state, meta = None, {}
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
+        trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
         if opts.resume:
             state, meta = load_checkpoint(ckpt_path)
             _check_state(cm, state, ckpt_path, seed)
+            if "trained" in meta and meta["trained"] != trained:
+                # the optimizer's flat state vectors follow the trained parameters, in order
+                raise DataError(f"{ckpt_path} was written training other parameters than this run would "
+                                f"({_difference(meta['trained'], trained)})",
+                                hint="resume with the run's own --freeze (and spec), or start over with --overwrite "
+                                     "or --init-from")
             _check_vocabulary(run_dir, train_ds.meta, "--resume")
         elif opts.init_from:
             state = _warm_start(cm, opts.init_from, seed)
@@ -291,7 +298,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             _check_state_finite(state, step, epoch, run_dir)  # never replace a good checkpoint with NaNs
             data = checkpoint_bytes(state, {
                 "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
-                "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state),
+                "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,
                 # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
                 "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0})
             if also_best:  # first: killed between the two writes, the resumed run redoes the epoch and both agree
@@ -424,6 +431,16 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                              history[-1] if history else {}, best, history, stopped)
         atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode())
         return result
+
+
+def _difference(before: dict, now: dict) -> str:
+    for obj in sorted(set(before) | set(now)):
+        gone = [p for p in before.get(obj, []) if p not in now.get(obj, [])]
+        new = [p for p in now.get(obj, []) if p not in before.get(obj, [])]
+        if gone or new:
+            return f"objective {obj}: " + "; ".join(filter(None, [gone and f"then also {', '.join(gone)}",
+                                                                  new and f"now also {', '.join(new)}"]))
+    return "the same parameters in another order"
 
 
 def _rows(batch: dict) -> int:

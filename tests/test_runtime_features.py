@@ -268,3 +268,14 @@ def test_two_objectives_sharing_a_parameter_keep_their_own_optimizer_state(monke
         assert shared, "the spec's objectives share the encoder"
         a, b = layouts.values()
         assert not (a & b), (limit, a & b)
+
+
+def test_resuming_with_other_frozen_parameters_is_refused(tmp_path, data):
+    """The optimizer's flat state follows the trained parameters in order: resumed with another
+    --freeze of the same total size, one parameter's moments would drive another."""
+    spec = _spec(REGRESSION, tmp_path)  # W1 [4, 8] and w2 [8]
+    train(spec, run_dir=str(tmp_path / "r"), data=data, steps=2, freeze=["W1"], threads=1, device="cpu")
+    with pytest.raises(FlowgradError, match="other parameters") as e:
+        train(spec, run_dir=str(tmp_path / "r"), data=data, steps=4, freeze=["w2"], resume=True, threads=1, device="cpu")
+    assert "then also w2" in str(e.value) and "now also W1" in str(e.value)
+    train(spec, run_dir=str(tmp_path / "r"), data=data, steps=4, freeze=["W1"], resume=True, threads=1, device="cpu")
