@@ -51,11 +51,13 @@ def user_errors():
     except FlowgradError as e:
         if _state["debug"]:
             raise
-        for line in str(e).splitlines():
+        from rich.markup import escape
+
+        for line in str(e).splitlines():  # escaped: a path or name may hold [brackets]
             if line.startswith("  hint:"):
-                err.print(f"[dim]{line}[/dim]", soft_wrap=True)
+                err.print(f"[dim]{escape(line)}[/dim]", soft_wrap=True)
             else:
-                err.print(f"[bold red]error:[/bold red] {line}", soft_wrap=True)
+                err.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
         raise typer.Exit(1) from None
     except ModuleNotFoundError as e:  # an installation without one of flowgrad's dependencies
         if _state["debug"] or not e.name:
@@ -137,12 +139,20 @@ def compile_cmd(
 ):
     """Compile a spec into ONNX graphs: train, eval, infer, grads, apply (+ manifest.json)."""
     from compiler.training import compile_spec
+    from spec.errors import FlowgradError
 
     with user_errors():
         _check_dtype(dtype)
         s = _load(spec, set)
         cm = compile_spec(s, dtype, optimize_graph=not no_optimize)
-        written = cm.save(output)
+        if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(output)), "run.json")):
+            raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's checkpoints: "
+                                "pick another directory with -o")
+        try:
+            written = cm.save(output)
+        except OSError as e:
+            raise FlowgradError(f"cannot write the graphs to {output}: {e.strerror or e}",
+                                hint="pick a writable directory with -o") from None
     table = Table(title=f"{s.name} compiled in {cm.compile_seconds:.2f} s", title_justify="left")
     table.add_column("graph")
     table.add_column("nodes", justify="right")
@@ -182,7 +192,8 @@ def ops(
 
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cuda or cpu.")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).", min=1)]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).", min=1,
+                                                   max=1024)]
 CudaGraphsOpt = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
                                              help="On CUDA, capture training steps as CUDA graphs and replay them.")]
 
@@ -335,8 +346,9 @@ def _write_npz(path: str, arrays: dict) -> None:
 
     import numpy as np
 
-    from runtime.checkpoint import atomic_write
+    from runtime.checkpoint import atomic_write, refuse_run_file
 
+    refuse_run_file(path)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write(path, buf.getvalue(), hint="free some space, or pick another path with -o")

@@ -102,6 +102,12 @@ def _first_pass(low: Lowering, logits_name: str, loc):
     last = low.graph.apply("index", logits, spec=((None, None, None), -1))  # [N, V]
     # Only layers that read the tokens carry state; the rest (an encoder) runs once.
     token = low.inputs[low.spec.generate["input"]]
+    for node in producers_of([logits]):
+        if node.op.name == "scan" and node.attrs.get("reverse") and any(_depends_on(v, token) for v in node.inputs):
+            # decoding knows only the tokens so far: a pass from the end reads what is not written yet
+            raise SpecError("generate: a recurrent layer reads the tokens backwards (reverse, or bidirectional): "
+                            "decoding one token at a time cannot reproduce it", node.loc or loc,
+                            "a language model that generates reads its tokens forwards only")
     prefixes = [p for p, finals in low.recurrent_final.items() if any(_depends_on(f, token) for f in finals)]
     if not prefixes:
         raise SpecError("generate needs a recurrent layer that reads generate.input to carry the context", loc)

@@ -381,6 +381,10 @@ class Lowering:
         if e.func in ("zeros", "ones") and not e.kwargs:
             return self.fill(e, 0.0 if e.func == "zeros" else 1.0)
         if e.func in self.spec.blocks:
+            if e.func in all_ops() or e.func in layers.LAYERS:
+                block = self.spec.blocks[e.func]
+                raise SpecError(f"block {e.func!r} has the name of an op: {e.func}(...) would be ambiguous",
+                                block.loc, "give the block another name")
             return self.call_block(e)
         self._check_keywords(e)
         args = [self.eval(a) for a in e.args]
@@ -521,7 +525,7 @@ class Lowering:
 
 
 # What an op's shape rule or a layer raises when handed an argument of a kind it does not expect.
-_RULE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError)
+_RULE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError, ZeroDivisionError)
 
 
 # Depth of nested entries from which the rest of a chain is evaluated iteratively (see _evaluate_dependencies).

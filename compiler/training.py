@@ -552,10 +552,34 @@ def build_infer(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
     return b.emit("infer", optimize_graph, "deployment outputs")
 
 
+# The graphs' own inputs and outputs besides the spec's (controls, the loss).
+RESERVED_NAMES = ("lr", "step", "seed", "loss")
+
+
+def _check_io_names(spec: S.Spec) -> None:
+    """Graph inputs and outputs share one namespace in ONNX: a spec input, output or metric
+    named like another, or like a control input or the loss, is a located error."""
+    for name, decl in spec.inputs.items():
+        if name in RESERVED_NAMES:
+            raise SpecError(f"input {name!r} has the name of a graph's own {'output' if name == 'loss' else 'input'}",
+                            decl.loc, f"{', '.join(RESERVED_NAMES)} are reserved: rename the input")
+    seen = {n: "input" for n in spec.inputs}
+    for kind, entries in (("output", spec.outputs), ("metric", spec.metrics)):
+        for a in entries:
+            for name, loc in zip(a.targets, a.target_locs or [a.loc] * len(a.targets)):
+                if name in RESERVED_NAMES or name in seen:
+                    taken = f"an {seen[name]}'s" if name in seen else "a graph's own"
+                    raise SpecError(f"{kind} {name!r} has {taken} name", loc,
+                                    f"outputs, metrics and inputs need names of their own; {', '.join(RESERVED_NAMES)} "
+                                    "are reserved")
+                seen[name] = kind
+
+
 def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) -> Lowering:
     """Evaluate every expression once (shapes, names, ops) without emitting; with `objectives`, also
     what compiling would refuse: an objective's unknown loss, or parameters it cannot train."""
     dtype = dtype or spec.train.get("dtype", "float32")
+    _check_io_names(spec)
     low = Lowering(spec, mode="train", float_dtype=dtype)
     low.evaluate_all()
     loss = _scalar_loss(low, spec.loss) if spec.loss is not None else None

@@ -28,7 +28,9 @@ def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
         train_ds, _ = load_data(spec, cm, TrainOptions(), seed)
     except DataError:  # resized by --set beyond its data: time it on random inputs
         return None
-    return {k: np.ascontiguousarray(v[:batch_size]) for k, v in train_ds.arrays.items()}
+    # data smaller than the batch repeats its examples: the timed batch has the rows reported
+    rows = np.arange(batch_size) % len(train_ds)
+    return {k: np.ascontiguousarray(v[rows]) for k, v in train_ds.arrays.items()}
 
 
 def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: int = 5, device: str = "cpu",

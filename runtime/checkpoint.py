@@ -15,6 +15,16 @@ from spec.errors import DataError, FlowgradError
 META_KEY = "__meta__"
 
 
+RUN_FILES = ("checkpoint.npz", "best.npz", "run.json", "metrics.jsonl", "spec.yaml", "result.json")
+
+
+def refuse_run_file(path: str) -> None:
+    """An output (an export, predictions) must not replace a run directory's own files."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(path) in RUN_FILES and os.path.isfile(os.path.join(directory, "run.json")):
+        raise FlowgradError(f"{path} is one of the run's own files", hint="pick another path with -o")
+
+
 def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
     """Write the file whole or not at all (a temporary beside it, then a rename); `hint` for
     a file that is not a run's (the default hint speaks of checkpoints)."""

@@ -165,6 +165,9 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
         raise
     except (ValueError, zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})", loc, "write it with numpy.savez") from None
+    except MemoryError:  # an array header that claims far more data than the file holds
+        raise DataError(f"{path}: an array claims more memory than this machine has", loc,
+                        "the file is damaged, or not an .npz written by numpy.savez") from None
     if not arrays:
         raise DataError(f"{path}: contains no arrays", loc)
     return Dataset(arrays, os.path.basename(path))

@@ -79,6 +79,9 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     external = size >= EXTERNAL_DATA_BYTES  # a protobuf holds at most 2 GB: the weights go beside it
     if not external:
         _check_exported(model, ckpt, graph_path)
+    from .checkpoint import refuse_run_file
+
+    refuse_run_file(output)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         if external:

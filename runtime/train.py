@@ -246,6 +246,13 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         remove_stale_temporaries(run_dir)  # of a process killed while writing
         cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
+        streams = (train_ds.meta or {}).get("streams")
+        if streams and (spec.batch_size != streams or cfg.get("shuffle", True)):
+            # rows w*B + b continue rows (w-1)*B + b: only unshuffled batches of B rows do so
+            raise DataError(f"the data is laid out as {streams} text streams: train it with batch_size {streams} "
+                            f"and shuffle: false (got batch_size {spec.batch_size}, shuffle "
+                            f"{str(cfg.get('shuffle', True)).lower()})", spec.locate("train", "data"),
+                            "each batch row carries its state into the same row of the next batch")
         mixed, overflows = any(o.mixed for o in cm.objectives), 0
         batch_size = spec.batch_size
         n_batches = len(train_ds) // batch_size if cfg.get("drop_last") else -(-len(train_ds) // batch_size)

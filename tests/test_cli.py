@@ -290,3 +290,43 @@ def test_an_export_over_the_protobuf_limit_keeps_its_weights_beside_the_model(tr
     assert (tmp_path / "big.onnx.data").stat().st_size > 1000
     np.savez(tmp_path / "in.npz", x=np.zeros((2, 64), dtype=np.float32))
     invoke("predict", model, "--data", tmp_path / "in.npz", "--device", "cpu")
+
+
+def test_user_mistakes_found_by_a_bug_hunt_are_one_line_errors(trained, tmp_path):
+    """Each is a located or one-line error with exit code 1, not a traceback or a silent success."""
+    import zipfile
+
+    run_dir, _ = trained
+    bad = tmp_path / "model[v2].yaml"  # brackets in a path: printed as they are
+    bad.write_text("flowgrad: 1\nname: m\ngraph:\n  y: nope(1)\n")
+    assert "model[v2].yaml:1:1: missing required key" in invoke("check", bad, code=1).stderr
+    shadow = tmp_path / "shadow.yaml"
+    shadow.write_text(open(MLP).read().replace("graph:", "blocks:\n  relu:\n    in: [v]\n    graph: {o: v * 0}\n"
+                                                        "    out: [o]\ngraph:", 1))
+    assert "has the name of an op" in invoke("check", shadow, code=1).stderr
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(open(MLP).read().replace("  label: argmax(logits, axis=-1)", "  x: argmax(logits, axis=-1)"))
+    assert "output 'x' has an input's name" in invoke("check", clash, code=1).stderr
+    res = invoke("compile", MLP, "--set", "dims.H=8", "-o", Path(run_dir) / "graphs", code=1)
+    assert "inside a run directory" in res.stderr
+    assert "run's own files" in invoke("export", run_dir, "-o", Path(run_dir) / "best.npz", code=1).stderr
+    huge = tmp_path / "huge.npz"  # an array header claiming a terabyte
+    with zipfile.ZipFile(huge, "w") as z:
+        with z.open("x.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**11, 16)})
+            f.write(b"\0" * 64)
+    res = invoke("eval", run_dir, "--data", huge, "--device", "cpu", code=1)
+    assert "huge.npz" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bench_times_the_batch_it_reports(tmp_path):
+    """Data smaller than --batch-size repeats its examples up to the batch (it timed the data's
+    1,797 rows and reported samples/s for 16,384)."""
+    from runtime.bench import real_batch
+    from spec import load_spec
+
+    from compiler.training import compile_spec
+
+    spec = load_spec(MLP, ["dims.H=8"])
+    batch = real_batch(spec, compile_spec(spec, graphs=("train",)), 4000, 0)
+    assert all(len(v) == 4000 for v in batch.values())

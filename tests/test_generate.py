@@ -101,3 +101,8 @@ def test_a_generator_whose_logits_read_token_positions_is_refused():
     with pytest.raises(SpecError, match="positions") as e:
         compile_spec(spec_from_text(text, "pos.yaml"))
     assert str(e.value).startswith("pos.yaml:12:")
+    # a layer reading the tokens backwards cannot decode forwards either
+    spec_text = open(os.path.join(ROOT, "models", "char_lstm.yaml")).read()
+    for layer in ("lstm(e, H, reverse=true)", "bidirectional(gru, e, H)"):
+        with pytest.raises(SpecError, match="backwards"):
+            compile_spec(spec_from_text(spec_text.replace("  hs: lstm(e, H)\n", f"  hs: {layer}\n"), "b.yaml"))

@@ -205,7 +205,8 @@ def test_a_batch_size_override_sizes_the_carried_state(tmp_path):
     from spec import load_spec
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = load_spec(os.path.join(root, "models", "char_lstm_stateful.yaml"), ["dims.H=6", "dims.E=4"])
+    spec = load_spec(os.path.join(root, "models", "char_lstm_stateful.yaml"),
+                     ["dims.H=6", "dims.E=4", "train.data.options.streams=5"])  # the data laid out for 5 rows
     assert spec.batch_size == 32
     result = train(spec, batch_size=5, steps=2, device="cpu", run_dir=str(tmp_path / "run"))
     assert result.steps == 2
@@ -279,3 +280,16 @@ def test_resuming_with_other_frozen_parameters_is_refused(tmp_path, data):
         train(spec, run_dir=str(tmp_path / "r"), data=data, steps=4, freeze=["w2"], resume=True, threads=1, device="cpu")
     assert "then also w2" in str(e.value) and "now also W1" in str(e.value)
     train(spec, run_dir=str(tmp_path / "r"), data=data, steps=4, freeze=["W1"], resume=True, threads=1, device="cpu")
+
+
+
+def test_stream_laid_data_refuses_other_batch_sizes_and_shuffling(tmp_path):
+    """Rows of batch w continue the same rows of batch w - 1 only in unshuffled batches of as
+    many rows as there are streams."""
+    from spec import load_spec
+
+    path = os.path.join(ROOT, "models", "char_lstm_stateful.yaml")
+    for overrides, extra in ((["dims.H=6"], {"batch_size": 16}), (["dims.H=6", "train.shuffle=true"], {})):
+        with pytest.raises(FlowgradError, match="32 text streams") as e:
+            train(load_spec(path, overrides), steps=1, device="cpu", run_dir=str(tmp_path / "r"), **extra)
+        assert "char_lstm_stateful.yaml:23:" in str(e.value)
