@@ -205,7 +205,7 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Where the run is written (default runs/<name>).")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, data order and dropout.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, data order and dropout.", min=0)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override train.epochs.", min=1)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Stop after this many updates.", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Override train.batch_size.", min=1)] = None,
@@ -364,13 +364,17 @@ def _is_translator(path: str) -> bool:
 def gradcheck(
     spec: SpecArg,
     set: SetOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the parameters, inputs and probe directions.")] = 0,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest relative error that passes.")] = 1e-4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the parameters, inputs and probe directions.", min=0)] = 0,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest relative error that passes.", min=0.0)] = 1e-4,
 ):
     """Compare each parameter's symbolic gradient with finite differences (float64)."""
     from compiler.gradcheck import gradcheck_spec
 
     with user_errors():
+        if not tolerance < float("inf"):  # NaN passes typer's min= check
+            from spec.errors import FlowgradError
+
+            raise FlowgradError(f"--tolerance must be a finite number, got {tolerance}")
         s = _load(spec, set)
         report = gradcheck_spec(s, seed)
     table = Table(title=f"{s.name}: gradient check (float64, central differences)", title_justify="left")
@@ -552,7 +556,7 @@ def plot_samples(
     run_dir: Annotated[str, typer.Argument(help="A run directory of a generator (VAE, GAN) or an auto-encoder (DAE, CAE).")],
     output: Annotated[str, typer.Option("-o", "--output", help="PNG (or SVG/PDF) file to write.")] = "samples.png",
     count: Annotated[Optional[int], typer.Option("--count", help="Digits to draw (default 64), or to reconstruct (default 16).", min=1)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the generator's noise, or of the examples and their corruption.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generator's noise, or of the examples and their corruption.", min=0)] = 0,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     corrupt: Annotated[Optional[float], typer.Option("--corrupt", help="Masking noise level for the triples (default: the spec's own noise, else 0.25).", min=0.0, max=1.0)] = None,
 ):

@@ -58,6 +58,12 @@ def gradcheck_spec(spec: S.Spec, seed: int = 0, n_directions: int = 2, n_coords:
         base = runner(feeds)
         errors = {}
         for p in cm.trained_params(obj):
+            if p not in feeds:  # pruned from the gradients graph: nothing flows from it to the loss
+                from spec.errors import GradientError
+
+                raise GradientError(f"parameter {p!r} does not reach the loss of objective {obj.name!r}",
+                                    hint="use it in the graph, or leave it out of the objective's params")
+
             def loss_at(xs, p=p):
                 return float(runner({**feeds, p: xs[0]})["loss"])
 

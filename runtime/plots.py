@@ -33,12 +33,29 @@ def save_figure(fig, output: str, dpi: int) -> None:
         pass  # atomic_write says what is wrong with the path
     atomic_write(output, buf.getvalue(), hint="pick another path with -o")
 
+
 def read_history(run_dir: str) -> list[dict]:
+    """The epochs' records; a line cut short (a run killed while writing it) is left out."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise DataError(f"{run_dir} has no metrics.jsonl", hint="pass a directory written by 'flowgrad train'")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is unreadable ({e})") from None
+    history = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                continue
+            raise DataError(f"{path}:{i + 1}: not a JSON record", hint="the file is damaged") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{i + 1}: not a record of an epoch", hint="the file is damaged")
+        history.append(record)
+    return history
 
 
 def plot_curves(run_dirs: list[str], output: str) -> str:

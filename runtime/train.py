@@ -83,6 +83,9 @@ def needed_inputs(cm: CompiledModel, kinds=("train", "eval")) -> list[str]:
     return names
 
 
+TEST_SPLIT_SEED = 7919  # the test fraction's shuffle differs from the validation one's
+
+
 def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
     """Where a run's data comes from, as run.json records it for later readers (plots):
     {"path": absolute .npz path} or {"dataset": name, "options": {...}}, with "valid": a
@@ -115,6 +118,14 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
                         "add train: {data: {dataset: digits}} or pass --data train.npz")
     needed = needed_inputs(cm)
     D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds)
+    test = cfg.get("test")
+    if isinstance(test, (int, float)) and not isinstance(test, bool) and test:
+        # held out first, from its own shuffle: neither trained on nor validated on
+        valid = cfg.get("valid")
+        if isinstance(valid, (int, float)) and not isinstance(valid, bool) and valid + test >= 1:
+            raise DataError(f"valid {valid} and test {test} leave no training data", loc,
+                            "their fractions must sum to less than 1")
+        train_ds, _ = D.split(train_ds, float(test), seed + TEST_SPLIT_SEED)
     valid_cfg = _fraction_or_path(opts.valid if opts.valid is not None else cfg.get("valid"))
     valid_ds = None
     if isinstance(valid_cfg, str):

@@ -293,3 +293,14 @@ def test_stream_laid_data_refuses_other_batch_sizes_and_shuffling(tmp_path):
         with pytest.raises(FlowgradError, match="32 text streams") as e:
             train(load_spec(path, overrides), steps=1, device="cpu", run_dir=str(tmp_path / "r"), **extra)
         assert "char_lstm_stateful.yaml:23:" in str(e.value)
+
+
+def test_a_test_fraction_is_held_out_of_training(tmp_path, data):
+    """train.data.test: 0.5 of 64 examples leaves 32 to train on (it was read by nothing, and the
+    'held out' examples were trained on); with valid, the two must leave some data."""
+    text = REGRESSION.replace("  batch_size: 16\n", f"  batch_size: 16\n  data: {{path: {data}, test: 0.5}}\n")
+    res = train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), valid="0", epochs=1, threads=1, device="cpu")
+    assert res.steps == 2  # 32 examples, batches of 16
+    bad = text.replace("test: 0.5}", "test: 0.5, valid: 0.6}")
+    with pytest.raises(FlowgradError, match="leave no training data"):
+        train(_spec(bad, tmp_path, "bad.yaml"), run_dir=str(tmp_path / "b"), epochs=1, threads=1, device="cpu")

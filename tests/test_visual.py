@@ -519,3 +519,19 @@ def test_summary_table_and_check_points_at_it():
 def test_summary_bad_dim():
     res = invoke("summary", MLP, "--dim", "T", code=1)
     assert "NAME=INTEGER" in res.stderr
+
+
+def test_plot_curves_reads_a_history_cut_short_and_refuses_a_damaged_one(tmp_path):
+    from runtime.plots import read_history
+    from spec.errors import DataError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "train_loss": 1.0}\n{"epoch": 2, "tra')  # a run killed mid-write
+    assert read_history(str(tmp_path)) == [{"epoch": 1, "train_loss": 1.0}]
+    for text in ("[1, 2]\n", "{bad\n{\"epoch\": 1}\n"):
+        path.write_text(text)
+        with pytest.raises(DataError, match="metrics.jsonl:1:"):
+            read_history(str(tmp_path))
+    path.write_bytes(b"\xff\xfe\n")
+    with pytest.raises(DataError, match="unreadable"):
+        read_history(str(tmp_path))
