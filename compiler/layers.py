@@ -59,6 +59,8 @@ class Layer:
         missing = [p for p in self.required if p not in bound]
         if missing:
             raise SpecError(f"{self.name}() is missing {', '.join(missing)}", e.loc, f"usage: {self.usage}")
+        if "bias" in bound and not isinstance(bound["bias"], bool):  # bias="false" would read as true
+            raise SpecError(f"bias must be true or false, got {bound['bias']!r}", e.kwarg_locs.get("bias", e.loc))
         return bound
 
     required: tuple = ()

@@ -18,7 +18,7 @@ import numpy as np
 
 from compiler.training import CompiledModel, compile_spec, schedule_of, trained_names
 from spec import model as S
-from spec.errors import DataError, FlowgradError
+from spec.errors import DataError, FlowgradError, SpecError
 
 from . import data as D
 from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, remove_stale_temporaries
@@ -241,6 +241,11 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
     if opts.accumulate > 1 and cfg.get("mixed_precision"):
         raise FlowgradError("--accumulate does not work with train.mixed_precision",
                             hint="its loss scaling needs each update's gradients in one step: leave out one of the two")
+    stopping = cfg.get("early_stopping")
+    if stopping and "mode" not in stopping and "loss" not in str(stopping.get("metric")):
+        raise SpecError(f"early_stopping: is a larger or a smaller {stopping.get('metric')} better?",
+                        spec.locate("train", "early_stopping", "metric"),
+                        "add mode: max (accuracy, say) or mode: min; only a loss defaults to min")
     if opts.steps_per_call < 1:
         raise FlowgradError("--steps-per-call must be at least 1")
     if opts.steps_per_call > 1 and opts.accumulate > 1:

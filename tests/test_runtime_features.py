@@ -304,3 +304,25 @@ def test_a_test_fraction_is_held_out_of_training(tmp_path, data):
     bad = text.replace("test: 0.5}", "test: 0.5, valid: 0.6}")
     with pytest.raises(FlowgradError, match="leave no training data"):
         train(_spec(bad, tmp_path, "bad.yaml"), run_dir=str(tmp_path / "b"), epochs=1, threads=1, device="cpu")
+
+
+@pytest.mark.parametrize("train_cfg, words", [
+    ("  early_stopping: {metric: valid_accuracy}\n", "larger or a smaller"),
+    ("  optimizer: {adam: {lr: .inf}}\n", "finite"),
+])
+def test_settings_that_would_train_the_wrong_way_are_located_errors(tmp_path, data, train_cfg, words):
+    """Early stopping on an accuracy with the default mode kept the worst epoch as best; an
+    infinite lr ended in 'loss became nan', blaming the training."""
+    text = REGRESSION.replace("  optimizer: {sgd: {lr: 0.05}}\n", train_cfg if "optimizer" in train_cfg
+                              else "  optimizer: {sgd: {lr: 0.05}}\n" + train_cfg)
+    with pytest.raises(FlowgradError, match=words) as e:
+        train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, steps=1, threads=1, device="cpu")
+    assert "spec.yaml:" in str(e.value)
+
+
+def test_a_bias_flag_must_be_true_or_false(tmp_path):
+    from compiler.training import compile_spec
+
+    text = REGRESSION.replace("h: tanh(x @ W1)", 'h: tanh(dense(x, H, bias="false"))')
+    with pytest.raises(FlowgradError, match="bias must be true or false"):
+        compile_spec(_spec(text, tmp_path))

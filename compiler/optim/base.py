@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from spec.errors import Loc, SpecError, did_you_mean
@@ -46,6 +47,9 @@ def optimizer_from_config(cfg: dict, loc: Loc | None = None) -> Optimizer:
     if name not in OPTIMIZERS:
         raise SpecError(f"unknown optimizer {name!r}", loc, did_you_mean(name, OPTIMIZERS) or f"choose from {', '.join(OPTIMIZERS)}")
     hp = dict(hp or {})
+    for k, v in hp.items():  # YAML's .nan and .inf pass the schema's number checks
+        if isinstance(v, float) and not math.isfinite(v):
+            raise SpecError(f"optimizer {name!r}: {k} must be a finite number, got {v}", loc)
     if "lr" not in hp:
         raise SpecError(f"optimizer {name!r} needs lr", loc)
     if not hp["lr"] > 0:
