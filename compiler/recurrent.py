@@ -696,6 +696,10 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
     """The cells' keyword arguments that would otherwise be read loosely (bool("maybe")) or
     not at all (act= of an lstm): located errors."""
     where = lambda k: e.kwarg_locs.get(k, e.loc)  # noqa: E731
+    if a.get("dropout") is not None:
+        d = a["dropout"]
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+            raise SpecError(f"dropout between layers must be a rate in [0, 1), got {d!r}", where("dropout"))
     for k in ("reverse", "layer_norm", "return_state", "unroll", "stateful", "linear_before_reset"):
         if k in a and not isinstance(a[k], bool):
             raise SpecError(f"{k} must be true or false, got {a[k]!r}", where(k))

@@ -241,6 +241,10 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
     if opts.accumulate > 1 and cfg.get("mixed_precision"):
         raise FlowgradError("--accumulate does not work with train.mixed_precision",
                             hint="its loss scaling needs each update's gradients in one step: leave out one of the two")
+    if opts.resume and (opts.overwrite or opts.init_from):
+        raise FlowgradError(f"--resume continues the run; it does not combine with "
+                            f"{'--overwrite' if opts.overwrite else '--init-from'}",
+                            hint="--overwrite or --init-from start a new run: leave out --resume")
     stopping = cfg.get("early_stopping")
     if stopping and "mode" not in stopping and "loss" not in str(stopping.get("metric")):
         raise SpecError(f"early_stopping: is a larger or a smaller {stopping.get('metric')} better?",

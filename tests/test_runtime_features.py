@@ -326,3 +326,11 @@ def test_a_bias_flag_must_be_true_or_false(tmp_path):
     text = REGRESSION.replace("h: tanh(x @ W1)", 'h: tanh(dense(x, H, bias="false"))')
     with pytest.raises(FlowgradError, match="bias must be true or false"):
         compile_spec(_spec(text, tmp_path))
+
+
+def test_resume_does_not_combine_with_starting_over(tmp_path, data):
+    spec = _spec(REGRESSION, tmp_path)
+    train(spec, run_dir=str(tmp_path / "r"), data=data, steps=1, threads=1, device="cpu")
+    for extra in ({"overwrite": True}, {"init_from": str(tmp_path / "r")}):
+        with pytest.raises(FlowgradError, match="does not combine"):
+            train(spec, run_dir=str(tmp_path / "r"), data=data, steps=2, resume=True, threads=1, device="cpu", **extra)

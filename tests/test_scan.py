@@ -878,6 +878,10 @@ loss: mean(hs * hs) + s + mean(x)
     ("rnn(x, H, act=foo)", "act must be one of"),
     ("gru(x, H, lengths=s)", "lengths must be a vector"),
     ("lstm(x, H, stateful=true, reverse=true)", "stateful="),
+    ("lstm(x, H, dropout=2)", "dropout between layers must be a rate"),
+    ("x + normal(x, std=-1)", "normal needs std >= 0"),
+    ("x + uniform(x, low=2, high=1)", "uniform needs low < high"),
+    ("x + bernoulli(x, p=3)", "bernoulli needs a probability"),
 ])
 def test_bad_scan_arguments_are_located_errors(call, words):
     with pytest.raises(SpecError, match=words) as e:

@@ -275,6 +275,8 @@ class Uniform(RandomComposite):
     attrs = {"low": 0.0, "high": 1.0, "salt": None}
 
     def expand(self, g, like, rng, salt, low, high):
+        if not low < high:
+            raise SpecError(f"uniform needs low < high, got low={low}, high={high}", current_loc())
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         u = self.unit(g, like, rng, salt, dtype)
         if (low, high) != (0.0, 1.0):
@@ -334,6 +336,8 @@ class Normal(RandomComposite):
     tol = {"forward": 1e-6}
 
     def expand(self, g, like, rng, salt, mean, std):
+        if not std >= 0:
+            raise SpecError(f"normal needs std >= 0, got {std}", current_loc())
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         c = lambda v: g.const(np.asarray(v, dtype=dtype))  # noqa: E731
         u1 = self.unit(g, like, rng, salt, dtype, open_low=True)
@@ -364,6 +368,8 @@ class Bernoulli(RandomComposite):
     attrs = {"p": 0.5, "salt": None}
 
     def expand(self, g, like, rng, salt, p):
+        if not 0.0 <= p <= 1.0:
+            raise SpecError(f"bernoulli needs a probability p in [0, 1], got {p}", current_loc())
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         hit = g.apply("lt", self.unit(g, like, rng, salt, dtype), g.const(np.asarray(p, dtype=dtype)))
         return g.cast(hit, dtype)
