@@ -231,10 +231,16 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
         if lengths.min() < 1 or lengths.max() > width:
             raise DataError(f"input 'src_len' holds lengths from {lengths.min()} to {lengths.max()}, "
                             f"but the sources are {width} tokens wide", hint="each length is 1 to the width of src")
-    if "beam_width" in feeds and "generate.beam_width" in meta:
-        widest, width = int(meta["generate.beam_width"]), int(feeds["beam_width"])
+    if "beam_width" in feeds and "src_vocab" in meta:  # a decoder flowgrad exported
+        widest, width = _widest_beam(meta), int(feeds["beam_width"])
         if not 1 <= width <= widest:
-            raise DataError(f"beam_width must be between 1 and {widest} for this model, got {width}")
+            raise DataError(f"the beam width must be between 1 and {widest} for this model, got {width}",
+                            hint="the spec's generate.beam_width sets the widest beam the export decodes")
+
+
+def _widest_beam(meta: dict) -> int:
+    """The beam count an exported decoder was compiled for (generate.beam_width, default 4)."""
+    return int(meta.get("generate.beam_width", 4))
 
 
 def _ort_message(e: Exception) -> str:
@@ -324,11 +330,7 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
         raise DataError("a source text is empty", hint="give at least one character")
     src = np.stack([encode_source(t, meta) for t in texts])
     lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
-    widest = int(meta.get("generate.beam_width", 4))  # the decoder's compiled beam count
-    beam_width = beam_width if beam_width is not None else widest
-    if not 1 <= beam_width <= widest:
-        raise DataError(f"the beam width must be between 1 and {widest} for {model_path}, got {beam_width}",
-                        hint="the spec's generate.beam_width sets the widest beam the export decodes")
+    beam_width = beam_width if beam_width is not None else _widest_beam(meta)  # predict checks its range
     max_len = _count(max_len if max_len is not None else meta.get("generate.max_len", meta.get("tgt_len", 32)), "max_len")
     penalty = float(length_penalty if length_penalty is not None else meta.get("generate.length_penalty", 0.6))
     feeds = {"src": src, "src_len": lengths, "beam_width": np.asarray(beam_width, dtype=np.int64),
