@@ -514,7 +514,6 @@ def _lookup_of(rows: Value):
     return table, ids
 
 
-# Tables up to this many rows are projected whole when the count of looked-up rows is
-# symbolic (a batch of sequences normally looks up more rows than a character or small
-# word vocabulary has); larger vocabularies keep the rows.
+# Tables up to this many rows are projected whole (the gradient's scatter into them is
+# then a one-hot product, compiler/ops/indexing.py); larger vocabularies keep the rows.
 LOOKUP_FOLD_MAX_ROWS = 512

@@ -443,35 +443,8 @@ def _scatter_add(e, like: str, indices: str, updates: str, dtype: str, outs, axi
     e.add("Cast", [summed], outs, to=onnx_dtype(dtype))
 
 
-def _scatter_rows(e, like_name: str, indices: str, updates: str, like: TensorType, idx: TensorType, dtype: str,
-                  outs) -> None:
-    """scatter_add along axis 0 (an embedding's gradient): one ScatterND adding whole rows.
-    ScatterElements would need the indices expanded to every entry of the updates, and a
-    one-hot product does rows x updates multiply-adds; ScatterND adds each row once (a
-    character embedding's table gradient: 0.5 ms against 4 for the product, one core)."""
-    from ..emit import onnx_dtype
-
-    ids = e.add("Reshape", [indices, e.ints([-1, 1])])
-    if idx.dtype != "int64":
-        ids = e.add("Cast", [ids], to=onnx.TensorProto.INT64)
-    # -1 is the last row, as in take (ScatterND's indices are meant to be in range)
-    rows = like.shape[0] if isinstance(like.shape[0], int) else \
-        e.add("Slice", [e.add("Shape", [like_name]), e.ints([0]), e.ints([1])])
-    ids = e.add("Mod", [ids, e.const(np.asarray(rows, np.int64)) if isinstance(rows, int) else rows])
-    tail = like.shape[1:]
-    if all(isinstance(d, int) for d in tail):
-        row_shape = e.ints([-1, *tail])
-    else:
-        row_shape = e.add("Concat", [e.ints([-1]), e.add("Slice", [e.add("Shape", [like_name]), e.ints([1]),
-                                                                    e.ints([like.rank])])], axis=0)
-    rows_upd = e.add("Reshape", [updates, row_shape])
-    if dtype not in ("float16", "bfloat16"):
-        e.add("ScatterND", [_scatter_target(e, like_name, dtype), ids, rows_upd], outs, reduction="add")
-        return
-    # the sums run in float32, as in _scatter_add
-    wide = e.add("Cast", [rows_upd], to=onnx.TensorProto.FLOAT)
-    summed = e.add("ScatterND", [_scatter_target(e, like_name, "float32"), ids, wide], reduction="add")
-    e.add("Cast", [summed], outs, to=onnx_dtype(dtype))
+# scatter_add into a [rows, E] table with at most this many rows is a one-hot product.
+ONE_HOT_ROWS = 512
 
 
 def _scatter_target(e, shape_src: str, dtype: str) -> str:
@@ -506,8 +479,23 @@ class ScatterAdd(OpDef):
         like, idx, upd = node.inputs
         axis = normalize_axis(node.attrs["axis"], like.rank)
         k = idx.rank
-        if axis == 0:
-            _scatter_rows(e, ins[0], ins[1], ins[2], like, idx, upd.dtype, outs)
+        if axis == 0 and like.rank == 2 and isinstance(like.shape[0], int) and like.shape[0] <= ONE_HOT_ROWS \
+                and isinstance(like.shape[1], int) and upd.dtype in ("float32", "float64"):
+            # A small table (an embedding's gradient over a character vocabulary): one-hot rows
+            # times the updates is one Gemm, where ScatterElements adds row by row. (Not
+            # ScatterND with reduction="add": onnxruntime adds its slices on parallel threads,
+            # and repeated rows lose updates on a many-core host.)
+            rows = like.shape[0]
+            ids = e.add("Reshape", [ins[1], e.ints([-1])])
+            if idx.dtype != "int64":
+                ids = e.add("Cast", [ids], to=onnx.TensorProto.INT64)
+            ids = e.add("Mod", [ids, e.const(np.asarray(rows, np.int64))])  # -1 is the last row, as in take
+            hit = e.add("Equal", [e.add("Unsqueeze", [ids, e.ints([-1])]), e.const(np.arange(rows, dtype=np.int64))])
+            from ..emit import onnx_dtype
+
+            one_hot = e.add("Cast", [hit], to=onnx_dtype(upd.dtype))
+            u = e.add("Reshape", [ins[2], e.ints([-1, like.shape[1]])])
+            e.add("Gemm", [one_hot, u], outs, transA=1)
             return
         # Flatten the indices to one axis so one ScatterElements does it all.
         flat_upd_shape = tuple(upd.shape[:axis]) + (-1,) + tuple(upd.shape[axis + k:])
