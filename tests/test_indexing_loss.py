@@ -140,6 +140,26 @@ def test_scatter_add_symbolic_index_shapes(axis):
         np.testing.assert_allclose(got["g_upd"], np.take(out_w, idx, axis=axis))
 
 
+@pytest.mark.parametrize("rows", [97, 2000])
+def test_scatter_add_of_many_repeated_rows_on_several_threads(rows):
+    """An embedding's gradient at a real size (2048 ids, rows of 256), run by onnxruntime on
+    four threads: every repeated row's updates add up (onnxruntime's ScatterND with
+    reduction="add" adds slices in parallel and lost some; the emitted forms must not)."""
+    from runtime.session import make_session
+
+    model, _ = compile_fn(lambda g, like, idx, upd: g.apply("scatter_add", like, idx, upd, axis=0),
+                          {"like": ("float32", (rows, 256)), "idx": ("int64", (32, 64)),
+                           "upd": ("float32", (32, 64, 256))}, dtype="float32")
+    rng = np.random.default_rng(rows)
+    feeds = {"like": np.zeros((rows, 256), np.float32), "idx": rng.integers(0, 97, size=(32, 64)),
+             "upd": rng.normal(size=(32, 64, 256)).astype(np.float32)}
+    want = np.zeros((rows, 256))
+    np.add.at(want, feeds["idx"].reshape(-1), feeds["upd"].reshape(-1, 256))
+    session = make_session(model, threads=4)
+    for _ in range(3):
+        np.testing.assert_allclose(session.run(None, feeds)[0], want, rtol=1e-4, atol=1e-4)
+
+
 def test_take_along_axis_repeats_accumulate():
     model, _ = compile_fn(lambda g, x, i: g.apply("take_along_axis", x, i, axis=1),
                           {"x": ("float64", ("N", 3)), "i": ("int64", ("N", 4))}, wrt=("x",))
