@@ -117,6 +117,8 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    if device == "cuda":
+        model = shifts_for_cuda(model)
     narrow = narrow_types(model)
     # onnxruntime 1.31's blocked-layout rewrite (it speeds up float32 convolutions only) crashes
     # the process while making sessions of some float16 graphs with a Scan: keep it out of them.
@@ -229,6 +231,55 @@ def unpool_by_scatter(model: onnx.ModelProto) -> onnx.ModelProto:
         ]
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    return out
+
+
+def shifts_for_cuda(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each right BitShift of uint32 values by a constant k (the hash behind
+    random ops, compiler/ops/random.py) written as Cast(Cast(x, double) * 2**-k, uint32),
+    exact for 32-bit values, in loop bodies too: onnxruntime's CUDA provider has no
+    BitShift, and a CPU node in a CUDA step costs copies and its CUDA-graph capture."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    amounts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.UINT32}
+
+    def shift(n):
+        if n.op_type != "BitShift" or len(n.input) != 2 or n.input[1] not in amounts:
+            return None
+        right = any(a.name == "direction" and a.s == b"RIGHT" for a in n.attribute)
+        k = amounts[n.input[1]]
+        return int(k) if right and k.size == 1 and int(k) < 32 else None
+
+    if not any(shift(n) is not None for n in all_nodes(model.graph)):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    scales = {}
+
+    def rewrite(graph) -> None:
+        nodes = []
+        for n in graph.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    rewrite(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for g in a.graphs:
+                        rewrite(g)
+            k = shift(n)
+            if k is None:
+                nodes.append(n)
+                continue
+            if k not in scales:  # an outer-scope initializer, read by loop bodies too
+                scales[k] = f"{n.output[0]}_scale"
+                out.graph.initializer.append(helper.make_tensor(scales[k], TensorProto.DOUBLE, [], [2.0 ** -k]))
+            t = f"{n.output[0]}_shift"  # (output names are unique: so are these)
+            nodes += [helper.make_node("Cast", [n.input[0]], [t + "_wide"], to=TensorProto.DOUBLE),
+                      helper.make_node("Mul", [t + "_wide", scales[k]], [t + "_scaled"]),
+                      helper.make_node("Cast", [t + "_scaled"], list(n.output), to=TensorProto.UINT32)]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+    rewrite(out.graph)
     return out
 
 

@@ -393,6 +393,57 @@ def test_max_unpool_written_as_a_scatter_computes_the_same_step(dtype):
         np.testing.assert_array_equal(a, b, err_msg=k)
 
 
+def test_shifts_written_for_cuda_compute_the_same_step():
+    """CUDA sessions get each BitShift (the dropout hash's) as exact float64 arithmetic: the
+    same mlp training step, bit for bit."""
+    from compiler.emit import all_nodes
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.session import make_session, shifts_for_cuda
+    from spec import load_spec
+
+    spec = load_spec(os.path.join(ROOT, "models", "mlp.yaml"))
+    cm = compile_spec(spec)
+    g = cm.graphs["train"]
+    assert any(n.op_type == "BitShift" for n in all_nodes(g.model.graph))
+    batch = real_batch(spec, cm, 16, 0)
+    state = cm.initial_state(0)
+    feeds = {i.name: np.asarray(state[i.name] if i.name in state else {**batch, "lr": 0.01, "step": 3, "seed": 1}[i.name],
+                                dtype=i.dtype) for i in g.inputs}
+    rewritten = shifts_for_cuda(g.model)
+    assert not any(n.op_type == "BitShift" for n in all_nodes(rewritten.graph))
+    onnx.checker.check_model(rewritten, full_check=True)
+    for a, b in zip(make_session(rewritten).run(None, feeds), make_session(g.model).run(None, feeds)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_shifts_in_loop_bodies_are_written_for_cuda_too():
+    """A BitShift inside a Scan's step (a random op in a recurrent step) is rewritten as well."""
+    from onnx import TensorProto as TP
+    from onnx import helper, numpy_helper
+
+    from runtime.session import make_session, shifts_for_cuda
+
+    body = helper.make_graph(
+        [helper.make_node("BitShift", ["x", "sixteen"], ["y"], direction="RIGHT"),
+         helper.make_node("Add", ["acc", "y"], ["acc_next"])], "step",
+        [helper.make_tensor_value_info("acc", TP.UINT32, [3]), helper.make_tensor_value_info("x", TP.UINT32, [3])],
+        [helper.make_tensor_value_info("acc_next", TP.UINT32, [3]), helper.make_tensor_value_info("y", TP.UINT32, [3])])
+    graph = helper.make_graph(
+        [helper.make_node("Scan", ["acc0", "xs"], ["acc", "ys"], num_scan_inputs=1, body=body)], "loop",
+        [helper.make_tensor_value_info("acc0", TP.UINT32, [3]), helper.make_tensor_value_info("xs", TP.UINT32, [4, 3])],
+        [helper.make_tensor_value_info("acc", TP.UINT32, [3]), helper.make_tensor_value_info("ys", TP.UINT32, [4, 3])],
+        [numpy_helper.from_array(np.asarray(16, np.uint32), "sixteen")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    rewritten = shifts_for_cuda(model)
+    assert [n.op_type for n in rewritten.graph.node[0].attribute[0].g.node] == ["Cast", "Mul", "Cast", "Add"]
+    xs = np.random.default_rng(0).integers(0, 2**32, size=(4, 3), dtype=np.uint64).astype(np.uint32)
+    xs[0] = [0, 2**32 - 1, 65535]  # the ends of the range
+    feeds = {"acc0": np.zeros(3, np.uint32), "xs": xs}
+    for m in (model, rewritten):
+        np.testing.assert_array_equal(make_session(m).run(None, feeds)[1], xs // 65536)
+
+
 def test_cuda_graphs_can_be_turned_off(monkeypatch):
     """`--no-cuda-graphs` (TrainOptions.cuda_graphs, Trainer(cuda_graphs=False)): a CUDA
     runner then never specialises or captures."""

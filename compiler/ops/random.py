@@ -4,8 +4,9 @@ Every random number is a pure function of the graph's int64 control inputs
 `seed` and `step`, a per-op `salt` and the element's flat (row-major) index,
 so a resumed run replays the same masks and every runtime computes the same
 bits. No RandomUniform/RandomNormal/Bernoulli (they keep hidden state) and no
-BitShift/Bitwise ops (onnxruntime's CUDA provider lacks them): only uint32
-Add/Mul (which wrap mod 2**32), Div by powers of two (right shifts) and casts.
+Bitwise ops: only uint32 Add/Mul (which wrap mod 2**32), right shifts (BitShift,
+written as exact float64 arithmetic for onnxruntime's CUDA provider, which has
+none) and casts.
 
 The hash (this is its specification; `hash_bits` below is the executable one,
 and `random_bits` must reproduce it bit for bit). All arithmetic is mod 2**32:
