@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from spec.errors import DataError, ExportError
 
 from .checkpoint import load_checkpoint
+from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
 EXTERNAL_DATA_BYTES = 1 << 31
@@ -40,6 +41,8 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         ckpt = os.path.join(run_dir, "checkpoint.npz")
     state, meta = load_checkpoint(ckpt)
     model = load_model_safely(graph_path)  # a run directory may come from someone else
+    # (right shifts as exact float64 arithmetic: onnxruntime's CUDA provider has no BitShift)
+    model = shifts_in_float64(model)
     try:
         with open(manifest_path) as f:
             manifest = json.load(f)

@@ -118,7 +118,7 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     if device == "cuda":
-        model = shifts_for_cuda(model)
+        model = shifts_in_float64(model)
     narrow = narrow_types(model)
     # onnxruntime 1.31's blocked-layout rewrite (it speeds up float32 convolutions only) crashes
     # the process while making sessions of some float16 graphs with a Scan: keep it out of them.
@@ -234,11 +234,12 @@ def unpool_by_scatter(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def shifts_for_cuda(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with each right BitShift of uint32 values by a constant k (the hash behind
-    random ops, compiler/ops/random.py) written as Cast(Cast(x, double) * 2**-k, uint32),
-    exact for 32-bit values, in loop bodies too: onnxruntime's CUDA provider has no
-    BitShift, and a CPU node in a CUDA step costs copies and its CUDA-graph capture."""
+def shifts_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each right BitShift of uint32 values by a constant scalar k (the hash
+    behind random ops, compiler/ops/random.py) written as Cast(Cast(x, double) * 2**-k,
+    uint32), exact for 32-bit values, in loop bodies too. onnxruntime's CUDA provider has no
+    BitShift (a CPU node in a CUDA step costs copies and its CUDA-graph capture): CUDA
+    sessions and exported files get this form."""
     from onnx import TensorProto, helper, numpy_helper
 
     amounts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.UINT32}
@@ -248,12 +249,23 @@ def shifts_for_cuda(model: onnx.ModelProto) -> onnx.ModelProto:
             return None
         right = any(a.name == "direction" and a.s == b"RIGHT" for a in n.attribute)
         k = amounts[n.input[1]]
-        return int(k) if right and k.size == 1 and int(k) < 32 else None
+        return int(k) if right and k.ndim == 0 and int(k) < 32 else None
 
     if not any(shift(n) is not None for n in all_nodes(model.graph)):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    taken = {name for n in all_nodes(out.graph) for name in [*n.input, *n.output]}
+    taken |= {v.name for v in [*out.graph.input, *out.graph.output, *out.graph.initializer]}
+
+    def fresh(hint: str) -> str:
+        name, i = hint, 1
+        while name in taken:
+            i += 1
+            name = f"{hint}_{i}"
+        taken.add(name)
+        return name
+
     scales = {}
 
     def rewrite(graph) -> None:
@@ -270,12 +282,12 @@ def shifts_for_cuda(model: onnx.ModelProto) -> onnx.ModelProto:
                 nodes.append(n)
                 continue
             if k not in scales:  # an outer-scope initializer, read by loop bodies too
-                scales[k] = f"{n.output[0]}_scale"
+                scales[k] = fresh(f"shift_scale_{k}")
                 out.graph.initializer.append(helper.make_tensor(scales[k], TensorProto.DOUBLE, [], [2.0 ** -k]))
-            t = f"{n.output[0]}_shift"  # (output names are unique: so are these)
-            nodes += [helper.make_node("Cast", [n.input[0]], [t + "_wide"], to=TensorProto.DOUBLE),
-                      helper.make_node("Mul", [t + "_wide", scales[k]], [t + "_scaled"]),
-                      helper.make_node("Cast", [t + "_scaled"], list(n.output), to=TensorProto.UINT32)]
+            wide, scaled = fresh(f"{n.output[0]}_wide"), fresh(f"{n.output[0]}_scaled")
+            nodes += [helper.make_node("Cast", [n.input[0]], [wide], to=TensorProto.DOUBLE),
+                      helper.make_node("Mul", [wide, scales[k]], [scaled]),
+                      helper.make_node("Cast", [scaled], list(n.output), to=TensorProto.UINT32)]
         del graph.node[:]
         graph.node.extend(nodes)
 

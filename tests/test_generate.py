@@ -52,6 +52,15 @@ def test_sampling_is_seeded_and_uses_the_temperature(exported):
     assert len(a) == 40
 
 
+def test_exported_files_hold_no_bit_shifts(exported):
+    """The sampler's hash runs its shifts as float64 arithmetic in an exported file, so that
+    onnxruntime's CUDA provider (it has no BitShift) runs the whole decoding loop."""
+    from compiler.emit import all_nodes
+
+    for path in exported:
+        assert not any(n.op_type == "BitShift" for n in all_nodes(onnx.load(path).graph))
+
+
 def test_generator_runs_on_the_reference_evaluator(exported):
     from compiler.check import reference_evaluator
 

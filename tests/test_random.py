@@ -282,3 +282,15 @@ def test_avalanche():
         p = ((d[:, None] >> np.arange(32, dtype=np.uint32)) & 1).mean(0)
         worst = max(worst, float(np.abs(p - 0.5).max()))
     assert worst < 0.025
+
+
+@pytest.mark.parametrize("divisor_shape", [(), (1,), (1, 1)])
+def test_uint32_division_by_a_power_of_two_is_a_shift_that_keeps_broadcasting(divisor_shape):
+    """x // 2**k for uint32 x: exact at the ends of the range, and a divisor of higher rank
+    than x broadcasts x up as a Div would (it stays a Div)."""
+    d = np.full(divisor_shape, 2**16, dtype=np.uint32)
+    _, model = build(lambda g, x: g.apply("div", x, g.const(d)), (5,), dtype="uint32")
+    x = np.asarray([0, 1, 65535, 65536, 2**32 - 1], np.uint32)
+    a, b = run_both(model, {"x": x})
+    want = x // d
+    assert bit_equal(a[0], want) and bit_equal(b[0], want)

@@ -394,12 +394,12 @@ def test_max_unpool_written_as_a_scatter_computes_the_same_step(dtype):
 
 
 def test_shifts_written_for_cuda_compute_the_same_step():
-    """CUDA sessions get each BitShift (the dropout hash's) as exact float64 arithmetic: the
-    same mlp training step, bit for bit."""
+    """CUDA sessions and exported files get each BitShift (the dropout hash's) as exact
+    float64 arithmetic: the same mlp training step, bit for bit."""
     from compiler.emit import all_nodes
     from compiler.training import compile_spec
     from runtime.bench import real_batch
-    from runtime.session import make_session, shifts_for_cuda
+    from runtime.session import make_session, shifts_in_float64
     from spec import load_spec
 
     spec = load_spec(os.path.join(ROOT, "models", "mlp.yaml"))
@@ -410,7 +410,7 @@ def test_shifts_written_for_cuda_compute_the_same_step():
     state = cm.initial_state(0)
     feeds = {i.name: np.asarray(state[i.name] if i.name in state else {**batch, "lr": 0.01, "step": 3, "seed": 1}[i.name],
                                 dtype=i.dtype) for i in g.inputs}
-    rewritten = shifts_for_cuda(g.model)
+    rewritten = shifts_in_float64(g.model)
     assert not any(n.op_type == "BitShift" for n in all_nodes(rewritten.graph))
     onnx.checker.check_model(rewritten, full_check=True)
     for a, b in zip(make_session(rewritten).run(None, feeds), make_session(g.model).run(None, feeds)):
@@ -422,7 +422,7 @@ def test_shifts_in_loop_bodies_are_written_for_cuda_too():
     from onnx import TensorProto as TP
     from onnx import helper, numpy_helper
 
-    from runtime.session import make_session, shifts_for_cuda
+    from runtime.session import make_session, shifts_in_float64
 
     body = helper.make_graph(
         [helper.make_node("BitShift", ["x", "sixteen"], ["y"], direction="RIGHT"),
@@ -435,13 +435,38 @@ def test_shifts_in_loop_bodies_are_written_for_cuda_too():
         [helper.make_tensor_value_info("acc", TP.UINT32, [3]), helper.make_tensor_value_info("ys", TP.UINT32, [4, 3])],
         [numpy_helper.from_array(np.asarray(16, np.uint32), "sixteen")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    rewritten = shifts_for_cuda(model)
+    rewritten = shifts_in_float64(model)
     assert [n.op_type for n in rewritten.graph.node[0].attribute[0].g.node] == ["Cast", "Mul", "Cast", "Add"]
     xs = np.random.default_rng(0).integers(0, 2**32, size=(4, 3), dtype=np.uint64).astype(np.uint32)
     xs[0] = [0, 2**32 - 1, 65535]  # the ends of the range
     feeds = {"acc0": np.zeros(3, np.uint32), "xs": xs}
     for m in (model, rewritten):
         np.testing.assert_array_equal(make_session(m).run(None, feeds)[1], xs // 65536)
+
+
+def test_shift_rewrite_keeps_other_shifts_and_takes_fresh_names():
+    """Left shifts and amounts that are not scalars stay BitShifts; new names never collide
+    with the graph's own (here a tensor already named like the rewrite's first choice)."""
+    from onnx import TensorProto as TP
+    from onnx import helper, numpy_helper
+
+    from runtime.session import make_session, shifts_in_float64
+
+    graph = helper.make_graph(
+        [helper.make_node("BitShift", ["x", "k"], ["y"], direction="RIGHT"),
+         helper.make_node("BitShift", ["x", "k"], ["left"], direction="LEFT"),
+         helper.make_node("BitShift", ["x", "k1"], ["vector_amount"], direction="RIGHT"),
+         helper.make_node("Identity", ["x"], ["y_wide"]), helper.make_node("Identity", ["x"], ["shift_scale_3"])], "g",
+        [helper.make_tensor_value_info("x", TP.UINT32, [3])],
+        [helper.make_tensor_value_info(n, TP.UINT32, [3]) for n in ("y", "left", "vector_amount", "y_wide", "shift_scale_3")],
+        [numpy_helper.from_array(np.asarray(3, np.uint32), "k"), numpy_helper.from_array(np.asarray([3], np.uint32), "k1")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    rewritten = shifts_in_float64(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert [n.op_type for n in rewritten.graph.node].count("BitShift") == 2
+    x = np.asarray([0, 9, 2**32 - 1], np.uint32)
+    for a, b in zip(make_session(rewritten).run(None, {"x": x}), make_session(model).run(None, {"x": x})):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_cuda_graphs_can_be_turned_off(monkeypatch):

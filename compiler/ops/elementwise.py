@@ -382,7 +382,7 @@ def emit_u32_shift_right(e, x: str, bits: int, out=1):
     """x // 2**bits for a uint32 tensor x: one BitShift, which onnxruntime's CPU provider
     runs in a third of the time of the exact float64 form (a cast, a power-of-two scale, a
     truncating cast) and a sixth of a uint32 Div. Its CUDA provider has no BitShift: CUDA
-    sessions get the float64 form (runtime/session.py, shifts_for_cuda)."""
+    sessions and exported files get the float64 form (runtime/session.py, shifts_in_float64)."""
     return e.add("BitShift", [x, e.const(np.asarray(bits, dtype=np.uint32))], out, direction="RIGHT")
 
 
@@ -395,7 +395,7 @@ class Div(Binary):
     def emit(self, e, node, ins, outs):
         a, b = node.inputs
         d = b.producer.attrs["value"] if b.producer is not None and b.producer.op.name == "constant" else None
-        if a.dtype == "uint32" and d is not None and np.size(d) == 1:
+        if a.dtype == "uint32" and d is not None and np.size(d) == 1 and b.rank <= a.rank:
             d = int(np.asarray(d).reshape(()))
             if d > 0 and d & (d - 1) == 0:
                 emit_u32_shift_right(e, ins[0], d.bit_length() - 1, outs)
