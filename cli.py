@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -51,8 +52,6 @@ def user_errors():
     except FlowgradError as e:
         if _state["debug"]:
             raise
-        from rich.markup import escape
-
         for line in str(e).splitlines():  # escaped: a path or name may hold [brackets]
             if line.startswith("  hint:"):
                 err.print(f"[dim]{escape(line)}[/dim]", soft_wrap=True)
@@ -184,8 +183,6 @@ def ops(
     table = Table(title="flowgrad ops", title_justify="left")
     for col in ("family", "signature", "gradient", "doc"):
         table.add_column(col)
-    from rich.markup import escape
-
     for r in sorted(rows, key=lambda r: (r["family"], r["name"])):
         table.add_row(r["family"], escape(r["signature"]), r["gradient"], escape(r["doc"]))
     out.print(table)
@@ -253,6 +250,13 @@ def train(
         if k.startswith(("train_", "valid_")):
             summary.add_row(k, f"{v:.4f}", f"{result.best.get(k, float('nan')):.4f}")
     err.print(summary)
+    if result.warm_start:
+        ws = result.warm_start
+        n = len(ws["taken"])
+        err.print(f"warm-started {n} parameter{'s' * (n != 1)} from {escape(ws['from'])}", soft_wrap=True)
+        if ws["kept"]:
+            kept = ", ".join(f"{name} ({why})" for name, why in ws["kept"].items())
+            err.print(f"  kept their initial values: {escape(kept)}", soft_wrap=True)
     err.print(f"run written to {result.run_dir}")
     err.print(f"  plot the curves: flowgrad plot curves {result.run_dir} -o {os.path.join(result.run_dir, 'curves.png')}", soft_wrap=True)
     err.print(f"  export the model: flowgrad export {result.run_dir} -o {s.name}.onnx", soft_wrap=True)

@@ -67,9 +67,11 @@ class TrainResult:
     best: dict
     history: list
     stopped: str = "finished"
+    warm_start: dict | None = None  # --init-from: {"from", "taken": [names], "kept": {name: why}}
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in ("run_dir", "device", "steps", "epochs", "seconds", "final", "best", "stopped")}
+        keys = ("run_dir", "device", "steps", "epochs", "seconds", "final", "best", "stopped")
+        return {**{k: getattr(self, k) for k in keys}, **({"init_from": self.warm_start} if self.warm_start else {})}
 
 
 # ---------------------------------------------------------------- data
@@ -289,7 +291,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             max_steps or epochs * steps_per_epoch
         epochs = epochs or -(-total_steps // steps_per_epoch)
 
-        state, meta = None, {}
+        state, meta, warm_start = None, {}, None
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
         if opts.resume:
@@ -303,10 +305,10 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                      "or --init-from")
             _check_vocabulary(run_dir, train_ds.meta, "--resume")
         elif opts.init_from:
-            state = _warm_start(cm, opts.init_from, seed)
+            state, warm_start = _warm_start(cm, opts.init_from, seed)
             _check_vocabulary(opts.init_from, train_ds.meta, "--init-from")
         trainer = Trainer(cm, device, opts.threads, state, seed, cuda_graphs=opts.cuda_graphs)
-        _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed=bool(meta))
+        _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed=bool(meta), warm_start=warm_start)
 
         schedules = {o.name: lr_schedule(o.optimizer.hp["lr"], cfg.get("lr_schedule"), total_steps, steps_per_epoch)
                      for o in cm.objectives}
@@ -455,7 +457,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 if stopping and bad_epochs >= int(stopping.get("patience", 5)):
                     stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
         result = TrainResult(run_dir, device, step, epoch, time.perf_counter() - t_start,
-                             history[-1] if history else {}, best, history, stopped)
+                             history[-1] if history else {}, best, history, stopped, warm_start)
         atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode())
         return result
 
@@ -546,21 +548,27 @@ def _check_vocabulary(run_dir: str, meta: dict, how: str) -> None:
                 hint="train anew with --overwrite, or use the data the run was trained on")
 
 
-def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> dict:
+def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> tuple[dict, dict]:
+    """(the initial state with every parameter that run has by name and shape, a report:
+    the parameters taken, and why each other one keeps its initial values)."""
     path = os.path.join(run_dir, CHECKPOINT) if os.path.isdir(run_dir) else run_dir
     source, _ = load_checkpoint(path)
     state = cm.initial_state(seed)
-    taken = 0
+    taken, kept = [], {}
     for k in cm.params:
-        if k in source and source[k].shape == state[k].shape:
+        if k not in source:
+            kept[k] = "not in that run"
+        elif source[k].shape != state[k].shape:
+            kept[k] = f"shape {list(source[k].shape)} there, {list(state[k].shape)} here"
+        else:
             state[k] = source[k].astype(state[k].dtype)
-            taken += 1
+            taken.append(k)
     if not taken:
         raise DataError(f"--init-from {run_dir}: no parameter matches this spec by name and shape")
-    return state
+    return state, {"from": run_dir, "taken": taken, "kept": kept}
 
 
-def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed):
+def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, warm_start=None):
     _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"))
     cm.save(os.path.join(run_dir, "graphs"))
     info = {
@@ -568,6 +576,7 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed):
         "data": train_ds.name, "data_source": data_source(spec, opts),
         "data_hash": train_ds.fingerprint(), "versions": _versions(), "resumed": resumed,
         "argv": sys.argv, "meta": train_ds.meta,
+        **({"init_from": warm_start} if warm_start else {}),
     }
     atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode())
 

@@ -2,7 +2,10 @@
 warm starts, gradient accumulation, early stopping."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -115,6 +118,31 @@ def test_warm_start_takes_parameters_by_name(tmp_path, data):
     train(spec, run_dir=str(tmp_path / "b"), data=data, epochs=1, threads=1, device="cpu",
           init_from=str(tmp_path / "a"), freeze=["W1"])
     assert np.array_equal(_params(str(tmp_path / "a"))["W1"], _params(str(tmp_path / "b"))["W1"])
+
+
+def test_warm_start_reports_the_parameters_it_left_at_their_initial_values(tmp_path, data):
+    """--init-from a run whose w2 has another shape and which lacks the new bias b: W1 is taken,
+    w2 and b keep their initial values, and the result, run.json and the CLI say which and why."""
+    train(_spec(REGRESSION, tmp_path), run_dir=str(tmp_path / "a"), data=data, epochs=1, threads=1, device="cpu")
+    changed = REGRESSION.replace("  w2: {shape: [H], init: glorot_uniform}",
+                                 "  w2: {shape: [H, 1], init: glorot_uniform}\n  b: {shape: [], init: zeros}")
+    changed = changed.replace("  pred: h @ w2\n", "  pred: (h @ w2)[:, 0] + b\n")
+    path = tmp_path / "changed.yaml"
+    path.write_text(changed)
+    result = train(_spec(changed, tmp_path, "changed.yaml"), run_dir=str(tmp_path / "b"), data=data, epochs=1,
+                   threads=1, device="cpu", init_from=str(tmp_path / "a"))
+    want = {"from": str(tmp_path / "a"), "taken": ["W1"],
+            "kept": {"w2": "shape [8] there, [8, 1] here", "b": "not in that run"}}
+    assert result.warm_start == want
+    assert result.to_json()["init_from"] == want
+    with open(tmp_path / "b" / "run.json") as f:
+        assert json.load(f)["init_from"] == want
+    cli = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", str(path), "--data", data, "--epochs", "1",
+                          "--threads", "1", "--device", "cpu", "--quiet", "--run-dir", str(tmp_path / "c"),
+                          "--init-from", str(tmp_path / "a")], capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 0, cli.stderr
+    assert "warm-started 1 parameter from" in cli.stderr
+    assert "w2 (shape [8] there, [8, 1] here), b (not in that run)" in " ".join(cli.stderr.split())
 
 
 def test_accumulated_gradients_equal_one_larger_batch(tmp_path, data):
