@@ -86,7 +86,8 @@ def state_layout(params: dict[str, ParamInfo], obj: "Objective") -> list[tuple[s
     """Names and shapes of an objective's optimizer state: `<kind>/<objective>` flat vectors for a
     fused update, else `<kind>/<parameter>` shaped like each parameter."""
     trained = trained_names(params, obj)
-    scaling = [(f"loss_scale/{obj.name}", ()), (f"loss_scale_steps/{obj.name}", ())] if obj.mixed else []
+    scaling = [(f"loss_scale/{obj.name}", ()), (f"loss_scale_steps/{obj.name}", ()),
+               (f"loss_scale_skipped/{obj.name}", ())] if obj.mixed else []
     if fused_update(params, obj):
         total = sum(int(np.prod(params[n].shape)) for n in trained)
         return [(f"{s}/{obj.name}", (total,)) for s in obj.optimizer.state_names] + scaling
@@ -373,8 +374,12 @@ def _penalized(low: Lowering, obj: Objective, out: dict[str, Value]) -> dict[str
 
 def _apply_updates(g: Graph, obj: Objective, params: dict[str, Value], grads: dict[str, Value], states: dict[str, Value],
                    lr: Value, step: Value, fused: bool):
-    """New params and optimizer state, with global-norm clipping first."""
+    """New params and optimizer state, with global-norm clipping first. The optimizer's step
+    count t (Adam's bias corrections) counts the updates made: with mixed precision, steps
+    skipped for overflowing gradients do not count, as in PyTorch's GradScaler."""
     t = g.cast(step, g.float_dtype) + 1.0
+    if obj.mixed:
+        t = t - states[f"loss_scale_skipped/{obj.name}"]
     names = list(grads)
     shapes = {n: tuple(params[n].shape) for n in names}
     if fused:
@@ -425,6 +430,8 @@ def _skip_overflow(g: Graph, obj: Objective, params: dict, grads: dict, new_para
     grown = g.apply("minimum", g.apply("where", grow, scale * 2.0, scale), g.lift(m.max_scale, like=scale))
     new_states[f"loss_scale/{obj.name}"] = g.apply("where", finite, grown, scale * 0.5)
     new_states[f"loss_scale_steps/{obj.name}"] = g.apply("where", grow, zero, counted)
+    skipped = states[f"loss_scale_skipped/{obj.name}"]
+    new_states[f"loss_scale_skipped/{obj.name}"] = g.apply("where", finite, skipped, skipped + 1.0)
     return new_params, new_states, total - total
 
 

@@ -296,6 +296,9 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
         if opts.resume:
             state, meta = load_checkpoint(ckpt_path)
+            for name, _ in (spec for o in cm.objectives for spec in cm.state_specs(o)):
+                if name.startswith("loss_scale_skipped/") and name not in state:  # written before it existed
+                    state[name] = np.zeros((), cm.float_dtype)
             _check_state(cm, state, ckpt_path, seed)
             if "trained" in meta and meta["trained"] != trained:
                 # the optimizer's flat state vectors follow the trained parameters, in order

@@ -388,3 +388,45 @@ def test_a_run_whose_gradients_always_overflow_stops_though_its_loss_is_finite(t
     with pytest.raises(FlowgradError, match="overflowed"):
         train(load_spec(str(path)), run_dir=str(tmp_path / "run"), data=str(tmp_path / "d.npz"), valid="0",
               steps=MAX_OVERFLOWS + 5, threads=1, device="cpu")
+
+
+def test_steps_skipped_for_overflow_do_not_count_for_adams_bias_correction(tmp_path):
+    """Adam's first update after skipped steps is a first update (t = 1: each weight moves by
+    about lr), as with PyTorch's GradScaler, which skips the optimizer's step; counting the
+    skipped steps would shrink it (t = 4 after three skips: 0.58 of lr)."""
+    cm = compile_spec(tiny(tmp_path))
+    state = cm.initial_state(0)
+    state["loss_scale/main"] = np.float32(2.0 ** 40)  # overflows until halved below float16's range
+    skipped = 0
+    data = batch()
+    while True:
+        after, (out,) = run_steps(cm, state, data, 1, first_step=skipped)
+        if not np.isnan(out["loss"]):
+            break
+        state, skipped = after, skipped + 1
+    assert skipped >= 3 and float(after["loss_scale_skipped/main"]) == skipped
+    moved = np.abs(after["h.W"] - state["h.W"])
+    moved = moved[moved > 0]
+    # Adam's first step: |m_hat / sqrt(v_hat)| = 1 for every weight with a gradient, so each moves by lr = 0.01
+    # (less where the l2 term, eps, or float16 gradients nearly cancel: the median is the check)
+    assert abs(float(np.median(moved)) - 0.01) < 1e-4, float(np.median(moved))
+
+
+def test_a_checkpoint_written_before_the_count_of_skipped_steps_resumes(tmp_path):
+    """Mixed-precision checkpoints from before loss_scale_skipped existed resume, counting
+    from zero, instead of being refused as written for another spec."""
+    from runtime.api import train
+    from runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    spec = tiny(tmp_path)
+    data = tmp_path / "data.npz"
+    np.savez(data, **batch(n=64))
+    run = str(tmp_path / "run")
+    train(spec, run_dir=run, data=str(data), steps=4, threads=1, device="cpu")
+    path = os.path.join(run, "checkpoint.npz")
+    state, meta = load_checkpoint(path)
+    del state["loss_scale_skipped/main"]
+    save_checkpoint(path, state, meta)
+    result = train(spec, run_dir=run, data=str(data), steps=8, threads=1, device="cpu", resume=True)
+    assert result.steps == 8
+    assert "loss_scale_skipped/main" in load_checkpoint(path)[0]
