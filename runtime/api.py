@@ -20,7 +20,7 @@ from . import data as D
 from .checkpoint import load_checkpoint
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .train import TrainOptions, TrainResult, batches, needed_inputs
+from .train import TrainOptions, TrainResult, batches, input_dtypes, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
 
@@ -74,8 +74,9 @@ def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str 
     _check_state(cm, state, ckpt, seed)
     ds = D.load_npz(data, None, spec.inputs)
     needed = needed_inputs(cm, ("eval",))
-    D.check_against_spec(ds, spec, needed, data, cm.index_bounds)
-    ds = D.cast_for(ds, {n: (cm.float_dtype if spec.inputs[n].dtype.startswith("float") else spec.inputs[n].dtype) for n in needed})
+    dtypes = input_dtypes(cm)
+    D.check_against_spec(ds, spec, needed, data, cm.index_bounds, dtypes)
+    ds = D.cast_for(D.only(ds, needed), dtypes)
     trainer = Trainer(cm, pick_device(device), threads, state, seed)
     try:
         return trainer.evaluate(b for _, b in batches(ds, batch_size))

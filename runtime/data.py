@@ -154,17 +154,26 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
     try:
         with np.load(path, allow_pickle=False) as z:
             for k in z.files:
+                where = inputs[k].loc if inputs and k in inputs else loc
                 try:
-                    arrays[k] = z[k]
+                    value = z[k]
                 except ValueError as e:
-                    where = inputs[k].loc if inputs and k in inputs else loc
-                    what = "is an object array (pickled Python objects)" if "allow_pickle" in str(e) else f"cannot be read ({e})"
+                    what = "is an object array (pickled Python objects)" if "allow_pickle" in str(e) else \
+                        f"cannot be read ({str(e).splitlines()[0][:120]})"
                     raise DataError(f"{path}: array {k!r} {what}", where,
                                     "object arrays are refused; save plain numeric arrays") from None
+                if isinstance(value, np.ndarray):
+                    arrays[k] = value
+                elif inputs and k in inputs:  # a member that is not an .npy array (numpy returns its bytes)
+                    raise DataError(f"{path}: member {k!r} is not a numpy array", where,
+                                    "write the arrays with numpy.savez(path, x=..., y=...)")
+                # other files in the archive (a README, say) are not data: left alone
     except DataError:
         raise
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})", loc, "write it with numpy.savez") from None
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, KeyError, RuntimeError, NotImplementedError) as e:
+        # (RuntimeError: an encrypted archive; NotImplementedError: a compression numpy cannot read)
+        raise DataError(f"{path}: not a readable .npz file ({str(e).splitlines()[0][:160]})", loc,
+                        "write it with numpy.savez or numpy.savez_compressed") from None
     except MemoryError:  # an array header that claims far more data than the file holds
         raise DataError(f"{path}: an array claims more memory than this machine has", loc,
                         "the file is damaged, or not an .npz written by numpy.savez") from None
@@ -173,10 +182,12 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
     return Dataset(arrays, os.path.basename(path))
 
 
-def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds: dict | None = None) -> None:
+def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds: dict | None = None,
+                       dtypes: dict[str, str] | None = None) -> None:
     """Every input the graphs need is present, with the declared rank, dtype
     kind, fixed dims and equal lengths; float inputs are finite; ids and labels
-    are below the size of what they index (`bounds`: CompiledModel.index_bounds)."""
+    are below the size of what they index (`bounds`: CompiledModel.index_bounds);
+    values fit the dtype each array is cast to (`dtypes`: the graphs' input types)."""
     from spec.errors import did_you_mean
 
     lengths = {}
@@ -207,6 +218,7 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
             bad = int(np.argwhere(a < 0)[0][0]) if a.ndim else 0
             raise DataError(f"{where}: array {name!r} has negative values (first at example {bad})", decl.loc,
                             "integer inputs are ids, labels, lengths or masks, and none is negative")
+        _check_fits(a, (dtypes or {}).get(name), name, where, decl.loc)
         if bounds and name in bounds and a.dtype.kind in "iu" and a.size and a.max() >= bounds[name][0]:
             size, what = bounds[name]
             bad = int(np.argwhere(a >= size)[0][0]) if a.ndim else 0
@@ -226,6 +238,32 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
         odd = next(k for k, v in lengths.items() if v != lengths[first])
         raise DataError(f"{where}: array {odd!r} has {lengths[odd]} examples, but array {first!r} has {lengths[first]}",
                         spec.inputs[odd].loc, "every array holds one entry per example, along its first dim")
+
+
+def _check_fits(a: np.ndarray, dtype: str | None, name: str, where: str, loc) -> None:
+    """Casting `a` to `dtype` keeps its values: integers within the target's range (a cast
+    would wrap them), floats within its largest finite value (a cast would make them inf)."""
+    if dtype is None or not a.size or a.dtype.kind not in "iuf" or np.dtype(dtype) == a.dtype:
+        return
+    target = np.dtype(dtype)
+    if target.kind in "iu" and a.dtype.kind in "iu":
+        info = np.iinfo(target)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise DataError(f"{where}: array {name!r} holds {bad}, outside the range of {dtype}, the type it is read as",
+                            loc, f"{dtype} holds {info.min} to {info.max}; check the data or the input's dtype")
+    elif target.kind == "f" and a.dtype.kind == "f" and target.itemsize < a.dtype.itemsize:
+        big = float(np.max(np.abs(a)))
+        if big > float(np.finfo(target).max):
+            raise DataError(f"{where}: array {name!r} holds {big:g}, beyond {dtype}'s range (it would become inf)",
+                            loc, "scale the data: inputs are usually standardised or in [0, 1]")
+
+
+def only(ds: Dataset, names: list[str]) -> Dataset:
+    """The dataset's arrays that the graphs read: the examples are counted and split on them
+    alone (another array in the file, of any length, must not decide how many there are)."""
+    return Dataset({k: ds.arrays[k] for k in names if k in ds.arrays}, ds.name, ds.meta)
 
 
 def cast_for(ds: Dataset, dtypes: dict[str, str]) -> Dataset:

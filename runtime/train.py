@@ -105,6 +105,12 @@ def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
     return {**source, "valid": os.path.abspath(valid) if isinstance(valid, str) else valid}
 
 
+def input_dtypes(cm: CompiledModel) -> dict[str, str]:
+    """Each data input's dtype in the compiled graphs (a float input declared float16 or
+    float64 keeps that type; other floats take the model's), which its arrays are cast to."""
+    return {i.name: i.dtype for g in cm.graphs.values() for i in g.inputs if i.role == "input"}
+
+
 def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) -> tuple[D.Dataset, D.Dataset | None]:
     cfg = spec.train.get("data", {}) or {}
     loc = spec.locate("train", "data") if "data" in spec.train else spec.locate("train") if spec.train else None
@@ -119,8 +125,14 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         raise DataError("no training data: the spec has no train.data and no --data was given", loc,
                         "add train: {data: {dataset: digits}} or pass --data train.npz")
     needed = needed_inputs(cm)
-    D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds)
+    dtypes = input_dtypes(cm)
+    D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes)
+    train_ds = D.only(train_ds, needed)
     test = cfg.get("test")
+    if isinstance(test, str):  # a held-out file: checked now, evaluated with flowgrad eval --data
+        test_path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), test) if spec.path else test
+        D.check_against_spec(D.load_npz(test_path, spec.locate("train", "data", "test"), spec.inputs), spec, needed,
+                             test_path, cm.index_bounds, dtypes)
     if isinstance(test, (int, float)) and not isinstance(test, bool) and test:
         # held out first, from its own shuffle: neither trained on nor validated on
         valid = cfg.get("valid")
@@ -132,7 +144,8 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     valid_ds = None
     if isinstance(valid_cfg, str):
         valid_ds = D.load_npz(valid_cfg, loc, spec.inputs)
-        D.check_against_spec(valid_ds, spec, needed, valid_cfg, cm.index_bounds)
+        D.check_against_spec(valid_ds, spec, needed, valid_cfg, cm.index_bounds, dtypes)
+        valid_ds = D.only(valid_ds, needed)
     elif valid_cfg:
         if cfg.get("shuffle", True):
             train_ds, valid_ds = D.split(train_ds, float(valid_cfg), seed)
@@ -140,7 +153,6 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
             n_valid = max(1, int(round(len(train_ds) * float(valid_cfg))))
             idx = np.arange(len(train_ds))
             train_ds, valid_ds = train_ds.subset(idx[:-n_valid]), train_ds.subset(idx[-n_valid:])
-    dtypes = {n: (cm.float_dtype if spec.inputs[n].dtype.startswith("float") else spec.inputs[n].dtype) for n in needed}
     train_ds = D.cast_for(train_ds, dtypes)
     if valid_ds is not None:
         valid_ds = D.cast_for(valid_ds, dtypes)

@@ -136,6 +136,75 @@ def test_bad_npz_is_a_clean_error(tmp_path):
         train(spec, run_dir=str(tmp_path / "r3"), data=str(tmp_path / "obj.npz"), epochs=1)
 
 
+def test_only_the_arrays_the_graphs_read_count_the_examples(tmp_path):
+    """Another array stored first in the file (of another length) neither sets the number of
+    examples nor the split; other members of the archive (a README) are left alone."""
+    from runtime.train import TrainOptions, load_data
+
+    spec = load(MLP, SMALL)
+    from compiler.training import compile_spec
+
+    cm = compile_spec(spec)
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, (100, 64)).astype(np.float32), rng.integers(0, 10, 100)
+    np.savez(tmp_path / "extra.npz", a_meta=np.arange(10), x=x, y=y, z=np.zeros(3))
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "extra.npz", "a") as z:
+        z.writestr("README.txt", "notes")
+    train_ds, valid_ds = load_data(spec, cm, TrainOptions(data=str(tmp_path / "extra.npz"), valid="0.2"), 0)
+    assert (len(train_ds), len(valid_ds)) == (80, 20) and set(train_ds.arrays) == {"x", "y"}
+    np.savez(tmp_path / "bytes_y.npz", x=x)
+    with zipfile.ZipFile(tmp_path / "bytes_y.npz", "a") as z:
+        z.writestr("y", "not an array")
+    with pytest.raises(DataError, match="member 'y' is not a numpy array"):
+        train(spec, run_dir=str(tmp_path / "r"), data=str(tmp_path / "bytes_y.npz"), epochs=1)
+
+
+@pytest.mark.parametrize("x, y, match", [
+    (np.full((20, 64), 1e300), None, "beyond float32's range"),
+    (None, np.full(20, 2**63 + 1, dtype=np.uint64), "outside the range of int64"),
+])
+def test_values_that_would_change_when_cast_are_refused(tmp_path, x, y, match):
+    """float64 beyond float32 would become inf, uint64 beyond int64 would wrap: refused,
+    naming the array, instead of training on other numbers."""
+    spec = load(MLP, SMALL)
+    x = np.zeros((20, 64), np.float32) if x is None else x
+    y = np.zeros(20, np.int64) if y is None else y
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match=match):
+        train(spec, run_dir=str(tmp_path / "r"), data=str(tmp_path / "d.npz"), epochs=1)
+
+
+def test_unreadable_archives_and_missing_test_files_are_clean_errors(tmp_path, monkeypatch):
+    """An encrypted archive (numpy raises RuntimeError) is a DataError; so is a
+    train.data.test file that does not exist (it used to be ignored)."""
+    import runtime.data as D
+
+    spec = load(MLP, SMALL)
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 64), np.float32), y=np.zeros(20, np.int64))
+
+    def encrypted(*a, **k):
+        raise RuntimeError("File x.npy is encrypted, password required for extraction")
+
+    with monkeypatch.context() as m:
+        m.setattr(D.np, "load", encrypted)
+        with pytest.raises(DataError, match="not a readable .npz file .*password required"):
+            D.load_npz(str(tmp_path / "d.npz"))
+    with pytest.raises(DataError, match="does not exist"):
+        train(load(MLP, SMALL + [f"train.data.test={tmp_path / 'missing.npz'}"]), run_dir=str(tmp_path / "r"),
+              data=str(tmp_path / "d.npz"), epochs=1)
+
+
+def test_a_float16_input_trains_from_float32_data(tmp_path):
+    """An input declared float16 in a float32 model keeps that type in the graphs: its
+    arrays are cast to it (they were cast to float32, and the first step failed)."""
+    spec = load(MLP, SMALL + ["inputs.x.dtype=float16", "graph.h1=relu(cast(x, 'float32') @ W1 + b1)"])
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).uniform(0, 1, (32, 64)), y=np.zeros(32, np.int64))
+    result = train(spec, run_dir=str(tmp_path / "r"), data=str(tmp_path / "d.npz"), epochs=1, threads=1, device="cpu")
+    assert np.isfinite(result.final["train_loss"])
+
+
 def test_nan_loss_stops_with_the_step(tmp_path):
     spec = load(MLP, SMALL + ["train.optimizer.adam.lr=1e30"])
     with pytest.raises(FlowgradError, match=r"at step \d+"):
