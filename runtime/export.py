@@ -196,21 +196,34 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     missing = [n for n in wanted if n not in feeds]
     if missing:
         raise DataError(f"the model needs input(s) {', '.join(missing)}", hint=f"the data file has: {', '.join(feeds)}")
-    fixed = {}
+    fixed, sizes = {}, {}  # sizes: symbolic dim -> (size, the input that set it)
     for name, meta in wanted.items():
         a = np.asarray(feeds[name])
         want = _ORT_TYPES.get(meta.type)
+        if a.dtype.kind not in "biuf":
+            raise DataError(f"input {name!r} must hold numbers, got {a.dtype}")
+        if a.dtype.kind == "f" and a.size and not np.all(np.isfinite(a)):
+            raise DataError(f"input {name!r} has NaN or inf values", hint="the model's outputs would be meaningless")
+        if want is not None and np.dtype(want).kind in "iu" and a.dtype.kind in "iu" and a.size and a.min() < 0:
+            raise DataError(f"input {name!r} holds negative values ({a.min()})",
+                            hint="integer inputs are ids, labels, lengths or counts, and none is negative")
         if want is not None and a.dtype != want:
-            if a.dtype.kind not in "biuf":
-                raise DataError(f"input {name!r} must hold numbers, got {a.dtype}")
             if a.dtype.kind == "f" and np.dtype(want).kind in "iu":
                 raise DataError(f"input {name!r} must hold integers, got {a.dtype}")
+            from .data import _check_fits
+
+            _check_fits(a, str(np.dtype(want)), name, "predict", None)
             a = a.astype(want)
         if len(a.shape) != len(meta.shape):
             raise DataError(f"input {name!r} has rank {a.ndim}, the model expects {len(meta.shape)} ({meta.shape})")
         for i, (got, expected) in enumerate(zip(a.shape, meta.shape)):
             if isinstance(expected, int) and got != expected:
                 raise DataError(f"input {name!r} has size {got} in dim {i}, the model expects {expected} ({meta.shape})")
+            if isinstance(expected, str) and expected:  # one size for a symbolic dim across the inputs
+                first = sizes.setdefault(expected, (got, name))
+                if first[0] != got:
+                    raise DataError(f"input {name!r} has {expected} = {got} in dim {i}, but input {first[1]!r} has "
+                                    f"{expected} = {first[0]}", hint="every input holds the same examples")
         fixed[name] = a
     _check_decoder_inputs(fixed, model_metadata(model))
     try:

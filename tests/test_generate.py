@@ -10,6 +10,7 @@ import pytest
 from runtime.api import export, load, train
 from runtime.export import generate_text, load_model_safely, model_metadata, predict
 from runtime.datasets_text import encode_text
+from spec.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,6 +51,13 @@ def test_sampling_is_seeded_and_uses_the_temperature(exported):
     c = generate_text(gen, "def ", max_len=40, temperature=1.0, seed=4)
     assert a == b and a != c
     assert len(a) == 40
+
+
+def test_predict_refuses_negative_ids(exported):
+    """Gather would read a negative id from the end of the table: refused, as in training data."""
+    _, probs = exported
+    with pytest.raises(DataError, match="negative values"):
+        predict(probs, {"x": np.asarray([[3, -1, 2]], dtype=np.int64)})
 
 
 def test_exported_files_hold_no_bit_shifts(exported):
@@ -115,3 +123,19 @@ def test_a_generator_whose_logits_read_token_positions_is_refused():
     for layer in ("lstm(e, H, reverse=true)", "bidirectional(gru, e, H)"):
         with pytest.raises(SpecError, match="backwards"):
             compile_spec(spec_from_text(spec_text.replace("  hs: lstm(e, H)\n", f"  hs: {layer}\n"), "b.yaml"))
+
+
+def test_predict_refuses_inputs_that_disagree_on_a_shared_dim(tmp_path):
+    """Two inputs with the batch dim N must hold the same N (onnxruntime would broadcast 1)."""
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("a", TP.FLOAT, ["N", 2]),
+                           helper.make_tensor_value_info("b", TP.FLOAT, ["N", 2])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, ["N", 2])])
+    path = str(tmp_path / "add.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), path)
+    assert predict(path, {"a": np.ones((3, 2)), "b": np.ones((3, 2))})["y"].shape == (3, 2)
+    with pytest.raises(DataError, match="N = 1 in dim 0, but input 'a' has N = 3"):
+        predict(path, {"a": np.ones((3, 2)), "b": np.ones((1, 2))})
