@@ -102,7 +102,10 @@ def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
     else:
         source = {}
     valid = _fraction_or_path(opts.valid if opts.valid is not None else cfg.get("valid"))
-    return {**source, "valid": os.path.abspath(valid) if isinstance(valid, str) else valid}
+    if isinstance(valid, str):  # the spec's files are beside the spec, --valid's where the user is
+        spec_dir = os.path.dirname(os.path.abspath(spec.path)) if spec.path else os.getcwd()
+        valid = os.path.abspath(valid if opts.valid is not None else os.path.join(spec_dir, valid))
+    return {**source, "valid": valid}
 
 
 def input_dtypes(cm: CompiledModel) -> dict[str, str]:
@@ -135,15 +138,15 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
                              test_path, cm.index_bounds, dtypes)
     if isinstance(test, (int, float)) and not isinstance(test, bool) and test:
         # held out first, from its own shuffle: neither trained on nor validated on
-        valid = cfg.get("valid")
-        if isinstance(valid, (int, float)) and not isinstance(valid, bool) and valid + test >= 1:
+        valid = source["valid"]  # (the spec's, or --valid's)
+        if isinstance(valid, float) and valid + test >= 1:
             raise DataError(f"valid {valid} and test {test} leave no training data", loc,
                             "their fractions must sum to less than 1")
         train_ds, _ = D.split(train_ds, float(test), seed + TEST_SPLIT_SEED)
-    valid_cfg = _fraction_or_path(opts.valid if opts.valid is not None else cfg.get("valid"))
+    valid_cfg = source["valid"]
     valid_ds = None
     if isinstance(valid_cfg, str):
-        valid_ds = D.load_npz(valid_cfg, loc, spec.inputs)
+        valid_ds = D.load_npz(valid_cfg, None if opts.valid is not None else loc, spec.inputs)
         D.check_against_spec(valid_ds, spec, needed, valid_cfg, cm.index_bounds, dtypes)
         valid_ds = D.only(valid_ds, needed)
     elif valid_cfg:
@@ -153,6 +156,10 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
             n_valid = max(1, int(round(len(train_ds) * float(valid_cfg))))
             idx = np.arange(len(train_ds))
             train_ds, valid_ds = train_ds.subset(idx[:-n_valid]), train_ds.subset(idx[-n_valid:])
+    if not len(train_ds):
+        raise DataError(f"no examples are left to train on: {where} holds {len(train_ds) + len(valid_ds or [])} and "
+                        "the validation (and test) split took them all", loc,
+                        "lower valid (or test), or use more data")
     train_ds = D.cast_for(train_ds, dtypes)
     if valid_ds is not None:
         valid_ds = D.cast_for(valid_ds, dtypes)
@@ -166,10 +173,15 @@ def _fraction_or_path(valid):
             value = float(valid)
         except ValueError:
             return valid
-        if not 0.0 <= value < 1.0:
-            raise DataError(f"--valid {valid} is not a fraction in [0, 1)", hint="give e.g. 0.2, or a path to an .npz")
-        return value
-    return valid
+    elif valid is None:
+        return None
+    elif isinstance(valid, bool) or not isinstance(valid, (int, float)):
+        raise DataError(f"valid {valid!r} is neither a fraction nor a path", hint="give e.g. 0.2, or a path to an .npz")
+    else:
+        value = float(valid)
+    if not 0.0 <= value < 1.0:  # (nan fails this too)
+        raise DataError(f"valid {valid} is not a fraction in [0, 1)", hint="give e.g. 0.2, or a path to an .npz")
+    return value
 
 
 def batches(ds: D.Dataset, batch_size: int, order: np.ndarray | None = None, start: int = 0, drop_last: bool = False):

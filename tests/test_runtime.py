@@ -209,6 +209,31 @@ def test_a_float16_input_trains_from_float32_data(tmp_path):
     assert np.isfinite(result.final["train_loss"])
 
 
+def test_validation_settings_are_read_as_given(tmp_path):
+    """valid fractions from the API are checked like --valid's; a spec's validation file is
+    found beside the spec, like its training file; the test fraction is checked against the
+    validation fraction in effect; a split that leaves nothing to train on says so."""
+    spec = load(MLP, SMALL)
+    for bad in (1.5, True, -0.5, float("nan")):
+        with pytest.raises(DataError, match="valid"):
+            train(spec, run_dir=str(tmp_path / "r"), valid=bad, epochs=1)
+    (tmp_path / "specs" / "data").mkdir(parents=True)
+    x, y = np.random.default_rng(0).uniform(0, 1, (40, 64)).astype(np.float32), np.zeros(40, np.int64)
+    np.savez(tmp_path / "specs" / "data" / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "specs" / "data" / "valid.npz", x=x[:8], y=y[:8])
+    text = open(MLP).read().replace("data: {dataset: digits, valid: 0.2}", "data: {path: data/train.npz, valid: data/valid.npz}")
+    (tmp_path / "specs" / "mlp.yaml").write_text(text)
+    result = train(load(str(tmp_path / "specs" / "mlp.yaml"), SMALL), run_dir=str(tmp_path / "beside"), epochs=1,
+                   threads=1, device="cpu")  # (from another working directory than the spec's)
+    assert "valid_loss" in result.final
+    result = train(load(MLP, SMALL + ["train.data.test=0.85"]), run_dir=str(tmp_path / "t"), valid="0", epochs=1,
+                   threads=1, device="cpu")
+    assert "valid_loss" not in result.final
+    np.savez(tmp_path / "one.npz", x=x[:1], y=y[:1])
+    with pytest.raises(DataError, match="no examples are left to train on"):
+        train(spec, run_dir=str(tmp_path / "one"), data=str(tmp_path / "one.npz"), epochs=1)
+
+
 def test_nan_loss_stops_with_the_step(tmp_path):
     spec = load(MLP, SMALL + ["train.optimizer.adam.lr=1e30"])
     with pytest.raises(FlowgradError, match=r"at step \d+"):
