@@ -100,16 +100,21 @@ def _digits_options(options: dict, loc: Loc | None) -> dict:
 
 def load_bundled(name: str, options: dict | None = None, loc: Loc | None = None) -> Dataset:
     options = options or {}
-    if name == "digits":
-        return load_digits(False, **_digits_options(options, loc))
-    if name == "digits_images":
-        return load_digits(True, **_digits_options(options, loc))
-    from . import datasets_text
+    try:
+        if name == "digits":
+            return load_digits(False, **_digits_options(options, loc))
+        if name == "digits_images":
+            return load_digits(True, **_digits_options(options, loc))
+        from . import datasets_text
 
-    loader = getattr(datasets_text, f"load_{name}", None)
-    if loader is None:
-        raise DataError(f"unknown dataset {name!r}", loc, f"bundled datasets: {', '.join(BUNDLED)}")
-    return loader(**options)
+        loader = getattr(datasets_text, f"load_{name}", None)
+        if loader is None:
+            raise DataError(f"unknown dataset {name!r}", loc, f"bundled datasets: {', '.join(BUNDLED)}")
+        return loader(**options)
+    except DataError as e:  # a bad option: point at the spec's data section
+        if e.loc is None:
+            e.loc = loc
+        raise
 
 
 # An .npz whose arrays would unpack beyond this, or far beyond their packed size, is refused

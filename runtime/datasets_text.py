@@ -530,6 +530,9 @@ def load_segment(seq_len: int = 48, stride: int | None = None, max_examples: int
     _reject_unknown("segment", unknown, ["seq_len", "stride", "max_examples", "seed"])
     seq_len = _int("segment", "seq_len", seq_len, 2, 4096)
     stride = seq_len if stride is None else _int("segment", "stride", stride, 1, 4096)
+    seed = _int("segment", "seed", seed, 0)
+    if max_examples is not None:
+        max_examples = _int("segment", "max_examples", max_examples, 1)
     words = re.findall(r"[a-z]+", corpus().lower())
     letters = "".join(words)
     ends = np.zeros(len(letters), dtype=np.int64)

@@ -144,6 +144,24 @@ def test_text_bad_options(options, words):
     assert words in e.value.message and "\n" not in e.value.message and e.value.hint
 
 
+@pytest.mark.parametrize("options, words", [
+    ({"max_examples": -1}, "max_examples"),
+    ({"max_examples": "abc"}, "max_examples"),
+    ({"max_examples": 2.5}, "max_examples"),
+    ({"seed": -1, "max_examples": 10}, "seed"),
+    ({"seed": "abc"}, "seed"),
+])
+def test_segment_bad_options_are_located_errors(options, words):
+    """The segment dataset validates its options (they raised ValueError and TypeError, or a
+    bad seed passed), and an option error points at the spec's data section."""
+    from spec.errors import Loc
+
+    where = Loc("spec.yaml", 20, 9)
+    with pytest.raises(DataError) as e:
+        D.load_bundled("segment", options, where)
+    assert words in e.value.message and e.value.hint and e.value.loc == where
+
+
 # -------------------------------------------------------------------- dates
 def _strptime_pattern(fmt: str) -> str:
     return fmt.replace("%-d", "%d").replace("%-m", "%m").replace("%o", "%d")
