@@ -163,10 +163,11 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
                 try:
                     value = z[k]
                 except ValueError as e:
-                    what = "is an object array (pickled Python objects)" if "allow_pickle" in str(e) else \
-                        f"cannot be read ({str(e).splitlines()[0][:120]})"
-                    raise DataError(f"{path}: array {k!r} {what}", where,
-                                    "object arrays are refused; save plain numeric arrays") from None
+                    if "allow_pickle" in str(e):
+                        raise DataError(f"{path}: array {k!r} is an object array (pickled Python objects)", where,
+                                        "object arrays are refused; save plain numeric arrays") from None
+                    raise DataError(f"{path}: array {k!r} cannot be read: its header or data is damaged", where,
+                                    "write the file again with numpy.savez") from None
                 if isinstance(value, np.ndarray):
                     arrays[k] = value
                 elif inputs and k in inputs:  # a member that is not an .npy array (numpy returns its bytes)

@@ -306,8 +306,9 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
         raise DataError("the prompt is empty", hint="give at least one character")
     max_len = _count(max_len if max_len is not None else meta.get("generate.max_len", 200), "max_len")
     temperature = float(temperature if temperature is not None else meta.get("generate.temperature", 1.0))
-    if not temperature >= 0:
-        raise DataError(f"the temperature must be 0 or more, got {temperature}", hint="0 picks the most likely token")
+    if not 0 <= temperature < float("inf"):
+        raise DataError(f"the temperature must be 0 or more and finite, got {temperature}",
+                        hint="0 picks the most likely token, 1 samples the model's probabilities")
     outs = predict(model_path, {"prompt": ids, "max_len": np.asarray(max_len, dtype=np.int64),
                                 "temperature": np.asarray(temperature, dtype=np.float32),
                                 "seed": np.asarray(_int64(seed, "the seed"), dtype=np.int64)}, device)

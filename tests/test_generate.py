@@ -53,6 +53,12 @@ def test_sampling_is_seeded_and_uses_the_temperature(exported):
     assert len(a) == 40
 
 
+def test_an_infinite_temperature_is_refused(exported):
+    gen, _ = exported
+    with pytest.raises(DataError, match="finite"):
+        generate_text(gen, "def ", max_len=5, temperature=float("inf"))
+
+
 def test_predict_refuses_negative_ids(exported):
     """Gather would read a negative id from the end of the table: refused, as in training data."""
     _, probs = exported

@@ -136,8 +136,20 @@ def test_bad_npz_is_a_clean_error(tmp_path):
     with pytest.raises(DataError, match="NaN"):
         train(spec, run_dir=str(tmp_path / "r2"), data=str(tmp_path / "nan.npz"), epochs=1)
     np.savez(tmp_path / "obj.npz", x=np.array([object()] * 3), y=np.zeros(3, np.int64))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="object array"):
         train(spec, run_dir=str(tmp_path / "r3"), data=str(tmp_path / "obj.npz"), epochs=1)
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((3, 64), np.float32))
+    with zipfile.ZipFile(tmp_path / "header.npz", "w") as z:  # a header numpy cannot parse, whole in the zip
+        z.writestr("x.npy", buf.getvalue().replace(b"'descr': '<f4'", b"'descr': <f4xy"))
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(3, np.int64))
+        z.writestr("y.npy", buf.getvalue())
+    with pytest.raises(DataError, match="header or data is damaged"):
+        train(spec, run_dir=str(tmp_path / "r4"), data=str(tmp_path / "header.npz"), epochs=1)
 
 
 def test_only_the_arrays_the_graphs_read_count_the_examples(tmp_path):
