@@ -224,7 +224,7 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
             bad = int(np.argwhere(a < 0)[0][0]) if a.ndim else 0
             raise DataError(f"{where}: array {name!r} has negative values (first at example {bad})", decl.loc,
                             "integer inputs are ids, labels, lengths or masks, and none is negative")
-        _check_fits(a, (dtypes or {}).get(name), name, where, decl.loc)
+        check_fits(a, (dtypes or {}).get(name), name, where, decl.loc)
         if bounds and name in bounds and a.dtype.kind in "iu" and a.size and a.max() >= bounds[name][0]:
             size, what = bounds[name]
             bad = int(np.argwhere(a >= size)[0][0]) if a.ndim else 0
@@ -246,7 +246,7 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
                         spec.inputs[odd].loc, "every array holds one entry per example, along its first dim")
 
 
-def _check_fits(a: np.ndarray, dtype: str | None, name: str, where: str, loc) -> None:
+def check_fits(a: np.ndarray, dtype: str | None, name: str, where: str, loc) -> None:
     """Casting `a` to `dtype` keeps its values: integers within the target's range (a cast
     would wrap them), floats within its largest finite value (a cast would make them inf)."""
     if dtype is None or not a.size or a.dtype.kind not in "iuf" or np.dtype(dtype) == a.dtype:

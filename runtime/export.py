@@ -210,9 +210,9 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
         if want is not None and a.dtype != want:
             if a.dtype.kind == "f" and np.dtype(want).kind in "iu":
                 raise DataError(f"input {name!r} must hold integers, got {a.dtype}")
-            from .data import _check_fits
+            from .data import check_fits
 
-            _check_fits(a, str(np.dtype(want)), name, "predict", None)
+            check_fits(a, str(np.dtype(want)), name, "predict", None)
             a = a.astype(want)
         if len(a.shape) != len(meta.shape):
             raise DataError(f"input {name!r} has rank {a.ndim}, the model expects {len(meta.shape)} ({meta.shape})")

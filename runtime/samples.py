@@ -187,10 +187,9 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> n
     if "dataset" in source:
         ds = D.load_bundled(source["dataset"], source.get("options"))
     elif "path" in source:
-        path = source["path"]
-        if not os.path.isabs(path):
-            path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), path)
-        ds = D.load_npz(path)
+        from .train import beside_spec
+
+        ds = D.load_npz(beside_spec(spec, source["path"]))
     else:
         raise DataError("the run's spec names no data to reconstruct")
     valid = source.get("valid")

@@ -96,16 +96,21 @@ def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
     if opts.data:
         source: dict = {"path": os.path.abspath(opts.data)}
     elif "path" in cfg:
-        source = {"path": os.path.join(os.path.dirname(os.path.abspath(spec.path)), cfg["path"])}
+        source = {"path": beside_spec(spec, cfg["path"])}
     elif "dataset" in cfg:
         source = {"dataset": cfg["dataset"], "options": cfg.get("options")}
     else:
         source = {}
     valid = _fraction_or_path(opts.valid if opts.valid is not None else cfg.get("valid"))
-    if isinstance(valid, str):  # the spec's files are beside the spec, --valid's where the user is
-        spec_dir = os.path.dirname(os.path.abspath(spec.path)) if spec.path else os.getcwd()
-        valid = os.path.abspath(valid if opts.valid is not None else os.path.join(spec_dir, valid))
+    if isinstance(valid, str):  # --valid's file is where the user is
+        valid = os.path.abspath(valid) if opts.valid is not None else beside_spec(spec, valid)
     return {**source, "valid": valid}
+
+
+def beside_spec(spec: S.Spec, path: str) -> str:
+    """A data file the spec names: relative to the spec file (or, for a spec given as
+    text, to the working directory)."""
+    return os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(spec.path)), path) if spec.path else path)
 
 
 def input_dtypes(cm: CompiledModel) -> dict[str, str]:
@@ -133,7 +138,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     train_ds = D.only(train_ds, needed)
     test = cfg.get("test")
     if isinstance(test, str):  # a held-out file: checked now, evaluated with flowgrad eval --data
-        test_path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), test) if spec.path else test
+        test_path = beside_spec(spec, test)
         D.check_against_spec(D.load_npz(test_path, spec.locate("train", "data", "test"), spec.inputs), spec, needed,
                              test_path, cm.index_bounds, dtypes)
     if isinstance(test, (int, float)) and not isinstance(test, bool) and test:
@@ -320,7 +325,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
         if opts.resume:
             state, meta = load_checkpoint(ckpt_path)
-            for name, _ in (spec for o in cm.objectives for spec in cm.state_specs(o)):
+            for name, _ in (entry for o in cm.objectives for entry in cm.state_specs(o)):
                 if name.startswith("loss_scale_skipped/") and name not in state:  # written before it existed
                     state[name] = np.zeros((), cm.float_dtype)
             _check_state(cm, state, ckpt_path, seed)
