@@ -207,6 +207,11 @@ def load_text(level: str = "char", seq_len: int = 64, stride: int | None = None,
                             None, "drop stride, or use max_examples to take fewer n-gram examples")
     if max_examples is not None:
         max_examples = _int(ds, "max_examples", max_examples, 1)
+    if streams is not None:
+        streams = _int(ds, "streams", streams, 1)
+        if stride is not None or max_examples is not None or context is not None:
+            raise DataError("dataset 'text': streams keeps every window in order", None,
+                            "drop stride, max_examples and context when using streams")
 
     ids, vocab, unk = _text_stream(level, lowercase, max_vocab)
     L = len(ids)
@@ -226,10 +231,6 @@ def load_text(level: str = "char", seq_len: int = 64, stride: int | None = None,
         raise DataError(f"dataset 'text': seq_len {seq_len} is not shorter than the {L}-token stream", None,
                         f"use seq_len < {L}")
     if streams is not None:
-        streams = _int(ds, "streams", streams, 1)
-        if stride is not None or max_examples is not None or context is not None:
-            raise DataError("dataset 'text': streams keeps every window in order", None,
-                            "drop stride, max_examples and context when using streams")
         part = L // streams
         per = (part - 1) // seq_len  # windows per stream, each with its next-token targets
         if per < 1:

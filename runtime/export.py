@@ -197,33 +197,39 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     if missing:
         raise DataError(f"the model needs input(s) {', '.join(missing)}", hint=f"the data file has: {', '.join(feeds)}")
     fixed, sizes = {}, {}  # sizes: symbolic dim -> (size, the input that set it)
+    shapes = "the model's inputs: " + ", ".join(
+        f"{n} {np.dtype(_ORT_TYPES[m.type]).name if m.type in _ORT_TYPES else m.type} {list(m.shape)}"
+        for n, m in wanted.items())
     for name, meta in wanted.items():
         a = np.asarray(feeds[name])
         want = _ORT_TYPES.get(meta.type)
         if a.dtype.kind not in "biuf":
-            raise DataError(f"input {name!r} must hold numbers, got {a.dtype}")
+            raise DataError(f"{model_path}: input {name!r} must hold numbers, got {a.dtype}", hint=shapes)
         if a.dtype.kind == "f" and a.size and not np.all(np.isfinite(a)):
-            raise DataError(f"input {name!r} has NaN or inf values", hint="the model's outputs would be meaningless")
+            raise DataError(f"{model_path}: input {name!r} has NaN or inf values",
+                            hint="the model's outputs would be meaningless")
         if want is not None and np.dtype(want).kind in "iu" and a.dtype.kind in "iu" and a.size and a.min() < 0:
-            raise DataError(f"input {name!r} holds negative values ({a.min()})",
+            raise DataError(f"{model_path}: input {name!r} holds negative values ({a.min()})",
                             hint="integer inputs are ids, labels, lengths or counts, and none is negative")
         if want is not None and a.dtype != want:
             if a.dtype.kind == "f" and np.dtype(want).kind in "iu":
-                raise DataError(f"input {name!r} must hold integers, got {a.dtype}")
+                raise DataError(f"{model_path}: input {name!r} must hold integers, got {a.dtype}", hint=shapes)
             from .data import check_fits
 
-            check_fits(a, str(np.dtype(want)), name, "predict", None)
+            check_fits(a, str(np.dtype(want)), name, model_path, None)
             a = a.astype(want)
         if len(a.shape) != len(meta.shape):
-            raise DataError(f"input {name!r} has rank {a.ndim}, the model expects {len(meta.shape)} ({meta.shape})")
+            raise DataError(f"{model_path}: input {name!r} has rank {a.ndim}, the model expects "
+                            f"{len(meta.shape)}", hint=shapes)
         for i, (got, expected) in enumerate(zip(a.shape, meta.shape)):
             if isinstance(expected, int) and got != expected:
-                raise DataError(f"input {name!r} has size {got} in dim {i}, the model expects {expected} ({meta.shape})")
+                raise DataError(f"{model_path}: input {name!r} has size {got} in dim {i}, the model "
+                                f"expects {expected}", hint=shapes)
             if isinstance(expected, str) and expected:  # one size for a symbolic dim across the inputs
                 first = sizes.setdefault(expected, (got, name))
                 if first[0] != got:
-                    raise DataError(f"input {name!r} has {expected} = {got} in dim {i}, but input {first[1]!r} has "
-                                    f"{expected} = {first[0]}", hint="every input holds the same examples")
+                    raise DataError(f"{model_path}: input {name!r} has {expected} = {got} in dim {i}, but input "
+                                    f"{first[1]!r} has {expected} = {first[0]}", hint="every input holds the same examples")
         fixed[name] = a
     _check_decoder_inputs(fixed, model_metadata(model))
     try:

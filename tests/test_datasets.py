@@ -137,6 +137,8 @@ def test_text_deterministic_and_bundled():
     ({"context": 3, "stride": 2}, "stride"),
     ({"max_examples": 0}, "max_examples"),
     ({"seqlen": 8}, "seqlen"),
+    ({"context": 3, "streams": 4}, "streams"),  # (context returned before streams was looked at)
+    ({"context": 3, "streams": "abc"}, "streams"),
 ])
 def test_text_bad_options(options, words):
     with pytest.raises(DataError) as e:
