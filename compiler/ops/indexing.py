@@ -264,12 +264,22 @@ class Slice(OpDef):
         if not plan:
             e.add("Identity", ins, outs)
             return
-        starts, ends = [], []
+        starts, ends, steps = [], [], []
         for a in plan:
+            if a.kind == "static":
+                # Python's clamped bounds: ONNX clamps a negative step's start before the
+                # beginning to 0 (one element) and reads a stop of -1 as the last element
+                start, stop, step = slice(a.start, a.end, a.step).indices(a.dim)
+                if a.length == 0:
+                    start, stop, step = 0, 0, 1
+                elif step < 0 and stop < 0:
+                    stop = INT64_MIN
+                starts.append(start), ends.append(stop), steps.append(step)
+                continue
             starts.append(a.start if a.start is not None else (0 if a.step > 0 else INT64_MAX))
             ends.append(a.end if a.end is not None else (INT64_MAX if a.step > 0 else INT64_MIN))
-        e.add("Slice", [ins[0], e.ints(starts), e.ints(ends), e.ints([a.axis for a in plan]),
-                        e.ints([a.step for a in plan])], outs)
+            steps.append(a.step)
+        e.add("Slice", [ins[0], e.ints(starts), e.ints(ends), e.ints([a.axis for a in plan]), e.ints(steps)], outs)
 
     def vjp(self, node, gouts):
         """Undo the slice axis by axis: a reversal by reversing, a step or a
@@ -318,6 +328,9 @@ class Slice(OpDef):
             Sample([x], {"starts": (None,), "ends": (None,), "axes": (-1,), "steps": (-1,)}),
             Sample([x], {"starts": (1, 0, 2), "ends": (2, 5, 3), "axes": (0, 1, 2), "steps": (1, 3, 1)}),
             Sample([x], {"starts": (7,), "ends": (9,)}),
+            # a negative step whose start is before the beginning: empty, as in Python
+            Sample([x], {"starts": (-100,), "ends": (None,), "axes": (1,), "steps": (-1,)}),
+            Sample([x], {"starts": (-5, -2), "ends": (-9, -100), "axes": (0, 1), "steps": (-2, -1)}),
         ]
 
 

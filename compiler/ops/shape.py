@@ -83,7 +83,10 @@ class Flatten(OpDef):
     composite = True
 
     def expand(self, g, x, axis):
-        axis = normalize_axis(axis, x.rank + 1) if axis != x.rank else axis
+        # axis in [-rank, rank], as ONNX Flatten: -1 leaves the last dim as the columns
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -x.rank <= axis <= x.rank:
+            raise ShapeError(f"flatten axis must be an integer from {-x.rank} to {x.rank}, got {axis!r}", arg="axis")
+        axis = int(axis) + x.rank if axis < 0 else int(axis)
         rows, cols = numel(x.shape[:axis]), numel(x.shape[axis:])
         return g.apply("reshape", x, shape=(rows, cols))
 
@@ -93,7 +96,8 @@ class Flatten(OpDef):
 
     def samples(self, rng):
         x = rng.normal(size=(2, 3, 4))
-        return [Sample([x]), Sample([x], {"axis": 2})]
+        return [Sample([x]), Sample([x], {"axis": 2}), Sample([x], {"axis": -1}), Sample([x], {"axis": -3}),
+                Sample([x], {"axis": 3})]
 
 
 @op("transpose")
