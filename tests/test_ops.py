@@ -202,3 +202,26 @@ def test_registry_complete():
         if op.onnx is None and type(op).emit is OpDef.emit:
             problems.append(f"{name}: no ONNX emission")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("op, x, want", [
+    ("max", [3.0, 3.0, 1.0, 3.0], [1 / 3, 1 / 3, 0.0, 1 / 3]),
+    ("min", [-3.0, -3.0, 1.0, -3.0], [1 / 3, 1 / 3, 0.0, 1 / 3]),
+    ("max", [1.0, 2.0, 0.0, 2.0], [0.0, 0.5, 0.0, 0.5]),
+])
+def test_max_and_min_share_the_gradient_among_ties(op, x, want):
+    """Tied extremes share the gradient evenly (torch.amax's subgradient): it sums to the
+    output's gradient, where giving it whole to each tie counted it once per tie."""
+    g = Graph(float_dtype="float64")
+    w = g.add_input("w", "float64", (4,))
+    (gw,) = grad([g.apply(op, w)], [w])
+    got = Runner(emit_model(g, [("w", w)], [("gw", gw)]))({"w": np.asarray(x)})["gw"]
+    np.testing.assert_allclose(got, want)
+
+
+def test_maxout_shares_the_gradient_among_ties_in_each_group():
+    g = Graph(float_dtype="float64")
+    w = g.add_input("w", "float64", (1, 4))
+    (gw,) = grad([g.apply("sum", g.apply("maxout", w, pieces=2))], [w])
+    got = Runner(emit_model(g, [("w", w)], [("gw", gw)]))({"w": np.asarray([[2.0, 2.0, 1.0, 5.0]])})["gw"]
+    np.testing.assert_allclose(got, [[0.5, 0.5, 0.0, 1.0]])

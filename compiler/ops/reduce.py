@@ -79,7 +79,9 @@ class Sum(Reduction):
 
 @op("max")
 class Max(Reduction):
-    """Maximum over `axis`; the gradient goes to the maximal entries."""
+    """Maximum over `axis`; the gradient goes to the maximal entries, shared evenly
+    where several tie (as torch.amax: a subgradient, where the whole gradient to each
+    tied entry would count it once per tie)."""
 
     gradgrad = True
 
@@ -91,13 +93,15 @@ class Max(Reduction):
         gr = x.graph
         y = keep_reduced(node.outputs[0], node)
         g = keep_reduced(gouts[0], node)
-        hit = gr.apply("eq", x, gr.apply("broadcast_like", y, x))
-        return [gr.apply("where", hit, gr.apply("broadcast_like", g, x), gr.lift(0.0, like=g))]
+        hit = gr.cast(gr.apply("eq", x, gr.apply("broadcast_like", y, x)), x.dtype)
+        ties = keep_reduced(gr.apply("sum", hit, **node.attrs), node)
+        return [hit * gr.apply("broadcast_like", g / ties, x)]
 
 
 @op("min")
 class Min(Max):
-    """Minimum over `axis`; the gradient goes to the minimal entries."""
+    """Minimum over `axis`; the gradient goes to the minimal entries, shared evenly where
+    several tie."""
 
     onnx = "ReduceMin"
     np_fn = staticmethod(np.min)
