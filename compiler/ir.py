@@ -283,6 +283,11 @@ class Graph:
             return self.const(np.asarray(x, dtype=bool))
         if like is not None and isinstance(x, (int, float, np.number)):
             dtype = like.dtype if (is_float(like.dtype) or isinstance(x, (int, np.integer))) else self.float_dtype
+            if isinstance(x, (int, np.integer)) and np.dtype(dtype).kind in "iu" and \
+                    not np.iinfo(dtype).min <= int(x) <= np.iinfo(dtype).max:
+                raise ShapeError(f"the number {x} does not fit the {dtype} it is combined with", current_loc(),
+                                 hint=f"{dtype} holds {np.iinfo(dtype).min} to {np.iinfo(dtype).max}; "
+                                      "cast the other operand to a wider type first")
             return self.const(np.asarray(x, dtype=dtype))
         if isinstance(x, float):
             return self.const(np.asarray(x, dtype=self.float_dtype))

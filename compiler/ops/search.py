@@ -42,7 +42,8 @@ class TopK(OpDef):
 
 @op("divmod")
 class DivMod(OpDef):
-    """Floor division and remainder of non-negative integers by a constant: (x // d, x % d)."""
+    """Floor division and remainder of integers by a positive constant: (x // d, x % d), as
+    in Python and NumPy (for negative x too: -7 gives (-3, 2))."""
 
     attrs = {"d": REQUIRED}
     nondiff = True
@@ -58,11 +59,14 @@ class DivMod(OpDef):
 
     def emit(self, e, node, ins, outs):
         d = e.const(np.asarray(int(node.attrs["d"]), dtype=node.inputs[0].dtype))
-        e.add("Div", [ins[0], d], [outs[0]])
-        e.add("Mod", [ins[0], d], [outs[1]])
+        # ONNX's integer Mod floors (the sign of d) but its Div truncates toward zero: the
+        # quotient is taken from the remainder, (x - x % d) / d, exact and floored
+        rem = e.add("Mod", [ins[0], d], [outs[1]])
+        e.add("Div", [e.add("Sub", [ins[0], rem]), d], [outs[0]])
 
     def ref(self, attrs, x):
         return x // int(attrs["d"]), x % int(attrs["d"])
 
     def samples(self, rng):
-        return [Sample([rng.integers(0, 50, size=(3, 4))], {"d": 7})]
+        return [Sample([rng.integers(0, 50, size=(3, 4))], {"d": 7}),
+                Sample([np.asarray([-7, -6, -1, 0, 1, 6, 7, -21])], {"d": 3})]
