@@ -73,6 +73,30 @@ def lower_jacobian(low, e: S.Call) -> Value:
         return g.apply("transpose", J, perm=(1, 0, 2))
 
 
+def _mixes_examples(node, depends: list[bool]) -> str | None:
+    """Why `node` would combine different examples of the values that depend on x (whose
+    axis 0 is the batch, as long as every node before kept the examples apart), or None."""
+    from .ops.reduce import Reduction, reduce_axes
+
+    name, ins, attrs = node.op.name, node.inputs, node.attrs
+    dependent = [v for v, d in zip(ins, depends) if d]
+    if not dependent:
+        return None
+    if isinstance(node.op, Reduction) and 0 in reduce_axes(attrs.get("axis"), ins[0].rank):
+        return f"{name}() reduces over the batch axis"
+    if name in ("matmul", "gemm") and (depends[1] or (depends[0] and attrs.get("trans_a"))):
+        return f"a product ({name}) sums over the batch axis"
+    if name == "transpose" and tuple(node.op.perm(attrs, dependent[0].rank))[0] != 0:
+        return "a transpose moves the batch axis"
+    if name == "reshape" and node.outputs[0].shape[:1] != dependent[0].shape[:1]:
+        return f"a reshape to {tuple(node.outputs[0].shape)} merges or splits the batch axis"
+    axis = attrs.get("axis")
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) and name not in ("sum_to", "broadcast_like") \
+            and dependent[0].rank and int(axis) % dependent[0].rank == 0:
+        return f"{name}() works along the batch axis"
+    return None
+
+
 def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call) -> Value:
     """y's subgraph from x applied to x_new (other inputs unchanged), shapes re-inferred."""
     g = x.graph
@@ -83,6 +107,11 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call) -> Value:
         if node.op.name in ("scan", "random_bits"):
             raise GradientError(f"jacobian() cannot rebuild {node.op.name!r} on a repeated batch", e.loc,
                                 "compute the jacobian of a deterministic, feed-forward part")
+        mixing = _mixes_examples(node, [v.id in env for v in node.inputs])
+        if mixing:
+            raise GradientError(f"jacobian() needs y computed from x example by example, but {mixing}", e.loc,
+                                "y[n] must depend on x[n] alone (batch statistics such as batch_norm in "
+                                "training mix the examples); differentiate a per-example part")
         ins = [env.get(v.id, v) for v in node.inputs]
         out = g.apply(node.op.name, *ins, **node.attrs)
         outs = out if isinstance(out, tuple) else (out,)

@@ -5,6 +5,8 @@ the semi-supervised dataset option, exported generators run with onnxruntime
 alone, and `flowgrad plot samples`."""
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import subprocess
@@ -152,6 +154,23 @@ def test_jacobian_of_a_sigmoid_layer_is_the_closed_form(tmp_path):
     want = (h * (1 - h))[:, :, None] * state["h.W"].T[None, :, :]  # J[n] = diag(h(1-h)) W^T
     assert out["J"].shape == (4, 3, 5)
     np.testing.assert_allclose(out["J"], want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("h, why", [
+    ("x - mean(x, axis=0, keepdims=True)", "mean() reduces over the batch axis"),
+    ("x / sum(x * x)", "sum() reduces over the batch axis"),
+    ("softmax(x, axis=0)", "softmax() works along the batch axis"),
+    ("sigmoid(batch_norm(x))", "mean() reduces over the batch axis"),  # training mode: batch statistics
+    ("x @ (transpose(x) @ x)", "a transpose moves the batch axis"),
+])
+def test_jacobian_refuses_y_that_mixes_the_examples(tmp_path, h, why):
+    """J[n] = d y[n] / d x[n] is exact only when y[n] depends on x[n] alone: a y built from
+    batch statistics gave silently wrong Jacobians (a contractive penalty over batch_norm)."""
+    from spec.errors import GradientError
+
+    text = JACOBIAN.replace("h: dense(x, H, act=sigmoid)", f"h: {h}")
+    with pytest.raises(GradientError, match=f"example by example, but {re.escape(why)}"):
+        compile_spec(spec_from_text(text, str(tmp_path / "jac.yaml")))
 
 
 @pytest.mark.parametrize("loss", ["contraction", "loss"])
