@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from spec.errors import ShapeError, SpecError
 
-from .ir import Value, at
+from .ir import Value, at, normalize_axis
 
 
 def _int_arg(v, what, loc):
@@ -201,9 +201,19 @@ class Norm(Layer):
             mean = low.add_param(f"{prefix}.running_mean", (c,), "zeros", loc=e.loc, kind="buffer")
             var = low.add_param(f"{prefix}.running_var", (c,), "ones", loc=e.loc, kind="buffer")
             return low.graph.apply("batch_norm", x, gamma, beta, mean, var, **a)
-        c = x.shape[-1]
-        gamma = low.add_param(f"{prefix}.gamma", (c,), "ones", loc=e.loc)
-        beta = low.add_param(f"{prefix}.beta", (c,), "zeros", loc=e.loc)
+        # gamma and beta are shaped like the normalised axes: `axis` to the last
+        if x.rank < 1:
+            raise ShapeError("layer_norm() needs an input with an axis to normalise", e.loc)
+        try:
+            first = normalize_axis(a.get("axis", -1), x.rank)
+        except ShapeError as err:
+            raise ShapeError(f"layer_norm(): {err.message}", e.loc, err.hint) from None
+        shape = tuple(x.shape[first:])
+        if not all(isinstance(d, int) for d in shape):
+            raise ShapeError(f"layer_norm() normalises axes {first}.. of {x.type}, which must be fixed sizes", e.loc,
+                             "gamma and beta are shaped like those axes: leave the batch axis out")
+        gamma = low.add_param(f"{prefix}.gamma", shape, "ones", loc=e.loc)
+        beta = low.add_param(f"{prefix}.beta", shape, "zeros", loc=e.loc)
         return low.graph.apply("layer_norm", x, gamma, beta, **a)
 
 

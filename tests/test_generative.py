@@ -344,3 +344,22 @@ def test_reconstructions_read_the_data_the_run_trained_on(tmp_path):
           data=str(specs / "mine.npz"), valid=str(tmp_path / "valid.npz"))
     rec = samples_of(str(tmp_path / "run2"), count=4, seed=1)
     np.testing.assert_allclose(rec.images["input"], 0.5)  # the validation file's digits
+
+
+@pytest.mark.parametrize("axis, shape", [(-1, (2,)), (-3, (3, 2, 2)), (1, (3, 2, 2)), (2, (2, 2))])
+def test_layer_norm_shorthand_shapes_gamma_and_beta_like_the_normalised_axes(tmp_path, axis, shape):
+    """layer_norm(x, axis=k) makes gamma and beta over axes k.. (it made them over the last
+    axis only, and the op then refused them)."""
+    text = f"""
+flowgrad: 1
+name: ln
+inputs:
+  x: {{shape: [N, 3, 2, 2]}}
+graph:
+  h: layer_norm(x, axis={axis})
+outputs:
+  h: h
+loss: mean(h * h)
+"""
+    cm = compile_spec(spec_from_text(text, str(tmp_path / "ln.yaml")))
+    assert cm.params["h.gamma"].shape == shape and cm.params["h.beta"].shape == shape
