@@ -73,27 +73,58 @@ def lower_jacobian(low, e: S.Call) -> Value:
         return g.apply("transpose", J, perm=(1, 0, 2))
 
 
-def _mixes_examples(node, depends: list[bool]) -> str | None:
-    """Why `node` would combine different examples of the values that depend on x (whose
-    axis 0 is the batch, as long as every node before kept the examples apart), or None."""
+def _mixes_examples(node, depends: list[bool], batch) -> str | None:
+    """Why `node` would combine different examples of its inputs that depend on x, or None.
+    The batch is followed by its dim: a symbolic batch dim N marks the axes that hold
+    examples wherever they move (a fixed batch size only marks axis 0)."""
     from .ops.reduce import Reduction, reduce_axes
 
     name, ins, attrs = node.op.name, node.inputs, node.attrs
-    dependent = [v for v, d in zip(ins, depends) if d]
-    if not dependent:
+
+    def batch_axes(v) -> set:
+        if not isinstance(batch, int):
+            return {i for i, d in enumerate(v.shape) if d == batch}
+        return {0} if v.rank and v.shape[0] == batch else set()
+
+    marked = [(v, batch_axes(v)) for v, d in zip(ins, depends) if d]
+    marked = [(v, axes) for v, axes in marked if axes]
+    if not marked:
         return None
-    if isinstance(node.op, Reduction) and 0 in reduce_axes(attrs.get("axis"), ins[0].rank):
-        return f"{name}() reduces over the batch axis"
-    if name in ("matmul", "gemm") and (depends[1] or (depends[0] and attrs.get("trans_a"))):
-        return f"a product ({name}) sums over the batch axis"
-    if name == "transpose" and tuple(node.op.perm(attrs, dependent[0].rank))[0] != 0:
-        return "a transpose moves the batch axis"
-    if name == "reshape" and node.outputs[0].shape[:1] != dependent[0].shape[:1]:
-        return f"a reshape to {tuple(node.outputs[0].shape)} merges or splits the batch axis"
+    if isinstance(node.op, Reduction):
+        if any(set(reduce_axes(attrs.get("axis"), v.rank)) & axes for v, axes in marked):
+            return f"{name}() reduces over the batch axis"
+        return None
+    if name in ("matmul", "gemm"):
+        a, b = ins[0], ins[1]
+        if name == "matmul":
+            contracted = {a.id: a.rank - 1, b.id: b.rank - 2 if b.rank >= 2 else 0}
+        else:
+            contracted = {a.id: 0 if attrs.get("trans_a") else 1, b.id: 1 if attrs.get("trans_b") else 0}
+        if any(contracted.get(v.id) in axes for v, axes in marked):
+            return f"a product ({name}) sums over the batch axis"
+        return None
+    if name == "reshape":
+        if not batch_axes(node.outputs[0]):
+            return f"a reshape to {tuple(node.outputs[0].shape)} merges the batch axis with others"
+        return None
+    if name == "transpose":
+        return None if not isinstance(batch, int) or tuple(node.op.perm(attrs, ins[0].rank))[0] == 0 else \
+            "a transpose moves the batch axis"
+    axes_attr = attrs.get("axes")
+    if name in ("slice", "squeeze", "unsqueeze") and axes_attr is not None:
+        listed = axes_attr if isinstance(axes_attr, (tuple, list)) else (axes_attr,)
+        for v, axes in marked:
+            rank = node.outputs[0].rank if name == "unsqueeze" else v.rank
+            touched = {int(i) % rank for i in listed if i is not None} if rank else set()
+            if name == "unsqueeze" and not isinstance(batch, int):
+                continue  # the new axis only moves the batch dim, which stays marked
+            if touched & axes:
+                return f"{name}() works along the batch axis"
+        return None
     axis = attrs.get("axis")
-    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) and name not in ("sum_to", "broadcast_like") \
-            and dependent[0].rank and int(axis) % dependent[0].rank == 0:
-        return f"{name}() works along the batch axis"
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) and name not in ("sum_to", "broadcast_like"):
+        if any(v.rank and int(axis) % v.rank in axes for v, axes in marked):
+            return f"{name}() works along the batch axis"
     return None
 
 
@@ -101,22 +132,36 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call) -> Value:
     """y's subgraph from x applied to x_new (other inputs unchanged), shapes re-inferred."""
     g = x.graph
     env = {x.id: x_new}
+    mixed: dict[int, str] = {}
     for node in producers_of([y]):
         if not any(v.id in env for v in node.inputs):
             continue
         if node.op.name in ("scan", "random_bits"):
             raise GradientError(f"jacobian() cannot rebuild {node.op.name!r} on a repeated batch", e.loc,
                                 "compute the jacobian of a deterministic, feed-forward part")
-        mixing = _mixes_examples(node, [v.id in env for v in node.inputs])
-        if mixing:
-            raise GradientError(f"jacobian() needs y computed from x example by example, but {mixing}", e.loc,
-                                "y[n] must depend on x[n] alone (batch statistics such as batch_norm in "
-                                "training mix the examples); differentiate a per-example part")
+        # values whose rows mix examples, and why: a mixing node, or one reading such a value
+        # (shapes aside: a gradient's ones_like of a batch sum reads only its shape)
+        why = _mixes_examples(node, [v.id in env for v in node.inputs], x.shape[0]) or next(
+            (mixed[v.id] for i, v in enumerate(node.inputs) if v.id in mixed and not _reads_shape_only(node, i)), None)
+        if why:
+            mixed.update({o.id: why for o in node.outputs})
         ins = [env.get(v.id, v) for v in node.inputs]
         out = g.apply(node.op.name, *ins, **node.attrs)
         outs = out if isinstance(out, tuple) else (out,)
         for o, n in zip(node.outputs, outs):
             env[o.id] = n
+    if y.id in mixed:
+        raise GradientError(f"jacobian() needs y computed from x example by example, but {mixed[y.id]}", e.loc,
+                            "y[n] must depend on x[n] alone (batch statistics such as batch_norm in "
+                            "training mix the examples); differentiate a per-example part")
     if y.id not in env:
         return g.apply("fill", x_new, dims=((0, 0), y.shape[1]), dtype=y.dtype)
     return env[y.id]
+
+
+def _reads_shape_only(node, i: int) -> bool:
+    """Whether `node` reads only the shape of its input i (zeros_like, a broadcast's ref)."""
+    if node.op.name in ("zeros_like", "ones_like", "fill", "numel"):
+        return True
+    names = getattr(node.op, "inputs", ())
+    return i < len(names) and names[i] in ("like", "ref")

@@ -208,7 +208,8 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
         if a.dtype.kind == "f" and a.size and not np.all(np.isfinite(a)):
             raise DataError(f"{model_path}: input {name!r} has NaN or inf values",
                             hint="the model's outputs would be meaningless")
-        if want is not None and np.dtype(want).kind in "iu" and a.dtype.kind in "iu" and a.size and a.min() < 0:
+        if want is not None and np.dtype(want).kind in "iu" and a.dtype.kind in "iu" and a.size and a.min() < 0 \
+                and name != "seed":  # (a random stream's key: any int64)
             raise DataError(f"{model_path}: input {name!r} holds negative values ({a.min()})",
                             hint="integer inputs are ids, labels, lengths or counts, and none is negative")
         if want is not None and a.dtype != want:

@@ -196,7 +196,10 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> n
     if isinstance(valid, str):
         ds = D.load_npz(valid)
     elif isinstance(valid, (int, float)) and not isinstance(valid, bool) and valid:
-        _, ds = D.split(ds, float(valid), run_seed)
+        from .train import split_like_training
+
+        # the arrays training counted and split (the spec's inputs), the split it made
+        _, ds = split_like_training(D.only(ds, list(spec.inputs)), spec, float(valid), run_seed)
     if name not in ds.arrays:
         raise DataError(f"the run's data has no array {name!r}")
     x = ds.arrays[name]

@@ -137,38 +137,49 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes)
     train_ds = D.only(train_ds, needed)
     test = cfg.get("test")
-    if isinstance(test, str):  # a held-out file: checked now, evaluated with flowgrad eval --data
+    if isinstance(test, str):  # a held-out file: checked now (what eval reads), evaluated with flowgrad eval --data
         test_path = beside_spec(spec, test)
-        D.check_against_spec(D.load_npz(test_path, spec.locate("train", "data", "test"), spec.inputs), spec, needed,
-                             test_path, cm.index_bounds, dtypes)
+        D.check_against_spec(D.load_npz(test_path, spec.locate("train", "data", "test"), spec.inputs), spec,
+                             needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes)
     if isinstance(test, (int, float)) and not isinstance(test, bool) and test:
-        # held out first, from its own shuffle: neither trained on nor validated on
         valid = source["valid"]  # (the spec's, or --valid's)
         if isinstance(valid, float) and valid + test >= 1:
             raise DataError(f"valid {valid} and test {test} leave no training data", loc,
                             "their fractions must sum to less than 1")
-        train_ds, _ = D.split(train_ds, float(test), seed + TEST_SPLIT_SEED)
+    total = len(train_ds)
     valid_cfg = source["valid"]
     valid_ds = None
     if isinstance(valid_cfg, str):
         valid_ds = D.load_npz(valid_cfg, None if opts.valid is not None else loc, spec.inputs)
         D.check_against_spec(valid_ds, spec, needed, valid_cfg, cm.index_bounds, dtypes)
         valid_ds = D.only(valid_ds, needed)
-    elif valid_cfg:
-        if cfg.get("shuffle", True):
-            train_ds, valid_ds = D.split(train_ds, float(valid_cfg), seed)
-        else:  # ordered data (streams): the last examples validate, the rest keeps its order
-            n_valid = max(1, int(round(len(train_ds) * float(valid_cfg))))
-            idx = np.arange(len(train_ds))
-            train_ds, valid_ds = train_ds.subset(idx[:-n_valid]), train_ds.subset(idx[-n_valid:])
+        train_ds, _ = split_like_training(train_ds, spec, None, seed)
+    else:
+        train_ds, valid_ds = split_like_training(train_ds, spec, valid_cfg, seed)
     if not len(train_ds):
-        raise DataError(f"no examples are left to train on: {where} holds {len(train_ds) + len(valid_ds or [])} and "
-                        "the validation (and test) split took them all", loc,
-                        "lower valid (or test), or use more data")
+        raise DataError(f"no examples are left to train on: {where} holds {total} and the validation (and test) "
+                        "split took them all", loc, "lower valid (or test), or use more data")
     train_ds = D.cast_for(train_ds, dtypes)
     if valid_ds is not None:
         valid_ds = D.cast_for(valid_ds, dtypes)
     return train_ds, valid_ds
+
+
+def split_like_training(ds: D.Dataset, spec: S.Spec, valid: float | None, seed: int) -> tuple[D.Dataset, D.Dataset | None]:
+    """(training examples, validation examples) of a run's data, as training splits it: a
+    test fraction held out first, from its own shuffle (neither trained on nor validated on),
+    then the validation fraction: a seeded sample, or the last examples when train.shuffle is
+    off (ordered data, streams)."""
+    test = (spec.train.get("data") or {}).get("test")
+    if isinstance(test, (int, float)) and not isinstance(test, bool) and test:
+        ds, _ = D.split(ds, float(test), seed + TEST_SPLIT_SEED)
+    if not valid:
+        return ds, None
+    if spec.train.get("shuffle", True):
+        return D.split(ds, float(valid), seed)
+    n_valid = max(1, int(round(len(ds) * float(valid))))
+    idx = np.arange(len(ds))
+    return ds.subset(idx[:-n_valid]), ds.subset(idx[-n_valid:])
 
 
 def _fraction_or_path(valid):
@@ -325,9 +336,6 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
         if opts.resume:
             state, meta = load_checkpoint(ckpt_path)
-            for name, _ in (entry for o in cm.objectives for entry in cm.state_specs(o)):
-                if name.startswith("loss_scale_skipped/") and name not in state:  # written before it existed
-                    state[name] = np.zeros((), cm.float_dtype)
             _check_state(cm, state, ckpt_path, seed)
             if "trained" in meta and meta["trained"] != trained:
                 # the optimizer's flat state vectors follow the trained parameters, in order
@@ -548,6 +556,11 @@ def _check_finite(scalars, step, epoch, run_dir):
 
 
 def _check_state(cm: CompiledModel, state: dict, path: str, seed: int):
+    """The checkpoint's state fits the compiled model (a mixed-precision checkpoint written
+    before the count of skipped steps existed gets it, at zero)."""
+    for name, _ in (entry for o in cm.objectives for entry in cm.state_specs(o)):
+        if name.startswith("loss_scale_skipped/") and name not in state:
+            state[name] = np.zeros((), cm.float_dtype)
     want = cm.initial_state(seed)
     missing = [k for k in want if k not in state]
     if missing:

@@ -66,6 +66,12 @@ def test_predict_refuses_negative_ids(exported):
         predict(probs, {"x": np.asarray([[3, -1, 2]], dtype=np.int64)})
 
 
+def test_predict_takes_a_negative_seed(exported):
+    """A seed keys the random streams and may be any int64 (only ids and counts are >= 0)."""
+    gen, _ = exported
+    assert len(generate_text(gen, "def ", max_len=5, temperature=1.0, seed=-3)) == 5
+
+
 def test_exported_files_hold_no_bit_shifts(exported):
     """The sampler's hash runs its shifts as float64 arithmetic in an exported file, so that
     onnxruntime's CUDA provider (it has no BitShift) runs the whole decoding loop."""

@@ -161,7 +161,9 @@ def test_jacobian_of_a_sigmoid_layer_is_the_closed_form(tmp_path):
     ("x / sum(x * x)", "sum() reduces over the batch axis"),
     ("softmax(x, axis=0)", "softmax() works along the batch axis"),
     ("sigmoid(batch_norm(x))", "mean() reduces over the batch axis"),  # training mode: batch statistics
-    ("x @ (transpose(x) @ x)", "a transpose moves the batch axis"),
+    ("x @ (transpose(x) @ x)", "a product (matmul) sums over the batch axis"),
+    ("x[::-1]", "slice() works along the batch axis"),
+    ("x - mean(unsqueeze(x, 0), axis=1)", "mean() reduces over the batch axis"),
 ])
 def test_jacobian_refuses_y_that_mixes_the_examples(tmp_path, h, why):
     """J[n] = d y[n] / d x[n] is exact only when y[n] depends on x[n] alone: a y built from
@@ -171,6 +173,15 @@ def test_jacobian_refuses_y_that_mixes_the_examples(tmp_path, h, why):
     text = JACOBIAN.replace("h: dense(x, H, act=sigmoid)", f"h: {h}")
     with pytest.raises(GradientError, match=f"example by example, but {re.escape(why)}"):
         compile_spec(spec_from_text(text, str(tmp_path / "jac.yaml")))
+
+
+@pytest.mark.parametrize("h", ["grad(sum(tanh(x * 2)), x)", "x[:, 1:] * 3", "concat(x, x, axis=1)",
+                               "reshape(reshape(x, [-1, 1, 5]) @ transpose(reshape(x, [-1, 1, 5]), perm=[0, 2, 1]), [-1, 1])"])
+def test_jacobian_takes_per_example_ys_whatever_their_path(tmp_path, h):
+    """What keeps the examples apart compiles: a batch sum read only for its shape (a
+    per-example gradient), feature slices and concatenations, products batched per example."""
+    text = JACOBIAN.replace("h: dense(x, H, act=sigmoid)", f"h: {h}")
+    compile_spec(spec_from_text(text, str(tmp_path / "jac.yaml")), graphs=("infer",))
 
 
 @pytest.mark.parametrize("loss", ["contraction", "loss"])

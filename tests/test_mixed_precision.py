@@ -427,6 +427,12 @@ def test_a_checkpoint_written_before_the_count_of_skipped_steps_resumes(tmp_path
     state, meta = load_checkpoint(path)
     del state["loss_scale_skipped/main"]
     save_checkpoint(path, state, meta)
+    best, best_meta = load_checkpoint(os.path.join(run, "best.npz"))  # eval reads best.npz: the same fill
+    del best["loss_scale_skipped/main"]
+    save_checkpoint(os.path.join(run, "best.npz"), best, best_meta)
+    from runtime.api import evaluate_run
+
+    assert np.isfinite(evaluate_run(run, str(data), device="cpu")["loss"])
     result = train(spec, run_dir=run, data=str(data), steps=8, threads=1, device="cpu", resume=True)
     assert result.steps == 8
     assert "loss_scale_skipped/main" in load_checkpoint(path)[0]

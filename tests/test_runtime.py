@@ -241,6 +241,14 @@ def test_validation_settings_are_read_as_given(tmp_path):
     result = train(load(MLP, SMALL + ["train.data.test=0.85"]), run_dir=str(tmp_path / "t"), valid="0", epochs=1,
                    threads=1, device="cpu")
     assert "valid_loss" not in result.final
+    # train.shuffle off (ordered data): the last examples validate, whatever train.data holds
+    from runtime.train import TrainOptions, load_data
+    from compiler.training import compile_spec
+
+    ordered = load(MLP, SMALL + ["train.shuffle=false"])
+    np.savez(tmp_path / "ordered.npz", x=np.arange(40 * 64, dtype=np.float32).reshape(40, 64), y=y)
+    tr, va = load_data(ordered, compile_spec(ordered), TrainOptions(data=str(tmp_path / "ordered.npz"), valid="0.25"), 0)
+    assert va.arrays["x"][:, 0].tolist() == [64.0 * i for i in range(30, 40)]
     np.savez(tmp_path / "one.npz", x=x[:1], y=y[:1])
     with pytest.raises(DataError, match="no examples are left to train on"):
         train(spec, run_dir=str(tmp_path / "one"), data=str(tmp_path / "one.npz"), epochs=1)
