@@ -191,7 +191,7 @@ def _fraction_or_path(valid):
             return valid
     elif valid is None:
         return None
-    elif isinstance(valid, bool) or not isinstance(valid, (int, float)):
+    elif isinstance(valid, (bool, np.bool_)) or not isinstance(valid, (int, float, np.integer, np.floating)):
         raise DataError(f"valid {valid!r} is neither a fraction nor a path", hint="give e.g. 0.2, or a path to an .npz")
     else:
         value = float(valid)
@@ -610,10 +610,16 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> tuple[dict, dict]
             taken.append(k)
     if not taken:
         raise DataError(f"--init-from {run_dir}: no parameter matches this spec by name and shape")
-    return state, {"from": run_dir, "taken": taken, "kept": kept}
+    return state, {"from": os.path.abspath(run_dir), "taken": taken, "kept": kept}
 
 
 def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, warm_start=None):
+    if resumed and warm_start is None:  # a resumed run keeps the record of where its weights came from
+        try:
+            with open(os.path.join(run_dir, "run.json")) as f:
+                warm_start = json.load(f).get("init_from")
+        except (OSError, ValueError, AttributeError):
+            warm_start = None
     _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"))
     cm.save(os.path.join(run_dir, "graphs"))
     info = {

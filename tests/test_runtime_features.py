@@ -137,6 +137,10 @@ def test_warm_start_reports_the_parameters_it_left_at_their_initial_values(tmp_p
     assert result.to_json()["init_from"] == want
     with open(tmp_path / "b" / "run.json") as f:
         assert json.load(f)["init_from"] == want
+    train(_spec(changed, tmp_path, "changed.yaml"), run_dir=str(tmp_path / "b"), data=data, epochs=2, threads=1,
+          device="cpu", resume=True)
+    with open(tmp_path / "b" / "run.json") as f:  # a resumed run keeps where its weights came from
+        assert json.load(f)["init_from"] == want
     cli = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", str(path), "--data", data, "--epochs", "1",
                           "--threads", "1", "--device", "cpu", "--quiet", "--run-dir", str(tmp_path / "c"),
                           "--init-from", str(tmp_path / "a")], capture_output=True, text=True, cwd=ROOT)
