@@ -146,7 +146,12 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call) -> Value:
         if why:
             mixed.update({o.id: why for o in node.outputs})
         ins = [env.get(v.id, v) for v in node.inputs]
-        out = g.apply(node.op.name, *ins, **node.attrs)
+        attrs = node.attrs
+        if node.op.name == "reshape" and list(attrs["shape"]).count(x.shape[0]) == 1 and -1 not in attrs["shape"] \
+                and not isinstance(x.shape[0], int):
+            # a target naming the batch dim (flatten, maxout): the rebuilt batch is M times longer
+            attrs = {**attrs, "shape": tuple(-1 if d == x.shape[0] else d for d in attrs["shape"])}
+        out = g.apply(node.op.name, *ins, **attrs)
         outs = out if isinstance(out, tuple) else (out,)
         for o, n in zip(node.outputs, outs):
             env[o.id] = n

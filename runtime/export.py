@@ -243,6 +243,8 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
 def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
     """What an exported decoder would read past: token ids outside its vocabulary, source
     lengths outside the source's width, a beam wider than it was compiled for."""
+    if "prompt" in feeds and "vocab" in meta and not feeds["prompt"].size:
+        raise DataError("the prompt is empty", hint="give at least one token to continue from")
     for name, key in (("src", "src_vocab"), ("prompt", "vocab")):
         if name in feeds and key in meta and feeds[name].size:
             ids, n = feeds[name], len(meta[key])

@@ -66,6 +66,13 @@ def test_predict_refuses_negative_ids(exported):
         predict(probs, {"x": np.asarray([[3, -1, 2]], dtype=np.int64)})
 
 
+def test_predict_refuses_an_empty_prompt(exported):
+    gen, _ = exported
+    with pytest.raises(DataError, match="the prompt is empty"):
+        predict(gen, {"prompt": np.zeros(0, np.int64), "max_len": np.asarray(5), "temperature": np.asarray(1.0, np.float32),
+                      "seed": np.asarray(0)})
+
+
 def test_predict_takes_a_negative_seed(exported):
     """A seed keys the random streams and may be any int64 (only ids and counts are >= 0)."""
     gen, _ = exported

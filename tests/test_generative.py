@@ -175,6 +175,26 @@ def test_jacobian_refuses_y_that_mixes_the_examples(tmp_path, h, why):
         compile_spec(spec_from_text(text, str(tmp_path / "jac.yaml")))
 
 
+@pytest.mark.parametrize("h", ["maxout(x, 5)", "flatten(reshape(x, [-1, 5, 1]))"])
+def test_jacobian_through_reshapes_that_name_the_batch_dim(tmp_path, h):
+    """maxout and flatten reshape to targets naming N: rebuilt on the repeated batch, they
+    take its length (it failed with a raw reshape message). Checked against finite differences."""
+    from compiler.check import Runner
+
+    text = JACOBIAN.replace("h: dense(x, H, act=sigmoid)", f"h: {h}")
+    cm = compile_spec(spec_from_text(text, str(tmp_path / "jac.yaml")), "float64", graphs=("infer",))
+    run = Runner(cm.graphs["infer"].model)
+    x = np.random.default_rng(0).normal(size=(3, 5))
+    out = run({"x": x})
+    fd = np.zeros(out["J"].shape)
+    for n in range(3):
+        for d in range(5):
+            step = np.zeros_like(x)
+            step[n, d] = 1e-6
+            fd[n, :, d] = (run({"x": x + step})["h"][n] - run({"x": x - step})["h"][n]) / 2e-6
+    np.testing.assert_allclose(out["J"], fd, atol=1e-7)
+
+
 @pytest.mark.parametrize("h", ["grad(sum(tanh(x * 2)), x)", "x[:, 1:] * 3", "concat(x, x, axis=1)",
                                "reshape(reshape(x, [-1, 1, 5]) @ transpose(reshape(x, [-1, 1, 5]), perm=[0, 2, 1]), [-1, 1])"])
 def test_jacobian_takes_per_example_ys_whatever_their_path(tmp_path, h):
