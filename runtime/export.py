@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from spec.errors import DataError, ExportError
 
 from .checkpoint import load_checkpoint
+from .data import check_fits
 from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
@@ -215,8 +216,6 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
         if want is not None and a.dtype != want:
             if a.dtype.kind == "f" and np.dtype(want).kind in "iu":
                 raise DataError(f"{model_path}: input {name!r} must hold integers, got {a.dtype}", hint=shapes)
-            from .data import check_fits
-
             check_fits(a, str(np.dtype(want)), name, model_path, None)
             a = a.astype(want)
         if len(a.shape) != len(meta.shape):
@@ -244,7 +243,7 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
     """What an exported decoder would read past: token ids outside its vocabulary, source
     lengths outside the source's width, a beam wider than it was compiled for."""
     if "prompt" in feeds and "vocab" in meta and not feeds["prompt"].size:
-        raise DataError("the prompt is empty", hint="give at least one token to continue from")
+        raise DataError("the prompt is empty", hint="give at least one token (a character or a word) to continue from")
     for name, key in (("src", "src_vocab"), ("prompt", "vocab")):
         if name in feeds and key in meta and feeds[name].size:
             ids, n = feeds[name], len(meta[key])
@@ -310,9 +309,7 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
                         hint="export a spec with a 'generate' section trained on text, or pass --data instead of --text")
     text_meta = {"vocab": meta["vocab"], "level": meta.get("level", "char"), "unk": meta.get("unk"),
                  "lowercase": meta.get("lowercase", False)}
-    ids = np.asarray(encode_text(prompt, text_meta), dtype=np.int64)
-    if ids.size == 0:
-        raise DataError("the prompt is empty", hint="give at least one character")
+    ids = np.asarray(encode_text(prompt, text_meta), dtype=np.int64)  # (predict refuses an empty one)
     max_len = _count(max_len if max_len is not None else meta.get("generate.max_len", 200), "max_len")
     temperature = float(temperature if temperature is not None else meta.get("generate.temperature", 1.0))
     if not 0 <= temperature < float("inf"):
