@@ -24,6 +24,15 @@ def reduced_shape(shape, axes, keepdims) -> tuple:
     return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
+def refuse_empty(name: str, x, axes) -> None:
+    """A reduction with no identity (mean, max, min, argmax, argmin) over an axis known to
+    be empty has no value; onnxruntime would return a number anyway (0 for a mean)."""
+    empty = [a for a in axes if x.shape[a] == 0]
+    if empty:
+        raise ShapeError(f"axis {empty[0]} of {x} is empty, and a {name} of no entries has no value",
+                         hint="check the slice or shape that made it empty", arg="x")
+
+
 def keep_reduced(g, node):
     """The cotangent of a reduction reshaped to keepdims form, ready to broadcast."""
     axes = reduce_axes(node.attrs["axis"], node.inputs[0].rank)
@@ -36,11 +45,14 @@ class Reduction(OpDef):
     attrs = {"axis": None, "keepdims": False}
     onnx = ""
     np_fn = None
+    needs_entries = True  # no value over nothing (a sum has one: 0)
 
     def infer(self, attrs, x):
         if x.dtype == "bool":
             raise ShapeError(f"cannot {self.name} a bool tensor", hint="cast it first, e.g. cast(x, 'float32')")
         axes = reduce_axes(attrs["axis"], x.rank)
+        if self.needs_entries:
+            refuse_empty(self.name, x, axes)
         return [TensorType(x.dtype, reduced_shape(x.shape, axes, attrs["keepdims"]))]
 
     def emit(self, e, node, ins, outs):
@@ -71,6 +83,7 @@ class Sum(Reduction):
     onnx = "ReduceSum"
     np_fn = staticmethod(np.sum)
     gradgrad = True
+    needs_entries = False
 
     def vjp(self, node, gouts):
         x = node.inputs[0]
@@ -183,6 +196,7 @@ class ArgReduction(OpDef):
         if x.rank == 0:
             raise ShapeError(f"{self.name} of a scalar: there is no axis to find an index along", arg="x")
         axis = normalize_axis(attrs["axis"], x.rank)
+        refuse_empty(self.name, x, (axis,))
         return [TensorType("int64", reduced_shape(x.shape, (axis,), attrs["keepdims"]))]
 
     def emit(self, e, node, ins, outs):
