@@ -101,7 +101,10 @@ def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
         source = {"dataset": cfg["dataset"], "options": cfg.get("options")}
     else:
         source = {}
-    valid = _fraction_or_path(opts.valid if opts.valid is not None else cfg.get("valid"))
+    if opts.valid is not None:
+        valid = _fraction_or_path(opts.valid)
+    else:
+        valid = _fraction_or_path(cfg.get("valid"), "valid", spec.locate("train", "data", "valid") if "valid" in cfg else None)
     if isinstance(valid, str):  # --valid's file is where the user is
         valid = os.path.abspath(valid) if opts.valid is not None else beside_spec(spec, valid)
     return {**source, "valid": valid}
@@ -136,12 +139,12 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     dtypes = input_dtypes(cm)
     D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes)
     train_ds = D.only(train_ds, needed)
-    test = cfg.get("test")
+    test = spec_test(spec)
     if isinstance(test, str):  # a held-out file: checked now (what eval reads), evaluated with flowgrad eval --data
         test_path = beside_spec(spec, test)
         D.check_against_spec(D.load_npz(test_path, spec.locate("train", "data", "test"), spec.inputs), spec,
                              needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes)
-    if isinstance(test, (int, float)) and not isinstance(test, bool) and test:
+    if isinstance(test, float) and test:
         valid = source["valid"]  # (the spec's, or --valid's)
         if isinstance(valid, float) and valid + test >= 1:
             raise DataError(f"valid {valid} and test {test} leave no training data", loc,
@@ -170,9 +173,9 @@ def split_like_training(ds: D.Dataset, spec: S.Spec, valid: float | None, seed: 
     test fraction held out first, from its own shuffle (neither trained on nor validated on),
     then the validation fraction: a seeded sample, or the last examples when train.shuffle is
     off (ordered data, streams)."""
-    test = (spec.train.get("data") or {}).get("test")
-    if isinstance(test, (int, float)) and not isinstance(test, bool) and test:
-        ds, _ = D.split(ds, float(test), seed + TEST_SPLIT_SEED)
+    test = spec_test(spec)
+    if isinstance(test, float) and test:
+        ds, _ = D.split(ds, test, seed + TEST_SPLIT_SEED)
     if not valid:
         return ds, None
     if spec.train.get("shuffle", True):
@@ -182,7 +185,14 @@ def split_like_training(ds: D.Dataset, spec: S.Spec, valid: float | None, seed: 
     return ds.subset(idx[:-n_valid]), ds.subset(idx[-n_valid:])
 
 
-def _fraction_or_path(valid):
+def spec_test(spec: S.Spec) -> float | str | None:
+    """train.data.test: a fraction held out (a number, or a string that reads as one, as
+    valid's) or the path of a file."""
+    test = (spec.train.get("data") or {}).get("test")
+    return _fraction_or_path(test, "test", spec.locate("train", "data", "test") if test is not None else None)
+
+
+def _fraction_or_path(valid, what: str = "valid", loc=None):
     """--valid 0.1 (or 0: none) is a fraction of the training data; anything else a file."""
     if isinstance(valid, str):
         try:
@@ -192,11 +202,11 @@ def _fraction_or_path(valid):
     elif valid is None:
         return None
     elif isinstance(valid, (bool, np.bool_)) or not isinstance(valid, (int, float, np.integer, np.floating)):
-        raise DataError(f"valid {valid!r} is neither a fraction nor a path", hint="give e.g. 0.2, or a path to an .npz")
+        raise DataError(f"{what} {valid!r} is neither a fraction nor a path", loc, "give e.g. 0.2, or a path to an .npz")
     else:
         value = float(valid)
     if not 0.0 <= value < 1.0:  # (nan fails this too)
-        raise DataError(f"valid {valid} is not a fraction in [0, 1)", hint="give e.g. 0.2, or a path to an .npz")
+        raise DataError(f"{what} {valid} is not a fraction in [0, 1)", loc, "give e.g. 0.2, or a path to an .npz")
     return value
 
 

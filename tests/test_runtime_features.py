@@ -336,6 +336,16 @@ def test_a_test_fraction_is_held_out_of_training(tmp_path, data):
     bad = text.replace("test: 0.5}", "test: 0.5, valid: 0.6}")
     with pytest.raises(FlowgradError, match="leave no training data"):
         train(_spec(bad, tmp_path, "bad.yaml"), run_dir=str(tmp_path / "b"), epochs=1, threads=1, device="cpu")
+    # a fraction quoted as a string reads as one, as valid's does (it was looked up as a file)
+    quoted = text.replace("test: 0.5}", "test: '0.5'}")
+    res = train(_spec(quoted, tmp_path, "quoted.yaml"), run_dir=str(tmp_path / "q"), valid="0", epochs=1, threads=1,
+                device="cpu")
+    assert res.steps == 2
+    for wrong, words in [("test: '1.5'}", "test 1.5 is not a fraction"), ("test: 'nan'}", "test nan is not a fraction")]:
+        with pytest.raises(FlowgradError, match=words) as e:
+            train(_spec(text.replace("test: 0.5}", wrong), tmp_path, "w.yaml"), run_dir=str(tmp_path / "w"),
+                  epochs=1, threads=1, device="cpu")
+        assert "w.yaml:" in str(e.value.loc)
 
 
 @pytest.mark.parametrize("train_cfg, words", [
