@@ -392,11 +392,13 @@ def _apply_updates(g: Graph, obj: Objective, params: dict[str, Value], grads: di
     if obj.clip_norm:
         total = None
         for gv in grads.values():
-            s = g.apply("sum", gv * gv)
+            # float16 squares overflow past 255: a norm of inf would scale every gradient to 0
+            wide = g.cast(gv, "float32") if gv.dtype == "float16" else gv
+            s = g.apply("sum", wide * wide)
             total = s if total is None else total + s
         norm = g.apply("sqrt", total)
         scale = g.apply("minimum", g.lift(1.0, like=norm), obj.clip_norm / (norm + 1e-6))
-        grads = {n: gv * scale for n, gv in grads.items()}
+        grads = {n: gv * (g.cast(scale, gv.dtype) if gv.dtype != scale.dtype else scale) for n, gv in grads.items()}
     new_params, new_states = {}, {}
     for n, gv in grads.items():
         key = obj.name if fused else state_key(obj, n)

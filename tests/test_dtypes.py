@@ -245,6 +245,24 @@ def test_float16_sgd_step_is_finite_and_close():
             np.testing.assert_allclose(out16[k].astype(np.float32), v, rtol=2e-2, atol=2e-3, err_msg=k)
 
 
+def test_float16_clip_norm_sums_squares_in_float32():
+    """Gradients of a few hundred square past float16's largest value (65504): the norm
+    was inf, the clip scale 0, and the step changed nothing. The norm is now taken in
+    float32, and the clipped step matches float32's."""
+    spec = shrunk(MLP, size=16, extra=["train.optimizer={sgd: {lr: 0.01}}", "train.clip_norm=1.0"])
+    cm16 = compile_spec(spec, dtype="float16", graphs=("train",))
+    cm32 = compile_spec(spec, dtype="float32", graphs=("train",))
+    g16, g32 = cm16.graphs["train"], cm32.graphs["train"]
+    values = _train_inputs(spec, cm32)
+    values["x"] = np.asarray(values["x"]) * 300.0  # first-layer gradients of a few hundred
+    f16 = feeds_for(g16, values)
+    out16 = dict(zip([o.name for o in g16.model.graph.output], reference_evaluator(g16.model).run(None, f16)))
+    out32 = Runner(g32.model)({k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in f16.items()})
+    moved = out16["next/W1"].astype(np.float32) - f16["W1"].astype(np.float32)
+    assert np.abs(moved).max() > 0, "the clipped float16 step changed nothing"
+    np.testing.assert_allclose(out16["next/W1"].astype(np.float32), out32["next/W1"], rtol=2e-2, atol=2e-3)
+
+
 @pytest.mark.parametrize("optimizer", ["{adam: {lr: 0.001}}", "{rmsprop: {lr: 0.001}}", "{adagrad: {lr: 0.01}}"])
 def test_float16_adaptive_optimizer_is_refused_with_a_hint(optimizer):
     """eps (1e-8, 1e-10) rounds to 0 in float16, so a zero gradient would step by 0/0 = NaN:
