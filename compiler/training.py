@@ -599,6 +599,10 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
         for obj in objectives_of(spec):
             obj_loss = loss if obj.loss is spec.loss else _scalar_loss(low, obj.loss)
             _gradients(low, obj_loss, obj, _trained(spec, low, obj))
+    if spec.generate:  # what compiling the decoding graph would refuse
+        from .generate import build_generator
+
+        build_generator(spec, dtype)
     low.warnings = unused_entries(spec)
     return low
 
