@@ -232,6 +232,9 @@ def samples_of(run_dir: str, count: int | None = None, seed: int = 0, checkpoint
                noise: tuple[str, float] | None = None) -> Samples:
     runner = InferRunner(run_dir, checkpoint)
     if runner.count_input() is not None and runner.float_input() is None:
+        if noise is not None:
+            raise DataError(f"{run_dir} holds a generator: it draws new digits and corrupts none",
+                            hint="--corrupt is for auto-encoders' input / corrupted / reconstructed triples")
         return generate(run_dir, count or 64, seed, checkpoint)
     return reconstruct(run_dir, count or 16, seed, checkpoint, noise)
 

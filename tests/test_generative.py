@@ -309,7 +309,8 @@ def test_plot_samples(tmp_path):
     # user mistakes are one-line errors, and no partial file is left
     for args, words in ((["-o", str(tmp_path / "p.xyz")], "cannot write a 'xyz' image"),
                         (["-o", str(tmp_path / "x.png"), "--seed", str(10**20)], "fit in 64 bits"),
-                        (["-o", str(tmp_path / "x.png"), "--count", str(10**10)], "count must be between")):
+                        (["-o", str(tmp_path / "x.png"), "--count", str(10**10)], "count must be between"),
+                        (["-o", str(tmp_path / "x.png"), "--corrupt", "0.5"], "corrupts none")):
         res = runner.invoke(app, ["plot", "samples", str(tmp_path / "vae"), *args])
         assert res.exit_code == 1 and words in res.output, (args, res.output)
         assert isinstance(res.exception, SystemExit), (args, res.exception)  # not a traceback
