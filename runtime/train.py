@@ -316,6 +316,11 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
     run_dir = prepare_run_dir(spec, opts)
     with run_lock(run_dir):
         remove_stale_temporaries(run_dir)  # of a process killed while writing
+        ckpt_path = os.path.join(run_dir, CHECKPOINT)
+        state, meta, warm_start = None, {}, None
+        if opts.resume:  # read first: the run's seed orders and splits the data
+            state, meta = load_checkpoint(ckpt_path)
+            seed = _resumed_seed(meta, opts.seed, seed, ckpt_path)
         cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         streams = (train_ds.meta or {}).get("streams")
@@ -341,11 +346,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             max_steps or epochs * steps_per_epoch
         epochs = epochs or -(-total_steps // steps_per_epoch)
 
-        state, meta, warm_start = None, {}, None
-        ckpt_path = os.path.join(run_dir, CHECKPOINT)
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
         if opts.resume:
-            state, meta = load_checkpoint(ckpt_path)
             _check_state(cm, state, ckpt_path, seed)
             if "trained" in meta and meta["trained"] != trained:
                 # the optimizer's flat state vectors follow the trained parameters, in order
@@ -510,6 +512,20 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                              history[-1] if history else {}, best, history, stopped, warm_start)
         atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode())
         return result
+
+
+def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int:
+    """The seed a resumed run continues with: the one it was trained with (its data order,
+    validation split and dropout masks follow it), whatever the spec now says; a --seed that
+    differs is refused."""
+    if "seed" not in meta:
+        return default
+    seed = int(meta["seed"])
+    if asked is not None and int(asked) != seed:
+        raise FlowgradError(f"--seed {asked} differs from the seed {seed} that {path} was trained with",
+                            hint="a resumed run keeps its seed (data order, validation split, dropout): leave out "
+                                 "--seed, or start over with --overwrite")
+    return seed
 
 
 def _difference(before: dict, now: dict) -> str:

@@ -90,6 +90,26 @@ def test_resume_continues_exactly(tmp_path):
     assert timeless(resumed.history) == timeless(full.history)
 
 
+def test_resume_keeps_the_seed_the_run_was_trained_with(tmp_path):
+    """A run trained with --seed 5 and resumed without --seed continues with seed 5 (data
+    order, validation split, dropout), not the spec's; another --seed is refused."""
+    spec = load(MLP, SMALL)
+    full = train(spec, run_dir=str(tmp_path / "full"), epochs=3, seed=5, threads=1, device="cpu")
+    train(spec, run_dir=str(tmp_path / "part"), epochs=1, seed=5, threads=1, device="cpu")
+    with pytest.raises(FlowgradError, match="--seed 3 differs from the seed 5"):
+        train(spec, run_dir=str(tmp_path / "part"), epochs=3, seed=3, threads=1, device="cpu", resume=True)
+    resumed = train(spec, run_dir=str(tmp_path / "part"), epochs=3, threads=1, device="cpu", resume=True)
+    a, _ = load_checkpoint(str(tmp_path / "full" / "checkpoint.npz"))
+    b, meta = load_checkpoint(str(tmp_path / "part" / "checkpoint.npz"))
+    assert meta["seed"] == 5
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    timeless = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert timeless(resumed.history) == timeless(full.history)
+    with open(tmp_path / "part" / "run.json") as f:
+        assert json.load(f)["seed"] == 5
+
+
 def _flowgrad():
     exe = os.path.join(os.path.dirname(sys.executable), "flowgrad")
     return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
