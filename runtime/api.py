@@ -66,6 +66,9 @@ def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str 
                             hint="pass a run directory that 'flowgrad train' wrote") from None
     if checkpoint not in ("best", "last"):
         raise FlowgradError(f"unknown checkpoint {checkpoint!r}", hint="choose best or last")
+    for name, value in (("batch_size", batch_size), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise FlowgradError(f"--{name.replace('_', '-')} must be an integer of at least 1, got {value!r}")
     cm = compile_spec(spec, info.get("dtype"))  # the float type the run trained in
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
     if not os.path.exists(ckpt):  # a run stopped before its first epoch ended has no best yet

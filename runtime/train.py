@@ -284,6 +284,7 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
 
 def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
     opts = opts or TrainOptions()
+    _check_counts(opts)
     t_start = time.perf_counter()
     spec = spec.with_batch_size(opts.batch_size)  # the graphs' layout choices follow the batch trained with
     cfg = spec.train or {}
@@ -512,6 +513,20 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                              history[-1] if history else {}, best, history, stopped, warm_start)
         atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode())
         return result
+
+
+def _check_counts(opts: TrainOptions) -> None:
+    """The options the CLI bounds, bounded the same way when they come through the API (an
+    epochs=0 trained the spec's epochs, a negative batch size or epoch count trained nothing)."""
+    for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("threads", 1), ("seed", 0),
+                        ("checkpoint_every", 0)):
+        value = getattr(opts, name)
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+            flag = "--" + name.replace("_", "-")
+            raise FlowgradError(f"{flag} must be an integer of at least {least}, got {value!r}",
+                                hint=f"leave {name} out for the default" if name != "checkpoint_every" else None)
 
 
 def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int:

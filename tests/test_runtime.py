@@ -110,6 +110,30 @@ def test_resume_keeps_the_seed_the_run_was_trained_with(tmp_path):
         assert json.load(f)["seed"] == 5
 
 
+@pytest.mark.parametrize("option", [dict(epochs=0), dict(epochs=-1), dict(steps=0), dict(batch_size=0),
+                                    dict(batch_size=-5), dict(threads=-1), dict(seed=-1), dict(epochs=2.5),
+                                    dict(checkpoint_every=-1)])
+def test_api_options_are_bounded_like_the_cli_flags(tmp_path, option):
+    """train(spec, epochs=0) trained the spec's 40 epochs, epochs=-1 or batch_size=-5 trained
+    nothing and reported "finished"; each is refused like its CLI flag, before any run file."""
+    with pytest.raises(FlowgradError, match="must be an integer of at least"):
+        train(load(MLP, SMALL), run_dir=str(tmp_path / "run"), device="cpu", **option)
+    assert not (tmp_path / "run").exists()
+
+
+def test_api_evaluation_batch_size_is_bounded(tmp_path):
+    """evaluate_run(batch_size=-1) returned {} (no metrics, no error); batch_size=0 a ValueError."""
+    from runtime.api import evaluate_run
+
+    train(load(MLP, SMALL), run_dir=str(tmp_path / "run"), epochs=1, threads=1, device="cpu")
+    x = np.random.default_rng(0).random((8, 64), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(8) % 10)
+    for bad in (0, -1):
+        with pytest.raises(FlowgradError, match="--batch-size must be an integer of at least 1"):
+            evaluate_run(str(tmp_path / "run"), str(tmp_path / "d.npz"), device="cpu", batch_size=bad)
+    assert set(evaluate_run(str(tmp_path / "run"), str(tmp_path / "d.npz"), device="cpu")) == {"loss", "accuracy"}
+
+
 def _flowgrad():
     exe = os.path.join(os.path.dirname(sys.executable), "flowgrad")
     return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
