@@ -60,6 +60,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
             if inp.name not in state:
                 raise ExportError(f"{ckpt} lacks the parameter {inp.name!r} that the graph needs",
                                   hint="the checkpoint and the graphs come from different runs")
+            _check_fits_input(state[inp.name], inp, ckpt, graph_path)
             model.graph.initializer.append(numpy_helper.from_array(state[inp.name], inp.name))
             baked.append(inp.name)
         else:
@@ -107,6 +108,20 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
             raise
     return {"path": output, "inputs": [i.name for i in kept], "outputs": [o.name for o in model.graph.output],
             "parameters": len(baked), "bytes": size}
+
+
+def _check_fits_input(value: np.ndarray, inp: onnx.ValueInfoProto, ckpt: str, graph_path: str) -> None:
+    """A parameter baked in for a graph input has that input's shape (onnx's checker lets an
+    initializer of another shape replace an input, and the graph may even run with it)."""
+    t = inp.type.tensor_type
+    if not t.HasField("shape"):
+        return
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    if len(dims) != value.ndim or any(d is not None and d != n for d, n in zip(dims, value.shape)):
+        raise ExportError(f"the checkpoint {ckpt} does not fit the graph {graph_path}: {inp.name} has shape "
+                          f"{list(value.shape)} there, the graph takes {['?' if d is None else d for d in dims]}",
+                          hint="the checkpoint and the graphs come from different runs (a run started over "
+                               "with --overwrite and stopped before its first checkpoint?)")
 
 
 def _check_exported(model: onnx.ModelProto | str, ckpt: str, graph_path: str) -> None:

@@ -134,6 +134,22 @@ def test_api_evaluation_batch_size_is_bounded(tmp_path):
     assert set(evaluate_run(str(tmp_path / "run"), str(tmp_path / "d.npz"), device="cpu")) == {"loss", "accuracy"}
 
 
+def test_export_refuses_a_checkpoint_whose_shapes_differ_from_the_runs_graphs(tmp_path):
+    """A run started over with --overwrite and other dims, stopped before its first checkpoint,
+    holds the new graphs and the old checkpoints: export baked the old [64, 16] weights into
+    the [64, 32] graph and wrote a model (onnx's checker let it through)."""
+    import shutil
+
+    train(load(MLP, ["dims.H=16"]), run_dir=str(tmp_path / "old"), epochs=1, threads=1, device="cpu")
+    train(load(MLP, SMALL), run_dir=str(tmp_path / "new"), epochs=1, threads=1, device="cpu")
+    for name in ("best.npz", "checkpoint.npz"):
+        shutil.copyfile(tmp_path / "old" / name, tmp_path / "new" / name)
+    with pytest.raises(FlowgradError, match=r"W1 has shape \[64, 16\] there, the graph takes \[64, 32\]"):
+        export(str(tmp_path / "new"), str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+    export(str(tmp_path / "old"), str(tmp_path / "m.onnx"))  # a run's own checkpoint fits
+
+
 def _flowgrad():
     exe = os.path.join(os.path.dirname(sys.executable), "flowgrad")
     return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
