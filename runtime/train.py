@@ -374,6 +374,9 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         _rewrite_metrics(run_dir, history)
         stopping = cfg.get("early_stopping")
         stopped = "finished"
+        if stopping and history and bad_epochs >= int(stopping.get("patience", 5)):
+            # resuming a run that early stopping ended: it stays ended (a larger patience goes on)
+            stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
 
         def checkpoint(pos, also_best=False):
             state = trainer.state_numpy()

@@ -195,6 +195,24 @@ def test_early_stopping(tmp_path, data):
     assert result.best["epoch"] == 1
 
 
+def test_resuming_a_run_that_early_stopping_ended_trains_no_more(tmp_path, data):
+    """--resume of an early-stopped run trained one more epoch (or more, when it improved):
+    a run killed after its last checkpoint and resumed did not end as the uninterrupted one."""
+    text = REGRESSION + "  early_stopping: {metric: train_loss, mode: max, patience: 2}\n"
+    spec = _spec(text, tmp_path)
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, epochs=20, threads=1, device="cpu")
+    first = train(spec, **opts)
+    before = _params(opts["run_dir"])
+    again = train(spec, resume=True, **opts)
+    assert again.epochs == first.epochs == 3 and again.steps == first.steps
+    assert again.stopped == first.stopped
+    after = _params(opts["run_dir"])
+    for k in before:
+        assert np.array_equal(before[k], after[k]), k
+    longer = _spec(text.replace("patience: 2", "patience: 3"), tmp_path, "longer.yaml")
+    assert train(longer, resume=True, **opts).epochs == 4  # a larger patience goes on
+
+
 def test_stateful_lstm_continues_the_previous_batch():
     """With state carried across batches, the loss on batch 2 equals the loss of the same
     positions when the model reads batches 1 and 2 as one long sequence from a zero state."""
