@@ -365,6 +365,11 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
 
         schedules = {o.name: lr_schedule(o.optimizer.hp["lr"], cfg.get("lr_schedule"), total_steps, steps_per_epoch)
                      for o in cm.objectives}
+        partial = meta.get("partial")
+        if partial and int(meta.get("step", 0)) < total_steps:
+            # a run that its step limit stopped mid-epoch, resumed with a larger one: the epoch goes
+            # on from where the steps stopped, and its record (of part of the epoch) is made anew
+            meta = {**meta, **partial, "history": list(meta.get("history", []))[:-1]}
         step = int(meta.get("step", 0))
         epoch = int(meta.get("epoch", 0))
         position = int(meta.get("position", 0))
@@ -378,14 +383,15 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             # resuming a run that early stopping ended: it stays ended (a larger patience goes on)
             stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
 
-        def checkpoint(pos, also_best=False):
+        def checkpoint(pos, also_best=False, partial=None):
             state = trainer.state_numpy()
             _check_state_finite(state, step, epoch, run_dir)  # never replace a good checkpoint with NaNs
             data = checkpoint_bytes(state, {
                 "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
                 "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,
                 # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
-                "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0})
+                "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0,
+                **({"partial": partial} if partial else {})})
             if also_best:  # first: killed between the two writes, the resumed run redoes the epoch and both agree
                 atomic_write(os.path.join(run_dir, BEST), data)
             atomic_write(ckpt_path, data)
@@ -398,6 +404,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 sums, count = (dict(meta.get("epoch_sums", {})), int(meta.get("epoch_count", 0))) if position else ({}, 0)
                 t_epoch = time.perf_counter()
                 progress.start_epoch(epoch, position // (batch_size * opts.accumulate))
+                reached = position  # the data position after the last step
                 group: list = []  # the batches of one update (--accumulate)
                 pending: list = []  # (position after it, batch) of the steps of one call (--steps-per-call)
 
@@ -422,9 +429,10 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
 
                 def end_step(n, next_pos) -> bool:
                     """Count one step; True when training has reached its last step."""
-                    nonlocal count, step
+                    nonlocal count, step, reached
                     count += n if not overflows else 0
                     step += 1
+                    reached = next_pos
                     progress.advance({k: v / count for k, v in sums.items()} if count else {},
                                      count / max(time.perf_counter() - t_epoch, 1e-9))
                     if opts.checkpoint_every and step % opts.checkpoint_every == 0 and next_pos < len(train_ds):
@@ -482,6 +490,12 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 if pending:
                     run_pending()
                 position = 0
+                epoch_end = len(train_ds) - (len(train_ds) % batch_size if cfg.get("drop_last") else 0)
+                partial = None
+                if step >= total_steps and reached < epoch_end:  # the step limit stopped the run mid-epoch
+                    # what a resume with a larger limit goes on from (this record is then redone)
+                    partial = {"epoch": epoch, "position": reached, "epoch_sums": dict(sums), "epoch_count": count,
+                               "best": dict(best), "bad_epochs": bad_epochs}
                 record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
                 if valid_ds is not None:
                     try:
@@ -504,7 +518,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 if improved:
                     best = dict(record)
                 history.append(record)
-                checkpoint(0, also_best=improved)
+                checkpoint(0, also_best=improved, partial=partial)
                 with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
                     f.write(json.dumps(record) + "\n")
                 progress.end_epoch(record)

@@ -150,6 +150,28 @@ def test_export_refuses_a_checkpoint_whose_shapes_differ_from_the_runs_graphs(tm
     export(str(tmp_path / "old"), str(tmp_path / "m.onnx"))  # a run's own checkpoint fits
 
 
+def test_a_run_its_step_limit_stopped_mid_epoch_resumes_where_it_stopped(tmp_path):
+    """--steps 30 (an epoch is 23 steps) ends in epoch 2; resumed with --steps 46, the run
+    skipped the rest of epoch 2 (its checkpoint said: next epoch, position 0) and ended unlike
+    an uninterrupted --steps 46 run. Now it goes on with epoch 2's batches and records."""
+    spec = load(MLP, SMALL)
+    common = dict(threads=1, device="cpu", seed=3)
+    full = train(spec, run_dir=str(tmp_path / "full"), steps=46, **common)
+    first = train(spec, run_dir=str(tmp_path / "part"), steps=30, **common)
+    assert first.steps == 30 and [h["step"] for h in first.history] == [23, 30]
+    again = train(spec, run_dir=str(tmp_path / "part"), steps=30, resume=True, **common)  # done: nothing more
+    assert again.steps == 30 and [h["step"] for h in again.history] == [23, 30]
+    resumed = train(spec, run_dir=str(tmp_path / "part"), steps=46, resume=True, **common)
+    a, _ = load_checkpoint(str(tmp_path / "full" / "checkpoint.npz"))
+    b, _ = load_checkpoint(str(tmp_path / "part" / "checkpoint.npz"))
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    timeless = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert timeless(resumed.history) == timeless(full.history)
+    with open(tmp_path / "part" / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [23, 46]
+
+
 def _flowgrad():
     exe = os.path.join(os.path.dirname(sys.executable), "flowgrad")
     return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
