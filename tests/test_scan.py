@@ -887,3 +887,35 @@ def test_bad_scan_arguments_are_located_errors(call, words):
     with pytest.raises(SpecError, match=words) as e:
         compile_spec(spec_from_text(BAD_ARGS_SPEC % call, "bad.yaml"), graphs=("train",))
     assert str(e.value).startswith("bad.yaml:23:"), str(e.value)
+
+
+INT_OUTPUTS_SPEC = HEAD + """\
+inputs:
+  x: {shape: [N, T, E]}
+blocks:
+  step:
+    in: [x_t, h, k]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      h2: tanh(x_t @ W + h @ U) * cast(k, 'float64')
+      k2: k + 1
+      a: argmax(h2, axis=-1)
+    out: [h2, k2%s]
+graph:
+  hs, ks%s: scan(step, over=x, init=[zeros(N, H), cast(zeros(N, H), 'int64') + 1]%s)
+loss: sum(hs * hs)
+"""
+
+
+@pytest.mark.parametrize("kw", ["", ", reverse=true", ", unroll=true"])
+def test_integer_states_and_outputs_of_a_differentiated_scan(kw):
+    """An integer state (a step counter) or per-step output (an argmax) gets no cotangent: the
+    scan's gradient used to fail on it (AttributeError), and must equal the gradient without it."""
+    with_int = _grads(spec_from_text(INT_OUTPUTS_SPEC % (", a", ", am", kw), "int.yaml"))[1]
+    without = _grads(spec_from_text(INT_OUTPUTS_SPEC % ("", "", kw), "int.yaml"))[1]
+    assert sorted(with_int) == sorted(without) == ["grad/step.U", "grad/step.W", "loss"]
+    for k in without:
+        np.testing.assert_allclose(with_int[k], without[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    assert np.abs(with_int["grad/step.U"]).max() > 1e-6

@@ -260,8 +260,9 @@ class Scan(OpDef):
         lam = [bg.add_input(f"lam{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
         prev_t = [bg.add_input(f"prev{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
         seq_t = [bg.add_input(f"seq{k}", v.dtype, v.shape) for k, v in enumerate(b.seqs)]
-        # Cotangents that are zeros (states or outputs nothing outside reads) are not fed in.
-        is_zero = lambda v: v.producer is not None and v.producer.op.name == "zeros_like"  # noqa: E731
+        # Cotangents that are zeros (states or outputs nothing outside reads) are not fed in,
+        # nor the None of integer states and outputs (a counter, an argmax per step).
+        is_zero = lambda v: v is None or (v.producer is not None and v.producer.op.name == "zeros_like")  # noqa: E731
         live_c = [k for k, v in enumerate(g_stacked) if not is_zero(v)]
         live_y = [k for k, v in enumerate(g_ys) if not is_zero(v)]
         g_stacked = [g_stacked[k] for k in live_c]
