@@ -220,6 +220,9 @@ class Lowering:
         finally:
             self._target, self._layer_calls = saved
         if len(a.targets) == 1:
+            if isinstance(value, tuple):  # else the tuple surfaces later, at a use of the name
+                raise SpecError(f"'{a.targets[0]}' is given {len(value)} values, but names one", a.loc,
+                                f"name each of them: '{a.targets[0]}, ...: ...' (one name per value)")
             self.env[a.targets[0]] = value
         else:
             if not isinstance(value, tuple) or len(value) != len(a.targets):

@@ -290,18 +290,34 @@ def _scalar_loss(low: Lowering, obj_loss: S.Assign) -> Value:
         else:
             loss = low.eval(obj_loss.expr)
     if not isinstance(loss, Value) or not is_float(loss.dtype) or loss.shape != ():
-        what = loss.type if isinstance(loss, Value) else repr(loss)
+        what = loss.type if isinstance(loss, Value) else f"{len(loss)} values" if isinstance(loss, tuple) else repr(loss)
         raise ShapeError(f"the loss must be a float scalar, got {what}", obj_loss.expr.loc,
                          "reduce it, e.g. mean(...) or sum(...)")
     return loss
 
 
+def _tensor_entry(low: Lowering, a: S.Assign, kind: str) -> Value:
+    """The value of a metric or an output: one tensor, or a number made one."""
+    v = low.eval(a.expr)
+    if isinstance(v, tuple):
+        raise SpecError(f"{kind} {a.targets[0]!r} is {len(v)} values, not one tensor", a.expr.loc,
+                        "name them in the graph ('a, b: ...') and give the one you want")
+    if isinstance(v, (bool, int, float)) or (isinstance(v, list) and all(
+            isinstance(i, (bool, int, float)) for i in v)):
+        v = low.graph.lift(v)
+    if not isinstance(v, Value):
+        if isinstance(v, list):
+            raise SpecError(f"{kind} {a.targets[0]!r} must be a tensor or a number, not a list of tensors",
+                            a.expr.loc, f"give each tensor its own {kind}")
+        raise SpecError(f"{kind} {a.targets[0]!r} must be a tensor or a number, not {v!r}", a.expr.loc,
+                        "write an expression over the graph's values, e.g. softmax(logits)")
+    return v
+
+
 def _metrics(low: Lowering, spec: S.Spec) -> dict[str, Value]:
     out = {}
     for m in spec.metrics:
-        v = low.eval(m.expr)
-        if not isinstance(v, Value):
-            v = low.graph.lift(v)
+        v = _tensor_entry(low, m, "metric")
         if v.shape != ():
             raise ShapeError(f"metric {m.targets[0]!r} must be a scalar, got {v.type}", m.expr.loc, "reduce it, e.g. mean(...)")
         out[m.targets[0]] = low.graph.cast(v, low.graph.float_dtype)
@@ -554,10 +570,7 @@ def build_infer(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
     g.rng_inputs = rng_inputs
     b = _Builder(low.graph, spec.name)
     for a in spec.outputs:
-        v = low.eval(a.expr)
-        if not isinstance(v, Value):
-            v = low.graph.lift(v)
-        b.out(a.targets[0], "output", v)
+        b.out(a.targets[0], "output", _tensor_entry(low, a, "output"))
     return b.emit("infer", optimize_graph, "deployment outputs")
 
 
@@ -594,7 +607,7 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
     loss = _scalar_loss(low, spec.loss) if spec.loss is not None else None
     _metrics(low, spec)
     for a in spec.outputs:
-        low.eval(a.expr)
+        _tensor_entry(low, a, "output")
     if objectives:
         for obj in objectives_of(spec):
             obj_loss = loss if obj.loss is spec.loss else _scalar_loss(low, obj.loss)
