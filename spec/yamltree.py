@@ -33,6 +33,11 @@ _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+# YAML 1.1 forms of numbers that are not what they look like (YAML 1.2 dropped both)
+_OCTAL = re.compile(r"^[-+]?0[0-7_]*[0-7][0-7_]*$")
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
 _CONSTRUCT = {
     "tag:yaml.org,2002:null": SafeConstructor.construct_yaml_null,
     "tag:yaml.org,2002:bool": SafeConstructor.construct_yaml_bool,
@@ -359,10 +364,25 @@ class _Builder:
         construct = _CONSTRUCT.get(node.tag)
         if construct is None:
             raise self.tag_error(node)
+        if node.tag in (_INT, _FLOAT) and node.style is None:
+            self.check_number_form(node)
         try:
             return construct(self.loader, node), None
         except (ValueError, OverflowError, yaml.YAMLError) as e:
             raise SpecError(f"cannot read {node.value!r}: {e}", self.loc(node.start_mark)) from None
+
+    def check_number_form(self, node: ScalarNode) -> None:
+        """Refuse YAML 1.1's number forms that a reader takes for decimals: 010 is 8, 1:30 is 90."""
+        text = node.value
+        if _OCTAL.match(text) and SafeConstructor.construct_yaml_int(self.loader, node) != int(text.replace("_", "")):
+            value = SafeConstructor.construct_yaml_int(self.loader, node)
+            decimal = text[:1].strip("0123456789_") + text.lstrip("+-0_")
+            raise SpecError(f"'{text}' is read as the octal number {value}: a leading zero makes YAML read base 8",
+                            self.loc(node.start_mark), f"write {decimal} without the leading zero")
+        if _SEXAGESIMAL.match(text):
+            value = _CONSTRUCT[node.tag](self.loader, node)
+            raise SpecError(f"'{text}' is read as the base-60 number {value}", self.loc(node.start_mark),
+                            "YAML reads numbers with ':' as minutes and seconds; quote the value if it is text")
 
     def key(self, node) -> str:
         loc = self.loc(node.start_mark)

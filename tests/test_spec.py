@@ -486,6 +486,19 @@ def test_yaml_values_people_write():
     assert t["sgd"] == {"lr": 0.5, "momentum": 0.9}
 
 
+def test_yaml_numbers_that_are_not_what_they_look_like_are_errors():
+    # YAML 1.1 reads a leading zero as octal (batch_size: 064 is 52) and ':' as base 60 (1:30 is 90)
+    e = error(MLP.replace("batch_size: 64", "batch_size: 064"))
+    assert e.message == "'064' is read as the octal number 52: a leading zero makes YAML read base 8"
+    assert e.hint == "write 64 without the leading zero" and line_col(e) == "27:15"
+    e = error(MLP.replace("dims: {D: 64", "dims: {D: 1:04"))
+    assert e.message == "'1:04' is read as the base-60 number 64" and line_col(e) == "4:11"
+    e = error(MLP, ["dims.H=040"])
+    assert e.loc == Loc("--set dims.H=040", 1, 14)
+    t = load_yaml("a: 0\nb: 00\nc: 07\nd: '010'\ne: 0x10\nf: 10:30 x\n", "f")  # same in base 8 and 10, or text
+    assert t == {"a": 0, "b": 0, "c": 7, "d": "010", "e": 16, "f": "10:30 x"}
+
+
 def test_duplicate_keys_are_errors():
     e = error(MLP.replace("  b1: {shape: [H], init: zeros}", "  b1: {shape: [H], init: zeros}\n  b1: {shape: [H], init: ones}"))
     assert e.message == "duplicate key 'b1' (first defined at models/t.yaml:10:3)" and line_col(e) == "11:3"
