@@ -121,6 +121,10 @@ def apply_override(tree: LocMap, text: str) -> None:
             raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
                             Loc(origin, 1, cols[i]))
     last = keys[-1]
+    if keys[:-1] == ["dims"] and isinstance(node, LocMap) and last not in node:
+        # only the file's expressions use dims: a new one changes nothing, so it is a misspelt one
+        raise SpecError(f"cannot set '{path_text}': the spec has no dim '{last}'", Loc(origin, 1, cols[-1]),
+                        _choices_hint(last, node.keys()) if node else "the spec has no dims")
     if isinstance(node, LocMap):
         node.set(last, value, Loc(origin, 1, cols[-1]), value_loc, src)
     elif isinstance(node, LocList) and last.isdigit() and int(last) < len(node):

@@ -185,6 +185,9 @@ def test_override_errors_say_where_the_value_came_from():
     assert e.loc == Loc("--set graph.h=relu(x) % 2", 1, 23)
     e = error(MLP, ["train.batch_size=big"])
     assert e.message == "train.batch_size must be an integer, not the string 'big'"
+    e = error(MLP, ["dims.Hx=32"])  # a dim only the command line defines is a misspelt one: H stayed 256
+    assert e.message == "cannot set 'dims.Hx': the spec has no dim 'Hx'" and e.hint == "did you mean 'H'?"
+    assert e.loc == Loc("--set dims.Hx=32", 1, 12)
     for bad in ["dims.H", "dims..H=3", "name.x=3"]:
         with pytest.raises(SpecError):
             load(MLP, [bad])
