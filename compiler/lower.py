@@ -367,6 +367,9 @@ class Lowering:
     def call(self, e: S.Call):
         from . import layers, recurrent  # noqa: F401  (recurrent registers its cells as layers)
 
+        if e.func in self.spec.blocks and (e.func in _SPECIAL_FORMS or e.func in all_ops() or e.func in layers.LAYERS):
+            raise SpecError(f"block {e.func!r} has the name of an op: {e.func}(...) would be ambiguous",
+                            self.spec.blocks[e.func].loc, "give the block another name")
         if e.func == "scan":
             from .recurrent import lower_scan
 
@@ -381,13 +384,14 @@ class Lowering:
 
             args = [e.args[0].id] + [self.eval(a) for a in e.args[1:]]
             return self._run_layer(LAYERS["bidirectional"], e, args, self._eval_kwargs(e))
-        if e.func in ("zeros", "ones") and not e.kwargs:
+        if e.func in ("zeros", "ones"):
+            if e.kwargs:  # else zeros(N, H, dtype=...) went on as an unknown op, and N was 'undefined'
+                k = next(iter(e.kwargs))
+                raise SpecError(f"{e.func}() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
+                                f"{e.func}(N, H) takes only sizes and gives the model's float type; "
+                                f"cast(...) it for another one")
             return self.fill(e, 0.0 if e.func == "zeros" else 1.0)
         if e.func in self.spec.blocks:
-            if e.func in all_ops() or e.func in layers.LAYERS:
-                block = self.spec.blocks[e.func]
-                raise SpecError(f"block {e.func!r} has the name of an op: {e.func}(...) would be ambiguous",
-                                block.loc, "give the block another name")
             return self.call_block(e)
         self._check_keywords(e)
         args = [self.eval(a) for a in e.args]
@@ -418,7 +422,11 @@ class Lowering:
         from .recurrent import _block_lowering
 
         block = self.spec.blocks[e.func]
-        if e.kwargs or len(e.args) != len(block.inputs):
+        if e.kwargs:
+            k = next(iter(e.kwargs))
+            raise SpecError(f"block {e.func!r} takes no keyword arguments, got {k!r}", e.kwarg_locs.get(k, e.loc),
+                            f"pass its inputs ({', '.join(block.inputs)}) positionally, in the block's 'in' order")
+        if len(e.args) != len(block.inputs):
             raise SpecError(f"block {e.func!r} takes {len(block.inputs)} argument(s) ({', '.join(block.inputs)}), "
                             f"got {len(e.args) + len(e.kwargs)}", e.loc, "pass them positionally, in the block's 'in' order")
         args = [self.tensor(a) for a in e.args]
@@ -526,6 +534,9 @@ class Lowering:
             raise SpecError(f"{op.name}() cannot use {what}", arg_locs.get(next(iter(attrs))) if len(attrs) == 1 else e.loc,
                             f"signature: {signature(op)}") from ex
 
+
+# Calls the lowering handles itself, before ops, layers and blocks.
+_SPECIAL_FORMS = ("scan", "grad", "hvp", "jacobian", "bidirectional", "zeros", "ones")
 
 # What an op's shape rule or a layer raises when handed an argument of a kind it does not expect.
 _RULE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError, ZeroDivisionError)
