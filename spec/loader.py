@@ -10,6 +10,7 @@ import ast
 import functools
 import json
 import keyword
+import math
 import os
 import re
 from pathlib import Path
@@ -213,7 +214,28 @@ def validate_tree(tree: LocMap, file: str) -> list[SpecError]:
             if key not in seen:
                 seen.add(key)
                 errors.append(err)
-    return errors
+    located = {loc for loc, _ in seen}
+    return errors + [e for e in _non_finite(tree, [], file) if e.loc not in located]
+
+
+def _non_finite(node, path, file) -> list[SpecError]:
+    """Every nan or inf written as a YAML number (.nan, .inf, 1e400): no setting of a spec takes one."""
+    out = []
+    if isinstance(node, LocMap):
+        for key, value in node.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out.append(SpecError(f"{_where(path + [key])} must be a finite number, not {value}",
+                                     node.value_locs.get(key) or node.loc, "write a finite number"))
+            else:
+                out += _non_finite(value, path + [key], file)
+    elif isinstance(node, LocList):
+        for i, value in enumerate(node):
+            if isinstance(value, float) and not math.isfinite(value):
+                out.append(SpecError(f"{_where(path + [i])} must be a finite number, not {value}",
+                                     node.item_locs[i], "write a finite number"))
+            else:
+                out += _non_finite(value, path + [i], file)
+    return out
 
 
 def _where(path) -> str:

@@ -502,6 +502,18 @@ def test_yaml_numbers_that_are_not_what_they_look_like_are_errors():
     assert t == {"a": 0, "b": 0, "c": 7, "d": "010", "e": 16, "f": "10:30 x"}
 
 
+def test_non_finite_numbers_are_errors():
+    # a nan gain or l2 went through to the parameters or the update; only lr was checked, at the optimizer
+    for old, new, where, lc in [("lr: 0.1", "lr: .nan", "train.optimizer.sgd.lr", "26:25"),
+                                ("batch_size: 64", "batch_size: 64\n  l2: .inf", "train.l2", "28:7"),
+                                ("init: glorot_uniform", "init: {glorot_uniform: {gain: .nan}}", "params.W1.init.glorot_uniform.gain", "9:53")]:
+        e = error(MLP.replace(old, new, 1))
+        assert e.message in (f"{where} must be a finite number, not nan", f"{where} must be a finite number, not inf")
+        assert line_col(e) == lc, (where, line_col(e))
+    e = error(MLP, ["train.optimizer.sgd.weight_decay=-.inf"])
+    assert e.message == "train.optimizer.sgd.weight_decay must be >= 0, not -inf"  # one message per value
+
+
 def test_duplicate_keys_are_errors():
     e = error(MLP.replace("  b1: {shape: [H], init: zeros}", "  b1: {shape: [H], init: zeros}\n  b1: {shape: [H], init: ones}"))
     assert e.message == "duplicate key 'b1' (first defined at models/t.yaml:10:3)" and line_col(e) == "11:3"
