@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from compiler.check import exact_float64_optimizers
 from compiler.emit import OPSET, all_nodes, narrow_types, widen_unsupported_types
 from spec.errors import FlowgradError
 
@@ -122,9 +123,10 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     narrow = narrow_types(model)
     # onnxruntime 1.31's blocked-layout rewrite (it speeds up float32 convolutions only) crashes
     # the process while making sessions of some float16 graphs with a Scan: keep it out of them.
-    no_nchwc = {"disabled_optimizers": ["NchwcTransformer"]} if narrow or _narrow_values(model) else {}
+    disabled = ["NchwcTransformer"] if narrow or _narrow_values(model) else exact_float64_optimizers(model)
+    disabling = {"disabled_optimizers": disabled} if disabled else {}
     if not narrow:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers, **no_nchwc)
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers, **disabling)
     # onnxruntime has no kernel for some ops in the narrow types (bfloat16 ArgMax, Log and
     # comparisons on CUDA; nearly everything on the CPU): those run in float32 between Casts.
     # Which ops is learned from its refusals, one op type a try, and kept for later sessions.
@@ -136,7 +138,7 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
         if learned & present:
             widen_unsupported_types(wide, learned)
         try:
-            return ort.InferenceSession(wide.SerializeToString(), opts, providers=providers, **no_nchwc)
+            return ort.InferenceSession(wide.SerializeToString(), opts, providers=providers, **disabling)
         except ORT_ERRORS as err:
             missing = _MISSING_KERNEL.search(str(err))
             op_type = missing and (missing.group(1) or missing.group(2))
