@@ -458,7 +458,7 @@ class Lowering:
         layer, op = layers.LAYERS.get(e.func), all_ops().get(e.func)
         if layer is None and op is None:
             return  # an unknown op is reported by get_op_at
-        known = [*(layer.positional + layer.keywords if layer else ()), *(op.inputs + tuple(op.attrs) if op else ())]
+        known = [*(layer.positional + layer.keywords if layer else ()), *(op.inputs + spec_attrs(op) if op else ())]
         for k in e.kwargs:
             if k not in known:
                 usage = layer.usage if layer else signature(op)
@@ -468,7 +468,7 @@ class Lowering:
     def apply_op(self, op, e: S.Call, args: list, kwargs: dict):
         """Bind positional arguments: tensors first (op.inputs), then attributes in declared order."""
         g = self.graph
-        attr_names = list(op.attrs)
+        attr_names = list(spec_attrs(op))
         tensors, attrs, attr_locs = [], {}, {}
         if op.variadic:
             tensors = list(args)
@@ -590,8 +590,14 @@ def get_op_at(e: S.Call):
         return ops[e.func]
 
 
+def spec_attrs(op) -> tuple:
+    """The attributes a spec may give an op, in declared order."""
+    return tuple(k for k in op.attrs if k not in op.internal_attrs)
+
+
 def signature(op) -> str:
     parts = ["*" + op.inputs[0] + "s" if op.variadic else n for n in ([op.inputs[0]] if op.variadic else op.inputs)]
-    for k, d in op.attrs.items():
+    for k in spec_attrs(op):
+        d = op.attrs[k]
         parts.append(k if d is REQUIRED else f"{k}={d!r}")
     return f"{op.name}({', '.join(parts)})"

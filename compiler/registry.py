@@ -54,6 +54,7 @@ class OpDef:
     inputs: tuple = ("x",)  # names of tensor inputs, for docs and call binding
     variadic: bool = False  # takes any number of tensor inputs
     attrs: dict = {}  # attribute name -> default (or REQUIRED)
+    internal_attrs: tuple = ()  # attributes the compiler sets and specs cannot write
     n_outputs: int = 1
     nondiff: bool = False  # no gradient flows through (argmax, comparisons, random)
     composite: bool = False  # built from other ops by `expand`

@@ -232,6 +232,8 @@ class RandomComposite(OpDef):
     inputs = ("like",)
     composite = True
     n_salts = 1
+    # a spec's salt could repeat one the graph hands out (two dropouts, one mask)
+    internal_attrs = ("salt",)
 
     def build(self, g, inputs, attrs):
         attrs = self.bind_attrs(attrs)
