@@ -497,6 +497,9 @@ def _check_name(name: str, loc: Loc, what: str) -> None:
     if name.startswith("__") and name.endswith("__"):
         raise SpecError(f"{what} name '{name}' is not allowed", loc,
                         "names that start and end with '__' are reserved")
+    if name in ("true", "false"):
+        raise SpecError(f"{what} name '{name}' is not allowed", loc,
+                        f"expressions read {name} as a boolean (layer_norm={name}); choose another name")
 
 
 class _Names:
