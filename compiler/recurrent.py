@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+import numpy as np
+
 from spec import model as S
 from spec.errors import ShapeError, SpecError, did_you_mean
 
@@ -448,7 +450,8 @@ def _apply_mask(g: Graph, sb: StepBuilder, carries, new_carries, extras, mask: V
         return by_rank[rank]
 
     carried = [bg.apply("where", shaped(n.rank)[1], n, c) for c, n in zip(carries, new_carries)]
-    outs = [y * shaped(y.rank)[0] if is_float(y.dtype) else y for y in extras]
+    outs = [y * shaped(y.rank)[0] if is_float(y.dtype)
+            else bg.apply("where", shaped(y.rank)[1], y, bg.const(np.zeros((), dtype=y.dtype))) for y in extras]
     return carried, outs, step_ins, outer
 
 

@@ -441,12 +441,14 @@ blocks:
     graph:
       h2: tanh(x_t @ W + h @ U)
       y: h2 + 1.0
-    out: [h2, y]
+      a: argmax(h2, axis=-1) + 1
+    out: [h2, y, a]
 graph:
-  hs, ys: scan(step, over=x, init=[zeros(N, H)], mask=m)
+  hs, ys, picks: scan(step, over=x, init=[zeros(N, H)], mask=m)
 outputs:
   hs: hs
   ys: ys
+  picks: picks
 """
     cm = compile_spec(spec_from_text(text, "mask.yaml"), "float64", graphs=("infer",))
     state = cm.initial_state(0)
@@ -460,6 +462,9 @@ outputs:
     np.testing.assert_array_equal(hs[0, 3], hs[0, 2])
     np.testing.assert_array_equal(hs[1, 3], hs[1, 2])
     assert not ys[1, 1].any() and not ys[:, 3].any() and ys[0, :3].all() and ys[1, 2].all()
+    # integer outputs too (they kept the padded step's value)
+    picks = got["picks"]
+    assert picks.dtype == np.int64 and (picks == 0).tolist() == (m == 0).tolist()
     W, U = state["step.W"], state["step.U"]
     h = np.zeros((N, H))
     for t in range(T):
