@@ -678,6 +678,13 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, w
                 warm_start = json.load(f).get("init_from")
         except (OSError, ValueError, AttributeError):
             warm_start = None
+    if not resumed:
+        # a run started over (--overwrite): the old run's checkpoints go with its spec and graphs,
+        # else a stop before the first new checkpoint left them beside the new run's files, for
+        # --resume or export to take as this run's
+        for name in (CHECKPOINT, BEST):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(run_dir, name))
     _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"))
     cm.save(os.path.join(run_dir, "graphs"))
     info = {

@@ -150,6 +150,27 @@ def test_export_refuses_a_checkpoint_whose_shapes_differ_from_the_runs_graphs(tm
     export(str(tmp_path / "old"), str(tmp_path / "m.onnx"))  # a run's own checkpoint fits
 
 
+def test_a_run_started_over_and_stopped_before_its_first_checkpoint_keeps_no_old_one(tmp_path, monkeypatch):
+    """--overwrite replaced spec.yaml, run.json and the graphs at once but left the old run's
+    checkpoints until the new run wrote its own: stopped before that, --resume went on from the
+    old weights under the new run's record. The old checkpoints now go with the old files."""
+    import runtime.trainer
+
+    run_dir = str(tmp_path / "r")
+    train(load(MLP, SMALL), run_dir=run_dir, epochs=1, threads=1, device="cpu")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime.trainer.Trainer, "train_step", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(load(MLP, SMALL), run_dir=run_dir, epochs=1, threads=1, device="cpu", overwrite=True, seed=4)
+    monkeypatch.undo()
+    assert not (tmp_path / "r" / "checkpoint.npz").exists() and not (tmp_path / "r" / "best.npz").exists()
+    with pytest.raises(FlowgradError, match="nothing to resume"):
+        train(load(MLP, SMALL), run_dir=run_dir, epochs=1, threads=1, device="cpu", resume=True)
+
+
 def test_a_run_its_step_limit_stopped_mid_epoch_resumes_where_it_stopped(tmp_path):
     """--steps 30 (an epoch is 23 steps) ends in epoch 2; resumed with --steps 46, the run
     skipped the rest of epoch 2 (its checkpoint said: next epoch, position 0) and ended unlike
