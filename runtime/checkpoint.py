@@ -94,6 +94,17 @@ def save_checkpoint(path: str, state: dict[str, np.ndarray], meta: dict) -> None
 
 def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not a checkpoint", hint="pass the run directory itself") from None
+    except OSError:
+        magic = None  # (missing: said below)
+    if magic is not None and magic != b"PK\x03\x04":  # every .npz is a zip archive
+        raise DataError(f"{path} is not a checkpoint: not the .npz archive that flowgrad train writes",
+                        hint="pass a run directory, or its checkpoint.npz or best.npz"
+                             + (" (an exported .onnx model is for predict)" if path.endswith(".onnx") else ""))
+    try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z[META_KEY]).decode())
             state = {k[2:]: z[k] for k in z.files if k.startswith("t:")}

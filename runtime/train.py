@@ -245,6 +245,18 @@ def run_lock(run_dir: str):
         f.close()
 
 
+@contextlib.contextmanager
+def _removed_if_left_empty(run_dir: str, fresh: bool):
+    """A run directory this run made goes again if the run stops before writing anything into
+    it (a bad --init-from, a spec that does not compile): no empty run is left to trip on."""
+    try:
+        yield
+    except BaseException:
+        if fresh and set(os.listdir(run_dir)) <= {".lock"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
     run_dir = opts.run_dir or os.path.join("runs", spec.name)
     ckpt = os.path.join(run_dir, CHECKPOINT)
@@ -314,8 +326,9 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             spec.locate("train", "schedule") if "schedule" in cfg else spec.locate("train", "objectives"),
             "their steps alternate, one call each: leave out --steps-per-call")
     device = pick_device(opts.device)
+    fresh = not os.path.exists(opts.run_dir or os.path.join("runs", spec.name))
     run_dir = prepare_run_dir(spec, opts)
-    with run_lock(run_dir):
+    with _removed_if_left_empty(run_dir, fresh), run_lock(run_dir):
         remove_stale_temporaries(run_dir)  # of a process killed while writing
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
         state, meta, warm_start = None, {}, None

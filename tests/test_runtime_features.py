@@ -120,6 +120,18 @@ def test_warm_start_takes_parameters_by_name(tmp_path, data):
     assert np.array_equal(_params(str(tmp_path / "a"))["W1"], _params(str(tmp_path / "b"))["W1"])
 
 
+def test_warm_start_from_something_not_a_checkpoint_says_so_and_leaves_no_run_behind(tmp_path, data):
+    """--init-from an exported .onnx model read it as a pickled array ('pickled (object) data'),
+    and the failed run left a run directory holding only its lock."""
+    spec = _spec(REGRESSION, tmp_path)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\x08\x0a\x12\x07flowgrad")  # protobuf bytes, as an export starts
+    with pytest.raises(FlowgradError, match="not a checkpoint") as e:
+        train(spec, run_dir=str(tmp_path / "b"), data=data, epochs=1, threads=1, device="cpu", init_from=str(model))
+    assert "for predict" in e.value.hint
+    assert not (tmp_path / "b").exists()
+
+
 def test_warm_start_reports_the_parameters_it_left_at_their_initial_values(tmp_path, data):
     """--init-from a run whose w2 has another shape and which lacks the new bias b: W1 is taken,
     w2 and b keep their initial values, and the result, run.json and the CLI say which and why."""
