@@ -1085,13 +1085,25 @@ def _symbols(d) -> list[str]:
 def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None) -> tuple[dict, list[str]]:
     """Values of the symbolic dims: the inputs' leading dim is the batch, `dims` gives others
     (a sequence length T); the rest count as 1 and are returned as the second item."""
+    from spec.errors import FlowgradError, did_you_mean
+
     env: dict = {}
     for decl in spec.inputs.values():
         if decl.shape:
             for part in _symbols(decl.shape[0]):
                 env[part] = batch_size
+    symbolic = {p for decl in spec.inputs.values() for d in decl.shape for p in _symbols(d)}
+    for name, value in (dims or {}).items():
+        if name in env:
+            raise FlowgradError(f"--dim {name}: {name} is the batch dim", hint="set it with --batch-size")
+        if name not in symbolic:
+            raise FlowgradError(f"--dim {name}: the spec's inputs have no symbolic dim {name!r}",
+                                hint=did_you_mean(name, symbolic - set(env))
+                                or f"its symbolic dims besides the batch: {', '.join(sorted(symbolic - set(env))) or 'none'}")
+        if value < 1:
+            raise FlowgradError(f"--dim {name}={value}: a size must be at least 1")
     env.update(dims or {})
-    unset = sorted({p for decl in spec.inputs.values() for d in decl.shape for p in _symbols(d)} - set(env))
+    unset = sorted(symbolic - set(env))
     return env, unset
 
 

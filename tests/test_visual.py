@@ -519,6 +519,11 @@ def test_summary_table_and_check_points_at_it():
 def test_summary_bad_dim():
     res = invoke("summary", MLP, "--dim", "T", code=1)
     assert "NAME=INTEGER" in res.stderr
+    # a dim the inputs lack, the batch dim, or a zero size was taken, and silently changed nothing
+    # (or the per-step counts without the per-example ones)
+    for dim, words in (("Q=5", "no symbolic dim 'Q'"), ("N=4", "the batch dim"), ("T=0", "at least 1")):
+        res = invoke("summary", CHAR_LSTM, "--dim", dim, code=1)
+        assert words in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 def test_plot_curves_reads_a_history_cut_short_and_refuses_a_damaged_one(tmp_path):
