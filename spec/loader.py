@@ -13,6 +13,7 @@ import keyword
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -491,6 +492,10 @@ def _check_name(name: str, loc: Loc, what: str) -> None:
     if not name.isidentifier():
         raise SpecError(f"{what} name '{name}' is not a valid name", loc,
                         "use letters, digits and '_', not starting with a digit")
+    if unicodedata.normalize("NFKC", name) != name:
+        # Python's parser reads identifiers in NFKC form: expressions would name another value
+        raise SpecError(f"{what} name '{name}' would read as '{unicodedata.normalize('NFKC', name)}' in expressions",
+                        loc, "write it in its plain (NFKC) form")
     if keyword.iskeyword(name):
         raise SpecError(f"{what} name '{name}' is a Python keyword", loc,
                         "expressions could not refer to it; choose another name")
