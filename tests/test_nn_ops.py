@@ -251,3 +251,16 @@ def test_layer_norm_gamma_shape():
     beta = g.add_input("beta", "float64", (4,))
     with pytest.raises(ShapeError, match=r"gamma must be \[4\]"):
         g.apply("layer_norm", x, gamma, beta)
+
+
+@pytest.mark.parametrize("op", ["dot_attention", "additive_attention"])
+def test_attention_shape_errors_show_types_not_internal_values(op):
+    """The attention ops' shape errors printed internal reprs (<enc#10335 float32[N, S, 128]>)."""
+    g = Graph("float32")
+    q, k = g.add_input("q", "float32", ("N", 4)), g.add_input("k", "float32", ("N", 5, 4))
+    v, m = g.add_input("v", "float32", ("N", 6, 4)), g.add_input("m", "float32", ("N", 5))
+    extra = [g.add_input(n, "float32", s) for n, s in (("W", (4, 3)), ("U", (4, 3)), ("a", (3,)))] \
+        if op == "additive_attention" else []
+    with pytest.raises(ShapeError) as e:
+        g.apply(op, q, k, v, m, *extra)
+    assert "disagree on [N, S]" in e.value.message and "#" not in e.value.message and "<" not in e.value.message
