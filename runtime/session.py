@@ -294,6 +294,14 @@ def shifts_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
         graph.node.extend(nodes)
 
     rewrite(out.graph)
+    # the shift amounts no node reads any more go too (onnxruntime warns about each unused
+    # initializer whenever it loads the file)
+    read = {name for n in all_nodes(out.graph) for name in n.input}
+    read |= {v.name for v in [*out.graph.input, *out.graph.output]}
+    kept = [t for t in out.graph.initializer if t.name not in amounts or t.name in read]
+    if len(kept) < len(out.graph.initializer):
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(kept)
     return out
 
 
