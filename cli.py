@@ -314,27 +314,38 @@ def predict(
     max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text (default: the spec's generate.max_len).", min=1)] = None,
     beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy.", min=1)] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling with --text.")] = 0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).")] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model with count and seed inputs) draws.")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
 ):
-    """Run an exported model on an .npz of inputs, or generate text from a prompt."""
+    """Run an exported model on an .npz of inputs, generate text from a prompt, or draw samples from a generator."""
     from runtime.data import load_npz
-    from runtime.export import generate_text
+    from runtime.export import generate_text, generator_feeds
     from runtime.export import predict as run_predict
     from runtime.session import pick_device
+    from spec.errors import FlowgradError
 
     with user_errors():
-        if (data is None) == (text is None):
-            from spec.errors import FlowgradError
-
-            raise FlowgradError("give either --data (an .npz of inputs) or --text (a prompt)")
+        if sum(x is not None for x in (data, text, count)) != 1:
+            raise FlowgradError("give one of --data (an .npz of inputs), --text (a prompt) or --count "
+                                "(samples of a generator)")
+        text_only = {"--max-len": max_len, "--temperature": temperature, "--beam-width": beam_width}
+        if text is None:  # these would be silently ignored
+            given = [f for f, v in {**text_only, "--seed": seed if data is not None else None}.items() if v is not None]
+            if given:
+                raise FlowgradError(f"{given[0]} is for --text" + (" or --count" if given[0] == "--seed" else ""),
+                                    hint="the .npz gives every input of the model" if data is not None
+                                    else "a generator takes --count and --seed")
         if text is not None:
+            if output:
+                raise FlowgradError("-o writes the arrays of --data or --count; --text prints its text",
+                                    hint="redirect it instead: > out.txt")
             print(generate_text(model, text, max_len, temperature, seed, pick_device(device), beam_width,
-                                with_prompt=not _is_translator(model)))
+                                with_prompt=not _is_translator(model), threads=threads))
             return
-        ds = load_npz(data)
-        outs = run_predict(model, ds.arrays, pick_device(device), threads)
+        feeds = load_npz(data).arrays if data is not None else generator_feeds(model, count, seed)
+        outs = run_predict(model, feeds, pick_device(device), threads)
         if output:
             _write_npz(output, outs)
             err.print(f"wrote {output}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}")

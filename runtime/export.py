@@ -304,18 +304,23 @@ def model_metadata(model: onnx.ModelProto) -> dict:
 
 
 def generate_text(model_path: str, prompt: str, max_len: int | None = None, temperature: float | None = None,
-                  seed: int = 0, device: str = "cpu", beam_width: int | None = None,
-                  with_prompt: bool = False) -> str:
+                  seed: int | None = None, device: str = "cpu", beam_width: int | None = None,
+                  with_prompt: bool = False, threads: int | None = None) -> str:
     """Sample text from an exported language model (a graph with a `prompt` input): the
     continuation, or with `with_prompt` the prompt and its continuation. Unset arguments take
-    the spec's `generate` values (temperature 1.0 where the spec gives none)."""
+    the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0)."""
     from .datasets_text import decode_text, encode_text
 
     model = load_model_safely(model_path)
     names = [i.name for i in model.graph.input]
     meta = model_metadata(model)
     if "beam_width" in names and "src_vocab" in meta:
-        return translate(model_path, [prompt], beam_width=beam_width, device=device, max_len=max_len)[0]
+        for value, what in ((temperature, "a temperature"), (seed, "a seed")):
+            if value is not None:  # beam search draws nothing
+                raise DataError(f"{model_path} decodes by beam search: {what} is for models that sample text",
+                                hint="leave it out; --beam-width picks the beam (1 is greedy)")
+        return translate(model_path, [prompt], beam_width=beam_width, device=device, max_len=max_len,
+                         threads=threads)[0]
     if beam_width is not None:
         raise DataError(f"{model_path} samples text: a beam width is for sequence-to-sequence models",
                         hint="leave out --beam-width")
@@ -327,16 +332,27 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     ids = np.asarray(encode_text(prompt, text_meta), dtype=np.int64)  # (predict refuses an empty one)
     max_len = _count(max_len if max_len is not None else meta.get("generate.max_len", 200), "max_len")
     temperature = float(temperature if temperature is not None else meta.get("generate.temperature", 1.0))
-    if not 0 <= temperature < float("inf"):
+    if not 0 <= temperature <= float(np.finfo(np.float32).max):  # (the graph reads a float32)
         raise DataError(f"the temperature must be 0 or more and finite, got {temperature}",
                         hint="0 picks the most likely token, 1 samples the model's probabilities")
     outs = predict(model_path, {"prompt": ids, "max_len": np.asarray(max_len, dtype=np.int64),
                                 "temperature": np.asarray(temperature, dtype=np.float32),
-                                "seed": np.asarray(_int64(seed, "the seed"), dtype=np.int64)}, device)
+                                "seed": np.asarray(_int64(seed or 0, "the seed"), dtype=np.int64)}, device, threads)
     text = decode_text(outs["tokens"].reshape(-1), text_meta)
     if not with_prompt:
         return text
     return prompt + (" " if text_meta["level"] == "word" else "") + text
+
+
+def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dict[str, np.ndarray]:
+    """The inputs of an exported generator (its inputs are `count` and `seed`) for `count`
+    samples drawn with `seed` (default 0)."""
+    names = sorted(i.name for i in load_model_safely(model_path).graph.input)
+    if names != ["count", "seed"]:
+        raise DataError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
+                        "not count and seed", hint="pass its inputs with --data (or a prompt with --text)")
+    return {"count": np.asarray(_count(count, "--count"), dtype=np.int64),
+            "seed": np.asarray(_int64(seed or 0, "the seed"), dtype=np.int64)}
 
 
 def _int64(value: int, what: str) -> int:
@@ -354,7 +370,7 @@ def _count(value, what: str, most: int = 1 << 20) -> int:
 
 
 def translate(model_path: str, texts: list[str], beam_width: int | None = None, max_len: int | None = None,
-              length_penalty: float | None = None, device: str = "cpu") -> list[str]:
+              length_penalty: float | None = None, device: str = "cpu", threads: int | None = None) -> list[str]:
     """Decode source strings with an exported sequence-to-sequence model (beam search in the graph).
     Unset arguments take the spec's `generate` values (beam width 4, length penalty 0.6 where
     the spec gives none)."""
@@ -374,5 +390,5 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
     feeds = {"src": src, "src_len": lengths, "beam_width": np.asarray(beam_width, dtype=np.int64),
              "max_len": np.asarray(max_len, dtype=np.int64), "length_penalty": np.asarray(penalty, dtype=np.float32)}
     wanted = {i.name for i in model.graph.input}
-    outs = predict(model_path, {k: v for k, v in feeds.items() if k in wanted}, device)
+    outs = predict(model_path, {k: v for k, v in feeds.items() if k in wanted}, device, threads)
     return [decode_target(row, meta) for row in outs["tokens"]]

@@ -232,6 +232,14 @@ def test_export_of_a_non_run_directory(what, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_predict_count_needs_a_generator(trained, tmp_path):
+    run_dir, _ = trained
+    model = tmp_path / "m.onnx"
+    invoke("export", run_dir, "-o", model)
+    res = invoke("predict", model, "--count", "3", code=1)
+    assert "is not a generator: its inputs are x, not count and seed" in res.output
+
+
 def test_predict_on_a_non_onnx_file(tmp_path):
     bogus = tmp_path / "model.onnx"
     bogus.write_text("this is not a model\n")

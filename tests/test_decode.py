@@ -148,6 +148,19 @@ def test_beam_widths_outside_the_compiled_range_and_empty_sources_are_errors(mod
     assert len(translate(gen, ["abc"], max_len=3)) == 1
 
 
+def test_beam_search_refuses_a_temperature_and_a_seed(model):
+    """Beam search draws nothing: predict --text with --temperature or --seed decoded as if
+    neither was given, where a sampler's --beam-width is refused."""
+    from runtime.export import generate_text
+    from spec.errors import FlowgradError
+
+    gen, _, _ = model
+    for kwargs, words in (({"temperature": 0.5}, "a temperature"), ({"seed": 3}, "a seed")):
+        with pytest.raises(FlowgradError, match=f"beam search: {words}"):
+            generate_text(gen, "abc", **kwargs)
+    assert generate_text(gen, "abc", beam_width=1) == generate_text(gen, "abc", beam_width=1, threads=1)
+
+
 def test_raw_decoder_inputs_outside_their_ranges_are_errors(model):
     from spec.errors import FlowgradError
 

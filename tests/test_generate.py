@@ -136,6 +136,28 @@ def test_unset_decoding_arguments_take_the_specs_values_and_bad_ones_are_errors(
             generate_text(gen, "def ", **{"max_len": 5, **kwargs})
 
 
+def test_predict_text_refuses_flags_it_would_ignore_and_temperatures_beyond_float32(exported, tmp_path):
+    """-o with --text, and --seed or --max-len with --data, were silently ignored; a temperature
+    beyond float32 warned about an overflow and then blamed the 'input' for being inf."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    gen, _ = exported
+    np.savez(tmp_path / "in.npz", prompt=np.asarray([5, 6]), max_len=np.asarray(3),
+             temperature=np.asarray(1.0, np.float32), seed=np.asarray(0))
+    for args, words in ((["--text", "def ", "-o", str(tmp_path / "out.npz")], "-o writes the arrays"),
+                        (["--text", "def ", "--temperature", "1e39"], "temperature must be 0 or more and finite, got 1e+39"),
+                        (["--data", str(tmp_path / "in.npz"), "--seed", "3"], "--seed is for --text"),
+                        (["--data", str(tmp_path / "in.npz"), "--max-len", "3"], "--max-len is for --text")):
+        res = CliRunner().invoke(app, ["predict", gen, "--device", "cpu", *args])
+        assert res.exit_code == 1 and "Traceback" not in res.output and "Warning" not in res.output, res.output
+        assert words in res.output and res.output.startswith("error:"), res.output
+    assert not (tmp_path / "out.npz").exists()
+    res = CliRunner().invoke(app, ["predict", gen, "--text", "def ", "--max-len", "5", "--seed", "3", "--threads", "1"])
+    assert res.exit_code == 0 and res.output.startswith("def ")
+
+
 def test_a_generator_whose_logits_read_token_positions_is_refused():
     """Decoding feeds one token at a time, so positions() there reads 0 at every step: the
     export would silently sample from another model than the one trained."""

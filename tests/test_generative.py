@@ -280,6 +280,32 @@ def test_exported_generator_runs_without_flowgrad(model, tmp_path):
     np.testing.assert_allclose(out["prefix"], out["first"], rtol=1e-5, atol=1e-6)
 
 
+def test_predict_draws_from_a_generator_with_count_and_seed(tmp_path):
+    """A generator's inputs are a count and a seed: predict takes them as flags (it needed an
+    .npz of two scalars, and --seed was silently ignored with --data)."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from runtime.export import predict
+
+    run_dir = str(tmp_path / "run")
+    train(load_spec(MODEL["vae"], SMALL["vae"]), run_dir=run_dir, steps=3, threads=1, device="cpu")
+    path = str(tmp_path / "gen.onnx")
+    export(run_dir, path)
+    invoke = lambda *a: CliRunner().invoke(app, ["predict", path, "--device", "cpu", *map(str, a)])  # noqa: E731
+    for seed in (7, 8):
+        res = invoke("--count", 5, "--seed", seed, "-o", tmp_path / f"s{seed}.npz")
+        assert res.exit_code == 0, res.output
+        want = predict(path, {"count": np.asarray(5), "seed": np.asarray(seed)})["samples"]
+        np.testing.assert_array_equal(np.load(tmp_path / f"s{seed}.npz")["samples"], want)
+    assert not np.array_equal(np.load(tmp_path / "s7.npz")["samples"], np.load(tmp_path / "s8.npz")["samples"])
+    assert invoke("--count", 2).exit_code == 0  # seed 0
+    for args, words in ((["--count", 0], "--count must be between 1"), (["--count", 2, "--temperature", 1], "--temperature is for --text"),
+                        (["--count", 2, "--text", "a"], "give one of"), ([], "give one of")):
+        res = invoke(*args)
+        assert res.exit_code == 1 and "Traceback" not in res.output and words in res.output, res.output
+
+
 # ---------------------------------------------------------------- pictures
 def test_plot_samples(tmp_path):
     from typer.testing import CliRunner
