@@ -1,4 +1,4 @@
-"""spec/: YAML spec files -> validated, located Spec objects (see DESIGN.md, "The spec language")."""
+"""spec/: YAML spec files -> validated, located Spec objects (see README.md, "A spec", and docs/schema.md)."""
 from .errors import FlowgradError, Loc, MultiError, MultiSpecError, SpecError
 from .expr import parse_expr
 from .loader import load_spec, spec_from_dict, spec_from_text

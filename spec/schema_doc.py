@@ -27,7 +27,7 @@ def generate_schema_markdown() -> str:
         root["description"],
         "",
         "Keys are listed by their path in the file; `<name>` stands for a key you choose.",
-        "Expressions and sizes are explained in DESIGN.md, \"The spec language\".",
+        "Expressions and sizes are explained in README.md, \"A spec\"; `flowgrad ops` lists the ops.",
         "",
     ]
     _walk(root, root, [], set(), out, {})
