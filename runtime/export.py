@@ -270,6 +270,12 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
         if lengths.min() < 1 or lengths.max() > width:
             raise DataError(f"input 'src_len' holds lengths from {lengths.min()} to {lengths.max()}, "
                             f"but the sources are {width} tokens wide", hint="each length is 1 to the width of src")
+    if "vocab" in meta or "src_vocab" in meta:  # a decoder flowgrad exported: as generate_text and translate check
+        if "max_len" in feeds and feeds["max_len"].size == 1:  # (0 failed inside the Scan)
+            _count(feeds["max_len"].item(), "input 'max_len'")
+        if "temperature" in feeds and feeds["temperature"].size == 1 and feeds["temperature"].item() < 0:
+            raise DataError(f"input 'temperature' is {feeds['temperature'].item()}, below 0",  # (it sampled)
+                            hint="0 picks the most likely token, 1 samples the model's probabilities")
     if "beam_width" in feeds and "src_vocab" in meta:  # a decoder flowgrad exported
         widest, width = _widest_beam(meta), int(feeds["beam_width"])
         if not 1 <= width <= widest:

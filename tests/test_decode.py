@@ -170,6 +170,6 @@ def test_raw_decoder_inputs_outside_their_ranges_are_errors(model):
              "length_penalty": np.asarray(0.6, dtype=np.float32)}
     predict(gen, feeds)
     for change, words in (({"src_len": np.asarray([-3, 2])}, "src_len"), ({"beam_width": np.asarray(0)}, "beam_width"),
-                          ({"src": src * 0 + 999}, "vocabulary")):
+                          ({"src": src * 0 + 999}, "vocabulary"), ({"max_len": np.asarray(0)}, "max_len")):
         with pytest.raises(FlowgradError, match=words):
             predict(gen, {**feeds, **change})

@@ -66,6 +66,19 @@ def test_predict_refuses_negative_ids(exported):
         predict(probs, {"x": np.asarray([[3, -1, 2]], dtype=np.int64)})
 
 
+def test_predict_refuses_a_sampler_max_len_of_0_and_a_negative_temperature(exported):
+    """Raw inputs, as generate_text checks them: max_len 0 failed inside the Scan with
+    onnxruntime's message, and a negative temperature sampled from the negated logits."""
+    gen, _ = exported
+    feeds = {"prompt": np.asarray([5, 6]), "max_len": np.asarray(3), "temperature": np.asarray(1.0, np.float32),
+             "seed": np.asarray(0)}
+    assert predict(gen, feeds)["tokens"].shape == (3,)
+    for change, words in (({"max_len": np.asarray(0)}, "'max_len' must be between 1"),
+                          ({"temperature": np.asarray(-1.0, np.float32)}, "'temperature' is -1.0, below 0")):
+        with pytest.raises(DataError, match=words):
+            predict(gen, {**feeds, **change})
+
+
 def test_predict_refuses_an_empty_prompt(exported):
     gen, _ = exported
     with pytest.raises(DataError, match="the prompt is empty"):
