@@ -596,7 +596,24 @@ def plot_samples(
 
 
 def main():
-    app()
+    """The `flowgrad` command. A mistyped flag or a value out of its range ends with one
+    located line and a hint, like every other user error, not click's usage panel."""
+    try:  # typer 0.2x carries its own click
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click.exceptions import ClickException
+
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as e:
+        where = getattr(getattr(e, "ctx", None), "command_path", None) or "flowgrad"
+        err.print(f"[bold red]error:[/bold red] {escape(e.format_message())}", soft_wrap=True)
+        err.print(f"[dim]  hint: see {escape(where)} --help[/dim]", soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("[bold red]error:[/bold red] aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

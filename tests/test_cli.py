@@ -342,3 +342,19 @@ def test_bench_times_the_batch_it_reports(tmp_path):
     spec = load_spec(MLP, ["dims.H=8"])
     batch = real_batch(spec, compile_spec(spec, graphs=("train",)), 4000, 0)
     assert all(len(v) == 4000 for v in batch.values())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", MLP, "--threads", "0"], "Invalid value for '--threads'"),
+    (["train", MLP, "--thread", "2"], "No such option: --thread"),
+    (["check"], "Missing argument"),
+    (["bogus"], "No such command 'bogus'"),
+])
+def test_a_bad_flag_is_one_line_and_a_hint(args, words):
+    """click's usage errors printed a boxed panel of several lines; the command gives one
+    error line and a hint, as for every other user mistake (exit code 2, click's for usage)."""
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 2 and lines[0].startswith("error: ") and words in lines[0], res.stderr
+    assert lines[1].strip().startswith("hint: see ") and lines[1].rstrip().endswith("--help"), res.stderr
