@@ -130,5 +130,8 @@ def check_gradients(
         numeric = fd_directional(f, xs, d, eps)
         symbolic = float(sum(np.sum(g * di) for g, di in zip(grads, d)))
         scale = max(abs(numeric), abs(symbolic), 1e-3)
-        worst = max(worst, abs(numeric - symbolic) / scale)
+        err = abs(numeric - symbolic) / scale
+        if not np.isfinite(err):  # a nan or inf gradient (or loss) is a failure; max(worst, nan) kept worst
+            err = float("inf")
+        worst = max(worst, err)
     return worst

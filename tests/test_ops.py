@@ -225,3 +225,13 @@ def test_maxout_shares_the_gradient_among_ties_in_each_group():
     (gw,) = grad([g.apply("sum", g.apply("maxout", w, pieces=2))], [w])
     got = Runner(emit_model(g, [("w", w)], [("gw", gw)]))({"w": np.asarray([[2.0, 2.0, 1.0, 5.0]])})["gw"]
     np.testing.assert_allclose(got, [[0.5, 0.5, 0.0, 1.0]])
+
+
+def test_check_gradients_fails_on_nan_gradients():
+    """A nan symbolic gradient (or a nan loss) is an infinite error: max(worst, nan) kept the
+    previous worst, so every gradient check passed whatever nan the gradient held."""
+    rng = np.random.default_rng(0)
+    x = np.array([1.0, 2.0])
+    assert check_gradients(lambda xs: float(np.sum(xs[0] ** 2)), [x], [2 * x], rng) < 1e-6
+    assert check_gradients(lambda xs: float(np.sum(xs[0] ** 2)), [x], [np.array([np.nan, 4.0])], rng) == np.inf
+    assert check_gradients(lambda xs: float("nan"), [x], [2 * x], rng) == np.inf
