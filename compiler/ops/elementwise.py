@@ -437,10 +437,20 @@ class Pow(Binary):
     def vjp(self, node, gouts):
         a, b = node.inputs
         (g,) = gouts
+        gr = g.graph
         y = node.outputs[0]
-        g_a = g * b * (a ** (b - 1.0))
-        g_b = g * y * a.graph.apply("log", a)
-        return [_sum_to(g_a, a.shape), _sum_to(g_b, b.shape)]
+        w = gr.apply
+        zero, one = gr.lift(0.0, like=a), gr.lift(1.0, like=a)
+        # At a = 0 the formulas meet 0 * inf: b * a ** (b - 1) with b = 0 (a ** 0 is the
+        # constant 1: slope 0) and y * log(a) with b >= 0 (0 ** b is constant near such b:
+        # slope 0, as torch takes it). There the base is read as 1 instead, which gives
+        # those zeros, and their own gradients stay finite (no 0 * inf through a where).
+        nonzero = w("ne", a, zero)
+        flat_in_a = w("logical_not", w("logical_or", nonzero, w("ne", b, zero)))  # a == 0 and b == 0
+        flat_in_b = w("logical_not", w("logical_or", nonzero, w("lt", b, zero)))  # a == 0 and b >= 0
+        d_a = b * (w("where", flat_in_a, one, a) ** (b - 1.0))
+        d_b = y * w("log", w("where", flat_in_b, one, a))
+        return [_sum_to(g * d_a, a.shape), _sum_to(g * d_b, b.shape)]
 
     def ref(self, attrs, a, b):
         if np.asarray(b).dtype.kind in "iu" and np.any(np.asarray(b) < 0):
@@ -451,6 +461,10 @@ class Pow(Binary):
         return [
             Sample([rng.uniform(0.5, 2, (3, 4)), rng.uniform(-2, 2, (3, 4))]),
             Sample([rng.uniform(0.5, 2, (2, 3)), np.asarray(2.0)]),
+            # a zero base: the slope in b of 0 ** b (b >= 0) is 0, not 0 * log(0) = nan
+            Sample([np.array([0.0, 0.0, 0.0, 0.5, 2.0]), np.array([2.5, 0.5, 1.0, 0.0, 1.5])], grad_inputs=[1]),
+            # a zero exponent: the slope in a of a ** 0 is 0, at a = 0 too (not 0 * 0 ** -1 = nan)
+            Sample([np.array([0.0, 0.7, 1.3]), np.zeros(3)], grad_inputs=[0]),
         ]
 
 
