@@ -235,3 +235,14 @@ def test_check_gradients_fails_on_nan_gradients():
     assert check_gradients(lambda xs: float(np.sum(xs[0] ** 2)), [x], [2 * x], rng) < 1e-6
     assert check_gradients(lambda xs: float(np.sum(xs[0] ** 2)), [x], [np.array([np.nan, 4.0])], rng) == np.inf
     assert check_gradients(lambda xs: float("nan"), [x], [2 * x], rng) == np.inf
+
+
+def test_squeeze_refuses_repeated_axes():
+    """squeeze(x, axes=(1, -2)) of a rank-3 x named axis 1 twice: the forward pass took it,
+    and building its gradient failed with "unsqueeze axes (1, 1) repeat"."""
+    from spec.errors import ShapeError
+
+    g = Graph(float_dtype="float64")
+    x = g.add_input("x", "float64", (2, 1, 3))
+    with pytest.raises(ShapeError, match="squeeze axes .* repeat"):
+        g.apply("squeeze", x, axes=(1, -2))

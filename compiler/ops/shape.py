@@ -182,6 +182,8 @@ class Squeeze(OpDef):
     def norm_axes(self, attrs, x):
         axes = (attrs["axes"],) if isinstance(attrs["axes"], int) else tuple(attrs["axes"])
         norm = tuple(sorted(normalize_axis(a, x.rank) for a in axes))
+        if len(set(norm)) != len(norm):  # as unsqueeze: its gradient (an unsqueeze) refused them
+            raise ShapeError(f"squeeze axes {axes} repeat")
         for a in norm:
             if x.shape[a] != 1:
                 raise ShapeError(f"cannot squeeze axis {a} of size {x.shape[a]} in {fmt_shape(x.shape)}")
