@@ -446,9 +446,13 @@ class Pow(Binary):
         # slope 0, as torch takes it). There the base is read as 1 instead, which gives
         # those zeros, and their own gradients stay finite (no 0 * inf through a where).
         nonzero = w("ne", a, zero)
-        flat_in_a = w("logical_not", w("logical_or", nonzero, w("ne", b, zero)))  # a == 0 and b == 0
+        fixed = b.producer.attrs["value"] if b.producer is not None and b.producer.op.name == "constant" else None
+        if fixed is not None and np.all(np.asarray(fixed) != 0):  # x ** 2 and the like: b is never 0
+            d_a = b * (a ** (b - 1.0))
+        else:
+            flat_in_a = w("logical_not", w("logical_or", nonzero, w("ne", b, zero)))  # a == 0 and b == 0
+            d_a = b * (w("where", flat_in_a, one, a) ** (b - 1.0))
         flat_in_b = w("logical_not", w("logical_or", nonzero, w("lt", b, zero)))  # a == 0 and b >= 0
-        d_a = b * (w("where", flat_in_a, one, a) ** (b - 1.0))
         d_b = y * w("log", w("where", flat_in_b, one, a))
         return [_sum_to(g * d_a, a.shape), _sum_to(g * d_b, b.shape)]
 
