@@ -70,8 +70,8 @@ def spec_from_text(text: str, path: str = "<string>", overrides=()) -> Spec:
     if not isinstance(tree, LocMap):
         raise SpecError(f"a spec must be a YAML mapping of keys, not {_describe(tree)}",
                         getattr(tree, "loc", None) or Loc(path, 1, 1), "start with 'flowgrad: 1'")
-    for text_ in overrides:
-        apply_override(tree, text_)
+    new_dims = [added for text_ in overrides if (added := apply_override(tree, text_))]
+    _check_new_dims(tree, new_dims)
     _check_version(tree, path)
     _raise_all(validate_tree(tree, path))
     spec = _SpecBuilder(tree, path).build()
@@ -90,8 +90,9 @@ def spec_from_dict(d: dict, name: str = "<dict>", overrides=()) -> Spec:
 
 
 # ---------------------------------------------------------------- overrides
-def apply_override(tree: LocMap, text: str) -> None:
-    """Apply one `--set key.path=value` to the tree. The value is YAML (safe)."""
+def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
+    """Apply one `--set key.path=value` to the tree. The value is YAML (safe). A dim the spec
+    did not define comes back, with the error to raise if nothing in the spec uses it."""
     origin = f"--set {text}"
     if "=" not in text:
         raise SpecError(f"bad override '{text}': expected KEY=VALUE", Loc(origin, 1, 1),
@@ -123,12 +124,14 @@ def apply_override(tree: LocMap, text: str) -> None:
             raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
                             Loc(origin, 1, cols[i]))
     last = keys[-1]
-    if keys[:-1] == ["dims"] and isinstance(node, LocMap) and last not in node:
-        # only the file's expressions use dims: a new one changes nothing, so it is a misspelt one
-        raise SpecError(f"cannot set '{path_text}': the spec has no dim '{last}'", Loc(origin, 1, cols[-1]),
-                        _choices_hint(last, node.keys()) if node else "the spec has no dims")
     if isinstance(node, LocMap):
+        new_dim = None
+        if keys[:-1] == ["dims"] and last not in node:
+            new_dim = last, SpecError(f"cannot set '{path_text}': the spec has no dim '{last}'",
+                                      Loc(origin, 1, cols[-1]),
+                                      _choices_hint(last, node.keys()) if node else "the spec has no dims")
         node.set(last, value, Loc(origin, 1, cols[-1]), value_loc, src)
+        return new_dim
     elif isinstance(node, LocList) and last.isdigit() and int(last) < len(node):
         node[int(last)] = value
         node.item_locs[int(last)] = value_loc
@@ -137,6 +140,31 @@ def apply_override(tree: LocMap, text: str) -> None:
         here = ".".join(keys[:-1])
         raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
                         Loc(origin, 1, cols[-1]))
+
+
+def _check_new_dims(tree: LocMap, new_dims: list[tuple[str, SpecError]]) -> None:
+    """A dim that only --set defines is a misspelt one (H stays at its old size), unless the
+    spec uses its name: a symbolic size of an input (T of [N, T], fixed by dims.T=16), or an
+    expression another --set wrote."""
+    if not new_dims:
+        return
+    words: set[str] = set()
+
+    def collect(node):
+        if isinstance(node, str):
+            words.update(re.findall(r"[^\W\d]\w*", node))
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if node is not tree or key != "dims":
+                    collect(value)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    collect(tree)
+    for name, err in new_dims:
+        if name not in words:
+            raise err
 
 
 # ---------------------------------------------------------------- schema

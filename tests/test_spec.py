@@ -188,6 +188,9 @@ def test_override_errors_say_where_the_value_came_from():
     e = error(MLP, ["dims.Hx=32"])  # a dim only the command line defines is a misspelt one: H stayed 256
     assert e.message == "cannot set 'dims.Hx': the spec has no dim 'Hx'" and e.hint == "did you mean 'H'?"
     assert e.loc == Loc("--set dims.Hx=32", 1, 12)
+    # a dim the spec uses without defining it is a symbolic size: --set fixes it
+    assert load(MINI.replace("[N, D]", "[N, T, D]"), ["dims.T=16"]).inputs["x"].shape == ["N", 16, 4]
+    assert load(MLP, ["dims.M=16", "graph.logits=dense(h, M)"]).dims["M"] == 16  # used by a later --set
     for bad in ["dims.H", "dims..H=3", "name.x=3"]:
         with pytest.raises(SpecError):
             load(MLP, [bad])
