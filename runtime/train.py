@@ -31,6 +31,9 @@ CHECKPOINT = "checkpoint.npz"
 # many in a row (a scale divided by 2^25) means no scale helps.
 MAX_OVERFLOWS = 25
 BEST = "best.npz"
+# The best checkpoint that a record of part of an epoch (a step limit's stop) replaced: a resume
+# with a larger limit redoes that record, and the best goes back to what it was before it.
+BEST_BEFORE_PARTIAL = "best.before_partial.npz"
 
 
 @dataclass
@@ -383,6 +386,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             # a run that its step limit stopped mid-epoch, resumed with a larger one: the epoch goes
             # on from where the steps stopped, and its record (of part of the epoch) is made anew
             meta = {**meta, **partial, "history": list(meta.get("history", []))[:-1]}
+            if os.path.exists(os.path.join(run_dir, BEST_BEFORE_PARTIAL)):
+                os.replace(os.path.join(run_dir, BEST_BEFORE_PARTIAL), os.path.join(run_dir, BEST))
         step = int(meta.get("step", 0))
         epoch = int(meta.get("epoch", 0))
         position = int(meta.get("position", 0))
@@ -406,6 +411,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0,
                 **({"partial": partial} if partial else {})})
             if also_best:  # first: killed between the two writes, the resumed run redoes the epoch and both agree
+                if partial and os.path.exists(os.path.join(run_dir, BEST)):
+                    shutil.copyfile(os.path.join(run_dir, BEST), os.path.join(run_dir, BEST_BEFORE_PARTIAL))
                 atomic_write(os.path.join(run_dir, BEST), data)
             atomic_write(ckpt_path, data)
 
@@ -695,7 +702,7 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, w
         # a run started over (--overwrite): the old run's checkpoints go with its spec and graphs,
         # else a stop before the first new checkpoint left them beside the new run's files, for
         # --resume or export to take as this run's
-        for name in (CHECKPOINT, BEST):
+        for name in (CHECKPOINT, BEST, BEST_BEFORE_PARTIAL):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(run_dir, name))
     _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"))

@@ -193,6 +193,23 @@ def test_a_run_its_step_limit_stopped_mid_epoch_resumes_where_it_stopped(tmp_pat
         assert [json.loads(line)["step"] for line in f] == [23, 46]
 
 
+def test_a_resumed_partial_epoch_gives_back_the_best_it_replaced(tmp_path):
+    """The record of a partial epoch (valid 0.226) beat the best (epoch 4, 0.254) and wrote
+    best.npz; resumed with more steps, the whole epoch (0.332) did not, and best.npz kept the
+    partial epoch's weights, which the run's record (best: epoch 4) and an uninterrupted run
+    do not have. The best it replaced now comes back when the record is redone."""
+    spec = load(MLP, [*SMALL, "train.optimizer={sgd: {lr: 0.5}}"])
+    common = dict(threads=1, device="cpu", seed=3, progress=False)
+    full = train(spec, run_dir=str(tmp_path / "full"), steps=115, **common)
+    first = train(spec, run_dir=str(tmp_path / "part"), steps=97, **common)
+    assert first.best["step"] == 97 and full.best["step"] == 92  # (what makes this case)
+    resumed = train(spec, run_dir=str(tmp_path / "part"), steps=115, resume=True, **common)
+    assert resumed.best["step"] == 92
+    a, _ = load_checkpoint(str(tmp_path / "full" / "best.npz"))
+    b, meta = load_checkpoint(str(tmp_path / "part" / "best.npz"))
+    assert meta["step"] == 92 and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def _flowgrad():
     exe = os.path.join(os.path.dirname(sys.executable), "flowgrad")
     return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
