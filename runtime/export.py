@@ -256,7 +256,8 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
 
 def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
     """What an exported decoder would read past: token ids outside its vocabulary, source
-    lengths outside the source's width, a beam wider than it was compiled for."""
+    lengths outside the source's width, a beam wider than it was compiled for; and the counts
+    of a decoder's tokens and a generator's samples (within what a run can allocate)."""
     if "prompt" in feeds and "vocab" in meta and not feeds["prompt"].size:
         raise DataError("the prompt is empty", hint="give at least one token (a character or a word) to continue from")
     for name, key in (("src", "src_vocab"), ("prompt", "vocab")):
@@ -276,6 +277,8 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
         if "temperature" in feeds and feeds["temperature"].size == 1 and feeds["temperature"].item() < 0:
             raise DataError(f"input 'temperature' is {feeds['temperature'].item()}, below 0",  # (it sampled)
                             hint="0 picks the most likely token, 1 samples the model's probabilities")
+    if set(feeds) == {"count", "seed"} and feeds["count"].size == 1:  # a generator, as --count is checked
+        _count(feeds["count"].item(), "input 'count'")  # (a huge one tried to allocate terabytes)
     if "beam_width" in feeds and "src_vocab" in meta:  # a decoder flowgrad exported
         widest, width = _widest_beam(meta), int(feeds["beam_width"])
         if not 1 <= width <= widest:

@@ -304,6 +304,9 @@ def test_predict_draws_from_a_generator_with_count_and_seed(tmp_path):
                         (["--count", 2, "--text", "a"], "give one of"), ([], "give one of")):
         res = invoke(*args)
         assert res.exit_code == 1 and "Traceback" not in res.output and words in res.output, res.output
+    for count in (0, 10**11):  # the same bound with --data: a huge count tried to allocate terabytes
+        with pytest.raises(DataError, match="input 'count' must be between 1"):
+            predict(path, {"count": np.asarray(count), "seed": np.asarray(1)})
 
 
 # ---------------------------------------------------------------- pictures
