@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
-
 from compiler.training import CompiledModel, compile_spec
 from spec import load_spec, spec_from_dict
 from spec.model import Spec
@@ -20,7 +18,7 @@ from . import data as D
 from .checkpoint import load_checkpoint
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .train import TrainOptions, TrainResult, batches, input_dtypes, needed_inputs
+from .train import TrainOptions, TrainResult, batches, check_count, input_dtypes, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
 
@@ -66,9 +64,8 @@ def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str 
                             hint="pass a run directory that 'flowgrad train' wrote") from None
     if checkpoint not in ("best", "last"):
         raise FlowgradError(f"unknown checkpoint {checkpoint!r}", hint="choose best or last")
-    for name, value in (("batch_size", batch_size), ("threads", threads)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-            raise FlowgradError(f"--{name.replace('_', '-')} must be an integer of at least 1, got {value!r}")
+    check_count("batch_size", batch_size)
+    check_count("threads", threads)
     cm = compile_spec(spec, info.get("dtype"))  # the float type the run trained in
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
     if not os.path.exists(ckpt):  # a run stopped before its first epoch ended has no best yet

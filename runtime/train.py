@@ -557,13 +557,16 @@ def _check_counts(opts: TrainOptions) -> None:
     epochs=0 trained the spec's epochs, a negative batch size or epoch count trained nothing)."""
     for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("threads", 1), ("seed", 0),
                         ("checkpoint_every", 0)):
-        value = getattr(opts, name)
-        if value is None:
-            continue
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
-            flag = "--" + name.replace("_", "-")
-            raise FlowgradError(f"{flag} must be an integer of at least {least}, got {value!r}",
-                                hint=f"leave {name} out for the default" if name != "checkpoint_every" else None)
+        check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
+
+
+def check_count(name: str, value, least: int = 1, has_default: bool = True) -> None:
+    """An option given through the API (None: unset) bounded as its CLI flag is."""
+    if value is None:
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+        raise FlowgradError(f"--{name.replace('_', '-')} must be an integer of at least {least}, got {value!r}",
+                            hint=f"leave {name} out for the default" if has_default else None)
 
 
 def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int:
