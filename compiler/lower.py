@@ -428,7 +428,7 @@ class Lowering:
                             f"pass its inputs ({', '.join(block.inputs)}) positionally, in the block's 'in' order")
         if len(e.args) != len(block.inputs):
             raise SpecError(f"block {e.func!r} takes {len(block.inputs)} argument(s) ({', '.join(block.inputs)}), "
-                            f"got {len(e.args) + len(e.kwargs)}", e.loc, "pass them positionally, in the block's 'in' order")
+                            f"got {len(e.args)}", e.loc, "pass them positionally, in the block's 'in' order")
         args = [self.tensor(a) for a in e.args]
         body = _block_lowering(self, block, self.graph, lambda v: v, dict(zip(block.inputs, args)))
         outs = []
