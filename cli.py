@@ -329,7 +329,7 @@ def predict(
     with user_errors():
         if sum(x is not None for x in (data, text, count)) != 1:
             raise FlowgradError("give one of --data (an .npz of inputs), --text (a prompt) or --count "
-                                "(samples of a generator)")
+                                "(samples of a generator)", hint="--data for any model, --text for language models and translators, --count for generators")
         text_only = {"--max-len": max_len, "--temperature": temperature, "--beam-width": beam_width}
         if text is None:  # these would be silently ignored
             given = [f for f, v in {**text_only, "--seed": seed if data is not None else None}.items() if v is not None]

@@ -489,7 +489,7 @@ class Lowering:
                 first_extra = n + len(free)
                 raise SpecError(f"{op.name}() takes at most {first_extra} positional argument{'s' if first_extra != 1 else ''}, "
                                 f"got {len(args)}", e.args[first_extra].loc if first_extra < len(e.args) else e.loc,
-                                f"signature: {signature(op)}")
+                                f"usage: {signature(op)}")
             attrs.update(zip(free, extra))
             attr_locs = {k: e.args[n + i].loc for i, k in enumerate(free[:len(extra)]) if n + i < len(e.args)}
         for k, v in kwargs.items():
@@ -505,7 +505,7 @@ class Lowering:
         if not op.variadic and (len(tensors) < len(op.inputs) or any(t is None for t in tensors)):
             missing = [n for i, n in enumerate(op.inputs) if i >= len(tensors) or tensors[i] is None]
             raise SpecError(f"{op.name}() is missing the argument(s) {', '.join(missing)}", e.loc,
-                            f"signature: {signature(op)}")
+                            f"usage: {signature(op)}")
         # where each argument is written, by input or attribute name, for errors about one argument
         arg_locs = {**{n: e.args[i].loc for i, n in enumerate(op.inputs[:len(e.args)]) if not op.variadic},
                     **attr_locs, **e.kwarg_locs}
@@ -537,10 +537,10 @@ class Lowering:
             # An argument of the wrong kind (cast(x, 'foo'), split(x, 'a'), concat(2)) that the op's rule choked on.
             if not attrs:
                 kinds = ", ".join(str(t.type) for t in tensors) or "no tensors"
-                raise SpecError(f"{op.name}() cannot take {kinds}", e.loc, f"signature: {signature(op)}") from ex
+                raise SpecError(f"{op.name}() cannot take {kinds}", e.loc, f"usage: {signature(op)}") from ex
             what = ", ".join(f"{k}={v!r}" for k, v in attrs.items())
             raise SpecError(f"{op.name}() cannot use {what}", arg_locs.get(next(iter(attrs))) if len(attrs) == 1 else e.loc,
-                            f"signature: {signature(op)}") from ex
+                            f"usage: {signature(op)}") from ex
 
 
 # Calls the lowering handles itself, before ops, layers and blocks.

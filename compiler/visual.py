@@ -1101,7 +1101,7 @@ def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None) -> tuple[
                                 hint=did_you_mean(name, symbolic - set(env))
                                 or f"its symbolic dims besides the batch: {', '.join(sorted(symbolic - set(env))) or 'none'}")
         if value < 1:
-            raise FlowgradError(f"--dim {name}={value}: a size must be at least 1")
+            raise FlowgradError(f"--dim {name}={value}: a size must be at least 1", hint=f"e.g. --dim {name}=64")
     env.update(dims or {})
     unset = sorted(symbolic - set(env))
     return env, unset

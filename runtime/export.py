@@ -374,7 +374,9 @@ def _count(value, what: str, most: int = 1 << 20) -> int:
     """A positive number of tokens, steps or beams, within what a run can allocate."""
     value = int(value)
     if not 1 <= value <= most:
-        raise DataError(f"{what} must be between 1 and {most:,}, got {value}")
+        raise DataError(f"{what} must be between 1 and {most:,}, got {value}",
+                        hint="a run holds at most that many tokens, steps, beams or samples" if value > most
+                        else "give 1 or more")
     return value
 
 

@@ -149,7 +149,7 @@ class Unsqueeze(OpDef):
         out_rank = rank + len(axes)
         norm = sorted(normalize_axis(a, out_rank) for a in axes)
         if len(set(norm)) != len(norm):
-            raise ShapeError(f"unsqueeze axes {axes} repeat")
+            raise ShapeError(f"unsqueeze axes {axes} repeat", hint="name each axis once")
         return tuple(norm)
 
     def infer(self, attrs, x):
@@ -183,7 +183,7 @@ class Squeeze(OpDef):
         axes = (attrs["axes"],) if isinstance(attrs["axes"], int) else tuple(attrs["axes"])
         norm = tuple(sorted(normalize_axis(a, x.rank) for a in axes))
         if len(set(norm)) != len(norm):  # as unsqueeze: its gradient (an unsqueeze) refused them
-            raise ShapeError(f"squeeze axes {axes} repeat")
+            raise ShapeError(f"squeeze axes {axes} repeat", hint="name each axis once")
         for a in norm:
             if x.shape[a] != 1:
                 raise ShapeError(f"cannot squeeze axis {a} of size {x.shape[a]} in {fmt_shape(x.shape)}")
