@@ -70,6 +70,9 @@ def user_errors():
 
 
 # import name -> the name pip installs it by, where they differ
+# The graphs take the seed as an int64 input (training seeds are not negative).
+MAX_SEED = 2**63 - 1
+
 _PIP_NAMES = {"yaml": "pyyaml", "sklearn": "scikit-learn", "onnxruntime": "onnxruntime-gpu"}
 
 
@@ -202,7 +205,8 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Where the run is written (default runs/<name>).")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, data order and dropout.", min=0)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, data order and dropout.", min=0,
+                                                             max=MAX_SEED)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override train.epochs.", min=1)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Stop after this many updates.", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Override train.batch_size.", min=1)] = None,
@@ -386,7 +390,8 @@ def _is_translator(path: str) -> bool:
 def gradcheck(
     spec: SpecArg,
     set: SetOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the parameters, inputs and probe directions.", min=0)] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the parameters, inputs and probe directions.",
+                                                 min=0, max=MAX_SEED)] = 0,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest relative error that passes.", min=0.0)] = 1e-4,
 ):
     """Compare each parameter's symbolic gradient with finite differences (float64)."""

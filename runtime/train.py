@@ -30,6 +30,8 @@ CHECKPOINT = "checkpoint.npz"
 # Mixed precision skips a step whose gradients overflow and halves the loss scale; this
 # many in a row (a scale divided by 2^25) means no scale helps.
 MAX_OVERFLOWS = 25
+# The graphs take the seed as an int64 input.
+MAX_SEED = 2**63 - 1
 BEST = "best.npz"
 # The best checkpoint that a record of part of an epoch (a step limit's stop) replaced: a resume
 # with a larger limit redoes that record, and the best goes back to what it was before it.
@@ -558,6 +560,8 @@ def _check_counts(opts: TrainOptions) -> None:
     for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("threads", 1), ("seed", 0),
                         ("checkpoint_every", 0)):
         check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
+    if opts.seed is not None and opts.seed > MAX_SEED:  # the graphs' seed input is an int64
+        raise FlowgradError(f"--seed must be at most 2**63 - 1, got {opts.seed}", hint="use a smaller seed")
 
 
 def check_count(name: str, value, least: int = 1, has_default: bool = True) -> None:

@@ -152,6 +152,22 @@ def test_train_several_steps_per_call(trained, tmp_path):
     assert "--steps-per-call" in invoke("train", MLP, "--steps-per-call", "0", code=2).output  # typer says why
 
 
+def test_a_seed_beyond_int64_is_refused_not_a_traceback(tmp_path):
+    """The graphs take the seed as an int64: 2**63 ended training (and gradcheck) with an
+    OverflowError traceback at the first step, after the run directory was written."""
+    from runtime.api import train
+    from spec.errors import FlowgradError
+
+    big = str(2**63)
+    assert "--seed" in invoke("train", MLP, "--seed", big, "--run-dir", tmp_path / "run", code=2).output
+    assert not (tmp_path / "run").exists()
+    assert "--seed" in invoke("gradcheck", MLP, "--set", "dims.H=4", "--seed", big, code=2).output
+    result = invoke("check", MLP, "--set", f"train.seed={big}", code=1)
+    assert "train.seed must be <= 9223372036854775807" in result.output
+    with pytest.raises(FlowgradError, match="--seed must be at most"):
+        train(MLP, run_dir=str(tmp_path / "api"), seed=2**63, steps=1, device="cpu")
+
+
 def test_predict_writes_exactly_the_named_file_or_says_why_not(trained, tmp_path):
     run_dir, _ = trained
     model = tmp_path / "m.onnx"
