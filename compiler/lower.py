@@ -96,7 +96,22 @@ class Lowering:
             for i, t in enumerate(a.targets):
                 self._defs[t] = (a, i)
         for name, p in spec.params.items():
+            self._check_param_dtype(name, p)
             self.add_param(name, p.shape, p.init.kind, p.init.args, p.trainable, p.loc, seed=p.init.args.get("seed"))
+
+    def _check_param_dtype(self, name: str, p: S.ParamDecl) -> None:
+        """Parameters are stored in the compile float type (float32 names it): another declared
+        type would be silently replaced by it, so it is refused."""
+        if p.dtype in SPEC_FLOAT_NAMES or p.dtype == self.stored_dtype:
+            return
+        try:
+            loc = self.spec.locate("params", name, "dtype")
+        except Exception:  # noqa: BLE001  (a spec given as a dict without locations)
+            loc = None
+        raise SpecError(f"parameter {name!r} declares dtype {p.dtype}, but parameters are stored in the graphs' "
+                        f"float type, {self.stored_dtype}", loc or p.loc,
+                        f"leave dtype out (float32 means the compile float type), or compile with train.dtype "
+                        f"{p.dtype} (--dtype {p.dtype})")
 
     # ------------------------------------------------------------------ params
     def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None) -> Value:

@@ -325,3 +325,26 @@ def test_float64_products_by_constants_stay_float64_on_onnxruntime():
     assert Runner(model).backend == "onnxruntime"
     np.testing.assert_allclose(Runner(model)({"a": a, "b": b})["y"], want, rtol=1e-14)
     np.testing.assert_allclose(make_session(model).run(None, {"a": a, "b": b})[0], want, rtol=1e-14)
+
+
+def test_a_parameter_dtype_other_than_the_float_type_is_refused_not_ignored():
+    """params.<p>.dtype float64 (or float16) in a float32 model was silently stored and trained
+    as float32; it is a located error, and fine where it is the type compiled for."""
+    from compiler.training import compile_spec
+    from spec.errors import SpecError
+
+    def spec(dtype, train_dtype=None):
+        return spec_from_dict({"flowgrad": 1, "name": "p", "inputs": {"x": {"shape": ["N", 4]}},
+                               "params": {"W": {"shape": [4, 2], "init": "glorot_uniform", "dtype": dtype}},
+                               "loss": "mean(x @ W)",
+                               "train": {"optimizer": {"sgd": {"lr": 0.1}}, **({"dtype": train_dtype} if train_dtype else {})}})
+
+    for dtype in ("float64", "float16"):
+        with pytest.raises(SpecError, match=f"parameter 'W' declares dtype {dtype}"):
+            compile_spec(spec(dtype))
+    assert compile_spec(spec("float64", "float64")).initial_state(0)["W"].dtype == np.float64
+    assert compile_spec(spec("float32", "float64")).initial_state(0)["W"].dtype == np.float64
+    mixed = spec("float16")
+    mixed.train["mixed_precision"] = "float16"
+    with pytest.raises(SpecError, match="stored in the graphs' float type, float32"):  # master weights stay float32
+        compile_spec(mixed)
