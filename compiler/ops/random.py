@@ -270,10 +270,18 @@ class RandomComposite(OpDef):
         return int(seed), int(step), 1 if attrs["salt"] is None else int(attrs["salt"])
 
 
+def _below(high: float, low: float, dtype: str) -> np.ndarray:
+    """The largest value of dtype below high (not below low): uniform's upper bound."""
+    hi, lo = np.asarray(high, dtype=dtype), np.asarray(low, dtype=dtype)
+    return np.maximum(np.nextafter(hi, np.asarray(-np.inf, dtype=dtype)), lo)
+
+
 @op("uniform")
 class Uniform(RandomComposite):
     """Uniform random numbers in [low, high) shaped like `like` (values unused),
-    in like's float dtype (else the graph's), from 24 random bits for float32."""
+    in like's float dtype (else the graph's), from 24 random bits for float32. u * (high -
+    low) + low can round up to high (low=1, high=2: 1 + (1 - 2^-11) is 2 in float16): such
+    draws take the largest value below high instead."""
 
     attrs = {"low": 0.0, "high": 1.0, "salt": None}
 
@@ -284,6 +292,7 @@ class Uniform(RandomComposite):
         u = self.unit(g, like, rng, salt, dtype)
         if (low, high) != (0.0, 1.0):
             u = u * g.const(np.asarray(high - low, dtype=dtype)) + g.const(np.asarray(low, dtype=dtype))
+            u = g.apply("minimum", u, g.const(_below(high, low, dtype)))
         return u
 
     def ref(self, attrs, like, seed, step):
@@ -292,10 +301,12 @@ class Uniform(RandomComposite):
         u = bits_to_unit(hash_bits(seed, step, salt, like.shape), dtype)
         if (attrs["low"], attrs["high"]) != (0.0, 1.0):
             u = u * np.asarray(attrs["high"] - attrs["low"], dtype) + np.asarray(attrs["low"], dtype)
+            u = np.minimum(u, _below(attrs["high"], attrs["low"], dtype))
         return u
 
     def samples(self, rng):
         return [_rng_sample(rng, (3, 4), 1), _rng_sample(rng, (2, 5), 4, {"low": -2.0, "high": 3.0}),
+                _rng_sample(rng, (3, 4), 2, {"low": 1.0, "high": 2.0}),
                 _rng_sample(rng, (6,), 2, like=np.zeros(6, dtype=np.float32))]
 
 
