@@ -433,10 +433,12 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 def finish_step(name, scalars, n) -> None:
                     """Book one step's results (none when it overflowed in mixed precision)."""
                     nonlocal overflows
-                    if mixed and not all(np.isfinite(v) for v in scalars.values()):
-                        # the step overflowed in float16: it changed nothing but the loss scale
+                    if mixed and np.isnan(scalars.get("loss", 0.0)):
+                        # the step's gradients overflowed in float16 (the graph then reports a NaN
+                        # loss): it changed nothing but the loss scale. An inf loss of a step kept
+                        # is no overflow: the update was made, and _check_finite stops the run.
                         overflows += 1
-                        if overflows > MAX_OVERFLOWS:
+                        if overflows >= MAX_OVERFLOWS:
                             raise FlowgradError(
                                 f"every training step overflowed for {overflows} steps in mixed precision "
                                 f"(step {step}, epoch {epoch + 1}); training stopped",
