@@ -83,4 +83,4 @@ def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str 
     except ORT_ERRORS as ex:
         from runtime.train import _step_failed
 
-        raise _step_failed(ex, "evaluation", run_dir) from None
+        raise _step_failed(ex, "evaluation", run_dir, cm.float_dtype) from None

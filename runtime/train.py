@@ -475,7 +475,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                                                            for i in range(len(pending))], step)
                     except ORT_ERRORS as ex:
                         steps = f"step {step}" if len(pending) == 1 else f"steps {step}-{step + len(pending) - 1}"
-                        raise _step_failed(ex, f"training {steps} (epoch {epoch + 1})", run_dir) from None
+                        raise _step_failed(ex, f"training {steps} (epoch {epoch + 1})", run_dir, cm.float_dtype) from None
                     done = False
                     for (next_pos, b), scalars in zip(pending, results):
                         finish_step(name, scalars, _rows(b))
@@ -506,7 +506,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                             else:
                                 scalars = trainer.train_step(name, group[0], lr, step)
                         except ORT_ERRORS as ex:
-                            raise _step_failed(ex, f"training step {step} (epoch {epoch + 1})", run_dir) from None
+                            raise _step_failed(ex, f"training step {step} (epoch {epoch + 1})", run_dir, cm.float_dtype) from None
                         finish_step(name, scalars, n)
                     group = []
                     if end_step(n, next_pos):
@@ -526,7 +526,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                         record.update({f"valid_{k}": v for k, v in trainer.evaluate(
                             b for _, b in batches(valid_ds, max(batch_size, 256))).items()})
                     except ORT_ERRORS as ex:
-                        raise _step_failed(ex, f"validation after epoch {epoch + 1}", run_dir) from None
+                        raise _step_failed(ex, f"validation after epoch {epoch + 1}", run_dir, cm.float_dtype) from None
                 record["seconds"] = round(time.perf_counter() - t_start, 3)
                 epoch += 1
                 # "best" follows the early-stopping metric, else the validation (or training) loss.
@@ -617,7 +617,7 @@ def _check_state_finite(state: dict, step: int, epoch: int, run_dir: str) -> Non
         )
 
 
-def _step_failed(ex: Exception, what: str, run_dir: str) -> FlowgradError:
+def _step_failed(ex: Exception, what: str, run_dir: str, float_dtype: str = "float32") -> FlowgradError:
     """onnxruntime refused to run a step: nearly always data the graph cannot take."""
     detail = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
     detail = detail.split("Status Message: ")[-1]
@@ -625,9 +625,13 @@ def _step_failed(ex: Exception, what: str, run_dir: str) -> FlowgradError:
         detail = re.split(r"\] |\) ", detail)[-1]
     if "NOT_IMPLEMENTED" in detail:
         detail = detail.split("NOT_IMPLEMENTED : ")[-1]
-        return FlowgradError(f"onnxruntime cannot run the {what}: {detail}",
-                             hint="this device's provider lacks a kernel for that op and type; with "
-                                  "mixed_precision, try float16 instead of bfloat16")
+        if float_dtype == "float64":  # (the CPU provider has float64 products, not convolutions or pooling)
+            hint = ("onnxruntime has no float64 kernel for that op: train in float32; flowgrad gradcheck checks "
+                    "float64 gradients of any op on onnx's reference evaluator")
+        else:
+            hint = "this device's provider lacks a kernel for that op and type; with mixed_precision, try float16 " \
+                   "instead of bfloat16"
+        return FlowgradError(f"onnxruntime cannot run the {what}: {detail}", hint=hint)
     return FlowgradError(f"onnxruntime failed in the {what}: {detail}",
                          hint="check the data's values, e.g. class ids must be below the number of classes; "
                               f"the last checkpoint in {run_dir} is intact")

@@ -348,3 +348,14 @@ def test_a_parameter_dtype_other_than_the_float_type_is_refused_not_ignored():
     mixed.train["mixed_precision"] = "float16"
     with pytest.raises(SpecError, match="stored in the graphs' float type, float32"):  # master weights stay float32
         compile_spec(mixed)
+
+
+def test_float64_training_of_a_convnet_says_which_kernel_is_missing(tmp_path):
+    """onnxruntime's CPU provider has no float64 Conv: the hint spoke of mixed precision."""
+    from runtime.api import train
+    from spec.errors import FlowgradError
+
+    spec = shrunk(os.path.join(ROOT, "models", "convnet.yaml"))
+    with pytest.raises(FlowgradError, match="Conv") as e:
+        train(spec, run_dir=str(tmp_path / "r"), steps=1, threads=1, device="cpu", dtype="float64")
+    assert "no float64 kernel" in e.value.hint and "mixed_precision" not in e.value.hint
