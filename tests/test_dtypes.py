@@ -355,7 +355,7 @@ def test_float64_training_of_a_convnet_says_which_kernel_is_missing(tmp_path):
     from runtime.api import train
     from spec.errors import FlowgradError
 
-    spec = shrunk(os.path.join(ROOT, "models", "convnet.yaml"))
+    spec = shrunk(os.path.join(ROOT, "models", "convnet.yaml"), extra=["dims.K=10"])  # the digits have 10 classes
     with pytest.raises(FlowgradError, match="Conv") as e:
         train(spec, run_dir=str(tmp_path / "r"), steps=1, threads=1, device="cpu", dtype="float64")
     assert "no float64 kernel" in e.value.hint and "mixed_precision" not in e.value.hint
