@@ -365,18 +365,12 @@ def _write_npz(path: str, arrays: dict) -> None:
 
     import numpy as np
 
-    from runtime.checkpoint import atomic_write, refuse_run_file
-    from spec.errors import FlowgradError
+    from runtime.checkpoint import atomic_write, make_parent_dir, refuse_run_file
 
     refuse_run_file(path)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:  # as export and plot do
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise FlowgradError(f"cannot create the directory {directory}: {e.strerror}",
-                            hint="pick another path with -o") from None
+    make_parent_dir(path)
     atomic_write(path, buf.getvalue(), hint="check the directory's permissions and free space, or pick another path with -o")
 
 

@@ -982,21 +982,19 @@ def write_picture(d, path: str) -> tuple[str, str | None]:
     if ext not in ("dot", "gv") + RENDER_FORMATS:
         raise FlowgradError(f"cannot write a graph as {path!r}", None,
                             "give a file ending in .svg, .png, .pdf or .dot")
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    from runtime.checkpoint import atomic_write, make_parent_dir
+
+    make_parent_dir(path)
+    hint = "pick another path with -o"
     if ext in ("dot", "gv"):
-        with open(path, "w") as f:
-            f.write(d.source)
+        atomic_write(path, d.source.encode(), hint)
         return path, None
     if shutil.which("dot") is None:
         dot_path = os.path.splitext(path)[0] + ".dot"
-        with open(dot_path, "w") as f:
-            f.write(d.source)
+        atomic_write(dot_path, d.source.encode(), hint)
         return dot_path, (f"Graphviz's 'dot' program is not installed, so wrote {dot_path} instead of {path}; "
                           f"install Graphviz ({INSTALL_HINT}) and run: dot -T{ext} {dot_path} -o {path}")
-    data = d.pipe(format=ext)
-    with open(path, "wb") as f:
-        f.write(data)
+    atomic_write(path, d.pipe(format=ext), hint)
     return path, None
 
 

@@ -25,6 +25,18 @@ def refuse_run_file(path: str) -> None:
         raise FlowgradError(f"{path} is one of the run's own files", hint="pick another path with -o")
 
 
+def make_parent_dir(path: str) -> None:
+    """The directory an output file goes in, made if missing (export, predict, plot and graph
+    write into new directories alike)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise FlowgradError(f"cannot make the directory {directory} for {path}: {reason}",
+                            hint="pick another path with -o") from None
+
+
 def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
     """Write the file whole or not at all (a temporary beside it, then a rename); `hint` for
     a file that is not a run's (the default hint speaks of checkpoints)."""

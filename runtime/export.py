@@ -84,11 +84,11 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     external = size >= EXTERNAL_DATA_BYTES  # a protobuf holds at most 2 GB: the weights go beside it
     if not external:
         _check_exported(model, ckpt, graph_path)
-    from .checkpoint import refuse_run_file
+    from .checkpoint import make_parent_dir, refuse_run_file
 
     refuse_run_file(output)
+    make_parent_dir(output)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         if external:
             onnx.save_model(model, output, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=os.path.basename(output) + ".data")

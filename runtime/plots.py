@@ -17,7 +17,7 @@ def save_figure(fig, output: str, dpi: int) -> None:
 
     from spec.errors import FlowgradError
 
-    from .checkpoint import atomic_write
+    from .checkpoint import atomic_write, make_parent_dir
 
     fmt = os.path.splitext(output)[1][1:].lower() or "png"
     buf = io.BytesIO()
@@ -27,10 +27,7 @@ def save_figure(fig, output: str, dpi: int) -> None:
         raise FlowgradError(f"cannot write a {fmt!r} image: {output}", hint="name the file .png, .svg or .pdf") from None
     finally:
         plt.close(fig)
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    except OSError:
-        pass  # atomic_write says what is wrong with the path
+    make_parent_dir(output)
     atomic_write(output, buf.getvalue(), hint="pick another path with -o")
 
 

@@ -180,7 +180,7 @@ def test_predict_writes_exactly_the_named_file_or_says_why_not(trained, tmp_path
     assert set(np.load(tmp_path / "new" / "dir" / "y.npz")) >= {"probs"}
     (tmp_path / "file").write_text("")
     res = invoke("predict", model, "--data", tmp_path / "in.npz", "-o", tmp_path / "file" / "y.npz", code=1)
-    assert "cannot create the directory" in res.stderr and "Traceback" not in res.stderr
+    assert "a file is in the way" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_export_leaves_an_earlier_file_whole_when_the_write_fails(trained, tmp_path, monkeypatch):

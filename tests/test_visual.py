@@ -540,3 +540,13 @@ def test_plot_curves_reads_a_history_cut_short_and_refuses_a_damaged_one(tmp_pat
     path.write_bytes(b"\xff\xfe\n")
     with pytest.raises(DataError, match="unreadable"):
         read_history(str(tmp_path))
+
+
+def test_graph_output_paths_are_made_or_refused_in_one_line(tmp_path):
+    """A path under a file (or an unwritable place) ended graph with an OSError traceback;
+    export, predict, plot and graph now make missing directories and refuse such paths alike."""
+    (tmp_path / "file").write_text("")
+    res = invoke("graph", MLP, "-o", tmp_path / "file" / "g.dot", code=1)
+    assert "a file is in the way" in res.output and "pick another path" in res.output
+    invoke("graph", MLP, "-o", tmp_path / "new" / "dir" / "g.dot")
+    assert (tmp_path / "new" / "dir" / "g.dot").read_text().startswith("digraph")
