@@ -8,16 +8,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-
-def exact_float64_optimizers(model: onnx.ModelProto) -> list[str]:
-    """onnxruntime's rewrites to turn off for a float64 model: MatMulScaleFusion folds a
-    product's constant factor (0.3 * (a @ b)) into a scale attribute, which is a float32, so
-    float64 results came out with float32's relative error (4e-8)."""
-    double = onnx.TensorProto.DOUBLE
-    if any(i.type.tensor_type.elem_type == double for i in model.graph.input) \
-            or any(t.data_type == double for t in model.graph.initializer):
-        return ["MatMulScaleFusion"]
-    return []
+from .emit import exact_float64_optimizers
 
 
 class Runner:

@@ -452,11 +452,11 @@ class Lowering:
                 v = body.lookup(name, block.output_loc(len(outs)))
                 outs.append(v if isinstance(v, Value) else self.graph.lift(v))
         except FlowgradError as err:
-            # located in the block's body, which every call shares: say which call fed it
-            if err.loc is not None and e.loc is not None and err.loc != e.loc and not getattr(err, "_call_named", False):
+            # located in the block's body, which every call shares: say which call fed it (and,
+            # for a block called from a block, the calls around that one)
+            if err.loc is not None and e.loc is not None and err.loc != e.loc:
                 call = f"in the call {e.func}(...) at line {e.loc.line}, column {e.loc.col}"
                 err.hint = f"{err.hint}; {call}" if err.hint else call
-                err._call_named = True  # the innermost call: the one that fed the failing line
             raise
         return tuple(outs) if len(outs) > 1 else outs[0]
 

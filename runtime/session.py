@@ -17,8 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compiler.check import exact_float64_optimizers
-from compiler.emit import OPSET, all_nodes, narrow_types, widen_unsupported_types
+from compiler.emit import OPSET, all_nodes, exact_float64_optimizers, narrow_types, widen_unsupported_types
 from spec.errors import FlowgradError
 
 ort.set_default_logger_severity(3)

@@ -262,8 +262,12 @@ def _removed_if_left_empty(run_dir: str, fresh: bool):
         raise
 
 
+def run_dir_of(spec: S.Spec, opts: TrainOptions) -> str:
+    return opts.run_dir or os.path.join("runs", spec.name)
+
+
 def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
-    run_dir = opts.run_dir or os.path.join("runs", spec.name)
+    run_dir = run_dir_of(spec, opts)
     ckpt = os.path.join(run_dir, CHECKPOINT)
     if os.path.exists(ckpt) and not opts.resume and not opts.overwrite:
         raise FlowgradError(f"{run_dir} already holds a run (its checkpoint would be lost)",
@@ -331,7 +335,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             spec.locate("train", "schedule") if "schedule" in cfg else spec.locate("train", "objectives"),
             "their steps alternate, one call each: leave out --steps-per-call")
     device = pick_device(opts.device)
-    fresh = not os.path.exists(opts.run_dir or os.path.join("runs", spec.name))
+    fresh = not os.path.exists(run_dir_of(spec, opts))
     run_dir = prepare_run_dir(spec, opts)
     with _removed_if_left_empty(run_dir, fresh), run_lock(run_dir):
         remove_stale_temporaries(run_dir)  # of a process killed while writing
