@@ -29,7 +29,7 @@ def fans(shape) -> tuple[int, int]:
 def param_rng(seed: int, name: str, own_seed: int | None = None) -> np.random.Generator:
     if own_seed is not None:
         return np.random.default_rng(own_seed)
-    return np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(name.encode())])
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])  # (a seed past 2**32 is several words)
 
 
 def initial_value(kind: str, args: dict, shape, dtype: str, rng: np.random.Generator, loc=None) -> np.ndarray:

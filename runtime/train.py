@@ -226,7 +226,7 @@ def batches(ds: D.Dataset, batch_size: int, order: np.ndarray | None = None, sta
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, 7]).permutation(n)
+    return np.random.default_rng([seed, epoch, 7]).permutation(n)
 
 
 # ---------------------------------------------------------------- run directory

@@ -771,3 +771,19 @@ def test_eval_compiles_the_spec_the_run_trained(tmp_path):
     assert json.loads((tmp_path / "f64" / "run.json").read_text())["dtype"] == "float64"
     with pytest.raises(FlowgradError, match="unknown checkpoint"):
         evaluate_run(str(tmp_path / "set"), str(tmp_path / "d.npz"), checkpoint="newest", device="cpu")
+
+
+def test_seeds_apart_by_a_multiple_of_2_to_the_32_differ_in_weights_and_data_order():
+    """Initial weights and data order read the seed's low 32 bits only: seeds 5 and 5 + 2**32
+    started alike (their dropout, which reads all 64 bits, differed). Seeds below 2**32 keep
+    the streams they had."""
+    import zlib
+
+    from compiler.init import param_rng
+    from runtime.train import epoch_order
+
+    big = 5 + 2**32
+    assert not np.array_equal(param_rng(5, "W").random(4), param_rng(big, "W").random(4))
+    assert not np.array_equal(epoch_order(5, 0, 50), epoch_order(big, 0, 50))
+    assert np.array_equal(param_rng(5, "W").random(4), np.random.default_rng([5, zlib.crc32(b"W")]).random(4))
+    assert np.array_equal(epoch_order(5, 1, 50), np.random.default_rng([5, 1, 7]).permutation(50))
