@@ -51,6 +51,13 @@ GOLDEN = 0x9E3779B9  # salt multiplier: floor(2**32 / golden ratio), odd
 ROUND = 0x85EBCA6B  # offset between the three element round keys
 SEED_OFFSET = 0x6A09E667
 MANTISSA_BITS = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 32}
+
+
+def normal_work_dtype(dtype: str) -> str:
+    """The type normal() draws in: float32 for the half types, whose 8 or 11 random bits
+    would cap |z| at 3.3 (bfloat16) or 3.9 (float16) and shrink the variance; the draw is
+    then rounded to the half type."""
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
 U32 = np.uint32
 
 
@@ -353,23 +360,25 @@ class Normal(RandomComposite):
         if not std >= 0:
             raise SpecError(f"normal needs std >= 0, got {std}", current_loc())
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
-        c = lambda v: g.const(np.asarray(v, dtype=dtype))  # noqa: E731
-        u1 = self.unit(g, like, rng, salt, dtype, open_low=True)
-        u2 = self.unit(g, like, rng, salt + 1, dtype)
+        work = normal_work_dtype(dtype)
+        c = lambda v: g.const(np.asarray(v, dtype=work))  # noqa: E731
+        u1 = self.unit(g, like, rng, salt, work, open_low=True)
+        u2 = self.unit(g, like, rng, salt + 1, work)
         z = g.apply("box_muller", u1, u2)
         if (mean, std) != (0.0, 1.0):
             z = z * c(std) + c(mean)
-        return z
+        return z if work == dtype else g.cast(z, dtype)
 
     def ref(self, attrs, like, seed, step):
         seed, step, salt = self.ref_args(attrs, seed, step)
         dtype = _float_dtype_for(like.dtype.name, "float64")
-        u1 = bits_to_unit(hash_bits(seed, step, salt, like.shape), dtype, open_low=True)
-        u2 = bits_to_unit(hash_bits(seed, step, salt + 1, like.shape), dtype)
+        work = normal_work_dtype(dtype)
+        u1 = bits_to_unit(hash_bits(seed, step, salt, like.shape), work, open_low=True)
+        u2 = bits_to_unit(hash_bits(seed, step, salt + 1, like.shape), work)
         z = BoxMuller.ref(None, {}, u1, u2)
         if (attrs["mean"], attrs["std"]) != (0.0, 1.0):
-            z = z * np.asarray(attrs["std"], dtype) + np.asarray(attrs["mean"], dtype)
-        return z
+            z = z * np.asarray(attrs["std"], work) + np.asarray(attrs["mean"], work)
+        return z.astype(dtype)
 
     def samples(self, rng):
         return [_rng_sample(rng, (3, 4), 1), _rng_sample(rng, (5,), 7, {"mean": 1.0, "std": 0.5})]
