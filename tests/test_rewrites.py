@@ -149,6 +149,22 @@ def test_constant_folding_keeps_the_dtype():
     assert opt.dtype == "float32"
 
 
+
+def test_constant_folding_agrees_with_the_emitted_leaky_relu_in_float64():
+    """ONNX's LeakyRelu takes alpha as a float32 attribute: in a float64 graph alpha=0.2 acted
+    as 0.20000000298, so folding a constant (NumPy, 0.2) changed results by 1e-9 and the
+    forward disagreed with its own gradient (g * 0.2)."""
+    g = Graph("float64")
+    x = g.add_input("x", "float64", (4,))
+    c = g.apply("leaky_relu", g.const(np.asarray([-1.0, 2.0, -3.0, 0.0])), alpha=0.2)
+    outs = {"y": g.apply("leaky_relu", x, alpha=0.2), "z": x * c}
+    (folded,) = optimize([outs["z"]])
+    assert ops_of([folded]) == ["constant", "mul"]
+    fx = np.asarray([-1.0, 2.0, -3.0, 0.0])
+    got = run_graph(g, {**outs, "folded": folded}, {"x": fx})
+    np.testing.assert_array_equal(got["y"], np.where(fx > 0, fx, 0.2 * fx))
+    np.testing.assert_array_equal(got["z"], got["folded"])
+
 IDENTITIES = {
     "x*1": lambda g, x: x * 1.0,
     "1*x": lambda g, x: 1.0 * x,

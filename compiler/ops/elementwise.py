@@ -758,6 +758,16 @@ class LeakyRelu(Unary):
     def onnx_attrs(self, attrs):
         return {"alpha": float(attrs["alpha"])}
 
+    def emit(self, e, node, ins, outs):
+        alpha, dtype = float(node.attrs["alpha"]), node.inputs[0].dtype
+        if dtype == "float64" and float(np.float32(alpha)) != alpha:
+            # LeakyRelu's alpha is a float32 attribute: 0.2 would act as 0.20000000298 on
+            # float64 values (and disagree with the gradient and constant folding, which use 0.2)
+            pos = e.add("Greater", [ins[0], e.const(np.asarray(0.0, dtype=dtype))])
+            e.add("Where", [pos, ins[0], e.add("Mul", [ins[0], e.const(np.asarray(alpha, dtype=dtype))])], outs)
+        else:
+            super().emit(e, node, ins, outs)
+
     def vjp(self, node, gouts):
         x, g = node.inputs[0], gouts[0]
         pos = x.graph.apply("gt", x, x.graph.lift(0.0, like=x))
