@@ -422,6 +422,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 atomic_write(os.path.join(run_dir, BEST), data)
             atomic_write(ckpt_path, data)
 
+        # where an epoch's batches end: drop_last leaves out the short remainder
+        epoch_end = len(train_ds) - (len(train_ds) % batch_size if cfg.get("drop_last") else 0)
         progress = _Progress(opts.progress, epochs, steps_per_epoch)
         with progress:
             while epoch < epochs and step < total_steps and stopped == "finished":
@@ -494,12 +496,12 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                             break  # a short last batch does not stack with the others
                         pending.append((next_pos, batch))
                         ahead = step + len(pending)
-                        if (len(pending) == opts.steps_per_call or next_pos >= len(train_ds) or ahead >= total_steps
+                        if (len(pending) == opts.steps_per_call or next_pos >= epoch_end or ahead >= total_steps
                                 or (opts.checkpoint_every and ahead % opts.checkpoint_every == 0)) and run_pending():
                             break
                         continue
                     group.append(batch)
-                    if len(group) < opts.accumulate and next_pos < len(train_ds):
+                    if len(group) < opts.accumulate and next_pos < epoch_end:  # an epoch's last update may take fewer
                         continue
                     n = sum(_rows(b) for b in group)
                     for name in cm.schedule:
@@ -518,7 +520,6 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 if pending:
                     run_pending()
                 position = 0
-                epoch_end = len(train_ds) - (len(train_ds) % batch_size if cfg.get("drop_last") else 0)
                 partial = None
                 if step >= total_steps and reached < epoch_end:  # the step limit stopped the run mid-epoch
                     # what a resume with a larger limit goes on from (this record is then redone)

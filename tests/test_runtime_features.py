@@ -296,6 +296,24 @@ def test_drop_last_with_accumulate_counts_an_epochs_last_short_update(tmp_path, 
     assert (res.epochs, res.steps) == (4, 8)
 
 
+def test_drop_last_with_accumulate_makes_the_last_update_of_the_batches_left(tmp_path, data):
+    """70 examples, batches of 16, 3 per update, drop_last: the epoch's 4 batches (64 rows) make
+    updates of 3 and 1 batches, as 64 examples without drop_last do (the update of the fourth
+    batch was never made: one step an epoch, its loss over 48 rows)."""
+    x, y = np.load(data)["x"], np.load(data)["y"]
+    np.savez(tmp_path / "d70.npz", x=np.concatenate([x, x[:6]]), y=np.concatenate([y, y[:6]]))
+    common = dict(valid="0", epochs=2, accumulate=3, threads=1, device="cpu")
+    dropped = train(_spec(REGRESSION + "  drop_last: true\n  shuffle: false\n", tmp_path, "drop.yaml"),
+                    run_dir=str(tmp_path / "drop"), data=str(tmp_path / "d70.npz"), **common)
+    whole = train(_spec(REGRESSION + "  shuffle: false\n", tmp_path), run_dir=str(tmp_path / "whole"), data=data,
+                  **common)
+    assert (dropped.epochs, dropped.steps) == (whole.epochs, whole.steps) == (2, 4)
+    assert [r["train_loss"] for r in dropped.history] == [r["train_loss"] for r in whole.history]
+    a, b = _params(str(tmp_path / "drop")), _params(str(tmp_path / "whole"))
+    for k in b:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_with_both_limits_the_lr_schedule_plans_for_the_one_reached_first(tmp_path, data, monkeypatch):
     import runtime.train as TR
 
