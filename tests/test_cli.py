@@ -217,6 +217,13 @@ def test_gradcheck():
     assert "ok" in out and "FAIL" not in out
 
 
+def test_gradcheck_of_a_mixed_precision_spec_checks_its_float64_gradient():
+    """The check runs in float64: a spec with train.mixed_precision was refused, its message
+    telling the user to leave a --dtype they never gave at float32."""
+    out = invoke("gradcheck", MLP, "--set", "dims.H=8", "--set", "train.mixed_precision=float16").stdout
+    assert "ok" in out and "FAIL" not in out
+
+
 def test_export_and_predict_round_trip(trained, tmp_path):
     run_dir, _ = trained
     model = tmp_path / "mlp.onnx"
