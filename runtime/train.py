@@ -310,8 +310,6 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
     spec = spec.with_batch_size(opts.batch_size)  # the graphs' layout choices follow the batch trained with
     cfg = spec.train or {}
     seed = int(opts.seed if opts.seed is not None else cfg.get("seed", 0))
-    if opts.accumulate < 1:
-        raise FlowgradError("--accumulate must be at least 1")
     if opts.accumulate > 1 and cfg.get("mixed_precision"):
         raise FlowgradError("--accumulate does not work with train.mixed_precision",
                             hint="its loss scaling needs each update's gradients in one step: leave out one of the two")
@@ -324,8 +322,6 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         raise SpecError(f"early_stopping: is a larger or a smaller {stopping.get('metric')} better?",
                         spec.locate("train", "early_stopping", "metric"),
                         "add mode: max (accuracy, say) or mode: min; only a loss defaults to min")
-    if opts.steps_per_call < 1:
-        raise FlowgradError("--steps-per-call must be at least 1")
     if opts.steps_per_call > 1 and opts.accumulate > 1:
         raise FlowgradError("--steps-per-call does not work with --accumulate",
                             hint="an accumulated update already runs several batches per update: leave out one of the two")
@@ -565,7 +561,7 @@ def _check_counts(opts: TrainOptions) -> None:
     """The options the CLI bounds, bounded the same way when they come through the API (an
     epochs=0 trained the spec's epochs, a negative batch size or epoch count trained nothing)."""
     for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("threads", 1), ("seed", 0),
-                        ("checkpoint_every", 0)):
+                        ("checkpoint_every", 0), ("accumulate", 1), ("steps_per_call", 1)):
         check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
     if opts.seed is not None and opts.seed > MAX_SEED:  # the graphs' seed input is an int64
         raise FlowgradError(f"--seed must be at most 2**63 - 1, got {opts.seed}", hint="use a smaller seed")

@@ -112,7 +112,8 @@ def test_resume_keeps_the_seed_the_run_was_trained_with(tmp_path):
 
 @pytest.mark.parametrize("option", [dict(epochs=0), dict(epochs=-1), dict(steps=0), dict(batch_size=0),
                                     dict(batch_size=-5), dict(threads=-1), dict(seed=-1), dict(epochs=2.5),
-                                    dict(checkpoint_every=-1)])
+                                    dict(checkpoint_every=-1), dict(accumulate=1.5), dict(accumulate=0),
+                                    dict(steps_per_call=2.5), dict(steps_per_call=True), dict(steps_per_call=0)])
 def test_api_options_are_bounded_like_the_cli_flags(tmp_path, option):
     """train(spec, epochs=0) trained the spec's 40 epochs, epochs=-1 or batch_size=-5 trained
     nothing and reported "finished"; each is refused like its CLI flag, before any run file."""
