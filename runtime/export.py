@@ -25,6 +25,8 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
 
     `graph` is "infer" (the spec's outputs) or "generate" (sampling from a
     prompt); by default the sampling graph where the spec has one."""
+    if checkpoint not in ("best", "last"):  # (anything else read the last checkpoint)
+        raise ExportError(f"unknown checkpoint {checkpoint!r}", hint="choose best or last")
     if graph is None:
         graph = "generate" if os.path.exists(os.path.join(run_dir, "graphs", "generate.onnx")) else "infer"
     if graph not in ("infer", "generate"):
@@ -201,8 +203,11 @@ def _all_tensors(model):
 
 
 def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", threads: int | None = None) -> dict[str, np.ndarray]:
-    from .session import ORT_ERRORS, make_session
-
+    from .session import ORT_ERRORS, make_session, pick_device
+    device = pick_device(device)  # (an unknown device, or "auto", ran on the CPU)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise DataError(f"--threads must be an integer of at least 1, got {threads!r}",
+                        hint="leave threads out for the default")
     model = load_model_safely(model_path)
     try:
         sess = make_session(model, device, threads)

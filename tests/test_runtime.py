@@ -135,6 +135,25 @@ def test_api_evaluation_batch_size_is_bounded(tmp_path):
     assert set(evaluate_run(str(tmp_path / "run"), str(tmp_path / "d.npz"), device="cpu")) == {"loss", "accuracy"}
 
 
+def test_api_export_and_predict_check_their_options_like_the_cli(tmp_path):
+    """export(checkpoint="bset") exported the last checkpoint, predict(device="tpu") or
+    device="auto" ran on the CPU without a word, predict(threads=-1) ran: the CLI refuses each."""
+    from runtime.api import export, predict
+
+    train(load(MLP, SMALL), run_dir=str(tmp_path / "run"), epochs=1, threads=1, device="cpu")
+    with pytest.raises(FlowgradError, match="unknown checkpoint 'bset'"):
+        export(str(tmp_path / "run"), str(tmp_path / "m.onnx"), checkpoint="bset")
+    assert not (tmp_path / "m.onnx").exists()
+    export(str(tmp_path / "run"), str(tmp_path / "m.onnx"), checkpoint="last")
+    x = {"x": np.random.default_rng(0).random((2, 64), dtype=np.float32)}
+    with pytest.raises(FlowgradError, match="unknown device 'tpu'"):
+        predict(str(tmp_path / "m.onnx"), x, device="tpu")
+    for bad in (0, -1, 1.5):
+        with pytest.raises(FlowgradError, match="--threads must be an integer of at least 1"):
+            predict(str(tmp_path / "m.onnx"), x, threads=bad)
+    assert predict(str(tmp_path / "m.onnx"), x, threads=1)["probs"].shape == (2, 10)
+
+
 def test_export_refuses_a_checkpoint_whose_shapes_differ_from_the_runs_graphs(tmp_path):
     """A run started over with --overwrite and other dims, stopped before its first checkpoint,
     holds the new graphs and the old checkpoints: export baked the old [64, 16] weights into
