@@ -18,7 +18,7 @@ from . import data as D
 from .checkpoint import load_checkpoint
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .train import TrainOptions, TrainResult, batches, check_count, input_dtypes, needed_inputs
+from .train import TrainOptions, TrainResult, batches, check_count, check_dtype, input_dtypes, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
 
@@ -35,6 +35,7 @@ def load(spec: str | dict | Spec, overrides: list[str] | None = None) -> Spec:
 
 
 def compile(spec: str | dict | Spec, dtype: str | None = None, output: str | None = None) -> CompiledModel:  # noqa: A001
+    check_dtype(dtype)
     cm = compile_spec(load(spec), dtype)
     if output:
         cm.save(output)

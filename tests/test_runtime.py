@@ -122,6 +122,19 @@ def test_api_options_are_bounded_like_the_cli_flags(tmp_path, option):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8", "float8"])
+def test_api_dtype_is_checked_like_the_cli_flag(tmp_path, dtype):
+    """compile(spec, dtype="bfloat16") compiled graphs that train(dtype="bfloat16") failed to
+    run (a RuntimeError of onnxruntime's); an int8 failed with a shape error at the spec's line."""
+    from runtime.api import compile
+
+    with pytest.raises(FlowgradError, match=f"unknown --dtype '{dtype}'"):
+        compile(load(MLP, SMALL), dtype=dtype)
+    with pytest.raises(FlowgradError, match=f"unknown --dtype '{dtype}'"):
+        train(load(MLP, SMALL), run_dir=str(tmp_path / "run"), device="cpu", dtype=dtype)
+    assert not (tmp_path / "run").exists()
+
+
 def test_api_evaluation_batch_size_is_bounded(tmp_path):
     """evaluate_run(batch_size=-1) returned {} (no metrics, no error); batch_size=0 a ValueError."""
     from runtime.api import evaluate_run
