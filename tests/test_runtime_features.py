@@ -351,6 +351,24 @@ def test_two_objectives_sharing_a_parameter_keep_their_own_optimizer_state(monke
         assert not (a & b), (limit, a & b)
 
 
+def test_the_semisupervised_specs_labels_alone_overrides_train_the_classifier_alone(tmp_path):
+    """The spec's doc names the --set overrides that train its classifier on the labels alone:
+    they named only the schedule, which a schedule leaving out an objective refuses."""
+    import re
+    import shlex
+
+    from spec import load_spec
+
+    path = os.path.join(ROOT, "models", "semisupervised.yaml")
+    doc = " ".join(load_spec(path).doc.split())
+    words = shlex.split(re.search(r"labels alone: (.*)\.$", doc).group(1))
+    overrides = [w for flag, w in zip(words, words[1:]) if flag == "--set"]
+    assert overrides and len(overrides) * 2 == len(words)
+    spec = load_spec(path, ["dims.H=16", *overrides])
+    result = train(spec, run_dir=str(tmp_path / "r"), steps=2, threads=1, device="cpu")
+    assert result.steps == 2 and set(spec.train["schedule"]) == {"classify"}
+
+
 def test_resuming_with_other_frozen_parameters_is_refused(tmp_path, data):
     """The optimizer's flat state follows the trained parameters in order: resumed with another
     --freeze of the same total size, one parameter's moments would drive another."""
