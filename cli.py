@@ -102,6 +102,7 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
         err.print(f"[bold yellow]warning:[/bold yellow] {w.one_line()}", soft_wrap=True)
         if w.hint:
             err.print(f"[dim]  hint: {w.hint}[/dim]", soft_wrap=True)
+    _print_doc(s)
     table = Table(title=f"{s.name}: nodes", title_justify="left")
     table.add_column("name")
     table.add_column("op")
@@ -129,6 +130,12 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
     warned = f" ({len(low.warnings)} warning{'s' if len(low.warnings) != 1 else ''})" if low.warnings else ""
     out.print(f"{len(low.params)} tensors, {total:,} trainable values; spec OK{warned}")
     err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {spec}[/dim]", soft_wrap=True)
+
+
+def _print_doc(s) -> None:
+    """The spec's `doc` paragraph, which docs/schema.md says check and summary show."""
+    if s.doc and s.doc.strip():
+        out.print(f"[bold]{escape(s.name)}[/bold]: {escape(' '.join(s.doc.split()))}", soft_wrap=True)
 
 
 @app.command("compile")
@@ -508,6 +515,7 @@ def summary(
         print(json.dumps(r, indent=2))
         return
     t, B = r["totals"], r["batch_size"]
+    _print_doc(s)
     num = lambda x: f"{x:,.0f}" if x else "-"  # noqa: E731
     table = Table(title=f"{s.name}: nodes (FLOPs per example, N = {B})", title_justify="left")
     for col, just in (("name", "left"), ("kind", "left"), ("op", "left"), ("shape", "left"), ("params", "right"), ("FLOPs", "right")):

@@ -1160,6 +1160,6 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
             "training_ops": len([n for n in step.nodes if not is_constant(n)]),
             "training_objective": step.objective,
         })
-    return {"name": spec.name, "path": spec.path, "batch_size": B, "dims": dict(sorted(env.items())),
+    return {"name": spec.name, "doc": spec.doc, "path": spec.path, "batch_size": B, "dims": dict(sorted(env.items())),
             "dims_counted_as_1": unset,
             "nodes": nodes, "params": params, "totals": totals}

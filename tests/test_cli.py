@@ -57,6 +57,14 @@ def test_check_models(path):
     assert out.rstrip().endswith("spec OK")
 
 
+def test_check_and_summary_show_the_spec_doc():
+    """docs/schema.md: doc is 'shown by flowgrad check and flowgrad summary' (neither printed it)."""
+    doc = "Rectifier MLP with dropout on the 8x8 handwritten digits; softmax output."
+    assert doc in invoke("check", MLP).stdout
+    assert doc in invoke("summary", MLP).stdout
+    assert json.loads(invoke("summary", MLP, "--json").stdout)["doc"] == doc
+
+
 def test_check_set_changes_a_shape():
     default = invoke("check", MLP).stdout
     assert "[N, 256]" in default and "[N, 32]" not in default
