@@ -55,6 +55,12 @@ def _children(root, node, required):
         props.update(node["else"].get("properties", {}))
     for key, child in props.items():
         yield key, child, key in required
+    for branch in node.get("oneOf", []) + node.get("anyOf", []):  # a name, or a mapping of settings
+        if isinstance(branch, dict) and "properties" in branch:
+            branch_required = set(branch.get("required", []))
+            for key, child in branch["properties"].items():
+                if key not in props:
+                    yield key, child, key in branch_required
     extra = node.get("additionalProperties")
     if isinstance(extra, dict):
         yield node.get("x-placeholder", "<name>"), extra, False
@@ -108,6 +114,12 @@ def _type_text(root, node) -> str:
         if branches and all(set(b) == {"required"} for b in branches):
             names = ", ".join(f"`{r}`" for b in branches for r in b["required"])
             text += f"; exactly one of {names}"
+        elif branches and not types and "enum" not in node:
+            # alternatives of their own (mixed_precision: a type name, or a mapping of settings)
+            words = [_type_text(root, _resolve(root, b)) for b in branches]
+            words = [w + (" (the keys below)" if "properties" in b else "")
+                     for w, b in zip(words, branches)]
+            text = " or ".join(words)
     return text
 
 

@@ -309,6 +309,33 @@ def test_docs_schema_md_is_up_to_date():
         assert f"`{path}`" in text
 
 
+def test_docs_schema_md_lists_every_key_of_the_schema():
+    """train.mixed_precision's keys (compute, init_scale, growth_interval, max_scale) sit in a
+    oneOf branch, and the page showed the key as 'type: any' without them."""
+    import re
+
+    from spec.loader import schema
+    from spec.schema_doc import generate_schema_markdown
+
+    text = generate_schema_markdown()
+    headed = set(re.findall(r"^#+ `(?:[^`]*\.)?([^`.]+)`$", text, re.M))
+    keys = set()
+
+    def collect(node):
+        if isinstance(node, dict):
+            keys.update(node.get("properties", {}))
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(schema())
+    assert keys - headed == set()
+    assert "type: any" not in text
+    assert "### `train.mixed_precision.growth_interval`" in text
+
+
 def test_docs_schema_md_points_at_files_that_exist():
     """It sent readers to DESIGN.md, which the project does not have."""
     import re
