@@ -634,6 +634,10 @@ class _SpecBuilder:
         _check_name(name, loc, "parameter")
         shape = self.shape(decl["shape"], symbolic=False, what=f"the shape of parameter '{name}'")
         init = self.build_init(decl, f"{where}.{name}.init")
+        if init.kind == "orthogonal" and len(shape) < 2:  # caught here, not when training starts
+            raise SpecError(f"{where}.{name}.init: orthogonal needs a parameter of rank 2 or more, "
+                            f"got shape {shape}", decl.value_locs["init"],
+                            "use it for weight matrices and kernels; a bias or scale takes zeros, ones or normal")
         return ParamDecl(name, shape, init, loc, trainable=decl.get("trainable", True),
                          dtype=decl.get("dtype", "float32"), seed=decl.get("seed"), doc=decl.get("doc", ""))
 
