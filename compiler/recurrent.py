@@ -706,6 +706,11 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
     for k in ("reverse", "layer_norm", "return_state", "unroll", "stateful", "linear_before_reset"):
         if k in a and not isinstance(a[k], bool):
             raise SpecError(f"{k} must be true or false, got {a[k]!r}", where(k))
+    if "linear_before_reset" in a and cell != "gru":  # was read by gru only, ignored by the others
+        raise SpecError(f"linear_before_reset= is for gru; {cell} has no reset gate", where("linear_before_reset"))
+    if a.get("dropout") and a.get("layers", 1) == 1 and not isinstance(a.get("layers", 1), bool):
+        raise SpecError(f"dropout= acts between stacked layers, and this {cell} has one", where("dropout"),
+                        "add layers=2 or more, or apply dropout(...) to its input or output")
     if "act" in a:
         if cell != "rnn":
             raise SpecError(f"act= is for rnn; {cell} has its own gate activations", where("act"))
@@ -798,6 +803,7 @@ class Cell(Layer):
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
+        _check_cell_args(a, e, self.cell)  # act= of an lstm_cell, layer_norm="maybe": located errors
         gates, n_states, step = CELLS[self.cell]
         x, states = a["x"], [a[k] for k in self.positional[1:]]
         for v, k in zip([x] + states, self.positional):

@@ -884,6 +884,16 @@ loss: mean(hs * hs) + s + mean(x)
     ("gru(x, H, lengths=s)", "lengths must be a vector"),
     ("lstm(x, H, stateful=true, reverse=true)", "stateful="),
     ("lstm(x, H, dropout=2)", "dropout between layers must be a rate"),
+    # read by gru only, or between stacked layers only: they were accepted and silently ignored
+    ("lstm(x, H, linear_before_reset=false)", "linear_before_reset= is for gru"),
+    ("rnn(x, H, linear_before_reset=false)", "linear_before_reset= is for gru"),
+    ("gru(x, H, dropout=0.5)", "dropout= acts between stacked layers"),
+    ("bidirectional(lstm, x, H, dropout=0.5)", "dropout= acts between stacked layers"),
+    # the one-step cells took any act= and read flags loosely (bool("no") is true)
+    ("lstm_cell(x[:, 0, :], zeros(N, H), zeros(N, H), act=relu)[0]", "act= is for rnn"),
+    ("rnn_cell(x[:, 0, :], zeros(N, H), act=softplus)", "act must be one of"),
+    ("gru_cell(x[:, 0, :], zeros(N, H), linear_before_reset=no)", "linear_before_reset must be true or false"),
+    ("rnn_cell(x[:, 0, :], zeros(N, H), layer_norm=maybe)", "layer_norm must be true or false"),
     ("x + normal(x, std=-1)", "normal needs std >= 0"),
     ("x + uniform(x, low=2, high=1)", "uniform needs low < high"),
     ("x + bernoulli(x, p=3)", "bernoulli needs a probability"),
