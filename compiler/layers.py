@@ -84,7 +84,7 @@ class Dense(Layer):
     positional = ("x", "units")
     keywords = ("act", "bias", "init", "W", "b")
     required = ("x", "units")
-    usage = "dense(x, units, act=relu, bias=true, init=glorot_uniform, W=..., b=...)"
+    usage = "dense(x, units, act=relu (default: none), bias=true, init=glorot_uniform, W=..., b=...)"
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
@@ -113,12 +113,27 @@ class Conv2d(Layer):
     positional = ("x", "channels", "kernel")
     keywords = ("stride", "padding", "dilation", "groups", "act", "bias", "init", "W", "b")
     required = ("x", "channels", "kernel")
-    usage = "conv2d(x, channels, kernel, stride=1, padding=0, dilation=1, act=relu)"
+    usage = ("conv2d(x, channels, kernel, stride=1, padding=0, dilation=1, groups=1, act=relu (default: none), "
+             "bias=true, init=he_uniform, W=..., b=...) or conv2d(x, W, b, stride=1, padding=0, dilation=1, "
+             "groups=1, act=...)")
+    # what conv2d(x, W[, b]) with explicit tensors takes besides them
+    raw_keywords = ("stride", "padding", "dilation", "groups", "act")
 
     def __call__(self, low, e, args, kwargs):
         if len(args) >= 2 and isinstance(args[1], Value):
             # conv2d(x, W[, b]) with explicit tensors: the raw op plus a bias.
             x, W = args[0], args[1]
+            for k in kwargs:  # bias=, init=, W=, b= were dropped without a word: the tensors are given
+                if k not in self.raw_keywords:
+                    from spec.errors import did_you_mean
+
+                    raise SpecError(f"conv2d(x, W{', b' if len(args) > 2 else ''}) with tensors has no argument {k!r}",
+                                    e.kwarg_locs.get(k, e.loc),
+                                    did_you_mean(k, self.raw_keywords)
+                                    or f"it takes {', '.join(self.raw_keywords)}; pass a bias tensor as its third argument"
+                                       " (or leave it out)")
+            if len(args) > 3:
+                raise SpecError(f"conv2d(x, W, b) takes 3 tensors, got {len(args)} arguments", e.loc, f"usage: {self.usage}")
             y = low.graph.apply("conv", x, W, **{k: v for k, v in kwargs.items() if k in ("stride", "padding", "dilation", "groups")})
             if len(args) > 2:
                 y = y + low.graph.apply("reshape", args[2], shape=(-1, 1, 1))
@@ -158,7 +173,7 @@ class Embedding(Layer):
     positional = ("ids", "vocab", "dim")
     keywords = ("init", "W")
     required = ("ids", "vocab", "dim")
-    usage = "embedding(ids, vocab_size, dim) or embedding(ids, table)"
+    usage = "embedding(ids, vocab, dim, init=... (default: normal with std 1), W=...) or embedding(ids, table)"
 
     def applies(self, args, kwargs):
         return len(args) >= 2 and not isinstance(args[1], Value)
@@ -183,7 +198,7 @@ class Norm(Layer):
 
     def __init__(self, name):
         self.name = name
-        self.usage = f"{name}(x, eps=1e-5)" + (", momentum=0.1" if name == "batch_norm" else "")
+        self.usage = f"{name}(x, eps=1e-5" + (", momentum=0.1)" if name == "batch_norm" else ", axis=-1)")
 
     def applies(self, args, kwargs):
         return len(args) == 1

@@ -657,7 +657,10 @@ class Recurrent(Layer):
 
     def __init__(self, cell):
         self.name = cell
-        self.usage = f"{cell}(x, units, layers=1, reverse=false, mask=m | lengths=len, truncate=K, layer_norm=false)"
+        self.usage = (f"{cell}(x, units, layers=1, reverse=false, mask=m | lengths=len, "
+                      f"init=[{'h0, c0' if cell == 'lstm' else 'h0'}], truncate=K, layer_norm=false, return_state=false, "
+                      "dropout=0 (between layers), stateful=false, unroll=false"
+                      + {"rnn": ", act=tanh", "gru": ", linear_before_reset=true", "lstm": ""}[cell] + ")")
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
@@ -744,8 +747,9 @@ class Bidirectional(Layer):
     # a reverse pass is already in it; initial or carried states would be two, one per direction
     keywords = tuple(k for k in Recurrent.keywords if k not in ("reverse", "init", "stateful")) + ("merge",)
     required = ("cell", "x", "units")
-    usage = ("bidirectional(lstm | gru | rnn, x, units, merge=concat | sum, layers=1, dropout=0, "
-             "mask=m | lengths=len, truncate=K, layer_norm=false)")
+    usage = ("bidirectional(lstm | gru | rnn, x, units, merge=concat | sum, layers=1, dropout=0 (between layers), "
+             "mask=m | lengths=len, truncate=K, layer_norm=false, unroll=false, act=tanh (rnn), "
+             "linear_before_reset=true (gru))")
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
@@ -799,7 +803,8 @@ class Cell(Layer):
         gates, n_states, _ = CELLS[cell]
         self.positional = ("x", "h", "c")[:1 + n_states]
         self.required = self.positional
-        self.usage = f"{self.name}({', '.join(self.positional)})"
+        self.usage = f"{self.name}({', '.join(self.positional)}, layer_norm=false" + \
+            {"rnn": ", act=tanh)", "gru": ", linear_before_reset=true)", "lstm": ")"}[cell]
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)

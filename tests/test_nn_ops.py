@@ -264,3 +264,56 @@ def test_attention_shape_errors_show_types_not_internal_values(op):
     with pytest.raises(ShapeError) as e:
         g.apply(op, q, k, v, m, *extra)
     assert "disagree on [N, S]" in e.value.message and "#" not in e.value.message and "<" not in e.value.message
+
+
+LAYER_SPEC = """\
+flowgrad: 1
+name: layers
+dims: {K: 3}
+inputs:
+  img: {shape: [N, 1, 6, 6]}
+  ids: {shape: [N, 4], dtype: int64}
+params:
+  CW: {shape: [2, 1, 3, 3], init: he_uniform, trainable: false}
+graph:
+  out: %s
+loss: mean(out * out)
+"""
+
+
+@pytest.mark.parametrize("call, words", [
+    # with the tensors given, these were dropped without a word (bias=false kept no bias anyway)
+    ("conv2d(img, CW, bias=false)", "has no argument 'bias'"),
+    ("conv2d(img, CW, init=zeros)", "has no argument 'init'"),
+    ("conv2d(img, CW, strid=2)", "did you mean 'stride'"),
+])
+def test_conv2d_with_tensors_refuses_the_layer_arguments(call, words):
+    from compiler.training import check_spec
+    from spec import SpecError, spec_from_text
+
+    with pytest.raises(SpecError, match=words) as e:
+        check_spec(spec_from_text(LAYER_SPEC % call, "l.yaml"))
+    assert str(e.value).startswith("l.yaml:10:"), str(e.value)
+
+
+def test_layer_usages_name_the_arguments_they_take():
+    """The usages (the hints of a layer's errors) are its reference: dense's showed act=relu as if a
+    default, conv2d's left out groups, bias, init, W and b, embedding's called vocab 'vocab_size'
+    (its errors say 'vocab'), the recurrent layers' left out init, return_state, dropout, stateful, unroll."""
+    import re
+
+    import compiler.recurrent  # noqa: F401  (registers the recurrent layers)
+    from compiler.layers import LAYERS
+    from compiler.training import check_spec
+    from spec import spec_from_text
+
+    # arguments a layer refuses with its own error (act= of an lstm, axis= of batch_norm...)
+    refused = {"batch_norm": {"axis"}, "layer_norm": {"momentum"}, "lstm": {"act", "linear_before_reset"},
+               "gru": {"act"}, "rnn": {"linear_before_reset"}, "lstm_cell": {"act", "linear_before_reset"},
+               "gru_cell": {"act"}, "rnn_cell": {"linear_before_reset"}, "bidirectional": {"return_state", "cell"}}
+    for name, layer in LAYERS.items():
+        words = set(re.findall(r"\w+", layer.usage))
+        missing = set(layer.keywords) | set(layer.positional)
+        assert missing - words - refused.get(name, set()) == set(), (name, layer.usage)
+    assert "act=relu (default: none)" in LAYERS["dense"].usage
+    check_spec(spec_from_text(LAYER_SPEC % "embedding(ids, 5, dim=3)", "l.yaml"))
