@@ -123,7 +123,7 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
         size = 1
         for d in p.shape:
             size *= d
-        if p.kind == "param":
+        if p.kind == "param" and p.trainable:  # a frozen parameter (trainable: false) is not trained
             total += size
         ptable.add_row(n, "[" + ", ".join(map(str, p.shape)) + "]", p.init_kind, p.kind if p.trainable or p.kind != "param" else "frozen")
     out.print(ptable)
@@ -463,7 +463,7 @@ def bench(
 @app.command("graph")
 def graph_cmd(
     spec: SpecArg,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="File to write: .svg, .png, .pdf (need Graphviz's dot) or .dot (default <name>.svg).")] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="File to write: .svg, .png, .pdf (need Graphviz's dot) or .dot (default <name>.svg, <name>_backward.svg with --backward, <name>_optimized.svg with --optimized).")] = None,
     set: SetOpt = None,
     backward: Annotated[bool, typer.Option("--backward", help="Add the gradient of the loss at every spec value on the way to the parameters.")] = False,
     optimized: Annotated[bool, typer.Option("--optimized", help="Draw the primitive ops of the optimized training step instead.")] = False,

@@ -65,6 +65,18 @@ def test_check_and_summary_show_the_spec_doc():
     assert json.loads(invoke("summary", MLP, "--json").stdout)["doc"] == doc
 
 
+def test_check_counts_only_trained_values(tmp_path):
+    """'N trainable values' counted parameters marked trainable: false too."""
+    spec = tmp_path / "frozen.yaml"
+    spec.write_text(Path(MLP).read_text().replace("b1: {shape: [H], init: zeros}",
+                                                  "b1: {shape: [H], init: zeros, trainable: false}"))
+    assert "trainable: false" in spec.read_text()
+    full = invoke("check", MLP).stdout
+    frozen = invoke("check", spec).stdout
+    count = lambda out: int(out.split(" trainable values")[0].split(", ")[-1].replace(",", ""))  # noqa: E731
+    assert count(full) - count(frozen) == 256  # b1 is [H], H = 256
+
+
 def test_check_set_changes_a_shape():
     default = invoke("check", MLP).stdout
     assert "[N, 256]" in default and "[N, 32]" not in default
