@@ -81,6 +81,14 @@ def _check_config(spec: S.Spec):
     if token_input not in spec.inputs:
         raise SpecError(f"generate.input {token_input!r} is not an input", spec.locate("generate", "input"),
                         did_you_mean(token_input, spec.inputs))
+    # keys of the other kind of decoding were read by neither (temperature of a beam search, beams of a sampler)
+    seq2seq = "bos" in cfg
+    for key in ("temperature",) if seq2seq else ("eos", "pad", "beam_width", "length_penalty"):
+        if key in cfg:
+            raise SpecError(f"generate.{key} is for {'a language model (no bos)' if seq2seq else 'sequence-to-sequence decoding (with bos)'}, "
+                            f"and this spec {'has' if seq2seq else 'has no'} bos", spec.locate("generate", key),
+                            "beam search takes no temperature: leave it out" if seq2seq
+                            else "add bos for beam search, or leave it out: a language model samples up to max_len tokens")
     decl = spec.inputs[token_input]
     if decl.dtype not in ("int64", "int32") or len(decl.shape) != 2:
         raise SpecError(f"generate.input {token_input!r} must be int token ids [N, T]", spec.locate("generate", "input"))

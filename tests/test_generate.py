@@ -204,3 +204,20 @@ def test_predict_refuses_inputs_that_disagree_on_a_shared_dim(tmp_path):
     assert predict(path, {"a": np.ones((3, 2)), "b": np.ones((3, 2))})["y"].shape == (3, 2)
     with pytest.raises(DataError, match="N = 1 in dim 0, but input 'a' has N = 3"):
         predict(path, {"a": np.ones((3, 2)), "b": np.ones((1, 2))})
+
+
+@pytest.mark.parametrize("model, key, words", [
+    ("char_lstm", "beam_width=2", "generate.beam_width is for sequence-to-sequence decoding"),
+    ("char_lstm", "eos=0", "generate.eos is for sequence-to-sequence decoding"),
+    ("char_lstm", "length_penalty=1.0", "generate.length_penalty is for sequence-to-sequence"),
+    ("dates_attention", "temperature=0.5", "generate.temperature is for a language model"),
+])
+def test_generate_keys_of_the_other_decoder_are_refused(model, key, words):
+    """A sampler read no beams, a beam search no temperature: they were accepted and ignored."""
+    from compiler.training import check_spec
+    from spec.errors import SpecError
+
+    spec = load(os.path.join(ROOT, "models", f"{model}.yaml"), [f"generate.{key}"])
+    with pytest.raises(SpecError, match=words) as e:
+        check_spec(spec)
+    assert str(e.value).startswith(f"--set generate.{key}:1:"), str(e.value)
