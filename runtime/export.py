@@ -398,6 +398,8 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
         raise DataError(f"{model_path} carries no source vocabulary", hint="export a run trained on a bundled seq2seq dataset")
     if any(not t for t in texts):
         raise DataError("a source text is empty", hint="give at least one character")
+    if not texts:  # nothing to decode (np.stack refused the empty list)
+        return []
     src = np.stack([encode_source(t, meta) for t in texts])
     lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
     beam_width = beam_width if beam_width is not None else _widest_beam(meta)  # predict checks its range

@@ -146,6 +146,7 @@ def test_beam_widths_outside_the_compiled_range_and_empty_sources_are_errors(mod
     with pytest.raises(FlowgradError, match="empty"):
         translate(gen, [""])
     assert len(translate(gen, ["abc"], max_len=3)) == 1
+    assert translate(gen, []) == []  # (np.stack raised a raw ValueError)
 
 
 def test_beam_search_refuses_a_temperature_and_a_seed(model):
