@@ -236,8 +236,13 @@ def schedule_of(spec: S.Spec) -> list[str]:
 
 def objectives_of(spec: S.Spec) -> list[Objective]:
     train = spec.train or {}
+    mixed = MixedPrecision.of(train.get("mixed_precision"))
+    if mixed is not None and mixed.init_scale > mixed.max_scale:  # (the first growth would clamp it silently)
+        raise SpecError(f"mixed_precision init_scale {mixed.init_scale:g} is above its max_scale {mixed.max_scale:g}",
+                        _loc(spec, "train", "mixed_precision", "init_scale"),
+                        "lower init_scale, or raise max_scale (float16 keeps it at 2^15 or less by default)")
     common = dict(clip_norm=train.get("clip_norm"), l1=float(train.get("l1", 0.0)), l2=float(train.get("l2", 0.0)),
-                  mixed=MixedPrecision.of(train.get("mixed_precision")))
+                  mixed=mixed)
     default_opt = train.get("optimizer", {"sgd": {"lr": 0.01}})
     if "objectives" not in train:
         if spec.loss is None:
