@@ -96,6 +96,12 @@ class Dense(Layer):
             raise ShapeError("dense() needs an input of rank >= 1", e.loc)
         prefix = low.layer_name("dense")
         W = a.get("W")
+        # a given W takes no init, and no bias takes no b: each would be dropped without a word
+        if W is not None and a.get("init") is not None:
+            raise SpecError("dense() takes init= for the weight it makes, not with W=", e.kwarg_locs.get("init", e.loc),
+                            "leave out init=, or W= to let dense make its weight")
+        if a.get("bias", True) is False and a.get("b") is not None:
+            raise SpecError("dense() got b= and bias=false", e.kwarg_locs.get("b", e.loc), "leave out one of the two")
         if W is None:
             kind, args_ = _init(a.get("init"), "glorot_uniform", loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{prefix}.W", (x.shape[-1], units), kind, args_, loc=e.loc)

@@ -296,6 +296,21 @@ def test_conv2d_with_tensors_refuses_the_layer_arguments(call, words):
     assert str(e.value).startswith("l.yaml:10:"), str(e.value)
 
 
+@pytest.mark.parametrize("call, words", [
+    ("dense(img[:, 0, 0, :], K, W=DW, init=zeros)", "not with W="),
+    ("dense(img[:, 0, 0, :], K, bias=false, b=Db)", "b= and bias=false"),
+])
+def test_dense_refuses_arguments_it_would_drop(call, words):
+    """dense(x, K, W=..., init=...) ignored init, and bias=false with b= ignored b."""
+    from compiler.training import check_spec
+    from spec import SpecError, spec_from_text
+
+    text = LAYER_SPEC.replace("graph:", "  DW: {shape: [6, 3], init: zeros}\n  Db: {shape: [3], init: zeros}\ngraph:")
+    with pytest.raises(SpecError, match=words) as e:
+        check_spec(spec_from_text(text % call, "l.yaml"))
+    assert str(e.value).startswith("l.yaml:12:"), str(e.value)
+
+
 def test_layer_usages_name_the_arguments_they_take():
     """The usages (the hints of a layer's errors) are its reference: dense's showed act=relu as if a
     default, conv2d's left out groups, bias, init, W and b, embedding's called vocab 'vocab_size'
