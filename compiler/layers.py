@@ -182,7 +182,10 @@ class Embedding(Layer):
     usage = "embedding(ids, vocab, dim, init=... (default: normal with std 1), W=...) or embedding(ids, table)"
 
     def applies(self, args, kwargs):
-        return len(args) >= 2 and not isinstance(args[1], Value)
+        # embedding(ids, V, E) or embedding(ids, vocab=V, dim=E): sizes, not a table
+        if len(args) >= 2:
+            return not isinstance(args[1], Value)
+        return "vocab" in kwargs or "dim" in kwargs
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)

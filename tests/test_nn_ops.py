@@ -311,6 +311,17 @@ def test_dense_refuses_arguments_it_would_drop(call, words):
     assert str(e.value).startswith("l.yaml:12:"), str(e.value)
 
 
+def test_embedding_sizes_by_keyword_make_the_table():
+    """embedding(ids, vocab=5, dim=3) fell through to the op (a table argument) and failed."""
+    from compiler.training import check_spec
+    from spec import spec_from_text
+
+    for call in ("embedding(ids, vocab=5, dim=3)", "embedding(ids, 5, dim=3)", "embedding(ids, 5, 3)"):
+        low = check_spec(spec_from_text(LAYER_SPEC % call, "l.yaml"))
+        assert tuple(low.env["out"].shape) == ("N", 4, 3), call
+        assert tuple(low.params["out.W"].shape) == (5, 3), call
+
+
 def test_layer_usages_name_the_arguments_they_take():
     """The usages (the hints of a layer's errors) are its reference: dense's showed act=relu as if a
     default, conv2d's left out groups, bias, init, W and b, embedding's called vocab 'vocab_size'
