@@ -428,7 +428,7 @@ def gradcheck(
 def bench(
     spec: SpecArg,
     set: SetOpt = None,
-    steps: Annotated[int, typer.Option("--steps", help="Timed training steps (after 5 warm-up steps).", min=1)] = 50,
+    steps: Annotated[int, typer.Option("--steps", help="Timed training steps (after 5 warm-up calls; with --steps-per-call K, rounded up to whole calls of K).", min=1)] = 50,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size (default: the spec's).", min=1)] = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,

@@ -9,6 +9,7 @@ import numpy as np
 
 from compiler.gradcheck import random_batch
 from compiler.training import compile_spec
+from spec.errors import FlowgradError
 from spec.model import Spec
 
 from .memory import peak_rss_mb
@@ -36,7 +37,13 @@ def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
 def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: int = 5, device: str = "cpu",
           threads: int | None = None, seed: int = 0, steps_per_call: int = 1, cuda_graphs: bool = True) -> dict:
     """`steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
-    step_ms is then a call's time over its steps."""
+    step_ms is then a call's time over its steps. `warmup` counts calls, and the timed steps
+    are whole calls: `steps` rounded up to a multiple of `steps_per_call`."""
+    for name, value in (("steps", steps), ("steps_per_call", steps_per_call)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FlowgradError(f"{name} must be an integer of at least 1, got {value!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise FlowgradError(f"warmup must be an integer of at least 0, got {warmup!r}")
     spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
     t0 = time.perf_counter()
     cm = compile_spec(spec)
@@ -70,7 +77,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
         "step_ms": round(median * 1e3, 4),
         "samples_per_s": round(batch_size / median, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "steps": steps,
+        "steps": len(times) * k,  # timed: whole calls
         "steps_per_call": k,
         # on CUDA: whether the timed steps replayed captured CUDA graphs
         "cuda_graphs": bool(trainer.runners) and all(r.replays_cuda_graph for r in trainer.runners.values()),

@@ -387,6 +387,19 @@ def test_bench_times_the_batch_it_reports(tmp_path):
     assert all(len(v) == 4000 for v in batch.values())
 
 
+def test_bench_reports_the_steps_it_timed():
+    """With steps_per_call 3, steps=4 times two calls (6 steps): it reported 4; steps_per_call 0
+    through the API divided by zero."""
+    from runtime.bench import bench
+    from spec import FlowgradError, load_spec
+
+    spec = load_spec(MLP, ["dims.H=8"])
+    r = bench(spec, batch_size=8, steps=4, warmup=1, steps_per_call=3, threads=1)
+    assert r["steps"] == 6 and r["steps_per_call"] == 3
+    with pytest.raises(FlowgradError, match="steps_per_call must be an integer of at least 1"):
+        bench(spec, steps_per_call=0)
+
+
 @pytest.mark.parametrize("args, words", [
     (["train", MLP, "--threads", "0"], "Invalid value for '--threads'"),
     (["train", MLP, "--thread", "2"], "No such option: --thread"),
