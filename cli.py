@@ -83,10 +83,9 @@ def _load(path: str, overrides):
 
 
 def _check_dtype(dtype):
-    from spec.errors import FlowgradError
+    from compiler.training import check_dtype
 
-    if dtype is not None and dtype not in ("float32", "float64", "float16"):
-        raise FlowgradError(f"unknown --dtype {dtype!r}", hint="choose float32, float64 or float16")
+    check_dtype(dtype)
 
 
 @app.command()

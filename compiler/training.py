@@ -227,6 +227,16 @@ def _matches(name: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
+COMPILE_FLOAT_TYPES = ("float32", "float64", "float16")  # what --dtype (and train.dtype) takes
+
+
+def check_dtype(dtype: str | None) -> None:
+    """A float type given through the API, checked as --dtype is (bfloat16 failed in the first
+    step with onnxruntime's message, an int8 with a shape error at the spec's first product)."""
+    if dtype is not None and dtype not in COMPILE_FLOAT_TYPES:
+        raise SpecError(f"unknown --dtype {dtype!r}", hint="choose float32, float64 or float16")
+
+
 # -------------------------------------------------------------------- objectives
 def schedule_of(spec: S.Spec) -> list[str]:
     """The objectives' names in the order a training step runs them."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from compiler.training import CompiledModel, compile_spec
+from compiler.training import CompiledModel, check_dtype, compile_spec
 from spec import load_spec, spec_from_dict
 from spec.model import Spec
 
@@ -18,7 +18,7 @@ from . import data as D
 from .checkpoint import load_checkpoint
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .train import TrainOptions, TrainResult, batches, check_count, check_dtype, input_dtypes, needed_inputs
+from .train import TrainOptions, TrainResult, batches, check_count, input_dtypes, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.training import CompiledModel, compile_spec, schedule_of, trained_names
+from compiler.training import CompiledModel, check_dtype, compile_spec, schedule_of, trained_names
 from spec import model as S
 from spec.errors import DataError, FlowgradError, SpecError
 
@@ -566,16 +566,6 @@ def _check_counts(opts: TrainOptions) -> None:
     check_dtype(opts.dtype)
     if opts.seed is not None and opts.seed > MAX_SEED:  # the graphs' seed input is an int64
         raise FlowgradError(f"--seed must be at most 2**63 - 1, got {opts.seed}", hint="use a smaller seed")
-
-
-FLOAT_DTYPES = ("float32", "float64", "float16")  # what --dtype (and train.dtype) takes
-
-
-def check_dtype(dtype: str | None) -> None:
-    """A float type given through the API, checked as --dtype is (bfloat16 failed in the first
-    step with onnxruntime's message, an int8 with a shape error at the spec's first product)."""
-    if dtype is not None and dtype not in FLOAT_DTYPES:
-        raise FlowgradError(f"unknown --dtype {dtype!r}", hint="choose float32, float64 or float16")
 
 
 def check_count(name: str, value, least: int = 1, has_default: bool = True) -> None:
