@@ -80,7 +80,11 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
                 key = f"{split}_{measure}"
                 ys = [r.get(key) for r in hist]
                 if any(y is not None for y in ys):
-                    ax.plot(epochs, ys, style, color=color, label=f"{label} {split}")
+                    # a value with no neighbour (a one-epoch run) is no line: mark the points then
+                    alone = any(y is not None and (i == 0 or ys[i - 1] is None) and (i + 1 == len(ys) or ys[i + 1] is None)
+                                for i, y in enumerate(ys))
+                    ax.plot(epochs, ys, style, color=color, label=f"{label} {split}", marker="o" if alone else None,
+                            markersize=4)
         ax.set_title(measure)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

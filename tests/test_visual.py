@@ -542,6 +542,25 @@ def test_plot_curves_reads_a_history_cut_short_and_refuses_a_damaged_one(tmp_pat
         read_history(str(tmp_path))
 
 
+def test_plot_curves_draws_a_one_epoch_run(tmp_path, monkeypatch):
+    """A line through one point is invisible: a run of one epoch (or a value between gaps) gets markers."""
+    import runtime.plots as plots
+
+    one, three = tmp_path / "one", tmp_path / "three"
+    one.mkdir(), three.mkdir()
+    (one / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 2.0, "valid_loss": 1.9}\n')
+    (three / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 2.0}\n{"epoch": 2, "train_loss": 1.5, "valid_loss": 1.4}\n'
+                                         '{"epoch": 3, "train_loss": 1.2}\n')
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    plots.plot_curves([str(one), str(three)], str(tmp_path / "c.png"))
+    lines = {line.get_label(): line for line in figs[0].axes[0].get_lines()}
+    assert set(lines) == {"one train", "one valid", "three train", "three valid"}
+    for label in ("one train", "one valid", "three valid"):  # a single point each: drawn as a marker
+        assert lines[label].get_marker() not in (None, "None", "", " "), label
+    assert lines["three train"].get_marker() in (None, "None", "", " ")  # a line: as before
+
+
 def test_graph_output_paths_are_made_or_refused_in_one_line(tmp_path):
     """A path under a file (or an unwritable place) ended graph with an OSError traceback;
     export, predict, plot and graph now make missing directories and refuse such paths alike."""
