@@ -1019,6 +1019,7 @@ _FREE = {
     "constant", "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "identity", "stop_gradient",
     "broadcast_like", "cast", "slice", "concat", "split", "pad", "take", "take_along_axis", "one_hot", "index",
     "numel", "zeros_like", "ones_like", "embedding", "fill", "arange", "positions", "shift",
+    "reshape_dims", "precomputed", "tile_batch", "tile_rows", "one_hot_blocks",  # a reshape, an identity, copies
 }
 _REDUCTIONS = {"sum", "mean", "max", "min", "argmax", "argmin", "sum_to"}
 

@@ -507,6 +507,27 @@ def test_summary_counts_conv_and_scan_flops():
     assert one["totals"]["forward_matmul_flops_per_example"] == step
 
 
+@pytest.mark.parametrize("name", ["cae", "char_lstm_stateful", "dates_attention"])
+def test_summary_counts_no_flops_for_copies_and_reshapes(name):
+    """reshape_dims (a Reshape), precomputed (an Identity), tile_batch / tile_rows (Tile) and
+    one_hot_blocks compute nothing, like the shape and copy ops they are."""
+    from compiler.visual import _body_nodes, node_flops, training_step
+
+    copies = {"reshape_dims", "precomputed", "tile_batch", "tile_rows", "one_hot_blocks"}
+    seen = []
+
+    def walk(nodes):
+        for n in nodes:
+            walk(_body_nodes(n) or [])
+            if n.op.name in copies:
+                seen.append(n.op.name)
+                assert node_flops(n, {"N": 64}) == {}, n.op.name
+
+    spec = load_spec(str(ROOT / "models" / f"{name}.yaml"))
+    walk(training_step(spec).nodes)
+    assert seen
+
+
 def test_summary_table_and_check_points_at_it():
     out = invoke("summary", MLP).stdout
     assert "mlp: nodes" in out and "mlp: parameters" in out and "training FLOPs" in out
