@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,14 +67,29 @@ def gemm_rate(threads: int, n: int = 1024, repeats: int = 20) -> float:
 
 
 def training_flops(row: str, spec: str, overrides: list[str]) -> float:
-    """Matrix-product and convolution FLOPs of one training step (flowgrad summary)."""
-    cmd = flowgrad_cmd() + ["summary", spec, "--json"]
-    for o in overrides:
-        cmd += ["--set", o]
-    for d in SEQUENCE_DIMS.get(row, []):
-        cmd += ["--dim", d]
-    totals = run_json_text(cmd)["totals"]
-    return float(totals["training_matmul_flops_per_step"] + totals["training_conv_flops_per_step"])
+    """Matrix-product and convolution FLOPs of one training step (flowgrad summary): as
+    `flowgrad bench` times it, a step runs every objective of the spec's schedule (the gan:
+    the discriminator's update, then the generator's)."""
+    total = 0
+    for objective, times in Counter(schedule(spec, overrides)).items():
+        cmd = flowgrad_cmd() + ["summary", spec, "--json", "--objective", objective]
+        for o in overrides:
+            cmd += ["--set", o]
+        for d in SEQUENCE_DIMS.get(row, []):
+            cmd += ["--dim", d]
+        totals = run_json_text(cmd)["totals"]
+        total += times * (totals["training_matmul_flops_per_step"] + totals["training_conv_flops_per_step"])
+    return float(total)
+
+
+def schedule(spec: str, overrides: list[str]) -> list[str]:
+    """The objectives one training step runs, in order (`flowgrad bench` runs them all)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from compiler.training import schedule_of
+    from spec import load_spec
+
+    return schedule_of(load_spec(os.path.join(ROOT, spec), overrides))
 
 
 def run_json_text(cmd):

@@ -528,6 +528,24 @@ def test_summary_counts_no_flops_for_copies_and_reshapes(name):
     assert seen
 
 
+def test_compare_flop_bound_counts_every_objective_of_a_step():
+    """benchmarks/compare.py times a gan step as `flowgrad bench` runs it (the discriminator's
+    update, then the generator's): its FLOP bound must count both objectives' training FLOPs."""
+    import importlib.util
+
+    spec_ = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
+    compare = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(compare)
+    gan = ROOT / "models" / "gan.yaml"
+    per = {}
+    for name in ("discriminator", "generator"):
+        t = json.loads(invoke("summary", gan, "--json", "--objective", name).stdout)["totals"]
+        per[name] = t["training_matmul_flops_per_step"] + t["training_conv_flops_per_step"]
+    assert compare.training_flops("gan", "models/gan.yaml", []) == per["discriminator"] + per["generator"]
+    mlp = json.loads(invoke("summary", MLP, "--json").stdout)["totals"]
+    assert compare.training_flops("mlp", "models/mlp.yaml", []) == mlp["training_matmul_flops_per_step"]
+
+
 def test_summary_table_and_check_points_at_it():
     out = invoke("summary", MLP).stdout
     assert "mlp: nodes" in out and "mlp: parameters" in out and "training FLOPs" in out
