@@ -26,6 +26,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -865,7 +866,9 @@ def _ir_label(n: Node, extra: str = "", loc: Loc | None = None) -> str:
 
 
 def _cluster_id(key: str) -> str:
-    return "cluster_" + "".join(c if c.isalnum() else "_" for c in key) + f"_{abs(hash(key)) % 10**6}"
+    # the suffix keeps keys that differ only in punctuation apart; crc32, not hash(): the same
+    # spec gives the same .dot in every process
+    return "cluster_" + "".join(c if c.isalnum() else "_" for c in key) + f"_{zlib.crc32(key.encode()) % 10**6}"
 
 
 def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -608,3 +610,15 @@ def test_graph_output_paths_are_made_or_refused_in_one_line(tmp_path):
     assert "a file is in the way" in res.output and "pick another path" in res.output
     invoke("graph", MLP, "-o", tmp_path / "new" / "dir" / "g.dot")
     assert (tmp_path / "new" / "dir" / "g.dot").read_text().startswith("digraph")
+
+
+def test_graph_dot_is_the_same_in_every_process(tmp_path):
+    """Cluster ids took Python's hash() of a string, which changes per process: the same spec
+    gave a different .dot each time."""
+    outs = []
+    for k in range(2):
+        path = tmp_path / f"g{k}.dot"
+        subprocess.run([sys.executable, str(ROOT / "cli.py"), "graph", str(ROOT / "models" / "gan.yaml"), "-o", str(path)],
+                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": str(k + 1)}, timeout=120)
+        outs.append(path.read_text())
+    assert "cluster_" in outs[0] and outs[0] == outs[1]
