@@ -40,13 +40,15 @@ def lower_grad(low, e: S.Call) -> Value:
 
 
 def lower_hvp(low, e: S.Call) -> Value:
-    """Hessian-vector product: d/dx <d y/dx, v>."""
+    """Hessian-vector product H v = d/dx <d y/dx, v>, v held fixed in that derivative
+    (v may depend on x, as a gradient does; the training graph still differentiates v)."""
     y, x, v = _tensor_args(low, e, 3, "hvp(scalar, wrt, v)")
     if v.shape != x.shape:
         raise ShapeError(f"hvp() vector {v.type} must have the shape of wrt {x.type}", e.args[2].loc)
     with at(e.loc):
         g = _grad_of(y, x, e)
-        return _grad_of(x.graph.apply("sum", g * v), x, e)
+        (hv,) = grad([g], [x], [v])  # v is the cotangent: a constant of this pass, not a function of x
+        return hv if hv is not None else x.graph.apply("zeros_like", x)
 
 
 def lower_jacobian(low, e: S.Call) -> Value:
