@@ -66,7 +66,7 @@ def lower_jacobian(low, e: S.Call) -> Value:
     g = low.graph
     with at(e.loc):
         x_rep = g.apply("tile_batch", x, times=M)  # [M*N, D]: repeat m is rows m*N .. m*N+N-1
-        y_rep = _rebuild(y, x, x_rep, e)
+        y_rep = _rebuild(y, x, x_rep, e, M)
         picks = g.apply("one_hot_blocks", y_rep, blocks=M)  # [M*N, M]: 1 at column m in repeat m
         (gx,) = grad([y_rep], [x_rep], [picks])
         if gx is None:
@@ -130,10 +130,21 @@ def _mixes_examples(node, depends: list[bool], batch) -> str | None:
     return None
 
 
-def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call) -> Value:
-    """y's subgraph from x applied to x_new (other inputs unchanged), shapes re-inferred."""
+def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int) -> Value:
+    """y's subgraph from x applied to x_new, x repeated `times` times along the batch, shapes
+    re-inferred. Other inputs are unchanged, except per-example ones (batch dim first, such as
+    a mask input), which are repeated alike."""
     g = x.graph
+    batch = x.shape[0]
     env = {x.id: x_new}
+    tiled: dict[int, Value] = {}
+
+    def other(v: Value) -> Value:
+        if isinstance(batch, int) or not v.rank or v.shape[0] != batch:
+            return v  # a fixed batch size cannot tell examples from a parameter's rows
+        if v.id not in tiled:
+            tiled[v.id] = g.apply("tile_batch", v, times=times)
+        return tiled[v.id]
     mixed: dict[int, str] = {}
     for node in producers_of([y]):
         if not any(v.id in env for v in node.inputs):
@@ -147,12 +158,16 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call) -> Value:
             (mixed[v.id] for i, v in enumerate(node.inputs) if v.id in mixed and not _reads_shape_only(node, i)), None)
         if why:
             mixed.update({o.id: why for o in node.outputs})
-        ins = [env.get(v.id, v) for v in node.inputs]
+        ins = [env[v.id] if v.id in env else v if _reads_shape_only(node, i) else other(v)
+               for i, v in enumerate(node.inputs)]
         attrs = node.attrs
-        if node.op.name == "reshape" and list(attrs["shape"]).count(x.shape[0]) == 1 and -1 not in attrs["shape"] \
-                and not isinstance(x.shape[0], int):
+        if node.op.name == "reshape" and list(attrs["shape"]).count(batch) == 1 and -1 not in attrs["shape"] \
+                and not isinstance(batch, int):
             # a target naming the batch dim (flatten, maxout): the rebuilt batch is M times longer
-            attrs = {**attrs, "shape": tuple(-1 if d == x.shape[0] else d for d in attrs["shape"])}
+            attrs = {**attrs, "shape": tuple(-1 if d == batch else d for d in attrs["shape"])}
+        elif node.op.name == "reshape" and isinstance(batch, int) and attrs["shape"] and attrs["shape"][0] == batch:
+            # a fixed batch size marks axis 0 only: the rebuilt rows are `times` times as many
+            attrs = {**attrs, "shape": (batch * times,) + tuple(attrs["shape"][1:])}
         out = g.apply(node.op.name, *ins, **attrs)
         outs = out if isinstance(out, tuple) else (out,)
         for o, n in zip(node.outputs, outs):

@@ -32,3 +32,54 @@ outputs:
     out, _ = _infer(text, tmp_path, {"x": x})
     np.testing.assert_allclose(out["hv"], 6 * x * x, rtol=1e-12)
     np.testing.assert_allclose(out["hw"], 6 * x * np.tanh(x), rtol=1e-12)
+
+
+def test_jacobian_with_another_per_example_input(tmp_path):
+    """y built from x and another [N, ...] input (a mask): the other input is repeated with x
+    (it failed: 'mul: shapes [2*N, 2] and [N, 2] of the operands do not broadcast')."""
+    text = """
+flowgrad: 1
+name: jm
+dims: {D: 3, H: 2}
+inputs:
+  x: {shape: [N, D]}
+  m: {shape: [N, H]}
+graph:
+  h: dense(x, H, act=sigmoid)
+outputs:
+  h: h
+  J: jacobian(h * m, x)
+"""
+    rng = np.random.default_rng(1)
+    x, m = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+    out, state = _infer(text, tmp_path, {"x": x, "m": m})
+    h = out["h"]
+    want = (h * (1 - h) * m)[:, :, None] * state["h.W"].T[None, :, :]
+    np.testing.assert_allclose(out["J"], want, rtol=1e-10, atol=1e-14)
+
+
+def test_jacobian_through_a_reshape_naming_a_fixed_batch_size(tmp_path):
+    """x [3, D] with a reshape to [3, 2, 2] (maxout): the rebuilt batch is M times longer (it
+    failed: 'reshape: cannot reshape [6, 4] (24 elements) to [3, 2, 2] (12)')."""
+    text = """
+flowgrad: 1
+name: jf
+dims: {D: 3}
+inputs:
+  x: {shape: [3, D]}
+graph:
+  z: x @ W
+  y: maxout(z, 2)
+params:
+  W: {shape: [D, 4], init: glorot_uniform}
+outputs:
+  z: z
+  J: jacobian(y, x)
+"""
+    x = np.random.default_rng(2).normal(size=(3, 3))
+    out, state = _infer(text, tmp_path, {"x": x})
+    z = out["z"].reshape(3, 2, 2)
+    pick = z.argmax(-1)  # [3, 2]: the winning piece of each unit
+    cols = np.arange(2)[None, :] * 2 + pick  # [3, 2]: the column of z it came from
+    want = np.stack([state["W"][:, cols[n]].T for n in range(3)])  # [3, 2, D]
+    np.testing.assert_allclose(out["J"], want, rtol=1e-12)
