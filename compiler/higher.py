@@ -16,6 +16,12 @@ from .ir import Value, at, dim_mul, is_float, producers_of
 def _tensor_args(low, e: S.Call, n: int, usage: str) -> list[Value]:
     if len(e.args) != n or e.kwargs:
         raise SpecError(f"{e.func}() takes {n} arguments", e.loc, f"usage: {usage}")
+    if not isinstance(e.args[1], S.Name):
+        # an expression made here is a new value, which nothing in y reads: its gradient
+        # would be zeros whatever y is
+        raise SpecError(f"{e.func}() differentiates with respect to a named value (an input, a parameter or a graph "
+                        "entry), not an expression", e.args[1].loc,
+                        "name the expression in the graph (z: x * 2) and compute y from that name")
     vals = [low.eval(a) for a in e.args]
     for v, a in zip(vals, e.args):
         if not isinstance(v, Value) or not is_float(v.dtype):
