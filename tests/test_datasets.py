@@ -352,3 +352,28 @@ def test_reverse_copy_bad_options(task, options, words):
     with pytest.raises(DataError) as e:
         D.load_bundled(task, options)
     assert words in e.value.message and "\n" not in e.value.message and e.value.hint
+
+
+def test_seq2seq_benchmark_held_out_sets_share_no_example_with_training():
+    """benchmarks/seq2seq_accuracy.py's held-out sets share no source with the bundled models'
+    training data (a fresh draw of reverse strings repeated about a tenth of them)."""
+    import importlib.util
+    import pathlib
+
+    from spec import load_spec
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    spec_ = importlib.util.spec_from_file_location("seq2seq_accuracy", root / "benchmarks" / "seq2seq_accuracy.py")
+    bench = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(bench)
+    for task, model in (("reverse", "reverse_attention.yaml"), ("dates", "dates_attention.yaml")):
+        data = load_spec(str(root / "models" / model)).train["data"]
+        trained = D.load_bundled(data["dataset"], data.get("options"))
+        held = bench.held_out(task, 1000)
+        assert len(held) == 1000
+        seen = {T.decode_source(r, trained.meta) for r in trained.arrays["src"]}
+        sources = [T.decode_source(r, held.meta) for r in held.arrays["src"]]
+        targets = {T.decode_target(r, trained.meta) for r in trained.arrays["tgt"]}
+        assert not [s for s in sources if s in seen], task
+        if task == "dates":  # no calendar date in common
+            assert not [t for t in (T.decode_target(r, held.meta) for r in held.arrays["tgt"]) if t in targets]
