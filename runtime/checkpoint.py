@@ -37,6 +37,12 @@ def make_parent_dir(path: str) -> None:
                             hint="pick another path with -o") from None
 
 
+def _new_file_mode() -> int:
+    mask = os.umask(0)  # (reading the umask means setting it)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
     """Write the file whole or not at all (a temporary beside it, then a rename); `hint` for
     a file that is not a run's (the default hint speaks of checkpoints)."""
@@ -47,6 +53,8 @@ def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
         raise FlowgradError(f"cannot write in {directory}: {e.strerror}",
                             hint=hint or "check the run directory's permissions and free space") from None
     try:
+        # mkstemp makes the temporary owner-only (0600): give the file the mode open() would
+        os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "wb") as f:
             _write(f, data, path)
         os.replace(tmp, path)

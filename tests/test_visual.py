@@ -286,6 +286,16 @@ def test_graph_without_graphviz_writes_dot_and_says_how_to_install(tmp_path, mon
     assert res.stdout.strip() == str(tmp_path / "g.dot")
 
 
+def test_graph_writes_a_file_readable_as_open_would_make_it(tmp_path):
+    # atomic_write's temporary is made owner-only (0600) by mkstemp; the picture must not stay so
+    mask = os.umask(0o022)
+    try:
+        invoke("graph", MLP, "-o", tmp_path / "g.dot")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "g.dot").stat().st_mode & 0o777 == 0o644
+
+
 def test_a_missing_python_package_is_a_one_line_error_with_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "graphviz", None)  # `import graphviz` fails as if not installed
     res = invoke("graph", MLP, "-o", tmp_path / "g.svg", code=1)
