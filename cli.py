@@ -69,10 +69,11 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
-# import name -> the name pip installs it by, where they differ
-# The graphs take the seed as an int64 input (training seeds are not negative).
+# The graphs take the seed as an int64 input (training seeds are not negative). runtime.train's
+# MAX_SEED, repeated: the CLI imports runtime only inside its commands, for a quick start.
 MAX_SEED = 2**63 - 1
 
+# import name -> the name pip installs it by, where they differ
 _PIP_NAMES = {"yaml": "pyyaml", "sklearn": "scikit-learn", "onnxruntime": "onnxruntime-gpu"}
 
 
