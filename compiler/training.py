@@ -529,8 +529,8 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
         new_params, new_states = _apply_updates(g, obj, params, grads, states, lr, step, fused_update(low.params, obj))
         if obj.mixed:
             new_params, new_states, skipped = _skip_overflow(g, obj, params, grads, new_params, states, new_states)
-            # a skipped step reports no loss: the runtime counts non-finite results as overflows
-            # (and stops a run that only overflows), whether the loss or only the gradients did
+            # a skipped step reports a NaN loss, the runtime's only mark of an overflow (it stops a
+            # run that only overflows), whether the loss or only the gradients overflowed
             reported_loss = reported_loss + g.cast(skipped, dtype)
     b.out("loss", "loss", reported_loss)
     for k, v in metrics.items():
