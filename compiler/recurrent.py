@@ -710,13 +710,14 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
         if k in a and not isinstance(a[k], bool):
             raise SpecError(f"{k} must be true or false, got {a[k]!r}", where(k))
     if "linear_before_reset" in a and cell != "gru":  # was read by gru only, ignored by the others
-        raise SpecError(f"linear_before_reset= is for gru; {cell} has no reset gate", where("linear_before_reset"))
+        raise SpecError(f"linear_before_reset= is for gru; {cell} has no reset gate", where("linear_before_reset"),
+                        "leave it out")
     if a.get("dropout") and a.get("layers", 1) == 1 and not isinstance(a.get("layers", 1), bool):
         raise SpecError(f"dropout= acts between stacked layers, and this {cell} has one", where("dropout"),
                         "add layers=2 or more, or apply dropout(...) to its input or output")
     if "act" in a:
         if cell != "rnn":
-            raise SpecError(f"act= is for rnn; {cell} has its own gate activations", where("act"))
+            raise SpecError(f"act= is for rnn; {cell} has its own gate activations", where("act"), "leave it out")
         if a["act"] not in RNN_ACTS:
             raise SpecError(f"act must be one of {', '.join(RNN_ACTS)}, got {a['act']!r}", where("act"),
                             did_you_mean(str(a["act"]), RNN_ACTS))
