@@ -37,10 +37,13 @@ def make_parent_dir(path: str) -> None:
                             hint="pick another path with -o") from None
 
 
-def _new_file_mode() -> int:
-    mask = os.umask(0)  # (reading the umask means setting it)
+def _umask() -> int:
+    mask = os.umask(0)  # (reading the umask means setting it: done once, at import, before any thread)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+NEW_FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file
 
 
 def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
@@ -54,7 +57,7 @@ def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
                             hint=hint or "check the run directory's permissions and free space") from None
     try:
         # mkstemp makes the temporary owner-only (0600): give the file the mode open() would
-        os.fchmod(fd, _new_file_mode())
+        os.fchmod(fd, NEW_FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             _write(f, data, path)
         os.replace(tmp, path)
