@@ -9,11 +9,11 @@ import numpy as np
 
 from compiler.gradcheck import random_batch
 from compiler.training import compile_spec
-from spec.errors import FlowgradError
 from spec.model import Spec
 
 from .memory import peak_rss_mb
 from .session import pick_device
+from .train import check_count
 from .trainer import Trainer
 
 
@@ -39,11 +39,8 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     """`steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
     step_ms is then a call's time over its steps. `warmup` counts calls, and the timed steps
     are whole calls: `steps` rounded up to a multiple of `steps_per_call`."""
-    for name, value in (("steps", steps), ("steps_per_call", steps_per_call)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise FlowgradError(f"{name} must be an integer of at least 1, got {value!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise FlowgradError(f"warmup must be an integer of at least 0, got {warmup!r}")
+    for name, value, least in (("steps", steps, 1), ("steps_per_call", steps_per_call, 1), ("warmup", warmup, 0)):
+        check_count(name, value, least, has_default=True)
     spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
     t0 = time.perf_counter()
     cm = compile_spec(spec)

@@ -396,7 +396,7 @@ def test_bench_reports_the_steps_it_timed():
     spec = load_spec(MLP, ["dims.H=8"])
     r = bench(spec, batch_size=8, steps=4, warmup=1, steps_per_call=3, threads=1)
     assert r["steps"] == 6 and r["steps_per_call"] == 3
-    with pytest.raises(FlowgradError, match="steps_per_call must be an integer of at least 1"):
+    with pytest.raises(FlowgradError, match="--steps-per-call must be an integer of at least 1"):
         bench(spec, steps_per_call=0)
 
 
