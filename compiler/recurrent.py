@@ -261,7 +261,8 @@ def _unrolled(g: Graph, body: Body, init, seqs, nonseqs, steps: int, reverse: bo
 
 def time_major(g: Graph, x: Value, axis: int) -> Value:
     if x.rank < 1:
-        raise ShapeError(f"cannot scan over a scalar {x.type}")
+        raise ShapeError(f"cannot scan over a scalar {x.type}",
+                         hint="scan steps through an axis of a tensor: give over= a sequence [N, T, ...]")
     axis = axis % x.rank
     if axis == 0:
         return x
@@ -336,7 +337,8 @@ def _lower_scan(low, e: S.Call):
     from .lower import Lowering
 
     if not e.args or not isinstance(e.args[0], S.Name):
-        raise SpecError("scan() needs a block name first: scan(step, over=x, init=[h0])", e.loc)
+        raise SpecError("scan() needs a block name first: scan(step, over=x, init=[h0])", e.loc,
+                        hint="declare the step under blocks: and name it first")
     block_name = e.args[0].id
     block = low.spec.blocks.get(block_name)
     if block is None:
@@ -348,7 +350,8 @@ def _lower_scan(low, e: S.Call):
             raise SpecError(f"scan() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
                             did_you_mean(k, allowed) or f"scan takes {', '.join(sorted(allowed))}")
     if len(e.args) > 1:
-        raise SpecError("scan() takes the block positionally and the rest by keyword", e.args[1].loc)
+        raise SpecError("scan() takes the block positionally and the rest by keyword", e.args[1].loc,
+                        hint="write scan(step, over=x, init=[h0])")
     g = low.graph
     kw = {k: low.eval(v) for k, v in e.kwargs.items()}
     over = kw.get("over", [])
@@ -362,21 +365,25 @@ def _lower_scan(low, e: S.Call):
     unroll = _scan_flag(kw, "unroll", e)
     if kw.get("mask") is not None and not isinstance(kw["mask"], Value):
         raise SpecError(f"scan() mask must be a tensor [N, T] of 1 (step) and 0 (padding), got {kw['mask']!r}",
-                        e.kwarg_locs.get("mask", e.loc))
+                        e.kwarg_locs.get("mask", e.loc),
+                        hint="an input m: {shape: [N, T]}, or lengths= on the recurrent layers")
     for v, what in [(x, "over") for x in over] + [(x, "init") for x in init]:
         if not isinstance(v, Value):
-            raise SpecError(f"scan() {what} must be tensors, got {v!r}", e.kwarg_locs.get(what, e.loc))
+            raise SpecError(f"scan() {what} must be tensors, got {v!r}", e.kwarg_locs.get(what, e.loc),
+                            hint="pass graph values or inputs, e.g. init=[zeros(N, H)]")
     for x in over:
         if x.rank < 2:
             raise SpecError(f"scan() over= needs tensors with a batch and a time axis, got {x.type}",
-                            e.kwarg_locs.get("over", e.loc))
+                            e.kwarg_locs.get("over", e.loc),
+                            hint="scan steps through axis 1 of [N, T, ...] by default; axis= picks another")
     if len(block.inputs) != len(over) + len(init):
         raise SpecError(f"block {block_name!r} takes {len(block.inputs)} inputs ({', '.join(block.inputs)}), "
                         f"but scan gives {len(over)} sequence(s) and {len(init)} state(s)", e.loc,
                         "the block's inputs are the sequences' steps first, then the states")
     seqs = [time_major(g, x, axis) for x in over]
     if not seqs and length is None:
-        raise SpecError("scan() needs over= or length=", e.loc)
+        raise SpecError("scan() needs over= or length=", e.loc,
+                        hint="over=x steps through x's time axis; length=K runs K steps without a sequence")
     if seqs and length is not None:
         raise SpecError("scan() takes over= or length=, not both", e.kwarg_locs.get("length", e.loc),
                         "the sequences' time axis sets the length")
@@ -416,7 +423,8 @@ def _lower_scan(low, e: S.Call):
 def _scan_flag(kw: dict, name: str, e) -> bool:
     v = kw.get(name, False)
     if not isinstance(v, bool):
-        raise SpecError(f"scan() {name} must be true or false, got {v!r}", e.kwarg_locs.get(name, e.loc))
+        raise SpecError(f"scan() {name} must be true or false, got {v!r}", e.kwarg_locs.get(name, e.loc),
+                        hint="write true or false")
     return v
 
 
@@ -427,7 +435,8 @@ def _scan_count(kw: dict, name: str, e) -> int | None:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise SpecError(f"scan() {name} must be a positive whole number of steps, got {v!r}",
-                        e.kwarg_locs.get(name, e.loc))
+                        e.kwarg_locs.get(name, e.loc),
+                        hint=f"e.g. {name}=32")
     return v
 
 
@@ -510,13 +519,15 @@ def _block_outputs(body_low, block, n_states: int, carry_in: list) -> tuple[list
         outs.append(v)
     if len(outs) < n_states:
         raise SpecError(f"block {block.name!r} returns {len(outs)} value(s) for {n_states} state(s)",
-                        block.output_loc(len(outs) - 1) if outs else block.loc)
+                        block.output_loc(len(outs) - 1) if outs else block.loc,
+                        hint="a step returns its new states first, one per init, then any per-step outputs")
     new_carries, extras = outs[:n_states], outs[n_states:]
     for k, (c, n) in enumerate(zip(carry_in, new_carries)):
         if c.type != n.type:
             if c.shape != n.shape:
                 raise ShapeError(f"block {block.name!r} returns state {block.outputs[k]!r} as {n.type}, "
-                                 f"but takes it as {c.type}", block.output_loc(k))
+                                 f"but takes it as {c.type}", block.output_loc(k),
+                                 hint="a state keeps its type and shape from step to step")
             new_carries[k] = body_low.graph.cast(n, c.dtype)
     return new_carries, extras
 
@@ -597,7 +608,8 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     g = low.graph
     gates, n_states, step = CELLS[cell]
     if x.rank != 3:
-        raise ShapeError(f"{cell}() needs an input [N, T, features], got {x.type}", e.loc)
+        raise ShapeError(f"{cell}() needs an input [N, T, features], got {x.type}", e.loc,
+                         hint="a sequence layer reads [N, T, features]; a one-step cell reads [N, features]")
     E = x.shape[2]
     W, U, b, bu, ln_params = cell_params(low, e, cell, E, H, prefix, layer_norm)
     carried = getattr(low, "recurrent_state", None)  # generation: states carried between calls
@@ -666,7 +678,8 @@ class Recurrent(Layer):
         a = self.bind(e, args, kwargs)
         x = a["x"]
         if not isinstance(x, Value):
-            raise SpecError(f"{self.name}() needs a tensor input", e.loc)
+            raise SpecError(f"{self.name}() needs a tensor input", e.loc,
+                            hint=f"usage: {self.usage}")
         H = _int_arg(a["units"], "units", e.args[1].loc if len(e.args) > 1 else e.loc)
         _check_cell_args(a, e, self.name)
         mask = _mask_of(low, e, x, a)
@@ -692,7 +705,8 @@ class Recurrent(Layer):
 def _check_truncate(a: dict, e) -> None:
     t = a.get("truncate")
     if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
-        raise SpecError(f"truncate must be a positive whole number of steps, got {t!r}", e.kwarg_locs.get("truncate", e.loc))
+        raise SpecError(f"truncate must be a positive whole number of steps, got {t!r}", e.kwarg_locs.get("truncate", e.loc),
+                        hint="e.g. truncate=32")
 
 
 RNN_ACTS = ("tanh", "relu", "sigmoid")
@@ -705,10 +719,12 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
     if a.get("dropout") is not None:
         d = a["dropout"]
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
-            raise SpecError(f"dropout between layers must be a rate in [0, 1), got {d!r}", where("dropout"))
+            raise SpecError(f"dropout between layers must be a rate in [0, 1), got {d!r}", where("dropout"),
+                            hint="e.g. dropout=0.2")
     for k in ("reverse", "layer_norm", "return_state", "unroll", "stateful", "linear_before_reset"):
         if k in a and not isinstance(a[k], bool):
-            raise SpecError(f"{k} must be true or false, got {a[k]!r}", where(k))
+            raise SpecError(f"{k} must be true or false, got {a[k]!r}", where(k),
+                            hint="write true or false")
     if "linear_before_reset" in a and cell != "gru":  # was read by gru only, ignored by the others
         raise SpecError(f"linear_before_reset= is for gru; {cell} has no reset gate", where("linear_before_reset"),
                         "leave it out")
@@ -724,7 +740,8 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
     lengths = a.get("lengths")
     if lengths is not None and (not isinstance(lengths, Value) or lengths.rank != 1):
         raise SpecError(f"lengths must be a vector [N] of sequence lengths, got {getattr(lengths, 'type', lengths)}",
-                        where("lengths"))
+                        where("lengths"),
+                        hint="an int input [N] holding each row's number of steps")
     if a.get("stateful") and (a.get("init") is not None or a.get("reverse")):
         raise SpecError("stateful= carries the last state of a forward pass into the next batch: "
                         "it takes no init= and no reverse=", where("stateful"))
@@ -732,7 +749,8 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
 
 def _mask_of(low, e, x, a):
     if a.get("mask") is not None and a.get("lengths") is not None:
-        raise SpecError("give mask= or lengths=, not both", e.loc)
+        raise SpecError("give mask= or lengths=, not both", e.loc,
+                        hint="lengths= is the shorter way to give the same padding")
     if a.get("lengths") is not None:
         lengths = a["lengths"]
         g = low.graph
@@ -760,11 +778,13 @@ class Bidirectional(Layer):
                             did_you_mean(str(cell), CELLS))
         merge = a.pop("merge", "concat")
         if merge not in ("concat", "sum"):
-            raise SpecError(f"merge must be concat or sum, got {merge!r}", e.kwarg_locs.get("merge", e.loc))
+            raise SpecError(f"merge must be concat or sum, got {merge!r}", e.kwarg_locs.get("merge", e.loc),
+                            hint="merge=concat or merge=sum")
         x, H = a.pop("x"), a.pop("units")
         a.pop("cell")
         if a.get("return_state"):
-            raise SpecError("bidirectional() returns the merged sequence only", e.kwarg_locs.get("return_state", e.loc))
+            raise SpecError("bidirectional() returns the merged sequence only", e.kwarg_locs.get("return_state", e.loc),
+                            hint="leave out return_state, or keep two layers, one with reverse=true")
         prefix = low.layer_name("bidirectional")
         _check_cell_args(a, e, cell)
         mask = _mask_of(low, e, x, a)
@@ -814,7 +834,8 @@ class Cell(Layer):
         x, states = a["x"], [a[k] for k in self.positional[1:]]
         for v, k in zip([x] + states, self.positional):
             if not isinstance(v, Value) or v.rank != 2:
-                raise ShapeError(f"{self.name}() needs {k} as [N, features], got {getattr(v, 'type', v)}", e.loc)
+                raise ShapeError(f"{self.name}() needs {k} as [N, features], got {getattr(v, 'type', v)}", e.loc,
+                                 hint="a one-step cell reads one step; for a sequence use lstm, gru or rnn")
         H = states[0].shape[-1]
         prefix = low.layer_name(self.name)
         W, U, b, bu, ln = cell_params(low, e, self.cell, x.shape[-1], H, prefix, bool(a.get("layer_norm")))
@@ -842,7 +863,8 @@ class Attention(Layer):
         units = _int_arg(a["units"], "units", e.loc)
         for v, what in ((q, "query"), (k, "keys")):
             if not isinstance(v, Value):
-                raise SpecError(f"additive_attention() needs {what} as a tensor", e.loc)
+                raise SpecError(f"additive_attention() needs {what} as a tensor", e.loc,
+                                hint="usage: additive_attention(query, keys, units, values=keys, mask=m)")
         values = a.get("values", k)
         mask = a.get("mask")
         if mask is None:
