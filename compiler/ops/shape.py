@@ -186,7 +186,8 @@ class Squeeze(OpDef):
             raise ShapeError(f"squeeze axes {axes} repeat", hint="name each axis once")
         for a in norm:
             if x.shape[a] != 1:
-                raise ShapeError(f"cannot squeeze axis {a} of size {x.shape[a]} in {fmt_shape(x.shape)}")
+                raise ShapeError(f"cannot squeeze axis {a} of size {x.shape[a]} in {fmt_shape(x.shape)}",
+                                 hint="squeeze removes axes of size 1; reshape or index to drop others")
         return norm
 
     def infer(self, attrs, x):
