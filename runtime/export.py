@@ -204,10 +204,10 @@ def _all_tensors(model):
 
 def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", threads: int | None = None) -> dict[str, np.ndarray]:
     from .session import ORT_ERRORS, make_session, pick_device
+    from .train import check_count
+
     device = pick_device(device)  # (an unknown device, or "auto", ran on the CPU)
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise DataError(f"--threads must be an integer of at least 1, got {threads!r}",
-                        hint="leave threads out for the default")
+    check_count("threads", threads)
     model = load_model_safely(model_path)
     try:
         sess = make_session(model, device, threads)
