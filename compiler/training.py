@@ -568,11 +568,63 @@ def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
         return None
     low = Lowering(spec, mode="eval", float_dtype=dtype)
     b = _Builder(low.graph, spec.name)
-    if spec.loss is not None:
-        b.out("loss", "loss", _scalar_loss(low, spec.loss))
-    for k, v in _metrics(low, spec).items():
-        b.out(k, "metric", v)
+    scalars = {"loss": ("loss", _scalar_loss(low, spec.loss))} if spec.loss is not None else {}
+    scalars.update({k: ("metric", v) for k, v in _metrics(low, spec).items()})
+    for k, (role, v) in scalars.items():
+        b.out(k, role, v)
+        parts = ratio_parts(v, {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)})
+        if parts is not None:
+            b.out(f"sum/{k}", "part", parts[0])
+            b.out(f"count/{k}", "part", parts[1])
     return b.emit("eval", optimize_graph, "loss and metrics, dropout off")
+
+
+def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value] | None:
+    """(sum, count) with v = sum / count, when v is a mean over all the entries of a tensor of
+    examples (its first dim a symbolic batch dim) or a ratio of two sums over all entries of
+    such tensors (a masked mean: sum(loss * mask) / sum(mask)), possibly scaled by constants.
+    Evaluation adds each batch's sum and count, so that such a metric over a dataset is the
+    one over all its entries, whatever the batches; a batch's value weighted by its rows
+    would count a token of a short batch as much as one of a long batch. The parts are at
+    least float32: a count in float16 ends at 65504."""
+    from .ops.reduce import reduce_axes
+
+    g = v.graph
+    p = v.producer
+    wide = "float64" if v.dtype == "float64" else "float32"
+
+    def full(node, name) -> bool:
+        """A reduction of all entries of examples (a mean of per-batch values, such as a mean
+        over the batch axis first, stays a batch value)."""
+        if node is None or node.op.name != name:
+            return False
+        x = node.inputs[0]
+        first = x.shape[0] if x.rank else None
+        examples = isinstance(first, str) and any(part in batch_dims for part in first.split("*"))
+        return examples and len(reduce_axes(node.attrs["axis"], x.rank)) == x.rank
+
+    def constant(u: Value) -> bool:
+        return u.producer is not None and u.producer.op.name == "constant" and u.rank == 0
+
+    if p is None or v.rank != 0 or not is_float(v.dtype):
+        return None
+    if full(p, "mean"):
+        count = g.apply("numel", p.inputs[0], dtype=wide)
+        return g.cast(v, wide) * count, count
+    if p.op.name == "cast" and is_float(p.inputs[0].dtype):
+        return ratio_parts(p.inputs[0], batch_dims)
+    if p.op.name == "div":
+        a, c = p.inputs
+        if full(a.producer, "sum") and full(c.producer, "sum"):
+            return g.cast(a, wide), g.cast(c, wide)
+        parts = ratio_parts(a, batch_dims) if constant(c) else None
+        return parts and (parts[0] / g.cast(c, wide), parts[1])
+    if p.op.name == "mul":
+        for a, c in (p.inputs, p.inputs[::-1]):
+            parts = ratio_parts(a, batch_dims) if constant(c) else None
+            if parts is not None:
+                return parts[0] * g.cast(c, wide), parts[1]
+    return None
 
 
 def build_infer(spec, dtype, optimize_graph=True) -> CompiledGraph | None:

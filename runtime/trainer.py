@@ -51,9 +51,9 @@ class GraphRunner:
         self.grad_inputs = [(n, key(n)) for n, r in self.input_roles.items() if r == "grad"]
         self.batch_inputs = [n for n, r in self.input_roles.items() if r == "input"]
         self.control_inputs = [n for n, r in self.input_roles.items() if r not in STATE_ROLES and r != "input"]
-        self.scalar_outputs = [o for o in graph.outputs if o.role in ("loss", "metric")]
+        self.scalar_outputs = [o for o in graph.outputs if o.role in ("loss", "metric", "part")]
         self.next_outputs = [(o.name, o.name[cut + len("next/"):]) for o in graph.outputs if o.role == "next"]
-        self.other_outputs = [o.name for o in graph.outputs if o.role not in ("loss", "metric", "next")]
+        self.other_outputs = [o.name for o in graph.outputs if o.role not in ("loss", "metric", "part", "next")]
         self._bindings: list[_Binding] = []  # the most recently used first
         self.threads = threads
         # On a GPU the steps are bound by launching kernels: a batch of the first batch's shape
@@ -290,7 +290,9 @@ class Trainer:
         return sums
 
     def evaluate(self, batches) -> dict[str, float]:
-        """Example-weighted means of the eval graph's loss and metrics."""
+        """The eval graph's loss and metrics over all the batches: a mean or a ratio of sums
+        (compiler/training.py, ratio_parts) as its total sum over its total count, anything
+        else as the mean of its batch values weighted by their rows."""
         if "eval" not in self.cm.graphs:
             return {}
         runner = self.runner("eval")
@@ -300,14 +302,22 @@ class Trainer:
             n = len(next(iter(batch.values())))
             scalars, _ = runner.run(self.state, self.spare, batch, {"seed": self.seed, "step": 0})
             for k, v in scalars.items():
-                totals[k] = totals.get(k, 0.0) + v * n
+                totals[k] = totals.get(k, 0.0) + (v if k.startswith(("sum/", "count/")) else v * n)
             count += n
-        return {k: v / max(count, 1) for k, v in totals.items()}
+        means = {k: v / max(count, 1) for k, v in totals.items() if not k.startswith(("sum/", "count/"))}
+        for k in means:
+            if f"sum/{k}" in totals:
+                means[k] = _ratio(totals[f"sum/{k}"], totals[f"count/{k}"])
+        return means
 
     def state_numpy(self) -> dict[str, np.ndarray]:
         """A snapshot: copies, since on the CPU OrtValue.numpy() is a view of a buffer that
         a later step reuses for its outputs."""
         return {k: np.array(v.numpy(), copy=True) for k, v in self.state.items()}
+
+
+def _ratio(total: float, count: float) -> float:
+    return total / count if count else float("nan")  # as the metric on all entries at once: 0/0
 
 
 def _scalars(a: np.ndarray):

@@ -442,3 +442,51 @@ def test_resume_does_not_combine_with_starting_over(tmp_path, data):
     for extra in ({"overwrite": True}, {"init_from": str(tmp_path / "r")}):
         with pytest.raises(FlowgradError, match="does not combine"):
             train(spec, run_dir=str(tmp_path / "r"), data=data, steps=2, resume=True, threads=1, device="cpu", **extra)
+
+
+MASKED_METRICS = """
+flowgrad: 1
+name: masked
+dims: {V: 5}
+inputs:
+  x: {shape: [N, T, V]}
+  y: {shape: [N, T], dtype: int64}
+  mask: {shape: [N, T]}
+graph:
+  logits: x * 2.0
+loss: sum(cross_entropy(logits, y, reduction='none') * mask) / sum(mask)
+metrics:
+  token_accuracy: sum(cast(argmax(logits, axis=-1) == y, 'float32') * mask) / sum(mask)
+  bits: cross_entropy(logits, y) / 0.6931471805599453
+  batch_mean_of_means: mean(mean(x, axis=0))
+"""
+
+
+def test_evaluation_of_means_and_masked_ratios_is_over_all_entries_whatever_the_batches():
+    """A masked mean over a dataset counts every unmasked token once: sum over sum, not the mean
+    of batch values weighted by rows (a short batch's tokens would count more). Means over all
+    entries are totals too; other metrics stay row-weighted means of batch values."""
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer
+
+    cm = compile_spec(spec_from_text(MASKED_METRICS), graphs=("eval",))
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    rng = np.random.default_rng(0)
+    n, t = 23, 6
+    data = {"x": rng.normal(size=(n, t, 5)).astype(np.float32), "y": rng.integers(0, 5, (n, t)),
+            "mask": (rng.random((n, t)) < np.linspace(0.1, 0.9, n)[:, None]).astype(np.float32)}
+    logits = data["x"].astype(np.float64) * 2
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, data["y"][..., None], -1)[..., 0]
+    want = {"loss": (ce * data["mask"]).sum() / data["mask"].sum(),
+            "token_accuracy": ((logits.argmax(-1) == data["y"]) * data["mask"]).sum() / data["mask"].sum(),
+            "bits": ce.mean() / np.log(2)}
+    for size in (1, 4, 7, n):
+        batches = [{k: v[i:i + size] for k, v in data.items()} for i in range(0, n, size)]
+        got = trainer.evaluate(batches)
+        assert sorted(got) == ["batch_mean_of_means", "bits", "loss", "token_accuracy"]
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-5), (size, k)
+        rows = [len(b["x"]) for b in batches]
+        means = [b["x"].astype(np.float64).mean(0).mean() for b in batches]
+        assert got["batch_mean_of_means"] == pytest.approx(np.dot(rows, means) / n, rel=1e-5, abs=1e-6)
