@@ -164,10 +164,10 @@ HOSTILE = {
 
 @pytest.mark.parametrize("text,message", HOSTILE.values(), ids=list(HOSTILE))
 def test_hostile_yaml_is_refused_fast_and_small(text, message):
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # the CPU time it takes: other load on a shared machine does not count
     with pytest.raises(FlowgradError) as info:
         check_spec(spec_from_text(text, "hostile.yaml"))
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     assert message in str(info.value)
     assert seconds < 2.0, f"{seconds:.2f} s"
     tracemalloc.start()
