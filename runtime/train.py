@@ -414,7 +414,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,
                 "batch_size": batch_size, "accumulate": opts.accumulate, "data_hash": data_hash,
                 # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
-                "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0,
+                "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0, "epoch_rows": rows if pos else {},
                 **({"partial": partial} if partial else {})})
             if also_best:  # first: killed between the two writes, the resumed run redoes the epoch and both agree
                 if partial and os.path.exists(os.path.join(run_dir, BEST)):
@@ -430,6 +430,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 order = epoch_order(seed, epoch, len(train_ds)) if cfg.get("shuffle", True) else None
                 # resumed mid-epoch: go on with the epoch's running sums from the checkpoint
                 sums, count = (dict(meta.get("epoch_sums", {})), int(meta.get("epoch_count", 0))) if position else ({}, 0)
+                # the rows behind each sum: an objective's steps that overflowed in mixed precision book nothing
+                rows = dict(meta.get("epoch_rows") or {k: count for k in sums}) if position else {}
                 t_epoch = time.perf_counter()
                 progress.start_epoch(epoch, position // (batch_size * opts.accumulate))
                 reached = position  # the data position after the last step
@@ -456,15 +458,15 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                     for k, v in scalars.items():
                         key = k if len(cm.schedule) == 1 else f"{name}/{k}"
                         sums[key] = sums.get(key, 0.0) + v * n
+                        rows[key] = rows.get(key, 0) + n
 
                 def end_step(n, next_pos) -> bool:
                     """Count one step; True when training has reached its last step."""
                     nonlocal count, step, reached
-                    count += n if not overflows else 0
+                    count += n
                     step += 1
                     reached = next_pos
-                    progress.advance({k: v / count for k, v in sums.items()} if count else {},
-                                     count / max(time.perf_counter() - t_epoch, 1e-9))
+                    progress.advance({k: v / rows[k] for k, v in sums.items()}, count / max(time.perf_counter() - t_epoch, 1e-9))
                     if opts.checkpoint_every and step % opts.checkpoint_every == 0 and next_pos < len(train_ds):
                         checkpoint(next_pos)
                     return step >= total_steps
@@ -524,8 +526,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 if step >= total_steps and reached < epoch_end:  # the step limit stopped the run mid-epoch
                     # what a resume with a larger limit goes on from (this record is then redone)
                     partial = {"epoch": epoch, "position": reached, "epoch_sums": dict(sums), "epoch_count": count,
-                               "best": dict(best), "bad_epochs": bad_epochs}
-                record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
+                               "epoch_rows": dict(rows), "best": dict(best), "bad_epochs": bad_epochs}
+                record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / rows[k] for k, v in sums.items()}}
                 if valid_ds is not None:
                     try:
                         record.update({f"valid_{k}": v for k, v in trainer.evaluate(

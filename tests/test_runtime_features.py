@@ -514,3 +514,29 @@ def test_resume_with_other_batches_is_refused(tmp_path, data, change, words):
         train(spec, resume=True, **{**opts, "steps": 6, **change})
     assert "--init-from" in e.value.hint
     assert train(spec, resume=True, **{**opts, "steps": 6}).steps == 6  # the run's own batches go on
+
+
+def test_an_objectives_overflowed_steps_leave_its_own_epoch_averages_alone(tmp_path, data, monkeypatch):
+    """With several objectives in mixed precision, an epoch's rows were counted only for steps
+    whose last objective did not overflow: the first objective's average was then a sum over
+    some rows divided by others (here its loss came out about 3/4 of what it was)."""
+    import runtime.train as T
+    from runtime.trainer import Trainer
+
+    spec = _spec(TWO_OBJECTIVES + "  mixed_precision: float16\n", tmp_path)
+    seen = []
+    plain = Trainer.train_step
+
+    def second_overflows_every_other_step(self, objective, batch, lr, step):
+        out = plain(self, objective, batch, lr, step)
+        seen.append((objective, step, dict(out)))
+        return {**out, "loss": float("nan")} if objective == "second" and step % 2 else out
+
+    monkeypatch.setattr(Trainer, "train_step", second_overflows_every_other_step)
+    result = train(spec, run_dir=str(tmp_path / "run"), data=data, epochs=1, valid="0", threads=1, device="cpu")
+    # (float16's first steps overflow at the initial loss scale by themselves, too)
+    first = [out["loss"] for obj, _, out in seen if obj == "first"]
+    second = [out["loss"] if not step % 2 else np.nan for obj, step, out in seen if obj == "second"]
+    assert np.isnan(second).sum() > np.isnan(first).sum() and not np.isnan(first).all()
+    assert result.history[0]["train_first/loss"] == pytest.approx(np.nanmean(first), rel=1e-6)
+    assert result.history[0]["train_second/loss"] == pytest.approx(np.nanmean(second), rel=1e-6)
