@@ -366,7 +366,6 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         epochs = epochs or -(-total_steps // steps_per_epoch)
 
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
-        data_hash = train_ds.fingerprint()
         if opts.resume:
             _check_state(cm, state, ckpt_path, seed)
             if "trained" in meta and meta["trained"] != trained:
@@ -376,8 +375,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                 hint="resume with the run's own --freeze (and spec), or start over with --overwrite "
                                      "or --init-from")
             _check_vocabulary(run_dir, train_ds.meta, "--resume")
-            _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate, "data_hash": data_hash},
-                                ckpt_path, run_dir)
+            _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir)
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed)
             _check_vocabulary(opts.init_from, train_ds.meta, "--init-from")
@@ -412,7 +410,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             data = checkpoint_bytes(state, {
                 "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
                 "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,
-                "batch_size": batch_size, "accumulate": opts.accumulate, "data_hash": data_hash,
+                "batch_size": batch_size, "accumulate": opts.accumulate,
                 # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
                 "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0, "epoch_rows": rows if pos else {},
                 **({"partial": partial} if partial else {})})
@@ -598,14 +596,12 @@ def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int
 
 
 def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str) -> None:
-    """A resumed run goes on with the batches it was trained with: its data position, step
-    count and lr schedule count those batches, so other data, another batch size or another
-    --accumulate would continue a different run from the middle of this one."""
-    what = {"batch_size": "batch size", "accumulate": "--accumulate", "data_hash": "training data"}
-    for key, name in what.items():
+    """A resumed run goes on with the batches it was trained with: its step count and lr
+    schedule count those batches, so another batch size or another --accumulate would
+    continue a different run from the middle of this one."""
+    for key, name in {"batch_size": "batch size", "accumulate": "--accumulate"}.items():
         if key in meta and meta[key] != now[key]:
-            was = f" ({meta[key]}, now {now[key]})" if key != "data_hash" else " (its hash differs)"
-            raise DataError(f"{path} was trained with another {name}{was}",
+            raise DataError(f"{path} was trained with another {name} ({meta[key]}, now {now[key]})",
                             hint=f"resume with the run's own {name}, or start a new run from its weights: "
                                  f"--init-from {run_dir} --run-dir NEW_DIR")
 
