@@ -416,7 +416,9 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 **({"partial": partial} if partial else {})})
             if also_best:  # first: killed between the two writes, the resumed run redoes the epoch and both agree
                 if partial and os.path.exists(os.path.join(run_dir, BEST)):
-                    shutil.copyfile(os.path.join(run_dir, BEST), os.path.join(run_dir, BEST_BEFORE_PARTIAL))
+                    # whole or not at all: a resume renames this copy over best.npz
+                    with open(os.path.join(run_dir, BEST), "rb") as f:
+                        atomic_write(os.path.join(run_dir, BEST_BEFORE_PARTIAL), f.read())
                 atomic_write(os.path.join(run_dir, BEST), data)
             atomic_write(ckpt_path, data)
 

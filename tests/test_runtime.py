@@ -243,6 +243,46 @@ def test_a_resumed_partial_epoch_gives_back_the_best_it_replaced(tmp_path):
     assert meta["step"] == 92 and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_a_full_disk_while_keeping_the_replaced_best_leaves_best_npz_whole(tmp_path, monkeypatch):
+    """A step limit's record that beats the best first copies best.npz aside; that copy was a plain
+    shutil.copyfile, so a full disk left a truncated best.before_partial.npz, and the next
+    --resume with a larger limit renamed it over best.npz: export then found best.npz unreadable.
+    The copy is now written whole or not at all."""
+    import errno
+    import shutil
+
+    import runtime.checkpoint as C
+
+    spec = load(MLP, [*SMALL, "train.optimizer={sgd: {lr: 0.5}}"])
+    common = dict(threads=1, device="cpu", seed=3, progress=False)
+    run = tmp_path / "part"
+    train(spec, run_dir=str(run), steps=97, **common)  # a partial epoch that is the best so far
+
+    def full(f, data: bytes) -> None:
+        f.write(data[:len(data) // 3])  # part of it made it to disk
+        f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def copy(src, dst, **kwargs):
+        with open(src, "rb") as a, open(dst, "wb") as b:
+            full(b, a.read())
+
+    real_copy, real_write = shutil.copyfile, C._write
+    # the disk fills up while the best is copied aside, whichever way the copy writes
+    monkeypatch.setattr(shutil, "copyfile", lambda src, dst, **kw: copy(src, dst)
+                        if str(dst).endswith("best.before_partial.npz") else real_copy(src, dst, **kw))
+    monkeypatch.setattr(C, "_write", lambda f, data, path: full(f, data) if path.endswith("best.before_partial.npz")
+                        else real_write(f, data, path))
+    with pytest.raises(FlowgradError, match="No space left on device"):
+        train(spec, run_dir=str(run), steps=98, resume=True, **common)  # its record beats the best too
+    monkeypatch.undo()
+    resumed = train(spec, run_dir=str(run), steps=115, resume=True, **common)
+    assert resumed.best["step"] == 92
+    _, meta = load_checkpoint(str(run / "best.npz"))
+    assert meta["step"] == 92
+    export(str(run), str(tmp_path / "m.onnx"))
+
+
 def _flowgrad():
     exe = os.path.join(os.path.dirname(sys.executable), "flowgrad")
     return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
