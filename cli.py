@@ -158,7 +158,7 @@ def compile_cmd(
             raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's checkpoints: "
                                 "pick another directory with -o")
         try:
-            written = cm.save(output)
+            written = cm.save(output, hint="pick a writable directory with -o, or free some space")
         except OSError as e:
             raise FlowgradError(f"cannot write the graphs to {output}: {e.strerror or e}",
                                 hint="pick a writable directory with -o") from None

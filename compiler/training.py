@@ -201,16 +201,20 @@ class CompiledModel:
     def schedule(self) -> list[str]:
         return schedule_of(self.spec)
 
-    def save(self, directory: str) -> list[str]:
+    def save(self, directory: str, hint: str | None = None) -> list[str]:
+        """Write the graphs and the manifest, each file whole or not at all: a run's resume
+        writes them again, and a full disk must not leave the run's graphs truncated.
+        `hint` for a directory that is not a run's (see atomic_write)."""
+        from runtime.checkpoint import atomic_write
+
         os.makedirs(directory, exist_ok=True)
         written = []
         for k, g in self.graphs.items():
             path = os.path.join(directory, f"{k}.onnx")
-            onnx.save_model(g.model, path)
+            atomic_write(path, g.model.SerializeToString(), hint)
             written.append(path)
         path = os.path.join(directory, "manifest.json")
-        with open(path, "w") as f:
-            json.dump(self.manifest(), f, indent=2, default=_json_default)
+        atomic_write(path, json.dumps(self.manifest(), indent=2, default=_json_default).encode(), hint)
         written.append(path)
         return written
 

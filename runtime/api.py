@@ -38,7 +38,7 @@ def compile(spec: str | dict | Spec, dtype: str | None = None, output: str | Non
     check_dtype(dtype)
     cm = compile_spec(load(spec), dtype)
     if output:
-        cm.save(output)
+        cm.save(output, hint="pick a writable output directory, or free some space")
     return cm
 
 

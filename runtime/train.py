@@ -755,7 +755,8 @@ def _write_spec_as_trained(spec: S.Spec, target: str) -> None:
     export and plots read the shapes the checkpoint has."""
     if os.path.isfile(spec.path) and not spec.overrides:
         if not (os.path.exists(target) and os.path.samefile(spec.path, target)):
-            shutil.copyfile(spec.path, target)
+            with open(spec.path, "rb") as f:  # (not copyfile: it empties the old spec.yaml before writing)
+                atomic_write(target, f.read())
         return
     import yaml
 

@@ -432,6 +432,47 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     same_state(tmp_path / "ref" / "checkpoint.npz", run / "checkpoint.npz")
 
 
+def test_a_resume_that_fills_the_disk_leaves_the_run_readable(tmp_path, monkeypatch):
+    """A resume writes the run's spec.yaml and graphs again. spec.yaml was a plain copy and the
+    graphs plain onnx.save_model calls, both truncating the old file first: a full disk there
+    left an empty spec.yaml or graph, and eval, export and plot of the run failed until a
+    resume got through. They are now written whole or not at all, as checkpoints are."""
+    import shutil
+
+    import compiler.training
+    import runtime.checkpoint as C
+
+    spec = tmp_path / "mlp.yaml"  # a spec without --set overrides: spec.yaml is a copy of the file
+    spec.write_text(Path(MLP).read_text().replace("H: 256", "H: 32"))
+    common = ["--threads", "1", "--device", "cpu", "--quiet", "--run-dir", tmp_path / "run"]
+    invoke("train", spec, "--epochs", "1", *common, code=0)
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in (run / "spec.yaml", run / "graphs" / "infer.onnx")}
+
+    def full(f, data: bytes) -> None:
+        f.write(data[:len(data) // 3])
+        f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write_fully(data, path):  # a plain write of `path` on a full disk
+        with open(path, "wb") as f:
+            full(f, data)
+
+    real_copy, real_save, real_write = shutil.copyfile, compiler.training.onnx.save_model, C._write
+    for name in ("spec.yaml", "infer.onnx"):  # the disk fills up while this file is written, however it is
+        monkeypatch.setattr(shutil, "copyfile", lambda src, dst, **kw: write_fully(
+            Path(src).read_bytes(), dst) if str(dst).endswith(name) else real_copy(src, dst, **kw))
+        monkeypatch.setattr(compiler.training.onnx, "save_model", lambda model, path, *a, **kw: write_fully(
+            model.SerializeToString(), path) if str(path).endswith(name) else real_save(model, path, *a, **kw))
+        monkeypatch.setattr(C, "_write", lambda f, data, path: full(f, data) if path.endswith(name)
+                            else real_write(f, data, path))
+        result = invoke("train", spec, "--epochs", "2", "--resume", *common, code=1)
+        assert "No space left on device" in error_line(result)
+        monkeypatch.undo()
+        assert all(p.read_bytes() == b for p, b in before.items()), name
+        invoke("export", run, "-o", tmp_path / "m.onnx", code=0)
+
+
 def test_unwritable_run_directory(tmp_path, monkeypatch):
     import runtime.checkpoint as C
 
