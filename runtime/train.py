@@ -544,7 +544,10 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                         f"reported: {', '.join(k for k in record if k not in ('epoch', 'step', 'seconds'))}")
                 mode = stopping.get("mode", "min") if stopping else "min"
                 better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
-                improved = not best or key not in record or better(record[key], best[key])
+                # NaN compares false with everything: a NaN record is never better, and any number
+                # beats a NaN best (else a NaN first epoch stayed the best for good)
+                improved = not best or key not in record or not np.isnan(record[key]) and (
+                    np.isnan(best[key]) or better(record[key], best[key]))
                 bad_epochs = 0 if improved else bad_epochs + 1
                 if improved:
                     best = dict(record)

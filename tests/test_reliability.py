@@ -518,6 +518,30 @@ def test_nan_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(tmp_path):
     assert all(np.isfinite(v).all() for v in state.values())
 
 
+def test_a_nan_validation_metric_never_holds_the_best(tmp_path, monkeypatch):
+    """Validation scalars are not checked like training ones: a first epoch whose early-stopping
+    metric was NaN (a 0/0 in a metric, say) became the best, no number compares better than NaN,
+    so best.npz kept epoch 1 for good and early stopping ended the run 'not improving' while
+    valid_accuracy rose. A NaN is never better than a number, and a number always beats it."""
+    from runtime.trainer import Trainer
+
+    real, calls = Trainer.evaluate, []
+
+    def nan_first(self, batches):
+        metrics = real(self, batches)
+        calls.append(1)
+        return {**metrics, "accuracy": float("nan")} if len(calls) == 1 else metrics
+
+    monkeypatch.setattr(Trainer, "evaluate", nan_first)
+    result = invoke("train", MLP, *SMALL, "--epochs", "4", "--json", "--run-dir", tmp_path / "run",
+                    "--set", "train.early_stopping={metric: valid_accuracy, mode: max, patience: 2}", code=0)
+    out = json.loads(result.stdout)
+    assert out["stopped"] == "finished" and out["epochs"] == 4
+    assert out["best"]["epoch"] > 1 and out["best"]["valid_accuracy"] == out["best"]["valid_accuracy"]  # not NaN
+    _, meta = load_checkpoint(str(tmp_path / "run" / "best.npz"))
+    assert meta["step"] == out["best"]["step"]
+
+
 def test_parameters_that_become_inf_never_reach_the_checkpoint(tmp_path, monkeypatch):
     from runtime.trainer import Trainer
 
