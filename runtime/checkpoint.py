@@ -115,6 +115,11 @@ def save_checkpoint(path: str, state: dict[str, np.ndarray], meta: dict) -> None
     atomic_write(path, checkpoint_bytes(state, meta))
 
 
+# A run's checkpoint.npz (the last) and best.npz are written separately: one may still be whole.
+DAMAGED = ("the file is truncated or corrupted: pass the run's other checkpoint (export and eval: --checkpoint "
+           "best or last), or train anew with --overwrite")
+
+
 def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
     try:
         with open(path, "rb") as f:
@@ -123,16 +128,25 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
         raise DataError(f"{path} is a directory, not a checkpoint", hint="pass the run directory itself") from None
     except OSError:
         magic = None  # (missing: said below)
+    if magic == b"":
+        raise DataError(f"checkpoint {path} is empty", hint=DAMAGED)
     if magic is not None and magic != b"PK\x03\x04":  # every .npz is a zip archive
         raise DataError(f"{path} is not a checkpoint: not the .npz archive that flowgrad train writes",
                         hint="pass a run directory, or its checkpoint.npz or best.npz"
                              + (" (an exported .onnx model is for predict)" if path.endswith(".onnx") else ""))
     try:
         with np.load(path, allow_pickle=False) as z:
+            if META_KEY not in z.files:  # an .npz of arrays, not one that flowgrad train wrote
+                raise DataError(f"{path} is not a checkpoint: an .npz without the record ({META_KEY}) that "
+                                "flowgrad train writes", hint="pass a run directory, or its checkpoint.npz or best.npz")
             meta = json.loads(bytes(z[META_KEY]).decode())
+            if not isinstance(meta, dict):
+                raise ValueError(f"its {META_KEY} is not a record")
             state = {k[2:]: z[k] for k in z.files if k.startswith("t:")}
     except FileNotFoundError:
         raise DataError(f"no checkpoint at {path}", hint="pass a run directory that 'flowgrad train' wrote, or train first") from None
+    except DataError:
+        raise
     except Exception as e:
-        raise DataError(f"checkpoint {path} is unreadable ({e})") from None
+        raise DataError(f"checkpoint {path} is unreadable ({e})", hint=DAMAGED) from None
     return state, meta

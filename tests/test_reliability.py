@@ -473,6 +473,44 @@ def test_a_resume_that_fills_the_disk_leaves_the_run_readable(tmp_path, monkeypa
         invoke("export", run, "-o", tmp_path / "m.onnx", code=0)
 
 
+def _damage(kind: str, path: Path) -> None:
+    import io
+
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "a flipped byte":
+        path.write_bytes(data[:600] + bytes([data[600] ^ 0xFF]) + data[601:])
+    else:  # the arrays whole, but no record, or a record that is not one
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+        if kind == "a record that is a list":
+            arrays["__meta__"] = np.frombuffer(b"[1, 2]", np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        path.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "a flipped byte", "no record", "a record that is a list"])
+def test_a_damaged_checkpoint_is_one_line_with_a_hint(tmp_path, kind):
+    """A checkpoint with all its arrays but a record that was not a dict got through to
+    meta.get (a traceback); one without the record, or an unreadable one, said so without a
+    hint. Every damaged checkpoint now gets one line and a hint, wherever it is read."""
+    run = tmp_path / "run"
+    _train_in_process(tmp_path, "run")
+    for name in ("checkpoint.npz", "best.npz"):
+        _damage(kind, run / name)
+    for args in (["train", MLP, *SMALL, "--epochs", "3", "--run-dir", run, "--resume"],
+                 ["export", run, "-o", tmp_path / "m.onnx"],
+                 ["train", MLP, *SMALL, "--epochs", "1", "--run-dir", tmp_path / "new", "--init-from", run]):
+        result = invoke(*args, code=1)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("  hint: "), result.output
+        assert "checkpoint" in lines[0]
+
+
 def test_unwritable_run_directory(tmp_path, monkeypatch):
     import runtime.checkpoint as C
 
