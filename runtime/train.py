@@ -376,6 +376,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                      "or --init-from")
             _check_vocabulary(run_dir, train_ds.meta, "--resume")
             _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir)
+            _check_same_examples(run_dir, train_ds, cm.float_dtype)
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed)
             _check_vocabulary(opts.init_from, train_ds.meta, "--init-from")
@@ -704,6 +705,24 @@ def _check_vocabulary(run_dir: str, meta: dict, how: str) -> None:
                 f"{how} {run_dir}: that run was trained on data whose {key} differs from this data's "
                 f"({len(before[key])} tokens, then {len(meta[key])}; token ids would change meaning)",
                 hint="train anew with --overwrite, or use the data the run was trained on")
+
+
+def _check_same_examples(run_dir: str, train_ds: D.Dataset, float_dtype: str) -> None:
+    """A resumed run trains on the examples it was trained on: with another split (valid or test
+    edited) or data file, the data positions in its checkpoint point at other examples, and
+    examples it validated on would be trained on."""
+    try:
+        with open(os.path.join(run_dir, "run.json")) as f:
+            before = json.load(f)
+        trained_on, dtype = before["data_hash"], before["dtype"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    # (float inputs are hashed as cast to the model's float type: another --dtype hashes otherwise)
+    if dtype == float_dtype and trained_on != train_ds.fingerprint():
+        raise DataError(f"--resume {run_dir}: the training examples differ from those the run was trained on "
+                        "(another data file, validation or test split, or data options)",
+                        hint="resume with the run's data and splits (its run.json has them), or start a new run "
+                             "from its weights with --init-from")
 
 
 def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> tuple[dict, dict]:

@@ -511,6 +511,17 @@ def test_a_damaged_checkpoint_is_one_line_with_a_hint(tmp_path, kind):
         assert "checkpoint" in lines[0]
 
 
+def test_a_resume_on_other_examples_is_refused(tmp_path):
+    """A resume with another validation split (--valid, or the spec's valid edited) went on
+    silently: the checkpoint's data position pointed into other examples, and the run trained
+    on examples it had validated on, its best then compared across two validation sets."""
+    _train_in_process(tmp_path, "run")
+    result = _train_in_process(tmp_path, "run", "--resume", "--epochs", "3", "--valid", "0.05", code=1)
+    assert "the training examples differ from those the run was trained on" in error_line(result)
+    assert "--init-from" in result.output
+    _train_in_process(tmp_path, "run", "--resume", "--epochs", "3")  # its own split goes on
+
+
 def test_unwritable_run_directory(tmp_path, monkeypatch):
     import runtime.checkpoint as C
 
