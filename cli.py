@@ -69,6 +69,41 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM, raised where Python's default would end the process without a word."""
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(spec_path: str, run_dir: str):
+    """Ctrl-C or SIGTERM during training ends with one line saying what the run directory
+    keeps and how to go on (exit 130 or 143, as a shell reports those signals). Checkpoints
+    are written to a temporary file and renamed, so they are whole at any moment."""
+    import signal
+
+    def terminate(signum, frame):
+        raise _Stopped()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        from runtime.checkpoint import load_checkpoint
+
+        ckpt = os.path.join(run_dir, "checkpoint.npz")
+        try:
+            kept = f"keeps its checkpoint of step {int(load_checkpoint(ckpt)[1]['step'])}"
+        except Exception:  # none yet, or unreadable: say only what is sure
+            kept = "has no checkpoint yet" if not os.path.exists(ckpt) else "keeps its last checkpoint"
+        what = "SIGTERM" if isinstance(stop, _Stopped) else "Ctrl-C"
+        err.print(f"[bold red]error:[/bold red] training stopped by {what}; {escape(run_dir)} {kept}", soft_wrap=True)
+        if "no checkpoint" not in kept:
+            err.print(f"[dim]  hint: go on with: flowgrad train {escape(spec_path)} --run-dir {escape(run_dir)} "
+                      f"--resume (and this run's other flags)[/dim]", soft_wrap=True)
+        raise typer.Exit(143 if isinstance(stop, _Stopped) else 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # The graphs take the seed as an int64 input (training seeds are not negative). runtime.train's
 # MAX_SEED, repeated: the CLI imports runtime only inside its commands, for a quick start.
 MAX_SEED = 2**63 - 1
@@ -234,7 +269,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Compile a spec and train it on its data, with progress, validation and checkpoints."""
-    from runtime.train import TrainOptions, train as run_training
+    from runtime.train import TrainOptions, run_dir_of, train as run_training
 
     with user_errors():
         _check_dtype(dtype)
@@ -246,7 +281,8 @@ def train(
                             dtype=dtype, cuda_graphs=cuda_graphs)
         if not quiet:
             err.print(f"training [bold]{s.name}[/bold] on {_device_name(device)}")
-        result = run_training(s, opts)
+        with _stopped_by_signals(spec, run_dir_of(s, opts)):
+            result = run_training(s, opts)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return

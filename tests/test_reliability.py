@@ -738,6 +738,26 @@ def test_a_second_process_cannot_train_in_the_same_run_directory(tmp_path):
     assert meta["epoch"] == 12 and all(np.isfinite(v).all() for v in state.values())
 
 
+@pytest.mark.parametrize("sig, code, words", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_a_run_stopped_by_a_signal_says_what_it_keeps_and_how_to_go_on(tmp_path, sig, code, words):
+    """SIGTERM ended `flowgrad train` without a word (Python's default), Ctrl-C with click's
+    bare "aborted": now one line names the checkpoint kept and the hint is the resume."""
+    run = tmp_path / "run"
+    args = _flowgrad() + ["train", MLP, *SMALL, "--run-dir", str(run), "--checkpoint-every", "5"]
+    proc = subprocess.Popen(args + ["--epochs", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait(proc, lambda: (run / "checkpoint.npz").exists(), "a checkpoint")
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == code, out
+    assert "Traceback" not in out
+    _, meta = load_checkpoint(str(run / "checkpoint.npz"))
+    assert f"error: training stopped by {words}; {run} keeps its checkpoint of step {meta['step']}" in " ".join(out.split())
+    assert "--resume" in out
+    again = subprocess.run(args + ["--epochs", "50", "--steps", str(meta["step"] + 5), "--resume"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+
+
 @pytest.mark.parametrize("limit", ["MAX_UNPACKED_BYTES", "RATIO_CHECKED_ABOVE"])
 def test_npz_decompression_bomb_is_refused_before_unpacking(tmp_path, monkeypatch, limit):
     """Zeros pack about a thousandfold; with the limits scaled down, 16 MiB stands in for a bomb."""
