@@ -22,11 +22,17 @@ from .recurrent import StepBuilder, run_scan
 
 
 def _sample(g, logits: Value, temperature: Value, seed: Value, step: Value, salt: int) -> Value:
-    """argmax(logits + temperature * Gumbel noise): a sample of softmax(logits / temperature)."""
+    """argmax(logits / T + Gumbel noise): a sample of softmax(logits / T), T the temperature.
+
+    Computed as argmax(logits / max(T, 1) + noise * min(T, 1)), the same argmax for T > 0,
+    so that T = 0 picks the most likely token and neither term overflows: the noise scaled
+    by a huge T (above about 2e37) was inf, and argmax took the first of several infs."""
     u = g.apply("uniform", logits, seed, step, salt=salt)
     tiny = g.lift(1e-20, like=u)
     gumbel = -g.apply("log", -g.apply("log", u + tiny) + tiny)
-    return g.apply("argmax", logits + temperature * gumbel, axis=-1)
+    one = g.lift(1.0, like=temperature)
+    scaled = logits / g.apply("maximum", temperature, one) + gumbel * g.apply("minimum", temperature, one)
+    return g.apply("argmax", scaled, axis=-1)
 
 
 def _depends_on(v, source: Value) -> bool:

@@ -53,6 +53,20 @@ def test_sampling_is_seeded_and_uses_the_temperature(exported):
     assert len(a) == 40
 
 
+def test_a_huge_temperature_samples_every_token_alike(exported):
+    """A temperature near float32's largest value samples (almost) uniformly. The noise was
+    scaled by the temperature and overflowed to inf above about 2e37, and argmax then took the
+    first of several infs: the lowest token ids were drawn far more often than the others."""
+    gen, _ = exported
+    n, vocab = 2000, len(model_metadata(load_model_safely(gen))["vocab"])
+    for temperature in (1e30, 3e38):
+        tokens = predict(gen, {"prompt": np.asarray([5, 6]), "max_len": np.asarray(n),
+                               "temperature": np.asarray(temperature, np.float32), "seed": np.asarray(1)})["tokens"]
+        counts = np.bincount(tokens, minlength=vocab)
+        chi2 = float(((counts - n / vocab) ** 2 / (n / vocab)).sum())  # about vocab - 1 = 96 when uniform
+        assert chi2 < 2 * vocab, (temperature, chi2, counts[:5])
+
+
 def test_an_infinite_temperature_is_refused(exported):
     gen, _ = exported
     with pytest.raises(DataError, match="finite"):
