@@ -28,7 +28,8 @@ def _sample(g, logits: Value, temperature: Value, seed: Value, step: Value, salt
     so that T = 0 picks the most likely token and neither term overflows: the noise scaled
     by a huge T (above about 2e37) was inf, and argmax took the first of several infs."""
     u = g.apply("uniform", logits, seed, step, salt=salt)
-    tiny = g.lift(1e-20, like=u)
+    # keeps log's arguments above 0: 1e-20 is 0 in float16, where a draw of 0 made NaN at T = 0
+    tiny = g.lift(max(1e-20, float(np.finfo(u.dtype).tiny)), like=u)
     gumbel = -g.apply("log", -g.apply("log", u + tiny) + tiny)
     one = g.lift(1.0, like=temperature)
     scaled = logits / g.apply("maximum", temperature, one) + gumbel * g.apply("minimum", temperature, one)

@@ -67,6 +67,21 @@ def test_a_huge_temperature_samples_every_token_alike(exported):
         assert chi2 < 2 * vocab, (temperature, chi2, counts[:5])
 
 
+def test_a_float16_model_decodes_greedily_whatever_the_seed(tmp_path):
+    """At temperature 0 the seed changes nothing. In a float16 graph the noise's 1e-20 guard
+    was 0: a uniform draw of exactly 0 (one in 2048) made that token's noise -inf, times a
+    temperature of 0 NaN, and argmax returned token 0 at such steps (seed 68, step 17 here)."""
+    spec = load(os.path.join(ROOT, "models", "char_lstm.yaml"),
+                ["dims.H=8", "dims.E=4", "train.data.options.seq_len=8", "train.optimizer={sgd: {lr: 0.1}}",
+                 "train.dtype=float16"])
+    result = train(spec, run_dir=str(tmp_path / "run"), steps=2, threads=1, device="cpu")
+    export(result.run_dir, str(tmp_path / "gen.onnx"))
+    tokens = [predict(str(tmp_path / "gen.onnx"), {"prompt": np.asarray([5, 6]), "max_len": np.asarray(20),
+                                                    "temperature": np.asarray(0.0, np.float32),
+                                                    "seed": np.asarray(seed)})["tokens"].tolist() for seed in (0, 68)]
+    assert tokens[0] == tokens[1]
+
+
 def test_an_infinite_temperature_is_refused(exported):
     gen, _ = exported
     with pytest.raises(DataError, match="finite"):
