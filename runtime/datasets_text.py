@@ -271,9 +271,10 @@ def encode_text(text: str, meta: dict) -> np.ndarray:
 
 
 def decode_text(ids, meta: dict) -> str:
-    """The text of token ids: characters joined, or words joined by spaces."""
+    """The text of token ids: characters joined, or words joined by spaces. Ids beyond the
+    vocabulary (a model's dims.V may exceed it, and a sampler can draw them) read as <unk>."""
     vocab = meta["vocab"]
-    toks = [vocab[int(i)] for i in np.asarray(ids).reshape(-1)]
+    toks = [vocab[i] if 0 <= i < len(vocab) else UNK for i in map(int, np.asarray(ids).reshape(-1))]
     return "".join(toks) if meta["level"] == "char" else " ".join(toks)
 
 

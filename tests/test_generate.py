@@ -82,6 +82,24 @@ def test_a_float16_model_decodes_greedily_whatever_the_seed(tmp_path):
     assert tokens[0] == tokens[1]
 
 
+def test_sampled_ids_beyond_the_vocabulary_print_as_unk(tmp_path):
+    """dims.V may exceed the text's vocabulary (training only needs ids below it), and the
+    sampler can draw the extra ids: predict --text ended with an IndexError traceback."""
+    spec = load(os.path.join(ROOT, "models", "char_lstm.yaml"),
+                ["dims.H=8", "dims.E=4", "dims.V=120", "train.data.options.seq_len=8"])
+    result = train(spec, run_dir=str(tmp_path / "run"), steps=1, threads=1, device="cpu")
+    gen = str(tmp_path / "gen.onnx")
+    export(result.run_dir, gen)
+    meta = model_metadata(load_model_safely(gen))
+    feeds = {"prompt": encode_text("hi", {**meta, "level": "char"}), "max_len": np.asarray(50),
+             "temperature": np.asarray(50.0, np.float32), "seed": np.asarray(1)}
+    tokens = predict(gen, feeds)["tokens"].tolist()
+    vocab = meta["vocab"]
+    assert max(tokens) >= len(vocab)  # (almost uniform over 120 ids)
+    assert generate_text(gen, "hi", max_len=50, temperature=50.0, seed=1) == \
+        "".join(vocab[i] if i < len(vocab) else "<unk>" for i in tokens)
+
+
 def test_an_infinite_temperature_is_refused(exported):
     gen, _ = exported
     with pytest.raises(DataError, match="finite"):
