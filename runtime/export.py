@@ -263,7 +263,9 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
     """What an exported decoder would read past: token ids outside its vocabulary, source
     lengths outside the source's width, a beam wider than it was compiled for; and the counts
     of a decoder's tokens and a generator's samples (within what a run can allocate)."""
-    if "prompt" in feeds and "vocab" in meta and not feeds["prompt"].size:
+    # A decoder flowgrad exported carries its generate section; one trained on an .npz has no vocabulary
+    decoder = "generate.input" in meta or "vocab" in meta or "src_vocab" in meta
+    if "prompt" in feeds and decoder and not feeds["prompt"].size:
         raise DataError("the prompt is empty", hint="give at least one token (a character or a word) to continue from")
     for name, key in (("src", "src_vocab"), ("prompt", "vocab")):
         if name in feeds and key in meta and feeds[name].size:
@@ -276,7 +278,7 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
         if lengths.min() < 1 or lengths.max() > width:
             raise DataError(f"input 'src_len' holds lengths from {lengths.min()} to {lengths.max()}, "
                             f"but the sources are {width} tokens wide", hint="each length is 1 to the width of src")
-    if "vocab" in meta or "src_vocab" in meta:  # a decoder flowgrad exported: as generate_text and translate check
+    if decoder:  # as generate_text and translate check
         if "max_len" in feeds and feeds["max_len"].size == 1:  # (0 failed inside the Scan)
             _count(feeds["max_len"].item(), "input 'max_len'")
         if "temperature" in feeds and feeds["temperature"].size == 1 and feeds["temperature"].item() < 0:
@@ -284,7 +286,7 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
                             hint="0 picks the most likely token, 1 samples the model's probabilities")
     if set(feeds) == {"count", "seed"} and feeds["count"].size == 1:  # a generator, as --count is checked
         _count(feeds["count"].item(), "input 'count'")  # (a huge one tried to allocate terabytes)
-    if "beam_width" in feeds and "src_vocab" in meta:  # a decoder flowgrad exported
+    if "beam_width" in feeds and ("generate.bos" in meta or "src_vocab" in meta):  # (0 decoded nothing but dead beams)
         widest, width = _widest_beam(meta), int(feeds["beam_width"])
         if not 1 <= width <= widest:
             raise DataError(f"the beam width must be between 1 and {widest} for this model, got {width}",

@@ -174,3 +174,28 @@ def test_raw_decoder_inputs_outside_their_ranges_are_errors(model):
                           ({"src": src * 0 + 999}, "vocabulary"), ({"max_len": np.asarray(0)}, "max_len")):
         with pytest.raises(FlowgradError, match=words):
             predict(gen, {**feeds, **change})
+
+
+def test_a_decoder_trained_on_an_npz_file_checks_its_inputs_too(tmp_path):
+    """A run trained on an .npz carries no vocabulary, and predict took that for a model that
+    is not a decoder: beam width 0 decoded nothing but dead beams (scores near -1e9), a beam
+    wider than the compiled one decoded silently with the compiled one, and max_len 0 ended
+    with onnxruntime's message about a Scan."""
+    from spec.errors import FlowgradError
+
+    ds = T.load_reverse(n=40, seed=1, max_len=6)
+    np.savez(tmp_path / "data.npz", **ds.arrays)
+    spec = load(os.path.join(ROOT, "models", "reverse_attention.yaml"), [
+        "dims.H=4", "dims.E=4", "dims.A=4", f"train.data={{path: {tmp_path / 'data.npz'}, valid: 0.1}}",
+        f"generate.beam_width={K}"])
+    result = train(spec, run_dir=str(tmp_path / "run"), steps=1, threads=1, device="cpu")
+    gen = str(tmp_path / "gen.onnx")
+    export(result.run_dir, gen)
+    feeds = {"src": ds.arrays["src"][:2], "src_len": ds.arrays["src_len"][:2], "beam_width": np.asarray(1),
+             "max_len": np.asarray(3), "length_penalty": np.asarray(0.6, dtype=np.float32)}
+    assert predict(gen, feeds)["tokens"].shape == (2, 3)
+    for change, words in (({"beam_width": np.asarray(0)}, f"between 1 and {K} for this model, got 0"),
+                          ({"beam_width": np.asarray(K + 1)}, f"between 1 and {K} for this model, got {K + 1}"),
+                          ({"max_len": np.asarray(0)}, "'max_len' must be between 1")):
+        with pytest.raises(FlowgradError, match=words):
+            predict(gen, {**feeds, **change})
