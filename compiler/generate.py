@@ -240,6 +240,13 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         V = last.shape[-1]
         if not isinstance(V, int):
             raise SpecError("beam search needs a fixed vocabulary size in the logits", loc)
+        # eos and pad index the logits: beyond them a hypothesis never ends, and pad's row does not exist
+        for key, value in (("eos", eos), ("pad", pad)):
+            if value >= V:
+                given = key if key in cfg else "bos"  # (eos is bos when absent)
+                raise SpecError(f"generate.{key} is {value}, but the logits {logits_name!r} have {V} entries (ids 0 to {V - 1})",
+                                spec.locate("generate", given),
+                                f"give a token id below {V}" + (" (eos is bos when absent)" if given != key else ""))
         source = low.sources[src]
         beam_pos = g.apply("positions", g.apply("fill", source, dims=(K,), dtype="int64"), axis=0)  # [K]
         scores0 = g.apply("where", g.apply("eq", beam_pos, g.lift(0, like=beam_pos)),

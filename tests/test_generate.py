@@ -268,3 +268,17 @@ def test_generate_keys_of_the_other_decoder_are_refused(model, key, words):
     with pytest.raises(SpecError, match=words) as e:
         check_spec(spec)
     assert str(e.value).startswith(f"--set generate.{key}:1:"), str(e.value)
+
+
+@pytest.mark.parametrize("key, words", [("pad=50", "generate.pad is 50, but the logits 'logits' have 14 entries"),
+                                        ("eos=14", "generate.eos is 14, but the logits 'logits' have 14 entries")])
+def test_beam_search_token_ids_beyond_the_logits_are_refused(key, words):
+    """pad indexes the logits (an IndexError traceback), and an eos beyond them is never
+    emitted (a beam search in which no hypothesis could end)."""
+    from compiler.training import check_spec
+    from spec.errors import SpecError
+
+    spec = load(os.path.join(ROOT, "models", "dates_attention.yaml"), [f"generate.{key}"])
+    with pytest.raises(SpecError, match=words) as e:
+        check_spec(spec)
+    assert str(e.value).startswith(f"--set generate.{key}:1:"), str(e.value)
