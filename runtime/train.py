@@ -367,13 +367,15 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
 
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
         if opts.resume:
-            _check_state(cm, state, ckpt_path, seed)
-            if "trained" in meta and meta["trained"] != trained:
+            # before the shapes: another --freeze also resizes the flat optimizer state, which
+            # _check_state would blame on a changed spec (a parameter the checkpoint lacks is one)
+            if "trained" in meta and meta["trained"] != trained and all(p in state for p in cm.params):
                 # the optimizer's flat state vectors follow the trained parameters, in order
                 raise DataError(f"{ckpt_path} was written training other parameters than this run would "
                                 f"({_difference(meta['trained'], trained)})",
                                 hint="resume with the run's own --freeze (and spec), or start over with --overwrite "
                                      "or --init-from")
+            _check_state(cm, state, ckpt_path, seed)
             _check_vocabulary(run_dir, train_ds.meta, "--resume")
             _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir)
             _check_same_examples(run_dir, train_ds, cm.float_dtype)

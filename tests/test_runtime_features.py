@@ -381,6 +381,16 @@ def test_resuming_with_other_frozen_parameters_is_refused(tmp_path, data):
     train(spec, run_dir=str(tmp_path / "r"), data=data, steps=4, freeze=["W1"], resume=True, threads=1, device="cpu")
 
 
+def test_resuming_with_a_freeze_that_resizes_the_optimizer_state_names_the_freeze(tmp_path, data):
+    """README: a resume with another --freeze is refused. One that changes how many values are
+    trained also resizes the optimizer state, and was refused as if the spec had changed."""
+    spec = _spec(REGRESSION.replace("sgd: {lr: 0.05}", "adam: {lr: 0.01}"), tmp_path)  # (sgd keeps no state)
+    train(spec, run_dir=str(tmp_path / "r"), data=data, steps=2, threads=1, device="cpu")
+    with pytest.raises(FlowgradError, match="other parameters") as e:
+        train(spec, run_dir=str(tmp_path / "r"), data=data, steps=4, freeze=["W1"], resume=True, threads=1, device="cpu")
+    assert "then also W1" in str(e.value) and "spec changed" not in str(e.value)
+
+
 
 def test_stream_laid_data_refuses_other_batch_sizes_and_shuffling(tmp_path):
     """Rows of batch w continue the same rows of batch w - 1 only in unshuffled batches of as
