@@ -55,6 +55,9 @@ def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str 
     from runtime.train import _check_state
     from spec.errors import FlowgradError
 
+    if not os.path.isfile(os.path.join(run_dir, "spec.yaml")):  # (read as a spec path, it said "no such spec file")
+        raise FlowgradError(f"{run_dir} is not a run directory",
+                            hint="pass the directory that 'flowgrad train' wrote, e.g. runs/mlp")
     spec = load_spec(os.path.join(run_dir, "spec.yaml"))
     try:
         with open(os.path.join(run_dir, "run.json")) as f:

@@ -265,13 +265,17 @@ def test_export_and_predict_round_trip(trained, tmp_path):
 
 
 @pytest.mark.parametrize("what", ["empty", "missing", "file"])
-def test_export_of_a_non_run_directory(what, tmp_path):
+@pytest.mark.parametrize("verb", ["export", "eval"])
+def test_export_or_eval_of_a_non_run_directory(verb, what, tmp_path):
+    """eval said 'no such spec file: DIR/spec.yaml', without a hint, where export says what to pass."""
     target = {"empty": tmp_path, "missing": tmp_path / "nope", "file": tmp_path / "a.txt"}[what]
     if what == "file":
         target.write_text("hi")
-    result = invoke("export", target, "-o", tmp_path / "m.onnx", code=1)
+    np.savez(tmp_path / "in.npz", x=np.zeros((2, 64), np.float32))
+    args = ["-o", tmp_path / "m.onnx"] if verb == "export" else ["--data", tmp_path / "in.npz"]
+    result = invoke(verb, target, *args, code=1)
     assert result.output.startswith(f"error: {target} is not a run directory")
-    assert "flowgrad train" in result.output
+    assert "hint:" in result.output and "flowgrad train" in result.output
     assert not (tmp_path / "m.onnx").exists()
 
 
