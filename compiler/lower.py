@@ -170,7 +170,10 @@ class Lowering:
                 loc,
                 did_you_mean(name, self.params) or "dotted names may only name parameters, such as 'h.W' made by 'h: dense(...)'",
             )
-        raise SpecError(f"undefined name {name!r}", loc, did_you_mean(name, self.known_names()))
+        # (no close name, as for 'Wl' against 'W1': the hint still says where names come from)
+        raise SpecError(f"undefined name {name!r}", loc, did_you_mean(name, self.known_names())
+                        or "declare it under inputs, params, dims or graph (a block's: in, params, graph); "
+                           "names are case-sensitive")
 
     def evaluate_name(self, name: str):
         if name in self.env:
