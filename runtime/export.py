@@ -148,7 +148,7 @@ def load_model_safely(path: str) -> onnx.ModelProto:
     that leave the model's directory (absolute, '..', symlinks out) are refused,
     in subgraphs too, before any external data is read."""
     if not os.path.isfile(path):
-        raise ExportError(f"no ONNX file at {path}")
+        raise ExportError(f"no ONNX file at {path}", hint="pass a model that 'flowgrad export RUN_DIR -o FILE.onnx' wrote")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:

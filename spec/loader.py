@@ -48,7 +48,8 @@ def load_spec(path: str, overrides=()) -> Spec:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise SpecError(f"no such spec file: {path}") from None
+        raise SpecError(f"no such spec file: {path}",
+                        hint="check the path (a relative one starts at the working directory)") from None
     except IsADirectoryError:
         raise SpecError(f"{path} is a directory, not a spec file") from None
     except OSError as e:

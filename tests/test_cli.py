@@ -294,7 +294,14 @@ def test_predict_on_a_non_onnx_file(tmp_path):
     result = invoke("predict", bogus, "--data", tmp_path / "in.npz", code=1)
     assert result.output.startswith(f"error: {bogus} is not a valid ONNX model")
     result = invoke("predict", tmp_path / "missing.onnx", "--data", tmp_path / "in.npz", code=1)
-    assert "no ONNX file at" in result.output
+    assert "no ONNX file at" in result.output and "hint: pass a model that 'flowgrad export" in result.output
+
+
+def test_a_missing_spec_file_is_one_line_and_a_hint(tmp_path):
+    """README: user mistakes end with a message and a hint; a mistyped spec path had no hint."""
+    result = invoke("check", tmp_path / "nope.yaml", code=1)
+    assert result.output.startswith(f"error: no such spec file: {tmp_path / 'nope.yaml'}")
+    assert "hint: check the path" in result.output
 
 
 # ---------------------------------------------------------------- help
