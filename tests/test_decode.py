@@ -149,6 +149,25 @@ def test_beam_widths_outside_the_compiled_range_and_empty_sources_are_errors(mod
     assert translate(gen, []) == []  # (np.stack raised a raw ValueError)
 
 
+def test_a_translator_without_generate_max_len_decodes_up_to_its_target_length(model, tmp_path, monkeypatch):
+    """docs/schema.md, generate.max_len: its default is 200 for a sampler, but a translator
+    without one decodes up to its dataset's target length."""
+    import onnx
+
+    from runtime import export as E
+
+    gen, _, _ = model
+    m = onnx.load(gen)
+    kept = [p for p in m.metadata_props if p.key != "flowgrad.generate.max_len"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    onnx.save(m, str(tmp_path / "gen.onnx"))
+    fed, real = [], E.predict
+    monkeypatch.setattr(E, "predict", lambda path, feeds, *a, **k: fed.append(int(feeds["max_len"])) or real(path, feeds, *a, **k))
+    E.translate(str(tmp_path / "gen.onnx"), ["abc"])
+    assert fed == [E.model_metadata(m)["tgt_len"]] and fed[0] != 200
+
+
 def test_beam_search_refuses_a_temperature_and_a_seed(model):
     """Beam search draws nothing: predict --text with --temperature or --seed decoded as if
     neither was given, where a sampler's --beam-width is refused."""
