@@ -672,6 +672,19 @@ def _check_io_names(spec: S.Spec) -> None:
                 seen[name] = kind
 
 
+def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
+    """What an objective's training cannot do in the compile float type (check refuses it too)."""
+    if obj.mixed and dtype != "float32":
+        raise SpecError(f"mixed precision keeps float32 master weights, but the graphs are compiled for {dtype}",
+                        _loc(spec, "train", "mixed_precision"), "leave train.dtype (and --dtype) at float32")
+    eps = obj.optimizer.hp.get("eps") if hasattr(obj.optimizer, "hp") else None
+    if dtype == "float16" and eps is not None and np.float16(eps) == 0:
+        raise SpecError(f"{type(obj.optimizer).__name__} divides by eps={eps:g}, which float16 rounds to 0: a "
+                        f"zero gradient would step by 0/0", _loc(spec, "train", "optimizer") or obj.loc,
+                        "train with mixed_precision: float16 (float32 weights and optimizer state) instead of "
+                        "dtype float16, or raise eps to 1e-4")
+
+
 def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) -> Lowering:
     """Evaluate every expression once (shapes, names, ops) without emitting; with `objectives`, also
     what compiling would refuse: an objective's unknown loss, or parameters it cannot train."""
@@ -685,6 +698,7 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
         _tensor_entry(low, a, "output")
     if objectives:
         for obj in objectives_of(spec):
+            _check_float_type(spec, obj, dtype)  # ("spec OK" for --dtype float16 and Adam, which compile refused)
             obj_loss = loss if obj.loss is spec.loss else _scalar_loss(low, obj.loss)
             _gradients(low, obj_loss, obj, _trained(spec, low, obj))
     if spec.generate:  # what compiling the decoding graph would refuse
@@ -805,15 +819,7 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
     cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph))
     for obj in objectives:
         suffix = "" if obj.name == "main" else f"_{obj.name}"
-        if obj.mixed and dtype != "float32":
-            raise SpecError(f"mixed precision keeps float32 master weights, but the graphs are compiled for {dtype}",
-                            _loc(spec, "train", "mixed_precision"), "leave train.dtype (and --dtype) at float32")
-        eps = obj.optimizer.hp.get("eps") if hasattr(obj.optimizer, "hp") else None
-        if dtype == "float16" and eps is not None and np.float16(eps) == 0:
-            raise SpecError(f"{type(obj.optimizer).__name__} divides by eps={eps:g}, which float16 rounds to 0: a "
-                            f"zero gradient would step by 0/0", _loc(spec, "train", "optimizer") or obj.loc,
-                            "train with mixed_precision: float16 (float32 weights and optimizer state) instead of "
-                            "dtype float16, or raise eps to 1e-4")
+        _check_float_type(spec, obj, dtype)
         if "train" in graphs:
             cm.graphs["train" + suffix] = build_train(spec, obj, dtype, optimize_graph)
         if obj.mixed:

@@ -277,6 +277,11 @@ def test_float16_adaptive_optimizer_is_refused_with_a_hint(optimizer):
         compile_spec(spec, dtype="float16", graphs=("train",))
     assert "rounds to 0" in str(e.value) and "mixed_precision" in e.value.hint
     assert e.value.loc is not None
+    # check is compile's dry run: it said "spec OK" for what compile then refused
+    from compiler.training import check_spec
+
+    with pytest.raises(SpecError, match="rounds to 0"):
+        check_spec(spec, "float16")
 
 
 def test_same_spec_float64_matches_float32(mlp_models):

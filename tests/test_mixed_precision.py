@@ -159,6 +159,10 @@ def test_mixed_precision_with_float16_master_weights_is_a_located_error(tmp_path
     with pytest.raises(SpecError) as e:
         compile_spec(tiny(tmp_path), dtype="float16")
     assert "float32 master weights" in str(e.value) and e.value.loc is not None and e.value.loc.line == 15
+    from compiler.training import check_spec  # check is compile's dry run: it passed this
+
+    with pytest.raises(SpecError, match="float32 master weights"):
+        check_spec(tiny(tmp_path), "float16")
 
 
 def test_mixed_precision_refuses_gradient_accumulation(tmp_path):
