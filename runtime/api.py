@@ -35,6 +35,9 @@ def load(spec: str | dict | Spec, overrides: list[str] | None = None) -> Spec:
 
 
 def compile(spec: str | dict | Spec, dtype: str | None = None, output: str | None = None) -> CompiledModel:  # noqa: A001
+    """The spec's graphs (train, eval, infer, grads, apply; generate with a `generate` section) in
+    `dtype` (default train.dtype); with `output`, also written there with manifest.json, as
+    `flowgrad compile -o` does."""
     check_dtype(dtype)
     cm = compile_spec(load(spec), dtype)
     if output:
@@ -51,6 +54,8 @@ def train(spec: str | dict | Spec, **options) -> TrainResult:
 
 def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str = "auto", threads: int | None = None,
                  batch_size: int = 256) -> dict:
+    """Loss and metrics of a run's best (or last) checkpoint on the .npz at `data`, as `flowgrad eval`
+    prints them."""
     from runtime.session import ORT_ERRORS
     from runtime.train import _check_state
     from spec.errors import FlowgradError

@@ -203,6 +203,8 @@ def _all_tensors(model):
 
 
 def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", threads: int | None = None) -> dict[str, np.ndarray]:
+    """Run an exported model: {input name: array} in, {output name: array} out. Unlike
+    `flowgrad predict` (auto), it runs on the CPU unless `device` says cuda or auto."""
     from .session import ORT_ERRORS, make_session, pick_device
     from .train import check_count
 
