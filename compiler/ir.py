@@ -283,6 +283,8 @@ class Graph:
             return self.const(np.asarray(x, dtype=bool))
         if like is not None and isinstance(x, (int, float, np.number)):
             dtype = like.dtype if (is_float(like.dtype) or isinstance(x, (int, np.integer))) else self.float_dtype
+            if dtype == "bool":  # an integer meeting booleans is an integer (b == 2 is false, as in NumPy), not True
+                dtype = "int64"
             if isinstance(x, (int, np.integer)) and np.dtype(dtype).kind in "iu" and \
                     not np.iinfo(dtype).min <= int(x) <= np.iinfo(dtype).max:
                 raise ShapeError(f"the number {x} does not fit the {dtype} it is combined with", current_loc(),

@@ -133,6 +133,21 @@ def test_python_numbers_meeting_integers():
     assert g.binary("eq", y, 1).dtype == "bool" and g.binary("eq", y, 1).producer.inputs[1].dtype == "int64"
 
 
+def test_python_integers_meeting_booleans_keep_their_value():
+    """b == 2 is false everywhere, as in NumPy: the 2 is not made a bool (True) to meet b."""
+    spec = spec_from_dict({"flowgrad": 1, "name": "flags", "inputs": {"b": {"shape": ["N"], "dtype": "bool"}},
+                           "outputs": {"eq2": "b == 2", "ne2": "b != 2", "eq1": "b == 1", "ne0": "b != 0",
+                                       "neg": "b == -1", "lt2": "b < 2", "plus": "b + 2", "is_true": "b == True"}})
+    graph = compile_spec(spec, graphs=("infer",)).graphs["infer"]
+    b = np.asarray([True, False, True])
+    out = Runner(graph.model)({"b": b})
+    want = {"eq2": b == 2, "ne2": b != 2, "eq1": b == 1, "ne0": b != 0, "neg": b == -1, "lt2": b < 2, "plus": b + 2,
+            "is_true": b == True}  # noqa: E712
+    for name, w in want.items():
+        assert out[name].dtype == w.dtype, name
+        np.testing.assert_array_equal(out[name], w, err_msg=name)
+
+
 def test_integer_division_in_a_spec_is_true_division():
     spec = spec_from_dict({"flowgrad": 1, "name": "div", "inputs": {"y": {"shape": ["N"], "dtype": "int64"}},
                            "outputs": {"half": "y / 2", "ratio": "y / (y + 5)", "power": "2 ** y", "avg": "mean(y / 2)",
