@@ -12,6 +12,9 @@ from ..registry import REQUIRED, OpDef, Sample, op
 def resolve_reshape(in_shape, target) -> tuple:
     """The output shape of reshaping `in_shape` to `target` (one entry may be -1)."""
     target = tuple(target)
+    flag = next((d for d in target if isinstance(d, (bool, np.bool_))), None)
+    if flag is not None:  # True is 1 to Python, but no size: it reached ONNX as a boolean dim
+        raise ShapeError(f"reshape target {fmt_shape(target)} holds the boolean {flag}, not a size", arg="shape")
     if sum(1 for d in target if d == -1) > 1:
         raise ShapeError(f"reshape target {fmt_shape(target)} has more than one -1")
     known = 1
