@@ -15,6 +15,9 @@ def reduce_axes(axis, rank: int) -> tuple:
         return tuple(range(rank))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     out = sorted({normalize_axis(a, rank) for a in axes})
+    if len(out) != len(axes):  # as NumPy, and as squeeze and unsqueeze: [0, -2] of a matrix names axis 0 twice
+        raise ShapeError(f"axes {list(axes)} name an axis twice for a tensor of rank {rank}", arg="axis",
+                         hint="name each axis once")
     return tuple(out) if rank else ()  # a scalar's axis 0 is the scalar itself: nothing to reduce
 
 
