@@ -318,17 +318,19 @@ def _device_name(device: str) -> str:
 @app.command("eval")
 def eval_cmd(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by 'flowgrad train'.")],
-    data: Annotated[str, typer.Option("--data", help="An .npz with arrays named like the spec's inputs.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="An .npz with arrays named like the spec's inputs (default: the test examples the spec holds out, train.data.test).")] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per evaluation batch.", min=1)] = 256,
 ):
-    """Loss and metrics of a trained run on other data."""
+    """Loss and metrics of a trained run on other data, or on the test examples it held out."""
     from runtime.api import evaluate_run
 
     with user_errors():
         metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size)
+    if data is None:
+        err.print("on the test examples the run's spec held out (train.data.test)")
     print(json.dumps(metrics, indent=2))
 
 

@@ -18,7 +18,7 @@ from . import data as D
 from .checkpoint import load_checkpoint
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .train import TrainOptions, TrainResult, batches, check_count, input_dtypes, needed_inputs
+from .train import TrainOptions, TrainResult, batches, check_count, held_out_test, input_dtypes, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
 
@@ -52,10 +52,10 @@ def train(spec: str | dict | Spec, **options) -> TrainResult:
     return _train(s, opts)
 
 
-def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str = "auto", threads: int | None = None,
-                 batch_size: int = 256) -> dict:
-    """Loss and metrics of a run's best (or last) checkpoint on the .npz at `data`, as `flowgrad eval`
-    prints them."""
+def evaluate_run(run_dir: str, data: str | None = None, checkpoint: str = "best", device: str = "auto",
+                 threads: int | None = None, batch_size: int = 256) -> dict:
+    """Loss and metrics of a run's best (or last) checkpoint on the .npz at `data`, or without
+    one on the test examples its spec held out (train.data.test), as `flowgrad eval` prints them."""
     from runtime.session import ORT_ERRORS
     from runtime.train import _check_state
     from spec.errors import FlowgradError
@@ -81,7 +81,10 @@ def evaluate_run(run_dir: str, data: str, checkpoint: str = "best", device: str 
         ckpt = os.path.join(run_dir, "checkpoint.npz")
     state, _ = load_checkpoint(ckpt)
     _check_state(cm, state, ckpt, seed)
-    ds = D.load_npz(data, None, spec.inputs)
+    if data is None:
+        ds, data = held_out_test(spec, run_dir, info, cm)
+    else:
+        ds = D.load_npz(data, None, spec.inputs)
     needed = needed_inputs(cm, ("eval",))
     dtypes = input_dtypes(cm)
     D.check_against_spec(ds, spec, needed, data, cm.index_bounds, dtypes)

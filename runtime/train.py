@@ -112,7 +112,8 @@ def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
         valid = _fraction_or_path(cfg.get("valid"), "valid", spec.locate("train", "data", "valid") if "valid" in cfg else None)
     if isinstance(valid, str):  # --valid's file is where the user is
         valid = os.path.abspath(valid) if opts.valid is not None else beside_spec(spec, valid)
-    return {**source, "valid": valid}
+    test = spec_test(spec)
+    return {**source, "valid": valid, **({"test": beside_spec(spec, test)} if isinstance(test, str) else {})}
 
 
 def beside_spec(spec: S.Spec, path: str) -> str:
@@ -178,9 +179,7 @@ def split_like_training(ds: D.Dataset, spec: S.Spec, valid: float | None, seed: 
     test fraction held out first, from its own shuffle (neither trained on nor validated on),
     then the validation fraction: a seeded sample, or the last examples when train.shuffle is
     off (ordered data, streams)."""
-    test = spec_test(spec)
-    if isinstance(test, float) and test:
-        ds, _ = D.split(ds, test, seed + TEST_SPLIT_SEED)
+    ds, _ = split_off_test(ds, spec, seed)
     if not valid:
         return ds, None
     if spec.train.get("shuffle", True):
@@ -188,6 +187,47 @@ def split_like_training(ds: D.Dataset, spec: S.Spec, valid: float | None, seed: 
     n_valid = max(1, int(round(len(ds) * float(valid))))
     idx = np.arange(len(ds))
     return ds.subset(idx[:-n_valid]), ds.subset(idx[-n_valid:])
+
+
+def split_off_test(ds: D.Dataset, spec: S.Spec, seed: int) -> tuple[D.Dataset, D.Dataset | None]:
+    """(the examples left, the test fraction train.data.test holds out of them or None)."""
+    test = spec_test(spec)
+    if isinstance(test, float) and test:
+        return D.split(ds, test, seed + TEST_SPLIT_SEED)
+    return ds, None
+
+
+def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel) -> tuple[D.Dataset, str]:
+    """(the examples a run held out for testing, what they are): the file train.data.test
+    names, or the fraction it split off before training, rebuilt from the data source and
+    seed in run.json. The rebuilt training examples must hash as the run's did, or the
+    split would be of other data."""
+    test = spec_test(spec)
+    source = info.get("data_source") or {}
+    hint = "pass the test examples with --data FILE.npz"
+    if not test:
+        raise DataError(f"{run_dir}: its spec holds out no test data (train.data.test)",
+                        hint=f"{hint}, or train with train: {{data: {{test: 0.1}}}}")
+    if isinstance(test, str):
+        path = source.get("test") or beside_spec(spec, test)
+        return D.load_npz(path, spec.locate("train", "data", "test"), spec.inputs), path
+    seed = int(info.get("seed", 0))
+    if "dataset" in source:
+        ds, where = D.load_bundled(source["dataset"], source.get("options")), f"dataset {source['dataset']!r}"
+    elif "path" in source:
+        ds, where = D.load_npz(source["path"], None, spec.inputs), source["path"]
+    else:
+        raise DataError(f"{run_dir}: its run.json does not say where its data came from", hint=hint)
+    ds = D.only(ds, needed_inputs(cm))
+    dtypes = input_dtypes(cm)
+    D.check_against_spec(ds, spec, needed_inputs(cm), where, cm.index_bounds, dtypes)
+    valid = source.get("valid")
+    trained, _ = split_like_training(ds, spec, None if isinstance(valid, str) else valid, seed)
+    if info.get("dtype") == cm.float_dtype and D.cast_for(trained, dtypes).fingerprint() != info.get("data_hash"):
+        raise DataError(f"{where} has changed since {run_dir} was trained on it: its held-out test examples "
+                        "cannot be rebuilt", hint=hint)
+    _, held = split_off_test(ds, spec, seed)
+    return held, f"the {len(held)} test examples held out of {where}"
 
 
 def spec_test(spec: S.Spec) -> float | str | None:

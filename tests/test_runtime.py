@@ -860,3 +860,34 @@ def test_seeds_apart_by_a_multiple_of_2_to_the_32_differ_in_weights_and_data_ord
     assert not np.array_equal(epoch_order(5, 0, 50), epoch_order(big, 0, 50))
     assert np.array_equal(param_rng(5, "W").random(4), np.random.default_rng([5, zlib.crc32(b"W")]).random(4))
     assert np.array_equal(epoch_order(5, 1, 50), np.random.default_rng([5, 1, 7]).permutation(50))
+
+
+def test_eval_without_data_reads_the_test_examples_the_run_held_out(tmp_path):
+    """train.data.test held examples out of training and validation, but no command could
+    evaluate on them: eval needed a file. Without --data it now rebuilds the run's split
+    (from run.json's data source and seed), or reads the test file the spec names."""
+    from runtime.api import evaluate_run
+
+    digits = D.load_digits()
+    np.savez(tmp_path / "d.npz", **digits.arrays)
+    spec = load(MLP, ["dims.H=16", "train.data.test=0.25"])
+    run = str(tmp_path / "run")
+    train(spec, run_dir=run, data=str(tmp_path / "d.npz"), steps=5, threads=1, device="cpu")
+    _, held = D.split(D.only(digits, ["x", "y"]), 0.25, 0 + 7919)  # the held-out fraction, as training split it
+    np.savez(tmp_path / "held.npz", **held.arrays)
+    assert evaluate_run(run, device="cpu") == evaluate_run(run, str(tmp_path / "held.npz"), device="cpu")
+
+    changed = dict(digits.arrays)
+    changed["y"] = changed["y"][::-1].copy()
+    np.savez(tmp_path / "d.npz", **changed)
+    with pytest.raises(DataError, match="has changed since .* was trained on it") as e:
+        evaluate_run(run, device="cpu")
+    assert "--data" in e.value.hint
+
+    with_file = load(MLP, ["dims.H=16", f"train.data.test={tmp_path / 'held.npz'}"])
+    train(with_file, run_dir=str(tmp_path / "file"), data=str(tmp_path / "d.npz"), steps=2, threads=1, device="cpu")
+    assert evaluate_run(str(tmp_path / "file"), device="cpu") == evaluate_run(str(tmp_path / "file"), str(tmp_path / "held.npz"), device="cpu")
+    no_test = str(tmp_path / "none")
+    train(load(MLP, ["dims.H=16"]), run_dir=no_test, data=str(tmp_path / "d.npz"), steps=1, threads=1, device="cpu")
+    with pytest.raises(DataError, match="holds out no test data"):
+        evaluate_run(no_test, device="cpu")
