@@ -214,14 +214,24 @@ def compile_cmd(
 def ops(
     as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
 ):
-    """List the op registry: family, inputs, attributes, gradient."""
-    from compiler.lower import signature
+    """List the op registry (family, inputs, attributes, gradient), the layer shorthands and the
+    special forms."""
+    from compiler import recurrent  # noqa: F401  (registers the recurrent layers)
+    from compiler.layers import LAYERS
+    from compiler.lower import SPECIAL_FORM_DOCS, signature
     from compiler.registry import all_ops
 
     rows = []
     for name, op in all_ops().items():
+        if name in SPECIAL_FORM_DOCS:  # the spec's scan(...) is the special form, not the op it builds
+            continue
         grad = "composite" if op.composite else ("none" if op.nondiff else "yes")
         rows.append({"name": name, "family": op.family, "signature": signature(op), "gradient": grad, "doc": op.doc})
+    # a shorthand or special form builds ops: its gradient is theirs
+    for name, layer in LAYERS.items():
+        rows.append({"name": name, "family": "layer", "signature": layer.usage, "gradient": "composite", "doc": layer.doc})
+    for name, (usage, doc) in SPECIAL_FORM_DOCS.items():
+        rows.append({"name": name, "family": "special form", "signature": usage, "gradient": "composite", "doc": doc})
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -65,6 +65,7 @@ class Layer:
 
     required: tuple = ()
     usage = ""
+    doc = ""  # what `flowgrad ops` says of the shorthand: what it computes, the parameters it makes
 
     def activate(self, low, y, act, e):
         if act is None:
@@ -81,6 +82,7 @@ class Layer:
 
 class Dense(Layer):
     name = "dense"
+    doc = "x @ W + b over x's last axis, making NAME.W [in, units] and NAME.b [units]; act= applies an op after."
     positional = ("x", "units")
     keywords = ("act", "bias", "init", "W", "b")
     required = ("x", "units")
@@ -116,6 +118,8 @@ class Dense(Layer):
 
 class Conv2d(Layer):
     name = "conv2d"
+    doc = ("2-D convolution of x [N, C, H, W], making NAME.W [channels, C / groups, kh, kw] and NAME.b "
+           "[channels]; with tensors W (and b) given, the convolution by them.")
     positional = ("x", "channels", "kernel")
     keywords = ("stride", "padding", "dilation", "groups", "act", "bias", "init", "W", "b")
     required = ("x", "channels", "kernel")
@@ -179,6 +183,7 @@ class Embedding(Layer):
     positional = ("ids", "vocab", "dim")
     keywords = ("init", "W")
     required = ("ids", "vocab", "dim")
+    doc = "Rows of a table NAME.W [vocab, dim] looked up by integer ids: [..., dim] (or of a table given)."
     usage = "embedding(ids, vocab, dim, init=... (default: normal with std 1), W=...) or embedding(ids, table)"
 
     def applies(self, args, kwargs):
@@ -208,6 +213,9 @@ class Norm(Layer):
     def __init__(self, name):
         self.name = name
         self.usage = f"{name}(x, eps=1e-5" + (", momentum=0.1)" if name == "batch_norm" else ", axis=-1)")
+        self.doc = ("Normalises x [N, C, ...] per channel over the batch, making NAME.gamma, NAME.beta [C] and the "
+                    "buffers NAME.running_mean, NAME.running_var" if name == "batch_norm" else
+                    "Normalises x over its axes from `axis` on, making NAME.gamma and NAME.beta shaped like them")
 
     def applies(self, args, kwargs):
         return len(args) == 1

@@ -564,6 +564,17 @@ class Lowering:
 # Calls the lowering handles itself, before ops, layers and blocks.
 _SPECIAL_FORMS = ("scan", "grad", "hvp", "jacobian", "bidirectional", "zeros", "ones")
 
+# (usage, what it is) of the special forms besides bidirectional (a layer), for `flowgrad ops`.
+SPECIAL_FORM_DOCS = {
+    "scan": ("scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K, length=T, unroll=false)",
+             "The block applied along an axis with carried state; its gradient is a reverse-time loop."),
+    "grad": ("grad(y, x)", "The gradient of the scalar y with respect to x: a graph, which can be differentiated again."),
+    "hvp": ("hvp(y, x, v)", "The Hessian-vector product d/dx <dy/dx, v>, v held fixed."),
+    "jacobian": ("jacobian(y, x)", "J [N, M, D] of per-example y [N, M] and x [N, D]: J[n, m, d] = dy[n, m] / dx[n, d]."),
+    "zeros": ("zeros(N, H)", "Zeros of the model's float type, sized by dims (N: the batch)."),
+    "ones": ("ones(N, H)", "Ones of the model's float type, sized by dims (N: the batch)."),
+}
+
 # What an op's shape rule or a layer raises when handed an argument of a kind it does not expect.
 _RULE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError, ZeroDivisionError)
 

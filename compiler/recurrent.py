@@ -673,6 +673,9 @@ class Recurrent(Layer):
                       f"init=[{'h0, c0' if cell == 'lstm' else 'h0'}], truncate=K, layer_norm=false, return_state=false, "
                       "dropout=0 (between layers), stateful=false, unroll=false"
                       + {"rnn": ", act=tanh", "gru": ", linear_before_reset=true", "lstm": ""}[cell] + ")")
+        self.doc = (f"{'An LSTM' if cell == 'lstm' else 'A GRU' if cell == 'gru' else 'An RNN'} over x [N, T, E]: the "
+                    f"hidden states [N, T, units] (a scan with a symbolic backward loop), making NAME.W, NAME.U, "
+                    f"NAME.b{', NAME.bu' if cell == 'gru' else ''} per layer.")
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
@@ -766,6 +769,7 @@ class Bidirectional(Layer):
     # a reverse pass is already in it; initial or carried states would be two, one per direction
     keywords = tuple(k for k in Recurrent.keywords if k not in ("reverse", "init", "stateful")) + ("merge",)
     required = ("cell", "x", "units")
+    doc = "A forward and a reverse layer of the cell over x [N, T, E], their states concatenated (or summed) per step."
     usage = ("bidirectional(lstm | gru | rnn, x, units, merge=concat | sum, layers=1, dropout=0 (between layers), "
              "mask=m | lengths=len, truncate=K, layer_norm=false, unroll=false, act=tanh (rnn), "
              "linear_before_reset=true (gru))")
@@ -824,6 +828,8 @@ class Cell(Layer):
         gates, n_states, _ = CELLS[cell]
         self.positional = ("x", "h", "c")[:1 + n_states]
         self.required = self.positional
+        self.doc = ("One step of the cell, for a scan's block: the new state(s), making NAME.W, NAME.U, NAME.b"
+                    + (", NAME.bu." if cell == "gru" else "."))
         self.usage = f"{self.name}({', '.join(self.positional)}, layer_norm=false" + \
             {"rnn": ", act=tanh)", "gru": ", linear_before_reset=true)", "lstm": ")"}[cell]
 
@@ -849,6 +855,7 @@ class Attention(Layer):
     parameters; returns (context, weights). With tensors for W, U, v it is the raw op."""
 
     name = "additive_attention"
+    doc = "Bahdanau attention with parameters of its own: (context, weights); with tensors W, U, v given, the op."
     positional = ("query", "keys", "units")
     keywords = ("values", "mask")
     required = ("query", "keys", "units")

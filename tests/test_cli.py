@@ -132,8 +132,8 @@ def test_ops_table():
 def test_ops_json():
     rows = json.loads(invoke("ops", "--json").stdout)
     assert len(rows) > 50
-    names = [r["name"] for r in rows]
-    assert len(names) == len(set(names))
+    keys = [(r["family"] in ("layer", "special form"), r["name"]) for r in rows]
+    assert len(keys) == len(set(keys))  # a name is at most once an op and once a shorthand
     for r in rows:
         assert r["signature"].startswith(r["name"] + "("), r
         assert r["doc"].strip(), f"op {r['name']} has no doc"
@@ -141,6 +141,24 @@ def test_ops_json():
     by_name = {r["name"]: r for r in rows}
     assert by_name["softmax"]["signature"] == "softmax(x, axis=-1)"
     assert by_name["argmax"]["gradient"] == "none"
+
+
+def test_ops_lists_the_layer_shorthands_and_special_forms():
+    """`flowgrad ops` listed ops only: dense, lstm, bidirectional, scan(block, ...) and the other
+    calls a spec writes most were nowhere but in error hints, and scan's row showed the
+    internal op (xs, body=...) the special form builds."""
+    from compiler import recurrent  # noqa: F401
+    from compiler.layers import LAYERS
+
+    rows = json.loads(invoke("ops", "--json").stdout)
+    layers = {r["name"]: r for r in rows if r["family"] == "layer"}
+    assert set(layers) == set(LAYERS) >= {"dense", "conv2d", "embedding", "lstm", "gru", "rnn", "bidirectional", "lstm_cell"}
+    assert layers["dense"]["signature"] == LAYERS["dense"].usage
+    forms = {r["name"]: r for r in rows if r["family"] == "special form"}
+    assert set(forms) == {"scan", "grad", "hvp", "jacobian", "zeros", "ones"}
+    assert forms["scan"]["signature"].startswith("scan(block, over=")
+    assert not [r for r in rows if r["name"] == "scan" and r["family"] != "special form"]
+    assert "lstm(x, units" in invoke("ops").stdout
 
 
 # ---------------------------------------------------------------- train / gradcheck / export / predict
