@@ -574,6 +574,10 @@ def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
     b = _Builder(low.graph, spec.name)
     scalars = {"loss": ("loss", _scalar_loss(low, spec.loss))} if spec.loss is not None else {}
     scalars.update({k: ("metric", v) for k, v in _metrics(low, spec).items()})
+    objectives = objectives_of(spec)
+    if len(objectives) > 1:  # each objective's own loss, as training reports it (train_<objective>/loss)
+        scalars.update({f"{o.name}/loss": ("metric", _scalar_loss(low, o.loss)) for o in objectives
+                        if o.loss is not spec.loss})
     for k, (role, v) in scalars.items():
         b.out(k, role, v)
         parts = ratio_parts(v, {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)})

@@ -544,3 +544,25 @@ def test_an_objectives_overflowed_steps_leave_its_own_epoch_averages_alone(tmp_p
     assert np.isnan(second).sum() > np.isnan(first).sum() and not np.isnan(first).all()
     assert result.history[0]["train_first/loss"] == pytest.approx(np.nanmean(first), rel=1e-6)
     assert result.history[0]["train_second/loss"] == pytest.approx(np.nanmean(second), rel=1e-6)
+
+
+def test_each_objective_has_its_validation_loss(tmp_path, data):
+    """Training reported train_<objective>/loss, validation only the spec's loss and metrics: a
+    GAN (no single loss) had no validation loss at all, and early stopping could watch none."""
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer
+
+    spec = _spec(TWO_OBJECTIVES, tmp_path)
+    cm = compile_spec(spec, graphs=("eval",))
+    state = cm.initial_state(0)
+    d = dict(np.load(data))
+    got = Trainer(cm, "cpu", threads=1, state=state, seed=0).evaluate([d])
+    pa, pb = d["x"] @ state["A"], d["x"] @ state["B"]
+    assert got["first/loss"] == pytest.approx(np.mean((pa - d["y"]) ** 2), rel=1e-5)
+    assert got["second/loss"] == pytest.approx(np.mean((pb + pa - 2 * d["y"]) ** 2), rel=1e-5)
+    assert got["loss"] == pytest.approx(got["first/loss"] + got["second/loss"], rel=1e-5)
+
+    watched = _spec(TWO_OBJECTIVES + "  early_stopping: {metric: valid_second/loss, patience: 2}\n", tmp_path, "es.yaml")
+    result = train(watched, run_dir=str(tmp_path / "run"), data=data, valid="0.25", epochs=3, threads=1, device="cpu")
+    assert {"valid_first/loss", "valid_second/loss", "train_first/loss"} <= set(result.history[-1])
+    assert result.best["valid_second/loss"] == min(r["valid_second/loss"] for r in result.history)
