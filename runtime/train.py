@@ -389,7 +389,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                             f"and shuffle: false (got batch_size {spec.batch_size}, shuffle "
                             f"{str(cfg.get('shuffle', True)).lower()})", spec.locate("train", "data"),
                             "each batch row carries its state into the same row of the next batch")
-        mixed, overflows = any(o.mixed for o in cm.objectives), 0
+        mixed = any(o.mixed for o in cm.objectives)
         batch_size = spec.batch_size
         n_batches = len(train_ds) // batch_size if cfg.get("drop_last") else -(-len(train_ds) // batch_size)
         if not n_batches:
@@ -435,6 +435,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             if os.path.exists(os.path.join(run_dir, BEST_BEFORE_PARTIAL)):
                 os.replace(os.path.join(run_dir, BEST_BEFORE_PARTIAL), os.path.join(run_dir, BEST))
         step = int(meta.get("step", 0))
+        overflows = int(meta.get("overflows", 0))  # mixed precision's overflowed steps in a row, across a resume
         epoch = int(meta.get("epoch", 0))
         position = int(meta.get("position", 0))
         history = list(meta.get("history", []))
@@ -453,7 +454,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             data = checkpoint_bytes(state, {
                 "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
                 "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,
-                "batch_size": batch_size, "accumulate": opts.accumulate,
+                "batch_size": batch_size, "accumulate": opts.accumulate, "overflows": overflows,
                 # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
                 "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0, "epoch_rows": rows if pos else {},
                 **({"partial": partial} if partial else {})})

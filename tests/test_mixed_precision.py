@@ -395,6 +395,24 @@ def test_a_run_whose_gradients_always_overflow_stops_though_its_loss_is_finite(t
               steps=MAX_OVERFLOWS + 5, threads=1, device="cpu")
 
 
+def test_overflows_in_a_row_count_across_a_resume(tmp_path):
+    """The count of overflowed steps in a row restarted at 0 on --resume: a run stopped and
+    resumed every 20 steps never reached the limit and trained on without an update."""
+    from runtime.api import train
+    from runtime.train import MAX_OVERFLOWS
+
+    text = TINY.replace("OPTIMIZER", "{adam: {lr: 0.01}}").replace("MIXED", "float16").replace(
+        "graph:", "params:\n  w: {shape: [3], init: zeros}\ngraph:").replace(
+        "loss: cross_entropy(logits, y)", "loss: cross_entropy(logits, y) + 0.01 * sum(sqrt(w * w))")
+    path = tmp_path / "nan.yaml"
+    path.write_text(text)
+    np.savez(tmp_path / "d.npz", **batch(n=64))
+    opts = dict(run_dir=str(tmp_path / "run"), data=str(tmp_path / "d.npz"), valid="0", threads=1, device="cpu")
+    train(load_spec(str(path)), steps=10, **opts)
+    with pytest.raises(FlowgradError, match=f"overflowed for {MAX_OVERFLOWS} steps in mixed precision \\(step {MAX_OVERFLOWS - 1},"):
+        train(load_spec(str(path)), steps=MAX_OVERFLOWS + 10, resume=True, **opts)
+
+
 def test_steps_skipped_for_overflow_do_not_count_for_adams_bias_correction(tmp_path):
     """Adam's first update after skipped steps is a first update (t = 1: each weight moves by
     about lr), as with PyTorch's GradScaler, which skips the optimizer's step; counting the
