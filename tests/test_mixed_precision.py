@@ -378,21 +378,28 @@ def test_float16_recurrent_sessions_do_not_crash_onnxruntime(tmp_path, extra):
     assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
 
 
-def test_a_run_whose_gradients_always_overflow_stops_though_its_loss_is_finite(tmp_path):
-    """The loss is finite, the gradient of |w| at w = 0 is 0/0: every step is skipped. The run
-    must stop after MAX_OVERFLOWS of them, not finish having never updated."""
-    from runtime.api import train
-    from runtime.train import MAX_OVERFLOWS
-
+def _always_overflowing(tmp_path):
+    """(a spec whose every mixed-precision step overflows, train options on its data): the loss
+    is finite, the gradient of |w| at w = 0 is 0/0."""
     text = TINY.replace("OPTIMIZER", "{adam: {lr: 0.01}}").replace("MIXED", "float16").replace(
         "graph:", "params:\n  w: {shape: [3], init: zeros}\ngraph:").replace(
         "loss: cross_entropy(logits, y)", "loss: cross_entropy(logits, y) + 0.01 * sum(sqrt(w * w))")
     path = tmp_path / "nan.yaml"
     path.write_text(text)
     np.savez(tmp_path / "d.npz", **batch(n=64))
+    return load_spec(str(path)), dict(run_dir=str(tmp_path / "run"), data=str(tmp_path / "d.npz"), valid="0",
+                                      threads=1, device="cpu")
+
+
+def test_a_run_whose_gradients_always_overflow_stops_though_its_loss_is_finite(tmp_path):
+    """Every step is skipped: the run must stop after MAX_OVERFLOWS of them, not finish having
+    never updated."""
+    from runtime.api import train
+    from runtime.train import MAX_OVERFLOWS
+
+    spec, opts = _always_overflowing(tmp_path)
     with pytest.raises(FlowgradError, match=f"overflowed for {MAX_OVERFLOWS} steps"):  # (it stopped at the 26th)
-        train(load_spec(str(path)), run_dir=str(tmp_path / "run"), data=str(tmp_path / "d.npz"), valid="0",
-              steps=MAX_OVERFLOWS + 5, threads=1, device="cpu")
+        train(spec, steps=MAX_OVERFLOWS + 5, **opts)
 
 
 def test_overflows_in_a_row_count_across_a_resume(tmp_path):
@@ -401,16 +408,10 @@ def test_overflows_in_a_row_count_across_a_resume(tmp_path):
     from runtime.api import train
     from runtime.train import MAX_OVERFLOWS
 
-    text = TINY.replace("OPTIMIZER", "{adam: {lr: 0.01}}").replace("MIXED", "float16").replace(
-        "graph:", "params:\n  w: {shape: [3], init: zeros}\ngraph:").replace(
-        "loss: cross_entropy(logits, y)", "loss: cross_entropy(logits, y) + 0.01 * sum(sqrt(w * w))")
-    path = tmp_path / "nan.yaml"
-    path.write_text(text)
-    np.savez(tmp_path / "d.npz", **batch(n=64))
-    opts = dict(run_dir=str(tmp_path / "run"), data=str(tmp_path / "d.npz"), valid="0", threads=1, device="cpu")
-    train(load_spec(str(path)), steps=10, **opts)
+    spec, opts = _always_overflowing(tmp_path)
+    train(spec, steps=10, **opts)
     with pytest.raises(FlowgradError, match=f"overflowed for {MAX_OVERFLOWS} steps in mixed precision \\(step {MAX_OVERFLOWS - 1},"):
-        train(load_spec(str(path)), steps=MAX_OVERFLOWS + 10, resume=True, **opts)
+        train(spec, steps=MAX_OVERFLOWS + 10, resume=True, **opts)
 
 
 def test_steps_skipped_for_overflow_do_not_count_for_adams_bias_correction(tmp_path):
