@@ -114,7 +114,8 @@ def _parse(text: str, where):
         raise SpecError("expression is too deeply nested", where(lead),
                         "split it into several graph entries") from None
     except ValueError as e:  # e.g. a NUL character
-        raise SpecError(f"invalid expression: {e}", where(lead)) from None
+        raise SpecError(f"invalid expression: {e}", where(lead),
+                        "remove the control character (e.g. a NUL byte) from the expression") from None
 
 
 def ast_parse(text: str):

@@ -51,9 +51,11 @@ def load_spec(path: str, overrides=()) -> Spec:
         raise SpecError(f"no such spec file: {path}",
                         hint="check the path (a relative one starts at the working directory)") from None
     except IsADirectoryError:
-        raise SpecError(f"{path} is a directory, not a spec file") from None
+        raise SpecError(f"{path} is a directory, not a spec file",
+                        hint="name the .yaml file inside it, e.g. models/mlp.yaml") from None
     except OSError as e:
-        raise SpecError(f"cannot read {path}: {e.strerror}") from None
+        raise SpecError(f"cannot read {path}: {e.strerror}",
+                        hint="check that the file is readable (its permissions) and not locked by another program") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -123,7 +125,8 @@ def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
             node = node[int(key)]
         else:
             raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
-                            Loc(origin, 1, cols[i]))
+                            Loc(origin, 1, cols[i]), f"--set can only set keys inside a mapping; set {here} itself, "
+                            f"e.g. --set {here}=VALUE")
     last = keys[-1]
     if isinstance(node, LocMap):
         new_dim = None
@@ -140,7 +143,8 @@ def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
     else:
         here = ".".join(keys[:-1])
         raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
-                        Loc(origin, 1, cols[-1]))
+                        Loc(origin, 1, cols[-1]), f"--set can only set keys inside a mapping; set {here} itself, "
+                        f"e.g. --set {here}=VALUE")
 
 
 def _check_new_dims(tree: LocMap, new_dims: list[tuple[str, SpecError]]) -> None:
@@ -337,39 +341,49 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
         want = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
         if isinstance(value, (list, dict)) and hint is None:
             hint = "YAML reads [...] as a list and {...} as a mapping; quote the value if it is text"
-        return [SpecError(f"{where} must be {want}, not {_describe(value)}", loc, hint)]
+        return [SpecError(f"{where} must be {want}, not {_describe(value)}", loc,
+                          hint or _join(f"write {want}", _example(e.schema, path)))]
     if v == "enum":
         options = ", ".join(str(o) for o in e.validator_value)
         if isinstance(value, str):
             hint = did_you_mean(value, e.validator_value) or f"expected one of: {options}"
         return [SpecError(f"{where} must be one of {options}, not {_describe(value)}", loc, hint)]
     if v == "const":
-        return [SpecError(f"{where} must be {e.validator_value!r}, not {_describe(value)}", loc, hint)]
+        return [SpecError(f"{where} must be {e.validator_value!r}, not {_describe(value)}", loc,
+                          hint or f"write {_key(path)}: {_flow(e.validator_value)}")]
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         sign = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
-        return [SpecError(f"{where} must be {sign} {e.validator_value}, not {value}", loc, hint)]
+        return [SpecError(f"{where} must be {sign} {e.validator_value}, not {value}", loc,
+                          hint or _join(_range_words(e.schema), _example(e.schema, path)))]
     if v == "minLength":
-        return [SpecError(f"{where} must not be an empty string", loc, hint)]
+        return [SpecError(f"{where} must not be an empty string", loc,
+                          hint or _example(e.schema, path) or f"write a value, or leave {_key(path)} out")]
     if v == "pattern":
         return [SpecError(f"{where} {_describe(value)} has characters that are not allowed", loc,
                           hint or f"it must match {e.validator_value}")]
     if v == "minItems":
-        return [SpecError(f"{where} needs at least {e.validator_value} item(s)", loc, hint)]
+        return [SpecError(f"{where} needs at least {e.validator_value} item(s)", loc,
+                          hint or _join(_join(f"list at least {e.validator_value} item(s)", _example(e.schema, path, list)),
+                                        _leave_out(e.schema, path)))]
     if v == "minProperties":
         choices = list(e.schema.get("properties", {}))
         if choices and e.schema.get("maxProperties") == 1:
-            return [SpecError(f"{where} needs one of: {', '.join(choices)}", loc, hint)]
-        return [SpecError(f"{where} must not be empty", loc, hint)]
+            return [SpecError(f"{where} needs one of: {', '.join(choices)}", loc,
+                              hint or _join(f"write one of them", _example(e.schema, path)))]
+        return [SpecError(f"{where} must not be empty", loc,
+                          hint or _join("give it at least one entry", _example(e.schema, path)))]
     if v == "maxProperties":
         keys = ", ".join(f"'{k}'" for k in value)
-        return [SpecError(f"{where} takes exactly one key, got {keys}", loc, hint)]
+        return [SpecError(f"{where} takes exactly one key, got {keys}", loc,
+                          hint or _join("keep one of them", _example(e.schema, path)))]
     if v in ("oneOf", "anyOf"):
         branches = e.validator_value
         if all(set(b) == {"required"} for b in branches):
             names = " or ".join(f"'{r}'" for b in branches for r in b["required"])
             if e.context:
-                return [SpecError(f"{where} needs {names}", loc, hint)]
-            return [SpecError(f"{where} takes only one of {names}", loc, hint)]
+                return [SpecError(f"{where} needs {names}", loc, hint or f"add {names}")]
+            return [SpecError(f"{where} takes only one of {names}", loc,
+                              hint or "keep one of them and remove the other")]
         from jsonschema.exceptions import best_match
 
         # A branch that took the value's type and failed inside it says what is wrong
@@ -378,7 +392,52 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
         best = best_match(inside or e.context)
         if best is not None:
             return _schema_errors(best, tree, file)
-    return [SpecError(f"{where}: {e.message}", loc, hint)]
+    return [SpecError(f"{where}: {e.message}", loc,
+                      hint or _example(e.schema, path) or "see docs/schema.md for what this key takes")]
+
+
+def _key(path) -> str:
+    """The last key of a schema path (the name the user wrote), or 'it' for a list item."""
+    return next((str(p) for p in reversed(path) if isinstance(p, str)), "it")
+
+
+def _flow(value) -> str:
+    """A value as the user would write it in a spec (YAML flow style)."""
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=float("inf")).strip()
+    return text[:-3].strip() if text.endswith("\n...") or text.endswith("...") else text
+
+
+def _example(sub, path, kind=None) -> str | None:
+    """'e.g. key: value' from the schema's examples (or default) for the key at `path`;
+    `kind` (e.g. list) picks an example of that type when there is one."""
+    if not isinstance(sub, dict) or not path or not isinstance(path[-1], str):
+        return None
+    if sub.get("examples"):
+        fitting = [x for x in sub["examples"] if kind is None or isinstance(x, kind)]
+        return f"e.g. {path[-1]}: {_flow((fitting or sub['examples'])[0])}"
+    if "default" in sub:
+        return f"e.g. {path[-1]}: {_flow(sub['default'])} (the default)"
+    return None
+
+
+def _leave_out(sub, path) -> str | None:
+    if isinstance(sub, dict) and "default" in sub and path and isinstance(path[-1], str):
+        return f"or leave {path[-1]} out (default: {_flow(sub['default'])})"
+    return None
+
+
+def _range_words(sub) -> str:
+    """'use a number above 0 and below 1' from a schema's bounds."""
+    if not isinstance(sub, dict):
+        return "use a number in the allowed range"
+    what = "a whole number" if sub.get("type") == "integer" else "a number"
+    words = [f"{w} {sub[k]}" for k, w in (("minimum", "of at least"), ("exclusiveMinimum", "above"),
+                                          ("maximum", "of at most"), ("exclusiveMaximum", "below")) if k in sub]
+    return f"use {what} " + " and ".join(words) if words else "use a number in the allowed range"
+
+
+def _join(first: str, second: str | None) -> str:
+    return f"{first}, {second}" if second else first
 
 
 def _required_hint(path, key) -> str | None:
@@ -471,7 +530,8 @@ def eval_size(value, dims: dict[str, int], loc: Loc, src: ScalarSrc | None = Non
             elif isinstance(node.op, ast.Mult):
                 result = a * b
             elif b == 0:
-                raise SpecError(f"division by zero in size '{text}' in {what}", node_loc(node))
+                raise SpecError(f"division by zero in size '{text}' in {what}", node_loc(node),
+                                "check the dims it divides by: each must be 1 or more")
             elif isinstance(node.op, ast.FloorDiv):
                 result = a // b
             elif a % b:
@@ -483,7 +543,8 @@ def eval_size(value, dims: dict[str, int], loc: Loc, src: ScalarSrc | None = Non
             raise SpecError(f"size '{text}' in {what} may only use integers, dim names, "
                             "+ - * // / and parentheses", node_loc(node), _SIZE_HINT)
         if abs(result) > MAX_SIZE:
-            raise SpecError(f"size '{text}' in {what} is too large", node_loc(node))
+            raise SpecError(f"size '{text}' in {what} is too large", node_loc(node),
+                            f"a size must stay under 2**40 ({MAX_SIZE:,}); check the dims it is made of")
         return result
 
     return _positive(ev(tree.body), loc, what, text)
@@ -653,7 +714,9 @@ class _SpecBuilder:
             kind = next(iter(init))
             args = dict(to_plain(init[kind]) or {})
             if kind == "uniform" and args.get("low", -0.05) >= args.get("high", 0.05):
-                raise SpecError(f"{where}: uniform needs low < high", init.value_locs[kind])
+                raise SpecError(f"{where}: uniform needs low < high, got low={args.get('low', -0.05)}, "
+                                f"high={args.get('high', 0.05)}", init.value_locs[kind],
+                                "write e.g. init: {uniform: {low: -0.05, high: 0.05}} (those are the defaults)")
         # Fill in the documented defaults, so the compiler needs no copy of them.
         for key in ("mean", "std", "low", "high", "gain"):
             default = self.init_default(kind, key)
@@ -725,7 +788,8 @@ class _SpecBuilder:
                 raise SpecError(f"empty target in '{key}'", loc, "write targets as 'a' or 'a, b'")
             _check_name(name, loc, "target")
             if name in names:
-                raise SpecError(f"target '{name}' appears twice in '{key}'", loc)
+                raise SpecError(f"target '{name}' appears twice in '{key}'", loc,
+                                "give each value its own name, e.g. 'a, b'")
             names.append(name)
             locs.append(loc)
             start += len(part) + 1

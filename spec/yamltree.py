@@ -233,7 +233,8 @@ def parse_yaml(text: str, file: str, col_offset: int = 0):
         raise SpecError(f"cannot read YAML: character {e.character!r} is not allowed",
                         Loc(file, line, col), "remove the control character") from None
     except yaml.YAMLError as e:  # anything else the parser may raise
-        raise SpecError(f"cannot read YAML: {e}", Loc(file, 1, 1)) from None
+        raise SpecError(f"cannot read YAML: {e}", Loc(file, 1, 1),
+                        "check the YAML syntax: indentation with spaces, closed brackets and quotes") from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -369,7 +370,8 @@ class _Builder:
         try:
             return construct(self.loader, node), None
         except (ValueError, OverflowError, yaml.YAMLError) as e:
-            raise SpecError(f"cannot read {node.value!r}: {e}", self.loc(node.start_mark)) from None
+            raise SpecError(f"cannot read {node.value!r}: {e}", self.loc(node.start_mark),
+                            "quote the value to keep it as text, or drop its !!tag") from None
 
     def check_number_form(self, node: ScalarNode) -> None:
         """Refuse YAML 1.1's number forms that a reader takes for decimals: 010 is 8, 1:30 is 90."""
@@ -431,7 +433,8 @@ class _Builder:
         for source in sources:
             if not isinstance(source, MappingNode):
                 raise SpecError("'<<' (merge) takes a mapping or a list of mappings",
-                                self.loc(source.start_mark))
+                                self.loc(source.start_mark), "write <<: *name, or <<: [*a, *b], where each anchor "
+                                "marks a mapping")
             for key_node, value_node in source.value:
                 if key_node.tag == _MERGE:
                     for item in self.merged(value_node):
