@@ -50,7 +50,9 @@ def grad(ys: Sequence[Value], wrt: Sequence[Value], gys: Sequence[Value | None] 
         if all(go is None for go in gouts):
             continue
         if node.op.vjp is None:
-            raise GradientError(f"op {node.op.name!r} has no gradient rule", node.loc)
+            raise GradientError(f"op {node.op.name!r} has no gradient rule", node.loc,
+                                "keep it off the path from the parameters to the loss, or wrap its input in "
+                                "stop_gradient(...); `flowgrad ops` shows which ops have gradients")
         gouts = [
             go if go is not None else (g.apply("zeros_like", o) if is_float(o.dtype) else None)
             for go, o in zip(gouts, node.outputs)

@@ -98,7 +98,9 @@ def _check_config(spec: S.Spec):
                             else "add bos for beam search, or leave it out: a language model samples up to max_len tokens")
     decl = spec.inputs[token_input]
     if decl.dtype not in ("int64", "int32") or len(decl.shape) != 2:
-        raise SpecError(f"generate.input {token_input!r} must be int token ids [N, T]", spec.locate("generate", "input"))
+        raise SpecError(f"generate.input {token_input!r} must be int token ids [N, T], got "
+                        f"{decl.dtype}{list(decl.shape)}", spec.locate("generate", "input"),
+                        f"declare it as inputs: {{{token_input}: {{shape: [N, T], dtype: int64}}}}")
     if logits_name not in {t for a in spec.graph for t in a.targets}:
         raise SpecError(f"generate.logits {logits_name!r} is not a graph node", spec.locate("generate", "logits"),
                         did_you_mean(logits_name, [t for a in spec.graph for t in a.targets]))
@@ -111,9 +113,11 @@ def _first_pass(low: Lowering, logits_name: str, loc):
     logits = low.evaluate_name(logits_name)
     if not isinstance(logits, Value) or logits.rank != 3:
         raise SpecError(f"generate.logits {logits_name!r} must be [N, T, vocab], got "
-                        f"{getattr(logits, 'type', logits)}", low.spec.locate("generate", "logits"))
+                        f"{getattr(logits, 'type', logits)}", low.spec.locate("generate", "logits"),
+                        "name the graph node that scores the vocabulary at every step of the tokens, [N, T, vocab]")
     if not low.recurrent_final:
-        raise SpecError("generate needs a recurrent layer (rnn, lstm, gru or a scan) to carry the context", loc)
+        raise SpecError("generate needs a recurrent layer (rnn, lstm, gru or a scan) to carry the context", loc,
+                        "run the tokens through e.g. lstm(embedding(tokens, V, D), H) before the logits")
     last = low.graph.apply("index", logits, spec=((None, None, None), -1))  # [N, V]
     # Only layers that read the tokens carry state; the rest (an encoder) runs once.
     token = low.inputs[low.spec.generate["input"]]
@@ -125,7 +129,9 @@ def _first_pass(low: Lowering, logits_name: str, loc):
                             "a language model that generates reads its tokens forwards only")
     prefixes = [p for p, finals in low.recurrent_final.items() if any(_depends_on(f, token) for f in finals)]
     if not prefixes:
-        raise SpecError("generate needs a recurrent layer that reads generate.input to carry the context", loc)
+        raise SpecError("generate needs a recurrent layer that reads generate.input to carry the context", loc,
+                        f"feed generate.input ({low.spec.generate['input']}) into the rnn, lstm, gru or scan "
+                        "that computes the logits")
     return last, prefixes, [s for p in prefixes for s in low.recurrent_final[p]]
 
 
@@ -233,13 +239,16 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         # The first tokens: <bos> in every row; the row count comes from a source input.
         src = next((n for n in spec.inputs if n != token_input and _reads(spec, logits_name, n)), None)
         if src is None:
-            raise SpecError("beam search needs a source input besides generate.input", loc)
+            raise SpecError("beam search needs a source input besides generate.input", loc,
+                            f"the logits must also read an input to translate from (e.g. src [N, S]), "
+                            f"not only {token_input}; without bos the spec samples as a language model")
         ref = low.input_value(src)
         low.inputs[token_input] = g.apply("fill", ref, dims=((0, 0), 1), value=bos, dtype=decl.dtype)
         last, prefixes, states = _first_pass(low, logits_name, loc)  # [N*K, V]
         V = last.shape[-1]
         if not isinstance(V, int):
-            raise SpecError("beam search needs a fixed vocabulary size in the logits", loc)
+            raise SpecError(f"beam search needs a fixed vocabulary size in the logits, got {last.type}", loc,
+                            "give the logits' last axis a fixed size: a number or a name declared under dims")
         # eos and pad index the logits: beyond them a hypothesis never ends, and pad's row does not exist
         for key, value in (("eos", eos), ("pad", pad)):
             if value >= V:

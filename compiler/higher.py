@@ -50,7 +50,8 @@ def lower_hvp(low, e: S.Call) -> Value:
     (v may depend on x, as a gradient does; the training graph still differentiates v)."""
     y, x, v = _tensor_args(low, e, 3, "hvp(scalar, wrt, v)")
     if v.shape != x.shape:
-        raise ShapeError(f"hvp() vector {v.type} must have the shape of wrt {x.type}", e.args[2].loc)
+        raise ShapeError(f"hvp() vector {v.type} must have the shape of wrt {x.type}", e.args[2].loc,
+                         "usage: hvp(scalar, wrt, v), with v shaped like wrt")
     with at(e.loc):
         g = _grad_of(y, x, e)
         (hv,) = grad([g], [x], [v])  # v is the cotangent: a constant of this pass, not a function of x
@@ -68,7 +69,8 @@ def lower_jacobian(low, e: S.Call) -> Value:
                          e.loc, "flatten per-example values to [N, features] first")
     M = y.shape[1]
     if not isinstance(M, int):
-        raise ShapeError(f"jacobian() needs a fixed number of outputs, got {y.type}", e.args[0].loc)
+        raise ShapeError(f"jacobian() needs a fixed number of outputs, got {y.type}", e.args[0].loc,
+                         "y's second dim must be a fixed size: a number or a name declared under dims")
     g = low.graph
     with at(e.loc):
         x_rep = g.apply("tile_batch", x, times=M)  # [M*N, D]: repeat m is rows m*N .. m*N+N-1

@@ -58,13 +58,18 @@ def initial_value(kind: str, args: dict, shape, dtype: str, rng: np.random.Gener
     elif kind == "orthogonal":
         v = _orthogonal(shape, rng) * float(args.get("gain", 1.0))
     else:
-        raise SpecError(f"unknown initialiser {kind!r}", loc)
+        from spec.errors import did_you_mean
+        from spec.loader import INIT_KINDS
+
+        raise SpecError(f"unknown initialiser {kind!r}", loc,
+                        did_you_mean(str(kind), INIT_KINDS) or f"choose from {', '.join(INIT_KINDS)}")
     return np.asarray(v, dtype=dtype)
 
 
 def _orthogonal(shape, rng) -> np.ndarray:
     if len(shape) < 2:
-        raise SpecError("orthogonal init needs a parameter of rank >= 2")
+        raise SpecError(f"orthogonal init needs a parameter of rank >= 2, got shape {list(shape)}",
+                        hint="use it for weight matrices and kernels; a bias or scale takes zeros, ones or normal")
     rows, cols = shape[0], int(np.prod(shape[1:]))
     a = rng.normal(size=(max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(a)

@@ -111,9 +111,11 @@ def broadcast_shapes(*shapes: Sequence[Dim], what: str = "operands") -> tuple:
 
 def normalize_axis(axis: int, rank: int) -> int:
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise ShapeError(f"axis must be an integer, got {axis!r}", arg="axis")
+        raise ShapeError(f"axis must be an integer, got {axis!r}", hint="write e.g. axis=-1 (the last axis)", arg="axis")
     if not -rank <= axis < max(rank, 1):
-        raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}", arg="axis")
+        raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}",
+                         hint=f"use an axis from {-rank} to {rank - 1} (-1 is the last)" if rank
+                         else "a scalar has no axes: reduce or index a tensor of rank 1 or more", arg="axis")
     return axis % rank if rank else 0
 
 

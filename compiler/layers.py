@@ -13,7 +13,7 @@ from .ir import Value, at, normalize_axis
 
 def _int_arg(v, what, loc):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise SpecError(f"{what} must be a positive integer, got {v!r}", loc)
+        raise SpecError(f"{what} must be a positive integer, got {v!r}", loc, f"write {what} as a whole number of 1 or more, e.g. 64")
     return v
 
 
@@ -60,7 +60,8 @@ class Layer:
         if missing:
             raise SpecError(f"{self.name}() is missing {', '.join(missing)}", e.loc, f"usage: {self.usage}")
         if "bias" in bound and not isinstance(bound["bias"], bool):  # bias="false" would read as true
-            raise SpecError(f"bias must be true or false, got {bound['bias']!r}", e.kwarg_locs.get("bias", e.loc))
+            raise SpecError(f"bias must be true or false, got {bound['bias']!r}", e.kwarg_locs.get("bias", e.loc),
+                            "write bias=true or bias=false, without quotes")
         return bound
 
     required: tuple = ()
@@ -71,7 +72,8 @@ class Layer:
         if act is None:
             return y
         if not isinstance(act, str):
-            raise SpecError(f"act must name an op such as relu, got {act!r}", e.kwarg_locs.get("act", e.loc))
+            raise SpecError(f"act must name an op such as relu, got {act!r}", e.kwarg_locs.get("act", e.loc),
+                            "write the op's name without quotes, e.g. act=relu or act=tanh; `flowgrad ops` lists them")
         from .lower import get_op_at
         from spec.model import Call
 
@@ -92,10 +94,11 @@ class Dense(Layer):
         a = self.bind(e, args, kwargs)
         x = a["x"]
         if not isinstance(x, Value):
-            raise SpecError("dense() needs a tensor input", e.loc)
+            raise SpecError(f"dense() needs a tensor input, got {x!r}", e.loc, f"usage: {self.usage}")
         units = _int_arg(a["units"], "units", e.args[1].loc if len(e.args) > 1 else e.loc)
         if x.rank < 1:
-            raise ShapeError("dense() needs an input of rank >= 1", e.loc)
+            raise ShapeError(f"dense() needs an input of rank >= 1, got the scalar {x.type}", e.loc,
+                             "dense maps the last axis: give it features [D] or a batch [N, D]")
         prefix = low.layer_name("dense")
         W = a.get("W")
         # a given W takes no init, and no bias takes no b: each would be dropped without a word
@@ -158,14 +161,16 @@ class Conv2d(Layer):
         kernel = _pair(a["kernel"])
         if len(kernel) != 2 or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in kernel):
             raise SpecError(f"kernel must be a positive integer or a pair of them, got {a['kernel']!r}",
-                            e.kwarg_locs.get("kernel") or (e.args[2].loc if len(e.args) > 2 else e.loc))
+                            e.kwarg_locs.get("kernel") or (e.args[2].loc if len(e.args) > 2 else e.loc),
+                            "write kernel=3 for a 3x3 kernel, or kernel=[3, 5] for height and width")
         kh, kw = kernel
         groups = a.get("groups", 1)
         prefix = low.layer_name("conv2d")
         W = a.get("W")
         if W is None:
             if not isinstance(x.shape[1], int) or x.shape[1] % groups:
-                raise ShapeError(f"input channels {x.shape[1]} are not divisible by groups={groups}", e.loc)
+                raise ShapeError(f"input channels {x.shape[1]} are not divisible by groups={groups}", e.loc,
+                                 "use a groups that divides the input channels (a fixed size, axis 1 of [N, C, H, W])")
             kind, args_ = _init(a.get("init"), "he_uniform", loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{prefix}.W", (channels, x.shape[1] // groups, kh, kw), kind, args_, loc=e.loc)
         conv_attrs = {k: a[k] for k in ("stride", "padding", "dilation", "groups") if k in a}
@@ -226,7 +231,8 @@ class Norm(Layer):
         prefix = low.layer_name(self.name)
         if self.name == "batch_norm":
             if x.rank < 2:
-                raise ShapeError("batch_norm() needs an input [N, C, ...]", e.loc)
+                raise ShapeError(f"batch_norm() needs an input [N, C, ...], got {x.type}", e.loc,
+                                 "give it [N, C] or [N, C, H, W]; it normalises each channel C over the batch")
             c = x.shape[1]
             gamma = low.add_param(f"{prefix}.gamma", (c,), "ones", loc=e.loc)
             beta = low.add_param(f"{prefix}.beta", (c,), "zeros", loc=e.loc)
@@ -235,7 +241,8 @@ class Norm(Layer):
             return low.graph.apply("batch_norm", x, gamma, beta, mean, var, **a)
         # gamma and beta are shaped like the normalised axes: `axis` to the last
         if x.rank < 1:
-            raise ShapeError("layer_norm() needs an input with an axis to normalise", e.loc)
+            raise ShapeError(f"layer_norm() needs an input with an axis to normalise, got the scalar {x.type}", e.loc,
+                             "give it a tensor such as [N, D]; it normalises from axis= (default -1) to the last axis")
         try:
             first = normalize_axis(a.get("axis", -1), x.rank)
         except ShapeError as err:

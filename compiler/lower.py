@@ -245,7 +245,9 @@ class Lowering:
         else:
             if not isinstance(value, tuple) or len(value) != len(a.targets):
                 n = len(value) if isinstance(value, tuple) else 1
-                raise SpecError(f"cannot unpack {n} value(s) into {len(a.targets)} names", a.loc)
+                raise SpecError(f"cannot unpack {n} value(s) into {len(a.targets)} names", a.loc,
+                                f"write {n} target names, e.g. '{', '.join('abcdefgh'[:n]) if n <= 8 else 'a, b, ...'}'"
+                                if n > 1 else "the value is one tensor: give it a single target name")
             for t, v in zip(a.targets, value):
                 self.env[t] = v
         for t in a.targets:
@@ -286,7 +288,8 @@ class Lowering:
                 continue
             d = self.eval(a)
             if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-                raise SpecError(f"{e.func}() dims must be non-negative integers, got {d!r}", a.loc)
+                raise SpecError(f"{e.func}() dims must be non-negative integers, got {d!r}", a.loc,
+                                f"write sizes as integers, dim names or size arithmetic, e.g. {e.func}(N, 2*H)")
             dims.append(d)
         with at(e.loc):
             return self.graph.apply("fill", *refs, dims=tuple(dims), value=value, dtype=self.graph.float_dtype)
@@ -308,7 +311,9 @@ class Lowering:
             return v
         if isinstance(v, (bool, int, float)):
             return self.graph.lift(v)
-        raise SpecError(f"expected a tensor, got {type(v).__name__} {v!r}", e.loc)
+        raise SpecError(f"expected a tensor, got {type(v).__name__} {v!r}", e.loc,
+                        "write a name, a number or an expression here; strings and lists are options of ops, "
+                        "e.g. cast(x, 'float32')")
 
     def _eval(self, e: S.Expr):
         g = self.graph
@@ -331,7 +336,8 @@ class Lowering:
                 try:
                     result = _PY_BINOPS[e.op](a, b)
                 except Exception as ex:
-                    raise SpecError(f"cannot compute {_short(a)} {e.op} {_short(b)}: {ex}", e.loc) from None
+                    raise SpecError(f"cannot compute {_short(a)} {e.op} {_short(b)}: {ex}", e.loc,
+                                    "check the constants on both sides; arithmetic on constants takes numbers") from None
                 return _int64(result, e.loc)
             if e.op == "@":
                 a, b = self._as_tensor(a, e.left, "left"), self._as_tensor(b, e.right, "right")
@@ -343,7 +349,8 @@ class Lowering:
         if isinstance(e, S.Compare):
             a, b = self.eval(e.left), self.eval(e.right)
             if not isinstance(a, Value) and not isinstance(b, Value):
-                raise SpecError("comparison of two constants", e.op_loc or e.loc)
+                raise SpecError(f"comparison of two constants: {_short(a)} {e.op} {_short(b)}", e.op_loc or e.loc,
+                                "a comparison needs a tensor on one side; write true or false if a constant was meant")
             self._check_operands(a, b, e)
             with at(e.op_loc or e.loc):
                 return g.binary(_COMPARE[e.op], a, b)
@@ -352,7 +359,8 @@ class Lowering:
         if isinstance(e, S.Subscript):
             x = self.tensor(e.value)
             return g.apply("index", x, spec=tuple(self._index_item(i) for i in e.index))
-        raise SpecError(f"unsupported expression {type(e).__name__}", e.loc)
+        raise SpecError(f"unsupported expression {type(e).__name__}", e.loc,
+                        "use names, numbers, arithmetic, comparisons, op calls and subscripts; `flowgrad ops` lists the ops")
 
     def _as_tensor(self, v, e, side):
         if not isinstance(v, Value):
@@ -365,14 +373,17 @@ class Lowering:
     def _check_operands(self, a, b, e):
         for v, side in ((a, e.left), (b, e.right)):
             if not isinstance(v, (Value, bool, int, float)):
-                raise SpecError(f"cannot use {v!r} in arithmetic", side.loc)
+                raise SpecError(f"cannot use {v!r} in arithmetic", side.loc,
+                                "arithmetic takes tensors and numbers; a string or list is only an op's option")
 
     def _index_item(self, item):
         if isinstance(item, S.Slice):
             parts = [None if p is None else self.eval(p) for p in (item.start, item.stop, item.step)]
             for p, src in zip(parts, (item.start, item.stop, item.step)):
                 if p is not None and not isinstance(p, int):
-                    raise SpecError("slice bounds must be integers", src.loc)
+                    raise SpecError(f"slice bounds must be integers, got {getattr(p, 'type', p)!s}", src.loc,
+                                    "write integers or dims, e.g. x[:, 1:H]; to pick entries by a tensor use "
+                                    "take(x, ids, axis=...)")
             if parts[2] == 0:
                 raise SpecError("slice step cannot be zero", item.step.loc, "use a positive step, or a negative one to reverse")
             return tuple(parts)
@@ -516,7 +527,8 @@ class Lowering:
                 while len(tensors) <= idx:
                     tensors.append(None)
                 if tensors[idx] is not None:
-                    raise SpecError(f"{op.name}() got {k!r} twice", e.kwarg_locs.get(k, e.loc))
+                    raise SpecError(f"{op.name}() got {k!r} twice", e.kwarg_locs.get(k, e.loc),
+                                    f"give it either positionally or as {k}=..., not both; usage: {signature(op)}")
                 tensors[idx] = v
             else:
                 attrs[k] = v
@@ -530,10 +542,12 @@ class Lowering:
         for i, t in enumerate(tensors):
             if not isinstance(t, (Value, bool, int, float)):
                 loc = arg_locs.get(op.inputs[i]) if not op.variadic else (e.args[i].loc if i < len(e.args) else None)
-                raise SpecError(f"{op.name}() argument {i + 1} must be a tensor or a number, got {t!r}", loc or e.loc)
+                raise SpecError(f"{op.name}() argument {i + 1} must be a tensor or a number, got {t!r}", loc or e.loc,
+                                f"usage: {signature(op)}")
         for k, v in attrs.items():
             if isinstance(v, Value):
-                raise SpecError(f"{op.name}() argument {k!r} must be a constant, not a tensor", arg_locs.get(k, e.loc))
+                raise SpecError(f"{op.name}() argument {k!r} must be a constant, not a tensor", arg_locs.get(k, e.loc),
+                                f"write {k} as a constant; usage: {signature(op)}")
             if isinstance(v, list):
                 attrs[k] = tuple(v)
         for k in ("to", "dtype"):

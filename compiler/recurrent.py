@@ -747,7 +747,8 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
                         hint="an int input [N] holding each row's number of steps")
     if a.get("stateful") and (a.get("init") is not None or a.get("reverse")):
         raise SpecError("stateful= carries the last state of a forward pass into the next batch: "
-                        "it takes no init= and no reverse=", where("stateful"))
+                        "it takes no init= and no reverse=", where("stateful"),
+                        "drop init= and reverse=, or drop stateful=")
 
 
 def _mask_of(low, e, x, a):

@@ -71,7 +71,7 @@ class OpDef:
         if not self.variadic and len(inputs) != len(self.inputs):
             raise SpecError(
                 f"{self.name}() takes {len(self.inputs)} tensor argument(s) ({', '.join(self.inputs)}), got {len(inputs)}",
-                current_loc(),
+                current_loc(), f"usage: {self.usage()}",
             )
         if self.composite:
             try:
@@ -108,12 +108,18 @@ class OpDef:
                 want = _attr_kind(default, given[key])
                 if want:
                     raise SpecError(f"{self.name}() argument {key!r} must be {want}, got {given[key]!r}",
-                                    current_loc(), arg=key)
+                                    current_loc(), f"usage: {self.usage()}", arg=key)
             elif default is REQUIRED:
-                raise SpecError(f"{self.name}() needs the argument {key!r}", current_loc())
+                raise SpecError(f"{self.name}() needs the argument {key!r}", current_loc(), f"usage: {self.usage()}")
             else:
                 out[key] = default
         return out
+
+    def usage(self) -> str:
+        """The call as a spec writes it, e.g. softmax(x, axis=-1), for hints."""
+        from .lower import signature
+
+        return signature(self)
 
     # -- the op's definition (overridden per op) ------------------------------
     def infer(self, attrs: dict, *types: TensorType) -> list[TensorType]:

@@ -286,7 +286,11 @@ def objectives_of(spec: S.Spec) -> list[Objective]:
     schedule = list(train.get("schedule", []))
     for s in schedule:
         if s not in train["objectives"]:
-            raise SpecError(f"schedule names an unknown objective {s!r}", _loc(spec, "train", "schedule"))
+            from spec.errors import did_you_mean
+
+            raise SpecError(f"schedule names an unknown objective {s!r}", _loc(spec, "train", "schedule"),
+                            did_you_mean(str(s), train["objectives"])
+                            or f"name objectives of train.objectives: {', '.join(train['objectives'])}")
         if schedule.count(s) > 1:
             # a repeat would be the same step again: the same batch, random draws and Adam step count
             raise SpecError(f"schedule names objective {s!r} {schedule.count(s)} times", _loc(spec, "train", "schedule"),

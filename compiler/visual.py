@@ -671,9 +671,9 @@ def training_step(spec: S.Spec, objective: str | None = None, dtype: str | None 
                 v = g.lift(v)
             return g.cast(v, g.float_dtype)
         metrics[m.targets[0]] = low.owned(f"metric/{m.targets[0]}", one)
-    trained = trained_names(low.params, obj)
-    if not trained:
-        raise SpecError(f"objective {obj.name!r} trains no parameters", obj.loc)
+    from .training import _trained
+
+    trained = _trained(spec, low, obj)  # refuses an objective that trains nothing, as compile does
     if optimize_graph:
         rewrite_forward([loss, *metrics.values()])
     n_forward = len(g.nodes)

@@ -49,11 +49,12 @@ def optimizer_from_config(cfg: dict, loc: Loc | None = None) -> Optimizer:
     hp = dict(hp or {})
     for k, v in hp.items():  # YAML's .nan and .inf pass the schema's number checks
         if isinstance(v, float) and not math.isfinite(v):
-            raise SpecError(f"optimizer {name!r}: {k} must be a finite number, got {v}", loc)
+            raise SpecError(f"optimizer {name!r}: {k} must be a finite number, got {v}", loc,
+                            f"write {k} as a finite number (YAML reads .nan, .inf and 1e400 as not finite)")
     if "lr" not in hp:
-        raise SpecError(f"optimizer {name!r} needs lr", loc)
+        raise SpecError(f"optimizer {name!r} needs lr", loc, f"write e.g. {name}: {{lr: 0.01}}")
     if not hp["lr"] > 0:
-        raise SpecError(f"lr must be positive, got {hp['lr']}", loc)
+        raise SpecError(f"lr must be positive, got {hp['lr']}", loc, "use a number above 0, e.g. lr: 0.01")
     if hp.get("nesterov") and not hp.get("momentum"):
         raise SpecError("nesterov needs momentum", loc, "for example {sgd: {lr: 0.1, momentum: 0.9, nesterov: true}}")
     return OPTIMIZERS[name](hp)
