@@ -30,9 +30,9 @@ def _context(g, w, values):
 def _check(query, keys, values, mask):
     if query.rank != 2 or keys.rank != 3 or values.rank != 3 or mask.rank != 2:
         raise ShapeError(f"attention needs query [N, D], keys [N, S, Dk], values [N, S, Dv], mask [N, S]; got "
-                         f"{query.type}, {keys.type}, {values.type}, {mask.type}")
+                         f"{query.type}, {keys.type}, {values.type}, {mask.type}", hint="e.g. query [N, D] from dense(h_t, D), keys and values [N, S, D], mask [N, S] of the source positions")
     if keys.shape[1] != values.shape[1] or tuple(mask.shape) != tuple(keys.shape[:2]):
-        raise ShapeError(f"keys {keys.type}, values {values.type} and mask {mask.type} disagree on [N, S]")
+        raise ShapeError(f"keys {keys.type}, values {values.type} and mask {mask.type} disagree on [N, S]", hint="keys, values and mask must come from the same source: one batch N and one length S")
 
 
 def _np_softmax(s, mask):
@@ -59,7 +59,7 @@ class DotAttention(OpDef):
     def expand(self, g, query, keys, values, mask, scaled):
         _check(query, keys, values, mask)
         if keys.shape[-1] != query.shape[-1]:
-            raise ShapeError(f"dot attention needs query and keys of the same width, got {query.type} and {keys.type}")
+            raise ShapeError(f"dot attention needs query and keys of the same width, got {query.type} and {keys.type}", hint="project the query to the keys' width first, e.g. dense(q, D) with D the last dim of the keys")
         scores = g.apply("squeeze", keys @ g.apply("unsqueeze", query, axes=(-1,)), axes=(-1,))
         if scaled:
             scores = scores * (1.0 / float(np.sqrt(query.shape[-1])))

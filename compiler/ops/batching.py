@@ -18,7 +18,7 @@ class TileBatch(OpDef):
 
     def infer(self, attrs, x):
         if x.rank < 1:
-            raise ShapeError("tile_batch needs a tensor with a batch axis")
+            raise ShapeError("tile_batch needs a tensor with a batch axis", hint="give it a tensor [N, ...] whose axis 0 is the batch")
         _check_times(attrs["times"])
         return [TensorType(x.dtype, (dim_mul(int(attrs["times"]), x.shape[0]),) + tuple(x.shape[1:]))]
 
@@ -30,7 +30,7 @@ class TileBatch(OpDef):
         g = gouts[0].graph
         rest = tuple(d if isinstance(d, int) else -1 for d in x.shape[1:])
         if sum(1 for d in rest if d == -1):
-            raise ShapeError("tile_batch gradient needs fixed feature dims")
+            raise ShapeError("tile_batch gradient needs fixed feature dims", hint="declare the trailing dims as fixed sizes (numbers or names under dims)")
         stacked = g.apply("reshape", gouts[0], shape=(int(node.attrs["times"]), -1) + rest)
         return [g.apply("sum", stacked, axis=0)]
 
@@ -80,7 +80,7 @@ class TileRows(OpDef):
 
     def infer(self, attrs, x):
         if x.rank < 1:
-            raise ShapeError("tile_rows needs a tensor with a batch axis")
+            raise ShapeError("tile_rows needs a tensor with a batch axis", hint="give it a tensor [N, ...] whose axis 0 is the batch")
         _check_times(attrs["times"])
         return [TensorType(x.dtype, (dim_mul(int(attrs["times"]), x.shape[0]),) + tuple(x.shape[1:]))]
 
@@ -101,7 +101,7 @@ class TileRows(OpDef):
         g = gouts[0].graph
         rest = tuple(d if isinstance(d, int) else -1 for d in x.shape[1:])
         if -1 in rest:
-            raise ShapeError("tile_rows gradient needs fixed trailing dims")
+            raise ShapeError("tile_rows gradient needs fixed trailing dims", hint="declare the trailing dims as fixed sizes (numbers or names under dims)")
         grouped = g.apply("reshape", gouts[0], shape=(-1, int(node.attrs["times"])) + rest)
         return [g.apply("sum", grouped, axis=1)]
 
@@ -129,10 +129,10 @@ class ReshapeDims(OpDef):
                                             and 0 <= d[0] < len(refs) and -refs[d[0]].rank <= d[1] < refs[d[0]].rank)
             for d in dims)
         if not ok:
-            raise ShapeError(f"reshape_dims: dims must be sizes or (input, axis) pairs, got {dims!r}", arg="dims")
+            raise ShapeError(f"reshape_dims: dims must be sizes or (input, axis) pairs, got {dims!r}", arg="dims", hint="give each dim as an integer size")
         shape = tuple(d if isinstance(d, int) else refs[d[0]].shape[d[1]] for d in dims)
         if all(isinstance(d, int) for d in (*x.shape, *shape)) and int(np.prod(x.shape)) != int(np.prod(shape)):
-            raise ShapeError(f"reshape_dims: cannot reshape {x} to {list(shape)}", arg="dims")
+            raise ShapeError(f"reshape_dims: cannot reshape {x} to {list(shape)}", arg="dims", hint="the target must hold as many elements as the input")
         return [TensorType(x.dtype, shape)]
 
     def emit(self, e, node, ins, outs):
@@ -169,4 +169,4 @@ class ReshapeDims(OpDef):
 
 def _check_times(times) -> None:
     if isinstance(times, bool) or not isinstance(times, (int, np.integer)) or times < 1:
-        raise ShapeError(f"times must be a positive integer, got {times!r}", arg="times")
+        raise ShapeError(f"times must be a positive integer, got {times!r}", arg="times", hint="write times as a whole number of 1 or more, e.g. times=4")

@@ -158,7 +158,7 @@ class Fill(OpDef):
             elif isinstance(d[1], str):
                 i, name = d
                 if refs[i].rank != 0 or not refs[i].dtype.startswith(("int", "uint")):
-                    raise ShapeError(f"a size read from a tensor needs an integer scalar, got {refs[i]}")
+                    raise ShapeError(f"a size read from a tensor needs an integer scalar, got {refs[i]}", hint="pass a scalar integer input (shape [], dtype int64) as the size")
                 shape.append(name)
             else:
                 i, axis = d
@@ -203,7 +203,7 @@ class BroadcastLike(OpDef):
     def infer(self, attrs, x, ref):
         out = broadcast_shapes(x.shape, ref.shape)
         if out != tuple(ref.shape):
-            raise ShapeError(f"cannot broadcast {fmt_shape(x.shape)} to {fmt_shape(ref.shape)}")
+            raise ShapeError(f"cannot broadcast {fmt_shape(x.shape)} to {fmt_shape(ref.shape)}", hint="each pair of dims, aligned from the right, must be equal or 1 in the first operand")
         return [TensorType(x.dtype, ref.shape)]
 
     def emit(self, e, node, ins, outs):
@@ -253,14 +253,14 @@ class SumTo(OpDef):
         """(axes to reduce, number of leading axes to drop)."""
         lead = len(xshape) - len(shape)
         if lead < 0:
-            raise ShapeError(f"cannot sum {fmt_shape(xshape)} to the larger rank {fmt_shape(shape)}")
+            raise ShapeError(f"cannot sum {fmt_shape(xshape)} to the larger rank {fmt_shape(shape)}", hint="reduce the extra axes with sum(x, axis=...) first")
         axes = list(range(lead))
         for i, d in enumerate(shape):
             xd = xshape[lead + i]
             if d == xd:
                 continue
             if d != 1:
-                raise ShapeError(f"cannot sum {fmt_shape(xshape)} to {fmt_shape(shape)}")
+                raise ShapeError(f"cannot sum {fmt_shape(xshape)} to {fmt_shape(shape)}", hint="each pair of dims, aligned from the right, must be equal or 1 in the target")
             axes.append(lead + i)
         return axes, lead
 
@@ -320,7 +320,7 @@ class Binary(OpDef):
 
     def infer(self, attrs, a, b):
         if a.dtype != b.dtype:
-            raise ShapeError(f"operands have different dtypes {a.dtype} and {b.dtype}")
+            raise ShapeError(f"operands have different dtypes {a.dtype} and {b.dtype}", hint=f"cast one side to the other's type, e.g. cast(x, '{a.dtype}')")
         if a.dtype == "bool":
             raise ShapeError("arithmetic on booleans (comparisons) is not defined",
                              hint="cast them with cast(x, 'float32'), or use logical_or / logical_not")
@@ -513,7 +513,7 @@ class Comparison(OpDef):
 
     def infer(self, attrs, a, b):
         if a.dtype != b.dtype:
-            raise ShapeError(f"cannot compare {a.dtype} with {b.dtype}")
+            raise ShapeError(f"cannot compare {a.dtype} with {b.dtype}", hint=f"cast one side to the other's type, e.g. cast(x, '{a.dtype}')")
         if a.dtype == "bool" and self.onnx_op != "Equal":  # ONNX orders numbers only
             raise ShapeError("booleans can be compared with == and != only", hint="cast them with cast(x, 'float32')")
         return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
@@ -554,7 +554,7 @@ class LogicalNot(OpDef):
 
     def infer(self, attrs, x):
         if x.dtype != "bool":
-            raise ShapeError(f"'not' needs a bool tensor, got {x.dtype}")
+            raise ShapeError(f"'not' needs a bool tensor, got {x.dtype}", hint="'not' takes a comparison, e.g. not (x > 0); for numbers use 1 - x")
         return [x]
 
     def ref(self, attrs, x):
@@ -574,7 +574,7 @@ class LogicalOr(OpDef):
 
     def infer(self, attrs, a, b):
         if a.dtype != "bool" or b.dtype != "bool":
-            raise ShapeError(f"'or' needs bool tensors, got {a.dtype} and {b.dtype}")
+            raise ShapeError(f"'or' needs bool tensors, got {a.dtype} and {b.dtype}", hint="'or' takes comparisons, e.g. (x > 0) or (y > 0); cast a number with x != 0 first")
         return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
 
     def ref(self, attrs, a, b):
@@ -597,7 +597,7 @@ class Where(OpDef):
             raise ShapeError(f"where() needs a bool condition, got {c.dtype}", hint="compare first, e.g. where(x > 0, x, 0)",
                              arg="cond")
         if a.dtype != b.dtype:
-            raise ShapeError(f"where() branches have different dtypes {a.dtype} and {b.dtype}")
+            raise ShapeError(f"where() branches have different dtypes {a.dtype} and {b.dtype}", hint=f"cast one branch to the other's type, e.g. cast(b, '{a.dtype}')")
         return [TensorType(a.dtype, broadcast_shapes(c.shape, a.shape, b.shape))]
 
     def vjp(self, node, gouts):

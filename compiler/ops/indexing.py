@@ -50,15 +50,15 @@ class Concat(OpDef):
 
     def infer(self, attrs, *xs):
         if not xs:
-            raise ShapeError("concat needs at least one tensor")
+            raise ShapeError("concat needs at least one tensor", hint="usage: concat([a, b, ...], axis=0)")
         first = xs[0]
         axis = normalize_axis(attrs["axis"], first.rank)
         total = first.shape[axis]
         for t in xs:
             if t.dtype != first.dtype:
-                raise ShapeError(f"cannot concat {first.dtype} with {t.dtype}")
+                raise ShapeError(f"cannot concat {first.dtype} with {t.dtype}", hint=f"cast them to one type first, e.g. cast(x, '{first.dtype}')")
             if t.rank != first.rank:
-                raise ShapeError(f"cannot concat tensors of ranks {first.rank} and {t.rank}")
+                raise ShapeError(f"cannot concat tensors of ranks {first.rank} and {t.rank}", hint="reshape them to one rank first, e.g. reshape(x, [N, 1])")
             for i, (d, e) in enumerate(zip(first.shape, t.shape)):
                 if i != axis and d != e:
                     raise ShapeError(
@@ -68,7 +68,7 @@ class Concat(OpDef):
         for t in xs[1:]:
             total = dim_add(total, t.shape[axis])
             if total is None:
-                raise ShapeError(f"concat along axis {axis} mixes the symbolic sizes {', '.join(str(t.shape[axis]) for t in xs)}")
+                raise ShapeError(f"concat along axis {axis} mixes the symbolic sizes {', '.join(str(t.shape[axis]) for t in xs)}", hint="concatenate along an axis of fixed sizes, or declare the sizes under dims")
         shape = list(first.shape)
         shape[axis] = total
         return [TensorType(first.dtype, tuple(shape))]
@@ -88,7 +88,7 @@ class Concat(OpDef):
         elif len(set(sizes)) == 1:
             parts = g.graph.apply("split", g, sections=len(xs), axis=axis)
         else:
-            raise GradientError(f"cannot differentiate concat of the symbolic sizes {sizes} along axis {axis}")
+            raise GradientError(f"cannot differentiate concat of the symbolic sizes {sizes} along axis {axis}", hint="concatenate along an axis of fixed sizes, or declare the sizes under dims")
         return list(parts)
 
     def ref(self, attrs, *xs):
@@ -119,7 +119,7 @@ class Split(OpDef):
         if isinstance(sec, (int, np.integer)):
             sec = int(sec)
             if sec < 1:
-                raise ShapeError(f"split into {sec} parts")
+                raise ShapeError(f"split into {sec} parts", hint="split into 1 or more parts, e.g. split(x, 2, axis=-1)")
             if isinstance(d, int):
                 if d % sec:
                     raise ShapeError(f"cannot split a dim of size {d} into {sec} equal parts",
@@ -129,15 +129,15 @@ class Split(OpDef):
 
             part = dim_div(d, sec)
             if part is None:
-                raise ShapeError(f"cannot split the symbolic dim {d} into {sec} equal parts")
+                raise ShapeError(f"cannot split the symbolic dim {d} into {sec} equal parts", hint="split an axis of fixed size, or give a dim the parts divide, e.g. 2*H into 2")
             return axis, [part] * sec
         sizes = [int(s) for s in sec]
         if any(s < 0 for s in sizes):
-            raise ShapeError(f"split sizes {sizes} must not be negative")
+            raise ShapeError(f"split sizes {sizes} must not be negative", hint="give sizes of 0 or more that add up to the axis")
         if not isinstance(d, int):
-            raise ShapeError(f"cannot split the symbolic dim {d} into the fixed sizes {sizes}")
+            raise ShapeError(f"cannot split the symbolic dim {d} into the fixed sizes {sizes}", hint="split into equal parts, e.g. split(x, 2, axis=...), or declare the size under dims")
         if sum(sizes) != d:
-            raise ShapeError(f"split sizes {sizes} add up to {sum(sizes)}, but the dim has size {d}")
+            raise ShapeError(f"split sizes {sizes} add up to {sum(sizes)}, but the dim has size {d}", hint=f"make the sizes add up to {d}")
         return axis, sizes
 
     def infer(self, attrs, x):
@@ -202,17 +202,17 @@ def _slice_plan(attrs, shape) -> list[_AxisSlice]:
     axes = list(range(len(starts))) if attrs["axes"] is None else list(attrs["axes"])
     steps = [1] * len(starts) if attrs["steps"] is None else list(attrs["steps"])
     if not len(starts) == len(ends) == len(axes) == len(steps):
-        raise ShapeError("slice needs starts, ends, axes and steps of the same length")
+        raise ShapeError("slice needs starts, ends, axes and steps of the same length", hint="give one start, end and step per axis")
     axes = [normalize_axis(a, rank) for a in axes]
     if len(set(axes)) != len(axes):
-        raise ShapeError(f"slice axes {axes} repeat")
+        raise ShapeError(f"slice axes {axes} repeat", hint="name each axis once")
     plan = []
     for axis, s, t, st in zip(axes, starts, ends, steps):
         s = None if s is None else int(s)
         t = None if t is None else int(t)
         st = 1 if st is None else int(st)
         if st == 0:
-            raise ShapeError("slice step cannot be zero")
+            raise ShapeError("slice step cannot be zero", hint="use a non-zero step, e.g. x[::2] or x[::-1]")
         d = shape[axis]
         if isinstance(d, int):
             length = len(range(*slice(s, t, st).indices(d)))
@@ -346,7 +346,7 @@ def _pad_pairs(pads, rank):
     else:
         pairs = [tuple(p) for p in pads]
         if len(pairs) != rank or any(len(p) != 2 for p in pairs):
-            raise ShapeError(f"pad needs one (before, after) pair per axis ({rank}), got {pads}")
+            raise ShapeError(f"pad needs one (before, after) pair per axis ({rank}), got {pads}", hint=f"give {rank} (before, after) pairs, e.g. pad(x, {[[0, 0]] * rank})")
     pairs = [(int(b), int(a)) for b, a in pairs]
     if any(b < 0 or a < 0 for b, a in pairs):
         raise ShapeError(f"pads {pairs} must not be negative", hint="use slice to crop")
@@ -366,7 +366,7 @@ class Pad(OpDef):
         shape = []
         for d, (b, a) in zip(x.shape, _pad_pairs(attrs["pads"], x.rank)):
             if not isinstance(d, int) and (b or a):
-                raise ShapeError(f"cannot pad the symbolic dim {d}")
+                raise ShapeError(f"cannot pad the symbolic dim {d}", hint="pad axes of fixed size only; pad symbolic axes with 0, 0")
             shape.append(d + b + a if isinstance(d, int) else d)
         return [TensorType(x.dtype, tuple(shape))]
 
@@ -418,7 +418,7 @@ class Take(OpDef):
     def infer(self, attrs, x, idx):
         _require_index(idx)
         if x.rank == 0:
-            raise ShapeError("cannot take from a scalar")
+            raise ShapeError("cannot take from a scalar", hint="take picks along an axis: give it a tensor of rank 1 or more")
         axis = normalize_axis(attrs["axis"], x.rank)
         return [TensorType(x.dtype, tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))]
 
@@ -480,7 +480,7 @@ class ScatterAdd(OpDef):
     def infer(self, attrs, like, idx, upd):
         _require_index(idx)
         if like.rank == 0:
-            raise ShapeError("cannot scatter into a scalar")
+            raise ShapeError("cannot scatter into a scalar", hint="scatter into a tensor of rank 1 or more")
         axis = normalize_axis(attrs["axis"], like.rank)
         want = tuple(like.shape[:axis]) + tuple(idx.shape) + tuple(like.shape[axis + 1:])
         if tuple(upd.shape) != want:
@@ -559,9 +559,9 @@ class ScatterAdd(OpDef):
 def _along_axis_check(x: TensorType, idx: TensorType, axis: int, what: str):
     _require_index(idx)
     if x.rank == 0:
-        raise ShapeError(f"{what}: needs a tensor with an axis, got a scalar {x}")
+        raise ShapeError(f"{what}: needs a tensor with an axis, got a scalar {x}", hint="give it a tensor of rank 1 or more")
     if idx.rank != x.rank:
-        raise ShapeError(f"{what}: indices have rank {idx.rank}, but the tensor has rank {x.rank}")
+        raise ShapeError(f"{what}: indices have rank {idx.rank}, but the tensor has rank {x.rank}", hint="the indices must have the tensor's rank; use unsqueeze(ids, axis=...) to add an axis")
     for i, (d, e) in enumerate(zip(x.shape, idx.shape)):
         if i != axis and d != e:
             raise ShapeError(f"{what}: indices {fmt_shape(idx.shape)} and tensor {fmt_shape(x.shape)} differ on axis {i}",
@@ -616,7 +616,7 @@ class ScatterAddAlongAxis(OpDef):
         axis = normalize_axis(attrs["axis"], like.rank)
         _along_axis_check(like, idx, axis, "scatter_add_along_axis")
         if tuple(upd.shape) != tuple(idx.shape):
-            raise ShapeError(f"updates {fmt_shape(upd.shape)} and indices {fmt_shape(idx.shape)} must have one shape")
+            raise ShapeError(f"updates {fmt_shape(upd.shape)} and indices {fmt_shape(idx.shape)} must have one shape", hint="give updates the shape of the indices")
         return [TensorType(upd.dtype, tuple(like.shape))]
 
     def emit(self, e, node, ins, outs):
@@ -654,7 +654,7 @@ class Embedding(OpDef):
 
     def expand(self, g, ids, table):
         if table.rank != 2:
-            raise ShapeError(f"embedding table must be [vocab, dim], got {fmt_shape(table.shape)}")
+            raise ShapeError(f"embedding table must be [vocab, dim], got {fmt_shape(table.shape)}", hint="give a table [vocab, dim], or write embedding(ids, vocab, dim) to declare one")
         return g.apply("take", table, ids, axis=0)
 
     def ref(self, attrs, ids, table):
@@ -683,7 +683,7 @@ class OneHot(OpDef):
         _require_index(ids, "one_hot ids")
         depth = attrs["depth"]
         if not isinstance(depth, (int, np.integer)) or depth < 1:
-            raise ShapeError(f"one_hot depth must be a positive int, got {depth!r}")
+            raise ShapeError(f"one_hot depth must be a positive int, got {depth!r}", hint="write depth as the number of classes, e.g. one_hot(y, 10)")
         dtype = attrs["dtype"] if isinstance(attrs["dtype"], str) else np.dtype(attrs["dtype"]).name
         return [TensorType(require_dtype(dtype), tuple(ids.shape) + (int(depth),))]
 
@@ -733,11 +733,11 @@ def _index_plan(spec, shape):
         items.append(it)
     n_ell = sum(1 for it in items if it is Ellipsis)
     if n_ell > 1:
-        raise ShapeError("an index can have only one ...")
+        raise ShapeError("an index can have only one ...", hint="write ... once, e.g. x[..., 0]")
     used = sum(1 for it in items if it is not None and it is not Ellipsis)
     rank = len(shape)
     if used > rank:
-        raise ShapeError(f"too many indices ({used}) for a tensor of rank {rank}")
+        raise ShapeError(f"too many indices ({used}) for a tensor of rank {rank}", hint=f"give at most {rank} indices")
     if n_ell:
         at = items.index(Ellipsis)
         items = items[:at] + [(None, None, None)] * (rank - used) + items[at + 1:]
@@ -754,7 +754,7 @@ def _index_plan(spec, shape):
             i = int(it)
             d = shape[axis]
             if isinstance(d, int) and not -d <= i < d:
-                raise ShapeError(f"index {i} is out of range for axis {axis} of size {d}")
+                raise ShapeError(f"index {i} is out of range for axis {axis} of size {d}", hint=f"use an index from {-d} to {d - 1}")
             starts.append(i)
             ends.append(i + 1 if i != -1 else None)
             axes.append(axis)

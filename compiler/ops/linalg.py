@@ -35,7 +35,7 @@ class MatMul(OpDef):
         require_float(a, "left operand of @")
         require_float(b, "right operand of @")
         if a.dtype != b.dtype:
-            raise ShapeError(f"operands of @ have different dtypes {a.dtype} and {b.dtype}")
+            raise ShapeError(f"operands of @ have different dtypes {a.dtype} and {b.dtype}", hint=f"cast one side to the other's type, e.g. cast(x, '{a.dtype}')")
         if a.rank == 0 or b.rank == 0:
             raise ShapeError("@ needs operands of rank >= 1", hint="use * to scale by a scalar")
         sa = a.shape if a.rank > 1 else (1,) + tuple(a.shape)
@@ -105,14 +105,14 @@ class Gemm(OpDef):
 
     def infer(self, attrs, a, b, c):
         if a.rank != 2 or b.rank != 2:
-            raise ShapeError("gemm needs matrices")
+            raise ShapeError("gemm needs matrices", hint="give it two matrices [M, K] and [K, N]")
         m, k = (a.shape[1], a.shape[0]) if attrs["trans_a"] else a.shape
         k2, n = (b.shape[1], b.shape[0]) if attrs["trans_b"] else b.shape
         if k != k2:
-            raise ShapeError(f"gemm inner dims differ: {k} and {k2}")
+            raise ShapeError(f"gemm inner dims differ: {k} and {k2}", hint="the inner dims must be equal: [M, K] and [K, N]")
         out = (m, n)
         if broadcast_shapes(c.shape, out) != out:
-            raise ShapeError(f"gemm bias {fmt_shape(c.shape)} does not broadcast to {fmt_shape(out)}")
+            raise ShapeError(f"gemm bias {fmt_shape(c.shape)} does not broadcast to {fmt_shape(out)}", hint=f"give a bias that broadcasts to {fmt_shape(out)}, e.g. [{out[1]}]")
         return [TensorType(a.dtype, out)]
 
     def emit(self, e, node, ins, outs):

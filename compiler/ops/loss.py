@@ -48,7 +48,7 @@ def _pick(g, lp, labels, axis):
     """lp[..., labels[...], ...] along axis: the log-probability of each label."""
     if labels.rank != lp.rank - 1:
         raise ShapeError(f"labels {fmt_shape(labels.shape)} must have the shape of the scores {fmt_shape(lp.shape)} "
-                         f"without axis {axis}")
+                         f"without axis {axis}", hint="class-id labels are one axis shorter than the scores, e.g. [N] for scores [N, C]")
     idx = g.apply("unsqueeze", labels, axes=(axis,))
     return g.apply("squeeze", g.apply("take_along_axis", lp, idx, axis=axis), axes=(axis,))
 
@@ -81,7 +81,7 @@ class CrossEntropy(OpDef):
         elif labels.dtype in ("int32", "int64"):
             loss = -_pick(g, lp, labels, axis)
         else:
-            raise ShapeError(f"labels must be integer class ids or float probabilities, got {labels.dtype}")
+            raise ShapeError(f"labels must be integer class ids or float probabilities, got {labels.dtype}", hint="declare the labels with dtype: int64 for class ids, or as floats with the scores' shape")
         if label_smoothing:
             smooth = -g.apply("mean", lp, axis=axis)
             loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
@@ -223,7 +223,7 @@ class _Penalty(OpDef):
 
     def expand(self, g, *params):
         if not params:
-            raise SpecError(f"{self.name}() needs at least one tensor", current_loc())
+            raise SpecError(f"{self.name}() needs at least one tensor", current_loc(), hint=f"pass the tensors to penalise, e.g. {self.name}(W1, W2)")
         total = None
         for p in params:
             require_float(p, f"argument of {self.name}()")

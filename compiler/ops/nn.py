@@ -31,10 +31,10 @@ def _pair(v, what: str, allow_zero: bool = False) -> tuple[int, int]:
     elif isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, (int, np.integer)) for i in v):
         out = (int(v[0]), int(v[1]))
     else:
-        raise ShapeError(f"{what} must be an int or a pair of ints, got {v!r}")
+        raise ShapeError(f"{what} must be an int or a pair of ints, got {v!r}", hint=f"write {what} as an int or a pair, e.g. 3 or [3, 3]")
     low = 0 if allow_zero else 1
     if min(out) < low:
-        raise ShapeError(f"{what} must be {'>= 0' if allow_zero else 'positive'}, got {v!r}")
+        raise ShapeError(f"{what} must be {'>= 0' if allow_zero else 'positive'}, got {v!r}", hint=f"use {'0 or more' if allow_zero else '1 or more'} in {what}")
     return out
 
 
@@ -42,7 +42,7 @@ def _pads4(padding, what: str = "padding") -> tuple[int, int, int, int]:
     """(top, left, bottom, right) from an int, a pair (h, w), or a 4-tuple."""
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
         if not all(isinstance(p, (int, np.integer)) for p in padding):
-            raise ShapeError(f"{what} must hold ints, got {padding!r}")
+            raise ShapeError(f"{what} must hold ints, got {padding!r}", hint=f"write {what} as ints: one, a pair, or [top, left, bottom, right]")
         return tuple(int(p) for p in padding)
     ph, pw = _pair(padding, what, allow_zero=True)
     return (ph, pw, ph, pw)
@@ -50,10 +50,10 @@ def _pads4(padding, what: str = "padding") -> tuple[int, int, int, int]:
 
 def _spatial(t: TensorType, what: str) -> tuple[int, int]:
     if t.rank != 4:
-        raise ShapeError(f"{what} must be 4-D (NCHW), got {fmt_shape(t.shape)}")
+        raise ShapeError(f"{what} must be 4-D (NCHW), got {fmt_shape(t.shape)}", hint="give it [N, C, H, W]; reshape a flat input first, e.g. reshape(x, [-1, 1, 28, 28])")
     h, w = t.shape[2], t.shape[3]
     if not (isinstance(h, int) and isinstance(w, int)):
-        raise ShapeError(f"the spatial dims of the {what} must be fixed numbers, got {fmt_shape(t.shape)}")
+        raise ShapeError(f"the spatial dims of the {what} must be fixed numbers, got {fmt_shape(t.shape)}", hint="declare H and W as fixed sizes (numbers or names under dims)")
     return h, w
 
 
@@ -61,7 +61,7 @@ def _same_dtype(a: TensorType, b: TensorType) -> None:
     require_float(a, "input")
     require_float(b, "weight")
     if a.dtype != b.dtype:
-        raise ShapeError(f"input and weight have different dtypes {a.dtype} and {b.dtype}")
+        raise ShapeError(f"input and weight have different dtypes {a.dtype} and {b.dtype}", hint=f"cast one to the other's type, e.g. cast(x, '{b.dtype}')")
 
 
 def _divides(d, g: int) -> bool:
@@ -93,7 +93,7 @@ class _ConvGeom:
             self.pads = _pads4(padding)
         self.groups = attrs["groups"]
         if not isinstance(self.groups, (int, np.integer)) or self.groups < 1:
-            raise ShapeError(f"groups must be a positive int, got {self.groups!r}")
+            raise ShapeError(f"groups must be a positive int, got {self.groups!r}", hint="write groups as a whole number of 1 or more that divides the channels")
         self.groups = int(self.groups)
         if transpose:
             self.op = _pair(attrs["output_padding"], "output_padding", allow_zero=True)
@@ -109,11 +109,11 @@ class _ConvGeom:
                 raise ShapeError(
                     f"the input's spatial size {in_hw[0]}x{in_hw[1]} (padded by {self.pads}) is smaller than "
                     f"the (dilated) kernel {self.ke[0]}x{self.ke[1]}"
-                )
+, hint="use a smaller kernel or dilation, or more padding")
             self.out_hw = tuple(span[i] // self.s[i] + 1 for i in range(2))
             self.rem = tuple(span[i] % self.s[i] for i in range(2))  # input rows/cols no window reaches
         if min(self.out_hw) < 1:
-            raise ShapeError(f"the output would be empty ({self.out_hw[0]}x{self.out_hw[1]})")
+            raise ShapeError(f"the output would be empty ({self.out_hw[0]}x{self.out_hw[1]})", hint="use a smaller kernel or stride, or more padding")
 
 
 def _crop_pad_np(a, pads4):
@@ -291,7 +291,7 @@ class _SoftmaxBase(OpDef):
     def infer(self, attrs, x):
         require_float(x)
         if x.rank == 0:
-            raise ShapeError(f"{self.name} needs a tensor of rank >= 1")
+            raise ShapeError(f"{self.name} needs a tensor of rank >= 1", hint="give it a tensor of rank 1 or more, e.g. [N, D]")
         normalize_axis(attrs["axis"], x.rank)
         return [x]
 
@@ -353,7 +353,7 @@ class Maxout(OpDef):
 
     def expand(self, g, x, pieces, axis):
         if not isinstance(pieces, (int, np.integer)) or pieces < 1:
-            raise ShapeError(f"maxout: pieces must be a positive int, got {pieces!r}")
+            raise ShapeError(f"maxout: pieces must be a positive int, got {pieces!r}", hint="write pieces as a whole number of 1 or more, e.g. maxout(x, pieces=2)")
         axis = normalize_axis(axis, x.rank)
         size = x.shape[axis]
         k = dim_div(size, int(pieces))
@@ -406,7 +406,7 @@ class Conv(OpDef):
                 hint="the weight is [out_channels, in_channels / groups, kh, kw]",
             )
         if not _divides(m, G):
-            raise ShapeError(f"{m} output channels do not split into {G} groups")
+            raise ShapeError(f"{m} output channels do not split into {G} groups", hint="use a groups that divides the output channels")
         return [TensorType(x.dtype, (x.shape[0], m) + geom.out_hw)]
 
     def emit(self, e, node, ins, outs):
@@ -481,7 +481,7 @@ class ConvTranspose(OpDef):
                 hint="a conv_transpose weight is [in_channels, out_channels / groups, kh, kw]",
             )
         if not _divides(cin, G):
-            raise ShapeError(f"{cin} input channels do not split into {G} groups")
+            raise ShapeError(f"{cin} input channels do not split into {G} groups", hint="use a groups that divides the input channels")
         return [TensorType(x.dtype, (x.shape[0], dim_mul(w.shape[1], G)) + geom.out_hw)]
 
     def emit(self, e, node, ins, outs):
@@ -522,13 +522,13 @@ class _PoolGeom:
         self.p = _pair(attrs["padding"], "padding", allow_zero=True)
         for i in range(2):
             if self.p[i] >= self.k[i]:
-                raise ShapeError(f"padding {self.p} must be smaller than the kernel {self.k}")
+                raise ShapeError(f"padding {self.p} must be smaller than the kernel {self.k}", hint="use a padding smaller than the kernel in each direction")
         self.in_hw = tuple(in_hw)
         span = [in_hw[i] + 2 * self.p[i] - self.k[i] for i in range(2)]
         if min(span) < 0:
             raise ShapeError(
                 f"the input's spatial size {in_hw[0]}x{in_hw[1]} (padded by {self.p}) is smaller than the kernel {self.k}"
-            )
+, hint="use a smaller kernel, or more padding")
         self.out_hw = tuple(span[i] // self.s[i] + 1 for i in range(2))
 
     def windows(self):
@@ -665,7 +665,7 @@ class MaxPool2dGrad(OpDef):
         geom = _pool_geom(attrs, x)
         want = tuple(x.shape[:2]) + geom.out_hw
         if tuple(g.shape) != want or g.dtype != x.dtype:
-            raise ShapeError(f"gradient {g} does not match the pooled shape {x.dtype}{fmt_shape(want)}")
+            raise ShapeError(f"gradient {g} does not match the pooled shape {x.dtype}{fmt_shape(want)}", hint="declare the spatial dims as fixed sizes (numbers or names under dims)")
         return [x]
 
     def emit(self, e, node, ins, outs):
@@ -729,7 +729,7 @@ class MaxPool2dGather(OpDef):
     def infer(self, attrs, h, x):
         geom = _pool_geom(attrs, x)
         if h != x:
-            raise ShapeError(f"{h} does not match the pooled input {x}")
+            raise ShapeError(f"{h} does not match the pooled input {x}", hint="declare the spatial dims as fixed sizes (numbers or names under dims)")
         return [TensorType(x.dtype, tuple(x.shape[:2]) + geom.out_hw)]
 
     def emit(self, e, node, ins, outs):
@@ -808,7 +808,7 @@ class AvgPool2dGrad(OpDef):
         size = _pair(attrs["size"], "size")
         geom = _PoolGeom(attrs, size)
         if tuple(g.shape[2:]) != geom.out_hw:
-            raise ShapeError(f"gradient {g} does not match pooling an input of size {size}: {geom.out_hw}")
+            raise ShapeError(f"gradient {g} does not match pooling an input of size {size}: {geom.out_hw}", hint="declare the spatial dims as fixed sizes (numbers or names under dims)")
         return geom
 
     def infer(self, attrs, g):
@@ -820,7 +820,7 @@ class AvgPool2dGrad(OpDef):
         geom = self.geom(node.attrs, g.type)
         c = g.shape[1]
         if not isinstance(c, int):
-            raise ShapeError(f"avg_pool2d's gradient needs a fixed channel count, got {fmt_shape(g.shape)}")
+            raise ShapeError(f"avg_pool2d's gradient needs a fixed channel count, got {fmt_shape(g.shape)}", hint="declare the channel count C of [N, C, H, W] as a fixed size (a number or a name under dims)")
         kh, kw = geom.k
         w = e.const(np.full((c, 1, kh, kw), 1.0 / (kh * kw), dtype=g.dtype))
         (ph, pw), (H, W) = geom.p, geom.in_hw
@@ -864,7 +864,7 @@ class GlobalAvgPool(OpDef):
 
     def expand(self, g, x):
         if x.rank < 3:
-            raise ShapeError(f"global_avg_pool needs [N, C, spatial...], got {fmt_shape(x.shape)}")
+            raise ShapeError(f"global_avg_pool needs [N, C, spatial...], got {fmt_shape(x.shape)}", hint="give it [N, C, H, W]; reshape a flat input first")
         return g.apply("mean", x, axis=tuple(range(2, x.rank)), keepdims=True)
 
     def ref(self, attrs, x):
@@ -897,11 +897,11 @@ class BatchNorm(OpDef):
     def expand(self, g, x, gamma, beta, running_mean, running_var, momentum, eps):
         require_float(x)
         if x.rank < 2:
-            raise ShapeError(f"batch_norm needs [N, C, ...], got {fmt_shape(x.shape)}")
+            raise ShapeError(f"batch_norm needs [N, C, ...], got {fmt_shape(x.shape)}", hint="give it [N, C] or [N, C, H, W]")
         c = x.shape[1]
         for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
             if tuple(v.shape) != (c,):
-                raise ShapeError(f"batch_norm: {name} must be [{c}] (one per channel of {fmt_shape(x.shape)}), got {fmt_shape(v.shape)}")
+                raise ShapeError(f"batch_norm: {name} must be [{c}] (one per channel of {fmt_shape(x.shape)}), got {fmt_shape(v.shape)}", hint=f"give {name} the shape [{c}], one entry per channel")
         axes = (0,) + tuple(range(2, x.rank))
         if g.mode == "train":
             count = 1
@@ -964,7 +964,7 @@ class LayerNorm(OpDef):
                 raise ShapeError(
                     f"layer_norm: {name} must be {fmt_shape(norm_shape)} (the normalised axes of {fmt_shape(x.shape)}), "
                     f"got {fmt_shape(v.shape)}"
-                )
+, hint=f"give {name} the shape {fmt_shape(norm_shape)}, the normalised axes of the input")
         axes = tuple(range(axis, x.rank))
         centered = x - g.apply("mean", x, axis=axes, keepdims=True)
         var = g.apply("mean", centered * centered, axis=axes, keepdims=True)

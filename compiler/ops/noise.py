@@ -25,7 +25,7 @@ def _s(v):
 
 def _require_float(x, what):
     if not is_float(x.dtype):
-        raise ShapeError(f"{what} needs a float tensor, got {x.dtype}")
+        raise ShapeError(f"{what} needs a float tensor, got {x.dtype}", hint="cast it with cast(x, 'float32')")
 
 
 def _np_normal(seed, step, salt, shape, dtype):
@@ -48,7 +48,7 @@ class MaskingNoise(RandomComposite):
 
     def expand(self, g, x, rng, salt, p):
         if not 0.0 <= p <= 1.0:
-            raise SpecError(f"masking_noise p must be in [0, 1], got {p}", current_loc())
+            raise SpecError(f"masking_noise p must be in [0, 1], got {p}", current_loc(), hint="use a probability from 0 to 1, e.g. p=0.1")
         _require_float(x, "masking_noise")
         if g.mode != "train" or p == 0.0:
             return x
@@ -85,7 +85,7 @@ class GaussianNoise(RandomComposite):
 
     def expand(self, g, x, rng, salt, sigma):
         if sigma < 0:
-            raise SpecError(f"gaussian_noise sigma must be >= 0, got {sigma}", current_loc())
+            raise SpecError(f"gaussian_noise sigma must be >= 0, got {sigma}", current_loc(), hint="use a standard deviation of 0 or more, e.g. sigma=0.1")
         _require_float(x, "gaussian_noise")
         if g.mode != "train" or sigma == 0.0:
             return x
@@ -122,7 +122,7 @@ class Reparameterize(RandomComposite):
     def expand(self, g, mu, logvar, rng, salt):
         _require_float(mu, "reparameterize")
         if mu.type != logvar.type:
-            raise ShapeError(f"reparameterize needs mu and logvar of one type, got {mu.type} and {logvar.type}")
+            raise ShapeError(f"reparameterize needs mu and logvar of one type, got {mu.type} and {logvar.type}", hint="give mu and logvar one shape and dtype, e.g. two dense(h, Z) of the same h")
         eps = g.apply("normal", mu, *(rng or ()), salt=salt)
         return mu + g.apply("exp", logvar * g.const(np.asarray(0.5, dtype=mu.dtype))) * eps
 

@@ -142,7 +142,7 @@ def _emit_base_key(e, seed: str, step: str) -> str:
 
 def _scalar_int(t: TensorType, what: str):
     if t.dtype != "int64" or t.rank != 0:
-        raise ShapeError(f"{what} must be an int64 scalar, got {t}")
+        raise ShapeError(f"{what} must be an int64 scalar, got {t}", hint=f"pass {what} as an int64 scalar input (shape [], dtype int64)")
 
 
 @op("random_bits")
@@ -162,7 +162,7 @@ class RandomBits(OpDef):
         _scalar_int(step, "step")
         salts = attrs["salt"] if isinstance(attrs["salt"], tuple) else (attrs["salt"],)
         if not salts or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in salts):
-            raise ShapeError(f"salt must be an int or a tuple of them, got {attrs['salt']!r}")
+            raise ShapeError(f"salt must be an int or a tuple of them, got {attrs['salt']!r}", hint="write salt as an integer, e.g. salt=1")
         rows = (len(salts),) if isinstance(attrs["salt"], tuple) else ()
         return [TensorType("uint32", rows + tuple(like.shape))]
 
@@ -248,7 +248,7 @@ class RandomComposite(OpDef):
         n = len(self.inputs)
         if len(inputs) not in (n, n + 2):
             raise SpecError(f"{self.name}() takes {n} tensor argument(s) ({', '.join(self.inputs)}), got {len(inputs)}",
-                            current_loc())
+                            current_loc(), hint=f"usage: {self.usage()}")
         salt = attrs.pop("salt")
         if salt is None:
             salt = g.random_salt()
@@ -294,7 +294,7 @@ class Uniform(RandomComposite):
 
     def expand(self, g, like, rng, salt, low, high):
         if not low < high:
-            raise SpecError(f"uniform needs low < high, got low={low}, high={high}", current_loc())
+            raise SpecError(f"uniform needs low < high, got low={low}, high={high}", current_loc(), hint="give a low below high, e.g. low=0, high=1")
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         u = self.unit(g, like, rng, salt, dtype)
         if (low, high) != (0.0, 1.0):
@@ -328,7 +328,7 @@ class BoxMuller(OpDef):
 
     def infer(self, attrs, u1, u2):
         if not is_float(u1.dtype) or u1 != u2:
-            raise ShapeError(f"box_muller needs two float tensors of one type, got {u1} and {u2}")
+            raise ShapeError(f"box_muller needs two float tensors of one type, got {u1} and {u2}", hint="give two float tensors of one shape and dtype")
         return [u1]
 
     def emit(self, e, node, ins, outs):
@@ -358,7 +358,7 @@ class Normal(RandomComposite):
 
     def expand(self, g, like, rng, salt, mean, std):
         if not std >= 0:
-            raise SpecError(f"normal needs std >= 0, got {std}", current_loc())
+            raise SpecError(f"normal needs std >= 0, got {std}", current_loc(), hint="use a std of 0 or more, e.g. std=1")
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         work = normal_work_dtype(dtype)
         c = lambda v: g.const(np.asarray(v, dtype=work))  # noqa: E731
@@ -392,7 +392,7 @@ class Bernoulli(RandomComposite):
 
     def expand(self, g, like, rng, salt, p):
         if not 0.0 <= p <= 1.0:
-            raise SpecError(f"bernoulli needs a probability p in [0, 1], got {p}", current_loc())
+            raise SpecError(f"bernoulli needs a probability p in [0, 1], got {p}", current_loc(), hint="use a probability from 0 to 1, e.g. p=0.5")
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         hit = g.apply("lt", self.unit(g, like, rng, salt, dtype), g.const(np.asarray(p, dtype=dtype)))
         return g.cast(hit, dtype)
@@ -425,9 +425,9 @@ class Dropout(RandomComposite):
 
     def expand(self, g, x, rng, salt, rate):
         if not 0.0 <= rate <= 1.0:
-            raise SpecError(f"dropout rate must be in [0, 1], got {rate}", current_loc())
+            raise SpecError(f"dropout rate must be in [0, 1], got {rate}", current_loc(), hint="use a rate from 0 to 1, e.g. dropout(x, rate=0.5)")
         if not is_float(x.dtype):
-            raise ShapeError(f"dropout needs a float tensor, got {x.dtype}")
+            raise ShapeError(f"dropout needs a float tensor, got {x.dtype}", hint="cast it with cast(x, 'float32')")
         if g.mode != "train" or rate == 0.0:
             return x
         zero = g.const(np.asarray(0, dtype=x.dtype))

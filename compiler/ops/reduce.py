@@ -197,7 +197,7 @@ class ArgReduction(OpDef):
         if x.dtype == "bool":
             raise ShapeError(f"{self.name} needs numbers, got {x}", hint="cast it with cast(x, 'float32')", arg="x")
         if x.rank == 0:
-            raise ShapeError(f"{self.name} of a scalar: there is no axis to find an index along", arg="x")
+            raise ShapeError(f"{self.name} of a scalar: there is no axis to find an index along", arg="x", hint="give it a tensor of rank 1 or more")
         axis = normalize_axis(attrs["axis"], x.rank)
         refuse_empty(self.name, x, (axis,))
         return [TensorType("int64", reduced_shape(x.shape, (axis,), attrs["keepdims"]))]

@@ -92,7 +92,7 @@ class Scan(OpDef):
         b: Body = attrs["body"]
         init, seqs, nonseqs = self.split_inputs(attrs, list(types))
         if len(init) != len(b.carries) or len(seqs) != len(b.seqs) or len(nonseqs) != len(b.nonseqs):
-            raise ShapeError("scan inputs do not match its step's inputs")
+            raise ShapeError("scan inputs do not match its step's inputs", hint="give the block its inputs in order: the sequences' steps first, then the states")
         for t, v in zip(init, b.carries):
             if t.shape != v.shape or t.dtype != v.dtype:
                 raise ShapeError(f"initial state {t} does not match the step's state {v.type}",
@@ -100,16 +100,16 @@ class Scan(OpDef):
         T = attrs["length"]
         for t, v in zip(seqs, b.seqs):
             if t.rank != v.rank + 1 or tuple(t.shape[1:]) != tuple(v.shape):
-                raise ShapeError(f"sequence {t} does not match the step's slice {v.type}")
+                raise ShapeError(f"sequence {t} does not match the step's slice {v.type}", hint="each sequence is the block's input with a leading time axis, [T, ...]")
             if T is None:
                 T = t.shape[0]
             elif t.shape[0] != T:
-                raise ShapeError(f"sequences have different lengths {T} and {t.shape[0]}")
+                raise ShapeError(f"sequences have different lengths {T} and {t.shape[0]}", hint="give every sequence the same number of steps along axis 0")
         if T is None:
-            raise ShapeError("scan needs a sequence or a length")
+            raise ShapeError("scan needs a sequence or a length", hint="give scan a sequence to run over (over=...)")
         for v, n in zip(b.carries, b.new_carries):
             if v.type != n.type:
-                raise ShapeError(f"the step returns a state of type {n.type} for one of type {v.type}")
+                raise ShapeError(f"the step returns a state of type {n.type} for one of type {v.type}", hint="make the block return each state with the shape and dtype it takes")
         outs = []
         for flag, c in zip(self.stack_flags(attrs), b.new_carries):
             outs.append(TensorType(c.dtype, ((T,) + tuple(c.shape)) if flag else tuple(c.shape)))
@@ -404,7 +404,7 @@ class Shift(OpDef):
 
     def infer(self, attrs, x, first):
         if x.rank != first.rank + 1 or tuple(x.shape[1:]) != tuple(first.shape) or x.dtype != first.dtype:
-            raise ShapeError(f"shift: {first} is not one step of {x}")
+            raise ShapeError(f"shift: {first} is not one step of {x}", hint="give the first step the shape of one step of the sequence, x[0]")
         return [x]
 
     def emit(self, e, node, ins, outs):
@@ -447,7 +447,7 @@ class Arange(OpDef):
 
     def infer(self, attrs, n):
         if n.shape != () or n.dtype != "int64":
-            raise ShapeError(f"arange needs an int64 scalar, got {n}")
+            raise ShapeError(f"arange needs an int64 scalar, got {n}", hint="pass an int64 scalar, e.g. an input of shape [] and dtype int64")
         return [TensorType("int64", ("L",))]
 
     def emit(self, e, node, ins, outs):
@@ -469,7 +469,7 @@ class Positions(OpDef):
 
     def infer(self, attrs, x):
         if x.rank == 0:
-            raise ShapeError(f"positions() needs a tensor with an axis, got a scalar {x}", arg="x")
+            raise ShapeError(f"positions() needs a tensor with an axis, got a scalar {x}", arg="x", hint="give it a sequence of rank 1 or more, e.g. [T, N]")
         return [TensorType("int64", (x.shape[normalize_axis(attrs["axis"], x.rank)],))]
 
     def emit(self, e, node, ins, outs):
@@ -493,9 +493,9 @@ class StepMask(OpDef):
     def infer(self, attrs, x):
         keep = attrs["keep"]
         if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 0:
-            raise ShapeError(f"step_mask needs a non-negative integer keep, got {keep!r}", arg="keep")
+            raise ShapeError(f"step_mask needs a non-negative integer keep, got {keep!r}", arg="keep", hint="write keep as a whole number of 0 or more")
         if x.rank == 0:
-            raise ShapeError(f"step_mask needs a tensor with steps along axis 0, got a scalar {x}", arg="x")
+            raise ShapeError(f"step_mask needs a tensor with steps along axis 0, got a scalar {x}", arg="x", hint="give it a sequence [T, ...] of rank 1 or more")
         return [TensorType(attrs["dtype"], (x.shape[0],))]
 
     def emit(self, e, node, ins, outs):

@@ -21,7 +21,7 @@ class TopK(OpDef):
         axis = normalize_axis(attrs["axis"], x.rank)
         k = int(attrs["k"])
         if isinstance(x.shape[axis], int) and k > x.shape[axis]:
-            raise ShapeError(f"topk k={k} is larger than the axis ({x.shape[axis]})")
+            raise ShapeError(f"topk k={k} is larger than the axis ({x.shape[axis]})", hint=f"use a k of at most {x.shape[axis]}")
         shape = tuple(k if i == axis else d for i, d in enumerate(x.shape))
         return [TensorType(x.dtype, shape), TensorType("int64", shape)]
 
@@ -51,10 +51,10 @@ class DivMod(OpDef):
 
     def infer(self, attrs, x):
         if x.dtype not in ("int64", "int32"):
-            raise ShapeError(f"divmod needs integers, got {x.dtype}")
+            raise ShapeError(f"divmod needs integers, got {x.dtype}", hint="give it an int64 or int32 tensor; cast floats with cast(x, 'int64')")
         d = attrs["d"]
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-            raise ShapeError(f"divmod needs a positive integer d, got {d!r}", arg="d")
+            raise ShapeError(f"divmod needs a positive integer d, got {d!r}", arg="d", hint="write d as a whole number of 1 or more")
         return [x, x]
 
     def emit(self, e, node, ins, outs):

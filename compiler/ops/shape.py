@@ -14,9 +14,9 @@ def resolve_reshape(in_shape, target) -> tuple:
     target = tuple(target)
     flag = next((d for d in target if isinstance(d, (bool, np.bool_))), None)
     if flag is not None:  # True is 1 to Python, but no size: it reached ONNX as a boolean dim
-        raise ShapeError(f"reshape target {fmt_shape(target)} holds the boolean {flag}, not a size", arg="shape")
+        raise ShapeError(f"reshape target {fmt_shape(target)} holds the boolean {flag}, not a size", arg="shape", hint="write sizes as integers, e.g. reshape(x, [1, 6])")
     if sum(1 for d in target if d == -1) > 1:
-        raise ShapeError(f"reshape target {fmt_shape(target)} has more than one -1")
+        raise ShapeError(f"reshape target {fmt_shape(target)} has more than one -1", hint="use -1 for at most one dim; write the others out")
     known = 1
     for d in target:
         if d != -1:
@@ -25,10 +25,11 @@ def resolve_reshape(in_shape, target) -> tuple:
     if -1 in target:
         rest = dim_div(total, known)
         if rest is None:
-            raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} to {fmt_shape(target)}", arg="shape")
+            raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} to {fmt_shape(target)}", arg="shape", hint=f"the target's fixed sizes multiply to {known}, which must divide the input's size {total}; "
+                             "keep a symbolic dim such as N whole and reshape only the fixed ones")
         return tuple(rest if d == -1 else d for d in target)
     if known != total:
-        raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} ({total} elements) to {fmt_shape(target)} ({known})", arg="shape")
+        raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} ({total} elements) to {fmt_shape(target)} ({known})", arg="shape", hint=f"the target must hold {total} elements; use -1 for one dim to have it computed")
     return target
 
 
@@ -44,9 +45,9 @@ def reshape_code(in_shape, out_shape) -> list[int]:
         else:
             code.append(-1)
     if code.count(-1) > 1:
-        raise ShapeError(f"cannot express reshape {fmt_shape(in_shape)} -> {fmt_shape(out_shape)} with one unknown dim")
+        raise ShapeError(f"cannot express reshape {fmt_shape(in_shape)} -> {fmt_shape(out_shape)} with one unknown dim", hint="write all but one of the target's sizes as numbers or declared dims")
     if 0 in out_shape:
-        raise ShapeError("reshape to an empty dim is not supported")
+        raise ShapeError("reshape to an empty dim is not supported", hint="give every dim of the target a size of 1 or more")
     return code
 
 
@@ -88,7 +89,7 @@ class Flatten(OpDef):
     def expand(self, g, x, axis):
         # axis in [-rank, rank], as ONNX Flatten: -1 leaves the last dim as the columns
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -x.rank <= axis <= x.rank:
-            raise ShapeError(f"flatten axis must be an integer from {-x.rank} to {x.rank}, got {axis!r}", arg="axis")
+            raise ShapeError(f"flatten axis must be an integer from {-x.rank} to {x.rank}, got {axis!r}", arg="axis", hint=f"use an axis from {-x.rank} to {x.rank}, e.g. flatten(x, axis=1)")
         axis = int(axis) + x.rank if axis < 0 else int(axis)
         rows, cols = numel(x.shape[:axis]), numel(x.shape[axis:])
         return g.apply("reshape", x, shape=(rows, cols))
@@ -113,7 +114,7 @@ class Transpose(OpDef):
     def perm(self, attrs, rank):
         perm = tuple(range(rank))[::-1] if attrs["perm"] is None else tuple(normalize_axis(p, rank) for p in attrs["perm"])
         if sorted(perm) != list(range(rank)):
-            raise ShapeError(f"perm {attrs['perm']} is not a permutation of the {rank} axes")
+            raise ShapeError(f"perm {attrs['perm']} is not a permutation of the {rank} axes", hint=f"list each axis from 0 to {rank - 1} once, e.g. perm={list(range(rank))[::-1]}")
         return perm
 
     def infer(self, attrs, x):
