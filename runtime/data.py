@@ -51,7 +51,7 @@ def _sklearn_data_file(name: str) -> str:
         raise DataError("the digits dataset needs scikit-learn installed", hint="pip install scikit-learn")
     path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
     if not os.path.exists(path):
-        raise DataError(f"scikit-learn's bundled file {name} is missing at {path}")
+        raise DataError(f"scikit-learn's bundled file {name} is missing at {path}", hint="reinstall scikit-learn (pip install --force-reinstall scikit-learn), or train on your own .npz")
     return path
 
 
@@ -70,7 +70,7 @@ def load_digits(images: bool = False, labelled: int | None = None) -> Dataset:
                  {"classes": [str(i) for i in range(10)]})
     if labelled is not None:
         if isinstance(labelled, bool) or not isinstance(labelled, int) or not 1 <= labelled <= len(y):
-            raise DataError(f"digits option labelled must be an integer in [1, {len(y)}], got {labelled!r}")
+            raise DataError(f"digits option labelled must be an integer in [1, {len(y)}], got {labelled!r}", hint=f"write e.g. labelled: 100, a whole number from 1 to {len(y)}")
         ds.meta["labelled"] = labelled
         ds = mark_labelled(ds, labelled)
     return ds
@@ -141,14 +141,14 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
     """A user's .npz, refusing pickled object arrays. `inputs` (the spec's input
     declarations) lets an error about one array point at its declaration."""
     if not os.path.exists(path):
-        raise DataError(f"data file {path!r} does not exist", loc)
+        raise DataError(f"data file {path!r} does not exist", loc, hint="check the path; a relative path in a spec starts at the spec's folder, one given with --data at the working directory")
     if os.path.isdir(path):
         raise DataError(f"data file {path!r} is a directory", loc, "pass an .npz file written by numpy.savez")
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
     except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror})", loc) from None
+        raise DataError(f"{path}: cannot read it ({e.strerror})", loc, hint="check the file's permissions") from None
     if magic.startswith(b"\x93NUMPY"):
         raise DataError(f"{path}: is a single .npy array, not an .npz archive of named arrays", loc,
                         "write it with numpy.savez(path, x=..., y=...), one array per input")
@@ -184,7 +184,7 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
         raise DataError(f"{path}: an array claims more memory than this machine has", loc,
                         "the file is damaged, or not an .npz written by numpy.savez") from None
     if not arrays:
-        raise DataError(f"{path}: contains no arrays", loc)
+        raise DataError(f"{path}: contains no arrays", loc, hint="save the arrays by name, e.g. numpy.savez(path, x=x, y=y)")
     return Dataset(arrays, os.path.basename(path))
 
 
@@ -205,21 +205,21 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
                             did_you_mean(name, ds.arrays) or f"the file has: {', '.join(ds.arrays) or 'nothing'}")
         a = ds.arrays[name]
         if a.ndim != len(decl.shape):
-            raise DataError(f"{where}: array {name!r} has rank {a.ndim} {list(a.shape)}, the spec declares {decl.shape}", decl.loc)
+            raise DataError(f"{where}: array {name!r} has rank {a.ndim} {list(a.shape)}, the spec declares {decl.shape}", decl.loc, hint=f"reshape the array to rank {len(decl.shape)} before saving it, or change the input's shape in the spec")
         for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
             if isinstance(want, int) and got != want:
-                raise DataError(f"{where}: array {name!r} has size {got} in dim {i}, the spec declares {want}", decl.loc)
+                raise DataError(f"{where}: array {name!r} has size {got} in dim {i}, the spec declares {want}", decl.loc, hint=f"save the array with {want} in dim {i}, or declare that dim as {got} (or as a symbolic dim such as N)")
         want_float = decl.dtype.startswith("float")
         if want_float and a.dtype.kind not in "fiub":
-            raise DataError(f"{where}: array {name!r} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc)
+            raise DataError(f"{where}: array {name!r} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc, hint=f"save it as numbers, e.g. x.astype('{decl.dtype}')")
         if not want_float and a.dtype.kind not in "iub":
             raise DataError(f"{where}: array {name!r} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc,
                             "labels and ids must be integers")
         if a.size == 0:
-            raise DataError(f"{where}: array {name!r} is empty", decl.loc)
+            raise DataError(f"{where}: array {name!r} is empty", decl.loc, hint="save at least one example in the array")
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             bad = int(np.argwhere(~np.isfinite(a))[0][0]) if a.ndim else 0
-            raise DataError(f"{where}: array {name!r} has NaN or inf values (first at example {bad})", decl.loc)
+            raise DataError(f"{where}: array {name!r} has NaN or inf values (first at example {bad})", decl.loc, hint="replace or drop those examples before saving the .npz, e.g. with numpy.nan_to_num or a mask of numpy.isfinite")
         if not want_float and a.dtype.kind == "i" and a.size and a.min() < 0:
             bad = int(np.argwhere(a < 0)[0][0]) if a.ndim else 0
             raise DataError(f"{where}: array {name!r} has negative values (first at example {bad})", decl.loc,
@@ -236,7 +236,7 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
                 first = sizes.setdefault(want, (got, name))
                 if first[0] != got:
                     raise DataError(f"{where}: array {name!r} has size {got} in dim {i} ({want}), but array "
-                                    f"{first[1]!r} has {want} = {first[0]}", decl.loc)
+                                    f"{first[1]!r} has {want} = {first[0]}", decl.loc, hint=f"arrays that share the dim {want} must have the same size in it: one example per row of each")
         if a.ndim:
             lengths[name] = len(a)
     if len(set(lengths.values())) > 1:

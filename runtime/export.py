@@ -99,7 +99,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
 
             atomic_write(output, model.SerializeToString(), hint="free some space, or pick another path with -o")
     except OSError as e:
-        raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
+        raise ExportError(f"cannot write {output}: {e.strerror or e}", hint="check that the folder exists and is writable, or pick another path with -o") from None
     if external:  # onnx checks a model this large from its files
         try:
             _check_exported(output, ckpt, graph_path)
@@ -152,9 +152,9 @@ def load_model_safely(path: str) -> onnx.ModelProto:
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:
-        raise ExportError(f"{path} is not a valid ONNX model ({type(e).__name__})") from None
+        raise ExportError(f"{path} is not a valid ONNX model ({type(e).__name__})", hint="give the .onnx file that `flowgrad export` wrote") from None
     if not model.graph.node and not model.graph.output:
-        raise ExportError(f"{path} is not an ONNX model: it holds no graph")
+        raise ExportError(f"{path} is not an ONNX model: it holds no graph", hint="give the .onnx file that `flowgrad export` wrote")
     base = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
     for t in external:
@@ -176,7 +176,7 @@ def load_model_safely(path: str) -> onnx.ModelProto:
         try:
             load_external_data_for_model(model, base)
         except Exception as e:  # a short file, a bad offset or length
-            raise ExportError(f"{path}: cannot read its external data ({e})") from None
+            raise ExportError(f"{path}: cannot read its external data ({e})", hint="keep the .onnx file and its external data file side by side, as `flowgrad export` wrote them") from None
     return model
 
 
@@ -214,7 +214,7 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     try:
         sess = make_session(model, device, threads)
     except ORT_ERRORS as e:
-        raise ExportError(f"{model_path}: onnxruntime cannot run this model ({_ort_message(e)})") from None
+        raise ExportError(f"{model_path}: onnxruntime cannot run this model ({_ort_message(e)})", hint="export the model again with this flowgrad, or run it with --device cpu") from None
     wanted = {i.name: i for i in sess.get_inputs()}
     missing = [n for n in wanted if n not in feeds]
     if missing:
@@ -257,7 +257,7 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     try:
         outs = sess.run(None, fixed)
     except ORT_ERRORS as e:
-        raise DataError(f"onnxruntime cannot run {model_path} on these inputs ({_ort_message(e)})") from None
+        raise DataError(f"onnxruntime cannot run {model_path} on these inputs ({_ort_message(e)})", hint="check the inputs' shapes and dtypes against the model's inputs (`flowgrad predict` names them)") from None
     return dict(zip([o.name for o in sess.get_outputs()], outs))
 
 
@@ -274,7 +274,7 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
             ids, n = feeds[name], len(meta[key])
             if ids.min() < 0 or ids.max() >= n:
                 raise DataError(f"input {name!r} holds token ids from {ids.min()} to {ids.max()}, "
-                                f"but the vocabulary has {n} tokens (0 to {n - 1})")
+                                f"but the vocabulary has {n} tokens (0 to {n - 1})", hint=f"map the text to ids with the model's own vocabulary, 0 to {n - 1}")
     if "src_len" in feeds and "src" in feeds and feeds["src_len"].size:
         width, lengths = feeds["src"].shape[-1], feeds["src_len"]
         if lengths.min() < 1 or lengths.max() > width:

@@ -40,7 +40,7 @@ def read_history(run_dir: str) -> list[dict]:
         with open(path, encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is unreadable ({e})") from None
+        raise DataError(f"{path} is unreadable ({e})", hint="check that the file is a run's metrics log written by `flowgrad train`, and readable") from None
     history = []
     for i, line in enumerate(lines):
         try:
@@ -70,7 +70,7 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
                 if name and name not in measures:
                     measures.append(name)
     if not measures:
-        raise DataError("the runs recorded no metrics yet")
+        raise DataError("the runs recorded no metrics yet", hint="train the runs for at least one epoch first (flowgrad train)")
     fig, axes = plt.subplots(1, len(measures), figsize=(5 * len(measures), 4), squeeze=False)
     for ax, measure in zip(axes[0], measures):
         for (run, hist), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):

@@ -123,14 +123,14 @@ def _image_output(runner: InferRunner, outs: dict, prefer: tuple) -> str:
 def _check_count_and_seed(count: int, seed: int) -> None:
     if not 1 <= count <= MAX_SAMPLES or not -2**63 <= seed < 2**63:
         raise DataError(f"count must be between 1 and {MAX_SAMPLES:,} and the seed fit in 64 bits, "
-                        f"got count {count} and seed {seed}")
+                        f"got count {count} and seed {seed}", hint=f"use --count from 1 to {MAX_SAMPLES:,} and a --seed that fits in 64 bits")
 
 
 def generate(run_dir: str, count: int = 64, seed: int = 0, checkpoint: str = "best") -> Samples:
     runner = InferRunner(run_dir, checkpoint)
     name = runner.count_input()
     if name is None:
-        raise DataError(f"{run_dir} is not a generator: its inference graph has no integer count input")
+        raise DataError(f"{run_dir} is not a generator: its inference graph has no integer count input", hint="give a run whose spec generates samples from a count input, e.g. a VAE or GAN decoder")
     _check_count_and_seed(count, seed)
     outs = runner({name: count, "seed": seed})
     key = _image_output(runner, outs, ("samples",))
@@ -191,7 +191,7 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> n
 
         ds = D.load_npz(beside_spec(spec, source["path"]))
     else:
-        raise DataError("the run's spec names no data to reconstruct")
+        raise DataError("the run's spec names no data to reconstruct", hint="train the run with data (train.data in the spec, or --data) so its examples can be reconstructed")
     valid = source.get("valid")
     if isinstance(valid, str):
         ds = D.load_npz(valid)
@@ -201,7 +201,7 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> n
         # the arrays training counted and split (the spec's inputs), the split it made
         _, ds = split_like_training(D.only(ds, list(spec.inputs)), spec, float(valid), run_seed)
     if name not in ds.arrays:
-        raise DataError(f"the run's data has no array {name!r}")
+        raise DataError(f"the run's data has no array {name!r}", hint=f"the run's data has: {', '.join(ds.arrays)}")
     x = ds.arrays[name]
     idx = np.sort(np.random.default_rng([seed, 4242]).permutation(len(x))[:count])
     return x[idx]
@@ -215,7 +215,7 @@ def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = 
     runner = InferRunner(run_dir, checkpoint)
     inp = runner.float_input()
     if inp is None:
-        raise DataError(f"{run_dir}: its inference graph takes no float data to reconstruct")
+        raise DataError(f"{run_dir}: its inference graph takes no float data to reconstruct", hint="give a run whose model takes a float input to reconstruct, e.g. an autoencoder")
     spec = load_spec(os.path.join(run_dir, "spec.yaml"))
     noise = noise or spec_noise(spec) or ("masking_noise", 0.25)
     x = held_out_examples(spec, run_dir, inp["name"], count, seed).astype(inp["dtype"])

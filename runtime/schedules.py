@@ -16,7 +16,7 @@ def lr_schedule(base_lr: float, cfg: dict | None, total_steps: int, steps_per_ep
         (kind, args), = cfg.items()
         args = args or {}
     else:
-        raise SpecError(f"lr_schedule takes one schedule, got {', '.join(cfg)}")
+        raise SpecError(f"lr_schedule takes one schedule, got {', '.join(cfg)}", hint="keep one of constant, step, exponential and cosine (warmup may go with it)")
 
     def base(step: int) -> float:
         if kind == "constant":

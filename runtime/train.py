@@ -317,7 +317,7 @@ def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
-        raise FlowgradError(f"cannot create the run directory {run_dir}: {e.strerror}") from None
+        raise FlowgradError(f"cannot create the run directory {run_dir}: {e.strerror}", hint="check that the parent folder exists and is writable, or pick another with --run-dir") from None
     if not os.access(run_dir, os.W_OK):
         raise FlowgradError(f"the run directory {run_dir} is not writable", hint="pick another with --run-dir")
     return run_dir
@@ -784,7 +784,7 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> tuple[dict, dict]
             state[k] = source[k].astype(state[k].dtype)
             taken.append(k)
     if not taken:
-        raise DataError(f"--init-from {run_dir}: no parameter matches this spec by name and shape")
+        raise DataError(f"--init-from {run_dir}: no parameter matches this spec by name and shape", hint="give --init-from a run of a spec with the same parameter names and shapes")
     return state, {"from": os.path.abspath(run_dir), "taken": taken, "kept": kept}
 
 
