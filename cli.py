@@ -450,7 +450,7 @@ def gradcheck(
         if not tolerance < float("inf"):  # NaN passes typer's min= check
             from spec.errors import FlowgradError
 
-            raise FlowgradError(f"--tolerance must be a finite number, got {tolerance}")
+            raise FlowgradError(f"--tolerance must be a finite number, got {tolerance}", hint="give a finite positive number, e.g. --tolerance 1e-4")
         s = _load(spec, set)
         report = gradcheck_spec(s, seed)
     table = Table(title=f"{s.name}: gradient check (float64, central differences)", title_justify="left")
