@@ -87,7 +87,8 @@ def _check_config(spec: S.Spec):
     token_input, logits_name = cfg["input"], cfg["logits"]
     if token_input not in spec.inputs:
         raise SpecError(f"generate.input {token_input!r} is not an input", spec.locate("generate", "input"),
-                        did_you_mean(token_input, spec.inputs))
+                        did_you_mean(token_input, spec.inputs)
+                        or f"name the int input of the tokens: {', '.join(spec.inputs) or 'the spec has no inputs'}")
     # keys of the other kind of decoding were read by neither (temperature of a beam search, beams of a sampler)
     seq2seq = "bos" in cfg
     for key in ("temperature",) if seq2seq else ("eos", "pad", "beam_width", "length_penalty"):
@@ -103,7 +104,8 @@ def _check_config(spec: S.Spec):
                         f"declare it as inputs: {{{token_input}: {{shape: [N, T], dtype: int64}}}}")
     if logits_name not in {t for a in spec.graph for t in a.targets}:
         raise SpecError(f"generate.logits {logits_name!r} is not a graph node", spec.locate("generate", "logits"),
-                        did_you_mean(logits_name, [t for a in spec.graph for t in a.targets]))
+                        did_you_mean(logits_name, [t for a in spec.graph for t in a.targets])
+                        or "name the graph entry that scores the vocabulary, [N, T, vocab]")
     return token_input, logits_name, decl
 
 

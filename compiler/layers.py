@@ -156,7 +156,8 @@ class Conv2d(Layer):
         if not isinstance(x, Value) or x.rank != 4:
             got = x.type if isinstance(x, Value) else repr(x)
             raise ShapeError(f"conv2d() needs an NCHW input of rank 4, got {got}", e.kwarg_locs.get("x") or (e.args[0].loc if e.args else e.loc),
-                             "reshape it to [N, C, H, W] first" if isinstance(x, Value) else None)
+                             "reshape it to [N, C, H, W] first" if isinstance(x, Value)
+                             else f"pass a tensor [N, C, H, W] as the first argument; usage: {self.usage}")
         channels = _int_arg(a["channels"], "channels", e.loc)
         kernel = _pair(a["kernel"])
         if len(kernel) != 2 or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in kernel):

@@ -370,7 +370,8 @@ def _lower_scan(low, e: S.Call):
     for v, what in [(x, "over") for x in over] + [(x, "init") for x in init]:
         if not isinstance(v, Value):
             raise SpecError(f"scan() {what} must be tensors, got {v!r}", e.kwarg_locs.get(what, e.loc),
-                            hint="pass graph values or inputs, e.g. init=[zeros(N, H)]")
+                            hint="pass graph values or inputs, e.g. over=[xs] for the sequences, "
+                            "init=[zeros(N, H)] for the states")
     for x in over:
         if x.rank < 2:
             raise SpecError(f"scan() over= needs tensors with a batch and a time axis, got {x.type}",
@@ -739,7 +740,7 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
             raise SpecError(f"act= is for rnn; {cell} has its own gate activations", where("act"), "leave it out")
         if a["act"] not in RNN_ACTS:
             raise SpecError(f"act must be one of {', '.join(RNN_ACTS)}, got {a['act']!r}", where("act"),
-                            did_you_mean(str(a["act"]), RNN_ACTS))
+                            did_you_mean(str(a["act"]), RNN_ACTS) or f"write e.g. act={RNN_ACTS[0]}")
     lengths = a.get("lengths")
     if lengths is not None and (not isinstance(lengths, Value) or lengths.rank != 1):
         raise SpecError(f"lengths must be a vector [N] of sequence lengths, got {getattr(lengths, 'type', lengths)}",
@@ -780,7 +781,7 @@ class Bidirectional(Layer):
         cell = a["cell"]
         if cell not in CELLS:
             raise SpecError(f"bidirectional() needs a cell (rnn, lstm or gru), got {cell!r}", e.args[0].loc if e.args else e.loc,
-                            did_you_mean(str(cell), CELLS))
+                            did_you_mean(str(cell), CELLS) or "write e.g. bidirectional(lstm, x, H)")
         merge = a.pop("merge", "concat")
         if merge not in ("concat", "sum"):
             raise SpecError(f"merge must be concat or sum, got {merge!r}", e.kwarg_locs.get("merge", e.loc),

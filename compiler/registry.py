@@ -166,7 +166,8 @@ def get_op(name: str) -> OpDef:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise SpecError(f"unknown op {name!r}", current_loc(), did_you_mean(name, REGISTRY)) from None
+        raise SpecError(f"unknown op {name!r}", current_loc(),
+                        did_you_mean(name, REGISTRY) or "`flowgrad ops` lists the ops") from None
 
 
 def all_ops() -> dict[str, OpDef]:

@@ -627,7 +627,8 @@ def check_count(name: str, value, least: int = 1, has_default: bool = True) -> N
         return
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
         raise FlowgradError(f"--{name.replace('_', '-')} must be an integer of at least {least}, got {value!r}",
-                            hint=f"leave {name} out for the default" if has_default else None)
+                            hint=f"leave {name} out for the default" if has_default
+                            else f"give {name} a whole number of at least {least}")
 
 
 def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int:

@@ -451,7 +451,7 @@ def _required_hint(path, key) -> str | None:
         "in": "e.g. in: [x_t, h]",
         "out": "e.g. out: [h2]",
     }
-    return examples.get(key)
+    return examples.get(key) or f"add {key}: under {_where(path)} (docs/schema.md says what it takes)"
 
 
 def _check_version(tree: LocMap, file: str) -> None:
