@@ -62,6 +62,7 @@ def test_corpus_is_complete():
         exp = expectations(path)
         assert len(exp) == 1, f"{path.name}: one '# expect:' line per file"
         assert LOC.match(exp[0][0]), f"{path.name}: the expectation starts with LINE:COL"
+        assert exp[0][1].strip(), f"{path.name}: the expectation records the hint after ' | '"
     assert CAUGHT_AT_LOAD <= {p.name for p in COMPILE}
 
 
@@ -75,8 +76,8 @@ def test_compile_error(path):
         assert stage != "load", f"the schema caught it, not the compiler: {err}"
     report = str(err)
     assert f"{path}:{where_message}" in report, report
-    if hint:
-        assert hint in report, report
+    assert err.hint and err.hint.strip(), f"no hint: {report}"
+    assert hint in report, report
     assert "Traceback" not in report
 
 
@@ -108,5 +109,4 @@ def test_cli_check_reports_the_error(path):
     if path in COMPILE:
         (where_message, hint), = exp
         assert LOC.sub("", where_message) in first, result.output
-        if hint:
-            assert hint in result.output
+        assert hint in result.output, result.output

@@ -638,14 +638,17 @@ BAD = sorted((HERE / "bad_specs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", BAD, ids=[p.name for p in BAD])
 def test_bad_specs(path):
-    """Each file starts with '# expect: LINE:COL: message | hint' lines, one per reported error."""
+    """Each file starts with '# expect: LINE:COL: message | hint' lines, one per reported error;
+    every error carries a hint, and the file records it."""
     expected = [line[len("# expect: "):] for line in path.read_text().splitlines() if line.startswith("# expect: ")]
     assert expected
     with pytest.raises(SpecError) as info:
         load_spec(str(path))
     report = str(info.value)
+    for err in getattr(info.value, "errors", [info.value]):
+        assert err.hint and err.hint.strip(), f"no hint: {err}"
     for want in expected:
         where_message, _, hint = want.partition(" | ")
+        assert hint.strip(), f"{path.name}: record the hint after ' | ' in: {want}"
         assert f"{path}:{where_message}" in report or where_message in report, report
-        if hint:
-            assert hint in report, report
+        assert hint in report, report
