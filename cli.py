@@ -121,7 +121,7 @@ def _load(path: str, overrides):
 def _check_dtype(dtype):
     from compiler.training import check_dtype
 
-    check_dtype(dtype)
+    check_dtype(dtype, "--dtype")
 
 
 @app.command()

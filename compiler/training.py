@@ -234,11 +234,12 @@ def _matches(name: str, globs: list[str]) -> bool:
 COMPILE_FLOAT_TYPES = ("float32", "float64", "float16")  # what --dtype (and train.dtype) takes
 
 
-def check_dtype(dtype: str | None) -> None:
-    """A float type given through the API, checked as --dtype is (bfloat16 failed in the first
-    step with onnxruntime's message, an int8 with a shape error at the spec's first product)."""
+def check_dtype(dtype: str | None, name: str = "dtype") -> None:
+    """A float type given through the API (or, named "--dtype", the CLI), checked as --dtype is
+    (bfloat16 failed in the first step with onnxruntime's message, an int8 with a shape error at
+    the spec's first product). The message names the keyword or flag the user wrote."""
     if dtype is not None and dtype not in COMPILE_FLOAT_TYPES:
-        raise SpecError(f"unknown --dtype {dtype!r}", hint="choose float32, float64 or float16")
+        raise SpecError(f"unknown {name} {dtype!r}", hint="choose float32, float64 or float16")
 
 
 # -------------------------------------------------------------------- objectives

@@ -618,15 +618,16 @@ def _check_counts(opts: TrainOptions) -> None:
         check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
     check_dtype(opts.dtype)
     if opts.seed is not None and opts.seed > MAX_SEED:  # the graphs' seed input is an int64
-        raise FlowgradError(f"--seed must be at most 2**63 - 1, got {opts.seed}", hint="use a smaller seed")
+        raise FlowgradError(f"seed must be at most 2**63 - 1, got {opts.seed}", hint="use a smaller seed")
 
 
 def check_count(name: str, value, least: int = 1, has_default: bool = True) -> None:
-    """An option given through the API (None: unset) bounded as its CLI flag is."""
+    """An option given through the API (None: unset) bounded as its CLI flag is. The message
+    names the keyword as the caller wrote it (typer bounds the CLI's flags before this)."""
     if value is None:
         return
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
-        raise FlowgradError(f"--{name.replace('_', '-')} must be an integer of at least {least}, got {value!r}",
+        raise FlowgradError(f"{name} must be an integer of at least {least}, got {value!r}",
                             hint=f"leave {name} out for the default" if has_default
                             else f"give {name} a whole number of at least {least}")
 

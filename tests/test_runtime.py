@@ -117,7 +117,8 @@ def test_resume_keeps_the_seed_the_run_was_trained_with(tmp_path):
 def test_api_options_are_bounded_like_the_cli_flags(tmp_path, option):
     """train(spec, epochs=0) trained the spec's 40 epochs, epochs=-1 or batch_size=-5 trained
     nothing and reported "finished"; each is refused like its CLI flag, before any run file."""
-    with pytest.raises(FlowgradError, match="must be an integer of at least"):
+    name = next(iter(option))  # named as the caller wrote it: train(epochs=0) said "--epochs"
+    with pytest.raises(FlowgradError, match=f"^{name} must be an integer of at least"):
         train(load(MLP, SMALL), run_dir=str(tmp_path / "run"), device="cpu", **option)
     assert not (tmp_path / "run").exists()
 
@@ -128,9 +129,9 @@ def test_api_dtype_is_checked_like_the_cli_flag(tmp_path, dtype):
     run (a RuntimeError of onnxruntime's); an int8 failed with a shape error at the spec's line."""
     from runtime.api import compile
 
-    with pytest.raises(FlowgradError, match=f"unknown --dtype '{dtype}'"):
+    with pytest.raises(FlowgradError, match=f"^unknown dtype '{dtype}'"):  # the keyword, not the CLI's --dtype
         compile(load(MLP, SMALL), dtype=dtype)
-    with pytest.raises(FlowgradError, match=f"unknown --dtype '{dtype}'"):
+    with pytest.raises(FlowgradError, match=f"^unknown dtype '{dtype}'"):
         train(load(MLP, SMALL), run_dir=str(tmp_path / "run"), device="cpu", dtype=dtype)
     assert not (tmp_path / "run").exists()
 
@@ -143,7 +144,7 @@ def test_api_evaluation_batch_size_is_bounded(tmp_path):
     x = np.random.default_rng(0).random((8, 64), dtype=np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(8) % 10)
     for bad in (0, -1):
-        with pytest.raises(FlowgradError, match="--batch-size must be an integer of at least 1"):
+        with pytest.raises(FlowgradError, match="^batch_size must be an integer of at least 1"):
             evaluate_run(str(tmp_path / "run"), str(tmp_path / "d.npz"), device="cpu", batch_size=bad)
     assert set(evaluate_run(str(tmp_path / "run"), str(tmp_path / "d.npz"), device="cpu")) == {"loss", "accuracy"}
 
@@ -162,7 +163,7 @@ def test_api_export_and_predict_check_their_options_like_the_cli(tmp_path):
     with pytest.raises(FlowgradError, match="unknown device 'tpu'"):
         predict(str(tmp_path / "m.onnx"), x, device="tpu")
     for bad in (0, -1, 1.5):
-        with pytest.raises(FlowgradError, match="--threads must be an integer of at least 1"):
+        with pytest.raises(FlowgradError, match="^threads must be an integer of at least 1"):
             predict(str(tmp_path / "m.onnx"), x, threads=bad)
     assert predict(str(tmp_path / "m.onnx"), x, threads=1)["probs"].shape == (2, 10)
 
