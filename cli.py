@@ -245,7 +245,7 @@ def ops(
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cuda or cpu.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).", min=1,
-                                                   max=1024)]
+                                                   max=1024)]  # runtime.train's MAX_THREADS
 CudaGraphsOpt = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
                                              help="On CUDA, capture training steps as CUDA graphs and replay them.")]
 

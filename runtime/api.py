@@ -18,7 +18,7 @@ from . import data as D
 from .checkpoint import load_checkpoint
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .train import TrainOptions, TrainResult, batches, check_count, held_out_test, input_dtypes, needed_inputs
+from .train import MAX_THREADS, TrainOptions, TrainResult, batches, check_count, held_out_test, input_dtypes, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
 
@@ -74,7 +74,7 @@ def evaluate_run(run_dir: str, data: str | None = None, checkpoint: str = "best"
     if checkpoint not in ("best", "last"):
         raise FlowgradError(f"unknown checkpoint {checkpoint!r}", hint="choose best or last")
     check_count("batch_size", batch_size)
-    check_count("threads", threads)
+    check_count("threads", threads, most=MAX_THREADS)
     cm = compile_spec(spec, info.get("dtype"))  # the float type the run trained in
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
     if not os.path.exists(ckpt):  # a run stopped before its first epoch ended has no best yet

@@ -206,10 +206,10 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     """Run an exported model: {input name: array} in, {output name: array} out. Unlike
     `flowgrad predict` (auto), it runs on the CPU unless `device` says cuda or auto."""
     from .session import ORT_ERRORS, make_session, pick_device
-    from .train import check_count
+    from .train import MAX_THREADS, check_count
 
     device = pick_device(device)  # (an unknown device, or "auto", ran on the CPU)
-    check_count("threads", threads)
+    check_count("threads", threads, most=MAX_THREADS)
     model = load_model_safely(model_path)
     try:
         sess = make_session(model, device, threads)

@@ -32,6 +32,8 @@ CHECKPOINT = "checkpoint.npz"
 MAX_OVERFLOWS = 25
 # The graphs take the seed as an int64 input.
 MAX_SEED = 2**63 - 1
+# onnxruntime's intra-op threads, as --threads bounds them (threads=2000 took minutes to start a session)
+MAX_THREADS = 1024
 BEST = "best.npz"
 # The best checkpoint that a record of part of an epoch (a step limit's stop) replaced: a resume
 # with a larger limit redoes that record, and the best goes back to what it was before it.
@@ -613,15 +615,16 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
 def _check_counts(opts: TrainOptions) -> None:
     """The options the CLI bounds, bounded the same way when they come through the API (an
     epochs=0 trained the spec's epochs, a negative batch size or epoch count trained nothing)."""
-    for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("threads", 1), ("seed", 0),
+    for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("seed", 0),
                         ("checkpoint_every", 0), ("accumulate", 1), ("steps_per_call", 1)):
         check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
+    check_count("threads", opts.threads, most=MAX_THREADS)
     check_dtype(opts.dtype)
     if opts.seed is not None and opts.seed > MAX_SEED:  # the graphs' seed input is an int64
         raise FlowgradError(f"seed must be at most 2**63 - 1, got {opts.seed}", hint="use a smaller seed")
 
 
-def check_count(name: str, value, least: int = 1, has_default: bool = True) -> None:
+def check_count(name: str, value, least: int = 1, has_default: bool = True, most: int | None = None) -> None:
     """An option given through the API (None: unset) bounded as its CLI flag is. The message
     names the keyword as the caller wrote it (typer bounds the CLI's flags before this)."""
     if value is None:
@@ -630,6 +633,10 @@ def check_count(name: str, value, least: int = 1, has_default: bool = True) -> N
         raise FlowgradError(f"{name} must be an integer of at least {least}, got {value!r}",
                             hint=f"leave {name} out for the default" if has_default
                             else f"give {name} a whole number of at least {least}")
+    if most is not None and value > most:
+        raise FlowgradError(f"{name} must be at most {'2**63 - 1' if most == MAX_SEED else f'{most:,}'}, got {value!r}",
+                            hint=f"leave {name} out for the default" if has_default
+                            else f"give {name} a whole number of at most {most:,}")
 
 
 def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int:

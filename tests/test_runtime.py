@@ -892,3 +892,18 @@ def test_eval_without_data_reads_the_test_examples_the_run_held_out(tmp_path):
     train(load(MLP, ["dims.H=16"]), run_dir=no_test, data=str(tmp_path / "d.npz"), steps=1, threads=1, device="cpu")
     with pytest.raises(DataError, match="holds out no test data"):
         evaluate_run(no_test, device="cpu")
+
+
+def test_api_threads_are_bounded_like_the_cli_flag(tmp_path):
+    """--threads stops at 1024; train(threads=2000) went on and spent minutes starting
+    onnxruntime's thread pools for a two-step run, and predict, evaluate_run and bench did the same."""
+    from runtime.api import predict
+    from runtime.bench import bench
+
+    with pytest.raises(FlowgradError, match="^threads must be at most 1,024, got 2000"):
+        train(load(MLP, SMALL), run_dir=str(tmp_path / "run"), device="cpu", threads=2000)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(FlowgradError, match="^threads must be at most 1,024"):
+        predict(str(tmp_path / "m.onnx"), {}, threads=2000)
+    with pytest.raises(FlowgradError, match="^threads must be at most 1,024"):
+        bench(load(MLP, SMALL), threads=2000)
