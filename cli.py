@@ -104,7 +104,7 @@ def _stopped_by_signals(spec_path: str, run_dir: str):
         signal.signal(signal.SIGTERM, previous)
 
 
-# The graphs take the seed as an int64 input (training seeds are not negative). runtime.train's
+# The graphs take the seed as an int64 input; every verb's --seed is 0 to MAX_SEED. runtime.train's
 # MAX_SEED, repeated: the CLI imports runtime only inside its commands, for a quick start.
 MAX_SEED = 2**63 - 1
 
@@ -373,7 +373,8 @@ def predict(
     max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text (default: the spec's generate.max_len; without it 200, or a translator's target length).", min=1)] = None,
     beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy.", min=1)] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).",
+                                                min=0, max=MAX_SEED)] = None,
     count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model with count and seed inputs) draws.")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -633,7 +634,8 @@ def plot_samples(
     run_dir: Annotated[str, typer.Argument(help="A run directory of a generator (VAE, GAN) or an auto-encoder (DAE, CAE).")],
     output: Annotated[str, typer.Option("-o", "--output", help="PNG (or SVG/PDF) file to write.")] = "samples.png",
     count: Annotated[Optional[int], typer.Option("--count", help="Digits to draw (default 64), or to reconstruct (default 16).", min=1)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the generator's noise, or of the examples and their corruption.", min=0)] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generator's noise, or of the examples and their corruption.", min=0,
+                                      max=MAX_SEED)] = 0,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     corrupt: Annotated[Optional[float], typer.Option("--corrupt", help="Masking noise level for the triples (default: the spec's own noise, else 0.25).", min=0.0, max=1.0)] = None,
 ):

@@ -13,7 +13,7 @@ from spec.model import Spec
 
 from .memory import peak_rss_mb
 from .session import pick_device
-from .train import MAX_THREADS, check_count
+from .train import MAX_THREADS, check_count, check_seed
 from .trainer import Trainer
 
 
@@ -42,6 +42,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     for name, value, least in (("steps", steps, 1), ("steps_per_call", steps_per_call, 1), ("warmup", warmup, 0)):
         check_count(name, value, least, has_default=True)
     check_count("threads", threads, most=MAX_THREADS)
+    check_seed(seed)
     spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
     t0 = time.perf_counter()
     cm = compile_spec(spec)

@@ -328,7 +328,9 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     continuation, or with `with_prompt` the prompt and its continuation. Unset arguments take
     the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0)."""
     from .datasets_text import decode_text, encode_text
+    from .train import check_seed
 
+    check_seed(seed)  # (a negative one sampled, where every other verb refuses it)
     model = load_model_safely(model_path)
     names = [i.name for i in model.graph.input]
     meta = model_metadata(model)
@@ -355,7 +357,7 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
                         hint="0 picks the most likely token, 1 samples the model's probabilities")
     outs = predict(model_path, {"prompt": ids, "max_len": np.asarray(max_len, dtype=np.int64),
                                 "temperature": np.asarray(temperature, dtype=np.float32),
-                                "seed": np.asarray(_int64(seed or 0, "the seed"), dtype=np.int64)}, device, threads)
+                                "seed": np.asarray(seed or 0, dtype=np.int64)}, device, threads)
     text = decode_text(outs["tokens"].reshape(-1), text_meta)
     if not with_prompt:
         return text
@@ -365,18 +367,15 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
 def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dict[str, np.ndarray]:
     """The inputs of an exported generator (its inputs are `count` and `seed`) for `count`
     samples drawn with `seed` (default 0)."""
+    from .train import check_seed
+
+    check_seed(seed)
     names = sorted(i.name for i in load_model_safely(model_path).graph.input)
     if names != ["count", "seed"]:
         raise DataError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
                         "not count and seed", hint="pass its inputs with --data (or a prompt with --text)")
     return {"count": np.asarray(_count(count, "--count"), dtype=np.int64),
-            "seed": np.asarray(_int64(seed or 0, "the seed"), dtype=np.int64)}
-
-
-def _int64(value: int, what: str) -> int:
-    if not -2**63 <= int(value) < 2**63:
-        raise DataError(f"{what} {value} does not fit in 64 bits", hint="use a smaller number")
-    return int(value)
+            "seed": np.asarray(seed or 0, dtype=np.int64)}
 
 
 def _count(value, what: str, most: int = 1 << 20) -> int:

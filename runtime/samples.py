@@ -121,9 +121,12 @@ def _image_output(runner: InferRunner, outs: dict, prefer: tuple) -> str:
 
 # ---------------------------------------------------------------- generators
 def _check_count_and_seed(count: int, seed: int) -> None:
-    if not 1 <= count <= MAX_SAMPLES or not -2**63 <= seed < 2**63:
-        raise DataError(f"count must be between 1 and {MAX_SAMPLES:,} and the seed fit in 64 bits, "
-                        f"got count {count} and seed {seed}", hint=f"use --count from 1 to {MAX_SAMPLES:,} and a --seed that fits in 64 bits")
+    from .train import check_seed
+
+    check_seed(seed)  # (a negative one drew digits, or ended in NumPy's ValueError for an auto-encoder)
+    if not 1 <= count <= MAX_SAMPLES:
+        raise DataError(f"count must be between 1 and {MAX_SAMPLES:,}, got {count}",
+                        hint=f"use --count from 1 to {MAX_SAMPLES:,}")
 
 
 def generate(run_dir: str, count: int = 64, seed: int = 0, checkpoint: str = "best") -> Samples:

@@ -615,13 +615,12 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
 def _check_counts(opts: TrainOptions) -> None:
     """The options the CLI bounds, bounded the same way when they come through the API (an
     epochs=0 trained the spec's epochs, a negative batch size or epoch count trained nothing)."""
-    for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("seed", 0),
-                        ("checkpoint_every", 0), ("accumulate", 1), ("steps_per_call", 1)):
+    for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("checkpoint_every", 0), ("accumulate", 1),
+                        ("steps_per_call", 1)):
         check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
     check_count("threads", opts.threads, most=MAX_THREADS)
+    check_seed(opts.seed)
     check_dtype(opts.dtype)
-    if opts.seed is not None and opts.seed > MAX_SEED:  # the graphs' seed input is an int64
-        raise FlowgradError(f"seed must be at most 2**63 - 1, got {opts.seed}", hint="use a smaller seed")
 
 
 def check_count(name: str, value, least: int = 1, has_default: bool = True, most: int | None = None) -> None:
@@ -637,6 +636,12 @@ def check_count(name: str, value, least: int = 1, has_default: bool = True, most
         raise FlowgradError(f"{name} must be at most {'2**63 - 1' if most == MAX_SEED else f'{most:,}'}, got {value!r}",
                             hint=f"leave {name} out for the default" if has_default
                             else f"give {name} a whole number of at most {most:,}")
+
+
+def check_seed(seed, name: str = "seed") -> None:
+    """A seed given through the API, bounded as every verb's --seed is: an integer from 0 to
+    2**63 - 1 (the graphs' seed input is an int64, and NumPy's streams take no negative seed)."""
+    check_count(name, seed, 0, most=MAX_SEED)
 
 
 def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int:

@@ -133,10 +133,23 @@ def test_predict_refuses_an_empty_prompt(exported):
                       "seed": np.asarray(0)})
 
 
-def test_predict_takes_a_negative_seed(exported):
-    """A seed keys the random streams and may be any int64 (only ids and counts are >= 0)."""
+def test_a_seed_is_bounded_as_every_verbs_seed_is(exported):
+    """A model's seed input keys its random streams and may hold any int64 (only ids and counts
+    are >= 0), but seed= and --seed take 0 to 2**63 - 1 in every verb: predict --seed -1 sampled
+    where train, gradcheck and plot samples refuse it, and seed=1.5 sampled with seed 1."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from spec.errors import FlowgradError
+
     gen, _ = exported
-    assert len(generate_text(gen, "def ", max_len=5, temperature=1.0, seed=-3)) == 5
+    feeds = {"prompt": np.asarray([1, 2], np.int64), "max_len": np.asarray(3), "temperature": np.asarray(1.0, np.float32)}
+    assert predict(gen, {**feeds, "seed": np.asarray(-3)})["tokens"].size == 3
+    for bad in (-3, 1.5, True, 2**63):
+        with pytest.raises(FlowgradError, match="^seed must be"):
+            generate_text(gen, "def ", max_len=5, temperature=1.0, seed=bad)
+    res = CliRunner().invoke(app, ["predict", gen, "--text", "def ", "--seed", "-1"])
+    assert res.exit_code == 2 and "--seed" in res.output
 
 
 def test_exported_files_hold_no_bit_shifts(exported):
@@ -190,7 +203,7 @@ def test_unset_decoding_arguments_take_the_specs_values_and_bad_ones_are_errors(
     assert generate_text(gen, "def ", max_len=20, seed=5) == \
         generate_text(gen, "def ", max_len=20, seed=5, temperature=spec_temperature)
     assert generate_text(gen, "def ", max_len=8, seed=5, with_prompt=True).startswith("def ")
-    for kwargs, words in (({"seed": 2**70}, "64 bits"), ({"max_len": 0}, "max_len must be"),
+    for kwargs, words in (({"seed": 2**70}, "seed must be at most 2\\*\\*63 - 1"), ({"max_len": 0}, "max_len must be"),
                           ({"temperature": -1.0}, "temperature must be"), ({"beam_width": 2}, "beam width")):
         with pytest.raises(FlowgradError, match=words):
             generate_text(gen, "def ", **{"max_len": 5, **kwargs})

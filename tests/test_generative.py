@@ -325,6 +325,7 @@ def test_plot_samples(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
 
     from runtime.samples import samples_of
+    from spec.errors import FlowgradError
 
     gen = samples_of(str(tmp_path / "vae"), count=10, seed=3)
     assert gen.kind == "generator" and gen.images["samples"].shape == (10, 8, 8)
@@ -337,13 +338,18 @@ def test_plot_samples(tmp_path):
     assert res.exit_code == 1 and "not a run directory" in res.output
     # user mistakes are one-line errors, and no partial file is left
     for args, words in ((["-o", str(tmp_path / "p.xyz")], "cannot write a 'xyz' image"),
-                        (["-o", str(tmp_path / "x.png"), "--seed", str(10**20)], "fit in 64 bits"),
                         (["-o", str(tmp_path / "x.png"), "--count", str(10**10)], "count must be between"),
                         (["-o", str(tmp_path / "x.png"), "--corrupt", "0.5"], "corrupts none")):
         res = runner.invoke(app, ["plot", "samples", str(tmp_path / "vae"), *args])
         assert res.exit_code == 1 and words in res.output, (args, res.output)
         assert isinstance(res.exception, SystemExit), (args, res.exception)  # not a traceback
     assert not (tmp_path / "p.xyz").exists()
+    # --seed is 0 to 2**63 - 1, as in every verb (10**20 said "fit in 64 bits", with the count)
+    res = runner.invoke(app, ["plot", "samples", str(tmp_path / "vae"), "-o", str(tmp_path / "x.png"), "--seed", str(10**20)])
+    assert res.exit_code == 2 and "--seed" in res.output
+    for run in ("vae", "dae"):  # seed=-1 drew digits (vae), or ended in NumPy's ValueError (dae)
+        with pytest.raises(FlowgradError, match="^seed must be an integer of at least 0"):
+            samples_of(str(tmp_path / run), count=2, seed=-1)
 
 
 BLOCK_CALL = """
