@@ -336,8 +336,10 @@ def eval_cmd(
 ):
     """Loss and metrics of a trained run on other data, or on the test examples it held out."""
     from runtime.api import evaluate_run
+    from runtime.checkpoint import check_checkpoint
 
     with user_errors():
+        check_checkpoint(checkpoint, "--checkpoint")
         metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size)
     if data is None:
         err.print("on the test examples the run's spec held out (train.data.test)")
@@ -352,13 +354,11 @@ def export(
     graph: Annotated[Optional[str], typer.Option("--graph", help="infer (the spec's outputs) or generate (sampling); default: generate where the spec has it.")] = None,
 ):
     """Write the deployment graph with the trained weights baked in."""
+    from runtime.checkpoint import check_checkpoint
     from runtime.export import export as do_export
 
     with user_errors():
-        if checkpoint not in ("best", "last"):
-            from spec.errors import FlowgradError
-
-            raise FlowgradError(f"unknown --checkpoint {checkpoint!r}", hint="choose best or last")
+        check_checkpoint(checkpoint, "--checkpoint")
         info = do_export(run_dir, output, checkpoint, graph)
     err.print(f"wrote {info['path']}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}")
     print(info["path"])
@@ -640,13 +640,11 @@ def plot_samples(
     corrupt: Annotated[Optional[float], typer.Option("--corrupt", help="Masking noise level for the triples (default: the spec's own noise, else 0.25).", min=0.0, max=1.0)] = None,
 ):
     """A grid of generated digits (generators), or input / corrupted / reconstructed triples (auto-encoders)."""
+    from runtime.checkpoint import check_checkpoint
     from runtime.samples import plot_samples as draw
 
     with user_errors():
-        if checkpoint not in ("best", "last"):
-            from spec.errors import FlowgradError
-
-            raise FlowgradError(f"unknown --checkpoint {checkpoint!r}", hint="choose best or last")
+        check_checkpoint(checkpoint, "--checkpoint")
         path = draw(run_dir, output, count, seed, checkpoint, None if corrupt is None else ("masking_noise", corrupt))
     err.print(f"wrote {path}")
     print(path)

@@ -15,7 +15,7 @@ from spec import load_spec, spec_from_dict
 from spec.model import Spec
 
 from . import data as D
-from .checkpoint import load_checkpoint
+from .checkpoint import check_checkpoint, load_checkpoint
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
 from .train import MAX_THREADS, TrainOptions, TrainResult, batches, check_count, held_out_test, input_dtypes, needed_inputs
@@ -71,8 +71,7 @@ def evaluate_run(run_dir: str, data: str | None = None, checkpoint: str = "best"
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise FlowgradError(f"{run_dir}: run.json is missing or malformed ({type(e).__name__})",
                             hint="pass a run directory that 'flowgrad train' wrote") from None
-    if checkpoint not in ("best", "last"):
-        raise FlowgradError(f"unknown checkpoint {checkpoint!r}", hint="choose best or last")
+    check_checkpoint(checkpoint)
     check_count("batch_size", batch_size)
     check_count("threads", threads, most=MAX_THREADS)
     cm = compile_spec(spec, info.get("dtype"))  # the float type the run trained in

@@ -15,6 +15,13 @@ from spec.errors import DataError, FlowgradError
 META_KEY = "__meta__"
 
 
+def check_checkpoint(checkpoint, name: str = "checkpoint") -> None:
+    """Which of a run's checkpoints eval, export and plot samples read: best or last (anything
+    else read the last one). The message names the keyword or flag the user wrote."""
+    if checkpoint not in ("best", "last"):
+        raise FlowgradError(f"unknown {name} {checkpoint!r}", hint="choose best or last")
+
+
 RUN_FILES = ("checkpoint.npz", "best.npz", "run.json", "metrics.jsonl", "spec.yaml", "result.json")
 
 

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from spec.errors import DataError, ExportError
 
-from .checkpoint import load_checkpoint
+from .checkpoint import check_checkpoint, load_checkpoint
 from .data import check_fits
 from .session import shifts_in_float64
 
@@ -25,8 +25,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
 
     `graph` is "infer" (the spec's outputs) or "generate" (sampling from a
     prompt); by default the sampling graph where the spec has one."""
-    if checkpoint not in ("best", "last"):  # (anything else read the last checkpoint)
-        raise ExportError(f"unknown checkpoint {checkpoint!r}", hint="choose best or last")
+    check_checkpoint(checkpoint)
     if graph is None:
         graph = "generate" if os.path.exists(os.path.join(run_dir, "graphs", "generate.onnx")) else "infer"
     if graph not in ("infer", "generate"):

@@ -41,8 +41,9 @@ class InferRunner:
     """graphs/infer.onnx of a run with its checkpoint's parameters bound."""
 
     def __init__(self, run_dir: str, checkpoint: str = "best"):
-        from .checkpoint import load_checkpoint
+        from .checkpoint import check_checkpoint, load_checkpoint
 
+        check_checkpoint(checkpoint)  # (checkpoint="Best" read the last one)
         graph = os.path.join(run_dir, "graphs", "infer.onnx")
         manifest = os.path.join(run_dir, "graphs", "manifest.json")
         if not os.path.isfile(manifest):

@@ -443,3 +443,21 @@ def test_a_bad_flag_is_one_line_and_a_hint(args, words):
     assert res.returncode == 2, res.stderr
     assert len(lines) == 2 and lines[0].startswith("error: ") and words in lines[0], res.stderr
     assert lines[1].strip().startswith("hint: see ") and lines[1].rstrip().endswith("--help"), res.stderr
+
+
+@pytest.mark.parametrize("verb", [["eval", "runs/none"], ["export", "runs/none", "-o", "m.onnx"],
+                                  ["plot", "samples", "runs/none"]])
+def test_checkpoint_is_refused_alike_by_every_verb(verb, tmp_path):
+    """eval said "unknown checkpoint 'Best'" (and only after reading the run), export and plot
+    samples "unknown --checkpoint 'Best'"; one check, one message, naming the flag."""
+    result = invoke(*verb, "--checkpoint", "Best", code=1)
+    assert "unknown --checkpoint 'Best'" in result.output and "choose best or last" in result.output
+
+
+def test_api_samples_refuse_an_unknown_checkpoint():
+    """samples_of(run, checkpoint="Best") drew from the last checkpoint without a word."""
+    from runtime.samples import samples_of
+    from spec.errors import FlowgradError
+
+    with pytest.raises(FlowgradError, match="^unknown checkpoint 'Best'"):
+        samples_of("runs/none", checkpoint="Best")
