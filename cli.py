@@ -375,7 +375,8 @@ def predict(
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).",
                                                 min=0, max=MAX_SEED)] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model with count and seed inputs) draws.")] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model with count and seed inputs) draws.",
+                                                 min=1, max=1 << 20)] = None,  # runtime.export's _count
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
 ):
@@ -633,7 +634,8 @@ def plot_curves(
 def plot_samples(
     run_dir: Annotated[str, typer.Argument(help="A run directory of a generator (VAE, GAN) or an auto-encoder (DAE, CAE).")],
     output: Annotated[str, typer.Option("-o", "--output", help="PNG (or SVG/PDF) file to write.")] = "samples.png",
-    count: Annotated[Optional[int], typer.Option("--count", help="Digits to draw (default 64), or to reconstruct (default 16).", min=1)] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="Digits to draw (default 64), or to reconstruct (default 16).", min=1,
+                                                 max=100_000)] = None,  # runtime.samples' MAX_SAMPLES
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generator's noise, or of the examples and their corruption.", min=0,
                                       max=MAX_SEED)] = 0,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",

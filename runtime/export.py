@@ -373,13 +373,21 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dic
     if names != ["count", "seed"]:
         raise DataError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
                         "not count and seed", hint="pass its inputs with --data (or a prompt with --text)")
-    return {"count": np.asarray(_count(count, "--count"), dtype=np.int64),
+    return {"count": np.asarray(_count(count, "count"), dtype=np.int64),  # (predict --count is bounded by typer)
             "seed": np.asarray(seed or 0, dtype=np.int64)}
+
+
+def _integer(value, what: str) -> int:
+    """A whole number given through the API (max_len=2.5 generated 2 tokens, beam_width=2.5
+    decoded with 2 beams)."""
+    if isinstance(value, (bool, np.bool_)) or int(value) != value:
+        raise DataError(f"{what} must be an integer, got {value!r}", hint="give 1 or more")
+    return int(value)
 
 
 def _count(value, what: str, most: int = 1 << 20) -> int:
     """A positive number of tokens, steps or beams, within what a run can allocate."""
-    value = int(value)
+    value = _integer(value, what)
     if not 1 <= value <= most:
         raise DataError(f"{what} must be between 1 and {most:,}, got {value}",
                         hint="a run holds at most that many tokens, steps, beams or samples" if value > most
@@ -404,7 +412,7 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
         return []
     src = np.stack([encode_source(t, meta) for t in texts])
     lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
-    beam_width = beam_width if beam_width is not None else _widest_beam(meta)  # predict checks its range
+    beam_width = _integer(beam_width, "beam_width") if beam_width is not None else _widest_beam(meta)  # predict checks its range
     max_len = _count(max_len if max_len is not None else meta.get("generate.max_len", meta.get("tgt_len", 32)), "max_len")
     penalty = float(length_penalty if length_penalty is not None else meta.get("generate.length_penalty", 0.6))
     feeds = {"src": src, "src_len": lengths, "beam_width": np.asarray(beam_width, dtype=np.int64),

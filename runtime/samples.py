@@ -122,12 +122,10 @@ def _image_output(runner: InferRunner, outs: dict, prefer: tuple) -> str:
 
 # ---------------------------------------------------------------- generators
 def _check_count_and_seed(count: int, seed: int) -> None:
-    from .train import check_seed
+    from .train import check_count, check_seed
 
     check_seed(seed)  # (a negative one drew digits, or ended in NumPy's ValueError for an auto-encoder)
-    if not 1 <= count <= MAX_SAMPLES:
-        raise DataError(f"count must be between 1 and {MAX_SAMPLES:,}, got {count}",
-                        hint=f"use --count from 1 to {MAX_SAMPLES:,}")
+    check_count("count", count, most=MAX_SAMPLES)  # (1.5 went into the graph's int64 count)
 
 
 def generate(run_dir: str, count: int = 64, seed: int = 0, checkpoint: str = "best") -> Samples:
@@ -239,8 +237,8 @@ def samples_of(run_dir: str, count: int | None = None, seed: int = 0, checkpoint
         if noise is not None:
             raise DataError(f"{run_dir} holds a generator: it draws new digits and corrupts none",
                             hint="--corrupt is for auto-encoders' input / corrupted / reconstructed triples")
-        return generate(run_dir, count or 64, seed, checkpoint)
-    return reconstruct(run_dir, count or 16, seed, checkpoint, noise)
+        return generate(run_dir, 64 if count is None else count, seed, checkpoint)  # (count=0 drew 64)
+    return reconstruct(run_dir, 16 if count is None else count, seed, checkpoint, noise)
 
 
 # ---------------------------------------------------------------- pictures

@@ -143,6 +143,8 @@ def test_beam_widths_outside_the_compiled_range_and_empty_sources_are_errors(mod
     for width in (0, K + 1):
         with pytest.raises(FlowgradError, match=f"between 1 and {K}"):
             translate(gen, ["abc"], beam_width=width)
+    with pytest.raises(FlowgradError, match="beam_width must be an integer"):  # (it decoded with 2 beams)
+        translate(gen, ["abc"], beam_width=2.5)
     with pytest.raises(FlowgradError, match="empty"):
         translate(gen, [""])
     assert len(translate(gen, ["abc"], max_len=3)) == 1

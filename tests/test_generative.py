@@ -300,7 +300,15 @@ def test_predict_draws_from_a_generator_with_count_and_seed(tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / f"s{seed}.npz")["samples"], want)
     assert not np.array_equal(np.load(tmp_path / "s7.npz")["samples"], np.load(tmp_path / "s8.npz")["samples"])
     assert invoke("--count", 2).exit_code == 0  # seed 0
-    for args, words in ((["--count", 0], "--count must be between 1"), (["--count", 2, "--temperature", 1], "--temperature is for --text"),
+    for count in (0, 2**20 + 1):  # bounded as plot samples --count is, by the flag's own range
+        res = invoke("--count", count)
+        assert res.exit_code == 2 and "Invalid value for '--count'" in res.output, res.output
+    from runtime.export import generator_feeds
+
+    for count in (0, 1.5):  # through the API: named count, not --count; 1.5 drew 1 sample
+        with pytest.raises(DataError, match="^count must be"):
+            generator_feeds(path, count)
+    for args, words in ((["--count", 2, "--temperature", 1], "--temperature is for --text"),
                         (["--count", 2, "--text", "a"], "give one of"), ([], "give one of")):
         res = invoke(*args)
         assert res.exit_code == 1 and "Traceback" not in res.output and words in res.output, res.output
@@ -338,7 +346,6 @@ def test_plot_samples(tmp_path):
     assert res.exit_code == 1 and "not a run directory" in res.output
     # user mistakes are one-line errors, and no partial file is left
     for args, words in ((["-o", str(tmp_path / "p.xyz")], "cannot write a 'xyz' image"),
-                        (["-o", str(tmp_path / "x.png"), "--count", str(10**10)], "count must be between"),
                         (["-o", str(tmp_path / "x.png"), "--corrupt", "0.5"], "corrupts none")):
         res = runner.invoke(app, ["plot", "samples", str(tmp_path / "vae"), *args])
         assert res.exit_code == 1 and words in res.output, (args, res.output)
@@ -347,6 +354,11 @@ def test_plot_samples(tmp_path):
     # --seed is 0 to 2**63 - 1, as in every verb (10**20 said "fit in 64 bits", with the count)
     res = runner.invoke(app, ["plot", "samples", str(tmp_path / "vae"), "-o", str(tmp_path / "x.png"), "--seed", str(10**20)])
     assert res.exit_code == 2 and "--seed" in res.output
+    res = runner.invoke(app, ["plot", "samples", str(tmp_path / "vae"), "-o", str(tmp_path / "x.png"), "--count", str(10**10)])
+    assert res.exit_code == 2 and "--count" in res.output
+    for bad in (0, 1.5, 10**10):  # count=0 drew 64 digits, 1.5 went into the graph's int64 count
+        with pytest.raises(FlowgradError, match="^count must be"):
+            samples_of(str(tmp_path / "vae"), count=bad)
     for run in ("vae", "dae"):  # seed=-1 drew digits (vae), or ended in NumPy's ValueError (dae)
         with pytest.raises(FlowgradError, match="^seed must be an integer of at least 0"):
             samples_of(str(tmp_path / run), count=2, seed=-1)
