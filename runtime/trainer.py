@@ -137,9 +137,13 @@ class GraphRunner:
 
 def _capturable(runner: GraphRunner) -> bool:
     """A CUDA graph replays fixed buffers: no control flow (onnxruntime cannot capture it),
-    no per-run inputs (gradients) and no outputs of run-dependent shape."""
+    no per-run inputs (gradients), no outputs of run-dependent shape, and no evaluation
+    sums and counts: a count made from shapes is computed on the host, and copying it to
+    its bound output fails the capture and leaves the device unusable for the process
+    (so the fallback to the general session cannot run either)."""
     control_flow = {"Loop", "Scan", "If"}
     return (not runner.grad_inputs and not runner.other_outputs and all(not o.shape for o in runner.scalar_outputs)
+            and not any(o.role == "part" for o in runner.scalar_outputs)
             and not any(n.op_type in control_flow for n in runner.graph.model.graph.node))
 
 

@@ -907,3 +907,18 @@ def test_api_threads_are_bounded_like_the_cli_flag(tmp_path):
         predict(str(tmp_path / "m.onnx"), {}, threads=2000)
     with pytest.raises(FlowgradError, match="^threads must be at most 1,024"):
         bench(load(MLP, SMALL), threads=2000)
+
+
+def test_evaluation_graphs_with_sums_and_counts_are_not_captured_as_cuda_graphs():
+    """An eval graph's per-batch counts come from shapes, on the host: captured on CUDA, the
+    copy into the bound output failed the capture and every later CUDA call of the process
+    (validation of mlp and convnet ended in a cuBLAS error)."""
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer, _capturable
+    from spec import load_spec
+
+    cm = compile_spec(load_spec(os.path.join(ROOT, "models", "mlp.yaml")), graphs=("train", "eval"))
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    assert any(o.role == "part" for o in trainer.runner("eval").scalar_outputs)
+    assert not _capturable(trainer.runner("eval"))
+    assert _capturable(trainer.runner("train"))
