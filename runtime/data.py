@@ -263,7 +263,8 @@ def check_fits(a: np.ndarray, dtype: str | None, name: str, where: str, loc) -> 
         big = float(np.max(np.abs(a)))
         if big > float(np.finfo(target).max):
             raise DataError(f"{where}: array {name!r} holds {big:g}, beyond {dtype}'s range (it would become inf)",
-                            loc, "scale the data: inputs are usually standardised or in [0, 1]")
+                            loc, f"{dtype} holds magnitudes up to {float(np.finfo(target).max):g}: stay below it "
+                                 "(data inputs are usually standardised or in [0, 1])")
 
 
 def only(ds: Dataset, names: list[str]) -> Dataset:
