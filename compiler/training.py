@@ -110,7 +110,7 @@ def trained_names(params: dict[str, ParamInfo], obj: Objective) -> list[str]:
 @dataclass
 class GraphIO:
     name: str
-    role: str  # input | param | buffer | state | control | loss | metric | output | next | grad
+    role: str  # input | param | buffer | state | control | loss | metric | part | output | next | grad
     dtype: str
     shape: list
 
@@ -586,9 +586,9 @@ def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
     for k, (role, v) in scalars.items():
         b.out(k, role, v)
         parts = ratio_parts(v, {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)})
-        if parts is not None:
-            b.out(f"sum/{k}", "part", parts[0])
-            b.out(f"count/{k}", "part", parts[1])
+        if parts is not None:  # (suffixes: an objective's loss is "<objective>/loss", whatever its name)
+            b.out(f"{k}/sum", "part", parts[0])
+            b.out(f"{k}/count", "part", parts[1])
     return b.emit("eval", optimize_graph, "loss and metrics, dropout off")
 
 

@@ -300,18 +300,19 @@ class Trainer:
         if "eval" not in self.cm.graphs:
             return {}
         runner = self.runner("eval")
+        parts = {o.name for o in runner.scalar_outputs if o.role == "part"}
         totals: dict[str, float] = {}
         count = 0
         for batch in batches:
             n = len(next(iter(batch.values())))
             scalars, _ = runner.run(self.state, self.spare, batch, {"seed": self.seed, "step": 0})
             for k, v in scalars.items():
-                totals[k] = totals.get(k, 0.0) + (v if k.startswith(("sum/", "count/")) else v * n)
+                totals[k] = totals.get(k, 0.0) + (v if k in parts else v * n)
             count += n
-        means = {k: v / max(count, 1) for k, v in totals.items() if not k.startswith(("sum/", "count/"))}
+        means = {k: v / max(count, 1) for k, v in totals.items() if k not in parts}
         for k in means:
-            if f"sum/{k}" in totals:
-                means[k] = _ratio(totals[f"sum/{k}"], totals[f"count/{k}"])
+            if f"{k}/sum" in parts:
+                means[k] = _ratio(totals[f"{k}/sum"], totals[f"{k}/count"])
         return means
 
     def state_numpy(self) -> dict[str, np.ndarray]:

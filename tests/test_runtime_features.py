@@ -566,3 +566,24 @@ def test_each_objective_has_its_validation_loss(tmp_path, data):
     result = train(watched, run_dir=str(tmp_path / "run"), data=data, valid="0.25", epochs=3, threads=1, device="cpu")
     assert {"valid_first/loss", "valid_second/loss", "train_first/loss"} <= set(result.history[-1])
     assert result.best["valid_second/loss"] == min(r["valid_second/loss"] for r in result.history)
+
+
+def test_objectives_named_sum_and_count_have_their_validation_losses(tmp_path, data):
+    """Objective names are free: the losses of objectives named sum and count were taken for
+    the sums and counts of the spec's loss (compiling failed with onnx's checker error, or evaluation
+    ended in a KeyError)."""
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer
+
+    text = (TWO_OBJECTIVES.replace("first:", "sum:").replace("second:", "count:").replace("[first, second]", "[sum, count]")
+            .replace("loss: la + lb", "loss: mean((pa - y) ** 2 + (pb + pa - 2 * y) ** 2)"))
+    cm = compile_spec(_spec(text, tmp_path), graphs=("eval",))
+    state = cm.initial_state(0)
+    d = dict(np.load(data))
+    got = Trainer(cm, "cpu", threads=1, state=state, seed=0).evaluate([{k: v[:40] for k, v in d.items()},
+                                                                      {k: v[40:] for k, v in d.items()}])
+    pa, pb = d["x"] @ state["A"], d["x"] @ state["B"]
+    assert sorted(got) == ["count/loss", "loss", "sum/loss"]
+    assert got["sum/loss"] == pytest.approx(np.mean((pa - d["y"]) ** 2), rel=1e-5)
+    assert got["count/loss"] == pytest.approx(np.mean((pb + pa - 2 * d["y"]) ** 2), rel=1e-5)
+    assert got["loss"] == pytest.approx(got["sum/loss"] + got["count/loss"], rel=1e-5)
