@@ -347,7 +347,8 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
         options = ", ".join(str(o) for o in e.validator_value)
         if isinstance(value, str):
             hint = did_you_mean(value, e.validator_value) or f"expected one of: {options}"
-        return [SpecError(f"{where} must be one of {options}, not {_describe(value)}", loc, hint)]
+        return [SpecError(f"{where} must be one of {options}, not {_describe(value)}", loc,
+                          hint or f"expected one of: {options}")]
     if v == "const":
         return [SpecError(f"{where} must be {e.validator_value!r}, not {_describe(value)}", loc,
                           hint or f"write {_key(path)}: {_flow(e.validator_value)}")]

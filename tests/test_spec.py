@@ -240,6 +240,8 @@ def test_missing_keys_are_located_at_the_parent():
      None),
     ("epochs: 30", "epochs: 30\n  early_stopping: {metric: valid_loss, mode: maximum}",
      "train.early_stopping.mode must be one of min, max, not the string 'maximum'", None),
+    ("epochs: 30", "epochs: 30\n  dtype: 32",  # (a number for a choice of words printed no hint)
+     "train.dtype must be one of float32, float64, float16, not the number 32", "expected one of: float32"),
     ("epochs: 30", "epochs: 30\n  objectives: {g: {loss: g_loss, params: []}}",
      "train.objectives.g.params needs at least 1 item(s)", None),
 ])
