@@ -119,7 +119,8 @@ def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
         if isinstance(node, LocMap):
             if key not in node:
                 raise SpecError(f"cannot set '{path_text}': {here} has no key '{key}'",
-                                Loc(origin, 1, cols[i]), _choices_hint(key, node.keys()))
+                                Loc(origin, 1, cols[i]), _choices_hint(key, node.keys(),
+                                                                       f"{here} is empty: set it whole, e.g. --set {'.'.join(keys[:i])}=VALUE"))
             node = node[key]
         elif isinstance(node, LocList) and key.isdigit() and int(key) < len(node):
             node = node[int(key)]
@@ -133,7 +134,7 @@ def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
         if keys[:-1] == ["dims"] and last not in node:
             new_dim = last, SpecError(f"cannot set '{path_text}': the spec has no dim '{last}'",
                                       Loc(origin, 1, cols[-1]),
-                                      _choices_hint(last, node.keys()) if node else "the spec has no dims")
+                                      _choices_hint(last, node.keys(), "the spec has no dims"))
         node.set(last, value, Loc(origin, 1, cols[-1]), value_loc, src)
         return new_dim
     elif isinstance(node, LocList) and last.isdigit() and int(last) < len(node):
@@ -300,11 +301,12 @@ def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
 
-def _choices_hint(word: str, choices) -> str | None:
+def _choices_hint(word: str, choices, none: str) -> str:
+    """A close choice, else all of them, else `none` (what to do where nothing is taken)."""
     choices = [c for c in choices if isinstance(c, str)]
     hint = did_you_mean(word, choices)
-    if hint is None and choices:
-        hint = "expected one of: " + ", ".join(sorted(choices))
+    if hint is None:
+        hint = "expected one of: " + ", ".join(sorted(choices)) if choices else none
     return hint
 
 
@@ -329,7 +331,7 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
                 continue
             inside = f"in {where}" if path else "at the top level"
             out.append(SpecError(f"unknown key '{key}' {inside}", locate_key(tree, path + [key], file),
-                                 _choices_hint(key, allowed)))
+                                 _choices_hint(key, allowed, f"{where or 'it'} takes no keys: remove '{key}'")))
         return out
     if v == "required":
         missing = [k for k in e.validator_value if k not in value]
@@ -836,4 +838,4 @@ class _SpecBuilder:
         for i, name in enumerate(order or []):
             if name not in objectives:
                 raise SpecError(f"unknown objective '{name}' in train.schedule", order.item_locs[i],
-                                _choices_hint(name, objectives))
+                                _choices_hint(name, objectives, "name objectives of train.objectives"))

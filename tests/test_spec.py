@@ -253,6 +253,16 @@ def test_schema_messages(old, new, message, hint):
         assert hint in e.hint
 
 
+def test_keys_of_a_mapping_that_takes_none_have_a_hint():
+    """An unknown key where the schema allows none (zeros takes no options), or set with --set
+    inside an empty mapping, printed its error with no hint."""
+    e = error(MLP.replace("b1: {shape: [H], init: zeros}", "b1: {shape: [H], init: {zeros: {scale: 2}}}"))
+    assert e.message == "unknown key 'scale' in params.b1.init.zeros" and "takes no keys" in e.hint
+    e = error(MLP.replace("b1: {shape: [H], init: zeros}", "b1: {shape: [H], init: {zeros: {}}}"),
+              ["params.b1.init.zeros.x.y=1"])
+    assert "params.b1.init.zeros has no key 'x'" in e.message and "--set params.b1.init.zeros=" in e.hint
+
+
 def test_version_key():
     e = error(MLP.replace("flowgrad: 1\n", ""))
     assert e.message.startswith("missing required key 'flowgrad'") and "flowgrad: 1" in e.hint
