@@ -380,7 +380,8 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dic
 def _integer(value, what: str) -> int:
     """A whole number given through the API (max_len=2.5 generated 2 tokens, beam_width=2.5
     decoded with 2 beams)."""
-    if isinstance(value, (bool, np.bool_)) or int(value) != value:
+    whole = isinstance(value, (int, np.integer)) or isinstance(value, (float, np.floating)) and float(value).is_integer()
+    if isinstance(value, (bool, np.bool_)) or not whole:  # (NaN, inf or a string ended in int()'s traceback)
         raise DataError(f"{what} must be an integer, got {value!r}", hint="give 1 or more")
     return int(value)
 

@@ -205,6 +205,8 @@ def test_unset_decoding_arguments_take_the_specs_values_and_bad_ones_are_errors(
     assert generate_text(gen, "def ", max_len=8, seed=5, with_prompt=True).startswith("def ")
     for kwargs, words in (({"seed": 2**70}, "seed must be at most 2\\*\\*63 - 1"), ({"max_len": 0}, "max_len must be"),
                           ({"max_len": 2.5}, "max_len must be an integer"),  # (it generated 2 tokens)
+                          ({"max_len": float("nan")}, "max_len must be an integer"),  # (int()'s ValueError)
+                          ({"max_len": "5"}, "max_len must be an integer"),
                           ({"temperature": -1.0}, "temperature must be"), ({"beam_width": 2}, "beam width")):
         with pytest.raises(FlowgradError, match=words):
             generate_text(gen, "def ", **{"max_len": 5, **kwargs})
