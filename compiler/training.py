@@ -573,13 +573,13 @@ def build_apply(spec, obj: Objective, dtype: str, params: dict[str, ParamInfo], 
 
 
 def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
-    if spec.loss is None and not spec.metrics:
+    objectives = objectives_of(spec)
+    if spec.loss is None and not spec.metrics and len(objectives) < 2:
         return None
     low = Lowering(spec, mode="eval", float_dtype=dtype)
     b = _Builder(low.graph, spec.name)
     scalars = {"loss": ("loss", _scalar_loss(low, spec.loss))} if spec.loss is not None else {}
     scalars.update({k: ("metric", v) for k, v in _metrics(low, spec).items()})
-    objectives = objectives_of(spec)
     if len(objectives) > 1:  # each objective's own loss, as training reports it (train_<objective>/loss)
         scalars.update({f"{o.name}/loss": ("metric", _scalar_loss(low, o.loss)) for o in objectives
                         if o.loss is not spec.loss})

@@ -587,3 +587,14 @@ def test_objectives_named_sum_and_count_have_their_validation_losses(tmp_path, d
     assert got["sum/loss"] == pytest.approx(np.mean((pa - d["y"]) ** 2), rel=1e-5)
     assert got["count/loss"] == pytest.approx(np.mean((pb + pa - 2 * d["y"]) ** 2), rel=1e-5)
     assert got["loss"] == pytest.approx(got["sum/loss"] + got["count/loss"], rel=1e-5)
+
+
+def test_objectives_without_a_spec_loss_or_metrics_have_validation_losses(tmp_path, data):
+    """A spec of several objectives with no top-level loss and no metrics compiled no eval
+    graph: validation reported nothing, and early stopping on valid_<objective>/loss was
+    refused as a value the record lacks."""
+    text = TWO_OBJECTIVES.replace("loss: la + lb\n", "") + "  early_stopping: {metric: valid_second/loss, patience: 2}\n"
+    result = train(_spec(text, tmp_path), run_dir=str(tmp_path / "run"), data=data, valid="0.25", epochs=2, threads=1,
+                   device="cpu")
+    assert {"valid_first/loss", "valid_second/loss"} <= set(result.history[-1])
+    assert "valid_loss" not in result.history[-1]
