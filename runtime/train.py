@@ -225,7 +225,10 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel) -> 
     D.check_against_spec(ds, spec, needed_inputs(cm), where, cm.index_bounds, dtypes)
     valid = source.get("valid")
     trained, _ = split_like_training(ds, spec, None if isinstance(valid, str) else valid, seed)
-    if info.get("dtype") == cm.float_dtype and D.cast_for(trained, dtypes).fingerprint() != info.get("data_hash"):
+    if "data_hash" not in info:  # a run.json written before runs recorded it
+        raise DataError(f"{run_dir}: its run.json does not record a hash of its training data, so its held-out "
+                        "test examples cannot be rebuilt with certainty", hint=hint)
+    if info.get("dtype") == cm.float_dtype and D.cast_for(trained, dtypes).fingerprint() != info["data_hash"]:
         raise DataError(f"{where} has changed since {run_dir} was trained on it: its held-out test examples "
                         "cannot be rebuilt", hint=hint)
     _, held = split_off_test(ds, spec, seed)

@@ -892,6 +892,12 @@ def test_eval_without_data_reads_the_test_examples_the_run_held_out(tmp_path):
     train(load(MLP, ["dims.H=16"]), run_dir=no_test, data=str(tmp_path / "d.npz"), steps=1, threads=1, device="cpu")
     with pytest.raises(DataError, match="holds out no test data"):
         evaluate_run(no_test, device="cpu")
+    info = json.loads(open(os.path.join(run, "run.json")).read())  # as runs written before the hash was kept
+    del info["data_hash"]
+    with open(os.path.join(run, "run.json"), "w") as f:
+        json.dump(info, f)
+    with pytest.raises(DataError, match="does not record a hash of its training data"):
+        evaluate_run(run, device="cpu")
 
 
 def test_api_threads_are_bounded_like_the_cli_flag(tmp_path):
