@@ -283,7 +283,18 @@ def split(ds: Dataset, valid: float, seed: int) -> tuple[Dataset, Dataset]:
     n = len(ds)
     idx = np.random.default_rng([seed, 12345]).permutation(n)
     n_valid = max(1, int(round(n * valid)))
-    train, held = ds.subset(np.sort(idx[n_valid:])), ds.subset(np.sort(idx[:n_valid]))
+    return _split_at(ds, np.sort(idx[n_valid:]), np.sort(idx[:n_valid]))
+
+
+def split_last(ds: Dataset, valid: float) -> tuple[Dataset, Dataset]:
+    """The last examples held out, the rest in order (ordered data: shuffled batches are off)."""
+    n_valid = max(1, int(round(len(ds) * valid)))
+    idx = np.arange(len(ds))
+    return _split_at(ds, idx[:-n_valid], idx[-n_valid:])
+
+
+def _split_at(ds: Dataset, train_idx: np.ndarray, held_idx: np.ndarray) -> tuple[Dataset, Dataset]:
+    train, held = ds.subset(train_idx), ds.subset(held_idx)
     if ds.meta.get("labelled") and "has_label" in ds.arrays:
         # Semi-supervised data: the labelled examples are all training ones; validation keeps every label.
         train = mark_labelled(train, min(int(ds.meta["labelled"]), len(train)))

@@ -186,9 +186,7 @@ def split_like_training(ds: D.Dataset, spec: S.Spec, valid: float | None, seed: 
         return ds, None
     if spec.train.get("shuffle", True):
         return D.split(ds, float(valid), seed)
-    n_valid = max(1, int(round(len(ds) * float(valid))))
-    idx = np.arange(len(ds))
-    return ds.subset(idx[:-n_valid]), ds.subset(idx[-n_valid:])
+    return D.split_last(ds, float(valid))
 
 
 def split_off_test(ds: D.Dataset, spec: S.Spec, seed: int) -> tuple[D.Dataset, D.Dataset | None]:

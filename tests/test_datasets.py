@@ -377,3 +377,27 @@ def test_seq2seq_benchmark_held_out_sets_share_no_example_with_training():
         assert not [s for s in sources if s in seen], task
         if task == "dates":  # no calendar date in common
             assert not [t for t in (T.decode_target(r, held.meta) for r in held.arrays["tgt"]) if t in targets]
+
+
+# ------------------------------------------------------------------ splits
+def _model_spec(name: str, overrides: list[str]):
+    import pathlib
+
+    from spec import load_spec
+
+    return load_spec(str(pathlib.Path(__file__).resolve().parent.parent / "models" / name), overrides)
+
+
+@pytest.mark.parametrize("overrides", [[], ["train.shuffle=false"], ["train.shuffle=false", "train.data.test=0.1"]])
+def test_labelled_digits_are_all_training_examples_however_the_data_is_split(overrides):
+    """labelled: K marks K training examples, and every validation example keeps its label:
+    with shuffle: false (validation from the last examples) some of the K were validation
+    examples, training saw 78 labels of 100 and validation only 22."""
+    from runtime.train import split_like_training
+
+    spec = _model_spec("semisupervised.yaml", overrides)
+    ds = D.load_bundled("digits", {"labelled": 100})
+    train, valid = split_like_training(ds, spec, 0.2, 0)
+    assert train.arrays["has_label"].sum() == 100
+    np.testing.assert_array_equal(np.bincount(train.arrays["y"][train.arrays["has_label"] == 1]), [10] * 10)
+    assert (valid.arrays["has_label"] == 1).all()
