@@ -179,8 +179,8 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
 def split_like_training(ds: D.Dataset, spec: S.Spec, valid: float | None, seed: int) -> tuple[D.Dataset, D.Dataset | None]:
     """(training examples, validation examples) of a run's data, as training splits it: a
     test fraction held out first, from its own shuffle (neither trained on nor validated on),
-    then the validation fraction: a seeded sample, or the last examples when train.shuffle is
-    off (ordered data, streams)."""
+    then the validation fraction: a seeded sample; when train.shuffle is off (ordered data,
+    streams) both are the last examples instead, the test ones last of all."""
     ds, _ = split_off_test(ds, spec, seed)
     if not valid:
         return ds, None
@@ -193,6 +193,8 @@ def split_off_test(ds: D.Dataset, spec: S.Spec, seed: int) -> tuple[D.Dataset, D
     """(the examples left, the test fraction train.data.test holds out of them or None)."""
     test = spec_test(spec)
     if isinstance(test, float) and test:
+        if not spec.train.get("shuffle", True):  # ordered data (streams): a random sample would break the order
+            return D.split_last(ds, test)
         return D.split(ds, test, seed + TEST_SPLIT_SEED)
     return ds, None
 

@@ -401,3 +401,24 @@ def test_labelled_digits_are_all_training_examples_however_the_data_is_split(ove
     assert train.arrays["has_label"].sum() == 100
     np.testing.assert_array_equal(np.bincount(train.arrays["y"][train.arrays["has_label"] == 1]), [10] * 10)
     assert (valid.arrays["has_label"] == 1).all()
+
+
+def test_a_test_fraction_of_ordered_data_keeps_the_order():
+    """With shuffle: false the test fraction, as the validation one, is the last examples: a
+    random test sample took rows out of the text streams, and a stateful model's batches no
+    longer continued each other (a third of its rows read another stream's text)."""
+    from runtime.train import split_like_training, split_off_test
+
+    B = 4
+    spec = _model_spec("char_lstm_stateful.yaml", [f"train.data.options.streams={B}", "train.data.options.seq_len=16",
+                                                   "train.data.test=0.1"])
+    ds = D.load_bundled("text", spec.train["data"]["options"])
+    train, valid = split_like_training(ds, spec, 0.05, 0)
+    x, y = train.arrays["x"], train.arrays["y"]
+    n = len(x) // B * B
+    # row b of each batch continues row b of the batch before
+    np.testing.assert_array_equal(x[B:n, 0], y[:n - B, -1])
+    _, test = split_off_test(ds, spec, 0)
+    n_test = len(test)
+    np.testing.assert_array_equal(test.arrays["x"], ds.arrays["x"][-n_test:])
+    np.testing.assert_array_equal(valid.arrays["x"], ds.arrays["x"][-n_test - len(valid):-n_test])
