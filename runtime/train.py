@@ -394,6 +394,12 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                             f"and shuffle: false (got batch_size {spec.batch_size}, shuffle "
                             f"{str(cfg.get('shuffle', True)).lower()})", spec.locate("train", "data"),
                             "each batch row carries its state into the same row of the next batch")
+        if streams and len(train_ds) % streams and not cfg.get("drop_last"):
+            # the carried state has `streams` rows: a short last batch fails in the graph, an epoch in
+            raise DataError(f"the data is laid out as {streams} text streams, and the {len(train_ds)} training rows "
+                            f"end an epoch with a batch of {len(train_ds) % streams}: the carried state needs "
+                            f"{streams} rows", spec.locate("train", "drop_last") if "drop_last" in cfg
+                            else spec.locate("train"), "add drop_last: true to the train section")
         mixed = any(o.mixed for o in cm.objectives)
         batch_size = spec.batch_size
         n_batches = len(train_ds) // batch_size if cfg.get("drop_last") else -(-len(train_ds) // batch_size)

@@ -422,3 +422,16 @@ def test_a_test_fraction_of_ordered_data_keeps_the_order():
     n_test = len(test)
     np.testing.assert_array_equal(test.arrays["x"], ds.arrays["x"][-n_test:])
     np.testing.assert_array_equal(valid.arrays["x"], ds.arrays["x"][-n_test - len(valid):-n_test])
+
+
+def test_text_streams_without_drop_last_refuse_a_short_last_batch(tmp_path):
+    """Streams split for validation leave rows that are not a whole batch; without drop_last the
+    epoch's short last batch failed in onnxruntime ("cannot be reshaped") after a whole epoch."""
+    from runtime.api import train
+
+    spec = _model_spec("char_lstm_stateful.yaml", ["dims.H=4", "dims.E=2", "train.data.options.streams=4",
+                                                   "train.batch_size=4", "train.data.options.seq_len=4000",
+                                                   "train.drop_last=false", "train.data.valid=0.03"])
+    with pytest.raises(DataError, match="end an epoch with a batch of 1") as e:
+        train(spec, epochs=1, device="cpu", threads=1, run_dir=str(tmp_path / "r"))
+    assert "train.drop_last=false:" in str(e.value) and "drop_last: true" in e.value.hint
