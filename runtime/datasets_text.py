@@ -10,12 +10,12 @@ text
     CPython's ``pydoc_data.topics`` help text (~465k characters), joined in
     sorted key order with blank lines.
 
-    - windows (default): ``x`` [N, seq_len] int64 token ids and ``y``
+    - windows (default): ``x`` [N, seq_len] int64 token ids (seq_len 64 by default) and ``y``
       [N, seq_len] int64, the next token at each position
       (``y[i, t] == stream[start_i + t + 1]``), windows every ``stride``
       tokens (default ``seq_len``).
     - n-gram (``context=n``, Bengio et al. 2003): ``x`` [N, n] the previous n
-      tokens and ``y`` [N] the next one, for every position of the stream.
+      tokens and ``y`` [N] the next one, for every position of the stream (no seq_len or stride).
 
     Either mode can be subsampled with ``max_examples``.
     meta: ``{"vocab": [...], "level": "char"|"word", "lowercase": bool,
@@ -178,7 +178,7 @@ def _text_stream(level: str, lowercase: bool, max_vocab: int | None) -> tuple[np
     return ids, tuple(ordered), unk
 
 
-def load_text(level: str = "char", seq_len: int = 64, stride: int | None = None, max_vocab: int | None = None,
+def load_text(level: str = "char", seq_len: int | None = None, stride: int | None = None, max_vocab: int | None = None,
               lowercase: bool = False, seed: int = 0, context: int | None = None,
               max_examples: int | None = None, streams: int | None = None, **unknown) -> Dataset:
     """Language-model data from CPython's help text; see the module docstring.
@@ -190,7 +190,8 @@ def load_text(level: str = "char", seq_len: int = 64, stride: int | None = None,
     _reject_unknown(ds, unknown, ["level", "seq_len", "stride", "max_vocab", "lowercase", "seed", "context",
                                   "max_examples", "streams"])
     level = _choice(ds, "level", level, ("char", "word"))
-    seq_len = _int(ds, "seq_len", seq_len, 1)
+    given_seq_len = seq_len is not None  # (context examples have no seq_len: one given there is a mistake)
+    seq_len = 64 if seq_len is None else _int(ds, "seq_len", seq_len, 1)
     if stride is not None:
         stride = _int(ds, "stride", stride, 1)
     if max_vocab is not None:
@@ -205,6 +206,9 @@ def load_text(level: str = "char", seq_len: int = 64, stride: int | None = None,
         if stride is not None:
             raise DataError("dataset 'text': stride applies to seq_len windows, not to context (n-gram) examples",
                             None, "drop stride, or use max_examples to take fewer n-gram examples")
+        if given_seq_len:
+            raise DataError(f"dataset 'text': seq_len applies to windows, not to context (n-gram) examples of "
+                            f"{context} tokens", None, "drop seq_len; context sets how many tokens each example reads")
     if max_examples is not None:
         max_examples = _int(ds, "max_examples", max_examples, 1)
     if streams is not None:

@@ -135,6 +135,7 @@ def test_text_deterministic_and_bundled():
     ({"seed": -1}, "seed"),
     ({"context": 0}, "context"),
     ({"context": 3, "stride": 2}, "stride"),
+    ({"context": 3, "seq_len": 16}, "seq_len"),  # (it was ignored: examples of 3 tokens)
     ({"max_examples": 0}, "max_examples"),
     ({"seqlen": 8}, "seqlen"),
     ({"context": 3, "streams": 4}, "streams"),  # (context returned before streams was looked at)
