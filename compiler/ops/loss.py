@@ -77,7 +77,12 @@ class CrossEntropy(OpDef):
             if tuple(labels.shape) != tuple(logits.shape):
                 raise ShapeError(f"soft labels {fmt_shape(labels.shape)} must have the logits' shape {fmt_shape(logits.shape)}",
                                  hint="or give integer class ids", arg="labels")
-            loss = -g.apply("sum", g.cast(labels, logits.dtype) * lp, axis=axis)
+            t = g.cast(labels, logits.dtype)
+            # A class masked out of the logits (-inf, so log-probability -inf) that the targets
+            # give no weight adds 0 (0 * log 0 = 0), not 0 * -inf = NaN; elsewhere lp is unchanged.
+            zero = g.lift(0.0, like=lp)
+            weighed = g.apply("logical_or", g.apply("ne", t, zero), g.apply("gt", lp, g.lift(-np.inf, like=lp)))
+            loss = -g.apply("sum", t * g.apply("where", weighed, lp, zero), axis=axis)
         elif labels.dtype in ("int32", "int64"):
             loss = -_pick(g, lp, labels, axis)
         else:
@@ -91,7 +96,7 @@ class CrossEntropy(OpDef):
         axis = normalize_axis(attrs["axis"], logits.ndim)
         lp = _np_log_softmax(logits, axis)
         if labels.dtype.kind == "f":
-            loss = -(labels * lp).sum(axis=axis)
+            loss = -np.where((labels != 0) | (lp > -np.inf), labels * lp, 0.0).sum(axis=axis)
         else:
             loss = -np.take_along_axis(lp, np.expand_dims(labels, axis), axis=axis).squeeze(axis)
         if attrs["label_smoothing"]:
@@ -103,6 +108,9 @@ class CrossEntropy(OpDef):
         n = rng.normal
         soft = rng.uniform(size=(3, 4))
         soft /= soft.sum(-1, keepdims=True)
+        masked = np.array([[False, True, False, False], [False, False, True, True], [True, False, False, False]])
+        soft_masked = np.where(masked, 0.0, rng.uniform(0.1, 1.0, size=(3, 4)))
+        soft_masked /= soft_masked.sum(-1, keepdims=True)
         return [
             Sample([n(size=(5, 4)) * 3, np.array([0, 3, 1, 1, 2])], grad_inputs=[0]),
             Sample([n(size=(2, 3, 4)), np.array([[0, 2, 1], [3, 3, 0]])], {"reduction": "none"}, grad_inputs=[0]),
@@ -110,6 +118,9 @@ class CrossEntropy(OpDef):
                    grad_inputs=[0]),
             Sample([n(size=(3, 4)), soft]),
             Sample([n(size=(4, 3)) + 50.0, np.array([2, 0, 1, 1])], {"label_smoothing": 0.1}, grad_inputs=[0]),
+            # soft targets with classes masked out of the logits (-inf) and given no weight: those
+            # add 0 to the loss and get 0 gradient (0 * -inf made the loss NaN)
+            Sample([np.where(masked, -np.inf, n(size=(3, 4))), soft_masked], grad_inputs=[0]),
         ]
 
 
