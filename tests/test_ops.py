@@ -246,3 +246,18 @@ def test_squeeze_refuses_repeated_axes():
     x = g.add_input("x", "float64", (2, 1, 3))
     with pytest.raises(ShapeError, match="squeeze axes .* repeat"):
         g.apply("squeeze", x, axes=(1, -2))
+
+
+def test_softplus_gradient_keeps_its_digits_in_float32():
+    """softplus'(x) = sigmoid(x): onnxruntime's float32 Sigmoid gave twice the value at x = -17
+    and 0 from x = -18 on, so softplus, binary_cross_entropy and log(sigmoid(x)) had wrong or
+    zero gradients for confident logits. The gradient is exp(x - softplus(x)) instead."""
+    x = np.array([-85.0, -50.0, -20.0, -18.0, -17.0, -16.0, -10.0, -1.0, 0.0, 3.0, 20.0], dtype=np.float32)
+    want = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    for build in (lambda g, v: g.apply("softplus", v), lambda g, v: -g.apply("log", g.apply("sigmoid", -v)),
+                  lambda g, v: g.apply("binary_cross_entropy", v, g.apply("zeros_like", v), reduction="none")):
+        g = Graph(float_dtype="float32")
+        v = g.add_input("x", "float32", x.shape)
+        (gv,) = grad([g.apply("sum", build(g, v))], [v])
+        got = Runner(emit_model(g, [("x", v)], [("g", gv)]))({"x": x})["g"]
+        np.testing.assert_allclose(got, want, rtol=2e-6)

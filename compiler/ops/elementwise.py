@@ -834,7 +834,12 @@ class Softplus(Unary):
         e.add("Add", [e.add("Relu", [x]), e.add("Sub", [e.add("Log", [w]), rounding])], outs)
 
     def vjp(self, node, gouts):
-        return [gouts[0] * gouts[0].graph.apply("sigmoid", node.inputs[0])]
+        # sigmoid(x) as exp(x - softplus(x)) (= exp(log sigmoid(x))): exact to a few ulps for any
+        # x, down to the smallest floats. onnxruntime's float32 Sigmoid computes small values as
+        # differences near 1/2: twice too large at x = -17 and 0 from x = -18 on, which made the
+        # gradient of softplus, binary_cross_entropy and log(sigmoid(.)) wrong or 0 there.
+        x, y = node.inputs[0], node.outputs[0]
+        return [gouts[0] * x.graph.apply("exp", x - y)]
 
     def ref(self, attrs, x):
         return np.logaddexp(0.0, x)
