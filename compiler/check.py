@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .emit import exact_float64_optimizers
+from .emit import ort_disabled_optimizers
 
 
 class Runner:
@@ -27,7 +27,7 @@ class Runner:
             opts.log_severity_level = 3
             try:
                 self._sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
-                                                  disabled_optimizers=exact_float64_optimizers(model))
+                                                  disabled_optimizers=ort_disabled_optimizers(model))
                 self.backend = "onnxruntime"
             except Exception as e:  # no kernel for some op/dtype: use the reference evaluator
                 if "NOT_IMPLEMENTED" not in str(e) and "Could not find an implementation" not in str(e):

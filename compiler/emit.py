@@ -288,6 +288,23 @@ def all_nodes(graph: onnx.GraphProto):
         yield from g.node
 
 
+def narrow_values(model: onnx.ModelProto) -> bool:
+    """Whether the graph's inputs or constants are float16/bfloat16 (a --dtype float16 model)."""
+    narrow = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+    return any(i.type.tensor_type.elem_type in narrow for i in model.graph.input) \
+        or any(t.data_type in narrow for t in model.graph.initializer)
+
+
+def ort_disabled_optimizers(model: onnx.ModelProto) -> list[str]:
+    """onnxruntime's rewrites to turn off for this model, in every session made of it.
+    Its blocked-layout rewrite (NchwcTransformer, which speeds up float32 convolutions only)
+    crashes the process while making sessions of some float16 graphs with a Scan (an LSTM's
+    eval graph): it stays out of narrow models."""
+    if narrow_types(model) or narrow_values(model):
+        return ["NchwcTransformer"]
+    return exact_float64_optimizers(model)
+
+
 def exact_float64_optimizers(model: onnx.ModelProto) -> list[str]:
     """onnxruntime's rewrites to turn off for a float64 model: MatMulScaleFusion folds a
     product's constant factor (0.3 * (a @ b)) into a scale attribute, which is a float32, so

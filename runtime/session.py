@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compiler.emit import OPSET, all_nodes, exact_float64_optimizers, narrow_types, widen_unsupported_types
+from compiler.emit import OPSET, all_nodes, narrow_types, ort_disabled_optimizers, widen_unsupported_types
 from spec.errors import FlowgradError
 
 ort.set_default_logger_severity(3)
@@ -92,13 +92,6 @@ def _ort_errors() -> tuple:
 ORT_ERRORS = _ort_errors()
 
 
-def _narrow_values(model: onnx.ModelProto) -> bool:
-    """Whether the graph's inputs or constants are float16/bfloat16 (a --dtype float16 model)."""
-    narrow = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
-    return any(i.type.tensor_type.elem_type in narrow for i in model.graph.input) \
-        or any(t.data_type in narrow for t in model.graph.initializer)
-
-
 def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", threads: int | None = None,
                  cuda_graph: bool = False) -> ort.InferenceSession:
     """`cuda_graph`: onnxruntime records a CUDA graph per `gpu_graph_id` run option and
@@ -120,9 +113,7 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     if device == "cuda":
         model = shifts_in_float64(model)
     narrow = narrow_types(model)
-    # onnxruntime 1.31's blocked-layout rewrite (it speeds up float32 convolutions only) crashes
-    # the process while making sessions of some float16 graphs with a Scan: keep it out of them.
-    disabled = ["NchwcTransformer"] if narrow or _narrow_values(model) else exact_float64_optimizers(model)
+    disabled = ort_disabled_optimizers(model)
     disabling = {"disabled_optimizers": disabled} if disabled else {}
     if not narrow:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=providers, **disabling)
