@@ -96,7 +96,8 @@ class CrossEntropy(OpDef):
         axis = normalize_axis(attrs["axis"], logits.ndim)
         lp = _np_log_softmax(logits, axis)
         if labels.dtype.kind == "f":
-            loss = -np.where((labels != 0) | (lp > -np.inf), labels * lp, 0.0).sum(axis=axis)
+            with np.errstate(invalid="ignore"):  # 0 * -inf of a masked class: np.where puts the 0
+                loss = -np.where((labels != 0) | (lp > -np.inf), labels * lp, 0.0).sum(axis=axis)
         else:
             loss = -np.take_along_axis(lp, np.expand_dims(labels, axis), axis=axis).squeeze(axis)
         if attrs["label_smoothing"]:
