@@ -377,6 +377,13 @@ def _lower_scan(low, e: S.Call):
             raise SpecError(f"scan() over= needs tensors with a batch and a time axis, got {x.type}",
                             e.kwarg_locs.get("over", e.loc),
                             hint="scan steps through axis 1 of [N, T, ...] by default; axis= picks another")
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise SpecError(f"scan() axis must be a whole number, got {axis!r}", e.kwarg_locs.get("axis", e.loc),
+                        hint="the sequences' time axis: axis=1 for [N, T, ...], axis=0 for [T, N, ...]")
+    for x in over:
+        if not -x.rank <= axis < x.rank:  # wrapped around, it scanned another axis without a word
+            raise SpecError(f"scan() axis {axis} is out of range for a sequence {x.type}",
+                             e.kwarg_locs.get("axis", e.loc), hint=f"use an axis from {-x.rank} to {x.rank - 1}")
     if len(block.inputs) != len(over) + len(init):
         raise SpecError(f"block {block_name!r} takes {len(block.inputs)} inputs ({', '.join(block.inputs)}), "
                         f"but scan gives {len(over)} sequence(s) and {len(init)} state(s)", e.loc,

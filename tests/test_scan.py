@@ -876,6 +876,11 @@ loss: mean(hs * hs) + s + mean(x)
     ("scan(step, over=x, init=[zeros(N, H)], length=3)", "over= or length=, not both"),
     ("scan(lstep, init=[zeros(N, H)], length=2.5)", "length must be a positive whole number"),
     ("scan(lstep, init=[zeros(N, H)], length=x)", "length must be a positive whole number"),
+    # an axis past the sequences' rank wrapped around: axis=3 of [N, T, E] scanned over N
+    ("scan(step, over=x, init=[zeros(N, H)], axis=3)", "axis 3 is out of range for a sequence"),
+    ("scan(step, over=x, init=[zeros(N, H)], axis=-4)", "axis -4 is out of range for a sequence"),
+    ("scan(step, over=x, init=[zeros(N, H)], axis=true)", "axis must be a whole number"),
+    ("scan(step, over=x, init=[zeros(N, H)], axis=[0])", "axis must be a whole number"),
     ("lstm(x, H, truncate=x)", "truncate must be a positive whole number"),
     ("bidirectional(gru, x, H, truncate=0)", "truncate must be a positive whole number"),
     ("lstm(x, H, reverse=maybe)", "reverse must be true or false"),
