@@ -388,6 +388,12 @@ def _lower_scan(low, e: S.Call):
         raise SpecError(f"block {block_name!r} takes {len(block.inputs)} inputs ({', '.join(block.inputs)}), "
                         f"but scan gives {len(over)} sequence(s) and {len(init)} state(s)", e.loc,
                         "the block's inputs are the sequences' steps first, then the states")
+    if kw.get("mask") is not None:
+        for name, v in zip(block.inputs[len(over):], init):
+            if v.rank == 0:  # the loop refused it with a confusing message; unroll=true made it per-example
+                raise SpecError(f"scan() mask= keeps each sequence's state at its padded steps, but state {name!r} "
+                                f"is a scalar {v.type} with no batch axis", e.kwarg_locs.get("init", e.loc),
+                                hint="give the state a batch axis, e.g. init=[zeros(N)], or scan without mask=")
     seqs = [time_major(g, x, axis) for x in over]
     if not seqs and length is None:
         raise SpecError("scan() needs over= or length=", e.loc,

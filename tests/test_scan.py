@@ -939,3 +939,32 @@ def test_integer_states_and_outputs_of_a_differentiated_scan(kw):
     for k in without:
         np.testing.assert_allclose(with_int[k], without[k], rtol=1e-12, atol=1e-14, err_msg=k)
     assert np.abs(with_int["grad/step.U"]).max() > 1e-6
+
+
+COUNTER_SPEC = HEAD + """\
+inputs:
+  x: {shape: [N, T, E]}
+  m: {shape: [N, T]}
+blocks:
+  step:
+    in: [x_t, h, k]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+    graph:
+      h2: tanh(x_t @ W + h) + cast(k, 'float64')
+      k2: k + 1
+    out: [h2, k2]
+graph:
+  hs, ks: scan(step, over=x, init=[zeros(N, H), cast(0, 'int64')], mask=m%s)
+loss: mean(hs * hs)
+"""
+
+
+@pytest.mark.parametrize("kw", ["", ", unroll=true"])
+def test_a_masked_scan_refuses_a_state_without_a_batch_axis(kw):
+    """A mask keeps each sequence's state at its padded steps, which a scalar state cannot do: the
+    loop's error blamed the block for changing the state's shape, and unroll=true silently gave the
+    counter a batch axis (ks came out [N, T], not [T])."""
+    with pytest.raises(SpecError, match="state 'k' is a scalar int64\\[\\] with no batch axis") as e:
+        compile_spec(spec_from_text(COUNTER_SPEC % kw, "counter.yaml"), graphs=("train",))
+    assert str(e.value).startswith("counter.yaml:17:"), str(e.value)
