@@ -35,6 +35,9 @@ class Emitter:
     def __init__(self, parent: "Emitter | None" = None):
         self.nodes: list[onnx.NodeProto] = []
         self.parent = parent
+        # Ids of the IR values something in this graph reads (None: take every value as read),
+        # so that an op with several outputs may skip computing those nothing reads.
+        self.read: set[int] | None = None
         if parent is None:
             self.initializers: dict[str, onnx.TensorProto] = {}
             self._const_names: dict[tuple, str] = {}
@@ -135,6 +138,7 @@ def emit_model(
     if missing:
         raise ValueError(f"graph inputs not provided for emission: {missing}")
 
+    e.read = values_read(nodes, [v for _, v in outputs])
     emit_nodes(e, nodes, names, claimed)
     for out_name, v in identities:
         e.add("Identity", [names[v.id]], [out_name])
@@ -169,6 +173,11 @@ def emit_model(
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def values_read(nodes, outputs) -> set[int]:
+    """Ids of the values these IR nodes read, and of the graph's outputs."""
+    return {v.id for n in nodes for v in n.inputs} | {v.id for v in outputs}
 
 
 def _names_read(nodes) -> set[str]:

@@ -597,6 +597,27 @@ def test_lstm_loops_are_hoisted(monkeypatch):
     assert len(bbody.node) <= 8, [n.op_type for n in bbody.node]
 
 
+def test_backward_reads_the_states_before_each_step_from_the_forward_loop():
+    """The state before step t is the forward Scan's own output (an input of the step written
+    out each step), not the stacked states shifted by a Slice and a Concat of the whole
+    sequence; and the stacked cell states, which nothing else reads, are not kept."""
+    cm = _compile(LSTM_SPEC, "float32", ("train", "eval"), True)
+    model = cm.graphs["train"].model
+    fwd, _ = _loops(model)
+    fbody = _body(fwd)
+    state_inputs = [i.name for i in fbody.input[:2]]
+    made = {o: n for n in fbody.node for o in n.output}
+    written = [o.name for o in fbody.output[2:]]
+    for state in state_inputs:  # h_{t-1} and c_{t-1} leave the step as they came in
+        assert any(made[o].op_type == "Identity" and made[o].input == [state] for o in written if o in made)
+    assert not [n for n in model.graph.node if n.op_type == "Slice"], "a shift of the states"
+    # per step: h_t (the layer's output), h_{t-1}, c_{t-1}, and the saved gate activations
+    assert len(fbody.output) - 2 == 3 + 5
+    # The eval graph keeps only the stacked h_t (c_t is read by nothing).
+    (efwd,) = _loops(cm.graphs["eval"].model)
+    assert len(_body(efwd).output) == 2 + 1
+
+
 def test_gru_backward_step_factors_the_update_gate():
     """h' = (1 - z) * n + z * h: the z-gate cotangent δ*h - δ*n is regrouped to δ * (h - n),
     with h - n computed for all steps outside, so the backward step has no negation."""

@@ -248,13 +248,9 @@ class Scan(OpDef):
                                 node.loc, "this scan's gradient is differentiated again, e.g. by a grad(...) of it "
                                           "inside the loss; keep grad(...) away from recurrent layers")
         T = node.outputs[0].shape[0] if nc else (seqs[0].shape[0] if seqs else node.attrs["length"])
-        products, saved_outer = _save_products(node, T)
-        n_y = len(b.extras) - len(products)  # the step's own extra outputs, before the saved ones
+        n_y, products, saved_outer, prevs = _save_for_backward(node, T)
         stacked, ys = node.outputs[:nc], node.outputs[nc:nc + n_y]
         g_stacked, g_ys = gouts[:nc], gouts[nc:nc + n_y]
-
-        # The state before each step, in time order.
-        prevs = [g.apply("shift", st, s0, reverse=reverse) for st, s0 in zip(stacked, init)]
 
         bg = Graph(float_dtype=b.graph.float_dtype, mode=b.graph.mode)
         lam = [bg.add_input(f"lam{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
@@ -526,15 +522,36 @@ class StepMask(OpDef):
 SAVED_ACTIVATIONS = ("sigmoid", "tanh", "softmax", "relu", "exp")
 
 
-def _save_products(node, T):
-    """Have the forward scan also output, stacked over time, the matrix products of its
-    step, so the backward step reads them instead of recomputing them (memory for time).
-    Adds outputs to the node in place, once."""
+def _save_for_backward(node, T):
+    """Have the forward scan also output, stacked over time in time order, what its backward
+    step reads: the matrix products and activations of its step (so they are not computed
+    again: memory for time) and the state before each step. Adds outputs to the node in
+    place, once. Returns (the step's own extra outputs' count, the saved products in the
+    step, their outer stacks, the outer stacks of the states before each step).
+
+    The states before the steps are the stacked states shifted by one step, but a Scan
+    writes each step's output in place, where the shift copies both whole sequences again
+    (a Slice and a Concat); a stacked state that only the shift read then stops being kept."""
     from ..ir import TensorType as _T, Value
 
-    if getattr(node, "saved_products", None) is not None:
-        return node.saved_products
+    if getattr(node, "saved_for_backward", None) is not None:
+        return node.saved_for_backward
     b: Body = node.attrs["body"]
+    n_own = len(b.extras)
+    products = _products_to_save(b)
+    outer = []
+    for v in products + b.carries:
+        b.extras.append(v)
+        o = Value(node.outputs[0].graph, _T(v.dtype, (T,) + tuple(v.shape)), node, len(node.outputs), loc=node.loc)
+        node.outputs.append(o)
+        outer.append(o)
+    node.saved_for_backward = (n_own, products, outer[:len(products)], outer[len(products):])
+    return node.saved_for_backward
+
+
+def _products_to_save(b: Body) -> list:
+    """The matrix products (or the gates' pre-activations they feed) and the activations of
+    the step that depend on the state."""
     inside = producers_of(b.new_carries + b.extras)
     carried = {v.id for v in b.carries}
     depends: set[int] = set(carried)
@@ -559,14 +576,7 @@ def _save_products(node, T):
                         saved = users[0].outputs[0]
                 if not _only_feeds_saved_activations(saved, readers):
                     products.append(saved)
-    outer = []
-    for v in products:
-        b.extras.append(v)
-        o = Value(node.outputs[0].graph, _T(v.dtype, (T,) + tuple(v.shape)), node, len(node.outputs), loc=node.loc)
-        node.outputs.append(o)
-        outer.append(o)
-    node.saved_products = (products, outer)
-    return node.saved_products
+    return products
 
 
 def _only_feeds_saved_activations(v: Value, readers: dict) -> bool:
@@ -622,12 +632,18 @@ class Precomputed(OpDef):
 def _emit_scan(e, node, ins, outs):
     """Emit a scan with sequences as an ONNX Scan: it slices the sequences and writes each
     step's outputs into place, where a Loop would gather and concatenate them."""
-    from ..emit import emit_nodes, value_info
+    from ..emit import emit_nodes, value_info, values_read
     from onnx import helper
 
     b: Body = node.attrs["body"]
     nc, ns = len(b.carries), len(b.seqs)
     init, seqs = ins[:nc], ins[nc:nc + ns]
+    # A stacked output nothing reads is not written each step (a stacked state then leaves
+    # as its final value): e.g. a state whose backward pass reads the states before the steps.
+    is_read = (lambda v: True) if e.read is None else (lambda v: v.id in e.read)  # noqa: E731
+    flags = [f and is_read(o) for f, o in zip(node.op.stack_flags(node.attrs), node.outputs)]
+    extras = [(y, o) for y, o in zip(b.extras, node.outputs[nc:]) if is_read(o)]
+    step_values = b.new_carries + [y for y, _ in extras]
     body = e.child()
     names: dict[int, str] = {}
     carry_in = [e.fresh(v.name or "state") for v in b.carries]
@@ -636,9 +652,11 @@ def _emit_scan(e, node, ins, outs):
     names.update({v.id: n for v, n in zip(b.seqs, seq_in)})
     for v, outer in zip(b.nonseqs, ins[nc + ns:]):
         names[v.id] = outer  # read from the outer scope
-    emit_nodes(body, producers_of(b.new_carries + b.extras), names)
+    step_nodes = producers_of(step_values)
+    body.read = values_read(step_nodes, step_values)
+    emit_nodes(body, step_nodes, names)
     # Every body output needs a name of its own, computed in the body.
-    computed = {v.id for n in producers_of(b.new_carries + b.extras) for v in n.outputs}
+    computed = {v.id for n in step_nodes for v in n.outputs}
     taken: set[str] = set()
 
     def own(v: Value) -> str:
@@ -649,8 +667,7 @@ def _emit_scan(e, node, ins, outs):
         return name
 
     carry_out = [own(v) for v in b.new_carries]
-    flags = node.op.stack_flags(node.attrs)
-    wanted = [v for f, v in zip(flags, b.new_carries) if f] + list(b.extras)
+    wanted = [v for f, v in zip(flags, b.new_carries) if f] + [y for y, _ in extras]
     per_step = list({v.id: v for v in wanted}.values())  # a value wanted twice leaves the loop once
     which = [[v.id for v in per_step].index(v.id) for v in wanted]
     scan_out = [own(v) for v in per_step]
@@ -668,15 +685,19 @@ def _emit_scan(e, node, ins, outs):
             directions["scan_output_directions"] = [1] * len(per_step)
     e.add("Scan", [*init, *seqs], finals + stacked, body=graph, num_scan_inputs=ns, **directions)
     src, k = [], 0
-    for f, fin in zip(flags, finals):
+    for f, fin, o in zip(flags, finals, node.outputs):
         if f:
             src.append(stacked[which[k]])
             k += 1
-        else:
+        elif is_read(o):
             src.append(fin)
-    src += [stacked[i] for i in which[k:]]
+        else:
+            src.append(None)
+    read_extras = iter(which[k:])
+    src += [stacked[next(read_extras)] if is_read(o) else None for o in node.outputs[nc:]]
     for s_, o in zip(src, outs):
-        e.add("Identity", [s_], [o])
+        if s_ is not None:
+            e.add("Identity", [s_], [o])
 
 
 def _has_gradient(v: Value) -> bool:
