@@ -104,7 +104,7 @@ def _stopped_by_signals(spec_path: str, run_dir: str):
         signal.signal(signal.SIGTERM, previous)
 
 
-# The graphs take the seed as an int64 input; every verb's --seed is 0 to MAX_SEED. runtime.train's
+# The graphs take the seed as an int64 input; every verb's --seed is 0 to MAX_SEED. runtime.checks'
 # MAX_SEED, repeated: the CLI imports runtime only inside its commands, for a quick start.
 MAX_SEED = 2**63 - 1
 
@@ -245,7 +245,7 @@ def ops(
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cuda or cpu.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).", min=1,
-                                                   max=1024)]  # runtime.train's MAX_THREADS
+                                                   max=1024)]  # runtime.checks' MAX_THREADS
 CudaGraphsOpt = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
                                              help="On CUDA, capture training steps as CUDA graphs and replay them.")]
 
@@ -376,7 +376,7 @@ def predict(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).",
                                                 min=0, max=MAX_SEED)] = None,
     count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model with count and seed inputs) draws.",
-                                                 min=1, max=1 << 20)] = None,  # runtime.export's _count
+                                                 min=1, max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
 ):

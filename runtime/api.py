@@ -18,7 +18,8 @@ from . import data as D
 from .checkpoint import check_checkpoint, load_checkpoint
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .train import MAX_THREADS, TrainOptions, TrainResult, batches, check_count, held_out_test, input_dtypes, needed_inputs
+from .checks import MAX_THREADS, check_count
+from .train import TrainOptions, TrainResult, batches, held_out_test, input_dtypes, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
 

@@ -11,9 +11,9 @@ from compiler.gradcheck import random_batch
 from compiler.training import compile_spec
 from spec.model import Spec
 
+from .checks import MAX_THREADS, check_count, check_seed
 from .memory import peak_rss_mb
 from .session import pick_device
-from .train import MAX_THREADS, check_count, check_seed
 from .trainer import Trainer
 
 
@@ -39,7 +39,8 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     """`steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
     step_ms is then a call's time over its steps. `warmup` counts calls, and the timed steps
     are whole calls: `steps` rounded up to a multiple of `steps_per_call`."""
-    for name, value, least in (("steps", steps, 1), ("steps_per_call", steps_per_call, 1), ("warmup", warmup, 0)):
+    for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1), ("steps_per_call", steps_per_call, 1),
+                               ("warmup", warmup, 0)):  # (batch_size=0 timed the spec's, 2.5 timed 2)
         check_count(name, value, least, has_default=True)
     check_count("threads", threads, most=MAX_THREADS)
     check_seed(seed)

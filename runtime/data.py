@@ -19,6 +19,8 @@ import numpy as np
 
 from spec.errors import DataError, Loc
 
+from .checks import check_count
+
 BUNDLED = ("digits", "digits_images", "text", "segment", "dates", "reverse", "copy")
 
 
@@ -69,8 +71,8 @@ def load_digits(images: bool = False, labelled: int | None = None) -> Dataset:
     ds = Dataset({"x": x, "y": y}, "digits_images" if images else "digits",
                  {"classes": [str(i) for i in range(10)]})
     if labelled is not None:
-        if isinstance(labelled, bool) or not isinstance(labelled, int) or not 1 <= labelled <= len(y):
-            raise DataError(f"digits option labelled must be an integer in [1, {len(y)}], got {labelled!r}", hint=f"write e.g. labelled: 100, a whole number from 1 to {len(y)}")
+        labelled = check_count("digits option labelled", labelled, 1, most=len(y), error=DataError,
+                               hint=f"write e.g. labelled: 100, a whole number from 1 to {len(y)}")
         ds.meta["labelled"] = labelled
         ds = mark_labelled(ds, labelled)
     return ds

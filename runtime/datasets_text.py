@@ -59,6 +59,7 @@ import numpy as np
 
 from spec.errors import DataError, did_you_mean
 
+from .checks import check_count
 from .data import Dataset
 
 PAD, BOS, EOS = 0, 1, 2
@@ -77,18 +78,9 @@ def _reject_unknown(dataset: str, unknown: dict, known: list[str]) -> None:
     raise DataError(f"dataset {dataset!r} has no option {name!r}", None, hint)
 
 
-def _int(dataset: str, name: str, value, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"dataset {dataset!r}: option {name} must be an integer, got {value!r}", None,
-                        f"write e.g. {name}: {lo if lo is not None else 1}")
-    value = int(value)
-    if lo is not None and value < lo:
-        raise DataError(f"dataset {dataset!r}: option {name} must be at least {lo}, got {value}", None,
-                        f"use {name} >= {lo}")
-    if hi is not None and value > hi:
-        raise DataError(f"dataset {dataset!r}: option {name} must be at most {hi}, got {value}", None,
-                        f"use {name} <= {hi}")
-    return value
+def _int(dataset: str, name: str, value, lo: int, hi: int | None = None) -> int:
+    return check_count(f"dataset {dataset!r}: option {name}", value, lo, most=hi, error=DataError,
+                       hint=f"write a whole number, e.g. {name}: {lo}" + (f" (at most {hi})" if hi is not None else ""))
 
 
 def _choice(dataset: str, name: str, value, choices: tuple[str, ...]) -> str:

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from spec.errors import DataError, ExportError
 
 from .checkpoint import check_checkpoint, load_checkpoint
+from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_number, check_seed
 from .data import check_fits
 from .session import shifts_in_float64
 
@@ -205,7 +206,6 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     """Run an exported model: {input name: array} in, {output name: array} out. Unlike
     `flowgrad predict` (auto), it runs on the CPU unless `device` says cuda or auto."""
     from .session import ORT_ERRORS, make_session, pick_device
-    from .train import MAX_THREADS, check_count
 
     device = pick_device(device)  # (an unknown device, or "auto", ran on the CPU)
     check_count("threads", threads, most=MAX_THREADS)
@@ -281,17 +281,21 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
                             f"but the sources are {width} tokens wide", hint="each length is 1 to the width of src")
     if decoder:  # as generate_text and translate check
         if "max_len" in feeds and feeds["max_len"].size == 1:  # (0 failed inside the Scan)
-            _count(feeds["max_len"].item(), "input 'max_len'")
-        if "temperature" in feeds and feeds["temperature"].size == 1 and feeds["temperature"].item() < 0:
-            raise DataError(f"input 'temperature' is {feeds['temperature'].item()}, below 0",  # (it sampled)
-                            hint="0 picks the most likely token, 1 samples the model's probabilities")
+            check_count("input 'max_len'", feeds["max_len"].item(), most=MAX_COUNT, has_default=False,
+                        error=DataError, most_hint=MAX_COUNT_WHY)
+        if "temperature" in feeds and feeds["temperature"].size == 1:  # (a negative one sampled)
+            check_number("input 'temperature'", feeds["temperature"].item(), 0, error=DataError, hint=TEMPERATURE_HINT)
     if set(feeds) == {"count", "seed"} and feeds["count"].size == 1:  # a generator, as --count is checked
-        _count(feeds["count"].item(), "input 'count'")  # (a huge one tried to allocate terabytes)
-    if "beam_width" in feeds and ("generate.bos" in meta or "src_vocab" in meta):  # (0 decoded nothing but dead beams)
-        widest, width = _widest_beam(meta), int(feeds["beam_width"])
-        if not 1 <= width <= widest:
-            raise DataError(f"the beam width must be between 1 and {widest} for this model, got {width}",
-                            hint="the spec's generate.beam_width sets the widest beam the export decodes")
+        check_count("input 'count'", feeds["count"].item(), most=MAX_COUNT, has_default=False,  # (a huge one
+                    error=DataError, most_hint=MAX_COUNT_WHY)  # tried to allocate terabytes)
+    if "beam_width" in feeds and feeds["beam_width"].size == 1 and ("generate.bos" in meta or "src_vocab" in meta):
+        check_count("input 'beam_width'", feeds["beam_width"].item(), most=_widest_beam(meta), has_default=False,
+                    error=DataError, most_hint=BEAM_WIDTH_WHY)  # (0 decoded nothing but dead beams)
+
+
+TEMPERATURE_HINT = "0 picks the most likely token, 1 samples the model's probabilities"
+BEAM_WIDTH_WHY = "the spec's generate.beam_width sets the widest beam the export decodes"
+LENGTH_PENALTY_HINT = "GNMT's alpha: 0 ranks the hypotheses by log-probability, larger values favour longer ones (default 0.6)"
 
 
 def _widest_beam(meta: dict) -> int:
@@ -327,7 +331,6 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     continuation, or with `with_prompt` the prompt and its continuation. Unset arguments take
     the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0)."""
     from .datasets_text import decode_text, encode_text
-    from .train import check_seed
 
     check_seed(seed)  # (a negative one sampled, where every other verb refuses it)
     model = load_model_safely(model_path)
@@ -349,11 +352,10 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     text_meta = {"vocab": meta["vocab"], "level": meta.get("level", "char"), "unk": meta.get("unk"),
                  "lowercase": meta.get("lowercase", False)}
     ids = np.asarray(encode_text(prompt, text_meta), dtype=np.int64)  # (predict refuses an empty one)
-    max_len = _count(max_len if max_len is not None else meta.get("generate.max_len", 200), "max_len")
-    temperature = float(temperature if temperature is not None else meta.get("generate.temperature", 1.0))
-    if not 0 <= temperature <= float(np.finfo(np.float32).max):  # (the graph reads a float32)
-        raise DataError(f"the temperature must be 0 or more and finite, got {temperature}",
-                        hint="0 picks the most likely token, 1 samples the model's probabilities")
+    max_len = check_count("max_len", max_len if max_len is not None else meta.get("generate.max_len", 200),
+                          most=MAX_COUNT, error=DataError, most_hint=MAX_COUNT_WHY)  # (2.5 generated 2 tokens)
+    temperature = check_number("temperature", temperature if temperature is not None  # (the graph reads a float32)
+                               else meta.get("generate.temperature", 1.0), 0, error=DataError, hint=TEMPERATURE_HINT)
     outs = predict(model_path, {"prompt": ids, "max_len": np.asarray(max_len, dtype=np.int64),
                                 "temperature": np.asarray(temperature, dtype=np.float32),
                                 "seed": np.asarray(seed or 0, dtype=np.int64)}, device, threads)
@@ -366,34 +368,17 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
 def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dict[str, np.ndarray]:
     """The inputs of an exported generator (its inputs are `count` and `seed`) for `count`
     samples drawn with `seed` (default 0)."""
-    from .train import check_seed
-
     check_seed(seed)
     names = sorted(i.name for i in load_model_safely(model_path).graph.input)
     if names != ["count", "seed"]:
         raise DataError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
                         "not count and seed", hint="pass its inputs with --data (or a prompt with --text)")
-    return {"count": np.asarray(_count(count, "count"), dtype=np.int64),  # (predict --count is bounded by typer)
+    count = check_count("count", count, most=MAX_COUNT, has_default=False, error=DataError,  # (1.5 drew 1 sample)
+                        most_hint=MAX_COUNT_WHY)  # (predict --count is bounded by typer)
+    if count is None:  # (check_count passes None, an unset option)
+        raise DataError("count must be an integer of at least 1, got None", hint="give count, the number of samples to draw")
+    return {"count": np.asarray(count, dtype=np.int64),
             "seed": np.asarray(seed or 0, dtype=np.int64)}
-
-
-def _integer(value, what: str) -> int:
-    """A whole number given through the API (max_len=2.5 generated 2 tokens, beam_width=2.5
-    decoded with 2 beams)."""
-    whole = isinstance(value, (int, np.integer)) or isinstance(value, (float, np.floating)) and float(value).is_integer()
-    if isinstance(value, (bool, np.bool_)) or not whole:  # (NaN, inf or a string ended in int()'s traceback)
-        raise DataError(f"{what} must be an integer, got {value!r}", hint="give 1 or more")
-    return int(value)
-
-
-def _count(value, what: str, most: int = 1 << 20) -> int:
-    """A positive number of tokens, steps or beams, within what a run can allocate."""
-    value = _integer(value, what)
-    if not 1 <= value <= most:
-        raise DataError(f"{what} must be between 1 and {most:,}, got {value}",
-                        hint="a run holds at most that many tokens, steps, beams or samples" if value > most
-                        else "give 1 or more")
-    return value
 
 
 def translate(model_path: str, texts: list[str], beam_width: int | None = None, max_len: int | None = None,
@@ -413,9 +398,13 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
         return []
     src = np.stack([encode_source(t, meta) for t in texts])
     lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
-    beam_width = _integer(beam_width, "beam_width") if beam_width is not None else _widest_beam(meta)  # predict checks its range
-    max_len = _count(max_len if max_len is not None else meta.get("generate.max_len", meta.get("tgt_len", 32)), "max_len")
-    penalty = float(length_penalty if length_penalty is not None else meta.get("generate.length_penalty", 0.6))
+    widest = _widest_beam(meta)
+    beam_width = check_count("beam_width", beam_width, most=widest, error=DataError,  # (2.5 decoded with 2 beams)
+                             most_hint=BEAM_WIDTH_WHY) or widest
+    max_len = check_count("max_len", max_len if max_len is not None else meta.get("generate.max_len", meta.get("tgt_len", 32)),
+                          most=MAX_COUNT, error=DataError, most_hint=MAX_COUNT_WHY)
+    penalty = check_number("length_penalty", length_penalty if length_penalty is not None  # (a string was a ValueError)
+                           else meta.get("generate.length_penalty", 0.6), 0, error=DataError, hint=LENGTH_PENALTY_HINT)
     feeds = {"src": src, "src_len": lengths, "beam_width": np.asarray(beam_width, dtype=np.int64),
              "max_len": np.asarray(max_len, dtype=np.int64), "length_penalty": np.asarray(penalty, dtype=np.float32)}
     wanted = {i.name for i in model.graph.input}

@@ -25,6 +25,8 @@ import numpy as np
 
 from spec.errors import DataError
 
+from .checks import check_count, check_seed
+
 MAX_SAMPLES = 100_000  # digits a plot draws at most
 
 
@@ -122,8 +124,6 @@ def _image_output(runner: InferRunner, outs: dict, prefer: tuple) -> str:
 
 # ---------------------------------------------------------------- generators
 def _check_count_and_seed(count: int, seed: int) -> None:
-    from .train import check_count, check_seed
-
     check_seed(seed)  # (a negative one drew digits, or ended in NumPy's ValueError for an auto-encoder)
     check_count("count", count, most=MAX_SAMPLES)  # (1.5 went into the graph's int64 count)
 

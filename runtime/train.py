@@ -21,6 +21,7 @@ from spec import model as S
 from spec.errors import DataError, FlowgradError, SpecError
 
 from . import data as D
+from .checks import MAX_SEED, MAX_THREADS, check_count, check_seed  # noqa: F401  (the API imported them from here)
 from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, remove_stale_temporaries
 from .schedules import lr_schedule
 from .session import ORT_ERRORS, pick_device
@@ -30,10 +31,6 @@ CHECKPOINT = "checkpoint.npz"
 # Mixed precision skips a step whose gradients overflow and halves the loss scale; this
 # many in a row (a scale divided by 2^25) means no scale helps.
 MAX_OVERFLOWS = 25
-# The graphs take the seed as an int64 input.
-MAX_SEED = 2**63 - 1
-# onnxruntime's intra-op threads, as --threads bounds them (threads=2000 took minutes to start a session)
-MAX_THREADS = 1024
 BEST = "best.npz"
 # The best checkpoint that a record of part of an epoch (a step limit's stop) replaced: a resume
 # with a larger limit redoes that record, and the best goes back to what it was before it.
@@ -630,27 +627,6 @@ def _check_counts(opts: TrainOptions) -> None:
     check_count("threads", opts.threads, most=MAX_THREADS)
     check_seed(opts.seed)
     check_dtype(opts.dtype)
-
-
-def check_count(name: str, value, least: int = 1, has_default: bool = True, most: int | None = None) -> None:
-    """An option given through the API (None: unset) bounded as its CLI flag is. The message
-    names the keyword as the caller wrote it (typer bounds the CLI's flags before this)."""
-    if value is None:
-        return
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
-        raise FlowgradError(f"{name} must be an integer of at least {least}, got {value!r}",
-                            hint=f"leave {name} out for the default" if has_default
-                            else f"give {name} a whole number of at least {least}")
-    if most is not None and value > most:
-        raise FlowgradError(f"{name} must be at most {'2**63 - 1' if most == MAX_SEED else f'{most:,}'}, got {value!r}",
-                            hint=f"leave {name} out for the default" if has_default
-                            else f"give {name} a whole number of at most {most:,}")
-
-
-def check_seed(seed, name: str = "seed") -> None:
-    """A seed given through the API, bounded as every verb's --seed is: an integer from 0 to
-    2**63 - 1 (the graphs' seed input is an int64, and NumPy's streams take no negative seed)."""
-    check_count(name, seed, 0, most=MAX_SEED)
 
 
 def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int:

@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from compiler.training import CompiledGraph, CompiledModel
 
+from .checks import MAX_THREADS, check_count, check_seed
 from .session import ORT_ERRORS, empty_like, make_session, ort_device, to_device, unpool_by_scatter, with_fixed_dims
 
 
@@ -228,6 +229,8 @@ def _owned(a: np.ndarray, device: str) -> ort.OrtValue:
 class Trainer:
     def __init__(self, cm: CompiledModel, device: str = "cpu", threads: int | None = None,
                  state: dict[str, np.ndarray] | None = None, seed: int = 0, cuda_graphs: bool = True):
+        check_count("threads", threads, most=MAX_THREADS)  # (threads=2.5 was onnxruntime's TypeError)
+        check_seed(seed)
         self.cm = cm
         self.device = device
         self.seed = seed

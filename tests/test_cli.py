@@ -427,6 +427,9 @@ def test_bench_reports_the_steps_it_timed():
     assert r["steps"] == 6 and r["steps_per_call"] == 3
     with pytest.raises(FlowgradError, match="^steps_per_call must be an integer of at least 1"):
         bench(spec, steps_per_call=0)
+    for bad in (0, -8, 2.5, 8.0):  # batch_size=0 timed the spec's batch, 2.5 a batch of 2, -8 failed in NumPy
+        with pytest.raises(FlowgradError, match="^batch_size must be an integer of at least 1"):
+            bench(spec, batch_size=bad)
 
 
 @pytest.mark.parametrize("args, words", [

@@ -436,3 +436,12 @@ def test_text_streams_without_drop_last_refuse_a_short_last_batch(tmp_path):
     with pytest.raises(DataError, match="end an epoch with a batch of 1") as e:
         train(spec, epochs=1, device="cpu", threads=1, run_dir=str(tmp_path / "r"))
     assert "train.drop_last=false:" in str(e.value) and "drop_last: true" in e.value.hint
+
+
+def test_dataset_options_are_counts_checked_as_the_api_checks_them():
+    """Whole numbers within their bounds, refused with the option's name (one checker with
+    the API's counts: runtime.checks)."""
+    for bad, words in ((2.5, "an integer of at least 1, got 2.5"), (5.0, "an integer of at least 1, got 5.0"),
+                       (0, "an integer of at least 1, got 0"), (2000, "at most 1,000, got 2000")):
+        with pytest.raises(DataError, match=f"^dataset 'reverse': option max_len must be {words}"):
+            T.load_reverse(n=40, seed=1, max_len=bad)

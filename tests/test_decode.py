@@ -140,13 +140,19 @@ def test_beam_widths_outside_the_compiled_range_and_empty_sources_are_errors(mod
     from spec.errors import FlowgradError
 
     gen, _, _ = model
-    for width in (0, K + 1):
-        with pytest.raises(FlowgradError, match=f"between 1 and {K}"):
+    for width, words in ((0, "of at least 1, got 0"), (K + 1, f"at most {K}, got {K + 1}")):
+        with pytest.raises(FlowgradError, match=f"^beam_width must be (an integer )?{words}"):
             translate(gen, ["abc"], beam_width=width)
     with pytest.raises(FlowgradError, match="beam_width must be an integer"):  # (it decoded with 2 beams)
         translate(gen, ["abc"], beam_width=2.5)
     with pytest.raises(FlowgradError, match="empty"):
         translate(gen, [""])
+    for bad in ("long", -1.0, float("nan"), 1e39):  # a string was float()'s ValueError; the others decoded
+        with pytest.raises(FlowgradError, match="^length_penalty must be 0 or more and finite"):
+            translate(gen, ["abc"], length_penalty=bad)
+    for bad in (2.0, 0):  # 2.0 was taken for max_len, as generator_feeds took count=2.0
+        with pytest.raises(FlowgradError, match="^max_len must be an integer of at least 1"):
+            translate(gen, ["abc"], max_len=bad)
     assert len(translate(gen, ["abc"], max_len=3)) == 1
     assert translate(gen, []) == []  # (np.stack raised a raw ValueError)
 
@@ -215,8 +221,8 @@ def test_a_decoder_trained_on_an_npz_file_checks_its_inputs_too(tmp_path):
     feeds = {"src": ds.arrays["src"][:2], "src_len": ds.arrays["src_len"][:2], "beam_width": np.asarray(1),
              "max_len": np.asarray(3), "length_penalty": np.asarray(0.6, dtype=np.float32)}
     assert predict(gen, feeds)["tokens"].shape == (2, 3)
-    for change, words in (({"beam_width": np.asarray(0)}, f"between 1 and {K} for this model, got 0"),
-                          ({"beam_width": np.asarray(K + 1)}, f"between 1 and {K} for this model, got {K + 1}"),
-                          ({"max_len": np.asarray(0)}, "'max_len' must be between 1")):
+    for change, words in (({"beam_width": np.asarray(0)}, "'beam_width' must be an integer of at least 1, got 0"),
+                          ({"beam_width": np.asarray(K + 1)}, f"'beam_width' must be at most {K}, got {K + 1}"),
+                          ({"max_len": np.asarray(0)}, "'max_len' must be an integer of at least 1")):
         with pytest.raises(FlowgradError, match=words):
             predict(gen, {**feeds, **change})

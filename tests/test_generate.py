@@ -120,8 +120,8 @@ def test_predict_refuses_a_sampler_max_len_of_0_and_a_negative_temperature(expor
     feeds = {"prompt": np.asarray([5, 6]), "max_len": np.asarray(3), "temperature": np.asarray(1.0, np.float32),
              "seed": np.asarray(0)}
     assert predict(gen, feeds)["tokens"].shape == (3,)
-    for change, words in (({"max_len": np.asarray(0)}, "'max_len' must be between 1"),
-                          ({"temperature": np.asarray(-1.0, np.float32)}, "'temperature' is -1.0, below 0")):
+    for change, words in (({"max_len": np.asarray(0)}, "'max_len' must be an integer of at least 1"),
+                          ({"temperature": np.asarray(-1.0, np.float32)}, "'temperature' must be 0 or more and finite, got -1.0")):
         with pytest.raises(DataError, match=words):
             predict(gen, {**feeds, **change})
 
@@ -207,6 +207,10 @@ def test_unset_decoding_arguments_take_the_specs_values_and_bad_ones_are_errors(
                           ({"max_len": 2.5}, "max_len must be an integer"),  # (it generated 2 tokens)
                           ({"max_len": float("nan")}, "max_len must be an integer"),  # (int()'s ValueError)
                           ({"max_len": "5"}, "max_len must be an integer"),
+                          ({"max_len": 5.0}, "max_len must be an integer"),  # (taken, as predict's count was)
+                          ({"temperature": "0.5"}, "temperature must be 0 or more"),  # (float() took the string)
+                          ({"temperature": "hot"}, "temperature must be 0 or more"),  # (float()'s ValueError)
+                          ({"temperature": True}, "temperature must be 0 or more"),
                           ({"temperature": -1.0}, "temperature must be"), ({"beam_width": 2}, "beam width")):
         with pytest.raises(FlowgradError, match=words):
             generate_text(gen, "def ", **{"max_len": 5, **kwargs})

@@ -231,8 +231,10 @@ def test_digits_labelled_option():
     assert "has_label" not in D.load_bundled("digits").arrays
     with pytest.raises(DataError, match="labelled"):
         D.load_bundled("digits", {"labeled": 100})
-    with pytest.raises(DataError, match="integer"):
-        D.load_bundled("digits", {"labelled": 0})
+    for bad in (0, 2.0, 5000):  # (an np.int64 was refused, as a float is)
+        with pytest.raises(DataError, match="^digits option labelled must be"):
+            D.load_bundled("digits", {"labelled": bad})
+    assert D.load_bundled("digits", {"labelled": np.int64(100)}).arrays["has_label"].sum() == 100
 
 
 # ---------------------------------------------------------------- exported generators
@@ -305,15 +307,18 @@ def test_predict_draws_from_a_generator_with_count_and_seed(tmp_path):
         assert res.exit_code == 2 and "Invalid value for '--count'" in res.output, res.output
     from runtime.export import generator_feeds
 
-    for count in (0, 1.5):  # through the API: named count, not --count; 1.5 drew 1 sample
-        with pytest.raises(DataError, match="^count must be"):
-            generator_feeds(path, count)
+    for count in (0, 1.5, 2.0, True, "2", None):  # through the API: named count, not --count; 1.5 drew 1
+        with pytest.raises(DataError, match="^count must be an integer of at least 1"):  # sample, and 2.0 was
+            generator_feeds(path, count)  # taken where samples_of(count=2.0) was refused: one checker now
+    with pytest.raises(DataError, match="^count must be at most 1,048,576"):
+        generator_feeds(path, 2**20 + 1)
+    assert generator_feeds(path, np.int64(3))["count"] == 3
     for args, words in ((["--count", 2, "--temperature", 1], "--temperature is for --text"),
                         (["--count", 2, "--text", "a"], "give one of"), ([], "give one of")):
         res = invoke(*args)
         assert res.exit_code == 1 and "Traceback" not in res.output and words in res.output, res.output
     for count in (0, 10**11):  # the same bound with --data: a huge count tried to allocate terabytes
-        with pytest.raises(DataError, match="input 'count' must be between 1"):
+        with pytest.raises(DataError, match="^input 'count' must be (an integer of at least 1|at most 1,048,576)"):
             predict(path, {"count": np.asarray(count), "seed": np.asarray(1)})
 
 
@@ -356,7 +361,7 @@ def test_plot_samples(tmp_path):
     assert res.exit_code == 2 and "--seed" in res.output
     res = runner.invoke(app, ["plot", "samples", str(tmp_path / "vae"), "-o", str(tmp_path / "x.png"), "--count", str(10**10)])
     assert res.exit_code == 2 and "--count" in res.output
-    for bad in (0, 1.5, 10**10):  # count=0 drew 64 digits, 1.5 went into the graph's int64 count
+    for bad in (0, 1.5, 2.0, 10**10):  # count=0 drew 64 digits, 1.5 went into the graph's int64 count
         with pytest.raises(FlowgradError, match="^count must be"):
             samples_of(str(tmp_path / "vae"), count=bad)
     for run in ("vae", "dae"):  # seed=-1 drew digits (vae), or ended in NumPy's ValueError (dae)

@@ -913,6 +913,15 @@ def test_api_threads_are_bounded_like_the_cli_flag(tmp_path):
         predict(str(tmp_path / "m.onnx"), {}, threads=2000)
     with pytest.raises(FlowgradError, match="^threads must be at most 1,024"):
         bench(load(MLP, SMALL), threads=2000)
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer  # the API's step-level class, checked by the same helper
+
+    cm = compile_spec(load(MLP, SMALL))
+    for kwargs, words in (({"threads": 2000}, "threads must be at most 1,024"),  # (minutes of thread pools)
+                          ({"threads": 2.5}, "threads must be an integer of at least 1"),  # (onnxruntime's TypeError)
+                          ({"seed": -1}, "seed must be an integer of at least 0")):
+        with pytest.raises(FlowgradError, match=f"^{words}"):
+            Trainer(cm, "cpu", **kwargs)
 
 
 def test_evaluation_graphs_with_sums_and_counts_are_not_captured_as_cuda_graphs():

@@ -1,0 +1,65 @@
+"""The numbers users give flowgrad's functions (counts, lengths, seeds, temperatures), checked
+in one place, so that every verb and function takes and refuses the same values with the same
+words: a count is an int (or a NumPy integer) within its bounds; a float, even 2.0, a bool, a
+string or NaN is refused with a one-line error and a hint, never rounded. The CLI's flags are
+bounded by typer before any of this; the message names the keyword as the caller wrote it.
+
+`error` is the class raised (the export API raises its ExportArgumentError, data checks a
+DataError); this module imports nothing heavy, so `predict` stays quick to load."""
+from __future__ import annotations
+
+import numpy as np
+
+from spec.errors import FlowgradError
+
+# The graphs take the seed as an int64 input (NumPy's streams take no negative seed).
+MAX_SEED = 2**63 - 1
+# onnxruntime's intra-op threads, as --threads bounds them (threads=2000 took minutes to start a session)
+MAX_THREADS = 1024
+# Tokens a decoder generates, beams it keeps, samples a generator draws in one run, at most
+# (a huge count tried to allocate terabytes); predict's --count has the same bound.
+MAX_COUNT = 1 << 20
+MAX_COUNT_WHY = "a run holds at most that many tokens, steps, beams or samples"
+# What a float32 graph input holds (a temperature of 1e39 became inf).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_count(name: str, value, least: int = 1, has_default: bool = True, most: int | None = None,
+                error: type[FlowgradError] = FlowgradError, hint: str | None = None,
+                most_hint: str | None = None) -> int | None:
+    """`value` as an int, or None where it is None (unset): an integer of at least `least` (and
+    at most `most`). `hint` replaces the default hints; `most_hint` says why a value above
+    `most` is too large."""
+    if value is None:
+        return None
+    shown = value.item() if isinstance(value, np.generic) else value  # (not np.int64(0))
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+        raise error(f"{name} must be an integer of at least {least}, got {shown!r}",
+                    hint=hint or (f"leave {name} out for the default" if has_default
+                                  else f"give {name} a whole number of at least {least}"))
+    if most is not None and value > most:
+        raise error(f"{name} must be at most {'2**63 - 1' if most == MAX_SEED else f'{most:,}'}, got {shown!r}",
+                    hint=most_hint or hint or (f"leave {name} out for the default" if has_default
+                                               else f"give {name} a whole number of at most {most:,}"))
+    return int(value)
+
+
+def check_seed(seed, name: str = "seed", error: type[FlowgradError] = FlowgradError) -> int | None:
+    """A seed, bounded as every verb's --seed is: an integer from 0 to 2**63 - 1."""
+    return check_count(name, seed, 0, most=MAX_SEED, error=error)
+
+
+def check_number(name: str, value, least: float | None = None, most: float = FLOAT32_MAX,
+                 error: type[FlowgradError] = FlowgradError, hint: str | None = None) -> float | None:
+    """`value` as a float, or None where it is None: a finite int or float (not a bool or a
+    string) of at least `least` and at most `most` (a float32 input's range by default)."""
+    if value is None:
+        return None
+    shown = value.item() if isinstance(value, np.generic) else value
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    low = -most if least is None else least
+    if not number or not low <= value <= most:  # (NaN and inf fail the comparison)
+        bound = "a finite number" if least is None else f"{least:g} or more and finite"
+        raise error(f"{name} must be {bound}, got {shown!r}" if not number else f"{name} must be {bound}, got {shown}",
+                    hint=hint or f"give {name} a number from {low:g} to {most:g}")
+    return float(value)
