@@ -15,24 +15,25 @@ from spec.errors import DataError, FlowgradError
 META_KEY = "__meta__"
 
 
-def check_checkpoint(checkpoint, name: str = "checkpoint") -> None:
+def check_checkpoint(checkpoint, name: str = "checkpoint", error: type[FlowgradError] = FlowgradError) -> None:
     """Which of a run's checkpoints eval, export and plot samples read: best or last (anything
-    else read the last one). The message names the keyword or flag the user wrote."""
+    else read the last one). The message names the keyword or flag the user wrote; `error` is
+    the class raised (the export API's ExportArgumentError)."""
     if checkpoint not in ("best", "last"):
-        raise FlowgradError(f"unknown {name} {checkpoint!r}", hint="choose best or last")
+        raise error(f"unknown {name} {checkpoint!r}", hint="choose best or last")
 
 
 RUN_FILES = ("checkpoint.npz", "best.npz", "run.json", "metrics.jsonl", "spec.yaml", "result.json")
 
 
-def refuse_run_file(path: str) -> None:
+def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError) -> None:
     """An output (an export, predictions) must not replace a run directory's own files."""
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.basename(path) in RUN_FILES and os.path.isfile(os.path.join(directory, "run.json")):
-        raise FlowgradError(f"{path} is one of the run's own files", hint="pick another path with -o")
+        raise error(f"{path} is one of the run's own files", hint="pick another path with -o")
 
 
-def make_parent_dir(path: str) -> None:
+def make_parent_dir(path: str, error: type[FlowgradError] = FlowgradError) -> None:
     """The directory an output file goes in, made if missing (export, predict, plot and graph
     write into new directories alike)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -40,7 +41,7 @@ def make_parent_dir(path: str) -> None:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
         reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
-        raise FlowgradError(f"cannot make the directory {directory} for {path}: {reason}",
+        raise error(f"cannot make the directory {directory} for {path}: {reason}",
                             hint="pick another path with -o") from None
 
 

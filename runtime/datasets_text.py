@@ -249,8 +249,9 @@ def load_text(level: str = "char", seq_len: int | None = None, stride: int | Non
     return Dataset({"x": x.astype(np.int64), "y": y.astype(np.int64)}, "text", meta)
 
 
-def encode_text(text: str, meta: dict) -> np.ndarray:
-    """Token ids of `text` under a text dataset's meta (lowercased when it was)."""
+def encode_text(text: str, meta: dict, error: type[DataError] = DataError) -> np.ndarray:
+    """Token ids of `text` under a text dataset's meta (lowercased when it was); `error` is
+    the class raised for a token outside the vocabulary."""
     if meta.get("lowercase"):
         text = text.lower()
     index = {t: i for i, t in enumerate(meta["vocab"])}
@@ -259,7 +260,7 @@ def encode_text(text: str, meta: dict) -> np.ndarray:
     for t in tokenize(text, meta["level"]):
         i = index.get(t, unk)
         if i is None:
-            raise DataError(f"token {t!r} is not in the vocabulary", None,
+            raise error(f"token {t!r} is not in the vocabulary", None,
                             "leave it out of the text" if meta["level"] == "char"
                             else "train with max_vocab set to map rare words to <unk>")
         out.append(i)
@@ -304,18 +305,19 @@ def _pack(sources: list[str], targets: list[str], src_vocab: list[str], tgt_voca
     return Dataset({"src": src, "src_len": src_len, "tgt_in": tgt_in, "tgt": tgt, "tgt_mask": tgt_mask}, task, meta)
 
 
-def encode_source(text: str, meta: dict, length: int | None = None) -> np.ndarray:
+def encode_source(text: str, meta: dict, length: int | None = None, error: type[DataError] = DataError) -> np.ndarray:
     """Source ids [length] of an arbitrary string, padded with <pad> to
-    `length` (default: the dataset's src_len). Its src_len is len(text)."""
+    `length` (default: the dataset's src_len). Its src_len is len(text). `error` is the class
+    raised for a text the model cannot take."""
     length = meta.get("src_len", len(text)) if length is None else length
     index = {c: i for i, c in enumerate(meta["src_vocab"]) if i > EOS}
     bad = [c for c in text if c not in index]
     if bad:
         allowed = "".join(meta["src_vocab"][EOS + 1:])
-        raise DataError(f"character {bad[0]!r} is not in the source vocabulary", None,
+        raise error(f"character {bad[0]!r} is not in the source vocabulary", None,
                         f"the model knows these characters: {allowed!r}")
     if len(text) > length:
-        raise DataError(f"the text has {len(text)} characters, more than the {length} the model takes", None,
+        raise error(f"the text has {len(text)} characters, more than the {length} the model takes", None,
                         "shorten it")
     out = np.full(length, PAD, np.int64)
     out[:len(text)] = [index[c] for c in text]

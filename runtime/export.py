@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spec.errors import DataError, ExportError
+from spec.errors import DataError, ExportArgumentError, ExportError
 
 from .checkpoint import check_checkpoint, load_checkpoint
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_number, check_seed
@@ -25,12 +25,13 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     """Write RUN_DIR's deployment graph with its trained parameters as `output`.
 
     `graph` is "infer" (the spec's outputs) or "generate" (sampling from a
-    prompt); by default the sampling graph where the spec has one."""
-    check_checkpoint(checkpoint)
+    prompt); by default the sampling graph where the spec has one. Bad arguments raise
+    ExportArgumentError, an ExportError."""
+    check_checkpoint(checkpoint, error=ExportArgumentError)  # (it raised a plain FlowgradError)
     if graph is None:
         graph = "generate" if os.path.exists(os.path.join(run_dir, "graphs", "generate.onnx")) else "infer"
     if graph not in ("infer", "generate"):
-        raise ExportError(f"unknown graph {graph!r}", hint="choose infer or generate")
+        raise ExportArgumentError(f"unknown graph {graph!r}", hint="choose infer or generate")
     graph_path = os.path.join(run_dir, "graphs", f"{graph}.onnx")
     manifest_path = os.path.join(run_dir, "graphs", "manifest.json")
     if not os.path.exists(graph_path):
@@ -88,8 +89,8 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         _check_exported(model, ckpt, graph_path)
     from .checkpoint import make_parent_dir, refuse_run_file
 
-    refuse_run_file(output)
-    make_parent_dir(output)
+    refuse_run_file(output, error=ExportArgumentError)
+    make_parent_dir(output, error=ExportArgumentError)
     try:
         if external:
             onnx.save_model(model, output, save_as_external_data=True, all_tensors_to_one_file=True,
@@ -204,11 +205,13 @@ def _all_tensors(model):
 
 def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", threads: int | None = None) -> dict[str, np.ndarray]:
     """Run an exported model: {input name: array} in, {output name: array} out. Unlike
-    `flowgrad predict` (auto), it runs on the CPU unless `device` says cuda or auto."""
+    `flowgrad predict` (auto), it runs on the CPU unless `device` says cuda or auto. A bad
+    device or thread count raises ExportArgumentError (an ExportError); inputs that do not
+    fit the model, DataError."""
     from .session import ORT_ERRORS, make_session, pick_device
 
-    device = pick_device(device)  # (an unknown device, or "auto", ran on the CPU)
-    check_count("threads", threads, most=MAX_THREADS)
+    device = pick_device(device, error=ExportArgumentError)  # (an unknown device, or "auto", ran on the CPU)
+    check_count("threads", threads, most=MAX_THREADS, error=ExportArgumentError)
     model = load_model_safely(model_path)
     try:
         sess = make_session(model, device, threads)
@@ -267,7 +270,7 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
     # A decoder flowgrad exported carries its generate section; one trained on an .npz has no vocabulary
     decoder = "generate.input" in meta or "vocab" in meta or "src_vocab" in meta
     if "prompt" in feeds and decoder and not feeds["prompt"].size:
-        raise DataError("the prompt is empty", hint="give at least one token (a character or a word) to continue from")
+        raise DataError("the prompt is empty", hint=EMPTY_PROMPT_HINT)
     for name, key in (("src", "src_vocab"), ("prompt", "vocab")):
         if name in feeds and key in meta and feeds[name].size:
             ids, n = feeds[name], len(meta[key])
@@ -293,6 +296,7 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
                     error=DataError, most_hint=BEAM_WIDTH_WHY)  # (0 decoded nothing but dead beams)
 
 
+EMPTY_PROMPT_HINT = "give at least one token (a character or a word) to continue from"
 TEMPERATURE_HINT = "0 picks the most likely token, 1 samples the model's probabilities"
 BEAM_WIDTH_WHY = "the spec's generate.beam_width sets the widest beam the export decodes"
 LENGTH_PENALTY_HINT = "GNMT's alpha: 0 ranks the hypotheses by log-probability, larger values favour longer ones (default 0.6)"
@@ -329,33 +333,40 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
                   with_prompt: bool = False, threads: int | None = None) -> str:
     """Sample text from an exported language model (a graph with a `prompt` input): the
     continuation, or with `with_prompt` the prompt and its continuation. Unset arguments take
-    the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0)."""
+    the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0). Bad
+    arguments raise ExportArgumentError, an ExportError."""
     from .datasets_text import decode_text, encode_text
 
-    check_seed(seed)  # (a negative one sampled, where every other verb refuses it)
+    check_seed(seed, error=ExportArgumentError)  # (a negative one sampled, where every other verb refuses it)
+    if not isinstance(prompt, str):  # (a list of ids was tokenized as its str())
+        raise ExportArgumentError(f"the prompt must be a string, got {type(prompt).__name__}",
+                                  hint="give the text to continue; predict() takes token ids as its 'prompt' input")
     model = load_model_safely(model_path)
     names = [i.name for i in model.graph.input]
     meta = model_metadata(model)
     if "beam_width" in names and "src_vocab" in meta:
         for value, what in ((temperature, "a temperature"), (seed, "a seed")):
             if value is not None:  # beam search draws nothing
-                raise DataError(f"{model_path} decodes by beam search: {what} is for models that sample text",
+                raise ExportArgumentError(f"{model_path} decodes by beam search: {what} is for models that sample text",
                                 hint="leave it out; --beam-width picks the beam (1 is greedy)")
         return translate(model_path, [prompt], beam_width=beam_width, device=device, max_len=max_len,
                          threads=threads)[0]
     if beam_width is not None:
-        raise DataError(f"{model_path} samples text: a beam width is for sequence-to-sequence models",
-                        hint="leave out --beam-width")
+        raise ExportArgumentError(f"{model_path} samples text: a beam width is for sequence-to-sequence models",
+                                  hint="leave out --beam-width")
     if "prompt" not in names or "vocab" not in meta:
-        raise DataError(f"{model_path} is not a text generator (no prompt input or vocabulary)",
-                        hint="export a spec with a 'generate' section trained on text, or pass --data instead of --text")
+        raise ExportArgumentError(f"{model_path} is not a text generator (no prompt input or vocabulary)",
+                                  hint="export a spec with a 'generate' section trained on text, or pass --data instead of --text")
     text_meta = {"vocab": meta["vocab"], "level": meta.get("level", "char"), "unk": meta.get("unk"),
                  "lowercase": meta.get("lowercase", False)}
-    ids = np.asarray(encode_text(prompt, text_meta), dtype=np.int64)  # (predict refuses an empty one)
+    ids = np.asarray(encode_text(prompt, text_meta, error=ExportArgumentError), dtype=np.int64)
+    if not ids.size:  # (predict refused it as a DataError)
+        raise ExportArgumentError("the prompt is empty", hint=EMPTY_PROMPT_HINT)
     max_len = check_count("max_len", max_len if max_len is not None else meta.get("generate.max_len", 200),
-                          most=MAX_COUNT, error=DataError, most_hint=MAX_COUNT_WHY)  # (2.5 generated 2 tokens)
+                          most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)  # (2.5 generated 2 tokens)
     temperature = check_number("temperature", temperature if temperature is not None  # (the graph reads a float32)
-                               else meta.get("generate.temperature", 1.0), 0, error=DataError, hint=TEMPERATURE_HINT)
+                               else meta.get("generate.temperature", 1.0), 0, error=ExportArgumentError,
+                               hint=TEMPERATURE_HINT)
     outs = predict(model_path, {"prompt": ids, "max_len": np.asarray(max_len, dtype=np.int64),
                                 "temperature": np.asarray(temperature, dtype=np.float32),
                                 "seed": np.asarray(seed or 0, dtype=np.int64)}, device, threads)
@@ -367,16 +378,17 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
 
 def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dict[str, np.ndarray]:
     """The inputs of an exported generator (its inputs are `count` and `seed`) for `count`
-    samples drawn with `seed` (default 0)."""
-    check_seed(seed)
+    samples drawn with `seed` (default 0). Bad arguments raise ExportArgumentError, an ExportError."""
+    check_seed(seed, error=ExportArgumentError)
     names = sorted(i.name for i in load_model_safely(model_path).graph.input)
     if names != ["count", "seed"]:
-        raise DataError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
-                        "not count and seed", hint="pass its inputs with --data (or a prompt with --text)")
-    count = check_count("count", count, most=MAX_COUNT, has_default=False, error=DataError,  # (1.5 drew 1 sample)
-                        most_hint=MAX_COUNT_WHY)  # (predict --count is bounded by typer)
+        raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
+                                  "not count and seed", hint="pass its inputs with --data (or a prompt with --text)")
+    count = check_count("count", count, most=MAX_COUNT, has_default=False, error=ExportArgumentError,  # (1.5 drew
+                        most_hint=MAX_COUNT_WHY)  # 1 sample; predict --count is bounded by typer)
     if count is None:  # (check_count passes None, an unset option)
-        raise DataError("count must be an integer of at least 1, got None", hint="give count, the number of samples to draw")
+        raise ExportArgumentError("count must be an integer of at least 1, got None",
+                                  hint="give count, the number of samples to draw")
     return {"count": np.asarray(count, dtype=np.int64),
             "seed": np.asarray(seed or 0, dtype=np.int64)}
 
@@ -385,26 +397,32 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
               length_penalty: float | None = None, device: str = "cpu", threads: int | None = None) -> list[str]:
     """Decode source strings with an exported sequence-to-sequence model (beam search in the graph).
     Unset arguments take the spec's `generate` values (beam width 4, length penalty 0.6 where
-    the spec gives none)."""
+    the spec gives none). Bad arguments raise ExportArgumentError, an ExportError."""
     from .datasets_text import decode_target, encode_source
 
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):  # (a string decoded
+        raise ExportArgumentError(f"texts must be a list of strings, got {type(texts).__name__}"  # each character)
+                                  + ("" if not isinstance(texts, (list, tuple)) else " holding other values"),
+                                  hint='give a list of source texts, e.g. ["26 November 2026"]')
     model = load_model_safely(model_path)
     meta = model_metadata(model)
     if "src_vocab" not in meta:
-        raise DataError(f"{model_path} carries no source vocabulary", hint="export a run trained on a bundled seq2seq dataset")
+        raise ExportArgumentError(f"{model_path} carries no source vocabulary",
+                                  hint="export a run trained on a bundled seq2seq dataset")
     if any(not t for t in texts):
-        raise DataError("a source text is empty", hint="give at least one character")
+        raise ExportArgumentError("a source text is empty", hint="give at least one character")
     if not texts:  # nothing to decode (np.stack refused the empty list)
         return []
-    src = np.stack([encode_source(t, meta) for t in texts])
+    src = np.stack([encode_source(t, meta, error=ExportArgumentError) for t in texts])
     lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
     widest = _widest_beam(meta)
-    beam_width = check_count("beam_width", beam_width, most=widest, error=DataError,  # (2.5 decoded with 2 beams)
-                             most_hint=BEAM_WIDTH_WHY) or widest
+    beam_width = check_count("beam_width", beam_width, most=widest, error=ExportArgumentError,  # (2.5 decoded
+                             most_hint=BEAM_WIDTH_WHY) or widest  # with 2 beams)
     max_len = check_count("max_len", max_len if max_len is not None else meta.get("generate.max_len", meta.get("tgt_len", 32)),
-                          most=MAX_COUNT, error=DataError, most_hint=MAX_COUNT_WHY)
+                          most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)
     penalty = check_number("length_penalty", length_penalty if length_penalty is not None  # (a string was a ValueError)
-                           else meta.get("generate.length_penalty", 0.6), 0, error=DataError, hint=LENGTH_PENALTY_HINT)
+                           else meta.get("generate.length_penalty", 0.6), 0, error=ExportArgumentError,
+                           hint=LENGTH_PENALTY_HINT)
     feeds = {"src": src, "src_len": lengths, "beam_width": np.asarray(beam_width, dtype=np.int64),
              "max_len": np.asarray(max_len, dtype=np.int64), "length_penalty": np.asarray(penalty, dtype=np.float32)}
     wanted = {i.name for i in model.graph.input}

@@ -65,15 +65,17 @@ def cuda_available() -> bool:
         return False
 
 
-def pick_device(device: str) -> str:
+def pick_device(device: str, error: type[FlowgradError] = FlowgradError) -> str:
+    """The provider `device` names: auto, cuda or cpu. `error` is the class raised (the export
+    API's ExportArgumentError)."""
     if device not in ("auto", "cuda", "cpu"):
-        raise FlowgradError(f"unknown device {device!r}", hint="choose auto, cuda or cpu")
+        raise error(f"unknown device {device!r}", hint="choose auto, cuda or cpu")
     if device == "cpu":
         return "cpu"
     if cuda_available():
         return "cuda"
     if device == "cuda":
-        raise FlowgradError(
+        raise error(
             "--device cuda was asked for, but onnxruntime cannot create its CUDA provider here",
             hint="install onnxruntime-gpu with CUDA 13 and cuDNN 9 libraries, or use --device cpu",
         )

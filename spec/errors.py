@@ -61,6 +61,13 @@ class DataError(FlowgradError):
     """A data file does not match the spec."""
 
 
+class ExportArgumentError(ExportError, DataError):
+    """A bad argument of the export API (runtime.export's export, predict, generate_text, translate
+    and generator_feeds): an unknown checkpoint or device, a count, length, seed or temperature
+    out of range, a model of the wrong kind for the call. Caught by `except ExportError`, and by
+    `except DataError` as its counts, lengths and temperatures were before."""
+
+
 class MultiError(FlowgradError):
     """Several independent problems found at once (e.g. schema validation)."""
 

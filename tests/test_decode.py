@@ -153,6 +153,14 @@ def test_beam_widths_outside_the_compiled_range_and_empty_sources_are_errors(mod
     for bad in (2.0, 0):  # 2.0 was taken for max_len, as generator_feeds took count=2.0
         with pytest.raises(FlowgradError, match="^max_len must be an integer of at least 1"):
             translate(gen, ["abc"], max_len=bad)
+    from spec.errors import ExportError
+
+    for texts, kwargs, words in ((["abc"], {"beam_width": K + 1}, "beam_width must be"),  # (predict's DataError)
+                                 (["ab1"], {}, "not in the source vocabulary"),  # (DataErrors, missed by
+                                 (["abcdefghijk"], {}, "more than the 6 the model takes"),  # except ExportError)
+                                 (["abc", 5], {}, "texts must be a list of strings")):
+        with pytest.raises(ExportError, match=words):
+            translate(gen, texts, **kwargs)
     assert len(translate(gen, ["abc"], max_len=3)) == 1
     assert translate(gen, []) == []  # (np.stack raised a raw ValueError)
 

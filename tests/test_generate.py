@@ -302,3 +302,34 @@ def test_beam_search_token_ids_beyond_the_logits_are_refused(key, words):
     with pytest.raises(SpecError, match=words) as e:
         check_spec(spec)
     assert str(e.value).startswith(f"--set generate.{key}:1:"), str(e.value)
+
+
+def test_bad_arguments_of_the_export_api_are_export_errors(exported, tmp_path):
+    """Code catching ExportError around the export API missed its argument checks: a bad seed,
+    device or thread count raised a plain FlowgradError, a bad max_len, temperature or model
+    kind a DataError. Each is an ExportArgumentError now: an ExportError, and still a DataError."""
+    from runtime.export import generator_feeds, translate
+    from spec.errors import ExportArgumentError, ExportError
+
+    gen, probs = exported
+    calls = [(generate_text, (gen, "def "), {"seed": -1}, "seed must be"),
+             (generate_text, (gen, "def "), {"max_len": 0}, "max_len must be"),
+             (generate_text, (gen, "def "), {"max_len": 2.0}, "max_len must be"),
+             (generate_text, (gen, "def "), {"temperature": -1.0}, "temperature must be"),
+             (generate_text, (gen, "def "), {"beam_width": 2}, "a beam width is for"),
+             (generate_text, (gen, "def "), {"device": "tpu"}, "unknown device"),
+             (generate_text, (gen, "def "), {"threads": 0}, "threads must be"),
+             (generate_text, (gen, ""), {}, "the prompt is empty"),  # (predict's DataError)
+             (generate_text, (gen, [5, 6]), {}, "the prompt must be a string"),  # (tokenized "[5, 6]")
+             (generate_text, (probs, "def "), {}, "is not a text generator"),
+             (predict, (probs, {"x": np.zeros((1, 16), np.int64)}), {"device": "tpu"}, "unknown device"),
+             (predict, (probs, {"x": np.zeros((1, 16), np.int64)}), {"threads": 2.0}, "threads must be"),
+             (generator_feeds, (gen, 2), {}, "is not a generator"),
+             (generator_feeds, (gen, 2), {"seed": 2**64}, "seed must be"),
+             (translate, (gen, ["abc"]), {}, "carries no source vocabulary"),
+             (translate, (gen, "abc"), {}, "texts must be a list of strings")]
+    for function, args, kwargs, words in calls:
+        with pytest.raises(ExportError, match=words) as caught:
+            function(*args, **kwargs)
+        assert isinstance(caught.value, ExportArgumentError) and isinstance(caught.value, DataError), (words, caught)
+        assert caught.value.hint, words

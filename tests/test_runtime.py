@@ -154,16 +154,23 @@ def test_api_export_and_predict_check_their_options_like_the_cli(tmp_path):
     device="auto" ran on the CPU without a word, predict(threads=-1) ran: the CLI refuses each."""
     from runtime.api import export, predict
 
+    from spec.errors import ExportError
+
     train(load(MLP, SMALL), run_dir=str(tmp_path / "run"), epochs=1, threads=1, device="cpu")
-    with pytest.raises(FlowgradError, match="unknown checkpoint 'bset'"):
-        export(str(tmp_path / "run"), str(tmp_path / "m.onnx"), checkpoint="bset")
+    # each an ExportError, as the export API's other errors are (a plain FlowgradError slipped
+    # past code catching ExportError)
+    for kwargs, words in (({"checkpoint": "bset"}, "unknown checkpoint 'bset'"), ({"graph": "train"}, "unknown graph"),
+                          ({"output": str(tmp_path / "run" / "run.json")}, "is one of the run's own files"),
+                          ({"output": str(tmp_path / "run" / "run.json" / "m.onnx")}, "a file is in the way")):
+        with pytest.raises(ExportError, match=words):
+            export(**{"run_dir": str(tmp_path / "run"), "output": str(tmp_path / "m.onnx"), **kwargs})
     assert not (tmp_path / "m.onnx").exists()
     export(str(tmp_path / "run"), str(tmp_path / "m.onnx"), checkpoint="last")
     x = {"x": np.random.default_rng(0).random((2, 64), dtype=np.float32)}
-    with pytest.raises(FlowgradError, match="unknown device 'tpu'"):
+    with pytest.raises(ExportError, match="unknown device 'tpu'"):
         predict(str(tmp_path / "m.onnx"), x, device="tpu")
     for bad in (0, -1, 1.5):
-        with pytest.raises(FlowgradError, match="^threads must be an integer of at least 1"):
+        with pytest.raises(ExportError, match="^threads must be an integer of at least 1"):
             predict(str(tmp_path / "m.onnx"), x, threads=bad)
     assert predict(str(tmp_path / "m.onnx"), x, threads=1)["probs"].shape == (2, 10)
 
