@@ -162,8 +162,8 @@ class _Converter:
         chars = len(self.lines[line].encode("utf-8")[:node.col_offset].decode("utf-8", "ignore"))
         return self.where(max(0, self.line_starts[line] + chars + self.shift))
 
-    def refuse(self, node, what: str, hint: str | None = None) -> SpecError:
-        return SpecError(f"{what} is not allowed in an expression", self.loc(node),
+    def refuse(self, node, what: str, hint: str | None = None, loc: Loc | None = None) -> SpecError:
+        return SpecError(f"{what} is not allowed in an expression", loc or self.loc(node),
                          hint or f"expressions may use {ALLOWED}")
 
     def convert(self, node) -> Expr:
@@ -223,9 +223,9 @@ class _Converter:
             raise SpecError(f"'{word}' is not allowed in an expression", self.operator_loc(node.values[0]),
                             "to choose between values by a condition use where(condition, a, b)")
         what, hint = _REFUSED_NODES.get(type(node), (f"'{type(node).__name__}'", None))
-        if isinstance(node, ast.IfExp):  # point at the 'if', not at the value before it
-            raise SpecError(f"{what} is not allowed in an expression", self.operator_loc(node.body), hint)
-        raise self.refuse(node, what, hint)
+        # (refuse() gives the nodes without a hint of their own one; the 'if' points at the 'if',
+        # not at the value before it)
+        raise self.refuse(node, what, hint, self.operator_loc(node.body) if isinstance(node, ast.IfExp) else None)
 
     def name(self, node, name: str) -> str:
         if _is_dunder(name):

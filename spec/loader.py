@@ -443,7 +443,7 @@ def _join(first: str, second: str | None) -> str:
     return f"{first}, {second}" if second else first
 
 
-def _required_hint(path, key) -> str | None:
+def _required_hint(path, key) -> str:
     examples = {
         "name": "e.g. name: mlp",
         "inputs": "e.g. inputs: {x: {shape: [N, D]}}",
