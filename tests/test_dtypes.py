@@ -365,6 +365,45 @@ def test_float64_products_by_constants_stay_float64_on_onnxruntime():
     np.testing.assert_allclose(make_session(model).run(None, {"a": a, "b": b})[0], want, rtol=1e-14)
 
 
+def test_every_onnxruntime_session_leaves_out_the_shared_rewrites(tmp_path):
+    """benchmarks/compare.py's MatMul probe and benchmarks/gan_coverage.py made their own
+    sessions with every onnxruntime rewrite on: a float64 export's scaled products came out with
+    float32's error there, and a float16 one with a Scan could crash the process. Each session
+    outside runtime/session.py (make_session's home) passes compiler.emit's
+    ort_disabled_optimizers, or is made by make_session."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    from onnx import helper
+
+    root = Path(ROOT)
+    sources = [root / "cli.py", *sorted(p for d in ("spec", "compiler", "runtime", "benchmarks") for p in (root / d).rglob("*.py"))]
+    plain = []
+    for path in sources:
+        if path == root / "runtime" / "session.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "InferenceSession" \
+                    and not any(k.arg == "disabled_optimizers" for k in node.keywords):
+                plain.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not plain, f"onnxruntime sessions without the shared disabled_optimizers: {plain}"
+
+    double = TensorProto.DOUBLE  # the float64 product by a constant of the test above, from a file
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["m"]), helper.make_node("Mul", ["m", "c"], ["y"])], "scaled",
+        [helper.make_tensor_value_info("a", double, [4, 4]), helper.make_tensor_value_info("b", double, [4, 4])],
+        [helper.make_tensor_value_info("y", double, [4, 4])], [helper.make_tensor("c", double, [], [0.3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), tmp_path / "m.onnx")
+    spec = importlib.util.spec_from_file_location("gan_coverage", root / "benchmarks" / "gan_coverage.py")
+    gan_coverage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gan_coverage)
+    rng = np.random.default_rng(0)
+    a, b = rng.random((4, 4)), rng.random((4, 4))
+    got = gan_coverage.session(str(tmp_path / "m.onnx")).run(None, {"a": a, "b": b})[0]
+    np.testing.assert_allclose(got, 0.3 * (a @ b), rtol=1e-14)
+
+
 def test_a_parameter_dtype_other_than_the_float_type_is_refused_not_ignored():
     """params.<p>.dtype float64 (or float16) in a float32 model was silently stored and trained
     as float32; it is a located error, and fine where it is the type compiled for."""
