@@ -151,9 +151,11 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
                              needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes)
     if isinstance(test, float) and test:
         valid = source["valid"]  # (the spec's, or --valid's)
-        if isinstance(valid, float) and valid + test >= 1:
-            raise DataError(f"valid {valid} and test {test} leave no training data", loc,
-                            "their fractions must sum to less than 1")
+        if isinstance(valid, float) and valid + test >= 1:  # (valid takes its fraction of what test leaves)
+            raise DataError(f"valid {valid} and test {test} must sum to less than 1 (they sum to "
+                            f"{round(valid + test, 12):g})", loc,
+                            "test holds out its fraction of the data and valid its fraction of the rest; lower one "
+                            "of them so that the two sum to less than 1")
     total = len(train_ds)
     valid_cfg = source["valid"]
     valid_ds = None

@@ -406,13 +406,19 @@ def test_stream_laid_data_refuses_other_batch_sizes_and_shuffling(tmp_path):
 
 def test_a_test_fraction_is_held_out_of_training(tmp_path, data):
     """train.data.test: 0.5 of 64 examples leaves 32 to train on (it was read by nothing, and the
-    'held out' examples were trained on); with valid, the two must leave some data."""
+    'held out' examples were trained on); with valid, the two fractions must sum to less than 1.
+    The error said they 'leave no training data', which they do not: valid takes its fraction of
+    what test leaves (0.5 and 0.5 would train on a quarter of the data)."""
     text = REGRESSION.replace("  batch_size: 16\n", f"  batch_size: 16\n  data: {{path: {data}, test: 0.5}}\n")
     res = train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), valid="0", epochs=1, threads=1, device="cpu")
     assert res.steps == 2  # 32 examples, batches of 16
-    bad = text.replace("test: 0.5}", "test: 0.5, valid: 0.6}")
-    with pytest.raises(FlowgradError, match="leave no training data"):
-        train(_spec(bad, tmp_path, "bad.yaml"), run_dir=str(tmp_path / "b"), epochs=1, threads=1, device="cpu")
+    for valid, total in (("0.6", "1.1"), ("0.5", "1")):
+        bad = text.replace("test: 0.5}", f"test: 0.5, valid: {valid}}}")
+        with pytest.raises(FlowgradError, match=rf"valid {valid} and test 0.5 must sum to less than 1 \(they sum to "
+                                                rf"{total}\)") as e:
+            train(_spec(bad, tmp_path, "bad.yaml"), run_dir=str(tmp_path / "b"), epochs=1, threads=1, device="cpu")
+        assert "no training data" not in str(e.value) and "valid its fraction of the rest" in e.value.hint
+        assert "bad.yaml:" in str(e.value.loc)
     # a fraction quoted as a string reads as one, as valid's does (it was looked up as a file)
     quoted = text.replace("test: 0.5}", "test: '0.5'}")
     res = train(_spec(quoted, tmp_path, "quoted.yaml"), run_dir=str(tmp_path / "q"), valid="0", epochs=1, threads=1,
