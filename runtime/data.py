@@ -59,9 +59,10 @@ def _sklearn_data_file(name: str) -> str:
 
 def load_digits(images: bool = False, labelled: int | None = None) -> Dataset:
     """The digits; with `labelled: k`, also a float mask `has_label` that is 1 for k
-    training examples (as many of each class as k allows) and 0 for the rest, for
+    training examples (spread evenly over the classes) and 0 for the rest, for
     semi-supervised specs. The k are picked within the training part of a
-    train/valid split (see `split`), so they are all training examples."""
+    train/valid split (see `split`), so they are all training examples; a split that
+    leaves fewer than k is refused."""
     with gzip.open(_sklearn_data_file("digits.csv.gz"), "rt") as f:
         raw = np.loadtxt(f, delimiter=",", dtype=np.float64)
     x = (raw[:, :64] / 16.0).astype(np.float32)
@@ -79,14 +80,23 @@ def load_digits(images: bool = False, labelled: int | None = None) -> Dataset:
 
 
 def mark_labelled(ds: Dataset, k: int, seed: int = 0) -> Dataset:
-    """`has_label` = 1 for k examples spread evenly over the classes of `y` (seeded), else 0."""
+    """`has_label` = 1 for k examples spread evenly over the classes of `y` (seeded), else 0.
+    A class with fewer examples than its share has them all marked, and the classes with
+    examples to spare make up the rest, so that exactly k are marked."""
     y = ds.arrays["y"]
+    if k > len(y):
+        raise DataError(f"digits option labelled {k} is more than the {len(y)} examples there are to mark", None,
+                        f"use labelled: {len(y)} or fewer")
     rng = np.random.default_rng([seed, 2718])
     classes = np.unique(y)
-    chosen = []
-    for i, c in enumerate(classes):
-        want = k // len(classes) + (1 if i < k % len(classes) else 0)
-        chosen.extend(rng.permutation(np.flatnonzero(y == c))[:want])
+    shuffled = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
+    sizes = np.array([len(p) for p in shuffled])
+    level = k // len(classes)  # each class takes min(size, level), the first classes above it one more
+    while level < sizes.max() and np.minimum(sizes, level + 1).sum() <= k:
+        level += 1
+    take = np.minimum(sizes, level)
+    take[np.flatnonzero(sizes > level)[:k - int(take.sum())]] += 1
+    chosen = [i for p, t in zip(shuffled, take.tolist()) for i in p[:t]]
     mask = np.zeros(len(y), dtype=np.float32)
     mask[np.asarray(chosen, dtype=np.int64)] = 1.0
     return Dataset({**ds.arrays, "has_label": mask}, ds.name, ds.meta)
@@ -280,25 +290,32 @@ def cast_for(ds: Dataset, dtypes: dict[str, str]) -> Dataset:
                    ds.name, ds.meta)
 
 
-def split(ds: Dataset, valid: float, seed: int) -> tuple[Dataset, Dataset]:
-    """A seeded, stratification-free shuffle split."""
+def split(ds: Dataset, valid: float, seed: int, loc: Loc | None = None) -> tuple[Dataset, Dataset]:
+    """A seeded, stratification-free shuffle split. (`loc`: where labelled digits' K is
+    written, should the split leave fewer training examples than K.)"""
     n = len(ds)
     idx = np.random.default_rng([seed, 12345]).permutation(n)
     n_valid = max(1, int(round(n * valid)))
-    return _split_at(ds, np.sort(idx[n_valid:]), np.sort(idx[:n_valid]))
+    return _split_at(ds, np.sort(idx[n_valid:]), np.sort(idx[:n_valid]), loc)
 
 
-def split_last(ds: Dataset, valid: float) -> tuple[Dataset, Dataset]:
+def split_last(ds: Dataset, valid: float, loc: Loc | None = None) -> tuple[Dataset, Dataset]:
     """The last examples held out, the rest in order (ordered data: shuffled batches are off)."""
     n_valid = max(1, int(round(len(ds) * valid)))
     idx = np.arange(len(ds))
-    return _split_at(ds, idx[:-n_valid], idx[-n_valid:])
+    return _split_at(ds, idx[:-n_valid], idx[-n_valid:], loc)
 
 
-def _split_at(ds: Dataset, train_idx: np.ndarray, held_idx: np.ndarray) -> tuple[Dataset, Dataset]:
+def _split_at(ds: Dataset, train_idx: np.ndarray, held_idx: np.ndarray,
+              loc: Loc | None = None) -> tuple[Dataset, Dataset]:
     train, held = ds.subset(train_idx), ds.subset(held_idx)
     if ds.meta.get("labelled") and "has_label" in ds.arrays:
         # Semi-supervised data: the labelled examples are all training ones; validation keeps every label.
-        train = mark_labelled(train, min(int(ds.meta["labelled"]), len(train)))
+        k = int(ds.meta["labelled"])
+        if k > len(train):
+            raise DataError(f"digits option labelled {k} is more than the {len(train)} examples left to train on "
+                            f"(the labelled ones are all training examples)", loc,
+                            f"use labelled: {len(train)} or fewer, or hold out a smaller valid (or test) fraction")
+        train = mark_labelled(train, k)
         held.arrays["has_label"] = np.ones(len(held), dtype=np.float32)
     return train, held

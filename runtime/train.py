@@ -184,8 +184,13 @@ def split_like_training(ds: D.Dataset, spec: S.Spec, valid: float | None, seed: 
     if not valid:
         return ds, None
     if spec.train.get("shuffle", True):
-        return D.split(ds, float(valid), seed)
-    return D.split_last(ds, float(valid))
+        return D.split(ds, float(valid), seed, _labelled_loc(spec))
+    return D.split_last(ds, float(valid), _labelled_loc(spec))
+
+
+def _labelled_loc(spec: S.Spec):
+    """Where a split that leaves fewer training examples than labelled digits' K points."""
+    return spec.locate("train", "data", "options", "labelled")
 
 
 def split_off_test(ds: D.Dataset, spec: S.Spec, seed: int) -> tuple[D.Dataset, D.Dataset | None]:
@@ -193,8 +198,8 @@ def split_off_test(ds: D.Dataset, spec: S.Spec, seed: int) -> tuple[D.Dataset, D
     test = spec_test(spec)
     if isinstance(test, float) and test:
         if not spec.train.get("shuffle", True):  # ordered data (streams): a random sample would break the order
-            return D.split_last(ds, test)
-        return D.split(ds, test, seed + TEST_SPLIT_SEED)
+            return D.split_last(ds, test, _labelled_loc(spec))
+        return D.split(ds, test, seed + TEST_SPLIT_SEED, _labelled_loc(spec))
     return ds, None
 
 

@@ -404,6 +404,35 @@ def test_labelled_digits_are_all_training_examples_however_the_data_is_split(ove
     assert (valid.arrays["has_label"] == 1).all()
 
 
+def test_labelled_digits_mark_exactly_k_or_refuse():
+    """labelled: K marked fewer than K without a word: a class with fewer digits than its share
+    had them all marked and the shortfall was dropped (labelled: 1797 marked 1787), and a split
+    leaving fewer than K training digits marked what it could (labelled: 1400 with valid: 0.2
+    trained on 1387 labels; 1500 on 1409). Now the other classes make up a shortfall, and a
+    split that leaves fewer than K training examples is refused, pointing at labelled."""
+    from runtime.train import split_like_training
+
+    full = D.load_bundled("digits", {"labelled": 1797})
+    assert full.arrays["has_label"].sum() == 1797
+    train, _ = D.split(D.load_bundled("digits", {"labelled": 1400}), 0.2, 0)
+    counts = np.bincount(train.arrays["y"][train.arrays["has_label"] == 1], minlength=10)
+    assert counts.sum() == 1400 and counts.max() - counts.min() <= 8
+    # (classes with fewer training digits than 140 have all of them marked, the others more)
+    sizes = np.bincount(train.arrays["y"], minlength=10)
+    assert ((counts == sizes) | (counts >= 140)).all()
+    # (with a test fraction, the test split refuses first when it leaves fewer than K)
+    for labelled, valid, test, left in ((1500, 0.2, None, 1438), (1400, 0.2, 0.1, 1294), (1700, 0.1, 0.1, 1617)):
+        spec = _model_spec("semisupervised.yaml", [] if test is None else [f"train.data.test={test}"])
+        ds = D.load_bundled("digits", {"labelled": labelled})
+        with pytest.raises(DataError, match=f"labelled {labelled} is more than the {left} examples left to train on") as e:
+            split_like_training(ds, spec, valid, 0)
+        assert f"labelled: {left} or fewer" in e.value.hint and "\n" not in e.value.message
+        assert e.value.loc == spec.locate("train", "data", "options", "labelled") and e.value.loc.line == 36
+    spec = _model_spec("semisupervised.yaml", [])
+    train, _ = split_like_training(D.load_bundled("digits", {"labelled": 1438}), spec, 0.2, 0)
+    assert train.arrays["has_label"].sum() == 1438 == len(train)
+
+
 def test_a_test_fraction_of_ordered_data_keeps_the_order():
     """With shuffle: false the test fraction, as the validation one, is the last examples: a
     random test sample took rows out of the text streams, and a stateful model's batches no
