@@ -17,7 +17,8 @@ text
     - n-gram (``context=n``, Bengio et al. 2003): ``x`` [N, n] the previous n
       tokens and ``y`` [N] the next one, for every position of the stream (no seq_len or stride).
 
-    Either mode can be subsampled with ``max_examples``.
+    Either mode can be subsampled with ``max_examples``, ``seed`` picking the
+    sample (without ``max_examples`` every example is taken, and ``seed`` is refused).
     meta: ``{"vocab": [...], "level": "char"|"word", "lowercase": bool,
     "unk": id or None}``. Characters use a fixed alphabet, whatever the
     Python release's text holds: ``<unk>`` (id 0), newline and printable
@@ -99,6 +100,20 @@ def _bool(dataset: str, name: str, value) -> bool:
     return value
 
 
+def _seed_of_subsample(dataset: str, seed, max_examples: int | None, streams: int | None = None) -> int:
+    """The seed of a max_examples subsample. Without max_examples every example is taken, in
+    order, and a seed would do nothing: refused, as other options that would be ignored are."""
+    if seed is None:
+        return 0
+    seed = _int(dataset, "seed", seed, 0)
+    if max_examples is None:
+        raise DataError(f"dataset {dataset!r}: seed picks the max_examples sample, and without max_examples every "
+                        "example is taken in order", None,
+                        "drop seed: streams keeps every window in order" if streams is not None else
+                        "drop seed (train.seed seeds the shuffling and the validation split), or set max_examples")
+    return seed
+
+
 def _subsample(n_total: int, max_examples: int | None, seed: int) -> np.ndarray | None:
     """Sorted indices of a seeded subsample, or None to keep everything."""
     if max_examples is None or max_examples >= n_total:
@@ -171,7 +186,7 @@ def _text_stream(level: str, lowercase: bool, max_vocab: int | None) -> tuple[np
 
 
 def load_text(level: str = "char", seq_len: int | None = None, stride: int | None = None, max_vocab: int | None = None,
-              lowercase: bool = False, seed: int = 0, context: int | None = None,
+              lowercase: bool = False, seed: int | None = None, context: int | None = None,
               max_examples: int | None = None, streams: int | None = None, **unknown) -> Dataset:
     """Language-model data from CPython's help text; see the module docstring.
 
@@ -192,7 +207,6 @@ def load_text(level: str = "char", seq_len: int | None = None, stride: int | Non
             raise DataError(f"dataset 'text': max_vocab applies to level: word; characters use a fixed alphabet "
                             f"of {len(char_vocab(False))} symbols", None, "drop max_vocab, or set level: word")
     lowercase = _bool(ds, "lowercase", lowercase)
-    seed = _int(ds, "seed", seed, 0)
     if context is not None:
         context = _int(ds, "context", context, 1)
         if stride is not None:
@@ -208,6 +222,7 @@ def load_text(level: str = "char", seq_len: int | None = None, stride: int | Non
         if stride is not None or max_examples is not None or context is not None:
             raise DataError("dataset 'text': streams keeps every window in order", None,
                             "drop stride, max_examples and context when using streams")
+    seed = _seed_of_subsample(ds, seed, max_examples, streams)
 
     ids, vocab, unk = _text_stream(level, lowercase, max_vocab)
     L = len(ids)
@@ -520,19 +535,20 @@ def load_copy(n: int = 20000, min_len: int = 1, max_len: int = 20, alphabet: int
 
 
 # ------------------------------------------------------------------ word segmentation (tagging)
-def load_segment(seq_len: int = 48, stride: int | None = None, max_examples: int | None = None, seed: int = 0,
-                 **unknown) -> Dataset:
+def load_segment(seq_len: int = 48, stride: int | None = None, max_examples: int | None = None,
+                 seed: int | None = None, **unknown) -> Dataset:
     """Tagging where both directions matter: the corpus's words, lowercased
     and run together without spaces; each letter is tagged 1 when it ends a
     word. Telling where a word ends needs the letters before it and after it.
+    ``max_examples`` takes a sample of the windows, picked by ``seed``.
 
     Arrays: x [N, T] int64 letter ids (a-z = 0..25), y [N, T] int64 tags."""
     _reject_unknown("segment", unknown, ["seq_len", "stride", "max_examples", "seed"])
     seq_len = _int("segment", "seq_len", seq_len, 2, 4096)
     stride = seq_len if stride is None else _int("segment", "stride", stride, 1, 4096)
-    seed = _int("segment", "seed", seed, 0)
     if max_examples is not None:
         max_examples = _int("segment", "max_examples", max_examples, 1)
+    seed = _seed_of_subsample("segment", seed, max_examples)
     words = re.findall(r"[a-z]+", corpus().lower())
     letters = "".join(words)
     ends = np.zeros(len(letters), dtype=np.int64)

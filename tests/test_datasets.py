@@ -165,6 +165,27 @@ def test_segment_bad_options_are_located_errors(options, words):
     assert words in e.value.message and e.value.hint and e.value.loc == where
 
 
+@pytest.mark.parametrize("dataset, options, hint", [
+    ("text", {"seed": 1}, "or set max_examples"),
+    ("text", {"seed": 0, "context": 3}, "or set max_examples"),
+    ("text", {"seed": 2, "streams": 4}, "streams keeps every window in order"),
+    ("segment", {"seed": 1}, "or set max_examples"),
+    ("segment", {"seed": 7, "stride": 24}, "or set max_examples"),
+])
+def test_text_and_segment_refuse_a_seed_without_max_examples(dataset, options, hint):
+    """seed picks the max_examples sample; without max_examples every example is taken in
+    order, and {seed: 1} and {seed: 2} gave the same data without a word."""
+    from spec.errors import Loc
+
+    where = Loc("spec.yaml", 20, 9)
+    with pytest.raises(DataError, match=f"dataset '{dataset}': seed picks the max_examples sample") as e:
+        D.load_bundled(dataset, options, where)
+    assert hint in e.value.hint and e.value.loc == where and "\n" not in e.value.message
+    sampled = {**options, "max_examples": 50}
+    sampled.pop("streams", None)
+    assert D.load_bundled(dataset, sampled).fingerprint() != D.load_bundled(dataset, {**sampled, "seed": 99}).fingerprint()
+
+
 # -------------------------------------------------------------------- dates
 def _strptime_pattern(fmt: str) -> str:
     return fmt.replace("%-d", "%d").replace("%-m", "%m").replace("%o", "%d")
