@@ -47,6 +47,11 @@ dates, reverse, copy (sequence to sequence)
     that never share a date, whatever the seed.
     reverse: random lowercase strings -> the reversed string.
     copy: random lowercase strings -> the same string.
+
+    The examples of each are distinct (no date in one format twice, whatever its
+    case and spacing; no string twice), so a validation or test fraction split off
+    them shares no source with the training rows. An n beyond the number of
+    distinct examples is refused.
 """
 from __future__ import annotations
 
@@ -436,16 +441,20 @@ def render_date(date: _dt.date, fmt_index: int, rng: np.random.Generator | None 
     rendering; with one, a random case (as is, lower, upper) and some spaces
     doubled."""
     text = _DIRECTIVE.sub(lambda m: _field(date, m.group(1)), FORMATS[fmt_index])
-    if rng is not None:
-        case = rng.random()
-        if case < 0.25:
-            text = text.lower()
-        elif case < 0.4:
-            text = text.upper()
-        if " " in text:
-            parts = text.split(" ")
-            doubled = rng.random(len(parts) - 1) < 0.1
-            text = parts[0] + "".join(("  " if dbl else " ") + p for dbl, p in zip(doubled, parts[1:]))
+    return text if rng is None else _vary(text, rng)
+
+
+def _vary(text: str, rng: np.random.Generator) -> str:
+    """A canonical rendering in a random case (as is, lower, upper), some spaces doubled."""
+    case = rng.random()
+    if case < 0.25:
+        text = text.lower()
+    elif case < 0.4:
+        text = text.upper()
+    if " " in text:
+        parts = text.split(" ")
+        doubled = rng.random(len(parts) - 1) < 0.1
+        text = parts[0] + "".join(("  " if dbl else " ") + p for dbl, p in zip(doubled, parts[1:]))
     return text
 
 
@@ -481,27 +490,77 @@ def dates_meta() -> dict:
 
 
 def load_dates(n: int = 20000, seed: int = 0, split: str = "train", **unknown) -> Dataset:
-    """Human-written dates -> ISO YYYY-MM-DD; train and test share no date."""
+    """Human-written dates -> ISO YYYY-MM-DD; train and test share no date.
+
+    The n examples are distinct: no two render the same date in the same format, whatever
+    their case and spacing (so a validation split shares no source with training). They are
+    (date, format) pairs drawn without replacement, each in a random case and spacing."""
     ds = "dates"
     _reject_unknown(ds, unknown, ["n", "seed", "split"])
     n = _int(ds, "n", n, 1, MAX_EXAMPLES)
     seed = _int(ds, "seed", seed, 0)
     split = _choice(ds, "split", split, ("train", "test"))
     pool = _dates_of(split)
+    n_pairs = len(pool) * len(FORMATS)
+    if n > n_pairs:
+        _too_many_dates(n, n_pairs, split)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, 0xDA7E])
-    picks = rng.integers(len(pool), size=n)
-    fmts = rng.integers(len(FORMATS), size=n)
-    sources, targets = [], []
-    for p, f in zip(picks.tolist(), fmts.tolist()):
-        d = pool[p]
-        sources.append(render_date(d, f, rng))
+    sources, targets, seen = [], [], set()
+    for k in rng.permutation(n_pairs).tolist():
+        d, f = pool[k // len(FORMATS)], k % len(FORMATS)
+        text = render_date(d, f)
+        if text in seen:  # (two formats can read alike: '%d %B %Y' and '%-d %b %Y' on 15 May)
+            continue
+        seen.add(text)
+        sources.append(_vary(text, rng))
         targets.append(d.isoformat())
+        if len(sources) == n:
+            break
+    else:
+        _too_many_dates(n, len(seen), split)
     out = _pack(sources, targets, _vocab(DATE_SRC_CHARS), _vocab(DATE_TGT_CHARS), date_src_len(), 11, ds)
     out.meta["split"] = split
     return out
 
 
+def _too_many_dates(n: int, most: int, split: str) -> None:
+    raise DataError(f"dataset 'dates': n {n} is more than the {most} distinct examples of its {split} split "
+                    "(each date in each format once)", None,
+                    f"use n <= {most}: examples are distinct, so that no validation example is a training one")
+
+
 # ---------------------------------------------------------- reverse / copy
+def _distinct_strings(rng: np.random.Generator, n: int, min_len: int, max_len: int, alphabet: int) -> list[np.ndarray]:
+    """n distinct strings (letter ids) of min_len to max_len letters. Lengths are drawn
+    uniformly; a length with fewer strings than were drawn for it (26 of one letter) takes
+    them all, and the rest of its share goes to the lengths with strings to spare. The
+    strings of each length are drawn without replacement; the list is shuffled."""
+    lengths = np.arange(min_len, max_len + 1)
+    caps = np.array([min(alphabet ** int(L), n) for L in lengths], dtype=np.int64)
+    counts = np.bincount(rng.integers(len(lengths), size=n), minlength=len(lengths))
+    while (counts > caps).any():
+        excess = int((counts - caps).clip(0).sum())
+        counts = np.minimum(counts, caps)
+        spare = np.flatnonzero(counts < caps)
+        counts += np.bincount(spare[rng.integers(len(spare), size=excess)], minlength=len(lengths))
+    rows: list[np.ndarray] = []
+    for L, c in zip(lengths.tolist(), counts.tolist()):
+        if not c:
+            continue
+        if alphabet ** L <= 2 ** 62:  # index the strings of this length, and decode the drawn indices
+            idx = rng.choice(alphabet ** L, size=c, replace=False)
+            letters = idx[:, None] // (alphabet ** np.arange(L, dtype=np.int64))[None, :] % alphabet
+        else:  # far more strings than examples: draw letters, redraw the (unlikely) repeats
+            letters = rng.integers(alphabet, size=(c, L))
+            while True:
+                _, first = np.unique(letters, axis=0, return_index=True)
+                if len(first) == c:
+                    break
+                letters = np.concatenate([letters[np.sort(first)], rng.integers(alphabet, size=(c - len(first), L))])
+        rows.extend(letters)
+    return [rows[i] for i in rng.permutation(n).tolist()]
+
+
 def _strings(task: str, n, min_len, max_len, alphabet, seed, unknown: dict) -> Dataset:
     _reject_unknown(task, unknown, ["n", "min_len", "max_len", "alphabet", "seed"])
     n = _int(task, "n", n, 1, MAX_EXAMPLES)
@@ -512,11 +571,16 @@ def _strings(task: str, n, min_len, max_len, alphabet, seed, unknown: dict) -> D
                         "use min_len <= max_len")
     alphabet = _int(task, "alphabet", alphabet, 1, 26)
     seed = _int(task, "seed", seed, 0)
+    most = sum(alphabet ** L for L in range(min_len, max_len + 1))
+    if n > most:
+        letters = f"{alphabet} letter" + ("s" if alphabet > 1 else "")
+        raise DataError(f"dataset {task!r}: n {n} is more than the {most} distinct strings of {min_len} to {max_len} "
+                        f"letters over {letters}", None,
+                        f"use n <= {most}, or a larger max_len or alphabet: examples are distinct, so that no "
+                        "validation example is a training one")
     rng = np.random.default_rng([seed, 0x5E0 if task == "reverse" else 0xC0F])
-    lengths = rng.integers(min_len, max_len + 1, size=n)
-    letters = rng.integers(alphabet, size=(n, max_len))
     chars = np.array(list(string.ascii_lowercase[:alphabet]))
-    sources = ["".join(chars[row[:k]]) for row, k in zip(letters, lengths.tolist())]
+    sources = ["".join(chars[row]) for row in _distinct_strings(rng, n, min_len, max_len, alphabet)]
     targets = [s[::-1] for s in sources] if task == "reverse" else list(sources)
     vocab = _vocab(string.ascii_lowercase[:alphabet])
     return _pack(sources, targets, vocab, list(vocab), max_len, max_len + 1, task)
@@ -524,13 +588,13 @@ def _strings(task: str, n, min_len, max_len, alphabet, seed, unknown: dict) -> D
 
 def load_reverse(n: int = 20000, min_len: int = 1, max_len: int = 20, alphabet: int = 26, seed: int = 0,
                  **unknown) -> Dataset:
-    """Random lowercase strings -> the reversed string."""
+    """Distinct random lowercase strings -> the reversed string."""
     return _strings("reverse", n, min_len, max_len, alphabet, seed, unknown)
 
 
 def load_copy(n: int = 20000, min_len: int = 1, max_len: int = 20, alphabet: int = 26, seed: int = 0,
               **unknown) -> Dataset:
-    """Random lowercase strings -> the same string."""
+    """Distinct random lowercase strings -> the same string."""
     return _strings("copy", n, min_len, max_len, alphabet, seed, unknown)
 
 

@@ -376,6 +376,55 @@ def test_reverse_copy_bad_options(task, options, words):
     assert words in e.value.message and "\n" not in e.value.message and e.value.hint
 
 
+@pytest.mark.parametrize("task, options", [("reverse", {"n": 20000, "max_len": 20}), ("dates", {"n": 20000}),
+                                           ("copy", {"n": 3000, "max_len": 4, "alphabet": 8})])
+def test_seq2seq_examples_are_distinct_so_validation_is_not_trained_on(task, options):
+    """The generated examples were drawn with replacement: 76 of the 1,000 validation rows of
+    models/reverse_attention.yaml's data were training rows too (15 of dates_attention's).
+    Now no source recurs (a date not even in another case or spacing), whatever the split."""
+    ds = D.load_bundled(task, options)
+    norm = lambda d: [" ".join(T.decode_source(r, ds.meta).lower().split()) for r in d.arrays["src"]]  # noqa: E731
+    assert len(set(norm(ds))) == len(ds) == options["n"]
+    train, valid = D.split(ds, 0.05, 0)
+    assert len(valid) == options["n"] // 20 and not set(norm(train)) & set(norm(valid))
+    again = D.load_bundled(task, options)
+    assert again.fingerprint() == ds.fingerprint()
+
+
+@pytest.mark.parametrize("task, options, most", [
+    ("reverse", {"n": 40, "min_len": 1, "max_len": 3, "alphabet": 3}, 39),
+    ("copy", {"n": 33, "min_len": 5, "max_len": 5, "alphabet": 2}, 32),
+    ("reverse", {"n": 2, "max_len": 1, "alphabet": 1}, 1),
+    ("dates", {"n": 200000, "split": "test"}, len(T._dates_of("test")) * len(T.FORMATS)),
+])
+def test_seq2seq_refuses_more_examples_than_there_are_distinct_ones(task, options, most):
+    from spec.errors import Loc
+
+    where = Loc("spec.yaml", 3, 9)
+    with pytest.raises(DataError) as e:
+        D.load_bundled(task, options, where)
+    assert f"n {options['n']} is more than the {most} distinct" in e.value.message and "\n" not in e.value.message
+    assert f"n <= {most}" in e.value.hint and e.value.loc == where
+    if task != "dates":  # exactly as many as there are: every one of them
+        ds = D.load_bundled(task, {**options, "n": most})
+        sources = {T.decode_source(r, ds.meta) for r in ds.arrays["src"]}
+        assert len(sources) == most and len(ds) == most
+
+
+def test_dates_as_many_as_there_are_distinct_ones(monkeypatch):
+    """Two formats read alike on some dates (15 May 2026 in '%d %B %Y' and '%-d %b %Y'), so
+    there are fewer distinct examples than (date, format) pairs; an n between the two is
+    refused once they are counted, and that many are every one of them."""
+    pool = (dt.date(2026, 5, 15), dt.date(2026, 5, 3), dt.date(2026, 11, 26))
+    monkeypatch.setattr(T, "_dates_of", lambda split: pool)
+    most = len({T.render_date(d, f) for d in pool for f in range(len(T.FORMATS))})
+    assert most < len(pool) * len(T.FORMATS)
+    with pytest.raises(DataError, match=f"n {most + 1} is more than the {most} distinct examples of its test split"):
+        T.load_dates(n=most + 1, split="test")
+    ds = T.load_dates(n=most, split="test")
+    assert len({" ".join(T.decode_source(r, ds.meta).lower().split()) for r in ds.arrays["src"]}) == most
+
+
 def test_seq2seq_benchmark_held_out_sets_share_no_example_with_training():
     """benchmarks/seq2seq_accuracy.py's held-out sets share no source with the bundled models'
     training data (a fresh draw of reverse strings repeated about a tenth of them)."""
