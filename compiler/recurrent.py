@@ -271,7 +271,10 @@ def time_major(g: Graph, x: Value, axis: int) -> Value:
 
 
 def from_time_major(g: Graph, x: Value, axis: int) -> Value:
-    axis = axis % x.rank
+    """x [T, ...] with its time axis moved to `axis` (counted from the front, as the sequences'
+    was), or last when x has fewer axes: a per-step [N] of a scan over [N, T, E] comes back
+    [N, T] whether the scan's axis was written 1 or -2."""
+    axis = min(axis, x.rank - 1)
     if axis == 0:
         return x
     perm = list(range(1, x.rank))
@@ -384,6 +387,18 @@ def _lower_scan(low, e: S.Call):
         if not -x.rank <= axis < x.rank:  # wrapped around, it scanned another axis without a word
             raise SpecError(f"scan() axis {axis} is out of range for a sequence {x.type}",
                              e.kwarg_locs.get("axis", e.loc), hint=f"use an axis from {-x.rank} to {x.rank - 1}")
+    given_axis = axis
+    if over:
+        # Counted from the front from here on: the outputs put time at the same position (a
+        # negative axis counted from each output's own end gave [T, N] for a per-step [N] of
+        # axis=-2 where axis=1 gave [N, T]).
+        axis = over[0].rank + axis if axis < 0 else axis
+        for x in over[1:]:
+            if (x.rank + given_axis if given_axis < 0 else given_axis) != axis:
+                raise SpecError(f"scan() axis {given_axis} is axis {axis} of a sequence {over[0].type} but axis "
+                                f"{x.rank + given_axis} of a sequence {x.type}", e.kwarg_locs.get("axis", e.loc),
+                                hint="count the time axis from the front, the same position in every sequence "
+                                     "(axis=1 for [N, T, ...])")
     if len(block.inputs) != len(over) + len(init):
         raise SpecError(f"block {block_name!r} takes {len(block.inputs)} inputs ({', '.join(block.inputs)}), "
                         f"but scan gives {len(over)} sequence(s) and {len(init)} state(s)", e.loc,
@@ -430,6 +445,13 @@ def _lower_scan(low, e: S.Call):
                    length=length, unroll=unroll)
     if carried is not None:
         low.recurrent_final[key] = [g.apply("index", r, spec=(0 if reverse else -1,)) for r in res[:len(init)]]
+    if not over and axis < 0:
+        # No sequence to count from: a negative axis counts from the end of the largest output.
+        rank = max(r.rank for r in res)
+        if axis < -rank:
+            raise SpecError(f"scan() axis {axis} is out of range for outputs of rank {rank} or less",
+                            e.kwarg_locs.get("axis", e.loc), hint=f"use an axis from {-rank} to {rank - 1}")
+        axis += rank
     res = [from_time_major(g, r, axis) for r in res]
     return tuple(res) if len(res) > 1 else res[0]
 

@@ -989,3 +989,146 @@ def test_a_masked_scan_refuses_a_state_without_a_batch_axis(kw):
     with pytest.raises(SpecError, match="state 'k' is a scalar int64\\[\\] with no batch axis") as e:
         compile_spec(spec_from_text(COUNTER_SPEC % kw, "counter.yaml"), graphs=("train",))
     assert str(e.value).startswith("counter.yaml:17:"), str(e.value)
+
+
+AXIS_SPEC = HEAD.replace("H: 3}", "H: 3, X: 2}") + """\
+inputs:
+  x: {shape: [%s]}
+blocks:
+  step:
+    in: [x_t, h]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      h2: tanh(x_t @ W + h @ U)
+      y: sum(h2, axis=-1)
+      s: sum(h2 * h2)
+    out: [h2, y, s]
+graph:
+  hs, ys, ss: scan(step, over=x, init=[zeros(%s)], axis=%s%s)
+outputs: {hs: hs, ys: ys, ss: ss}
+loss: mean(hs * hs) + mean(ys * ys) + mean(ss)
+"""
+# (the sequences' layout, the state's, the time axis counted from the front)
+AXIS_LAYOUTS = {
+    "NTE": ("N, T, E", "N, H", 1),
+    "NET": ("N, E, T", "N, H", 2),
+    "TNE": ("T, N, E", "N, H", 0),
+    "NXTE": ("N, X, T, E", "N, X, H", 2),
+    "TNXE": ("T, N, X, E", "N, X, H", 0),
+}
+
+
+def _scan_along(x: np.ndarray, axis: int, W, U, reverse=False, mask=None):
+    """NumPy: the AXIS_SPEC step along `axis` of x; mask [N, T] keeps the state and zeroes the
+    outputs at padded steps. Returns the states, ys and ss stacked time-major."""
+    xs = np.moveaxis(x, axis, 0)
+    h = np.zeros(xs.shape[1:-1] + (W.shape[1],))
+    hs, ys, ss = [None] * len(xs), [None] * len(xs), [None] * len(xs)
+    for t in (range(len(xs) - 1, -1, -1) if reverse else range(len(xs))):
+        h2 = np.tanh(xs[t] @ W + h @ U)
+        y, s = h2.sum(-1), (h2 * h2).sum()
+        if mask is not None:
+            m = mask[:, t].reshape((-1,) + (1,) * (h2.ndim - 1))
+            h2, y, s = np.where(m > 0, h2, h), y * m[..., 0], s
+        h = h2
+        hs[t], ys[t], ss[t] = h2, y, s
+    return np.stack(hs), np.stack(ys), np.stack(ss)
+
+
+def _run_infer(text: str, feeds: dict, name="axis.yaml"):
+    cm = compile_spec(spec_from_text(text, name), "float64", graphs=("infer",))
+    state = cm.initial_state(0)
+    graph = cm.graphs["infer"]
+    return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}}), state
+
+
+@pytest.mark.parametrize("layout", list(AXIS_LAYOUTS))
+def test_negative_and_positive_axes_give_the_same_layout(layout):
+    """axis=-2 of [N, T, E] is axis=1: every output puts time where the sequences have it (or last,
+    when it has fewer axes). A per-step [N] came back [N, T] with axis=1 but [T, N] with axis=-2,
+    and one of [N, X, T, E] came back [T, N, X] with axis=2: each output counted the axis itself."""
+    xs, hs_shape, a = AXIS_LAYOUTS[layout]
+    sizes = {"N": 2, "T": 4, "E": 3, "X": 2}
+    x = np.random.default_rng(0).normal(size=[sizes[d] for d in xs.split(", ")])
+    rank = x.ndim
+    results = {}
+    for axis in (a, a - rank):
+        text = AXIS_SPEC % (xs, hs_shape, axis, "")
+        results[axis], state = _run_infer(text, {"x": x})
+        # the gradient check of the same scan, against central differences
+        errors = gradcheck_spec(spec_from_text(text, "axis.yaml"), seed=1)["main"]
+        assert errors and max(errors.values()) < 1e-6, errors
+    want = _scan_along(x, a, state["step.W"], state["step.U"])
+    for axis, got in results.items():
+        for k, w in zip(("hs", "ys", "ss"), want):
+            np.testing.assert_allclose(got[k], np.moveaxis(w, 0, min(a, w.ndim - 1)), rtol=1e-12, atol=1e-12,
+                                       err_msg=f"{k}, axis={axis}")
+
+
+def test_a_negative_axis_must_be_the_same_axis_of_every_sequence():
+    """axis=-1 is axis 2 of [N, E, T] but axis 1 of [N, T]: one of them was scanned along another axis."""
+    text = HEAD + """\
+inputs:
+  x: {shape: [N, E, T]}
+  u: {shape: [N, T]}
+blocks:
+  step:
+    in: [x_t, u_t, h]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+    graph:
+      h2: tanh(x_t @ W + h) * unsqueeze(u_t, axes=-1)
+    out: [h2]
+graph:
+  hs: scan(step, over=[x, u], init=[zeros(N, H)], axis=-1)
+loss: mean(hs * hs)
+"""
+    with pytest.raises(SpecError, match="axis -1 is axis 2 of a sequence .* but axis 1 of a sequence") as e:
+        compile_spec(spec_from_text(text, "axes.yaml"))
+    assert str(e.value).startswith("axes.yaml:16:51"), str(e.value)
+    # the same position counted from the front: each sequence's time axis
+    compile_spec(spec_from_text(text.replace("over=[x, u], init=[zeros(N, H)], axis=-1",
+                                             "over=[x, u], init=[zeros(N, H)], axis=2").replace("[N, T]}", "[N, X, T]}")
+                                .replace("H: 3}", "H: 3, X: 1}").replace("unsqueeze(u_t, axes=-1)", "u_t"), "axes.yaml"))
+
+
+LENGTH_AXIS_SPEC = HEAD + """\
+inputs:
+  z: {shape: [N, H]}
+blocks:
+  step:
+    in: [h]
+    params:
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      h2: tanh(h @ U + z)
+      y: sum(h2, axis=-1)
+    out: [h2, y]
+graph:
+  hs, ys: scan(step, init=[z], length=4, axis=%s)
+outputs: {hs: hs, ys: ys}
+loss: mean(hs * hs) + mean(ys)
+"""
+
+
+def test_a_scan_over_no_sequence_counts_a_negative_axis_from_its_largest_output():
+    """With no sequence to count from, a negative axis counts from the end of the largest output:
+    axis=-1 is axis 2 of the stacked states [N, H, T], and the per-step [N] comes back [N, T] as with
+    axis=2. Each output counted it itself: axis=-2 gave that [N] back [T, N], axis=1 [N, T]."""
+    z = np.random.default_rng(0).normal(size=(N, H))
+    for pos, neg in ((2, -1), (1, -2), (0, -3)):
+        a, state = _run_infer(LENGTH_AXIS_SPEC % pos, {"z": z})
+        b, _ = _run_infer(LENGTH_AXIS_SPEC % neg, {"z": z})
+        hs, h = [], z
+        for _ in range(4):
+            h = np.tanh(h @ state["step.U"] + z)
+            hs.append(h)
+        hs = np.stack(hs)
+        for got in (a, b):
+            np.testing.assert_allclose(got["hs"], np.moveaxis(hs, 0, pos), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(got["ys"], np.moveaxis(hs.sum(-1), 0, min(pos, 1)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(SpecError, match="axis -4 is out of range for outputs of rank 3") as e:
+        compile_spec(spec_from_text(LENGTH_AXIS_SPEC % -4, "len.yaml"))
+    assert str(e.value).startswith("len.yaml:16:"), str(e.value)
