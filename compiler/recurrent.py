@@ -369,7 +369,8 @@ def _lower_scan(low, e: S.Call):
     if kw.get("mask") is not None and not isinstance(kw["mask"], Value):
         raise SpecError(f"scan() mask must be a tensor [N, T] of 1 (step) and 0 (padding), got {kw['mask']!r}",
                         e.kwarg_locs.get("mask", e.loc),
-                        hint="an input m: {shape: [N, T]}, or lengths= on the recurrent layers")
+                        hint="an input m: {shape: [N, T]} (batch first, whatever axis= is), "
+                             "or lengths= on the recurrent layers")
     for v, what in [(x, "over") for x in over] + [(x, "init") for x in init]:
         if not isinstance(v, Value):
             raise SpecError(f"scan() {what} must be tensors, got {v!r}", e.kwarg_locs.get(what, e.loc),
@@ -436,8 +437,12 @@ def _lower_scan(low, e: S.Call):
     new_carries, extras = _block_outputs(body_low, block, len(init), carry_in)
     mask = kw.get("mask")
     if mask is not None:
+        _check_mask(mask, seqs[0].shape[0] if seqs else length,
+                    list(zip(block.outputs, new_carries + extras)), e)
+        # [N, T] whatever the sequences' axis: it was moved as they were, so axis=0 read it as [T, N]
+        # and a rank-4 sequence's axis=2 left it unmoved
         new_carries, extras, m_ins, m_seqs = _apply_mask(g, sb, carry_in, new_carries, extras,
-                                                         time_major(g, g.cast(mask, g.float_dtype), axis))
+                                                         time_major(g, g.cast(mask, g.float_dtype), 1))
         seq_in += m_ins
         seqs += m_seqs
     body = Body(sb.graph, carry_in, seq_in, sb.nonseqs, new_carries, extras)
@@ -474,6 +479,27 @@ def _scan_count(kw: dict, name: str, e) -> int | None:
                         e.kwarg_locs.get(name, e.loc),
                         hint=f"e.g. {name}=32")
     return v
+
+
+def _check_mask(mask: Value, steps, outputs: list, e) -> None:
+    """A scan's mask is [N, T], batch first and time second, whatever the sequences' axis: T the
+    sequences' steps (or length=), N the first axis of the states and per-step outputs it masks."""
+    loc = e.kwarg_locs.get("mask", e.loc)
+    layout = "a scan's mask is [N, T] (batch, time) whatever axis= the sequences scan"
+    if mask.rank != 2:
+        raise ShapeError(f"scan() mask must be [N, T] (batch, time), got {mask.type}", loc,
+                         hint=f"{layout}: one 1 (step) or 0 (padding) per sequence and step")
+    if mask.shape[1] != steps:
+        swapped = mask.shape[0] == steps
+        raise ShapeError(f"scan() mask {mask.type} has {mask.shape[1]} steps where the scan runs {steps}", loc,
+                         hint=f"{layout}" + ("; for a time-major mask [T, N] write transpose(m)" if swapped else ""))
+    for name, v in outputs:
+        if v.rank and len({mask.shape[0], v.shape[0]} - {1}) > 1:
+            raise ShapeError(f"scan() mask {mask.type} is for {mask.shape[0]} sequences, but the block's "
+                             f"{name!r} is {v.type}", loc,
+                             hint=f"{layout}: its N is the first axis of the states and per-step outputs"
+                                  + ("; for a time-major mask [T, N] write transpose(m)"
+                                     if mask.shape[1] == v.shape[0] else ""))
 
 
 def _apply_mask(g: Graph, sb: StepBuilder, carries, new_carries, extras, mask: Value):

@@ -1132,3 +1132,55 @@ def test_a_scan_over_no_sequence_counts_a_negative_axis_from_its_largest_output(
     with pytest.raises(SpecError, match="axis -4 is out of range for outputs of rank 3") as e:
         compile_spec(spec_from_text(LENGTH_AXIS_SPEC % -4, "len.yaml"))
     assert str(e.value).startswith("len.yaml:16:"), str(e.value)
+
+
+MASK_AXIS_SPEC = (AXIS_SPEC.replace("  x: {shape: [%s]}\n", "  x: {shape: [%s]}\n  m: {shape: [N, T], dtype: int64}\n")
+                  .replace("      s: sum(h2 * h2)\n", "").replace("out: [h2, y, s]", "out: [h2, y]")
+                  .replace("hs, ys, ss: scan", "hs, ys: scan").replace("outputs: {hs: hs, ys: ys, ss: ss}",
+                                                                     "outputs: {hs: hs, ys: ys}")
+                  .replace(" + mean(ss)", ""))
+
+
+@pytest.mark.parametrize("kw", ["", ", reverse=true", ", unroll=true", ", reverse=true, unroll=true"])
+@pytest.mark.parametrize("layout", list(AXIS_LAYOUTS))
+def test_a_scan_mask_is_batch_by_time_whatever_the_axis(layout, kw):
+    """mask= is [N, T] (batch, time) whatever axis= the sequences scan, as its error says: it was moved
+    as the sequences were, so with axis=0 it was read as [T, N] (an [N, T] mask failed in a `where`
+    of the block), and with axis=2 of [N, E, T] or of [N, X, T, E] it was not moved at all. Values
+    against NumPy, gradients against central differences and across the axis' two spellings."""
+    xs, hs_shape, a = AXIS_LAYOUTS[layout]
+    sizes = {"N": 2, "T": 4, "E": 3, "X": 2}
+    x = np.random.default_rng(0).normal(size=[sizes[d] for d in xs.split(", ")])
+    m = np.array([[1, 1, 1, 0], [1, 0, 1, 0]])  # a hole, then padding
+    grads = {}
+    for axis in (a, a - x.ndim):
+        text = MASK_AXIS_SPEC % (xs, hs_shape, axis, ", mask=m" + kw)
+        got, state = _run_infer(text, {"x": x, "m": m}, "mask.yaml")
+        hs, ys = _scan_along(x, a, state["step.W"], state["step.U"], reverse="reverse" in kw, mask=m)[:2]
+        np.testing.assert_allclose(got["hs"], np.moveaxis(hs, 0, a), rtol=1e-12, atol=1e-12, err_msg=f"axis={axis}")
+        np.testing.assert_allclose(got["ys"], np.moveaxis(ys, 0, min(a, ys.ndim - 1)), rtol=1e-12, atol=1e-12,
+                                   err_msg=f"axis={axis}")
+        spec = spec_from_text(text, "mask.yaml")
+        errors = gradcheck_spec(spec, seed=1)["main"]
+        assert errors and max(errors.values()) < 1e-6, errors
+        grads[axis] = _grads(spec)[1]
+    first, second = grads.values()
+    for k in first:
+        np.testing.assert_allclose(second[k], first[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize("xs, mask, axis, words", [
+    # the layout the mask used to be read in with axis=0
+    ("T, N, E", "T, N", 0, r"mask float64\[T, N\] has N steps where the scan runs T[\s\S]*transpose\(m\)"),
+    ("N, T, E", "T, N", -2, r"mask float64\[T, N\] has N steps where the scan runs T[\s\S]*transpose\(m\)"),
+    ("N, T, E", "N, S", 1, r"mask float64\[N, S\] has S steps where the scan runs T"),
+    ("N, T, E", "S, T", 1, r"mask float64\[S, T\] is for S sequences, but the block's 'h2' is float64\[N, 3\]"),
+    ("N, T, E", "N, T, E", 1, r"mask must be \[N, T\] \(batch, time\), got float64\[N, T, 3\]"),
+])
+def test_a_scan_mask_of_another_layout_is_a_located_error(xs, mask, axis, words):
+    text = (MASK_AXIS_SPEC % (xs, "N, H", axis, ", mask=m")).replace("m: {shape: [N, T], dtype: int64}",
+                                                                     f"m: {{shape: [{mask}]}}")
+    with pytest.raises(ShapeError, match=words) as e:
+        compile_spec(spec_from_text(text, "mask.yaml"), "float64")
+    assert str(e.value).startswith("mask.yaml:18:"), str(e.value)
+    assert "mask is [N, T] (batch, time) whatever axis= the sequences scan" in str(e.value)
