@@ -231,25 +231,35 @@ def run_scan(g: Graph, body: Body, init: list[Value], seqs: list[Value], nonseqs
         # with a symbolic one the step keeps its sequences as they are.
         if hoisted[0].seqs or isinstance(steps, int):
             body, seqs, nonseqs = hoisted
-    if unroll and isinstance(steps, int) and not truncate:
-        return _unrolled(g, body, init, seqs, nonseqs, steps, reverse, stack)
+    if unroll and isinstance(steps, int):
+        return _unrolled(g, body, init, seqs, nonseqs, steps, reverse, stack, truncate)
     # a step that reads no slice of its sequences (after hoisting) still runs once per time step
     res = g.apply("scan", *init, *seqs, *nonseqs, body=body, reverse=reverse, truncate=truncate,
                   length=steps if not body.seqs else None, stack=stack)
     return list(res) if isinstance(res, tuple) else [res]
 
 
-def _unrolled(g: Graph, body: Body, init, seqs, nonseqs, steps: int, reverse: bool, stack):
-    """The scan written out: the step's nodes once per time step, outputs stacked in time order."""
+def _unrolled(g: Graph, body: Body, init, seqs, nonseqs, steps: int, reverse: bool, stack, truncate=None):
+    """The scan written out: the step's nodes once per time step, outputs stacked in time order.
+    With `truncate` K, the steps before the last K (in the order they run) read their state,
+    sequences and non-sequences through stop_gradient, as the loop's gradient zeroes their
+    cotangents: gradients flow back at most K steps."""
     from .ops.scan import clone
 
     flags = tuple(stack) if stack is not None else (True,) * len(init)
     state = list(init)
     per_step: list[list] = [[None] * steps for _ in body.new_carries + body.extras]
-    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-        mapping = {v.id: x for v, x in zip(body.carries, state)}
-        mapping.update({v.id: g.apply("index", s, spec=(t,)) for v, s in zip(body.seqs, seqs)})
-        mapping.update({v.id: x for v, x in zip(body.nonseqs, nonseqs)})
+    frozen = max(0, steps - truncate) if truncate else 0
+    sg = lambda v: g.apply("stop_gradient", v) if is_float(v.dtype) else v  # noqa: E731
+    frozen_nonseqs = [sg(x) for x in nonseqs] if frozen else []
+    for i, t in enumerate(range(steps - 1, -1, -1) if reverse else range(steps)):
+        slices = [g.apply("index", s, spec=(t,)) for s in seqs]
+        step_state, step_nonseqs = state, nonseqs
+        if i < frozen:
+            step_state, slices, step_nonseqs = [sg(x) for x in state], [sg(x) for x in slices], frozen_nonseqs
+        mapping = {v.id: x for v, x in zip(body.carries, step_state)}
+        mapping.update({v.id: x for v, x in zip(body.seqs, slices)})
+        mapping.update({v.id: x for v, x in zip(body.nonseqs, step_nonseqs)})
         outs = clone(body.new_carries + body.extras, mapping, g)
         state = outs[:len(body.new_carries)]
         for k, o in enumerate(outs):

@@ -10,6 +10,7 @@ tests/test_cells.py."""
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -159,7 +160,8 @@ def form_inputs(form: Form, rng) -> dict[str, np.ndarray]:
 
 
 def build(form: Form, mode: str, feeds: dict):
-    """The form as 'scan' (the op as is), 'hoisted' (through run_scan) or 'unrolled'.
+    """The form as 'scan' (the op as is), 'hoisted' (through run_scan), 'unroll' (run_scan's
+    unroll=True) or 'unrolled' (the reference, written out here).
 
     Returns (graph, inputs by name, named outputs [T, ...] in time order)."""
     g = Graph(float_dtype=F)
@@ -203,7 +205,7 @@ def build(form: Form, mode: str, feeds: dict):
             outs = list(res) if isinstance(res, tuple) else [res]
         else:
             outs = recurrent.run_scan(g, body, init, seqs, params, reverse=form.reverse, truncate=form.truncate,
-                                      length=form.length)
+                                      length=form.length, unroll=mode == "unroll")
     return g, ins, outs
 
 
@@ -241,9 +243,12 @@ def test_scan_equals_unrolled(name):
     want, _, _ = loss_and_grads(form, "unrolled", feeds, _seed(name) + 1)
     got, runner, model = loss_and_grads(form, "scan", feeds, _seed(name) + 1)
     hoisted, _, _ = loss_and_grads(form, "hoisted", feeds, _seed(name) + 1)
+    unrolled, _, unrolled_model = loss_and_grads(form, "unroll", feeds, _seed(name) + 1)
     assert any(n.op_type == "Scan" for n in model.graph.node)
+    assert not any(n.op_type in ("Scan", "Loop") for n in unrolled_model.graph.node)
     _compare(got, want)
     _compare(hoisted, want)
+    _compare(unrolled, want)
     # ... and the symbolic gradient agrees with central differences (not w.r.t. the
     # 0/1 mask, whose `where` is discontinuous at 0).
     names = [n for n in feeds if n != "m"]
@@ -281,8 +286,12 @@ def test_truncated_scan_equals_stop_gradient_unrolled(name):
     want, _, _ = loss_and_grads(form, "unrolled", feeds, _seed(name) + 1)
     got, _, _ = loss_and_grads(form, "scan", feeds, _seed(name) + 1)
     hoisted, _, _ = loss_and_grads(form, "hoisted", feeds, _seed(name) + 1)
+    # unroll=True honours the truncation (it silently kept the loop)
+    unrolled, _, unrolled_model = loss_and_grads(form, "unroll", feeds, _seed(name) + 1)
+    assert not any(n.op_type in ("Scan", "Loop") for n in unrolled_model.graph.node)
     _compare(got, want)
     _compare(hoisted, want)
+    _compare(unrolled, want)
     if form.truncate < T:
         # truncation changes the gradient: the early steps and the initial state get none
         full = Form(**{**form.__dict__, "truncate": None})
@@ -523,6 +532,53 @@ def test_spec_truncate_equals_stop_gradient(reverse):
     np.testing.assert_allclose(a["loss"], c["loss"], rtol=1e-12)
     assert not np.allclose(a["grad/W"], c["grad/W"])
     assert not a["grad/h0"].any()
+
+
+UNROLL_TRUNC_SPEC = HEAD.replace("H: 3}", "H: 3, T: 4}") + """\
+inputs:
+  x: {shape: [N, T, E]}
+  m: {shape: [N, T], dtype: int64}
+  len: {shape: [N], dtype: int64}
+blocks:
+  step:
+    in: [x_t, h, c]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      h2: tanh(x_t @ W + h @ U) * sigmoid(c)
+      c2: c + h2
+      y: h2 * c2
+    out: [h2, c2, y]
+graph:
+%s
+loss: mean(hs * hs) + mean(hs)
+"""
+
+
+@pytest.mark.parametrize("graph", [
+    "  hs, cs, ys: scan(step, over=x, init=[zeros(N, H), zeros(N, H)], truncate=2%s)",
+    "  hs, cs, ys: scan(step, over=x, init=[zeros(N, H), zeros(N, H)], truncate=1, reverse=true, mask=m%s)",
+    "  hs: lstm(x, H, truncate=2, lengths=len + 2%s)",
+    "  hs: gru(x, H, truncate=3, reverse=true%s)",
+    "  hs: bidirectional(rnn, x, H, layers=2, truncate=2, lengths=len + 2%s)",
+], ids=["scan", "scan_reverse_mask", "lstm_lengths", "gru_reverse", "bidirectional_layers"])
+def test_an_unrolled_truncated_scan_has_the_loops_gradient(graph):
+    """unroll=true with truncate=K writes the steps out and lets gradients flow back K steps, as the
+    loop does: it silently kept the loop (the spec's unroll=true did nothing)."""
+    text = UNROLL_TRUNC_SPEC % graph
+    results = {}
+    for kw in ("", ", unroll=true"):
+        cm, results[kw] = _grads(spec_from_text(text % kw, "trunc.yaml"))
+        loops = [n.op_type for n in cm.graphs["grads"].model.graph.node if n.op_type in ("Scan", "Loop")]
+        assert bool(loops) == (kw == ""), loops
+    looped, unrolled = results.values()
+    assert sorted(looped) == sorted(unrolled)
+    for k in looped:
+        np.testing.assert_allclose(unrolled[k], looped[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    # not vacuous: the truncation changes the gradient
+    full = _grads(spec_from_text(re.sub(r", truncate=\d+", "", text % ", unroll=true"), "full.yaml"))[1]
+    assert any(not np.allclose(full[k], unrolled[k]) for k in unrolled if k.startswith("grad/"))
 
 
 # ---------------------------------------------------------------------------- hoisting
