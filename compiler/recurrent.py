@@ -448,7 +448,8 @@ def _lower_scan(low, e: S.Call):
     mask = kw.get("mask")
     if mask is not None:
         _check_mask(mask, seqs[0].shape[0] if seqs else length,
-                    list(zip(block.outputs, new_carries + extras)), e)
+                    [(name, v, block.output_loc(k)) for k, (name, v) in enumerate(zip(block.outputs, new_carries + extras))],
+                    e)
         # [N, T] whatever the sequences' axis: it was moved as they were, so axis=0 read it as [T, N]
         # and a rank-4 sequence's axis=2 left it unmoved
         new_carries, extras, m_ins, m_seqs = _apply_mask(g, sb, carry_in, new_carries, extras,
@@ -503,8 +504,13 @@ def _check_mask(mask: Value, steps, outputs: list, e) -> None:
         swapped = mask.shape[0] == steps
         raise ShapeError(f"scan() mask {mask.type} has {mask.shape[1]} steps where the scan runs {steps}", loc,
                          hint=f"{layout}" + ("; for a time-major mask [T, N] write transpose(m)" if swapped else ""))
-    for name, v in outputs:
-        if v.rank and len({mask.shape[0], v.shape[0]} - {1}) > 1:
+    for name, v, out_loc in outputs:
+        if v.rank == 0:  # a state is refused at init; an output came back [N, T], one copy per sequence
+            raise ShapeError(f"scan() mask= zeroes each sequence's per-step outputs at its padded steps, but "
+                             f"output {name!r} is a scalar {v.type} with no batch axis", out_loc,
+                             hint="give it a batch axis (e.g. sum(..., axis=-1) per sequence), "
+                                  "or scan without mask=")
+        if len({mask.shape[0], v.shape[0]} - {1}) > 1:
             raise ShapeError(f"scan() mask {mask.type} is for {mask.shape[0]} sequences, but the block's "
                              f"{name!r} is {v.type}", loc,
                              hint=f"{layout}: its N is the first axis of the states and per-step outputs"

@@ -1240,3 +1240,15 @@ def test_a_scan_mask_of_another_layout_is_a_located_error(xs, mask, axis, words)
         compile_spec(spec_from_text(text, "mask.yaml"), "float64")
     assert str(e.value).startswith("mask.yaml:18:"), str(e.value)
     assert "mask is [N, T] (batch, time) whatever axis= the sequences scan" in str(e.value)
+
+
+@pytest.mark.parametrize("kw", ["", ", unroll=true"])
+def test_a_masked_scan_refuses_a_per_step_output_without_a_batch_axis(kw):
+    """A mask zeroes each sequence's outputs at its padded steps, which a scalar per step (a sum over
+    the batch) cannot take: it came back [N, T], one masked copy of the batch's sum per sequence,
+    where the same scan without mask= gave [T]."""
+    text = (AXIS_SPEC % ("N, T, E", "N, H", 1, ", mask=m" + kw)).replace(
+        "  x: {shape: [N, T, E]}\n", "  x: {shape: [N, T, E]}\n  m: {shape: [N, T]}\n")
+    with pytest.raises(ShapeError, match="output 's' is a scalar float64\\[\\] with no batch axis") as e:
+        compile_spec(spec_from_text(text, "scalar.yaml"), "float64")
+    assert str(e.value).startswith("scalar.yaml:17:18:"), str(e.value)
