@@ -83,3 +83,26 @@ outputs:
     cols = np.arange(2)[None, :] * 2 + pick  # [3, 2]: the column of z it came from
     want = np.stack([state["W"][:, cols[n]].T for n in range(3)])  # [3, 2, D]
     np.testing.assert_allclose(out["J"], want, rtol=1e-12)
+
+
+def test_second_order_through_a_product_of_a_sequence(tmp_path):
+    """x [N, T, E] @ W differentiated twice: the weight gradient flattens x and the output's
+    gradient to [N*T, ...], and the second derivative reshapes [N*T, H] back to [N, T, H],
+    two unknown dims in one ONNX Reshape (it failed to compile: 'cannot express reshape
+    [N*T, 2] -> [N, T, 2] with one unknown dim'). It reads the shape at run time instead.
+    With y = sum((x W)^2), H W = 2 XᵀX W for the rows X of x."""
+    text = """
+flowgrad: 1
+name: hw
+dims: {E: 3, H: 2}
+inputs:
+  x: {shape: [N, T, E]}
+params:
+  W: {shape: [E, H], init: glorot_uniform}
+outputs:
+  hw: hvp(sum((x @ W) * (x @ W)), W, W)
+"""
+    x = np.random.default_rng(3).normal(size=(2, 5, 3))
+    out, state = _infer(text, tmp_path, {"x": x})
+    rows = x.reshape(-1, 3)
+    np.testing.assert_allclose(out["hw"], 2 * rows.T @ rows @ state["W"], rtol=1e-12)

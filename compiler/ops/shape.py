@@ -51,6 +51,17 @@ def reshape_code(in_shape, out_shape) -> list[int]:
     return code
 
 
+def reshape_back(g, x):
+    """g (of x's size) reshaped to x's shape: by a static reshape where ONNX can write the
+    target with one unknown dim, else to x's shape read at run time (the gradient of
+    [N, T, E] -> [N*T, E] reshapes [N*T, E] back to [N, T, E], two unknown dims)."""
+    try:
+        reshape_code(g.shape, x.shape)
+    except ShapeError:
+        return x.graph.apply("reshape_like", g, x)
+    return x.graph.apply("reshape", g, shape=tuple(x.shape))
+
+
 @op("reshape")
 class Reshape(OpDef):
     """x with a new shape of the same size; one dim may be -1."""
@@ -66,8 +77,7 @@ class Reshape(OpDef):
         e.add("Reshape", [ins[0], e.ints(code)], outs)
 
     def vjp(self, node, gouts):
-        x = node.inputs[0]
-        return [x.graph.apply("reshape", gouts[0], shape=tuple(x.shape))]
+        return [reshape_back(gouts[0], node.inputs[0])]
 
     def ref(self, attrs, x):
         return x.reshape(attrs["shape"])
@@ -75,6 +85,33 @@ class Reshape(OpDef):
     def samples(self, rng):
         x = rng.normal(size=(2, 3, 4))
         return [Sample([x], {"shape": (6, 4)}), Sample([x], {"shape": (2, -1)}), Sample([x], {"shape": (24,)})]
+
+
+@op("reshape_like")
+class ReshapeLike(OpDef):
+    """x with the shape of `like`, of the same size (like's values are not used)."""
+
+    inputs = ("x", "like")
+    gradgrad = True
+
+    def infer(self, attrs, x, like):
+        if numel(x.shape) != numel(like.shape):
+            raise ShapeError(f"cannot reshape {fmt_shape(x.shape)} to the shape {fmt_shape(like.shape)} of another size",
+                             hint="give a `like` with as many elements as x")
+        return [TensorType(x.dtype, like.shape)]
+
+    def emit(self, e, node, ins, outs):
+        e.add("Reshape", [ins[0], e.add("Shape", [ins[1]])], outs)
+
+    def vjp(self, node, gouts):
+        return [reshape_back(gouts[0], node.inputs[0]), None]
+
+    def ref(self, attrs, x, like):
+        return x.reshape(like.shape)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(6, 4)), rng.normal(size=(2, 3, 4))], grad_inputs=[0]),
+                Sample([rng.normal(size=(2, 3, 4)), rng.normal(size=(24,))], grad_inputs=[0])]
 
 
 @op("flatten")
