@@ -106,3 +106,33 @@ outputs:
     out, state = _infer(text, tmp_path, {"x": x})
     rows = x.reshape(-1, 3)
     np.testing.assert_allclose(out["hw"], 2 * rows.T @ rows @ state["W"], rtol=1e-12)
+
+
+def test_hvp_through_a_recurrent_layer(tmp_path):
+    """hvp(y, x, v) of an LSTM's output differentiates the scan's gradient again (it was
+    refused: 'second-order gradients through scan are not supported'): it equals the central
+    difference of grad(y, x) along v, and what the steps written out (unroll=true) give."""
+    text = """
+flowgrad: 1
+name: hl
+dims: {E: 3, H: 4, T: 5}
+inputs:
+  x: {shape: [N, T, E]}
+  v: {shape: [N, T, E]}
+graph:
+  hs: lstm(x, H, reverse=true, UNROLL)
+  y: sum(hs * hs) + sum(tanh(hs))
+outputs:
+  g: grad(y, x)
+  hv: hvp(y, x, v)
+"""
+    rng = np.random.default_rng(4)
+    x, v = rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 5, 3))
+    out, state = _infer(text.replace("UNROLL", "unroll=false"), tmp_path, {"x": x, "v": v})
+    eps = 1e-5
+    up, _ = _infer(text.replace("UNROLL", "unroll=false"), tmp_path, {"x": x + eps * v, "v": v}, state)
+    down, _ = _infer(text.replace("UNROLL", "unroll=false"), tmp_path, {"x": x - eps * v, "v": v}, state)
+    np.testing.assert_allclose(out["hv"], (up["g"] - down["g"]) / (2 * eps), rtol=1e-6, atol=1e-8)
+    unrolled, _ = _infer(text.replace("UNROLL", "unroll=true"), tmp_path, {"x": x, "v": v}, state)
+    np.testing.assert_allclose(out["hv"], unrolled["hv"], rtol=1e-10, atol=1e-12)
+    assert np.abs(out["hv"]).max() > 1e-2

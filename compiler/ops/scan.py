@@ -16,6 +16,13 @@ product; the rest accumulates in carries. Everything in the backward step
 that does not depend on the carried cotangents (gate derivatives, recomputed
 activations) is regrouped and computed for all steps at once outside the loop.
 
+The gradient can be differentiated again (a gradient penalty, a Hessian-vector product):
+the backward step reads the forward values it needs (states before each step, saved
+products and activations) as outputs of the forward scan, whose gradient takes their
+cotangents in turn, and a state a scan returns only at its end (the backward scan's
+cotangents and sums) gets its final cotangent as the initial state of the reverse loop.
+A first-order graph is built exactly as without this.
+
 A scan over sequences is emitted as an ONNX Scan (it slices its inputs and
 writes each step's outputs in place, with directions for reverse scans); one
 with a length and no sequences as a Loop.
@@ -26,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spec.errors import GradientError, ShapeError
+from spec.errors import ShapeError
 
 from ..ir import Graph, TensorType, Value, dim_mul, fmt_shape, is_float, normalize_axis, producers_of
 from ..registry import REQUIRED, OpDef, Sample, get_op, op
@@ -42,6 +49,9 @@ class Body:
     nonseqs: list  # body inputs: values read every step
     new_carries: list  # body outputs: the state after the step
     extras: list = field(default_factory=list)  # body outputs stacked over time
+    # Once a scan saves for its backward pass: (its own extras' count, the saved products);
+    # the saved products and the states before each step then follow its own extras.
+    saved: tuple | None = None
 
     def __repr__(self) -> str:  # stable, for CSE keys and messages
         return f"Body#{id(self)}"
@@ -242,15 +252,24 @@ class Scan(OpDef):
         reverse = bool(node.attrs["reverse"])
         flags = self.stack_flags(node.attrs)
         init, seqs, nonseqs = self.split_inputs(node.attrs, node.inputs)
-        nc, ny = len(b.carries), len(b.extras)
-        if not all(flags):
-            raise GradientError("second-order gradients through scan are not supported",
-                                node.loc, "this scan's gradient is differentiated again, e.g. by a grad(...) of it "
-                                          "inside the loss; keep grad(...) away from recurrent layers")
-        T = node.outputs[0].shape[0] if nc else (seqs[0].shape[0] if seqs else node.attrs["length"])
+        nc = len(b.carries)
+        if nc and flags[0]:
+            T = node.outputs[0].shape[0]
+        else:
+            T = seqs[0].shape[0] if seqs else node.attrs["length"]
         n_y, products, saved_outer, prevs = _save_for_backward(node, T)
         stacked, ys = node.outputs[:nc], node.outputs[nc:nc + n_y]
         g_stacked, g_ys = gouts[:nc], gouts[nc:nc + n_y]
+        # A state the scan returns only at its end (a backward scan's carried cotangents and
+        # sums, differentiated again) has the final state's cotangent, which starts the loop.
+        g_final = [None if f else gv for f, gv in zip(flags, g_stacked)]
+        g_stacked = [gv if f else None for f, gv in zip(flags, g_stacked)]
+        # Cotangents of what the scan saved for its backward pass (read by a gradient that is
+        # differentiated again): of the saved products and activations, and of the states
+        # before each step. (Outputs added after `gouts` was made have none.)
+        n_saved = len(products)
+        g_products = (list(gouts[nc + n_y:nc + n_y + n_saved]) + [None] * n_saved)[:n_saved]
+        g_prevs = (list(gouts[nc + n_y + n_saved:]) + [None] * nc)[:nc]
 
         bg = Graph(float_dtype=b.graph.float_dtype, mode=b.graph.mode)
         lam = [bg.add_input(f"lam{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
@@ -261,26 +280,34 @@ class Scan(OpDef):
         is_zero = lambda v: v is None or (v.producer is not None and v.producer.op.name == "zeros_like")  # noqa: E731
         live_c = [k for k, v in enumerate(g_stacked) if not is_zero(v)]
         live_y = [k for k, v in enumerate(g_ys) if not is_zero(v)]
+        live_sv = [k for k, v in enumerate(g_products) if not is_zero(v)]
+        live_pv = [k for k, v in enumerate(g_prevs) if not is_zero(v)]
         g_stacked = [g_stacked[k] for k in live_c]
         g_ys = [g_ys[k] for k in live_y]
+        g_products = [g_products[k] for k in live_sv]
+        g_prevs = [g_prevs[k] for k in live_pv]
         gc_t = [bg.add_input(f"gc{k}", b.carries[k].dtype, b.carries[k].shape) for k in live_c]
         gy_t = [bg.add_input(f"gy{k}", b.extras[k].dtype, b.extras[k].shape) for k in live_y]
+        gsv_t = [bg.add_input(f"gsaved{k}", products[k].dtype, products[k].shape) for k in live_sv]
+        gpv_t = [bg.add_input(f"gprev{k}", b.carries[k].dtype, b.carries[k].shape) for k in live_pv]
         saved_t = [bg.add_input(f"saved{k}", v.dtype, v.shape) for k, v in enumerate(products)]
         p_in = [bg.add_input(f"p{k}", v.dtype, v.shape) for k, v in enumerate(b.nonseqs)]
         extra_seq_outer, extra_seq_in = [], []
         truncate = node.attrs["truncate"]
         if truncate:
-            extra_seq_outer.append(g.apply("step_mask", stacked[0] if nc else seqs[0], keep=int(truncate),
+            extra_seq_outer.append(g.apply("step_mask", (stacked[0] if flags[0] else prevs[0]) if nc else seqs[0],
+                                           keep=int(truncate),
                                            reverse=reverse, dtype=b.graph.float_dtype))
             extra_seq_in.append(bg.add_input("keep", b.graph.float_dtype, ()))
 
         mapping = {v.id: n for v, n in zip(b.carries, prev_t)}
         mapping.update({v.id: n for v, n in zip(b.seqs, seq_t)})
         mapping.update({v.id: n for v, n in zip(b.nonseqs, p_in)})
-        outs = clone(b.new_carries + b.extras[:n_y], mapping, bg, {v.id: sv for v, sv in zip(products, saved_t)})
+        outs = clone(b.new_carries + b.extras[:n_y] + [products[k] for k in live_sv], mapping, bg,
+                     {v.id: sv for v, sv in zip(products, saved_t)})
         gc_of = dict(zip(live_c, gc_t))
-        cot = [lam[k] + gc_of[k] if k in gc_of else lam[k] for k in range(nc)] + list(gy_t)
-        outs = outs[:nc] + [outs[nc + k] for k in live_y]
+        cot = [lam[k] + gc_of[k] if k in gc_of else lam[k] for k in range(nc)] + list(gy_t) + gsv_t + gpv_t
+        outs = outs[:nc] + [outs[nc + k] for k in live_y] + outs[nc + n_y:] + [prev_t[k] for k in live_pv]
         if truncate:
             cot = [c * extra_seq_in[0] for c in cot]
         from ..autodiff import grad
@@ -300,8 +327,8 @@ class Scan(OpDef):
         g_p = grads[nc + len(live_s):]
 
         # Non-sequence gradients: push sums over time out of the loop where possible.
-        seq_outer = {v.id: o for v, o in zip(prev_t + seq_t + gc_t + gy_t + saved_t,
-                                             prevs + seqs + g_stacked + g_ys + saved_outer)}
+        seq_outer = {v.id: o for v, o in zip(prev_t + seq_t + gc_t + gy_t + saved_t + gsv_t + gpv_t,
+                                             prevs + seqs + g_stacked + g_ys + saved_outer + g_products + g_prevs)}
         nonseq_outer = {v.id: o for v, o in zip(p_in, nonseqs)}
         pushed_terms: list[list] = []  # per float nonseq: [(kind, outer A or None, body B, shape, wrappers)]
         accumulate: list = []  # per float nonseq: body value summed in a carry, or None
@@ -329,12 +356,12 @@ class Scan(OpDef):
                 if bval not in pushed_values:
                     pushed_values.append(bval)
         body_extras += pushed_values
-        bbody = Body(bg, lam + acc_in, prev_t + seq_t + gc_t + gy_t + extra_seq_in + saved_t, p_in, new_lam + acc_out,
-                     body_extras)
-        zeros_init = [g.apply("zeros_like", s0) for s0 in init]
+        bbody = Body(bg, lam + acc_in, prev_t + seq_t + gc_t + gy_t + extra_seq_in + saved_t + gsv_t + gpv_t, p_in,
+                     new_lam + acc_out, body_extras)
+        zeros_init = [g.apply("zeros_like", s0) if is_zero(gf) else gf for s0, gf in zip(init, g_final)]
         acc_init = [g.apply("zeros_like", nonseqs[float_p[k]]) for k in acc_index]
         flags_b = (False,) * (nc + len(acc_in))
-        b_seqs = [*prevs, *seqs, *g_stacked, *g_ys, *extra_seq_outer, *saved_outer]
+        b_seqs = [*prevs, *seqs, *g_stacked, *g_ys, *extra_seq_outer, *saved_outer, *g_products, *g_prevs]
         b_nonseqs = list(nonseqs)
         from ..recurrent import HOIST, gather_state_free_factors, hoist
 
@@ -527,26 +554,33 @@ def _save_for_backward(node, T):
     step reads: the matrix products and activations of its step (so they are not computed
     again: memory for time) and the state before each step. Adds outputs to the node in
     place, once. Returns (the step's own extra outputs' count, the saved products in the
-    step, their outer stacks, the outer stacks of the states before each step).
+    step, their outer stacks, the outer stacks of the states before each step). A gradient
+    differentiated again reads these outputs, and the scan's vjp takes their cotangents.
 
     The states before the steps are the stacked states shifted by one step, but a Scan
     writes each step's output in place, where the shift copies both whole sequences again
     (a Slice and a Concat); a stacked state that only the shift read then stops being kept."""
+    from dataclasses import replace
+
     from ..ir import TensorType as _T, Value
 
-    if getattr(node, "saved_for_backward", None) is not None:
-        return node.saved_for_backward
     b: Body = node.attrs["body"]
-    n_own = len(b.extras)
-    products = _products_to_save(b)
-    outer = []
-    for v in products + b.carries:
-        b.extras.append(v)
-        o = Value(node.outputs[0].graph, _T(v.dtype, (T,) + tuple(v.shape)), node, len(node.outputs), loc=node.loc)
-        node.outputs.append(o)
-        outer.append(o)
-    node.saved_for_backward = (n_own, products, outer[:len(products)], outer[len(products):])
-    return node.saved_for_backward
+    if b.saved is None:
+        # The step is shared by the nodes cloned from this one (a scan inside a step that is
+        # differentiated: each backward pass clones it); those cloned before keep theirs.
+        b = node.attrs["body"] = replace(b, extras=list(b.extras))
+        n_own = len(b.extras)
+        products = _products_to_save(b)
+        b.extras += products + b.carries
+        b.saved = (n_own, products)
+    n_own, products = b.saved
+    nc = len(b.carries)
+    # A node cloned from a saving one has its outputs already; the saving one gets them here.
+    for v in b.extras[len(node.outputs) - nc:]:
+        node.outputs.append(Value(node.outputs[0].graph, _T(v.dtype, (T,) + tuple(v.shape)), node,
+                                  len(node.outputs), loc=node.loc))
+    outer = node.outputs[nc + n_own:]
+    return n_own, products, outer[:len(products)], outer[len(products):]
 
 
 def _products_to_save(b: Body) -> list:
@@ -602,7 +636,9 @@ def _only_feeds_saved_activations(v: Value, readers: dict) -> bool:
 @op("precomputed")
 class Precomputed(OpDef):
     """`saved`, standing for op `of` applied to the other inputs (a value the forward pass
-    kept); its gradient is that op's gradient w.r.t. those inputs."""
+    kept); its gradient is that op's gradient w.r.t. those inputs. Once that gradient is
+    built the other inputs are dropped, and it is `saved` as it is: differentiated again,
+    the cotangent goes to `saved`, an output of the scan that kept it."""
 
     inputs = ("saved",)
     variadic = True
@@ -617,6 +653,10 @@ class Precomputed(OpDef):
     def vjp(self, node, gouts):
         from ..ir import Node
 
+        if len(node.inputs) == 1:
+            # Once its gradient is built, what it stands for is no longer computed: the saved
+            # value is read as it is (the scan that saved it differentiates it further).
+            return list(gouts)
         of = get_op(node.attrs["of"])
         stand_in = Node(of, node.inputs[1:], dict(node.attrs["of_attrs"]), outputs=node.outputs, loc=node.loc)
         return [None] + list(of.vjp(stand_in, gouts))
@@ -626,7 +666,8 @@ class Precomputed(OpDef):
 
     def samples(self, rng):
         a, b = rng.normal(size=(2, 3)), rng.normal(size=(3, 4))
-        return [Sample([a @ b, a, b], {"of": "matmul", "of_attrs": {}}, grad_inputs=[])]
+        return [Sample([a @ b, a, b], {"of": "matmul", "of_attrs": {}}, grad_inputs=[]),
+                Sample([a @ b], {"of": "matmul", "of_attrs": {}})]
 
 
 def _emit_scan(e, node, ins, outs):
