@@ -501,12 +501,9 @@ def load_dates(n: int = 20000, seed: int = 0, split: str = "train", **unknown) -
     seed = _int(ds, "seed", seed, 0)
     split = _choice(ds, "split", split, ("train", "test"))
     pool = _dates_of(split)
-    n_pairs = len(pool) * len(FORMATS)
-    if n > n_pairs:
-        _too_many_dates(n, n_pairs, split)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, 0xDA7E])
     sources, targets, seen = [], [], set()
-    for k in rng.permutation(n_pairs).tolist():
+    for k in rng.permutation(len(pool) * len(FORMATS)).tolist():
         d, f = pool[k // len(FORMATS)], k % len(FORMATS)
         text = render_date(d, f)
         if text in seen:  # (two formats can read alike: '%d %B %Y' and '%-d %b %Y' on 15 May)
@@ -516,17 +513,13 @@ def load_dates(n: int = 20000, seed: int = 0, split: str = "train", **unknown) -
         targets.append(d.isoformat())
         if len(sources) == n:
             break
-    else:
-        _too_many_dates(n, len(seen), split)
+    else:  # every pair tried: the distinct ones, fewer than the pairs where some read alike, are all there are
+        raise DataError(f"dataset 'dates': n {n} is more than the {len(seen)} distinct examples of its {split} split "
+                        "(each date in each format once)", None,
+                        f"use n <= {len(seen)}: examples are distinct, so that no validation example is a training one")
     out = _pack(sources, targets, _vocab(DATE_SRC_CHARS), _vocab(DATE_TGT_CHARS), date_src_len(), 11, ds)
     out.meta["split"] = split
     return out
-
-
-def _too_many_dates(n: int, most: int, split: str) -> None:
-    raise DataError(f"dataset 'dates': n {n} is more than the {most} distinct examples of its {split} split "
-                    "(each date in each format once)", None,
-                    f"use n <= {most}: examples are distinct, so that no validation example is a training one")
 
 
 # ---------------------------------------------------------- reverse / copy
