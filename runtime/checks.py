@@ -49,7 +49,7 @@ def check_seed(seed, name: str = "seed", error: type[FlowgradError] = FlowgradEr
     return check_count(name, seed, 0, most=MAX_SEED, error=error)
 
 
-def check_number(name: str, value, least: float | None = None, most: float = FLOAT32_MAX,
+def check_number(name: str, value, least: float, most: float = FLOAT32_MAX,
                  error: type[FlowgradError] = FlowgradError, hint: str | None = None) -> float | None:
     """`value` as a float, or None where it is None: a finite int or float (not a bool or a
     string) of at least `least` and at most `most` (a float32 input's range by default)."""
@@ -57,9 +57,9 @@ def check_number(name: str, value, least: float | None = None, most: float = FLO
         return None
     shown = value.item() if isinstance(value, np.generic) else value
     number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    low = -most if least is None else least
-    if not number or not low <= value <= most:  # (NaN and inf fail the comparison)
-        bound = "a finite number" if least is None else f"{least:g} or more and finite"
+    if not number or not least <= value <= most:  # (NaN and inf fail the comparison)
+        # a finite number above `most` (1e39 beyond a float32) is "0 or more and finite": name the bound it passes
+        bound = f"at most {most:g}" if number and least <= value < float("inf") else f"{least:g} or more and finite"
         raise error(f"{name} must be {bound}, got {shown!r}" if not number else f"{name} must be {bound}, got {shown}",
-                    hint=hint or f"give {name} a number from {low:g} to {most:g}")
+                    hint=hint or f"give {name} a number from {least:g} to {most:g}")
     return float(value)

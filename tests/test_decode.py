@@ -147,9 +147,12 @@ def test_beam_widths_outside_the_compiled_range_and_empty_sources_are_errors(mod
         translate(gen, ["abc"], beam_width=2.5)
     with pytest.raises(FlowgradError, match="empty"):
         translate(gen, [""])
-    for bad in ("long", -1.0, float("nan"), 1e39):  # a string was float()'s ValueError; the others decoded
+    for bad in ("long", -1.0, float("nan"), float("inf")):  # a string was float()'s ValueError; the others decoded
         with pytest.raises(FlowgradError, match="^length_penalty must be 0 or more and finite"):
             translate(gen, ["abc"], length_penalty=bad)
+    # (1e39 is 0 or more and finite, as the error said it was not: it is beyond the float32 input)
+    with pytest.raises(FlowgradError, match=r"^length_penalty must be at most 3.40282e\+38, got 1e\+39"):
+        translate(gen, ["abc"], length_penalty=1e39)
     for bad in (2.0, 0):  # 2.0 was taken for max_len, as generator_feeds took count=2.0
         with pytest.raises(FlowgradError, match="^max_len must be an integer of at least 1"):
             translate(gen, ["abc"], max_len=bad)
