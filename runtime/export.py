@@ -307,6 +307,13 @@ def _widest_beam(meta: dict) -> int:
     return int(meta.get("generate.beam_width", 4))
 
 
+def _spec_count(meta: dict, key: str, default: int):
+    """A count of the spec's generate section, the default of an argument left out: the spec's
+    schema takes a whole float as an integer (max_len: 5.0), which check_count refuses."""
+    value = meta.get(key, default)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _ort_message(e: Exception) -> str:
     text = str(e).strip().split("\n")[0]
     return text.split("] : ")[-1] if "] : " in text else (text or type(e).__name__)
@@ -362,7 +369,7 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     ids = np.asarray(encode_text(prompt, text_meta, error=ExportArgumentError), dtype=np.int64)
     if not ids.size:  # (predict refused it as a DataError)
         raise ExportArgumentError("the prompt is empty", hint=EMPTY_PROMPT_HINT)
-    max_len = check_count("max_len", max_len if max_len is not None else meta.get("generate.max_len", 200),
+    max_len = check_count("max_len", max_len if max_len is not None else _spec_count(meta, "generate.max_len", 200),
                           most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)  # (2.5 generated 2 tokens)
     temperature = check_number("temperature", temperature if temperature is not None  # (the graph reads a float32)
                                else meta.get("generate.temperature", 1.0), 0, error=ExportArgumentError,
@@ -418,7 +425,8 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
     widest = _widest_beam(meta)
     beam_width = check_count("beam_width", beam_width, most=widest, error=ExportArgumentError,  # (2.5 decoded
                              most_hint=BEAM_WIDTH_WHY) or widest  # with 2 beams)
-    max_len = check_count("max_len", max_len if max_len is not None else meta.get("generate.max_len", meta.get("tgt_len", 32)),
+    max_len = check_count("max_len", max_len if max_len is not None
+                          else _spec_count(meta, "generate.max_len", meta.get("tgt_len", 32)),
                           most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)
     penalty = check_number("length_penalty", length_penalty if length_penalty is not None  # (a string was a ValueError)
                            else meta.get("generate.length_penalty", 0.6), 0, error=ExportArgumentError,

@@ -237,3 +237,19 @@ def test_a_decoder_trained_on_an_npz_file_checks_its_inputs_too(tmp_path):
                           ({"max_len": np.asarray(0)}, "'max_len' must be an integer of at least 1")):
         with pytest.raises(FlowgradError, match=words):
             predict(gen, {**feeds, **change})
+
+
+def test_a_whole_float_max_len_of_the_spec_is_the_default_translate_takes(model, tmp_path):
+    """translate() without max_len refused a spec's generate.max_len: 7.0, which the schema takes
+    as an integer (as generate_text did)."""
+    import onnx
+
+    from runtime.export import translate
+
+    gen, _, _ = model
+    m = onnx.load(gen)
+    for p in m.metadata_props:
+        if p.key == "flowgrad.generate.max_len":
+            p.value = "7.0"
+    onnx.save(m, str(tmp_path / "g.onnx"))
+    assert translate(str(tmp_path / "g.onnx"), ["abc"]) == translate(gen, ["abc"])

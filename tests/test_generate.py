@@ -333,3 +333,21 @@ def test_bad_arguments_of_the_export_api_are_export_errors(exported, tmp_path):
             function(*args, **kwargs)
         assert isinstance(caught.value, ExportArgumentError) and isinstance(caught.value, DataError), (words, caught)
         assert caught.value.hint, words
+
+
+def test_a_whole_float_max_len_of_the_spec_is_the_default_it_says(exported, tmp_path):
+    """The spec's schema takes generate.max_len: 5.0 as an integer, and the export carries it as
+    5.0: generate_text (and flowgrad predict --text) without max_len refused it, "max_len must be an
+    integer of at least 1, got 5.0" with the hint "leave max_len out for the default", which it was."""
+    from spec import load_spec
+
+    assert load_spec(os.path.join(ROOT, "models", "char_lstm.yaml"), ["generate.max_len=5.0"]).generate["max_len"] == 5
+    m = onnx.load(exported[0])
+    for p in m.metadata_props:
+        if p.key == "flowgrad.generate.max_len":
+            p.value = "5.0"
+    gen = str(tmp_path / "g.onnx")
+    onnx.save(m, gen)
+    assert len(generate_text(gen, "def ", temperature=0.0)) == 5
+    with pytest.raises(DataError, match="^max_len must be an integer of at least 1, got 5.0"):  # (given, it is refused)
+        generate_text(gen, "def ", max_len=5.0)
