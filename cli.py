@@ -370,7 +370,8 @@ def predict(
     data: Annotated[Optional[str], typer.Option("--data", help="An .npz with one array per model input.")] = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the outputs to this .npz.")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Prompt for a text generator (models with a 'generate' section).")] = None,
-    max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text (default: the spec's generate.max_len; without it 200, or a translator's target length).", min=1)] = None,
+    max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text (default: the spec's generate.max_len; without it 200, or a translator's target length).",
+                                                   min=1, max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
     beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy.", min=1)] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).",

@@ -351,3 +351,14 @@ def test_a_whole_float_max_len_of_the_spec_is_the_default_it_says(exported, tmp_
     assert len(generate_text(gen, "def ", temperature=0.0)) == 5
     with pytest.raises(DataError, match="^max_len must be an integer of at least 1, got 5.0"):  # (given, it is refused)
         generate_text(gen, "def ", max_len=5.0)
+
+
+def test_predict_bounds_max_len_as_it_bounds_count(exported):
+    """--max-len, bounded below only, named the API's keyword where --count names its flag:
+    --max-len 2000000 ended in "max_len must be at most 1,048,576"."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    res = CliRunner().invoke(app, ["predict", exported[0], "--text", "def ", "--max-len", str(2**20 + 1)])
+    assert res.exit_code == 2 and "Invalid value for '--max-len'" in res.output and "1048576" in res.output, res.output
