@@ -29,7 +29,7 @@ with a length and no sequences as a Loop.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -568,7 +568,8 @@ def _save_for_backward(node, T):
     if b.saved is None:
         # The step is shared by the nodes cloned from this one (a scan inside a step that is
         # differentiated: each backward pass clones it); those cloned before keep theirs.
-        b = node.attrs["body"] = replace(b, extras=list(b.extras))
+        b = replace(b, extras=list(b.extras))
+        node.attrs = {**node.attrs, "body": b}
         n_own = len(b.extras)
         products = _products_to_save(b)
         b.extras += products + b.carries
