@@ -675,6 +675,33 @@ def test_backward_reads_the_states_before_each_step_from_the_forward_loop():
     assert len(_body(efwd).output) == 2 + 1
 
 
+def test_truncation_keeps_no_stacked_state_nothing_reads():
+    """A truncated scan's step mask takes its shape from the states before each step (which
+    the backward pass reads anyway), so a state only the loop reads is still not stacked."""
+    text = HEAD + """\
+inputs:
+  x: {shape: [N, T, E]}
+blocks:
+  step:
+    in: [x_t, c, h]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      c2: c + tanh(x_t @ W + h @ U)
+      h2: tanh(c2)
+    out: [c2, h2]
+graph:
+  cs, hs: scan(step, over=x, init=[zeros(N, H), zeros(N, H)]TRUNCATE)
+loss: mean(hs * hs)
+"""
+    outputs = []
+    for truncate in ("", ", truncate=2"):
+        fwd, _ = _loops(_compile(text.replace("TRUNCATE", truncate), "float32", ("train",)).graphs["train"].model)
+        outputs.append(len(_body(fwd).output))
+    assert outputs[1] == outputs[0]
+
+
 def test_gru_backward_step_factors_the_update_gate():
     """h' = (1 - z) * n + z * h: the z-gate cotangent δ*h - δ*n is regrouped to δ * (h - n),
     with h - n computed for all steps outside, so the backward step has no negation."""

@@ -295,8 +295,9 @@ class Scan(OpDef):
         extra_seq_outer, extra_seq_in = [], []
         truncate = node.attrs["truncate"]
         if truncate:
-            extra_seq_outer.append(g.apply("step_mask", (stacked[0] if flags[0] else prevs[0]) if nc else seqs[0],
-                                           keep=int(truncate),
+            # (it reads only the number of steps: of a sequence where there is one, so that no
+            # per-step output is kept for it alone)
+            extra_seq_outer.append(g.apply("step_mask", seqs[0] if seqs else prevs[0], keep=int(truncate),
                                            reverse=reverse, dtype=b.graph.float_dtype))
             extra_seq_in.append(bg.add_input("keep", b.graph.float_dtype, ()))
 
