@@ -23,13 +23,17 @@ def check_checkpoint(checkpoint, name: str = "checkpoint", error: type[FlowgradE
         raise error(f"unknown {name} {checkpoint!r}", hint="choose best or last")
 
 
-RUN_FILES = ("checkpoint.npz", "best.npz", "run.json", "metrics.jsonl", "spec.yaml", "result.json")
+RUN_FILES = ("checkpoint.npz", "best.npz", "best.before_partial.npz", "run.json", "metrics.jsonl", "spec.yaml",
+             "result.json", ".lock")
 
 
 def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError) -> None:
-    """An output (an export, predictions) must not replace a run directory's own files."""
+    """An output (an export, predictions) must not replace a run directory's own files: those
+    beside its run.json, and everything in its graphs/ folder (the graphs its checkpoints fit)."""
     directory = os.path.dirname(os.path.abspath(path))
-    if os.path.basename(path) in RUN_FILES and os.path.isfile(os.path.join(directory, "run.json")):
+    in_graphs = os.path.basename(directory) == "graphs" and os.path.isfile(
+        os.path.join(os.path.dirname(directory), "run.json"))
+    if in_graphs or os.path.basename(path) in RUN_FILES and os.path.isfile(os.path.join(directory, "run.json")):
         raise error(f"{path} is one of the run's own files", hint="pick another path with -o")
 
 

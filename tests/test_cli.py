@@ -464,3 +464,25 @@ def test_api_samples_refuse_an_unknown_checkpoint():
 
     with pytest.raises(FlowgradError, match="^unknown checkpoint 'Best'"):
         samples_of("runs/none", checkpoint="Best")
+
+
+def test_predict_and_export_leave_a_runs_graphs_alone(trained, tmp_path):
+    """The run's own files were only those beside run.json: predict -o RUN/graphs/infer.onnx
+    wrote its .npz over the run's inference graph (export then said it was not a valid ONNX
+    model), and export -o RUN/graphs/train.onnx replaced the training graph the checkpoints fit."""
+    run_dir, _ = trained
+    model = tmp_path / "m.onnx"
+    invoke("export", run_dir, "-o", model)
+    np.savez(tmp_path / "in.npz", x=np.zeros((2, 64), np.float32))
+    graphs = Path(run_dir) / "graphs"
+    before = {p.name: p.read_bytes() for p in graphs.iterdir()}
+    for target in (graphs / "infer.onnx", graphs / "manifest.json", graphs / "new.npz"):
+        res = invoke("predict", model, "--data", tmp_path / "in.npz", "-o", target, "--device", "cpu", code=1)
+        assert "is one of the run's own files" in res.stderr
+    res = invoke("export", run_dir, "-o", graphs / "train.onnx", code=1)
+    assert "is one of the run's own files" in res.stderr
+    res = invoke("predict", model, "--data", tmp_path / "in.npz", "-o", Path(run_dir) / "best.before_partial.npz",
+                 code=1)
+    assert "is one of the run's own files" in res.stderr
+    assert {p.name: p.read_bytes() for p in graphs.iterdir()} == before
+    assert not (Path(run_dir) / "best.before_partial.npz").exists()
