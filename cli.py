@@ -399,6 +399,12 @@ def predict(
                 raise FlowgradError(f"{given[0]} is for --text" + (" or --count" if given[0] == "--seed" else ""),
                                     hint="the .npz gives every input of the model" if data is not None
                                     else "a generator takes --count and --seed")
+        if output:  # (it replaced the model, or the inputs, it was reading, without a word)
+            for flag, path in (("the model", model), ("--data", data)):
+                if path is not None and os.path.exists(output) and os.path.exists(path) \
+                        and os.path.samefile(output, path):
+                    raise FlowgradError(f"-o {output} is {flag}'s file: the outputs would replace it",
+                                        hint="write the outputs to another .npz with -o")
         if text is not None:
             if output:
                 raise FlowgradError("-o writes the arrays of --data or --count; --text prints its text",

@@ -486,3 +486,20 @@ def test_predict_and_export_leave_a_runs_graphs_alone(trained, tmp_path):
     assert "is one of the run's own files" in res.stderr
     assert {p.name: p.read_bytes() for p in graphs.iterdir()} == before
     assert not (Path(run_dir) / "best.before_partial.npz").exists()
+
+
+def test_predict_refuses_to_write_over_its_own_model_or_data(trained, tmp_path):
+    """predict MODEL --data X -o MODEL (or -o X) wrote the outputs' .npz over the model or the
+    inputs it had just read, and said 'wrote ...': the exported model was gone."""
+    run_dir, _ = trained
+    model = tmp_path / "m.onnx"
+    invoke("export", run_dir, "-o", model)
+    data = tmp_path / "in.npz"
+    np.savez(data, x=np.zeros((2, 64), np.float32))
+    before = model.read_bytes(), data.read_bytes()
+    res = invoke("predict", model, "--data", data, "-o", model, "--device", "cpu", code=1)
+    assert f"-o {model} is the model's file" in res.stderr and "hint:" in res.stderr
+    res = invoke("predict", model, "--data", data, "-o", tmp_path / "." / "in.npz", "--device", "cpu", code=1)
+    assert "is --data's file" in res.stderr
+    assert (model.read_bytes(), data.read_bytes()) == before
+    invoke("predict", model, "--data", data, "-o", tmp_path / "out.npz", "--device", "cpu")
