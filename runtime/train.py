@@ -35,6 +35,8 @@ BEST = "best.npz"
 # The best checkpoint that a record of part of an epoch (a step limit's stop) replaced: a resume
 # with a larger limit redoes that record, and the best goes back to what it was before it.
 BEST_BEFORE_PARTIAL = "best.before_partial.npz"
+# What a run writes in its directory (besides its lock and temporaries).
+RUN_WRITES = (CHECKPOINT, BEST, BEST_BEFORE_PARTIAL, "spec.yaml", "run.json", "result.json", "metrics.jsonl", "graphs")
 
 
 @dataclass
@@ -323,6 +325,14 @@ def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
                             hint="continue it with --resume, start over with --overwrite, or pick --run-dir")
     if opts.resume and not os.path.exists(ckpt):
         raise FlowgradError(f"nothing to resume: no checkpoint in {run_dir}", hint="train without --resume first")
+    if os.path.isdir(run_dir) and not os.path.exists(os.path.join(run_dir, "run.json")) and not os.path.exists(ckpt):
+        # not a run: files of these names are someone else's (a project's spec.yaml, say), and
+        # the run would write over them
+        theirs = sorted(set(os.listdir(run_dir)) & set(RUN_WRITES))
+        if theirs:
+            raise FlowgradError(f"{run_dir} is not a run directory, and training would replace its "
+                                f"{', '.join(theirs)}",
+                                hint="pick a new or empty directory with --run-dir (or one that flowgrad train wrote)")
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:

@@ -503,3 +503,29 @@ def test_predict_refuses_to_write_over_its_own_model_or_data(trained, tmp_path):
     assert "is --data's file" in res.stderr
     assert (model.read_bytes(), data.read_bytes()) == before
     invoke("predict", model, "--data", data, "-o", tmp_path / "out.npz", "--device", "cpu")
+
+
+def test_train_does_not_write_a_run_over_a_directory_of_other_files(tmp_path):
+    """--run-dir named a directory that holds no run but files of a run's names (a project
+    folder with its spec.yaml): training wrote the run there, replacing the user's spec.yaml
+    with the YAML of the spec after --set (its comments gone) and their result.json."""
+    project = tmp_path / "project"
+    project.mkdir()
+    spec = project / "spec.yaml"
+    spec.write_text(Path(MLP).read_text())
+    (project / "result.json").write_text("my notes\n")
+    before = spec.read_text()
+    res = invoke("train", spec, "--set", "dims.H=8", "--steps", "1", "--run-dir", project, "--quiet", "--device", "cpu",
+                 code=1)
+    assert f"error: {project} is not a run directory, and training would replace its result.json, spec.yaml" \
+        in res.stderr
+    assert "hint: pick a new or empty directory with --run-dir" in res.stderr
+    invoke("train", spec, "--set", "dims.H=8", "--steps", "1", "--run-dir", project, "--quiet", "--device", "cpu",
+           "--overwrite", code=1)
+    assert spec.read_text() == before and (project / "result.json").read_text() == "my notes\n"
+    assert sorted(p.name for p in project.iterdir()) == ["result.json", "spec.yaml"]
+    # an empty directory, a new one, and a run's own directory are run directories
+    (tmp_path / "empty").mkdir()
+    for run in (tmp_path / "empty", tmp_path / "new", tmp_path / "new"):
+        invoke("train", MLP, "--set", "dims.H=8", "--steps", "1", "--run-dir", run, "--quiet", "--device", "cpu",
+               *(["--overwrite"] if (run / "run.json").exists() else []))
