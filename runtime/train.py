@@ -396,10 +396,12 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         remove_stale_temporaries(run_dir)  # of a process killed while writing
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
         state, meta, warm_start = None, {}, None
+        dtype = opts.dtype
         if opts.resume:  # read first: the run's seed orders and splits the data
             state, meta = load_checkpoint(ckpt_path)
             seed = _resumed_seed(meta, opts.seed, seed, ckpt_path)
-        cm = compile_spec(spec, opts.dtype, frozen=opts.freeze)
+            dtype = _resumed_dtype(run_dir, opts.dtype, ckpt_path)
+        cm = compile_spec(spec, dtype, frozen=opts.freeze)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         streams = (train_ds.meta or {}).get("streams")
         if streams and (spec.batch_size != streams or cfg.get("shuffle", True)):
@@ -658,6 +660,24 @@ def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int
                             hint="a resumed run keeps its seed (data order, validation split, dropout): leave out "
                                  "--seed, or start over with --overwrite")
     return seed
+
+
+def _resumed_dtype(run_dir: str, asked: str | None, path: str) -> str | None:
+    """The float type a resumed run continues in: the one it was trained in (run.json), as eval
+    and export read it, whatever the spec's train.dtype now says; a --dtype that differs is
+    refused. (A resume without the run's --dtype went on in the spec's float type.)"""
+    try:
+        with open(os.path.join(run_dir, "run.json")) as f:
+            trained = json.load(f)["dtype"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return asked  # a run.json from before runs recorded it
+    if not isinstance(trained, str):
+        return asked
+    if asked is not None and asked != trained:
+        raise FlowgradError(f"--dtype {asked} differs from the float type {trained} that {path} was trained in",
+                            hint="a resumed run keeps its float type: leave out --dtype, or start a new run from "
+                                 f"its weights with --init-from {run_dir} --dtype {asked} --run-dir NEW_DIR")
+    return trained
 
 
 def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str) -> None:

@@ -529,3 +529,24 @@ def test_train_does_not_write_a_run_over_a_directory_of_other_files(tmp_path):
     for run in (tmp_path / "empty", tmp_path / "new", tmp_path / "new"):
         invoke("train", MLP, "--set", "dims.H=8", "--steps", "1", "--run-dir", run, "--quiet", "--device", "cpu",
                *(["--overwrite"] if (run / "run.json").exists() else []))
+
+
+def test_a_resumed_run_keeps_its_float_type(tmp_path):
+    """--resume compiled the spec in --dtype, or without it in float32: a float64 run resumed
+    without its --dtype went on in float32 (run.json then said float32), and one resumed with
+    another --dtype skipped the check that it trains on its own examples, so --valid 0.3 took
+    examples it had validated on into training without a word."""
+    run = tmp_path / "run"
+    common = ["--set", "dims.H=8", "--run-dir", run, "--quiet", "--device", "cpu", "--threads", "1"]
+    invoke("train", MLP, *common, "--steps", "2", "--dtype", "float64")
+    invoke("train", MLP, *common, "--steps", "4", "--resume")
+    assert json.loads((run / "run.json").read_text())["dtype"] == "float64"
+    from runtime.checkpoint import load_checkpoint
+
+    state, meta = load_checkpoint(str(run / "checkpoint.npz"))
+    assert meta["step"] == 4 and state["W1"].dtype == np.float64
+    res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--dtype", "float32", "--valid", "0.3", code=1)
+    assert "--dtype float32 differs from the float type float64 that" in res.stderr and "hint:" in res.stderr
+    res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--valid", "0.3", code=1)
+    assert "the training examples differ from those the run was trained on" in res.stderr
+    invoke("train", MLP, *common, "--steps", "6", "--resume", "--dtype", "float64")
