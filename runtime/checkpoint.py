@@ -37,6 +37,27 @@ def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError) -> No
         raise error(f"{path} is one of the run's own files", hint="pick another path with -o")
 
 
+def read_run_info(run_dir: str, error: type[FlowgradError] = DataError, missing_ok: bool = False) -> dict:
+    """A run directory's run.json as a dict; a missing (unless `missing_ok`: then {}), unreadable
+    or malformed one is a one-line `error`, not json's or a dict method's traceback."""
+    path = os.path.join(run_dir, "run.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise error(f"{run_dir} has no run.json", hint="pass a run directory that 'flowgrad train' wrote") from None
+    except (OSError, ValueError) as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        raise error(f"{path} is unreadable or malformed ({type(e).__name__})",
+                    hint="pass a run directory that 'flowgrad train' wrote") from None
+    if not isinstance(info, dict) or not isinstance(info.get("meta") or {}, dict) \
+            or not isinstance(info.get("data_source") or {}, dict):
+        raise error(f"{path} is malformed: not the record that flowgrad train writes",
+                    hint="pass a run directory that 'flowgrad train' wrote")
+    return info
+
+
 def make_parent_dir(path: str, error: type[FlowgradError] = FlowgradError) -> None:
     """The directory an output file goes in, made if missing (export, predict, plot and graph
     write into new directories alike)."""

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from spec.errors import DataError, ExportArgumentError, ExportError
 
-from .checkpoint import check_checkpoint, load_checkpoint
+from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_number, check_seed
 from .data import check_fits
 from .session import shifts_in_float64
@@ -70,7 +70,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
             kept.append(inp)
     del model.graph.input[:]
     model.graph.input.extend(kept)
-    run_info = _read_json(os.path.join(run_dir, "run.json"))
+    run_info = read_run_info(run_dir, ExportError, missing_ok=True)
     props = {
         "flowgrad.spec": manifest["name"],
         "flowgrad.inputs": json.dumps([i.name for i in kept]),
@@ -134,14 +134,6 @@ def _check_exported(model: onnx.ModelProto | str, ckpt: str, graph_path: str) ->
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"the checkpoint {ckpt} does not fit the graph {graph_path}: {first}",
                           hint="the checkpoint and the graphs come from different runs") from None
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError:
-        return {}
 
 
 def load_model_safely(path: str) -> onnx.ModelProto:

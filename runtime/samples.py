@@ -180,9 +180,10 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> n
     """`count` examples of input `name` the run did not train on (its validation split), else its data."""
     from . import data as D
 
+    from .checkpoint import read_run_info
+
     cfg = spec.train.get("data", {}) or {}
-    with open(os.path.join(run_dir, "run.json")) as f:
-        info = json.load(f)
+    info = read_run_info(run_dir)
     run_seed = int(info.get("seed", 0))
     # where the run's data came from (--data and --valid included); older runs: their spec
     source = info.get("data_source") or {**cfg, "valid": cfg.get("valid")}

@@ -550,3 +550,29 @@ def test_a_resumed_run_keeps_its_float_type(tmp_path):
     res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--valid", "0.3", code=1)
     assert "the training examples differ from those the run was trained on" in res.stderr
     invoke("train", MLP, *common, "--steps", "6", "--resume", "--dtype", "float64")
+
+
+@pytest.mark.parametrize("content", ["garbage", "[1]", '{"meta": [1]}', None])
+def test_a_damaged_run_json_is_one_line_for_export_and_plot_samples(content, tmp_path):
+    """export read run.json catching only OSError: a run.json cut short or not a record ended in
+    json's JSONDecodeError or an AttributeError traceback; plot samples of an auto-encoder did
+    the same, and one without run.json ended in FileNotFoundError's."""
+    import shutil
+
+    run = tmp_path / "dae"
+    invoke("train", ROOT / "models" / "dae.yaml", "--set", "dims.H=4", "--steps", "1", "--run-dir", run, "--quiet",
+           "--device", "cpu", "--threads", "1")
+    if content is None:
+        (run / "run.json").unlink()
+        invoke("export", run, "-o", tmp_path / "m.onnx")  # (export needs nothing from run.json)
+        res = invoke("plot", "samples", run, "-o", tmp_path / "s.png", code=1)
+        assert f"error: {run} has no run.json" in res.stderr
+    else:
+        (run / "run.json").write_text(content)
+        for args in (["export", run, "-o", tmp_path / "m.onnx"], ["plot", "samples", run, "-o", tmp_path / "s.png"]):
+            res = invoke(*args, code=1)
+            assert res.stderr.startswith(f"error: {run / 'run.json'} is ") and "malformed" in res.stderr
+            assert "hint: pass a run directory that 'flowgrad train' wrote" in res.stderr
+        assert not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "s.png").exists()
+    shutil.rmtree(run)
