@@ -10,7 +10,7 @@ import numpy as np
 from spec import model as S
 
 from .check import Runner, check_gradients
-from .training import compile_spec
+from .training import compile_spec, require_objectives
 
 SYMBOLIC_SIZES = {"N": 3}
 DEFAULT_SYMBOLIC = 4
@@ -39,6 +39,7 @@ def gradcheck_spec(spec: S.Spec, seed: int = 0, n_directions: int = 2, n_coords:
     # l1/l2 decay is added to the gradient by the optimizer step, not part of
     # the loss, so it stays out of a check of d(loss)/d(param); so does mixed precision,
     # a half type computing the same gradient (it refuses the float64 the check runs in).
+    require_objectives(spec, "check")
     spec = dataclasses.replace(spec, train={k: v for k, v in spec.train.items()
                                             if k not in ("l1", "l2", "mixed_precision")})
     cm = compile_spec(spec, "float64", graphs=("grads",))

@@ -249,6 +249,15 @@ def schedule_of(spec: S.Spec) -> list[str]:
     return list(sched) if sched else [o.name for o in objectives_of(spec)]
 
 
+def require_objectives(spec: S.Spec, what: str) -> None:
+    """A spec without a loss (nor train.objectives) compiles its inference graph only: nothing
+    to train, time or check (training ended in 'no examples are left to train on', bench in a
+    StopIteration traceback, gradcheck passed with an empty table)."""
+    if not objectives_of(spec):
+        raise SpecError(f"the spec has no loss, so there is nothing to {what}", None,
+                        "add a 'loss:' (or train.objectives) to the spec")
+
+
 def objectives_of(spec: S.Spec) -> list[Objective]:
     train = spec.train or {}
     mixed = MixedPrecision.of(train.get("mixed_precision"))

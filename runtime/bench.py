@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from compiler.gradcheck import random_batch
-from compiler.training import compile_spec
+from compiler.training import compile_spec, require_objectives
 from spec.model import Spec
 
 from .checks import MAX_THREADS, check_count, check_seed
@@ -44,6 +44,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
         check_count(name, value, least, has_default=True)
     check_count("threads", threads, most=MAX_THREADS)
     check_seed(seed)
+    require_objectives(spec, "time")
     spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
     t0 = time.perf_counter()
     cm = compile_spec(spec)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.training import CompiledModel, check_dtype, compile_spec, schedule_of, trained_names
+from compiler.training import CompiledModel, check_dtype, compile_spec, require_objectives, schedule_of, trained_names
 from spec import model as S
 from spec.errors import DataError, FlowgradError, SpecError
 
@@ -365,6 +365,7 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
 def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
     opts = opts or TrainOptions()
     _check_counts(opts)
+    require_objectives(spec, "train")
     t_start = time.perf_counter()
     spec = spec.with_batch_size(opts.batch_size)  # the graphs' layout choices follow the batch trained with
     cfg = spec.train or {}

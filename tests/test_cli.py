@@ -576,3 +576,19 @@ def test_a_damaged_run_json_is_one_line_for_export_and_plot_samples(content, tmp
         assert not (tmp_path / "m.onnx").exists()
     assert not (tmp_path / "s.png").exists()
     shutil.rmtree(run)
+
+
+def test_a_spec_without_a_loss_has_nothing_to_train_time_or_check(tmp_path):
+    """Such a spec compiles its inference graph only: train --data said 'no examples are left to
+    train on: x.npz holds 0' (the examples of no input), bench ended in a StopIteration traceback
+    and gradcheck printed an empty table and exited 0, as if every gradient had passed."""
+    spec = tmp_path / "noloss.yaml"
+    spec.write_text("flowgrad: 1\nname: t\ninputs:\n  x: {shape: [N, 3]}\ngraph:\n  y: relu(x)\noutputs:\n  o: y\n")
+    np.savez(tmp_path / "x.npz", x=np.ones((10, 3), np.float32))
+    for args, what in ((["train", spec, "--data", tmp_path / "x.npz", "--run-dir", tmp_path / "run", "--quiet"],
+                        "train"), (["bench", spec, "--steps", "1"], "time"), (["gradcheck", spec], "check")):
+        res = invoke(*args, code=1)
+        assert res.stderr.startswith(f"error: the spec has no loss, so there is nothing to {what}\n"), res.stderr
+        assert "hint: add a 'loss:'" in res.stderr
+    assert not (tmp_path / "run").exists()
+    invoke("compile", spec, "-o", tmp_path / "build")  # its inference graph
