@@ -97,7 +97,7 @@ def _stopped_by_signals(spec_path: str, run_dir: str):
         what = "SIGTERM" if isinstance(stop, _Stopped) else "Ctrl-C"
         err.print(f"[bold red]error:[/bold red] training stopped by {what}; {escape(run_dir)} {kept}", soft_wrap=True)
         if "no checkpoint" not in kept:
-            err.print(f"[dim]  hint: go on with: flowgrad train {escape(spec_path)} --run-dir {escape(run_dir)} "
+            err.print(f"[dim]  hint: go on with: flowgrad train {_shell(spec_path)} --run-dir {_shell(run_dir)} "
                       f"--resume (and this run's other flags)[/dim]", soft_wrap=True)
         raise typer.Exit(143 if isinstance(stop, _Stopped) else 130) from None
     finally:
@@ -110,6 +110,14 @@ MAX_SEED = 2**63 - 1
 
 # import name -> the name pip installs it by, where they differ
 _PIP_NAMES = {"yaml": "pyyaml", "sklearn": "scikit-learn", "onnxruntime": "onnxruntime-gpu"}
+
+
+def _shell(path: str) -> str:
+    """A path as a suggested command line takes it: quoted for the shell where it needs to be
+    (spaces), and escaped from rich's markup (a [bracketed] part was dropped)."""
+    import shlex
+
+    return escape(shlex.quote(path))
 
 
 def _load(path: str, overrides):
@@ -134,9 +142,9 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
         s = _load(spec, set)
         low = check_spec(s, dtype)
     for w in low.warnings:  # worth a look, but the spec is usable (exit code 0)
-        err.print(f"[bold yellow]warning:[/bold yellow] {w.one_line()}", soft_wrap=True)
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(w.one_line())}", soft_wrap=True)
         if w.hint:
-            err.print(f"[dim]  hint: {w.hint}[/dim]", soft_wrap=True)
+            err.print(f"[dim]  hint: {escape(w.hint)}[/dim]", soft_wrap=True)
     _print_doc(s)
     table = Table(title=f"{s.name}: nodes", title_justify="left")
     table.add_column("name")
@@ -148,7 +156,7 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
             v = low.env.get(t)
             shape = "[" + ", ".join(str(d) for d in v.shape) + "]" if hasattr(v, "shape") else repr(v)
             op = a.expr.func if hasattr(a.expr, "func") else type(a.expr).__name__.lower()
-            table.add_row(t, op, shape, getattr(v, "dtype", ""))
+            table.add_row(t, op, escape(shape), str(getattr(v, "dtype", "")))  # (a shape [t, N] read as markup)
     out.print(table)
     ptable = Table(title=f"{s.name}: parameters", title_justify="left")
     for col in ("name", "shape", "init", "kind"):
@@ -160,11 +168,11 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
             size *= d
         if p.kind == "param" and p.trainable:  # a frozen parameter (trainable: false) is not trained
             total += size
-        ptable.add_row(n, "[" + ", ".join(map(str, p.shape)) + "]", p.init_kind, p.kind if p.trainable or p.kind != "param" else "frozen")
+        ptable.add_row(n, escape("[" + ", ".join(map(str, p.shape)) + "]"), p.init_kind, p.kind if p.trainable or p.kind != "param" else "frozen")
     out.print(ptable)
     warned = f" ({len(low.warnings)} warning{'s' if len(low.warnings) != 1 else ''})" if low.warnings else ""
     out.print(f"{len(low.params)} tensors, {total:,} trainable values; spec OK{warned}")
-    err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {spec}[/dim]", soft_wrap=True)
+    err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {_shell(spec)}[/dim]", soft_wrap=True)
 
 
 def _print_doc(s) -> None:
@@ -204,7 +212,7 @@ def compile_cmd(
     table.add_column("outputs", justify="right")
     table.add_column("file")
     for k, g in cm.graphs.items():
-        table.add_row(k, str(g.node_count), str(len(g.inputs)), str(len(g.outputs)), os.path.join(output, f"{k}.onnx"))
+        table.add_row(k, str(g.node_count), str(len(g.inputs)), str(len(g.outputs)), escape(os.path.join(output, f"{k}.onnx")))
     err.print(table)
     for w in written:
         print(w)
@@ -314,9 +322,10 @@ def train(
         if ws["kept"]:
             kept = ", ".join(f"{name} ({why})" for name, why in ws["kept"].items())
             err.print(f"  kept their initial values: {escape(kept)}", soft_wrap=True)
-    err.print(f"run written to {result.run_dir}")
-    err.print(f"  plot the curves: flowgrad plot curves {result.run_dir} -o {os.path.join(result.run_dir, 'curves.png')}", soft_wrap=True)
-    err.print(f"  export the model: flowgrad export {result.run_dir} -o {s.name}.onnx", soft_wrap=True)
+    err.print(f"run written to {escape(result.run_dir)}", soft_wrap=True)
+    err.print(f"  plot the curves: flowgrad plot curves {_shell(result.run_dir)} -o "
+              f"{_shell(os.path.join(result.run_dir, 'curves.png'))}", soft_wrap=True)
+    err.print(f"  export the model: flowgrad export {_shell(result.run_dir)} -o {s.name}.onnx", soft_wrap=True)
 
 
 def _device_name(device: str) -> str:
@@ -360,7 +369,8 @@ def export(
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
         info = do_export(run_dir, output, checkpoint, graph)
-    err.print(f"wrote {info['path']}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}")
+    err.print(f"wrote {escape(info['path'])}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}",
+              soft_wrap=True)
     print(info["path"])
 
 
@@ -416,7 +426,8 @@ def predict(
         outs = run_predict(model, feeds, pick_device(device), threads)
         if output:
             _write_npz(output, outs)
-            err.print(f"wrote {output}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}")
+            err.print(f"wrote {escape(output)}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}",
+                      soft_wrap=True)
             return
     for k, v in outs.items():
         print(f"{k}: shape {list(v.shape)} dtype {v.dtype}")
@@ -540,7 +551,7 @@ def graph_cmd(
             d = visual.spec_dot(visual.SpecGraph(s, dtype), backward, objective, expand)
         suffix = "_optimized" if optimized else "_backward" if backward else ""
         path, note = visual.write_picture(d, output or f"{s.name}{suffix}.svg")
-    err.print(note or f"wrote {path}", soft_wrap=True)
+    err.print(escape(note or f"wrote {path}"), soft_wrap=True)
     print(path)
 
 
@@ -578,14 +589,14 @@ def summary(
     for col, just in (("name", "left"), ("kind", "left"), ("op", "left"), ("shape", "left"), ("params", "right"), ("FLOPs", "right")):
         table.add_column(col, justify=just)
     for n in r["nodes"]:
-        table.add_row(n["name"], n["kind"], n["op"], n["shape"], num(n["params"]), num(n["flops_per_example"]))
+        table.add_row(n["name"], n["kind"], n["op"], escape(n["shape"]), num(n["params"]), num(n["flops_per_example"]))
     out.print(table)
     ptable = Table(title=f"{s.name}: parameters", title_justify="left")
     for col, just in (("name", "left"), ("shape", "left"), ("count", "right"), ("init", "left"), ("made by", "left")):
         ptable.add_column(col, justify=just)
     for p in r["params"]:
         kind = "" if p["kind"] == "param" and p["trainable"] else f" ({'frozen' if p['kind'] == 'param' else p['kind']})"
-        ptable.add_row(p["name"] + kind, "[" + ", ".join(map(str, p["shape"])) + "]", f"{p['count']:,}", p["init"], p["created_by"] or "")
+        ptable.add_row(p["name"] + kind, escape("[" + ", ".join(map(str, p["shape"])) + "]"), f"{p['count']:,}", p["init"], p["created_by"] or "")
     out.print(ptable)
     totals = Table(title=f"{s.name}: totals (batch N = {B})", title_justify="left")
     for col, just in (("", "left"), ("per step", "right"), ("per example", "right")):
@@ -619,7 +630,7 @@ def plot_attention_cmd(
 
     with user_errors():
         path = plot_attention(run_dir, text, output)
-    err.print(f"wrote {path}")
+    err.print(f"wrote {escape(path)}", soft_wrap=True)
     print(path)
 
 
@@ -633,7 +644,7 @@ def plot_curves(
 
     with user_errors():
         path = draw(run_dirs, output)
-    err.print(f"wrote {path}")
+    err.print(f"wrote {escape(path)}", soft_wrap=True)
     print(path)
 
 
@@ -655,7 +666,7 @@ def plot_samples(
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
         path = draw(run_dir, output, count, seed, checkpoint, None if corrupt is None else ("masking_noise", corrupt))
-    err.print(f"wrote {path}")
+    err.print(f"wrote {escape(path)}", soft_wrap=True)
     print(path)
 
 

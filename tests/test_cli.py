@@ -592,3 +592,30 @@ def test_a_spec_without_a_loss_has_nothing_to_train_time_or_check(tmp_path):
         assert "hint: add a 'loss:'" in res.stderr
     assert not (tmp_path / "run").exists()
     invoke("compile", spec, "-o", tmp_path / "build")  # its inference graph
+
+
+def test_paths_and_shapes_are_printed_as_they_are_and_commands_quoted(tmp_path):
+    """rich read a [bracketed] part of a path, or a shape starting with a lowercase dim, as
+    markup and dropped it: check's warning and its 'flowgrad summary' line, compile's table,
+    train's 'run written to' and its suggested commands, and the 'wrote' lines of export and
+    plot showed '.../runs /...' for '.../runs [v2]/...', and check and summary showed [t, N]
+    as an empty cell. The suggested commands now quote a path with spaces for the shell."""
+    folder = tmp_path / "my runs [v2]"
+    folder.mkdir()
+    spec = folder / "m.yaml"
+    spec.write_text("flowgrad: 1\nname: m\ninputs:\n  x: {shape: [t, N]}\nparams:\n  w: {shape: [4], init: ones}\n"
+                    "graph:\n  y: relu(x) * mean(w)\n  unused: relu(x)\nloss: mean(y)\n")
+    res = invoke("check", spec)
+    assert f"warning: {spec}:9:3: graph entry 'unused' is never used" in res.stderr
+    assert f"flowgrad summary '{spec}'" in res.stderr
+    assert "[t, N]" in res.stdout and "[t, N]" in invoke("summary", spec).stdout
+    res = invoke("compile", spec, "-o", folder / "build")
+    assert str(folder / "build" / "eval.onnx") in res.stderr
+    run = folder / "run 1"
+    res = invoke("train", MLP, "--set", "dims.H=4", "--steps", "1", "--run-dir", run, "--quiet", "--device", "cpu")
+    assert f"run written to {run}\n" in res.stderr
+    assert f"flowgrad plot curves '{run}' -o '{run / 'curves.png'}'" in res.stderr
+    assert f"flowgrad export '{run}' -o mlp.onnx" in res.stderr
+    assert f"wrote {folder / 'm.onnx'}: inputs x" in invoke("export", run, "-o", folder / "m.onnx").stderr
+    assert f"wrote {folder / 'c.png'}" in invoke("plot", "curves", run, "-o", folder / "c.png").stderr
+    assert f"wrote {folder / 'g.dot'}" in invoke("graph", spec, "-o", folder / "g.dot").stderr
