@@ -519,6 +519,16 @@ def _trained(spec, low: Lowering, obj: Objective) -> list[str]:
     if not trained:
         declared = "objectives" in (spec.train or {})  # else the implicit objective of `loss`: point at the loss
         where = (_loc(spec, "train", "objectives", obj.name, "params") if declared else None) or obj.loc
+        matched = [n for n, p in low.params.items() if p.kind == "param" and _matches(n, obj.param_globs)]
+        frozen = [n for n in matched if low.params[n].trainable]  # (so kept fixed by freeze)
+        if frozen:  # (its message blamed the objective's params for matching none)
+            raise SpecError(f"objective {obj.name!r} trains no parameters: freeze {obj.frozen} keeps all of "
+                            f"its parameters fixed ({', '.join(frozen)})", None,
+                            "freeze fewer parameters (--freeze), so that each objective trains at least one")
+        if matched:
+            raise SpecError(f"objective {obj.name!r} trains no parameters: all of its parameters are marked "
+                            f"trainable: false ({', '.join(matched)})", where,
+                            "mark one of them trainable, or leave the objective out")
         raise SpecError(f"objective {obj.name!r} trains no parameters", where,
                         f"its params {obj.param_globs} match none of: {', '.join(low.params) or '(no parameters)'}")
     return trained
