@@ -543,7 +543,16 @@ def graph_cmd(
     from compiler import visual
 
     with user_errors():
+        from spec.errors import FlowgradError
+
         _check_dtype(dtype)
+        if optimized and backward:  # (--backward was ignored)
+            raise FlowgradError("--backward and --optimized draw two different pictures: give one of them",
+                                hint="--backward: the spec's graph and its gradients; --optimized: the emitted ops "
+                                     "of the training step, gradients included")
+        if objective is not None and not (backward or optimized):  # (ignored, even a misspelt one)
+            raise FlowgradError(f"--objective {objective} picks whose gradients to draw, with --backward or --optimized",
+                                hint="add --backward (or --optimized), or leave out --objective")
         s = _load(spec, set)
         if optimized:
             d = visual.ir_dot(visual.training_step(s, objective, dtype), s, expand)
@@ -578,6 +587,8 @@ def summary(
                 raise FlowgradError(f"--dim {item!r} is not NAME=INTEGER", hint="e.g. --dim T=64")
             dims[name.strip()] = int(value)
         s = _load(spec, set)
+        if objective is not None:  # (a spec without a loss has no training step: any name was taken)
+            visual.pick_objective(s, objective)
         r = visual.summary(s, batch_size, dtype, dims, objective)
     if as_json:
         print(json.dumps(r, indent=2))

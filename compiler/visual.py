@@ -300,7 +300,7 @@ def pick_objective(spec: S.Spec, name: str | None):
 
     objs = objectives_of(spec)
     if not objs:
-        raise SpecError("the spec has no loss, so it has no gradients or training step to draw", None,
+        raise SpecError("the spec has no loss, so it has no gradients or training step", None,
                         "add a 'loss:' (or train.objectives) to the spec")
     if name is None:
         return objs[0]

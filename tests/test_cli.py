@@ -637,3 +637,22 @@ def test_an_objective_left_nothing_to_train_says_why(tmp_path):
     res = invoke("check", MLP, *[a for f in fixed for a in ("--set", f)], code=1)
     assert "trains no parameters: all of its parameters are marked trainable: false (W1, b1," in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_graph_and_summary_refuse_flags_they_would_ignore(tmp_path):
+    """graph --objective without --backward or --optimized drew the flow graph and took any name,
+    even a misspelt one; --backward with --optimized drew the optimized step alone; summary
+    --objective of a spec without a loss took any name."""
+    res = invoke("graph", MLP, "--objective", "mian", "-o", tmp_path / "g.dot", code=1)
+    assert "--objective mian picks whose gradients to draw, with --backward or --optimized" in res.stderr
+    res = invoke("graph", MLP, "--backward", "--optimized", "-o", tmp_path / "g.dot", code=1)
+    assert "--backward and --optimized draw two different pictures" in res.stderr
+    assert not (tmp_path / "g.dot").exists()
+    assert "unknown objective 'mian'" in invoke("graph", MLP, "--backward", "--objective", "mian", "-o",
+                                                tmp_path / "g.dot", code=1).stderr
+    invoke("graph", MLP, "--backward", "--objective", "main", "-o", tmp_path / "g.dot")
+    spec = tmp_path / "noloss.yaml"
+    spec.write_text("flowgrad: 1\nname: t\ninputs:\n  x: {shape: [N, 3]}\ngraph:\n  y: relu(x)\noutputs:\n  o: y\n")
+    res = invoke("summary", spec, "--objective", "main", code=1)
+    assert "the spec has no loss, so it has no gradients or training step" in res.stderr
+    invoke("summary", spec)
