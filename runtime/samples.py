@@ -176,8 +176,9 @@ def corrupt(x: np.ndarray, noise: tuple[str, float], seed: int) -> np.ndarray:
     return np.clip(x + level * rng.normal(size=x.shape), 0, 1).astype(x.dtype)
 
 
-def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> np.ndarray:
-    """`count` examples of input `name` the run did not train on (its validation split), else its data."""
+def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> tuple[np.ndarray, bool]:
+    """(`count` examples of input `name` the run did not train on (its validation split), else of
+    its data; whether they are held out). More than there are is an error (it drew fewer)."""
     from . import data as D
 
     from .checkpoint import read_run_info
@@ -196,6 +197,7 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> n
     else:
         raise DataError("the run's spec names no data to reconstruct", hint="train the run with data (train.data in the spec, or --data) so its examples can be reconstructed")
     valid = source.get("valid")
+    held_out = bool(valid) and not isinstance(valid, bool)
     if isinstance(valid, str):
         ds = D.load_npz(valid)
     elif isinstance(valid, (int, float)) and not isinstance(valid, bool) and valid:
@@ -206,8 +208,12 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> n
     if name not in ds.arrays:
         raise DataError(f"the run's data has no array {name!r}", hint=f"the run's data has: {', '.join(ds.arrays)}")
     x = ds.arrays[name]
+    if count > len(x):
+        what = "examples the run held out for validation" if held_out else "examples of the run's data"
+        raise DataError(f"--count {count} is more than the {len(x)} {what}",
+                        hint=f"reconstruct at most {len(x)} of them (--count {len(x)})")
     idx = np.sort(np.random.default_rng([seed, 4242]).permutation(len(x))[:count])
-    return x[idx]
+    return x[idx], held_out
 
 
 def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = "best",
@@ -221,14 +227,16 @@ def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = 
         raise DataError(f"{run_dir}: its inference graph takes no float data to reconstruct", hint="give a run whose model takes a float input to reconstruct, e.g. an autoencoder")
     spec = load_spec(os.path.join(run_dir, "spec.yaml"))
     noise = noise or spec_noise(spec) or ("masking_noise", 0.25)
-    x = held_out_examples(spec, run_dir, inp["name"], count, seed).astype(inp["dtype"])
+    x, held_out = held_out_examples(spec, run_dir, inp["name"], count, seed)
+    x = x.astype(inp["dtype"])
     x_noisy = corrupt(x, noise, seed)
     outs = runner({inp["name"]: x_noisy, "seed": seed})
     key = _image_output(runner, outs, ("reconstruction",))
     what = f"masking noise p={noise[1]:g}" if noise[0] == "masking_noise" else f"gaussian noise sigma={noise[1]:g}"
     return Samples("reconstruction", {"input": as_images(x), "corrupted": as_images(x_noisy),
                                       "reconstructed": as_images(outs[key])},
-                   f"held-out digits, {what}", {"output": key, "noise": list(noise)})
+                   # (a run without a validation split has none held out: they were titled held-out)
+                   f"{'held-out' if held_out else 'training'} digits, {what}", {"output": key, "noise": list(noise)})
 
 
 def samples_of(run_dir: str, count: int | None = None, seed: int = 0, checkpoint: str = "best",

@@ -656,3 +656,23 @@ def test_graph_and_summary_refuse_flags_they_would_ignore(tmp_path):
     res = invoke("summary", spec, "--objective", "main", code=1)
     assert "the spec has no loss, so it has no gradients or training step" in res.stderr
     invoke("summary", spec)
+
+
+def test_plot_samples_reconstructs_the_count_asked_or_says_why_not(tmp_path):
+    """--count beyond the examples the run held out drew them all without a word (--count 1000
+    of an auto-encoder validating on 360 digits drew 360), and a run without a validation split
+    reconstructed training digits under the title 'held-out digits'."""
+    from runtime.samples import samples_of
+
+    common = ["--set", "dims.H=4", "--steps", "1", "--quiet", "--device", "cpu", "--threads", "1"]
+    dae = ROOT / "models" / "dae.yaml"
+    invoke("train", dae, *common, "--run-dir", tmp_path / "dae", "--valid", "0.01")  # 18 of 1,797 digits
+    res = invoke("plot", "samples", tmp_path / "dae", "--count", "19", "-o", tmp_path / "s.png", code=1)
+    assert "--count 19 is more than the 18 examples the run held out for validation" in res.stderr
+    assert "hint: reconstruct at most 18 of them (--count 18)" in res.stderr and not (tmp_path / "s.png").exists()
+    s = samples_of(str(tmp_path / "dae"), count=18)
+    assert len(s.images["input"]) == 18 and s.note.startswith("held-out digits")
+    invoke("train", dae, *common, "--run-dir", tmp_path / "all", "--valid", "0")
+    assert samples_of(str(tmp_path / "all"), count=3).note.startswith("training digits")
+    assert "more than the 1797 examples of the run's data" in invoke(
+        "plot", "samples", tmp_path / "all", "--count", "1798", "-o", tmp_path / "s.png", code=1).stderr
