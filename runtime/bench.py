@@ -45,6 +45,9 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     check_count("threads", threads, most=MAX_THREADS)
     check_seed(seed)
     require_objectives(spec, "time")
+    from .train import check_steps_per_call
+
+    check_steps_per_call(spec, steps_per_call)  # (it timed K steps of each objective in turn, which no run does)
     spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
     t0 = time.perf_counter()
     cm = compile_spec(spec)

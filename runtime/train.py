@@ -385,11 +385,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
     if opts.steps_per_call > 1 and opts.accumulate > 1:
         raise FlowgradError("--steps-per-call does not work with --accumulate",
                             hint="an accumulated update already runs several batches per update: leave out one of the two")
-    if opts.steps_per_call > 1 and len(schedule_of(spec)) > 1:
-        raise FlowgradError(
-            f"--steps-per-call does not work with a schedule of several objectives ({', '.join(schedule_of(spec))})",
-            spec.locate("train", "schedule") if "schedule" in cfg else spec.locate("train", "objectives"),
-            "their steps alternate, one call each: leave out --steps-per-call")
+    check_steps_per_call(spec, opts.steps_per_call)
     device = pick_device(opts.device)
     fresh = not os.path.exists(run_dir_of(spec, opts))
     run_dir = prepare_run_dir(spec, opts)
@@ -636,6 +632,17 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                              history[-1] if history else {}, best, history, stopped, warm_start)
         atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode())
         return result
+
+
+def check_steps_per_call(spec: S.Spec, steps_per_call: int) -> None:
+    """Several steps per call run one objective's step graph in a Loop: a schedule of several
+    objectives alternates their steps, one call each (training and bench alike)."""
+    if steps_per_call > 1 and len(schedule_of(spec)) > 1:
+        cfg = spec.train or {}
+        raise FlowgradError(
+            f"--steps-per-call does not work with a schedule of several objectives ({', '.join(schedule_of(spec))})",
+            spec.locate("train", "schedule") if "schedule" in cfg else spec.locate("train", "objectives"),
+            "their steps alternate, one call each: leave out --steps-per-call")
 
 
 def _check_counts(opts: TrainOptions) -> None:

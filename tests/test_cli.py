@@ -676,3 +676,14 @@ def test_plot_samples_reconstructs_the_count_asked_or_says_why_not(tmp_path):
     assert samples_of(str(tmp_path / "all"), count=3).note.startswith("training digits")
     assert "more than the 1797 examples of the run's data" in invoke(
         "plot", "samples", tmp_path / "all", "--count", "1798", "-o", tmp_path / "s.png", code=1).stderr
+
+
+def test_bench_refuses_steps_per_call_where_training_does():
+    """bench --steps-per-call 8 of the GAN timed 8 discriminator steps in one call, then 8
+    generator steps, and reported the per-step time of a run that train refuses to make (its
+    objectives alternate, one step each per batch)."""
+    gan = ROOT / "models" / "gan.yaml"
+    res = invoke("bench", gan, "--set", "dims.H=4", "--steps", "2", "--steps-per-call", "2", "--threads", "1", code=1)
+    assert "--steps-per-call does not work with a schedule of several objectives (discriminator, generator)" \
+        in res.stderr and "hint: their steps alternate" in res.stderr
+    invoke("bench", gan, "--set", "dims.H=4", "--steps", "2", "--threads", "1", "--batch-size", "8")
