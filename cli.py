@@ -200,6 +200,9 @@ def compile_cmd(
         if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(output)), "run.json")):
             raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's checkpoints: "
                                 "pick another directory with -o")
+        if os.path.isfile(os.path.join(output, "run.json")):  # (the graphs went in beside its checkpoints)
+            raise FlowgradError(f"{output} is a run directory", hint="its graphs are in its graphs/ folder, and belong "
+                                "to the run's checkpoints: pick another directory with -o")
         try:
             written = cm.save(output, hint="pick a writable directory with -o, or free some space")
         except OSError as e:

@@ -687,3 +687,14 @@ def test_bench_refuses_steps_per_call_where_training_does():
     assert "--steps-per-call does not work with a schedule of several objectives (discriminator, generator)" \
         in res.stderr and "hint: their steps alternate" in res.stderr
     invoke("bench", gan, "--set", "dims.H=4", "--steps", "2", "--threads", "1", "--batch-size", "8")
+
+
+def test_compile_does_not_write_into_a_run_directory_itself(trained):
+    """compile -o RUN_DIR (not inside it: the directory itself) wrote train.onnx, manifest.json
+    and the other graphs beside the run's checkpoints and run.json."""
+    run_dir, _ = trained
+    before = sorted(p.name for p in Path(run_dir).iterdir())
+    for target in (run_dir, f"{run_dir}/"):
+        res = invoke("compile", MLP, "--set", "dims.H=8", "-o", target, code=1)
+        assert f"{target} is a run directory" in res.stderr and "pick another directory with -o" in res.stderr
+    assert sorted(p.name for p in Path(run_dir).iterdir()) == before
