@@ -695,6 +695,8 @@ def main():
     try:
         code = app(standalone_mode=False)
     except ClickException as e:
+        if not e.format_message().strip():  # no_args_is_help: the help is printed, nothing went wrong to say
+            sys.exit(e.exit_code)
         where = getattr(getattr(e, "ctx", None), "command_path", None) or "flowgrad"
         err.print(f"[bold red]error:[/bold red] {escape(e.format_message())}", soft_wrap=True)
         err.print(f"[dim]  hint: see {escape(where)} --help[/dim]", soft_wrap=True)

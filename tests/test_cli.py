@@ -698,3 +698,14 @@ def test_compile_does_not_write_into_a_run_directory_itself(trained):
         res = invoke("compile", MLP, "--set", "dims.H=8", "-o", target, code=1)
         assert f"{target} is a run directory" in res.stderr and "pick another directory with -o" in res.stderr
     assert sorted(p.name for p in Path(run_dir).iterdir()) == before
+
+
+@pytest.mark.parametrize("args", [[], ["plot"]])
+def test_a_bare_command_prints_its_help_without_an_empty_error(args):
+    """'flowgrad' and 'flowgrad plot' alone printed their help, then 'error: ' with nothing after
+    it and a hint to see the --help just shown."""
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "120"})
+    assert "Usage:" in res.stdout and "Commands" in res.stdout
+    assert "error" not in res.stderr and "hint" not in res.stderr, res.stderr
+    assert res.returncode == 2  # click's, as for a usage mistake
