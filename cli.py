@@ -120,6 +120,17 @@ def _shell(path: str) -> str:
     return escape(shlex.quote(path))
 
 
+def _not_empty(**flags) -> None:
+    """An option given as an empty string ('--data "$DATA"' with DATA unset) is an error: taken
+    as not given, it trained on the spec's data, skipped --init-from, printed instead of -o."""
+    from spec.errors import FlowgradError
+
+    for flag, value in flags.items():
+        if value is not None and not str(value).strip():
+            name = "-o" if flag == "output" else "--" + flag.replace("_", "-")
+            raise FlowgradError(f"{name} is empty", hint=f"give {name} a value, or leave it out")
+
+
 def _load(path: str, overrides):
     from spec import load_spec
 
@@ -293,6 +304,7 @@ def train(
     from runtime.train import TrainOptions, run_dir_of, train as run_training
 
     with user_errors():
+        _not_empty(run_dir=run_dir, data=data, valid=valid, init_from=init_from)
         _check_dtype(dtype)
         s = _load(spec, set)
         opts = TrainOptions(run_dir=run_dir, device=device, threads=threads, seed=seed, epochs=epochs, steps=steps,
@@ -402,6 +414,7 @@ def predict(
     from spec.errors import FlowgradError
 
     with user_errors():
+        _not_empty(data=data, output=output)
         if sum(x is not None for x in (data, text, count)) != 1:
             raise FlowgradError("give one of --data (an .npz of inputs), --text (a prompt) or --count "
                                 "(samples of a generator)", hint="--data for any model, --text for language models and translators, --count for generators")
@@ -549,6 +562,7 @@ def graph_cmd(
         from spec.errors import FlowgradError
 
         _check_dtype(dtype)
+        _not_empty(output=output)
         if optimized and backward:  # (--backward was ignored)
             raise FlowgradError("--backward and --optimized draw two different pictures: give one of them",
                                 hint="--backward: the spec's graph and its gradients; --optimized: the emitted ops "

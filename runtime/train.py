@@ -652,6 +652,9 @@ def _check_counts(opts: TrainOptions) -> None:
                         ("steps_per_call", 1)):
         check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
     check_count("threads", opts.threads, most=MAX_THREADS)
+    for name in ("run_dir", "data", "valid", "init_from"):  # ("" was taken as not given)
+        if getattr(opts, name) is not None and not str(getattr(opts, name)).strip():
+            raise FlowgradError(f"{name} is an empty path", hint=f"give {name} a path, or leave it out (None)")
     check_seed(opts.seed)
     check_dtype(opts.dtype)
 

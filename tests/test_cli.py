@@ -709,3 +709,28 @@ def test_a_bare_command_prints_its_help_without_an_empty_error(args):
     assert "Usage:" in res.stdout and "Commands" in res.stdout
     assert "error" not in res.stderr and "hint" not in res.stderr, res.stderr
     assert res.returncode == 2  # click's, as for a usage mistake
+
+
+@pytest.mark.parametrize("args", [
+    ["train", MLP, "--data", ""], ["train", MLP, "--init-from", " "], ["train", MLP, "--run-dir", ""],
+    ["train", MLP, "--valid", ""], ["predict", "m.onnx", "--count", "1", "-o", ""], ["graph", MLP, "-o", ""],
+])
+def test_an_empty_option_is_refused_not_taken_as_not_given(args, tmp_path, monkeypatch):
+    """A path given as '' (a script's --data "$DATA" with DATA unset) was taken as not given:
+    train --data '' trained on the spec's own data, --init-from '' started from scratch and
+    --run-dir '' wrote runs/<name>, each without a word; predict -o '' printed the outputs
+    and graph -o '' wrote <name>.svg."""
+    monkeypatch.chdir(tmp_path)  # where runs/mlp and mlp.svg went
+    flag = next(a for i, a in enumerate(args) if a.startswith("-") and not str(args[i + 1]).strip())
+    extra = ["--run-dir", tmp_path / "run"] if args[0] == "train" and flag != "--run-dir" else []
+    res = invoke(*args, *extra, "--steps", "1", "--quiet", code=1) if args[0] == "train" else invoke(*args, code=1)
+    assert res.stderr.startswith(f"error: {flag} is empty\n") and f"hint: give {flag} a value" in res.stderr
+    assert not (tmp_path / "run").exists() and not Path("runs/mlp").exists() and not Path("mlp.svg").exists()
+
+
+def test_the_api_refuses_an_empty_path(tmp_path):
+    from runtime.api import train
+    from spec.errors import FlowgradError
+
+    with pytest.raises(FlowgradError, match="^data is an empty path"):
+        train(MLP, run_dir=str(tmp_path / "run"), data="", steps=1)
