@@ -265,6 +265,9 @@ def ops(
     out.print(table)
 
 
+# eval, export and plot samples read one of a run's two checkpoints, in the same words
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="Which checkpoint: best (the epoch with the best "
+                                            "early_stopping metric, else validation loss, else training loss) or last.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cuda or cpu.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).", min=1,
                                                    max=1024)]  # runtime.checks' MAX_THREADS
@@ -282,7 +285,9 @@ def train(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, data order and dropout.", min=0,
                                                              max=MAX_SEED)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override train.epochs.", min=1)] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Stop after this many updates.", min=1)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Stop after this many updates (overrides train.steps; "
+                                                 "with train.epochs or --epochs, the first limit reached ends the run).",
+                                                 min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Override train.batch_size.", min=1)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Training data: an .npz whose arrays are named like the spec's inputs.")] = None,
     valid: Annotated[Optional[str], typer.Option("--valid", help="Validation data: an .npz, or a fraction of the training data (0 for none).")] = None,
@@ -353,7 +358,7 @@ def _device_name(device: str) -> str:
 def eval_cmd(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by 'flowgrad train'.")],
     data: Annotated[Optional[str], typer.Option("--data", help="An .npz with arrays named like the spec's inputs (default: the test examples the spec holds out, train.data.test).")] = None,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    checkpoint: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per evaluation batch.", min=1)] = 256,
@@ -374,7 +379,7 @@ def eval_cmd(
 def export(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by 'flowgrad train'.")],
     output: Annotated[str, typer.Option("-o", "--output", help="The ONNX file to write.")],
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best (by validation) or last.")] = "best",
+    checkpoint: CheckpointOpt = "best",
     graph: Annotated[Optional[str], typer.Option("--graph", help="infer (the spec's outputs) or generate (sampling); default: generate where the spec has it.")] = None,
 ):
     """Write the deployment graph with the trained weights baked in."""
@@ -395,9 +400,9 @@ def predict(
     data: Annotated[Optional[str], typer.Option("--data", help="An .npz with one array per model input.")] = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the outputs to this .npz.")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Prompt for a text generator (models with a 'generate' section).")] = None,
-    max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text (default: the spec's generate.max_len; without it 200, or a translator's target length).",
-                                                   min=1, max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
-    beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy.", min=1)] = None,
+    max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text (default: the spec's generate.max_len; without it 200, or a translator's target length).", min=1,
+                                                   max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
+    beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy (default and most: the spec's generate.beam_width, else 4).", min=1)] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).",
                                                 min=0, max=MAX_SEED)] = None,
@@ -513,7 +518,7 @@ def bench(
     spec: SpecArg,
     set: SetOpt = None,
     steps: Annotated[int, typer.Option("--steps", help="Timed training steps (after 5 warm-up calls; with --steps-per-call K, rounded up to whole calls of K).", min=1)] = 50,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size (default: the spec's).", min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size to time (default: train.batch_size).", min=1)] = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON.")] = False,
@@ -684,7 +689,7 @@ def plot_samples(
                                                  max=100_000)] = None,  # runtime.samples' MAX_SAMPLES
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generator's noise, or of the examples and their corruption.", min=0,
                                       max=MAX_SEED)] = 0,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    checkpoint: CheckpointOpt = "best",
     corrupt: Annotated[Optional[float], typer.Option("--corrupt", help="Masking noise level for the triples (default: the spec's own noise, else 0.25).", min=0.0, max=1.0)] = None,
 ):
     """A grid of generated digits (generators), or input / corrupted / reconstructed triples (auto-encoders)."""

@@ -734,3 +734,25 @@ def test_the_api_refuses_an_empty_path(tmp_path):
 
     with pytest.raises(FlowgradError, match="^data is an empty path"):
         train(MLP, run_dir=str(tmp_path / "run"), data="", steps=1)
+
+
+def test_one_concept_one_help_and_bound():
+    """--checkpoint read 'best or last.' in eval and plot samples and 'best (by validation) or
+    last.' in export; --max-len had no bound (2000000 was refused after the model loaded, as
+    'max_len must be at most', not by typer as --count is); --beam-width and bench's
+    --batch-size did not say their defaults; --steps did not say that train.epochs still ends a
+    run first (its default of 40 epochs for the MLP, say)."""
+    commands = typer.main.get_command(app).commands
+    plot = commands["plot"].commands
+
+    def helps(command):
+        return {p.opts[0]: p.help for p in command.params if getattr(p, "opts", None)}
+
+    checkpoint = {helps(c)["--checkpoint"] for c in (commands["eval"], commands["export"], plot["samples"])}
+    assert len(checkpoint) == 1 and "early_stopping" in checkpoint.pop()
+    assert "generate.beam_width, else 4" in helps(commands["predict"])["--beam-width"]
+    assert "train.batch_size" in helps(commands["bench"])["--batch-size"]
+    assert "first limit reached" in helps(commands["train"])["--steps"]
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "predict", "m.onnx", "--text", "a", "--max-len",
+                          str(2**20 + 1)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Invalid value for '--max-len'" in res.stderr
