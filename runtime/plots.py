@@ -51,8 +51,21 @@ def read_history(run_dir: str) -> list[dict]:
             raise DataError(f"{path}:{i + 1}: not a JSON record", hint="the file is damaged") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{i + 1}: not a record of an epoch", hint="the file is damaged")
+        # (another tool's metrics.jsonl: a record without its epoch was a KeyError traceback, and
+        # values that are not numbers were drawn as categories)
+        bad = "epoch" if not _is_number(record.get("epoch")) else next(
+            (k for k, v in record.items() if k.startswith(("train_", "valid_")) and v is not None and not _is_number(v)),
+            None)
+        if bad is not None:
+            raise DataError(f"{path}:{i + 1}: not a record of an epoch that flowgrad train writes "
+                            f"({bad} is {'missing' if bad not in record else repr(record[bad])})",
+                            hint="pass a run directory that 'flowgrad train' wrote")
         history.append(record)
     return history
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def plot_curves(run_dirs: list[str], output: str) -> str:

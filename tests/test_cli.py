@@ -756,3 +756,15 @@ def test_one_concept_one_help_and_bound():
     res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "predict", "m.onnx", "--text", "a", "--max-len",
                           str(2**20 + 1)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Invalid value for '--max-len'" in res.stderr
+
+
+@pytest.mark.parametrize("line, why", [('{"step": 5, "train_loss": 0.5}', "epoch is missing"),
+                                       ('{"epoch": 1, "train_loss": "0.5"}', "train_loss is '0.5'"),
+                                       ('{"epoch": "1", "train_loss": 0.5}', "epoch is '1'")])
+def test_plot_curves_of_another_tools_metrics_is_one_line(line, why, tmp_path):
+    """A directory with another tool's metrics.jsonl: a record without 'epoch' ended in a KeyError
+    traceback, and values that are not numbers were drawn as a categorical axis."""
+    (tmp_path / "metrics.jsonl").write_text(line + "\n" + '{"epoch": 2, "train_loss": 0.4}\n')
+    res = invoke("plot", "curves", tmp_path, "-o", tmp_path / "c.png", code=1)
+    assert f"metrics.jsonl:1: not a record of an epoch that flowgrad train writes ({why})" in res.stderr
+    assert "hint:" in res.stderr and not (tmp_path / "c.png").exists()
