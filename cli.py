@@ -137,6 +137,12 @@ def _load(path: str, overrides):
     return load_spec(path, list(overrides or []))
 
 
+def _check_device(device):
+    from runtime.session import check_device
+
+    check_device(device, "--device")
+
+
 def _check_dtype(dtype):
     from compiler.training import check_dtype
 
@@ -310,6 +316,7 @@ def train(
 
     with user_errors():
         _not_empty(run_dir=run_dir, data=data, valid=valid, init_from=init_from)
+        _check_device(device)
         _check_dtype(dtype)
         s = _load(spec, set)
         opts = TrainOptions(run_dir=run_dir, device=device, threads=threads, seed=seed, epochs=epochs, steps=steps,
@@ -369,6 +376,7 @@ def eval_cmd(
 
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
+        _check_device(device)
         metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size)
     if data is None:
         err.print("on the test examples the run's spec held out (train.data.test)")
@@ -420,6 +428,7 @@ def predict(
 
     with user_errors():
         _not_empty(data=data, output=output)
+        _check_device(device)
         if sum(x is not None for x in (data, text, count)) != 1:
             raise FlowgradError("give one of --data (an .npz of inputs), --text (a prompt) or --count "
                                 "(samples of a generator)", hint="--data for any model, --text for language models and translators, --count for generators")
@@ -529,6 +538,7 @@ def bench(
     from runtime.bench import bench as run_bench
 
     with user_errors():
+        _check_device(device)
         s = _load(spec, set)
         r = run_bench(s, batch_size, steps, device=device, threads=threads, steps_per_call=steps_per_call,
                       cuda_graphs=cuda_graphs)

@@ -65,11 +65,17 @@ def cuda_available() -> bool:
         return False
 
 
+def check_device(device, name: str = "device", error: type[FlowgradError] = FlowgradError) -> None:
+    """auto, cuda or cpu; the message names the keyword or flag the user wrote, as --checkpoint's
+    and --dtype's do (it said "unknown device 'gpu'" to a user who wrote --device gpu)."""
+    if device not in ("auto", "cuda", "cpu"):
+        raise error(f"unknown {name} {device!r}", hint="choose auto, cuda or cpu")
+
+
 def pick_device(device: str, error: type[FlowgradError] = FlowgradError) -> str:
     """The provider `device` names: auto, cuda or cpu. `error` is the class raised (the export
     API's ExportArgumentError)."""
-    if device not in ("auto", "cuda", "cpu"):
-        raise error(f"unknown device {device!r}", hint="choose auto, cuda or cpu")
+    check_device(device, error=error)
     if device == "cpu":
         return "cpu"
     if cuda_available():

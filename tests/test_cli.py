@@ -768,3 +768,13 @@ def test_plot_curves_of_another_tools_metrics_is_one_line(line, why, tmp_path):
     res = invoke("plot", "curves", tmp_path, "-o", tmp_path / "c.png", code=1)
     assert f"metrics.jsonl:1: not a record of an epoch that flowgrad train writes ({why})" in res.stderr
     assert "hint:" in res.stderr and not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("verb", [["train", MLP, "--steps", "1", "--quiet"], ["eval", "runs/none"],
+                                  ["predict", "m.onnx", "--count", "1"], ["bench", MLP]])
+def test_device_is_refused_alike_by_every_verb(verb, tmp_path):
+    """--device gpu was "unknown device 'gpu'", where --checkpoint and --dtype say "unknown
+    --checkpoint 'Best'" and "unknown --dtype 'float8'"; and eval said first that runs/none is not
+    a run, predict that there is no m.onnx, before the flag."""
+    result = invoke(*verb, "--device", "gpu", code=1)
+    assert result.stderr.startswith("error: unknown --device 'gpu'\n") and "choose auto, cuda or cpu" in result.stderr
