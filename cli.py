@@ -189,7 +189,10 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
     out.print(ptable)
     warned = f" ({len(low.warnings)} warning{'s' if len(low.warnings) != 1 else ''})" if low.warnings else ""
     out.print(f"{len(low.params)} tensors, {total:,} trainable values; spec OK{warned}")
-    err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {_shell(spec)}[/dim]", soft_wrap=True)
+    sets = "".join(f" --set {_shell(o)}" for o in set or [])  # (without them it summed up another model)
+    dtype_flag = f" --dtype {_shell(dtype)}" if dtype else ""
+    err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {_shell(spec)}{sets}{dtype_flag}[/dim]",
+              soft_wrap=True)
 
 
 def _print_doc(s) -> None:

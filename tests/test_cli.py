@@ -778,3 +778,11 @@ def test_device_is_refused_alike_by_every_verb(verb, tmp_path):
     a run, predict that there is no m.onnx, before the flag."""
     result = invoke(*verb, "--device", "gpu", code=1)
     assert result.stderr.startswith("error: unknown --device 'gpu'\n") and "choose auto, cuda or cpu" in result.stderr
+
+
+def test_checks_pointer_to_summary_keeps_the_overrides():
+    """check --set dims.H=32 pointed at 'flowgrad summary models/mlp.yaml', the counts of the
+    spec without the override (H=256)."""
+    res = invoke("check", MLP, "--set", "dims.H=32", "--set", "train.optimizer={sgd: {lr: 0.1}}", "--dtype", "float64")
+    assert f"flowgrad summary {MLP} --set dims.H=32 --set 'train.optimizer={{sgd: {{lr: 0.1}}}}' --dtype float64" \
+        in res.stderr
