@@ -618,9 +618,13 @@ def summary(
         dims = {}
         for item in dim or []:
             name, _, value = item.partition("=")
-            if not name or not value.strip().isdigit():
+            try:  # ('²' is a digit to isdigit, and int() refused it with a traceback)
+                size = int(value) if value.strip().isdigit() else None
+            except ValueError:
+                size = None
+            if not name or size is None:
                 raise FlowgradError(f"--dim {item!r} is not NAME=INTEGER", hint="e.g. --dim T=64")
-            dims[name.strip()] = int(value)
+            dims[name.strip()] = size
         s = _load(spec, set)
         if objective is not None:  # (a spec without a loss has no training step: any name was taken)
             visual.pick_objective(s, objective)

@@ -786,3 +786,9 @@ def test_checks_pointer_to_summary_keeps_the_overrides():
     res = invoke("check", MLP, "--set", "dims.H=32", "--set", "train.optimizer={sgd: {lr: 0.1}}", "--dtype", "float64")
     assert f"flowgrad summary {MLP} --set dims.H=32 --set 'train.optimizer={{sgd: {{lr: 0.1}}}}' --dtype float64" \
         in res.stderr
+
+
+def test_summary_dim_with_a_superscript_digit_is_one_line():
+    """str.isdigit() takes '²': --dim T=² passed the check and ended in int()'s ValueError traceback."""
+    res = invoke("summary", ROOT / "models" / "char_lstm.yaml", "--dim", "T=²", code=1)
+    assert "--dim 'T=²' is not NAME=INTEGER" in res.stderr and "hint: e.g. --dim T=64" in res.stderr
