@@ -93,6 +93,27 @@ def spec_from_dict(d: dict, name: str = "<dict>", overrides=()) -> Spec:
 
 
 # ---------------------------------------------------------------- overrides
+
+def _index(key: str) -> int | None:
+    """A list index in a --set path: ASCII digits only ('2' is; '²' passed str.isdigit() and
+    ended in int()'s ValueError traceback)."""
+    return int(key) if key.isascii() and key.isdigit() else None
+
+
+def _refuse_index(path_text: str, here: str, node, key: str, loc) -> None:
+    """An index past the end of a list said the list was 'not a mapping' and that --set could
+    only set keys inside one, though an index within it is set."""
+    if isinstance(node, LocList) and _index(key) is not None:
+        raise SpecError(f"cannot set '{path_text}': {here} has {len(node)} item{'s' * (len(node) != 1)}, "
+                        f"so there is no item {key}", loc,
+                        f"items count from 0: give an index below {len(node)}, or set {here} itself, "
+                        f"e.g. --set {here}=[...]")
+    if isinstance(node, LocList):
+        raise SpecError(f"cannot set '{path_text}': {here} is a list, and {key!r} is not an index in it", loc,
+                        f"set an item by its index, e.g. --set {here}.0=VALUE, or the list itself, "
+                        f"e.g. --set {here}=[...]")
+
+
 def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
     """Apply one `--set key.path=value` to the tree. The value is YAML (safe). A dim the spec
     did not define comes back, with the error to raise if nothing in the spec uses it."""
@@ -122,9 +143,10 @@ def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
                                 Loc(origin, 1, cols[i]), _choices_hint(key, node.keys(),
                                                                        f"{here} is empty: set it whole, e.g. --set {'.'.join(keys[:i])}=VALUE"))
             node = node[key]
-        elif isinstance(node, LocList) and key.isdigit() and int(key) < len(node):
+        elif isinstance(node, LocList) and _index(key) is not None and _index(key) < len(node):
             node = node[int(key)]
         else:
+            _refuse_index(path_text, here, node, key, Loc(origin, 1, cols[i]))
             raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
                             Loc(origin, 1, cols[i]), f"--set can only set keys inside a mapping; set {here} itself, "
                             f"e.g. --set {here}=VALUE")
@@ -137,12 +159,13 @@ def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
                                       _choices_hint(last, node.keys(), "the spec has no dims"))
         node.set(last, value, Loc(origin, 1, cols[-1]), value_loc, src)
         return new_dim
-    elif isinstance(node, LocList) and last.isdigit() and int(last) < len(node):
+    elif isinstance(node, LocList) and _index(last) is not None and _index(last) < len(node):
         node[int(last)] = value
         node.item_locs[int(last)] = value_loc
         node.item_srcs[int(last)] = src
     else:
         here = ".".join(keys[:-1])
+        _refuse_index(path_text, here, node, last, Loc(origin, 1, cols[-1]))
         raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
                         Loc(origin, 1, cols[-1]), f"--set can only set keys inside a mapping; set {here} itself, "
                         f"e.g. --set {here}=VALUE")

@@ -792,3 +792,18 @@ def test_summary_dim_with_a_superscript_digit_is_one_line():
     """str.isdigit() takes '²': --dim T=² passed the check and ended in int()'s ValueError traceback."""
     res = invoke("summary", ROOT / "models" / "char_lstm.yaml", "--dim", "T=²", code=1)
     assert "--dim 'T=²' is not NAME=INTEGER" in res.stderr and "hint: e.g. --dim T=64" in res.stderr
+
+
+@pytest.mark.parametrize("override, words", [
+    ("inputs.x.shape.²=5", "inputs.x.shape is a list, and '²' is not an index in it"),
+    ("inputs.x.shape.5=5", "inputs.x.shape has 2 items, so there is no item 5"),
+    ("inputs.x.shape.x.y=5", "inputs.x.shape is a list, and 'x' is not an index in it"),
+])
+def test_set_into_a_list_says_how_to_index_it(override, words):
+    """--set inputs.x.shape.²=5 ended in int()'s ValueError traceback (str.isdigit() takes '²'),
+    and an index past the end, or a name, was 'a list, not a mapping' with the hint that --set
+    only sets keys inside a mapping, though inputs.x.shape.1=5 sets an item."""
+    res = invoke("check", MLP, "--set", override, code=1)
+    assert f"--set {override}:1:22: cannot set '{override.split('=')[0]}': {words}" in res.stderr
+    assert "hint:" in res.stderr and "only set keys inside a mapping" not in res.stderr
+    assert "[8, 256]" in invoke("check", MLP, "--set", "inputs.x.shape.1=8", "--set", "params.W1.shape.0=8").stdout
