@@ -82,6 +82,9 @@ NEW_FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file
 def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
     """Write the file whole or not at all (a temporary beside it, then a rename); `hint` for
     a file that is not a run's (the default hint speaks of checkpoints)."""
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):  # (its hint spoke of free space)
+        raise FlowgradError(f"cannot write {path}: it names a directory, not a file",
+                            hint=f"give the path of the file to write, e.g. {os.path.join(path, 'NAME')}")
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)

@@ -807,3 +807,19 @@ def test_set_into_a_list_says_how_to_index_it(override, words):
     assert f"--set {override}:1:22: cannot set '{override.split('=')[0]}': {words}" in res.stderr
     assert "hint:" in res.stderr and "only set keys inside a mapping" not in res.stderr
     assert "[8, 256]" in invoke("check", MLP, "--set", "inputs.x.shape.1=8", "--set", "params.W1.shape.0=8").stdout
+
+
+def test_an_output_that_names_a_directory_says_so(trained, tmp_path):
+    """export -o DIR said 'cannot write DIR: Is a directory' with the hint 'free some space', and
+    -o new/ (a directory to be) 'cannot write new/: Not a directory'."""
+    run_dir, _ = trained
+    np.savez(tmp_path / "in.npz", x=np.zeros((2, 64), np.float32))
+    for target in (tmp_path, f"{tmp_path / 'new'}/"):
+        for args in (["export", run_dir, "-o", target], ["plot", "curves", run_dir, "-o", target],
+                     ["predict", tmp_path / "m.onnx", "--data", tmp_path / "in.npz", "-o", target]):
+            if args[0] == "predict" and not (tmp_path / "m.onnx").exists():
+                invoke("export", run_dir, "-o", tmp_path / "m.onnx")
+            res = invoke(*args, code=1)
+            assert f"error: cannot write {target}: it names a directory, not a file" in res.stderr, res.stderr
+            assert "hint: give the path of the file to write" in res.stderr and "space" not in res.stderr
+    assert not (tmp_path / "new").exists()
