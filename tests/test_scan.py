@@ -676,8 +676,8 @@ def test_backward_reads_the_states_before_each_step_from_the_forward_loop():
 
 
 def test_truncation_keeps_no_stacked_state_nothing_reads():
-    """A truncated scan's step mask takes its shape from the states before each step (which
-    the backward pass reads anyway), so a state only the loop reads is still not stacked."""
+    """A truncated scan's step mask reads its number of steps from a sequence, so a state only
+    the loop reads (c here: its gradient needs no state before each step) is still not kept."""
     text = HEAD + """\
 inputs:
   x: {shape: [N, T, E]}
