@@ -22,6 +22,11 @@ from spec.errors import DataError, Loc
 from .checks import check_count
 
 BUNDLED = ("digits", "digits_images", "text", "segment", "dates", "reverse", "copy")
+# The version of each bundled dataset's generator, which run.json records with the data source:
+# a generator that draws other examples for the same options gets the next one, so that a run
+# trained on the old examples is told the dataset changed, not that its data or split did.
+# 2: reverse, copy and dates draw distinct examples; labelled digits mark exactly K.
+DATASET_VERSIONS = {"digits": 2, "digits_images": 2, "text": 1, "segment": 1, "dates": 2, "reverse": 2, "copy": 2}
 
 
 @dataclass

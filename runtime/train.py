@@ -105,6 +105,8 @@ def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
         source = {"path": beside_spec(spec, cfg["path"])}
     elif "dataset" in cfg:
         source = {"dataset": cfg["dataset"], "options": cfg.get("options")}
+        if cfg["dataset"] in D.DATASET_VERSIONS:  # (its generator's: see _bundled_dataset_changed)
+            source["version"] = D.DATASET_VERSIONS[cfg["dataset"]]
     else:
         source = {}
     if opts.valid is not None:
@@ -235,6 +237,11 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel) -> 
         raise DataError(f"{run_dir}: its run.json does not record a hash of its training data, so its held-out "
                         "test examples cannot be rebuilt with certainty", hint=hint)
     if info.get("dtype") == cm.float_dtype and D.cast_for(trained, dtypes).fingerprint() != info["data_hash"]:
+        changed = _bundled_dataset_changed(source, source)
+        if changed:  # (the source is the run's own: only the generator can have changed)
+            raise DataError(f"{changed}: the test examples {run_dir} held out cannot be rebuilt",
+                            hint=f"{hint}, or start a new run from its weights with --init-from {run_dir} "
+                                 "--run-dir NEW_DIR")
         raise DataError(f"{where} has changed since {run_dir} was trained on it: its held-out test examples "
                         "cannot be rebuilt", hint=hint)
     _, held = split_off_test(ds, spec, seed)
@@ -442,7 +449,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             _check_state(cm, state, ckpt_path, seed)
             _check_vocabulary(run_dir, train_ds.meta, "--resume")
             _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir)
-            _check_same_examples(run_dir, train_ds, cm.float_dtype)
+            _check_same_examples(run_dir, train_ds, cm.float_dtype, data_source(spec, opts))
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed)
             _check_vocabulary(opts.init_from, train_ds.meta, "--init-from")
@@ -797,10 +804,34 @@ def _check_vocabulary(run_dir: str, meta: dict, how: str) -> None:
                 hint="train anew with --overwrite, or use the data the run was trained on")
 
 
-def _check_same_examples(run_dir: str, train_ds: D.Dataset, float_dtype: str) -> None:
+def _bundled_dataset_changed(then: dict, now: dict) -> str | None:
+    """Why a run's bundled dataset gives other examples though the run's data options did not
+    change, or None: `then` is the run's recorded data source, `now` the one drawn today. The
+    generator's version differs, or the run predates versions and the dataset, options and
+    splits are those it recorded (so that only the generator can have changed)."""
+    name = then.get("dataset")
+    if not name or now.get("dataset") != name or name not in D.DATASET_VERSIONS:
+        return None
+    plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  (as run.json holds it)
+    if plain(then.get("options")) != plain(now.get("options")):
+        return None
+    version = D.DATASET_VERSIONS[name]
+    if "version" in then:
+        if then["version"] == version:
+            return None
+        was = f"the run was trained on its version {then['version']}, this flowgrad draws version {version}"
+    elif any(plain(then.get(k)) != plain(now.get(k)) for k in ("valid", "test")):
+        return None  # a split edited since: the usual refusal names it
+    else:
+        was = f"the run's run.json predates dataset versions, this flowgrad draws version {version}"
+    return f"the bundled dataset {name!r} changed in this flowgrad version ({was})"
+
+
+def _check_same_examples(run_dir: str, train_ds: D.Dataset, float_dtype: str, source: dict | None = None) -> None:
     """A resumed run trains on the examples it was trained on: with another split (valid or test
     edited) or data file, the data positions in its checkpoint point at other examples, and
-    examples it validated on would be trained on."""
+    examples it validated on would be trained on. (`source`: this run's data_source, to tell a
+    bundled dataset whose generator changed since from data the user changed.)"""
     try:
         with open(os.path.join(run_dir, "run.json")) as f:
             before = json.load(f)
@@ -809,6 +840,12 @@ def _check_same_examples(run_dir: str, train_ds: D.Dataset, float_dtype: str) ->
         return
     # (float inputs are hashed as cast to the model's float type: another --dtype hashes otherwise)
     if dtype == float_dtype and trained_on != train_ds.fingerprint():
+        then = before.get("data_source")
+        changed = _bundled_dataset_changed(then, source or {}) if isinstance(then, dict) else None
+        if changed:
+            raise DataError(f"--resume {run_dir}: {changed}, so the examples the run was trained on cannot be "
+                            "drawn again", hint=f"start a new run from its weights with --init-from {run_dir} "
+                                                "--run-dir NEW_DIR, or train anew with --overwrite")
         raise DataError(f"--resume {run_dir}: the training examples differ from those the run was trained on "
                         "(another data file, validation or test split, or data options)",
                         hint="resume with the run's data and splits (its run.json has them), or start a new run "

@@ -944,3 +944,46 @@ def test_evaluation_graphs_with_sums_and_counts_are_not_captured_as_cuda_graphs(
     assert any(o.role == "part" for o in trainer.runner("eval").scalar_outputs)
     assert not _capturable(trainer.runner("eval"))
     assert _capturable(trainer.runner("train"))
+
+
+def test_a_run_on_an_older_bundled_dataset_is_told_the_dataset_changed(tmp_path):
+    """The reverse, copy and dates generators (and labelled digits) draw other examples than
+    they did: a run trained on the old ones was refused on --resume for 'another data file,
+    validation or test split, or data options', which the user had not changed, and eval
+    without --data said the data 'has changed'. run.json records the generator's version, and
+    a version that differs (or none, with the hash differing) is named as the cause."""
+    from runtime.api import evaluate_run
+
+    spec = load(MLP, ["dims.H=8", "train.data.test=0.25"])
+    run = str(tmp_path / "run")
+    train(spec, run_dir=run, steps=2, threads=1, device="cpu")
+    path = os.path.join(run, "run.json")
+    info = json.loads(open(path).read())
+    assert info["data_source"]["dataset"] == "digits" and info["data_source"]["version"] == D.DATASET_VERSIONS["digits"]
+
+    def rewrite(**source):
+        old = json.loads(open(path).read())
+        old["data_hash"] = "0" * 16  # as the old generator's examples hash
+        old["data_source"] = {k: v for k, v in {**old["data_source"], **source}.items() if v is not None}
+        with open(path, "w") as f:
+            json.dump(old, f)
+
+    for version, words in ((1, "the run was trained on its version 1, this flowgrad draws version 2"),
+                           (None, "the run's run.json predates dataset versions")):
+        rewrite(version=version)
+        with pytest.raises(DataError, match="the bundled dataset 'digits' changed in this flowgrad version") as e:
+            train(spec, run_dir=run, steps=3, threads=1, device="cpu", resume=True)
+        assert words in e.value.message and "another data file" not in e.value.message
+        assert f"--init-from {run}" in e.value.hint and "\n" not in e.value.message
+        with pytest.raises(DataError, match="the bundled dataset 'digits' changed in this flowgrad version") as e:
+            evaluate_run(run, device="cpu")
+        assert words in e.value.message and "--data" in e.value.hint and "--init-from" in e.value.hint
+    # the user's own change is still named as such: another split, or the same version
+    rewrite(version=None)
+    with pytest.raises(DataError, match="another data file, validation or test split, or data options"):
+        train(spec, run_dir=run, steps=3, threads=1, device="cpu", resume=True, valid="0.3")
+    rewrite(version=D.DATASET_VERSIONS["digits"])
+    with pytest.raises(DataError, match="another data file, validation or test split, or data options"):
+        train(spec, run_dir=run, steps=3, threads=1, device="cpu", resume=True)
+    with pytest.raises(DataError, match="has changed since .* was trained on it"):
+        evaluate_run(run, device="cpu")
