@@ -18,7 +18,8 @@ text
       tokens and ``y`` [N] the next one, for every position of the stream (no seq_len or stride).
 
     Either mode can be subsampled with ``max_examples``, ``seed`` picking the
-    sample (without ``max_examples`` every example is taken, and ``seed`` is refused).
+    sample (without ``max_examples``, or with one that takes every example, every example is
+    taken in order, and ``seed`` is refused).
     meta: ``{"vocab": [...], "level": "char"|"word", "lowercase": bool,
     "unk": id or None}``. Characters use a fixed alphabet, whatever the
     Python release's text holds: ``<unk>`` (id 0), newline and printable
@@ -105,11 +106,12 @@ def _bool(dataset: str, name: str, value) -> bool:
     return value
 
 
-def _seed_of_subsample(dataset: str, seed, max_examples: int | None, streams: int | None = None) -> int:
-    """The seed of a max_examples subsample. Without max_examples every example is taken, in
-    order, and a seed would do nothing: refused, as other options that would be ignored are."""
+def _seed_of_subsample(dataset: str, seed, max_examples: int | None, streams: int | None = None) -> int | None:
+    """The seed of a max_examples subsample (None where none is given). Without max_examples
+    every example is taken, in order, and a seed would do nothing: refused, as other options
+    that would be ignored are (and by _subsample, a max_examples that takes every example)."""
     if seed is None:
-        return 0
+        return None
     seed = _int(dataset, "seed", seed, 0)
     if max_examples is None:
         raise DataError(f"dataset {dataset!r}: seed picks the max_examples sample, and without max_examples every "
@@ -119,11 +121,17 @@ def _seed_of_subsample(dataset: str, seed, max_examples: int | None, streams: in
     return seed
 
 
-def _subsample(n_total: int, max_examples: int | None, seed: int) -> np.ndarray | None:
-    """Sorted indices of a seeded subsample, or None to keep everything."""
+def _subsample(dataset: str, n_total: int, max_examples: int | None, seed: int | None) -> np.ndarray | None:
+    """Sorted indices of a seeded subsample, or None to keep everything. A seed given with a
+    max_examples that takes every example would do nothing: refused, as without max_examples."""
     if max_examples is None or max_examples >= n_total:
+        if seed is not None and max_examples is not None:
+            raise DataError(f"dataset {dataset!r}: seed picks the max_examples sample, and max_examples {max_examples} "
+                            f"takes every one of the {n_total} examples, in order", None,
+                            "drop seed (train.seed seeds the shuffling and the validation split), or set "
+                            f"max_examples below {n_total}")
         return None
-    rng = np.random.default_rng([seed, 0x7E47])
+    rng = np.random.default_rng([0 if seed is None else seed, 0x7E47])
     return np.sort(rng.choice(n_total, size=max_examples, replace=False))
 
 
@@ -237,7 +245,7 @@ def load_text(level: str = "char", seq_len: int | None = None, stride: int | Non
             raise DataError(f"dataset 'text': context {context} leaves no examples in a stream of {L} tokens", None,
                             f"use context < {L}")
         n_total = L - context
-        pick = _subsample(n_total, max_examples, seed)
+        pick = _subsample(ds, n_total, max_examples, seed)
         starts = np.arange(n_total) if pick is None else pick
         x = ids[starts[:, None] + np.arange(context)[None, :]]
         y = ids[starts + context]
@@ -260,7 +268,7 @@ def load_text(level: str = "char", seq_len: int | None = None, stride: int | Non
     stride = seq_len if stride is None else stride
     n_total = (L - seq_len - 1) // stride + 1  # windows with a full next-token target
     starts = np.arange(n_total, dtype=np.int64) * stride
-    pick = _subsample(n_total, max_examples, seed)
+    pick = _subsample(ds, n_total, max_examples, seed)
     if pick is not None:
         starts = starts[pick]
     cols = np.arange(seq_len)[None, :]
@@ -612,7 +620,7 @@ def load_segment(seq_len: int = 48, stride: int | None = None, max_examples: int
     np.put(ends, np.cumsum([len(w) for w in words]) - 1, 1)
     ids = np.frombuffer(letters.encode("ascii"), dtype=np.uint8).astype(np.int64) - ord("a")
     starts = np.arange(0, len(ids) - seq_len + 1, stride)
-    keep = _subsample(len(starts), max_examples, seed)
+    keep = _subsample("segment", len(starts), max_examples, seed)
     if keep is not None:
         starts = starts[keep]
     window = starts[:, None] + np.arange(seq_len)[None, :]

@@ -186,6 +186,26 @@ def test_text_and_segment_refuse_a_seed_without_max_examples(dataset, options, h
     assert D.load_bundled(dataset, sampled).fingerprint() != D.load_bundled(dataset, {**sampled, "seed": 99}).fingerprint()
 
 
+@pytest.mark.parametrize("dataset, options", [
+    ("text", {"seq_len": 4096, "max_examples": 10_000_000, "seed": 1}),
+    ("text", {"context": 3, "max_examples": 10_000_000, "seed": 0}),
+    ("segment", {"seq_len": 4096, "max_examples": 10_000_000, "seed": 1}),
+])
+def test_text_and_segment_refuse_a_seed_when_max_examples_takes_every_example(dataset, options):
+    """A max_examples at least the number of examples takes them all, in order: {seed: 1} and
+    {seed: 2} gave the same data without a word, as without max_examples (refused alike)."""
+    from spec.errors import Loc
+
+    where = Loc("spec.yaml", 20, 9)
+    with pytest.raises(DataError, match=f"dataset '{dataset}': seed picks the max_examples sample, and "
+                                        "max_examples 10000000 takes every one of the") as e:
+        D.load_bundled(dataset, options, where)
+    assert "drop seed" in e.value.hint and "max_examples below" in e.value.hint
+    assert e.value.loc == where and "\n" not in e.value.message
+    everything = {k: v for k, v in options.items() if k != "seed"}  # without the seed: every example, in order
+    assert len(D.load_bundled(dataset, everything)) < 10_000_000
+
+
 # -------------------------------------------------------------------- dates
 def _strptime_pattern(fmt: str) -> str:
     return fmt.replace("%-d", "%d").replace("%-m", "%m").replace("%o", "%d")
