@@ -536,19 +536,21 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON.")] = False,
     steps_per_call: Annotated[int, typer.Option("--steps-per-call", help="Training steps per session call (a Loop over stacked minibatches in one graph).", min=1)] = 1,
     cuda_graphs: CudaGraphsOpt = True,
+    dtype: DtypeOpt = None,
 ):
     """Median training-step time, samples/s, compile time, node counts and peak memory."""
     from runtime.bench import bench as run_bench
 
     with user_errors():
         _check_device(device)
+        _check_dtype(dtype)
         s = _load(spec, set)
         r = run_bench(s, batch_size, steps, device=device, threads=threads, steps_per_call=steps_per_call,
-                      cuda_graphs=cuda_graphs)
+                      cuda_graphs=cuda_graphs, dtype=dtype)
     if as_json:
         print(json.dumps(r))
         return
-    table = Table(title=f"{s.name} on {r['device']}, batch {r['batch_size']}", title_justify="left")
+    table = Table(title=f"{s.name} on {r['device']}, batch {r['batch_size']}, {r['dtype']}", title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("median step", f"{r['step_ms']:.3f} ms")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from compiler.gradcheck import random_batch
-from compiler.training import compile_spec, require_objectives
+from compiler.training import check_dtype, compile_spec, require_objectives
 from spec.model import Spec
 
 from .checks import MAX_THREADS, check_count, check_seed
@@ -35,8 +35,9 @@ def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
 
 
 def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: int = 5, device: str = "cpu",
-          threads: int | None = None, seed: int = 0, steps_per_call: int = 1, cuda_graphs: bool = True) -> dict:
-    """`steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
+          threads: int | None = None, seed: int = 0, steps_per_call: int = 1, cuda_graphs: bool = True,
+          dtype: str | None = None) -> dict:
+    """`dtype`: the graphs' float type (default train.dtype), as train's. `steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
     step_ms is then a call's time over its steps. `warmup` counts calls, and the timed steps
     are whole calls: `steps` rounded up to a multiple of `steps_per_call`."""
     for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1), ("steps_per_call", steps_per_call, 1),
@@ -44,13 +45,14 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
         check_count(name, value, least, has_default=True)
     check_count("threads", threads, most=MAX_THREADS)
     check_seed(seed)
+    check_dtype(dtype)
     require_objectives(spec, "time")
     from .train import check_steps_per_call
 
     check_steps_per_call(spec, steps_per_call)  # (it timed K steps of each objective in turn, which no run does)
     spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
     t0 = time.perf_counter()
-    cm = compile_spec(spec)
+    cm = compile_spec(spec, dtype)
     compile_s = time.perf_counter() - t0
     device = pick_device(device)
     batch_size = spec.batch_size
@@ -76,6 +78,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
         "spec": spec.name,
         "device": device,
         "batch_size": batch_size,
+        "dtype": cm.float_dtype,
         "compile_s": round(compile_s, 4),
         "nodes": {k: g.node_count for k, g in cm.graphs.items()},
         "step_ms": round(median * 1e3, 4),

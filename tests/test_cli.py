@@ -416,6 +416,29 @@ def test_bench_times_the_batch_it_reports(tmp_path):
     assert all(len(v) == 4000 for v in batch.values())
 
 
+def test_bench_takes_dtype_as_the_other_verbs_do():
+    """check, compile, train, graph and summary take --dtype; bench had no such flag, so a
+    float64 or float16 training step could not be timed without editing train.dtype."""
+    common = ["--set", "dims.H=8", "--steps", "2", "--batch-size", "8", "--threads", "1", "--json"]
+    assert json.loads(invoke("bench", MLP, *common).stdout)["dtype"] == "float32"
+    assert json.loads(invoke("bench", MLP, *common, "--dtype", "float64").stdout)["dtype"] == "float64"
+    sgd = ["--set", "train.optimizer={sgd: {lr: 0.1}}"]  # (Adam's eps is 0 in float16, for train too)
+    assert json.loads(invoke("bench", MLP, *common, *sgd, "--dtype", "float16").stdout)["dtype"] == "float16"
+    res = invoke("bench", MLP, *common, "--dtype", "float8", code=1)
+    assert "unknown --dtype 'float8'" in res.stderr and "float32, float64 or float16" in res.stderr
+    train_help = " ".join(invoke("train", "--help").stdout.split())
+    bench_help = " ".join(invoke("bench", "--help").stdout.split())
+    assert "Float type of the compiled graphs: float32, float64 or float16." in bench_help
+    assert "Float type of the compiled graphs: float32, float64 or float16." in train_help
+    assert "float64" in invoke("bench", MLP, "--set", "dims.H=8", "--steps", "1", "--threads", "1",
+                               "--dtype", "float64").stdout  # (the table says what it timed)
+    from runtime.bench import bench
+    from spec import FlowgradError, load_spec
+
+    with pytest.raises(FlowgradError, match="^unknown dtype 'float8'"):  # the API names its keyword
+        bench(load_spec(MLP, ["dims.H=8"]), dtype="float8")
+
+
 def test_bench_reports_the_steps_it_timed():
     """With steps_per_call 3, steps=4 times two calls (6 steps): it reported 4; steps_per_call 0
     through the API divided by zero."""
