@@ -71,10 +71,10 @@ def main():
         gen_path, clf_path = os.path.join(tmp, "gan.onnx"), os.path.join(tmp, "convnet.onnx")
         flowgrad("export", gan_dir, "-o", gen_path)
         flowgrad("export", clf_dir, "-o", clf_path)
-        gen = session(gen_path)
+        gen = session(gen_path, args.threads)
         (samples,) = gen.run(["samples"], {"count": np.asarray(args.samples, np.int64),
                                            "seed": np.asarray(args.seed, np.int64)})
-        clf = session(clf_path)
+        clf = session(clf_path, args.threads)
         probs, labels = clf.run(["probs", "label"], {"x": samples.reshape(-1, 1, 8, 8).astype(np.float32)})
     counts = np.bincount(labels, minlength=10)
     shares = counts / counts.sum()

@@ -436,3 +436,40 @@ def test_float64_training_of_a_convnet_says_which_kernel_is_missing(tmp_path):
     with pytest.raises(FlowgradError, match="Conv") as e:
         train(spec, run_dir=str(tmp_path / "r"), steps=1, threads=1, device="cpu", dtype="float64")
     assert "no float64 kernel" in e.value.hint and "mixed_precision" not in e.value.hint
+
+
+def test_gan_coverage_sessions_take_its_threads(tmp_path, monkeypatch):
+    """benchmarks/gan_coverage.py's --threads reached the training runs but not its two
+    sessions: session(path) was called without it, so they took every core."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from runtime import session as runtime_session
+
+    spec = importlib.util.spec_from_file_location("gan_coverage", Path(ROOT) / "benchmarks" / "gan_coverage.py")
+    gan_coverage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gan_coverage)
+    made = []
+
+    class Fake:
+        def run(self, names, feeds):
+            if "count" in feeds:
+                return [np.zeros((40, 64), np.float32)]
+            probs = np.eye(10, dtype=np.float32)[np.arange(40) % 10]
+            return [probs, probs.argmax(axis=1)]
+
+    def make_session(path, device, threads=None):
+        made.append(threads)
+        return Fake()
+
+    (tmp_path / "clf").mkdir()
+    (tmp_path / "clf" / "result.json").write_text('{"best": {"valid_accuracy": 0.9}}')
+    monkeypatch.setattr(gan_coverage, "ensure_run", lambda *a: None)
+    monkeypatch.setattr(gan_coverage, "flowgrad", lambda *a: "")
+    monkeypatch.setattr(runtime_session, "make_session", make_session)
+    monkeypatch.setattr(sys, "argv", ["gan_coverage.py", "--gan", str(tmp_path / "gan"), "--classifier",
+                                      str(tmp_path / "clf"), "--threads", "3", "--json"])
+    with pytest.raises(SystemExit):
+        gan_coverage.main()
+    assert made == [3, 3]
