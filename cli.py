@@ -143,6 +143,20 @@ def _check_device(device):
     check_device(device, "--device")
 
 
+def _check_data_flags(data=None, valid=None):
+    """--data's and --valid's files (and --valid's fraction) checked in words that name the flag:
+    the shared checks name the API's keyword ("valid 1.5 is not a fraction") or a 'data file'
+    whose hint speaks of --data."""
+    from runtime.data import check_data_path
+    from runtime.train import _fraction_or_path
+
+    if valid is not None and isinstance(_fraction_or_path(valid, "--valid"), float):
+        valid = None  # a fraction, not a file
+    for flag, path in (("--data", data), ("--valid", valid)):
+        if path is not None:
+            check_data_path(path, flag=flag)
+
+
 def _check_dtype(dtype):
     from compiler.training import check_dtype
 
@@ -321,6 +335,7 @@ def train(
         _not_empty(run_dir=run_dir, data=data, valid=valid, init_from=init_from)
         _check_device(device)
         _check_dtype(dtype)
+        _check_data_flags(data, valid)
         s = _load(spec, set)
         opts = TrainOptions(run_dir=run_dir, device=device, threads=threads, seed=seed, epochs=epochs, steps=steps,
                             batch_size=batch_size, data=data, valid=valid, resume=resume, overwrite=overwrite,
@@ -380,6 +395,7 @@ def eval_cmd(
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
         _check_device(device)
+        _check_data_flags(data)
         metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size)
     if data is None:
         err.print("on the test examples the run's spec held out (train.data.test)")
@@ -395,10 +411,12 @@ def export(
 ):
     """Write the deployment graph with the trained weights baked in."""
     from runtime.checkpoint import check_checkpoint
+    from runtime.export import check_graph
     from runtime.export import export as do_export
 
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
+        check_graph(graph, "--graph")
         info = do_export(run_dir, output, checkpoint, graph)
     err.print(f"wrote {escape(info['path'])}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}",
               soft_wrap=True)
@@ -423,7 +441,7 @@ def predict(
     threads: ThreadsOpt = None,
 ):
     """Run an exported model on an .npz of inputs, generate text from a prompt, or draw samples from a generator."""
-    from runtime.data import load_npz
+    from runtime.data import check_data_path, load_npz
     from runtime.export import generate_text, generator_feeds
     from runtime.export import predict as run_predict
     from runtime.session import pick_device
@@ -455,6 +473,8 @@ def predict(
             print(generate_text(model, text, max_len, temperature, seed, pick_device(device), beam_width,
                                 with_prompt=not _is_translator(model), threads=threads))
             return
+        if data is not None:
+            check_data_path(data, flag="--data")
         feeds = load_npz(data).arrays if data is not None else generator_feeds(model, count, seed)
         outs = run_predict(model, feeds, pick_device(device), threads)
         if output:

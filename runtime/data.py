@@ -154,13 +154,23 @@ def _refuse_zip_bomb(path: str, loc) -> None:
                         loc, "refusing what looks like a decompression bomb; save the arrays uncompressed or smaller")
 
 
+def check_data_path(path: str, loc: Loc | None = None, flag: str | None = None) -> None:
+    """A data file that exists and is not a directory. `flag`: the CLI's option that gave the
+    path, which the message names (a missing --valid file was a 'data file' whose hint spoke
+    of --data); without it, the words the API and the spec's paths get."""
+    what = f"{flag} file" if flag else "data file"
+    if not os.path.exists(path):
+        raise DataError(f"{what} {path!r} does not exist", loc, hint="check the path; " + (
+            f"a relative path given with {flag} starts at the working directory" if flag else
+            "a relative path in a spec starts at the spec's folder, one given with --data at the working directory"))
+    if os.path.isdir(path):
+        raise DataError(f"{what} {path!r} is a directory", loc, "pass an .npz file written by numpy.savez")
+
+
 def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> Dataset:
     """A user's .npz, refusing pickled object arrays. `inputs` (the spec's input
     declarations) lets an error about one array point at its declaration."""
-    if not os.path.exists(path):
-        raise DataError(f"data file {path!r} does not exist", loc, hint="check the path; a relative path in a spec starts at the spec's folder, one given with --data at the working directory")
-    if os.path.isdir(path):
-        raise DataError(f"data file {path!r} is a directory", loc, "pass an .npz file written by numpy.savez")
+    check_data_path(path, loc)
     try:
         with open(path, "rb") as f:
             magic = f.read(6)

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spec.errors import DataError, ExportArgumentError, ExportError
+from spec.errors import DataError, ExportArgumentError, ExportError, FlowgradError
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_number, check_seed
@@ -19,6 +19,14 @@ from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
 EXTERNAL_DATA_BYTES = 1 << 31
+
+
+def check_graph(graph, name: str = "graph", error: type[FlowgradError] = FlowgradError) -> None:
+    """Which graph export writes: infer or generate (None: the default). The message names the
+    keyword or flag the user wrote, as check_checkpoint's does (export --graph bogus said
+    "unknown graph 'bogus'")."""
+    if graph is not None and graph not in ("infer", "generate"):
+        raise error(f"unknown {name} {graph!r}", hint="choose infer or generate")
 
 
 def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | None = None) -> dict:
@@ -30,8 +38,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     check_checkpoint(checkpoint, error=ExportArgumentError)  # (it raised a plain FlowgradError)
     if graph is None:
         graph = "generate" if os.path.exists(os.path.join(run_dir, "graphs", "generate.onnx")) else "infer"
-    if graph not in ("infer", "generate"):
-        raise ExportArgumentError(f"unknown graph {graph!r}", hint="choose infer or generate")
+    check_graph(graph, error=ExportArgumentError)
     graph_path = os.path.join(run_dir, "graphs", f"{graph}.onnx")
     manifest_path = os.path.join(run_dir, "graphs", "manifest.json")
     if not os.path.exists(graph_path):

@@ -803,6 +803,38 @@ def test_device_is_refused_alike_by_every_verb(verb, tmp_path):
     assert result.stderr.startswith("error: unknown --device 'gpu'\n") and "choose auto, cuda or cpu" in result.stderr
 
 
+@pytest.mark.parametrize("args, words, hint", [
+    (["train", MLP, "--steps", "1", "--quiet", "--valid", "1.5"], "--valid 1.5 is not a fraction in [0, 1)", "0.2"),
+    (["train", MLP, "--steps", "1", "--quiet", "--valid", "nan"], "--valid nan is not a fraction in [0, 1)", "0.2"),
+    (["train", MLP, "--steps", "1", "--quiet", "--valid", "missing.npz"], "--valid file 'missing.npz' does not exist",
+     "a relative path given with --valid starts at the working directory"),
+    (["train", MLP, "--steps", "1", "--quiet", "--data", "missing.npz"], "--data file 'missing.npz' does not exist",
+     "a relative path given with --data starts at the working directory"),
+    (["eval", "runs/none", "--data", "missing.npz"], "--data file 'missing.npz' does not exist", "with --data"),
+    (["predict", "m.onnx", "--data", "missing.npz"], "--data file 'missing.npz' does not exist", "with --data"),
+    (["export", "runs/none", "-o", "m.onnx", "--graph", "bogus"], "unknown --graph 'bogus'", "choose infer or generate"),
+])
+def test_errors_about_a_flags_value_name_the_flag(args, words, hint, tmp_path, monkeypatch):
+    """Checks shared with the API named its keywords: --valid 1.5 was "valid 1.5 is not a
+    fraction", --graph bogus "unknown graph 'bogus'", and a missing --valid file was a 'data file'
+    whose hint said a path given with --data starts at the working directory. The API's words
+    stay (valid=1.5 is "valid 1.5 ...", export(graph=) "unknown graph")."""
+    monkeypatch.chdir(tmp_path)
+    res = invoke(*args, "--run-dir", tmp_path / "run", code=1) if args[0] == "train" else invoke(*args, code=1)
+    assert res.stderr.startswith(f"error: {words}\n") and hint in res.stderr
+    assert not (tmp_path / "run").exists()
+    from runtime.api import train
+    from runtime.export import export
+    from spec import FlowgradError
+
+    with pytest.raises(FlowgradError, match=r"^valid 1\.5 is not a fraction"):
+        train(MLP, valid=1.5, run_dir=str(tmp_path / "api"), device="cpu")
+    with pytest.raises(FlowgradError, match="^data file '.*missing.npz' does not exist"):
+        train(MLP, valid="missing.npz", run_dir=str(tmp_path / "api"), device="cpu")
+    with pytest.raises(FlowgradError, match="^unknown graph 'bogus'"):
+        export(str(tmp_path / "none"), str(tmp_path / "m.onnx"), graph="bogus")
+
+
 def test_checks_pointer_to_summary_keeps_the_overrides():
     """check --set dims.H=32 pointed at 'flowgrad summary models/mlp.yaml', the counts of the
     spec without the override (H=256)."""
