@@ -530,11 +530,20 @@ def gradcheck(
     for col in ("objective", "parameter", "worst relative error", ""):
         table.add_column(col)
     worst = 0.0
+    unchecked = []
     for obj, errs in report.items():
         for p, e in errs.items():
+            if e != e:  # NaN: every probe's finite-difference stencil crossed a kink (relu, max, abs, ...)
+                unchecked.append(p)
+                table.add_row(obj, p, "-", "[yellow]not checkable here[/yellow]")
+                continue
             worst = max(worst, e)
             table.add_row(obj, p, f"{e:.2e}", "[green]ok[/green]" if e <= tolerance else "[red]FAIL[/red]")
     out.print(table)
+    if unchecked:
+        err.print(f"[yellow]  note: {', '.join(escape(p) for p in unchecked)}: every probe crossed a non-differentiable "
+                  "point of the loss (a kink of relu, max, abs, ...), where finite differences cannot verify a "
+                  f"gradient; try another --seed (this was --seed {seed})[/yellow]", soft_wrap=True)
     if worst > tolerance:
         from spec.yamltree import to_plain
 

@@ -255,6 +255,24 @@ def test_gradcheck():
     assert "ok" in out and "FAIL" not in out
 
 
+@pytest.mark.parametrize("H", ["2", "4"])
+def test_gradcheck_of_a_few_relu_units_passes(H):
+    """With H=4 (2, 3) dropout zeroed every hidden unit of the check's batch and the zero bias
+    b2 sat on its relu's kink: gradcheck said b2 FAIL (relative error ~1) on a correct model."""
+    out = invoke("gradcheck", MLP, "--set", f"dims.H={H}").stdout
+    assert "ok" in out and "FAIL" not in out
+
+
+def test_gradcheck_says_which_parameters_it_could_not_check(monkeypatch):
+    import compiler.gradcheck
+
+    monkeypatch.setattr(compiler.gradcheck, "gradcheck_spec",
+                        lambda spec, seed: {"main": {"W": 1e-9, "b": float("nan")}})
+    res = invoke("gradcheck", MLP, "--seed", "3")
+    assert "not checkable here" in res.stdout and "FAIL" not in res.stdout
+    assert "b: every probe crossed a non-differentiable point" in res.stderr and "--seed 3" in res.stderr
+
+
 def test_gradcheck_of_a_mixed_precision_spec_checks_its_float64_gradient():
     """The check runs in float64: a spec with train.mixed_precision was refused, its message
     telling the user to leave a --dtype they never gave at float32."""

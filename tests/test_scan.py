@@ -422,7 +422,9 @@ def test_spec_gradcheck(name):
     errors = report["main"]
     assert errors
     for p, err in errors.items():
-        assert err < 1e-6, f"{p}: relative error {err:.2e}"
+        # 1e-5: a direction whose derivative is near 1e-3 carries ~1e-9 of the central
+        # difference's own error (rnn_ln's hs.U at seed 1), ~1e-6 relative
+        assert err < 1e-5, f"{p}: relative error {err:.2e}"
     # The check is not vacuous: every parameter gets a gradient.
     cm, got = _grads(spec)
     for p in errors:

@@ -1,0 +1,71 @@
+"""`flowgrad gradcheck` (compiler/gradcheck.py): it checks each parameter at a point off the
+kinks of relu, max, abs and the like, tells a probe across a kink from a wrong gradient, and
+still fails a wrong gradient."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from compiler.gradcheck import check_gradients_off_kinks, gradcheck_spec
+from spec import load_spec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MLP = os.path.join(ROOT, "models", "mlp.yaml")
+
+
+@pytest.mark.parametrize("H", [2, 3, 4])
+def test_mlp_with_few_units_passes(H):
+    """With H=4 (2, 3) the dropout mask zeroed every hidden unit of the check's batch, so the
+    zero bias b2 sat exactly on its relu's kink: its central difference was half a one-sided
+    slope and gradcheck reported b2 FAIL with a relative error near 1 on a correct model."""
+    for seed in (0, 1):
+        report = gradcheck_spec(load_spec(MLP, [f"dims.H={H}"]), seed=seed)
+        for p, err in report["main"].items():
+            assert err < 1e-5, f"H={H} seed={seed} {p}: {err:.2e}"
+
+
+def _relu_sum(xs):
+    return float(np.sum(np.maximum(xs[0], 0.0)))
+
+
+def test_a_probe_across_a_kink_is_drawn_again():
+    # x[0] lies 3e-7 from relu's kink, inside the stencil of step 1e-6; the others are far from it
+    x = np.array([3e-7, 1.0, 2.0, -1.0, 0.5, -0.25])
+    grad = (x > 0).astype(float)
+    rng = np.random.default_rng(0)
+    err = check_gradients_off_kinks(_relu_sum, x, grad, _relu_sum([x]), rng, n_directions=0, n_coords=30)
+    assert err < 1e-8
+    # on the kink along every probe: nothing is checkable, which is not a pass nor a failure
+    one = np.array([3e-7])
+    assert np.isnan(check_gradients_off_kinks(_relu_sum, one, np.ones(1), _relu_sum([one]), rng, n_directions=0))
+
+
+def test_a_wrong_gradient_still_fails_across_a_kink():
+    one = np.array([3e-7])
+    rng = np.random.default_rng(0)
+    assert check_gradients_off_kinks(_relu_sum, one, np.array([0.5]), _relu_sum([one]), rng) > 0.1
+    x = np.array([0.3, -0.7, 1.2])
+    assert check_gradients_off_kinks(_relu_sum, x, np.ones(3), _relu_sum([x]), rng) > 0.1  # relu' = 1 everywhere
+    assert check_gradients_off_kinks(_relu_sum, x, np.array([1.0, np.nan, 1.0]), _relu_sum([x]), rng) == np.inf
+
+
+@pytest.mark.parametrize("wrong", ["passes_negatives", "halved"])
+def test_a_wrong_relu_gradient_fails_the_whole_model_check(monkeypatch, wrong):
+    """Moving the check off the kinks must not hide a wrong gradient rule."""
+    from compiler.registry import get_op
+
+    relu = type(get_op("relu"))
+
+    def vjp(self, node, gouts):
+        g = gouts[0]
+        if wrong == "halved":
+            y = node.outputs[0]
+            return [g.graph.apply("where", y.graph.apply("gt", y, y.graph.lift(0.0, like=y)),
+                                  g * 0.5, g.graph.lift(0.0, like=g))]
+        return [g]  # relu'(x) = 1 for every x
+
+    monkeypatch.setattr(relu, "vjp", vjp)
+    report = gradcheck_spec(load_spec(MLP, ["dims.H=8"]), seed=0)
+    assert max(report["main"][p] for p in ("W1", "b1", "W2", "b2")) > 1e-2, report
