@@ -43,6 +43,15 @@ def random_batch(spec: S.Spec, names: list[str], rng: np.random.Generator, dtype
     return out
 
 
+def check_batch_size(spec: S.Spec, sizes: dict[str, int] | None = None) -> int | None:
+    """The rows of the check's random batch: the leading dim of the spec's inputs as
+    random_batch sizes them, where they agree on one; else None."""
+    sizes = {**SYMBOLIC_SIZES, **(sizes or {})}
+    leading = {d if isinstance(d, int) else sizes.get(d, DEFAULT_SYMBOLIC)
+               for decl in spec.inputs.values() if decl.shape for d in decl.shape[:1]}
+    return leading.pop() if len(leading) == 1 else None
+
+
 def gradcheck_spec(spec: S.Spec, seed: int = 0, n_directions: int = 2, n_coords: int = 3, eps: float = 1e-6) -> dict:
     """{objective: {parameter: worst relative error}}; NaN for a parameter that no probe
     could check (each one's stencil crossed a kink of the loss, see the module's doc)."""
@@ -52,6 +61,10 @@ def gradcheck_spec(spec: S.Spec, seed: int = 0, n_directions: int = 2, n_coords:
     require_objectives(spec, "check")
     spec = dataclasses.replace(spec, train={k: v for k, v in spec.train.items()
                                             if k not in ("l1", "l2", "mixed_precision")})
+    # A stateful recurrent layer carries its state across batches in buffers of
+    # train.batch_size rows: sized for the check's batch, not the spec's (the gradient of
+    # one batch's loss does not depend on how many rows a batch has).
+    spec = spec.with_batch_size(check_batch_size(spec))
     cm = compile_spec(spec, "float64", graphs=("grads",))
     rng = np.random.default_rng(seed)
     state = cm.initial_state(seed)

@@ -69,3 +69,27 @@ def test_a_wrong_relu_gradient_fails_the_whole_model_check(monkeypatch, wrong):
     monkeypatch.setattr(relu, "vjp", vjp)
     report = gradcheck_spec(load_spec(MLP, ["dims.H=8"]), seed=0)
     assert max(report["main"][p] for p in ("W1", "b1", "W2", "b2")) > 1e-2, report
+
+
+STATEFUL = os.path.join(ROOT, "models", "char_lstm_stateful.yaml")
+
+
+def test_a_stateful_recurrent_spec_is_checked_at_the_checks_batch():
+    """Its carried state has train.batch_size rows (32) and the check's batch 3: a Reshape
+    of the state ended gradcheck (and gradcheck_spec) in an onnxruntime traceback."""
+    report = gradcheck_spec(load_spec(STATEFUL, ["dims.H=16", "dims.E=8"]), seed=0)
+    assert set(report["main"]) == {"e.W", "hs.W", "hs.U", "hs.b", "logits.W", "logits.b"}
+    for p, err in report["main"].items():
+        assert err < 1e-5, f"{p}: {err:.2e}"
+
+
+@pytest.mark.parametrize("batch", ["N", "2", "B"])
+def test_a_stateful_layer_is_checked_at_its_inputs_batch(tmp_path, batch):
+    """The check's batch is the inputs' leading dim as it sizes them: 3 for N, a literal
+    one as written, 4 for another symbolic name."""
+    path = tmp_path / "s.yaml"
+    path.write_text("flowgrad: 1\nname: s\ndims: {E: 3, H: 3}\ninputs:\n"
+                    f"  x: {{shape: [{batch}, T, E]}}\ngraph:\n  hs: gru(x, H, stateful=true)\n"
+                    "loss: mean(hs * hs) + mean(hs)\ntrain: {batch_size: 16}\n")
+    report = gradcheck_spec(load_spec(str(path)), seed=0)
+    assert report["main"] and max(report["main"].values()) < 1e-5, report
