@@ -228,6 +228,7 @@ def compile_cmd(
     from spec.errors import FlowgradError
 
     with user_errors():
+        _not_empty(output=output)
         _check_dtype(dtype)
         s = _load(spec, set)
         cm = compile_spec(s, dtype, optimize_graph=not no_optimize)
@@ -395,6 +396,7 @@ def eval_cmd(
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
         _check_device(device)
+        _not_empty(data=data)
         _check_data_flags(data)
         metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size)
     if data is None:
@@ -417,6 +419,7 @@ def export(
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
         check_graph(graph, "--graph")
+        _not_empty(output=output)
         info = do_export(run_dir, output, checkpoint, graph)
     err.print(f"wrote {escape(info['path'])}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}",
               soft_wrap=True)
@@ -710,6 +713,7 @@ def plot_attention_cmd(
     from runtime.plots import plot_attention
 
     with user_errors():
+        _not_empty(output=output)
         path = plot_attention(run_dir, text, output)
     err.print(f"wrote {escape(path)}", soft_wrap=True)
     print(path)
@@ -724,6 +728,7 @@ def plot_curves(
     from runtime.plots import plot_curves as draw
 
     with user_errors():
+        _not_empty(output=output)
         path = draw(run_dirs, output)
     err.print(f"wrote {escape(path)}", soft_wrap=True)
     print(path)
@@ -746,6 +751,7 @@ def plot_samples(
 
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
+        _not_empty(output=output)
         path = draw(run_dir, output, count, seed, checkpoint, None if corrupt is None else ("masking_noise", corrupt))
     err.print(f"wrote {escape(path)}", soft_wrap=True)
     print(path)

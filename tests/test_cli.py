@@ -776,6 +776,23 @@ def test_an_empty_option_is_refused_not_taken_as_not_given(args, tmp_path, monke
     assert not (tmp_path / "run").exists() and not Path("runs/mlp").exists() and not Path("mlp.svg").exists()
 
 
+@pytest.mark.parametrize("args", [
+    ["compile", MLP, "-o", ""], ["eval", "RUN", "--data", ""], ["export", "RUN", "-o", ""],
+    ["plot", "curves", "RUN", "-o", ""], ["plot", "samples", "RUN", "-o", " "],
+    ["plot", "attention", "RUN", "--text", "a", "-o", ""],
+])
+def test_every_verb_refuses_an_empty_option(args, trained):
+    """The other verbs' empty options were refused by what came after, in words that missed the
+    point: export -o '' said 'cannot write : No such file or directory' with the hint to free
+    some space, compile -o '' 'cannot write the graphs to : ...', eval --data '' that the
+    --data file '' does not exist."""
+    run_dir, _ = trained
+    args = [str(run_dir) if a == "RUN" else a for a in args]
+    flag = next(a for i, a in enumerate(args) if a.startswith("-") and not str(args[i + 1]).strip())
+    res = invoke(*args, code=1)
+    assert res.stderr.startswith(f"error: {flag} is empty\n") and f"hint: give {flag} a value" in res.stderr
+
+
 def test_the_api_refuses_an_empty_path(tmp_path):
     from runtime.api import train
     from spec.errors import FlowgradError
