@@ -258,7 +258,8 @@ class Scan(OpDef):
         else:
             T = seqs[0].shape[0] if seqs else node.attrs["length"]
         n_y, products, saved_outer, prevs = _save_for_backward(node, T)
-        stacked, ys = node.outputs[:nc], node.outputs[nc:nc + n_y]
+        # (the outputs it has just added have no cotangents)
+        gouts = list(gouts) + [None] * (len(node.outputs) - len(gouts))
         g_stacked, g_ys = gouts[:nc], gouts[nc:nc + n_y]
         # A state the scan returns only at its end (a backward scan's carried cotangents and
         # sums, differentiated again) has the final state's cotangent, which starts the loop.
@@ -266,10 +267,8 @@ class Scan(OpDef):
         g_stacked = [gv if f else None for f, gv in zip(flags, g_stacked)]
         # Cotangents of what the scan saved for its backward pass (read by a gradient that is
         # differentiated again): of the saved products and activations, and of the states
-        # before each step. (Outputs added after `gouts` was made have none.)
-        n_saved = len(products)
-        g_products = (list(gouts[nc + n_y:nc + n_y + n_saved]) + [None] * n_saved)[:n_saved]
-        g_prevs = (list(gouts[nc + n_y + n_saved:]) + [None] * nc)[:nc]
+        # before each step.
+        g_products, g_prevs = gouts[nc + n_y:nc + n_y + len(products)], gouts[nc + n_y + len(products):]
 
         bg = Graph(float_dtype=b.graph.float_dtype, mode=b.graph.mode)
         lam = [bg.add_input(f"lam{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
@@ -359,7 +358,7 @@ class Scan(OpDef):
         body_extras += pushed_values
         bbody = Body(bg, lam + acc_in, prev_t + seq_t + gc_t + gy_t + extra_seq_in + saved_t + gsv_t + gpv_t, p_in,
                      new_lam + acc_out, body_extras)
-        zeros_init = [g.apply("zeros_like", s0) if is_zero(gf) else gf for s0, gf in zip(init, g_final)]
+        lam_init = [g.apply("zeros_like", s0) if is_zero(gf) else gf for s0, gf in zip(init, g_final)]
         acc_init = [g.apply("zeros_like", nonseqs[float_p[k]]) for k in acc_index]
         flags_b = (False,) * (nc + len(acc_in))
         b_seqs = [*prevs, *seqs, *g_stacked, *g_ys, *extra_seq_outer, *saved_outer, *g_products, *g_prevs]
@@ -371,7 +370,7 @@ class Scan(OpDef):
             # once outside, over all steps; regrouped first so it leaves as few slices as it can.
             gather_state_free_factors(bbody)
             bbody, b_seqs, b_nonseqs = hoist(bbody, b_seqs, b_nonseqs, g, per_step=True)
-        res = g.apply("scan", *zeros_init, *acc_init, *b_seqs, *b_nonseqs,
+        res = g.apply("scan", *lam_init, *acc_init, *b_seqs, *b_nonseqs,
                       body=bbody, reverse=not reverse, stack=flags_b, length=node.attrs["length"] if not seqs else None)
         res = list(res) if isinstance(res, tuple) else [res]
         d_init = res[:nc]
@@ -561,10 +560,6 @@ def _save_for_backward(node, T):
     The states before the steps are the stacked states shifted by one step, but a Scan
     writes each step's output in place, where the shift copies both whole sequences again
     (a Slice and a Concat); a stacked state that only the shift read then stops being kept."""
-    from dataclasses import replace
-
-    from ..ir import TensorType as _T, Value
-
     b: Body = node.attrs["body"]
     if b.saved is None:
         # The step is shared by the nodes cloned from this one (a scan inside a step that is
@@ -579,7 +574,7 @@ def _save_for_backward(node, T):
     nc = len(b.carries)
     # A node cloned from a saving one has its outputs already; the saving one gets them here.
     for v in b.extras[len(node.outputs) - nc:]:
-        node.outputs.append(Value(node.outputs[0].graph, _T(v.dtype, (T,) + tuple(v.shape)), node,
+        node.outputs.append(Value(node.outputs[0].graph, TensorType(v.dtype, (T,) + tuple(v.shape)), node,
                                   len(node.outputs), loc=node.loc))
     outer = node.outputs[nc + n_own:]
     return n_own, products, outer[:len(products)], outer[len(products):]
