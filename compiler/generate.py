@@ -219,6 +219,12 @@ class _BeamLowering(Lowering):
         return self.inputs[name]
 
 
+def _dead_score(dtype: str) -> float:
+    """A beam score far below any real one: -1e9, or float16's -6e4 (-1e9 rounds to -inf
+    there, with NumPy's overflow warning at every build)."""
+    return -6.0e4 if dtype == "float16" else -1e9
+
+
 def _build_beam_search(spec: S.Spec, dtype: str):
     """Sequence to sequence: beam search (width 1: greedy) with per-row end-of-sequence bookkeeping.
 
@@ -261,7 +267,7 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         source = low.sources[src]
         beam_pos = g.apply("positions", g.apply("fill", source, dims=(K,), dtype="int64"), axis=0)  # [K]
         scores0 = g.apply("where", g.apply("eq", beam_pos, g.lift(0, like=beam_pos)),
-                          g.lift(0.0, like=last), g.lift(-1e9, like=last))  # only beam 0 is live at first
+                          g.lift(0.0, like=last), g.lift(_dead_score(last.dtype), like=last))  # only beam 0 is live at first
         scores0 = g.apply("broadcast_like", scores0, g.apply("fill", source, dims=((0, 0), K), dtype=dtype))  # [N, K]
         finished0 = g.apply("fill", source, dims=((0, 0), K), value=0.0, dtype="bool")
         lengths0 = g.apply("fill", source, dims=((0, 0), K), dtype=dtype)
@@ -280,7 +286,7 @@ def _build_beam_search(spec: S.Spec, dtype: str):
 
         logp = bg.apply("reshape", bg.apply("log_softmax", c_logits, axis=-1), shape=(-1, K, V))  # [N, K, V]
         # A finished hypothesis only extends with <pad>, at no cost.
-        pad_row = np.full(V, -1e9, dtype=dtype)
+        pad_row = np.full(V, _dead_score(dtype), dtype=dtype)
         pad_row[pad] = 0.0
         logp = bg.apply("where", bg.apply("unsqueeze", c_fin, axes=(-1,)), bg.const(pad_row), logp)
         cand = bg.apply("reshape", bg.apply("unsqueeze", c_scores, axes=(-1,)) + logp, shape=(-1, K * V))
@@ -288,7 +294,7 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         parent, token = bg.apply("divmod", idx, d=V)
         # Beams past the requested width never survive.
         live = bg.apply("lt", bg.apply("unsqueeze", sb.capture(beam_pos), axes=(0,)), sb.capture(beam_width))
-        new_scores = bg.apply("where", live, top, bg.lift(-1e9, like=top))
+        new_scores = bg.apply("where", live, top, bg.lift(_dead_score(top.dtype), like=top))
         was_done = bg.apply("take_along_axis", c_fin, parent, axis=-1)
         token = bg.apply("where", was_done, bg.lift(pad, like=token), token)
         new_fin = bg.apply("logical_or", was_done, bg.apply("eq", token, bg.lift(eos, like=token)))

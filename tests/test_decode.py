@@ -253,3 +253,16 @@ def test_a_whole_float_max_len_of_the_spec_is_the_default_translate_takes(model,
             p.value = "7.0"
     onnx.save(m, str(tmp_path / "g.onnx"))
     assert translate(str(tmp_path / "g.onnx"), ["abc"]) == translate(gen, ["abc"])
+
+
+def test_a_float16_beam_search_builds_without_overflow():
+    """Dead beams start far below any real score: -1e9 rounded to -inf in float16, with NumPy's
+    overflow warning at every build of a float16 translator (export, check, compile)."""
+    import warnings
+
+    from compiler.generate import build_generator
+
+    spec = load(os.path.join(os.path.dirname(__file__), "..", "models", "reverse_attention.yaml"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_generator(spec, "float16")
