@@ -115,9 +115,36 @@ def _digits_options(options: dict, loc: Loc | None) -> dict:
     return options
 
 
+def dataset_options(name: str) -> list[str]:
+    """The options a bundled dataset takes (its loader's keywords), in the loader's order."""
+    if name in ("digits", "digits_images"):
+        return ["labelled"]
+    import inspect
+
+    from . import datasets_text
+
+    loader = getattr(datasets_text, f"load_{name}")
+    return [p.name for p in inspect.signature(loader).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def _check_option_names_and_values(name: str, options: dict) -> None:
+    """Option names are words (a key such as `1: 2` reached the loader as a keyword, a
+    TypeError), and an option written without a value (`n:` or `n: null`) is refused: the
+    loaders crashed on it or read it as left out, without a word."""
+    known = dataset_options(name)
+    for key, value in options.items():
+        if not isinstance(key, str):
+            raise DataError(f"dataset {name!r} has no option {key!r}", None, f"options of {name}: {', '.join(known)}")
+        if value is None and key in known:
+            raise DataError(f"dataset {name!r}: option {key} is empty (null)", None,
+                            f"give {key} a value, or leave it out for its default")
+
+
 def load_bundled(name: str, options: dict | None = None, loc: Loc | None = None) -> Dataset:
     options = options or {}
     try:
+        if name in BUNDLED:
+            _check_option_names_and_values(name, options)
         if name == "digits":
             return load_digits(False, **_digits_options(options, loc))
         if name == "digits_images":

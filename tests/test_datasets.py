@@ -570,3 +570,36 @@ def test_dataset_options_are_counts_checked_as_the_api_checks_them():
                        (0, "an integer of at least 1, got 0"), (2000, "at most 1,000, got 2000")):
         with pytest.raises(DataError, match=f"^dataset 'reverse': option max_len must be {words}"):
             T.load_reverse(n=40, seed=1, max_len=bad)
+
+
+@pytest.mark.parametrize("dataset, options, words", [
+    ("reverse", {"n": None}, "option n is empty (null)"),  # (a TypeError traceback)
+    ("copy", {"seed": None}, "option seed is empty (null)"),
+    ("dates", {"seed": None, "n": 10}, "option seed is empty (null)"),
+    ("segment", {"seq_len": None}, "option seq_len is empty (null)"),
+    ("text", {"seq_len": None}, "option seq_len is empty (null)"),  # (read as 64 without a word)
+    ("text", {"max_examples": None, "seed": 3}, "option max_examples is empty (null)"),
+    ("digits", {"labelled": None}, "option labelled is empty (null)"),  # (no has_label, without a word)
+    ("text", {1: 2}, "has no option 1"),  # (a TypeError: keywords must be strings)
+    ("segment", {True: 2}, "has no option True"),
+])
+def test_dataset_options_that_are_null_or_not_names_are_refused(dataset, options, words):
+    """An option written without a value (`n:` or `n: null`) crashed reverse, copy, dates and
+    segment with a TypeError, and text and the digits read it as left out; a key that is not
+    a name (`1: 2`) crashed the text datasets. Both are refused, at the data section."""
+    from spec.errors import Loc
+
+    where = Loc("spec.yaml", 20, 9)
+    with pytest.raises(DataError) as e:
+        D.load_bundled(dataset, options, where)
+    assert words in e.value.message and e.value.hint and e.value.loc == where and "\n" not in e.value.message
+
+
+def test_dataset_options_lists_every_keyword_of_each_loader():
+    assert D.dataset_options("digits") == D.dataset_options("digits_images") == ["labelled"]
+    assert D.dataset_options("text") == ["level", "seq_len", "stride", "max_vocab", "lowercase", "seed", "context",
+                                         "max_examples", "streams"]
+    assert D.dataset_options("segment") == ["seq_len", "stride", "max_examples", "seed"]
+    assert D.dataset_options("dates") == ["n", "seed", "split"]
+    for task in ("reverse", "copy"):
+        assert D.dataset_options(task) == ["n", "min_len", "max_len", "alphabet", "seed"]
