@@ -603,3 +603,22 @@ def test_dataset_options_lists_every_keyword_of_each_loader():
     assert D.dataset_options("dates") == ["n", "seed", "split"]
     for task in ("reverse", "copy"):
         assert D.dataset_options(task) == ["n", "min_len", "max_len", "alphabet", "seed"]
+
+
+def test_every_option_of_every_bundled_dataset_is_documented():
+    """The options were documented only in the loaders' docstrings: README's 'Bundled
+    datasets' has a row for each, and the schema's train.data.options (docs/schema.md) names each."""
+    import os
+
+    from spec.loader import schema
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    section = readme.split("## Bundled datasets\n", 1)[1].split("\n## ", 1)[0]
+    described = schema()["properties"]["train"]["properties"]["data"]["properties"]["options"]["description"]
+    for name in D.BUNDLED:
+        assert f"**{name}**" in section, name
+        assert f"{name}:" in described or f"{name}," in described, name
+        for option in D.dataset_options(name):
+            assert f"| `{option}` |" in section, (name, option)
+            assert re.search(rf"\b{option} \(", described), (name, option)
