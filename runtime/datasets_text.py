@@ -66,7 +66,7 @@ import numpy as np
 
 from spec.errors import DataError, did_you_mean
 
-from .checks import check_count
+from .checks import MAX_SEED, check_count
 from .data import Dataset
 
 PAD, BOS, EOS = 0, 1, 2
@@ -112,7 +112,7 @@ def _seed_of_subsample(dataset: str, seed, max_examples: int | None, streams: in
     that would be ignored are (and by _subsample, a max_examples that takes every example)."""
     if seed is None:
         return None
-    seed = _int(dataset, "seed", seed, 0)
+    seed = _int(dataset, "seed", seed, 0, MAX_SEED)
     if max_examples is None:
         raise DataError(f"dataset {dataset!r}: seed picks the max_examples sample, and without max_examples every "
                         "example is taken in order", None,
@@ -506,7 +506,7 @@ def load_dates(n: int = 20000, seed: int = 0, split: str = "train", **unknown) -
     ds = "dates"
     _reject_unknown(ds, unknown, ["n", "seed", "split"])
     n = _int(ds, "n", n, 1, MAX_EXAMPLES)
-    seed = _int(ds, "seed", seed, 0)
+    seed = _int(ds, "seed", seed, 0, MAX_SEED)
     split = _choice(ds, "split", split, ("train", "test"))
     pool = _dates_of(split)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, 0xDA7E])
@@ -571,7 +571,7 @@ def _strings(task: str, n, min_len, max_len, alphabet, seed, unknown: dict) -> D
         raise DataError(f"dataset {task!r}: min_len {min_len} is greater than max_len {max_len}", None,
                         "use min_len <= max_len")
     alphabet = _int(task, "alphabet", alphabet, 1, 26)
-    seed = _int(task, "seed", seed, 0)
+    seed = _int(task, "seed", seed, 0, MAX_SEED)
     most = sum(alphabet ** L for L in range(min_len, max_len + 1))
     if n > most:
         letters = f"{alphabet} letter" + ("s" if alphabet > 1 else "")

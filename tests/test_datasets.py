@@ -622,3 +622,16 @@ def test_every_option_of_every_bundled_dataset_is_documented():
         for option in D.dataset_options(name):
             assert f"| `{option}` |" in section, (name, option)
             assert re.search(rf"\b{option} \(", described), (name, option)
+
+
+@pytest.mark.parametrize("load, options", [
+    (T.load_dates, {"n": 5}),
+    (T.load_reverse, {"n": 5}),
+    (T.load_text, {"seq_len": 8, "max_examples": 5}),
+])
+def test_a_dataset_seed_has_the_bounds_of_every_seed(load, options):
+    """A bundled dataset's seed is at most 2**63 - 1, as train.seed and --seed are: 2**70 was
+    taken, though no run could record it as the int64 every other seed is."""
+    load(seed=2**63 - 1, **options)
+    with pytest.raises(DataError, match="seed must be at most"):
+        load(seed=2**70, **options)
