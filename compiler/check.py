@@ -93,6 +93,12 @@ def fd_directional(f: Callable[[list], float], xs: list, direction: list, eps: f
     return (f(plus) - f(minus)) / (2 * eps)
 
 
+def relative_error(numeric: float, symbolic: float) -> float:
+    """|numeric - symbolic| over the larger of the two, or over 1e-3 for derivatives near zero
+    (where a relative error would judge the finite difference's own rounding)."""
+    return abs(numeric - symbolic) / max(abs(numeric), abs(symbolic), 1e-3)
+
+
 def check_gradients(
     f: Callable[[list], float],
     xs: list,
@@ -120,8 +126,7 @@ def check_gradients(
     for d in probes:
         numeric = fd_directional(f, xs, d, eps)
         symbolic = float(sum(np.sum(g * di) for g, di in zip(grads, d)))
-        scale = max(abs(numeric), abs(symbolic), 1e-3)
-        err = abs(numeric - symbolic) / scale
+        err = relative_error(numeric, symbolic)
         if not np.isfinite(err):  # a nan or inf gradient (or loss) is a failure; max(worst, nan) kept worst
             err = float("inf")
         worst = max(worst, err)

@@ -17,7 +17,7 @@ import numpy as np
 
 from spec import model as S
 
-from .check import Runner
+from .check import Runner, relative_error
 from .training import compile_spec, require_objectives
 
 SYMBOLIC_SIZES = {"N": 3}
@@ -157,7 +157,7 @@ def check_gradients_off_kinks(f, x: np.ndarray, grad: np.ndarray, f0: float, rng
         numeric = (plus - minus) / (2 * eps)
         symbolic = float(np.sum(g * d))
         scale = max(abs(numeric), abs(symbolic), 1e-3)
-        err = abs(numeric - symbolic) / scale
+        err = relative_error(numeric, symbolic)
         if not np.isfinite(err):  # a nan or inf gradient (or loss) is a failure
             return float("inf")
         forward, backward = (plus - f0) / eps, (f0 - minus) / eps
