@@ -11,7 +11,8 @@ import json
 import os
 
 from compiler.training import CompiledModel, check_dtype, compile_spec
-from spec import load_spec, spec_from_dict
+from spec import load_spec, spec_from_dict, spec_from_text
+from spec.errors import SpecError
 from spec.model import Spec
 
 from . import data as D
@@ -24,18 +25,31 @@ from .train import train as _train
 from .trainer import Trainer
 
 
-def load(spec: str | dict | Spec, overrides: list[str] | None = None) -> Spec:
-    """A Spec from a YAML path, a dict (same structure as the YAML), or a Spec."""
+def load(spec: str | os.PathLike | dict | Spec, overrides: list[str] | None = None) -> Spec:
+    """A Spec from a YAML path, YAML text (a string of several lines), a dict (same structure
+    as the YAML), or a Spec; `overrides` are `flowgrad --set`'s KEY=VALUE strings."""
+    if overrides is not None and (isinstance(overrides, str) or not isinstance(overrides, (list, tuple))
+                                  or not all(isinstance(o, str) for o in overrides)):
+        # (a string was read one character at a time, as overrides 'd', 'i', ...)
+        raise SpecError(f"overrides must be a list of KEY=VALUE strings, got {overrides!r}",
+                        hint='e.g. overrides=["dims.H=128"]')
+    overrides = list(overrides or [])
     if isinstance(spec, Spec):
+        if overrides:  # (they were dropped without a word)
+            raise SpecError("overrides apply to a spec as it is read: this one is a loaded Spec",
+                            hint="pass its path, text or dict with the overrides instead")
         return spec
     if isinstance(spec, dict):
-        if overrides:
-            raise ValueError("apply overrides to the dict itself")
-        return spec_from_dict(spec)
-    return load_spec(spec, list(overrides or []))
+        return spec_from_dict(spec, overrides=overrides)
+    if isinstance(spec, str) and "\n" in spec:  # YAML text (it was read as a path, and its text printed as one)
+        return spec_from_text(spec, "<string>", overrides)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise SpecError(f"spec must be a path, YAML text, a dict or a Spec, got {type(spec).__name__}",
+                        hint='e.g. load("models/mlp.yaml")')
+    return load_spec(os.fspath(spec), overrides)
 
 
-def compile(spec: str | dict | Spec, dtype: str | None = None, output: str | None = None) -> CompiledModel:  # noqa: A001
+def compile(spec: str | os.PathLike | dict | Spec, dtype: str | None = None, output: str | None = None) -> CompiledModel:  # noqa: A001
     """The spec's graphs (train, eval, infer, grads, apply; generate with a `generate` section) in
     `dtype` (default train.dtype); with `output`, also written there with manifest.json, as
     `flowgrad compile -o` does."""
@@ -46,7 +60,7 @@ def compile(spec: str | dict | Spec, dtype: str | None = None, output: str | Non
     return cm
 
 
-def train(spec: str | dict | Spec, **options) -> TrainResult:
+def train(spec: str | os.PathLike | dict | Spec, **options) -> TrainResult:
     """Train a spec; keyword options are those of TrainOptions (epochs, device, run_dir, ...)."""
     s = load(spec)
     opts = TrainOptions(**{"progress": False, **options})

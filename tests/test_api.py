@@ -1,0 +1,44 @@
+"""The Python API (runtime.api, runtime.export) as a script author calls it: every argument's
+wrong types and values end in flowgrad's own one-line errors, named as the API names them."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import yaml
+
+from runtime.api import load
+from spec.errors import SpecError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MLP = os.path.join(ROOT, "models", "mlp.yaml")
+SMALL = ["dims.H=32"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A one-epoch run of the small MLP and its export."""
+    base = tmp_path_factory.mktemp("api")
+    train(load(MLP, SMALL), run_dir=str(base / "run"), epochs=1, threads=1, device="cpu")
+    export(str(base / "run"), str(base / "mlp.onnx"))
+    return base
+
+
+def test_load_takes_overrides_as_a_list_for_paths_text_and_dicts():
+    """overrides="dims.H=128" was read one character at a time ("bad override 'd'"), a dict with
+    overrides was a ValueError, a Spec's overrides were dropped without a word, and YAML text
+    was taken for a path (a message of many lines, "cannot read flowgrad: 1 ...")."""
+    text = open(MLP).read()
+    for spec in (MLP, pathlib.Path(MLP), text, yaml.safe_load(text)):
+        assert load(spec, overrides=["dims.H=7"]).dims["H"] == 7
+    assert load(text).name == "mlp"
+    for bad in ("dims.H=128", [3], 5):
+        with pytest.raises(SpecError, match="^overrides must be a list of KEY=VALUE strings"):
+            load(MLP, overrides=bad)
+    with pytest.raises(SpecError, match="this one is a loaded Spec"):
+        load(load(MLP), overrides=["dims.H=7"])
+    for bad in (3, None, ["models/mlp.yaml"], b"models/mlp.yaml"):
+        with pytest.raises(SpecError, match="^spec must be a path, YAML text, a dict or a Spec, got"):
+            load(bad)
