@@ -225,24 +225,14 @@ def compile_cmd(
 ):
     """Compile a spec into ONNX graphs: train, eval, infer, grads, apply (+ manifest.json)."""
     from compiler.training import compile_spec
-    from spec.errors import FlowgradError
+    from runtime.api import save_graphs
 
     with user_errors():
         _not_empty(output=output)
         _check_dtype(dtype)
         s = _load(spec, set)
         cm = compile_spec(s, dtype, optimize_graph=not no_optimize)
-        if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(output)), "run.json")):
-            raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's checkpoints: "
-                                "pick another directory with -o")
-        if os.path.isfile(os.path.join(output, "run.json")):  # (the graphs went in beside its checkpoints)
-            raise FlowgradError(f"{output} is a run directory", hint="its graphs are in its graphs/ folder, and belong "
-                                "to the run's checkpoints: pick another directory with -o")
-        try:
-            written = cm.save(output, hint="pick a writable directory with -o, or free some space")
-        except OSError as e:
-            raise FlowgradError(f"cannot write the graphs to {output}: {e.strerror or e}",
-                                hint="pick a writable directory with -o") from None
+        written = save_graphs(cm, output, "-o")
     table = Table(title=f"{s.name} compiled in {cm.compile_seconds:.2f} s", title_justify="left")
     table.add_column("graph")
     table.add_column("nodes", justify="right")

@@ -12,14 +12,14 @@ import os
 
 from compiler.training import CompiledModel, check_dtype, compile_spec
 from spec import load_spec, spec_from_dict, spec_from_text
-from spec.errors import SpecError
+from spec.errors import FlowgradError, SpecError
 from spec.model import Spec
 
 from . import data as D
 from .checkpoint import check_checkpoint, load_checkpoint
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .checks import MAX_THREADS, check_count
+from .checks import MAX_THREADS, check_count, check_path
 from .train import TrainOptions, TrainResult, batches, held_out_test, input_dtypes, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
@@ -49,14 +49,33 @@ def load(spec: str | os.PathLike | dict | Spec, overrides: list[str] | None = No
     return load_spec(os.fspath(spec), overrides)
 
 
-def compile(spec: str | os.PathLike | dict | Spec, dtype: str | None = None, output: str | None = None) -> CompiledModel:  # noqa: A001
+def save_graphs(cm: CompiledModel, output: str, name: str = "output") -> list[str]:
+    """Write the compiled graphs and manifest.json into the directory `output` (`name`: the
+    keyword or flag that gave it), never into a run directory: its graphs belong to its
+    checkpoints, which another spec's graphs would no longer fit."""
+    if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(output)), "run.json")):
+        raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's checkpoints: "
+                            f"pick another directory with {name}")
+    if os.path.isfile(os.path.join(output, "run.json")):  # (the graphs went in beside its checkpoints)
+        raise FlowgradError(f"{output} is a run directory", hint="its graphs are in its graphs/ folder, and belong "
+                            f"to the run's checkpoints: pick another directory with {name}")
+    try:
+        return cm.save(output, hint=f"pick a writable directory with {name}, or free some space")
+    except OSError as e:
+        raise FlowgradError(f"cannot write the graphs to {output}: {e.strerror or e}",
+                            hint=f"pick a writable directory with {name}") from None
+
+
+def compile(spec: str | os.PathLike | dict | Spec, dtype: str | None = None,  # noqa: A001
+            output: str | os.PathLike | None = None) -> CompiledModel:
     """The spec's graphs (train, eval, infer, grads, apply; generate with a `generate` section) in
     `dtype` (default train.dtype); with `output`, also written there with manifest.json, as
     `flowgrad compile -o` does."""
     check_dtype(dtype)
+    output = check_path("output", output)  # ("" wrote nothing, without a word)
     cm = compile_spec(load(spec), dtype)
-    if output:
-        cm.save(output, hint="pick a writable output directory, or free some space")
+    if output is not None:
+        save_graphs(cm, output)
     return cm
 
 
@@ -73,7 +92,6 @@ def evaluate_run(run_dir: str, data: str | None = None, checkpoint: str = "best"
     one on the test examples its spec held out (train.data.test), as `flowgrad eval` prints them."""
     from runtime.session import ORT_ERRORS
     from runtime.train import _check_state
-    from spec.errors import FlowgradError
 
     if not os.path.isfile(os.path.join(run_dir, "spec.yaml")):  # (read as a spec path, it said "no such spec file")
         raise FlowgradError(f"{run_dir} is not a run directory",

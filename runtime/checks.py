@@ -1,5 +1,5 @@
-"""The numbers users give flowgrad's functions (counts, lengths, seeds, temperatures), checked
-in one place, so that every verb and function takes and refuses the same values with the same
+"""The numbers users give flowgrad's functions (counts, lengths, seeds, temperatures), and the
+paths the API takes, checked in one place, so that every verb and function takes and refuses the same values with the same
 words: a count is an int (or a NumPy integer) within its bounds; a float, even 2.0, a bool, a
 string or NaN is refused with a one-line error and a hint, never rounded. The CLI's flags are
 bounded by typer before any of this; the message names the keyword as the caller wrote it.
@@ -7,6 +7,8 @@ bounded by typer before any of this; the message names the keyword as the caller
 `error` is the class raised (the export API raises its ExportArgumentError, data checks a
 DataError); this module imports nothing heavy, so `predict` stays quick to load."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -63,3 +65,19 @@ def check_number(name: str, value, least: float, most: float = FLOAT32_MAX,
         raise error(f"{name} must be {bound}, got {shown!r}" if not number else f"{name} must be {bound}, got {shown}",
                     hint=hint or f"give {name} a number from {least:g} to {most:g}")
     return float(value)
+
+
+def check_path(name: str, value, error: type[FlowgradError] = FlowgradError) -> str | None:
+    """A path given to the API, as a str, or None where it is None (unset): a str or an
+    os.PathLike (pathlib.Path) that is not empty. (An int or a list ended in os.path's
+    TypeError, a pathlib.Path in an AttributeError, and "" was taken as not given.)"""
+    if value is None:
+        return None
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str):
+        raise error(f"{name} must be a path, got {type(value).__name__}",
+                    hint=f"give {name} as a str or a pathlib.Path")
+    if not path.strip():
+        raise error(f"{name} is an empty path", hint=f"give {name} a path, or leave it out (None)")
+    return path
+

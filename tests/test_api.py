@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from runtime.api import load
-from spec.errors import SpecError
+from runtime.api import compile, export, load, train
+from spec.errors import FlowgradError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
@@ -42,3 +42,21 @@ def test_load_takes_overrides_as_a_list_for_paths_text_and_dicts():
     for bad in (3, None, ["models/mlp.yaml"], b"models/mlp.yaml"):
         with pytest.raises(SpecError, match="^spec must be a path, YAML text, a dict or a Spec, got"):
             load(bad)
+
+
+def test_compile_output_is_checked_as_compile_o_is(tmp_path, run):
+    """compile(output="") wrote nothing without a word, output=3 was os.path's TypeError, an
+    existing file a FileExistsError, and a run directory (or its graphs/) had its graphs
+    replaced by another spec's, which its checkpoints no longer fit."""
+    spec = load(MLP, ["dims.H=8"])
+    (tmp_path / "file").write_text("x")
+    before = (run / "run" / "graphs" / "train.onnx").read_bytes()
+    for output, words in (("", "^output is an empty path"), (3, "^output must be a path, got int"),
+                          (str(tmp_path / "file"), "cannot write the graphs to"),
+                          (str(run / "run"), "is a run directory"),
+                          (str(run / "run" / "graphs"), "is inside a run directory")):
+        with pytest.raises(FlowgradError, match=words):
+            compile(spec, output=output)
+    assert before == (run / "run" / "graphs" / "train.onnx").read_bytes()
+    compile(spec, output=tmp_path / "build")  # a pathlib.Path is a path
+    assert (tmp_path / "build" / "manifest.json").is_file()
