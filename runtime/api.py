@@ -7,12 +7,13 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 from compiler.training import CompiledModel, check_dtype, compile_spec
 from spec import load_spec, spec_from_dict, spec_from_text
-from spec.errors import FlowgradError, SpecError
+from spec.errors import FlowgradError, SpecError, did_you_mean
 from spec.model import Spec
 
 from . import data as D
@@ -81,6 +82,11 @@ def compile(spec: str | os.PathLike | dict | Spec, dtype: str | None = None,  # 
 
 def train(spec: str | os.PathLike | dict | Spec, **options) -> TrainResult:
     """Train a spec; keyword options are those of TrainOptions (epochs, device, run_dir, ...)."""
+    known = [f.name for f in dataclasses.fields(TrainOptions)]
+    for name in options:
+        if name not in known:  # (TrainOptions' TypeError)
+            raise FlowgradError(f"train() has no option {name!r}",
+                                hint=did_you_mean(name, known) or f"its options: {', '.join(known)}")
     s = load(spec)
     opts = TrainOptions(**{"progress": False, **options})
     return _train(s, opts)

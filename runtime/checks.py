@@ -1,5 +1,5 @@
 """The numbers users give flowgrad's functions (counts, lengths, seeds, temperatures), and the
-paths the API takes, checked in one place, so that every verb and function takes and refuses the same values with the same
+paths and switches the API takes, checked in one place, so that every verb and function takes and refuses the same values with the same
 words: a count is an int (or a NumPy integer) within its bounds; a float, even 2.0, a bool, a
 string or NaN is refused with a one-line error and a hint, never rounded. The CLI's flags are
 bounded by typer before any of this; the message names the keyword as the caller wrote it.
@@ -81,3 +81,11 @@ def check_path(name: str, value, error: type[FlowgradError] = FlowgradError) -> 
         raise error(f"{name} is an empty path", hint=f"give {name} a path, or leave it out (None)")
     return path
 
+
+def check_flag(name: str, value, error: type[FlowgradError] = FlowgradError) -> bool:
+    """A switch given to the API: True or False (a NumPy bool too). Any other value is refused:
+    resume="no" or overwrite="false" was truthy, and started over a run whose checkpoints
+    were then lost."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise error(f"{name} must be True or False, got {value!r}", hint=f"give {name}=True or {name}=False")
+    return bool(value)

@@ -21,7 +21,7 @@ from spec import model as S
 from spec.errors import DataError, FlowgradError, SpecError
 
 from . import data as D
-from .checks import MAX_SEED, MAX_THREADS, check_count, check_seed  # noqa: F401  (the API imported them from here)
+from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed  # noqa: F401  (the API imported them from here)
 from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, remove_stale_temporaries
 from .schedules import lr_schedule
 from .session import ORT_ERRORS, pick_device
@@ -371,7 +371,7 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
 
 def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
     opts = opts or TrainOptions()
-    _check_counts(opts)
+    _check_options(opts)
     require_objectives(spec, "train")
     t_start = time.perf_counter()
     spec = spec.with_batch_size(opts.batch_size)  # the graphs' layout choices follow the batch trained with
@@ -652,16 +652,24 @@ def check_steps_per_call(spec: S.Spec, steps_per_call: int) -> None:
             "their steps alternate, one call each: leave out --steps-per-call")
 
 
-def _check_counts(opts: TrainOptions) -> None:
+def _check_options(opts: TrainOptions) -> None:
     """The options the CLI bounds, bounded the same way when they come through the API (an
-    epochs=0 trained the spec's epochs, a negative batch size or epoch count trained nothing)."""
+    epochs=0 trained the spec's epochs, a negative batch size or epoch count trained nothing).
+    Paths come back as str (a pathlib.Path is one)."""
     for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("checkpoint_every", 0), ("accumulate", 1),
                         ("steps_per_call", 1)):
         check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
     check_count("threads", opts.threads, most=MAX_THREADS)
-    for name in ("run_dir", "data", "valid", "init_from"):  # ("" was taken as not given)
-        if getattr(opts, name) is not None and not str(getattr(opts, name)).strip():
-            raise FlowgradError(f"{name} is an empty path", hint=f"give {name} a path, or leave it out (None)")
+    for name in ("run_dir", "data", "init_from"):
+        setattr(opts, name, check_path(name, getattr(opts, name)))
+    if not isinstance(opts.valid, (int, float, np.integer, np.floating)):  # (a fraction, checked with the spec's)
+        opts.valid = check_path("valid", opts.valid)
+    for name in ("resume", "overwrite", "progress", "cuda_graphs"):
+        check_flag(name, getattr(opts, name))
+    if isinstance(opts.freeze, str) or not isinstance(opts.freeze, (list, tuple)) \
+            or not all(isinstance(f, str) for f in opts.freeze):  # (freeze="W1" froze "W" and "1")
+        raise FlowgradError(f"freeze must be a list of parameter names, got {opts.freeze!r}",
+                            hint='e.g. freeze=["W1", "b1"] (globs such as "enc_*" too)')
     check_seed(opts.seed)
     check_dtype(opts.dtype)
 

@@ -60,3 +60,31 @@ def test_compile_output_is_checked_as_compile_o_is(tmp_path, run):
     assert before == (run / "run" / "graphs" / "train.onnx").read_bytes()
     compile(spec, output=tmp_path / "build")  # a pathlib.Path is a path
     assert (tmp_path / "build" / "manifest.json").is_file()
+
+
+def test_train_refuses_unknown_options_and_values_of_the_wrong_type(tmp_path, run):
+    """train(epoch=1) was TrainOptions' TypeError; run_dir=3 os.path's; freeze="W1" froze "W"
+    and "1"; overwrite="no" (truthy) started the run over and lost its checkpoints."""
+    spec = load(MLP, SMALL)
+    with pytest.raises(FlowgradError, match="^train\\(\\) has no option 'epoch'") as e:
+        train(spec, epoch=1, run_dir=str(tmp_path / "r"))
+    assert "did you mean 'epochs'" in e.value.hint
+    for option, words in ((dict(run_dir=3), "^run_dir must be a path, got int"),
+                          (dict(data=["a.npz"]), "^data must be a path, got list"),
+                          (dict(valid=b"v.npz"), "^valid must be a path, got bytes"),
+                          (dict(init_from=""), "^init_from is an empty path"),
+                          (dict(freeze="W1"), "^freeze must be a list of parameter names"),
+                          (dict(freeze=[1]), "^freeze must be a list of parameter names"),
+                          (dict(resume="no"), "^resume must be True or False, got 'no'"),
+                          (dict(progress=None), "^progress must be True or False"),
+                          (dict(cuda_graphs=1), "^cuda_graphs must be True or False")):
+        with pytest.raises(FlowgradError, match=words):
+            train(spec, **{"epochs": 1, "device": "cpu", "run_dir": str(tmp_path / "r"), **option})
+        assert not (tmp_path / "r").exists()
+    ckpt = (run / "run" / "checkpoint.npz").read_bytes()
+    with pytest.raises(FlowgradError, match="^overwrite must be True or False, got 'no'"):
+        train(spec, epochs=1, device="cpu", run_dir=str(run / "run"), overwrite="no")
+    assert (run / "run" / "checkpoint.npz").read_bytes() == ckpt
+    # a pathlib.Path is a path
+    result = train(spec, epochs=1, device="cpu", threads=1, run_dir=tmp_path / "p")
+    assert result.run_dir == str(tmp_path / "p") and (tmp_path / "p" / "checkpoint.npz").is_file()
