@@ -92,13 +92,24 @@ def train(spec: str | os.PathLike | dict | Spec, **options) -> TrainResult:
     return _train(s, opts)
 
 
-def evaluate_run(run_dir: str, data: str | None = None, checkpoint: str = "best", device: str = "auto",
+def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, checkpoint: str = "best", device: str = "auto",
                  threads: int | None = None, batch_size: int = 256) -> dict:
     """Loss and metrics of a run's best (or last) checkpoint on the .npz at `data`, or without
     one on the test examples its spec held out (train.data.test), as `flowgrad eval` prints them."""
-    from runtime.session import ORT_ERRORS
+    from runtime.session import ORT_ERRORS, check_device
     from runtime.train import _check_state
 
+    # the arguments first, as flowgrad eval checks its flags: before the spec is compiled and
+    # the data read (data=3 was taken for file descriptor 3, batch_size=None a TypeError)
+    run_dir = check_path("run_dir", run_dir, required=True)
+    data = check_path("data", data)
+    check_checkpoint(checkpoint)
+    check_device(device)
+    check_count("batch_size", batch_size, has_default=False)
+    if batch_size is None:
+        raise FlowgradError("batch_size must be an integer of at least 1, got None",
+                            hint="leave batch_size out for the default, 256")
+    check_count("threads", threads, most=MAX_THREADS)
     if not os.path.isfile(os.path.join(run_dir, "spec.yaml")):  # (read as a spec path, it said "no such spec file")
         raise FlowgradError(f"{run_dir} is not a run directory",
                             hint="pass the directory that 'flowgrad train' wrote, e.g. runs/mlp")
@@ -110,9 +121,6 @@ def evaluate_run(run_dir: str, data: str | None = None, checkpoint: str = "best"
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise FlowgradError(f"{run_dir}: run.json is missing or malformed ({type(e).__name__})",
                             hint="pass a run directory that 'flowgrad train' wrote") from None
-    check_checkpoint(checkpoint)
-    check_count("batch_size", batch_size)
-    check_count("threads", threads, most=MAX_THREADS)
     cm = compile_spec(spec, info.get("dtype"))  # the float type the run trained in
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
     if not os.path.exists(ckpt):  # a run stopped before its first epoch ended has no best yet
@@ -122,6 +130,7 @@ def evaluate_run(run_dir: str, data: str | None = None, checkpoint: str = "best"
     if data is None:
         ds, data = held_out_test(spec, run_dir, info, cm)
     else:
+        D.check_data_path(data, flag="data")  # (its hint spoke of flowgrad's --data)
         ds = D.load_npz(data, None, spec.inputs)
     needed = needed_inputs(cm, ("eval",))
     dtypes = input_dtypes(cm)

@@ -67,11 +67,11 @@ def check_number(name: str, value, least: float, most: float = FLOAT32_MAX,
     return float(value)
 
 
-def check_path(name: str, value, error: type[FlowgradError] = FlowgradError) -> str | None:
-    """A path given to the API, as a str, or None where it is None (unset): a str or an
-    os.PathLike (pathlib.Path) that is not empty. (An int or a list ended in os.path's
-    TypeError, a pathlib.Path in an AttributeError, and "" was taken as not given.)"""
-    if value is None:
+def check_path(name: str, value, error: type[FlowgradError] = FlowgradError, required: bool = False) -> str | None:
+    """A path given to the API, as a str, or None where it is None (unset) and not `required`:
+    a str or an os.PathLike (pathlib.Path) that is not empty. (An int or a list ended in
+    os.path's TypeError, a pathlib.Path in an AttributeError, and "" was taken as not given.)"""
+    if value is None and not required:
         return None
     path = os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(path, str):

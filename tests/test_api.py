@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from runtime.api import compile, export, load, train
-from spec.errors import FlowgradError, SpecError
+from runtime.api import compile, evaluate_run, export, load, train
+from spec.errors import DataError, FlowgradError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
@@ -88,3 +88,25 @@ def test_train_refuses_unknown_options_and_values_of_the_wrong_type(tmp_path, ru
     # a pathlib.Path is a path
     result = train(spec, epochs=1, device="cpu", threads=1, run_dir=tmp_path / "p")
     assert result.run_dir == str(tmp_path / "p") and (tmp_path / "p" / "checkpoint.npz").is_file()
+
+
+def test_evaluate_run_checks_its_arguments_before_it_compiles(tmp_path, run):
+    """evaluate_run(batch_size=None) was a TypeError in the batching, data=3 was taken for
+    file descriptor 3 ("data file 3 does not exist", or a file that happened to be open), data=""
+    was "data file '' does not exist", a bad device was found only after the spec was compiled
+    and the data read, and a missing file's hint spoke of the CLI's --data."""
+    x = np.random.default_rng(0).random((8, 64), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(8) % 10)
+    good = dict(run_dir=str(run / "run"), data=str(tmp_path / "d.npz"), device="cpu")
+    for option, words in ((dict(batch_size=None), "^batch_size must be an integer of at least 1, got None"),
+                          (dict(data=3), "^data must be a path, got int"),
+                          (dict(data=""), "^data is an empty path"),
+                          (dict(run_dir=None), "^run_dir must be a path, got NoneType"),
+                          (dict(device="gpu", run_dir=str(tmp_path)), "^unknown device 'gpu'")):
+        with pytest.raises(FlowgradError, match=words):
+            evaluate_run(**{**good, **option})
+    with pytest.raises(DataError, match="^data file '.*nope.npz' does not exist") as e:
+        evaluate_run(**{**good, "data": str(tmp_path / "nope.npz")})
+    assert "--data" not in e.value.hint
+    metrics = evaluate_run(run / "run", tmp_path / "d.npz", device="cpu")  # pathlib.Paths are paths
+    assert metrics == evaluate_run(**good) and set(metrics) == {"loss", "accuracy"}
