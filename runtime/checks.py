@@ -78,7 +78,7 @@ def check_path(name: str, value, error: type[FlowgradError] = FlowgradError, req
         raise error(f"{name} must be a path, got {type(value).__name__}",
                     hint=f"give {name} as a str or a pathlib.Path")
     if not path.strip():
-        raise error(f"{name} is an empty path", hint=f"give {name} a path, or leave it out (None)")
+        raise error(f"{name} is an empty path", hint=f"give {name} a path" + ("" if required else ", or leave it out (None)"))
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ from onnx import numpy_helper
 from spec.errors import DataError, ExportArgumentError, ExportError, FlowgradError
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
-from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_number, check_seed
+from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_number, check_path, check_seed
 from .data import check_fits
 from .session import shifts_in_float64
 
@@ -35,6 +36,9 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     `graph` is "infer" (the spec's outputs) or "generate" (sampling from a
     prompt); by default the sampling graph where the spec has one. Bad arguments raise
     ExportArgumentError, an ExportError."""
+    # (run_dir=3 or output=3 ended in os.path's TypeError, a pathlib.Path output in an AttributeError)
+    run_dir = check_path("run_dir", run_dir, ExportArgumentError, required=True)
+    output = check_path("output", output, ExportArgumentError, required=True)
     check_checkpoint(checkpoint, error=ExportArgumentError)  # (it raised a plain FlowgradError)
     if graph is None:
         graph = "generate" if os.path.exists(os.path.join(run_dir, "graphs", "generate.onnx")) else "infer"
@@ -147,6 +151,10 @@ def load_model_safely(path: str) -> onnx.ModelProto:
     """Parse an ONNX file from anyone: malformed files and external-data paths
     that leave the model's directory (absolute, '..', symlinks out) are refused,
     in subgraphs too, before any external data is read."""
+    if not isinstance(path, (str, os.PathLike)):  # (an int was read as a file descriptor)
+        raise ExportArgumentError(f"model_path must be a path, got {type(path).__name__}",
+                                  hint="give the path of the .onnx file as a str or a pathlib.Path")
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise ExportError(f"no ONNX file at {path}", hint="pass a model that 'flowgrad export RUN_DIR -o FILE.onnx' wrote")
     try:
@@ -211,6 +219,11 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
 
     device = pick_device(device, error=ExportArgumentError)  # (an unknown device, or "auto", ran on the CPU)
     check_count("threads", threads, most=MAX_THREADS, error=ExportArgumentError)
+    if not isinstance(feeds, Mapping) or not all(isinstance(k, str) for k in feeds):
+        # (a list or an array of inputs ended in a ValueError or TypeError from inside predict)
+        raise ExportArgumentError(f"feeds must be a dict of input name to array, got {_describe_feeds(feeds)}",
+                                  hint='e.g. predict("mlp.onnx", {"x": x}); `flowgrad predict` names the '
+                                       "model's inputs")
     model = load_model_safely(model_path)
     try:
         sess = make_session(model, device, threads)
@@ -260,6 +273,12 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     except ORT_ERRORS as e:
         raise DataError(f"onnxruntime cannot run {model_path} on these inputs ({_ort_message(e)})", hint="check the inputs' shapes and dtypes against the model's inputs (`flowgrad predict` names them)") from None
     return dict(zip([o.name for o in sess.get_outputs()], outs))
+
+
+def _describe_feeds(feeds) -> str:
+    if isinstance(feeds, Mapping):
+        return "a dict with the key " + repr(next(k for k in feeds if not isinstance(k, str)))
+    return type(feeds).__name__
 
 
 def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from runtime.api import compile, evaluate_run, export, load, train
-from spec.errors import DataError, FlowgradError, SpecError
+from runtime.api import compile, evaluate_run, export, load, predict, train
+from spec.errors import DataError, ExportArgumentError, FlowgradError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
@@ -110,3 +110,25 @@ def test_evaluate_run_checks_its_arguments_before_it_compiles(tmp_path, run):
     assert "--data" not in e.value.hint
     metrics = evaluate_run(run / "run", tmp_path / "d.npz", device="cpu")  # pathlib.Paths are paths
     assert metrics == evaluate_run(**good) and set(metrics) == {"loss", "accuracy"}
+
+
+def test_export_and_predict_take_paths_and_refuse_other_arguments(tmp_path, run):
+    """export(run_dir=3) or output=3 ended in os.path's TypeError, a pathlib.Path output in an
+    AttributeError (str.endswith); predict(3, ...) read file descriptor 3 as a model; feeds as a
+    list, None or a dict with an int key were a ValueError or TypeError from inside predict."""
+    for kwargs, words in ((dict(run_dir=3), "^run_dir must be a path, got int"),
+                          (dict(output=3), "^output must be a path, got int"),
+                          (dict(output=None), "^output must be a path, got NoneType"),
+                          (dict(output=""), "^output is an empty path")):
+        with pytest.raises(ExportArgumentError, match=words):
+            export(**{"run_dir": str(run / "run"), "output": str(tmp_path / "m.onnx"), **kwargs})
+    info = export(run / "run", tmp_path / "m.onnx")
+    assert info["path"] == str(tmp_path / "m.onnx") and (tmp_path / "m.onnx").is_file()
+    x = np.random.default_rng(0).random((2, 64), dtype=np.float32)
+    assert predict(tmp_path / "m.onnx", {"x": x})["probs"].shape == (2, 10)
+    with pytest.raises(ExportArgumentError, match="^model_path must be a path, got int"):
+        predict(3, {"x": x})
+    for feeds, words in (([x], "got list"), (None, "got NoneType"), (x, "got ndarray"),
+                         ({0: x}, "got a dict with the key 0")):
+        with pytest.raises(ExportArgumentError, match="^feeds must be a dict of input name to array, " + words):
+            predict(str(tmp_path / "m.onnx"), feeds)
