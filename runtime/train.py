@@ -664,6 +664,10 @@ def _check_options(opts: TrainOptions) -> None:
         setattr(opts, name, check_path(name, getattr(opts, name)))
     if not isinstance(opts.valid, (int, float, np.integer, np.floating)):  # (a fraction, checked with the spec's)
         opts.valid = check_path("valid", opts.valid)
+    for name in ("data", "valid"):  # named as given (a missing valid= file was a 'data file', and its hint spoke of --data)
+        path = getattr(opts, name)
+        if isinstance(path, str) and not isinstance(_fraction_or_path(path, name), float):
+            D.check_data_path(path, flag=name)
     for name in ("resume", "overwrite", "progress", "cuda_graphs"):
         check_flag(name, getattr(opts, name))
     if isinstance(opts.freeze, str) or not isinstance(opts.freeze, (list, tuple)) \

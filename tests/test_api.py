@@ -132,3 +132,17 @@ def test_export_and_predict_take_paths_and_refuse_other_arguments(tmp_path, run)
                          ({0: x}, "got a dict with the key 0")):
         with pytest.raises(ExportArgumentError, match="^feeds must be a dict of input name to array, " + words):
             predict(str(tmp_path / "m.onnx"), feeds)
+
+
+def test_train_names_a_missing_data_or_valid_file_by_its_keyword(tmp_path):
+    """train(valid="nope.npz") said "data file ... does not exist", with a hint about the CLI's
+    --data; data= and valid= are named as given, before any run file is written."""
+    spec = load(MLP, SMALL)
+    (tmp_path / "folder").mkdir()
+    for name in ("data", "valid"):
+        with pytest.raises(DataError, match=f"^{name} file 'nope.npz' does not exist") as e:
+            train(spec, **{name: "nope.npz", "run_dir": str(tmp_path / "r"), "device": "cpu"})
+        assert "--" not in e.value.hint and f"given with {name} starts" in e.value.hint
+        with pytest.raises(DataError, match=f"^{name} file '.*folder' is a directory"):
+            train(spec, **{name: str(tmp_path / "folder"), "run_dir": str(tmp_path / "r"), "device": "cpu"})
+    assert not (tmp_path / "r").exists()
