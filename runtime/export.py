@@ -232,7 +232,8 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     wanted = {i.name: i for i in sess.get_inputs()}
     missing = [n for n in wanted if n not in feeds]
     if missing:
-        raise DataError(f"the model needs input(s) {', '.join(missing)}", hint=f"the data file has: {', '.join(feeds)}")
+        raise DataError(f"the model needs input(s) {', '.join(missing)}",  # (predict()'s feeds are no "data file")
+                        hint=f"the inputs given: {', '.join(feeds) or 'none'}")
     fixed, sizes = {}, {}  # sizes: symbolic dim -> (size, the input that set it)
     shapes = "the model's inputs: " + ", ".join(
         f"{n} {np.dtype(_ORT_TYPES[m.type]).name if m.type in _ORT_TYPES else m.type} {list(m.shape)}"
@@ -373,15 +374,16 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
         for value, what in ((temperature, "a temperature"), (seed, "a seed")):
             if value is not None:  # beam search draws nothing
                 raise ExportArgumentError(f"{model_path} decodes by beam search: {what} is for models that sample text",
-                                hint="leave it out; --beam-width picks the beam (1 is greedy)")
+                                hint="leave it out; the beam width (beam_width, --beam-width) picks the beam (1 is greedy)")
         return translate(model_path, [prompt], beam_width=beam_width, device=device, max_len=max_len,
                          threads=threads)[0]
     if beam_width is not None:
         raise ExportArgumentError(f"{model_path} samples text: a beam width is for sequence-to-sequence models",
-                                  hint="leave out --beam-width")
+                                  hint="leave out the beam width (beam_width, --beam-width)")
     if "prompt" not in names or "vocab" not in meta:
         raise ExportArgumentError(f"{model_path} is not a text generator (no prompt input or vocabulary)",
-                                  hint="export a spec with a 'generate' section trained on text, or pass --data instead of --text")
+                                  hint="export a spec with a 'generate' section trained on text, or run this model on its "
+                                       "inputs with predict() (flowgrad predict --data)")
     text_meta = {"vocab": meta["vocab"], "level": meta.get("level", "char"), "unk": meta.get("unk"),
                  "lowercase": meta.get("lowercase", False)}
     ids = np.asarray(encode_text(prompt, text_meta, error=ExportArgumentError), dtype=np.int64)
@@ -408,7 +410,9 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dic
     names = sorted(i.name for i in load_model_safely(model_path).graph.input)
     if names != ["count", "seed"]:
         raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
-                                  "not count and seed", hint="pass its inputs with --data (or a prompt with --text)")
+                                  "not count and seed",
+                                  hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
+                                       "generate_text() (--text)")
     count = check_count("count", count, most=MAX_COUNT, has_default=False, error=ExportArgumentError,  # (1.5 drew
                         most_hint=MAX_COUNT_WHY)  # 1 sample; predict --count is bounded by typer)
     if count is None:  # (check_count passes None, an unset option)

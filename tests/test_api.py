@@ -146,3 +146,19 @@ def test_train_names_a_missing_data_or_valid_file_by_its_keyword(tmp_path):
         with pytest.raises(DataError, match=f"^{name} file '.*folder' is a directory"):
             train(spec, **{name: str(tmp_path / "folder"), "run_dir": str(tmp_path / "r"), "device": "cpu"})
     assert not (tmp_path / "r").exists()
+
+
+def test_predicts_hints_name_the_apis_arguments(tmp_path, run):
+    """predict() missing an input said "the data file has: y" to a caller who gave a dict; the
+    generators' refusals told an API caller only of the CLI's --data, --text and --beam-width."""
+    from runtime.export import generate_text, generator_feeds
+
+    with pytest.raises(DataError, match="^the model needs input\\(s\\) x") as e:
+        predict(str(run / "mlp.onnx"), {"y": np.zeros(2, np.int64)})
+    assert e.value.hint == "the inputs given: y"
+    with pytest.raises(ExportArgumentError, match="is not a text generator") as e:
+        generate_text(str(run / "mlp.onnx"), "a")
+    assert "predict()" in e.value.hint
+    with pytest.raises(ExportArgumentError, match="is not a generator") as e:
+        generator_feeds(str(run / "mlp.onnx"), 2)
+    assert "predict()" in e.value.hint and "generate_text()" in e.value.hint
