@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from spec.errors import DataError, ExportArgumentError, ExportError, FlowgradError
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
-from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_number, check_path, check_seed
+from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
 from .data import check_fits
 from .session import shifts_in_float64
 
@@ -364,6 +364,7 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     from .datasets_text import decode_text, encode_text
 
     check_seed(seed, error=ExportArgumentError)  # (a negative one sampled, where every other verb refuses it)
+    check_flag("with_prompt", with_prompt, error=ExportArgumentError)  # (with_prompt="no" gave the prompt back)
     if not isinstance(prompt, str):  # (a list of ids was tokenized as its str())
         raise ExportArgumentError(f"the prompt must be a string, got {type(prompt).__name__}",
                                   hint="give the text to continue; predict() takes token ids as its 'prompt' input")

@@ -211,7 +211,8 @@ def test_unset_decoding_arguments_take_the_specs_values_and_bad_ones_are_errors(
                           ({"temperature": "0.5"}, "temperature must be 0 or more"),  # (float() took the string)
                           ({"temperature": "hot"}, "temperature must be 0 or more"),  # (float()'s ValueError)
                           ({"temperature": True}, "temperature must be 0 or more"),
-                          ({"temperature": -1.0}, "temperature must be"), ({"beam_width": 2}, "beam width")):
+                          ({"temperature": -1.0}, "temperature must be"), ({"beam_width": 2}, "beam width"),
+                          ({"with_prompt": "no"}, "^with_prompt must be True or False")):  # (it gave the prompt back)
         with pytest.raises(FlowgradError, match=words):
             generate_text(gen, "def ", **{"max_len": 5, **kwargs})
 
