@@ -838,10 +838,11 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
     check = check_spec(spec, dtype, objectives=False)  # the graphs built below check the objectives
     objectives = objectives_of(spec)
     if frozen:
-        hit = [n for n in check.params if _matches(n, list(frozen))]
-        if not hit:
-            raise SpecError(f"frozen parameters {list(frozen)} match no parameter", None,
-                            f"parameters: {', '.join(check.params)}")
+        # each glob on its own: a misspelt one beside one that matches froze less than asked, without a word
+        for glob in frozen:
+            if not any(_matches(n, [glob]) for n in check.params):
+                raise SpecError(f"--freeze {glob!r} matches no parameter", None,
+                                f"parameters: {', '.join(check.params)}")
         for o in objectives:
             o.frozen = list(frozen)
     cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph))

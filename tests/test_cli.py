@@ -687,6 +687,18 @@ def test_an_objective_left_nothing_to_train_says_why(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_freeze_glob_that_matches_nothing_names_the_flag(tmp_path):
+    """--freeze 'zz*' said "frozen parameters ['zz*'] match no parameter", not naming the flag;
+    and a misspelt glob beside one that matched (--freeze W1 --freeze 'zz*') trained with W1
+    alone frozen, without a word."""
+    for globs in (["zz*"], ["W1", "zz*"]):
+        res = invoke("train", MLP, "--set", "dims.H=4", "--steps", "1", "--run-dir", tmp_path / "run", "--quiet",
+                     *[a for g in globs for a in ("--freeze", g)], code=1)
+        assert res.stderr.startswith("error: --freeze 'zz*' matches no parameter\n"), res.stderr
+        assert "hint: parameters: W1, b1, W2, b2, W3, b3" in res.stderr
+        assert not (tmp_path / "run").exists()
+
+
 def test_graph_and_summary_refuse_flags_they_would_ignore(tmp_path):
     """graph --objective without --backward or --optimized drew the flow graph and took any name,
     even a misspelt one; --backward with --optimized drew the optimized step alone; summary
