@@ -868,7 +868,10 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> tuple[dict, dict]
     """(the initial state with every parameter that run has by name and shape, a report:
     the parameters taken, and why each other one keeps its initial values)."""
     path = os.path.join(run_dir, CHECKPOINT) if os.path.isdir(run_dir) else run_dir
-    source, _ = load_checkpoint(path)
+    try:
+        source, _ = load_checkpoint(path)
+    except DataError as e:  # ("no checkpoint at X" did not say which flag gave X)
+        raise DataError(f"--init-from {run_dir}: {e.message}", e.loc, e.hint) from None
     state = cm.initial_state(seed)
     taken, kept = [], {}
     for k in cm.params:

@@ -123,13 +123,20 @@ def test_warm_start_takes_parameters_by_name(tmp_path, data):
 
 def test_warm_start_from_something_not_a_checkpoint_says_so_and_leaves_no_run_behind(tmp_path, data):
     """--init-from an exported .onnx model read it as a pickled array ('pickled (object) data'),
-    and the failed run left a run directory holding only its lock."""
+    and the failed run left a run directory holding only its lock. Its errors name --init-from:
+    "no checkpoint at PATH" did not say which flag gave PATH."""
     spec = _spec(REGRESSION, tmp_path)
     model = tmp_path / "model.onnx"
     model.write_bytes(b"\x08\x0a\x12\x07flowgrad")  # protobuf bytes, as an export starts
     with pytest.raises(FlowgradError, match="not a checkpoint") as e:
         train(spec, run_dir=str(tmp_path / "b"), data=data, epochs=1, threads=1, device="cpu", init_from=str(model))
     assert "for predict" in e.value.hint
+    assert e.value.message.startswith(f"--init-from {model}: ")  # (it did not name the flag)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(FlowgradError, match="no checkpoint at") as e:
+        train(spec, run_dir=str(tmp_path / "b"), data=data, epochs=1, threads=1, device="cpu",
+              init_from=str(tmp_path / "none"))
+    assert e.value.message.startswith(f"--init-from {tmp_path / 'none'}: ")
     assert not (tmp_path / "b").exists()
 
 
