@@ -448,7 +448,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                      "or --init-from")
             _check_state(cm, state, ckpt_path, seed)
             _check_vocabulary(run_dir, train_ds.meta, "--resume")
-            _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir)
+            _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir,
+                                batch_flag=opts.batch_size is not None)
             _check_same_examples(run_dir, train_ds, cm.float_dtype, data_source(spec, opts))
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed)
@@ -710,11 +711,13 @@ def _resumed_dtype(run_dir: str, asked: str | None, path: str) -> str | None:
     return trained
 
 
-def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str) -> None:
+def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str, batch_flag: bool = False) -> None:
     """A resumed run goes on with the batches it was trained with: its step count and lr
     schedule count those batches, so another batch size or another --accumulate would
-    continue a different run from the middle of this one."""
-    for key, name in {"batch_size": "batch size", "accumulate": "--accumulate"}.items():
+    continue a different run from the middle of this one. (`batch_flag`: the batch size is
+    --batch-size's, not the spec's train.batch_size; the error names the one that differs.)"""
+    for key, name in {"batch_size": "--batch-size" if batch_flag else "train.batch_size",
+                      "accumulate": "--accumulate"}.items():
         if key in meta and meta[key] != now[key]:
             raise DataError(f"{path} was trained with another {name} ({meta[key]}, now {now[key]})",
                             hint=f"resume with the run's own {name}, or start a new run from its weights: "

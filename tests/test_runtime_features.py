@@ -517,7 +517,7 @@ def test_evaluation_of_means_and_masked_ratios_is_over_all_entries_whatever_the_
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"batch_size": 8}, "another batch size (16, now 8)"),
+    ({"batch_size": 8}, "another --batch-size (16, now 8)"),  # (it said "batch size", naming no flag)
     ({"accumulate": 2}, "another --accumulate (1, now 2)"),
 ])
 def test_resume_with_other_batches_is_refused(tmp_path, data, change, words):
@@ -531,6 +531,15 @@ def test_resume_with_other_batches_is_refused(tmp_path, data, change, words):
         train(spec, resume=True, **{**opts, "steps": 6, **change})
     assert "--init-from" in e.value.hint
     assert train(spec, resume=True, **{**opts, "steps": 6}).steps == 6  # the run's own batches go on
+
+
+def test_resume_after_the_specs_batch_size_changed_names_train_batch_size(tmp_path, data):
+    """The batch size came from the spec, not from --batch-size: the error names the spec's key."""
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=3, threads=1, device="cpu")
+    train(_spec(REGRESSION, tmp_path), **opts)
+    edited = _spec(REGRESSION.replace("  batch_size: 16", "  batch_size: 8"), tmp_path, "edited.yaml")
+    with pytest.raises(FlowgradError, match=re.escape("another train.batch_size (16, now 8)")):
+        train(edited, resume=True, **{**opts, "steps": 6})
 
 
 def test_an_objectives_overflowed_steps_leave_its_own_epoch_averages_alone(tmp_path, data, monkeypatch):
