@@ -450,7 +450,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             _check_vocabulary(run_dir, train_ds.meta, "--resume")
             _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir,
                                 batch_flag=opts.batch_size is not None)
-            _check_same_examples(run_dir, train_ds, cm.float_dtype, data_source(spec, opts))
+            _check_same_examples(run_dir, train_ds, cm.float_dtype, data_source(spec, opts),
+                                 (opts.data is not None, opts.valid is not None))
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed)
             _check_vocabulary(opts.init_from, train_ds.meta, "--init-from")
@@ -842,11 +843,27 @@ def _bundled_dataset_changed(then: dict, now: dict) -> str | None:
     return f"the bundled dataset {name!r} changed in this flowgrad version ({was})"
 
 
-def _check_same_examples(run_dir: str, train_ds: D.Dataset, float_dtype: str, source: dict | None = None) -> None:
+def _changed_source(then: dict, now: dict, flags: tuple[bool, bool]) -> str | None:
+    """What of a run's recorded data source (run.json's data_source) differs now, in the words
+    of the flag or spec key that gave it, or None. `flags`: whether --data and --valid were given."""
+    plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  (as run.json holds it)
+    where = lambda s: s.get("path") or (f"dataset {s['dataset']!r}" if s.get("dataset") else "no data")  # noqa: E731
+    if where(then) != where(now):
+        return f"{'--data' if flags[0] else 'train.data'} {where(now)}, where the run had {where(then)}"
+    for key, name in (("options", "train.data.options"), ("valid", "--valid" if flags[1] else "train.data.valid"),
+                      ("test", "train.data.test")):
+        if plain(then.get(key)) != plain(now.get(key)):
+            return f"{name} {plain(now.get(key))}, where the run had {plain(then.get(key))}"
+    return None
+
+
+def _check_same_examples(run_dir: str, train_ds: D.Dataset, float_dtype: str, source: dict | None = None,
+                         flags: tuple[bool, bool] = (False, False)) -> None:
     """A resumed run trains on the examples it was trained on: with another split (valid or test
     edited) or data file, the data positions in its checkpoint point at other examples, and
     examples it validated on would be trained on. (`source`: this run's data_source, to tell a
-    bundled dataset whose generator changed since from data the user changed.)"""
+    bundled dataset whose generator changed since from data the user changed, and to name what
+    changed; `flags`: whether --data and --valid were given, to name them.)"""
     try:
         with open(os.path.join(run_dir, "run.json")) as f:
             before = json.load(f)
@@ -861,8 +878,9 @@ def _check_same_examples(run_dir: str, train_ds: D.Dataset, float_dtype: str, so
             raise DataError(f"--resume {run_dir}: {changed}, so the examples the run was trained on cannot be "
                             "drawn again", hint=f"start a new run from its weights with --init-from {run_dir} "
                                                 "--run-dir NEW_DIR, or train anew with --overwrite")
+        which = _changed_source(then, source, flags) if isinstance(then, dict) and source else None
         raise DataError(f"--resume {run_dir}: the training examples differ from those the run was trained on "
-                        "(another data file, validation or test split, or data options)",
+                        f"({which or 'another data file, validation or test split, or data options'})",
                         hint="resume with the run's data and splits (its run.json has them), or start a new run "
                              "from its weights with --init-from")
 

@@ -597,6 +597,9 @@ def test_a_resumed_run_keeps_its_float_type(tmp_path):
     assert "--dtype float32 differs from the float type float64 that" in res.stderr and "hint:" in res.stderr
     res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--valid", "0.3", code=1)
     assert "the training examples differ from those the run was trained on" in res.stderr
+    assert "(--valid 0.3, where the run had 0.2)" in res.stderr  # (it named no flag)
+    res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--set", "train.data.valid=0.1", code=1)
+    assert "(train.data.valid 0.1, where the run had 0.2)" in res.stderr
     invoke("train", MLP, *common, "--steps", "6", "--resume", "--dtype", "float64")
 
 
