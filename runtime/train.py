@@ -153,13 +153,14 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         test_path = beside_spec(spec, test)
         D.check_against_spec(D.load_npz(test_path, spec.locate("train", "data", "test"), spec.inputs), spec,
                              needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes)
+    valid_name = "--valid" if opts.valid is not None else "valid"  # (the errors name the one the user gave)
     if isinstance(test, float) and test:
         valid = source["valid"]  # (the spec's, or --valid's)
         if isinstance(valid, float) and valid + test >= 1:  # (valid takes its fraction of what test leaves)
-            raise DataError(f"valid {valid} and test {test} must sum to less than 1 (they sum to "
+            raise DataError(f"{valid_name} {valid} and test {test} must sum to less than 1 (they sum to "
                             f"{round(valid + test, 12):g})", loc,
-                            "test holds out its fraction of the data and valid its fraction of the rest; lower one "
-                            "of them so that the two sum to less than 1")
+                            f"test holds out its fraction of the data and {valid_name} its fraction of the rest; "
+                            "lower one of them so that the two sum to less than 1")
     total = len(train_ds)
     valid_cfg = source["valid"]
     valid_ds = None
@@ -172,7 +173,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         train_ds, valid_ds = split_like_training(train_ds, spec, valid_cfg, seed)
     if not len(train_ds):
         raise DataError(f"no examples are left to train on: {where} holds {total} and the validation (and test) "
-                        "split took them all", loc, "lower valid (or test), or use more data")
+                        f"split took them all", loc, f"lower {valid_name} (or test), or use more data")
     train_ds = D.cast_for(train_ds, dtypes)
     if valid_ds is not None:
         valid_ds = D.cast_for(valid_ds, dtypes)

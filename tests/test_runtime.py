@@ -452,8 +452,12 @@ def test_validation_settings_are_read_as_given(tmp_path):
     tr, va = load_data(ordered, compile_spec(ordered), TrainOptions(data=str(tmp_path / "ordered.npz"), valid="0.25"), 0)
     assert va.arrays["x"][:, 0].tolist() == [64.0 * i for i in range(30, 40)]
     np.savez(tmp_path / "one.npz", x=x[:1], y=y[:1])
-    with pytest.raises(DataError, match="no examples are left to train on"):
+    with pytest.raises(DataError, match="no examples are left to train on") as e:
         train(spec, run_dir=str(tmp_path / "one"), data=str(tmp_path / "one.npz"), epochs=1)
+    assert e.value.hint.startswith("lower valid (or test)")
+    with pytest.raises(DataError, match="no examples are left to train on") as e:  # the hint names --valid, given
+        train(spec, run_dir=str(tmp_path / "one"), data=str(tmp_path / "one.npz"), valid="0.5", epochs=1)
+    assert e.value.hint.startswith("lower --valid (or test)")
 
 
 def test_nan_loss_stops_with_the_step(tmp_path):

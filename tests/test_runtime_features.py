@@ -426,6 +426,11 @@ def test_a_test_fraction_is_held_out_of_training(tmp_path, data):
             train(_spec(bad, tmp_path, "bad.yaml"), run_dir=str(tmp_path / "b"), epochs=1, threads=1, device="cpu")
         assert "no training data" not in str(e.value) and "valid its fraction of the rest" in e.value.hint
         assert "bad.yaml:" in str(e.value.loc)
+    # given as --valid, the error names the flag (it said "valid 0.6", as if the spec said so)
+    with pytest.raises(FlowgradError) as e:
+        train(_spec(text, tmp_path), run_dir=str(tmp_path / "b"), valid="0.6", epochs=1, threads=1, device="cpu")
+    assert e.value.message.startswith("--valid 0.6 and test 0.5 must sum to less than 1")
+    assert "--valid its fraction of the rest" in e.value.hint
     # a fraction quoted as a string reads as one, as valid's does (it was looked up as a file)
     quoted = text.replace("test: 0.5}", "test: '0.5'}")
     res = train(_spec(quoted, tmp_path, "quoted.yaml"), run_dir=str(tmp_path / "q"), valid="0", epochs=1, threads=1,
