@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spec.errors import DataError, Loc
+from spec.errors import DataError, Loc, did_you_mean
 
 from .checks import check_count
 
@@ -77,7 +77,7 @@ def load_digits(images: bool = False, labelled: int | None = None) -> Dataset:
     ds = Dataset({"x": x, "y": y}, "digits_images" if images else "digits",
                  {"classes": [str(i) for i in range(10)]})
     if labelled is not None:
-        labelled = check_count("digits option labelled", labelled, 1, most=len(y), error=DataError,
+        labelled = check_count(f"dataset {ds.name!r}: option labelled", labelled, 1, most=len(y), error=DataError,
                                hint=f"write e.g. labelled: 100, a whole number from 1 to {len(y)}")
         ds.meta["labelled"] = labelled
         ds = mark_labelled(ds, labelled)
@@ -90,7 +90,8 @@ def mark_labelled(ds: Dataset, k: int, seed: int = 0) -> Dataset:
     examples to spare make up the rest, so that exactly k are marked."""
     y = ds.arrays["y"]
     if k > len(y):
-        raise DataError(f"digits option labelled {k} is more than the {len(y)} examples there are to mark", None,
+        raise DataError(f"dataset {ds.name!r}: option labelled {k} is more than the {len(y)} examples there are to "
+                        "mark", None,
                         f"use labelled: {len(y)} or fewer")
     rng = np.random.default_rng([seed, 2718])
     classes = np.unique(y)
@@ -107,11 +108,12 @@ def mark_labelled(ds: Dataset, k: int, seed: int = 0) -> Dataset:
     return Dataset({**ds.arrays, "has_label": mask}, ds.name, ds.meta)
 
 
-def _digits_options(options: dict, loc: Loc | None) -> dict:
+def _digits_options(name: str, options: dict, loc: Loc | None) -> dict:
     unknown = [k for k in options if k != "labelled"]
-    if unknown:
-        raise DataError(f"unknown option(s) for the digits: {', '.join(map(str, unknown))}", loc,
-                        "the digits take 'labelled: K' (a has_label mask over K training examples)")
+    if unknown:  # (worded as the text datasets' are: runtime.datasets_text._reject_unknown)
+        raise DataError(f"dataset {name!r} has no option {unknown[0]!r}", loc,
+                        did_you_mean(str(unknown[0]), ["labelled"])
+                        or f"options of {name}: labelled (K: a has_label mask over K training examples)")
     return options
 
 
@@ -146,9 +148,9 @@ def load_bundled(name: str, options: dict | None = None, loc: Loc | None = None)
         if name in BUNDLED:
             _check_option_names_and_values(name, options)
         if name == "digits":
-            return load_digits(False, **_digits_options(options, loc))
+            return load_digits(False, **_digits_options(name, options, loc))
         if name == "digits_images":
-            return load_digits(True, **_digits_options(options, loc))
+            return load_digits(True, **_digits_options(name, options, loc))
         from . import datasets_text
 
         loader = getattr(datasets_text, f"load_{name}", None)
@@ -355,8 +357,8 @@ def _split_at(ds: Dataset, train_idx: np.ndarray, held_idx: np.ndarray,
         # Semi-supervised data: the labelled examples are all training ones; validation keeps every label.
         k = int(ds.meta["labelled"])
         if k > len(train):
-            raise DataError(f"digits option labelled {k} is more than the {len(train)} examples left to train on "
-                            f"(the labelled ones are all training examples)", loc,
+            raise DataError(f"dataset {ds.name!r}: option labelled {k} is more than the {len(train)} examples left to "
+                            "train on (the labelled ones are all training examples)", loc,
                             f"use labelled: {len(train)} or fewer, or hold out a smaller valid (or test) fraction")
         train = mark_labelled(train, k)
         held.arrays["has_label"] = np.ones(len(held), dtype=np.float32)

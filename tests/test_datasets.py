@@ -595,6 +595,24 @@ def test_dataset_options_that_are_null_or_not_names_are_refused(dataset, options
     assert words in e.value.message and e.value.hint and e.value.loc == where and "\n" not in e.value.message
 
 
+@pytest.mark.parametrize("dataset", D.BUNDLED)
+def test_every_bundled_datasets_option_errors_are_worded_alike(dataset):
+    """The digits said "digits option labelled must be ..." and "unknown option(s) for the
+    digits: labeled" (with no closest name as a hint), where the text datasets said "dataset
+    'text': option seq_len must be ..." and "dataset 'text' has no option 'seqlen'" (did you
+    mean 'seq_len'?). Every bundled dataset now says it the text datasets' way."""
+    option = D.dataset_options(dataset)[0]
+    with pytest.raises(DataError) as e:
+        D.load_bundled(dataset, {option + "x": 1})
+    assert e.value.message == f"dataset {dataset!r} has no option {option + 'x'!r}"
+    assert e.value.hint.startswith(f"did you mean {option!r}")
+    counted = {"digits": "labelled", "digits_images": "labelled", "text": "seq_len", "segment": "seq_len"}.get(dataset, "n")
+    with pytest.raises(DataError) as e:
+        D.load_bundled(dataset, {counted: 0})
+    assert e.value.message.startswith(f"dataset {dataset!r}: option {counted} must be an integer of at least ")
+    assert e.value.message.endswith(", got 0")
+
+
 def test_dataset_options_lists_every_keyword_of_each_loader():
     assert D.dataset_options("digits") == D.dataset_options("digits_images") == ["labelled"]
     assert D.dataset_options("text") == ["level", "seq_len", "stride", "max_vocab", "lowercase", "seed", "context",

@@ -232,7 +232,7 @@ def test_digits_labelled_option():
     with pytest.raises(DataError, match="labelled"):
         D.load_bundled("digits", {"labeled": 100})
     for bad in (0, 2.0, 5000):  # (an np.int64 was refused, as a float is)
-        with pytest.raises(DataError, match="^digits option labelled must be"):
+        with pytest.raises(DataError, match="^dataset 'digits': option labelled must be"):
             D.load_bundled("digits", {"labelled": bad})
     assert D.load_bundled("digits", {"labelled": np.int64(100)}).arrays["has_label"].sum() == 100
 
