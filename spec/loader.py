@@ -177,23 +177,54 @@ def _check_new_dims(tree: LocMap, new_dims: list[tuple[str, SpecError]]) -> None
     expression another --set wrote."""
     if not new_dims:
         return
+    used = _dim_words(tree)
+    for name, err in new_dims:
+        if name not in used:
+            raise err
+
+
+def _dim_words(tree: LocMap) -> set[str]:
+    """The names a spec may mean as dims: in sizes (dims, and the shapes of inputs and of
+    params, blocks' too) and the plain names of expressions (graph, blocks' graphs, outputs,
+    loss, metrics). Not every word of the spec: a misspelt dim that was a word of a doc, an
+    op's or a keyword's name or the dataset's (dims.digit, dims.relu) was taken as used."""
     words: set[str] = set()
 
-    def collect(node):
-        if isinstance(node, str):
-            words.update(re.findall(r"[^\W\d]\w*", node))
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if node is not tree or key != "dims":
-                    collect(value)
-        elif isinstance(node, list):
-            for item in node:
-                collect(item)
+    def size(value):
+        if isinstance(value, str):
+            words.update(re.findall(r"[^\W\d]\w*", value))
 
-    collect(tree)
-    for name, err in new_dims:
-        if name not in words:
-            raise err
+    def shapes(section):
+        for decl in (section or {}).values():
+            if isinstance(decl, dict) and isinstance(decl.get("shape"), list):
+                for item in decl["shape"]:
+                    size(item)
+
+    def expressions(section):
+        for text in (section or {}).values() if isinstance(section, dict) else [section]:
+            if not isinstance(text, str):
+                continue
+            try:
+                parsed = ast_parse(f"({text})")
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                size(text)  # (the build reports it, located; until then every word counts)
+                continue
+            calls = {id(n.func) for n in ast.walk(parsed) if isinstance(n, ast.Call)}
+            words.update(n.id for n in ast.walk(parsed) if isinstance(n, ast.Name) and id(n) not in calls)
+
+    for value in (tree.get("dims") or {}).values() if isinstance(tree.get("dims"), dict) else []:
+        size(value)
+    shapes(tree.get("inputs"))
+    shapes(tree.get("params"))
+    for section in ("graph", "outputs", "metrics"):
+        expressions(tree.get(section))
+    expressions(tree.get("loss"))
+    blocks = tree.get("blocks")
+    for block in blocks.values() if isinstance(blocks, dict) else []:
+        if isinstance(block, dict):
+            shapes(block.get("params"))
+            expressions(block.get("graph"))
+    return words
 
 
 # ---------------------------------------------------------------- schema

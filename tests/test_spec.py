@@ -191,6 +191,17 @@ def test_override_errors_say_where_the_value_came_from():
     # a dim the spec uses without defining it is a symbolic size: --set fixes it
     assert load(MINI.replace("[N, D]", "[N, T, D]"), ["dims.T=16"]).inputs["x"].shape == ["N", 16, 4]
     assert load(MLP, ["dims.M=16", "graph.logits=dense(h, M)"]).dims["M"] == 16  # used by a later --set
+    # a word of the spec that no size or expression can mean as a dim does not make one used: a
+    # word of the doc, an op's or a keyword's name, the dataset's or an init's was let through,
+    # and the misspelt dim set nothing
+    for word in ("Rectifier", "softmax", "rate", "digits", "glorot_uniform", "momentum"):
+        e = error(MLP, [f"dims.{word}=3"])
+        assert e.message == f"cannot set 'dims.{word}': the spec has no dim '{word}'", word
+        assert e.loc == Loc(f"--set dims.{word}=3", 1, 12) and e.hint
+    assert load(MLP, ["dims.N=32"]).inputs["x"].shape == [32, 64]  # a symbolic size: fixed
+    blocks = MINI + "blocks:\n  B:\n    in: [v]\n    params:\n      W: {shape: [D, M], init: zeros}\n" \
+                    "    graph:\n      o: v @ W\n    out: [o]\n"
+    assert load(blocks, ["dims.M=3"]).dims["M"] == 3  # a size of a block's parameter
     for bad in ["dims.H", "dims..H=3", "name.x=3"]:
         with pytest.raises(SpecError):
             load(MLP, [bad])
