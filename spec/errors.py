@@ -89,7 +89,10 @@ def did_you_mean(word: str, choices) -> str | None:
     """A 'did you mean ...?' hint, or None when nothing is close."""
     import difflib
 
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    if not close:  # a name in the other case: dims.h for H (one letter is never close by ratio)
+        close = [c for c in choices if isinstance(c, str) and c.lower() == word.lower()]
     if not close:
         return None
     return "did you mean " + " or ".join(repr(c) for c in close) + "?"

@@ -199,6 +199,7 @@ def test_override_errors_say_where_the_value_came_from():
         assert e.message == f"cannot set 'dims.{word}': the spec has no dim '{word}'", word
         assert e.loc == Loc(f"--set dims.{word}=3", 1, 12) and e.hint
     assert load(MLP, ["dims.N=32"]).inputs["x"].shape == [32, 64]  # a symbolic size: fixed
+    assert error(MLP, ["dims.k=3"]).hint == "did you mean 'K'?"  # (it listed D, H, K: no name is close by ratio)
     blocks = MINI + "blocks:\n  B:\n    in: [v]\n    params:\n      W: {shape: [D, M], init: zeros}\n" \
                     "    graph:\n      o: v @ W\n    out: [o]\n"
     assert load(blocks, ["dims.M=3"]).dims["M"] == 3  # a size of a block's parameter
