@@ -13,6 +13,7 @@ import keyword
 import math
 import os
 import re
+import shlex
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,13 @@ def _refuse_index(path_text: str, here: str, node, key: str, loc) -> None:
                         f"e.g. --set {here}=[...]")
 
 
+def _nested(keys: list[str], value: str) -> str:
+    """The flow mapping that sets `value` at the dotted path `keys`: {a: {b: 4}}."""
+    for key in reversed(keys):
+        value = f"{{{key}: {value}}}"
+    return value
+
+
 def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
     """Apply one `--set key.path=value` to the tree. The value is YAML (safe). A dim the spec
     did not define comes back, with the error to raise if nothing in the spec uses it."""
@@ -139,9 +147,12 @@ def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
         here = ".".join(keys[:i]) or "the spec"
         if isinstance(node, LocMap):
             if key not in node:
-                raise SpecError(f"cannot set '{path_text}': {here} has no key '{key}'",
-                                Loc(origin, 1, cols[i]), _choices_hint(key, node.keys(),
-                                                                       f"{here} is empty: set it whole, e.g. --set {'.'.join(keys[:i])}=VALUE"))
+                # a key the spec leaves out (train.data.options) is added whole, with what is under it
+                whole = shlex.quote(f"{'.'.join(keys[:i + 1])}={_nested(keys[i + 1:], value_text.strip())}")
+                raise SpecError(f"cannot set '{path_text}': {here} has no key '{key}'", Loc(origin, 1, cols[i]),
+                                did_you_mean(key, [k for k in node if isinstance(k, str)])
+                                or _choices_hint(key, node.keys(), f"{here} is empty") + f"; or, to add {key}, "
+                                f"set it whole: --set {whole}")
             node = node[key]
         elif isinstance(node, LocList) and _index(key) is not None and _index(key) < len(node):
             node = node[int(key)]

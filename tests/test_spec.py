@@ -199,6 +199,12 @@ def test_override_errors_say_where_the_value_came_from():
         assert e.message == f"cannot set 'dims.{word}': the spec has no dim '{word}'", word
         assert e.loc == Loc(f"--set dims.{word}=3", 1, 12) and e.hint
     assert load(MLP, ["dims.N=32"]).inputs["x"].shape == [32, 64]  # a symbolic size: fixed
+    # a key the spec leaves out is added whole: the hint said only "expected one of: dataset, valid"
+    e = error(MLP, ["train.data.options.labelled=40"])
+    assert e.message == "cannot set 'train.data.options.labelled': train.data has no key 'options'"
+    assert e.hint == "expected one of: dataset, valid; or, to add options, set it whole: " \
+                     "--set 'train.data.options={labelled: 40}'"
+    assert load(MLP, ["train.data.options={labelled: 40}"]).train["data"]["options"] == {"labelled": 40}
     assert error(MLP, ["dims.k=3"]).hint == "did you mean 'K'?"  # (it listed D, H, K: no name is close by ratio)
     blocks = MINI + "blocks:\n  B:\n    in: [v]\n    params:\n      W: {shape: [D, M], init: zeros}\n" \
                     "    graph:\n      o: v @ W\n    out: [o]\n"
@@ -272,7 +278,8 @@ def test_keys_of_a_mapping_that_takes_none_have_a_hint():
     assert e.message == "unknown key 'scale' in params.b1.init.zeros" and "takes no keys" in e.hint
     e = error(MLP.replace("b1: {shape: [H], init: zeros}", "b1: {shape: [H], init: {zeros: {}}}"),
               ["params.b1.init.zeros.x.y=1"])
-    assert "params.b1.init.zeros has no key 'x'" in e.message and "--set params.b1.init.zeros=" in e.hint
+    assert "params.b1.init.zeros has no key 'x'" in e.message
+    assert e.hint == "params.b1.init.zeros is empty; or, to add x, set it whole: --set 'params.b1.init.zeros.x={y: 1}'"
 
 
 def test_version_key():
