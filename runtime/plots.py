@@ -73,6 +73,7 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     histories = {d.rstrip("/"): read_history(d) for d in run_dirs}
     measures = []
@@ -100,6 +101,8 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
                             markersize=4)
         ax.set_title(measure)
         ax.set_xlabel("epoch")
+        # epochs are whole numbers: the default locator ticked 1.25, 1.5, ... on a short run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

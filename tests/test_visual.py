@@ -611,6 +611,24 @@ def test_plot_curves_draws_a_one_epoch_run(tmp_path, monkeypatch):
     assert lines["three train"].get_marker() in (None, "None", "", " ")  # a line: as before
 
 
+@pytest.mark.parametrize("epochs", [[1], [1, 2], [4, 5, 6], list(range(1, 41))])
+def test_plot_curves_ticks_whole_epochs(epochs, tmp_path, monkeypatch):
+    """Epochs are whole numbers: a short run's axis was ticked 1.00, 1.25, 1.50, ... (and one
+    epoch's 0.96, 0.98, 1.00, ...)."""
+    import runtime.plots as plots
+
+    (tmp_path / "metrics.jsonl").write_text("".join(f'{{"epoch": {e}, "train_loss": {1 / e}}}\n' for e in epochs))
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    plots.plot_curves([str(tmp_path)], str(tmp_path / "c.png"))
+    ax = figs[0].axes[0]
+    figs[0].canvas.draw()
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(t == int(t) for t in ticks), ticks
+    assert epochs[0] in ticks or len(epochs) > 10  # (a long run is ticked every few epochs)
+
+
 def test_graph_output_paths_are_made_or_refused_in_one_line(tmp_path):
     """A path under a file (or an unwritable place) ended graph with an OSError traceback;
     export, predict, plot and graph now make missing directories and refuse such paths alike."""
