@@ -38,8 +38,6 @@ ROWS = {
 }
 
 
-# Sizes of symbolic dims besides the batch, for counting a step's FLOPs (the bundled data's).
-SEQUENCE_DIMS = {"char_lstm": ["T=64"], "dates_attention": ["S=31", "T=11"]}
 
 
 def gemm_rate(threads: int, n: int = 1024, repeats: int = 20) -> float:
@@ -72,20 +70,41 @@ def gemm_rate(threads: int, n: int = 1024, repeats: int = 20) -> float:
     return 2.0 * n ** 3 / statistics.median(times)
 
 
-def training_flops(row: str, spec: str, overrides: list[str]) -> float:
+def training_flops(spec: str, overrides: list[str]) -> float:
     """Matrix-product and convolution FLOPs of one training step (flowgrad summary): as
     `flowgrad bench` times it, a step runs every objective of the spec's schedule (the gan:
     the discriminator's update, then the generator's)."""
     total = 0
+    dims = sequence_dims(spec, overrides)
     for objective, times in Counter(schedule(spec, overrides)).items():
         cmd = flowgrad_cmd() + ["summary", spec, "--json", "--objective", objective]
         for o in overrides:
             cmd += ["--set", o]
-        for d in SEQUENCE_DIMS.get(row, []):
+        for d in dims:
             cmd += ["--dim", d]
         totals = run_json_text(cmd)["totals"]
         total += times * (totals["training_matmul_flops_per_step"] + totals["training_conv_flops_per_step"])
     return float(total)
+
+
+def sequence_dims(spec: str, overrides: list[str]) -> list[str]:
+    """NAME=SIZE of each symbolic dim besides the batch, read off the batch `flowgrad bench`
+    times (the first of the spec's own data): the sizes of the graph that row runs. (A table of
+    them written here out of the data's shapes would go stale with the data.)"""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from spec import load_spec
+
+    s = load_spec(os.path.join(ROOT, spec), overrides)
+    batch = real_batch(s, compile_spec(s), s.batch_size, 0) or {}
+    sizes = {}
+    for name, decl in s.inputs.items():
+        for axis, dim in list(enumerate(decl.shape))[1:]:
+            if isinstance(dim, str) and dim.isidentifier() and name in batch:
+                sizes[dim] = batch[name].shape[axis]
+    return [f"{k}={v}" for k, v in sizes.items()]
 
 
 def schedule(spec: str, overrides: list[str]) -> list[str]:
@@ -165,7 +184,7 @@ def main():
         paired = [a / b for a, b in zip(fg, pt)]
         results.append({"row": row, "flowgrad_ms": round(f, 3), "pytorch_ms": round(p, 3), "ratio": round(f / p, 3),
                         "round_ratios": [min(paired), max(paired)], "best_ratio": round(min(fg) / min(pt), 3),
-                        "training_flops": training_flops(row, spec, overrides),
+                        "training_flops": training_flops(spec, overrides),
                         "flowgrad_rss_mb": round(statistics.median(fg_mem)), "pytorch_rss_mb": round(statistics.median(pt_mem)),
                         "train_nodes": nodes})
     rate = max(rates)

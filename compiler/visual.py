@@ -1036,7 +1036,9 @@ def node_flops(n: Node, env: dict) -> dict[str, int]:
     side); elementwise ops and random bits 1 per output element; reductions 1 per input
     element; softmax / log_softmax 3 per element; pooling and its gradients 1 per window
     element; shape, copy and index ops 0; a subgraph op (scan) its body's FLOPs per step
-    times its steps."""
+    times its steps. scatter_add into a small table is the one-hot product it is emitted as:
+    2·rows·width per index. (sum_to is a reduction, though a bias gradient's runs as a row of
+    ones times the rows.)"""
     name = n.op.name
     out = n.outputs[0] if n.outputs else None
     if name in _FREE or out is None:
@@ -1045,6 +1047,12 @@ def node_flops(n: Node, env: dict) -> dict[str, int]:
     if body is not None:
         T = _body_length(n, env)
         return {k: T * f for k, f in _flops_total(body, env).items() if k != "total"}
+    if name == "scatter_add" and n.op.one_hot_product(n):
+        # (as emitted: the bound of benchmarks/compare.py takes the compiled graph's product
+        # FLOPs, and the one-hot product of an embedding's gradient was a seventh of
+        # dates_attention's, counted as one add per element)
+        like = n.inputs[0]
+        return {"matmul": 2 * like.shape[0] * like.shape[1] * _numel(n.inputs[1].shape, env)}
     if name == "matmul":
         a = n.inputs[0]
         return {"matmul": 2 * _numel(out.shape, env) * _dim_value(a.shape[-1], env)}

@@ -552,9 +552,61 @@ def test_compare_flop_bound_counts_every_objective_of_a_step():
     for name in ("discriminator", "generator"):
         t = json.loads(invoke("summary", gan, "--json", "--objective", name).stdout)["totals"]
         per[name] = t["training_matmul_flops_per_step"] + t["training_conv_flops_per_step"]
-    assert compare.training_flops("gan", "models/gan.yaml", []) == per["discriminator"] + per["generator"]
+    assert compare.training_flops("models/gan.yaml", []) == per["discriminator"] + per["generator"]
     mlp = json.loads(invoke("summary", MLP, "--json").stdout)["totals"]
-    assert compare.training_flops("mlp", "models/mlp.yaml", []) == mlp["training_matmul_flops_per_step"]
+    assert compare.training_flops("models/mlp.yaml", []) == mlp["training_matmul_flops_per_step"]
+
+
+def test_summary_training_flops_are_the_products_the_compiled_step_runs(tmp_path, monkeypatch):
+    """The FLOP bound of benchmarks/compare.py's dates_attention row counted its sources as 31
+    characters from a table written by hand, and summary counted the gradient of each embedding
+    (a one-hot product into the 70-row table, as compiled) as one add per element: a seventh of
+    the step's product FLOPs went uncounted. Here the matrix products onnxruntime runs in one
+    training step (its profile, Scan bodies included) are summed and compared; the sequence
+    sizes come from the batch timed, as compare.py now reads them."""
+    import importlib.util
+    import math
+
+    import onnxruntime as ort
+
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.trainer import Trainer
+    from spec import load_spec
+
+    spec_ = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
+    compare = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(compare)
+    overrides = ["dims.H=8", "dims.A=6", "dims.E=4", "train.data.options.n=300", "train.batch_size=16"]
+    path = "models/dates_attention.yaml"
+    assert compare.sequence_dims(path, overrides) == ["S=31", "T=11"]  # what the bundled dates data pads to
+
+    class Profiled(ort.SessionOptions):
+        def __init__(self):
+            super().__init__()
+            self.enable_profiling = True
+            self.profile_file_prefix = str(tmp_path / "profile")
+
+    spec = load_spec(str(ROOT / path), overrides)
+    cm = compile_spec(spec)
+    batch = real_batch(spec, cm, spec.batch_size, 0)
+    monkeypatch.setattr(ort, "SessionOptions", Profiled)
+    trainer = Trainer(cm, "cpu", 1, seed=0, cuda_graphs=False)
+    trainer.train_step(cm.schedule[0], batch, lr=1e-4, step=0)
+    events = json.loads(open(trainer.runners["train"].session.end_profiling()).read())
+    ran = 0
+    for ev in events:
+        args = ev.get("args", {})
+        if ev.get("cat") != "Node" or args.get("op_name") not in ("MatMul", "FusedMatMul", "Gemm", "FusedGemm"):
+            continue
+        a, out = [list(d.values())[0] for d in args["input_type_shape"][:1] + args["output_type_shape"][:1]]
+        if args["op_name"] == "MatMul" and a[0] == 1 and len(a) == 2:
+            continue  # a row of ones times the rows: a bias gradient's sum_to, which summary counts as a reduction
+        m = out[-2] if len(out) > 1 else 1
+        k = a[-1] if args["op_name"] == "MatMul" or a[-2] == m else a[-2]  # (the other dim of A, transposed or not)
+        ran += 2 * math.prod(out) * k
+    counted = compare.training_flops(path, overrides)
+    assert ran == counted, (ran, counted)
 
 
 def test_summary_table_and_check_points_at_it():

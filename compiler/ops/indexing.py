@@ -488,12 +488,21 @@ class ScatterAdd(OpDef):
                              hint="updates = like.shape[:axis] + indices.shape + like.shape[axis+1:]")
         return [TensorType(upd.dtype, tuple(like.shape))]
 
+    @staticmethod
+    def one_hot_product(node) -> bool:
+        """Whether the node is emitted as a one-hot product (a Gemm of [indices, rows] one-hot
+        rows with the updates): 2 * rows * width FLOPs per index, which `flowgrad summary`
+        counts as matrix-product FLOPs."""
+        like, _, upd = node.inputs
+        return normalize_axis(node.attrs["axis"], like.rank) == 0 and like.rank == 2 \
+            and isinstance(like.shape[0], int) and like.shape[0] <= ONE_HOT_ROWS \
+            and isinstance(like.shape[1], int) and upd.dtype in ("float32", "float64")
+
     def emit(self, e, node, ins, outs):
         like, idx, upd = node.inputs
         axis = normalize_axis(node.attrs["axis"], like.rank)
         k = idx.rank
-        if axis == 0 and like.rank == 2 and isinstance(like.shape[0], int) and like.shape[0] <= ONE_HOT_ROWS \
-                and isinstance(like.shape[1], int) and upd.dtype in ("float32", "float64"):
+        if self.one_hot_product(node):
             # A small table (an embedding's gradient over a character vocabulary): one-hot rows
             # times the updates is one Gemm, where ScatterElements adds row by row. (Not
             # ScatterND with reduction="add": onnxruntime adds its slices on parallel threads,
