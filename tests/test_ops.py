@@ -219,6 +219,36 @@ def test_max_and_min_share_the_gradient_among_ties(op, x, want):
     np.testing.assert_allclose(got, want)
 
 
+@pytest.mark.parametrize("op, pick", [("maximum", np.maximum), ("minimum", np.minimum)])
+def test_maximum_and_minimum_share_the_gradient_of_a_tie(op, pick):
+    """maximum(a, b) gave a tie's whole gradient to a (PyTensor's choice), unlike the max and
+    min reductions here and torch.maximum, which share it: maximum(a, b) and maximum(b, a) had
+    different gradients, and central differences, which measure the even share at a tie,
+    disagreed with both. Ties now share it evenly; away from ties the winner takes it all.
+    (b broadcasts: its gradient sums its share over a's rows.)"""
+    g = Graph(float_dtype="float64")
+    a_in, b_in = g.add_input("a", "float64", (2, 3)), g.add_input("b", "float64", (3,))
+    y = g.apply(op, a_in, b_in)
+    weights = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    ga, gb = grad([g.apply("sum", y * g.const(weights))], [a_in, b_in])
+    run = Runner(emit_model(g, [("a", a_in), ("b", b_in)], [("ga", ga), ("gb", gb)]))
+    a = np.array([[1.0, 2.0, -3.0], [0.5, 2.0, 7.0]])
+    b = np.array([1.0, 0.0, 7.0])  # ties at a[0, 0], a[1, 2]
+    got = run({"a": a, "b": b})
+    tie = a == b
+    a_wins = pick(a, b + 0.0) == a
+    want_a = np.where(tie, 0.5, np.where(a_wins, 1.0, 0.0)) * weights
+    want_b = (np.where(tie, 0.5, np.where(a_wins, 0.0, 1.0)) * weights).sum(0)
+    np.testing.assert_allclose(got["ga"], want_a)
+    np.testing.assert_allclose(got["gb"], want_b)
+    # central differences agree, at the ties and away from them
+    f = lambda xs: float(np.sum(pick(xs[0], xs[1]) * weights))  # noqa: E731
+    assert check_gradients(f, [a, b], [got["ga"], got["gb"]], np.random.default_rng(0), n_coords=6) < 1e-8
+    away = a + 0.25  # no ties
+    got = run({"a": away, "b": b})
+    assert check_gradients(f, [away, b], [got["ga"], got["gb"]], np.random.default_rng(1), n_coords=6) < 1e-8
+
+
 def test_maxout_shares_the_gradient_among_ties_in_each_group():
     g = Graph(float_dtype="float64")
     w = g.add_input("w", "float64", (1, 4))

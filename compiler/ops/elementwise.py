@@ -474,19 +474,26 @@ class Pow(Binary):
 
 @op("maximum")
 class Maximum(Binary):
-    """Elementwise max(a, b), broadcasting; ties send the gradient to a."""
+    """Elementwise max(a, b), broadcasting; ties share the gradient evenly (half to each)."""
 
     onnx = "Max"
 
     def vjp(self, node, gouts):
+        # Ties share the gradient evenly, as torch.maximum and jax.numpy.maximum do and as the max
+        # and min reductions here share it among tied elements: maximum(a, b) and maximum(b, a)
+        # then have the same gradients, and it is what central differences measure at a tie
+        # ((max(da, db) + min(da, db)) / 2 along any direction). (PyTensor and TensorFlow give
+        # all of it to a; so did this op.)
         a, b = node.inputs
         (g,) = gouts
         gr = g.graph
-        take_a = gr.apply("ge", a, b) if node.op.name == "maximum" else gr.apply("le", a, b)
+        a_wins, b_wins = (gr.apply("gt", a, b), gr.apply("lt", a, b)) if node.op.name == "maximum" \
+            else (gr.apply("lt", a, b), gr.apply("gt", a, b))
         zero = gr.lift(0.0, like=g)
+        half = gr.apply("where", gr.apply("eq", a, b), g * 0.5, zero)
         return [
-            _sum_to(gr.apply("where", take_a, g, zero), a.shape),
-            _sum_to(gr.apply("where", take_a, zero, g), b.shape),
+            _sum_to(gr.apply("where", a_wins, g, half), a.shape),
+            _sum_to(gr.apply("where", b_wins, g, half), b.shape),
         ]
 
     def ref(self, attrs, a, b):
@@ -495,7 +502,7 @@ class Maximum(Binary):
 
 @op("minimum")
 class Minimum(Maximum):
-    """Elementwise min(a, b), broadcasting; ties send the gradient to a."""
+    """Elementwise min(a, b), broadcasting; ties share the gradient evenly (half to each)."""
 
     onnx = "Min"
 

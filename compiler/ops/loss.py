@@ -164,10 +164,11 @@ class BinaryCrossEntropy(OpDef):
     def expand(self, g, z, t, reduction):
         require_float(z, "logits")
         t = g.cast(t, z.dtype)
-        # -|z| as minimum(z, -z): at z = 0 its gradient is 1 (ties go to the
-        # first operand), so relu'(0) + sigmoid(0) * 1 = 1/2 = sigmoid(0) is
-        # exact there (abs would give sign(0) = 0 and a gradient of -t).
-        loss = g.apply("relu", z) - z * t + g.apply("softplus", g.apply("minimum", z, -z))
+        # -|z| as z where z <= 0, else -z: at z = 0 its slope is z's, 1, so
+        # relu'(0) + sigmoid(0) * 1 = 1/2 = sigmoid(0) is exact there (abs would
+        # give sign(0) = 0, and minimum(z, -z) half of each slope, 0: a gradient of -t).
+        neg_abs = g.apply("where", g.apply("gt", z, g.lift(0.0, like=z)), -z, z)
+        loss = g.apply("relu", z) - z * t + g.apply("softplus", neg_abs)
         return _reduce(g, loss, reduction)
 
     def ref(self, attrs, z, t):
