@@ -212,6 +212,30 @@ def test_dropout_rate_edges():
     assert bit_equal(y0, x) and not y1.any()
 
 
+def test_float16_dropout_at_the_highest_rate_keeps_its_rate_and_finite_scale():
+    """rate 65535/65536 keeps 1 entry in 2**16, scaled by 65536, beyond float16's 65504: the mask
+    was 0 * inf, NaN at every dropped entry, and the kept ones inf. Now dropped entries are 0
+    and kept ones x * 65536, exact while they fit float16 (the product runs in float32)."""
+    from compiler.autodiff import grad
+
+    rate = 65535 / 65536
+    g = Graph(float_dtype="float16")
+    x = g.add_input("x", "float16", (400, 500))
+    y = g.apply("dropout", x, rate=rate)
+    (gx,) = grad([g.apply("sum", y)], [x])
+    seed, step = g.rng_inputs()
+    model = emit_model(g, [("x", x), ("seed", seed), ("step", step)], [("y", y), ("gx", gx)])
+    xv = np.full((400, 500), 2.0**-10, np.float16)
+    yv, gv = _ort(model).run(None, feeds(xv, 0, 3))
+    assert np.isfinite(yv).all() and set(np.unique(yv)) <= {0.0, 64.0}
+    kept = yv != 0
+    assert 0 < kept.sum() < 12  # about 200000 / 65536 = 3 kept
+    np.testing.assert_array_equal(gv != 0, kept)
+    assert (gv[~kept] == 0).all() and np.isinf(gv[kept]).all()  # 65536 itself: beyond float16
+    ref = reference_evaluator(model).run(None, feeds(xv, 0, 3))[0]
+    assert bit_equal(ref, yv)
+
+
 def test_dropout_gradient_is_the_mask():
     from compiler.autodiff import grad
 

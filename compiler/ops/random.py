@@ -441,7 +441,13 @@ class Dropout(RandomComposite):
         keep = g.apply("ge", self.bits(g, x, rng, salt, pairs=True), g.const(np.asarray(k << 16, dtype=U32)))
         # x times a 0 / 1/(1-rate) mask (as PyTorch's dropout): the backward pass multiplies by the same
         # mask, and onnxruntime runs Mul at several times the speed of Where.
-        mask = g.cast(keep, x.dtype) * g.const(np.asarray(1.0 / (1.0 - rate), dtype=x.dtype))
+        scale = 1.0 / (1.0 - rate)
+        if not np.isfinite(np.asarray(scale, dtype=x.dtype)):
+            # beyond float16's 65504 (rate above 1 - 2**-16): the mask was 0 * inf = NaN at every
+            # dropped entry; the product runs in float32, and only a kept value too large to hold overflows
+            mask = g.cast(keep, "float32") * g.const(np.asarray(scale, dtype=np.float32))
+            return g.cast(g.cast(x, "float32") * mask, x.dtype)
+        mask = g.cast(keep, x.dtype) * g.const(np.asarray(scale, dtype=x.dtype))
         return x * mask
 
     def ref(self, attrs, x, seed, step):
@@ -453,7 +459,8 @@ class Dropout(RandomComposite):
         if k >= 1 << 16:
             return x * 0
         top = hash_bits(seed, step, salt, x.shape, pairs=True) // U32(1 << 16)
-        return (x * ((top >= k).astype(x.dtype) * np.asarray(1.0 / (1.0 - rate), x.dtype))).astype(x.dtype)
+        work = x.dtype if np.isfinite(np.asarray(1.0 / (1.0 - rate), x.dtype)) else np.float32
+        return (x.astype(work) * ((top >= k).astype(work) * np.asarray(1.0 / (1.0 - rate), work))).astype(x.dtype)
 
     def samples(self, rng):
         s = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
