@@ -349,3 +349,22 @@ def test_normal_in_a_half_type_is_drawn_in_float32(dtype):
     _, model32 = build(lambda g, x: g.apply("normal", x), (n,), "float32")
     want = reference_evaluator(model32).run(None, feeds(np.zeros((n,), np.float32), 0, 0, model32))[0]
     assert np.array_equal(got, want.astype(x.dtype))  # the float32 draw, rounded
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_bernoulli_in_a_half_type_keeps_its_probability(dtype):
+    """The draw and the comparison run in float32: from the half type's own 11 or 8 random bits,
+    against p rounded to the half type, p = 65535/65536 drew only ones and every p was a
+    multiple of 2^-11 (float16) or 2^-8 (bfloat16)."""
+    n = 1 << 18
+    half = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    x = np.zeros((n,), half)
+    for p, tol in ((65535 / 65536, 2e-5), (0.3 + 2.0**-12, 2e-3)):
+        _, model = build(lambda g, x: g.apply("bernoulli", x, p=p), (n,), dtype)
+        got = reference_evaluator(model).run(None, feeds(x, 0, 1, model))[0]
+        assert got.dtype == x.dtype and set(np.unique(got.astype(np.float32))) <= {0.0, 1.0}
+        _, model32 = build(lambda g, x: g.apply("bernoulli", x, p=p), (n,), "float32")
+        want = reference_evaluator(model32).run(None, feeds(np.zeros((n,), np.float32), 0, 1, model32))[0]
+        assert np.array_equal(got, want.astype(half))  # the float32 draw, cast
+        assert 0 < n - got.astype(np.float64).sum()  # some zeros even at p = 65535/65536
+        assert abs(got.astype(np.float64).mean() - p) < tol

@@ -16,7 +16,7 @@ from spec.errors import ShapeError, SpecError
 
 from ..ir import current_loc, is_float
 from ..registry import Sample, op
-from .random import BoxMuller, RandomComposite, bits_to_unit, hash_bits, normal_work_dtype
+from .random import BoxMuller, RandomComposite, bits_to_unit, hash_bits, draw_dtype
 
 
 def _s(v):
@@ -30,7 +30,7 @@ def _require_float(x, what):
 
 def _np_normal(seed, step, salt, shape, dtype):
     """normal()'s reference: Box-Muller on streams salt and salt + 1."""
-    work = normal_work_dtype(dtype)
+    work = draw_dtype(dtype)
     u1 = bits_to_unit(hash_bits(seed, step, salt, shape), work, open_low=True)
     u2 = bits_to_unit(hash_bits(seed, step, salt + 1, shape), work)
     return BoxMuller.ref(None, {}, u1, u2).astype(dtype)

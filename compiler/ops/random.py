@@ -53,10 +53,10 @@ SEED_OFFSET = 0x6A09E667
 MANTISSA_BITS = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 32}
 
 
-def normal_work_dtype(dtype: str) -> str:
-    """The type normal() draws in: float32 for the half types, whose 8 or 11 random bits
-    would cap |z| at 3.3 (bfloat16) or 3.9 (float16) and shrink the variance; the draw is
-    then rounded to the half type."""
+def draw_dtype(dtype: str) -> str:
+    """The type normal() and bernoulli() draw in: float32 for the half types, whose 8 or 11
+    random bits would cap |z| at 3.3 (bfloat16) or 3.9 (float16) and shrink the variance, and
+    round a probability to a multiple of 2^-8 or 2^-11; the result is then cast to the half type."""
     return "float32" if dtype in ("float16", "bfloat16") else dtype
 U32 = np.uint32
 
@@ -360,7 +360,7 @@ class Normal(RandomComposite):
         if not std >= 0:
             raise SpecError(f"normal needs std >= 0, got {std}", current_loc(), hint="use a std of 0 or more, e.g. std=1")
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
-        work = normal_work_dtype(dtype)
+        work = draw_dtype(dtype)
         c = lambda v: g.const(np.asarray(v, dtype=work))  # noqa: E731
         u1 = self.unit(g, like, rng, salt, work, open_low=True)
         u2 = self.unit(g, like, rng, salt + 1, work)
@@ -372,7 +372,7 @@ class Normal(RandomComposite):
     def ref(self, attrs, like, seed, step):
         seed, step, salt = self.ref_args(attrs, seed, step)
         dtype = _float_dtype_for(like.dtype.name, "float64")
-        work = normal_work_dtype(dtype)
+        work = draw_dtype(dtype)
         u1 = bits_to_unit(hash_bits(seed, step, salt, like.shape), work, open_low=True)
         u2 = bits_to_unit(hash_bits(seed, step, salt + 1, like.shape), work)
         z = BoxMuller.ref(None, {}, u1, u2)
@@ -386,7 +386,10 @@ class Normal(RandomComposite):
 
 @op("bernoulli")
 class Bernoulli(RandomComposite):
-    """1 with probability p, else 0, shaped like `like`, in like's float dtype (else the graph's)."""
+    """1 with probability p, else 0, shaped like `like`, in like's float dtype (else the graph's).
+    The half types draw and compare in float32: their own 11 (float16) or 8 (bfloat16) random
+    bits, against p rounded to the half type, made every p a multiple of 2^-11 or 2^-8
+    (p = 65535/65536 drew only ones)."""
 
     attrs = {"p": 0.5, "salt": None}
 
@@ -394,14 +397,16 @@ class Bernoulli(RandomComposite):
         if not 0.0 <= p <= 1.0:
             raise SpecError(f"bernoulli needs a probability p in [0, 1], got {p}", current_loc(), hint="use a probability from 0 to 1, e.g. p=0.5")
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
-        hit = g.apply("lt", self.unit(g, like, rng, salt, dtype), g.const(np.asarray(p, dtype=dtype)))
+        work = draw_dtype(dtype)
+        hit = g.apply("lt", self.unit(g, like, rng, salt, work), g.const(np.asarray(p, dtype=work)))
         return g.cast(hit, dtype)
 
     def ref(self, attrs, like, seed, step):
         seed, step, salt = self.ref_args(attrs, seed, step)
         dtype = _float_dtype_for(like.dtype.name, "float64")
-        u = bits_to_unit(hash_bits(seed, step, salt, like.shape), dtype)
-        return (u < np.asarray(attrs["p"], dtype)).astype(dtype)
+        work = draw_dtype(dtype)
+        u = bits_to_unit(hash_bits(seed, step, salt, like.shape), work)
+        return (u < np.asarray(attrs["p"], work)).astype(dtype)
 
     def samples(self, rng):
         return [_rng_sample(rng, (4, 5), 1), _rng_sample(rng, (10,), 3, {"p": 0.2})]
