@@ -2,9 +2,10 @@
 
 Two kinds of model, told apart by their inference graph's inputs:
 
-- a *generator* (VAE, GAN): no data input, an integer `count` and `seed`
-  (the spec's outputs draw noise with `normal(zeros(count, Z))`); it is run
-  to draw `count` digits;
+- a *generator* (VAE, GAN): an integer `count` and `seed` (the spec's outputs
+  draw noise with `normal(zeros(count, Z))`), and no data input or none with
+  an image output of its rows (a VAE that also outputs the code of x, which
+  is fed no rows); it is run to draw `count` digits;
 - an *auto-encoder* (DAE, CAE): a float data input; held-out examples are
   corrupted with the spec's own noise (its masking_noise / gaussian_noise,
   else masking noise with p = 0.25) and reconstructed, giving
@@ -83,11 +84,23 @@ class InferRunner:
     def float_input(self) -> dict | None:
         return next((i for i in self.data_inputs() if i["dtype"].startswith("float")), None)
 
+    def sized_by(self, dim: str) -> list[str]:
+        """The outputs whose first axis is the symbolic dim `dim` (a batch, or a generator's count)."""
+        return [o for o in self.outputs if self.output_shapes[o][:1] == [dim]]
+
     def __call__(self, feeds: dict) -> dict[str, np.ndarray]:
         full = dict(self.params)
         for name, i in self.inputs.items():
             if name in feeds:
                 full[name] = np.asarray(feeds[name], dtype=i["dtype"])
+            elif i["role"] == "input" and i["shape"][:1] and isinstance(i["shape"][0], str):
+                # a batch input the picture does not show (a VAE's x beside its generator's count):
+                # no rows of it, so that the graph runs and only the outputs sized by it are empty
+                full[name] = np.zeros([0] + [d if isinstance(d, int) else 1 for d in i["shape"][1:]], dtype=i["dtype"])
+        missing = [n for n in self.inputs if n not in full]
+        if missing:
+            raise DataError(f"the inference graph needs input(s) {', '.join(missing)}, which a picture cannot supply",
+                            hint="give the spec outputs that read the data input alone (auto-encoders) or a count and seed alone (generators)")
         return dict(zip(self.outputs, self.session.run(None, full)))
 
 
@@ -107,7 +120,19 @@ def as_images(a: np.ndarray) -> np.ndarray:
                     hint="outputs of [n, D] with D a square number, or [n, 1, H, W], can be shown")
 
 
-def _image_output(runner: InferRunner, outs: dict, prefer: tuple) -> str:
+def _image_shaped(shape: list) -> bool:
+    """Whether outputs of this (manifest) shape can be shown by as_images."""
+    if len(shape) == 2 and isinstance(shape[1], int):
+        return int(round(math.sqrt(shape[1]))) ** 2 == shape[1]
+    return len(shape) == 3 or (len(shape) == 4 and shape[1] == 1)
+
+
+def _image_output(runner: InferRunner, outs: dict, prefer: tuple, dim: str | None = None) -> str:
+    """The output to show: the first of `prefer`, else the first float output that looks like
+    images; with `dim`, only outputs whose first axis is that dim (a reconstruction has the
+    examples' rows, a generator's samples its count's)."""
+    if dim is not None and runner.sized_by(dim):
+        outs = {k: v for k, v in outs.items() if k in runner.sized_by(dim)}
     for name in prefer:
         if name in outs:
             return name
@@ -135,7 +160,7 @@ def generate(run_dir: str, count: int = 64, seed: int = 0, checkpoint: str = "be
         raise DataError(f"{run_dir} is not a generator: its inference graph has no integer count input", hint="give a run whose spec generates samples from a count input, e.g. a VAE or GAN decoder")
     _check_count_and_seed(count, seed)
     outs = runner({name: count, "seed": seed})
-    key = _image_output(runner, outs, ("samples",))
+    key = _image_output(runner, outs, ("samples",), name)
     return Samples("generator", {"samples": as_images(outs[key])}, f"{count} samples, seed {seed}",
                    {"output": key})
 
@@ -230,8 +255,11 @@ def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = 
     x, held_out = held_out_examples(spec, run_dir, inp["name"], count, seed)
     x = x.astype(inp["dtype"])
     x_noisy = corrupt(x, noise, seed)
-    outs = runner({inp["name"]: x_noisy, "seed": seed})
-    key = _image_output(runner, outs, ("reconstruction",))
+    feeds = {inp["name"]: x_noisy, "seed": seed}
+    if runner.count_input() is not None:  # a generator's count beside the data: the graph reads it too
+        feeds[runner.count_input()] = len(x)
+    outs = runner(feeds)
+    key = _image_output(runner, outs, ("reconstruction",), inp["shape"][0] if inp["shape"] else None)
     what = f"masking noise p={noise[1]:g}" if noise[0] == "masking_noise" else f"gaussian noise sigma={noise[1]:g}"
     return Samples("reconstruction", {"input": as_images(x), "corrupted": as_images(x_noisy),
                                       "reconstructed": as_images(outs[key])},
@@ -242,7 +270,12 @@ def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = 
 def samples_of(run_dir: str, count: int | None = None, seed: int = 0, checkpoint: str = "best",
                noise: tuple[str, float] | None = None) -> Samples:
     runner = InferRunner(run_dir, checkpoint)
-    if runner.count_input() is not None and runner.float_input() is None:
+    sizer, inp = runner.count_input(), runner.float_input()
+    # a generator: a count input and no data input, or a data input with no output of its rows
+    # (a VAE whose outputs are samples and the code of x) beside outputs of the count's rows
+    reconstructs = inp is not None and bool(inp["shape"]) and any(
+        _image_shaped(runner.output_shapes[o]) for o in runner.sized_by(inp["shape"][0]))
+    if sizer is not None and (inp is None or (not reconstructs and runner.sized_by(sizer))):
         if noise is not None:
             raise DataError(f"{run_dir} holds a generator: it draws new digits and corrupts none",
                             hint="--corrupt is for auto-encoders' input / corrupted / reconstructed triples")

@@ -447,3 +447,25 @@ loss: mean(h * h)
 """
     cm = compile_spec(spec_from_text(text, str(tmp_path / "ln.yaml")))
     assert cm.params["h.gamma"].shape == shape and cm.params["h.beta"].shape == shape
+
+
+def test_plot_samples_of_a_vae_that_also_outputs_its_code(tmp_path):
+    """A generator whose outputs also read the data (samples from a count, and the code of x)
+    draws samples; one whose outputs reconstruct x as well reconstructs. Both ended in
+    onnxruntime's ValueError traceback: the graph's other input was never fed."""
+    from runtime.samples import samples_of
+
+    text = open(MODEL["vae"]).read().replace("  samples: sigmoid(decode(normal(zeros(count, Z))))",
+                                             "  samples: sigmoid(decode(normal(zeros(count, Z))))\n  code: mu")
+    assert "code: mu" in text
+    (tmp_path / "vae.yaml").write_text(text)
+    train(load_spec(str(tmp_path / "vae.yaml"), SMALL["vae"]), run_dir=str(tmp_path / "gen"), steps=2, threads=1,
+          device="cpu")
+    gen = samples_of(str(tmp_path / "gen"), count=5, seed=1)
+    assert gen.kind == "generator" and gen.images["samples"].shape == (5, 8, 8)
+    (tmp_path / "both.yaml").write_text(text.replace("  code: mu", "  code: mu\n  reconstruction: sigmoid(logits)"))
+    train(load_spec(str(tmp_path / "both.yaml"), SMALL["vae"]), run_dir=str(tmp_path / "both"), steps=2, threads=1,
+          device="cpu")
+    rec = samples_of(str(tmp_path / "both"), count=3, seed=1)
+    assert rec.kind == "reconstruction" and rec.meta["output"] == "reconstruction"
+    assert rec.images["reconstructed"].shape == (3, 8, 8)
