@@ -742,7 +742,7 @@ def plot_samples(
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
         _not_empty(output=output)
-        path = draw(run_dir, output, count, seed, checkpoint, None if corrupt is None else ("masking_noise", corrupt))
+        path = draw(run_dir, output, count, seed, checkpoint, None if corrupt is None else [("masking_noise", corrupt)])
     err.print(f"wrote {escape(path)}", soft_wrap=True)
     print(path)
 

@@ -166,22 +166,31 @@ def generate(run_dir: str, count: int = 64, seed: int = 0, checkpoint: str = "be
 
 
 # ---------------------------------------------------------------- auto-encoders
-def spec_noise(spec) -> tuple[str, float] | None:
-    """The first masking_noise / gaussian_noise call in the spec's graph, with its level."""
+def spec_noise(spec) -> list[tuple[str, float]] | None:
+    """The corruption of the first masking_noise / gaussian_noise call in the spec's graph,
+    as (kind, level) steps, innermost first: gaussian_noise(masking_noise(x, p), sigma)
+    masks, then adds noise (showing the outer step alone hid the masking)."""
     from spec import model as S
 
     found = []
 
+    def step(e) -> tuple[str, float]:
+        key = "p" if e.func == "masking_noise" else "sigma"
+        level = {"masking_noise": 0.25, "gaussian_noise": 0.1}[e.func]
+        if key in e.kwargs and isinstance(e.kwargs[key], S.Const):
+            level = float(e.kwargs[key].value)
+        elif len(e.args) > 1 and isinstance(e.args[1], S.Const):
+            level = float(e.args[1].value)
+        return e.func, level
+
     def walk(e):
         if isinstance(e, S.Call):
             if e.func in ("masking_noise", "gaussian_noise") and not found:
-                key = "p" if e.func == "masking_noise" else "sigma"
-                level = {"masking_noise": 0.25, "gaussian_noise": 0.1}[e.func]
-                if key in e.kwargs and isinstance(e.kwargs[key], S.Const):
-                    level = float(e.kwargs[key].value)
-                elif len(e.args) > 1 and isinstance(e.args[1], S.Const):
-                    level = float(e.args[1].value)
-                found.append((e.func, level))
+                chain = [step(e)]
+                while e.args and isinstance(e.args[0], S.Call) and e.args[0].func in ("masking_noise", "gaussian_noise"):
+                    e = e.args[0]
+                    chain.append(step(e))
+                found.append(chain[::-1])
         if isinstance(e, S.Expr):
             for v in vars(e).values():
                 for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v]):
@@ -193,12 +202,20 @@ def spec_noise(spec) -> tuple[str, float] | None:
     return found[0] if found else None
 
 
-def corrupt(x: np.ndarray, noise: tuple[str, float], seed: int) -> np.ndarray:
-    kind, level = noise
+def corrupt(x: np.ndarray, noise: list[tuple[str, float]], seed: int) -> np.ndarray:
+    """x corrupted by each (kind, level) step in turn."""
     rng = np.random.default_rng([seed, 31337])
-    if kind == "masking_noise":
-        return np.where(rng.uniform(size=x.shape) >= level, x, 0).astype(x.dtype)
-    return np.clip(x + level * rng.normal(size=x.shape), 0, 1).astype(x.dtype)
+    for kind, level in noise:
+        if kind == "masking_noise":
+            x = np.where(rng.uniform(size=x.shape) >= level, x, 0).astype(x.dtype)
+        else:
+            x = np.clip(x + level * rng.normal(size=x.shape), 0, 1).astype(x.dtype)
+    return x
+
+
+def describe_noise(noise: list[tuple[str, float]]) -> str:
+    return ", then ".join(f"masking noise p={level:g}" if kind == "masking_noise" else f"gaussian noise sigma={level:g}"
+                          for kind, level in noise)
 
 
 def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> tuple[np.ndarray, bool]:
@@ -242,7 +259,7 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> t
 
 
 def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = "best",
-                noise: tuple[str, float] | None = None) -> Samples:
+                noise: list[tuple[str, float]] | None = None) -> Samples:
     from spec import load_spec
 
     _check_count_and_seed(count, seed)
@@ -251,7 +268,7 @@ def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = 
     if inp is None:
         raise DataError(f"{run_dir}: its inference graph takes no float data to reconstruct", hint="give a run whose model takes a float input to reconstruct, e.g. an autoencoder")
     spec = load_spec(os.path.join(run_dir, "spec.yaml"))
-    noise = noise or spec_noise(spec) or ("masking_noise", 0.25)
+    noise = noise or spec_noise(spec) or [("masking_noise", 0.25)]
     x, held_out = held_out_examples(spec, run_dir, inp["name"], count, seed)
     x = x.astype(inp["dtype"])
     x_noisy = corrupt(x, noise, seed)
@@ -260,15 +277,15 @@ def reconstruct(run_dir: str, count: int = 16, seed: int = 0, checkpoint: str = 
         feeds[runner.count_input()] = len(x)
     outs = runner(feeds)
     key = _image_output(runner, outs, ("reconstruction",), inp["shape"][0] if inp["shape"] else None)
-    what = f"masking noise p={noise[1]:g}" if noise[0] == "masking_noise" else f"gaussian noise sigma={noise[1]:g}"
+    what = describe_noise(noise)
     return Samples("reconstruction", {"input": as_images(x), "corrupted": as_images(x_noisy),
                                       "reconstructed": as_images(outs[key])},
                    # (a run without a validation split has none held out: they were titled held-out)
-                   f"{'held-out' if held_out else 'training'} digits, {what}", {"output": key, "noise": list(noise)})
+                   f"{'held-out' if held_out else 'training'} digits, {what}", {"output": key, "noise": [list(n) for n in noise]})
 
 
 def samples_of(run_dir: str, count: int | None = None, seed: int = 0, checkpoint: str = "best",
-               noise: tuple[str, float] | None = None) -> Samples:
+               noise: list[tuple[str, float]] | None = None) -> Samples:
     runner = InferRunner(run_dir, checkpoint)
     sizer, inp = runner.count_input(), runner.float_input()
     # a generator: a count input and no data input, or a data input with no output of its rows
@@ -295,7 +312,7 @@ def _mosaic(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
 
 
 def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int = 0, checkpoint: str = "best",
-                 noise: tuple[str, float] | None = None) -> str:
+                 noise: list[tuple[str, float]] | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -344,7 +344,7 @@ def test_plot_samples(tmp_path):
     assert gen.kind == "generator" and gen.images["samples"].shape == (10, 8, 8)
     rec = samples_of(str(tmp_path / "dae"), count=5, seed=3)
     assert rec.kind == "reconstruction" and list(rec.images) == ["input", "corrupted", "reconstructed"]
-    assert rec.meta["noise"] == ["masking_noise", 0.25]  # the spec's own corruption
+    assert rec.meta["noise"] == [["masking_noise", 0.25]]  # the spec's own corruption
     masked = rec.images["corrupted"] == 0
     assert np.all(rec.images["input"][~masked] == rec.images["corrupted"][~masked])
     res = runner.invoke(app, ["plot", "samples", str(tmp_path), "-o", str(tmp_path / "x.png")])
@@ -469,3 +469,22 @@ def test_plot_samples_of_a_vae_that_also_outputs_its_code(tmp_path):
     rec = samples_of(str(tmp_path / "both"), count=3, seed=1)
     assert rec.kind == "reconstruction" and rec.meta["output"] == "reconstruction"
     assert rec.images["reconstructed"].shape == (3, 8, 8)
+
+
+def test_plot_samples_corrupts_with_every_step_of_the_spec_noise(tmp_path):
+    """gaussian_noise(masking_noise(x, p), sigma) masks, then adds noise: the corrupted row
+    showed the outer gaussian noise alone, not what the model was trained to undo."""
+    from runtime.samples import samples_of
+
+    text = open(MODEL["dae"]).read().replace("masking_noise(x, p=0.25)", "gaussian_noise(masking_noise(x, p=0.5), sigma=0.05)")
+    assert "sigma=0.05" in text
+    (tmp_path / "dae.yaml").write_text(text)
+    train(load_spec(str(tmp_path / "dae.yaml"), SMALL["dae"]), run_dir=str(tmp_path / "run"), steps=2, threads=1,
+          device="cpu")
+    rec = samples_of(str(tmp_path / "run"), count=16, seed=2)
+    assert rec.meta["noise"] == [["masking_noise", 0.5], ["gaussian_noise", 0.05]]
+    assert "masking noise p=0.5, then gaussian noise sigma=0.05" in rec.note
+    x, noisy = rec.images["input"], rec.images["corrupted"]
+    assert (noisy != x).mean() > 0.5  # noise nearly everywhere ...
+    dark = x > 0.5
+    assert 0.3 < (noisy[dark] < 0.25).mean() < 0.7  # ... and about half of the ink masked
