@@ -311,6 +311,11 @@ class Lowering:
             return v
         if isinstance(v, (bool, int, float)):
             return self.graph.lift(v)
+        if isinstance(v, tuple) and all(isinstance(x, Value) for x in v):  # an op with several results
+            what = f"{e.func}(...)" if isinstance(e, S.Call) else "this expression"
+            names = ", ".join("abcdefgh"[:len(v)]) if len(v) <= 8 else "a, b, ..."
+            raise SpecError(f"{what} gives {len(v)} tensors where one is expected", e.loc,
+                            f"unpack them in a graph entry, '{names}: {what}', and use one by its name")
         raise SpecError(f"expected a tensor, got {type(v).__name__} {v!r}", e.loc,
                         "write a name, a number or an expression here; strings and lists are options of ops, "
                         "e.g. cast(x, 'float32')")
