@@ -24,7 +24,8 @@ _COMPARE = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: "
 
 # What is refused, and what to write instead. The hints name only ops that
 # the compiler provides (compiler/ops); keep them in step with its registry.
-_NO_INT_OPS = "tensors have no integer division or modulo; use / and the ops in `flowgrad ops`"
+_NO_INT_OPS = ("for integer tensors, 'q, r: divmod(x, d)' gives x // d and x % d by a positive constant; "
+               "for floats use / and the ops in `flowgrad ops`")
 _NO_BIT_OPS = "bit operations are not supported"
 _REFUSED_BINOPS = {
     ast.Mod: ("'%'", _NO_INT_OPS),

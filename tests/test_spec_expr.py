@@ -269,3 +269,28 @@ def test_several_errors_are_one_spec_error():
     assert isinstance(info.value, SpecError)
     assert [str(e.loc) for e in info.value.errors] == ["models/t.yaml:6:8", "models/t.yaml:7:8"]
     assert str(info.value).count("\n") == 3  # one line and one hint line each
+
+
+def test_modulo_hint_names_the_op_that_does_it(tmp_path):
+    """'%' and '//' are refused with a hint that says how to write them on integers (it said
+    that tensors have no integer division or modulo, though divmod is an op), and the form
+    the hint shows compiles."""
+    from compiler.training import check_spec
+    from spec import spec_from_text
+
+    for text in ("y % 2", "y // 2"):
+        with pytest.raises(SpecError) as info:
+            parse_expr(text, AT)
+        assert "'q, r: divmod(x, d)'" in info.value.hint
+    spec = spec_from_text("""
+flowgrad: 1
+name: parity
+inputs:
+  x: {shape: [N, 4]}
+  y: {shape: [N], dtype: int64}
+graph:
+  q, r: divmod(y, 2)
+  logit: sum(dense(x, 1), axis=1)
+loss: binary_cross_entropy(logit, cast(r, 'float32'))
+""", str(tmp_path / "parity.yaml"))
+    check_spec(spec)
