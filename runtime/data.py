@@ -254,23 +254,36 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
 
     lengths = {}
     sizes: dict[str, tuple[int, str]] = {}  # symbolic dim (other than the examples') -> (size, array)
+    bundled = ds.name in BUNDLED  # its arrays are fixed: the spec is what to change, not a file
+
+    def declare(name: str, a: np.ndarray) -> str:
+        """How to declare a bundled dataset's array (README's Bundled datasets lists them all)."""
+        shape = ", ".join(["N"] + [str(d) for d in a.shape[1:]])
+        return (f"dataset {ds.name!r} gives {name} as [{shape}] {a.dtype}: declare "
+                f"{name}: {{shape: [{shape}]{'' if a.dtype.kind == 'f' else f', dtype: {a.dtype}'}}}"
+                + (" (digits_images gives the digits as [N, 1, 8, 8] images)" if ds.name == "digits" and name == "x" else ""))
+
     for name in needed:
         decl = spec.inputs[name]
         if name not in ds.arrays:
             raise DataError(f"{where}: no array named {name!r} for the input declared at {decl.loc}", decl.loc,
-                            did_you_mean(name, ds.arrays) or f"the file has: {', '.join(ds.arrays) or 'nothing'}")
+                            did_you_mean(name, ds.arrays)
+                            or (f"dataset {ds.name!r} gives the arrays {', '.join(ds.arrays)}: name the spec's inputs after them"
+                                if bundled else f"the file has: {', '.join(ds.arrays) or 'nothing'}"))
         a = ds.arrays[name]
         if a.ndim != len(decl.shape):
-            raise DataError(f"{where}: array {name!r} has rank {a.ndim} {list(a.shape)}, the spec declares {decl.shape}", decl.loc, hint=f"reshape the array to rank {len(decl.shape)} before saving it, or change the input's shape in the spec")
+            raise DataError(f"{where}: array {name!r} has rank {a.ndim} {list(a.shape)}, the spec declares {decl.shape}", decl.loc,
+                            hint=declare(name, a) if bundled else f"reshape the array to rank {len(decl.shape)} before saving it, or change the input's shape in the spec")
         for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
             if isinstance(want, int) and got != want:
-                raise DataError(f"{where}: array {name!r} has size {got} in dim {i}, the spec declares {want}", decl.loc, hint=f"save the array with {want} in dim {i}, or declare that dim as {got} (or as a symbolic dim such as N)")
+                raise DataError(f"{where}: array {name!r} has size {got} in dim {i}, the spec declares {want}", decl.loc,
+                                hint=declare(name, a) if bundled else f"save the array with {want} in dim {i}, or declare that dim as {got} (or as a symbolic dim such as N)")
         want_float = decl.dtype.startswith("float")
         if want_float and a.dtype.kind not in "fiub":
             raise DataError(f"{where}: array {name!r} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc, hint=f"save it as numbers, e.g. x.astype('{decl.dtype}')")
         if not want_float and a.dtype.kind not in "iub":
             raise DataError(f"{where}: array {name!r} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc,
-                            "labels and ids must be integers")
+                            declare(name, a) if bundled else "labels and ids must be integers")
         if a.size == 0:
             raise DataError(f"{where}: array {name!r} is empty", decl.loc, hint="save at least one example in the array")
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):

@@ -653,3 +653,36 @@ def test_a_dataset_seed_has_the_bounds_of_every_seed(load, options):
     load(seed=2**63 - 1, **options)
     with pytest.raises(DataError, match="seed must be at most"):
         load(seed=2**70, **options)
+
+
+@pytest.mark.parametrize("inputs, words", [
+    ("x: {shape: [N, 1, 8, 8]}", "declare x: {shape: [N, 64]} (digits_images gives"),
+    ("x: {shape: [N, 63]}", "declare x: {shape: [N, 64]}"),
+    ("image: {shape: [N, 64]}", "dataset 'digits' gives the arrays x, y: name the spec's inputs"),
+    ("x: {shape: [N, 64], dtype: int64}", "declare x: {shape: [N, 64]}"),
+])
+def test_a_spec_that_does_not_fit_a_bundled_dataset_is_told_how_to_declare_it(tmp_path, inputs, words):
+    """A bundled dataset's arrays are fixed: the hints said to save or reshape the array
+    'before saving it', or listed what 'the file' has, though there is no file to change."""
+    from compiler.training import compile_spec
+    from runtime.train import input_dtypes, needed_inputs
+    from spec import spec_from_text
+
+    name = inputs.split(":")[0]
+    spec = spec_from_text(f"""
+flowgrad: 1
+name: fit
+inputs:
+  {inputs}
+  y: {{shape: [N], dtype: int64}}
+graph:
+  logits: dense(flatten(cast({name}, 'float32')), 10)
+loss: cross_entropy(logits, y)
+train:
+  data: {{dataset: digits}}
+""", str(tmp_path / "fit.yaml"))
+    cm = compile_spec(spec)
+    ds = D.load_bundled("digits")
+    with pytest.raises(DataError) as info:
+        D.check_against_spec(ds, spec, needed_inputs(cm), "dataset 'digits'", cm.index_bounds, input_dtypes(cm))
+    assert words in info.value.hint and "sav" not in info.value.hint and "file" not in info.value.hint
