@@ -49,6 +49,13 @@ def _pick(g, lp, labels, axis):
     if labels.rank != lp.rank - 1:
         raise ShapeError(f"labels {fmt_shape(labels.shape)} must have the shape of the scores {fmt_shape(lp.shape)} "
                          f"without axis {axis}", hint="class-id labels are one axis shorter than the scores, e.g. [N] for scores [N, C]")
+    want = [d for i, d in enumerate(lp.shape) if i != axis]
+    for i, (got, d) in enumerate(zip(labels.shape, want)):  # in the loss's words, not its take_along_axis's
+        if got != d:
+            raise ShapeError(f"labels {fmt_shape(labels.shape)} must have the shape of the scores {fmt_shape(lp.shape)} "
+                             f"without axis {axis}, but their axis {i} is {got}, not {d}",
+                             hint="declare the labels and the inputs the scores come from with the same dims "
+                                  "(a name such as T, or the same number)")
     idx = g.apply("unsqueeze", labels, axes=(axis,))
     return g.apply("squeeze", g.apply("take_along_axis", lp, idx, axis=axis), axes=(axis,))
 
