@@ -292,8 +292,10 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         cand = bg.apply("reshape", bg.apply("unsqueeze", c_scores, axes=(-1,)) + logp, shape=(-1, K * V))
         top, idx = bg.apply("topk", cand, k=K, axis=-1)  # [N, K]
         parent, token = bg.apply("divmod", idx, d=V)
-        # Beams past the requested width never survive.
-        live = bg.apply("lt", bg.apply("unsqueeze", sb.capture(beam_pos), axes=(0,)), sb.capture(beam_width))
+        # Beams past the requested width never survive; a width below 1 is 1 (at 0 no beam
+        # survived, and a plain onnxruntime user got the dead beams' tokens and scores of -4e8)
+        width = g.apply("maximum", beam_width, g.lift(1, like=beam_width))
+        live = bg.apply("lt", bg.apply("unsqueeze", sb.capture(beam_pos), axes=(0,)), sb.capture(width))
         new_scores = bg.apply("where", live, top, bg.lift(_dead_score(top.dtype), like=top))
         was_done = bg.apply("take_along_axis", c_fin, parent, axis=-1)
         token = bg.apply("where", was_done, bg.lift(pad, like=token), token)

@@ -108,6 +108,22 @@ def test_beam_width_one_is_greedy(model):
             assert all(t == T.PAD for t in row[row.index(T.EOS) + 1:])
 
 
+def test_a_plain_onnxruntime_user_s_beam_width_outside_the_range_is_the_nearest_one(model):
+    """The graph reads a width below 1 as 1 and one above generate.beam_width as that width
+    (flowgrad's predict refuses both): at 0 no beam survived, and onnxruntime returned the
+    dead beams' tokens with scores of -4e8."""
+    import onnxruntime as ort
+
+    gen, _, ds = model
+    s = ort.InferenceSession(gen, providers=["CPUExecutionProvider"])
+    feeds = {"src": ds.arrays["src"], "src_len": ds.arrays["src_len"], "max_len": np.asarray(7),
+             "length_penalty": np.asarray(0.6, dtype=np.float32)}
+    run = lambda width: s.run(None, {**feeds, "beam_width": np.asarray(width)})  # noqa: E731
+    for low, high in ((0, 1), (-5, 1), (K + 2, K)):
+        for a, b in zip(run(low), run(high)):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("op", ["dot_attention", "additive_attention"])
 def test_masked_positions_get_zero_weight_and_zero_gradient(op):
     rng = np.random.default_rng(0)
