@@ -56,7 +56,12 @@ class Concat(OpDef):
         total = first.shape[axis]
         for t in xs:
             if t.dtype != first.dtype:
-                raise ShapeError(f"cannot concat {first.dtype} with {t.dtype}", hint=f"cast them to one type first, e.g. cast(x, '{first.dtype}')")
+                # an integer beside a float is usually ids that were meant to be embedded: casting
+                # the float to int64, as the hint said when the ids came first, truncates it
+                mixed = {first.dtype.startswith("float"), t.dtype.startswith("float")} == {True, False}
+                raise ShapeError(f"cannot concat {first.dtype} with {t.dtype}",
+                                 hint="cast the integer tensor with cast(x, 'float32'), or look up ids first with "
+                                      "embedding(ids, V, E)" if mixed else f"cast them to one type first, e.g. cast(x, '{first.dtype}')")
             if t.rank != first.rank:
                 raise ShapeError(f"cannot concat tensors of ranks {first.rank} and {t.rank}", hint="reshape them to one rank first, e.g. reshape(x, [N, 1])")
             for i, (d, e) in enumerate(zip(first.shape, t.shape)):
