@@ -428,7 +428,7 @@ def predict(
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).",
                                                 min=0, max=MAX_SEED)] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model with count and seed inputs) draws.",
+    count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model whose inputs are seed and an integer scalar, the count) draws.",
                                                  min=1, max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,

@@ -307,9 +307,10 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
                         error=DataError, most_hint=MAX_COUNT_WHY)
         if "temperature" in feeds and feeds["temperature"].size == 1:  # (a negative one sampled)
             check_number("input 'temperature'", feeds["temperature"].item(), 0, error=DataError, hint=TEMPERATURE_HINT)
-    if set(feeds) == {"count", "seed"} and feeds["count"].size == 1:  # a generator, as --count is checked
-        check_count("input 'count'", feeds["count"].item(), most=MAX_COUNT, has_default=False,  # (a huge one
-                    error=DataError, most_hint=MAX_COUNT_WHY)  # tried to allocate terabytes)
+    sizer = [k for k in feeds if k != "seed"]
+    if "seed" in feeds and len(sizer) == 1 and feeds[sizer[0]].size == 1:  # a generator, as --count is checked
+        check_count(f"input {sizer[0]!r}", feeds[sizer[0]].item(), most=MAX_COUNT, has_default=False,  # (a huge
+                    error=DataError, most_hint=MAX_COUNT_WHY)  # one tried to allocate terabytes)
     if "beam_width" in feeds and feeds["beam_width"].size == 1 and ("generate.bos" in meta or "src_vocab" in meta):
         check_count("input 'beam_width'", feeds["beam_width"].item(), most=_widest_beam(meta), has_default=False,
                     error=DataError, most_hint=BEAM_WIDTH_WHY)  # (0 decoded nothing but dead beams)
@@ -405,11 +406,16 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
 
 
 def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dict[str, np.ndarray]:
-    """The inputs of an exported generator (its inputs are `count` and `seed`) for `count`
-    samples drawn with `seed` (default 0). Bad arguments raise ExportArgumentError, an ExportError."""
+    """The inputs of an exported generator (`seed` and one integer scalar, the count: `count` in
+    the bundled specs, whatever the spec named it) for `count` samples drawn with `seed` (default
+    0). Bad arguments raise ExportArgumentError, an ExportError."""
     check_seed(seed, error=ExportArgumentError)
-    names = sorted(i.name for i in load_model_safely(model_path).graph.input)
-    if names != ["count", "seed"]:
+    inputs = load_model_safely(model_path).graph.input
+    names = sorted(i.name for i in inputs)
+    # (a spec's `n: {shape: [], dtype: int64}` was refused: its inputs were n and seed, "not count and seed")
+    sizers = [i.name for i in inputs if i.name != "seed" and i.type.tensor_type.elem_type == onnx.TensorProto.INT64
+              and i.type.tensor_type.HasField("shape") and not i.type.tensor_type.shape.dim]
+    if "seed" not in names or len(names) != 2 or len(sizers) != 1:
         raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
                                   "not count and seed",
                                   hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
@@ -419,7 +425,7 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dic
     if count is None:  # (check_count passes None, an unset option)
         raise ExportArgumentError("count must be an integer of at least 1, got None",
                                   hint="give count, the number of samples to draw")
-    return {"count": np.asarray(count, dtype=np.int64),
+    return {sizers[0]: np.asarray(count, dtype=np.int64),
             "seed": np.asarray(seed or 0, dtype=np.int64)}
 
 

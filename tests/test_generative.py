@@ -322,6 +322,27 @@ def test_predict_draws_from_a_generator_with_count_and_seed(tmp_path):
             predict(path, {"count": np.asarray(count), "seed": np.asarray(1)})
 
 
+def test_predict_count_takes_a_generator_whatever_its_spec_named_the_count(tmp_path):
+    """The count is the spec's integer scalar input, whatever its name: plot samples drew from a
+    spec's `n: {shape: [], dtype: int64}`, but predict --count said 'not a generator: its
+    inputs are n, seed, not count and seed'. A huge n is refused with --data too."""
+    from runtime.export import generator_feeds, predict
+
+    text = open(MODEL["vae"]).read().replace("  count: {shape: [], dtype: int64,", "  n: {shape: [], dtype: int64,")
+    text = text.replace("zeros(count, Z)", "zeros(n, Z)")
+    assert "zeros(n, Z)" in text and "  n: {" in text
+    (tmp_path / "vae.yaml").write_text(text)
+    run_dir = str(tmp_path / "run")
+    train(load_spec(str(tmp_path / "vae.yaml"), SMALL["vae"]), run_dir=run_dir, steps=2, threads=1, device="cpu")
+    path = str(tmp_path / "gen.onnx")
+    export(run_dir, path)
+    feeds = generator_feeds(path, 4, seed=3)
+    assert sorted(feeds) == ["n", "seed"] and feeds["n"] == 4
+    assert predict(path, feeds)["samples"].shape == (4, 64)
+    with pytest.raises(DataError, match="^input 'n' must be at most 1,048,576"):
+        predict(path, {"n": np.asarray(10**11), "seed": np.asarray(1)})
+
+
 # ---------------------------------------------------------------- pictures
 def test_plot_samples(tmp_path):
     from typer.testing import CliRunner
