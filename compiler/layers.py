@@ -13,7 +13,8 @@ from .ir import Value, at, normalize_axis
 
 def _int_arg(v, what, loc):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise SpecError(f"{what} must be a positive integer, got {v!r}", loc, f"write {what} as a whole number of 1 or more, e.g. 64")
+        raise SpecError(f"{what} must be a positive integer, got {v!r}", loc,
+                        f"write {what} as a whole number of 1 or more, e.g. {2 if what == 'layers' else 64}")
     return v
 
 

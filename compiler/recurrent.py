@@ -766,7 +766,7 @@ class Recurrent(Layer):
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
         prefix = low.layer_name(self.name)
-        n_layers = _int_arg(a.get("layers", 1), "layers", e.loc)
+        n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc))
         hs, finals = x, []
         for layer in range(n_layers):
             name = prefix if n_layers == 1 else f"{prefix}.l{layer + 1}"
