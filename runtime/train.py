@@ -438,7 +438,9 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         epochs = epochs or -(-total_steps // steps_per_epoch)
 
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
+        optimizers = {o.name: o.optimizer.name for o in cm.objectives}
         if opts.resume:
+            _check_same_optimizers(meta.get("optimizers"), optimizers, ckpt_path, run_dir)
             # before the shapes: another --freeze also resizes the flat optimizer state, which
             # _check_state would blame on a changed spec (a parameter the checkpoint lacks is one)
             if "trained" in meta and meta["trained"] != trained and all(p in state for p in cm.params):
@@ -488,7 +490,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             data = checkpoint_bytes(state, {
                 "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
                 "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,
-                "batch_size": batch_size, "accumulate": opts.accumulate, "overflows": overflows,
+                "optimizers": optimizers, "batch_size": batch_size, "accumulate": opts.accumulate,
+                "overflows": overflows,
                 # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
                 "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0, "epoch_rows": rows if pos else {},
                 **({"partial": partial} if partial else {})})
@@ -724,6 +727,20 @@ def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str, batch_fl
             raise DataError(f"{path} was trained with another {name} ({meta[key]}, now {now[key]})",
                             hint=f"resume with the run's own {name}, or start a new run from its weights: "
                                  f"--init-from {run_dir} --run-dir NEW_DIR")
+
+
+def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: str) -> None:
+    """A resumed run goes on with the optimizers it was trained with: another one reads the
+    checkpoint's optimizer state as its own (Adam's m and v as AdamW's, RMSProp's velocity as
+    SGD's), or leaves it behind to be taken up again later, stale. (A checkpoint written before
+    runs recorded their optimizers is not checked.)"""
+    for obj, name in (before or {}).items():
+        if obj in now and now[obj] != name:
+            which = "" if len(now) == 1 else f" for objective {obj}"
+            raise DataError(f"{path} was trained with the {name} optimizer{which}, and the spec now asks for "
+                            f"{now[obj]}: the checkpoint's optimizer state is {name}'s",
+                            hint=f"resume with the run's own optimizer (its spec.yaml has it; another lr is fine), "
+                                 f"or start a new run from its weights: --init-from {run_dir} --run-dir NEW_DIR")
 
 
 def _difference(before: dict, now: dict) -> str:

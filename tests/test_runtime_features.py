@@ -625,3 +625,18 @@ def test_objectives_without_a_spec_loss_or_metrics_have_validation_losses(tmp_pa
                    device="cpu")
     assert {"valid_first/loss", "valid_second/loss"} <= set(result.history[-1])
     assert "valid_loss" not in result.history[-1]
+
+
+@pytest.mark.parametrize("other", ["adamw: {lr: 0.01}", "sgd: {lr: 0.05}"])
+def test_resuming_with_another_optimizer_is_refused(tmp_path, data, other):
+    """Resumed with another optimizer, a run went on without a word: AdamW read Adam's m and v
+    as its own, and SGD left them in every later checkpoint, for a resume with Adam again to
+    take up stale. Another lr is no other optimizer: that resume goes on."""
+    adam = REGRESSION.replace("sgd: {lr: 0.05}", "adam: {lr: 0.01}")
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=2, threads=1, device="cpu")
+    train(_spec(adam, tmp_path), **opts)
+    with pytest.raises(FlowgradError, match="trained with the adam optimizer, and the spec now asks for") as e:
+        train(_spec(adam.replace("adam: {lr: 0.01}", other), tmp_path), resume=True, **{**opts, "steps": 4})
+    assert f"--init-from {tmp_path / 'run'}" in e.value.hint
+    assert load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))[1]["step"] == 2  # left as it was
+    assert train(_spec(adam.replace("0.01", "0.005"), tmp_path), resume=True, **{**opts, "steps": 4}).steps == 4
