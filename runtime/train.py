@@ -941,6 +941,7 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, w
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(run_dir, name))
     _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"))
+    _remove_other_graphs(cm, os.path.join(run_dir, "graphs"))
     cm.save(os.path.join(run_dir, "graphs"))
     info = {
         "spec": spec.name, "seed": seed, "dtype": cm.float_dtype, "device": device, "threads": opts.threads,
@@ -950,6 +951,18 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, w
         **({"init_from": warm_start} if warm_start else {}),
     }
     atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode())
+
+
+def _remove_other_graphs(cm: CompiledModel, directory: str) -> None:
+    """A run's graphs/ holds the graphs of the spec it trains, no others: a graph of the spec it
+    trained before (--overwrite, or a resume of an edited spec) that this one lacks, such as a
+    sampling graph, was left there for export to take, with this run's weights baked in."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name.endswith(".onnx") and name[:-len(".onnx")] not in cm.graphs:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
 
 
 def _write_spec_as_trained(spec: S.Spec, target: str) -> None:

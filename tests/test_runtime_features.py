@@ -640,3 +640,21 @@ def test_resuming_with_another_optimizer_is_refused(tmp_path, data, other):
     assert f"--init-from {tmp_path / 'run'}" in e.value.hint
     assert load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))[1]["step"] == 2  # left as it was
     assert train(_spec(adam.replace("0.01", "0.005"), tmp_path), resume=True, **{**opts, "steps": 4}).steps == 4
+
+
+@pytest.mark.parametrize("again", ["overwrite", "resume"])
+def test_a_run_started_over_or_resumed_keeps_no_graph_of_its_former_spec(tmp_path, data, again):
+    """A run trained again from a spec that lacks a graph the former one had (no outputs here;
+    a generate section removed, likewise) kept the former graph in graphs/, and export took
+    it, baking this run's weights into the former spec's model."""
+    from runtime.export import ExportError, export
+
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=2, threads=1, device="cpu")
+    train(_spec(REGRESSION, tmp_path), **opts)
+    assert os.path.exists(tmp_path / "run" / "graphs" / "infer.onnx")
+    no_outputs = REGRESSION.replace("outputs:\n  pred: pred\n", "")
+    train(_spec(no_outputs, tmp_path), **{**opts, "steps": 4, again: True})
+    assert not os.path.exists(tmp_path / "run" / "graphs" / "infer.onnx")
+    assert os.path.exists(tmp_path / "run" / "graphs" / "train.onnx")
+    with pytest.raises(ExportError, match="has no inference graph"):
+        export(str(tmp_path / "run"), str(tmp_path / "m.onnx"))
