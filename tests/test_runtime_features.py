@@ -658,3 +658,14 @@ def test_a_run_started_over_or_resumed_keeps_no_graph_of_its_former_spec(tmp_pat
     assert os.path.exists(tmp_path / "run" / "graphs" / "train.onnx")
     with pytest.raises(ExportError, match="has no inference graph"):
         export(str(tmp_path / "run"), str(tmp_path / "m.onnx"))
+
+
+def test_a_resume_removes_the_temporary_of_a_graph_write_that_was_killed(tmp_path, data):
+    """A process killed while writing one of the run's graphs left its temporary file in graphs/
+    for good: a resume removed only those beside the checkpoints."""
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=2, threads=1, device="cpu")
+    train(_spec(REGRESSION, tmp_path), **opts)
+    for left in (tmp_path / "run" / ".tmp-a", tmp_path / "run" / "graphs" / ".tmp-b"):
+        left.write_bytes(b"half a file")
+    train(_spec(REGRESSION, tmp_path), resume=True, **{**opts, "steps": 3})
+    assert not [p for p in (tmp_path / "run").rglob(".tmp-*")]
