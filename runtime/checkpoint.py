@@ -37,7 +37,8 @@ def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError) -> No
         raise error(f"{path} is one of the run's own files", hint="pick another path with -o")
 
 
-def read_run_info(run_dir: str, error: type[FlowgradError] = DataError, missing_ok: bool = False) -> dict:
+def read_run_info(run_dir: str, error: type[FlowgradError] = DataError, missing_ok: bool = False,
+                  hint: str = "pass a run directory that 'flowgrad train' wrote") -> dict:
     """A run directory's run.json as a dict; a missing (unless `missing_ok`: then {}), unreadable
     or malformed one is a one-line `error`, not json's or a dict method's traceback."""
     path = os.path.join(run_dir, "run.json")
@@ -47,14 +48,12 @@ def read_run_info(run_dir: str, error: type[FlowgradError] = DataError, missing_
     except FileNotFoundError:
         if missing_ok:
             return {}
-        raise error(f"{run_dir} has no run.json", hint="pass a run directory that 'flowgrad train' wrote") from None
+        raise error(f"{run_dir} has no run.json", hint=hint) from None
     except (OSError, ValueError) as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
-        raise error(f"{path} is unreadable or malformed ({type(e).__name__})",
-                    hint="pass a run directory that 'flowgrad train' wrote") from None
+        raise error(f"{path} is unreadable or malformed ({type(e).__name__})", hint=hint) from None
     if not isinstance(info, dict) or not isinstance(info.get("meta") or {}, dict) \
             or not isinstance(info.get("data_source") or {}, dict):
-        raise error(f"{path} is malformed: not the record that flowgrad train writes",
-                    hint="pass a run directory that 'flowgrad train' wrote")
+        raise error(f"{path} is malformed: not the record that flowgrad train writes", hint=hint)
     return info
 
 

@@ -22,7 +22,7 @@ from spec.errors import DataError, FlowgradError, SpecError
 
 from . import data as D
 from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed  # noqa: F401  (the API imported them from here)
-from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, remove_stale_temporaries
+from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, read_run_info, remove_stale_temporaries
 from .schedules import lr_schedule
 from .session import ORT_ERRORS, pick_device
 from .trainer import Trainer
@@ -405,8 +405,13 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         dtype = opts.dtype
         if opts.resume:  # read first: the run's seed orders and splits the data
             state, meta = load_checkpoint(ckpt_path)
+            # what the run was trained on and in: without it, the checks below could not refuse a
+            # resume on other data or in another float type
+            info = read_run_info(run_dir, hint="a resume reads the run's data and float type from it: restore it, "
+                                               f"or start a new run from its weights with --init-from {run_dir} "
+                                               "--run-dir NEW_DIR")
             seed = _resumed_seed(meta, opts.seed, seed, ckpt_path)
-            dtype = _resumed_dtype(run_dir, opts.dtype, ckpt_path)
+            dtype = _resumed_dtype(info, opts.dtype, ckpt_path, run_dir)
         cm = compile_spec(spec, dtype, frozen=opts.freeze)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         streams = (train_ds.meta or {}).get("streams")
@@ -454,7 +459,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
             _check_vocabulary(run_dir, train_ds.meta, "--resume")
             _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir,
                                 batch_flag=opts.batch_size is not None)
-            _check_same_examples(run_dir, train_ds, cm.float_dtype, data_source(spec, opts),
+            _check_same_examples(run_dir, info, train_ds, cm.float_dtype, data_source(spec, opts),
                                  (opts.data is not None, opts.valid is not None))
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed)
@@ -699,16 +704,12 @@ def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int
     return seed
 
 
-def _resumed_dtype(run_dir: str, asked: str | None, path: str) -> str | None:
+def _resumed_dtype(info: dict, asked: str | None, path: str, run_dir: str) -> str | None:
     """The float type a resumed run continues in: the one it was trained in (run.json), as eval
     and export read it, whatever the spec's train.dtype now says; a --dtype that differs is
     refused. (A resume without the run's --dtype went on in the spec's float type.)"""
-    try:
-        with open(os.path.join(run_dir, "run.json")) as f:
-            trained = json.load(f)["dtype"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return asked  # a run.json from before runs recorded it
-    if not isinstance(trained, str):
+    trained = info.get("dtype")
+    if not isinstance(trained, str):  # a run.json from before runs recorded it
         return asked
     if asked is not None and asked != trained:
         raise FlowgradError(f"--dtype {asked} differs from the float type {trained} that {path} was trained in",
@@ -823,14 +824,9 @@ VOCABULARY_KEYS = ("vocab", "src_vocab", "tgt_vocab")
 def _check_vocabulary(run_dir: str, meta: dict, how: str) -> None:
     """Token ids mean the vocabulary's tokens: a run continued, or warm-started, on data whose
     vocabulary differs would read every embedding row as another token."""
-    info_path = os.path.join(run_dir, "run.json")
-    if not os.path.isfile(info_path):  # --init-from a checkpoint file: nothing to compare
+    if not os.path.isdir(run_dir):  # --init-from a checkpoint file: nothing to compare
         return
-    try:
-        with open(info_path) as f:
-            before = json.load(f).get("meta") or {}
-    except (OSError, ValueError):
-        return
+    before = read_run_info(run_dir, missing_ok=True).get("meta") or {}
     for key in VOCABULARY_KEYS:
         if key in before and key in meta and list(before[key]) != list(meta[key]):
             raise DataError(
@@ -876,18 +872,15 @@ def _changed_source(then: dict, now: dict, flags: tuple[bool, bool]) -> str | No
     return None
 
 
-def _check_same_examples(run_dir: str, train_ds: D.Dataset, float_dtype: str, source: dict | None = None,
-                         flags: tuple[bool, bool] = (False, False)) -> None:
+def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_dtype: str,
+                         source: dict | None = None, flags: tuple[bool, bool] = (False, False)) -> None:
     """A resumed run trains on the examples it was trained on: with another split (valid or test
     edited) or data file, the data positions in its checkpoint point at other examples, and
-    examples it validated on would be trained on. (`source`: this run's data_source, to tell a
-    bundled dataset whose generator changed since from data the user changed, and to name what
-    changed; `flags`: whether --data and --valid were given, to name them.)"""
-    try:
-        with open(os.path.join(run_dir, "run.json")) as f:
-            before = json.load(f)
-        trained_on, dtype = before["data_hash"], before["dtype"]
-    except (OSError, ValueError, KeyError, TypeError):
+    examples it validated on would be trained on. (`before`: the run's run.json; `source`: this
+    run's data_source, to tell a bundled dataset whose generator changed since from data the user
+    changed, and to name what changed; `flags`: whether --data and --valid were given, to name them.)"""
+    trained_on, dtype = before.get("data_hash"), before.get("dtype")
+    if trained_on is None or dtype is None:  # a run.json from before runs recorded them
         return
     # (float inputs are hashed as cast to the model's float type: another --dtype hashes otherwise)
     if dtype == float_dtype and trained_on != train_ds.fingerprint():

@@ -511,6 +511,31 @@ def test_a_damaged_checkpoint_is_one_line_with_a_hint(tmp_path, kind):
         assert "checkpoint" in lines[0]
 
 
+@pytest.mark.parametrize("content", [None, "", '{"seed": 0, "dtype": "flo', "[]"])
+def test_a_resume_or_warm_start_from_a_run_whose_run_json_is_damaged_is_one_line(tmp_path, content):
+    """A resume read run.json in three places, each skipping its check when the file was missing,
+    cut short or empty: the run went on unchecked (on other data, or in another float type, it
+    would not have been refused), and wrote a new run.json over the damaged one as if all were
+    well; a run.json that was a list ended in a traceback, as did --init-from such a run. Both now
+    stop at the file, and the checkpoint is left as it was."""
+    run = tmp_path / "run"
+    _train_in_process(tmp_path, "run")
+    before = (run / "checkpoint.npz").read_bytes()
+    if content is None:
+        (run / "run.json").unlink()
+    else:
+        (run / "run.json").write_text(content)
+    result = _train_in_process(tmp_path, "run", "--resume", "--epochs", "3", code=1)
+    assert str(run) in error_line(result) and "run.json" in error_line(result)
+    assert f"--init-from {run}" in result.output
+    assert (run / "checkpoint.npz").read_bytes() == before
+    assert (run / "run.json").exists() == (content is not None)
+    if content is not None:
+        assert (run / "run.json").read_text() == content
+        result = _train_in_process(tmp_path, "new", "--init-from", run, code=1)
+        assert f"{run / 'run.json'} is" in error_line(result) and "malformed" in error_line(result)
+
+
 def test_a_resume_on_other_examples_is_refused(tmp_path):
     """A resume with another validation split (--valid, or the spec's valid edited) went on
     silently: the checkpoint's data position pointed into other examples, and the run trained
