@@ -80,13 +80,20 @@ def _stopped_by_signals(spec_path: str, run_dir: str):
     are written to a temporary file and renamed, so they are whole at any moment."""
     import signal
 
-    def terminate(signum, frame):
-        raise _Stopped()
+    def stop_once(signum, frame):
+        # one stop is enough: a second signal while the run winds down (Ctrl-C pressed twice) cut
+        # off the line below and ended with 130 for a SIGTERM; the process ends ignoring them
+        for sig in handled:
+            signal.signal(sig, signal.SIG_IGN)
+        raise _Stopped() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, stop_once) for sig in handled}
+    stopped = False
     try:
         yield
     except KeyboardInterrupt as stop:
+        stopped = True
         from runtime.checkpoint import load_checkpoint
 
         ckpt = os.path.join(run_dir, "checkpoint.npz")
@@ -101,7 +108,9 @@ def _stopped_by_signals(spec_path: str, run_dir: str):
                       f"--resume (and this run's other flags)[/dim]", soft_wrap=True)
         raise typer.Exit(143 if isinstance(stop, _Stopped) else 130) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not stopped:
+            for sig in handled:
+                signal.signal(sig, previous[sig])
 
 
 # The graphs take the seed as an int64 input; every verb's --seed is 0 to MAX_SEED. runtime.checks'

@@ -783,6 +783,46 @@ def test_a_run_stopped_by_a_signal_says_what_it_keeps_and_how_to_go_on(tmp_path,
     assert again.returncode == 0, again.stderr
 
 
+@pytest.mark.parametrize("first, second, code, words", [(signal.SIGTERM, signal.SIGINT, 143, "SIGTERM"),
+                                                         (signal.SIGINT, signal.SIGINT, 130, "Ctrl-C")])
+def test_a_second_signal_while_a_stopped_run_winds_down_changes_nothing(tmp_path, monkeypatch, capsys, first, second,
+                                                                      code, words):
+    """Ctrl-C pressed twice (or a SIGTERM, then a Ctrl-C) while the run wound down raised a second
+    KeyboardInterrupt inside the handler of the first: no line said what the run kept, and a
+    SIGTERM ended with 130. Here the second signal comes while the handler reads the checkpoint."""
+    import typer
+
+    import cli
+    import runtime.checkpoint as C
+
+    run = tmp_path / "run"
+    run.mkdir()
+    C.save_checkpoint(str(run / "checkpoint.npz"), {"w": np.zeros(2, np.float32)}, {"step": 7})
+    real = C.load_checkpoint
+
+    def pressed_again(path):
+        os.kill(os.getpid(), second)
+        return real(path)
+
+    monkeypatch.setattr(C, "load_checkpoint", pressed_again)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with cli._stopped_by_signals("spec.yaml", str(run)):
+            os.kill(os.getpid(), first)
+            time.sleep(5)  # (the handler raises at once)
+        ended = "not stopped"
+    except typer.Exit as e:
+        ended = e.exit_code
+    except KeyboardInterrupt as e:
+        ended = repr(e)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert ended == code
+    assert f"error: training stopped by {words}; {run} keeps its checkpoint of step 7" in " ".join(
+        capsys.readouterr().err.split())
+
+
 @pytest.mark.parametrize("limit", ["MAX_UNPACKED_BYTES", "RATIO_CHECKED_ABOVE"])
 def test_npz_decompression_bomb_is_refused_before_unpacking(tmp_path, monkeypatch, limit):
     """Zeros pack about a thousandfold; with the limits scaled down, 16 MiB stands in for a bomb."""
