@@ -397,7 +397,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
     device = pick_device(opts.device)
     fresh = not os.path.exists(run_dir_of(spec, opts))
     run_dir = prepare_run_dir(spec, opts)
-    with _removed_if_left_empty(run_dir, fresh), run_lock(run_dir):
+    # (the lock first: a run that finds another process training there removes nothing of its)
+    with run_lock(run_dir), _removed_if_left_empty(run_dir, fresh):
         for directory in (run_dir, os.path.join(run_dir, "graphs")):  # of a process killed while writing
             remove_stale_temporaries(directory)
         ckpt_path = os.path.join(run_dir, CHECKPOINT)

@@ -669,3 +669,29 @@ def test_a_resume_removes_the_temporary_of_a_graph_write_that_was_killed(tmp_pat
         left.write_bytes(b"half a file")
     train(_spec(REGRESSION, tmp_path), resume=True, **{**opts, "steps": 3})
     assert not [p for p in (tmp_path / "run").rglob(".tmp-*")]
+
+
+def test_a_run_that_loses_the_race_for_a_new_run_directory_leaves_it_to_the_winner(tmp_path, data, monkeypatch):
+    """Two trainings started at once into one new run directory both found it new; the one that
+    did not get the lock removed the directory as its own empty leftover, under the other,
+    which then failed to write its run ('No such file or directory')."""
+    import fcntl
+
+    import runtime.train as T
+
+    real, holder = T.prepare_run_dir, []
+
+    def raced(spec, opts):
+        run_dir = real(spec, opts)
+        holder.append(open(os.path.join(run_dir, ".lock"), "w"))  # the other process, a moment sooner
+        fcntl.flock(holder[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return run_dir
+
+    monkeypatch.setattr(T, "prepare_run_dir", raced)
+    try:
+        with pytest.raises(FlowgradError, match="another flowgrad process is training in"):
+            train(_spec(REGRESSION, tmp_path), run_dir=str(tmp_path / "new"), data=data, steps=1, threads=1, device="cpu")
+        assert os.path.exists(tmp_path / "new" / ".lock")
+    finally:
+        for f in holder:
+            f.close()
