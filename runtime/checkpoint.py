@@ -155,7 +155,8 @@ DAMAGED = ("the file is truncated or corrupted: pass the run's other checkpoint 
            "best or last), or train anew with --overwrite")
 
 
-def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
+def load_checkpoint(path: str, damaged: str = DAMAGED) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, record) of a checkpoint; `damaged`: the hint for one that is truncated or corrupted."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -164,7 +165,7 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
     except OSError:
         magic = None  # (missing: said below)
     if magic == b"":
-        raise DataError(f"checkpoint {path} is empty", hint=DAMAGED)
+        raise DataError(f"checkpoint {path} is empty", hint=damaged)
     if magic is not None and magic != b"PK\x03\x04":  # every .npz is a zip archive
         raise DataError(f"{path} is not a checkpoint: not the .npz archive that flowgrad train writes",
                         hint="pass a run directory, or its checkpoint.npz or best.npz"
@@ -183,5 +184,5 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"checkpoint {path} is unreadable ({e})", hint=DAMAGED) from None
+        raise DataError(f"checkpoint {path} is unreadable ({e})", hint=damaged) from None
     return state, meta

@@ -405,7 +405,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         state, meta, warm_start = None, {}, None
         dtype = opts.dtype
         if opts.resume:  # read first: the run's seed orders and splits the data
-            state, meta = load_checkpoint(ckpt_path)
+            state, meta = load_checkpoint(ckpt_path, _damaged_hint(run_dir))
             # what the run was trained on and in: without it, the checks below could not refuse a
             # resume on other data or in another float type
             info = read_run_info(run_dir, hint="a resume reads the run's data and float type from it: restore it, "
@@ -689,6 +689,18 @@ def _check_options(opts: TrainOptions) -> None:
                             hint='e.g. freeze=["W1", "b1"] (globs such as "enc_*" too)')
     check_seed(opts.seed)
     check_dtype(opts.dtype)
+
+
+def _damaged_hint(run_dir: str) -> str:
+    """What to do when the checkpoint a resume reads is damaged. Not --overwrite while the run has
+    a best.npz: that removes it. best.npz is a whole checkpoint of its epoch (its step, data
+    position, history and optimizer state), so a resume from it replays the epochs after it."""
+    best = os.path.join(run_dir, BEST)
+    if not os.path.exists(best):
+        return "the file is truncated or corrupted: train anew with --overwrite"
+    return (f"the file is truncated or corrupted; {best} is a checkpoint too: copy it over "
+            f"{os.path.join(run_dir, CHECKPOINT)} and --resume to go on from its epoch, or start a new run from it "
+            f"with --init-from {best} --run-dir NEW_DIR (--overwrite would remove it)")
 
 
 def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int:

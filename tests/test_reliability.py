@@ -536,6 +536,28 @@ def test_a_resume_or_warm_start_from_a_run_whose_run_json_is_damaged_is_one_line
         assert f"{run / 'run.json'} is" in error_line(result) and "malformed" in error_line(result)
 
 
+def test_a_damaged_last_checkpoint_points_a_resume_at_best_npz_not_at_overwrite(tmp_path):
+    """A resume from a damaged checkpoint.npz hinted 'train anew with --overwrite', which removes
+    the run's best.npz, whole and the run's best. Now the hint says best.npz is a checkpoint too,
+    and resumed from it (here the first epoch's: early stopping keeps the largest loss) the run
+    replays the epochs after it exactly."""
+    worst_is_best = ["--set", "train.early_stopping={metric: valid_loss, mode: max, patience: 100}", "--epochs", "4"]
+    _train_in_process(tmp_path, "ref", *worst_is_best)
+    run = tmp_path / "run"
+    _train_in_process(tmp_path, "run", *worst_is_best)
+    assert load_checkpoint(str(run / "best.npz"))[1]["epoch"] == 1
+    _damage("truncated", run / "checkpoint.npz")
+    result = _train_in_process(tmp_path, "run", "--resume", *worst_is_best, code=1)
+    assert f"checkpoint {run / 'checkpoint.npz'} is unreadable" in error_line(result)
+    hint = " ".join(result.output.split())
+    assert f"{run / 'best.npz'} is a checkpoint too: copy it over {run / 'checkpoint.npz'} and --resume" in hint
+    assert "--overwrite would remove it" in hint
+    (run / "checkpoint.npz").write_bytes((run / "best.npz").read_bytes())
+    _train_in_process(tmp_path, "run", "--resume", *worst_is_best)
+    same_state(tmp_path / "ref" / "checkpoint.npz", run / "checkpoint.npz")
+    assert timeless(run / "metrics.jsonl") == timeless(tmp_path / "ref" / "metrics.jsonl")
+
+
 def test_a_resume_on_other_examples_is_refused(tmp_path):
     """A resume with another validation split (--valid, or the spec's valid edited) went on
     silently: the checkpoint's data position pointed into other examples, and the run trained
