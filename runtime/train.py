@@ -465,6 +465,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed)
             _check_vocabulary(opts.init_from, train_ds.meta, "--init-from")
+        if stopping:  # now, not after an epoch: an --overwrite has not yet removed the run it replaces
+            _check_stopping_metric(spec, reported_names(cm, valid_ds is not None))
         trainer = Trainer(cm, device, opts.threads, state, seed, cuda_graphs=opts.cuda_graphs)
         _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed=bool(meta), warm_start=warm_start)
 
@@ -626,10 +628,8 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 epoch += 1
                 # "best" follows the early-stopping metric, else the validation (or training) loss.
                 key = stopping["metric"] if stopping else ("valid_loss" if "valid_loss" in record else "train_loss")
-                if key not in record and stopping:
-                    raise FlowgradError(f"early_stopping metric {key!r} is not reported",
-                                        spec.locate("train", "early_stopping", "metric"),
-                                        f"reported: {', '.join(k for k in record if k not in ('epoch', 'step', 'seconds'))}")
+                if stopping:
+                    _check_stopping_metric(spec, [k for k in record if k not in ("epoch", "step", "seconds")])
                 mode = stopping.get("mode", "min") if stopping else "min"
                 better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
                 # NaN compares false with everything: a NaN record is never better, and any number
@@ -652,6 +652,26 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                              history[-1] if history else {}, best, history, stopped, warm_start)
         atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode())
         return result
+
+
+def reported_names(cm: CompiledModel, validated: bool) -> list[str]:
+    """The numbers an epoch's record reports: each objective's training loss and metrics (named
+    by objective where there are several), and with validation data the eval graph's."""
+    names = []
+    for name in dict.fromkeys(cm.schedule):
+        graph = cm.graphs["train" if name == "main" else f"train_{name}"]
+        names += [f"train_{o.name if len(cm.schedule) == 1 else f'{name}/{o.name}'}"
+                  for o in graph.outputs if o.role in ("loss", "metric")]
+    if validated and "eval" in cm.graphs:
+        names += [f"valid_{o.name}" for o in cm.graphs["eval"].outputs if o.role in ("loss", "metric")]
+    return names
+
+
+def _check_stopping_metric(spec: S.Spec, reported: list[str]) -> None:
+    metric = spec.train["early_stopping"]["metric"]
+    if metric not in reported:
+        raise FlowgradError(f"early_stopping metric {metric!r} is not reported",
+                            spec.locate("train", "early_stopping", "metric"), f"reported: {', '.join(reported)}")
 
 
 def check_steps_per_call(spec: S.Spec, steps_per_call: int) -> None:

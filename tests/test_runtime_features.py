@@ -695,3 +695,16 @@ def test_a_run_that_loses_the_race_for_a_new_run_directory_leaves_it_to_the_winn
     finally:
         for f in holder:
             f.close()
+
+
+def test_an_early_stopping_metric_that_is_not_reported_is_refused_before_anything_is_removed(tmp_path, data):
+    """A misspelled early_stopping metric was found only when the first epoch ended: an
+    --overwrite had by then removed the run it replaced, and the epoch's training was lost too."""
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=2, threads=1, device="cpu")
+    train(_spec(REGRESSION, tmp_path), **opts)
+    kept = {name: (tmp_path / "run" / name).read_bytes() for name in ("checkpoint.npz", "best.npz")}
+    misspelled = REGRESSION + "  early_stopping: {metric: valid_los, mode: min, patience: 2}\n"
+    with pytest.raises(FlowgradError, match="early_stopping metric 'valid_los' is not reported") as e:
+        train(_spec(misspelled, tmp_path), overwrite=True, valid="0.25", **opts)
+    assert e.value.hint == "reported: train_loss, valid_loss"
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in kept} == kept
