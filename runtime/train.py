@@ -963,8 +963,8 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, w
     if not resumed:
         # a run started over (--overwrite): the old run's checkpoints go with its spec and graphs,
         # else a stop before the first new checkpoint left them beside the new run's files, for
-        # --resume or export to take as this run's
-        for name in (CHECKPOINT, BEST, BEST_BEFORE_PARTIAL):
+        # --resume or export to take as this run's (and its result.json, for a script to read)
+        for name in (CHECKPOINT, BEST, BEST_BEFORE_PARTIAL, "result.json"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(run_dir, name))
     _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"))

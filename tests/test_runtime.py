@@ -195,7 +195,8 @@ def test_export_refuses_a_checkpoint_whose_shapes_differ_from_the_runs_graphs(tm
 def test_a_run_started_over_and_stopped_before_its_first_checkpoint_keeps_no_old_one(tmp_path, monkeypatch):
     """--overwrite replaced spec.yaml, run.json and the graphs at once but left the old run's
     checkpoints until the new run wrote its own: stopped before that, --resume went on from the
-    old weights under the new run's record. The old checkpoints now go with the old files."""
+    old weights under the new run's record. The old checkpoints now go with the old files, and
+    so does the old result.json (its final and best numbers read as the new run's)."""
     import runtime.trainer
 
     run_dir = str(tmp_path / "r")
@@ -209,6 +210,7 @@ def test_a_run_started_over_and_stopped_before_its_first_checkpoint_keeps_no_old
         train(load(MLP, SMALL), run_dir=run_dir, epochs=1, threads=1, device="cpu", overwrite=True, seed=4)
     monkeypatch.undo()
     assert not (tmp_path / "r" / "checkpoint.npz").exists() and not (tmp_path / "r" / "best.npz").exists()
+    assert not (tmp_path / "r" / "result.json").exists()
     with pytest.raises(FlowgradError, match="nothing to resume"):
         train(load(MLP, SMALL), run_dir=run_dir, epochs=1, threads=1, device="cpu", resume=True)
 
