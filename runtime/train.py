@@ -327,12 +327,15 @@ def run_dir_of(spec: S.Spec, opts: TrainOptions) -> str:
 
 def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
     run_dir = run_dir_of(spec, opts)
-    ckpt = os.path.join(run_dir, CHECKPOINT)
-    if os.path.exists(ckpt) and not opts.resume and not opts.overwrite:
+    ckpt, best = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
+    # best.npz alone is a run too: one killed between the first epoch's two writes (best first)
+    if (os.path.exists(ckpt) or os.path.exists(best)) and not opts.resume and not opts.overwrite:
         raise FlowgradError(f"{run_dir} already holds a run (its checkpoint would be lost)",
                             hint="continue it with --resume, start over with --overwrite, or pick --run-dir")
     if opts.resume and not os.path.exists(ckpt):
-        raise FlowgradError(f"nothing to resume: no checkpoint in {run_dir}", hint="train without --resume first")
+        raise FlowgradError(f"nothing to resume: no checkpoint in {run_dir}", hint=(
+            f"{best} is a whole checkpoint of its epoch: copy it to {ckpt} and --resume to go on from there"
+            if os.path.exists(best) else "train without --resume first"))
     if os.path.isdir(run_dir) and not os.path.exists(os.path.join(run_dir, "run.json")) and not os.path.exists(ckpt):
         # not a run: files of these names are someone else's (a project's spec.yaml, say), and
         # the run would write over them

@@ -558,6 +558,38 @@ def test_a_damaged_last_checkpoint_points_a_resume_at_best_npz_not_at_overwrite(
     assert timeless(run / "metrics.jsonl") == timeless(tmp_path / "ref" / "metrics.jsonl")
 
 
+def test_a_run_stopped_between_its_first_best_and_checkpoint_writes_keeps_its_best(tmp_path, monkeypatch):
+    """best.npz is written before the checkpoint of its epoch: stopped between the two in the
+    first epoch, a run dir held best.npz alone, and a train into it without --overwrite took it
+    for new and removed that best.npz; --resume said only 'train without --resume first'."""
+    import runtime.train as T
+
+    args = ("--epochs", "2", "--checkpoint-every", "0")
+    _train_in_process(tmp_path, "ref", *args)
+    real = T.atomic_write
+
+    def stopped_before_the_checkpoint(path, data, hint=None):
+        if path.endswith("checkpoint.npz"):
+            raise KeyboardInterrupt
+        return real(path, data, hint)
+
+    monkeypatch.setattr(T, "atomic_write", stopped_before_the_checkpoint)
+    _train_in_process(tmp_path, "run", *args, code=130)
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    best = (run / "best.npz").read_bytes()
+    assert not (run / "checkpoint.npz").exists()
+    result = _train_in_process(tmp_path, "run", *args, code=1)
+    assert f"{run} already holds a run" in error_line(result)
+    result = _train_in_process(tmp_path, "run", *args, "--resume", code=1)
+    assert f"{run / 'best.npz'} is a whole checkpoint of its epoch: copy it to {run / 'checkpoint.npz'}" in \
+        " ".join(result.output.split())
+    assert (run / "best.npz").read_bytes() == best
+    (run / "checkpoint.npz").write_bytes(best)
+    _train_in_process(tmp_path, "run", *args, "--resume")
+    same_state(tmp_path / "ref" / "checkpoint.npz", run / "checkpoint.npz")
+
+
 def test_a_resume_on_other_examples_is_refused(tmp_path):
     """A resume with another validation split (--valid, or the spec's valid edited) went on
     silently: the checkpoint's data position pointed into other examples, and the run trained
