@@ -4,13 +4,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from typing import Annotated, Optional
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+# Ctrl-C while the imports below load ended in a traceback of whichever module was loading
+_ctrl_c = signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+signal.signal(signal.SIGINT, _ctrl_c)
 
 app = typer.Typer(
     name="flowgrad",
@@ -78,8 +83,6 @@ def _stopped_by_signals(spec_path: str, run_dir: str):
     """Ctrl-C or SIGTERM during training ends with one line saying what the run directory
     keeps and how to go on (exit 130 or 143, as a shell reports those signals). Checkpoints
     are written to a temporary file and renamed, so they are whole at any moment."""
-    import signal
-
     def stop_once(signum, frame):
         # one stop is enough: a second signal while the run winds down (Ctrl-C pressed twice) cut
         # off the line below and ended with 130 for a SIGTERM; the process ends ignoring them

@@ -877,6 +877,24 @@ def test_a_second_signal_while_a_stopped_run_winds_down_changes_nothing(tmp_path
         capsys.readouterr().err.split())
 
 
+def test_ctrl_c_while_the_command_line_starts_is_no_traceback():
+    """Ctrl-C in the first moments of any flowgrad command, while cli.py's imports load, ended in
+    a KeyboardInterrupt traceback through typer's or rich's modules. Here it comes while
+    rich.table is being imported."""
+    pressed = (
+        "import os, signal, sys\n"
+        "class Press:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'rich.table':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Press())\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import cli\n"
+        "print('not stopped')\n")
+    result = subprocess.run([sys.executable, "-c", pressed], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "")
+
+
 @pytest.mark.parametrize("limit", ["MAX_UNPACKED_BYTES", "RATIO_CHECKED_ABOVE"])
 def test_npz_decompression_bomb_is_refused_before_unpacking(tmp_path, monkeypatch, limit):
     """Zeros pack about a thousandfold; with the limits scaled down, 16 MiB stands in for a bomb."""
