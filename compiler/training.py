@@ -141,6 +141,9 @@ class CompiledModel:
     compile_seconds: float = 0.0
     # data input -> (exclusive upper bound of its values, what it indexes, "{}" for the bound): checked before training
     index_bounds: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # lengths input -> the sequence whose rows' steps it counts (see length_bounds): checked before training
+    # and kept in the manifest, whence export hands it to predict
+    length_bounds: dict[str, dict] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- state
     def state_specs(self, objective: Objective) -> list[tuple[str, tuple]]:
@@ -185,6 +188,7 @@ class CompiledModel:
             },
             "schedule": self.schedule,
             "generate": dict(self.spec.generate),
+            "lengths": self.length_bounds,
             "graphs": {
                 k: {
                     "file": f"{k}.onnx",
@@ -764,6 +768,74 @@ def index_bounds(g: Graph) -> dict[str, tuple[int, str]]:
     return bounds
 
 
+def length_bounds(spec: S.Spec, g: Graph) -> dict[str, dict]:
+    """Integer data inputs that count the steps of a sequence's rows, each with that sequence:
+    {lengths input: {"of": the data input, "axis": its time axis, "least": 0 or 1}}. The spec
+    ties them where it compares steps with lengths, `positions(x, axis=k) < lengths` (the mask
+    that lengths= of rnn, lstm, gru and bidirectional builds, or one written out so); the
+    bound is the size of that axis of x, found on the data input x is computed from. A length
+    above it would be taken as all the steps, without a word. A row of no steps is refused
+    (least 1) where its mask reaches an attention, whose softmax would then weigh the padding."""
+    inputs = {gi.value.id: name for name, gi in g.inputs.items() if gi.kind == "input"}
+    passthrough = {"unsqueeze", "squeeze", "reshape", "identity", "cast"}
+
+    def through(v):
+        while v.id not in inputs and v.producer is not None and v.producer.op.name in passthrough:
+            v = v.producer.inputs[0]
+        return v
+
+    def sequence_input(v, axis):
+        """The data input, and its axis, of the size `v` has at `axis` (itself, or one it is computed from)."""
+        size, todo, seen = v.shape[axis], [v], set()
+        while todo:
+            v = todo.pop(0)
+            if v.id in inputs:  # (axis 0 of a data input is its examples)
+                at_axis = [i for i, d in enumerate(v.shape) if i and d == size]
+                if at_axis:
+                    return inputs[v.id], at_axis[0]
+            elif v.producer is not None and v.id not in seen:
+                seen.add(v.id)
+                todo += v.producer.inputs
+        return None
+
+    attended = _attention_mask_inputs(spec)
+    bounds: dict[str, dict] = {}
+    for node in g.nodes:
+        if node.op.name not in ("lt", "gt"):
+            continue
+        steps, lengths = (through(v) for v in (node.inputs if node.op.name == "lt" else reversed(node.inputs)))
+        if steps.producer is None or steps.producer.op.name != "positions" or lengths.id not in inputs:
+            continue
+        x = steps.producer.inputs[0]
+        found = sequence_input(x, steps.producer.attrs.get("axis", 0) % x.rank)
+        name = inputs[lengths.id]
+        if found is not None and name not in bounds:  # (one sequence per lengths input: the first compared)
+            bounds[name] = {"of": found[0], "axis": found[1], "least": 1 if name in attended else 0}
+    return bounds
+
+
+def _attention_mask_inputs(spec: S.Spec) -> set[str]:
+    """The data inputs an attention's mask (additive_attention's or dot_attention's) is computed
+    from, through graph entries, the blocks' included."""
+    from .lower import names_in
+
+    entries = {t: a.expr for a in [*spec.graph, *(b for k in spec.blocks.values() for b in k.graph)]
+               for t in a.targets}
+    exprs = [*entries.values()] + [a.expr for a in [spec.loss, *spec.metrics, *spec.outputs] if a]
+    todo = [c.kwargs.get("mask", c.args[3] if len(c.args) > 3 else None) for e in exprs for c in _subexprs(e)
+            if isinstance(c, S.Call) and c.func in ("additive_attention", "dot_attention")]
+    found, seen = set(), set()
+    while todo:
+        e = todo.pop()
+        for name in names_in(e) if e is not None else ():
+            if name in spec.inputs:
+                found.add(name)
+            elif name in entries and name not in seen:
+                seen.add(name)
+                todo.append(entries[name])
+    return found
+
+
 def unused_entries(spec: S.Spec) -> list[SpecWarning]:
     """A warning for each graph entry that no loss, metric, output, objective or generate section
     needs, directly or through other entries and blocks: located at the entry."""
@@ -808,14 +880,23 @@ def unused_entries(spec: S.Spec) -> list[SpecWarning]:
 
 def _blocks_called(e, spec: S.Spec) -> list[str]:
     """Blocks an expression runs: scan(block, ...) or block(...)."""
-    out, stack = [], [e]
-    while stack:
-        x = stack.pop()
+    out = []
+    for x in _subexprs(e):
         if isinstance(x, S.Call):
             if x.func in spec.blocks:
                 out.append(x.func)
             if x.func == "scan" and x.args and isinstance(x.args[0], S.Name):
                 out.append(x.args[0].id)
+    return out
+
+
+def _subexprs(e):
+    """An expression and every expression in it."""
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        yield x
+        if isinstance(x, S.Call):
             stack += [*x.args, *x.kwargs.values()]
         elif isinstance(x, (S.BinOp, S.Compare)):
             stack += [x.left, x.right]
@@ -827,7 +908,6 @@ def _blocks_called(e, spec: S.Spec) -> list[str]:
             stack += x.items
         elif isinstance(x, S.Slice):
             stack += [p for p in (x.start, x.stop, x.step) if p is not None]
-    return out
 
 
 def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = True,
@@ -845,7 +925,8 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
                                 f"parameters: {', '.join(check.params)}")
         for o in objectives:
             o.frozen = list(frozen)
-    cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph))
+    cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph),
+                       length_bounds=length_bounds(spec, check.graph))
     for obj in objectives:
         suffix = "" if obj.name == "main" else f"_{obj.name}"
         _check_float_type(spec, obj, dtype)

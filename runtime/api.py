@@ -134,7 +134,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
         ds = D.load_npz(data, None, spec.inputs)
     needed = needed_inputs(cm, ("eval",))
     dtypes = input_dtypes(cm)
-    D.check_against_spec(ds, spec, needed, data, cm.index_bounds, dtypes)
+    D.check_against_spec(ds, spec, needed, data, cm.index_bounds, dtypes, cm.length_bounds)
     ds = D.cast_for(D.only(ds, needed), dtypes)
     trainer = Trainer(cm, pick_device(device), threads, state, seed)
     try:

@@ -245,11 +245,12 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
 
 
 def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds: dict | None = None,
-                       dtypes: dict[str, str] | None = None) -> None:
+                       dtypes: dict[str, str] | None = None, length_bounds: dict | None = None) -> None:
     """Every input the graphs need is present, with the declared rank, dtype
     kind, fixed dims and equal lengths; float inputs are finite; ids and labels
     are below the size of what they index (`bounds`: CompiledModel.index_bounds);
-    values fit the dtype each array is cast to (`dtypes`: the graphs' input types)."""
+    values fit the dtype each array is cast to (`dtypes`: the graphs' input types);
+    sequence lengths are within their sequence's steps (`length_bounds`: CompiledModel's)."""
     from spec.errors import did_you_mean
 
     lengths = {}
@@ -313,6 +314,33 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
         odd = next(k for k, v in lengths.items() if v != lengths[first])
         raise DataError(f"{where}: array {odd!r} has {lengths[odd]} examples, but array {first!r} has {lengths[first]}",
                         spec.inputs[odd].loc, "every array holds one entry per example, along its first dim")
+    check_lengths(ds.arrays, {k: b for k, b in (length_bounds or {}).items() if k in needed and b["of"] in needed},
+                  where, {k: spec.inputs[k].loc for k in needed})
+
+
+def check_lengths(arrays: dict[str, np.ndarray], lengths: dict, where: str, locs: dict | None = None,
+                  what: str = "array") -> None:
+    """Each lengths array counts steps of its sequence's rows (`lengths`: CompiledModel.length_bounds,
+    or an exported model's): from its least (0, or 1 where an attention reads the mask) to the size
+    of the sequence array's time axis. The graphs take any larger one as all the steps, without a word."""
+    for name, b in lengths.items() if isinstance(lengths, dict) else ():
+        if not (isinstance(b, dict) and isinstance(b.get("of"), str) and type(b.get("axis")) is int
+                and type(b.get("least")) is int):  # (an exported model may come from anyone)
+            continue
+        if name not in arrays or b["of"] not in arrays or not 0 < b["axis"] < arrays[b["of"]].ndim:
+            continue
+        a, steps, least = arrays[name], arrays[b["of"]].shape[b["axis"]], int(b["least"])
+        bad = np.flatnonzero((a > steps) | (a < least)) if a.ndim == 1 else []
+        if len(bad):
+            i, value = int(bad[0]), a[bad[0]].item()
+            within = f"a length counts the steps of its example's row of {b['of']} before the padding: {least} to {steps}"
+            if value > steps:
+                raise DataError(f"{where}: {what} {name!r} holds the length {value} at example {i}, beyond the {steps} "
+                                f"steps of {what} {b['of']!r} (its dim {b['axis']})", (locs or {}).get(name), within)
+            why = (f"every row of {b['of']!r} needs at least 1 step: an attention reads the mask made from it"
+                   if least else "a length counts steps, 0 or more")
+            raise DataError(f"{where}: {what} {name!r} holds the length {value} at example {i}, but {why}",
+                            (locs or {}).get(name), f"{within}; drop the examples without steps")
 
 
 def check_fits(a: np.ndarray, dtype: str | None, name: str, where: str, loc) -> None:

@@ -15,7 +15,7 @@ from spec.errors import DataError, ExportArgumentError, ExportError, FlowgradErr
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
-from .data import check_fits
+from .data import check_fits, check_lengths
 from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
@@ -64,6 +64,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         params = manifest["params"]
         roles = {n: (params[n] or {}).get("kind") for n in params}
         str(manifest["name"])
+        lengths = dict(manifest.get("lengths") or {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ExportError(f"{manifest_path} is unreadable or malformed ({type(e).__name__}: {e})",
                           hint="export a run directory that 'flowgrad train' wrote") from None
@@ -90,6 +91,11 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     }
     for k, v in (run_info.get("meta") or {}).items():
         props[f"flowgrad.{k}"] = json.dumps(v)
+    names = {i.name for i in kept}  # the sequences' lengths, for predict to check (see CompiledModel.length_bounds)
+    lengths = {k: b for k, b in lengths.items()
+               if k in names and isinstance(b, dict) and isinstance(b.get("of"), str) and b["of"] in names}
+    if lengths:
+        props["flowgrad.lengths"] = json.dumps(lengths)
     if graph == "generate":
         for k, v in (manifest.get("generate") or {}).items():
             props[f"flowgrad.generate.{k}"] = json.dumps(v)
@@ -268,7 +274,9 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
                     raise DataError(f"{model_path}: input {name!r} has {expected} = {got} in dim {i}, but input "
                                     f"{first[1]!r} has {expected} = {first[0]}", hint="every input holds the same examples")
         fixed[name] = a
-    _check_decoder_inputs(fixed, model_metadata(model))
+    meta = model_metadata(model)
+    check_lengths(fixed, meta.get("lengths") or {}, model_path, what="input")
+    _check_decoder_inputs(fixed, meta)
     try:
         outs = sess.run(None, fixed)
     except ORT_ERRORS as e:
@@ -296,7 +304,8 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
             if ids.min() < 0 or ids.max() >= n:
                 raise DataError(f"input {name!r} holds token ids from {ids.min()} to {ids.max()}, "
                                 f"but the vocabulary has {n} tokens (0 to {n - 1})", hint=f"map the text to ids with the model's own vocabulary, 0 to {n - 1}")
-    if "src_len" in feeds and "src" in feeds and feeds["src_len"].size:
+    # (a model exported before models said which input counts which sequence's steps, see check_lengths)
+    if "src_len" in feeds and "src" in feeds and feeds["src_len"].size and "lengths" not in meta:
         width, lengths = feeds["src"].shape[-1], feeds["src_len"]
         if lengths.min() < 1 or lengths.max() > width:
             raise DataError(f"input 'src_len' holds lengths from {lengths.min()} to {lengths.max()}, "

@@ -146,13 +146,13 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
                         "add train: {data: {dataset: digits}} or pass --data train.npz")
     needed = needed_inputs(cm)
     dtypes = input_dtypes(cm)
-    D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes)
+    D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes, cm.length_bounds)
     train_ds = D.only(train_ds, needed)
     test = spec_test(spec)
     if isinstance(test, str):  # a held-out file: checked now (what eval reads), evaluated with flowgrad eval --data
         test_path = beside_spec(spec, test)
         D.check_against_spec(D.load_npz(test_path, spec.locate("train", "data", "test"), spec.inputs), spec,
-                             needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes)
+                             needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes, cm.length_bounds)
     valid_name = "--valid" if opts.valid is not None else "valid"  # (the errors name the one the user gave)
     if isinstance(test, float) and test:
         valid = source["valid"]  # (the spec's, or --valid's)
@@ -166,7 +166,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     valid_ds = None
     if isinstance(valid_cfg, str):
         valid_ds = D.load_npz(valid_cfg, None if opts.valid is not None else loc, spec.inputs)
-        D.check_against_spec(valid_ds, spec, needed, valid_cfg, cm.index_bounds, dtypes)
+        D.check_against_spec(valid_ds, spec, needed, valid_cfg, cm.index_bounds, dtypes, cm.length_bounds)
         valid_ds = D.only(valid_ds, needed)
         train_ds, _ = split_like_training(train_ds, spec, None, seed)
     else:
@@ -231,7 +231,7 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel) -> 
         raise DataError(f"{run_dir}: its run.json does not say where its data came from", hint=hint)
     ds = D.only(ds, needed_inputs(cm))
     dtypes = input_dtypes(cm)
-    D.check_against_spec(ds, spec, needed_inputs(cm), where, cm.index_bounds, dtypes)
+    D.check_against_spec(ds, spec, needed_inputs(cm), where, cm.index_bounds, dtypes, cm.length_bounds)
     valid = source.get("valid")
     trained, _ = split_like_training(ds, spec, None if isinstance(valid, str) else valid, seed)
     if "data_hash" not in info:  # a run.json written before runs recorded it

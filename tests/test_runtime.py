@@ -994,3 +994,89 @@ def test_a_run_on_an_older_bundled_dataset_is_told_the_dataset_changed(tmp_path)
         train(spec, run_dir=run, steps=3, threads=1, device="cpu", resume=True)
     with pytest.raises(DataError, match="has changed since .* was trained on it"):
         evaluate_run(run, device="cpu")
+
+
+TAGGER = """
+flowgrad: 1
+name: tagger
+dims: {V: 7, E: 4, H: 5, K: 2}
+inputs:
+  x: {shape: [N, T], dtype: int64}
+  len: {shape: [N], dtype: int64}
+  y: {shape: [N, T], dtype: int64}
+graph:
+  mask: cast(unsqueeze(positions(x, axis=1), axes=0) < unsqueeze(len, axes=1), 'float32')
+  hs: gru(embedding(x, V, E), H, lengths=len)
+  logits: dense(hs, K)
+outputs:
+  tags: argmax(logits, axis=-1)
+loss: sum(cross_entropy(logits, y, reduction='none') * mask) / sum(mask)
+train: {optimizer: {adam: {lr: 0.01}}, batch_size: 4, epochs: 1}
+"""
+
+
+def test_lengths_beyond_their_sequences_are_refused_in_train_eval_and_predict(tmp_path):
+    """A length above the steps of the sequence it counts was taken as all of them, without a word,
+    by training, eval and predict alike: each refuses it, naming the array, the example, the
+    value and the sequence's time axis."""
+    from runtime.api import evaluate_run
+
+    (tmp_path / "tagger.yaml").write_text(TAGGER)
+    spec = load(str(tmp_path / "tagger.yaml"))
+    rng = np.random.default_rng(0)
+    x, y, lengths = rng.integers(0, 7, (12, 6)), rng.integers(0, 2, (12, 6)), rng.integers(0, 7, 12)
+    np.savez(tmp_path / "good.npz", x=x, y=y, len=lengths)
+    long = lengths.copy()
+    long[[3, 8]] = 40, 7
+    np.savez(tmp_path / "long.npz", x=x, y=y, len=long)
+    message = r"long.npz: array 'len' holds the length 40 at example 3, beyond the 6 steps of array 'x' \(its dim 1\)"
+    with pytest.raises(DataError, match=message) as e:
+        train(spec, run_dir=str(tmp_path / "bad"), data=str(tmp_path / "long.npz"), epochs=1)
+    assert e.value.loc.line == 7 and "0 to 6" in e.value.hint  # at the declaration of len
+    train(spec, run_dir=str(tmp_path / "run"), data=str(tmp_path / "good.npz"), epochs=1, threads=1, device="cpu")
+    with pytest.raises(DataError, match=message):
+        evaluate_run(str(tmp_path / "run"), str(tmp_path / "long.npz"), threads=1, device="cpu")
+    export(str(tmp_path / "run"), str(tmp_path / "tagger.onnx"))
+    assert predict(str(tmp_path / "tagger.onnx"), {"x": x, "len": lengths})["tags"].shape == (12, 6)
+    with pytest.raises(DataError, match=r"input 'len' holds the length 40 at example 3, beyond the 6 steps of input 'x'"):
+        predict(str(tmp_path / "tagger.onnx"), {"x": x, "len": long})
+    # a model from someone else may say anything there: what is not such a record is not read as one
+    model = onnx.load(str(tmp_path / "tagger.onnx"))
+    for odd in ('{"len": 3}', '{"len": {"of": ["x"], "axis": 1, "least": 0}}', '[1]', '{"len": {"of": "x", "axis": 9, "least": 0}}'):
+        next(p for p in model.metadata_props if p.key == "flowgrad.lengths").value = odd
+        onnx.save(model, str(tmp_path / "odd.onnx"))
+        assert predict(str(tmp_path / "odd.onnx"), {"x": x, "len": lengths})["tags"].shape == (12, 6)
+
+
+@pytest.mark.parametrize("graph, bounds", [
+    # lengths= of a recurrent layer ties len to the axis of x its embedding's steps come from
+    ("hs: gru(embedding(x, V, E), H, lengths=len)", {"len": {"of": "x", "axis": 1, "least": 0}}),
+    ("hs: bidirectional(lstm, embedding(x, V, E), H, lengths=len)", {"len": {"of": "x", "axis": 1, "least": 0}}),
+    # a mask written out (here the other way round)
+    ("hs: embedding(x, V, E) * unsqueeze(cast(unsqueeze(len, axes=1) > unsqueeze(positions(x, axis=1), axes=0), "
+     "'float32'), axes=-1)", {"len": {"of": "x", "axis": 1, "least": 0}}),
+    # read otherwise, len counts nothing the spec says: no bound
+    ("hs: embedding(x, V, E) * unsqueeze(unsqueeze(cast(len, 'float32'), axes=1), axes=-1)", {}),
+])
+def test_length_bounds_come_from_what_the_spec_compares_lengths_with(graph, bounds):
+    from compiler.training import check_spec, length_bounds
+
+    spec = load(TAGGER.replace("  hs: gru(embedding(x, V, E), H, lengths=len)", "  " + graph)
+               .replace("  mask: cast(unsqueeze(positions(x, axis=1), axes=0) < unsqueeze(len, axes=1), 'float32')\n", "")
+               .replace(" * mask) / sum(mask)", ")"))
+    assert length_bounds(spec, check_spec(spec, objectives=False).graph) == bounds
+
+
+def test_lengths_an_attention_reads_are_at_least_1(tmp_path):
+    """A source of no steps masks every position of its attention, whose softmax then weighs the
+    padding alone: where an attention's mask is made from the lengths, 0 is refused too."""
+    from compiler.training import check_spec, length_bounds
+
+    spec = load(os.path.join(ROOT, "models", "reverse_attention.yaml"))
+    bounds = length_bounds(spec, check_spec(spec, objectives=False).graph)
+    assert bounds == {"src_len": {"of": "src", "axis": 1, "least": 1}}
+    src = np.ones((3, 5), np.int64)
+    with pytest.raises(DataError, match=r"d.npz: array 'src_len' holds the length 0 at example 1, but every row of "
+                                        r"'src' needs at least 1 step: an attention reads the mask made from it"):
+        D.check_lengths({"src": src, "src_len": np.array([5, 0, 2])}, bounds, "d.npz")
+    D.check_lengths({"src": src, "src_len": np.array([5, 1, 2])}, bounds, "d.npz")
