@@ -89,8 +89,10 @@ def did_you_mean(word: str, choices) -> str | None:
     """A 'did you mean ...?' hint, or None when nothing is close."""
     import difflib
 
-    choices = list(choices)
+    choices = list(dict.fromkeys(choices))  # (a block's names and the spec's may repeat one)
     close = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    if len(word) == 2:  # 'h3' for 'h2' keeps half the letters of the name, which no ratio takes for close
+        close += [c for c in choices if isinstance(c, str) and len(c) == 2 and c[0] == word[0] and c not in close][:3 - len(close)]
     if not close:  # a name in the other case: dims.h for H (one letter is never close by ratio)
         close = [c for c in choices if isinstance(c, str) and c.lower() == word.lower()]
     if not close:
