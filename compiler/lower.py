@@ -15,7 +15,7 @@ from spec import model as S
 from spec.errors import FlowgradError, Loc, ShapeError, SpecError, did_you_mean
 
 from .ir import Graph, Value, at, is_float
-from .registry import REQUIRED, all_ops, get_op
+from .registry import REQUIRED, all_ops, get_op, op_hint
 
 
 @dataclass
@@ -642,7 +642,7 @@ def get_op_at(e: S.Call):
         if e.func not in ops:
             choices = list(ops) + list(layers.LAYERS)
             raise SpecError(f"unknown op {e.func!r}", e.func_loc or e.loc,
-                            did_you_mean(e.func, choices) or "run 'flowgrad ops' to list the ops")
+                            op_hint(e.func, choices) or "run 'flowgrad ops' to list the ops")
         return ops[e.func]
 
 

@@ -167,7 +167,18 @@ def get_op(name: str) -> OpDef:
         return REGISTRY[name]
     except KeyError:
         raise SpecError(f"unknown op {name!r}", current_loc(),
-                        did_you_mean(name, REGISTRY) or "`flowgrad ops` lists the ops") from None
+                        op_hint(name, REGISTRY) or "`flowgrad ops` lists the ops") from None
+
+
+# Ops as papers and other libraries name them, whose spelling is far from flowgrad's name (act=rectifier,
+# as the Theano tutorials write it, is far from relu) or close to another op's (expit to exp).
+OTHER_NAMES = {"rectifier": "relu", "rectify": "relu", "logistic": "sigmoid", "expit": "sigmoid"}
+
+
+def op_hint(name: str, choices) -> str | None:
+    """'did you mean ...?' for an unknown op: the op it is another name of, else the close names among `choices`."""
+    other = OTHER_NAMES.get(str(name).lower())
+    return f"did you mean {other!r}?" if other else did_you_mean(name, choices)
 
 
 def all_ops() -> dict[str, OpDef]:
