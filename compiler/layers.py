@@ -75,11 +75,15 @@ class Layer:
         if not isinstance(act, str):
             raise SpecError(f"act must name an op such as relu, got {act!r}", e.kwarg_locs.get("act", e.loc),
                             "write the op's name without quotes, e.g. act=relu or act=tanh; `flowgrad ops` lists them")
-        from .lower import get_op_at
-        from spec.model import Call
+        from .registry import all_ops, op_hint
 
-        get_op_at(Call(loc=e.kwarg_locs.get("act", e.loc), func=act, args=[], kwargs={},
-                       func_loc=e.kwarg_locs.get("act", e.loc)))
+        ops = all_ops()  # (an op, not a layer: act=dense said "unknown op 'dense'", and suggested 'dense')
+        if act not in ops:
+            loc = e.kwarg_locs.get("act", e.loc)
+            if act in LAYERS:
+                raise SpecError(f"act= applies an op to the output, and {act} is a layer", loc,
+                                f"apply {act}(...) to this layer's output instead; act= takes an op such as relu")
+            raise SpecError(f"unknown op {act!r}", loc, op_hint(act, ops) or "run 'flowgrad ops' to list the ops")
         return low.graph.apply(act, y)
 
 
