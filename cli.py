@@ -135,11 +135,11 @@ def _shell(path: str) -> str:
 def _not_empty(**flags) -> None:
     """An option given as an empty string ('--data "$DATA"' with DATA unset) is an error: taken
     as not given, it trained on the spec's data, skipped --init-from, printed instead of -o."""
-    from spec.errors import FlowgradError
+    from spec.errors import FLAGS, FlowgradError
 
     for flag, value in flags.items():
         if value is not None and not str(value).strip():
-            name = "-o" if flag == "output" else "--" + flag.replace("_", "-")
+            name = FLAGS(flag)
             raise FlowgradError(f"{name} is empty", hint=f"give {name} a value, or leave it out")
 
 
@@ -333,6 +333,7 @@ def train(
 ):
     """Compile a spec and train it on its data, with progress, validation and checkpoints."""
     from runtime.train import TrainOptions, run_dir_of, train as run_training
+    from spec.errors import FLAGS
 
     with user_errors():
         _not_empty(run_dir=run_dir, data=data, valid=valid, init_from=init_from)
@@ -344,7 +345,7 @@ def train(
                             batch_size=batch_size, data=data, valid=valid, resume=resume, overwrite=overwrite,
                             init_from=init_from, freeze=list(freeze or []), accumulate=accumulate,
                             steps_per_call=steps_per_call, checkpoint_every=checkpoint_every, progress=not quiet,
-                            dtype=dtype, cuda_graphs=cuda_graphs)
+                            dtype=dtype, cuda_graphs=cuda_graphs, names=FLAGS)
         if not quiet:
             err.print(f"training [bold]{s.name}[/bold] on {_device_name(device)}")
         with _stopped_by_signals(spec, run_dir_of(s, opts)):

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from spec import model as S
-from spec.errors import GradientError, ShapeError, SpecError, SpecWarning
+from spec.errors import FLAGS, KEYWORDS, ArgNames, GradientError, ShapeError, SpecError, SpecWarning
 
 from .autodiff import grad
 from .emit import IR_VERSION, OPSET, emit_model
@@ -43,6 +43,7 @@ class Objective:
     l2: float
     loc: Any = None
     frozen: list[str] = field(default_factory=list)  # globs of parameters kept fixed
+    frozen_by: str = "freeze"  # the argument that gave them, as the caller named it (--freeze, freeze)
     mixed: "MixedPrecision | None" = None
 
 
@@ -205,20 +206,20 @@ class CompiledModel:
     def schedule(self) -> list[str]:
         return schedule_of(self.spec)
 
-    def save(self, directory: str, hint: str | None = None) -> list[str]:
+    def save(self, directory: str, hint: str | None = None, names: ArgNames = FLAGS) -> list[str]:
         """Write the graphs and the manifest, each file whole or not at all: a run's resume
         writes them again, and a full disk must not leave the run's graphs truncated.
-        `hint` for a directory that is not a run's (see atomic_write)."""
+        `hint` for a directory that is not a run's, `names` for a run's (see atomic_write)."""
         from runtime.checkpoint import atomic_write
 
         os.makedirs(directory, exist_ok=True)
         written = []
         for k, g in self.graphs.items():
             path = os.path.join(directory, f"{k}.onnx")
-            atomic_write(path, g.model.SerializeToString(), hint)
+            atomic_write(path, g.model.SerializeToString(), hint, names)
             written.append(path)
         path = os.path.join(directory, "manifest.json")
-        atomic_write(path, json.dumps(self.manifest(), indent=2, default=_json_default).encode(), hint)
+        atomic_write(path, json.dumps(self.manifest(), indent=2, default=_json_default).encode(), hint, names)
         written.append(path)
         return written
 
@@ -528,7 +529,7 @@ def _trained(spec, low: Lowering, obj: Objective) -> list[str]:
         if frozen:  # (its message blamed the objective's params for matching none)
             raise SpecError(f"objective {obj.name!r} trains no parameters: freeze {obj.frozen} keeps all of "
                             f"its parameters fixed ({', '.join(frozen)})", None,
-                            "freeze fewer parameters (--freeze), so that each objective trains at least one")
+                            f"freeze fewer parameters ({obj.frozen_by}), so that each objective trains at least one")
         if matched:
             raise SpecError(f"objective {obj.name!r} trains no parameters: all of its parameters are marked "
                             f"trainable: false ({', '.join(matched)})", where,
@@ -911,8 +912,10 @@ def _subexprs(e):
 
 
 def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = True,
-                 graphs: tuple = ("train", "eval", "infer", "grads", "apply", "generate"), frozen: list[str] = ()) -> CompiledModel:
-    """Compile every graph of a spec. `frozen` globs name parameters that no objective updates."""
+                 graphs: tuple = ("train", "eval", "infer", "grads", "apply", "generate"), frozen: list[str] = (),
+                 names: ArgNames = KEYWORDS) -> CompiledModel:
+    """Compile every graph of a spec. `frozen` globs name parameters that no objective updates;
+    `names` says how its messages name them (freeze, or the CLI's --freeze)."""
     t0 = time.perf_counter()
     dtype = dtype or spec.train.get("dtype", "float32")
     check = check_spec(spec, dtype, objectives=False)  # the graphs built below check the objectives
@@ -924,7 +927,7 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
                 raise SpecError(f"--freeze {glob!r} matches no parameter", None,
                                 f"parameters: {', '.join(check.params)}")
         for o in objectives:
-            o.frozen = list(frozen)
+            o.frozen, o.frozen_by = list(frozen), names("freeze")
     cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph),
                        length_bounds=length_bounds(spec, check.graph))
     for obj in objectives:

@@ -13,7 +13,7 @@ import os
 
 from compiler.training import CompiledModel, check_dtype, compile_spec
 from spec import load_spec, spec_from_dict, spec_from_text
-from spec.errors import FlowgradError, SpecError, did_you_mean
+from spec.errors import FLAGS, KEYWORDS, FlowgradError, SpecError, did_you_mean
 from spec.model import Spec
 
 from . import data as D
@@ -82,13 +82,13 @@ def compile(spec: str | os.PathLike | dict | Spec, dtype: str | None = None,  # 
 
 def train(spec: str | os.PathLike | dict | Spec, **options) -> TrainResult:
     """Train a spec; keyword options are those of TrainOptions (epochs, device, run_dir, ...)."""
-    known = [f.name for f in dataclasses.fields(TrainOptions)]
+    known = [f.name for f in dataclasses.fields(TrainOptions) if f.name != "names"]  # (the API names keywords)
     for name in options:
         if name not in known:  # (TrainOptions' TypeError)
             raise FlowgradError(f"train() has no option {name!r}",
                                 hint=did_you_mean(name, known) or f"its options: {', '.join(known)}")
     s = load(spec)
-    opts = TrainOptions(**{"progress": False, **options})
+    opts = TrainOptions(**{"progress": False, **options}, names=KEYWORDS)
     return _train(s, opts)
 
 
@@ -125,10 +125,10 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
     if not os.path.exists(ckpt):  # a run stopped before its first epoch ended has no best yet
         ckpt = os.path.join(run_dir, "checkpoint.npz")
-    state, _ = load_checkpoint(ckpt)
-    _check_state(cm, state, ckpt, seed)
+    state, _ = load_checkpoint(ckpt, FLAGS)
+    _check_state(cm, state, ckpt, seed, FLAGS)
     if data is None:
-        ds, data = held_out_test(spec, run_dir, info, cm)
+        ds, data = held_out_test(spec, run_dir, info, cm, FLAGS)
     else:
         D.check_data_path(data, flag="data")  # (its hint spoke of flowgrad's --data)
         ds = D.load_npz(data, None, spec.inputs)

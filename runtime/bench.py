@@ -9,6 +9,7 @@ import numpy as np
 
 from compiler.gradcheck import random_batch
 from compiler.training import check_dtype, compile_spec, require_objectives
+from spec.errors import FLAGS
 from spec.model import Spec
 
 from .checks import MAX_THREADS, check_count, check_seed
@@ -49,7 +50,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     require_objectives(spec, "time")
     from .train import check_steps_per_call
 
-    check_steps_per_call(spec, steps_per_call)  # (it timed K steps of each objective in turn, which no run does)
+    check_steps_per_call(spec, steps_per_call, FLAGS)  # (it timed K steps of each objective in turn, which no run does)
     spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
     t0 = time.perf_counter()
     cm = compile_spec(spec, dtype)

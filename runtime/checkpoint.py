@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 
-from spec.errors import DataError, FlowgradError
+from spec.errors import FLAGS, ArgNames, DataError, FlowgradError
 
 META_KEY = "__meta__"
 
@@ -78,9 +78,10 @@ def _umask() -> int:
 NEW_FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file
 
 
-def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
+def atomic_write(path: str, data: bytes, hint: str | None = None, names: ArgNames = FLAGS) -> None:
     """Write the file whole or not at all (a temporary beside it, then a rename); `hint` for
-    a file that is not a run's (the default hint speaks of checkpoints)."""
+    a file that is not a run's (the default hint speaks of checkpoints, and of resuming as
+    `names` name it)."""
     if os.path.isdir(path) or path.endswith(("/", os.sep)):  # (its hint spoke of free space)
         raise FlowgradError(f"cannot write {path}: it names a directory, not a file",
                             hint=f"give the path of the file to write, e.g. {os.path.join(path, 'NAME')}")
@@ -100,7 +101,8 @@ def atomic_write(path: str, data: bytes, hint: str | None = None) -> None:
         with _ignore():
             os.unlink(tmp)
         raise FlowgradError(f"cannot write {path}: {e.strerror}",
-                            hint=hint or "the previous checkpoint is intact; free some space and --resume") from None
+                            hint=hint or f"the previous checkpoint is intact; free some space and "
+                                         f"{names.given(resume=True)}") from None
     try:  # make the rename itself durable
         dfd = os.open(directory, os.O_RDONLY)
         try:
@@ -150,13 +152,27 @@ def save_checkpoint(path: str, state: dict[str, np.ndarray], meta: dict) -> None
     atomic_write(path, checkpoint_bytes(state, meta))
 
 
-# A run's checkpoint.npz (the last) and best.npz are written separately: one may still be whole.
-DAMAGED = ("the file is truncated or corrupted: pass the run's other checkpoint (export and eval: --checkpoint "
-           "best or last), or train anew with --overwrite")
+def _damaged(path: str, names: ArgNames, resume: bool) -> str:
+    """What to do with a truncated or corrupted checkpoint. A run's checkpoint.npz (the last) and
+    best.npz are written separately: one may still be whole. A resume is not sent to --overwrite
+    while the run has a best.npz, which that removes: best.npz is a whole checkpoint of its epoch
+    (its step, data position, history and optimizer state), and a resume from it replays the
+    epochs after it."""
+    if not resume:
+        return (f"the file is truncated or corrupted: pass the run's other checkpoint (export and eval: "
+                f"{names('checkpoint')} best or last), or train anew with {names.given(overwrite=True)}")
+    best = os.path.join(os.path.dirname(path), "best.npz")
+    if not os.path.exists(best):
+        return f"the file is truncated or corrupted: train anew with {names.given(overwrite=True)}"
+    return (f"the file is truncated or corrupted; {best} is a checkpoint too: copy it over {path} and "
+            f"{names.given(resume=True)} to go on from its epoch, or start a new run from it with "
+            f"{names.given(init_from=best, run_dir='NEW_DIR')} ({names.given(overwrite=True)} would remove it)")
 
 
-def load_checkpoint(path: str, damaged: str = DAMAGED) -> tuple[dict[str, np.ndarray], dict]:
-    """(arrays, record) of a checkpoint; `damaged`: the hint for one that is truncated or corrupted."""
+def load_checkpoint(path: str, names: ArgNames = FLAGS, resume: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """A checkpoint's (state, record). `names`: how its hints name the caller's arguments (the
+    API's keywords, or the CLI's flags); `resume`: it is the checkpoint.npz a resume reads, whose
+    damage the hint answers with the run's best.npz."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -165,7 +181,7 @@ def load_checkpoint(path: str, damaged: str = DAMAGED) -> tuple[dict[str, np.nda
     except OSError:
         magic = None  # (missing: said below)
     if magic == b"":
-        raise DataError(f"checkpoint {path} is empty", hint=damaged)
+        raise DataError(f"checkpoint {path} is empty", hint=_damaged(path, names, resume))
     if magic is not None and magic != b"PK\x03\x04":  # every .npz is a zip archive
         raise DataError(f"{path} is not a checkpoint: not the .npz archive that flowgrad train writes",
                         hint="pass a run directory, or its checkpoint.npz or best.npz"
@@ -184,5 +200,5 @@ def load_checkpoint(path: str, damaged: str = DAMAGED) -> tuple[dict[str, np.nda
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"checkpoint {path} is unreadable ({e})", hint=damaged) from None
+        raise DataError(f"checkpoint {path} is unreadable ({e})", hint=_damaged(path, names, resume)) from None
     return state, meta

@@ -18,7 +18,7 @@ import numpy as np
 
 from compiler.training import CompiledModel, check_dtype, compile_spec, require_objectives, schedule_of, trained_names
 from spec import model as S
-from spec.errors import DataError, FlowgradError, SpecError
+from spec.errors import KEYWORDS, ArgNames, DataError, FlowgradError, SpecError
 
 from . import data as D
 from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed  # noqa: F401  (the API imported them from here)
@@ -60,6 +60,8 @@ class TrainOptions:
     progress: bool = True
     dtype: str | None = None
     cuda_graphs: bool = True  # on CUDA, replay captured steps where they can be
+    # how messages name these options: keywords (seed=3), or the CLI's flags (--seed 3), which it sets
+    names: ArgNames = KEYWORDS
 
 
 @dataclass
@@ -142,8 +144,9 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         train_ds = D.load_bundled(cfg["dataset"], cfg.get("options"), loc)
         where = f"dataset {cfg['dataset']!r}"
     else:
-        raise DataError("no training data: the spec has no train.data and no --data was given", loc,
-                        "add train: {data: {dataset: digits}} or pass --data train.npz")
+        names = opts.names
+        raise DataError(f"no training data: the spec has no train.data and no {names('data')} was given", loc,
+                        f"add train: {{data: {{dataset: digits}}}} or pass {names.given(data='train.npz')}")
     needed = needed_inputs(cm)
     dtypes = input_dtypes(cm)
     D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes, cm.length_bounds)
@@ -208,14 +211,15 @@ def split_off_test(ds: D.Dataset, spec: S.Spec, seed: int) -> tuple[D.Dataset, D
     return ds, None
 
 
-def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel) -> tuple[D.Dataset, str]:
+def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel,
+                  names: ArgNames) -> tuple[D.Dataset, str]:
     """(the examples a run held out for testing, what they are): the file train.data.test
     names, or the fraction it split off before training, rebuilt from the data source and
     seed in run.json. The rebuilt training examples must hash as the run's did, or the
-    split would be of other data."""
+    split would be of other data. `names`: how the hints name the caller's arguments."""
     test = spec_test(spec)
     source = info.get("data_source") or {}
-    hint = "pass the test examples with --data FILE.npz"
+    hint = f"pass the test examples with {names.given(data='FILE.npz')}"
     if not test:
         raise DataError(f"{run_dir}: its spec holds out no test data (train.data.test)",
                         hint=f"{hint}, or train with train: {{data: {{test: 0.1}}}}")
@@ -241,8 +245,8 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel) -> 
         changed = _bundled_dataset_changed(source, source)
         if changed:  # (the source is the run's own: only the generator can have changed)
             raise DataError(f"{changed}: the test examples {run_dir} held out cannot be rebuilt",
-                            hint=f"{hint}, or start a new run from its weights with --init-from {run_dir} "
-                                 "--run-dir NEW_DIR")
+                            hint=f"{hint}, or start a new run from its weights with "
+                                 f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
         raise DataError(f"{where} has changed since {run_dir} was trained on it: its held-out test examples "
                         "cannot be rebuilt", hint=hint)
     _, held = split_off_test(ds, spec, seed)
@@ -290,7 +294,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- run directory
 @contextlib.contextmanager
-def run_lock(run_dir: str):
+def run_lock(run_dir: str, names: ArgNames):
     """One training process per run directory."""
     import fcntl
 
@@ -301,7 +305,7 @@ def run_lock(run_dir: str):
     except OSError:
         f.close()
         raise FlowgradError(f"another flowgrad process is training in {run_dir}",
-                            hint="wait for it to finish, or use --run-dir for a separate run") from None
+                            hint=f"wait for it to finish, or use {names('run_dir')} for a separate run") from None
     try:
         yield
     finally:
@@ -327,15 +331,17 @@ def run_dir_of(spec: S.Spec, opts: TrainOptions) -> str:
 
 def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
     run_dir = run_dir_of(spec, opts)
+    names = opts.names
     ckpt, best = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
     # best.npz alone is a run too: one killed between the first epoch's two writes (best first)
     if (os.path.exists(ckpt) or os.path.exists(best)) and not opts.resume and not opts.overwrite:
         raise FlowgradError(f"{run_dir} already holds a run (its checkpoint would be lost)",
-                            hint="continue it with --resume, start over with --overwrite, or pick --run-dir")
+                            hint=f"continue it with {names.given(resume=True)}, start over with {names.given(overwrite=True)}, "
+                                 f"or pick {names('run_dir')}")
     if opts.resume and not os.path.exists(ckpt):
         raise FlowgradError(f"nothing to resume: no checkpoint in {run_dir}", hint=(
-            f"{best} is a whole checkpoint of its epoch: copy it to {ckpt} and --resume to go on from there"
-            if os.path.exists(best) else "train without --resume first"))
+            f"{best} is a whole checkpoint of its epoch: copy it to {ckpt} and {names.given(resume=True)} to go on "
+            "from there" if os.path.exists(best) else f"train without {names.given(resume=True)} first"))
     if os.path.isdir(run_dir) and not os.path.exists(os.path.join(run_dir, "run.json")) and not os.path.exists(ckpt):
         # not a run: files of these names are someone else's (a project's spec.yaml, say), and
         # the run would write over them
@@ -343,13 +349,13 @@ def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
         if theirs:
             raise FlowgradError(f"{run_dir} is not a run directory, and training would replace its "
                                 f"{', '.join(theirs)}",
-                                hint="pick a new or empty directory with --run-dir (or one that flowgrad train wrote)")
+                                hint=f"pick a new or empty directory with {names('run_dir')} (or one that flowgrad train wrote)")
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
-        raise FlowgradError(f"cannot create the run directory {run_dir}: {e.strerror}", hint="check that the parent folder exists and is writable, or pick another with --run-dir") from None
+        raise FlowgradError(f"cannot create the run directory {run_dir}: {e.strerror}", hint=f"check that the parent folder exists and is writable, or pick another with {names('run_dir')}") from None
     if not os.access(run_dir, os.W_OK):
-        raise FlowgradError(f"the run directory {run_dir} is not writable", hint="pick another with --run-dir")
+        raise FlowgradError(f"the run directory {run_dir} is not writable", hint=f"pick another with {names('run_dir')}")
     return run_dir
 
 
@@ -364,59 +370,62 @@ def _versions() -> dict:
 # ---------------------------------------------------------------- the loop
 def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
     """Train, turning the file system's refusals (full disk, no permission) into a clean error."""
+    opts = opts or TrainOptions()
     try:
         return _train(spec, opts, on_epoch)
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise FlowgradError(f"cannot write the run: {e.strerror or e}{where}",
                             hint="check the run directory's permissions and free space; the last checkpoint "
-                                 "is intact, continue with --resume") from None
+                                 f"is intact, continue with {opts.names.given(resume=True)}") from None
 
 
 def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
     opts = opts or TrainOptions()
     _check_options(opts)
+    names = opts.names
     require_objectives(spec, "train")
     t_start = time.perf_counter()
     spec = spec.with_batch_size(opts.batch_size)  # the graphs' layout choices follow the batch trained with
     cfg = spec.train or {}
     seed = int(opts.seed if opts.seed is not None else cfg.get("seed", 0))
     if opts.accumulate > 1 and cfg.get("mixed_precision"):
-        raise FlowgradError("--accumulate does not work with train.mixed_precision",
+        raise FlowgradError(f"{names('accumulate')} does not work with train.mixed_precision",
                             hint="its loss scaling needs each update's gradients in one step: leave out one of the two")
     if opts.resume and (opts.overwrite or opts.init_from):
-        raise FlowgradError(f"--resume continues the run; it does not combine with "
-                            f"{'--overwrite' if opts.overwrite else '--init-from'}",
-                            hint="--overwrite or --init-from start a new run: leave out --resume")
+        raise FlowgradError(f"{names.given(resume=True)} continues the run; it does not combine with "
+                            f"{names.given(overwrite=True) if opts.overwrite else names('init_from')}",
+                            hint=f"{names.given(overwrite=True)} or {names('init_from')} start a new run: leave out "
+                                 f"{names.given(resume=True)}")
     stopping = cfg.get("early_stopping")
     if stopping and "mode" not in stopping and "loss" not in str(stopping.get("metric")):
         raise SpecError(f"early_stopping: is a larger or a smaller {stopping.get('metric')} better?",
                         spec.locate("train", "early_stopping", "metric"),
                         "add mode: max (accuracy, say) or mode: min; only a loss defaults to min")
     if opts.steps_per_call > 1 and opts.accumulate > 1:
-        raise FlowgradError("--steps-per-call does not work with --accumulate",
+        raise FlowgradError(f"{names('steps_per_call')} does not work with {names('accumulate')}",
                             hint="an accumulated update already runs several batches per update: leave out one of the two")
-    check_steps_per_call(spec, opts.steps_per_call)
+    check_steps_per_call(spec, opts.steps_per_call, names)
     device = pick_device(opts.device)
     fresh = not os.path.exists(run_dir_of(spec, opts))
     run_dir = prepare_run_dir(spec, opts)
     # (the lock first: a run that finds another process training there removes nothing of its)
-    with run_lock(run_dir), _removed_if_left_empty(run_dir, fresh):
+    with run_lock(run_dir, names), _removed_if_left_empty(run_dir, fresh):
         for directory in (run_dir, os.path.join(run_dir, "graphs")):  # of a process killed while writing
             remove_stale_temporaries(directory)
         ckpt_path = os.path.join(run_dir, CHECKPOINT)
         state, meta, warm_start = None, {}, None
         dtype = opts.dtype
         if opts.resume:  # read first: the run's seed orders and splits the data
-            state, meta = load_checkpoint(ckpt_path, _damaged_hint(run_dir))
+            state, meta = load_checkpoint(ckpt_path, names, resume=True)
             # what the run was trained on and in: without it, the checks below could not refuse a
             # resume on other data or in another float type
             info = read_run_info(run_dir, hint="a resume reads the run's data and float type from it: restore it, "
-                                               f"or start a new run from its weights with --init-from {run_dir} "
-                                               "--run-dir NEW_DIR")
-            seed = _resumed_seed(meta, opts.seed, seed, ckpt_path)
-            dtype = _resumed_dtype(info, opts.dtype, ckpt_path, run_dir)
-        cm = compile_spec(spec, dtype, frozen=opts.freeze)
+                                               "or start a new run from its weights with "
+                                               f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+            seed = _resumed_seed(meta, opts.seed, seed, ckpt_path, names)
+            dtype = _resumed_dtype(info, opts.dtype, ckpt_path, run_dir, names)
+        cm = compile_spec(spec, dtype, frozen=opts.freeze, names=names)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         streams = (train_ds.meta or {}).get("streams")
         if streams and (spec.batch_size != streams or cfg.get("shuffle", True)):
@@ -457,17 +466,17 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 # the optimizer's flat state vectors follow the trained parameters, in order
                 raise DataError(f"{ckpt_path} was written training other parameters than this run would "
                                 f"({_difference(meta['trained'], trained)})",
-                                hint="resume with the run's own --freeze (and spec), or start over with --overwrite "
-                                     "or --init-from")
-            _check_state(cm, state, ckpt_path, seed)
-            _check_vocabulary(run_dir, train_ds.meta, "--resume")
+                                hint=f"resume with the run's own {names('freeze')} (and spec), or start over with "
+                                     f"{names.given(overwrite=True)} or {names('init_from')}")
+            _check_state(cm, state, ckpt_path, seed, names)
+            _check_vocabulary(run_dir, train_ds.meta, f"{names.given(resume=True)} {run_dir}", names)
             _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir,
-                                batch_flag=opts.batch_size is not None)
-            _check_same_examples(run_dir, info, train_ds, cm.float_dtype, data_source(spec, opts),
+                                names, batch_given=opts.batch_size is not None)
+            _check_same_examples(run_dir, info, train_ds, cm.float_dtype, names, data_source(spec, opts),
                                  (opts.data is not None, opts.valid is not None))
         elif opts.init_from:
-            state, warm_start = _warm_start(cm, opts.init_from, seed)
-            _check_vocabulary(opts.init_from, train_ds.meta, "--init-from")
+            state, warm_start = _warm_start(cm, opts.init_from, seed, names)
+            _check_vocabulary(opts.init_from, train_ds.meta, names.given(init_from=opts.init_from), names)
         if stopping:  # now, not after an epoch: an --overwrite has not yet removed the run it replaces
             _check_stopping_metric(spec, reported_names(cm, valid_ds is not None))
         trainer = Trainer(cm, device, opts.threads, state, seed, cuda_graphs=opts.cuda_graphs)
@@ -489,7 +498,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         history = list(meta.get("history", []))
         best = dict(meta.get("best", {}))
         bad_epochs = int(meta.get("bad_epochs", 0))
-        _rewrite_metrics(run_dir, history)
+        _rewrite_metrics(run_dir, history, names)
         stopping = cfg.get("early_stopping")
         stopped = "finished"
         if stopping and history and bad_epochs >= int(stopping.get("patience", 5)):
@@ -498,7 +507,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
 
         def checkpoint(pos, also_best=False, partial=None):
             state = trainer.state_numpy()
-            _check_state_finite(state, step, epoch, run_dir)  # never replace a good checkpoint with NaNs
+            _check_state_finite(state, step, epoch, run_dir, names)  # never replace a good checkpoint with NaNs
             data = checkpoint_bytes(state, {
                 "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
                 "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,
@@ -511,9 +520,9 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                 if partial and os.path.exists(os.path.join(run_dir, BEST)):
                     # whole or not at all: a resume renames this copy over best.npz
                     with open(os.path.join(run_dir, BEST), "rb") as f:
-                        atomic_write(os.path.join(run_dir, BEST_BEFORE_PARTIAL), f.read())
-                atomic_write(os.path.join(run_dir, BEST), data)
-            atomic_write(ckpt_path, data)
+                        atomic_write(os.path.join(run_dir, BEST_BEFORE_PARTIAL), f.read(), names=names)
+                atomic_write(os.path.join(run_dir, BEST), data, names=names)
+            atomic_write(ckpt_path, data, names=names)
 
         # where an epoch's batches end: drop_last leaves out the short remainder
         epoch_end = len(train_ds) - (len(train_ds) % batch_size if cfg.get("drop_last") else 0)
@@ -547,7 +556,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                      f"mixed_precision, or lower the learning rate; checkpoints are in {run_dir}")
                         return
                     overflows = 0
-                    _check_finite(scalars, step, epoch, run_dir)
+                    _check_finite(scalars, step, epoch, run_dir, names)
                     for k, v in scalars.items():
                         key = k if len(cm.schedule) == 1 else f"{name}/{k}"
                         sums[key] = sums.get(key, 0.0) + v * n
@@ -653,7 +662,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                     stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
         result = TrainResult(run_dir, device, step, epoch, time.perf_counter() - t_start,
                              history[-1] if history else {}, best, history, stopped, warm_start)
-        atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode())
+        atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode(), names=names)
         return result
 
 
@@ -677,15 +686,16 @@ def _check_stopping_metric(spec: S.Spec, reported: list[str]) -> None:
                             spec.locate("train", "early_stopping", "metric"), f"reported: {', '.join(reported)}")
 
 
-def check_steps_per_call(spec: S.Spec, steps_per_call: int) -> None:
+def check_steps_per_call(spec: S.Spec, steps_per_call: int, names: ArgNames) -> None:
     """Several steps per call run one objective's step graph in a Loop: a schedule of several
     objectives alternates their steps, one call each (training and bench alike)."""
     if steps_per_call > 1 and len(schedule_of(spec)) > 1:
         cfg = spec.train or {}
         raise FlowgradError(
-            f"--steps-per-call does not work with a schedule of several objectives ({', '.join(schedule_of(spec))})",
+            f"{names('steps_per_call')} does not work with a schedule of several objectives "
+            f"({', '.join(schedule_of(spec))})",
             spec.locate("train", "schedule") if "schedule" in cfg else spec.locate("train", "objectives"),
-            "their steps alternate, one call each: leave out --steps-per-call")
+            f"their steps alternate, one call each: leave out {names('steps_per_call')}")
 
 
 def _check_options(opts: TrainOptions) -> None:
@@ -714,19 +724,7 @@ def _check_options(opts: TrainOptions) -> None:
     check_dtype(opts.dtype)
 
 
-def _damaged_hint(run_dir: str) -> str:
-    """What to do when the checkpoint a resume reads is damaged. Not --overwrite while the run has
-    a best.npz: that removes it. best.npz is a whole checkpoint of its epoch (its step, data
-    position, history and optimizer state), so a resume from it replays the epochs after it."""
-    best = os.path.join(run_dir, BEST)
-    if not os.path.exists(best):
-        return "the file is truncated or corrupted: train anew with --overwrite"
-    return (f"the file is truncated or corrupted; {best} is a checkpoint too: copy it over "
-            f"{os.path.join(run_dir, CHECKPOINT)} and --resume to go on from its epoch, or start a new run from it "
-            f"with --init-from {best} --run-dir NEW_DIR (--overwrite would remove it)")
-
-
-def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int:
+def _resumed_seed(meta: dict, asked: int | None, default: int, path: str, names: ArgNames) -> int:
     """The seed a resumed run continues with: the one it was trained with (its data order,
     validation split and dropout masks follow it), whatever the spec now says; a --seed that
     differs is refused."""
@@ -734,13 +732,13 @@ def _resumed_seed(meta: dict, asked: int | None, default: int, path: str) -> int
         return default
     seed = int(meta["seed"])
     if asked is not None and int(asked) != seed:
-        raise FlowgradError(f"--seed {asked} differs from the seed {seed} that {path} was trained with",
+        raise FlowgradError(f"{names.given(seed=asked)} differs from the seed {seed} that {path} was trained with",
                             hint="a resumed run keeps its seed (data order, validation split, dropout): leave out "
-                                 "--seed, or start over with --overwrite")
+                                 f"{names('seed')}, or start over with {names.given(overwrite=True)}")
     return seed
 
 
-def _resumed_dtype(info: dict, asked: str | None, path: str, run_dir: str) -> str | None:
+def _resumed_dtype(info: dict, asked: str | None, path: str, run_dir: str, names: ArgNames) -> str | None:
     """The float type a resumed run continues in: the one it was trained in (run.json), as eval
     and export read it, whatever the spec's train.dtype now says; a --dtype that differs is
     refused. (A resume without the run's --dtype went on in the spec's float type.)"""
@@ -748,23 +746,26 @@ def _resumed_dtype(info: dict, asked: str | None, path: str, run_dir: str) -> st
     if not isinstance(trained, str):  # a run.json from before runs recorded it
         return asked
     if asked is not None and asked != trained:
-        raise FlowgradError(f"--dtype {asked} differs from the float type {trained} that {path} was trained in",
-                            hint="a resumed run keeps its float type: leave out --dtype, or start a new run from "
-                                 f"its weights with --init-from {run_dir} --dtype {asked} --run-dir NEW_DIR")
+        raise FlowgradError(f"{names.given(dtype=asked)} differs from the float type {trained} that {path} was "
+                            "trained in",
+                            hint=f"a resumed run keeps its float type: leave out {names('dtype')}, or start a new run "
+                                 f"from its weights with {names.given(init_from=run_dir, dtype=asked, run_dir='NEW_DIR')}")
     return trained
 
 
-def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str, batch_flag: bool = False) -> None:
+def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str, names: ArgNames,
+                        batch_given: bool = False) -> None:
     """A resumed run goes on with the batches it was trained with: its step count and lr
     schedule count those batches, so another batch size or another --accumulate would
-    continue a different run from the middle of this one. (`batch_flag`: the batch size is
-    --batch-size's, not the spec's train.batch_size; the error names the one that differs.)"""
-    for key, name in {"batch_size": "--batch-size" if batch_flag else "train.batch_size",
-                      "accumulate": "--accumulate"}.items():
+    continue a different run from the middle of this one. (`batch_given`: the batch size is the
+    caller's (--batch-size, batch_size=), not the spec's train.batch_size; the error names the
+    one that differs.)"""
+    for key, name in {"batch_size": names("batch_size") if batch_given else "train.batch_size",
+                      "accumulate": names("accumulate")}.items():
         if key in meta and meta[key] != now[key]:
             raise DataError(f"{path} was trained with another {name} ({meta[key]}, now {now[key]})",
                             hint=f"resume with the run's own {name}, or start a new run from its weights: "
-                                 f"--init-from {run_dir} --run-dir NEW_DIR")
+                                 f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: str) -> None:
@@ -799,14 +800,19 @@ def _shapes(batch: dict) -> dict:
     return {k: np.shape(v) for k, v in batch.items()}
 
 
-def _check_state_finite(state: dict, step: int, epoch: int, run_dir: str) -> None:
+def _check_state_finite(state: dict, step: int, epoch: int, run_dir: str, names: ArgNames) -> None:
     bad = [k for k, v in state.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
     if bad:
         raise FlowgradError(
             f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} became NaN or inf at step {step} "
             f"(epoch {epoch + 1}); training stopped",
-            hint=f"the last good checkpoint is in {run_dir}; lower the learning rate or add clip_norm, then --resume or --overwrite",
+            hint=_last_good_hint(run_dir, names),
         )
+
+
+def _last_good_hint(run_dir: str, names: ArgNames) -> str:
+    return (f"the last good checkpoint is in {run_dir}; lower the learning rate or add clip_norm, then "
+            f"{names.given(resume=True)} or {names.given(overwrite=True)}")
 
 
 def _step_failed(ex: Exception, what: str, run_dir: str, float_dtype: str = "float32") -> FlowgradError:
@@ -829,16 +835,16 @@ def _step_failed(ex: Exception, what: str, run_dir: str, float_dtype: str = "flo
                               f"the last checkpoint in {run_dir} is intact")
 
 
-def _check_finite(scalars, step, epoch, run_dir):
+def _check_finite(scalars, step, epoch, run_dir, names: ArgNames):
     for k, v in scalars.items():
         if not np.isfinite(v):
             raise FlowgradError(
                 f"{k} became {v} at step {step} (epoch {epoch + 1}); training stopped",
-                hint=f"the last good checkpoint is in {run_dir}; lower the learning rate or add clip_norm, then --resume or --overwrite",
+                hint=_last_good_hint(run_dir, names),
             )
 
 
-def _check_state(cm: CompiledModel, state: dict, path: str, seed: int):
+def _check_state(cm: CompiledModel, state: dict, path: str, seed: int, names: ArgNames):
     """The checkpoint's state fits the compiled model (a mixed-precision checkpoint written
     before the count of skipped steps existed gets it, at zero)."""
     for name, _ in (entry for o in cm.objectives for entry in cm.state_specs(o)):
@@ -847,28 +853,30 @@ def _check_state(cm: CompiledModel, state: dict, path: str, seed: int):
     want = cm.initial_state(seed)
     missing = [k for k in want if k not in state]
     if missing:
-        raise DataError(f"checkpoint {path} lacks {', '.join(missing[:5])}", hint="the spec changed since it was written; train anew with --overwrite")
+        raise DataError(f"checkpoint {path} lacks {', '.join(missing[:5])}",
+                        hint=f"the spec changed since it was written; train anew with {names.given(overwrite=True)}")
     for k, v in want.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise DataError(f"checkpoint {path}: {k} has shape {list(state[k].shape)}, the spec now says {list(v.shape)}",
-                            hint="the spec changed since it was written; train anew with --overwrite")
+                            hint=f"the spec changed since it was written; train anew with {names.given(overwrite=True)}")
 
 
 VOCABULARY_KEYS = ("vocab", "src_vocab", "tgt_vocab")
 
 
-def _check_vocabulary(run_dir: str, meta: dict, how: str) -> None:
+def _check_vocabulary(run_dir: str, meta: dict, how: str, names: ArgNames) -> None:
     """Token ids mean the vocabulary's tokens: a run continued, or warm-started, on data whose
-    vocabulary differs would read every embedding row as another token."""
+    vocabulary differs would read every embedding row as another token. `how`: what the caller
+    asked for, as they wrote it (--resume runs/a, init_from="runs/a")."""
     if not os.path.isdir(run_dir):  # --init-from a checkpoint file: nothing to compare
         return
     before = read_run_info(run_dir, missing_ok=True).get("meta") or {}
     for key in VOCABULARY_KEYS:
         if key in before and key in meta and list(before[key]) != list(meta[key]):
             raise DataError(
-                f"{how} {run_dir}: that run was trained on data whose {key} differs from this data's "
+                f"{how}: that run was trained on data whose {key} differs from this data's "
                 f"({len(before[key])} tokens, then {len(meta[key])}; token ids would change meaning)",
-                hint="train anew with --overwrite, or use the data the run was trained on")
+                hint=f"train anew with {names.given(overwrite=True)}, or use the data the run was trained on")
 
 
 def _bundled_dataset_changed(then: dict, now: dict) -> str | None:
@@ -894,21 +902,24 @@ def _bundled_dataset_changed(then: dict, now: dict) -> str | None:
     return f"the bundled dataset {name!r} changed in this flowgrad version ({was})"
 
 
-def _changed_source(then: dict, now: dict, flags: tuple[bool, bool]) -> str | None:
+def _changed_source(then: dict, now: dict, flags: tuple[bool, bool], names: ArgNames) -> str | None:
     """What of a run's recorded data source (run.json's data_source) differs now, in the words
-    of the flag or spec key that gave it, or None. `flags`: whether --data and --valid were given."""
+    of the argument or spec key that gave it, or None. `flags`: whether data and valid were given
+    (--data, data=), named as `names` name them."""
     plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  (as run.json holds it)
     where = lambda s: s.get("path") or (f"dataset {s['dataset']!r}" if s.get("dataset") else "no data")  # noqa: E731
     if where(then) != where(now):
-        return f"{'--data' if flags[0] else 'train.data'} {where(now)}, where the run had {where(then)}"
-    for key, name in (("options", "train.data.options"), ("valid", "--valid" if flags[1] else "train.data.valid"),
-                      ("test", "train.data.test")):
+        given = names.given(data=where(now)) if flags[0] else f"train.data {where(now)}"
+        return f"{given}, where the run had {where(then)}"
+    for key, name in (("options", "train.data.options"), ("valid", "train.data.valid"), ("test", "train.data.test")):
         if plain(then.get(key)) != plain(now.get(key)):
-            return f"{name} {plain(now.get(key))}, where the run had {plain(then.get(key))}"
+            given = names.given(valid=plain(now.get(key))) if key == "valid" and flags[1] \
+                else f"{name} {plain(now.get(key))}"
+            return f"{given}, where the run had {plain(then.get(key))}"
     return None
 
 
-def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_dtype: str,
+def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_dtype: str, names: ArgNames,
                          source: dict | None = None, flags: tuple[bool, bool] = (False, False)) -> None:
     """A resumed run trains on the examples it was trained on: with another split (valid or test
     edited) or data file, the data positions in its checkpoint point at other examples, and
@@ -923,24 +934,26 @@ def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_
         then = before.get("data_source")
         changed = _bundled_dataset_changed(then, source or {}) if isinstance(then, dict) else None
         if changed:
-            raise DataError(f"--resume {run_dir}: {changed}, so the examples the run was trained on cannot be "
-                            "drawn again", hint=f"start a new run from its weights with --init-from {run_dir} "
-                                                "--run-dir NEW_DIR, or train anew with --overwrite")
-        which = _changed_source(then, source, flags) if isinstance(then, dict) and source else None
-        raise DataError(f"--resume {run_dir}: the training examples differ from those the run was trained on "
-                        f"({which or 'another data file, validation or test split, or data options'})",
+            raise DataError(f"{names.given(resume=True)} {run_dir}: {changed}, so the examples the run was trained "
+                            "on cannot be drawn again",
+                            hint=f"start a new run from its weights with "
+                                 f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}, or train anew with "
+                                 f"{names.given(overwrite=True)}")
+        which = _changed_source(then, source, flags, names) if isinstance(then, dict) and source else None
+        raise DataError(f"{names.given(resume=True)} {run_dir}: the training examples differ from those the run was "
+                        f"trained on ({which or 'another data file, validation or test split, or data options'})",
                         hint="resume with the run's data and splits (its run.json has them), or start a new run "
-                             "from its weights with --init-from")
+                             f"from its weights with {names('init_from')}")
 
 
-def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> tuple[dict, dict]:
+def _warm_start(cm: CompiledModel, run_dir: str, seed: int, names: ArgNames) -> tuple[dict, dict]:
     """(the initial state with every parameter that run has by name and shape, a report:
     the parameters taken, and why each other one keeps its initial values)."""
     path = os.path.join(run_dir, CHECKPOINT) if os.path.isdir(run_dir) else run_dir
     try:
-        source, _ = load_checkpoint(path)
+        source, _ = load_checkpoint(path, names)
     except DataError as e:  # ("no checkpoint at X" did not say which flag gave X)
-        raise DataError(f"--init-from {run_dir}: {e.message}", e.loc, e.hint) from None
+        raise DataError(f"{names.given(init_from=run_dir)}: {e.message}", e.loc, e.hint) from None
     state = cm.initial_state(seed)
     taken, kept = [], {}
     for k in cm.params:
@@ -952,7 +965,8 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int) -> tuple[dict, dict]
             state[k] = source[k].astype(state[k].dtype)
             taken.append(k)
     if not taken:
-        raise DataError(f"--init-from {run_dir}: no parameter matches this spec by name and shape", hint="give --init-from a run of a spec with the same parameter names and shapes")
+        raise DataError(f"{names.given(init_from=run_dir)}: no parameter matches this spec by name and shape",
+                        hint=f"give {names('init_from')} a run of a spec with the same parameter names and shapes")
     return state, {"from": os.path.abspath(run_dir), "taken": taken, "kept": kept}
 
 
@@ -970,9 +984,10 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, w
         for name in (CHECKPOINT, BEST, BEST_BEFORE_PARTIAL, "result.json"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(run_dir, name))
-    _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"))
+    names = opts.names  # (a full disk's hint names resuming as the caller would)
+    _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"), names)
     _remove_other_graphs(cm, os.path.join(run_dir, "graphs"))
-    cm.save(os.path.join(run_dir, "graphs"))
+    cm.save(os.path.join(run_dir, "graphs"), names=names)
     info = {
         "spec": spec.name, "seed": seed, "dtype": cm.float_dtype, "device": device, "threads": opts.threads,
         "data": train_ds.name, "data_source": data_source(spec, opts),
@@ -980,7 +995,7 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, w
         "argv": sys.argv, "meta": train_ds.meta,
         **({"init_from": warm_start} if warm_start else {}),
     }
-    atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode())
+    atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode(), names=names)
 
 
 def _remove_other_graphs(cm: CompiledModel, directory: str) -> None:
@@ -995,14 +1010,14 @@ def _remove_other_graphs(cm: CompiledModel, directory: str) -> None:
                 os.remove(os.path.join(directory, name))
 
 
-def _write_spec_as_trained(spec: S.Spec, target: str) -> None:
+def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames) -> None:
     """The run's spec.yaml is the spec it trained: the file itself (comments kept), or, with
     --set overrides or a spec given as data, the YAML of the spec after them, so that eval,
     export and plots read the shapes the checkpoint has."""
     if os.path.isfile(spec.path) and not spec.overrides:
         if not (os.path.exists(target) and os.path.samefile(spec.path, target)):
             with open(spec.path, "rb") as f:  # (not copyfile: it empties the old spec.yaml before writing)
-                atomic_write(target, f.read())
+                atomic_write(target, f.read(), names=names)
         return
     import yaml
 
@@ -1010,11 +1025,12 @@ def _write_spec_as_trained(spec: S.Spec, target: str) -> None:
 
     origin = os.path.basename(spec.path) + "".join(f" --set {o}" for o in spec.overrides)
     text = yaml.safe_dump(to_plain(spec.raw), sort_keys=False, allow_unicode=True, width=100)
-    atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode())
+    atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode(), names=names)
 
 
-def _rewrite_metrics(run_dir, history):
-    atomic_write(os.path.join(run_dir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history).encode())
+def _rewrite_metrics(run_dir, history, names: ArgNames):
+    atomic_write(os.path.join(run_dir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history).encode(),
+                 names=names)
 
 
 class _Progress:

@@ -2,6 +2,7 @@
 carrying where in which file it happened and how to fix it."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -39,6 +40,42 @@ class FlowgradError(Exception):
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
+
+
+@dataclass(frozen=True)
+class ArgNames:
+    """How a message names an argument the caller gave: as the CLI's flag (--init-from runs/a)
+    or as the API's keyword (init_from="runs/a"). Whoever takes the arguments picks one (the
+    CLI FLAGS, runtime.api KEYWORDS) and hands it on, so that each message is written once
+    and still tells its reader what they typed."""
+
+    flags: bool
+
+    def __call__(self, keyword: str) -> str:
+        """The argument's name: --init-from (-o for output, --set for overrides), or init_from."""
+        if not self.flags:
+            return keyword
+        return _FLAG_OF.get(keyword, "--" + keyword.replace("_", "-"))
+
+    def given(self, **args) -> str:
+        """Arguments as the caller writes them: "--resume --seed 3", or "resume=True, seed=3"
+        (a keyword that takes a list shows its one value in a list)."""
+        if self.flags:
+            return " ".join(self(k) if v is True else f"{self(k)} {v}" for k, v in args.items())
+        return ", ".join(f"{k}={_literal(k, v)}" for k, v in args.items())
+
+
+_FLAG_OF = {"output": "-o", "overrides": "--set"}  # the flags not spelt --KEYWORD-IN-DASHES
+_LIST_KEYWORDS = ("overrides", "freeze")  # a repeatable flag is a list keyword
+
+
+def _literal(keyword: str, value) -> str:
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)  # ("NEW_DIR", 3, True)
+    return f"[{text}]" if keyword in _LIST_KEYWORDS else text
+
+
+FLAGS = ArgNames(flags=True)
+KEYWORDS = ArgNames(flags=False)
 
 
 class SpecError(FlowgradError):

@@ -162,3 +162,96 @@ def test_predicts_hints_name_the_apis_arguments(tmp_path, run):
     with pytest.raises(ExportArgumentError, match="is not a generator") as e:
         generator_feeds(str(run / "mlp.onnx"), 2)
     assert "predict()" in e.value.hint and "generate_text()" in e.value.hint
+
+
+def _refused(words, **options):
+    """train()'s refusal, whose message and hint name the API's keywords, never a CLI flag."""
+    with pytest.raises(FlowgradError) as e:
+        train(options.pop("spec", None) or load(MLP, SMALL), threads=1, device="cpu", **options)
+    text = str(e.value)
+    for w in words:
+        assert w in text, (w, text)
+    assert "--" not in text and "\n" not in e.value.message, text
+    return e.value
+
+
+def test_trains_refusals_name_the_apis_keywords(tmp_path, run):
+    """train(run_dir=r, seed=3, resume=True) said "--seed 3 differs ...": a script author
+    typed keywords, not the CLI's flags. Each refusal of the run directory, of options that do
+    not combine, of a resume that would continue another run, and of a warm start names the
+    keyword as it was typed (seed=3, resume=True, run_dir); flowgrad train keeps its flags."""
+    import shutil
+
+    r = str(tmp_path / "run")
+    shutil.copytree(run / "run", r)
+    # the run directory
+    _refused(["already holds a run", "continue it with resume=True, start over with overwrite=True, or pick run_dir"],
+             run_dir=r)
+    _refused(["nothing to resume", "train without resume=True first"], run_dir=str(tmp_path / "new"), resume=True)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "spec.yaml").write_text("mine")
+    _refused(["not a run directory", "pick a new or empty directory with run_dir"], run_dir=str(tmp_path / "project"))
+    # options that do not combine
+    _refused(["resume=True continues the run; it does not combine with overwrite=True",
+              "overwrite=True or init_from start a new run: leave out resume=True"], run_dir=r, resume=True,
+             overwrite=True)
+    _refused(["it does not combine with init_from"], run_dir=r, resume=True, init_from=r)
+    _refused(["steps_per_call does not work with accumulate"], run_dir=r, steps_per_call=2, accumulate=2)
+    _refused(["accumulate does not work with train.mixed_precision"], run_dir=str(tmp_path / "mixed"), accumulate=2,
+             spec=load(MLP, SMALL + ["train.mixed_precision=float16"]))
+    # a resume that would continue another run
+    _refused(["seed=3 differs from the seed 0", "leave out seed, or start over with overwrite=True"], run_dir=r,
+             resume=True, seed=3)
+    _refused(['dtype="float64" differs from the float type float32', "leave out dtype",
+              f'init_from="{r}", dtype="float64", run_dir="NEW_DIR"'], run_dir=r, resume=True, dtype="float64")
+    _refused(["another accumulate (1, now 2)", f'init_from="{r}", run_dir="NEW_DIR"'], run_dir=r, resume=True,
+             accumulate=2)
+    _refused(["training other parameters", "resume with the run's own freeze (and spec), or start over with "
+              "overwrite=True or init_from"], run_dir=r, resume=True, freeze=["W1"])
+    _refused([f"resume=True {r}: the training examples differ", "start a new run from its weights with init_from"],
+             run_dir=r, resume=True, valid="0.3")
+    _refused(["has shape", "train anew with overwrite=True"], run_dir=r, resume=True, spec=load(MLP, ["dims.H=16"]))
+    # a warm start, frozen parameters, the data
+    from runtime.checkpoint import checkpoint_bytes
+
+    (tmp_path / "other.npz").write_bytes(checkpoint_bytes({"V": np.zeros(3, np.float32)}, {}))
+    other = str(tmp_path / "other.npz")
+    _refused([f'init_from="{other}": no parameter matches', "give init_from a run"], run_dir=str(tmp_path / "warm"),
+             init_from=other)
+    _refused(["freeze fewer parameters (freeze)"], run_dir=str(tmp_path / "frozen"), freeze=["*"])
+    no_data = yaml.safe_load(open(MLP))
+    del no_data["train"]["data"]
+    _refused(["no data was given", 'pass data="train.npz"'], run_dir=str(tmp_path / "nodata"), spec=load(no_data))
+    # a damaged checkpoint, and a run another process trains in
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(r, damaged)
+    open(os.path.join(damaged, "checkpoint.npz"), "wb").close()
+    os.remove(os.path.join(damaged, "best.npz"))  # (with it, the hint points at it: see below)
+    _refused(["is empty", "the file is truncated or corrupted: train anew with overwrite=True"],
+             run_dir=damaged, resume=True)
+    import fcntl
+
+    with open(os.path.join(r, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _refused(["another flowgrad process is training", "or use run_dir for a separate run"], run_dir=r,
+                 resume=True)
+
+
+def test_a_runs_failure_mid_training_names_resuming_as_the_api_does(tmp_path, monkeypatch):
+    """A loss that became inf said "then --resume or --overwrite" to a caller of train(), and a
+    full disk "free some space and --resume"."""
+    import errno
+
+    import runtime.checkpoint as C
+
+    _refused(["became", "then resume=True or overwrite=True"], run_dir=str(tmp_path / "run"), epochs=1,
+             spec=load(MLP, SMALL + ["train.optimizer={sgd: {lr: 1e30}}"]))
+
+    def full(f, data, path):
+        if path.endswith("checkpoint.npz"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        f.write(data)
+
+    monkeypatch.setattr(C, "_write", full)
+    _refused(["No space left on device", "the previous checkpoint is intact; free some space and resume=True"],
+             run_dir=str(tmp_path / "full"), epochs=1)

@@ -568,10 +568,10 @@ def test_a_run_stopped_between_its_first_best_and_checkpoint_writes_keeps_its_be
     _train_in_process(tmp_path, "ref", *args)
     real = T.atomic_write
 
-    def stopped_before_the_checkpoint(path, data, hint=None):
+    def stopped_before_the_checkpoint(path, data, hint=None, **kwargs):
         if path.endswith("checkpoint.npz"):
             raise KeyboardInterrupt
-        return real(path, data, hint)
+        return real(path, data, hint, **kwargs)
 
     monkeypatch.setattr(T, "atomic_write", stopped_before_the_checkpoint)
     _train_in_process(tmp_path, "run", *args, code=130)

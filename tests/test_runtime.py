@@ -97,7 +97,7 @@ def test_resume_keeps_the_seed_the_run_was_trained_with(tmp_path):
     spec = load(MLP, SMALL)
     full = train(spec, run_dir=str(tmp_path / "full"), epochs=3, seed=5, threads=1, device="cpu")
     train(spec, run_dir=str(tmp_path / "part"), epochs=1, seed=5, threads=1, device="cpu")
-    with pytest.raises(FlowgradError, match="--seed 3 differs from the seed 5"):
+    with pytest.raises(FlowgradError, match="^seed=3 differs from the seed 5"):
         train(spec, run_dir=str(tmp_path / "part"), epochs=3, seed=3, threads=1, device="cpu", resume=True)
     resumed = train(spec, run_dir=str(tmp_path / "part"), epochs=3, threads=1, device="cpu", resume=True)
     a, _ = load_checkpoint(str(tmp_path / "full" / "checkpoint.npz"))
@@ -981,13 +981,13 @@ def test_a_run_on_an_older_bundled_dataset_is_told_the_dataset_changed(tmp_path)
         with pytest.raises(DataError, match="the bundled dataset 'digits' changed in this flowgrad version") as e:
             train(spec, run_dir=run, steps=3, threads=1, device="cpu", resume=True)
         assert words in e.value.message and "another data file" not in e.value.message
-        assert f"--init-from {run}" in e.value.hint and "\n" not in e.value.message
+        assert f'init_from="{run}", run_dir="NEW_DIR"' in e.value.hint and "\n" not in e.value.message
         with pytest.raises(DataError, match="the bundled dataset 'digits' changed in this flowgrad version") as e:
             evaluate_run(run, device="cpu")
         assert words in e.value.message and "--data" in e.value.hint and "--init-from" in e.value.hint
     # the user's own change is still named as such: another split, or the same version
     rewrite(version=None)
-    with pytest.raises(DataError, match=re.escape("(--valid 0.3, where the run had 0.2)")):
+    with pytest.raises(DataError, match=re.escape("(valid=0.3, where the run had 0.2)")):
         train(spec, run_dir=run, steps=3, threads=1, device="cpu", resume=True, valid="0.3")
     rewrite(version=D.DATASET_VERSIONS["digits"])
     with pytest.raises(DataError, match="another data file, validation or test split, or data options"):

@@ -131,12 +131,12 @@ def test_warm_start_from_something_not_a_checkpoint_says_so_and_leaves_no_run_be
     with pytest.raises(FlowgradError, match="not a checkpoint") as e:
         train(spec, run_dir=str(tmp_path / "b"), data=data, epochs=1, threads=1, device="cpu", init_from=str(model))
     assert "for predict" in e.value.hint
-    assert e.value.message.startswith(f"--init-from {model}: ")  # (it did not name the flag)
+    assert e.value.message.startswith(f'init_from="{model}": ')  # (it did not name the argument; train()'s keyword)
     assert not (tmp_path / "b").exists()
     with pytest.raises(FlowgradError, match="no checkpoint at") as e:
         train(spec, run_dir=str(tmp_path / "b"), data=data, epochs=1, threads=1, device="cpu",
               init_from=str(tmp_path / "none"))
-    assert e.value.message.startswith(f"--init-from {tmp_path / 'none'}: ")
+    assert e.value.message.startswith(f'init_from="{tmp_path / "none"}": ')
     assert not (tmp_path / "b").exists()
 
 
@@ -522,8 +522,8 @@ def test_evaluation_of_means_and_masked_ratios_is_over_all_entries_whatever_the_
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"batch_size": 8}, "another --batch-size (16, now 8)"),  # (it said "batch size", naming no flag)
-    ({"accumulate": 2}, "another --accumulate (1, now 2)"),
+    ({"batch_size": 8}, "another batch_size (16, now 8)"),  # (it said "batch size", naming no argument)
+    ({"accumulate": 2}, "another accumulate (1, now 2)"),
 ])
 def test_resume_with_other_batches_is_refused(tmp_path, data, change, words):
     """The checkpoint's step count and lr schedule count its batches: resumed with another
@@ -534,7 +534,7 @@ def test_resume_with_other_batches_is_refused(tmp_path, data, change, words):
     train(spec, **opts)
     with pytest.raises(FlowgradError, match=re.escape(words)) as e:
         train(spec, resume=True, **{**opts, "steps": 6, **change})
-    assert "--init-from" in e.value.hint
+    assert "init_from=" in e.value.hint and "--" not in e.value.hint  # (train()'s keywords, not the CLI's flags)
     assert train(spec, resume=True, **{**opts, "steps": 6}).steps == 6  # the run's own batches go on
 
 
