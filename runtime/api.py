@@ -41,13 +41,13 @@ def load(spec: str | os.PathLike | dict | Spec, overrides: list[str] | None = No
                             hint="pass its path, text or dict with the overrides instead")
         return spec
     if isinstance(spec, dict):
-        return spec_from_dict(spec, overrides=overrides)
+        return spec_from_dict(spec, overrides=overrides, names=KEYWORDS)
     if isinstance(spec, str) and "\n" in spec:  # YAML text (it was read as a path, and its text printed as one)
-        return spec_from_text(spec, "<string>", overrides)
+        return spec_from_text(spec, "<string>", overrides, KEYWORDS)
     if not isinstance(spec, (str, os.PathLike)):
         raise SpecError(f"spec must be a path, YAML text, a dict or a Spec, got {type(spec).__name__}",
                         hint='e.g. load("models/mlp.yaml")')
-    return load_spec(os.fspath(spec), overrides)
+    return load_spec(os.fspath(spec), overrides, KEYWORDS)
 
 
 def save_graphs(cm: CompiledModel, output: str, name: str = "output") -> list[str]:

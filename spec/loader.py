@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import FlowgradError, Loc, MultiError, MultiSpecError, SpecError, did_you_mean
+from .errors import FLAGS, ArgNames, FlowgradError, Loc, MultiError, MultiSpecError, SpecError, did_you_mean
 from .expr import ast_parse, parse_expr
 from .model import Assign, Block, Const, Expr, InitSpec, InputDecl, ParamDecl, Spec
 from .yamltree import (MAX_BYTES, LocList, LocMap, ScalarSrc, load_yaml, locate, locate_key,
@@ -38,8 +38,9 @@ MAX_SIZE = 2 ** 40  # a size beyond this is a typo, and keeps size arithmetic ch
 
 
 # ---------------------------------------------------------------- entry points
-def load_spec(path: str, overrides=()) -> Spec:
-    """Load, validate and parse the spec file at `path`, after applying `--set` overrides."""
+def load_spec(path: str, overrides=(), names: ArgNames = FLAGS) -> Spec:
+    """Load, validate and parse the spec file at `path`, after applying `--set` overrides
+    (`names`: whether messages show them as --set's or as the API's overrides=)."""
     path = str(path)
     try:
         size = os.path.getsize(path)
@@ -63,10 +64,10 @@ def load_spec(path: str, overrides=()) -> Spec:
         line = data.count(b"\n", 0, e.start) + 1
         raise SpecError("the file is not UTF-8 text", Loc(path, line, 1),
                         "save the spec as UTF-8") from None
-    return spec_from_text(text, path, overrides)
+    return spec_from_text(text, path, overrides, names)
 
 
-def spec_from_text(text: str, path: str = "<string>", overrides=()) -> Spec:
+def spec_from_text(text: str, path: str = "<string>", overrides=(), names: ArgNames = FLAGS) -> Spec:
     """Parse a spec from YAML text; `path` names it in error messages."""
     tree = load_yaml(text, path)
     if tree is None:
@@ -74,7 +75,7 @@ def spec_from_text(text: str, path: str = "<string>", overrides=()) -> Spec:
     if not isinstance(tree, LocMap):
         raise SpecError(f"a spec must be a YAML mapping of keys, not {_describe(tree)}",
                         getattr(tree, "loc", None) or Loc(path, 1, 1), "start with 'flowgrad: 1'")
-    new_dims = [added for text_ in overrides if (added := apply_override(tree, text_))]
+    new_dims = [added for text_ in overrides if (added := apply_override(tree, text_, names))]
     _check_new_dims(tree, new_dims)
     _check_version(tree, path)
     _raise_all(validate_tree(tree, path))
@@ -83,14 +84,14 @@ def spec_from_text(text: str, path: str = "<string>", overrides=()) -> Spec:
     return spec
 
 
-def spec_from_dict(d: dict, name: str = "<dict>", overrides=()) -> Spec:
+def spec_from_dict(d: dict, name: str = "<dict>", overrides=(), names: ArgNames = FLAGS) -> Spec:
     """Parse a spec given as Python data; errors point into its YAML dump."""
     try:
         text = yaml.safe_dump(d, sort_keys=False, allow_unicode=True, width=float("inf"))
     except yaml.YAMLError as e:
         raise SpecError(f"cannot turn the dict into YAML: {e}",
                         hint="use only dicts, lists, strings, numbers, booleans and None") from None
-    return spec_from_text(text, name, overrides)
+    return spec_from_text(text, name, overrides, names)
 
 
 # ---------------------------------------------------------------- overrides
@@ -101,18 +102,18 @@ def _index(key: str) -> int | None:
     return int(key) if key.isascii() and key.isdigit() else None
 
 
-def _refuse_index(path_text: str, here: str, node, key: str, loc) -> None:
+def _refuse_index(path_text: str, here: str, node, key: str, loc, names: ArgNames) -> None:
     """An index past the end of a list said the list was 'not a mapping' and that --set could
     only set keys inside one, though an index within it is set."""
     if isinstance(node, LocList) and _index(key) is not None:
         raise SpecError(f"cannot set '{path_text}': {here} has {len(node)} item{'s' * (len(node) != 1)}, "
                         f"so there is no item {key}", loc,
                         f"items count from 0: give an index below {len(node)}, or set {here} itself, "
-                        f"e.g. --set {here}=[...]")
+                        f"e.g. {names.given(overrides=f'{here}=[...]')}")
     if isinstance(node, LocList):
         raise SpecError(f"cannot set '{path_text}': {here} is a list, and {key!r} is not an index in it", loc,
-                        f"set an item by its index, e.g. --set {here}.0=VALUE, or the list itself, "
-                        f"e.g. --set {here}=[...]")
+                        f"set an item by its index, e.g. {names.given(overrides=f'{here}.0=VALUE')}, or the list "
+                        f"itself, e.g. {names.given(overrides=f'{here}=[...]')}")
 
 
 def _nested(keys: list[str], value: str) -> str:
@@ -122,22 +123,25 @@ def _nested(keys: list[str], value: str) -> str:
     return value
 
 
-def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
+def apply_override(tree: LocMap, text: str, names: ArgNames = FLAGS) -> tuple[str, SpecError] | None:
     """Apply one `--set key.path=value` to the tree. The value is YAML (safe). A dim the spec
     did not define comes back, with the error to raise if nothing in the spec uses it."""
-    origin = f"--set {text}"
+    # the override as the caller gave it (--set dims.H=32, or the API's overrides=["dims.H=32"]),
+    # which locations point into: `start` characters come before its text
+    start = len(names("overrides")) + (1 if names.flags else 3)
+    origin = f"{names('overrides')} {text}" if names.flags else f'{names("overrides")}=["{text}"]'
     if "=" not in text:
         raise SpecError(f"bad override '{text}': expected KEY=VALUE", Loc(origin, 1, 1),
-                        "e.g. --set dims.H=32")
+                        f"e.g. {names.given(overrides='dims.H=32')}")
     path_text, value_text = text.split("=", 1)
     keys = [k.strip() for k in path_text.split(".")]
     if not all(keys):
-        raise SpecError(f"bad override '{text}': empty key in '{path_text}'", Loc(origin, 1, 7),
+        raise SpecError(f"bad override '{text}': empty key in '{path_text}'", Loc(origin, 1, start + 1),
                         "write a dotted path, e.g. train.optimizer.sgd.lr=0.01")
-    value_col = len("--set ") + len(path_text) + 1  # 0-based column of the value
+    value_col = start + len(path_text) + 1  # 0-based column of the value
     value, value_loc, src = parse_yaml(value_text, origin, col_offset=value_col)
     # columns of each key in the path, for locating the key that does not exist
-    cols, col = [], len("--set ") + len(path_text) - len(path_text.lstrip()) + 1
+    cols, col = [], start + len(path_text) - len(path_text.lstrip()) + 1
     for k in keys:
         cols.append(col)
         col += len(k) + 1
@@ -148,19 +152,18 @@ def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
         if isinstance(node, LocMap):
             if key not in node:
                 # a key the spec leaves out (train.data.options) is added whole, with what is under it
-                whole = shlex.quote(f"{'.'.join(keys[:i + 1])}={_nested(keys[i + 1:], value_text.strip())}")
+                whole = f"{'.'.join(keys[:i + 1])}={_nested(keys[i + 1:], value_text.strip())}"
                 raise SpecError(f"cannot set '{path_text}': {here} has no key '{key}'", Loc(origin, 1, cols[i]),
                                 did_you_mean(key, [k for k in node if isinstance(k, str)])
                                 or _choices_hint(key, node.keys(), f"{here} is empty") + f"; or, to add {key}, "
-                                f"set it whole: --set {whole}")
+                                f"set it whole: {names.given(overrides=shlex.quote(whole) if names.flags else whole)}")
             node = node[key]
         elif isinstance(node, LocList) and _index(key) is not None and _index(key) < len(node):
             node = node[int(key)]
         else:
-            _refuse_index(path_text, here, node, key, Loc(origin, 1, cols[i]))
+            _refuse_index(path_text, here, node, key, Loc(origin, 1, cols[i]), names)
             raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
-                            Loc(origin, 1, cols[i]), f"--set can only set keys inside a mapping; set {here} itself, "
-                            f"e.g. --set {here}=VALUE")
+                            Loc(origin, 1, cols[i]), _set_inside_hint(here, names))
     last = keys[-1]
     if isinstance(node, LocMap):
         new_dim = None
@@ -176,10 +179,14 @@ def apply_override(tree: LocMap, text: str) -> tuple[str, SpecError] | None:
         node.item_srcs[int(last)] = src
     else:
         here = ".".join(keys[:-1])
-        _refuse_index(path_text, here, node, last, Loc(origin, 1, cols[-1]))
+        _refuse_index(path_text, here, node, last, Loc(origin, 1, cols[-1]), names)
         raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
-                        Loc(origin, 1, cols[-1]), f"--set can only set keys inside a mapping; set {here} itself, "
-                        f"e.g. --set {here}=VALUE")
+                        Loc(origin, 1, cols[-1]), _set_inside_hint(here, names))
+
+
+def _set_inside_hint(here: str, names: ArgNames) -> str:
+    return (f"{names('overrides')} can only set keys inside a mapping; set {here} itself, "
+            f"e.g. {names.given(overrides=f'{here}=VALUE')}")
 
 
 def _check_new_dims(tree: LocMap, new_dims: list[tuple[str, SpecError]]) -> None:

@@ -255,3 +255,22 @@ def test_a_runs_failure_mid_training_names_resuming_as_the_api_does(tmp_path, mo
     monkeypatch.setattr(C, "_write", full)
     _refused(["No space left on device", "the previous checkpoint is intact; free some space and resume=True"],
              run_dir=str(tmp_path / "full"), epochs=1)
+
+
+def test_loads_override_errors_name_the_override_as_given():
+    """load(path, overrides=["dims.H"]) was located at "--set dims.H:1:1" and hinted "e.g. --set
+    dims.H=32": the caller gave a list, not a flag. The location names the override as given in
+    overrides=, its columns count within it, and the hints show overrides=[...]."""
+    for overrides, where, hint in (
+            (["dims.H"], 'overrides=["dims.H"]:1:1', 'e.g. overrides=["dims.H=32"]'),
+            (["dims.H=8", "dims.X.y=3"], 'overrides=["dims.X.y=3"]:1:18', "expected one of"),
+            (["train.data.valid.x=1"], 'overrides=["train.data.valid.x=1"]:1:30',
+             'overrides can only set keys inside a mapping; set train.data.valid itself, '
+             'e.g. overrides=["train.data.valid=VALUE"]'),
+            (["inputs.x.shape.5=1"], 'overrides=["inputs.x.shape.5=1"]:1:28', 'e.g. overrides=["inputs.x.shape=[...]"]'),
+            (["dims.H=[1"], 'overrides=["dims.H=[1"]:1:22', "")):
+        for spec in (MLP, open(MLP).read(), yaml.safe_load(open(MLP))):
+            with pytest.raises(SpecError) as e:
+                load(spec, overrides=overrides)
+            assert str(e.value).startswith(where + ": ") and hint in str(e.value) and "--" not in str(e.value), \
+                str(e.value)

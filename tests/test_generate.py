@@ -288,7 +288,7 @@ def test_generate_keys_of_the_other_decoder_are_refused(model, key, words):
     spec = load(os.path.join(ROOT, "models", f"{model}.yaml"), [f"generate.{key}"])
     with pytest.raises(SpecError, match=words) as e:
         check_spec(spec)
-    assert str(e.value).startswith(f"--set generate.{key}:1:"), str(e.value)
+    assert str(e.value).startswith(f'overrides=["generate.{key}"]:1:'), str(e.value)  # (as load() was given it)
 
 
 @pytest.mark.parametrize("key, words", [("pad=50", "generate.pad is 50, but the logits 'logits' have 14 entries"),
@@ -302,7 +302,7 @@ def test_beam_search_token_ids_beyond_the_logits_are_refused(key, words):
     spec = load(os.path.join(ROOT, "models", "dates_attention.yaml"), [f"generate.{key}"])
     with pytest.raises(SpecError, match=words) as e:
         check_spec(spec)
-    assert str(e.value).startswith(f"--set generate.{key}:1:"), str(e.value)
+    assert str(e.value).startswith(f'overrides=["generate.{key}"]:1:'), str(e.value)  # (as load() was given it)
 
 
 def test_bad_arguments_of_the_export_api_are_export_errors(exported, tmp_path):
