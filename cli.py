@@ -395,13 +395,14 @@ def eval_cmd(
     """Loss and metrics of a trained run on other data, or on the test examples it held out."""
     from runtime.api import evaluate_run
     from runtime.checkpoint import check_checkpoint
+    from spec.errors import FLAGS
 
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
         _check_device(device)
         _not_empty(data=data)
         _check_data_flags(data)
-        metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size)
+        metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size, names=FLAGS)
     if data is None:
         err.print("on the test examples the run's spec held out (train.data.test)")
     print(json.dumps(metrics, indent=2))
@@ -418,12 +419,13 @@ def export(
     from runtime.checkpoint import check_checkpoint
     from runtime.export import check_graph
     from runtime.export import export as do_export
+    from spec.errors import FLAGS
 
     with user_errors():
         check_checkpoint(checkpoint, "--checkpoint")
         check_graph(graph, "--graph")
         _not_empty(output=output)
-        info = do_export(run_dir, output, checkpoint, graph)
+        info = do_export(run_dir, output, checkpoint, graph, names=FLAGS)
     err.print(f"wrote {escape(info['path'])}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}",
               soft_wrap=True)
     print(info["path"])

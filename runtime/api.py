@@ -13,7 +13,7 @@ import os
 
 from compiler.training import CompiledModel, check_dtype, compile_spec
 from spec import load_spec, spec_from_dict, spec_from_text
-from spec.errors import FLAGS, KEYWORDS, FlowgradError, SpecError, did_you_mean
+from spec.errors import KEYWORDS, ArgNames, FlowgradError, SpecError, did_you_mean
 from spec.model import Spec
 
 from . import data as D
@@ -93,9 +93,10 @@ def train(spec: str | os.PathLike | dict | Spec, **options) -> TrainResult:
 
 
 def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, checkpoint: str = "best", device: str = "auto",
-                 threads: int | None = None, batch_size: int = 256) -> dict:
+                 threads: int | None = None, batch_size: int = 256, *, names: ArgNames = KEYWORDS) -> dict:
     """Loss and metrics of a run's best (or last) checkpoint on the .npz at `data`, or without
-    one on the test examples its spec held out (train.data.test), as `flowgrad eval` prints them."""
+    one on the test examples its spec held out (train.data.test), as `flowgrad eval` prints them.
+    `names`: how hints name the arguments (the keywords; flowgrad eval passes its flags)."""
     from runtime.session import ORT_ERRORS, check_device
     from runtime.train import _check_state
 
@@ -125,12 +126,12 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
     if not os.path.exists(ckpt):  # a run stopped before its first epoch ended has no best yet
         ckpt = os.path.join(run_dir, "checkpoint.npz")
-    state, _ = load_checkpoint(ckpt, FLAGS)
-    _check_state(cm, state, ckpt, seed, FLAGS)
+    state, _ = load_checkpoint(ckpt, names)
+    _check_state(cm, state, ckpt, seed, names)
     if data is None:
-        ds, data = held_out_test(spec, run_dir, info, cm, FLAGS)
+        ds, data = held_out_test(spec, run_dir, info, cm, names)
     else:
-        D.check_data_path(data, flag="data")  # (its hint spoke of flowgrad's --data)
+        D.check_data_path(data, flag=names("data"))  # (its hint spoke of flowgrad's --data)
         ds = D.load_npz(data, None, spec.inputs)
     needed = needed_inputs(cm, ("eval",))
     dtypes = input_dtypes(cm)

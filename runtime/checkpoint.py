@@ -27,14 +27,15 @@ RUN_FILES = ("checkpoint.npz", "best.npz", "best.before_partial.npz", "run.json"
              "result.json", ".lock")
 
 
-def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError) -> None:
+def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError, names: ArgNames = FLAGS) -> None:
     """An output (an export, predictions) must not replace a run directory's own files: those
-    beside its run.json, and everything in its graphs/ folder (the graphs its checkpoints fit)."""
+    beside its run.json, and everything in its graphs/ folder (the graphs its checkpoints fit).
+    `names`: how the hint names the output (the CLI's -o, the API's output)."""
     directory = os.path.dirname(os.path.abspath(path))
     in_graphs = os.path.basename(directory) == "graphs" and os.path.isfile(
         os.path.join(os.path.dirname(directory), "run.json"))
     if in_graphs or os.path.basename(path) in RUN_FILES and os.path.isfile(os.path.join(directory, "run.json")):
-        raise error(f"{path} is one of the run's own files", hint="pick another path with -o")
+        raise error(f"{path} is one of the run's own files", hint=f"pick another path with {names('output')}")
 
 
 def read_run_info(run_dir: str, error: type[FlowgradError] = DataError, missing_ok: bool = False,
@@ -57,16 +58,16 @@ def read_run_info(run_dir: str, error: type[FlowgradError] = DataError, missing_
     return info
 
 
-def make_parent_dir(path: str, error: type[FlowgradError] = FlowgradError) -> None:
+def make_parent_dir(path: str, error: type[FlowgradError] = FlowgradError, names: ArgNames = FLAGS) -> None:
     """The directory an output file goes in, made if missing (export, predict, plot and graph
-    write into new directories alike)."""
+    write into new directories alike). `names`: how the hint names the output."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
         reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
         raise error(f"cannot make the directory {directory} for {path}: {reason}",
-                            hint="pick another path with -o") from None
+                            hint=f"pick another path with {names('output')}") from None
 
 
 def _umask() -> int:

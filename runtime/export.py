@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spec.errors import DataError, ExportArgumentError, ExportError, FlowgradError
+from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
@@ -30,12 +30,14 @@ def check_graph(graph, name: str = "graph", error: type[FlowgradError] = Flowgra
         raise error(f"unknown {name} {graph!r}", hint="choose infer or generate")
 
 
-def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | None = None) -> dict:
+def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | None = None, *,
+           names: ArgNames = KEYWORDS) -> dict:
     """Write RUN_DIR's deployment graph with its trained parameters as `output`.
 
     `graph` is "infer" (the spec's outputs) or "generate" (sampling from a
     prompt); by default the sampling graph where the spec has one. Bad arguments raise
-    ExportArgumentError, an ExportError."""
+    ExportArgumentError, an ExportError. `names`: how hints name the arguments (the
+    keywords; flowgrad export passes its flags)."""
     # (run_dir=3 or output=3 ended in os.path's TypeError, a pathlib.Path output in an AttributeError)
     run_dir = check_path("run_dir", run_dir, ExportArgumentError, required=True)
     output = check_path("output", output, ExportArgumentError, required=True)
@@ -54,7 +56,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
     if not os.path.exists(ckpt):
         ckpt = os.path.join(run_dir, "checkpoint.npz")
-    state, meta = load_checkpoint(ckpt)
+    state, meta = load_checkpoint(ckpt, names)
     model = load_model_safely(graph_path)  # a run directory may come from someone else
     # (right shifts as exact float64 arithmetic: onnxruntime's CUDA provider has no BitShift)
     model = shifts_in_float64(model)
@@ -75,7 +77,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
             if inp.name not in state:
                 raise ExportError(f"{ckpt} lacks the parameter {inp.name!r} that the graph needs",
                                   hint="the checkpoint and the graphs come from different runs")
-            _check_fits_input(state[inp.name], inp, ckpt, graph_path)
+            _check_fits_input(state[inp.name], inp, ckpt, graph_path, names)
             model.graph.initializer.append(numpy_helper.from_array(state[inp.name], inp.name))
             baked.append(inp.name)
         else:
@@ -106,8 +108,8 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         _check_exported(model, ckpt, graph_path)
     from .checkpoint import make_parent_dir, refuse_run_file
 
-    refuse_run_file(output, error=ExportArgumentError)
-    make_parent_dir(output, error=ExportArgumentError)
+    refuse_run_file(output, ExportArgumentError, names)
+    make_parent_dir(output, ExportArgumentError, names)
     try:
         if external:
             onnx.save_model(model, output, save_as_external_data=True, all_tensors_to_one_file=True,
@@ -115,9 +117,10 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         else:  # whole or not at all: a failed write leaves any earlier file as it was
             from .checkpoint import atomic_write
 
-            atomic_write(output, model.SerializeToString(), hint="free some space, or pick another path with -o")
+            atomic_write(output, model.SerializeToString(), hint=f"free some space, or pick another path with {names('output')}")
     except OSError as e:
-        raise ExportError(f"cannot write {output}: {e.strerror or e}", hint="check that the folder exists and is writable, or pick another path with -o") from None
+        raise ExportError(f"cannot write {output}: {e.strerror or e}",
+                          hint=f"check that the folder exists and is writable, or pick another path with {names('output')}") from None
     if external:  # onnx checks a model this large from its files
         try:
             _check_exported(output, ckpt, graph_path)
@@ -130,7 +133,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
             "parameters": len(baked), "bytes": size}
 
 
-def _check_fits_input(value: np.ndarray, inp: onnx.ValueInfoProto, ckpt: str, graph_path: str) -> None:
+def _check_fits_input(value: np.ndarray, inp: onnx.ValueInfoProto, ckpt: str, graph_path: str, names: ArgNames) -> None:
     """A parameter baked in for a graph input has that input's shape (onnx's checker lets an
     initializer of another shape replace an input, and the graph may even run with it)."""
     t = inp.type.tensor_type
@@ -141,7 +144,7 @@ def _check_fits_input(value: np.ndarray, inp: onnx.ValueInfoProto, ckpt: str, gr
         raise ExportError(f"the checkpoint {ckpt} does not fit the graph {graph_path}: {inp.name} has shape "
                           f"{list(value.shape)} there, the graph takes {['?' if d is None else d for d in dims]}",
                           hint="the checkpoint and the graphs come from different runs (a run started over "
-                               "with --overwrite and stopped before its first checkpoint?)")
+                               f"with {names.given(overwrite=True)} and stopped before its first checkpoint?)")
 
 
 def _check_exported(model: onnx.ModelProto | str, ckpt: str, graph_path: str) -> None:
@@ -162,7 +165,8 @@ def load_model_safely(path: str) -> onnx.ModelProto:
                                   hint="give the path of the .onnx file as a str or a pathlib.Path")
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ExportError(f"no ONNX file at {path}", hint="pass a model that 'flowgrad export RUN_DIR -o FILE.onnx' wrote")
+        raise ExportError(f"no ONNX file at {path}", hint="pass a model that 'flowgrad export RUN_DIR -o FILE.onnx' "
+                                                      "(or export(run_dir, output)) wrote")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:
@@ -234,7 +238,9 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     try:
         sess = make_session(model, device, threads)
     except ORT_ERRORS as e:
-        raise ExportError(f"{model_path}: onnxruntime cannot run this model ({_ort_message(e)})", hint="export the model again with this flowgrad, or run it with --device cpu") from None
+        raise ExportError(f"{model_path}: onnxruntime cannot run this model ({_ort_message(e)})",
+                          hint='export the model again with this flowgrad, or run it on the CPU (device="cpu", '
+                               "flowgrad predict --device cpu)") from None
     wanted = {i.name: i for i in sess.get_inputs()}
     missing = [n for n in wanted if n not in feeds]
     if missing:

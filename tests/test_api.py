@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from runtime.api import compile, evaluate_run, export, load, predict, train
-from spec.errors import DataError, ExportArgumentError, FlowgradError, SpecError
+from spec.errors import DataError, ExportArgumentError, ExportError, FlowgradError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
@@ -274,3 +274,42 @@ def test_loads_override_errors_name_the_override_as_given():
                 load(spec, overrides=overrides)
             assert str(e.value).startswith(where + ": ") and hint in str(e.value) and "--" not in str(e.value), \
                 str(e.value)
+
+
+def test_evaluate_runs_and_exports_hints_name_their_keywords(tmp_path, run):
+    """evaluate_run(run_dir) on a run without held-out test data hinted "pass the test examples
+    with --data FILE.npz", and export()'s refusals of an output said "pick another path with
+    -o": the keywords are data= and output. flowgrad eval and export keep their flags."""
+    import shutil
+    import subprocess
+    import sys
+
+    with pytest.raises(DataError, match="holds out no test data") as e:
+        evaluate_run(str(run / "run"), device="cpu")
+    assert 'pass the test examples with data="FILE.npz"' in e.value.hint and "--" not in e.value.hint
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(run / "run", damaged)
+    for name in ("best.npz", "checkpoint.npz"):
+        open(os.path.join(damaged, name), "wb").close()
+    with pytest.raises(DataError, match="is empty") as e:
+        evaluate_run(damaged, device="cpu")
+    assert "(export and eval: checkpoint best or last), or train anew with overwrite=True" in e.value.hint
+    with pytest.raises(DataError, match="is empty") as e:
+        export(damaged, str(tmp_path / "m.onnx"))
+    assert "checkpoint best or last" in e.value.hint and "--" not in e.value.hint
+    (tmp_path / "file").write_text("x")
+    for output, words in ((str(run / "run" / "metrics.jsonl"), "is one of the run's own files"),
+                          (str(tmp_path / "file" / "m.onnx"), "a file is in the way")):
+        with pytest.raises(ExportArgumentError, match=words) as e:
+            export(str(run / "run"), output)
+        assert e.value.hint == "pick another path with output", e.value.hint
+    with pytest.raises(ExportError, match="no ONNX file at") as e:
+        predict(str(tmp_path / "none.onnx"), {})
+    assert "export(run_dir, output)" in e.value.hint
+    # the CLI's words
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "eval", str(run / "run"), "--device", "cpu"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 1 and "pass the test examples with --data FILE.npz" in res.stderr, res.stderr
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "export", str(run / "run"), "-o",
+                          str(tmp_path / "file" / "m.onnx")], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 1 and "pick another path with -o" in res.stderr, res.stderr

@@ -897,7 +897,7 @@ def test_eval_without_data_reads_the_test_examples_the_run_held_out(tmp_path):
     np.savez(tmp_path / "d.npz", **changed)
     with pytest.raises(DataError, match="has changed since .* was trained on it") as e:
         evaluate_run(run, device="cpu")
-    assert "--data" in e.value.hint
+    assert 'data="FILE.npz"' in e.value.hint and "--" not in e.value.hint  # (evaluate_run's keyword)
 
     with_file = load(MLP, ["dims.H=16", f"train.data.test={tmp_path / 'held.npz'}"])
     train(with_file, run_dir=str(tmp_path / "file"), data=str(tmp_path / "d.npz"), steps=2, threads=1, device="cpu")
@@ -984,7 +984,7 @@ def test_a_run_on_an_older_bundled_dataset_is_told_the_dataset_changed(tmp_path)
         assert f'init_from="{run}", run_dir="NEW_DIR"' in e.value.hint and "\n" not in e.value.message
         with pytest.raises(DataError, match="the bundled dataset 'digits' changed in this flowgrad version") as e:
             evaluate_run(run, device="cpu")
-        assert words in e.value.message and "--data" in e.value.hint and "--init-from" in e.value.hint
+        assert words in e.value.message and 'data="FILE.npz"' in e.value.hint and "init_from=" in e.value.hint
     # the user's own change is still named as such: another split, or the same version
     rewrite(version=None)
     with pytest.raises(DataError, match=re.escape("(valid=0.3, where the run had 0.2)")):
