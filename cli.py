@@ -238,13 +238,14 @@ def compile_cmd(
     """Compile a spec into ONNX graphs: train, eval, infer, grads, apply (+ manifest.json)."""
     from compiler.training import compile_spec
     from runtime.api import save_graphs
+    from spec.errors import FLAGS
 
     with user_errors():
         _not_empty(output=output)
         _check_dtype(dtype)
         s = _load(spec, set)
         cm = compile_spec(s, dtype, optimize_graph=not no_optimize)
-        written = save_graphs(cm, output, "-o")
+        written = save_graphs(cm, output, FLAGS)
     table = Table(title=f"{s.name} compiled in {cm.compile_seconds:.2f} s", title_justify="left")
     table.add_column("graph")
     table.add_column("nodes", justify="right")
@@ -501,9 +502,10 @@ def _write_npz(path: str, arrays: dict) -> None:
 
     import numpy as np
 
-    from runtime.checkpoint import atomic_write, make_parent_dir, refuse_run_file
+    from runtime.checkpoint import atomic_write, make_parent_dir, refuse_replacing, refuse_run_file
 
     refuse_run_file(path)
+    refuse_replacing(path, "npz")  # (predictions replaced a spec or notes given as -o)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     make_parent_dir(path)

@@ -17,7 +17,7 @@ from spec.errors import KEYWORDS, ArgNames, FlowgradError, SpecError, did_you_me
 from spec.model import Spec
 
 from . import data as D
-from .checkpoint import check_checkpoint, load_checkpoint
+from .checkpoint import check_checkpoint, load_checkpoint, refuse_replacing
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
 from .checks import MAX_THREADS, check_count, check_path
@@ -50,16 +50,21 @@ def load(spec: str | os.PathLike | dict | Spec, overrides: list[str] | None = No
     return load_spec(os.fspath(spec), overrides, KEYWORDS)
 
 
-def save_graphs(cm: CompiledModel, output: str, name: str = "output") -> list[str]:
-    """Write the compiled graphs and manifest.json into the directory `output` (`name`: the
-    keyword or flag that gave it), never into a run directory: its graphs belong to its
-    checkpoints, which another spec's graphs would no longer fit."""
+def save_graphs(cm: CompiledModel, output: str, names: ArgNames = KEYWORDS) -> list[str]:
+    """Write the compiled graphs and manifest.json into the directory `output` (`names`: how
+    hints name it, as the keyword or the CLI's -o), never into a run directory: its graphs
+    belong to its checkpoints, which another spec's graphs would no longer fit; nor over files
+    of the same names that are not compiled graphs."""
+    name = names("output")
     if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(output)), "run.json")):
         raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's checkpoints: "
                             f"pick another directory with {name}")
     if os.path.isfile(os.path.join(output, "run.json")):  # (the graphs went in beside its checkpoints)
         raise FlowgradError(f"{output} is a run directory", hint="its graphs are in its graphs/ folder, and belong "
                             f"to the run's checkpoints: pick another directory with {name}")
+    for graph in cm.graphs:
+        refuse_replacing(os.path.join(output, f"{graph}.onnx"), "onnx", names=names)
+    refuse_replacing(os.path.join(output, "manifest.json"), "manifest", names=names)
     try:
         return cm.save(output, hint=f"pick a writable directory with {name}, or free some space")
     except OSError as e:

@@ -38,6 +38,38 @@ def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError, names
         raise error(f"{path} is one of the run's own files", hint=f"pick another path with {names('output')}")
 
 
+def refuse_replacing(path: str, kind: str, error: type[FlowgradError] = FlowgradError, names: ArgNames = FLAGS) -> None:
+    """An output may replace a file of its own kind (users write again to one path: a previous
+    export, predictions, compiled graphs), never another file that a mistyped path names: a
+    spec, data, notes. `kind`: "onnx", "npz" or "manifest". `names`: how the hint names the output."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0 or _is_kind(path, kind):
+        return
+    raise error(f"{path} exists and is not {_KINDS[kind]}: writing there would replace it",
+                hint=f"pick another output path with {names('output')}")
+
+
+_KINDS = {"onnx": "an ONNX model", "npz": "an .npz of outputs", "manifest": "the manifest.json of compiled graphs"}
+
+
+def _is_kind(path: str, kind: str) -> bool:
+    try:
+        if kind == "onnx":
+            import onnx
+
+            model = onnx.load(path, load_external_data=False)
+            return bool(model.graph.node or model.graph.output)  # (a protobuf parses from many byte strings)
+        if kind == "npz":  # (a checkpoint is an .npz too, but no output of arrays)
+            import zipfile
+
+            with zipfile.ZipFile(path) as z:
+                return META_KEY + ".npy" not in z.namelist()
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        return isinstance(manifest, dict) and "graphs" in manifest and "opset" in manifest
+    except Exception:  # unreadable as that kind: another file
+        return False
+
+
 def read_run_info(run_dir: str, error: type[FlowgradError] = DataError, missing_ok: bool = False,
                   hint: str = "pass a run directory that 'flowgrad train' wrote") -> dict:
     """A run directory's run.json as a dict; a missing (unless `missing_ok`: then {}), unreadable

@@ -106,9 +106,10 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     external = size >= EXTERNAL_DATA_BYTES  # a protobuf holds at most 2 GB: the weights go beside it
     if not external:
         _check_exported(model, ckpt, graph_path)
-    from .checkpoint import make_parent_dir, refuse_run_file
+    from .checkpoint import make_parent_dir, refuse_replacing, refuse_run_file
 
     refuse_run_file(output, ExportArgumentError, names)
+    refuse_replacing(output, "onnx", ExportArgumentError, names)  # (a spec given as -o became an ONNX model)
     make_parent_dir(output, ExportArgumentError, names)
     try:
         if external:

@@ -313,3 +313,26 @@ def test_evaluate_runs_and_exports_hints_name_their_keywords(tmp_path, run):
     res = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "export", str(run / "run"), "-o",
                           str(tmp_path / "file" / "m.onnx")], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 1 and "pick another path with -o" in res.stderr, res.stderr
+
+
+def test_export_and_compile_replace_only_files_of_their_own_kind(tmp_path, run):
+    """export(run, "models/mlp.yaml") replaced the spec with an ONNX model without a word, and
+    compile(output=DIR) another program's manifest.json. A file not of the kind written is
+    refused, named, with a hint naming output; a previous export is written over as before."""
+    import shutil
+
+    spec = tmp_path / "mlp.yaml"
+    shutil.copy(MLP, spec)
+    with pytest.raises(ExportArgumentError, match=f"^{spec} exists and is not an ONNX model") as e:
+        export(str(run / "run"), spec)
+    assert e.value.hint == "pick another output path with output"
+    assert spec.read_text() == open(MLP).read()
+    for _ in range(2):
+        assert export(str(run / "run"), tmp_path / "m.onnx")["path"] == str(tmp_path / "m.onnx")
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "manifest.json").write_text('{"name": "my web app"}')
+    with pytest.raises(FlowgradError, match="manifest.json exists and is not") as e:
+        compile(MLP, output=tmp_path / "build")
+    assert e.value.hint == "pick another output path with output"
+    assert (tmp_path / "build" / "manifest.json").read_text() == '{"name": "my web app"}'
+    assert not (tmp_path / "build" / "train.onnx").exists()

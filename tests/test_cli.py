@@ -553,6 +553,46 @@ def test_predict_refuses_to_write_over_its_own_model_or_data(trained, tmp_path):
     invoke("predict", model, "--data", data, "-o", tmp_path / "out.npz", "--device", "cpu")
 
 
+def test_outputs_replace_only_files_of_their_own_kind(trained, tmp_path):
+    """export -o models/mlp.yaml replaced the spec with an ONNX model without a word, predict -o
+    notes.txt the notes with an .npz, and compile -o DIR a manifest.json or NAME.onnx that was
+    not flowgrad's. Each refuses a file not of its kind, naming it; a previous export, outputs
+    .npz or compiled graphs (and an empty file) are written over as before."""
+    import shutil
+
+    run_dir, _ = trained
+    spec = tmp_path / "mlp.yaml"
+    shutil.copy(MLP, spec)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("notes")
+    res = invoke("export", run_dir, "-o", spec, code=1)
+    assert f"{spec} exists and is not an ONNX model" in res.stderr and "pick another output path with -o" in res.stderr
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    for _ in range(2):
+        invoke("export", run_dir, "-o", model)
+    data = tmp_path / "in.npz"
+    np.savez(data, x=np.zeros((2, 64), np.float32))
+    shutil.copy(model, tmp_path / "other.onnx")
+    for target, words in ((notes, "is not an .npz of outputs"), (spec, "is not an .npz of outputs"),
+                          (tmp_path / "other.onnx", "is not an .npz of outputs")):
+        res = invoke("predict", model, "--data", data, "-o", target, "--device", "cpu", code=1)
+        assert f"{target} exists and {words}" in res.stderr and "-o" in res.stderr
+    shutil.copy(run_dir / "checkpoint.npz", tmp_path / "kept.npz")
+    res = invoke("predict", model, "--data", data, "-o", tmp_path / "kept.npz", "--device", "cpu", code=1)
+    assert "is not an .npz of outputs" in res.stderr
+    for _ in range(2):
+        invoke("predict", model, "--data", data, "-o", tmp_path / "out.npz", "--device", "cpu")
+    for name in ("infer.onnx", "manifest.json"):
+        build = tmp_path / name.replace(".", "_")
+        for _ in range(2):
+            invoke("compile", MLP, "--set", "dims.H=8", "-o", build)
+        shutil.copy(spec, build / name)
+        res = invoke("compile", MLP, "--set", "dims.H=8", "-o", build, code=1)
+        assert f"{build / name} exists and is not" in res.stderr and "-o" in res.stderr
+    assert spec.read_text() == open(MLP).read() and notes.read_text() == "notes"
+
+
 def test_train_does_not_write_a_run_over_a_directory_of_other_files(tmp_path):
     """--run-dir named a directory that holds no run but files of a run's names (a project
     folder with its spec.yaml): training wrote the run there, replacing the user's spec.yaml
