@@ -924,7 +924,7 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
         # each glob on its own: a misspelt one beside one that matches froze less than asked, without a word
         for glob in frozen:
             if not any(_matches(n, [glob]) for n in check.params):
-                raise SpecError(f"--freeze {glob!r} matches no parameter", None,
+                raise SpecError(f"{names('freeze')} {glob!r} matches no parameter", None,
                                 f"parameters: {', '.join(check.params)}")
         for o in objectives:
             o.frozen, o.frozen_by = list(frozen), names("freeze")

@@ -156,11 +156,13 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         test_path = beside_spec(spec, test)
         D.check_against_spec(D.load_npz(test_path, spec.locate("train", "data", "test"), spec.inputs), spec,
                              needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes, cm.length_bounds)
-    valid_name = "--valid" if opts.valid is not None else "valid"  # (the errors name the one the user gave)
+    # the errors name the one the user gave: --valid (valid=), or the spec's
+    valid_name = opts.names("valid") if opts.valid is not None else "valid"
     if isinstance(test, float) and test:
         valid = source["valid"]  # (the spec's, or --valid's)
         if isinstance(valid, float) and valid + test >= 1:  # (valid takes its fraction of what test leaves)
-            raise DataError(f"{valid_name} {valid} and test {test} must sum to less than 1 (they sum to "
+            given = opts.names.given(valid=valid) if opts.valid is not None else f"valid {valid}"
+            raise DataError(f"{given} and test {test} must sum to less than 1 (they sum to "
                             f"{round(valid + test, 12):g})", loc,
                             f"test holds out its fraction of the data and {valid_name} its fraction of the rest; "
                             "lower one of them so that the two sum to less than 1")
@@ -459,7 +461,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
         optimizers = {o.name: o.optimizer.name for o in cm.objectives}
         if opts.resume:
-            _check_same_optimizers(meta.get("optimizers"), optimizers, ckpt_path, run_dir)
+            _check_same_optimizers(meta.get("optimizers"), optimizers, ckpt_path, run_dir, names)
             # before the shapes: another --freeze also resizes the flat optimizer state, which
             # _check_state would blame on a changed spec (a parameter the checkpoint lacks is one)
             if "trained" in meta and meta["trained"] != trained and all(p in state for p in cm.params):
@@ -768,7 +770,7 @@ def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str, names: A
                                  f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
-def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: str) -> None:
+def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: str, names: ArgNames) -> None:
     """A resumed run goes on with the optimizers it was trained with: another one reads the
     checkpoint's optimizer state as its own (Adam's m and v as AdamW's, RMSProp's velocity as
     SGD's), or leaves it behind to be taken up again later, stale. (A checkpoint written before
@@ -778,8 +780,9 @@ def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: s
             which = "" if len(now) == 1 else f" for objective {obj}"
             raise DataError(f"{path} was trained with the {name} optimizer{which}, and the spec now asks for "
                             f"{now[obj]}: the checkpoint's optimizer state is {name}'s",
-                            hint=f"resume with the run's own optimizer (its spec.yaml has it; another lr is fine), "
-                                 f"or start a new run from its weights: --init-from {run_dir} --run-dir NEW_DIR")
+                            hint="resume with the run's own optimizer (its spec.yaml has it; another lr is fine), "
+                                 "or start a new run from its weights: "
+                                 f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _difference(before: dict, now: dict) -> str:

@@ -336,3 +336,119 @@ def test_export_and_compile_replace_only_files_of_their_own_kind(tmp_path, run):
     assert e.value.hint == "pick another output path with output"
     assert (tmp_path / "build" / "manifest.json").read_text() == '{"name": "my web app"}'
     assert not (tmp_path / "build" / "train.onnx").exists()
+
+
+def _refused_as_flowgrad_train(words, **options):
+    """The same refusal through the options flowgrad train builds (names=FLAGS): its words are
+    the CLI's flags, as they were."""
+    from runtime.train import TrainOptions
+    from runtime.train import train as run_training
+    from spec.errors import FLAGS
+
+    spec = options.pop("spec", None) or load(MLP, SMALL)
+    with pytest.raises(FlowgradError) as e:
+        run_training(spec, TrainOptions(threads=1, device="cpu", progress=False, names=FLAGS, **options))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    return e.value
+
+
+def _copy_of_run(run, tmp_path, name="r") -> str:
+    import shutil
+
+    r = str(tmp_path / name)
+    shutil.copytree(run / "run", r)
+    return r
+
+
+def test_a_resume_with_another_optimizer_names_init_from_as_a_keyword(tmp_path, run):
+    """train(spec with sgd, resume=True) of a run trained with adam was told to start a new run
+    "--init-from RUN --run-dir NEW_DIR"."""
+    r = _copy_of_run(run, tmp_path)
+    sgd = load(MLP, SMALL + ["train.optimizer={sgd: {lr: 0.01}}"])
+    _refused(["was trained with the adam optimizer, and the spec now asks for sgd",
+              f'start a new run from its weights: init_from="{r}", run_dir="NEW_DIR"'],
+             spec=sgd, run_dir=r, resume=True, epochs=2)
+    _refused_as_flowgrad_train([f"start a new run from its weights: --init-from {r} --run-dir NEW_DIR"],
+                               spec=load(MLP, SMALL + ["train.optimizer={sgd: {lr: 0.01}}"]), run_dir=r,
+                               resume=True, epochs=2)
+
+
+def test_a_damaged_checkpoint_and_a_lone_best_npz_are_answered_with_keywords(tmp_path, run):
+    """A resume from a damaged checkpoint.npz hinted "copy it over ... and --resume", "--init-from
+    BEST --run-dir NEW_DIR" and "(--overwrite would remove it)", and a run holding best.npz alone
+    "copy it to ... and --resume", to a caller of train()."""
+    r = _copy_of_run(run, tmp_path)
+    ckpt, best = os.path.join(r, "checkpoint.npz"), os.path.join(r, "best.npz")
+    data = open(ckpt, "rb").read()
+    with open(ckpt, "wb") as f:
+        f.write(data[:len(data) // 2])
+    _refused([f"checkpoint {ckpt} is unreadable", f"{best} is a checkpoint too: copy it over {ckpt} and resume=True "
+              f'to go on from its epoch, or start a new run from it with init_from="{best}", run_dir="NEW_DIR" '
+              "(overwrite=True would remove it)"], run_dir=r, resume=True, epochs=2)
+    _refused_as_flowgrad_train([f"copy it over {ckpt} and --resume to go on from its epoch, or start a new run from "
+                                f"it with --init-from {best} --run-dir NEW_DIR (--overwrite would remove it)"],
+                               run_dir=r, resume=True, epochs=2)
+    os.remove(ckpt)
+    _refused([f"nothing to resume: no checkpoint in {r}",
+              f"{best} is a whole checkpoint of its epoch: copy it to {ckpt} and resume=True to go on from there"],
+             run_dir=r, resume=True, epochs=2)
+    _refused(["already holds a run", "continue it with resume=True"], run_dir=r, epochs=2)
+    _refused_as_flowgrad_train([f"copy it to {ckpt} and --resume to go on from there"], run_dir=r, resume=True,
+                               epochs=2)
+
+
+def test_a_freeze_glob_that_matches_no_parameter_is_named_as_the_keyword(tmp_path):
+    """train(freeze=["W1", "zz*"]) said "--freeze 'zz*' matches no parameter"."""
+    _refused(["freeze 'zz*' matches no parameter", "parameters: W1, b1"], run_dir=str(tmp_path / "run"),
+             freeze=["W1", "zz*"], epochs=1)
+    assert not (tmp_path / "run").exists()
+    _refused_as_flowgrad_train(["--freeze 'zz*' matches no parameter"], run_dir=str(tmp_path / "run"),
+                               freeze=["W1", "zz*"], epochs=1)
+
+
+def test_init_from_errors_name_the_keyword_as_given(tmp_path, run):
+    """train(init_from=PATH) of no checkpoint, of a file that is not one, or of a damaged one said
+    "--init-from PATH: ...", and the damaged one's hint spoke of --checkpoint and --overwrite."""
+    none, text, empty = str(tmp_path / "none"), tmp_path / "notes.npz", tmp_path / "empty.npz"
+    text.write_text("notes")
+    empty.write_bytes(b"")
+    _refused([f'init_from="{none}": no checkpoint at {none}'], run_dir=str(tmp_path / "a"), init_from=none, epochs=1)
+    _refused([f'init_from="{text}": {text} is not a checkpoint'], run_dir=str(tmp_path / "a"), init_from=str(text),
+             epochs=1)
+    _refused([f'init_from="{empty}": checkpoint {empty} is empty',
+              "(export and eval: checkpoint best or last), or train anew with overwrite=True"],
+             run_dir=str(tmp_path / "a"), init_from=str(empty), epochs=1)
+    assert not (tmp_path / "a").exists()
+    _refused_as_flowgrad_train([f"--init-from {none}: no checkpoint at {none}"], run_dir=str(tmp_path / "a"),
+                               init_from=none, epochs=1)
+    _refused_as_flowgrad_train(["(export and eval: --checkpoint best or last), or train anew with --overwrite"],
+                               run_dir=str(tmp_path / "a"), init_from=str(empty), epochs=1)
+
+
+@pytest.mark.parametrize("content", [None, '{"seed": 0, "dtype": "flo', "[]"])
+def test_a_resume_of_a_run_whose_run_json_is_damaged_names_init_from_as_a_keyword(tmp_path, run, content):
+    """train(resume=True) of a run whose run.json was missing or malformed hinted "restore it, or
+    start a new run from its weights with --init-from RUN --run-dir NEW_DIR"."""
+    r = _copy_of_run(run, tmp_path)
+    info = os.path.join(r, "run.json")
+    if content is None:
+        os.remove(info)
+    else:
+        with open(info, "w") as f:
+            f.write(content)
+    e = _refused(["run.json", f'restore it, or start a new run from its weights with init_from="{r}", '
+                  'run_dir="NEW_DIR"'], run_dir=r, resume=True, epochs=2)
+    assert e.message.startswith(f"{r} has no run.json" if content is None else f"{info} is")
+    _refused_as_flowgrad_train([f"restore it, or start a new run from its weights with --init-from {r} "
+                                "--run-dir NEW_DIR"], run_dir=r, resume=True, epochs=2)
+
+
+def test_an_override_of_a_key_the_spec_leaves_out_is_shown_as_overrides():
+    """load(path, overrides=["train.data.options.labelled=40"]) hinted "set it whole: --set
+    'train.data.options={labelled: 40}'", quoted for a shell the caller never used."""
+    with pytest.raises(SpecError) as e:
+        load(MLP, overrides=["train.data.options.labelled=40"])
+    assert e.value.hint == ('expected one of: dataset, valid; or, to add options, set it whole: '
+                            'overrides=["train.data.options={labelled: 40}"]'), e.value.hint
+    assert load(MLP, overrides=["train.data.options={labelled: 40}"]).train["data"]["options"] == {"labelled": 40}

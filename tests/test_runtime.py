@@ -447,7 +447,9 @@ def test_validation_settings_are_read_as_given(tmp_path):
     assert "valid_loss" not in result.final
     # train.shuffle off (ordered data): the last examples validate, whatever train.data holds
     from runtime.train import TrainOptions, load_data
+    from runtime.train import train as run_training
     from compiler.training import compile_spec
+    from spec.errors import FLAGS
 
     ordered = load(MLP, SMALL + ["train.shuffle=false"])
     np.savez(tmp_path / "ordered.npz", x=np.arange(40 * 64, dtype=np.float32).reshape(40, 64), y=y)
@@ -458,8 +460,12 @@ def test_validation_settings_are_read_as_given(tmp_path):
         train(spec, run_dir=str(tmp_path / "one"), data=str(tmp_path / "one.npz"), epochs=1)
     assert e.value.hint.startswith("lower valid (or test)")
     with pytest.raises(DataError, match="no examples are left to train on") as e:  # the hint names --valid, given
-        train(spec, run_dir=str(tmp_path / "one"), data=str(tmp_path / "one.npz"), valid="0.5", epochs=1)
+        run_training(spec, TrainOptions(run_dir=str(tmp_path / "one"), data=str(tmp_path / "one.npz"), valid="0.5",
+                                        epochs=1, names=FLAGS))  # (as flowgrad train does)
     assert e.value.hint.startswith("lower --valid (or test)")
+    with pytest.raises(DataError, match="no examples are left to train on") as e:  # train()'s keyword
+        train(spec, run_dir=str(tmp_path / "one"), data=str(tmp_path / "one.npz"), valid="0.5", epochs=1)
+    assert e.value.hint.startswith("lower valid (or test)")
 
 
 def test_nan_loss_stops_with_the_step(tmp_path):

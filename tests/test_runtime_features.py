@@ -109,7 +109,7 @@ def test_frozen_parameters_do_not_move(tmp_path, data):
     assert np.array_equal(b["W1"], init["W1"])
     assert not np.array_equal(a["W1"], init["W1"])
     assert not np.array_equal(b["w2"], init["w2"])
-    with pytest.raises(FlowgradError, match="--freeze 'nothing\\*' matches no parameter"):
+    with pytest.raises(FlowgradError, match="^freeze 'nothing\\*' matches no parameter"):  # (train()'s keyword)
         train(spec, run_dir=str(tmp_path / "c"), data=data, epochs=1, freeze=["nothing*"])
 
 
@@ -426,11 +426,11 @@ def test_a_test_fraction_is_held_out_of_training(tmp_path, data):
             train(_spec(bad, tmp_path, "bad.yaml"), run_dir=str(tmp_path / "b"), epochs=1, threads=1, device="cpu")
         assert "no training data" not in str(e.value) and "valid its fraction of the rest" in e.value.hint
         assert "bad.yaml:" in str(e.value.loc)
-    # given as --valid, the error names the flag (it said "valid 0.6", as if the spec said so)
+    # given as valid= (--valid), the error names it (it said "valid 0.6", as if the spec said so)
     with pytest.raises(FlowgradError) as e:
         train(_spec(text, tmp_path), run_dir=str(tmp_path / "b"), valid="0.6", epochs=1, threads=1, device="cpu")
-    assert e.value.message.startswith("--valid 0.6 and test 0.5 must sum to less than 1")
-    assert "--valid its fraction of the rest" in e.value.hint
+    assert e.value.message.startswith("valid=0.6 and test 0.5 must sum to less than 1")
+    assert "valid its fraction of the rest" in e.value.hint and "--" not in e.value.hint
     # a fraction quoted as a string reads as one, as valid's does (it was looked up as a file)
     quoted = text.replace("test: 0.5}", "test: '0.5'}")
     res = train(_spec(quoted, tmp_path, "quoted.yaml"), run_dir=str(tmp_path / "q"), valid="0", epochs=1, threads=1,
@@ -637,7 +637,7 @@ def test_resuming_with_another_optimizer_is_refused(tmp_path, data, other):
     train(_spec(adam, tmp_path), **opts)
     with pytest.raises(FlowgradError, match="trained with the adam optimizer, and the spec now asks for") as e:
         train(_spec(adam.replace("adam: {lr: 0.01}", other), tmp_path), resume=True, **{**opts, "steps": 4})
-    assert f"--init-from {tmp_path / 'run'}" in e.value.hint
+    assert f'init_from="{tmp_path / "run"}", run_dir="NEW_DIR"' in e.value.hint  # (train()'s keywords)
     assert load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))[1]["step"] == 2  # left as it was
     assert train(_spec(adam.replace("0.01", "0.005"), tmp_path), resume=True, **{**opts, "steps": 4}).steps == 4
 
