@@ -593,6 +593,53 @@ def test_weights_first_steps_shared_by_several_loops():
         np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
 
 
+def _compiled_pair_agree(spec, graphs=("train", "infer"), rtol=1e-10):
+    """The graphs compiled with and without rewrites give the same outputs (float64), and
+    onnx.reference runs the rewritten ones with the same results."""
+    from compiler.check import reference_run
+
+    opt = compile_spec(spec, graphs=graphs)
+    raw = compile_spec(spec, graphs=graphs, optimize_graph=False)
+    rng = np.random.default_rng(3)
+    state = opt.initial_state(0)
+    data = random_batch(spec, list(spec.inputs), rng)
+    control = {"lr": 0.01, "step": 3, "seed": 11}
+    for kind in raw.graphs:
+        feeds = {i.name: np.asarray({**control, **data, **state}[i.name], dtype=i.dtype) for i in raw.graphs[kind].inputs}
+        opt_feeds = {i.name: feeds[i.name] for i in opt.graphs[kind].inputs}
+        out_o = Runner(opt.graphs[kind].model)(opt_feeds)
+        out_r = Runner(raw.graphs[kind].model)(feeds)
+        ref = reference_run(opt.graphs[kind].model, opt_feeds)
+        assert set(out_o) == set(out_r)
+        for k, v in out_r.items():
+            np.testing.assert_allclose(out_o[k], v, rtol=rtol, atol=1e-12, err_msg=f"{kind}:{k}")
+            np.testing.assert_allclose(ref[k], out_o[k], rtol=rtol, atol=1e-12, err_msg=f"{kind}:{k} (reference)")
+
+
+@pytest.mark.parametrize("loop", ["length", "over"])
+@pytest.mark.parametrize("state", ["exp(0.0)", "2.0"])
+def test_a_step_state_that_is_a_constant(loop, state):
+    """A step's state folded from constants (exp(0.0)), or written as a literal, is a constant
+    of the outermost graph: the loop's body returned that outer name as its output, which
+    ONNX refuses ('Graph output ... is not an output of any node in graph'), so the spec
+    did not compile (with the rewrites, or at all for the literal). The body now copies it.
+    A scan over x whose step does not read x keeps its step unhoisted, as a length= loop does."""
+    spec = spec_from_dict({
+        "flowgrad": 1, "name": "constant_state", "dims": {"E": 3, "H": 4},
+        "inputs": {"x": {"shape": ["N", "T", "E"] if loop == "over" else ["N", "E"]}},
+        "params": {"P": {"shape": ["E", "H"], "init": "glorot_uniform"}},
+        "blocks": {"step": {"in": (["x_t"] if loop == "over" else []) + ["h", "k"],
+                            "graph": {"h2": "tanh(h @ transpose(P) @ P)", "k2": state}, "out": ["h2", "k2"]}},
+        "graph": {"h0": "tanh(x[:, 0] @ P)" if loop == "over" else "tanh(x @ P)",
+                  "hs, ks": "scan(step, over=x, init=[h0, mean(x) * 0.0], axis=1)" if loop == "over"
+                  else "scan(step, init=[h0, mean(x) * 0.0], length=3)"},
+        "outputs": {"hs": "hs", "ks": "ks"},
+        "loss": "mean(hs * hs) + mean(ks)",
+        "train": {"optimizer": {"sgd": {"lr": 0.1}}, "dtype": "float64"},
+    })
+    _compiled_pair_agree(spec)
+
+
 def test_random_draws_of_one_shape_share_one_hash():
     """Draws with the same seed, step and shape become rows of one random_bits (the second
     draw's shape source depending on the first draw's result, as stacked dropouts do); a draw

@@ -180,7 +180,7 @@ class Scan(OpDef):
         body_outs = [body.add("Identity", [cond])]
         # A state computed in the step leaves under its own name; one that is a step
         # input or an outer value needs a copy (onnxruntime refuses those as outputs).
-        computed = {v.id for n in producers_of(b.new_carries + b.extras) for v in n.outputs}
+        computed = _computed_in_step(producers_of(b.new_carries + b.extras))
         carry_out, seen = [], set()
         for v in b.new_carries:
             if v.id in computed and names[v.id] not in seen:
@@ -694,7 +694,7 @@ def _emit_scan(e, node, ins, outs):
     body.read = values_read(step_nodes, step_values)
     emit_nodes(body, step_nodes, names)
     # Every body output needs a name of its own, computed in the body.
-    computed = {v.id for n in step_nodes for v in n.outputs}
+    computed = _computed_in_step(step_nodes)
     taken: set[str] = set()
 
     def own(v: Value) -> str:
@@ -736,6 +736,14 @@ def _emit_scan(e, node, ins, outs):
     for s_, o in zip(src, outs):
         if s_ is not None:
             e.add("Identity", [s_], [o])
+
+
+def _computed_in_step(nodes) -> set[int]:
+    """Ids of the values the step's nodes compute in the body. A constant is not one of
+    them: it is an initializer of the outermost graph, which the body reads from there, so a
+    step output that is a constant (a literal state, or one folded from constants) needs a
+    copy in the body as an outer value does."""
+    return {v.id for n in nodes if n.op.name != "constant" for v in n.outputs}
 
 
 def _has_gradient(v: Value) -> bool:
