@@ -584,7 +584,10 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
 
 def build_apply(spec, obj: Objective, dtype: str, params: dict[str, ParamInfo], optimize_graph=True) -> CompiledGraph:
     g = Graph(float_dtype=dtype, mode="train")
-    trained = trained_names(params, obj)
+    # In the order the training step meets them (its lowering's, not the spec check's): a fused
+    # update concatenates the parameters, and each slice of the flat optimizer state must belong
+    # to the same parameter in both graphs.
+    trained = _training_lowering(spec, obj, dtype)[3]
     pv = {n: g.add_input(n, dtype, params[n].shape, kind="param") for n in trained}
     gv = {n: g.add_input(f"grad/{n}", dtype, params[n].shape, kind="grad") for n in trained}
     states, lr, step = _add_state_inputs(g, params, obj)

@@ -66,6 +66,35 @@ def test_rewrites_keep_model_numerics_and_shrink_graphs(path):
                 np.testing.assert_array_equal(out_o[k], v, err_msg=f"{kind}:{k}")
 
 
+@pytest.mark.parametrize("path", MODELS, ids=IDS)
+def test_fused_update_reads_its_state_alike_in_train_and_apply(path):
+    """A training step is the update of its gradients: the train graph and the grads graph
+    followed by the apply graph (--accumulate) give the same parameters and optimizer state
+    from the same state. A fused update keeps one flat vector per kind of optimizer state
+    (Adam's m, v) over the concatenated parameters; the apply graph concatenated them in the
+    order the spec check met them, the train graph in the order its own lowering did (for
+    dates_attention, a decoder's embedding before the encoder), so each read the other's
+    moments as those of other parameters."""
+    spec = shrunk(path)
+    cm = compile_spec(spec, graphs=("train", "grads", "apply"))
+    rng = np.random.default_rng(0)
+    state = cm.initial_state(0)
+    for name in state:  # optimizer state as mid-training: each entry its own
+        if "/" in name:
+            state[name] = np.abs(rng.normal(scale=0.1, size=state[name].shape)).astype(np.float32)
+    feeds = {**state, **random_batch(spec, list(spec.inputs), rng, "float32"),
+             "lr": np.float32(0.01), "step": np.int64(3), "seed": np.int64(11)}
+    for obj in cm.objectives:
+        suffix = "" if obj.name == "main" else f"_{obj.name}"
+        train, grads, apply = (cm.graphs[k + suffix] for k in ("train", "grads", "apply"))
+        stepped = Runner(train.model)({i.name: np.asarray(feeds[i.name], i.dtype) for i in train.inputs})
+        g = Runner(grads.model)({i.name: np.asarray(feeds[i.name], i.dtype) for i in grads.inputs})
+        applied = Runner(apply.model)({i.name: np.asarray({**feeds, **g}[i.name], i.dtype) for i in apply.inputs})
+        assert set(applied) <= set(stepped)
+        for k, v in applied.items():
+            np.testing.assert_allclose(v, stepped[k], rtol=1e-5, atol=1e-7, err_msg=f"{obj.name}:{k}")
+
+
 # ------------------------------------------------------------------ hand-built graphs
 def run_graph(g: Graph, outputs: dict, feeds: dict) -> dict:
     """Emit the graph for `outputs` (inputs: every graph input it needs) and run it."""
