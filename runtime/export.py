@@ -93,9 +93,9 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     }
     for k, v in (run_info.get("meta") or {}).items():
         props[f"flowgrad.{k}"] = json.dumps(v)
-    names = {i.name for i in kept}  # the sequences' lengths, for predict to check (see CompiledModel.length_bounds)
+    kept_names = {i.name for i in kept}  # the sequences' lengths, for predict to check (see CompiledModel.length_bounds)
     lengths = {k: b for k, b in lengths.items()
-               if k in names and isinstance(b, dict) and isinstance(b.get("of"), str) and b["of"] in names}
+               if k in kept_names and isinstance(b, dict) and isinstance(b.get("of"), str) and b["of"] in kept_names}
     if lengths:
         props["flowgrad.lengths"] = json.dumps(lengths)
     if graph == "generate":
