@@ -45,11 +45,14 @@ class Runner:
 
 
 def reference_evaluator(model: onnx.ModelProto):
-    """onnx's ReferenceEvaluator, with a Scan that also runs backwards.
+    """onnx's ReferenceEvaluator, with a Scan that also runs backwards and a GatherElements
+    that picks among any number of entries.
 
     ONNX's Scan takes `scan_input_directions`/`scan_output_directions` (1: the sequence
     is read, or the output written, from its last step back); flowgrad emits reverse
-    scans with them, and onnx.reference's Scan refuses them, so this one completes it."""
+    scans with them, and onnx.reference's Scan refuses them, so this one completes it.
+    onnx.reference's GatherElements is numpy's choose, which takes at most 64 choices: a
+    cross entropy over more than 64 classes (char_lstm's 97 characters) failed in it."""
     from onnx.reference import ReferenceEvaluator
     from onnx.reference.op_run import OpRun
     from onnx.reference.ops.op_scan import Scan as ReferenceScan
@@ -79,7 +82,13 @@ def reference_evaluator(model: onnx.ModelProto):
                     outs[n_state + k] = np.ascontiguousarray(outs[n_state + k][::-1])
             return tuple(outs)
 
-    return ReferenceEvaluator(model, new_ops=[Scan])
+    class GatherElements(OpRun):
+        op_domain = ""
+
+        def _run(self, data, indices, axis=None):
+            return (np.take_along_axis(data, indices.astype(np.int64), axis=axis or 0),)
+
+    return ReferenceEvaluator(model, new_ops=[Scan, GatherElements])
 
 
 def reference_run(model: onnx.ModelProto, feeds: dict) -> dict:
