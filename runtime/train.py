@@ -476,13 +476,16 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
                                 names, batch_given=opts.batch_size is not None)
             _check_same_examples(run_dir, info, train_ds, cm.float_dtype, names, data_source(spec, opts),
                                  (opts.data is not None, opts.valid is not None))
+            _check_same_validation(run_dir, info, meta, valid_ds, cm.float_dtype, names, data_source(spec, opts),
+                                   opts.valid is not None)
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed, names)
             _check_vocabulary(opts.init_from, train_ds.meta, names.given(init_from=opts.init_from), names)
         if stopping:  # now, not after an epoch: an --overwrite has not yet removed the run it replaces
             _check_stopping_metric(spec, reported_names(cm, valid_ds is not None))
         trainer = Trainer(cm, device, opts.threads, state, seed, cuda_graphs=opts.cuda_graphs)
-        _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed=bool(meta), warm_start=warm_start)
+        _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, resumed=bool(meta),
+                         warm_start=warm_start)
 
         schedules = {o.name: lr_schedule(o.optimizer.hp["lr"], cfg.get("lr_schedule"), total_steps, steps_per_epoch)
                      for o in cm.objectives}
@@ -949,6 +952,40 @@ def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_
                              f"from its weights with {names('init_from')}")
 
 
+def _valid_hash(valid_ds: D.Dataset | None) -> str | None:
+    """run.json's record of the examples a run validates on (None: it does not validate)."""
+    return valid_ds.fingerprint() if valid_ds is not None else None
+
+
+def _check_same_validation(run_dir: str, before: dict, meta: dict, valid_ds: D.Dataset | None, float_dtype: str,
+                           names: ArgNames, source: dict, valid_given: bool) -> None:
+    """A resumed run validates on the examples it validated on: with others (another --valid file,
+    the same file edited, validation added or left out), its records and the choice of best.npz
+    would compare numbers of two validation sets. (`before`: the run's run.json, `meta`: its
+    checkpoint's; `source`: this run's data_source; `valid_given`: whether --valid was given.)"""
+    if "valid_hash" in before:
+        if before.get("dtype") != float_dtype or before["valid_hash"] == _valid_hash(valid_ds):
+            return
+    else:  # a run.json from before runs recorded it: whether the run validated shows in its records
+        history = meta.get("history") or []
+        if not history or any(k.startswith("valid_") for k in history[-1]) == (valid_ds is not None):
+            return
+    then = before.get("data_source") if isinstance(before.get("data_source"), dict) else {}
+    was, now = then.get("valid") or None, source.get("valid") or None  # (a fraction 0 validates on nothing)
+    if was != now:
+        given = names.given(valid=source.get("valid")) if valid_given else \
+            f"train.data.valid {now}" if now is not None else "no validation data"
+        which = f"{given}, where the run had {was if was is not None else 'none'}"
+    elif isinstance(now, str):
+        which = f"{now} has changed since the run validated on it"
+    else:
+        which = "another validation split"
+    raise DataError(f"{names.given(resume=True)} {run_dir}: the validation examples differ from those the run "
+                    f"validated on ({which}); its records and best.npz would compare two validation sets",
+                    hint="resume with the run's validation data (its run.json has it), or start a new run from "
+                         f"its weights with {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+
+
 def _warm_start(cm: CompiledModel, run_dir: str, seed: int, names: ArgNames) -> tuple[dict, dict]:
     """(the initial state with every parameter that run has by name and shape, a report:
     the parameters taken, and why each other one keeps its initial values)."""
@@ -973,7 +1010,7 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int, names: ArgNames) -> 
     return state, {"from": os.path.abspath(run_dir), "taken": taken, "kept": kept}
 
 
-def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, warm_start=None):
+def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, resumed, warm_start=None):
     if resumed and warm_start is None:  # a resumed run keeps the record of where its weights came from
         try:
             with open(os.path.join(run_dir, "run.json")) as f:
@@ -994,7 +1031,8 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, resumed, w
     info = {
         "spec": spec.name, "seed": seed, "dtype": cm.float_dtype, "device": device, "threads": opts.threads,
         "data": train_ds.name, "data_source": data_source(spec, opts),
-        "data_hash": train_ds.fingerprint(), "versions": _versions(), "resumed": resumed,
+        "data_hash": train_ds.fingerprint(), "valid_hash": _valid_hash(valid_ds), "versions": _versions(),
+        "resumed": resumed,
         "argv": sys.argv, "meta": train_ds.meta,
         **({"init_from": warm_start} if warm_start else {}),
     }

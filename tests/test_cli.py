@@ -643,6 +643,53 @@ def test_a_resumed_run_keeps_its_float_type(tmp_path):
     invoke("train", MLP, *common, "--steps", "6", "--resume", "--dtype", "float64")
 
 
+def test_a_resume_validates_on_the_examples_the_run_validated_on(tmp_path):
+    """run.json hashed the training examples only: a resume with another --valid file, or the
+    same file edited, went on without a word, its records and best.npz comparing two validation
+    sets; one that added validation to a run without ended in a KeyError traceback."""
+    from runtime import data as D
+
+    digits = D.load_digits().arrays
+    np.savez(tmp_path / "d.npz", x=digits["x"][:600], y=digits["y"][:600])
+    for name, rows in (("v1", slice(600, 800)), ("v2", slice(800, 1000))):
+        np.savez(tmp_path / f"{name}.npz", x=digits["x"][rows], y=digits["y"][rows])
+    run = tmp_path / "run"
+    common = ["--set", "dims.H=8", "--data", tmp_path / "d.npz", "--run-dir", run, "--quiet", "--device", "cpu",
+              "--threads", "1"]
+    invoke("train", MLP, *common, "--valid", tmp_path / "v1.npz", "--epochs", "1")
+    assert json.loads((run / "run.json").read_text())["valid_hash"]
+    res = invoke("train", MLP, *common, "--valid", tmp_path / "v2.npz", "--epochs", "2", "--resume", code=1)
+    assert f"error: --resume {run}: the validation examples differ from those the run validated on " \
+           f"(--valid {tmp_path / 'v2.npz'}, where the run had {tmp_path / 'v1.npz'})" in res.stderr
+    assert f"--init-from {run} --run-dir NEW_DIR" in res.stderr
+    edited = dict(np.load(tmp_path / "v1.npz"))
+    np.savez(tmp_path / "v1.npz", x=edited["x"], y=edited["y"][::-1].copy())
+    res = invoke("train", MLP, *common, "--valid", tmp_path / "v1.npz", "--epochs", "2", "--resume", code=1)
+    assert f"({tmp_path / 'v1.npz'} has changed since the run validated on it)" in res.stderr
+    res = invoke("train", MLP, *common, "--valid", "0", "--epochs", "2", "--resume", code=1)
+    assert f"where the run had {tmp_path / 'v1.npz'})" in res.stderr
+    np.savez(tmp_path / "v1.npz", **edited)  # its own examples again
+    invoke("train", MLP, *common, "--valid", tmp_path / "v1.npz", "--epochs", "2", "--resume")
+    # a run without validation, resumed with it
+    invoke("train", MLP, *common, "--valid", "0", "--epochs", "1", "--overwrite")
+    assert json.loads((run / "run.json").read_text())["valid_hash"] is None
+    res = invoke("train", MLP, *common, "--valid", tmp_path / "v2.npz", "--epochs", "2", "--resume", code=1)
+    assert f"(--valid {tmp_path / 'v2.npz'}, where the run had none)" in res.stderr
+    # a run.json from before runs recorded the hash resumes as before, and one that adds validation is refused
+    info = json.loads((run / "run.json").read_text())
+    del info["valid_hash"]
+    (run / "run.json").write_text(json.dumps(info))
+    res = invoke("train", MLP, *common, "--valid", tmp_path / "v2.npz", "--epochs", "2", "--resume", code=1)
+    assert "the validation examples differ" in res.stderr
+    invoke("train", MLP, *common, "--valid", "0", "--epochs", "2", "--resume")
+    v1 = tmp_path / "v1.npz"
+    invoke("train", MLP, *common, "--valid", v1, "--epochs", "1", "--overwrite")
+    info = json.loads((run / "run.json").read_text())
+    del info["valid_hash"]
+    (run / "run.json").write_text(json.dumps(info))
+    invoke("train", MLP, *common, "--valid", tmp_path / "v2.npz", "--epochs", "2", "--resume")
+
+
 @pytest.mark.parametrize("content", ["garbage", "[1]", '{"meta": [1]}', None])
 def test_a_damaged_run_json_is_one_line_for_export_and_plot_samples(content, tmp_path):
     """export read run.json catching only OSError: a run.json cut short or not a record ended in
