@@ -183,15 +183,25 @@ def _refuse_zip_bomb(path: str, loc) -> None:
                         loc, "refusing what looks like a decompression bomb; save the arrays uncompressed or smaller")
 
 
-def check_data_path(path: str, loc: Loc | None = None, flag: str | None = None) -> None:
-    """A data file that exists and is not a directory. `flag`: the CLI's option that gave the
-    path, which the message names (a missing --valid file was a 'data file' whose hint spoke
-    of --data); without it, the words the API and the spec's paths get."""
-    what = f"{flag} file" if flag else "data file"
+def check_data_path(path: str, loc: Loc | None = None, flag: str | None = None, key: str | None = None,
+                    spec_path: str | None = None) -> None:
+    """A data file that exists and is not a directory. `flag`: the option that gave the path
+    (--valid, or the API's valid), which the message names (a missing --valid file was a 'data
+    file' whose hint spoke of --data); `key`: else the spec key that gave it (train.data.path),
+    read beside the spec file at `spec_path` (None: a spec given as data, whose paths start at
+    the working directory)."""
+    what = f"{flag or key} file" if flag or key else "data file"
     if not os.path.exists(path):
-        raise DataError(f"{what} {path!r} does not exist", loc, hint="check the path; " + (
-            f"a relative path given with {flag} starts at the working directory" if flag else
-            "a relative path in a spec starts at the spec's folder, one given with --data at the working directory"))
+        if flag:
+            where = f"; a relative path given with {flag} starts at the working directory"
+        elif key and spec_path:
+            where = (f"; a relative {key} is read beside the spec file (in "
+                     f"{os.path.dirname(os.path.abspath(spec_path))}), not from the working directory")
+        elif key:
+            where = f"; the spec has no file, so a relative {key} starts at the working directory"
+        else:
+            where = ""
+        raise DataError(f"{what} {path!r} does not exist", loc, hint="check the path" + where)
     if os.path.isdir(path):
         raise DataError(f"{what} {path!r} is a directory", loc, "pass an .npz file written by numpy.savez")
 

@@ -127,6 +127,15 @@ def beside_spec(spec: S.Spec, path: str) -> str:
     return os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(spec.path)), path) if spec.path else path)
 
 
+def load_spec_npz(spec: S.Spec, key: str, path: str) -> D.Dataset:
+    """The .npz that the spec's train.data.<key> (path, valid or test) names, at `path` (where
+    beside_spec puts it): its errors point at that key, and a missing file's hint says where a
+    relative path is read from."""
+    loc = spec.locate("train", "data", key)
+    D.check_data_path(path, loc, key=f"train.data.{key}", spec_path=spec.path if os.path.isfile(spec.path) else None)
+    return D.load_npz(path, loc, spec.inputs)
+
+
 def input_dtypes(cm: CompiledModel) -> dict[str, str]:
     """Each data input's dtype in the compiled graphs (a float input declared float16 or
     float64 keeps that type; other floats take the model's), which its arrays are cast to."""
@@ -138,7 +147,8 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     loc = spec.locate("train", "data") if "data" in spec.train else spec.locate("train") if spec.train else None
     source = data_source(spec, opts)
     if "path" in source:
-        train_ds = D.load_npz(source["path"], None if opts.data else loc, spec.inputs)
+        train_ds = D.load_npz(source["path"], None, spec.inputs) if opts.data else \
+            load_spec_npz(spec, "path", source["path"])
         where = opts.data or source["path"]
     elif "dataset" in source:
         train_ds = D.load_bundled(cfg["dataset"], cfg.get("options"), loc)
@@ -154,7 +164,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     test = spec_test(spec)
     if isinstance(test, str):  # a held-out file: checked now (what eval reads), evaluated with flowgrad eval --data
         test_path = beside_spec(spec, test)
-        D.check_against_spec(D.load_npz(test_path, spec.locate("train", "data", "test"), spec.inputs), spec,
+        D.check_against_spec(load_spec_npz(spec, "test", test_path), spec,
                              needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes, cm.length_bounds)
     # the errors name the one the user gave: --valid (valid=), or the spec's
     valid_name = opts.names("valid") if opts.valid is not None else "valid"
@@ -170,7 +180,8 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     valid_cfg = source["valid"]
     valid_ds = None
     if isinstance(valid_cfg, str):
-        valid_ds = D.load_npz(valid_cfg, None if opts.valid is not None else loc, spec.inputs)
+        valid_ds = D.load_npz(valid_cfg, None, spec.inputs) if opts.valid is not None else \
+            load_spec_npz(spec, "valid", valid_cfg)
         D.check_against_spec(valid_ds, spec, needed, valid_cfg, cm.index_bounds, dtypes, cm.length_bounds)
         valid_ds = D.only(valid_ds, needed)
         train_ds, _ = split_like_training(train_ds, spec, None, seed)
@@ -227,7 +238,7 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel,
                         hint=f"{hint}, or train with train: {{data: {{test: 0.1}}}}")
     if isinstance(test, str):
         path = source.get("test") or beside_spec(spec, test)
-        return D.load_npz(path, spec.locate("train", "data", "test"), spec.inputs), path
+        return load_spec_npz(spec, "test", path), path
     seed = int(info.get("seed", 0))
     if "dataset" in source:
         ds, where = D.load_bundled(source["dataset"], source.get("options")), f"dataset {source['dataset']!r}"

@@ -979,6 +979,46 @@ def test_errors_about_a_flags_value_name_the_flag(args, words, hint, tmp_path, m
         export(str(tmp_path / "none"), str(tmp_path / "m.onnx"), graph="bogus")
 
 
+@pytest.mark.parametrize("key", ["path", "valid", "test"])
+def test_a_missing_file_the_spec_names_is_located_at_its_key_and_read_beside_the_spec(key, tmp_path, monkeypatch):
+    """A spec's own train.data.path (valid, test) that did not exist was a 'data file' located at
+    train.data, whose hint said a relative path "given with --data" starts at the working
+    directory, to a caller who gave no --data (or used the API). It names the key, points at it,
+    and says the path is read beside the spec file; a spec given as data reads it from the
+    working directory."""
+    import re
+
+    import yaml
+
+    from runtime import data as D
+    from runtime.api import train
+    from spec import FlowgradError
+
+    digits = D.load_digits().arrays
+    np.savez(tmp_path / "d.npz", x=digits["x"][:200], y=digits["y"][:200])
+    raw = yaml.safe_load(Path(MLP).read_text())
+    raw["train"]["data"] = {"path": str(tmp_path / "d.npz"), key: "missing.npz"}
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "m.yaml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    line = next(i for i, text in enumerate(spec.read_text().splitlines(), 1) if f"{key}: missing.npz" in text)
+    res = invoke("train", spec, "--steps", "1", "--quiet", "--device", "cpu", "--run-dir", tmp_path / "run", code=1)
+    missing = tmp_path / "specs" / "missing.npz"
+    assert res.stderr.startswith(f"error: {spec}:{line}:") and \
+        f"train.data.{key} file '{missing}' does not exist" in res.stderr
+    assert f"a relative train.data.{key} is read beside the spec file (in {tmp_path / 'specs'})" in res.stderr
+    assert "--data" not in res.stderr
+    with pytest.raises(FlowgradError, match=re.escape(f"train.data.{key} file '{missing}' does not exist")) as e:
+        train(str(spec), run_dir=str(tmp_path / "run"), device="cpu", steps=1)
+    assert "beside the spec file" in e.value.hint and "--" not in e.value.hint
+    in_cwd = tmp_path / "missing.npz"
+    with pytest.raises(FlowgradError, match=re.escape(f"train.data.{key} file '{in_cwd}' does not exist")) as e:
+        train(raw, run_dir=str(tmp_path / "run"), device="cpu", steps=1)
+    assert f"the spec has no file, so a relative train.data.{key} starts at the working directory" in e.value.hint
+    assert not (tmp_path / "run").exists()
+
+
 def test_checks_pointer_to_summary_keeps_the_overrides():
     """check --set dims.H=32 pointed at 'flowgrad summary models/mlp.yaml', the counts of the
     spec without the override (H=256)."""
