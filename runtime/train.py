@@ -1075,7 +1075,11 @@ def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames) -> None:
 
     from spec.yamltree import to_plain
 
-    origin = os.path.basename(spec.path) + "".join(f" --set {o}" for o in spec.overrides)
+    if spec.override_names.flags:
+        origin = os.path.basename(spec.path) + "".join(f" --set {o}" for o in spec.overrides)
+    else:  # (the API's load(path, overrides=[...]))
+        origin = os.path.basename(spec.path) + (
+            f", overrides={json.dumps(list(spec.overrides), ensure_ascii=False)}" if spec.overrides else "")
     text = yaml.safe_dump(to_plain(spec.raw), sort_keys=False, allow_unicode=True, width=100)
     atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode(), names=names)
 

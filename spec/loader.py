@@ -80,7 +80,7 @@ def spec_from_text(text: str, path: str = "<string>", overrides=(), names: ArgNa
     _check_version(tree, path)
     _raise_all(validate_tree(tree, path))
     spec = _SpecBuilder(tree, path).build()
-    spec.overrides = tuple(overrides)
+    spec.overrides, spec.override_names = tuple(overrides), names
     return spec
 
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .errors import Loc
+from .errors import FLAGS, ArgNames, Loc
 
 
 # ---------------------------------------------------------------- expressions
@@ -160,6 +160,7 @@ class Spec:
     dim_locs: dict[str, Loc] = field(default_factory=dict)
     generate: dict[str, Any] = field(default_factory=dict)  # autoregressive sampling for export
     overrides: tuple[str, ...] = ()  # the --set overrides applied to the file at `path`
+    override_names: ArgNames = FLAGS  # how the caller gave them: --set flags, or the API's overrides=
 
     @property
     def batch_size(self) -> int:

@@ -643,6 +643,16 @@ def test_a_resumed_run_keeps_its_float_type(tmp_path):
     invoke("train", MLP, *common, "--steps", "6", "--resume", "--dtype", "float64")
 
 
+def test_a_runs_spec_yaml_names_the_overrides_as_given(tmp_path):
+    """The header of a run's spec.yaml names flowgrad train's overrides as --set flags (and the
+    API's as overrides=, tests/test_runtime.py)."""
+    run = tmp_path / "run"
+    invoke("train", MLP, "--set", "dims.H=8", "--set", "train.batch_size=32", "--steps", "1", "--run-dir", run,
+           "--quiet", "--device", "cpu", "--threads", "1")
+    assert (run / "spec.yaml").read_text().splitlines()[0] == \
+        "# the spec this run trained: mlp.yaml --set dims.H=8 --set train.batch_size=32"
+
+
 def test_a_resume_validates_on_the_examples_the_run_validated_on(tmp_path):
     """run.json hashed the training examples only: a resume with another --valid file, or the
     same file edited, went on without a word, its records and best.npz comparing two validation

@@ -861,7 +861,9 @@ def test_eval_compiles_the_spec_the_run_trained(tmp_path):
         train(spec, run_dir=str(run), steps=3, threads=1, device="cpu", **extra)
         metrics = evaluate_run(str(run), str(tmp_path / "d.npz"), device="cpu", threads=1)
         assert np.isfinite(metrics["loss"]) and 0 <= metrics["accuracy"] <= 1, name
-    assert "--set dims.H=16" in (tmp_path / "set" / "spec.yaml").read_text().splitlines()[0]
+    # (the header named the API's overrides as flowgrad's --set flags, which the caller never typed)
+    assert (tmp_path / "set" / "spec.yaml").read_text().splitlines()[0] == \
+        '# the spec this run trained: mlp.yaml, overrides=["dims.H=16"]'
     assert json.loads((tmp_path / "f64" / "run.json").read_text())["dtype"] == "float64"
     with pytest.raises(FlowgradError, match="unknown checkpoint"):
         evaluate_run(str(tmp_path / "set"), str(tmp_path / "d.npz"), checkpoint="newest", device="cpu")
