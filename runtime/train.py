@@ -1080,6 +1080,8 @@ def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames) -> None:
     else:  # (the API's load(path, overrides=[...]))
         origin = os.path.basename(spec.path) + (
             f", overrides={json.dumps(list(spec.overrides), ensure_ascii=False)}" if spec.overrides else "")
+    # one comment line: an override's line break (--set 'a={b:\n c}') began a line of YAML that ended the spec
+    origin = re.sub("[\r\n\x85\u2028\u2029]", lambda m: ascii(m.group())[1:-1], origin)
     text = yaml.safe_dump(to_plain(spec.raw), sort_keys=False, allow_unicode=True, width=100)
     atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode(), names=names)
 

@@ -651,6 +651,13 @@ def test_a_runs_spec_yaml_names_the_overrides_as_given(tmp_path):
            "--quiet", "--device", "cpu", "--threads", "1")
     assert (run / "spec.yaml").read_text().splitlines()[0] == \
         "# the spec this run trained: mlp.yaml --set dims.H=8 --set train.batch_size=32"
+    # an override with a line break wrote the rest of it on a line of its own, which ended the run's spec.yaml
+    # (eval and export said its YAML was invalid)
+    invoke("train", MLP, "--set", "train.optimizer={sgd:\n {lr: 0.1}}", "--set", "dims.H=8", "--steps", "1",
+           "--run-dir", run, "--quiet", "--device", "cpu", "--threads", "1", "--overwrite")
+    assert (run / "spec.yaml").read_text().splitlines()[0] == \
+        "# the spec this run trained: mlp.yaml --set train.optimizer={sgd:\\n {lr: 0.1}} --set dims.H=8"
+    invoke("export", run, "-o", tmp_path / "m.onnx")
 
 
 def test_a_resume_validates_on_the_examples_the_run_validated_on(tmp_path):
