@@ -185,27 +185,47 @@ def save_checkpoint(path: str, state: dict[str, np.ndarray], meta: dict) -> None
     atomic_write(path, checkpoint_bytes(state, meta))
 
 
-def _damaged(path: str, names: ArgNames, resume: bool) -> str:
+def _damaged(path: str, names: ArgNames, purpose: str) -> str:
     """What to do with a truncated or corrupted checkpoint. A run's checkpoint.npz (the last) and
-    best.npz are written separately: one may still be whole. A resume is not sent to --overwrite
-    while the run has a best.npz, which that removes: best.npz is a whole checkpoint of its epoch
-    (its step, data position, history and optimizer state), and a resume from it replays the
-    epochs after it."""
-    if not resume:
+    best.npz are written separately: the other one may still be whole. A resume is not sent to
+    --overwrite while the run has a whole best.npz, which that removes: best.npz is a whole
+    checkpoint of its epoch (its step, data position, history and optimizer state), and a resume
+    from it replays the epochs after it. A warm start (--init-from) is sent to the other one."""
+    if purpose == "read":
         return (f"the file is truncated or corrupted: pass the run's other checkpoint (export and eval: "
                 f"{names('checkpoint')} best or last), or train anew with {names.given(overwrite=True)}")
-    best = os.path.join(os.path.dirname(path), "best.npz")
-    if not os.path.exists(best):
+    other = _other_checkpoint(path)
+    if purpose == "init_from":
+        if other is None:
+            return f"the file is truncated or corrupted: give {names('init_from')} another run or checkpoint"
+        return f"the file is truncated or corrupted; {other} is whole: start from it with " \
+               f"{names.given(init_from=other)}"
+    if other is None:  # (a resume reads checkpoint.npz: the other is best.npz)
         return f"the file is truncated or corrupted: train anew with {names.given(overwrite=True)}"
-    return (f"the file is truncated or corrupted; {best} is a checkpoint too: copy it over {path} and "
+    return (f"the file is truncated or corrupted; {other} is a checkpoint too: copy it over {path} and "
             f"{names.given(resume=True)} to go on from its epoch, or start a new run from it with "
-            f"{names.given(init_from=best, run_dir='NEW_DIR')} ({names.given(overwrite=True)} would remove it)")
+            f"{names.given(init_from=other, run_dir='NEW_DIR')} ({names.given(overwrite=True)} would remove it)")
 
 
-def load_checkpoint(path: str, names: ArgNames = FLAGS, resume: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+def _other_checkpoint(path: str) -> str | None:
+    """A run's other checkpoint beside the one at `path` (best.npz beside checkpoint.npz, and the
+    reverse) where it is whole, or None."""
+    other = {"checkpoint.npz": "best.npz", "best.npz": "checkpoint.npz"}.get(os.path.basename(path))
+    if other is None:
+        return None
+    other = os.path.join(os.path.dirname(path), other)
+    try:
+        load_checkpoint(other)
+    except DataError:
+        return None
+    return other
+
+
+def load_checkpoint(path: str, names: ArgNames = FLAGS, purpose: str = "read") -> tuple[dict[str, np.ndarray], dict]:
     """A checkpoint's (state, record). `names`: how its hints name the caller's arguments (the
-    API's keywords, or the CLI's flags); `resume`: it is the checkpoint.npz a resume reads, whose
-    damage the hint answers with the run's best.npz."""
+    API's keywords, or the CLI's flags); `purpose`: what it is read for, "read" (export, eval),
+    "resume" (the checkpoint.npz a resume reads) or "init_from" (a warm start's), which the hint
+    for a damaged one answers with the run's other checkpoint."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -214,7 +234,7 @@ def load_checkpoint(path: str, names: ArgNames = FLAGS, resume: bool = False) ->
     except OSError:
         magic = None  # (missing: said below)
     if magic == b"":
-        raise DataError(f"checkpoint {path} is empty", hint=_damaged(path, names, resume))
+        raise DataError(f"checkpoint {path} is empty", hint=_damaged(path, names, purpose))
     if magic is not None and magic != b"PK\x03\x04":  # every .npz is a zip archive
         raise DataError(f"{path} is not a checkpoint: not the .npz archive that flowgrad train writes",
                         hint="pass a run directory, or its checkpoint.npz or best.npz"
@@ -233,5 +253,5 @@ def load_checkpoint(path: str, names: ArgNames = FLAGS, resume: bool = False) ->
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"checkpoint {path} is unreadable ({e})", hint=_damaged(path, names, resume)) from None
+        raise DataError(f"checkpoint {path} is unreadable ({e})", hint=_damaged(path, names, purpose)) from None
     return state, meta

@@ -430,7 +430,7 @@ def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Tra
         state, meta, warm_start = None, {}, None
         dtype = opts.dtype
         if opts.resume:  # read first: the run's seed orders and splits the data
-            state, meta = load_checkpoint(ckpt_path, names, resume=True)
+            state, meta = load_checkpoint(ckpt_path, names, "resume")
             # what the run was trained on and in: without it, the checks below could not refuse a
             # resume on other data or in another float type
             info = read_run_info(run_dir, hint="a resume reads the run's data and float type from it: restore it, "
@@ -1002,7 +1002,7 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int, names: ArgNames) -> 
     the parameters taken, and why each other one keeps its initial values)."""
     path = os.path.join(run_dir, CHECKPOINT) if os.path.isdir(run_dir) else run_dir
     try:
-        source, _ = load_checkpoint(path, names)
+        source, _ = load_checkpoint(path, names, "init_from")
     except DataError as e:  # ("no checkpoint at X" did not say which flag gave X)
         raise DataError(f"{names.given(init_from=run_dir)}: {e.message}", e.loc, e.hint) from None
     state = cm.initial_state(seed)

@@ -417,13 +417,27 @@ def test_init_from_errors_name_the_keyword_as_given(tmp_path, run):
     _refused([f'init_from="{text}": {text} is not a checkpoint'], run_dir=str(tmp_path / "a"), init_from=str(text),
              epochs=1)
     _refused([f'init_from="{empty}": checkpoint {empty} is empty',
-              "(export and eval: checkpoint best or last), or train anew with overwrite=True"],
+              "the file is truncated or corrupted: give init_from another run or checkpoint"],
              run_dir=str(tmp_path / "a"), init_from=str(empty), epochs=1)
     assert not (tmp_path / "a").exists()
     _refused_as_flowgrad_train([f"--init-from {none}: no checkpoint at {none}"], run_dir=str(tmp_path / "a"),
                                init_from=none, epochs=1)
-    _refused_as_flowgrad_train(["(export and eval: --checkpoint best or last), or train anew with --overwrite"],
+    _refused_as_flowgrad_train(["the file is truncated or corrupted: give --init-from another run or checkpoint"],
                                run_dir=str(tmp_path / "a"), init_from=str(empty), epochs=1)
+    # a run whose checkpoint.npz is damaged and whose best.npz is whole: the hint (which said to take "the run's
+    # other checkpoint" with export's and eval's checkpoint, or to train anew with overwrite) names best.npz
+    r = _copy_of_run(run, tmp_path)
+    ckpt, best = os.path.join(r, "checkpoint.npz"), os.path.join(r, "best.npz")
+    open(ckpt, "wb").close()
+    for given in (r, ckpt):
+        _refused([f'init_from="{given}": checkpoint {ckpt} is empty',
+                  f'the file is truncated or corrupted; {best} is whole: start from it with init_from="{best}"'],
+                 run_dir=str(tmp_path / "a"), init_from=given, epochs=1)
+        _refused_as_flowgrad_train([f"start from it with --init-from {best}"], run_dir=str(tmp_path / "a"),
+                                   init_from=given, epochs=1)
+    open(best, "wb").close()  # (both damaged: neither is offered)
+    _refused(["give init_from another run or checkpoint"], run_dir=str(tmp_path / "a"), init_from=r, epochs=1)
+    assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.parametrize("content", [None, '{"seed": 0, "dtype": "flo', "[]"])
