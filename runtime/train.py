@@ -726,9 +726,11 @@ def _check_options(opts: TrainOptions) -> None:
         setattr(opts, name, check_path(name, getattr(opts, name)))
     if not isinstance(opts.valid, (int, float, np.integer, np.floating)):  # (a fraction, checked with the spec's)
         opts.valid = check_path("valid", opts.valid)
-    for name in ("data", "valid"):  # named as given (a missing valid= file was a 'data file', and its hint spoke of --data)
-        path = getattr(opts, name)
-        if isinstance(path, str) and not isinstance(_fraction_or_path(path, name), float):
+    # named as given (a missing valid= file was a 'data file', and its hint spoke of --data);
+    # only valid may be a fraction: data="1.5" was "not a fraction", data="0.5" went unchecked
+    valid_file = opts.valid if isinstance(_fraction_or_path(opts.valid), str) else None
+    for name, path in (("data", opts.data), ("valid", valid_file)):
+        if path is not None:
             D.check_data_path(path, flag=name)
     for name in ("resume", "overwrite", "progress", "cuda_graphs"):
         check_flag(name, getattr(opts, name))

@@ -148,6 +148,17 @@ def test_train_names_a_missing_data_or_valid_file_by_its_keyword(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_train_reads_data_as_a_path_even_where_it_looks_like_a_number(tmp_path):
+    """Only valid= may be a fraction: train(data="1.5") said "data 1.5 is not a fraction in [0, 1)",
+    and data="0.5" skipped the check of its file, found missing only after the spec compiled."""
+    spec = load(MLP, SMALL)
+    for number in ("1.5", "0.5"):
+        with pytest.raises(DataError, match=f"^data file '{number}' does not exist") as e:
+            train(spec, data=number, run_dir=str(tmp_path / "r"), device="cpu")
+        assert "given with data starts" in e.value.hint
+    assert not (tmp_path / "r").exists()
+
+
 def test_predicts_hints_name_the_apis_arguments(tmp_path, run):
     """predict() missing an input said "the data file has: y" to a caller who gave a dict; the
     generators' refusals told an API caller only of the CLI's --data, --text and --beam-width."""
