@@ -155,20 +155,6 @@ def _check_device(device):
     check_device(device, "--device")
 
 
-def _check_data_flags(data=None, valid=None):
-    """--data's and --valid's files (and --valid's fraction) checked in words that name the flag:
-    the shared checks name the API's keyword ("valid 1.5 is not a fraction") or a 'data file'
-    whose hint speaks of --data."""
-    from runtime.data import check_data_path
-    from runtime.train import _fraction_or_path
-
-    if valid is not None and isinstance(_fraction_or_path(valid, "--valid"), float):
-        valid = None  # a fraction, not a file
-    for flag, path in (("--data", data), ("--valid", valid)):
-        if path is not None:
-            check_data_path(path, flag=flag)
-
-
 def _check_dtype(dtype):
     from compiler.training import check_dtype
 
@@ -340,7 +326,6 @@ def train(
         _not_empty(run_dir=run_dir, data=data, valid=valid, init_from=init_from)
         _check_device(device)
         _check_dtype(dtype)
-        _check_data_flags(data, valid)
         s = _load(spec, set)
         opts = TrainOptions(run_dir=run_dir, device=device, threads=threads, seed=seed, epochs=epochs, steps=steps,
                             batch_size=batch_size, data=data, valid=valid, resume=resume, overwrite=overwrite,
@@ -395,14 +380,10 @@ def eval_cmd(
 ):
     """Loss and metrics of a trained run on other data, or on the test examples it held out."""
     from runtime.api import evaluate_run
-    from runtime.checkpoint import check_checkpoint
     from spec.errors import FLAGS
 
     with user_errors():
-        check_checkpoint(checkpoint, "--checkpoint")
-        _check_device(device)
         _not_empty(data=data)
-        _check_data_flags(data)
         metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size, names=FLAGS)
     if data is None:
         err.print("on the test examples the run's spec held out (train.data.test)")
@@ -417,14 +398,10 @@ def export(
     graph: Annotated[Optional[str], typer.Option("--graph", help="infer (the spec's outputs) or generate (sampling); default: generate where the spec has it.")] = None,
 ):
     """Write the deployment graph with the trained weights baked in."""
-    from runtime.checkpoint import check_checkpoint
-    from runtime.export import check_graph
     from runtime.export import export as do_export
     from spec.errors import FLAGS
 
     with user_errors():
-        check_checkpoint(checkpoint, "--checkpoint")
-        check_graph(graph, "--graph")
         _not_empty(output=output)
         info = do_export(run_dir, output, checkpoint, graph, names=FLAGS)
     err.print(f"wrote {escape(info['path'])}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}",

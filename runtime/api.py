@@ -105,12 +105,14 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     from runtime.session import ORT_ERRORS, check_device
     from runtime.train import _check_state
 
-    # the arguments first, as flowgrad eval checks its flags: before the spec is compiled and
-    # the data read (data=3 was taken for file descriptor 3, batch_size=None a TypeError)
+    # the arguments first, before the spec is compiled and the data read (data=3 was taken for
+    # file descriptor 3, batch_size=None a TypeError); flowgrad eval leaves its flags to these
     run_dir = check_path("run_dir", run_dir, required=True)
     data = check_path("data", data)
-    check_checkpoint(checkpoint)
-    check_device(device)
+    if data is not None:
+        D.check_data_path(data, flag=names("data"))  # (its hint spoke of flowgrad's --data)
+    check_checkpoint(checkpoint, names("checkpoint"))
+    check_device(device, names("device"))
     check_count("batch_size", batch_size, has_default=False)
     if batch_size is None:
         raise FlowgradError("batch_size must be an integer of at least 1, got None",
@@ -136,7 +138,6 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     if data is None:
         ds, data = held_out_test(spec, run_dir, info, cm, names)
     else:
-        D.check_data_path(data, flag=names("data"))  # (its hint spoke of flowgrad's --data)
         ds = D.load_npz(data, None, spec.inputs)
     needed = needed_inputs(cm, ("eval",))
     dtypes = input_dtypes(cm)

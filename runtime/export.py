@@ -41,10 +41,10 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     # (run_dir=3 or output=3 ended in os.path's TypeError, a pathlib.Path output in an AttributeError)
     run_dir = check_path("run_dir", run_dir, ExportArgumentError, required=True)
     output = check_path("output", output, ExportArgumentError, required=True)
-    check_checkpoint(checkpoint, error=ExportArgumentError)  # (it raised a plain FlowgradError)
+    check_checkpoint(checkpoint, names("checkpoint"), ExportArgumentError)  # (it raised a plain FlowgradError)
     if graph is None:
         graph = "generate" if os.path.exists(os.path.join(run_dir, "graphs", "generate.onnx")) else "infer"
-    check_graph(graph, error=ExportArgumentError)
+    check_graph(graph, names("graph"), ExportArgumentError)
     graph_path = os.path.join(run_dir, "graphs", f"{graph}.onnx")
     manifest_path = os.path.join(run_dir, "graphs", "manifest.json")
     if not os.path.exists(graph_path):

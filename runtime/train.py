@@ -726,12 +726,13 @@ def _check_options(opts: TrainOptions) -> None:
         setattr(opts, name, check_path(name, getattr(opts, name)))
     if not isinstance(opts.valid, (int, float, np.integer, np.floating)):  # (a fraction, checked with the spec's)
         opts.valid = check_path("valid", opts.valid)
-    # named as given (a missing valid= file was a 'data file', and its hint spoke of --data);
-    # only valid may be a fraction: data="1.5" was "not a fraction", data="0.5" went unchecked
-    valid_file = opts.valid if isinstance(_fraction_or_path(opts.valid), str) else None
+    # named as the caller gave them, valid= or --valid (a missing valid= file was a 'data file',
+    # and its hint spoke of --data); only valid may be a fraction: data="1.5" was "not a fraction",
+    # data="0.5" went unchecked
+    valid_file = opts.valid if isinstance(_fraction_or_path(opts.valid, opts.names("valid")), str) else None
     for name, path in (("data", opts.data), ("valid", valid_file)):
         if path is not None:
-            D.check_data_path(path, flag=name)
+            D.check_data_path(path, flag=opts.names(name))
     for name in ("resume", "overwrite", "progress", "cuda_graphs"):
         check_flag(name, getattr(opts, name))
     if isinstance(opts.freeze, str) or not isinstance(opts.freeze, (list, tuple)) \
