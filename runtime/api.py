@@ -113,10 +113,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
         D.check_data_path(data, flag=names("data"))  # (its hint spoke of flowgrad's --data)
     check_checkpoint(checkpoint, names("checkpoint"))
     check_device(device, names("device"))
-    check_count("batch_size", batch_size, has_default=False)
-    if batch_size is None:
-        raise FlowgradError("batch_size must be an integer of at least 1, got None",
-                            hint="leave batch_size out for the default, 256")
+    check_count("batch_size", batch_size, required=True)  # (None is no batch size: its default is 256)
     check_count("threads", threads, most=MAX_THREADS)
     if not os.path.isfile(os.path.join(run_dir, "spec.yaml")):  # (read as a spec path, it said "no such spec file")
         raise FlowgradError(f"{run_dir} is not a run directory",

@@ -28,11 +28,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 def check_count(name: str, value, least: int = 1, has_default: bool = True, most: int | None = None,
                 error: type[FlowgradError] = FlowgradError, hint: str | None = None,
-                most_hint: str | None = None) -> int | None:
-    """`value` as an int, or None where it is None (unset): an integer of at least `least` (and
-    at most `most`). `hint` replaces the default hints; `most_hint` says why a value above
-    `most` is too large."""
-    if value is None:
+                most_hint: str | None = None, required: bool = False) -> int | None:
+    """`value` as an int, or None where it is None (unset) and not `required`: an integer of at
+    least `least` (and at most `most`). `hint` replaces the default hints; `most_hint` says why
+    a value above `most` is too large."""
+    if value is None and not required:
         return None
     shown = value.item() if isinstance(value, np.generic) else value  # (not np.int64(0))
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:

@@ -437,10 +437,7 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dic
                                   hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
                                        "generate_text() (--text)")
     count = check_count("count", count, most=MAX_COUNT, has_default=False, error=ExportArgumentError,  # (1.5 drew
-                        most_hint=MAX_COUNT_WHY)  # 1 sample; predict --count is bounded by typer)
-    if count is None:  # (check_count passes None, an unset option)
-        raise ExportArgumentError("count must be an integer of at least 1, got None",
-                                  hint="give count, the number of samples to draw")
+                        most_hint=MAX_COUNT_WHY, required=True)  # 1 sample; predict --count is bounded by typer)
     return {sizers[0]: np.asarray(count, dtype=np.int64),
             "seed": np.asarray(seed or 0, dtype=np.int64)}
 
