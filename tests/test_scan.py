@@ -776,7 +776,13 @@ def test_training_graph_runs_on_reference_evaluator(name):
     assert _loops(graph.model)
     feeds = random_batch(spec, [i.name for i in graph.inputs if i.role == "input"], np.random.default_rng(2),
                          "float32")
-    state = cm.initial_state(2)
+    _assert_onnxruntime_matches_reference(cm, graph, feeds)
+
+
+def _assert_onnxruntime_matches_reference(cm, graph, feeds, what=""):
+    """The graph run by onnxruntime and by onnx's reference evaluator on the data `feeds`, with
+    the initial state and fixed lr, step and seed, gives the same outputs."""
+    feeds, state = dict(feeds), cm.initial_state(2)
     for i in graph.inputs:
         if i.name in state:
             feeds[i.name] = state[i.name]
@@ -784,11 +790,10 @@ def test_training_graph_runs_on_reference_evaluator(name):
             feeds[i.name] = np.asarray({"lr": 1e-2, "step": 3, "seed": 2}[i.name], dtype=i.dtype)
     runner = Runner(graph.model)
     assert runner.backend == "onnxruntime"
-    ort_out = runner(feeds)
-    ref_out = reference_run(graph.model, feeds)
+    ort_out, ref_out = runner(feeds), reference_run(graph.model, feeds)
     assert sorted(ort_out) == sorted(ref_out)
     for k, v in ort_out.items():
-        np.testing.assert_allclose(ref_out[k], v, rtol=2e-4, atol=2e-5, err_msg=k)
+        np.testing.assert_allclose(ref_out[k], v, rtol=2e-4, atol=2e-5, err_msg=f"{what} {k}".strip())
 
 
 def test_char_lstm_training_graph_over_97_characters_runs_on_reference_evaluator():
@@ -802,16 +807,7 @@ def test_char_lstm_training_graph_over_97_characters_runs_on_reference_evaluator
         graph = cm.graphs[kind]
         feeds = {i.name: np.random.default_rng(3).integers(0, 97, (2, 5)).astype(np.int64)
                  for i in graph.inputs if i.role == "input"}
-        state = cm.initial_state(1)
-        for i in graph.inputs:
-            if i.name in state:
-                feeds[i.name] = state[i.name]
-            elif i.role == "control":
-                feeds[i.name] = np.asarray({"lr": 1e-2, "step": 3, "seed": 2}[i.name], dtype=i.dtype)
-        ort_out, ref_out = Runner(graph.model)(feeds), reference_run(graph.model, feeds)
-        assert sorted(ort_out) == sorted(ref_out)
-        for k, v in ort_out.items():
-            np.testing.assert_allclose(ref_out[k], v, rtol=2e-4, atol=2e-5, err_msg=f"{kind} {k}")
+        _assert_onnxruntime_matches_reference(cm, graph, feeds, kind)
 
 
 def test_unrolled_scan_equals_the_loop():
