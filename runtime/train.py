@@ -393,8 +393,7 @@ def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> Trai
                                  f"is intact, continue with {opts.names.given(resume=True)}") from None
 
 
-def _train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
-    opts = opts or TrainOptions()
+def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
     _check_options(opts)
     names = opts.names
     require_objectives(spec, "train")
