@@ -1,8 +1,9 @@
 """The numbers users give flowgrad's functions (counts, lengths, seeds, temperatures), and the
-paths and switches the API takes, checked in one place, so that every verb and function takes and refuses the same values with the same
-words: a count is an int (or a NumPy integer) within its bounds; a float, even 2.0, a bool, a
-string or NaN is refused with a one-line error and a hint, never rounded. The CLI's flags are
-bounded by typer before any of this; the message names the keyword as the caller wrote it.
+paths and switches the API takes, checked in one place, so that every verb and function takes
+and refuses the same values with the same words: a count is an int (or a NumPy integer) within
+its bounds; a float, even 2.0, a bool, a string or NaN is refused with a one-line error and a
+hint, never rounded. The CLI's flags are bounded by typer before any of this; the message
+names the keyword as the caller wrote it.
 
 `error` is the class raised (the export API raises its ExportArgumentError, data checks a
 DataError); this module imports nothing heavy, so `predict` stays quick to load."""
