@@ -962,7 +962,7 @@ def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_
         raise DataError(f"{names.given(resume=True)} {run_dir}: the training examples differ from those the run was "
                         f"trained on ({which or 'another data file, validation or test split, or data options'})",
                         hint="resume with the run's data and splits (its run.json has them), or start a new run "
-                             f"from its weights with {names('init_from')}")
+                             f"from its weights with {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _valid_hash(valid_ds: D.Dataset | None) -> str | None:

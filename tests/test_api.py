@@ -219,7 +219,7 @@ def test_trains_refusals_name_the_apis_keywords(tmp_path, run):
              accumulate=2)
     _refused(["training other parameters", "resume with the run's own freeze (and spec), or start over with "
               "overwrite=True or init_from"], run_dir=r, resume=True, freeze=["W1"])
-    _refused([f"resume=True {r}: the training examples differ", "start a new run from its weights with init_from"],
+    _refused([f"resume=True {r}: the training examples differ", f'start a new run from its weights with init_from="{r}", run_dir="NEW_DIR"'],
              run_dir=r, resume=True, valid="0.3")
     _refused(["has shape", "train anew with overwrite=True"], run_dir=r, resume=True, spec=load(MLP, ["dims.H=16"]))
     # a warm start, frozen parameters, the data

@@ -638,6 +638,7 @@ def test_a_resumed_run_keeps_its_float_type(tmp_path):
     res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--valid", "0.3", code=1)
     assert "the training examples differ from those the run was trained on" in res.stderr
     assert "(--valid 0.3, where the run had 0.2)" in res.stderr  # (it named no flag)
+    assert f"from its weights with --init-from {run} --run-dir NEW_DIR" in res.stderr  # (a bare --init-from)
     res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--set", "train.data.valid=0.1", code=1)
     assert "(train.data.valid 0.1, where the run had 0.2)" in res.stderr
     invoke("train", MLP, *common, "--steps", "6", "--resume", "--dtype", "float64")
