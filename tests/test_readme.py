@@ -106,3 +106,41 @@ def test_readmes_generator_snippet_runs(tmp_path, monkeypatch):
     assert digits.shape == (16, 64) and 0 <= digits.min() and digits.max() <= 1
     cli = predict("vae.onnx", generator_feeds("vae.onnx", 16, 7))["samples"]
     np.testing.assert_array_equal(cli, digits)
+
+
+def test_readmes_quoted_api_messages_are_the_apis(tmp_path):
+    """Python API: what README quotes of load()'s and train()'s refusals is what they say (a
+    resume with another seed was once said to hint init_from=, which only other refusals do)."""
+    from runtime.api import load, train
+    from spec.errors import FlowgradError
+
+    prose = " ".join(README.split())
+
+    def refusal(call) -> str:
+        with pytest.raises(FlowgradError) as e:
+            call()
+        return f"{e.value} hint: {e.value.hint}"
+
+    quoted = """overrides=["dims.X=3"]:1:18: ... the spec has no dim 'X'"""
+    assert quoted in prose
+    head, tail = quoted.split(" ... ")
+    said = refusal(lambda: load(os.path.join(ROOT, "models", "mlp.yaml"), overrides=["dims.X=3"]))
+    assert said.startswith(head) and tail in said
+    spec = load(os.path.join(ROOT, "models", "mlp.yaml"), overrides=["dims.H=8"])
+    r = str(tmp_path / "mlp")
+    train(spec, run_dir=r, steps=1, threads=1, device="cpu", progress=False)
+    assert "`seed=3 differs from the seed 0 ...` and to leave out `seed`" in prose
+    said = refusal(lambda: train(spec, run_dir=r, resume=True, seed=3, threads=1, device="cpu"))
+    assert "seed=3 differs from the seed 0" in said and "leave out seed" in said
+    assert """at `init_from="runs/mlp", run_dir="NEW_DIR"`""" in prose
+    sgd = load(os.path.join(ROOT, "models", "mlp.yaml"), overrides=["dims.H=8", "train.optimizer={sgd: {lr: 0.1}}"])
+    said = refusal(lambda: train(sgd, run_dir=r, resume=True, threads=1, device="cpu"))
+    assert f'init_from="{r}", run_dir="NEW_DIR"' in said
+    assert """(`init_from="runs/b": no checkpoint at ...`)""" in prose
+    missing = str(tmp_path / "b")
+    said = refusal(lambda: train(spec, run_dir=str(tmp_path / "c"), init_from=missing, device="cpu"))
+    assert said.startswith(f'init_from="{missing}": no checkpoint at')
+    assert "(`epoch=`, with the closest name)" in prose
+    assert "did you mean 'epochs'?" in refusal(lambda: train(spec, epoch=1))
+    assert """(`overwrite="no"` is refused, not taken as true)""" in prose
+    assert "overwrite" in refusal(lambda: train(spec, run_dir=r, overwrite="no"))
