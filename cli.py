@@ -307,7 +307,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the run directory from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in a run directory that holds a run.")] = False,
     init_from: Annotated[Optional[str], typer.Option("--init-from", help="Warm start from another run's parameters.")] = None,
-    freeze: Annotated[Optional[list[str]], typer.Option("--freeze", help="Keep parameters matching this glob fixed (repeatable).")] = None,
+    freeze: Annotated[Optional[list[str]], typer.Option("--freeze", help="Keep parameters matching this glob fixed (repeatable; each glob must match one).")] = None,
     accumulate: Annotated[int, typer.Option("--accumulate", help="Average gradients over K batches per update.", min=1)] = 1,
     steps_per_call: Annotated[int, typer.Option(
         "--steps-per-call", help="Run K training steps per session call (the step graph in a Loop over stacked "
