@@ -144,3 +144,10 @@ def test_readmes_quoted_api_messages_are_the_apis(tmp_path):
     assert "did you mean 'epochs'?" in refusal(lambda: train(spec, epoch=1))
     assert """(`overwrite="no"` is refused, not taken as true)""" in prose
     assert "overwrite" in refusal(lambda: train(spec, run_dir=r, overwrite="no"))
+
+
+def test_readmes_count_of_broken_specs_holds():
+    """'a corpus of over N broken specs (tests/bad_specs/)': at least N spec files are there."""
+    (n,) = re.findall(r"over (\d+) broken specs", " ".join(README.split()))
+    found = [f for _, _, files in os.walk(os.path.join(ROOT, "tests", "bad_specs")) for f in files if f.endswith(".yaml")]
+    assert len(found) > int(n)
