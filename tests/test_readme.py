@@ -151,3 +151,21 @@ def test_readmes_count_of_broken_specs_holds():
     (n,) = re.findall(r"over (\d+) broken specs", " ".join(README.split()))
     found = [f for _, _, files in os.walk(os.path.join(ROOT, "tests", "bad_specs")) for f in files if f.endswith(".yaml")]
     assert len(found) > int(n)
+
+
+def test_readmes_set_promises_hold():
+    """'a key the spec leaves out is set whole (--set 'train.data.options={labelled: 40}'), and ...
+    a dim the spec neither defines nor uses (a misspelt dims.h), is refused with the closest name'."""
+    from spec import load_spec
+    from spec.errors import FlowgradError
+
+    prose = " ".join(README.split())
+    assert "(`--set 'train.data.options={labelled: 40}'`)" in prose and "(a misspelt `dims.h`)" in prose
+    mlp = os.path.join(ROOT, "models", "mlp.yaml")
+    assert load_spec(mlp, ["train.data.options={labelled: 40}"]).raw["train"]["data"]["options"] == {"labelled": 40}
+    with pytest.raises(FlowgradError) as e:
+        load_spec(mlp, ["dims.h=3"])
+    assert "did you mean 'H'?" in e.value.hint
+    with pytest.raises(FlowgradError) as e:  # a path through a key the spec lacks: the override that adds it
+        load_spec(mlp, ["train.data.options.labelled=40"])
+    assert "train.data.options={labelled: 40}" in e.value.hint
