@@ -62,6 +62,7 @@ def save_graphs(cm: CompiledModel, output: str, names: ArgNames = KEYWORDS) -> l
     if os.path.isfile(os.path.join(output, "run.json")):  # (the graphs went in beside its checkpoints)
         raise FlowgradError(f"{output} is a run directory", hint="its graphs are in its graphs/ folder, and belong "
                             f"to the run's checkpoints: pick another directory with {name}")
+    refuse_replacing(output, "directory", names=names)
     for graph in cm.graphs:
         refuse_replacing(os.path.join(output, f"{graph}.onnx"), "onnx", names=names)
     refuse_replacing(os.path.join(output, "manifest.json"), "manifest", names=names)

@@ -41,7 +41,14 @@ def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError, names
 def refuse_replacing(path: str, kind: str, error: type[FlowgradError] = FlowgradError, names: ArgNames = FLAGS) -> None:
     """An output may replace a file of its own kind (users write again to one path: a previous
     export, predictions, compiled graphs), never another file that a mistyped path names: a
-    spec, data, notes. `kind`: "onnx", "npz" or "manifest". `names`: how the hint names the output."""
+    spec, data, notes. `kind`: "onnx", "npz" or "manifest"; or "directory" for an output that is
+    one (compile's, which an existing file of any kind is in the way of). `names`: how the hint
+    names the output."""
+    if kind == "directory":
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise error(f"{path} exists and is not a directory: the graphs and manifest.json are written into one",
+                        hint=f"pick another output path with {names('output')}")
+        return
     if not os.path.isfile(path) or os.path.getsize(path) == 0 or _is_kind(path, kind):
         return
     raise error(f"{path} exists and is not {_KINDS[kind]}: writing there would replace it",

@@ -52,7 +52,7 @@ def test_compile_output_is_checked_as_compile_o_is(tmp_path, run):
     (tmp_path / "file").write_text("x")
     before = (run / "run" / "graphs" / "train.onnx").read_bytes()
     for output, words in (("", "^output is an empty path"), (3, "^output must be a path, got int"),
-                          (str(tmp_path / "file"), "cannot write the graphs to"),
+                          (str(tmp_path / "file"), "file exists and is not a directory"),
                           (str(run / "run"), "is a run directory"),
                           (str(run / "run" / "graphs"), "is inside a run directory")):
         with pytest.raises(FlowgradError, match=words):
@@ -347,6 +347,12 @@ def test_export_and_compile_replace_only_files_of_their_own_kind(tmp_path, run):
     assert e.value.hint == "pick another output path with output"
     assert (tmp_path / "build" / "manifest.json").read_text() == '{"name": "my web app"}'
     assert not (tmp_path / "build" / "train.onnx").exists()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("notes")
+    with pytest.raises(FlowgradError, match=f"^{notes} exists and is not a directory") as e:
+        compile(MLP, output=notes)
+    assert e.value.hint == "pick another output path with output"
+    assert notes.read_text() == "notes"
 
 
 def _refused_as_flowgrad_train(words, **options):

@@ -590,6 +590,9 @@ def test_outputs_replace_only_files_of_their_own_kind(trained, tmp_path):
         shutil.copy(spec, build / name)
         res = invoke("compile", MLP, "--set", "dims.H=8", "-o", build, code=1)
         assert f"{build / name} exists and is not" in res.stderr and "-o" in res.stderr
+    # a plain file as compile's -o was 'cannot write the graphs to notes.txt: File exists'
+    res = invoke("compile", MLP, "--set", "dims.H=8", "-o", notes, code=1)
+    assert f"{notes} exists and is not a directory" in res.stderr and "pick another output path with -o" in res.stderr
     assert spec.read_text() == open(MLP).read() and notes.read_text() == "notes"
 
 
