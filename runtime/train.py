@@ -237,7 +237,13 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel,
         raise DataError(f"{run_dir}: its spec holds out no test data (train.data.test)",
                         hint=f"{hint}, or train with train: {{data: {{test: 0.1}}}}")
     if isinstance(test, str):
-        path = source.get("test") or beside_spec(spec, test)
+        if "test" not in source:  # (a run.json written before runs recorded it)
+            path = beside_spec(spec, test)
+            return load_spec_npz(spec, "test", path), path
+        path = source["test"]  # where training read it: the run directory's spec.yaml is a copy, elsewhere
+        if not os.path.exists(path):  # (its hint spoke of a relative path read beside that copy)
+            raise DataError(f"test file {path!r} does not exist: {os.path.join(run_dir, 'run.json')} records it "
+                            "as the training run's train.data.test", hint=f"{hint} (where the file is now)")
         return load_spec_npz(spec, "test", path), path
     seed = int(info.get("seed", 0))
     if "dataset" in source:

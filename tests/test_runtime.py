@@ -910,6 +910,11 @@ def test_eval_without_data_reads_the_test_examples_the_run_held_out(tmp_path):
     with_file = load(MLP, ["dims.H=16", f"train.data.test={tmp_path / 'held.npz'}"])
     train(with_file, run_dir=str(tmp_path / "file"), data=str(tmp_path / "d.npz"), steps=2, threads=1, device="cpu")
     assert evaluate_run(str(tmp_path / "file"), device="cpu") == evaluate_run(str(tmp_path / "file"), str(tmp_path / "held.npz"), device="cpu")
+    os.rename(tmp_path / "held.npz", tmp_path / "moved.npz")  # the hint spoke of a path beside the run's spec.yaml
+    with pytest.raises(DataError, match=f"^test file '{tmp_path / 'held.npz'}' does not exist: "
+                                        f"{tmp_path / 'file' / 'run.json'} records it as the training run's") as e:
+        evaluate_run(str(tmp_path / "file"), device="cpu")
+    assert e.value.loc is None and e.value.hint == 'pass the test examples with data="FILE.npz" (where the file is now)'
     no_test = str(tmp_path / "none")
     train(load(MLP, ["dims.H=16"]), run_dir=no_test, data=str(tmp_path / "d.npz"), steps=1, threads=1, device="cpu")
     with pytest.raises(DataError, match="holds out no test data"):
