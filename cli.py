@@ -480,12 +480,13 @@ def _write_npz(path: str, arrays: dict) -> None:
     import numpy as np
 
     from runtime.checkpoint import atomic_write, make_parent_dir, refuse_replacing, refuse_run_file
+    from spec.errors import FLAGS
 
-    refuse_run_file(path)
-    refuse_replacing(path, "npz")  # (predictions replaced a spec or notes given as -o)
+    refuse_run_file(path, names=FLAGS)
+    refuse_replacing(path, "npz", names=FLAGS)  # (predictions replaced a spec or notes given as -o)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    make_parent_dir(path)
+    make_parent_dir(path, names=FLAGS)
     atomic_write(path, buf.getvalue(), hint="check the directory's permissions and free space, or pick another path with -o")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from spec import model as S
-from spec.errors import FLAGS, KEYWORDS, ArgNames, GradientError, ShapeError, SpecError, SpecWarning
+from spec.errors import FLAGS, ArgNames, GradientError, ShapeError, SpecError, SpecWarning
 
 from .autodiff import grad
 from .emit import IR_VERSION, OPSET, emit_model
@@ -916,9 +916,11 @@ def _subexprs(e):
 
 def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = True,
                  graphs: tuple = ("train", "eval", "infer", "grads", "apply", "generate"), frozen: list[str] = (),
-                 names: ArgNames = KEYWORDS) -> CompiledModel:
+                 names: ArgNames | None = None) -> CompiledModel:
     """Compile every graph of a spec. `frozen` globs name parameters that no objective updates;
-    `names` says how its messages name them (freeze, or the CLI's --freeze)."""
+    `names`, required with them, says how its messages name them (freeze, or the CLI's --freeze)."""
+    if frozen and names is None:
+        raise TypeError("compile_spec: pass names (FLAGS or KEYWORDS) with frozen, which its messages name")
     t0 = time.perf_counter()
     dtype = dtype or spec.train.get("dtype", "float32")
     check = check_spec(spec, dtype, objectives=False)  # the graphs built below check the objectives

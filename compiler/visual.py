@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from spec import model as S
 from spec.expr import names_in
-from spec.errors import FlowgradError, Loc, SpecError
+from spec.errors import FLAGS, FlowgradError, Loc, SpecError
 from spec.expr import unparse
 
 from .autodiff import grad
@@ -987,7 +987,7 @@ def write_picture(d, path: str) -> tuple[str, str | None]:
                             "give a file ending in .svg, .png, .pdf or .dot")
     from runtime.checkpoint import atomic_write, make_parent_dir
 
-    make_parent_dir(path)
+    make_parent_dir(path, names=FLAGS)
     hint = "pick another path with -o"
     if ext in ("dot", "gv"):
         atomic_write(path, d.source.encode(), hint)

@@ -27,7 +27,7 @@ def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
     if not (spec.train or {}).get("data"):
         return None
     try:
-        train_ds, _ = load_data(spec, cm, TrainOptions(), seed)
+        train_ds, _ = load_data(spec, cm, TrainOptions(names=FLAGS), seed)
     except DataError:  # resized by --set beyond its data: time it on random inputs
         return None
     # data smaller than the batch repeats its examples: the timed batch has the rows reported

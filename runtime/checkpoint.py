@@ -27,7 +27,7 @@ RUN_FILES = ("checkpoint.npz", "best.npz", "best.before_partial.npz", "run.json"
              "result.json", ".lock")
 
 
-def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError, names: ArgNames = FLAGS) -> None:
+def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError, *, names: ArgNames) -> None:
     """An output (an export, predictions) must not replace a run directory's own files: those
     beside its run.json, and everything in its graphs/ folder (the graphs its checkpoints fit).
     `names`: how the hint names the output (the CLI's -o, the API's output)."""
@@ -38,7 +38,7 @@ def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError, names
         raise error(f"{path} is one of the run's own files", hint=f"pick another path with {names('output')}")
 
 
-def refuse_replacing(path: str, kind: str, error: type[FlowgradError] = FlowgradError, names: ArgNames = FLAGS) -> None:
+def refuse_replacing(path: str, kind: str, error: type[FlowgradError] = FlowgradError, *, names: ArgNames) -> None:
     """An output may replace a file of its own kind (users write again to one path: a previous
     export, predictions, compiled graphs), never another file that a mistyped path names: a
     spec, data, notes. `kind`: "onnx", "npz" or "manifest"; or "directory" for an output that is
@@ -97,7 +97,7 @@ def read_run_info(run_dir: str, error: type[FlowgradError] = DataError, missing_
     return info
 
 
-def make_parent_dir(path: str, error: type[FlowgradError] = FlowgradError, names: ArgNames = FLAGS) -> None:
+def make_parent_dir(path: str, error: type[FlowgradError] = FlowgradError, *, names: ArgNames) -> None:
     """The directory an output file goes in, made if missing (export, predict, plot and graph
     write into new directories alike). `names`: how the hint names the output."""
     directory = os.path.dirname(os.path.abspath(path))

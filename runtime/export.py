@@ -108,9 +108,9 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         _check_exported(model, ckpt, graph_path)
     from .checkpoint import make_parent_dir, refuse_replacing, refuse_run_file
 
-    refuse_run_file(output, ExportArgumentError, names)
-    refuse_replacing(output, "onnx", ExportArgumentError, names)  # (a spec given as -o became an ONNX model)
-    make_parent_dir(output, ExportArgumentError, names)
+    refuse_run_file(output, ExportArgumentError, names=names)
+    refuse_replacing(output, "onnx", ExportArgumentError, names=names)  # (a spec given as -o became an ONNX model)
+    make_parent_dir(output, ExportArgumentError, names=names)
     try:
         if external:
             onnx.save_model(model, output, save_as_external_data=True, all_tensors_to_one_file=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from spec.errors import DataError
+from spec.errors import FLAGS, DataError
 
 
 
@@ -27,7 +27,7 @@ def save_figure(fig, output: str, dpi: int) -> None:
         raise FlowgradError(f"cannot write a {fmt!r} image: {output}", hint="name the file .png, .svg or .pdf") from None
     finally:
         plt.close(fig)
-    make_parent_dir(output)
+    make_parent_dir(output, names=FLAGS)  # (plots are the CLI's: their hints name -o)
     atomic_write(output, buf.getvalue(), hint="pick another path with -o")
 
 
@@ -126,8 +126,8 @@ def plot_attention(run_dir: str, text: str, output: str, output_name: str = "att
 
     with tempfile.TemporaryDirectory() as tmp:
         gen, inf = os.path.join(tmp, "gen.onnx"), os.path.join(tmp, "infer.onnx")
-        export(run_dir, gen, graph="generate")
-        export(run_dir, inf, graph="infer")
+        export(run_dir, gen, graph="generate", names=FLAGS)  # (flowgrad plot attention's: a hint names flags)
+        export(run_dir, inf, graph="infer", names=FLAGS)
         meta = model_metadata(load_model_safely(gen))
         if output_name not in [o.name for o in load_model_safely(inf).graph.output]:
             raise DataError(f"the spec has no output named {output_name!r}",

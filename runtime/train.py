@@ -18,7 +18,7 @@ import numpy as np
 
 from compiler.training import CompiledModel, check_dtype, compile_spec, require_objectives, schedule_of, trained_names
 from spec import model as S
-from spec.errors import KEYWORDS, ArgNames, DataError, FlowgradError, SpecError
+from spec.errors import ArgNames, DataError, FlowgradError, SpecError
 
 from . import data as D
 from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed  # noqa: F401  (the API imported them from here)
@@ -60,8 +60,9 @@ class TrainOptions:
     progress: bool = True
     dtype: str | None = None
     cuda_graphs: bool = True  # on CUDA, replay captured steps where they can be
-    # how messages name these options: keywords (seed=3), or the CLI's flags (--seed 3), which it sets
-    names: ArgNames = KEYWORDS
+    # how messages name these options: keywords (seed=3), or the CLI's flags (--seed 3); no default,
+    # as the CLI, runtime.api and bench each build these and a wrong default misnamed them silently
+    names: ArgNames = field(kw_only=True)
 
 
 @dataclass
@@ -387,9 +388,8 @@ def _versions() -> dict:
 
 
 # ---------------------------------------------------------------- the loop
-def train(spec: S.Spec, opts: TrainOptions | None = None, on_epoch=None) -> TrainResult:
+def train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
     """Train, turning the file system's refusals (full disk, no permission) into a clean error."""
-    opts = opts or TrainOptions()
     try:
         return _train(spec, opts, on_epoch)
     except OSError as e:

@@ -47,7 +47,10 @@ class ArgNames:
     """How a message names an argument the caller gave: as the CLI's flag (--init-from runs/a)
     or as the API's keyword (init_from="runs/a"). Whoever takes the arguments picks one (the
     CLI FLAGS, runtime.api KEYWORDS) and hands it on, so that each message is written once
-    and still tells its reader what they typed."""
+    and still tells its reader what they typed. Only the API's own functions (export, predict,
+    evaluate_run, save_graphs) default to KEYWORDS, their callers' words; TrainOptions, the
+    output helpers of runtime.checkpoint and compile_spec's frozen take no default, as a caller
+    that forgot to pass one got the other words without a sign."""
 
     flags: bool
 

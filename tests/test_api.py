@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from runtime.api import compile, evaluate_run, export, load, predict, train
-from spec.errors import DataError, ExportArgumentError, ExportError, FlowgradError, SpecError
+from spec.errors import FLAGS, DataError, ExportArgumentError, ExportError, FlowgradError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
@@ -483,3 +483,18 @@ def test_an_override_of_a_key_the_spec_leaves_out_is_shown_as_overrides():
     assert e.value.hint == ('expected one of: dataset, valid; or, to add options, set it whole: '
                             'overrides=["train.data.options={labelled: 40}"]'), e.value.hint
     assert load(MLP, overrides=["train.data.options={labelled: 40}"]).train["data"]["options"] == {"labelled": 40}
+
+
+def test_argument_names_have_no_default_where_a_caller_could_forget_them():
+    """TrainOptions named options as keywords by default and the output helpers as flags, so
+    flowgrad bench's TrainOptions() would have spoken of data= to a CLI user, and a new API
+    caller of refuse_replacing of -o: without a default, a forgotten one fails at once."""
+    from compiler.training import compile_spec
+    from runtime.checkpoint import make_parent_dir, refuse_replacing, refuse_run_file
+    from runtime.train import TrainOptions
+
+    for call in (TrainOptions, lambda: refuse_run_file("x.onnx"), lambda: refuse_replacing("x.onnx", "onnx"),
+                 lambda: make_parent_dir("x.onnx"), lambda: compile_spec(load(MLP), frozen=["W1"])):
+        with pytest.raises(TypeError):
+            call()
+    assert TrainOptions(names=FLAGS).names is FLAGS

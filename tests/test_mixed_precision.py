@@ -12,7 +12,7 @@ import pytest
 from compiler.check import Runner, reference_evaluator
 from compiler.training import compile_spec
 from spec import load_spec
-from spec.errors import FlowgradError, SpecError
+from spec.errors import KEYWORDS, FlowgradError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
@@ -148,7 +148,7 @@ def test_mixed_precision_trains_like_float32(tmp_path):
     for mixed in ("float16", None):
         extra = [f"train.mixed_precision={mixed}"] if mixed else []
         spec = load_spec(MLP, ["train.epochs=5", "dims.H=64"] + extra)
-        result = train(spec, TrainOptions(run_dir=str(tmp_path / f"run_{mixed}"), progress=False, device="cpu"))
+        result = train(spec, TrainOptions(names=KEYWORDS, run_dir=str(tmp_path / f"run_{mixed}"), progress=False, device="cpu"))
         accuracy[mixed] = result.final["valid_accuracy"]
     assert accuracy["float16"] > 0.85 and abs(accuracy["float16"] - accuracy[None]) < 0.02, accuracy
     state, _ = load_checkpoint(str(tmp_path / "run_float16" / "checkpoint.npz"))
@@ -169,7 +169,7 @@ def test_mixed_precision_refuses_gradient_accumulation(tmp_path):
     from runtime.train import TrainOptions, train
 
     with pytest.raises(FlowgradError, match="^accumulate does not work with train.mixed_precision"):
-        train(tiny(tmp_path), TrainOptions(run_dir=str(tmp_path / "run"), progress=False, accumulate=2))
+        train(tiny(tmp_path), TrainOptions(names=KEYWORDS, run_dir=str(tmp_path / "run"), progress=False, accumulate=2))
 
 
 def test_bfloat16_trains_the_digits_mlp_on_the_cpu(tmp_path):
@@ -177,7 +177,7 @@ def test_bfloat16_trains_the_digits_mlp_on_the_cpu(tmp_path):
     from runtime.train import TrainOptions, train
 
     spec = load_spec(MLP, ["train.mixed_precision=bfloat16", "train.epochs=2", "dims.H=64"])
-    result = train(spec, TrainOptions(run_dir=str(tmp_path / "run"), progress=False, device="cpu"))
+    result = train(spec, TrainOptions(names=KEYWORDS, run_dir=str(tmp_path / "run"), progress=False, device="cpu"))
     assert result.final["valid_accuracy"] > 0.7, result.final
 
 

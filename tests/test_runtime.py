@@ -18,7 +18,7 @@ from runtime.api import load, train
 from runtime.checkpoint import load_checkpoint
 from runtime.export import export, predict
 from runtime.schedules import lr_schedule
-from spec.errors import DataError, FlowgradError
+from spec.errors import KEYWORDS, DataError, FlowgradError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
@@ -372,7 +372,7 @@ def test_only_the_arrays_the_graphs_read_count_the_examples(tmp_path):
 
     with zipfile.ZipFile(tmp_path / "extra.npz", "a") as z:
         z.writestr("README.txt", "notes")
-    train_ds, valid_ds = load_data(spec, cm, TrainOptions(data=str(tmp_path / "extra.npz"), valid="0.2"), 0)
+    train_ds, valid_ds = load_data(spec, cm, TrainOptions(names=KEYWORDS, data=str(tmp_path / "extra.npz"), valid="0.2"), 0)
     assert (len(train_ds), len(valid_ds)) == (80, 20) and set(train_ds.arrays) == {"x", "y"}
     np.savez(tmp_path / "bytes_y.npz", x=x)
     with zipfile.ZipFile(tmp_path / "bytes_y.npz", "a") as z:
@@ -453,7 +453,7 @@ def test_validation_settings_are_read_as_given(tmp_path):
 
     ordered = load(MLP, SMALL + ["train.shuffle=false"])
     np.savez(tmp_path / "ordered.npz", x=np.arange(40 * 64, dtype=np.float32).reshape(40, 64), y=y)
-    tr, va = load_data(ordered, compile_spec(ordered), TrainOptions(data=str(tmp_path / "ordered.npz"), valid="0.25"), 0)
+    tr, va = load_data(ordered, compile_spec(ordered), TrainOptions(names=KEYWORDS, data=str(tmp_path / "ordered.npz"), valid="0.25"), 0)
     assert va.arrays["x"][:, 0].tolist() == [64.0 * i for i in range(30, 40)]
     np.savez(tmp_path / "one.npz", x=x[:1], y=y[:1])
     with pytest.raises(DataError, match="no examples are left to train on") as e:
@@ -815,7 +815,7 @@ def test_cuda_graphs_can_be_turned_off(monkeypatch):
     cm = compile_spec(load_spec(os.path.join(ROOT, "models", "mlp.yaml")))
     assert GraphRunner(cm.graphs["train"], "cuda", 1).capture
     assert not GraphRunner(cm.graphs["train"], "cuda", 1, cuda_graphs=False).capture
-    assert TrainOptions().cuda_graphs
+    assert TrainOptions(names=KEYWORDS).cuda_graphs
     out = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", "--help"], capture_output=True, text=True,
                          env={**os.environ, "COLUMNS": "200"})
     assert "--no-cuda-graphs" in out.stdout
