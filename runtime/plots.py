@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from spec.errors import FLAGS, DataError
@@ -92,8 +93,10 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
             epochs = [r["epoch"] for r in hist]
             for split, style in (("train", "--"), ("valid", "-")):
                 key = f"{split}_{measure}"
-                ys = [r.get(key) for r in hist]
-                if any(y is not None for y in ys):
+                # NaN or inf (a validation metric is not checked as training's are) is a gap, like a
+                # value an epoch did not record: a point between two NaNs was drawn as nothing
+                ys = [r.get(key) if _is_number(r.get(key)) and math.isfinite(r[key]) else None for r in hist]
+                if any(r.get(key) is not None for r in hist):
                     # a value with no neighbour (a one-epoch run) is no line: mark the points then
                     alone = any(y is not None and (i == 0 or ys[i - 1] is None) and (i + 1 == len(ys) or ys[i + 1] is None)
                                 for i, y in enumerate(ys))

@@ -663,6 +663,23 @@ def test_plot_curves_draws_a_one_epoch_run(tmp_path, monkeypatch):
     assert lines["three train"].get_marker() in (None, "None", "", " ")  # a line: as before
 
 
+def test_plot_curves_marks_a_value_between_nans(tmp_path, monkeypatch):
+    """A validation metric may be NaN or inf (only training's are checked): a value between two
+    of them was a line to nowhere, and so drawn as nothing at all; NaN and inf are gaps now."""
+    import runtime.plots as plots
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"epoch": 1, "train_loss": 1.0, "valid_loss": NaN}\n{"epoch": 2, "train_loss": 0.5, "valid_loss": 0.7}\n'
+        '{"epoch": 3, "train_loss": 0.4, "valid_loss": Infinity}\n')
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    plots.plot_curves([str(tmp_path)], str(tmp_path / "c.png"))
+    valid = next(line for line in figs[0].axes[0].get_lines() if line.get_label().endswith("valid"))
+    assert valid.get_marker() not in (None, "None", "", " ")
+    figs[0].canvas.draw()
+    assert figs[0].axes[0].get_ylim()[1] < 10  # (inf is no point to scale the axis to)
+
+
 @pytest.mark.parametrize("epochs", [[1], [1, 2], [4, 5, 6], list(range(1, 41))])
 def test_plot_curves_ticks_whole_epochs(epochs, tmp_path, monkeypatch):
     """Epochs are whole numbers: a short run's axis was ticked 1.00, 1.25, 1.50, ... (and one
