@@ -76,7 +76,11 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    histories = {d.rstrip("/"): read_history(d) for d in run_dirs}
+    histories = {os.path.normpath(d): read_history(d) for d in run_dirs}
+    # a run is named by its directory's name, or by its path where two runs share that name
+    # (runs/a/mlp and runs/b/mlp were both "mlp")
+    names = [os.path.basename(run) for run in histories]
+    labels = {run: name if name and names.count(name) == 1 else run for run, name in zip(histories, names)}
     measures = []
     for hist in histories.values():
         for rec in hist:
@@ -89,7 +93,7 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
     fig, axes = plt.subplots(1, len(measures), figsize=(5 * len(measures), 4), squeeze=False)
     for ax, measure in zip(axes[0], measures):
         for (run, hist), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
-            label = os.path.basename(run) or run
+            label = labels[run]
             epochs = [r["epoch"] for r in hist]
             for split, style in (("train", "--"), ("valid", "-")):
                 key = f"{split}_{measure}"

@@ -663,6 +663,24 @@ def test_plot_curves_draws_a_one_epoch_run(tmp_path, monkeypatch):
     assert lines["three train"].get_marker() in (None, "None", "", " ")  # a line: as before
 
 
+def test_plot_curves_tells_apart_runs_of_the_same_name(tmp_path, monkeypatch):
+    """Runs were labelled by their directory's name alone: runs/a/mlp and runs/b/mlp were two
+    curves called "mlp train"; they are labelled by their paths now (and a run given twice, once
+    with a trailing slash, is drawn once)."""
+    import runtime.plots as plots
+
+    for sub in ("a/mlp", "b/mlp", "c/other"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    runs = [str(tmp_path / "a" / "mlp"), str(tmp_path / "b" / "mlp") + "/", str(tmp_path / "c" / "other"),
+            str(tmp_path / "c" / "other") + "/"]
+    plots.plot_curves(runs, str(tmp_path / "c.png"))
+    labels = [line.get_label() for line in figs[0].axes[0].get_lines()]
+    assert labels == [f"{tmp_path / 'a' / 'mlp'} train", f"{tmp_path / 'b' / 'mlp'} train", "other train"]
+
+
 def test_plot_curves_marks_a_value_between_nans(tmp_path, monkeypatch):
     """A validation metric may be NaN or inf (only training's are checked): a value between two
     of them was a line to nowhere, and so drawn as nothing at all; NaN and inf are gaps now."""
