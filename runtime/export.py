@@ -447,7 +447,17 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
     """Decode source strings with an exported sequence-to-sequence model (beam search in the graph).
     Unset arguments take the spec's `generate` values (beam width 4, length penalty 0.6 where
     the spec gives none). Bad arguments raise ExportArgumentError, an ExportError."""
-    from .datasets_text import decode_target, encode_source
+    from .datasets_text import decode_target
+
+    tokens, meta = translate_tokens(model_path, texts, beam_width, max_len, length_penalty, device, threads)
+    return [decode_target(row, meta) for row in tokens]
+
+
+def translate_tokens(model_path: str, texts: list[str], beam_width: int | None = None, max_len: int | None = None,
+                     length_penalty: float | None = None, device: str = "cpu", threads: int | None = None):
+    """`translate`'s target token ids, [texts, length] (<eos> and the padding after it
+    included), and the model's metadata."""
+    from .datasets_text import encode_source
 
     if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):  # (a string decoded
         raise ExportArgumentError(f"texts must be a list of strings, got {type(texts).__name__}"  # each character)
@@ -461,7 +471,7 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
     if any(not t for t in texts):
         raise ExportArgumentError("a source text is empty", hint="give at least one character")
     if not texts:  # nothing to decode (np.stack refused the empty list)
-        return []
+        return np.zeros((0, 0), dtype=np.int64), meta
     src = np.stack([encode_source(t, meta, error=ExportArgumentError) for t in texts])
     lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
     widest = _widest_beam(meta)
@@ -477,4 +487,4 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
              "max_len": np.asarray(max_len, dtype=np.int64), "length_penalty": np.asarray(penalty, dtype=np.float32)}
     wanted = {i.name for i in model.graph.input}
     outs = predict(model_path, {k: v for k, v in feeds.items() if k in wanted}, device, threads)
-    return [decode_target(row, meta) for row in outs["tokens"]]
+    return outs["tokens"], meta

@@ -128,24 +128,26 @@ def plot_attention(run_dir: str, text: str, output: str, output_name: str = "att
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .datasets_text import BOS, EOS, encode_source
-    from .export import export, model_metadata, load_model_safely, predict, translate
+    from .datasets_text import BOS, EOS, decode_target, encode_source
+    from .export import export, load_model_safely, predict, translate_tokens
 
     with tempfile.TemporaryDirectory() as tmp:
         gen, inf = os.path.join(tmp, "gen.onnx"), os.path.join(tmp, "infer.onnx")
         export(run_dir, gen, graph="generate", names=FLAGS)  # (flowgrad plot attention's: a hint names flags)
         export(run_dir, inf, graph="infer", names=FLAGS)
-        meta = model_metadata(load_model_safely(gen))
         if output_name not in [o.name for o in load_model_safely(inf).graph.output]:
             raise DataError(f"the spec has no output named {output_name!r}",
                             hint="add e.g. 'attention: attn' under outputs (the scan's attention weights)")
-        result = translate(gen, [text], beam_width=1)[0]
-        tgt_vocab = meta["tgt_vocab"]
-        ids = [tgt_vocab.index(c) for c in result] + [EOS]
+        tokens, meta = translate_tokens(gen, [text], beam_width=1)
+        # the tokens as generated, up to an <eos>: one that stopped at max_len has none (a row
+        # "<eos>" was drawn all the same, from a position the model never generated)
+        ids = [int(i) for i in tokens[0]]
+        ids = ids[:ids.index(EOS) + 1] if EOS in ids else ids
+        result = decode_target(ids, meta)
         src = encode_source(text, meta)[None, :]
         outs = predict(inf, {"src": src, "src_len": np.asarray([len(text)]), "tgt_in": np.asarray([[BOS] + ids[:-1]])})
         weights = outs[output_name][0][:, :len(text)]  # [T, S]
-    rows = list(result) + ["<eos>"]
+    rows = [meta["tgt_vocab"][i] for i in ids]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.36 * len(text) + 1.5), max(3.0, 0.36 * len(rows) + 1.2)))
     ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="equal")
     ax.set_xticks(range(len(text)))

@@ -716,6 +716,33 @@ def test_plot_curves_ticks_whole_epochs(epochs, tmp_path, monkeypatch):
     assert epochs[0] in ticks or len(epochs) > 10  # (a long run is ticked every few epochs)
 
 
+def test_plot_attention_draws_the_tokens_as_generated(tmp_path, monkeypatch):
+    """The rows were the translation's characters and then "<eos>" always: a translation that
+    stopped at max_len without one was drawn with an extra "<eos>" row, from a position the model
+    never generated."""
+    import numpy as np
+
+    import runtime.plots as plots
+    from runtime import datasets_text as T
+    from runtime import export as E
+    from runtime.api import load, train
+
+    spec = load(str(ROOT / "models" / "reverse_attention.yaml"), [
+        "dims.H=4", "dims.E=4", "dims.A=4", "train.data.options.n=60", "train.data.options.max_len=6"])
+    run = train(spec, run_dir=str(tmp_path / "run"), steps=1, threads=1, device="cpu").run_dir
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    real = E.translate_tokens
+    for tokens, rows in (([5, 6, 7], ["c", "d", "e"]), ([5, T.EOS, 0], ["c", "<eos>"])):
+        def fake(*args, tokens=tokens, **kwargs):
+            return np.asarray([tokens]), real(*args, **kwargs)[1]
+        monkeypatch.setattr(E, "translate_tokens", fake)
+        plots.plot_attention(run, "abc", str(tmp_path / "a.png"))
+        ax = figs[-1].axes[0]
+        assert [t.get_text() for t in ax.get_yticklabels()] == rows
+        assert ax.get_images()[0].get_array().shape == (len(rows), 3)
+
+
 def test_graph_output_paths_are_made_or_refused_in_one_line(tmp_path):
     """A path under a file (or an unwritable place) ended graph with an OSError traceback;
     export, predict, plot and graph now make missing directories and refuse such paths alike."""
