@@ -90,8 +90,13 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
                     measures.append(name)
     if not measures:
         raise DataError("the runs recorded no metrics yet", hint="train the runs for at least one epoch first (flowgrad train)")
-    fig, axes = plt.subplots(1, len(measures), figsize=(5 * len(measures), 4), squeeze=False)
-    for ax, measure in zip(axes[0], measures):
+    # at most four panels a row: a GAN's or several models' dozen measures were one row 65 inches wide
+    cols = min(4, len(measures))
+    rows = math.ceil(len(measures) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(measures):]:
+        ax.remove()
+    for ax, measure in zip(axes.flat, measures):
         for (run, hist), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
             label = labels[run]
             epochs = [r["epoch"] for r in hist]

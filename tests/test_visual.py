@@ -681,6 +681,20 @@ def test_plot_curves_tells_apart_runs_of_the_same_name(tmp_path, monkeypatch):
     assert labels == [f"{tmp_path / 'a' / 'mlp'} train", f"{tmp_path / 'b' / 'mlp'} train", "other train"]
 
 
+def test_plot_curves_wraps_many_measures_into_rows(tmp_path, monkeypatch):
+    """Every measure was a panel in one row: a GAN's, or a few models' together, made a picture
+    dozens of inches wide; four panels a row now."""
+    import runtime.plots as plots
+
+    record = {"epoch": 1, **{f"train_m{k}": 1.0 for k in range(6)}}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    plots.plot_curves([str(tmp_path)], str(tmp_path / "c.png"))
+    assert [ax.get_title() for ax in figs[0].axes] == [f"m{k}" for k in range(6)]
+    assert tuple(figs[0].get_size_inches()) == (20, 8)
+
+
 def test_plot_curves_marks_a_value_between_nans(tmp_path, monkeypatch):
     """A validation metric may be NaN or inf (only training's are checked): a value between two
     of them was a line to nowhere, and so drawn as nothing at all; NaN and inf are gaps now."""
