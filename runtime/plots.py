@@ -69,6 +69,18 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _panel(key: str) -> tuple[str, str]:
+    """The panel and the curve's name of a record's key. With several objectives each one's steps
+    measure the metrics on their own batches (train_<objective>/<metric>), and validation measures
+    them once (valid_<metric>): one metric's curves share its panel, the training ones named by
+    objective. An objective's loss is its own panel, training's and validation's alike."""
+    split, name = key.split("_", 1)
+    objective, _, metric = name.rpartition("/")
+    if objective and metric != "loss":
+        return metric, f"{split} ({objective})"
+    return name, split
+
+
 def plot_curves(run_dirs: list[str], output: str) -> str:
     import matplotlib
 
@@ -81,13 +93,10 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
     # (runs/a/mlp and runs/b/mlp were both "mlp")
     names = [os.path.basename(run) for run in histories]
     labels = {run: name if name and names.count(name) == 1 else run for run, name in zip(histories, names)}
-    measures = []
-    for hist in histories.values():
-        for rec in hist:
-            for k in rec:
-                name = k.split("_", 1)[1] if k.startswith(("train_", "valid_")) else None
-                if name and name not in measures:
-                    measures.append(name)
+    curves = {run: [(key, *_panel(key)) for split in ("train_", "valid_")
+                    for key in dict.fromkeys(k for r in hist for k in r if k.startswith(split))]
+              for run, hist in histories.items()}
+    measures = list(dict.fromkeys(panel for run_curves in curves.values() for _, panel, _ in run_curves))
     if not measures:
         raise DataError("the runs recorded no metrics yet", hint="train the runs for at least one epoch first (flowgrad train)")
     # at most four panels a row: a GAN's or several models' dozen measures were one row 65 inches wide
@@ -98,19 +107,20 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
         ax.remove()
     for ax, measure in zip(axes.flat, measures):
         for (run, hist), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
-            label = labels[run]
             epochs = [r["epoch"] for r in hist]
-            for split, style in (("train", "--"), ("valid", "-")):
-                key = f"{split}_{measure}"
+            drawn = [(key, curve) for key, panel, curve in curves[run]
+                     if panel == measure and any(r.get(key) is not None for r in hist)]
+            for n, (key, curve) in enumerate(drawn):
+                # validation solid, training dashed (each objective's its own dash where several share the panel)
+                style = "-" if curve == "valid" else ("--", ":", "-.", (0, (5, 1, 1, 1)))[n % 4]
                 # NaN or inf (a validation metric is not checked as training's are) is a gap, like a
                 # value an epoch did not record: a point between two NaNs was drawn as nothing
                 ys = [r.get(key) if _is_number(r.get(key)) and math.isfinite(r[key]) else None for r in hist]
-                if any(r.get(key) is not None for r in hist):
-                    # a value with no neighbour (a one-epoch run) is no line: mark the points then
-                    alone = any(y is not None and (i == 0 or ys[i - 1] is None) and (i + 1 == len(ys) or ys[i + 1] is None)
-                                for i, y in enumerate(ys))
-                    ax.plot(epochs, ys, style, color=color, label=f"{label} {split}", marker="o" if alone else None,
-                            markersize=4)
+                # a value with no neighbour (a one-epoch run) is no line: mark the points then
+                alone = any(y is not None and (i == 0 or ys[i - 1] is None) and (i + 1 == len(ys) or ys[i + 1] is None)
+                            for i, y in enumerate(ys))
+                ax.plot(epochs, ys, linestyle=style, color=color, label=f"{labels[run]} {curve}", marker="o" if alone else None,
+                        markersize=4)
         ax.set_title(measure)
         ax.set_xlabel("epoch")
         # epochs are whole numbers: the default locator ticked 1.25, 1.5, ... on a short run

@@ -777,3 +777,25 @@ def test_graph_dot_is_the_same_in_every_process(tmp_path):
                        check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": str(k + 1)}, timeout=120)
         outs.append(path.read_text())
     assert "cluster_" in outs[0] and outs[0] == outs[1]
+
+
+def test_plot_curves_draws_a_metric_of_several_objectives_in_one_panel(tmp_path, monkeypatch):
+    """With several objectives each one's steps measure the metrics (train_discriminator/p_real,
+    train_generator/p_real) and validation measures them once (valid_p_real): the training curves
+    and the validation curve of one metric were in different panels. They share the metric's
+    panel now; each objective's loss keeps its own, training's and validation's together."""
+    import runtime.plots as plots
+
+    record = {"epoch": 1, "train_discriminator/loss": 0.9, "train_discriminator/p_real": 0.5,
+              "train_generator/loss": 1.4, "train_generator/p_real": 0.6, "valid_p_real": 0.7,
+              "valid_discriminator/loss": 0.6, "valid_generator/loss": 1.7}
+    (tmp_path / "gan").mkdir()
+    (tmp_path / "gan" / "metrics.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, "epoch": 2}) + "\n")
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    plots.plot_curves([str(tmp_path / "gan")], str(tmp_path / "c.png"))
+    panels = {ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in figs[0].axes}
+    assert panels == {"discriminator/loss": ["gan train", "gan valid"], "generator/loss": ["gan train", "gan valid"],
+                      "p_real": ["gan train (discriminator)", "gan train (generator)", "gan valid"]}
+    styles = [line.get_linestyle() for line in figs[0].axes[1].get_lines()]
+    assert len(set(styles)) == 3  # (the two objectives' training curves told apart)
