@@ -714,7 +714,8 @@ def plot_curves(
 
     with user_errors():
         _not_empty(output=output)
-        path = draw(run_dirs, output)
+        path = draw(run_dirs, output, warn=lambda w: err.print(f"[bold yellow]warning:[/bold yellow] {escape(w)}",
+                                                                soft_wrap=True))
     err.print(f"wrote {escape(path)}", soft_wrap=True)
     print(path)
 

@@ -81,7 +81,9 @@ def _panel(key: str) -> tuple[str, str]:
     return name, split
 
 
-def plot_curves(run_dirs: list[str], output: str) -> str:
+def plot_curves(run_dirs: list[str], output: str, warn=None) -> str:
+    """Each measure's panel, the runs overlaid; `warn` is told of each run left out for having no
+    metrics yet (one that has not finished an epoch), the others being drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,6 +101,9 @@ def plot_curves(run_dirs: list[str], output: str) -> str:
     measures = list(dict.fromkeys(panel for run_curves in curves.values() for _, panel, _ in run_curves))
     if not measures:
         raise DataError("the runs recorded no metrics yet", hint="train the runs for at least one epoch first (flowgrad train)")
+    for run in histories:
+        if not curves[run] and warn:  # (it was left out without a word)
+            warn(f"{run} has no metrics yet (no epoch finished): drawing the other runs")
     # at most four panels a row: a GAN's or several models' dozen measures were one row 65 inches wide
     cols = min(4, len(measures))
     rows = math.ceil(len(measures) / cols)

@@ -799,3 +799,15 @@ def test_plot_curves_draws_a_metric_of_several_objectives_in_one_panel(tmp_path,
                       "p_real": ["gan train (discriminator)", "gan train (generator)", "gan valid"]}
     styles = [line.get_linestyle() for line in figs[0].axes[1].get_lines()]
     assert len(set(styles)) == 3  # (the two objectives' training curves told apart)
+
+
+def test_plot_curves_says_which_run_has_no_metrics_yet(tmp_path):
+    """A run that had not finished an epoch (an empty metrics.jsonl) was left out of the picture
+    without a word; it is named now, and the others drawn."""
+    for name, text in (("done", '{"epoch": 1, "train_loss": 1.0}\n'), ("started", "")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(text)
+    res = invoke("plot", "curves", tmp_path / "done", tmp_path / "started", "-o", tmp_path / "c.png")
+    lines = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert lines == [f"warning: {tmp_path / 'started'} has no metrics yet (no epoch finished): drawing the other runs"]
+    assert (tmp_path / "c.png").is_file()
