@@ -137,6 +137,25 @@ def plot_curves(run_dirs: list[str], output: str, warn=None) -> str:
     return output
 
 
+def _check_attention(run_dir: str, output_name: str) -> None:
+    """A run with no attention to draw is told so before anything is exported (a GAN's run was
+    told it "has no sampling graph" and to add a 'generate' section, as if that were all it lacked).
+    A directory whose manifest cannot be read is left to export, which says what is wrong with it."""
+    try:
+        with open(os.path.join(run_dir, "graphs", "manifest.json"), encoding="utf-8") as f:
+            graphs = json.load(f)["graphs"]
+        outputs = [o["name"] for o in graphs["infer"]["outputs"]] if "infer" in graphs else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if "generate" not in graphs or output_name not in outputs:
+        raise DataError(f"{run_dir} has no attention to draw: plot attention needs a translator, a spec with a "
+                        f"'generate' section and an output {output_name!r}",
+                        hint=("add e.g. 'attention: attn' under outputs (the scan's attention weights)"
+                              if "generate" in graphs else
+                              "train an attention model such as models/reverse_attention.yaml (its 'generate' "
+                              "section and 'attention: attn' output), or add both to the spec"))
+
+
 def plot_attention(run_dir: str, text: str, output: str, output_name: str = "attention") -> str:
     """Heat map of the attention weights while the run's model translates `text`:
     source characters across, generated characters down."""
@@ -151,6 +170,7 @@ def plot_attention(run_dir: str, text: str, output: str, output_name: str = "att
     from .datasets_text import BOS, EOS, decode_target, encode_source
     from .export import export, load_model_safely, predict, translate_tokens
 
+    _check_attention(run_dir, output_name)
     with tempfile.TemporaryDirectory() as tmp:
         gen, inf = os.path.join(tmp, "gen.onnx"), os.path.join(tmp, "infer.onnx")
         export(run_dir, gen, graph="generate", names=FLAGS)  # (flowgrad plot attention's: a hint names flags)

@@ -811,3 +811,18 @@ def test_plot_curves_says_which_run_has_no_metrics_yet(tmp_path):
     lines = [line for line in res.stderr.splitlines() if "warning" in line]
     assert lines == [f"warning: {tmp_path / 'started'} has no metrics yet (no epoch finished): drawing the other runs"]
     assert (tmp_path / "c.png").is_file()
+
+
+@pytest.mark.parametrize("graphs, hint", [
+    ({"infer": {"outputs": [{"name": "samples"}]}}, "models/reverse_attention.yaml"),  # a GAN's
+    ({"infer": {"outputs": [{"name": "probs"}]}, "generate": {}}, "add e.g. 'attention: attn' under outputs"),  # a language model's
+])
+def test_plot_attention_of_a_run_without_attention_says_so(graphs, hint, tmp_path):
+    """A GAN's run was told it "has no sampling graph" and that "the spec needs a 'generate'
+    section", as though that were all it lacked; it is told it has no attention to draw, and how
+    a spec gets one, before anything is exported."""
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "graphs" / "manifest.json").write_text(json.dumps({"flowgrad_manifest": 1, "graphs": graphs}))
+    res = invoke("plot", "attention", tmp_path, "--text", "abc", "-o", tmp_path / "a.png", code=1)
+    assert f"error: {tmp_path} has no attention to draw: plot attention needs a translator" in res.stderr
+    assert hint in res.stderr and "sampling graph" not in res.stderr
