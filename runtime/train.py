@@ -172,7 +172,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     if isinstance(test, float) and test:
         valid = source["valid"]  # (the spec's, or --valid's)
         if isinstance(valid, float) and valid + test >= 1:  # (valid takes its fraction of what test leaves)
-            given = opts.names.given(valid=valid) if opts.valid is not None else f"valid {valid}"
+            given = opts.names.given(valid=opts.valid) if opts.valid is not None else f"valid {valid}"
             raise DataError(f"{given} and test {test} must sum to less than 1 (they sum to "
                             f"{round(valid + test, 12):g})", loc,
                             f"test holds out its fraction of the data and {valid_name} its fraction of the rest; "
@@ -490,10 +490,10 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             _check_vocabulary(run_dir, train_ds.meta, f"{names.given(resume=True)} {run_dir}", names)
             _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir,
                                 names, batch_given=opts.batch_size is not None)
-            _check_same_examples(run_dir, info, train_ds, cm.float_dtype, names, data_source(spec, opts),
-                                 (opts.data is not None, opts.valid is not None))
+            given = {"data": opts.data, "valid": opts.valid}  # (as the user wrote them: --valid 0, not 0.0)
+            _check_same_examples(run_dir, info, train_ds, cm.float_dtype, names, data_source(spec, opts), given)
             _check_same_validation(run_dir, info, meta, valid_ds, cm.float_dtype, names, data_source(spec, opts),
-                                   opts.valid is not None)
+                                   given["valid"])
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed, names)
             _check_vocabulary(opts.init_from, train_ds.meta, names.given(init_from=opts.init_from), names)
@@ -927,30 +927,30 @@ def _bundled_dataset_changed(then: dict, now: dict) -> str | None:
     return f"the bundled dataset {name!r} changed in this flowgrad version ({was})"
 
 
-def _changed_source(then: dict, now: dict, flags: tuple[bool, bool], names: ArgNames) -> str | None:
+def _changed_source(then: dict, now: dict, given: dict, names: ArgNames) -> str | None:
     """What of a run's recorded data source (run.json's data_source) differs now, in the words
-    of the argument or spec key that gave it, or None. `flags`: whether data and valid were given
-    (--data, data=), named as `names` name them."""
+    of the argument or spec key that gave it, or None. `given`: the data and valid arguments as
+    the user gave them (None: not given), named as `names` name them."""
     plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  (as run.json holds it)
     where = lambda s: s.get("path") or (f"dataset {s['dataset']!r}" if s.get("dataset") else "no data")  # noqa: E731
     if where(then) != where(now):
-        given = names.given(data=where(now)) if flags[0] else f"train.data {where(now)}"
-        return f"{given}, where the run had {where(then)}"
+        given_as = names.given(data=where(now)) if given.get("data") is not None else f"train.data {where(now)}"
+        return f"{given_as}, where the run had {where(then)}"
     for key, name in (("options", "train.data.options"), ("valid", "train.data.valid"), ("test", "train.data.test")):
         if plain(then.get(key)) != plain(now.get(key)):
-            given = names.given(valid=plain(now.get(key))) if key == "valid" and flags[1] \
+            given_as = names.given(valid=given["valid"]) if key == "valid" and given.get("valid") is not None \
                 else f"{name} {plain(now.get(key))}"
-            return f"{given}, where the run had {plain(then.get(key))}"
+            return f"{given_as}, where the run had {plain(then.get(key))}"
     return None
 
 
 def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_dtype: str, names: ArgNames,
-                         source: dict | None = None, flags: tuple[bool, bool] = (False, False)) -> None:
+                         source: dict | None = None, given: dict | None = None) -> None:
     """A resumed run trains on the examples it was trained on: with another split (valid or test
     edited) or data file, the data positions in its checkpoint point at other examples, and
     examples it validated on would be trained on. (`before`: the run's run.json; `source`: this
     run's data_source, to tell a bundled dataset whose generator changed since from data the user
-    changed, and to name what changed; `flags`: whether --data and --valid were given, to name them.)"""
+    changed, and to name what changed; `given`: --data and --valid as given, None where not, to name them.)"""
     trained_on, dtype = before.get("data_hash"), before.get("dtype")
     if trained_on is None or dtype is None:  # a run.json from before runs recorded them
         return
@@ -964,7 +964,7 @@ def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_
                             hint=f"start a new run from its weights with "
                                  f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}, or train anew with "
                                  f"{names.given(overwrite=True)}")
-        which = _changed_source(then, source, flags, names) if isinstance(then, dict) and source else None
+        which = _changed_source(then, source, given or {}, names) if isinstance(then, dict) and source else None
         raise DataError(f"{names.given(resume=True)} {run_dir}: the training examples differ from those the run was "
                         f"trained on ({which or 'another data file, validation or test split, or data options'})",
                         hint="resume with the run's data and splits (its run.json has them), or start a new run "
@@ -977,11 +977,11 @@ def _valid_hash(valid_ds: D.Dataset | None) -> str | None:
 
 
 def _check_same_validation(run_dir: str, before: dict, meta: dict, valid_ds: D.Dataset | None, float_dtype: str,
-                           names: ArgNames, source: dict, valid_given: bool) -> None:
+                           names: ArgNames, source: dict, valid_given) -> None:
     """A resumed run validates on the examples it validated on: with others (another --valid file,
     the same file edited, validation added or left out), its records and the choice of best.npz
     would compare numbers of two validation sets. (`before`: the run's run.json, `meta`: its
-    checkpoint's; `source`: this run's data_source; `valid_given`: whether --valid was given.)"""
+    checkpoint's; `source`: this run's data_source; `valid_given`: --valid as given, None if it was not.)"""
     if "valid_hash" in before:
         if before.get("dtype") != float_dtype or before["valid_hash"] == _valid_hash(valid_ds):
             return
@@ -992,7 +992,7 @@ def _check_same_validation(run_dir: str, before: dict, meta: dict, valid_ds: D.D
     then = before.get("data_source") if isinstance(before.get("data_source"), dict) else {}
     was, now = then.get("valid") or None, source.get("valid") or None  # (a fraction 0 validates on nothing)
     if was != now:
-        given = names.given(valid=source.get("valid")) if valid_given else \
+        given = names.given(valid=valid_given) if valid_given is not None else \
             f"train.data.valid {now}" if now is not None else "no validation data"
         which = f"{given}, where the run had {was if was is not None else 'none'}"
     elif isinstance(now, str):

@@ -638,9 +638,9 @@ def test_a_resumed_run_keeps_its_float_type(tmp_path):
     assert meta["step"] == 4 and state["W1"].dtype == np.float64
     res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--dtype", "float32", "--valid", "0.3", code=1)
     assert "--dtype float32 differs from the float type float64 that" in res.stderr and "hint:" in res.stderr
-    res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--valid", "0.3", code=1)
+    res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--valid", ".30", code=1)
     assert "the training examples differ from those the run was trained on" in res.stderr
-    assert "(--valid 0.3, where the run had 0.2)" in res.stderr  # (it named no flag)
+    assert "(--valid .30, where the run had 0.2)" in res.stderr  # (it named no flag; then as 0.3, not as typed)
     assert f"from its weights with --init-from {run} --run-dir NEW_DIR" in res.stderr  # (a bare --init-from)
     res = invoke("train", MLP, *common, "--steps", "6", "--resume", "--set", "train.data.valid=0.1", code=1)
     assert "(train.data.valid 0.1, where the run had 0.2)" in res.stderr
@@ -688,7 +688,7 @@ def test_a_resume_validates_on_the_examples_the_run_validated_on(tmp_path):
     res = invoke("train", MLP, *common, "--valid", tmp_path / "v1.npz", "--epochs", "2", "--resume", code=1)
     assert f"({tmp_path / 'v1.npz'} has changed since the run validated on it)" in res.stderr
     res = invoke("train", MLP, *common, "--valid", "0", "--epochs", "2", "--resume", code=1)
-    assert f"where the run had {tmp_path / 'v1.npz'})" in res.stderr
+    assert f"(--valid 0, where the run had {tmp_path / 'v1.npz'})" in res.stderr  # (it showed "--valid 0.0")
     np.savez(tmp_path / "v1.npz", **edited)  # its own examples again
     invoke("train", MLP, *common, "--valid", tmp_path / "v1.npz", "--epochs", "2", "--resume")
     # a run without validation, resumed with it

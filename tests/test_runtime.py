@@ -1000,7 +1000,7 @@ def test_a_run_on_an_older_bundled_dataset_is_told_the_dataset_changed(tmp_path)
         assert words in e.value.message and 'data="FILE.npz"' in e.value.hint and "init_from=" in e.value.hint
     # the user's own change is still named as such: another split, or the same version
     rewrite(version=None)
-    with pytest.raises(DataError, match=re.escape("(valid=0.3, where the run had 0.2)")):
+    with pytest.raises(DataError, match=re.escape('(valid="0.3", where the run had 0.2)')):
         train(spec, run_dir=run, steps=3, threads=1, device="cpu", resume=True, valid="0.3")
     rewrite(version=D.DATASET_VERSIONS["digits"])
     with pytest.raises(DataError, match="another data file, validation or test split, or data options"):
