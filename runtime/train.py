@@ -441,6 +441,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             info = read_run_info(run_dir, hint="a resume reads the run's data and float type from it: restore it, "
                                                "or start a new run from its weights with "
                                                f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+            _check_same_model(spec, run_dir, names)
             seed = _resumed_seed(meta, opts.seed, seed, ckpt_path, names)
             dtype = _resumed_dtype(info, opts.dtype, ckpt_path, run_dir, names)
         cm = compile_spec(spec, dtype, frozen=opts.freeze, names=names)
@@ -775,6 +776,28 @@ def _resumed_dtype(info: dict, asked: str | None, path: str, run_dir: str, names
                             hint=f"a resumed run keeps its float type: leave out {names('dtype')}, or start a new run "
                                  f"from its weights with {names.given(init_from=run_dir, dtype=asked, run_dir='NEW_DIR')}")
     return trained
+
+
+def _check_same_model(spec: S.Spec, run_dir: str, names: ArgNames) -> None:
+    """A resumed run goes on with the model it was trained as, which its spec.yaml holds (see
+    spec.compare): an edited activation or dropout rate keeps every parameter's shape, and the
+    checkpoint's weights would go on training as another model's. (A run without a spec.yaml,
+    or with one this flowgrad cannot read, is left to the checkpoint's shape checks.)"""
+    trained_path = os.path.join(run_dir, "spec.yaml")
+    if not os.path.isfile(trained_path) or os.path.isfile(spec.path) and os.path.samefile(spec.path, trained_path):
+        return
+    from spec.compare import model_change
+    from spec.loader import load_spec
+
+    try:
+        trained = load_spec(trained_path, names=names)
+    except FlowgradError:
+        return
+    change = model_change(trained, spec)
+    if change:
+        raise SpecError(change.describe(run_dir), change.loc,
+                        hint=f"resume with the spec the run trained, {trained_path}, or start a new run from its "
+                             f"weights: {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str, names: ArgNames,

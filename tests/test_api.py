@@ -221,7 +221,12 @@ def test_trains_refusals_name_the_apis_keywords(tmp_path, run):
               "overwrite=True or init_from"], run_dir=r, resume=True, freeze=["W1"])
     _refused([f"resume=True {r}: the training examples differ", f'start a new run from its weights with init_from="{r}", run_dir="NEW_DIR"'],
              run_dir=r, resume=True, valid="0.3")
-    _refused(["has shape", "train anew with overwrite=True"], run_dir=r, resume=True, spec=load(MLP, ["dims.H=16"]))
+    _refused(["dim H is now 16", f'init_from="{r}", run_dir="NEW_DIR"'], run_dir=r, resume=True,
+             spec=load(MLP, ["dims.H=16"]))
+    bare = str(tmp_path / "bare")  # a run without its spec.yaml: the checkpoint's shapes tell
+    shutil.copytree(r, bare)
+    os.remove(os.path.join(bare, "spec.yaml"))
+    _refused(["has shape", "train anew with overwrite=True"], run_dir=bare, resume=True, spec=load(MLP, ["dims.H=16"]))
     # a warm start, frozen parameters, the data
     from runtime.checkpoint import checkpoint_bytes
 

@@ -14,7 +14,7 @@ import pytest
 from runtime.api import train
 from runtime.checkpoint import load_checkpoint
 from spec import spec_from_text
-from spec.errors import FlowgradError
+from spec.errors import FlowgradError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -640,6 +640,34 @@ def test_resuming_with_another_optimizer_is_refused(tmp_path, data, other):
     assert f'init_from="{tmp_path / "run"}", run_dir="NEW_DIR"' in e.value.hint  # (train()'s keywords)
     assert load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))[1]["step"] == 2  # left as it was
     assert train(_spec(adam.replace("0.01", "0.005"), tmp_path), resume=True, **{**opts, "steps": 4}).steps == 4
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("tanh(x @ W1)", "relu(x @ W1)"), "spec.yaml:12:3: graph entry 'h' is now relu(x @ W1); {run} trained tanh(x @ W1)"),
+    (("  pred: h @ w2\n", "  g: h * 2\n  pred: g @ w2\n"), "graph entry 'g' (h * 2) is new: {run} trained without it"),
+    (("init: glorot_uniform}\n  w2", "init: he_normal}\n  w2"), "parameter W1 is now [4, 8] float32, init he_normal"),
+    (("loss: mean((pred - y) ** 2)", "loss: mean(abs(pred - y))"), "the loss is now mean(abs(pred - y))"),
+])
+def test_resuming_an_edited_model_is_refused(tmp_path, data, edit, words):
+    """Resumed after an edit that kept every parameter's shape (an activation, an initializer,
+    a new graph entry, the loss), a run went on without a word: the checkpoint's weights went
+    on training as another model's, and its records mixed the two. The run's spec.yaml is the
+    model it trained; a resume with that file goes on, and so does one whose edits leave the
+    model alone (lr, outputs, metrics, spacing)."""
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=2, threads=1, device="cpu")
+    train(_spec(REGRESSION, tmp_path), **opts)
+    with pytest.raises(SpecError, match=re.escape(words.format(run=tmp_path / "run"))) as e:
+        train(_spec(REGRESSION.replace(*edit), tmp_path), resume=True, **{**opts, "steps": 4})
+    assert e.value.hint == (f"resume with the spec the run trained, {tmp_path / 'run' / 'spec.yaml'}, or start a new "
+                            f'run from its weights: init_from="{tmp_path / "run"}", run_dir="NEW_DIR"')
+    assert load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))[1]["step"] == 2  # left as it was
+    assert "tanh(x @ W1)" in (tmp_path / "run" / "spec.yaml").read_text()
+    same_model = (REGRESSION.replace("lr: 0.05", "lr: 0.01").replace("tanh(x @ W1)", "tanh(x@W1)")
+                  .replace("outputs:\n  pred: pred\n", "outputs:\n  pred: pred\n  h: h\n")
+                  + "metrics:\n  err: mean(abs(pred - y))\n")
+    assert train(_spec(same_model, tmp_path), resume=True, **{**opts, "steps": 4}).steps == 4
+    trained = spec_from_text((tmp_path / "run" / "spec.yaml").read_text(), str(tmp_path / "run" / "spec.yaml"))
+    assert train(trained, resume=True, **{**opts, "steps": 6}).steps == 6
 
 
 @pytest.mark.parametrize("again", ["overwrite", "resume"])

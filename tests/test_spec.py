@@ -683,3 +683,63 @@ def test_bad_specs(path):
         assert hint.strip(), f"{path.name}: record the hint after ' | ' in: {want}"
         assert f"{path}:{where_message}" in report or where_message in report, report
         assert hint in report, report
+
+
+MODEL_WITH_A_BLOCK = """flowgrad: 1
+name: two
+dims: {D: 4, H: 8}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N], dtype: int64}
+blocks:
+  F:
+    in: [v]
+    graph:
+      h: dense(v, H, act=tanh)
+    out: [h]
+graph:
+  a: F(x)
+  logits: dense(a, 2)
+loss: cross_entropy(logits, y)
+train:
+  objectives:
+    main: {loss: loss, params: "*", optimizer: {adam: {lr: 0.01}}}
+"""
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("act=tanh", "act=relu"), "block F's graph entry 'h' is now dense(v, H, act=relu); run trained "
+                               "dense(v, H, act=tanh)"),
+    (("in: [v]", "in: [v, w]"), "block F is now in [v, w], out [h]; run trained in [v], out [h]"),
+    (("dtype: int64}", "dtype: int32}"), "input 'y' is now [N] int32; run trained [N] int64"),
+    (("{D: 4, H: 8}", "{D: 4, H: 8, K: 3}"), "dim K (3) is new: run trained without it"),
+    (("  logits: dense(a, 2)\n", "  logits: dense(a, 2)\n  extra: a * 2\n"),
+     "graph entry 'extra' (a * 2) is new: run trained without it"),
+    (("  logits: dense(a, 2)\n  extra: a * 2\n", "  logits: dense(a, 2)\n"), "graph entry 'extra' (a * 2) that run trained is gone"),
+    (("{loss: loss,", "{loss: logits,"), "objective main's loss is now logits; run trained loss"),
+])
+def test_model_change_names_the_first_part_of_the_model_that_differs(edit, words):
+    from spec.compare import model_change
+
+    before = MODEL_WITH_A_BLOCK if edit[0] in MODEL_WITH_A_BLOCK else MODEL_WITH_A_BLOCK.replace(*reversed(edit))
+    then = spec_from_text(before, "then.yaml")
+    now = spec_from_text(before.replace(*edit), "now.yaml")
+    change = model_change(then, now)
+    assert change is not None and change.describe("run") == words
+    assert change.loc.file == "now.yaml"
+
+
+def test_model_change_leaves_out_what_does_not_change_the_model():
+    """Spacing, comments, order, outputs, metrics, docs and train settings other than the
+    objectives' losses define the same model: a resume with them goes on."""
+    from spec.compare import model_change
+
+    then = spec_from_text(MODEL_WITH_A_BLOCK, "then.yaml")
+    same = (MODEL_WITH_A_BLOCK.replace("dense(v, H, act=tanh)", "dense(v,H,act = tanh)  # the cell")
+            .replace("name: two", "name: two\ndoc: a block and a dense layer")
+            .replace("lr: 0.01", "lr: 0.001")
+            .replace("loss: cross_entropy(logits, y)\n", "loss: cross_entropy(logits, y)\noutputs:\n  p: softmax(logits)\n"
+                     "metrics:\n  acc: mean(argmax(logits, axis=-1) == y)\n")
+            + "  epochs: 3\n  clip_norm: 1.0\n")
+    assert model_change(then, spec_from_text(same, "now.yaml")) is None
+    assert model_change(then, then) is None

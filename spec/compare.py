@@ -1,0 +1,92 @@
+"""What a spec defines as a model, apart from how it trains it: its dims, inputs, parameters,
+blocks, graph, loss and objectives' losses. A resumed run goes on with the model its checkpoint
+was trained as; an edit to any of these (an activation, a dropout rate, a new graph entry)
+would continue a different model from the middle of the old one's training, even where every
+parameter keeps its shape. Outputs, metrics, generation and the train section's settings
+(epochs, lr, clip_norm, ...) leave the model as it was, and resume's own checks cover the
+train settings that matter (optimizer, batch size, data, seed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import Loc
+from .expr import unparse
+from .model import Block, InputDecl, ParamDecl, Spec
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """One part of the model that differs: `what` names it ("graph entry 'h1'"); `now` and
+    `then` are its text in the new spec and in the run's (None: it is not there); `loc` is
+    where the new spec has it (or the section that lost it)."""
+
+    what: str
+    now: str | None
+    then: str | None
+    loc: Loc
+
+    def describe(self, run: str) -> str:
+        """The change in words, `run` naming the run that trained the other spec."""
+        if self.then is None:
+            return f"{self.what} ({self.now}) is new: {run} trained without it"
+        if self.now is None:
+            return f"{self.what} ({self.then}) that {run} trained is gone"
+        return f"{self.what} is now {self.now}; {run} trained {self.then}"
+
+
+def model_change(then: Spec, now: Spec) -> ModelChange | None:
+    """The first part of `now`'s model that differs from `then`'s, or None when the two specs
+    define one model."""
+    then_parts, now_parts = _parts(then), _parts(now)
+    for key, (text, loc) in now_parts.items():
+        before = then_parts.get(key)
+        if before is None or before[0] != text:
+            return ModelChange(key[1], text, before and before[0], loc)
+    for key, (text, _) in then_parts.items():
+        if key not in now_parts:
+            return ModelChange(key[1], None, text, _section_loc(now, key[0]))
+    return None
+
+
+def _parts(spec: Spec) -> dict[tuple[str, str], tuple[str, Loc]]:
+    """(section, the part's name in messages) -> (its text, where it is)."""
+    parts = {}
+    for name, value in spec.dims.items():
+        parts["dims", f"dim {name}"] = str(value), spec.dim_locs.get(name, _section_loc(spec, "dims"))
+    for name, decl in spec.inputs.items():
+        parts["inputs", f"input '{name}'"] = _input_text(decl), decl.loc
+    _add_graph(parts, spec.params, spec.graph, "", "graph")
+    for name, block in spec.blocks.items():
+        parts["blocks", f"block {name}"] = _block_text(block), block.loc
+        _add_graph(parts, block.params, block.graph, f"block {name}'s ", "blocks")
+    if spec.loss is not None:
+        parts["loss", "the loss"] = unparse(spec.loss.expr), spec.loss.loc
+    for name, objective in ((spec.train or {}).get("objectives") or {}).items():
+        parts["train", f"objective {name}'s loss"] = (str(objective.get("loss")).strip(),
+                                                       spec.locate("train", "objectives", name, "loss"))
+    return parts
+
+
+def _add_graph(parts, params: dict[str, ParamDecl], graph, prefix: str, section: str) -> None:
+    for name, decl in params.items():
+        parts["params" if not prefix else section, f"{prefix}parameter {name}"] = _param_text(decl), decl.loc
+    for entry in graph:
+        parts[section, f"{prefix}graph entry '{', '.join(entry.targets)}'"] = unparse(entry.expr), entry.loc
+
+
+def _input_text(decl: InputDecl) -> str:
+    return f"[{', '.join(map(str, decl.shape))}] {decl.dtype}"
+
+
+def _param_text(decl: ParamDecl) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in sorted(decl.init.args.items()))
+    frozen = "" if decl.trainable else ", not trainable"
+    return f"[{', '.join(map(str, decl.shape))}] {decl.dtype}, init {decl.init.kind}({args}){frozen}"
+
+
+def _block_text(block: Block) -> str:
+    return f"in [{', '.join(block.inputs)}], out [{', '.join(block.outputs)}]"
+
+
+def _section_loc(spec: Spec, section: str) -> Loc:
+    return spec.locate(section)  # (a section that is gone altogether: the spec's top)
