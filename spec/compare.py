@@ -51,14 +51,20 @@ def model_change(then: Spec, now: Spec) -> ModelChange | None:
 def _parts(spec: Spec) -> dict[tuple[str, str], tuple[str, Loc]]:
     """(section, the part's name in messages) -> (its text, where it is)."""
     parts = {}
-    for name, value in spec.dims.items():
-        parts["dims", f"dim {name}"] = str(value), spec.dim_locs.get(name, _section_loc(spec, "dims"))
+    for name, value in spec.dims.items():  # (located at the value: a --set's, where one gave it)
+        parts["dims", f"dim {name}"] = str(value), spec.locate("dims", name)
     for name, decl in spec.inputs.items():
-        parts["inputs", f"input '{name}'"] = _input_text(decl), decl.loc
-    _add_graph(parts, spec.params, spec.graph, "", "graph")
+        parts["inputs", f"input '{name}'"] = _input_text(decl), spec.locate("inputs", name)
+    for name, decl in spec.params.items():
+        parts["params", f"parameter {name}"] = _param_text(decl), spec.locate("params", name)
+    for entry in spec.graph:
+        parts["graph", _entry_name(entry)] = unparse(entry.expr), spec.locate("graph", entry.targets[0])
     for name, block in spec.blocks.items():
         parts["blocks", f"block {name}"] = _block_text(block), block.loc
-        _add_graph(parts, block.params, block.graph, f"block {name}'s ", "blocks")
+        for param, decl in block.params.items():
+            parts["blocks", f"block {name}'s parameter {param}"] = _param_text(decl), decl.loc
+        for entry in block.graph:
+            parts["blocks", f"block {name}'s {_entry_name(entry)}"] = unparse(entry.expr), entry.loc
     if spec.loss is not None:
         parts["loss", "the loss"] = unparse(spec.loss.expr), spec.loss.loc
     for name, objective in ((spec.train or {}).get("objectives") or {}).items():
@@ -67,11 +73,8 @@ def _parts(spec: Spec) -> dict[tuple[str, str], tuple[str, Loc]]:
     return parts
 
 
-def _add_graph(parts, params: dict[str, ParamDecl], graph, prefix: str, section: str) -> None:
-    for name, decl in params.items():
-        parts["params" if not prefix else section, f"{prefix}parameter {name}"] = _param_text(decl), decl.loc
-    for entry in graph:
-        parts[section, f"{prefix}graph entry '{', '.join(entry.targets)}'"] = unparse(entry.expr), entry.loc
+def _entry_name(entry) -> str:
+    return f"graph entry '{', '.join(entry.targets)}'"
 
 
 def _input_text(decl: InputDecl) -> str:

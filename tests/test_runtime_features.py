@@ -643,7 +643,7 @@ def test_resuming_with_another_optimizer_is_refused(tmp_path, data, other):
 
 
 @pytest.mark.parametrize("edit, words", [
-    (("tanh(x @ W1)", "relu(x @ W1)"), "spec.yaml:12:3: graph entry 'h' is now relu(x @ W1); {run} trained tanh(x @ W1)"),
+    (("tanh(x @ W1)", "relu(x @ W1)"), "spec.yaml:12:6: graph entry 'h' is now relu(x @ W1); {run} trained tanh(x @ W1)"),
     (("  pred: h @ w2\n", "  g: h * 2\n  pred: g @ w2\n"), "graph entry 'g' (h * 2) is new: {run} trained without it"),
     (("init: glorot_uniform}\n  w2", "init: he_normal}\n  w2"), "parameter W1 is now [4, 8] float32, init he_normal"),
     (("loss: mean((pred - y) ** 2)", "loss: mean(abs(pred - y))"), "the loss is now mean(abs(pred - y))"),
