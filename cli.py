@@ -415,7 +415,7 @@ def predict(
     data: Annotated[Optional[str], typer.Option("--data", help="An .npz with one array per model input.")] = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the outputs to this .npz.")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Prompt for a text generator (models with a 'generate' section).")] = None,
-    max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text (default: the spec's generate.max_len; without it 200, or a translator's target length).", min=1,
+    max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text, 0 or more (default: the spec's generate.max_len; without it 200, or a translator's target length).", min=0,
                                                    max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
     beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy (default and most: the spec's generate.beam_width, else 4).", min=1)] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,

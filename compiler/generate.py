@@ -2,11 +2,12 @@
 
 The graph takes `prompt` (int64 token ids [P]), `max_len` (int64), `temperature`
 (float; 0 picks the most likely token) and `seed` (int64), and returns
-`tokens` [max_len]. It runs the spec's graph over the prompt once, carrying
-out every recurrent layer's final state, then loops: sample a token from the
-last logits (Gumbel-max with the counter-based generator, so a seed replays
-exactly), feed it through the graph as a one-step input, repeat. Everything
-is standard ONNX: any onnxruntime user can generate with the one file.
+`tokens` [max_len] (none at max_len 0 or below: see _lengths). It runs the
+spec's graph over the prompt once, carrying out every recurrent layer's final
+state, then loops: sample a token from the last logits (Gumbel-max with the
+counter-based generator, so a seed replays exactly), feed it through the graph
+as a one-step input, repeat. Everything is standard ONNX: any onnxruntime user
+can generate with the one file.
 """
 from __future__ import annotations
 
@@ -42,6 +43,17 @@ def _depends_on(v, source: Value) -> bool:
     if v is source:
         return True
     return any(x is source for node in producers_of([v]) for x in node.inputs)
+
+
+def _lengths(g, max_len: Value) -> tuple[Value, Value]:
+    """The loop's steps and the tokens kept, for a `max_len` input of any value: (arange of
+    max(max_len, 1), arange of max(max_len, 0)). The loop runs at least once, since neither
+    onnxruntime's Scan nor onnx.reference's runs over zero steps (both failed at max_len 0, where
+    a plain onnxruntime user gets its error); the tokens are then cut to max_len, none at 0 or
+    below, and what the loop's one step found is thrown away."""
+    steps = g.apply("arange", g.apply("maximum", max_len, g.lift(1, like=max_len)))
+    kept = g.apply("arange", g.apply("maximum", max_len, g.lift(0, like=max_len)))
+    return steps, kept
 
 
 class _StepLowering(Lowering):
@@ -193,10 +205,11 @@ def _build_sampler(spec: S.Spec, dtype: str):
         token = _sample(bg, c_logits, sb.capture(temperature), sb.capture(seed), t, salt=1)  # [1]
         new_last, new_states = _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name)
         body = Body(bg, [c_logits] + c_states, [t], sb.nonseqs, [new_last] + new_states, [token])
-        res = run_scan(g, body, [last] + states, [g.apply("arange", max_len)], sb.nonseq_outer,
-                       stack=(False,) * (1 + len(states)))
+        steps, kept = _lengths(g, max_len)
+        res = run_scan(g, body, [last] + states, [steps], sb.nonseq_outer, stack=(False,) * (1 + len(states)))
+        tokens = g.apply("take", g.apply("reshape", res[-1], shape=(-1,)), kept, axis=0)
     b = _Builder(low.graph, spec.name)
-    b.out("tokens", "output", g.apply("reshape", res[-1], shape=(-1,)))
+    b.out("tokens", "output", tokens)
     return b
 
 
@@ -230,7 +243,9 @@ def _build_beam_search(spec: S.Spec, dtype: str):
 
     Inputs: the spec's source inputs, `beam_width` (1..K, K = generate.beam_width at
     compile time), `max_len` and `length_penalty`. Outputs: `tokens` [N, max_len]
-    (padded after end-of-sequence) and `scores` [N] (length-normalised log-probability)."""
+    (padded after end-of-sequence) and `scores` [N] (length-normalised log-probability). A
+    max_len of 0 (or below) decodes nothing: tokens [N, 0], and scores 0, the log-probability
+    of the empty hypothesis, as though the loop had run no step."""
     from .training import _Builder
 
     token_input, logits_name, decl = _check_config(spec)
@@ -271,7 +286,7 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         scores0 = g.apply("broadcast_like", scores0, g.apply("fill", source, dims=((0, 0), K), dtype=dtype))  # [N, K]
         finished0 = g.apply("fill", source, dims=((0, 0), K), value=0.0, dtype="bool")
         lengths0 = g.apply("fill", source, dims=((0, 0), K), dtype=dtype)
-        steps = g.apply("arange", max_len)
+        steps, kept = _lengths(g, max_len)
         seqs0 = g.apply("fill", source, steps, dims=((0, 0), K, (1, 0)), value=pad, dtype="int64")  # [N, K, L]
 
         sb = StepBuilder(g)
@@ -317,6 +332,10 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         res = run_scan(g, body, [last, scores0, finished0, lengths0, seqs0] + states, [steps], sb.nonseq_outer,
                        stack=(False,) * (5 + len(states)))
         scores, lengths, seqs = res[1], res[3], res[4]
+        # max_len 0: no step counts, and each row's best is the empty hypothesis beam 0 starts with
+        ran = g.apply("gt", max_len, g.lift(0, like=max_len))
+        scores, lengths = g.apply("where", ran, scores, scores0), g.apply("where", ran, lengths, lengths0)
+        seqs = g.apply("take", seqs, kept, axis=2)
         # GNMT length penalty, then the best hypothesis of each row.
         lp = g.binary("pow", (lengths + 5.0) / 6.0, alpha)
         norm = scores / lp

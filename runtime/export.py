@@ -318,8 +318,8 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
             raise DataError(f"input 'src_len' holds lengths from {lengths.min()} to {lengths.max()}, "
                             f"but the sources are {width} tokens wide", hint="each length is 1 to the width of src")
     if decoder:  # as generate_text and translate check
-        if "max_len" in feeds and feeds["max_len"].size == 1:  # (0 failed inside the Scan)
-            check_count("input 'max_len'", feeds["max_len"].item(), most=MAX_COUNT, has_default=False,
+        if "max_len" in feeds and feeds["max_len"].size == 1:  # (0 generates nothing, as in the graph)
+            check_count("input 'max_len'", feeds["max_len"].item(), 0, most=MAX_COUNT, has_default=False,
                         error=DataError, most_hint=MAX_COUNT_WHY)
         if "temperature" in feeds and feeds["temperature"].size == 1:  # (a negative one sampled)
             check_number("input 'temperature'", feeds["temperature"].item(), 0, error=DataError, hint=TEMPERATURE_HINT)
@@ -376,8 +376,8 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
                   with_prompt: bool = False, threads: int | None = None) -> str:
     """Sample text from an exported language model (a graph with a `prompt` input): the
     continuation, or with `with_prompt` the prompt and its continuation. Unset arguments take
-    the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0). Bad
-    arguments raise ExportArgumentError, an ExportError."""
+    the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0); max_len 0
+    generates nothing. Bad arguments raise ExportArgumentError, an ExportError."""
     from .datasets_text import decode_text, encode_text
 
     check_seed(seed, error=ExportArgumentError)  # (a negative one sampled, where every other verb refuses it)
@@ -408,7 +408,7 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     if not ids.size:  # (predict refused it as a DataError)
         raise ExportArgumentError("the prompt is empty", hint=EMPTY_PROMPT_HINT)
     max_len = check_count("max_len", max_len if max_len is not None else _spec_count(meta, "generate.max_len", 200),
-                          most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)  # (2.5 generated 2 tokens)
+                          0, most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)  # (2.5 generated 2 tokens)
     temperature = check_number("temperature", temperature if temperature is not None  # (the graph reads a float32)
                                else meta.get("generate.temperature", 1.0), 0, error=ExportArgumentError,
                                hint=TEMPERATURE_HINT)
@@ -418,7 +418,7 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     text = decode_text(outs["tokens"].reshape(-1), text_meta)
     if not with_prompt:
         return text
-    return prompt + (" " if text_meta["level"] == "word" else "") + text
+    return prompt + (" " if text_meta["level"] == "word" and text else "") + text
 
 
 def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -446,7 +446,8 @@ def translate(model_path: str, texts: list[str], beam_width: int | None = None, 
               length_penalty: float | None = None, device: str = "cpu", threads: int | None = None) -> list[str]:
     """Decode source strings with an exported sequence-to-sequence model (beam search in the graph).
     Unset arguments take the spec's `generate` values (beam width 4, length penalty 0.6 where
-    the spec gives none). Bad arguments raise ExportArgumentError, an ExportError."""
+    the spec gives none); max_len 0 decodes empty strings. Bad arguments raise
+    ExportArgumentError, an ExportError."""
     from .datasets_text import decode_target
 
     tokens, meta = translate_tokens(model_path, texts, beam_width, max_len, length_penalty, device, threads)
@@ -479,7 +480,7 @@ def translate_tokens(model_path: str, texts: list[str], beam_width: int | None =
                              most_hint=BEAM_WIDTH_WHY) or widest  # with 2 beams)
     max_len = check_count("max_len", max_len if max_len is not None
                           else _spec_count(meta, "generate.max_len", meta.get("tgt_len", 32)),
-                          most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)
+                          0, most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)
     penalty = check_number("length_penalty", length_penalty if length_penalty is not None  # (a string was a ValueError)
                            else meta.get("generate.length_penalty", 0.6), 0, error=ExportArgumentError,
                            hint=LENGTH_PENALTY_HINT)

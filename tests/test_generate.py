@@ -113,14 +113,18 @@ def test_predict_refuses_negative_ids(exported):
         predict(probs, {"x": np.asarray([[3, -1, 2]], dtype=np.int64)})
 
 
-def test_predict_refuses_a_sampler_max_len_of_0_and_a_negative_temperature(exported):
+def test_predict_takes_a_sampler_max_len_of_0_and_refuses_a_negative_one_and_a_negative_temperature(exported):
     """Raw inputs, as generate_text checks them: max_len 0 failed inside the Scan with
-    onnxruntime's message, and a negative temperature sampled from the negated logits."""
+    onnxruntime's message, and predict refused it; it generates nothing now, as the graph does.
+    A negative max_len (the graph reads it as 0) is refused as every negative count is, and a
+    negative temperature sampled from the negated logits."""
     gen, _ = exported
     feeds = {"prompt": np.asarray([5, 6]), "max_len": np.asarray(3), "temperature": np.asarray(1.0, np.float32),
              "seed": np.asarray(0)}
     assert predict(gen, feeds)["tokens"].shape == (3,)
-    for change, words in (({"max_len": np.asarray(0)}, "'max_len' must be an integer of at least 1"),
+    empty = predict(gen, {**feeds, "max_len": np.asarray(0)})["tokens"]
+    assert empty.shape == (0,) and empty.dtype == np.int64
+    for change, words in (({"max_len": np.asarray(-1)}, "'max_len' holds negative values"),
                           ({"temperature": np.asarray(-1.0, np.float32)}, "'temperature' must be 0 or more and finite, got -1.0")):
         with pytest.raises(DataError, match=words):
             predict(gen, {**feeds, **change})
@@ -203,7 +207,9 @@ def test_unset_decoding_arguments_take_the_specs_values_and_bad_ones_are_errors(
     assert generate_text(gen, "def ", max_len=20, seed=5) == \
         generate_text(gen, "def ", max_len=20, seed=5, temperature=spec_temperature)
     assert generate_text(gen, "def ", max_len=8, seed=5, with_prompt=True).startswith("def ")
-    for kwargs, words in (({"seed": 2**70}, "seed must be at most 2\\*\\*63 - 1"), ({"max_len": 0}, "max_len must be"),
+    assert generate_text(gen, "def ", max_len=0) == "" and generate_text(gen, "def ", max_len=0, with_prompt=True) == "def "
+    for kwargs, words in (({"seed": 2**70}, "seed must be at most 2\\*\\*63 - 1"),
+                          ({"max_len": -1}, "^max_len must be an integer of at least 0, got -1"),
                           ({"max_len": 2.5}, "max_len must be an integer"),  # (it generated 2 tokens)
                           ({"max_len": float("nan")}, "max_len must be an integer"),  # (int()'s ValueError)
                           ({"max_len": "5"}, "max_len must be an integer"),
@@ -314,7 +320,7 @@ def test_bad_arguments_of_the_export_api_are_export_errors(exported, tmp_path):
 
     gen, probs = exported
     calls = [(generate_text, (gen, "def "), {"seed": -1}, "seed must be"),
-             (generate_text, (gen, "def "), {"max_len": 0}, "max_len must be"),
+             (generate_text, (gen, "def "), {"max_len": -1}, "max_len must be"),
              (generate_text, (gen, "def "), {"max_len": 2.0}, "max_len must be"),
              (generate_text, (gen, "def "), {"temperature": -1.0}, "temperature must be"),
              (generate_text, (gen, "def "), {"beam_width": 2}, "a beam width is for"),
@@ -350,7 +356,7 @@ def test_a_whole_float_max_len_of_the_spec_is_the_default_it_says(exported, tmp_
     gen = str(tmp_path / "g.onnx")
     onnx.save(m, gen)
     assert len(generate_text(gen, "def ", temperature=0.0)) == 5
-    with pytest.raises(DataError, match="^max_len must be an integer of at least 1, got 5.0"):  # (given, it is refused)
+    with pytest.raises(DataError, match="^max_len must be an integer of at least 0, got 5.0"):  # (given, it is refused)
         generate_text(gen, "def ", max_len=5.0)
 
 
@@ -363,3 +369,66 @@ def test_predict_bounds_max_len_as_it_bounds_count(exported):
 
     res = CliRunner().invoke(app, ["predict", exported[0], "--text", "def ", "--max-len", str(2**20 + 1)])
     assert res.exit_code == 2 and "Invalid value for '--max-len'" in res.output and "1048576" in res.output, res.output
+
+
+GENERATORS = sorted(name for name in os.listdir(os.path.join(ROOT, "models"))
+                    if name.endswith(".yaml") and "\ngenerate:" in open(os.path.join(ROOT, "models", name)).read())
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_a_plain_onnxruntime_user_s_max_len_of_0_or_below_generates_nothing(name):
+    """Every decoding graph (a sampler's, a translator's beam search) failed inside its Scan at
+    max_len 0, on onnxruntime ("Invalid dim0_offset of 0") and on onnx.reference alike, for any
+    onnxruntime user who fed it: it generates nothing now, tokens with a length axis of 0 (and a
+    translator's scores 0, the empty hypothesis's), and a negative max_len is read as 0; longer
+    ones decode as before. The graph passes the checker and strict shape inference."""
+    import onnxruntime as ort
+
+    from compiler.check import reference_evaluator
+    from compiler.training import compile_spec
+    from spec import load_spec
+
+    assert len(GENERATORS) >= 4  # char_lstm, char_lstm_stateful, dates_attention, reverse_attention
+    cm = compile_spec(load_spec(os.path.join(ROOT, "models", name)), graphs=("generate",))
+    model = cm.graphs["generate"].model
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True)
+    state = cm.initial_state()
+    feeds = {i.name: state[i.name] for i in model.graph.input if i.name in state}
+    sampler = "prompt" in {i.name for i in model.graph.input}
+    if sampler:
+        feeds.update(prompt=np.asarray([1, 2, 3]), temperature=np.asarray(0.5, cm.float_dtype), seed=np.asarray(1))
+    else:
+        feeds.update(src=np.asarray([[3, 4, 5, 0], [6, 7, 8, 9]]), src_len=np.asarray([3, 4]), beam_width=np.asarray(2),
+                     length_penalty=np.asarray(0.6, cm.float_dtype))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = reference_evaluator(model)
+    runs = {}
+    for max_len in (3, 1, 0, -4):
+        f = {**feeds, "max_len": np.asarray(max_len)}
+        ours, ref = session.run(None, f), reference.run(None, f)
+        for a, b in zip(ours, ref):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        runs[max_len] = ours
+    tokens = {n: outs[0] for n, outs in runs.items()}
+    assert tokens[3].shape == ((3,) if sampler else (2, 3)) and tokens[1].shape == ((1,) if sampler else (2, 1))
+    for n in (0, -4):
+        assert tokens[n].shape == ((0,) if sampler else (2, 0)) and tokens[n].dtype == np.int64
+        if not sampler:
+            np.testing.assert_array_equal(runs[n][1], np.zeros(2, runs[n][1].dtype))  # the scores
+    if sampler:  # a step's token depends on the steps before it only
+        assert tokens[1].tolist() == tokens[3][:1].tolist()
+
+
+def test_predict_max_len_0_prints_the_prompt_alone_as_the_graph_generates_nothing(exported):
+    """flowgrad predict --max-len 0 was refused by typer (at least 1) where the exported graph
+    now generates nothing: it prints the prompt with no continuation; a negative one is refused."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    res = CliRunner().invoke(app, ["predict", exported[0], "--text", "def ", "--max-len", "0", "--device", "cpu"])
+    assert res.exit_code == 0 and res.stdout == "def \n", res.output
+    res = CliRunner().invoke(app, ["predict", exported[0], "--text", "def ", "--max-len", "-1"])
+    assert res.exit_code == 2 and "Invalid value for '--max-len'" in res.output
