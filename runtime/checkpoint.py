@@ -38,21 +38,64 @@ def refuse_run_file(path: str, error: type[FlowgradError] = FlowgradError, *, na
         raise error(f"{path} is one of the run's own files", hint=f"pick another path with {names('output')}")
 
 
-def refuse_replacing(path: str, kind: str, error: type[FlowgradError] = FlowgradError, *, names: ArgNames) -> None:
+def refuse_replacing(path: str, kind: str, error: type[FlowgradError] = FlowgradError, *, names: ArgNames,
+                     outputs=None) -> None:
     """An output may replace a file of its own kind (users write again to one path: a previous
     export, predictions, compiled graphs), never another file that a mistyped path names: a
     spec, data, notes. `kind`: "onnx", "npz" or "manifest"; or "directory" for an output that is
     one (compile's, which an existing file of any kind is in the way of). `names`: how the hint
-    names the output."""
+    names the output. An "npz" of outputs is one that predict wrote (see predictions_bytes), or
+    one that holds exactly `outputs`, the names of the arrays about to be written (predictions
+    written before predict marked its files); any other .npz of arrays is data."""
     if kind == "directory":
         if os.path.exists(path) and not os.path.isdir(path):
             raise error(f"{path} exists and is not a directory: the graphs and manifest.json are written into one",
                         hint=f"pick another output path with {names('output')}")
         return
-    if not os.path.isfile(path) or os.path.getsize(path) == 0 or _is_kind(path, kind):
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
-    raise error(f"{path} exists and is not {_KINDS[kind]}: writing there would replace it",
-                hint=f"pick another output path with {names('output')}")
+    if not _is_kind(path, kind):
+        raise error(f"{path} exists and is not {_KINDS[kind]}: writing there would replace it",
+                    hint=f"pick another output path with {names('output')}")
+    if kind == "npz":
+        held = _arrays_of_data(path, outputs)
+        if held is not None:
+            shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+            raise error(f"{path} is an .npz of data ({shown or 'no arrays'}), not earlier outputs: writing there "
+                        "would replace it", hint=f"pick another output path with {names('output')} "
+                                                 "(outputs replace only the outputs predict wrote before)")
+
+
+# The archive comment of the .npz files predict writes (np.load reads past it): tells them from
+# .npz files of data, which an output must not replace.
+PREDICTIONS_MARK = b"flowgrad predictions"
+
+
+def predictions_bytes(arrays: dict) -> bytes:
+    """The arrays as the bytes of an .npz marked as predict's outputs."""
+    import zipfile
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with zipfile.ZipFile(buf, "a") as z:
+        z.comment = PREDICTIONS_MARK
+    return buf.getvalue()
+
+
+def _arrays_of_data(path: str, outputs) -> list[str] | None:
+    """The arrays' names of an .npz that holds data rather than earlier outputs, or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            if z.comment == PREDICTIONS_MARK:
+                return None
+            held = [n[:-4] if n.endswith(".npy") else n for n in z.namelist()]
+    except Exception:  # (_is_kind read it as a zip archive just before)
+        return []
+    if outputs is not None and sorted(held) == sorted(outputs):
+        return None
+    return held
 
 
 _KINDS = {"onnx": "an ONNX model", "npz": "an .npz of outputs", "manifest": "the manifest.json of compiled graphs"}

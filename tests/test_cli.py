@@ -596,6 +596,45 @@ def test_outputs_replace_only_files_of_their_own_kind(trained, tmp_path):
     assert spec.read_text() == open(MLP).read() and notes.read_text() == "notes"
 
 
+def test_predict_replaces_earlier_outputs_but_not_an_npz_of_data(trained, tmp_path):
+    """predict -o refused only a file that was no .npz of arrays, and its own --data: it wrote its
+    outputs over any other .npz of data (a training set's x and y, the inputs of another run)
+    without a word. Such a file is refused, naming its arrays; the outputs predict wrote before
+    (marked so; or holding exactly the outputs, as before predict marked them) are written over,
+    and the outputs read as before with numpy."""
+    run_dir, _ = trained
+    model = tmp_path / "m.onnx"
+    invoke("export", run_dir, "-o", model)
+    data, train_set, other = tmp_path / "in.npz", tmp_path / "train.npz", tmp_path / "inputs.npz"
+    np.savez(data, x=np.zeros((2, 64), np.float32))
+    np.savez(train_set, x=np.ones((3, 64), np.float32), y=np.zeros(3, np.int64))
+    np.savez_compressed(other, x=np.ones((4, 64), np.float32))
+    for target, shown in ((train_set, "x, y"), (other, "x")):
+        before = target.read_bytes()
+        res = invoke("predict", model, "--data", data, "-o", target, "--device", "cpu", code=1)
+        assert f"error: {target} is an .npz of data ({shown}), not earlier outputs: writing there would replace it" \
+            in res.stderr, res.stderr
+        assert "hint: pick another output path with -o (outputs replace only the outputs predict wrote before)" \
+            in res.stderr, res.stderr
+        assert target.read_bytes() == before
+    out = tmp_path / "out.npz"
+    for _ in range(2):  # its own earlier output is replaced
+        invoke("predict", model, "--data", data, "-o", out, "--device", "cpu")
+    with np.load(out) as z:
+        assert sorted(z.files) == ["label", "probs"] and z["probs"].shape == (2, 10)
+    # outputs written before predict marked its files: the arrays it writes, and no others
+    with np.load(out) as z:
+        np.savez(tmp_path / "old.npz", **{k: z[k] for k in z.files})
+    invoke("predict", model, "--data", data, "-o", tmp_path / "old.npz", "--device", "cpu")
+    # another model's outputs, which predict wrote, are replaced too
+    from runtime.checkpoint import predictions_bytes
+
+    (tmp_path / "gen.npz").write_bytes(predictions_bytes({"tokens": np.arange(5)}))
+    invoke("predict", model, "--data", data, "-o", tmp_path / "gen.npz", "--device", "cpu")
+    with np.load(tmp_path / "gen.npz") as z:
+        assert sorted(z.files) == ["label", "probs"]
+
+
 def test_train_does_not_write_a_run_over_a_directory_of_other_files(tmp_path):
     """--run-dir named a directory that holds no run but files of a run's names (a project
     folder with its spec.yaml): training wrote the run there, replacing the user's spec.yaml
