@@ -249,8 +249,7 @@ def compile_cmd(
 def ops(
     as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
 ):
-    """List the op registry (family, inputs, attributes, gradient), the layer shorthands and the
-    special forms."""
+    """List the op registry (family, inputs, attributes, gradient), layer shorthands and special forms."""
     from compiler import recurrent  # noqa: F401  (registers the recurrent layers)
     from compiler.layers import LAYERS
     from compiler.lower import SPECIAL_FORM_DOCS, signature
