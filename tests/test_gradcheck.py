@@ -93,3 +93,24 @@ def test_a_stateful_layer_is_checked_at_its_inputs_batch(tmp_path, batch):
                     "loss: mean(hs * hs) + mean(hs)\ntrain: {batch_size: 16}\n")
     report = gradcheck_spec(load_spec(str(path)), seed=0)
     assert report["main"] and max(report["main"].values()) < 1e-5, report
+
+
+@pytest.mark.parametrize("features", [
+    "flatten(top)",                           # k-max pooling over time: only the top values reach the loss
+    "concat(flatten(top), mean(h, axis=1), axis=-1)",  # the top values beside another path
+])
+def test_topk_values_pass_their_gradient_to_the_entries_they_took(tmp_path, features):
+    """topk had no gradient at all: k-max pooling was refused as 'parameter ... never reaches
+    the loss', and beside another path its values were taken as constants, so training
+    followed a wrong gradient that gradcheck failed."""
+    path = tmp_path / "kmax.yaml"
+    path.write_text("flowgrad: 1\nname: kmax\ndims: {V: 7, E: 4, H: 3, K: 2}\n"
+                    "inputs:\n  x: {shape: [N, T], dtype: int64}\n  y: {shape: [N], dtype: int64}\n"
+                    "graph:\n  h: rnn(embedding(x, V, E), H)\n"
+                    "  top, idx: topk(transpose(h, [0, 2, 1]), 2, axis=-1)\n"
+                    f"  logits: dense({features}, K)\n"
+                    "loss: cross_entropy(logits, y)\n")
+    report = gradcheck_spec(load_spec(str(path)), seed=0)
+    assert set(report["main"]) == {"h.W", "h.rnn2.W", "h.rnn2.U", "h.rnn2.b", "logits.W", "logits.b"}, report
+    for p, err in report["main"].items():
+        assert err < 1e-5, f"{p}: {err:.2e}"

@@ -11,11 +11,12 @@ from ..registry import REQUIRED, OpDef, Sample, op
 
 @op("topk")
 class TopK(OpDef):
-    """The k largest entries along `axis`, largest first: (values, int64 indices)."""
+    """The k largest entries along `axis`, largest first: (values, int64 indices). The
+    values' gradient goes to the entries they were taken from (k-max pooling)."""
 
     attrs = {"k": REQUIRED, "axis": -1}
-    nondiff = True
     n_outputs = 2
+    gradgrad = True
 
     def infer(self, attrs, x):
         axis = normalize_axis(attrs["axis"], x.rank)
@@ -28,6 +29,11 @@ class TopK(OpDef):
     def emit(self, e, node, ins, outs):
         axis = normalize_axis(node.attrs["axis"], node.inputs[0].rank)
         e.add("TopK", [ins[0], e.ints([int(node.attrs["k"])])], outs, axis=axis, largest=1, sorted=1)
+
+    def vjp(self, node, gouts):
+        # the values are take_along_axis(x, indices): their cotangent is scattered back there
+        (x,), (_, idx) = node.inputs, node.outputs
+        return [gouts[0].graph.apply("scatter_add_along_axis", x, idx, gouts[0], axis=node.attrs["axis"])]
 
     def ref(self, attrs, x):
         axis = normalize_axis(attrs["axis"], x.ndim)
