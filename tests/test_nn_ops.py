@@ -130,6 +130,25 @@ def test_batch_norm_train_buffer_updates(shape):
     np.testing.assert_allclose(got["a"], got["b"], rtol=1e-12)
 
 
+def test_batch_norm_applied_twice_in_a_step_counts_both_batches():
+    """A block with batch_norm called on two inputs (a GAN's discriminator on real and on
+    generated digits) kept the update of the last call only: the running averages that
+    evaluation and the export normalise with were those of the generated digits alone. Each
+    call now moves them from where the one before left them, as two calls of a PyTorch
+    module do."""
+    x, gamma, beta, rm, rv = _bn_data((5, 3))
+    g, ins, y = _bn_graph("train", x, gamma, beta, rm, rv, momentum=0.25)
+    x2 = g.apply("exp", ins[0]) * 3.0
+    g.apply("batch_norm", x2, *ins[1:], momentum=0.25)
+    model = emit_model(g, [(v.name, v) for v in ins], [("rm", g.buffer_updates["bn.running_mean"]),
+                                                       ("rv", g.buffer_updates["bn.running_var"])])
+    got = Runner(model)(dict(zip([v.name for v in ins], [x, gamma, beta, rm, rv])))
+    b = np.exp(x) * 3.0
+    np.testing.assert_allclose(got["rm"], 0.75 * (0.75 * rm + 0.25 * x.mean(0)) + 0.25 * b.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(got["rv"], 0.75 * (0.75 * rv + 0.25 * x.var(0, ddof=1)) + 0.25 * b.var(0, ddof=1),
+                               rtol=1e-12)
+
+
 def test_batch_norm_train_needs_several_values():
     x, gamma, beta, rm, rv = _bn_data((1, 3))
     with pytest.raises(ShapeError, match="more than one value per channel"):

@@ -919,8 +919,13 @@ class BatchNorm(OpDef):
             if mean_buffer and var_buffer:
                 n = g.apply("numel", x, axis=axes)
                 unbiased = g.apply("stop_gradient", var) * (n / (n - 1.0))
-                g.buffer_updates[mean_buffer] = (1.0 - momentum) * running_mean + momentum * g.apply("stop_gradient", mean)
-                g.buffer_updates[var_buffer] = (1.0 - momentum) * running_var + momentum * unbiased
+                # A layer applied more than once in a step (a block called on real and on generated
+                # data) moves its averages once per application, each from where the one before
+                # left them, as successive calls of a PyTorch module do: every batch counts.
+                last_mean = g.buffer_updates.get(mean_buffer, running_mean)
+                last_var = g.buffer_updates.get(var_buffer, running_var)
+                g.buffer_updates[mean_buffer] = (1.0 - momentum) * last_mean + momentum * g.apply("stop_gradient", mean)
+                g.buffer_updates[var_buffer] = (1.0 - momentum) * last_var + momentum * unbiased
         else:
             mean, var = running_mean, running_var
             centered = x - _per_channel(mean, x.rank)
