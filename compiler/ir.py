@@ -233,6 +233,9 @@ class Graph:
         self.mode = mode  # "train", "eval" or "infer": ops like dropout read it
         # buffer name -> new value; written by ops such as batch_norm in train mode
         self.buffer_updates: dict[str, Value] = {}
+        # True for the step of a scan (compiler/recurrent.py's StepBuilder): a buffer update
+        # written in it would never leave the loop
+        self.scan_step = False
         self._random_salt = itertools.count(1)
         # The batch the spec trains with, when known: a hint for layout choices that depend on
         # the row count (compiler/rewrites.py); graphs still accept any batch.

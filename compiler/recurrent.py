@@ -298,6 +298,7 @@ class StepBuilder:
     def __init__(self, outer: Graph):
         self.outer = outer
         self.graph = Graph(float_dtype=outer.float_dtype, mode=outer.mode)
+        self.graph.scan_step = True
         self.graph._random_salt = outer._random_salt  # one salt stream: no two random ops alike
         self.graph.rng_inputs = self._rng_inputs
         self.nonseqs: list[Value] = []

@@ -916,6 +916,12 @@ class BatchNorm(OpDef):
             centered = x - _per_channel(mean, x.rank)
             var = g.apply("mean", centered * centered, axis=axes)  # biased, [C]
             mean_buffer, var_buffer = _graph_input_name(running_mean), _graph_input_name(running_var)
+            if mean_buffer and var_buffer and g.scan_step:
+                raise ShapeError(
+                    "batch_norm: in a scan's step it cannot update its running averages, which would keep their "
+                    "initial values (mean 0, variance 1) for evaluation and the exported model",
+                    hint="normalise a step with layer_norm (or a cell's layer_norm=true), or apply batch_norm to "
+                         "the scan's outputs outside the block")
             if mean_buffer and var_buffer:
                 n = g.apply("numel", x, axis=axes)
                 unbiased = g.apply("stop_gradient", var) * (n / (n - 1.0))
