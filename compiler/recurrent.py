@@ -824,6 +824,11 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
         raise SpecError(f"lengths must be a vector [N] of sequence lengths, got {getattr(lengths, 'type', lengths)}",
                         where("lengths"),
                         hint="an int input [N] holding each row's number of steps")
+    if lengths is not None and lengths.dtype not in ("int64", "int32"):
+        # it was compared with the steps' int64 positions: "lt: cannot compare int64 with float32",
+        # an op the spec never wrote
+        raise SpecError(f"lengths must count steps in whole numbers (int64), got {lengths.type}", where("lengths"),
+                        hint="declare the lengths input with dtype: int64, or pass cast(len, 'int64')")
     if a.get("stateful") and (a.get("init") is not None or a.get("reverse")):
         raise SpecError("stateful= carries the last state of a forward pass into the next batch: "
                         "it takes no init= and no reverse=", where("stateful"),
@@ -838,6 +843,8 @@ def _mask_of(low, e, x, a):
         lengths = a["lengths"]
         g = low.graph
         steps = g.apply("positions", x, axis=1)
+        if lengths.dtype != steps.dtype:  # int32 lengths, compared with the int64 positions
+            lengths = g.cast(lengths, steps.dtype)
         return g.cast(g.apply("lt", g.apply("unsqueeze", steps, axes=(0,)), g.apply("unsqueeze", lengths, axes=(1,))),
                       g.float_dtype)
     return a.get("mask")

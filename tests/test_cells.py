@@ -164,3 +164,26 @@ def test_bidirectional_matches_onnx_operator(cell, merge, use_len):
     want = np.concatenate([Yf, Yb], axis=-1) if merge == "concat" else Yf + Yb
     assert got.shape == want.shape
     _close(got, want, "bidirectional vs Y")
+
+
+def test_int32_lengths_mask_as_int64_ones_do():
+    """lengths= of an int32 input was compared with the steps' int64 positions: check failed
+    with "lt: cannot compare int64 with float32" (or int32), naming an op the spec never wrote."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(N, T, E)).astype(np.float32)
+    p = _params("gru", rng)
+    text = _spec("hs: gru(x, H, lengths=len)", True, ["hs"])
+    want = _flowgrad_run(text, {f"hs.{k}": v for k, v in p.items()}, x, LENGTHS)["hs"]
+    got = _flowgrad_run(text.replace("dtype: int64", "dtype: int32"), {f"hs.{k}": v for k, v in p.items()}, x,
+                        LENGTHS.astype(np.int32))["hs"]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("layer", ["gru(x, H, lengths=len)", "bidirectional(lstm, x, H, lengths=len)"])
+def test_float_lengths_are_refused_at_the_argument(layer):
+    from spec.errors import SpecError
+
+    text = _spec(f"hs: {layer}", True, ["hs"]).replace("dtype: int64", "dtype: float32")
+    with pytest.raises(SpecError, match=r"lengths must count steps in whole numbers \(int64\), got float32\[N\]") as e:
+        compile_spec(spec_from_text(text, "cells.yaml"), "float32", graphs=("infer",))
+    assert e.value.loc.col == len("  hs: ") + 1 + layer.index("lengths=") and "dtype: int64" in e.value.hint
