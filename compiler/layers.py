@@ -244,7 +244,7 @@ class Norm(Layer):
             beta = low.add_param(f"{prefix}.beta", (c,), "zeros", loc=e.loc)
             mean = low.add_param(f"{prefix}.running_mean", (c,), "zeros", loc=e.loc, kind="buffer")
             var = low.add_param(f"{prefix}.running_var", (c,), "ones", loc=e.loc, kind="buffer")
-            return low.graph.apply("batch_norm", x, gamma, beta, mean, var, **a)
+            return _at_argument(e, lambda: low.graph.apply("batch_norm", x, gamma, beta, mean, var, **a))
         # gamma and beta are shaped like the normalised axes: `axis` to the last
         if x.rank < 1:
             raise ShapeError(f"layer_norm() needs an input with an axis to normalise, got the scalar {x.type}", e.loc,
@@ -259,7 +259,19 @@ class Norm(Layer):
                              "gamma and beta are shaped like those axes: leave the batch axis out")
         gamma = low.add_param(f"{prefix}.gamma", shape, "ones", loc=e.loc)
         beta = low.add_param(f"{prefix}.beta", shape, "zeros", loc=e.loc)
-        return low.graph.apply("layer_norm", x, gamma, beta, **a)
+        return _at_argument(e, lambda: low.graph.apply("layer_norm", x, gamma, beta, **a))
+
+
+def _at_argument(e, build):
+    """build(), an error about one of the call's keyword arguments pointing at that argument."""
+    from spec.errors import FlowgradError
+
+    try:
+        return build()
+    except FlowgradError as err:
+        if err.arg in e.kwarg_locs:
+            err.loc = e.kwarg_locs[err.arg]
+        raise
 
 
 LAYERS = {

@@ -74,6 +74,9 @@ class CrossEntropy(OpDef):
 
     def expand(self, g, logits, labels, axis, reduction, label_smoothing):
         require_float(logits, "logits")
+        if not 0 <= label_smoothing <= 1:  # outside, the targets get negative weights: a loss without a minimum
+            raise ShapeError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}", arg="label_smoothing",
+                             hint="the weight of the uniform distribution in the targets, e.g. label_smoothing=0.1")
         axis = normalize_axis(axis, logits.rank)
         lp = log_softmax(g, logits, axis)
         if is_float(labels.dtype):

@@ -896,6 +896,7 @@ class BatchNorm(OpDef):
 
     def expand(self, g, x, gamma, beta, running_mean, running_var, momentum, eps):
         require_float(x)
+        _check_norm_numbers("batch_norm", eps, momentum)
         if x.rank < 2:
             raise ShapeError(f"batch_norm needs [N, C, ...], got {fmt_shape(x.shape)}", hint="give it [N, C] or [N, C, H, W]")
         c = x.shape[1]
@@ -968,6 +969,7 @@ class LayerNorm(OpDef):
 
     def expand(self, g, x, gamma, beta, eps, axis):
         require_float(x)
+        _check_norm_numbers("layer_norm", eps)
         axis = normalize_axis(axis, x.rank)
         norm_shape = tuple(x.shape[axis:])
         for name, v in (("gamma", gamma), ("beta", beta)):
@@ -993,6 +995,17 @@ class LayerNorm(OpDef):
             Sample([n(size=(3, 4)), rng.uniform(0.5, 1.5, 4), n(size=4)]),
             Sample([n(size=(2, 3, 4)), rng.uniform(0.5, 1.5, (3, 4)), n(size=(3, 4))], {"axis": -2, "eps": 1e-3}),
         ]
+
+
+def _check_norm_numbers(name: str, eps, momentum=None) -> None:
+    """eps below 0 takes the square root of a negative variance (NaN), and a momentum outside
+    [0, 1] weighs the running averages by a negative factor: both trained without a word."""
+    if not eps >= 0:
+        raise ShapeError(f"{name}: eps must be 0 or more, got {eps!r}", arg="eps",
+                         hint="eps is added to the variance before its square root, e.g. eps=1e-5")
+    if momentum is not None and not 0 <= momentum <= 1:
+        raise ShapeError(f"{name}: momentum must be in [0, 1], got {momentum!r}", arg="momentum",
+                         hint="the weight of each batch in the running averages, e.g. momentum=0.1")
 
 
 def _graph_input_name(v) -> str | None:
