@@ -721,6 +721,28 @@ def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
                         "dtype float16, or raise eps to 1e-4")
 
 
+def _check_generated_ids(spec: S.Spec, low: Lowering) -> None:
+    """The ids decoding feeds back into generate.input (bos, and every token the logits score)
+    must index what that input indexes (an embedding's rows): beyond it, the exported graph
+    failed in onnxruntime at run time (a Gather out of bounds)."""
+    cfg = spec.generate
+    bound = index_bounds(low.graph).get(cfg["input"])
+    if bound is None:
+        return
+    rows, what = bound
+    if "bos" in cfg and int(cfg["bos"]) >= rows:
+        raise SpecError(f"generate.bos is {cfg['bos']}, but generate.input {cfg['input']!r} is read as ids below {rows} "
+                        f"({what.format(rows)})", _loc(spec, "generate", "bos"),
+                        f"give a bos id from 0 to {rows - 1}, or enlarge the table the tokens index")
+    logits = low.env.get(cfg["logits"])
+    vocab = logits.shape[-1] if isinstance(logits, Value) and logits.rank >= 1 else None
+    if isinstance(vocab, int) and vocab > rows:
+        raise SpecError(f"generate.logits {cfg['logits']!r} scores {vocab} tokens, but generate.input {cfg['input']!r} "
+                        f"is read as ids below {rows} ({what.format(rows)}): a generated id from {rows} on could "
+                        f"not be fed back", _loc(spec, "generate", "logits"),
+                        "give the logits and the tokens' table one vocabulary size (one dim for both)")
+
+
 def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) -> Lowering:
     """Evaluate every expression once (shapes, names, ops) without emitting; with `objectives`, also
     what compiling would refuse: an objective's unknown loss, or parameters it cannot train."""
@@ -741,6 +763,7 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
         from .generate import build_generator
 
         build_generator(spec, dtype)
+        _check_generated_ids(spec, low)
     low.warnings = unused_entries(spec)
     return low
 
