@@ -16,7 +16,7 @@ import numpy as np
 from spec import model as S
 from spec.errors import SpecError, did_you_mean
 
-from .ir import Value, at, producers_of
+from .ir import Value, at, fmt_shape, producers_of
 from .lower import SPEC_FLOAT_NAMES, Lowering
 from .ops.scan import Body
 from .recurrent import StepBuilder, run_scan
@@ -112,7 +112,7 @@ def _check_config(spec: S.Spec):
     decl = spec.inputs[token_input]
     if decl.dtype not in ("int64", "int32") or len(decl.shape) != 2:
         raise SpecError(f"generate.input {token_input!r} must be int token ids [N, T], got "
-                        f"{decl.dtype}{list(decl.shape)}", spec.locate("generate", "input"),
+                        f"{decl.dtype}{fmt_shape(decl.shape)}", spec.locate("generate", "input"),
                         f"declare it as inputs: {{{token_input}: {{shape: [N, T], dtype: int64}}}}")
     if logits_name not in {t for a in spec.graph for t in a.targets}:
         raise SpecError(f"generate.logits {logits_name!r} is not a graph node", spec.locate("generate", "logits"),

@@ -283,7 +283,8 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
                                 if bundled else f"the file has: {', '.join(ds.arrays) or 'nothing'}"))
         a = ds.arrays[name]
         if a.ndim != len(decl.shape):
-            raise DataError(f"{where}: array {name!r} has rank {a.ndim} {list(a.shape)}, the spec declares {decl.shape}", decl.loc,
+            raise DataError(f"{where}: array {name!r} has rank {a.ndim} {_shape(a.shape)}, the spec declares "
+                            f"{_shape(decl.shape)}", decl.loc,
                             hint=declare(name, a) if bundled else f"reshape the array to rank {len(decl.shape)} before saving it, or change the input's shape in the spec")
         for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
             if isinstance(want, int) and got != want:
@@ -414,3 +415,8 @@ def _split_at(ds: Dataset, train_idx: np.ndarray, held_idx: np.ndarray,
         train = mark_labelled(train, k)
         held.arrays["has_label"] = np.ones(len(held), dtype=np.float32)
     return train, held
+
+
+def _shape(shape) -> str:
+    """A shape as the spec writes it, [N, 1, 8, 8] (not Python's ['N', 1, 8, 8])."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"

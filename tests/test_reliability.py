@@ -250,7 +250,7 @@ def _bad_crc(path):
 BAD_DATA = {
     # name: (writer, message, spec line the error points at or None)
     "wrong name": (lambda p: _write_npz(p, x=_x(), label=_y()), "no array named 'y'", Y_LINE),
-    "wrong rank": (lambda p: _write_npz(p, x=_x().reshape(50, 8, 8), y=_y()), "array 'x' has rank 3", X_LINE),
+    "wrong rank": (lambda p: _write_npz(p, x=_x().reshape(50, 8, 8), y=_y()), "array 'x' has rank 3 [50, 8, 8], the spec declares [N, 64]", X_LINE),
     "wrong size": (lambda p: _write_npz(p, x=_x(d=63), y=_y()), "array 'x' has size 63 in dim 1", X_LINE),
     "float labels": (lambda p: _write_npz(p, x=_x(), y=_y().astype(np.float32)), "array 'y' has dtype float32", Y_LINE),
     "complex features": (lambda p: _write_npz(p, x=_x().astype(np.complex64), y=_y()), "array 'x' has dtype complex64", X_LINE),
