@@ -721,8 +721,21 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     if stateful and g.mode == "train" and init is None:
         # Carried across batches: the state after this batch starts the next one.
         B = low.spec.batch_size
+        from .ops.nn import _graph_input_name
+
+        # keyed by the stored buffer's own name: a block's layer is `block.prefix` (its update, under
+        # `prefix`, matched no buffer and training ended in a KeyError traceback)
+        stored = {n: low.add_param(f"{prefix}.{n}0", (B, H), "zeros", loc=e.loc, kind="buffer")
+                  for n in ("h", "c")[:n_states]}
+        names = {n: _graph_input_name(v) or f"{prefix}.{n}0" for n, v in stored.items()}
+        if names["h"] in g.buffer_updates:
+            # a block called twice: both calls started from one stored state, and the next batch from
+            # the state the last call ended with, whichever stream it had read
+            raise SpecError(f"stateful= layer {prefix!r} is applied more than once in a step (a block called "
+                            "twice): its calls would carry one state between batches", e.kwarg_locs.get("stateful", e.loc),
+                            "call the block once per step, or carry the states yourself with init= and return_state=true")
         for n in ("h", "c")[:n_states]:
-            buffers[f"{prefix}.{n}0"] = low.add_param(f"{prefix}.{n}0", (B, H), "zeros", loc=e.loc, kind="buffer")
+            buffers[names[n]] = stored[n]
         init = [g.apply("reshape_dims", b, x, dims=((0, 0), H)) for b in buffers.values()]  # [N, H]; N must be B
     if init is None:
         init = [g.apply("fill", x, dims=((0, 0), H), dtype=g.float_dtype) for _ in carries]

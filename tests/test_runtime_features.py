@@ -736,3 +736,52 @@ def test_an_early_stopping_metric_that_is_not_reported_is_refused_before_anythin
         train(_spec(misspelled, tmp_path), overwrite=True, valid="0.25", **opts)
     assert e.value.hint == "reported: train_loss, valid_loss"
     assert {name: (tmp_path / "run" / name).read_bytes() for name in kept} == kept
+
+
+STATEFUL_BLOCK = """
+flowgrad: 1
+name: stateful_block
+dims: {E: 3, H: 4}
+inputs:
+  x: {shape: [N, T, E]}
+  z: {shape: [N, T, E]}
+blocks:
+  enc:
+    in: [s]
+    graph:
+      hs: lstm(s, H, stateful=true)
+    out: [hs]
+graph:
+  a: enc(x)
+  b: CALL
+loss: mean(a * a) + mean(b)
+train: {batch_size: 2, optimizer: {sgd: {lr: 0.1}}}
+"""
+
+
+def test_a_stateful_layer_in_a_block_carries_its_state():
+    """Its state buffers are enc.hs.h0 and enc.hs.c0, but the step wrote them back as
+    hs.h0 and hs.c0: the first training step ended in a KeyError traceback."""
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer
+    from spec import spec_from_text
+
+    cm = compile_spec(spec_from_text(STATEFUL_BLOCK.replace("CALL", "mean(z)"), "s.yaml"), graphs=("train",))
+    assert {o.name for o in cm.graphs["train"].outputs} >= {"next/enc.hs.h0", "next/enc.hs.c0"}
+    rng = np.random.default_rng(0)
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    assert not trainer.state_numpy()["enc.hs.h0"].any()
+    trainer.train_step("main", {"x": rng.normal(size=(2, 5, 3)).astype(np.float32),
+                                "z": rng.normal(size=(2, 5, 3)).astype(np.float32)}, lr=0.1, step=0)
+    assert trainer.state_numpy()["enc.hs.h0"].any() and trainer.state_numpy()["enc.hs.c0"].any()
+
+
+def test_a_stateful_layer_in_a_block_called_twice_is_refused():
+    """Both calls would start from one stored state, and the next batch from whichever call ended last."""
+    from compiler.training import check_spec
+    from spec import spec_from_text
+    from spec.errors import SpecError
+
+    with pytest.raises(SpecError, match="stateful= layer 'hs' is applied more than once in a step") as e:
+        check_spec(spec_from_text(STATEFUL_BLOCK.replace("CALL", "enc(z)"), "s.yaml"))
+    assert (e.value.loc.line, e.value.loc.col) == (12, 22) and "init= and return_state=true" in e.value.hint
