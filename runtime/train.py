@@ -784,8 +784,10 @@ def _check_same_model(spec: S.Spec, run_dir: str, names: ArgNames) -> None:
     checkpoint's weights would go on training as another model's. (A run without a spec.yaml,
     or with one this flowgrad cannot read, is left to the checkpoint's shape checks.)"""
     trained_path = os.path.join(run_dir, "spec.yaml")
-    if not os.path.isfile(trained_path) or os.path.isfile(spec.path) and os.path.samefile(spec.path, trained_path):
+    if not os.path.isfile(trained_path):
         return
+    if not spec.overrides and os.path.isfile(spec.path) and os.path.samefile(spec.path, trained_path):
+        return  # (the run's own spec.yaml; with --set overrides it is another model, and is compared)
     from spec.compare import model_change
     from spec.loader import load_spec
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.api import train
+from runtime.api import load, train
 from runtime.checkpoint import load_checkpoint
 from spec import spec_from_text
 from spec.errors import FlowgradError, SpecError
@@ -396,7 +396,6 @@ def test_resuming_with_a_freeze_that_resizes_the_optimizer_state_names_the_freez
     with pytest.raises(FlowgradError, match="other parameters") as e:
         train(spec, run_dir=str(tmp_path / "r"), data=data, steps=4, freeze=["W1"], resume=True, threads=1, device="cpu")
     assert "then also W1" in str(e.value) and "spec changed" not in str(e.value)
-
 
 
 def test_stream_laid_data_refuses_other_batch_sizes_and_shuffling(tmp_path):
@@ -785,3 +784,18 @@ def test_a_stateful_layer_in_a_block_called_twice_is_refused():
     with pytest.raises(SpecError, match="stateful= layer 'hs' is applied more than once in a step") as e:
         check_spec(spec_from_text(STATEFUL_BLOCK.replace("CALL", "enc(z)"), "s.yaml"))
     assert (e.value.loc.line, e.value.loc.col) == (12, 22) and "init= and return_state=true" in e.value.hint
+
+
+def test_resuming_with_the_runs_own_spec_yaml_and_an_override_compares_the_model(tmp_path, data):
+    """The run's own spec.yaml given with a --set that edits the model went on without a word:
+    the check took the file for the run's spec and left out the overrides on top of it."""
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=2, threads=1, device="cpu")
+    train(_spec(REGRESSION, tmp_path), **opts)
+    own = str(tmp_path / "run" / "spec.yaml")
+    with pytest.raises(SpecError, match=re.escape("graph entry 'h' is now relu(x @ W1)")) as e:
+        train(load(own, overrides=["graph.h=relu(x @ W1)"]), resume=True, **{**opts, "steps": 4})
+    assert e.value.loc.file.startswith("overrides=")
+    assert load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))[1]["step"] == 2
+    # the same model through an override, and the file alone, go on
+    assert train(load(own, overrides=["graph.h=tanh(x@W1)"]), resume=True, **{**opts, "steps": 3}).steps == 3
+    assert train(own, resume=True, **{**opts, "steps": 4}).steps == 4
