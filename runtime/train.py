@@ -441,7 +441,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             info = read_run_info(run_dir, hint="a resume reads the run's data and float type from it: restore it, "
                                                "or start a new run from its weights with "
                                                f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
-            _check_same_model(spec, run_dir, names)
+            _check_same_model(spec, run_dir, info, names)
             seed = _resumed_seed(meta, opts.seed, seed, ckpt_path, names)
             dtype = _resumed_dtype(info, opts.dtype, ckpt_path, run_dir, names)
         cm = compile_spec(spec, dtype, frozen=opts.freeze, names=names)
@@ -778,13 +778,15 @@ def _resumed_dtype(info: dict, asked: str | None, path: str, run_dir: str, names
     return trained
 
 
-def _check_same_model(spec: S.Spec, run_dir: str, names: ArgNames) -> None:
+def _check_same_model(spec: S.Spec, run_dir: str, info: dict, names: ArgNames) -> None:
     """A resumed run goes on with the model it was trained as, which its spec.yaml holds (see
     spec.compare): an edited activation or dropout rate keeps every parameter's shape, and the
     checkpoint's weights would go on training as another model's. (A run without a spec.yaml,
-    or with one this flowgrad cannot read, is left to the checkpoint's shape checks.)"""
+    or with one this flowgrad cannot read, is left to the checkpoint's shape checks; so is a run
+    whose run.json predates the float type's record: the flowgrad that wrote it copied the spec
+    file into spec.yaml without the --set overrides the run trained with.)"""
     trained_path = os.path.join(run_dir, "spec.yaml")
-    if not os.path.isfile(trained_path):
+    if not os.path.isfile(trained_path) or "dtype" not in info:
         return
     if not spec.overrides and os.path.isfile(spec.path) and os.path.samefile(spec.path, trained_path):
         return  # (the run's own spec.yaml; with --set overrides it is another model, and is compared)

@@ -799,3 +799,20 @@ def test_resuming_with_the_runs_own_spec_yaml_and_an_override_compares_the_model
     # the same model through an override, and the file alone, go on
     assert train(load(own, overrides=["graph.h=tanh(x@W1)"]), resume=True, **{**opts, "steps": 3}).steps == 3
     assert train(own, resume=True, **{**opts, "steps": 4}).steps == 4
+
+
+def test_resuming_a_run_of_an_older_flowgrad_with_its_overrides_goes_on(tmp_path, data):
+    """A run that an older flowgrad trained with --set overrides holds the spec file without
+    them (its run.json has no float type): resumed with the same overrides, it was refused as
+    an edited model ("dim H is now 16; RUN trained 8"), with the hint to resume with a spec.yaml
+    whose shapes its checkpoint does not have."""
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=2, threads=1, device="cpu")
+    path = str(tmp_path / "spec.yaml")
+    (tmp_path / "spec.yaml").write_text(REGRESSION)
+    train(load(path, overrides=["dims.H=16"]), **opts)
+    run_json = tmp_path / "run" / "run.json"  # as that flowgrad left the run
+    info = json.loads(run_json.read_text())
+    del info["dtype"]
+    run_json.write_text(json.dumps(info))
+    (tmp_path / "run" / "spec.yaml").write_text(REGRESSION)
+    assert train(load(path, overrides=["dims.H=16"]), resume=True, **{**opts, "steps": 3}).steps == 3
