@@ -82,9 +82,18 @@ def _input_text(decl: InputDecl) -> str:
 
 
 def _param_text(decl: ParamDecl) -> str:
-    args = ", ".join(f"{k}={v}" for k, v in sorted(decl.init.args.items()))
+    args = ", ".join(f"{k}={_number(v)}" for k, v in sorted(decl.init.args.items()))
     frozen = "" if decl.trainable else ", not trainable"
     return f"[{', '.join(map(str, decl.shape))}] {decl.dtype}, init {decl.init.kind}({args}){frozen}"
+
+
+def _number(value):
+    """An initializer's argument as text, a number by its value: std: 1 and std: 1.0 (or a
+    gain written as 1 beside the default 1.0) are one initializer."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == value:
+        value = float(value)
+        return str(int(value)) if value.is_integer() and abs(value) < 2 ** 53 else repr(value)
+    return value
 
 
 def _block_text(block: Block) -> str:

@@ -743,3 +743,19 @@ def test_model_change_leaves_out_what_does_not_change_the_model():
             + "  epochs: 3\n  clip_norm: 1.0\n")
     assert model_change(then, spec_from_text(same, "now.yaml")) is None
     assert model_change(then, then) is None
+
+
+def test_model_change_reads_an_initializers_numbers_by_value():
+    """An initializer's std: 1 and std: 1.0, or a gain written as 1 where the run's spec left
+    the default 1.0, were refused on resume as another initializer ("init normal(mean=0,
+    std=1.0); run trained ... std=1")."""
+    from spec.compare import model_change
+
+    base = MODEL_WITH_A_BLOCK.replace("blocks:", "params:\n  W: {shape: [D, H], init: {normal: {std: 1}}}\n"
+                                      "  V: {shape: [H, D], init: glorot_uniform}\nblocks:")
+    then = spec_from_text(base, "then.yaml")
+    same = base.replace("std: 1}", "std: 1.0}").replace("init: glorot_uniform}", "init: {glorot_uniform: {gain: 1}}}")
+    assert model_change(then, spec_from_text(same, "now.yaml")) is None
+    other = spec_from_text(base.replace("std: 1}", "std: 1.5}"), "now.yaml")
+    assert model_change(then, other).describe("run") == ("parameter W is now [4, 8] float32, init normal(mean=0, "
+                                                        "std=1.5); run trained [4, 8] float32, init normal(mean=0, std=1)")
