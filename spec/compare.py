@@ -38,39 +38,84 @@ def model_change(then: Spec, now: Spec) -> ModelChange | None:
     """The first part of `now`'s model that differs from `then`'s, or None when the two specs
     define one model."""
     then_parts, now_parts = _parts(then), _parts(now)
-    for key, (text, loc) in now_parts.items():
+    for key, part in now_parts.items():
         before = then_parts.get(key)
-        if before is None or before[0] != text:
-            return ModelChange(key[1], text, before and before[0], loc)
-    for key, (text, _) in then_parts.items():
-        if key not in now_parts:
-            return ModelChange(key[1], None, text, _section_loc(now, key[0]))
+        if before is None or before.text != part.text:
+            return ModelChange(key[1], part.text, before and before.text, now.locate(*part.where(before)))
+    for key, part in then_parts.items():
+        if key not in now_parts:  # (located at what held it: the section, or the block)
+            return ModelChange(key[1], None, part.text, now.locate(*part.path[:-1]))
     return None
 
 
-def _parts(spec: Spec) -> dict[tuple[str, str], tuple[str, Loc]]:
-    """(section, the part's name in messages) -> (its text, where it is)."""
+@dataclass(frozen=True)
+class _Part:
+    """A part of the model: its text, its path in the spec's tree, and the (text, path) of each
+    of its pieces (a parameter's shape, init, trainable, ...) to point at the one that differs."""
+
+    text: str
+    path: tuple
+    pieces: tuple = ()
+
+    def where(self, before: "_Part | None") -> tuple:
+        """The path of the value that differs from `before`'s: a --set's where one gave it, and
+        a parameter's init rather than its shape."""
+        for (text, path), (was, _) in zip(self.pieces, before.pieces if before else ()):
+            if text != was:
+                return path
+        return self.path
+
+
+def _parts(spec: Spec) -> dict[tuple[str, str], _Part]:
+    """(section, the part's name in messages) -> the part."""
     parts = {}
-    for name, value in spec.dims.items():  # (located at the value: a --set's, where one gave it)
-        parts["dims", f"dim {name}"] = str(value), spec.locate("dims", name)
+    for name, value in spec.dims.items():
+        parts["dims", f"dim {name}"] = _Part(str(value), ("dims", name))
     for name, decl in spec.inputs.items():
-        parts["inputs", f"input '{name}'"] = _input_text(decl), spec.locate("inputs", name)
+        path = ("inputs", name)
+        parts["inputs", f"input '{name}'"] = _Part(_input_text(decl), path, (
+            (_shape(decl.shape), path + ("shape",)), (decl.dtype, path + ("dtype",))))
     for name, decl in spec.params.items():
-        parts["params", f"parameter {name}"] = _param_text(decl), spec.locate("params", name)
+        parts["params", f"parameter {name}"] = _param(decl, ("params", name))
+    graph = spec.raw.get("graph") if isinstance(spec.raw, dict) else None
     for entry in spec.graph:
-        parts["graph", _entry_name(entry)] = unparse(entry.expr), spec.locate("graph", entry.targets[0])
+        parts["graph", _entry_name(entry)] = _Part(unparse(entry.expr), ("graph", _key_of(graph, entry)))
+    blocks = spec.raw.get("blocks") if isinstance(spec.raw, dict) else None
     for name, block in spec.blocks.items():
-        parts["blocks", f"block {name}"] = _block_text(block), block.loc
+        path = ("blocks", name)
+        parts["blocks", f"block {name}"] = _Part(_block_text(block), path, (
+            (block.inputs, path + ("in",)), (block.outputs, path + ("out",))))
         for param, decl in block.params.items():
-            parts["blocks", f"block {name}'s parameter {param}"] = _param_text(decl), decl.loc
+            parts["blocks", f"block {name}'s parameter {param}"] = _param(decl, path + ("params", param))
+        graph = (blocks or {}).get(name, {}).get("graph") if isinstance((blocks or {}).get(name), dict) else None
         for entry in block.graph:
-            parts["blocks", f"block {name}'s {_entry_name(entry)}"] = unparse(entry.expr), entry.loc
+            parts["blocks", f"block {name}'s {_entry_name(entry)}"] = _Part(
+                unparse(entry.expr), path + ("graph", _key_of(graph, entry)))
     if spec.loss is not None:
-        parts["loss", "the loss"] = unparse(spec.loss.expr), spec.loss.loc
+        parts["loss", "the loss"] = _Part(unparse(spec.loss.expr), ("loss",))
     for name, objective in ((spec.train or {}).get("objectives") or {}).items():
-        parts["train", f"objective {name}'s loss"] = (str(objective.get("loss")).strip(),
-                                                       spec.locate("train", "objectives", name, "loss"))
+        parts["train", f"objective {name}'s loss"] = _Part(str(objective.get("loss")).strip(),
+                                                           ("train", "objectives", name, "loss"))
     return parts
+
+
+def _key_of(graph, entry) -> str:
+    """The key of a graph entry as written ("ctx, alpha" or "ctx,alpha"), to locate its value."""
+    for key in graph if isinstance(graph, dict) else ():
+        if [t.strip() for t in str(key).split(",")] == entry.targets:
+            return key
+    return entry.targets[0]
+
+
+def _param(decl: ParamDecl, path: tuple) -> _Part:
+    return _Part(_param_text(decl), path, (
+        (_shape(decl.shape), path + ("shape",)), (decl.dtype, path + ("dtype",)),
+        (_init_text(decl, seed=False), path + ("init",)), (decl.seed, path + ("seed",)),
+        (decl.trainable, path + ("trainable",))))
+
+
+def _shape(shape) -> str:
+    return f"[{', '.join(map(str, shape))}]"
 
 
 def _entry_name(entry) -> str:
@@ -78,13 +123,17 @@ def _entry_name(entry) -> str:
 
 
 def _input_text(decl: InputDecl) -> str:
-    return f"[{', '.join(map(str, decl.shape))}] {decl.dtype}"
+    return f"{_shape(decl.shape)} {decl.dtype}"
 
 
 def _param_text(decl: ParamDecl) -> str:
-    args = ", ".join(f"{k}={_number(v)}" for k, v in sorted(decl.init.args.items()))
     frozen = "" if decl.trainable else ", not trainable"
-    return f"[{', '.join(map(str, decl.shape))}] {decl.dtype}, init {decl.init.kind}({args}){frozen}"
+    return f"{_shape(decl.shape)} {decl.dtype}, init {_init_text(decl)}{frozen}"
+
+
+def _init_text(decl: ParamDecl, seed: bool = True) -> str:
+    args = ", ".join(f"{k}={_number(v)}" for k, v in sorted(decl.init.args.items()) if seed or k != "seed")
+    return f"{decl.init.kind}({args})"
 
 
 def _number(value):
@@ -98,7 +147,3 @@ def _number(value):
 
 def _block_text(block: Block) -> str:
     return f"in [{', '.join(block.inputs)}], out [{', '.join(block.outputs)}]"
-
-
-def _section_loc(spec: Spec, section: str) -> Loc:
-    return spec.locate(section)  # (a section that is gone altogether: the spec's top)

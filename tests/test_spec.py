@@ -759,3 +759,30 @@ def test_model_change_reads_an_initializers_numbers_by_value():
     other = spec_from_text(base.replace("std: 1}", "std: 1.5}"), "now.yaml")
     assert model_change(then, other).describe("run") == ("parameter W is now [4, 8] float32, init normal(mean=0, "
                                                         "std=1.5); run trained [4, 8] float32, init normal(mean=0, std=1)")
+
+
+@pytest.mark.parametrize("edit, overrides, where", [
+    # a --set is pointed at (its value), not the file's line, which still shows the run's value
+    (None, ["blocks.F.graph.h=dense(v, H, act=relu)"], None),
+    (None, ["params.W.init=he_normal"], None),
+    (None, ["params.W.trainable=false"], None),
+    (None, ["inputs.y.dtype=int32"], None),
+    (None, ["blocks.F.out=[h]"], None),
+    (None, ["loss=cross_entropy(logits, y) * 2"], None),
+    # a parameter's init, not its shape; an entry of several targets at its own line
+    (("init: {normal: {std: 1}}}", "init: he_normal}"), [], "now.yaml:8:28"),
+    (("a, g: F(x)", "a, g: F(x * 2)"), [], "now.yaml:16:9"),
+])
+def test_model_change_is_located_at_the_value_that_differs(edit, overrides, where):
+    """A changed block entry, parameter, input or loss given with --set was pointed at the spec
+    file's line, which still showed the run's value; an entry of several targets ('a, g: ...')
+    at the first line of the graph section."""
+    from spec.compare import model_change
+
+    base = (MODEL_WITH_A_BLOCK.replace("blocks:", "params:\n  W: {shape: [D, H], init: {normal: {std: 1}}}\nblocks:")
+            .replace("    out: [h]", "    out: [h, h]").replace("  a: F(x)", "  a, g: F(x)"))
+    then = spec_from_text(base, "then.yaml")
+    now = spec_from_text(base.replace(*edit) if edit else base, "now.yaml", overrides)
+    change = model_change(then, now)
+    where = where or f"--set {overrides[0]}:1:{overrides[0].index('=') + 8}"
+    assert change is not None and str(change.loc) == where, change
