@@ -26,12 +26,46 @@ class ModelChange:
     loc: Loc
 
     def describe(self, run: str) -> str:
-        """The change in words, `run` naming the run that trained the other spec."""
+        """The change in words, `run` naming the run that trained the other spec (a long text
+        shortened to the part that differs, with '...' for what the two have in common)."""
         if self.then is None:
-            return f"{self.what} ({self.now}) is new: {run} trained without it"
+            return f"{self.what} ({_shorten(self.now)}) is new: {run} trained without it"
         if self.now is None:
-            return f"{self.what} ({self.then}) that {run} trained is gone"
-        return f"{self.what} is now {self.now}; {run} trained {self.then}"
+            return f"{self.what} ({_shorten(self.then)}) that {run} trained is gone"
+        now, then = _difference(self.now, self.then)
+        return f"{self.what} is now {now}; {run} trained {then}"
+
+
+LONG = 60  # characters of an entry's text shown whole in a message
+CONTEXT = 16  # characters shown either side of what differs in a longer one
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= LONG else text[:LONG - 3].rstrip() + "..."
+
+
+def _difference(now: str, then: str) -> tuple[str, str]:
+    """`now` and `then`, each cut down to what differs and some context where either is long."""
+    if max(len(now), len(then)) <= LONG:
+        return now, then
+    head = 0
+    while head < min(len(now), len(then)) and now[head] == then[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(now), len(then)) - head and now[-1 - tail] == then[-1 - tail]:
+        tail += 1
+    start = max(0, head - CONTEXT)
+    while 0 < start < head and now[start - 1] not in " ,([":  # (from the start of a word)
+        start -= 1
+
+    def cut(text: str) -> str:
+        end = min(len(text), len(text) - tail + CONTEXT)
+        middle = text[start:end]
+        if len(middle) > 2 * LONG:  # (what differs is long itself)
+            middle, end = middle[:2 * LONG - 3].rstrip(), len(text) + 1
+        return ("..." if start else "") + middle + ("..." if end < len(text) or end > len(text) else "")
+
+    return cut(now), cut(then)
 
 
 def model_change(then: Spec, now: Spec) -> ModelChange | None:

@@ -786,3 +786,23 @@ def test_model_change_is_located_at_the_value_that_differs(edit, overrides, wher
     change = model_change(then, now)
     where = where or f"--set {overrides[0]}:1:{overrides[0].index('=') + 8}"
     assert change is not None and str(change.loc) == where, change
+
+
+def test_model_change_of_a_long_entry_shows_what_differs():
+    """An edit to a long expression printed both texts whole, a line of hundreds of characters
+    in which the change was hard to find; it shows the part that differs, with some context."""
+    from spec.compare import model_change
+
+    long = "dense(v * 2 + v * 3 + v * 4 + v * 5 + v * 6 + v * 7 + v * 8 + v * 9 + v * 10, H, act=tanh)"
+    base = MODEL_WITH_A_BLOCK.replace("dense(v, H, act=tanh)", long)
+    then = spec_from_text(base, "then.yaml")
+    change = model_change(then, spec_from_text(base.replace("act=tanh", "act=relu"), "now.yaml"))
+    assert change.describe("run") == ("block F's graph entry 'h' is now ...+ v * 10, H, act=relu); run trained "
+                                      "...+ v * 10, H, act=tanh)")
+    assert change.now == long.replace("tanh", "relu")  # (whole, for a caller that wants it)
+    change = model_change(then, spec_from_text(base.replace("  logits: dense(a, 2)\n", f"  logits: dense(a, 2)\n"
+                                                             f"  extra: {long.replace('v', 'a')}\n"), "now.yaml"))
+    assert change.describe("run") == ("graph entry 'extra' (dense(a * 2 + a * 3 + a * 4 + a * 5 + a * 6 + a * 7 + a *"
+                                      "...) is new: run trained without it")
+    short = model_change(then, spec_from_text(MODEL_WITH_A_BLOCK.replace("act=tanh", "act=relu"), "now.yaml"))
+    assert short is not None and "dense(v, H, act=relu)" in short.describe("run")
