@@ -63,7 +63,7 @@ def _difference(now: str, then: str) -> tuple[str, str]:
         middle = text[start:end]
         if len(middle) > 2 * LONG:  # (what differs is long itself)
             middle, end = middle[:2 * LONG - 3].rstrip(), len(text) + 1
-        return ("..." if start else "") + middle + ("..." if end < len(text) or end > len(text) else "")
+        return ("..." if start else "") + middle + ("..." if end != len(text) else "")
 
     return cut(now), cut(then)
 
