@@ -105,7 +105,7 @@ def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
     if opts.data:
         source: dict = {"path": os.path.abspath(opts.data)}
     elif "path" in cfg:
-        source = {"path": beside_spec(spec, cfg["path"])}
+        source = {"path": beside_spec(spec, cfg["path"], "path")}
     elif "dataset" in cfg:
         source = {"dataset": cfg["dataset"], "options": cfg.get("options")}
         if cfg["dataset"] in D.DATASET_VERSIONS:  # (its generator's: see _bundled_dataset_changed)
@@ -117,15 +117,34 @@ def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
     else:
         valid = _fraction_or_path(cfg.get("valid"), "valid", spec.locate("train", "data", "valid") if "valid" in cfg else None)
     if isinstance(valid, str):  # --valid's file is where the user is
-        valid = os.path.abspath(valid) if opts.valid is not None else beside_spec(spec, valid)
+        valid = os.path.abspath(valid) if opts.valid is not None else beside_spec(spec, valid, "valid")
     test = spec_test(spec)
-    return {**source, "valid": valid, **({"test": beside_spec(spec, test)} if isinstance(test, str) else {})}
+    return {**source, "valid": valid, **({"test": beside_spec(spec, test, "test")} if isinstance(test, str) else {})}
 
 
-def beside_spec(spec: S.Spec, path: str) -> str:
+def beside_spec(spec: S.Spec, path: str, key: str | None = None) -> str:
     """A data file the spec names: relative to the spec file (or, for a spec given as
-    text, to the working directory)."""
+    text, to the working directory). A run directory's spec.yaml is a copy of the spec the run
+    trained, made elsewhere: a relative train.data.<key> in it is where the run read that file
+    (its run.json records where), so that the run's own spec.yaml resumes it."""
+    if key and not os.path.isabs(path):
+        recorded = _recorded_data_path(spec, key, path)
+        if recorded:
+            return recorded
     return os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(spec.path)), path) if spec.path else path)
+
+
+def _recorded_data_path(spec: S.Spec, key: str, path: str) -> str | None:
+    """Where run.json beside `spec`'s file, a run's spec.yaml, records that the run read
+    train.data.<key> (path, valid or test) written `path`; None for any other spec file."""
+    if os.path.basename(spec.path) != "spec.yaml" or not os.path.isfile(spec.path):
+        return None
+    try:
+        recorded = (read_run_info(os.path.dirname(os.path.abspath(spec.path))).get("data_source") or {}).get(key)
+    except FlowgradError:
+        return None
+    suffix = os.sep + os.path.normpath(path)
+    return recorded if isinstance(recorded, str) and recorded.endswith(suffix) else None
 
 
 def load_spec_npz(spec: S.Spec, key: str, path: str) -> D.Dataset:
@@ -164,7 +183,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     train_ds = D.only(train_ds, needed)
     test = spec_test(spec)
     if isinstance(test, str):  # a held-out file: checked now (what eval reads), evaluated with flowgrad eval --data
-        test_path = beside_spec(spec, test)
+        test_path = beside_spec(spec, test, "test")
         D.check_against_spec(load_spec_npz(spec, "test", test_path), spec,
                              needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes, cm.length_bounds)
     # the errors name the one the user gave: --valid (valid=), or the spec's
@@ -239,7 +258,7 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel,
                         hint=f"{hint}, or train with train: {{data: {{test: 0.1}}}}")
     if isinstance(test, str):
         if "test" not in source:  # (a run.json written before runs recorded it)
-            path = beside_spec(spec, test)
+            path = beside_spec(spec, test, "test")
             return load_spec_npz(spec, "test", path), path
         path = source["test"]  # where training read it: the run directory's spec.yaml is a copy, elsewhere
         if not os.path.exists(path):  # (its hint spoke of a relative path read beside that copy)

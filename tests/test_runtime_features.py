@@ -816,3 +816,26 @@ def test_resuming_a_run_of_an_older_flowgrad_with_its_overrides_goes_on(tmp_path
     run_json.write_text(json.dumps(info))
     (tmp_path / "run" / "spec.yaml").write_text(REGRESSION)
     assert train(load(path, overrides=["dims.H=16"]), resume=True, **{**opts, "steps": 3}).steps == 3
+
+
+def test_the_runs_own_spec_yaml_reads_the_data_the_run_read(tmp_path, data):
+    """A resume given the run's spec.yaml (as a refused resume's hint says) failed on a spec
+    whose data path is relative: the copy read it beside itself, in the run directory, where
+    no data is. Relative paths in a run's spec.yaml are where run.json records the run read
+    them; a spec.yaml elsewhere still reads beside itself."""
+    import shutil
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    shutil.copy(data, project / "data" / "d.npz")
+    text = REGRESSION.replace("train:\n", "train:\n  data: {path: data/d.npz, valid: data/d.npz}\n")
+    opts = dict(run_dir=str(tmp_path / "run"), steps=2, threads=1, device="cpu")
+    train(_spec(text, project), **opts)
+    own = tmp_path / "run" / "spec.yaml"
+    assert train(spec_from_text(own.read_text(), str(own)), resume=True, **{**opts, "steps": 3}).steps == 3
+    elsewhere = tmp_path / "other" / "spec.yaml"  # (no run.json beside it)
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(own.read_text())
+    with pytest.raises(FlowgradError, match="does not exist"):
+        train(spec_from_text(elsewhere.read_text(), str(elsewhere)), run_dir=str(tmp_path / "run2"), steps=1,
+              threads=1, device="cpu")
