@@ -500,7 +500,8 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             _check_same_optimizers(meta.get("optimizers"), optimizers, ckpt_path, run_dir, names)
             # before the shapes: another --freeze also resizes the flat optimizer state, which
             # _check_state would blame on a changed spec (a parameter the checkpoint lacks is one)
-            if "trained" in meta and meta["trained"] != trained and all(p in state for p in cm.params):
+            if "trained" in meta and meta["trained"] != trained and all(p in state for p in cm.params) \
+                    and not _reorder_optimizer_state(cm, state, meta["trained"], trained):
                 # the optimizer's flat state vectors follow the trained parameters, in order
                 raise DataError(f"{ckpt_path} was written training other parameters than this run would "
                                 f"({_difference(meta['trained'], trained)})",
@@ -851,6 +852,23 @@ def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: s
                             hint="resume with the run's own optimizer (its spec.yaml has it; another lr is fine), "
                                  "or start a new run from its weights: "
                                  f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+
+
+def _reorder_optimizer_state(cm: CompiledModel, state: dict, before: dict, now: dict) -> bool:
+    """A checkpoint's fused optimizer state (one flat vector per kind: Adam's m, v) laid out in
+    the order this run trains the parameters, where the spec lists the same ones in another
+    order (its params sorted, say); False, leaving `state` as it was, where they differ."""
+    if set(before) != set(now) or any(sorted(before[o]) != sorted(now[o]) for o in now):
+        return False
+    for obj in cm.objectives:
+        old, new = before[obj.name], now[obj.name]
+        ends = np.cumsum([state[p].size for p in old])[:-1]
+        for kind in obj.optimizer.state_names:
+            key = f"{kind}/{obj.name}"  # (a per-parameter state, kind/<parameter>, is found by name)
+            if key in state and state[key].size == sum(state[p].size for p in old):
+                pieces = dict(zip(old, np.split(state[key], ends)))
+                state[key] = np.concatenate([pieces[p] for p in new]) if new else state[key]
+    return True
 
 
 def _difference(before: dict, now: dict) -> str:

@@ -839,3 +839,23 @@ def test_the_runs_own_spec_yaml_reads_the_data_the_run_read(tmp_path, data):
     with pytest.raises(FlowgradError, match="does not exist"):
         train(spec_from_text(elsewhere.read_text(), str(elsewhere)), run_dir=str(tmp_path / "run2"), steps=1,
               threads=1, device="cpu")
+
+
+def test_resuming_with_the_parameters_listed_in_another_order_goes_on(tmp_path, data):
+    """A spec whose params were listed in another order (a dict dumped with sorted keys) was
+    refused on resume, as "training other parameters": Adam's flat m and v follow the order of
+    the parameters. They are laid out in the new order, and the run goes on as it would have."""
+    adam = REGRESSION.replace("sgd: {lr: 0.05}", "adam: {lr: 0.01}")
+    swapped = adam.replace("  W1: {shape: [D, H], init: glorot_uniform}\n  w2: {shape: [H], init: glorot_uniform}\n",
+                           "  w2: {shape: [H], init: glorot_uniform}\n  W1: {shape: [D, H], init: glorot_uniform}\n")
+    assert swapped != adam
+    opts = dict(data=data, threads=1, device="cpu")
+    train(_spec(adam, tmp_path), run_dir=str(tmp_path / "whole"), steps=6, **opts)
+    train(_spec(adam, tmp_path), run_dir=str(tmp_path / "run"), steps=3, **opts)
+    assert train(_spec(swapped, tmp_path), run_dir=str(tmp_path / "run"), steps=6, resume=True, **opts).steps == 6
+    whole, resumed = _params(str(tmp_path / "whole")), _params(str(tmp_path / "run"))
+    for name in ("W1", "w2"):
+        np.testing.assert_allclose(resumed[name], whole[name], rtol=1e-6, atol=1e-7)
+    state, meta = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
+    assert meta["trained"] == {"main": ["w2", "W1"]}
+    np.testing.assert_allclose(state["m/main"][:8], _params(str(tmp_path / "whole"))["m/main"][32:], rtol=1e-6, atol=1e-9)
