@@ -289,3 +289,52 @@ def test_weight_penalties():
     np.testing.assert_allclose(got["r"], 1e-4 * ((a**2).sum() + (b**2).sum()) + np.abs(a).sum() + np.abs(b).sum())
     np.testing.assert_allclose(got["g1"], 2e-4 * a + np.sign(a))
     np.testing.assert_allclose(got["g2"], 2e-4 * b + np.sign(b))
+
+
+# ------------------------------------------------------------------ probabilities where logits go
+_CLASSIFIER = """
+flowgrad: 1
+name: probs
+dims: {D: 8, K: 3}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N], dtype: int64}
+  t: {shape: [N, D]}
+graph:
+  ENTRY
+loss: LOSS
+"""
+
+
+@pytest.mark.parametrize("entry, loss", [
+    ("p: dense(x, K, act=softmax)", "cross_entropy(p, y)"),
+    ("p: softmax(dense(x, K))", "cross_entropy(transpose(transpose(p)), y)"),
+    ("p: sigmoid(dense(x, K))", "cross_entropy(p, y)"),
+    ("p: sigmoid(dense(x, D))", "binary_cross_entropy(p, t)"),
+    ("p: dense(x, D, act=softmax)", "binary_cross_entropy(cast(p, 'float32'), t)"),
+])
+def test_losses_that_take_logits_refuse_probabilities(entry, loss):
+    """Softmax (or sigmoid) outputs given to a loss that applies its own were squashed twice and trained badly
+    without a word; an earlier entry's softmax and a layer's act=softmax are found through moves and casts."""
+    from compiler.training import check_spec
+    from spec.loader import spec_from_text
+
+    spec = spec_from_text(_CLASSIFIER.replace("ENTRY", entry).replace("LOSS", loss))
+    with pytest.raises(FlowgradError, match=r"these logits are the output of (softmax|sigmoid)") as info:
+        check_spec(spec)
+    assert "takes logits: leave out the" in info.value.hint
+
+
+@pytest.mark.parametrize("entry, loss", [
+    ("p: log_softmax(dense(x, K))", "cross_entropy(p, y)"),          # log-probabilities are logits: the same loss
+    ("p: log(softmax(dense(x, K)))", "cross_entropy(p, y)"),
+    ("p: softmax(dense(x, K))", "mean(-sum(one_hot(y, depth=K) * log(p), axis=-1))"),  # probabilities, on purpose
+    ("p: softmax(dense(x, K))", "nll(log(p), y)"),
+    ("r: dense(x, D)\n  p: sigmoid(r)", "binary_cross_entropy(r, p)"),       # a sigmoid as the targets
+    ("p: sigmoid(dense(x, D))", "mse(p, t) + binary_cross_entropy(dense(p, D), t)"),  # a layer over probabilities
+])
+def test_losses_that_take_logits_accept_what_is_not_squashed_twice(entry, loss):
+    from compiler.training import check_spec
+    from spec.loader import spec_from_text
+
+    check_spec(spec_from_text(_CLASSIFIER.replace("ENTRY", entry).replace("LOSS", loss)))

@@ -44,6 +44,42 @@ def _np_log_softmax(x, axis):
     return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
 
 
+# Ops whose output holds values of their first input, moved, selected or recast, never combined:
+# probabilities stay probabilities through them.
+_MOVES_VALUES = ("identity", "cast", "stop_gradient", "reshape", "reshape_like", "reshape_dims", "flatten",
+                 "transpose", "unsqueeze", "squeeze", "index", "slice")
+
+
+def _squashed_by(v, squashes: tuple):
+    """The softmax or sigmoid node (an op of `squashes`) whose output `v` is, seen through ops that only
+    move or select values; None if `v` is not one. Graph entries and layer activations (act=softmax)
+    are plain values of the graph, so an earlier entry's softmax is found too."""
+    for _ in range(256):
+        node = getattr(v, "producer", None)
+        if node is None:
+            return None
+        if node.op.name in squashes:
+            return node
+        if node.op.name not in _MOVES_VALUES or not node.inputs:
+            return None
+        v = node.inputs[0]
+    return None
+
+
+def refuse_probabilities(loss: str, logits, squashes: tuple, own: str) -> None:
+    """`loss` takes logits and applies `own` (softmax, sigmoid) itself: probabilities already squashed by
+    one of `squashes` would be squashed twice, and train badly without a sign, so they are refused."""
+    node = _squashed_by(logits, squashes)
+    if node is None:
+        return
+    sq = node.op.name
+    where = f" (line {node.loc.line}, column {node.loc.col})" if node.loc is not None else ""
+    twice = "it would be applied twice" if sq == own else "they would be squashed twice"
+    raise ShapeError(f"these logits are the output of {sq}{where}; {loss} applies {own} itself, so {twice}",
+                     hint=f"{loss} takes logits: leave out the {sq} (or act={sq}) and pass the scores it is applied to",
+                     arg="logits")
+
+
 def _pick(g, lp, labels, axis):
     """lp[..., labels[...], ...] along axis: the log-probability of each label."""
     if labels.rank != lp.rank - 1:
@@ -65,7 +101,8 @@ class CrossEntropy(OpDef):
     """Softmax cross-entropy of `logits` [..., K, ...] (classes on `axis`) against
     integer class ids `labels` (the logits' shape without `axis`) or float
     probability targets of the logits' shape (soft labels). label_smoothing
-    mixes the targets with the uniform distribution. Stable: uses log_softmax."""
+    mixes the targets with the uniform distribution. Stable: uses log_softmax.
+    Takes logits: an output of softmax or sigmoid (squashed twice) is refused."""
 
     inputs = ("logits", "labels")
     attrs = {"axis": -1, "reduction": "mean", "label_smoothing": 0.0}
@@ -74,6 +111,7 @@ class CrossEntropy(OpDef):
 
     def expand(self, g, logits, labels, axis, reduction, label_smoothing):
         require_float(logits, "logits")
+        refuse_probabilities("cross_entropy", logits, ("softmax", "sigmoid"), "softmax")
         if not 0 <= label_smoothing <= 1:  # outside, the targets get negative weights: a loss without a minimum
             raise ShapeError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}", arg="label_smoothing",
                              hint="the weight of the uniform distribution in the targets, e.g. label_smoothing=0.1")
@@ -164,7 +202,8 @@ class Nll(OpDef):
 class BinaryCrossEntropy(OpDef):
     """Sigmoid cross-entropy of `logits` z against targets t in [0, 1]:
     max(z, 0) - z * t + log(1 + exp(-|z|)), stable for any z (softplus only
-    sees -|z| <= 0), with the exact gradient sigmoid(z) - t also at z = 0."""
+    sees -|z| <= 0), with the exact gradient sigmoid(z) - t also at z = 0.
+    Takes logits: an output of sigmoid or softmax (squashed twice) is refused."""
 
     inputs = ("logits", "targets")
     attrs = {"reduction": "mean"}
@@ -173,6 +212,7 @@ class BinaryCrossEntropy(OpDef):
 
     def expand(self, g, z, t, reduction):
         require_float(z, "logits")
+        refuse_probabilities("binary_cross_entropy", z, ("sigmoid", "softmax"), "sigmoid")
         t = g.cast(t, z.dtype)
         # -|z| as z where z <= 0, else -z: at z = 0 its slope is z's, 1, so
         # relu'(0) + sigmoid(0) * 1 = 1/2 = sigmoid(0) is exact there (abs would
