@@ -15,9 +15,9 @@ import contextvars
 import numpy as np
 
 from spec import model as S
-from spec.errors import ShapeError, SpecError, did_you_mean
+from spec.errors import FlowgradError, ShapeError, SpecError, did_you_mean
 
-from .ir import Graph, TensorType, Value, at, current_loc, dim_mul, is_float, normalize_axis
+from .ir import Graph, TensorType, Value, at, current_loc, dim_mul, fmt_shape, is_float, normalize_axis
 from .ops.scan import Body
 from .registry import get_op
 
@@ -441,11 +441,13 @@ def _lower_scan(low, e: S.Call):
         res = [g.apply("unsqueeze", v, axes=(0,)) for v in new_carries + extras]
         res = [from_time_major(g, r, axis) for r in res]
         return tuple(res) if len(res) > 1 else res[0]
-    sb = StepBuilder(g)
-    seq_in = [sb.graph.add_input(n, x.dtype, x.shape[1:]) for n, x in zip(block.inputs, seqs)]
-    carry_in = [sb.graph.add_input(n, v.dtype, v.shape) for n, v in zip(block.inputs[len(over):], init)]
-    body_low = _block_lowering(low, block, sb.graph, sb.capture, dict(zip(block.inputs, seq_in + carry_in)))
-    new_carries, extras = _block_outputs(body_low, block, len(init), carry_in)
+    before = set(getattr(low, "_root", low).params)
+    try:
+        sb, seq_in, carry_in, new_carries, extras = _lower_step(low, block, [x.shape[1:] for x in seqs], over, init)
+    except FlowgradError as err:
+        if "axis" in e.kwargs and over and axis != 1:
+            _blame_axis(low, e, block, over, init, axis, given_axis, before, err)
+        raise
     mask = kw.get("mask")
     if mask is not None:
         _check_mask(mask, seqs[0].shape[0] if seqs else length,
@@ -471,6 +473,43 @@ def _lower_scan(low, e: S.Call):
         axis += rank
     res = [from_time_major(g, r, axis) for r in res]
     return tuple(res) if len(res) > 1 else res[0]
+
+
+def _lower_step(low, block, step_shapes: list, over: list, init: list):
+    """The block lowered as one step of a scan whose sequences' steps have `step_shapes`:
+    (its StepBuilder, sequence and state inputs, new states, per-step outputs)."""
+    sb = StepBuilder(low.graph)
+    seq_in = [sb.graph.add_input(n, x.dtype, shape) for n, x, shape in zip(block.inputs, over, step_shapes)]
+    carry_in = [sb.graph.add_input(n, v.dtype, v.shape) for n, v in zip(block.inputs[len(over):], init)]
+    body_low = _block_lowering(low, block, sb.graph, sb.capture, dict(zip(block.inputs, seq_in + carry_in)))
+    new_carries, extras = _block_outputs(body_low, block, len(init), carry_in)
+    return sb, seq_in, carry_in, new_carries, extras
+
+
+def _blame_axis(low, e, block, over: list, init: list, axis: int, given_axis: int, before: set,
+                err: FlowgradError) -> None:
+    """The block failed on the steps that scan's axis= cut; if it takes the steps of the default
+    axis 1 ([N, T, ...] -> [N, ...]), the axis is at fault, not the block: raise that, at axis=."""
+    root = getattr(low, "_root", low)
+    # The failed step may have made the block's parameters with the wrong shapes: the trial makes its own
+    # (the spec is refused either way).
+    for n in [n for n in root.params if n not in before]:
+        root.params.pop(n)
+        root.graph.inputs.pop(n, None)
+    try:
+        _lower_step(low, block, [tuple(x.shape[:1]) + tuple(x.shape[2:]) for x in over], over, init)
+    except FlowgradError:
+        return  # the block fails on the default steps too: its own error stands
+    names = block.inputs[:len(over)]
+    got = ", ".join(f"{n} {fmt_shape(tuple(x.shape[:axis]) + tuple(x.shape[axis + 1:]))}" for n, x in zip(names, over))
+    default = ", ".join(f"{n} {fmt_shape(tuple(x.shape[:1]) + tuple(x.shape[2:]))}" for n, x in zip(names, over))
+    where = f" at line {err.loc.line}, column {err.loc.col}" if err.loc is not None else ""
+    seq = f"{over[0].name} {fmt_shape(over[0].shape)}" if over[0].name else fmt_shape(over[0].shape)
+    raise ShapeError(f"scan() axis={given_axis} makes each step's {got} (axis {axis} of {seq} taken as time), "
+                     f"on which block {block.name!r} fails{where}: {err.message}",
+                     e.kwarg_locs.get("axis", e.loc),
+                     hint=f"axis= is the sequences' time axis; with axis=1, the default for [N, T, ...], each step "
+                          f"gets {default}, which the block takes: leave out axis=") from err
 
 
 def _scan_flag(kw: dict, name: str, e) -> bool:

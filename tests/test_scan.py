@@ -1533,3 +1533,35 @@ def test_a_masked_scan_refuses_a_per_step_output_without_a_batch_axis(kw):
     with pytest.raises(ShapeError, match="output 's' is a scalar float64\\[\\] with no batch axis") as e:
         compile_spec(spec_from_text(text, "scalar.yaml"), "float64")
     assert str(e.value).startswith("scalar.yaml:17:18:"), str(e.value)
+
+
+AXIS_BLAME_SPEC = HEAD + """\
+inputs:
+  x: {shape: %s}
+blocks:
+  step:
+    in: [x_t, h]
+    graph:
+      h2: dense(concat(x_t, %s, axis=1), H, act=tanh)
+    out: [h2]
+graph:
+  hs: scan(step, over=x, init=[zeros(N, H)]%s)
+loss: mean(hs * hs)
+"""
+
+
+def test_a_scan_axis_that_is_not_time_is_blamed_at_axis():
+    """axis=2 of [N, T, E] gave each step [N, T], and the block's concat said 'concat along axis 1 mixes the
+    symbolic sizes T, 3' from inside the block: the axis is at fault, and the error says so at axis=."""
+    text = AXIS_BLAME_SPEC % ("[N, T, E]", "h", ", axis=2")
+    with pytest.raises(ShapeError, match=r"scan\(\) axis=2 makes each step's x_t \[N, T\] \(axis 2 of x \[N, T, 3\] "
+                                        r"taken as time\), on which block 'step' fails at line 10, column \d+: concat:") as e:
+        compile_spec(spec_from_text(text, "axis.yaml"))
+    assert str(e.value).startswith("axis.yaml:13:46:"), str(e.value)
+    assert "each step gets x_t [N, 3], which the block takes: leave out axis=" in e.value.hint
+    compile_spec(spec_from_text(AXIS_BLAME_SPEC % ("[N, T, E]", "h", ""), "axis.yaml"))
+    compile_spec(spec_from_text(AXIS_BLAME_SPEC % ("[N, E, T]", "h", ", axis=2"), "axis.yaml"))
+    compile_spec(spec_from_text(AXIS_BLAME_SPEC % ("[T, N, E]", "h", ", axis=0"), "axis.yaml"))
+    # a block that fails whatever the axis keeps its own error, located in the block
+    with pytest.raises(ShapeError, match="^axis.yaml:10:.*concat") as e:
+        compile_spec(spec_from_text(AXIS_BLAME_SPEC % ("[T, N, E]", "transpose(h)", ", axis=0"), "axis.yaml"))
