@@ -11,9 +11,9 @@ from spec.errors import ShapeError, SpecError
 from .ir import Value, at, normalize_axis
 
 
-def _int_arg(v, what, loc):
+def _int_arg(v, what, loc, op: str = ""):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise SpecError(f"{what} must be a positive integer, got {v!r}", loc,
+        raise SpecError(f"{op + ': ' if op else ''}{what} must be a positive integer, got {v!r}", loc,
                         f"write {what} as a whole number of 1 or more, e.g. {2 if what == 'layers' else 64}")
     return v
 
@@ -152,7 +152,7 @@ class Conv2d(Layer):
                                        " (or leave it out)")
             if len(args) > 3:
                 raise SpecError(f"conv2d(x, W, b) takes 3 tensors, got {len(args)} arguments", e.loc, f"usage: {self.usage}")
-            y = low.graph.apply("conv", x, W, **{k: v for k, v in kwargs.items() if k in ("stride", "padding", "dilation", "groups")})
+            y = self._conv(low, e, x, W, {k: v for k, v in kwargs.items() if k in ("stride", "padding", "dilation", "groups")})
             if len(args) > 2:
                 y = y + low.graph.apply("reshape", args[2], shape=(-1, 1, 1))
             return self.activate(low, y, kwargs.get("act"), e)
@@ -163,30 +163,58 @@ class Conv2d(Layer):
             raise ShapeError(f"conv2d() needs an NCHW input of rank 4, got {got}", e.kwarg_locs.get("x") or (e.args[0].loc if e.args else e.loc),
                              "reshape it to [N, C, H, W] first" if isinstance(x, Value)
                              else f"pass a tensor [N, C, H, W] as the first argument; usage: {self.usage}")
-        channels = _int_arg(a["channels"], "channels", e.loc)
+        channels = _int_arg(a["channels"], "channels", _arg_loc(e, "channels", 1), "conv2d")
         kernel = _pair(a["kernel"])
         if len(kernel) != 2 or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in kernel):
-            raise SpecError(f"kernel must be a positive integer or a pair of them, got {a['kernel']!r}",
-                            e.kwarg_locs.get("kernel") or (e.args[2].loc if len(e.args) > 2 else e.loc),
-                            "write kernel=3 for a 3x3 kernel, or kernel=[3, 5] for height and width")
+            raise SpecError(f"conv2d: kernel must be a positive integer or a pair of them, got {a['kernel']!r}",
+                            _arg_loc(e, "kernel", 2), "write kernel=3 for a 3x3 kernel, or kernel=[3, 5] for height and width")
         kh, kw = kernel
         groups = a.get("groups", 1)
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise SpecError(f"conv2d: groups must be a positive integer, got {groups!r}", _arg_loc(e, "groups"),
+                            "write groups as a whole number of 1 or more that divides the channels")
         prefix = low.layer_name("conv2d")
         W = a.get("W")
         if W is None:
             if not isinstance(x.shape[1], int) or x.shape[1] % groups:
-                raise ShapeError(f"input channels {x.shape[1]} are not divisible by groups={groups}", e.loc,
+                raise ShapeError(f"conv2d: input channels {x.shape[1]} are not divisible by groups={groups}",
+                                 _arg_loc(e, "groups"),
                                  "use a groups that divides the input channels (a fixed size, axis 1 of [N, C, H, W])")
             kind, args_ = _init(a.get("init"), "he_uniform", loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{prefix}.W", (channels, x.shape[1] // groups, kh, kw), kind, args_, loc=e.loc)
         conv_attrs = {k: a[k] for k in ("stride", "padding", "dilation", "groups") if k in a}
-        y = low.graph.apply("conv", x, W, **conv_attrs)
+        y = self._conv(low, e, x, W, conv_attrs)
         if a.get("bias", True):
             b = a.get("b")
             if b is None:
                 b = low.add_param(f"{prefix}.b", (channels,), "zeros", loc=e.loc)
             y = y + low.graph.apply("reshape", b, shape=(channels, 1, 1))
         return self.activate(low, y, a.get("act"), e)
+
+
+    @staticmethod
+    def _conv(low, e, x, W, attrs):
+        """The conv op, its errors in the words of the call the spec wrote (conv2d: stride must be ...),
+        one about an argument (stride=0, padding=-1) pointing at that argument."""
+        from spec.errors import FlowgradError
+
+        try:
+            return low.graph.apply("conv", x, W, **attrs)
+        except FlowgradError as err:
+            if err.message.startswith("conv: "):
+                err.message = "conv2d: " + err.message[len("conv: "):]
+            if err.arg in e.kwarg_locs:
+                err.loc = e.kwarg_locs[err.arg]
+            raise
+
+
+def _arg_loc(e, name: str, position: int | None = None):
+    """Where the call writes argument `name`: as name=..., else at `position`, else the call."""
+    if name in e.kwarg_locs:
+        return e.kwarg_locs[name]
+    if position is not None and position < len(e.args):
+        return e.args[position].loc
+    return e.loc
 
 
 class Embedding(Layer):

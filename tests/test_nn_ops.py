@@ -14,7 +14,7 @@ from compiler.check import Runner
 from compiler.emit import emit_model
 from compiler.ir import Graph
 from compiler.registry import all_ops
-from spec.errors import ShapeError
+from spec.errors import FlowgradError, ShapeError
 
 NN_OPS = {name: o for name, o in all_ops().items() if o.family == "nn"}
 
@@ -362,3 +362,50 @@ def test_layer_usages_name_the_arguments_they_take():
         assert missing - words - refused.get(name, set()) == set(), (name, layer.usage)
     assert "act=relu (default: none)" in LAYERS["dense"].usage
     check_spec(spec_from_text(LAYER_SPEC % "embedding(ids, 5, dim=3)", "l.yaml"))
+
+
+_CONV_ARGS_SPEC = """\
+flowgrad: 1
+name: conv_args
+inputs:
+  x: {shape: [N, 4, 8, 8]}
+params:
+  Wt: {shape: [4, 2, 3, 3], init: he_uniform}
+  Wc: {shape: [6, 4, 3, 3], init: he_uniform}
+graph:
+  c: EXPR
+loss: mean(c)
+"""
+
+
+@pytest.mark.parametrize("expr, arg, message", [
+    ("conv2d(x, 8, 3, stride=0)", "stride=0", "conv2d: stride must be a positive integer or a pair of them, got 0"),
+    ("conv2d(x, 8, 3, padding=-1)", "padding=-1", "conv2d: padding must be a whole number of 0 or more"),
+    ("conv2d(x, 8, 3, dilation=[1, 0])", "dilation=", "conv2d: dilation must be a positive integer or a pair of them, got [1, 0]"),
+    ("conv2d(x, 8, 3, groups=3)", "groups=3", "conv2d: input channels 4 are not divisible by groups=3"),
+    ("conv2d(x, 8, 3, groups=0)", "groups=0", "conv2d: groups must be a positive integer, got 0"),
+    ("conv2d(x, 0, 3)", "0, 3", "conv2d: channels must be a positive integer, got 0"),
+    ("conv2d(x, Wc, stride=0)", "stride=0", "conv2d: stride must be a positive integer"),
+    ("conv(x, Wc, padding=-2)", "padding=-2", "conv: padding must be a whole number of 0 or more"),
+    ("conv(x, Wc, 0)", "0)", "conv: stride must be a positive integer"),
+    ("conv_transpose(x, Wt, stride=0)", "stride=0", "conv_transpose: stride must be a positive integer"),
+    ("conv_transpose(x, Wt, groups=3)", "groups=3", "conv_transpose: 4 input channels do not split into 3 groups"),
+    ("conv_transpose(x, Wt, output_padding=-1)", "output_padding=-1", "conv_transpose: output_padding must be a whole number of 0 or more"),
+    ("max_pool2d(x, 0)", "0)", "max_pool2d: kernel must be a positive integer or a pair of them, got 0"),
+    ("max_pool2d(x, 2, padding=-1)", "padding=-1", "max_pool2d: padding must be a whole number of 0 or more"),
+    ("avg_pool2d(x, 2, stride=[2, 0])", "stride=", "avg_pool2d: stride must be a positive integer or a pair of them, got [2, 0]"),
+    ("avg_pool2d(x, 2, padding=2)", "padding=2", "avg_pool2d: padding [2, 2] must be smaller than the kernel [2, 2]"),
+])
+def test_conv_and_pool_argument_errors_point_at_the_argument(expr, arg, message):
+    """conv2d(x, C, 3, stride=0) and padding=-1 were located at the whole entry, and groups=3 said 'input channels
+    ... are not divisible' without the op's name: each is now at the argument, named after the call written."""
+    from compiler.training import check_spec
+    from spec.loader import spec_from_text
+
+    text = _CONV_ARGS_SPEC.replace("EXPR", expr)
+    with pytest.raises(FlowgradError) as info:
+        check_spec(spec_from_text(text, "conv.yaml"))
+    line = text.splitlines().index(f"  c: {expr}")
+    col = text.splitlines()[line].index(arg) + 1
+    assert str(info.value).startswith(f"conv.yaml:{line + 1}:{col}: {message}"), str(info.value)
+    assert info.value.hint

@@ -25,26 +25,46 @@ from ..registry import REQUIRED, OpDef, Sample, op, require_float
 
 
 # ------------------------------------------------------------------ helpers
+def _whole(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _show(v) -> str:
+    """An argument as the spec writes it: [3, 3], not the tuple (3, 3) it is bound as."""
+    return repr(list(v)) if isinstance(v, tuple) else repr(v)
+
+
 def _pair(v, what: str, allow_zero: bool = False) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+    """(h, w) from an int or a pair of ints; an error names the argument (`what`), which the spec
+    writes as `what=`, so that it points there."""
+    kind = "a whole number of 0 or more" if allow_zero else "a positive integer"
+    example = (f"{what}=1 on each side, or {what}=[1, 0] for height and width" if allow_zero
+               else f"{what}=2, or {what}=[2, 1] for height and width")
+    if _whole(v):
         out = (int(v), int(v))
-    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, (int, np.integer)) for i in v):
+    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(_whole(i) for i in v):
         out = (int(v[0]), int(v[1]))
     else:
-        raise ShapeError(f"{what} must be an int or a pair of ints, got {v!r}", hint=f"write {what} as an int or a pair, e.g. 3 or [3, 3]")
-    low = 0 if allow_zero else 1
-    if min(out) < low:
-        raise ShapeError(f"{what} must be {'>= 0' if allow_zero else 'positive'}, got {v!r}", hint=f"use {'0 or more' if allow_zero else '1 or more'} in {what}")
+        raise ShapeError(f"{what} must be {kind} or a pair of them, got {_show(v)}", hint=f"write {example}", arg=what)
+    if min(out) < (0 if allow_zero else 1):
+        raise ShapeError(f"{what} must be {kind} or a pair of them, got {_show(v)}", hint=f"write {example}", arg=what)
     return out
 
 
 def _pads4(padding, what: str = "padding") -> tuple[int, int, int, int]:
     """(top, left, bottom, right) from an int, a pair (h, w), or a 4-tuple."""
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
-        if not all(isinstance(p, (int, np.integer)) for p in padding):
-            raise ShapeError(f"{what} must hold ints, got {padding!r}", hint=f"write {what} as ints: one, a pair, or [top, left, bottom, right]")
+        if not all(_whole(p) for p in padding):
+            raise ShapeError(f"{what} must hold whole numbers, got {_show(padding)}",
+                             hint=f"write {what} as one, a pair, or [top, left, bottom, right]", arg=what)
         return tuple(int(p) for p in padding)
-    ph, pw = _pair(padding, what, allow_zero=True)
+    try:
+        ph, pw = _pair(padding, what, allow_zero=True)
+    except ShapeError as err:
+        err.message = (f"{what} must be a whole number of 0 or more, a pair of them (height, width) or four "
+                       f"(top, left, bottom, right), got {_show(padding)}")
+        raise
+
     return (ph, pw, ph, pw)
 
 
@@ -83,6 +103,7 @@ class _ConvGeom:
                 raise ShapeError(
                     f"padding {padding!r} is not supported here",
                     hint="give an int, a pair (h, w), or (top, left, bottom, right)" + ("" if transpose else ", or 'same'"),
+                    arg="padding",
                 )
             pads = []
             for i in range(2):
@@ -92,8 +113,9 @@ class _ConvGeom:
         else:
             self.pads = _pads4(padding)
         self.groups = attrs["groups"]
-        if not isinstance(self.groups, (int, np.integer)) or self.groups < 1:
-            raise ShapeError(f"groups must be a positive int, got {self.groups!r}", hint="write groups as a whole number of 1 or more that divides the channels")
+        if not _whole(self.groups) or self.groups < 1:
+            raise ShapeError(f"groups must be a positive integer, got {self.groups!r}",
+                             hint="write groups as a whole number of 1 or more that divides the channels", arg="groups")
         self.groups = int(self.groups)
         if transpose:
             self.op = _pair(attrs["output_padding"], "output_padding", allow_zero=True)
@@ -406,7 +428,8 @@ class Conv(OpDef):
                 hint="the weight is [out_channels, in_channels / groups, kh, kw]",
             )
         if not _divides(m, G):
-            raise ShapeError(f"{m} output channels do not split into {G} groups", hint="use a groups that divides the output channels")
+            raise ShapeError(f"{m} output channels do not split into {G} groups", hint="use a groups that divides the output channels",
+                             arg="groups")
         return [TensorType(x.dtype, (x.shape[0], m) + geom.out_hw)]
 
     def emit(self, e, node, ins, outs):
@@ -481,7 +504,8 @@ class ConvTranspose(OpDef):
                 hint="a conv_transpose weight is [in_channels, out_channels / groups, kh, kw]",
             )
         if not _divides(cin, G):
-            raise ShapeError(f"{cin} input channels do not split into {G} groups", hint="use a groups that divides the input channels")
+            raise ShapeError(f"{cin} input channels do not split into {G} groups", hint="use a groups that divides the input channels",
+                             arg="groups")
         return [TensorType(x.dtype, (x.shape[0], dim_mul(w.shape[1], G)) + geom.out_hw)]
 
     def emit(self, e, node, ins, outs):
@@ -522,7 +546,8 @@ class _PoolGeom:
         self.p = _pair(attrs["padding"], "padding", allow_zero=True)
         for i in range(2):
             if self.p[i] >= self.k[i]:
-                raise ShapeError(f"padding {self.p} must be smaller than the kernel {self.k}", hint="use a padding smaller than the kernel in each direction")
+                raise ShapeError(f"padding {_show(self.p)} must be smaller than the kernel {_show(self.k)}",
+                                 hint="use a padding smaller than the kernel in each direction", arg="padding")
         self.in_hw = tuple(in_hw)
         span = [in_hw[i] + 2 * self.p[i] - self.k[i] for i in range(2)]
         if min(span) < 0:
