@@ -19,7 +19,9 @@ def _int_arg(v, what, loc, op: str = ""):
 
 
 def _init(v, default: str, default_args: dict | None = None, loc=None) -> tuple[str, dict]:
-    """An init= argument: a name (`he_normal`) or a one-entry mapping (`{normal: {std: 0.1}}`)."""
+    """An init= argument: the name of an initialiser (`he_normal`), which takes no settings here (an
+    expression cannot hold a mapping such as `{normal: {std: 0.1}}`: an initialiser with settings is
+    declared on a parameter under params:, and given to the layer as W=)."""
     from spec.errors import did_you_mean
 
     from .init import INITS
