@@ -236,6 +236,10 @@ class Graph:
         # True for the step of a scan (compiler/recurrent.py's StepBuilder): a buffer update
         # written in it would never leave the loop
         self.scan_step = False
+        # The initial states of scans whose truncate=K cuts the gradient before they are read (K below
+        # their steps, or a symbolic length): (initial values, K, steps, where truncate= is written).
+        # Training refuses a parameter that reaches the loss only through them (it would get no gradient).
+        self.truncated_inits: list[tuple[list, int, Any, Loc | None]] = []
         self._random_salt = itertools.count(1)
         # The batch the spec trains with, when known: a hint for layout choices that depend on
         # the row count (compiler/rewrites.py); graphs still accept any batch.

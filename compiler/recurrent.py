@@ -212,9 +212,10 @@ HOIST = True
 
 
 def run_scan(g: Graph, body: Body, init: list[Value], seqs: list[Value], nonseqs: list[Value], reverse=False,
-             truncate=None, length=None, optimize=None, stack=None, unroll=False):
+             truncate=None, length=None, optimize=None, stack=None, unroll=False, truncate_loc=None):
     """Apply `body` with hoisting (unless optimize=False, or HOIST is off); seqs are time-major.
     `unroll`: a fixed, short length is written out step by step instead of a loop.
+    `truncate_loc`: where the spec writes truncate= (for the error about what it cuts off).
     Returns the scan node's outputs as a list."""
     if optimize is None:
         optimize = HOIST
@@ -225,6 +226,10 @@ def run_scan(g: Graph, body: Body, init: list[Value], seqs: list[Value], nonseqs
         raise ShapeError(f"scan: sequences have different lengths {', '.join(map(str, dict.fromkeys(lengths)))}",
                          current_loc(), "every sequence scanned together needs the same time length")
     steps = lengths[0] if seqs else length
+    if truncate and not (isinstance(steps, int) and steps <= truncate):
+        # the gradient stops before the first step, which alone reads the initial states (as the loop
+        # zeroes their cotangents, so the unrolled steps read them through stop_gradient)
+        g.truncated_inits.append((list(init), truncate, steps, truncate_loc or current_loc()))
     if optimize and seqs:
         hoisted = hoist(body, seqs, nonseqs, g)
         # A step left reading no sequence runs over a length, which must then be known here;
@@ -461,7 +466,7 @@ def _lower_scan(low, e: S.Call):
         seqs += m_seqs
     body = Body(sb.graph, carry_in, seq_in, sb.nonseqs, new_carries, extras)
     res = run_scan(g, body, init, seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate,
-                   length=length, unroll=unroll)
+                   length=length, unroll=unroll, truncate_loc=e.kwarg_locs.get("truncate"))
     if carried is not None:
         low.recurrent_final[key] = [g.apply("index", r, spec=(0 if reverse else -1,)) for r in res[:len(init)]]
     if not over and axis < 0:
@@ -779,7 +784,8 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     if init is None:
         init = [g.apply("fill", x, dims=((0, 0), H), dtype=g.float_dtype) for _ in carries]
     body = Body(bg, carries, seq_in, sb.nonseqs, new, extras)
-    res = run_scan(g, body, list(init), seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate, unroll=unroll)
+    res = run_scan(g, body, list(init), seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate, unroll=unroll,
+                   truncate_loc=e.kwarg_locs.get("truncate"))
     for (name, b), s in zip(buffers.items(), res[:n_states]):
         last = g.apply("index", s, spec=(0 if reverse else -1,))
         g.buffer_updates[name] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(b.shape)))

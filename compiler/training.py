@@ -403,6 +403,7 @@ class _Builder:
 def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str], seed: Value | None = None) -> dict[str, Value]:
     """Gradients of the loss (times `seed`, when given) with the train section's penalties."""
     values = [low.params[n].value for n in trained]
+    _refuse_truncated_away(low, loss, trained)
     grads = grad([loss], values, [seed] if seed is not None else None)
     out = {}
     for n, gv in zip(trained, grads):
@@ -417,6 +418,46 @@ def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str], s
     if seed is not None:
         return out
     return _penalized(low, obj, out)
+
+
+def _reaching(roots: list[Value], cut_truncated: bool) -> set[int]:
+    """Ids of the values whose change moves `roots` (through differentiable ops). With `cut_truncated`,
+    a scan's truncate=K cuts its initial states off where it runs more than K steps (or a symbolic
+    number): the loop's gradient zeroes their cotangents, as an unrolled scan's stop_gradient does."""
+    live = {v.id for v in roots}
+    for node in reversed(producers_of(roots)):
+        if node.op.nondiff or not any(o.id in live for o in node.outputs):
+            continue
+        ins = node.inputs
+        if cut_truncated and node.op.name == "scan" and node.attrs.get("truncate"):
+            body = node.attrs["body"]
+            nc = len(body.carries)
+            steps = node.inputs[nc].shape[0] if body.seqs else node.attrs.get("length")
+            if not (isinstance(steps, int) and steps <= node.attrs["truncate"]):
+                ins = ins[nc:]
+        live.update(v.id for v in ins)
+    return live
+
+
+def _refuse_truncated_away(low: Lowering, loss: Value, trained: list[str]) -> None:
+    """A trained parameter that reaches the loss only through the initial state of a scan whose
+    truncate=K cuts the gradient before the last K steps gets no gradient: unroll=true found it
+    unreachable (an error that did not say why) and the loop gave it zeros without a word."""
+    if not low.graph.truncated_inits:
+        return
+    live = _reaching([loss], cut_truncated=True)
+    for n in trained:
+        v = low.params[n].value
+        if v.id in live:
+            continue
+        for init, k, steps, loc in low.graph.truncated_inits:
+            if v.id in _reaching(init, cut_truncated=True):
+                raise GradientError(
+                    f"parameter {n!r} gets no gradient: it reaches the loss only through an initial state, which "
+                    f"truncate={k} cuts off (the gradient flows back {k} of the {steps} steps)",
+                    loc or low.params[n].loc,
+                    f"truncate=K lets gradients flow back K steps, and the initial state is read before them: "
+                    f"mark {n!r} trainable: false for a fixed initial state, or leave out truncate= to learn it")
 
 
 def _penalized(low: Lowering, obj: Objective, out: dict[str, Value]) -> dict[str, Value]:

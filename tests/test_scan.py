@@ -29,7 +29,7 @@ from compiler.ir import Graph
 from compiler.ops.scan import Body
 from compiler.training import compile_spec
 from spec import spec_from_text
-from spec.errors import ShapeError, SpecError
+from spec.errors import GradientError, ShapeError, SpecError
 
 F = "float64"
 N, T, E, H = 2, 4, 3, 3
@@ -526,15 +526,19 @@ def test_spec_truncate_equals_stop_gradient(reverse):
                  "  late: scan(step, over=x[:, 0:2], init=[early[:, 0]], reverse=true)\n"
                  "  hs: concat(late, early, axis=1)")
     full = TRUNC_SPEC % f"  hs: scan(step, over=x, init=[init]{rev})"
-    a = _grads(spec_from_text(trunc, "trunc.yaml"))[1]
-    b = _grads(spec_from_text(TRUNC_SPEC % split, "split.yaml"))[1]
-    c = _grads(spec_from_text(full, "full.yaml"))[1]
-    assert sorted(a) == sorted(b) == ["grad/U", "grad/W", "grad/h0", "loss"]
+    # h0 reaches the loss only through the initial state, before the last 2 steps: refused while it
+    # trains (it would get no gradient), so it is a fixed initial state here
+    with pytest.raises(GradientError, match="'h0' gets no gradient.*truncate=2 cuts off"):
+        compile_spec(spec_from_text(trunc, "trunc.yaml"), "float64", graphs=("grads",))
+    fixed = lambda text: text.replace("high: 0.5}}}", "high: 0.5}}, trainable: false}")  # noqa: E731
+    a = _grads(spec_from_text(fixed(trunc), "trunc.yaml"))[1]
+    b = _grads(spec_from_text(fixed(TRUNC_SPEC % split), "split.yaml"))[1]
+    c = _grads(spec_from_text(fixed(full), "full.yaml"))[1]
+    assert sorted(a) == sorted(b) == ["grad/U", "grad/W", "loss"]
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)
     np.testing.assert_allclose(a["loss"], c["loss"], rtol=1e-12)
     assert not np.allclose(a["grad/W"], c["grad/W"])
-    assert not a["grad/h0"].any()
 
 
 UNROLL_TRUNC_SPEC = HEAD.replace("H: 3}", "H: 3, T: 4}") + """\
@@ -1565,3 +1569,47 @@ def test_a_scan_axis_that_is_not_time_is_blamed_at_axis():
     # a block that fails whatever the axis keeps its own error, located in the block
     with pytest.raises(ShapeError, match="^axis.yaml:10:.*concat") as e:
         compile_spec(spec_from_text(AXIS_BLAME_SPEC % ("[T, N, E]", "transpose(h)", ", axis=0"), "axis.yaml"))
+
+
+TRUNCATED_INIT_SPEC = """\
+flowgrad: 1
+name: trunc
+dims: {E: 4, H: 8%s}
+inputs:
+  x: {shape: [N, %s, E]}
+  y: {shape: [N], dtype: int64}
+params:
+  h0: {shape: [H], init: zeros}
+blocks:
+  step:
+    in: [x_t, h]
+    graph:
+      h_new: dense(x_t, H) + dense(h, H, act=tanh)
+    out: [h_new]
+graph:
+  hs: scan(step, over=x, init=[broadcast_like(h0, zeros(N, H))], truncate=%d%s)
+  logits: dense(hs[:, -1], 3)
+loss: cross_entropy(logits, y)%s
+"""
+
+
+@pytest.mark.parametrize("steps, unroll", [("6", ", unroll=true"), ("6", ""), ("T", ""), ("6", ", reverse=true")])
+def test_a_trained_initial_state_that_truncate_cuts_off_is_refused(steps, unroll):
+    """truncate=3 over 6 steps cuts the gradient before the step that reads the initial state: unroll=true said
+    'parameter h0 never reaches the loss' without a word of truncate=, and the loop trained h0 with zeros."""
+    dims = ", T: 6" if steps == "6" else ""
+    text = TRUNCATED_INIT_SPEC % (dims, steps if steps == "T" else "T", 3, unroll, "")
+    with pytest.raises(GradientError) as e:
+        compile_spec(spec_from_text(text, "trunc.yaml"), graphs=("train",))
+    line = text.splitlines().index(next(t for t in text.splitlines() if "truncate=" in t)) + 1
+    col = text.splitlines()[line - 1].index("truncate=") + 1
+    assert str(e.value).startswith(
+        f"trunc.yaml:{line}:{col}: parameter 'h0' gets no gradient: it reaches the loss only through an initial "
+        f"state, which truncate=3 cuts off (the gradient flows back 3 of the {steps} steps)"), str(e.value)
+    assert "trainable: false" in e.value.hint and "truncate=" in e.value.hint
+    # a truncate that reaches the first step, h0 fixed, or h0 reaching the loss another way: all train it as said
+    compile_spec(spec_from_text(TRUNCATED_INIT_SPEC % (", T: 6", "T", 6, unroll, ""), "trunc.yaml"), graphs=("train",))
+    compile_spec(spec_from_text(text.replace("init: zeros}", "init: zeros, trainable: false}"), "trunc.yaml"),
+                 graphs=("train",))
+    compile_spec(spec_from_text(TRUNCATED_INIT_SPEC % (dims, "T", 3, unroll, " + 1e-3 * l2(h0)"), "trunc.yaml"),
+                 graphs=("train",))
