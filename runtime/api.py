@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 
 from compiler.training import CompiledModel, check_dtype, compile_spec
 from spec import load_spec, spec_from_dict, spec_from_text
@@ -98,10 +99,11 @@ def train(spec: str | os.PathLike | dict | Spec, **options) -> TrainResult:
     return _train(s, opts)
 
 
-def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, checkpoint: str = "best", device: str = "auto",
+def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | Mapping | None = None, checkpoint: str = "best", device: str = "auto",
                  threads: int | None = None, batch_size: int = 256, *, names: ArgNames = KEYWORDS) -> dict:
-    """Loss and metrics of a run's best (or last) checkpoint on the .npz at `data`, or without
-    one on the test examples its spec held out (train.data.test), as `flowgrad eval` prints them.
+    """Loss and metrics of a run's best (or last) checkpoint on the .npz at `data` (or on arrays
+    given in memory, data={"x": x, "y": y}), or without data on the test examples its spec held out
+    (train.data.test), as `flowgrad eval` prints them.
     `names`: how hints name the arguments (the keywords; flowgrad eval passes its flags)."""
     from runtime.session import ORT_ERRORS, check_device
     from runtime.train import _check_state
@@ -109,8 +111,8 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     # the arguments first, before the spec is compiled and the data read (data=3 was taken for
     # file descriptor 3, batch_size=None a TypeError); flowgrad eval leaves its flags to these
     run_dir = check_path("run_dir", run_dir, required=True)
-    data = check_path("data", data)
-    if data is not None:
+    data = D.data_argument("data", data)
+    if data is not None and not D.in_memory(data):
         D.check_data_path(data, flag=names("data"))  # (its hint spoke of flowgrad's --data)
     check_checkpoint(checkpoint, names("checkpoint"))
     check_device(device, names("device"))
@@ -136,7 +138,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     if data is None:
         ds, data = held_out_test(spec, run_dir, info, cm, names)
     else:
-        ds = D.load_npz(data, None, spec.inputs)
+        ds, data = D.load_given(data, names("data"), spec.inputs)
     needed = needed_inputs(cm, ("eval",))
     dtypes = input_dtypes(cm)
     D.check_against_spec(ds, spec, needed, data, cm.index_bounds, dtypes, cm.length_bounds)

@@ -1,4 +1,5 @@
-"""Data that needs no download, and users' .npz files checked against the spec.
+"""Data that needs no download, and users' .npz files (or arrays given in memory to the API)
+checked against the spec.
 
 A dataset is a dict of arrays keyed by the spec's input names, all with the
 same first dim (examples). Bundled sets:
@@ -13,13 +14,14 @@ import hashlib
 import importlib.util
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from spec.errors import DataError, Loc, did_you_mean
+from spec.errors import DataError, FlowgradError, Loc, did_you_mean
 
-from .checks import check_count
+from .checks import check_count, check_path
 
 BUNDLED = ("digits", "digits_images", "text", "segment", "dates", "reverse", "copy")
 # The version of each bundled dataset's generator, which run.json records with the data source:
@@ -206,6 +208,100 @@ def check_data_path(path: str, loc: Loc | None = None, flag: str | None = None, 
         raise DataError(f"{what} {path!r} is a directory", loc, "pass an .npz file written by numpy.savez")
 
 
+# run.json's record of data the API was given as arrays in memory (its data_source, or the
+# data_source's valid): no file that a resume, eval or plot samples could read them from again
+IN_MEMORY = {"arrays": "given in memory"}
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """Arrays given in memory (train's data= or valid=, evaluate_run's data=), as messages name
+    them where they name a file: the whole as its keyword, data=, and one array as the caller
+    wrote it, data["x"] (a file's is train.npz: array 'x')."""
+    keyword: str
+
+    def __str__(self) -> str:
+        return f"{self.keyword}="
+
+    def array(self, name: str) -> str:
+        return f'{self.keyword}["{name}"]'
+
+
+def array_named(where, name: str, what: str = "array", alone: bool = False) -> str:
+    """One array of the data at `where` (a path or an InMemory) as messages name it: "train.npz:
+    array 'x'" (`alone`: "array 'x'", the data being named already), or data["x"]."""
+    if isinstance(where, InMemory):
+        return where.array(name)
+    return f"{what} {name!r}" if alone else f"{where}: {what} {name!r}"
+
+
+def in_memory(data) -> bool:
+    """Whether an API's data= or valid= gives arrays in memory (a mapping: a dict, np.load's
+    NpzFile) rather than a path."""
+    return isinstance(data, Mapping)
+
+
+def data_argument(name: str, value, error: type[FlowgradError] = FlowgradError):
+    """The API's data= or valid= (`name`): arrays in memory (a mapping, read by from_arrays), kept
+    as given, or a path as check_path takes it. A list, an array or a DataFrame is refused here,
+    not taken for a path."""
+    if value is None or in_memory(value):
+        return value
+    if not isinstance(value, (str, os.PathLike)):
+        raise error(f"{name} must be a path or a mapping of input name to array, got {type(value).__name__}",
+                    hint=f'give {name} as a str or a pathlib.Path of an .npz, or the arrays by input name, '
+                         f'{name}={{"x": x, "y": y}}')
+    return check_path(name, value, error)
+
+
+def from_arrays(arrays: Mapping, where: InMemory, inputs: dict | None = None) -> Dataset:
+    """Arrays given in memory (input name -> array-like), read as load_npz reads a file, so that
+    check_against_spec checks them as it checks a file's: each one copied (the caller's arrays are
+    never changed, whatever training does with them), a list made an array; refused: no arrays, a
+    name that is not a string, ragged lists and object arrays (an .npz cannot hold those without
+    pickling). `inputs` lets an error about one array point at its declaration."""
+    if not in_memory(arrays):  # (data_argument let it through as one)
+        raise DataError(f"{where} must be a mapping of input name to array, got {type(arrays).__name__}",
+                        hint=f'e.g. {where.keyword}={{"x": x, "y": y}}')
+    out = {}
+    for k in arrays:
+        if not isinstance(k, str):
+            raise DataError(f"{where} has the key {k!r} ({type(k).__name__}): arrays are named by the spec's "
+                            "input names, strings", hint=f'e.g. {where.keyword}={{"x": x, "y": y}}')
+        loc = inputs[k].loc if inputs and k in inputs else None
+        try:
+            value = np.array(arrays[k])  # (a copy, always)
+        except ValueError as e:  # ragged lists; np.load's object arrays (allow_pickle)
+            if "allow_pickle" in str(e):
+                value = np.empty(0, dtype=object)
+            elif "inhomogeneous" in str(e) or "sequence" in str(e):
+                raise DataError(f"{where.array(k)} is ragged: its rows are not all of one shape", loc,
+                                "give every example the same shape, e.g. pad the rows to one length") from None
+            else:
+                raise DataError(f"{where.array(k)} cannot be read as an array ({str(e).splitlines()[0][:160]})", loc,
+                                "give a NumPy array, or a list of numbers") from None
+        except (TypeError, RuntimeError, OverflowError) as e:
+            raise DataError(f"{where.array(k)} cannot be read as an array ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160] if str(e) else ''})", loc,
+                            "give a NumPy array, or a list of numbers") from None
+        if value.dtype.kind == "O":
+            raise DataError(f"{where.array(k)} is an object array (Python objects, not numbers)", loc,
+                            "give plain numeric arrays, e.g. numpy.asarray(x, dtype='float32')")
+        out[k] = value
+    if not out:
+        raise DataError(f"{where} holds no arrays", hint=f'give one array per input, e.g. {where.keyword}={{"x": x, "y": y}}')
+    return Dataset(out, str(where))
+
+
+def load_given(data, keyword: str, inputs: dict | None = None) -> tuple[Dataset, str | InMemory]:
+    """(the data that an argument, data= or --data (`keyword` as the caller wrote it), gives: arrays
+    in memory or an .npz's path; what messages call it)."""
+    if in_memory(data):
+        where = InMemory(keyword)
+        return from_arrays(data, where, inputs), where
+    return load_npz(data, None, inputs), data
+
+
 def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> Dataset:
     """A user's .npz, refusing pickled object arrays. `inputs` (the spec's input
     declarations) lets an error about one array point at its declaration."""
@@ -254,18 +350,21 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
     return Dataset(arrays, os.path.basename(path))
 
 
-def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds: dict | None = None,
+def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemory, bounds: dict | None = None,
                        dtypes: dict[str, str] | None = None, length_bounds: dict | None = None) -> None:
     """Every input the graphs need is present, with the declared rank, dtype
     kind, fixed dims and equal lengths; float inputs are finite; ids and labels
     are below the size of what they index (`bounds`: CompiledModel.index_bounds);
     values fit the dtype each array is cast to (`dtypes`: the graphs' input types);
-    sequence lengths are within their sequence's steps (`length_bounds`: CompiledModel's)."""
+    sequence lengths are within their sequence's steps (`length_bounds`: CompiledModel's).
+    `where`: the file, or the arrays given in memory (InMemory), as messages name them."""
     from spec.errors import did_you_mean
 
     lengths = {}
     sizes: dict[str, tuple[int, str]] = {}  # symbolic dim (other than the examples') -> (size, array)
     bundled = ds.name in BUNDLED  # its arrays are fixed: the spec is what to change, not a file
+    memory = isinstance(where, InMemory)  # arrays the caller holds: to change before passing them, not saving
+    saving = "" if memory else " before saving it"
 
     def declare(name: str, a: np.ndarray) -> str:
         """How to declare a bundled dataset's array (README's Bundled datasets lists them all)."""
@@ -277,59 +376,60 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str, bounds:
     for name in needed:
         decl = spec.inputs[name]
         if name not in ds.arrays:
-            raise DataError(f"{where}: no array named {name!r} for the input declared at {decl.loc}", decl.loc,
+            raise DataError(f"{where}{' has' if memory else ':'} no array named {name!r} for the input declared at {decl.loc}", decl.loc,
                             did_you_mean(name, ds.arrays)
                             or (f"dataset {ds.name!r} gives the arrays {', '.join(ds.arrays)}: name the spec's inputs after them"
-                                if bundled else f"the file has: {', '.join(ds.arrays) or 'nothing'}"))
+                                if bundled else f"{where if memory else 'the file'} has: {', '.join(ds.arrays) or 'nothing'}"))
         a = ds.arrays[name]
+        array = array_named(where, name)
         if a.ndim != len(decl.shape):
-            raise DataError(f"{where}: array {name!r} has rank {a.ndim} {_shape(a.shape)}, the spec declares "
+            raise DataError(f"{array} has rank {a.ndim} {_shape(a.shape)}, the spec declares "
                             f"{_shape(decl.shape)}", decl.loc,
-                            hint=declare(name, a) if bundled else f"reshape the array to rank {len(decl.shape)} before saving it, or change the input's shape in the spec")
+                            hint=declare(name, a) if bundled else f"reshape the array to rank {len(decl.shape)}{saving}, or change the input's shape in the spec")
         for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
             if isinstance(want, int) and got != want:
-                raise DataError(f"{where}: array {name!r} has size {got} in dim {i}, the spec declares {want}", decl.loc,
-                                hint=declare(name, a) if bundled else f"save the array with {want} in dim {i}, or declare that dim as {got} (or as a symbolic dim such as N)")
+                raise DataError(f"{array} has size {got} in dim {i}, the spec declares {want}", decl.loc,
+                                hint=declare(name, a) if bundled else f"{'give' if memory else 'save'} the array with {want} in dim {i}, or declare that dim as {got} (or as a symbolic dim such as N)")
         want_float = decl.dtype.startswith("float")
         if want_float and a.dtype.kind not in "fiub":
-            raise DataError(f"{where}: array {name!r} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc, hint=f"save it as numbers, e.g. x.astype('{decl.dtype}')")
+            raise DataError(f"{array} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc, hint=f"{'give' if memory else 'save'} it as numbers, e.g. x.astype('{decl.dtype}')")
         if not want_float and a.dtype.kind not in "iub":
-            raise DataError(f"{where}: array {name!r} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc,
+            raise DataError(f"{array} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc,
                             declare(name, a) if bundled else "labels and ids must be integers")
         if a.size == 0:
-            raise DataError(f"{where}: array {name!r} is empty", decl.loc, hint="save at least one example in the array")
+            raise DataError(f"{array} is empty", decl.loc, hint=f"{'give' if memory else 'save'} at least one example in the array")
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             bad = int(np.argwhere(~np.isfinite(a))[0][0]) if a.ndim else 0
-            raise DataError(f"{where}: array {name!r} has NaN or inf values (first at example {bad})", decl.loc, hint="replace or drop those examples before saving the .npz, e.g. with numpy.nan_to_num or a mask of numpy.isfinite")
+            raise DataError(f"{array} has NaN or inf values (first at example {bad})", decl.loc, hint=f"replace or drop those examples{'' if memory else ' before saving the .npz'}, e.g. with numpy.nan_to_num or a mask of numpy.isfinite")
         if not want_float and a.dtype.kind == "i" and a.size and a.min() < 0:
             bad = int(np.argwhere(a < 0)[0][0]) if a.ndim else 0
-            raise DataError(f"{where}: array {name!r} has negative values (first at example {bad})", decl.loc,
+            raise DataError(f"{array} has negative values (first at example {bad})", decl.loc,
                             "integer inputs are ids, labels, lengths or masks, and none is negative")
-        check_fits(a, (dtypes or {}).get(name), name, where, decl.loc)
+        check_fits(a, (dtypes or {}).get(name), array, decl.loc)
         if bounds and name in bounds and a.dtype.kind in "iu" and a.size and a.max() >= bounds[name][0]:
             size, what = bounds[name]
             bad = int(np.argwhere(a >= size)[0][0]) if a.ndim else 0
-            raise DataError(f"{where}: array {name!r} has the value {int(a.max())} (first too large at example {bad}), "
+            raise DataError(f"{array} has the value {int(a.max())} (first too large at example {bad}), "
                             f"but {what.format(size)}", decl.loc,
                             "ids and labels count from 0: check the data, or enlarge the vocabulary or class count in dims")
         for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
             if i and isinstance(want, str):  # the same symbolic dim in two arrays must have one size
                 first = sizes.setdefault(want, (got, name))
                 if first[0] != got:
-                    raise DataError(f"{where}: array {name!r} has size {got} in dim {i} ({want}), but array "
-                                    f"{first[1]!r} has {want} = {first[0]}", decl.loc, hint=f"arrays that share the dim {want} must have the same size in it: one example per row of each")
+                    raise DataError(f"{array} has size {got} in dim {i} ({want}), but "
+                                    f"{array_named(where, first[1], alone=True)} has {want} = {first[0]}", decl.loc, hint=f"arrays that share the dim {want} must have the same size in it: one example per row of each")
         if a.ndim:
             lengths[name] = len(a)
     if len(set(lengths.values())) > 1:
         first = next(iter(lengths))
         odd = next(k for k, v in lengths.items() if v != lengths[first])
-        raise DataError(f"{where}: array {odd!r} has {lengths[odd]} examples, but array {first!r} has {lengths[first]}",
+        raise DataError(f"{array_named(where, odd)} has {lengths[odd]} examples, but {array_named(where, first, alone=True)} has {lengths[first]}",
                         spec.inputs[odd].loc, "every array holds one entry per example, along its first dim")
     check_lengths(ds.arrays, {k: b for k, b in (length_bounds or {}).items() if k in needed and b["of"] in needed},
                   where, {k: spec.inputs[k].loc for k in needed})
 
 
-def check_lengths(arrays: dict[str, np.ndarray], lengths: dict, where: str, locs: dict | None = None,
+def check_lengths(arrays: dict[str, np.ndarray], lengths: dict, where: str | InMemory, locs: dict | None = None,
                   what: str = "array") -> None:
     """Each lengths array counts steps of its sequence's rows (`lengths`: CompiledModel.length_bounds,
     or an exported model's): from its least (0, or 1 where an attention reads the mask) to the size
@@ -346,17 +446,18 @@ def check_lengths(arrays: dict[str, np.ndarray], lengths: dict, where: str, locs
             i, value = int(bad[0]), a[bad[0]].item()
             within = f"a length counts the steps of its example's row of {b['of']} before the padding: {least} to {steps}"
             if value > steps:
-                raise DataError(f"{where}: {what} {name!r} holds the length {value} at example {i}, beyond the {steps} "
-                                f"steps of {what} {b['of']!r} (its dim {b['axis']})", (locs or {}).get(name), within)
+                raise DataError(f"{array_named(where, name, what)} holds the length {value} at example {i}, beyond the "
+                                f"{steps} steps of {array_named(where, b['of'], what, alone=True)} (its dim {b['axis']})", (locs or {}).get(name), within)
             why = (f"every row of {b['of']!r} needs at least 1 step: an attention reads the mask made from it"
                    if least else "a length counts steps, 0 or more")
-            raise DataError(f"{where}: {what} {name!r} holds the length {value} at example {i}, but {why}",
+            raise DataError(f"{array_named(where, name, what)} holds the length {value} at example {i}, but {why}",
                             (locs or {}).get(name), f"{within}; drop the examples without steps")
 
 
-def check_fits(a: np.ndarray, dtype: str | None, name: str, where: str, loc) -> None:
+def check_fits(a: np.ndarray, dtype: str | None, array: str, loc) -> None:
     """Casting `a` to `dtype` keeps its values: integers within the target's range (a cast
-    would wrap them), floats within its largest finite value (a cast would make them inf)."""
+    would wrap them), floats within its largest finite value (a cast would make them inf).
+    `array`: the array as messages name it (array_named)."""
     if dtype is None or not a.size or a.dtype.kind not in "iuf" or np.dtype(dtype) == a.dtype:
         return
     target = np.dtype(dtype)
@@ -365,12 +466,12 @@ def check_fits(a: np.ndarray, dtype: str | None, name: str, where: str, loc) -> 
         lo, hi = int(a.min()), int(a.max())
         if lo < info.min or hi > info.max:
             bad = lo if lo < info.min else hi
-            raise DataError(f"{where}: array {name!r} holds {bad}, outside the range of {dtype}, the type it is read as",
+            raise DataError(f"{array} holds {bad}, outside the range of {dtype}, the type it is read as",
                             loc, f"{dtype} holds {info.min} to {info.max}; check the data or the input's dtype")
     elif target.kind == "f" and a.dtype.kind == "f" and target.itemsize < a.dtype.itemsize:
         big = float(np.max(np.abs(a)))
         if big > float(np.finfo(target).max):
-            raise DataError(f"{where}: array {name!r} holds {big:g}, beyond {dtype}'s range (it would become inf)",
+            raise DataError(f"{array} holds {big:g}, beyond {dtype}'s range (it would become inf)",
                             loc, f"{dtype} holds magnitudes up to {float(np.finfo(target).max):g}: stay below it "
                                  "(data inputs are usually standardised or in [0, 1])")
 

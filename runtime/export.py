@@ -15,7 +15,7 @@ from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, Expo
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
-from .data import check_fits, check_lengths
+from .data import array_named, check_fits, check_lengths
 from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
@@ -266,7 +266,7 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
         if want is not None and a.dtype != want:
             if a.dtype.kind == "f" and np.dtype(want).kind in "iu":
                 raise DataError(f"{model_path}: input {name!r} must hold integers, got {a.dtype}", hint=shapes)
-            check_fits(a, str(np.dtype(want)), name, model_path, None)
+            check_fits(a, str(np.dtype(want)), array_named(model_path, name), None)
             a = a.astype(want)
         if len(a.shape) != len(meta.shape):
             raise DataError(f"{model_path}: input {name!r} has rank {a.ndim}, the model expects "

@@ -99,7 +99,7 @@ def test_evaluate_run_checks_its_arguments_before_it_compiles(tmp_path, run):
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(8) % 10)
     good = dict(run_dir=str(run / "run"), data=str(tmp_path / "d.npz"), device="cpu")
     for option, words in ((dict(batch_size=None), "^batch_size must be an integer of at least 1, got None"),
-                          (dict(data=3), "^data must be a path, got int"),
+                          (dict(data=3), "^data must be a path or a mapping of input name to array, got int"),
                           (dict(data=""), "^data is an empty path"),
                           (dict(run_dir=None), "^run_dir must be a path, got NoneType"),
                           (dict(device="gpu", run_dir=str(tmp_path)), "^unknown device 'gpu'")):
