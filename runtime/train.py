@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,8 +49,8 @@ class TrainOptions:
     epochs: int | None = None
     steps: int | None = None
     batch_size: int | None = None
-    data: str | None = None
-    valid: str | None = None
+    data: str | Mapping | None = None  # a path, or (from the API) arrays in memory: input name -> array
+    valid: str | float | Mapping | None = None  # a fraction, a path, or arrays in memory
     resume: bool = False
     overwrite: bool = False
     init_from: str | None = None
@@ -99,11 +100,13 @@ TEST_SPLIT_SEED = 7919  # the test fraction's shuffle differs from the validatio
 
 def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
     """Where a run's data comes from, as run.json records it for later readers (plots):
-    {"path": absolute .npz path} or {"dataset": name, "options": {...}}, with "valid": a
-    fraction, an absolute .npz path or None."""
+    {"path": absolute .npz path}, {"dataset": name, "options": {...}} or D.IN_MEMORY (arrays
+    the API was given), with "valid": a fraction, an absolute .npz path, D.IN_MEMORY or None."""
     cfg = spec.train.get("data", {}) or {}
-    if opts.data:
-        source: dict = {"path": os.path.abspath(opts.data)}
+    if D.in_memory(opts.data):
+        source: dict = dict(D.IN_MEMORY)
+    elif opts.data:
+        source = {"path": os.path.abspath(opts.data)}
     elif "path" in cfg:
         source = {"path": beside_spec(spec, cfg["path"], "path")}
     elif "dataset" in cfg:
@@ -112,7 +115,9 @@ def data_source(spec: S.Spec, opts: TrainOptions) -> dict:
             source["version"] = D.DATASET_VERSIONS[cfg["dataset"]]
     else:
         source = {}
-    if opts.valid is not None:
+    if D.in_memory(opts.valid):
+        valid = dict(D.IN_MEMORY)
+    elif opts.valid is not None:
         valid = _fraction_or_path(opts.valid)
     else:
         valid = _fraction_or_path(cfg.get("valid"), "valid", spec.locate("train", "data", "valid") if "valid" in cfg else None)
@@ -166,10 +171,10 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     cfg = spec.train.get("data", {}) or {}
     loc = spec.locate("train", "data") if "data" in spec.train else spec.locate("train") if spec.train else None
     source = data_source(spec, opts)
-    if "path" in source:
-        train_ds = D.load_npz(source["path"], None, spec.inputs) if opts.data else \
-            load_spec_npz(spec, "path", source["path"])
-        where = opts.data or source["path"]
+    if opts.data is not None:  # (a file or arrays: as given)
+        train_ds, where = D.load_given(opts.data, opts.names("data"), spec.inputs)
+    elif "path" in source:
+        train_ds, where = load_spec_npz(spec, "path", source["path"]), source["path"]
     elif "dataset" in source:
         train_ds = D.load_bundled(cfg["dataset"], cfg.get("options"), loc)
         where = f"dataset {cfg['dataset']!r}"
@@ -199,10 +204,11 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     total = len(train_ds)
     valid_cfg = source["valid"]
     valid_ds = None
-    if isinstance(valid_cfg, str):
-        valid_ds = D.load_npz(valid_cfg, None, spec.inputs) if opts.valid is not None else \
-            load_spec_npz(spec, "valid", valid_cfg)
-        D.check_against_spec(valid_ds, spec, needed, valid_cfg, cm.index_bounds, dtypes, cm.length_bounds)
+    if isinstance(valid_cfg, (str, dict)):  # a file, or arrays given in memory (D.IN_MEMORY)
+        given = opts.valid if D.in_memory(opts.valid) else valid_cfg  # (a valid= file: as its absolute path)
+        valid_ds, valid_where = D.load_given(given, valid_name, spec.inputs) if opts.valid is not None else \
+            (load_spec_npz(spec, "valid", valid_cfg), valid_cfg)
+        D.check_against_spec(valid_ds, spec, needed, valid_where, cm.index_bounds, dtypes, cm.length_bounds)
         valid_ds = D.only(valid_ds, needed)
         train_ds, _ = split_like_training(train_ds, spec, None, seed)
     else:
@@ -461,6 +467,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                                                "or start a new run from its weights with "
                                                f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
             _check_same_model(spec, run_dir, info, names)
+            _check_arrays_given_again(run_dir, info, opts, names)
             seed = _resumed_seed(meta, opts.seed, seed, ckpt_path, names)
             dtype = _resumed_dtype(info, opts.dtype, ckpt_path, run_dir, names)
         cm = compile_spec(spec, dtype, frozen=opts.freeze, names=names)
@@ -511,7 +518,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             _check_vocabulary(run_dir, train_ds.meta, f"{names.given(resume=True)} {run_dir}", names)
             _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir,
                                 names, batch_given=opts.batch_size is not None)
-            given = {"data": opts.data, "valid": opts.valid}  # (as the user wrote them: --valid 0, not 0.0)
+            given = {"data": opts.data, "valid": opts.valid}  # (as the user gave them: --valid 0, not 0.0)
             _check_same_examples(run_dir, info, train_ds, cm.float_dtype, names, data_source(spec, opts), given)
             _check_same_validation(run_dir, info, meta, valid_ds, cm.float_dtype, names, data_source(spec, opts),
                                    given["valid"])
@@ -743,20 +750,24 @@ def check_steps_per_call(spec: S.Spec, steps_per_call: int, names: ArgNames) -> 
 def _check_options(opts: TrainOptions) -> None:
     """The options the CLI bounds, bounded the same way when they come through the API (an
     epochs=0 trained the spec's epochs, a negative batch size or epoch count trained nothing).
-    Paths come back as str (a pathlib.Path is one)."""
+    Paths come back as str (a pathlib.Path is one); data and valid may be arrays in memory
+    instead (a mapping), read and checked with the spec as a file is."""
     for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("checkpoint_every", 0), ("accumulate", 1),
                         ("steps_per_call", 1)):
         check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
     check_count("threads", opts.threads, most=MAX_THREADS)
-    for name in ("run_dir", "data", "init_from"):
+    for name in ("run_dir", "init_from"):
         setattr(opts, name, check_path(name, getattr(opts, name)))
+    opts.data = D.data_argument("data", opts.data)
     if not isinstance(opts.valid, (int, float, np.integer, np.floating)):  # (a fraction, checked with the spec's)
-        opts.valid = check_path("valid", opts.valid)
+        opts.valid = D.data_argument("valid", opts.valid)
     # named as the caller gave them, valid= or --valid (a missing valid= file was a 'data file',
     # and its hint spoke of --data); only valid may be a fraction: data="1.5" was "not a fraction",
     # data="0.5" went unchecked
-    valid_file = opts.valid if isinstance(_fraction_or_path(opts.valid, opts.names("valid")), str) else None
-    for name, path in (("data", opts.data), ("valid", valid_file)):
+    data_file = None if D.in_memory(opts.data) else opts.data
+    valid_file = None if D.in_memory(opts.valid) else \
+        opts.valid if isinstance(_fraction_or_path(opts.valid, opts.names("valid")), str) else None
+    for name, path in (("data", data_file), ("valid", valid_file)):
         if path is not None:
             D.check_data_path(path, flag=opts.names(name))
     for name in ("resume", "overwrite", "progress", "cuda_graphs"):
@@ -995,17 +1006,45 @@ def _changed_source(then: dict, now: dict, given: dict, names: ArgNames) -> str 
     """What of a run's recorded data source (run.json's data_source) differs now, in the words
     of the argument or spec key that gave it, or None. `given`: the data and valid arguments as
     the user gave them (None: not given), named as `names` name them."""
-    plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  (as run.json holds it)
-    where = lambda s: s.get("path") or (f"dataset {s['dataset']!r}" if s.get("dataset") else "no data")  # noqa: E731
+    plain = lambda v: _shown(json.loads(json.dumps(v, default=str)))  # noqa: E731  (as run.json holds it)
+    where = lambda s: s.get("path") or (f"dataset {s['dataset']!r}" if s.get("dataset")  # noqa: E731
+                                        else _shown(D.IN_MEMORY) if s.get("arrays") else "no data")
     if where(then) != where(now):
-        given_as = names.given(data=where(now)) if given.get("data") is not None else f"train.data {where(now)}"
+        given_as = _given(names, "data", given["data"]) if given.get("data") is not None \
+            else f"train.data {where(now)}"
         return f"{given_as}, where the run had {where(then)}"
     for key, name in (("options", "train.data.options"), ("valid", "train.data.valid"), ("test", "train.data.test")):
         if plain(then.get(key)) != plain(now.get(key)):
-            given_as = names.given(valid=given["valid"]) if key == "valid" and given.get("valid") is not None \
+            given_as = _given(names, "valid", given["valid"]) if key == "valid" and given.get("valid") is not None \
                 else f"{name} {plain(now.get(key))}"
             return f"{given_as}, where the run had {plain(then.get(key))}"
     return None
+
+
+def _shown(value):
+    """A data source's entry as messages show it: arrays given in memory (D.IN_MEMORY) in words."""
+    return "arrays given in memory" if value == D.IN_MEMORY else value
+
+
+def _given(names: ArgNames, key: str, value) -> str:
+    """The data or valid argument as the user gave it: data="train.npz", --valid 0.1, or for
+    arrays in memory (never spelt out) 'arrays given as data='."""
+    return f"arrays given as {names(key)}=" if D.in_memory(value) else names.given(**{key: value})
+
+
+def _check_arrays_given_again(run_dir: str, info: dict, opts: TrainOptions, names: ArgNames) -> None:
+    """A run trained (or validated) on arrays given in memory resumes only when given arrays again:
+    its run.json records no file to read them from, and the spec's own data would be other examples
+    (or none). Arrays or a file given are compared with the run's by their hash, as any data is."""
+    then = info.get("data_source") if isinstance(info.get("data_source"), dict) else {}
+    for key, had, given, what in (("data", then.get("arrays"), opts.data, "trained"),
+                                  ("valid", then.get("valid") == D.IN_MEMORY, opts.valid, "validated")):
+        if had and given is None:
+            raise DataError(f"{names.given(resume=True)} {run_dir}: the run was {what} on arrays given in memory "
+                            f"({names(key)}=), and this resume gives none",
+                            hint=f"pass the same arrays again ({names.given(resume=True)}, {names(key)}={{...}}), or "
+                                 f"start a new run from its weights with "
+                                 f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_dtype: str, names: ArgNames,
@@ -1029,10 +1068,14 @@ def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_
                                  f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}, or train anew with "
                                  f"{names.given(overwrite=True)}")
         which = _changed_source(then, source, given or {}, names) if isinstance(then, dict) and source else None
+        arrays = isinstance(then, dict) and bool(then.get("arrays"))  # (run.json holds no copy of them)
+        other = f"other arrays given as {names('data')}=, or another validation or test split" if arrays \
+            else "another data file, validation or test split, or data options"
         raise DataError(f"{names.given(resume=True)} {run_dir}: the training examples differ from those the run was "
-                        f"trained on ({which or 'another data file, validation or test split, or data options'})",
-                        hint="resume with the run's data and splits (its run.json has them), or start a new run "
-                             f"from its weights with {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+                        f"trained on ({which or other})",
+                        hint=("resume with the arrays the run was trained on and its splits" if arrays else
+                              "resume with the run's data and splits (its run.json has them)")
+                        + f", or start a new run from its weights with {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _valid_hash(valid_ds: D.Dataset | None) -> str | None:
@@ -1056,17 +1099,20 @@ def _check_same_validation(run_dir: str, before: dict, meta: dict, valid_ds: D.D
     then = before.get("data_source") if isinstance(before.get("data_source"), dict) else {}
     was, now = then.get("valid") or None, source.get("valid") or None  # (a fraction 0 validates on nothing)
     if was != now:
-        given = names.given(valid=valid_given) if valid_given is not None else \
+        given = _given(names, "valid", valid_given) if valid_given is not None else \
             f"train.data.valid {now}" if now is not None else "no validation data"
-        which = f"{given}, where the run had {was if was is not None else 'none'}"
+        which = f"{given}, where the run had {_shown(was) if was is not None else 'none'}"
     elif isinstance(now, str):
         which = f"{now} has changed since the run validated on it"
+    elif now == D.IN_MEMORY:
+        which = f"other arrays given as {names('valid')}= than those it validated on"
     else:
         which = "another validation split"
     raise DataError(f"{names.given(resume=True)} {run_dir}: the validation examples differ from those the run "
                     f"validated on ({which}); its records and best.npz would compare two validation sets",
-                    hint="resume with the run's validation data (its run.json has it), or start a new run from "
-                         f"its weights with {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+                    hint=(f"resume with the arrays the run validated on, {names('valid')}={{...}}" if was == D.IN_MEMORY
+                          else "resume with the run's validation data (its run.json has it)")
+                    + f", or start a new run from its weights with {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _warm_start(cm: CompiledModel, run_dir: str, seed: int, names: ArgNames) -> tuple[dict, dict]:

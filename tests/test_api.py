@@ -70,8 +70,8 @@ def test_train_refuses_unknown_options_and_values_of_the_wrong_type(tmp_path, ru
         train(spec, epoch=1, run_dir=str(tmp_path / "r"))
     assert "did you mean 'epochs'" in e.value.hint
     for option, words in ((dict(run_dir=3), "^run_dir must be a path, got int"),
-                          (dict(data=["a.npz"]), "^data must be a path, got list"),
-                          (dict(valid=b"v.npz"), "^valid must be a path, got bytes"),
+                          (dict(data=["a.npz"]), "^data must be a path or a mapping of input name to array, got list"),
+                          (dict(valid=b"v.npz"), "^valid must be a path or a mapping of input name to array, got bytes"),
                           (dict(init_from=""), "^init_from is an empty path"),
                           (dict(freeze="W1"), "^freeze must be a list of parameter names"),
                           (dict(freeze=[1]), "^freeze must be a list of parameter names"),
