@@ -230,6 +230,14 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> t
     run_seed = int(info.get("seed", 0))
     # where the run's data came from (--data and --valid included); older runs: their spec
     source = info.get("data_source") or {**cfg, "valid": cfg.get("valid")}
+    valid = source.get("valid")
+    if valid == D.IN_MEMORY:  # (arrays given to the API, which run.json does not hold): the training examples
+        valid = None
+    if source.get("arrays"):
+        raise DataError(f"{run_dir} was trained on arrays given in memory, which its run.json does not hold: there "
+                        "are no examples of its data to reconstruct",
+                        hint="save the arrays with numpy.savez and train on the file (train.data.path, or "
+                             "data=PATH), or reconstruct your examples with predict on the exported model")
     if "dataset" in source:
         ds = D.load_bundled(source["dataset"], source.get("options"))
     elif "path" in source:
@@ -238,7 +246,6 @@ def held_out_examples(spec, run_dir: str, name: str, count: int, seed: int) -> t
         ds = D.load_npz(beside_spec(spec, source["path"]))
     else:
         raise DataError("the run's spec names no data to reconstruct", hint="train the run with data (train.data in the spec, or --data) so its examples can be reconstructed")
-    valid = source.get("valid")
     held_out = bool(valid) and not isinstance(valid, bool)
     if isinstance(valid, str):
         ds = D.load_npz(valid)

@@ -276,6 +276,10 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel,
         ds, where = D.load_bundled(source["dataset"], source.get("options")), f"dataset {source['dataset']!r}"
     elif "path" in source:
         ds, where = D.load_npz(source["path"], None, spec.inputs), source["path"]
+    elif source.get("arrays"):
+        raise DataError(f"{run_dir} was trained on arrays given in memory, which its run.json does not hold: the "
+                        f"test examples it held out of them (train.data.test {test}) cannot be rebuilt",
+                        hint=hint if names.flags else f"{hint}, or as arrays, {names('data')}={{...}}")
     else:
         raise DataError(f"{run_dir}: its run.json does not say where its data came from", hint=hint)
     ds = D.only(ds, needed_inputs(cm))
@@ -1040,10 +1044,11 @@ def _check_arrays_given_again(run_dir: str, info: dict, opts: TrainOptions, name
     for key, had, given, what in (("data", then.get("arrays"), opts.data, "trained"),
                                   ("valid", then.get("valid") == D.IN_MEMORY, opts.valid, "validated")):
         if had and given is None:
+            again = (f"save them with numpy.savez and pass the file, {names.given(resume=True, **{key: 'FILE.npz'})}"
+                     if names.flags else f"pass the same arrays again ({names.given(resume=True)}, {key}={{...}})")
             raise DataError(f"{names.given(resume=True)} {run_dir}: the run was {what} on arrays given in memory "
-                            f"({names(key)}=), and this resume gives none",
-                            hint=f"pass the same arrays again ({names.given(resume=True)}, {names(key)}={{...}}), or "
-                                 f"start a new run from its weights with "
+                            f"(the API's {key}=), and this resume gives none",
+                            hint=f"{again}, or start a new run from its weights with "
                                  f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
