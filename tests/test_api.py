@@ -503,3 +503,116 @@ def test_argument_names_have_no_default_where_a_caller_could_forget_them():
         with pytest.raises(TypeError):
             call()
     assert TrainOptions(names=FLAGS).names is FLAGS
+
+
+# ---------------------------------------------------------------- arrays given in memory
+def _digits(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Examples start:stop of the digits, read-only: an array flowgrad wrote into would fail."""
+    from runtime.data import load_digits
+
+    ds = load_digits()
+    x, y = ds.arrays["x"][start:stop].copy(), ds.arrays["y"][start:stop].copy()
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+def _final(result) -> dict:
+    return {k: v for k, v in result.final.items() if k != "seconds"}
+
+
+def test_training_on_arrays_is_training_on_the_same_arrays_saved_to_an_npz(tmp_path):
+    """train(spec, data={"x": x, "y": y}) trains exactly as on those arrays saved with numpy.savez
+    (a list too, as np.asarray reads it; np.load's NpzFile is a mapping), never writing into the
+    caller's arrays; run.json records that they were given in memory, with the same hash."""
+    import json
+
+    spec, x, y = load(MLP, SMALL), *_digits(0, 200)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    opts = dict(epochs=2, threads=1, device="cpu")
+    from_file = train(spec, data=str(tmp_path / "d.npz"), run_dir=str(tmp_path / "file"), **opts)
+    with np.load(tmp_path / "d.npz") as z:
+        for data, name in (({"x": x, "y": y.tolist()}, "arrays"), (z, "npzfile")):
+            result = train(spec, data=data, run_dir=str(tmp_path / name), **opts)
+            assert _final(result) == _final(from_file)
+            info = json.loads((tmp_path / name / "run.json").read_text())
+            assert info["data_source"] == {"arrays": "given in memory", "valid": 0.2}
+            assert info["data_hash"] == json.loads((tmp_path / "file" / "run.json").read_text())["data_hash"]
+    with np.load(tmp_path / "file" / "checkpoint.npz") as a, np.load(tmp_path / "arrays" / "checkpoint.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files if k.startswith("W"))
+
+
+def test_a_resume_from_arrays_is_given_the_same_arrays_again(tmp_path):
+    """A run trained on arrays given in memory resumes on the same arrays, exactly as if it had
+    not stopped; a resume without them (the spec's digits would be other examples) or with other
+    arrays is refused in one line naming the keyword, and the run is left as it was."""
+    spec, (x, y), (vx, vy) = load(MLP, SMALL), _digits(0, 150), _digits(150, 200)
+    data, valid = {"x": x, "y": y}, {"x": vx, "y": vy}
+    opts = dict(threads=1, device="cpu")
+    whole = train(spec, data=data, valid=valid, run_dir=str(tmp_path / "whole"), epochs=2, **opts)
+    r = str(tmp_path / "r")
+    train(spec, data=data, valid=valid, run_dir=r, epochs=1, **opts)
+    ckpt = (tmp_path / "r" / "checkpoint.npz").read_bytes()
+    resume = dict(run_dir=r, resume=True, epochs=2)
+    for given, words in (
+            (dict(valid=valid), [f"resume=True {r}: the run was trained on arrays given in memory (the API's data=), "
+                                 "and this resume gives none", "pass the same arrays again (resume=True, data={...})"]),
+            (dict(data=data), ["the run was validated on arrays given in memory (the API's valid=)"]),
+            (dict(data={"x": x[:-1], "y": y[:-1]}, valid=valid),
+             ["the training examples differ", "(other arrays given as data=, or another validation or test split)",
+              "resume with the arrays the run was trained on"]),
+            (dict(data=data, valid={"x": vx, "y": vy[::-1]}),
+             ["the validation examples differ", "(other arrays given as valid= than those it validated on)"]),
+            (dict(data=data, valid=0.2), ["valid=0.2, where the run had arrays given in memory"])):
+        e = _refused(words, spec=spec, **resume, **given)
+        assert isinstance(e, DataError)
+    assert (tmp_path / "r" / "checkpoint.npz").read_bytes() == ckpt
+    assert _final(train(spec, data=data, valid=valid, **resume, **opts)) == _final(whole)
+
+
+@pytest.mark.parametrize("data, words", [
+    ({}, "^data= holds no arrays"),
+    ({1: [0.5]}, "^data= has the key 1 \\(int\\): arrays are named by the spec's input names"),
+    ({"x": [[0.5] * 64, [0.5] * 3], "y": [1, 2]}, 'data\\["x"\\] is ragged: its rows are not all of one shape'),
+    ({"x": np.array([None, None]), "y": [1, 2]}, 'data\\["x"\\] is an object array'),
+    ({"x": np.full((2, 64), "a"), "y": [1, 2]}, 'data\\["x"\\] has dtype <U1, the spec declares float32'),
+    ({"x": np.zeros((3, 64)), "y": [1, 2]}, 'data\\["y"\\] has 2 examples, but data\\["x"\\] has 3'),
+    ({"x": np.zeros((2, 63)), "y": [1, 2]}, 'data\\["x"\\] has size 63 in dim 1, the spec declares 64'),
+    ({"x": np.zeros((2, 64)), "y": [1, 12]}, 'data\\["y"\\] has the value 12'),
+    ({"x": np.zeros((2, 64))}, "data= has no array named 'y'"),
+    ({"x": np.zeros((0, 64)), "y": np.zeros(0, np.int64)}, 'data\\["x"\\] is empty'),
+])
+def test_a_bad_mapping_of_arrays_is_refused_in_one_line_naming_the_array(tmp_path, data, words):
+    """Arrays given in memory pass the checks of an .npz's (names, shapes, dtypes, lengths, index
+    bounds), and what no .npz holds (a key that is not a name, ragged or object arrays) is refused
+    too: a one-line DataError naming data= or data["x"], never a traceback or a file."""
+    with pytest.raises(DataError, match=words) as e:
+        train(load(MLP, SMALL), data=data, run_dir=str(tmp_path / "r"), device="cpu")
+    assert "\n" not in e.value.message and ".npz" not in str(e.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_run_takes_arrays_and_says_what_a_run_on_arrays_cannot_rebuild(tmp_path, run):
+    """evaluate_run(run, data={...}) is evaluate_run on the same arrays saved to an .npz; a run
+    trained on arrays given in memory, whose run.json holds no copy of them, is told to pass its
+    held-out test examples (evaluate_run without data) and has none for plot samples to
+    reconstruct, where these read the spec's data (other examples) or said nothing useful."""
+    from runtime.samples import samples_of
+
+    x, y = _digits(0, 40)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    metrics = evaluate_run(run / "run", data=str(tmp_path / "d.npz"), device="cpu")
+    assert evaluate_run(run / "run", data={"x": x, "y": y}, device="cpu") == metrics
+    with np.load(tmp_path / "d.npz") as z:
+        assert evaluate_run(run / "run", data=z, device="cpu") == metrics
+    with pytest.raises(DataError, match='data\\["y"\\] has 1 examples, but data\\["x"\\] has 40'):
+        evaluate_run(run / "run", data={"x": x, "y": y[:1]}, device="cpu")
+    spec = load(MLP, SMALL + ["train.data.test=0.2"])
+    train(spec, data={"x": x, "y": y}, run_dir=str(tmp_path / "t"), epochs=1, threads=1, device="cpu")
+    with pytest.raises(DataError, match="was trained on arrays given in memory, which its run.json does not hold: "
+                                        "the test examples it held out") as e:
+        evaluate_run(tmp_path / "t", device="cpu")
+    assert "data={...}" in e.value.hint
+    dae = load(os.path.join(ROOT, "models", "dae.yaml"), ["dims.H=8"])
+    train(dae, data={"x": x}, run_dir=str(tmp_path / "dae"), epochs=1, threads=1, device="cpu")
+    with pytest.raises(DataError, match="no examples of its data to reconstruct"):
+        samples_of(str(tmp_path / "dae"), 4)
