@@ -260,9 +260,6 @@ def from_arrays(arrays: Mapping, where: InMemory, inputs: dict | None = None) ->
     never changed, whatever training does with them), a list made an array; refused: no arrays, a
     name that is not a string, ragged lists and object arrays (an .npz cannot hold those without
     pickling). `inputs` lets an error about one array point at its declaration."""
-    if not in_memory(arrays):  # (data_argument let it through as one)
-        raise DataError(f"{where} must be a mapping of input name to array, got {type(arrays).__name__}",
-                        hint=f'e.g. {where.keyword}={{"x": x, "y": y}}')
     out = {}
     for k in arrays:
         if not isinstance(k, str):
