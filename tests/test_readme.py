@@ -3,6 +3,7 @@ trains, its Python snippets run (with fewer steps), and every `flowgrad` command
 it shows names a verb and flags that the CLI has."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -77,7 +78,7 @@ def test_readmes_spec_checks_and_trains(tmp_path):
 
 def test_readmes_python_api_snippet_runs(tmp_path, monkeypatch):
     """The snippet as written, with one epoch of two steps instead of five epochs."""
-    code = python_block("from runtime.api import")
+    code = python_block("from runtime.api import load,")
     assert "epochs=5," in code
     code = code.replace("epochs=5,", "epochs=1, steps=2, threads=1, device='cpu',")
     os.makedirs(tmp_path / "models")
@@ -88,6 +89,25 @@ def test_readmes_python_api_snippet_runs(tmp_path, monkeypatch):
     assert type(env["cm"]).__name__ == "CompiledModel" and (tmp_path / "build" / "manifest.json").is_file()
     assert type(env["result"]).__name__ == "TrainResult" and env["result"].history
     assert set(env["outputs"]) == {"probs", "label"} and env["outputs"]["probs"].shape == (3, 10)
+
+
+def test_readmes_arrays_snippet_runs(tmp_path, monkeypatch):
+    """The snippet of arrays given in memory as written, on digits, with one step an epoch: the
+    resume continues the run, and evaluate_run reads its arrays."""
+    from runtime.data import load_digits
+
+    code = python_block("from runtime.api import evaluate_run, train")
+    assert code.count('run_dir="runs/mlp-arrays"') == 2
+    code = code.replace('run_dir="runs/mlp-arrays"', 'run_dir="runs/mlp-arrays", threads=1, device="cpu"')
+    os.makedirs(tmp_path / "models")
+    shutil.copy(os.path.join(ROOT, "models", "mlp.yaml"), tmp_path / "models")
+    monkeypatch.chdir(tmp_path)
+    x, y = load_digits().arrays.values()
+    env = {"x_train": x[:64], "y_train": y[:64], "x_valid": x[64:96], "y_valid": y[64:96],
+           "x_test": x[96:128], "y_test": y[96:128]}
+    exec(compile(code, "README.md", "exec"), env)
+    assert env["result"].epochs == 5 and set(env["metrics"]) == {"loss", "accuracy"}
+    assert json.loads((tmp_path / "runs" / "mlp-arrays" / "result.json").read_text())["epochs"] == 8
 
 
 def test_readmes_generator_snippet_runs(tmp_path, monkeypatch):
