@@ -1115,7 +1115,7 @@ def _check_same_validation(run_dir: str, before: dict, meta: dict, valid_ds: D.D
         which = "another validation split"
     raise DataError(f"{names.given(resume=True)} {run_dir}: the validation examples differ from those the run "
                     f"validated on ({which}); its records and best.npz would compare two validation sets",
-                    hint=(f"resume with the arrays the run validated on, {names('valid')}={{...}}" if was == D.IN_MEMORY
+                    hint=("resume with the arrays the run validated on" if was == D.IN_MEMORY
                           else "resume with the run's validation data (its run.json has it)")
                     + f", or start a new run from its weights with {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
