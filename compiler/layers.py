@@ -48,20 +48,11 @@ class Layer:
         return True
 
     def bind(self, e, args, kwargs) -> dict:
-        if len(args) > len(self.positional):
-            raise SpecError(f"{self.name}() takes {len(self.positional)} positional arguments, got {len(args)}", e.loc,
-                            f"usage: {self.usage}")
-        bound = dict(zip(self.positional, args))
-        for k, v in kwargs.items():
-            if k not in self.keywords and k not in self.positional:
-                from spec.errors import did_you_mean
+        """The call's arguments by parameter name, bound as Python binds them (compiler/binding.py)."""
+        from .binding import Params, bind
 
-                raise SpecError(f"{self.name}() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
-                                did_you_mean(k, self.keywords + self.positional) or f"usage: {self.usage}")
-            bound[k] = v
-        missing = [p for p in self.required if p not in bound]
-        if missing:
-            raise SpecError(f"{self.name}() is missing {', '.join(missing)}", e.loc, f"usage: {self.usage}")
+        bound, _ = bind(Params(f"{self.name}()", positional=self.positional, keyword_only=self.keywords,
+                               required=self.required, usage=self.usage), e, args, kwargs)
         if "bias" in bound and not isinstance(bound["bias"], bool):  # bias="false" would read as true
             raise SpecError(f"bias must be true or false, got {bound['bias']!r}", e.kwarg_locs.get("bias", e.loc),
                             "write bias=true or bias=false, without quotes")

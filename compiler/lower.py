@@ -508,45 +508,28 @@ class Lowering:
                                 did_you_mean(k, dict.fromkeys(known)) or f"usage: {usage}")
 
     def apply_op(self, op, e: S.Call, args: list, kwargs: dict):
-        """Bind positional arguments: tensors first (op.inputs), then attributes in declared order."""
+        """Bind the arguments as Python would (compiler/binding.py): tensors first (op.inputs), then
+        attributes in declared order; a variadic op's positional arguments are all tensors."""
+        from .binding import Params, bind
+
         g = self.graph
-        attr_names = list(spec_attrs(op))
-        tensors, attrs, attr_locs = [], {}, {}
+        attr_names = tuple(spec_attrs(op))
+        required = tuple(k for k in attr_names if op.attrs[k] is REQUIRED)
         if op.variadic:
-            tensors = list(args)
+            params = Params(f"{op.name}()", keyword_only=attr_names, required=required, usage=signature(op),
+                            varargs=True)
         else:
-            n = len(op.inputs)
-            tensors = list(args[:n])
-            extra = args[n:]
-            free = [a for a in attr_names if a not in kwargs]
-            if len(extra) > len(free):
-                first_extra = n + len(free)
-                raise SpecError(f"{op.name}() takes at most {first_extra} positional argument{'s' if first_extra != 1 else ''}, "
-                                f"got {len(args)}", e.args[first_extra].loc if first_extra < len(e.args) else e.loc,
-                                f"usage: {signature(op)}")
-            attrs.update(zip(free, extra))
-            attr_locs = {k: e.args[n + i].loc for i, k in enumerate(free[:len(extra)]) if n + i < len(e.args)}
-        for k, v in kwargs.items():
-            if k in op.inputs and not op.variadic:
-                idx = op.inputs.index(k)
-                while len(tensors) <= idx:
-                    tensors.append(None)
-                if tensors[idx] is not None:
-                    raise SpecError(f"{op.name}() got {k!r} twice", e.kwarg_locs.get(k, e.loc),
-                                    f"give it either positionally or as {k}=..., not both; usage: {signature(op)}")
-                tensors[idx] = v
-            else:
-                attrs[k] = v
-        if not op.variadic and (len(tensors) < len(op.inputs) or any(t is None for t in tensors)):
-            missing = [n for i, n in enumerate(op.inputs) if i >= len(tensors) or tensors[i] is None]
-            raise SpecError(f"{op.name}() is missing the argument(s) {', '.join(missing)}", e.loc,
-                            f"usage: {signature(op)}")
-        # where each argument is written, by input or attribute name, for errors about one argument
-        arg_locs = {**{n: e.args[i].loc for i, n in enumerate(op.inputs[:len(e.args)]) if not op.variadic},
-                    **attr_locs, **e.kwarg_locs}
+            params = Params(f"{op.name}()", positional=tuple(op.inputs) + attr_names,
+                            required=tuple(op.inputs) + required, usage=signature(op))
+        values, arg_locs = bind(params, e, args, kwargs)
+        if op.variadic:
+            tensors = [values[str(i)] for i in range(len(args))]
+        else:
+            tensors = [values[n] for n in op.inputs]
+        attrs = {k: values[k] for k in attr_names if k in values}
         for i, t in enumerate(tensors):
             if not isinstance(t, (Value, bool, int, float)):
-                loc = arg_locs.get(op.inputs[i]) if not op.variadic else (e.args[i].loc if i < len(e.args) else None)
+                loc = arg_locs.get(str(i) if op.variadic else op.inputs[i])
                 raise SpecError(f"{op.name}() argument {i + 1} must be a tensor or a number, got {t!r}", loc or e.loc,
                                 f"usage: {signature(op)}")
         for k, v in attrs.items():
