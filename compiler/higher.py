@@ -14,8 +14,10 @@ from .ir import Value, at, dim_mul, is_float, producers_of
 
 
 def _tensor_args(low, e: S.Call, n: int, usage: str) -> list[Value]:
-    if len(e.args) != n or e.kwargs:
-        raise SpecError(f"{e.func}() takes {n} arguments", e.loc, f"usage: {usage}")
+    from .binding import Params, bind
+
+    names = tuple(usage[usage.index("(") + 1:-1].split(", "))  # grad(scalar, wrt) -> scalar, wrt
+    bind(Params(f"{e.func}()", positional=names, required=names, usage=usage, keywords=False), e, e.args, e.kwargs)
     if not isinstance(e.args[1], S.Name):
         # an expression made here is a new value, which nothing in y reads: its gradient
         # would be zeros whatever y is

@@ -455,14 +455,14 @@ class Lowering:
     def _call_block(self, e: S.Call):
         from .recurrent import _block_lowering
 
+        from .binding import Params, bind
+
         block = self.spec.blocks[e.func]
-        if e.kwargs:
-            k = next(iter(e.kwargs))
-            raise SpecError(f"block {e.func!r} takes no keyword arguments, got {k!r}", e.kwarg_locs.get(k, e.loc),
-                            f"pass its inputs ({', '.join(block.inputs)}) positionally, in the block's 'in' order")
-        if len(e.args) != len(block.inputs):
-            raise SpecError(f"block {e.func!r} takes {len(block.inputs)} argument(s) ({', '.join(block.inputs)}), "
-                            f"got {len(e.args)}", e.loc, "pass them positionally, in the block's 'in' order")
+        inputs = tuple(block.inputs)
+        bind(Params(f"block {e.func!r}", positional=inputs, required=inputs, keywords=False,
+                    usage=f"{e.func}({', '.join(inputs)})",
+                    hint=f"pass its inputs ({', '.join(inputs)}) positionally, in the block's 'in' order"),
+             e, e.args, e.kwargs)
         args = [self.tensor(a) for a in e.args]
         body = _block_lowering(self, block, self.graph, lambda v: v, dict(zip(block.inputs, args)))
         outs = []

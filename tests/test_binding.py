@@ -93,3 +93,22 @@ def test_a_layer_given_too_many_positional_arguments_is_refused_at_the_first_ext
     err = error(call)
     assert f"{name}() takes {len(layer.positional)} positional arguments, got {len(args) + 1}" in err.message, str(err)
     assert (err.loc.line, err.loc.col) == (LINE, column_of(call, "7")), str(err)
+
+
+@pytest.mark.parametrize("call, message, at", [
+    # grad, hvp and jacobian said "grad() takes 2 arguments" at the whole call, of a keyword as of a count
+    ("grad(mean(x), wrt=x)", "grad() takes no keyword arguments, got 'wrt'", "wrt="),
+    ("hvp(mean(x), x, v=x)", "hvp() takes no keyword arguments, got 'v'", "v="),
+    ("jacobian(x @ W, x, x)", "jacobian() takes 2 argument(s) (y, x), got 3", "x)"),
+    ("grad(mean(x), x, x)", "grad() takes 2 argument(s) (scalar, wrt), got 3", "x)"),
+    ("grad(mean(x))", "grad() is missing the argument(s) wrt", "grad("),
+    # a block called with too many arguments was pointed at the whole call
+    ("f(x, x)", "block 'f' takes 1 argument(s) (a), got 2", "x)"),
+    ("f(x, a=x)", "block 'f' takes no keyword arguments, got 'a'", "a="),
+    ("f()", "block 'f' is missing the argument(s) a", "f("),
+])
+def test_blocks_and_special_forms_bind_as_the_layers_do(call, message, at):
+    err = error(call)
+    assert message in err.message, str(err)
+    assert (err.loc.line, err.loc.col) == (LINE, column_of(call, at) if at != call[:len(at)] else START), str(err)
+    assert err.hint

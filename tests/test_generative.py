@@ -424,7 +424,7 @@ def test_block_call_shares_parameters_and_checks_arity(tmp_path):
     bad = BLOCK_CALL.replace("b: enc(2 * x)", "b: enc(x, x)")
     with pytest.raises(SpecError, match=r"block 'enc' takes 1 argument\(s\) \(v\), got 2") as info:
         compile_spec(spec_from_text(bad, str(tmp_path / "bad.yaml")))
-    assert (info.value.loc.line, info.value.loc.col) == (16, 6)  # at the call
+    assert (info.value.loc.line, info.value.loc.col) == (16, 13)  # at the argument too many
 
 
 def test_reconstructions_read_the_data_the_run_trained_on(tmp_path):
