@@ -326,10 +326,28 @@ def test_losses_that_take_logits_refuse_probabilities(entry, loss):
 
 
 @pytest.mark.parametrize("entry, loss", [
+    ("p: dense(x, K, act=softmax)", "nll(p, y)"),
+    ("p: softmax(dense(x, K))", "nll(transpose(transpose(p)), y)"),
+    ("p: sigmoid(dense(x, K))", "nll(cast(p, 'float32'), y)"),
+])
+def test_nll_refuses_probabilities(entry, loss):
+    """nll takes log-probabilities: a softmax's (or sigmoid's) output was read as log-probabilities, a loss
+    whose minimum puts no weight on the labels, accepted without a word."""
+    from compiler.training import check_spec
+    from spec.loader import spec_from_text
+
+    spec = spec_from_text(_CLASSIFIER.replace("ENTRY", entry).replace("LOSS", loss))
+    with pytest.raises(FlowgradError, match=r"these log-probabilities are the output of (softmax|sigmoid)") as info:
+        check_spec(spec)
+    assert "nll takes log-probabilities: write log" in info.value.hint
+
+
+@pytest.mark.parametrize("entry, loss", [
     ("p: log_softmax(dense(x, K))", "cross_entropy(p, y)"),          # log-probabilities are logits: the same loss
     ("p: log(softmax(dense(x, K)))", "cross_entropy(p, y)"),
     ("p: softmax(dense(x, K))", "mean(-sum(one_hot(y, depth=K) * log(p), axis=-1))"),  # probabilities, on purpose
     ("p: softmax(dense(x, K))", "nll(log(p), y)"),
+    ("p: log_softmax(dense(x, K))", "nll(p, y)"),
     ("r: dense(x, D)\n  p: sigmoid(r)", "binary_cross_entropy(r, p)"),       # a sigmoid as the targets
     ("p: sigmoid(dense(x, D))", "mse(p, t) + binary_cross_entropy(dense(p, D), t)"),  # a layer over probabilities
 ])

@@ -66,14 +66,25 @@ def _squashed_by(v, squashes: tuple):
     return None
 
 
-def refuse_probabilities(loss: str, logits, squashes: tuple, own: str) -> None:
+def refuse_probabilities(loss: str, logits, squashes: tuple, own: str | None) -> None:
     """`loss` takes logits and applies `own` (softmax, sigmoid) itself: probabilities already squashed by
-    one of `squashes` would be squashed twice, and train badly without a sign, so they are refused."""
+    one of `squashes` would be squashed twice, and train badly without a sign, so they are refused.
+    With `own` None, `loss` takes log-probabilities (nll): probabilities, which it would read as their
+    logs, are refused the same way."""
     node = _squashed_by(logits, squashes)
     if node is None:
         return
     sq = node.op.name
     where = f" (line {node.loc.line}, column {node.loc.col})" if node.loc is not None else ""
+    if own is None:
+        raise ShapeError(f"these log-probabilities are the output of {sq}{where}, probabilities; {loss} takes their "
+                         f"log, so it would read each probability as a log-probability",
+                         hint=f"{loss} takes log-probabilities: " + (
+                             "write log_softmax(...) (act=log_softmax) for the softmax, or give the scores to "
+                             "cross_entropy, which applies the softmax itself" if sq == "softmax" else
+                             "write log(sigmoid(...)) for the sigmoid, or leave it out and give the scores to "
+                             "cross_entropy"),
+                         arg="log_probs")
     twice = "it would be applied twice" if sq == own else "they would be squashed twice"
     raise ShapeError(f"these logits are the output of {sq}{where}; {loss} applies {own} itself, so {twice}",
                      hint=f"{loss} takes logits: leave out the {sq} (or act={sq}) and pass the scores it is applied to",
@@ -175,7 +186,8 @@ class CrossEntropy(OpDef):
 
 @op("nll")
 class Nll(OpDef):
-    """Negative log-likelihood of integer `labels` given `log_probs` (classes on `axis`)."""
+    """Negative log-likelihood of integer `labels` given `log_probs` (classes on `axis`).
+    Takes log-probabilities: an output of softmax or sigmoid (probabilities) is refused."""
 
     inputs = ("log_probs", "labels")
     attrs = {"axis": -1, "reduction": "mean"}
@@ -184,6 +196,7 @@ class Nll(OpDef):
 
     def expand(self, g, log_probs, labels, axis, reduction):
         require_float(log_probs, "log_probs")
+        refuse_probabilities("nll", log_probs, ("softmax", "sigmoid"), None)
         axis = normalize_axis(axis, log_probs.rank)
         return _reduce(g, -_pick(g, log_probs, labels, axis), reduction)
 
