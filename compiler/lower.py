@@ -13,6 +13,7 @@ import numpy as np
 
 from spec import model as S
 from spec.errors import FlowgradError, Loc, ShapeError, SpecError, did_you_mean
+from spec.expr import unparse
 
 from .ir import Graph, Value, at, is_float
 from .registry import REQUIRED, all_ops, get_op, op_hint
@@ -529,9 +530,16 @@ class Lowering:
         attrs = {k: values[k] for k in attr_names if k in values}
         for i, t in enumerate(tensors):
             if not isinstance(t, (Value, bool, int, float)):
-                loc = arg_locs.get(str(i) if op.variadic else op.inputs[i])
-                raise SpecError(f"{op.name}() argument {i + 1} must be a tensor or a number, got {t!r}", loc or e.loc,
-                                f"usage: {signature(op)}")
+                # shown as the spec writes it (a list of tensors printed the compiler's own values)
+                name = str(i) if op.variadic else op.inputs[i]
+                written = e.args[i] if i < len(e.args) else e.kwargs.get(name)
+                hint = f"usage: {signature(op)}"
+                if op.variadic and isinstance(t, list):
+                    hint = (f"{op.name} takes its tensors one by one, not in a list: "
+                            f"{op.name}(a, b, ...{', ' + spec_attrs(op)[0] + '=...' if spec_attrs(op) else ''})")
+                raise SpecError(f"{op.name}() argument {i + 1} must be a tensor or a number, got "
+                                f"{unparse(written) if written is not None else repr(t)}",
+                                arg_locs.get(name, e.loc), hint)
         for k, v in attrs.items():
             if isinstance(v, Value):
                 raise SpecError(f"{op.name}() argument {k!r} must be a constant, not a tensor", arg_locs.get(k, e.loc),

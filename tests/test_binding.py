@@ -12,6 +12,7 @@ from compiler.lower import spec_attrs
 from compiler.registry import all_ops
 from compiler.training import check_spec
 from spec import SpecError, spec_from_text
+from spec.errors import FlowgradError
 
 SPEC = """flowgrad: 1
 name: binding
@@ -112,3 +113,11 @@ def test_blocks_and_special_forms_bind_as_the_layers_do(call, message, at):
     assert message in err.message, str(err)
     assert (err.loc.line, err.loc.col) == (LINE, column_of(call, at) if at != call[:len(at)] else START), str(err)
     assert err.hint
+
+
+def test_concat_of_nothing_hints_at_the_call_it_takes():
+    """Its hint wrote concat([a, b, ...], axis=0), a list, which concat refuses."""
+    with pytest.raises(FlowgradError) as info:
+        check_spec(spec_from_text(SPEC % "concat()", "b.yaml"), objectives=False)
+    err = info.value
+    assert "usage: concat(a, b, ..., axis=0)" in err.hint, str(err)

@@ -50,7 +50,7 @@ class Concat(OpDef):
 
     def infer(self, attrs, *xs):
         if not xs:
-            raise ShapeError("concat needs at least one tensor", hint="usage: concat([a, b, ...], axis=0)")
+            raise ShapeError("concat needs at least one tensor", hint="usage: concat(a, b, ..., axis=0)")
         first = xs[0]
         axis = normalize_axis(attrs["axis"], first.rank)
         total = first.shape[axis]
