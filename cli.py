@@ -257,7 +257,7 @@ def ops(
 
     rows = []
     for name, op in all_ops().items():
-        if name in SPECIAL_FORM_DOCS:  # the spec's scan(...) is the special form, not the op it builds
+        if name in SPECIAL_FORM_DOCS or op.internal:  # (scan(...) is the special form, not the op it builds)
             continue
         grad = "composite" if op.composite else ("none" if op.nondiff else "yes")
         rows.append({"name": name, "family": op.family, "signature": signature(op), "gradient": grad, "doc": op.doc})

@@ -629,7 +629,7 @@ def get_op_at(e: S.Call):
     from . import layers
 
     with at(e.func_loc or e.loc):
-        ops = all_ops()
+        ops = {name: op for name, op in all_ops().items() if not op.internal}
         if e.func not in ops:
             choices = list(ops) + list(layers.LAYERS)
             raise SpecError(f"unknown op {e.func!r}", e.func_loc or e.loc,

@@ -55,6 +55,7 @@ class OpDef:
     variadic: bool = False  # takes any number of tensor inputs
     attrs: dict = {}  # attribute name -> default (or REQUIRED)
     internal_attrs: tuple = ()  # attributes the compiler sets and specs cannot write
+    internal: bool = False  # made by the compiler (gradients, lowering, rewrites), not written in a spec
     n_outputs: int = 1
     nondiff: bool = False  # no gradient flows through (argmax, comparisons, random)
     composite: bool = False  # built from other ops by `expand`

@@ -47,8 +47,11 @@ def column_of(call: str, part: str) -> int:
 
 
 def _op_calls():
-    """Each op with a parameter after its first, that parameter given positionally and by keyword."""
+    """Each op a spec can call with a parameter after its first, that parameter given positionally
+    and by keyword."""
     for name, op in all_ops().items():
+        if op.internal:
+            continue
         params = [] if op.variadic else [*op.inputs, *spec_attrs(op)]
         if len(params) >= 2:
             yield name, f"{name}({', '.join(['x'] * len(params))}, {params[-1]}=x)", params[-1]

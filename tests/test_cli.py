@@ -1122,3 +1122,21 @@ def test_an_output_that_names_a_directory_says_so(trained, tmp_path):
             assert f"error: cannot write {target}: it names a directory, not a file" in res.stderr, res.stderr
             assert "hint: give the path of the file to write" in res.stderr and "space" not in res.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_ops_the_compiler_makes_are_neither_listed_nor_callable(tmp_path):
+    """fill, precomputed, max_pool2d_grad, tile_rows, ... (what gradients, lowering and rewrites
+    build) were listed by flowgrad ops and callable from a spec, where their errors spoke of
+    the compiler's attributes ("precomputed() needs the argument 'of'"). A spec calling one is
+    told the op is unknown, as for any name it cannot use."""
+    from compiler.registry import all_ops
+
+    internal = sorted(name for name, op in all_ops().items() if op.internal)
+    assert {"fill", "precomputed", "max_pool2d_grad", "tile_rows", "gemm", "random_bits"} <= set(internal)
+    listed = {r["name"] for r in json.loads(invoke("ops", "--json").stdout)}
+    assert not listed & set(internal)
+    for name in internal:
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text("flowgrad: 1\nname: t\ninputs:\n  x: {shape: [N, 4]}\ngraph:\n"
+                        f"  h: {name}(x)\nloss: mean(h)\n")
+        assert f"{spec}:6:6: unknown op '{name}'" in invoke("check", str(spec), code=1).output

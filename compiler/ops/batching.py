@@ -13,6 +13,7 @@ from ..registry import REQUIRED, OpDef, Sample, op
 class TileBatch(OpDef):
     """x [N, ...] repeated `times` times along axis 0: [times*N, ...]."""
 
+    internal = True
     attrs = {"times": REQUIRED}
     gradgrad = True
 
@@ -45,6 +46,7 @@ class TileBatch(OpDef):
 class OneHotBlocks(OpDef):
     """[blocks*N, blocks] with 1 at column m in the rows of repeat m (ref gives the rows)."""
 
+    internal = True
     attrs = {"blocks": REQUIRED, "dtype": None}
     nondiff = True
 
@@ -75,6 +77,7 @@ class OneHotBlocks(OpDef):
 class TileRows(OpDef):
     """Each row of x [N, ...] repeated `times` times in place: row n*times + k is x[n] ([times*N, ...])."""
 
+    internal = True
     attrs = {"times": REQUIRED}
     gradgrad = True
 
@@ -117,6 +120,7 @@ class ReshapeDims(OpDef):
     """x reshaped to `dims`, whose entries are ints or (ref, axis): that dim of the ref-th extra
     input. Gives a fixed-shape tensor a run-time batch dim (the sizes must agree when it runs)."""
 
+    internal = True
     inputs = ("x",)
     variadic = True
     attrs = {"dims": REQUIRED}

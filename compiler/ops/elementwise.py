@@ -18,6 +18,7 @@ def _sum_to(g, shape):
 class Constant(OpDef):
     """A fixed tensor (emitted as an initializer)."""
 
+    internal = True
     inputs = ()
     attrs = {"value": REQUIRED}
     nondiff = True
@@ -145,6 +146,7 @@ class Fill(OpDef):
     ref-th input, or (ref, name): the value of the ref-th input, an integer scalar (a size
     given at run time, such as a generator's sample count; `name` labels the dim)."""
 
+    internal = True
     inputs = ("refs",)
     variadic = True
     attrs = {"dims": REQUIRED, "value": 0.0, "dtype": "float32"}

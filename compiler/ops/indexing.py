@@ -799,6 +799,7 @@ class Index(OpDef):
     (as many whole axes as needed). Axes not mentioned are kept whole. Example:
     x[..., 1:3, None, -1] is spec=(Ellipsis, (1, 3, None), None, -1)."""
 
+    internal = True
     attrs = {"spec": REQUIRED}
     composite = True
     gradgrad = True

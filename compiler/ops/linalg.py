@@ -99,6 +99,7 @@ class MatMul(OpDef):
 class Gemm(OpDef):
     """alpha * op(a) @ op(b) + beta * c for matrices (op = optional transpose); made by rewrites."""
 
+    internal = True
     inputs = ("a", "b", "c")
     attrs = {"trans_a": False, "trans_b": False, "alpha": 1.0, "beta": 1.0}
     gradgrad = True

@@ -682,6 +682,7 @@ class MaxPool2dGrad(OpDef):
     """The gradient of max_pool2d: g (pooled shape) added into zeros shaped like x
     at each window's first maximum of x. Linear in g; x only picks positions."""
 
+    internal = True
     inputs = ("g", "x")
     attrs = dict(_POOL_ATTRS)
     gradgrad = True
@@ -747,6 +748,7 @@ class MaxPool2dGather(OpDef):
     """The entries of h (shaped like x) at each pooling window's first maximum of x,
     in the pooled shape: the adjoint of max_pool2d_grad."""
 
+    internal = True
     inputs = ("h", "x")
     attrs = dict(_POOL_ATTRS)
     gradgrad = True
@@ -823,6 +825,7 @@ class AvgPool2dGrad(OpDef):
     over its window, into an input of spatial `size` (h, w). Linear; its own
     gradient is avg_pool2d."""
 
+    internal = True
     inputs = ("g",)
     attrs = {**_POOL_ATTRS, "size": REQUIRED}
     gradgrad = True

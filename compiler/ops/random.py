@@ -153,6 +153,7 @@ class RandomBits(OpDef):
     With a tuple of salts the result has one row per salt, [S, *like.shape]:
     the same bits as S separate draws, in one evaluation of the hash."""
 
+    internal = True
     inputs = ("seed", "step", "like")
     attrs = {"salt": REQUIRED, "pairs": False}
     nondiff = True
@@ -322,6 +323,7 @@ class BoxMuller(OpDef):
     """sqrt(-2 log u1) * cos(2 pi u2): a standard normal from two uniforms,
     u1 in (0, 1] and u2 in [0, 1) (no gradient; the step behind normal())."""
 
+    internal = True
     inputs = ("u1", "u2")
     nondiff = True
     tol = {"forward": 1e-6}

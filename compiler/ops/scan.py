@@ -421,6 +421,7 @@ class Scan(OpDef):
 class Shift(OpDef):
     """The states before each step: [s0, x[0], ..., x[T-2]] along axis 0 (reverse: [x[1], ..., x[T-1], s0])."""
 
+    internal = True
     inputs = ("x", "first")
     attrs = {"reverse": False}
     gradgrad = True
@@ -510,6 +511,7 @@ class Positions(OpDef):
 class StepMask(OpDef):
     """1.0 for the last `keep` steps along axis 0 of x (the first `keep` when reverse), else 0."""
 
+    internal = True
     attrs = {"keep": REQUIRED, "reverse": False, "dtype": "float32"}
     nondiff = True
 
@@ -637,6 +639,7 @@ class Precomputed(OpDef):
     built the other inputs are dropped, and it is `saved` as it is: differentiated again,
     the cotangent goes to `saved`, an output of the scan that kept it."""
 
+    internal = True
     inputs = ("saved",)
     variadic = True
     attrs = {"of": REQUIRED, "of_attrs": REQUIRED}
