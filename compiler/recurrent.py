@@ -656,7 +656,7 @@ def _block_outputs(body_low, block, n_states: int, carry_in: list) -> tuple[list
 
 
 # -------------------------------------------------------------------- ready-made cells
-from .layers import LAYERS, Layer, _int_arg  # noqa: E402
+from .layers import LAYERS, Layer, _arg_loc, _int_arg  # noqa: E402
 
 
 def _lstm_step(bg, xw, carries, U, bias_u, H, ln, extra):
@@ -820,7 +820,7 @@ class Recurrent(Layer):
         if not isinstance(x, Value):
             raise SpecError(f"{self.name}() needs a tensor input", e.loc,
                             hint=f"usage: {self.usage}")
-        H = _int_arg(a["units"], "units", e.args[1].loc if len(e.args) > 1 else e.loc)
+        H = _int_arg(a["units"], "units", _arg_loc(e, "units", 1))
         _check_cell_args(a, e, self.name)
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
@@ -939,7 +939,7 @@ class Bidirectional(Layer):
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
         n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc))
-        units = _int_arg(H, "units", e.loc)
+        units = _int_arg(H, "units", _arg_loc(e, "units", 2))
         merged = x
         for layer in range(n_layers):  # each layer reads the merged sequence of the one below
             name = prefix if n_layers == 1 else f"{prefix}.l{layer + 1}"
@@ -1012,7 +1012,7 @@ class Attention(Layer):
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
         q, k = a["query"], a["keys"]
-        units = _int_arg(a["units"], "units", e.loc)
+        units = _int_arg(a["units"], "units", _arg_loc(e, "units", 2))
         for v, what in ((q, "query"), (k, "keys")):
             if not isinstance(v, Value):
                 raise SpecError(f"additive_attention() needs {what} as a tensor", e.loc,
