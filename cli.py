@@ -530,10 +530,15 @@ def gradcheck(
     if worst > tolerance:
         from spec.yamltree import to_plain
 
-        if "truncate" in json.dumps(to_plain(s.raw)):
+        text = json.dumps(to_plain(s.raw))
+        if "truncate" in text:
             err.print("[dim]  note: truncate=K cuts backpropagation through time on purpose, so its gradient "
                       "differs from finite differences of the loss; check the spec without truncate[/dim]",
                       soft_wrap=True)
+        if "stop_gradient" in text:  # (finite differences of the loss see through it)
+            err.print("[dim]  note: stop_gradient(...) holds its argument constant on purpose, so the gradient "
+                      "differs from finite differences of the loss, which move it too; check the spec without "
+                      "stop_gradient[/dim]", soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -247,6 +247,16 @@ def test_gradcheck_of_a_truncated_recurrence_says_why_it_differs(tmp_path):
     assert "FAIL" in res.stdout and "truncate=K cuts backpropagation through time on purpose" in res.stderr
 
 
+def test_gradcheck_of_a_stop_gradient_says_why_it_differs(tmp_path):
+    # it failed without a word, as though the gradient were wrong
+    path = tmp_path / "s.yaml"
+    path.write_text("flowgrad: 1\nname: s\ndims: {D: 3}\ninputs:\n  x: {shape: [N, D]}\n"
+                    "params:\n  W: {shape: [D, D], init: glorot_uniform}\ngraph:\n  h: x @ W\nloss: mean(stop_gradient(h) * h)\n")
+    res = invoke("gradcheck", path, code=1)
+    assert "FAIL" in res.stdout and "stop_gradient(...) holds its argument constant on purpose" in res.stderr
+    assert "truncate" not in res.stderr
+
+
 def test_gradcheck():
     out = invoke("gradcheck", MLP, "--set", "dims.H=8").stdout
     assert "gradient check" in out
