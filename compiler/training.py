@@ -420,6 +420,24 @@ def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str], s
     return _penalized(low, obj, out)
 
 
+def _refuse_unreached(spec, check: Lowering, obj: Objective) -> None:
+    """A parameter an objective trains that its loss never reads, as check_spec's gradients find
+    it: the objective's graphs lower only what its loss and the metrics read, so a layer that only
+    an output (or another objective's loss) reads was left out of them, and trained it not at all
+    without a word, where flowgrad check refused the spec."""
+    trained = trained_names(check.params, obj)
+    if not trained:
+        return  # (build_train says why)
+    loss = _scalar_loss(check, obj.loss)
+    _refuse_truncated_away(check, loss, trained)  # (which says why truncate= leaves one unreached)
+    live = _reaching([loss], cut_truncated=False)
+    for n in trained:
+        p = check.params[n]
+        if p.value.id not in live:
+            raise GradientError(f"parameter {n!r} never reaches the loss of objective {obj.name!r}", p.loc,
+                                "use it in the loss, mark it 'trainable: false', or leave it out of the objective's params")
+
+
 def _reaching(roots: list[Value], cut_truncated: bool) -> set[int]:
     """Ids of the values whose change moves `roots` (through differentiable ops). With `cut_truncated`,
     a scan's truncate=K cuts its initial states off where it runs more than K steps (or a symbolic
@@ -997,6 +1015,8 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
                                 f"parameters: {', '.join(check.params)}")
         for o in objectives:
             o.frozen, o.frozen_by = list(frozen), names("freeze")
+    for obj in objectives:
+        _refuse_unreached(spec, check, obj)
     cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph),
                        length_bounds=length_bounds(spec, check.graph))
     for obj in objectives:

@@ -88,6 +88,18 @@ def test_check_finds_what_compile_finds(path):
     assert stage in ("load", "check")
 
 
+@pytest.mark.parametrize("path", COMPILE, ids=[p.name for p in COMPILE])
+def test_compile_refuses_what_check_refuses(path):
+    """and `train` compiles what `check` refuses nothing of: a layer that only an output read
+    passed compile and trained without its weights moving, where check refused the spec."""
+    stage, err = first_error(path)
+    if stage != "check":
+        return
+    with pytest.raises(FlowgradError) as info:
+        compile_spec(load_spec(str(path)))
+    assert str(info.value) == str(err)
+
+
 runner = CliRunner()
 
 
