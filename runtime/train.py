@@ -444,11 +444,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                             f"{names.given(overwrite=True) if opts.overwrite else names('init_from')}",
                             hint=f"{names.given(overwrite=True)} or {names('init_from')} start a new run: leave out "
                                  f"{names.given(resume=True)}")
-    stopping = cfg.get("early_stopping")
-    if stopping and "mode" not in stopping and "loss" not in str(stopping.get("metric")):
-        raise SpecError(f"early_stopping: is a larger or a smaller {stopping.get('metric')} better?",
-                        spec.locate("train", "early_stopping", "metric"),
-                        "add mode: max (accuracy, say) or mode: min; only a loss defaults to min")
+    stopping = cfg.get("early_stopping")  # (its metric and mode are checked once the graphs say what is reported)
     if opts.steps_per_call > 1 and opts.accumulate > 1:
         raise FlowgradError(f"{names('steps_per_call')} does not work with {names('accumulate')}",
                             hint="an accumulated update already runs several batches per update: leave out one of the two")
@@ -733,10 +729,23 @@ def reported_names(cm: CompiledModel, validated: bool) -> list[str]:
 
 
 def _check_stopping_metric(spec: S.Spec, reported: list[str]) -> None:
-    metric = spec.train["early_stopping"]["metric"]
+    """The metric first: a misspelt one (valid_acuracy) was asked for its mode, and refused as
+    not reported only once the user had added one."""
+    from spec.errors import did_you_mean
+
+    stopping = spec.train["early_stopping"]
+    metric = stopping["metric"]
+    unsure = "mode" not in stopping and "loss" not in str(metric)  # (only a loss defaults to min)
     if metric not in reported:
+        close = did_you_mean(str(metric), reported)
         raise FlowgradError(f"early_stopping metric {metric!r} is not reported",
-                            spec.locate("train", "early_stopping", "metric"), f"reported: {', '.join(reported)}")
+                            spec.locate("train", "early_stopping", "metric"),
+                            (f"{close} (reported: {', '.join(reported)})" if close else f"reported: {', '.join(reported)}")
+                            + ("; and add mode: max or mode: min" if unsure else ""))
+    if unsure:
+        raise SpecError(f"early_stopping: is a larger or a smaller {metric} better?",
+                        spec.locate("train", "early_stopping", "metric"),
+                        "add mode: max (accuracy, say) or mode: min; only a loss defaults to min")
 
 
 def check_steps_per_call(spec: S.Spec, steps_per_call: int, names: ArgNames) -> None:

@@ -451,8 +451,23 @@ def test_settings_that_would_train_the_wrong_way_are_located_errors(tmp_path, da
     infinite lr ended in 'loss became nan', blaming the training."""
     text = REGRESSION.replace("  optimizer: {sgd: {lr: 0.05}}\n", train_cfg if "optimizer" in train_cfg
                               else "  optimizer: {sgd: {lr: 0.05}}\n" + train_cfg)
+    text = text.replace("train:\n", "metrics:\n  accuracy: mean(abs(pred - y) < 0.5)\ntrain:\n")
     with pytest.raises(FlowgradError, match=words) as e:
-        train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, steps=1, threads=1, device="cpu")
+        train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, valid="0.25", steps=1, threads=1,
+              device="cpu")
+    assert "spec.yaml:" in str(e.value)
+
+
+def test_a_misspelt_early_stopping_metric_is_named_before_its_mode_is_asked_for(tmp_path, data):
+    """valid_acuracy without a mode was asked 'is a larger or a smaller valid_acuracy better?', and
+    refused as not reported only once the user had added mode: max."""
+    text = REGRESSION.replace("train:\n", "metrics:\n  accuracy: mean(abs(pred - y) < 0.5)\ntrain:\n")
+    text += "  early_stopping: {metric: valid_acuracy}\n"
+    with pytest.raises(FlowgradError, match="early_stopping metric 'valid_acuracy' is not reported") as e:
+        train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, valid="0.25", steps=1, threads=1,
+              device="cpu")
+    assert e.value.hint.startswith("did you mean 'valid_accuracy' or 'train_accuracy'? (reported: train_loss, ")
+    assert e.value.hint.endswith("; and add mode: max or mode: min")
     assert "spec.yaml:" in str(e.value)
 
 
@@ -733,7 +748,7 @@ def test_an_early_stopping_metric_that_is_not_reported_is_refused_before_anythin
     misspelled = REGRESSION + "  early_stopping: {metric: valid_los, mode: min, patience: 2}\n"
     with pytest.raises(FlowgradError, match="early_stopping metric 'valid_los' is not reported") as e:
         train(_spec(misspelled, tmp_path), overwrite=True, valid="0.25", **opts)
-    assert e.value.hint == "reported: train_loss, valid_loss"
+    assert e.value.hint == "did you mean 'valid_loss' or 'train_loss'? (reported: train_loss, valid_loss)"
     assert {name: (tmp_path / "run" / name).read_bytes() for name in kept} == kept
 
 
