@@ -22,7 +22,7 @@ class TopK(OpDef):
         axis = normalize_axis(attrs["axis"], x.rank)
         k = int(attrs["k"])
         if isinstance(x.shape[axis], int) and k > x.shape[axis]:
-            raise ShapeError(f"topk k={k} is larger than the axis ({x.shape[axis]})", hint=f"use a k of at most {x.shape[axis]}")
+            raise ShapeError(f"k={k} is larger than the axis ({x.shape[axis]})", arg="k", hint=f"use a k of at most {x.shape[axis]}")
         shape = tuple(k if i == axis else d for i, d in enumerate(x.shape))
         return [TensorType(x.dtype, shape), TensorType("int64", shape)]
 
