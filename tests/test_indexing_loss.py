@@ -49,6 +49,13 @@ INDEX_CASES = [
     ((None,), lambda a: a[None]),
     (((-3, -1, None), None, (None, None, -2)), lambda a: a[-3:-1, None, ::-2]),
     ((Ellipsis, None, 2), lambda a: a[..., None, 2]),
+    # the first entries, an open start counting from the start (refused, with a hint to do just that)
+    (((None, 2, None),), lambda a: a[:2]),
+    (((None, 3, 2),), lambda a: a[:3:2]),
+    # backwards between bounds on one side of the symbolic dim (refused, with a hint to do just that)
+    (((-1, -4, -2),), lambda a: a[-1:-4:-2]),
+    (((3, 0, -2),), lambda a: a[3:0:-2]),
+    (((None, -3, -1),), lambda a: a[:-3:-1]),
 ]
 
 
@@ -80,6 +87,9 @@ def test_slice_symbolic_needs_one_sided_bounds():
     x = g.add_input("x", "float32", ("N", 3))
     with pytest.raises(ShapeError, match="symbolic dim N"):
         g.apply("index", x, spec=((1, None, None),))
+    for spec in (((-2, None, -1),), ((None, 1, -1),), ((-1, 2, -1),), ((None, -1, None),)):  # sizes that follow N
+        with pytest.raises(ShapeError, match="symbolic dim N"):
+            g.apply("index", x, spec=spec)
     with pytest.raises(ShapeError, match="out of range"):
         g.apply("index", x, spec=(Ellipsis, 3))
     with pytest.raises(ShapeError, match="too many indices"):

@@ -236,14 +236,21 @@ def _slice_plan(attrs, shape) -> list[_AxisSlice]:
         if st == -1 and s in (None, -1) and (t is None or t <= INT64_MIN // 2):
             plan.append(_AxisSlice(axis, s, t, st, "reverse", d, d))
             continue
-        if st > 0 and s is not None and t is not None and not big and (s >= 0) == (t >= 0):
+        if st > 0 and t is not None and not big and ((0 if s is None else s) >= 0) == (t >= 0):
+            s = 0 if s is None else s  # (x[:, :2], the first two steps: an open start is the first entry)
             length = max(0, -(-(t - s) // st))
         elif st > 0 and s is not None and s < 0 and (t is None or big):
             length = -(-(-s) // st)
+        elif st < 0 and t is not None and t > INT64_MIN // 2 and ((-1 if s is None else s) >= 0) == (t >= 0):
+            # backwards between bounds counted from one end (x[-1:-4:-2], x[5:1:-1]; an open start
+            # is the last entry, x[:-4:-1])
+            s = -1 if s is None else s
+            length = max(0, len(range(s, t, st)))
         else:
             raise ShapeError(
                 f"cannot slice the symbolic dim {d} with [{'' if s is None else s}:{'' if t is None else t}:{st}]",
-                hint="the output size must not depend on the dim: count both bounds from the start or both from the end",
+                hint="the output size must not depend on the dim: count both bounds from the start or both from the "
+                     "end (x[-3:-1], x[1:4:2], x[-1:-4:-2]), or reverse it whole (x[::-1])",
             )
         plan.append(_AxisSlice(axis, s, t, st, "symbolic", length, d))
     return plan
