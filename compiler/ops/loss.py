@@ -301,7 +301,13 @@ class _Penalty(OpDef):
         if not params:
             raise SpecError(f"{self.name}() needs at least one tensor", current_loc(), hint=f"pass the tensors to penalise, e.g. {self.name}(W1, W2)")
         total = None
-        for p in params:
+        for i, p in enumerate(params):
+            if p.rank == 0 and p.producer is not None and p.producer.op.name == "constant":
+                # (l2(W, 1e-4) read as a weight added 1e-4 to an unweighted penalty)
+                value = p.producer.attrs["value"].item()
+                raise SpecError(f"{self.name}() argument {i + 1} is the number {value:g}, not a tensor to penalise",
+                                current_loc(), hint=f"weigh the penalty by multiplying it: {value:g} * {self.name}(W)",
+                                arg=str(i))
             require_float(p, f"argument of {self.name}()")
             t = g.apply("sum", self.term(g, p))
             total = t if total is None else total + g.cast(t, total.dtype)
