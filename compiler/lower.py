@@ -435,7 +435,14 @@ class Lowering:
         if layer is not None and layer.applies(args, kwargs):
             return self._run_layer(layer, e, args, kwargs)
         op = get_op_at(e)
-        return self.apply_op(op, e, args, kwargs)
+        try:
+            return self.apply_op(op, e, args, kwargs)
+        except SpecError as err:
+            # a layer and an op of one name (layer_norm(x), layer_norm(x, gamma, beta)): the
+            # arguments picked the op, and the user may have meant the layer
+            if layer is not None and (err.hint or "").startswith("usage: ") and layer.usage not in err.hint:
+                err.hint += f", or the layer: {layer.usage}"
+            raise
 
     def _run_layer(self, layer, e: S.Call, args: list, kwargs: dict):
         """A layer shorthand; arguments of a kind it does not expect are the user's mistake, located."""
