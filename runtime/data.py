@@ -49,7 +49,7 @@ class Dataset:
             a = np.ascontiguousarray(self.arrays[k])
             h.update(k.encode())
             h.update(str(a.dtype).encode() + str(a.shape).encode())
-            h.update(a.tobytes())
+            h.update(a.reshape(-1).view(np.uint8))  # (its bytes where they are: tobytes() copied them all)
         return h.hexdigest()[:16]
 
 
@@ -256,9 +256,10 @@ def data_argument(name: str, value, error: type[FlowgradError] = FlowgradError):
 
 def from_arrays(arrays: Mapping, where: InMemory, inputs: dict | None = None) -> Dataset:
     """Arrays given in memory (input name -> array-like), read as load_npz reads a file, so that
-    check_against_spec checks them as it checks a file's: each one copied (the caller's arrays are
-    never changed, whatever training does with them), a list made an array; refused: no arrays, a
-    name that is not a string, ragged lists and object arrays (an .npz cannot hold those without
+    check_against_spec checks them as it checks a file's: each one read where it is, through a
+    read-only view (the caller's arrays are neither copied whole, which a large one could not
+    afford, nor ever changed: a write into one fails), a list made an array; refused: no arrays,
+    a name that is not a string, ragged lists and object arrays (an .npz cannot hold those without
     pickling). `inputs` lets an error about one array point at its declaration."""
     out = {}
     for k in arrays:
@@ -267,7 +268,7 @@ def from_arrays(arrays: Mapping, where: InMemory, inputs: dict | None = None) ->
                             "input names, strings", hint=f'e.g. {where.keyword}={{"x": x, "y": y}}')
         loc = inputs[k].loc if inputs and k in inputs else None
         try:
-            value = np.array(arrays[k])  # (a copy, always)
+            value = np.asarray(arrays[k]).view()  # (a memmap, a matrix: read as a plain array)
         except ValueError as e:  # ragged lists; np.load's object arrays (allow_pickle)
             if "allow_pickle" in str(e):
                 value = np.empty(0, dtype=object)
@@ -284,6 +285,7 @@ def from_arrays(arrays: Mapping, where: InMemory, inputs: dict | None = None) ->
         if value.dtype.kind == "O":
             raise DataError(f"{where.array(k)} is an object array (Python objects, not numbers)", loc,
                             "give plain numeric arrays, e.g. numpy.asarray(x, dtype='float32')")
+        value.flags.writeable = False  # (the view's: the caller's array keeps its own flags)
         out[k] = value
     if not out:
         raise DataError(f"{where} holds no arrays", hint=f'give one array per input, e.g. {where.keyword}={{"x": x, "y": y}}')

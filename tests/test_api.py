@@ -616,3 +616,31 @@ def test_evaluate_run_takes_arrays_and_says_what_a_run_on_arrays_cannot_rebuild(
     train(dae, data={"x": x}, run_dir=str(tmp_path / "dae"), epochs=1, threads=1, device="cpu")
     with pytest.raises(DataError, match="no examples of its data to reconstruct"):
         samples_of(str(tmp_path / "dae"), 4)
+
+
+def test_arrays_given_in_memory_are_not_copied_whole(tmp_path, run):
+    """Training and evaluating on arrays given in memory reads them where they are: a large array
+    is not copied whole (it was copied on arrival, and again to hash it), and stays unmodified. A
+    validation split copies the examples once, into the two parts; no split copies nothing."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40_000, 64), dtype=np.float32), rng.integers(0, 10, 40_000)
+    x.flags.writeable = y.flags.writeable = False
+    before = x.copy()
+    opts = dict(steps=1, threads=1, device="cpu", batch_size=64)
+    for what, call, most in (
+            ("train", lambda: train(load(MLP, SMALL), data={"x": x, "y": y}, valid=0,
+                                    run_dir=str(tmp_path / "r0"), **opts), 0.5),
+            ("a split", lambda: train(load(MLP, SMALL), data={"x": x, "y": y}, valid=0.2,
+                                      run_dir=str(tmp_path / "r1"), **opts), 1.5),
+            ("evaluate_run", lambda: evaluate_run(run / "run", data={"x": x, "y": y}, device="cpu"), 0.5)):
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            call()
+            peak = tracemalloc.get_traced_memory()[1] - start
+        finally:
+            tracemalloc.stop()
+        assert peak < most * x.nbytes, f"{what}: {peak / x.nbytes:.2f} times the array's size"
+    assert np.array_equal(x, before)
