@@ -245,6 +245,9 @@ def data_argument(name: str, value, error: type[FlowgradError] = FlowgradError):
     """The API's data= or valid= (`name`): arrays in memory (a mapping, read by from_arrays), kept
     as given, or a path as check_path takes it. A list, an array or a DataFrame is refused here,
     not taken for a path."""
+    if isinstance(value, np.lib.npyio.NpzFile) and value.zip is None:  # (its arrays: an AttributeError)
+        raise error(f"{name}= is np.load's result after its file was closed (the end of its with block, or close())",
+                    hint=f"call train (or evaluate_run) inside the with block, or pass {name}=dict(z) made there")
     if value is None or in_memory(value):
         return value
     if not isinstance(value, (str, os.PathLike)):

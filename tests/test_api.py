@@ -644,3 +644,20 @@ def test_arrays_given_in_memory_are_not_copied_whole(tmp_path, run):
             tracemalloc.stop()
         assert peak < most * x.nbytes, f"{what}: {peak / x.nbytes:.2f} times the array's size"
     assert np.array_equal(x, before)
+
+
+def test_a_closed_np_load_result_is_refused_before_anything_runs(tmp_path, run):
+    """np.load's result used after its with block (with np.load(p) as z: ..., then data=z) has
+    closed its file: train and evaluate_run ended in an AttributeError traceback ('NoneType'
+    object has no attribute 'open'); it is refused in one line naming the keyword, with a hint."""
+    x, y = _digits(0, 40)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with np.load(tmp_path / "d.npz") as z:
+        pass
+    for call in (lambda: train(load(MLP, SMALL), data=z, run_dir=str(tmp_path / "r"), device="cpu"),
+                 lambda: train(load(MLP, SMALL), data={"x": x, "y": y}, valid=z, run_dir=str(tmp_path / "r")),
+                 lambda: evaluate_run(run / "run", data=z, device="cpu")):
+        with pytest.raises(FlowgradError, match="is np.load's result after its file was closed") as e:
+            call()
+        assert "\n" not in e.value.message and "inside the with block" in e.value.hint
+    assert not (tmp_path / "r").exists()
