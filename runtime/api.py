@@ -88,7 +88,9 @@ def compile(spec: str | os.PathLike | dict | Spec, dtype: str | None = None,  # 
 
 
 def train(spec: str | os.PathLike | dict | Spec, **options) -> TrainResult:
-    """Train a spec; keyword options are those of TrainOptions (epochs, device, run_dir, ...)."""
+    """Train a spec; keyword options are those of TrainOptions (epochs, device, run_dir, ...).
+    data= (a path, or arrays in memory: {"x": x, "y": y}) takes the place of the spec's train.data
+    path or dataset; the spec's test, and its valid where no valid= is given, still split it."""
     known = [f.name for f in dataclasses.fields(TrainOptions) if f.name != "names"]  # (the API names keywords)
     for name in options:
         if name not in known:  # (TrainOptions' TypeError)
