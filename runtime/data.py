@@ -274,8 +274,8 @@ def from_arrays(arrays: Mapping, where: InMemory, inputs: dict | None = None) ->
             value = np.asarray(arrays[k]).view()  # (a memmap, a matrix: read as a plain array)
         except ValueError as e:  # ragged lists; np.load's object arrays (allow_pickle)
             if "allow_pickle" in str(e):
-                value = np.empty(0, dtype=object)
-            elif "inhomogeneous" in str(e) or "sequence" in str(e):
+                raise _object_array(where, k, loc) from None
+            if "inhomogeneous" in str(e) or "sequence" in str(e):
                 raise DataError(f"{where.array(k)} is ragged: its rows are not all of one shape", loc,
                                 "give every example the same shape, e.g. pad the rows to one length") from None
             else:
@@ -286,13 +286,22 @@ def from_arrays(arrays: Mapping, where: InMemory, inputs: dict | None = None) ->
                             f"{str(e).splitlines()[0][:160] if str(e) else ''})", loc,
                             "give a NumPy array, or a list of numbers") from None
         if value.dtype.kind == "O":
-            raise DataError(f"{where.array(k)} is an object array (Python objects, not numbers)", loc,
-                            "give plain numeric arrays, e.g. numpy.asarray(x, dtype='float32')")
+            raise _object_array(where, k, loc)
         value.flags.writeable = False  # (the view's: the caller's array keeps its own flags)
         out[k] = value
     if not out:
         raise DataError(f"{where} holds no arrays", hint=f'give one array per input, e.g. {where.keyword}={{"x": x, "y": y}}')
     return Dataset(out, str(where))
+
+
+def _object_array(where: str | InMemory, name: str, loc: Loc | None) -> DataError:
+    """An object array refused, in a file (pickled: never unpickled) or given in memory: its
+    values are Python objects, which no graph takes."""
+    memory = isinstance(where, InMemory)
+    return DataError(f"{array_named(where, name)} is an object array "
+                     f"({'Python objects, not numbers' if memory else 'pickled Python objects'})", loc,
+                     f"object arrays are refused; {'give' if memory else 'save'} plain numeric arrays, "
+                     "e.g. numpy.asarray(x, dtype='float32')")
 
 
 def load_given(data, keyword: str, inputs: dict | None = None) -> tuple[Dataset, str | InMemory]:
@@ -328,8 +337,7 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
                     value = z[k]
                 except ValueError as e:
                     if "allow_pickle" in str(e):
-                        raise DataError(f"{path}: array {k!r} is an object array (pickled Python objects)", where,
-                                        "object arrays are refused; save plain numeric arrays") from None
+                        raise _object_array(path, k, where) from None
                     raise DataError(f"{path}: array {k!r} cannot be read: its header or data is damaged", where,
                                     "write the file again with numpy.savez") from None
                 if isinstance(value, np.ndarray):
