@@ -1050,15 +1050,21 @@ def _check_arrays_given_again(run_dir: str, info: dict, opts: TrainOptions, name
     its run.json records no file to read them from, and the spec's own data would be other examples
     (or none). Arrays or a file given are compared with the run's by their hash, as any data is."""
     then = info.get("data_source") if isinstance(info.get("data_source"), dict) else {}
-    for key, had, given, what in (("data", then.get("arrays"), opts.data, "trained"),
-                                  ("valid", then.get("valid") == D.IN_MEMORY, opts.valid, "validated")):
-        if had and given is None:
-            again = (f"save them with numpy.savez and pass the file, {names.given(resume=True, **{key: 'FILE.npz'})}"
-                     if names.flags else f"pass the same arrays again ({names.given(resume=True)}, {key}={{...}})")
-            raise DataError(f"{names.given(resume=True)} {run_dir}: the run was {what} on arrays given in memory "
-                            f"(the API's {key}=), and this resume gives none",
-                            hint=f"{again}, or start a new run from its weights with "
-                                 f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+    missing = [(key, what, file) for key, had, given, what, file in (
+        ("data", then.get("arrays"), opts.data, "trained", "FILE.npz"),
+        ("valid", then.get("valid") == D.IN_MEMORY, opts.valid, "validated", "VALID.npz")) if had and given is None]
+    if not missing:
+        return
+    keys = [key for key, _, _ in missing]  # (both at once: given data=, it was then told of valid=)
+    files = {key: file if len(missing) > 1 else "FILE.npz" for key, _, file in missing}
+    again = (f"save them with numpy.savez and pass the file{'s' if len(missing) > 1 else ''}, "
+             f"{names.given(resume=True, **files)}" if names.flags else
+             f"pass the same arrays again ({names.given(resume=True)}, {', '.join(f'{k}={{...}}' for k in keys)})")
+    raise DataError(f"{names.given(resume=True)} {run_dir}: the run was {' and '.join(w for _, w, _ in missing)} on "
+                    f"arrays given in memory (the API's {' and '.join(f'{k}=' for k in keys)}), and this resume gives "
+                    f"{'neither' if len(missing) > 1 else 'none'}",
+                    hint=f"{again}, or start a new run from its weights with "
+                         f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _check_same_examples(run_dir: str, before: dict, train_ds: D.Dataset, float_dtype: str, names: ArgNames,

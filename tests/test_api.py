@@ -661,3 +661,17 @@ def test_a_closed_np_load_result_is_refused_before_anything_runs(tmp_path, run):
             call()
         assert "\n" not in e.value.message and "inside the with block" in e.value.hint
     assert not (tmp_path / "r").exists()
+
+
+def test_a_resume_without_the_arrays_names_every_one_it_needs_at_once(tmp_path):
+    """A run trained and validated on arrays given in memory, resumed with neither, is told of
+    both (data= and valid=) in one refusal: it was told of data= alone, and once given that, of
+    valid=; flowgrad train --resume is told to pass both files."""
+    spec, (x, y), (vx, vy) = load(MLP, SMALL), _digits(0, 150), _digits(150, 200)
+    r = str(tmp_path / "r")
+    train(spec, data={"x": x, "y": y}, valid={"x": vx, "y": vy}, run_dir=r, steps=1, threads=1, device="cpu")
+    _refused([f"resume=True {r}: the run was trained and validated on arrays given in memory (the API's data= and "
+              "valid=), and this resume gives neither", "(resume=True, data={...}, valid={...})"],
+             spec=spec, run_dir=r, resume=True)
+    _refused_as_flowgrad_train(["the run was trained and validated on arrays given in memory",
+                                "--resume --data FILE.npz --valid VALID.npz"], spec=spec, run_dir=r, resume=True)
