@@ -844,7 +844,8 @@ def _check_same_model(spec: S.Spec, run_dir: str, info: dict, names: ArgNames) -
     change = model_change(trained, spec)
     if change:
         raise SpecError(change.describe(run_dir), change.loc,
-                        hint=f"resume with the spec the run trained, {trained_path}, or start a new run from its "
+                        hint=f"resume with the spec the run trained, {trained_path} "
+                             f"({names.given(resume=True, run_dir=run_dir)}), or start a new run from its "
                              f"weights: {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 

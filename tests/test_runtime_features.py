@@ -672,7 +672,8 @@ def test_resuming_an_edited_model_is_refused(tmp_path, data, edit, words):
     train(_spec(REGRESSION, tmp_path), **opts)
     with pytest.raises(SpecError, match=re.escape(words.format(run=tmp_path / "run"))) as e:
         train(_spec(REGRESSION.replace(*edit), tmp_path), resume=True, **{**opts, "steps": 4})
-    assert e.value.hint == (f"resume with the spec the run trained, {tmp_path / 'run' / 'spec.yaml'}, or start a new "
+    assert e.value.hint == (f"resume with the spec the run trained, {tmp_path / 'run' / 'spec.yaml'} (resume=True, "
+                            f'run_dir="{tmp_path / "run"}"), or start a new '
                             f'run from its weights: init_from="{tmp_path / "run"}", run_dir="NEW_DIR"')
     assert load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))[1]["step"] == 2  # left as it was
     assert "tanh(x @ W1)" in (tmp_path / "run" / "spec.yaml").read_text()
