@@ -7,6 +7,28 @@ import math
 from spec.errors import SpecError
 
 
+def check_schedule_fits(spec, total_steps: int, length: str) -> None:
+    """A warmup or a step decay that the run ends before reaching changes nothing it promises:
+    a warmup of more steps than the run leaves the learning rate below lr to the end (and a
+    cosine after it never anneals), a step decay every more steps than the run never decays.
+    `length` says how the run got its `total_steps` ('300 optimizer steps (30 epochs of 10)')."""
+    cfg = (spec.train or {}).get("lr_schedule") or {}
+    warmup = cfg.get("warmup") or 0
+    if warmup >= total_steps:
+        raise SpecError(f"train.lr_schedule.warmup {warmup} is not shorter than the run, {length}: the learning "
+                        f"rate would not reach lr before the run's last step, if at all"
+                        + (", and the cosine would never anneal it" if "cosine" in cfg else ""),
+                        spec.locate("train", "lr_schedule", "warmup"),
+                        f"warm up over a part of the run, e.g. warmup: {max(total_steps // 10, 1)}, or train for "
+                        f"more steps")
+    every = (cfg.get("step") or {}).get("every")
+    if every is not None and every >= total_steps:
+        raise SpecError(f"train.lr_schedule.step.every {every} is not shorter than the run, {length}: the learning "
+                        f"rate would never decay",
+                        spec.locate("train", "lr_schedule", "step", "every"),
+                        f"decay within the run, e.g. every: {max(total_steps // 3, 1)}, or train for more steps")
+
+
 def lr_schedule(base_lr: float, cfg: dict | None, total_steps: int, steps_per_epoch: int):
     cfg = dict(cfg or {})
     warmup = int(cfg.pop("warmup", 0) or 0)

@@ -24,7 +24,7 @@ from spec.errors import ArgNames, DataError, FlowgradError, SpecError
 from . import data as D
 from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed  # noqa: F401  (the API imported them from here)
 from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, read_run_info, remove_stale_temporaries
-from .schedules import lr_schedule
+from .schedules import check_schedule_fits, lr_schedule
 from .session import ORT_ERRORS, pick_device
 from .trainer import Trainer
 
@@ -499,6 +499,10 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         # with both limits the first one reached ends the run, and the lr schedule plans for it
         total_steps = min(max_steps, epochs * steps_per_epoch) if max_steps and epochs else \
             max_steps or epochs * steps_per_epoch
+        length = f"{total_steps} optimizer step{'s' if total_steps > 1 else ''}" + (
+            f" ({epochs} epoch{'s' if epochs > 1 else ''} of {steps_per_epoch})"
+            if epochs and total_steps == epochs * steps_per_epoch else "")
+        check_schedule_fits(spec, total_steps, length)
         epochs = epochs or -(-total_steps // steps_per_epoch)
 
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}

@@ -373,6 +373,38 @@ def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _learning_rates(train) -> list[tuple[str | None, str, float]]:
+    """[(objective or None, where its lr is written, lr)] of the run's optimizers, as training
+    reads them: an objective without an optimizer takes train.optimizer, and a spec without one
+    sgd's lr 0.01."""
+    def lr_of(optimizer, where):
+        if not isinstance(optimizer, dict) or len(optimizer) != 1:
+            return None
+        (kind, settings), = optimizer.items()
+        if not isinstance(settings, dict) or not _is_number(settings.get("lr")):
+            return None
+        return f"{where}.{kind}.lr", settings["lr"]
+
+    default = lr_of(train.get("optimizer"), "train.optimizer") if "optimizer" in train else \
+        ("the default optimizer, sgd", 0.01)
+    objectives = train.get("objectives")
+    if not isinstance(objectives, dict) or not objectives:
+        return [(None, *default)] if default else []
+    out = []
+    for name, cfg in objectives.items():
+        if isinstance(cfg, dict) and "optimizer" in cfg:
+            found = lr_of(cfg["optimizer"], f"train.objectives.{name}.optimizer")
+        else:
+            found = default
+        if found:
+            out.append((name, *found))
+    return out
+
+
 def _choices_hint(word: str, choices, none: str) -> str:
     """A close choice, else all of them, else `none` (what to do where nothing is taken)."""
     choices = [c for c in choices if isinstance(c, str)]
@@ -895,6 +927,31 @@ class _SpecBuilder:
         for name, kind, loc in defined:
             names.add(name, kind, loc)
 
+    def check_lr_floor(self, train: LocMap, schedule: LocMap) -> None:
+        """A cosine's min_lr is where it anneals each objective's lr to: above an lr, the
+        'annealing' would raise that learning rate over the run."""
+        cosine = schedule.get("cosine")
+        if not isinstance(cosine, LocMap) or not _is_number(cosine.get("min_lr")):
+            return
+        min_lr = cosine["min_lr"]
+        lrs = _learning_rates(train)
+        above = [(name, where, lr) for name, where, lr in lrs if min_lr > lr]
+        if not above:
+            return
+        name, where, lr = min(above, key=lambda a: a[2])
+        lowest = min(lr for _, _, lr in lrs)
+        example = f"min_lr: {lowest / 100:g}" if lowest > 0 else "min_lr: 0"
+        if len(lrs) > 1:
+            message = (f"train.lr_schedule.cosine.min_lr {min_lr:g} is above objective {name}'s lr {lr:g} "
+                       f"({where}): the cosine would raise that learning rate, not lower it")
+            hint = (f"min_lr applies to every objective's lr: write one at or below the lowest, {lowest:g}, "
+                    f"e.g. {example}, or 0 to anneal to zero")
+        else:
+            message = (f"train.lr_schedule.cosine.min_lr {min_lr:g} is above the lr {lr:g} it anneals from "
+                       f"({where}): the cosine would raise the learning rate, not lower it")
+            hint = f"write a min_lr at or below {lr:g}, e.g. {example}, or 0 to anneal to zero"
+        raise SpecError(message, cosine.value_locs["min_lr"], hint)
+
     def check_train(self, train: LocMap) -> None:
         schedule = train.get("lr_schedule")
         if isinstance(schedule, LocMap):
@@ -902,6 +959,7 @@ class _SpecBuilder:
             if len(kinds) > 1:
                 raise SpecError(f"train.lr_schedule takes one schedule, got {', '.join(kinds)}",
                                 schedule.key_locs[kinds[1]], "keep one of them (warmup may go with any)")
+            self.attempt(self.check_lr_floor, train, schedule)
         objectives = train.get("objectives") or {}
         order = train.get("schedule")
         if order is not None and not objectives:

@@ -18,7 +18,7 @@ from runtime.api import load, train
 from runtime.checkpoint import load_checkpoint
 from runtime.export import export, predict
 from runtime.schedules import lr_schedule
-from spec.errors import KEYWORDS, DataError, FlowgradError
+from spec.errors import KEYWORDS, DataError, FlowgradError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
@@ -1093,3 +1093,24 @@ def test_lengths_an_attention_reads_are_at_least_1(tmp_path):
                                         r"'src' needs at least 1 step: an attention reads the mask made from it"):
         D.check_lengths({"src": src, "src_len": np.array([5, 0, 2])}, bounds, "d.npz")
     D.check_lengths({"src": src, "src_len": np.array([5, 1, 2])}, bounds, "d.npz")
+
+
+@pytest.mark.parametrize("schedule, message, hint", [
+    ("train.lr_schedule={constant: {}, warmup: 50}",
+     "train.lr_schedule.warmup 50 is not shorter than the run, 12 optimizer steps (3 epochs of 4): the "
+     "learning rate would not reach lr before the run's last step, if at all", "e.g. warmup: 1, or train for more"),
+    ("train.lr_schedule={cosine: {}, warmup: 12}", "and the cosine would never anneal it", "warmup: 1"),
+    ("train.lr_schedule={step: {every: 12}}",
+     "train.lr_schedule.step.every 12 is not shorter than the run, 12 optimizer steps (3 epochs of 4): "
+     "the learning rate would never decay", "decay within the run, e.g. every: 4"),
+])
+def test_a_schedule_the_run_ends_before_is_refused_at_it(tmp_path, schedule, message, hint):
+    """warmup: 500 over a run of 12 steps never reached lr (nor annealed a cosine after it), and
+    step every 12 never decayed, without a word: both are refused before training, located."""
+    spec = load(MLP, SMALL + ["train.batch_size=400", schedule])
+    with pytest.raises(SpecError) as e:
+        train(spec, run_dir=str(tmp_path / "run"), epochs=3, threads=1, device="cpu")
+    assert message in e.value.message and hint in e.value.hint
+    number = re.findall(r"\d+", schedule)[-1]  # located at the warmup's or every's value in the override
+    assert e.value.loc.col == len('overrides=["') + 1 + schedule.rindex(number)
+    assert not os.path.exists(tmp_path / "run" / "checkpoint_last.npz")

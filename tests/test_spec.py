@@ -256,6 +256,8 @@ def test_missing_keys_are_located_at_the_parent():
     ("name: mlp", "name: my/model", "name the string 'my/model' has characters that are not allowed", "letters"),
     ("epochs: 30", "epochs: 30\n  lr_schedule: {step: {every: 0}}", "train.lr_schedule.step.every must be >= 1, not 0",
      None),
+    ("epochs: 30", "epochs: 30\n  lr_schedule: {step: {every: 100, gamma: 2}}",  # (a 'decay' that doubled lr)
+     "train.lr_schedule.step.gamma must be <= 1, not 2", None),
     ("epochs: 30", "epochs: 30\n  early_stopping: {metric: valid_loss, mode: maximum}",
      "train.early_stopping.mode must be one of min, max, not the string 'maximum'", None),
     ("epochs: 30", "epochs: 30\n  dtype: 32",  # (a number for a choice of words printed no hint)
