@@ -927,8 +927,9 @@ class Bidirectional(Layer):
                             did_you_mean(str(cell), CELLS) or "write e.g. bidirectional(lstm, x, H)")
         merge = a.pop("merge", "concat")
         if merge not in ("concat", "sum"):
+            close = did_you_mean(merge, ("concat", "sum")) if isinstance(merge, str) else None
             raise SpecError(f"merge must be concat or sum, got {merge!r}", e.kwarg_locs.get("merge", e.loc),
-                            hint="merge=concat or merge=sum")
+                            hint=f"{close} (merge=concat or merge=sum)" if close else "merge=concat or merge=sum")
         x, H = a.pop("x"), a.pop("units")
         a.pop("cell")
         if a.get("return_state"):

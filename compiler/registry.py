@@ -55,6 +55,7 @@ class OpDef:
     variadic: bool = False  # takes any number of tensor inputs
     attrs: dict = {}  # attribute name -> default (or REQUIRED)
     internal_attrs: tuple = ()  # attributes the compiler sets and specs cannot write
+    choices: dict = {}  # attribute name -> the words it takes (reduction: mean, sum, none)
     internal: bool = False  # made by the compiler (gradients, lowering, rewrites), not written in a spec
     n_outputs: int = 1
     nondiff: bool = False  # no gradient flows through (argmax, comparisons, random)
@@ -110,6 +111,12 @@ class OpDef:
                 if want:
                     raise SpecError(f"{self.name}() argument {key!r} must be {want}, got {given[key]!r}",
                                     current_loc(), f"usage: {self.usage()}", arg=key)
+                if key in self.choices and given[key] not in self.choices[key]:
+                    words = ", ".join(self.choices[key])
+                    close = did_you_mean(given[key], self.choices[key])
+                    raise SpecError(f"{self.name}: unknown {key} {given[key]!r}", current_loc(),
+                                    f"{close} ({key} is one of {words})" if close else f"write one of: {words}",
+                                    arg=key)
             elif default is REQUIRED:
                 raise SpecError(f"{self.name}() needs the argument {key!r}", current_loc(), f"usage: {self.usage()}")
             else:

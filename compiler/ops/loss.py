@@ -117,6 +117,7 @@ class CrossEntropy(OpDef):
 
     inputs = ("logits", "labels")
     attrs = {"axis": -1, "reduction": "mean", "label_smoothing": 0.0}
+    choices = {"reduction": REDUCTIONS}
     composite = True
     gradgrad = True
 
@@ -191,6 +192,7 @@ class Nll(OpDef):
 
     inputs = ("log_probs", "labels")
     attrs = {"axis": -1, "reduction": "mean"}
+    choices = {"reduction": REDUCTIONS}
     composite = True
     gradgrad = True
 
@@ -220,6 +222,7 @@ class BinaryCrossEntropy(OpDef):
 
     inputs = ("logits", "targets")
     attrs = {"reduction": "mean"}
+    choices = {"reduction": REDUCTIONS}
     composite = True
     gradgrad = True
 
@@ -252,6 +255,7 @@ class Mse(OpDef):
 
     inputs = ("a", "b")
     attrs = {"reduction": "mean"}
+    choices = {"reduction": REDUCTIONS}
     composite = True
     gradgrad = True
 
@@ -274,6 +278,7 @@ class L1Loss(OpDef):
 
     inputs = ("a", "b")
     attrs = {"reduction": "mean"}
+    choices = {"reduction": REDUCTIONS}
     composite = True
     gradgrad = True
 

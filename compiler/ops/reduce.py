@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from spec.errors import ShapeError
+from spec.errors import FlowgradError, ShapeError
 
 from ..ir import TensorType, is_float, normalize_axis
-from ..registry import OpDef, Sample, op
+from ..registry import OpDef, Sample, op, require_dtype
 
 
 def reduce_axes(axis, rank: int) -> tuple:
@@ -133,6 +133,12 @@ class Numel(OpDef):
     def build(self, g, inputs, attrs):
         x = inputs[0]
         attrs = self.bind_attrs(attrs)
+        if attrs["dtype"] is not None:
+            try:
+                require_dtype(attrs["dtype"])
+            except FlowgradError as e:
+                self._locate(e)  # (at dtype=: it made a node of the name before it was checked)
+                raise
         axes = reduce_axes(attrs["axis"], x.rank)
         dims = [x.shape[a] for a in axes]
         if all(isinstance(d, int) for d in dims):  # known now: a constant, not a node
