@@ -1,8 +1,11 @@
 """Layer shorthands: calls in a spec that create their own named parameters.
 
 `h: dense(x, H, act=relu)` makes the parameters `h.W` and `h.b`; passing
-`W=...` / `b=...` uses given tensors instead (weight tying). A second layer
-call in the same entry gets a numbered prefix (`h.dense2.W`).
+`W=...` / `b=...` uses given tensors instead (weight tying). The layer calls of
+one entry are counted in the order they are computed, a layer's arguments before
+it: the first takes the entry's name, the k-th a numbered prefix (`h.dense2.W`),
+so `h: rnn(embedding(x, V, E), H)` makes h.W (the table) and h.rnn2.* (README,
+"Layer parameters are named after their graph entry"). Checkpoints depend on it.
 """
 from __future__ import annotations
 

@@ -189,3 +189,56 @@ def test_readmes_set_promises_hold():
     with pytest.raises(FlowgradError) as e:  # a path through a key the spec lacks: the override that adds it
         load_spec(mlp, ["train.data.options.labelled=40"])
     assert "train.data.options={labelled: 40}" in e.value.hint
+
+
+LAYER_NAMES_SPEC = """flowgrad: 1
+name: names
+dims: {V: 10, E: 5, H: 4, K: 3}
+inputs:
+  x: {shape: [N, T], dtype: int64}
+  y: {shape: [N], dtype: int64}
+graph:
+%s
+loss: cross_entropy(logits, y)
+"""
+
+
+@pytest.mark.parametrize("entries, names, shapes", [
+    (["h: rnn(embedding(x, V, E), H)", "logits: dense(mean(h, axis=1), K)"],
+     ["h.W", "h.rnn2.W", "h.rnn2.U", "h.rnn2.b"], {"h.W": (10, 5), "h.rnn2.W": (5, 4)}),
+    (["h: mean(embedding(x, V, E), axis=1)", "logits: dense(dense(h, H), K)"],
+     ["logits.W", "logits.b", "logits.dense2.W", "logits.dense2.b"], {"logits.W": (5, 4), "logits.dense2.W": (4, 3)}),
+    (["e: embedding(x, V, E)", "h: rnn(e, H)", "logits: dense(mean(h, axis=1), K)"],
+     ["e.W", "h.W", "h.U", "h.b"], {"e.W": (10, 5), "h.W": (5, 4)}),
+    (["e: embedding(x, V, E)", "h, s: rnn(e, H, return_state=true)", "logits: dense(s, K)"], ["h_s.W"], {}),
+])
+def test_readmes_layer_parameter_names_hold(entries, names, shapes):
+    """README says how a layer's parameters are named, with a layer inside another in one entry
+    (h: rnn(embedding(x, V, E), H) makes h.W and h.rnn2.*), which it did not describe: each name
+    it shows is the name the compiler gives, and the one of an entry's several layers that takes
+    the entry's name is the one README says."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    prose = " ".join(README.split())
+    assert "**Layer parameters are named after their graph entry.**" in prose
+    example = entries[0] if "h: mean" not in entries[0] else "logits: dense(dense(h, H), K)"
+    assert f"`{example}`" in prose, example
+    for name in names:
+        assert f"`{name}`" in prose, name
+    cm = compile_spec(spec_from_text(LAYER_NAMES_SPEC % "".join(f"  {e}\n" for e in entries)))
+    assert set(names) <= set(cm.params), list(cm.params)
+    for name, shape in shapes.items():
+        assert tuple(cm.params[name].value.shape) == shape, name
+
+
+def test_readmes_joined_entry_name_collision_holds():
+    """README: an entry named h_s beside h, s: rnn(...) is refused, as both make h_s.W."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+    from spec.errors import FlowgradError
+
+    assert "\"parameter 'h_s.W' is defined twice\"" in " ".join(README.split())
+    entries = ["e: embedding(x, V, E)", "h, s: rnn(e, H, return_state=true)", "h_s: dense(s, K)", "logits: h_s"]
+    with pytest.raises(FlowgradError, match="parameter 'h_s.W' is defined twice"):
+        compile_spec(spec_from_text(LAYER_NAMES_SPEC % "".join(f"  {e}\n" for e in entries)))
