@@ -148,8 +148,13 @@ def _recorded_data_path(spec: S.Spec, key: str, path: str) -> str | None:
         recorded = (read_run_info(os.path.dirname(os.path.abspath(spec.path))).get("data_source") or {}).get(key)
     except FlowgradError:
         return None
-    suffix = os.sep + os.path.normpath(path)
-    return recorded if isinstance(recorded, str) and recorded.endswith(suffix) else None
+    # the recorded path ends as `path` does, less the steps up (../data/d.npz read data/d.npz
+    # above the spec the run was given, which the recorded path does not show)
+    parts = os.path.normpath(path).split(os.sep)
+    while parts and parts[0] == os.pardir:
+        parts.pop(0)
+    suffix = os.sep + os.path.join(*parts) if parts else None
+    return recorded if suffix and isinstance(recorded, str) and recorded.endswith(suffix) else None
 
 
 def load_spec_npz(spec: S.Spec, key: str, path: str) -> D.Dataset:

@@ -849,6 +849,13 @@ def test_the_runs_own_spec_yaml_reads_the_data_the_run_read(tmp_path, data):
     train(_spec(text, project), **opts)
     own = tmp_path / "run" / "spec.yaml"
     assert train(spec_from_text(own.read_text(), str(own)), resume=True, **{**opts, "steps": 3}).steps == 3
+    # a path that steps up from the spec's directory (../data/d.npz), the run two levels down
+    specs = project / "specs"
+    specs.mkdir()
+    up = dict(opts, run_dir=str(tmp_path / "runs" / "up"))
+    train(_spec(text.replace("data/d.npz", "../data/d.npz"), specs), **up)
+    own = tmp_path / "runs" / "up" / "spec.yaml"
+    assert train(spec_from_text(own.read_text(), str(own)), resume=True, **{**up, "steps": 3}).steps == 3
     elsewhere = tmp_path / "other" / "spec.yaml"  # (no run.json beside it)
     elsewhere.parent.mkdir()
     elsewhere.write_text(own.read_text())
