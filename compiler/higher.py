@@ -13,10 +13,11 @@ from .autodiff import grad
 from .ir import Value, at, dim_mul, is_float, producers_of
 
 
-def _tensor_args(low, e: S.Call, n: int, usage: str) -> list[Value]:
+def _tensor_args(low, e: S.Call, names: tuple) -> list[Value]:
+    """The call's arguments, `names` in order (each required, none by keyword), as tensors."""
     from .binding import Params, bind
 
-    names = tuple(usage[usage.index("(") + 1:-1].split(", "))  # grad(scalar, wrt) -> scalar, wrt
+    usage = f"{e.func}({', '.join(names)})"
     bind(Params(f"{e.func}()", positional=names, required=names, usage=usage, keywords=False), e, e.args, e.kwargs)
     if not isinstance(e.args[1], S.Name):
         # an expression made here is a new value, which nothing in y reads: its gradient
@@ -42,7 +43,7 @@ def _grad_of(y: Value, x: Value, e: S.Call) -> Value:
 
 
 def lower_grad(low, e: S.Call) -> Value:
-    y, x = _tensor_args(low, e, 2, "grad(scalar, wrt)")
+    y, x = _tensor_args(low, e, ("scalar", "wrt"))
     with at(e.loc):
         return _grad_of(y, x, e)
 
@@ -50,7 +51,7 @@ def lower_grad(low, e: S.Call) -> Value:
 def lower_hvp(low, e: S.Call) -> Value:
     """Hessian-vector product H v = d/dx <d y/dx, v>, v held fixed in that derivative
     (v may depend on x, as a gradient does; the training graph still differentiates v)."""
-    y, x, v = _tensor_args(low, e, 3, "hvp(scalar, wrt, v)")
+    y, x, v = _tensor_args(low, e, ("scalar", "wrt", "v"))
     if v.shape != x.shape:
         raise ShapeError(f"hvp() vector {v.type} must have the shape of wrt {x.type}", e.args[2].loc,
                          "usage: hvp(scalar, wrt, v), with v shaped like wrt")
@@ -65,7 +66,7 @@ def lower_jacobian(low, e: S.Call) -> Value:
 
     Exact, with one backward pass: the subgraph from x to y is rebuilt on a
     batch repeated M times, and the cotangent picks output m in repeat m."""
-    y, x = _tensor_args(low, e, 2, "jacobian(y, x)")
+    y, x = _tensor_args(low, e, ("y", "x"))
     if y.rank != 2 or x.rank != 2 or y.shape[0] != x.shape[0]:
         raise ShapeError(f"jacobian() needs y [N, M] and x [N, D] with the same batch dim, got {y.type} and {x.type}",
                          e.loc, "flatten per-example values to [N, features] first")
