@@ -408,19 +408,19 @@ def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str], s
     out = {}
     for n, gv in zip(trained, grads):
         if gv is None:
-            p = low.params[n]
-            raise GradientError(
-                f"parameter {n!r} never reaches the loss of objective {obj.name!r}",
-                p.loc,
-                "use it in the loss, mark it 'trainable: false', or leave it out of the objective's params",
-            )
+            raise _unreached(n, low.params[n], obj)
         out[n] = gv
     if seed is not None:
         return out
     return _penalized(low, obj, out)
 
 
-def _refuse_unreached(spec, check: Lowering, obj: Objective) -> None:
+def _unreached(name: str, param, obj: Objective) -> GradientError:
+    return GradientError(f"parameter {name!r} never reaches the loss of objective {obj.name!r}", param.loc,
+                         "use it in the loss, mark it 'trainable: false', or leave it out of the objective's params")
+
+
+def _refuse_unreached(check: Lowering, obj: Objective) -> None:
     """A parameter an objective trains that its loss never reads, as check_spec's gradients find
     it: the objective's graphs lower only what its loss and the metrics read, so a layer that only
     an output (or another objective's loss) reads was left out of them, and trained it not at all
@@ -432,10 +432,8 @@ def _refuse_unreached(spec, check: Lowering, obj: Objective) -> None:
     _refuse_truncated_away(check, loss, trained)  # (which says why truncate= leaves one unreached)
     live = _reaching([loss], cut_truncated=False)
     for n in trained:
-        p = check.params[n]
-        if p.value.id not in live:
-            raise GradientError(f"parameter {n!r} never reaches the loss of objective {obj.name!r}", p.loc,
-                                "use it in the loss, mark it 'trainable: false', or leave it out of the objective's params")
+        if check.params[n].value.id not in live:
+            raise _unreached(n, check.params[n], obj)
 
 
 def _reaching(roots: list[Value], cut_truncated: bool) -> set[int]:
@@ -1016,7 +1014,7 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
         for o in objectives:
             o.frozen, o.frozen_by = list(frozen), names("freeze")
     for obj in objectives:
-        _refuse_unreached(spec, check, obj)
+        _refuse_unreached(check, obj)
     cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph),
                        length_bounds=length_bounds(spec, check.graph))
     for obj in objectives:
