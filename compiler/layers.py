@@ -191,7 +191,6 @@ class Conv2d(Layer):
             y = y + low.graph.apply("reshape", b, shape=(channels, 1, 1))
         return self.activate(low, y, a.get("act"), e)
 
-
     @staticmethod
     def _conv(low, e, x, W, attrs):
         """The conv op, its errors in the words of the call the spec wrote (conv2d: stride must be ...),
@@ -199,12 +198,10 @@ class Conv2d(Layer):
         from spec.errors import FlowgradError
 
         try:
-            return low.graph.apply("conv", x, W, **attrs)
+            return _at_argument(e, lambda: low.graph.apply("conv", x, W, **attrs))
         except FlowgradError as err:
             if err.message.startswith("conv: "):
                 err.message = "conv2d: " + err.message[len("conv: "):]
-            if err.arg in e.kwarg_locs:
-                err.loc = e.kwarg_locs[err.arg]
             raise
 
 
