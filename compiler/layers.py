@@ -14,14 +14,14 @@ from spec.errors import ShapeError, SpecError
 from .ir import Value, at, normalize_axis
 
 
-def _int_arg(v, what, loc, op: str = ""):
+def _int_arg(v, what, loc, op: str):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         hint = f"write {what} as a whole number of 1 or more, e.g. {2 if what == 'layers' else 64}"
         if isinstance(v, float) and v.is_integer() and v >= 1:
             # H / 2 in an expression is a float, and // is not written there: a dim is (dims: {H2: H/2})
             hint = (f"/ in an expression gives a float ({int(v)}.0): name the size under dims:, "
                     f"e.g. dims: {{H2: H/2}}, and write {what} as H2")
-        raise SpecError(f"{op + ': ' if op else ''}{what} must be a positive integer, got {v!r}", loc, hint)
+        raise SpecError(f"{op}: {what} must be a positive integer, got {v!r}", loc, hint)
     return v
 
 
@@ -100,7 +100,7 @@ class Dense(Layer):
         x = a["x"]
         if not isinstance(x, Value):
             raise SpecError(f"dense() needs a tensor input, got {x!r}", e.loc, f"usage: {self.usage}")
-        units = _int_arg(a["units"], "units", _arg_loc(e, "units", 1))
+        units = _int_arg(a["units"], "units", _arg_loc(e, "units", 1), "dense")
         if x.rank < 1:
             raise ShapeError(f"dense() needs an input of rank >= 1, got the scalar {x.type}", e.loc,
                              "dense maps the last axis: give it features [D] or a batch [N, D]")
@@ -230,8 +230,8 @@ class Embedding(Layer):
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
-        vocab = _int_arg(a["vocab"], "vocab", _arg_loc(e, "vocab", 1))
-        dim = _int_arg(a["dim"], "dim", _arg_loc(e, "dim", 2))
+        vocab = _int_arg(a["vocab"], "vocab", _arg_loc(e, "vocab", 1), "embedding")
+        dim = _int_arg(a["dim"], "dim", _arg_loc(e, "dim", 2), "embedding")
         W = a.get("W")
         if W is None:
             kind, args_ = _init(a.get("init"), "normal", {"std": 1.0}, loc=e.kwarg_locs.get("init"))

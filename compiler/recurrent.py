@@ -820,12 +820,12 @@ class Recurrent(Layer):
         if not isinstance(x, Value):
             raise SpecError(f"{self.name}() needs a tensor input", e.loc,
                             hint=f"usage: {self.usage}")
-        H = _int_arg(a["units"], "units", _arg_loc(e, "units", 1))
+        H = _int_arg(a["units"], "units", _arg_loc(e, "units", 1), self.name)
         _check_cell_args(a, e, self.name)
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
         prefix = low.layer_name(self.name)
-        n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc))
+        n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc), self.name)
         hs, finals = x, []
         for layer in range(n_layers):
             name = prefix if n_layers == 1 else f"{prefix}.l{layer + 1}"
@@ -939,8 +939,8 @@ class Bidirectional(Layer):
         _check_cell_args(a, e, cell)
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
-        n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc))
-        units = _int_arg(H, "units", _arg_loc(e, "units", 2))
+        n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc), "bidirectional")
+        units = _int_arg(H, "units", _arg_loc(e, "units", 2), "bidirectional")
         merged = x
         for layer in range(n_layers):  # each layer reads the merged sequence of the one below
             name = prefix if n_layers == 1 else f"{prefix}.l{layer + 1}"
@@ -1013,7 +1013,7 @@ class Attention(Layer):
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
         q, k = a["query"], a["keys"]
-        units = _int_arg(a["units"], "units", _arg_loc(e, "units", 2))
+        units = _int_arg(a["units"], "units", _arg_loc(e, "units", 2), "additive_attention")
         for v, what in ((q, "query"), (k, "keys")):
             if not isinstance(v, Value):
                 raise SpecError(f"additive_attention() needs {what} as a tensor", e.loc,
