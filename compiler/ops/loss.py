@@ -16,13 +16,8 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def _reduce(g, v, reduction):
-    if reduction == "mean":
-        return g.apply("mean", v)
-    if reduction == "sum":
-        return g.apply("sum", v)
-    if reduction == "none":
-        return v
-    raise SpecError(f"unknown reduction {reduction!r}", current_loc(), "use one of: " + ", ".join(REDUCTIONS))
+    """v reduced as `reduction` says, one of REDUCTIONS (the losses' choices: checked where the call binds)."""
+    return v if reduction == "none" else g.apply(reduction, v)
 
 
 def _np_reduce(v, reduction):
