@@ -266,7 +266,7 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
         if want is not None and a.dtype != want:
             if a.dtype.kind == "f" and np.dtype(want).kind in "iu":
                 raise DataError(f"{model_path}: input {name!r} must hold integers, got {a.dtype}", hint=shapes)
-            check_fits(a, str(np.dtype(want)), array_named(model_path, name), None)
+            check_fits(a, str(np.dtype(want)), array_named(model_path, name, "input"), None)
             a = a.astype(want)
         if len(a.shape) != len(meta.shape):
             raise DataError(f"{model_path}: input {name!r} has rank {a.ndim}, the model expects "

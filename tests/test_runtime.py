@@ -52,7 +52,7 @@ def test_train_export_predict(tmp_path):
     np.testing.assert_allclose(outs["probs"].sum(axis=1), 1.0, rtol=1e-5)
     assert np.array_equal(outs["label"], outs["probs"].argmax(axis=1))
     # inputs that would give meaningless outputs are refused, as training's data checks refuse them
-    for bad, match in ((np.full((2, 64), np.nan), "NaN or inf"), (np.full((2, 64), 1e300), "beyond float32's range")):
+    for bad, match in ((np.full((2, 64), np.nan), "NaN or inf"), (np.full((2, 64), 1e300), r"input 'x' holds 1e\+300, beyond float32's range")):
         with pytest.raises(DataError, match=match):
             predict(str(model), {"x": bad})
 
