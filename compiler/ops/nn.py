@@ -45,8 +45,8 @@ def _pair(v, what: str, allow_zero: bool = False) -> tuple[int, int]:
     elif isinstance(v, (tuple, list)) and len(v) == 2 and all(_whole(i) for i in v):
         out = (int(v[0]), int(v[1]))
     else:
-        raise ShapeError(f"{what} must be {kind} or a pair of them, got {_show(v)}", hint=f"write {example}", arg=what)
-    if min(out) < (0 if allow_zero else 1):
+        out = None
+    if out is None or min(out) < (0 if allow_zero else 1):
         raise ShapeError(f"{what} must be {kind} or a pair of them, got {_show(v)}", hint=f"write {example}", arg=what)
     return out
 
@@ -64,7 +64,6 @@ def _pads4(padding, what: str = "padding") -> tuple[int, int, int, int]:
         err.message = (f"{what} must be a whole number of 0 or more, a pair of them (height, width) or four "
                        f"(top, left, bottom, right), got {_show(padding)}")
         raise
-
     return (ph, pw, ph, pw)
 
 
