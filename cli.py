@@ -528,14 +528,14 @@ def gradcheck(
                   "point of the loss (a kink of relu, max, abs, ...), where finite differences cannot verify a "
                   f"gradient; try another --seed (this was --seed {seed})[/yellow]", soft_wrap=True)
     if worst > tolerance:
-        from spec.yamltree import to_plain
+        from compiler.training import spec_calls
 
-        text = json.dumps(to_plain(s.raw))
-        if "truncate" in text:
+        calls = list(spec_calls(s))
+        if any("truncate" in c.kwargs for c in calls):
             err.print("[dim]  note: truncate=K cuts backpropagation through time on purpose, so its gradient "
                       "differs from finite differences of the loss; check the spec without truncate[/dim]",
                       soft_wrap=True)
-        if "stop_gradient" in text:  # (finite differences of the loss see through it)
+        if any(c.func == "stop_gradient" for c in calls):  # (finite differences of the loss see through it)
             err.print("[dim]  note: stop_gradient(...) holds its argument constant on purpose, so the gradient "
                       "differs from finite differences of the loss, which move it too; check the spec without "
                       "stop_gradient[/dim]", soft_wrap=True)

@@ -974,6 +974,13 @@ def _blocks_called(e, spec: S.Spec) -> list[str]:
     return out
 
 
+def spec_calls(spec: S.Spec):
+    """Every call the spec writes: in its graph, its blocks' graphs, its loss, metrics and outputs."""
+    entries = [*spec.graph, *(a for b in spec.blocks.values() for a in b.graph), *spec.metrics, *spec.outputs]
+    for entry in entries + ([spec.loss] if spec.loss else []):
+        yield from (x for x in _subexprs(entry.expr) if isinstance(x, S.Call))
+
+
 def _subexprs(e):
     """An expression and every expression in it."""
     stack = [e]

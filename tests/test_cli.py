@@ -241,10 +241,12 @@ def test_export_leaves_an_earlier_file_whole_when_the_write_fails(trained, tmp_p
 
 def test_gradcheck_of_a_truncated_recurrence_says_why_it_differs(tmp_path):
     path = tmp_path / "t.yaml"
-    path.write_text("flowgrad: 1\nname: t\ndims: {E: 3, H: 3}\ninputs:\n  x: {shape: [N, T, E]}\n"
+    path.write_text("flowgrad: 1\nname: t\ndoc: an lstm, no stop_gradient\ndims: {E: 3, H: 3}\n"
+                    "inputs:\n  x: {shape: [N, T, E]}\n"
                     "graph:\n  hs: lstm(x, H, truncate=1)\nloss: mean(hs * hs) + mean(hs)\n")
     res = invoke("gradcheck", path, code=1)
     assert "FAIL" in res.stdout and "truncate=K cuts backpropagation through time on purpose" in res.stderr
+    assert "stop_gradient(...) holds" not in res.stderr  # (the word in its doc is no call)
 
 
 def test_gradcheck_of_a_stop_gradient_says_why_it_differs(tmp_path):
