@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from spec.errors import SpecError, did_you_mean
 
 
+class BindingError(SpecError):
+    """A call whose arguments do not fit what it calls (rather than a value the callable refused)."""
+
+
 @dataclass
 class Params:
     """What a callable takes, for binding a call to it."""
@@ -69,25 +73,25 @@ def bind(p: Params, e, args: list, kwargs: dict) -> tuple[dict, dict]:
                 takes = f"{most}{n} positional argument{'' if n == 1 else 's'}"
             else:
                 takes = f"{n} argument(s) ({', '.join(p.positional)})"
-            raise SpecError(f"{p.what} takes {takes}, got {len(args)}", arg_loc(n), _usage_hint(p))
+            raise BindingError(f"{p.what} takes {takes}, got {len(args)}", arg_loc(n), _usage_hint(p))
         for name, a, i in zip(p.positional, args, range(len(args))):
             values[name] = a
             locs[name] = arg_loc(i)
     for k, v in kwargs.items():
         if not p.keywords:
-            raise SpecError(f"{p.what} takes no keyword arguments, got {k!r}", kw_loc(k), _usage_hint(p))
+            raise BindingError(f"{p.what} takes no keyword arguments, got {k!r}", kw_loc(k), _usage_hint(p))
         known = (() if p.varargs else p.positional) + p.keyword_only
         if k not in known:
-            raise SpecError(f"{p.what} has no argument {k!r}", kw_loc(k),
-                            did_you_mean(k, known) or _usage_hint(p))
+            raise BindingError(f"{p.what} has no argument {k!r}", kw_loc(k),
+                               did_you_mean(k, known) or _usage_hint(p))
         if k in values:  # Python's "got multiple values for argument"
             i = p.positional.index(k)
-            raise SpecError(f"{p.what} got {k!r} twice: {_text(e.args[i])} as argument {i + 1}, and "
-                            f"{k}={_text(e.kwargs.get(k))}", kw_loc(k),
-                            f"give it once, positionally or as {k}=..., not both; usage: {p.usage}")
+            raise BindingError(f"{p.what} got {k!r} twice: {_text(e.args[i])} as argument {i + 1}, and "
+                               f"{k}={_text(e.kwargs.get(k))}", kw_loc(k),
+                               f"give it once, positionally or as {k}=..., not both; usage: {p.usage}")
         values[k] = v
         locs[k] = kw_loc(k)
     missing = [name for name in p.required if name not in values]
     if missing:
-        raise SpecError(f"{p.what} is missing the argument(s) {', '.join(missing)}", e.loc, _usage_hint(p))
+        raise BindingError(f"{p.what} is missing the argument(s) {', '.join(missing)}", e.loc, _usage_hint(p))
     return values, locs

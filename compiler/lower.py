@@ -401,6 +401,7 @@ class Lowering:
 
     def call(self, e: S.Call):
         from . import layers, recurrent  # noqa: F401  (recurrent registers its cells as layers)
+        from .binding import BindingError
 
         if e.func in self.spec.blocks and (e.func in _SPECIAL_FORMS or e.func in all_ops() or e.func in layers.LAYERS):
             raise SpecError(f"block {e.func!r} has the name of an op: {e.func}(...) would be ambiguous",
@@ -437,11 +438,11 @@ class Lowering:
         op = get_op_at(e)
         try:
             return self.apply_op(op, e, args, kwargs)
-        except SpecError as err:
+        except BindingError as err:
             # a layer and an op of one name (layer_norm(x), layer_norm(x, gamma, beta)): the
             # arguments picked the op, and the user may have meant the layer
-            if layer is not None and (err.hint or "").startswith("usage: ") and layer.usage not in err.hint:
-                err.hint += f", or the layer: {layer.usage}"
+            if layer is not None:
+                err.hint = f"{err.hint}, or the layer: {layer.usage}"
             raise
 
     def _run_layer(self, layer, e: S.Call, args: list, kwargs: dict):
