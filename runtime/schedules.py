@@ -44,7 +44,7 @@ def lr_schedule(base_lr: float, cfg: dict | None, total_steps: int, steps_per_ep
         if kind == "constant":
             return base_lr
         if kind == "step":
-            every = int(args.get("every", steps_per_epoch * 10))
+            every = int(args["every"])  # (the schema requires it)
             return base_lr * float(args.get("gamma", 0.1)) ** (step // max(every, 1))
         if kind == "exponential":
             # gamma per epoch, applied smoothly per step
