@@ -190,6 +190,8 @@ class CompiledModel:
             "schedule": self.schedule,
             "generate": dict(self.spec.generate),
             "lengths": self.length_bounds,
+            # data input -> [the exclusive bound of its ids or labels, what it indexes]: export hands it to predict
+            "index_bounds": {k: [size, what] for k, (size, what) in self.index_bounds.items()},
             "graphs": {
                 k: {
                     "file": f"{k}.onnx",

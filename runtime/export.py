@@ -67,6 +67,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         roles = {n: (params[n] or {}).get("kind") for n in params}
         str(manifest["name"])
         lengths = dict(manifest.get("lengths") or {})
+        index_bounds = dict(manifest.get("index_bounds") or {})  # (a run trained before it was recorded: none)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ExportError(f"{manifest_path} is unreadable or malformed ({type(e).__name__}: {e})",
                           hint="export a run directory that 'flowgrad train' wrote") from None
@@ -98,6 +99,14 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
                if k in kept_names and isinstance(b, dict) and isinstance(b.get("of"), str) and b["of"] in kept_names}
     if lengths:
         props["flowgrad.lengths"] = json.dumps(lengths)
+    # the ids' bounds (an embedding's rows), for predict to check: beyond them onnxruntime's Gather
+    # failed with "indices element out of data bounds" and a hint about shapes and dtypes
+    gen_input = (manifest.get("generate") or {}).get("input") if graph == "generate" else None
+    if gen_input in index_bounds and "prompt" in kept_names:  # a language model's prompt feeds generate.input
+        index_bounds.setdefault("prompt", index_bounds[gen_input])
+    index_bounds = {k: b for k, b in index_bounds.items() if k in kept_names and _is_bound(b)}
+    if index_bounds:
+        props["flowgrad.bounds"] = json.dumps(index_bounds)
     if graph == "generate":
         for k, v in (manifest.get("generate") or {}).items():
             props[f"flowgrad.generate.{k}"] = json.dumps(v)
@@ -132,6 +141,31 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
             raise
     return {"path": output, "inputs": [i.name for i in kept], "outputs": [o.name for o in model.graph.output],
             "parameters": len(baked), "bytes": size}
+
+
+def _is_bound(b) -> bool:
+    """[size, what] as the manifest and an export record an input's ids' bound (an exported model may
+    come from anyone: what is not such a record is not read as one)."""
+    return (isinstance(b, list) and len(b) == 2 and type(b[0]) is int and b[0] > 0 and isinstance(b[1], str))
+
+
+def check_index_bounds(feeds: dict[str, np.ndarray], bounds, model_path: str) -> None:
+    """Ids and labels below the size of what they index (an exported model's flowgrad.bounds)."""
+    for name, b in bounds.items() if isinstance(bounds, dict) else ():
+        if name not in feeds or not _is_bound(b):
+            continue
+        a = feeds[name]
+        if a.dtype.kind not in "iu" or not a.size or a.max() < b[0]:
+            continue
+        size, what = b
+        bad = int(np.argwhere(a >= size)[0][0]) if a.ndim else 0
+        try:
+            why = what.format(size)
+        except (IndexError, KeyError, ValueError):
+            why = f"it is read as ids below {size}"
+        at = "position" if name == "prompt" else "example"  # (a language model's prompt is one row of tokens)
+        raise DataError(f"{model_path}: input {name!r} has the value {int(a.max())} (first too large at {at} {bad}), "
+                        f"but {why}", hint=f"ids and labels count from 0: give values from 0 to {size - 1}, as in training")
 
 
 def _check_fits_input(value: np.ndarray, inp: onnx.ValueInfoProto, ckpt: str, graph_path: str, names: ArgNames) -> None:
@@ -283,7 +317,8 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
         fixed[name] = a
     meta = model_metadata(model)
     check_lengths(fixed, meta.get("lengths") or {}, model_path, what="input")
-    _check_decoder_inputs(fixed, meta)
+    _check_decoder_inputs(fixed, meta)  # (a decoder's ids against its vocabulary, named so, first)
+    check_index_bounds(fixed, meta.get("bounds"), model_path)
     try:
         outs = sess.run(None, fixed)
     except ORT_ERRORS as e:

@@ -1061,6 +1061,47 @@ def test_lengths_beyond_their_sequences_are_refused_in_train_eval_and_predict(tm
         assert predict(str(tmp_path / "odd.onnx"), {"x": x, "len": lengths})["tags"].shape == (12, 6)
 
 
+def test_predict_refuses_ids_beyond_the_vocabulary_as_training_does(tmp_path):
+    """An id at or beyond an embedding's rows, which training refuses naming the input, reached
+    onnxruntime in predict and failed in its Gather ("indices element out of data bounds"), with
+    a hint about shapes and dtypes: the export records the bound and predict names the input."""
+    (tmp_path / "tagger.yaml").write_text(TAGGER)
+    rng = np.random.default_rng(0)
+    x, y, lengths = rng.integers(0, 7, (12, 6)), rng.integers(0, 2, (12, 6)), rng.integers(0, 7, 12)
+    np.savez(tmp_path / "good.npz", x=x, y=y, len=lengths)
+    train(load(str(tmp_path / "tagger.yaml")), run_dir=str(tmp_path / "run"), data=str(tmp_path / "good.npz"),
+          epochs=1, threads=1, device="cpu")
+    export(str(tmp_path / "run"), str(tmp_path / "tagger.onnx"))
+    assert predict(str(tmp_path / "tagger.onnx"), {"x": x, "len": lengths})["tags"].shape == (12, 6)
+    big = x.copy()
+    big[4, 2] = 7
+    with pytest.raises(DataError, match=r"tagger.onnx: input 'x' has the value 7 \(first too large at example 4\), "
+                                        r"but it indexes a table of 7 rows") as e:
+        predict(str(tmp_path / "tagger.onnx"), {"x": big, "len": lengths})
+    assert "0 to 6" in e.value.hint
+    # a model from someone else may say anything there: what is not such a record is not read as one
+    model = onnx.load(str(tmp_path / "tagger.onnx"))
+    for odd in ('{"x": 3}', '{"x": [0, "rows"]}', '[1]', '{"x": [7, 5]}', '{"x": [7, "{9}"]}', "{"):
+        next(p for p in model.metadata_props if p.key == "flowgrad.bounds").value = odd
+        onnx.save(model, str(tmp_path / "odd.onnx"))
+        assert predict(str(tmp_path / "odd.onnx"), {"x": x, "len": lengths})["tags"].shape == (12, 6)
+    # a language model trained on an .npz (no vocabulary in its metadata): its prompt feeds generate.input
+    (tmp_path / "lm.yaml").write_text(TAGGER.replace("name: tagger", "name: lm").replace("  len: {shape: [N], dtype: int64}\n", "")
+                                      .replace("  mask: cast(unsqueeze(positions(x, axis=1), axes=0) < unsqueeze(len, axes=1), 'float32')\n", "")
+                                      .replace(", lengths=len", "").replace("dense(hs, K)", "dense(hs, V)")
+                                      .replace("tags: argmax(logits, axis=-1)", "probs: softmax(logits)\ngenerate: {input: x, logits: logits, max_len: 3}")
+                                      .replace("sum(cross_entropy(logits, y, reduction='none') * mask) / sum(mask)", "cross_entropy(logits, y)"))
+    np.savez(tmp_path / "lm.npz", x=x, y=x)
+    train(load(str(tmp_path / "lm.yaml")), run_dir=str(tmp_path / "lm"), data=str(tmp_path / "lm.npz"), epochs=1, threads=1,
+          device="cpu")
+    export(str(tmp_path / "lm"), str(tmp_path / "lm.onnx"))
+    feeds = {"max_len": np.array(3), "temperature": np.array(1.0, np.float32), "seed": np.array(0)}
+    assert predict(str(tmp_path / "lm.onnx"), {"prompt": np.array([1, 2, 6]), **feeds})["tokens"].shape == (3,)
+    with pytest.raises(DataError, match=r"lm.onnx: input 'prompt' has the value 7 \(first too large at position 2\), "
+                                        r"but it indexes a table of 7 rows"):
+        predict(str(tmp_path / "lm.onnx"), {"prompt": np.array([1, 2, 7]), **feeds})
+
+
 @pytest.mark.parametrize("graph, bounds", [
     # lengths= of a recurrent layer ties len to the axis of x its embedding's steps come from
     ("hs: gru(embedding(x, V, E), H, lengths=len)", {"len": {"of": "x", "axis": 1, "least": 0}}),
