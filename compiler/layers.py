@@ -150,8 +150,9 @@ class Conv2d(Layer):
                                     did_you_mean(k, self.raw_keywords)
                                     or f"it takes {', '.join(self.raw_keywords)}; pass a bias tensor as its third argument"
                                        " (or leave it out)")
-            if len(args) > 3:
-                raise SpecError(f"conv2d(x, W, b) takes 3 tensors, got {len(args)} arguments", e.loc, f"usage: {self.usage}")
+            if len(args) > 3:  # (located at the first argument too many, as binding locates one)
+                raise SpecError(f"conv2d(x, W, b) takes 3 tensors, got {len(args)} arguments", e.args[3].loc,
+                                f"usage: {self.usage}")
             y = self._conv(low, e, x, W, {k: v for k, v in kwargs.items() if k in ("stride", "padding", "dilation", "groups")})
             if len(args) > 2:
                 y = y + low.graph.apply("reshape", args[2], shape=(-1, 1, 1))
