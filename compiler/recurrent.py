@@ -230,6 +230,15 @@ def run_scan(g: Graph, body: Body, init: list[Value], seqs: list[Value], nonseqs
         # the gradient stops before the first step, which alone reads the initial states (as the loop
         # zeroes their cotangents, so the unrolled steps read them through stop_gradient)
         g.truncated_inits.append((list(init), truncate, steps, truncate_loc or current_loc()))
+    if body.graph.truncated_inits:
+        # a truncate=K inside the step cuts off the initial states it reads there: what the step reads
+        # them from (this scan's states, sequences and non-sequences) is cut off with them
+        from .training import _reaching
+
+        outer = dict(zip((v.id for v in body.carries + body.seqs + body.nonseqs), list(init) + seqs + nonseqs))
+        for inner_init, k, n, loc in body.graph.truncated_inits:
+            reached = _reaching(list(inner_init), cut_truncated=True)
+            g.truncated_inits.append(([x for i, x in outer.items() if i in reached], k, n, loc))
     if optimize and seqs:
         hoisted = hoist(body, seqs, nonseqs, g)
         # A step left reading no sequence runs over a length, which must then be known here;

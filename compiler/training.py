@@ -447,14 +447,35 @@ def _reaching(roots: list[Value], cut_truncated: bool) -> set[int]:
         if node.op.nondiff or not any(o.id in live for o in node.outputs):
             continue
         ins = node.inputs
-        if cut_truncated and node.op.name == "scan" and node.attrs.get("truncate"):
-            body = node.attrs["body"]
-            nc = len(body.carries)
-            steps = node.inputs[nc].shape[0] if body.seqs else node.attrs.get("length")
-            if not (isinstance(steps, int) and steps <= node.attrs["truncate"]):
-                ins = ins[nc:]
+        if cut_truncated and node.op.name == "scan":
+            ins = _scan_reaching(node, live)
         live.update(v.id for v in ins)
     return live
+
+
+def _scan_reaching(node, live: set[int]) -> list[Value]:
+    """The inputs of a scan node that move its live outputs, looking into its step: a truncate=K
+    inside the step (a scan or a recurrent layer in the block a scan runs) cuts the initial states it
+    reads off as its own does, so a parameter read only by them is not reached either."""
+    body = node.attrs["body"]
+    nc = len(body.carries)
+    keep = [True] * len(node.inputs)
+    outs = body.new_carries + body.extras
+    if body.saved is None and len(outs) == len(node.outputs) == nc + len(body.extras):
+        roots = {b.id: b for o, b in zip(node.outputs, outs) if o.id in live}
+        while True:  # a state the step reads makes the step before's new state live
+            inner = _reaching(list(roots.values()), cut_truncated=True) if roots else set()
+            more = {b.id: b for c, b in zip(body.carries, body.new_carries) if c.id in inner and b.id not in roots}
+            if not more:
+                break
+            roots.update(more)
+        keep = [b.id in inner for b in body.carries + body.seqs + body.nonseqs]
+    if node.attrs.get("truncate"):
+        steps = node.inputs[nc].shape[0] if body.seqs else node.attrs.get("length")
+        if not (isinstance(steps, int) and steps <= node.attrs["truncate"]):
+            keep[:nc] = [False] * nc
+    ins = [x for x, k in zip(node.inputs, keep) if k]
+    return ins
 
 
 def _refuse_truncated_away(low: Lowering, loss: Value, trained: list[str]) -> None:

@@ -1613,3 +1613,83 @@ def test_a_trained_initial_state_that_truncate_cuts_off_is_refused(steps, unroll
                  graphs=("train",))
     compile_spec(spec_from_text(TRUNCATED_INIT_SPEC % (dims, "T", 3, unroll, " + 1e-3 * l2(h0)"), "trunc.yaml"),
                  graphs=("train",))
+
+
+NESTED_TRUNCATED_INIT_SPEC = """\
+flowgrad: 1
+name: t
+dims: {E: 3, H: 3, T: 3, S: 4}
+inputs:
+  x: {shape: [N, T, S, E]}
+  y: {shape: [N], dtype: int64}
+params:
+  h0: {shape: [H], init: zeros}
+blocks:
+  step:
+    in: [x_t, h]
+    graph:
+      h_new: dense(x_t, H) + dense(h, H, act=tanh)
+    out: [h_new]
+  outer:
+    in: [xs_t, g]
+    graph:
+      INNER
+      g2: tanh(hs[:, -1] + g)
+    out: [g2]
+graph:
+  gs: scan(outer, over=x, init=[zeros(N, H)]OUTER)
+  logits: dense(gs[:, -1], 3)
+loss: cross_entropy(logits, y)EXTRA
+"""
+
+
+@pytest.mark.parametrize("inner, outer", [
+    ("hs: scan(step, over=xs_t, init=[zeros_like(g) + h0], truncate=2)", ""),
+    ("hs: scan(step, over=xs_t, init=[zeros_like(g) + h0], truncate=2, unroll=true)", ""),
+    ("hs: scan(step, over=xs_t, init=[zeros_like(g) + h0], truncate=2)", ", unroll=true"),
+    ("hs: gru(xs_t, H, init=[zeros_like(g) + h0], truncate=2)", ""),
+])
+def test_a_trained_initial_state_that_a_nested_truncate_cuts_off_is_refused(inner, outer):
+    """A scan with truncate=K inside another scan's step: its trained initial state got a zero gradient without
+    a word (unroll=true: 'never reaches the loss', without a word of truncate=), where a top-level one is refused."""
+    text = NESTED_TRUNCATED_INIT_SPEC.replace("INNER", inner).replace("OUTER", outer)
+    with pytest.raises(GradientError) as e:
+        compile_spec(spec_from_text(text.replace("EXTRA", ""), "trunc.yaml"), graphs=("train",))
+    line = text.splitlines().index(next(t for t in text.splitlines() if "truncate=" in t)) + 1
+    col = text.splitlines()[line - 1].index("truncate=") + 1
+    assert str(e.value).startswith(
+        f"trunc.yaml:{line}:{col}: parameter 'h0' gets no gradient: it reaches the loss only through an initial "
+        "state, which truncate=2 cuts off (the gradient flows back 2 of the 4 steps)"), str(e.value)
+    # a truncate that reaches the first step, h0 fixed, or h0 reaching the loss another way: all train it
+    for ok in (text.replace("EXTRA", "").replace("truncate=2", "truncate=4"),
+               text.replace("EXTRA", "").replace("init: zeros}", "init: zeros, trainable: false}"),
+               text.replace("EXTRA", " + 1e-3 * l2(h0)")):
+        compile_spec(spec_from_text(ok, "trunc.yaml"), graphs=("train",))
+
+
+def test_a_nested_truncated_scan_equals_stop_gradient_unrolled():
+    """truncate=2 over 4 steps of a scan inside another scan's step: the gradient of the inner scan split in two
+    whose first part is frozen (float64), and with truncate=4 that of no truncate."""
+    base = TRUNC_SPEC.replace("T: 4}", "T: 3, S: 4}").replace("[N, T, E]", "[N, T, S, E]").replace(
+        "high: 0.5}}}", "high: 0.5}}, trainable: false}").replace("graph:\n  init:", """\
+  outer:
+    in: [xs_t, g]
+    graph:
+INNER
+      g2: tanh(hs[:, -1] @ U + g) + 0.1 * mean(hs, axis=1)
+    out: [g2, hs]
+graph:
+  init:""")
+    base = base % "  gs, hs: scan(outer, over=x, init=[init])"
+    inner = lambda s: base.replace("INNER", s)  # noqa: E731
+    a = _grads(spec_from_text(inner("      hs: scan(step, over=xs_t, init=[g], truncate=2)"), "a.yaml"))[1]
+    b = _grads(spec_from_text(inner("      early: scan(frozen, over=xs_t[:, 0:2], init=[g])\n"
+                                    "      late: scan(step, over=xs_t[:, 2:4], init=[early[:, -1]])\n"
+                                    "      hs: concat(early, late, axis=1)"), "b.yaml"))[1]
+    c = _grads(spec_from_text(inner("      hs: scan(step, over=xs_t, init=[g])"), "c.yaml"))[1]
+    d = _grads(spec_from_text(inner("      hs: scan(step, over=xs_t, init=[g], truncate=4)"), "d.yaml"))[1]
+    assert sorted(a) == sorted(b) == ["grad/U", "grad/W", "loss"]
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(d[k], c[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    assert not np.allclose(a["grad/W"], c["grad/W"])
