@@ -771,6 +771,14 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
         seq_in += m_ins
         seqs += m_seqs
     buffers = {}  # name -> value (under mixed precision a cast of the stored buffer, with no name)
+    if stateful and g.scan_step:
+        # run once per step of the scan: each would start from the stored state, and the state it ends
+        # with never leaves the loop (the stored one stayed zero and the layer trained without a word)
+        raise SpecError(f"stateful= layer {prefix!r} is in a scan's step (a block that scan runs, or one it "
+                        "calls): it would start every step from the state of the batch before, and the state "
+                        "it ends with never leaves the loop", e.kwarg_locs.get("stateful", e.loc),
+                        "apply the layer outside the scan's block, or carry its states as the scan's own with "
+                        "init= and return_state=true")
     if stateful and g.mode == "train" and init is None:
         # Carried across batches: the state after this batch starts the next one.
         B = low.spec.batch_size

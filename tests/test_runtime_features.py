@@ -802,6 +802,44 @@ def test_a_stateful_layer_in_a_block_called_twice_is_refused():
     assert (e.value.loc.line, e.value.loc.col) == (12, 22) and "init= and return_state=true" in e.value.hint
 
 
+STATEFUL_IN_SCAN = """
+flowgrad: 1
+name: s
+dims: {E: 3, H: 4, S: 5}
+inputs:
+  x: {shape: [N, T, S, E]}
+blocks:
+  enc:
+    in: [s]
+    graph:
+      hs: lstm(s, H, stateful=true)
+    out: [hs]
+  outer:
+    in: [xs_t, g]
+    graph:
+      hs: CALL
+      g2: g + mean(hs, axis=1)
+    out: [g2]
+graph:
+  gs: scan(outer, over=x, init=[zeros(N, H)])
+loss: mean(gs * gs)
+train: {batch_size: 2, optimizer: {sgd: {lr: 0.1}}}
+"""
+
+
+@pytest.mark.parametrize("call, where", [("lstm(xs_t, H, stateful=true)", (16, 25)), ("enc(xs_t)", (11, 22))])
+def test_a_stateful_layer_in_a_scans_step_is_refused(call, where):
+    """In a scan's step (directly or in a block the step calls) the layer read its stored state at every
+    step and its new state never left the loop: it trained from a zero state that nothing updated, without a word."""
+    from compiler.training import check_spec
+    from spec import spec_from_text
+    from spec.errors import SpecError
+
+    with pytest.raises(SpecError, match="stateful= layer 'hs' is in a scan's step") as e:
+        check_spec(spec_from_text(STATEFUL_IN_SCAN.replace("CALL", call), "s.yaml"))
+    assert (e.value.loc.line, e.value.loc.col) == where and "init= and return_state=true" in e.value.hint
+
+
 def test_resuming_with_the_runs_own_spec_yaml_and_an_override_compares_the_model(tmp_path, data):
     """The run's own spec.yaml given with a --set that edits the model went on without a word:
     the check took the file for the run's spec and left out the overrides on top of it."""
