@@ -48,13 +48,33 @@ _MOVES_VALUES = ("identity", "cast", "stop_gradient", "reshape", "reshape_like",
 def _squashed_by(v, squashes: tuple):
     """The softmax or sigmoid node (an op of `squashes`) whose output `v` is, seen through ops that only
     move or select values; None if `v` is not one. Graph entries and layer activations (act=softmax)
-    are plain values of the graph, so an earlier entry's softmax is found too."""
+    are plain values of the graph, so an earlier entry's softmax is found too. A scan's output is seen
+    through too: its states and per-step outputs are the step's values, stacked over time (or the last),
+    and a value the step reads as it is (a sequence's slice, a non-sequence) is that of the scan's input."""
+    frames = []  # the scan nodes whose step v is in, innermost last
     for _ in range(256):
         node = getattr(v, "producer", None)
         if node is None:
-            return None
+            if not frames:
+                return None
+            scan = frames.pop()  # a step's input: the scan's sequence or non-sequence it reads
+            body = scan.attrs["body"]
+            ids = [x.id for x in body.seqs + body.nonseqs]
+            if v.id not in ids:
+                return None  # a state: its first value is the initial one, whatever that is
+            v = scan.inputs[len(body.carries) + ids.index(v.id)]
+            continue
         if node.op.name in squashes:
             return node
+        if node.op.name == "scan":
+            body = node.attrs["body"]
+            outs = body.new_carries + body.extras
+            i = next(k for k, o in enumerate(node.outputs) if o.id == v.id)
+            if body.saved is not None or i >= len(outs):
+                return None
+            frames.append(node)
+            v = outs[i]
+            continue
         if node.op.name not in _MOVES_VALUES or not node.inputs:
             return None
         v = node.inputs[0]
