@@ -39,14 +39,16 @@ def _np_log_softmax(x, axis):
     return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
 
 
+# What turns scores into probabilities, refused where a loss takes scores (logits) or log-probabilities.
+_SQUASHES = ("softmax", "sigmoid")
 # Ops whose output holds values of their first input, moved, selected or recast, never combined:
 # probabilities stay probabilities through them.
 _MOVES_VALUES = ("identity", "cast", "stop_gradient", "reshape", "reshape_like", "reshape_dims", "flatten",
                  "transpose", "unsqueeze", "squeeze", "index", "slice")
 
 
-def _squashed_by(v, squashes: tuple):
-    """The softmax or sigmoid node (an op of `squashes`) whose output `v` is, seen through ops that only
+def _squashed_by(v):
+    """The softmax or sigmoid node (an op of _SQUASHES) whose output `v` is, seen through ops that only
     move or select values; None if `v` is not one. Graph entries and layer activations (act=softmax)
     are plain values of the graph, so an earlier entry's softmax is found too. A scan's output is seen
     through too: its states and per-step outputs are the step's values, stacked over time (or the last),
@@ -64,7 +66,7 @@ def _squashed_by(v, squashes: tuple):
                 return None  # a state: its first value is the initial one, whatever that is
             v = scan.inputs[len(body.carries) + ids.index(v.id)]
             continue
-        if node.op.name in squashes:
+        if node.op.name in _SQUASHES:
             return node
         if node.op.name == "scan":
             body = node.attrs["body"]
@@ -81,12 +83,12 @@ def _squashed_by(v, squashes: tuple):
     return None
 
 
-def refuse_probabilities(loss: str, logits, squashes: tuple, own: str | None) -> None:
+def refuse_probabilities(loss: str, logits, own: str | None) -> None:
     """`loss` takes logits and applies `own` (softmax, sigmoid) itself: probabilities already squashed by
-    one of `squashes` would be squashed twice, and train badly without a sign, so they are refused.
+    one of _SQUASHES would be squashed twice, and train badly without a sign, so they are refused.
     With `own` None, `loss` takes log-probabilities (nll): probabilities, which it would read as their
     logs, are refused the same way."""
-    node = _squashed_by(logits, squashes)
+    node = _squashed_by(logits)
     if node is None:
         return
     sq = node.op.name
@@ -138,7 +140,7 @@ class CrossEntropy(OpDef):
 
     def expand(self, g, logits, labels, axis, reduction, label_smoothing):
         require_float(logits, "logits")
-        refuse_probabilities("cross_entropy", logits, ("softmax", "sigmoid"), "softmax")
+        refuse_probabilities("cross_entropy", logits, "softmax")
         if not 0 <= label_smoothing <= 1:  # outside, the targets get negative weights: a loss without a minimum
             raise ShapeError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}", arg="label_smoothing",
                              hint="the weight of the uniform distribution in the targets, e.g. label_smoothing=0.1")
@@ -213,7 +215,7 @@ class Nll(OpDef):
 
     def expand(self, g, log_probs, labels, axis, reduction):
         require_float(log_probs, "log_probs")
-        refuse_probabilities("nll", log_probs, ("softmax", "sigmoid"), None)
+        refuse_probabilities("nll", log_probs, None)
         axis = normalize_axis(axis, log_probs.rank)
         return _reduce(g, -_pick(g, log_probs, labels, axis), reduction)
 
@@ -243,7 +245,7 @@ class BinaryCrossEntropy(OpDef):
 
     def expand(self, g, z, t, reduction):
         require_float(z, "logits")
-        refuse_probabilities("binary_cross_entropy", z, ("sigmoid", "softmax"), "sigmoid")
+        refuse_probabilities("binary_cross_entropy", z, "sigmoid")
         t = g.cast(t, z.dtype)
         # -|z| as z where z <= 0, else -z: at z = 0 its slope is z's, 1, so
         # relu'(0) + sigmoid(0) * 1 = 1/2 = sigmoid(0) is exact there (abs would
