@@ -928,9 +928,8 @@ def _attention_mask_inputs(spec: S.Spec) -> set[str]:
 
     entries = {t: a.expr for a in [*spec.graph, *(b for k in spec.blocks.values() for b in k.graph)]
                for t in a.targets}
-    exprs = [*entries.values()] + [a.expr for a in [spec.loss, *spec.metrics, *spec.outputs] if a]
-    todo = [c.kwargs.get("mask", c.args[3] if len(c.args) > 3 else None) for e in exprs for c in _subexprs(e)
-            if isinstance(c, S.Call) and c.func in ("additive_attention", "dot_attention")]
+    todo = [c.kwargs.get("mask", c.args[3] if len(c.args) > 3 else None) for c in spec_calls(spec)
+            if c.func in ("additive_attention", "dot_attention")]
     found, seen = set(), set()
     while todo:
         e = todo.pop()
