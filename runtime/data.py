@@ -416,12 +416,10 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
             raise DataError(f"{array} has negative values (first at example {bad})", decl.loc,
                             "integer inputs are ids, labels, lengths or masks, and none is negative")
         check_fits(a, (dtypes or {}).get(name), array, decl.loc)
-        if bounds and name in bounds and a.dtype.kind in "iu" and a.size and a.max() >= bounds[name][0]:
+        if bounds and name in bounds:
             size, what = bounds[name]
-            bad = int(np.argwhere(a >= size)[0][0]) if a.ndim else 0
-            raise DataError(f"{array} has the value {int(a.max())} (first too large at example {bad}), "
-                            f"but {what.format(size)}", decl.loc,
-                            "ids and labels count from 0: check the data, or enlarge the vocabulary or class count in dims")
+            check_below(a, size, array, what.format(size), decl.loc,
+                        "ids and labels count from 0: check the data, or enlarge the vocabulary or class count in dims")
         for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
             if i and isinstance(want, str):  # the same symbolic dim in two arrays must have one size
                 first = sizes.setdefault(want, (got, name))
@@ -437,6 +435,16 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
                         spec.inputs[odd].loc, "every array holds one entry per example, along its first dim")
     check_lengths(ds.arrays, {k: b for k, b in (length_bounds or {}).items() if k in needed and b["of"] in needed},
                   where, {k: spec.inputs[k].loc for k in needed})
+
+
+def check_below(a: np.ndarray, size: int, array: str, why: str, loc, hint: str, at: str = "example") -> None:
+    """Integer ids or labels below `size`, the rows or classes they index (`why` says what), in
+    training data and in predict's inputs alike: a larger one fails inside onnxruntime's Gather,
+    or picks nothing. `array`: the array as messages name it (array_named)."""
+    if a.dtype.kind not in "iu" or not a.size or a.max() < size:
+        return
+    bad = int(np.argwhere(a >= size)[0][0]) if a.ndim else 0
+    raise DataError(f"{array} has the value {int(a.max())} (first too large at {at} {bad}), but {why}", loc, hint)
 
 
 def check_lengths(arrays: dict[str, np.ndarray], lengths: dict, where: str | InMemory, locs: dict | None = None,

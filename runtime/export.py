@@ -15,7 +15,7 @@ from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, Expo
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
-from .data import array_named, check_fits, check_lengths
+from .data import array_named, check_below, check_fits, check_lengths
 from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
@@ -154,18 +154,14 @@ def check_index_bounds(feeds: dict[str, np.ndarray], bounds, model_path: str) ->
     for name, b in bounds.items() if isinstance(bounds, dict) else ():
         if name not in feeds or not _is_bound(b):
             continue
-        a = feeds[name]
-        if a.dtype.kind not in "iu" or not a.size or a.max() < b[0]:
-            continue
         size, what = b
-        bad = int(np.argwhere(a >= size)[0][0]) if a.ndim else 0
         try:
             why = what.format(size)
         except (IndexError, KeyError, ValueError):
             why = f"it is read as ids below {size}"
-        at = "position" if name == "prompt" else "example"  # (a language model's prompt is one row of tokens)
-        raise DataError(f"{model_path}: input {name!r} has the value {int(a.max())} (first too large at {at} {bad}), "
-                        f"but {why}", hint=f"ids and labels count from 0: give values from 0 to {size - 1}, as in training")
+        check_below(feeds[name], size, array_named(model_path, name, "input"), why, None,
+                    f"ids and labels count from 0: give values from 0 to {size - 1}, as in training",
+                    at="position" if name == "prompt" else "example")  # (a language model's prompt: one row of tokens)
 
 
 def _check_fits_input(value: np.ndarray, inp: onnx.ValueInfoProto, ckpt: str, graph_path: str, names: ArgNames) -> None:
