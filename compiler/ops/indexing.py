@@ -524,12 +524,14 @@ class ScatterAdd(OpDef):
             if idx.dtype != "int64":
                 ids = e.add("Cast", [ids], to=onnx.TensorProto.INT64)
             ids = e.add("Mod", [ids, e.const(np.asarray(rows, np.int64))])  # -1 is the last row, as in take
-            hit = e.add("Equal", [e.add("Unsqueeze", [ids, e.ints([-1])]), e.const(np.arange(rows, dtype=np.int64))])
+            # built [rows, indices]: the product reads it untransposed, which onnxruntime
+            # multiplies ~10% faster than the [indices, rows] one-hot transposed
+            hit = e.add("Equal", [e.const(np.arange(rows, dtype=np.int64).reshape(rows, 1)), e.add("Unsqueeze", [ids, e.ints([0])])])
             from ..emit import onnx_dtype
 
             one_hot = e.add("Cast", [hit], to=onnx_dtype(upd.dtype))
             u = e.add("Reshape", [ins[2], e.ints([-1, like.shape[1]])])
-            e.add("Gemm", [one_hot, u], outs, transA=1)
+            e.add("MatMul", [one_hot, u], outs)
             return
         # Flatten the indices to one axis so one ScatterElements does it all.
         flat_upd_shape = tuple(upd.shape[:axis]) + (-1,) + tuple(upd.shape[axis + k:])
