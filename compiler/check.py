@@ -45,14 +45,18 @@ class Runner:
 
 
 def reference_evaluator(model: onnx.ModelProto):
-    """onnx's ReferenceEvaluator, with a Scan that also runs backwards and a GatherElements
-    that picks among any number of entries.
+    """onnx's ReferenceEvaluator, with a Scan that also runs backwards, a GatherElements
+    that picks among any number of entries and a LogSoftmax that keeps its digits.
 
     ONNX's Scan takes `scan_input_directions`/`scan_output_directions` (1: the sequence
     is read, or the output written, from its last step back); flowgrad emits reverse
     scans with them, and onnx.reference's Scan refuses them, so this one completes it.
     onnx.reference's GatherElements is numpy's choose, which takes at most 64 choices: a
-    cross entropy over more than 64 classes (char_lstm's 97 characters) failed in it."""
+    cross entropy over more than 64 classes (char_lstm's 97 characters) failed in it.
+    onnx.reference's LogSoftmax is the log of its Softmax: an entry whose probability
+    underflows (float32 logits 104 below the largest, float16 ones 17 below) came out -inf,
+    so a cross entropy of confident logits was inf where onnxruntime gives its value; this
+    one is x - max - log(sum(exp(x - max))), as the op is defined."""
     from onnx.reference import ReferenceEvaluator
     from onnx.reference.op_run import OpRun
     from onnx.reference.ops.op_scan import Scan as ReferenceScan
@@ -88,7 +92,18 @@ def reference_evaluator(model: onnx.ModelProto):
         def _run(self, data, indices, axis=None):
             return (np.take_along_axis(data, indices.astype(np.int64), axis=axis or 0),)
 
-    return ReferenceEvaluator(model, new_ops=[Scan, GatherElements])
+    class LogSoftmax(OpRun):
+        op_domain = ""
+
+        def _run(self, x, axis=None):
+            axis = -1 if axis is None else axis
+            if x.size == 0:
+                return (x,)
+            z = x - x.max(axis=axis, keepdims=True)
+            with np.errstate(divide="ignore"):  # a row of -inf but one: log(1) = 0 for that one
+                return ((z - np.log(np.exp(z).sum(axis=axis, keepdims=True))).astype(x.dtype),)
+
+    return ReferenceEvaluator(model, new_ops=[Scan, GatherElements, LogSoftmax])
 
 
 def reference_run(model: onnx.ModelProto, feeds: dict) -> dict:

@@ -251,6 +251,22 @@ def test_cross_entropy_symbolic_batch_and_gradient(dtype):
         np.testing.assert_allclose(got["gz"], (_np_softmax(zz) - np.eye(5)[tv]) / n, rtol=tol, atol=tol)
 
 
+def test_cross_entropy_of_confident_logits_on_the_reference_evaluator():
+    """Logits ±100 in float32: onnx.reference's LogSoftmax took the log of its softmax, whose
+    smallest probabilities underflow to 0, so the loss was inf there where onnxruntime gives
+    200; compiler.check's reference evaluator computes it stably, as onnxruntime does."""
+    g = Graph(float_dtype="float32")
+    z = g.add_input("z", "float32", ("N", 3))
+    t = g.add_input("t", "int64", ("N",))
+    loss = g.apply("cross_entropy", z, t, reduction="none")
+    (gz,) = grad([g.apply("sum", loss)], [z])
+    model = emit_model(g, [("z", z), ("t", t)], [("loss", loss), ("gz", gz)])
+    feeds = {"z": np.array([[-100, 100, 0], [60, -60, 0]], np.float32), "t": np.array([0, 1])}
+    got = run_all(model, feeds)
+    np.testing.assert_allclose(got["loss"], [200, 120], rtol=1e-6)
+    np.testing.assert_allclose(got["gz"], [[-1, 1, 0], [1, -1, 0]], atol=1e-6)
+
+
 def test_cross_entropy_soft_labels_match_hard():
     g = Graph(float_dtype="float64")
     z = g.add_input("z", "float64", (4, 3))

@@ -324,6 +324,8 @@ class _SoftmaxBase(OpDef):
             Sample([rng.uniform(-2, 2, (3, 4))]),
             Sample([rng.uniform(-2, 2, (2, 3, 4))], {"axis": 1}),
             Sample([rng.uniform(-2, 2, (5,))], {"axis": 0}),
+            # confident scores: probabilities that underflow keep their logs (-1600, not -inf)
+            Sample([np.array([[-800.0, 800.0, 0.0], [100.0, -100.0, 0.0]])]),
         ]
 
 
