@@ -149,10 +149,14 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int) -> Value:
     batch = x.shape[0]
     env = {x.id: x_new}
     tiled: dict[int, Value] = {}
+    data = {i.value.id for i in g.inputs.values() if i.kind == "input"}
+    examples: dict[int, bool] = {}
 
     def other(v: Value) -> Value:
-        if isinstance(batch, int) or not v.rank or v.shape[0] != batch:
-            return v  # a fixed batch size cannot tell examples from a parameter's rows
+        if not v.rank or v.shape[0] != batch:
+            return v
+        if isinstance(batch, int) and not _per_example(v, data, batch, examples):
+            return v  # a fixed batch size cannot tell examples from a parameter's rows by the dim alone
         if v.id not in tiled:
             tiled[v.id] = g.apply("tile_batch", v, times=times)
         return tiled[v.id]
@@ -190,6 +194,23 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int) -> Value:
     if y.id not in env:
         return g.apply("fill", x_new, dims=((0, 0), y.shape[1]), dtype=y.dtype)
     return env[y.id]
+
+
+def _per_example(v: Value, data: set, batch: int, memo: dict) -> bool:
+    """For a fixed batch size: whether axis 0 of v holds the examples, as it does for the spec's
+    inputs (`data`, ids) and for what is computed from them without mixing the examples or
+    moving them off axis 0 (a mask m * 2, not transpose(m), nor a parameter). Such a value is
+    repeated with x; one that is not stays as it is. `memo` keeps the answers by Value id."""
+    if v.id not in memo:
+        for node in producers_of([v]):
+            if all(o.id in memo for o in node.outputs):
+                continue
+            depends = [memo.get(u.id, u.id in data) for u in node.inputs]
+            keeps = any(depends) and _mixes_examples(node, depends, batch) is None
+            for o in node.outputs:
+                memo[o.id] = keeps and o.rank > 0 and o.shape[0] == batch
+        memo.setdefault(v.id, v.id in data)
+    return memo[v.id]
 
 
 def _reads_shape_only(node, i: int) -> bool:

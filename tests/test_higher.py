@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from compiler.check import Runner
 from compiler.training import compile_spec
@@ -34,28 +35,69 @@ outputs:
     np.testing.assert_allclose(out["hw"], 6 * x * np.tanh(x), rtol=1e-12)
 
 
-def test_jacobian_with_another_per_example_input(tmp_path):
+@pytest.mark.parametrize("batch", ["N", "4"])
+def test_jacobian_with_another_per_example_input(tmp_path, batch):
     """y built from x and another [N, ...] input (a mask): the other input is repeated with x
-    (it failed: 'mul: shapes [2*N, 2] and [N, 2] of the operands do not broadcast')."""
+    (it failed: 'mul: shapes [2*N, 2] and [N, 2] of the operands do not broadcast'). With a
+    fixed batch size (x [4, D]) the mask, and what is computed from it example by example, was
+    left unrepeated ('mul: shapes [8, 2] and [4, 2] ...'): an input's rows are its examples,
+    whatever their count, where a parameter's are not."""
     text = """
 flowgrad: 1
 name: jm
 dims: {D: 3, H: 2}
 inputs:
-  x: {shape: [N, D]}
-  m: {shape: [N, H]}
+  x: {shape: [BATCH, D]}
+  m: {shape: [BATCH, H]}
 graph:
   h: dense(x, H, act=sigmoid)
 outputs:
   h: h
-  J: jacobian(h * m, x)
-"""
+  J: jacobian(h * (m * 2 - 1), x)
+""".replace("BATCH", batch)
     rng = np.random.default_rng(1)
     x, m = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
     out, state = _infer(text, tmp_path, {"x": x, "m": m})
     h = out["h"]
-    want = (h * (1 - h) * m)[:, :, None] * state["h.W"].T[None, :, :]
+    want = (h * (1 - h) * (m * 2 - 1))[:, :, None] * state["h.W"].T[None, :, :]
     np.testing.assert_allclose(out["J"], want, rtol=1e-10, atol=1e-14)
+
+
+def test_jacobian_of_an_hvp_along_an_input_with_a_fixed_batch_size(tmp_path):
+    """jacobian(hvp(y, x, v), x) with x and v [3, D]: v, an input, is repeated with x (it failed
+    to compile: 'mul: shapes [3, 4] and [18, 4] of the operands do not broadcast'). With
+    y = sum(tanh(x W)), hvp = ((-2 t (1 - t^2)) * (v W)) W^T for t = tanh(x W), and its
+    Jacobian in x is checked against central differences."""
+    text = """
+flowgrad: 1
+name: jh
+dims: {D: 3, H: 4}
+inputs:
+  x: {shape: [3, D]}
+  v: {shape: [3, D]}
+params:
+  W: {shape: [D, H], init: glorot_uniform}
+graph:
+  hv: hvp(sum(tanh(x @ W)), x, v)
+outputs:
+  hv: hv
+  J: jacobian(hv, x)
+"""
+    rng = np.random.default_rng(5)
+    x, v = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+    out, state = _infer(text, tmp_path, {"x": x, "v": v})
+    W = state["W"]
+    t = np.tanh(x @ W)
+    np.testing.assert_allclose(out["hv"], (-2 * t * (1 - t * t) * (v @ W)) @ W.T, rtol=1e-10)
+    fd = np.zeros_like(out["J"])
+    for n in range(3):
+        for d in range(3):
+            step = np.zeros_like(x)
+            step[n, d] = 1e-6
+            up, _ = _infer(text, tmp_path, {"x": x + step, "v": v}, state)
+            down, _ = _infer(text, tmp_path, {"x": x - step, "v": v}, state)
+            fd[n, :, d] = (up["hv"][n] - down["hv"][n]) / 2e-6
+    np.testing.assert_allclose(out["J"], fd, rtol=1e-6, atol=1e-8)
 
 
 def test_jacobian_through_a_reshape_naming_a_fixed_batch_size(tmp_path):
