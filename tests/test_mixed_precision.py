@@ -246,6 +246,35 @@ def test_ops_without_the_narrow_type_run_in_float32_between_casts(tmp_path, comp
     assert np.isfinite(out["loss"]) and float(out["next/loss_scale_steps/main"]) == 1
 
 
+@pytest.mark.parametrize("compute", ["float16", "bfloat16"])
+def test_overlapping_max_pooling_trains_in_mixed_precision_on_onnxruntime(tmp_path, compute):
+    """Max pooling whose windows overlap (stride 1, padding 1) scatters its gradient with a
+    ScatterElements that adds, which onnxruntime's CPU provider has no float16 kernel for:
+    the first float16 step failed ('MLFloat16 data type is not supported with ScatterElements
+    opset 16 when reduction is 'add''). It adds in float32 between casts, as scatter_add does,
+    and the steps agree with the reference evaluator's."""
+    from runtime.trainer import Trainer
+
+    path = tmp_path / "conv_overlap.yaml"
+    path.write_text(CONV_NOISE.replace("MIXED", compute).replace("max_pool2d(c, 2)", "max_pool2d(c, 3, stride=1, padding=1)")
+                    .replace(" + 0.1 * normal(zeros(N, 36))", ""))
+    cm = compile_spec(load_spec(str(path)))
+    rng = np.random.default_rng(0)
+    data = {"x": rng.uniform(size=(4, 1, 6, 6)).astype(np.float32), "y": rng.integers(0, 3, 4)}
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    losses = [trainer.train_step("main", data, lr=0.01, step=s)["loss"] for s in range(3)]
+    assert np.all(np.isfinite(losses))
+    _, outs = run_steps(cm, cm.initial_state(0), data, 3, reference_evaluator_runner(cm))
+    np.testing.assert_allclose(losses, [float(o["loss"]) for o in outs], rtol=0.02)
+
+
+def reference_evaluator_runner(cm):
+    g = cm.graphs["train"]
+    ref = reference_evaluator(g.model)
+    names = [o.name for o in g.model.graph.output]
+    return lambda feeds: dict(zip(names, ref.run(None, feeds)))
+
+
 def test_bfloat16_trains_on_onnxruntime_where_kernels_are_missing(tmp_path):
     """onnxruntime's CPU provider has almost no bfloat16 kernels (Gemm, Relu, ArgMax; Softmax's
     function body): the session widens the nodes it cannot place to float32 between Casts,

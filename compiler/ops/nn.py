@@ -699,7 +699,7 @@ class MaxPool2dGrad(OpDef):
         x = node.inputs[1]
         geom = _pool_geom(node.attrs, x.type)
         H, W = geom.in_hw
-        from .elementwise import _scalar_tensor
+        from .indexing import _scatter_add
 
         if geom.s == geom.k and geom.p == (0, 0) and (H, W) == tuple(o * k for o, k in zip(geom.out_hw, geom.k)):
             # Windows that tile the input: MaxUnpool puts g at MaxPool's own indices (each
@@ -711,8 +711,11 @@ class MaxPool2dGrad(OpDef):
         pos = _emit_argmax_positions(e, geom, ins[1])
         gf = e.add("Reshape", [ins[0], e.ints([0, 0, geom.out_hw[0] * geom.out_hw[1]])])
         xf = e.add("Reshape", [ins[1], e.ints([0, 0, H * W])])
-        zeros = e.add("ConstantOfShape", [e.add("Shape", [xf])], value=_scalar_tensor(0, x.dtype))
-        scattered = e.add("ScatterElements", [zeros, pos, gf], axis=2, reduction="add")
+        # overlapping windows add several values into one entry: a ScatterElements with reduction
+        # add, which onnxruntime's CPU provider has no float16 or bfloat16 kernel for (it failed at
+        # the first step of a mixed-precision convnet): those sum in float32, as scatter_add's do
+        scattered = e.fresh("scattered")
+        _scatter_add(e, xf, pos, gf, x.dtype, [scattered], axis=2)
         e.add("Reshape", [scattered, e.ints([0, 0, H, W])], outs)
 
     def vjp(self, node, gouts):
