@@ -451,6 +451,8 @@ class Take(OpDef):
             Sample([x, np.array([[2, -1], [0, 2]])], {"axis": 1}),
             Sample([x, np.array(3)]),
             Sample([rng.normal(size=(2, 4, 3)), np.array([[3, 3, 0]])], {"axis": 1}),
+            # no indices: the gradient scatters nothing (an empty selection of columns)
+            Sample([x, np.zeros((2, 0), np.int64)], {"axis": 1}),
         ]
 
 
@@ -539,7 +541,8 @@ class ScatterAdd(OpDef):
             from ..ir import numel
 
             n = numel(idx.shape)
-            u = e.add("Reshape", [ins[2], e.ints(flat_upd_shape[:axis] + (n,) + flat_upd_shape[axis + 1:])])
+            # allowzero: with no indices n is 0, which Reshape would otherwise read as "keep that dim"
+            u = e.add("Reshape", [ins[2], e.ints(flat_upd_shape[:axis] + (n,) + flat_upd_shape[axis + 1:])], allowzero=1)
         elif k == 1:
             u = ins[2]
         else:
