@@ -1184,9 +1184,6 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, 
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(run_dir, name))
     names = opts.names  # (a full disk's hint names resuming as the caller would)
-    _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"), names)
-    _remove_other_graphs(cm, os.path.join(run_dir, "graphs"))
-    cm.save(os.path.join(run_dir, "graphs"), names=names)
     info = {
         "spec": spec.name, "seed": seed, "dtype": cm.float_dtype, "device": device, "threads": opts.threads,
         "data": train_ds.name, "data_source": data_source(spec, opts),
@@ -1195,7 +1192,13 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, 
         "argv": sys.argv, "meta": train_ds.meta,
         **({"init_from": warm_start} if warm_start else {}),
     }
+    # run.json first: it marks the directory as a run's. Written last, a new run stopped while
+    # writing its spec.yaml or graphs (a full disk, Ctrl-C) left a directory of those files and no
+    # run.json, which every later train refused, --overwrite too, as someone else's folder.
     atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode(), names=names)
+    _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"), names)
+    _remove_other_graphs(cm, os.path.join(run_dir, "graphs"))
+    cm.save(os.path.join(run_dir, "graphs"), names=names)
 
 
 def _remove_other_graphs(cm: CompiledModel, directory: str) -> None:

@@ -473,6 +473,35 @@ def test_a_resume_that_fills_the_disk_leaves_the_run_readable(tmp_path, monkeypa
         invoke("export", run, "-o", tmp_path / "m.onnx", code=0)
 
 
+@pytest.mark.parametrize("stop", ["full disk", "ctrl-c"])
+@pytest.mark.parametrize("name", ["spec.yaml", "infer.onnx", "manifest.json"])
+def test_a_new_run_stopped_while_writing_its_files_can_be_trained_again(tmp_path, monkeypatch, name, stop):
+    """A new run writes its spec.yaml, graphs and run.json before its first step. Stopped while
+    writing the spec or the graphs (the disk full, Ctrl-C), it left them without the run.json
+    that marks a run's directory, and every later train, --overwrite included, refused the
+    directory as someone else's ('is not a run directory, and training would replace its graphs,
+    spec.yaml'). The same command now trains there once it can write."""
+    import runtime.checkpoint as C
+
+    real_write = C._write
+
+    def stopped(f, data, path):
+        if path.endswith(name):
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt
+            f.write(data[:len(data) // 3])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(f, data, path)
+
+    monkeypatch.setattr(C, "_write", stopped)
+    run = tmp_path / "run"
+    args = ["train", MLP, *SMALL, "--epochs", "1", "--run-dir", run]
+    invoke(*args, code=130 if stop == "ctrl-c" else 1)
+    monkeypatch.setattr(C, "_write", real_write)
+    invoke(*args, code=0)
+    invoke("export", run, "-o", tmp_path / "m.onnx", code=0)
+
+
 def _damage(kind: str, path: Path) -> None:
     import io
 
