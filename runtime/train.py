@@ -429,8 +429,9 @@ def train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise FlowgradError(f"cannot write the run: {e.strerror or e}{where}",
-                            hint="check the run directory's permissions and free space; the last checkpoint "
-                                 f"is intact, continue with {opts.names.given(resume=True)}") from None
+                            hint=_unwritten_run_hint(run_dir_of(spec, opts), opts.names)
+                            or "check the run directory's permissions and free space; the last checkpoint "
+                               f"is intact, continue with {opts.names.given(resume=True)}") from None
 
 
 def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
@@ -579,8 +580,8 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                     # whole or not at all: a resume renames this copy over best.npz
                     with open(os.path.join(run_dir, BEST), "rb") as f:
                         atomic_write(os.path.join(run_dir, BEST_BEFORE_PARTIAL), f.read(), names=names)
-                atomic_write(os.path.join(run_dir, BEST), data, names=names)
-            atomic_write(ckpt_path, data, names=names)
+                atomic_write(os.path.join(run_dir, BEST), data, hint=_unwritten_run_hint(run_dir, names), names=names)
+            atomic_write(ckpt_path, data, hint=_unwritten_run_hint(run_dir, names), names=names)
 
         # where an epoch's batches end: drop_last leaves out the short remainder
         epoch_end = len(train_ds) - (len(train_ds) % batch_size if cfg.get("drop_last") else 0)
@@ -1195,10 +1196,22 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, 
     # run.json first: it marks the directory as a run's. Written last, a new run stopped while
     # writing its spec.yaml or graphs (a full disk, Ctrl-C) left a directory of those files and no
     # run.json, which every later train refused, --overwrite too, as someone else's folder.
-    atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode(), names=names)
-    _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"), names)
+    hint = _unwritten_run_hint(run_dir, names)
+    atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode(), hint=hint, names=names)
+    _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"), names, hint)
     _remove_other_graphs(cm, os.path.join(run_dir, "graphs"))
-    cm.save(os.path.join(run_dir, "graphs"), names=names)
+    cm.save(os.path.join(run_dir, "graphs"), hint, names)
+
+
+def _unwritten_run_hint(run_dir: str, names: ArgNames) -> str | None:
+    """The hint for a run's file that cannot be written (a full disk): None, atomic_write's own
+    ('the previous checkpoint is intact; free some space and --resume'), once the run has a
+    checkpoint; before its first one there is nothing to resume (--resume said 'nothing to
+    resume: no checkpoint'), and the run is trained again as it was started."""
+    if any(os.path.exists(os.path.join(run_dir, name)) for name in (CHECKPOINT, BEST)):
+        return None
+    return (f"no checkpoint was written yet ({names.given(resume=True)} would find none): free some space (or make "
+            "the run directory writable) and train again as before")
 
 
 def _remove_other_graphs(cm: CompiledModel, directory: str) -> None:
@@ -1213,14 +1226,14 @@ def _remove_other_graphs(cm: CompiledModel, directory: str) -> None:
                 os.remove(os.path.join(directory, name))
 
 
-def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames) -> None:
+def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames, hint: str | None = None) -> None:
     """The run's spec.yaml is the spec it trained: the file itself (comments kept), or, with
     --set overrides or a spec given as data, the YAML of the spec after them, so that eval,
     export and plots read the shapes the checkpoint has."""
     if os.path.isfile(spec.path) and not spec.overrides:
         if not (os.path.exists(target) and os.path.samefile(spec.path, target)):
             with open(spec.path, "rb") as f:  # (not copyfile: it empties the old spec.yaml before writing)
-                atomic_write(target, f.read(), names=names)
+                atomic_write(target, f.read(), hint=hint, names=names)
         return
     import yaml
 
@@ -1234,7 +1247,7 @@ def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames) -> None:
     # one comment line: an override's line break (--set 'a={b:\n c}') began a line of YAML that ended the spec
     origin = re.sub("[\r\n\x85\u2028\u2029]", lambda m: ascii(m.group())[1:-1], origin)
     text = yaml.safe_dump(to_plain(spec.raw), sort_keys=False, allow_unicode=True, width=100)
-    atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode(), names=names)
+    atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode(), hint=hint, names=names)
 
 
 def _rewrite_metrics(run_dir, history, names: ArgNames):

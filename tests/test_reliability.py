@@ -502,6 +502,34 @@ def test_a_new_run_stopped_while_writing_its_files_can_be_trained_again(tmp_path
     invoke("export", run, "-o", tmp_path / "m.onnx", code=0)
 
 
+@pytest.mark.parametrize("name", ["infer.onnx", "best.npz"])
+def test_a_new_run_that_fills_the_disk_before_its_first_checkpoint_is_not_sent_to_resume(tmp_path, monkeypatch,
+                                                                                          name):
+    """A full disk before a run's first checkpoint (writing its graphs, or its first epoch's
+    best.npz) said 'the previous checkpoint is intact; free some space and --resume', and the
+    resume said 'nothing to resume: no checkpoint'. It now says there is nothing to resume yet,
+    and to train again as before, which then trains."""
+    import runtime.checkpoint as C
+
+    real_write = C._write
+
+    def full(f, data, path):
+        if path.endswith(name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(f, data, path)
+
+    monkeypatch.setattr(C, "_write", full)
+    run = tmp_path / "run"
+    args = ["train", MLP, *SMALL, "--epochs", "1", "--run-dir", run]
+    result = invoke(*args, code=1)
+    assert "No space left on device" in error_line(result)
+    assert "previous checkpoint is intact" not in result.output
+    assert "no checkpoint was written yet (--resume would find none)" in result.output, result.output
+    assert "train again as before" in result.output
+    monkeypatch.setattr(C, "_write", real_write)
+    invoke(*args, code=0)
+
+
 def _damage(kind: str, path: Path) -> None:
     import io
 
