@@ -386,6 +386,12 @@ def run_dir_of(spec: S.Spec, opts: TrainOptions) -> str:
 def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
     run_dir = run_dir_of(spec, opts)
     names = opts.names
+    if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
+        # (os.makedirs said 'File exists', and the hint spoke of the parent folder; a resume said
+        # there was no checkpoint in it, and to train without --resume first)
+        what = "a symbolic link to nothing" if os.path.islink(run_dir) else "a file"
+        raise FlowgradError(f"the run directory {run_dir} is {what}, not a directory",
+                            hint=f"pick a new or empty directory with {names('run_dir')}")
     ckpt, best = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
     # best.npz alone is a run too: one killed between the first epoch's two writes (best first)
     if (os.path.exists(ckpt) or os.path.exists(best)) and not opts.resume and not opts.overwrite:
@@ -407,7 +413,8 @@ def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
-        raise FlowgradError(f"cannot create the run directory {run_dir}: {e.strerror}", hint=f"check that the parent folder exists and is writable, or pick another with {names('run_dir')}") from None
+        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise FlowgradError(f"cannot create the run directory {run_dir}: {reason}", hint=f"check that the parent folder exists and is writable, or pick another with {names('run_dir')}") from None
     if not os.access(run_dir, os.W_OK):
         raise FlowgradError(f"the run directory {run_dir} is not writable", hint=f"pick another with {names('run_dir')}")
     return run_dir

@@ -673,6 +673,27 @@ def test_train_does_not_write_a_run_over_a_directory_of_other_files(tmp_path):
                *(["--overwrite"] if (run / "run.json").exists() else []))
 
 
+def test_a_run_dir_that_is_a_file_says_so(tmp_path):
+    """--run-dir naming a file said 'cannot create the run directory notes.txt: File exists' with
+    a hint about the parent folder, and with --resume 'nothing to resume: no checkpoint in
+    notes.txt' and to train without --resume first; a file on the way to it said 'Not a
+    directory'. The file is left alone."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    for run_dir, extra, words in ((notes, [], "is a file, not a directory"),
+                                  (notes, ["--resume"], "is a file, not a directory"),
+                                  (notes, ["--overwrite"], "is a file, not a directory"),
+                                  (tmp_path / "dangling", [], "is a symbolic link to nothing, not a directory"),
+                                  (notes / "run", [], "a file is in the way")):
+        res = invoke("train", MLP, "--set", "dims.H=8", "--steps", "1", "--run-dir", run_dir, "--quiet",
+                     "--device", "cpu", *extra, code=1)
+        assert "error: " in res.stderr and str(run_dir) in res.stderr and words in res.stderr, res.stderr
+        assert "File exists" not in res.stderr and "Not a directory" not in res.stderr
+        assert "hint:" in res.stderr and "--run-dir" in res.stderr
+    assert notes.read_text() == "mine\n"
+
+
 def test_a_resumed_run_keeps_its_float_type(tmp_path):
     """--resume compiled the spec in --dtype, or without it in float32: a float64 run resumed
     without its --dtype went on in float32 (run.json then said float32), and one resumed with
