@@ -952,6 +952,27 @@ def test_ctrl_c_while_the_command_line_starts_is_no_traceback():
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "")
 
 
+def test_ctrl_c_while_typer_builds_the_command_is_no_traceback():
+    """After the imports, typer builds the click command from the verbs' functions (reading their
+    type hints) before click's main, which ends an interrupted command with exit code 130, takes
+    over: Ctrl-C there (found by pressing it at random moments of a real flowgrad train) ended in
+    a KeyboardInterrupt traceback through typer's and typing's modules."""
+    pressed = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import cli, typer.main\n"
+        "real = typer.main.get_command\n"
+        "def pressed(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(*args, **kwargs)\n"
+        "typer.main.get_command = pressed\n"
+        "sys.argv = ['flowgrad', 'ops']\n"
+        "cli.main()\n"
+        "print('not stopped')\n")
+    result = subprocess.run([sys.executable, "-c", pressed], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "")
+
+
 @pytest.mark.parametrize("limit", ["MAX_UNPACKED_BYTES", "RATIO_CHECKED_ABOVE"])
 def test_npz_decompression_bomb_is_refused_before_unpacking(tmp_path, monkeypatch, limit):
     """Zeros pack about a thousandfold; with the limits scaled down, 16 MiB stands in for a bomb."""
