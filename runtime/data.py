@@ -180,6 +180,12 @@ def _refuse_zip_bomb(path: str, loc) -> None:
         raise DataError(f"{path}: not a readable .npz file ({e})", loc, "write it with numpy.savez") from None
     unpacked = sum(i.file_size for i in infos)
     packed = max(sum(i.compress_size for i in infos), 1)
+    if unpacked > MAX_UNPACKED_BYTES and unpacked / packed <= MAX_PACKING_RATIO:
+        # a large file, not a bomb: it was told to save its arrays uncompressed, as they are
+        raise DataError(f"{path}: its arrays hold {unpacked / 2**30:.1f} GiB, more than the "
+                        f"{MAX_UNPACKED_BYTES / 2**30:g} GiB that flowgrad reads from one .npz", loc,
+                        "save a sample of the examples, or give the arrays to the Python API's train(data={...}), "
+                        "which takes any size (memory maps of .npy files too)")
     if unpacked > MAX_UNPACKED_BYTES or (unpacked > RATIO_CHECKED_ABOVE and unpacked / packed > MAX_PACKING_RATIO):
         raise DataError(f"{path}: its arrays would unpack to {unpacked / 2**30:.1f} GiB from {packed / 2**20:.1f} MiB",
                         loc, "refusing what looks like a decompression bomb; save the arrays uncompressed or smaller")

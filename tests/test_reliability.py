@@ -973,6 +973,24 @@ def test_ctrl_c_while_typer_builds_the_command_is_no_traceback():
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "")
 
 
+def test_an_npz_too_large_to_read_is_not_called_a_bomb(tmp_path, monkeypatch):
+    """An honest .npz of arrays saved uncompressed (numpy.savez) beyond the size read from one
+    file was refused as 'what looks like a decompression bomb', with the hint to save the arrays
+    uncompressed, as they were. It now says how large they are and what the limit is."""
+    import runtime.data as data
+    from spec.errors import DataError
+
+    monkeypatch.setattr(data, "MAX_UNPACKED_BYTES", 1 << 20)
+    path = tmp_path / "large.npz"
+    np.savez(path, x=np.random.default_rng(0).random((1 << 16, 4), dtype=np.float32), y=np.zeros(1 << 16, np.int64))
+    with pytest.raises(DataError) as e:
+        data.load_npz(str(path))
+    assert re.search(r"large\.npz: its arrays hold [\d.]+ GiB, more than the [\d.]+ GiB that flowgrad reads from one "
+                     r"\.npz", e.value.message), e.value.message
+    assert "bomb" not in str(e.value) and "uncompressed" not in str(e.value)
+    assert "train(data=" in e.value.hint
+
+
 @pytest.mark.parametrize("limit", ["MAX_UNPACKED_BYTES", "RATIO_CHECKED_ABOVE"])
 def test_npz_decompression_bomb_is_refused_before_unpacking(tmp_path, monkeypatch, limit):
     """Zeros pack about a thousandfold; with the limits scaled down, 16 MiB stands in for a bomb."""
