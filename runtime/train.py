@@ -551,12 +551,17 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         schedules = {o.name: lr_schedule(o.optimizer.hp["lr"], cfg.get("lr_schedule"), total_steps, steps_per_epoch)
                      for o in cm.objectives}
         partial = meta.get("partial")
+        kept_best = os.path.join(run_dir, BEST_BEFORE_PARTIAL)
         if partial and int(meta.get("step", 0)) < total_steps:
             # a run that its step limit stopped mid-epoch, resumed with a larger one: the epoch goes
             # on from where the steps stopped, and its record (of part of the epoch) is made anew
             meta = {**meta, **partial, "history": list(meta.get("history", []))[:-1]}
-            if os.path.exists(os.path.join(run_dir, BEST_BEFORE_PARTIAL)):
-                os.replace(os.path.join(run_dir, BEST_BEFORE_PARTIAL), os.path.join(run_dir, BEST))
+            if os.path.exists(kept_best):
+                os.replace(kept_best, os.path.join(run_dir, BEST))
+        elif not partial and os.path.exists(kept_best):
+            # left by a run killed between keeping the best aside and the checkpoint that records its
+            # partial epoch: no checkpoint waits for it, and a later partial epoch must not take it
+            os.remove(kept_best)
         step = int(meta.get("step", 0))
         overflows = int(meta.get("overflows", 0))  # mixed precision's overflowed steps in a row, across a resume
         epoch = int(meta.get("epoch", 0))

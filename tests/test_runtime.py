@@ -294,6 +294,29 @@ def test_a_full_disk_while_keeping_the_replaced_best_leaves_best_npz_whole(tmp_p
     export(str(run), str(tmp_path / "m.onnx"))
 
 
+def test_a_stale_copy_of_the_best_is_never_renamed_over_best_npz(tmp_path):
+    """A run killed after copying best.npz aside for a partial epoch's record, before its checkpoint
+    said so, left best.before_partial.npz behind; a later run that its step limit stopped mid-epoch
+    without a new best, resumed with a larger limit, renamed that stale copy over best.npz, and
+    export took weights the run's record does not name. A resume from a checkpoint without a
+    partial epoch now removes the copy, which nothing can be waiting for."""
+    import shutil
+
+    spec = load(MLP, [*SMALL, "train.optimizer={sgd: {lr: 0.5}}"])
+    common = dict(threads=1, device="cpu", seed=3, progress=False)
+    full = train(spec, run_dir=str(tmp_path / "full"), steps=184, **common)
+    run = tmp_path / "part"
+    train(spec, run_dir=str(run), steps=161, **common)  # seven whole epochs
+    train(spec, run_dir=str(tmp_path / "other"), steps=23, **{**common, "seed": 4})
+    shutil.copyfile(tmp_path / "other" / "best.npz", run / "best.before_partial.npz")  # what the kill left
+    stopped = train(spec, run_dir=str(run), steps=162, resume=True, **common)  # mid-epoch, no new best
+    assert stopped.best["step"] == 161
+    train(spec, run_dir=str(run), steps=184, resume=True, **common)
+    a, _ = load_checkpoint(str(tmp_path / "full" / "best.npz"))
+    b, meta = load_checkpoint(str(run / "best.npz"))
+    assert meta["step"] == full.best["step"] and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def _flowgrad():
     exe = os.path.join(os.path.dirname(sys.executable), "flowgrad")
     return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
