@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from spec.errors import ShapeError, SpecError
 
-from .ir import Value, at, normalize_axis
+from .ir import Value, at, fmt_shape, normalize_axis
 
 
 def _int_arg(v, what, loc, op: str):
@@ -39,6 +39,24 @@ def _init(v, default: str, default_args: dict | None = None, loc=None) -> tuple[
         return v, {}
     close = did_you_mean(v, INITS) if isinstance(v, str) else None
     raise SpecError(f"unknown initialiser {v!r}", loc, close or f"choose one of {', '.join(INITS)}")
+
+
+def _check_given_weight(layer: str, W, want: tuple, e, sizes: str) -> None:
+    """A weight given as W= against the shape the call's own sizes make it (`sizes`: those
+    arguments, named): the sizes were dropped without a word, so that dense(h, 24,
+    W=transpose(E.W), bias=false) made 97 units where the spec says 24."""
+    loc = e.kwarg_locs.get("W", e.loc)
+    if not isinstance(W, Value):
+        raise SpecError(f"{layer}(): W= must be a tensor, got {W!r}", loc, "give a parameter or an expression, e.g. W=transpose(e.W)")
+    clash = W.rank != len(want) or any(isinstance(w, int) and isinstance(d, int) and w != d for w, d in zip(want, W.shape))
+    if not clash:
+        return
+    if W.rank == 2 == len(want) and not any(isinstance(w, int) and isinstance(d, int) and w != d
+                                             for w, d in zip(want, reversed(W.shape))):
+        hint = "it is that weight transposed: wrap it in transpose(...), as a tied layer does (W=transpose(h.W))"
+    else:
+        hint = f"give W= a tensor {fmt_shape(want)}, or write sizes in the call that fit W="
+    raise ShapeError(f"{layer}(): W= is {fmt_shape(W.shape)}, but {sizes} make its weight {fmt_shape(want)}", loc, hint)
 
 
 def _pair(v):
@@ -115,6 +133,8 @@ class Dense(Layer):
         if W is None:
             kind, args_ = _init(a.get("init"), "glorot_uniform", loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{prefix}.W", (x.shape[-1], units), kind, args_, loc=e.loc)
+        else:
+            _check_given_weight("dense", W, (x.shape[-1], units), e, f"its input's {x.shape[-1]} features and units={units}")
         y = low.graph.apply("matmul", x, W)
         if a.get("bias", True):
             b = a.get("b")
@@ -183,6 +203,11 @@ class Conv2d(Layer):
                                  "use a groups that divides the input channels (a fixed size, axis 1 of [N, C, H, W])")
             kind, args_ = _init(a.get("init"), "he_uniform", loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{prefix}.W", (channels, x.shape[1] // groups, kh, kw), kind, args_, loc=e.loc)
+        else:
+            in_group = x.shape[1] // groups if isinstance(x.shape[1], int) else x.shape[1]
+            _check_given_weight("conv2d", W, (channels, in_group, kh, kw), e,
+                                f"channels={channels}, the input's {x.shape[1]} channels"
+                                + (f" in {groups} groups" if groups > 1 else "") + f" and kernel {kh}x{kw}")
         conv_attrs = {k: a[k] for k in ("stride", "padding", "dilation", "groups") if k in a}
         y = self._conv(low, e, x, W, conv_attrs)
         if a.get("bias", True):
@@ -237,6 +262,8 @@ class Embedding(Layer):
         if W is None:
             kind, args_ = _init(a.get("init"), "normal", {"std": 1.0}, loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{low.layer_name('embedding')}.W", (vocab, dim), kind, args_, loc=e.loc)
+        else:
+            _check_given_weight("embedding", W, (vocab, dim), e, f"vocab={vocab} and dim={dim}")
         return low.graph.apply("embedding", a["ids"], W)
 
 

@@ -330,6 +330,30 @@ def test_dense_refuses_arguments_it_would_drop(call, words):
     assert str(e.value).startswith("l.yaml:12:"), str(e.value)
 
 
+@pytest.mark.parametrize("call, words", [
+    # the sizes were dropped without a word: W= made the shape, whatever the call wrote
+    ("dense(img[:, 0, 0, :], 5, W=DW, bias=false)", "dense(): W= is [6, 3], but its input's 6 features and units=5 "
+                                                     "make its weight [6, 5]"),
+    ("embedding(ids, 4, 6, W=DW)", "embedding(): W= is [6, 3], but vocab=4 and dim=6 make its weight [4, 6]"),
+    ("conv2d(img, 2, 5, W=CW, bias=false)", "conv2d(): W= is [2, 1, 3, 3], but channels=2, the input's 1 channels "
+                                            "and kernel 5x5 make its weight [2, 1, 5, 5]"),
+    ("conv2d(img, 3, 3, W=CW)", "make its weight [3, 1, 3, 3]"),
+    ("dense(img[:, 0, 0, 0:3], 6, W=DW)", "wrap it in transpose"),  # a tied decoder's weight, untransposed
+])
+def test_layers_given_a_weight_refuse_sizes_it_does_not_have(call, words):
+    from compiler.training import check_spec
+    from spec import spec_from_text
+
+    text = LAYER_SPEC.replace("graph:", "  DW: {shape: [6, 3], init: zeros, trainable: false}\ngraph:")
+    with pytest.raises(ShapeError) as e:
+        check_spec(spec_from_text(text % call, "l.yaml"))
+    assert words in str(e.value), str(e.value)
+    assert str(e.value).startswith("l.yaml:11:") and e.value.hint, str(e.value)
+    # sizes that fit the given weight still take it
+    for fits in ("dense(img[:, 0, 0, :], 3, W=DW)", "dense(embedding(ids, 6, 3, W=DW), 2)", "conv2d(img, 2, 3, W=CW)"):
+        check_spec(spec_from_text(text % fits, "l.yaml"))
+
+
 def test_embedding_sizes_by_keyword_make_the_table():
     """embedding(ids, vocab=5, dim=3) fell through to the op (a table argument) and failed."""
     from compiler.training import check_spec
