@@ -59,6 +59,13 @@ def _check_given_weight(layer: str, W, want: tuple, e, sizes: str) -> None:
     raise ShapeError(f"{layer}(): W= is {fmt_shape(W.shape)}, but {sizes} make its weight {fmt_shape(want)}", loc, hint)
 
 
+def _refuse_init_with_weight(layer: str, W, a: dict, e) -> None:
+    """init= initialises the weight a layer makes: with W= given there is none, and init= was dropped."""
+    if W is not None and a.get("init") is not None:
+        raise SpecError(f"{layer}() takes init= for the weight it makes, not with W=", e.kwarg_locs.get("init", e.loc),
+                        f"leave out init=, or W= to let {layer} make its weight")
+
+
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
@@ -125,9 +132,7 @@ class Dense(Layer):
         prefix = low.layer_name("dense")
         W = a.get("W")
         # a given W takes no init, and no bias takes no b: each would be dropped without a word
-        if W is not None and a.get("init") is not None:
-            raise SpecError("dense() takes init= for the weight it makes, not with W=", e.kwarg_locs.get("init", e.loc),
-                            "leave out init=, or W= to let dense make its weight")
+        _refuse_init_with_weight("dense", W, a, e)
         if a.get("bias", True) is False and a.get("b") is not None:
             raise SpecError("dense() got b= and bias=false", e.kwarg_locs.get("b", e.loc), "leave out one of the two")
         if W is None:
@@ -196,6 +201,7 @@ class Conv2d(Layer):
                             "write groups as a whole number of 1 or more that divides the channels")
         prefix = low.layer_name("conv2d")
         W = a.get("W")
+        _refuse_init_with_weight("conv2d", W, a, e)
         if W is None:
             if not isinstance(x.shape[1], int) or x.shape[1] % groups:
                 raise ShapeError(f"conv2d: input channels {x.shape[1]} are not divisible by groups={groups}",
@@ -259,6 +265,7 @@ class Embedding(Layer):
         vocab = _int_arg(a["vocab"], "vocab", _arg_loc(e, "vocab", 1), "embedding")
         dim = _int_arg(a["dim"], "dim", _arg_loc(e, "dim", 2), "embedding")
         W = a.get("W")
+        _refuse_init_with_weight("embedding", W, a, e)
         if W is None:
             kind, args_ = _init(a.get("init"), "normal", {"std": 1.0}, loc=e.kwarg_locs.get("init"))
             W = low.add_param(f"{low.layer_name('embedding')}.W", (vocab, dim), kind, args_, loc=e.loc)

@@ -317,10 +317,14 @@ def test_conv2d_with_tensors_refuses_the_layer_arguments(call, words):
 
 @pytest.mark.parametrize("call, words", [
     ("dense(img[:, 0, 0, :], K, W=DW, init=zeros)", "not with W="),
+    # embedding and conv2d dropped init= beside W= without a word
+    ("embedding(ids, 6, 3, W=DW, init=zeros)", "embedding.. takes init= .* not with W="),
+    ("conv2d(img, 2, 3, W=CW, init=zeros)", "conv2d.. takes init= .* not with W="),
     ("dense(img[:, 0, 0, :], K, bias=false, b=Db)", "b= and bias=false"),
 ])
-def test_dense_refuses_arguments_it_would_drop(call, words):
-    """dense(x, K, W=..., init=...) ignored init, and bias=false with b= ignored b."""
+def test_layers_refuse_arguments_they_would_drop(call, words):
+    """dense(x, K, W=..., init=...) ignored init (as embedding's and conv2d's layer forms did), and
+    bias=false with b= ignored b."""
     from compiler.training import check_spec
     from spec import SpecError, spec_from_text
 
