@@ -843,6 +843,13 @@ class Recurrent(Layer):
         _check_truncate(a, e)
         prefix = low.layer_name(self.name)
         n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc), self.name)
+        if a.get("init") is not None and n_layers > 1:
+            # init= started the first layer alone, and the layers above from zeros: an encoder's final
+            # states given to a stacked decoder reached its bottom layer only, without a word
+            raise SpecError(f"init= gives one layer's states, and this {self.name} has {n_layers} layers: "
+                            "the layers above the first would start from zeros", e.kwarg_locs.get("init", e.loc),
+                            f"stack the layers as entries of their own, each {self.name}(..., init=[...]) "
+                            "given its own states, or leave out init=")
         hs, finals = x, []
         for layer in range(n_layers):
             name = prefix if n_layers == 1 else f"{prefix}.l{layer + 1}"

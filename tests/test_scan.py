@@ -1256,6 +1256,10 @@ loss: mean(hs * hs) + s + mean(x)
     ("rnn(x, H, linear_before_reset=false)", "linear_before_reset= is for gru"),
     ("gru(x, H, dropout=0.5)", "dropout= acts between stacked layers"),
     ("bidirectional(lstm, x, H, dropout=0.5)", "dropout= acts between stacked layers"),
+    # init= started the bottom layer alone, the ones above from zeros (an encoder's final states given to
+    # a stacked decoder)
+    ("gru(x, H, layers=2, init=[zeros(N, H)])", "init= gives one layer's states, and this gru has 2 layers"),
+    ("lstm(x, H, layers=3, init=[zeros(N, H), zeros(N, H)])", "this lstm has 3 layers"),
     # the one-step cells took any act= and read flags loosely (bool("no") is true)
     ("lstm_cell(x[:, 0, :], zeros(N, H), zeros(N, H), act=relu)[0]", "act= is for rnn"),
     ("rnn_cell(x[:, 0, :], zeros(N, H), act=softplus)", "act must be one of"),
