@@ -852,7 +852,11 @@ def index_bounds(g: Graph) -> dict[str, tuple[int, str]]:
     """Integer data inputs used as indices of a fixed-size axis (embedding ids, class labels),
     with that size: values at or above it would only fail (or gather garbage) at run time."""
     inputs = {gi.value.id: name for name, gi in g.inputs.items() if gi.kind == "input"}
-    passthrough = {"unsqueeze", "squeeze", "reshape", "identity", "cast", "flatten"}
+    # ops whose output holds only values of their first input: a conditional generator's label
+    # broadcast to its count, broadcast_like(label, zeros(count)), or ids sliced or transposed
+    # (the bound was not recorded, and predict left an id beyond the table to onnxruntime's Gather)
+    passthrough = {"unsqueeze", "squeeze", "reshape", "reshape_like", "identity", "cast", "flatten", "broadcast_like",
+                   "transpose", "slice", "index"}
 
     def source(v):
         while v.id not in inputs and v.producer is not None and v.producer.op.name in passthrough:

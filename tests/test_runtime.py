@@ -1125,6 +1125,26 @@ def test_predict_refuses_ids_beyond_the_vocabulary_as_training_does(tmp_path):
         predict(str(tmp_path / "lm.onnx"), {"prompt": np.array([1, 2, 7]), **feeds})
 
 
+@pytest.mark.parametrize("ids", [
+    "broadcast_like(label, x)",  # a conditional generator's one label, broadcast to its count
+    "transpose(label2)", "label2[:, 0:2]", "label2[:, 0]",
+])
+def test_index_bounds_follow_ids_through_ops_that_only_move_them(ids):
+    """Ids that reach a table through an op that only moves or repeats them (a cGAN's label,
+    broadcast_like(label, zeros(count)), or ids transposed or sliced) had no bound recorded: the
+    export left a label beyond the table to onnxruntime's Gather ("indices element out of data
+    bounds"), where predict names the input."""
+    from compiler.training import check_spec, index_bounds
+
+    name = "label" if "label," in ids else "label2"
+    spec = load(TAGGER.replace("  y: {shape: [N, T], dtype: int64}\n",
+                               "  y: {shape: [N, T], dtype: int64}\n  label: {shape: [], dtype: int64}\n"
+                               "  label2: {shape: [N, T], dtype: int64}\n")
+               .replace("  tags: argmax(logits, axis=-1)\n", f"  tags: argmax(logits, axis=-1)\n  e: embedding({ids}, hs.W)\n"))
+    bounds = index_bounds(check_spec(spec, objectives=False).graph)
+    assert bounds[name] == (7, "it indexes a table of {} rows")
+
+
 @pytest.mark.parametrize("graph, bounds", [
     # lengths= of a recurrent layer ties len to the axis of x its embedding's steps come from
     ("hs: gru(embedding(x, V, E), H, lengths=len)", {"len": {"of": "x", "axis": 1, "least": 0}}),
