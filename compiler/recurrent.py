@@ -839,6 +839,7 @@ class Recurrent(Layer):
                             hint=f"usage: {self.usage}")
         H = _int_arg(a["units"], "units", _arg_loc(e, "units", 1), self.name)
         _check_cell_args(a, e, self.name)
+        _check_init(a, e, self.name, x, H)
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
         prefix = low.layer_name(self.name)
@@ -915,6 +916,29 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
         raise SpecError("stateful= carries the last state of a forward pass into the next batch: "
                         "it takes no init= and no reverse=", where("stateful"),
                         "drop init= and reverse=, or drop stateful=")
+
+
+def _check_init(a: dict, e, cell: str, x: Value, H: int) -> None:
+    """init= of a recurrent layer against the states it carries: a wrong count or shape reached the
+    scan under the layer, whose error spoke of a block and a step the spec never wrote ('scan inputs do
+    not match its step's inputs', 'initial state float32[N, 4] does not match the step's state')."""
+    init = a.get("init")
+    if init is None:
+        return
+    names = ("h0", "c0")[:CELLS[cell][1]]
+    want = f"{x.dtype}{fmt_shape((x.shape[0], H))}"
+    loc = e.kwarg_locs.get("init", e.loc)
+    listed = f"[{', '.join(names)}]"
+    if not isinstance(init, (list, tuple)) or len(init) != len(names):
+        got = f"{len(init)} state(s)" if isinstance(init, (list, tuple)) else "no list"
+        raise SpecError(f"init= gives {got}, and {'an' if cell[0] in 'lr' else 'a'} {cell} carries {len(names)}: "
+                        f"init={listed}, each {want}", loc,
+                        f"write init={listed}" + (" (its hidden and cell states)" if cell == "lstm" else ""))
+    for v, name in zip(init, names):
+        if not isinstance(v, Value) or tuple(v.shape) != (x.shape[0], H) or v.dtype != x.dtype:
+            got = v.type if isinstance(v, Value) else repr(v)
+            raise ShapeError(f"init= state {name} is {got}, but the {cell}'s states are {want} (the batch of its input "
+                             f"and units={H})", loc, f"give each initial state as {want}")
 
 
 def _mask_of(low, e, x, a):
@@ -1013,6 +1037,10 @@ class Cell(Layer):
                 raise ShapeError(f"{self.name}() needs {k} as [N, features], got {getattr(v, 'type', v)}", e.loc,
                                  hint="a one-step cell reads one step; for a sequence use lstm, gru or rnn")
         H = states[0].shape[-1]
+        for v, k in zip(states[1:], self.positional[2:]):
+            if v.type != states[0].type:  # (an lstm_cell's c narrower than h failed in a mul inside the cell)
+                raise ShapeError(f"{self.name}() needs its states of one shape: {k} is {v.type}, h is {states[0].type}",
+                                 e.loc, "give the cell and hidden states with the same batch and width")
         prefix = low.layer_name(self.name)
         W, U, b, bu, ln = cell_params(low, e, self.cell, x.shape[-1], H, prefix, bool(a.get("layer_norm")))
         extra = {"lstm": None, "gru": bool(a.get("linear_before_reset", True)), "rnn": a.get("act", "tanh")}[self.cell]

@@ -29,7 +29,7 @@ from compiler.ir import Graph
 from compiler.ops.scan import Body
 from compiler.training import compile_spec
 from spec import spec_from_text
-from spec.errors import GradientError, ShapeError, SpecError
+from spec.errors import FlowgradError, GradientError, ShapeError, SpecError
 
 F = "float64"
 N, T, E, H = 2, 4, 3, 3
@@ -1274,6 +1274,23 @@ def test_bad_scan_arguments_are_located_errors(call, words):
         compile_spec(spec_from_text(BAD_ARGS_SPEC % call, "bad.yaml"), graphs=("train",))
     assert str(e.value).startswith("bad.yaml:23:"), str(e.value)
 
+
+
+@pytest.mark.parametrize("call, words", [
+    ("lstm(x, H, init=[zeros(N, H)])", r"init= gives 1 state\(s\), and an lstm carries 2: init=\[h0, c0\]"),
+    ("rnn(x, H, init=[zeros(N, H), zeros(N, H)])", "an rnn carries 1"),
+    ("lstm(x, H, init=[zeros(N, H), zeros(N, 2 * H)])", r"init= state c0 is float32\[N, 6\], but the lstm's states are "
+                                                         r"float32\[N, 3\]"),
+    ("gru(x, H, init=[cast(zeros(N, H), 'int64')])", "init= state h0 is int64"),
+    ("lstm_cell(x[:, 0, :], zeros(N, H), zeros(N, 2 * H))[0]", r"lstm_cell.. needs its states of one shape: c is float32\[N, 6\]"),
+])
+def test_recurrent_initial_states_are_checked_in_the_layers_words(call, words):
+    """init= of the wrong count or shape reached the scan under the layer, whose error spoke of a
+    block and a step the spec never wrote ('scan inputs do not match its step's inputs'), and an
+    lstm_cell's c narrower than h failed in a mul inside the cell."""
+    with pytest.raises(FlowgradError, match=words) as e:
+        compile_spec(spec_from_text(BAD_ARGS_SPEC % call, "bad.yaml"), graphs=("train",))
+    assert str(e.value).startswith("bad.yaml:23:") and "step" not in str(e.value), str(e.value)
 
 INT_OUTPUTS_SPEC = HEAD + """\
 inputs:
