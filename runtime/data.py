@@ -449,8 +449,9 @@ def check_below(a: np.ndarray, size: int, array: str, why: str, loc, hint: str, 
     or picks nothing. `array`: the array as messages name it (array_named)."""
     if a.dtype.kind not in "iu" or not a.size or a.max() < size:
         return
-    bad = int(np.argwhere(a >= size)[0][0]) if a.ndim else 0
-    raise DataError(f"{array} has the value {int(a.max())} (first too large at {at} {bad}), but {why}", loc, hint)
+    # (a scalar input, such as a generator's label, has no examples to point at)
+    where = f" (first too large at {at} {int(np.argwhere(a >= size)[0][0])})" if a.ndim else ""
+    raise DataError(f"{array} has the value {int(a.max())}{where}, but {why}", loc, hint)
 
 
 def check_lengths(arrays: dict[str, np.ndarray], lengths: dict, where: str | InMemory, locs: dict | None = None,

@@ -1145,6 +1145,14 @@ def test_index_bounds_follow_ids_through_ops_that_only_move_them(ids):
     assert bounds[name] == (7, "it indexes a table of {} rows")
 
 
+def test_a_scalar_id_beyond_its_table_is_named_without_an_example():
+    """A conditional generator's one label beyond the table was said to be 'first too large at
+    example 0': a scalar input has no examples."""
+    with pytest.raises(DataError) as err:
+        D.check_below(np.array(12), 10, "input 'label'", "it indexes a table of 10 rows", None, "give ids below 10")
+    assert str(err.value).startswith("input 'label' has the value 12, but it indexes a table of 10 rows")
+
+
 @pytest.mark.parametrize("graph, bounds", [
     # lengths= of a recurrent layer ties len to the axis of x its embedding's steps come from
     ("hs: gru(embedding(x, V, E), H, lengths=len)", {"len": {"of": "x", "axis": 1, "least": 0}}),
