@@ -226,7 +226,7 @@ def parse_yaml(text: str, file: str, col_offset: int = 0):
         loader = _Loader(text, file)  # the reader checks for control characters here
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
-        raise _yaml_error(e, file, col_offset) from None
+        raise _yaml_error(e, file, col_offset, getattr(loader, "marks", [])) from None
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
         col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
@@ -251,7 +251,8 @@ def load_yaml(text: str, file: str):
     return parse_yaml(text, file)[0]
 
 
-def _yaml_error(e: yaml.MarkedYAMLError, file: str, col_offset: int) -> SpecError:
+def _yaml_error(e: yaml.MarkedYAMLError, file: str, col_offset: int, open_marks: list) -> SpecError:
+    """open_marks: the parser's stack of where the collections it is inside begin."""
     mark = e.problem_mark or e.context_mark
     loc = _mark_loc(file, mark, col_offset) if mark else Loc(file, 1, 1)
     problem = e.problem or e.context or "invalid YAML"
@@ -264,9 +265,12 @@ def _yaml_error(e: yaml.MarkedYAMLError, file: str, col_offset: int) -> SpecErro
         hint = "a spec is one YAML document; remove the '---' separator"
     elif "undefined alias" in problem:
         hint = "an alias (*name) must come after its anchor (&name)"
-    elif e.context and "flow" in e.context and e.context_mark is not None:
-        opened = "[" if "sequence" in e.context else "{"
-        hint = f"the '{opened}' at {_mark_loc(file, e.context_mark, col_offset)} is not closed where expected"
+    elif e.context and "flow" in e.context and open_marks:
+        # A flow sequence's or mapping's error marks its bracket, but a flow node's (`a: [` at the
+        # end of the file) marks the missing value; the innermost open collection is the bracket.
+        bracket = open_marks[-1]
+        opened = bracket.buffer[bracket.pointer] if bracket.buffer else "bracket"
+        hint = f"the '{opened}' at {_mark_loc(file, bracket, col_offset)} is not closed where expected"
     return SpecError(f"invalid YAML: {problem}", loc, hint)
 
 

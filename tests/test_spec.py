@@ -555,6 +555,16 @@ def test_yaml_syntax_errors_are_located():
     assert "undefined alias" in e.message
 
 
+def test_an_unclosed_bracket_at_the_end_is_named_where_it_opens():
+    """A file ending inside a flow collection with a value missing (`a: [` or `a: {b: `) is
+    reported as a flow node, whose mark is the end of the file: the hint named a '{' there."""
+    for text, opened in [("a: [\n", "["), ("a: {b: \n", "{"), ("x: [1, {b: \n", "{"), ("a: [1, \n", "[")]:
+        with pytest.raises(SpecError) as info:
+            load_yaml(text, "f.yaml")
+        col = text.rindex(opened) + 1
+        assert info.value.hint == f"the '{opened}' at f.yaml:1:{col} is not closed where expected", text
+
+
 def test_yaml_values_people_write():
     t = load_yaml("a: 1e-4\nb: 2.0e-4\nc: 1_000\nd: 2024-01-01\ne: .5\nf: 1e3\ng: -1E-2\nh: '1e-4'\n", "f")
     assert t == {"a": 1e-4, "b": 2e-4, "c": 1000, "d": "2024-01-01", "e": 0.5, "f": 1000.0, "g": -0.01,
