@@ -64,9 +64,13 @@ def save_graphs(cm: CompiledModel, output: str, names: ArgNames = KEYWORDS) -> l
         raise FlowgradError(f"{output} is a run directory", hint="its graphs are in its graphs/ folder, and belong "
                             f"to the run's checkpoints: pick another directory with {name}")
     refuse_replacing(output, "directory", names=names)
-    for graph in cm.graphs:
-        refuse_replacing(os.path.join(output, f"{graph}.onnx"), "onnx", names=names)
-    refuse_replacing(os.path.join(output, "manifest.json"), "manifest", names=names)
+    files = {os.path.join(output, f"{graph}.onnx"): "onnx" for graph in cm.graphs}
+    files[os.path.join(output, "manifest.json")] = "manifest"
+    for path, kind in files.items():
+        if os.path.isdir(path):  # (atomic_write's hint, to give the file's path, is for outputs the user names)
+            raise FlowgradError(f"{path} is a directory, where the compiled graphs' {os.path.basename(path)} goes",
+                                hint=f"pick another directory with {name}")
+        refuse_replacing(path, kind, names=names)
     try:
         return cm.save(output, hint=f"pick a writable directory with {name}, or free some space")
     except OSError as e:

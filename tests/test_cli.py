@@ -114,6 +114,17 @@ def test_compile_float64(tmp_path):
     assert "float64" in invoke("check", MLP, "--set", "dims.H=8", "--dtype", "float64").stdout
 
 
+def test_compile_into_a_folder_with_a_directory_in_a_graphs_place(tmp_path):
+    """compile -o DIR, where DIR/manifest.json was a directory, wrote the graphs and then said
+    'cannot write DIR/manifest.json: it names a directory' with the hint to write to
+    DIR/manifest.json/NAME, a name compile does not take; it now says so before writing."""
+    (tmp_path / "manifest.json").mkdir()
+    res = invoke("compile", MLP, "--set", "dims.H=8", "-o", tmp_path, code=1)
+    assert f"error: {tmp_path / 'manifest.json'} is a directory, where the compiled graphs' manifest.json goes" \
+        in res.stderr and "hint: pick another directory with -o" in res.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
 @pytest.mark.parametrize("command", ["check", "compile"])
 def test_unknown_dtype(command, tmp_path):
     result = invoke(command, MLP, "--dtype", "float8", "-o", tmp_path, code=1) if command == "compile" \
