@@ -412,6 +412,9 @@ def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
                                 hint=f"pick a new or empty directory with {names('run_dir')} (or one that flowgrad train wrote)")
     try:
         os.makedirs(run_dir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # (its hint spoke of the parent's permissions)
+        raise FlowgradError(f"cannot create the run directory {run_dir}: a file is in the way",
+                            hint=f"pick another with {names('run_dir')}") from None
     except OSError as e:
         reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
         raise FlowgradError(f"cannot create the run directory {run_dir}: {reason}", hint=f"check that the parent folder exists and is writable, or pick another with {names('run_dir')}") from None
