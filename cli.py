@@ -132,15 +132,16 @@ def _shell(path: str) -> str:
     return escape(shlex.quote(path))
 
 
-def _not_empty(**flags) -> None:
+def _not_empty(required: tuple[str, ...] = (), **flags) -> None:
     """An option given as an empty string ('--data "$DATA"' with DATA unset) is an error: taken
-    as not given, it trained on the spec's data, skipped --init-from, printed instead of -o."""
+    as not given, it trained on the spec's data, skipped --init-from, printed instead of -o.
+    `required`: the flags that cannot be left out (export's -o), which the hint does not offer to."""
     from spec.errors import FLAGS, FlowgradError
 
     for flag, value in flags.items():
         if value is not None and not str(value).strip():
             name = FLAGS(flag)
-            raise FlowgradError(f"{name} is empty", hint=f"give {name} a value, or leave it out")
+            raise FlowgradError(f"{name} is empty", hint=f"give {name} a value" + ("" if flag in required else ", or leave it out"))
 
 
 def _load(path: str, overrides):
@@ -401,7 +402,7 @@ def export(
     from spec.errors import FLAGS
 
     with user_errors():
-        _not_empty(output=output)
+        _not_empty(required=("output",), output=output)
         info = do_export(run_dir, output, checkpoint, graph, names=FLAGS)
     err.print(f"wrote {escape(info['path'])}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}",
               soft_wrap=True)
