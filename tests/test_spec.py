@@ -273,6 +273,14 @@ def test_schema_messages(old, new, message, hint):
         assert hint in e.hint
 
 
+def test_a_name_that_starts_with_a_dot_is_told_why_it_is_refused():
+    """name: .. (or .hidden, -x) was refused for characters that are not allowed, with the hint to
+    use letters, digits, '_', '-' and '.': every character of it was one of those."""
+    for name in ("..", ".hidden", "-x"):
+        e = error(MLP.replace("name: mlp", f"name: '{name}'"))
+        assert "not allowed" in e.message and "not starting with '-' or '.'" in e.hint, e.hint
+
+
 def test_keys_of_a_mapping_that_takes_none_have_a_hint():
     """An unknown key where the schema allows none (zeros takes no options), or set with --set
     inside an empty mapping, printed its error with no hint."""
