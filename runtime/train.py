@@ -950,6 +950,9 @@ def _check_state_finite(state: dict, step: int, epoch: int, run_dir: str, names:
 
 
 def _last_good_hint(run_dir: str, names: ArgNames) -> str:
+    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):  # (it stopped before the first, or after
+        # --overwrite removed the old run's): it spoke of a checkpoint there and of --resume, which finds none
+        return "no checkpoint was written before it; lower the learning rate or add clip_norm, and train again"
     return (f"the last good checkpoint is in {run_dir}; lower the learning rate or add clip_norm, then "
             f"{names.given(resume=True)} or {names.given(overwrite=True)}")
 
@@ -969,9 +972,10 @@ def _step_failed(ex: Exception, what: str, run_dir: str, float_dtype: str = "flo
             hint = "this device's provider lacks a kernel for that op and type; with mixed_precision, try float16 " \
                    "instead of bfloat16"
         return FlowgradError(f"onnxruntime cannot run the {what}: {detail}", hint=hint)
+    kept = (f"the last checkpoint in {run_dir} is intact" if os.path.exists(os.path.join(run_dir, CHECKPOINT))
+            else "no checkpoint was written before it")
     return FlowgradError(f"onnxruntime failed in the {what}: {detail}",
-                         hint="check the data's values, e.g. class ids must be below the number of classes; "
-                              f"the last checkpoint in {run_dir} is intact")
+                         hint=f"check the data's values, e.g. class ids must be below the number of classes; {kept}")
 
 
 def _check_finite(scalars, step, epoch, run_dir, names: ArgNames):

@@ -261,7 +261,7 @@ def test_a_runs_failure_mid_training_names_resuming_as_the_api_does(tmp_path, mo
     import runtime.checkpoint as C
 
     _refused(["became", "then resume=True or overwrite=True"], run_dir=str(tmp_path / "run"), epochs=1,
-             spec=load(MLP, SMALL + ["train.optimizer={sgd: {lr: 1e30}}"]))
+             checkpoint_every=1, spec=load(MLP, SMALL + ["train.optimizer={sgd: {lr: 1e30}}"]))
 
     def full(f, data, path):
         if path.endswith("checkpoint.npz"):
@@ -271,6 +271,15 @@ def test_a_runs_failure_mid_training_names_resuming_as_the_api_does(tmp_path, mo
     monkeypatch.setattr(C, "_write", full)
     _refused(["No space left on device", "the previous checkpoint is intact; free some space and resume=True"],
              run_dir=str(tmp_path / "full"), epochs=1)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_does_not_offer_one(tmp_path):
+    """A loss that became nan at step 1, before any checkpoint, was told 'the last good checkpoint
+    is in RUN', then to resume, which found nothing to resume; training again needs no overwrite."""
+    e = _refused(["loss became nan at step 1", "no checkpoint was written before it"], run_dir=str(tmp_path / "run"),
+                 epochs=1, spec=load(MLP, SMALL + ["train.optimizer={sgd: {lr: 1e30}}"]))
+    assert "resume" not in e.hint and "last good checkpoint" not in e.hint
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
 
 def test_loads_override_errors_name_the_override_as_given():
