@@ -145,13 +145,17 @@ def _check_attention(run_dir: str, output_name: str) -> None:
         with open(os.path.join(run_dir, "graphs", "manifest.json"), encoding="utf-8") as f:
             graphs = json.load(f)["graphs"]
         outputs = [o["name"] for o in graphs["infer"]["outputs"]] if "infer" in graphs else []
+        # a translator decodes by beam search; a language model's generate graph samples from a prompt,
+        # and has no attention an output could name (it was told to add one)
+        translator = "generate" in graphs and any(
+            i["name"] == "beam_width" for i in graphs["generate"].get("inputs", []))
     except (OSError, ValueError, KeyError, TypeError):
         return
-    if "generate" not in graphs or output_name not in outputs:
+    if not translator or output_name not in outputs:
         raise DataError(f"{run_dir} has no attention to draw: plot attention needs a translator, a spec with a "
                         f"'generate' section and an output {output_name!r}",
                         hint=("add e.g. 'attention: attn' under outputs (the scan's attention weights)"
-                              if "generate" in graphs else
+                              if translator else
                               "train an attention model such as models/reverse_attention.yaml (its 'generate' "
                               "section and 'attention: attn' output), or add both to the spec"))
 

@@ -815,12 +815,17 @@ def test_plot_curves_says_which_run_has_no_metrics_yet(tmp_path):
 
 @pytest.mark.parametrize("graphs, hint", [
     ({"infer": {"outputs": [{"name": "samples"}]}}, "models/reverse_attention.yaml"),  # a GAN's
-    ({"infer": {"outputs": [{"name": "probs"}]}, "generate": {}}, "add e.g. 'attention: attn' under outputs"),  # a language model's
+    ({"infer": {"outputs": [{"name": "probs"}]}, "generate": {"inputs": [{"name": "prompt"}]}},
+     "models/reverse_attention.yaml"),  # a language model's
+    ({"infer": {"outputs": [{"name": "probs"}]}, "generate": {"inputs": [{"name": "src"}, {"name": "beam_width"}]}},
+     "add e.g. 'attention: attn' under outputs"),  # a translator's that returns no attention
 ])
 def test_plot_attention_of_a_run_without_attention_says_so(graphs, hint, tmp_path):
     """A GAN's run was told it "has no sampling graph" and that "the spec needs a 'generate'
     section", as though that were all it lacked; it is told it has no attention to draw, and how
-    a spec gets one, before anything is exported."""
+    a spec gets one, before anything is exported. A language model's (char_lstm's) was told to add
+    'attention: attn' under outputs, the weights of an attention scan it does not have: only a
+    translator is, and a language model is pointed at an attention model."""
     (tmp_path / "graphs").mkdir()
     (tmp_path / "graphs" / "manifest.json").write_text(json.dumps({"flowgrad_manifest": 1, "graphs": graphs}))
     res = invoke("plot", "attention", tmp_path, "--text", "abc", "-o", tmp_path / "a.png", code=1)
