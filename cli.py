@@ -748,9 +748,9 @@ def main():
     """The `flowgrad` command. A mistyped flag or a value out of its range ends with one
     located line and a hint, like every other user error, not click's usage panel."""
     try:  # typer 0.2x carries its own click
-        from typer._click.exceptions import ClickException
+        from typer._click.exceptions import ClickException, NoSuchOption
     except ImportError:
-        from click.exceptions import ClickException
+        from click.exceptions import ClickException, NoSuchOption
 
     try:
         code = app(standalone_mode=False)
@@ -759,7 +759,11 @@ def main():
             sys.exit(e.exit_code)
         where = getattr(getattr(e, "ctx", None), "command_path", None) or "flowgrad"
         err.print(f"[bold red]error:[/bold red] {escape(e.format_message())}", soft_wrap=True)
-        err.print(f"[dim]  hint: see {escape(where)} --help[/dim]", soft_wrap=True)
+        hint = f"see {where} --help"
+        if isinstance(e, NoSuchOption) and e.option_name == "--debug":  # (the verb's --help does not list it)
+            prog, _, verb = where.partition(" ")
+            hint = f"--debug goes before the verb: {prog} --debug {verb or 'VERB'} ..."
+        err.print(f"[dim]  hint: {escape(hint)}[/dim]", soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Abort:
         err.print("[bold red]error:[/bold red] aborted")

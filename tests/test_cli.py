@@ -530,6 +530,17 @@ def test_a_bad_flag_is_one_line_and_a_hint(args, words):
     assert lines[1].strip().startswith("hint: see ") and lines[1].rstrip().endswith("--help"), res.stderr
 
 
+@pytest.mark.parametrize("args, verb", [(["check", MLP], "check"), (["plot", "curves", "runs/none"], "plot curves")])
+def test_debug_after_the_verb_says_where_it_goes(args, verb):
+    """flowgrad check spec.yaml --debug said 'No such option: --debug' and to see check's --help,
+    which does not list it: --debug is the command's own option, given before the verb."""
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args, "--debug"], capture_output=True, text=True,
+                         timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and lines[0] == "error: No such option: --debug", res.stderr
+    assert lines[1].strip() == f"hint: --debug goes before the verb: cli.py --debug {verb} ...", res.stderr
+
+
 @pytest.mark.parametrize("verb", [["eval", "runs/none"], ["export", "runs/none", "-o", "m.onnx"],
                                   ["plot", "samples", "runs/none"]])
 def test_checkpoint_is_refused_alike_by_every_verb(verb, tmp_path):
