@@ -57,9 +57,14 @@ def save_graphs(cm: CompiledModel, output: str, names: ArgNames = KEYWORDS) -> l
     belong to its checkpoints, which another spec's graphs would no longer fit; nor over files
     of the same names that are not compiled graphs."""
     name = names("output")
-    if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(output)), "run.json")):
-        raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's checkpoints: "
-                            f"pick another directory with {name}")
+    folder = os.path.dirname(os.path.abspath(output))
+    while True:  # any folder inside a run, however deep (RUN/graphs/new was written into)
+        if os.path.isfile(os.path.join(folder, "run.json")):
+            raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's "
+                                f"checkpoints: pick another directory with {name}")
+        if os.path.dirname(folder) == folder:
+            break
+        folder = os.path.dirname(folder)
     if os.path.isfile(os.path.join(output, "run.json")):  # (the graphs went in beside its checkpoints)
         raise FlowgradError(f"{output} is a run directory", hint="its graphs are in its graphs/ folder, and belong "
                             f"to the run's checkpoints: pick another directory with {name}")

@@ -47,17 +47,20 @@ def test_load_takes_overrides_as_a_list_for_paths_text_and_dicts():
 def test_compile_output_is_checked_as_compile_o_is(tmp_path, run):
     """compile(output="") wrote nothing without a word, output=3 was os.path's TypeError, an
     existing file a FileExistsError, and a run directory (or its graphs/) had its graphs
-    replaced by another spec's, which its checkpoints no longer fit."""
+    replaced by another spec's, which its checkpoints no longer fit. A folder deeper inside a run
+    (RUN/graphs/new) was written into, though README says compile -o refuses any folder inside one."""
     spec = load(MLP, ["dims.H=8"])
     (tmp_path / "file").write_text("x")
     before = (run / "run" / "graphs" / "train.onnx").read_bytes()
     for output, words in (("", "^output is an empty path"), (3, "^output must be a path, got int"),
                           (str(tmp_path / "file"), "file exists and is not a directory"),
                           (str(run / "run"), "is a run directory"),
-                          (str(run / "run" / "graphs"), "is inside a run directory")):
+                          (str(run / "run" / "graphs"), "is inside a run directory"),
+                          (str(run / "run" / "graphs" / "new" / "deeper"), "is inside a run directory")):
         with pytest.raises(FlowgradError, match=words):
             compile(spec, output=output)
     assert before == (run / "run" / "graphs" / "train.onnx").read_bytes()
+    assert not (run / "run" / "graphs" / "new").exists()
     compile(spec, output=tmp_path / "build")  # a pathlib.Path is a path
     assert (tmp_path / "build" / "manifest.json").is_file()
 
