@@ -194,7 +194,7 @@ def load_model_safely(path: str) -> onnx.ModelProto:
     if not isinstance(path, (str, os.PathLike)):  # (an int was read as a file descriptor)
         raise ExportArgumentError(f"model_path must be a path, got {type(path).__name__}",
                                   hint="give the path of the .onnx file as a str or a pathlib.Path")
-    path = os.fspath(path)
+    path = check_path("model_path", path, ExportArgumentError, required=True)  # ("" was 'no ONNX file at ')
     if not os.path.isfile(path):
         raise ExportError(f"no ONNX file at {path}", hint="pass a model that 'flowgrad export RUN_DIR -o FILE.onnx' "
                                                       "(or export(run_dir, output)) wrote")

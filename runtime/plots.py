@@ -34,6 +34,9 @@ def save_figure(fig, output: str, dpi: int) -> None:
 
 def read_history(run_dir: str) -> list[dict]:
     """The epochs' records; a line cut short (a run killed while writing it) is left out."""
+    from .checks import check_path
+
+    run_dir = check_path("run_dir", run_dir, DataError, required=True)  # ("" was ' has no metrics.jsonl')
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise DataError(f"{run_dir} has no metrics.jsonl", hint="pass a directory written by 'flowgrad train'")

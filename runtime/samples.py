@@ -26,7 +26,7 @@ import numpy as np
 
 from spec.errors import DataError
 
-from .checks import check_count, check_seed
+from .checks import check_count, check_path, check_seed
 
 MAX_SAMPLES = 100_000  # digits a plot draws at most
 
@@ -47,6 +47,7 @@ class InferRunner:
         from .checkpoint import check_checkpoint, load_checkpoint
 
         check_checkpoint(checkpoint)  # (checkpoint="Best" read the last one)
+        run_dir = check_path("run_dir", run_dir, DataError, required=True)  # ("" was ' is not a run directory')
         graph = os.path.join(run_dir, "graphs", "infer.onnx")
         manifest = os.path.join(run_dir, "graphs", "manifest.json")
         if not os.path.isfile(manifest):

@@ -42,6 +42,8 @@ def load_spec(path: str, overrides=(), names: ArgNames = FLAGS) -> Spec:
     """Load, validate and parse the spec file at `path`, after applying `--set` overrides
     (`names`: whether messages show them as --set's or as the API's overrides=)."""
     path = str(path)
+    if not path.strip():  # (it said "no such spec file: ", naming nothing)
+        raise SpecError("the spec's path is empty", hint="give the path of a spec YAML file, e.g. models/mlp.yaml")
     try:
         size = os.path.getsize(path)
         if size > MAX_BYTES:

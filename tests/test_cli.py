@@ -1023,6 +1023,18 @@ def test_every_verb_refuses_an_empty_option(args, trained):
     assert ("leave it out" in res.stderr) == (args[0] != "export"), res.stderr
 
 
+@pytest.mark.parametrize("args, words", [
+    (["check", ""], "the spec's path is empty"), (["train", ""], "the spec's path is empty"),
+    (["predict", "", "--count", "1"], "model_path is an empty path"),
+    (["plot", "curves", ""], "run_dir is an empty path"), (["plot", "samples", ""], "run_dir is an empty path"),
+])
+def test_an_empty_path_argument_is_named(args, words):
+    """A spec, model or run given as '' was refused in words that named nothing: 'no such spec
+    file: ', 'no ONNX file at ', ' has no metrics.jsonl', ' is not a run directory'."""
+    res = invoke(*args, code=1)
+    assert res.stderr.startswith(f"error: {words}\n") and "hint: give" in res.stderr, res.stderr
+
+
 def test_the_api_refuses_an_empty_path(tmp_path):
     from runtime.api import train
     from spec.errors import FlowgradError
