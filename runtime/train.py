@@ -416,8 +416,7 @@ def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
         raise FlowgradError(f"cannot create the run directory {run_dir}: a file is in the way",
                             hint=f"pick another with {names('run_dir')}") from None
     except OSError as e:
-        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
-        raise FlowgradError(f"cannot create the run directory {run_dir}: {reason}", hint=f"check that the parent folder exists and is writable, or pick another with {names('run_dir')}") from None
+        raise FlowgradError(f"cannot create the run directory {run_dir}: {e.strerror}", hint=f"check that the parent folder exists and is writable, or pick another with {names('run_dir')}") from None
     if not os.access(run_dir, os.W_OK):
         raise FlowgradError(f"the run directory {run_dir} is not writable", hint=f"pick another with {names('run_dir')}")
     return run_dir

@@ -125,17 +125,6 @@ def test_compile_into_a_folder_with_a_directory_in_a_graphs_place(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 
-def test_a_run_dir_that_is_a_file_says_so(tmp_path):
-    """--run-dir notes.txt, an existing file (or notes.txt/run, below one), said 'File exists' (or
-    'Not a directory') with the hint to check that the parent folder exists and is writable."""
-    (tmp_path / "notes.txt").write_text("mine\n")
-    for run_dir in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
-        res = invoke("train", MLP, "--set", "dims.H=8", "--steps", "1", "-q", "--run-dir", run_dir, code=1)
-        assert f"error: cannot create the run directory {run_dir}: a file is in the way" in res.stderr
-        assert "hint: pick another with --run-dir" in res.stderr and "parent" not in res.stderr
-    assert (tmp_path / "notes.txt").read_text() == "mine\n"
-
-
 @pytest.mark.parametrize("command", ["check", "compile"])
 def test_unknown_dtype(command, tmp_path):
     result = invoke(command, MLP, "--dtype", "float8", "-o", tmp_path, code=1) if command == "compile" \
