@@ -20,7 +20,11 @@ def save_figure(fig, output: str, dpi: int) -> None:
 
     from .checkpoint import atomic_write, make_parent_dir
 
-    fmt = os.path.splitext(output)[1][1:].lower() or "png"
+    fmt = os.path.splitext(output)[1][1:].lower()
+    if not fmt:  # (a PNG went to the name as given: -o notes replaced the user's file notes)
+        plt.close(fig)
+        raise FlowgradError(f"cannot write a picture as {output!r}: its name has no image extension",
+                            hint="give a file ending in .png, .svg or .pdf")
     buf = io.BytesIO()
     try:
         fig.savefig(buf, dpi=dpi, format=fmt)

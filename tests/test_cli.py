@@ -1066,6 +1066,18 @@ def test_plot_curves_of_another_tools_metrics_is_one_line(line, why, tmp_path):
     assert "hint:" in res.stderr and not (tmp_path / "c.png").exists()
 
 
+def test_plot_to_a_name_without_an_image_extension_is_refused(tmp_path):
+    """plot curves RUN -o notes wrote a PNG under that name, replacing the user's file notes
+    (flowgrad graph refuses such a name)."""
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 0.5}\n')
+    notes = tmp_path / "notes"
+    notes.write_text("mine\n")
+    res = invoke("plot", "curves", tmp_path, "-o", notes, code=1)
+    assert f"cannot write a picture as '{notes}': its name has no image extension" in res.stderr
+    assert "hint: give a file ending in .png, .svg or .pdf" in res.stderr
+    assert notes.read_text() == "mine\n"
+
+
 @pytest.mark.parametrize("verb", [["train", MLP, "--steps", "1", "--quiet"], ["eval", "runs/none"],
                                   ["predict", "m.onnx", "--count", "1"], ["bench", MLP]])
 def test_device_is_refused_alike_by_every_verb(verb, tmp_path):
