@@ -21,7 +21,7 @@ from . import data as D
 from .checkpoint import check_checkpoint, load_checkpoint, refuse_replacing
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .checks import MAX_THREADS, check_count, check_path
+from .checks import MAX_THREADS, check_count, check_path, enclosing_run
 from .train import TrainOptions, TrainResult, batches, held_out_test, input_dtypes, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
@@ -57,14 +57,9 @@ def save_graphs(cm: CompiledModel, output: str, names: ArgNames = KEYWORDS) -> l
     belong to its checkpoints, which another spec's graphs would no longer fit; nor over files
     of the same names that are not compiled graphs."""
     name = names("output")
-    folder = os.path.dirname(os.path.abspath(output))
-    while True:  # any folder inside a run, however deep (RUN/graphs/new was written into)
-        if os.path.isfile(os.path.join(folder, "run.json")):
-            raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's "
-                                f"checkpoints: pick another directory with {name}")
-        if os.path.dirname(folder) == folder:
-            break
-        folder = os.path.dirname(folder)
+    if enclosing_run(output):  # any folder inside a run, however deep (RUN/graphs/new was written into)
+        raise FlowgradError(f"{output} is inside a run directory", hint="its graphs belong to the run's "
+                            f"checkpoints: pick another directory with {name}")
     if os.path.isfile(os.path.join(output, "run.json")):  # (the graphs went in beside its checkpoints)
         raise FlowgradError(f"{output} is a run directory", hint="its graphs are in its graphs/ folder, and belong "
                             f"to the run's checkpoints: pick another directory with {name}")

@@ -90,3 +90,16 @@ def check_flag(name: str, value, error: type[FlowgradError] = FlowgradError) -> 
     if not isinstance(value, (bool, np.bool_)):
         raise error(f"{name} must be True or False, got {value!r}", hint=f"give {name}=True or {name}=False")
     return bool(value)
+
+
+def enclosing_run(path: str) -> str | None:
+    """The run directory (a folder with a run.json) that `path` lies inside, at any depth above it;
+    None when there is none. What compile writes, or a new run, there would sit among that run's
+    files (its graphs belong to its checkpoints)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        if os.path.isfile(os.path.join(folder, "run.json")):
+            return folder
+        if os.path.dirname(folder) == folder:
+            return None
+        folder = os.path.dirname(folder)

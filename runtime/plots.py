@@ -21,10 +21,12 @@ def save_figure(fig, output: str, dpi: int) -> None:
     from .checkpoint import atomic_write, make_parent_dir
 
     fmt = os.path.splitext(output)[1][1:].lower()
-    if not fmt:  # (a PNG went to the name as given: -o notes replaced the user's file notes)
+    names_folder = os.path.isdir(output) or output.endswith(("/", os.sep))  # (atomic_write refuses it)
+    if not fmt and not names_folder:  # (a PNG went to the name as given: -o notes replaced the file notes)
         plt.close(fig)
         raise FlowgradError(f"cannot write a picture as {output!r}: its name has no image extension",
                             hint="give a file ending in .png, .svg or .pdf")
+    fmt = fmt or "png"
     buf = io.BytesIO()
     try:
         fig.savefig(buf, dpi=dpi, format=fmt)

@@ -22,7 +22,7 @@ from spec import model as S
 from spec.errors import ArgNames, DataError, FlowgradError, SpecError
 
 from . import data as D
-from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed  # noqa: F401  (the API imported them from here)
+from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed, enclosing_run  # noqa: F401  (the API imported them from here)
 from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, read_run_info, remove_stale_temporaries
 from .schedules import check_schedule_fits, lr_schedule
 from .session import ORT_ERRORS, pick_device
@@ -392,6 +392,10 @@ def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
         what = "a symbolic link to nothing" if os.path.islink(run_dir) else "a file"
         raise FlowgradError(f"the run directory {run_dir} is {what}, not a directory",
                             hint=f"pick a new or empty directory with {names('run_dir')}")
+    outer = enclosing_run(run_dir)
+    if outer:  # (runs/mlp/graphs nested a new run among another run's graphs)
+        raise FlowgradError(f"the run directory {run_dir} is inside the run {outer}",
+                            hint=f"pick a directory outside other runs with {names('run_dir')}")
     ckpt, best = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
     # best.npz alone is a run too: one killed between the first epoch's two writes (best first)
     if (os.path.exists(ckpt) or os.path.exists(best)) and not opts.resume and not opts.overwrite:

@@ -1066,6 +1066,18 @@ def test_plot_curves_of_another_tools_metrics_is_one_line(line, why, tmp_path):
     assert "hint:" in res.stderr and not (tmp_path / "c.png").exists()
 
 
+def test_a_run_dir_inside_another_run_is_refused(tmp_path):
+    """train --run-dir runs/mlp/graphs nested a new run among another run's graph files."""
+    run = tmp_path / "run"
+    invoke("train", MLP, "--set", "dims.H=4", "--steps", "1", "--run-dir", run, "--quiet", "--device", "cpu")
+    for inner in (run / "graphs", run / "sub" / "deeper"):
+        res = invoke("train", MLP, "--set", "dims.H=4", "--steps", "1", "--run-dir", inner, "--quiet", "--device", "cpu",
+                     code=1)
+        assert f"error: the run directory {inner} is inside the run {run}" in res.stderr
+        assert "hint: pick a directory outside other runs with --run-dir" in res.stderr
+    assert not (run / "graphs" / "run.json").exists() and not (run / "sub").exists()
+
+
 def test_plot_to_a_name_without_an_image_extension_is_refused(tmp_path):
     """plot curves RUN -o notes wrote a PNG under that name, replacing the user's file notes
     (flowgrad graph refuses such a name)."""
