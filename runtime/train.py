@@ -581,6 +581,9 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         if stopping and history and bad_epochs >= int(stopping.get("patience", 5)):
             # resuming a run that early stopping ended: it stays ended (a larger patience goes on)
             stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
+        elif meta and (epoch >= epochs or step >= total_steps):
+            # (it said 'finished after 3 epochs' to a resume with --epochs 1, as if it had trained)
+            stopped = f"nothing more to train (the limit, {length}, was reached before this resume)"
 
         def checkpoint(pos, also_best=False, partial=None):
             state = trainer.state_numpy()
