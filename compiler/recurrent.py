@@ -306,6 +306,19 @@ def from_time_major(g: Graph, x: Value, axis: int) -> Value:
     return g.apply("transpose", x, perm=tuple(perm))
 
 
+def decoding_states(low, steps) -> dict | None:
+    """The states that decoding (generate) carries from one call of the graph to the next, for a
+    recurrent layer or scan of `steps` steps; None when not decoding, or when the layer does not step
+    along the tokens' time axis: one over the characters of each token, or a fixed number of
+    refinement steps, starts from its own init at every token (its state after the prompt's last
+    token was the next token's initial state, with the prompt's length for a batch axis)."""
+    carried = getattr(low, "recurrent_state", None)
+    if carried is None:
+        return None
+    tokens = low.inputs.get(low.spec.generate["input"])
+    return carried if tokens is not None and steps == tokens.shape[1] else None
+
+
 class StepBuilder:
     """Builds a Body in its own Graph, capturing outer values as non-sequences."""
 
@@ -442,7 +455,7 @@ def _lower_scan(low, e: S.Call):
     if seqs and length is not None:
         raise SpecError("scan() takes over= or length=, not both", e.kwarg_locs.get("length", e.loc),
                         "the sequences' time axis sets the length")
-    carried = getattr(low, "recurrent_state", None)  # decoding: states carried between calls
+    carried = decoding_states(low, seqs[0].shape[0] if seqs else length)
     key = "scan:" + (low._target or block_name)
     if carried is not None and key in carried:
         init = list(carried[key])
@@ -744,7 +757,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
                          hint="a sequence layer reads [N, T, features]; a one-step cell reads [N, features]")
     E = x.shape[2]
     W, U, b, bu, ln_params = cell_params(low, e, cell, E, H, prefix, layer_norm)
-    carried = getattr(low, "recurrent_state", None)  # generation: states carried between calls
+    carried = decoding_states(low, x.shape[1])
     if carried is not None and init is None and prefix in carried:
         init = carried[prefix]
     if carried is not None and x.shape[1] == 1 and mask is None:

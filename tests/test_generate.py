@@ -432,3 +432,66 @@ def test_predict_max_len_0_prints_the_prompt_alone_as_the_graph_generates_nothin
     assert res.exit_code == 0 and res.stdout == "def \n", res.output
     res = CliRunner().invoke(app, ["predict", exported[0], "--text", "def ", "--max-len", "-1"])
     assert res.exit_code == 2 and "Invalid value for '--max-len'" in res.output
+
+
+CHAR_AWARE = """\
+flowgrad: 1
+name: char_aware
+dims: {V: 12, E: 4, H: 5, W: 3, C: 6}
+inputs:
+  x: {shape: [N, T], dtype: int64}
+  y: {shape: [N, T], dtype: int64}
+params:
+  spell: {shape: [V, W], init: {uniform: {low: 0.0, high: 5.9}}, trainable: false}
+blocks:
+  charstep:
+    in: [c_t, hc]
+    params:
+      Wc: {shape: [E, H], init: {normal: {std: 1.0}}}
+      Uc: {shape: [H, H], init: orthogonal}
+    graph:
+      hc2: tanh(c_t @ Wc + hc @ Uc)
+    out: [hc2]
+graph:
+  ce: embedding(cast(take(spell, x), 'int64'), C, E)
+%s
+  logits: dense(hs, V)
+outputs:
+  probs: softmax(logits)
+generate: {input: x, logits: logits, max_len: 8}
+loss: cross_entropy(logits, y)
+"""
+
+
+@pytest.mark.parametrize("words", [
+    # each token's characters by a scan over axis 2, then the tokens by a GRU
+    "  cs: scan(charstep, over=ce, init=[zeros(N, T, H)], axis=2)\n  hs: gru(cs[:, :, -1], H)",
+    # the same with a ready-made RNN over the characters, the tokens' rows as its batch
+    "  hc: rnn(reshape(ce, [-1, W, E]), H)\n"
+    "  hs: gru(reshape_like(hc[:, -1], zeros(1, 1, H) * unsqueeze(cast(x, 'float32'), axes=-1)), H)",
+])
+def test_a_recurrent_layer_over_each_tokens_characters_starts_afresh_at_every_generated_token(words):
+    """A character-aware language model reads each token's characters with a scan (or rnn) of its
+    own, inside the one over the tokens. Decoding carried that inner layer's state after the prompt
+    from one token to the next, as though it ran over the tokens: the scan generated other tokens
+    than the model predicts (and the rnn failed to compile: 'initial state float32[P, 5] does not
+    match the step's state float32[1, 5]'). Only layers over the tokens' time axis carry state."""
+    from compiler.check import Runner
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    cm = compile_spec(spec_from_text(CHAR_AWARE % words, "char_aware.yaml"), "float64", graphs=("infer", "generate"))
+    state = cm.initial_state(3)
+
+    def run(kind, feeds):
+        graph = cm.graphs[kind]
+        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+
+    prompt = [3, 7, 1]
+    out = run("generate", {"prompt": np.asarray(prompt), "max_len": np.asarray(8), "temperature": np.asarray(0.0),
+                           "seed": np.asarray(0)})["tokens"]
+    seq = list(prompt)
+    for _ in range(8):  # the whole prefix through the inference graph, the most likely next token
+        seq.append(int(np.argmax(run("infer", {"x": np.asarray([seq])})["probs"][0, -1])))
+    assert len(set(seq[len(prompt):])) > 1  # not a constant continuation, which any state would give
+    assert out.tolist() == seq[len(prompt):]
