@@ -448,6 +448,14 @@ def _lower_scan(low, e: S.Call):
                 raise SpecError(f"scan() mask= keeps each sequence's state at its padded steps, but state {name!r} "
                                 f"is a scalar {v.type} with no batch axis", e.kwarg_locs.get("init", e.loc),
                                 hint="give the state a batch axis, e.g. init=[zeros(N)], or scan without mask=")
+            if v.shape[0] == 1 and kw["mask"].shape[0] != 1:
+                # one row broadcast to every sequence (a parameter h0 [1, H]): the masked step's state had
+                # a row per sequence, and the loop blamed the block for changing the state's shape
+                raise SpecError(f"scan() mask= keeps each sequence's state at its padded steps, but state {name!r} "
+                                f"is {v.type}, one row for all {kw['mask'].shape[0]} sequences",
+                                e.kwarg_locs.get("init", e.loc),
+                                hint="give the state a row per sequence, e.g. init=[zeros(N, H) + h0], "
+                                     "or scan without mask=")
     seqs = [time_major(g, x, axis) for x in over]
     if not seqs and length is None:
         raise SpecError("scan() needs over= or length=", e.loc,

@@ -1353,6 +1353,44 @@ def test_a_masked_scan_refuses_a_state_without_a_batch_axis(kw):
     assert str(e.value).startswith("counter.yaml:17:"), str(e.value)
 
 
+SHARED_STATE_SPEC = """\
+flowgrad: 1
+name: t
+dims: {E: 3, H: 3, T: 4}
+inputs:
+  x: {shape: [N, T, E]}
+  m: {shape: [N, T]}
+params:
+  W: {shape: [E, H], init: glorot_uniform}
+  h0: {shape: [1, H], init: {uniform: {low: -0.5, high: 0.5}}}
+blocks:
+  step:
+    in: [x_t, h, k]
+    graph:
+      h2: tanh(x_t @ W + h)
+      k2: k * 0.9 + 0.1
+    out: [h2, k2]
+graph:
+  hs, ks: scan(step, over=x, init=[zeros(N, H), %s], mask=m%s)
+loss: mean(hs * hs) + mean(ks)
+"""
+
+
+@pytest.mark.parametrize("kw", ["", ", unroll=true"])
+def test_a_masked_scan_refuses_a_state_of_one_row_for_all_sequences(kw):
+    """A state of one row broadcast to every sequence (a trained h0 [1, H]) cannot be kept per
+    sequence at the padded steps: the loop blamed the block ('the step returns a state of type
+    float32[N, 3] for one of type float32[1, 3]', with the hint to return each state with the shape
+    it takes, which it did), and unroll=true failed in the gradient ('sum_to: cannot sum [1, 3] to
+    [N, 3]'). It is refused at init=; a row per sequence is fine."""
+    with pytest.raises(SpecError, match="state 'k' is float64\\[1, 3\\], one row for all N sequences") as e:
+        compile_spec(spec_from_text(SHARED_STATE_SPEC % ("h0", kw), "shared.yaml"), "float64", graphs=("grads",))
+    assert str(e.value).startswith("shared.yaml:18:30:"), str(e.value)
+    assert "zeros(N, H) + h0" in e.value.hint
+    report = gradcheck_spec(spec_from_text(SHARED_STATE_SPEC % ("zeros(N, H) + h0", kw), "shared.yaml"), seed=1)
+    assert max(report["main"].values()) < 1e-6
+
+
 AXIS_SPEC = HEAD.replace("H: 3}", "H: 3, X: 2}") + """\
 inputs:
   x: {shape: [%s]}
