@@ -458,12 +458,6 @@ class Lowering:
         (`<block>.<name>`) are shared by every call, so `D(x)` and `D(fake)` use one discriminator."""
         from .recurrent import entering_block
 
-        with entering_block(e.func, e.func_loc or e.loc):
-            return self._call_block(e)
-
-    def _call_block(self, e: S.Call):
-        from .recurrent import _block_lowering
-
         from .binding import Params, bind
 
         block = self.spec.blocks[e.func]
@@ -472,7 +466,15 @@ class Lowering:
                     usage=f"{e.func}({', '.join(inputs)})",
                     hint=f"pass its inputs ({', '.join(inputs)}) positionally, in the block's 'in' order"),
              e, e.args, e.kwargs)
+        # The arguments before the block is entered: computed outside it, they may call it too
+        # (layer(layer(x)) is two calls one after the other, not a block that runs itself).
         args = [self.tensor(a) for a in e.args]
+        with entering_block(e.func, e.func_loc or e.loc):
+            return self._call_block(e, block, args)
+
+    def _call_block(self, e: S.Call, block, args: list):
+        from .recurrent import _block_lowering
+
         body = _block_lowering(self, block, self.graph, lambda v: v, dict(zip(block.inputs, args)))
         outs = []
         try:

@@ -367,13 +367,6 @@ def entering_block(name: str, loc):
 
 
 def lower_scan(low, e: S.Call):
-    if e.args and isinstance(e.args[0], S.Name):
-        with entering_block(e.args[0].id, e.args[0].loc):
-            return _lower_scan(low, e)
-    return _lower_scan(low, e)
-
-
-def _lower_scan(low, e: S.Call):
     """`outs: scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K)`."""
     from .lower import Lowering
 
@@ -470,19 +463,23 @@ def _lower_scan(low, e: S.Call):
     if carried is not None and seqs and seqs[0].shape[0] == 1 and kw.get("mask") is None:
         # One step (decoding a token): the block inline, without a loop.
         steps = [g.apply("index", x, spec=(0,)) for x in seqs]
-        body_low = _block_lowering(low, block, g, lambda v: v, dict(zip(block.inputs, steps + init)))
-        new_carries, extras = _block_outputs(body_low, block, len(init), init)
+        with entering_block(block_name, e.args[0].loc):
+            body_low = _block_lowering(low, block, g, lambda v: v, dict(zip(block.inputs, steps + init)))
+            new_carries, extras = _block_outputs(body_low, block, len(init), init)
         low.recurrent_final[key] = new_carries
         res = [g.apply("unsqueeze", v, axes=(0,)) for v in new_carries + extras]
         res = [from_time_major(g, r, axis) for r in res]
         return tuple(res) if len(res) > 1 else res[0]
     before = set(getattr(low, "_root", low).params)
-    try:
-        sb, seq_in, carry_in, new_carries, extras = _lower_step(low, block, [x.shape[1:] for x in seqs], over, init)
-    except FlowgradError as err:
-        if "axis" in e.kwargs and over and axis != 1:
-            _blame_axis(low, e, block, over, init, axis, given_axis, before, err)
-        raise
+    # The block is entered for its step only: its sequences and states, computed outside it, may be
+    # scans of it too (scan(step, over=scan(step, over=x, ...), ...) is two layers of shared weights).
+    with entering_block(block_name, e.args[0].loc):
+        try:
+            sb, seq_in, carry_in, new_carries, extras = _lower_step(low, block, [x.shape[1:] for x in seqs], over, init)
+        except FlowgradError as err:
+            if "axis" in e.kwargs and over and axis != 1:
+                _blame_axis(low, e, block, over, init, axis, given_axis, before, err)
+            raise
     mask = kw.get("mask")
     if mask is not None:
         _check_mask(mask, seqs[0].shape[0] if seqs else length,

@@ -1752,3 +1752,57 @@ graph:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)
         np.testing.assert_allclose(d[k], c[k], rtol=1e-9, atol=1e-12, err_msg=k)
     assert not np.allclose(a["grad/W"], c["grad/W"])
+
+
+SHARED_LAYERS_SPEC = HEAD + """\
+inputs:
+  x: {shape: [N, T, H]}
+blocks:
+  step:
+    in: [x_t, h]
+    params:
+      W: {shape: [H, H], init: glorot_uniform}
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      h2: tanh(x_t @ W + h @ U)
+    out: [h2]
+  layer:
+    in: [a]
+    graph:
+      b: scan(step, over=a, init=[zeros(N, H)])
+    out: [b]
+graph:
+%s
+loss: mean(out * out)
+"""
+
+
+@pytest.mark.parametrize("graph", [
+    "  out: scan(step, over=scan(step, over=x, init=[zeros(N, H)]), init=[zeros(N, H)])",
+    # entries are order-free: the second layer asks for the first while it is lowered
+    "  out: scan(step, over=h1, init=[zeros(N, H)])\n  h1: scan(step, over=x, init=[zeros(N, H)])",
+    "  out: layer(layer(x))",
+    "  out: layer(h1)\n  h1: layer(x)",
+])
+def test_a_block_applied_to_its_own_output_is_two_layers_not_a_block_that_runs_itself(graph):
+    """Two recurrent layers sharing one step's weights: the second scan's sequence (or the second
+    call's argument) is the first's output, computed outside the block. It was computed while the
+    block was entered, and refused with "block 'step' runs itself (step -> step)"; the block is now
+    entered for its step alone. Its gradient is the two scans', and a step that does scan itself is
+    still refused."""
+    spec = spec_from_text(SHARED_LAYERS_SPEC % graph, "shared.yaml")
+    assert max(gradcheck_spec(spec, seed=1)["main"].values()) < 1e-6
+    cm, got = _grads(spec)
+    two = SHARED_LAYERS_SPEC.replace("blocks:\n", "blocks:\n" + """\
+  step2:
+    in: [x_t, h]
+    graph:
+      h2: tanh(x_t @ step.W + h @ step.U)
+    out: [h2]
+""") % "  out: scan(step2, over=scan(step, over=x, init=[zeros(N, H)]), init=[zeros(N, H)])"
+    _, want = _grads(spec_from_text(two, "two.yaml"))
+    for k in ("loss", "grad/step.W", "grad/step.U"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    itself = SHARED_LAYERS_SPEC.replace("h2: tanh(x_t @ W + h @ U)", "h2: tanh(x_t @ W + h @ U) + scan(step, over=x, init=[h])[:, -1]")
+    with pytest.raises(SpecError, match=r"block 'step' runs itself \(step -> step\)"):
+        compile_spec(spec_from_text(itself % graph, "itself.yaml"), "float64", graphs=("grads",))
