@@ -475,7 +475,8 @@ class Lowering:
     def _call_block(self, e: S.Call, block, args: list):
         from .recurrent import _block_lowering
 
-        body = _block_lowering(self, block, self.graph, lambda v: v, dict(zip(block.inputs, args)))
+        body = _block_lowering(self, block, self.graph, lambda v: v, dict(zip(block.inputs, args)),
+                               call=f"{e.func}@{e.loc.line}:{e.loc.col}" if e.loc else f"{e.func}@{id(e)}")
         outs = []
         try:
             for name in block.outputs:

@@ -315,7 +315,7 @@ def decoding_states(low, steps) -> dict | None:
     carried = getattr(low, "recurrent_state", None)
     if carried is None:
         return None
-    tokens = low.inputs.get(low.spec.generate["input"])
+    tokens = getattr(low, "_root", low).inputs.get(low.spec.generate["input"])
     return carried if tokens is not None and steps == tokens.shape[1] else None
 
 
@@ -457,7 +457,7 @@ def lower_scan(low, e: S.Call):
         raise SpecError("scan() takes over= or length=, not both", e.kwarg_locs.get("length", e.loc),
                         "the sequences' time axis sets the length")
     carried = decoding_states(low, seqs[0].shape[0] if seqs else length)
-    key = "scan:" + (low._target or block_name)
+    key = "scan:" + getattr(low, "state_prefix", "") + (low._target or block_name)
     if carried is not None and key in carried:
         init = list(carried[key])
     if carried is not None and seqs and seqs[0].shape[0] == 1 and kw.get("mask") is None:
@@ -614,8 +614,11 @@ def _apply_mask(g: Graph, sb: StepBuilder, carries, new_carries, extras, mask: V
     return carried, outs, step_ins, outer
 
 
-def _block_lowering(outer, block, graph: Graph, capture, locals_: dict):
-    """A Lowering of a block's graph into `graph`; outer values pass through `capture`."""
+def _block_lowering(outer, block, graph: Graph, capture, locals_: dict, call: str | None = None):
+    """A Lowering of a block's graph into `graph`; outer values pass through `capture`.
+    `call`: for a call of the block as a function (`encoder(e)`, not a scan's step), a name of
+    that call, the same at every lowering of the spec: its recurrent layers and scans carry their
+    states between decoding calls as the caller's own do, under that name."""
     from .lower import Lowering
 
     class BlockLowering(Lowering):
@@ -630,6 +633,10 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict):
             self._target = None
             self._layer_calls = 0
             self._root = getattr(outer, "_root", outer)  # the lowering that owns every parameter
+            if call is not None and getattr(outer, "recurrent_state", None) is not None:
+                self.recurrent_state, self.recurrent_final = outer.recurrent_state, outer.recurrent_final
+                # each call's states apart: the block's entries are named alike in every call
+                self.state_prefix = f"{getattr(outer, 'state_prefix', '')}{call}/"
 
         def known_names(self):
             return [*self.env, *self._defs, *block.params, *outer.known_names()]
@@ -763,8 +770,9 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     E = x.shape[2]
     W, U, b, bu, ln_params = cell_params(low, e, cell, E, H, prefix, layer_norm)
     carried = decoding_states(low, x.shape[1])
-    if carried is not None and init is None and prefix in carried:
-        init = carried[prefix]
+    key = getattr(low, "state_prefix", "") + prefix
+    if carried is not None and init is None and key in carried:
+        init = carried[key]
     if carried is not None and x.shape[1] == 1 and mask is None:
         # One step (sampling a token): the cell inline, without a loop.
         init = init or [g.apply("fill", x, dims=((0, 0), H), dtype=g.float_dtype) for _ in range(n_states)]
@@ -772,7 +780,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
         ln = [tuple(pair) for pair in ln_params] if ln_params else None
         extra = {"lstm": None, "gru": linear_before_reset, "rnn": act}[cell]
         new = step(g, x0 @ W + b, list(init), U, bu, H, ln, extra)
-        low.recurrent_final[prefix] = new
+        low.recurrent_final[key] = new
         return g.apply("unsqueeze", new[0], axes=(1,)), new
     sb = StepBuilder(g)
     bg = sb.graph
@@ -828,7 +836,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     hs = ys[0] if ys else stacked_states[0]
     finals = [g.apply("index", s, spec=(0 if reverse else -1,)) for s in stacked_states]
     if carried is not None:
-        low.recurrent_final[prefix] = finals
+        low.recurrent_final[key] = finals
     return from_time_major(g, hs, 1), finals
 
 
