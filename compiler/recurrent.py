@@ -457,7 +457,10 @@ def lower_scan(low, e: S.Call):
         raise SpecError("scan() takes over= or length=, not both", e.kwarg_locs.get("length", e.loc),
                         "the sequences' time axis sets the length")
     carried = decoding_states(low, seqs[0].shape[0] if seqs else length)
-    key = "scan:" + getattr(low, "state_prefix", "") + (low._target or block_name)
+    # one key per scan written in the spec, the same in every lowering: two in one entry
+    # (scan(step, over=scan(step, ...))) carried one state for both
+    where = f"{e.loc.line}:{e.loc.col}" if e.loc else str(id(e))
+    key = f"scan:{getattr(low, 'state_prefix', '')}{low._target or block_name}@{where}"
     if carried is not None and key in carried:
         init = list(carried[key])
     if carried is not None and seqs and seqs[0].shape[0] == 1 and kw.get("mask") is None:

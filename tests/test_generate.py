@@ -540,10 +540,13 @@ loss: cross_entropy(logits, y)
     # called twice: each call carries its own states
     ("scan(step, over=a, init=[zeros(N, H)])", "  hs: encoder(h1)\n  h1: encoder(e)"),
     ("gru(a, H)", "  hs: encoder(encoder(e))"),
+    # no block call: two scans in one entry
+    ("scan(step, over=a, init=[zeros(N, H)])",
+     "  hs: scan(step, over=scan(step, over=e, init=[zeros(N, H)]), init=[zeros(N, H)])"),
 ])
 def test_a_recurrent_layer_in_a_block_called_as_a_function_carries_its_state_when_decoding(layer, calls):
     """A language model whose scan (or lstm) sits in a block called inline (hs: encoder(e)) was
     refused by export and check: 'generate needs a recurrent layer (rnn, lstm, gru or a scan) to
     carry the context'. The block's layers carry their states as the caller's own do, each call's
-    apart."""
+    apart; and two scans in one entry, which carried one state for both, carry one each."""
     _greedy_decoding_equals_the_inference_graph(BLOCK_LM % (layer, calls), seed=5)
