@@ -367,7 +367,8 @@ def entering_block(name: str, loc):
 
 
 def lower_scan(low, e: S.Call):
-    """`outs: scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K)`."""
+    """`outs: scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K,
+    length=K, unroll=false, stateful=false)`."""
     from .lower import Lowering
 
     if not e.args or not isinstance(e.args[0], S.Name):
@@ -378,7 +379,7 @@ def lower_scan(low, e: S.Call):
     if block is None:
         raise SpecError(f"unknown block {block_name!r}", e.args[0].loc,
                         did_you_mean(block_name, low.spec.blocks) or "declare it under 'blocks:'")
-    allowed = {"over", "init", "axis", "reverse", "mask", "truncate", "length", "unroll"}
+    allowed = {"over", "init", "axis", "reverse", "mask", "truncate", "length", "unroll", "stateful"}
     for k in e.kwargs:
         if k not in allowed:
             raise SpecError(f"scan() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
@@ -397,6 +398,7 @@ def lower_scan(low, e: S.Call):
     truncate = _scan_count(kw, "truncate", e)
     length = _scan_count(kw, "length", e)
     unroll = _scan_flag(kw, "unroll", e)
+    stateful = _scan_flag(kw, "stateful", e)
     if kw.get("mask") is not None and not isinstance(kw["mask"], Value):
         raise SpecError(f"scan() mask must be a tensor [N, T] of 1 (step) and 0 (padding), got {kw['mask']!r}",
                         e.kwarg_locs.get("mask", e.loc),
@@ -456,6 +458,8 @@ def lower_scan(low, e: S.Call):
     if seqs and length is not None:
         raise SpecError("scan() takes over= or length=, not both", e.kwarg_locs.get("length", e.loc),
                         "the sequences' time axis sets the length")
+    buffers = _stateful_init(low, e, block, init, reverse) if stateful else []
+    init = [start for _, _, start in buffers] or init
     carried = decoding_states(low, seqs[0].shape[0] if seqs else length)
     # one key per scan written in the spec, the same in every lowering: two in one entry
     # (scan(step, over=scan(step, ...))) carried one state for both
@@ -499,6 +503,10 @@ def lower_scan(low, e: S.Call):
                    length=length, unroll=unroll, truncate_loc=e.kwarg_locs.get("truncate"))
     if carried is not None:
         low.recurrent_final[key] = [g.apply("index", r, spec=(0 if reverse else -1,)) for r in res[:len(init)]]
+    for (key, stored, _), r in zip(buffers, res):  # stateful=true: where the next batch starts
+        if key is not None:
+            last = g.apply("index", r, spec=(-1,))
+            g.buffer_updates[key] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(stored.shape)))
     if not over and axis < 0:
         # No sequence to count from: a negative axis counts from the end of the largest output.
         rank = max(r.rank for r in res)
@@ -508,6 +516,54 @@ def lower_scan(low, e: S.Call):
         axis += rank
     res = [from_time_major(g, r, axis) for r in res]
     return tuple(res) if len(res) > 1 else res[0]
+
+
+def _stateful_init(low, e, block, init: list, reverse: bool) -> list:
+    """scan(..., stateful=true): the states a training step starts from are those the step before
+    ended with (zeros before the first), kept as buffers of the training batch's rows; init= gives
+    their shapes, and is where every other graph (eval, infer, generate) starts. Returns, per
+    state, (its buffer's name, the stored buffer, the state to start from); no buffer outside
+    training."""
+    g = low.graph
+    loc = e.kwarg_locs.get("stateful", e.loc)
+    if reverse:
+        raise SpecError("stateful= carries the state a forward pass ends with into the next batch; a reverse "
+                        "scan ends at the first step", loc, "drop reverse=, or drop stateful=")
+    if g.mode != "train":  # (decoding's graphs run the step inside their own loop, one token at a time)
+        return [(None, None, v) for v in init]
+    if g.scan_step:  # (as a stateful layer in a step: it would start every step from the batch before)
+        raise SpecError("stateful= scan is in another scan's step: it would start every step from the state "
+                        "of the batch before, and the state it ends with never leaves the loop", loc,
+                        "scan outside the other scan's block, or carry its states as that scan's own")
+    if not init:
+        raise SpecError("stateful= carries a scan's states across batches, and this scan has none", loc,
+                        "give the states with init=, e.g. init=[zeros(N, H)], or drop stateful=")
+    B = low.spec.batch_size
+    names = block.inputs[len(block.inputs) - len(init):]
+    for name, v in zip(names, init):
+        p = v.producer
+        zeros = p is not None and p.op.name == "fill" and float(p.attrs.get("value", 0.0)) == 0.0
+        rows = v.rank >= 1 and (isinstance(v.shape[0], str) or v.shape[0] == B) \
+            and all(isinstance(d, int) for d in v.shape[1:])
+        if not (zeros and rows):
+            raise SpecError(f"stateful= starts the first batch from zeros and each later one from the state the "
+                            f"batch before ended with, a row per sequence; state {name!r} is "
+                            + ("not zeros" if not zeros else f"{v.type}, not a row per sequence of fixed size"),
+                            e.kwarg_locs.get("init", loc), "give each state as zeros with a row per sequence, "
+                            "e.g. init=[zeros(N, H)]")
+    from .ops.nn import _graph_input_name
+
+    prefix = low._target or block.name
+    started = []
+    for name, v in zip(names, init):
+        stored = low.add_param(f"{prefix}.{name}0", (B,) + tuple(v.shape[1:]), "zeros", loc=e.loc, kind="buffer")
+        key = _graph_input_name(stored) or f"{prefix}.{name}0"
+        if key in g.buffer_updates:
+            raise SpecError(f"stateful= scan {prefix!r} is run more than once in a step: its runs would carry one "
+                            "state between batches", loc, "call its block once per step, or give each stateful scan an entry "
+                            "of its own")
+        started.append((key, stored, g.apply("reshape_dims", stored, v, dims=((0, 0),) + tuple(v.shape[1:]))))
+    return started
 
 
 def _lower_step(low, block, step_shapes: list, over: list, init: list):

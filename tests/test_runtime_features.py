@@ -265,6 +265,138 @@ def test_stateful_lstm_continues_the_previous_batch():
     assert loss2 == pytest.approx(want, rel=1e-5)
 
 
+STATEFUL_CELL = """
+flowgrad: 1
+name: s
+dims: {V: 11, E: 4, H: 6}
+inputs:
+  x: {shape: [N, T], dtype: int64}
+  y: {shape: [N, T], dtype: int64}
+blocks:
+  step:
+    in: [e_t, h, c]
+    params:
+      W: {shape: [E, 4*H], init: glorot_uniform}
+      U: {shape: [H, 4*H], init: orthogonal}
+      b: {shape: [4*H], init: zeros}
+    graph:
+      i, f, g, o: split(e_t @ W + h @ U + b, 4, axis=-1)
+      c2: sigmoid(f) * c + sigmoid(i) * tanh(g)
+      h2: sigmoid(o) * tanh(c2)
+    out: [h2, c2]
+graph:
+  e: embedding(x, V, E)
+  HS
+  logits: dense(hs, V)
+loss: cross_entropy(logits, y)
+train: {batch_size: 3, shuffle: false, optimizer: {adam: {lr: 0.01}}}
+"""
+
+
+def test_a_stateful_scan_of_a_hand_written_cell_trains_as_the_stateful_layer():
+    """scan(step, ..., stateful=true) carries its states across batches as lstm(e, H, stateful=true)
+    does (scan had no stateful=, and a hand-written cell could not train a stateful language model):
+    with the same weights, three steps over consecutive batches give the same losses and states."""
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer
+    from spec import spec_from_text
+
+    layer = compile_spec(spec_from_text(STATEFUL_CELL.replace("HS", "hs: lstm(e, H, stateful=true)"), "a.yaml"),
+                         graphs=("train",))
+    cell = compile_spec(spec_from_text(STATEFUL_CELL.replace(
+        "HS", "hs, cs: scan(step, over=e, init=[zeros(N, H), zeros(N, H)], stateful=true)"), "b.yaml"), graphs=("train",))
+    a = Trainer(layer, "cpu", threads=1, seed=0)
+    start = a.state_numpy()
+    same = {"step.W": "hs.W", "step.U": "hs.U", "step.b": "hs.b"}  # (the others are named alike)
+    state = {k: start.get(same.get(k, k), v) for k, v in cell.initial_state(0).items()}  # (states: zeros)
+    b = Trainer(cell, "cpu", threads=1, state=state, seed=0)
+    stream = np.random.default_rng(0).integers(0, 11, size=(3, 3 * 5 + 1))
+    for k in range(3):
+        batch = {"x": stream[:, 5 * k:5 * k + 5], "y": stream[:, 5 * k + 1:5 * k + 6]}
+        la = a.train_step("main", batch, lr=0.01, step=k)["loss"]
+        lb = b.train_step("main", batch, lr=0.01, step=k)["loss"]
+        assert lb == pytest.approx(la, rel=1e-5), k
+    sa, sb = a.state_numpy(), b.state_numpy()
+    assert sb["hs_cs.h0"].any()  # (the entry's name, its targets joined)
+    for n in ("h0", "c0"):
+        np.testing.assert_allclose(sb[f"hs_cs.{n}"], sa[f"hs.{n}"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scan, words", [
+    ("scan(step, over=e, init=[zeros(N, H), zeros(N, H)], stateful=true, reverse=true)", "a reverse scan ends"),
+    ("scan(step, over=e, init=[zeros(N, H), h0], stateful=true)", "state 'c' is not zeros"),
+    ("scan(step, over=e, init=[zeros(N, H), zeros(1, H)], stateful=true)", "state 'c' is float32[1, 6], not a row"),
+    ("scan(step, over=e, init=[zeros(N, H), zeros(N, H)], stateful=1)", "stateful must be true or false"),
+])
+def test_a_stateful_scan_refuses_what_it_cannot_carry(scan, words):
+    from compiler.training import check_spec
+    from spec import spec_from_text
+    from spec.errors import SpecError
+
+    text = STATEFUL_CELL.replace("HS", f"hs, cs: {scan}").replace("graph:\n  e:", "graph:\n  h0: zeros(N, H) + 1.0\n  e:")
+    with pytest.raises(SpecError, match=re.escape(words)) as e:
+        check_spec(spec_from_text(text, "s.yaml"))
+    assert e.value.loc is not None and e.value.hint
+
+
+STATEFUL_SCAN_IN_BLOCK = """
+flowgrad: 1
+name: s
+dims: {E: 3, H: 4}
+inputs:
+  x: {shape: [N, T, E]}
+  z: {shape: [N, T, E]}
+blocks:
+  cell:
+    in: [x_t, h]
+    params:
+      W: {shape: [E, H], init: glorot_uniform}
+    graph:
+      h2: tanh(x_t @ W + h)
+    out: [h2]
+  enc:
+    in: [s]
+    graph:
+      hs: scan(cell, over=s, init=[zeros(N, H)], stateful=true)
+    out: [hs]
+  outer:
+    in: [x_t, g]
+    graph:
+      q: scan(cell, over=unsqueeze(x_t, axes=1), init=[zeros(N, H)], stateful=true)
+      g2: g + mean(q, axis=1)
+    out: [g2]
+graph:
+  a: A
+  b: B
+loss: mean(a * a) + mean(b)
+train: {batch_size: 2, optimizer: {sgd: {lr: 0.1}}}
+"""
+
+
+@pytest.mark.parametrize("a, b, words", [
+    ("enc(x)", "mean(z)", None),
+    ("enc(x)", "enc(z)", "stateful= scan 'hs' is run more than once in a step"),
+    ("scan(outer, over=x, init=[zeros(N, H)])", "mean(z)", "stateful= scan is in another scan's step"),
+])
+def test_a_stateful_scan_in_a_block(a, b, words):
+    """In a block its buffer is named after the block (enc.hs.h0) and carried; a block called twice,
+    or a scan's step, would carry one state for several runs, or never carry it: refused."""
+    from compiler.training import check_spec, compile_spec
+    from runtime.trainer import Trainer
+    from spec import spec_from_text
+    from spec.errors import SpecError
+
+    spec = spec_from_text(STATEFUL_SCAN_IN_BLOCK.replace("  a: A", f"  a: {a}").replace("  b: B", f"  b: {b}"), "s.yaml")
+    if words:
+        with pytest.raises(SpecError, match=re.escape(words)):
+            check_spec(spec)
+        return
+    trainer = Trainer(compile_spec(spec, graphs=("train",)), "cpu", threads=1, seed=0)
+    ones = np.ones((2, 5, 3), np.float32)
+    trainer.train_step("main", {"x": ones, "z": ones}, lr=0.1, step=0)
+    assert trainer.state_numpy()["enc.hs.h0"].any()
+
+
 def test_a_batch_size_override_sizes_the_carried_state(tmp_path):
     """`--batch-size` (TrainOptions.batch_size) trains a stateful model: the carried state has
     the overriding batch's rows (it had the spec's and the first step failed)."""
