@@ -136,16 +136,17 @@ def beside_spec(spec: S.Spec, path: str, key: str | None = None) -> str:
         recorded = _recorded_data_path(spec, key, path)
         if recorded:
             return recorded
-    return os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(spec.path)), path) if spec.path else path)
+    # (beside the file as it was read: spec.path, as given, is relative to where the script was then)
+    return os.path.abspath(os.path.join(os.path.dirname(spec.file), path) if spec.file else path)
 
 
 def _recorded_data_path(spec: S.Spec, key: str, path: str) -> str | None:
     """Where run.json beside `spec`'s file, a run's spec.yaml, records that the run read
     train.data.<key> (path, valid or test) written `path`; None for any other spec file."""
-    if os.path.basename(spec.path) != "spec.yaml" or not os.path.isfile(spec.path):
+    if not spec.file or os.path.basename(spec.file) != "spec.yaml" or not os.path.isfile(spec.file):
         return None
     try:
-        recorded = (read_run_info(os.path.dirname(os.path.abspath(spec.path))).get("data_source") or {}).get(key)
+        recorded = (read_run_info(os.path.dirname(spec.file)).get("data_source") or {}).get(key)
     except FlowgradError:
         return None
     # the recorded path ends as `path` does, less the steps up (../data/d.npz read data/d.npz
@@ -162,7 +163,7 @@ def load_spec_npz(spec: S.Spec, key: str, path: str) -> D.Dataset:
     beside_spec puts it): its errors point at that key, and a missing file's hint says where a
     relative path is read from."""
     loc = spec.locate("train", "data", key)
-    D.check_data_path(path, loc, key=f"train.data.{key}", spec_path=spec.path if os.path.isfile(spec.path) else None)
+    D.check_data_path(path, loc, key=f"train.data.{key}", spec_path=spec.file if spec.file and os.path.isfile(spec.file) else None)
     return D.load_npz(path, loc, spec.inputs)
 
 

@@ -83,6 +83,8 @@ def spec_from_text(text: str, path: str = "<string>", overrides=(), names: ArgNa
     _raise_all(validate_tree(tree, path))
     spec = _SpecBuilder(tree, path).build()
     spec.overrides, spec.override_names = tuple(overrides), names
+    if not (path.startswith("<") and path.endswith(">")):  # (not "<string>" or "<dict>": a file's path)
+        spec.file = os.path.abspath(path)  # where it is now: the script may change directory before it trains
     return spec
 
 

@@ -161,6 +161,10 @@ class Spec:
     generate: dict[str, Any] = field(default_factory=dict)  # autoregressive sampling for export
     overrides: tuple[str, ...] = ()  # the --set overrides applied to the file at `path`
     override_names: ArgNames = FLAGS  # how the caller gave them: --set flags, or the API's overrides=
+    # a spec read from a file: its absolute path as it was read (`path` is as given, for messages;
+    # a script may change the working directory between loading a spec and training it, and the
+    # relative data paths it names are read beside the file, wherever the script is by then)
+    file: str | None = None
 
     @property
     def batch_size(self) -> int:

@@ -687,3 +687,29 @@ def test_a_resume_without_the_arrays_names_every_one_it_needs_at_once(tmp_path):
              spec=spec, run_dir=r, resume=True)
     _refused_as_flowgrad_train(["the run was trained and validated on arrays given in memory",
                                 "--resume --data FILE.npz --valid VALID.npz"], spec=spec, run_dir=r, resume=True)
+
+
+def _spec_reading(folder, data_path: str) -> str:
+    """models/mlp.yaml, 16 hidden units, written into `folder` reading its data from `data_path`."""
+    text = open(MLP).read().replace("data: {dataset: digits, valid: 0.2}", f"data: {{path: {data_path}, valid: 0.2}}")
+    assert data_path in text
+    (folder / "spec.yaml").write_text(text.replace("H: 256", "H: 16"))
+    return str(folder / "spec.yaml")
+
+
+def test_a_spec_loaded_by_a_relative_path_reads_its_data_beside_it_after_a_chdir(tmp_path, monkeypatch):
+    """A script that loaded "spec.yaml" (naming train.data.path d.npz) and then changed the working
+    directory was told "train.data.path file '.../elsewhere/d.npz' does not exist" and that "the spec
+    has no file", though the spec was read from one and d.npz lay beside it: relative data paths are
+    read beside the spec file as it was read, wherever the script is when it trains."""
+    import json
+
+    (tmp_path / "specs").mkdir(), (tmp_path / "elsewhere").mkdir()
+    _spec_reading(tmp_path / "specs", "d.npz")
+    np.savez(tmp_path / "specs" / "d.npz", **dict(zip("xy", _digits(0, 100))))
+    monkeypatch.chdir(tmp_path / "specs")
+    spec = load("spec.yaml")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    train(spec, run_dir="run", epochs=1, threads=1, device="cpu")
+    info = json.loads((tmp_path / "elsewhere" / "run" / "run.json").read_text())
+    assert info["data_source"]["path"] == str(tmp_path / "specs" / "d.npz")
