@@ -1253,13 +1253,13 @@ def _remove_other_graphs(cm: CompiledModel, directory: str) -> None:
 
 
 def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames, hint: str | None = None) -> None:
-    """The run's spec.yaml is the spec it trained: the file itself (comments kept), or, with
+    """The run's spec.yaml is the spec it trained: the file's text as it was read (comments kept), or, with
     --set overrides or a spec given as data, the YAML of the spec after them, so that eval,
     export and plots read the shapes the checkpoint has."""
-    if os.path.isfile(spec.path) and not spec.overrides:
-        if not (os.path.exists(target) and os.path.samefile(spec.path, target)):
-            with open(spec.path, "rb") as f:  # (not copyfile: it empties the old spec.yaml before writing)
-                atomic_write(target, f.read(), hint=hint, names=names)
+    if spec.text is not None and not spec.overrides:
+        # the text as it was read (the file read again may have been rewritten since)
+        if not (os.path.exists(target) and os.path.exists(spec.file) and os.path.samefile(spec.file, target)):
+            atomic_write(target, spec.text.encode("utf-8"), hint=hint, names=names)
         return
     import yaml
 

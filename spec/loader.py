@@ -84,7 +84,11 @@ def spec_from_text(text: str, path: str = "<string>", overrides=(), names: ArgNa
     spec = _SpecBuilder(tree, path).build()
     spec.overrides, spec.override_names = tuple(overrides), names
     if not (path.startswith("<") and path.endswith(">")):  # (not "<string>" or "<dict>": a file's path)
-        spec.file = os.path.abspath(path)  # where it is now: the script may change directory before it trains
+        # where it is now, and what it said: the script may change directory, or rewrite the file,
+        # before it trains the spec (see Spec.file and Spec.text)
+        spec.file = os.path.abspath(path)
+        if os.path.isfile(path):
+            spec.text = text
     return spec
 
 

@@ -165,6 +165,9 @@ class Spec:
     # a script may change the working directory between loading a spec and training it, and the
     # relative data paths it names are read beside the file, wherever the script is by then)
     file: str | None = None
+    # and its text as it was read: a run's spec.yaml is the spec that trained, not the file as a
+    # script may have rewritten it since (the next configuration of a sweep, say)
+    text: str | None = None
 
     @property
     def batch_size(self) -> int:

@@ -713,3 +713,19 @@ def test_a_spec_loaded_by_a_relative_path_reads_its_data_beside_it_after_a_chdir
     train(spec, run_dir="run", epochs=1, threads=1, device="cpu")
     info = json.loads((tmp_path / "elsewhere" / "run" / "run.json").read_text())
     assert info["data_source"]["path"] == str(tmp_path / "specs" / "d.npz")
+
+
+def test_a_runs_spec_yaml_is_the_spec_that_trained_though_its_file_changed_since(tmp_path):
+    """A sweep script that loaded sweep.yaml (16 hidden units), rewrote the file for its next run
+    (32) and then trained the spec it had loaded got a run whose spec.yaml was the rewritten file:
+    evaluate_run() then said the checkpoint's W1 [64, 16] did not fit the spec's [64, 32]. The run's
+    spec.yaml is now the text the spec was read from, comments and all."""
+    text = open(MLP).read()
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text.replace("H: 256", "H: 16"))
+    spec = load(path)
+    path.write_text(text.replace("H: 256", "H: 32"))
+    train(spec, run_dir=str(tmp_path / "run"), epochs=1, threads=1, device="cpu")
+    assert (tmp_path / "run" / "spec.yaml").read_text() == text.replace("H: 256", "H: 16")
+    x, y = _digits(0, 20)
+    assert set(evaluate_run(tmp_path / "run", data={"x": x, "y": y})) == {"loss", "accuracy"}
