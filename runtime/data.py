@@ -263,6 +263,27 @@ def data_argument(name: str, value, error: type[FlowgradError] = FlowgradError):
     return check_path(name, value, error)
 
 
+def as_array(value, what: str, loc: Loc | None = None) -> np.ndarray:
+    """`value` (an array, or lists of numbers) as a plain array, read where it is (a memmap, a
+    matrix: a view); ragged lists and what NumPy cannot read are a DataError naming `what`
+    (data["x"], or a model's input). np.load's pickled arrays stay its ValueError, for the caller
+    to word."""
+    try:
+        return np.asarray(value).view()
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise
+        if "inhomogeneous" in str(e) or "sequence" in str(e):
+            raise DataError(f"{what} is ragged: its rows are not all of one shape", loc,
+                            "give every example the same shape, e.g. pad the rows to one length") from None
+        raise DataError(f"{what} cannot be read as an array ({str(e).splitlines()[0][:160]})", loc,
+                        "give a NumPy array, or a list of numbers") from None
+    except (TypeError, RuntimeError, OverflowError) as e:
+        raise DataError(f"{what} cannot be read as an array ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160] if str(e) else ''})", loc,
+                        "give a NumPy array, or a list of numbers") from None
+
+
 def from_arrays(arrays: Mapping, where: InMemory, inputs: dict | None = None) -> Dataset:
     """Arrays given in memory (input name -> array-like), read as load_npz reads a file, so that
     check_against_spec checks them as it checks a file's: each one read where it is, through a
@@ -277,20 +298,9 @@ def from_arrays(arrays: Mapping, where: InMemory, inputs: dict | None = None) ->
                             "input names, strings", hint=f'e.g. {where.keyword}={{"x": x, "y": y}}')
         loc = inputs[k].loc if inputs and k in inputs else None
         try:
-            value = np.asarray(arrays[k]).view()  # (a memmap, a matrix: read as a plain array)
-        except ValueError as e:  # ragged lists; np.load's object arrays (allow_pickle)
-            if "allow_pickle" in str(e):
-                raise _object_array(where, k, loc) from None
-            if "inhomogeneous" in str(e) or "sequence" in str(e):
-                raise DataError(f"{where.array(k)} is ragged: its rows are not all of one shape", loc,
-                                "give every example the same shape, e.g. pad the rows to one length") from None
-            else:
-                raise DataError(f"{where.array(k)} cannot be read as an array ({str(e).splitlines()[0][:160]})", loc,
-                                "give a NumPy array, or a list of numbers") from None
-        except (TypeError, RuntimeError, OverflowError) as e:
-            raise DataError(f"{where.array(k)} cannot be read as an array ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160] if str(e) else ''})", loc,
-                            "give a NumPy array, or a list of numbers") from None
+            value = as_array(arrays[k], where.array(k), loc)
+        except ValueError as e:  # np.load's object arrays (allow_pickle)
+            raise _object_array(where, k, loc) from None
         if value.dtype.kind == "O":
             raise _object_array(where, k, loc)
         value.flags.writeable = False  # (the view's: the caller's array keeps its own flags)

@@ -15,7 +15,7 @@ from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, Expo
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
-from .data import array_named, check_below, check_fits, check_lengths
+from .data import array_named, as_array, check_below, check_fits, check_lengths
 from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
@@ -282,7 +282,11 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
         f"{n} {np.dtype(_ORT_TYPES[m.type]).name if m.type in _ORT_TYPES else m.type} {list(m.shape)}"
         for n, m in wanted.items())
     for name, meta in wanted.items():
-        a = np.asarray(feeds[name])
+        # (a ragged list, or np.load's result holding a pickled array, was NumPy's ValueError from inside predict)
+        try:
+            a = as_array(feeds[name], f"{model_path}: input {name!r}")
+        except ValueError:  # np.load's object array, which it reads only with allow_pickle
+            raise DataError(f"{model_path}: input {name!r} must hold numbers, got object", hint=shapes) from None
         want = _ORT_TYPES.get(meta.type)
         if a.dtype.kind not in "biuf":
             raise DataError(f"{model_path}: input {name!r} must hold numbers, got {a.dtype}", hint=shapes)

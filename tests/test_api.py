@@ -729,3 +729,17 @@ def test_a_runs_spec_yaml_is_the_spec_that_trained_though_its_file_changed_since
     assert (tmp_path / "run" / "spec.yaml").read_text() == text.replace("H: 256", "H: 16")
     x, y = _digits(0, 20)
     assert set(evaluate_run(tmp_path / "run", data={"x": x, "y": y})) == {"loss", "accuracy"}
+
+
+def test_predict_refuses_a_ragged_list_or_a_pickled_array_in_one_line(tmp_path, run):
+    """predict(model, {"x": [[...64 numbers], [3 numbers]]}) ended in NumPy's ValueError ('setting an
+    array element with a sequence ... inhomogeneous shape') from inside predict, and so did np.load's
+    result holding an object array; both are one-line DataErrors naming the input, as train()'s
+    data= refuses them."""
+    model = str(run / "mlp.onnx")
+    with pytest.raises(DataError, match="mlp.onnx: input 'x' is ragged: its rows are not all of one shape"):
+        predict(model, {"x": [[0.0] * 64, [0.0] * 3]})
+    np.savez(tmp_path / "objects.npz", x=np.array([np.zeros(64), np.zeros(3)], dtype=object))
+    with np.load(tmp_path / "objects.npz") as z, pytest.raises(DataError, match="input 'x' must hold numbers, got object"):
+        predict(model, z)
+    assert predict(model, {"x": [[0.0] * 64] * 2})["probs"].shape == (2, 10)
