@@ -409,8 +409,8 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
         a = ds.arrays[name]
         array = array_named(where, name)
         if a.ndim != len(decl.shape):
-            raise DataError(f"{array} has rank {a.ndim} {_shape(a.shape)}, the spec declares "
-                            f"{_shape(decl.shape)}", decl.loc,
+            raise DataError(f"{array} has rank {a.ndim} {shape_text(a.shape)}, the spec declares "
+                            f"{shape_text(decl.shape)}", decl.loc,
                             hint=declare(name, a) if bundled else f"reshape the array to rank {len(decl.shape)}{saving}, or change the input's shape in the spec")
         for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
             if isinstance(want, int) and got != want:
@@ -553,6 +553,6 @@ def _split_at(ds: Dataset, train_idx: np.ndarray, held_idx: np.ndarray,
     return train, held
 
 
-def _shape(shape) -> str:
+def shape_text(shape) -> str:
     """A shape as the spec writes it, [N, 1, 8, 8] (not Python's ['N', 1, 8, 8])."""
     return "[" + ", ".join(str(d) for d in shape) + "]"

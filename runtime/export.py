@@ -15,7 +15,7 @@ from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, Expo
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
-from .data import array_named, as_array, check_below, check_fits, check_lengths
+from .data import array_named, as_array, check_below, check_fits, check_lengths, shape_text
 from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
@@ -173,7 +173,7 @@ def _check_fits_input(value: np.ndarray, inp: onnx.ValueInfoProto, ckpt: str, gr
     dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
     if len(dims) != value.ndim or any(d is not None and d != n for d, n in zip(dims, value.shape)):
         raise ExportError(f"the checkpoint {ckpt} does not fit the graph {graph_path}: {inp.name} has shape "
-                          f"{list(value.shape)} there, the graph takes {['?' if d is None else d for d in dims]}",
+                          f"{shape_text(value.shape)} there, the graph takes {shape_text('?' if d is None else d for d in dims)}",
                           hint="the checkpoint and the graphs come from different runs (a run started over "
                                f"with {names.given(overwrite=True)} and stopped before its first checkpoint?)")
 
@@ -279,7 +279,7 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
                         hint=f"the inputs given: {', '.join(feeds) or 'none'}")
     fixed, sizes = {}, {}  # sizes: symbolic dim -> (size, the input that set it)
     shapes = "the model's inputs: " + ", ".join(
-        f"{n} {np.dtype(_ORT_TYPES[m.type]).name if m.type in _ORT_TYPES else m.type} {list(m.shape)}"
+        f"{n} {np.dtype(_ORT_TYPES[m.type]).name if m.type in _ORT_TYPES else m.type} {shape_text(m.shape)}"
         for n, m in wanted.items())
     for name, meta in wanted.items():
         # (a ragged list, or np.load's result holding a pickled array, was NumPy's ValueError from inside predict)

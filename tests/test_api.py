@@ -743,3 +743,12 @@ def test_predict_refuses_a_ragged_list_or_a_pickled_array_in_one_line(tmp_path, 
     with np.load(tmp_path / "objects.npz") as z, pytest.raises(DataError, match="input 'x' must hold numbers, got object"):
         predict(model, z)
     assert predict(model, {"x": [[0.0] * 64] * 2})["probs"].shape == (2, 10)
+
+
+def test_predicts_hint_writes_the_models_input_shapes_as_the_spec_does(run):
+    """predict(model, {"x": x}) with x of the wrong rank hinted "the model's inputs: x float32
+    ['N', 64]", Python's list with the dim's name quoted, where every other message writes a shape
+    as the spec does, [N, 64]."""
+    with pytest.raises(DataError, match="has rank 3, the model expects 2") as e:
+        predict(str(run / "mlp.onnx"), {"x": np.zeros((1, 2, 64), np.float32)})
+    assert e.value.hint == "the model's inputs: x float32 [N, 64]"
