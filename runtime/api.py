@@ -71,11 +71,31 @@ def save_graphs(cm: CompiledModel, output: str, names: ArgNames = KEYWORDS) -> l
             raise FlowgradError(f"{path} is a directory, where the compiled graphs' {os.path.basename(path)} goes",
                                 hint=f"pick another directory with {name}")
         refuse_replacing(path, kind, names=names)
+    stale = _earlier_graphs(output, cm)
     try:
+        for path in stale:
+            os.remove(path)
         return cm.save(output, hint=f"pick a writable directory with {name}, or free some space")
     except OSError as e:
         raise FlowgradError(f"cannot write the graphs to {output}: {e.strerror or e}",
                             hint=f"pick a writable directory with {name}") from None
+
+
+def _earlier_graphs(output: str, cm: CompiledModel) -> list[str]:
+    """The graph files that the compiled graphs written to `output` before (its manifest.json
+    lists them) and that `cm` lacks: a sampling graph of another spec's (generate.onnx) was left
+    beside the new manifest and graphs, for a reader of the folder to take for this spec's. Other
+    .onnx files there, which no manifest lists, are the user's."""
+    try:
+        with open(os.path.join(output, "manifest.json"), encoding="utf-8") as f:
+            graphs = json.load(f).get("graphs")
+    except (OSError, ValueError, AttributeError):
+        return []
+    files = [g.get("file") for g in graphs.values() if isinstance(g, dict)] if isinstance(graphs, dict) else []
+    ours = {f"{graph}.onnx" for graph in cm.graphs}
+    return [os.path.join(output, f) for f in files  # (a bare file name only: nothing outside the folder)
+            if isinstance(f, str) and f.endswith(".onnx") and f == os.path.basename(f) and f not in ours
+            and os.path.isfile(os.path.join(output, f))]
 
 
 def compile(spec: str | os.PathLike | dict | Spec, dtype: str | None = None,  # noqa: A001

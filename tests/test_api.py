@@ -752,3 +752,17 @@ def test_predicts_hint_writes_the_models_input_shapes_as_the_spec_does(run):
     with pytest.raises(DataError, match="has rank 3, the model expects 2") as e:
         predict(str(run / "mlp.onnx"), {"x": np.zeros((1, 2, 64), np.float32)})
     assert e.value.hint == "the model's inputs: x float32 [N, 64]"
+
+
+def test_compile_into_an_earlier_build_leaves_no_graph_of_the_other_spec(tmp_path):
+    """compile(char_lstm, output="build") then compile(mlp, output="build") left char_lstm's
+    generate.onnx beside mlp's graphs and manifest, for a reader of the folder to take for mlp's
+    sampling graph (a run's graphs/ folder already dropped such graphs). The graphs the earlier
+    manifest lists and the new spec lacks go; other .onnx files in the folder are the user's."""
+    build = tmp_path / "build"
+    compile(load(os.path.join(ROOT, "models", "char_lstm.yaml"), ["dims.H=8", "dims.E=4"]), output=build)
+    assert (build / "generate.onnx").is_file()
+    (build / "mine.onnx").write_bytes((build / "infer.onnx").read_bytes())
+    compile(load(MLP, ["dims.H=8"]), output=build)
+    assert sorted(os.listdir(build)) == ["apply.onnx", "eval.onnx", "grads.onnx", "infer.onnx", "manifest.json",
+                                         "mine.onnx", "train.onnx"]
