@@ -365,8 +365,9 @@ def train(
 
 def _device_name(device: str) -> str:
     from runtime.session import pick_device
+    from spec.errors import FLAGS
 
-    return pick_device(device)
+    return pick_device(device, names=FLAGS)
 
 
 @app.command("eval")
@@ -431,7 +432,7 @@ def predict(
     from runtime.export import generate_text, generator_feeds
     from runtime.export import predict as run_predict
     from runtime.session import pick_device
-    from spec.errors import FlowgradError
+    from spec.errors import FLAGS, FlowgradError
 
     with user_errors():
         _not_empty(data=data, output=output)
@@ -456,13 +457,13 @@ def predict(
             if output:
                 raise FlowgradError("-o writes the arrays of --data or --count; --text prints its text",
                                     hint="redirect it instead: > out.txt")
-            print(generate_text(model, text, max_len, temperature, seed, pick_device(device), beam_width,
+            print(generate_text(model, text, max_len, temperature, seed, pick_device(device, names=FLAGS), beam_width,
                                 with_prompt=not _is_translator(model), threads=threads))
             return
         if data is not None:
             check_data_path(data, flag="--data")
         feeds = load_npz(data).arrays if data is not None else generator_feeds(model, count, seed)
-        outs = run_predict(model, feeds, pick_device(device), threads)
+        outs = run_predict(model, feeds, pick_device(device, names=FLAGS), threads)
         if output:
             _write_npz(output, outs)
             err.print(f"wrote {escape(output)}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}",
@@ -558,13 +559,14 @@ def bench(
 ):
     """Median training-step time, samples/s, compile time, node counts and peak memory."""
     from runtime.bench import bench as run_bench
+    from spec.errors import FLAGS
 
     with user_errors():
         _check_device(device)
         _check_dtype(dtype)
         s = _load(spec, set)
         r = run_bench(s, batch_size, steps, device=device, threads=threads, steps_per_call=steps_per_call,
-                      cuda_graphs=cuda_graphs, dtype=dtype)
+                      cuda_graphs=cuda_graphs, dtype=dtype, names=FLAGS)
     if as_json:
         print(json.dumps(r))
         return

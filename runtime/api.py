@@ -169,7 +169,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | Mapping |
     dtypes = input_dtypes(cm)
     D.check_against_spec(ds, spec, needed, data, cm.index_bounds, dtypes, cm.length_bounds)
     ds = D.cast_for(D.only(ds, needed), dtypes)
-    trainer = Trainer(cm, pick_device(device), threads, state, seed)
+    trainer = Trainer(cm, pick_device(device, names=names), threads, state, seed)
     try:
         return trainer.evaluate(b for _, b in batches(ds, batch_size))
     except ORT_ERRORS as ex:

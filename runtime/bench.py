@@ -9,7 +9,7 @@ import numpy as np
 
 from compiler.gradcheck import random_batch
 from compiler.training import check_dtype, compile_spec, require_objectives
-from spec.errors import FLAGS
+from spec.errors import FLAGS, KEYWORDS, ArgNames
 from spec.model import Spec
 
 from .checks import MAX_THREADS, check_count, check_seed
@@ -37,7 +37,7 @@ def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
 
 def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: int = 5, device: str = "cpu",
           threads: int | None = None, seed: int = 0, steps_per_call: int = 1, cuda_graphs: bool = True,
-          dtype: str | None = None) -> dict:
+          dtype: str | None = None, *, names: ArgNames = KEYWORDS) -> dict:
     """`dtype`: the graphs' float type (default train.dtype), as train's. `steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
     step_ms is then a call's time over its steps. `warmup` counts calls, and the timed steps
     are whole calls: `steps` rounded up to a multiple of `steps_per_call`."""
@@ -55,7 +55,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     t0 = time.perf_counter()
     cm = compile_spec(spec, dtype)
     compile_s = time.perf_counter() - t0
-    device = pick_device(device)
+    device = pick_device(device, names=names)
     batch_size = spec.batch_size
     sizes = {"N": batch_size}
     first = cm.graphs["train" if "train" in cm.graphs else next(k for k in cm.graphs if k.startswith("train"))]

@@ -258,7 +258,7 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     fit the model, DataError."""
     from .session import ORT_ERRORS, make_session, pick_device
 
-    device = pick_device(device, error=ExportArgumentError)  # (an unknown device, or "auto", ran on the CPU)
+    device = pick_device(device, error=ExportArgumentError, names=KEYWORDS)  # (an unknown device, or "auto", ran on the CPU)
     check_count("threads", threads, most=MAX_THREADS, error=ExportArgumentError)
     if not isinstance(feeds, Mapping) or not all(isinstance(k, str) for k in feeds):
         # (a list or an array of inputs ended in a ValueError or TypeError from inside predict)

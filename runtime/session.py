@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from compiler.emit import OPSET, all_nodes, narrow_types, ort_disabled_optimizers, widen_unsupported_types
-from spec.errors import FlowgradError
+from spec.errors import ArgNames, FlowgradError
 
 ort.set_default_logger_severity(3)
 
@@ -72,9 +72,10 @@ def check_device(device, name: str = "device", error: type[FlowgradError] = Flow
         raise error(f"unknown {name} {device!r}", hint="choose auto, cuda or cpu")
 
 
-def pick_device(device: str, error: type[FlowgradError] = FlowgradError) -> str:
+def pick_device(device: str, error: type[FlowgradError] = FlowgradError, *, names: ArgNames) -> str:
     """The provider `device` names: auto, cuda or cpu. `error` is the class raised (the export
-    API's ExportArgumentError)."""
+    API's ExportArgumentError); `names`, how the refusal of cuda names the argument (train(device=
+    "cuda") was told '--device cuda was asked for' and to use --device cpu, flags it never typed)."""
     check_device(device, error=error)
     if device == "cpu":
         return "cpu"
@@ -82,8 +83,8 @@ def pick_device(device: str, error: type[FlowgradError] = FlowgradError) -> str:
         return "cuda"
     if device == "cuda":
         raise error(
-            "--device cuda was asked for, but onnxruntime cannot create its CUDA provider here",
-            hint="install onnxruntime-gpu with CUDA 13 and cuDNN 9 libraries, or use --device cpu",
+            f"{names.given(device='cuda')} was asked for, but onnxruntime cannot create its CUDA provider here",
+            hint=f"install onnxruntime-gpu with CUDA 13 and cuDNN 9 libraries, or use {names.given(device='cpu')}",
         )
     return "cpu"
 

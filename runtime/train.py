@@ -469,7 +469,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         raise FlowgradError(f"{names('steps_per_call')} does not work with {names('accumulate')}",
                             hint="an accumulated update already runs several batches per update: leave out one of the two")
     check_steps_per_call(spec, opts.steps_per_call, names)
-    device = pick_device(opts.device)
+    device = pick_device(opts.device, names=names)
     fresh = not os.path.exists(run_dir_of(spec, opts))
     run_dir = prepare_run_dir(spec, opts)
     # (the lock first: a run that finds another process training there removes nothing of its)

@@ -766,3 +766,24 @@ def test_compile_into_an_earlier_build_leaves_no_graph_of_the_other_spec(tmp_pat
     compile(load(MLP, ["dims.H=8"]), output=build)
     assert sorted(os.listdir(build)) == ["apply.onnx", "eval.onnx", "grads.onnx", "infer.onnx", "manifest.json",
                                          "mine.onnx", "train.onnx"]
+
+
+def test_device_cuda_without_cuda_is_refused_in_the_apis_words(tmp_path, run, monkeypatch):
+    """train(spec, device="cuda") on a machine without CUDA was told "--device cuda was asked for"
+    and to "use --device cpu", flags a script never typed (so were evaluate_run and predict); the
+    API now says device="cuda" and device="cpu", and flowgrad train keeps its flags."""
+    import runtime.session
+
+    monkeypatch.setattr(runtime.session, "cuda_available", lambda: False)
+    calls = (lambda: train(load(MLP, SMALL), run_dir=str(tmp_path / "r"), epochs=1, device="cuda"),
+             lambda: evaluate_run(run / "run", data={"x": _digits(0, 5)[0], "y": _digits(0, 5)[1]}, device="cuda"),
+             lambda: predict(str(run / "mlp.onnx"), {"x": np.zeros((1, 64), np.float32)}, device="cuda"))
+    for call in calls:
+        with pytest.raises(FlowgradError, match='^device="cuda" was asked for, but onnxruntime cannot create') as e:
+            call()
+        assert e.value.hint.endswith('or use device="cpu"')
+    from runtime.session import pick_device
+
+    with pytest.raises(FlowgradError, match="^--device cuda was asked for") as e:
+        pick_device("cuda", names=FLAGS)
+    assert e.value.hint.endswith("or use --device cpu")
