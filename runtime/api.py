@@ -41,7 +41,7 @@ def load(spec: str | os.PathLike | dict | Spec, overrides: list[str] | None = No
             raise SpecError("overrides apply to a spec as it is read: this one is a loaded Spec",
                             hint="pass its path, text or dict with the overrides instead")
         return spec
-    if isinstance(spec, dict):
+    if isinstance(spec, Mapping):  # (an OrderedDict, say)
         return spec_from_dict(spec, overrides=overrides, names=KEYWORDS)
     if isinstance(spec, str) and "\n" in spec:  # YAML text (it was read as a path, and its text printed as one)
         return spec_from_text(spec, "<string>", overrides, KEYWORDS)

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +96,39 @@ def spec_from_text(text: str, path: str = "<string>", overrides=(), names: ArgNa
 def spec_from_dict(d: dict, name: str = "<dict>", overrides=(), names: ArgNames = FLAGS) -> Spec:
     """Parse a spec given as Python data; errors point into its YAML dump."""
     try:
-        text = yaml.safe_dump(d, sort_keys=False, allow_unicode=True, width=float("inf"))
+        text = yaml.safe_dump(_plain_data(d), sort_keys=False, allow_unicode=True, width=float("inf"))
     except yaml.YAMLError as e:
         raise SpecError(f"cannot turn the dict into YAML: {e}",
                         hint="use only dicts, lists, strings, numbers, booleans and None") from None
     return spec_from_text(text, name, overrides, names)
+
+
+_MAX_DICT_DEPTH = 100  # far beyond any spec; a dict that holds itself would recurse without end
+
+
+def _plain_data(value, where: str = "", depth: int = 0):
+    """A spec given as Python data, in the types safe_dump writes: a script's numbers are often
+    NumPy's (dims from np.int64 arithmetic, a learning rate from np.logspace) and its mappings
+    OrderedDicts or other Mappings, which safe_dump refused as 'cannot represent an object' (with
+    the whole mapping's repr in the message). Anything else is named by its key path."""
+    import numpy as np
+
+    if depth > _MAX_DICT_DEPTH:
+        raise SpecError(f"the dict is nested more than {_MAX_DICT_DEPTH} levels deep",
+                        hint="a spec is a few levels of dicts and lists; does the dict hold itself?")
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, Mapping):
+        return {k: _plain_data(v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_data(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, (np.generic, np.ndarray)) and value.dtype.kind in "biufU":
+        return _plain_data(value.tolist(), where, depth)  # (a scalar's item, an array's nested lists)
+    for plain in (bool, int, float, str):  # their subclasses (an IntEnum, say), as the plain value
+        if isinstance(value, plain):
+            return plain(value)
+    raise SpecError(f"cannot turn the dict into YAML: {where or 'it'} is a {type(value).__name__}",
+                    hint="use only dicts, lists, strings, numbers, booleans and None")
 
 
 # ---------------------------------------------------------------- overrides

@@ -787,3 +787,20 @@ def test_device_cuda_without_cuda_is_refused_in_the_apis_words(tmp_path, run, mo
     with pytest.raises(FlowgradError, match="^--device cuda was asked for") as e:
         pick_device("cuda", names=FLAGS)
     assert e.value.hint.endswith("or use --device cpu")
+
+
+def test_load_takes_a_dict_holding_numpys_numbers_and_ordered_dicts():
+    """A sweep's dict spec with dims.H = np.int64(32) or lr = np.float64(0.01) (np.logspace's) was
+    refused as "cannot turn the dict into YAML: ('cannot represent an object', np.int64(32))", and an
+    OrderedDict with the whole dict's repr in the message. NumPy's numbers and arrays are read as
+    Python's, any mapping as a dict; what a spec cannot hold is named by its key path."""
+    import collections
+    from decimal import Decimal
+
+    d = yaml.safe_load(open(MLP).read())
+    spec = load({**d, "dims": {"D": 64, "H": np.int64(32), "K": 10},
+                 "train": {**d["train"], "optimizer": {"adam": {"lr": np.logspace(-3, -1, 3)[1]}}}})
+    assert spec.dims["H"] == 32 and spec.train["optimizer"] == {"adam": {"lr": 0.01}}
+    assert load(collections.OrderedDict(d)).dims == load(d).dims
+    with pytest.raises(SpecError, match="^cannot turn the dict into YAML: train.optimizer.adam.lr is a Decimal\n"):
+        load({**d, "train": {**d["train"], "optimizer": {"adam": {"lr": Decimal("0.01")}}}})
