@@ -112,7 +112,7 @@ class Lowering:
         raise SpecError(f"parameter {name!r} declares dtype {p.dtype}, but parameters are stored in the graphs' "
                         f"float type, {self.stored_dtype}", loc or p.loc,
                         f"leave dtype out (float32 means the compile float type), or compile with train.dtype "
-                        f"{p.dtype} (--dtype {p.dtype})")
+                        f"{p.dtype} (--dtype {p.dtype}; dtype=\"{p.dtype}\" in the Python API)")
 
     # ------------------------------------------------------------------ params
     def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None) -> Value:

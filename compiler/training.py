@@ -627,7 +627,7 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
     if obj.mixed:
         if gradients_only:
             raise SpecError("mixed precision trains with one graph per step: gradient accumulation is not available",
-                            _loc(spec, "train", "mixed_precision"), "leave out --accumulate, or mixed_precision")
+                            _loc(spec, "train", "mixed_precision"), "leave out --accumulate (accumulate= in the Python API), or mixed_precision")
         scale = g.add_input(f"loss_scale/{obj.name}", dtype, (), kind="state")
         raw = _gradients(low, loss, obj, trained, seed=g.cast(scale, g.float_dtype))
         g.float_dtype = dtype  # the update runs on the stored (master) parameters
@@ -792,7 +792,7 @@ def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
     """What an objective's training cannot do in the compile float type (check refuses it too)."""
     if obj.mixed and dtype != "float32":
         raise SpecError(f"mixed precision keeps float32 master weights, but the graphs are compiled for {dtype}",
-                        _loc(spec, "train", "mixed_precision"), "leave train.dtype (and --dtype) at float32")
+                        _loc(spec, "train", "mixed_precision"), "leave train.dtype (and --dtype, or the Python API's dtype=) at float32")
     eps = obj.optimizer.hp.get("eps") if hasattr(obj.optimizer, "hp") else None
     if dtype == "float16" and eps is not None and np.float16(eps) == 0:
         raise SpecError(f"{type(obj.optimizer).__name__} divides by eps={eps:g}, which float16 rounds to 0: a "

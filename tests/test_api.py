@@ -804,3 +804,16 @@ def test_load_takes_a_dict_holding_numpys_numbers_and_ordered_dicts():
     assert load(collections.OrderedDict(d)).dims == load(d).dims
     with pytest.raises(SpecError, match="^cannot turn the dict into YAML: train.optimizer.adam.lr is a Decimal\n"):
         load({**d, "train": {**d["train"], "optimizer": {"adam": {"lr": Decimal("0.01")}}}})
+
+
+def test_float_type_hints_name_the_apis_dtype_beside_the_flag():
+    """compile(spec, dtype="float64") of a mixed-precision spec was told to "leave train.dtype (and
+    --dtype) at float32", and a parameter declaring dtype float64 to compile "(--dtype float64)": a
+    flag only; these compiler hints, which know no caller, name the API's dtype= beside it."""
+    text = open(MLP).read()
+    with pytest.raises(SpecError, match="mixed precision keeps float32 master weights") as e:
+        compile(load(text.replace("batch_size: 64", "batch_size: 64\n  mixed_precision: float16")), dtype="float64")
+    assert e.value.hint == "leave train.dtype (and --dtype, or the Python API's dtype=) at float32"
+    with pytest.raises(SpecError, match="parameter 'W1' declares dtype float64") as e:
+        compile(load(text.replace("init: he_uniform}", "init: he_uniform, dtype: float64}", 1)))
+    assert e.value.hint.endswith('(--dtype float64; dtype="float64" in the Python API)')
