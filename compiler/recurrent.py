@@ -830,7 +830,9 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
     W, U, b, bu, ln_params = cell_params(low, e, cell, E, H, prefix, layer_norm)
     carried = decoding_states(low, x.shape[1])
     key = getattr(low, "state_prefix", "") + prefix
-    if carried is not None and init is None and key in carried:
+    if carried is not None and key in carried:
+        # the state after the tokens so far, whatever init= says: init= (a decoder's encoder
+        # summary, a learnt h0) is where the first token starts, not every token
         init = carried[key]
     if carried is not None and x.shape[1] == 1 and mask is None:
         # One step (sampling a token): the cell inline, without a loop.

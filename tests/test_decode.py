@@ -284,3 +284,65 @@ def test_a_float16_beam_search_builds_without_overflow():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_generator(spec, "float16")
+
+
+def _greedy_translation_equals_the_inference_graph(text: str, seed: int = 3, steps: int = 6):
+    """The spec's beam search at width 1 (with its initial weights) against the inference graph
+    run on each source alone and the whole prefix at each step, taking the most likely next
+    token: the same tokens, and a score that is their log-probability (length_penalty 0), which
+    tells a wrong state apart even where an untrained model repeats one token."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    cm = compile_spec(spec_from_text(text, "s2s.yaml"), "float64", graphs=("infer", "generate"))
+    state = cm.initial_state(seed)
+
+    def run(kind, feeds):
+        graph = cm.graphs[kind]
+        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+
+    src = np.asarray([[3, 5, 4, 6], [7, 3, 0, 0], [6, 6, 5, 0]])
+    src_len = np.asarray([4, 2, 3])
+    out = run("generate", {"src": src, "src_len": src_len, "beam_width": np.asarray(1), "max_len": np.asarray(steps),
+                           "length_penalty": np.asarray(0.0)})
+    for i in range(len(src)):
+        seq, logp = [T.BOS], 0.0
+        while len(seq) <= steps and seq[-1] != T.EOS:
+            probs = run("infer", {"src": src[i:i + 1], "src_len": src_len[i:i + 1], "tgt_in": np.asarray([seq])})["probs"]
+            seq.append(int(np.argmax(probs[0, -1])))
+            logp += float(np.log(probs[0, -1, seq[-1]]))
+        toks = seq[1:] + [T.PAD] * (steps + 1 - len(seq))  # padded after end-of-sequence
+        assert out["tokens"][i].tolist() == toks
+        assert out["scores"][i] == pytest.approx(logp, rel=1e-9)
+
+
+INIT_DECODER = """\
+flowgrad: 1
+name: init_decoder
+dims: {SV: 8, TV: 8, E: 4, H: 5}
+inputs:
+  src: {shape: [N, S], dtype: int64}
+  src_len: {shape: [N], dtype: int64}
+  tgt_in: {shape: [N, T], dtype: int64}
+  tgt: {shape: [N, T], dtype: int64}
+graph:
+  xe: embedding(src, SV, E)
+  enc, last: gru(xe, H, lengths=src_len, return_state=true)
+  ys: embedding(tgt_in, TV, E)
+  dec: %s
+  logits: dense(dec, TV)
+outputs:
+  probs: softmax(logits)
+generate: {input: tgt_in, logits: logits, bos: 1, eos: 2, max_len: 6}
+loss: cross_entropy(logits, tgt)
+"""
+
+
+@pytest.mark.parametrize("decoder", ["gru(ys, H, init=[last])", "rnn(ys, H, init=[tanh(last)])",
+                                     "lstm(ys, H, init=[last, zeros(N, H)])"])
+def test_a_decoder_layer_started_from_the_encoder_carries_its_state_from_token_to_token(decoder):
+    """A decoder written as a recurrent layer started from the encoder's final state
+    (dec: lstm(ys, H, init=[h0, c0])) restarted from that state at every generated token: the
+    exported beam search (and a language model's sampler, for a layer with init=) decoded other
+    tokens than the model predicts from the prefix. init= is where the first token starts."""
+    _greedy_translation_equals_the_inference_graph(INIT_DECODER % decoder)

@@ -550,3 +550,30 @@ def test_a_recurrent_layer_in_a_block_called_as_a_function_carries_its_state_whe
     carry the context'. The block's layers carry their states as the caller's own do, each call's
     apart; and two scans in one entry, which carried one state for both, carry one each."""
     _greedy_decoding_equals_the_inference_graph(BLOCK_LM % (layer, calls), seed=5)
+
+
+INIT_LM = """\
+flowgrad: 1
+name: init_lm
+dims: {V: 12, E: 5, H: 5}
+inputs:
+  x: {shape: [N, T], dtype: int64}
+  y: {shape: [N, T], dtype: int64}
+params:
+  h0: {shape: [1, H], init: {normal: {std: 1.0}}}
+graph:
+  e: embedding(x, V, E)
+  hs: %s
+  logits: dense(hs, V)
+outputs:
+  probs: softmax(logits)
+generate: {input: x, logits: logits, max_len: 8}
+loss: cross_entropy(logits, y)
+"""
+
+
+@pytest.mark.parametrize("layer", ["gru(e, H, init=[zeros(N, H) + h0])", "lstm(e, H, init=[zeros(N, H) + h0, zeros(N, H) + h0])"])
+def test_a_recurrent_layer_with_a_learnt_initial_state_carries_its_state_when_sampling(layer):
+    """A layer given init= (a learnt h0) started every generated token from h0 instead of the
+    state after the tokens before it."""
+    _greedy_decoding_equals_the_inference_graph(INIT_LM % layer)
