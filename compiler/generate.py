@@ -260,7 +260,8 @@ def _build_beam_search(spec: S.Spec, dtype: str):
     alpha = g.add_input("length_penalty", dtype, ())
     with at(loc):
         # The first tokens: <bos> in every row; the row count comes from a source input.
-        src = next((n for n in spec.inputs if n != token_input and _reads(spec, logits_name, n)), None)
+        read = _inputs_read(spec, logits_name)
+        src = next((n for n in spec.inputs if n != token_input and n in read), None)
         if src is None:
             raise SpecError("beam search needs a source input besides generate.input", loc,
                             f"the logits must also read an input to translate from (e.g. src [N, S]), "
@@ -350,9 +351,24 @@ def _build_beam_search(spec: S.Spec, dtype: str):
     return b
 
 
-def _reads(spec, logits_name, input_name) -> bool:
-    """Whether any graph or block expression mentions the input (finds the source input)."""
-    from spec.expr import names_in
+def _inputs_read(spec, logits_name) -> set[str]:
+    """The inputs the logits are computed from, through graph entries and the blocks they run (finds
+    the source input). Not every input an expression mentions: a per-token loss written as a graph
+    entry reads the labels (tgt), and a decoder that took them for its source needed them fed."""
+    from .lower import names_in
+    from .training import _blocks_called
 
-    exprs = [a.expr for a in spec.graph] + [a.expr for b in spec.blocks.values() for a in b.graph]
-    return any(input_name in names_in(e) for e in exprs)
+    entries = {t: a.expr for a in spec.graph for t in a.targets}
+    found, seen, todo = set(), set(), [logits_name]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in spec.inputs:
+            found.add(name)
+        exprs = ([entries[name]] if name in entries else []) + \
+                ([a.expr for a in spec.blocks[name].graph] if name in spec.blocks else [])
+        for e in exprs:
+            todo += names_in(e) + _blocks_called(e, spec)
+    return found

@@ -346,3 +346,50 @@ def test_a_decoder_layer_started_from_the_encoder_carries_its_state_from_token_t
     exported beam search (and a language model's sampler, for a layer with init=) decoded other
     tokens than the model predicts from the prefix. init= is where the first token starts."""
     _greedy_translation_equals_the_inference_graph(INIT_DECODER % decoder)
+
+
+LABELS_FIRST = """\
+flowgrad: 1
+name: labels_first
+dims: {SV: 8, TV: 8, E: 4, H: 5, A: 4}
+inputs:
+  tgt: {shape: [N, T], dtype: int64}
+  tgt_mask: {shape: [N, T]}
+  tgt_in: {shape: [N, T], dtype: int64}
+  src: {shape: [N, S], dtype: int64}
+  src_len: {shape: [N], dtype: int64}
+blocks:
+  decode:
+    in: [y_t, s]
+    graph:
+      ctx, alpha: additive_attention(s, enc, A, mask=src_mask)
+      s2: gru_cell(concat(y_t, ctx, axis=-1), s)
+      out: concat(s2, ctx, axis=-1)
+    out: [s2, out]
+graph:
+  src_mask: cast(unsqueeze(positions(src, axis=1), axes=0) < unsqueeze(src_len, axes=1), 'float32')
+  enc: bidirectional(gru, embedding(src, SV, E), H, lengths=src_len)
+  s0: dense(sum(enc * unsqueeze(src_mask, axes=-1), axis=1), H, act=tanh)
+  states, outs: scan(decode, over=embedding(tgt_in, TV, E), init=[%s])
+  logits: dense(outs, TV)
+  token_loss: cross_entropy(logits, tgt, reduction='none') * tgt_mask
+outputs:
+  probs: softmax(logits)
+generate: {input: tgt_in, logits: logits, bos: 1, eos: 2, max_len: 6}
+loss: sum(token_loss) / sum(tgt_mask)
+"""
+
+
+def test_a_translator_whose_labels_are_declared_first_decodes_from_its_source():
+    """Beam search took its rows from the first input other than generate.input that any graph
+    entry mentions: with the labels declared before the source and a per-token loss written as a
+    graph entry, that was tgt, which the exported decoder then needed fed (flowgrad predict --text:
+    'the model needs input(s) tgt'). It reads the inputs the logits are computed from."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    cm = compile_spec(spec_from_text(LABELS_FIRST % "s0", "s2s.yaml"), "float64", graphs=("generate",))
+    params = cm.initial_state(0)
+    fed = {i.name for i in cm.graphs["generate"].inputs if i.name not in params}
+    assert fed == {"src", "src_len", "beam_width", "max_len", "length_penalty"}
+    _greedy_translation_equals_the_inference_graph(LABELS_FIRST % "s0")
