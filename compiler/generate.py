@@ -16,7 +16,7 @@ import numpy as np
 from spec import model as S
 from spec.errors import SpecError, did_you_mean
 
-from .ir import Value, at, fmt_shape, producers_of
+from .ir import Graph, Value, at, fmt_shape, producers_of
 from .lower import SPEC_FLOAT_NAMES, Lowering
 from .ops.scan import Body
 from .recurrent import StepBuilder, run_scan
@@ -337,10 +337,7 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         ran = g.apply("gt", max_len, g.lift(0, like=max_len))
         scores, lengths = g.apply("where", ran, scores, scores0), g.apply("where", ran, lengths, lengths0)
         seqs = g.apply("take", seqs, kept, axis=2)
-        # GNMT length penalty, then the best hypothesis of each row.
-        lp = g.binary("pow", (lengths + 5.0) / 6.0, alpha)
-        norm = scores / lp
-        best = g.apply("argmax", norm, axis=-1, keepdims=True)  # [N, 1]
+        best, norm = length_normalised_best(g, scores, lengths, alpha)
         best_seq = g.apply("take_along_axis", seqs, g.apply("broadcast_like", g.apply("unsqueeze", best, axes=(-1,)),
                                                             g.apply("index", seqs, spec=((None, None, None), (0, 1, None))), ), axis=1)
         tokens = g.apply("squeeze", best_seq, axes=(1,))
@@ -349,6 +346,16 @@ def _build_beam_search(spec: S.Spec, dtype: str):
     b.out("tokens", "output", tokens)
     b.out("scores", "output", best_score)
     return b
+
+
+def length_normalised_best(g: Graph, scores: Value, lengths: Value, alpha: Value) -> tuple[Value, Value]:
+    """GNMT's length penalty over [N, K] hypotheses: score / ((L + 5) / 6) ** alpha; returns the
+    best beam of each row [N, 1] and the normalised scores. Ranked by their log magnitude (scores
+    are log-probabilities, <= 0): a large alpha overflowed the power to inf, every normalised score
+    to -0, and the best was beam 0, the best raw score, the opposite of what alpha asks."""
+    magnitude = g.apply("log", g.apply("neg", scores)) - alpha * g.apply("log", (lengths + 5.0) / 6.0)
+    best = g.apply("argmin", magnitude, axis=-1, keepdims=True)
+    return best, g.apply("neg", g.apply("exp", magnitude))
 
 
 def _inputs_read(spec, logits_name) -> set[str]:

@@ -96,6 +96,28 @@ def test_beam_search_equals_numpy_beam_search(model, width):
         assert out["scores"][i] == pytest.approx(score, rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 50.0, 1000.0])
+def test_the_length_penalty_ranks_hypotheses_at_any_alpha(alpha):
+    """((L + 5) / 6) ** alpha overflowed float32 for a large alpha: every normalised score became
+    -0, and the best was beam 0 (the best raw score), the opposite of what alpha asks."""
+    from compiler.generate import length_normalised_best
+
+    g = Graph(float_dtype="float32")
+    scores, lengths = g.add_input("scores", "float32", (2, 3)), g.add_input("lengths", "float32", (2, 3))
+    a = g.add_input("alpha", "float32", ())
+    best, norm = length_normalised_best(g, scores, lengths, a)
+    run = Runner(emit_model(g, [("scores", scores), ("lengths", lengths), ("alpha", a)], [("best", best), ("norm", norm)]))
+    s = np.array([[-1.0, -1.5, -4.0], [-2.0, -0.0, -3.0]], np.float32)
+    n = np.array([[2.0, 3.0, 60.0], [4.0, 1.0, 9.0]], np.float32)
+    out = run({"scores": s, "lengths": n, "alpha": np.asarray(alpha, np.float32)})
+    with np.errstate(divide="ignore"):  # (in logs: the powers overflow float64 too at alpha 1000)
+        magnitude = np.log(-s.astype(np.float64)) - alpha * np.log((n + 5.0) / 6.0)
+    assert out["best"][:, 0].tolist() == np.argmin(magnitude, axis=-1).tolist()
+    np.testing.assert_allclose(out["norm"], -np.exp(magnitude), rtol=1e-5, atol=1e-37)  # (float32 underflows)
+    if alpha == 1000.0:
+        assert out["best"][:, 0].tolist() == [2, 1]  # the longest of row 0; row 1's probability-1 beam
+
+
 def test_beam_width_one_is_greedy(model):
     gen, inf, ds = model
     a = _decode(gen, ds, beam=1)
