@@ -169,6 +169,7 @@ def emit_model(
     )
     if metadata:
         helper.set_model_props(model, metadata)
+    keep_zero_pads_out_of_pools(model)
     widen_unsupported_types(model)
     if check:
         onnx.checker.check_model(model, full_check=True)
@@ -190,6 +191,74 @@ def _names_read(nodes) -> set[str]:
                 names |= _names_read(a.g.node)
                 names.update(o.name for o in a.g.output)
     return names
+
+
+_POOLS = ("MaxPool", "AveragePool")
+
+
+def keep_zero_pads_out_of_pools(model: onnx.ModelProto) -> int:
+    """A Pad of zeros that a MaxPool or AveragePool reads pads with -0.0 instead. onnxruntime's
+    PadFusion (a rewrite it makes by default, in any session) folds a Pad whose fill is all zero
+    bytes into the `pads` of the pool that reads it: a MaxPool then takes
+    the zeros for its own padding, which never wins the max, so the pool of a zero-padded
+    tensor (a conv_transpose whose output_padding adds zero rows, a spec's pad(...)) gave
+    other values on onnxruntime than in the op's definition, in eval graphs and exports (a
+    training step's MaxPool, which also returns its indices, is left alone); and the folded
+    pads may reach the kernel, which onnxruntime refuses when it makes the session ('Pad
+    should be smaller than kernel'). -0.0 equals 0.0 in every comparison and sum, and is not
+    all zero bytes. A Pad that other nodes read as well gets a twin for the pools. Returns
+    the number of pools whose Pad was changed."""
+    graphs = list(all_graphs(model.graph))
+    readers: dict[str, int] = {}
+    for g in graphs:
+        for n in g.node:
+            for i in n.input:
+                readers[i] = readers.get(i, 0) + 1
+        for o in g.output:
+            readers[o.name] = readers.get(o.name, 0) + 1
+    consts = {t.name: t for t in model.graph.initializer}
+    used = set(readers) | {o for g in graphs for n in g.node for o in n.output} | set(consts)
+    dtypes = None
+    count = 0
+    for g in graphs:  # (PadFusion works within one graph: a Pad and the pool reading it)
+        producer = {o: n for n in g.node for o in n.output}
+        twins: dict[str, str] = {}
+        for pool in [n for n in g.node if n.op_type in _POOLS]:
+            pad = producer.get(pool.input[0])
+            if pad is None or pad.op_type != "Pad" or (len(pad.input) > 3 and pad.input[3]):
+                continue  # (a Pad of some axes: PadFusion leaves it)
+            fill = pad.input[2] if len(pad.input) > 2 else ""
+            if fill and (fill not in consts or numpy_helper.to_array(consts[fill]).tobytes().strip(b"\0")):
+                continue  # a computed or non-zero fill: never folded
+            if dtypes is None:
+                inferred = onnx.shape_inference.infer_shapes(model)
+                dtypes = {v.name: v.type.tensor_type.elem_type for typed in all_graphs(inferred.graph)
+                          for v in [*typed.input, *typed.value_info, *typed.output]}
+                dtypes.update({t.name: t.data_type for t in model.graph.initializer})
+            elem = dtypes.get(pad.input[0])
+            if not elem:
+                continue
+            minus_zero = f"pad_fill_minus_zero_{helper.tensor_dtype_to_np_dtype(elem).name}"
+            if minus_zero not in consts:
+                value = np.asarray(-0.0, dtype=helper.tensor_dtype_to_np_dtype(elem))
+                consts[minus_zero] = numpy_helper.from_array(value, minus_zero)
+                model.graph.initializer.append(consts[minus_zero])
+            if readers.get(pad.output[0], 0) == 1:
+                del pad.input[2:]
+                pad.input.append(minus_zero)
+            else:  # read elsewhere too: the pool reads a twin, the original keeps its zeros
+                if pad.output[0] not in twins:
+                    name, i = pad.output[0] + "_for_pool", 1
+                    while name in used:
+                        i += 1
+                        name = f"{pad.output[0]}_for_pool_{i}"
+                    used.add(name)
+                    twin = helper.make_node("Pad", [pad.input[0], pad.input[1], minus_zero], [name], mode="constant")
+                    g.node.insert(next(i for i, n in enumerate(g.node) if n is pad) + 1, twin)
+                    twins[pad.output[0]] = name
+                pool.input[0] = twins[pad.output[0]]
+            count += 1
+    return count
 
 
 # Narrow float types that some ops at OPSET do not take (Conv, MaxPool, Cos lack bfloat16).

@@ -193,6 +193,44 @@ def test_conv_and_pool_with_symbolic_batch():
         np.testing.assert_allclose(got["gw"], want["gw"], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("pool,attrs", [
+    ("max_pool2d", {"kernel": 2}),
+    ("max_pool2d", {"kernel": 3, "stride": 2, "padding": 1}),
+    ("avg_pool2d", {"kernel": 2, "stride": 1, "padding": 1}),
+])
+@pytest.mark.parametrize("source", ["pad", "conv_transpose"])
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_pooling_a_zero_padded_tensor_on_onnxruntime(pool, attrs, source, with_grad):
+    """onnxruntime's PadFusion folds a zero Pad into the pool reading it: a max pool took the
+    zeros for its own padding (a negative map's pooled zeros came out as its values), and
+    folded pads that reach the kernel made onnxruntime refuse the session. An eval graph (the
+    pool alone) and a training one (its gradient too) agree with the reference evaluator."""
+    from compiler.check import reference_evaluator
+
+    g = Graph(float_dtype="float32")
+    x = g.add_input("x", "float32", (2, 2, 3, 3))
+    w = g.add_input("w", "float32", (2, 2, 2, 2))
+    if source == "pad":
+        h = g.apply("pad", x, pads=((0, 0), (0, 0), (0, 1), (1, 1)))
+    else:  # output_padding beyond the end pad: zero rows and columns after the last window
+        h = g.apply("conv_transpose", x, w, stride=2, output_padding=1)
+    y = g.apply(pool, h, **attrs)
+    outs = [("y", y)]
+    if with_grad:
+        (gx,) = grad([g.apply("sum", y * y)], [x])
+        outs.append(("gx", gx))
+    model = emit_model(g, [("x", x), ("w", w)], outs)
+    rng = np.random.default_rng(0)
+    # every value below the zeros the padding adds
+    feeds = {"x": -rng.uniform(1, 2, (2, 2, 3, 3)).astype(np.float32), "w": rng.uniform(1, 2, (2, 2, 2, 2)).astype(np.float32)}
+    run = Runner(model)
+    assert run.backend == "onnxruntime"
+    got = run(feeds)
+    want = dict(zip([o.name for o in model.graph.output], reference_evaluator(model).run(None, feeds)))
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
 @pytest.mark.parametrize("padding", [1, (2, 0, 1, 1)])
 def test_conv_weight_gradient_gathers_or_slices_its_windows_alike(monkeypatch, padding):
     """Small images gather the shifted windows with an index table; images beyond the
