@@ -956,14 +956,20 @@ class BatchNorm(OpDef):
                     hint="normalise a step with layer_norm (or a cell's layer_norm=true), or apply batch_norm to "
                          "the scan's outputs outside the block")
             if mean_buffer and var_buffer:
-                n = g.apply("numel", x, axis=axes)
-                unbiased = g.apply("stop_gradient", var) * (n / (n - 1.0))
+                # The averages move in the buffers' own type: in mixed precision the step reads
+                # the float32 buffers cast to the half type, and averaging there rounded them to
+                # it every step, so that a batch statistic within momentum * half an ulp of the
+                # average never moved it (bfloat16 kept running means 5% off the batches').
+                stored_mean, stored_var = _stored(running_mean), _stored(running_var)
+                n = g.apply("numel", x, axis=axes, dtype=stored_var.dtype)
+                unbiased = g.cast(g.apply("stop_gradient", var), stored_var.dtype) * (n / (n - 1.0))
                 # A layer applied more than once in a step (a block called on real and on generated
                 # data) moves its averages once per application, each from where the one before
                 # left them, as successive calls of a PyTorch module do: every batch counts.
-                last_mean = g.buffer_updates.get(mean_buffer, running_mean)
-                last_var = g.buffer_updates.get(var_buffer, running_var)
-                g.buffer_updates[mean_buffer] = (1.0 - momentum) * last_mean + momentum * g.apply("stop_gradient", mean)
+                last_mean = g.buffer_updates.get(mean_buffer, stored_mean)
+                last_var = g.buffer_updates.get(var_buffer, stored_var)
+                batch_mean = g.cast(g.apply("stop_gradient", mean), stored_mean.dtype)
+                g.buffer_updates[mean_buffer] = (1.0 - momentum) * last_mean + momentum * batch_mean
                 g.buffer_updates[var_buffer] = (1.0 - momentum) * last_var + momentum * unbiased
         else:
             mean, var = running_mean, running_var
@@ -1038,6 +1044,13 @@ def _check_norm_numbers(name: str, eps, momentum=None) -> None:
     if momentum is not None and not 0 <= momentum <= 1:
         raise ShapeError(f"{name}: momentum must be in [0, 1], got {momentum!r}", arg="momentum",
                          hint="the weight of each batch in the running averages, e.g. momentum=0.1")
+
+
+def _stored(v):
+    """The graph input that v casts (a buffer read in mixed precision's compute dtype), else v."""
+    if v.producer is not None and v.producer.op.name == "cast" and v.producer.inputs[0].producer is None:
+        return v.producer.inputs[0]
+    return v
 
 
 def _graph_input_name(v) -> str | None:
