@@ -233,6 +233,10 @@ class Graph:
         self.mode = mode  # "train", "eval" or "infer": ops like dropout read it
         # buffer name -> new value; written by ops such as batch_norm in train mode
         self.buffer_updates: dict[str, Value] = {}
+        # those of them that average the batches (batch_norm's running statistics): a mixed-precision
+        # step skipped for overflow leaves them as they were, while a stateful scan's carried
+        # states go on with the data
+        self.running_averages: set[str] = set()
         # True for the step of a scan (compiler/recurrent.py's StepBuilder): a buffer update
         # written in it would never leave the loop
         self.scan_step = False

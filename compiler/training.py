@@ -657,7 +657,12 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
         for n, v in new_states.items():
             b.out(f"next/{n}", "next", v)
     for n, v in g.buffer_updates.items():
-        b.out(f"next/{n}", "next", g.cast(v, dtype))
+        v = g.cast(v, dtype)
+        if obj.mixed and n in g.running_averages:
+            # a skipped step changes nothing: not the running averages either (a batch whose
+            # activations overflowed would leave infinite ones for evaluation)
+            v = g.apply("where", g.apply("eq", skipped, g.lift(0.0, like=skipped)), v, g.input(n))
+        b.out(f"next/{n}", "next", v)
     kind = ("grads" if gradients_only else "train") + ("" if obj.name == "main" else f"_{obj.name}")
     return b.emit(kind, optimize_graph, f"{'gradients' if gradients_only else 'training step'} of objective {obj.name}", obj.name)
 

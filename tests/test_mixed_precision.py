@@ -129,6 +129,28 @@ def test_an_overflowing_step_changes_nothing_and_halves_the_scale(tmp_path):
     assert not np.array_equal(again["h.W"], after["h.W"])
 
 
+def test_an_overflowing_step_leaves_batch_norms_running_averages(tmp_path):
+    """A skipped step changes nothing, batch_norm's running averages included (they took the
+    skipped batch's statistics, which are infinite where its activations overflowed float16)."""
+    path = tmp_path / "bn.yaml"
+    path.write_text(TINY.replace("  h: relu(dense(x, H))", "  h: relu(batch_norm(dense(x, H)))")
+                    .replace("OPTIMIZER", "{adam: {lr: 0.01}}").replace("MIXED", "float16"))
+    cm = compile_spec(load_spec(str(path)))
+    state, _ = run_steps(cm, cm.initial_state(0), batch(), 3)
+    # a scale beyond float16's range (65504) makes every gradient infinite
+    state["loss_scale/main"] = np.float32(2.0 ** 40)
+    after, (out,) = run_steps(cm, state, batch(1), 1, first_step=3)
+    assert np.isnan(out["loss"])
+    for name, value in state.items():
+        if not name.startswith("loss_scale"):
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
+    # a step that is kept moves them
+    kept, (out,) = run_steps(cm, {**after, "loss_scale/main": np.float32(1024.0)}, batch(2), 1, first_step=4)
+    assert np.isfinite(out["loss"])
+    for name in ("h.batch_norm2.running_mean", "h.batch_norm2.running_var"):
+        assert not np.array_equal(kept[name], after[name]), name
+
+
 def test_the_scale_grows_after_growth_interval_finite_steps_up_to_its_maximum(tmp_path):
     cm = compile_spec(tiny(tmp_path, mixed="{compute: float16, init_scale: 4, growth_interval: 3, max_scale: 16}"))
     state = cm.initial_state(0)

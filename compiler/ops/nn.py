@@ -971,6 +971,7 @@ class BatchNorm(OpDef):
                 batch_mean = g.cast(g.apply("stop_gradient", mean), stored_mean.dtype)
                 g.buffer_updates[mean_buffer] = (1.0 - momentum) * last_mean + momentum * batch_mean
                 g.buffer_updates[var_buffer] = (1.0 - momentum) * last_var + momentum * unbiased
+                g.running_averages.update((mean_buffer, var_buffer))
         else:
             mean, var = running_mean, running_var
             centered = x - _per_channel(mean, x.rank)
