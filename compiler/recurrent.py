@@ -1125,7 +1125,10 @@ class Cell(Layer):
                                  hint="a one-step cell reads one step; for a sequence use lstm, gru or rnn")
         H = states[0].shape[-1]
         for v, k in zip(states[1:], self.positional[2:]):
-            if v.type != states[0].type:  # (an lstm_cell's c narrower than h failed in a mul inside the cell)
+            # (an lstm_cell's c narrower than h failed in a mul inside the cell); a row for all
+            # sequences, a learnt c0 [1, H], broadcasts as it always did
+            rows = {v.shape[0], states[0].shape[0]}
+            if v.dtype != states[0].dtype or v.shape[-1] != H or (len(rows) > 1 and 1 not in rows):
                 raise ShapeError(f"{self.name}() needs its states of one shape: {k} is {v.type}, h is {states[0].type}",
                                  e.loc, "give the cell and hidden states with the same batch and width")
         prefix = low.layer_name(self.name)

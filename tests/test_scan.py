@@ -1292,6 +1292,17 @@ def test_recurrent_initial_states_are_checked_in_the_layers_words(call, words):
         compile_spec(spec_from_text(BAD_ARGS_SPEC % call, "bad.yaml"), graphs=("train",))
     assert str(e.value).startswith("bad.yaml:23:") and "step" not in str(e.value), str(e.value)
 
+def test_an_lstm_cells_state_of_one_row_for_all_sequences_still_broadcasts():
+    """The check of the cell's states against each other refuses a c of another width or dtype,
+    not a learnt c0 of one row [1, H] beside h [N, H], which broadcasts as it did before."""
+    def loss(c):
+        text = BAD_ARGS_SPEC.replace("  hs: %s", "  hs, cs: %s") % f"lstm_cell(x[:, 0, :], zeros(N, H), {c})"
+        spec = spec_from_text(text, "cell.yaml")
+        return _grads(spec)[1]["loss"]
+
+    np.testing.assert_allclose(loss("zeros(1, H) + 0.5"), loss("zeros(N, H) + 0.5"), rtol=1e-12)
+
+
 INT_OUTPUTS_SPEC = HEAD + """\
 inputs:
   x: {shape: [N, T, E]}
