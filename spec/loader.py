@@ -119,7 +119,14 @@ def _plain_data(value, where: str = "", depth: int = 0):
     if value is None or type(value) in (bool, int, float, str):
         return value
     if isinstance(value, Mapping):
-        return {k: _plain_data(v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items()}
+        plain = {}
+        for k, v in value.items():  # keys too: names made by NumPy (np.str_) are refused as values are
+            key = _plain_data(k, where, depth + 1)
+            if isinstance(key, list):
+                raise SpecError(f"cannot turn the dict into YAML: {where or 'it'} has a key {k!r}, a {type(k).__name__}",
+                                hint="use only dicts, lists, strings, numbers, booleans and None")
+            plain[key] = _plain_data(v, f"{where}.{key}" if where else str(key), depth + 1)
+        return plain
     if isinstance(value, (list, tuple)):
         return [_plain_data(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, (np.generic, np.ndarray)) and value.dtype.kind in "biufU":

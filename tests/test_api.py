@@ -802,6 +802,7 @@ def test_load_takes_a_dict_holding_numpys_numbers_and_ordered_dicts():
                  "train": {**d["train"], "optimizer": {"adam": {"lr": np.logspace(-3, -1, 3)[1]}}}})
     assert spec.dims["H"] == 32 and spec.train["optimizer"] == {"adam": {"lr": 0.01}}
     assert load(collections.OrderedDict(d)).dims == load(d).dims
+    assert load({**d, "dims": {np.str_(k): v for k, v in d["dims"].items()}}).dims == load(d).dims  # (a key of NumPy's)
     with pytest.raises(SpecError, match="^cannot turn the dict into YAML: train.optimizer.adam.lr is a Decimal\n"):
         load({**d, "train": {**d["train"], "optimizer": {"adam": {"lr": Decimal("0.01")}}}})
 
