@@ -503,10 +503,9 @@ def lower_scan(low, e: S.Call):
                    length=length, unroll=unroll, truncate_loc=e.kwarg_locs.get("truncate"))
     if carried is not None:
         low.recurrent_final[key] = [g.apply("index", r, spec=(0 if reverse else -1,)) for r in res[:len(init)]]
-    for (key, stored, _), r in zip(buffers, res):  # stateful=true: where the next batch starts
-        if key is not None:
-            last = g.apply("index", r, spec=(-1,))
-            g.buffer_updates[key] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(stored.shape)))
+    for (buffer, stored, _), r in zip(buffers, res):  # stateful=true: where the next batch starts
+        last = g.apply("index", r, spec=(-1,))
+        g.buffer_updates[buffer] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(stored.shape)))
     if not over and axis < 0:
         # No sequence to count from: a negative axis counts from the end of the largest output.
         rank = max(r.rank for r in res)
@@ -522,7 +521,7 @@ def _stateful_init(low, e, block, init: list, reverse: bool) -> list:
     """scan(..., stateful=true): the states a training step starts from are those the step before
     ended with (zeros before the first), kept as buffers of the training batch's rows; init= gives
     their shapes, and is where every other graph (eval, infer, generate) starts. Returns, per
-    state, (its buffer's name, the stored buffer, the state to start from); no buffer outside
+    state, (its buffer's name, the stored buffer, the state to start from); none outside
     training."""
     g = low.graph
     loc = e.kwarg_locs.get("stateful", e.loc)
@@ -530,7 +529,7 @@ def _stateful_init(low, e, block, init: list, reverse: bool) -> list:
         raise SpecError("stateful= carries the state a forward pass ends with into the next batch; a reverse "
                         "scan ends at the first step", loc, "drop reverse=, or drop stateful=")
     if g.mode != "train":  # (decoding's graphs run the step inside their own loop, one token at a time)
-        return [(None, None, v) for v in init]
+        return []
     if g.scan_step:  # (as a stateful layer in a step: it would start every step from the batch before)
         raise SpecError("stateful= scan is in another scan's step: it would start every step from the state "
                         "of the batch before, and the state it ends with never leaves the loop", loc,
