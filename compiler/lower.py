@@ -593,7 +593,8 @@ _SPECIAL_FORMS = ("scan", "grad", "hvp", "jacobian", "bidirectional", "zeros", "
 
 # (usage, what it is) of the special forms besides bidirectional (a layer), for `flowgrad ops`.
 SPECIAL_FORM_DOCS = {
-    "scan": ("scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K, length=T, unroll=false)",
+    "scan": ("scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K, length=T, "
+             "unroll=false, stateful=false)",
              "The block applied along an axis with carried state; its gradient is a reverse-time loop."),
     "grad": ("grad(y, x)", "The gradient of the scalar y with respect to x: a graph, which can be differentiated again."),
     "hvp": ("hvp(y, x, v)", "The Hessian-vector product d/dx <dy/dx, v>, v held fixed."),

@@ -366,6 +366,10 @@ def entering_block(name: str, loc):
         _RUNNING.reset(token)
 
 
+# the keywords scan() takes (flowgrad ops' usage of scan, lower.SPECIAL_FORM_DOCS, lists each)
+SCAN_KEYWORDS = ("over", "init", "axis", "reverse", "mask", "truncate", "length", "unroll", "stateful")
+
+
 def lower_scan(low, e: S.Call):
     """`outs: scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K,
     length=K, unroll=false, stateful=false)`."""
@@ -379,11 +383,10 @@ def lower_scan(low, e: S.Call):
     if block is None:
         raise SpecError(f"unknown block {block_name!r}", e.args[0].loc,
                         did_you_mean(block_name, low.spec.blocks) or "declare it under 'blocks:'")
-    allowed = {"over", "init", "axis", "reverse", "mask", "truncate", "length", "unroll", "stateful"}
     for k in e.kwargs:
-        if k not in allowed:
+        if k not in SCAN_KEYWORDS:
             raise SpecError(f"scan() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
-                            did_you_mean(k, allowed) or f"scan takes {', '.join(sorted(allowed))}")
+                            did_you_mean(k, SCAN_KEYWORDS) or f"scan takes {', '.join(sorted(SCAN_KEYWORDS))}")
     if len(e.args) > 1:
         raise SpecError("scan() takes the block positionally and the rest by keyword", e.args[1].loc,
                         hint="write scan(step, over=x, init=[h0])")

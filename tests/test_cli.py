@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,8 @@ def test_ops_lists_the_layer_shorthands_and_special_forms():
     forms = {r["name"]: r for r in rows if r["family"] == "special form"}
     assert set(forms) == {"scan", "grad", "hvp", "jacobian", "zeros", "ones"}
     assert forms["scan"]["signature"].startswith("scan(block, over=")
+    from compiler.recurrent import SCAN_KEYWORDS  # (stateful= was taken and not listed)
+    assert set(re.findall(r"(\w+)=", forms["scan"]["signature"])) == set(SCAN_KEYWORDS)
     assert not [r for r in rows if r["name"] == "scan" and r["family"] != "special form"]
     assert "lstm(x, units" in invoke("ops").stdout
 
