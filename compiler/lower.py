@@ -263,17 +263,13 @@ class Lowering:
                 self.evaluate_name(a.targets[0])  # tracked, so a cycle is reported from its first entry in the file
 
     def symbolic_dim(self, name: str):
-        """(input Value, axis) of a data input whose declared shape has the symbolic dim `name`:
-        one the graph reads already where there is one. The first declared could be an input
-        nothing else reads in this graph (the labels tgt, for a decoder's zeros(N, H)), which the
-        inference and decoding graphs then needed fed for its size alone."""
-        having = [n for n, decl in self.spec.inputs.items() if name in decl.shape]
-        if not having:
-            return None
-        read = getattr(self, "_root", self).inputs
-        n = next((n for n in having if n in read), having[0])
-        decl = self.spec.inputs[n]
-        return self.lookup(n, decl.loc), list(decl.shape).index(name)
+        """(input Value, axis) of the first data input whose declared shape has the symbolic dim
+        `name` (a graph that reads no other input for anything else takes the size from one it
+        reads: rewrites.sizes_from_inputs_read)."""
+        for n, decl in self.spec.inputs.items():
+            if name in decl.shape:
+                return self.lookup(n, decl.loc), list(decl.shape).index(name)
+        return None
 
     def fill(self, e: S.Call, value: float) -> Value:
         """zeros(N, H) / ones(...): dims are ints, dims names, or symbolic dims of the inputs (N)."""

@@ -167,6 +167,48 @@ def _optimize_body(body) -> None:
     body.new_carries, body.extras = new[:n], new[n:]
 
 
+def sizes_from_inputs_read(outputs: list[Value], data_inputs: set[int]) -> None:
+    """A fill sized by a data input that the graph reads for nothing else (zeros(N, H), N found in
+    the labels tgt declared first) takes that size from an input the graph computes with, which
+    has the same symbolic dim, in place; otherwise the inference and decoding graphs needed the
+    labels fed for their row count alone. Inputs repeated per beam (tile_rows) count as their
+    input. `data_inputs`: the ids of the graph's data inputs."""
+    nodes = producers_of(outputs)
+    computed = {v.id for v in outputs}  # reached from the outputs by more than a fill's size
+    for n in reversed(nodes):
+        if n.op.name != "fill" and any(o.id in computed for o in n.outputs):
+            computed.update(v.id for v in n.inputs)
+
+    def repeats(v: Value):
+        """(the data input v is, or repeats per beam; how) or None."""
+        how = []
+        while v.producer is not None and v.producer.op.name == "tile_rows":
+            how.append(v.producer.attrs["times"])
+            v = v.producer.inputs[0]
+        return (v, tuple(how)) if v.id in data_inputs else None
+
+    read = [v for n in nodes for v in n.inputs if v.id in computed and repeats(v)]
+    for n in nodes:
+        if n.op.name != "fill":
+            continue
+        dims = list(n.attrs["dims"])
+        for i, ref in enumerate(n.inputs):
+            if ref.id in computed or not repeats(ref):
+                continue
+            sized = [k for k, d in enumerate(dims) if isinstance(d, tuple) and d[0] == i]
+            if not sized or not all(isinstance(dims[k][1], int) for k in sized):
+                continue  # (a size given at run time by the value of an input)
+            names = {ref.shape[dims[k][1]] for k in sized}
+            name = names.pop() if len(names) == 1 else None
+            other = next((v for v in read if isinstance(name, str) and name in v.shape
+                          and repeats(v)[1] == repeats(ref)[1]), None)
+            if other is not None:
+                n.inputs[i] = other
+                for k in sized:
+                    dims[k] = (i, list(other.shape).index(name))
+        n.attrs = {**n.attrs, "dims": tuple(dims)}
+
+
 def emission_rewrites(outputs: list[Value], rows_hint: int | None) -> None:
     """The rewrites after `optimize` that only choose how values get computed: products in loop
     steps (weights_first_in_loops) and random draws (merge_random_draws)."""

@@ -29,7 +29,7 @@ from .init import initial_value, param_rng
 from .ir import Graph, Value, at, is_float, producers_of
 from .lower import Lowering, ParamInfo
 from .optim import Optimizer, optimizer_from_config
-from .rewrites import emission_rewrites, optimize, rewrite_forward
+from .rewrites import emission_rewrites, optimize, rewrite_forward, sizes_from_inputs_read
 
 
 @dataclass
@@ -386,6 +386,7 @@ class _Builder:
             values = optimize(values)
             # The training step runs on the spec's batches; deployment graphs see batches of any size.
             emission_rewrites(values, self.g.batch_size if kind.startswith(("train", "grads")) else None)
+        sizes_from_inputs_read(values, {gi.value.id for gi in self.g.inputs.values() if gi.kind == "input"})
         outs = [(n, v) for (n, _, _), v in zip(self.outputs, values)]
         needed = {v.id for node in producers_of(values) for v in node.inputs} | {v.id for v in values}
         ins = []

@@ -417,18 +417,20 @@ def test_a_translator_whose_labels_are_declared_first_decodes_from_its_source():
     _greedy_translation_equals_the_inference_graph(LABELS_FIRST % "s0")
 
 
-def test_zeros_sized_by_the_batch_read_no_labels_in_the_inference_and_decoding_graphs():
+@pytest.mark.parametrize("over", ["embedding(tgt_in, TV, E)", "zeros(N, 1, E) + embedding(tgt_in, TV, E)"])
+def test_zeros_sized_by_the_batch_read_no_labels_in_the_inference_and_decoding_graphs(over):
     """zeros(N, H) took N from the first declared input with that dim: with the labels declared
     first, the inference graph and the exported decoder of a decoder started from zeros needed tgt
     fed for its row count alone ('the model needs input(s) tgt'). N comes from an input the graph
-    reads anyway."""
+    reads anyway, whichever is lowered first (a zeros(N, ...) before the embedding of tgt_in)."""
     from compiler.training import compile_spec
     from spec import spec_from_text
 
     init = "zeros(N, H) + s0"
-    cm = compile_spec(spec_from_text(LABELS_FIRST % init, "s2s.yaml"), "float64", graphs=("infer", "generate"))
+    text = (LABELS_FIRST % init).replace("over=embedding(tgt_in, TV, E)", f"over={over}")
+    cm = compile_spec(spec_from_text(text, "s2s.yaml"), "float64", graphs=("infer", "generate"))
     params = cm.initial_state(0)
     fed = {kind: {i.name for i in cm.graphs[kind].inputs if i.name not in params} for kind in ("infer", "generate")}
     assert fed == {"infer": {"tgt_in", "src", "src_len"},
                    "generate": {"src", "src_len", "beam_width", "max_len", "length_penalty"}}
-    _greedy_translation_equals_the_inference_graph(LABELS_FIRST % init)
+    _greedy_translation_equals_the_inference_graph(text)
