@@ -1234,8 +1234,12 @@ def _unwritten_run_hint(run_dir: str, names: ArgNames) -> str | None:
     ('the previous checkpoint is intact; free some space and --resume'), once the run has a
     checkpoint; before its first one there is nothing to resume (--resume said 'nothing to
     resume: no checkpoint'), and the run is trained again as it was started."""
-    if any(os.path.exists(os.path.join(run_dir, name)) for name in (CHECKPOINT, BEST)):
+    ckpt, best = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
+    if os.path.exists(ckpt):
         return None
+    if os.path.exists(best):  # (the first epoch writes best.npz first: --resume reads checkpoint.npz only)
+        return (f"free some space (or make the run directory writable), then copy {best} to {ckpt} and "
+                f"{names.given(resume=True)} to go on from its epoch, or start over with {names.given(overwrite=True)}")
     return (f"no checkpoint was written yet ({names.given(resume=True)} would find none): free some space (or make "
             "the run directory writable) and train again as before")
 

@@ -530,6 +530,30 @@ def test_a_new_run_that_fills_the_disk_before_its_first_checkpoint_is_not_sent_t
     invoke(*args, code=0)
 
 
+def test_a_disk_full_between_the_first_best_and_checkpoint_says_how_to_go_on(tmp_path, monkeypatch):
+    """The first epoch writes best.npz, then checkpoint.npz: a full disk between the two was told to
+    free some space and --resume, which reads checkpoint.npz only ('nothing to resume'), and
+    training again was refused for the run best.npz makes. The hint now says both ways on."""
+    import runtime.checkpoint as C
+
+    real_write = C._write
+
+    def full(f, data, path):
+        if path.endswith("checkpoint.npz"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(f, data, path)
+
+    monkeypatch.setattr(C, "_write", full)
+    run = tmp_path / "run"
+    args = ["train", MLP, *SMALL, "--epochs", "1", "--run-dir", run]
+    result = invoke(*args, code=1)
+    assert (run / "best.npz").exists() and not (run / "checkpoint.npz").exists()
+    assert f"then copy {run / 'best.npz'} to {run / 'checkpoint.npz'} and --resume" in result.output, result.output
+    assert "or start over with --overwrite" in result.output
+    monkeypatch.setattr(C, "_write", real_write)
+    invoke(*args, "--overwrite", code=0)
+
+
 def _damage(kind: str, path: Path) -> None:
     import io
 
