@@ -462,7 +462,8 @@ def lower_scan(low, e: S.Call):
         raise SpecError("scan() takes over= or length=, not both", e.kwarg_locs.get("length", e.loc),
                         "the sequences' time axis sets the length")
     buffers = _stateful_init(low, e, block, init, reverse) if stateful else []
-    init = [start for _, _, start in buffers] or init
+    if buffers:  # [B, ...] as the states' [N, ...]; N is B in training
+        init = [g.apply("reshape_dims", stored, v, dims=((0, 0),) + tuple(v.shape[1:])) for (_, stored), v in zip(buffers, init)]
     carried = decoding_states(low, seqs[0].shape[0] if seqs else length)
     # one key per scan written in the spec, the same in every lowering: two in one entry
     # (scan(step, over=scan(step, ...))) carried one state for both
@@ -506,9 +507,7 @@ def lower_scan(low, e: S.Call):
                    length=length, unroll=unroll, truncate_loc=e.kwarg_locs.get("truncate"))
     if carried is not None:
         low.recurrent_final[key] = [g.apply("index", r, spec=(0 if reverse else -1,)) for r in res[:len(init)]]
-    for (buffer, stored, _), r in zip(buffers, res):  # stateful=true: where the next batch starts
-        last = g.apply("index", r, spec=(-1,))
-        g.buffer_updates[buffer] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(stored.shape)))
+    store_last_states(g, buffers, res)  # stateful=true: where the next batch starts
     if not over and axis < 0:
         # No sequence to count from: a negative axis counts from the end of the largest output.
         rank = max(r.rank for r in res)
@@ -520,12 +519,34 @@ def lower_scan(low, e: S.Call):
     return tuple(res) if len(res) > 1 else res[0]
 
 
+def state_buffers(low, prefix: str, states: list[tuple[str, tuple]], loc, twice: SpecError) -> list[tuple[str, Value]]:
+    """Buffers holding the states a training step starts from, those the step before ended with
+    (zeros before the first): one `prefix.NAME0` per (NAME, shape of the training batch's rows).
+    Returns (the buffer's graph input name, its value) each: a block's are `block.prefix.NAME0`
+    (an update keyed by `prefix` matched no buffer, a KeyError traceback). `twice` is raised for
+    a layer or scan run twice in a step (a block called twice), whose runs would carry one state."""
+    from .ops.nn import _graph_input_name
+
+    stored = [(name, low.add_param(f"{prefix}.{name}0", shape, "zeros", loc=loc, kind="buffer")) for name, shape in states]
+    buffers = [(_graph_input_name(v) or f"{prefix}.{name}0", v) for name, v in stored]
+    if any(key in low.graph.buffer_updates for key, _ in buffers):
+        raise twice
+    return buffers
+
+
+def store_last_states(g: Graph, buffers: list[tuple[str, Value]], stacked: list, reverse: bool = False) -> None:
+    """The states the step ends with (the last of each stacked [T, N, ...]) become the buffers'
+    values for the next step, without a gradient."""
+    for (key, stored), s in zip(buffers, stacked):
+        last = g.apply("index", s, spec=(0 if reverse else -1,))
+        g.buffer_updates[key] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(stored.shape)))
+
+
 def _stateful_init(low, e, block, init: list, reverse: bool) -> list:
     """scan(..., stateful=true): the states a training step starts from are those the step before
     ended with (zeros before the first), kept as buffers of the training batch's rows; init= gives
-    their shapes, and is where every other graph (eval, infer, generate) starts. Returns, per
-    state, (its buffer's name, the stored buffer, the state to start from); none outside
-    training."""
+    their shapes, and is where every other graph (eval, infer, generate) starts. Returns the
+    states' buffers (state_buffers); none outside training."""
     g = low.graph
     loc = e.kwarg_locs.get("stateful", e.loc)
     if reverse:
@@ -553,19 +574,10 @@ def _stateful_init(low, e, block, init: list, reverse: bool) -> list:
                             + ("not zeros" if not zeros else f"{v.type}, not a row per sequence of fixed size"),
                             e.kwarg_locs.get("init", loc), "give each state as zeros with a row per sequence, "
                             "e.g. init=[zeros(N, H)]")
-    from .ops.nn import _graph_input_name
-
     prefix = low._target or block.name
-    started = []
-    for name, v in zip(names, init):
-        stored = low.add_param(f"{prefix}.{name}0", (B,) + tuple(v.shape[1:]), "zeros", loc=e.loc, kind="buffer")
-        key = _graph_input_name(stored) or f"{prefix}.{name}0"
-        if key in g.buffer_updates:
-            raise SpecError(f"stateful= scan {prefix!r} is run more than once in a step: its runs would carry one "
-                            "state between batches", loc, "call its block once per step, or give each stateful scan an entry "
-                            "of its own")
-        started.append((key, stored, g.apply("reshape_dims", stored, v, dims=((0, 0),) + tuple(v.shape[1:]))))
-    return started
+    twice = SpecError(f"stateful= scan {prefix!r} is run more than once in a step: its runs would carry one state "
+                      "between batches", loc, "call its block once per step, or give each stateful scan an entry of its own")
+    return state_buffers(low, prefix, [(name, (B,) + tuple(v.shape[1:])) for name, v in zip(names, init)], e.loc, twice)
 
 
 def _lower_step(low, block, step_shapes: list, over: list, init: list):
@@ -859,7 +871,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
         new, extras, m_ins, m_seqs = _apply_mask(g, sb, carries, new, [new[0]], time_major(g, g.cast(mask, g.float_dtype), 1))
         seq_in += m_ins
         seqs += m_seqs
-    buffers = {}  # name -> value (under mixed precision a cast of the stored buffer, with no name)
+    buffers = []  # (graph input name, value: under mixed precision a cast of the stored buffer)
     if stateful and g.scan_step:
         # run once per step of the scan: each would start from the stored state, and the state it ends
         # with never leaves the loop (the stored one stayed zero and the layer trained without a word)
@@ -870,31 +882,17 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
                         "init= and return_state=true")
     if stateful and g.mode == "train" and init is None:
         # Carried across batches: the state after this batch starts the next one.
-        B = low.spec.batch_size
-        from .ops.nn import _graph_input_name
-
-        # keyed by the stored buffer's own name: a block's layer is `block.prefix` (its update, under
-        # `prefix`, matched no buffer and training ended in a KeyError traceback)
-        stored = {n: low.add_param(f"{prefix}.{n}0", (B, H), "zeros", loc=e.loc, kind="buffer")
-                  for n in ("h", "c")[:n_states]}
-        names = {n: _graph_input_name(v) or f"{prefix}.{n}0" for n, v in stored.items()}
-        if names["h"] in g.buffer_updates:
-            # a block called twice: both calls started from one stored state, and the next batch from
-            # the state the last call ended with, whichever stream it had read
-            raise SpecError(f"stateful= layer {prefix!r} is applied more than once in a step (a block called "
-                            "twice): its calls would carry one state between batches", e.kwarg_locs.get("stateful", e.loc),
-                            "call the block once per step, or carry the states yourself with init= and return_state=true")
-        for n in ("h", "c")[:n_states]:
-            buffers[names[n]] = stored[n]
-        init = [g.apply("reshape_dims", b, x, dims=((0, 0), H)) for b in buffers.values()]  # [N, H]; N must be B
+        twice = SpecError(f"stateful= layer {prefix!r} is applied more than once in a step (a block called "
+                          "twice): its calls would carry one state between batches", e.kwarg_locs.get("stateful", e.loc),
+                          "call the block once per step, or carry the states yourself with init= and return_state=true")
+        buffers = state_buffers(low, prefix, [(n, (low.spec.batch_size, H)) for n in ("h", "c")[:n_states]], e.loc, twice)
+        init = [g.apply("reshape_dims", b, x, dims=((0, 0), H)) for _, b in buffers]  # [N, H]; N must be B
     if init is None:
         init = [g.apply("fill", x, dims=((0, 0), H), dtype=g.float_dtype) for _ in carries]
     body = Body(bg, carries, seq_in, sb.nonseqs, new, extras)
     res = run_scan(g, body, list(init), seqs, sb.nonseq_outer, reverse=reverse, truncate=truncate, unroll=unroll,
                    truncate_loc=e.kwarg_locs.get("truncate"))
-    for (name, b), s in zip(buffers.items(), res[:n_states]):
-        last = g.apply("index", s, spec=(0 if reverse else -1,))
-        g.buffer_updates[name] = g.apply("stop_gradient", g.apply("reshape_dims", last, dims=tuple(b.shape)))
+    store_last_states(g, buffers, res[:n_states], reverse)
     stacked_states, ys = res[:n_states], res[n_states:]
     hs = ys[0] if ys else stacked_states[0]
     finals = [g.apply("index", s, spec=(0 if reverse else -1,)) for s in stacked_states]
