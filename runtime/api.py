@@ -73,9 +73,10 @@ def save_graphs(cm: CompiledModel, output: str, names: ArgNames = KEYWORDS) -> l
         refuse_replacing(path, kind, names=names)
     stale = _earlier_graphs(output, cm)
     try:
-        for path in stale:
+        written = cm.save(output, hint=f"pick a writable directory with {name}, or free some space")
+        for path in stale:  # (after the save: a failed one leaves the earlier manifest's graphs there)
             os.remove(path)
-        return cm.save(output, hint=f"pick a writable directory with {name}, or free some space")
+        return written
     except OSError as e:
         raise FlowgradError(f"cannot write the graphs to {output}: {e.strerror or e}",
                             hint=f"pick a writable directory with {name}") from None
