@@ -478,7 +478,7 @@ class Lowering:
         from .recurrent import _block_lowering
 
         body = _block_lowering(self, block, self.graph, lambda v: v, dict(zip(block.inputs, args)),
-                               call=f"{e.func}@{e.loc.line}:{e.loc.col}" if e.loc else f"{e.func}@{id(e)}")
+                               call=f"{e.func}@{call_site(e)}")
         outs = []
         try:
             for name in block.outputs:
@@ -605,6 +605,12 @@ _RULE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError, Zer
 
 # Depth of nested entries from which the rest of a chain is evaluated iteratively (see _evaluate_dependencies).
 _DEEP = 24
+
+
+def call_site(e: S.Call) -> str:
+    """Where a call is written (file:line:column: an override given with --set has its own), the
+    key of what is kept per call written in the spec, not per evaluation."""
+    return str(e.loc) if e.loc else f"@{id(e)}"
 
 
 def names_in(e) -> list[str]:

@@ -373,7 +373,7 @@ SCAN_KEYWORDS = ("over", "init", "axis", "reverse", "mask", "truncate", "length"
 def lower_scan(low, e: S.Call):
     """`outs: scan(block, over=x | [x, y], init=[h0, c0], axis=1, reverse=false, mask=m, truncate=K,
     length=K, unroll=false, stateful=false)`."""
-    from .lower import Lowering
+    from .lower import Lowering, call_site
 
     if not e.args or not isinstance(e.args[0], S.Name):
         raise SpecError("scan() needs a block name first: scan(step, over=x, init=[h0])", e.loc,
@@ -467,8 +467,7 @@ def lower_scan(low, e: S.Call):
     carried = decoding_states(low, seqs[0].shape[0] if seqs else length)
     # one key per scan written in the spec, the same in every lowering: two in one entry
     # (scan(step, over=scan(step, ...))) carried one state for both
-    where = f"{e.loc.line}:{e.loc.col}" if e.loc else str(id(e))
-    key = f"scan:{getattr(low, 'state_prefix', '')}{low._target or block_name}@{where}"
+    key = f"scan:{getattr(low, 'state_prefix', '')}{low._target or block_name}@{call_site(e)}"
     if carried is not None and key in carried:
         init = list(carried[key])
     if carried is not None and seqs and seqs[0].shape[0] == 1 and kw.get("mask") is None:
