@@ -771,7 +771,7 @@ def main():
         err.print("[bold red]error:[/bold red] aborted")
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C while typer builds the command from its functions, before
-        sys.exit(130)  # click's main, which ends an interrupted command with 130 and no words, runs
+        sys.exit(130)  # typer's main, which ends an interrupted command with 130 and no words, runs
     sys.exit(code if isinstance(code, int) else 0)
 
 

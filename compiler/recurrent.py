@@ -1016,7 +1016,7 @@ def _check_init(a: dict, e, cell: str, x: Value, H: int) -> None:
     loc = e.kwarg_locs.get("init", e.loc)
     listed = f"[{', '.join(names)}]"
     if not isinstance(init, (list, tuple)) or len(init) != len(names):
-        got = f"{len(init)} state(s)" if isinstance(init, (list, tuple)) else "no list"
+        got = f"{len(init)} state(s)" if isinstance(init, (list, tuple)) else "a tensor, not a list"
         raise SpecError(f"init= gives {got}, and {'an' if cell[0] in 'lr' else 'a'} {cell} carries {len(names)}: "
                         f"init={listed}, each {want}", loc,
                         f"write init={listed}" + (" (its hidden and cell states)" if cell == "lstm" else ""))

@@ -584,7 +584,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
         elif meta and (epoch >= epochs or step >= total_steps):
             # (it said 'finished after 3 epochs' to a resume with --epochs 1, as if it had trained)
-            stopped = f"nothing more to train (the limit, {length}, was reached before this resume)"
+            stopped = f"nothing more to train (this resume's limit of {total_steps} steps was reached before it)"
 
         def checkpoint(pos, also_best=False, partial=None):
             state = trainer.state_numpy()

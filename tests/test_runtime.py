@@ -227,7 +227,7 @@ def test_a_run_its_step_limit_stopped_mid_epoch_resumes_where_it_stopped(tmp_pat
     again = train(spec, run_dir=str(tmp_path / "part"), steps=30, resume=True, **common)  # done: nothing more
     assert again.steps == 30 and [h["step"] for h in again.history] == [23, 30]
     # (it was reported 'finished' as if this resume had trained)
-    assert again.stopped == "nothing more to train (the limit, 30 optimizer steps, was reached before this resume)"
+    assert again.stopped == "nothing more to train (this resume's limit of 30 steps was reached before it)"
     resumed = train(spec, run_dir=str(tmp_path / "part"), steps=46, resume=True, **common)
     a, _ = load_checkpoint(str(tmp_path / "full" / "checkpoint.npz"))
     b, _ = load_checkpoint(str(tmp_path / "part" / "checkpoint.npz"))
