@@ -272,8 +272,9 @@ def test_a_runs_failure_mid_training_names_resuming_as_the_api_does(tmp_path, mo
         f.write(data)
 
     monkeypatch.setattr(C, "_write", full)
-    _refused(["No space left on device", "the previous checkpoint is intact; free some space and resume=True"],
-             run_dir=str(tmp_path / "full"), epochs=1)
+    # (the first epoch's best.npz is written, its checkpoint.npz not: there is nothing to resume)
+    _refused(["No space left on device", "checkpoint.npz and resume=True to go on from its epoch, or start over "
+              "with overwrite=True"], run_dir=str(tmp_path / "full"), epochs=1)
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_does_not_offer_one(tmp_path):
