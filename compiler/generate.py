@@ -374,8 +374,12 @@ def _inputs_read(spec, logits_name) -> set[str]:
         seen.add(name)
         if name in spec.inputs:
             found.add(name)
-        exprs = ([entries[name]] if name in entries else []) + \
-                ([a.expr for a in spec.blocks[name].graph] if name in spec.blocks else [])
-        for e in exprs:
-            todo += names_in(e) + _blocks_called(e, spec)
+        if name in entries:
+            todo += names_in(entries[name]) + _blocks_called(entries[name], spec)
+        if name in spec.blocks:
+            block = spec.blocks[name]
+            # a block's own inputs and entries are its names, not the spec's (an input named tgt, say)
+            local = set(block.inputs) | {t for a in block.graph for t in a.targets}
+            for a in block.graph:
+                todo += [n for n in names_in(a.expr) if n not in local] + _blocks_called(a.expr, spec)
     return found

@@ -417,6 +417,19 @@ def test_a_translator_whose_labels_are_declared_first_decodes_from_its_source():
     _greedy_translation_equals_the_inference_graph(LABELS_FIRST % "s0")
 
 
+def test_a_decoder_blocks_own_names_are_not_the_specs_inputs():
+    """A decoder block whose step input is named like the labels (in: [tgt, s]) was taken to read
+    the input tgt, which beam search then took for its source: the exported decoder needed tgt fed."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    text = (LABELS_FIRST % "s0").replace("in: [y_t, s]", "in: [tgt, s]").replace("concat(y_t, ctx", "concat(tgt, ctx")
+    cm = compile_spec(spec_from_text(text, "s2s.yaml"), "float64", graphs=("generate",))
+    params = cm.initial_state(0)
+    assert {i.name for i in cm.graphs["generate"].inputs if i.name not in params} == \
+        {"src", "src_len", "beam_width", "max_len", "length_penalty"}
+
+
 @pytest.mark.parametrize("over", ["embedding(tgt_in, TV, E)", "zeros(N, 1, E) + embedding(tgt_in, TV, E)"])
 def test_zeros_sized_by_the_batch_read_no_labels_in_the_inference_and_decoding_graphs(over):
     """zeros(N, H) took N from the first declared input with that dim: with the labels declared
