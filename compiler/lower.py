@@ -333,6 +333,11 @@ class Lowering:
             return [self.eval(i) for i in e.items]
         if isinstance(e, S.UnaryOp):
             v = self.eval(e.operand)
+            if not isinstance(v, (Value, bool, int, float)):
+                # a list, string, None or an op's several results: Python's - raised a TypeError
+                # traceback, and its `not` gave the constant's truthiness (not [1] was False)
+                raise SpecError(f"cannot use {unparse(e.operand)} with '{e.op}'", e.operand.loc,
+                                f"'{e.op}' takes a tensor or a number; a string or list is only an op's option")
             if e.op == "not":
                 return g.apply("logical_not", v) if isinstance(v, Value) else (not v)
             if e.op == "-":

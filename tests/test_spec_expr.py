@@ -294,3 +294,29 @@ graph:
 loss: binary_cross_entropy(logit, cast(r, 'float32'))
 """, str(tmp_path / "parity.yaml"))
     check_spec(spec)
+
+
+@pytest.mark.parametrize("expr, shown", [
+    ("x * -None", "None"), ("reshape(x, -[2, 2])", "[2, 2]"), ("x[-None]", "None"),
+    ("x * -split(x, 2, axis=1)", "split(x, 2, axis=1)"), ("where(not [1], x, x)", "[1]"),
+])
+def test_unary_operator_of_a_list_or_none_is_refused_at_its_operand(expr, shown):
+    """- of a list, None or an op's several results ended in Python's TypeError traceback,
+    and `not [1]` took the list's truthiness (False); each is refused at the operand."""
+    from compiler.training import check_spec
+
+    text = f"""flowgrad: 1
+name: t
+inputs:
+  x: {{shape: [N, 4]}}
+params:
+  W: {{shape: [4, 1], init: zeros}}
+graph:
+  z: {expr}
+loss: mean(z @ W)
+"""
+    spec = spec_from_text(text, "models/t.yaml")
+    with pytest.raises(SpecError) as info:
+        check_spec(spec)
+    assert f"cannot use {shown} with '" in info.value.message
+    assert _at(text, info.value.loc).startswith(shown)
