@@ -171,6 +171,15 @@ class Lowering:
                 loc,
                 did_you_mean(name, self.params) or "dotted names may only name parameters, such as 'h.W' made by 'h: dense(...)'",
             )
+        sized = next((n for n, decl in self.spec.inputs.items() if name in decl.shape), None)
+        if sized is not None:
+            # a symbolic size such as the batch N is declared, in an input's shape: 'undefined
+            # name' and the hint to declare it sent the user to declare it again
+            decl = self.spec.inputs[sized]
+            raise SpecError(f"{name!r} is a size of input {sized!r} (shape [{', '.join(map(str, decl.shape))}]), "
+                            "known only at run time: it is not a value of the graph", loc,
+                            f"zeros({name}, ...) and ones({name}, ...) take it alone as a size; reshape takes -1 "
+                            f"in its place (reshape(x, [-1, 4])); a number needs a dim under dims:")
         # (no close name, as for 'Wl' against 'W1': the hint still says where names come from)
         raise SpecError(f"undefined name {name!r}", loc, did_you_mean(name, self.known_names())
                         or "declare it under inputs, params, dims or graph (a block's: in, params, graph); "
