@@ -58,10 +58,19 @@ SPEC_FLOAT_NAMES = ("float32", "float")
 
 
 def _bounded_pow(a, b):
-    """a ** b of two constants, refusing integer powers too big to compute (10**10**10 would not finish)."""
+    """a ** b of two constants, refusing integer powers too big to compute (10**10**10 would not finish)
+    and a result that is no real number."""
     if type(a) is int and type(b) is int and abs(a) > 1 and b > 64 and b * abs(a).bit_length() > 4096:
         raise OverflowError("the result is too large")
-    return a ** b
+    try:
+        result = a ** b
+    except OverflowError:  # (its own words: "(34, 'Numerical result out of range')")
+        raise OverflowError("the result is too large for a float") from None
+    if isinstance(result, complex):
+        # Python's power of a negative number to a fraction, (-8) ** 0.5, is complex; the spec was
+        # refused at the number, as "cannot use (1.7e-16+2.83j) in arithmetic ... a string or list"
+        raise ValueError("a negative number to a fractional power is not a real number")
+    return result
 
 
 def _int64(value, loc):
@@ -69,6 +78,10 @@ def _int64(value, loc):
     if type(value) is int and not -2**63 <= value < 2**63:
         raise SpecError(f"the integer {_short(value)} is too large", loc, "integers must fit in 64 bits; write a float, e.g. 1e30")
     return value
+
+
+def _is_negative(v) -> bool:
+    return type(v) in (int, float) and v < 0
 
 
 def _short(v) -> str:
@@ -358,7 +371,9 @@ class Lowering:
                 try:
                     result = _PY_BINOPS[e.op](a, b)
                 except Exception as ex:
-                    raise SpecError(f"cannot compute {_short(a)} {e.op} {_short(b)}: {ex}", e.loc,
+                    # (-8) ** 0.5 is shown as written: -8 ** 0.5 reads as -(8 ** 0.5)
+                    left = f"({a})" if e.op == "**" and _is_negative(a) else _short(a)
+                    raise SpecError(f"cannot compute {left} {e.op} {_short(b)}: {ex}", e.loc,
                                     "check the constants on both sides; arithmetic on constants takes numbers") from None
                 return _int64(result, e.loc)
             if e.op == "@":

@@ -320,3 +320,30 @@ loss: mean(z @ W)
         check_spec(spec)
     assert f"cannot use {shown} with '" in info.value.message
     assert _at(text, info.value.loc).startswith(shown)
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("x * (-8) ** (1 / 3)", "cannot compute (-8) ** 0.3333333333333333: a negative number to a fractional power "
+                            "is not a real number"),
+    ("x * 2.0 ** 10000", "cannot compute 2.0 ** 10000: the result is too large for a float"),
+])
+def test_power_of_constants_without_a_real_result_says_so(expr, message):
+    """(-8) ** (1/3) of constants is Python's complex number, which was refused as 'cannot use
+    (1.0000000000000002+1.7320508075688772j) in arithmetic' with a hint about strings and lists;
+    2.0 ** 10000 said "(34, 'Numerical result out of range')"."""
+    from compiler.training import check_spec
+
+    spec = spec_from_text(f"""flowgrad: 1
+name: t
+inputs:
+  x: {{shape: [N, 4]}}
+params:
+  W: {{shape: [4, 1], init: zeros}}
+graph:
+  z: {expr}
+loss: mean(z @ W)
+""", "models/t.yaml")
+    with pytest.raises(SpecError) as info:
+        check_spec(spec)
+    assert info.value.message == message
+    assert str(info.value.loc) == "models/t.yaml:8:10"
