@@ -80,6 +80,30 @@ def _int64(value, loc):
     return value
 
 
+def _whole_float_hint(v, written: S.Expr) -> str | None:
+    """The way to write a size that / made a float: H / 2 in an expression is 4.0, and // is not
+    written there (as layers._int_arg says of a layer's units); None for other values."""
+    divides = any(isinstance(x, S.BinOp) and x.op == "/" for x in _subexpressions(written))
+    if type(v) is float and v.is_integer() and divides:
+        return (f"/ in an expression gives a float ({int(v)}.0): name the size under dims:, "
+                f"e.g. dims: {{H2: H/2}}, and write H2")
+    return None
+
+
+def _subexpressions(e: S.Expr) -> list:
+    out, stack = [], [e]
+    while stack:
+        x = stack.pop()
+        out.append(x)
+        if isinstance(x, (S.BinOp, S.Compare)):
+            stack += [x.left, x.right]
+        elif isinstance(x, S.UnaryOp):
+            stack.append(x.operand)
+        elif isinstance(x, S.ListExpr):
+            stack += x.items
+    return out
+
+
 def _is_negative(v) -> bool:
     return type(v) in (int, float) and v < 0
 
@@ -314,6 +338,7 @@ class Lowering:
             d = self.eval(a)
             if isinstance(d, bool) or not isinstance(d, int) or d < 0:
                 raise SpecError(f"{e.func}() dims must be non-negative integers, got {d!r}", a.loc,
+                                _whole_float_hint(d, a) or
                                 f"write sizes as integers, dim names or size arithmetic, e.g. {e.func}(N, 2*H)")
             dims.append(d)
         with at(e.loc):
@@ -419,6 +444,7 @@ class Lowering:
             for p, src in zip(parts, (item.start, item.stop, item.step)):
                 if p is not None and not isinstance(p, int):
                     raise SpecError(f"slice bounds must be integers, got {getattr(p, 'type', p)!s}", src.loc,
+                                    _whole_float_hint(p, src) or
                                     "write integers or dims, e.g. x[:, 1:H]; to pick entries by a tensor use "
                                     "take(x, ids, axis=...)")
             if parts[2] == 0:
@@ -427,8 +453,8 @@ class Lowering:
         v = self.eval(item)
         if v is None or isinstance(v, int) or v is Ellipsis:
             return v
-        raise SpecError("indices must be integers, slices or None", item.loc,
-                        "use take(x, ids, axis=...) to index with a tensor")
+        raise SpecError(f"indices must be integers, slices or None, got {getattr(v, 'type', v)!s}", item.loc,
+                        _whole_float_hint(v, item) or "use take(x, ids, axis=...) to index with a tensor")
 
     def call(self, e: S.Call):
         from . import layers, recurrent  # noqa: F401  (recurrent registers its cells as layers)
@@ -602,6 +628,7 @@ class Lowering:
             # An op's error about one of its arguments (err.arg) points at that argument.
             if err.arg in arg_locs and err.loc == e.loc:
                 err.loc = arg_locs[err.arg]
+            err.hint = self._divided_attr_hint(op, e, attrs) or err.hint
             raise
         except _RULE_ERRORS as ex:
             # An argument of the wrong kind (cast(x, 'foo'), split(x, 'a'), concat(2)) that the op's rule choked on.
@@ -610,7 +637,22 @@ class Lowering:
                 raise SpecError(f"{op.name}() cannot take {kinds}", e.loc, f"usage: {signature(op)}") from ex
             what = ", ".join(f"{k}={v!r}" for k, v in attrs.items())
             raise SpecError(f"{op.name}() cannot use {what}", arg_locs.get(next(iter(attrs))) if len(attrs) == 1 else e.loc,
-                            f"usage: {signature(op)}") from ex
+                            self._divided_attr_hint(op, e, attrs) or f"usage: {signature(op)}") from ex
+
+    @staticmethod
+    def _divided_attr_hint(op, e: S.Call, attrs: dict) -> str | None:
+        """How to write a size an op refused that / made a float (reshape(x, [-1, D / 2, 2]),
+        split(x, D / 2), one_hot(y, K / 2)): their hints gave the usage, or 'e.g. one_hot(y, 10)'."""
+        positional = () if op.variadic else tuple(op.inputs) + tuple(spec_attrs(op))
+        for k, v in attrs.items():
+            if type(op.attrs.get(k)) is float:
+                continue  # a rate or an epsilon: a float there is no size (dropout(x, rate=2/2) is refused otherwise)
+            i = positional.index(k) if k in positional else len(e.args)
+            written = e.kwargs.get(k) or (e.args[i] if i < len(e.args) else None)
+            for item in (v if isinstance(v, tuple) else (v,)):
+                if written is not None and (hint := _whole_float_hint(item, written)):
+                    return hint
+        return None
 
 
 # Calls the lowering handles itself, before ops, layers and blocks.

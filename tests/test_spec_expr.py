@@ -347,3 +347,33 @@ loss: mean(z @ W)
         check_spec(spec)
     assert info.value.message == message
     assert str(info.value.loc) == "models/t.yaml:8:10"
+
+
+@pytest.mark.parametrize("expr, divided", [
+    ("zeros(N, H / 2)", True), ("x[:, :H / 2]", True), ("x[:, H / 4]", True),
+    ("reshape(x, [-1, H / 2, 2])", True), ("split(x, H / 2, axis=1)[0]", True), ("one_hot(y, H / 2)", True),
+    ("x[:, 1.0]", False), ("reshape(x, [-1, 2.0, 2])", False),
+])
+def test_a_size_that_division_made_a_float_is_told_how_to_be_written(expr, divided):
+    """H / 2 is a float in an expression, where // is not written: a slice bound, an index, a
+    size of zeros() or an op's size attribute made by / was refused with hints to use
+    take(x, ids), to write sizes as integers, or the op's usage, none of which says how to halve a
+    dim; as a layer's units (173db55), each now has the hint to name the size under dims:."""
+    from compiler.training import check_spec
+    from spec.errors import FlowgradError
+
+    spec = spec_from_text(f"""flowgrad: 1
+name: t
+dims: {{H: 4}}
+inputs:
+  x: {{shape: [N, H]}}
+  y: {{shape: [N], dtype: int64}}
+params:
+  W: {{shape: [1], init: zeros}}
+graph:
+  z: {expr}
+loss: mean(z) * mean(W)
+""", "models/t.yaml")
+    with pytest.raises(FlowgradError) as info:
+        check_spec(spec)
+    assert info.value.hint.startswith("/ in an expression gives a float") == divided, info.value
