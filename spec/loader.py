@@ -725,7 +725,7 @@ def _positive(value: int, loc: Loc, what: str, text: str) -> int:
 
 
 # ---------------------------------------------------------------- names
-_KIND_WORDS = {"dim": "a dim", "input": "an input", "param": "a parameter", "block": "a block",
+_KIND_WORDS = {"dim": "a dim", "size": "an input's symbolic size", "input": "an input", "param": "a parameter", "block": "a block",
                "graph": "a graph value", "loss": "the loss", "block input": "a block input"}
 
 
@@ -758,9 +758,12 @@ class _Names:
     def add(self, name: str, kind: str, loc: Loc) -> None:
         if name in self.defined:
             other_kind, other_loc = self.defined[name]
+            hint = "every name (dims, inputs, params, blocks, graph values) must be unique; rename one"
+            if other_kind == "size":
+                hint = (f"{name} is a size an input's shape leaves to run time (zeros({name}, ...) reads it); "
+                        f"rename this one, or declare {name} under dims: to fix the size")
             self.errors.append(SpecError(
-                f"'{name}' is already defined as {_KIND_WORDS[other_kind]} at {other_loc}", loc,
-                "every name (dims, inputs, params, blocks, graph values) must be unique; rename one"))
+                f"'{name}' is already defined as {_KIND_WORDS[other_kind]} at {other_loc}", loc, hint))
         else:
             self.defined[name] = (kind, loc)
 
@@ -963,6 +966,7 @@ class _SpecBuilder:
             part = t.get(section) or LocMap()
             defined += [(name, kind, part.key_locs[name]) for name in part]
         defined += [(name, "graph", loc) for name, loc in self.graph_targets]
+        defined += self.symbolic_sizes(t)
         if "loss" in t:
             defined.append(("loss", "loss", t.key_locs["loss"]))
         # the second definition in file order is the one reported
@@ -970,6 +974,20 @@ class _SpecBuilder:
         names = _Names(self.errors)
         for name, kind, loc in defined:
             names.add(name, kind, loc)
+
+    def symbolic_sizes(self, t: LocMap) -> list:
+        """(name, "size", Loc) of each symbolic size of the inputs' shapes (N of [N, D]), where it is
+        first written. It is a name too: a graph entry, parameter or block named N was taken by
+        expressions (N * x) while zeros(N, H) took the batch size, or the entry as its size."""
+        out, seen = [], set()
+        for decl in (t.get("inputs") or {}).values():
+            shape = decl.get("shape") if isinstance(decl, LocMap) else None
+            for i, item in enumerate(shape if isinstance(shape, LocList) else []):
+                name = item.strip() if isinstance(item, str) else None
+                if name and name.isidentifier() and name not in self.dims and name not in seen:
+                    seen.add(name)
+                    out.append((name, "size", shape.item_locs[i]))
+        return out
 
     def check_lr_floor(self, train: LocMap, schedule: LocMap) -> None:
         """A cosine's min_lr is where it anneals each objective's lr to: above an lr, the
