@@ -15,7 +15,7 @@ from spec import model as S
 from spec.errors import FlowgradError, Loc, ShapeError, SpecError, did_you_mean
 from spec.expr import unparse
 
-from .ir import Graph, Value, at, is_float
+from .ir import FLOAT_DTYPES, INT_DTYPES, Graph, Value, at, is_float
 from .registry import REQUIRED, all_ops, get_op, op_hint
 
 
@@ -217,6 +217,11 @@ class Lowering:
                             "known only at run time: it is not a value of the graph", loc,
                             f"zeros({name}, ...) and ones({name}, ...) take it alone as a size; reshape takes -1 "
                             f"in its place (reshape(x, [-1, 4])); a number needs a dim under dims:")
+        if name in (*FLOAT_DTYPES, *INT_DTYPES, "bool", *SPEC_FLOAT_NAMES):
+            # cast(y, to=float32) takes the bare word (a keyword's value may be one), but a type
+            # given positionally, cast(y, float32), is read as a value, and was 'undefined'
+            raise SpecError(f"undefined name {name!r}", loc,
+                            f"a type given as an argument is a string: '{name}', e.g. cast(x, '{name}')")
         # (no close name, as for 'Wl' against 'W1': the hint still says where names come from)
         raise SpecError(f"undefined name {name!r}", loc, did_you_mean(name, self.known_names())
                         or "declare it under inputs, params, dims or graph (a block's: in, params, graph); "
