@@ -782,16 +782,18 @@ def _check_io_names(spec: S.Spec) -> None:
         if name in RESERVED_NAMES:
             raise SpecError(f"input {name!r} has the name of a graph's own {'output' if name == 'loss' else 'input'}",
                             decl.loc, f"{', '.join(RESERVED_NAMES)} are reserved: rename the input")
-    seen = {n: "input" for n in spec.inputs}
+    # parameters are inputs of every graph (an output W beside a parameter W failed ONNX's check,
+    # "'W' has been used as output names multiple times", in a traceback after check said OK)
+    seen = {**{n: "a parameter" for n in spec.params}, **{n: "an input" for n in spec.inputs}}
     for kind, entries in (("output", spec.outputs), ("metric", spec.metrics)):
         for a in entries:
             for name, loc in zip(a.targets, a.target_locs or [a.loc] * len(a.targets)):
                 if name in RESERVED_NAMES or name in seen:
-                    taken = f"an {seen[name]}'s" if name in seen else "a graph's own"
+                    taken = f"{seen[name]}'s" if name in seen else "a graph's own"
                     raise SpecError(f"{kind} {name!r} has {taken} name", loc,
-                                    f"outputs, metrics and inputs need names of their own; {', '.join(RESERVED_NAMES)} "
-                                    "are reserved")
-                seen[name] = kind
+                                    f"outputs, metrics, inputs and parameters need names of their own; "
+                                    f"{', '.join(RESERVED_NAMES)} are reserved")
+                seen[name] = f"an {kind}" if kind == "output" else f"a {kind}"
 
 
 def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
