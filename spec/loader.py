@@ -626,7 +626,7 @@ def _raise_all(errors: list[FlowgradError]) -> None:
 
 # ---------------------------------------------------------------- sizes
 def eval_size(value, dims: dict[str, int], loc: Loc, src: ScalarSrc | None = None,
-              symbolic: bool = False, what: str = "a shape", later=()) -> int | str:
+              symbolic: bool = False, what: str = "a shape", later=(), defining: str | None = None) -> int | str:
     """A size: an int, or a string of integer arithmetic over `dims`.
 
     With symbolic=True a bare name that is not a dim is returned as is (a
@@ -668,7 +668,7 @@ def eval_size(value, dims: dict[str, int], loc: Loc, src: ScalarSrc | None = Non
         elif isinstance(node, ast.Name):
             if node.id not in dims:
                 raise SpecError(f"unknown dim '{node.id}' in {what}", node_loc(node),
-                                _unknown_dim_hint(node.id, dims, symbolic, later))
+                                _unknown_dim_hint(node.id, dims, symbolic, later, defining))
             result = dims[node.id]
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             result = -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
@@ -704,7 +704,9 @@ def eval_size(value, dims: dict[str, int], loc: Loc, src: ScalarSrc | None = Non
 _SIZE_HINT = "a size is an integer or an expression over dims, e.g. 4*H or H//2"
 
 
-def _unknown_dim_hint(name, dims, symbolic, later=()) -> str:
+def _unknown_dim_hint(name, dims, symbolic, later=(), defining=None) -> str:
+    if name == defining:  # (--set dims.H=H*2 was told to use numbers or the dims D)
+        return f"a dim cannot be defined by itself: give '{name}' a number, or an expression of the dims above it"
     if name in later:
         return f"'{name}' is defined further down; a dim may only use the dims above it"
     hint = did_you_mean(name, list(dims) + list(later))
@@ -826,7 +828,7 @@ class _SpecBuilder:
             loc = dims.key_locs[name]
             _check_name(name, loc, "dim")
             self.dims[name] = eval_size(value, self.dims, dims.value_locs[name], dims.value_srcs.get(name),
-                                        what=f"dim '{name}'", later=names[i + 1:])
+                                        what=f"dim '{name}'", later=names[i + 1:], defining=name)
             self.dim_locs[name] = loc
 
     def shape(self, shape: LocList, symbolic: bool, what: str) -> list:

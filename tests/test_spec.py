@@ -430,6 +430,9 @@ def test_dims_order_and_hints():
     assert load("flowgrad: 1\nname: m\ndims: {H: 8.0}\ninputs: {x: {shape: [T, H]}}\n").dims == {"H": 8}
     e = error("flowgrad: 1\nname: m\ndims: {2H: 8}\ninputs: {x: {shape: [T]}}\n")
     assert "not a valid name" in e.message
+    # (--set dims.H=H*2 was told to use numbers or the dims D)
+    e = error("flowgrad: 1\nname: m\ndims: {D: 4, H: H*2}\ninputs: {x: {shape: [T]}}\n")
+    assert e.message == "unknown dim 'H' in dim 'H'" and "cannot be defined by itself" in e.hint
 
 
 # ---------------------------------------------------------------- names
