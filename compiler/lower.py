@@ -458,8 +458,10 @@ class Lowering:
         v = self.eval(item)
         if v is None or isinstance(v, int) or v is Ellipsis:
             return v
+        number = isinstance(v, float) and not isinstance(v, bool)  # (x[:, 1.0] was pointed at take)
         raise SpecError(f"indices must be integers, slices or None, got {getattr(v, 'type', v)!s}", item.loc,
-                        _whole_float_hint(v, item) or "use take(x, ids, axis=...) to index with a tensor")
+                        _whole_float_hint(v, item) or ("write the index as an integer, e.g. x[:, 1]" if number else
+                                                       "use take(x, ids, axis=...) to index with a tensor"))
 
     def call(self, e: S.Call):
         from . import layers, recurrent  # noqa: F401  (recurrent registers its cells as layers)
