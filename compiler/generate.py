@@ -378,8 +378,8 @@ def _inputs_read(spec, logits_name) -> set[str]:
             todo += names_in(entries[name]) + _blocks_called(entries[name], spec)
         if name in spec.blocks:
             block = spec.blocks[name]
-            # a block's own inputs and entries are its names, not the spec's (an input named tgt, say)
-            local = set(block.inputs) | {t for a in block.graph for t in a.targets}
+            # a block's own inputs, parameters and entries are its names, not the spec's (an input named tgt, say)
+            local = set(block.inputs) | set(block.params) | {t for a in block.graph for t in a.targets}
             for a in block.graph:
                 todo += [n for n in names_in(a.expr) if n not in local] + _blocks_called(a.expr, spec)
     return found

@@ -430,6 +430,20 @@ def test_a_decoder_blocks_own_names_are_not_the_specs_inputs():
         {"src", "src_len", "beam_width", "max_len", "length_penalty"}
 
 
+def test_a_decoder_blocks_own_parameter_is_not_the_specs_input():
+    """A decoder block's parameter named like the labels (params: {tgt: ...}) was taken, as its
+    inputs were, for the input tgt, which beam search then took for its source."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    text = (LABELS_FIRST % "s0").replace("    in: [y_t, s]\n", "    in: [y_t, s]\n    params:\n      tgt: {shape: [H], init: zeros}\n") \
+        .replace("s2: gru_cell(concat(y_t, ctx, axis=-1), s)", "s2: gru_cell(concat(y_t, ctx, axis=-1), s) + tgt")
+    cm = compile_spec(spec_from_text(text, "s2s.yaml"), "float64", graphs=("generate",))
+    params = cm.initial_state(0)
+    assert {i.name for i in cm.graphs["generate"].inputs if i.name not in params} == \
+        {"src", "src_len", "beam_width", "max_len", "length_penalty"}
+
+
 @pytest.mark.parametrize("over", ["embedding(tgt_in, TV, E)", "zeros(N, 1, E) + embedding(tgt_in, TV, E)"])
 def test_zeros_sized_by_the_batch_read_no_labels_in_the_inference_and_decoding_graphs(over):
     """zeros(N, H) took N from the first declared input with that dim: with the labels declared
