@@ -584,7 +584,8 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
         elif meta and (epoch >= epochs or step >= total_steps):
             # (it said 'finished after 3 epochs' to a resume with --epochs 1, as if it had trained)
-            stopped = f"nothing more to train (this resume's limit of {total_steps} steps was reached before it)"
+            stopped = (f"nothing more to train (this resume's limit of {total_steps} step{'s' if total_steps != 1 else ''} "
+                       "was reached before it)")
 
         def checkpoint(pos, also_best=False, partial=None):
             state = trainer.state_numpy()
@@ -1232,8 +1233,9 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, 
 def _unwritten_run_hint(run_dir: str, names: ArgNames) -> str | None:
     """The hint for a run's file that cannot be written (a full disk): None, atomic_write's own
     ('the previous checkpoint is intact; free some space and --resume'), once the run has a
-    checkpoint; before its first one there is nothing to resume (--resume said 'nothing to
-    resume: no checkpoint'), and the run is trained again as it was started."""
+    checkpoint; with best.npz alone (the first epoch's checkpoint.npz failed after it), to copy it
+    to checkpoint.npz and resume, or start over; before either there is nothing to resume
+    (--resume said 'nothing to resume: no checkpoint'), and the run is trained again as it was started."""
     ckpt, best = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
     if os.path.exists(ckpt):
         return None

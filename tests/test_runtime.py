@@ -237,6 +237,9 @@ def test_a_run_its_step_limit_stopped_mid_epoch_resumes_where_it_stopped(tmp_pat
     assert timeless(resumed.history) == timeless(full.history)
     with open(tmp_path / "part" / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [23, 46]
+    # (a limit of one step read '1 steps')
+    assert train(spec, run_dir=str(tmp_path / "part"), steps=1, resume=True, **common).stopped == \
+        "nothing more to train (this resume's limit of 1 step was reached before it)"
 
 
 def test_a_resumed_partial_epoch_gives_back_the_best_it_replaced(tmp_path):
