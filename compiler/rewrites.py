@@ -13,7 +13,9 @@ the gradient is also the stable one (see the `log` op). `rewrite_forward`
 changes the forward graph before the gradient is built (a lookup followed by
 a product projects the table; max pooling moves before a ReLU and a bias), and
 `weights_first_in_loops` runs after `optimize` (products by a recurrent weight
-inside loop steps, for small batches).
+inside loop steps, for small batches). `sizes_from_inputs_read` runs on every
+emitted graph, optimized or not: a fill sized by an input read for nothing else
+takes its size from an input the graph computes with.
 """
 from __future__ import annotations
 
@@ -206,7 +208,7 @@ def sizes_from_inputs_read(outputs: list[Value], data_inputs: set[int]) -> None:
                 n.inputs[i] = other
                 for k in sized:
                     dims[k] = (i, list(other.shape).index(name))
-        n.attrs = {**n.attrs, "dims": tuple(dims)}
+                n.attrs = {**n.attrs, "dims": tuple(dims)}
 
 
 def emission_rewrites(outputs: list[Value], rows_hint: int | None) -> None:
