@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -73,9 +74,14 @@ def save_graphs(cm: CompiledModel, output: str, names: ArgNames = KEYWORDS) -> l
         refuse_replacing(path, kind, names=names)
     stale = _earlier_graphs(output, cm)
     try:
+        # The earlier manifest goes first and the new one is written last: a save that fails part way
+        # leaves graphs without a manifest, no build, rather than one spec's manifest beside another's graphs.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(output, "manifest.json"))
         written = cm.save(output, hint=f"pick a writable directory with {name}, or free some space")
-        for path in stale:  # (after the save: a failed one leaves the earlier manifest's graphs there)
-            os.remove(path)
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         return written
     except OSError as e:
         raise FlowgradError(f"cannot write the graphs to {output}: {e.strerror or e}",

@@ -769,6 +769,29 @@ def test_compile_into_an_earlier_build_leaves_no_graph_of_the_other_spec(tmp_pat
                                          "mine.onnx", "train.onnx"]
 
 
+def test_a_compile_that_fails_part_way_leaves_no_manifest_of_the_earlier_build(tmp_path, monkeypatch):
+    """A compile into char_lstm's build that failed at its manifest (a full disk) left char_lstm's
+    manifest, listing its sampling graph, beside mlp's graphs: a folder that read as a whole build of
+    neither. The earlier manifest goes first, the new one is written last."""
+    import errno
+
+    import runtime.checkpoint as C
+
+    build = tmp_path / "build"
+    compile(load(os.path.join(ROOT, "models", "char_lstm.yaml"), ["dims.H=8", "dims.E=4"]), output=build)
+    real_write = C._write
+
+    def full(f, data, path):
+        if path.endswith("manifest.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(f, data, path)
+
+    monkeypatch.setattr(C, "_write", full)
+    with pytest.raises(FlowgradError, match="No space left on device"):
+        compile(load(MLP, ["dims.H=8"]), output=build)
+    assert not (build / "manifest.json").exists()
+
+
 def test_device_cuda_without_cuda_is_refused_in_the_apis_words(tmp_path, run, monkeypatch):
     """train(spec, device="cuda") on a machine without CUDA was told "--device cuda was asked for"
     and to "use --device cpu", flags a script never typed (so were evaluate_run and predict); the
