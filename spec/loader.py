@@ -894,6 +894,8 @@ class _SpecBuilder:
         loc = parent.key_locs[name]
         _check_name(name, loc, "block")
         local = _Names(self.errors)
+        for size, kind, size_loc in self.symbolic_sizes(self.tree):  # (zeros(N, H) in the block reads the size)
+            local.add(size, kind, size_loc)
         inputs = list(b["in"])
         for i, arg in enumerate(inputs):
             self.attempt(_check_name, arg, b["in"].item_locs[i], "block input")
