@@ -1120,7 +1120,10 @@ def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None) -> tuple[
 def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = None, dims: dict | None = None,
             objective: str | None = None) -> dict:
     """Nodes, parameters and totals (parameter count, forward and training FLOPs per step)."""
-    B = int(batch_size or spec.batch_size)
+    # the spec compiled as it trains at that batch size: a stateful layer's carried-state
+    # buffers have batch-size rows, and the graphs' layout choices follow the batch
+    spec = spec.with_batch_size(batch_size)
+    B = int(spec.batch_size)
     env, unset = batch_env(spec, B, dims)
     sg = SpecGraph(spec, dtype)
     low = sg.low

@@ -518,6 +518,19 @@ def test_summary_counts_conv_and_scan_flops():
     assert one["totals"]["forward_matmul_flops_per_example"] == step
 
 
+def test_summary_batch_size_sizes_a_stateful_layers_buffers():
+    """summary --batch-size 4 of a stateful LSTM listed its carried-state buffers with
+    train.batch_size (32) rows, as no run at batch 4 has them, while counting FLOPs for 4."""
+    path = ROOT / "models" / "char_lstm_stateful.yaml"
+    r = json.loads(invoke("summary", path, "--json", "--batch-size", "4").stdout)
+    buffers = {p["name"]: p for p in r["params"] if p["kind"] == "buffer"}
+    assert buffers and all(p["shape"][0] == 4 for p in buffers.values()), buffers
+    assert r["totals"]["buffers"] == sum(p["count"] for p in buffers.values()) == 2 * 4 * 256
+    cm = compile_spec(load_spec(str(path)).with_batch_size(4), graphs=())
+    assert {n: list(p.shape) for n, p in cm.params.items() if p.kind == "buffer"} == \
+        {n: p["shape"] for n, p in buffers.items()}
+
+
 @pytest.mark.parametrize("name", ["cae", "char_lstm_stateful", "dates_attention"])
 def test_summary_counts_no_flops_for_copies_and_reshapes(name):
     """reshape_dims (a Reshape), precomputed (an Identity), tile_batch / tile_rows (Tile) and
