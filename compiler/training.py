@@ -960,10 +960,12 @@ def unused_entries(spec: S.Spec) -> list[SpecWarning]:
     from .lower import names_in
 
     entries = {t: a for a in spec.graph for t in a.targets}
-    read_by = {}  # name -> the first entry that reads it (used or not)
+    read_by: dict[str, list] = {}  # name -> the entries that read it (used or not), in spec order
     for a in spec.graph:
         for n in names_in(a.expr):
-            read_by.setdefault(n.split(".", 1)[0], a)
+            readers = read_by.setdefault(n.split(".", 1)[0], [])
+            if not readers or readers[-1] is not a:  # (an entry that reads it twice, once)
+                readers.append(a)
     root_exprs = [a.expr for a in [spec.loss, *spec.metrics, *spec.outputs] if a is not None]
     roots = [n for e in root_exprs for n in [*names_in(e), *_blocks_called(e, spec)]]
     roots += [str(o.get("loss")) for o in (spec.train.get("objectives") or {}).values() if isinstance(o, dict)]
@@ -987,11 +989,16 @@ def unused_entries(spec: S.Spec) -> list[SpecWarning]:
         if any(t in used for t in a.targets):
             continue
         what = ", ".join(a.targets)
-        reader = next((read_by[t] for t in a.targets if t in read_by and read_by[t] is not a), None)
-        if reader is None:
+        # every entry that reads it: naming only the first ("only 'b' reads it") was untrue of a
+        # value that 'c' reads too
+        readers = list(dict.fromkeys(", ".join(r.targets) for t in a.targets for r in read_by.get(t, []) if r is not a))
+        if not readers:
             msg = f"graph entry '{what}' is never used"
+        elif len(readers) == 1:
+            msg = f"graph entry '{what}' reaches no loss, metric or output (only '{readers[0]}' reads it, and nothing uses that)"
         else:
-            msg = f"graph entry '{what}' reaches no loss, metric or output (only '{', '.join(reader.targets)}' reads it, and nothing uses that)"
+            names = ", ".join(f"'{r}'" for r in readers[:-1]) + f" and '{readers[-1]}'"
+            msg = f"graph entry '{what}' reaches no loss, metric or output (only {names} read it, and nothing uses them)"
         out.append(SpecWarning(msg, a.loc, "use it in the loss, a metric or an output, or remove it"))
     return out
 

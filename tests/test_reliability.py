@@ -112,6 +112,34 @@ def test_check_warns_about_unused_entries_with_their_location(tmp_path):
     assert "spec OK (2 warnings)" in result.output
 
 
+def test_check_names_every_entry_that_reads_an_unused_one(tmp_path):
+    """A value read by two entries that nothing uses was said to be read by the first alone
+    ("only 'dead_b' reads it"), though 'dead_c' read it too."""
+    path = tmp_path / "readers.yaml"
+    path.write_text("""\
+flowgrad: 1
+name: readers
+dims: {D: 5, H: 4, K: 3}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N], dtype: int64}
+graph:
+  h: tanh(dense(x, H))
+  dead: relu(h)
+  dead_b: dead * dead
+  dead_c: dead + 1
+  logits: dense(h, K)
+loss: cross_entropy(logits, y)
+""")
+    warnings = [w.one_line() for w in check_spec(load_spec(str(path))).warnings]
+    assert warnings == [
+        f"{path}:9:3: graph entry 'dead' reaches no loss, metric or output (only 'dead_b' and 'dead_c' read it, "
+        "and nothing uses them)",
+        f"{path}:10:3: graph entry 'dead_b' is never used",
+        f"{path}:11:3: graph entry 'dead_c' is never used",
+    ]
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*.yaml")), ids=lambda p: p.name)
 def test_models_have_no_unused_entries(path):
     assert [str(w) for w in check_spec(load_spec(str(path))).warnings] == []
