@@ -591,27 +591,35 @@ def _expand_subgraphs(d, sg: SpecGraph):
             with d.subgraph(name=_cluster_id(prefix)) as c:
                 c.attr(label=f"{n.name}: {node.op.name} step ({len(body)} ops)", style="rounded,dashed",
                        color="#9ca3af", fontcolor="#4b5563", fontname=FONT, fontsize="11", labeljust="l")
-                ids = {id(b): f"{prefix}/{i}" for i, b in enumerate(body)}
-                for b in body:
-                    if is_constant(b):
-                        continue
-                    c.node(dot_id(ids[id(b)]), _ir_label(b), shape="box", style="rounded", fontsize="10",
-                           margin="0.08,0.03", **{"class": "body"})
-                    for v in b.inputs:
-                        if v.producer is None and v.name:  # the step's inputs: state, sequence slices, weights
-                            vid = dot_id(f"{prefix}/in/{v.name}")
-                            if vid not in drawn:
-                                drawn.add(vid)
-                                kind = "param" if v.name in sg.low.params else "input"
-                                c.node(vid, f'<<B>{_e(v.name)}</B> <FONT POINT-SIZE="8">{_e(_shape_str(v.shape))}</FONT>>',
-                                       shape="box", style="filled", fillcolor=STYLE[kind][0], color=STYLE[kind][1],
-                                       fontsize="9", height="0.22", **{"class": "body"})
-                            c.edge(vid, dot_id(ids[id(b)]), arrowsize="0.5", color="#9ca3af")
-                        elif v.producer is not None and id(v.producer) in ids and not is_constant(v.producer):
-                            c.edge(dot_id(ids[id(v.producer)]), dot_id(ids[id(b)]), arrowsize="0.5")
+                ids = _draw_step_body(c, prefix, body, sg.low.params, drawn, fontsize="10", margin="0.08,0.03")
             ends = [b for b in body if not is_constant(b)][-1:]
             for b in ends:  # beside the entry, not above it: the link does not rank
-                d.edge(dot_id(ids[id(b)]), dot_id(n.key), style="dashed", color="#9ca3af", constraint="false")
+                d.edge(ids[id(b)], dot_id(n.key), style="dashed", color="#9ca3af", constraint="false")
+
+
+def _draw_step_body(c, prefix: str, body: list[Node], params, drawn: set[str], **attrs) -> dict[int, str]:
+    """The ops of a scan's step into cluster `c` (constants are written into the ops that read
+    them), with the edges between them and from the step's inputs (state, sequence slices,
+    weights; those named in `params` drawn as parameters); {id(op): its dot id}. Ids count the
+    ops, so the same spec gives the same .dot in every process."""
+    ids = {id(b): dot_id(f"{prefix}/{i}") for i, b in enumerate(body)}
+    for b in body:
+        if is_constant(b):
+            continue
+        c.node(ids[id(b)], _ir_label(b), shape="box", style="rounded", **attrs, **{"class": "body"})
+        for v in b.inputs:
+            if v.producer is None and v.name:  # the step's inputs: state, sequence slices, weights
+                vid = dot_id(f"{prefix}/in/{v.name}")
+                if vid not in drawn:
+                    drawn.add(vid)
+                    kind = "param" if v.name in params else "input"
+                    c.node(vid, f'<<B>{_e(v.name)}</B> <FONT POINT-SIZE="8">{_e(_shape_str(v.shape))}</FONT>>',
+                           shape="box", style="filled", fillcolor=STYLE[kind][0], color=STYLE[kind][1],
+                           fontsize="9", height="0.22", **{"class": "body"})
+                c.edge(vid, ids[id(b)], arrowsize="0.5", color="#9ca3af")
+            elif v.producer is not None and id(v.producer) in ids and not is_constant(v.producer):
+                c.edge(ids[id(v.producer)], ids[id(b)], arrowsize="0.5")
+    return ids
 
 
 # ------------------------------------------------------------------ the optimized training step
@@ -886,6 +894,7 @@ def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
     d.attr("edge", arrowsize="0.5", penwidth="0.8")
     ids = {id(n): f"op{i}" for i, n in enumerate(ops)}
     inputs_by_value = {gi.value.id: (name, gi) for name, gi in step.inputs.items()}
+    params = {name for name, gi in step.inputs.items() if gi.kind == "param"}
     groups: dict[str | None, list[Node]] = {}
     for n in ops:
         groups.setdefault(step.cluster.get(id(n)), []).append(n)
@@ -917,10 +926,13 @@ def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
                     fillcolor=fill, color=color,
                     **{"class": cls})
         if body is not None:
+            # the step's ops with their edges (they were loose boxes, and named by id(): another
+            # .dot in every process)
             with target.subgraph(name=_cluster_id("body" + ids[id(n)])) as c:
                 c.attr(label=f"{n.op.name} body", style="dashed")
-                for b in body:
-                    c.node(f"{ids[id(n)]}_{id(b)}", _ir_label(b), shape="box", style="rounded", **{"class": "body"})
+                body_ids = _draw_step_body(c, f"body/{ids[id(n)]}", body, params, set())
+            for b in [b for b in body if not is_constant(b)][-1:]:  # beside the op, not above it
+                target.edge(body_ids[id(b)], ids[id(n)], style="dashed", color="#9ca3af", constraint="false")
 
     cluster_targets: dict = {}
     stack = []

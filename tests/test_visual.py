@@ -372,6 +372,30 @@ def test_scan_is_one_box_unless_expanded(tmp_path):
     assert "body" in dot_nodes(opt_x.read_text()).values()
 
 
+def test_optimized_expand_draws_each_step_with_its_edges(tmp_path):
+    """graph --optimized --expand drew a scan's step ops as loose boxes, no edge between them nor
+    from the state, sequence slices and weights they read, named by id() (another .dot in every
+    process); --expand of the spec view drew them with their edges."""
+    outs = []
+    for k in range(2):
+        path = tmp_path / f"ox{k}.dot"
+        subprocess.run([sys.executable, str(ROOT / "cli.py"), "graph", str(CHAR_LSTM), "--optimized", "--expand", "-o",
+                        str(path)], check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": str(k + 1)},
+                       timeout=120)
+        outs.append(path.read_text())
+    assert outs[0] == outs[1]
+    nodes, edges = dot_nodes(outs[0]), dot_edges(outs[0])
+    body = {n for n, c in nodes.items() if c == "body"}
+    ops = {n for n in body if "/in/" not in n}  # the step's ops, besides its inputs
+    assert len(ops) > 10
+    inside = [(a, b) for a, b, _ in edges if a in body and b in ops]
+    # every op of a step reads a step input or another op of the step
+    assert {b for _, b in inside} == ops
+    assert any(a in ops for a, _ in inside) and any(a not in ops for a, _ in inside)
+    # each body is linked to the scan op that runs it
+    assert len([1 for a, b, _ in edges if a in ops and b not in body]) == 2  # a forward and a backward scan
+
+
 BLOCK_SPEC = """\
 flowgrad: 1
 name: blocky
