@@ -579,6 +579,9 @@ def bench(
     for k, n in r["nodes"].items():
         table.add_row(f"nodes: {k}", str(n))
     table.add_row("peak RSS", f"{r['peak_rss_mb']:.0f} MB")
+    table.add_row("threads", str(r["threads"]) if r["threads"] else "all cores")
+    if r["steps_per_call"] > 1:
+        table.add_row("steps per call", str(r["steps_per_call"]))
     if r["device"] == "cuda":
         table.add_row("CUDA graphs", "replayed" if r["cuda_graphs"] else "no (kernel by kernel)")
     out.print(table)

@@ -87,6 +87,9 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "steps": len(times) * k,  # timed: whole calls
         "steps_per_call": k,
+        # onnxruntime's intra-op threads the steps ran with (None: its default, every core), as
+        # run.json records a run's: a time means little without it
+        "threads": threads,
         # on CUDA: whether the timed steps replayed captured CUDA graphs
         "cuda_graphs": bool(trainer.runners) and all(r.replays_cuda_graph for r in trainer.runners.values()),
     }

@@ -506,6 +506,16 @@ def test_bench_reports_the_steps_it_timed():
             bench(spec, batch_size=bad)
 
 
+def test_bench_reports_the_threads_it_ran_with():
+    """bench --threads 1 --json recorded the device, dtype, batch and steps per call of its
+    timing, but not the threads it ran with, so two records could not be compared."""
+    common = ["--set", "dims.H=8", "--steps", "2", "--json"]
+    assert json.loads(invoke("bench", MLP, *common, "--threads", "1").stdout)["threads"] == 1
+    assert json.loads(invoke("bench", MLP, *common).stdout)["threads"] is None  # onnxruntime's default
+    table = invoke("bench", MLP, "--set", "dims.H=8", "--steps", "2", "--threads", "1", "--steps-per-call", "2").stdout
+    assert re.search(r"threads\s*│\s*1\b", table) and re.search(r"steps per call\s*│\s*2\b", table), table
+
+
 @pytest.mark.parametrize("args, words", [
     (["train", MLP, "--threads", "0"], "Invalid value for '--threads'"),
     (["train", MLP, "--thread", "2"], "No such option: --thread"),
