@@ -1043,7 +1043,7 @@ def node_flops(n: Node, env: dict) -> dict[str, int]:
     """FLOPs of one IR node by kind (matmul, conv, elementwise, reduction, other), symbolic
     dims valued by `env`.
 
-    matmul 2·m·k·n (batched: per matrix); gemm 2·m·k·n plus 1 per element for its bias;
+    matmul 2·m·k·n (batched: per matrix); gemm 2·m·k·n plus 1 per element for its bias, if it has one;
     conv 2·N·Cout·Hout·Wout·(Cin/groups)·kh·kw (conv_transpose: the same from the input
     side); elementwise ops and random bits 1 per output element; reductions 1 per input
     element; softmax / log_softmax 3 per element; pooling and its gradients 1 per window
@@ -1072,6 +1072,8 @@ def node_flops(n: Node, env: dict) -> dict[str, int]:
         a = n.inputs[0]
         k = _dim_value(a.shape[0] if n.attrs.get("trans_a") else a.shape[1], env)
         mn = _numel(out.shape, env)
+        if float(n.attrs.get("beta", 1.0)) == 0.0:  # no bias: emitted without C (a weight gradient's product)
+            return {"matmul": 2 * mn * k}
         return {"matmul": 2 * mn * k, "elementwise": mn}
     if name in ("conv", "conv_transpose"):
         w = n.inputs[1]

@@ -555,6 +555,21 @@ def test_summary_batch_size_sizes_a_stateful_layers_buffers():
         {n: p["shape"] for n, p in buffers.items()}
 
 
+def test_summary_counts_a_bias_add_only_for_a_gemm_with_a_bias():
+    """A weight gradient's gemm (hᵀ @ δ, beta 0, emitted without C) was counted an add per
+    output element for a bias it does not have: 32,768 FLOPs too many in mlp's training step."""
+    from compiler.visual import node_flops, training_step
+
+    nodes = [n for n in training_step(load_spec(str(MLP))).nodes if n.op.name == "gemm"]
+    env = {"N": 64}
+    no_bias = [n for n in nodes if float(n.attrs["beta"]) == 0.0]
+    assert no_bias and len(no_bias) < len(nodes)  # weight gradients, and the forward x @ W + b
+    for n in nodes:
+        f = node_flops(n, env)
+        m, k = n.outputs[0].shape
+        assert f.get("elementwise", 0) == (0 if n in no_bias else 64 * k if m == "N" else m * k), (n.attrs, f)
+
+
 @pytest.mark.parametrize("name", ["cae", "char_lstm_stateful", "dates_attention"])
 def test_summary_counts_no_flops_for_copies_and_reshapes(name):
     """reshape_dims (a Reshape), precomputed (an Identity), tile_batch / tile_rows (Tile) and
