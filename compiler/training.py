@@ -1000,7 +1000,15 @@ def unused_entries(spec: S.Spec) -> list[SpecWarning]:
             names = ", ".join(f"'{r}'" for r in readers[:-1]) + f" and '{readers[-1]}'"
             msg = f"graph entry '{what}' reaches no loss, metric or output (only {names} read it, and nothing uses them)"
         out.append(SpecWarning(msg, a.loc, "use it in the loss, a metric or an output, or remove it"))
-    return out
+    for name, block in spec.blocks.items():
+        if name not in used:
+            out.append(SpecWarning(f"block '{name}' is never run", block.loc,
+                                   "call it (or scan it) from the graph, a loss, a metric or an output, or remove it"))
+    for name, decl in spec.inputs.items():
+        if name not in used:  # (data feeds it and every graph asks for nothing of it)
+            out.append(SpecWarning(f"input '{name}' is never read", decl.loc,
+                                   "use it in the graph, a loss, a metric or an output, or remove it"))
+    return sorted(out, key=lambda w: (w.loc.line, w.loc.col) if w.loc else (0, 0))  # in the file's order
 
 
 def _blocks_called(e, spec: S.Spec) -> list[str]:

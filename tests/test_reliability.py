@@ -112,6 +112,17 @@ def test_check_warns_about_unused_entries_with_their_location(tmp_path):
     assert "spec OK (2 warnings)" in result.output
 
 
+def test_check_warns_about_blocks_never_run_and_inputs_never_read(tmp_path):
+    """A block nothing runs and an input nothing reads passed check without a word (only graph
+    entries were looked at); data still had to provide the input."""
+    path = tmp_path / "unused.yaml"
+    path.write_text(UNUSED.replace("  x: {shape: [N, D]}\n", "  x: {shape: [N, D]}\n  z: {shape: [N, D]}\n", 1)
+                    .replace("blocks:\n", "blocks:\n  idle:\n    in: [a]\n    graph:\n      b: a * 2\n    out: [b]\n", 1))
+    warnings = [w.message for w in check_spec(load_spec(str(path))).warnings]
+    assert "input 'z' is never read" in warnings and "block 'idle' is never run" in warnings
+    assert warnings.index("input 'z' is never read") < warnings.index("block 'idle' is never run")  # file order
+
+
 def test_check_names_every_entry_that_reads_an_unused_one(tmp_path):
     """A value read by two entries that nothing uses was said to be read by the first alone
     ("only 'dead_b' reads it"), though 'dead_c' read it too."""
