@@ -687,11 +687,15 @@ def build_apply(spec, obj: Objective, dtype: str, params: dict[str, ParamInfo], 
 
 def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
     objectives = objectives_of(spec)
-    if spec.loss is None and not spec.metrics and len(objectives) < 2:
+    # A lone objective's loss is the run's loss: training reports it as train_loss, so validation
+    # reports it as valid_loss (where it names a graph value, not the spec's loss, validation
+    # reported no loss: best.npz followed the training loss, early stopping on valid_loss was refused).
+    loss = objectives[0].loss if len(objectives) == 1 else spec.loss
+    if loss is None and not spec.metrics and len(objectives) < 2:
         return None
     low = Lowering(spec, mode="eval", float_dtype=dtype)
     b = _Builder(low.graph, spec.name)
-    scalars = {"loss": ("loss", _scalar_loss(low, spec.loss))} if spec.loss is not None else {}
+    scalars = {"loss": ("loss", _scalar_loss(low, loss))} if loss is not None else {}
     scalars.update({k: ("metric", v) for k, v in _metrics(low, spec).items()})
     if len(objectives) > 1:  # each objective's own loss, as training reports it (train_<objective>/loss)
         scalars.update({f"{o.name}/loss": ("metric", _scalar_loss(low, o.loss)) for o in objectives

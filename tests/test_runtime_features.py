@@ -1052,3 +1052,22 @@ def test_resuming_with_the_parameters_listed_in_another_order_goes_on(tmp_path, 
     state, meta = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
     assert meta["trained"] == {"main": ["w2", "W1"]}
     np.testing.assert_allclose(state["m/main"][:8], _params(str(tmp_path / "whole"))["m/main"][32:], rtol=1e-6, atol=1e-9)
+
+
+def test_a_lone_objective_of_a_graph_value_is_validated_as_the_runs_loss(tmp_path, data):
+    """One objective whose loss names a graph value (a fine-tuning of some parameters, say): training
+    reported its loss as train_loss, but validation reported no loss at all, so best.npz followed the
+    training loss and early stopping on valid_loss was refused as a value the record lacks."""
+    text = (TWO_OBJECTIVES.replace("loss: la + lb\n", "")
+            .replace("    second: {loss: lb, params: \"B\", optimizer: {adam: {lr: 0.05}}}\n", "")
+            .replace("schedule: [first, second]", "early_stopping: {metric: valid_loss, patience: 5}"))
+    result = train(_spec(text, tmp_path), run_dir=str(tmp_path / "run"), data=data, valid="0.25", epochs=2, threads=1,
+                   device="cpu")
+    d = dict(np.load(data))
+    valid = {k: v[-16:] for k, v in d.items()}  # (shuffled split: check the value by evaluating the run instead)
+    from runtime.api import evaluate_run
+    got = evaluate_run(str(tmp_path / "run"), data=valid, checkpoint="last", device="cpu")
+    state = _params(str(tmp_path / "run"))
+    assert got["loss"] == pytest.approx(np.mean((valid["x"] @ state["A"] - valid["y"]) ** 2), rel=1e-5)
+    assert "valid_loss" in result.history[-1]
+    assert result.best["valid_loss"] == min(r["valid_loss"] for r in result.history)
