@@ -530,6 +530,9 @@ def state_buffers(low, prefix: str, states: list[tuple[str, tuple]], loc, twice:
     buffers = [(_graph_input_name(v) or f"{prefix}.{name}0", v) for name, v in stored]
     if any(key in low.graph.buffer_updates for key, _ in buffers):
         raise twice
+    root = getattr(low, "_root", low)
+    for key, _ in buffers:  # (the runtime starts each objective's step of a batch from them: see Trainer.carried)
+        root.params[key].carried = True
     return buffers
 
 

@@ -690,7 +690,14 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                     if len(group) < opts.accumulate and next_pos < epoch_end:  # an epoch's last update may take fewer
                         continue
                     n = sum(_rows(b) for b in group)
+                    # Several objectives each run the batch: each starts its stateful scans from the
+                    # states the batch before ended with (the objective before must not move them on
+                    # by a batch), and the last one to run them carries its states to the next batch.
+                    carried = trainer.carried() if len(cm.schedule) > 1 else {}
+                    ended = {}
                     for name in cm.schedule:
+                        if carried and name != cm.schedule[0]:
+                            trainer.set_carried(carried)
                         lr = schedules[name](step)
                         try:
                             if opts.accumulate > 1:
@@ -700,6 +707,11 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                         except ORT_ERRORS as ex:
                             raise _step_failed(ex, f"training step {step} (epoch {epoch + 1})", run_dir, cm.float_dtype) from None
                         finish_step(name, scalars, n)
+                        if carried:
+                            moved = trainer.carried_by(name, opts.accumulate > 1)
+                            ended.update({k: v for k, v in trainer.carried().items() if k in moved})
+                    if carried:
+                        trainer.set_carried({**carried, **ended})
                     group = []
                     if end_step(n, next_pos):
                         break

@@ -318,6 +318,21 @@ class Trainer:
                 means[k] = _ratio(totals[f"{k}/sum"], totals[f"{k}/count"])
         return means
 
+    def carried(self) -> dict[str, np.ndarray]:
+        """Copies of the states that stateful scans carry from one batch to the next (none
+        where the spec has no stateful scan)."""
+        return {k: np.array(self.state[k].numpy(), copy=True) for k, p in self.cm.params.items() if p.carried}
+
+    def carried_by(self, objective: str, accumulate: bool) -> set[str]:
+        """The carried states that an objective's step moves on (those its loss reads)."""
+        kind = ("grads" if accumulate else "train") + ("" if objective == "main" else f"_{objective}")
+        return {k for _, k in self.runner(kind).next_outputs if self.cm.params.get(k) and self.cm.params[k].carried}
+
+    def set_carried(self, values: dict[str, np.ndarray]) -> None:
+        """Carried states set in place (the buffers the sessions' bindings hold)."""
+        for k, a in values.items():
+            self.state[k].update_inplace(np.require(a, dtype=_dtype_of(self.cm, k, a), requirements="C"))
+
     def state_numpy(self) -> dict[str, np.ndarray]:
         """A snapshot: copies, since on the CPU OrtValue.numpy() is a view of a buffer that
         a later step reuses for its outputs."""

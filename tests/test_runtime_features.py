@@ -1071,3 +1071,48 @@ def test_a_lone_objective_of_a_graph_value_is_validated_as_the_runs_loss(tmp_pat
     assert got["loss"] == pytest.approx(np.mean((valid["x"] @ state["A"] - valid["y"]) ** 2), rel=1e-5)
     assert "valid_loss" in result.history[-1]
     assert result.best["valid_loss"] == min(r["valid_loss"] for r in result.history)
+
+
+STATEFUL_TWO_OBJECTIVES = """
+flowgrad: 1
+name: st
+dims: {E: 2, H: 3}
+inputs:
+  x: {shape: [N, T, E]}
+  y: {shape: [N, T, H]}
+graph:
+  hs: rnn(x, H, stateful=true)
+  la: mean((hs - y) ** 2)
+  lb: mean(hs ** 2)
+train:
+  dtype: float64
+  objectives:
+    first: {loss: la, params: "hs.*", optimizer: {sgd: {lr: 1.0e-30}}}
+    second: {loss: LOSS, params: "hs.*", optimizer: {sgd: {lr: 1.0e-30}}}
+  batch_size: 2
+  shuffle: false
+  drop_last: true
+"""
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_objectives_of_a_stateful_scan_each_start_from_the_batch_befores_state(tmp_path, accumulate):
+    """With several objectives, each one's step of a batch moved a stateful scan's carried state on: the
+    second objective read the batch from the state the first had just ended the same batch with, and
+    the next batch started two batches on. Now every objective starts a batch (or, with --accumulate,
+    a group of batches) from where the batch before ended, and the last one carries its state on."""
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(8, 3, 2)), "y": rng.normal(size=(8, 3, 3))}
+    opts = dict(data=data, valid=0, epochs=1, threads=1, device="cpu", accumulate=accumulate)
+    # the same loss twice, the weights kept (lr 1e-30): the two objectives see the same batches alike
+    twice = train(_spec(STATEFUL_TWO_OBJECTIVES.replace("LOSS", "la"), tmp_path), run_dir=str(tmp_path / "a"), **opts)
+    assert twice.final["train_second/loss"] == pytest.approx(twice.final["train_first/loss"], rel=1e-12)
+    once = STATEFUL_TWO_OBJECTIVES.replace('    second: {loss: LOSS, params: "hs.*", optimizer: {sgd: {lr: 1.0e-30}}}\n', "")
+    alone = train(_spec(once, tmp_path, "once.yaml"), run_dir=str(tmp_path / "b"), **opts)
+    assert twice.final["train_first/loss"] == pytest.approx(alone.final["train_loss"], rel=1e-12)
+    np.testing.assert_allclose(_params(str(tmp_path / "a"))["hs.h0"], _params(str(tmp_path / "b"))["hs.h0"], rtol=1e-12)
+    # a second objective whose loss reads the scan too, but another loss: its state is carried on
+    other = train(_spec(STATEFUL_TWO_OBJECTIVES.replace("LOSS", "lb"), tmp_path, "other.yaml"), run_dir=str(tmp_path / "c"),
+                  **opts)
+    assert other.final["train_first/loss"] == pytest.approx(alone.final["train_loss"], rel=1e-12)
+    np.testing.assert_allclose(_params(str(tmp_path / "c"))["hs.h0"], _params(str(tmp_path / "b"))["hs.h0"], rtol=1e-12)
