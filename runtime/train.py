@@ -538,6 +538,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                                 f"({_difference(meta['trained'], trained)})",
                                 hint=f"resume with the run's own {names('freeze')} (and spec), or start over with "
                                      f"{names.given(overwrite=True)} or {names('init_from')}")
+            _check_same_optimizer_state(cm, state, seed, ckpt_path, run_dir, names)
             _check_state(cm, state, ckpt_path, seed, names)
             _check_vocabulary(run_dir, train_ds.meta, f"{names.given(resume=True)} {run_dir}", names)
             _check_same_batches(meta, {"batch_size": batch_size, "accumulate": opts.accumulate}, ckpt_path, run_dir,
@@ -922,6 +923,26 @@ def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: s
                             hint="resume with the run's own optimizer (its spec.yaml has it; another lr is fine), "
                                  "or start a new run from its weights: "
                                  f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+
+
+def _check_same_optimizer_state(cm: CompiledModel, state: dict, seed: int, path: str, run_dir: str,
+                                names: ArgNames) -> None:
+    """The checkpoint holds the optimizer state this run's optimizer settings keep, no more, no less:
+    sgd resumed with its momentum turned off carried the velocity on in its checkpoints, and turned
+    on again later took it up, stale; turned on, the missing velocity was blamed on a changed spec."""
+    from compiler.optim.base import possible_state_names
+
+    kinds = possible_state_names()
+    want = cm.initial_state(seed)
+    is_state = lambda k: "/" in k and k.split("/", 1)[0] in kinds and k not in cm.params  # noqa: E731
+    extra = sorted(k for k in state if is_state(k) and k not in want)
+    missing = sorted(k for k in want if is_state(k) and k not in state)
+    if extra or missing:
+        what = f"holds {extra[0]}, which" if extra else f"lacks {missing[0]}, which"
+        keeps = "this run's optimizer settings do not keep" if extra else "this run's optimizer settings keep"
+        raise DataError(f"{path} {what} {keeps}: the optimizer's settings changed since it was written (momentum?)",
+                        hint="resume with the run's own optimizer settings (its spec.yaml has them; another lr is "
+                             f"fine), or start a new run from its weights: {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _reorder_optimizer_state(cm: CompiledModel, state: dict, before: dict, now: dict) -> bool:

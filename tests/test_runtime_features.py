@@ -788,6 +788,21 @@ def test_resuming_with_another_optimizer_is_refused(tmp_path, data, other):
     assert train(_spec(adam.replace("0.01", "0.005"), tmp_path), resume=True, **{**opts, "steps": 4}).steps == 4
 
 
+@pytest.mark.parametrize("first, then, words", [
+    ("sgd: {lr: 0.05, momentum: 0.9}", "sgd: {lr: 0.05}", "holds velocity/main, which this run's optimizer settings do not keep"),
+    ("sgd: {lr: 0.05}", "sgd: {lr: 0.05, momentum: 0.9}", "lacks velocity/main, which this run's optimizer settings keep"),
+])
+def test_resuming_with_momentum_turned_off_or_on_is_refused(tmp_path, data, first, then, words):
+    """sgd resumed with its momentum turned off went on, and carried the velocity in its
+    checkpoints for a resume with momentum again to take up, stale; turned on, the missing velocity
+    was blamed on a changed spec. Both name the optimizer's settings."""
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=2, threads=1, device="cpu")
+    train(_spec(REGRESSION.replace("sgd: {lr: 0.05}", first), tmp_path), **opts)
+    with pytest.raises(FlowgradError, match=re.escape(words)) as e:
+        train(_spec(REGRESSION.replace("sgd: {lr: 0.05}", then), tmp_path), resume=True, **{**opts, "steps": 4})
+    assert "the optimizer's settings changed" in str(e.value) and "its spec.yaml has them" in e.value.hint
+
+
 @pytest.mark.parametrize("edit, words", [
     (("tanh(x @ W1)", "relu(x @ W1)"), "spec.yaml:12:6: graph entry 'h' is now relu(x @ W1); {run} trained tanh(x @ W1)"),
     (("  pred: h @ w2\n", "  g: h * 2\n  pred: g @ w2\n"), "graph entry 'g' (h * 2) is new: {run} trained without it"),

@@ -38,6 +38,14 @@ class Optimizer:
         return grad + wd * p if wd else grad
 
 
+def possible_state_names() -> set[str]:
+    """Every kind of optimizer state any optimizer keeps, whatever its settings (momentum adds a
+    velocity to sgd and rmsprop): what a checkpoint's optimizer state can be called."""
+    from . import adaptive, sgd  # noqa: F401  (they register the optimizers)
+
+    return {n for cls in OPTIMIZERS.values() for hp in ({}, {"momentum": 0.9}) for n in cls(hp).state_names}
+
+
 def optimizer_from_config(cfg: dict, loc: Loc | None = None) -> Optimizer:
     """{adam: {lr: 1e-3}} -> an Optimizer; the schema already checked the keys."""
     if not isinstance(cfg, dict) or len(cfg) != 1:
