@@ -191,6 +191,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     needed = needed_inputs(cm)
     dtypes = input_dtypes(cm)
     D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes, cm.length_bounds)
+    _check_labelled_is_read(train_ds, spec, needed)
     train_ds = D.only(train_ds, needed)
     test = spec_test(spec)
     if isinstance(test, str):  # a held-out file: checked now (what eval reads), evaluated with flowgrad eval --data
@@ -226,6 +227,21 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     if valid_ds is not None:
         valid_ds = D.cast_for(valid_ds, dtypes)
     return train_ds, valid_ds
+
+
+def _check_labelled_is_read(ds: D.Dataset, spec: S.Spec, needed: list[str]) -> None:
+    """labelled digits' K only reaches training through the has_label mask: a spec whose graphs
+    read no has_label input (D.only drops the array) would train on every example's label,
+    as if labelled were not there. Refused, as the datasets refuse other settings they would ignore."""
+    k = (ds.meta or {}).get("labelled")
+    if k is None or "has_label" in needed:
+        return
+    declared = "has_label" in spec.inputs
+    raise DataError(f"dataset {ds.name!r}: labelled {k} keeps {k} labels through a has_label mask, but the spec "
+                    f"{'declares has_label and never reads it' if declared else 'has no input has_label'}: "
+                    "training would read every example's label", _labelled_loc(spec),
+                    "weight the loss by has_label (input has_label: {shape: [N]}, as models/semisupervised.yaml "
+                    "does), or drop labelled to train on every label")
 
 
 def split_like_training(ds: D.Dataset, spec: S.Spec, valid: float | None, seed: int) -> tuple[D.Dataset, D.Dataset | None]:

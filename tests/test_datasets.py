@@ -529,6 +529,25 @@ def test_labelled_digits_mark_exactly_k_or_refuse():
     assert train.arrays["has_label"].sum() == 1438 == len(train)
 
 
+@pytest.mark.parametrize("model, inputs", [("mlp.yaml", "has no input has_label"),
+                                           ("semisupervised.yaml", "declares has_label and never reads it")])
+def test_labelled_digits_refused_where_the_spec_reads_no_has_label(tmp_path, model, inputs):
+    """labelled: K reaches training only through the has_label mask: models/mlp.yaml with
+    options {labelled: 5} trained on the labels of all 1,438 training digits without a word (the
+    array was dropped as no graph read it). Refused, pointing at labelled."""
+    from runtime.api import train
+
+    overrides = ["train.data.options={labelled: 5}"]
+    if model == "semisupervised.yaml":  # the mask declared, but the loss no longer weighted by it
+        overrides.append("graph.classify=mean(cross_entropy(logits, y, reduction=none))")
+    spec = _model_spec(model, overrides)
+    with pytest.raises(DataError, match=f"dataset 'digits': labelled 5 keeps 5 labels through a has_label mask, "
+                                        f"but the spec {inputs}: training would read every example's label") as e:
+        train(spec, steps=1, device="cpu", threads=1, run_dir=str(tmp_path / "r"))
+    assert e.value.loc == spec.locate("train", "data", "options", "labelled") and "drop labelled" in e.value.hint
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_test_fraction_of_ordered_data_keeps_the_order():
     """With shuffle: false the test fraction, as the validation one, is the last examples: a
     random test sample took rows out of the text streams, and a stateful model's batches no
