@@ -402,8 +402,12 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
     for name in needed:
         decl = spec.inputs[name]
         if name not in ds.arrays:
+            # (the digits' has_label is made by their labelled option, not named after an array they hold)
+            labelled = bundled and name == "has_label" and ds.name in ("digits", "digits_images")
             raise DataError(f"{where}{' has' if memory else ':'} no array named {name!r} for the input declared at {decl.loc}", decl.loc,
-                            did_you_mean(name, ds.arrays)
+                            (f"dataset {ds.name!r} gives has_label with its labelled option: add options: "
+                             "{labelled: K} to train.data, K the training examples that keep their label (e.g. 100)")
+                            if labelled else did_you_mean(name, ds.arrays)
                             or (f"dataset {ds.name!r} gives the arrays {', '.join(ds.arrays)}: name the spec's inputs after them"
                                 if bundled else f"{where if memory else 'the file'} has: {', '.join(ds.arrays) or 'nothing'}"))
         a = ds.arrays[name]

@@ -548,6 +548,20 @@ def test_labelled_digits_refused_where_the_spec_reads_no_has_label(tmp_path, mod
     assert not (tmp_path / "r").exists()
 
 
+def test_a_spec_reading_has_label_of_digits_without_labelled_is_told_to_add_it(tmp_path):
+    """models/semisupervised.yaml without its labelled option was told "dataset 'digits' gives
+    the arrays x, y: name the spec's inputs after them", though has_label is no array to rename
+    an input after: the digits make it with labelled: K."""
+    from runtime.api import train
+
+    spec = _model_spec("semisupervised.yaml", ["train.data.options={}"])
+    with pytest.raises(DataError, match="dataset 'digits': no array named 'has_label'") as e:
+        train(spec, steps=1, device="cpu", threads=1, run_dir=str(tmp_path / "r"))
+    assert e.value.hint.startswith("dataset 'digits' gives has_label with its labelled option: add options: "
+                                   "{labelled: K} to train.data")
+    assert e.value.loc == spec.inputs["has_label"].loc
+
+
 def test_a_test_fraction_of_ordered_data_keeps_the_order():
     """With shuffle: false the test fraction, as the validation one, is the last examples: a
     random test sample took rows out of the text streams, and a stateful model's batches no
