@@ -15,7 +15,8 @@ text
       (``y[i, t] == stream[start_i + t + 1]``), windows every ``stride``
       tokens (default ``seq_len``).
     - n-gram (``context=n``, Bengio et al. 2003): ``x`` [N, n] the previous n
-      tokens and ``y`` [N] the next one, for every position of the stream (no seq_len or stride).
+      tokens and ``y`` [N] the next one, for every token after the first n (N = len(stream) - n;
+      no seq_len or stride).
 
     Either mode can be subsampled with ``max_examples``, ``seed`` picking the
     sample (without ``max_examples``, or with one that takes every example, every example is
