@@ -629,6 +629,8 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         with progress:
             while epoch < epochs and step < total_steps and stopped == "finished":
                 order = epoch_order(seed, epoch, len(train_ds)) if cfg.get("shuffle", True) else None
+                if not position:  # (the last batch's state, from the end of each stream, started its beginning)
+                    trainer.set_carried({k: np.zeros_like(v) for k, v in trainer.carried().items()})
                 # resumed mid-epoch: go on with the epoch's running sums from the checkpoint
                 sums, count = (dict(meta.get("epoch_sums", {})), int(meta.get("epoch_count", 0))) if position else ({}, 0)
                 # the rows behind each sum: an objective's steps that overflowed in mixed precision book nothing

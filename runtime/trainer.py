@@ -319,8 +319,8 @@ class Trainer:
         return means
 
     def carried(self) -> dict[str, np.ndarray]:
-        """Copies of the states that stateful scans carry from one batch to the next (none
-        where the spec has no stateful scan)."""
+        """Copies of the states that stateful layers and scans carry from one batch to the next
+        (none where the spec has none); an epoch starts them from zeros."""
         return {k: np.array(self.state[k].numpy(), copy=True) for k, p in self.cm.params.items() if p.carried}
 
     def carried_by(self, objective: str, accumulate: bool) -> set[str]:
