@@ -30,7 +30,7 @@ class ParamInfo:
     kind: str = "param"  # or "buffer" (non-trained state such as running statistics)
     seed: int | None = None
     stored: Value | None = None  # the graph input, where `value` is its cast to the compute dtype
-    carried: bool = False  # a stateful scan's state: the state the step before ended with (a buffer)
+    carried: bool = False  # a stateful layer's or scan's state: the one the step before ended with (a buffer)
 
     @property
     def input(self) -> Value:

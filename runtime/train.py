@@ -709,9 +709,9 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                     if len(group) < opts.accumulate and next_pos < epoch_end:  # an epoch's last update may take fewer
                         continue
                     n = sum(_rows(b) for b in group)
-                    # Several objectives each run the batch: each starts its stateful scans from the
-                    # states the batch before ended with (the objective before must not move them on
-                    # by a batch), and the last one to run them carries its states to the next batch.
+                    # Several objectives each run the batch: each starts its stateful layers and scans
+                    # from the states the batch before ended with (the objective before must not move
+                    # them on by a batch), and the last one to run them carries its states to the next.
                     carried = trainer.carried() if len(cm.schedule) > 1 else {}
                     ended = {}
                     for name in cm.schedule:
