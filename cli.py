@@ -415,7 +415,8 @@ def predict(
     model: Annotated[str, typer.Argument(help="An exported ONNX file.")],
     data: Annotated[Optional[str], typer.Option("--data", help="An .npz with one array per model input.")] = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the outputs to this .npz.")] = None,
-    text: Annotated[Optional[str], typer.Option("--text", help="Prompt for a text generator (models with a 'generate' section).")] = None,
+    # (a list, so that a second --text is refused where click kept the last one without a word)
+    texts: Annotated[Optional[list[str]], typer.Option("--text", metavar="TEXT", help="Prompt for a text generator (models with a 'generate' section).")] = None,
     max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text, 0 or more (default: the spec's generate.max_len; without it 200, or a translator's target length).", min=0,
                                                    max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
     beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy (default and most: the spec's generate.beam_width, else 4).", min=1)] = None,
@@ -437,6 +438,10 @@ def predict(
     with user_errors():
         _not_empty(data=data, output=output)
         _check_device(device)
+        if texts and len(texts) > 1:
+            raise FlowgradError(f"--text is given {len(texts)} times; predict reads one prompt",
+                                hint="run predict once per text (the Python API's translate() takes a list)")
+        text = texts[0] if texts else None
         if sum(x is not None for x in (data, text, count)) != 1:
             raise FlowgradError("give one of --data (an .npz of inputs), --text (a prompt) or --count "
                                 "(samples of a generator)", hint="--data for any model, --text for language models and translators, --count for generators")

@@ -356,6 +356,14 @@ def test_predict_count_needs_a_generator(trained, tmp_path):
     assert "is not a generator: its inputs are x, not count and seed" in res.output
 
 
+def test_predict_refuses_a_second_text(tmp_path):
+    """predict --text "26 November 2026" --text "abc" printed the translation of the last text alone,
+    without a word about the first."""
+    res = invoke("predict", tmp_path / "m.onnx", "--text", "26 November 2026", "--text", "abc", code=1)
+    assert "error: --text is given 2 times; predict reads one prompt" in res.output
+    assert "hint: run predict once per text" in res.output
+
+
 def test_predict_on_a_non_onnx_file(tmp_path):
     bogus = tmp_path / "model.onnx"
     bogus.write_text("this is not a model\n")
