@@ -521,6 +521,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                             f"end an epoch with a batch of {len(train_ds) % streams}: the carried state needs "
                             f"{streams} rows", spec.locate("train", "drop_last") if "drop_last" in cfg
                             else spec.locate("train"), "add drop_last: true to the train section")
+        _check_stateful_batches(spec, cm, len(train_ds))
         mixed = any(o.mixed for o in cm.objectives)
         batch_size = spec.batch_size
         n_batches = len(train_ds) // batch_size if cfg.get("drop_last") else -(-len(train_ds) // batch_size)
@@ -810,6 +811,30 @@ def _check_stopping_metric(spec: S.Spec, reported: list[str]) -> None:
         raise SpecError(f"early_stopping: is a larger or a smaller {metric} better?",
                         spec.locate("train", "early_stopping", "metric"),
                         "add mode: max (accuracy, say) or mode: min; only a loss defaults to min")
+
+
+def _check_stateful_batches(spec: S.Spec, cm: CompiledModel, rows: int) -> None:
+    """A stateful layer or scan starts each batch row from the state the same row of the batch
+    before ended with: shuffled batches gave it another sequence's state (it trained without a
+    word), and an epoch's short last batch failed in onnxruntime's Reshape of the carried state,
+    after a whole epoch of training, with a hint about class ids."""
+    cfg = spec.train
+    stateful = sorted({k.rsplit(".", 1)[0] for k, p in cm.params.items() if p.carried})
+    if not stateful:
+        return
+    which = (f"stateful entries {', '.join(repr(s) for s in stateful)} carry" if len(stateful) > 1
+             else f"stateful entry {stateful[0]!r} carries")
+    if cfg.get("shuffle", True):
+        raise DataError(f"the {which} each batch row's state into the same row of the next batch, but "
+                        "the training data is shuffled: each row would start from another sequence's state",
+                        spec.locate("train", "shuffle") if "shuffle" in cfg else spec.locate("train"),
+                        "add shuffle: false to the train section, with data whose batches continue each other "
+                        "(the text dataset's streams option lays text out so), or drop stateful=")
+    B = spec.batch_size
+    if rows % B and not cfg.get("drop_last"):
+        raise DataError(f"the {which} a state of {B} rows (the batch size), and the {rows} training rows "
+                        f"end an epoch with a batch of {rows % B}", spec.locate("train", "drop_last")
+                        if "drop_last" in cfg else spec.locate("train"), "add drop_last: true to the train section")
 
 
 def check_steps_per_call(spec: S.Spec, steps_per_call: int, names: ArgNames) -> None:

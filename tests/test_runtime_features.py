@@ -1148,3 +1148,34 @@ def test_objectives_of_a_stateful_scan_each_start_from_the_batch_befores_state(t
                   **opts)
     assert other.final["train_first/loss"] == pytest.approx(alone.final["train_loss"], rel=1e-12)
     np.testing.assert_allclose(_params(str(tmp_path / "c"))["hs.h0"], _params(str(tmp_path / "b"))["hs.h0"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("train_section, words", [
+    ("batch_size: 2", "the training data is shuffled: each row would start from another sequence's state"),
+    ("batch_size: 2, shuffle: true", "the training data is shuffled"),
+    ("batch_size: 3, shuffle: false", "carries a state of 3 rows (the batch size), and the 8 training rows end an "
+                                      "epoch with a batch of 2"),
+])
+@pytest.mark.parametrize("layer", ["rnn(x, H, stateful=true)", "scan(cell, over=x, init=[zeros(N, H)], stateful=true)"])
+def test_a_stateful_model_on_shuffled_or_uneven_batches_is_refused(tmp_path, train_section, words, layer):
+    """A stateful layer or scan trained on shuffled batches started each row from another sequence's
+    state without a word; on rows that end an epoch with a short batch, a whole epoch trained before
+    onnxruntime failed to reshape the carried state (with a hint about class ids). Both are refused
+    before training, at the train section."""
+    from spec.errors import DataError
+
+    text = STATEFUL_TWO_OBJECTIVES.replace("graph:\n", "blocks:\n  cell:\n    in: [x_t, h]\n    params:\n"
+                                           "      W: {shape: [E, H], init: glorot_uniform}\n"
+                                           "    graph:\n      h2: tanh(x_t @ W + h)\n    out: [h2]\ngraph:\n", 1)
+    text = text.replace("rnn(x, H, stateful=true)", layer).split("train:\n")[0]
+    text += f"loss: la\ntrain: {{{train_section}, optimizer: {{sgd: {{lr: 0.1}}}}}}\n"
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(8, 3, 2)), "y": rng.normal(size=(8, 3, 3))}
+    with pytest.raises(DataError, match=re.escape(words)) as e:
+        train(_spec(text, tmp_path), run_dir=str(tmp_path / "run"), data=data, valid=0, epochs=1, threads=1, device="cpu")
+    assert "'hs'" in str(e.value) and e.value.hint and e.value.loc.line == text.splitlines().index(
+        next(line for line in text.splitlines() if line.startswith("train:"))) + 1
+    assert not os.path.exists(tmp_path / "run" / "checkpoint.npz")
+    fixed = text.replace(train_section, "batch_size: 2, shuffle: false")
+    assert train(_spec(fixed, tmp_path, "fixed.yaml"), run_dir=str(tmp_path / "ok"), data=data, valid=0, epochs=1,
+                 threads=1, device="cpu").steps == 4
