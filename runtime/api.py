@@ -162,11 +162,14 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | Mapping |
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise FlowgradError(f"{run_dir}: run.json is missing or malformed ({type(e).__name__})",
                             hint="pass a run directory that 'flowgrad train' wrote") from None
-    cm = compile_spec(spec, info.get("dtype"))  # the float type the run trained in
     ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
     if not os.path.exists(ckpt):  # a run stopped before its first epoch ended has no best yet
         ckpt = os.path.join(run_dir, "checkpoint.npz")
-    state, _ = load_checkpoint(ckpt, names)
+    state, meta = load_checkpoint(ckpt, names)
+    # the batch size the run trained with (a --batch-size is not in its spec.yaml): the carried states
+    # of stateful layers and scans have its rows, and the spec's train.batch_size refused them
+    spec = spec.with_batch_size(meta.get("batch_size"))
+    cm = compile_spec(spec, info.get("dtype"))  # the float type the run trained in
     _check_state(cm, state, ckpt, seed, names)
     if data is None:
         ds, data = held_out_test(spec, run_dir, info, cm, names)

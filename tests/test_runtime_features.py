@@ -1179,3 +1179,22 @@ def test_a_stateful_model_on_shuffled_or_uneven_batches_is_refused(tmp_path, tra
     fixed = text.replace(train_section, "batch_size: 2, shuffle: false")
     assert train(_spec(fixed, tmp_path, "fixed.yaml"), run_dir=str(tmp_path / "ok"), data=data, valid=0, epochs=1,
                  threads=1, device="cpu").steps == 4
+
+
+def test_a_stateful_run_trained_with_another_batch_size_is_evaluated(tmp_path):
+    """A stateful layer's carried state has a row per example of the batch trained with; a run trained
+    with --batch-size 4 on a spec of batch_size 2 kept [4, 3] states, and flowgrad eval compiled its
+    spec.yaml at batch size 2 and refused the checkpoint: 'hs.h0 has shape [4, 3], the spec now says
+    [2, 3]' with the hint that the spec had changed. It evaluates as the run validated."""
+    from runtime.api import evaluate_run
+
+    once = STATEFUL_TWO_OBJECTIVES.split("train:\n")[0] + "loss: la\ntrain: {batch_size: 2, shuffle: false, " \
+                                                           "optimizer: {sgd: {lr: 0.1}}}\n"
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(8, 3, 2)), "y": rng.normal(size=(8, 3, 3))}
+    valid = {"x": rng.normal(size=(4, 3, 2)), "y": rng.normal(size=(4, 3, 3))}
+    result = train(_spec(once, tmp_path), run_dir=str(tmp_path / "run"), data=data, valid=valid, epochs=1,
+                   batch_size=4, threads=1, device="cpu")
+    assert _params(str(tmp_path / "run"))["hs.h0"].shape == (4, 3)
+    got = evaluate_run(str(tmp_path / "run"), data=valid, device="cpu")
+    assert got["loss"] == pytest.approx(result.final["valid_loss"], rel=1e-6)
