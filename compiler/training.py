@@ -856,8 +856,20 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
 
         build_generator(spec, dtype)
         _check_generated_ids(spec, low)
-    low.warnings = unused_entries(spec)
+    low.warnings = unused_entries(spec) + (_untrained_params(low.params, objectives_of(spec)) if objectives else [])
     return low
+
+
+def _untrained_params(params: dict[str, ParamInfo], objectives: list) -> list[SpecWarning]:
+    """Trainable parameters that no objective's params: globs take (nor --freeze leaves out): they
+    keep their initial values, which may be meant (training a part of a model) but went unsaid."""
+    trained = {n for obj in objectives for n in trained_names(params, obj)}
+    frozen = {n for obj in objectives for n in params if _matches(n, obj.frozen)}
+    return [SpecWarning(f"parameter '{n}' is trained by no objective: no params: glob takes it, so it keeps its "
+                        "initial values", p.loc, "add it to an objective's params, or mark it 'trainable: false' "
+                        "if it is meant to stay as it starts")
+            for n, p in params.items()
+            if p.kind == "param" and p.trainable and n not in trained and n not in frozen]
 
 
 def index_bounds(g: Graph) -> dict[str, tuple[int, str]]:

@@ -123,6 +123,36 @@ def test_check_warns_about_blocks_never_run_and_inputs_never_read(tmp_path):
     assert warnings.index("input 'z' is never read") < warnings.index("block 'idle' is never run")  # file order
 
 
+def test_check_warns_about_a_parameter_no_objective_trains(tmp_path):
+    """Objectives whose params: globs leave a trainable parameter out trained without it, and it kept
+    its initial values without a word (which may be meant, but went unsaid)."""
+    path = tmp_path / "objectives.yaml"
+    path.write_text("""\
+flowgrad: 1
+name: m
+dims: {D: 4}
+inputs:
+  x: {shape: [N, D]}
+params:
+  W: {shape: [D, D], init: zeros}
+  V: {shape: [D, D], init: zeros}
+  U: {shape: [D, D], init: zeros}
+graph:
+  la: mean(x @ W)
+  lb: mean(x @ V + x @ U)
+loss: la
+train:
+  objectives:
+    a: {loss: la, params: [W]}
+    b: {loss: lb, params: [V]}
+  optimizer: {sgd: {lr: 0.1}}
+""")
+    warnings = [str(w) for w in check_spec(load_spec(str(path))).warnings]
+    assert warnings == [f"{path}:9:3: parameter 'U' is trained by no objective: no params: glob takes it, so it keeps "
+                        "its initial values\n  hint: add it to an objective's params, or mark it 'trainable: false' "
+                        "if it is meant to stay as it starts"]
+
+
 def test_check_names_every_entry_that_reads_an_unused_one(tmp_path):
     """A value read by two entries that nothing uses was said to be read by the first alone
     ("only 'dead_b' reads it"), though 'dead_c' read it too."""
