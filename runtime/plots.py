@@ -140,7 +140,9 @@ def plot_curves(run_dirs: list[str], output: str, warn=None) -> str:
         # epochs are whole numbers: the default locator ticked 1.25, 1.5, ... on a short run
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        # the curves named explicitly: matplotlib leaves a label that starts with "_" out of a
+        # legend it gathers itself, and a run in runs/_old had curves the legend did not name
+        ax.legend(ax.get_lines(), [line.get_label() for line in ax.get_lines()], fontsize=8)
     fig.tight_layout()
     save_figure(fig, output, 110)
     return output

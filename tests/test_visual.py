@@ -883,3 +883,19 @@ def test_plot_attention_of_a_run_without_attention_says_so(graphs, hint, tmp_pat
     res = invoke("plot", "attention", tmp_path, "--text", "abc", "-o", tmp_path / "a.png", code=1)
     assert f"error: {tmp_path} has no attention to draw: plot attention needs a translator" in res.stderr
     assert hint in res.stderr and "sampling graph" not in res.stderr
+
+
+def test_plot_curves_names_a_run_whose_directory_starts_with_an_underscore(tmp_path, monkeypatch):
+    """matplotlib leaves out of a legend it gathers a label starting with "_": runs/_old's curves
+    were drawn, and the legend named only the other run's."""
+    import runtime.plots as plots
+
+    for name in ("_old", "new"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0, "valid_loss": 0.9}\n'
+                                                      '{"epoch": 2, "train_loss": 0.5, "valid_loss": 0.6}\n')
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    plots.plot_curves([str(tmp_path / "_old"), str(tmp_path / "new")], str(tmp_path / "c.png"))
+    legend = figs[0].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["_old train", "_old valid", "new train", "new valid"]
