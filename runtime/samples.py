@@ -326,19 +326,25 @@ def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.textpath import TextPath
+
     s = samples_of(run_dir, count, seed, checkpoint, noise)
     name = os.path.basename(os.path.normpath(run_dir))
+    title = f"{name}: {s.note}"
+    # the figure is at least as wide as its title: a few digits' picture was narrower, and
+    # --count 1 was titled "1 samples, se"
+    title_w = TextPath((0, 0), title, size=10).get_extents().width / 72 + 0.3
     cmap = plt.get_cmap("gray_r").with_extremes(bad="#c9cfdb")  # bad: the gaps between digits
     inch = 0.1  # per pixel: an 8x8 digit is 0.8 inch wide
     if s.kind == "generator":
         imgs = np.clip(s.images["samples"], 0, 1)
         cols = min(len(imgs), max(8, int(math.ceil(math.sqrt(len(imgs))))))
         m = _mosaic(imgs, cols)
-        fig = plt.figure(figsize=(inch * m.shape[1], inch * m.shape[0] + 0.35))
+        fig = plt.figure(figsize=(max(inch * m.shape[1], title_w), inch * m.shape[0] + 0.35))
         ax = fig.add_axes((0, 0, 1, inch * m.shape[0] / (inch * m.shape[0] + 0.35)))
-        ax.imshow(m, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(m, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")  # (centred in a wider figure)
         ax.set_axis_off()
-        fig.suptitle(f"{name}: {s.note}", fontsize=10, y=0.995, va="top")
+        fig.suptitle(title, fontsize=10, y=0.995, va="top")
     else:
         labels = list(s.images)
         n = len(s.images["input"])
@@ -352,9 +358,10 @@ def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int 
             ratios += [row_h] * len(labels) + ([gap] if b < bands - 1 else [])
         width = inch * (cols * (s.images["input"].shape[2] + 1) + 1)
         height = sum(ratios) + 0.4
-        fig = plt.figure(figsize=(width + label_w, height))
-        gs = fig.add_gridspec(len(ratios), 1, height_ratios=ratios, hspace=0.0, left=label_w / (width + label_w),
-                              right=1.0, top=1 - 0.4 / height, bottom=0.0)
+        fig_w = max(width + label_w, title_w)
+        fig = plt.figure(figsize=(fig_w, height))
+        gs = fig.add_gridspec(len(ratios), 1, height_ratios=ratios, hspace=0.0, left=label_w / fig_w,
+                              right=(label_w + width) / fig_w, top=1 - 0.4 / height, bottom=0.0)
         k = 0
         for b in range(bands):
             for label in labels:
@@ -368,7 +375,7 @@ def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int 
                     spine.set_visible(False)
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
             k += 1  # the gap between bands
-        fig.suptitle(f"{name}: {s.note}", fontsize=10, y=0.995, va="top")
+        fig.suptitle(title, fontsize=10, y=0.995, va="top")
     from .plots import save_figure
 
     save_figure(fig, output, 110)

@@ -509,3 +509,27 @@ def test_plot_samples_corrupts_with_every_step_of_the_spec_noise(tmp_path):
     assert (noisy != x).mean() > 0.5  # noise nearly everywhere ...
     dark = x > 0.5
     assert 0.3 < (noisy[dark] < 0.25).mean() < 0.7  # ... and about half of the ink masked
+
+
+@pytest.mark.parametrize("kind", ["generator", "reconstruction"])
+def test_plot_samples_title_fits_a_picture_of_few_digits(kind, tmp_path, monkeypatch):
+    """The figure was as wide as its digits: plot samples runs/vae --count 1 was titled
+    "1 samples, se", and a DAE's two triples cut "dae: held-out digits, ..." at both edges."""
+    import runtime.plots as plots
+    import runtime.samples as samples
+
+    note = "1 sample, seed 0" if kind == "generator" else "held-out digits, masking noise p=0.25"
+    images = ({"samples": np.zeros((1, 8, 8))} if kind == "generator" else
+              {k: np.zeros((1, 8, 8)) for k in ("input", "corrupted", "reconstructed")})
+    monkeypatch.setattr(samples, "samples_of", lambda *a, **k: samples.Samples(kind, images, note))
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    samples.plot_samples(str(tmp_path / "a_run_named_at_length"), str(tmp_path / "s.png"))
+    fig = figs[0]
+    fig.canvas.draw()
+    title = fig._suptitle.get_window_extent()
+    assert fig._suptitle.get_text() == f"a_run_named_at_length: {note}"
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width, (title, fig.bbox)
+    for ax in fig.axes:  # the digits are all in the picture
+        box = ax.get_window_extent()
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width + 0.5
