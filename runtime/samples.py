@@ -162,7 +162,7 @@ def generate(run_dir: str, count: int = 64, seed: int = 0, checkpoint: str = "be
     _check_count_and_seed(count, seed)
     outs = runner({name: count, "seed": seed})
     key = _image_output(runner, outs, ("samples",), name)
-    return Samples("generator", {"samples": as_images(outs[key])}, f"{count} samples, seed {seed}",
+    return Samples("generator", {"samples": as_images(outs[key])}, f"{count} sample{'' if count == 1 else 's'}, seed {seed}",
                    {"output": key})
 
 

@@ -363,6 +363,8 @@ def test_plot_samples(tmp_path):
 
     gen = samples_of(str(tmp_path / "vae"), count=10, seed=3)
     assert gen.kind == "generator" and gen.images["samples"].shape == (10, 8, 8)
+    assert gen.note == "10 samples, seed 3"
+    assert samples_of(str(tmp_path / "vae"), count=1).note == "1 sample, seed 0"  # (the title said "1 samples")
     rec = samples_of(str(tmp_path / "dae"), count=5, seed=3)
     assert rec.kind == "reconstruction" and list(rec.images) == ["input", "corrupted", "reconstructed"]
     assert rec.meta["noise"] == [["masking_noise", 0.25]]  # the spec's own corruption
