@@ -862,7 +862,11 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
 
 def _untrained_params(params: dict[str, ParamInfo], objectives: list) -> list[SpecWarning]:
     """Trainable parameters that no objective's params: globs take (nor --freeze leaves out): they
-    keep their initial values, which may be meant (training a part of a model) but went unsaid."""
+    keep their initial values, which may be meant (training a part of a model) but went unsaid.
+    A spec without a loss has no objectives and trains nothing: it is an inference-only spec (train
+    refuses it with its own message), so its parameters are not each "left out by a glob"."""
+    if not objectives:
+        return []
     trained = {n for obj in objectives for n in trained_names(params, obj)}
     frozen = {n for obj in objectives for n in params if _matches(n, obj.frozen)}
     return [SpecWarning(f"parameter '{n}' is trained by no objective: no params: glob takes it, so it keeps its "

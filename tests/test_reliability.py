@@ -153,6 +153,24 @@ train:
                         "if it is meant to stay as it starts"]
 
 
+def test_check_does_not_warn_about_parameters_of_a_spec_without_a_loss(tmp_path):
+    """A spec without a loss (an inference-only spec) was told, for each of its parameters, that
+    "no params: glob takes it", though it names no globs and has no objective to take them."""
+    path = tmp_path / "inference.yaml"
+    path.write_text("""\
+flowgrad: 1
+name: m
+dims: {D: 4}
+inputs:
+  x: {shape: [N, D]}
+params:
+  W: {shape: [D, D], init: zeros}
+outputs:
+  y: x @ W
+""")
+    assert check_spec(load_spec(str(path))).warnings == []
+
+
 def test_check_names_every_entry_that_reads_an_unused_one(tmp_path):
     """A value read by two entries that nothing uses was said to be read by the first alone
     ("only 'dead_b' reads it"), though 'dead_c' read it too."""
