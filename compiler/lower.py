@@ -223,6 +223,16 @@ class Lowering:
             # given positionally, cast(y, float32), is read as a value, and was 'undefined'
             raise SpecError(f"undefined name {name!r}", loc,
                             f"a type given as an argument is a string: '{name}', e.g. cast(x, '{name}')")
+        # An output or a metric is declared, but only for the deployment graph or the report:
+        # expressions read graph entries. 'undefined name' with the hint to declare it sent the
+        # user to declare under graph: a name the spec already declares.
+        for section, entries in (("outputs", self.spec.outputs), ("metrics", self.spec.metrics)):
+            decl = next((a for a in entries if name in a.targets), None)
+            if decl is not None:
+                kind = "an output" if section == "outputs" else "a metric"
+                raise SpecError(f"{name!r} is {kind}, and expressions read graph entries, not {section}", loc,
+                                f"move its expression under graph: ({name}: {unparse(decl.expr)}) and write "
+                                f"{name}: {name} under {section}; or use the graph entry it is computed from")
         # (no close name, as for 'Wl' against 'W1': the hint still says where names come from)
         raise SpecError(f"undefined name {name!r}", loc, did_you_mean(name, self.known_names())
                         or "declare it under inputs, params, dims or graph (a block's: in, params, graph); "
