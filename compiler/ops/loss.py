@@ -139,6 +139,12 @@ class CrossEntropy(OpDef):
     gradgrad = True
 
     def expand(self, g, logits, labels, axis, reduction, label_smoothing):
+        if not is_float(logits.dtype) and is_float(labels.dtype):
+            # cross_entropy(y, logits): require_float's 'cast it to float32' would have the class
+            # ids cast and read as scores
+            raise ShapeError(f"the logits come first and the labels second, but argument 1 is {logits.dtype}"
+                             f"{fmt_shape(logits.shape)} and argument 2 is {labels.dtype}{fmt_shape(labels.shape)}",
+                             hint="swap them: cross_entropy(logits, labels)", arg="logits")
         require_float(logits, "logits")
         refuse_probabilities("cross_entropy", logits, "softmax")
         if not 0 <= label_smoothing <= 1:  # outside, the targets get negative weights: a loss without a minimum
@@ -161,6 +167,13 @@ class CrossEntropy(OpDef):
             weighed = g.apply("logical_or", g.apply("ne", t, zero), g.apply("gt", lp, g.lift(-np.inf, like=lp)))
             loss = -g.apply("sum", t * g.apply("where", weighed, lp, zero), axis=axis)
         elif labels.dtype in ("int32", "int64"):
+            if labels.rank == logits.rank and tuple(labels.shape) == tuple(logits.shape):
+                # one-hot targets declared int64: _pick's 'one axis shorter' left them to guess why
+                raise ShapeError(f"labels {labels.dtype}{fmt_shape(labels.shape)} have the logits' shape, as one-hot "
+                                 "or soft labels do, but these are integers, read as class ids",
+                                 hint=f"declare one-hot labels as floats (dtype: float32), or give class ids "
+                                      f"{fmt_shape([d for i, d in enumerate(logits.shape) if i != axis])} "
+                                      "with dtype: int64", arg="labels")
             loss = -_pick(g, lp, labels, axis)
         else:
             raise ShapeError(f"labels must be integer class ids or float probabilities, got {labels.dtype}", hint="declare the labels with dtype: int64 for class ids, or as floats with the scores' shape")
