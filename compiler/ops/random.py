@@ -432,7 +432,8 @@ class Dropout(RandomComposite):
 
     def expand(self, g, x, rng, salt, rate):
         if not 0.0 <= rate <= 1.0:
-            raise SpecError(f"dropout rate must be in [0, 1], got {rate}", current_loc(), hint="use a rate from 0 to 1, e.g. dropout(x, rate=0.5)")
+            raise SpecError(f"dropout rate must be in [0, 1], got {rate}", current_loc(), arg="rate",
+                            hint="use a rate from 0 to 1, e.g. dropout(x, rate=0.5)")
         if not is_float(x.dtype):
             raise ShapeError(f"dropout needs a float tensor, got {x.dtype}", hint="cast it with cast(x, 'float32')")
         if g.mode != "train" or rate == 0.0:
