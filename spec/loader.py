@@ -602,6 +602,10 @@ def _required_hint(path, key) -> str:
         "in": "e.g. in: [x_t, h]",
         "out": "e.g. out: [h2]",
     }
+    if key == "shape" and "params" in path:  # (a block's params too)
+        # a parameter's sizes are fixed when it is created: the input example's N (a size known
+        # only at run time) would be refused next ("the size N is only known at run time")
+        return "e.g. shape: [D, H], with sizes from dims: or numbers"
     return examples.get(key) or f"add {key}: under {_where(path)} (docs/schema.md says what it takes)"
 
 
