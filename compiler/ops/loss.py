@@ -9,7 +9,7 @@ import numpy as np
 
 from spec.errors import ShapeError, SpecError
 
-from ..ir import current_loc, fmt_shape, is_float, normalize_axis
+from ..ir import broadcast_shapes, current_loc, fmt_shape, is_float, normalize_axis
 from ..registry import REGISTRY, OpDef, Sample, op, require_float
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -279,6 +279,19 @@ class BinaryCrossEntropy(OpDef):
         ]
 
 
+def _require_comparable(name: str, a, b) -> None:
+    """The two sides of an entry-by-entry loss broadcast; else the error came from the
+    subtraction inside it ('sub: shapes [N, 10] and [N] of the operands do not broadcast'), an op
+    the user never wrote."""
+    try:
+        broadcast_shapes(a.shape, b.shape)
+    except ShapeError:
+        ids = "; class ids go to cross_entropy(logits, labels)" if not is_float(b.dtype) else ""
+        raise ShapeError(f"its arguments {a.dtype}{fmt_shape(a.shape)} and {b.dtype}{fmt_shape(b.shape)} do not "
+                         f"broadcast, and {name} compares them entry by entry", arg="b",
+                         hint=f"give both one shape, e.g. a target declared as {fmt_shape(a.shape)}{ids}") from None
+
+
 @op("mse")
 class Mse(OpDef):
     """Mean squared error (a - b) ** 2 (broadcasting), reduced by `reduction`."""
@@ -290,6 +303,7 @@ class Mse(OpDef):
     gradgrad = True
 
     def expand(self, g, a, b, reduction):
+        _require_comparable("mse", a, b)
         d = a - b
         return _reduce(g, d * d, reduction)
 
@@ -313,6 +327,7 @@ class L1Loss(OpDef):
     gradgrad = True
 
     def expand(self, g, a, b, reduction):
+        _require_comparable("l1_loss", a, b)
         return _reduce(g, g.apply("abs", a - b), reduction)
 
     def ref(self, attrs, a, b):
