@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from spec.errors import ShapeError, SpecError
 
-from .ir import Value, at, fmt_shape, normalize_axis
+from .ir import Value, at, fmt_shape, is_float, normalize_axis
 
 
 def _int_arg(v, what, loc, op: str):
@@ -129,6 +129,10 @@ class Dense(Layer):
         if x.rank < 1:
             raise ShapeError(f"dense() needs an input of rank >= 1, got the scalar {x.type}", e.loc,
                              "dense maps the last axis: give it features [D] or a batch [N, D]")
+        if not is_float(x.dtype):  # (it said 'matmul: left operand of @ must be a float tensor', ops never written)
+            raise ShapeError(f"dense() maps float features, and its input is {x.type}", _arg_loc(e, "x", 0),
+                             "token or class ids are looked up with embedding(x, V, E) first; numbers stored as "
+                             "integers are cast(x, 'float32')")
         prefix = low.layer_name("dense")
         W = a.get("W")
         # a given W takes no init, and no bias takes no b: each would be dropped without a word
