@@ -108,6 +108,10 @@ def plot_curves(run_dirs: list[str], output: str, warn=None) -> str:
                     for key in dict.fromkeys(k for r in hist for k in r if k.startswith(split))]
               for run, hist in histories.items()}
     measures = list(dict.fromkeys(panel for run_curves in curves.values() for _, panel, _ in run_curves))
+    # the objectives' losses first, side by side, then the metrics: a GAN's discriminator/loss and
+    # generator/loss were at opposite ends, its p_real and p_fake between them (a run of one
+    # objective, whose "loss" is no objective's, keeps its order)
+    measures.sort(key=lambda m: not m.endswith("/loss"))
     if not measures:
         raise DataError("the runs recorded no metrics yet", hint="train the runs for at least one epoch first (flowgrad train)")
     for run in histories:

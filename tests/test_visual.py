@@ -849,8 +849,30 @@ def test_plot_curves_draws_a_metric_of_several_objectives_in_one_panel(tmp_path,
     panels = {ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in figs[0].axes}
     assert panels == {"discriminator/loss": ["gan train", "gan valid"], "generator/loss": ["gan train", "gan valid"],
                       "p_real": ["gan train (discriminator)", "gan train (generator)", "gan valid"]}
-    styles = [line.get_linestyle() for line in figs[0].axes[1].get_lines()]
+    styles = [line.get_linestyle() for line in figs[0].axes[2].get_lines()]
     assert len(set(styles)) == 3  # (the two objectives' training curves told apart)
+
+
+def test_plot_curves_puts_the_objectives_losses_side_by_side(tmp_path, monkeypatch):
+    """A GAN's panels were discriminator/loss, p_real, p_fake, generator/loss (the order of the
+    record's keys): the two losses at opposite ends. The objectives' losses come first now, then
+    the metrics; a run of one objective keeps its order."""
+    import runtime.plots as plots
+
+    gan = {"epoch": 1, "train_discriminator/loss": 0.9, "train_discriminator/p_real": 0.5,
+           "train_discriminator/p_fake": 0.2, "train_generator/loss": 1.4, "train_generator/p_real": 0.6,
+           "train_generator/p_fake": 0.3, "valid_p_real": 0.7, "valid_p_fake": 0.1,
+           "valid_discriminator/loss": 0.6, "valid_generator/loss": 1.7}
+    mlp = {"epoch": 1, "train_acc": 0.5, "train_loss": 1.0, "valid_acc": 0.6, "valid_loss": 0.9}
+    titles = []
+    for name, record in (("gan", gan), ("mlp", mlp)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        figs = []
+        monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+        plots.plot_curves([str(tmp_path / name)], str(tmp_path / "c.png"))
+        titles.append([ax.get_title() for ax in figs[0].axes])
+    assert titles == [["discriminator/loss", "generator/loss", "p_real", "p_fake"], ["acc", "loss"]]
 
 
 def test_plot_curves_says_which_run_has_no_metrics_yet(tmp_path):
