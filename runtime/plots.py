@@ -139,6 +139,14 @@ def plot_curves(run_dirs: list[str], output: str, warn=None) -> str:
                             for i, y in enumerate(ys))
                 ax.plot(epochs, ys, linestyle=style, color=color, label=f"{labels[run]} {curve}", marker="o" if alone else None,
                         markersize=4)
+            # an epoch the step limit stopped part-way (train --steps) is a hollow marker, named once
+            # a run in the legend: it was drawn as a whole epoch
+            partial = [(r["epoch"], r.get(key)) for key, _ in drawn for r in hist
+                       if r.get("partial") is True and _is_number(r.get(key)) and math.isfinite(r[key])]
+            if partial:
+                ax.plot([e for e, _ in partial], [y for _, y in partial], linestyle="none", marker="o", markersize=6,
+                        markerfacecolor="white", color=color,
+                        label=f"{labels[run]} epoch {', '.join(dict.fromkeys(str(e) for e, _ in partial))}: partial")
         ax.set_title(measure)
         ax.set_xlabel("epoch")
         # epochs are whole numbers: the default locator ticked 1.25, 1.5, ... on a short run

@@ -743,7 +743,9 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                     # what a resume with a larger limit goes on from (this record is then redone)
                     partial = {"epoch": epoch, "position": reached, "epoch_sums": dict(sums), "epoch_count": count,
                                "epoch_rows": dict(rows), "best": dict(best), "bad_epochs": bad_epochs}
-                record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v / rows[k] for k, v in sums.items()}}
+                # a partial epoch's record says so (plot curves marks it: it was drawn as a whole epoch)
+                record = {"epoch": epoch + 1, "step": step, **({"partial": True} if partial else {}),
+                          **{f"train_{k}": v / rows[k] for k, v in sums.items()}}
                 if valid_ds is not None:
                     try:
                         record.update({f"valid_{k}": v for k, v in trainer.evaluate(

@@ -224,6 +224,7 @@ def test_a_run_its_step_limit_stopped_mid_epoch_resumes_where_it_stopped(tmp_pat
     full = train(spec, run_dir=str(tmp_path / "full"), steps=46, **common)
     first = train(spec, run_dir=str(tmp_path / "part"), steps=30, **common)
     assert first.steps == 30 and [h["step"] for h in first.history] == [23, 30]
+    assert [h.get("partial") for h in first.history] == [None, True]  # (plot curves marks it)
     again = train(spec, run_dir=str(tmp_path / "part"), steps=30, resume=True, **common)  # done: nothing more
     assert again.steps == 30 and [h["step"] for h in again.history] == [23, 30]
     # (it was reported 'finished' as if this resume had trained)
@@ -236,7 +237,7 @@ def test_a_run_its_step_limit_stopped_mid_epoch_resumes_where_it_stopped(tmp_pat
     timeless = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
     assert timeless(resumed.history) == timeless(full.history)
     with open(tmp_path / "part" / "metrics.jsonl") as f:
-        assert [json.loads(line)["step"] for line in f] == [23, 46]
+        assert [(r["step"], r.get("partial")) for r in map(json.loads, f)] == [(23, None), (46, None)]
     # (a limit of one step read '1 steps')
     assert train(spec, run_dir=str(tmp_path / "part"), steps=1, resume=True, **common).stopped == \
         "nothing more to train (this resume's limit of 1 step was reached before it)"

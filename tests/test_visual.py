@@ -921,3 +921,23 @@ def test_plot_curves_names_a_run_whose_directory_starts_with_an_underscore(tmp_p
     plots.plot_curves([str(tmp_path / "_old"), str(tmp_path / "new")], str(tmp_path / "c.png"))
     legend = figs[0].axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["_old train", "_old valid", "new train", "new valid"]
+
+
+def test_plot_curves_marks_an_epoch_the_step_limit_cut_short(tmp_path, monkeypatch):
+    """A run that --steps stopped mid-epoch drew its last, partial, epoch as a whole one; its
+    record says "partial" (train writes it), and the epoch is a hollow marker the legend names."""
+    import runtime.plots as plots
+
+    (tmp_path / "mlp").mkdir()
+    (tmp_path / "mlp" / "metrics.jsonl").write_text(
+        '{"epoch": 1, "step": 23, "train_loss": 1.0, "valid_loss": 0.9}\n'
+        '{"epoch": 2, "step": 30, "partial": true, "train_loss": 0.5, "valid_loss": 0.6}\n')
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    plots.plot_curves([str(tmp_path / "mlp")], str(tmp_path / "c.png"))
+    lines = figs[0].axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["mlp train", "mlp valid", "mlp epoch 2: partial"]
+    marks = lines[-1]
+    assert list(marks.get_xdata()) == [2, 2] and list(marks.get_ydata()) == [0.5, 0.6]
+    assert marks.get_markerfacecolor() == "white" and marks.get_linestyle() == "None"
+    assert [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()][-1] == "mlp epoch 2: partial"
