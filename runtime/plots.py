@@ -154,7 +154,9 @@ def plot_curves(run_dirs: list[str], output: str, warn=None) -> str:
         ax.grid(alpha=0.3)
         # the curves named explicitly: matplotlib leaves a label that starts with "_" out of a
         # legend it gathers itself, and a run in runs/_old had curves the legend did not name
-        ax.legend(ax.get_lines(), [line.get_label() for line in ax.get_lines()], fontsize=8)
+        legend = ax.legend(ax.get_lines(), [line.get_label() for line in ax.get_lines()], fontsize=8)
+        for text in legend.get_texts():  # a run in runs/mlp$x$ was drawn as math text, "mlp" and an italic x
+            text.set_parse_math(False)
     fig.tight_layout()
     save_figure(fig, output, 110)
     return output
@@ -223,7 +225,7 @@ def plot_attention(run_dir: str, text: str, output: str, output_name: str = "att
     ax.set_yticklabels(rows, fontsize=9)
     ax.set_xlabel("source")
     ax.set_ylabel("generated")
-    ax.set_title(f"{text!r} → {result!r}", fontsize=10)
+    ax.set_title(f"{text!r} → {result!r}", fontsize=10, parse_math=False)  # ("$5 or $6" is no math)
     fig.tight_layout()
     save_figure(fig, output, 120)
     return output

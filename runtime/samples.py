@@ -333,7 +333,8 @@ def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int 
     title = f"{name}: {s.note}"
     # the figure is at least as wide as its title: a few digits' picture was narrower, and
     # --count 1 was titled "1 samples, se"
-    title_w = TextPath((0, 0), title, size=10).get_extents().width / 72 + 0.3
+    # (a run in runs/gan$2$ is its name as written, not math text: the $ escaped here, and the title not parsed)
+    title_w = TextPath((0, 0), title.replace("$", r"\$"), size=10).get_extents().width / 72 + 0.3
     cmap = plt.get_cmap("gray_r").with_extremes(bad="#c9cfdb")  # bad: the gaps between digits
     inch = 0.1  # per pixel: an 8x8 digit is 0.8 inch wide
     if s.kind == "generator":
@@ -344,7 +345,7 @@ def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int 
         ax = fig.add_axes((0, 0, 1, inch * m.shape[0] / (inch * m.shape[0] + 0.35)))
         ax.imshow(m, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")  # (centred in a wider figure)
         ax.set_axis_off()
-        fig.suptitle(title, fontsize=10, y=0.995, va="top")
+        fig.suptitle(title, fontsize=10, y=0.995, va="top", parse_math=False)
     else:
         labels = list(s.images)
         n = len(s.images["input"])
@@ -375,7 +376,7 @@ def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int 
                     spine.set_visible(False)
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
             k += 1  # the gap between bands
-        fig.suptitle(title, fontsize=10, y=0.995, va="top")
+        fig.suptitle(title, fontsize=10, y=0.995, va="top", parse_math=False)
     from .plots import save_figure
 
     save_figure(fig, output, 110)

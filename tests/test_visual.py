@@ -941,3 +941,16 @@ def test_plot_curves_marks_an_epoch_the_step_limit_cut_short(tmp_path, monkeypat
     assert list(marks.get_xdata()) == [2, 2] and list(marks.get_ydata()) == [0.5, 0.6]
     assert marks.get_markerfacecolor() == "white" and marks.get_linestyle() == "None"
     assert [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()][-1] == "mlp epoch 2: partial"
+
+
+def test_plot_curves_names_a_run_with_dollars_as_written(tmp_path, monkeypatch):
+    """A run in runs/mlp$x$ was named in the legend as math text: "mlp" and an italic x."""
+    import runtime.plots as plots
+
+    (tmp_path / "mlp$x$").mkdir()
+    (tmp_path / "mlp$x$" / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n{"epoch": 2, "train_loss": 0.5}\n')
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+    plots.plot_curves([str(tmp_path / "mlp$x$")], str(tmp_path / "c.png"))
+    texts = figs[0].axes[0].get_legend().get_texts()
+    assert [(t.get_text(), t.get_parse_math()) for t in texts] == [("mlp$x$ train", False)]
