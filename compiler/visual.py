@@ -607,7 +607,9 @@ def _draw_step_body(c, prefix: str, body: list[Node], params, drawn: set[str], *
         if is_constant(b):
             continue
         c.node(ids[id(b)], _ir_label(b), shape="box", style="rounded", **attrs, **{"class": "body"})
-        for v in b.inputs:
+        times = [v.id for v in b.inputs]
+        for v in {v.id: v for v in b.inputs}.values():  # a value read twice (mul(h, h)): one edge, ×2
+            twice = {"label": f"×{times.count(v.id)}", "fontsize": "8"} if times.count(v.id) > 1 else {}
             if v.producer is None and v.name:  # the step's inputs: state, sequence slices, weights
                 vid = dot_id(f"{prefix}/in/{v.name}")
                 if vid not in drawn:
@@ -616,9 +618,9 @@ def _draw_step_body(c, prefix: str, body: list[Node], params, drawn: set[str], *
                     c.node(vid, f'<<B>{_e(v.name)}</B> <FONT POINT-SIZE="8">{_e(_shape_str(v.shape))}</FONT>>',
                            shape="box", style="filled", fillcolor=STYLE[kind][0], color=STYLE[kind][1],
                            fontsize="9", height="0.22", **{"class": "body"})
-                c.edge(vid, ids[id(b)], arrowsize="0.5", color="#9ca3af")
+                c.edge(vid, ids[id(b)], arrowsize="0.5", color="#9ca3af", **twice)
             elif v.producer is not None and id(v.producer) in ids and not is_constant(v.producer):
-                c.edge(ids[id(v.producer)], ids[id(b)], arrowsize="0.5")
+                c.edge(ids[id(v.producer)], ids[id(b)], arrowsize="0.5", **twice)
     return ids
 
 
@@ -953,19 +955,21 @@ def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
             draw(c, n)
     for n in ops:
         key = step.cluster.get(id(n))
-        for v in n.inputs:
-            if v.producer is not None and is_constant(v.producer):
-                continue
+        # a value an op reads twice (mul(g, g)) is one edge, labelled ×2: it was two parallel edges
+        reads = [v for v in n.inputs if not (v.producer is not None and is_constant(v.producer))]
+        times = {v.id: [r.id for r in reads].count(v.id) for v in reads}
+        for v in {v.id: v for v in reads}.values():
+            twice = {"label": f"×{times[v.id]}", "fontsize": "8"} if times[v.id] > 1 else {}
             if v.producer is None:
                 if v.id in inputs_by_value:
-                    d.edge(input_id(v, key), ids[id(n)], color="#9ca3af")
+                    d.edge(input_id(v, key), ids[id(n)], color="#9ca3af", **twice)
                 continue
             src_phase, dst_phase = step.phase[id(v.producer)], step.phase[id(n)]
             if src_phase == dst_phase or src_phase == "grad":
                 color = EDGE if dst_phase == "forward" else IR_FILL[dst_phase][1]
-                d.edge(ids[id(v.producer)], ids[id(n)], color=color)
+                d.edge(ids[id(v.producer)], ids[id(n)], color=color, **twice)
             else:  # a forward value the gradient or the optimizer reads: does not move the layout
-                d.edge(ids[id(v.producer)], ids[id(n)], color="#d1d5db", penwidth="0.6", constraint="false")
+                d.edge(ids[id(v.producer)], ids[id(n)], color="#d1d5db", penwidth="0.6", constraint="false", **twice)
     # The backward pass starts below the forward one: from the loss to the first gradient ops.
     loss_op = next((v.producer for name, v in step.outputs if name == "loss" and v.producer is not None), None)
     if loss_op is not None and id(loss_op) in ids:

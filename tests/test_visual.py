@@ -355,6 +355,22 @@ def test_optimized_graph_labels_ops_with_their_spec_location(tmp_path):
     assert "gemm(a, b, c)" in text  # the fused x @ W1 + b1
 
 
+def test_optimized_graph_draws_a_value_read_twice_as_one_edge(tmp_path):
+    """Adam's mul(g, g) read one value twice and was drawn with two parallel edges from it; it is
+    one edge now, labelled ×2."""
+    import collections
+    import re
+
+    out = tmp_path / "o.dot"
+    invoke("graph", MLP, "--optimized", "-o", out)
+    text = out.read_text()
+    edges = collections.Counter(re.findall(r"^\s*(\S+) -> (\S+) ", text, re.M))
+    assert edges and max(edges.values()) == 1
+    twice = re.findall(r"^\s*(\S+) -> (\S+) \[label=\"×2\"", text, re.M)
+    assert len(twice) == 1
+    assert re.search(rf"^\s*{twice[0][1]} \[label=<<B>mul</B>", text, re.M)
+
+
 def test_scan_is_one_box_unless_expanded(tmp_path):
     out, out_x = tmp_path / "c.dot", tmp_path / "cx.dot"
     invoke("graph", CHAR_LSTM, "-o", out)
