@@ -589,11 +589,15 @@ def _expand_subgraphs(d, sg: SpecGraph):
             prefix = f"body/{n.key}/{k}"
             body = _body_nodes(node) or []
             with d.subgraph(name=_cluster_id(prefix)) as c:
-                c.attr(label=f"{n.name}: {node.op.name} step ({len(body)} ops)", style="rounded,dashed",
+                # which way each scan runs, where it runs backward or the entry has several (a
+                # bidirectional layer's two were both "enc: scan step (14 ops)")
+                way = ("backward" if node.attrs.get("reverse") else "forward") if (
+                    len(n.subgraphs) > 1 or node.attrs.get("reverse")) else ""
+                c.attr(label=f"{n.name}: {node.op.name} step{', ' + way if way else ''} ({len(body)} ops)",
+                       style="rounded,dashed",
                        color="#9ca3af", fontcolor="#4b5563", fontname=FONT, fontsize="11", labeljust="l")
                 ids = _draw_step_body(c, prefix, body, sg.low.params, drawn, fontsize="10", margin="0.08,0.03")
-            ends = [b for b in body if not is_constant(b)][-1:]
-            for b in ends:  # beside the entry, not above it: the link does not rank
+            for b in _step_ends(node, body):  # beside the entry, not above it: the link does not rank
                 d.edge(ids[id(b)], dot_id(n.key), style="dashed", color="#9ca3af", constraint="false")
 
 
@@ -823,6 +827,17 @@ def _untransposed(v: Value) -> Value:
     return v
 
 
+def _step_ends(node: Node, body: list[Node]) -> list[Node]:
+    """The ops of a scan's step that make its carried states (an LSTM's new h and new c), each linked
+    to the scan: the link was from the step's last op alone (the new h). A body without carries
+    (a block call's graph) is linked from its last op."""
+    ops = {id(b) for b in body if not is_constant(b)}
+    body_of = next((v for v in node.attrs.values() if getattr(v, "new_carries", None) is not None), None)
+    ends = list({id(v.producer): v.producer for v in getattr(body_of, "new_carries", None) or []
+                 if v.producer is not None and id(v.producer) in ops}.values())
+    return ends or [b for b in body if not is_constant(b)][-1:]
+
+
 def _body_nodes(node: Node) -> list[Node] | None:
     """The nodes of a subgraph op's body (scan's step, a block call), or None for a plain op."""
     for v in node.attrs.values():
@@ -933,7 +948,7 @@ def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
             with target.subgraph(name=_cluster_id("body" + ids[id(n)])) as c:
                 c.attr(label=f"{n.op.name} body", style="dashed")
                 body_ids = _draw_step_body(c, f"body/{ids[id(n)]}", body, params, set())
-            for b in [b for b in body if not is_constant(b)][-1:]:  # beside the op, not above it
+            for b in _step_ends(n, body):  # each carried state's op, beside the op, not above it
                 target.edge(body_ids[id(b)], ids[id(n)], style="dashed", color="#9ca3af", constraint="false")
 
     cluster_targets: dict = {}

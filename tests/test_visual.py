@@ -371,6 +371,24 @@ def test_optimized_graph_draws_a_value_read_twice_as_one_edge(tmp_path):
     assert re.search(rf"^\s*{twice[0][1]} \[label=<<B>mul</B>", text, re.M)
 
 
+def test_expand_says_which_way_each_step_runs_and_links_every_carried_state(tmp_path):
+    """A bidirectional layer's two step clusters were both "enc: scan step (14 ops)"; they say
+    forward and backward now. The dashed link from a step to its entry started at the step's last op
+    alone (an LSTM's new h): each op that makes a carried state is linked (its new c too)."""
+    import re
+
+    bi, lstm = tmp_path / "bi.dot", tmp_path / "lstm.dot"
+    invoke("graph", ROOT / "models" / "dates_attention.yaml", "--expand", "-o", bi)
+    invoke("graph", CHAR_LSTM, "--expand", "-o", lstm)
+    labels = re.findall(r'label="(enc: scan step[^"]*)"', bi.read_text())
+    assert labels == ["enc: scan step, forward (14 ops)", "enc: scan step, backward (14 ops)"]
+    assert re.findall(r'label="(hs: scan step[^"]*)"', lstm.read_text()) == ["hs: scan step (12 ops)"]
+    text = lstm.read_text()
+    links = re.findall(r'^\s*"(body/node/hs/0/\d+)" -> "node/hs" \[.*style=dashed', text, re.M)
+    ops = {k: re.search(rf'^\s*"{k}" \[label=<<B>(\w+)</B>', text, re.M).group(1) for k in links}
+    assert sorted(ops.values()) == ["add", "mul"]  # c' = f*c + i*g, and h' = o * tanh(c')
+
+
 def test_scan_is_one_box_unless_expanded(tmp_path):
     out, out_x = tmp_path / "c.dot", tmp_path / "cx.dot"
     invoke("graph", CHAR_LSTM, "-o", out)
@@ -409,7 +427,9 @@ def test_optimized_expand_draws_each_step_with_its_edges(tmp_path):
     assert {b for _, b in inside} == ops
     assert any(a in ops for a, _ in inside) and any(a not in ops for a, _ in inside)
     # each body is linked to the scan op that runs it
-    assert len([1 for a, b, _ in edges if a in ops and b not in body]) == 2  # a forward and a backward scan
+    # a forward and a backward scan, each linked from the ops of its two carried states (h and c, δh and δc)
+    links = [b for a, b, _ in edges if a in ops and b not in body]
+    assert len(set(links)) == 2 and sorted(links.count(b) for b in set(links)) == [2, 2]
 
 
 BLOCK_SPEC = """\
