@@ -258,7 +258,8 @@ class Graph:
                 name = f"{base}_{k}"
         if name in self.inputs:
             raise ValueError(f"graph input {name!r} defined twice")
-        _check_dims(tuple(shape), f"input {name!r}", loc or current_loc())
+        what = {"param": "parameter", "buffer": "buffer", "state": "optimizer state"}.get(kind, "input")
+        _check_dims(tuple(shape), f"{what} {name!r}", loc or current_loc())
         v = Value(self, TensorType(dtype, tuple(shape)), name=name, loc=loc)
         self.inputs[name] = GraphInput(v, kind, init)
         return v
