@@ -419,6 +419,7 @@ class Lowering:
                 return _int64(result, e.loc)
             if e.op == "@":
                 a, b = self._as_tensor(a, e.left, "left"), self._as_tensor(b, e.right, "right")
+                self._check_matmul_shapes(a, b, e)
                 with at(e.op_loc or e.loc):  # shape errors point at the operator
                     return g.apply("matmul", a, b)
             self._check_operands(a, b, e)
@@ -439,6 +440,56 @@ class Lowering:
             return g.apply("index", x, spec=tuple(self._index_item(i) for i in e.index))
         raise SpecError(f"unsupported expression {type(e).__name__}", e.loc,
                         "use names, numbers, arithmetic, comparisons, op calls and subscripts; `flowgrad ops` lists the ops")
+
+    def _dim_name(self, d) -> str:
+        """A size as the spec may spell it: 64 -> 'D' when D is the one dim of that value."""
+        names = [n for n, v in self.spec.dims.items() if v == d] if isinstance(d, int) else []
+        return names[0] if len(names) == 1 else str(d)
+
+    def _dim_text(self, d) -> str:
+        """64 -> 'D = 64' when D is the one dim of that value, else '64'."""
+        name = self._dim_name(d)
+        return f"{name} = {d}" if name != str(d) else name
+
+    def _check_matmul_shapes(self, a: Value, b: Value, e: S.BinOp) -> None:
+        """A user-written `a @ b` whose inner dims differ, told with the operands as written."""
+        if a.rank == 0 or b.rank == 0 or a.dtype != b.dtype:
+            return  # the op's own checks say these
+        sa = a.shape if a.rank > 1 else (1,) + tuple(a.shape)
+        sb = b.shape if b.rank > 1 else tuple(b.shape) + (1,)
+        if sa[-1] == sb[-2]:
+            return
+        from .ir import fmt_shape
+
+        def text(x: S.Expr, v: Value, side: str) -> str:
+            t = unparse(x)
+            return t if len(t) <= 30 else f"the {side} operand {fmt_shape(v.shape)}"
+
+        lt, rt = text(e.left, a, "left"), text(e.right, b, "right")
+        which = "only" if b.rank == 1 else "first" if b.rank == 2 else "second-to-last"
+        hint = (f"the last dim of {lt} ({self._dim_text(sa[-1])}) must equal the {which} dim of {rt} "
+                f"({self._dim_text(sb[-2])})")
+        if a.rank >= 2 and b.rank >= 2 and b.shape[-1] == a.shape[-2] and a.rank == b.rank == 2:
+            swapped = fmt_shape((b.shape[0], a.shape[1]))
+            hint = f"swap the operands: {rt} @ {lt} fits, and gives {swapped}"
+        elif (isinstance(e.right, S.Name) and e.right.id in self.spec.params and b.rank == 2 and a.rank >= 2
+              and isinstance(sa[-1], int) and isinstance(e.left, S.Name) and e.left.id in self.spec.inputs):
+            # e.g. x [N, D] @ W1 declared [63, 256]: one of the two declarations is what to change
+            named = self._dim_name
+            w_shape = lambda first: f"[{first}, {named(b.shape[1])}]"  # noqa: E731
+            shape = [named(d) for d in self.spec.inputs[e.left.id].shape]
+            x_shape = lambda last: f"[{', '.join([*shape[:-1], last])}]"  # noqa: E731
+            x_named, w_named = shape[-1] != str(sa[-1]), named(sb[-2]) != str(sb[-2])
+            if w_named and not x_named:
+                hint = (f"{rt} takes inputs of width {self._dim_text(sb[-2])}: declare input '{lt}' with "
+                        f"shape {x_shape(named(sb[-2]))}")
+            elif x_named and not w_named:
+                hint = (f"input '{lt}' is {x_shape(shape[-1])}, with {shape[-1]} = {sa[-1]}: declare {rt} with "
+                        f"shape {w_shape(shape[-1])}")
+            else:
+                hint = f"declare {rt} with shape {w_shape(shape[-1])}, or input '{lt}' with shape {x_shape(named(sb[-2]))}"
+        raise ShapeError(f"shape mismatch in {lt} @ {rt}: {fmt_shape(a.shape)} @ {fmt_shape(b.shape)}",
+                         e.op_loc or e.loc, hint)
 
     def _as_tensor(self, v, e, side):
         if not isinstance(v, Value):
