@@ -492,6 +492,9 @@ class Lowering:
                          e.op_loc or e.loc, hint)
 
     def _as_tensor(self, v, e, side):
+        if isinstance(e, S.Name) and e.id in self.spec.dims and not isinstance(v, Value):
+            raise SpecError(f"{e.id} is a dim, the number {v}, but @ needs a tensor on both sides", e.loc,
+                            "write an input, a parameter or a graph entry here; to scale by the number, use * instead of @")
         if not isinstance(v, Value):
             raise SpecError(f"@ needs tensors on both sides, got {v!r}", e.loc, "use * to scale by a number")
         if not is_float(v.dtype):  # located at the operand, not at the whole product
