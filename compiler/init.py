@@ -58,11 +58,10 @@ def initial_value(kind: str, args: dict, shape, dtype: str, rng: np.random.Gener
     elif kind == "orthogonal":
         v = _orthogonal(shape, rng) * float(args.get("gain", 1.0))
     else:
-        from spec.errors import did_you_mean
-        from spec.loader import INIT_KINDS
+        from spec.loader import INIT_KINDS, init_hint
 
         raise SpecError(f"unknown initialiser {kind!r}", loc,
-                        did_you_mean(str(kind), INIT_KINDS) or f"choose from {', '.join(INIT_KINDS)}")
+                        init_hint(str(kind)) or f"choose from {', '.join(INIT_KINDS)}")
     return np.asarray(v, dtype=dtype)
 
 

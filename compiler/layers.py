@@ -29,7 +29,7 @@ def _init(v, default: str, default_args: dict | None = None, loc=None) -> tuple[
     """An init= argument: the name of an initialiser (`he_normal`), which takes no settings here (an
     expression cannot hold a mapping such as `{normal: {std: 0.1}}`: an initialiser with settings is
     declared on a parameter under params:, and given to the layer as W=)."""
-    from spec.errors import did_you_mean
+    from spec.loader import init_hint
 
     from .init import INITS
 
@@ -37,7 +37,7 @@ def _init(v, default: str, default_args: dict | None = None, loc=None) -> tuple[
         return default, dict(default_args or {})
     if isinstance(v, str) and v in INITS:
         return v, {}
-    close = did_you_mean(v, INITS) if isinstance(v, str) else None
+    close = init_hint(v) if isinstance(v, str) else None
     raise SpecError(f"unknown initialiser {v!r}", loc, close or f"choose one of {', '.join(INITS)}")
 
 

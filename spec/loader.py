@@ -309,6 +309,27 @@ def schema() -> dict:
 DTYPES = tuple(_schema()["$defs"]["dtype"]["enum"])
 INIT_KINDS = tuple(_schema()["$defs"]["init"]["then"]["enum"])
 OPTIMIZERS = tuple(_schema()["$defs"]["optimizer"]["properties"])
+
+# Other libraries' names for the initialisers, which difflib finds nothing close to.
+INIT_ALIASES = {
+    "xavier": ("glorot_uniform", "glorot_normal"), "xavier_uniform": ("glorot_uniform",),
+    "xavier_normal": ("glorot_normal",), "glorot": ("glorot_uniform", "glorot_normal"),
+    "kaiming": ("he_normal", "he_uniform"), "he": ("he_normal", "he_uniform"),
+    "kaiming_normal": ("he_normal",), "kaiming_uniform": ("he_uniform",), "msra": ("he_normal",),
+    "gaussian": ("normal",), "random_normal": ("normal",), "random_uniform": ("uniform",),
+    "zero": ("zeros",), "one": ("ones",),
+}
+
+
+def init_hint(word) -> str | None:
+    """'did you mean ...?' for an unknown initialiser, aliases (xavier, kaiming) included; None if nothing is close."""
+    if not isinstance(word, str):
+        return None
+    names = INIT_ALIASES.get(word.lower().replace("-", "_"))
+    if names:
+        what = "flowgrad's names" if len(names) > 1 else "flowgrad's name"
+        return "did you mean " + " or ".join(repr(n) for n in names) + f"? ({what} for {word})"
+    return did_you_mean(word, INIT_KINDS)
 LR_SCHEDULES = tuple(k for k in _schema()["properties"]["train"]["properties"]["lr_schedule"]["properties"]
                      if k != "warmup")
 
@@ -479,7 +500,8 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
                 continue
             inside = f"in {where}" if path else "at the top level"
             out.append(SpecError(f"unknown key '{key}' {inside}", locate_key(tree, path + [key], file),
-                                 _choices_hint(key, allowed, f"{where or 'it'} takes no keys: remove '{key}'")))
+                                 (init_hint(key) if set(allowed) >= set(INIT_KINDS) else None)
+                                 or _choices_hint(key, allowed, f"{where or 'it'} takes no keys: remove '{key}'")))
         return out
     if v == "required":
         missing = [k for k in e.validator_value if k not in value]
@@ -496,7 +518,8 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
     if v == "enum":
         options = ", ".join(str(o) for o in e.validator_value)
         if isinstance(value, str):
-            hint = did_you_mean(value, e.validator_value) or f"expected one of: {options}"
+            close = init_hint(value) if tuple(e.validator_value) == INIT_KINDS else did_you_mean(value, e.validator_value)
+            hint = close or f"expected one of: {options}"
         return [SpecError(f"{where} must be one of {options}, not {_describe(value)}", loc,
                           hint or f"expected one of: {options}")]
     if v == "const":
