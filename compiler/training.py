@@ -353,8 +353,10 @@ def _tensor_entry(low: Lowering, a: S.Assign, kind: str) -> Value:
         if isinstance(v, list):
             raise SpecError(f"{kind} {a.targets[0]!r} must be a tensor or a number, not a list of tensors",
                             a.expr.loc, f"give each tensor its own {kind}")
+        example = ("one number per batch, e.g. mean(argmax(logits, axis=-1) == y), or remove the entry"
+                   if kind == "metric" else "e.g. softmax(logits)")
         raise SpecError(f"{kind} {a.targets[0]!r} must be a tensor or a number, not {v!r}", a.expr.loc,
-                        "write an expression over the graph's values, e.g. softmax(logits)")
+                        f"write an expression over the graph's values, {example}")
     return v
 
 
