@@ -413,14 +413,42 @@ def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str], s
     out = {}
     for n, gv in zip(trained, grads):
         if gv is None:
-            raise _unreached(n, low.params[n], obj)
+            raise _unreached(n, low.params[n], obj, loss)
         out[n] = gv
     if seed is not None:
         return out
     return _penalized(low, obj, out)
 
 
-def _unreached(name: str, param, obj: Objective) -> GradientError:
+def _gradient_cut(loss: Value, param: Value):
+    """The op without a gradient (argmax, a comparison, stop_gradient...) through which the loss
+    reads `param`, or None when the loss does not read it at all."""
+    order = producers_of([loss])
+    live = _reaching([loss], cut_truncated=False)
+    reads = {param.id}
+    for node in order:
+        if any(i.id in reads for i in node.inputs):
+            reads.update(o.id for o in node.outputs)
+    return next((node for node in order if node.op.nondiff and any(o.id in live for o in node.outputs)
+                 and any(i.id in reads for i in node.inputs)), None)
+
+
+_COMPARE_SYMBOLS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def _unreached(name: str, param, obj: Objective, loss: Value | None = None) -> GradientError:
+    cut = _gradient_cut(loss, param.value) if loss is not None else None
+    if cut is not None and cut.loc is not None:
+        op = cut.op.name
+        what = (f"the comparison {_COMPARE_SYMBOLS[op]}" if op in _COMPARE_SYMBOLS
+                else "not" if op == "logical_not" else f"{op}()")
+        hint = (f"remove stop_gradient() if {name} is to learn from this loss, or mark {name} 'trainable: false'"
+                if op == "stop_gradient" else
+                f"compute the loss from the scores {what} picks from (e.g. cross_entropy of them and the labels), "
+                f"and keep {what} for metrics" if op in ("argmax", "argmin") else
+                f"compute the loss from the float values before {what}, and keep {what} for metrics")
+        return GradientError(f"the loss of objective {obj.name!r} reads parameter {name!r} only through {what}, "
+                             f"which passes no gradient", cut.loc, hint)
     return GradientError(f"parameter {name!r} never reaches the loss of objective {obj.name!r}", param.loc,
                          "use it in the loss, mark it 'trainable: false', or leave it out of the objective's params")
 
@@ -438,7 +466,7 @@ def _refuse_unreached(check: Lowering, obj: Objective) -> None:
     live = _reaching([loss], cut_truncated=False)
     for n in trained:
         if check.params[n].value.id not in live:
-            raise _unreached(n, check.params[n], obj)
+            raise _unreached(n, check.params[n], obj, loss)
 
 
 def _reaching(roots: list[Value], cut_truncated: bool) -> set[int]:
