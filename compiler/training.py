@@ -327,12 +327,37 @@ def _loc(spec, *path):
 
 
 # -------------------------------------------------------------------- graph builders
+def _missing_batch_axis(low: Lowering, err: ShapeError) -> ShapeError:
+    """A shape error in the loss of a spec that reads an input declared without the batch axis the
+    other inputs have (x: {shape: [D]} beside y: {shape: [N]}): told at that input, where the fix is."""
+    decls = [low.spec.inputs[n] for n in low.inputs if n in low.spec.inputs]
+    batched = [d for d in decls if d.shape and isinstance(d.shape[0], str)]
+    flat = [d for d in decls if d.shape and not any(isinstance(x, str) for x in d.shape)
+            and d.dtype.startswith(("float", "bfloat"))]
+    if not batched or len(flat) != 1:
+        return err
+    x, other = flat[0], batched[0]
+    batch = other.shape[0]
+    values = list(low.spec.dims.values())
+    dims = {v: k for k, v in low.spec.dims.items() if values.count(v) == 1}
+    shown = [str(dims.get(d, d)) for d in x.shape]
+    return ShapeError(f"input {x.name!r} has no batch axis {batch}: it is declared [{', '.join(shown)}], while "
+                      f"{other.name!r} is [{', '.join(str(dims.get(d, d)) for d in other.shape)}]", x.loc,
+                      f"declare {x.name} with shape [{', '.join([str(batch), *shown])}], the batch first")
+
+
 def _scalar_loss(low: Lowering, obj_loss: S.Assign) -> Value:
     with at(obj_loss.loc):
-        if isinstance(obj_loss.expr, S.Name) and obj_loss.expr.id in low._defs:
-            loss = low.evaluate_name(obj_loss.expr.id)
-        else:
-            loss = low.eval(obj_loss.expr)
+        try:
+            if isinstance(obj_loss.expr, S.Name) and obj_loss.expr.id in low._defs:
+                loss = low.evaluate_name(obj_loss.expr.id)
+            else:
+                loss = low.eval(obj_loss.expr)
+        except ShapeError as err:
+            better = _missing_batch_axis(low, err)
+            if better is err:
+                raise
+            raise better from err
     if not isinstance(loss, Value) or not is_float(loss.dtype) or loss.shape != ():
         what = loss.type if isinstance(loss, Value) else f"{len(loss)} values" if isinstance(loss, tuple) else repr(loss)
         raise ShapeError(f"the loss must be a float scalar, got {what}", obj_loss.expr.loc,
