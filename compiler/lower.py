@@ -441,14 +441,14 @@ class Lowering:
         raise SpecError(f"unsupported expression {type(e).__name__}", e.loc,
                         "use names, numbers, arithmetic, comparisons, op calls and subscripts; `flowgrad ops` lists the ops")
 
-    def _dim_name(self, d) -> str:
+    def dim_name(self, d) -> str:
         """A size as the spec may spell it: 64 -> 'D' when D is the one dim of that value."""
         names = [n for n, v in self.spec.dims.items() if v == d] if isinstance(d, int) else []
         return names[0] if len(names) == 1 else str(d)
 
     def _dim_text(self, d) -> str:
         """64 -> 'D = 64' when D is the one dim of that value, else '64'."""
-        name = self._dim_name(d)
+        name = self.dim_name(d)
         return f"{name} = {d}" if name != str(d) else name
 
     def _check_matmul_shapes(self, a: Value, b: Value, e: S.BinOp) -> None:
@@ -475,7 +475,7 @@ class Lowering:
         elif (isinstance(e.right, S.Name) and e.right.id in self.spec.params and b.rank == 2 and a.rank >= 2
               and isinstance(sa[-1], int) and isinstance(e.left, S.Name) and e.left.id in self.spec.inputs):
             # e.g. x [N, D] @ W1 declared [63, 256]: one of the two declarations is what to change
-            named = self._dim_name
+            named = self.dim_name
             w_shape = lambda first: f"[{first}, {named(b.shape[1])}]"  # noqa: E731
             shape = [named(d) for d in self.spec.inputs[e.left.id].shape]
             x_shape = lambda last: f"[{', '.join([*shape[:-1], last])}]"  # noqa: E731

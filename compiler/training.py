@@ -338,11 +338,9 @@ def _missing_batch_axis(low: Lowering, err: ShapeError) -> ShapeError:
         return err
     x, other = flat[0], batched[0]
     batch = other.shape[0]
-    values = list(low.spec.dims.values())
-    dims = {v: k for k, v in low.spec.dims.items() if values.count(v) == 1}
-    shown = [str(dims.get(d, d)) for d in x.shape]
+    shown = [low.dim_name(d) for d in x.shape]
     return ShapeError(f"input {x.name!r} has no batch axis {batch}: it is declared [{', '.join(shown)}], while "
-                      f"{other.name!r} is [{', '.join(str(dims.get(d, d)) for d in other.shape)}]", x.loc,
+                      f"{other.name!r} is [{', '.join(low.dim_name(d) for d in other.shape)}]", x.loc,
                       f"declare {x.name} with shape [{', '.join([str(batch), *shown])}], the batch first")
 
 
