@@ -296,16 +296,8 @@ loss: binary_cross_entropy(logit, cast(r, 'float32'))
     check_spec(spec)
 
 
-@pytest.mark.parametrize("expr, shown", [
-    ("x * -None", "None"), ("reshape(x, -[2, 2])", "[2, 2]"), ("x[-None]", "None"),
-    ("x * -split(x, 2, axis=1)", "split(x, 2, axis=1)"), ("where(not [1], x, x)", "[1]"),
-])
-def test_unary_operator_of_a_list_or_none_is_refused_at_its_operand(expr, shown):
-    """- of a list, None or an op's several results ended in Python's TypeError traceback,
-    and `not [1]` took the list's truthiness (False); each is refused at the operand."""
-    from compiler.training import check_spec
-
-    text = f"""flowgrad: 1
+# A graph entry z of the expression under test, over an input x [N, 4].
+Z_SPEC = """flowgrad: 1
 name: t
 inputs:
   x: {{shape: [N, 4]}}
@@ -315,6 +307,18 @@ graph:
   z: {expr}
 loss: mean(z @ W)
 """
+
+
+@pytest.mark.parametrize("expr, shown", [
+    ("x * -None", "None"), ("reshape(x, -[2, 2])", "[2, 2]"), ("x[-None]", "None"),
+    ("x * -split(x, 2, axis=1)", "split(x, 2, axis=1)"), ("where(not [1], x, x)", "[1]"),
+])
+def test_unary_operator_of_a_list_or_none_is_refused_at_its_operand(expr, shown):
+    """- of a list, None or an op's several results ended in Python's TypeError traceback,
+    and `not [1]` took the list's truthiness (False); each is refused at the operand."""
+    from compiler.training import check_spec
+
+    text = Z_SPEC.format(expr=expr)
     spec = spec_from_text(text, "models/t.yaml")
     with pytest.raises(SpecError) as info:
         check_spec(spec)
@@ -333,16 +337,7 @@ def test_power_of_constants_without_a_real_result_says_so(expr, message):
     2.0 ** 10000 said "(34, 'Numerical result out of range')"."""
     from compiler.training import check_spec
 
-    spec = spec_from_text(f"""flowgrad: 1
-name: t
-inputs:
-  x: {{shape: [N, 4]}}
-params:
-  W: {{shape: [4, 1], init: zeros}}
-graph:
-  z: {expr}
-loss: mean(z @ W)
-""", "models/t.yaml")
+    spec = spec_from_text(Z_SPEC.format(expr=expr), "models/t.yaml")
     with pytest.raises(SpecError) as info:
         check_spec(spec)
     assert info.value.message == message
