@@ -10,7 +10,7 @@ from spec import model as S
 from spec.errors import GradientError, ShapeError, SpecError
 
 from .autodiff import grad
-from .ir import Value, at, dim_mul, is_float, producers_of
+from .ir import Value, at, dim_mul, is_float, producers_of, reads_shape_only
 
 
 def _tensor_args(low, e: S.Call, names: tuple) -> list[Value]:
@@ -170,10 +170,10 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int) -> Value:
         # values whose rows mix examples, and why: a mixing node, or one reading such a value
         # (shapes aside: a gradient's ones_like of a batch sum reads only its shape)
         why = _mixes_examples(node, [v.id in env for v in node.inputs], x.shape[0]) or next(
-            (mixed[v.id] for i, v in enumerate(node.inputs) if v.id in mixed and not _reads_shape_only(node, i)), None)
+            (mixed[v.id] for i, v in enumerate(node.inputs) if v.id in mixed and not reads_shape_only(node, i)), None)
         if why:
             mixed.update({o.id: why for o in node.outputs})
-        ins = [env[v.id] if v.id in env else v if _reads_shape_only(node, i) else other(v)
+        ins = [env[v.id] if v.id in env else v if reads_shape_only(node, i) else other(v)
                for i, v in enumerate(node.inputs)]
         attrs = node.attrs
         if node.op.name == "reshape" and list(attrs["shape"]).count(batch) == 1 and -1 not in attrs["shape"] \
@@ -211,11 +211,3 @@ def _per_example(v: Value, data: set, batch: int, memo: dict) -> bool:
                 memo[o.id] = keeps and o.rank > 0 and o.shape[0] == batch
         memo.setdefault(v.id, v.id in data)
     return memo[v.id]
-
-
-def _reads_shape_only(node, i: int) -> bool:
-    """Whether `node` reads only the shape of its input i (zeros_like, a broadcast's ref)."""
-    if node.op.name in ("zeros_like", "ones_like", "fill", "numel"):
-        return True
-    names = getattr(node.op, "inputs", ())
-    return i < len(names) and names[i] in ("like", "ref")

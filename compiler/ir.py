@@ -371,3 +371,12 @@ def producers_of(values: Iterable[Value]) -> list[Node]:
                 order.append(node)
         done.add(id(root.producer))
     return order
+
+
+def reads_shape_only(node: Node, i: int) -> bool:
+    """Whether `node` reads only the shape of its input i (zeros_like, a fill's sizes, a
+    broadcast's ref)."""
+    if node.op.name in ("zeros_like", "ones_like", "fill", "numel"):
+        return True
+    names = getattr(node.op, "inputs", ())
+    return i < len(names) and names[i] in ("like", "ref")

@@ -14,8 +14,8 @@ changes the forward graph before the gradient is built (a lookup followed by
 a product projects the table; max pooling moves before a ReLU and a bias), and
 `weights_first_in_loops` runs after `optimize` (products by a recurrent weight
 inside loop steps, for small batches). `sizes_from_inputs_read` runs on every
-emitted graph, optimized or not: a fill sized by an input read for nothing else
-takes its size from an input the graph computes with.
+emitted graph, optimized or not: a data input read for its shape alone takes its
+sizes from an input the graph computes with.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from spec.errors import FlowgradError
 
-from .ir import Graph, Node, Value, at, producers_of
+from .ir import Graph, Node, Value, at, producers_of, reads_shape_only
 from .registry import get_op
 
 # Folding results larger than this stay computed at run time, to keep files small.
@@ -170,16 +170,19 @@ def _optimize_body(body) -> None:
 
 
 def sizes_from_inputs_read(outputs: list[Value], data_inputs: set[int]) -> None:
-    """A fill sized by a data input that the graph reads for nothing else (zeros(N, H), N found in
-    the labels tgt declared first) takes that size from an input the graph computes with, which
-    has the same symbolic dim, in place; otherwise the inference and decoding graphs needed the
-    labels fed for their row count alone. Inputs repeated per beam (tile_rows) count as their
-    input. `data_inputs`: the ids of the graph's data inputs."""
+    """A data input that the graph reads for its shape alone (zeros(N, H) with N found in the
+    labels tgt declared first, zeros_like(y), positions(y, axis=1)) gets its sizes from the inputs
+    the graph computes with, which have the same symbolic dims, in place; otherwise the inference
+    and decoding graphs needed the labels fed for their shape alone. A fill's sizes point at the
+    other input; another reader gets a stand-in of zeros of the same shape and dtype. Inputs
+    repeated per beam (tile_rows) count as their input. `data_inputs`: the ids of the graph's
+    data inputs."""
     nodes = producers_of(outputs)
-    computed = {v.id for v in outputs}  # reached from the outputs by more than a fill's size
+    shape_only = lambda n, i: reads_shape_only(n, i) or n.op.name == "positions"  # noqa: E731
+    computed = {v.id for v in outputs}  # reached from the outputs by more than a shape
     for n in reversed(nodes):
-        if n.op.name != "fill" and any(o.id in computed for o in n.outputs):
-            computed.update(v.id for v in n.inputs)
+        if any(o.id in computed for o in n.outputs):
+            computed.update(v.id for i, v in enumerate(n.inputs) if not shape_only(n, i))
 
     def repeats(v: Value):
         """(the data input v is, or repeats per beam; how) or None."""
@@ -190,25 +193,39 @@ def sizes_from_inputs_read(outputs: list[Value], data_inputs: set[int]) -> None:
         return (v, tuple(how)) if v.id in data_inputs else None
 
     read = [v for n in nodes for v in n.inputs if v.id in computed and repeats(v)]
+
+    def found(name, ref: Value):
+        """(an input the graph computes with, its axis of the dim `name`), or None."""
+        other = next((v for v in read if isinstance(name, str) and name in v.shape
+                      and repeats(v)[1] == repeats(ref)[1]), None)
+        return other and (other, list(other.shape).index(name))
+
+    stand_ins = {}
     for n in nodes:
-        if n.op.name != "fill":
-            continue
-        dims = list(n.attrs["dims"])
         for i, ref in enumerate(n.inputs):
-            if ref.id in computed or not repeats(ref):
+            if ref.id in computed or not shape_only(n, i) or not repeats(ref):
                 continue
-            sized = [k for k, d in enumerate(dims) if isinstance(d, tuple) and d[0] == i]
-            if not sized or not all(isinstance(dims[k][1], int) for k in sized):
-                continue  # (a size given at run time by the value of an input)
-            names = {ref.shape[dims[k][1]] for k in sized}
-            name = names.pop() if len(names) == 1 else None
-            other = next((v for v in read if isinstance(name, str) and name in v.shape
-                          and repeats(v)[1] == repeats(ref)[1]), None)
-            if other is not None:
-                n.inputs[i] = other
-                for k in sized:
-                    dims[k] = (i, list(other.shape).index(name))
-                n.attrs = {**n.attrs, "dims": tuple(dims)}
+            if n.op.name == "fill":
+                dims = list(n.attrs["dims"])
+                sized = [k for k, d in enumerate(dims) if isinstance(d, tuple) and d[0] == i]
+                if not sized or not all(isinstance(dims[k][1], int) for k in sized):
+                    continue  # (a size given at run time by the value of an input)
+                names = {ref.shape[dims[k][1]] for k in sized}
+                where = found(names.pop(), ref) if len(names) == 1 else None
+                if where is not None:
+                    n.inputs[i] = where[0]
+                    for k in sized:
+                        dims[k] = (i, where[1])
+                    n.attrs = {**n.attrs, "dims": tuple(dims)}
+                continue
+            if ref.id not in stand_ins:
+                wheres = [d if isinstance(d, int) else found(d, ref) for d in ref.shape]
+                if any(w is None for w in wheres):
+                    continue
+                others = list({id(w[0]): w[0] for w in wheres if not isinstance(w, int)}.values())
+                dims = tuple(w if isinstance(w, int) else (others.index(w[0]), w[1]) for w in wheres)
+                stand_ins[ref.id] = ref.graph.apply("fill", *others, dims=dims, dtype=ref.dtype)
+            n.inputs[i] = stand_ins[ref.id]
 
 
 def emission_rewrites(outputs: list[Value], rows_hint: int | None) -> None:

@@ -725,6 +725,44 @@ def test_compiled_graphs_take_only_the_inputs_they_use():
         assert {i.name for i in model.graph.input} <= used
 
 
+
+def test_labels_read_for_their_shape_alone_are_not_inference_inputs():
+    """An output that reads the labels only for their shape (zeros_like(y), positions(y, axis=1),
+    numel(y, axis=1)) made the inference graph take y, so predict asked for labels. The sizes
+    now come from x, which has the same dims."""
+    import onnxruntime as ort
+
+    from spec import spec_from_text
+
+    text = """flowgrad: 1
+name: shapes_of_labels
+dims: {D: 3, K: 2}
+inputs:
+  x: {shape: [N, T, D]}
+  y: {shape: [N, T], dtype: int64}
+graph:
+  logits: dense(x, K)
+outputs:
+  ends: argmax(logits, axis=-1) + zeros_like(y)
+  where: positions(y, axis=1)
+  scaled: softmax(logits) * numel(y, axis=1)
+loss: cross_entropy(logits, y)
+"""
+    cm = compile_spec(spec_from_text(text, "labels.yaml"), "float64", graphs=("eval", "infer"))
+    assert "y" in {i.name for i in cm.graphs["eval"].model.graph.input}
+    model = cm.graphs["infer"].model
+    assert {i.name for i in model.graph.input} == {"x", "logits.W", "logits.b"}
+    params = cm.initial_state(0)
+    params["logits.b"] = np.array([0.3, -0.2])
+    x = np.random.default_rng(0).normal(size=(4, 5, 3))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ends, where, scaled = sess.run(["ends", "where", "scaled"], {"x": x, **params})
+    logits = x @ params["logits.W"] + params["logits.b"]
+    np.testing.assert_array_equal(ends, logits.argmax(-1))
+    np.testing.assert_array_equal(where, np.arange(5))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(scaled, 5 * probs / probs.sum(-1, keepdims=True), rtol=1e-12)
+
 # ------------------------------------------------------------------ stabilisation
 def _value_and_grad(g: Graph, y, x, feeds):
     """y and d(sum(y * w))/dx for a fixed random weighting w, run through ONNX."""
