@@ -88,7 +88,7 @@ def gradcheck_spec(spec: S.Spec, seed: int = 0, n_directions: int = 2, n_coords:
             if p not in feeds:  # pruned from the gradients graph: nothing flows from it to the loss
                 from spec.errors import GradientError
 
-                raise GradientError(f"parameter {p!r} does not reach the loss of objective {obj.name!r}",
+                raise GradientError(f"parameter {p!r} does not reach {obj.its_loss}",
                                     hint="use it in the graph, or leave it out of the objective's params")
 
             def loss_at(xs, p=p):

@@ -45,6 +45,16 @@ class Objective:
     frozen: list[str] = field(default_factory=list)  # globs of parameters kept fixed
     frozen_by: str = "freeze"  # the argument that gave them, as the caller named it (--freeze, freeze)
     mixed: "MixedPrecision | None" = None
+    declared: bool = True  # False for the one objective of a spec's top-level `loss`
+
+    @property
+    def called(self) -> str:
+        """How messages name it: the spec's lone loss has no objective name the user wrote."""
+        return f"objective {self.name!r}" if self.declared else "the loss"
+
+    @property
+    def its_loss(self) -> str:
+        return f"the loss of objective {self.name!r}" if self.declared else "the loss"
 
 
 @dataclass
@@ -279,7 +289,7 @@ def objectives_of(spec: S.Spec) -> list[Objective]:
         if spec.loss is None:
             return []
         opt = optimizer_from_config(default_opt, _loc(spec, "train", "optimizer"))
-        return [Objective("main", spec.loss, ["*"], opt, loc=spec.loss.loc, **common)]
+        return [Objective("main", spec.loss, ["*"], opt, loc=spec.loss.loc, declared=False, **common)]
     out = []
     graph_names = {t for a in spec.graph for t in a.targets}
     for name, cfg in train["objectives"].items():
@@ -470,10 +480,11 @@ def _unreached(name: str, param, obj: Objective, loss: Value | None = None) -> G
                 f"compute the loss from the scores {what} picks from (e.g. cross_entropy of them and the labels), "
                 f"and keep {what} for metrics" if op in ("argmax", "argmin") else
                 f"compute the loss from the float values before {what}, and keep {what} for metrics")
-        return GradientError(f"the loss of objective {obj.name!r} reads parameter {name!r} only through {what}, "
+        return GradientError(f"{obj.its_loss} reads parameter {name!r} only through {what}, "
                              f"which passes no gradient", cut.loc, hint)
-    return GradientError(f"parameter {name!r} never reaches the loss of objective {obj.name!r}", param.loc,
-                         "use it in the loss, mark it 'trainable: false', or leave it out of the objective's params")
+    return GradientError(f"parameter {name!r} never reaches {obj.its_loss}", param.loc,
+                         "use it in the loss, mark it 'trainable: false'"
+                         + (", or leave it out of the objective's params" if obj.declared else ""))
 
 
 def _refuse_unreached(check: Lowering, obj: Objective) -> None:
@@ -656,19 +667,20 @@ def _training_lowering(spec, obj, dtype):
 def _trained(spec, low: Lowering, obj: Objective) -> list[str]:
     trained = trained_names(low.params, obj)
     if not trained:
-        declared = "objectives" in (spec.train or {})  # else the implicit objective of `loss`: point at the loss
-        where = (_loc(spec, "train", "objectives", obj.name, "params") if declared else None) or obj.loc
+        # the lone loss's objective has no params: to point at
+        where = (_loc(spec, "train", "objectives", obj.name, "params") if obj.declared else None) or obj.loc
         matched = [n for n, p in low.params.items() if p.kind == "param" and _matches(n, obj.param_globs)]
         frozen = [n for n in matched if low.params[n].trainable]  # (so kept fixed by freeze)
         if frozen:  # (its message blamed the objective's params for matching none)
-            raise SpecError(f"objective {obj.name!r} trains no parameters: freeze {obj.frozen} keeps all of "
+            raise SpecError(f"{obj.called} trains no parameters: freeze {obj.frozen} keeps all of "
                             f"its parameters fixed ({', '.join(frozen)})", None,
-                            f"freeze fewer parameters ({obj.frozen_by}), so that each objective trains at least one")
+                            f"freeze fewer parameters ({obj.frozen_by}), so that "
+                            + ("each objective trains at least one" if obj.declared else "some are trained"))
         if matched:
-            raise SpecError(f"objective {obj.name!r} trains no parameters: all of its parameters are marked "
+            raise SpecError(f"{obj.called} trains no parameters: all of its parameters are marked "
                             f"trainable: false ({', '.join(matched)})", where,
                             "mark one of them trainable, or leave the objective out")
-        raise SpecError(f"objective {obj.name!r} trains no parameters", where,
+        raise SpecError(f"{obj.called} trains no parameters", where,
                         f"its params {obj.param_globs} match none of: {', '.join(low.params) or '(no parameters)'}")
     return trained
 

@@ -901,7 +901,7 @@ def test_an_objective_left_nothing_to_train_says_why(tmp_path):
     ...', the very parameters it lists, located at the spec's loss: the flag went unnamed."""
     res = invoke("train", MLP, "--set", "dims.H=4", "--steps", "1", "--run-dir", tmp_path / "run", "--quiet",
                  "--freeze", "*", code=1)
-    assert res.stderr.startswith("error: objective 'main' trains no parameters: freeze ['*'] keeps all of its "
+    assert res.stderr.startswith("error: the loss trains no parameters: freeze ['*'] keeps all of its "
                                  "parameters fixed (W1, b1, W2, b2, W3, b3)\n"), res.stderr
     assert "hint: freeze fewer parameters (--freeze)" in res.stderr and "match none" not in res.stderr
     res = invoke("train", ROOT / "models" / "gan.yaml", "--set", "dims.H=4", "--steps", "1", "--run-dir",
