@@ -235,7 +235,7 @@ class Graph:
         self.buffer_updates: dict[str, Value] = {}
         # those of them that average the batches (batch_norm's running statistics): a mixed-precision
         # step skipped for overflow leaves them as they were, while a stateful scan's carried
-        # states go on with the data
+        # states go on with the data (held only where they overflowed themselves)
         self.running_averages: set[str] = set()
         # True for the step of a scan (compiler/recurrent.py's StepBuilder): a buffer update
         # written in it would never leave the loop

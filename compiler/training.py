@@ -728,6 +728,11 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
             # a skipped step changes nothing: not the running averages either (a batch whose
             # activations overflowed would leave infinite ones for evaluation)
             v = g.apply("where", g.apply("eq", skipped, g.lift(0.0, like=skipped)), v, g.input(n))
+        elif obj.mixed:
+            # a carried state goes on with the data, skipped step or not, unless it overflowed:
+            # an infinite state would overflow every later step
+            finite = g.apply("eq", g.apply("sum", v - v), g.lift(0.0, like=v))  # inf - inf is nan
+            v = g.apply("where", finite, v, g.input(n))
         b.out(f"next/{n}", "next", v)
     kind = ("grads" if gradients_only else "train") + ("" if obj.name == "main" else f"_{obj.name}")
     return b.emit(kind, optimize_graph, f"{'gradients' if gradients_only else 'training step'} of objective {obj.name}", obj.name)

@@ -223,6 +223,48 @@ def test_a_stateful_language_model_carries_its_state_in_mixed_precision():
     assert all(state[n].dtype == np.float32 and np.any(state[n] != 0) for n in buffers)
 
 
+
+UNBOUNDED_CELL = """flowgrad: 1
+name: sums
+dims: {H: 3, K: 2}
+inputs:
+  x: {shape: [N, T, H]}
+  y: {shape: [N, T], dtype: int64}
+blocks:
+  step:
+    in: [x_t, h]
+    graph:
+      h2: h + x_t
+    out: [h2]
+graph:
+  hs: scan(step, over=x, init=[zeros(N, H)], stateful=true)
+  logits: dense(hs, K)
+loss: cross_entropy(logits, y)
+train: {batch_size: 2, shuffle: false, optimizer: {adam: {lr: 0.01}}, mixed_precision: float16}
+"""
+
+
+def test_a_carried_state_that_overflows_is_held_and_one_that_does_not_goes_on():
+    """A stateful scan's state under mixed precision: a batch that overflows float16 in the
+    state (a running sum past 65504) is skipped, and its infinite state was carried into every
+    later batch, which then all overflowed until the run stopped; it is now held. A step skipped
+    for its gradients alone still carries its finite state on with the data."""
+    from spec import spec_from_text
+
+    cm = compile_spec(spec_from_text(UNBOUNDED_CELL, "sums.yaml"))
+    (buffer,) = [n for n, p in cm.params.items() if p.kind == "buffer"]
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(2, 4, 3)).astype(np.float32), "y": rng.integers(0, 2, (2, 4))}
+    state, _ = run_steps(cm, cm.initial_state(0), data, 2)
+    assert np.all(np.isfinite(state[buffer])) and np.any(state[buffer] != 0)
+    after, (out,) = run_steps(cm, state, {**data, "x": np.full((2, 4, 3), 3e4, np.float32)}, 1, first_step=2)
+    assert np.isnan(out["loss"])
+    np.testing.assert_array_equal(after[buffer], state[buffer])
+    # gradients overflowing alone (a scale beyond float16's range): skipped, the state goes on
+    after, (out,) = run_steps(cm, {**state, "loss_scale/main": np.float32(2.0 ** 40)}, data, 1, first_step=2)
+    assert np.isnan(out["loss"])
+    np.testing.assert_allclose(after[buffer], state[buffer] + data["x"].sum(1), rtol=1e-2)
+
 CONV_NOISE = """flowgrad: 1
 name: conv_noise
 dims: {C: 4, K: 3}
