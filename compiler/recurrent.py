@@ -735,8 +735,14 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict, call: st
 
         def add_param(self, name, shape, init_kind, init_args=None, trainable=True, loc=None, kind="param", seed=None):
             full = f"{block.name}.{name}"  # a block's parameters are shared by every use of the block
-            if full not in self._root.params:
+            made = self._root.params.get(full)
+            if made is None:
                 self._root.add_param(full, shape, init_kind, init_args, trainable, loc, kind, seed)
+            elif tuple(made.value.shape) != tuple(shape):  # (it failed later, in an op the user never wrote)
+                raise ShapeError(f"parameter {full!r} is {fmt_shape(shape)} in this use of block {block.name!r}, "
+                                 f"but {fmt_shape(made.value.shape)} in an earlier one", loc,
+                                 "a block's parameters are shared by all its uses: give it inputs of the same "
+                                 "size each time, or write another block for the other size")
             return capture(outer.lookup(full, loc))  # through the outer lowering, which may capture it too
 
     return BlockLowering()
