@@ -1127,7 +1127,8 @@ def _symbols(d) -> list[str]:
 
 def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None) -> tuple[dict, list[str]]:
     """Values of the symbolic dims: the inputs' leading dim is the batch, `dims` gives others
-    (a sequence length T); the rest count as 1 and are returned as the second item."""
+    (a sequence length T, a size given by an integer scalar input such as a generator's
+    count); the rest count as 1 and are returned as the second item."""
     from spec.errors import FlowgradError, did_you_mean
 
     env: dict = {}
@@ -1136,6 +1137,9 @@ def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None) -> tuple[
             for part in _symbols(decl.shape[0]):
                 env[part] = batch_size
     symbolic = {p for decl in spec.inputs.values() for d in decl.shape for p in _symbols(d)}
+    # an integer scalar input can size a value at run time (zeros(count, Z)): the dim is its name
+    symbolic |= {name for name, decl in spec.inputs.items() if not decl.shape and not is_float(decl.dtype)
+                 and decl.dtype != "bool"}
     for name, value in (dims or {}).items():
         if name in env:
             raise FlowgradError(f"--dim {name}: {name} is the batch dim", hint="set it with --batch-size")

@@ -578,6 +578,18 @@ def test_summary_counts_conv_and_scan_flops():
     assert one["totals"]["forward_matmul_flops_per_example"] == step
 
 
+
+def test_summary_sizes_an_output_by_an_integer_scalar_input():
+    """The gan's samples, zeros(count, Z) through the generator, were counted as one row
+    whatever --dim said, and --dim count=16 was refused ('no symbolic dim count'); count
+    is listed as a dim counted as 1 and --dim values it."""
+    gan = ROOT / "models" / "gan.yaml"
+    one = json.loads(invoke("summary", gan, "--json").stdout)
+    sixteen = json.loads(invoke("summary", gan, "--json", "--dim", "count=16").stdout)
+    assert one["dims_counted_as_1"] == ["count"] and sixteen["dims_counted_as_1"] == []
+    flops = lambda r: next(n for n in r["nodes"] if n["name"] == "samples")["flops_per_example"]  # noqa: E731
+    assert flops(sixteen) == pytest.approx(16 * flops(one))
+
 def test_summary_batch_size_sizes_a_stateful_layers_buffers():
     """summary --batch-size 4 of a stateful LSTM listed its carried-state buffers with
     train.batch_size (32) rows, as no run at batch 4 has them, while counting FLOPs for 4."""
