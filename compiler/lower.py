@@ -131,6 +131,9 @@ class Lowering:
         self._evaluating: list[str] = []
         self._target: str | None = None
         self._layer_calls = 0
+        # a loss lowered once per spec loss: a layer written in it (cross_entropy(dense(h, K), y))
+        # would make its parameters again under another name at a second lowering
+        self.losses: dict[int, Value] = {}
         for a in spec.graph:
             for i, t in enumerate(a.targets):
                 self._defs[t] = (a, i)

@@ -355,6 +355,8 @@ def _missing_batch_axis(low: Lowering, err: ShapeError) -> ShapeError:
 
 
 def _scalar_loss(low: Lowering, obj_loss: S.Assign) -> Value:
+    if id(obj_loss) in low.losses:
+        return low.losses[id(obj_loss)]
     with at(obj_loss.loc):
         try:
             if isinstance(obj_loss.expr, S.Name) and obj_loss.expr.id in low._defs:
@@ -370,6 +372,7 @@ def _scalar_loss(low: Lowering, obj_loss: S.Assign) -> Value:
         what = loss.type if isinstance(loss, Value) else f"{len(loss)} values" if isinstance(loss, tuple) else repr(loss)
         raise ShapeError(f"the loss must be a float scalar, got {what}", obj_loss.expr.loc,
                          "reduce it, e.g. mean(...) or sum(...)")
+    low.losses[id(obj_loss)] = loss
     return loss
 
 

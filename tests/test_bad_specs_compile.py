@@ -100,6 +100,27 @@ def test_compile_refuses_what_check_refuses(path):
     assert str(info.value) == str(err)
 
 
+
+def test_compile_accepts_a_layer_written_in_the_loss():
+    """check passed loss: cross_entropy(dense(h, K), y), and train refused it: 'parameter dense.W
+    never reaches the loss' (compile lowered the loss a second time, which made the layer's
+    weights again as dense2.W). The loss is lowered once and its layer trains."""
+    from spec import spec_from_text
+
+    text = """flowgrad: 1
+name: inline
+dims: {D: 6, H: 5, K: 3}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N], dtype: int64}
+graph:
+  h: dense(x, H, act=relu)
+loss: cross_entropy(dense(h, K), y)
+"""
+    cm = compile_spec(spec_from_text(text, "inline.yaml"), graphs=("train",))
+    assert list(cm.params) == ["h.W", "h.b", "dense.W", "dense.b"]
+    assert {f"next/{p}" for p in cm.params} <= {o.name for o in cm.graphs["train"].outputs}
+
 runner = CliRunner()
 
 
