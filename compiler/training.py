@@ -449,7 +449,7 @@ def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str], s
     out = {}
     for n, gv in zip(trained, grads):
         if gv is None:
-            raise _unreached(n, low.params[n], obj, loss)
+            raise _unreached(n, low.params[n], obj, low.spec, loss)
         out[n] = gv
     if seed is not None:
         return out
@@ -472,7 +472,7 @@ def _gradient_cut(loss: Value, param: Value):
 _COMPARE_SYMBOLS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
-def _unreached(name: str, param, obj: Objective, loss: Value | None = None) -> GradientError:
+def _unreached(name: str, param, obj: Objective, spec: S.Spec, loss: Value | None = None) -> GradientError:
     cut = _gradient_cut(loss, param.value) if loss is not None else None
     if cut is not None and cut.loc is not None:
         op = cut.op.name
@@ -485,9 +485,12 @@ def _unreached(name: str, param, obj: Objective, loss: Value | None = None) -> G
                 f"compute the loss from the float values before {what}, and keep {what} for metrics")
         return GradientError(f"{obj.its_loss} reads parameter {name!r} only through {what}, "
                              f"which passes no gradient", cut.loc, hint)
+    declared = name in spec.params or any(name == f"{b}.{p}" for b, block in spec.blocks.items() for p in block.params)
+    keep = ("mark it 'trainable: false'" if declared  # (a layer's weights have no declaration to mark)
+            else f"keep it at its initial values with --freeze '{name.rsplit('.', 1)[0]}.*' (freeze= in the Python API)")
+    ways = ["use it in the loss", keep] + (["leave it out of the objective's params"] if obj.declared else [])
     return GradientError(f"parameter {name!r} never reaches {obj.its_loss}", param.loc,
-                         "use it in the loss, mark it 'trainable: false'"
-                         + (", or leave it out of the objective's params" if obj.declared else ""))
+                         ", ".join(ways[:-1]) + (", or " if len(ways) > 2 else " or ") + ways[-1])
 
 
 def _refuse_unreached(check: Lowering, obj: Objective) -> None:
@@ -503,7 +506,7 @@ def _refuse_unreached(check: Lowering, obj: Objective) -> None:
     live = _reaching([loss], cut_truncated=False)
     for n in trained:
         if check.params[n].value.id not in live:
-            raise _unreached(n, check.params[n], obj, loss)
+            raise _unreached(n, check.params[n], obj, check.spec, loss)
 
 
 def _reaching(roots: list[Value], cut_truncated: bool) -> set[int]:
