@@ -237,6 +237,10 @@ class Graph:
         # step skipped for overflow leaves them as they were, while a stateful scan's carried
         # states go on with the data (held only where they overflowed themselves)
         self.running_averages: set[str] = set()
+        # batch_norms in train mode whose per-channel count is one symbolic dim alone (x [N, C], or
+        # [N, C, 1, 1]): (that dim, where the spec writes the batch_norm). A batch where it is 1 has no
+        # variance: training refuses data that would end an epoch with such a batch (PyTorch refuses it too)
+        self.batch_statistics: list[tuple[str, object]] = []
         # True for the step of a scan (compiler/recurrent.py's StepBuilder): a buffer update
         # written in it would never leave the loop
         self.scan_step = False

@@ -136,6 +136,8 @@ class CompiledGraph:
     inputs: list[GraphIO]
     outputs: list[GraphIO]
     objective: str | None = None
+    # a training step's batch_norms whose statistics count one dim alone (see Graph.batch_statistics)
+    batch_statistics: list = field(default_factory=list)
 
     @property
     def node_count(self) -> int:
@@ -741,7 +743,10 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
             v = g.apply("where", finite, v, g.input(n))
         b.out(f"next/{n}", "next", v)
     kind = ("grads" if gradients_only else "train") + ("" if obj.name == "main" else f"_{obj.name}")
-    return b.emit(kind, optimize_graph, f"{'gradients' if gradients_only else 'training step'} of objective {obj.name}", obj.name)
+    compiled = b.emit(kind, optimize_graph, f"{'gradients' if gradients_only else 'training step'} of objective {obj.name}",
+                      obj.name)
+    compiled.batch_statistics = list(g.batch_statistics)
+    return compiled
 
 
 def build_apply(spec, obj: Objective, dtype: str, params: dict[str, ParamInfo], optimize_graph=True) -> CompiledGraph:

@@ -522,6 +522,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                             f"{streams} rows", spec.locate("train", "drop_last") if "drop_last" in cfg
                             else spec.locate("train"), "add drop_last: true to the train section")
         _check_stateful_batches(spec, cm, len(train_ds))
+        _check_batch_statistics(spec, cm, len(train_ds))
         mixed = any(o.mixed for o in cm.objectives)
         batch_size = spec.batch_size
         n_batches = len(train_ds) // batch_size if cfg.get("drop_last") else -(-len(train_ds) // batch_size)
@@ -837,6 +838,31 @@ def _check_stateful_batches(spec: S.Spec, cm: CompiledModel, rows: int) -> None:
         raise DataError(f"the {which} a state of {B} rows (the batch size), and the {rows} training rows "
                         f"end an epoch with a batch of {rows % B}", spec.locate("train", "drop_last")
                         if "drop_last" in cfg else spec.locate("train"), "add drop_last: true to the train section")
+
+
+def _check_batch_statistics(spec: S.Spec, cm: CompiledModel, rows: int) -> None:
+    """A training batch of one example leaves a batch_norm over [N, C] one value per channel: no
+    variance to normalise by, and an unbiased one of 0 / 0 for its running average. PyTorch refuses
+    such a batch; here the running variance became NaN, and the run stopped at the end of the epoch
+    saying to lower the learning rate. So data whose batches include one of a single example (a
+    batch size of 1, or an epoch's short last batch) is refused before training, at the batch_norm."""
+    batch_dims = {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)}
+    found = [(dim, loc) for kind, g in cm.graphs.items() if kind.startswith("train")
+             for dim, loc in g.batch_statistics if dim in batch_dims]
+    if not found:
+        return
+    B, drop_last = spec.batch_size, bool(spec.train.get("drop_last"))
+    if B == 1 and rows >= 1:
+        what = "batch_size 1 gives batches of one example"
+    elif rows % B == 1 and not drop_last:
+        what = f"the {rows} training examples end an epoch with a batch of one (batch_size {B})"
+    else:
+        return
+    dim, loc = found[0]
+    raise DataError(f"batch_norm normalises each channel by its statistics over the batch ({dim}), and {what}: "
+                    "one value per channel has no variance, and the running variance would become NaN", loc,
+                    "add drop_last: true to the train section, or use a batch size that leaves no batch of one"
+                    if B > 1 else "use a batch size of 2 or more")
 
 
 def check_steps_per_call(spec: S.Spec, steps_per_call: int, names: ArgNames) -> None:

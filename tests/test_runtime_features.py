@@ -471,6 +471,30 @@ def test_drop_last_with_accumulate_makes_the_last_update_of_the_batches_left(tmp
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+BATCH_NORMED = REGRESSION.replace("  h: tanh(x @ W1)\n", "  h: tanh(batch_norm(x @ W1))\n")
+
+
+@pytest.mark.parametrize("rows, batch_size, words", [
+    (65, 16, "end an epoch with a batch of one"),
+    (64, 1, "batch_size 1 gives batches of one example"),
+])
+def test_batch_norm_over_a_batch_of_one_example_is_refused_before_training(tmp_path, rows, batch_size, words):
+    """A batch of one example leaves batch_norm one value per channel: its running variance became
+    NaN (0 / 0) and the run stopped after the epoch, saying to lower the learning rate. PyTorch
+    refuses such a batch; so does training here, at the batch_norm, before the first step."""
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.normal(size=(rows, 4)).astype(np.float32), "y": rng.normal(size=rows).astype(np.float32)}
+    with pytest.raises(FlowgradError, match=words) as e:
+        train(_spec(BATCH_NORMED, tmp_path), run_dir=str(tmp_path / "r"), data=arrays, valid="0", epochs=1,
+              batch_size=batch_size, threads=1, device="cpu")
+    assert "spec.yaml:12:11:" in str(e.value) and "running variance" in str(e.value)
+    assert not os.path.exists(tmp_path / "r" / "checkpoint.npz")
+    # drop_last leaves the short batch out, and a batch_norm over images counts their pixels too
+    res = train(_spec(BATCH_NORMED + "  drop_last: true\n", tmp_path, "dropped.yaml"), run_dir=str(tmp_path / "d"),
+                data=arrays, valid="0", epochs=1, threads=1, device="cpu")
+    assert np.isfinite(res.final["train_loss"])
+
+
 def test_with_both_limits_the_lr_schedule_plans_for_the_one_reached_first(tmp_path, data, monkeypatch):
     import runtime.train as TR
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from spec.errors import ShapeError
 
-from ..ir import TensorType, dim_div, dim_mul, fmt_shape, normalize_axis
+from ..ir import TensorType, current_loc, dim_div, dim_mul, fmt_shape, normalize_axis
 from ..registry import REQUIRED, OpDef, Sample, op, require_float
 
 
@@ -945,6 +945,9 @@ class BatchNorm(OpDef):
                     f"batch_norm: training needs more than one value per channel, got {fmt_shape(x.shape)}",
                     hint="use a batch larger than 1",
                 )
+            if isinstance(count, str) and "*" not in count:  # one dim alone, such as the batch's N:
+                # a batch of one row leaves each channel one value (checked against the data before training)
+                g.batch_statistics.append((count, current_loc()))
             mean = g.apply("mean", x, axis=axes)  # [C]
             centered = x - _per_channel(mean, x.rank)
             var = g.apply("mean", centered * centered, axis=axes)  # biased, [C]
