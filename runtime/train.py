@@ -608,7 +608,9 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
 
         def checkpoint(pos, also_best=False, partial=None):
             state = trainer.state_numpy()
-            _check_state_finite(state, step, epoch, run_dir, names)  # never replace a good checkpoint with NaNs
+            # never replace a good checkpoint with NaNs; at an epoch's end (pos 0) `epoch` already counts
+            # the epoch just ended, which the message names (it named the next one)
+            _check_state_finite(state, step, epoch - 1 if pos == 0 else epoch, run_dir, names)
             data = checkpoint_bytes(state, {
                 "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
                 "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,

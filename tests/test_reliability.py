@@ -857,6 +857,20 @@ def test_parameters_that_become_inf_never_reach_the_checkpoint(tmp_path, monkeyp
     assert meta["step"] == 10 and all(np.isfinite(v).all() for v in state.values())
 
 
+def test_parameters_that_become_inf_in_an_epochs_last_step_name_that_epoch(tmp_path):
+    """Checked at the end of the epoch, the message named the next epoch: a parameter that overflowed
+    in the second (last) step of the first epoch was said to do so 'at step 2 (epoch 2)'."""
+    from runtime.api import train
+    from spec.errors import FlowgradError
+
+    spec = ("flowgrad: 1\nname: t\ninputs:\n  x: {shape: [N, 1]}\nparams:\n  w: {shape: [1], init: zeros}\n"
+            "loss: mean(tanh(x * w))\ntrain:\n  optimizer: {sgd: {lr: 1.0e+39}}\n  batch_size: 2\n")  # lr inf in float32
+    with pytest.raises(FlowgradError, match=re.escape("w became NaN or inf at step 2 (epoch 1); training stopped")):
+        with np.errstate(over="ignore"):
+            train(spec, data={"x": np.ones((4, 1), np.float32)}, valid=0, epochs=3, run_dir=str(tmp_path / "r"),
+                  threads=1, device="cpu")
+
+
 # ====================================================================== ONNX files from strangers
 def _matmul_model(weight: onnx.TensorProto) -> onnx.ModelProto:
     g = helper.make_graph([helper.make_node("MatMul", ["x", weight.name], ["y"])], "g",
