@@ -259,6 +259,7 @@ class BinaryCrossEntropy(OpDef):
     def expand(self, g, z, t, reduction):
         require_float(z, "logits")
         refuse_probabilities("binary_cross_entropy", z, "sigmoid")
+        _require_comparable("binary_cross_entropy", z, t, arg="targets")
         t = g.cast(t, z.dtype)
         # -|z| as z where z <= 0, else -z: at z = 0 its slope is z's, 1, so
         # relu'(0) + sigmoid(0) * 1 = 1/2 = sigmoid(0) is exact there (abs would
@@ -279,17 +280,24 @@ class BinaryCrossEntropy(OpDef):
         ]
 
 
-def _require_comparable(name: str, a, b) -> None:
+def _require_comparable(name: str, a, b, arg: str = "b") -> None:
     """The two sides of an entry-by-entry loss broadcast; else the error came from the
     subtraction inside it ('sub: shapes [N, 10] and [N] of the operands do not broadcast'), an op
-    the user never wrote."""
+    the user never wrote. And one of them has the shape they broadcast to: a prediction [N, 1]
+    against targets [N] made [N, N], every prediction against every target, and a loss of the
+    wrong thing."""
     try:
-        broadcast_shapes(a.shape, b.shape)
+        out = broadcast_shapes(a.shape, b.shape)
     except ShapeError:
         ids = "; class ids go to cross_entropy(logits, labels)" if not is_float(b.dtype) else ""
         raise ShapeError(f"its arguments {a.dtype}{fmt_shape(a.shape)} and {b.dtype}{fmt_shape(b.shape)} do not "
-                         f"broadcast, and {name} compares them entry by entry", arg="b",
+                         f"broadcast, and {name} compares them entry by entry", arg=arg,
                          hint=f"give both one shape, e.g. a target declared as {fmt_shape(a.shape)}{ids}") from None
+    if tuple(out) not in (tuple(a.shape), tuple(b.shape)):
+        raise ShapeError(f"its arguments {fmt_shape(a.shape)} and {fmt_shape(b.shape)} broadcast to {fmt_shape(out)}: "
+                         f"{name} would compare every entry of one with every entry of the other", arg=arg,
+                         hint="give both one shape, e.g. drop an axis of 1 with squeeze(x, axes=-1), or declare "
+                              f"the target as {fmt_shape(a.shape)}")
 
 
 @op("mse")
