@@ -302,7 +302,7 @@ def _require_comparable(name: str, a, b, arg: str = "b") -> None:
 
 @op("mse")
 class Mse(OpDef):
-    """Mean squared error (a - b) ** 2 (broadcasting), reduced by `reduction`."""
+    """Mean squared error (a - b) ** 2 (one side broadcast to the other's shape), reduced by `reduction`."""
 
     inputs = ("a", "b")
     attrs = {"reduction": "mean"}
@@ -326,7 +326,7 @@ class Mse(OpDef):
 
 @op("l1_loss")
 class L1Loss(OpDef):
-    """Mean absolute error |a - b| (broadcasting), reduced by `reduction`."""
+    """Mean absolute error |a - b| (one side broadcast to the other's shape), reduced by `reduction`."""
 
     inputs = ("a", "b")
     attrs = {"reduction": "mean"}
