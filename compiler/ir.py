@@ -290,8 +290,10 @@ class Graph:
         return node.outputs
 
     def const(self, value, dtype: str | None = None) -> Value:
-        arr = np.asarray(value, dtype=dtype or (self.float_dtype if isinstance(value, float) else None))
-        return self.apply("constant", value=arr)
+        dtype = dtype or (self.float_dtype if isinstance(value, float) else None)
+        if isinstance(value, (float, np.floating)) and dtype is not None and is_float(str(dtype)):
+            return self.apply("constant", value=_float_scalar(value, str(dtype)))
+        return self.apply("constant", value=np.asarray(value, dtype=dtype))
 
     def lift(self, x, like: Value | None = None) -> Value:
         """A Value for x; Python numbers take the dtype of `like` (or the float dtype)."""
@@ -308,9 +310,9 @@ class Graph:
                 raise ShapeError(f"the number {x} does not fit the {dtype} it is combined with", current_loc(),
                                  hint=f"{dtype} holds {np.iinfo(dtype).min} to {np.iinfo(dtype).max}; "
                                       "cast the other operand to a wider type first")
-            return self.const(np.asarray(x, dtype=dtype))
+            return self.const(_float_scalar(x, dtype) if is_float(dtype) else np.asarray(x, dtype=dtype))
         if isinstance(x, float):
-            return self.const(np.asarray(x, dtype=self.float_dtype))
+            return self.const(_float_scalar(x, self.float_dtype))
         if isinstance(x, int):
             return self.const(np.asarray(x, dtype=np.int64))
         return self.const(np.asarray(x))
@@ -353,6 +355,21 @@ def _check_dims(shape: tuple, what: str, loc) -> None:
         if isinstance(d, int) and not 0 <= d <= MAX_DIM:
             raise ShapeError(f"{what}: a dimension of {fmt_shape(shape)} is {'negative' if d < 0 else 'too large'} "
                              f"(the limit is {MAX_DIM:,})", loc, "check the dims and sizes this value is made from")
+
+
+def _float_scalar(x, dtype: str) -> np.ndarray:
+    """x as a `dtype` scalar. A number beyond float32's or float64's range is refused (it became
+    inf, with NumPy's warning printed); in the half types, which a mixed-precision step computes
+    in, it saturates to the largest finite value: a mask's -1e9 stays finite, as meant."""
+    with np.errstate(over="ignore"):
+        arr = np.asarray(x, dtype=dtype)
+    if np.isfinite(x) and not np.isfinite(arr):
+        largest = float(np.finfo(dtype).max)
+        if dtype in ("float16", "bfloat16"):
+            return np.asarray(np.copysign(largest, x), dtype=dtype)
+        raise ShapeError(f"the number {float(x):g} is beyond the range of {dtype} (up to {largest:.4g})", current_loc(),
+                         hint="write a smaller number" + (", or compile in float64 (--dtype float64)" if dtype == "float32" else ""))
+    return arr
 
 
 def producers_of(values: Iterable[Value]) -> list[Node]:

@@ -369,6 +369,23 @@ def test_float16_attention_masks_with_a_finite_constant():
     assert all(np.all(np.isfinite(c)) for c in constants if c.dtype.kind == "f")
 
 
+
+def test_a_spec_number_beyond_float16_saturates_in_the_half_step(tmp_path):
+    """A mask value written in a spec, where(m, logits, -1e9), became -inf in a float16 step (with
+    NumPy's overflow warning printed): a row masked whole gave NaN. It saturates to -65504."""
+    import warnings
+
+    path = tmp_path / "masked.yaml"
+    path.write_text(TINY.replace("  logits: dense(h, C)", "  logits: where(x[:, :3] > -5.0, dense(h, C), -1e9)")
+                    .replace("OPTIMIZER", "{adam: {lr: 0.01}}").replace("MIXED", "float16"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        cm = compile_spec(load_spec(str(path)), graphs=("train",))
+    halves = [onnx.numpy_helper.to_array(t) for t in cm.graphs["train"].model.graph.initializer
+              if t.data_type == onnx.TensorProto.FLOAT16]
+    assert any(np.any(c == np.float16(-65504)) for c in halves)
+    assert all(np.all(np.isfinite(c)) for c in halves)
+
 def test_batch_norm_running_statistics_update_in_mixed_precision(tmp_path):
     """The running mean and variance are float32 buffers that the float16 step reads through
     casts; they are updated as in float32 (they once were never updated: eval then used 0 and 1)."""
