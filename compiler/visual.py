@@ -507,10 +507,13 @@ def spec_dot(sg: SpecGraph, backward: bool = False, objective: str | None = None
                 d.edge(dot_id(r), dot_id(n.key), weight="6")
 
     # An entry's many parameters (a layer's weights) stack in rows of PARAM_ROW, not one wide row.
+    stacked = set()  # (a block's weights, read by each of its calls, stack once)
     for n in order:
         ps = [r for r in n.reads if sg.nodes[r].kind in ("param", "buffer")]
         for a, b in zip(ps, ps[PARAM_ROW:]):
-            d.edge(dot_id(a), dot_id(b), style="invis")
+            if (a, b) not in stacked:
+                stacked.add((a, b))
+                d.edge(dot_id(a), dot_id(b), style="invis")
     if backward:
         # metrics and outputs one level below the loss, so the loss and its gradient sit side by side
         for n in sg.of_kind("metric", "output"):

@@ -522,6 +522,15 @@ def test_a_block_used_twice_and_the_objective_drawn(tmp_path):
     assert "second" in res.stderr
 
 
+
+def test_a_block_used_twice_stacks_its_weights_once(tmp_path):
+    """The invisible edges that stack an entry's weights in rows were written once per call of
+    the gan's blocks (D.h1.W -> D.h2.b twice): each edge is in the file once."""
+    invoke("graph", ROOT / "models" / "gan.yaml", "-o", tmp_path / "gan.dot")
+    out = (tmp_path / "gan.dot").read_text()
+    edges = re.findall(r"^\s*(\S+ -> \S+) \[style=invis\]", out, re.M)
+    assert edges and len(edges) == len(set(edges))
+
 # ---------------------------------------------------------------- summary
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
 def test_summary_parameter_count_matches_the_initial_state(path):
