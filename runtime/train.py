@@ -1373,9 +1373,7 @@ def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames, hint: str
         if not (os.path.exists(target) and os.path.exists(spec.file) and os.path.samefile(spec.file, target)):
             atomic_write(target, spec.text.encode("utf-8"), hint=hint, names=names)
         return
-    import yaml
-
-    from spec.yamltree import to_plain
+    from spec.yamltree import dump_yaml, to_plain
 
     if spec.override_names.flags:
         origin = os.path.basename(spec.path) + "".join(f" --set {o}" for o in spec.overrides)
@@ -1384,7 +1382,7 @@ def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames, hint: str
             f", overrides={json.dumps(list(spec.overrides), ensure_ascii=False)}" if spec.overrides else "")
     # one comment line: an override's line break (--set 'a={b:\n c}') began a line of YAML that ended the spec
     origin = re.sub("[\r\n\x85\u2028\u2029]", lambda m: ascii(m.group())[1:-1], origin)
-    text = yaml.safe_dump(to_plain(spec.raw), sort_keys=False, allow_unicode=True, width=100)
+    text = dump_yaml(to_plain(spec.raw), sort_keys=False, allow_unicode=True, width=100)
     atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode(), hint=hint, names=names)
 
 

@@ -24,7 +24,7 @@ import yaml
 from .errors import FLAGS, ArgNames, FlowgradError, Loc, MultiError, MultiSpecError, SpecError, did_you_mean
 from .expr import ast_parse, parse_expr
 from .model import Assign, Block, Const, Expr, InitSpec, InputDecl, ParamDecl, Spec
-from .yamltree import (MAX_BYTES, LocList, LocMap, ScalarSrc, load_yaml, locate, locate_key,
+from .yamltree import (MAX_BYTES, LocList, LocMap, ScalarSrc, dump_yaml, load_yaml, locate, locate_key,
                        parse_yaml, to_plain)
 
 __all__ = [
@@ -96,7 +96,7 @@ def spec_from_text(text: str, path: str = "<string>", overrides=(), names: ArgNa
 def spec_from_dict(d: dict, name: str = "<dict>", overrides=(), names: ArgNames = FLAGS) -> Spec:
     """Parse a spec given as Python data; errors point into its YAML dump."""
     try:
-        text = yaml.safe_dump(_plain_data(d), sort_keys=False, allow_unicode=True, width=float("inf"))
+        text = dump_yaml(_plain_data(d), sort_keys=False, allow_unicode=True, width=float("inf"))
     except yaml.YAMLError as e:
         raise SpecError(f"cannot turn the dict into YAML: {e}",
                         hint="use only dicts, lists, strings, numbers, booleans and None") from None
@@ -577,7 +577,7 @@ def _key(path) -> str:
 
 def _flow(value) -> str:
     """A value as the user would write it in a spec (YAML flow style)."""
-    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=float("inf")).strip()
+    text = dump_yaml(value, default_flow_style=True, allow_unicode=True, width=float("inf")).strip()
     return text[:-3].strip() if text.endswith("\n...") or text.endswith("...") else text
 
 

@@ -201,10 +201,21 @@ class _Loader(yaml.SafeLoader):
 
 # YAML 1.1 (PyYAML) reads `1e-4` as a string because it wants a dot; people
 # write learning rates that way, so accept YAML 1.2 exponent floats too.
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes the strings _Loader reads as numbers: safe_dump wrote the string
+    '1e5' (a name, a doc) unquoted, which the spec read back as the number 100000.0."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+def dump_yaml(value, **options) -> str:
+    """YAML text of plain data (safe_dump's options) that load_yaml reads back as the same values."""
+    return yaml.dump(value, Dumper=_Dumper, **options)
 
 
 def _mark_loc(file: str, mark, col_offset: int = 0) -> Loc:

@@ -779,6 +779,18 @@ def test_a_runs_spec_yaml_names_the_overrides_as_given(tmp_path):
     invoke("export", run, "-o", tmp_path / "m.onnx")
 
 
+def test_a_runs_spec_yaml_reads_back_strings_that_look_like_numbers(tmp_path):
+    """With --set, the run's spec.yaml is the spec's YAML dump, which wrote the name '1e5' unquoted:
+    eval (and the API's load of a run) then read it as the number 100000.0 and refused the run's own spec."""
+    spec = tmp_path / "m.yaml"
+    spec.write_text(Path(MLP).read_text().replace("name: mlp", "name: '1e5'"))
+    run = tmp_path / "run"
+    invoke("train", spec, "--set", "dims.H=8", "--set", "train.data.test=0.1", "--steps", "1", "--run-dir", run,
+           "--quiet", "--device", "cpu", "--threads", "1")
+    assert "name: '1e5'" in (run / "spec.yaml").read_text()
+    invoke("eval", run, "--device", "cpu")
+
+
 def test_a_resume_validates_on_the_examples_the_run_validated_on(tmp_path):
     """run.json hashed the training examples only: a resume with another --valid file, or the
     same file edited, went on without a word, its records and best.npz comparing two validation

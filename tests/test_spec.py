@@ -131,6 +131,14 @@ def test_spec_from_dict_and_load_spec(tmp_path):
     assert load_spec(str(p), ["dims.H=32"]).params["W1"].shape == [64, 32]
 
 
+def test_spec_from_dict_keeps_strings_that_look_like_exponent_floats():
+    """The dict went through safe_dump, which wrote the string '1e5' unquoted (YAML 1.1 wants a dot in a
+    float), and the spec, which reads 1e5 as a number, refused the name as 'the number 100000.0'."""
+    d = {"flowgrad": 1, "name": "1e5", "doc": "-1.5E+3", "inputs": {"x": {"shape": ["N", 3]}}, "loss": "mean(x)"}
+    s = spec_from_dict(d)
+    assert (s.name, s.doc) == ("1e5", "-1.5E+3")
+
+
 def test_load_spec_file_problems(tmp_path):
     with pytest.raises(SpecError, match="no such spec file"):
         load_spec(str(tmp_path / "missing.yaml"))
