@@ -25,7 +25,7 @@ from .errors import FLAGS, ArgNames, FlowgradError, Loc, MultiError, MultiSpecEr
 from .expr import ast_parse, parse_expr
 from .model import Assign, Block, Const, Expr, InitSpec, InputDecl, ParamDecl, Spec
 from .yamltree import (MAX_BYTES, LocList, LocMap, ScalarSrc, dump_yaml, load_yaml, locate, locate_key,
-                       parse_yaml, to_plain)
+                       parse_yaml, text_loc, to_plain)
 
 __all__ = [
     "load_spec", "spec_from_dict", "spec_from_text", "apply_override", "validate_tree",
@@ -61,11 +61,16 @@ def load_spec(path: str, overrides=(), names: ArgNames = FLAGS) -> Spec:
     except OSError as e:
         raise SpecError(f"cannot read {path}: {e.strerror}",
                         hint="check that the file is readable (its permissions) and not locked by another program") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # (Windows Notepad's "Unicode")
+        raise SpecError("the file is UTF-16 text, not UTF-8", Loc(path, 1, 1),
+                        "save the spec as UTF-8 (in Notepad: Save As, Encoding: UTF-8)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise SpecError("the file is not UTF-8 text", Loc(path, line, 1),
+        # at the byte itself (it said column 1, and counted \n alone as a line end)
+        before = data[:e.start].decode("utf-8")
+        raise SpecError(f"the file is not UTF-8 text (byte 0x{data[e.start]:02x})",
+                        text_loc(path, before + "?", len(before)),
                         "save the spec as UTF-8") from None
     return spec_from_text(text, path, overrides, names)
 

@@ -218,6 +218,21 @@ def dump_yaml(value, **options) -> str:
     return yaml.dump(value, Dumper=_Dumper, **options)
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def text_loc(file: str, text: str, index: int, col_offset: int = 0) -> Loc:
+    """Loc of text[index] as YAML's marks count it: lines end at \\n, \\r\\n or a lone \\r, and a
+    byte-order mark takes no column (counting \\n alone put a control character of a file with
+    old Mac line ends on line 1, and one on a BOM's line a column too far)."""
+    starts = [m.end() for m in _LINE_BREAK.finditer(text, 0, index)]
+    start = starts[-1] if starts else 0
+    col = index - start + 1
+    if not starts:
+        col += col_offset - (1 if text.startswith("\ufeff") and index > 0 else 0)
+    return Loc(file, len(starts) + 1, col)
+
+
 def _mark_loc(file: str, mark, col_offset: int = 0) -> Loc:
     return Loc(file, mark.line + 1, mark.column + 1 + (col_offset if mark.line == 0 else 0))
 
@@ -239,10 +254,9 @@ def parse_yaml(text: str, file: str, col_offset: int = 0):
     except yaml.MarkedYAMLError as e:
         raise _yaml_error(e, file, col_offset, getattr(loader, "marks", [])) from None
     except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, e.position) + 1
-        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
-        raise SpecError(f"cannot read YAML: character {e.character!r} is not allowed",
-                        Loc(file, line, col), "remove the control character") from None
+        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        raise SpecError(f"cannot read YAML: character {char} is not allowed",
+                        text_loc(file, text, e.position, col_offset), "remove the control character") from None
     except yaml.YAMLError as e:  # anything else the parser may raise
         raise SpecError(f"cannot read YAML: {e}", Loc(file, 1, 1),
                         "check the YAML syntax: indentation with spaces, closed brackets and quotes") from None

@@ -148,6 +148,15 @@ def test_load_spec_file_problems(tmp_path):
     p.write_bytes(b"flowgrad: 1\nname: caf\xe9\n")
     with pytest.raises(SpecError, match="not UTF-8"):
         load_spec(str(p))
+    # at the byte (it said column 1), with old Mac line ends too (it said line 1)
+    for ends in ("\n", "\r\n", "\r"):
+        p.write_bytes(f"flowgrad: 1{ends}name: m{ends}doc: caf\xe9 ".encode("utf-8") + b"\xe9t\xe9" + ends.encode())
+        with pytest.raises(SpecError) as info:
+            load_spec(str(p))
+        assert info.value.message == "the file is not UTF-8 text (byte 0xe9)" and line_col(info.value) == "3:11", ends
+    p.write_text("flowgrad: 1\nname: caf\xe9\n", encoding="utf-16")
+    with pytest.raises(SpecError, match="the file is UTF-16 text, not UTF-8"):
+        load_spec(str(p))
     big = tmp_path / "big.yaml"
     big.write_bytes(b"#" * 5_000_001)
     t0 = time.perf_counter()
@@ -681,6 +690,18 @@ def test_big_text_is_refused():
     with pytest.raises(SpecError, match="too large"):
         load("flowgrad: 1\nname: m\n" + "#" * 6_000_000)
     assert time.perf_counter() - t0 < 0.5
+
+
+def test_control_characters_are_located_as_yaml_counts_lines():
+    """A control character's place was counted by \\n alone: with old Mac line ends (\\r) it was on line 1,
+    after a byte-order mark a column too far, and in a --set value at the start of the value."""
+    for text in ("flowgrad: 1\nname: m\ndoc: 'a\x07'\n", "flowgrad: 1\r\nname: m\r\ndoc: 'a\x07'\r\n",
+                 "flowgrad: 1\rname: m\rdoc: 'a\x07'\r"):
+        e = error(text)
+        assert e.message == "cannot read YAML: character U+0007 is not allowed" and line_col(e) == "3:8", repr(text)
+    assert line_col(error("\ufeffdoc: 'a\x07'\n")) == "1:8"
+    e = error(MLP, ["doc=ab\x07"])
+    assert e.loc == Loc("--set doc=ab\x07", 1, 13)
 
 
 @pytest.mark.parametrize("text,message", [
