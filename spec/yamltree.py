@@ -285,7 +285,7 @@ def _yaml_error(e: yaml.MarkedYAMLError, file: str, col_offset: int, open_marks:
         problem = f"{problem} ({e.context})"
     hint = "quote a value that contains ': ' or ' #', or that starts with one of [ ] { } * & ! | > @ ` % ,"
     if "\\t" in problem or "tab" in problem:
-        hint = "indent with spaces; YAML does not allow tabs for indentation"
+        hint = _tab_hint(mark, col_offset)
     elif "single document" in problem:
         hint = "a spec is one YAML document; remove the '---' separator"
     elif "undefined alias" in problem:
@@ -297,6 +297,24 @@ def _yaml_error(e: yaml.MarkedYAMLError, file: str, col_offset: int, open_marks:
         opened = bracket.buffer[bracket.pointer] if bracket.buffer else "bracket"
         hint = f"the '{opened}' at {_mark_loc(file, bracket, col_offset)} is not closed where expected"
     return SpecError(f"invalid YAML: {problem}", loc, hint)
+
+
+def _tab_hint(mark, col_offset: int = 0) -> str:
+    """A tab the reader refuses is not always indentation: PyYAML also refuses one after a key's
+    ':', between a flow list's items, inside an unquoted value and at the end of a line (unseen),
+    where 'indent with spaces' pointed at nothing to indent (as in a --set value: col_offset)."""
+    if mark is None or not mark.buffer:
+        return "indent with spaces; YAML does not allow tabs for indentation"
+    text, at = mark.buffer, mark.pointer
+    start = max(text.rfind(c, 0, at) for c in "\r\n") + 1
+    ends = [i for i in (text.find(c, at) for c in "\r\n\0") if i >= 0]
+    before, after = text[start:at], text[at:min(ends, default=len(text))]
+    if not before.strip() and not (col_offset and start == 0):
+        return "indent with spaces; YAML does not allow tabs for indentation"
+    if not after.strip():
+        return "remove the tab at the end of the line; flowgrad's YAML reader takes tabs only in quoted values and comments"
+    return ("write a space instead of the tab, or quote the value; flowgrad's YAML reader takes tabs only in quoted "
+            "values and comments")
 
 
 def _children(node):

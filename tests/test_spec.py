@@ -583,6 +583,21 @@ def test_yaml_syntax_errors_are_located():
     assert "undefined alias" in e.message
 
 
+def test_a_tab_that_is_not_indentation_is_not_told_to_indent_with_spaces():
+    """The YAML reader refuses a tab after a value (unseen in an editor), after a key's ':', inside an
+    unquoted value and between a flow list's items too, where the hint said to indent with spaces."""
+    for text, col, hint in [(MINI + "doc: a model\t\n", 13, "remove the tab at the end of the line"),
+                            (MINI + "doc: a\tmodel\n", 7, "write a space instead of the tab, or quote the value"),
+                            (MINI + "doc:\ta model\n", 5, "write a space instead of the tab"),
+                            (MINI + "graph: {h: x,\ti: x}\n", 14, "write a space instead of the tab"),
+                            (MINI + "graph:\n\th: x\n", 1, "indent with spaces")]:
+        e = error(text)
+        assert e.message.startswith("invalid YAML: found character '\\t'") and line_col(e).endswith(f":{col}"), text
+        assert e.hint.startswith(hint), (text, e.hint)
+    e = error(MLP, ["dims.H=\t32"])
+    assert e.hint.startswith("write a space instead of the tab"), e.hint
+
+
 def test_an_unclosed_bracket_at_the_end_is_named_where_it_opens():
     """A file ending inside a flow collection with a value missing (`a: [` or `a: {b: `) is
     reported as a flow node, whose mark is the end of the file: the hint named a '{' there."""
