@@ -13,6 +13,8 @@ Scalars are plain Python values (str, int, float, bool, None).
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 
 import yaml
@@ -233,7 +235,26 @@ def text_loc(file: str, text: str, index: int, col_offset: int = 0) -> Loc:
     return Loc(file, len(starts) + 1, col)
 
 
+# Line breaks to YAML 1.1 (so to PyYAML's marks), not to editors, which show them as nothing or as
+# a space (U+2028 and U+2029 come with text copied from web pages and documents).
+_YAML_ONLY_BREAKS = {"\x85": "NEXT LINE", "\u2028": "LINE SEPARATOR", "\u2029": "PARAGRAPH SEPARATOR"}
+
+
+@functools.lru_cache(maxsize=8)
+def _line_starts(text: str) -> list[int] | None:
+    """Where each line of `text` starts, as editors count lines, when YAML counts more (None if it
+    counts the same). Cached: every mark of one document holds the same text."""
+    if not any(c in text for c in _YAML_ONLY_BREAKS):
+        return None
+    return [0] + [m.end() for m in _LINE_BREAK.finditer(text)]
+
+
 def _mark_loc(file: str, mark, col_offset: int = 0) -> Loc:
+    starts = _line_starts(mark.buffer) if isinstance(getattr(mark, "buffer", None), str) else None
+    if starts is not None:  # (PyYAML's own line would be one more per U+2028 above it than the editor's)
+        line = bisect.bisect_right(starts, mark.pointer) - 1
+        col = mark.pointer - starts[line] + 1 - (line == 0 and mark.buffer.startswith("\ufeff") and mark.pointer > 0)
+        return Loc(file, line + 1, col + (col_offset if line == 0 else 0))
     return Loc(file, mark.line + 1, mark.column + 1 + (col_offset if mark.line == 0 else 0))
 
 
@@ -286,6 +307,9 @@ def _yaml_error(e: yaml.MarkedYAMLError, file: str, col_offset: int, open_marks:
     hint = "quote a value that contains ': ' or ' #', or that starts with one of [ ] { } * & ! | > @ ` % ,"
     if "\\t" in problem or "tab" in problem:
         hint = _tab_hint(mark, col_offset)
+    elif odd := next(filter(None, (_yaml_only_break(m) for m in (e.problem_mark, e.context_mark) if m)), None):
+        hint = (f"line {_mark_loc(file, odd[1], col_offset).line} holds the invisible character U+{ord(odd[0]):04X} "
+                f"({_YAML_ONLY_BREAKS[odd[0]]}), which YAML reads as a line break: remove it")
     elif "single document" in problem:
         hint = "a spec is one YAML document; remove the '---' separator"
     elif "undefined alias" in problem:
@@ -297,6 +321,18 @@ def _yaml_error(e: yaml.MarkedYAMLError, file: str, col_offset: int, open_marks:
         opened = bracket.buffer[bracket.pointer] if bracket.buffer else "bracket"
         hint = f"the '{opened}' at {_mark_loc(file, bracket, col_offset)} is not closed where expected"
     return SpecError(f"invalid YAML: {problem}", loc, hint)
+
+
+def _yaml_only_break(mark) -> tuple[str, object] | None:
+    """(character, mark): a character on the mark's line (as editors count lines) that YAML alone
+    reads as a line break."""
+    text = mark.buffer if isinstance(getattr(mark, "buffer", None), str) else ""
+    starts = _line_starts(text) if text else None
+    if starts is None:
+        return None
+    line = bisect.bisect_right(starts, mark.pointer) - 1
+    end = starts[line + 1] if line + 1 < len(starts) else len(text)
+    return next(((c, mark) for c in text[starts[line]:end] if c in _YAML_ONLY_BREAKS), None)
 
 
 def _tab_hint(mark, col_offset: int = 0) -> str:

@@ -598,6 +598,24 @@ def test_a_tab_that_is_not_indentation_is_not_told_to_indent_with_spaces():
     assert e.hint.startswith("write a space instead of the tab"), e.hint
 
 
+def test_lines_are_counted_as_editors_count_them():
+    """YAML reads U+2028, U+2029 and U+0085 (text pasted from web pages and documents) as line breaks,
+    which editors do not show: every error below one was reported a line too far down, and one that it
+    caused (ending a comment, or a value without quotes) named no reason."""
+    for char in ("\u2028", "\u2029", "\x85"):
+        e = error(MLP.replace("doc: Rectifier MLP with", f"doc: 'Rectifier MLP{char}with").replace(
+            "output.", "output.'").replace("batch_size: 64", "batch_size: 0"))
+        assert e.message.startswith("train.batch_size must be") and line_col(e) == "27:15", repr(char)
+    e = error(MINI + "# pasted\u2028 text\ndoc: m\n")
+    assert line_col(e) == "6:11" and e.hint.startswith("line 6 holds the invisible character U+2028 (LINE SEPARATOR)")
+    with pytest.raises(SpecError) as info:
+        load_yaml("\ufeffdoc: a\u2028b\n", "f.yaml")
+    assert info.value.hint.startswith("line 1 holds the invisible character U+2028")
+    with pytest.raises(SpecError) as info:  # (a byte-order mark takes no column)
+        load_yaml("\ufeffdoc: a\u2028b: [\n", "f.yaml")
+    assert info.value.hint == "the '[' at f.yaml:1:11 is not closed where expected"
+
+
 def test_an_unclosed_bracket_at_the_end_is_named_where_it_opens():
     """A file ending inside a flow collection with a value missing (`a: [` or `a: {b: `) is
     reported as a flow node, whose mark is the end of the file: the hint named a '{' there."""
