@@ -47,6 +47,19 @@ def main_options(
     _state["debug"] = debug
 
 
+def visible(text: str) -> str:
+    """One line, whatever a path or value in it holds: a control character is shown as its escape.
+    A path read from a list with Windows line ends ends in '\\r': printed line by line, 'no such spec
+    file: mlp.yaml\\r' lost the '\\r' and named a file that exists, and one with a line break printed
+    half its message on an 'error:' line of its own."""
+    return "".join(ascii(c)[1:-1] if c < " " or "\x7f" <= c <= "\x9f" or c in "\u2028\u2029" else c for c in text)
+
+
+def _each_error(e) -> list:
+    """The errors a MultiError holds (and theirs), else the error itself."""
+    return [one for sub in e.errors for one in _each_error(sub)] if getattr(e, "errors", None) else [e]
+
+
 @contextlib.contextmanager
 def user_errors():
     """User mistakes end the command with their located message and exit code 1, never a traceback."""
@@ -57,11 +70,10 @@ def user_errors():
     except FlowgradError as e:
         if _state["debug"]:
             raise
-        for line in str(e).splitlines():  # escaped: a path or name may hold [brackets]
-            if line.startswith("  hint:"):
-                err.print(f"[dim]{escape(line)}[/dim]", soft_wrap=True)
-            else:
-                err.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
+        for one in _each_error(e):  # escaped: a path or name may hold [brackets]
+            err.print(f"[bold red]error:[/bold red] {escape(visible(one.one_line()))}", soft_wrap=True)
+            if one.hint:
+                err.print(f"[dim]  hint: {escape(visible(one.hint))}[/dim]", soft_wrap=True)
         raise typer.Exit(1) from None
     except ModuleNotFoundError as e:  # an installation without one of flowgrad's dependencies
         if _state["debug"] or not e.name:
@@ -172,9 +184,9 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
         s = _load(spec, set)
         low = check_spec(s, dtype)
     for w in low.warnings:  # worth a look, but the spec is usable (exit code 0)
-        err.print(f"[bold yellow]warning:[/bold yellow] {escape(w.one_line())}", soft_wrap=True)
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(visible(w.one_line()))}", soft_wrap=True)
         if w.hint:
-            err.print(f"[dim]  hint: {escape(w.hint)}[/dim]", soft_wrap=True)
+            err.print(f"[dim]  hint: {escape(visible(w.hint))}[/dim]", soft_wrap=True)
     _print_doc(s)
     table = Table(title=f"{s.name}: nodes", title_justify="left")
     table.add_column("name")

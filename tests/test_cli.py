@@ -381,6 +381,19 @@ def test_a_missing_spec_file_is_one_line_and_a_hint(tmp_path):
     assert "hint: check the path" in result.output
 
 
+def test_a_path_with_a_control_character_is_shown_whole_on_one_line(tmp_path):
+    """A path from a list with Windows line ends ends in '\\r': the message, printed line by line, lost it
+    and said 'no such spec file: mlp.yaml' of a file that exists, and a line break in a run directory's
+    path put half the message on an 'error:' line of its own."""
+    result = invoke("check", MLP + "\r", code=1)
+    assert result.output.splitlines() == [f"error: no such spec file: {MLP}\\r",
+                                          "  hint: check the path (a relative one starts at the working directory)"]
+    (tmp_path / "run\n").mkdir()
+    lines = invoke("eval", tmp_path / "run\n", code=1).output.splitlines()
+    assert lines[0] == f"error: {tmp_path}/run\\n is not a run directory" and lines[1].startswith("  hint:")
+    assert len(lines) == 2
+
+
 # ---------------------------------------------------------------- help
 COMMANDS = sorted(typer.main.get_command(app).commands)
 
