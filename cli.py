@@ -774,6 +774,12 @@ def main():
     except ImportError:
         from click.exceptions import ClickException, NoSuchOption
 
+    # Output whose encoding lacks a character of a spec's names or doc (a terminal or a redirect in a
+    # Latin-1 locale, and 'Réseau 中文') ended check and summary in a UnicodeEncodeError traceback:
+    # such characters are written as escapes instead.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = app(standalone_mode=False)
     except ClickException as e:

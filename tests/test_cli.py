@@ -553,6 +553,20 @@ def test_a_bad_flag_is_one_line_and_a_hint(args, words):
     assert lines[1].strip().startswith("hint: see ") and lines[1].rstrip().endswith("--help"), res.stderr
 
 
+def test_names_the_output_cannot_encode_are_escaped_not_a_traceback(tmp_path):
+    """Output in another encoding than UTF-8 (a terminal or a redirect in a Latin-1 locale) ended check
+    and summary of a spec named in Chinese in a UnicodeEncodeError traceback."""
+    spec = tmp_path / "u.yaml"
+    spec.write_text(Path(MLP).read_text().replace("doc: Rectifier MLP", "doc: Réseau 中文 MLP").replace(
+        "W1", "W中"), encoding="utf-8")
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    for verb in ("check", "summary"):
+        res = subprocess.run([sys.executable, str(ROOT / "cli.py"), verb, str(spec)], capture_output=True,
+                             timeout=120, env=env)
+        assert res.returncode == 0, res.stderr.decode("latin-1")
+        assert "Réseau \\u4e2d\\u6587 MLP".encode("latin-1") in res.stdout and b"W\\u4e2d" in res.stdout
+
+
 @pytest.mark.parametrize("args, verb", [(["check", MLP], "check"), (["plot", "curves", "runs/none"], "plot curves")])
 def test_debug_after_the_verb_says_where_it_goes(args, verb):
     """flowgrad check spec.yaml --debug said 'No such option: --debug' and to see check's --help,
