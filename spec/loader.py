@@ -769,6 +769,15 @@ def _check_name(name: str, loc: Loc, what: str) -> None:
                         "use letters, digits and '_', not starting with a digit")
     if unicodedata.normalize("NFKC", name) != name:
         # Python's parser reads identifiers in NFKC form: expressions would name another value
+        marks = [c for c in name if unicodedata.combining(c)]
+        if marks and unicodedata.normalize("NFC", name) == unicodedata.normalize("NFKC", name):
+            # (a decomposed 'é', e + U+0301, as macOS file names and some editors write it: the two forms
+            # look alike, and "would read as 'é'" named no difference)
+            mark = marks[0]
+            raise SpecError(f"{what} name '{name}' is written with the combining character U+{ord(mark):04X} "
+                            f"({unicodedata.name(mark, 'a combining mark')}), which expressions join to the letter "
+                            "before it: they would name another value", loc,
+                            "type the accented letter as one character (save the file with composed, NFC, text)")
         raise SpecError(f"{what} name '{name}' would read as '{unicodedata.normalize('NFKC', name)}' in expressions",
                         loc, "write it in its plain (NFKC) form")
     if keyword.iskeyword(name):
