@@ -368,3 +368,25 @@ def test_bernoulli_in_a_half_type_keeps_its_probability(dtype):
         assert np.array_equal(got, want.astype(half))  # the float32 draw, cast
         assert 0 < n - got.astype(np.float64).sum()  # some zeros even at p = 65535/65536
         assert abs(got.astype(np.float64).mean() - p) < tol
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_masking_noise_in_a_half_type_keeps_its_probability(dtype):
+    """masking_noise draws and compares in float32, as bernoulli does: from the half type's own
+    11 or 8 random bits against p rounded to it, p = 0.001 masked 0.0015 (float16) or 0.004
+    (bfloat16) of the entries in a mixed-precision step."""
+    from compiler.registry import get_op
+
+    n = 1 << 18
+    half = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    x = np.ones((n,), half)
+    for p, tol in ((0.001, 3e-4), (0.3 + 2.0**-12, 2e-3)):
+        _, model = build(lambda g, x: g.apply("masking_noise", x, p=p), (n,), dtype)
+        got = reference_evaluator(model).run(None, feeds(x, 0, 1, model))[0]
+        assert got.dtype == x.dtype
+        _, model32 = build(lambda g, x: g.apply("masking_noise", x, p=p), (n,), "float32")
+        want = reference_evaluator(model32).run(None, feeds(np.ones((n,), np.float32), 0, 1, model32))[0]
+        assert np.array_equal(got, want.astype(half))  # the float32 mask
+        assert abs((got.astype(np.float64) == 0).mean() - p) < tol
+        ref = get_op("masking_noise").ref({"p": p, "salt": 1}, x, np.int64(0), np.int64(1))
+        assert np.array_equal(ref, got)
