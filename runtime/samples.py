@@ -29,6 +29,7 @@ from spec.errors import DataError
 from .checks import check_count, check_path, check_seed
 
 MAX_SAMPLES = 100_000  # digits a plot draws at most
+MAX_MOSAIC_INCHES = 40.0  # the longest side of a generator's grid of digits (4,400 pixels at 110 dpi)
 
 
 @dataclass
@@ -341,6 +342,9 @@ def plot_samples(run_dir: str, output: str, count: int | None = None, seed: int 
         imgs = np.clip(s.images["samples"], 0, 1)
         cols = min(len(imgs), max(8, int(math.ceil(math.sqrt(len(imgs))))))
         m = _mosaic(imgs, cols)
+        # a large grid gets smaller pixels: at 0.1 inch each, --count 100000 was a 31,000-pixel square
+        # whose drawing took over 20 GB (the process was killed)
+        inch = min(inch, MAX_MOSAIC_INCHES / max(m.shape))
         fig = plt.figure(figsize=(max(inch * m.shape[1], title_w), inch * m.shape[0] + 0.35))
         ax = fig.add_axes((0, 0, 1, inch * m.shape[0] / (inch * m.shape[0] + 0.35)))
         ax.imshow(m, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")  # (centred in a wider figure)

@@ -535,3 +535,20 @@ def test_plot_samples_title_fits_a_picture_of_few_digits(kind, tmp_path, monkeyp
     for ax in fig.axes:  # the digits are all in the picture
         box = ax.get_window_extent()
         assert 0 <= box.x0 and box.x1 <= fig.bbox.width + 0.5
+
+
+def test_plot_samples_of_many_digits_draws_a_picture_of_bounded_size(tmp_path, monkeypatch):
+    """--count takes up to 100,000 digits: at 0.1 inch a pixel their grid was a 31,000-pixel
+    square, and drawing it took over 20 GB (the process was killed). A large grid now shrinks
+    its pixels; a small one keeps them."""
+    import runtime.plots as plots
+    import runtime.samples as samples
+
+    sizes = {}
+    for n in (64, samples.MAX_SAMPLES):
+        images = {"samples": np.zeros((n, 8, 8), np.float32)}
+        monkeypatch.setattr(samples, "samples_of", lambda *a, **k: samples.Samples("generator", images, "many"))
+        monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: sizes.setdefault(n, fig.get_size_inches() * dpi))
+        samples.plot_samples(str(tmp_path / "run"), str(tmp_path / "s.png"), count=n)
+    assert sizes[64][0] == pytest.approx(0.1 * 110 * (8 * 9 + 1))  # 8 digits across, 11 pixels to a pixel
+    assert max(sizes[samples.MAX_SAMPLES]) <= 4500, sizes
