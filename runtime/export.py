@@ -464,7 +464,9 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dic
     inputs = load_model_safely(model_path).graph.input
     names = sorted(i.name for i in inputs)
     # (a spec's `n: {shape: [], dtype: int64}` was refused: its inputs were n and seed, "not count and seed")
-    sizers = [i.name for i in inputs if i.name != "seed" and i.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    # (an int32 count, which plot samples draws with, was "not a generator: its inputs are count, seed")
+    sizers = [i for i in inputs if i.name != "seed"
+              and i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
               and i.type.tensor_type.HasField("shape") and not i.type.tensor_type.shape.dim]
     if "seed" not in names or len(names) != 2 or len(sizers) != 1:
         raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
@@ -473,7 +475,7 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dic
                                        "generate_text() (--text)")
     count = check_count("count", count, most=MAX_COUNT, has_default=False, error=ExportArgumentError,  # (1.5 drew
                         most_hint=MAX_COUNT_WHY, required=True)  # 1 sample; predict --count is bounded by typer)
-    return {sizers[0]: np.asarray(count, dtype=np.int64),
+    return {sizers[0].name: np.asarray(count, dtype=onnx.helper.tensor_dtype_to_np_dtype(sizers[0].type.tensor_type.elem_type)),
             "seed": np.asarray(seed or 0, dtype=np.int64)}
 
 

@@ -343,6 +343,29 @@ def test_predict_count_takes_a_generator_whatever_its_spec_named_the_count(tmp_p
         predict(path, {"n": np.asarray(10**11), "seed": np.asarray(1)})
 
 
+def test_predict_count_takes_an_int32_count(tmp_path):
+    """A count declared int32 sizes the samples as an int64 one does: plot samples drew from it,
+    but predict --count said 'not a generator: its inputs are count, seed, not count and seed'."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from runtime.export import generator_feeds, predict
+
+    text = open(MODEL["vae"]).read().replace("count: {shape: [], dtype: int64,", "count: {shape: [], dtype: int32,")
+    assert "dtype: int32" in text
+    (tmp_path / "vae.yaml").write_text(text)
+    run_dir = str(tmp_path / "run")
+    train(load_spec(str(tmp_path / "vae.yaml"), SMALL["vae"]), run_dir=run_dir, steps=2, threads=1, device="cpu")
+    path = str(tmp_path / "gen.onnx")
+    export(run_dir, path)
+    feeds = generator_feeds(path, 4, seed=3)
+    assert feeds["count"].dtype == np.int32 and feeds["count"] == 4
+    assert predict(path, feeds)["samples"].shape == (4, 64)
+    res = CliRunner().invoke(app, ["predict", path, "--count", "5", "--seed", "3", "-o", str(tmp_path / "s.npz")])
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (5, 64)
+
+
 # ---------------------------------------------------------------- pictures
 def test_plot_samples(tmp_path):
     from typer.testing import CliRunner
