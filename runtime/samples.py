@@ -169,8 +169,8 @@ def generate(run_dir: str, count: int = 64, seed: int = 0, checkpoint: str = "be
 
 # ---------------------------------------------------------------- auto-encoders
 def spec_noise(spec) -> list[tuple[str, float]] | None:
-    """The corruption of the first masking_noise / gaussian_noise call in the spec's graph,
-    as (kind, level) steps, innermost first: gaussian_noise(masking_noise(x, p), sigma)
+    """The corruption of the first masking_noise / gaussian_noise call in the spec's graph (or
+    in a block it calls), as (kind, level) steps, innermost first: gaussian_noise(masking_noise(x, p), sigma)
     masks, then adds noise (showing the outer step alone hid the masking)."""
     from spec import model as S
 
@@ -198,7 +198,14 @@ def spec_noise(spec) -> list[tuple[str, float]] | None:
                 for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v]):
                     if isinstance(c, S.Expr):
                         walk(c)
+        # a block the graph calls, after its arguments: its noise is the spec's too (a DAE's
+        # gaussian_noise in an encoder block was shown as the default masking noise p=0.25)
+        if isinstance(e, S.Call) and e.func in spec.blocks and e.func not in entered:
+            entered.add(e.func)
+            for a in spec.blocks[e.func].graph:
+                walk(a.expr)
 
+    entered: set[str] = set()
     for a in spec.graph:
         walk(a.expr)
     return found[0] if found else None

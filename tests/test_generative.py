@@ -536,6 +536,26 @@ def test_plot_samples_corrupts_with_every_step_of_the_spec_noise(tmp_path):
     assert 0.3 < (noisy[dark] < 0.25).mean() < 0.7  # ... and about half of the ink masked
 
 
+def test_plot_samples_corrupts_with_the_noise_of_a_block_the_graph_calls(tmp_path):
+    """A DAE whose encoder block adds gaussian_noise(v, sigma=0.4) was shown corrupted by the
+    default masking noise p=0.25: only the spec's top-level graph was searched for its noise."""
+    from runtime.samples import samples_of
+
+    text = open(MODEL["dae"]).read()
+    text = text.replace("  x_noisy: masking_noise(x, p=0.25)            # train mode only; eval and infer see x\n", "")
+    text = text.replace("  h: dense(x_noisy, H, act=sigmoid)", "  h: enc(x)")
+    text = text.replace("graph:\n", "blocks:\n  enc:\n    in: [v]\n    graph:\n      vn: gaussian_noise(v, sigma=0.4)\n"
+                                    "      h: dense(vn, H, act=sigmoid)\n    out: [h]\ngraph:\n", 1)
+    text = text.replace("W=transpose(h.W)", "W=transpose(enc.h.W)")
+    assert "x_noisy" not in text and "enc(x)" in text
+    (tmp_path / "dae.yaml").write_text(text)
+    train(load_spec(str(tmp_path / "dae.yaml"), SMALL["dae"]), run_dir=str(tmp_path / "run"), steps=2, threads=1,
+          device="cpu")
+    rec = samples_of(str(tmp_path / "run"), count=4, seed=1)
+    assert rec.meta["noise"] == [["gaussian_noise", 0.4]]
+    assert "gaussian noise sigma=0.4" in rec.note
+
+
 @pytest.mark.parametrize("kind", ["generator", "reconstruction"])
 def test_plot_samples_title_fits_a_picture_of_few_digits(kind, tmp_path, monkeypatch):
     """The figure was as wide as its digits: plot samples runs/vae --count 1 was titled
