@@ -390,3 +390,20 @@ def test_masking_noise_in_a_half_type_keeps_its_probability(dtype):
         assert abs((got.astype(np.float64) == 0).mean() - p) < tol
         ref = get_op("masking_noise").ref({"p": p, "salt": 1}, x, np.int64(0), np.int64(1))
         assert np.array_equal(ref, got)
+
+
+@pytest.mark.parametrize("op,attrs", [("normal", {"mean": 1e39}), ("normal", {"std": 1e39}),
+                                      ("uniform", {"low": -1e39, "high": 0.0}), ("uniform", {"low": 0.0, "high": 1e39}),
+                                      ("gaussian_noise", {"sigma": 1e39})])
+def test_random_op_settings_beyond_the_float_type_are_refused(op, attrs):
+    """normal(x, mean=1e39) in float32 compiled with NumPy's overflow warning and drew inf: the
+    settings are numbers of the spec, refused as its other numbers are; float64 holds them."""
+    import warnings
+
+    from spec.errors import ShapeError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ShapeError, match=r"^the number -?1e\+39 is beyond the range of float32"):
+            build(lambda g, x: g.apply(op, x, **attrs), (3, 4), "float32")
+        build(lambda g, x: g.apply(op, x, **attrs), (3, 4), "float64")

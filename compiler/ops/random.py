@@ -43,7 +43,7 @@ from onnx import TensorProto
 
 from spec.errors import ShapeError, SpecError
 
-from ..ir import TensorType, Value, current_loc, is_float, is_static
+from ..ir import TensorType, Value, _float_scalar, current_loc, is_float, is_static
 from ..registry import REQUIRED, OpDef, Sample, op
 from .elementwise import emit_u32_shift_right
 
@@ -299,7 +299,9 @@ class Uniform(RandomComposite):
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         u = self.unit(g, like, rng, salt, dtype)
         if (low, high) != (0.0, 1.0):
-            u = u * g.const(np.asarray(high - low, dtype=dtype)) + g.const(np.asarray(low, dtype=dtype))
+            # bounds beyond the float type's range are refused, as the spec's numbers are (they were inf)
+            lo, _ = g.const(float(low), dtype), _float_scalar(float(high), dtype)
+            u = u * g.const(float(high - low), dtype) + lo
             u = g.apply("minimum", u, g.const(_below(high, low, dtype)))
         return u
 
@@ -363,7 +365,7 @@ class Normal(RandomComposite):
             raise SpecError(f"normal needs std >= 0, got {std}", current_loc(), hint="use a std of 0 or more, e.g. std=1")
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         work = draw_dtype(dtype)
-        c = lambda v: g.const(np.asarray(v, dtype=work))  # noqa: E731
+        c = lambda v: g.const(float(v), work)  # noqa: E731  (a mean beyond the type's range is refused)
         u1 = self.unit(g, like, rng, salt, work, open_low=True)
         u2 = self.unit(g, like, rng, salt + 1, work)
         z = g.apply("box_muller", u1, u2)
