@@ -567,7 +567,8 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                                    given["valid"])
         elif opts.init_from:
             state, warm_start = _warm_start(cm, opts.init_from, seed, names)
-            _check_vocabulary(opts.init_from, train_ds.meta, names.given(init_from=opts.init_from), names)
+            _check_vocabulary(opts.init_from, train_ds.meta, names.given(init_from=opts.init_from), names,
+                              warm_start=True)
         if stopping:  # now, not after an epoch: an --overwrite has not yet removed the run it replaces
             _check_stopping_metric(spec, reported_names(cm, valid_ds is not None))
         trainer = Trainer(cm, device, opts.threads, state, seed, cuda_graphs=opts.cuda_graphs)
@@ -1121,19 +1122,22 @@ def _check_state(cm: CompiledModel, state: dict, path: str, seed: int, names: Ar
 VOCABULARY_KEYS = ("vocab", "src_vocab", "tgt_vocab")
 
 
-def _check_vocabulary(run_dir: str, meta: dict, how: str, names: ArgNames) -> None:
+def _check_vocabulary(run_dir: str, meta: dict, how: str, names: ArgNames, warm_start: bool = False) -> None:
     """Token ids mean the vocabulary's tokens: a run continued, or warm-started, on data whose
     vocabulary differs would read every embedding row as another token. `how`: what the caller
     asked for, as they wrote it (--resume runs/a, init_from="runs/a")."""
-    if not os.path.isdir(run_dir):  # --init-from a checkpoint file: nothing to compare
-        return
+    if not os.path.isdir(run_dir):  # --init-from RUN/best.npz: the run that wrote it, if the file is still in it
+        run_dir = os.path.dirname(run_dir) or "."
+        if not os.path.isfile(os.path.join(run_dir, "run.json")):
+            return
     before = read_run_info(run_dir, missing_ok=True).get("meta") or {}
     for key in VOCABULARY_KEYS:
         if key in before and key in meta and list(before[key]) != list(meta[key]):
             raise DataError(
                 f"{how}: that run was trained on data whose {key} differs from this data's "
                 f"({len(before[key])} tokens, then {len(meta[key])}; token ids would change meaning)",
-                hint=f"train anew with {names.given(overwrite=True)}, or use the data the run was trained on")
+                hint=f"use the data that run was trained on, or leave out {names('init_from')} to train from scratch"
+                if warm_start else f"train anew with {names.given(overwrite=True)}, or use the data the run was trained on")
 
 
 def _bundled_dataset_changed(then: dict, now: dict) -> str | None:

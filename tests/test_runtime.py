@@ -861,8 +861,12 @@ def test_resuming_or_warm_starting_on_data_with_another_vocabulary_is_refused(tm
     (run / "run.json").write_text(json.dumps(info))
     with pytest.raises(DataError, match="vocab differs"):
         train(spec, run_dir=str(run), steps=4, threads=1, device="cpu", resume=True)
-    with pytest.raises(DataError, match="vocab differs"):
+    with pytest.raises(DataError, match="vocab differs") as e:
         train(spec, run_dir=str(tmp_path / "warm"), steps=1, threads=1, device="cpu", init_from=str(run))
+    assert "leave out init_from" in e.value.hint and "overwrite" not in e.value.hint  # (a new run has nothing to overwrite)
+    # a checkpoint file of the run, as a damaged checkpoint.npz's hint offers best.npz, was taken on any data
+    with pytest.raises(DataError, match="vocab differs"):
+        train(spec, run_dir=str(tmp_path / "warm"), steps=1, threads=1, device="cpu", init_from=str(run / "best.npz"))
     # the run's own vocabulary resumes, from the spec copy in the run directory too
     info["meta"]["vocab"] = info["meta"]["vocab"][::-1]
     (run / "run.json").write_text(json.dumps(info))
