@@ -3,7 +3,10 @@ inference, gradients-only and apply-only, plus a manifest that says which
 graph does what and how every input and output is named.
 
 Naming: parameters and buffers keep their spec names (`W1`, `h.W`,
-`bn.running_mean`); optimizer state is `<state>/<param>` (`m/W1`);
+`bn.running_mean`); optimizer state is a flat vector per kind and
+objective, `<state>/<objective>` (`m/main`), where the objective trains up to
+FUSED_UPDATE_MAX_ELEMENTS values, else `<state>/<param>` (`m/W1`, or
+`m/generator/G.h.W` in a spec that names its objectives);
 updated tensors come out as `next/<name>`; gradients as `grad/<param>`;
 control inputs are `lr` (float scalar), `step` (int64, updates done so
 far) and `seed` (int64).
