@@ -307,7 +307,7 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Where the run is written (default runs/<name>).")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, data order and dropout.", min=0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, the validation and test split, data order and dropout.", min=0,
                                                              max=MAX_SEED)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override train.epochs.", min=1)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Stop after this many updates (overrides train.steps; "
