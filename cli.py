@@ -475,7 +475,7 @@ def predict(
                 raise FlowgradError("-o writes the arrays of --data or --count; --text prints its text",
                                     hint="redirect it instead: > out.txt")
             print(generate_text(model, text, max_len, temperature, seed, pick_device(device, names=FLAGS), beam_width,
-                                with_prompt=not _is_translator(model), threads=threads))
+                                with_prompt=not _is_translator(model), threads=threads, names=FLAGS))
             return
         if data is not None:
             check_data_path(data, flag="--data")

@@ -408,32 +408,33 @@ def model_metadata(model: onnx.ModelProto) -> dict:
 
 def generate_text(model_path: str, prompt: str, max_len: int | None = None, temperature: float | None = None,
                   seed: int | None = None, device: str = "cpu", beam_width: int | None = None,
-                  with_prompt: bool = False, threads: int | None = None) -> str:
+                  with_prompt: bool = False, threads: int | None = None, *, names: ArgNames = KEYWORDS) -> str:
     """Sample text from an exported language model (a graph with a `prompt` input): the
     continuation, or with `with_prompt` the prompt and its continuation. Unset arguments take
     the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0); max_len 0
-    generates nothing. Bad arguments raise ExportArgumentError, an ExportError."""
+    generates nothing. Bad arguments raise ExportArgumentError, an ExportError. `names`: how
+    messages name the arguments (the keywords; flowgrad predict passes its flags)."""
     from .datasets_text import decode_text, encode_text
 
-    check_seed(seed, error=ExportArgumentError)  # (a negative one sampled, where every other verb refuses it)
+    check_seed(seed, names("seed"), error=ExportArgumentError)  # (a negative one sampled, where every other verb refuses it)
     check_flag("with_prompt", with_prompt, error=ExportArgumentError)  # (with_prompt="no" gave the prompt back)
     if not isinstance(prompt, str):  # (a list of ids was tokenized as its str())
         raise ExportArgumentError(f"the prompt must be a string, got {type(prompt).__name__}",
                                   hint="give the text to continue; predict() takes token ids as its 'prompt' input")
     model = load_model_safely(model_path)
-    names = [i.name for i in model.graph.input]
+    inputs = [i.name for i in model.graph.input]
     meta = model_metadata(model)
-    if "beam_width" in names and "src_vocab" in meta:
+    if "beam_width" in inputs and "src_vocab" in meta:
         for value, what in ((temperature, "a temperature"), (seed, "a seed")):
             if value is not None:  # beam search draws nothing
                 raise ExportArgumentError(f"{model_path} decodes by beam search: {what} is for models that sample text",
-                                hint="leave it out; the beam width (beam_width, --beam-width) picks the beam (1 is greedy)")
+                                hint=f"leave it out; the beam width ({names('beam_width')}) picks the beam (1 is greedy)")
         return translate(model_path, [prompt], beam_width=beam_width, device=device, max_len=max_len,
-                         threads=threads)[0]
+                         threads=threads, names=names)[0]
     if beam_width is not None:
         raise ExportArgumentError(f"{model_path} samples text: a beam width is for sequence-to-sequence models",
-                                  hint="leave out the beam width (beam_width, --beam-width)")
-    if "prompt" not in names or "vocab" not in meta:
+                                  hint=f"leave out the beam width ({names('beam_width')})")
+    if "prompt" not in inputs or "vocab" not in meta:
         raise ExportArgumentError(f"{model_path} is not a text generator (no prompt input or vocabulary)",
                                   hint="export a spec with a 'generate' section trained on text, or run this model on its "
                                        "inputs with predict() (flowgrad predict --data)")
@@ -442,9 +443,9 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     ids = np.asarray(encode_text(prompt, text_meta, error=ExportArgumentError), dtype=np.int64)
     if not ids.size:  # (predict refused it as a DataError)
         raise ExportArgumentError("the prompt is empty", hint=EMPTY_PROMPT_HINT)
-    max_len = check_count("max_len", max_len if max_len is not None else _spec_count(meta, "generate.max_len", 200),
+    max_len = check_count(names("max_len"), max_len if max_len is not None else _spec_count(meta, "generate.max_len", 200),
                           0, most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)  # (2.5 generated 2 tokens)
-    temperature = check_number("temperature", temperature if temperature is not None  # (the graph reads a float32)
+    temperature = check_number(names("temperature"), temperature if temperature is not None  # (the graph reads a float32)
                                else meta.get("generate.temperature", 1.0), 0, error=ExportArgumentError,
                                hint=TEMPERATURE_HINT)
     outs = predict(model_path, {"prompt": ids, "max_len": np.asarray(max_len, dtype=np.int64),
@@ -480,19 +481,22 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dic
 
 
 def translate(model_path: str, texts: list[str], beam_width: int | None = None, max_len: int | None = None,
-              length_penalty: float | None = None, device: str = "cpu", threads: int | None = None) -> list[str]:
+              length_penalty: float | None = None, device: str = "cpu", threads: int | None = None, *,
+              names: ArgNames = KEYWORDS) -> list[str]:
     """Decode source strings with an exported sequence-to-sequence model (beam search in the graph).
     Unset arguments take the spec's `generate` values (beam width 4, length penalty 0.6 where
     the spec gives none); max_len 0 decodes empty strings. Bad arguments raise
-    ExportArgumentError, an ExportError."""
+    ExportArgumentError, an ExportError. `names`: how messages name the arguments."""
     from .datasets_text import decode_target
 
-    tokens, meta = translate_tokens(model_path, texts, beam_width, max_len, length_penalty, device, threads)
+    tokens, meta = translate_tokens(model_path, texts, beam_width, max_len, length_penalty, device, threads,
+                                    names=names)
     return [decode_target(row, meta) for row in tokens]
 
 
 def translate_tokens(model_path: str, texts: list[str], beam_width: int | None = None, max_len: int | None = None,
-                     length_penalty: float | None = None, device: str = "cpu", threads: int | None = None):
+                     length_penalty: float | None = None, device: str = "cpu", threads: int | None = None, *,
+                     names: ArgNames = KEYWORDS):
     """`translate`'s target token ids, [texts, length] (<eos> and the padding after it
     included), and the model's metadata."""
     from .datasets_text import encode_source
@@ -513,12 +517,12 @@ def translate_tokens(model_path: str, texts: list[str], beam_width: int | None =
     src = np.stack([encode_source(t, meta, error=ExportArgumentError) for t in texts])
     lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
     widest = _widest_beam(meta)
-    beam_width = check_count("beam_width", beam_width, most=widest, error=ExportArgumentError,  # (2.5 decoded
+    beam_width = check_count(names("beam_width"), beam_width, most=widest, error=ExportArgumentError,  # (2.5 decoded
                              most_hint=BEAM_WIDTH_WHY) or widest  # with 2 beams)
-    max_len = check_count("max_len", max_len if max_len is not None
+    max_len = check_count(names("max_len"), max_len if max_len is not None
                           else _spec_count(meta, "generate.max_len", meta.get("tgt_len", 32)),
                           0, most=MAX_COUNT, error=ExportArgumentError, most_hint=MAX_COUNT_WHY)
-    penalty = check_number("length_penalty", length_penalty if length_penalty is not None  # (a string was a ValueError)
+    penalty = check_number(names("length_penalty"), length_penalty if length_penalty is not None  # (a string was a ValueError)
                            else meta.get("generate.length_penalty", 0.6), 0, error=ExportArgumentError,
                            hint=LENGTH_PENALTY_HINT)
     feeds = {"src": src, "src_len": lengths, "beam_width": np.asarray(beam_width, dtype=np.int64),

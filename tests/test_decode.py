@@ -239,6 +239,22 @@ def test_beam_search_refuses_a_temperature_and_a_seed(model):
     assert generate_text(gen, "abc", beam_width=1) == generate_text(gen, "abc", beam_width=1, threads=1)
 
 
+def test_predict_text_names_its_flags_where_the_api_names_keywords(model):
+    """flowgrad predict --text --beam-width 9 was told 'beam_width must be at most 4', the API's
+    keyword, where every other refusal of the CLI names its flags."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from runtime.export import generate_text
+    from spec.errors import FlowgradError
+
+    gen, _, _ = model
+    res = CliRunner().invoke(app, ["predict", gen, "--text", "abc", "--beam-width", "99", "--device", "cpu"])
+    assert res.exit_code == 1 and res.output.startswith("error: --beam-width must be at most"), res.output
+    with pytest.raises(FlowgradError, match="^beam_width must be at most"):
+        generate_text(gen, "abc", beam_width=99)
+
+
 def test_raw_decoder_inputs_outside_their_ranges_are_errors(model):
     from spec.errors import FlowgradError
 

@@ -234,7 +234,7 @@ def test_predict_text_refuses_flags_it_would_ignore_and_temperatures_beyond_floa
     np.savez(tmp_path / "in.npz", prompt=np.asarray([5, 6]), max_len=np.asarray(3),
              temperature=np.asarray(1.0, np.float32), seed=np.asarray(0))
     for args, words in ((["--text", "def ", "-o", str(tmp_path / "out.npz")], "-o writes the arrays"),
-                        (["--text", "def ", "--temperature", "1e39"], "temperature must be at most 3.40282e+38, got 1e+39"),
+                        (["--text", "def ", "--temperature", "1e39"], "--temperature must be at most 3.40282e+38, got 1e+39"),
                         (["--data", str(tmp_path / "in.npz"), "--seed", "3"], "--seed is for --text"),
                         (["--data", str(tmp_path / "in.npz"), "--max-len", "3"], "--max-len is for --text")):
         res = CliRunner().invoke(app, ["predict", gen, "--device", "cpu", *args])
