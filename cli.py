@@ -178,11 +178,13 @@ def _check_dtype(dtype):
 def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
     """Validate a spec, infer every shape, and print its nodes and parameters."""
     from compiler.training import check_spec
+    from runtime.train import check_data_section
 
     with user_errors():
         _check_dtype(dtype)
         s = _load(spec, set)
         low = check_spec(s, dtype)
+        check_data_section(s)
     for w in low.warnings:  # worth a look, but the spec is usable (exit code 0)
         err.print(f"[bold yellow]warning:[/bold yellow] {escape(visible(w.one_line()))}", soft_wrap=True)
         if w.hint:

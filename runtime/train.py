@@ -19,7 +19,7 @@ import numpy as np
 
 from compiler.training import CompiledModel, check_dtype, compile_spec, require_objectives, schedule_of, trained_names
 from spec import model as S
-from spec.errors import ArgNames, DataError, FlowgradError, SpecError
+from spec.errors import ArgNames, DataError, FlowgradError, SpecError, did_you_mean
 
 from . import data as D
 from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed, enclosing_run  # noqa: F401  (the API imported them from here)
@@ -200,14 +200,8 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
                              needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes, cm.length_bounds)
     # the errors name the one the user gave: --valid (valid=), or the spec's
     valid_name = opts.names("valid") if opts.valid is not None else "valid"
-    if isinstance(test, float) and test:
-        valid = source["valid"]  # (the spec's, or --valid's)
-        if isinstance(valid, float) and valid + test >= 1:  # (valid takes its fraction of what test leaves)
-            given = opts.names.given(valid=opts.valid) if opts.valid is not None else f"valid {valid}"
-            raise DataError(f"{given} and test {test} must sum to less than 1 (they sum to "
-                            f"{round(valid + test, 12):g})", loc,
-                            f"test holds out its fraction of the data and {valid_name} its fraction of the rest; "
-                            "lower one of them so that the two sum to less than 1")
+    given = opts.names.given(valid=opts.valid) if opts.valid is not None else f"valid {source['valid']}"
+    _refuse_fractions_over_one(source["valid"], test, given, valid_name, loc)  # (the spec's valid, or --valid's)
     total = len(train_ds)
     valid_cfg = source["valid"]
     valid_ds = None
@@ -322,6 +316,33 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel,
                         "cannot be rebuilt", hint=hint)
     _, held = split_off_test(ds, spec, seed)
     return held, f"the {len(held)} test examples held out of {where}"
+
+
+def _refuse_fractions_over_one(valid, test, given: str, valid_name: str, loc) -> None:
+    """valid takes its fraction of what test leaves: two fractions of 1 or more leave nothing to train on."""
+    if isinstance(test, float) and test and isinstance(valid, float) and valid + test >= 1:
+        raise DataError(f"{given} and test {test} must sum to less than 1 (they sum to "
+                        f"{round(valid + test, 12):g})", loc,
+                        f"test holds out its fraction of the data and {valid_name} its fraction of the rest; "
+                        "lower one of them so that the two sum to less than 1")
+
+
+def check_data_section(spec: S.Spec) -> None:
+    """What train refuses in the spec's data section as written, before reading any data, for
+    `flowgrad check` (train checks it against the flags it is given: --valid may replace the
+    spec's valid, --data its dataset): a bundled dataset's unknown option, and valid and test
+    fractions that leave nothing to train on."""
+    cfg = spec.train.get("data") or {}
+    name, options = cfg.get("dataset"), cfg.get("options") or {}
+    if name in D.BUNDLED and isinstance(options, dict):
+        known = D.dataset_options(name)
+        for key in options:
+            if key not in known:
+                raise DataError(f"dataset {name!r} has no option {key!r}", spec.locate("train", "data", "options", key),
+                                did_you_mean(str(key), known) or f"options of {name}: {', '.join(known) or 'none'}")
+    if "valid" in cfg:
+        valid = _fraction_or_path(cfg["valid"], "valid", spec.locate("train", "data", "valid"))
+        _refuse_fractions_over_one(valid, spec_test(spec), f"valid {valid}", "valid", spec.locate("train", "data", "test"))
 
 
 def spec_test(spec: S.Spec) -> float | str | None:
@@ -802,8 +823,6 @@ def reported_names(cm: CompiledModel, validated: bool) -> list[str]:
 def _check_stopping_metric(spec: S.Spec, reported: list[str]) -> None:
     """The metric first: a misspelt one (valid_acuracy) was asked for its mode, and refused as
     not reported only once the user had added one."""
-    from spec.errors import did_you_mean
-
     stopping = spec.train["early_stopping"]
     metric = stopping["metric"]
     unsure = "mode" not in stopping and "loss" not in str(metric)  # (only a loss defaults to min)

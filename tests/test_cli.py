@@ -92,6 +92,18 @@ def test_check_bad_set_path():
     assert "did you mean 'dims'?" in result.output
 
 
+
+def test_check_refuses_the_data_section_train_refuses(tmp_path):
+    """check said 'spec OK' of valid 0.2 with test 0.9, and of a misspelt dataset option, which
+    train refused before reading any data: check refuses them too, located in the spec."""
+    res = invoke("check", MLP, "--set", "train.data.test=0.9", code=1)
+    assert "valid 0.2 and test 0.9 must sum to less than 1 (they sum to 1.1)" in res.stderr
+    spec = tmp_path / "semi.yaml"
+    spec.write_text((ROOT / "models" / "semisupervised.yaml").read_text().replace("labelled: 100", "labeled: 100"))
+    res = invoke("check", spec, code=1)
+    assert res.stderr.startswith(f"error: {spec}:36:") and "dataset 'digits' has no option 'labeled'" in res.stderr
+    assert "did you mean 'labelled'?" in res.stderr
+
 def test_compile_writes_every_graph(tmp_path):
     out_dir = tmp_path / "build"
     result = invoke("compile", MLP, "--set", "dims.H=16", "-o", out_dir)
