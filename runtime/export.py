@@ -358,6 +358,9 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
                         error=DataError, most_hint=MAX_COUNT_WHY)
         if "temperature" in feeds and feeds["temperature"].size == 1:  # (a negative one sampled)
             check_number("input 'temperature'", feeds["temperature"].item(), 0, error=DataError, hint=TEMPERATURE_HINT)
+        if "length_penalty" in feeds and feeds["length_penalty"].size == 1:  # (a negative one favoured short beams)
+            check_number("input 'length_penalty'", feeds["length_penalty"].item(), 0, error=DataError,
+                         hint=LENGTH_PENALTY_HINT)
     sizer = [k for k in feeds if k != "seed"]
     if "seed" in feeds and len(sizer) == 1 and feeds[sizer[0]].size == 1:  # a generator, as --count is checked
         check_count(f"input {sizer[0]!r}", feeds[sizer[0]].item(), most=MAX_COUNT, has_default=False,  # (a huge
