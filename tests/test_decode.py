@@ -291,7 +291,7 @@ def test_a_decoder_trained_on_an_npz_file_checks_its_inputs_too(tmp_path):
                           ({"beam_width": np.asarray(K + 1)}, f"'beam_width' must be at most {K}, got {K + 1}"),
                           ({"max_len": np.asarray(-1)}, "'max_len' holds negative values"),
                           # (a negative penalty, refused by translate(), decoded favouring short beams)
-                          ({"length_penalty": np.asarray(-1.0, np.float32)}, "'length_penalty' must be .*at least 0")):
+                          ({"length_penalty": np.asarray(-1.0, np.float32)}, "'length_penalty' must be 0 or more and finite, got -1.0")):
         with pytest.raises(FlowgradError, match=words):
             predict(gen, {**feeds, **change})
     assert predict(gen, {**feeds, "max_len": np.asarray(0)})["tokens"].shape == (2, 0)
