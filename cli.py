@@ -354,7 +354,7 @@ def train(
         print(json.dumps(result.to_json(), indent=2))
         return
     # The headline stands on its own line: as a table title it would wrap to the table's width.
-    err.print(f"[bold]{s.name}[/bold]: {result.stopped} after {result.epochs} epochs, {result.steps} steps, "
+    err.print(f"[bold]{s.name}[/bold]: {result.stopped} after {result.epochs} epoch{'s' if result.epochs != 1 else ''}, {result.steps} step{'s' if result.steps != 1 else ''}, "
               f"{result.seconds:.1f} s on {result.device}")
     summary = Table()
     summary.add_column("metric")

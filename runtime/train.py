@@ -622,7 +622,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         stopped = "finished"
         if stopping and history and bad_epochs >= int(stopping.get("patience", 5)):
             # resuming a run that early stopping ended: it stays ended (a larger patience goes on)
-            stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
+            stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epoch{'s' if bad_epochs != 1 else ''}"
         elif meta and (epoch >= epochs or step >= total_steps):
             # (it said 'finished after 3 epochs' to a resume with --epochs 1, as if it had trained)
             stopped = (f"nothing more to train (this resume's limit of {total_steps} step{'s' if total_steps != 1 else ''} "
@@ -800,7 +800,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 if on_epoch:
                     on_epoch(record)
                 if stopping and bad_epochs >= int(stopping.get("patience", 5)):
-                    stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epochs"
+                    stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epoch{'s' if bad_epochs != 1 else ''}"
         result = TrainResult(run_dir, device, step, epoch, time.perf_counter() - t_start,
                              history[-1] if history else {}, best, history, stopped, warm_start)
         atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode(), names=names)

@@ -206,6 +206,13 @@ def test_train_json(trained):
         assert (run_dir / name).exists(), name
 
 
+
+def test_train_headline_counts_one_epoch_and_one_step_in_the_singular(tmp_path):
+    """The run's headline said 'finished after 1 epochs, 1 steps'."""
+    result = invoke("train", MLP, "--set", "dims.H=8", "--steps", "1", "--run-dir", tmp_path / "run",
+                    "--device", "cpu", "--threads", "1")
+    assert "mlp: finished after 1 epoch, 1 step, " in result.stderr
+
 def test_train_several_steps_per_call(trained, tmp_path):
     _, one = trained
     result = invoke("train", MLP, "--set", "dims.H=16", "--epochs", "1", "--run-dir", tmp_path / "run",

@@ -211,8 +211,11 @@ def test_early_stopping(tmp_path, data):
     result = train(spec, run_dir=str(tmp_path / "run"), data=data, epochs=20, threads=1, device="cpu")
     # The loss falls every epoch, so "max" never improves after the first epoch.
     assert result.epochs == 3
-    assert result.stopped.startswith("early stopping")
+    assert result.stopped == "early stopping: train_loss did not improve for 2 epochs"
     assert result.best["epoch"] == 1
+    once = train(_spec(text.replace("patience: 2", "patience: 1"), tmp_path, "once.yaml"), run_dir=str(tmp_path / "once"),
+                 data=data, epochs=20, threads=1, device="cpu")
+    assert once.stopped == "early stopping: train_loss did not improve for 1 epoch"  # (it said '1 epochs')
 
 
 def test_resuming_a_run_that_early_stopping_ended_trains_no_more(tmp_path, data):
