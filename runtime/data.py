@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import importlib.util
 import os
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -209,6 +210,11 @@ def check_data_path(path: str, loc: Loc | None = None, flag: str | None = None, 
             where = f"; the spec has no file, so a relative {key} starts at the working directory"
         else:
             where = ""
+        written = os.path.basename(path)
+        if re.fullmatch(r"\d+,\d+", written) and (flag or key or "").endswith(("valid", "test")):
+            # a decimal comma: the fraction was read as a file's name
+            raise DataError(f"{what} {path!r} does not exist", loc,
+                            hint=f"a fraction is written with a decimal point: {written.replace(',', '.')}")
         raise DataError(f"{what} {path!r} does not exist", loc, hint="check the path" + where)
     if os.path.isdir(path):
         raise DataError(f"{what} {path!r} is a directory", loc, "pass an .npz file written by numpy.savez")

@@ -213,6 +213,13 @@ def test_train_headline_counts_one_epoch_and_one_step_in_the_singular(tmp_path):
                     "--device", "cpu", "--threads", "1")
     assert "mlp: finished after 1 epoch, 1 step, " in result.stderr
 
+
+@pytest.mark.parametrize("given", [("--valid", "0,2"), ("--set", "train.data.valid=0,2")])
+def test_a_fraction_with_a_decimal_comma_is_told_to_use_a_point(given, tmp_path):
+    """--valid 0,2 (a European decimal) was read as a file named '0,2', told only to check the path."""
+    res = invoke("train", MLP, *given, "--steps", "1", "--run-dir", tmp_path / "run", code=1)
+    assert "0,2' does not exist" in res.stderr and "hint: a fraction is written with a decimal point: 0.2" in res.stderr
+
 def test_train_several_steps_per_call(trained, tmp_path):
     _, one = trained
     result = invoke("train", MLP, "--set", "dims.H=16", "--epochs", "1", "--run-dir", tmp_path / "run",
