@@ -32,8 +32,10 @@ _REFUSED_BINOPS = {
     ast.FloorDiv: ("'//'", _NO_INT_OPS),
     ast.LShift: ("the bit shift '<<'", _NO_BIT_OPS),
     ast.RShift: ("the bit shift '>>'", _NO_BIT_OPS),
-    ast.BitOr: ("'|'", "to choose between values by a condition use where(condition, a, b)"),
-    ast.BitAnd: ("'&'", "to choose between values by a condition use where(condition, a, b)"),
+    ast.BitOr: ("'|'", "for bool masks use logical_or(a, b); to choose between values by a condition use "
+                       "where(condition, a, b)"),
+    ast.BitAnd: ("'&'", "for bool masks use logical_and(a, b); to choose between values by a condition use "
+                        "where(condition, a, b)"),
     ast.BitXor: ("'^'", "for powers use '**'"),
 }
 _REFUSED_COMPARE = {
@@ -222,7 +224,8 @@ class _Converter:
         if isinstance(node, ast.BoolOp):
             word = "and" if isinstance(node.op, ast.And) else "or"
             raise SpecError(f"'{word}' is not allowed in an expression", self.operator_loc(node.values[0]),
-                            "to choose between values by a condition use where(condition, a, b)")
+                            f"for bool masks use logical_{word}(a, b); to choose between values by a condition use "
+                            "where(condition, a, b)")
         what, hint = _REFUSED_NODES.get(type(node), (f"'{type(node).__name__}'", None))
         # (refuse() gives the nodes without a hint of their own one; the 'if' points at the 'if',
         # not at the value before it)

@@ -147,6 +147,15 @@ def test_forbidden(text, words, col):
     assert "\n" not in e.message
 
 
+@pytest.mark.parametrize("text,op", [("a and b", "logical_and"), ("a & b", "logical_and"), ("a or b", "logical_or"),
+                                     ("a | b", "logical_or")])
+def test_boolean_operators_point_at_the_mask_ops(text, op):
+    """'&' and 'and' were told to use where(condition, a, b), and there was no logical_and for two
+    masks (logical_or and logical_not there were)."""
+    with pytest.raises(SpecError) as info:
+        parse_expr(text, AT)
+    assert f"use {op}(a, b)" in info.value.hint
+
 @pytest.mark.parametrize("text,words,col", [
     ("relu(x", "never closed", 4),
     ("a +", "unexpected end", 3),

@@ -325,7 +325,7 @@ class Binary(OpDef):
             raise ShapeError(f"operands have different dtypes {a.dtype} and {b.dtype}", hint=f"cast one side to the other's type, e.g. cast(x, '{a.dtype}')")
         if a.dtype == "bool":
             raise ShapeError("arithmetic on booleans (comparisons) is not defined",
-                             hint="cast them with cast(x, 'float32'), or use logical_or / logical_not")
+                             hint="cast them with cast(x, 'float32'), or use logical_and / logical_or / logical_not")
         return [TensorType(a.dtype, broadcast_shapes(a.shape, b.shape))]
 
     def samples(self, rng):
@@ -588,6 +588,27 @@ class LogicalOr(OpDef):
 
     def ref(self, attrs, a, b):
         return np.logical_or(a, b)
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(3, 4)) > 0, rng.normal(size=(4,)) > 0])]
+
+
+@op("logical_and")
+class LogicalAnd(OpDef):
+    """a and b, for bool tensors (broadcasting)."""
+
+    inputs = ("a", "b")
+    nondiff = True
+    onnx = "And"
+
+    def infer(self, attrs, a, b):
+        if a.dtype != "bool" or b.dtype != "bool":
+            raise ShapeError(f"logical_and needs bool tensors, got {a.dtype} and {b.dtype}",
+                             hint="it takes comparisons, e.g. logical_and(x > 0, y > 0); cast a number with x != 0 first")
+        return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
+
+    def ref(self, attrs, a, b):
+        return np.logical_and(a, b)
 
     def samples(self, rng):
         return [Sample([rng.normal(size=(3, 4)) > 0, rng.normal(size=(4,)) > 0])]
