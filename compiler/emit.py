@@ -42,22 +42,28 @@ class Emitter:
             self.initializers: dict[str, onnx.TensorProto] = {}
             self._const_names: dict[tuple, str] = {}
             self._used: set[str] = set()
+            # The next suffix to try for each hint: names are only ever added, so the first
+            # free one never moves back, and a graph of n nodes named alike costs O(n), not O(n^2).
+            self._next: dict[str, int] = {}
         else:
             # A subgraph (a Loop body) shares names and constants with the
             # outermost graph: constants live there and are read from outer scope.
             self.initializers = parent.initializers
             self._const_names = parent._const_names
             self._used = parent._used
+            self._next = parent._next
 
     def child(self) -> "Emitter":
         return Emitter(self)
 
     def fresh(self, hint: str) -> str:
         hint = hint.replace("/", "_") or "v"
-        name, i = hint, 1
+        i = self._next.get(hint, 1)
+        name = hint if i == 1 else f"{hint}_{i}"
         while name in self._used:
             i += 1
             name = f"{hint}_{i}"
+        self._next[hint] = i
         self._used.add(name)
         return name
 

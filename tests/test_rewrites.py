@@ -848,3 +848,28 @@ def test_stabilised_forms_in_a_spec():
     # z = [1000, -1000, 1000] against t = [0, 1, 0]: each row costs 1000; the logits rows
     # [1000, -1000, 0], [-1000, 1000, 0], [0, 1000, -1000] against classes 1, 0, 2 cost 2000 each
     np.testing.assert_allclose(out["loss"], 1000.0 + 2000.0, rtol=1e-5)
+
+
+def test_fresh_names_cost_linear_time():
+    """A graph of n nodes of one op type named its outputs in O(n^2): each name probed `add`,
+    `add_2`, ... from the start (a 800-layer MLP compiled in 18.8 s, 12 of them naming).
+    The names stay those of the first free suffix, a reserved one skipped."""
+    from compiler.emit import Emitter
+
+    class Counting(set):
+        probes = 0
+
+        def __contains__(self, item):
+            Counting.probes += 1
+            return super().__contains__(item)
+
+    e = Emitter()
+    e._used = Counting()
+    e.reserve("add_3")
+    child = e.child()
+    names = [e.fresh("add"), e.fresh("add"), child.fresh("add"), e.fresh("add")]
+    assert names == ["add", "add_2", "add_4", "add_5"]
+    Counting.probes = 0
+    for _ in range(5000):
+        e.fresh("add")
+    assert Counting.probes < 3 * 5000
