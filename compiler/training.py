@@ -141,6 +141,9 @@ class CompiledGraph:
     objective: str | None = None
     # a training step's batch_norms whose statistics count one dim alone (see Graph.batch_statistics)
     batch_statistics: list = field(default_factory=list)
+    # a deployment graph's dim that numbers the examples of its data inputs and outputs, each output
+    # row computed from that row of the inputs alone (see independent_rows): predict runs it in batches
+    rows: str | None = None
 
     @property
     def node_count(self) -> int:
@@ -214,6 +217,7 @@ class CompiledModel:
                     "nodes": g.node_count,
                     "inputs": [i.to_json() for i in g.inputs],
                     "outputs": [o.to_json() for o in g.outputs],
+                    **({"rows": g.rows} if g.rows else {}),
                 }
                 for k, g in self.graphs.items()
             },
@@ -443,7 +447,51 @@ class _Builder:
             [GraphIO(n, gi.kind, gi.value.dtype, list(gi.value.shape)) for n, gi in ins],
             [GraphIO(n, role, v.dtype, list(v.shape)) for (n, role, _), v in zip(self.outputs, values)],
             objective,
+            rows=independent_rows([gi.value for _, gi in ins if gi.kind == "input"], values) if kind == "infer" else None,
         )
+
+
+# Ops whose rows the check below does not follow (loops, draws numbered by the element, copies,
+# pads and scatters of rows, attention, batch statistics): a deployment graph that runs one on its
+# inputs is predicted whole, as it was before.
+_ROWS_UNFOLLOWED = {
+    "scan", "random_bits", "uniform", "box_muller", "normal", "bernoulli", "dropout", "masking_noise",
+    "gaussian_noise", "reparameterize", "pad", "index", "shift", "tile_rows", "tile_batch", "one_hot_blocks",
+    "scatter_add", "scatter_add_along_axis", "precomputed", "dot_attention", "additive_attention", "batch_norm",
+}
+
+
+def independent_rows(data: list[Value], values: list[Value]) -> str | None:
+    """The symbolic dim that numbers the examples of every data input and every output (their
+    first), where each output row is computed from that row of the inputs alone, so that the graph
+    gives the same rows run on all the inputs at once or in batches; else None."""
+    from .higher import _mixes_examples
+
+    if not data or not values:
+        return None
+    batch = data[0].shape[0] if data[0].rank else None
+    if not isinstance(batch, str) or any(not v.rank or v.shape[0] != batch for v in (*data, *values)):
+        return None
+    depends = {v.id for v in data}
+    for node in producers_of(values):
+        flags = [v.id in depends for v in node.inputs]
+        if not any(flags):
+            continue
+        name, ins = node.op.name, node.inputs
+        if name in _ROWS_UNFOLLOWED:
+            return None
+        if name == "take":  # ids of the examples pick rows of a fixed table (an embedding's)
+            if flags[0] and (flags[1] or int(node.attrs.get("axis", 0)) % ins[0].rank == 0):
+                return None
+        elif name == "slice" and node.attrs.get("axes") is None:  # (all axes from the first)
+            if any(f and v.rank and v.shape[0] == batch for v, f in zip(ins, flags)):
+                return None
+        elif _mixes_examples(node, flags, batch):
+            return None
+        if any(not o.rank or o.shape[0] != batch or batch in o.shape[1:] for o in node.outputs):
+            return None  # the examples moved off the first axis, or along another one too (h @ transpose(h))
+        depends.update(o.id for o in node.outputs)
+    return batch
 
 
 def _gradients(low: Lowering, loss: Value, obj: Objective, trained: list[str], seed: Value | None = None) -> dict[str, Value]:
