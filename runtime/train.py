@@ -902,12 +902,14 @@ def check_steps_per_call(spec: S.Spec, steps_per_call: int, names: ArgNames) -> 
 def _check_options(opts: TrainOptions) -> None:
     """The options the CLI bounds, bounded the same way when they come through the API (an
     epochs=0 trained the spec's epochs, a negative batch size or epoch count trained nothing).
-    Paths come back as str (a pathlib.Path is one); data and valid may be arrays in memory
-    instead (a mapping), read and checked with the spec as a file is."""
+    Paths come back as str (a pathlib.Path is one), counts as int (a NumPy integer is one: run.json
+    and the checkpoint's record of threads=np.int64(1) or accumulate=np.int64(2) were json's
+    TypeError); data and valid may be arrays in memory instead (a mapping), read and checked with
+    the spec as a file is."""
     for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("checkpoint_every", 0), ("accumulate", 1),
                         ("steps_per_call", 1)):
-        check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
-    check_count("threads", opts.threads, most=MAX_THREADS)
+        setattr(opts, name, check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every"))
+    opts.threads = check_count("threads", opts.threads, most=MAX_THREADS)
     for name in ("run_dir", "init_from"):
         setattr(opts, name, check_path(name, getattr(opts, name)))
     opts.data = D.data_argument("data", opts.data)
@@ -928,7 +930,7 @@ def _check_options(opts: TrainOptions) -> None:
             or not all(isinstance(f, str) for f in opts.freeze):  # (freeze="W1" froze "W" and "1")
         raise FlowgradError(f"freeze must be a list of parameter names, got {opts.freeze!r}",
                             hint='e.g. freeze=["W1", "b1"] (globs such as "enc_*" too)')
-    check_seed(opts.seed)
+    opts.seed = check_seed(opts.seed)
     check_dtype(opts.dtype)
 
 

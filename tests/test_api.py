@@ -842,3 +842,19 @@ def test_float_type_hints_name_the_apis_dtype_beside_the_flag():
     with pytest.raises(SpecError, match="parameter 'W1' declares dtype float64") as e:
         compile(load(text.replace("init: he_uniform}", "init: he_uniform, dtype: float64}", 1)))
     assert e.value.hint.endswith('(--dtype float64; dtype="float64" in the Python API)')
+
+
+def test_train_takes_numpys_integers_for_its_counts(tmp_path):
+    """A sweep's train(threads=np.int64(1)) or accumulate=np.int64(2) (np.arange's) passed the
+    checks and then ended in json's "Object of type int64 is not JSON serializable" writing
+    run.json or the first checkpoint, a TypeError that left a run with no checkpoint behind."""
+    import json
+
+    spec = load(MLP, ["dims.H=8"])
+    counts = dict(threads=np.int64(1), accumulate=np.int64(2), steps=np.int32(3), batch_size=np.int64(32),
+                  seed=np.uint8(3), checkpoint_every=np.int64(2), steps_per_call=np.int16(1))
+    result = train(spec, run_dir=str(tmp_path / "r"), device="cpu", **counts)
+    assert result.steps == 3
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["threads"] == 1 and info["seed"] == 3
+    assert (tmp_path / "r" / "checkpoint.npz").is_file()
