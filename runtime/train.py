@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -906,9 +906,12 @@ def _check_options(opts: TrainOptions) -> None:
     and the checkpoint's record of threads=np.int64(1) or accumulate=np.int64(2) were json's
     TypeError); data and valid may be arrays in memory instead (a mapping), read and checked with
     the spec as a file is."""
+    defaults = {f.name: f.default for f in fields(TrainOptions)}
     for name, least in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("checkpoint_every", 0), ("accumulate", 1),
                         ("steps_per_call", 1)):
-        setattr(opts, name, check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every"))
+        value = check_count(name, getattr(opts, name), least, has_default=name != "checkpoint_every")
+        # None is the option left out, as the hint to a bad value says (accumulate=None was a TypeError)
+        setattr(opts, name, defaults[name] if value is None else value)
     opts.threads = check_count("threads", opts.threads, most=MAX_THREADS)
     for name in ("run_dir", "init_from"):
         setattr(opts, name, check_path(name, getattr(opts, name)))

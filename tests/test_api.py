@@ -858,3 +858,13 @@ def test_train_takes_numpys_integers_for_its_counts(tmp_path):
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["threads"] == 1 and info["seed"] == 3
     assert (tmp_path / "r" / "checkpoint.npz").is_file()
+
+
+def test_train_takes_none_for_a_count_as_the_count_left_out(tmp_path):
+    """train(accumulate=None) or steps_per_call=None passed the checks, whose hint to a bad value
+    says to leave it out for the default, and then failed in a comparison: "'>' not supported
+    between instances of 'NoneType' and 'int'"."""
+    spec = load(MLP, ["dims.H=8"])
+    result = train(spec, run_dir=str(tmp_path / "r"), device="cpu", steps=2, accumulate=None, steps_per_call=None,
+                   checkpoint_every=None)
+    assert result.steps == 2
