@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Mapping
 
-from compiler.training import CompiledModel, check_dtype, compile_spec
+from compiler.training import CompiledModel, check_dtype, compile_spec, trained_names
 from spec import load_spec, spec_from_dict, spec_from_text
 from spec.errors import KEYWORDS, ArgNames, FlowgradError, SpecError, did_you_mean
 from spec.model import Spec
@@ -132,6 +132,17 @@ def train(spec: str | os.PathLike | dict | Spec, **options) -> TrainResult:
     return _train(s, opts)
 
 
+def _frozen_in(cm: CompiledModel, meta: dict) -> list[str]:
+    """The parameters that the run whose checkpoint `meta` describes kept fixed (train's freeze=,
+    --freeze): those `cm` trains and no objective of the checkpoint's did. Its optimizer state
+    covers the others alone, as the run's graphs were compiled."""
+    then = meta.get("trained")
+    if not isinstance(then, dict):  # (a checkpoint that predates the record)
+        return []
+    kept = {n for names in then.values() if isinstance(names, list) for n in names}
+    return sorted({n for o in cm.objectives for n in trained_names(cm.params, o)} - kept)
+
+
 def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | Mapping | None = None, checkpoint: str = "best", device: str = "auto",
                  threads: int | None = None, batch_size: int = 256, *, names: ArgNames = KEYWORDS) -> dict:
     """Loss and metrics of a run's best (or last) checkpoint on the .npz at `data` (or on arrays
@@ -170,6 +181,9 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | Mapping |
     # of stateful layers and scans have its rows, and the spec's train.batch_size refused them
     spec = spec.with_batch_size(meta.get("batch_size"))
     cm = compile_spec(spec, info.get("dtype"))  # the float type the run trained in
+    frozen = _frozen_in(cm, meta)
+    if frozen:  # (the optimizer state of a run trained with freeze= was taken for a changed spec's)
+        cm = compile_spec(spec, info.get("dtype"), frozen=frozen, names=names)
     _check_state(cm, state, ckpt, seed, names)
     if data is None:
         ds, data = held_out_test(spec, run_dir, info, cm, names)

@@ -868,3 +868,17 @@ def test_train_takes_none_for_a_count_as_the_count_left_out(tmp_path):
     result = train(spec, run_dir=str(tmp_path / "r"), device="cpu", steps=2, accumulate=None, steps_per_call=None,
                    checkpoint_every=None)
     assert result.steps == 2
+
+
+def test_evaluate_run_reads_a_run_trained_with_freeze(tmp_path):
+    """A run trained with freeze=["W1"] was refused by evaluate_run (and flowgrad eval): "checkpoint
+    RUN/best.npz: m/main has shape [...], the spec now says [...]", with a hint to train anew, as
+    its optimizer state, which covers the parameters it trained, was taken for a changed spec's."""
+    rng = np.random.default_rng(0)
+    data = {"x": rng.random((96, 64), dtype=np.float32), "y": rng.integers(0, 10, 96)}
+    run_dir = str(tmp_path / "frozen")
+    train(load(MLP, ["dims.H=8"]), run_dir=run_dir, device="cpu", threads=1, epochs=1, data=data, freeze=["W1", "b*"])
+    metrics = evaluate_run(run_dir, data=data, device="cpu")
+    export(run_dir, str(tmp_path / "frozen.onnx"))
+    labels = predict(str(tmp_path / "frozen.onnx"), {"x": data["x"]})["label"]
+    assert metrics["accuracy"] == pytest.approx(np.mean(labels == data["y"]))
