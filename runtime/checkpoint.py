@@ -3,10 +3,11 @@ written atomically (temporary file, fsync, rename), so a crash at any
 moment leaves the previous checkpoint whole."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
-import tempfile
+import secrets
 
 import numpy as np
 
@@ -152,13 +153,19 @@ def make_parent_dir(path: str, error: type[FlowgradError] = FlowgradError, *, na
                             hint=f"pick another path with {names('output')}") from None
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # (reading the umask means setting it: done once, at import, before any thread)
-    os.umask(mask)
-    return mask
-
-
-NEW_FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file
+def _temporary(directory: str) -> tuple[int, str]:
+    """A new, empty file in `directory` (its descriptor and path), made as open() makes a file:
+    mode 0o666 less the process's umask at this moment. (mkstemp makes it 0600, and the mode
+    open() would give, read once at import, missed a umask the process set since: a notebook's
+    os.umask(0o077) still got world-readable checkpoints.)"""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        path = os.path.join(directory, f".tmp-{secrets.token_hex(6)}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused name for a temporary file", directory)
 
 
 def atomic_write(path: str, data: bytes, hint: str | None = None, names: ArgNames = FLAGS) -> None:
@@ -170,13 +177,11 @@ def atomic_write(path: str, data: bytes, hint: str | None = None, names: ArgName
                             hint=f"give the path of the file to write, e.g. {os.path.join(path, 'NAME')}")
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        fd, tmp = _temporary(directory)
     except OSError as e:
         raise FlowgradError(f"cannot write in {directory}: {e.strerror}",
                             hint=hint or "check the run directory's permissions and free space") from None
     try:
-        # mkstemp makes the temporary owner-only (0600): give the file the mode open() would
-        os.fchmod(fd, NEW_FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             _write(f, data, path)
         os.replace(tmp, path)

@@ -882,3 +882,17 @@ def test_evaluate_run_reads_a_run_trained_with_freeze(tmp_path):
     export(run_dir, str(tmp_path / "frozen.onnx"))
     labels = predict(str(tmp_path / "frozen.onnx"), {"x": data["x"]})["label"]
     assert metrics["accuracy"] == pytest.approx(np.mean(labels == data["y"]))
+
+
+def test_a_runs_files_follow_the_umask_the_process_has_when_it_trains(tmp_path):
+    """The mode of every file written whole (checkpoints, run.json, spec.yaml, exports) was the
+    one open() would give under the umask the process had when flowgrad was imported: a
+    notebook that set os.umask(0o077) later still wrote its checkpoints readable by everyone."""
+    mask = os.umask(0o077)
+    try:
+        train(load(MLP, ["dims.H=8"]), run_dir=str(tmp_path / "r"), device="cpu", steps=2)
+        export(str(tmp_path / "r"), str(tmp_path / "r.onnx"))
+    finally:
+        os.umask(mask)
+    for path in (*(tmp_path / "r").iterdir(), *(tmp_path / "r" / "graphs").iterdir(), tmp_path / "r.onnx"):
+        assert path.stat().st_mode & 0o077 == 0, path

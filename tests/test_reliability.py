@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import tracemalloc
-import types
 from pathlib import Path
 
 import numpy as np
@@ -773,14 +772,14 @@ def test_unwritable_run_directory(tmp_path, monkeypatch):
     import runtime.checkpoint as C
 
     # a directory that becomes unwritable after the first checkpoint (simulated: tests may run as root)
-    real = C.tempfile.mkstemp
+    real = C._temporary
 
-    def refuse(*args, **kwargs):
+    def refuse(directory):
         if os.path.exists(tmp_path / "run" / "checkpoint.npz"):
             raise PermissionError(errno.EACCES, "Permission denied")
-        return real(*args, **kwargs)
+        return real(directory)
 
-    monkeypatch.setattr(C, "tempfile", types.SimpleNamespace(mkstemp=refuse))
+    monkeypatch.setattr(C, "_temporary", refuse)
     result = _train_in_process(tmp_path, "run", code=1)
     assert f"cannot write in {tmp_path / 'run'}: Permission denied" in result.output
     assert "check the run directory's permissions and free space" in result.output

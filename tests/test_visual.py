@@ -286,12 +286,13 @@ def test_graph_without_graphviz_writes_dot_and_says_how_to_install(tmp_path, mon
     assert res.stdout.strip() == str(tmp_path / "g.dot")
 
 
-def test_graph_writes_a_file_readable_as_open_would_make_it(tmp_path, monkeypatch):
-    # atomic_write's temporary is made owner-only (0600) by mkstemp; the picture must not stay so
-    import runtime.checkpoint
-
-    monkeypatch.setattr(runtime.checkpoint, "NEW_FILE_MODE", 0o644)  # open()'s mode under a umask of 022
-    invoke("graph", MLP, "-o", tmp_path / "g.dot")
+def test_graph_writes_a_file_readable_as_open_would_make_it(tmp_path):
+    # atomic_write's temporary was made owner-only (0600) by mkstemp; the picture must not stay so
+    mask = os.umask(0o022)
+    try:
+        invoke("graph", MLP, "-o", tmp_path / "g.dot")
+    finally:
+        os.umask(mask)
     assert (tmp_path / "g.dot").stat().st_mode & 0o777 == 0o644
 
 
