@@ -153,10 +153,14 @@ REGISTRY: dict[str, OpDef] = {}
 
 
 def op(name: str):
-    """Class decorator registering one op under `name`; a duplicate is a bug."""
+    """Class decorator registering one op under `name`; a duplicate is a bug. The same class
+    again is its module run again: a Ctrl-C during the first compile's import of an op family
+    left the ops it had registered, and every later compile in that process failed with "op
+    'constant' registered twice"."""
 
     def register(cls):
-        if name in REGISTRY:
+        old = type(REGISTRY[name]) if name in REGISTRY else None
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
             raise RuntimeError(f"op {name!r} registered twice")
         inst = cls()
         inst.name = name

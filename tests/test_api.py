@@ -896,3 +896,29 @@ def test_a_runs_files_follow_the_umask_the_process_has_when_it_trains(tmp_path):
         os.umask(mask)
     for path in (*(tmp_path / "r").iterdir(), *(tmp_path / "r" / "graphs").iterdir(), tmp_path / "r.onnx"):
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_an_import_that_a_ctrl_c_cut_short_leaves_the_process_able_to_compile(monkeypatch):
+    """A Ctrl-C (a notebook's interrupt) during the first compile's import of an op family left
+    the ops that family had registered, and Python forgot the half-run module: every later
+    compile and train in that process failed with RuntimeError "op 'constant' registered twice"
+    (the optimizers, imported with runtime.api, the same way). The module is imported again."""
+    import importlib
+    import sys
+
+    import compiler.ops  # noqa: F401  (as a first compile imports it)
+    from compiler.optim import base
+    from compiler.registry import REGISTRY
+
+    saved = dict(REGISTRY), dict(base.OPTIMIZERS)  # (put back as they were below)
+    try:
+        for module in ("compiler.ops.elementwise", "compiler.optim.adaptive"):  # what an interrupted import leaves
+            monkeypatch.delitem(sys.modules, module)
+            importlib.import_module(module)
+        assert compile(load(MLP, ["dims.H=8"])).graphs
+    finally:
+        REGISTRY.clear(), REGISTRY.update(saved[0])
+        base.OPTIMIZERS.clear(), base.OPTIMIZERS.update(saved[1])
+    with pytest.raises(RuntimeError, match="op 'exp' registered twice"):  # another class of that name is a bug still
+        from compiler.registry import op
+        op("exp")(type("Other", (), {}))

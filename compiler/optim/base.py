@@ -10,7 +10,8 @@ OPTIMIZERS: dict[str, type] = {}
 
 def optimizer(name: str):
     def register(cls):
-        if name in OPTIMIZERS:
+        old = OPTIMIZERS.get(name)  # the same class again is its module imported again, after a Ctrl-C cut it short
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
             raise RuntimeError(f"optimizer {name!r} registered twice")
         cls.name = name
         OPTIMIZERS[name] = cls
