@@ -153,16 +153,16 @@ def make_parent_dir(path: str, error: type[FlowgradError] = FlowgradError, *, na
                             hint=f"pick another path with {names('output')}") from None
 
 
-def _temporary(directory: str) -> tuple[int, str]:
-    """A new, empty file in `directory` (its descriptor and path), made as open() makes a file:
-    mode 0o666 less the process's umask at this moment. (mkstemp makes it 0600, and the mode
+def _temporary(directory: str) -> tuple[io.BufferedWriter, str]:
+    """A new, empty file in `directory`, open for writing, and its path; made by open(), so its
+    mode is 0o666 less the process's umask at this moment. (mkstemp makes it 0600, and the mode
     open() would give, read once at import, missed a umask the process set since: a notebook's
-    os.umask(0o077) still got world-readable checkpoints.)"""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    os.umask(0o077) still got world-readable checkpoints.) A file object, never a bare
+    descriptor, which a Ctrl-C before it was wrapped left open for the life of the process."""
     for _ in range(100):
         path = os.path.join(directory, f".tmp-{secrets.token_hex(6)}")
         try:
-            return os.open(path, flags, 0o666), path
+            return open(path, "xb"), path
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no unused name for a temporary file", directory)
@@ -177,17 +177,21 @@ def atomic_write(path: str, data: bytes, hint: str | None = None, names: ArgName
                             hint=f"give the path of the file to write, e.g. {os.path.join(path, 'NAME')}")
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = _temporary(directory)
+        f, tmp = _temporary(directory)
     except OSError as e:
         raise FlowgradError(f"cannot write in {directory}: {e.strerror}",
                             hint=hint or "check the run directory's permissions and free space") from None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             _write(f, data, path)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # a full disk, or Ctrl-C in a notebook: no temporary is left open or behind
+        with _ignore():
+            f.close()
         with _ignore():
             os.unlink(tmp)
+        if not isinstance(e, OSError):
+            raise
         raise FlowgradError(f"cannot write {path}: {e.strerror}",
                             hint=hint or f"the previous checkpoint is intact; free some space and "
                                          f"{names.given(resume=True)}") from None

@@ -922,3 +922,23 @@ def test_an_import_that_a_ctrl_c_cut_short_leaves_the_process_able_to_compile(mo
     with pytest.raises(RuntimeError, match="op 'exp' registered twice"):  # another class of that name is a bug still
         from compiler.registry import op
         op("exp")(type("Other", (), {}))
+
+
+def test_a_ctrl_c_while_a_file_is_written_leaves_no_temporary_open_or_behind(tmp_path, run, monkeypatch):
+    """A Ctrl-C while export() (or a checkpoint) was being written left its .tmp- file beside the
+    output, which nothing removes outside a run directory; one between the temporary's creation
+    and its wrapping in a file object left its descriptor open for the life of the process."""
+    import runtime.checkpoint as C
+
+    def interrupted(f, data, path):
+        f.write(data[:10])
+        raise KeyboardInterrupt
+
+    open_fds = lambda: len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0  # noqa: E731
+    before = open_fds()
+    monkeypatch.setattr(C, "_write", interrupted)
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            export(str(run / "run"), str(tmp_path / "m.onnx"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert open_fds() <= before
