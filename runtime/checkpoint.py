@@ -72,12 +72,32 @@ def refuse_replacing(path: str, kind: str, error: type[FlowgradError] = Flowgrad
 PREDICTIONS_MARK = b"flowgrad predictions"
 
 
+def _savez(buf: io.BytesIO, arrays: dict) -> None:
+    """The arrays into `buf` as numpy.savez writes them (an array per entry NAME.npy, stored).
+    A Ctrl-C (or the CLI's SIGTERM) that landed as numpy.savez opened an array's entry surfaced
+    as its ValueError "Can't close the ZIP file while there is an open writing handle on it" (the
+    CLI printed a traceback for its line and exit code 130), and the archive, left half-written,
+    raised it again whenever it was garbage-collected. The stop goes on as itself, the archive
+    in memory is dropped."""
+    import zipfile
+
+    z = zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True)
+    try:
+        for name, a in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
+        z.close()
+    except BaseException:
+        z.fp = None  # (nothing to finish: close() refuses an archive whose entry was cut short)
+        raise
+
+
 def predictions_bytes(arrays: dict) -> bytes:
     """The arrays as the bytes of an .npz marked as predict's outputs."""
     import zipfile
 
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    _savez(buf, arrays)
     with zipfile.ZipFile(buf, "a") as z:
         z.comment = PREDICTIONS_MARK
     return buf.getvalue()
@@ -236,7 +256,7 @@ def checkpoint_bytes(state: dict[str, np.ndarray], meta: dict) -> bytes:
     buf = io.BytesIO()
     arrays = {f"t:{k}": v for k, v in state.items()}
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(buf, **arrays)
+    _savez(buf, arrays)
     return buf.getvalue()
 
 

@@ -942,3 +942,30 @@ def test_a_ctrl_c_while_a_file_is_written_leaves_no_temporary_open_or_behind(tmp
             export(str(run / "run"), str(tmp_path / "m.onnx"))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert open_fds() <= before
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_inside_numpys_zip_writer_stays_a_ctrl_c(monkeypatch):
+    """A Ctrl-C that landed as numpy.savez opened a checkpoint's next array in the archive surfaced
+    as numpy's ValueError "Can't close the ZIP file while there is an open writing handle on it"
+    (the CLI printed a traceback for its 'training stopped by Ctrl-C' line and exit code 130)."""
+    import zipfile
+
+    from runtime.checkpoint import checkpoint_bytes, predictions_bytes
+
+    real, calls = zipfile._ZipWriteFile.__init__, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) % 2 == 0:  # the second array of each archive
+            raise KeyboardInterrupt
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "__init__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_bytes({"W": np.zeros(3, np.float32)}, {"step": 1})
+    with pytest.raises(KeyboardInterrupt):
+        predictions_bytes({"a": np.zeros(2), "b": np.ones(2)})
+    import gc
+
+    gc.collect()  # (the half-written archive raised the ValueError again as it was collected)
