@@ -387,7 +387,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- run directory
 @contextlib.contextmanager
 def run_lock(run_dir: str, names: ArgNames):
-    """One training process per run directory."""
+    """One training run per run directory, whether the other runs in another process or another thread."""
     import fcntl
 
     path = os.path.join(run_dir, ".lock")
@@ -396,7 +396,7 @@ def run_lock(run_dir: str, names: ArgNames):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise FlowgradError(f"another flowgrad process is training in {run_dir}",
+        raise FlowgradError(f"another flowgrad run is training in {run_dir} (in this process or another)",
                             hint=f"wait for it to finish, or use {names('run_dir')} for a separate run") from None
     try:
         yield

@@ -252,7 +252,7 @@ def test_trains_refusals_name_the_apis_keywords(tmp_path, run):
 
     with open(os.path.join(r, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _refused(["another flowgrad process is training", "or use run_dir for a separate run"], run_dir=r,
+        _refused(["another flowgrad run is training", "or use run_dir for a separate run"], run_dir=r,
                  resume=True)
 
 

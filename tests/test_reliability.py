@@ -988,7 +988,7 @@ def test_a_second_process_cannot_train_in_the_same_run_directory(tmp_path):
         for flags in (["--overwrite"], ["--resume"]):
             second = subprocess.run(args + ["--epochs", "1", *flags], capture_output=True, text=True, timeout=120)
             assert second.returncode == 1, second.stderr
-            assert f"another flowgrad process is training in {run}" in second.stderr
+            assert f"another flowgrad run is training in {run}" in second.stderr
             assert "Traceback" not in second.stderr
     finally:
         first.send_signal(signal.SIGCONT)

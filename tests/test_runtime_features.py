@@ -923,7 +923,7 @@ def test_a_run_that_loses_the_race_for_a_new_run_directory_leaves_it_to_the_winn
 
     monkeypatch.setattr(T, "prepare_run_dir", raced)
     try:
-        with pytest.raises(FlowgradError, match="another flowgrad process is training in"):
+        with pytest.raises(FlowgradError, match="another flowgrad run is training in"):
             train(_spec(REGRESSION, tmp_path), run_dir=str(tmp_path / "new"), data=data, steps=1, threads=1, device="cpu")
         assert os.path.exists(tmp_path / "new" / ".lock")
     finally:
