@@ -452,7 +452,9 @@ class Dropout(RandomComposite):
         # x times a 0 / 1/(1-rate) mask (as PyTorch's dropout): the backward pass multiplies by the same
         # mask, and onnxruntime runs Mul at several times the speed of Where.
         scale = 1.0 / (1.0 - rate)
-        if not np.isfinite(np.asarray(scale, dtype=x.dtype)):
+        with np.errstate(over="ignore"):
+            representable = np.isfinite(np.asarray(scale, dtype=x.dtype))
+        if not representable:
             # beyond float16's 65504 (rate above 1 - 2**-16): the mask was 0 * inf = NaN at every
             # dropped entry; the product runs in float32, and only a kept value too large to hold overflows
             mask = g.cast(keep, "float32") * g.const(np.asarray(scale, dtype=np.float32))
