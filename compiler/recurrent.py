@@ -780,9 +780,9 @@ def _lstm_step(bg, xw, carries, U, bias_u, H, ln, extra):
     if ln is not None:
         z = bg.apply("layer_norm", z, *ln[0])
     i, f, gg, o = bg.apply("split", z, sections=4, axis=-1)
-    c2 = bg.apply("sigmoid", f) * c + bg.apply("sigmoid", i) * bg.apply("tanh", gg)
+    c2 = bg.apply("sigmoid", f, gate=True) * c + bg.apply("sigmoid", i, gate=True) * bg.apply("tanh", gg)
     cc = bg.apply("layer_norm", c2, *ln[1]) if ln is not None else c2
-    h2 = bg.apply("sigmoid", o) * bg.apply("tanh", cc)
+    h2 = bg.apply("sigmoid", o, gate=True) * bg.apply("tanh", cc)
     return [h2, c2]
 
 
@@ -800,7 +800,7 @@ def _gru_step(bg, xw, carries, U, bias_u, H, ln, linear_before_reset):
         hr, hz = bg.apply("split", hrz, sections=2, axis=-1)
         hrz = bg.apply("concat", bg.apply("layer_norm", hr, *ln[0]), bg.apply("layer_norm", hz, *ln[1]), axis=-1)
     # Both sigmoid gates in one pass over [N, 2H].
-    r, z = bg.apply("split", bg.apply("sigmoid", xrz + hrz), sections=2, axis=-1)
+    r, z = bg.apply("split", bg.apply("sigmoid", xrz + hrz, gate=True), sections=2, axis=-1)
     if linear_before_reset:  # PyTorch and cuDNN: r gates the projected state
         n = bg.apply("tanh", xn + r * hn)
     else:  # Cho et al. 2014: r gates the state before projection

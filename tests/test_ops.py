@@ -278,6 +278,28 @@ def test_squeeze_refuses_repeated_axes():
         g.apply("squeeze", x, axes=(1, -2))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sigmoid_keeps_its_digits(dtype):
+    """onnxruntime's Sigmoid computes small values as differences near 1/2 (float32) or 1
+    (float64): float32 sigmoid(-8) had 4 correct digits, sigmoid(-17) was twice its value and
+    larger than sigmoid(-16), and everything below -18 was 0 (float64: 3 digits at -30, 0 from
+    -37 on), and the gradient y * (1 - y) with them. The op is 1 / (1 + e ** -x) now; the
+    gates of the built-in LSTM and GRU, which only need its absolute accuracy, keep Sigmoid."""
+    x = np.array([-100.0, -80.0, -37.0, -30.0, -20.0, -18.0, -17.0, -16.0, -8.0, -1.0, 0.0, 2.0, 15.0], dtype=dtype)
+    x = x[x > {"float32": -87.0, "float64": -700.0}[dtype]]  # (values beyond are below the smallest normal float)
+    want = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    g = Graph(float_dtype=dtype)
+    v = g.add_input("x", dtype, x.shape)
+    y = g.apply("sigmoid", v)
+    (gv,) = grad([g.apply("sum", y)], [v])
+    got = Runner(emit_model(g, [("x", v)], [("y", y), ("g", gv)]))({"x": x})
+    rtol = {"float32": 1e-6, "float64": 1e-14}[dtype]
+    np.testing.assert_allclose(got["y"], want, rtol=rtol, atol=0)
+    neg = x < 0  # (above 0, 1 - y loses digits to the rounding of y, as it does in PyTorch)
+    np.testing.assert_allclose(got["g"][neg], (want * (1 - want))[neg], rtol=4 * rtol, atol=0)
+    assert np.all(np.diff(got["y"]) > 0)
+
+
 def test_softplus_gradient_keeps_its_digits_in_float32():
     """softplus'(x) = sigmoid(x): onnxruntime's float32 Sigmoid gave twice the value at x = -17
     and 0 from x = -18 on, so softplus, binary_cross_entropy and log(sigmoid(x)) had wrong or

@@ -833,15 +833,37 @@ class Sigmoid(Unary):
 
     onnx = "Sigmoid"
     gradgrad = True
+    # gate: a gate of a built-in recurrent cell, which multiplies a state and needs only
+    # Sigmoid's absolute accuracy (an ulp of 1), in one kernel of each step
+    attrs = {"gate": False}
+    internal_attrs = ("gate",)
+
+    def emit(self, e, node, ins, outs):
+        # onnxruntime's Sigmoid computes e ** x / (1 + e ** x) for x < 0 as a difference near
+        # 1/2 (float32) or 1 (float64): float32 values had 4 digits at x = -8, were twice too
+        # large at -17 (larger than at -16) and 0 from -18 on, float64 ones had 3 digits at -30
+        # and were 0 from -37 on. 1 / (1 + e ** -x) keeps every digit: e ** -x overflows to inf
+        # only where the value is below the smallest normal float. (float16 keeps Sigmoid: its
+        # e ** -x overflows from x = -11 on, where the value is still a float16.)
+        dtype = node.inputs[0].dtype
+        if node.attrs["gate"] or dtype not in ("float32", "float64"):
+            e.add("Sigmoid", ins, outs)
+            return
+        one = e.const(np.asarray(1, dtype=dtype))
+        e.add("Reciprocal", [e.add("Add", [e.add("Exp", [e.add("Neg", ins)]), one])], outs)
 
     def vjp(self, node, gouts):
         y = node.outputs[0]
         return [gouts[0] * y * (1.0 - y)]
 
     def ref(self, attrs, x):
-        return 1.0 / (1.0 + np.exp(-x))
+        with np.errstate(over="ignore"):  # e ** -x = inf: the value is 0 (below the smallest float)
+            return 1.0 / (1.0 + np.exp(-x))
 
-    samples = float_samples((3, 4))
+    def samples(self, rng):
+        return [Sample([rng.uniform(-2, 2, (3, 4))]),
+                # far out both ways: small values keep their digits (see test_sigmoid_keeps_its_digits)
+                Sample([np.array([-700.0, -100.0, -37.0, -20.0, -17.0, -8.0, 0.0, 8.0, 17.0, 40.0])])]
 
 
 @op("softplus")
