@@ -78,14 +78,16 @@ def _savez(buf: io.BytesIO, arrays: dict) -> None:
     as its ValueError "Can't close the ZIP file while there is an open writing handle on it" (the
     CLI printed a traceback for its line and exit code 130), and the archive, left half-written,
     raised it again whenever it was garbage-collected. The stop goes on as itself, the archive
-    in memory is dropped."""
+    in memory is dropped. Object arrays are pickled, as numpy.savez pickles them: a model's string
+    output, which predict -o wrote, was numpy's ValueError "Object arrays cannot be saved when
+    allow_pickle=False" and a traceback."""
     import zipfile
 
     z = zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True)
     try:
         for name, a in arrays.items():
             with z.open(f"{name}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
+                np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=True)
         z.close()
     except BaseException:
         z.fp = None  # (nothing to finish: close() refuses an archive whose entry was cut short)

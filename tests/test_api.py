@@ -969,3 +969,17 @@ def test_a_ctrl_c_inside_numpys_zip_writer_stays_a_ctrl_c(monkeypatch):
     import gc
 
     gc.collect()  # (the half-written archive raised the ValueError again as it was collected)
+
+
+def test_predictions_of_strings_are_archived_as_numpy_savez_archives_them():
+    """predict -o of a model with a string output (ONNX's Cast to STRING) wrote its .npz with
+    numpy.savez, which pickles object arrays; the writer that replaced it refused them with
+    numpy's ValueError "Object arrays cannot be saved when allow_pickle=False", a traceback."""
+    import io
+
+    from runtime.checkpoint import predictions_bytes
+
+    words = np.array([["1.5", "2"], ["3", "x"]], dtype=object)
+    data = predictions_bytes({"y": words, "n": np.arange(2)})
+    with np.load(io.BytesIO(data), allow_pickle=True) as z:
+        assert z["y"].tolist() == words.tolist() and z["n"].tolist() == [0, 1]
