@@ -573,45 +573,43 @@ class LogicalNot(OpDef):
         return [Sample([rng.normal(size=(3,)) > 0])]
 
 
-@op("logical_or")
-class LogicalOr(OpDef):
-    """a or b, for bool tensors (broadcasting)."""
+class _LogicalBinary(OpDef):
+    """A logical op of two bool tensors (broadcasting): logical_or and logical_and, which the
+    refusals of 'or', '|', 'and' and '&' point to."""
 
     inputs = ("a", "b")
     nondiff = True
-    onnx = "Or"
 
     def infer(self, attrs, a, b):
         if a.dtype != "bool" or b.dtype != "bool":
-            raise ShapeError(f"'or' needs bool tensors, got {a.dtype} and {b.dtype}", hint="'or' takes comparisons, e.g. (x > 0) or (y > 0); cast a number with x != 0 first")
+            # (in its own words: logical_or's hint said to write (x > 0) or (y > 0), which is refused)
+            raise ShapeError(f"{self.name}() needs bool tensors, got {a.dtype} and {b.dtype}",
+                             hint=f"it takes comparisons, e.g. {self.name}(x > 0, y > 0); cast a number with "
+                                  "x != 0 first")
         return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
+
+    def samples(self, rng):
+        return [Sample([rng.normal(size=(3, 4)) > 0, rng.normal(size=(4,)) > 0])]
+
+
+@op("logical_or")
+class LogicalOr(_LogicalBinary):
+    """a or b, for bool tensors (broadcasting)."""
+
+    onnx = "Or"
 
     def ref(self, attrs, a, b):
         return np.logical_or(a, b)
 
-    def samples(self, rng):
-        return [Sample([rng.normal(size=(3, 4)) > 0, rng.normal(size=(4,)) > 0])]
-
 
 @op("logical_and")
-class LogicalAnd(OpDef):
+class LogicalAnd(_LogicalBinary):
     """a and b, for bool tensors (broadcasting)."""
 
-    inputs = ("a", "b")
-    nondiff = True
     onnx = "And"
-
-    def infer(self, attrs, a, b):
-        if a.dtype != "bool" or b.dtype != "bool":
-            raise ShapeError(f"logical_and needs bool tensors, got {a.dtype} and {b.dtype}",
-                             hint="it takes comparisons, e.g. logical_and(x > 0, y > 0); cast a number with x != 0 first")
-        return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
 
     def ref(self, attrs, a, b):
         return np.logical_and(a, b)
-
-    def samples(self, rng):
-        return [Sample([rng.normal(size=(3, 4)) > 0, rng.normal(size=(4,)) > 0])]
 
 
 @op("where")
