@@ -17,7 +17,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence, Union
 
-import ml_dtypes  # noqa: F401  (registers NumPy's "bfloat16" dtype name)
+import ml_dtypes  # (registers NumPy's "bfloat16" dtype name; its finfo knows it)
 import numpy as np
 
 from spec.errors import Loc, ShapeError
@@ -364,7 +364,7 @@ def _float_scalar(x, dtype: str) -> np.ndarray:
     with np.errstate(over="ignore"):
         arr = np.asarray(x, dtype=dtype)
     if np.isfinite(x) and not np.isfinite(arr):
-        largest = float(np.finfo(dtype).max)
+        largest = float(ml_dtypes.finfo(dtype).max)  # (np.finfo refuses bfloat16: a ValueError traceback)
         if dtype in ("float16", "bfloat16"):
             return np.asarray(np.copysign(largest, x), dtype=dtype)
         raise ShapeError(f"the number {float(x):g} is beyond the range of {dtype} (up to {largest:.4g})", current_loc(),

@@ -386,6 +386,24 @@ def test_a_spec_number_beyond_float16_saturates_in_the_half_step(tmp_path):
     assert any(np.any(c == np.float16(-65504)) for c in halves)
     assert all(np.all(np.isfinite(c)) for c in halves)
 
+
+def test_a_spec_number_beyond_bfloat16_saturates_in_the_bfloat16_step(tmp_path):
+    """float32's lowest, -3.4e38, written as a mask value is beyond bfloat16's range (3.39e38):
+    compiling the bfloat16 step ended in NumPy's ValueError 'data type bfloat16 not inexact', a
+    traceback, where the number was to saturate as it does in float16."""
+    import ml_dtypes
+
+    path = tmp_path / "masked.yaml"
+    path.write_text(TINY.replace("  logits: dense(h, C)", "  logits: where(x[:, :3] > -5.0, dense(h, C), -3.4e38)")
+                    .replace("OPTIMIZER", "{adam: {lr: 0.01}}").replace("MIXED", "bfloat16"))
+    cm = compile_spec(load_spec(str(path)), graphs=("train",))
+    halves = [onnx.numpy_helper.to_array(t).view(ml_dtypes.bfloat16) if t.data_type == onnx.TensorProto.BFLOAT16
+              else None for t in cm.graphs["train"].model.graph.initializer]
+    halves = [c for c in halves if c is not None]
+    lowest = -float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
+    assert any(np.any(c.astype(np.float64) == lowest) for c in halves)
+    assert all(np.all(np.isfinite(c.astype(np.float64))) for c in halves)
+
 def test_batch_norm_running_statistics_update_in_mixed_precision(tmp_path):
     """The running mean and variance are float32 buffers that the float16 step reads through
     casts; they are updated as in float32 (they once were never updated: eval then used 0 and 1)."""
