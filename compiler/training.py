@@ -738,7 +738,10 @@ def _trained(spec, low: Lowering, obj: Objective) -> list[str]:
         if matched:
             raise SpecError(f"{obj.called} trains no parameters: all of its parameters are marked "
                             f"trainable: false ({', '.join(matched)})", where,
-                            "mark one of them trainable, or leave the objective out")
+                            "mark one of them trainable" + (", or leave the objective out" if obj.declared else ""))
+        if not obj.declared:  # (its params ['*'] are no words of the spec's: the spec has no parameter)
+            raise SpecError(f"{obj.called} trains no parameters: the spec has none", where,
+                            "compute the loss from a layer, such as dense(x, K), or from a parameter declared under params")
         raise SpecError(f"{obj.called} trains no parameters", where,
                         f"its params {obj.param_globs} match none of: {', '.join(low.params) or '(no parameters)'}")
     return trained

@@ -121,6 +121,15 @@ loss: cross_entropy(dense(h, K), y)
     assert list(cm.params) == ["h.W", "h.b", "dense.W", "dense.b"]
     assert {f"next/{p}" for p in cm.params} <= {o.name for o in cm.graphs["train"].outputs}
 
+
+@pytest.mark.parametrize("name", ["loss_of_fixed_parameters.yaml", "loss_without_parameters.yaml"])
+def test_a_lone_loss_that_trains_nothing_is_told_nothing_of_objectives(name):
+    """A spec's lone loss is 'the loss', not objective 'main': its refusals still hinted to 'leave
+    the objective out' and that 'its params ['*'] match none of: (no parameters)', words of an
+    objectives section the spec does not have."""
+    _, err = first_error(next(p for p in COMPILE if p.name == name))
+    assert "objective" not in str(err) and "params [" not in str(err), str(err)
+
 runner = CliRunner()
 
 
