@@ -1128,10 +1128,10 @@ def _symbols(d) -> list[str]:
     return [p for p in str(d).split("*") if not p.isdigit()] if isinstance(d, str) else []
 
 
-def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None) -> tuple[dict, list[str]]:
+def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None, sizes: set | None = None) -> tuple[dict, list[str]]:
     """Values of the symbolic dims: the inputs' leading dim is the batch, `dims` gives others
-    (a sequence length T, a size given by an integer scalar input such as a generator's
-    count); the rest count as 1 and are returned as the second item."""
+    (a sequence length T, or one of `sizes`: a size given by an integer scalar input, such as a
+    generator's count); the rest count as 1 and are returned as the second item."""
     from spec.errors import FlowgradError, did_you_mean
 
     env: dict = {}
@@ -1140,9 +1140,7 @@ def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None) -> tuple[
             for part in _symbols(decl.shape[0]):
                 env[part] = batch_size
     symbolic = {p for decl in spec.inputs.values() for d in decl.shape for p in _symbols(d)}
-    # an integer scalar input can size a value at run time (zeros(count, Z)): the dim is its name
-    symbolic |= {name for name, decl in spec.inputs.items() if not decl.shape and not is_float(decl.dtype)
-                 and decl.dtype != "bool"}
+    symbolic |= set(sizes or ())
     for name, value in (dims or {}).items():
         if name in env:
             raise FlowgradError(f"--dim {name}: {name} is the batch dim", hint="set it with --batch-size")
@@ -1164,9 +1162,12 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
     # buffers have batch-size rows, and the graphs' layout choices follow the batch
     spec = spec.with_batch_size(batch_size)
     B = int(spec.batch_size)
-    env, unset = batch_env(spec, B, dims)
     sg = SpecGraph(spec, dtype)
     low = sg.low
+    # the integer scalar inputs that size values at run time (zeros(count, Z)): a fill's dim named after one
+    sizes = {d[1] for n in low.graph.nodes if n.op.name == "fill" for d in n.attrs["dims"]
+             if isinstance(d, tuple) and isinstance(d[1], str)}
+    env, unset = batch_env(spec, B, dims, sizes)
     by_owner: dict[str, list[Node]] = {}
     for n in low.graph.nodes:
         by_owner.setdefault(low.node_owner.get(id(n), ""), []).append(n)

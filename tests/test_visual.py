@@ -589,7 +589,7 @@ def test_summary_counts_conv_and_scan_flops():
 
 
 
-def test_summary_sizes_an_output_by_an_integer_scalar_input():
+def test_summary_sizes_an_output_by_an_integer_scalar_input(tmp_path):
     """The gan's samples, zeros(count, Z) through the generator, were counted as one row
     whatever --dim said, and --dim count=16 was refused ('no symbolic dim count'); count
     is listed as a dim counted as 1 and --dim values it."""
@@ -599,6 +599,11 @@ def test_summary_sizes_an_output_by_an_integer_scalar_input():
     assert one["dims_counted_as_1"] == ["count"] and sixteen["dims_counted_as_1"] == []
     flops = lambda r: next(n for n in r["nodes"] if n["name"] == "samples")["flops_per_example"]  # noqa: E731
     assert flops(sixteen) == pytest.approx(16 * flops(one))
+    # an integer scalar input that sizes nothing is no dim
+    spec = tmp_path / "shift.yaml"
+    spec.write_text("flowgrad: 1\nname: shift\ndims: {D: 3}\ninputs:\n  x: {shape: [N, D]}\n"
+                    "  k: {shape: [], dtype: int64}\ngraph:\n  y: x * cast(k, 'float32')\noutputs:\n  y: y\n")
+    assert json.loads(invoke("summary", spec, "--json").stdout)["dims_counted_as_1"] == []
 
 def test_summary_batch_size_sizes_a_stateful_layers_buffers():
     """summary --batch-size 4 of a stateful LSTM listed its carried-state buffers with
