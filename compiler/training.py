@@ -846,16 +846,17 @@ def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
 
 def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value] | None:
     """(sum, count) with v = sum / count, when v is a mean over all the entries of a tensor of
-    examples (its first dim a symbolic batch dim) or a ratio of two sums over all entries of
-    such tensors (a masked mean: sum(loss * mask) / sum(mask)), possibly scaled by constants.
-    Evaluation adds each batch's sum and count, so that such a metric over a dataset is the
-    one over all its entries, whatever the batches; a batch's value weighted by its rows
-    would count a token of a short batch as much as one of a long batch. The parts are at
-    least float32: a count in float16 ends at 65504."""
+    examples (one of its dims a symbolic batch dim, transposed or flattened as it may be) or a
+    ratio of two sums, or of two means, over all entries of such tensors (a masked mean:
+    sum(loss * mask) / sum(mask), mean(loss * mask) / mean(mask)), scaled by constants
+    anywhere in it (100 * sum(hit * mask) / sum(mask), -sum(logp * mask) / sum(mask), a mean
+    over log(2.0)). Evaluation adds each batch's sum and count, so that such a metric over a
+    dataset is the one over all its entries, whatever the batches; a batch's value weighted by
+    its rows would count a token of a short batch as much as one of a long batch. The parts
+    are at least float32: a count in float16 ends at 65504."""
     from .ops.reduce import reduce_axes
 
     g = v.graph
-    p = v.producer
     wide = "float64" if v.dtype == "float64" else "float32"
 
     def full(node, name) -> bool:
@@ -864,32 +865,54 @@ def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value] | None:
         if node is None or node.op.name != name:
             return False
         x = node.inputs[0]
-        first = x.shape[0] if x.rank else None
-        examples = isinstance(first, str) and any(part in batch_dims for part in first.split("*"))
+        examples = any(isinstance(d, str) and any(part in batch_dims for part in d.split("*")) for d in x.shape)
         return examples and len(reduce_axes(node.attrs["axis"], x.rank)) == x.rank
 
     def constant(u: Value) -> bool:
-        return u.producer is not None and u.producer.op.name == "constant" and u.rank == 0
+        """A number computed from constants alone (0.5, log(2.0))."""
+        return u.producer is not None and u.rank == 0 and all(
+            i.producer is not None for n in producers_of([u]) for i in n.inputs)
 
-    if p is None or v.rank != 0 or not is_float(v.dtype):
+    def terms(u: Value):
+        """(kind, sum, count): u = sum / count, a sum over examples ("sum", count None), a mean
+        over them ("mean", count the entries) or a ratio of two sums ("ratio")."""
+        p = u.producer
+        if p is None or u.rank != 0:
+            return None
+        if full(p, "sum"):
+            return "sum", g.cast(u, wide), None
+        if full(p, "mean"):
+            count = g.apply("numel", p.inputs[0], dtype=wide)
+            return "mean", g.cast(u, wide) * count, count
+        a = p.inputs[0] if p.inputs else None
+        if p.op.name == "cast" and is_float(u.dtype) and a.dtype != "bool":  # (a count summed as int64)
+            return terms(a)
+        if p.op.name == "neg":
+            t = terms(a)
+            return t and (t[0], -t[1], t[2])
+        if p.op.name == "mul":
+            for a, c in (p.inputs, p.inputs[::-1]):
+                t = terms(a) if constant(c) else None
+                if t is not None:
+                    return t[0], t[1] * g.cast(c, wide), t[2]
+        if p.op.name == "div":
+            a, c = p.inputs
+            if constant(c):
+                t = terms(a)
+                return t and (t[0], t[1] / g.cast(c, wide), t[2])
+            ta, tc = terms(a), terms(c)
+            if ta is not None and tc is not None and ta[0] == tc[0] == "sum":
+                return "ratio", ta[1], tc[1]
+            if ta is not None and tc is not None and ta[0] == tc[0] == "mean":
+                # mean(a) / mean(c) = sum(a) / sum(c) * (entries of c / entries of a), a ratio that
+                # tensors of examples keep from batch to batch
+                return "ratio", ta[1] * (tc[2] / ta[2]), tc[1]
         return None
-    if full(p, "mean"):
-        count = g.apply("numel", p.inputs[0], dtype=wide)
-        return g.cast(v, wide) * count, count
-    if p.op.name == "cast" and is_float(p.inputs[0].dtype):
-        return ratio_parts(p.inputs[0], batch_dims)
-    if p.op.name == "div":
-        a, c = p.inputs
-        if full(a.producer, "sum") and full(c.producer, "sum"):
-            return g.cast(a, wide), g.cast(c, wide)
-        parts = ratio_parts(a, batch_dims) if constant(c) else None
-        return parts and (parts[0] / g.cast(c, wide), parts[1])
-    if p.op.name == "mul":
-        for a, c in (p.inputs, p.inputs[::-1]):
-            parts = ratio_parts(a, batch_dims) if constant(c) else None
-            if parts is not None:
-                return parts[0] * g.cast(c, wide), parts[1]
-    return None
+
+    if v.rank != 0 or not is_float(v.dtype):
+        return None
+    t = terms(v)
+    return None if t is None or t[0] == "sum" else (t[1], t[2])
 
 
 def build_infer(spec, dtype, optimize_graph=True) -> CompiledGraph | None:

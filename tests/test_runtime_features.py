@@ -711,6 +711,60 @@ def test_evaluation_of_means_and_masked_ratios_is_over_all_entries_whatever_the_
         assert got["batch_mean_of_means"] == pytest.approx(np.dot(rows, means) / n, rel=1e-5, abs=1e-6)
 
 
+EQUAL_RATIOS = """
+flowgrad: 1
+name: ratios
+dims: {V: 5}
+inputs:
+  x: {shape: [N, T, V]}
+  y: {shape: [N, T], dtype: int64}
+  mask: {shape: [N, T]}
+graph:
+  ce: cross_entropy(x * 2.0, y, reduction='none')
+  hit: cast(argmax(x, axis=-1) == y, 'float32')
+  seen: mask > 0
+loss: mean(ce * mask) / mean(mask)
+metrics:
+  percent: 100 * sum(hit * mask) / sum(mask)
+  negated: -sum(-ce * mask) / sum(mask)
+  bits: sum(ce * mask) / sum(mask) / log(2.0)
+  counted: sum(cast(logical_and(argmax(x, axis=-1) == y, seen), 'int64')) / sum(cast(seen, 'int64'))
+  time_major: sum(transpose(ce * mask)) / sum(transpose(mask))
+  flat: sum(flatten(ce * mask, axis=0)) / sum(mask)
+"""
+
+
+def test_masked_means_written_in_equal_forms_are_over_all_entries_too():
+    """100 * sum(hit * mask) / sum(mask) (the constant before the ratio), a negated ratio, one over
+    log(2.0), mean(ce * mask) / mean(mask), counts summed as integers, and sums of transposed or
+    flattened tensors were averaged per batch and weighted by rows, where the same ratio written
+    sum(hit * mask) / sum(mask) * 100 was over all entries: 15.87 read 11.08 at batches of 4."""
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer
+
+    cm = compile_spec(spec_from_text(EQUAL_RATIOS), graphs=("eval",))
+    parts = {o.name for o in cm.graphs["eval"].outputs if o.role == "part"}
+    assert parts == {f"{k}/{p}" for k in ("loss", "percent", "negated", "bits", "counted", "time_major", "flat")
+                     for p in ("sum", "count")}
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    rng = np.random.default_rng(0)
+    n, t = 23, 6
+    data = {"x": rng.normal(size=(n, t, 5)).astype(np.float32), "y": rng.integers(0, 5, (n, t)),
+            "mask": (rng.random((n, t)) < np.linspace(0.1, 0.9, n)[:, None]).astype(np.float32)}
+    logits = data["x"].astype(np.float64) * 2
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, data["y"][..., None], -1)[..., 0]
+    m = data["mask"]
+    masked_ce = (ce * m).sum() / m.sum()
+    accuracy = ((data["x"].argmax(-1) == data["y"]) * m).sum() / m.sum()
+    want = {"loss": masked_ce, "percent": 100 * accuracy, "negated": masked_ce, "bits": masked_ce / np.log(2),
+            "counted": accuracy, "time_major": masked_ce, "flat": masked_ce}
+    for size in (1, 4, 7, n):
+        got = trainer.evaluate([{k: v[i:i + size] for k, v in data.items()} for i in range(0, n, size)])
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-5), (size, k)
+
+
 @pytest.mark.parametrize("change, words", [
     ({"batch_size": 8}, "another batch_size (16, now 8)"),  # (it said "batch size", naming no argument)
     ({"accumulate": 2}, "another accumulate (1, now 2)"),
