@@ -236,6 +236,12 @@ class Lowering:
                 raise SpecError(f"{name!r} is {kind}, and expressions read graph entries, not {section}", loc,
                                 f"move its expression under graph: ({name}: {unparse(decl.expr)}) and write "
                                 f"{name}: {name} under {section}; or use the graph entry it is computed from")
+        # The loss is no graph entry either: 'undefined name' with the hint 'logits' (or none)
+        # for loss / log(2) in a metric, where the schema said the loss was readable as `loss`.
+        if name == "loss" and self.spec.loss is not None:
+            raise SpecError("'loss' is the spec's loss, and expressions read graph entries, not the loss", loc,
+                            f"move its expression under graph: (loss_value: {unparse(self.spec.loss.expr)}), write "
+                            f"loss: loss_value and read loss_value")
         # (no close name, as for 'Wl' against 'W1': the hint still says where names come from)
         raise SpecError(f"undefined name {name!r}", loc, did_you_mean(name, self.known_names())
                         or "declare it under inputs, params, dims or graph (a block's: in, params, graph); "
