@@ -90,6 +90,21 @@ def _panel(key: str) -> tuple[str, str]:
     return name, split
 
 
+def _curves(history: list[dict]) -> list[tuple[str, str, str]]:
+    """(key, panel, curve) of each value a run's records hold. An objective whose loss is the
+    spec's is validated as valid_loss, not valid_<objective>/loss: its validation curve joins
+    that objective's training curve (it was a panel "loss" of its own, beside a panel
+    "<objective>/loss" with the training curve alone)."""
+    keys = {k: None for split in ("train_", "valid_") for r in history for k in r if k.startswith(split)}
+    curves = [(key, *_panel(key)) for key in keys]
+    if "valid_loss" in keys and "train_loss" not in keys:
+        own = [panel for key, panel, curve in curves
+               if curve == "train" and panel.endswith("/loss") and f"valid_{panel}" not in keys]
+        if own:
+            curves = [c for c in curves if c[0] != "valid_loss"] + [("valid_loss", panel, "valid") for panel in own]
+    return curves
+
+
 def plot_curves(run_dirs: list[str], output: str, warn=None) -> str:
     """Each measure's panel, the runs overlaid; `warn` is told of each run left out for having no
     metrics yet (one that has not finished an epoch), the others being drawn."""
@@ -104,9 +119,7 @@ def plot_curves(run_dirs: list[str], output: str, warn=None) -> str:
     # (runs/a/mlp and runs/b/mlp were both "mlp")
     names = [os.path.basename(run) for run in histories]
     labels = {run: name if name and names.count(name) == 1 else run for run, name in zip(histories, names)}
-    curves = {run: [(key, *_panel(key)) for split in ("train_", "valid_")
-                    for key in dict.fromkeys(k for r in hist for k in r if k.startswith(split))]
-              for run, hist in histories.items()}
+    curves = {run: _curves(hist) for run, hist in histories.items()}
     measures = list(dict.fromkeys(panel for run_curves in curves.values() for _, panel, _ in run_curves))
     # the objectives' losses first, side by side, then the metrics: a GAN's discriminator/loss and
     # generator/loss were at opposite ends, its p_real and p_fake between them (a run of one

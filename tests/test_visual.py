@@ -916,6 +916,34 @@ def test_plot_curves_draws_a_metric_of_several_objectives_in_one_panel(tmp_path,
     assert len(set(styles)) == 3  # (the two objectives' training curves told apart)
 
 
+
+def test_plot_curves_draws_the_validation_of_the_objective_whose_loss_is_the_specs_beside_its_training(tmp_path, monkeypatch):
+    """An objective whose loss is the spec's (loss: loss) is trained as train_first/loss and validated
+    as valid_loss: the two were panels of their own, "first/loss" with the training curve alone
+    and "loss" with the validation curve alone. A spec loss that no objective minimises keeps its
+    panel."""
+    import runtime.plots as plots
+
+    shared = {"epoch": 1, "train_first/loss": 0.9, "train_second/loss": 1.4, "train_first/err": 0.5,
+              "train_second/err": 0.6, "valid_loss": 1.2, "valid_err": 0.7, "valid_second/loss": 1.7}
+    apart = {"epoch": 1, "train_first/loss": 0.9, "train_second/loss": 1.4, "valid_loss": 3.1,
+             "valid_first/loss": 1.3, "valid_second/loss": 1.7}
+    panels, drawn = [], {}
+    for name, record in (("shared", shared), ("apart", apart)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, "epoch": 2}) + "\n")
+        figs = []
+        monkeypatch.setattr(plots, "save_figure", lambda fig, output, dpi: figs.append(fig))
+        plots.plot_curves([str(tmp_path / name)], str(tmp_path / "c.png"))
+        panels.append({ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in figs[0].axes})
+        drawn[name] = {ax.get_title(): list(ax.get_lines()[-1].get_ydata()) for ax in figs[0].axes}
+    assert panels[0] == {"first/loss": ["shared train", "shared valid"], "second/loss": ["shared train", "shared valid"],
+                         "err": ["shared train (first)", "shared train (second)", "shared valid"]}
+    assert drawn["shared"]["first/loss"] == [1.2, 1.2]  # valid_loss
+    assert panels[1] == {"first/loss": ["apart train", "apart valid"], "second/loss": ["apart train", "apart valid"],
+                         "loss": ["apart valid"]}
+    assert drawn["apart"]["first/loss"] == [1.3, 1.3] and drawn["apart"]["loss"] == [3.1, 3.1]
+
 def test_plot_curves_puts_the_objectives_losses_side_by_side(tmp_path, monkeypatch):
     """A GAN's panels were discriminator/loss, p_real, p_fake, generator/loss (the order of the
     record's keys): the two losses at opposite ends. The objectives' losses come first now, then
