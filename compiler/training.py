@@ -779,6 +779,14 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
     if gradients_only:
         for n, gv in grads.items():
             b.out(f"grad/{n}", "grad", gv)
+        # A masked mean's batches weigh by their unmasked entries, not their rows, for the update
+        # of K batches to be that of one batch K times larger: its count, where no parameter moves
+        # it (a mean's count, its entries, goes with the rows).
+        parts = ratio_parts(loss, _batch_dims(spec))
+        moved = {low.params[n].input.id for n in trained}
+        if parts is not None and parts[1].producer.op.name != "numel" and \
+                not any(v.id in moved for node in producers_of([parts[1]]) for v in node.inputs):
+            b.out("loss/count", "part", parts[1])
     else:
         for n, v in new_params.items():
             b.out(f"next/{n}", "next", v)
@@ -837,11 +845,15 @@ def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
                         if o.loss is not spec.loss})
     for k, (role, v) in scalars.items():
         b.out(k, role, v)
-        parts = ratio_parts(v, {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)})
+        parts = ratio_parts(v, _batch_dims(spec))
         if parts is not None:  # (suffixes: an objective's loss is "<objective>/loss", whatever its name)
             b.out(f"{k}/sum", "part", parts[0])
             b.out(f"{k}/count", "part", parts[1])
     return b.emit("eval", optimize_graph, "loss and metrics, dropout off")
+
+
+def _batch_dims(spec) -> set:
+    return {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)}
 
 
 def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value] | None:

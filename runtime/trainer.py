@@ -271,24 +271,37 @@ class Trainer:
     def accumulate_step(self, objective: str, batches: list[dict[str, np.ndarray]], lr: float, step: int) -> dict[str, float]:
         """One update from the gradient of several batches together (gradients-only, then
         apply-only graph): each batch's mean gradient weighted by its rows, as one batch of all
-        of them would give (an epoch's last batch may be shorter); each batch draws its own
-        random numbers (dropout, noise), as the rows of one batch do."""
+        of them would give (an epoch's last batch may be shorter), or, for a loss that is a
+        ratio of sums (a masked mean), by its count (the unmasked entries); each batch draws
+        its own random numbers (dropout, noise), as the rows of one batch do."""
         suffix = "" if objective == "main" else f"_{objective}"
         grads_runner = self.runner("grads" + suffix)
         total: dict[str, np.ndarray] = {}
         sums: dict[str, float] = {}
         rows = [len(next(iter(b.values()))) for b in batches]
-        n = sum(rows)
+        n, counted = sum(rows), 0.0
         for i, (batch, r) in enumerate(zip(batches, rows)):
             # the i-th batch's stream: the seed's high 32 bits moved by i (the first keeps the run's)
             seed = (self.seed + (i << 32) + 2**63) % 2**64 - 2**63
             control = {"step": step, "seed": seed, "lr": lr}
             scalars, grads = grads_runner.run(self.state, self.spare, batch, control)
-            for k, v in grads.items():
-                a = v.numpy() * (r / n)
-                total[k] = a.copy() if k not in total else total[k] + a
+            count = scalars.pop("loss/count", None)  # (its totals are divided by the counts' below)
+            w = r / n if count is None else count
+            if w:  # (a batch of no unmasked entry adds nothing, not its gradient of 0/0)
+                for k, v in grads.items():
+                    a = v.numpy() * w
+                    total[k] = a.copy() if k not in total else total[k] + a
             for k, v in scalars.items():
-                sums[k] = sums.get(k, 0.0) + v * (r / n)
+                weight = w if k == "loss" else r / n  # the loss of one batch of all of them, as its gradient
+                sums[k] = sums.get(k, 0.0) + (v * weight if weight else 0.0)
+            counted += count or 0.0
+        if count is not None:
+            if not counted:  # no batch had an unmasked entry: the update is NaN, as the loss is
+                total = {k: np.full_like(v.numpy(), np.nan) for k, v in grads.items()}
+            for k in total:
+                total[k] /= counted or 1.0
+            if "loss" in sums:
+                sums["loss"] = sums["loss"] / counted if counted else float("nan")
         for k, v in total.items():
             self.state[k] = to_device(v, self.device)
         self.runner("apply" + suffix).run(self.state, self.spare, {}, {"lr": lr, "step": step, "seed": self.seed})

@@ -205,6 +205,38 @@ def test_accumulated_batches_of_unequal_sizes_weigh_by_their_rows_and_draw_their
     assert seeds[:2] == [0, 1 << 32]  # the second batch of an update draws another stream
 
 
+
+def test_accumulated_batches_of_a_masked_mean_weigh_by_their_unmasked_entries(tmp_path):
+    """A loss sum(ce * mask) / sum(mask) accumulated over batches of 5 moved the weights 0.13 away
+    (of 0.7) from batches of 10: each batch's gradient was weighted by its rows, where one batch
+    of all of them weighs each by its unmasked tokens. A batch of no unmasked token adds nothing."""
+    text = """
+flowgrad: 1
+name: masked
+dims: {D: 3, V: 4}
+inputs:
+  x: {shape: [N, T, D]}
+  y: {shape: [N, T], dtype: int64}
+  mask: {shape: [N, T]}
+params:
+  W: {shape: [D, V], init: glorot_uniform}
+graph:
+  ce: cross_entropy(x @ W, y, reduction='none')
+loss: sum(ce * mask) / sum(mask)
+train:
+  optimizer: {sgd: {lr: 0.5}}
+  shuffle: false
+"""
+    rng = np.random.default_rng(0)
+    mask = (rng.random((23, 5)) < np.linspace(0.1, 0.95, 23)[:, None]).astype(np.float32)
+    mask[:5] = 0  # the first accumulated batch has no unmasked token
+    data = {"x": rng.normal(size=(23, 5, 3)).astype(np.float32), "y": rng.integers(0, 4, (23, 5)), "mask": mask}
+    common = dict(data=data, valid="0", epochs=2, threads=1, device="cpu")
+    train(text, run_dir=str(tmp_path / "big"), batch_size=10, **common)
+    train(text, run_dir=str(tmp_path / "acc"), batch_size=5, accumulate=2, **common)
+    big, acc = _params(str(tmp_path / "big")), _params(str(tmp_path / "acc"))
+    np.testing.assert_allclose(acc["W"], big["W"], rtol=1e-5, atol=1e-6)
+
 def test_early_stopping(tmp_path, data):
     text = REGRESSION + "  early_stopping: {metric: train_loss, mode: max, patience: 2}\n"
     spec = _spec(text, tmp_path)
