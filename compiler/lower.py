@@ -700,8 +700,10 @@ class Lowering:
             # precision would silently widen the step or break its products)
             if attrs.get(k, op.attrs.get(k)) in SPEC_FLOAT_NAMES:
                 attrs[k] = g.float_dtype
-        # Python numbers take the dtype of the tensors they meet.
-        like = next((t for t in tensors if isinstance(t, Value) and is_float(t.dtype)), None)
+        # Python numbers take the dtype of the tensors they meet: a float tensor's, else an integer
+        # one's, as in x + 1 (maximum(src_len, 1) over int32 lengths made an int64 1 and was refused)
+        like = next((t for t in tensors if isinstance(t, Value) and is_float(t.dtype)), None) or \
+            next((t for t in tensors if isinstance(t, Value) and t.dtype in INT_DTYPES), None)
         tensors = [t if isinstance(t, Value) else g.lift(t, like=like) for t in tensors]
         try:
             return g.apply(op.name, *tensors, **attrs)

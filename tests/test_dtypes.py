@@ -185,6 +185,25 @@ def test_python_floats_in_a_spec_take_the_input_dtype():
     np.testing.assert_allclose(out["g"], np.maximum(z, 0) * 0.1 - 0.2 / (z + 3), rtol=1e-15)
 
 
+def test_python_integers_in_an_op_call_take_the_integer_input_dtype():
+    """maximum(src_len, 1) over int32 lengths (the bundled translators' expression, on data of
+    one's own) was refused: 'maximum: operands have different dtypes int32 and int64', where
+    src_len + 1 took the int32. A number in an op's call takes an integer tensor's dtype too."""
+    exprs = {"a": "maximum(n, 1)", "b": "minimum(3, n)", "c": "where(n > 1, n, 0)", "d": "n + 1",
+             "e": "maximum(n, 1) * f", "g": "where(n > 1, f, 0)"}
+    spec = spec_from_dict({"flowgrad": 1, "name": "ints", "inputs": {"n": {"shape": ["N"], "dtype": "int32"},
+                                                                    "f": {"shape": ["N"]}}, "outputs": exprs})
+    graph = compile_spec(spec, graphs=("infer",)).graphs["infer"]
+    assert {o.name: o.dtype for o in graph.outputs} == {"a": "int32", "b": "int32", "c": "int32", "d": "int32",
+                                                          "e": "float32", "g": "float32"}
+    n, f = np.asarray([0, 1, 5], dtype=np.int32), np.asarray([1.5, 2.0, -1.0], dtype=np.float32)
+    out = Runner(graph.model)({"n": n, "f": f})
+    np.testing.assert_array_equal(out["a"], np.maximum(n, 1))
+    np.testing.assert_array_equal(out["b"], np.minimum(3, n))
+    np.testing.assert_array_equal(out["c"], np.where(n > 1, n, 0))
+    np.testing.assert_array_equal(out["g"], np.where(n > 1, f, 0))
+
+
 # ------------------------------------------------------------------ float16 / float64 emission
 @pytest.fixture(scope="module")
 def mlp_models():
