@@ -196,6 +196,16 @@ def _check_attention(run_dir: str, output_name: str) -> None:
                               if translator else
                               "train an attention model such as models/reverse_attention.yaml (its 'generate' "
                               "section and 'attention: attn' output), or add both to the spec"))
+    # the text is read through the source vocabulary of a bundled seq2seq dataset: a run trained on
+    # token ids of one's own has none (it was told that a temporary export "carries no source vocabulary")
+    from .checkpoint import read_run_info
+
+    info = read_run_info(run_dir, missing_ok=True)
+    if info and "src_vocab" not in (info.get("meta") or {}):
+        raise DataError(f"{run_dir} was trained on token ids without a vocabulary: plot attention reads --text "
+                        "through the source vocabulary of a bundled seq2seq dataset (dates, reverse, copy)",
+                        hint=f"export it and run it on ids: flowgrad export {run_dir} --graph infer -o model.onnx, then "
+                             f"flowgrad predict model.onnx --data inputs.npz gives its {output_name!r} output")
 
 
 def plot_attention(run_dir: str, text: str, output: str, output_name: str = "attention") -> str:

@@ -998,6 +998,30 @@ def test_plot_attention_of_a_run_without_attention_says_so(graphs, hint, tmp_pat
     assert hint in res.stderr and "sampling graph" not in res.stderr
 
 
+def test_plot_attention_of_a_translator_trained_on_ids_names_the_run(tmp_path):
+    """A translator trained on token ids of one's own (an .npz, or arrays) has no vocabulary to read
+    --text with: plot attention exported two graphs into a temporary folder and then said
+    '/tmp/tmpXXXX/gen.onnx carries no source vocabulary', a file the user never had, with the hint to
+    export a run trained on a bundled dataset. It names the run now, before exporting anything."""
+    import numpy as np
+
+    from runtime.api import load, train
+
+    rng = np.random.default_rng(0)
+    n, s, t = 8, 5, 4
+    data = {"src": rng.integers(1, 6, (n, s)), "src_len": rng.integers(1, s + 1, n),
+            "tgt_in": rng.integers(0, 6, (n, t)), "tgt": rng.integers(0, 6, (n, t)),
+            "tgt_mask": np.ones((n, t), np.float32)}
+    spec = load(str(ROOT / "models" / "reverse_attention.yaml"), [
+        "dims.SV=6", "dims.TV=6", "dims.H=4", "dims.E=4", "dims.A=4", "generate.bos=5", "generate.eos=4"])
+    run = train(spec, data=data, valid=0.25, run_dir=str(tmp_path / "run"), steps=1, threads=1, device="cpu",
+                progress=False).run_dir
+    res = invoke("plot", "attention", run, "--text", "abc", "-o", tmp_path / "a.png", code=1)
+    assert f"error: {run} was trained on token ids without a vocabulary" in res.stderr
+    assert "gen.onnx" not in res.stderr and "flowgrad predict" in res.stderr
+    assert not (tmp_path / "a.png").exists()
+
+
 def test_plot_curves_names_a_run_whose_directory_starts_with_an_underscore(tmp_path, monkeypatch):
     """matplotlib leaves out of a legend it gathers a label starting with "_": runs/_old's curves
     were drawn, and the legend named only the other run's."""
