@@ -450,16 +450,21 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     model = load_model_safely(model_path)
     inputs = [i.name for i in model.graph.input]
     meta = model_metadata(model)
-    if "beam_width" in inputs and "src_vocab" in meta:
+    if "beam_width" in inputs and ("src_vocab" in meta or "generate.bos" in meta):  # (one trained on ids
         for value, what in ((temperature, "a temperature"), (seed, "a seed")):
             if value is not None:  # beam search draws nothing
                 raise ExportArgumentError(f"{model_path} decodes by beam search: {what} is for models that sample text",
                                 hint=f"leave it out; the beam width ({names('beam_width')}) picks the beam (1 is greedy)")
+        # is refused by translate as one, not as "not a text generator ... trained on text")
         return translate(model_path, [prompt], beam_width=beam_width, device=device, max_len=max_len,
                          threads=threads, names=names)[0]
     if beam_width is not None:
         raise ExportArgumentError(f"{model_path} samples text: a beam width is for sequence-to-sequence models",
                                   hint=f"leave out the beam width ({names('beam_width')})")
+    if "prompt" in inputs and "vocab" not in meta and "generate.input" in meta:  # a language model of ids
+        raise ExportArgumentError(f"{model_path} was trained on token ids: it carries no vocabulary to read a "
+                                  "prompt with", hint="give it ids with predict() (flowgrad predict --data): "
+                                                      "prompt, max_len, temperature and seed")
     if "prompt" not in inputs or "vocab" not in meta:
         raise ExportArgumentError(f"{model_path} is not a text generator (no prompt input or vocabulary)",
                                   hint="export a spec with a 'generate' section trained on text, or run this model on its "
@@ -534,6 +539,12 @@ def translate_tokens(model_path: str, texts: list[str], beam_width: int | None =
     model = load_model_safely(model_path)
     meta = model_metadata(model)
     if "src_vocab" not in meta:
+        ids = [i.name for i in model.graph.input if i.name not in ("beam_width", "max_len", "length_penalty")]
+        if "generate.bos" in meta and "beam_width" in [i.name for i in model.graph.input]:  # a translator of ids
+            raise ExportArgumentError(f"{model_path} was trained on token ids: it carries no source vocabulary "
+                                      "to read texts with",
+                                      hint=f"give it ids with predict() (flowgrad predict --data): {', '.join(ids)}, "
+                                           "beam_width, max_len and length_penalty")
         raise ExportArgumentError(f"{model_path} carries no source vocabulary",
                                   hint="export a run trained on a bundled seq2seq dataset")
     if any(not t for t in texts):

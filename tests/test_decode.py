@@ -297,6 +297,39 @@ def test_a_decoder_trained_on_an_npz_file_checks_its_inputs_too(tmp_path):
     assert predict(gen, {**feeds, "max_len": np.asarray(0)})["tokens"].shape == (2, 0)
 
 
+def test_decoders_trained_on_token_ids_are_told_to_take_ids_for_text(tmp_path):
+    """A translator trained on token ids given a text (flowgrad predict --text, generate_text) was
+    told it 'is not a text generator (no prompt input or vocabulary)', with the hint to export a spec
+    with a 'generate' section trained on text, which it was; translate() pointed only at a bundled
+    dataset, and a language model of ids was told to add the generate section it has. Each is told
+    it was trained on token ids, and which inputs predict() takes instead."""
+    from runtime.export import generate_text, translate
+    from spec.errors import ExportArgumentError
+
+    rng = np.random.default_rng(0)
+    s2s = {"src": rng.integers(1, 6, (8, 5)), "src_len": rng.integers(1, 6, 8), "tgt_in": rng.integers(0, 6, (8, 4)),
+           "tgt": rng.integers(0, 6, (8, 4)), "tgt_mask": np.ones((8, 4), np.float32)}
+    lm = {"x": rng.integers(0, 7, (8, 5)), "y": rng.integers(0, 7, (8, 5))}
+    models = {}
+    for name, path, data, sets in (
+            ("s2s", "reverse_attention.yaml", s2s, ["dims.SV=6", "dims.TV=6", "generate.bos=5", "generate.eos=4",
+                                                   "generate.pad=3", "dims.A=4"]),
+            ("lm", "char_lstm.yaml", lm, ["dims.V=7"])):
+        spec = load(os.path.join(ROOT, "models", path), sets + ["dims.H=4", "dims.E=4"])
+        run = train(spec, data=data, valid=0.25, run_dir=str(tmp_path / name), steps=1, threads=1, device="cpu",
+                    progress=False).run_dir
+        models[name] = export(run, str(tmp_path / f"{name}.onnx"))["path"]
+    words = "was trained on token ids: it carries no (source )?vocabulary"
+    for call, inputs in ((lambda: generate_text(models["s2s"], "abc"), "src, src_len, beam_width, max_len and length_penalty"),
+                         (lambda: translate(models["s2s"], ["abc"]), "src, src_len, beam_width, max_len and length_penalty"),
+                         (lambda: generate_text(models["lm"], "abc"), "prompt, max_len, temperature and seed")):
+        with pytest.raises(ExportArgumentError, match=words) as e:
+            call()
+        assert e.value.hint == f"give it ids with predict() (flowgrad predict --data): {inputs}"
+    assert predict(models["s2s"], {"src": s2s["src"][:2], "src_len": s2s["src_len"][:2], "beam_width": np.asarray(2),
+                                   "max_len": np.asarray(4), "length_penalty": np.asarray(0.6, np.float32)})["tokens"].shape == (2, 4)
+
+
 def test_a_whole_float_max_len_of_the_spec_is_the_default_translate_takes(model, tmp_path):
     """translate() without max_len refused a spec's generate.max_len: 7.0, which the schema takes
     as an integer (as generate_text did)."""
