@@ -559,6 +559,8 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
         branches = e.validator_value
         if all(set(b) == {"required"} for b in branches):
             names = " or ".join(f"'{r}'" for b in branches for r in b["required"])
+            if not isinstance(value, dict):  # (required passes anything else: its type error says what is wrong,
+                return []  # where data: train.npz was also told it 'takes only one of 'dataset' or 'path'')
             if e.context:
                 return [SpecError(f"{where} needs {names}", loc, hint or f"add {names}")]
             return [SpecError(f"{where} takes only one of {names}", loc,

@@ -290,6 +290,15 @@ def test_schema_messages(old, new, message, hint):
         assert hint in e.hint
 
 
+def test_a_data_path_written_as_a_string_is_told_to_be_a_mapping_once():
+    """data: train.npz was told it must be a mapping with the hint 'write a mapping', and besides that
+    'train.data takes only one of 'dataset' or 'path'', which it gave neither of (oneOf's required
+    branches take any string). It is one error now, whose hint shows a path written as a mapping."""
+    errs = errors(MLP.replace("data: {dataset: digits, valid: 0.2}", "data: train.npz"))
+    assert [(e.message, e.hint) for e in errs] == [
+        ("train.data must be a mapping, not the string 'train.npz'", "write a mapping, e.g. data: {path: data/train.npz, valid: 0.1}")]
+
+
 def test_a_name_that_starts_with_a_dot_is_told_why_it_is_refused():
     """name: .. (or .hidden, -x) was refused for characters that are not allowed, with the hint to
     use letters, digits, '_', '-' and '.': every character of it was one of those."""
