@@ -118,6 +118,15 @@ def _check_config(spec: S.Spec):
         raise SpecError(f"generate.logits {logits_name!r} is not a graph node", spec.locate("generate", "logits"),
                         did_you_mean(logits_name, [t for a in spec.graph for t in a.targets])
                         or "name the graph entry that scores the vocabulary, [N, T, vocab]")
+    # the logits as the spec computes them, before decoding feeds the tokens one at a time: a model of
+    # the last C tokens (nlm.yaml's flatten(embedding(x, V, E)), [N, V]) was told to declare 64*P under dims
+    logits = Lowering(spec, mode="infer").evaluate_name(logits_name)
+    if not isinstance(logits, Value) or logits.rank != 3:
+        raise SpecError(f"generate.logits {logits_name!r} must be [N, T, vocab], got "
+                        f"{getattr(logits, 'type', logits)}", spec.locate("generate", "logits"),
+                        "decoding needs a score of the vocabulary at every step of the tokens, from a recurrent "
+                        "layer that reads them (lstm(embedding(x, V, E), H)); a model of a fixed window of "
+                        "tokens cannot decode")
     return token_input, logits_name, decl
 
 

@@ -297,6 +297,21 @@ def test_generate_keys_of_the_other_decoder_are_refused(model, key, words):
     assert str(e.value).startswith(f'overrides=["generate.{key}"]:1:'), str(e.value)  # (as load() was given it)
 
 
+def test_a_language_model_of_a_fixed_window_is_told_its_logits_do_not_score_every_step():
+    """nlm.yaml (the last C words, flattened) given a generate section was told, at its hidden
+    layer, "parameter 'h.W' would have shape [64*P, 128], but the size 64*P is only known at run
+    time" with the hint to declare 64*P under dims: the error of the prompt's length fed where C
+    was. It is told at generate.logits that its logits [N, V] are not [N, T, vocab]."""
+    from compiler.training import check_spec
+    from spec.errors import SpecError
+
+    spec = load(os.path.join(ROOT, "models", "nlm.yaml"), ["generate={input: x, logits: logits}"])
+    with pytest.raises(SpecError) as e:
+        check_spec(spec)
+    assert e.value.message == "generate.logits 'logits' must be [N, T, vocab], got float32[N, 2000]"
+    assert str(e.value).startswith('overrides=["generate={input: x, logits: logits}"]:1:') and "recurrent layer" in e.value.hint
+
+
 @pytest.mark.parametrize("key, words", [("pad=50", "generate.pad is 50, but the logits 'logits' have 14 entries"),
                                         ("eos=14", "generate.eos is 14, but the logits 'logits' have 14 entries")])
 def test_beam_search_token_ids_beyond_the_logits_are_refused(key, words):
