@@ -490,7 +490,8 @@ def predict(
             return
     for k, v in outs.items():
         print(f"{k}: shape {list(v.shape)} dtype {v.dtype}")
-        print(v if v.size <= 50 else v.reshape(len(v), -1)[:10])
+        # the first 10 rows, or a sequence's first 50 values (a sampler's tokens [300] were a column of 10)
+        print(v if v.size <= 50 else v[:50] if v.ndim == 1 else v.reshape(len(v), -1)[:10])
 
 
 def _write_npz(path: str, arrays: dict) -> None:

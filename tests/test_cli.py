@@ -357,6 +357,11 @@ def test_export_and_predict_round_trip(trained, tmp_path):
     # without -o the outputs are printed
     printed = invoke("predict", model, "--data", tmp_path / "in.npz", "--device", "cpu").stdout
     assert "probs: shape [7, 10] dtype float32" in printed
+    # a long 1-D output shows its first 50 values, not 10 of them as a column of one-value rows
+    np.savez(tmp_path / "in60.npz", x=np.random.default_rng(1).uniform(0, 1, (60, 64)).astype(np.float32))
+    printed = invoke("predict", model, "--data", tmp_path / "in60.npz", "--device", "cpu").stdout
+    labels = printed.split("label: shape [60] dtype int64\n")[1]
+    assert "[[" not in labels and len(labels.replace("[", " ").replace("]", " ").split()) == 50, labels
 
 
 @pytest.mark.parametrize("what", ["empty", "missing", "file"])
