@@ -95,6 +95,8 @@ class _StepLowering(Lowering):
 
 
 def _check_config(spec: S.Spec):
+    from .training import length_bounds
+
     cfg = spec.generate
     token_input, logits_name = cfg["input"], cfg["logits"]
     if token_input not in spec.inputs:
@@ -120,14 +122,21 @@ def _check_config(spec: S.Spec):
                         or "name the graph entry that scores the vocabulary, [N, T, vocab]")
     # the logits as the spec computes them, before decoding feeds the tokens one at a time: a model of
     # the last C tokens (nlm.yaml's flatten(embedding(x, V, E)), [N, V]) was told to declare 64*P under dims
-    logits = Lowering(spec, mode="infer").evaluate_name(logits_name)
+    checked = Lowering(spec, mode="infer")
+    logits = checked.evaluate_name(logits_name)
     if not isinstance(logits, Value) or logits.rank != 3:
         raise SpecError(f"generate.logits {logits_name!r} must be [N, T, vocab], got "
                         f"{getattr(logits, 'type', logits)}", spec.locate("generate", "logits"),
                         "decoding needs a score of the vocabulary at every step of the tokens, from a recurrent "
                         "layer that reads them (lstm(embedding(x, V, E), H)); a model of a fixed window of "
                         "tokens cannot decode")
-    return token_input, logits_name, decl
+    # the inputs that count the tokens' steps (lengths=len over padded sentences or targets), as the
+    # export records them: every token decoding feeds is real
+    # (and read for nothing else: a length read as a number would be the prompt's, or 1, when decoding)
+    counts = {k for k, b in length_bounds(spec, checked.graph).items() if b["of"] == token_input and b["axis"] == 1
+              and _only_in_step_masks(checked.inputs[k], checked.graph.nodes, False,
+                                      lambda u: u.producer is not None and u.producer.op.name == "positions")}
+    return token_input, logits_name, decl, counts
 
 
 def _first_pass(low: Lowering, logits_name: str, loc):
@@ -158,8 +167,9 @@ def _first_pass(low: Lowering, logits_name: str, loc):
     return last, prefixes, [s for p in prefixes for s in low.recurrent_final[p]]
 
 
-def _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name):
-    """The graph on one new token [N] inside the loop: (logits [N, V], new states)."""
+def _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name, counts=()):
+    """The graph on one new token [N] inside the loop: (logits [N, V], new states). `counts`: the
+    values (in the loop) of inputs that count the tokens' steps, whose masks read positions."""
     bg = sb.graph
     carried, k = {}, 0
     for p in prefixes:
@@ -172,13 +182,54 @@ def _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name):
     new_last = bg.apply("index", new_logits, spec=((None, None, None), -1))
     # The loop sees one token at a time: what reads a token's place in the sequence would
     # read 0 at every step and decode silently otherwise than the model computes.
-    for node in producers_of([new_last]):
-        if node.op.name in ("positions", "shift") and any(_depends_on(v, tok) for v in node.inputs):
+    nodes = producers_of([new_last])
+    for node in nodes:
+        if node.op.name in ("positions", "shift") and any(_depends_on(v, tok) for v in node.inputs) \
+                and not _masks_steps(node, nodes, {v.id for v in counts}):
             raise SpecError(f"generate: the logits read the tokens' positions ({node.op.name}), which decoding "
                             "one token at a time cannot reproduce", node.loc or low.spec.locate("generate"),
                             "let the tokens reach the logits through the recurrent layers only (no position "
                             "embeddings, no shifts over time)")
     return new_last, [s for p in prefixes for s in step_low.recurrent_final[p]]
+
+
+_PASSTHROUGH = ("unsqueeze", "squeeze", "reshape", "cast")
+
+
+def _source(v: Value) -> Value:
+    while v.producer is not None and v.producer.op.name in _PASSTHROUGH:
+        v = v.producer.inputs[0]
+    return v
+
+
+def _only_in_step_masks(v: Value, nodes, positions: bool, other) -> bool:
+    """Whether every reader of `v` (through reshapes and casts) is a mask of steps, positions < lengths
+    (lengths=len builds it), `v` on the positions side or the lengths side, and `other(the other side)`."""
+    readers = {}
+    for n in nodes:
+        for x in n.inputs:
+            readers.setdefault(x.id, []).append(n)
+    todo = [v]
+    while todo:
+        x = todo.pop()
+        for n in readers.get(x.id, []):
+            if n.op.name in _PASSTHROUGH:
+                todo += n.outputs
+                continue
+            if n.op.name not in ("lt", "gt"):
+                return False
+            small, big = n.inputs if n.op.name == "lt" else reversed(n.inputs)
+            mine, theirs = (small, big) if positions else (big, small)
+            if _source(mine).id != v.id or not other(_source(theirs)):
+                return False
+    return True
+
+
+def _masks_steps(node, nodes, counts: set) -> bool:
+    """Whether a positions node is only compared with a count of the steps (the mask of lengths=len:
+    positions(x) < len), which is 1 at every token decoding feeds, as it is over the whole sequence."""
+    return node.op.name == "positions" and bool(counts) and \
+        _only_in_step_masks(node.outputs[0], nodes, True, lambda u: u.id in counts)
 
 
 def build_generator(spec: S.Spec, dtype: str):
@@ -194,7 +245,7 @@ def _build_sampler(spec: S.Spec, dtype: str):
     """Language models: continue a prompt by sampling."""
     from .training import _Builder
 
-    token_input, logits_name, decl = _check_config(spec)
+    token_input, logits_name, decl, counts = _check_config(spec)
     loc = spec.locate("generate")
     low = Lowering(spec, mode="infer", float_dtype=dtype)
     g = low.graph
@@ -204,6 +255,19 @@ def _build_sampler(spec: S.Spec, dtype: str):
     seed = g.add_input("seed", "int64", ())
     low.inputs[token_input] = g.apply("unsqueeze", g.cast(prompt, decl.dtype), axes=(0,))  # [1, P]
     with at(loc):
+        # An input that counts the tokens' steps (lstm(e, H, lengths=len), a language model of padded
+        # sentences) is the prompt's length: every token of the prompt and each sampled one is real
+        # (its [N] met the prompt's [1, P] in the layer's scan, refused as a state of a block the
+        # spec never wrote). Any other input is none of the sampler's.
+        for name in sorted(_inputs_read(spec, logits_name) - {token_input}):
+            if name not in counts:
+                raise SpecError(f"generate: the logits read the input {name!r} besides generate.input "
+                                f"{token_input!r}, and a language model samples from a prompt alone",
+                                spec.locate("generate", "logits"),
+                                f"compute the logits from {token_input} alone, or add bos to decode from "
+                                f"{name} as a sequence-to-sequence model does")
+            ones = g.apply("fill", low.inputs[token_input], dims=((0, 0), (0, 1)), value=1, dtype=spec.inputs[name].dtype)
+            low.inputs[name] = g.apply("sum", ones, axis=1)  # [1]: the prompt's length
         last, prefixes, states = _first_pass(low, logits_name, loc)
         # The loop: carries = (logits of the last token, every recurrent state).
         sb = StepBuilder(g)
@@ -212,7 +276,8 @@ def _build_sampler(spec: S.Spec, dtype: str):
         c_logits = bg.add_input("logits", last.dtype, last.shape)
         c_states = [bg.add_input(f"state{k}", v.dtype, v.shape, unique=True) for k, v in enumerate(states)]
         token = _sample(bg, c_logits, sb.capture(temperature), sb.capture(seed), t, salt=1)  # [1]
-        new_last, new_states = _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name)
+        new_last, new_states = _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name,
+                                     [sb.capture(low.inputs[name]) for name in counts])
         body = Body(bg, [c_logits] + c_states, [t], sb.nonseqs, [new_last] + new_states, [token])
         steps, kept = _lengths(g, max_len)
         res = run_scan(g, body, [last] + states, [steps], sb.nonseq_outer, stack=(False,) * (1 + len(states)))
@@ -257,7 +322,7 @@ def _build_beam_search(spec: S.Spec, dtype: str):
     of the empty hypothesis, as though the loop had run no step."""
     from .training import _Builder
 
-    token_input, logits_name, decl = _check_config(spec)
+    token_input, logits_name, decl, counts = _check_config(spec)
     cfg = spec.generate
     loc = spec.locate("generate")
     K = int(cfg.get("beam_width", 4))
@@ -270,13 +335,15 @@ def _build_beam_search(spec: S.Spec, dtype: str):
     with at(loc):
         # The first tokens: <bos> in every row; the row count comes from a source input.
         read = _inputs_read(spec, logits_name)
-        src = next((n for n in spec.inputs if n != token_input and n in read), None)
+        src = next((n for n in spec.inputs if n != token_input and n in read and n not in counts), None)
         if src is None:
             raise SpecError("beam search needs a source input besides generate.input", loc,
                             f"the logits must also read an input to translate from (e.g. src [N, S]), "
                             f"not only {token_input}; without bos the spec samples as a language model")
         ref = low.input_value(src)
         low.inputs[token_input] = g.apply("fill", ref, dims=((0, 0), 1), value=bos, dtype=decl.dtype)
+        for name in counts:  # [N*K]: each pass feeds one real token (a decoder given lengths=tgt_len)
+            low.inputs[name] = g.apply("fill", ref, dims=((0, 0),), value=1, dtype=spec.inputs[name].dtype)
         last, prefixes, states = _first_pass(low, logits_name, loc)  # [N*K, V]
         V = last.shape[-1]
         if not isinstance(V, int):
@@ -336,7 +403,8 @@ def _build_beam_search(spec: S.Spec, dtype: str):
             idx3 = bg.apply("broadcast_like", bg.apply("reshape", parent, shape=(-1, K) + (1,) * len(rest)), s3)
             moved.append(bg.apply("reshape", bg.apply("take_along_axis", s3, idx3, axis=1), shape=(-1,) + rest))
         flat_token = bg.apply("reshape", token, shape=(-1,))
-        new_last, new_states = _step(low, sb, token_input, decl, flat_token, prefixes, moved, logits_name)
+        new_last, new_states = _step(low, sb, token_input, decl, flat_token, prefixes, moved, logits_name,
+                                     [sb.capture(low.inputs[name]) for name in counts])
         body = Body(bg, [c_logits, c_scores, c_fin, c_len, c_seqs] + c_states, [t], sb.nonseqs,
                     [new_last, new_scores, new_fin, new_len, seqs] + new_states, [])
         res = run_scan(g, body, [last, scores0, finished0, lengths0, seqs0] + states, [steps], sb.nonseq_outer,

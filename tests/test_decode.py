@@ -359,11 +359,12 @@ def test_a_float16_beam_search_builds_without_overflow():
         build_generator(spec, "float16")
 
 
-def _greedy_translation_equals_the_inference_graph(text: str, seed: int = 3, steps: int = 6):
+def _greedy_translation_equals_the_inference_graph(text: str, seed: int = 3, steps: int = 6, lengths: str | None = None):
     """The spec's beam search at width 1 (with its initial weights) against the inference graph
     run on each source alone and the whole prefix at each step, taking the most likely next
     token: the same tokens, and a score that is their log-probability (length_penalty 0), which
-    tells a wrong state apart even where an untrained model repeats one token."""
+    tells a wrong state apart even where an untrained model repeats one token. `lengths`: an input
+    that counts the prefix's tokens, given to the inference graph (the prefix padded to 16)."""
     from compiler.training import compile_spec
     from spec import spec_from_text
 
@@ -381,9 +382,12 @@ def _greedy_translation_equals_the_inference_graph(text: str, seed: int = 3, ste
     for i in range(len(src)):
         seq, logp = [T.BOS], 0.0
         while len(seq) <= steps and seq[-1] != T.EOS:
-            probs = run("infer", {"src": src[i:i + 1], "src_len": src_len[i:i + 1], "tgt_in": np.asarray([seq])})["probs"]
-            seq.append(int(np.argmax(probs[0, -1])))
-            logp += float(np.log(probs[0, -1, seq[-1]]))
+            feeds = {"src": src[i:i + 1], "src_len": src_len[i:i + 1], "tgt_in": np.asarray([seq])}
+            if lengths:
+                feeds.update(tgt_in=np.asarray([seq + [T.PAD] * (16 - len(seq))]), **{lengths: np.asarray([len(seq)])})
+            probs = run("infer", feeds)["probs"][0, len(seq) - 1]
+            seq.append(int(np.argmax(probs)))
+            logp += float(np.log(probs[seq[-1]]))
         toks = seq[1:] + [T.PAD] * (steps + 1 - len(seq))  # padded after end-of-sequence
         assert out["tokens"][i].tolist() == toks
         assert out["scores"][i] == pytest.approx(logp, rel=1e-9)
@@ -451,6 +455,25 @@ outputs:
 generate: {input: tgt_in, logits: logits, bos: 1, eos: 2, max_len: 6}
 loss: sum(token_loss) / sum(tgt_mask)
 """
+
+
+def test_a_decoder_given_the_targets_lengths_decodes_from_its_source():
+    """A decoder trained on padded targets with their lengths (dec: gru(ys, H, lengths=tgt_len)) was
+    refused by check and export, 'generate: the logits read the tokens' positions', with the hint to
+    leave out position embeddings it did not have (the mask lengths= makes compares positions with
+    the lengths); declared before src, tgt_len was also taken for the source. Each token decoding
+    feeds is real, as the lengths say: the decoder takes src, src_len and the decoding inputs, and
+    greedy decoding equals the inference graph run on the prefix padded with its length."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    text = INIT_DECODER.replace("inputs:\n", "inputs:\n  tgt_len: {shape: [N], dtype: int64}\n") % \
+        "gru(ys, H, init=[last], lengths=tgt_len)"
+    cm = compile_spec(spec_from_text(text, "s2s.yaml"), graphs=("generate",))
+    params = cm.initial_state(0)
+    assert {i.name for i in cm.graphs["generate"].inputs if i.name not in params} == \
+        {"src", "src_len", "beam_width", "max_len", "length_penalty"}
+    _greedy_translation_equals_the_inference_graph(text, lengths="tgt_len")
 
 
 def test_a_translator_whose_labels_are_declared_first_decodes_from_its_source():

@@ -592,3 +592,74 @@ def test_a_recurrent_layer_with_a_learnt_initial_state_carries_its_state_when_sa
     """A layer given init= (a learnt h0) started every generated token from h0 instead of the
     state after the tokens before it."""
     _greedy_decoding_equals_the_inference_graph(INIT_LM % layer)
+
+
+LENGTHS_LM = """\
+flowgrad: 1
+name: padded_sentences
+dims: {V: 9, E: 4, H: 5}
+inputs:
+  x: {shape: [N, T], dtype: int64}
+  y: {shape: [N, T], dtype: int64}
+  n: {shape: [N], dtype: %s}
+  m: {shape: [N, T]}
+graph:
+  e: embedding(x, V, E)
+  hs: %s
+  logits: dense(hs, V)
+outputs:
+  probs: softmax(logits)
+generate: {input: x, logits: logits, max_len: 8}
+loss: sum(cross_entropy(logits, y, reduction='none') * m) / sum(m)
+"""
+
+
+@pytest.mark.parametrize("dtype, layer", [("int64", "lstm(e, H, lengths=n)"), ("int32", "gru(e, H, lengths=n)"),
+                                          ("int64", "rnn(e, H, mask=cast(positions(x, axis=1) < unsqueeze(n, axes=1), 'float32'))")])
+def test_a_language_model_of_padded_sentences_samples_from_its_prompt(dtype, layer):
+    """A language model trained on padded sentences of one's own, its layer given lengths=n, was
+    refused by check and export with 'scan: the step returns a state of type float32[N, 5] for one of
+    type float32[1, 5]' and the hint to make a block the spec never wrote return its states: the
+    sampler fed the lengths input [N] beside the prompt [1, P]. The lengths are the prompt's (every
+    token of the prompt and each sampled one is real): greedy sampling equals the inference graph
+    run on the prefix padded to a width of 16 with its length."""
+    from compiler.check import Runner
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    cm = compile_spec(spec_from_text(LENGTHS_LM % (dtype, layer), "lm.yaml"), "float64", graphs=("infer", "generate"))
+    assert [i.name for i in cm.graphs["generate"].inputs if i.name not in cm.initial_state(3)] == \
+        ["prompt", "max_len", "temperature", "seed"]
+    state = cm.initial_state(3)
+
+    def run(kind, feeds):
+        graph = cm.graphs[kind]
+        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+
+    prompt, steps = [3, 7, 1], 8
+    out = run("generate", {"prompt": np.asarray(prompt), "max_len": np.asarray(steps), "temperature": np.asarray(0.0),
+                           "seed": np.asarray(0)})["tokens"]
+    seq = list(prompt)
+    for _ in range(steps):
+        x = np.zeros((1, 16), np.int64)
+        x[0, :len(seq)] = seq
+        probs = run("infer", {"x": x, "n": np.asarray([len(seq)], dtype=dtype)})["probs"]
+        seq.append(int(np.argmax(probs[0, len(seq) - 1])))
+    assert len(set(seq[len(prompt):])) > 1
+    assert out.tolist() == seq[len(prompt):]
+
+
+def test_a_language_model_reading_another_input_is_told_it_samples_from_a_prompt_alone():
+    """A language model whose logits read an input besides its tokens (a topic vector) was told
+    about a scan's states of a block it never wrote; it is told at generate.logits which input."""
+    from compiler.training import check_spec
+    from spec import spec_from_text
+    from spec.errors import SpecError
+
+    text = (LENGTHS_LM % ("int64", "lstm(e, H)")).replace("  m: {shape: [N, T]}", "  m: {shape: [N, T]}\n  topic: {shape: [N, 4]}") \
+        .replace("logits: dense(hs, V)", "logits: dense(hs + unsqueeze(dense(topic, H), axes=1), V)")
+    with pytest.raises(SpecError) as e:
+        check_spec(spec_from_text(text, "lm.yaml"))
+    assert e.value.message == ("generate: the logits read the input 'topic' besides generate.input 'x', and a "
+                               "language model samples from a prompt alone")
+    assert "add bos" in e.value.hint
