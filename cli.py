@@ -27,6 +27,14 @@ app = typer.Typer(
 )
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
+# Written to a file or a pipe (a log, grep), rich drew tables and the progress line 80 columns
+# wide and cut what did not fit: summary's parameter names read 'enc.bidirectional…' five times
+# over, and each epoch's line 'epo… train_loss ... valid_accura…'. Without a terminal the lines
+# are as long as they need to be; COLUMNS still sets a width.
+NO_TERMINAL_WIDTH = 10_000
+for _console in (err, out):
+    if not _console.is_terminal and not os.environ.get("COLUMNS"):
+        _console.width = NO_TERMINAL_WIDTH
 
 _state = {"debug": False}
 

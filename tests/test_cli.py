@@ -1324,3 +1324,21 @@ def test_ops_the_compiler_makes_are_neither_listed_nor_callable(tmp_path):
         spec.write_text("flowgrad: 1\nname: t\ninputs:\n  x: {shape: [N, 4]}\ngraph:\n"
                         f"  h: {name}(x)\nloss: mean(h)\n")
         assert f"{spec}:6:6: unknown op '{name}'" in invoke("check", str(spec), code=1).output
+
+
+def test_output_to_a_file_or_pipe_is_not_cut_at_80_columns(tmp_path):
+    """Piped or redirected (a log, grep), tables and the progress line were drawn 80 columns wide
+    and cut: summary listed 'enc.bidirectional…' for five different parameters, and each epoch's
+    line in a log read 'epo… train_loss ... valid_accura…', its epoch and last metric gone."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "summary", str(ROOT / "models" / "dates_attention.yaml")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0 and "…" not in res.stdout, res.stdout
+    assert "enc.bidirectional2.fw.W" in res.stdout and "enc.bidirectional2.bw.bu" in res.stdout
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", MLP, "--set", "dims.H=4", "--epochs", "2",
+                          "--set", "train.batch_size=1024", "--device", "cpu", "--run-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and "…" not in res.stderr, res.stderr
+    assert lines[1].startswith("epoch 2/2") and "valid_accuracy" in lines[1]
