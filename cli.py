@@ -152,6 +152,23 @@ def _shell(path: str) -> str:
     return escape(shlex.quote(path))
 
 
+def _finite(value):
+    """`value` with every NaN or infinite float as None: JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not value - value == 0:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _print_json(value, indent: Optional[int] = 2) -> None:
+    """What --json (and eval) print: valid JSON, a metric that is NaN or infinite as null. eval
+    printed '"accuracy": -Infinity', which jq and other strict parsers refuse."""
+    print(json.dumps(_finite(value), indent=indent, allow_nan=False))
+
+
 def _not_empty(required: tuple[str, ...] = (), **flags) -> None:
     """An option given as an empty string ('--data "$DATA"' with DATA unset) is an error: taken
     as not given, it trained on the spec's data, skipped --init-from, printed instead of -o.
@@ -290,7 +307,7 @@ def ops(
     for name, (usage, doc) in SPECIAL_FORM_DOCS.items():
         rows.append({"name": name, "family": "special form", "signature": usage, "gradient": "composite", "doc": doc})
     if as_json:
-        print(json.dumps(rows, indent=2))
+        _print_json(rows)
         return
     table = Table(title="flowgrad ops", title_justify="left")
     for col in ("family", "signature", "gradient", "doc"):
@@ -359,7 +376,7 @@ def train(
         with _stopped_by_signals(spec, run_dir_of(s, opts)):
             result = run_training(s, opts)
     if as_json:
-        print(json.dumps(result.to_json(), indent=2))
+        _print_json(result.to_json())
         return
     # The headline stands on its own line: as a table title it would wrap to the table's width.
     err.print(f"[bold]{s.name}[/bold]: {result.stopped} after {result.epochs} epoch{'s' if result.epochs != 1 else ''}, {result.steps} step{'s' if result.steps != 1 else ''}, "
@@ -410,7 +427,7 @@ def eval_cmd(
         metrics = evaluate_run(run_dir, data, checkpoint, device, threads, batch_size, names=FLAGS)
     if data is None:
         err.print("on the test examples the run's spec held out (train.data.test)")
-    print(json.dumps(metrics, indent=2))
+    _print_json(metrics)
 
 
 @app.command()
@@ -596,7 +613,7 @@ def bench(
         r = run_bench(s, batch_size, steps, device=device, threads=threads, steps_per_call=steps_per_call,
                       cuda_graphs=cuda_graphs, dtype=dtype, names=FLAGS)
     if as_json:
-        print(json.dumps(r))
+        _print_json(r, indent=None)
         return
     table = Table(title=f"{s.name} on {r['device']}, batch {r['batch_size']}, {r['dtype']}", title_justify="left")
     table.add_column("measure")
@@ -683,7 +700,7 @@ def summary(
             visual.pick_objective(s, objective)
         r = visual.summary(s, batch_size, dtype, dims, objective)
     if as_json:
-        print(json.dumps(r, indent=2))
+        _print_json(r)
         return
     t, B = r["totals"], r["batch_size"]
     _print_doc(s)

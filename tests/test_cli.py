@@ -1342,3 +1342,19 @@ def test_output_to_a_file_or_pipe_is_not_cut_at_80_columns(tmp_path):
     lines = [line for line in res.stderr.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2 and "…" not in res.stderr, res.stderr
     assert lines[1].startswith("epoch 2/2") and "valid_accuracy" in lines[1]
+
+
+def test_eval_prints_valid_json_when_a_metric_is_not_finite(tmp_path):
+    """eval printed '"accuracy": -Infinity' for a metric that was infinite on its --data: not
+    JSON, and jq or any strict parser refused the whole output. Such a value is null."""
+    run = tmp_path / "run"
+    invoke("train", MLP, "--set", "dims.H=4", "--set", "metrics.accuracy=mean(log(x + 1))", "--steps", "1",
+           "--run-dir", run, "--quiet", "--device", "cpu")
+    np.savez(tmp_path / "neg.npz", x=-np.ones((4, 64), np.float32), y=np.zeros(4, np.int64))
+    out = invoke("eval", run, "--data", tmp_path / "neg.npz", "--device", "cpu").stdout
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    metrics = json.loads(out, parse_constant=refuse)
+    assert metrics["accuracy"] is None and np.isfinite(metrics["loss"])
