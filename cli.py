@@ -317,7 +317,7 @@ def ops(
     out.print(table)
 
 
-# eval, export and plot samples read one of a run's two checkpoints, in the same words
+# eval, export, plot attention and plot samples read one of a run's two checkpoints, in the same words
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="Which checkpoint: best (the epoch with the best "
                                             "early_stopping metric, else validation loss, else training loss) or last.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cuda or cpu.")]
@@ -744,13 +744,16 @@ def plot_attention_cmd(
     run_dir: Annotated[str, typer.Argument(help="A run of an attention model (e.g. models/dates_attention.yaml).")],
     text: Annotated[str, typer.Option("--text", help="Source text to translate and show.")],
     output: Annotated[str, typer.Option("-o", "--output", help="PNG (or SVG/PDF) file to write.")] = "attention.png",
+    checkpoint: CheckpointOpt = "best",
 ):
     """Attention weights (source positions × generated positions) while translating --text."""
+    from runtime.checkpoint import check_checkpoint
     from runtime.plots import plot_attention
 
     with user_errors():
+        check_checkpoint(checkpoint, "--checkpoint")
         _not_empty(output=output)
-        path = plot_attention(run_dir, text, output)
+        path = plot_attention(run_dir, text, output, checkpoint=checkpoint)
     err.print(f"wrote {escape(path)}", soft_wrap=True)
     print(path)
 

@@ -17,7 +17,7 @@ META_KEY = "__meta__"
 
 
 def check_checkpoint(checkpoint, name: str = "checkpoint", error: type[FlowgradError] = FlowgradError) -> None:
-    """Which of a run's checkpoints eval, export and plot samples read: best or last (anything
+    """Which of a run's checkpoints eval, export, plot attention and plot samples read: best or last (anything
     else read the last one). The message names the keyword or flag the user wrote; `error` is
     the class raised (the export API's ExportArgumentError)."""
     if checkpoint not in ("best", "last"):

@@ -208,9 +208,9 @@ def _check_attention(run_dir: str, output_name: str) -> None:
                              f"flowgrad predict model.onnx --data inputs.npz gives its {output_name!r} output")
 
 
-def plot_attention(run_dir: str, text: str, output: str, output_name: str = "attention") -> str:
+def plot_attention(run_dir: str, text: str, output: str, output_name: str = "attention", checkpoint: str = "best") -> str:
     """Heat map of the attention weights while the run's model translates `text`:
-    source characters across, generated characters down."""
+    source characters across, generated characters down; `checkpoint` as export's."""
     import tempfile
 
     import matplotlib
@@ -225,8 +225,8 @@ def plot_attention(run_dir: str, text: str, output: str, output_name: str = "att
     _check_attention(run_dir, output_name)
     with tempfile.TemporaryDirectory() as tmp:
         gen, inf = os.path.join(tmp, "gen.onnx"), os.path.join(tmp, "infer.onnx")
-        export(run_dir, gen, graph="generate", names=FLAGS)  # (flowgrad plot attention's: a hint names flags)
-        export(run_dir, inf, graph="infer", names=FLAGS)
+        export(run_dir, gen, checkpoint, graph="generate", names=FLAGS)  # (flowgrad plot attention's: a hint names flags)
+        export(run_dir, inf, checkpoint, graph="infer", names=FLAGS)
         if output_name not in [o.name for o in load_model_safely(inf).graph.output]:
             raise DataError(f"the spec has no output named {output_name!r}",
                             hint="add e.g. 'attention: attn' under outputs (the scan's attention weights)")

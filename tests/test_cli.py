@@ -1135,7 +1135,8 @@ def test_one_concept_one_help_and_bound():
     def helps(command):
         return {p.opts[0]: p.help for p in command.params if getattr(p, "opts", None)}
 
-    checkpoint = {helps(c)["--checkpoint"] for c in (commands["eval"], commands["export"], plot["samples"])}
+    checkpoint = {helps(c)["--checkpoint"] for c in (commands["eval"], commands["export"], plot["samples"],
+                                                      plot["attention"])}
     assert len(checkpoint) == 1 and "early_stopping" in checkpoint.pop()
     assert "generate.beam_width, else 4" in helps(commands["predict"])["--beam-width"]
     assert "train.batch_size" in helps(commands["bench"])["--batch-size"]
@@ -1358,3 +1359,24 @@ def test_eval_prints_valid_json_when_a_metric_is_not_finite(tmp_path):
 
     metrics = json.loads(out, parse_constant=refuse)
     assert metrics["accuracy"] is None and np.isfinite(metrics["loss"])
+
+
+def test_plot_attention_takes_checkpoint_as_export_does(tmp_path, monkeypatch):
+    """plot attention had no --checkpoint: it always drew the best epoch's attention, where eval,
+    export and plot samples read --checkpoint last too (and plot attention RUN --checkpoint last
+    was 'No such option')."""
+    import runtime.export as E
+
+    run = tmp_path / "run"
+    invoke("train", ROOT / "models" / "reverse_attention.yaml", "--set", "dims.H=4", "--set", "dims.E=4",
+           "--set", "dims.A=4", "--set", "train.data.options.n=60", "--set", "train.data.options.max_len=6",
+           "--steps", "1", "--run-dir", run, "--quiet", "--device", "cpu", "--threads", "1")
+    real, read = E.export, []
+    monkeypatch.setattr(E, "export", lambda run_dir, output, checkpoint="best", *a, **kw: (
+        read.append(checkpoint), real(run_dir, output, checkpoint, *a, **kw))[1])
+    for which in ("last", "best"):
+        res = invoke("plot", "attention", run, "--text", "abc", "-o", tmp_path / f"{which}.png", "--checkpoint", which)
+        assert res.stdout.strip() == str(tmp_path / f"{which}.png") and (tmp_path / f"{which}.png").exists()
+    assert read == ["last", "last", "best", "best"]
+    res = invoke("plot", "attention", run, "--text", "abc", "--checkpoint", "Best", code=1)
+    assert res.stderr.startswith("error: unknown --checkpoint 'Best'\n") and "choose best or last" in res.stderr
