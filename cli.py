@@ -512,6 +512,7 @@ def predict(
             _write_npz(output, outs)
             err.print(f"wrote {escape(output)}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}",
                       soft_wrap=True)
+            print(output)  # the path on stdout, as export, compile, graph and plot print what they wrote
             return
     for k, v in outs.items():
         print(f"{k}: shape {list(v.shape)} dtype {v.dtype}")

@@ -348,7 +348,8 @@ def test_export_and_predict_round_trip(trained, tmp_path):
     x = np.random.default_rng(0).uniform(0, 1, (7, 64)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
     out = tmp_path / "out.npz"
-    invoke("predict", model, "--data", tmp_path / "in.npz", "-o", out, "--device", "cpu")
+    # the path written on stdout, as export prints its (predict -o printed nothing there: $(...) was empty)
+    assert invoke("predict", model, "--data", tmp_path / "in.npz", "-o", out, "--device", "cpu").stdout == f"{out}\n"
     with np.load(out) as got:
         probs, label = got["probs"], got["label"]
     assert probs.shape == (7, 10) and label.shape == (7,)
