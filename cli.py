@@ -417,8 +417,11 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per evaluation batch.", min=1)] = 256,
+    # (eval prints JSON in any case; train, bench, summary and ops take --json, and a script passing
+    # it to eval too was refused 'No such option: --json')
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (what eval prints anyway).")] = False,
 ):
-    """Loss and metrics of a trained run on other data, or on the test examples it held out."""
+    """Loss and metrics of a trained run on other data, or on the test examples it held out (JSON on stdout)."""
     from runtime.api import evaluate_run
     from spec.errors import FLAGS
 

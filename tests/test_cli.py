@@ -1381,3 +1381,13 @@ def test_plot_attention_takes_checkpoint_as_export_does(tmp_path, monkeypatch):
     assert read == ["last", "last", "best", "best"]
     res = invoke("plot", "attention", run, "--text", "abc", "--checkpoint", "Best", code=1)
     assert res.stderr.startswith("error: unknown --checkpoint 'Best'\n") and "choose best or last" in res.stderr
+
+
+def test_eval_takes_json_as_the_other_verbs_do(trained, tmp_path):
+    """train, bench, summary and ops print JSON with --json; eval, which prints JSON anyway,
+    refused it ('No such option: --json', exit code 2) in a script passing --json to each verb."""
+    run_dir, _ = trained
+    np.savez(tmp_path / "in.npz", x=np.zeros((3, 64), np.float32), y=np.zeros(3, np.int64))
+    plain = invoke("eval", run_dir, "--data", tmp_path / "in.npz", "--device", "cpu").stdout
+    assert invoke("eval", run_dir, "--data", tmp_path / "in.npz", "--device", "cpu", "--json").stdout == plain
+    assert set(json.loads(plain)) == {"loss", "accuracy"}
