@@ -48,9 +48,23 @@ DtypeOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:  # (a script recording what made its results had only pip show flowgrad)
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("flowgrad")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            number = "(not installed)"
+        print(f"flowgrad {number}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for user errors too.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print flowgrad's version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
 ):
     _state["debug"] = debug
 
@@ -826,6 +840,8 @@ def main():
         if isinstance(e, NoSuchOption) and e.option_name == "--debug":  # (the verb's --help does not list it)
             prog, _, verb = where.partition(" ")
             hint = f"--debug goes before the verb: {prog} --debug {verb or 'VERB'} ..."
+        elif isinstance(e, NoSuchOption) and e.option_name == "--version":
+            hint = f"--version goes before the verb: {where.partition(' ')[0]} --version"
         err.print(f"[dim]  hint: {escape(hint)}[/dim]", soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Abort:

@@ -1391,3 +1391,14 @@ def test_eval_takes_json_as_the_other_verbs_do(trained, tmp_path):
     plain = invoke("eval", run_dir, "--data", tmp_path / "in.npz", "--device", "cpu").stdout
     assert invoke("eval", run_dir, "--data", tmp_path / "in.npz", "--device", "cpu", "--json").stdout == plain
     assert set(json.loads(plain)) == {"loss", "accuracy"}
+
+
+def test_version():
+    """flowgrad --version was 'No such option: --version' (exit code 2)."""
+    from importlib.metadata import version
+
+    res = invoke("--version")
+    assert res.stdout == f"flowgrad {version('flowgrad')}\n" and not res.stderr
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "check", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and "hint: --version goes before the verb: cli.py --version" in res.stderr
