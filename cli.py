@@ -348,7 +348,8 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Where the run is written (default runs/<name>).")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, the validation and test split, data order and dropout.", min=0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, the validation and test split, data order and dropout "
+                                                "(overrides train.seed, whose default is 0).", min=0,
                                                              max=MAX_SEED)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override train.epochs.", min=1)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Stop after this many updates (overrides train.steps; "
@@ -369,7 +370,7 @@ def train(
     dtype: DtypeOpt = None,
     cuda_graphs: CudaGraphsOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no 'training NAME on DEVICE' line.")] = False,
 ):
     """Compile a spec and train it on its data, with progress, validation and checkpoints."""
     from runtime.train import TrainOptions, run_dir_of, train as run_training

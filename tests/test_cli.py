@@ -1124,7 +1124,7 @@ def test_the_api_refuses_an_empty_path(tmp_path):
         train(MLP, run_dir=str(tmp_path / "run"), data="", steps=1)
 
 
-def test_one_concept_one_help_and_bound():
+def test_one_concept_one_help_and_bound(tmp_path):
     """--checkpoint read 'best or last.' in eval and plot samples and 'best (by validation) or
     last.' in export; --max-len had no bound (2000000 was refused after the model loaded, as
     'max_len must be at most', not by typer as --count is); --beam-width and bench's
@@ -1142,6 +1142,12 @@ def test_one_concept_one_help_and_bound():
     assert "generate.beam_width, else 4" in helps(commands["predict"])["--beam-width"]
     assert "train.batch_size" in helps(commands["bench"])["--batch-size"]
     assert "first limit reached" in helps(commands["train"])["--steps"]
+    # train's --seed did not say that it overrides train.seed (as --epochs, --steps and --batch-size
+    # say of theirs), nor its default; --quiet hid the 'training mlp on cpu' line too
+    assert "overrides train.seed, whose default is 0" in helps(commands["train"])["--seed"]
+    assert "training NAME on DEVICE" in helps(commands["train"])["--quiet"]
+    assert "training mlp on" not in invoke("train", MLP, "--set", "dims.H=4", "--steps", "1", "--quiet",
+                                           "--run-dir", tmp_path / "run", "--device", "cpu").stderr
     res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "predict", "m.onnx", "--text", "a", "--max-len",
                           str(2**20 + 1)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Invalid value for '--max-len'" in res.stderr
