@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -850,6 +851,18 @@ def main():
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C while typer builds the command from its functions, before
         sys.exit(130)  # typer's main, which ends an interrupted command with 130 and no words, runs
+    except OSError as e:
+        # Output sent to a full disk (> /dev/full, a quota) ended every verb in a traceback of the
+        # print that failed. Files flowgrad writes say which file; this is the output itself.
+        if _state["debug"] or e.filename or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            raise
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # what is still buffered is lost:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        with contextlib.suppress(OSError):
+            err.print(f"[bold red]error:[/bold red] cannot write the output: {escape(e.strerror or str(e))}",
+                      soft_wrap=True)
+            err.print("[dim]  hint: free some space, or send the output elsewhere[/dim]", soft_wrap=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -1408,3 +1408,15 @@ def test_version():
     res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "check", "--version"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 2 and "hint: --version goes before the verb: cli.py --version" in res.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["ops", "--json"], ["check", MLP], ["--version"]])
+def test_output_to_a_full_disk_is_one_line(args):
+    """Output to a full disk (> /dev/full) ended each verb in a traceback of the print that failed."""
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], stdout=full, stderr=subprocess.PIPE,
+                             text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "Exception ignored" not in res.stderr
+    assert res.stderr.endswith("error: cannot write the output: No space left on device\n"
+                               "  hint: free some space, or send the output elsewhere\n"), res.stderr
