@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import signal
 import sys
@@ -167,21 +166,12 @@ def _shell(path: str) -> str:
     return escape(shlex.quote(path))
 
 
-def _finite(value):
-    """`value` with every NaN or infinite float as None: JSON has no NaN or Infinity."""
-    if isinstance(value, float) and not value - value == 0:
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _print_json(value, indent: Optional[int] = 2) -> None:
     """What --json (and eval) print: valid JSON, a metric that is NaN or infinite as null. eval
     printed '"accuracy": -Infinity', which jq and other strict parsers refuse."""
-    print(json.dumps(_finite(value), indent=indent, allow_nan=False))
+    from runtime.jsontext import dumps
+
+    print(dumps(value, indent=indent))
 
 
 def _not_empty(required: tuple[str, ...] = (), **flags) -> None:

@@ -81,6 +81,8 @@ def main():
     confidence = probs.max(axis=1)
     with open(os.path.join(clf_dir, "result.json")) as f:
         clf_acc = json.load(f).get("best", {}).get("valid_accuracy")
+    if clf_acc is None:  # (result.json writes an accuracy that is not finite as null)
+        clf_acc = float("nan")
     ok = bool((counts > 0).all() and shares.max() <= args.max_share)
     result = {"samples": int(counts.sum()), "seed": args.seed, "counts": counts.tolist(),
               "classes_covered": int((counts > 0).sum()), "max_share": round(float(shares.max()), 4),
@@ -88,7 +90,9 @@ def main():
               "confident_share": round(float((confidence > 0.9).mean()), 4),
               "classifier_valid_accuracy": clf_acc, "pass": ok}
     if args.json:
-        print(json.dumps(result, indent=2))
+        from runtime.jsontext import dumps
+
+        print(dumps(result, indent=2))
     else:
         print(f"GAN samples classified by the convnet (valid accuracy {clf_acc:.3f} on real digits), "
               f"{result['samples']} samples, seed {args.seed}")

@@ -316,8 +316,10 @@ def main():
     if "mixed" in args.only:
         report["mixed_precision"] = mixed_precision_scaling(args.steps)
     if args.json:
+        from runtime.jsontext import dumps  # strict JSON: a number that is not finite is null
+
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+            f.write(dumps(report, indent=1))
     sys.exit(0 if ok else 1)
 
 

@@ -14,7 +14,6 @@ far) and `seed` (int64).
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -232,6 +231,7 @@ class CompiledModel:
         writes them again, and a full disk must not leave the run's graphs truncated.
         `hint` for a directory that is not a run's, `names` for a run's (see atomic_write)."""
         from runtime.checkpoint import atomic_write
+        from runtime.jsontext import dumps  # (strict JSON: a number that is not finite is null)
 
         os.makedirs(directory, exist_ok=True)
         written = []
@@ -240,7 +240,7 @@ class CompiledModel:
             atomic_write(path, g.model.SerializeToString(), hint, names)
             written.append(path)
         path = os.path.join(directory, "manifest.json")
-        atomic_write(path, json.dumps(self.manifest(), indent=2, default=_json_default).encode(), hint, names)
+        atomic_write(path, dumps(self.manifest(), indent=2, default=_json_default).encode(), hint, names)
         written.append(path)
         return written
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from spec.errors import FLAGS, ArgNames, DataError, FlowgradError
 
+from .jsontext import checkpoint_record, dumps
+
 META_KEY = "__meta__"
 
 
@@ -257,7 +259,7 @@ class _ignore:
 def checkpoint_bytes(state: dict[str, np.ndarray], meta: dict) -> bytes:
     buf = io.BytesIO()
     arrays = {f"t:{k}": v for k, v in state.items()}
-    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays[META_KEY] = np.frombuffer(dumps(meta).encode(), dtype=np.uint8)
     _savez(buf, arrays)
     return buf.getvalue()
 
@@ -328,6 +330,7 @@ def load_checkpoint(path: str, names: ArgNames = FLAGS, purpose: str = "read") -
             meta = json.loads(bytes(z[META_KEY]).decode())
             if not isinstance(meta, dict):
                 raise ValueError(f"its {META_KEY} is not a record")
+            meta = checkpoint_record(meta)  # (a metric that was not finite is null there)
             state = {k[2:]: z[k] for k in z.files if k.startswith("t:")}
     except FileNotFoundError:
         raise DataError(f"no checkpoint at {path}", hint="pass a run directory that 'flowgrad train' wrote, or train first") from None

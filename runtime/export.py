@@ -16,6 +16,7 @@ from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, Expo
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
 from .data import array_named, as_array, check_below, check_fits, check_lengths, shape_text
+from .jsontext import dumps  # (the model's metadata is strict JSON: a number that is not finite is null)
 from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).
@@ -91,17 +92,17 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
     run_info = read_run_info(run_dir, ExportError, missing_ok=True)
     props = {
         "flowgrad.spec": manifest["name"],
-        "flowgrad.inputs": json.dumps([i.name for i in kept]),
-        "flowgrad.outputs": json.dumps([o.name for o in model.graph.output]),
+        "flowgrad.inputs": dumps([i.name for i in kept]),
+        "flowgrad.outputs": dumps([o.name for o in model.graph.output]),
         "flowgrad.step": str(meta.get("step", 0)),
     }
     for k, v in (run_info.get("meta") or {}).items():
-        props[f"flowgrad.{k}"] = json.dumps(v)
+        props[f"flowgrad.{k}"] = dumps(v)
     kept_names = {i.name for i in kept}  # the sequences' lengths, for predict to check (see CompiledModel.length_bounds)
     lengths = {k: b for k, b in lengths.items()
                if k in kept_names and isinstance(b, dict) and isinstance(b.get("of"), str) and b["of"] in kept_names}
     if lengths:
-        props["flowgrad.lengths"] = json.dumps(lengths)
+        props["flowgrad.lengths"] = dumps(lengths)
     # the ids' bounds (an embedding's rows), for predict to check: beyond them onnxruntime's Gather
     # failed with "indices element out of data bounds" and a hint about shapes and dtypes
     gen_input = (manifest.get("generate") or {}).get("input") if graph == "generate" else None
@@ -109,12 +110,12 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         index_bounds.setdefault("prompt", index_bounds[gen_input])
     index_bounds = {k: b for k, b in index_bounds.items() if k in kept_names and _is_bound(b)}
     if index_bounds:
-        props["flowgrad.bounds"] = json.dumps(index_bounds)
+        props["flowgrad.bounds"] = dumps(index_bounds)
     if isinstance(rows, str) and kept and all(_first_dim(i) == rows for i in (*kept, *model.graph.output)):
-        props["flowgrad.rows"] = json.dumps(rows)  # each output row from that input row alone: predict batches it
+        props["flowgrad.rows"] = dumps(rows)  # each output row from that input row alone: predict batches it
     if graph == "generate":
         for k, v in (manifest.get("generate") or {}).items():
-            props[f"flowgrad.generate.{k}"] = json.dumps(v)
+            props[f"flowgrad.generate.{k}"] = dumps(v)
     onnx.helper.set_model_props(model, props)
     size = sum(state[n].nbytes for n in baked)
     external = size >= EXTERNAL_DATA_BYTES  # a protobuf holds at most 2 GB: the weights go beside it

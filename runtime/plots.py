@@ -70,7 +70,9 @@ def read_history(run_dir: str) -> list[dict]:
             raise DataError(f"{path}:{i + 1}: not a record of an epoch that flowgrad train writes "
                             f"({bad} is {'missing' if bad not in record else repr(record[bad])})",
                             hint="pass a run directory that 'flowgrad train' wrote")
-        history.append(record)
+        # a metric that was not finite is null (NaN in a file of an earlier flowgrad): NaN, a gap in its curve
+        history.append({k: math.nan if v is None and k.startswith(("train_", "valid_")) else v
+                        for k, v in record.items()})
     return history
 
 

@@ -22,6 +22,7 @@ from spec import model as S
 from spec.errors import ArgNames, DataError, FlowgradError, SpecError, did_you_mean
 
 from . import data as D
+from . import jsontext
 from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed, enclosing_run  # noqa: F401  (the API imported them from here)
 from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, read_run_info, remove_stale_temporaries
 from .schedules import check_schedule_fits, lr_schedule
@@ -795,7 +796,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 history.append(record)
                 checkpoint(0, also_best=improved, partial=partial)
                 with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(jsontext.dumps(record) + "\n")
                 progress.end_epoch(record)
                 if on_epoch:
                     on_epoch(record)
@@ -803,7 +804,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                     stopped = f"early stopping: {stopping['metric']} did not improve for {bad_epochs} epoch{'s' if bad_epochs != 1 else ''}"
         result = TrainResult(run_dir, device, step, epoch, time.perf_counter() - t_start,
                              history[-1] if history else {}, best, history, stopped, warm_start)
-        atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result.to_json(), indent=2).encode(), names=names)
+        atomic_write(os.path.join(run_dir, "result.json"), jsontext.dumps(result.to_json(), indent=2).encode(), names=names)
         return result
 
 
@@ -1172,7 +1173,7 @@ def _bundled_dataset_changed(then: dict, now: dict) -> str | None:
     name = then.get("dataset")
     if not name or now.get("dataset") != name or name not in D.DATASET_VERSIONS:
         return None
-    plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  (as run.json holds it)
+    plain = lambda v: json.loads(jsontext.dumps(v, default=str))  # noqa: E731  (as run.json holds it)
     if plain(then.get("options")) != plain(now.get("options")):
         return None
     version = D.DATASET_VERSIONS[name]
@@ -1191,7 +1192,7 @@ def _changed_source(then: dict, now: dict, given: dict, names: ArgNames) -> str 
     """What of a run's recorded data source (run.json's data_source) differs now, in the words
     of the argument or spec key that gave it, or None. `given`: the data and valid arguments as
     the user gave them (None: not given), named as `names` name them."""
-    plain = lambda v: _shown(json.loads(json.dumps(v, default=str)))  # noqa: E731  (as run.json holds it)
+    plain = lambda v: _shown(json.loads(jsontext.dumps(v, default=str)))  # noqa: E731  (as run.json holds it)
     where = lambda s: s.get("path") or (f"dataset {s['dataset']!r}" if s.get("dataset")  # noqa: E731
                                         else _shown(D.IN_MEMORY) if s.get("arrays") else "no data")
     if where(then) != where(now):
@@ -1358,7 +1359,7 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, 
     # writing its spec.yaml or graphs (a full disk, Ctrl-C) left a directory of those files and no
     # run.json, which every later train refused, --overwrite too, as someone else's folder.
     hint = _unwritten_run_hint(run_dir, names)
-    atomic_write(os.path.join(run_dir, "run.json"), json.dumps(info, indent=2).encode(), hint=hint, names=names)
+    atomic_write(os.path.join(run_dir, "run.json"), jsontext.dumps(info, indent=2).encode(), hint=hint, names=names)
     _write_spec_as_trained(spec, os.path.join(run_dir, "spec.yaml"), names, hint)
     _remove_other_graphs(cm, os.path.join(run_dir, "graphs"))
     cm.save(os.path.join(run_dir, "graphs"), hint, names)
@@ -1415,7 +1416,7 @@ def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames, hint: str
 
 
 def _rewrite_metrics(run_dir, history, names: ArgNames):
-    atomic_write(os.path.join(run_dir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history).encode(),
+    atomic_write(os.path.join(run_dir, "metrics.jsonl"), "".join(jsontext.dumps(r) + "\n" for r in history).encode(),
                  names=names)
 
 
