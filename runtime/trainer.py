@@ -277,6 +277,7 @@ class Trainer:
         suffix = "" if objective == "main" else f"_{objective}"
         grads_runner = self.runner("grads" + suffix)
         total: dict[str, np.ndarray] = {}
+        dtypes: dict[str, np.dtype] = {}
         sums: dict[str, float] = {}
         rows = [len(next(iter(b.values()))) for b in batches]
         n, counted = sum(rows), 0.0
@@ -289,8 +290,12 @@ class Trainer:
             w = r / n if count is None else count
             if w:  # (a batch of no unmasked entry adds nothing, not its gradient of 0/0)
                 for k, v in grads.items():
-                    a = v.numpy() * w
-                    total[k] = a.copy() if k not in total else total[k] + a
+                    # summed in float32 at least: a float16 gradient times a count of thousands of
+                    # tokens overflowed to inf (and stopped the run), where one large batch did not
+                    g = v.numpy()
+                    dtypes[k] = g.dtype
+                    a = g.astype(np.promote_types(g.dtype, np.float32)) * w
+                    total[k] = a if k not in total else total[k] + a
             for k, v in scalars.items():
                 weight = w if k == "loss" else r / n  # the loss of one batch of all of them, as its gradient
                 sums[k] = sums.get(k, 0.0) + (v * weight if weight else 0.0)
@@ -303,7 +308,7 @@ class Trainer:
             if "loss" in sums:
                 sums["loss"] = sums["loss"] / counted if counted else float("nan")
         for k, v in total.items():
-            self.state[k] = to_device(v, self.device)
+            self.state[k] = to_device(v.astype(dtypes.get(k, v.dtype), copy=False), self.device)
         self.runner("apply" + suffix).run(self.state, self.spare, {}, {"lr": lr, "step": step, "seed": self.seed})
         for k in total:
             del self.state[k]

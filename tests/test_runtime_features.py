@@ -237,6 +237,38 @@ train:
     big, acc = _params(str(tmp_path / "big")), _params(str(tmp_path / "acc"))
     np.testing.assert_allclose(acc["W"], big["W"], rtol=1e-5, atol=1e-6)
 
+def test_accumulated_float16_gradients_of_many_tokens_do_not_overflow(tmp_path):
+    """Each batch's float16 gradient was multiplied by its count (10,000 unmasked tokens) in
+    float16: the products overflowed to inf and the run stopped ('W became NaN or inf at step
+    1'), where one batch of all of them trained. The weighted sum is kept in float32."""
+    text = """
+flowgrad: 1
+name: masked
+dims: {D: 3, V: 4}
+inputs:
+  x: {shape: [N, T, D]}
+  y: {shape: [N, T], dtype: int64}
+  mask: {shape: [N, T]}
+params:
+  W: {shape: [D, V], init: glorot_uniform}
+graph:
+  ce: cross_entropy(x @ W, y, reduction='none')
+loss: sum(ce * mask) / sum(mask)
+train:
+  optimizer: {sgd: {lr: 0.001}}
+  shuffle: false
+"""
+    rng = np.random.default_rng(0)
+    data = {"x": ((rng.normal(size=(20, 1000, 3)) + 3) * 10).astype(np.float32),
+            "y": np.zeros((20, 1000), np.int64), "mask": np.ones((20, 1000), np.float32)}
+    common = dict(data=data, valid="0", epochs=1, threads=1, device="cpu", dtype="float16")
+    train(text, run_dir=str(tmp_path / "big"), batch_size=20, **common)
+    train(text, run_dir=str(tmp_path / "acc"), batch_size=10, accumulate=2, **common)
+    big, acc = _params(str(tmp_path / "big")), _params(str(tmp_path / "acc"))
+    assert acc["W"].dtype == np.float16
+    np.testing.assert_allclose(acc["W"].astype(np.float32), big["W"].astype(np.float32), rtol=1e-2, atol=1e-3)
+
+
 def test_early_stopping(tmp_path, data):
     text = REGRESSION + "  early_stopping: {metric: train_loss, mode: max, patience: 2}\n"
     spec = _spec(text, tmp_path)
