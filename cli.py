@@ -15,6 +15,8 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from runtime.console import widen_off_terminal  # noqa: E402
+
 signal.signal(signal.SIGINT, _ctrl_c)
 
 app = typer.Typer(
@@ -27,14 +29,8 @@ app = typer.Typer(
 )
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
-# Written to a file or a pipe (a log, grep), rich drew tables and the progress line 80 columns
-# wide and cut what did not fit: summary's parameter names read 'enc.bidirectional…' five times
-# over, and each epoch's line 'epo… train_loss ... valid_accura…'. Without a terminal the lines
-# are as long as they need to be; COLUMNS still sets a width.
-NO_TERMINAL_WIDTH = 10_000
-for _console in (err, out):
-    if not _console.is_terminal and not os.environ.get("COLUMNS"):
-        _console.width = NO_TERMINAL_WIDTH
+for _console in (err, out):  # (lines cut at 80 columns in a log or a pipe)
+    widen_off_terminal(_console)
 
 _state = {"debug": False}
 

@@ -1435,9 +1435,9 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.console = Console(stderr=True)
-            if not self.console.is_terminal and not os.environ.get("COLUMNS"):  # a log: as cli's consoles,
-                self.console.width = 10_000  # lines as long as they need ('epo… ... valid_accura…' at 80)
+            from .console import widen_off_terminal
+
+            self.console = widen_off_terminal(Console(stderr=True))
             self.bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, transient=False)
             self.bar.__enter__()
