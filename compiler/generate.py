@@ -16,7 +16,7 @@ import numpy as np
 from spec import model as S
 from spec.errors import SpecError, did_you_mean
 
-from .ir import Graph, Value, at, fmt_shape, producers_of
+from .ir import PASSTHROUGH_OPS, Graph, Value, at, fmt_shape, passed_from, producers_of
 from .lower import SPEC_FLOAT_NAMES, Lowering
 from .ops.scan import Body
 from .recurrent import StepBuilder, run_scan
@@ -193,15 +193,6 @@ def _step(low, sb, token_input, decl, token, prefixes, c_states, logits_name, co
     return new_last, [s for p in prefixes for s in step_low.recurrent_final[p]]
 
 
-_PASSTHROUGH = ("unsqueeze", "squeeze", "reshape", "cast")
-
-
-def _source(v: Value) -> Value:
-    while v.producer is not None and v.producer.op.name in _PASSTHROUGH:
-        v = v.producer.inputs[0]
-    return v
-
-
 def _only_in_step_masks(v: Value, nodes, positions: bool, other) -> bool:
     """Whether every reader of `v` (through reshapes and casts) is a mask of steps, positions < lengths
     (lengths=len builds it), `v` on the positions side or the lengths side, and `other(the other side)`."""
@@ -213,14 +204,14 @@ def _only_in_step_masks(v: Value, nodes, positions: bool, other) -> bool:
     while todo:
         x = todo.pop()
         for n in readers.get(x.id, []):
-            if n.op.name in _PASSTHROUGH:
+            if n.op.name in PASSTHROUGH_OPS:
                 todo += n.outputs
                 continue
             if n.op.name not in ("lt", "gt"):
                 return False
             small, big = n.inputs if n.op.name == "lt" else reversed(n.inputs)
             mine, theirs = (small, big) if positions else (big, small)
-            if _source(mine).id != v.id or not other(_source(theirs)):
+            if passed_from(mine).id != v.id or not other(passed_from(theirs)):
                 return False
     return True
 

@@ -401,3 +401,15 @@ def reads_shape_only(node: Node, i: int) -> bool:
         return True
     names = getattr(node.op, "inputs", ())
     return i < len(names) and names[i] in ("like", "ref")
+
+
+# Ops that pass a value's entries on, whatever its shape or type becomes: a lengths input read
+# through them is still the lengths (compiler.training.length_bounds, compiler.generate).
+PASSTHROUGH_OPS = ("unsqueeze", "squeeze", "reshape", "identity", "cast")
+
+
+def passed_from(v: Value) -> Value:
+    """The value `v` is passed on from through PASSTHROUGH_OPS (itself, where none made it)."""
+    while v.producer is not None and v.producer.op.name in PASSTHROUGH_OPS:
+        v = v.producer.inputs[0]
+    return v

@@ -28,7 +28,7 @@ from spec.errors import FLAGS, ArgNames, GradientError, ShapeError, SpecError, S
 from .autodiff import grad
 from .emit import IR_VERSION, OPSET, emit_model
 from .init import initial_value, param_rng
-from .ir import Graph, Value, at, is_float, producers_of
+from .ir import Graph, Value, at, is_float, passed_from, producers_of
 from .lower import Lowering, ParamInfo
 from .optim import Optimizer, optimizer_from_config
 from .rewrites import emission_rewrites, optimize, rewrite_forward, sizes_from_inputs_read
@@ -1086,12 +1086,6 @@ def length_bounds(spec: S.Spec, g: Graph) -> dict[str, dict]:
     above it would be taken as all the steps, without a word. A row of no steps is refused
     (least 1) where its mask reaches an attention, whose softmax would then weigh the padding."""
     inputs = {gi.value.id: name for name, gi in g.inputs.items() if gi.kind == "input"}
-    passthrough = {"unsqueeze", "squeeze", "reshape", "identity", "cast"}
-
-    def through(v):
-        while v.id not in inputs and v.producer is not None and v.producer.op.name in passthrough:
-            v = v.producer.inputs[0]
-        return v
 
     def sequence_input(v, axis):
         """The data input, and its axis, of the size `v` has at `axis` (itself, or one it is computed from)."""
@@ -1112,7 +1106,7 @@ def length_bounds(spec: S.Spec, g: Graph) -> dict[str, dict]:
     for node in g.nodes:
         if node.op.name not in ("lt", "gt"):
             continue
-        steps, lengths = (through(v) for v in (node.inputs if node.op.name == "lt" else reversed(node.inputs)))
+        steps, lengths = (passed_from(v) for v in (node.inputs if node.op.name == "lt" else reversed(node.inputs)))
         if steps.producer is None or steps.producer.op.name != "positions" or lengths.id not in inputs:
             continue
         x = steps.producer.inputs[0]
