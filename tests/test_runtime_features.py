@@ -205,12 +205,7 @@ def test_accumulated_batches_of_unequal_sizes_weigh_by_their_rows_and_draw_their
     assert seeds[:2] == [0, 1 << 32]  # the second batch of an update draws another stream
 
 
-
-def test_accumulated_batches_of_a_masked_mean_weigh_by_their_unmasked_entries(tmp_path):
-    """A loss sum(ce * mask) / sum(mask) accumulated over batches of 5 moved the weights 0.13 away
-    (of 0.7) from batches of 10: each batch's gradient was weighted by its rows, where one batch
-    of all of them weighs each by its unmasked tokens. A batch of no unmasked token adds nothing."""
-    text = """
+MASKED_SUM = """
 flowgrad: 1
 name: masked
 dims: {D: 3, V: 4}
@@ -224,9 +219,16 @@ graph:
   ce: cross_entropy(x @ W, y, reduction='none')
 loss: sum(ce * mask) / sum(mask)
 train:
-  optimizer: {sgd: {lr: 0.5}}
+  optimizer: {sgd: {lr: LR}}
   shuffle: false
 """
+
+
+def test_accumulated_batches_of_a_masked_mean_weigh_by_their_unmasked_entries(tmp_path):
+    """A loss sum(ce * mask) / sum(mask) accumulated over batches of 5 moved the weights 0.13 away
+    (of 0.7) from batches of 10: each batch's gradient was weighted by its rows, where one batch
+    of all of them weighs each by its unmasked tokens. A batch of no unmasked token adds nothing."""
+    text = MASKED_SUM.replace("LR", "0.5")
     rng = np.random.default_rng(0)
     mask = (rng.random((23, 5)) < np.linspace(0.1, 0.95, 23)[:, None]).astype(np.float32)
     mask[:5] = 0  # the first accumulated batch has no unmasked token
@@ -237,27 +239,12 @@ train:
     big, acc = _params(str(tmp_path / "big")), _params(str(tmp_path / "acc"))
     np.testing.assert_allclose(acc["W"], big["W"], rtol=1e-5, atol=1e-6)
 
+
 def test_accumulated_float16_gradients_of_many_tokens_do_not_overflow(tmp_path):
     """Each batch's float16 gradient was multiplied by its count (10,000 unmasked tokens) in
     float16: the products overflowed to inf and the run stopped ('W became NaN or inf at step
     1'), where one batch of all of them trained. The weighted sum is kept in float32."""
-    text = """
-flowgrad: 1
-name: masked
-dims: {D: 3, V: 4}
-inputs:
-  x: {shape: [N, T, D]}
-  y: {shape: [N, T], dtype: int64}
-  mask: {shape: [N, T]}
-params:
-  W: {shape: [D, V], init: glorot_uniform}
-graph:
-  ce: cross_entropy(x @ W, y, reduction='none')
-loss: sum(ce * mask) / sum(mask)
-train:
-  optimizer: {sgd: {lr: 0.001}}
-  shuffle: false
-"""
+    text = MASKED_SUM.replace("LR", "0.001")
     rng = np.random.default_rng(0)
     data = {"x": ((rng.normal(size=(20, 1000, 3)) + 3) * 10).astype(np.float32),
             "y": np.zeros((20, 1000), np.int64), "mask": np.ones((20, 1000), np.float32)}
