@@ -368,7 +368,8 @@ def _float_scalar(x, dtype: str) -> np.ndarray:
         if dtype in ("float16", "bfloat16"):
             return np.asarray(np.copysign(largest, x), dtype=dtype)
         raise ShapeError(f"the number {float(x):g} is beyond the range of {dtype} (up to {largest:.4g})", current_loc(),
-                         hint="write a smaller number" + (", or compile in float64 (--dtype float64)" if dtype == "float32" else ""))
+                         hint="write a smaller number" + (", or compile with train.dtype float64 (--dtype float64; "
+                                                          'dtype="float64" in the Python API)' if dtype == "float32" else ""))
     return arr
 
 
