@@ -432,6 +432,7 @@ class Lowering:
                 with at(e.op_loc or e.loc):  # shape errors point at the operator
                     return g.apply("matmul", a, b)
             self._check_operands(a, b, e)
+            a, b = self._lift_number(a, b, e.left), self._lift_number(b, a, e.right)
             with at(e.op_loc or e.loc):
                 return g.binary(_BINOPS[e.op], a, b)
         if isinstance(e, S.Compare):
@@ -440,6 +441,7 @@ class Lowering:
                 raise SpecError(f"comparison of two constants: {_short(a)} {e.op} {_short(b)}", e.op_loc or e.loc,
                                 "a comparison needs a tensor on one side; write true or false if a constant was meant")
             self._check_operands(a, b, e)
+            a, b = self._lift_number(a, b, e.left), self._lift_number(b, a, e.right)
             with at(e.op_loc or e.loc):
                 return g.binary(_COMPARE[e.op], a, b)
         if isinstance(e, S.Call):
@@ -510,6 +512,15 @@ class Lowering:
             raise ShapeError(f"matmul: {side} operand of @ must be a float tensor, got {v.dtype}", e.loc,
                              "cast it with cast(x, 'float32')")
         return v
+
+    def _lift_number(self, x, other, written: S.Expr):
+        """A number beside a tensor as a tensor of its type, made where the number is written: one
+        beyond the type's range (x * 1e40) or one an integer tensor cannot hold (j + 3000000000) is
+        told at the number, not at the operator."""
+        if isinstance(x, Value) or not isinstance(other, Value):
+            return x
+        with at(written.loc):
+            return self.graph.lift(x, like=other)
 
     def _check_operands(self, a, b, e):
         for v, side in ((a, e.left), (b, e.right)):
@@ -704,7 +715,12 @@ class Lowering:
         # one's, as in x + 1 (maximum(src_len, 1) over int32 lengths made an int64 1 and was refused)
         like = next((t for t in tensors if isinstance(t, Value) and is_float(t.dtype)), None) or \
             next((t for t in tensors if isinstance(t, Value) and t.dtype in INT_DTYPES), None)
-        tensors = [t if isinstance(t, Value) else g.lift(t, like=like) for t in tensors]
+        names = [str(i) for i in range(len(tensors))] if op.variadic else list(op.inputs)
+        lifted = []
+        for name, t in zip(names, tensors):
+            with at(arg_locs.get(name, e.loc)):  # (maximum(j, 3000000000): at the number)
+                lifted.append(t if isinstance(t, Value) else g.lift(t, like=like))
+        tensors = lifted
         try:
             return g.apply(op.name, *tensors, **attrs)
         except FlowgradError as err:

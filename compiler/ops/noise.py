@@ -16,7 +16,7 @@ from spec.errors import ShapeError, SpecError
 
 from ..ir import current_loc, is_float
 from ..registry import Sample, op
-from .random import BoxMuller, RandomComposite, bits_to_unit, hash_bits, draw_dtype
+from .random import BoxMuller, RandomComposite, bits_to_unit, hash_bits, draw_dtype, setting
 
 
 def _s(v):
@@ -94,7 +94,7 @@ class GaussianNoise(RandomComposite):
         if g.mode != "train" or sigma == 0.0:
             return x
         eps = g.apply("normal", x, *(rng or ()), salt=salt)
-        return x + eps * g.const(float(sigma), x.dtype)  # (a sigma beyond the type's range is refused)
+        return x + eps * g.const(setting(sigma, x.dtype, "sigma"))  # (a sigma beyond the type's range is refused)
 
     def ref(self, attrs, x, seed, step):
         seed, step, salt = self.ref_args(attrs, seed, step)

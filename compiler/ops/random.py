@@ -278,6 +278,16 @@ class RandomComposite(OpDef):
         return int(seed), int(step), 1 if attrs["salt"] is None else int(attrs["salt"])
 
 
+def setting(value: float, dtype: str, arg: str) -> np.ndarray:
+    """An op's float setting (normal's mean, gaussian_noise's sigma) as a `dtype` scalar: one beyond
+    the type's range is refused as the spec's other numbers are, at its keyword (arg)."""
+    try:
+        return _float_scalar(float(value), dtype)
+    except ShapeError as err:
+        err.arg = arg
+        raise
+
+
 def _below(high: float, low: float, dtype: str) -> np.ndarray:
     """The largest value of dtype below high (not below low): uniform's upper bound."""
     hi, lo = np.asarray(high, dtype=dtype), np.asarray(low, dtype=dtype)
@@ -300,7 +310,7 @@ class Uniform(RandomComposite):
         u = self.unit(g, like, rng, salt, dtype)
         if (low, high) != (0.0, 1.0):
             # bounds beyond the float type's range are refused, as the spec's numbers are (they were inf)
-            lo, _ = g.const(float(low), dtype), _float_scalar(float(high), dtype)
+            lo, _ = g.const(setting(low, dtype, "low")), setting(high, dtype, "high")
             u = u * g.const(float(high - low), dtype) + lo
             u = g.apply("minimum", u, g.const(_below(high, low, dtype)))
         return u
@@ -365,12 +375,12 @@ class Normal(RandomComposite):
             raise SpecError(f"normal needs std >= 0, got {std}", current_loc(), hint="use a std of 0 or more, e.g. std=1")
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         work = draw_dtype(dtype)
-        c = lambda v: g.const(float(v), work)  # noqa: E731  (a mean beyond the type's range is refused)
+        c = lambda v, arg: g.const(setting(v, work, arg))  # noqa: E731  (a mean beyond the type's range is refused)
         u1 = self.unit(g, like, rng, salt, work, open_low=True)
         u2 = self.unit(g, like, rng, salt + 1, work)
         z = g.apply("box_muller", u1, u2)
         if (mean, std) != (0.0, 1.0):
-            z = z * c(std) + c(mean)
+            z = z * c(std, "std") + c(mean, "mean")
         return z if work == dtype else g.cast(z, dtype)
 
     def ref(self, attrs, like, seed, step):
