@@ -407,3 +407,15 @@ def test_random_op_settings_beyond_the_float_type_are_refused(op, attrs):
         with pytest.raises(ShapeError, match=r"^the number -?1e\+39 is beyond the range of float32"):
             build(lambda g, x: g.apply(op, x, **attrs), (3, 4), "float32")
         build(lambda g, x: g.apply(op, x, **attrs), (3, 4), "float64")
+
+
+def test_uniform_bounds_too_far_apart_are_told_as_bounds():
+    """uniform(x, low=-3e38, high=3e38) in float32, each bound within the type, was refused as 'the
+    number 6e+38 is beyond the range of float32', a number the spec never wrote (high - low)."""
+    from spec.errors import ShapeError
+
+    with pytest.raises(ShapeError, match=r"^uniform's bounds low=-3e\+38 and high=3e\+38 are 6e\+38 apart, beyond "
+                                         r"the range of float32") as e:
+        build(lambda g, x: g.apply("uniform", x, low=-3e38, high=3e38), (3, 4), "float32")
+    assert "narrower bounds" in e.value.hint and "--dtype float64" in e.value.hint
+    build(lambda g, x: g.apply("uniform", x, low=-3e38, high=3e38), (3, 4), "float64")

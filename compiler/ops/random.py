@@ -311,7 +311,14 @@ class Uniform(RandomComposite):
         if (low, high) != (0.0, 1.0):
             # bounds beyond the float type's range are refused, as the spec's numbers are (they were inf)
             lo, _ = g.const(setting(low, dtype, "low")), setting(high, dtype, "high")
-            u = u * g.const(float(high - low), dtype) + lo
+            try:
+                width = g.const(float(high - low), dtype)
+            except ShapeError:  # (each bound fits: it was 'the number 6e+38', which the spec never wrote)
+                raise ShapeError(f"uniform's bounds low={low:g} and high={high:g} are {high - low:g} apart, beyond "
+                                 f"the range of {dtype} (up to {float(np.finfo(dtype).max):.4g})", current_loc(),
+                                 hint="draw from narrower bounds" + (", or compile with train.dtype float64 (--dtype "
+                                 'float64; dtype="float64" in the Python API)' if dtype == "float32" else "")) from None
+            u = u * width + lo
             u = g.apply("minimum", u, g.const(_below(high, low, dtype)))
         return u
 
