@@ -294,10 +294,15 @@ def _require_comparable(name: str, a, b, arg: str = "b") -> None:
                          f"broadcast, and {name} compares them entry by entry", arg=arg,
                          hint=f"give both one shape, e.g. a target declared as {fmt_shape(a.shape)}{ids}") from None
     if tuple(out) not in (tuple(a.shape), tuple(b.shape)):
+        # (the side with the axis of 1 named by its shape: 'declare the target as [N, 1]' was wrong of
+        # mse(y, pred) with a target y [N, 1] and a pred [N])
+        hint = "give both one shape, e.g. drop the axis of 1 with squeeze(x, axes=...)"
+        for one, other in ((a, b), (b, a)):
+            if one.rank == other.rank + 1 and one.shape[-1] == 1 and tuple(one.shape[:-1]) == tuple(other.shape):
+                hint = (f"give both one shape, e.g. drop the axis of 1 of the {fmt_shape(one.shape)} one with "
+                        f"squeeze(x, axes=-1), or declare the {fmt_shape(other.shape)} one as {fmt_shape(one.shape)}")
         raise ShapeError(f"its arguments {fmt_shape(a.shape)} and {fmt_shape(b.shape)} broadcast to {fmt_shape(out)}: "
-                         f"{name} would compare every entry of one with every entry of the other", arg=arg,
-                         hint="give both one shape, e.g. drop an axis of 1 with squeeze(x, axes=-1), or declare "
-                              f"the target as {fmt_shape(a.shape)}")
+                         f"{name} would compare every entry of one with every entry of the other", arg=arg, hint=hint)
 
 
 @op("mse")
