@@ -544,7 +544,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                             f"{streams} rows", spec.locate("train", "drop_last") if "drop_last" in cfg
                             else spec.locate("train"), "add drop_last: true to the train section")
         _check_stateful_batches(spec, cm, len(train_ds))
-        _check_batch_statistics(spec, cm, len(train_ds))
+        _check_batch_statistics(spec, cm, len(train_ds), names, batch_given=opts.batch_size is not None)
         mixed = any(o.mixed for o in cm.objectives)
         batch_size = spec.batch_size
         n_batches = len(train_ds) // batch_size if cfg.get("drop_last") else -(-len(train_ds) // batch_size)
@@ -863,7 +863,8 @@ def _check_stateful_batches(spec: S.Spec, cm: CompiledModel, rows: int) -> None:
                         if "drop_last" in cfg else spec.locate("train"), "add drop_last: true to the train section")
 
 
-def _check_batch_statistics(spec: S.Spec, cm: CompiledModel, rows: int) -> None:
+def _check_batch_statistics(spec: S.Spec, cm: CompiledModel, rows: int, names: ArgNames,
+                            batch_given: bool = False) -> None:
     """A training batch of one example leaves a batch_norm over [N, C] one value per channel: no
     variance to normalise by, and an unbiased one of 0 / 0 for its running average. PyTorch refuses
     such a batch; here the running variance became NaN, and the run stopped at the end of the epoch
@@ -875,17 +876,21 @@ def _check_batch_statistics(spec: S.Spec, cm: CompiledModel, rows: int) -> None:
     if not found:
         return
     B, drop_last = spec.batch_size, bool(spec.train.get("drop_last"))
+    # the batch size as it was given (--batch-size 1 was told 'batch_size 1')
+    given = names.given(batch_size=B) if batch_given else \
+        f"train.batch_size {B}" + ("" if "batch_size" in spec.train else ", its default")
+    where = names("batch_size") if batch_given else "train.batch_size"
     if B == 1 and rows >= 1:
-        what = "batch_size 1 gives batches of one example"
+        what = f"{given} gives batches of one example"
     elif rows % B == 1 and not drop_last:
-        what = f"the {rows} training examples end an epoch with a batch of one (batch_size {B})"
+        what = f"the {rows} training examples end an epoch with a batch of one ({given})"
     else:
         return
     dim, loc = found[0]
     raise DataError(f"batch_norm normalises each channel by its statistics over the batch ({dim}), and {what}: "
                     "one value per channel has no variance, and the running variance would become NaN", loc,
-                    "add drop_last: true to the train section, or use a batch size that leaves no batch of one"
-                    if B > 1 else "use a batch size of 2 or more")
+                    f"add drop_last: true to the train section, or use a batch size ({where}) that leaves no batch "
+                    "of one" if B > 1 else f"use a batch size ({where}) of 2 or more")
 
 
 def check_steps_per_call(spec: S.Spec, steps_per_call: int, names: ArgNames) -> None:

@@ -1420,3 +1420,21 @@ def test_output_to_a_full_disk_is_one_line(args):
     assert res.returncode == 1 and "Traceback" not in res.stderr and "Exception ignored" not in res.stderr
     assert res.stderr.endswith("error: cannot write the output: No space left on device\n"
                                "  hint: free some space, or send the output elsewhere\n"), res.stderr
+
+
+def test_a_batch_of_one_through_batch_norm_names_the_flag(tmp_path):
+    """--batch-size 1 of a spec with a batch_norm was told 'batch_size 1 gives batches of one
+    example', with the hint 'use a batch size of 2 or more', not naming the flag it typed."""
+    spec = tmp_path / "bn.yaml"
+    spec.write_text("flowgrad: 1\nname: bn\ninputs:\n  x: {shape: [N, 4]}\n  y: {shape: [N], dtype: int64}\n"
+                    "graph:\n  h: batch_norm(dense(x, 8))\n  logits: dense(h, 3)\nloss: cross_entropy(logits, y)\n")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(20, 4)).astype(np.float32), y=rng.integers(0, 3, 20))
+    res = invoke("train", spec, "--data", tmp_path / "d.npz", "--batch-size", "1", "--run-dir", tmp_path / "r",
+                 "--quiet", "--device", "cpu", code=1)
+    assert "bn.yaml:7:6: batch_norm normalises each channel" in res.stderr
+    assert "and --batch-size 1 gives batches of one example" in res.stderr, res.stderr
+    assert "hint: use a batch size (--batch-size) of 2 or more" in res.stderr
+    res = invoke("train", spec, "--data", tmp_path / "d.npz", "--set", "train={batch_size: 19}", "--run-dir",
+                 tmp_path / "r", "--quiet", "--device", "cpu", code=1)
+    assert "a batch of one (train.batch_size 19)" in res.stderr, res.stderr

@@ -529,8 +529,8 @@ BATCH_NORMED = REGRESSION.replace("  h: tanh(x @ W1)\n", "  h: tanh(batch_norm(x
 
 
 @pytest.mark.parametrize("rows, batch_size, words", [
-    (65, 16, "end an epoch with a batch of one"),
-    (64, 1, "batch_size 1 gives batches of one example"),
+    (65, 16, r"end an epoch with a batch of one \(batch_size=16\)"),
+    (64, 1, "batch_size=1 gives batches of one example"),
 ])
 def test_batch_norm_over_a_batch_of_one_example_is_refused_before_training(tmp_path, rows, batch_size, words):
     """A batch of one example leaves batch_norm one value per channel: its running variance became
@@ -543,6 +543,7 @@ def test_batch_norm_over_a_batch_of_one_example_is_refused_before_training(tmp_p
               batch_size=batch_size, threads=1, device="cpu")
     assert "spec.yaml:12:11:" in str(e.value) and "running variance" in str(e.value)
     assert not os.path.exists(tmp_path / "r" / "checkpoint.npz")
+    assert "(batch_size)" in e.value.hint  # the keyword given, as flowgrad train names --batch-size
     # drop_last leaves the short batch out, and a batch_norm over images counts their pixels too
     res = train(_spec(BATCH_NORMED + "  drop_last: true\n", tmp_path, "dropped.yaml"), run_dir=str(tmp_path / "d"),
                 data=arrays, valid="0", epochs=1, threads=1, device="cpu")
