@@ -14,7 +14,9 @@ far) and `seed` (int64).
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +48,7 @@ class Objective:
     loc: Any = None
     frozen: list[str] = field(default_factory=list)  # globs of parameters kept fixed
     frozen_by: str = "freeze"  # the argument that gave them, as the caller named it (--freeze, freeze)
+    frozen_as: str = ""  # and as the caller wrote it (--freeze 'G.*', freeze=["G.*"])
     mixed: "MixedPrecision | None" = None
     declared: bool = True  # False for the one objective of a spec's top-level `loss`
 
@@ -731,7 +734,8 @@ def _trained(spec, low: Lowering, obj: Objective) -> list[str]:
         matched = [n for n, p in low.params.items() if p.kind == "param" and _matches(n, obj.param_globs)]
         frozen = [n for n in matched if low.params[n].trainable]  # (so kept fixed by freeze)
         if frozen:  # (its message blamed the objective's params for matching none)
-            raise SpecError(f"{obj.called} trains no parameters: freeze {obj.frozen} keeps all of "
+            # (as the caller wrote it: flowgrad train --freeze '*' was told "freeze ['*']")
+            raise SpecError(f"{obj.called} trains no parameters: {obj.frozen_as or obj.frozen} keeps all of "
                             f"its parameters fixed ({', '.join(frozen)})", None,
                             f"freeze fewer parameters ({obj.frozen_by}), so that "
                             + ("each objective trains at least one" if obj.declared else "some are trained"))
@@ -1253,6 +1257,8 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
                                 f"parameters: {', '.join(check.params)}")
         for o in objectives:
             o.frozen, o.frozen_by = list(frozen), names("freeze")
+            o.frozen_as = (" ".join(f"{names('freeze')} {shlex.quote(g)}" for g in frozen) if names.flags
+                           else f"{names('freeze')}={json.dumps(list(frozen), ensure_ascii=False)}")
     for obj in objectives:
         _refuse_unreached(check, obj)
     cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -983,3 +984,15 @@ def test_predictions_of_strings_are_archived_as_numpy_savez_archives_them():
     data = predictions_bytes({"y": words, "n": np.arange(2)})
     with np.load(io.BytesIO(data), allow_pickle=True) as z:
         assert z["y"].tolist() == words.tolist() and z["n"].tolist() == [0, 1]
+
+
+def test_freezing_every_parameter_is_told_in_the_callers_words():
+    """train(freeze=["*"]) and flowgrad train --freeze '*' were both told "freeze ['*'] keeps all of
+    its parameters fixed", a Python list the CLI user never typed."""
+    from compiler.training import compile_spec
+    from spec.errors import KEYWORDS
+
+    spec = load(MLP, ["dims.H=4"])
+    for names, words in ((KEYWORDS, 'freeze=["*"] keeps all'), (FLAGS, "--freeze '*' keeps all")):
+        with pytest.raises(SpecError, match="^the loss trains no parameters: " + re.escape(words)):
+            compile_spec(spec, frozen=["*"], names=names, graphs=("train",))

@@ -972,12 +972,12 @@ def test_an_objective_left_nothing_to_train_says_why(tmp_path):
     ...', the very parameters it lists, located at the spec's loss: the flag went unnamed."""
     res = invoke("train", MLP, "--set", "dims.H=4", "--steps", "1", "--run-dir", tmp_path / "run", "--quiet",
                  "--freeze", "*", code=1)
-    assert res.stderr.startswith("error: the loss trains no parameters: freeze ['*'] keeps all of its "
+    assert res.stderr.startswith("error: the loss trains no parameters: --freeze '*' keeps all of its "
                                  "parameters fixed (W1, b1, W2, b2, W3, b3)\n"), res.stderr
     assert "hint: freeze fewer parameters (--freeze)" in res.stderr and "match none" not in res.stderr
     res = invoke("train", ROOT / "models" / "gan.yaml", "--set", "dims.H=4", "--steps", "1", "--run-dir",
                  tmp_path / "run", "--quiet", "--freeze", "G.*", code=1)
-    assert "objective 'generator' trains no parameters: freeze ['G.*'] keeps all of its parameters fixed" in res.stderr
+    assert "objective 'generator' trains no parameters: --freeze 'G.*' keeps all of its parameters fixed" in res.stderr
     fixed = [f"params.{p}.trainable=false" for p in ("W1", "b1", "W2", "b2", "W3", "b3")]
     res = invoke("check", MLP, *[a for f in fixed for a in ("--set", f)], code=1)
     assert "trains no parameters: all of its parameters are marked trainable: false (W1, b1," in res.stderr
