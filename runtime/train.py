@@ -202,7 +202,8 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     # the errors name the one the user gave: --valid (valid=), or the spec's
     valid_name = opts.names("valid") if opts.valid is not None else "valid"
     given = opts.names.given(valid=opts.valid) if opts.valid is not None else f"valid {source['valid']}"
-    _refuse_fractions_over_one(source["valid"], test, given, valid_name, loc)  # (the spec's valid, or --valid's)
+    _refuse_fractions_over_one(source["valid"], test, given, valid_name,  # (the spec's valid, or --valid's)
+                               spec.locate("train", "data", "test") if "test" in cfg else loc)  # (at test, as check says)
     total = len(train_ds)
     valid_cfg = source["valid"]
     valid_ds = None

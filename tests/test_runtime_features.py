@@ -657,6 +657,9 @@ def test_a_test_fraction_is_held_out_of_training(tmp_path, data):
     with pytest.raises(FlowgradError) as e:
         train(_spec(text, tmp_path), run_dir=str(tmp_path / "b"), valid="0.6", epochs=1, threads=1, device="cpu")
     assert e.value.message.startswith('valid="0.6" and test 0.5 must sum to less than 1')  # (as given)
+    # at the spec's test, where flowgrad check points (it pointed at train.data, the mapping)
+    loc = spec_from_text(text, "spec.yaml").locate("train", "data", "test")
+    assert (e.value.loc.line, e.value.loc.col) == (loc.line, loc.col)
     assert "valid its fraction of the rest" in e.value.hint and "--" not in e.value.hint
     # a fraction quoted as a string reads as one, as valid's does (it was looked up as a file)
     quoted = text.replace("test: 0.5}", "test: '0.5'}")
