@@ -89,7 +89,8 @@ def gradcheck_spec(spec: S.Spec, seed: int = 0, n_directions: int = 2, n_coords:
                 from spec.errors import GradientError
 
                 raise GradientError(f"parameter {p!r} does not reach {obj.its_loss}",
-                                    hint="use it in the graph, or leave it out of the objective's params")
+                                    hint="use it in the loss" + (", or leave it out of the objective's params"
+                                                                 if obj.declared else ""))  # (the lone loss has none)
 
             def loss_at(xs, p=p):
                 return float(runner({**feeds, p: xs[0]})["loss"])

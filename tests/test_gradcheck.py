@@ -114,3 +114,15 @@ def test_topk_values_pass_their_gradient_to_the_entries_they_took(tmp_path, feat
     assert set(report["main"]) == {"h.W", "h.rnn2.W", "h.rnn2.U", "h.rnn2.b", "logits.W", "logits.b"}, report
     for p, err in report["main"].items():
         assert err < 1e-5, f"{p}: {err:.2e}"
+
+
+def test_a_parameter_pruned_from_the_gradients_is_told_in_the_specs_words(monkeypatch):
+    """A spec's lone loss has no objective params, which the hint told to leave the parameter out of."""
+    from compiler.training import CompiledModel
+    from spec.errors import GradientError
+
+    real = CompiledModel.trained_params
+    monkeypatch.setattr(CompiledModel, "trained_params", lambda self, obj: real(self, obj) + ["ghost"])
+    with pytest.raises(GradientError) as e:
+        gradcheck_spec(load_spec(MLP, ["dims.H=4"]))
+    assert (e.value.message, e.value.hint) == ("parameter 'ghost' does not reach the loss", "use it in the loss")
