@@ -331,6 +331,17 @@ def _build_beam_search(spec: S.Spec, dtype: str):
             raise SpecError("beam search needs a source input besides generate.input", loc,
                             f"the logits must also read an input to translate from (e.g. src [N, S]), "
                             f"not only {token_input}; without bos the spec samples as a language model")
+        # an input along the tokens' steps besides them (a target-side mask fed to the decoder's
+        # loop) has no values while decoding: the export asked for it, and decoding failed
+        steps = decl.shape[1] if len(decl.shape) > 1 and isinstance(decl.shape[1], str) else None
+        per_step = [n for n in spec.inputs if n not in (token_input, src) and n in read and n not in counts
+                    and steps in spec.inputs[n].shape[1:]]
+        if steps and per_step:
+            raise SpecError(f"beam search feeds the decoder the tokens it generates, and the logits also read "
+                            f"{per_step[0]!r}, which has their steps ({steps}): it has no values while decoding",
+                            spec.locate("inputs", per_step[0]),
+                            f"compute what the decoder reads at each step from {token_input} and the source "
+                            f"alone (a target-side mask belongs in the loss, not in the logits)")
         ref = low.input_value(src)
         low.inputs[token_input] = g.apply("fill", ref, dims=((0, 0), 1), value=bos, dtype=decl.dtype)
         for name in counts:  # [N*K]: each pass feeds one real token (a decoder given lengths=tgt_len)
