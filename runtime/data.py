@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spec.errors import DataError, FlowgradError, Loc, did_you_mean
+from spec.loader import home_hint
 
 from .checks import check_count, check_path
 
@@ -215,7 +216,9 @@ def check_data_path(path: str, loc: Loc | None = None, flag: str | None = None, 
             # a decimal comma: the fraction was read as a file's name
             raise DataError(f"{what} {path!r} does not exist", loc,
                             hint=f"a fraction is written with a decimal point: {written.replace(',', '.')}")
-        raise DataError(f"{what} {path!r} does not exist", loc, hint="check the path" + where)
+        # ('~/d.npz' given quoted, or in a spec, where no shell expands it: read beside the spec as '~')
+        tilde = path[path.index("~"):] if path.startswith("~") or f"{os.sep}~{os.sep}" in path else None
+        raise DataError(f"{what} {path!r} does not exist", loc, hint=(tilde and home_hint(tilde)) or "check the path" + where)
     if os.path.isdir(path):
         raise DataError(f"{what} {path!r} is a directory", loc, "pass an .npz file written by numpy.savez")
 

@@ -39,6 +39,14 @@ MAX_SIZE = 2 ** 40  # a size beyond this is a typo, and keeps size arithmetic ch
 
 
 # ---------------------------------------------------------------- entry points
+def home_hint(path: str) -> str | None:
+    """A hint for a path that starts with '~', which only a shell expands (unquoted): flowgrad reads
+    it as a folder named '~' in the working directory."""
+    if path.startswith("~"):
+        return f"'~' is expanded by a shell only where it is not quoted: write {os.path.expanduser(path)}"
+    return None
+
+
 def load_spec(path: str, overrides=(), names: ArgNames = FLAGS) -> Spec:
     """Load, validate and parse the spec file at `path`, after applying `--set` overrides
     (`names`: whether messages show them as --set's or as the API's overrides=)."""
@@ -53,8 +61,8 @@ def load_spec(path: str, overrides=(), names: ArgNames = FLAGS) -> Spec:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise SpecError(f"no such spec file: {path}",
-                        hint="check the path (a relative one starts at the working directory)") from None
+        raise SpecError(f"no such spec file: {path}", hint=home_hint(path) or
+                        "check the path (a relative one starts at the working directory)") from None
     except IsADirectoryError:
         raise SpecError(f"{path} is a directory, not a spec file",
                         hint="name the .yaml file inside it, e.g. models/mlp.yaml") from None

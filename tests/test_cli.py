@@ -220,6 +220,17 @@ def test_a_fraction_with_a_decimal_comma_is_told_to_use_a_point(given, tmp_path)
     res = invoke("train", MLP, *given, "--steps", "1", "--run-dir", tmp_path / "run", code=1)
     assert "0,2' does not exist" in res.stderr and "hint: a fraction is written with a decimal point: 0.2" in res.stderr
 
+
+def test_a_quoted_tilde_is_told_to_be_written_out(tmp_path):
+    """'~/x.yaml' quoted (or in a spec, where no shell expands it) was 'no such spec file' with the
+    hint to check the path, which looks right: the hint now says '~' is the shell's, and the path."""
+    home = os.path.expanduser("~")
+    res = invoke("check", "~/no_such_spec.yaml", code=1)
+    assert f"hint: '~' is expanded by a shell only where it is not quoted: write {home}/no_such_spec.yaml" in res.stderr
+    res = invoke("train", MLP, "--set", "train.data={path: ~/no_such.npz}", "--steps", "1", "--run-dir",
+                 tmp_path / "run", code=1)
+    assert f"write {home}/no_such.npz" in res.stderr
+
 def test_train_several_steps_per_call(trained, tmp_path):
     _, one = trained
     result = invoke("train", MLP, "--set", "dims.H=16", "--epochs", "1", "--run-dir", tmp_path / "run",
