@@ -786,7 +786,7 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
         # A masked mean's batches weigh by their unmasked entries, not their rows, for the update
         # of K batches to be that of one batch K times larger: its count, where no parameter moves
         # it (a mean's count, its entries, goes with the rows).
-        parts = ratio_parts(loss, _batch_dims(spec))
+        parts = ratio_parts(loss, batch_dims(spec))
         moved = {low.params[n].input.id for n in trained}
         if parts is not None and parts[1].producer.op.name != "numel" and \
                 not any(v.id in moved for node in producers_of([parts[1]]) for v in node.inputs):
@@ -849,14 +849,15 @@ def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
                         if o.loss is not spec.loss})
     for k, (role, v) in scalars.items():
         b.out(k, role, v)
-        parts = ratio_parts(v, _batch_dims(spec))
+        parts = ratio_parts(v, batch_dims(spec))
         if parts is not None:  # (suffixes: an objective's loss is "<objective>/loss", whatever its name)
             b.out(f"{k}/sum", "part", parts[0])
             b.out(f"{k}/count", "part", parts[1])
     return b.emit("eval", optimize_graph, "loss and metrics, dropout off")
 
 
-def _batch_dims(spec) -> set:
+def batch_dims(spec) -> set:
+    """The symbolic dims that number the examples: the first of each input's dims, where it is one."""
     return {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)}
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from compiler.training import CompiledModel, check_dtype, compile_spec, require_objectives, schedule_of, trained_names
+from compiler.training import (CompiledModel, batch_dims, check_dtype, compile_spec, require_objectives, schedule_of,
+                               trained_names)
 from spec import model as S
 from spec.errors import ArgNames, DataError, FlowgradError, SpecError, did_you_mean
 
@@ -871,9 +872,9 @@ def _check_batch_statistics(spec: S.Spec, cm: CompiledModel, rows: int, names: A
     such a batch; here the running variance became NaN, and the run stopped at the end of the epoch
     saying to lower the learning rate. So data whose batches include one of a single example (a
     batch size of 1, or an epoch's short last batch) is refused before training, at the batch_norm."""
-    batch_dims = {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)}
+    examples = batch_dims(spec)
     found = [(dim, loc) for kind, g in cm.graphs.items() if kind.startswith("train")
-             for dim, loc in g.batch_statistics if dim in batch_dims]
+             for dim, loc in g.batch_statistics if dim in examples]
     if not found:
         return
     B, drop_last = spec.batch_size, bool(spec.train.get("drop_last"))
