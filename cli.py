@@ -512,7 +512,8 @@ def predict(
         if data is not None:
             check_data_path(data, flag="--data")
         feeds = load_npz(data).arrays if data is not None else generator_feeds(model, count, seed)
-        outs = run_predict(model, feeds, pick_device(device, names=FLAGS), threads)
+        # an .npz of a dataset also holds its labels: arrays the model does not read are left out
+        outs = run_predict(model, feeds, pick_device(device, names=FLAGS), threads, ignore_extra=True)
         if output:
             _write_npz(output, outs)
             err.print(f"wrote {escape(output)}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}",

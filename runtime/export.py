@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError
+from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError, did_you_mean
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
@@ -262,15 +262,18 @@ def _all_tensors(model):
                 graphs.extend(a.graphs)
 
 
-def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", threads: int | None = None) -> dict[str, np.ndarray]:
+def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", threads: int | None = None,
+            ignore_extra: bool = False) -> dict[str, np.ndarray]:
     """Run an exported model: {input name: array} in, {output name: array} out. Unlike
     `flowgrad predict` (auto), it runs on the CPU unless `device` says cuda or auto. A bad
     device or thread count raises ExportArgumentError (an ExportError); inputs that do not
-    fit the model, DataError."""
+    fit the model, DataError, as does a feed the model has no input for, unless
+    `ignore_extra` (a data file that also holds labels)."""
     from .session import ORT_ERRORS, make_session, pick_device
 
     device = pick_device(device, error=ExportArgumentError, names=KEYWORDS)  # (an unknown device, or "auto", ran on the CPU)
     check_count("threads", threads, most=MAX_THREADS, error=ExportArgumentError)
+    check_flag("ignore_extra", ignore_extra, error=ExportArgumentError)
     if not isinstance(feeds, Mapping) or not all(isinstance(k, str) for k in feeds):
         # (a list or an array of inputs ended in a ValueError or TypeError from inside predict)
         raise ExportArgumentError(f"feeds must be a dict of input name to array, got {_describe_feeds(feeds)}",
@@ -288,6 +291,11 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     if missing:
         raise DataError(f"the model needs input(s) {', '.join(missing)}",  # (predict()'s feeds are no "data file")
                         hint=f"the inputs given: {', '.join(feeds) or 'none'}")
+    extra = [n for n in feeds if n not in wanted]
+    if extra and not ignore_extra:  # (it was left out without a word: a misspelt option had no effect)
+        raise DataError(f"the model has no input {extra[0]!r}" + (f" (nor {', '.join(map(repr, extra[1:]))})" if extra[1:] else ""),
+                        hint=f"its inputs are {', '.join(wanted) or 'none'}: leave the others out, or pass "
+                             "ignore_extra=True")
     fixed, sizes = {}, {}  # sizes: symbolic dim -> (size, the input that set it)
     shapes = "the model's inputs: " + ", ".join(
         f"{n} {np.dtype(_ORT_TYPES[m.type]).name if m.type in _ORT_TYPES else m.type} {shape_text(m.shape)}"
@@ -309,7 +317,7 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
             raise DataError(f"{model_path}: input {name!r} holds negative values ({a.min()})",
                             hint="integer inputs are ids, labels, lengths or counts, and none is negative")
         if want is not None and a.dtype != want:
-            if a.dtype.kind == "f" and np.dtype(want).kind in "iu":
+            if a.dtype.kind in "fb" and np.dtype(want).kind in "iu":  # (True went in as id, count or beam width 1)
                 raise DataError(f"{model_path}: input {name!r} must hold integers, got {a.dtype}", hint=shapes)
             check_fits(a, str(np.dtype(want)), array_named(model_path, name, "input"), None)
             a = a.astype(want)

@@ -996,3 +996,36 @@ def test_freezing_every_parameter_is_told_in_the_callers_words():
     for names, words in ((KEYWORDS, 'freeze=["*"] keeps all'), (FLAGS, "--freeze '*' keeps all")):
         with pytest.raises(SpecError, match="^the loss trains no parameters: " + re.escape(words)):
             compile_spec(spec, frozen=["*"], names=names, graphs=("train",))
+
+
+def test_predict_refuses_feeds_the_model_has_no_input_for(tmp_path, run):
+    """predict() left out a feed the model does not read without a word: a sampler fed
+    {"prompt": ..., "temprature": 0.2} sampled at its default temperature. ignore_extra=True
+    leaves such arrays out (flowgrad predict --data with an .npz that also holds labels)."""
+    model = str(run / "mlp.onnx")
+    x = np.zeros((2, 64), np.float32)
+    with pytest.raises(DataError, match="^the model has no input 'y' \\(nor 'scale'\\)\n") as e:
+        predict(model, {"x": x, "y": np.zeros(2, np.int64), "scale": np.ones(1)})
+    assert e.value.hint == "its inputs are x: leave the others out, or pass ignore_extra=True"
+    kept = predict(model, {"x": x, "y": np.zeros(2, np.int64)}, ignore_extra=True)
+    np.testing.assert_array_equal(kept["probs"], predict(model, {"x": x})["probs"])
+    with pytest.raises(ExportArgumentError, match="^ignore_extra must be True or False"):
+        predict(model, {"x": x}, ignore_extra="yes")
+
+
+def test_predict_refuses_booleans_for_integer_inputs(tmp_path, run):
+    """A bool array fed to an integer input (ids, labels, counts, a beam width) went in as 0 and 1:
+    beam_width=True decoded with one beam. A float input still takes a boolean mask as 0 and 1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])
+    out = helper.make_tensor_value_info("out", TensorProto.INT64, ["N"])
+    graph = helper.make_graph([helper.make_node("Identity", ["ids"], ["out"])], "ids", [ids], [out])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10),
+              str(tmp_path / "ids.onnx"))
+    with pytest.raises(DataError, match="input 'ids' must hold integers, got bool"):
+        predict(str(tmp_path / "ids.onnx"), {"ids": np.array([True, False])})
+    model = str(run / "mlp.onnx")
+    out = predict(model, {"x": np.ones((1, 64), bool)})
+    np.testing.assert_array_equal(out["probs"], predict(model, {"x": np.ones((1, 64), np.float32)})["probs"])
