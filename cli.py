@@ -818,6 +818,12 @@ def main():
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
+    import onnxruntime  # (20 ms)
+
+    # onnxruntime's process-wide logger warns outside any session (providers it cannot load); the
+    # command's own sessions are quiet already. Set here, not on import: a program using the API
+    # keeps its own onnxruntime logging.
+    onnxruntime.set_default_logger_severity(3)
     try:
         code = app(standalone_mode=False)
     except ClickException as e:

@@ -20,8 +20,6 @@ import onnxruntime as ort
 from compiler.emit import OPSET, all_nodes, narrow_types, ort_disabled_optimizers, widen_unsupported_types
 from spec.errors import ArgNames, FlowgradError
 
-ort.set_default_logger_severity(3)
-
 
 @contextlib.contextmanager
 def _silenced_stderr():

@@ -1029,3 +1029,18 @@ def test_predict_refuses_booleans_for_integer_inputs(tmp_path, run):
     model = str(run / "mlp.onnx")
     out = predict(model, {"x": np.ones((1, 64), bool)})
     np.testing.assert_array_equal(out["probs"], predict(model, {"x": np.ones((1, 64), np.float32)})["probs"])
+
+
+def test_importing_the_api_leaves_onnxruntime_s_process_logger_alone():
+    """Importing runtime.session set onnxruntime's default logger to errors only for the whole
+    process, hiding the warnings of a program's own onnxruntime sessions; the CLI alone does so."""
+    import subprocess
+    import sys
+
+    probe = ("import onnxruntime as ort\n"
+             "calls = []\n"
+             "ort.set_default_logger_severity = lambda level: calls.append(level)\n"
+             "import runtime.api, runtime.session, runtime.export\n"
+             "print(calls)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
