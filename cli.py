@@ -80,7 +80,8 @@ def _each_error(e) -> list:
 
 @contextlib.contextmanager
 def user_errors():
-    """User mistakes end the command with their located message and exit code 1, never a traceback."""
+    """User mistakes end the command with their located message and exit code 1 (2 for a flag's
+    value that is none of its choices), never a traceback."""
     from spec.errors import FlowgradError
 
     try:
@@ -92,7 +93,7 @@ def user_errors():
             err.print(f"[bold red]error:[/bold red] {escape(visible(one.one_line()))}", soft_wrap=True)
             if one.hint:
                 err.print(f"[dim]  hint: {escape(visible(one.hint))}[/dim]", soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(e.exit_code) from None
     except ModuleNotFoundError as e:  # an installation without one of flowgrad's dependencies
         if _state["debug"] or not e.name:
             raise

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from spec import model as S
-from spec.errors import FLAGS, ArgNames, GradientError, ShapeError, SpecError, SpecWarning
+from spec.errors import FLAGS, ArgNames, GradientError, ShapeError, SpecError, SpecWarning, unknown_choice
 
 from .autodiff import grad
 from .emit import IR_VERSION, OPSET, emit_model
@@ -268,7 +268,7 @@ def check_dtype(dtype: str | None, name: str = "dtype") -> None:
     (bfloat16 failed in the first step with onnxruntime's message, an int8 with a shape error at
     the spec's first product). The message names the keyword or flag the user wrote."""
     if dtype is not None and dtype not in COMPILE_FLOAT_TYPES:
-        raise SpecError(f"unknown {name} {dtype!r}", hint="choose float32, float64 or float16")
+        raise unknown_choice(dtype, name, COMPILE_FLOAT_TYPES, SpecError)
 
 
 # -------------------------------------------------------------------- objectives

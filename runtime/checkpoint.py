@@ -11,7 +11,7 @@ import secrets
 
 import numpy as np
 
-from spec.errors import FLAGS, ArgNames, DataError, FlowgradError
+from spec.errors import FLAGS, ArgNames, DataError, FlowgradError, unknown_choice
 
 from .jsontext import checkpoint_record, dumps
 
@@ -23,7 +23,7 @@ def check_checkpoint(checkpoint, name: str = "checkpoint", error: type[FlowgradE
     else read the last one). The message names the keyword or flag the user wrote; `error` is
     the class raised (the export API's ExportArgumentError)."""
     if checkpoint not in ("best", "last"):
-        raise error(f"unknown {name} {checkpoint!r}", hint="choose best or last")
+        raise unknown_choice(checkpoint, name, ("best", "last"), error)
 
 
 RUN_FILES = ("checkpoint.npz", "best.npz", "best.before_partial.npz", "run.json", "metrics.jsonl", "spec.yaml",

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError, did_you_mean
+from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError, did_you_mean, unknown_choice
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
@@ -30,7 +30,7 @@ def check_graph(graph, name: str = "graph", error: type[FlowgradError] = Flowgra
     keyword or flag the user wrote, as check_checkpoint's does (export --graph bogus said
     "unknown graph 'bogus'")."""
     if graph is not None and graph not in ("infer", "generate"):
-        raise error(f"unknown {name} {graph!r}", hint="choose infer or generate")
+        raise unknown_choice(graph, name, ("infer", "generate"), error)
 
 
 def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | None = None, *,

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from compiler.emit import OPSET, all_nodes, narrow_types, ort_disabled_optimizers, widen_unsupported_types
-from spec.errors import ArgNames, FlowgradError
+from spec.errors import ArgNames, FlowgradError, unknown_choice
 
 
 @contextlib.contextmanager
@@ -67,7 +67,7 @@ def check_device(device, name: str = "device", error: type[FlowgradError] = Flow
     """auto, cuda or cpu; the message names the keyword or flag the user wrote, as --checkpoint's
     and --dtype's do (it said "unknown device 'gpu'" to a user who wrote --device gpu)."""
     if device not in ("auto", "cuda", "cpu"):
-        raise error(f"unknown {name} {device!r}", hint="choose auto, cuda or cpu")
+        raise unknown_choice(device, name, ("auto", "cuda", "cpu"), error)
 
 
 def pick_device(device: str, error: type[FlowgradError] = FlowgradError, *, names: ArgNames) -> str:

@@ -369,7 +369,9 @@ def _fraction_or_path(valid, what: str = "valid", loc=None):
     else:
         value = float(valid)
     if not 0.0 <= value < 1.0:  # (nan fails this too)
-        raise DataError(f"{what} {valid} is not a fraction in [0, 1)", loc, "give e.g. 0.2, or a path to an .npz")
+        e = DataError(f"{what} {valid} is not a fraction in [0, 1)", loc, "give e.g. 0.2, or a path to an .npz")
+        e.exit_code = 2 if what.startswith("--") else 1  # a flag's value out of its range, as click's are
+        raise e
     return value
 
 

@@ -22,7 +22,9 @@ class Loc:
 
 
 class FlowgradError(Exception):
-    """Base class of errors caused by the user's input (exit code 1)."""
+    """Base class of errors caused by the user's input (exit code 1; see unknown_choice)."""
+
+    exit_code = 1
 
     def __init__(self, message: str, loc: Loc | None = None, hint: str | None = None, arg: str | None = None):
         super().__init__(message)
@@ -40,6 +42,16 @@ class FlowgradError(Exception):
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
+
+
+def unknown_choice(value, name: str, choices: tuple[str, ...], error: type[FlowgradError] = FlowgradError) -> FlowgradError:
+    """The refusal of a value that is none of `choices`, naming the keyword or flag the user
+    wrote. A flag's (--device gpu) is a usage error, exit code 2 as click gives a value out of
+    its range (it was 1)."""
+    e = error(f"unknown {name} {value!r}", hint="choose " + ", ".join(choices[:-1]) + " or " + choices[-1])
+    if name.startswith("--"):
+        e.exit_code = 2
+    return e
 
 
 @dataclass(frozen=True)

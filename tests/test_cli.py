@@ -140,8 +140,8 @@ def test_compile_into_a_folder_with_a_directory_in_a_graphs_place(tmp_path):
 
 @pytest.mark.parametrize("command", ["check", "compile"])
 def test_unknown_dtype(command, tmp_path):
-    result = invoke(command, MLP, "--dtype", "float8", "-o", tmp_path, code=1) if command == "compile" \
-        else invoke(command, MLP, "--dtype", "float8", code=1)
+    result = invoke(command, MLP, "--dtype", "float8", "-o", tmp_path, code=2) if command == "compile" \
+        else invoke(command, MLP, "--dtype", "float8", code=2)
     assert "unknown --dtype 'float8'" in result.output
     assert "float32, float64 or float16" in result.output
     assert not list(tmp_path.iterdir())
@@ -539,7 +539,7 @@ def test_bench_takes_dtype_as_the_other_verbs_do():
     assert json.loads(invoke("bench", MLP, *common, "--dtype", "float64").stdout)["dtype"] == "float64"
     sgd = ["--set", "train.optimizer={sgd: {lr: 0.1}}"]  # (Adam's eps is 0 in float16, for train too)
     assert json.loads(invoke("bench", MLP, *common, *sgd, "--dtype", "float16").stdout)["dtype"] == "float16"
-    res = invoke("bench", MLP, *common, "--dtype", "float8", code=1)
+    res = invoke("bench", MLP, *common, "--dtype", "float8", code=2)
     assert "unknown --dtype 'float8'" in res.stderr and "float32, float64 or float16" in res.stderr
     train_help = " ".join(invoke("train", "--help").stdout.split())
     bench_help = " ".join(invoke("bench", "--help").stdout.split())
@@ -626,7 +626,7 @@ def test_debug_after_the_verb_says_where_it_goes(args, verb):
 def test_checkpoint_is_refused_alike_by_every_verb(verb, tmp_path):
     """eval said "unknown checkpoint 'Best'" (and only after reading the run), export and plot
     samples "unknown --checkpoint 'Best'"; one check, one message, naming the flag."""
-    result = invoke(*verb, "--checkpoint", "Best", code=1)
+    result = invoke(*verb, "--checkpoint", "Best", code=2)
     assert "unknown --checkpoint 'Best'" in result.output and "choose best or last" in result.output
 
 
@@ -1206,7 +1206,7 @@ def test_device_is_refused_alike_by_every_verb(verb, tmp_path):
     """--device gpu was "unknown device 'gpu'", where --checkpoint and --dtype say "unknown
     --checkpoint 'Best'" and "unknown --dtype 'float8'"; and eval said first that runs/none is not
     a run, predict that there is no m.onnx, before the flag."""
-    result = invoke(*verb, "--device", "gpu", code=1)
+    result = invoke(*verb, "--device", "gpu", code=2)
     assert result.stderr.startswith("error: unknown --device 'gpu'\n") and "choose auto, cuda or cpu" in result.stderr
 
 
@@ -1227,7 +1227,8 @@ def test_errors_about_a_flags_value_name_the_flag(args, words, hint, tmp_path, m
     whose hint said a path given with --data starts at the working directory. The API's words
     stay (valid=1.5 is "valid 1.5 ...", export(graph=) "unknown graph")."""
     monkeypatch.chdir(tmp_path)
-    res = invoke(*args, "--run-dir", tmp_path / "run", code=1) if args[0] == "train" else invoke(*args, code=1)
+    code = 2 if "fraction" in words or "unknown" in words else 1  # (a value none of the flag's, a file's absence)
+    res = invoke(*args, "--run-dir", tmp_path / "run", code=code) if args[0] == "train" else invoke(*args, code=code)
     assert res.stderr.startswith(f"error: {words}\n") and hint in res.stderr
     assert not (tmp_path / "run").exists()
     from runtime.api import train
@@ -1396,7 +1397,7 @@ def test_plot_attention_takes_checkpoint_as_export_does(tmp_path, monkeypatch):
         res = invoke("plot", "attention", run, "--text", "abc", "-o", tmp_path / f"{which}.png", "--checkpoint", which)
         assert res.stdout.strip() == str(tmp_path / f"{which}.png") and (tmp_path / f"{which}.png").exists()
     assert read == ["last", "last", "best", "best"]
-    res = invoke("plot", "attention", run, "--text", "abc", "--checkpoint", "Best", code=1)
+    res = invoke("plot", "attention", run, "--text", "abc", "--checkpoint", "Best", code=2)
     assert res.stderr.startswith("error: unknown --checkpoint 'Best'\n") and "choose best or last" in res.stderr
 
 
