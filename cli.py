@@ -15,7 +15,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from runtime.console import widen_off_terminal  # noqa: E402
+from runtime.console import print_table, widen_off_terminal  # noqa: E402
 
 signal.signal(signal.SIGINT, _ctrl_c)
 
@@ -228,7 +228,7 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
             shape = "[" + ", ".join(str(d) for d in v.shape) + "]" if hasattr(v, "shape") else repr(v)
             op = a.expr.func if hasattr(a.expr, "func") else type(a.expr).__name__.lower()
             table.add_row(t, op, escape(shape), str(getattr(v, "dtype", "")))  # (a shape [t, N] read as markup)
-    out.print(table)
+    print_table(out, table)
     ptable = Table(title=f"{s.name}: parameters", title_justify="left")
     for col in ("name", "shape", "init", "kind"):
         ptable.add_column(col)
@@ -240,7 +240,7 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
         if p.kind == "param" and p.trainable:  # a frozen parameter (trainable: false) is not trained
             total += size
         ptable.add_row(n, escape("[" + ", ".join(map(str, p.shape)) + "]"), p.init_kind, p.kind if p.trainable or p.kind != "param" else "frozen")
-    out.print(ptable)
+    print_table(out, ptable)
     warned = f" ({len(low.warnings)} warning{'s' if len(low.warnings) != 1 else ''})" if low.warnings else ""
     out.print(f"{len(low.params)} tensors, {total:,} trainable values; spec OK{warned}")
     sets = "".join(f" --set {_shell(o)}" for o in set or [])  # (without them it summed up another model)
@@ -282,7 +282,7 @@ def compile_cmd(
     table.add_column("file")
     for k, g in cm.graphs.items():
         table.add_row(k, str(g.node_count), str(len(g.inputs)), str(len(g.outputs)), escape(os.path.join(output, f"{k}.onnx")))
-    err.print(table)
+    print_table(err, table)
     for w in written:
         print(w)
 
@@ -316,7 +316,7 @@ def ops(
         table.add_column(col)
     for r in sorted(rows, key=lambda r: (r["family"], r["name"])):
         table.add_row(r["family"], escape(r["signature"]), r["gradient"], escape(r["doc"]))
-    out.print(table)
+    print_table(out, table)
 
 
 # eval, export, plot attention and plot samples read one of a run's two checkpoints, in the same words
@@ -391,7 +391,7 @@ def train(
     for k, v in result.final.items():
         if k.startswith(("train_", "valid_")):
             summary.add_row(k, f"{v:.4f}", f"{result.best.get(k, float('nan')):.4f}")
-    err.print(summary)
+    print_table(err, summary)
     if result.warm_start:
         ws = result.warm_start
         n = len(ws["taken"])
@@ -577,7 +577,7 @@ def gradcheck(
                 continue
             worst = max(worst, e)
             table.add_row(obj, p, f"{e:.2e}", "[green]ok[/green]" if e <= tolerance else "[red]FAIL[/red]")
-    out.print(table)
+    print_table(out, table)
     if unchecked:
         err.print(f"[yellow]  note: {', '.join(escape(p) for p in unchecked)}: every probe crossed a non-differentiable "
                   "point of the loss (a kink of relu, max, abs, ...), where finite differences cannot verify a "
@@ -637,7 +637,7 @@ def bench(
         table.add_row("steps per call", str(r["steps_per_call"]))
     if r["device"] == "cuda":
         table.add_row("CUDA graphs", "replayed" if r["cuda_graphs"] else "no (kernel by kernel)")
-    out.print(table)
+    print_table(out, table)
 
 
 @app.command("graph")
@@ -718,14 +718,14 @@ def summary(
         table.add_column(col, justify=just)
     for n in r["nodes"]:
         table.add_row(n["name"], n["kind"], n["op"], escape(n["shape"]), num(n["params"]), num(n["flops_per_example"]))
-    out.print(table)
+    print_table(out, table)
     ptable = Table(title=f"{s.name}: parameters", title_justify="left")
     for col, just in (("name", "left"), ("shape", "left"), ("count", "right"), ("init", "left"), ("made by", "left")):
         ptable.add_column(col, justify=just)
     for p in r["params"]:
         kind = "" if p["kind"] == "param" and p["trainable"] else f" ({'frozen' if p['kind'] == 'param' else p['kind']})"
         ptable.add_row(p["name"] + kind, escape("[" + ", ".join(map(str, p["shape"])) + "]"), f"{p['count']:,}", p["init"], p["created_by"] or "")
-    out.print(ptable)
+    print_table(out, ptable)
     totals = Table(title=f"{s.name}: totals (batch N = {B})", title_justify="left")
     for col, just in (("", "left"), ("per step", "right"), ("per example", "right")):
         totals.add_column(col, justify=just)
@@ -738,7 +738,7 @@ def summary(
         totals.add_row("  of which conv", f"{t['forward_conv_flops_per_step']:,}", num(t["forward_conv_flops_per_step"] / B))
     if "training_flops_per_step" in t:
         totals.add_row("training FLOPs", f"{t['training_flops_per_step']:,}", num(t["training_flops_per_example"]))
-    out.print(totals)
+    print_table(out, totals)
     if r["dims_counted_as_1"]:
         err.print(f"[dim]symbolic dims counted as 1: {', '.join(r['dims_counted_as_1'])} (set them with --dim NAME=VALUE)[/dim]")
 

@@ -15,3 +15,14 @@ def widen_off_terminal(console):
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = NO_TERMINAL_WIDTH
     return console
+
+
+def print_table(console, table) -> None:
+    """A rich table, whose title line rich pads to the table's width; to no terminal the lines
+    end at their last character (a piped `flowgrad ops` had a title line of 650 columns)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    console.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))

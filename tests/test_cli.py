@@ -1355,6 +1355,10 @@ def test_output_to_a_file_or_pipe_is_not_cut_at_80_columns(tmp_path):
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0 and "…" not in res.stdout, res.stdout
     assert "enc.bidirectional2.fw.W" in res.stdout and "enc.bidirectional2.bw.bu" in res.stdout
+    # (each title line was padded with spaces to its table's width: 650 columns for ops)
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "ops"], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0 and res.stdout.startswith("flowgrad ops\n"), res.stdout[:200]
+    assert not any(line.endswith(" ") for line in res.stdout.splitlines())
     res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", MLP, "--set", "dims.H=4", "--epochs", "2",
                           "--set", "train.batch_size=1024", "--device", "cpu", "--run-dir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=120, env=env)
