@@ -51,6 +51,16 @@ _CONSTRUCT = {
 _AS_TEXT = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
 
 
+
+def _decimal_comma_hint(key: ScalarNode) -> str | None:
+    """The hint for a number key that a decimal comma made: {valid: 0,2} is valid: 0 and a key 2."""
+    mark, text = key.start_mark, key.value
+    before = (mark.buffer or "")[:mark.index]
+    whole = re.search(r"(?<![\w.])(\d+),$", before)
+    if whole is None or not text.isdigit():
+        return None
+    return f"a decimal point is written '.', not ',': {whole.group(1)}.{text}"
+
 class LocMap(dict):
     """A YAML mapping that knows where each key and value came from."""
 
@@ -477,7 +487,7 @@ class _Builder:
         value, _ = self.scalar(node)
         if not isinstance(value, str):
             raise SpecError(f"a key must be a string, got {node.value!r} (read as {type(value).__name__})",
-                            loc, f"quote the key: '{node.value}':")
+                            loc, _decimal_comma_hint(node) or f"quote the key: '{node.value}':")
         return value
 
     def mapping(self, node: MappingNode) -> LocMap:
