@@ -226,11 +226,15 @@ class GraphInput:
 class Graph:
     """A growing list of nodes; the unit that autodiff, rewrites and emission work on."""
 
-    def __init__(self, float_dtype: str = "float32", mode: str = "train"):
+    def __init__(self, float_dtype: str = "float32", mode: str = "train", mixed_precision: bool = False):
         self.nodes: list[Node] = []
         self.inputs: dict[str, GraphInput] = {}
         self.float_dtype = float_dtype
         self.mode = mode  # "train", "eval" or "infer": ops like dropout read it
+        # True for a mixed-precision step (float32 master weights, computed in a half type) and the
+        # steps of its scans: there a number beyond the half type's range saturates to its largest
+        # value (a mask's -1e9 stays finite), where elsewhere it is refused (_float_scalar)
+        self.mixed_precision = mixed_precision
         # buffer name -> new value; written by ops such as batch_norm in train mode
         self.buffer_updates: dict[str, Value] = {}
         # those of them that average the batches (batch_norm's running statistics): a mixed-precision
@@ -292,7 +296,7 @@ class Graph:
     def const(self, value, dtype: str | None = None) -> Value:
         dtype = dtype or (self.float_dtype if isinstance(value, float) else None)
         if isinstance(value, (float, np.floating)) and dtype is not None and is_float(str(dtype)):
-            return self.apply("constant", value=_float_scalar(value, str(dtype)))
+            return self.apply("constant", value=_float_scalar(value, str(dtype), self))
         return self.apply("constant", value=np.asarray(value, dtype=dtype))
 
     def lift(self, x, like: Value | None = None) -> Value:
@@ -310,9 +314,9 @@ class Graph:
                 raise ShapeError(f"the number {x} does not fit the {dtype} it is combined with", current_loc(),
                                  hint=f"{dtype} holds {np.iinfo(dtype).min} to {np.iinfo(dtype).max}; "
                                       "cast the other operand to a wider type first")
-            return self.const(_float_scalar(x, dtype) if is_float(dtype) else np.asarray(x, dtype=dtype))
+            return self.const(_float_scalar(x, dtype, self) if is_float(dtype) else np.asarray(x, dtype=dtype))
         if isinstance(x, float):
-            return self.const(_float_scalar(x, self.float_dtype))
+            return self.const(_float_scalar(x, self.float_dtype, self))
         if isinstance(x, int):
             return self.const(np.asarray(x, dtype=np.int64))
         return self.const(np.asarray(x))
@@ -357,19 +361,28 @@ def _check_dims(shape: tuple, what: str, loc) -> None:
                              f"(the limit is {MAX_DIM:,})", loc, "check the dims and sizes this value is made from")
 
 
-def _float_scalar(x, dtype: str) -> np.ndarray:
-    """x as a `dtype` scalar. A number beyond float32's or float64's range is refused (it became
-    inf, with NumPy's warning printed); in the half types, which a mixed-precision step computes
-    in, it saturates to the largest finite value: a mask's -1e9 stays finite, as meant."""
+def _float_scalar(x, dtype: str, g: "Graph | None" = None) -> np.ndarray:
+    """x as a `dtype` scalar, for graph g. A number beyond the type's range is refused (it became
+    inf, with NumPy's warning printed; in float16, compiled with --dtype float16, x * 1e5 was x *
+    65504 without a word). Only in the half type of a mixed-precision step (g.mixed_precision)
+    does it saturate to the largest finite value: a mask's -1e9 stays finite, as meant."""
     with np.errstate(over="ignore"):
         arr = np.asarray(x, dtype=dtype)
     if np.isfinite(x) and not np.isfinite(arr):
         largest = float(ml_dtypes.finfo(dtype).max)  # (np.finfo refuses bfloat16: a ValueError traceback)
-        if dtype in ("float16", "bfloat16"):
+        if dtype in ("float16", "bfloat16") and g is not None and g.mixed_precision:
             return np.asarray(np.copysign(largest, x), dtype=dtype)
-        raise ShapeError(f"the number {float(x):g} is beyond the range of {dtype} (up to {largest:.4g})", current_loc(),
-                         hint="write a smaller number" + (", or compile with train.dtype float64 (--dtype float64; "
-                                                          'dtype="float64" in the Python API)' if dtype == "float32" else ""))
+        if dtype == "float32":
+            wider = ', or compile with train.dtype float64 (--dtype float64; dtype="float64" in the Python API)'
+        elif dtype in ("float16", "bfloat16") and (g is None or g.float_dtype == dtype):
+            wider = ' (rescale the values it meets), or compile with train.dtype float32 (--dtype float32; dtype="float32" in the Python API)'
+        elif dtype in ("float16", "bfloat16"):  # a tensor the spec casts to the half type
+            wider = f", or cast the {dtype} tensor it is used with to {g.float_dtype} first"
+        else:
+            wider = ""
+        raise ShapeError(f"the number {float(x):g} is beyond the range of {dtype} (up to {largest:{'.4g' if largest > 1e6 else 'g'}})",
+                         current_loc(),
+                         hint="write a smaller number" + wider)
     return arr
 
 

@@ -121,9 +121,12 @@ class Lowering:
         """`stored_dtype`: parameters and float inputs enter the graph in this dtype and are
         cast to `float_dtype` for the computation (mixed precision's master weights)."""
         self.spec = spec
-        self.graph = Graph(float_dtype=float_dtype or spec.train.get("dtype", "float32"), mode=mode)
+        float_dtype = float_dtype or spec.train.get("dtype", "float32")
+        self.stored_dtype = stored_dtype or float_dtype
+        # a half type computing for float32 storage is a mixed-precision step: the spec's numbers
+        # beyond its range saturate there, where a pure float16 compile refuses them
+        self.graph = Graph(float_dtype=float_dtype, mode=mode, mixed_precision=self.stored_dtype != float_dtype)
         self.graph.batch_size = spec.batch_size
-        self.stored_dtype = stored_dtype or self.graph.float_dtype
         self.params: dict[str, ParamInfo] = {}
         self.inputs: dict[str, Value] = {}
         self.env: dict[str, Any] = {}

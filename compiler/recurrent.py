@@ -98,7 +98,7 @@ def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Gr
         if kind.get(v.id, "const") != "carry" and v.id not in seen and v.id in outer:
             seen.add(v.id)
             needed.append(v)
-    bg = Graph(float_dtype=body.graph.float_dtype, mode=body.graph.mode)
+    bg = Graph(float_dtype=body.graph.float_dtype, mode=body.graph.mode, mixed_precision=body.graph.mixed_precision)
     bg._random_salt = body.graph._random_salt
     mapping: dict[int, Value] = {}
     new_carries = [bg.add_input(c.name or f"state{k}", c.dtype, c.shape, unique=True) for k, c in enumerate(body.carries)]
@@ -324,7 +324,7 @@ class StepBuilder:
 
     def __init__(self, outer: Graph):
         self.outer = outer
-        self.graph = Graph(float_dtype=outer.float_dtype, mode=outer.mode)
+        self.graph = Graph(float_dtype=outer.float_dtype, mode=outer.mode, mixed_precision=outer.mixed_precision)
         self.graph.scan_step = True
         self.graph._random_salt = outer._random_salt  # one salt stream: no two random ops alike
         self.graph.rng_inputs = self._rng_inputs

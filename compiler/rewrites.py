@@ -329,7 +329,7 @@ def _own_step(body):
     scan nodes that share the original."""
     from .ops.scan import Body, clone
 
-    bg = Graph(float_dtype=body.graph.float_dtype, mode=body.graph.mode)
+    bg = Graph(float_dtype=body.graph.float_dtype, mode=body.graph.mode, mixed_precision=body.graph.mixed_precision)
     mapping: dict[int, Value] = {}
 
     def inputs(values):

@@ -404,6 +404,121 @@ def test_a_spec_number_beyond_bfloat16_saturates_in_the_bfloat16_step(tmp_path):
     assert any(np.any(c.astype(np.float64) == lowest) for c in halves)
     assert all(np.all(np.isfinite(c.astype(np.float64))) for c in halves)
 
+# x * 1e5 written at the top of the graph, in a scan's step, and in a block called as a function
+BEYOND_FLOAT16 = {
+    "graph": """flowgrad: 1
+name: big
+dims: {D: 4, H: 6, C: 3}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N], dtype: int64}
+graph:
+  logits: dense(relu(dense(x * 1e5, H)), C)
+loss: cross_entropy(logits, y)
+train:
+  optimizer: {sgd: {lr: 0.1}}
+""",
+    "scan step": """flowgrad: 1
+name: big
+dims: {E: 4, H: 6, C: 3}
+inputs:
+  x: {shape: [N, T, E]}
+  y: {shape: [N, T], dtype: int64}
+blocks:
+  step:
+    in: [x_t, h]
+    graph:
+      h2: tanh(dense(x_t * 1e5, H) + h)
+    out: [h2]
+graph:
+  hs: scan(step, over=x, init=[zeros(N, H)])
+  logits: dense(hs, C)
+loss: cross_entropy(logits, y)
+train:
+  optimizer: {sgd: {lr: 0.1}}
+""",
+    "block": """flowgrad: 1
+name: big
+dims: {D: 4, H: 6, C: 3}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N], dtype: int64}
+blocks:
+  enc:
+    in: [v]
+    graph:
+      e: relu(dense(v * 1e5, H))
+    out: [e]
+graph:
+  logits: dense(enc(x), C)
+loss: cross_entropy(logits, y)
+train:
+  optimizer: {sgd: {lr: 0.1}}
+""",
+}
+
+
+def _onnx_constants(graph):
+    """The float constants of an ONNX graph and of the graphs its nodes hold (a scan's step)."""
+    out = [onnx.numpy_helper.to_array(t) for t in graph.initializer]
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                out.append(onnx.numpy_helper.to_array(a.t))
+            out += [c for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+                    for c in _onnx_constants(sub)]
+    return out
+
+
+@pytest.mark.parametrize("where", list(BEYOND_FLOAT16))
+def test_a_spec_number_beyond_float16_is_refused_in_a_float16_compile(tmp_path, where):
+    """Compiled with --dtype float16 (not mixed precision), x * 1e5 became x * 65504 without a word:
+    the saturation meant for a mixed-precision step's masks reached every half-type graph, the
+    steps of its scans and its blocks too. The number is refused where it is written, as float32
+    refuses 1e40; mixed precision still saturates it, and float32 keeps it."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from compiler.training import check_spec
+
+    text = BEYOND_FLOAT16[where]
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if "1e5" in s)
+    at = f"{path}:{line}:{text.splitlines()[line - 1].index('1e5') + 1}: "
+    message = "the number 100000 is beyond the range of float16 (up to 65504)"
+    for run in (lambda: compile_spec(load_spec(str(path)), "float16"), lambda: check_spec(load_spec(str(path)), "float16"),
+                lambda: compile_spec(load_spec(str(path), ["train.dtype=float16"]))):
+        with pytest.raises(FlowgradError) as e:
+            run()
+        assert str(e.value).startswith(at + message), str(e.value)
+        assert "--dtype float32" in e.value.hint
+    result = CliRunner().invoke(app, ["check", str(path), "--dtype", "float16"])
+    assert result.exit_code == 1 and at + message in result.output.replace("\n", ""), result.output
+    assert "Traceback" not in result.output
+
+    cm = compile_spec(load_spec(str(path)))  # float32 holds it
+    assert any(np.any(c == np.float32(1e5)) for c in _onnx_constants(cm.graphs["train"].model.graph))
+    mixed = tmp_path / "mixed.yaml"  # a mixed-precision step saturates it, as it does a mask's -1e9
+    mixed.write_text(text + "  mixed_precision: float16\n")
+    cm = compile_spec(load_spec(str(mixed)), graphs=("train",))
+    halves = [c for c in _onnx_constants(cm.graphs["train"].model.graph) if c.dtype == np.float16]
+    assert any(np.any(c == np.float16(65504)) for c in halves)
+
+
+def test_a_spec_number_beyond_a_tensor_cast_to_float16_is_refused(tmp_path):
+    """In a float32 graph, cast(x, 'float16') * 1e5 was cast(x, 'float16') * 65504 without a word
+    (the saturation of a mixed-precision step): it is refused at the number, with the hint to
+    cast the tensor to the graph's type."""
+    path = tmp_path / "cast.yaml"
+    text = BEYOND_FLOAT16["graph"].replace("x * 1e5", "cast(cast(x, 'float16') * 1e5, 'float32')")
+    path.write_text(text)
+    with pytest.raises(FlowgradError) as e:
+        compile_spec(load_spec(str(path)))
+    assert str(e.value).startswith(f"{path}:8:{text.splitlines()[7].index('1e5') + 1}: the number 100000 is beyond the range of float16"), str(e.value)
+    assert "cast the float16 tensor it is used with to float32 first" in e.value.hint
+
+
 def test_batch_norm_running_statistics_update_in_mixed_precision(tmp_path):
     """The running mean and variance are float32 buffers that the float16 step reads through
     casts; they are updated as in float32 (they once were never updated: eval then used 0 and 1)."""

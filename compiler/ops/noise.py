@@ -94,7 +94,7 @@ class GaussianNoise(RandomComposite):
         if g.mode != "train" or sigma == 0.0:
             return x
         eps = g.apply("normal", x, *(rng or ()), salt=salt)
-        return x + eps * g.const(setting(sigma, x.dtype, "sigma"))  # (a sigma beyond the type's range is refused)
+        return x + eps * g.const(setting(sigma, x.dtype, "sigma", g))  # (a sigma beyond the type's range is refused)
 
     def ref(self, attrs, x, seed, step):
         seed, step, salt = self.ref_args(attrs, seed, step)

@@ -278,11 +278,11 @@ class RandomComposite(OpDef):
         return int(seed), int(step), 1 if attrs["salt"] is None else int(attrs["salt"])
 
 
-def setting(value: float, dtype: str, arg: str) -> np.ndarray:
-    """An op's float setting (normal's mean, gaussian_noise's sigma) as a `dtype` scalar: one beyond
-    the type's range is refused as the spec's other numbers are, at its keyword (arg)."""
+def setting(value: float, dtype: str, arg: str, g) -> np.ndarray:
+    """An op's float setting (normal's mean, gaussian_noise's sigma) as a `dtype` scalar of graph g:
+    one beyond the type's range is refused as the spec's other numbers are, at its keyword (arg)."""
     try:
-        return _float_scalar(float(value), dtype)
+        return _float_scalar(float(value), dtype, g)
     except ShapeError as err:
         err.arg = arg
         raise
@@ -310,7 +310,7 @@ class Uniform(RandomComposite):
         u = self.unit(g, like, rng, salt, dtype)
         if (low, high) != (0.0, 1.0):
             # bounds beyond the float type's range are refused, as the spec's numbers are (they were inf)
-            lo, _ = g.const(setting(low, dtype, "low")), setting(high, dtype, "high")
+            lo, _ = g.const(setting(low, dtype, "low", g)), setting(high, dtype, "high", g)
             try:
                 width = g.const(float(high - low), dtype)
             except ShapeError:  # (each bound fits: it was 'the number 6e+38', which the spec never wrote)
@@ -382,7 +382,7 @@ class Normal(RandomComposite):
             raise SpecError(f"normal needs std >= 0, got {std}", current_loc(), hint="use a std of 0 or more, e.g. std=1")
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         work = draw_dtype(dtype)
-        c = lambda v, arg: g.const(setting(v, work, arg))  # noqa: E731  (a mean beyond the type's range is refused)
+        c = lambda v, arg: g.const(setting(v, work, arg, g))  # noqa: E731  (a mean beyond the type's range is refused)
         u1 = self.unit(g, like, rng, salt, work, open_low=True)
         u2 = self.unit(g, like, rng, salt + 1, work)
         z = g.apply("box_muller", u1, u2)

@@ -270,7 +270,7 @@ class Scan(OpDef):
         # before each step.
         g_products, g_prevs = gouts[nc + n_y:nc + n_y + len(products)], gouts[nc + n_y + len(products):]
 
-        bg = Graph(float_dtype=b.graph.float_dtype, mode=b.graph.mode)
+        bg = Graph(float_dtype=b.graph.float_dtype, mode=b.graph.mode, mixed_precision=b.graph.mixed_precision)
         lam = [bg.add_input(f"lam{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
         prev_t = [bg.add_input(f"prev{k}", c.dtype, c.shape) for k, c in enumerate(b.carries)]
         seq_t = [bg.add_input(f"seq{k}", v.dtype, v.shape) for k, v in enumerate(b.seqs)]
