@@ -409,6 +409,22 @@ def test_random_op_settings_beyond_the_float_type_are_refused(op, attrs):
         build(lambda g, x: g.apply(op, x, **attrs), (3, 4), "float64")
 
 
+@pytest.mark.parametrize("op,attrs", [("normal", {"mean": 1e5}), ("normal", {"std": 1e5}),
+                                      ("gaussian_noise", {"sigma": 1e5}), ("uniform", {"low": -1e5, "high": 0.0})])
+def test_random_op_settings_beyond_float16_are_refused_in_a_float16_graph(op, attrs):
+    """normal(x, mean=1e5) in a float16 graph draws in float32 and casts: its values were inf without
+    a word (the float32 draw holds 1e5). Its settings are refused at their keyword against the type it
+    returns, as float32 refuses 1e39; a mixed-precision step saturates them as its other numbers."""
+    from spec.errors import ShapeError
+
+    g = Graph(float_dtype="float16")
+    with pytest.raises(ShapeError, match=r"^the number -?100000 is beyond the range of float16 \(up to 65504\)") as e:
+        g.apply(op, g.add_input("x", "float16", (3, 4)), **attrs)
+    assert e.value.arg == next(iter(attrs)) and "--dtype float32" in e.value.hint
+    g = Graph(float_dtype="float16", mixed_precision=True)
+    g.apply(op, g.add_input("x", "float16", (3, 4)), **attrs)
+
+
 def test_uniform_bounds_too_far_apart_are_told_as_bounds():
     """uniform(x, low=-3e38, high=3e38) in float32, each bound within the type, was refused as 'the
     number 6e+38 is beyond the range of float32', a number the spec never wrote (high - low)."""
@@ -419,3 +435,6 @@ def test_uniform_bounds_too_far_apart_are_told_as_bounds():
         build(lambda g, x: g.apply("uniform", x, low=-3e38, high=3e38), (3, 4), "float32")
     assert "narrower bounds" in e.value.hint and "--dtype float64" in e.value.hint
     build(lambda g, x: g.apply("uniform", x, low=-3e38, high=3e38), (3, 4), "float64")
+    with pytest.raises(ShapeError, match=r"^uniform's bounds low=-40000 and high=40000 are 80000 apart") as e:
+        build(lambda g, x: g.apply("uniform", x, low=-4e4, high=4e4), (3, 4), "float16")
+    assert "--dtype float32" in e.value.hint  # (float16 had no hint of a wider type)

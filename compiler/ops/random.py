@@ -288,6 +288,11 @@ def setting(value: float, dtype: str, arg: str, g) -> np.ndarray:
         raise
 
 
+def _wider(dtype: str, g) -> str | None:
+    """The compile float type that holds more than `dtype`, where `dtype` is the graph's own."""
+    return {"float32": "float64", "float16": "float32"}.get(dtype) if dtype == g.float_dtype else None
+
+
 def _below(high: float, low: float, dtype: str) -> np.ndarray:
     """The largest value of dtype below high (not below low): uniform's upper bound."""
     hi, lo = np.asarray(high, dtype=dtype), np.asarray(low, dtype=dtype)
@@ -316,8 +321,8 @@ class Uniform(RandomComposite):
             except ShapeError:  # (each bound fits: it was 'the number 6e+38', which the spec never wrote)
                 raise ShapeError(f"uniform's bounds low={low:g} and high={high:g} are {high - low:g} apart, beyond "
                                  f"the range of {dtype} (up to {float(np.finfo(dtype).max):.4g})", current_loc(),
-                                 hint="draw from narrower bounds" + (", or compile with train.dtype float64 (--dtype "
-                                 'float64; dtype="float64" in the Python API)' if dtype == "float32" else "")) from None
+                                 hint="draw from narrower bounds" + (f", or compile with train.dtype {wider} (--dtype {wider}; "
+                                 f'dtype="{wider}" in the Python API)' if (wider := _wider(dtype, g)) else "")) from None
             u = u * width + lo
             u = g.apply("minimum", u, g.const(_below(high, low, dtype)))
         return u
@@ -383,6 +388,9 @@ class Normal(RandomComposite):
         dtype = _float_dtype_for(like.dtype, g.float_dtype)
         work = draw_dtype(dtype)
         c = lambda v, arg: g.const(setting(v, work, arg, g))  # noqa: E731  (a mean beyond the type's range is refused)
+        if work != dtype:  # drawn in float32, then cast: a float16 mean=1e5 was inf, without a word
+            for v, arg in ((std, "std"), (mean, "mean")):
+                setting(v, dtype, arg, g)
         u1 = self.unit(g, like, rng, salt, work, open_low=True)
         u2 = self.unit(g, like, rng, salt + 1, work)
         z = g.apply("box_muller", u1, u2)
