@@ -272,7 +272,7 @@ def _damaged(path: str, names: ArgNames, purpose: str) -> str:
     """What to do with a truncated or corrupted checkpoint. A run's checkpoint.npz (the last) and
     best.npz are written separately: the other one may still be whole. A resume is not sent to
     --overwrite while the run has a whole best.npz, which that removes: best.npz is a whole
-    checkpoint of its epoch (its step, data position, history and optimizer state), and a resume
+    checkpoint of its epoch (its step, data position, count of records and optimizer state), and a resume
     from it replays the epochs after it. A warm start (--init-from) is sent to the other one."""
     if purpose == "read":
         return (f"the file is truncated or corrupted: pass the run's other checkpoint (export and eval: "

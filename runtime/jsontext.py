@@ -42,9 +42,10 @@ def numbers_of(record):
 
 
 def checkpoint_record(meta: dict) -> dict:
-    """A checkpoint's record with its metrics' nulls as NaN: its history of epochs, its best
-    record and the running sums of an epoch it stopped in (also those a step limit kept aside
-    as `partial`), as the training loop and the API's readers had them before they were written."""
+    """A checkpoint's record with its metrics' nulls as NaN: its history of epochs (which
+    checkpoints of earlier versions carry; metrics.jsonl holds it now), its best record and the
+    running sums of an epoch it stopped in (also those a step limit kept aside as `partial`), as
+    the training loop and the API's readers had them before they were written."""
     meta = dict(meta)
     if isinstance(meta.get("history"), list):
         meta["history"] = [numbers_of(r) for r in meta["history"]]

@@ -532,6 +532,9 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             _check_arrays_given_again(run_dir, info, opts, names)
             seed = _resumed_seed(meta, opts.seed, seed, ckpt_path, names)
             dtype = _resumed_dtype(info, opts.dtype, ckpt_path, run_dir, names)
+            # the records of the epochs it covers: from metrics.jsonl (an earlier flowgrad's
+            # checkpoint carries them itself), read before anything of the run is written
+            meta = {**meta, "history": _resumed_history(run_dir, meta, ckpt_path, names)}
         cm = compile_spec(spec, dtype, frozen=opts.freeze, names=names)
         train_ds, valid_ds = load_data(spec, cm, opts, seed)
         streams = (train_ds.meta or {}).get("streams")
@@ -633,19 +636,24 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             stopped = (f"nothing more to train (this resume's limit of {total_steps} step{'s' if total_steps != 1 else ''} "
                        "was reached before it)")
 
-        def checkpoint(pos, also_best=False, partial=None):
+        def checkpoint(pos, also_best=False, partial=None, record=None):
             state = trainer.state_numpy()
             # never replace a good checkpoint with NaNs; at an epoch's end (pos 0) `epoch` already counts
             # the epoch just ended, which the message names (it named the next one)
             _check_state_finite(state, step, epoch - 1 if pos == 0 else epoch, run_dir, names)
+            # The epochs' records are metrics.jsonl's lines, not the checkpoint's: it holds how many it
+            # covers ("records"), which a resume cuts metrics.jsonl back to. (The whole history in each
+            # checkpoint made a run of many epochs write bytes in the square of their number.)
             data = checkpoint_bytes(state, {
-                "step": step, "epoch": epoch, "position": pos, "history": history, "best": best,
+                "step": step, "epoch": epoch, "position": pos, "records": len(history), "best": best,
                 "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,
                 "optimizers": optimizers, "batch_size": batch_size, "accumulate": opts.accumulate,
                 "overflows": overflows,
                 # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
                 "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0, "epoch_rows": rows if pos else {},
                 **({"partial": partial} if partial else {})})
+            if record is not None:  # the epoch's line before the checkpoints that cover it, synced
+                _append_metrics(run_dir, record)
             if also_best:  # first: killed between the two writes, the resumed run redoes the epoch and both agree
                 if partial and os.path.exists(os.path.join(run_dir, BEST)):
                     # whole or not at all: a resume renames this copy over best.npz
@@ -798,9 +806,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 if improved:
                     best = dict(record)
                 history.append(record)
-                checkpoint(0, also_best=improved, partial=partial)
-                with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
-                    f.write(jsontext.dumps(record) + "\n")
+                checkpoint(0, also_best=improved, partial=partial, record=record)
                 progress.end_epoch(record)
                 if on_epoch:
                     on_epoch(record)
@@ -1425,8 +1431,67 @@ def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames, hint: str
 
 
 def _rewrite_metrics(run_dir, history, names: ArgNames):
+    """metrics.jsonl as the records of the epochs a run starts from: none for a new run; for a
+    resumed one, those its checkpoint covers (the lines of epochs after it, which a resume from
+    best.npz or a kill between an epoch's line and its checkpoint leaves, are redone)."""
     atomic_write(os.path.join(run_dir, "metrics.jsonl"), "".join(jsontext.dumps(r) + "\n" for r in history).encode(),
                  names=names)
+
+
+def _append_metrics(run_dir: str, record: dict) -> None:
+    """An epoch's line at the end of metrics.jsonl, on disk before the checkpoint that counts it
+    is written: a checkpoint never covers a line that a crash could still lose. (Cut short by a
+    crash, the line is past what the last checkpoint covers, and the resume drops it.)"""
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+        f.write(jsontext.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _resumed_history(run_dir: str, meta: dict, ckpt_path: str, names: ArgNames) -> list[dict]:
+    """The records of the epochs that a resumed checkpoint covers: the first meta["records"] lines
+    of metrics.jsonl (the lines after them are of epochs the resume redoes). A checkpoint of an
+    earlier flowgrad carries its history itself. A metrics.jsonl without the lines the checkpoint
+    covers (removed, cut short or edited) is refused before anything of the run is written: the
+    resumed file would lack those epochs, and early stopping's best and plots read them."""
+    if isinstance(meta.get("history"), list):
+        return list(meta["history"])
+    n = meta.get("records", meta.get("epoch", 0))
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
+    if not n:
+        return []
+    path = os.path.join(run_dir, "metrics.jsonl")
+    covers = (f"{os.path.basename(ckpt_path)} covers {n} epoch{'s' if n != 1 else ''} "
+              "(a resume goes on from their records)")
+    hint = (f"restore the run's metrics.jsonl, or start a new run from its weights with "
+            f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+    history = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if len(history) == n:
+                    break
+                if not line.strip():
+                    continue
+                i = len(history)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict) or record.get("epoch") != i + 1:
+                    raise DataError(f"{names.given(resume=True)} {run_dir}: {path}:{number} is not the record of "
+                                    f"epoch {i + 1}, and {covers}", hint=hint)
+                history.append(jsontext.numbers_of(record))
+    except FileNotFoundError:
+        raise DataError(f"{names.given(resume=True)} {run_dir}: {path} is missing, and {covers}",
+                        hint=hint) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{names.given(resume=True)} {run_dir}: {path} is unreadable "
+                        f"({getattr(e, 'strerror', None) or type(e).__name__}), and {covers}", hint=hint) from None
+    if len(history) < n:
+        raise DataError(f"{names.given(resume=True)} {run_dir}: {path} holds the records of {len(history)} "
+                        f"epoch{'s' if len(history) != 1 else ''}, and {covers}", hint=hint)
+    return history
 
 
 class _Progress:

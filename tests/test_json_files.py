@@ -84,10 +84,10 @@ def test_every_file_of_a_run_with_a_metric_not_finite_is_strict_json(tmp_path, n
     assert result == out and result["best"] == records[1]  # (any number beats a NaN best, -inf too)
     for name in ("checkpoint.npz", "best.npz"):
         meta = strict(_meta_text(run / name))
-        assert meta["history"][0]["valid_accuracy"] is None
+        assert meta["records"] == 2 and "history" not in meta  # (the epochs' records are metrics.jsonl's)
+    assert meta["partial"]["best"]["valid_accuracy"] is None
     # the readers: NaN where the number was not finite, as before
     _, meta = load_checkpoint(str(run / "checkpoint.npz"))
-    assert math.isnan(meta["history"][0]["valid_accuracy"]) and math.isnan(meta["history"][0]["valid_loss"])
     assert math.isnan(meta["partial"]["best"]["valid_accuracy"]) and math.isnan(meta["best"]["valid_accuracy"])
     from runtime.plots import read_history
 
@@ -104,8 +104,12 @@ def test_a_resume_reads_a_best_that_was_not_finite_as_nan(tmp_path, not_finite_f
     records stay strict JSON. A run written before, with NaN in its files, resumes as it did."""
     run = tmp_path / "run"
     invoke("train", MLP, *SMALL, *STOPPING, "--epochs", "1", "--run-dir", run)
-    if older:  # the files as an earlier flowgrad wrote them: NaN and Infinity as bare tokens
+    if older:  # the files as an earlier flowgrad wrote them: NaN and Infinity as bare tokens, and the
+        # epochs' records in the checkpoint
         state, meta = load_checkpoint(str(run / "checkpoint.npz"))
+        meta["history"] = [jsontext.numbers_of(json.loads(line))
+                           for line in (run / "metrics.jsonl").read_text().splitlines()]
+        del meta["records"]
         meta["history"][0]["valid_loss"] = meta["best"]["valid_loss"] = float("inf")  # (as it was)
         text = json.dumps(meta)
         assert "NaN" in text and "Infinity" in text
@@ -124,7 +128,7 @@ def test_a_resume_reads_a_best_that_was_not_finite_as_nan(tmp_path, not_finite_f
     assert records[0]["valid_loss"] is None
     strict(_meta_text(run / "checkpoint.npz"))
     _, best = load_checkpoint(str(run / "best.npz"))
-    assert best["step"] == out["best"]["step"] and math.isnan(best["history"][0]["valid_accuracy"])
+    assert best["step"] == out["best"]["step"] and best["records"] == 3
 
 
 def test_the_dumps_of_run_files_write_null_for_numbers_not_finite():

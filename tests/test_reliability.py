@@ -466,7 +466,7 @@ def test_three_sigkills_then_resume_equal_an_uninterrupted_run(tmp_path):
     _wait(proc, lambda: bool(_tmp_files(run)), "a checkpoint's temporary file")
     _kill(proc)
     steps.append(_checkpoint_step(ckpt))  # the previous or the new checkpoint, whole either way
-    # 3. just after an epoch ended (its line in metrics.jsonl is written last)
+    # 3. just after an epoch ended (its line in metrics.jsonl is written before its checkpoints)
     metrics = run / "metrics.jsonl"
     done = len(metrics.read_text().splitlines())
     proc = start("--resume")
@@ -723,6 +723,39 @@ def test_a_damaged_last_checkpoint_points_a_resume_at_best_npz_not_at_overwrite(
     _train_in_process(tmp_path, "run", "--resume", *worst_is_best)
     same_state(tmp_path / "ref" / "checkpoint.npz", run / "checkpoint.npz")
     assert timeless(run / "metrics.jsonl") == timeless(tmp_path / "ref" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("damage", ["removed", "cut short", "edited"])
+def test_a_resume_whose_metrics_jsonl_lacks_the_epochs_its_checkpoint_covers_is_one_line(tmp_path, damage):
+    """A checkpoint records how many of metrics.jsonl's lines it covers, and a resume goes on from
+    them. A metrics.jsonl that lacks them (removed, cut short, or a line edited into another
+    epoch's) is refused with a hint before anything of the run is written; put back, it resumes."""
+    run = tmp_path / "run"
+    _train_in_process(tmp_path, "run")
+    metrics = run / "metrics.jsonl"
+    kept = {p: p.read_bytes() for p in (run / "checkpoint.npz", run / "best.npz", run / "run.json", metrics)}
+    lines = metrics.read_text().splitlines(keepends=True)
+    if damage == "removed":
+        metrics.unlink()
+    elif damage == "cut short":
+        metrics.write_text(lines[0])
+    else:
+        metrics.write_text(lines[0] + lines[0])
+    damaged = metrics.read_bytes() if metrics.exists() else None
+    result = _train_in_process(tmp_path, "run", "--resume", "--epochs", "3", code=1)
+    lines_out = result.output.strip().splitlines()
+    assert len(lines_out) == 2 and lines_out[1].startswith("  hint: "), result.output
+    said = {"removed": f"{metrics} is missing", "cut short": f"{metrics} holds the records of 1 epoch",
+            "edited": f"{metrics}:2 is not the record of epoch 2"}[damage]
+    assert error_line(result) == f"error: --resume {run}: {said}, and checkpoint.npz covers 2 epochs (a resume " \
+                                 "goes on from their records)", result.output
+    assert f"restore the run's metrics.jsonl, or start a new run from its weights with --init-from {run}" in \
+        " ".join(result.output.split())
+    assert (metrics.read_bytes() if metrics.exists() else None) == damaged
+    assert all(p.read_bytes() == b for p, b in kept.items() if p != metrics)
+    metrics.write_bytes(kept[metrics])
+    _train_in_process(tmp_path, "run", "--resume", "--epochs", "3")
+    assert [r["epoch"] for r in timeless(metrics)] == [1, 2, 3]
 
 
 def test_a_run_stopped_between_its_first_best_and_checkpoint_writes_keeps_its_best(tmp_path, monkeypatch):

@@ -287,6 +287,112 @@ def test_resuming_a_run_that_early_stopping_ended_trains_no_more(tmp_path, data)
     assert train(longer, resume=True, **opts).epochs == 4  # a larger patience goes on
 
 
+def _record_bytes(path) -> int:
+    """The size of a checkpoint's record (its __meta__), beside its tensors."""
+    with np.load(path, allow_pickle=False) as z:
+        return len(bytes(z["__meta__"]))
+
+
+def _timeless(records) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def _lines(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return _timeless(json.loads(line) for line in f)
+
+
+def test_a_checkpoints_record_does_not_grow_with_the_epochs_of_the_run(tmp_path, data):
+    """Each checkpoint carried the records of every epoch before it (and metrics.jsonl was
+    written again from them on resume): a run of E epochs wrote bytes in E squared, and 2,000 epochs
+    of a tiny model spent 16.7 s writing. A checkpoint now records how many of metrics.jsonl's
+    lines it covers."""
+    spec = _spec(REGRESSION, tmp_path)
+    sizes = {}
+    for epochs in (3, 30):
+        run = tmp_path / f"run{epochs}"
+        train(spec, run_dir=str(run), data=data, epochs=epochs, threads=1, device="cpu", progress=False)
+        sizes[epochs] = [_record_bytes(run / name) for name in ("checkpoint.npz", "best.npz")]
+        assert [r["epoch"] for r in _lines(run)] == list(range(1, epochs + 1))
+        assert load_checkpoint(str(run / "checkpoint.npz"))[1]["records"] == epochs
+    # (the digits of the step and of the best record's numbers may differ)
+    assert all(abs(b - a) < 64 for a, b in zip(sizes[3], sizes[30])), sizes
+
+
+def test_a_resume_from_an_earlier_checkpoint_redoes_the_records_and_the_patience_after_it(tmp_path, data):
+    """metrics.jsonl is the run's record of its epochs: a resume from a checkpoint before the last
+    one (best.npz, here the first epoch's) cuts it back to the epochs that checkpoint covers, and
+    the epochs it redoes, and early stopping's count of epochs without improvement, are those of
+    an uninterrupted run; so are they resumed from the last checkpoint."""
+    text = REGRESSION + "  early_stopping: {metric: train_loss, mode: max, patience: 3}\n"
+    spec = _spec(text, tmp_path)
+    opts = dict(data=data, epochs=20, threads=1, device="cpu", progress=False)
+    ref = train(spec, run_dir=str(tmp_path / "ref"), **opts)
+    # the loss falls every epoch, so "max" never improves after the first epoch
+    assert ref.epochs == 4 and ref.best["epoch"] == 1 and len(_lines(tmp_path / "ref")) == 4
+    for start in ("checkpoint.npz", "best.npz"):
+        run = tmp_path / start
+        train(spec, run_dir=str(run), **{**opts, "epochs": 3})  # two epochs without improvement so far
+        (run / "checkpoint.npz").write_bytes((run / start).read_bytes())
+        resumed = train(spec, resume=True, run_dir=str(run), **opts)
+        assert (resumed.epochs, resumed.stopped) == (ref.epochs, ref.stopped), start
+        assert _timeless(resumed.history) == _timeless(ref.history) and _lines(run) == _lines(tmp_path / "ref")
+        a, b = _params(str(tmp_path / "ref")), _params(str(run))
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_stopped_between_an_epochs_line_and_its_checkpoint_resumes_as_if_uninterrupted(tmp_path, data,
+                                                                                           monkeypatch):
+    """An epoch's line goes into metrics.jsonl before the checkpoint that covers it: stopped
+    between the two, metrics.jsonl holds a line of an epoch that the resume trains again, and
+    drops."""
+    import runtime.train as T
+
+    spec = _spec(REGRESSION, tmp_path)
+    opts = dict(data=data, epochs=5, threads=1, device="cpu", progress=False)
+    train(spec, run_dir=str(tmp_path / "ref"), **opts)
+    real, written = T.atomic_write, []
+
+    def stopped(path, *args, **kwargs):
+        if path.endswith("checkpoint.npz"):
+            written.append(path)
+            if len(written) == 3:
+                raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(T, "atomic_write", stopped)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, run_dir=str(run), **opts)
+    monkeypatch.undo()
+    assert len(_lines(run)) == 3 and load_checkpoint(str(run / "checkpoint.npz"))[1]["epoch"] == 2
+    resumed = train(spec, resume=True, run_dir=str(run), **opts)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5]
+    assert _lines(run) == _lines(tmp_path / "ref")
+
+
+def test_a_checkpoint_of_an_earlier_flowgrad_with_the_epochs_records_resumes(tmp_path, data):
+    """Checkpoints of earlier versions carry every epoch's record, and a resume wrote metrics.jsonl
+    from them: such a run resumes so still, whatever its metrics.jsonl holds."""
+    from runtime.checkpoint import checkpoint_bytes
+
+    text = REGRESSION + "  early_stopping: {metric: train_loss, mode: max, patience: 3}\n"
+    spec = _spec(text, tmp_path)
+    opts = dict(data=data, epochs=20, threads=1, device="cpu", progress=False)
+    ref = train(spec, run_dir=str(tmp_path / "ref"), **opts)
+    run = tmp_path / "run"
+    train(spec, run_dir=str(run), **{**opts, "epochs": 2})
+    state, meta = load_checkpoint(str(run / "checkpoint.npz"))
+    meta["history"] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    del meta["records"]
+    (run / "checkpoint.npz").write_bytes(checkpoint_bytes(state, meta))
+    (run / "metrics.jsonl").write_text("")  # (an earlier flowgrad wrote it again from the checkpoint)
+    resumed = train(spec, resume=True, run_dir=str(run), **opts)
+    assert (resumed.epochs, resumed.stopped) == (ref.epochs, ref.stopped)
+    assert _timeless(resumed.history) == _timeless(ref.history) and _lines(run) == _lines(tmp_path / "ref")
+    assert "history" not in load_checkpoint(str(run / "checkpoint.npz"))[1]
+
+
 def test_stateful_lstm_continues_the_previous_batch():
     """With state carried across batches, the loss on batch 2 equals the loss of the same
     positions when the model reads batches 1 and 2 as one long sequence from a zero state."""
