@@ -819,13 +819,13 @@ def main():
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
-    import onnxruntime  # (20 ms)
-
-    # onnxruntime's process-wide logger warns outside any session (providers it cannot load); the
-    # command's own sessions are quiet already. Set here, not on import: a program using the API
-    # keeps its own onnxruntime logging.
-    onnxruntime.set_default_logger_severity(3)
     try:
+        import onnxruntime  # (20 ms)
+
+        # onnxruntime's process-wide logger warns outside any session (providers it cannot load);
+        # the command's own sessions are quiet already. Set here, not on import: a program using
+        # the API keeps its own onnxruntime logging.
+        onnxruntime.set_default_logger_severity(3)
         code = app(standalone_mode=False)
     except ClickException as e:
         if not e.format_message().strip():  # no_args_is_help: the help is printed, nothing went wrong to say

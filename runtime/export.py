@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError, did_you_mean, unknown_choice
+from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError, unknown_choice
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
