@@ -80,7 +80,7 @@ MAX_EXAMPLES = 10_000_000
 def _reject_unknown(dataset: str, unknown: dict, known: list[str]) -> None:
     if not unknown:
         return
-    name = sorted(unknown)[0]
+    name = next(iter(unknown))  # the first as written, as flowgrad check names it (it took the first in sort order)
     close = did_you_mean(name, known)
     hint = close or f"options of {dataset}: {', '.join(known)}"
     raise DataError(f"dataset {dataset!r} has no option {name!r}", None, hint)

@@ -719,3 +719,23 @@ train:
     with pytest.raises(DataError) as info:
         D.check_against_spec(ds, spec, needed_inputs(cm), "dataset 'digits'", cm.index_bounds, input_dtypes(cm))
     assert words in info.value.hint and "sav" not in info.value.hint and "file" not in info.value.hint
+
+
+def test_train_and_check_name_the_same_unknown_option_first(tmp_path):
+    """With two misspelt options, check named the first as written (seqlen) and train the first in
+    sort order (lvl): fixing what one said, the other then named the other."""
+    from runtime.data import load_bundled
+    from runtime.train import check_data_section
+    from spec import load_spec
+    from spec.errors import DataError
+
+    import pathlib
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "models" / "char_lstm.yaml").read_text().replace(
+        "options: {level: char, seq_len: 64}", "options: {seqlen: 64, lvl: char}")
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    with pytest.raises(DataError, match="has no option 'seqlen'"):
+        check_data_section(load_spec(str(path)))
+    with pytest.raises(DataError, match="has no option 'seqlen'"):
+        load_bundled("text", {"seqlen": 64, "lvl": "char"})
