@@ -27,7 +27,11 @@ def _sample(g, logits: Value, temperature: Value, seed: Value, step: Value, salt
 
     Computed as argmax(logits / max(T, 1) + noise * min(T, 1)), the same argmax for T > 0,
     so that T = 0 picks the most likely token and neither term overflows: the noise scaled
-    by a huge T (above about 2e37) was inf, and argmax took the first of several infs."""
+    by a huge T (above about 2e37) was inf, and argmax took the first of several infs. A half
+    type's model samples in float32: drawn in float16, the uniform's steps near 1 capped the
+    noise near 7.6, and a token ~9.6 or more below the best logit was never drawn."""
+    if logits.dtype in ("float16", "bfloat16"):
+        logits, temperature = g.cast(logits, "float32"), g.cast(temperature, "float32")
     u = g.apply("uniform", logits, seed, step, salt=salt)
     # keeps log's arguments above 0: 1e-20 is 0 in float16, where a draw of 0 made NaN at T = 0
     tiny = g.lift(max(1e-20, float(np.finfo(u.dtype).tiny)), like=u)

@@ -663,3 +663,29 @@ def test_a_language_model_reading_another_input_is_told_it_samples_from_a_prompt
     assert e.value.message == ("generate: the logits read the input 'topic' besides generate.input 'x', and a "
                                "language model samples from a prompt alone")
     assert "add bos" in e.value.hint
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_half_type_sampler_draws_tokens_far_below_the_best(dtype):
+    """A float16 sampler drew its uniform noise in float16, whose steps near 1 capped the Gumbel
+    noise near 7.6: a token more than ~9.6 below the best logit was never drawn. Against one token at
+    0 and 100,000 at -10, softmax gives the best 1 / (1 + 1e5 e^-10) = 18%; the float16 sampler gave
+    it every time. The sample is drawn in float32 whatever the model's type."""
+    from compiler.check import Runner
+    from compiler.emit import emit_model
+    from compiler.generate import _sample
+    from compiler.ir import Graph
+
+    g = Graph(float_dtype=dtype)
+    logits = g.add_input("logits", dtype, (1, 100_001))
+    temperature = g.add_input("temperature", dtype, ())
+    seed, step = g.add_input("seed", "int64", ()), g.add_input("step", "int64", ())
+    token = _sample(g, logits, temperature, seed, step, salt=1)
+    run = Runner(emit_model(g, [("logits", logits), ("temperature", temperature), ("seed", seed), ("step", step)],
+                            [("token", token)]))
+    scores = np.full((1, 100_001), -10.0, dtype)
+    scores[0, 0] = 0.0
+    draws = [int(run({"logits": scores, "temperature": np.asarray(1.0, dtype), "seed": np.asarray(s),
+                      "step": np.asarray(0)})["token"][0]) for s in range(200)]
+    best = draws.count(0) / len(draws)
+    assert 0.08 < best < 0.3, best
