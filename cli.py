@@ -529,14 +529,14 @@ def predict(
 
 def _write_npz(path: str, arrays: dict) -> None:
     """The arrays as an .npz at exactly `path`, whole or not at all."""
-    from runtime.checkpoint import atomic_write, make_parent_dir, predictions_bytes, refuse_replacing, refuse_run_file
+    from runtime.checkpoint import atomic_write, make_parent_dir, refuse_replacing, refuse_run_file, write_predictions
     from spec.errors import FLAGS
 
     refuse_run_file(path, names=FLAGS)
     # (predictions replaced a spec or notes given as -o, and an .npz of data other than --data)
     refuse_replacing(path, "npz", names=FLAGS, outputs=list(arrays))
     make_parent_dir(path, names=FLAGS)
-    atomic_write(path, predictions_bytes(arrays),
+    atomic_write(path, lambda f: write_predictions(f, arrays),
                  hint="check the directory's permissions and free space, or pick another path with -o")
 
 

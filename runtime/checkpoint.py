@@ -47,7 +47,7 @@ def refuse_replacing(path: str, kind: str, error: type[FlowgradError] = Flowgrad
     export, predictions, compiled graphs), never another file that a mistyped path names: a
     spec, data, notes. `kind`: "onnx", "npz" or "manifest"; or "directory" for an output that is
     one (compile's, which an existing file of any kind is in the way of). `names`: how the hint
-    names the output. An "npz" of outputs is one that predict wrote (see predictions_bytes), or
+    names the output. An "npz" of outputs is one that predict wrote (see write_predictions), or
     one that holds exactly `outputs`, the names of the arrays about to be written (predictions
     written before predict marked its files); any other .npz of arrays is data."""
     if kind == "directory":
@@ -74,7 +74,7 @@ def refuse_replacing(path: str, kind: str, error: type[FlowgradError] = Flowgrad
 PREDICTIONS_MARK = b"flowgrad predictions"
 
 
-def _savez(buf: io.BytesIO, arrays: dict) -> None:
+def _savez(buf, arrays: dict, comment: bytes = b"") -> None:
     """The arrays into `buf` as numpy.savez writes them (an array per entry NAME.npy, stored).
     A Ctrl-C (or the CLI's SIGTERM) that landed as numpy.savez opened an array's entry surfaced
     as its ValueError "Can't close the ZIP file while there is an open writing handle on it" (the
@@ -90,20 +90,23 @@ def _savez(buf: io.BytesIO, arrays: dict) -> None:
         for name, a in arrays.items():
             with z.open(f"{name}.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=True)
+        z.comment = comment
         z.close()
     except BaseException:
         z.fp = None  # (nothing to finish: close() refuses an archive whose entry was cut short)
         raise
 
 
+def write_predictions(f, arrays: dict) -> None:
+    """The arrays into the open file f as an .npz marked as predict's outputs (written as they
+    go: predict -o built the whole archive in memory, holding the outputs twice)."""
+    _savez(f, arrays, comment=PREDICTIONS_MARK)
+
+
 def predictions_bytes(arrays: dict) -> bytes:
     """The arrays as the bytes of an .npz marked as predict's outputs."""
-    import zipfile
-
     buf = io.BytesIO()
-    _savez(buf, arrays)
-    with zipfile.ZipFile(buf, "a") as z:
-        z.comment = PREDICTIONS_MARK
+    write_predictions(buf, arrays)
     return buf.getvalue()
 
 
@@ -192,10 +195,10 @@ def _temporary(directory: str) -> tuple[io.BufferedWriter, str]:
     raise FileExistsError(errno.EEXIST, "no unused name for a temporary file", directory)
 
 
-def atomic_write(path: str, data: bytes, hint: str | None = None, names: ArgNames = FLAGS) -> None:
-    """Write the file whole or not at all (a temporary beside it, then a rename); `hint` for
-    a file that is not a run's (the default hint speaks of checkpoints, and of resuming as
-    `names` name it)."""
+def atomic_write(path: str, data, hint: str | None = None, names: ArgNames = FLAGS) -> None:
+    """Write the file whole or not at all (a temporary beside it, then a rename): `data` is its
+    bytes, or a function that writes them into the open temporary file; `hint` for a file that
+    is not a run's (the default hint speaks of checkpoints, and of resuming as `names` name it)."""
     if os.path.isdir(path) or path.endswith(("/", os.sep)):  # (its hint spoke of free space)
         raise FlowgradError(f"cannot write {path}: it names a directory, not a file",
                             hint=f"give the path of the file to write, e.g. {os.path.join(path, 'NAME')}")
@@ -229,9 +232,12 @@ def atomic_write(path: str, data: bytes, hint: str | None = None, names: ArgName
         pass
 
 
-def _write(f, data: bytes, path: str) -> None:
+def _write(f, data, path: str) -> None:
     """Write and sync the temporary file of `path` (one place, so tests can fill the disk here)."""
-    f.write(data)
+    if callable(data):
+        data(f)
+    else:
+        f.write(data)
     f.flush()
     os.fsync(f.fileno())
 

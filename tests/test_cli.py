@@ -1454,3 +1454,22 @@ def test_a_batch_of_one_through_batch_norm_names_the_flag(tmp_path):
     res = invoke("train", spec, "--data", tmp_path / "d.npz", "--set", "train={batch_size: 19}", "--run-dir",
                  tmp_path / "r", "--quiet", "--device", "cpu", code=1)
     assert "a batch of one (train.batch_size 19)" in res.stderr, res.stderr
+
+
+def test_predict_o_writes_its_outputs_without_a_copy_in_memory(tmp_path):
+    """predict -o built the whole .npz in memory before writing it, holding the outputs twice (the
+    arrays and the archive): the archive is now written into its temporary file as it goes."""
+    import tracemalloc
+
+    import cli
+
+    probs = np.zeros((1_000_000, 20), np.float32)  # 80 MB
+    tracemalloc.start()
+    try:
+        cli._write_npz(str(tmp_path / "out.npz"), {"probs": probs})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40e6, peak
+    with np.load(tmp_path / "out.npz") as z:
+        assert z["probs"].shape == probs.shape
