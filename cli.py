@@ -202,7 +202,8 @@ def _check_dtype(dtype):
 
 
 @app.command()
-def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
+def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print the nodes, parameters and warnings as JSON.")] = False):
     """Validate a spec, infer every shape, and print its nodes and parameters."""
     from compiler.training import check_spec
     from runtime.train import check_data_section
@@ -216,37 +217,66 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None):
         err.print(f"[bold yellow]warning:[/bold yellow] {escape(visible(w.one_line()))}", soft_wrap=True)
         if w.hint:
             err.print(f"[dim]  hint: {escape(visible(w.hint))}[/dim]", soft_wrap=True)
+    r = _check_report(s, low)
+    if as_json:  # (the pointer to summary below is for a person reading the tables, as summary's notes)
+        _print_json(r)
+        return
     _print_doc(s)
     table = Table(title=f"{s.name}: nodes", title_justify="left")
     table.add_column("name")
     table.add_column("op")
     table.add_column("shape")
     table.add_column("dtype")
-    for a in s.graph:
-        for t in a.targets:
-            v = low.env.get(t)
-            shape = "[" + ", ".join(str(d) for d in v.shape) + "]" if hasattr(v, "shape") else repr(v)
-            op = a.expr.func if hasattr(a.expr, "func") else type(a.expr).__name__.lower()
-            table.add_row(t, op, escape(shape), str(getattr(v, "dtype", "")))  # (a shape [t, N] read as markup)
+    for n in r["nodes"]:
+        # a compile-time number (c: 2.0, k: D * 2) has no shape: its value is shown instead
+        shape = _dims(n["shape"]) if n["shape"] is not None else n["value"] if isinstance(n["value"], str) else repr(n["value"])
+        table.add_row(n["name"], n["op"], escape(shape), n["dtype"] or "")  # (a shape [t, N] read as markup)
     print_table(out, table)
     ptable = Table(title=f"{s.name}: parameters", title_justify="left")
     for col in ("name", "shape", "init", "kind"):
         ptable.add_column(col)
-    total = 0
-    for n, p in low.params.items():
-        size = 1
-        for d in p.shape:
-            size *= d
-        if p.kind == "param" and p.trainable:  # a frozen parameter (trainable: false) is not trained
-            total += size
-        ptable.add_row(n, escape("[" + ", ".join(map(str, p.shape)) + "]"), p.init_kind, p.kind if p.trainable or p.kind != "param" else "frozen")
+    for p in r["params"]:
+        ptable.add_row(p["name"], escape(_dims(p["shape"])), p["init"], p["kind"])
     print_table(out, ptable)
-    warned = f" ({len(low.warnings)} warning{'s' if len(low.warnings) != 1 else ''})" if low.warnings else ""
-    out.print(f"{len(low.params)} tensors, {total:,} trainable values; spec OK{warned}")
+    warned = f" ({len(r['warnings'])} warning{'s' if len(r['warnings']) != 1 else ''})" if r["warnings"] else ""
+    out.print(f"{r['tensors']} tensors, {r['trainable_values']:,} trainable values; spec OK{warned}")
     sets = "".join(f" --set {_shell(o)}" for o in set or [])  # (without them it summed up another model)
     dtype_flag = f" --dtype {_shell(dtype)}" if dtype else ""
     err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {_shell(spec)}{sets}{dtype_flag}[/dim]",
               soft_wrap=True)
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _check_report(s, low) -> dict:
+    """What check shows of a checked spec, the rows of its tables as check --json prints them:
+    each graph entry's op, shape and type (a compile-time number, which has neither, its value);
+    each parameter's shape, init, kind (param, buffer, or frozen: a param with trainable: false)
+    and count of values; the count of tensors and of trained values; the warnings."""
+    nodes = []
+    for a in s.graph:
+        for t in a.targets:
+            v = low.env.get(t)
+            op = a.expr.func if hasattr(a.expr, "func") else type(a.expr).__name__.lower()
+            if hasattr(v, "shape"):
+                nodes.append({"name": t, "op": op, "shape": list(v.shape), "dtype": str(v.dtype)})
+            else:
+                value = v if isinstance(v, (bool, int, float)) else repr(v)
+                nodes.append({"name": t, "op": op, "shape": None, "dtype": None, "value": value})
+    params = []
+    for n, p in low.params.items():
+        count = 1
+        for d in p.shape:
+            count *= d
+        kind = p.kind if p.trainable or p.kind != "param" else "frozen"
+        params.append({"name": n, "shape": list(p.shape), "init": p.init_kind, "kind": kind, "count": count})
+    return {"name": s.name, "doc": s.doc,
+            "nodes": nodes, "params": params, "tensors": len(params),
+            # a frozen parameter (trainable: false) is not trained, nor is a buffer
+            "trainable_values": sum(p["count"] for p in params if p["kind"] == "param"),
+            "warnings": [{"message": w.one_line(), "hint": w.hint} for w in low.warnings]}
 
 
 def _print_doc(s) -> None:

@@ -104,6 +104,99 @@ def test_check_refuses_the_data_section_train_refuses(tmp_path):
     assert res.stderr.startswith(f"error: {spec}:36:") and "dataset 'digits' has no option 'labeled'" in res.stderr
     assert "did you mean 'labelled'?" in res.stderr
 
+
+def strict_json(text: str):
+    """`text` read as jq or any strict parser reads it: NaN, Infinity and -Infinity refused."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def table_rows(text: str, title: str) -> list[list[str]]:
+    """The cells of each row of the table titled `title` in `text`, as rich draws it."""
+    lines = text.splitlines()
+    rows = []
+    for line in lines[lines.index(title) + 1:]:
+        if line.startswith("└"):
+            return rows
+        if line.startswith("│"):
+            rows.append([cell.strip() for cell in line.strip("│").split("│")])
+    raise AssertionError(f"table {title!r} has no end")
+
+
+FROZEN_NUMBER_UNUSED = """flowgrad: 1
+name: t
+dims: {D: 3}
+inputs:
+  x: {shape: [N, D]}
+params:
+  W: {shape: [D, D], init: glorot_uniform}
+  U: {shape: [D], init: zeros, trainable: false}
+graph:
+  c: 2.0
+  k: D * 2
+  h: x @ W * c
+loss: mean(h)
+"""
+
+
+@pytest.mark.parametrize("which", ["mlp.yaml", "char_lstm_stateful.yaml", "frozen, a number, a warning"])
+def test_check_json_is_what_the_tables_show(which, tmp_path):
+    """check had no --json: a CI job gating on a spec's validity and its parameter count scraped
+    the tables. check --json prints their rows, the counts and the warnings, and only that."""
+    from compiler.training import check_spec
+    from spec import load_spec
+
+    path = ROOT / "models" / which
+    if not path.exists():
+        path = tmp_path / "t.yaml"
+        path.write_text(FROZEN_NUMBER_UNUSED)
+    shown, res = invoke("check", path), invoke("check", path, "--json")
+    r = strict_json(res.stdout)  # (all of stdout: the doc line and the tables' headline are left out)
+    assert set(r) == {"name", "doc", "nodes", "params", "tensors", "trainable_values", "warnings"}
+    name = r["name"]
+    dims = lambda shape: "[" + ", ".join(map(str, shape)) + "]"  # noqa: E731
+    assert [[n["name"], n["op"], dims(n["shape"]) if n["shape"] is not None else repr(n["value"]), n["dtype"] or ""]
+            for n in r["nodes"]] == table_rows(shown.stdout, f"{name}: nodes")
+    assert [[p["name"], dims(p["shape"]), p["init"], p["kind"]] for p in r["params"]] \
+        == table_rows(shown.stdout, f"{name}: parameters")
+    warned = f" ({len(r['warnings'])} warning{'s' * (len(r['warnings']) != 1)})" if r["warnings"] else ""
+    assert shown.stdout.rstrip().endswith(
+        f"{r['tensors']} tensors, {r['trainable_values']:,} trainable values; spec OK{warned}")
+    # ... and what the compiler makes of the spec
+    spec = load_spec(str(path))
+    low = check_spec(spec)
+    assert name == spec.name and r["doc"] == spec.doc
+    assert [n["name"] for n in r["nodes"]] == [t for a in spec.graph for t in a.targets]
+    for n in r["nodes"]:
+        v = low.env[n["name"]]
+        assert (n["shape"], n["dtype"]) == ((list(v.shape), v.dtype) if hasattr(v, "shape") else (None, None))
+    assert [(p["name"], p["shape"], p["count"]) for p in r["params"]] \
+        == [(k, list(p.shape), int(np.prod(p.shape))) for k, p in low.params.items()]
+    assert r["tensors"] == len(low.params)
+    assert r["trainable_values"] == sum(int(np.prod(p.shape)) for p in low.params.values()
+                                        if p.kind == "param" and p.trainable)
+    # the warnings are those check prints (on stderr, with --json too); the pointer to summary is not
+    printed = [line for line in shown.stderr.splitlines() if line.startswith("warning: ")]
+    assert [f"warning: {w['message']}" for w in r["warnings"]] == printed
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning: ")] == printed
+    assert "flowgrad summary" in shown.stderr and "flowgrad summary" not in res.stderr
+    if which.startswith("frozen"):
+        assert r["nodes"][:2] == [{"name": "c", "op": "const", "shape": None, "dtype": None, "value": 2.0},
+                                  {"name": "k", "op": "binop", "shape": None, "dtype": None, "value": 6}]
+        assert [p["kind"] for p in r["params"]] == ["param", "frozen"] and r["trainable_values"] == 9
+        assert r["warnings"] == [{"message": f"{path}:11:3: graph entry 'k' is never used",
+                                  "hint": "use it in the loss, a metric or an output, or remove it"}]
+    elif which == "char_lstm_stateful.yaml":
+        assert {p["name"]: p["kind"] for p in r["params"]}["hs.h0"] == "buffer"
+
+
+def test_check_json_of_a_bad_spec_prints_only_the_error():
+    res = invoke("check", BAD, "--json", code=1)
+    assert res.stdout == ""
+    assert res.stderr == f"error: {BAD}:14:7: unknown op 'rleu'\n  hint: did you mean 'relu' or 'le'?\n"
+
 def test_compile_writes_every_graph(tmp_path):
     out_dir = tmp_path / "build"
     result = invoke("compile", MLP, "--set", "dims.H=16", "-o", out_dir)
