@@ -576,6 +576,10 @@ def _is_translator(path: str) -> bool:
     return any(i.name == "beam_width" for i in load_model_safely(path).graph.input)
 
 
+# gradcheck's status of a parameter whose every probe crossed a kink of the loss (neither ok nor FAIL)
+UNCHECKABLE = "not checkable here"
+
+
 @app.command()
 def gradcheck(
     spec: SpecArg,
@@ -583,6 +587,7 @@ def gradcheck(
     seed: Annotated[int, typer.Option("--seed", help="Seed for the parameters, inputs and probe directions.",
                                                  min=0, max=MAX_SEED)] = 0,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest relative error that passes.", min=0.0)] = 1e-4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each parameter's relative error and status as JSON.")] = False,
 ):
     """Compare each parameter's symbolic gradient with finite differences (float64)."""
     from compiler.gradcheck import gradcheck_spec
@@ -594,25 +599,26 @@ def gradcheck(
             raise FlowgradError(f"--tolerance must be a finite number, got {tolerance}", hint="give a finite positive number, e.g. --tolerance 1e-4")
         s = _load(spec, set)
         report = gradcheck_spec(s, seed)
-    table = Table(title=f"{s.name}: gradient check (float64, central differences)", title_justify="left")
-    for col in ("objective", "parameter", "worst relative error", ""):
-        table.add_column(col)
-    worst = 0.0
-    unchecked = []
-    for obj, errs in report.items():
-        for p, e in errs.items():
-            if e != e:  # NaN: every probe's finite-difference stencil crossed a kink (relu, max, abs, ...)
-                unchecked.append(p)
-                table.add_row(obj, p, "-", "[yellow]not checkable here[/yellow]")
-                continue
-            worst = max(worst, e)
-            table.add_row(obj, p, f"{e:.2e}", "[green]ok[/green]" if e <= tolerance else "[red]FAIL[/red]")
-    print_table(out, table)
+    r = _gradcheck_report(s, report, seed, tolerance)
+    if as_json:
+        _print_json(r)
+    else:
+        table = Table(title=f"{s.name}: gradient check (float64, central differences)", title_justify="left")
+        for col in ("objective", "parameter", "worst relative error", ""):
+            table.add_column(col)
+        colour = {"ok": "green", "FAIL": "red", UNCHECKABLE: "yellow"}
+        for c in r["checks"]:
+            e = c["relative_error"]
+            table.add_row(c["objective"], c["parameter"], "-" if c["status"] == UNCHECKABLE else f"{e:.2e}",
+                          f"[{colour[c['status']]}]{c['status']}[/{colour[c['status']]}]")
+        print_table(out, table)
+    # (the notes stay on stderr with --json: they say why a check could not pass)
+    unchecked = [c["parameter"] for c in r["checks"] if c["status"] == UNCHECKABLE]
     if unchecked:
         err.print(f"[yellow]  note: {', '.join(escape(p) for p in unchecked)}: every probe crossed a non-differentiable "
                   "point of the loss (a kink of relu, max, abs, ...), where finite differences cannot verify a "
                   f"gradient; try another --seed (this was --seed {seed})[/yellow]", soft_wrap=True)
-    if worst > tolerance:
+    if not r["passed"]:
         from compiler.training import spec_calls
 
         calls = list(spec_calls(s))
@@ -625,6 +631,22 @@ def gradcheck(
                       "differs from finite differences of the loss, which move it too; check the spec without "
                       "stop_gradient[/dim]", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _gradcheck_report(s, report: dict, seed: int, tolerance: float) -> dict:
+    """gradcheck's rows, as its table shows them and --json prints them: per objective and
+    parameter, the worst relative error and its status: ok up to `tolerance`, FAIL above it (an
+    infinite error too: a NaN or infinite gradient), 'not checkable here' where every probe
+    crossed a kink (gradcheck_spec's NaN; no error). The check passes without a FAIL."""
+    checks = []
+    for obj, errs in report.items():
+        for p, e in errs.items():
+            status = UNCHECKABLE if e != e else "ok" if e <= tolerance else "FAIL"
+            checks.append({"objective": obj, "parameter": p, "relative_error": None if e != e else e, "status": status})
+    checked = [c["relative_error"] for c in checks if c["status"] != UNCHECKABLE]
+    return {"name": s.name, "seed": seed, "tolerance": tolerance,
+            "passed": all(c["status"] != "FAIL" for c in checks),
+            "worst_relative_error": max(checked) if checked else None, "checks": checks}
 
 
 @app.command()

@@ -443,6 +443,72 @@ def test_gradcheck_of_a_mixed_precision_spec_checks_its_float64_gradient():
     assert "ok" in out and "FAIL" not in out
 
 
+def gradcheck_table(text: str, name: str) -> list[list[str]]:
+    return table_rows(text, f"{name}: gradient check (float64, central differences)")
+
+
+def as_table(checks: list[dict]) -> list[list[str]]:
+    """gradcheck --json's records as its table shows them."""
+    def error(c):  # (an infinite error is null in JSON, 'inf' in the table)
+        return "-" if c["status"] == "not checkable here" else "inf" if c["relative_error"] is None \
+            else f"{c['relative_error']:.2e}"
+
+    return [[c["objective"], c["parameter"], error(c), c["status"]] for c in checks]
+
+
+def test_gradcheck_json_is_what_the_table_shows():
+    """gradcheck had no --json: a CI job gating on every gradient passing, with the worst relative
+    error, scraped the table. gradcheck --json prints its records, the tolerance and seed given,
+    the worst error and whether the check passed, and nothing else on stdout."""
+    from compiler.training import compile_spec
+    from spec import load_spec
+
+    args = ("gradcheck", ROOT / "models" / "gan.yaml", "--set", "dims.H=4", "--seed", "3", "--tolerance", "1e-5")
+    shown, res = invoke(*args), invoke(*args, "--json")
+    r = strict_json(res.stdout)
+    assert set(r) == {"name", "seed", "tolerance", "passed", "worst_relative_error", "checks"}
+    assert (r["name"], r["seed"], r["tolerance"], r["passed"]) == ("gan", 3, 1e-5, True)
+    assert as_table(r["checks"]) == gradcheck_table(shown.stdout, "gan")
+    # a record per objective and each parameter it trains
+    cm = compile_spec(load_spec(str(ROOT / "models" / "gan.yaml"), ["dims.H=4"]), "float64", graphs=("grads",))
+    assert [(c["objective"], c["parameter"]) for c in r["checks"]] \
+        == [(o.name, p) for o in cm.objectives for p in cm.trained_params(o)]
+    assert all(c["status"] == "ok" and 0 <= c["relative_error"] <= 1e-5 for c in r["checks"])
+    assert r["worst_relative_error"] == max(c["relative_error"] for c in r["checks"])
+    assert res.stderr == shown.stderr == ""
+
+
+def test_gradcheck_json_of_a_failing_check_exits_1(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("flowgrad: 1\nname: t\ndims: {E: 3, H: 3}\ninputs:\n  x: {shape: [N, T, E]}\n"
+                    "graph:\n  hs: lstm(x, H, truncate=1)\nloss: mean(hs * hs) + mean(hs)\n")
+    shown, res = invoke("gradcheck", path, code=1), invoke("gradcheck", path, "--json", code=1)
+    r = strict_json(res.stdout)
+    assert r["passed"] is False and r["tolerance"] == 1e-4 and r["seed"] == 0
+    assert as_table(r["checks"]) == gradcheck_table(shown.stdout, "t")
+    assert [(c["parameter"], c["status"]) for c in r["checks"]] == [("hs.W", "FAIL"), ("hs.U", "FAIL"), ("hs.b", "FAIL")]
+    assert r["worst_relative_error"] == max(c["relative_error"] for c in r["checks"]) > 1e-4
+    assert "truncate=K cuts backpropagation through time on purpose" in res.stderr  # (the note, on stderr)
+
+
+@pytest.mark.parametrize("error, passed", [(float("nan"), True), (float("inf"), False)])
+def test_gradcheck_json_of_an_unchecked_or_an_infinite_error(error, passed, monkeypatch):
+    """A parameter that no probe could check has no error and does not fail the check; an
+    infinite error (a NaN or infinite gradient) fails it, and is null as strict JSON writes any
+    number that is not finite."""
+    import compiler.gradcheck
+
+    monkeypatch.setattr(compiler.gradcheck, "gradcheck_spec", lambda spec, seed: {"main": {"W": 1e-9, "b": error}})
+    code = 0 if passed else 1
+    shown, res = invoke("gradcheck", MLP, code=code), invoke("gradcheck", MLP, "--json", code=code)
+    r = strict_json(res.stdout)
+    status = "not checkable here" if passed else "FAIL"
+    assert r["checks"] == [{"objective": "main", "parameter": "W", "relative_error": 1e-9, "status": "ok"},
+                           {"objective": "main", "parameter": "b", "relative_error": None, "status": status}]
+    assert as_table(r["checks"]) == gradcheck_table(shown.stdout, "mlp")
+    assert r["passed"] is passed and r["worst_relative_error"] == (1e-9 if passed else None)
+
+
 def test_export_and_predict_round_trip(trained, tmp_path):
     run_dir, _ = trained
     model = tmp_path / "mlp.onnx"
