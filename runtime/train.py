@@ -608,7 +608,8 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                      for o in cm.objectives}
         partial = meta.get("partial")
         kept_best = os.path.join(run_dir, BEST_BEFORE_PARTIAL)
-        if partial and int(meta.get("step", 0)) < total_steps:
+        resumes_partial = bool(partial) and int(meta.get("step", 0)) < total_steps
+        if resumes_partial:
             # a run that its step limit stopped mid-epoch, resumed with a larger one: the epoch goes
             # on from where the steps stopped, and its record (of part of the epoch) is made anew
             meta = {**meta, **partial, "history": list(meta.get("history", []))[:-1]}
@@ -625,7 +626,6 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         history = list(meta.get("history", []))
         best = dict(meta.get("best", {}))
         bad_epochs = int(meta.get("bad_epochs", 0))
-        _rewrite_metrics(run_dir, history, names)
         stopping = cfg.get("early_stopping")
         stopped = "finished"
         if stopping and history and bad_epochs >= int(stopping.get("patience", 5)):
@@ -661,6 +661,16 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                         atomic_write(os.path.join(run_dir, BEST_BEFORE_PARTIAL), f.read(), names=names)
                 atomic_write(os.path.join(run_dir, BEST), data, hint=_unwritten_run_hint(run_dir, names), names=names)
             atomic_write(ckpt_path, data, hint=_unwritten_run_hint(run_dir, names), names=names)
+
+        if resumes_partial:
+            # The partial epoch's checkpoint covers its record, which metrics.jsonl is cut back past:
+            # first the checkpoint of where the epoch goes on from (a mid-epoch one, without that
+            # record), so that a resume stopped before its next checkpoint finds the lines that the
+            # run's checkpoint covers. (It found one line too few, and was refused for good.)
+            sums, count = dict(meta.get("epoch_sums", {})), int(meta.get("epoch_count", 0))
+            rows = dict(meta.get("epoch_rows") or {k: count for k in sums})
+            checkpoint(position)
+        _rewrite_metrics(run_dir, history, names)
 
         # where an epoch's batches end: drop_last leaves out the short remainder
         epoch_end = len(train_ds) - (len(train_ds) % batch_size if cfg.get("drop_last") else 0)

@@ -243,6 +243,38 @@ def test_a_run_its_step_limit_stopped_mid_epoch_resumes_where_it_stopped(tmp_pat
         "nothing more to train (this resume's limit of 1 step was reached before it)"
 
 
+def test_a_resume_of_a_partial_epoch_stopped_before_its_next_checkpoint_resumes_again(tmp_path, monkeypatch):
+    """A resume with a larger step limit cuts metrics.jsonl back past the partial epoch's line,
+    which it redoes; stopped (Ctrl-C, a kill) before its first checkpoint, the run's checkpoint
+    still covered that line, and every later --resume was refused: 'metrics.jsonl holds the
+    records of 1 epoch, and checkpoint.npz covers 2 epochs'. The resume first writes the
+    checkpoint of where the epoch goes on from."""
+    import runtime.trainer
+
+    spec = load(MLP, SMALL)
+    common = dict(threads=1, device="cpu", seed=3, progress=False)
+    full = train(spec, run_dir=str(tmp_path / "full"), steps=46, **common)
+    run = tmp_path / "part"
+    train(spec, run_dir=str(run), steps=30, **common)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime.trainer.Trainer, "train_step", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, run_dir=str(run), steps=46, resume=True, **common)
+    monkeypatch.undo()
+    resumed = train(spec, run_dir=str(run), steps=46, resume=True, **common)
+    timeless = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert timeless(resumed.history) == timeless(full.history)
+    with open(run / "metrics.jsonl") as f:
+        assert timeless(map(json.loads, f)) == timeless(full.history)
+    for name in ("checkpoint.npz", "best.npz"):
+        a, _ = load_checkpoint(str(tmp_path / "full" / name))
+        b, _ = load_checkpoint(str(run / name))
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
+
+
 def test_a_resumed_partial_epoch_gives_back_the_best_it_replaced(tmp_path):
     """The record of a partial epoch (valid 0.226) beat the best (epoch 4, 0.254) and wrote
     best.npz; resumed with more steps, the whole epoch (0.332) did not, and best.npz kept the
