@@ -25,7 +25,8 @@ from spec.errors import ArgNames, DataError, FlowgradError, SpecError, did_you_m
 from . import data as D
 from . import jsontext
 from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed, enclosing_run  # noqa: F401  (the API imported them from here)
-from .checkpoint import atomic_write, checkpoint_bytes, load_checkpoint, read_run_info, remove_stale_temporaries
+from .checkpoint import (META_KEY, atomic_write, checkpoint_bytes, load_checkpoint, read_run_info,
+                         remove_stale_temporaries)
 from .schedules import check_schedule_fits, lr_schedule
 from .session import ORT_ERRORS, pick_device
 from .trainer import Trainer
@@ -617,8 +618,14 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 os.replace(kept_best, os.path.join(run_dir, BEST))
         elif not partial and os.path.exists(kept_best):
             # left by a run killed between keeping the best aside and the checkpoint that records its
-            # partial epoch: no checkpoint waits for it, and a later partial epoch must not take it
-            os.remove(kept_best)
+            # partial epoch: no checkpoint waits for it, and a later partial epoch must not take it.
+            # Killed after that epoch's best.npz was written, best.npz holds weights that the
+            # checkpoint's best record does not name, and the copy those it does: it goes back.
+            named = (meta.get("best") or {}).get("step")
+            if named is not None and _written_at(kept_best) == named != _written_at(os.path.join(run_dir, BEST)):
+                os.replace(kept_best, os.path.join(run_dir, BEST))
+            else:
+                os.remove(kept_best)
         step = int(meta.get("step", 0))
         overflows = int(meta.get("overflows", 0))  # mixed precision's overflowed steps in a row, across a resume
         epoch = int(meta.get("epoch", 0))
@@ -1438,6 +1445,15 @@ def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames, hint: str
     origin = re.sub("[\r\n\x85\u2028\u2029]", lambda m: ascii(m.group())[1:-1], origin)
     text = dump_yaml(to_plain(spec.raw), sort_keys=False, allow_unicode=True, width=100)
     atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode(), hint=hint, names=names)
+
+
+def _written_at(path: str):
+    """The step a checkpoint was written at (its record alone is read), None if it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(bytes(z[META_KEY]).decode()).get("step")
+    except Exception:
+        return None
 
 
 def _rewrite_metrics(run_dir, history, names: ArgNames):

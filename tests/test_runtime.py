@@ -355,6 +355,43 @@ def test_a_stale_copy_of_the_best_is_never_renamed_over_best_npz(tmp_path):
     assert meta["step"] == full.best["step"] and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("limit", [97, 115])
+def test_a_run_stopped_between_a_partial_epochs_best_and_its_checkpoint_keeps_the_best_it_named(tmp_path,
+                                                                                                limit):
+    """A step limit's record that beats the best copies best.npz aside, writes best.npz, then the
+    checkpoint. Stopped between the last two, the checkpoint (of the epoch before) named the best
+    of step 92, best.npz held the partial epoch's weights (step 97), and the resume removed the
+    copy, the only file with step 92's weights: export took weights that no record names. The
+    copy now goes back over best.npz."""
+    import runtime.train as T
+
+    spec = load(MLP, [*SMALL, "train.optimizer={sgd: {lr: 0.5}}"])
+    common = dict(threads=1, device="cpu", seed=3, progress=False)
+    full = train(spec, run_dir=str(tmp_path / "full"), steps=115, **common)
+    run = tmp_path / "part"
+    real = T.atomic_write
+
+    def stopped(path, *args, **kwargs):
+        if path.endswith("checkpoint.npz") and (run / "best.before_partial.npz").exists():
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    T.atomic_write = stopped
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(spec, run_dir=str(run), steps=97, **common)
+    finally:
+        T.atomic_write = real
+    assert load_checkpoint(str(run / "best.npz"))[1]["step"] == 97  # (what makes this case)
+    assert load_checkpoint(str(run / "checkpoint.npz"))[1]["best"]["step"] == 92
+    train(spec, run_dir=str(run), steps=limit, resume=True, **common)
+    resumed = train(spec, run_dir=str(run), steps=115, resume=True, **common)
+    assert resumed.best["step"] == full.best["step"] == 92
+    a, _ = load_checkpoint(str(tmp_path / "full" / "best.npz"))
+    b, meta = load_checkpoint(str(run / "best.npz"))
+    assert meta["step"] == 92 and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def _flowgrad():
     exe = os.path.join(os.path.dirname(sys.executable), "flowgrad")
     return [exe] if os.path.exists(exe) else [sys.executable, os.path.join(ROOT, "cli.py")]
