@@ -1447,6 +1447,10 @@ def _write_spec_as_trained(spec: S.Spec, target: str, names: ArgNames, hint: str
     atomic_write(target, f"# the spec this run trained: {origin}\n{text}".encode(), hint=hint, names=names)
 
 
+def _a_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _written_at(path: str):
     """The step a checkpoint was written at (its record alone is read), None if it cannot be read."""
     try:
@@ -1504,7 +1508,11 @@ def _resumed_history(run_dir: str, meta: dict, ckpt_path: str, names: ArgNames) 
                     record = json.loads(line)
                 except ValueError:
                     record = None
-                if not isinstance(record, dict) or record.get("epoch") != i + 1:
+                # (a metric edited into text was taken: plot curves then refused the file, and as the final
+                # record, train's summary table failed on it in a traceback)
+                if not isinstance(record, dict) or not _a_number(record.get("epoch")) or record["epoch"] != i + 1 \
+                        or not all(v is None or _a_number(v) for k, v in record.items()
+                                   if k.startswith(("train_", "valid_"))):
                     raise DataError(f"{names.given(resume=True)} {run_dir}: {path}:{number} is not the record of "
                                     f"epoch {i + 1}, and {covers}", hint=hint)
                 history.append(jsontext.numbers_of(record))
