@@ -47,7 +47,7 @@ def read_history(run_dir: str) -> list[dict]:
     if not os.path.isfile(path):
         raise DataError(f"{run_dir} has no metrics.jsonl", hint="pass a directory written by 'flowgrad train'")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # (a Windows editor's byte-order mark: 'not a JSON record')
             lines = [line for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is unreadable ({e})", hint="check that the file is a run's metrics log written by `flowgrad train`, and readable") from None

@@ -1497,7 +1497,9 @@ def _resumed_history(run_dir: str, meta: dict, ckpt_path: str, names: ArgNames) 
             f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
     history = []
     try:
-        with open(path, encoding="utf-8") as f:
+        # (utf-8-sig: a file saved by a Windows editor starts with a byte-order mark, which made its
+        # first line 'not the record of epoch 1')
+        with open(path, encoding="utf-8-sig") as f:
             for number, line in enumerate(f, 1):
                 if len(history) == n:
                     break

@@ -761,6 +761,21 @@ def test_a_resume_whose_metrics_jsonl_lacks_the_epochs_its_checkpoint_covers_is_
     assert [r["epoch"] for r in timeless(metrics)] == [1, 2, 3]
 
 
+def test_a_metrics_jsonl_saved_by_a_windows_editor_resumes_and_plots(tmp_path):
+    """metrics.jsonl opened and saved in a Windows editor: a byte-order mark, CRLF line ends and
+    a blank line at the end. The mark made its first line 'not the record of epoch 1' to a resume
+    and 'not a JSON record' to plot curves; both read the file, and the resume writes it plainly."""
+    run = tmp_path / "run"
+    _train_in_process(tmp_path, "run")
+    _train_in_process(tmp_path, "ref", "--epochs", "3")
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(b"\xef\xbb\xbf" + metrics.read_bytes().replace(b"\n", b"\r\n") + b"\r\n")
+    invoke("plot", "curves", run, "-o", tmp_path / "curves.png", code=0)
+    _train_in_process(tmp_path, "run", "--resume", "--epochs", "3")
+    assert timeless(metrics) == timeless(tmp_path / "ref" / "metrics.jsonl")
+    assert not metrics.read_bytes().startswith(b"\xef") and b"\r" not in metrics.read_bytes()
+
+
 def test_a_run_stopped_between_its_first_best_and_checkpoint_writes_keeps_its_best(tmp_path, monkeypatch):
     """best.npz is written before the checkpoint of its epoch: stopped between the two in the
     first epoch, a run dir held best.npz alone, and a train into it without --overwrite took it
