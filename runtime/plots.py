@@ -48,26 +48,27 @@ def read_history(run_dir: str) -> list[dict]:
         raise DataError(f"{run_dir} has no metrics.jsonl", hint="pass a directory written by 'flowgrad train'")
     try:
         with open(path, encoding="utf-8-sig") as f:  # (a Windows editor's byte-order mark: 'not a JSON record')
-            lines = [line for line in f if line.strip()]
+            # (each with its number in the file: the errors below counted the lines that were not blank)
+            lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is unreadable ({e})", hint="check that the file is a run's metrics log written by `flowgrad train`, and readable") from None
     history = []
-    for i, line in enumerate(lines):
+    for i, (number, line) in enumerate(lines):
         try:
             record = json.loads(line)
         except ValueError:
             if i == len(lines) - 1:
                 continue
-            raise DataError(f"{path}:{i + 1}: not a JSON record", hint="the file is damaged") from None
+            raise DataError(f"{path}:{number}: not a JSON record", hint="the file is damaged") from None
         if not isinstance(record, dict):
-            raise DataError(f"{path}:{i + 1}: not a record of an epoch", hint="the file is damaged")
+            raise DataError(f"{path}:{number}: not a record of an epoch", hint="the file is damaged")
         # (another tool's metrics.jsonl: a record without its epoch was a KeyError traceback, and
         # values that are not numbers were drawn as categories)
         bad = "epoch" if not _is_number(record.get("epoch")) else next(
             (k for k, v in record.items() if k.startswith(("train_", "valid_")) and v is not None and not _is_number(v)),
             None)
         if bad is not None:
-            raise DataError(f"{path}:{i + 1}: not a record of an epoch that flowgrad train writes "
+            raise DataError(f"{path}:{number}: not a record of an epoch that flowgrad train writes "
                             f"({bad} is {'missing' if bad not in record else repr(record[bad])})",
                             hint="pass a run directory that 'flowgrad train' wrote")
         # a metric that was not finite is null (NaN in a file of an earlier flowgrad): NaN, a gap in its curve

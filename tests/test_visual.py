@@ -759,6 +759,21 @@ def test_plot_curves_reads_a_history_cut_short_and_refuses_a_damaged_one(tmp_pat
         read_history(str(tmp_path))
 
 
+def test_plot_curves_names_a_damaged_line_by_its_number_in_the_file(tmp_path):
+    """Blank lines (an edited file, trailing newlines) are skipped, and a damaged line after them
+    was named by its count among the lines that were not blank: metrics.jsonl:2 for line 4."""
+    from runtime.plots import read_history
+    from spec.errors import DataError
+
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n\n\n{"epoch": "x"}\n'
+                                            '{"epoch": 2, "train_loss": 0.5}\n')
+    with pytest.raises(DataError, match="metrics.jsonl:4: not a record of an epoch"):
+        read_history(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text('\n{"epoch": 1, "train_loss": 1.0}\n\n{bad\n{"epoch": 2}\n')
+    with pytest.raises(DataError, match="metrics.jsonl:4: not a JSON record"):
+        read_history(str(tmp_path))
+
+
 def test_plot_curves_draws_a_one_epoch_run(tmp_path, monkeypatch):
     """A line through one point is invisible: a run of one epoch (or a value between gaps) gets markers."""
     import runtime.plots as plots
