@@ -1374,8 +1374,9 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, 
     if not resumed:
         # a run started over (--overwrite): the old run's checkpoints go with its spec and graphs,
         # else a stop before the first new checkpoint left them beside the new run's files, for
-        # --resume or export to take as this run's (and its result.json, for a script to read)
-        for name in (CHECKPOINT, BEST, BEST_BEFORE_PARTIAL, "result.json"):
+        # --resume or export to take as this run's (and its result.json, for a script to read, and
+        # its metrics.jsonl, which plot curves drew as the new run's)
+        for name in (CHECKPOINT, BEST, BEST_BEFORE_PARTIAL, "result.json", "metrics.jsonl"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(run_dir, name))
     names = opts.names  # (a full disk's hint names resuming as the caller would)

@@ -213,6 +213,15 @@ def test_a_run_started_over_and_stopped_before_its_first_checkpoint_keeps_no_old
     assert not (tmp_path / "r" / "result.json").exists()
     with pytest.raises(FlowgradError, match="nothing to resume"):
         train(load(MLP, SMALL), run_dir=run_dir, epochs=1, threads=1, device="cpu", resume=True)
+    # stopped just before the new run's metrics.jsonl is begun: the old run's lines went on
+    # beside the new run.json, and plot curves drew them as the new run's
+    import runtime.train
+
+    train(load(MLP, SMALL), run_dir=run_dir, epochs=1, threads=1, device="cpu", overwrite=True)
+    monkeypatch.setattr(runtime.train, "_rewrite_metrics", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(load(MLP, SMALL), run_dir=run_dir, epochs=1, threads=1, device="cpu", overwrite=True, seed=4)
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
 def test_a_run_its_step_limit_stopped_mid_epoch_resumes_where_it_stopped(tmp_path):
