@@ -72,6 +72,7 @@ class _StepLowering(Lowering):
         self.env = {}
         self._defs = dict(outer._defs)
         self._evaluating = []
+        self._param_edges = {}
         self._target = None
         self._layer_calls = 0
         self._sb = sb

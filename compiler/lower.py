@@ -132,6 +132,7 @@ class Lowering:
         self.env: dict[str, Any] = {}
         self._defs: dict[str, tuple[S.Assign, int]] = {}
         self._evaluating: list[str] = []
+        self._param_edges: dict[tuple[str, str], str] = {}  # (entry, entry it needs for a parameter) -> the parameter
         self._target: str | None = None
         self._layer_calls = 0
         # a loss lowered once per spec loss: a layer written in it (cross_entropy(dense(h, K), y))
@@ -207,7 +208,7 @@ class Lowering:
             # evaluate the layer's node first, then look again.
             head = name.split(".", 1)[0]
             if head in self._defs:
-                self.evaluate_name(head)
+                self._needs(head, name)
                 if name in self.params:
                     return self.params[name].value
             raise SpecError(
@@ -250,6 +251,12 @@ class Lowering:
                         or "declare it under inputs, params, dims or graph (a block's: in, params, graph); "
                            "names are case-sensitive")
 
+    def _needs(self, entry: str, param: str) -> None:
+        """Evaluate the graph entry `entry` for the parameter `param` its layers make: noted, so that a cycle through it says that it is a parameter's."""
+        if self._evaluating:
+            self._param_edges[(self._evaluating[-1], entry)] = param
+        self.evaluate_name(entry)
+
     def evaluate_name(self, name: str):
         if name in self.env:
             return self.env[name]
@@ -274,6 +281,28 @@ class Lowering:
             if len(cycle) > 12:
                 cycle = cycle[:6] + [f"... ({len(cycle) - 11} more)"] + cycle[-5:]
             same = "" if busy == name else f" ('{name}' comes from the same entry as '{busy}')"
+            full = path[path.index(busy):] + [name]
+            edge = next(((a, b) for a, b in zip(full, full[1:]) if (a, b) in self._param_edges), None)
+            if edge is not None:
+                # the cycle runs through a parameter that a layer makes (logits.W read by the embedding
+                # that logits is computed from): 'use scan for recurrence' sent the user to the wrong tool
+                reader, maker = edge
+                param = self._param_edges[edge]
+                head = param.split(".", 1)[0]
+                if head in self.spec.blocks:
+                    made = f"block {head!r} makes at its first call, in '{maker}'"
+                    hint = (f"a block's layers make their parameters at its first call (their shapes come from its "
+                            f"inputs), so what that call reads cannot read them: declare the weight under the "
+                            f"block's params: (blocks: {{{head}: {{params: ...}}}}) and use it in the block's graph; "
+                            f"it can then be read anywhere as {head}.NAME")
+                else:
+                    made = f"the layer of '{maker}' makes"
+                    hint = ("a layer makes its parameters when its entry is computed (their shapes come from its "
+                            "inputs): tie them the other way, making the weight in the layer computed first and "
+                            "giving it to the other with W= (e.g. logits: dense(hs, V, W=transpose(e.W))), or "
+                            "declare the weight under params: and give it to both")
+                raise SpecError(f"cycle in the graph: {' -> '.join(cycle)}{same}: '{reader}' reads '{param}', which "
+                                f"{made}, and '{maker}' is computed from '{reader}'", assign.loc, hint)
             raise SpecError(f"cycle in the graph: {' -> '.join(cycle)}{same}", assign.loc,
                             "a node cannot depend on itself; use scan for recurrence")
 
@@ -298,7 +327,9 @@ class Lowering:
                 if current != name:
                     self.evaluate_name(current)
                 continue
-            dep = dep.split(".", 1)[0] if dep not in self._defs else dep  # h.W needs h
+            if dep not in self._defs and dep.split(".", 1)[0] in self._defs:  # h.W needs h
+                self._param_edges[(current, dep.split(".", 1)[0])] = dep
+                dep = dep.split(".", 1)[0]
             if dep not in self._defs or dep in self.env or dep in done:
                 continue
             self._check_cycle(path, dep)

@@ -705,6 +705,7 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict, call: st
             self.env = dict(locals_)
             self._defs = {t: (a, i) for a in block.graph for i, t in enumerate(a.targets)}
             self._evaluating = []
+            self._param_edges = {}
             self._target = None
             self._layer_calls = 0
             self._root = getattr(outer, "_root", outer)  # the lowering that owns every parameter
