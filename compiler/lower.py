@@ -211,6 +211,10 @@ class Lowering:
                 self._needs(head, name)
                 if name in self.params:
                     return self.params[name].value
+            elif head in self.spec.blocks:
+                made = self._block_param(name, head, loc)
+                if made is not None:
+                    return made
             raise SpecError(
                 f"{name!r} is not a parameter",
                 loc,
@@ -252,10 +256,40 @@ class Lowering:
                            "names are case-sensitive")
 
     def _needs(self, entry: str, param: str) -> None:
-        """Evaluate the graph entry `entry` for the parameter `param` its layers make: noted, so that a cycle through it says that it is a parameter's."""
+        """Evaluate the graph entry `entry` for the parameter `param` its layers (or the block it
+        calls first) make: noted, so that a cycle through it says that it is a parameter's."""
         if self._evaluating:
             self._param_edges[(self._evaluating[-1], entry)] = param
         self.evaluate_name(entry)
+
+    def _block_param(self, name: str, block_name: str, loc: Loc | None):
+        """A block's parameter (`enc.h.W`, `cell.U`) read where no call of the block has been
+        lowered yet: graph entries are evaluated in the order they are needed (the loss's first
+        in training, the file's in check), so it was 'not a parameter' to one and read by the other.
+        A parameter declared under the block's params: is made here, as its first use would
+        make it; one a layer of the block makes is made by lowering the graph entries that call
+        the block, as a layer's own parameter (h.W) is by its entry. None if neither makes it."""
+        block = self.spec.blocks[block_name]
+        rest = name[len(block_name) + 1:]
+        if rest in block.params:
+            p = block.params[rest]
+            self.add_param(name, p.shape, p.init.kind, p.init.args, p.trainable, p.loc, seed=p.init.args.get("seed"))
+            return self.params[name].value
+        callers = [a.targets[0] for a in self.spec.graph if block_name in blocks_called(a.expr, self.spec.blocks)]
+        for entry in callers:  # (one being computed, this read's own or one it is read for, is passed over)
+            if entry in self.env or any(t in self._evaluating for t in self._defs[entry][0].targets):
+                continue
+            self._needs(entry, name)
+            if name in self.params:
+                return self.params[name].value
+        if not any(n.startswith(f"{block_name}.") for n in self.params):
+            # no call of the block lowered yet, nor one that could be before this read
+            raise SpecError(f"{name!r} is made by the first call of block {block_name!r}, and is read here before "
+                            "any call of it", loc,
+                            f"the layers of a block make their parameters when it is first called (their shapes "
+                            f"come from its inputs): call {block_name}(...) in a graph entry of its own that this one "
+                            f"reads, or declare the weight under the block's params:")
+        return None
 
     def evaluate_name(self, name: str):
         if name in self.env:
@@ -815,6 +849,33 @@ def call_site(e: S.Call) -> str:
     """Where a call is written (file:line:column: an override given with --set has its own), the
     key of what is kept per call written in the spec, not per evaluation."""
     return str(e.loc) if e.loc else f"@{id(e)}"
+
+
+def blocks_called(e, blocks) -> set[str]:
+    """The blocks an expression runs: called (`enc(x)`) or scanned (`scan(cell, ...)`), and the
+    blocks those run in turn."""
+    def direct(x) -> list[str]:
+        out, stack = [], [x]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, S.Call):
+                if x.func in blocks:
+                    out.append(x.func)
+                if x.func == "scan" and x.args and isinstance(x.args[0], S.Name) and x.args[0].id in blocks:
+                    out.append(x.args[0].id)
+            if isinstance(x, S.Expr):
+                for v in vars(x).values():
+                    stack += [c for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v])
+                              if isinstance(c, S.Expr)]
+        return out
+
+    found, todo = set(), direct(e)
+    while todo:
+        b = todo.pop()
+        if b not in found:
+            found.add(b)
+            todo += [c for a in blocks[b].graph for c in direct(a.expr)]
+    return found
 
 
 def names_in(e) -> list[str]:

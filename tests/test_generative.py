@@ -17,13 +17,13 @@ import pytest
 
 from compiler.gradcheck import gradcheck_spec
 from compiler.ir import Graph
-from compiler.training import compile_spec, trained_names
+from compiler.training import check_spec, compile_spec, trained_names
 from runtime import data as D
 from runtime.api import train
 from runtime.export import export
 from runtime.trainer import Trainer
 from spec import load_spec, spec_from_text
-from spec.errors import DataError
+from spec.errors import DataError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = {m: os.path.join(ROOT, "models", f"{m}.yaml") for m in ("dae", "cae", "vae", "gan", "semisupervised")}
@@ -450,6 +450,67 @@ def test_block_call_shares_parameters_and_checks_arity(tmp_path):
     with pytest.raises(SpecError, match=r"block 'enc' takes 1 argument\(s\) \(v\), got 2") as info:
         compile_spec(spec_from_text(bad, str(tmp_path / "bad.yaml")))
     assert (info.value.loc.line, info.value.loc.col) == (16, 13)  # at the argument too many
+
+
+READ_BEFORE_CALL = """
+flowgrad: 1
+name: readfirst
+dims: {D: 4, H: 3}
+inputs:
+  x: {shape: [N, T, D]}
+blocks:
+  enc:
+    in: [v]
+    graph:
+      h: dense(v, H, act=tanh)
+    out: [h]
+  cell:
+    in: [x_t, s]
+    params:
+      U: {shape: [H, H], init: orthogonal}
+    graph:
+      s2: tanh(enc(x_t) + s @ U)
+    out: [s2]
+graph:
+  tied: tanh(mean(x, axis=1) @ enc.h.W) @ cell.U
+  states: scan(cell, over=x, init=[zeros(N, H)])
+  z: sum(tied * states[:, -1, :], axis=-1)
+loss: mean(z * z)
+"""
+
+
+def test_a_blocks_parameters_are_read_before_the_block_is_first_called(tmp_path):
+    """enc.h.W (made by enc's layer at its first call) and cell.U (declared under the block's
+    params:) read by an entry lowered before any call of their blocks: 'not a parameter', though
+    the same spec with the entries in another order compiled; flowgrad check (the file's order)
+    and train (the loss's) disagreed on one spec. The weights are the ones the calls use, their
+    gradients summing both uses."""
+    spec = spec_from_text(READ_BEFORE_CALL, str(tmp_path / "first.yaml"))
+    check_spec(spec)
+    cm = compile_spec(spec, graphs=("train",))
+    assert sorted(cm.params) == ["cell.U", "enc.h.W", "enc.h.b"]
+    report = gradcheck_spec(spec, seed=1)
+    assert max(report["main"].values()) < 1e-6, report
+    # in the file, the call first (check was fine), but the loss reads `tied` first (train was not)
+    called_first = READ_BEFORE_CALL.replace("  tied: tanh(mean(x, axis=1) @ enc.h.W) @ cell.U\n", "").replace(
+        "  z: sum(", "  tied: tanh(mean(x, axis=1) @ enc.h.W) @ cell.U\n  z: sum(")
+    assert called_first.index("states: scan") < called_first.index("tied:")
+    spec = spec_from_text(called_first, str(tmp_path / "second.yaml"))
+    check_spec(spec)
+    assert sorted(compile_spec(spec, graphs=("train",)).params) == ["cell.U", "enc.h.W", "enc.h.b"]
+    # a layer's parameter of a block that nothing calls before the read: said so, with the way out
+    alone = READ_BEFORE_CALL.replace("s2: tanh(enc(x_t) + s @ U)", "s2: tanh(x_t @ transpose(U[:, :1]) + s @ U)"
+                                     ).replace("dims: {D: 4, H: 3}", "dims: {D: 3, H: 3}")
+    with pytest.raises(SpecError, match=r"'enc.h.W' is made by the first call of block 'enc', and is read here "
+                                        r"before any call of it") as info:
+        check_spec(spec_from_text(alone, str(tmp_path / "alone.yaml")))
+    assert "call enc(...) in a graph entry" in info.value.hint
+    # a call that needs what reads its weight: a cycle, said to be through the block's parameter
+    cyclic = READ_BEFORE_CALL.replace("s2: tanh(enc(x_t) + s @ U)", "s2: tanh(enc(x_t * mean(tied)) + s @ U)")
+    with pytest.raises(SpecError, match=r"cycle in the graph: tied -> states -> tied: 'tied' reads 'enc.h.W', which "
+                                        r"block 'enc' makes at its first call, in 'states'") as info:
+        check_spec(spec_from_text(cyclic, str(tmp_path / "cyclic.yaml")))
+    assert "params:" in info.value.hint and "scan" not in info.value.hint
 
 
 def test_reconstructions_read_the_data_the_run_trained_on(tmp_path):
