@@ -726,6 +726,24 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict, call: st
                 p = block.params[name]
                 return self.add_param(name, p.shape, p.init.kind, p.init.args, p.trainable, p.loc,
                                       seed=p.init.args.get("seed"))
+            head = name.split(".", 1)[0]
+            if head in self._defs:  # h.W of the block's own entry h, whose layer makes BLOCK.h.W
+                self.evaluate_name(head)
+                own = f"{block.name}.{name}"
+                try:
+                    outside = own in self._root.params and isinstance(outer.lookup(name, loc), Value)
+                except SpecError:  # none outside: its error below names BLOCK.h.W
+                    outside = False
+                if outside:
+                    # it read the enclosing graph's h.W, while h is the block's own entry: a tied
+                    # decoder in a block was tied to another layer without a word
+                    raise SpecError(f"{name!r} in block {block.name!r} names the parameter of the enclosing graph's "
+                                    f"entry {head!r}, not that of the block's own entry {head!r}, which is {own!r}",
+                                    loc, f"write {own} for the block's own parameter (a block's parameters are named "
+                                         f"after the block); to read the enclosing graph's {name}, give the block's "
+                                         f"entry {head!r} another name")
+            elif name.startswith(f"{block.name}.") and name.split(".", 2)[1] in self._defs:
+                self.evaluate_name(name.split(".", 2)[1])  # BLOCK.h.W read before the block's entry h
             try:
                 v = outer.lookup(name, loc)
             except SpecError as err:

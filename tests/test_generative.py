@@ -513,6 +513,50 @@ def test_a_blocks_parameters_are_read_before_the_block_is_first_called(tmp_path)
     assert "params:" in info.value.hint and "scan" not in info.value.hint
 
 
+TIED_IN_BLOCK = """
+flowgrad: 1
+name: tiedblock
+dims: {D: 6, H: 4}
+inputs:
+  x: {shape: [N, D]}
+blocks:
+  ae:
+    in: [v]
+    graph:
+      h: dense(v, H, act=sigmoid)
+      r: dense(h, D, W=transpose(ae.h.W))
+    out: [r]
+graph:
+  h: dense(x, H, act=sigmoid)
+  rec: ae(x)
+loss: mse(rec, x) + mean(h)
+"""
+
+
+def test_a_tied_layer_in_a_block_reads_the_blocks_own_weight(tmp_path):
+    """In a block with an entry h, 'h.W' was the enclosing graph's h.W (a tied decoder tied to
+    another layer without a word) while 'h' is the block's own entry: refused, naming ae.h.W."""
+    cm = compile_spec(spec_from_text(TIED_IN_BLOCK, str(tmp_path / "ok.yaml")), graphs=("train",))
+    assert sorted(cm.params) == ["ae.h.W", "ae.h.b", "ae.r.b", "h.W", "h.b"]
+    wrong = TIED_IN_BLOCK.replace("W=transpose(ae.h.W)", "W=transpose(h.W)")
+    with pytest.raises(SpecError, match=r"'h.W' in block 'ae' names the parameter of the enclosing graph's entry 'h', "
+                                        r"not that of the block's own entry 'h', which is 'ae.h.W'") as info:
+        check_spec(spec_from_text(wrong, str(tmp_path / "wrong.yaml")))
+    assert (info.value.loc.line, info.value.loc.col) == (12, 34)
+    assert info.value.hint.startswith("write ae.h.W for the block's own parameter")
+    # without an h outside, h.W is no parameter (as before): the hint names the block's
+    alone = wrong.replace("  h: dense(x, H, act=sigmoid)\n", "").replace(" + mean(h)", "")
+    with pytest.raises(SpecError, match=r"'h.W' is not a parameter") as info:
+        check_spec(spec_from_text(alone, str(tmp_path / "alone.yaml")))
+    assert "ae.h.W" in info.value.hint
+    # the block's own weight read before the block's entry that makes it
+    early = TIED_IN_BLOCK.replace("r: dense(h, D, W=transpose(ae.h.W))", "r: dense(h * mean(v @ ae.h.W), D, W=transpose(ae.h.W))")
+    early = early.replace("      h: dense(v, H, act=sigmoid)\n      r:", "      r:").replace("    out: [r]", "      h: dense(v, H, act=sigmoid)\n    out: [r]")
+    assert early.index("r: dense") < early.index("h: dense(v")
+    assert sorted(compile_spec(spec_from_text(early, str(tmp_path / "early.yaml")), graphs=("train",)).params) == \
+        ["ae.h.W", "ae.h.b", "ae.r.b", "h.W", "h.b"]
+
+
 def test_reconstructions_read_the_data_the_run_trained_on(tmp_path):
     """A spec's relative train.data.path, and --data / --valid, are where the run's data came
     from; plot samples reads them from run.json, not relative to the run's spec copy."""
