@@ -635,6 +635,7 @@ class Lowering:
             from . import recurrent  # noqa: F401  (registers the cells)
             from .layers import LAYERS
 
+            _refuse_given_weights(e)
             args = [e.args[0].id] + [self.eval(a) for a in e.args[1:]]
             return self._run_layer(LAYERS["bidirectional"], e, args, self._eval_kwargs(e))
         if e.func in ("zeros", "ones"):
@@ -733,6 +734,7 @@ class Lowering:
         for k in e.kwargs:
             if k not in known:
                 usage = layer.usage if layer else signature(op)
+                _refuse_given_weights(e)
                 raise SpecError(f"{e.func}() has no argument {k!r}", e.kwarg_locs.get(k, e.loc),
                                 did_you_mean(k, dict.fromkeys(known)) or f"usage: {usage}")
 
@@ -836,6 +838,24 @@ SPECIAL_FORM_DOCS = {
     "zeros": ("zeros(N, H)", "Zeros of the model's float type, sized by dims (N: the batch)."),
     "ones": ("ones(N, H)", "Ones of the model's float type, sized by dims (N: the batch)."),
 }
+
+
+def _refuse_given_weights(e: S.Call) -> None:
+    """A recurrent layer or cell given weights (W=, U=, b=, bu=), as dense(..., W=) takes them to share
+    them: refused with the way to share a recurrent layer's weights (the layer's usage did not say)."""
+    k = next((k for k in e.kwargs if k in ("W", "U", "b", "bu")), None)
+    if k is None or e.func not in ("rnn", "lstm", "gru", "bidirectional", "rnn_cell", "lstm_cell", "gru_cell"):
+        return
+    if e.func.endswith("_cell"):
+        hint = (f"{e.func}() makes its own weights in its block, and every use of the block shares them: scan (or "
+                f"call) the same block wherever the cell's weights are to be shared")
+    else:
+        layer = "bidirectional(lstm, v, H)" if e.func == "bidirectional" else f"{e.func}(v, H)"
+        hint = (f"{e.func}() makes its own weights: to run the same ones over two inputs, write it in a block "
+                f"(blocks: {{enc: {{in: [v], graph: {{h: '{layer}'}}, out: [h]}}}}) and call the block on each, "
+                f"enc(a) and enc(b), whose calls share its parameters (enc.h.W, ...)")
+    raise SpecError(f"{e.func}() has no argument {k!r}", e.kwarg_locs.get(k, e.loc), hint)
+
 
 # What an op's shape rule or a layer raises when handed an argument of a kind it does not expect.
 _RULE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError, ZeroDivisionError)

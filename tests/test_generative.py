@@ -557,6 +557,39 @@ def test_a_tied_layer_in_a_block_reads_the_blocks_own_weight(tmp_path):
         ["ae.h.W", "ae.h.b", "ae.r.b", "h.W", "h.b"]
 
 
+@pytest.mark.parametrize("call, hint", [
+    ("bidirectional(gru, b, H, U=ha.U)", "write it in a block (blocks: {enc: {in: [v], graph: {h: 'bidirectional(lstm, v, H)'}"),
+    ("gru(b, H, bu=ha.b)", "write it in a block (blocks: {enc: {in: [v], graph: {h: 'gru(v, H)'}"),
+])
+def test_a_recurrent_layer_given_weights_is_told_to_share_them_through_a_block(tmp_path, call, hint):
+    """dense takes W= to share a weight, the recurrent layers none: their usage alone did not say how
+    two sequences run through one layer's weights."""
+    text = BLOCK_CALL_SEQ.replace("hb: rnn(b, H)", f"hb: {call}")
+    with pytest.raises(SpecError, match=r"has no argument '(U|bu)'") as info:
+        check_spec(spec_from_text(text, str(tmp_path / "seq.yaml")))
+    assert hint in info.value.hint and "enc(a) and enc(b)" in info.value.hint
+    cell = BLOCK_CALL_SEQ.replace("hb: rnn(b, H)", "hb: scan(c, over=b, init=[zeros(N, H)])").replace(
+        "graph:\n  ha:", "blocks:\n  c: {in: [x_t, h], graph: {h2: 'rnn_cell(x_t, h, W=ha.W)'}, out: [h2]}\ngraph:\n  ha:")
+    with pytest.raises(SpecError, match=r"rnn_cell\(\) has no argument 'W'") as info:
+        check_spec(spec_from_text(cell, str(tmp_path / "cell.yaml")))
+    assert "scan (or call) the same block" in info.value.hint
+    assert compile_spec(spec_from_text(BLOCK_CALL_SEQ, str(tmp_path / "ok.yaml")), graphs=("train",))
+
+
+BLOCK_CALL_SEQ = """
+flowgrad: 1
+name: pairs
+dims: {E: 4, H: 3}
+inputs:
+  a: {shape: [N, T, E]}
+  b: {shape: [N, T, E]}
+graph:
+  ha: rnn(a, H)
+  hb: rnn(b, H)
+loss: mean(ha[:, -1, :] * hb[:, -1, :])
+"""
+
+
 def test_reconstructions_read_the_data_the_run_trained_on(tmp_path):
     """A spec's relative train.data.path, and --data / --valid, are where the run's data came
     from; plot samples reads them from run.json, not relative to the run's spec copy."""
