@@ -791,6 +791,8 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
         if parts is not None and parts[1].producer.op.name != "numel" and \
                 not any(v.id in moved for node in producers_of([parts[1]]) for v in node.inputs):
             b.out("loss/count", "part", parts[1])
+            if parts[2] is not None:
+                b.out("loss/floor", "part", parts[2])
     else:
         for n, v in new_params.items():
             b.out(f"next/{n}", "next", v)
@@ -853,6 +855,8 @@ def build_eval(spec, dtype, optimize_graph=True) -> CompiledGraph | None:
         if parts is not None:  # (suffixes: an objective's loss is "<objective>/loss", whatever its name)
             b.out(f"{k}/sum", "part", parts[0])
             b.out(f"{k}/count", "part", parts[1])
+            if parts[2] is not None:
+                b.out(f"{k}/floor", "part", parts[2])
     return b.emit("eval", optimize_graph, "loss and metrics, dropout off")
 
 
@@ -861,13 +865,15 @@ def batch_dims(spec) -> set:
     return {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)}
 
 
-def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value] | None:
-    """(sum, count) with v = sum / count, when v is a mean over all the entries of a tensor of
+def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value, Value | None] | None:
+    """(sum, count, floor) with v = sum / maximum(count, floor) (floor None: sum / count), when
+    v is a mean over all the entries of a tensor of
     examples (one of its dims a symbolic batch dim, transposed or flattened as it may be) or a
     ratio of two sums, or of two means, over all entries of such tensors (a masked mean:
     sum(loss * mask) / sum(mask), mean(loss * mask) / mean(mask)), scaled by constants
     anywhere in it (100 * sum(hit * mask) / sum(mask), -sum(logp * mask) / sum(mask), a mean
-    over log(2.0)). Evaluation adds each batch's sum and count, so that such a metric over a
+    over log(2.0)), its count kept from 0 by a constant or not (sum(ce * m) / maximum(sum(m),
+    1.0): the floor). Evaluation adds each batch's sum and count, so that such a metric over a
     dataset is the one over all its entries, whatever the batches; a batch's value weighted by
     its rows would count a token of a short batch as much as one of a long batch. The parts
     are at least float32: a count in float16 ends at 65504."""
@@ -891,8 +897,9 @@ def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value] | None:
             i.producer is not None for n in producers_of([u]) for i in n.inputs)
 
     def terms(u: Value):
-        """(kind, sum, count): u = sum / count, a sum over examples ("sum", count None), a mean
-        over them ("mean", count the entries) or a ratio of two sums ("ratio")."""
+        """(kind, sum, count[, floor]): u = sum / count, a sum over examples ("sum", count None),
+        a mean over them ("mean", count the entries) or a ratio of two sums ("ratio"; with a
+        floor, sum / maximum(count, floor))."""
         p = u.producer
         if p is None or u.rank != 0:
             return None
@@ -906,20 +913,26 @@ def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value] | None:
             return terms(a)
         if p.op.name == "neg":
             t = terms(a)
-            return t and (t[0], -t[1], t[2])
+            return t and (t[0], -t[1], *t[2:])
         if p.op.name == "mul":
             for a, c in (p.inputs, p.inputs[::-1]):
                 t = terms(a) if constant(c) else None
                 if t is not None:
-                    return t[0], t[1] * g.cast(c, wide), t[2]
+                    return t[0], t[1] * g.cast(c, wide), *t[2:]
         if p.op.name == "div":
             a, c = p.inputs
             if constant(c):
                 t = terms(a)
-                return t and (t[0], t[1] / g.cast(c, wide), t[2])
+                return t and (t[0], t[1] / g.cast(c, wide), *t[2:])
             ta, tc = terms(a), terms(c)
             if ta is not None and tc is not None and ta[0] == tc[0] == "sum":
                 return "ratio", ta[1], tc[1]
+            guard = c.producer
+            if ta is not None and ta[0] == "sum" and guard is not None and guard.op.name == "maximum":
+                for s, floor in (guard.inputs, guard.inputs[::-1]):
+                    ts = terms(s) if constant(floor) else None
+                    if ts is not None and ts[0] == "sum":  # a count kept from 0: sum / maximum(count, 1.0)
+                        return "ratio", ta[1], ts[1], g.cast(floor, wide)
             if ta is not None and tc is not None and ta[0] == tc[0] == "mean":
                 # mean(a) / mean(c) = sum(a) / sum(c) * (entries of c / entries of a), a ratio that
                 # tensors of examples keep from batch to batch
@@ -929,7 +942,7 @@ def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value] | None:
     if v.rank != 0 or not is_float(v.dtype):
         return None
     t = terms(v)
-    return None if t is None or t[0] == "sum" else (t[1], t[2])
+    return None if t is None or t[0] == "sum" else (t[1], t[2], t[3] if len(t) > 3 else None)
 
 
 def build_infer(spec, dtype, optimize_graph=True) -> CompiledGraph | None:

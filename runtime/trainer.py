@@ -280,13 +280,14 @@ class Trainer:
         dtypes: dict[str, np.dtype] = {}
         sums: dict[str, float] = {}
         rows = [len(next(iter(b.values()))) for b in batches]
-        n, counted = sum(rows), 0.0
+        n, counted, floor = sum(rows), 0.0, 0.0
         for i, (batch, r) in enumerate(zip(batches, rows)):
             # the i-th batch's stream: the seed's high 32 bits moved by i (the first keeps the run's)
             seed = (self.seed + (i << 32) + 2**63) % 2**64 - 2**63
             control = {"step": step, "seed": seed, "lr": lr}
             scalars, grads = grads_runner.run(self.state, self.spare, batch, control)
             count = scalars.pop("loss/count", None)  # (its totals are divided by the counts' below)
+            floor = scalars.pop("loss/floor", floor)  # (sum / maximum(count, 1.0): at least 1.0)
             w = r / n if count is None else count
             if w:  # (a batch of no unmasked entry adds nothing, not its gradient of 0/0)
                 for k, v in grads.items():
@@ -301,8 +302,12 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + (v * weight if weight else 0.0)
             counted += count or 0.0
         if count is not None:
-            if not counted:  # no batch had an unmasked entry: the update is NaN, as the loss is
-                total = {k: np.full_like(v.numpy(), np.nan) for k, v in grads.items()}
+            # over all the batches' entries, as one batch of them: a count kept from 0 (a floor) by
+            # the loss is kept from 0 here too
+            counted = max(counted, floor)
+            if not total:  # no batch had an unmasked entry: the update is NaN, as the loss is (0 / 0),
+                # or, where the loss keeps its count from 0, that of a gradient of 0
+                total = {k: np.full_like(v.numpy(), 0.0 if counted else np.nan) for k, v in grads.items()}
             for k in total:
                 total[k] /= counted or 1.0
             if "loss" in sums:
@@ -323,17 +328,21 @@ class Trainer:
         runner = self.runner("eval")
         parts = {o.name for o in runner.scalar_outputs if o.role == "part"}
         totals: dict[str, float] = {}
+        floors: dict[str, float] = {}  # a ratio's constant least count (sum / maximum(count, 1.0))
         count = 0
         for batch in batches:
             n = len(next(iter(batch.values())))
             scalars, _ = runner.run(self.state, self.spare, batch, {"seed": self.seed, "step": 0})
             for k, v in scalars.items():
-                totals[k] = totals.get(k, 0.0) + (v if k in parts else v * n)
+                if k.endswith("/floor") and k in parts:
+                    floors[k] = v
+                else:
+                    totals[k] = totals.get(k, 0.0) + (v if k in parts else v * n)
             count += n
         means = {k: v / max(count, 1) for k, v in totals.items() if k not in parts}
         for k in means:
             if f"{k}/sum" in parts:
-                means[k] = _ratio(totals[f"{k}/sum"], totals[f"{k}/count"])
+                means[k] = _ratio(totals[f"{k}/sum"], max(totals[f"{k}/count"], floors.get(f"{k}/floor", 0.0)))
         return means
 
     def carried(self) -> dict[str, np.ndarray]:

@@ -240,6 +240,42 @@ def test_accumulated_batches_of_a_masked_mean_weigh_by_their_unmasked_entries(tm
     np.testing.assert_allclose(acc["W"], big["W"], rtol=1e-5, atol=1e-6)
 
 
+def test_accumulated_batches_of_a_guarded_masked_mean_weigh_by_their_unmasked_entries(tmp_path):
+    """sum(ce * mask) / maximum(sum(mask), 1.0), the semi-supervised model's loss, was taken for no
+    ratio: its batches weighed by their rows (--accumulate 2 moved the weights unlike one batch of
+    both), and its validation numbers were per-batch values weighted by rows. Now its sums and
+    counts add up, and a group of batches with no unmasked entry at all makes no NaN update: its
+    count is kept from 0 as the loss keeps it (the update of a loss of 0 / 1.0)."""
+    from runtime.trainer import Trainer
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    text = MASKED_SUM.replace("LR", "0.5").replace("sum(ce * mask) / sum(mask)", "sum(ce * mask) / maximum(sum(mask), 1.0)")
+    rng = np.random.default_rng(0)
+    mask = (rng.random((30, 5)) < np.linspace(0.1, 0.95, 30)[:, None]).astype(np.float32)
+    mask[:5] = 0  # the first accumulated batch has no unmasked token
+    mask[20:] = 0  # nor has the last group (batches 5 and 6) any
+    data = {"x": rng.normal(size=(30, 5, 3)).astype(np.float32), "y": rng.integers(0, 4, (30, 5)), "mask": mask}
+    common = dict(data=data, valid="0", epochs=2, threads=1, device="cpu")
+    train(text, run_dir=str(tmp_path / "big"), batch_size=10, **common)
+    train(text, run_dir=str(tmp_path / "acc"), batch_size=5, accumulate=2, **common)
+    big, acc = _params(str(tmp_path / "big")), _params(str(tmp_path / "acc"))
+    assert np.all(np.isfinite(acc["W"]))
+    np.testing.assert_allclose(acc["W"], big["W"], rtol=1e-5, atol=1e-6)
+
+    cm = compile_spec(spec_from_text(text), graphs=("eval",))
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    ce = None
+    for rows in (data, {k: v[20:] for k, v in data.items()}):  # some unmasked entries; none at all
+        logits = rows["x"].astype(np.float64) @ trainer.state_numpy()["W"].astype(np.float64)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        ce = -np.take_along_axis(logp, rows["y"][..., None], -1)[..., 0]
+        want = (ce * rows["mask"]).sum() / max(rows["mask"].sum(), 1.0)
+        for size in (3, 7, len(rows["x"])):
+            got = trainer.evaluate([{k: v[i:i + size] for k, v in rows.items()} for i in range(0, len(rows["x"]), size)])
+            assert got["loss"] == pytest.approx(want, rel=1e-5, abs=1e-7), size
+
+
 def test_accumulated_float16_gradients_of_many_tokens_do_not_overflow(tmp_path):
     """Each batch's float16 gradient was multiplied by its count (10,000 unmasked tokens) in
     float16: the products overflowed to inf and the run stopped ('W became NaN or inf at step
