@@ -512,12 +512,17 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
             if key in allowed or any(re.search(p, key) for p in patterns):
                 continue
             inside = f"in {where}" if path else "at the top level"
-            out.append(SpecError(f"unknown key '{key}' {inside}", locate_key(tree, path + [key], file),
+            name, colon, rest = key.partition(":")
+            # {std:0.1}: YAML reads a colon with no space after it as part of the key
+            unspaced = f"write a space after the colon: {{{name}: {rest}}}" if colon and name in allowed and rest else None
+            out.append(SpecError(f"unknown key '{key}' {inside}", locate_key(tree, path + [key], file), unspaced or
                                  (init_hint(key) if set(allowed) >= set(INIT_KINDS) else None)
                                  or _choices_hint(key, allowed, f"{where or 'it'} takes no keys: remove '{key}'")))
         return out
     if v == "required":
-        missing = [k for k in e.validator_value if k not in value]
+        # (a key written {lr:0.5} is missing as lr: its unknown-key error says to add the space)
+        missing = [k for k in e.validator_value if k not in value
+                   and not any(isinstance(w, str) and w.startswith(f"{k}:") for w in value)]
         inside = f"in {where}" if path else "at the top level"
         return [SpecError(f"missing required key '{k}' {inside}", loc,
                           _required_hint(path, k)) for k in missing]
