@@ -59,6 +59,17 @@ def _check_given_weight(layer: str, W, want: tuple, e, sizes: str) -> None:
     raise ShapeError(f"{layer}(): W= is {fmt_shape(W.shape)}, but {sizes} make its weight {fmt_shape(want)}", loc, hint)
 
 
+def _check_given_bias(layer: str, b, units: int, e, sizes: str) -> None:
+    """A bias given as b= against the [units] the call makes its bias: a wrong one was a generic
+    'add: shapes ... do not broadcast', or broadcast into a bias of other units."""
+    loc = e.kwarg_locs.get("b", e.loc)
+    if not isinstance(b, Value):
+        raise SpecError(f"{layer}(): b= must be a tensor, got {b!r}", loc, "give a parameter or an expression, e.g. b=h.b")
+    if b.rank != 1 or (isinstance(b.shape[0], int) and b.shape[0] != units):
+        raise ShapeError(f"{layer}(): b= is {fmt_shape(b.shape)}, but {sizes} make its bias [{units}]", loc,
+                         f"give b= a tensor [{units}], or write sizes in the call that fit b=")
+
+
 def _refuse_init_with_weight(layer: str, W, a: dict, e) -> None:
     """init= initialises the weight a layer makes: with W= given there is none, and init= was dropped."""
     if W is not None and a.get("init") is not None:
@@ -149,6 +160,8 @@ class Dense(Layer):
             b = a.get("b")
             if b is None:
                 b = low.add_param(f"{prefix}.b", (units,), "zeros", loc=e.loc)
+            else:
+                _check_given_bias("dense", b, units, e, f"units={units}")
             y = y + b
         return self.activate(low, y, a.get("act"), e)
 
@@ -224,6 +237,8 @@ class Conv2d(Layer):
             b = a.get("b")
             if b is None:
                 b = low.add_param(f"{prefix}.b", (channels,), "zeros", loc=e.loc)
+            else:
+                _check_given_bias("conv2d", b, channels, e, f"channels={channels}")
             y = y + low.graph.apply("reshape", b, shape=(channels, 1, 1))
         return self.activate(low, y, a.get("act"), e)
 
