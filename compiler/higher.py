@@ -164,6 +164,10 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int) -> Value:
     for node in producers_of([y]):
         if not any(v.id in env for v in node.inputs):
             continue
+        if node.op.name == "numel":
+            # a count of the entries y is computed on (a mean's gradient divides by it): the
+            # original batch's, as a fixed batch size folds it, not the repeated batch's
+            continue
         if node.op.name in ("scan", "random_bits"):
             raise GradientError(f"jacobian() cannot rebuild {node.op.name!r} on a repeated batch", e.loc,
                                 "compute the jacobian of a deterministic, feed-forward part")

@@ -178,3 +178,34 @@ outputs:
     unrolled, _ = _infer(text.replace("UNROLL", "unroll=true"), tmp_path, {"x": x, "v": v}, state)
     np.testing.assert_allclose(out["hv"], unrolled["hv"], rtol=1e-10, atol=1e-12)
     assert np.abs(out["hv"]).max() > 1e-2
+
+
+@pytest.mark.parametrize("batch", ["N", "4"])
+def test_jacobian_of_the_gradient_of_a_mean(tmp_path, batch):
+    """jacobian(grad(mean(h * h), x), x): the per-example blocks of the Hessian of a mean over
+    the batch. The mean's gradient divides by its count of entries, and with a symbolic batch
+    the rebuilt graph counted the repeated batch (M times as many rows), so every block came
+    out M times too small without a word (a fixed batch size folded the count), and
+    jacobian(h / numel(x, axis=0), x) was refused as working along the batch axis. With
+    h = tanh(x W + b) and f = mean(h²) over N x M entries, J[n] = W diag((2 - 6h²)(1 - h²)) Wᵀ / (N M)."""
+    text = """
+flowgrad: 1
+name: jg
+dims: {D: 3, M: 3}
+inputs:
+  x: {shape: [BATCH, D]}
+graph:
+  h: dense(x, M, act=tanh)
+outputs:
+  h: h
+  J: jacobian(grad(mean(h * h), x), x)
+  K: jacobian(h / numel(x, axis=0), x)
+""".replace("BATCH", batch)
+    x = np.random.default_rng(6).normal(size=(4, 3))
+    out, state = _infer(text, tmp_path, {"x": x})
+    h, W = out["h"], state["h.W"]
+    curvature = (2 - 6 * h * h) * (1 - h * h) / h.size  # [N, M]
+    want = np.einsum("im,nm,jm->nij", W, curvature, W)
+    np.testing.assert_allclose(out["J"], want, rtol=1e-10, atol=1e-14)
+    # a count of the batch is a number, not a mix of examples (it was refused as one)
+    np.testing.assert_allclose(out["K"], np.einsum("nm,im->nmi", (1 - h * h) / 4, W), rtol=1e-12)
