@@ -116,6 +116,13 @@ def _mixes_examples(node, depends: list[bool], batch) -> str | None:
         if any(contracted.get(v.id) in axes for v, axes in marked):
             return f"a product ({name}) sums over the batch axis"
         return None
+    if name == "sum_to":
+        # the gradient of a broadcast: summed over the rows of a bias, a gamma or any value
+        # broadcast along the batch, it adds up every example's part
+        summed, _ = node.op.plan(ins[0].shape, attrs["shape"])
+        if set(summed) & batch_axes(ins[0]):
+            return "a gradient sums over the batch axis (of a value broadcast over the examples, such as a bias)"
+        return None
     if name == "reshape":
         if not batch_axes(node.outputs[0]):
             return f"a reshape to {tuple(node.outputs[0].shape)} merges the batch axis with others"
@@ -187,6 +194,11 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int) -> Value:
         elif node.op.name == "reshape" and isinstance(batch, int) and attrs["shape"] and attrs["shape"][0] == batch:
             # a fixed batch size marks axis 0 only: the rebuilt rows are `times` times as many
             attrs = {**attrs, "shape": (batch * times,) + tuple(attrs["shape"][1:])}
+        elif node.op.name == "sum_to":
+            # the axes the sum keeps (the batch among them) have the sizes of the rebuilt input
+            src, lead = node.inputs[0], node.inputs[0].rank - len(attrs["shape"])
+            attrs = {**attrs, "shape": tuple(ins[0].shape[lead + j] if d == src.shape[lead + j] else d
+                                             for j, d in enumerate(attrs["shape"]))}
         out = g.apply(node.op.name, *ins, **attrs)
         outs = out if isinstance(out, tuple) else (out,)
         for o, n in zip(node.outputs, outs):

@@ -209,3 +209,73 @@ outputs:
     np.testing.assert_allclose(out["J"], want, rtol=1e-10, atol=1e-14)
     # a count of the batch is a number, not a mix of examples (it was refused as one)
     np.testing.assert_allclose(out["K"], np.einsum("nm,im->nmi", (1 - h * h) / 4, W), rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch", ["N", "4"])
+@pytest.mark.parametrize("wrt", ["b", "ln.gamma"])
+def test_jacobian_refuses_a_gradient_summed_over_the_examples(tmp_path, batch, wrt):
+    """y = h * grad(f, b) for a bias b (or a layer_norm's gamma) reads every example: the
+    gradient of a value broadcast over the batch sums the examples' parts. jacobian(y, x) of
+    such a y was built on the repeated batch without a word, its blocks wrong (of
+    h * grad(sum(h * h), b), 1.7 times their size away, whatever the batch; here, through
+    layer_norm's gradient, the bias's failed to compile instead). It is refused, as a batch
+    mean is."""
+    from spec.errors import GradientError
+
+    text = """
+flowgrad: 1
+name: jb
+dims: {D: 3, M: 2}
+inputs:
+  x: {shape: [BATCH, D]}
+params:
+  W: {shape: [D, M], init: glorot_uniform}
+  b: {shape: [M], init: glorot_uniform}
+graph:
+  h: tanh(x @ W + b)
+  ln: layer_norm(h)
+  y: h * grad(sum(ln * ln * ln), WRT)
+outputs:
+  J: jacobian(y, x)
+""".replace("BATCH", batch).replace("WRT", wrt)
+    with pytest.raises(GradientError, match="example by example, but a gradient sums over the batch axis") as e:
+        compile_spec(spec_from_text(text, str(tmp_path / "t.yaml")), "float64", graphs=("infer",))
+    assert e.value.loc.line == 15  # the jacobian
+
+
+@pytest.mark.parametrize("batch", ["N", "4"])
+def test_jacobian_of_a_gradient_through_a_row_broadcast(tmp_path, batch):
+    """A gradient through a value broadcast along each row (h + h[:, 0:1], a keepdims
+    reduction, layer_norm, softmax's max) sums back to [N, 1], a target the rebuild on the
+    repeated batch kept as it was: jacobian(grad(...), x) failed to compile ('sum_to: cannot
+    sum [4*N, 5] to [N, 1]'). With f = (x W + b) A, A = I + e0 1ᵀ (column 0 added to every
+    column), grad(sum(f²), x) = 2 f Aᵀ Wᵀ and each block of its Jacobian is 2 W A Aᵀ Wᵀ."""
+    text = """
+flowgrad: 1
+name: jr
+dims: {D: 4, K: 5}
+inputs:
+  x: {shape: [BATCH, D]}
+graph:
+  h: dense(x, K)
+  f: h + h[:, 0:1]
+  ln: layer_norm(h)
+outputs:
+  J: jacobian(grad(sum(f * f), x), x)
+  L: jacobian(grad(sum(ln * ln * ln), x), x)
+  g: grad(sum(ln * ln * ln), x)
+""".replace("BATCH", batch)
+    x = np.random.default_rng(7).normal(size=(4, 4))
+    out, state = _infer(text, tmp_path, {"x": x})
+    A = np.eye(5)
+    A[0, :] += 1
+    V = state["h.W"] @ A
+    np.testing.assert_allclose(out["J"], np.broadcast_to(2 * V @ V.T, (4, 4, 4)), rtol=1e-10)
+    fd = np.zeros_like(out["L"])  # layer_norm's: against central differences of its gradient
+    for d in range(4):
+        step = np.zeros_like(x)
+        step[:, d] = 1e-6
+        up, _ = _infer(text, tmp_path, {"x": x + step}, state)
+        down, _ = _infer(text, tmp_path, {"x": x - step}, state)
+        fd[:, :, d] = (up["g"] - down["g"]) / 2e-6
+    np.testing.assert_allclose(out["L"], fd, rtol=1e-6, atol=1e-7)
