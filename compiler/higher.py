@@ -26,9 +26,15 @@ def _tensor_args(low, e: S.Call, names: tuple) -> list[Value]:
                         "entry), not an expression", e.args[1].loc,
                         "name the expression in the graph (z: x * 2) and compute y from that name")
     vals = [low.eval(a) for a in e.args]
-    for v, a in zip(vals, e.args):
+    for i, (v, a) in enumerate(zip(vals, e.args)):
         if not isinstance(v, Value) or not is_float(v.dtype):
-            raise SpecError(f"{e.func}() arguments must be float tensors, got {getattr(v, 'type', v)!r}", a.loc, f"usage: {usage}")
+            hint = f"usage: {usage}"
+            if isinstance(v, Value) and i == 1:  # the value differentiated with respect to
+                hint = ("integers (ids, labels, lengths) have no gradient: differentiate with respect to a float "
+                        "value computed from them, named in the graph (e: embedding(ids, V, E), then "
+                        f"{e.func}(..., e{', ...' if len(names) > 2 else ''}))")
+            raise SpecError(f"{e.func}() argument {names[i]} must be a float tensor, got "
+                            f"{v.type if isinstance(v, Value) else repr(v)}", a.loc, hint)
     return vals
 
 
