@@ -10,7 +10,7 @@ from spec import model as S
 from spec.errors import GradientError, ShapeError, SpecError
 
 from .autodiff import grad
-from .ir import Value, at, dim_mul, is_float, producers_of, reads_shape_only
+from .ir import Value, at, dim_mul, fmt_shape, is_float, producers_of, reads_shape_only
 
 
 def _tensor_args(low, e: S.Call, names: tuple) -> list[Value]:
@@ -131,7 +131,7 @@ def _mixes_examples(node, depends: list[bool], batch) -> str | None:
         return None
     if name == "reshape":
         if not batch_axes(node.outputs[0]):
-            return f"a reshape to {tuple(node.outputs[0].shape)} merges the batch axis with others"
+            return f"a reshape to {fmt_shape(node.outputs[0].shape)} merges the batch axis with others"
         return None
     if name == "transpose":
         return None if not isinstance(batch, int) or tuple(node.op.perm(attrs, ins[0].rank))[0] == 0 else \
