@@ -1180,7 +1180,10 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
         nodes.append({
             "name": n.name, "kind": n.kind, "op": n.op, "shape": shape_text(n.value),
             "expr": n.expr_text, "loc": loc_text(n.loc),
-            "params": sum(_numel(low.params[p].shape, {}) for p in made),
+            # as the totals: a stateful layer's carried state and batch_norm's running averages
+            # are buffers, not parameters
+            "params": sum(_numel(low.params[p].shape, {}) for p in made if low.params[p].kind == "param"),
+            "buffers": sum(_numel(low.params[p].shape, {}) for p in made if low.params[p].kind == "buffer"),
             "flops_per_example": fl["total"] / B, "matmul_flops_per_example": fl["matmul"] / B,
             "conv_flops_per_example": fl["conv"] / B,
         })
@@ -1189,7 +1192,10 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
         params.append({"name": name, "shape": list(p.shape), "count": _numel(p.shape, {}), "kind": p.kind,
                        "trainable": p.trainable, "init": p.init_kind,
                        "created_by": (low.param_owner.get(name) or "").split("/", 1)[-1] or None})
-    targets = [v for v in [sg.loss_value, *(sg.sink_values[f"metric/{m.targets[0]}"] for m in spec.metrics)]
+    # what a training step computes forward: the loss, the metrics and the buffers' updates
+    # (batch_norm's running averages)
+    targets = [v for v in [sg.loss_value, *(sg.sink_values[f"metric/{m.targets[0]}"] for m in spec.metrics),
+                           *low.graph.buffer_updates.values()]
                if isinstance(v, Value)]
     fwd = _flops_total(producers_of(targets), env) if targets else _flops_total(low.graph.nodes, env)
     totals = {

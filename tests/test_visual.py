@@ -544,9 +544,11 @@ def test_summary_parameter_count_matches_the_initial_state(path):
     assert [n["name"] for n in r["nodes"] if n["kind"] == "node"] == [", ".join(a.targets) for a in spec.graph]
     t = r["totals"]
     assert t["training_flops_per_step"] > 2 * t["forward_flops_per_step"] > 0
-    # layer shorthands: the parameters an entry makes add up to the parameters not declared in the spec
-    made = sum(n["params"] for n in r["nodes"])
+    # layer shorthands: the parameters (and buffers) an entry makes add up to those not declared in the spec
+    made = sum(n["params"] + n["buffers"] for n in r["nodes"])
     assert made == sum(p["count"] for p in r["params"] if p["name"] not in spec.params)
+    made = sum(n["params"] for n in r["nodes"])
+    assert made == sum(p["count"] for p in r["params"] if p["name"] not in spec.params and p["kind"] == "param")
 
 
 def test_summary_flops_of_the_mlp_by_hand():
@@ -587,6 +589,27 @@ def test_summary_counts_conv_and_scan_flops():
     assert sixty_four["totals"]["forward_matmul_flops_per_example"] == 64 * step
     assert one["totals"]["forward_matmul_flops_per_example"] == step
 
+
+
+def test_summary_counts_buffers_apart_from_a_layers_parameters(tmp_path):
+    """The nodes table's params of a stateful LSTM (345,088) and of a batch_norm (128 for 32
+    channels) counted their buffers, the carried state and the running averages, which the
+    totals count apart: the LSTM has 328,704 parameters. The running averages' update is part
+    of the forward FLOPs, as of the node's."""
+    spec = tmp_path / "bn.yaml"
+    spec.write_text("flowgrad: 1\nname: bn\ndims: {D: 6, C: 32}\ninputs:\n  x: {shape: [N, D]}\n"
+                    "graph:\n  a: dense(x, C)\n  b: batch_norm(a)\nloss: mean(b * b)\n")
+    r = json.loads(invoke("summary", spec, "--json").stdout)
+    b = next(n for n in r["nodes"] if n["name"] == "b")
+    assert (b["params"], b["buffers"]) == (2 * 32, 2 * 32)
+    assert r["totals"]["params"] == 6 * 32 + 32 + 2 * 32 and r["totals"]["buffers"] == 2 * 32
+    assert r["totals"]["forward_flops_per_example"] == pytest.approx(sum(n["flops_per_example"] for n in r["nodes"]))
+    lstm = json.loads(invoke("summary", ROOT / "models" / "char_lstm_stateful.yaml", "--json").stdout)
+    hs = next(n for n in lstm["nodes"] if n["name"] == "hs")
+    E, H = 64, 256
+    assert hs["params"] == E * 4 * H + H * 4 * H + 4 * H and hs["buffers"] == 2 * 32 * H
+    table = invoke("summary", ROOT / "models" / "char_lstm_stateful.yaml").stdout
+    assert "345,088" not in table and "328,704" in table
 
 
 def test_summary_sizes_an_output_by_an_integer_scalar_input(tmp_path):
