@@ -1168,9 +1168,22 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
     sizes = {d[1] for n in low.graph.nodes if n.op.name == "fill" for d in n.attrs["dims"]
              if isinstance(d, tuple) and isinstance(d[1], str)}
     env, unset = batch_env(spec, B, dims, sizes)
+    from .training import objectives_of
+
+    def loss_of(o):
+        return sg.loss_value if o.loss is spec.loss else low.env.get(o.loss.targets[0])
+
+    objs = objectives_of(spec)
+    entries = [v for a in spec.graph for v in (low.env.get(t) for t in a.targets)]
+    # an entry's nodes that nothing reads compute nothing: the compiled graphs leave them out (the
+    # gradient of the weights that jacobian(h, x) makes on its way to the gradient of the input)
+    live = {id(n) for n in producers_of([v for v in [sg.loss_value, *map(loss_of, objs), *sg.sink_values.values(),
+                                                           *low.graph.buffer_updates.values(), *entries]
+                                         if isinstance(v, Value)])}
     by_owner: dict[str, list[Node]] = {}
     for n in low.graph.nodes:
-        by_owner.setdefault(low.node_owner.get(id(n), ""), []).append(n)
+        if id(n) in live:
+            by_owner.setdefault(low.node_owner.get(id(n), ""), []).append(n)
     nodes = []
     for n in sg.nodes.values():
         if n.kind in ("input", "param", "buffer"):

@@ -591,6 +591,23 @@ def test_summary_counts_conv_and_scan_flops():
 
 
 
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_summary_forward_flops_add_up_the_entries_a_step_computes(path):
+    """An entry's FLOPs counted the nodes its lowering made that nothing reads, which no compiled
+    graph runs: cae's J, jacobian(h, x), counted the gradient of h.W on its way to the gradient
+    of x (1,597,440 per example for 1,069,056), so the nodes added up to more than the forward
+    FLOPs. A spec with one loss computes every entry, loss and metric forward (not the outputs)."""
+    r = json.loads(invoke("summary", path, "--json").stdout)
+    if "objectives" in load_spec(str(path)).train:
+        pytest.skip("several objectives: see test_summary_forward_flops_are_the_objectives_step's")
+    entries = sum(n["flops_per_example"] for n in r["nodes"] if n["kind"] != "output")
+    assert r["totals"]["forward_flops_per_example"] == pytest.approx(entries)
+    if path.stem == "cae":
+        D = H = 64  # the tiled forward product and the one-hot rows' product back to x, per row of J
+        J = next(n for n in r["nodes"] if n["name"] == "J")
+        assert J["matmul_flops_per_example"] == 2 * (2 * H * D * H)
+
+
 def test_summary_counts_buffers_apart_from_a_layers_parameters(tmp_path):
     """The nodes table's params of a stateful LSTM (345,088) and of a batch_norm (128 for 32
     channels) counted their buffers, the carried state and the running averages, which the
