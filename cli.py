@@ -784,12 +784,14 @@ def summary(
     totals.add_row("parameters", f"{t['params']:,}", "")
     if t["buffers"]:
         totals.add_row("buffers", f"{t['buffers']:,}", "")
-    totals.add_row("forward FLOPs", f"{t['forward_flops_per_step']:,}", num(t["forward_flops_per_example"]))
+    # several objectives: the forward and training FLOPs are those of one objective's step
+    step = f" ({t['training_objective']})" if "objectives" in (s.train or {}) and "training_objective" in t else ""
+    totals.add_row(f"forward FLOPs{step}", f"{t['forward_flops_per_step']:,}", num(t["forward_flops_per_example"]))
     totals.add_row("  of which matmul", f"{t['forward_matmul_flops_per_step']:,}", num(t["forward_matmul_flops_per_example"]))
     if t["forward_conv_flops_per_step"]:
         totals.add_row("  of which conv", f"{t['forward_conv_flops_per_step']:,}", num(t["forward_conv_flops_per_step"] / B))
     if "training_flops_per_step" in t:
-        totals.add_row("training FLOPs", f"{t['training_flops_per_step']:,}", num(t["training_flops_per_example"]))
+        totals.add_row(f"training FLOPs{step}", f"{t['training_flops_per_step']:,}", num(t["training_flops_per_example"]))
     print_table(out, totals)
     if r["dims_counted_as_1"]:
         err.print(f"[dim]symbolic dims counted as 1: {', '.join(r['dims_counted_as_1'])} (set them with --dim NAME=VALUE)[/dim]")

@@ -1205,9 +1205,11 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
         params.append({"name": name, "shape": list(p.shape), "count": _numel(p.shape, {}), "kind": p.kind,
                        "trainable": p.trainable, "init": p.init_kind,
                        "created_by": (low.param_owner.get(name) or "").split("/", 1)[-1] or None})
-    # what a training step computes forward: the loss, the metrics and the buffers' updates
+    # what the training step counted below computes forward: its objective's loss (a gan's d_loss,
+    # a graph entry, where the spec has no loss:), the metrics and the buffers' updates
     # (batch_norm's running averages)
-    targets = [v for v in [sg.loss_value, *(sg.sink_values[f"metric/{m.targets[0]}"] for m in spec.metrics),
+    step_loss = loss_of(pick_objective(spec, objective)) if objs else sg.loss_value
+    targets = [v for v in [step_loss, *(sg.sink_values[f"metric/{m.targets[0]}"] for m in spec.metrics),
                            *low.graph.buffer_updates.values()]
                if isinstance(v, Value)]
     fwd = _flops_total(producers_of(targets), env) if targets else _flops_total(low.graph.nodes, env)

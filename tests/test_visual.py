@@ -608,6 +608,24 @@ def test_summary_forward_flops_add_up_the_entries_a_step_computes(path):
         assert J["matmul_flops_per_example"] == 2 * (2 * H * D * H)
 
 
+@pytest.mark.parametrize("name, objective, left_out", [
+    ("gan", "discriminator", ["g_loss"]), ("gan", "generator", ["d_loss"]),
+    ("semisupervised", "classify", ["h_noisy", "recon", "reconstruct"]), ("semisupervised", "reconstruct", ["classify"])])
+def test_summary_forward_flops_are_the_objectives_step(name, objective, left_out):
+    """A spec whose objectives name graph entries (no loss:) counted its forward FLOPs from its
+    metrics alone: gan's left out both losses, semisupervised's --objective reconstruct counted
+    19,734 per example, its classifier, and none of its 35,000 of reconstruction. The forward
+    FLOPs are what the objective's training step computes forward: its loss and the metrics."""
+    r = json.loads(invoke("summary", ROOT / "models" / f"{name}.yaml", "--json", "--objective", objective).stdout)
+    assert r["totals"]["training_objective"] == objective
+    counted = sum(n["flops_per_example"] for n in r["nodes"] if n["kind"] != "output" and n["name"] not in left_out)
+    assert r["totals"]["forward_flops_per_example"] == pytest.approx(counted)
+    assert r["totals"]["training_flops_per_example"] > r["totals"]["forward_flops_per_example"]
+    # the table says whose step its totals count
+    table = invoke("summary", ROOT / "models" / f"{name}.yaml", "--objective", objective).stdout
+    assert f"forward FLOPs ({objective}) " in table and f"training FLOPs ({objective}) " in table
+
+
 def test_summary_counts_buffers_apart_from_a_layers_parameters(tmp_path):
     """The nodes table's params of a stateful LSTM (345,088) and of a batch_norm (128 for 32
     channels) counted their buffers, the carried state and the running averages, which the
