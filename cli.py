@@ -255,11 +255,13 @@ def _check_report(s, low) -> dict:
     each graph entry's op, shape and type (a compile-time number, which has neither, its value);
     each parameter's shape, init, kind (param, buffer, or frozen: a param with trainable: false)
     and count of values; the count of tensors and of trained values; the warnings."""
+    from compiler.visual import op_word
+
     nodes = []
     for a in s.graph:
         for t in a.targets:
             v = low.env.get(t)
-            op = a.expr.func if hasattr(a.expr, "func") else type(a.expr).__name__.lower()
+            op = op_word(a.expr)  # as summary and graph name it: h @ W + b is an add (not 'binop')
             if hasattr(v, "shape"):
                 nodes.append({"name": t, "op": op, "shape": list(v.shape), "dtype": str(v.dtype)})
             else:

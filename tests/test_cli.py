@@ -184,12 +184,30 @@ def test_check_json_is_what_the_tables_show(which, tmp_path):
     assert "flowgrad summary" in shown.stderr and "flowgrad summary" not in res.stderr
     if which.startswith("frozen"):
         assert r["nodes"][:2] == [{"name": "c", "op": "const", "shape": None, "dtype": None, "value": 2.0},
-                                  {"name": "k", "op": "binop", "shape": None, "dtype": None, "value": 6}]
+                                  {"name": "k", "op": "mul", "shape": None, "dtype": None, "value": 6}]
         assert [p["kind"] for p in r["params"]] == ["param", "frozen"] and r["trainable_values"] == 9
         assert r["warnings"] == [{"message": f"{path}:11:3: graph entry 'k' is never used",
                                   "hint": "use it in the loss, a metric or an output, or remove it"}]
     elif which == "char_lstm_stateful.yaml":
         assert {p["name"]: p["kind"] for p in r["params"]}["hs.h0"] == "buffer"
+
+
+def test_check_names_each_entrys_op_as_summary_does(tmp_path):
+    """check named an entry written with an operator by its expression's class: mlp's logits,
+    h2 @ W3 + b3, was a 'binop' (summary: add), m < 0 a 'compare', -x a 'unaryop' and x[0] a
+    'subscript', so check and summary (and the pictures) named one entry two ways."""
+    path = tmp_path / "ops.yaml"
+    path.write_text("flowgrad: 1\nname: ops\ndims: {D: 3}\ninputs:\n  x: {shape: [N, D]}\n"
+                    "params:\n  W: {shape: [D, D], init: glorot_uniform}\ngraph:\n  a: x @ W\n  b: a + 1.0\n"
+                    "  c: -b\n  m: c < 0.0\n  r: c[:, 0]\n  s: r\nloss: mean(s * cast(m[:, 0], 'float32'))\n")
+    for spec in (path, *MODELS):
+        checked = json.loads(invoke("check", spec, "--json").stdout)["nodes"]
+        summed = json.loads(invoke("summary", spec, "--json").stdout)["nodes"]
+        ops = {t: n["op"] for n in summed if n["kind"] == "node" for t in n["name"].split(", ")}
+        assert {n["name"]: n["op"] for n in checked} == ops, spec
+    assert {n["name"]: n["op"] for n in json.loads(invoke("check", path, "--json").stdout)["nodes"]} == \
+        {"a": "matmul", "b": "add", "c": "neg", "m": "<", "r": "index", "s": "alias"}
+    assert "binop" not in invoke("check", MODELS[MODELS.index(ROOT / "models" / "mlp.yaml")]).stdout
 
 
 def test_check_json_of_a_bad_spec_prints_only_the_error():
