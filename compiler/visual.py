@@ -1167,6 +1167,14 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
     # the integer scalar inputs that size values at run time (zeros(count, Z)): a fill's dim named after one
     sizes = {d[1] for n in low.graph.nodes if n.op.name == "fill" for d in n.attrs["dims"]
              if isinstance(d, tuple) and isinstance(d[1], str)}
+    # and a size an op makes (arange(n)'s L), in the counts as the others are
+
+    def walk(nodes):
+        for n in nodes:
+            sizes.update(p for o in n.outputs for d in o.shape for p in _symbols(d))
+            walk(_body_nodes(n) or [])
+
+    walk(low.graph.nodes)
     env, unset = batch_env(spec, B, dims, sizes)
     from .training import objectives_of
 

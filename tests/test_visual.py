@@ -663,6 +663,23 @@ def test_summary_sizes_an_output_by_an_integer_scalar_input(tmp_path):
                     "  k: {shape: [], dtype: int64}\ngraph:\n  y: x * cast(k, 'float32')\noutputs:\n  y: y\n")
     assert json.loads(invoke("summary", spec, "--json").stdout)["dims_counted_as_1"] == []
 
+def test_summary_lists_and_values_a_size_an_op_makes(tmp_path):
+    """arange(n) is [L], a dim no input declares: summary counted it as 1 without saying so
+    (the note named n alone), and --dim L=5 was refused ('no symbolic dim L')."""
+    spec = tmp_path / "ar.yaml"
+    spec.write_text("flowgrad: 1\nname: ar\ndims: {D: 3, H: 4}\ninputs:\n  x: {shape: [N, D]}\n"
+                    "  n: {shape: [], dtype: int64}\ngraph:\n  h: dense(x, H)\n"
+                    "  r: dense(unsqueeze(cast(arange(n), 'float32'), axes=1), H)\n"
+                    "loss: mean(h) + mean(r)\n")
+    one = json.loads(invoke("summary", spec, "--json").stdout)
+    assert one["dims_counted_as_1"] == ["L"]
+    assert "symbolic dims counted as 1: L " in invoke("summary", spec).stderr
+    five = json.loads(invoke("summary", spec, "--json", "--dim", "L=5").stdout)
+    assert five["dims_counted_as_1"] == [] and five["dims"]["L"] == 5
+    flops = lambda r: next(n for n in r["nodes"] if n["name"] == "r")["flops_per_example"]  # noqa: E731
+    assert flops(five) == pytest.approx(5 * flops(one))
+
+
 def test_summary_batch_size_sizes_a_stateful_layers_buffers():
     """summary --batch-size 4 of a stateful LSTM listed its carried-state buffers with
     train.batch_size (32) rows, as no run at batch 4 has them, while counting FLOPs for 4."""
