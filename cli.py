@@ -27,8 +27,8 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, emoji=False)  # (a slice [1:-1:1] in a message is no :-1: emoji)
+out = Console(highlight=False, emoji=False)
 for _console in (err, out):  # (lines cut at 80 columns in a log or a pipe)
     widen_off_terminal(_console)
 

@@ -210,6 +210,18 @@ def test_check_names_each_entrys_op_as_summary_does(tmp_path):
     assert "binop" not in invoke("check", MODELS[MODELS.index(ROOT / "models" / "mlp.yaml")]).stdout
 
 
+def test_a_slice_in_a_message_is_written_as_it_is(tmp_path):
+    """rich read ':-1:' in 'cannot slice the symbolic dim T with [1:-1:1]' as the emoji code of a
+    thumbs-down and printed [1👎1]: the consoles take no emoji codes."""
+    path = tmp_path / "s.yaml"
+    path.write_text("flowgrad: 1\nname: s\ninputs:\n  x: {shape: [N, T]}\ngraph:\n"
+                    "  a: slice(x, [1], [-1], axes=[1])\nloss: mean(a)\n")
+    for verb in ("check", "summary"):
+        res = invoke(verb, path, code=1)
+        assert "cannot slice the symbolic dim T with [1:-1:1]" in res.stderr, res.stderr
+        assert "\N{THUMBS DOWN SIGN}" not in res.stderr
+
+
 def test_check_json_of_a_bad_spec_prints_only_the_error():
     res = invoke("check", BAD, "--json", code=1)
     assert res.stdout == ""
