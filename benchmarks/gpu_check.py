@@ -52,7 +52,7 @@ SUBPROCESS_TIMEOUT_S = 180
 
 def step_agreement(names: list[str]) -> tuple[bool, list[dict]]:
     from compiler.gradcheck import random_batch
-    from compiler.training import compile_spec
+    from compiler.training import batch_dims, compile_spec
     from runtime.bench import real_batch
     from runtime.trainer import Trainer
 
@@ -67,7 +67,7 @@ def step_agreement(names: list[str]) -> tuple[bool, list[dict]]:
             first = cm.graphs["train" if "train" in cm.graphs else next(k for k in cm.graphs if k.startswith("train"))]
             inputs = [i.name for i in first.inputs if i.role == "input"]
             batch = real_batch(spec, cm, spec.batch_size, 0) or random_batch(
-                spec, inputs, np.random.default_rng(0), cm.float_dtype, {"N": spec.batch_size})
+                spec, inputs, np.random.default_rng(0), cm.float_dtype, {d: spec.batch_size for d in batch_dims(spec)})
             # Six steps on alternating batches and changing learning rates, so that each of
             # the two buffer sets' CUDA graphs is replayed after its capture (a replay that
             # kept a stale input would train on one batch throughout), then a short batch like

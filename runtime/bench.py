@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from compiler.gradcheck import random_batch
-from compiler.training import check_dtype, compile_spec, require_objectives
+from compiler.training import batch_dims, check_dtype, compile_spec, require_objectives
 from spec.errors import FLAGS, KEYWORDS, ArgNames
 from spec.model import Spec
 
@@ -57,7 +57,8 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     compile_s = time.perf_counter() - t0
     device = pick_device(device, names=names)
     batch_size = spec.batch_size
-    sizes = {"N": batch_size}
+    # the batch dim is each input's first, whatever its name (x: [B, D] was timed at 4 rows)
+    sizes = {d: batch_size for d in batch_dims(spec)}
     first = cm.graphs["train" if "train" in cm.graphs else next(k for k in cm.graphs if k.startswith("train"))]
     names = [i.name for i in first.inputs if i.role == "input"]
     rng = np.random.default_rng(seed)

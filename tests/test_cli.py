@@ -720,6 +720,27 @@ def test_bench_times_the_batch_it_reports(tmp_path):
     assert all(len(v) == 4000 for v in batch.values())
 
 
+def test_bench_times_a_batch_of_the_rows_it_reports_whatever_the_batch_dim_is_named(tmp_path, monkeypatch):
+    """A spec without data is timed on random inputs, whose batch dim was sized only where it was
+    named N: x: [B, D] was timed on 4 rows and reported as batch 256, 1.16 M samples/s where a
+    spec naming it N ran 145 k."""
+    from runtime import bench as B
+    from runtime.trainer import Trainer
+    from spec import load_spec
+
+    spec = tmp_path / "b.yaml"
+    spec.write_text("flowgrad: 1\nname: b\ndims: {D: 3}\ninputs:\n  x: {shape: [B, D]}\n"
+                    "graph:\n  h: dense(x, D)\nloss: mse(h, x)\ntrain:\n  batch_size: 256\n")
+    rows = []
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, obj, batch, **kw: rows.append(len(batch["x"]))
+                        or step(self, obj, batch, **kw))
+    r = B.bench(load_spec(str(spec)), steps=2, warmup=0)
+    assert r["batch_size"] == 256 and rows == [256, 256]
+    rows.clear()
+    assert B.bench(load_spec(str(spec)), 32, steps=1, warmup=0)["batch_size"] == 32 and rows == [32]
+
+
 def test_bench_takes_dtype_as_the_other_verbs_do():
     """check, compile, train, graph and summary take --dtype; bench had no such flag, so a
     float64 or float16 training step could not be timed without editing train.dtype."""
