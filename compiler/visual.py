@@ -1068,8 +1068,8 @@ def node_flops(n: Node, env: dict) -> dict[str, int]:
     matmul 2·m·k·n (batched: per matrix); gemm 2·m·k·n plus 1 per element for its bias, if it has one;
     conv 2·N·Cout·Hout·Wout·(Cin/groups)·kh·kw (conv_transpose: the same from the input
     side); elementwise ops and random bits 1 per output element; reductions 1 per input
-    element; softmax / log_softmax 3 per element; pooling and its gradients 1 per window
-    element; shape, copy and index ops 0; a subgraph op (scan) its body's FLOPs per step
+    element; softmax / log_softmax 3 per element; pooling and max pooling's gradients 1 per window
+    element (avg_pool2d's gradient is the depthwise conv_transpose it is emitted as, 2 per window element); shape, copy and index ops 0; a subgraph op (scan) its body's FLOPs per step
     times its steps. scatter_add into a small table is the one-hot product it is emitted as:
     2·rows·width per index. (sum_to is a reduction, though a bias gradient's runs as a row of
     ones times the rows.)"""
@@ -1109,6 +1109,8 @@ def node_flops(n: Node, env: dict) -> dict[str, int]:
         k = n.attrs.get("kernel", 1)
         kh, kw = (k, k) if isinstance(k, int) else tuple(k)
         first = n.inputs[0]
+        if name == "avg_pool2d_grad":  # (as emitted: a depthwise ConvTranspose of a 1 / (kh * kw) kernel)
+            return {"conv": 2 * _numel(first.shape, env) * kh * kw}
         return {"other": _numel(first.shape if name.endswith("_grad") else out.shape, env) * kh * kw}
     if name in ("scatter_add", "scatter_add_along_axis"):
         return {"elementwise": _numel(n.inputs[2].shape, env)}

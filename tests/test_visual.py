@@ -799,6 +799,64 @@ def test_summary_training_flops_are_the_products_the_compiled_step_runs(tmp_path
     assert ran == counted, (ran, counted)
 
 
+def test_summary_training_conv_flops_are_the_convolutions_the_compiled_step_runs(tmp_path, monkeypatch):
+    """avg_pool2d's gradient is emitted as a depthwise ConvTranspose (a 1 / (kh * kw) kernel) and
+    was counted as pooling, one FLOP per window element and no conv FLOPs: this step ran 1,182,720
+    conv FLOPs, of which summary's training conv count had 1,105,920 (a 3x3 average pool over
+    [8, 16, 8, 4] is 73,728 of them). Here the Conv and ConvTranspose kernels onnxruntime runs in one training step (its
+    profile; grouped convolutions run a kernel per group) are summed and compared, over
+    convolutions with strides, padding, dilation and groups."""
+    import math
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from compiler.gradcheck import random_batch
+    from runtime.trainer import Trainer
+
+    path = tmp_path / "conv.yaml"
+    path.write_text("""flowgrad: 1
+name: conv
+inputs:
+  x: {shape: [N, 4, 16, 16]}
+  y: {shape: [N], dtype: int64}
+graph:
+  c1: conv2d(x, 8, 3, stride=2, padding=1, act=relu)
+  c2: conv2d(c1, 8, 3, padding=2, dilation=2, groups=4)
+  c3: conv2d(c2, 16, [3, 1], stride=[1, 2], padding=[1, 0], groups=8, bias=false)
+  p: avg_pool2d(c3, 3, stride=1, padding=1)
+  q: avg_pool2d(max_pool2d(p, 2), [2, 1], stride=[1, 1])
+  logits: dense(flatten(q), 10)
+loss: cross_entropy(logits, y)
+train: {batch_size: 8}
+""")
+
+    class Profiled(ort.SessionOptions):
+        def __init__(self):
+            super().__init__()
+            self.enable_profiling = True
+            self.profile_file_prefix = str(tmp_path / "profile")
+
+    spec = load_spec(str(path))
+    cm = compile_spec(spec)
+    batch = random_batch(spec, ["x", "y"], np.random.default_rng(0), "float32", {"N": 8})
+    monkeypatch.setattr(ort, "SessionOptions", Profiled)
+    trainer = Trainer(cm, "cpu", 1, seed=0, cuda_graphs=False)
+    trainer.train_step(cm.schedule[0], batch, lr=1e-4, step=0)
+    events = json.loads(open(trainer.runners["train"].session.end_profiling()).read())
+    ran = 0
+    for ev in events:
+        args = ev.get("args", {})
+        if ev.get("cat") != "Node" or args.get("op_name") not in ("Conv", "FusedConv", "ConvTranspose"):
+            continue
+        (x, w), out = [list(d.values())[0] for d in args["input_type_shape"][:2]], \
+            list(args["output_type_shape"][0].values())[0]
+        # 2 FLOPs a multiply-add: each output (a transposed one: each input) reads w[1:] of weights
+        ran += 2 * math.prod(x if args["op_name"] == "ConvTranspose" else out) * math.prod(w[1:])
+    t = json.loads(invoke("summary", path, "--json").stdout)["totals"]
+    assert ran == t["training_conv_flops_per_step"], (ran, t["training_conv_flops_per_step"])
+
+
 def test_summary_table_and_check_points_at_it():
     out = invoke("summary", MLP).stdout
     assert "mlp: nodes" in out and "mlp: parameters" in out and "training FLOPs" in out
