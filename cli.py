@@ -876,12 +876,16 @@ def main():
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
     try:
-        import onnxruntime  # (20 ms)
-
         # onnxruntime's process-wide logger warns outside any session (providers it cannot load);
         # the command's own sessions are quiet already. Set here, not on import: a program using
-        # the API keeps its own onnxruntime logging.
-        onnxruntime.set_default_logger_severity(3)
+        # the API keeps its own onnxruntime logging. Without onnxruntime, the verbs that need it
+        # say what to install (user_errors); its import here ended every verb in a traceback.
+        try:
+            import onnxruntime  # (20 ms)
+        except ImportError:
+            pass
+        else:
+            onnxruntime.set_default_logger_severity(3)
         code = app(standalone_mode=False)
     except ClickException as e:
         if not e.format_message().strip():  # no_args_is_help: the help is printed, nothing went wrong to say

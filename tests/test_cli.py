@@ -1683,3 +1683,16 @@ def test_predict_o_writes_its_outputs_without_a_copy_in_memory(tmp_path):
     assert peak < 40e6, peak
     with np.load(tmp_path / "out.npz") as z:
         assert z["probs"].shape == probs.shape
+
+
+def test_a_verb_that_runs_no_model_works_without_onnxruntime():
+    """main() set onnxruntime's logger by importing it before any verb ran: without onnxruntime
+    installed, every verb ended in its import's traceback, flowgrad ops and --help too, which run
+    no model (as a verb that needs it did, which its own import says)."""
+    probe = ("import sys, runpy\n"
+             "sys.modules['onnxruntime'] = None  # `import onnxruntime` fails as if not installed\n"
+             "sys.argv = ['flowgrad', 'ops', '--json']\n"
+             f"runpy.run_path({str(ROOT / 'cli.py')!r}, run_name='__main__')\n")
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert any(r["name"] == "matmul" for r in json.loads(res.stdout)) and "Traceback" not in res.stderr
