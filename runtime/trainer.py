@@ -288,7 +288,9 @@ class Trainer:
             scalars, grads = grads_runner.run(self.state, self.spare, batch, control)
             count = scalars.pop("loss/count", None)  # (its totals are divided by the counts' below)
             floor = scalars.pop("loss/floor", floor)  # (sum / maximum(count, 1.0): at least 1.0)
-            w = r / n if count is None else count
+            # a ratio's batch is its sum over maximum(count, floor): times that, the sum's gradient
+            # (weighed by a count below the floor, a batch moved the weights count / floor as far)
+            w = r / n if count is None else max(count, floor) if count else 0.0
             if w:  # (a batch of no unmasked entry adds nothing, not its gradient of 0/0)
                 for k, v in grads.items():
                     # summed in float32 at least: a float16 gradient times a count of thousands of

@@ -276,6 +276,28 @@ def test_accumulated_batches_of_a_guarded_masked_mean_weigh_by_their_unmasked_en
             assert got["loss"] == pytest.approx(want, rel=1e-5, abs=1e-7), size
 
 
+@pytest.mark.parametrize("guard, mask_of", [
+    # a floor above a batch's count: few unmasked tokens, counted against maximum(sum(mask), 20.0)
+    ("20.0", lambda r: (r < 0.3).astype(np.float32)),
+    # soft weights, each batch's count below the floor of 1.0
+    ("1.0", lambda r: (r * 0.02).astype(np.float32)),
+])
+def test_accumulated_batches_of_a_masked_mean_below_its_floor_move_as_one_batch(tmp_path, guard, mask_of):
+    """A batch of sum(ce * mask) / maximum(sum(mask), floor) whose count is below the floor has
+    its gradient divided by the floor, not by its count: --accumulate weighed it by its count, and
+    moved the weights by a fraction of one batch of both's update (count / floor of it)."""
+    text = MASKED_SUM.replace("LR", "0.5").replace("sum(ce * mask) / sum(mask)",
+                                                   f"sum(ce * mask) / maximum(sum(mask), {guard})")
+    rng = np.random.default_rng(1)
+    mask = mask_of(rng.random((20, 5)))
+    data = {"x": rng.normal(size=(20, 5, 3)).astype(np.float32), "y": rng.integers(0, 4, (20, 5)), "mask": mask}
+    common = dict(data=data, valid="0", epochs=2, threads=1, device="cpu")
+    train(text, run_dir=str(tmp_path / "big"), batch_size=10, **common)
+    train(text, run_dir=str(tmp_path / "acc"), batch_size=5, accumulate=2, **common)
+    big, acc = _params(str(tmp_path / "big")), _params(str(tmp_path / "acc"))
+    np.testing.assert_allclose(acc["W"], big["W"], rtol=1e-5, atol=1e-6)
+
+
 def test_accumulated_float16_gradients_of_many_tokens_do_not_overflow(tmp_path):
     """Each batch's float16 gradient was multiplied by its count (10,000 unmasked tokens) in
     float16: the products overflowed to inf and the run stopped ('W became NaN or inf at step
