@@ -227,16 +227,18 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
     table.add_column("op")
     table.add_column("shape")
     table.add_column("dtype")
+    from compiler.ir import fmt_shape
+
     for n in r["nodes"]:
         # a compile-time number (c: 2.0, k: D * 2) has no shape: its value is shown instead
-        shape = _dims(n["shape"]) if n["shape"] is not None else n["value"] if isinstance(n["value"], str) else repr(n["value"])
+        shape = fmt_shape(n["shape"]) if n["shape"] is not None else n["value"] if isinstance(n["value"], str) else repr(n["value"])
         table.add_row(n["name"], n["op"], escape(shape), n["dtype"] or "")  # (a shape [t, N] read as markup)
     print_table(out, table)
     ptable = Table(title=f"{s.name}: parameters", title_justify="left")
     for col in ("name", "shape", "init", "kind"):
         ptable.add_column(col)
     for p in r["params"]:
-        ptable.add_row(p["name"], escape(_dims(p["shape"])), p["init"], p["kind"])
+        ptable.add_row(p["name"], escape(fmt_shape(p["shape"])), p["init"], p["kind"])
     print_table(out, ptable)
     warned = f" ({len(r['warnings'])} warning{'s' if len(r['warnings']) != 1 else ''})" if r["warnings"] else ""
     out.print(f"{r['tensors']} tensors, {r['trainable_values']:,} trainable values; spec OK{warned}")
@@ -244,10 +246,6 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
     dtype_flag = f" --dtype {_shell(dtype)}" if dtype else ""
     err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {_shell(spec)}{sets}{dtype_flag}[/dim]",
               soft_wrap=True)
-
-
-def _dims(shape) -> str:
-    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 def _check_report(s, low) -> dict:
