@@ -165,6 +165,9 @@ class CompiledModel:
     # lengths input -> the sequence whose rows' steps it counts (see length_bounds): checked before training
     # and kept in the manifest, whence export hands it to predict
     length_bounds: dict[str, dict] = field(default_factory=dict)
+    # symbolic dim -> the least size that a slice of it assumes (see least_sizes): checked before
+    # training, and kept in the manifest, whence export hands it to predict
+    least_sizes: dict[str, dict] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- state
     def state_specs(self, objective: Objective) -> list[tuple[str, tuple]]:
@@ -210,6 +213,7 @@ class CompiledModel:
             "schedule": self.schedule,
             "generate": dict(self.spec.generate),
             "lengths": self.length_bounds,
+            "least_sizes": self.least_sizes,
             # data input -> [the exclusive bound of its ids or labels, what it indexes]: export hands it to predict
             "index_bounds": {k: [size, what] for k, (size, what) in self.index_bounds.items()},
             "graphs": {
@@ -1095,6 +1099,26 @@ def index_bounds(g: Graph) -> dict[str, tuple[int, str]]:
     return bounds
 
 
+def least_sizes(g: Graph) -> dict[str, dict]:
+    """{symbolic dim: {"least": n, "slice": "[-1:-4:-2]", "at": where the spec writes it}} for the
+    slices whose static size holds only where the dim has n entries or more (x[:, -1:-4:-2] reads
+    2 steps of T where T >= 3, 1 where T is 2: the graph said 2, and the gradient's inputs failed
+    in onnxruntime). Data with a shorter dim is refused before it runs, at the slice."""
+    from .ops.indexing import _slice_plan
+
+    out: dict[str, dict] = {}
+    for node in g.nodes:
+        if node.op.name != "slice":
+            continue
+        for a in _slice_plan(node.attrs, node.inputs[0].shape):
+            if a.kind != "symbolic" or not isinstance(a.dim, str) or "*" in a.dim:
+                continue
+            least = a.least
+            if least > out.get(a.dim, {}).get("least", 0):
+                out[a.dim] = {"least": least, "slice": a.text(), "at": str(node.loc) if node.loc else ""}
+    return out
+
+
 def length_bounds(spec: S.Spec, g: Graph) -> dict[str, dict]:
     """Integer data inputs that count the steps of a sequence's rows, each with that sequence:
     {lengths input: {"of": the data input, "axis": its time axis, "least": 0 or 1}}. The spec
@@ -1276,7 +1300,7 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
     for obj in objectives:
         _refuse_unreached(check, obj)
     cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph),
-                       length_bounds=length_bounds(spec, check.graph))
+                       length_bounds=length_bounds(spec, check.graph), least_sizes=least_sizes(check.graph))
     for obj in objectives:
         suffix = "" if obj.name == "main" else f"_{obj.name}"
         _check_float_type(spec, obj, dtype)

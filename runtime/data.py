@@ -386,12 +386,14 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
 
 
 def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemory, bounds: dict | None = None,
-                       dtypes: dict[str, str] | None = None, length_bounds: dict | None = None) -> None:
+                       dtypes: dict[str, str] | None = None, length_bounds: dict | None = None,
+                       least_sizes: dict | None = None) -> None:
     """Every input the graphs need is present, with the declared rank, dtype
     kind, fixed dims and equal lengths; float inputs are finite; ids and labels
     are below the size of what they index (`bounds`: CompiledModel.index_bounds);
     values fit the dtype each array is cast to (`dtypes`: the graphs' input types);
-    sequence lengths are within their sequence's steps (`length_bounds`: CompiledModel's).
+    sequence lengths are within their sequence's steps (`length_bounds`: CompiledModel's);
+    symbolic dims are as long as the slices of them assume (`least_sizes`: CompiledModel's).
     `where`: the file, or the arrays given in memory (InMemory), as messages name them."""
     from spec.errors import did_you_mean
 
@@ -455,6 +457,9 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
                 if first[0] != got:
                     raise DataError(f"{array} has size {got} in dim {i} ({want}), but "
                                     f"{array_named(where, first[1], alone=True)} has {want} = {first[0]}", decl.loc, hint=f"arrays that share the dim {want} must have the same size in it: one example per row of each")
+        for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
+            if i and isinstance(want, str):
+                check_least_size(want, got, array, (least_sizes or {}).get(want))
         if a.ndim:
             lengths[name] = len(a)
     if len(set(lengths.values())) > 1:
@@ -464,6 +469,22 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
                         spec.inputs[odd].loc, "every array holds one entry per example, along its first dim")
     check_lengths(ds.arrays, {k: b for k, b in (length_bounds or {}).items() if k in needed and b["of"] in needed},
                   where, {k: spec.inputs[k].loc for k in needed})
+
+
+def check_least_size(dim: str, got: int, array: str, least: dict | None) -> None:
+    """A symbolic dim of `got` entries against the least size a slice of it assumes (`least`:
+    an entry of CompiledModel.least_sizes): shorter, the slice has fewer entries than the graph's
+    shape says, and onnxruntime failed far from the spec, or went on with the wrong shape."""
+    if not isinstance(least, dict) or not isinstance(least.get("least"), int) or got >= least["least"]:
+        return  # (a model from someone else may say anything there: what is not such a record is not read)
+    at, loc = str(least.get("at") or ""), None
+    parts = at.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        loc = Loc(parts[0], int(parts[1]), int(parts[2]))
+    n = int(least["least"])
+    raise DataError(f"{array} has {dim} = {got}, but the slice {least.get('slice', '')} of {dim}"
+                    f"{f' at {at}' if at and loc is None else ''} has a size fixed for {dim} of {n} or more", loc,
+                    f"give data with {dim} of {n} or more, or slice {dim} with bounds that the data reaches")
 
 
 def check_below(a: np.ndarray, size: int, array: str, why: str, loc, hint: str, at: str = "example") -> None:

@@ -15,7 +15,7 @@ from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, Expo
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
-from .data import array_named, as_array, check_below, check_fits, check_lengths, shape_text
+from .data import array_named, as_array, check_below, check_fits, check_least_size, check_lengths, shape_text
 from .jsontext import dumps  # (the model's metadata is strict JSON: a number that is not finite is null)
 from .session import shifts_in_float64
 
@@ -70,6 +70,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         roles = {n: (params[n] or {}).get("kind") for n in params}
         str(manifest["name"])
         lengths = dict(manifest.get("lengths") or {})
+        least_sizes = dict(manifest.get("least_sizes") or {})  # (recorded since: none before)
         index_bounds = dict(manifest.get("index_bounds") or {})  # (a run trained before it was recorded: none)
         rows = (manifest.get("graphs") or {}).get(graph, {}).get("rows")  # (recorded since: none before)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -103,6 +104,8 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
                if k in kept_names and isinstance(b, dict) and isinstance(b.get("of"), str) and b["of"] in kept_names}
     if lengths:
         props["flowgrad.lengths"] = dumps(lengths)
+    if least_sizes:  # the least sizes the slices of symbolic dims assume, for predict to check
+        props["flowgrad.least_sizes"] = dumps(least_sizes)
     # the ids' bounds (an embedding's rows), for predict to check: beyond them onnxruntime's Gather
     # failed with "indices element out of data bounds" and a hint about shapes and dtypes
     gen_input = (manifest.get("generate") or {}).get("input") if graph == "generate" else None
@@ -335,6 +338,11 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
                                     f"{first[1]!r} has {expected} = {first[0]}", hint="every input holds the same examples")
         fixed[name] = a
     meta = model_metadata(model)
+    for name, a in fixed.items():
+        for i, (got, expected) in enumerate(zip(a.shape, wanted[name].shape)):
+            if i and isinstance(expected, str) and expected:
+                check_least_size(expected, got, array_named(model_path, name, "input"),
+                                 least.get(expected) if isinstance(least := meta.get("least_sizes"), dict) else None)
     check_lengths(fixed, meta.get("lengths") or {}, model_path, what="input")
     _check_decoder_inputs(fixed, meta)  # (a decoder's ids against its vocabulary, named so, first)
     check_index_bounds(fixed, meta.get("bounds"), model_path)

@@ -193,14 +193,16 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
                         f"add train: {{data: {{dataset: digits}}}} or pass {names.given(data='train.npz')}")
     needed = needed_inputs(cm)
     dtypes = input_dtypes(cm)
-    D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes, cm.length_bounds)
+    D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes, cm.length_bounds,
+                         cm.least_sizes)
     _check_labelled_is_read(train_ds, spec, needed)
     train_ds = D.only(train_ds, needed)
     test = spec_test(spec)
     if isinstance(test, str):  # a held-out file: checked now (what eval reads), evaluated with flowgrad eval --data
         test_path = beside_spec(spec, test, "test")
         D.check_against_spec(load_spec_npz(spec, "test", test_path), spec,
-                             needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes, cm.length_bounds)
+                             needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes, cm.length_bounds,
+                             cm.least_sizes)
     # the errors name the one the user gave: --valid (valid=), or the spec's
     valid_name = opts.names("valid") if opts.valid is not None else "valid"
     given = opts.names.given(valid=opts.valid) if opts.valid is not None else f"valid {source['valid']}"
@@ -213,7 +215,8 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         given = opts.valid if D.in_memory(opts.valid) else valid_cfg  # (a valid= file: as its absolute path)
         valid_ds, valid_where = D.load_given(given, valid_name, spec.inputs) if opts.valid is not None else \
             (load_spec_npz(spec, "valid", valid_cfg), valid_cfg)
-        D.check_against_spec(valid_ds, spec, needed, valid_where, cm.index_bounds, dtypes, cm.length_bounds)
+        D.check_against_spec(valid_ds, spec, needed, valid_where, cm.index_bounds, dtypes, cm.length_bounds,
+                         cm.least_sizes)
         valid_ds = D.only(valid_ds, needed)
         train_ds, _ = split_like_training(train_ds, spec, None, seed)
     else:
@@ -304,7 +307,8 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel,
         raise DataError(f"{run_dir}: its run.json does not say where its data came from", hint=hint)
     ds = D.only(ds, needed_inputs(cm))
     dtypes = input_dtypes(cm)
-    D.check_against_spec(ds, spec, needed_inputs(cm), where, cm.index_bounds, dtypes, cm.length_bounds)
+    D.check_against_spec(ds, spec, needed_inputs(cm), where, cm.index_bounds, dtypes, cm.length_bounds,
+                         cm.least_sizes)
     valid = source.get("valid")
     trained, _ = split_like_training(ds, spec, None if isinstance(valid, str) else valid, seed)
     if "data_hash" not in info:  # a run.json written before runs recorded it

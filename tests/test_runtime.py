@@ -1172,6 +1172,58 @@ def test_lengths_beyond_their_sequences_are_refused_in_train_eval_and_predict(tm
         assert predict(str(tmp_path / "odd.onnx"), {"x": x, "len": lengths})["tags"].shape == (12, 6)
 
 
+SLICER = """flowgrad: 1
+name: slicer
+dims: {E: 3}
+inputs:
+  x: {shape: [N, T, E]}
+  y: {shape: [N]}
+graph:
+  s: x[:, -1:-4:-2]
+  tail: slice(x, [-2], [1000000], axes=[1])
+  p: sum(dense(s, 1), axis=[1, 2]) + sum(tail, axis=[1, 2])
+outputs:
+  p: p
+loss: mean((p - y) ** 2)
+train: {optimizer: {adam: {lr: 0.01}}, batch_size: 4, epochs: 1}
+"""
+
+
+def test_data_shorter_than_a_slice_of_a_symbolic_dim_assumes_is_refused_at_the_slice(tmp_path):
+    """x[:, -1:-4:-2] on a symbolic T has 2 steps where T >= 3, 1 where T is 2: the graph said 2, and
+    training on T = 2 failed in onnxruntime, far from the spec. Train, eval and predict refuse such
+    data at the slice; data of T 3 and more runs, with the values of NumPy's slices (the bound
+    1000000 is the end of T)."""
+    from runtime.api import evaluate_run
+
+    (tmp_path / "slicer.yaml").write_text(SLICER)
+    spec = load(str(tmp_path / "slicer.yaml"))
+    rng = np.random.default_rng(0)
+    data = {t: {"x": rng.normal(size=(8, t, 3)).astype("float32"), "y": rng.normal(size=8).astype("float32")}
+            for t in (2, 3, 6)}
+    for t, arrays in data.items():
+        np.savez(tmp_path / f"t{t}.npz", **arrays)
+    message = r"t2.npz: array 'x' has T = 2, but the slice \[-1:-4:-2\] of T has a size fixed for T of 3 or more"
+    with pytest.raises(DataError, match=message) as e:
+        train(spec, run_dir=str(tmp_path / "bad"), data=str(tmp_path / "t2.npz"), epochs=1)
+    assert (e.value.loc.line, e.value.loc.col) == (8, 6) and "T of 3 or more" in e.value.hint
+    train(spec, run_dir=str(tmp_path / "run"), data=str(tmp_path / "t3.npz"), epochs=1, threads=1, device="cpu")
+    with pytest.raises(DataError, match=message):
+        evaluate_run(str(tmp_path / "run"), str(tmp_path / "t2.npz"), threads=1, device="cpu")
+    export(str(tmp_path / "run"), str(tmp_path / "slicer.onnx"))
+    best = tmp_path / "run" / "best.npz"  # (what export bakes in, where the run kept one)
+    state = load_checkpoint(str(best if best.exists() else tmp_path / "run" / "checkpoint.npz"))[0]
+    for t in (3, 6):
+        x = data[t]["x"]
+        got = predict(str(tmp_path / "slicer.onnx"), {"x": x})["p"]
+        assert got.shape == (8,)
+        s = x[:, -1:-4:-2].astype("float64")
+        want = (s @ state["p.W"] + state["p.b"]).sum(axis=(1, 2)) + x[:, -2:].sum(axis=(1, 2))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(DataError, match=r"input 'x' has T = 2, but the slice \[-1:-4:-2\] of T"):
+        predict(str(tmp_path / "slicer.onnx"), {"x": data[2]["x"]})
+
+
 def test_predict_refuses_ids_beyond_the_vocabulary_as_training_does(tmp_path):
     """An id at or beyond an embedding's rows, which training refuses naming the input, reached
     onnxruntime in predict and failed in its Gather ("indices element out of data bounds"), with

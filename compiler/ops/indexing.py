@@ -19,6 +19,10 @@ from ..registry import REQUIRED, OpDef, Sample, op, require_dtype
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 INDEX_DTYPES = ("int32", "int64")
+# A bound this far from 0 on a symbolic dim reads as the end it points past (the habit of writing
+# 1000000 or sys.maxsize for "to the end"): x[:, 1:1000000] is x[:, 1:], not 999999 steps of a
+# dim assumed that long (an [N, 999999, E] that compiled, then failed in onnxruntime)
+TO_THE_END = 10**6
 
 
 def dim_add(a, b):
@@ -192,6 +196,19 @@ class _AxisSlice:
         self.axis, self.start, self.end, self.step = axis, start, end, step
         self.kind, self.length, self.dim = kind, length, dim
 
+    @property
+    def least(self) -> int:
+        """The least size of the dim that a 'symbolic' slice's static length holds for: past
+        its last position read (x[:, 1:4:2] needs T >= 4, x[:, -1:-4:-2] T >= 3). Shorter data
+        would have fewer entries than the graph's shape says."""
+        if self.kind != "symbolic":
+            return 0
+        return max((p + 1 if p >= 0 else -p for p in self.positions()), default=0)
+
+    def text(self) -> str:
+        """The slice as a subscript writes it: [1:4:2]."""
+        return f"[{'' if self.start is None else self.start}:{'' if self.end is None else self.end}:{self.step}]"
+
     def positions(self) -> list[int]:
         """Indices along the axis that the slice reads (negative ones count from the end)."""
         if self.kind == "static":
@@ -229,7 +246,16 @@ def _slice_plan(attrs, shape) -> list[_AxisSlice]:
             plan.append(_AxisSlice(axis, s, t, st, "static", length, d))
             continue
         # A symbolic dim: the length is known only when both bounds count from
-        # the same end (the dim is assumed to be long enough).
+        # the same end, and holds for data where the dim is long enough (_AxisSlice.least,
+        # which the data is checked against before a run: compiler.training.least_sizes).
+        # A bound of TO_THE_END or beyond is the end it points past.
+        given = (s, t)
+        if st > 0:
+            s = None if s is not None and s <= -TO_THE_END else s
+            t = None if t is not None and t >= TO_THE_END else t
+        else:
+            s = None if s is not None and s >= TO_THE_END else s
+            t = INT64_MIN if t is not None and t <= -TO_THE_END else t
         big = t is None or t >= INT64_MAX // 2
         if st == 1 and s in (None, 0) and big:
             continue
@@ -247,10 +273,17 @@ def _slice_plan(attrs, shape) -> list[_AxisSlice]:
             s = -1 if s is None else s
             length = max(0, len(range(s, t, st)))
         else:
+            gs, gt = given
+            written = f"[{'' if gs is None else gs}:{'' if gt is None else gt}:{st}]"
+            ends = [b for b in given if b is not None and abs(b) >= TO_THE_END]
             raise ShapeError(
-                f"cannot slice the symbolic dim {d} with [{'' if s is None else s}:{'' if t is None else t}:{st}]",
+                f"cannot slice the symbolic dim {d} with {written}"
+                + (f" (a bound of {ends[0]} reads as the end of {d}: the size of "
+                   f"[{'' if s is None else s}:{'' if t is None or t <= INT64_MIN // 2 else t}:{st}] follows {d})"
+                   if ends else ""),
                 hint="the output size must not depend on the dim: count both bounds from the start or both from the "
-                     "end (x[-3:-1], x[1:4:2], x[-1:-4:-2]), or reverse it whole (x[::-1])",
+                     "end (x[-3:-1], x[1:4:2], x[-1:-4:-2]), or reverse it whole (x[::-1])"
+                     + (f"; or give {d} a size under dims" if ends else ""),
             )
         plan.append(_AxisSlice(axis, s, t, st, "symbolic", length, d))
     return plan
