@@ -75,20 +75,21 @@ def test_index_symbolic_batch(spec, np_fn):
         np.testing.assert_allclose(got["g_x"], gx)
 
 
-# bounds of a million or more read as the end they point past (1000000 and sys.maxsize for "to the end")
+# bounds of INT_MAX (2**31 - 1) or beyond read as the end they point past (INT_MAX and sys.maxsize
+# for "to the end")
 BIG_END_CASES = [
-    (((None, None, None), (-2, 1000000, None)), lambda a: a[:, -2:]),
-    (((None, None, None), (0, 10**6, None)), lambda a: a),
-    (((None, None, None), (10**7, None, -1)), lambda a: a[:, ::-1]),
-    (((None, None, None), (-10**6, 3, None)), lambda a: a[:, :3]),  # (from the start: T >= 3 below)
+    (((None, None, None), (-2, 2**31 - 1, None)), lambda a: a[:, -2:]),
+    (((None, None, None), (0, 2**63 - 1, None)), lambda a: a),
+    (((None, None, None), (2**31, None, -1)), lambda a: a[:, ::-1]),
+    (((None, None, None), (-(2**31 - 1), 3, None)), lambda a: a[:, :3]),  # (from the start: T >= 3 below)
 ]
 
 
 @pytest.mark.parametrize("spec,np_fn", BIG_END_CASES, ids=[str(c[0]) for c in BIG_END_CASES])
 def test_slice_big_ends_read_as_the_end_of_a_symbolic_dim(spec, np_fn):
-    """x[:, -2:1000000] on a symbolic T was refused, x[:, 0:1000000] was [N, 1000000] (and failed in
-    onnxruntime): a bound of a million or more is the end it points past, on every T the slice's
-    size holds for (values and gradients on onnxruntime and onnx.reference)."""
+    """x[:, -2:2147483647] on a symbolic T was refused, x[:, 0:2147483647] was [N, 2147483647] (and
+    failed in onnxruntime): a bound of INT_MAX or beyond is the end it points past, on every T the
+    slice's size holds for (values and gradients on onnxruntime and onnx.reference)."""
     model, y = compile_fn(lambda g, x: g.apply("index", x, spec=spec), {"x": ("float64", ("N", "T"))}, wrt=("x",))
     rng = np.random.default_rng(0)
     for n, t in ((2, 3), (3, 4), (2, 7)):
@@ -103,12 +104,15 @@ def test_slice_big_ends_read_as_the_end_of_a_symbolic_dim(spec, np_fn):
 
 
 def test_slice_to_the_end_of_a_symbolic_dim_from_its_start_is_refused_at_the_slice():
-    """slice(e, [1], [1000000], axes=[1]) on a symbolic T was [N, 999999, E]: it compiled, then
+    """slice(e, [1], [2147483647], axes=[1]) on a symbolic T was [N, 2147483646, E]: it compiled, then
     failed in onnxruntime ('invalid expand shape'). It is e[:, 1:], whose size follows T: refused
-    as that is, saying that the bound reads as the end."""
+    as that is, saying that the bound reads as the end. A bound of a million is a bound (a long
+    dim may have one): slice(e, [-2], [1000000]) mixes ends and is refused as x[-2:1000000] is."""
     g = Graph()
     x = g.add_input("x", "float32", ("N", "T", 4))
-    for starts, ends, steps in (((1,), (1000000,), None), ((2,), (2**63 - 1,), (2,)), ((-1,), (-10**6,), (-2,))):
+    with pytest.raises(ShapeError, match=r"cannot slice the symbolic dim T with \[-2:1000000:1\]\n"):
+        g.apply("slice", x, starts=(-2,), ends=(1000000,), axes=(1,))
+    for starts, ends, steps in (((1,), (2**31 - 1,), None), ((2,), (2**63 - 1,), (2,)), ((-1,), (-(2**31),), (-2,))):
         with pytest.raises(ShapeError, match=r"symbolic dim T .*reads as the end of T") as e:
             g.apply("slice", x, starts=starts, ends=ends, axes=(1,), steps=steps)
         assert "size under dims" in e.value.hint
@@ -125,7 +129,7 @@ def test_least_sizes_of_symbolic_slices():
     assert least_sizes(g) == {"T": {"least": 3, "slice": "[-1:-4:-2]", "at": ""}}
     g.apply("index", x, spec=((None, None, None), (1, 4, 2)))
     g.apply("index", x, spec=((-2, None, None),))  # (the batch: 2 or more rows)
-    g.apply("index", x, spec=((None, None, None), (-2, 1000000, None)))
+    g.apply("index", x, spec=((None, None, None), (-2, 2**31 - 1, None)))
     assert {k: v["least"] for k, v in least_sizes(g).items()} == {"T": 4, "N": 2}
 
 

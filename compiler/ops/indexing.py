@@ -19,10 +19,11 @@ from ..registry import REQUIRED, OpDef, Sample, op, require_dtype
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 INDEX_DTYPES = ("int32", "int64")
-# A bound this far from 0 on a symbolic dim reads as the end it points past (the habit of writing
-# 1000000 or sys.maxsize for "to the end"): x[:, 1:1000000] is x[:, 1:], not 999999 steps of a
-# dim assumed that long (an [N, 999999, E] that compiled, then failed in onnxruntime)
-TO_THE_END = 10**6
+# A bound this far from 0 on a symbolic dim reads as the end it points past (ONNX's and C's habit
+# of INT_MAX, or sys.maxsize, for "to the end"): x[:, -2:2147483647] is x[:, -2:]. Not less: a
+# million could be a real bound of a long dim, read as the end without a word; such a bound holds
+# for data at least that long, which is checked before a run (least_sizes).
+TO_THE_END = 2**31 - 1
 
 
 def dim_add(a, b):
@@ -293,7 +294,10 @@ def _slice_plan(attrs, shape) -> list[_AxisSlice]:
 class Slice(OpDef):
     """x[starts:ends:steps] on `axes` (default 0, 1, ...), with ONNX Slice (=
     Python) semantics: negative indices count from the end, bounds clamp, None
-    means open. Slicing a symbolic dim needs both bounds counted from the same end."""
+    means open. Slicing a symbolic dim needs both bounds counted from the same end
+    (a bound of 2147483647, INT_MAX, or beyond is the end), and its data at least
+    as long as the slice's size assumes (x[:, -1:-4:-2]: 3 steps), which train,
+    eval and predict check before running."""
 
     attrs = {"starts": REQUIRED, "ends": REQUIRED, "axes": None, "steps": None}
     gradgrad = True
