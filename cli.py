@@ -769,7 +769,9 @@ def summary(
     for col, just in (("name", "left"), ("kind", "left"), ("op", "left"), ("shape", "left"), ("params", "right"), ("FLOPs", "right")):
         table.add_column(col, justify=just)
     for n in r["nodes"]:
-        table.add_row(n["name"], n["kind"], n["op"], escape(n["shape"]), num(n["params"]), num(n["flops_per_example"]))
+        # an output drawn `count` rows at a time (a generator's samples) counts per row it draws, not per example
+        per = "" if n["flops_per"] == "example" else f" per {n['flops_per']} row"
+        table.add_row(n["name"], n["kind"], n["op"], escape(n["shape"]), num(n["params"]), num(n["flops_per_example"]) + per)
     print_table(out, table)
     ptable = Table(title=f"{s.name}: parameters", title_justify="left")
     for col, just in (("name", "left"), ("shape", "left"), ("count", "right"), ("init", "left"), ("made by", "left")):

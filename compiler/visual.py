@@ -1157,6 +1157,24 @@ def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None, sizes: se
     return env, unset
 
 
+def count_inputs(spec: S.Spec) -> set[str]:
+    """The integer scalar inputs, which size values at run time (a generator's count)."""
+    return {name for name, decl in spec.inputs.items()
+            if not decl.shape and str(decl.dtype).startswith(("int", "uint"))}
+
+
+def rows_of(spec: S.Spec, value, env: dict, batch_size: int) -> tuple[str, int]:
+    """What a value's per-example FLOPs are per, and how many of them a step has: a value whose
+    leading dim is a count input's (samples: [count, P]) has a row per one drawn, not per
+    example of the batch; any other (the batch's, a loss over it) is per example."""
+    shape = getattr(value, "shape", None)
+    if shape:
+        lead = _symbols(shape[0])
+        if len(lead) == 1 and lead[0] in count_inputs(spec):
+            return lead[0], max(1, _dim_value(shape[0], env))
+    return "example", batch_size
+
+
 def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = None, dims: dict | None = None,
             objective: str | None = None) -> dict:
     """Nodes, parameters and totals (parameter count, forward and training FLOPs per step)."""
@@ -1200,6 +1218,7 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
             continue
         made = [p for p, o in low.param_owner.items() if o == n.key]
         fl = _flops_total(by_owner.get(n.key, []), env)
+        per, rows = rows_of(spec, n.value, env, B)
         nodes.append({
             "name": n.name, "kind": n.kind, "op": n.op, "shape": shape_text(n.value),
             "expr": n.expr_text, "loc": loc_text(n.loc),
@@ -1207,8 +1226,11 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
             # are buffers, not parameters
             "params": sum(_numel(low.params[p].shape, {}) for p in made if low.params[p].kind == "param"),
             "buffers": sum(_numel(low.params[p].shape, {}) for p in made if low.params[p].kind == "buffer"),
-            "flops_per_example": fl["total"] / B, "matmul_flops_per_example": fl["matmul"] / B,
-            "conv_flops_per_example": fl["conv"] / B,
+            # per row of what it has a row for: an example of the batch, or one of `count` rows drawn
+            # (a generator's samples, zeros(count, Z) through it: not computed per example)
+            "flops_per": per, "flops_per_step": fl["total"],
+            "flops_per_example": fl["total"] / rows, "matmul_flops_per_example": fl["matmul"] / rows,
+            "conv_flops_per_example": fl["conv"] / rows,
         })
     params = []
     for name, p in low.params.items():

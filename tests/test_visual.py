@@ -657,13 +657,37 @@ def test_summary_sizes_an_output_by_an_integer_scalar_input(tmp_path):
     one = json.loads(invoke("summary", gan, "--json").stdout)
     sixteen = json.loads(invoke("summary", gan, "--json", "--dim", "count=16").stdout)
     assert one["dims_counted_as_1"] == ["count"] and sixteen["dims_counted_as_1"] == []
-    flops = lambda r: next(n for n in r["nodes"] if n["name"] == "samples")["flops_per_example"]  # noqa: E731
+    flops = lambda r: next(n for n in r["nodes"] if n["name"] == "samples")["flops_per_step"]  # noqa: E731
     assert flops(sixteen) == pytest.approx(16 * flops(one))
     # an integer scalar input that sizes nothing is no dim
     spec = tmp_path / "shift.yaml"
     spec.write_text("flowgrad: 1\nname: shift\ndims: {D: 3}\ninputs:\n  x: {shape: [N, D]}\n"
                     "  k: {shape: [], dtype: int64}\ngraph:\n  y: x * cast(k, 'float32')\noutputs:\n  y: y\n")
     assert json.loads(invoke("summary", spec, "--json").stdout)["dims_counted_as_1"] == []
+
+@pytest.mark.parametrize("name", ["gan", "vae"])
+def test_summary_counts_an_output_drawn_count_rows_per_row_drawn(name):
+    """gan's samples, G(normal(zeros(count, Z))), read 844 FLOPs per example: its FLOPs divided
+    by the batch N (64), which does not size it, where one sample costs what one example's fake
+    does (54,016). An output whose leading dim is a count input's counts per row drawn, and the
+    table says so."""
+    path = ROOT / "models" / f"{name}.yaml"
+    for extra in ([], ["--dim", "count=16"], ["--batch-size", "8"]):
+        r = json.loads(invoke("summary", path, "--json", *extra).stdout)
+        samples = next(n for n in r["nodes"] if n["name"] == "samples")
+        count = r["dims"].get("count", 1)
+        assert samples["flops_per"] == "count"
+        assert samples["flops_per_example"] == pytest.approx(samples["flops_per_step"] / count)
+        batch = [n for n in r["nodes"] if n["kind"] != "output"]
+        assert all(n["flops_per"] == "example" for n in batch)
+        assert all(n["flops_per_example"] == pytest.approx(n["flops_per_step"] / r["batch_size"]) for n in batch)
+        if name == "gan":  # the same generator on the same noise size, per row
+            fake = next(n for n in r["nodes"] if n["name"] == "fake")
+            assert samples["flops_per_example"] == pytest.approx(fake["flops_per_example"]) == 54016
+    table = invoke("summary", path).stdout
+    row = next(line for line in table.splitlines() if "samples" in line)
+    assert " per count row" in row
+
 
 def test_summary_lists_and_values_a_size_an_op_makes(tmp_path):
     """arange(n) is [L], a dim no input declares: summary counted it as 1 without saying so
