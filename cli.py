@@ -195,6 +195,12 @@ def _check_device(device):
     check_device(device, "--device")
 
 
+def _batch_dims(s) -> set:
+    from compiler.training import batch_dims
+
+    return batch_dims(s)
+
+
 def _check_dtype(dtype):
     from compiler.training import check_dtype
 
@@ -661,6 +667,7 @@ def bench(
     steps_per_call: Annotated[int, typer.Option("--steps-per-call", help="Training steps per session call (a Loop over stacked minibatches in one graph).", min=1)] = 1,
     cuda_graphs: CudaGraphsOpt = True,
     dtype: DtypeOpt = None,
+    dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of another symbolic dim of a spec without data (random inputs), e.g. --dim T=64 (repeatable; unset ones are 4).")] = None,
 ):
     """Median training-step time, samples/s, compile time, node counts and peak memory."""
     from runtime.bench import bench as run_bench
@@ -669,9 +676,12 @@ def bench(
     with user_errors():
         _check_device(device)
         _check_dtype(dtype)
+        from compiler.training import parse_dims
+
+        dims = parse_dims(dim)
         s = _load(spec, set)
         r = run_bench(s, batch_size, steps, device=device, threads=threads, steps_per_call=steps_per_call,
-                      cuda_graphs=cuda_graphs, dtype=dtype, names=FLAGS)
+                      cuda_graphs=cuda_graphs, dtype=dtype, dims=dims, names=FLAGS)
     if as_json:
         _print_json(r, indent=None)
         return
@@ -681,6 +691,10 @@ def bench(
     table.add_row("median step", f"{r['step_ms']:.3f} ms")
     table.add_row("samples/s", f"{r['samples_per_s']:,.0f}")
     table.add_row("compile", f"{r['compile_s']:.3f} s")
+    batch = _batch_dims(s)  # (`set` is the --set flags here)
+    for d, n in r["dims"].items():  # the sizes timed of the dims besides the batch (a random batch's T)
+        if d not in batch:
+            table.add_row(f"dim {d}", f"{n}" + (" (default; --dim to set)" if d in r["dims_defaulted"] else ""))
     for k, n in r["nodes"].items():
         table.add_row(f"nodes: {k}", str(n))
     table.add_row("peak RSS", f"{r['peak_rss_mb']:.0f} MB")
@@ -741,20 +755,12 @@ def summary(
 ):
     """Nodes, parameters and FLOPs (forward and training, counted from the IR) of a spec."""
     from compiler import visual
-    from spec.errors import FlowgradError
 
     with user_errors():
         _check_dtype(dtype)
-        dims = {}
-        for item in dim or []:
-            name, _, value = item.partition("=")
-            try:  # ('²' is a digit to isdigit, and int() refused it with a traceback)
-                size = int(value) if value.strip().isdigit() else None
-            except ValueError:
-                size = None
-            if not name or size is None:
-                raise FlowgradError(f"--dim {item!r} is not NAME=INTEGER", hint="e.g. --dim T=64")
-            dims[name.strip()] = size
+        from compiler.training import parse_dims
+
+        dims = parse_dims(dim)
         s = _load(spec, set)
         if objective is not None:  # (a spec without a loss has no training step: any name was taken)
             visual.pick_objective(s, objective)

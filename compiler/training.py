@@ -869,6 +869,45 @@ def batch_dims(spec) -> set:
     return {d.shape[0] for d in spec.inputs.values() if d.shape and isinstance(d.shape[0], str)}
 
 
+def parse_dims(items) -> dict:
+    """--dim NAME=SIZE flags (summary, bench) as {NAME: SIZE}; anything else is refused."""
+    from spec.errors import FlowgradError
+
+    dims = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        try:  # ('²' is a digit to isdigit, and int() refused it with a traceback)
+            size = int(value) if value.strip().isdigit() else None
+        except ValueError:
+            size = None
+        if not name.strip() or size is None:
+            raise FlowgradError(f"--dim {item!r} is not NAME=INTEGER", hint="e.g. --dim T=64")
+        dims[name.strip()] = size
+    return dims
+
+
+def check_dims(spec, dims: dict | None, sizes: set | None = None) -> None:
+    """Sizes given to symbolic dims (summary's and bench's --dim): each names a symbolic dim of
+    the spec's inputs (or one of `sizes`, that the spec's values have) other than the batch,
+    and is at least 1."""
+    from spec.errors import FlowgradError, did_you_mean
+
+    def symbols(d):
+        return [p for p in str(d).split("*") if not p.isdigit()] if isinstance(d, str) else []
+
+    batch = {p for decl in spec.inputs.values() if decl.shape for p in symbols(decl.shape[0])}
+    symbolic = {p for decl in spec.inputs.values() for d in decl.shape for p in symbols(d)} | set(sizes or ())
+    for name, value in (dims or {}).items():
+        if name in batch:
+            raise FlowgradError(f"--dim {name}: {name} is the batch dim", hint="set it with --batch-size")
+        if name not in symbolic:
+            raise FlowgradError(f"--dim {name}: the spec's inputs have no symbolic dim {name!r}",
+                                hint=did_you_mean(name, symbolic - batch)
+                                or f"its symbolic dims besides the batch: {', '.join(sorted(symbolic - batch)) or 'none'}")
+        if value < 1:
+            raise FlowgradError(f"--dim {name}={value}: a size must be at least 1", hint=f"e.g. --dim {name}=64")
+
+
 def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value, Value | None] | None:
     """(sum, count, floor) with v = sum / maximum(count, floor) (floor None: sum / count), when
     v is a mean over all the entries of a tensor of

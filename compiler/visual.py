@@ -1134,8 +1134,9 @@ def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None, sizes: se
     """Values of the symbolic dims: the inputs' leading dim is the batch, `dims` gives others
     (a sequence length T, or one of `sizes`: a size given by an integer scalar input, such as a
     generator's count); the rest count as 1 and are returned as the second item."""
-    from spec.errors import FlowgradError, did_you_mean
+    from .training import check_dims
 
+    check_dims(spec, dims, sizes)
     env: dict = {}
     for decl in spec.inputs.values():
         if decl.shape:
@@ -1143,15 +1144,6 @@ def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None, sizes: se
                 env[part] = batch_size
     symbolic = {p for decl in spec.inputs.values() for d in decl.shape for p in _symbols(d)}
     symbolic |= set(sizes or ())
-    for name, value in (dims or {}).items():
-        if name in env:
-            raise FlowgradError(f"--dim {name}: {name} is the batch dim", hint="set it with --batch-size")
-        if name not in symbolic:
-            raise FlowgradError(f"--dim {name}: the spec's inputs have no symbolic dim {name!r}",
-                                hint=did_you_mean(name, symbolic - set(env))
-                                or f"its symbolic dims besides the batch: {', '.join(sorted(symbolic - set(env))) or 'none'}")
-        if value < 1:
-            raise FlowgradError(f"--dim {name}={value}: a size must be at least 1", hint=f"e.g. --dim {name}=64")
     env.update(dims or {})
     unset = sorted(symbolic - set(env))
     return env, unset

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from compiler.gradcheck import random_batch
-from compiler.training import batch_dims, check_dtype, compile_spec, require_objectives
-from spec.errors import FLAGS, KEYWORDS, ArgNames
+from compiler.gradcheck import DEFAULT_SYMBOLIC, random_batch
+from compiler.training import batch_dims, check_dims, check_dtype, compile_spec, require_objectives
+from spec.errors import FLAGS, KEYWORDS, ArgNames, FlowgradError
 from spec.model import Spec
 
 from .checks import MAX_THREADS, check_count, check_seed
@@ -37,10 +37,13 @@ def real_batch(spec: Spec, cm, batch_size: int, seed: int) -> dict | None:
 
 def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: int = 5, device: str = "cpu",
           threads: int | None = None, seed: int = 0, steps_per_call: int = 1, cuda_graphs: bool = True,
-          dtype: str | None = None, *, names: ArgNames = KEYWORDS) -> dict:
+          dtype: str | None = None, dims: dict | None = None, *, names: ArgNames = KEYWORDS) -> dict:
     """`dtype`: the graphs' float type (default train.dtype), as train's. `steps_per_call` > 1 times Trainer.train_steps (that many steps in one session call);
     step_ms is then a call's time over its steps. `warmup` counts calls, and the timed steps
-    are whole calls: `steps` rounded up to a multiple of `steps_per_call`."""
+    are whole calls: `steps` rounded up to a multiple of `steps_per_call`. `dims` sizes the
+    symbolic dims other than the batch (a sequence length T) of a random batch, where the spec
+    has no data (the data's batch sizes them); those it leaves out are 4. The result's `dims`
+    are the sizes timed, `dims_defaulted` those of them that took the default."""
     for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1), ("steps_per_call", steps_per_call, 1),
                                ("warmup", warmup, 0)):  # (batch_size=0 timed the spec's, 2.5 timed 2)
         check_count(name, value, least, has_default=True)
@@ -48,6 +51,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     check_seed(seed)
     check_dtype(dtype)
     require_objectives(spec, "time")
+    check_dims(spec, dims)
     from .train import check_steps_per_call
 
     check_steps_per_call(spec, steps_per_call, FLAGS)  # (it timed K steps of each objective in turn, which no run does)
@@ -62,7 +66,21 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     first = cm.graphs["train" if "train" in cm.graphs else next(k for k in cm.graphs if k.startswith("train"))]
     names = [i.name for i in first.inputs if i.role == "input"]
     rng = np.random.default_rng(seed)
-    batch = real_batch(spec, cm, batch_size, seed) or random_batch(spec, names, rng, cm.float_dtype, sizes)
+    batch = real_batch(spec, cm, batch_size, seed)
+    if batch is not None and dims:
+        name = next(iter(dims))
+        raise FlowgradError(f"--dim {name}: bench times the first batch of the spec's data, which sizes {name}",
+                            hint="leave out --dim, or time a spec without data")
+    defaulted = sorted({p for n in names for d in spec.inputs[n].shape if isinstance(d, str)
+                        for p in [d] if p not in sizes and p not in (dims or {})}) if batch is None else []
+    if batch is None:
+        batch = random_batch(spec, names, rng, cm.float_dtype, {**sizes, **(dims or {})})
+    # the sizes timed of the symbolic dims, as the batch has them (a random one's T is 4 unless --dim sets it)
+    timed = {}
+    for n, a in batch.items():
+        for d, size in zip(spec.inputs[n].shape if n in spec.inputs else (), np.shape(a)):
+            if isinstance(d, str) and d.isidentifier():
+                timed.setdefault(d, int(size))
     trainer = Trainer(cm, device, threads, seed=seed, cuda_graphs=cuda_graphs)
     times = []
     k = steps_per_call
@@ -80,6 +98,8 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
         "spec": spec.name,
         "device": device,
         "batch_size": batch_size,
+        "dims": dict(sorted(timed.items())),
+        "dims_defaulted": [d for d in defaulted if d in timed],
         "dtype": cm.float_dtype,
         "compile_s": round(compile_s, 4),
         "nodes": {k: g.node_count for k, g in cm.graphs.items()},

@@ -741,6 +741,36 @@ def test_bench_times_a_batch_of_the_rows_it_reports_whatever_the_batch_dim_is_na
     assert B.bench(load_spec(str(spec)), 32, steps=1, warmup=0)["batch_size"] == 32 and rows == [32]
 
 
+def test_bench_reports_and_takes_the_sizes_of_the_dims_it_times(tmp_path, monkeypatch):
+    """A spec without data was timed on a random batch whose T (x: [N, T, D]) was 4, which
+    neither the table nor --json said. bench reports the sizes it timed, says which took the
+    default, and takes --dim NAME=SIZE as summary does, refused alike."""
+    from runtime.trainer import Trainer
+
+    spec = tmp_path / "seq.yaml"
+    spec.write_text("flowgrad: 1\nname: seq\ndims: {D: 3, H: 8}\ninputs:\n  x: {shape: [N, T, D]}\n"
+                    "graph:\n  h: dense(x, H)\nloss: mean(h * h)\ntrain: {batch_size: 16}\n")
+    shapes = []
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, obj, batch, **kw: shapes.append(batch["x"].shape)
+                        or step(self, obj, batch, **kw))
+    r = json.loads(invoke("bench", spec, "--steps", "1", "--json").stdout)
+    assert r["dims"] == {"N": 16, "T": 4} and r["dims_defaulted"] == ["T"] and shapes[-1] == (16, 4, 3)
+    assert re.search(r"dim T\s+│\s+4 \(default; --dim to set\)", invoke("bench", spec, "--steps", "1").stdout)
+    r = json.loads(invoke("bench", spec, "--steps", "1", "--json", "--dim", "T=32").stdout)
+    assert r["dims"] == {"N": 16, "T": 32} and r["dims_defaulted"] == [] and shapes[-1] == (16, 32, 3)
+    table = invoke("bench", spec, "--steps", "1", "--dim", "T=32").stdout
+    assert re.search(r"dim T\s+│\s+32 │", table) and "default" not in table
+    # refused as summary refuses them, with the same words
+    for flag in ("T=0", "Q=3", "N=3", "T=x"):
+        bench_err = invoke("bench", spec, "--dim", flag, code=1).stderr
+        assert bench_err == invoke("summary", spec, "--dim", flag, code=1).stderr and "--dim" in bench_err
+    # a spec with data: its batch sizes T, which the report gives; --dim is refused
+    lstm = ROOT / "models" / "char_lstm.yaml"
+    assert json.loads(invoke("bench", lstm, "--steps", "1", "--json").stdout)["dims"] == {"N": 32, "T": 64}
+    assert "sizes T" in invoke("bench", lstm, "--steps", "1", "--dim", "T=8", code=1).stderr
+
+
 def test_bench_takes_dtype_as_the_other_verbs_do():
     """check, compile, train, graph and summary take --dtype; bench had no such flag, so a
     float64 or float16 training step could not be timed without editing train.dtype."""
