@@ -248,6 +248,9 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
     print_table(out, ptable)
     warned = f" ({len(r['warnings'])} warning{'s' if len(r['warnings']) != 1 else ''})" if r["warnings"] else ""
     out.print(f"{r['tensors']} tensors, {r['trainable_values']:,} trainable values; spec OK{warned}")
+    if r["step_dtype"] != r["master_dtype"]:  # (the nodes' dtype is the step's; the parameters' is not)
+        out.print(f"mixed precision: the training step computes in {r['step_dtype']}; the parameters and "
+                  f"optimizer state (master weights) stay {r['master_dtype']}")
     sets = "".join(f" --set {_shell(o)}" for o in set or [])  # (without them it summed up another model)
     dtype_flag = f" --dtype {_shell(dtype)}" if dtype else ""
     err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {_shell(spec)}{sets}{dtype_flag}[/dim]",
@@ -279,6 +282,9 @@ def _check_report(s, low) -> dict:
         kind = p.kind if p.trainable or p.kind != "param" else "frozen"
         params.append({"name": n, "shape": list(p.shape), "init": p.init_kind, "kind": kind, "count": count})
     return {"name": s.name, "doc": s.doc,
+            # the float type the training step computes in (a mixed-precision step's half type) and the
+            # one the parameters and optimizer state are kept in
+            "step_dtype": low.graph.float_dtype, "master_dtype": low.stored_dtype,
             "nodes": nodes, "params": params, "tensors": len(params),
             # a frozen parameter (trainable: false) is not trained, nor is a buffer
             "trainable_values": sum(p["count"] for p in params if p["kind"] == "param"),

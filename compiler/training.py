@@ -721,6 +721,13 @@ def _add_state_inputs(g: Graph, params: dict[str, ParamInfo], obj: Objective) ->
     return states, lr, step
 
 
+def step_float_type(spec: S.Spec, dtype: str) -> str:
+    """The float type a training step computes in: under train.mixed_precision its half type
+    (the parameters and optimizer state, the master weights, stay in `dtype`), else `dtype`."""
+    mixed = MixedPrecision.of((spec.train or {}).get("mixed_precision"))
+    return mixed.compute if mixed and dtype == "float32" else dtype
+
+
 def _training_lowering(spec, obj, dtype):
     low = Lowering(spec, mode="train", float_dtype=obj.mixed.compute if obj.mixed else dtype, stored_dtype=dtype)
     g = low.graph
@@ -1071,7 +1078,9 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
     what compiling would refuse: an objective's unknown loss, or parameters it cannot train."""
     dtype = dtype or spec.train.get("dtype", "float32")
     _check_io_names(spec)
-    low = Lowering(spec, mode="train", float_dtype=dtype)
+    # what the training step computes in (check shows a mixed-precision step's values in its
+    # half type, its master weights float32); without objectives, the compile float type
+    low = Lowering(spec, mode="train", float_dtype=step_float_type(spec, dtype) if objectives else dtype, stored_dtype=dtype)
     low.evaluate_all()
     loss = _scalar_loss(low, spec.loss) if spec.loss is not None else None
     _metrics(low, spec)

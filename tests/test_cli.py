@@ -154,7 +154,8 @@ def test_check_json_is_what_the_tables_show(which, tmp_path):
         path.write_text(FROZEN_NUMBER_UNUSED)
     shown, res = invoke("check", path), invoke("check", path, "--json")
     r = strict_json(res.stdout)  # (all of stdout: the doc line and the tables' headline are left out)
-    assert set(r) == {"name", "doc", "nodes", "params", "tensors", "trainable_values", "warnings"}
+    assert set(r) == {"name", "doc", "nodes", "params", "tensors", "trainable_values", "warnings",
+                      "step_dtype", "master_dtype"}
     name = r["name"]
     dims = lambda shape: "[" + ", ".join(map(str, shape)) + "]"  # noqa: E731
     assert [[n["name"], n["op"], dims(n["shape"]) if n["shape"] is not None else repr(n["value"]), n["dtype"] or ""]
@@ -769,6 +770,23 @@ def test_bench_reports_and_takes_the_sizes_of_the_dims_it_times(tmp_path, monkey
     lstm = ROOT / "models" / "char_lstm.yaml"
     assert json.loads(invoke("bench", lstm, "--steps", "1", "--json").stdout)["dims"] == {"N": 32, "T": 64}
     assert "sizes T" in invoke("bench", lstm, "--steps", "1", "--dim", "T=8", code=1).stderr
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_check_shows_a_mixed_precision_step_in_its_half_type(half):
+    """check of a spec trained under train.mixed_precision showed its nodes float32, the type of
+    its master weights, where the training step computes them in the half type. It shows the
+    step's type, and says the parameters stay float32 (JSON: step_dtype, master_dtype)."""
+    mixed = ("--set", f"train.mixed_precision={half}")
+    r = json.loads(invoke("check", MLP, *mixed, "--json").stdout)
+    assert (r["step_dtype"], r["master_dtype"]) == (half, "float32")
+    assert {n["dtype"] for n in r["nodes"]} == {half}
+    text = invoke("check", MLP, *mixed).stdout
+    assert f"the training step computes in {half}" in text and "(master weights) stay float32" in text
+    plain = json.loads(invoke("check", MLP, "--json").stdout)
+    assert (plain["step_dtype"], plain["master_dtype"]) == ("float32", "float32")
+    assert {n["dtype"] for n in plain["nodes"]} == {"float32"}
+    assert "mixed precision" not in invoke("check", MLP).stdout
 
 
 def test_bench_takes_dtype_as_the_other_verbs_do():
