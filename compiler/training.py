@@ -1038,6 +1038,14 @@ def _check_io_names(spec: S.Spec) -> None:
                 seen[name] = f"an {kind}" if kind == "output" else f"a {kind}"
 
 
+def check_float_types(spec: S.Spec, dtype: str | None = None) -> None:
+    """What the spec's objectives cannot train in the compile float type, refused alike by
+    check, compile and summary (Adam's eps, 0 in float16)."""
+    dtype = dtype or spec.train.get("dtype", "float32")
+    for obj in objectives_of(spec):
+        _check_float_type(spec, obj, dtype)
+
+
 def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
     """What an objective's training cannot do in the compile float type (check refuses it too)."""
     if obj.mixed and dtype != "float32":
@@ -1088,7 +1096,7 @@ def check_spec(spec: S.Spec, dtype: str | None = None, objectives: bool = True) 
         _tensor_entry(low, a, "output")
     if objectives:
         for obj in objectives_of(spec):
-            _check_float_type(spec, obj, dtype)  # ("spec OK" for --dtype float16 and Adam, which compile refused)
+            _check_float_type(spec, obj, dtype)  # ("spec OK" for --dtype float16 and Adam, which compile refused; summary: check_float_types)
             obj_loss = loss if obj.loss is spec.loss else _scalar_loss(low, obj.loss)
             _gradients(low, obj_loss, obj, _trained(spec, low, obj))
     if spec.generate:  # what compiling the decoding graph would refuse

@@ -1174,6 +1174,9 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
     # buffers have batch-size rows, and the graphs' layout choices follow the batch
     spec = spec.with_batch_size(batch_size)
     B = int(spec.batch_size)
+    from .training import check_float_types
+
+    check_float_types(spec, dtype)  # (it counted a float16 step that check and compile refuse)
     sg = SpecGraph(spec, dtype)
     low = sg.low
     # the integer scalar inputs that size values at run time (zeros(count, Z)): a fill's dim named after one

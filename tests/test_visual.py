@@ -689,6 +689,22 @@ def test_summary_counts_an_output_drawn_count_rows_per_row_drawn(name):
     assert " per count row" in row
 
 
+def test_summary_refuses_a_float16_step_that_check_refuses():
+    """summary --dtype float16 counted mlp's step, whose Adam eps (1e-8) float16 rounds to 0,
+    which check --dtype float16 refuses: summary refuses it with the same located error."""
+    mlp = ROOT / "models" / "mlp.yaml"
+    refused = invoke("summary", mlp, "--dtype", "float16", code=1)
+    assert "which float16 rounds to 0" in refused.stderr and "mlp.yaml:27:14" in refused.stderr
+    assert refused.stderr == invoke("check", mlp, "--dtype", "float16", code=1).stderr
+    assert refused.stdout == ""
+    with pytest.raises(Exception, match="float16 rounds to 0"):
+        from compiler import visual
+        visual.summary(load_spec(str(mlp)), dtype="float16")
+    # a larger eps trains, and is counted
+    assert json.loads(invoke("summary", mlp, "--dtype", "float16", "--json",
+                             "--set", "train.optimizer.adam.eps=1e-4").stdout)["totals"]["training_flops_per_step"] > 0
+
+
 def test_summary_lists_and_values_a_size_an_op_makes(tmp_path):
     """arange(n) is [L], a dim no input declares: summary counted it as 1 without saying so
     (the note named n alone), and --dim L=5 was refused ('no symbolic dim L')."""
