@@ -48,7 +48,7 @@ def _factors(d: Dim) -> tuple[int, list[str]]:
         if part.isdigit():
             coef *= int(part)
         else:
-            names.append(part)
+            names.append(part[1:-1] if part.startswith("(") and part.endswith(")") else part)
     return coef, names
 
 
@@ -56,7 +56,38 @@ def _join(coef: int, names: list[str]) -> Dim:
     if not names:
         return coef
     names = sorted(names)
-    return "*".join(([str(coef)] if coef != 1 else []) + names)
+    parts = ([str(coef)] if coef != 1 else []) + names
+    # a shifted dim among factors keeps its parentheses: N*(T-1)
+    return "*".join(f"({p})" if "-" in p and len(parts) > 1 else p for p in parts)
+
+
+def dim_shift(d: Dim) -> tuple[str, int] | None:
+    """A named dim less a constant as (name, constant): "T-1" is ("T", 1), "T" ("T", 0) (the
+    size of x[:, 1:] or x[:, :-1] on a symbolic T); None for anything else (an int, a product)."""
+    if not isinstance(d, str):
+        return None
+    name, sep, k = d.partition("-")
+    if not name.isidentifier() or (sep and not (k.isdigit() and int(k) > 0)):
+        return None
+    return name, int(k) if sep else 0
+
+
+def dim_less(d: Dim, k: int) -> Dim | None:
+    """The dim d less k ("T" less 1 is "T-1", "T-1" less -1 is "T"); None where that has no name
+    (d not a name less a constant, or more than the name)."""
+    if isinstance(d, int):
+        return d - k
+    shift = dim_shift(d)
+    if shift is None or shift[1] + k < 0:
+        return None
+    name, total = shift[0], shift[1] + k
+    return f"{name}-{total}" if total else name
+
+
+def dim_symbols(d: Dim) -> list[str]:
+    """The dim names a dim is made of ("N*(T-1)": N, T)."""
+    _, names = _factors(d)
+    return [dim_shift(n)[0] if dim_shift(n) else n for n in names]
 
 
 def dim_mul(a: Dim, b: Dim) -> Dim:

@@ -899,8 +899,10 @@ def check_dims(spec, dims: dict | None, sizes: set | None = None) -> None:
     and is at least 1."""
     from spec.errors import FlowgradError, did_you_mean
 
+    from .ir import dim_symbols
+
     def symbols(d):
-        return [p for p in str(d).split("*") if not p.isdigit()] if isinstance(d, str) else []
+        return dim_symbols(d) if isinstance(d, str) else []
 
     batch = {p for decl in spec.inputs.values() if decl.shape for p in symbols(decl.shape[0])}
     symbolic = {p for decl in spec.inputs.values() for d in decl.shape for p in symbols(d)} | set(sizes or ())
@@ -1160,6 +1162,7 @@ def least_sizes(g: Graph) -> dict[str, dict]:
     slices whose static size holds only where the dim has n entries or more (x[:, -1:-4:-2] reads
     2 steps of T where T >= 3, 1 where T is 2: the graph said 2, and the gradient's inputs failed
     in onnxruntime). Data with a shorter dim is refused before it runs, at the slice."""
+    from .ir import dim_shift
     from .ops.indexing import _slice_plan
 
     out: dict[str, dict] = {}
@@ -1167,11 +1170,12 @@ def least_sizes(g: Graph) -> dict[str, dict]:
         if node.op.name != "slice":
             continue
         for a in _slice_plan(node.attrs, node.inputs[0].shape):
-            if a.kind != "symbolic" or not isinstance(a.dim, str) or "*" in a.dim:
+            shift = dim_shift(a.dim)  # (a slice of T-1 that needs 3 entries needs T of 4)
+            if a.kind not in ("symbolic", "shift") or shift is None:
                 continue
-            least = a.least
-            if least > out.get(a.dim, {}).get("least", 0):
-                out[a.dim] = {"least": least, "slice": a.text(), "at": str(node.loc) if node.loc else ""}
+            dim, least = shift[0], a.least + shift[1]
+            if least > out.get(dim, {}).get("least", 0):
+                out[dim] = {"least": least, "slice": a.text(), "at": str(node.loc) if node.loc else ""}
     return out
 
 

@@ -1039,9 +1039,12 @@ def write_picture(d, path: str) -> tuple[str, str | None]:
 def _dim_value(d, env: dict) -> int:
     if isinstance(d, int):
         return d
-    out = 1
-    for part in str(d).split("*"):
-        out *= int(part) if part.isdigit() else env.get(part, 1)
+    from .ir import _factors, dim_shift
+
+    out, names = _factors(d)
+    for part in names:
+        name, k = dim_shift(part) or (part, 0)
+        out *= max(env.get(name, 1) - k, 0)
     return out
 
 
@@ -1127,7 +1130,9 @@ def _flops_total(nodes, env) -> dict[str, int]:
 
 
 def _symbols(d) -> list[str]:
-    return [p for p in str(d).split("*") if not p.isdigit()] if isinstance(d, str) else []
+    from .ir import dim_symbols
+
+    return dim_symbols(d) if isinstance(d, str) else []
 
 
 def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None, sizes: set | None = None) -> tuple[dict, list[str]]:

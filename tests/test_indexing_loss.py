@@ -4,6 +4,7 @@ repeated-index accumulation, numerical stability and error messages."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from compiler.autodiff import grad
@@ -112,7 +113,8 @@ def test_slice_to_the_end_of_a_symbolic_dim_from_its_start_is_refused_at_the_sli
     x = g.add_input("x", "float32", ("N", "T", 4))
     with pytest.raises(ShapeError, match=r"cannot slice the symbolic dim T with \[-2:1000000:1\]\n"):
         g.apply("slice", x, starts=(-2,), ends=(1000000,), axes=(1,))
-    for starts, ends, steps in (((1,), (2**31 - 1,), None), ((2,), (2**63 - 1,), (2,)), ((-1,), (-(2**31),), (-2,))):
+    assert g.apply("slice", x, starts=(1,), ends=(2**31 - 1,), axes=(1,)).shape == ("N", "T-1", 4)  # (x[:, 1:])
+    for starts, ends, steps in (((2,), (2**63 - 1,), (2,)), ((-1,), (-(2**31),), (-2,))):
         with pytest.raises(ShapeError, match=r"symbolic dim T .*reads as the end of T") as e:
             g.apply("slice", x, starts=starts, ends=ends, axes=(1,), steps=steps)
         assert "size under dims" in e.value.hint
@@ -133,6 +135,47 @@ def test_least_sizes_of_symbolic_slices():
     assert {k: v["least"] for k, v in least_sizes(g).items()} == {"T": 4, "N": 2}
 
 
+def test_shifts_of_a_symbolic_dim_combine_and_pad_back_in_their_gradients():
+    """x[:, 1:] and x[:, :-1] of a symbolic T were refused ('cannot slice the symbolic dim T with
+    [1::1]'), so a language model could not shift its tokens. Their size is T less the entries cut
+    off, "T-1" (x[:, 1:-1]: "T-2"), so that the two combine; the gradient pads back to T. Values
+    and gradients against NumPy on T = 2..6, and data shorter than a shift needs refused."""
+    from compiler.training import least_sizes
+
+    g = Graph(float_dtype="float64")
+    x = g.add_input("x", "float64", ("N", "T"))
+    w = g.add_input("w", "float64", ("N", "T"))
+    ahead = g.apply("index", x, spec=((None, None, None), (1, None, None)))
+    behind = g.apply("index", x, spec=((None, None, None), (None, -1, None)))
+    inner = g.apply("slice", x, starts=(1,), ends=(-1,), axes=(1,))
+    inner2 = g.apply("index", ahead, spec=((None, None, None), (None, -1, None)))  # (T-1 shifted again: T-2)
+    assert ahead.shape == behind.shape == ("N", "T-1") and inner.shape == inner2.shape == ("N", "T-2")
+    wa = g.apply("index", w, spec=((None, None, None), (1, None, None)))
+    loss = g.apply("sum", ahead * behind) + g.apply("sum", inner * inner2) + g.apply("sum", ahead * wa)
+    (gx,) = grad([loss], [x])
+    assert gx.shape == ("N", "T")
+    model = emit_model(g, [("x", x), ("w", w)], [("loss", loss), ("gx", gx), ("ahead", ahead), ("behind", behind), ("inner", inner)])
+    onnx.checker.check_model(model, full_check=True)
+    runner = Runner(model)
+    for t in range(2, 7):
+        xv, wv = np.random.default_rng(t).normal(size=(2, 3, t))
+        got = runner({"x": xv, "w": wv})
+        np.testing.assert_allclose(got["ahead"], xv[:, 1:])
+        np.testing.assert_allclose(got["behind"], xv[:, :-1])
+        np.testing.assert_allclose(got["inner"], xv[:, 1:-1])
+        want = np.zeros_like(xv)
+        want[:, :-1] += xv[:, 1:]
+        want[:, 1:] += xv[:, :-1] + wv[:, 1:]
+        want[:, 1:-1] += 2 * xv[:, 1:-1]
+        np.testing.assert_allclose(got["loss"], (xv[:, 1:] * xv[:, :-1]).sum() + (xv[:, 1:-1] ** 2).sum() + (xv[:, 1:] * wv[:, 1:]).sum())
+        np.testing.assert_allclose(got["gx"], want)
+    assert least_sizes(g)["T"]["least"] == 3  # (x[:, 1:-1] has one entry or more where T >= 3)
+    with pytest.raises(ShapeError, match="cannot pad the symbolic dim T"):
+        g.apply("pad", x, pads=((0, 0), (1, 0)))
+    with pytest.raises(ShapeError, match="cannot pad the symbolic dim T-1"):
+        g.apply("pad", ahead, pads=((0, 0), (1, 1)))
+
+
 def test_index_static_matches_numpy_and_second_order():
     x = np.arange(60.0).reshape(3, 4, 5)
     model, _ = compile_fn(lambda g, x: g.apply("index", x, spec=(1, None, (None, None, -2), Ellipsis, (1, -1, None))),
@@ -144,8 +187,8 @@ def test_slice_symbolic_needs_one_sided_bounds():
     g = Graph()
     x = g.add_input("x", "float32", ("N", 3))
     with pytest.raises(ShapeError, match="symbolic dim N"):
-        g.apply("index", x, spec=((1, None, None),))
-    for spec in (((-2, None, -1),), ((None, 1, -1),), ((-1, 2, -1),), ((None, -1, None),)):  # sizes that follow N
+        g.apply("index", x, spec=((1, None, 2),))
+    for spec in (((-2, None, -1),), ((None, 1, -1),), ((-1, 2, -1),), ((None, -1, 2),), ((-1, 2, None),)):  # sizes that follow N
         with pytest.raises(ShapeError, match="symbolic dim N"):
             g.apply("index", x, spec=spec)
     with pytest.raises(ShapeError, match="out of range"):

@@ -1224,6 +1224,61 @@ def test_data_shorter_than_a_slice_of_a_symbolic_dim_assumes_is_refused_at_the_s
         predict(str(tmp_path / "slicer.onnx"), {"x": data[2]["x"]})
 
 
+SHIFT_LM = """flowgrad: 1
+name: shift_lm
+dims: {V: 97, E: 16, H: 32}
+inputs:
+  x: {shape: [N, T], dtype: int64, doc: character ids}
+graph:
+  inp: x[:, :-1]
+  tgt: x[:, 1:]
+  e: embedding(inp, V, E)
+  hs: lstm(e, H)
+  logits: dense(hs, V)
+outputs:
+  probs: softmax(logits)
+loss: cross_entropy(logits, tgt)
+train:
+  data: {dataset: text, valid: 0.05, options: {level: char, seq_len: 16}}
+  optimizer: {adam: {lr: 0.01}}
+  batch_size: 16
+  epochs: 1
+"""
+
+
+def test_a_language_model_that_shifts_its_tokens_trains_exports_and_predicts(tmp_path):
+    """inp: x[:, :-1] and tgt: x[:, 1:] on x [N, T] were refused ('cannot slice the symbolic dim T
+    with [1::1]'): a language model written by hand could not shift its tokens. Both are [N, T-1],
+    so cross_entropy takes them; the model trains on the bundled text with a falling loss, exports
+    and predicts on several T, and data with T of 1, which the shift leaves nothing of, is refused
+    at the slice."""
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.trainer import Trainer
+
+    (tmp_path / "lm.yaml").write_text(SHIFT_LM)
+    spec = load(str(tmp_path / "lm.yaml"))
+    cm = compile_spec(spec)
+    assert cm.least_sizes["T"]["least"] == 2
+    batch = real_batch(spec, cm, 16, 0)
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    losses = [trainer.train_step("main", batch, 0.01, step)["loss"] for step in range(8)]
+    assert losses[0] > 4.0 and all(b < a for a, b in zip(losses, losses[1:])), losses
+    train(spec, run_dir=str(tmp_path / "run"), steps=10, threads=1, device="cpu")
+    export(str(tmp_path / "run"), str(tmp_path / "lm.onnx"))
+    for t in (2, 5, 9):
+        x = np.random.default_rng(t).integers(0, 97, (3, t))
+        probs = predict(str(tmp_path / "lm.onnx"), {"x": x})["probs"]
+        assert probs.shape == (3, t - 1, 97)
+        np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
+    with pytest.raises(DataError, match=r"input 'x' has T = 1, but the slice \[0:-1:1\] of T .* of 2 or more"):
+        predict(str(tmp_path / "lm.onnx"), {"x": np.zeros((2, 1), dtype=np.int64)})
+    np.savez(tmp_path / "short.npz", x=np.zeros((4, 1), dtype=np.int64))
+    with pytest.raises(DataError, match=r"array 'x' has T = 1, but the slice \[0:-1:1\] of T") as e:
+        train(spec, run_dir=str(tmp_path / "short"), data=str(tmp_path / "short.npz"), epochs=1)
+    assert e.value.loc.line == 7
+
+
 def test_predict_refuses_ids_beyond_the_vocabulary_as_training_does(tmp_path):
     """An id at or beyond an embedding's rows, which training refuses naming the input, reached
     onnxruntime in predict and failed in its Gather ("indices element out of data bounds"), with

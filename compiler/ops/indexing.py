@@ -13,7 +13,7 @@ import onnx
 
 from spec.errors import GradientError, ShapeError
 
-from ..ir import TensorType, _factors, _join, fmt_shape, normalize_axis
+from ..ir import TensorType, _factors, _join, dim_less, dim_shift, fmt_shape, normalize_axis
 from ..registry import REQUIRED, OpDef, Sample, op, require_dtype
 
 INT64_MAX = 2**63 - 1
@@ -189,7 +189,9 @@ class Split(OpDef):
 # ------------------------------------------------------------------ slice / pad
 class _AxisSlice:
     """One axis of a slice: `kind` is 'static' (known dim), 'symbolic'
-    (bounds on one side of a symbolic dim), or 'reverse' (x[::-1] on any dim)."""
+    (bounds on one side of a symbolic dim), 'shift' (step 1 from a start counted from the
+    beginning to an end counted from the end of a symbolic dim: x[:, 1:] of T is T-1 long,
+    `length` a dim such as "T-1"), or 'reverse' (x[::-1] on any dim)."""
 
     __slots__ = ("axis", "start", "end", "step", "kind", "length", "dim")
 
@@ -202,6 +204,8 @@ class _AxisSlice:
         """The least size of the dim that a 'symbolic' slice's static length holds for: past
         its last position read (x[:, 1:4:2] needs T >= 4, x[:, -1:-4:-2] T >= 3). Shorter data
         would have fewer entries than the graph's shape says."""
+        if self.kind == "shift":  # (at least one entry: x[:, 1:-1] needs T >= 3)
+            return (self.start or 0) + (-self.end if self.end is not None else 0) + 1
         if self.kind != "symbolic":
             return 0
         return max((p + 1 if p >= 0 else -p for p in self.positions()), default=0)
@@ -273,6 +277,13 @@ def _slice_plan(attrs, shape) -> list[_AxisSlice]:
             # is the last entry, x[:-4:-1])
             s = -1 if s is None else s
             length = max(0, len(range(s, t, st)))
+        elif (st == 1 and (s is None or s >= 0) and (t is None or big or t < 0)
+              and dim_less(d, (s or 0) + (0 if t is None or big else -t)) is not None):
+            # a shift: from the start's entry to the end's, counted from either end (x[:, 1:],
+            # x[:, :-1], x[:, 2:-1]): the dim less both, "T-1"; data needs one entry or more
+            s, t = s or 0, None if t is None or big else t
+            plan.append(_AxisSlice(axis, s, t, st, "shift", dim_less(d, s + (0 if t is None else -t)), d))
+            continue
         else:
             gs, gt = given
             written = f"[{'' if gs is None else gs}:{'' if gt is None else gt}:{st}]"
@@ -283,7 +294,8 @@ def _slice_plan(attrs, shape) -> list[_AxisSlice]:
                    f"[{'' if s is None else s}:{'' if t is None or t <= INT64_MIN // 2 else t}:{st}] follows {d})"
                    if ends else ""),
                 hint="the output size must not depend on the dim: count both bounds from the start or both from the "
-                     "end (x[-3:-1], x[1:4:2], x[-1:-4:-2]), or reverse it whole (x[::-1])"
+                     "end (x[-3:-1], x[1:4:2], x[-1:-4:-2]), shift it by step 1 (x[1:], x[:-1], x[1:-1]: T-1, T-2), "
+                     "or reverse it whole (x[::-1])"
                      + (f"; or give {d} a size under dims" if ends else ""),
             )
         plan.append(_AxisSlice(axis, s, t, st, "symbolic", length, d))
@@ -297,7 +309,10 @@ class Slice(OpDef):
     means open. Slicing a symbolic dim needs both bounds counted from the same end
     (a bound of 2147483647, INT_MAX, or beyond is the end), and its data at least
     as long as the slice's size assumes (x[:, -1:-4:-2]: 3 steps), which train,
-    eval and predict check before running."""
+    eval and predict check before running; or step 1 from a start counted from the
+    beginning to an end counted from the end (x[:, 1:], x[:, :-1], x[:, 1:-1]), whose
+    size is the dim less both ("T-1", "T-2": x[:, :-1] and x[:, 1:] combine), on data
+    of one entry more than that or longer."""
 
     attrs = {"starts": REQUIRED, "ends": REQUIRED, "axes": None, "steps": None}
     gradgrad = True
@@ -337,7 +352,7 @@ class Slice(OpDef):
         (g,) = gouts
         gr = g.graph
         plan = _slice_plan(node.attrs, x.shape)
-        padded = [a for a in plan if a.kind == "static" and a.step == 1]
+        padded = [a for a in plan if (a.kind == "static" and a.step == 1) or a.kind == "shift"]
         pending = [a for a in plan if a not in padded]
         while pending:
             a = pending.pop()
@@ -355,6 +370,9 @@ class Slice(OpDef):
         if padded:
             pads = [(0, 0)] * x.rank
             for a in padded:
+                if a.kind == "shift":  # (T-1 back to T: pad by the entries cut off)
+                    pads[a.axis] = (a.start, 0 if a.end is None else -a.end)
+                    continue
                 begin = a.positions()[0] if a.length else 0
                 pads[a.axis] = (begin, a.dim - begin - a.length)
             g = gr.apply("pad", g, pads=tuple(pads))
@@ -380,6 +398,10 @@ class Slice(OpDef):
             # a negative step whose start is before the beginning: empty, as in Python
             Sample([x], {"starts": (-100,), "ends": (None,), "axes": (1,), "steps": (-1,)}),
             Sample([x], {"starts": (-5, -2), "ends": (-9, -100), "axes": (0, 1), "steps": (-2, -1)}),
+            # shifts, which a symbolic dim also takes (T-1, T-2): x[:, 1:], x[:, :-1], x[:, 1:-1]
+            Sample([x], {"starts": (1,), "ends": (None,), "axes": (1,)}),
+            Sample([x], {"starts": (None,), "ends": (-1,), "axes": (1,)}),
+            Sample([x], {"starts": (1,), "ends": (-1,), "axes": (1,)}),
         ]
 
 
@@ -406,7 +428,8 @@ def _pad_pairs(pads, rank):
 class Pad(OpDef):
     """x surrounded by `value` (constant padding). `pads` has one (before, after)
     pair per axis, as in numpy.pad; a flat list of 2 * rank ints is read in ONNX
-    order [begins..., ends...]. A symbolic dim cannot be padded."""
+    order [begins..., ends...]. A symbolic dim cannot be padded, except a shifted one
+    back to at most its name ("T-1" by one: "T"; a shifting slice's gradient)."""
 
     attrs = {"pads": REQUIRED, "value": 0.0}
     gradgrad = True
@@ -415,7 +438,9 @@ class Pad(OpDef):
         shape = []
         for d, (b, a) in zip(x.shape, _pad_pairs(attrs["pads"], x.rank)):
             if not isinstance(d, int) and (b or a):
-                raise ShapeError(f"cannot pad the symbolic dim {d}", hint="pad axes of fixed size only; pad symbolic axes with 0, 0")
+                if dim_less(d, -(b + a)) is None or not dim_shift(d)[1]:
+                    raise ShapeError(f"cannot pad the symbolic dim {d}", hint="pad axes of fixed size only; pad symbolic axes with 0, 0")
+                d = dim_less(d, -(b + a))
             shape.append(d + b + a if isinstance(d, int) else d)
         return [TensorType(x.dtype, tuple(shape))]
 
@@ -436,7 +461,8 @@ class Pad(OpDef):
         if not axes:
             return [gouts[0]]
         return [gouts[0].graph.apply("slice", gouts[0], starts=tuple(pairs[i][0] for i in axes),
-                                     ends=tuple(pairs[i][0] + x.shape[i] for i in axes), axes=tuple(axes))]
+                                     ends=tuple(pairs[i][0] + x.shape[i] if isinstance(x.shape[i], int)
+                                                else (-pairs[i][1] or None) for i in axes), axes=tuple(axes))]
 
     def ref(self, attrs, x):
         pairs = _pad_pairs(attrs["pads"], x.ndim)
