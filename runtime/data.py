@@ -483,7 +483,7 @@ def check_least_size(dim: str, got: int, array: str, least: dict | None) -> None
         loc = Loc(parts[0], int(parts[1]), int(parts[2]))
     n = int(least["least"])
     raise DataError(f"{array} has {dim} = {got}, but the slice {least.get('slice', '')} of {dim}"
-                    f"{f' at {at}' if at and loc is None else ''} has a size fixed for {dim} of {n} or more", loc,
+                    f"{f' at {at}' if at and loc is None else ''} needs {dim} of {n} or more", loc,
                     f"give data with {dim} of {n} or more, or slice {dim} with bounds that the data reaches")
 
 

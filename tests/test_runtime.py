@@ -1203,7 +1203,7 @@ def test_data_shorter_than_a_slice_of_a_symbolic_dim_assumes_is_refused_at_the_s
             for t in (2, 3, 6)}
     for t, arrays in data.items():
         np.savez(tmp_path / f"t{t}.npz", **arrays)
-    message = r"t2.npz: array 'x' has T = 2, but the slice \[-1:-4:-2\] of T has a size fixed for T of 3 or more"
+    message = r"t2.npz: array 'x' has T = 2, but the slice \[-1:-4:-2\] of T needs T of 3 or more"
     with pytest.raises(DataError, match=message) as e:
         train(spec, run_dir=str(tmp_path / "bad"), data=str(tmp_path / "t2.npz"), epochs=1)
     assert (e.value.loc.line, e.value.loc.col) == (8, 6) and "T of 3 or more" in e.value.hint
@@ -1271,10 +1271,10 @@ def test_a_language_model_that_shifts_its_tokens_trains_exports_and_predicts(tmp
         probs = predict(str(tmp_path / "lm.onnx"), {"x": x})["probs"]
         assert probs.shape == (3, t - 1, 97)
         np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
-    with pytest.raises(DataError, match=r"input 'x' has T = 1, but the slice \[0:-1:1\] of T .* of 2 or more"):
+    with pytest.raises(DataError, match=r"input 'x' has T = 1, but the slice \[:-1\] of T needs T of 2 or more"):
         predict(str(tmp_path / "lm.onnx"), {"x": np.zeros((2, 1), dtype=np.int64)})
     np.savez(tmp_path / "short.npz", x=np.zeros((4, 1), dtype=np.int64))
-    with pytest.raises(DataError, match=r"array 'x' has T = 1, but the slice \[0:-1:1\] of T") as e:
+    with pytest.raises(DataError, match=r"array 'x' has T = 1, but the slice \[:-1\] of T needs T of 2 or more") as e:
         train(spec, run_dir=str(tmp_path / "short"), data=str(tmp_path / "short.npz"), epochs=1)
     assert e.value.loc.line == 7
 

@@ -211,7 +211,9 @@ class _AxisSlice:
         return max((p + 1 if p >= 0 else -p for p in self.positions()), default=0)
 
     def text(self) -> str:
-        """The slice as a subscript writes it: [1:4:2]."""
+        """The slice as a subscript writes it: [1:4:2], a shift [:-1] or [1:]."""
+        if self.kind == "shift":
+            return f"[{self.start or ''}:{'' if self.end is None else self.end}]"
         return f"[{'' if self.start is None else self.start}:{'' if self.end is None else self.end}:{self.step}]"
 
     def positions(self) -> list[int]:
