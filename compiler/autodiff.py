@@ -57,8 +57,12 @@ def grad(ys: Sequence[Value], wrt: Sequence[Value], gys: Sequence[Value | None] 
             go if go is not None else (g.apply("zeros_like", o) if is_float(o.dtype) else None)
             for go, o in zip(gouts, node.outputs)
         ]
+        first = len(g.nodes)
         with at(node.loc):  # gradient nodes point at the spec text of the node they differentiate
             in_grads = node.op.vjp(node, gouts)
+        for made in g.nodes[first:]:  # and remember it, for errors that name what the spec wrote
+            if made.grad_of is None:
+                made.grad_of = node
         for v, gv in zip(node.inputs, in_grads):
             if gv is not None and v.id in depends and is_float(v.dtype):
                 accumulate(v, gv)

@@ -83,7 +83,7 @@ def lower_jacobian(low, e: S.Call) -> Value:
     g = low.graph
     with at(e.loc):
         x_rep = g.apply("tile_batch", x, times=M)  # [M*N, D]: repeat m is rows m*N .. m*N+N-1
-        y_rep = _rebuild(y, x, x_rep, e, M)
+        y_rep = _rebuild(y, x, x_rep, e, M, getattr(low, "calls", {}))
         picks = g.apply("one_hot_blocks", y_rep, blocks=M)  # [M*N, M]: 1 at column m in repeat m
         (gx,) = grad([y_rep], [x_rep], [picks])
         if gx is None:
@@ -154,10 +154,10 @@ def _mixes_examples(node, depends: list[bool], batch) -> str | None:
     return None
 
 
-def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int) -> Value:
+def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int, calls: dict) -> Value:
     """y's subgraph from x applied to x_new, x repeated `times` times along the batch, shapes
     re-inferred. Other inputs are unchanged, except per-example ones (batch dim first, such as
-    a mask input), which are repeated alike."""
+    a mask input), which are repeated alike. `calls`: the spec's calls by location, to name them."""
     g = x.graph
     batch = x.shape[0]
     env = {x.id: x_new}
@@ -186,7 +186,14 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int) -> Value:
                                 "compute the jacobian of a deterministic, feed-forward part")
         # values whose rows mix examples, and why: a mixing node, or one reading such a value
         # (shapes aside: a gradient's ones_like of a batch sum reads only its shape)
-        why = _mixes_examples(node, [v.id in env for v in node.inputs], x.shape[0]) or next(
+        why = _mixes_examples(node, [v.id in env for v in node.inputs], x.shape[0])
+        if why and node.op.name != "sum_to" and _spec_node(node) is not node:
+            # an op of a gradient rule, which the spec never wrote: name the call it differentiates
+            written = _spec_node(node)
+            op = calls.get(written.loc, written.op.name)
+            why = (f"the gradient of {op}() at {_at(written.loc)} sums over the batch axis",
+                   _GRADIENT_HINT.format(op=op))
+        why = why or next(
             (mixed[v.id] for i, v in enumerate(node.inputs) if v.id in mixed and not reads_shape_only(node, i)), None)
         if why:
             mixed.update({o.id: why for o in node.outputs})
@@ -210,12 +217,31 @@ def _rebuild(y: Value, x: Value, x_new: Value, e: S.Call, times: int) -> Value:
         for o, n in zip(node.outputs, outs):
             env[o.id] = n
     if y.id in mixed:
-        raise GradientError(f"jacobian() needs y computed from x example by example, but {mixed[y.id]}", e.loc,
-                            "y[n] must depend on x[n] alone (batch statistics such as batch_norm in "
+        why, hint = mixed[y.id] if isinstance(mixed[y.id], tuple) else (mixed[y.id], None)
+        raise GradientError(f"jacobian() needs y computed from x example by example, but {why}", e.loc,
+                            hint or "y[n] must depend on x[n] alone (batch statistics such as batch_norm in "
                             "training mix the examples); differentiate a per-example part")
     if y.id not in env:
         return g.apply("fill", x_new, dims=((0, 0), y.shape[1]), dtype=y.dtype)
     return env[y.id]
+
+
+_GRADIENT_HINT = ("jacobian() follows a gradient only where it stays per example, as the gradient with respect "
+                  "to x does (jacobian(grad(f, x), x)); the gradient with respect to {op}()'s weight or bias adds "
+                  "up every example's part, so y[n] depends on every x[m]. For how it changes with x, write "
+                  "grad(sum(y), x) (the Jacobian summed over y's entries) or hvp(f, x, v)")
+
+
+def _spec_node(node):
+    """The node the spec wrote that `node` comes from: itself, or for a node of a gradient rule
+    (of a gradient rule...) the node it differentiates."""
+    while node.grad_of is not None:
+        node = node.grad_of
+    return node
+
+
+def _at(loc) -> str:
+    return f"{loc.line}:{loc.col}" if loc is not None else "its spec location"
 
 
 def _per_example(v: Value, data: set, batch: int, memo: dict) -> bool:

@@ -242,6 +242,7 @@ class Node:
     attrs: dict
     outputs: list = field(default_factory=list)
     loc: Loc | None = None
+    grad_of: "Node | None" = None  # for a node of a gradient: the node whose gradient rule made it
 
     def __repr__(self) -> str:
         return f"<{self.op.name} {self.inputs} -> {self.outputs}>"

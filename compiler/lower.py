@@ -121,6 +121,7 @@ class Lowering:
         """`stored_dtype`: parameters and float inputs enter the graph in this dtype and are
         cast to `float_dtype` for the computation (mixed precision's master weights)."""
         self.spec = spec
+        self.calls: dict = {}  # spec location -> the op, layer or block the spec calls there, for messages
         float_dtype = float_dtype or spec.train.get("dtype", "float32")
         self.stored_dtype = stored_dtype or float_dtype
         # a half type computing for float32 storage is a mixed-precision step: the spec's numbers
@@ -620,6 +621,7 @@ class Lowering:
         from . import layers, recurrent  # noqa: F401  (recurrent registers its cells as layers)
         from .binding import BindingError
 
+        self.__dict__.setdefault("calls", {}).setdefault(e.loc, e.func)  # (subclasses may skip __init__)
         if e.func in self.spec.blocks and (e.func in _SPECIAL_FORMS or e.func in all_ops() or e.func in layers.LAYERS):
             raise SpecError(f"block {e.func!r} has the name of an op: {e.func}(...) would be ambiguous",
                             self.spec.blocks[e.func].loc, "give the block another name")

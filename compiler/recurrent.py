@@ -699,6 +699,7 @@ def _block_lowering(outer, block, graph: Graph, capture, locals_: dict, call: st
     class BlockLowering(Lowering):
         def __init__(self):
             self.spec = outer.spec
+            self.calls = outer.__dict__.setdefault("calls", {})
             self.graph = graph
             self.params = outer.params
             self.inputs = {}
