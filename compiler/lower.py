@@ -876,28 +876,36 @@ def call_site(e: S.Call) -> str:
 def blocks_called(e, blocks) -> set[str]:
     """The blocks an expression runs: called (`enc(x)`) or scanned (`scan(cell, ...)`), and the
     blocks those run in turn."""
-    def direct(x) -> list[str]:
-        out, stack = [], [x]
-        while stack:
-            x = stack.pop()
-            if isinstance(x, S.Call):
-                if x.func in blocks:
-                    out.append(x.func)
-                if x.func == "scan" and x.args and isinstance(x.args[0], S.Name) and x.args[0].id in blocks:
-                    out.append(x.args[0].id)
-            if isinstance(x, S.Expr):
-                for v in vars(x).values():
-                    stack += [c for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v])
-                              if isinstance(c, S.Expr)]
-        return out
+    return set(blocks_reached(blocks_in(e, blocks), blocks))
 
-    found, todo = set(), direct(e)
-    while todo:
-        b = todo.pop()
-        if b not in found:
-            found.add(b)
-            todo += [c for a in blocks[b].graph for c in direct(a.expr)]
-    return found
+
+def blocks_in(e, blocks) -> list[str]:
+    """The blocks an expression uses: scan(block, ...) or a direct call block(...)."""
+    out: list[str] = []
+
+    def walk(x):
+        if isinstance(x, S.Call):
+            if x.func in blocks:
+                out.append(x.func)
+            if x.func == "scan" and x.args and isinstance(x.args[0], S.Name) and x.args[0].id in blocks:
+                out.append(x.args[0].id)
+        if isinstance(x, S.Expr):
+            for v in vars(x).values():
+                for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v]):
+                    if isinstance(c, S.Expr):
+                        walk(c)
+
+    walk(e)
+    return list(dict.fromkeys(out))
+
+
+def blocks_reached(names: list[str], blocks) -> list[str]:
+    """The blocks `names` use, directly or through the blocks they call (a block calling a block)."""
+    out = list(dict.fromkeys(names))
+    for name in out:  # grows while walked
+        for a in blocks[name].graph:
+            out += [b for b in blocks_in(a.expr, blocks) if b not in out]
+    return out
 
 
 def names_in(e) -> list[str]:

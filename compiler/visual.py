@@ -37,7 +37,7 @@ from spec.expr import unparse
 
 from .autodiff import grad
 from .ir import Graph, Node, Value, at, fmt_shape, is_float, producers_of
-from .lower import Lowering, ParamInfo
+from .lower import Lowering, ParamInfo, blocks_in, blocks_reached
 
 # ------------------------------------------------------------------ style
 FONT = "Helvetica"
@@ -182,35 +182,6 @@ def op_word(e: S.Expr | None) -> str:
     if isinstance(e, S.Const):
         return "const"
     return type(e).__name__.lower() if e is not None else ""
-
-
-def blocks_in(e, blocks) -> list[str]:
-    """The blocks an expression uses: scan(block, ...) or a direct call block(...)."""
-    out: list[str] = []
-
-    def walk(x):
-        if isinstance(x, S.Call):
-            if x.func in blocks:
-                out.append(x.func)
-            if x.func == "scan" and x.args and isinstance(x.args[0], S.Name) and x.args[0].id in blocks:
-                out.append(x.args[0].id)
-        if isinstance(x, S.Expr):
-            for v in vars(x).values():
-                for c in (v if isinstance(v, list) else v.values() if isinstance(v, dict) else [v]):
-                    if isinstance(c, S.Expr):
-                        walk(c)
-
-    walk(e)
-    return list(dict.fromkeys(out))
-
-
-def blocks_reached(names: list[str], blocks) -> list[str]:
-    """The blocks `names` use, directly or through the blocks they call (a block calling a block)."""
-    out = list(dict.fromkeys(names))
-    for name in out:  # grows while walked
-        for a in blocks[name].graph:
-            out += [b for b in blocks_in(a.expr, blocks) if b not in out]
-    return out
 
 
 def block_outer_names(block) -> list[str]:
