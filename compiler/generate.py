@@ -446,8 +446,7 @@ def _inputs_read(spec, logits_name) -> set[str]:
     """The inputs the logits are computed from, through graph entries and the blocks they run (finds
     the source input). Not every input an expression mentions: a per-token loss written as a graph
     entry reads the labels (tgt), and a decoder that took them for its source needed them fed."""
-    from .lower import names_in
-    from .training import _blocks_called
+    from .lower import blocks_in, names_in
 
     entries = {t: a.expr for a in spec.graph for t in a.targets}
     found, seen, todo = set(), set(), [logits_name]
@@ -459,11 +458,11 @@ def _inputs_read(spec, logits_name) -> set[str]:
         if name in spec.inputs:
             found.add(name)
         if name in entries:
-            todo += names_in(entries[name]) + _blocks_called(entries[name], spec)
+            todo += names_in(entries[name]) + blocks_in(entries[name], spec.blocks)
         if name in spec.blocks:
             block = spec.blocks[name]
             # a block's own inputs, parameters and entries are its names, not the spec's (an input named tgt, say)
             local = set(block.inputs) | set(block.params) | {t for a in block.graph for t in a.targets}
             for a in block.graph:
-                todo += [n for n in names_in(a.expr) if n not in local] + _blocks_called(a.expr, spec)
+                todo += [n for n in names_in(a.expr) if n not in local] + blocks_in(a.expr, spec.blocks)
     return found

@@ -1243,7 +1243,7 @@ def _attention_mask_inputs(spec: S.Spec) -> set[str]:
 def unused_entries(spec: S.Spec) -> list[SpecWarning]:
     """A warning for each graph entry that no loss, metric, output, objective or generate section
     needs, directly or through other entries and blocks: located at the entry."""
-    from .lower import names_in
+    from .lower import blocks_in, names_in
 
     entries = {t: a for a in spec.graph for t in a.targets}
     read_by: dict[str, list] = {}  # name -> the entries that read it (used or not), in spec order
@@ -1253,7 +1253,7 @@ def unused_entries(spec: S.Spec) -> list[SpecWarning]:
             if not readers or readers[-1] is not a:  # (an entry that reads it twice, once)
                 readers.append(a)
     root_exprs = [a.expr for a in [spec.loss, *spec.metrics, *spec.outputs] if a is not None]
-    roots = [n for e in root_exprs for n in [*names_in(e), *_blocks_called(e, spec)]]
+    roots = [n for e in root_exprs for n in [*names_in(e), *blocks_in(e, spec.blocks)]]
     roots += [str(o.get("loss")) for o in (spec.train.get("objectives") or {}).values() if isinstance(o, dict)]
     roots += [v for v in (spec.generate or {}).values() if isinstance(v, str)]
     seen_blocks, used, todo = set(), set(), list(roots)
@@ -1269,7 +1269,7 @@ def unused_entries(spec: S.Spec) -> list[SpecWarning]:
             todo += spec.blocks[name].outputs
         for e in exprs:
             todo += names_in(e)
-            todo += _blocks_called(e, spec)
+            todo += blocks_in(e, spec.blocks)
     out = []
     for a in spec.graph:
         if any(t in used for t in a.targets):
@@ -1295,18 +1295,6 @@ def unused_entries(spec: S.Spec) -> list[SpecWarning]:
             out.append(SpecWarning(f"input '{name}' is never read", decl.loc,
                                    "use it in the graph, a loss, a metric or an output, or remove it"))
     return sorted(out, key=lambda w: (w.loc.line, w.loc.col) if w.loc else (0, 0))  # in the file's order
-
-
-def _blocks_called(e, spec: S.Spec) -> list[str]:
-    """Blocks an expression runs: scan(block, ...) or block(...)."""
-    out = []
-    for x in _subexprs(e):
-        if isinstance(x, S.Call):
-            if x.func in spec.blocks:
-                out.append(x.func)
-            if x.func == "scan" and x.args and isinstance(x.args[0], S.Name):
-                out.append(x.args[0].id)
-    return out
 
 
 def spec_calls(spec: S.Spec):
