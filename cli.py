@@ -889,15 +889,13 @@ def main():
             stream.reconfigure(errors="backslashreplace")
     try:
         # onnxruntime's process-wide logger warns outside any session (providers it cannot load);
-        # the command's own sessions are quiet already. Set here, not on import: a program using
-        # the API keeps its own onnxruntime logging. Without onnxruntime, the verbs that need it
-        # say what to install (user_errors); its import here ended every verb in a traceback.
-        try:
-            import onnxruntime  # (20 ms)
-        except ImportError:
-            pass
-        else:
-            onnxruntime.set_default_logger_severity(3)
+        # the command's own sessions are quiet already. Asked for here, not on import: a program
+        # using the API keeps its own onnxruntime logging; and set when the first session is made:
+        # importing onnxruntime here (about 50 ms) slowed --help and the verbs that run no model,
+        # and without onnxruntime ended every verb in a traceback.
+        from runtime.ortlog import quiet_default_logger
+
+        quiet_default_logger()
         code = app(standalone_mode=False)
     except ClickException as e:
         if not e.format_message().strip():  # no_args_is_help: the help is printed, nothing went wrong to say

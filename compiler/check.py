@@ -21,7 +21,9 @@ class Runner:
         if prefer == "ort":
             import onnxruntime as ort
 
-            opts = ort.SessionOptions()
+            from runtime.ortlog import session_options
+
+            opts = session_options()
             opts.intra_op_num_threads = 1
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3

@@ -20,6 +20,8 @@ import onnxruntime as ort
 from compiler.emit import OPSET, all_nodes, narrow_types, ort_disabled_optimizers, widen_unsupported_types
 from spec.errors import ArgNames, FlowgradError, unknown_choice
 
+from .ortlog import session_options
+
 
 @contextlib.contextmanager
 def _silenced_stderr():
@@ -51,9 +53,9 @@ def _probe_model() -> bytes:
 
 @lru_cache(maxsize=None)
 def cuda_available() -> bool:
+    opts = session_options()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
-    opts = ort.SessionOptions()
     opts.log_severity_level = 4
     try:
         with _silenced_stderr():
@@ -103,7 +105,7 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
                  cuda_graph: bool = False) -> ort.InferenceSession:
     """`cuda_graph`: onnxruntime records a CUDA graph per `gpu_graph_id` run option and
     replays it (the model's shapes must be fixed, every node on the GPU)."""
-    opts = ort.SessionOptions()
+    opts = session_options()
     # onnxruntime's own error lines would print before flowgrad's one-line error, which
     # carries their message
     opts.log_severity_level = 4

@@ -28,8 +28,6 @@ from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, 
 from .checkpoint import (META_KEY, atomic_write, checkpoint_bytes, load_checkpoint, read_run_info,
                          remove_stale_temporaries)
 from .schedules import check_schedule_fits, lr_schedule
-from .session import ORT_ERRORS, pick_device
-from .trainer import Trainer
 
 CHECKPOINT = "checkpoint.npz"
 # Mixed precision skips a step whose gradients overflow and halves the loss scale; this
@@ -496,6 +494,11 @@ def train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
 
 
 def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
+    # (imported here: flowgrad check reads this module's check of the data section, and importing
+    # onnxruntime for it was about 50 ms of every check)
+    from .session import ORT_ERRORS, pick_device
+    from .trainer import Trainer
+
     _check_options(opts)
     names = opts.names
     require_objectives(spec, "train")
