@@ -42,6 +42,7 @@ SetOpt = Annotated[
 DtypeOpt = Annotated[
     Optional[str], typer.Option("--dtype", help="Float type of the compiled graphs: float32, float64 or float16.")
 ]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings; the exit code says how it went.")]
 
 
 def _print_version(value: bool) -> None:
@@ -209,7 +210,8 @@ def _check_dtype(dtype):
 
 @app.command()
 def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
-          as_json: Annotated[bool, typer.Option("--json", help="Print the nodes, parameters and warnings as JSON.")] = False):
+          as_json: Annotated[bool, typer.Option("--json", help="Print the nodes, parameters and warnings as JSON.")] = False,
+          quiet: QuietOpt = False):
     """Validate a spec, infer every shape, and print its nodes and parameters."""
     from compiler.training import check_spec
     from runtime.train import check_data_section
@@ -226,6 +228,8 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
     r = _check_report(s, low)
     if as_json:  # (the pointer to summary below is for a person reading the tables, as summary's notes)
         _print_json(r)
+        return
+    if quiet:
         return
     _print_doc(s)
     table = Table(title=f"{s.name}: nodes", title_justify="left")
@@ -304,6 +308,8 @@ def compile_cmd(
     set: SetOpt = None,
     dtype: DtypeOpt = None,
     no_optimize: Annotated[bool, typer.Option("--no-optimize", help="Skip the graph rewrites.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the graphs written (file, nodes, inputs, outputs) as JSON.")] = False,
+    quiet: QuietOpt = False,
 ):
     """Compile a spec into ONNX graphs: train, eval, infer, grads, apply (+ manifest.json)."""
     from compiler.training import compile_spec
@@ -316,17 +322,35 @@ def compile_cmd(
         s = _load(spec, set)
         cm = compile_spec(s, dtype, optimize_graph=not no_optimize)
         written = save_graphs(cm, output, FLAGS)
-    table = Table(title=f"{s.name} compiled in {cm.compile_seconds:.2f} s", title_justify="left")
+    r = _compile_report(cm, output, written)
+    if as_json:
+        _print_json(r)
+        return
+    if quiet:
+        return
+    table = Table(title=f"{r['name']} compiled in {r['compile_seconds']:.2f} s", title_justify="left")
     table.add_column("graph")
     table.add_column("nodes", justify="right")
     table.add_column("inputs", justify="right")
     table.add_column("outputs", justify="right")
     table.add_column("file")
-    for k, g in cm.graphs.items():
-        table.add_row(k, str(g.node_count), str(len(g.inputs)), str(len(g.outputs)), escape(os.path.join(output, f"{k}.onnx")))
+    for g in r["graphs"]:
+        table.add_row(g["graph"], str(g["nodes"]), str(len(g["inputs"])), str(len(g["outputs"])), escape(g["file"]))
     print_table(err, table)
-    for w in written:
+    for w in r["files"]:
         print(w)
+
+
+def _compile_report(cm, output: str, written: list[str]) -> dict:
+    """What compile shows of the graphs it wrote, as its table and --json have them: the spec's
+    name, the float type, the seconds compiling took, the directory, each graph's file, node
+    count and its inputs' and outputs' names, and every file written (the manifest last)."""
+    return {"name": cm.spec.name, "dtype": cm.float_dtype, "compile_seconds": cm.compile_seconds,
+            "output": output,
+            "graphs": [{"graph": k, "file": os.path.join(output, f"{k}.onnx"), "nodes": g.node_count,
+                        "inputs": [i.name for i in g.inputs], "outputs": [o.name for o in g.outputs]}
+                       for k, g in cm.graphs.items()],
+            "files": list(written)}
 
 
 @app.command()
@@ -484,6 +508,7 @@ def export(
     output: Annotated[str, typer.Option("-o", "--output", help="The ONNX file to write.")],
     checkpoint: CheckpointOpt = "best",
     graph: Annotated[Optional[str], typer.Option("--graph", help="infer (the spec's outputs) or generate (sampling); default: generate where the spec has it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the model written (path, inputs, outputs, parameters, bytes) as JSON.")] = False,
 ):
     """Write the deployment graph with the trained weights baked in."""
     from runtime.export import export as do_export
@@ -492,9 +517,26 @@ def export(
     with user_errors():
         _not_empty(required=("output",), output=output)
         info = do_export(run_dir, output, checkpoint, graph, names=FLAGS)
-    err.print(f"wrote {escape(info['path'])}: inputs {', '.join(info['inputs'])} -> outputs {', '.join(info['outputs'])}",
+    r = _export_report(info)
+    if as_json:
+        _print_json(r)
+        return
+    err.print(f"wrote {escape(r['path'])}: inputs {', '.join(r['inputs'])} -> outputs {', '.join(r['outputs'])}",
               soft_wrap=True)
-    print(info["path"])
+    print(r["path"])
+
+
+def _export_report(info: dict) -> dict:
+    """What export says of the model it wrote, as its line and --json have them: its path, the
+    inputs it takes and outputs it gives (names), the parameters baked in, their bytes and the
+    bytes of the files written (the model's, and its weights' file beside it if it has one)."""
+    from runtime.export import EXTERNAL_DATA_BYTES
+
+    external = info["bytes"] >= EXTERNAL_DATA_BYTES  # (an earlier export's .data may lie beside a smaller one)
+    files = [info["path"], *([info["path"] + ".data"] if external else [])]
+    return {"path": info["path"], "inputs": info["inputs"], "outputs": info["outputs"],
+            "parameters": info["parameters"], "parameter_bytes": info["bytes"],
+            "bytes": sum(os.path.getsize(p) for p in files)}
 
 
 @app.command()
@@ -514,6 +556,7 @@ def predict(
                                                  min=1, max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outputs (each one's shape, dtype and values; with -o, the file written; with --text, the text) as JSON.")] = False,
 ):
     """Run an exported model on an .npz of inputs, generate text from a prompt, or draw samples from a generator."""
     from runtime.data import check_data_path, load_npz
@@ -549,24 +592,57 @@ def predict(
             if output:
                 raise FlowgradError("-o writes the arrays of --data or --count; --text prints its text",
                                     hint="redirect it instead: > out.txt")
-            print(generate_text(model, text, max_len, temperature, seed, pick_device(device, names=FLAGS), beam_width,
-                                with_prompt=not _is_translator(model), threads=threads, names=FLAGS))
+            generated = generate_text(model, text, max_len, temperature, seed, pick_device(device, names=FLAGS), beam_width,
+                                      with_prompt=not _is_translator(model), threads=threads, names=FLAGS)
+            if as_json:
+                _print_json({"prompt": text, "text": generated}, indent=None)
+            else:
+                print(generated)
             return
         if data is not None:
             check_data_path(data, flag="--data")
         feeds = load_npz(data).arrays if data is not None else generator_feeds(model, count, seed)
         # an .npz of a dataset also holds its labels: arrays the model does not read are left out
         outs = run_predict(model, feeds, pick_device(device, names=FLAGS), threads, ignore_extra=True)
+        if as_json and not output:
+            _check_printable(outs)
         if output:
             _write_npz(output, outs)
-            err.print(f"wrote {escape(output)}: {', '.join(f'{k} {list(v.shape)}' for k, v in outs.items())}",
-                      soft_wrap=True)
-            print(output)  # the path on stdout, as export, compile, graph and plot print what they wrote
-            return
+    r = _predict_report(outs, output, values=as_json and not output)
+    if as_json:  # (one line, as bench's: the values of a batch of outputs are many)
+        _print_json(r, indent=None)
+        return
+    if output:
+        err.print("wrote " + escape(output) + ": " + ", ".join(f"{k} {o['shape']}" for k, o in r["outputs"].items()),
+                  soft_wrap=True)
+        print(output)  # the path on stdout, as export, compile, graph and plot print what they wrote
+        return
     for k, v in outs.items():
         print(f"{k}: shape {list(v.shape)} dtype {v.dtype}")
         # the first 10 rows, or a sequence's first 50 values (a sampler's tokens [300] were a column of 10)
         print(v if v.size <= 50 else v[:50] if v.ndim == 1 else v.reshape(len(v), -1)[:10])
+
+
+# predict --json prints at most this many output values; more are for an .npz (-o)
+MAX_JSON_VALUES = 100_000
+
+
+def _check_printable(outs: dict) -> None:
+    """Outputs few enough to print as JSON (predict --json without -o), else a refusal before any of it."""
+    from spec.errors import FlowgradError
+
+    count = sum(v.size for v in outs.values())
+    if count > MAX_JSON_VALUES:
+        raise FlowgradError(f"the outputs hold {count:,} values, more than --json prints (at most {MAX_JSON_VALUES:,})",
+                            hint="write them to an .npz with -o (with --json, it describes the file written)")
+
+
+def _predict_report(outs: dict, path: Optional[str], values: bool) -> dict:
+    """What predict says of its outputs, as its lines and --json have them: each output's shape and
+    dtype, and its values (`values`); `path`: the .npz they were written to (-o)."""
+    rows = {k: {"shape": list(v.shape), "dtype": str(v.dtype), **({"values": v.tolist()} if values else {})}
+            for k, v in outs.items()}
+    return {**({"path": path} if path else {}), "outputs": rows}
 
 
 def _write_npz(path: str, arrays: dict) -> None:
@@ -600,6 +676,7 @@ def gradcheck(
                                                  min=0, max=MAX_SEED)] = 0,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest relative error that passes.", min=0.0)] = 1e-4,
     as_json: Annotated[bool, typer.Option("--json", help="Print each parameter's relative error and status as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table: a failed check says which parameters failed, as an error.")] = False,
 ):
     """Compare each parameter's symbolic gradient with finite differences (float64)."""
     from compiler.gradcheck import gradcheck_spec
@@ -614,6 +691,13 @@ def gradcheck(
     r = _gradcheck_report(s, report, seed, tolerance)
     if as_json:
         _print_json(r)
+    elif quiet:
+        failed = [c for c in r["checks"] if c["status"] == "FAIL"]
+        if failed:  # (without the table, the exit code alone said nothing of which)
+            worst = ", ".join(f"{c['parameter']} ({c['relative_error']:.2e})" for c in failed)
+            err.print(f"[bold red]error:[/bold red] {escape(s.name)}: the gradient of {escape(worst)} differs from "
+                      f"finite differences by more than --tolerance {tolerance:g}", soft_wrap=True)
+            err.print("[dim]  hint: run without --quiet for every parameter's error[/dim]", soft_wrap=True)
     else:
         table = Table(title=f"{s.name}: gradient check (float64, central differences)", title_justify="left")
         for col in ("objective", "parameter", "worst relative error", ""):

@@ -1794,3 +1794,112 @@ def test_the_command_quiets_onnxruntime_s_logger_before_its_first_session(tmp_pa
     for line in res.stdout.splitlines():
         events = json.loads(line)
         assert events[0] == 3 and events.count(3) == 1 and "session" in events, events
+
+
+def test_compile_json_is_what_its_table_shows(tmp_path):
+    """compile had no --json: a build script scraped its table (on stderr) for the node counts.
+    compile --json prints the files written and each graph's file, nodes, inputs and outputs,
+    the rows of the table, and nothing else; --quiet prints nothing."""
+    shown = invoke("compile", MLP, "--set", "dims.H=8", "-o", tmp_path / "a")
+    r = strict_json((res := invoke("compile", MLP, "--set", "dims.H=8", "-o", tmp_path / "b", "--json")).stdout)
+    assert res.stderr == ""
+    assert set(r) == {"name", "dtype", "compile_seconds", "output", "graphs", "files"}
+    assert (r["name"], r["dtype"], r["output"]) == ("mlp", "float32", str(tmp_path / "b")) and r["compile_seconds"] > 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert [g["graph"] for g in r["graphs"]] == list(manifest["graphs"])
+    for g in r["graphs"]:
+        m = manifest["graphs"][g["graph"]]
+        assert g["file"] == str(tmp_path / "b" / m["file"]) and g["nodes"] == m["nodes"]
+        assert g["inputs"] == [i["name"] for i in m["inputs"]] and g["outputs"] == [o["name"] for o in m["outputs"]]
+        assert len(onnx.load(g["file"]).graph.node) == g["nodes"]
+    assert r["files"] == [g["file"] for g in r["graphs"]] + [str(tmp_path / "b" / "manifest.json")]
+    title = next(line for line in shown.stderr.splitlines() if line.startswith("mlp compiled in "))
+    assert table_rows(shown.stderr, title) == [
+        [g["graph"], str(g["nodes"]), str(len(g["inputs"])), str(len(g["outputs"])), g["file"].replace("/b/", "/a/")]
+        for g in r["graphs"]]
+    assert shown.stdout.split() == [f.replace("/b/", "/a/") for f in r["files"]]
+    quiet = invoke("compile", MLP, "--set", "dims.H=8", "-o", tmp_path / "c", "--quiet")
+    assert (quiet.stdout, quiet.stderr) == ("", "") and (tmp_path / "c" / "manifest.json").is_file()
+    # an error is the one-line message alone, no half of a JSON document
+    res = invoke("compile", BAD, "-o", tmp_path / "d", "--json", code=1)
+    assert res.stdout == "" and res.stderr.startswith(f"error: {BAD}:14:7: unknown op 'rleu'\n")
+    assert invoke("compile", BAD, "-o", tmp_path / "d", "-q", code=1).stderr == res.stderr
+
+
+def test_check_quiet_prints_only_warnings_and_errors(tmp_path):
+    """check --quiet: the exit code says whether the spec is usable; no tables, no pointer to summary,
+    the warnings still on stderr."""
+    res = invoke("check", MLP, "--quiet")
+    assert (res.stdout, res.stderr) == ("", "")
+    spec = tmp_path / "t.yaml"
+    spec.write_text(FROZEN_NUMBER_UNUSED)
+    res = invoke("check", spec, "-q")
+    assert res.stdout == "" and res.stderr == (f"warning: {spec}:11:3: graph entry 'k' is never used\n"
+                                               "  hint: use it in the loss, a metric or an output, or remove it\n")
+    res = invoke("check", BAD, "-q", code=1)
+    assert res.stdout == "" and res.stderr == f"error: {BAD}:14:7: unknown op 'rleu'\n  hint: did you mean 'relu' or 'le'?\n"
+
+
+def test_gradcheck_quiet_says_only_which_parameters_failed():
+    """gradcheck --quiet prints nothing when every gradient passes; a failed check, which without
+    the table would be an exit code alone, is one error line naming the parameters that failed."""
+    small = ["--set", "dims.H=2", "--set", "dims.D=3"]
+    res = invoke("gradcheck", MLP, *small, "--quiet")
+    assert (res.stdout, res.stderr) == ("", "")
+    r = json.loads(invoke("gradcheck", MLP, *small, "--tolerance", "0", "--json", code=1).stdout)
+    failed = [c for c in r["checks"] if c["status"] == "FAIL"]
+    assert failed
+    res = invoke("gradcheck", MLP, *small, "--tolerance", "0", "-q", code=1)
+    worst = ", ".join(f"{c['parameter']} ({c['relative_error']:.2e})" for c in failed)
+    assert res.stdout == "" and res.stderr == (
+        f"error: mlp: the gradient of {worst} differs from finite differences by more than --tolerance 0\n"
+        "  hint: run without --quiet for every parameter's error\n")
+
+
+def test_export_json_describes_the_model_written(trained, tmp_path):
+    """export had no --json: its inputs and outputs were read from a line on stderr. export --json
+    prints the path, the inputs and outputs, the parameters baked in and the bytes written."""
+    run_dir, _ = trained
+    shown = invoke("export", run_dir, "-o", tmp_path / "a.onnx")
+    res = invoke("export", run_dir, "-o", tmp_path / "b.onnx", "--json")
+    r = strict_json(res.stdout)
+    assert res.stderr == "" and set(r) == {"path", "inputs", "outputs", "parameters", "parameter_bytes", "bytes"}
+    model = onnx.load(str(tmp_path / "b.onnx"))
+    assert r["path"] == str(tmp_path / "b.onnx") and r["bytes"] == (tmp_path / "b.onnx").stat().st_size
+    assert r["inputs"] == [i.name for i in model.graph.input] == ["x"]
+    assert r["outputs"] == [o.name for o in model.graph.output]
+    assert r["parameters"] == len(model.graph.initializer) - sum(  # (the graph's own constants too)
+        1 for i in model.graph.initializer if i.name not in json.loads((run_dir / "graphs" / "manifest.json").read_text())["params"])
+    assert r["parameter_bytes"] == sum(onnx.numpy_helper.to_array(i).nbytes for i in model.graph.initializer
+                                       if i.name in {"W1", "b1", "W2", "b2", "W3", "b3"})
+    assert shown.stderr == f"wrote {tmp_path / 'a.onnx'}: inputs x -> outputs {', '.join(r['outputs'])}\n"
+    res = invoke("export", tmp_path / "nothing", "-o", tmp_path / "c.onnx", "--json", code=1)
+    assert res.stdout == "" and res.stderr.startswith("error: ") and "hint:" in res.stderr
+
+
+def test_predict_json_prints_the_outputs_or_describes_the_file(trained, tmp_path):
+    """predict had no --json: its outputs were printed as NumPy shows them, cut after 10 rows.
+    --json prints each output's shape, dtype and values (strict JSON); with -o, the file written;
+    outputs too large to print are refused before any of it, pointing to -o."""
+    from runtime.export import predict
+
+    run_dir, _ = trained
+    model = str(tmp_path / "m.onnx")
+    invoke("export", run_dir, "-o", model)
+    x = np.random.default_rng(0).random((3, 64), np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    r = strict_json(invoke("predict", model, "--data", tmp_path / "x.npz", "--json", "--device", "cpu").stdout)
+    want = predict(model, {"x": x})
+    assert list(r) == ["outputs"] and list(r["outputs"]) == list(want)
+    for k, v in want.items():
+        assert r["outputs"][k]["shape"] == list(v.shape) and r["outputs"][k]["dtype"] == str(v.dtype)
+        np.testing.assert_array_equal(np.asarray(r["outputs"][k]["values"], v.dtype), v)
+    res = invoke("predict", model, "--data", tmp_path / "x.npz", "--json", "-o", tmp_path / "y.npz", "--device", "cpu")
+    assert res.stderr == "" and strict_json(res.stdout) == {
+        "path": str(tmp_path / "y.npz"), "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in want.items()}}
+    with np.load(tmp_path / "y.npz") as z:
+        assert set(z.files) == set(want)
+    np.savez(tmp_path / "big.npz", x=np.zeros((20_000, 64), np.float32))
+    res = invoke("predict", model, "--data", tmp_path / "big.npz", "--json", "--device", "cpu", code=1)
+    assert res.stdout == "" and res.stderr.startswith("error: the outputs hold 220,000 values, more than --json prints")
+    assert "hint: write them to an .npz with -o" in res.stderr

@@ -1,6 +1,7 @@
 """Sampling inside the exported graph of a language model."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -689,3 +690,17 @@ def test_a_half_type_sampler_draws_tokens_far_below_the_best(dtype):
                       "step": np.asarray(0)})["token"][0]) for s in range(200)]
     best = draws.count(0) / len(draws)
     assert 0.08 < best < 0.3, best
+
+
+def test_predict_text_json_is_the_prompt_and_the_text(exported):
+    """predict had no --json: a script reading a generated text took all of stdout for it. --json
+    prints {"prompt", "text"}, the text that predict prints without it."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    gen, _ = exported
+    args = ["predict", gen, "--text", "def ", "--max-len", "5", "--seed", "3", "--threads", "1", "--device", "cpu"]
+    plain, res = CliRunner().invoke(app, args), CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0 and plain.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"prompt": "def ", "text": plain.stdout[:-1]}
