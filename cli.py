@@ -165,7 +165,8 @@ def _shell(path: str) -> str:
 
 
 def _print_json(value, indent: Optional[int] = 2) -> None:
-    """What --json (and eval) print: valid JSON, a metric that is NaN or infinite as null. eval
+    """What --json (and eval) print: valid JSON, a metric that is NaN as null, an infinite one as
+    "Infinity" or "-Infinity" (runtime.jsontext). eval
     printed '"accuracy": -Infinity', which jq and other strict parsers refuse."""
     from runtime.jsontext import dumps
 

@@ -316,7 +316,7 @@ def main():
     if "mixed" in args.only:
         report["mixed_precision"] = mixed_precision_scaling(args.steps)
     if args.json:
-        from runtime.jsontext import dumps  # strict JSON: a number that is not finite is null
+        from runtime.jsontext import dumps  # strict JSON: a NaN is null, an infinity "Infinity"
 
         with open(args.json, "w") as f:
             f.write(dumps(report, indent=1))

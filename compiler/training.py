@@ -238,7 +238,7 @@ class CompiledModel:
         writes them again, and a full disk must not leave the run's graphs truncated.
         `hint` for a directory that is not a run's, `names` for a run's (see atomic_write)."""
         from runtime.checkpoint import atomic_write
-        from runtime.jsontext import dumps  # (strict JSON: a number that is not finite is null)
+        from runtime.jsontext import dumps  # (strict JSON: a NaN is null, an infinity "Infinity")
 
         os.makedirs(directory, exist_ok=True)
         written = []

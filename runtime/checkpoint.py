@@ -336,7 +336,7 @@ def load_checkpoint(path: str, names: ArgNames = FLAGS, purpose: str = "read") -
             meta = json.loads(bytes(z[META_KEY]).decode())
             if not isinstance(meta, dict):
                 raise ValueError(f"its {META_KEY} is not a record")
-            meta = checkpoint_record(meta)  # (a metric that was not finite is null there)
+            meta = checkpoint_record(meta)  # (a NaN metric is null there, an infinite one "Infinity" or "-Infinity")
             state = {k[2:]: z[k] for k in z.files if k.startswith("t:")}
     except FileNotFoundError:
         raise DataError(f"no checkpoint at {path}", hint="pass a run directory that 'flowgrad train' wrote, or train first") from None

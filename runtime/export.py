@@ -16,7 +16,7 @@ from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, Expo
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
 from .data import array_named, as_array, check_below, check_fits, check_least_size, check_lengths, shape_text
-from .jsontext import dumps  # (the model's metadata is strict JSON: a number that is not finite is null)
+from .jsontext import dumps  # (the model's metadata is strict JSON: a NaN is null, an infinity "Infinity")
 from .session import shifts_in_float64
 
 # Above this, weights go to an external data file next to the model (protobuf's 2 GB limit).

@@ -7,6 +7,7 @@ import os
 
 from spec.errors import FLAGS, DataError
 
+from . import jsontext
 
 
 def save_figure(fig, output: str, dpi: int) -> None:
@@ -65,14 +66,15 @@ def read_history(run_dir: str) -> list[dict]:
         # (another tool's metrics.jsonl: a record without its epoch was a KeyError traceback, and
         # values that are not numbers were drawn as categories)
         bad = "epoch" if not _is_number(record.get("epoch")) else next(
-            (k for k, v in record.items() if k.startswith(("train_", "valid_")) and v is not None and not _is_number(v)),
+            (k for k, v in record.items() if k.startswith(("train_", "valid_")) and not jsontext.is_number(v)),
             None)
         if bad is not None:
             raise DataError(f"{path}:{number}: not a record of an epoch that flowgrad train writes "
                             f"({bad} is {'missing' if bad not in record else repr(record[bad])})",
                             hint="pass a run directory that 'flowgrad train' wrote")
-        # a metric that was not finite is null (NaN in a file of an earlier flowgrad): NaN, a gap in its curve
-        history.append({k: math.nan if v is None and k.startswith(("train_", "valid_")) else v
+        # a metric that was NaN is null (NaN in a file of an earlier flowgrad), an infinite one "Infinity" or
+        # "-Infinity" (null in a file of an earlier flowgrad): read back as they were, gaps in their curves
+        history.append({k: jsontext.number_of(v) if k.startswith(("train_", "valid_")) else v
                         for k, v in record.items()})
     return history
 

@@ -1521,7 +1521,7 @@ def _resumed_history(run_dir: str, meta: dict, ckpt_path: str, names: ArgNames) 
                 # (a metric edited into text was taken: plot curves then refused the file, and as the final
                 # record, train's summary table failed on it in a traceback)
                 if not isinstance(record, dict) or not _a_number(record.get("epoch")) or record["epoch"] != i + 1 \
-                        or not all(v is None or _a_number(v) for k, v in record.items()
+                        or not all(jsontext.is_number(v) for k, v in record.items()
                                    if k.startswith(("train_", "valid_"))):
                     raise DataError(f"{names.given(resume=True)} {run_dir}: {path}:{number} is not the record of "
                                     f"epoch {i + 1}, and {covers}", hint=hint)

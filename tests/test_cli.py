@@ -481,8 +481,8 @@ def gradcheck_table(text: str, name: str) -> list[list[str]]:
 
 def as_table(checks: list[dict]) -> list[list[str]]:
     """gradcheck --json's records as its table shows them."""
-    def error(c):  # (an infinite error is null in JSON, 'inf' in the table)
-        return "-" if c["status"] == "not checkable here" else "inf" if c["relative_error"] is None \
+    def error(c):  # (an infinite error is "Infinity" in JSON, 'inf' in the table)
+        return "-" if c["status"] == "not checkable here" else "inf" if c["relative_error"] == "Infinity" \
             else f"{c['relative_error']:.2e}"
 
     return [[c["objective"], c["parameter"], error(c), c["status"]] for c in checks]
@@ -526,8 +526,8 @@ def test_gradcheck_json_of_a_failing_check_exits_1(tmp_path):
 @pytest.mark.parametrize("error, passed", [(float("nan"), True), (float("inf"), False)])
 def test_gradcheck_json_of_an_unchecked_or_an_infinite_error(error, passed, monkeypatch):
     """A parameter that no probe could check has no error and does not fail the check; an
-    infinite error (a NaN or infinite gradient) fails it, and is null as strict JSON writes any
-    number that is not finite."""
+    infinite error (a NaN or infinite gradient) fails it, and is "Infinity" as strict JSON writes
+    an infinite number (the unchecked one's is null)."""
     import compiler.gradcheck
 
     monkeypatch.setattr(compiler.gradcheck, "gradcheck_spec", lambda spec, seed: {"main": {"W": 1e-9, "b": error}})
@@ -536,9 +536,10 @@ def test_gradcheck_json_of_an_unchecked_or_an_infinite_error(error, passed, monk
     r = strict_json(res.stdout)
     status = "not checkable here" if passed else "FAIL"
     assert r["checks"] == [{"objective": "main", "parameter": "W", "relative_error": 1e-9, "status": "ok"},
-                           {"objective": "main", "parameter": "b", "relative_error": None, "status": status}]
+                           {"objective": "main", "parameter": "b", "relative_error": None if passed else "Infinity",
+                            "status": status}]
     assert as_table(r["checks"]) == gradcheck_table(shown.stdout, "mlp")
-    assert r["passed"] is passed and r["worst_relative_error"] == (1e-9 if passed else None)
+    assert r["passed"] is passed and r["worst_relative_error"] == (1e-9 if passed else "Infinity")
 
 
 def test_export_and_predict_round_trip(trained, tmp_path):
@@ -1629,7 +1630,8 @@ def test_output_to_a_file_or_pipe_is_not_cut_at_80_columns(tmp_path):
 
 def test_eval_prints_valid_json_when_a_metric_is_not_finite(tmp_path):
     """eval printed '"accuracy": -Infinity' for a metric that was infinite on its --data: not
-    JSON, and jq or any strict parser refused the whole output. Such a value is null."""
+    JSON, and jq or any strict parser refused the whole output. Such a value is null for a NaN,
+    "-Infinity" for -inf."""
     run = tmp_path / "run"
     invoke("train", MLP, "--set", "dims.H=4", "--set", "metrics.accuracy=mean(log(x + 1))", "--steps", "1",
            "--run-dir", run, "--quiet", "--device", "cpu")
@@ -1640,7 +1642,7 @@ def test_eval_prints_valid_json_when_a_metric_is_not_finite(tmp_path):
         raise ValueError(f"not JSON: {constant}")
 
     metrics = json.loads(out, parse_constant=refuse)
-    assert metrics["accuracy"] is None and np.isfinite(metrics["loss"])
+    assert metrics["accuracy"] == "-Infinity" and np.isfinite(metrics["loss"])
 
 
 def test_plot_attention_takes_checkpoint_as_export_does(tmp_path, monkeypatch):
