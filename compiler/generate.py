@@ -2,7 +2,8 @@
 
 The graph takes `prompt` (int64 token ids [P]), `max_len` (int64), `temperature`
 (float; 0 picks the most likely token) and `seed` (int64), and returns
-`tokens` [max_len] (none at max_len 0 or below: see _lengths). It runs the
+`tokens` [max_len] (none at max_len 0 or below: see _lengths), in the int type of the spec's
+token input (generate.input; a beam search's tokens too). It runs the
 spec's graph over the prompt once, carrying out every recurrent layer's final
 state, then loops: sample a token from the last logits (Gumbel-max with the
 counter-based generator, so a seed replays exactly), feed it through the graph
@@ -278,6 +279,7 @@ def _build_sampler(spec: S.Spec, dtype: str):
         steps, kept = _lengths(g, max_len)
         res = run_scan(g, body, [last] + states, [steps], sb.nonseq_outer, stack=(False,) * (1 + len(states)))
         tokens = g.apply("take", g.apply("reshape", res[-1], shape=(-1,)), kept, axis=0)
+        tokens = g.cast(tokens, decl.dtype)  # the ids in the token input's int type (an int32 model's were int64)
     b = _Builder(low.graph, spec.name)
     b.out("tokens", "output", tokens)
     return b
@@ -424,7 +426,7 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         best, norm = length_normalised_best(g, scores, lengths, alpha)
         best_seq = g.apply("take_along_axis", seqs, g.apply("broadcast_like", g.apply("unsqueeze", best, axes=(-1,)),
                                                             g.apply("index", seqs, spec=((None, None, None), (0, 1, None))), ), axis=1)
-        tokens = g.apply("squeeze", best_seq, axes=(1,))
+        tokens = g.cast(g.apply("squeeze", best_seq, axes=(1,)), decl.dtype)  # in the token input's int type
         best_score = g.apply("squeeze", g.apply("take_along_axis", norm, best, axis=-1), axes=(1,))
     b = _Builder(low.graph, spec.name)
     b.out("tokens", "output", tokens)

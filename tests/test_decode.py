@@ -535,3 +535,29 @@ def test_zeros_sized_by_the_batch_read_no_labels_in_the_inference_and_decoding_g
     assert fed == {"infer": {"tgt_in", "src", "src_len"},
                    "generate": {"src", "src_len", "beam_width", "max_len", "length_penalty"}}
     _greedy_translation_equals_the_inference_graph(text)
+
+
+def test_a_translator_with_int32_tokens_decodes_int32_tokens():
+    """A beam search over an int32 token input returned int64 tokens: they follow the token input's
+    int type (the same ids as an int64 translator's), and the graph passes onnx's checker with its
+    shape inference."""
+    import onnx
+
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    text = INIT_DECODER % "gru(ys, H, init=[last])"
+    small = text.replace("tgt_in: {shape: [N, T], dtype: int64}", "tgt_in: {shape: [N, T], dtype: int32}")
+    assert small != text
+    feeds = {"src": np.asarray([[3, 5, 4, 6], [7, 3, 0, 0]]), "src_len": np.asarray([4, 2]), "beam_width": np.asarray(2),
+             "max_len": np.asarray(5), "length_penalty": np.asarray(0.6)}
+    outs = []
+    for t in (text, small):
+        cm = compile_spec(spec_from_text(t, "s2s.yaml"), "float64", graphs=("generate",))
+        model = cm.graphs["generate"].model
+        onnx.checker.check_model(onnx.shape_inference.infer_shapes(model, strict_mode=True), full_check=True)
+        state = cm.initial_state(3)
+        outs.append(Runner(model)({**feeds, **{i.name: state[i.name] for i in cm.graphs["generate"].inputs
+                                               if i.name in state}})["tokens"])
+    assert outs[0].dtype == np.int64 and outs[1].dtype == np.int32
+    assert outs[1].tolist() == outs[0].tolist()

@@ -704,3 +704,34 @@ def test_predict_text_json_is_the_prompt_and_the_text(exported):
     plain, res = CliRunner().invoke(app, args), CliRunner().invoke(app, [*args, "--json"])
     assert res.exit_code == 0 and plain.exit_code == 0, res.output
     assert json.loads(res.stdout) == {"prompt": "def ", "text": plain.stdout[:-1]}
+
+
+def test_an_int32_language_model_generates_int32_tokens(tmp_path):
+    """A language model whose token input is int32 exported a sampler whose tokens were int64: the
+    generated ids follow the token input's int type, the file passes onnx's checker with its
+    shape inference, and predict prints and writes them as before."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    spec = load(os.path.join(ROOT, "models", "char_lstm.yaml"),
+                ["dims.H=8", "dims.E=4", "train.data.options.seq_len=8", "inputs.x.dtype=int32", "inputs.y.dtype=int32"])
+    result = train(spec, run_dir=str(tmp_path / "run"), steps=2, threads=1, device="cpu")
+    gen = str(tmp_path / "gen.onnx")
+    export(result.run_dir, gen)
+    model = load_model_safely(gen)
+    onnx.checker.check_model(model, full_check=True)
+    assert {o.name: o.type.tensor_type.elem_type for o in model.graph.output} == {"tokens": onnx.TensorProto.INT32}
+    out = predict(gen, {"prompt": np.asarray([5, 6]), "max_len": np.asarray(6), "temperature": np.asarray(0.0, np.float32),
+                        "seed": np.asarray(0)})["tokens"]
+    assert out.dtype == np.int32 and out.shape == (6,)
+    text = generate_text(gen, "The ", max_len=6, temperature=0.0)
+    assert len(text) == 6
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", gen, "--text", "The ", "--max-len", "6", "--temperature", "0"])
+    assert res.exit_code == 0 and res.stdout == f"The {text}\n", res.output
+    np.savez(tmp_path / "feeds.npz", prompt=np.asarray([5, 6]), max_len=np.asarray(6), temperature=np.asarray(0.0),
+             seed=np.asarray(0))
+    res = runner.invoke(app, ["predict", gen, "--data", str(tmp_path / "feeds.npz")])
+    assert res.exit_code == 0 and "tokens: shape [6] dtype int32" in res.stdout, res.output
+    assert res.stdout.split("\n", 1)[1].strip() == str(out)
