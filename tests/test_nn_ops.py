@@ -475,3 +475,32 @@ def test_conv_and_pool_argument_errors_point_at_the_argument(expr, arg, message)
     col = text.splitlines()[line].index(arg) + 1
     assert str(info.value).startswith(f"conv.yaml:{line + 1}:{col}: {message}"), str(info.value)
     assert info.value.hint
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("attrs", [{"kernel": 3, "stride": 1, "padding": 1}, {"kernel": 2, "padding": 1},
+                                   {"kernel": (3, 2), "stride": (2, 1), "padding": (1, 0)}])
+def test_a_max_pool_over_minus_inf_entries_and_padding_is_minus_inf(dtype, attrs):
+    """onnxruntime's MaxPool pads with the float type's lowest number: a padded window whose
+    entries were all -inf (a map masked with -inf) pooled to -3.4e38 instead of -inf, as
+    PyTorch's max_pool2d gives. The padding is a Pad of -inf: windows of -inf entries pool to -inf,
+    the others as before, and the gradient still goes to each window's first maximum."""
+    g = Graph(float_dtype=dtype)
+    x = g.add_input("x", dtype, (1, 2, 4, 5))
+    c = g.add_input("c", dtype, (1, 2) + NN_OPS["max_pool2d"].infer({**{"stride": None, "padding": 0}, **attrs},
+                                                                      x.type)[0].shape[2:])
+    y = g.apply("max_pool2d", x, **attrs)
+    (gx,) = grad([g.apply("sum", y * c)], [x])
+    model = emit_model(g, [("x", x), ("c", c)], [("y", y), ("gx", gx)])
+    rng = np.random.default_rng(0)
+    feeds = {"x": np.where(rng.uniform(size=(1, 2, 4, 5)) < 0.7, -np.inf, rng.normal(size=(1, 2, 4, 5))).astype(dtype)}
+    feeds["x"][0, 1] = -np.inf  # the second channel all -inf
+    feeds["c"] = rng.normal(size=c.shape).astype(dtype)
+    run = Runner(model)
+    assert run.backend == "onnxruntime"
+    got = run(feeds)
+    full = {"stride": None, "padding": 0, **attrs}
+    want = NN_OPS["max_pool2d"].ref(full, feeds["x"])
+    assert np.isneginf(want).any() and np.isneginf(want[0, 1]).all()
+    np.testing.assert_array_equal(got["y"], want)
+    np.testing.assert_array_equal(got["gx"], all_ops()["max_pool2d_grad"].ref(full, feeds["c"], feeds["x"]))

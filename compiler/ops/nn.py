@@ -575,10 +575,11 @@ class _PoolGeom:
         return out
 
 
-def _pool_padding(e, geom: _PoolGeom, x: str, fill) -> tuple[str, list[int]]:
-    """(input, pads) for a pooling node: unequal pads are applied apart with an explicit
-    Pad of `fill`, because onnx's reference pooling misreads unequal pads."""
-    if geom.p[0] == geom.p[1]:
+def _pool_padding(e, geom: _PoolGeom, x: str, fill, apart: bool = False) -> tuple[str, list[int]]:
+    """(input, pads) for a pooling node: unequal pads (and any pads, with `apart`) are applied
+    apart with an explicit Pad of `fill`, because onnx's reference pooling misreads unequal pads.
+    An unpadded pool reads x itself."""
+    if geom.p == (0, 0) or geom.p[0] == geom.p[1] and not apart:
         return x, list(geom.p) * 2
     pads = e.ints([0, 0, geom.p[0], geom.p[1], 0, 0, geom.p[0], geom.p[1]])
     return e.add("Pad", [x, pads, e.const(fill)], mode="constant"), [0, 0, 0, 0]
@@ -661,8 +662,10 @@ class MaxPool2d(OpDef):
 
     def emit(self, e, node, ins, outs):
         geom = _pool_geom(node.attrs, node.inputs[0].type)
-        # -inf padding never wins the max
-        x, pads = _pool_padding(e, geom, ins[0], np.asarray(-np.inf, dtype=node.inputs[0].dtype))
+        # -inf padding never wins the max. Written as a Pad: onnxruntime's MaxPool pads with the
+        # float type's lowest number, which a window of -inf entries (-inf inputs, a masked
+        # feature map) gave instead of -inf
+        x, pads = _pool_padding(e, geom, ins[0], np.asarray(-np.inf, dtype=node.inputs[0].dtype), apart=True)
         e.add("MaxPool", [x], outs, kernel_shape=list(geom.k), strides=list(geom.s), pads=pads)
 
     def vjp(self, node, gouts):
