@@ -343,3 +343,112 @@ def test_fused_update_equals_per_parameter_update(name, monkeypatch):
         results[fused] = {k: v for k, v in trainer.state_numpy().items() if k in cm.params}
     for k in results[True]:
         np.testing.assert_allclose(results[True][k], results[False][k], rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------ the training loop: schedules, accumulation, resume
+def _torch_schedulers():
+    """flowgrad's lr_schedule settings and the torch.optim.lr_scheduler code a PyTorch script
+    would write for them, stepped once per optimizer update (TOTAL updates, SPE per epoch)."""
+    from torch.optim import lr_scheduler as L
+
+    total, spe, w = TOTAL_UPDATES, 4, 5
+    lin = lambda o: L.LinearLR(o, start_factor=1 / w, end_factor=1.0, total_iters=w - 1)  # noqa: E731
+    return {
+        "constant": ({"constant": {}}, lambda o: L.LambdaLR(o, lambda k: 1.0)),
+        "step": ({"step": {"every": 6, "gamma": 0.5}}, lambda o: L.StepLR(o, 6, 0.5)),
+        "step_default_gamma": ({"step": {"every": 6}}, lambda o: L.StepLR(o, 6)),
+        # gamma per epoch applied smoothly: torch's ExponentialLR of gamma ** (1 / steps per epoch)
+        # stepped per update (ExponentialLR(gamma) stepped per epoch agrees at each epoch's first update)
+        "exponential": ({"exponential": {"gamma": 0.5}}, lambda o: L.ExponentialLR(o, 0.5 ** (1 / spe))),
+        # the last update takes min_lr: T_max is the number of updates less one
+        "cosine": ({"cosine": {"min_lr": 0.001}}, lambda o: L.CosineAnnealingLR(o, total - 1, 0.001)),
+        "cosine_null": ({"cosine": None}, lambda o: L.CosineAnnealingLR(o, total - 1)),
+        # a warmup's first update takes lr / warmup, its last lr
+        "warmup": ({"warmup": w}, lin),
+        "warmup_constant": ({"warmup": w, "constant": None}, lin),
+        # the cosine starts after the warmup ...
+        "warmup_cosine": ({"warmup": w, "cosine": {"min_lr": 0.001}},
+                          lambda o: L.SequentialLR(o, [lin(o), L.CosineAnnealingLR(o, total - w - 1, 0.001)], [w])),
+        # ... a step or exponential decay counts from the first update, under the warmup
+        "warmup_step": ({"warmup": w, "step": {"every": 3, "gamma": 0.5}},
+                        lambda o: L.ChainedScheduler([lin(o), L.StepLR(o, 3, 0.5)])),
+        "warmup_exponential": ({"warmup": w, "exponential": {"gamma": 0.5}},
+                               lambda o: L.ChainedScheduler([lin(o), L.ExponentialLR(o, 0.5 ** (1 / spe))])),
+    }
+
+
+TOTAL_UPDATES = 20
+
+
+@pytest.mark.parametrize("kind", ["constant", "step", "step_default_gamma", "exponential", "cosine", "cosine_null",
+                                  "warmup", "warmup_constant", "warmup_cosine", "warmup_step", "warmup_exponential"])
+def test_lr_schedules_follow_torch_lr_scheduler(kind):
+    """Each lr_schedule gives, at update k, the lr that the PyTorch scheduler written for it
+    (stepped once per optimizer step) gives (see the schema's lr_schedule descriptions)."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    from runtime.schedules import lr_schedule
+
+    cfg, make = _torch_schedulers()[kind]
+    ours = lr_schedule(0.1, cfg, TOTAL_UPDATES, 4)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (SequentialLR's and ChainedScheduler's notes on step order)
+        sched = make(opt)
+        want = []
+        for _ in range(TOTAL_UPDATES):
+            want.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    np.testing.assert_allclose([ours(k) for k in range(TOTAL_UPDATES)], want, rtol=1e-12, atol=0)
+    if kind == "exponential":  # torch's per-epoch ExponentialLR at each epoch's first update
+        assert all(abs(ours(4 * e) - 0.1 * 0.5 ** e) < 1e-15 for e in range(5))
+
+
+def _loop_spec(optimizer):
+    return spec_from_dict({
+        "flowgrad": 1, "name": "lin", "dims": {"D": D, "K": K},
+        "inputs": {"x": {"shape": ["N", "D"]}, "y": {"shape": ["N", "K"]}},
+        "params": {"W": {"shape": ["D", "K"], "init": "ones"}, "b": {"shape": ["K"], "init": "ones"}},
+        "loss": "mean((x @ W + b - y) ** 2)",
+        "train": {"optimizer": optimizer, "dtype": "float64", "shuffle": False, "batch_size": 3, "clip_norm": 0.5,
+                  "lr_schedule": {"warmup": 2, "step": {"every": 3, "gamma": 0.5}}},
+    })
+
+
+@pytest.mark.parametrize("name", ["adam_weight_decay", "adamw", "sgd_nesterov", "rmsprop_momentum", "adagrad"])
+def test_the_training_loop_counts_updates_across_accumulation_and_a_resume(tmp_path, name):
+    """flowgrad train --accumulate 2 --freeze b, stopped after 5 updates and resumed to 11, makes
+    the updates of torch.optim stepping once per 2 batches: Adam's t counts the updates (it goes
+    on from 6 after the resume, not from 1), the schedule's lr is that of the update, the gradient
+    is clipped after the 2 batches are summed, and the frozen b never moves (nor decays)."""
+    from runtime import api
+    from runtime.checkpoint import load_checkpoint
+
+    optimizer = CONFIGS[name][0]
+    spec = _loop_spec(optimizer)
+    rng = np.random.default_rng(3)
+    data = {"x": rng.normal(size=(20, D)), "y": rng.normal(size=(20, K))}  # 7 batches: 4 updates an epoch
+    run_dir = str(tmp_path / "run")
+    common = dict(data=data, run_dir=run_dir, threads=1, accumulate=2, freeze=["b"])
+    api.train(spec, steps=5, **common)
+    state, meta = load_checkpoint(f"{run_dir}/checkpoint.npz")
+    assert meta["step"] == 5
+    api.train(spec, steps=11, resume=True, **common)
+    state, meta = load_checkpoint(f"{run_dir}/checkpoint.npz")
+    assert meta["step"] == 11
+
+    grads_at = raw_grads_runner(spec)
+    lr0 = next(iter(optimizer.values()))["lr"]
+    ref = Reference(optimizer, clip_norm=0.5)
+    params = {"W": np.ones((D, K)), "b": np.ones(K)}
+    groups = [(0, 6), (6, 12), (12, 18), (18, 20)]
+    for t in range(1, 12):
+        lo, hi = groups[(t - 1) % 4]
+        batch = {k: v[lo:hi] for k, v in data.items()}
+        lr = lr0 * min(1.0, t / 2) * 0.5 ** ((t - 1) // 3)
+        params = {"W": ref.step({"W": params["W"]}, {"W": grads_at(params, batch)["W"]}, lr, t)["W"], "b": params["b"]}
+    assert ref.clip_scales and min(ref.clip_scales) < 1.0, "clipping never engaged; the test would not test it"
+    np.testing.assert_allclose(state["W"], params["W"], rtol=1e-11, atol=1e-14)
+    np.testing.assert_array_equal(state["b"], np.ones(K))
