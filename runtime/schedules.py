@@ -10,7 +10,8 @@ from spec.errors import SpecError
 def check_schedule_fits(spec, total_steps: int, length: str) -> None:
     """A warmup or a step decay that the run ends before reaching changes nothing it promises:
     a warmup of more steps than the run leaves the learning rate below lr to the end (and a
-    cosine after it never anneals), a step decay every more steps than the run never decays.
+    cosine after it never anneals, nor does one after a warmup of all steps but the last: that
+    step takes lr), a step decay every more steps than the run never decays.
     `length` says how the run got its `total_steps` ('300 optimizer steps (30 epochs of 10)')."""
     cfg = (spec.train or {}).get("lr_schedule") or {}
     warmup = cfg.get("warmup") or 0
@@ -18,6 +19,13 @@ def check_schedule_fits(spec, total_steps: int, length: str) -> None:
         raise SpecError(f"train.lr_schedule.warmup {warmup} is not shorter than the run, {length}: the learning "
                         f"rate would not reach lr before the run's last step, if at all"
                         + (", and the cosine would never anneal it" if "cosine" in cfg else ""),
+                        spec.locate("train", "lr_schedule", "warmup"),
+                        f"warm up over a part of the run, e.g. warmup: {max(total_steps // 10, 1)}, or train for "
+                        f"more steps")
+    if "cosine" in cfg and warmup and warmup == total_steps - 1:
+        # the one update after the warmup takes lr: the cosine never reaches min_lr
+        raise SpecError(f"train.lr_schedule.warmup {warmup} leaves the cosine one optimizer step of the run, "
+                        f"{length}: that step takes lr, and the cosine never anneals it to min_lr",
                         spec.locate("train", "lr_schedule", "warmup"),
                         f"warm up over a part of the run, e.g. warmup: {max(total_steps // 10, 1)}, or train for "
                         f"more steps")

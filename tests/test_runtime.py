@@ -1387,13 +1387,17 @@ def test_lengths_an_attention_reads_are_at_least_1(tmp_path):
      "train.lr_schedule.warmup 50 is not shorter than the run, 12 optimizer steps (3 epochs of 4): the "
      "learning rate would not reach lr before the run's last step, if at all", "e.g. warmup: 1, or train for more"),
     ("train.lr_schedule={cosine: {}, warmup: 12}", "and the cosine would never anneal it", "warmup: 1"),
+    ("train.lr_schedule={cosine: {}, warmup: 11}",
+     "train.lr_schedule.warmup 11 leaves the cosine one optimizer step of the run, 12 optimizer steps (3 epochs of "
+     "4): that step takes lr, and the cosine never anneals it to min_lr", "warmup: 1"),
     ("train.lr_schedule={step: {every: 12}}",
      "train.lr_schedule.step.every 12 is not shorter than the run, 12 optimizer steps (3 epochs of 4): "
      "the learning rate would never decay", "decay within the run, e.g. every: 4"),
 ])
 def test_a_schedule_the_run_ends_before_is_refused_at_it(tmp_path, schedule, message, hint):
-    """warmup: 500 over a run of 12 steps never reached lr (nor annealed a cosine after it), and
-    step every 12 never decayed, without a word: both are refused before training, located."""
+    """warmup: 500 over a run of 12 steps never reached lr (nor annealed a cosine after it), a
+    warmup of 11 left a cosine its last step at lr, and step every 12 never decayed, without a
+    word: each is refused before training, located."""
     spec = load(MLP, SMALL + ["train.batch_size=400", schedule])
     with pytest.raises(SpecError) as e:
         train(spec, run_dir=str(tmp_path / "run"), epochs=3, threads=1, device="cpu")
