@@ -516,7 +516,8 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
             # {std:0.1}: YAML reads a colon with no space after it as part of the key
             unspaced = f"write a space after the colon: {{{name}: {rest}}}" if colon and name in allowed and rest else None
             out.append(SpecError(f"unknown key '{key}' {inside}", locate_key(tree, path + [key], file), unspaced or
-                                 (init_hint(key) if set(allowed) >= set(INIT_KINDS) else None)
+                                 e.schema.get("x-key-hints", {}).get(key)  # (another library's name for a key)
+                                 or (init_hint(key) if set(allowed) >= set(INIT_KINDS) else None)
                                  or _choices_hint(key, allowed, f"{where or 'it'} takes no keys: remove '{key}'")))
         return out
     if v == "required":

@@ -452,3 +452,46 @@ def test_the_training_loop_counts_updates_across_accumulation_and_a_resume(tmp_p
     assert ref.clip_scales and min(ref.clip_scales) < 1.0, "clipping never engaged; the test would not test it"
     np.testing.assert_allclose(state["W"], params["W"], rtol=1e-11, atol=1e-14)
     np.testing.assert_array_equal(state["b"], np.ones(K))
+
+
+# ------------------------------------------------------------------ bad settings
+BAD_OPTIMIZERS = [
+    ("{sgd: {lr: -0.1}}", "train.optimizer.sgd.lr must be > 0, not -0.1", "above 0"),
+    ("{sgd: {lr: .nan}}", "train.optimizer.sgd.lr must be a finite number, not nan", "finite"),
+    ("{sgd: {lr: true}}", "train.optimizer.sgd.lr must be a number, not the boolean true", "lr: 0.1"),
+    ("{sgd: {lr: 0.1, momentum: 1}}", "train.optimizer.sgd.momentum must be < 1, not 1", "below 1"),
+    ("{sgd: {lr: 0.1, nesterov: true}}", "nesterov needs momentum", "momentum: 0.9, nesterov: true"),
+    ("{sgd: {lr: 0.1, momentum: 0.0, nesterov: true}}", "nesterov needs momentum", "momentum: 0.9, nesterov: true"),
+    ("{sgd: {lr: 0.1, dampening: 0.1}}", "unknown key 'dampening' in train.optimizer.sgd", "momentum"),
+    ("{adam: {lr: 0.1, beta1: 1.0}}", "train.optimizer.adam.beta1 must be < 1, not 1.0", "below 1"),
+    ("{adamw: {lr: 0.1, beta2: -0.1}}", "train.optimizer.adamw.beta2 must be >= 0, not -0.1", "at least 0"),
+    ("{adam: {lr: 0.1, betas: [0.9, 0.99]}}", "unknown key 'betas' in train.optimizer.adam",
+     "write PyTorch's betas=(b1, b2) as beta1: b1, beta2: b2"),
+    ("{adamw: {lr: 0.1, betas: [0.9, 0.99]}}", "unknown key 'betas' in train.optimizer.adamw", "beta1: b1, beta2: b2"),
+    ("{adam: {lr: 0.1, amsgrad: true}}", "unknown key 'amsgrad' in train.optimizer.adam", "beta1"),
+    ("{adamw: {lr: 0.1, weight_decay: -1}}", "train.optimizer.adamw.weight_decay must be >= 0, not -1", "at least 0"),
+    ("{adagrad: {lr: 0.1, eps: 0}}", "train.optimizer.adagrad.eps must be > 0, not 0", "above 0"),
+    ("{rmsprop: {lr: 0.1, alpha: 1}}", "train.optimizer.rmsprop.alpha must be < 1, not 1", "below 1"),
+    ("{rmsprop: {lr: 0.1, centered: true}}", "unknown key 'centered' in train.optimizer.rmsprop", "alpha"),
+]
+
+
+@pytest.mark.parametrize("optimizer, message, hint", BAD_OPTIMIZERS)
+def test_a_bad_optimizer_setting_is_one_located_line_with_a_hint(optimizer, message, hint):
+    """Never silently accepted: a bad value (or a PyTorch key flowgrad does not take) is refused when
+    the spec is read or compiled, on one line at its file:line, with a hint."""
+    from compiler.training import objectives_of
+    from spec import spec_from_text
+    from spec.errors import SpecError
+
+    text = ("flowgrad: 1\nname: lin\ndims: {D: 3}\ninputs:\n  x: {shape: [N, D]}\nparams:\n  W: {shape: [D], init: normal}\n"
+            f"loss: mean((x @ W) ** 2)\ntrain:\n  optimizer: {optimizer}\n")
+    with pytest.raises(SpecError) as info:
+        objectives_of(spec_from_text(text, "models/bad.yaml"))
+    e = info.value
+    errs = getattr(e, "errors", None) or [e]
+    assert len(errs) == 1
+    e = errs[0]
+    assert e.message == message and hint in e.hint
+    assert "\n" not in e.message and "\n" not in e.hint
+    assert e.loc.file == "models/bad.yaml" and e.loc.line == 10 and e.loc.col >= 14
