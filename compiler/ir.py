@@ -90,6 +90,21 @@ def dim_symbols(d: Dim) -> list[str]:
     return [dim_shift(n)[0] if dim_shift(n) else n for n in names]
 
 
+def dim_value(d: Dim, sizes: dict, default: int | None = None) -> int | None:
+    """The size of dim `d` where its names have the `sizes` given ("2*N*(T-1)" with N 4 and T 3:
+    16); a name not in `sizes` counts as `default`, or makes it None."""
+    if isinstance(d, int):
+        return d
+    out, names = _factors(d)
+    for part in names:
+        name, k = dim_shift(part) or (part, 0)
+        size = sizes.get(name, default)
+        if size is None:
+            return None
+        out *= max(int(size) - k, 0)
+    return out
+
+
 def dim_mul(a: Dim, b: Dim) -> Dim:
     ca, na = _factors(a)
     cb, nb = _factors(b)
@@ -438,6 +453,17 @@ def producers_of(values: Iterable[Value]) -> list[Node]:
                 order.append(node)
         done.add(id(root.producer))
     return order
+
+
+def body_nodes(node: Node) -> list[Node] | None:
+    """The nodes of a subgraph op's body (scan's step, a block call), or None for a plain op."""
+    for v in node.attrs.values():
+        outs = getattr(v, "new_carries", None)
+        if outs is not None and isinstance(getattr(v, "graph", None), Graph):  # a scan Body
+            return producers_of(list(outs) + list(getattr(v, "extras", [])))
+        if isinstance(v, Graph):
+            return list(v.nodes)
+    return None
 
 
 def reads_shape_only(node: Node, i: int) -> bool:

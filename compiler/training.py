@@ -146,6 +146,9 @@ class CompiledGraph:
     # a deployment graph's dim that numbers the examples of its data inputs and outputs, each output
     # row computed from that row of the inputs alone (see independent_rows): predict runs it in batches
     rows: str | None = None
+    # the least sizes that the slices this graph runs assume (see least_sizes): export hands a
+    # deployment graph's to predict, where a slice that the loss alone reads does not count
+    least_sizes: dict | None = None
 
     @property
     def node_count(self) -> int:
@@ -224,6 +227,7 @@ class CompiledModel:
                     "inputs": [i.to_json() for i in g.inputs],
                     "outputs": [o.to_json() for o in g.outputs],
                     **({"rows": g.rows} if g.rows else {}),
+                    **({"least_sizes": g.least_sizes} if g.least_sizes is not None else {}),
                 }
                 for k, g in self.graphs.items()
             },
@@ -435,6 +439,7 @@ class _Builder:
 
     def emit(self, kind: str, optimize_graph: bool, doc: str, objective=None) -> CompiledGraph:
         values = [v for _, _, v in self.outputs]
+        least = least_sizes(self.g, values)  # (before the rewrites, which may fold its slices away)
         if optimize_graph:
             rewrite_forward(values)
             values = optimize(values)
@@ -455,6 +460,7 @@ class _Builder:
             [GraphIO(n, role, v.dtype, list(v.shape)) for (n, role, _), v in zip(self.outputs, values)],
             objective,
             rows=independent_rows([gi.value for _, gi in ins if gi.kind == "input"], values) if kind == "infer" else None,
+            least_sizes=least,
         )
 
 
@@ -1157,23 +1163,31 @@ def index_bounds(g: Graph) -> dict[str, tuple[int, str]]:
     return bounds
 
 
-def least_sizes(g: Graph) -> dict[str, dict]:
+def least_sizes(g: Graph, values: list[Value] | None = None) -> dict[str, dict]:
     """{symbolic dim: {"least": n, "slice": "[-1:-4:-2]", "at": where the spec writes it}} for the
     slices whose static size holds only where the dim has n entries or more (x[:, -1:-4:-2] reads
     2 steps of T where T >= 3, 1 where T is 2: the graph said 2, and the gradient's inputs failed
-    in onnxruntime). Data with a shorter dim is refused before it runs, at the slice."""
-    from .ir import dim_shift
+    in onnxruntime). Data with a shorter dim is refused before it runs, at the slice. A product
+    of dims (reshape(x, [-1, 3]) of x [N, T, 6] is [2*N*T, 3]) is recorded as it is written, and
+    checked with the sizes the data gives its dims (runtime.data.check_least_sizes). The slices in
+    scan steps and block calls count: their dims are the graph's. `values`: the slices that
+    compute them alone (a deployment graph's outputs), else all of the graph's."""
+    from .ir import body_nodes, dim_shift
     from .ops.indexing import _slice_plan
 
     out: dict[str, dict] = {}
-    for node in g.nodes:
+    todo = list(g.nodes if values is None else producers_of(values))
+    while todo:
+        node = todo.pop(0)
         if node.op.name != "slice":
+            todo.extend(body_nodes(node) or [])
             continue
         for a in _slice_plan(node.attrs, node.inputs[0].shape):
-            shift = dim_shift(a.dim)  # (a slice of T-1 that needs 3 entries needs T of 4)
-            if a.kind not in ("symbolic", "shift") or shift is None:
+            if a.kind not in ("symbolic", "shift"):
                 continue
-            dim, least = shift[0], a.least + shift[1]
+            # (a slice of T-1 that needs 3 entries needs T of 4)
+            dim, least = dim_shift(a.dim) or (a.dim, 0)
+            least += a.least
             if least > out.get(dim, {}).get("least", 0):
                 out[dim] = {"least": least, "slice": a.text(), "at": str(node.loc) if node.loc else ""}
     return out

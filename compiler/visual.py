@@ -36,7 +36,7 @@ from spec.errors import FLAGS, FlowgradError, Loc, SpecError
 from spec.expr import unparse
 
 from .autodiff import grad
-from .ir import Graph, Node, Value, at, fmt_shape, is_float, producers_of
+from .ir import Graph, Node, Value, at, body_nodes, dim_value, fmt_shape, is_float, producers_of
 from .lower import Lowering, ParamInfo, blocks_in, blocks_reached
 
 # ------------------------------------------------------------------ style
@@ -237,7 +237,7 @@ class SpecGraph:
                 self._add(SpecNode(key, kind, a.targets[0], a.loc, a.expr, self.sink_values[key]))
         for node in low.graph.nodes:
             owner = low.node_owner.get(id(node))
-            if owner in self.nodes and _body_nodes(node) is not None:
+            if owner in self.nodes and body_nodes(node) is not None:
                 self.nodes[owner].subgraphs.append(node)
         for n in self.nodes.values():
             names = names_in(n.expr)
@@ -393,7 +393,7 @@ def _spec_label(n: SpecNode) -> str:
         ops = [x.op.name for x in n.subgraphs]
         what = ", ".join([f"block {b}" for b in n.blocks] or
                          [f"{ops.count(o)} {o}s" if ops.count(o) > 1 else o for o in dict.fromkeys(ops)])
-        steps = sum(len([b for b in (_body_nodes(x) or []) if not is_constant(b)]) for x in n.subgraphs)
+        steps = sum(len([b for b in (body_nodes(x) or []) if not is_constant(b)]) for x in n.subgraphs)
         block = f'<FONT POINT-SIZE="9" COLOR="#6b7280">  {_e(what)}' + (f" · {steps} ops per step" if steps else "") + "</FONT>"
     return (f'<<B>{_e(n.name)}</B> = <FONT FACE="{MONO}">{_e(expr)}</FONT>'
             f'<BR/><FONT FACE="{MONO}"><B>{_e(shape)}</B></FONT>  {loc}{block}>')
@@ -561,7 +561,7 @@ def _expand_subgraphs(d, sg: SpecGraph):
         drawn: set[str] = set()
         for k, node in enumerate(n.subgraphs):
             prefix = f"body/{n.key}/{k}"
-            body = _body_nodes(node) or []
+            body = body_nodes(node) or []
             with d.subgraph(name=_cluster_id(prefix)) as c:
                 # which way each scan runs, where it runs backward or the entry has several (a
                 # bidirectional layer's two were both "enc: scan step (14 ops)")
@@ -812,17 +812,6 @@ def _step_ends(node: Node, body: list[Node]) -> list[Node]:
     return ends or [b for b in body if not is_constant(b)][-1:]
 
 
-def _body_nodes(node: Node) -> list[Node] | None:
-    """The nodes of a subgraph op's body (scan's step, a block call), or None for a plain op."""
-    for v in node.attrs.values():
-        outs = getattr(v, "new_carries", None)
-        if outs is not None and isinstance(getattr(v, "graph", None), Graph):  # a scan Body
-            return producers_of(list(outs) + list(getattr(v, "extras", [])))
-        if isinstance(v, Graph):
-            return list(v.nodes)
-    return None
-
-
 def _body_length(node: Node, env: dict) -> int:
     """How many times a subgraph op runs its body (scan: the sequence length)."""
     body = node.attrs.get("body")
@@ -908,7 +897,7 @@ def ir_dot(step: IRStep, spec: S.Spec, expand: bool = False):
         phase = step.phase[id(n)]
         fill, color = IR_FILL[phase]
         cls = f"op {phase}"
-        body = _body_nodes(n)
+        body = body_nodes(n)
         if body is not None and not expand:
             target.node(ids[id(n)], _ir_label(n, f'  <FONT POINT-SIZE="8">({len(body)} ops inside)</FONT>'),
                         shape="box3d", style="filled", fillcolor=fill, color=color, **{"class": cls})
@@ -1008,15 +997,7 @@ def write_picture(d, path: str) -> tuple[str, str | None]:
 
 # ------------------------------------------------------------------ counting
 def _dim_value(d, env: dict) -> int:
-    if isinstance(d, int):
-        return d
-    from .ir import _factors, dim_shift
-
-    out, names = _factors(d)
-    for part in names:
-        name, k = dim_shift(part) or (part, 0)
-        out *= max(env.get(name, 1) - k, 0)
-    return out
+    return dim_value(d, env, 1)  # (a dim not given counts as 1)
 
 
 def _numel(shape, env) -> int:
@@ -1051,7 +1032,7 @@ def node_flops(n: Node, env: dict) -> dict[str, int]:
     out = n.outputs[0] if n.outputs else None
     if name in _FREE or out is None:
         return {}
-    body = _body_nodes(n)
+    body = body_nodes(n)
     if body is not None:
         T = _body_length(n, env)
         return {k: T * f for k, f in _flops_total(body, env).items() if k != "total"}
@@ -1163,7 +1144,7 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
     def walk(nodes):
         for n in nodes:
             sizes.update(p for o in n.outputs for d in o.shape for p in _symbols(d))
-            walk(_body_nodes(n) or [])
+            walk(body_nodes(n) or [])
 
     walk(low.graph.nodes)
     env, unset = batch_env(spec, B, dims, sizes)

@@ -23,7 +23,7 @@ from .checkpoint import check_checkpoint, load_checkpoint, refuse_replacing
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
 from .checks import MAX_THREADS, check_count, check_path, enclosing_run
-from .train import TrainOptions, TrainResult, batches, held_out_test, input_dtypes, needed_inputs
+from .train import TrainOptions, TrainResult, eval_batches, held_out_test, input_dtypes, least_rows, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
 
@@ -196,7 +196,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | Mapping |
     ds = D.cast_for(D.only(ds, needed), dtypes)
     trainer = Trainer(cm, pick_device(device, names=names), threads, state, seed)
     try:
-        return trainer.evaluate(b for _, b in batches(ds, batch_size))
+        return trainer.evaluate(eval_batches(ds, batch_size, least_rows(spec, cm)))
     except ORT_ERRORS as ex:
         from runtime.train import _step_failed
 

@@ -457,9 +457,6 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
                 if first[0] != got:
                     raise DataError(f"{array} has size {got} in dim {i} ({want}), but "
                                     f"{array_named(where, first[1], alone=True)} has {want} = {first[0]}", decl.loc, hint=f"arrays that share the dim {want} must have the same size in it: one example per row of each")
-        for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
-            if i and isinstance(want, str):
-                check_least_size(want, got, array, (least_sizes or {}).get(want))
         if a.ndim:
             lengths[name] = len(a)
     if len(set(lengths.values())) > 1:
@@ -467,11 +464,38 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
         odd = next(k for k, v in lengths.items() if v != lengths[first])
         raise DataError(f"{array_named(where, odd)} has {lengths[odd]} examples, but {array_named(where, first, alone=True)} has {lengths[first]}",
                         spec.inputs[odd].loc, "every array holds one entry per example, along its first dim")
+    check_least_sizes(least_sizes, dim_sizes(ds.arrays, {k: spec.inputs[k].shape for k in needed}, where))
     check_lengths(ds.arrays, {k: b for k, b in (length_bounds or {}).items() if k in needed and b["of"] in needed},
                   where, {k: spec.inputs[k].loc for k in needed})
 
 
-def check_least_size(dim: str, got: int, array: str, least: dict | None) -> None:
+def dim_sizes(arrays: Mapping, shapes: Mapping, where, what: str = "array") -> dict[str, tuple[int, str]]:
+    """{symbolic dim: (its size, the first array that has it, as messages name it)} of arrays
+    whose shapes are checked against theirs (`shapes`: the declared shape of each, by name), the
+    examples' dim (the first) among them: the sizes the least sizes of slices are checked against."""
+    out: dict[str, tuple[int, str]] = {}
+    for name, shape in shapes.items():
+        a = arrays.get(name)
+        for got, want in zip(getattr(a, "shape", ()), shape):
+            if isinstance(want, str) and want:
+                out.setdefault(want, (int(got), array_named(where, name, what)))
+    return out
+
+
+def check_least_sizes(least_sizes: dict | None, sizes: dict[str, tuple[int, str]], hint: str | None = None) -> None:
+    """The least sizes the slices of symbolic dims assume (CompiledModel.least_sizes) against the
+    sizes the data gives those dims (dim_sizes): a dim, or a product of dims that a reshape made
+    (2*N*T, whose size follows from N's and T's). What the data does not size is not checked."""
+    from compiler.ir import dim_symbols, dim_value
+
+    for dim, least in (least_sizes or {}).items():
+        names = dim_symbols(dim) if isinstance(dim, str) else []
+        if names and all(n in sizes for n in names):
+            got = dim_value(dim, {n: sizes[n][0] for n in names})
+            check_least_size(dim, got, sizes[names[0]][1], least, hint)
+
+
+def check_least_size(dim: str, got: int, array: str, least: dict | None, hint: str | None = None) -> None:
     """A symbolic dim of `got` entries against the least size a slice of it assumes (`least`:
     an entry of CompiledModel.least_sizes): shorter, the slice has fewer entries than the graph's
     shape says, and onnxruntime failed far from the spec, or went on with the wrong shape."""
@@ -484,7 +508,7 @@ def check_least_size(dim: str, got: int, array: str, least: dict | None) -> None
     n = int(least["least"])
     raise DataError(f"{array} has {dim} = {got}, but the slice {least.get('slice', '')} of {dim}"
                     f"{f' at {at}' if at and loc is None else ''} needs {dim} of {n} or more", loc,
-                    f"give data with {dim} of {n} or more, or slice {dim} with bounds that the data reaches")
+                    hint or f"give data with {dim} of {n} or more, or slice {dim} with bounds that the data reaches")
 
 
 def check_below(a: np.ndarray, size: int, array: str, why: str, loc, hint: str, at: str = "example") -> None:

@@ -15,7 +15,7 @@ from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, Expo
 
 from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
-from .data import array_named, as_array, check_below, check_fits, check_least_size, check_lengths, shape_text
+from .data import array_named, as_array, check_below, check_fits, check_least_sizes, check_lengths, dim_sizes, shape_text
 from .jsontext import dumps  # (the model's metadata is strict JSON: a NaN is null, an infinity "Infinity")
 from .session import shifts_in_float64
 
@@ -73,6 +73,8 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         least_sizes = dict(manifest.get("least_sizes") or {})  # (recorded since: none before)
         index_bounds = dict(manifest.get("index_bounds") or {})  # (a run trained before it was recorded: none)
         rows = (manifest.get("graphs") or {}).get(graph, {}).get("rows")  # (recorded since: none before)
+        # the graph's own, where recorded: a slice that the loss alone reads does not bound predict's inputs
+        least_sizes = dict((manifest.get("graphs") or {}).get(graph, {}).get("least_sizes", least_sizes) or {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ExportError(f"{manifest_path} is unreadable or malformed ({type(e).__name__}: {e})",
                           hint="export a run directory that 'flowgrad train' wrote") from None
@@ -338,11 +340,10 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
                                     f"{first[1]!r} has {expected} = {first[0]}", hint="every input holds the same examples")
         fixed[name] = a
     meta = model_metadata(model)
-    for name, a in fixed.items():
-        for i, (got, expected) in enumerate(zip(a.shape, wanted[name].shape)):
-            if i and isinstance(expected, str) and expected:
-                check_least_size(expected, got, array_named(model_path, name, "input"),
-                                 least.get(expected) if isinstance(least := meta.get("least_sizes"), dict) else None)
+    # (the examples' dim too: predict runs the inputs at once, or in batches only where each row is its own)
+    least = meta.get("least_sizes")
+    check_least_sizes(least if isinstance(least, dict) else None,
+                      dim_sizes(fixed, {k: m.shape for k, m in wanted.items()}, model_path, "input"))
     check_lengths(fixed, meta.get("lengths") or {}, model_path, what="input")
     _check_decoder_inputs(fixed, meta)  # (a decoder's ids against its vocabulary, named so, first)
     check_index_bounds(fixed, meta.get("bounds"), model_path)

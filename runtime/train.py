@@ -378,14 +378,40 @@ def _fraction_or_path(valid, what: str = "valid", loc=None):
     return value
 
 
-def batches(ds: D.Dataset, batch_size: int, order: np.ndarray | None = None, start: int = 0, drop_last: bool = False):
+def valid_batch_size(batch_size: int) -> int:
+    """The batch size of validation: the training one, or 256 where that is larger."""
+    return max(batch_size, 256)
+
+
+def batches(ds: D.Dataset, batch_size: int, order: np.ndarray | None = None, start: int = 0, drop_last: bool = False,
+            least: int = 1):
+    """(position, batch) of `batch_size` examples each, the last one shorter unless `drop_last`;
+    one shorter than `least` joins the batch before it (evaluation's batches, for a spec that
+    slices the examples' dim: least_rows)."""
     n = len(ds)
     idx = np.arange(n) if order is None else order
     if drop_last:
         n -= n % batch_size
     for i in range(start, n, batch_size):
-        sel = idx[i:i + batch_size]
-        yield i, {k: np.ascontiguousarray(v[sel]) for k, v in ds.arrays.items()}
+        end = n if n - (i + batch_size) < least else i + batch_size
+        yield i, {k: np.ascontiguousarray(v[idx[i:end]]) for k, v in ds.arrays.items()}
+        if end == n:
+            break
+
+
+def eval_batches(ds: D.Dataset, batch_size: int, least: int = 1):
+    """Evaluation's batches, of `batch_size` examples and none shorter than `least` (least_rows):
+    a short last one joins the batch before it."""
+    return (b for _, b in batches(ds, max(batch_size, least), least=least))
+
+
+def least_rows(spec: S.Spec, cm: CompiledModel) -> int:
+    """The fewest examples a batch may have where the spec slices the examples' dim (x[1:]: 2), else 1."""
+    from compiler.ir import dim_symbols
+
+    examples = batch_dims(spec)
+    return max([1] + [int(r["least"]) for dim, r in cm.least_sizes.items()
+                      if set(dim_symbols(dim)) & examples and isinstance(r.get("least"), int)])
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -566,6 +592,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         if not n_batches:
             raise DataError(f"drop_last leaves no batch: {len(train_ds)} training examples, batch size {batch_size}",
                             spec.locate("train", "drop_last"), "lower the batch size, or leave out drop_last")
+        _check_batch_slices(spec, cm, train_ds, valid_ds, names, batch_given=opts.batch_size is not None)
         steps_per_epoch = -(-n_batches // opts.accumulate)  # an epoch's last update may take fewer batches
         epochs = opts.epochs or cfg.get("epochs")
         max_steps = opts.steps or cfg.get("steps")
@@ -811,7 +838,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 if valid_ds is not None:
                     try:
                         record.update({f"valid_{k}": v for k, v in trainer.evaluate(
-                            b for _, b in batches(valid_ds, max(batch_size, 256))).items()})
+                            eval_batches(valid_ds, valid_batch_size(batch_size), least_rows(spec, cm))).items()})
                     except ORT_ERRORS as ex:
                         raise _step_failed(ex, f"validation after epoch {epoch + 1}", run_dir, cm.float_dtype) from None
                 record["seconds"] = round(time.perf_counter() - t_start, 3)
@@ -925,6 +952,38 @@ def _check_batch_statistics(spec: S.Spec, cm: CompiledModel, rows: int, names: A
                     "one value per channel has no variance, and the running variance would become NaN", loc,
                     f"add drop_last: true to the train section, or use a batch size ({where}) that leaves no batch "
                     "of one" if B > 1 else f"use a batch size ({where}) of 2 or more")
+
+
+def _check_batch_slices(spec: S.Spec, cm: CompiledModel, train_ds: D.Dataset, valid_ds: D.Dataset | None,
+                        names: ArgNames, batch_given: bool = False) -> None:
+    """A slice of the examples' dim (x[1:], or r[-2:] of r: reshape(x, [-1, 3])) holds for a batch
+    of enough rows: a shorter one (a batch size below that, an epoch's short last batch) was
+    computed on fewer rows than the graph's shape says, without a word. Refused before training,
+    at the slice. (Validation's batches take a short last one into the batch before it.)"""
+    from compiler.ir import dim_symbols
+
+    examples = batch_dims(spec)
+    least = {d: r for d, r in cm.least_sizes.items() if set(dim_symbols(d)) & examples}
+    if not least:
+        return
+    B, drop_last, rows = spec.batch_size, bool(spec.train.get("drop_last")), len(train_ds)
+    given = names.given(batch_size=B) if batch_given else \
+        f"train.batch_size {B}" + ("" if "batch_size" in spec.train else ", its default")
+    where = names("batch_size") if batch_given else "train.batch_size"
+    axis = " or ".join(sorted(examples))
+    shapes = {k: spec.inputs[k].shape for k in train_ds.arrays if k in spec.inputs}
+    others = {k: v for k, v in D.dim_sizes(train_ds.arrays, shapes, "the training data").items() if k not in examples}
+    smallest = B if drop_last or not rows % B else rows % B
+    what = f"a batch of {given}" if smallest == B else f"the last batch of the {rows} training examples ({given})"
+    D.check_least_sizes(least, {**{d: (smallest, what) for d in examples}, **others},
+                        (f"use a larger batch size ({where})" if smallest == B else
+                         f"add drop_last: true to the train section, or use a batch size ({where}) that leaves no "
+                         "shorter batch") + f", or do not slice the examples' dim {axis}")
+    if valid_ds is not None and len(valid_ds):
+        n = len(valid_ds)
+        smallest = min(n, max(valid_batch_size(B), least_rows(spec, cm)))  # (eval_batches')
+        D.check_least_sizes(least, {**{d: (smallest, f"the {n} validation examples") for d in examples}, **others},
+                            f"hold out more validation examples, or do not slice the examples' dim {axis}")
 
 
 def check_steps_per_call(spec: S.Spec, steps_per_call: int, names: ArgNames) -> None:

@@ -1279,6 +1279,134 @@ def test_a_language_model_that_shifts_its_tokens_trains_exports_and_predicts(tmp
     assert e.value.loc.line == 7
 
 
+BATCH_SLICE = """flowgrad: 1
+name: batch_slice
+inputs:
+  x: {shape: [N, 3]}
+  y: {shape: [N, 3]}
+graph:
+  h: dense(x, 3)
+  d: h[1:] - y[:-1]
+outputs:
+  out: h
+loss: mean(d * d)
+train:
+  optimizer: {sgd: {lr: 0.01}}
+  batch_size: 4
+  epochs: 1
+  shuffle: false
+"""
+
+
+def test_a_slice_of_the_examples_dim_is_checked_against_every_batch_before_training(tmp_path):
+    """h[1:] of the examples' dim N needs batches of 2 rows or more: 5 examples in batches of 4
+    trained without a word, the last batch of 1 computing on no rows where the graph said N-1
+    (the data check skipped the first dim). Refused before any step, at the slice, where a batch
+    (the short last one, or every one) is too short; drop_last trains. Validation and eval take a
+    short last batch into the one before it; predict checks its rows against its own graph's
+    slices (the loss's h[1:] does not bound it)."""
+    from runtime.api import evaluate_run
+
+    (tmp_path / "b.yaml").write_text(BATCH_SLICE)
+    spec = load(str(tmp_path / "b.yaml"))
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(5, 3)).astype("float32"), "y": rng.normal(size=(5, 3)).astype("float32")}
+    with pytest.raises(DataError, match=r"b.yaml:8:6: the last batch of the 5 training examples \(train.batch_size 4\) has N = 1, "
+                                        r"but the slice \[1:\] of N needs N of 2 or more") as e:
+        train(spec, run_dir=str(tmp_path / "run"), data=data)
+    assert e.value.loc.line == 8 and "drop_last: true" in e.value.hint
+    assert not (tmp_path / "run").exists()  # (refused before the run directory took anything)
+    with pytest.raises(DataError, match=r": a batch of batch_size=1 has N = 1, but the slice \[1:\] of N needs N of 2"):
+        train(spec, run_dir=str(tmp_path / "run"), data=data, batch_size=1)
+    with pytest.raises(DataError, match=r"data\[\"x\"\] has N = 1, but the slice \[1:\] of N needs N of 2 or more"):
+        train(spec, run_dir=str(tmp_path / "run"), data={k: v[:1] for k, v in data.items()}, batch_size=1)
+    (tmp_path / "d.yaml").write_text(BATCH_SLICE.replace("shuffle: false", "shuffle: false\n  drop_last: true"))
+    valid = {k: np.concatenate([v, v]) for k, v in data.items()}  # (10 rows: eval batches of 3 end with one)
+    r = train(load(str(tmp_path / "d.yaml")), run_dir=str(tmp_path / "run"), data=data, valid=valid)
+    assert np.isfinite(r.final["valid_loss"])
+    assert np.isfinite(evaluate_run(str(tmp_path / "run"), valid, batch_size=3)["loss"])
+    with pytest.raises(DataError, match=r"data\[\"x\"\] has N = 1, but the slice \[1:\] of N needs N of 2 or more"):
+        evaluate_run(str(tmp_path / "run"), {k: v[:1] for k, v in data.items()})
+    export(str(tmp_path / "run"), str(tmp_path / "b.onnx"))
+    assert predict(str(tmp_path / "b.onnx"), {"x": data["x"][:1]})["out"].shape == (1, 3)
+
+
+def test_a_slice_of_a_reshaped_product_of_dims_is_checked_against_the_data(tmp_path):
+    """r[-6:-1] of r: reshape(h, [-1, 3]) on h [N, T, 6] slices a dim of 2*N*T, which no input
+    declares: its least size (6) was recorded under nothing the data check read, and data of
+    2*N*T = 4 trained without a word. The product is sized from the data's N and T: a short last
+    batch, short data and short predict inputs are refused at the slice."""
+    (tmp_path / "p.yaml").write_text("""flowgrad: 1
+name: product_slice
+inputs:
+  x: {shape: [N, T, 6]}
+graph:
+  h: dense(x, 6)
+  r: reshape(h, [-1, 3])
+  s: r[-6:-1]
+outputs:
+  out: sum(s)
+loss: mean(s * s)
+train:
+  optimizer: {sgd: {lr: 0.01}}
+  batch_size: 4
+  epochs: 1
+""")
+    spec = load(str(tmp_path / "p.yaml"))
+    x = np.random.default_rng(0).normal(size=(5, 2, 6)).astype("float32")
+    with pytest.raises(DataError, match=r"p.yaml:8:6: the last batch of the 5 training examples \(train.batch_size 4\) "
+                                        r"has 2\*N\*T = 4, but the slice \[-6:-1:1\] of 2\*N\*T needs 2\*N\*T of 6 or more"):
+        train(spec, run_dir=str(tmp_path / "run"), data={"x": x})
+    with pytest.raises(DataError, match=r"data\[\"x\"\] has 2\*N\*T = 4, but the slice \[-6:-1:1\] of 2\*N\*T"):
+        train(spec, run_dir=str(tmp_path / "run"), data={"x": x[:1]})
+    train(spec, run_dir=str(tmp_path / "run"), data={"x": x}, batch_size=5)
+    export(str(tmp_path / "run"), str(tmp_path / "p.onnx"))
+    assert np.isfinite(predict(str(tmp_path / "p.onnx"), {"x": x[:2]})["out"])
+    with pytest.raises(DataError, match=r"input 'x' has 2\*N\*T = 2, but the slice \[-6:-1:1\] of 2\*N\*T needs"):
+        predict(str(tmp_path / "p.onnx"), {"x": x[:1, :1]})
+
+
+def test_a_slice_in_a_scan_step_is_checked_against_the_data(tmp_path):
+    """A scan step that slices its carried state h [N, S, 4] with h[:, -3:-1] recorded no least
+    size (the step's nodes were not looked into): data of S = 2 failed in onnxruntime's training
+    step ("Indices vs updates dimensions differs"). It is refused before the run, at the scan."""
+    (tmp_path / "s.yaml").write_text("""flowgrad: 1
+name: scan_slice
+inputs:
+  x: {shape: [N, T, 4]}
+  m: {shape: [N, S, 4]}
+blocks:
+  step:
+    in: [x_t, h]
+    graph:
+      c: sum(h[:, -3:-1], axis=1)
+      o: dense(concat(x_t, c, axis=-1), 4)
+      h2: h * tanh(unsqueeze(o, axes=1))
+    out: [h2, o]
+graph:
+  hs, outs: scan(step, over=x, init=[m])
+outputs:
+  out: outs
+loss: mean(outs * outs)
+train:
+  optimizer: {sgd: {lr: 0.01}}
+  batch_size: 4
+  epochs: 1
+""")
+    spec = load(str(tmp_path / "s.yaml"))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3, 4)).astype("float32")
+    with pytest.raises(DataError, match=r"data\[\"m\"\] has S = 2, but the slice \[-3:-1:1\] of S needs S of 3 or more") as e:
+        train(spec, run_dir=str(tmp_path / "run"), data={"x": x, "m": rng.normal(size=(8, 2, 4)).astype("float32")})
+    assert e.value.loc is not None and e.value.loc.file.endswith("s.yaml")
+    m = rng.normal(size=(8, 3, 4)).astype("float32")
+    train(spec, run_dir=str(tmp_path / "run"), data={"x": x, "m": m})
+    export(str(tmp_path / "run"), str(tmp_path / "s.onnx"))
+    assert predict(str(tmp_path / "s.onnx"), {"x": x, "m": m})["out"].shape == (8, 3, 4)
+    with pytest.raises(DataError, match=r"input 'm' has S = 2, but the slice \[-3:-1:1\] of S needs S of 3 or more"):
+        predict(str(tmp_path / "s.onnx"), {"x": x, "m": m[:, :2]})
+
+
 def test_predict_refuses_ids_beyond_the_vocabulary_as_training_does(tmp_path):
     """An id at or beyond an embedding's rows, which training refuses naming the input, reached
     onnxruntime in predict and failed in its Gather ("indices element out of data bounds"), with

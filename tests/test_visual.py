@@ -754,14 +754,15 @@ def test_summary_counts_a_bias_add_only_for_a_gemm_with_a_bias():
 def test_summary_counts_no_flops_for_copies_and_reshapes(name):
     """reshape_dims (a Reshape), precomputed (an Identity), tile_batch / tile_rows (Tile) and
     one_hot_blocks compute nothing, like the shape and copy ops they are."""
-    from compiler.visual import _body_nodes, node_flops, training_step
+    from compiler.ir import body_nodes
+    from compiler.visual import node_flops, training_step
 
     copies = {"reshape_dims", "precomputed", "tile_batch", "tile_rows", "one_hot_blocks"}
     seen = []
 
     def walk(nodes):
         for n in nodes:
-            walk(_body_nodes(n) or [])
+            walk(body_nodes(n) or [])
             if n.op.name in copies:
                 seen.append(n.op.name)
                 assert node_flops(n, {"N": 64}) == {}, n.op.name
