@@ -340,12 +340,13 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
                                     f"{first[1]!r} has {expected} = {first[0]}", hint="every input holds the same examples")
         fixed[name] = a
     meta = model_metadata(model)
-    # (the examples' dim too: predict runs the inputs at once, or in batches only where each row is its own)
+    check_lengths(fixed, meta.get("lengths") or {}, model_path, what="input")
+    _check_decoder_inputs(fixed, meta)  # (a decoder's ids against its vocabulary, named so, first)
+    # (the examples' dim too: predict runs the inputs at once, or in batches only where each row is its own;
+    # after the decoder's checks, which say an empty prompt is one)
     least = meta.get("least_sizes")
     check_least_sizes(least if isinstance(least, dict) else None,
                       dim_sizes(fixed, {k: m.shape for k, m in wanted.items()}, model_path, "input"))
-    check_lengths(fixed, meta.get("lengths") or {}, model_path, what="input")
-    _check_decoder_inputs(fixed, meta)  # (a decoder's ids against its vocabulary, named so, first)
     check_index_bounds(fixed, meta.get("bounds"), model_path)
     rows = meta.get("rows")
     n = sizes.get(rows, (0, None))[0] if isinstance(rows, str) else 0
