@@ -111,7 +111,7 @@ def test_slice_to_the_end_of_a_symbolic_dim_from_its_start_is_refused_at_the_sli
     dim may have one): slice(e, [-2], [1000000]) mixes ends and is refused as x[-2:1000000] is."""
     g = Graph()
     x = g.add_input("x", "float32", ("N", "T", 4))
-    with pytest.raises(ShapeError, match=r"cannot slice the symbolic dim T with \[-2:1000000:1\]\n"):
+    with pytest.raises(ShapeError, match=r"cannot slice the symbolic dim T with \[-2:1000000\]\n"):
         g.apply("slice", x, starts=(-2,), ends=(1000000,), axes=(1,))
     assert g.apply("slice", x, starts=(1,), ends=(2**31 - 1,), axes=(1,)).shape == ("N", "T-1", 4)  # (x[:, 1:])
     for starts, ends, steps in (((2,), (2**63 - 1,), (2,)), ((-1,), (-(2**31),), (-2,))):

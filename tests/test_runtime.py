@@ -1355,14 +1355,14 @@ train:
     spec = load(str(tmp_path / "p.yaml"))
     x = np.random.default_rng(0).normal(size=(5, 2, 6)).astype("float32")
     with pytest.raises(DataError, match=r"p.yaml:8:6: the last batch of the 5 training examples \(train.batch_size 4\) "
-                                        r"has 2\*N\*T = 4, but the slice \[-6:-1:1\] of 2\*N\*T needs 2\*N\*T of 6 or more"):
+                                        r"has 2\*N\*T = 4, but the slice \[-6:-1\] of 2\*N\*T needs 2\*N\*T of 6 or more"):
         train(spec, run_dir=str(tmp_path / "run"), data={"x": x})
-    with pytest.raises(DataError, match=r"data\[\"x\"\] has 2\*N\*T = 4, but the slice \[-6:-1:1\] of 2\*N\*T"):
+    with pytest.raises(DataError, match=r"data\[\"x\"\] has 2\*N\*T = 4, but the slice \[-6:-1\] of 2\*N\*T"):
         train(spec, run_dir=str(tmp_path / "run"), data={"x": x[:1]})
     train(spec, run_dir=str(tmp_path / "run"), data={"x": x}, batch_size=5)
     export(str(tmp_path / "run"), str(tmp_path / "p.onnx"))
     assert np.isfinite(predict(str(tmp_path / "p.onnx"), {"x": x[:2]})["out"])
-    with pytest.raises(DataError, match=r"input 'x' has 2\*N\*T = 2, but the slice \[-6:-1:1\] of 2\*N\*T needs"):
+    with pytest.raises(DataError, match=r"input 'x' has 2\*N\*T = 2, but the slice \[-6:-1\] of 2\*N\*T needs"):
         predict(str(tmp_path / "p.onnx"), {"x": x[:1, :1]})
 
 
@@ -1396,14 +1396,14 @@ train:
     spec = load(str(tmp_path / "s.yaml"))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 3, 4)).astype("float32")
-    with pytest.raises(DataError, match=r"data\[\"m\"\] has S = 2, but the slice \[-3:-1:1\] of S needs S of 3 or more") as e:
+    with pytest.raises(DataError, match=r"data\[\"m\"\] has S = 2, but the slice \[-3:-1\] of S needs S of 3 or more") as e:
         train(spec, run_dir=str(tmp_path / "run"), data={"x": x, "m": rng.normal(size=(8, 2, 4)).astype("float32")})
     assert e.value.loc is not None and e.value.loc.file.endswith("s.yaml")
     m = rng.normal(size=(8, 3, 4)).astype("float32")
     train(spec, run_dir=str(tmp_path / "run"), data={"x": x, "m": m})
     export(str(tmp_path / "run"), str(tmp_path / "s.onnx"))
     assert predict(str(tmp_path / "s.onnx"), {"x": x, "m": m})["out"].shape == (8, 3, 4)
-    with pytest.raises(DataError, match=r"input 'm' has S = 2, but the slice \[-3:-1:1\] of S needs S of 3 or more"):
+    with pytest.raises(DataError, match=r"input 'm' has S = 2, but the slice \[-3:-1\] of S needs S of 3 or more"):
         predict(str(tmp_path / "s.onnx"), {"x": x, "m": m[:, :2]})
 
 

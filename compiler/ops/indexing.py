@@ -187,6 +187,12 @@ class Split(OpDef):
 
 
 # ------------------------------------------------------------------ slice / pad
+def subscript(start, end, step) -> str:
+    """A slice as a subscript writes it: [1:4:2], [-3:-1] (a step of 1 unwritten), [1:], [:-1]."""
+    bounds = f"{'' if start is None else start}:{'' if end is None else end}"
+    return f"[{bounds}]" if step == 1 else f"[{bounds}:{step}]"
+
+
 class _AxisSlice:
     """One axis of a slice: `kind` is 'static' (known dim), 'symbolic'
     (bounds on one side of a symbolic dim), 'shift' (step 1 from a start counted from the
@@ -211,10 +217,8 @@ class _AxisSlice:
         return max((p + 1 if p >= 0 else -p for p in self.positions()), default=0)
 
     def text(self) -> str:
-        """The slice as a subscript writes it: [1:4:2], a shift [:-1] or [1:]."""
-        if self.kind == "shift":
-            return f"[{self.start or ''}:{'' if self.end is None else self.end}]"
-        return f"[{'' if self.start is None else self.start}:{'' if self.end is None else self.end}:{self.step}]"
+        """The slice as a subscript writes it: [1:4:2], [-3:-1] (a step of 1 unwritten), a shift [:-1] or [1:]."""
+        return subscript(self.start or None, self.end, self.step)
 
     def positions(self) -> list[int]:
         """Indices along the axis that the slice reads (negative ones count from the end)."""
@@ -288,12 +292,12 @@ def _slice_plan(attrs, shape) -> list[_AxisSlice]:
             continue
         else:
             gs, gt = given
-            written = f"[{'' if gs is None else gs}:{'' if gt is None else gt}:{st}]"
+            written = subscript(gs, gt, st)
             ends = [b for b in given if b is not None and abs(b) >= TO_THE_END]
             raise ShapeError(
                 f"cannot slice the symbolic dim {d} with {written}"
                 + (f" (a bound of {ends[0]} reads as the end of {d}: the size of "
-                   f"[{'' if s is None else s}:{'' if t is None or t <= INT64_MIN // 2 else t}:{st}] follows {d})"
+                   f"{subscript(s, None if t is None or t <= INT64_MIN // 2 else t, st)} follows {d})"
                    if ends else ""),
                 hint="the output size must not depend on the dim: count both bounds from the start or both from the "
                      "end (x[-3:-1], x[1:4:2], x[-1:-4:-2]), shift it by step 1 (x[1:], x[:-1], x[1:-1]: T-1, T-2), "
