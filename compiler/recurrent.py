@@ -115,7 +115,8 @@ def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Gr
             nonseq_outer.append(outer[v.id])
         mapping[v.id] = n
     for node in inside:
-        outs = bg.add_node(node.op, [mapping[v.id] for v in node.inputs], dict(node.attrs), [o.type for o in node.outputs])
+        with at(node.loc):  # (the step's nodes keep their places in the block, not the scan call's)
+            outs = bg.add_node(node.op, [mapping[v.id] for v in node.inputs], dict(node.attrs), [o.type for o in node.outputs])
         for o, n in zip(node.outputs, outs):
             mapping[o.id] = n
             n.name = o.name
