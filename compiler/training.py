@@ -181,14 +181,17 @@ class CompiledModel:
         return trained_names(self.params, objective)
 
     def initial_state(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Initial parameters and buffers (seeded per name) and zero optimizer state."""
+        """Initial parameters and buffers (seeded per name) and the optimizer state's start: zeros,
+        but for Adagrad's initial_accumulator_value."""
         state = {}
         for name, p in self.params.items():
             rng = param_rng(seed, name, p.seed)
             state[name] = initial_value(p.init_kind, p.init_args, p.shape, self.float_dtype, rng, p.loc)
         for obj in self.objectives:
             for sname, shape in self.state_specs(obj):
-                fill = obj.mixed.init_scale if sname.startswith("loss_scale/") else 0
+                kind = sname.split("/", 1)[0]
+                fill = obj.mixed.init_scale if kind == "loss_scale" else \
+                    0 if kind.startswith("loss_scale") else obj.optimizer.state_init(kind)
                 state[sname] = np.full(shape, fill, dtype=self.float_dtype)
         return state
 

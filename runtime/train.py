@@ -1122,6 +1122,10 @@ def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: s
                                  f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
+# the optimizer setting that keeps a kind of state, for a resume whose settings changed to name it
+STATE_SETTING = {"velocity": "momentum", "max_v": "amsgrad", "mean_grad": "centered"}
+
+
 def _check_same_optimizer_state(cm: CompiledModel, state: dict, seed: int, path: str, run_dir: str,
                                 names: ArgNames) -> None:
     """The checkpoint holds the optimizer state this run's optimizer settings keep, no more, no less:
@@ -1137,7 +1141,8 @@ def _check_same_optimizer_state(cm: CompiledModel, state: dict, seed: int, path:
     if extra or missing:
         what = f"holds {extra[0]}, which" if extra else f"lacks {missing[0]}, which"
         keeps = "this run's optimizer settings do not keep" if extra else "this run's optimizer settings keep"
-        raise DataError(f"{path} {what} {keeps}: the optimizer's settings changed since it was written (momentum?)",
+        setting = STATE_SETTING.get((extra or missing)[0].split("/", 1)[0], "momentum")
+        raise DataError(f"{path} {what} {keeps}: the optimizer's settings changed since it was written ({setting}?)",
                         hint="resume with the run's own optimizer settings (its spec.yaml has them; another lr is "
                              f"fine), or start a new run from its weights: {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 

@@ -60,8 +60,8 @@ def start_params(seed=1):
 
 # ------------------------------------------------------------------ the NumPy reference (torch.optim)
 class Reference:
-    """torch.optim's single-tensor update rules (no amsgrad, maximize,
-    dampening, centered or lr_decay), preceded by the train section's
+    """torch.optim's single-tensor update rules (amsgrad, maximize, dampening, centered,
+    lr_decay and initial_accumulator_value included), preceded by the train section's
     penalties (added to the gradient) and global-norm clipping
     (torch.nn.utils.clip_grad_norm_)."""
 
@@ -80,34 +80,42 @@ class Reference:
             coef = min(self.clip_norm / (total + 1e-6), 1.0)
             self.clip_scales.append(coef)
             grads = {n: g * coef for n, g in grads.items()}
+        if self.hp.get("maximize"):  # torch negates the gradient before the optimizer's own work
+            grads = {n: -g for n, g in grads.items()}
         return {n: getattr(self, self.name)(n, params[n].copy(), grads[n].copy(), lr, t) for n in params}
 
     def sgd(self, n, p, g, lr, t):
         mu, wd, nesterov = self.hp.get("momentum", 0.0), self.hp.get("weight_decay", 0.0), self.hp.get("nesterov", False)
+        dampening = self.hp.get("dampening", 0.0)
         if wd:
             g = g + wd * p
         if mu:
             st = self.state.setdefault(n, {})
-            st["buf"] = g.copy() if "buf" not in st else mu * st["buf"] + g  # dampening 0
+            st["buf"] = g.copy() if "buf" not in st else mu * st["buf"] + (1 - dampening) * g
             g = g + mu * st["buf"] if nesterov else st["buf"]
         return p - lr * g
 
     def adagrad(self, n, p, g, lr, t):
         eps, wd = self.hp.get("eps", 1e-10), self.hp.get("weight_decay", 0.0)
-        st = self.state.setdefault(n, {"sum": np.zeros_like(p)})
+        st = self.state.setdefault(n, {"sum": np.full_like(p, self.hp.get("initial_accumulator_value", 0.0))})
         if wd:
             g = g + wd * p
+        clr = lr / (1 + (t - 1) * self.hp.get("lr_decay", 0.0))
         st["sum"] = st["sum"] + g * g
-        return p - lr * g / (np.sqrt(st["sum"]) + eps)
+        return p - clr * g / (np.sqrt(st["sum"]) + eps)
 
     def rmsprop(self, n, p, g, lr, t):
         alpha, eps = self.hp.get("alpha", 0.99), self.hp.get("eps", 1e-8)
         mu, wd = self.hp.get("momentum", 0.0), self.hp.get("weight_decay", 0.0)
-        st = self.state.setdefault(n, {"square_avg": np.zeros_like(p), "buf": np.zeros_like(p)})
+        st = self.state.setdefault(n, {"square_avg": np.zeros_like(p), "buf": np.zeros_like(p), "grad_avg": np.zeros_like(p)})
         if wd:
             g = g + wd * p
         st["square_avg"] = alpha * st["square_avg"] + (1 - alpha) * g * g
-        avg = np.sqrt(st["square_avg"]) + eps
+        if self.hp.get("centered"):
+            st["grad_avg"] = st["grad_avg"] + (1 - alpha) * (g - st["grad_avg"])  # torch's lerp_
+            avg = np.sqrt(st["square_avg"] - st["grad_avg"] ** 2) + eps
+        else:
+            avg = np.sqrt(st["square_avg"]) + eps
         if mu > 0:
             st["buf"] = mu * st["buf"] + g / avg
             return p - lr * st["buf"]
@@ -117,7 +125,8 @@ class Reference:
         b1, b2 = self.hp.get("beta1", 0.9), self.hp.get("beta2", 0.999)
         eps = self.hp.get("eps", 1e-8)
         wd = self.hp.get("weight_decay", 0.01 if decoupled else 0.0)
-        st = self.state.setdefault(n, {"exp_avg": np.zeros_like(p), "exp_avg_sq": np.zeros_like(p)})
+        st = self.state.setdefault(n, {"exp_avg": np.zeros_like(p), "exp_avg_sq": np.zeros_like(p),
+                                       "max_exp_avg_sq": np.zeros_like(p)})
         if decoupled:
             p = p * (1 - lr * wd)
         elif wd:
@@ -127,11 +136,58 @@ class Reference:
         bias_correction1 = 1 - b1 ** t
         bias_correction2 = 1 - b2 ** t
         step_size = lr / bias_correction1
-        denom = np.sqrt(st["exp_avg_sq"]) / np.sqrt(bias_correction2) + eps
+        if self.hp.get("amsgrad"):
+            st["max_exp_avg_sq"] = np.maximum(st["max_exp_avg_sq"], st["exp_avg_sq"])
+            denom = np.sqrt(st["max_exp_avg_sq"]) / np.sqrt(bias_correction2) + eps
+        else:
+            denom = np.sqrt(st["exp_avg_sq"]) / np.sqrt(bias_correction2) + eps
         return p - step_size * st["exp_avg"] / denom
 
     def adamw(self, n, p, g, lr, t):
         return self.adam(n, p, g, lr, t, decoupled=True)
+
+
+class TorchReference:
+    """torch.optim itself (foreach=False, float64), stepped with the same gradients, penalties
+    and clipping (torch.nn.utils.clip_grad_norm_) as Reference: what a PyTorch script does."""
+
+    CLASSES = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
+
+    def __init__(self, optimizer: dict, clip_norm=None, l1=0.0, l2=0.0):
+        self.torch = pytest.importorskip("torch")
+        (self.name, hp), = optimizer.items()
+        self.kw = dict(hp)
+        if "beta1" in self.kw or "beta2" in self.kw:  # flowgrad's beta1, beta2 are PyTorch's betas
+            self.kw["betas"] = (self.kw.pop("beta1", 0.9), self.kw.pop("beta2", 0.999))
+        self.clip_norm, self.l1, self.l2 = clip_norm, l1, l2
+        self.tensors: dict | None = None
+        self.opt = None
+        self.clip_scales: list[float] = []
+
+    def step(self, params: dict, grads: dict, lr: float, t: int) -> dict:
+        torch = self.torch
+        if self.opt is None:
+            self.tensors = {n: torch.tensor(v, dtype=torch.float64, requires_grad=True) for n, v in params.items()}
+            cls = getattr(torch.optim, self.CLASSES[self.name])
+            self.opt = cls(list(self.tensors.values()), foreach=False, **self.kw)
+        with torch.no_grad():
+            for n, v in params.items():
+                self.tensors[n].copy_(torch.from_numpy(np.asarray(v, dtype=np.float64)))
+        for n, g in grads.items():
+            p = params[n]
+            self.tensors[n].grad = torch.from_numpy(g + self.l2 * p + self.l1 * np.sign(p))
+        if self.clip_norm:
+            total = float(torch.nn.utils.clip_grad_norm_(list(self.tensors.values()), self.clip_norm))
+            self.clip_scales.append(min(self.clip_norm / (total + 1e-6), 1.0))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        for st in self.opt.state.values():  # torch's own step count is flowgrad's t
+            assert "step" not in st or int(st["step"]) == t
+        return {n: self.tensors[n].detach().numpy().copy() for n in params}
+
+    def state(self, n: str) -> dict:
+        return {k: v.numpy() for k, v in self.opt.state[self.tensors[n]].items() if k != "step"}
 
 
 CONFIGS = {
@@ -158,19 +214,52 @@ CONFIGS = {
     "l2": ({"sgd": {"lr": 0.1}}, {"l2": 0.1}),
     "l1_l2_clip_momentum": ({"sgd": {"lr": 0.1, "momentum": 0.9}}, {"l1": 0.05, "l2": 0.1, "clip_norm": 0.1}),
     "l2_adamw": ({"adamw": {"lr": 0.05, "weight_decay": 0.1}}, {"l2": 0.1}),
+    # torch.optim's options: SGD's dampening (from the second update on), maximize everywhere,
+    # Adagrad's lr_decay and initial_accumulator_value, RMSprop's centered, Adam's amsgrad
+    "sgd_dampening": ({"sgd": {"lr": 0.1, "momentum": 0.9, "dampening": 0.3}}, {}),
+    "sgd_dampening_one_weight_decay_clip": ({"sgd": {"lr": 0.1, "momentum": 0.5, "dampening": 1.0, "weight_decay": 0.3}},
+                                            {"clip_norm": 0.05}),
+    "sgd_dampening_no_momentum": ({"sgd": {"lr": 0.1, "dampening": 0.5}}, {}),
+    "sgd_maximize": ({"sgd": {"lr": 0.1, "maximize": True}}, {}),
+    "sgd_nesterov_maximize_weight_decay": ({"sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.3,
+                                                    "maximize": True}}, {}),
+    "sgd_dampening_maximize_l1_l2_clip": ({"sgd": {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "maximize": True}},
+                                          {"l1": 0.05, "l2": 0.1, "clip_norm": 0.1}),
+    "adagrad_lr_decay": ({"adagrad": {"lr": 0.1, "lr_decay": 0.5}}, {}),
+    "adagrad_initial_accumulator_value": ({"adagrad": {"lr": 0.1, "initial_accumulator_value": 0.2}}, {}),
+    "adagrad_maximize": ({"adagrad": {"lr": 0.1, "maximize": True}}, {}),
+    "adagrad_all_weight_decay_clip": ({"adagrad": {"lr": 0.1, "lr_decay": 0.3, "initial_accumulator_value": 0.1, "eps": 0.01,
+                                                   "weight_decay": 0.2, "maximize": True}}, {"clip_norm": 0.05}),
+    "rmsprop_centered": ({"rmsprop": {"lr": 0.01, "centered": True}}, {}),
+    "rmsprop_centered_momentum_weight_decay_clip": ({"rmsprop": {"lr": 0.01, "alpha": 0.8, "centered": True, "momentum": 0.5,
+                                                                 "weight_decay": 0.2}}, {"clip_norm": 0.05}),
+    "rmsprop_maximize_momentum": ({"rmsprop": {"lr": 0.01, "momentum": 0.9, "maximize": True}}, {}),
+    "adam_amsgrad": ({"adam": {"lr": 0.05, "beta2": 0.5, "amsgrad": True}}, {}),
+    "adam_amsgrad_weight_decay_clip": ({"adam": {"lr": 0.05, "beta1": 0.5, "beta2": 0.6, "eps": 0.01, "amsgrad": True,
+                                                 "weight_decay": 0.3}}, {"clip_norm": 0.05}),
+    "adamw_amsgrad": ({"adamw": {"lr": 0.05, "beta2": 0.5, "amsgrad": True, "weight_decay": 0.3}}, {}),
+    "adam_maximize_weight_decay": ({"adam": {"lr": 0.05, "weight_decay": 0.3, "maximize": True}}, {}),
+    "adamw_maximize_amsgrad": ({"adamw": {"lr": 0.05, "beta2": 0.5, "amsgrad": True, "maximize": True}}, {}),
 }
 
 
-def reference_for(optimizer, train):
-    return Reference(optimizer, train.get("clip_norm"), train.get("l1", 0.0), train.get("l2", 0.0))
+def reference_for(optimizer, train, kind="numpy"):
+    cls = TorchReference if kind == "torch" else Reference
+    return cls(optimizer, train.get("clip_norm"), train.get("l1", 0.0), train.get("l2", 0.0))
 
 
 def initial_trainer_state(cm, params):
-    state = {n: v.copy() for n, v in params.items()}
-    for obj in cm.objectives:
-        for sname, shape in cm.state_specs(obj):
-            state[sname] = np.zeros(shape, dtype=cm.float_dtype)
-    return state
+    """The compiled model's initial optimizer state (zeros, or Adagrad's initial_accumulator_value)
+    and the given parameters."""
+    state = {k: v for k, v in cm.initial_state().items() if k not in cm.params}
+    return {**state, **{n: v.copy() for n, v in params.items()}}
+
+
+def assert_amsgrad_engaged(state: dict):
+    """max_v differs from v somewhere: the test tests the running maximum."""
+    maxes = [k for k in state if k.startswith("max_v/")]
+    assert maxes and any(np.any(state[k] > state["v/" + k.split("/", 1)[1]]) for k in maxes), \
+        "the second moment never fell: amsgrad's maximum was never used"
 
 
 def assert_params_close(got, want, what):
@@ -178,15 +267,19 @@ def assert_params_close(got, want, what):
         np.testing.assert_allclose(got[n], want[n], rtol=RTOL, atol=ATOL, err_msg=f"{what}: {n}")
 
 
+@pytest.mark.parametrize("reference", ["numpy", "torch"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_train_graph_follows_torch_reference(name):
+def test_train_graph_follows_torch_reference(name, reference):
+    """numpy: the NumPy transcription of torch.optim's rules; torch: torch.optim itself (skipped
+    without torch), to 1e-12."""
     optimizer, train = CONFIGS[name]
     spec = make_spec(optimizer, **train)
     cm = compile_spec(spec, graphs=("train",))
     assert cm.float_dtype == "float64"
     grads_at = raw_grads_runner(spec)
-    ref = reference_for(optimizer, train)
+    ref = reference_for(optimizer, train, reference)
     lr = next(iter(optimizer.values()))["lr"]
+    rtol = 1e-12 if reference == "torch" else RTOL
 
     params = start_params()
     trainer = Trainer(cm, "cpu", threads=1, state=initial_trainer_state(cm, params))
@@ -194,7 +287,10 @@ def test_train_graph_follows_torch_reference(name):
         params = ref.step(params, grads_at(params, batch), lr, t=step + 1)
         trainer.train_step("main", batch, lr=lr, step=step)
         got = trainer.state_numpy()
-        assert_params_close(got, params, f"{name} step {step}")
+        for n in params:
+            np.testing.assert_allclose(got[n], params[n], rtol=rtol, atol=ATOL, err_msg=f"{name} step {step}: {n}")
+    if next(iter(optimizer.values())).get("amsgrad"):
+        assert_amsgrad_engaged(got)
     if train.get("clip_norm") == 1e6:
         assert all(s == 1.0 for s in ref.clip_scales)
     elif train.get("clip_norm"):
@@ -232,7 +328,9 @@ def _feeds(graph, values: dict) -> dict:
     return feeds
 
 
-@pytest.mark.parametrize("name", ["sgd_nesterov", "rmsprop_momentum", "adam_weight_decay", "adamw", "l1_l2_clip_momentum"])
+@pytest.mark.parametrize("name", ["sgd_nesterov", "rmsprop_momentum", "adam_weight_decay", "adamw", "l1_l2_clip_momentum",
+                                  "sgd_dampening_maximize_l1_l2_clip", "adagrad_all_weight_decay_clip",
+                                  "rmsprop_centered_momentum_weight_decay_clip", "adam_amsgrad_weight_decay_clip"])
 def test_apply_graph_matches_train_graph(name):
     """`apply` fed the `grads` graph's gradients makes the same update as `train`."""
     optimizer, train = CONFIGS[name]
@@ -417,12 +515,21 @@ def _loop_spec(optimizer):
     })
 
 
-@pytest.mark.parametrize("name", ["adam_weight_decay", "adamw", "sgd_nesterov", "rmsprop_momentum", "adagrad"])
-def test_the_training_loop_counts_updates_across_accumulation_and_a_resume(tmp_path, name):
+LOOP_CONFIGS = ["adam_weight_decay", "adamw", "sgd_nesterov", "rmsprop_momentum", "adagrad", "adam_amsgrad_weight_decay_clip",
+                "adamw_maximize_amsgrad", "sgd_dampening", "sgd_dampening_maximize_l1_l2_clip",
+                "rmsprop_centered_momentum_weight_decay_clip", "adagrad_all_weight_decay_clip"]
+
+
+@pytest.mark.parametrize("reference", ["numpy", "torch"])
+@pytest.mark.parametrize("name", LOOP_CONFIGS)
+def test_the_training_loop_counts_updates_across_accumulation_and_a_resume(tmp_path, name, reference):
     """flowgrad train --accumulate 2 --freeze b, stopped after 5 updates and resumed to 11, makes
     the updates of torch.optim stepping once per 2 batches: Adam's t counts the updates (it goes
     on from 6 after the resume, not from 1), the schedule's lr is that of the update, the gradient
-    is clipped after the 2 batches are summed, and the frozen b never moves (nor decays)."""
+    is clipped after the 2 batches are summed, and the frozen b never moves (nor decays). The
+    optimizer state goes on across the resume: amsgrad's max_v, centered's mean_grad, dampened
+    momentum (dampened from the second update on, not again from the first after the resume),
+    Adagrad's sums from initial_accumulator_value and its lr_decay's t."""
     from runtime import api
     from runtime.checkpoint import load_checkpoint
 
@@ -435,13 +542,18 @@ def test_the_training_loop_counts_updates_across_accumulation_and_a_resume(tmp_p
     api.train(spec, steps=5, **common)
     state, meta = load_checkpoint(f"{run_dir}/checkpoint.npz")
     assert meta["step"] == 5
+    hp = next(iter(optimizer.values()))
+    if hp.get("amsgrad"):  # the checkpoint keeps the running maximum, for the resume to go on with
+        assert_amsgrad_engaged(state)
+    if hp.get("centered"):
+        assert "mean_grad/main" in state and np.any(state["mean_grad/main"] != 0)
     api.train(spec, steps=11, resume=True, **common)
     state, meta = load_checkpoint(f"{run_dir}/checkpoint.npz")
     assert meta["step"] == 11
 
     grads_at = raw_grads_runner(spec)
     lr0 = next(iter(optimizer.values()))["lr"]
-    ref = Reference(optimizer, clip_norm=0.5)
+    ref = reference_for(optimizer, {"clip_norm": 0.5}, reference)
     params = {"W": np.ones((D, K)), "b": np.ones(K)}
     groups = [(0, 6), (6, 12), (12, 18), (18, 20)]
     for t in range(1, 12):
@@ -454,6 +566,69 @@ def test_the_training_loop_counts_updates_across_accumulation_and_a_resume(tmp_p
     np.testing.assert_array_equal(state["b"], np.ones(K))
 
 
+@pytest.mark.parametrize("path", ["fresh", "steps_per_call", "init_from", "resume"])
+def test_adagrad_initial_accumulator_value_starts_every_run(tmp_path, path):
+    """Adagrad's sums start at initial_accumulator_value (not the zeros other optimizer state starts
+    at) in a new run, with several steps per call, and warm-started with --init-from (which takes
+    the weights alone); a resume goes on with the checkpoint's sums. Each run makes torch.optim's
+    updates (lr_decay's t counting from the run's first update)."""
+    from runtime import api
+    from runtime.checkpoint import load_checkpoint
+
+    optimizer = {"adagrad": {"lr": 0.1, "initial_accumulator_value": 0.5, "lr_decay": 0.2}}
+    spec = _loop_spec(optimizer)
+    rng = np.random.default_rng(4)
+    data = {"x": rng.normal(size=(12, D)), "y": rng.normal(size=(12, K))}  # 4 batches of 3
+    common = dict(data=data, threads=1)
+    start = {"W": np.ones((D, K)), "b": np.ones(K)}
+    first = 0
+    if path in ("init_from", "resume"):  # a first run of 4 updates, then 4 more in the run under test
+        api.train(spec, steps=4, run_dir=str(tmp_path / "a"), **common)
+        before, _ = load_checkpoint(str(tmp_path / "a" / "checkpoint.npz"))
+        assert np.all(before["sum_sq/main"] > 0.5)
+        if path == "init_from":
+            start = {n: before[n] for n in start}
+        else:
+            first = 4
+    if path == "init_from":
+        api.train(spec, steps=4, run_dir=str(tmp_path / "b"), init_from=str(tmp_path / "a"), **common)
+    elif path == "resume":
+        api.train(spec, steps=8, run_dir=str(tmp_path / "a"), resume=True, **common)
+    else:
+        api.train(spec, steps=4, run_dir=str(tmp_path / "b"), steps_per_call=2 if path == "steps_per_call" else 1,
+                  **common)
+    state, _ = load_checkpoint(str(tmp_path / ("a" if path == "resume" else "b") / "checkpoint.npz"))
+
+    grads_at = raw_grads_runner(spec)
+    ref = Reference(optimizer, clip_norm=0.5)
+    params = start
+    for t in range(1, first + 5):
+        batch = {k: v[3 * ((t - 1) % 4): 3 * ((t - 1) % 4) + 3] for k, v in data.items()}
+        lr = 0.1 * min(1.0, t / 2) * 0.5 ** ((t - 1) // 3)
+        params = ref.step(params, grads_at(params, batch), lr, t)
+    for n in params:
+        np.testing.assert_allclose(state[n], params[n], rtol=1e-11, atol=1e-14, err_msg=n)
+    sums = np.concatenate([ref.state[n]["sum"].ravel() for n in ("W", "b")])
+    np.testing.assert_allclose(state["sum_sq/main"], sums, rtol=1e-11)
+
+
+def test_a_checkpoint_without_the_new_state_resumes_and_a_changed_option_is_named(tmp_path):
+    """A run of Adam (or RMSprop) without amsgrad (centered), as every run before these options
+    existed, resumes as it did; turning amsgrad on for the resume is refused as turning momentum
+    on is, naming amsgrad (the checkpoint lacks the running maximum it would go on with)."""
+    from runtime import api
+    from spec.errors import FlowgradError
+
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(12, D)), "y": rng.normal(size=(12, K))}
+    common = dict(data=data, threads=1, run_dir=str(tmp_path / "run"))
+    api.train(_loop_spec({"adam": {"lr": 0.05}}), steps=4, **common)
+    assert api.train(_loop_spec({"adam": {"lr": 0.05}}), steps=6, resume=True, **common).steps == 6
+    with pytest.raises(FlowgradError) as info:
+        api.train(_loop_spec({"adam": {"lr": 0.05, "amsgrad": True}}), steps=8, resume=True, **common)
+    assert "lacks max_v/main" in info.value.message and "amsgrad" in info.value.message
+
+
 # ------------------------------------------------------------------ bad settings
 BAD_OPTIMIZERS = [
     ("{sgd: {lr: -0.1}}", "train.optimizer.sgd.lr must be > 0, not -0.1", "above 0"),
@@ -462,17 +637,31 @@ BAD_OPTIMIZERS = [
     ("{sgd: {lr: 0.1, momentum: 1}}", "train.optimizer.sgd.momentum must be < 1, not 1", "below 1"),
     ("{sgd: {lr: 0.1, nesterov: true}}", "nesterov needs momentum", "momentum: 0.9, nesterov: true"),
     ("{sgd: {lr: 0.1, momentum: 0.0, nesterov: true}}", "nesterov needs momentum", "momentum: 0.9, nesterov: true"),
-    ("{sgd: {lr: 0.1, dampening: 0.1}}", "unknown key 'dampening' in train.optimizer.sgd", "momentum"),
+    ("{sgd: {lr: 0.1, momentum: 0.9, dampening: 1.5}}", "train.optimizer.sgd.dampening must be <= 1, not 1.5", "at most 1"),
+    ("{sgd: {lr: 0.1, momentum: 0.9, dampening: -0.1}}", "train.optimizer.sgd.dampening must be >= 0, not -0.1", "at least 0"),
+    ("{sgd: {lr: 0.1, momentum: 0.9, nesterov: true, dampening: 0.1}}", "nesterov needs dampening 0, not dampening 0.1",
+     "leave out dampening or nesterov"),
+    ("{sgd: {lr: 0.1, maximize: 'true'}}", "train.optimizer.sgd.maximize must be true or false, not the string 'true'",
+     "maximize: false"),
     ("{adam: {lr: 0.1, beta1: 1.0}}", "train.optimizer.adam.beta1 must be < 1, not 1.0", "below 1"),
     ("{adamw: {lr: 0.1, beta2: -0.1}}", "train.optimizer.adamw.beta2 must be >= 0, not -0.1", "at least 0"),
     ("{adam: {lr: 0.1, betas: [0.9, 0.99]}}", "unknown key 'betas' in train.optimizer.adam",
      "write PyTorch's betas=(b1, b2) as beta1: b1, beta2: b2"),
     ("{adamw: {lr: 0.1, betas: [0.9, 0.99]}}", "unknown key 'betas' in train.optimizer.adamw", "beta1: b1, beta2: b2"),
-    ("{adam: {lr: 0.1, amsgrad: true}}", "unknown key 'amsgrad' in train.optimizer.adam", "beta1"),
+    ("{adam: {lr: 0.1, amsgrad: 'yes'}}", "train.optimizer.adam.amsgrad must be true or false, not the string 'yes'",
+     "amsgrad: false"),
+    ("{adamw: {lr: 0.1, amsgrad: 1}}", "train.optimizer.adamw.amsgrad must be true or false, not the number 1", "true or false"),
     ("{adamw: {lr: 0.1, weight_decay: -1}}", "train.optimizer.adamw.weight_decay must be >= 0, not -1", "at least 0"),
     ("{adagrad: {lr: 0.1, eps: 0}}", "train.optimizer.adagrad.eps must be > 0, not 0", "above 0"),
     ("{rmsprop: {lr: 0.1, alpha: 1}}", "train.optimizer.rmsprop.alpha must be < 1, not 1", "below 1"),
-    ("{rmsprop: {lr: 0.1, centered: true}}", "unknown key 'centered' in train.optimizer.rmsprop", "alpha"),
+    ("{rmsprop: {lr: 0.1, centered: 'on'}}", "train.optimizer.rmsprop.centered must be true or false, not the string 'on'",
+     "centered: false"),
+    ("{adagrad: {lr: 0.1, lr_decay: -0.1}}", "train.optimizer.adagrad.lr_decay must be >= 0, not -0.1", "at least 0"),
+    ("{adagrad: {lr: 0.1, initial_accumulator_value: -1}}",
+     "train.optimizer.adagrad.initial_accumulator_value must be >= 0, not -1", "at least 0"),
+    ("{adagrad: {lr: 0.1, initial_accumulator_value: .inf}}",
+     "train.optimizer.adagrad.initial_accumulator_value must be a finite number, not inf", "finite"),
+    ("{adam: {lr: 0.1, maximise: true}}", "unknown key 'maximise' in train.optimizer.adam", "maximize"),
 ]
 
 
@@ -495,3 +684,28 @@ def test_a_bad_optimizer_setting_is_one_located_line_with_a_hint(optimizer, mess
     assert e.message == message and hint in e.hint
     assert "\n" not in e.message and "\n" not in e.hint
     assert e.loc.file == "models/bad.yaml" and e.loc.line == 10 and e.loc.col >= 14
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if any(k in n for k in ("dampening", "maximize", "amsgrad", "centered",
+                                                                             "lr_decay", "initial_accumulator"))])
+def test_the_options_graphs_are_standard_onnx(name):
+    """Each torch.optim option's train, grads and apply graphs (fused and per parameter, float32 and
+    float64, and the train graph looped for several steps per call) pass onnx.checker and strict
+    shape inference at the declared opset."""
+    import onnx
+
+    import compiler.training as training
+    from compiler.multistep import multi_step
+
+    optimizer, train = CONFIGS[name]
+    for dtype in ("float32", "float64"):
+        for limit in (training.FUSED_UPDATE_MAX_ELEMENTS, 0):
+            old, training.FUSED_UPDATE_MAX_ELEMENTS = training.FUSED_UPDATE_MAX_ELEMENTS, limit
+            try:
+                cm = compile_spec(make_spec(optimizer, **train), dtype, graphs=("train", "grads", "apply"))
+            finally:
+                training.FUSED_UPDATE_MAX_ELEMENTS = old
+            models = [g.model for g in cm.graphs.values()] + [multi_step(cm.graphs["train"]).model]
+            for model in models:
+                onnx.checker.check_model(model, full_check=True)
+                onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)

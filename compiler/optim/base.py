@@ -26,12 +26,21 @@ class Optimizer:
     state_names: tuple = ()
 
     def __init__(self, hp: dict):
-        self.hp = {**self.defaults, **hp}
+        self.hp = {"maximize": False, **self.defaults, **hp}
+
+    def state_init(self, kind: str) -> float:
+        """The value a state tensor of this kind starts at (Adagrad's initial_accumulator_value; else 0)."""
+        return 0.0
 
     def update(self, p, grad, state: dict, lr, t):
         """(new parameter, {state name: new value}); all arguments are IR Values
         except t, the float 1-based update count as a Value."""
         raise NotImplementedError
+
+    def ascent(self, grad):
+        """maximize: PyTorch negates the gradient before anything else the optimizer does (its weight
+        decay included: the decay still pulls the weights toward 0)."""
+        return -grad if self.hp["maximize"] else grad
 
     def decayed(self, p, grad):
         """Coupled (L2) weight decay: added to the gradient."""
@@ -41,10 +50,12 @@ class Optimizer:
 
 def possible_state_names() -> set[str]:
     """Every kind of optimizer state any optimizer keeps, whatever its settings (momentum adds a
-    velocity to sgd and rmsprop): what a checkpoint's optimizer state can be called."""
+    velocity to sgd and rmsprop, centered a mean_grad to rmsprop, amsgrad a max_v to adam and
+    adamw): what a checkpoint's optimizer state can be called."""
     from . import adaptive, sgd  # noqa: F401  (they register the optimizers)
 
-    return {n for cls in OPTIMIZERS.values() for hp in ({}, {"momentum": 0.9}) for n in cls(hp).state_names}
+    everything = {"momentum": 0.9, "centered": True, "amsgrad": True}
+    return {n for cls in OPTIMIZERS.values() for hp in ({}, everything) for n in cls(hp).state_names}
 
 
 def optimizer_from_config(cfg: dict, loc: Loc | None = None) -> Optimizer:
@@ -66,4 +77,8 @@ def optimizer_from_config(cfg: dict, loc: Loc | None = None) -> Optimizer:
         raise SpecError(f"lr must be positive, got {hp['lr']}", loc, "use a number above 0, e.g. lr: 0.01")
     if hp.get("nesterov") and not hp.get("momentum"):
         raise SpecError("nesterov needs momentum", loc, "for example {sgd: {lr: 0.1, momentum: 0.9, nesterov: true}}")
+    if hp.get("nesterov") and hp.get("dampening"):
+        raise SpecError(f"nesterov needs dampening 0, not dampening {hp['dampening']}", loc,
+                        "leave out dampening or nesterov (torch.optim.SGD refuses the two together too), e.g. "
+                        "{sgd: {lr: 0.1, momentum: 0.9, nesterov: true}}")
     return OPTIMIZERS[name](hp)
