@@ -1,5 +1,6 @@
 """Learning-rate schedules: a function of the update count, fed to the graph's
-`lr` input each step (so changing a schedule never recompiles)."""
+`lr` input each step (so changing a schedule never recompiles); a plateau schedule's
+rate also follows the validation records, one step of it at each epoch's end."""
 from __future__ import annotations
 
 import math
@@ -37,7 +38,69 @@ def check_schedule_fits(spec, total_steps: int, length: str) -> None:
                         f"decay within the run, e.g. every: {max(total_steps // 3, 1)}, or train for more steps")
 
 
-def lr_schedule(base_lr: float, cfg: dict | None, total_steps: int, steps_per_epoch: int):
+def improves(value: float, best: float, mode: str, threshold: float = 0.0, threshold_mode: str = "rel") -> bool:
+    """Whether `value` is better than `best`, as torch's ReduceLROnPlateau.is_better: for mode min,
+    value < best * (1 - threshold) (rel) or value < best - threshold (abs); for max, value >
+    best * (1 + threshold) or value > best + threshold. A NaN value is never better. Early stopping
+    compares with threshold 0 (any improvement counts); a plateau schedule with its threshold."""
+    if mode == "max":
+        return value > (best * (1 + threshold) if threshold_mode == "rel" else best + threshold)
+    return value < (best * (1 - threshold) if threshold_mode == "rel" else best - threshold)
+
+
+class Plateau:
+    """torch.optim.lr_scheduler.ReduceLROnPlateau, stepped with the watched metric at each epoch's
+    end: after more than `patience` epochs in a row without an improvement (see `improves`),
+    each learning rate becomes max(lr * factor, min_lr) (unchanged where that changes it by eps
+    or less), and the next `cooldown` epochs count no bad epochs. Its state (best, bad epochs,
+    cooldown counter, rates) is a function of the metric's values: a resume replays the records."""
+
+    def __init__(self, cfg: dict, mode: str, lrs: dict[str, float]):
+        from spec.loader import schema_default
+
+        def setting(key):
+            value = cfg.get(key)
+            return schema_default("train", "lr_schedule", "plateau", key) if value is None else value
+
+        self.metric, self.mode = cfg["metric"], mode
+        self.factor, self.patience = float(setting("factor")), int(setting("patience"))
+        self.threshold, self.threshold_mode = float(setting("threshold")), str(setting("threshold_mode"))
+        self.cooldown, self.min_lr, self.eps = int(setting("cooldown")), float(setting("min_lr")), float(setting("eps"))
+        self.lrs = {name: float(lr) for name, lr in lrs.items()}
+        self.best = math.inf if mode == "min" else -math.inf
+        self.bad_epochs = 0
+        self.cooldown_counter = 0
+
+    def step(self, value) -> bool:
+        """One epoch's value of the metric (None or NaN: no improvement); True if the rates fell."""
+        value = math.nan if value is None else float(value)
+        if improves(value, self.best, self.mode, self.threshold, self.threshold_mode):
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.bad_epochs = 0  # (bad epochs in the cooldown do not count)
+        if self.bad_epochs <= self.patience:
+            return False
+        for name, old in self.lrs.items():
+            new = max(old * self.factor, self.min_lr)
+            if old - new > self.eps:
+                self.lrs[name] = new
+        self.cooldown_counter, self.bad_epochs = self.cooldown, 0
+        return True
+
+    def replay(self, records) -> "Plateau":
+        """Step it with the metric of each whole epoch's record (a partial epoch's is redone)."""
+        for record in records:
+            if not record.get("partial"):
+                self.step(record.get(self.metric))
+        return self
+
+
+def lr_schedule(base_lr: float, cfg: dict | None, total_steps: int, steps_per_epoch: int, rate=None):
+    """The learning rate of each optimizer step, a function of its count. A plateau schedule's
+    rate is `rate()` (its Plateau's current rate of this objective), base_lr without one."""
     cfg = dict(cfg or {})
     warmup = int(cfg.pop("warmup", 0) or 0)
     if not cfg:
@@ -46,7 +109,8 @@ def lr_schedule(base_lr: float, cfg: dict | None, total_steps: int, steps_per_ep
         (kind, args), = cfg.items()
         args = args or {}
     else:
-        raise SpecError(f"lr_schedule takes one schedule, got {', '.join(cfg)}", hint="keep one of constant, step, exponential and cosine (warmup may go with it)")
+        raise SpecError(f"lr_schedule takes one schedule, got {', '.join(cfg)}",
+                        hint="keep one of constant, step, exponential, cosine and plateau (warmup may go with it)")
 
     def base(step: int) -> float:
         if kind == "constant":
@@ -62,7 +126,9 @@ def lr_schedule(base_lr: float, cfg: dict | None, total_steps: int, steps_per_ep
             span = max(total_steps - warmup - 1, 1)  # the last step (total_steps - 1) takes min_lr
             t = min(max(step - warmup, 0) / span, 1.0)
             return lo + 0.5 * (base_lr - lo) * (1 + math.cos(math.pi * t))
-        raise SpecError(f"unknown lr_schedule {kind!r}", hint="choose constant, step, exponential or cosine")
+        if kind == "plateau":  # the rate its epochs' metric left (the warmup scales it, as the others)
+            return rate() if rate is not None else base_lr
+        raise SpecError(f"unknown lr_schedule {kind!r}", hint="choose constant, step, exponential, cosine or plateau")
 
     def lr(step: int) -> float:
         value = base(step)

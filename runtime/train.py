@@ -27,7 +27,7 @@ from . import jsontext
 from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed, enclosing_run  # noqa: F401  (the API imported them from here)
 from .checkpoint import (META_KEY, atomic_write, checkpoint_bytes, load_checkpoint, read_run_info,
                          remove_stale_temporaries)
-from .schedules import check_schedule_fits, lr_schedule
+from .schedules import Plateau, check_schedule_fits, improves, lr_schedule
 
 CHECKPOINT = "checkpoint.npz"
 # Mixed precision skips a step whose gradients overflow and halves the loss scale; this
@@ -540,7 +540,6 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                             f"{names.given(overwrite=True) if opts.overwrite else names('init_from')}",
                             hint=f"{names.given(overwrite=True)} or {names('init_from')} start a new run: leave out "
                                  f"{names.given(resume=True)}")
-    stopping = cfg.get("early_stopping")  # (its metric and mode are checked once the graphs say what is reported)
     if opts.steps_per_call > 1 and opts.accumulate > 1:
         raise FlowgradError(f"{names('steps_per_call')} does not work with {names('accumulate')}",
                             hint="an accumulated update already runs several batches per update: leave out one of the two")
@@ -633,13 +632,23 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             state, warm_start = _warm_start(cm, opts.init_from, seed, names)
             _check_vocabulary(opts.init_from, train_ds.meta, names.given(init_from=opts.init_from), names,
                               warm_start=True)
-        if stopping:  # now, not after an epoch: an --overwrite has not yet removed the run it replaces
-            _check_stopping_metric(spec, reported_names(cm, valid_ds is not None))
+        # now, not after an epoch: an --overwrite has not yet removed the run it replaces
+        plateau_cfg = (cfg.get("lr_schedule") or {}).get("plateau")
+        if plateau_cfg:
+            _check_plateau_validated(spec, valid_ds is not None, names)
+        for section in WATCHING:
+            if _in_train(spec, section):
+                check_watched_metric(spec, section, reported_names(cm, valid_ds is not None))
         trainer = Trainer(cm, device, opts.threads, state, seed, cuda_graphs=opts.cuda_graphs)
         _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, resumed=bool(meta),
                          warm_start=warm_start)
 
-        schedules = {o.name: lr_schedule(o.optimizer.hp["lr"], cfg.get("lr_schedule"), total_steps, steps_per_epoch)
+        # a plateau schedule's rates: those its epochs' records leave (replayed below, once the
+        # records a resume goes on from are known)
+        plateau = Plateau(plateau_cfg, metric_mode(plateau_cfg), {o.name: o.optimizer.hp["lr"] for o in cm.objectives}) \
+            if plateau_cfg else None
+        schedules = {o.name: lr_schedule(o.optimizer.hp["lr"], cfg.get("lr_schedule"), total_steps, steps_per_epoch,
+                                         **({"rate": lambda name=o.name: plateau.lrs[name]} if plateau else {}))
                      for o in cm.objectives}
         partial = meta.get("partial")
         kept_best = os.path.join(run_dir, BEST_BEFORE_PARTIAL)
@@ -667,6 +676,8 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         history = list(meta.get("history", []))
         best = dict(meta.get("best", {}))
         bad_epochs = int(meta.get("bad_epochs", 0))
+        if plateau:
+            plateau.replay(history)
         stopping = cfg.get("early_stopping")
         stopped = "finished"
         if stopping and history and bad_epochs >= int(stopping.get("patience", 5)):
@@ -835,28 +846,33 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 # a partial epoch's record says so (plot curves marks it: it was drawn as a whole epoch)
                 record = {"epoch": epoch + 1, "step": step, **({"partial": True} if partial else {}),
                           **{f"train_{k}": v / rows[k] for k, v in sums.items()}}
+                # the learning rate of the epoch's last update (each objective's, with several)
+                lrs = {"lr" if len(schedules) == 1 else f"{name}/lr": schedules[name](step - 1)
+                       for name in dict.fromkeys(cm.schedule)}
                 if valid_ds is not None:
                     try:
                         record.update({f"valid_{k}": v for k, v in trainer.evaluate(
                             eval_batches(valid_ds, valid_batch_size(batch_size), least_rows(spec, cm))).items()})
                     except ORT_ERRORS as ex:
                         raise _step_failed(ex, f"validation after epoch {epoch + 1}", run_dir, cm.float_dtype) from None
+                record.update(lrs)
                 record["seconds"] = round(time.perf_counter() - t_start, 3)
                 epoch += 1
                 # "best" follows the early-stopping metric, else the validation (or training) loss.
                 key = stopping["metric"] if stopping else ("valid_loss" if "valid_loss" in record else "train_loss")
                 if stopping:
-                    _check_stopping_metric(spec, [k for k in record if k not in ("epoch", "step", "seconds")])
-                mode = stopping.get("mode", "min") if stopping else "min"
-                better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+                    check_watched_metric(spec, ("early_stopping",), [k for k in record if k.startswith(("train_", "valid_"))])
+                mode = metric_mode(stopping) if stopping else "min"
                 # NaN compares false with everything: a NaN record is never better, and any number
                 # beats a NaN best (else a NaN first epoch stayed the best for good)
                 improved = not best or key not in record or not np.isnan(record[key]) and (
-                    np.isnan(best[key]) or better(record[key], best[key]))
+                    np.isnan(best[key]) or improves(record[key], best[key], mode))
                 bad_epochs = 0 if improved else bad_epochs + 1
                 if improved:
                     best = dict(record)
                 history.append(record)
+                if plateau and not partial:  # the next epoch's rate (a partial epoch's record is redone)
+                    plateau.step(record.get(plateau.metric))
                 checkpoint(0, also_best=improved, partial=partial, record=record)
                 progress.end_epoch(record)
                 if on_epoch:
@@ -882,22 +898,56 @@ def reported_names(cm: CompiledModel, validated: bool) -> list[str]:
     return names
 
 
-def _check_stopping_metric(spec: S.Spec, reported: list[str]) -> None:
-    """The metric first: a misspelt one (valid_acuracy) was asked for its mode, and refused as
-    not reported only once the user had added one."""
-    stopping = spec.train["early_stopping"]
-    metric = stopping["metric"]
-    unsure = "mode" not in stopping and "loss" not in str(metric)  # (only a loss defaults to min)
+# The train sections that watch a metric of the epochs' records, each with a metric and a mode
+# (early_stopping, lr_schedule: {plateau: ...}): named, and its direction decided, alike.
+WATCHING = (("early_stopping",), ("lr_schedule", "plateau"))
+
+
+def _in_train(spec: S.Spec, section: tuple[str, ...]) -> bool:
+    node = spec.train or {}
+    for key in section:
+        node = node.get(key) if isinstance(node, dict) else None
+    return bool(node)
+
+
+def metric_mode(watching: dict) -> str:
+    """min or max: a watching section's mode, else min (check_watched_metric refuses a metric
+    whose direction is not a loss's without a mode)."""
+    return watching.get("mode") or "min"
+
+
+def check_watched_metric(spec: S.Spec, section: tuple[str, ...], reported: list[str]) -> None:
+    """The metric that train.<section> watches is reported, and whether larger or smaller is
+    better is known: its mode, or min for a loss. The metric first: a misspelt one (valid_acuracy)
+    was asked for its mode, and refused as not reported only once the user had added one."""
+    watching = spec.train
+    for key in section:
+        watching = watching[key]
+    metric = watching["metric"]
+    what = ".".join(section)
+    unsure = "mode" not in watching and "loss" not in str(metric)  # (only a loss defaults to min)
     if metric not in reported:
         close = did_you_mean(str(metric), reported)
-        raise FlowgradError(f"early_stopping metric {metric!r} is not reported",
-                            spec.locate("train", "early_stopping", "metric"),
+        raise FlowgradError(f"{what} metric {metric!r} is not reported",
+                            spec.locate("train", *section, "metric"),
                             (f"{close} (reported: {', '.join(reported)})" if close else f"reported: {', '.join(reported)}")
                             + ("; and add mode: max or mode: min" if unsure else ""))
     if unsure:
-        raise SpecError(f"early_stopping: is a larger or a smaller {metric} better?",
-                        spec.locate("train", "early_stopping", "metric"),
+        raise SpecError(f"{what}: is a larger or a smaller {metric} better?",
+                        spec.locate("train", *section, "metric"),
                         "add mode: max (accuracy, say) or mode: min; only a loss defaults to min")
+
+
+def _check_plateau_validated(spec: S.Spec, validated: bool, names: ArgNames) -> None:
+    """A plateau schedule steps with a validation metric at each epoch's end: a run without
+    validation data has none to step with (refused before anything of the run is written)."""
+    if validated:
+        return
+    metric = spec.train["lr_schedule"]["plateau"]["metric"]
+    raise FlowgradError(f"train.lr_schedule.plateau watches {metric}, but this run has no validation data",
+                        spec.locate("train", "lr_schedule", "plateau", "metric"),
+                        f"hold out validation examples: add valid: 0.1 (a fraction, or an .npz file) under "
+                        f"train.data, or pass {names.given(valid='0.1')}")
 
 
 def _check_stateful_batches(spec: S.Spec, cm: CompiledModel, rows: int) -> None:

@@ -1083,6 +1083,13 @@ class _SpecBuilder:
                 raise SpecError(f"train.lr_schedule takes one schedule, got {', '.join(kinds)}",
                                 schedule.key_locs[kinds[1]], "keep one of them (warmup may go with any)")
             self.attempt(self.check_lr_floor, train, schedule)
+            plateau = schedule.get("plateau")
+            metric = plateau.get("metric") if isinstance(plateau, LocMap) else None
+            if isinstance(metric, str) and metric and not metric.startswith("valid_"):
+                # as torch's scheduler.step(val_loss) after each epoch's validation
+                raise SpecError(f"train.lr_schedule.plateau.metric {metric!r} is not a validation value: a "
+                                "plateau schedule watches the epoch's validation", plateau.value_locs["metric"],
+                                "write valid_loss, or valid_<metric> for a validation metric (valid_accuracy)")
         objectives = train.get("objectives") or {}
         order = train.get("schedule")
         if order is not None and not objectives:

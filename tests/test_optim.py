@@ -504,6 +504,90 @@ def test_lr_schedules_follow_torch_lr_scheduler(kind):
         assert all(abs(ours(4 * e) - 0.1 * 0.5 ** e) < 1e-15 for e in range(5))
 
 
+# a validation loss that falls, stalls, wobbles within the threshold, falls again and ends flat (a
+# NaN epoch counts as no improvement, as in torch), and an accuracy read the other way round
+PLATEAU_LOSSES = [1.0, 0.8, 0.79995, 0.8, 0.81, 0.7, 0.7, 0.69, 0.6999, 0.5, 0.5, 0.5, float("nan"), 0.5, 0.4999,
+                  0.45, 0.45, 0.45, 0.45, 0.45, 0.45, 0.45, 0.44] + [0.44] * 12
+PLATEAU_CASES = {
+    "defaults": {},
+    "rel": {"factor": 0.5, "patience": 1, "threshold": 0.01},
+    "abs": {"factor": 0.5, "patience": 1, "threshold": 0.01, "threshold_mode": "abs"},
+    "patience_0": {"factor": 0.5, "patience": 0, "threshold": 0},
+    "cooldown": {"factor": 0.5, "patience": 1, "cooldown": 2},
+    "min_lr": {"factor": 0.3, "patience": 0, "min_lr": 0.002},
+    "eps": {"factor": 0.9, "patience": 0, "min_lr": 0.0, "eps": 0.005},
+    "max_rel": {"mode": "max", "factor": 0.5, "patience": 1, "threshold": 0.01},
+    "max_abs_cooldown": {"mode": "max", "factor": 0.5, "patience": 1, "threshold": 0.05, "threshold_mode": "abs",
+                         "cooldown": 1, "min_lr": 0.01},
+}
+
+
+@pytest.mark.parametrize("case", list(PLATEAU_CASES))
+def test_the_plateau_schedule_follows_torch_reduce_lr_on_plateau(case):
+    """lr_schedule: {plateau: {...}} gives, after each epoch's value of its metric, the lr of torch's
+    ReduceLROnPlateau(optimizer, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr,
+    eps) stepped with that value (its defaults as torch's; max mode on an accuracy), for each
+    objective's lr (param group); a replay of the values (what a resume does) ends in the same state."""
+    torch = pytest.importorskip("torch")
+    from runtime.schedules import Plateau
+
+    settings = PLATEAU_CASES[case]
+    mode = settings.get("mode", "min")
+    values = PLATEAU_LOSSES if mode == "min" else [1 - v for v in PLATEAU_LOSSES]
+    lrs = {"first": 0.1, "second": 0.03}
+    ours = Plateau({"metric": "valid_accuracy" if mode == "max" else "valid_loss", **settings}, mode, lrs)
+    opt = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in lrs.values()])
+    theirs = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **{"mode": mode, **settings})
+    got, want = [], []
+    for value in values:
+        ours.step(value)
+        theirs.step(value)
+        got.append(list(ours.lrs.values()))
+        want.append([g["lr"] for g in opt.param_groups])
+    assert got == want  # (the same float operations: exactly)
+    assert len({tuple(w) for w in want}) > 1, "the lr never fell: the case tests nothing"
+    assert (ours.best, ours.bad_epochs, ours.cooldown_counter) == (theirs.best, theirs.num_bad_epochs,
+                                                                   theirs.cooldown_counter)
+    records = [{"epoch": i + 1, ours.metric: v} for i, v in enumerate(values)]
+    replayed = Plateau({"metric": ours.metric, **settings}, mode, lrs).replay(records)
+    assert vars(replayed) == {**vars(ours), "best": replayed.best} and replayed.best == ours.best
+
+
+def test_a_warmup_scales_the_plateau_rate_as_torch_linear_lr_chained_with_it():
+    """{plateau: {...}, warmup: W}: update k (from 0) takes (k + 1) / W of the plateau's rate, as
+    torch's LinearLR(1/W, total_iters=W - 1) stepped per update with ReduceLROnPlateau stepped per
+    epoch on the same optimizer: a reduction at an epoch's end inside the warmup lowers the rate it
+    ramps to, and the warmup goes on from where it was."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    from runtime.schedules import Plateau, lr_schedule
+
+    w, spe, epochs = 7, 3, 6
+    losses = [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]
+    cfg = {"plateau": {"metric": "valid_loss", "factor": 0.5, "patience": 0}, "warmup": w}
+    plateau = Plateau(cfg["plateau"], "min", {"main": 0.1})
+    ours = lr_schedule(0.1, cfg, epochs * spe, spe, rate=lambda: plateau.lrs["main"])
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / w, total_iters=w - 1)
+        reduce = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+        got, want = [], []
+        for epoch in range(epochs):
+            for k in range(epoch * spe, (epoch + 1) * spe):
+                got.append(ours(k))
+                want.append(opt.param_groups[0]["lr"])
+                opt.step()
+                warm.step()
+            plateau.step(losses[epoch])
+            reduce.step(losses[epoch])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    # epoch 2 does not improve: from update 6, the warmup's last, the rate is halved, and halved
+    # again after epoch 3
+    assert got[5] == pytest.approx(0.1 * 6 / w) and got[6] == pytest.approx(0.05) and got[9] == pytest.approx(0.025)
+
+
 def _loop_spec(optimizer):
     return spec_from_dict({
         "flowgrad": 1, "name": "lin", "dims": {"D": D, "K": K},
@@ -709,3 +793,47 @@ def test_the_options_graphs_are_standard_onnx(name):
             for model in models:
                 onnx.checker.check_model(model, full_check=True)
                 onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+BAD_PLATEAUS = [
+    ("{metric: valid_loss, factor: 1}", "train.lr_schedule.plateau.factor must be < 1, not 1", "below 1"),
+    ("{metric: valid_loss, factor: 1.5}", "train.lr_schedule.plateau.factor must be < 1, not 1.5", "below 1"),
+    ("{metric: valid_loss, factor: 0}", "train.lr_schedule.plateau.factor must be > 0, not 0", "above 0"),
+    ("{metric: valid_loss, patience: -1}", "train.lr_schedule.plateau.patience must be >= 0, not -1", "at least 0"),
+    ("{metric: valid_loss, cooldown: -1}", "train.lr_schedule.plateau.cooldown must be >= 0, not -1", "at least 0"),
+    ("{metric: valid_loss, min_lr: -1}", "train.lr_schedule.plateau.min_lr must be >= 0, not -1", "at least 0"),
+    ("{metric: valid_loss, threshold: -0.1}", "train.lr_schedule.plateau.threshold must be >= 0, not -0.1",
+     "at least 0"),
+    ("{metric: valid_loss, threshold_mode: relative}",
+     "train.lr_schedule.plateau.threshold_mode must be one of rel, abs, not the string 'relative'", "rel, abs"),
+    ("{metric: valid_loss, mode: maximum}",
+     "train.lr_schedule.plateau.mode must be one of min, max, not the string 'maximum'", "did you mean 'max'?"),
+    ("{metric: train_loss}", "train.lr_schedule.plateau.metric 'train_loss' is not a validation value: a plateau "
+     "schedule watches the epoch's validation", "write valid_loss"),
+    ("{metric: valid_loss, verbose: true}", "unknown key 'verbose' in train.lr_schedule.plateau", "metrics.jsonl"),
+    ("{factor: 0.5}", "missing required key 'metric' in train.lr_schedule.plateau", "metric"),
+]
+
+
+@pytest.mark.parametrize("plateau, message, hint", BAD_PLATEAUS)
+def test_a_bad_plateau_setting_is_one_located_line_with_a_hint(plateau, message, hint):
+    """lr_schedule: {plateau: ...} with a factor of 1 or more (torch: 'Factor should be < 1.0'), a
+    negative patience, cooldown, min_lr or threshold, another threshold_mode or mode, a training
+    value as its metric, or torch's verbose, is refused when the spec is read: one line at the key,
+    with a hint. (An unreported metric, one without a mode, and a run without validation data are
+    refused before training: test_runtime_features.py.)"""
+    from compiler.training import objectives_of
+    from spec import spec_from_text
+    from spec.errors import SpecError
+
+    text = ("flowgrad: 1\nname: lin\ndims: {D: 3}\ninputs:\n  x: {shape: [N, D]}\nparams:\n  W: {shape: [D], init: normal}\n"
+            f"loss: mean((x @ W) ** 2)\ntrain:\n  optimizer: {{sgd: {{lr: 0.1}}}}\n  lr_schedule: {{plateau: {plateau}}}\n")
+    with pytest.raises(SpecError) as info:
+        objectives_of(spec_from_text(text, "models/bad.yaml"))
+    errs = getattr(info.value, "errors", None) or [info.value]
+    assert len(errs) == 1
+    e = errs[0]
+    assert e.message == message and hint in e.hint
+    assert "\n" not in e.message and "\n" not in e.hint
+    line = text.splitlines()[10]
+    assert e.loc.file == "models/bad.yaml" and e.loc.line == 11 and e.loc.col > line.index("plateau:") + 1

@@ -1498,3 +1498,104 @@ def test_a_stateful_run_trained_with_another_batch_size_is_evaluated(tmp_path):
     assert _params(str(tmp_path / "run"))["hs.h0"].shape == (4, 3)
     got = evaluate_run(str(tmp_path / "run"), data=valid, device="cpu")
     assert got["loss"] == pytest.approx(result.final["valid_loss"], rel=1e-6)
+
+
+# ------------------------------------------------------------------ lr_schedule: {plateau: ...}
+PLATEAU = REGRESSION + "  lr_schedule: {plateau: {metric: valid_loss, patience: 1, threshold: 0.05, cooldown: 2}}\n"
+
+
+@pytest.fixture
+def noise(tmp_path):
+    """Targets unrelated to x: the validation loss soon stops improving."""
+    rng = np.random.default_rng(0)
+    return {"x": rng.normal(size=(64, 4)).astype(np.float32), "y": rng.normal(size=64).astype(np.float32)}
+
+
+def _records(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in f]
+
+
+def test_the_plateau_schedule_lowers_the_lr_after_a_plateau_and_records_it(tmp_path, noise, monkeypatch):
+    """lr_schedule: {plateau: ...} was refused ('unknown schedule'). Now the validation loss of a
+    model fitting noise stops improving and the lr falls by factor after more than patience epochs
+    without an improvement of 5%, each epoch's record (metrics.jsonl) giving the lr its updates
+    took: those the Plateau stepped with the recorded valid_loss gives."""
+    from runtime.schedules import Plateau
+    from runtime.trainer import Trainer
+
+    used = []
+    real = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, name, batch, lr, step: used.append(lr) or
+                        real(self, name, batch, lr, step))
+    run_dir = str(tmp_path / "run")
+    train(_spec(PLATEAU, tmp_path), run_dir=run_dir, data=noise, valid="0.25", epochs=12, threads=1, device="cpu")
+    records = _records(run_dir)
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == 0.05 and lrs[-1] < 0.005 / 2, lrs  # (it fell at least twice)
+    assert used == [lr for lr in lrs for _ in range(3)]  # 48 training examples, 3 updates an epoch
+    plateau = Plateau({"metric": "valid_loss", "patience": 1, "threshold": 0.05, "cooldown": 2}, "min", {"main": 0.05})
+    expected = []
+    for r in records:
+        expected.append(plateau.lrs["main"])
+        plateau.step(r["valid_loss"])
+    assert lrs == expected
+
+
+def test_a_resumed_plateau_schedule_goes_on_as_the_uninterrupted_run(tmp_path, noise):
+    """The plateau's state (best, bad epochs, cooldown, rate) is replayed from metrics.jsonl: a run
+    stopped at an epoch's end in a cooldown, or in the middle of the epoch after it, and resumed,
+    records the lrs and ends with the weights of the run that was not stopped."""
+    from runtime.schedules import Plateau
+
+    spec = _spec(PLATEAU, tmp_path)
+    common = dict(data=noise, valid="0.25", threads=1, device="cpu")
+    whole = str(tmp_path / "whole")
+    train(spec, run_dir=whole, epochs=12, **common)
+    records = _records(whole)
+    settings = {"metric": "valid_loss", "patience": 1, "threshold": 0.05, "cooldown": 2}
+    # the first epoch's end after a reduction: the cooldown has epochs to go
+    k = next(k for k in range(1, 12)
+             if Plateau(settings, "min", {"main": 0.05}).replay(records[:k]).cooldown_counter == 2)
+    assert records[k]["lr"] < records[k - 1]["lr"]
+    for stop in (dict(epochs=k), dict(steps=3 * (k + 1) + 1)):  # in the cooldown's first or second epoch
+        run_dir = str(tmp_path / f"stopped_{len(os.listdir(tmp_path))}")
+        train(spec, run_dir=run_dir, **stop, **common)
+        train(spec, run_dir=run_dir, resume=True, epochs=12, **common)
+        assert _records(run_dir) == records, stop
+        resumed, uninterrupted = _params(run_dir), _params(whole)
+        for name in uninterrupted:
+            assert np.array_equal(resumed[name], uninterrupted[name]), (stop, name)
+
+
+def test_the_plateau_schedule_with_a_warmup_ramps_up_to_its_rate(tmp_path, noise):
+    """{plateau: ..., warmup: 4}: the first 4 updates ramp up to the plateau's rate, each epoch's
+    record giving the rate of its last update."""
+    text = PLATEAU.replace("cooldown: 2}}", "cooldown: 2}, warmup: 4}")
+    run_dir = str(tmp_path / "run")
+    train(_spec(text, tmp_path), run_dir=run_dir, data=noise, valid="0.25", epochs=8, threads=1, device="cpu")
+    lrs = [r["lr"] for r in _records(run_dir)]
+    assert lrs[0] == pytest.approx(0.05 * 3 / 4) and lrs[1] == 0.05 and lrs[-1] < 0.05, lrs
+
+
+@pytest.mark.parametrize("schedule, valid, words, hint", [
+    ("{plateau: {metric: valid_loss}}", "0", "train.lr_schedule.plateau watches valid_loss, but this run has no "
+     "validation data", "hold out validation examples: add valid: 0.1"),
+    ("{plateau: {metric: valid_los}}", "0.25", "lr_schedule.plateau metric 'valid_los' is not reported",
+     "did you mean 'valid_loss'"),
+    ("{plateau: {metric: valid_accuracy}}", "0.25", "lr_schedule.plateau: is a larger or a smaller valid_accuracy "
+     "better?", "add mode: max (accuracy, say) or mode: min"),
+])
+def test_a_plateau_schedule_without_its_metric_is_refused_at_it_before_training(tmp_path, data, schedule, valid,
+                                                                                  words, hint):
+    """A plateau steps with a validation metric: without validation data, with a misspelt metric or
+    one whose direction is not known (early_stopping's checks, shared), one located line with a
+    hint, before anything of the run is written."""
+    text = REGRESSION.replace("train:\n", "metrics:\n  accuracy: mean(abs(pred - y) < 0.5)\ntrain:\n")
+    text += f"  lr_schedule: {schedule}\n"
+    with pytest.raises(FlowgradError) as e:
+        train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, valid=valid, epochs=2, threads=1,
+              device="cpu")
+    assert words in e.value.message and hint in e.value.hint and "\n" not in e.value.message + e.value.hint
+    assert (e.value.loc.line, e.value.loc.col) == (22, len("  lr_schedule: {plateau: {metric: ") + 1)  # at the metric
+    assert not os.path.exists(tmp_path / "r")
