@@ -645,7 +645,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
 
         # a plateau schedule's rates: those its epochs' records leave (replayed below, once the
         # records a resume goes on from are known)
-        plateau = Plateau(plateau_cfg, metric_mode(plateau_cfg), {o.name: o.optimizer.hp["lr"] for o in cm.objectives}) \
+        plateau = Plateau(plateau_cfg, metric_mode(plateau_cfg, cm), {o.name: o.optimizer.hp["lr"] for o in cm.objectives}) \
             if plateau_cfg else None
         schedules = {o.name: lr_schedule(o.optimizer.hp["lr"], cfg.get("lr_schedule"), total_steps, steps_per_epoch,
                                          **({"rate": lambda name=o.name: plateau.lrs[name]} if plateau else {}))
@@ -858,11 +858,12 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 record.update(lrs)
                 record["seconds"] = round(time.perf_counter() - t_start, 3)
                 epoch += 1
-                # "best" follows the early-stopping metric, else the validation (or training) loss.
+                # "best" follows the early-stopping metric, else the validation (or training) loss: its
+                # lowest, or its highest where the optimizers maximize it
                 key = stopping["metric"] if stopping else ("valid_loss" if "valid_loss" in record else "train_loss")
                 if stopping:
                     check_watched_metric(spec, ("early_stopping",), [k for k in record if k.startswith(("train_", "valid_"))])
-                mode = metric_mode(stopping) if stopping else "min"
+                mode = metric_mode(stopping, cm)
                 # NaN compares false with everything: a NaN record is never better, and any number
                 # beats a NaN best (else a NaN first epoch stayed the best for good)
                 improved = not best or key not in record or not np.isnan(record[key]) and (
@@ -910,10 +911,16 @@ def _in_train(spec: S.Spec, section: tuple[str, ...]) -> bool:
     return bool(node)
 
 
-def metric_mode(watching: dict) -> str:
-    """min or max: a watching section's mode, else min (check_watched_metric refuses a metric
-    whose direction is not a loss's without a mode)."""
-    return watching.get("mode") or "min"
+def metric_mode(watching: dict | None, cm: CompiledModel) -> str:
+    """min or max: a watching section's mode, else the loss's (check_watched_metric refuses a
+    metric whose direction is not a loss's without a mode)."""
+    return (watching or {}).get("mode") or loss_mode(cm)
+
+
+def loss_mode(cm: CompiledModel) -> str:
+    """Which way a loss improves: down, but up where every objective's optimizer maximizes it
+    (its best epoch, best.npz, is its highest)."""
+    return "max" if cm.objectives and all(o.optimizer.hp.get("maximize") for o in cm.objectives) else "min"
 
 
 def check_watched_metric(spec: S.Spec, section: tuple[str, ...], reported: list[str]) -> None:
@@ -925,7 +932,7 @@ def check_watched_metric(spec: S.Spec, section: tuple[str, ...], reported: list[
         watching = watching[key]
     metric = watching["metric"]
     what = ".".join(section)
-    unsure = "mode" not in watching and "loss" not in str(metric)  # (only a loss defaults to min)
+    unsure = "mode" not in watching and "loss" not in str(metric)  # (only a loss has a default: its optimizers' direction)
     if metric not in reported:
         close = did_you_mean(str(metric), reported)
         raise FlowgradError(f"{what} metric {metric!r} is not reported",
@@ -935,7 +942,7 @@ def check_watched_metric(spec: S.Spec, section: tuple[str, ...], reported: list[
     if unsure:
         raise SpecError(f"{what}: is a larger or a smaller {metric} better?",
                         spec.locate("train", *section, "metric"),
-                        "add mode: max (accuracy, say) or mode: min; only a loss defaults to min")
+                        "add mode: max (accuracy, say) or mode: min; only a loss defaults (to min, or max where its optimizers maximize)")
 
 
 def _check_plateau_validated(spec: S.Spec, validated: bool, names: ArgNames) -> None:

@@ -1599,3 +1599,23 @@ def test_a_plateau_schedule_without_its_metric_is_refused_at_it_before_training(
     assert words in e.value.message and hint in e.value.hint and "\n" not in e.value.message + e.value.hint
     assert (e.value.loc.line, e.value.loc.col) == (22, len("  lr_schedule: {plateau: {metric: ") + 1)  # at the metric
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_a_maximized_loss_keeps_its_highest_epoch_as_the_best(tmp_path):
+    """An optimizer with maximize: true ascends its loss, so its best epoch is the highest: best.npz
+    and result.json's best kept the lowest, the worst epoch of the run, as for a loss minimized.
+    (With several objectives, the loss improves upward only where every optimizer maximizes it.)"""
+    text = REGRESSION.replace("loss: mean((pred - y) ** 2)", "loss: -mean((pred - y) ** 2)") \
+        .replace("{sgd: {lr: 0.05}}", "{sgd: {lr: 0.05, maximize: true}}")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 4)).astype("float32")
+    data = {"x": x, "y": np.tanh(x @ rng.normal(size=4)).astype("float32")}
+    res = train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, valid="0.25", epochs=6, threads=1,
+                device="cpu")
+    losses = [r["valid_loss"] for r in res.history]
+    assert losses[-1] > losses[0]  # (it ascends: the loss is a negated error)
+    assert res.best["epoch"] == 1 + int(np.argmax(losses))
+    best = load_checkpoint(f"{res.run_dir}/best.npz")[0]
+    final = _params(res.run_dir)
+    if res.best["epoch"] == len(losses):
+        assert all(np.array_equal(best[k], final[k]) for k in ("W1", "w2"))
