@@ -728,3 +728,43 @@ def test_a_checkpoint_written_before_the_count_of_skipped_steps_resumes(tmp_path
     result = train(spec, run_dir=run, data=str(data), steps=8, threads=1, device="cpu", resume=True)
     assert result.steps == 8
     assert "loss_scale_skipped/main" in load_checkpoint(path)[0]
+
+
+MEAN_OF_MANY = """flowgrad: 1
+name: many
+dims: {T: 1000}
+inputs:
+  x: {shape: [N, T]}
+params:
+  w: {shape: [T], init: ones}
+graph:
+  y: x * w
+loss: mean(y)
+train:
+  optimizer: {sgd: {lr: 0.1}}
+"""
+
+
+@pytest.mark.parametrize("half", ["dtype", "mixed_precision"])
+def test_a_mean_over_more_entries_than_float16_counts_still_has_a_gradient(tmp_path, half):
+    """mean's gradient divided by its count cast to the float type: a mean over 100 x 1000
+    entries in float16 divided by inf, and every gradient was 0 (the weights never moved,
+    without a word, on the reference evaluator and wherever Cast gives float16's inf), in
+    a --dtype float16 compile and in a mixed-precision step alike. The count and the
+    division are float32 now; the step matches float32's."""
+    path = tmp_path / "many.yaml"
+    path.write_text(MEAN_OF_MANY + ("  mixed_precision: float16\n" if half == "mixed_precision" else ""))
+    spec = load_spec(str(path))
+    cm = compile_spec(spec, "float16" if half == "dtype" else "float32", graphs=("train",))
+    cm32 = compile_spec(spec, "float32", graphs=("train",))
+    x = np.random.default_rng(0).uniform(0.5, 1.5, (100, 1000))
+    values = {**cm32.initial_state(0), "x": x, "lr": 1000.0, "step": 0}  # a large lr: a step float16 weights show
+    want = Runner(cm32.graphs["train"].model)(feeds(cm32.graphs["train"], values))
+    g = cm.graphs["train"]
+    got = dict(zip([o.name for o in g.model.graph.output], reference_evaluator(g.model).run(None, feeds(g, values))))
+    grad = (1.0 - got["next/w"].astype(np.float64)) / 1000.0
+    np.testing.assert_allclose(grad, (1.0 - want["next/w"].astype(np.float64)) / 1000.0, rtol=1e-2)
+
+
+def feeds(graph, values):
+    return {i.name: np.asarray(values[i.name], dtype=i.dtype) for i in graph.inputs if i.name in values}

@@ -9,6 +9,9 @@ from ..ir import TensorType, is_float, normalize_axis
 from ..registry import OpDef, Sample, op, require_dtype
 
 
+HALF_TYPES = ("float16", "bfloat16")
+
+
 def reduce_axes(axis, rank: int) -> tuple:
     """Normalized, sorted axes; None means all."""
     if axis is None:
@@ -189,8 +192,14 @@ class Mean(Reduction):
     def vjp(self, node, gouts):
         x = node.inputs[0]
         gr = x.graph
+        g = keep_reduced(gouts[0], node)
+        if x.dtype in HALF_TYPES:
+            # the count in float32, and the division (g is the reduced value: a scalar for a
+            # whole mean): in float16 a count past 65504 was inf, every gradient 1/inf = 0
+            count = gr.apply("numel", x, axis=node.attrs["axis"], dtype="float32")
+            return [gr.apply("broadcast_like", gr.cast(gr.cast(g, "float32") / count, x.dtype), x)]
         count = gr.apply("numel", x, axis=node.attrs["axis"])
-        return [gr.apply("broadcast_like", keep_reduced(gouts[0], node) / count, x)]
+        return [gr.apply("broadcast_like", g / count, x)]
 
 
 class ArgReduction(OpDef):
