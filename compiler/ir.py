@@ -408,6 +408,10 @@ def _check_dims(shape: tuple, what: str, loc) -> None:
                              f"(the limit is {MAX_DIM:,})", loc, "check the dims and sizes this value is made from")
 
 
+# The half float types: a count or a sum of many entries can pass their range (65504 in float16)
+HALF_TYPES = ("float16", "bfloat16")
+
+
 def _float_scalar(x, dtype: str, g: "Graph | None" = None) -> np.ndarray:
     """x as a `dtype` scalar, for graph g. A number beyond the type's range is refused (it became
     inf, with NumPy's warning printed; in float16, compiled with --dtype float16, x * 1e5 was x *

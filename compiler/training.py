@@ -30,7 +30,7 @@ from spec.errors import FLAGS, ArgNames, GradientError, ShapeError, SpecError, S
 from .autodiff import grad
 from .emit import IR_VERSION, OPSET, emit_model
 from .init import initial_value, param_rng
-from .ir import Graph, Value, at, is_float, passed_from, producers_of
+from .ir import HALF_TYPES, Graph, Value, at, is_float, passed_from, producers_of
 from .lower import Lowering, ParamInfo
 from .optim import Optimizer, optimizer_from_config
 from .rewrites import emission_rewrites, optimize, rewrite_forward, sizes_from_inputs_read
@@ -425,7 +425,9 @@ def _metrics(low: Lowering, spec: S.Spec) -> dict[str, Value]:
         v = _tensor_entry(low, m, "metric")
         if v.shape != ():
             raise ShapeError(f"metric {m.targets[0]!r} must be a scalar, got {v.type}", m.expr.loc, "reduce it, e.g. mean(...)")
-        out[m.targets[0]] = low.graph.cast(v, low.graph.float_dtype)
+        # a mixed-precision step reports a float32 metric (a count past 65504) as it is, not through its half type
+        wide = low.graph.mixed_precision and is_float(v.dtype) and v.dtype not in HALF_TYPES
+        out[m.targets[0]] = v if wide else low.graph.cast(v, low.graph.float_dtype)
     return out
 
 
@@ -781,7 +783,7 @@ def build_train(spec, obj: Objective, dtype: str, optimize_graph=True, gradients
             raise SpecError("mixed precision trains with one graph per step: gradient accumulation is not available",
                             _loc(spec, "train", "mixed_precision"), "leave out --accumulate (accumulate= in the Python API), or mixed_precision")
         scale = g.add_input(f"loss_scale/{obj.name}", dtype, (), kind="state")
-        raw = _gradients(low, loss, obj, trained, seed=g.cast(scale, g.float_dtype))
+        raw = _gradients(low, loss, obj, trained, seed=g.cast(scale, loss.dtype))  # (a loss the spec casts, or a count made float32)
         g.float_dtype = dtype  # the update runs on the stored (master) parameters
         grads = _penalized(low, obj, {n: g.cast(gv, dtype) * (1.0 / scale) for n, gv in raw.items()})
     else:

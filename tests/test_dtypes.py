@@ -492,3 +492,62 @@ def test_gan_coverage_sessions_take_its_threads(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         gan_coverage.main()
     assert made == [3, 3]
+
+
+def test_a_float16_count_past_65504_is_refused_where_numel_is_written(tmp_path):
+    """numel(w) of a [300, 300] parameter in a --dtype float16 compile was the constant inf,
+    without a word (a loss of sum(...) * numel(w) came out -inf). It is refused at the call,
+    with float32 counting as the hint; float32 keeps the count."""
+    from spec.errors import FlowgradError
+
+    text = """flowgrad: 1
+name: count
+dims: {A: 300}
+inputs:
+  x: {shape: [N, A]}
+params:
+  w: {shape: [A, A], init: ones}
+graph:
+  y: sum(x * w[0, :]) * numel(w)
+loss: mean(y)
+train:
+  optimizer: {sgd: {lr: 0.1}}
+"""
+    path = tmp_path / "count.yaml"
+    path.write_text(text)
+    with pytest.raises(FlowgradError) as e:
+        compile_spec(load_spec(str(path)), dtype="float16", graphs=("train",))
+    assert str(e.value).startswith(f"{path}:9:{text.splitlines()[8].index('numel(w)') + 7}: numel: ") and \
+        "90,000 entries, beyond the range of float16 (up to 65504)" in str(e.value), str(e.value)
+    assert "numel(x, dtype='float32')" in e.value.hint
+    compile_spec(load_spec(str(path)), dtype="float32", graphs=("train",))
+
+
+def test_float16_batch_norm_running_variance_over_more_than_65504_values_is_finite():
+    """batch_norm's running variance takes n / (n - 1) of its per-channel count: 20 images of
+    64 x 64 give 81,920 values a channel, inf in float16, and inf / inf made every running
+    variance NaN (eval then normalised by NaN). The ratio is float32 now."""
+    spec = spec_from_dict(yaml.safe_load("""flowgrad: 1
+name: bn
+dims: {C: 2, H: 64, W: 64}
+inputs:
+  x: {shape: [N, C, H, W]}
+params:
+  w: {shape: [C], init: ones}
+graph:
+  y: batch_norm(x) * w[None, :, None, None]
+loss: mean(y)
+train:
+  optimizer: {sgd: {lr: 0.1}}
+"""))
+    cm16 = compile_spec(spec, dtype="float16", graphs=("train",))
+    cm32 = compile_spec(spec, dtype="float32", graphs=("train",))
+    x = np.random.default_rng(0).normal(size=(20, 2, 64, 64)) * 0.1
+    values = {**cm32.initial_state(0), "x": x, "lr": 0.1, "step": 0}
+    g16, g32 = cm16.graphs["train"], cm32.graphs["train"]
+    out16 = dict(zip([o.name for o in g16.model.graph.output], reference_evaluator(g16.model).run(None, feeds_for(g16, values))))
+    out32 = Runner(g32.model)(feeds_for(g32, values))
+    var = [k for k in out32 if k.startswith("next/") and k.endswith("running_var")]
+    assert var
+    for k in var:
+        np.testing.assert_allclose(out16[k].astype(np.float32), out32[k], rtol=2e-3, err_msg=k)

@@ -768,3 +768,38 @@ def test_a_mean_over_more_entries_than_float16_counts_still_has_a_gradient(tmp_p
 
 def feeds(graph, values):
     return {i.name: np.asarray(values[i.name], dtype=i.dtype) for i in graph.inputs if i.name in values}
+
+
+def test_a_count_past_65504_is_float32_in_a_mixed_precision_step(tmp_path):
+    """numel(w) of a [300, 300] parameter in a mixed-precision step was float16's inf, without a
+    word (the loss NaN); it counts in float32 there (what it meets is promoted), and the count
+    is exact."""
+    path = tmp_path / "count.yaml"
+    path.write_text(TINY.replace("metrics:\n", "metrics:\n  count: numel(W) + 0.0 * mean(logits)\n")
+                    .replace("graph:\n", "params:\n  W: {shape: [300, 300], init: ones, trainable: false}\ngraph:\n")
+                    .replace("OPTIMIZER", "{sgd: {lr: 0.01}}").replace("MIXED", "float16"))
+    cm = compile_spec(load_spec(str(path)), graphs=("train",))
+    state, outs = run_steps(cm, cm.initial_state(0), batch(), 1)
+    assert float(outs[0]["count"]) == 90000.0
+
+
+def test_a_loss_divided_by_a_count_past_65504_trains_in_mixed_precision(tmp_path):
+    """sum(y * y) / numel(W) with W [300, 300]: the count was float16's inf in a mixed-precision
+    step and the loss 0, every gradient 0, without a word. The count is float32, the loss with it,
+    and the gradient's seed takes the loss's type (a half seed for a float32 loss was an
+    AssertionError traceback); the step matches float32's."""
+    text = MEAN_OF_MANY.replace("dims: {T: 1000}", "dims: {T: 3}").replace("loss: mean(y)", "loss: sum(y * y) / numel(W)") \
+        .replace("graph:", "  W: {shape: [300, 300], init: ones, trainable: false}\ngraph:")
+    path = tmp_path / "cast.yaml"
+    path.write_text(text + "  mixed_precision: float16\n")
+    cm = compile_spec(load_spec(str(path)), graphs=("train",))
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(text)
+    ref = compile_spec(load_spec(str(plain)), graphs=("train",))
+    data = {"x": np.random.default_rng(0).normal(size=(8, 3)) * 100.0}
+    _, got = run_steps(cm, cm.initial_state(0), data, 1)
+    _, want = run_steps(ref, ref.initial_state(0), data, 1)
+    for k in want[0]:
+        if k.startswith("next/") and not k.startswith("next/loss_scale"):
+            np.testing.assert_allclose(got[0][k], want[0][k], rtol=2e-2, atol=2e-3, err_msg=k)
+    assert np.all(got[0]["next/w"] != 1.0)

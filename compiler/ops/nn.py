@@ -20,7 +20,7 @@ import numpy as np
 
 from spec.errors import ShapeError
 
-from ..ir import TensorType, current_loc, dim_div, dim_mul, fmt_shape, normalize_axis
+from ..ir import HALF_TYPES, TensorType, current_loc, dim_div, dim_mul, fmt_shape, normalize_axis
 from ..registry import REQUIRED, OpDef, Sample, op, require_float
 
 
@@ -967,8 +967,10 @@ class BatchNorm(OpDef):
                 # it every step, so that a batch statistic within momentum * half an ulp of the
                 # average never moved it (bfloat16 kept running means 5% off the batches').
                 stored_mean, stored_var = _stored(running_mean), _stored(running_var)
-                n = g.apply("numel", x, axis=axes, dtype=stored_var.dtype)
-                unbiased = g.cast(g.apply("stop_gradient", var), stored_var.dtype) * (n / (n - 1.0))
+                # Bessel's n / (n - 1) in float32 at least: a float16 count past 65504 (a batch of
+                # 32 images of 64 x 64) was inf, inf / inf NaN, and every running variance NaN
+                n = g.apply("numel", x, axis=axes, dtype="float32" if stored_var.dtype in HALF_TYPES else stored_var.dtype)
+                unbiased = g.cast(g.apply("stop_gradient", var), stored_var.dtype) * g.cast(n / (n - 1.0), stored_var.dtype)
                 # A layer applied more than once in a step (a block called on real and on generated
                 # data) moves its averages once per application, each from where the one before
                 # left them, as successive calls of a PyTorch module do: every batch counts.

@@ -1,15 +1,13 @@
 """Reductions over axes: sum, mean, max, min, argmax, argmin, numel."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from spec.errors import FlowgradError, ShapeError
 
-from ..ir import TensorType, is_float, normalize_axis
+from ..ir import HALF_TYPES, TensorType, fmt_shape, is_float, normalize_axis
 from ..registry import OpDef, Sample, op, require_dtype
-
-
-HALF_TYPES = ("float16", "bfloat16")
 
 
 def reduce_axes(axis, rank: int) -> tuple:
@@ -144,9 +142,22 @@ class Numel(OpDef):
                 raise
         axes = reduce_axes(attrs["axis"], x.rank)
         dims = [x.shape[a] for a in axes]
-        if all(isinstance(d, int) for d in dims):  # known now: a constant, not a node
-            count = np.asarray(float(np.prod(dims, dtype=np.int64)), dtype=attrs["dtype"] or _float_of(g, x))
-            return g.const(count)
+        known = all(isinstance(d, int) for d in dims)
+        total = int(np.prod(dims, dtype=np.int64)) if known else None
+        dtype = attrs["dtype"] or _float_of(g, x)
+        if dtype in HALF_TYPES and (total is None or total > float(ml_dtypes.finfo(dtype).max)):
+            # a count past the half type's range (65504 in float16) was inf, without a word
+            if attrs["dtype"] is None and g.mixed_precision:  # a mixed-precision step counts in float32
+                dtype = attrs["dtype"] = "float32"
+            elif known:
+                e = ShapeError(f"x{fmt_shape(x.shape)} has {total:,} entries{'' if attrs['axis'] is None else ' along axis ' + str(attrs['axis'])}, "
+                               f"beyond the range of {dtype} (up to {float(ml_dtypes.finfo(dtype).max):g})", arg="x",
+                               hint="count in float32: numel(x, dtype='float32'), or compile with train.dtype float32 "
+                                    "(--dtype float32), or train with mixed_precision")
+                self._locate(e)
+                raise e
+        if known:  # known now: a constant, not a node
+            return g.const(np.asarray(float(total), dtype=dtype))
         return super().build(g, inputs, attrs)
 
     def infer(self, attrs, x):
