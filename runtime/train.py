@@ -1499,12 +1499,18 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, 
                 warm_start = json.load(f).get("init_from")
         except (OSError, ValueError, AttributeError):
             warm_start = None
+    # result.json says how the last training process of the run ended, and only once it has: a
+    # resume stopped part-way (killed, a full disk) left the result of the process before it, a
+    # "finished" run whose epochs, steps and best disagreed with metrics.jsonl and the checkpoint
+    # (it goes before the first step, is written whole when the process ends)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(run_dir, "result.json"))
     if not resumed:
         # a run started over (--overwrite): the old run's checkpoints go with its spec and graphs,
         # else a stop before the first new checkpoint left them beside the new run's files, for
-        # --resume or export to take as this run's (and its result.json, for a script to read, and
-        # its metrics.jsonl, which plot curves drew as the new run's)
-        for name in (CHECKPOINT, BEST, BEST_BEFORE_PARTIAL, "result.json", "metrics.jsonl"):
+        # --resume or export to take as this run's (and its metrics.jsonl, which plot curves drew
+        # as the new run's)
+        for name in (CHECKPOINT, BEST, BEST_BEFORE_PARTIAL, "metrics.jsonl"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(run_dir, name))
     names = opts.names  # (a full disk's hint names resuming as the caller would)

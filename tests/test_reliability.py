@@ -808,6 +808,42 @@ def test_a_run_stopped_between_its_first_best_and_checkpoint_writes_keeps_its_be
     same_state(tmp_path / "ref" / "checkpoint.npz", run / "checkpoint.npz")
 
 
+def _npz_writes_stopped_at(monkeypatch, n: int, stop=KeyboardInterrupt):
+    """The n-th write of a checkpoint or best.npz raises `stop` (Ctrl-C, a full disk) before the rename."""
+    import runtime.checkpoint as C
+
+    real, calls = C._write, []
+
+    def stopped(f, data, path):
+        if path.endswith(("checkpoint.npz", "best.npz")):
+            calls.append(path)
+            if len(calls) == n:
+                raise stop() if stop is KeyboardInterrupt else OSError(errno.ENOSPC, "No space left on device")
+        real(f, data, path)
+
+    monkeypatch.setattr(C, "_write", stopped)
+    return calls
+
+
+def test_a_resume_stopped_part_way_leaves_no_stale_result_json(tmp_path, monkeypatch):
+    """result.json said how the last process that finished ended: a resume stopped part-way left
+    the earlier process's 'finished after 2 epochs' beside a metrics.jsonl and checkpoint of 3. A
+    training process now removes it as it starts, and writes it whole when it ends."""
+    args = ("--checkpoint-every", "0")
+    _train_in_process(tmp_path, "run", *args)
+    run = tmp_path / "run"
+    assert json.loads((run / "result.json").read_text())["epochs"] == 2
+    _npz_writes_stopped_at(monkeypatch, 3)  # epoch 3's two writes, then epoch 4's first
+    _train_in_process(tmp_path, "run", *args, "--resume", "--epochs", "4", code=130)
+    monkeypatch.undo()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) >= 3
+    assert not (run / "result.json").exists()
+    _train_in_process(tmp_path, "run", *args, "--resume", "--epochs", "4")
+    result = json.loads((run / "result.json").read_text())
+    assert result["epochs"] == 4 and result["stopped"] == "finished"
+    assert timeless(run / "metrics.jsonl")[-1] == {k: v for k, v in result["final"].items() if k != "seconds"}
+
+
 def test_a_resume_on_other_examples_is_refused(tmp_path):
     """A resume with another validation split (--valid, or the spec's valid edited) went on
     silently: the checkpoint's data position pointed into other examples, and the run trained
