@@ -19,7 +19,7 @@ from spec.errors import KEYWORDS, ArgNames, FlowgradError, SpecError, did_you_me
 from spec.model import Spec
 
 from . import data as D
-from .checkpoint import check_checkpoint, load_checkpoint, refuse_replacing
+from .checkpoint import check_checkpoint, checkpoint_path, load_checkpoint, refuse_replacing
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
 from .checks import MAX_THREADS, check_count, check_path, enclosing_run
@@ -173,9 +173,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | Mapping |
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise FlowgradError(f"{run_dir}: run.json is missing or malformed ({type(e).__name__})",
                             hint="pass a run directory that 'flowgrad train' wrote") from None
-    ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
-    if not os.path.exists(ckpt):  # a run stopped before its first epoch ended has no best yet
-        ckpt = os.path.join(run_dir, "checkpoint.npz")
+    ckpt = checkpoint_path(run_dir, checkpoint)  # (checkpoint.npz where there is no best yet)
     state, meta = load_checkpoint(ckpt, names)
     # the batch size the run trained with (a --batch-size is not in its spec.yaml): the carried states
     # of stateful layers and scans have its rows, and the spec's train.batch_size refused them

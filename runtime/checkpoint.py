@@ -345,3 +345,33 @@ def load_checkpoint(path: str, names: ArgNames = FLAGS, purpose: str = "read") -
     except Exception as e:
         raise DataError(f"checkpoint {path} is unreadable ({e})", hint=_damaged(path, names, purpose)) from None
     return state, meta
+
+
+def checkpoint_meta(path: str) -> dict | None:
+    """A checkpoint's record alone (its arrays are not read), None if it is missing or cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z[META_KEY]).decode())
+        return meta if isinstance(meta, dict) else None
+    except Exception:
+        return None
+
+
+def holds_its_best(meta: dict | None) -> bool:
+    """Whether a checkpoint's record names its own epoch as the run's best: its weights are the best's."""
+    return bool(meta) and (meta.get("best") or {}).get("step", -1) == meta.get("step")
+
+
+def checkpoint_path(run_dir: str, checkpoint: str = "best") -> str:
+    """The file of a run that eval, export and plot read as its `checkpoint` ("best" or "last"):
+    the last is checkpoint.npz; the best is best.npz, or checkpoint.npz where that is missing (a run
+    stopped before its first best) or where the checkpoint's record of the best is its own epoch and
+    best.npz was written at another step (a run stopped between an epoch's checkpoint and its
+    best.npz, which follows it; a resume writes it again)."""
+    last, best = os.path.join(run_dir, "checkpoint.npz"), os.path.join(run_dir, "best.npz")
+    if checkpoint != "best" or not os.path.exists(best):
+        return last
+    meta = checkpoint_meta(last)
+    if holds_its_best(meta) and (checkpoint_meta(best) or {}).get("step") != meta["step"]:
+        return last
+    return best

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError, unknown_choice
 
-from .checkpoint import check_checkpoint, load_checkpoint, read_run_info
+from .checkpoint import check_checkpoint, checkpoint_path, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
 from .data import array_named, as_array, check_below, check_fits, check_least_sizes, check_lengths, dim_sizes, shape_text
 from .jsontext import dumps  # (the model's metadata is strict JSON: a NaN is null, an infinity "Infinity")
@@ -56,9 +56,7 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
         if not os.path.isfile(manifest_path):  # a missing path, or a directory that no training run wrote
             raise ExportError(f"{run_dir} is not a run directory", hint="pass the directory that 'flowgrad train' wrote, e.g. runs/mlp")
         raise ExportError(f"{run_dir} has no inference graph", hint="the spec needs an 'outputs' section to export")
-    ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
-    if not os.path.exists(ckpt):
-        ckpt = os.path.join(run_dir, "checkpoint.npz")
+    ckpt = checkpoint_path(run_dir, checkpoint)  # (checkpoint.npz where there is no best yet)
     state, meta = load_checkpoint(ckpt, names)
     model = load_model_safely(graph_path)  # a run directory may come from someone else
     # (right shifts as exact float64 arithmetic: onnxruntime's CUDA provider has no BitShift)

@@ -45,7 +45,7 @@ class InferRunner:
     """graphs/infer.onnx of a run with its checkpoint's parameters bound."""
 
     def __init__(self, run_dir: str, checkpoint: str = "best"):
-        from .checkpoint import check_checkpoint, load_checkpoint
+        from .checkpoint import check_checkpoint, checkpoint_path, load_checkpoint
 
         check_checkpoint(checkpoint)  # (checkpoint="Best" read the last one)
         run_dir = check_path("run_dir", run_dir, DataError, required=True)  # ("" was ' is not a run directory')
@@ -55,9 +55,7 @@ class InferRunner:
             raise DataError(f"{run_dir} is not a run directory", hint="pass a directory written by 'flowgrad train'")
         if not os.path.isfile(graph):
             raise DataError(f"{run_dir} has no inference graph", hint="the spec needs an 'outputs' section")
-        ckpt = os.path.join(run_dir, "best.npz" if checkpoint == "best" else "checkpoint.npz")
-        if not os.path.exists(ckpt):
-            ckpt = os.path.join(run_dir, "checkpoint.npz")
+        ckpt = checkpoint_path(run_dir, checkpoint)  # (checkpoint.npz where there is no best yet)
         if not os.path.exists(ckpt):
             raise DataError(f"{run_dir} has no checkpoint yet", hint="train it first")
         state, _ = load_checkpoint(ckpt)

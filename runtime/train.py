@@ -25,8 +25,8 @@ from spec.errors import ArgNames, DataError, FlowgradError, SpecError, did_you_m
 from . import data as D
 from . import jsontext
 from .checks import MAX_SEED, MAX_THREADS, check_count, check_flag, check_path, check_seed, enclosing_run  # noqa: F401  (the API imported them from here)
-from .checkpoint import (META_KEY, atomic_write, checkpoint_bytes, load_checkpoint, read_run_info,
-                         remove_stale_temporaries)
+from .checkpoint import (atomic_write, checkpoint_bytes, checkpoint_meta, holds_its_best, load_checkpoint,
+                         read_run_info, remove_stale_temporaries)
 from .schedules import Plateau, check_schedule_fits, improves, lr_schedule
 
 CHECKPOINT = "checkpoint.npz"
@@ -469,7 +469,7 @@ def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
         raise FlowgradError(f"the run directory {run_dir} is inside the run {outer}",
                             hint=f"pick a directory outside other runs with {names('run_dir')}")
     ckpt, best = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
-    # best.npz alone is a run too: one killed between the first epoch's two writes (best first)
+    # best.npz alone is a run too: one an earlier flowgrad stopped between the first epoch's two writes (best first)
     if (os.path.exists(ckpt) or os.path.exists(best)) and not opts.resume and not opts.overwrite:
         raise FlowgradError(f"{run_dir} already holds a run (its checkpoint would be lost)",
                             hint=f"continue it with {names.given(resume=True)}, start over with {names.given(overwrite=True)}, "
@@ -669,6 +669,13 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 os.replace(kept_best, os.path.join(run_dir, BEST))
             else:
                 os.remove(kept_best)
+        if meta and not resumes_partial and holds_its_best(meta) and _written_at(os.path.join(run_dir, BEST)) != meta["step"]:
+            # best.npz is written after the checkpoint of its epoch: a run stopped between the two (or
+            # whose best.npz found the disk full) left the best before it, and the checkpoint holds
+            # the best's weights. (best.npz went first, and a stop between them left it of an epoch
+            # that the checkpoint and metrics.jsonl do not cover: kept by a resume that did not redo it.)
+            with open(ckpt_path, "rb") as f:
+                atomic_write(os.path.join(run_dir, BEST), f.read(), names=names)
         step = int(meta.get("step", 0))
         overflows = int(meta.get("overflows", 0))  # mixed precision's overflowed steps in a row, across a resume
         epoch = int(meta.get("epoch", 0))
@@ -704,15 +711,23 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
                 "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0, "epoch_rows": rows if pos else {},
                 **({"partial": partial} if partial else {})})
-            if record is not None:  # the epoch's line before the checkpoints that cover it, synced
-                _append_metrics(run_dir, record)
-            if also_best:  # first: killed between the two writes, the resumed run redoes the epoch and both agree
-                if partial and os.path.exists(os.path.join(run_dir, BEST)):
-                    # whole or not at all: a resume renames this copy over best.npz
-                    with open(os.path.join(run_dir, BEST), "rb") as f:
-                        atomic_write(os.path.join(run_dir, BEST_BEFORE_PARTIAL), f.read(), names=names)
+            if also_best and partial and os.path.exists(os.path.join(run_dir, BEST)):
+                # whole or not at all, before the checkpoint that a resume renames this copy back for
+                with open(os.path.join(run_dir, BEST), "rb") as f:
+                    atomic_write(os.path.join(run_dir, BEST_BEFORE_PARTIAL), f.read(), names=names)
+            # the epoch's line before the checkpoints that cover it, synced
+            lines_end = _append_metrics(run_dir, record) if record is not None else None
+            try:
+                atomic_write(ckpt_path, data, hint=_unwritten_run_hint(run_dir, names), names=names)
+            except FlowgradError:
+                # not written (a full disk): the line goes again, so that metrics.jsonl, which plot curves
+                # draws, ends where the checkpoint does (cutting a file back needs no space)
+                if lines_end is not None:
+                    with contextlib.suppress(OSError):
+                        os.truncate(os.path.join(run_dir, "metrics.jsonl"), lines_end)
+                raise
+            if also_best:  # after it: stopped between the two, the checkpoint holds the best, which a resume copies
                 atomic_write(os.path.join(run_dir, BEST), data, hint=_unwritten_run_hint(run_dir, names), names=names)
-            atomic_write(ckpt_path, data, hint=_unwritten_run_hint(run_dir, names), names=names)
 
         if resumes_partial:
             # The partial epoch's checkpoint covers its record, which metrics.jsonl is cut back past:
@@ -1588,11 +1603,7 @@ def _a_number(v) -> bool:
 
 def _written_at(path: str):
     """The step a checkpoint was written at (its record alone is read), None if it cannot be read."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return json.loads(bytes(z[META_KEY]).decode()).get("step")
-    except Exception:
-        return None
+    return (checkpoint_meta(path) or {}).get("step")
 
 
 def _rewrite_metrics(run_dir, history, names: ArgNames):
@@ -1603,14 +1614,17 @@ def _rewrite_metrics(run_dir, history, names: ArgNames):
                  names=names)
 
 
-def _append_metrics(run_dir: str, record: dict) -> None:
+def _append_metrics(run_dir: str, record: dict) -> int:
     """An epoch's line at the end of metrics.jsonl, on disk before the checkpoint that counts it
     is written: a checkpoint never covers a line that a crash could still lose. (Cut short by a
-    crash, the line is past what the last checkpoint covers, and the resume drops it.)"""
-    with open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-        f.write(jsontext.dumps(record) + "\n")
+    crash, the line is past what the last checkpoint covers, and the resume drops it.) Returns
+    the file's length before it."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), "ab") as f:
+        end = f.tell()
+        f.write((jsontext.dumps(record) + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
+    return end
 
 
 def _resumed_history(run_dir: str, meta: dict, ckpt_path: str, names: ArgNames) -> list[dict]:

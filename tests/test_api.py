@@ -268,14 +268,18 @@ def test_a_runs_failure_mid_training_names_resuming_as_the_api_does(tmp_path, mo
              checkpoint_every=1, spec=load(MLP, SMALL + ["train.optimizer={sgd: {lr: 1e30}}"]))
 
     def full(f, data, path):
-        if path.endswith("checkpoint.npz"):
+        if path.endswith("best.npz"):
             raise OSError(errno.ENOSPC, "No space left on device")
         f.write(data)
 
     monkeypatch.setattr(C, "_write", full)
-    # (the first epoch's best.npz is written, its checkpoint.npz not: there is nothing to resume)
-    _refused(["No space left on device", "checkpoint.npz and resume=True to go on from its epoch, or start over "
-              "with overwrite=True"], run_dir=str(tmp_path / "full"), epochs=1)
+    # (the first epoch's checkpoint.npz is written, its best.npz not: the checkpoint resumes)
+    _refused(["No space left on device", "the previous checkpoint is intact; free some space and resume=True"],
+             run_dir=str(tmp_path / "full"), epochs=1)
+    # (and before the first checkpoint there is nothing to resume)
+    monkeypatch.setattr(C, "_write", lambda f, data, path: full(f, data, path.replace("checkpoint.npz", "best.npz")))
+    _refused(["No space left on device", "no checkpoint was written yet (resume=True would find none)"],
+             run_dir=str(tmp_path / "empty"), epochs=1)
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_does_not_offer_one(tmp_path):

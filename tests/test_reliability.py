@@ -588,11 +588,11 @@ def test_a_new_run_stopped_while_writing_its_files_can_be_trained_again(tmp_path
     invoke("export", run, "-o", tmp_path / "m.onnx", code=0)
 
 
-@pytest.mark.parametrize("name", ["infer.onnx", "best.npz"])
+@pytest.mark.parametrize("name", ["infer.onnx", "checkpoint.npz"])
 def test_a_new_run_that_fills_the_disk_before_its_first_checkpoint_is_not_sent_to_resume(tmp_path, monkeypatch,
                                                                                           name):
     """A full disk before a run's first checkpoint (writing its graphs, or its first epoch's
-    best.npz) said 'the previous checkpoint is intact; free some space and --resume', and the
+    checkpoint, which best.npz follows) said 'the previous checkpoint is intact; free some space and --resume', and the
     resume said 'nothing to resume: no checkpoint'. It now says there is nothing to resume yet,
     and to train again as before, which then trains."""
     import runtime.checkpoint as C
@@ -616,16 +616,16 @@ def test_a_new_run_that_fills_the_disk_before_its_first_checkpoint_is_not_sent_t
     invoke(*args, code=0)
 
 
-def test_a_disk_full_between_the_first_best_and_checkpoint_says_how_to_go_on(tmp_path, monkeypatch):
-    """The first epoch writes best.npz, then checkpoint.npz: a full disk between the two was told to
-    free some space and --resume, which reads checkpoint.npz only ('nothing to resume'), and
-    training again was refused for the run best.npz makes. The hint now says both ways on."""
+def test_a_disk_full_between_the_first_checkpoint_and_best_says_how_to_go_on(tmp_path, monkeypatch):
+    """The first epoch writes checkpoint.npz, then best.npz. (best.npz went first: a full disk
+    between the two left best.npz alone, which --resume does not read.) A full disk at best.npz
+    keeps the checkpoint, which holds the best; --resume writes best.npz from it."""
     import runtime.checkpoint as C
 
     real_write = C._write
 
     def full(f, data, path):
-        if path.endswith("checkpoint.npz"):
+        if path.endswith("best.npz"):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(f, data, path)
 
@@ -633,11 +633,12 @@ def test_a_disk_full_between_the_first_best_and_checkpoint_says_how_to_go_on(tmp
     run = tmp_path / "run"
     args = ["train", MLP, *SMALL, "--epochs", "1", "--run-dir", run]
     result = invoke(*args, code=1)
-    assert (run / "best.npz").exists() and not (run / "checkpoint.npz").exists()
-    assert f"then copy {run / 'best.npz'} to {run / 'checkpoint.npz'} and --resume" in result.output, result.output
-    assert "or start over with --overwrite" in result.output
+    assert "No space left on device" in error_line(result)
+    assert not (run / "best.npz").exists() and (run / "checkpoint.npz").exists()
+    assert "the previous checkpoint is intact; free some space and --resume" in " ".join(result.output.split())
     monkeypatch.setattr(C, "_write", real_write)
-    invoke(*args, "--overwrite", code=0)
+    invoke(*args, "--resume", code=0)
+    assert (run / "best.npz").read_bytes() == (run / "checkpoint.npz").read_bytes()
 
 
 def _damage(kind: str, path: Path) -> None:
@@ -776,36 +777,48 @@ def test_a_metrics_jsonl_saved_by_a_windows_editor_resumes_and_plots(tmp_path):
     assert not metrics.read_bytes().startswith(b"\xef") and b"\r" not in metrics.read_bytes()
 
 
-def test_a_run_stopped_between_its_first_best_and_checkpoint_writes_keeps_its_best(tmp_path, monkeypatch):
-    """best.npz is written before the checkpoint of its epoch: stopped between the two in the
-    first epoch, a run dir held best.npz alone, and a train into it without --overwrite took it
-    for new and removed that best.npz; --resume said only 'train without --resume first'."""
+def test_a_run_stopped_between_its_first_checkpoint_and_best_writes_keeps_its_best(tmp_path, monkeypatch):
+    """best.npz is written after the checkpoint of its epoch: stopped between the two in the first
+    epoch, the run holds checkpoint.npz alone, which eval and export read as its best, a train
+    without --resume or --overwrite refuses to replace, and --resume goes on from. A run dir that
+    holds best.npz alone (an earlier flowgrad wrote best.npz first; a train into it took it for new
+    and removed that best.npz) says how to go on from it."""
     import runtime.train as T
 
     args = ("--epochs", "2", "--checkpoint-every", "0")
     _train_in_process(tmp_path, "ref", *args)
     real = T.atomic_write
 
-    def stopped_before_the_checkpoint(path, data, hint=None, **kwargs):
-        if path.endswith("checkpoint.npz"):
+    def stopped_before_the_best(path, data, hint=None, **kwargs):
+        if path.endswith("best.npz"):
             raise KeyboardInterrupt
         return real(path, data, hint, **kwargs)
 
-    monkeypatch.setattr(T, "atomic_write", stopped_before_the_checkpoint)
+    monkeypatch.setattr(T, "atomic_write", stopped_before_the_best)
     _train_in_process(tmp_path, "run", *args, code=130)
     monkeypatch.undo()
     run = tmp_path / "run"
-    best = (run / "best.npz").read_bytes()
-    assert not (run / "checkpoint.npz").exists()
+    assert not (run / "best.npz").exists()
     result = _train_in_process(tmp_path, "run", *args, code=1)
     assert f"{run} already holds a run" in error_line(result)
-    result = _train_in_process(tmp_path, "run", *args, "--resume", code=1)
-    assert f"{run / 'best.npz'} is a whole checkpoint of its epoch: copy it to {run / 'checkpoint.npz'}" in \
-        " ".join(result.output.split())
-    assert (run / "best.npz").read_bytes() == best
-    (run / "checkpoint.npz").write_bytes(best)
+    invoke("export", run, "-o", tmp_path / "m.onnx", code=0)
     _train_in_process(tmp_path, "run", *args, "--resume")
     same_state(tmp_path / "ref" / "checkpoint.npz", run / "checkpoint.npz")
+    same_state(tmp_path / "ref" / "best.npz", run / "best.npz")
+
+    old = tmp_path / "old"  # best.npz alone
+    _train_in_process(tmp_path, "old", "--epochs", "1", "--checkpoint-every", "0")
+    (old / "checkpoint.npz").unlink()
+    best = (old / "best.npz").read_bytes()
+    result = _train_in_process(tmp_path, "old", *args, code=1)
+    assert f"{old} already holds a run" in error_line(result)
+    result = _train_in_process(tmp_path, "old", *args, "--resume", code=1)
+    assert f"{old / 'best.npz'} is a whole checkpoint of its epoch: copy it to {old / 'checkpoint.npz'}" in \
+        " ".join(result.output.split())
+    assert (old / "best.npz").read_bytes() == best
+    (old / "checkpoint.npz").write_bytes(best)
+    _train_in_process(tmp_path, "old", *args, "--resume")
+    same_state(tmp_path / "ref" / "checkpoint.npz", old / "checkpoint.npz")
 
 
 def _npz_writes_stopped_at(monkeypatch, n: int, stop=KeyboardInterrupt):
@@ -842,6 +855,63 @@ def test_a_resume_stopped_part_way_leaves_no_stale_result_json(tmp_path, monkeyp
     result = json.loads((run / "result.json").read_text())
     assert result["epochs"] == 4 and result["stopped"] == "finished"
     assert timeless(run / "metrics.jsonl")[-1] == {k: v for k, v in result["final"].items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("resume_epochs", ["1", "2"])
+def test_best_npz_is_of_an_epoch_the_checkpoint_covers_after_a_stop_between_an_epochs_writes(
+        tmp_path, monkeypatch, resume_epochs):
+    """An epoch that improves writes best.npz and checkpoint.npz. best.npz went first: stopped
+    between the two, best.npz held epoch 2's weights and the checkpoint epoch 1's, and a resume
+    with --epochs 1 (or one whose redone epoch did not improve) kept best.npz from an epoch that
+    metrics.jsonl and the checkpoint do not cover. The checkpoint now goes first, and a resume
+    (eval and export too) take the checkpoint as the best where its own record is the best."""
+    from runtime.checkpoint import checkpoint_path
+
+    args = ("--epochs", "2", "--checkpoint-every", "0")
+    _train_in_process(tmp_path, "ref", *args)
+    calls = _npz_writes_stopped_at(monkeypatch, 4)  # epoch 2's second write
+    _train_in_process(tmp_path, "run", *args, code=130)
+    monkeypatch.undo()
+    assert len(calls) == 4
+    run = tmp_path / "run"
+    # meanwhile, the best that eval and export take is the best record's
+    _, ckpt_meta = load_checkpoint(str(run / "checkpoint.npz"))
+    _, best_meta = load_checkpoint(checkpoint_path(str(run), "best"))
+    assert best_meta["step"] == ckpt_meta["best"]["step"]
+    _train_in_process(tmp_path, "run", "--epochs", resume_epochs, "--checkpoint-every", "0", "--resume")
+    _, ckpt_meta = load_checkpoint(str(run / "checkpoint.npz"))
+    _, best_meta = load_checkpoint(str(run / "best.npz"))
+    covered = [r["step"] for r in timeless(run / "metrics.jsonl")[:ckpt_meta["records"]]]
+    assert best_meta["step"] == ckpt_meta["best"]["step"] in covered
+    same_state(tmp_path / "ref" / "best.npz", run / "best.npz")
+    same_state(tmp_path / "ref" / "checkpoint.npz", run / "checkpoint.npz")
+
+
+def test_a_full_disk_at_an_epochs_checkpoint_keeps_the_run_as_its_last_checkpoint(tmp_path, monkeypatch):
+    """A full disk at an epoch's checkpoint said which file and why, but left metrics.jsonl (and
+    so plot curves) a line ahead of the checkpoint, and best.npz of that epoch, which the
+    checkpoint does not cover. The line goes again (cut back, which a full disk allows), best.npz
+    is not written, and --resume ends as the uninterrupted run."""
+    from runtime.plots import read_history
+
+    args = ("--epochs", "2", "--checkpoint-every", "0")
+    _train_in_process(tmp_path, "ref", *args)
+    _npz_writes_stopped_at(monkeypatch, 3, OSError)  # epoch 2's first write
+    result = _train_in_process(tmp_path, "run", *args, code=1)
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    line = " ".join(result.output.split())
+    assert "No space left on device" in error_line(result) and "checkpoint.npz" in error_line(result), line
+    assert "the previous checkpoint is intact; free some space and --resume" in line, line
+    _, meta = load_checkpoint(str(run / "checkpoint.npz"))
+    _, best = load_checkpoint(str(run / "best.npz"))
+    assert meta["epoch"] == meta["records"] == 1 and best["step"] == meta["step"]
+    assert len(read_history(str(run))) == 1
+    assert not (run / "result.json").exists()
+    _train_in_process(tmp_path, "run", *args, "--resume")
+    same_state(tmp_path / "ref" / "checkpoint.npz", run / "checkpoint.npz")
+    same_state(tmp_path / "ref" / "best.npz", run / "best.npz")
+    assert timeless(run / "metrics.jsonl") == timeless(tmp_path / "ref" / "metrics.jsonl")
 
 
 def test_a_resume_on_other_examples_is_refused(tmp_path):

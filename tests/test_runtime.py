@@ -367,11 +367,12 @@ def test_a_stale_copy_of_the_best_is_never_renamed_over_best_npz(tmp_path):
 @pytest.mark.parametrize("limit", [97, 115])
 def test_a_run_stopped_between_a_partial_epochs_best_and_its_checkpoint_keeps_the_best_it_named(tmp_path,
                                                                                                 limit):
-    """A step limit's record that beats the best copies best.npz aside, writes best.npz, then the
-    checkpoint. Stopped between the last two, the checkpoint (of the epoch before) named the best
-    of step 92, best.npz held the partial epoch's weights (step 97), and the resume removed the
-    copy, the only file with step 92's weights: export took weights that no record names. The
-    copy now goes back over best.npz."""
+    """A step limit's record that beats the best copies best.npz aside, then writes its checkpoint
+    and best.npz. (best.npz went before the checkpoint: stopped between them, the checkpoint of
+    the epoch before named the best of step 92, best.npz held step 97's weights, and the resume
+    removed the copy, the only file with step 92's weights.) Stopped between the checkpoint and
+    best.npz, a resume to the same limit takes the checkpoint as the best it names, and one with a
+    larger limit puts the copy back, as the uninterrupted run's best."""
     import runtime.train as T
 
     spec = load(MLP, [*SMALL, "train.optimizer={sgd: {lr: 0.5}}"])
@@ -381,7 +382,7 @@ def test_a_run_stopped_between_a_partial_epochs_best_and_its_checkpoint_keeps_th
     real = T.atomic_write
 
     def stopped(path, *args, **kwargs):
-        if path.endswith("checkpoint.npz") and (run / "best.before_partial.npz").exists():
+        if path.endswith("best.npz") and (run / "best.before_partial.npz").exists():
             raise KeyboardInterrupt
         return real(path, *args, **kwargs)
 
@@ -391,9 +392,11 @@ def test_a_run_stopped_between_a_partial_epochs_best_and_its_checkpoint_keeps_th
             train(spec, run_dir=str(run), steps=97, **common)
     finally:
         T.atomic_write = real
-    assert load_checkpoint(str(run / "best.npz"))[1]["step"] == 97  # (what makes this case)
-    assert load_checkpoint(str(run / "checkpoint.npz"))[1]["best"]["step"] == 92
+    assert load_checkpoint(str(run / "best.npz"))[1]["step"] == 92  # (what makes this case)
+    assert load_checkpoint(str(run / "checkpoint.npz"))[1]["best"]["step"] == 97
     train(spec, run_dir=str(run), steps=limit, resume=True, **common)
+    if limit == 97:  # (nothing more to train) the best is the one the checkpoint names
+        assert load_checkpoint(str(run / "best.npz"))[1]["step"] == 97
     resumed = train(spec, run_dir=str(run), steps=115, resume=True, **common)
     assert resumed.best["step"] == full.best["step"] == 92
     a, _ = load_checkpoint(str(tmp_path / "full" / "best.npz"))
