@@ -531,10 +531,8 @@ def _export_report(info: dict) -> dict:
     """What export says of the model it wrote, as its line and --json have them: its path, the
     inputs it takes and outputs it gives (names), the parameters baked in, their bytes and the
     bytes of the files written (the model's, and its weights' file beside it if it has one)."""
-    from runtime.export import EXTERNAL_DATA_BYTES
-
-    external = info["bytes"] >= EXTERNAL_DATA_BYTES  # (an earlier export's .data may lie beside a smaller one)
-    files = [info["path"], *([info["path"] + ".data"] if external else [])]
+    # (export's files: an earlier export's .data may lie beside a smaller model)
+    files = info.get("files") or [info["path"]]
     return {"path": info["path"], "inputs": info["inputs"], "outputs": info["outputs"],
             "parameters": info["parameters"], "parameter_bytes": info["bytes"],
             "bytes": sum(os.path.getsize(p) for p in files)}

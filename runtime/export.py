@@ -149,7 +149,8 @@ def export(run_dir: str, output: str, checkpoint: str = "best", graph: str | Non
                     os.remove(path)
             raise
     return {"path": output, "inputs": [i.name for i in kept], "outputs": [o.name for o in model.graph.output],
-            "parameters": len(baked), "bytes": size}
+            "parameters": len(baked), "bytes": size,
+            "files": [output, *([output + ".data"] if external else [])]}  # (the weights beside a large model)
 
 
 def _first_dim(value_info) -> str | None:

@@ -679,6 +679,12 @@ def test_an_export_over_the_protobuf_limit_keeps_its_weights_beside_the_model(tr
     model = tmp_path / "big.onnx"
     invoke("export", run_dir, "-o", model)
     assert (tmp_path / "big.onnx.data").stat().st_size > 1000
+    # export() names the files it wrote, and export --json counts the bytes of both (one rule, export's,
+    # decides where the weights go: cli kept a copy of it)
+    info = X.export(str(run_dir), str(tmp_path / "api.onnx"))
+    assert info["files"] == [str(tmp_path / "api.onnx"), str(tmp_path / "api.onnx.data")]
+    r = strict_json(invoke("export", run_dir, "-o", tmp_path / "json.onnx", "--json").stdout)
+    assert r["bytes"] == sum((tmp_path / f).stat().st_size for f in ("json.onnx", "json.onnx.data"))
     np.savez(tmp_path / "in.npz", x=np.zeros((2, 64), dtype=np.float32))
     invoke("predict", model, "--data", tmp_path / "in.npz", "--device", "cpu")
 
