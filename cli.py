@@ -215,13 +215,15 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
           quiet: QuietOpt = False):
     """Validate a spec, infer every shape, and print its nodes and parameters."""
     from compiler.training import check_spec
-    from runtime.train import check_data_section
+    from runtime.train import check_data_section, check_watched_metrics
 
     with user_errors():
         _check_dtype(dtype)
         s = _load(spec, set)
         low = check_spec(s, dtype)
         check_data_section(s)
+        # (the names validation would report too: whether there is any comes with the data, at train)
+        check_watched_metrics(s, None, validated=True)
     for w in low.warnings:  # worth a look, but the spec is usable (exit code 0)
         err.print(f"[bold yellow]warning:[/bold yellow] {escape(visible(w.one_line()))}", soft_wrap=True)
         if w.hint:

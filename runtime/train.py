@@ -636,9 +636,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         plateau_cfg = (cfg.get("lr_schedule") or {}).get("plateau")
         if plateau_cfg:
             _check_plateau_validated(spec, valid_ds is not None, names)
-        for section in WATCHING:
-            if _in_train(spec, section):
-                check_watched_metric(spec, section, reported_names(cm, valid_ds is not None))
+        check_watched_metrics(spec, cm, valid_ds is not None)
         trainer = Trainer(cm, device, opts.threads, state, seed, cuda_graphs=opts.cuda_graphs)
         _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, resumed=bool(meta),
                          warm_start=warm_start)
@@ -917,6 +915,17 @@ def reported_names(cm: CompiledModel, validated: bool) -> list[str]:
 # The train sections that watch a metric of the epochs' records, each with a metric and a mode
 # (early_stopping, lr_schedule: {plateau: ...}): named, and its direction decided, alike.
 WATCHING = (("early_stopping",), ("lr_schedule", "plateau"))
+
+
+def check_watched_metrics(spec: S.Spec, cm: CompiledModel | None, validated: bool) -> None:
+    """Each metric a train section watches (early_stopping, a plateau schedule) is reported and its
+    direction known (check_watched_metric). `cm` None: compiled here, only if a section watches one
+    (flowgrad check, which leaves the graphs uncompiled otherwise)."""
+    sections = [section for section in WATCHING if _in_train(spec, section)]
+    if sections and cm is None:
+        cm = compile_spec(spec, graphs=("train", "eval"))
+    for section in sections:
+        check_watched_metric(spec, section, reported_names(cm, validated))
 
 
 def _in_train(spec: S.Spec, section: tuple[str, ...]) -> bool:

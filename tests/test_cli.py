@@ -1911,3 +1911,24 @@ def test_predict_json_prints_the_outputs_or_describes_the_file(trained, tmp_path
     res = invoke("predict", model, "--data", tmp_path / "big.npz", "--json", "--device", "cpu", code=1)
     assert res.stdout == "" and res.stderr.startswith("error: the outputs hold 220,000 values, more than --json prints")
     assert "hint: write them to an .npz with -o" in res.stderr
+
+
+@pytest.mark.parametrize("watching, message", [
+    ("  early_stopping: {metric: valid_acuracy, mode: max, patience: 3}\n",
+     "early_stopping metric 'valid_acuracy' is not reported"),
+    ("  lr_schedule: {plateau: {metric: valid_los}}\n", "lr_schedule.plateau metric 'valid_los' is not reported"),
+    ("  early_stopping: {metric: valid_accuracy, patience: 3}\n", "early_stopping: is a larger or a smaller valid_accuracy better?"),
+])
+def test_check_refuses_a_watched_metric_that_train_refuses(tmp_path, watching, message):
+    """A misspelt early_stopping or plateau metric, or one of unknown direction, passed check ('spec OK')
+    and was refused by train after the data was read; check says it, located at the metric."""
+    text = (ROOT / "models" / "mlp.yaml").read_text().replace("  seed: 0\n", "  seed: 0\n" + watching)
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    res = invoke("check", path, code=1)
+    line = 1 + text.splitlines().index(watching.rstrip("\n"))
+    assert f"m.yaml:{line}:" in res.stderr and message in res.stderr, res.stderr
+    good = text.replace("valid_acuracy", "valid_accuracy").replace("valid_los}", "valid_loss}").replace(
+        "{metric: valid_accuracy, patience: 3}", "{metric: valid_accuracy, mode: max, patience: 3}")
+    path.write_text(good)
+    invoke("check", path)
