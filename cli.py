@@ -346,9 +346,13 @@ def compile_cmd(
 
 def _compile_report(cm, output: str, written: list[str]) -> dict:
     """What compile shows of the graphs it wrote, as its table and --json have them: the spec's
-    name, the float type, the seconds compiling took, the directory, each graph's file, node
-    count and its inputs' and outputs' names, and every file written (the manifest last)."""
-    return {"name": cm.spec.name, "dtype": cm.float_dtype, "compile_seconds": cm.compile_seconds,
+    name, the float type (and the training step's: its half type under mixed precision), the
+    seconds compiling took, the directory, each graph's file, node count and its inputs' and
+    outputs' names, and every file written (the manifest last)."""
+    from compiler.training import step_float_type
+
+    return {"name": cm.spec.name, "dtype": cm.float_dtype, "step_dtype": step_float_type(cm.spec, cm.float_dtype),
+            "compile_seconds": cm.compile_seconds,
             "output": output,
             "graphs": [{"graph": k, "file": os.path.join(output, f"{k}.onnx"), "nodes": g.node_count,
                         "inputs": [i.name for i in g.inputs], "outputs": [o.name for o in g.outputs]}

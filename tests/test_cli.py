@@ -1811,8 +1811,13 @@ def test_compile_json_is_what_its_table_shows(tmp_path):
     shown = invoke("compile", MLP, "--set", "dims.H=8", "-o", tmp_path / "a")
     r = strict_json((res := invoke("compile", MLP, "--set", "dims.H=8", "-o", tmp_path / "b", "--json")).stdout)
     assert res.stderr == ""
-    assert set(r) == {"name", "dtype", "compile_seconds", "output", "graphs", "files"}
-    assert (r["name"], r["dtype"], r["output"]) == ("mlp", "float32", str(tmp_path / "b")) and r["compile_seconds"] > 0
+    assert set(r) == {"name", "dtype", "step_dtype", "compile_seconds", "output", "graphs", "files"}
+    assert (r["name"], r["dtype"], r["step_dtype"], r["output"]) == ("mlp", "float32", "float32", str(tmp_path / "b"))
+    assert r["compile_seconds"] > 0
+    # under mixed precision the step computes in its half type, the weights stay float32 (as check --json says)
+    mixed = strict_json(invoke("compile", MLP, "--set", "dims.H=8", "--set", "train.mixed_precision=bfloat16", "-o",
+                               tmp_path / "m", "--json").stdout)
+    assert (mixed["dtype"], mixed["step_dtype"]) == ("float32", "bfloat16")
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert [g["graph"] for g in r["graphs"]] == list(manifest["graphs"])
     for g in r["graphs"]:
