@@ -150,9 +150,9 @@ class Numel(OpDef):
             if attrs["dtype"] is None and g.mixed_precision:  # a mixed-precision step counts in float32
                 dtype = attrs["dtype"] = "float32"
             elif known:
-                e = ShapeError(f"x{fmt_shape(x.shape)} has {total:,} entries{'' if attrs['axis'] is None else ' along axis ' + str(attrs['axis'])}, "
+                e = ShapeError(f"its argument {fmt_shape(x.shape)} has {total:,} entries{'' if attrs['axis'] is None else ' along axis ' + str(attrs['axis'])}, "
                                f"beyond the range of {dtype} (up to {float(ml_dtypes.finfo(dtype).max):g})", arg="x",
-                               hint="count in float32: numel(x, dtype='float32'), or compile with train.dtype float32 "
+                               hint="count in float32: numel(..., dtype='float32'), or compile with train.dtype float32 "
                                     "(--dtype float32), or train with mixed_precision")
                 self._locate(e)
                 raise e
