@@ -955,32 +955,38 @@ class Recurrent(Layer):
                             hint=f"usage: {self.usage}")
         H = _int_arg(a["units"], "units", _arg_loc(e, "units", 1), self.name)
         _check_cell_args(a, e, self.name)
-        _check_init(a, e, self.name, x, H)
+        n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc), self.name)
+        inits = _layer_inits(low.graph, _check_init(a, e, self.name, x, H, n_layers), n_layers)
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
         prefix = low.layer_name(self.name)
-        n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc), self.name)
-        if a.get("init") is not None and n_layers > 1:
-            # init= started the first layer alone, and the layers above from zeros: an encoder's final
-            # states given to a stacked decoder reached its bottom layer only, without a word
-            raise SpecError(f"init= gives one layer's states, and this {self.name} has {n_layers} layers: "
-                            "the layers above the first would start from zeros", e.kwarg_locs.get("init", e.loc),
-                            f"stack the layers as entries of their own, each {self.name}(..., init=[...]) "
-                            "given its own states, or leave out init=")
         hs, finals = x, []
         for layer in range(n_layers):
             name = prefix if n_layers == 1 else f"{prefix}.l{layer + 1}"
             if layer and a.get("dropout"):
                 hs = low.graph.apply("dropout", hs, rate=float(a["dropout"]))
             hs, fin = recurrent_layer(low, e, self.name, hs, H, name, reverse=bool(a.get("reverse", False)), mask=mask,
-                                      init=a.get("init") if layer == 0 else None, truncate=a.get("truncate"),
+                                      init=inits[layer], truncate=a.get("truncate"),
                                       layer_norm=bool(a.get("layer_norm", False)), act=a.get("act", "tanh"),
                                       linear_before_reset=bool(a.get("linear_before_reset", True)),
                                       unroll=bool(a.get("unroll", False)), stateful=bool(a.get("stateful", False)))
-            finals = fin
+            finals.append(fin)
+        if a.get("return_state") == "all":  # every layer's final states, stacked [K, N, H] as init= takes them
+            g = low.graph
+            return (hs, *(g.apply("concat", *(g.apply("unsqueeze", fin[i], axes=(0,)) for fin in finals), axis=0)
+                          if n_layers > 1 else g.apply("unsqueeze", finals[0][i], axes=(0,))
+                          for i in range(len(finals[0]))))
         if a.get("return_state"):
-            return (hs, *finals)
+            return (hs, *finals[-1])  # the top layer's [N, H]
         return hs
+
+
+def _layer_inits(g, init: list | None, n_layers: int) -> list:
+    """Each layer's initial states from init= as _check_init read it: a stacked [K, N, H] state gives
+    layer k its slice; a [N, H] one (one layer) is that layer's. None where init= is left out."""
+    if init is None:
+        return [None] * n_layers
+    return [[g.apply("index", v, spec=(k,)) if v.rank == 3 else v for v in init] for k in range(n_layers)]
 
 
 def _check_truncate(a: dict, e) -> None:
@@ -1002,7 +1008,11 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
             raise SpecError(f"dropout between layers must be a rate in [0, 1), got {d!r}", where("dropout"),
                             hint="e.g. dropout=0.2")
-    for k in ("reverse", "layer_norm", "return_state", "unroll", "stateful", "linear_before_reset"):
+    if "return_state" in a and not isinstance(a["return_state"], bool) and a["return_state"] != "all":
+        raise SpecError(f"return_state must be true, false or all, got {a['return_state']!r}", where("return_state"),
+                        hint="return_state=true gives the top layer's final states [N, H]; return_state=all every "
+                             "layer's, stacked [layers, N, H]")
+    for k in ("reverse", "layer_norm", "unroll", "stateful", "linear_before_reset"):
         if k in a and not isinstance(a[k], bool):
             raise SpecError(f"{k} must be true or false, got {a[k]!r}", where(k),
                             hint="write true or false")
@@ -1034,15 +1044,21 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
                         "drop init= and reverse=, or drop stateful=")
 
 
-def _check_init(a: dict, e, cell: str, x: Value, H: int) -> None:
+def _check_init(a: dict, e, cell: str, x: Value, H: int, n_layers: int = 1) -> list | None:
     """init= of a recurrent layer against the states it carries: a wrong count or shape reached the
     scan under the layer, whose error spoke of a block and a step the spec never wrote ('scan inputs do
-    not match its step's inputs', 'initial state float32[N, 4] does not match the step's state')."""
+    not match its step's inputs', 'initial state float32[N, 4] does not match the step's state').
+    Each state is [N, H], or stacked [K, N, H] for K layers (PyTorch's h_0, c_0; what
+    return_state=all gives), layer k starting from its slice; a [N, H] state of a stacked layer is
+    refused, since it would start the first layer alone and the layers above from zeros.
+    Returns the states, or None where init= is left out."""
     init = a.get("init")
     if init is None:
-        return
+        return None
     names = ("h0", "c0")[:CELLS[cell][1]]
-    want = f"{x.dtype}{fmt_shape((x.shape[0], H))}"
+    one = f"{x.dtype}{fmt_shape((x.shape[0], H))}"
+    stacked = f"{x.dtype}{fmt_shape((n_layers, x.shape[0], H))}"
+    want = one if n_layers == 1 else stacked
     loc = e.kwarg_locs.get("init", e.loc)
     listed = f"[{', '.join(names)}]"
     if not isinstance(init, (list, tuple)) or len(init) != len(names):
@@ -1050,11 +1066,27 @@ def _check_init(a: dict, e, cell: str, x: Value, H: int) -> None:
         raise SpecError(f"init= gives {got}, and {'an' if cell[0] in 'lr' else 'a'} {cell} carries {len(names)}: "
                         f"init={listed}, each {want}", loc,
                         f"write init={listed}" + (" (its hidden and cell states)" if cell == "lstm" else ""))
+    layers = f"{n_layers} layer{'s' if n_layers > 1 else ''}"
     for v, name in zip(init, names):
-        if not isinstance(v, Value) or tuple(v.shape) != (x.shape[0], H) or v.dtype != x.dtype:
+        if n_layers > 1 and isinstance(v, Value) and v.rank == 2:
+            # it started the first layer alone, and the layers above from zeros: an encoder's final
+            # states given to a stacked decoder reached its bottom layer only, without a word
+            raise SpecError(f"init= gives one layer's states, and this {cell} has {layers}: {name} is {v.type}, "
+                            "and the layers above the first would start from zeros", loc,
+                            f"give each state stacked for every layer, {stacked} (what return_state=all of a "
+                            f"{n_layers}-layer {cell} gives), or stack the layers as entries of their own")
+        if isinstance(v, Value) and v.rank == 3 and v.dtype == x.dtype and tuple(v.shape[1:]) == (x.shape[0], H) \
+                and v.shape[0] != n_layers:
+            raise ShapeError(f"init= state {name} is {v.type}, stacked for {v.shape[0]} layer(s), and this {cell} has "
+                             f"{layers}", loc, f"give each state as {stacked}, one [N, H] slice per layer"
+                             + (f" (or as {one})" if n_layers == 1 else "") + f", or set layers={v.shape[0]}")
+        if not isinstance(v, Value) or v.dtype != x.dtype or tuple(v.shape) not in (
+                (x.shape[0], H), (n_layers, x.shape[0], H)):
             got = v.type if isinstance(v, Value) else repr(v)
             raise ShapeError(f"init= state {name} is {got}, but the {cell}'s states are {want} (the batch of its input "
-                             f"and units={H})", loc, f"give each initial state as {want}")
+                             f"and units={H}" + (f", for each of its {layers})" if n_layers > 1 else ")"), loc,
+                             f"give each initial state as {want}")
+    return list(init)
 
 
 def _mask_of(low, e, x, a):

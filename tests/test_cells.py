@@ -83,11 +83,11 @@ def _onnx_run(cell: str, dirs: list[dict], x: np.ndarray, direction: str, length
     return [got[o] for o in outs]
 
 
-def _flowgrad_run(text: str, params: dict[str, np.ndarray], x: np.ndarray, lengths=None) -> dict:
+def _flowgrad_run(text: str, params: dict[str, np.ndarray], x: np.ndarray, lengths=None, inputs=None) -> dict:
     cm = compile_spec(spec_from_text(text, "cells.yaml"), "float32", graphs=("infer",))
     graph = cm.graphs["infer"]
     assert sorted(cm.params) == sorted(params), (sorted(cm.params), sorted(params))
-    feeds = {"x": x, **params}
+    feeds = {"x": x, **params, **(inputs or {})}
     if lengths is not None:
         feeds["len"] = lengths
     runner = Runner(graph.model)
@@ -164,6 +164,52 @@ def test_bidirectional_matches_onnx_operator(cell, merge, use_len):
     want = np.concatenate([Yf, Yb], axis=-1) if merge == "concat" else Yf + Yb
     assert got.shape == want.shape
     _close(got, want, "bidirectional vs Y")
+
+
+@pytest.mark.parametrize("cell,use_len", [("lstm", False), ("gru", False), ("rnn", False), ("lstm", True),
+                                          ("gru", True)])
+def test_stacked_layers_match_torch_from_stacked_initial_states(cell, use_len):
+    """init= of a layers=2 layer takes each state stacked [2, N, H], layer k starting from its
+    slice, and return_state=all gives every layer's final states stacked: PyTorch's nn.LSTM,
+    nn.GRU and nn.RNN with num_layers=2, (h_0, c_0) in and (h_n, c_n) out, given the same
+    weights. With lengths= each row's final states are at its own last step, as of a packed
+    sequence. (init= of a stacked layer was refused, and return_state=true gives the top layer's.)"""
+    torch = pytest.importorskip("torch")
+    K = 2
+    rng = np.random.default_rng(30 + GATES[cell] + use_len)
+    x = rng.normal(size=(N, T, E)).astype(np.float32)
+    layers = [_params(cell, rng) for _ in range(K)]  # E == H: the second layer's W is [H, G*H]
+    states = ["h", "c"] if cell == "lstm" else ["h"]
+    init = {f"{s}0": rng.normal(size=(K, N, H)).astype(np.float32) for s in states}
+    targets = ", ".join(["hs"] + states)
+    text = _spec(f"{targets}: {cell}(x, H, layers=2, init=[{', '.join(init)}], return_state=all"
+                 + (", lengths=len)" if use_len else ")"), use_len, ["hs"] + states)
+    text = text.replace("graph:", "".join(f"  {s}: {{shape: [2, N, H]}}\n" for s in init) + "graph:")
+    prefix = targets.replace(", ", "_")
+    params = {f"{prefix}.l{k + 1}.{n}": v for k, p in enumerate(layers) for n, v in p.items()}
+    got = _flowgrad_run(text, params, x, LENGTHS if use_len else None, init)
+
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](E, H, num_layers=K,
+                                                                                    batch_first=True)
+    with torch.no_grad():
+        for k, p in enumerate(layers):
+            getattr(module, f"weight_ih_l{k}").copy_(torch.from_numpy(p["W"].T.copy()))
+            getattr(module, f"weight_hh_l{k}").copy_(torch.from_numpy(p["U"].T.copy()))
+            getattr(module, f"bias_ih_l{k}").copy_(torch.from_numpy(p["b"]))
+            getattr(module, f"bias_hh_l{k}").copy_(torch.from_numpy(p.get("bu", np.zeros_like(p["b"]))))
+        h0 = tuple(torch.from_numpy(init[f"{s}0"]) for s in states)
+        xs = torch.from_numpy(x)
+        if use_len:
+            xs = torch.nn.utils.rnn.pack_padded_sequence(xs, torch.from_numpy(LENGTHS), batch_first=True,
+                                                         enforce_sorted=False)
+        ys, finals = module(xs, h0 if cell == "lstm" else h0[0])
+        if use_len:
+            ys = torch.nn.utils.rnn.pad_packed_sequence(ys, batch_first=True, total_length=T)[0]
+    finals = finals if cell == "lstm" else (finals,)
+    assert got["h"].shape == (K, N, H)
+    _close(got["hs"], ys.numpy(), "hs vs torch's output")
+    for s, want in zip(states, finals):
+        _close(got[s], want.numpy(), f"stacked final {s} vs torch's {s}_n")
 
 
 def test_int32_lengths_mask_as_int64_ones_do():

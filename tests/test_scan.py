@@ -366,6 +366,19 @@ CELL_SPECS = {
     "gru_layers2": LENGTHS + "graph:\n  hs: gru(x, H, layers=2, reverse=true)\nloss: mean(hs * hs) + mean(hs)\n",
     "bidir_layers2": LENGTHS + "graph:\n  hs: bidirectional(gru, x, H, layers=2, lengths=len + 2)\n"
                      "loss: mean(hs * hs) + mean(hs)\n",
+    # a 2-layer encoder-decoder: the encoder's final states of every layer (each row's at its own last
+    # step, the first layer's from a learnt h0) start the decoder's layers; the loss reads the decoder
+    # alone, so the encoder's second layer gets its gradient through the stacked states only
+    "lstm_layers2_encoder_decoder": LENGTHS + """\
+  y: {shape: [N, T, E]}
+params:
+  h0: {shape: [2, 1, H], init: {uniform: {low: -0.5, high: 0.5}}}
+graph:
+  enc, h, c: lstm(x, H, layers=2, lengths=len + 2, init=[zeros(2, N, H) + h0, zeros(2, N, H)], return_state=all)
+  dec, dh, dc: lstm(y, H, layers=2, reverse=true, init=[h, c], return_state=all)
+  dg: gru(y, H, layers=2, dropout=0.3, init=[h[::-1] + c])
+loss: mean(dec * dec) + mean(dh) + mean(dc * dc) + mean(dg * dg)
+""",
     "scan_length": HEAD + """\
 inputs:
   z: {shape: [N, H]}
@@ -1258,8 +1271,11 @@ loss: mean(hs * hs) + s + mean(x)
     ("bidirectional(lstm, x, H, dropout=0.5)", "dropout= acts between stacked layers"),
     # init= started the bottom layer alone, the ones above from zeros (an encoder's final states given to
     # a stacked decoder)
-    ("gru(x, H, layers=2, init=[zeros(N, H)])", "init= gives one layer's states, and this gru has 2 layers"),
+    ("gru(x, H, layers=2, init=[zeros(N, H)])", r"init= gives one layer's states, and this gru has 2 layers: "
+                                                r"h0 is float32\[N, 3\]"),
     ("lstm(x, H, layers=3, init=[zeros(N, H), zeros(N, H)])", "this lstm has 3 layers"),
+    ("lstm(x, H, return_state=both)", "return_state must be true, false or all, got 'both'"),
+    ("bidirectional(gru, x, H, return_state=all)", "bidirectional.. returns the merged sequence only"),
     # the one-step cells took any act= and read flags loosely (bool("no") is true)
     ("lstm_cell(x[:, 0, :], zeros(N, H), zeros(N, H), act=relu)[0]", "act= is for rnn"),
     ("rnn_cell(x[:, 0, :], zeros(N, H), act=softplus)", "act must be one of"),
@@ -1282,6 +1298,15 @@ def test_bad_scan_arguments_are_located_errors(call, words):
     ("lstm(x, H, init=[zeros(N, H), zeros(N, 2 * H)])", r"init= state c0 is float32\[N, 6\], but the lstm's states are "
                                                          r"float32\[N, 3\]"),
     ("gru(x, H, init=[cast(zeros(N, H), 'int64')])", "init= state h0 is int64"),
+    # stacked states [layers, N, H] (PyTorch's h_0, c_0): of another number of layers, or width, or batch
+    ("lstm(x, H, layers=2, init=[zeros(3, N, H), zeros(3, N, H)])",
+     r"init= state h0 is float32\[3, N, 3\], stacked for 3 layer\(s\), and this lstm has 2 layers"),
+    ("gru(x, H, init=[zeros(2, N, H)])", r"stacked for 2 layer\(s\), and this gru has 1 layer\n.*\(or as float32\[N, 3\]\), or set layers=2"),
+    ("gru(x, H, layers=2, init=[zeros(2, N, 2 * H)])", r"init= state h0 is float32\[2, N, 6\], but the gru's states "
+                                                       r"are float32\[2, N, 3\] \(the batch of its input and units=3, "
+                                                       r"for each of its 2 layers\)"),
+    ("lstm(x, H, layers=2, init=[zeros(2, N, H), zeros(2, 5, H)])", r"init= state c0 is float32\[2, 5, 3\]"),
+    ("rnn(x, H, layers=2, init=[zeros(2, N, H), zeros(2, N, H)])", r"an rnn carries 1: init=\[h0\], each float32\[2, N, 3\]"),
     ("lstm_cell(x[:, 0, :], zeros(N, H), zeros(N, 2 * H))[0]", r"lstm_cell.. needs its states of one shape: c is float32\[N, 6\]"),
 ])
 def test_recurrent_initial_states_are_checked_in_the_layers_words(call, words):
