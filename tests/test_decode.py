@@ -425,6 +425,57 @@ def test_a_decoder_layer_started_from_the_encoder_carries_its_state_from_token_t
     _greedy_translation_equals_the_inference_graph(INIT_DECODER % decoder)
 
 
+STACKED_SEQ2SEQ = """\
+flowgrad: 1
+name: stacked_seq2seq
+dims: {SV: 29, TV: 29, E: 8, H: 16}
+inputs:
+  src: {shape: [N, S], dtype: int64}
+  src_len: {shape: [N], dtype: int64}
+  tgt_in: {shape: [N, T], dtype: int64}
+  tgt: {shape: [N, T], dtype: int64}
+  tgt_mask: {shape: [N, T]}
+graph:
+  xe: embedding(src, SV, E)
+  enc, h, c: lstm(xe, H, layers=2, lengths=src_len, return_state=all)
+  ye: embedding(tgt_in, TV, E)
+  dec: lstm(ye, H, layers=2, dropout=0.1, init=[h, c])
+  logits: dense(dec, TV)
+outputs:
+  probs: softmax(logits)
+generate: {input: tgt_in, logits: logits, bos: 1, eos: 2, max_len: 6}
+loss: sum(cross_entropy(logits, tgt, reduction='none') * tgt_mask) / sum(tgt_mask)
+train:
+  data: {dataset: reverse, options: {n: 64, max_len: 5}}
+  optimizer: {adam: {lr: 0.01}}
+  batch_size: 32
+"""
+
+
+def test_a_two_layer_lstm_encoder_decoder_carries_every_layers_states():
+    """The classic seq2seq of stacked LSTMs: the encoder's final h and c of every layer
+    (return_state=all, [2, N, H] each) start the decoder's layers (init=[h, c]). init= of a
+    2-layer lstm was refused, and the layers had to be written as entries of their own. It
+    trains on the bundled reversal data with a falling loss, whose gradient reaches both of the
+    encoder's layers through the states alone, and its beam search carries each decoder layer's
+    state from token to token as the inference graph computes it."""
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.trainer import Trainer
+    from spec import spec_from_text
+
+    spec = spec_from_text(STACKED_SEQ2SEQ, "s2s.yaml")
+    cm = compile_spec(spec)
+    batch = real_batch(spec, cm, 32, 0)
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    before = {p: trainer.state[p].numpy().copy() for p in ("enc_h_c.l1.U", "enc_h_c.l2.U")}
+    losses = [trainer.train_step("main", batch, 0.01, step)["loss"] for step in range(6)]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    for p, was in before.items():  # the encoder's output is not read: its layers learn from the states
+        assert np.abs(trainer.state[p].numpy() - was).max() > 1e-4, p
+    _greedy_translation_equals_the_inference_graph(STACKED_SEQ2SEQ.replace("dropout=0.1, ", ""))
+
+
 LABELS_FIRST = """\
 flowgrad: 1
 name: labels_first
