@@ -940,7 +940,9 @@ class Recurrent(Layer):
     def __init__(self, cell):
         self.name = cell
         self.usage = (f"{cell}(x, units, layers=1, reverse=false, mask=m | lengths=len, "
-                      f"init=[{'h0, c0' if cell == 'lstm' else 'h0'}], truncate=K, layer_norm=false, return_state=false, "
+                      f"init=[{'h0, c0' if cell == 'lstm' else 'h0'}] (each [N, units], or [layers, N, units]), "
+                      "truncate=K, layer_norm=false, return_state=false | true (the top layer's final states) "
+                      "| all (every layer's, [layers, N, units]), "
                       "dropout=0 (between layers), stateful=false, unroll=false"
                       + {"rnn": ", act=tanh", "gru": ", linear_before_reset=true", "lstm": ""}[cell] + ")")
         self.doc = (f"{'An LSTM' if cell == 'lstm' else 'A GRU' if cell == 'gru' else 'An RNN'} over x [N, T, E]: the "
