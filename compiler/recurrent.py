@@ -1010,10 +1010,14 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
             raise SpecError(f"dropout between layers must be a rate in [0, 1), got {d!r}", where("dropout"),
                             hint="e.g. dropout=0.2")
-    if "return_state" in a and not isinstance(a["return_state"], bool) and a["return_state"] != "all":
-        raise SpecError(f"return_state must be true, false or all, got {a['return_state']!r}", where("return_state"),
-                        hint="return_state=true gives the top layer's final states [N, H]; return_state=all every "
-                             "layer's, stacked [layers, N, H]")
+    r = a.get("return_state", False)
+    if not isinstance(r, bool) and r != "all":
+        shadowed = isinstance(r, Value) and r.name == "all"  # an entry named all is read as itself
+        raise SpecError(f"return_state must be true, false or all, got {f'the tensor {r.type}' if isinstance(r, Value) else repr(r)}",
+                        where("return_state"),
+                        hint=("the entry named all is read here: rename it to write return_state=all" if shadowed else
+                              "return_state=true gives the top layer's final states [N, H]; return_state=all every "
+                              "layer's, stacked [layers, N, H]"))
     for k in ("reverse", "layer_norm", "unroll", "stateful", "linear_before_reset"):
         if k in a and not isinstance(a[k], bool):
             raise SpecError(f"{k} must be true or false, got {a[k]!r}", where(k),

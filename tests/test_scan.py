@@ -1275,6 +1275,7 @@ loss: mean(hs * hs) + s + mean(x)
                                                 r"h0 is float32\[N, 3\]"),
     ("lstm(x, H, layers=3, init=[zeros(N, H), zeros(N, H)])", "this lstm has 3 layers"),
     ("lstm(x, H, return_state=both)", "return_state must be true, false or all, got 'both'"),
+    ("lstm(x, H, return_state=x)", r"return_state must be true, false or all, got the tensor float32\[N, T, 3\]"),
     ("bidirectional(gru, x, H, return_state=all)", "bidirectional.. returns the merged sequence only"),
     # the one-step cells took any act= and read flags loosely (bool("no") is true)
     ("lstm_cell(x[:, 0, :], zeros(N, H), zeros(N, H), act=relu)[0]", "act= is for rnn"),
@@ -1290,6 +1291,14 @@ def test_bad_scan_arguments_are_located_errors(call, words):
         compile_spec(spec_from_text(BAD_ARGS_SPEC % call, "bad.yaml"), graphs=("train",))
     assert str(e.value).startswith("bad.yaml:23:"), str(e.value)
 
+
+
+def test_an_entry_named_all_is_named_where_return_state_reads_it():
+    """return_state=all reads the word all, which an entry of that name hides: the error names it."""
+    text = BAD_ARGS_SPEC.replace("  hs: %s", "  all: x * 2.0\n  hs, h: gru(x, H, layers=2, return_state=all)")
+    with pytest.raises(SpecError, match="return_state must be true, false or all, got the tensor") as e:
+        compile_spec(spec_from_text(text, "bad.yaml"), graphs=("train",))
+    assert e.value.loc.line == 24 and "entry named all" in e.value.hint, str(e.value)
 
 
 @pytest.mark.parametrize("call, words", [
