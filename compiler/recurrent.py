@@ -974,21 +974,27 @@ class Recurrent(Layer):
                                       unroll=bool(a.get("unroll", False)), stateful=bool(a.get("stateful", False)))
             finals.append(fin)
         if a.get("return_state") == "all":  # every layer's final states, stacked [K, N, H] as init= takes them
-            g = low.graph
-            return (hs, *(g.apply("concat", *(g.apply("unsqueeze", fin[i], axes=(0,)) for fin in finals), axis=0)
-                          if n_layers > 1 else g.apply("unsqueeze", finals[0][i], axes=(0,))
-                          for i in range(len(finals[0]))))
+            return (hs, *_stacked_finals(low.graph, finals))
         if a.get("return_state"):
             return (hs, *finals[-1])  # the top layer's [N, H]
         return hs
 
 
-def _layer_inits(g, init: list | None, n_layers: int) -> list:
+def _layer_inits(g, init: list | None, n_slices: int) -> list:
     """Each layer's initial states from init= as _check_init read it: a stacked [K, N, H] state gives
-    layer k its slice; a [N, H] one (one layer) is that layer's. None where init= is left out."""
+    layer k its slice; a [N, H] one (one layer) is that layer's. None where init= is left out.
+    A bidirectional layer's [2K, N, H] has a slice per layer and direction (layer k's forward
+    at 2k, its reverse at 2k + 1): `n_slices` is 2K."""
     if init is None:
-        return [None] * n_layers
-    return [[g.apply("index", v, spec=(k,)) if v.rank == 3 else v for v in init] for k in range(n_layers)]
+        return [None] * n_slices
+    return [[g.apply("index", v, spec=(k,)) if v.rank == 3 else v for v in init] for k in range(n_slices)]
+
+
+def _stacked_finals(g, finals: list[list]) -> list:
+    """Each state's finals (one list of states per layer, or per layer and direction as _layer_inits
+    slices them) stacked [K, N, H] in that order: what return_state=all gives and init= takes."""
+    return [g.apply("concat", *(g.apply("unsqueeze", fin[i], axes=(0,)) for fin in finals), axis=0)
+            if len(finals) > 1 else g.apply("unsqueeze", finals[0][i], axes=(0,)) for i in range(len(finals[0]))]
 
 
 def _check_truncate(a: dict, e) -> None:
@@ -1001,7 +1007,7 @@ def _check_truncate(a: dict, e) -> None:
 RNN_ACTS = ("tanh", "relu", "sigmoid")
 
 
-def _check_cell_args(a: dict, e, cell: str) -> None:
+def _check_cell_args(a: dict, e, cell: str, bidirectional: bool = False) -> None:
     """The cells' keyword arguments that would otherwise be read loosely (bool("maybe")) or
     not at all (act= of an lstm): located errors."""
     where = lambda k: e.kwarg_locs.get(k, e.loc)  # noqa: E731
@@ -1016,6 +1022,9 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
         raise SpecError(f"return_state must be true, false or all, got {f'the tensor {r.type}' if isinstance(r, Value) else repr(r)}",
                         where("return_state"),
                         hint=("the entry named all is read here: rename it to write return_state=all" if shadowed else
+                              "return_state=true gives the top layer's final states, its two directions "
+                              "concatenated [N, 2 * H]; return_state=all every layer's, stacked [2 * layers, N, H]"
+                              if bidirectional else
                               "return_state=true gives the top layer's final states [N, H]; return_state=all every "
                               "layer's, stacked [layers, N, H]"))
     for k in ("reverse", "layer_norm", "unroll", "stateful", "linear_before_reset"):
@@ -1050,48 +1059,74 @@ def _check_cell_args(a: dict, e, cell: str) -> None:
                         "drop init= and reverse=, or drop stateful=")
 
 
-def _check_init(a: dict, e, cell: str, x: Value, H: int, n_layers: int = 1) -> list | None:
+def _check_init(a: dict, e, cell: str, x: Value, H: int, n_layers: int = 1, directions: int = 1) -> list | None:
     """init= of a recurrent layer against the states it carries: a wrong count or shape reached the
     scan under the layer, whose error spoke of a block and a step the spec never wrote ('scan inputs do
     not match its step's inputs', 'initial state float32[N, 4] does not match the step's state').
     Each state is [N, H], or stacked [K, N, H] for K layers (PyTorch's h_0, c_0; what
     return_state=all gives), layer k starting from its slice; a [N, H] state of a stacked layer is
-    refused, since it would start the first layer alone and the layers above from zeros.
+    refused, since it would start the first layer alone and the layers above from zeros. With
+    `directions` 2 (bidirectional) each state is stacked [2K, N, H] layer-major, as PyTorch's h_0
+    of a bidirectional module: layer k's forward direction at 2k, its reverse at 2k + 1.
     Returns the states, or None where init= is left out."""
     init = a.get("init")
     if init is None:
         return None
     names = ("h0", "c0")[:CELLS[cell][1]]
+    slices = n_layers * directions
+    bi = directions > 1
+    what = f"bidirectional {cell}" if bi else cell
     one = f"{x.dtype}{fmt_shape((x.shape[0], H))}"
-    stacked = f"{x.dtype}{fmt_shape((n_layers, x.shape[0], H))}"
-    want = one if n_layers == 1 else stacked
+    stacked = f"{x.dtype}{fmt_shape((slices, x.shape[0], H))}"
+    want = one if slices == 1 else stacked
     loc = e.kwarg_locs.get("init", e.loc)
     listed = f"[{', '.join(names)}]"
     if not isinstance(init, (list, tuple)) or len(init) != len(names):
         got = f"{len(init)} state(s)" if isinstance(init, (list, tuple)) else "a tensor, not a list"
-        raise SpecError(f"init= gives {got}, and {'an' if cell[0] in 'lr' else 'a'} {cell} carries {len(names)}: "
-                        f"init={listed}, each {want}", loc,
+        raise SpecError(f"init= gives {got}, and {'an' if what[0] in 'lr' else 'a'} {what} carries {len(names)}"
+                        f"{' per direction' if bi else ''}: init={listed}, each {want}", loc,
                         f"write init={listed}" + (" (its hidden and cell states)" if cell == "lstm" else ""))
     layers = f"{n_layers} layer{'s' if n_layers > 1 else ''}"
+    order = "layer k's forward direction at 2k, its reverse at 2k + 1"
     for v, name in zip(init, names):
-        if n_layers > 1 and isinstance(v, Value) and v.rank == 2:
+        if bi and isinstance(v, Value) and v.rank == 2 and v.dtype == x.dtype \
+                and tuple(v.shape) == (x.shape[0], 2 * H):
+            # what return_state=true gives: the two directions side by side, for a decoder of 2H units
+            raise SpecError(f"init= state {name} is {v.type}, the two directions concatenated (what "
+                            f"return_state=true gives), and this {what} takes them stacked: {stacked}", loc,
+                            f"give each state as {stacked}, {order} (what return_state=all of a "
+                            f"{n_layers}-layer bidirectional {cell} gives)")
+        if slices > 1 and isinstance(v, Value) and v.rank == 2:
             # it started the first layer alone, and the layers above from zeros: an encoder's final
             # states given to a stacked decoder reached its bottom layer only, without a word
+            if bi:
+                raise SpecError(f"init= gives one direction's states, and this {what} has 2 directions"
+                                f"{f' in each of its {layers}' if n_layers > 1 else ''}: {name} is {v.type}", loc,
+                                f"give each state stacked {stacked}, {order} (what return_state=all of a "
+                                f"{n_layers}-layer bidirectional {cell} gives, PyTorch's h_0)")
             raise SpecError(f"init= gives one layer's states, and this {cell} has {layers}: {name} is {v.type}, "
                             "and the layers above the first would start from zeros", loc,
                             f"give each state stacked for every layer, {stacked} (what return_state=all of a "
                             f"{n_layers}-layer {cell} gives), or stack the layers as entries of their own")
         if isinstance(v, Value) and v.rank == 3 and v.dtype == x.dtype and tuple(v.shape[1:]) == (x.shape[0], H) \
-                and v.shape[0] != n_layers:
+                and v.shape[0] != slices:
+            if bi:
+                other = v.shape[0] // 2 if isinstance(v.shape[0], int) and v.shape[0] % 2 == 0 else None
+                raise ShapeError(f"init= state {name} is {v.type}, {v.shape[0]} slice(s), and this {what} has "
+                                 f"{layers} of 2 directions, {slices} slices", loc,
+                                 f"give each state as {stacked}, {order}"
+                                 + (f", or set layers={other}" if other else ""))
             raise ShapeError(f"init= state {name} is {v.type}, stacked for {v.shape[0]} layer(s), and this {cell} has "
                              f"{layers}", loc, f"give each state as {stacked}, one [N, H] slice per layer"
                              + (f" (or as {one})" if n_layers == 1 else "") + f", or set layers={v.shape[0]}")
         if not isinstance(v, Value) or v.dtype != x.dtype or tuple(v.shape) not in (
-                (x.shape[0], H), (n_layers, x.shape[0], H)):
+                ((x.shape[0], H),) if slices == 1 else ()) + ((slices, x.shape[0], H),):
             got = v.type if isinstance(v, Value) else repr(v)
-            raise ShapeError(f"init= state {name} is {got}, but the {cell}'s states are {want} (the batch of its input "
-                             f"and units={H}" + (f", for each of its {layers})" if n_layers > 1 else ")"), loc,
-                             f"give each initial state as {want}")
+            each = (f", for each direction of each of its {layers})" if n_layers > 1 else ", for each direction)") \
+                if bi else (f", for each of its {layers})" if n_layers > 1 else ")")
+            raise ShapeError(f"init= state {name} is {got}, but the {what}'s states are {want} (the batch of its input "
+                             f"and units={H}" + each, loc, f"give each initial state as {want}"
+                             + (f", {order}" if bi else ""))
     return list(init)
 
 
@@ -1113,12 +1148,15 @@ def _mask_of(low, e, x, a):
 class Bidirectional(Layer):
     name = "bidirectional"
     positional = ("cell", "x", "units")
-    # a reverse pass is already in it; initial or carried states would be two, one per direction
-    keywords = tuple(k for k in Recurrent.keywords if k not in ("reverse", "init", "stateful")) + ("merge",)
+    # a reverse pass is already in it; states carried across batches would be two, one per direction
+    keywords = tuple(k for k in Recurrent.keywords if k not in ("reverse", "stateful")) + ("merge",)
     required = ("cell", "x", "units")
     doc = "A forward and a reverse layer of the cell over x [N, T, E], their states concatenated (or summed) per step."
     usage = ("bidirectional(lstm | gru | rnn, x, units, merge=concat | sum, layers=1, dropout=0 (between layers), "
-             "mask=m | lengths=len, truncate=K, layer_norm=false, unroll=false, act=tanh (rnn), "
+             "mask=m | lengths=len, init=[h0, c0 (lstm)] (each [2 * layers, N, units]: layer k's forward "
+             "direction at 2k, its reverse at 2k + 1), return_state=false | true (the top layer's final "
+             "states, its directions concatenated [N, 2 * units]) | all (every layer's and direction's, "
+             "[2 * layers, N, units]), truncate=K, layer_norm=false, unroll=false, act=tanh (rnn), "
              "linear_before_reset=true (gru))")
 
     def __call__(self, low, e, args, kwargs):
@@ -1134,29 +1172,39 @@ class Bidirectional(Layer):
                             hint=f"{close} (merge=concat or merge=sum)" if close else "merge=concat or merge=sum")
         x, H = a.pop("x"), a.pop("units")
         a.pop("cell")
-        if a.get("return_state"):
-            raise SpecError("bidirectional() returns the merged sequence only", e.kwarg_locs.get("return_state", e.loc),
-                            hint="leave out return_state, or keep two layers, one with reverse=true")
+        if not isinstance(x, Value):
+            raise SpecError("bidirectional() needs a tensor input", _arg_loc(e, "x", 1), hint=f"usage: {self.usage}")
         prefix = low.layer_name("bidirectional")
-        _check_cell_args(a, e, cell)
+        _check_cell_args(a, e, cell, bidirectional=True)
         mask = _mask_of(low, e, x, a)
         _check_truncate(a, e)
         n_layers = _int_arg(a.get("layers", 1), "layers", e.kwarg_locs.get("layers", e.loc), "bidirectional")
         units = _int_arg(H, "units", _arg_loc(e, "units", 2), "bidirectional")
-        merged = x
+        # one slice per layer and direction, layer-major as PyTorch's h_0 and h_n of a bidirectional module
+        inits = _layer_inits(low.graph, _check_init(a, e, cell, x, units, n_layers, directions=2), 2 * n_layers)
+        merged, finals = x, []
         for layer in range(n_layers):  # each layer reads the merged sequence of the one below
             name = prefix if n_layers == 1 else f"{prefix}.l{layer + 1}"
             if layer and a.get("dropout"):
                 merged = low.graph.apply("dropout", merged, rate=float(a["dropout"]))
             outs = []
-            for direction, rev in (("fw", False), ("bw", True)):
-                hs, _ = recurrent_layer(low, e, cell, merged, units, f"{name}.{direction}", reverse=rev, mask=mask,
-                                        truncate=a.get("truncate"), layer_norm=bool(a.get("layer_norm", False)),
-                                        act=a.get("act", "tanh"),
-                                        linear_before_reset=bool(a.get("linear_before_reset", True)),
-                                        unroll=bool(a.get("unroll", False)))
+            for d, (direction, rev) in enumerate((("fw", False), ("bw", True))):
+                # the reverse direction's final states are those at step 0 (each row's own last step
+                # for the forward one under lengths=), as recurrent_layer gives them
+                hs, fin = recurrent_layer(low, e, cell, merged, units, f"{name}.{direction}", reverse=rev, mask=mask,
+                                          init=inits[2 * layer + d], truncate=a.get("truncate"),
+                                          layer_norm=bool(a.get("layer_norm", False)), act=a.get("act", "tanh"),
+                                          linear_before_reset=bool(a.get("linear_before_reset", True)),
+                                          unroll=bool(a.get("unroll", False)))
                 outs.append(hs)
+                finals.append(fin)
             merged = outs[0] + outs[1] if merge == "sum" else low.graph.apply("concat", outs[0], outs[1], axis=-1)
+        # the states are per direction whatever merge= does with the sequences
+        g = low.graph
+        if a.get("return_state") == "all":  # [2K, N, H]: layer k's forward at 2k, its reverse at 2k + 1
+            return (merged, *_stacked_finals(g, finals))
+        if a.get("return_state"):  # the top layer's directions side by side [N, 2H], for a decoder of 2H units
+            return (merged, *(g.apply("concat", fw, bw, axis=-1) for fw, bw in zip(finals[-2], finals[-1])))
         return merged
 
 

@@ -33,9 +33,9 @@ def _spec(graph: str, lengths: bool, outputs: list[str]) -> str:
     )
 
 
-def _params(cell: str, rng) -> dict[str, np.ndarray]:
+def _params(cell: str, rng, inputs: int = E) -> dict[str, np.ndarray]:
     G = GATES[cell]
-    p = {"W": rng.normal(size=(E, G * H)) * 0.6, "U": rng.normal(size=(H, G * H)) * 0.6,
+    p = {"W": rng.normal(size=(inputs, G * H)) * 0.6, "U": rng.normal(size=(H, G * H)) * 0.6,
          "b": rng.normal(size=(G * H,)) * 0.3}
     if cell == "gru":
         p["bu"] = rng.normal(size=(G * H,)) * 0.3
@@ -210,6 +210,67 @@ def test_stacked_layers_match_torch_from_stacked_initial_states(cell, use_len):
     _close(got["hs"], ys.numpy(), "hs vs torch's output")
     for s, want in zip(states, finals):
         _close(got[s], want.numpy(), f"stacked final {s} vs torch's {s}_n")
+
+
+@pytest.mark.parametrize("cell,K,merge,use_len", [("lstm", 1, "concat", False), ("lstm", 1, "sum", True),
+                                                   ("lstm", 2, "concat", True), ("gru", 1, "concat", True),
+                                                   ("gru", 2, "concat", False), ("gru", 2, "concat", True),
+                                                   ("rnn", 2, "concat", True)])
+def test_bidirectional_states_match_torch(cell, K, merge, use_len):
+    """init= of a bidirectional layer takes each state stacked [2K, N, H] and return_state=all gives
+    them so, layer-major as PyTorch's h_0 and h_n of a bidirectional nn.LSTM/GRU/RNN (layer k's
+    forward direction at 2k, its reverse at 2k + 1); return_state=true gives the top layer's two
+    directions concatenated [N, 2H], as torch.cat((h_n[-2], h_n[-1]), 1). With lengths= (packed
+    sequences) the forward direction's final states are at each row's own last step, the reverse
+    one's at step 0; merge= changes the sequence only. (bidirectional() refused init= and
+    return_state: "returns the merged sequence only".)"""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(40 + 3 * GATES[cell] + 2 * K + use_len)
+    x = rng.normal(size=(N, T, E)).astype(np.float32)
+    width = {"concat": 2 * H, "sum": H}[merge]
+    layers = [[_params(cell, rng, E if k == 0 else width) for _ in ("fw", "bw")] for k in range(K)]
+    states = ["h", "c"] if cell == "lstm" else ["h"]
+    init = {f"{s}0": rng.normal(size=(2 * K, N, H)).astype(np.float32) for s in states}
+    targets = ", ".join(["hs"] + states)
+    prefix = targets.replace(", ", "_")
+    params = {f"{prefix}{'' if K == 1 else f'.l{k + 1}'}.{d}.{n}": v
+              for k, pair in enumerate(layers) for d, p in zip(("fw", "bw"), pair) for n, v in p.items()}
+    got = {}
+    for ret in ("all", "true"):
+        text = _spec(f"{targets}: bidirectional({cell}, x, H, layers={K}, merge={merge}, "
+                     f"init=[{', '.join(init)}], return_state={ret}" + (", lengths=len)" if use_len else ")"),
+                     use_len, ["hs"] + states)
+        text = text.replace("graph:", "".join(f"  {s}: {{shape: [{2 * K}, N, H]}}\n" for s in init) + "graph:")
+        got[ret] = _flowgrad_run(text, params, x, LENGTHS if use_len else None, init)
+
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
+        E, H, num_layers=K, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for k, pair in enumerate(layers):
+            for suffix, p in zip(("", "_reverse"), pair):
+                getattr(module, f"weight_ih_l{k}{suffix}").copy_(torch.from_numpy(p["W"].T.copy()))
+                getattr(module, f"weight_hh_l{k}{suffix}").copy_(torch.from_numpy(p["U"].T.copy()))
+                getattr(module, f"bias_ih_l{k}{suffix}").copy_(torch.from_numpy(p["b"]))
+                getattr(module, f"bias_hh_l{k}{suffix}").copy_(torch.from_numpy(p.get("bu", np.zeros_like(p["b"]))))
+        h0 = tuple(torch.from_numpy(init[f"{s}0"]) for s in states)
+        xs = torch.from_numpy(x)
+        if use_len:
+            xs = torch.nn.utils.rnn.pack_padded_sequence(xs, torch.from_numpy(LENGTHS), batch_first=True,
+                                                         enforce_sorted=False)
+        ys, finals = module(xs, h0 if cell == "lstm" else h0[0])
+        if use_len:
+            ys = torch.nn.utils.rnn.pad_packed_sequence(ys, batch_first=True, total_length=T)[0]
+    ys = ys.numpy()
+    finals = [f.numpy() for f in (finals if cell == "lstm" else (finals,))]
+    if merge == "sum":  # (one layer: torch's layers above the first read the directions concatenated)
+        ys = ys[..., :H] + ys[..., H:]
+    for ret in ("all", "true"):
+        _close(got[ret]["hs"], ys, f"return_state={ret}: hs vs torch's output")
+    for s, want in zip(states, finals):
+        assert got["all"][s].shape == (2 * K, N, H)
+        _close(got["all"][s], want, f"return_state=all: {s} vs torch's {s}_n")
+        _close(got["true"][s], np.concatenate([want[-2], want[-1]], axis=-1),
+               f"return_state=true: {s} vs torch's {s}_n[-2], {s}_n[-1] concatenated")
 
 
 def test_int32_lengths_mask_as_int64_ones_do():

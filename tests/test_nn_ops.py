@@ -421,7 +421,7 @@ def test_layer_usages_name_the_arguments_they_take():
     # arguments a layer refuses with its own error (act= of an lstm, axis= of batch_norm...)
     refused = {"batch_norm": {"axis"}, "layer_norm": {"momentum"}, "lstm": {"act", "linear_before_reset"},
                "gru": {"act"}, "rnn": {"linear_before_reset"}, "lstm_cell": {"act", "linear_before_reset"},
-               "gru_cell": {"act"}, "rnn_cell": {"linear_before_reset"}, "bidirectional": {"return_state", "cell"}}
+               "gru_cell": {"act"}, "rnn_cell": {"linear_before_reset"}, "bidirectional": {"cell"}}
     for name, layer in LAYERS.items():
         words = set(re.findall(r"\w+", layer.usage))
         missing = set(layer.keywords) | set(layer.positional)

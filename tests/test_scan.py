@@ -379,6 +379,21 @@ graph:
   dg: gru(y, H, layers=2, dropout=0.3, init=[h[::-1] + c])
 loss: mean(dec * dec) + mean(dh) + mean(dc * dc) + mean(dg * dg)
 """,
+    # a bidirectional encoder's states per layer and direction ([4, N, H] from a learnt h0, each
+    # row's at its own last step forwards, at step 0 backwards) start a bidirectional decoder, and
+    # its top layer's two directions ([N, 2H]) an lstm of 2H units; the loss reads the decoders alone
+    "bidir_states_encoder_decoder": LENGTHS + """\
+  y: {shape: [N, T, E]}
+params:
+  h0: {shape: [4, 1, H], init: {uniform: {low: -0.5, high: 0.5}}}
+graph:
+  enc, h, c: bidirectional(lstm, x, H, layers=2, merge=sum, dropout=0.3, lengths=len + 2,
+                           init=[zeros(4, N, H) + h0, zeros(4, N, H)], return_state=all)
+  top, th, tc: bidirectional(lstm, x, H, lengths=len + 2, return_state=true)
+  dec, dh: bidirectional(gru, y, H, layers=2, init=[h + c], return_state=all)
+  dl: lstm(y, 2 * H, init=[th, tc])
+loss: mean(dec * dec) + mean(dh) + mean(dl * dl)
+""",
     "scan_length": HEAD + """\
 inputs:
   z: {shape: [N, H]}
@@ -1171,7 +1186,7 @@ def test_bidirectional_stacks_its_layers_and_refuses_what_it_cannot_do():
             assert f"hs.{layer}.{direction}.W" in params, (layer, direction, params)
     # the second layer reads both directions of the first
     assert compile_spec(spec, graphs=("infer",)).params["hs.l2.fw.W"].shape[0] == 2 * 3
-    for bad in ("reverse=true", "stateful=true", "init=[x]", "layers=0"):
+    for bad in ("reverse=true", "stateful=true", "init=[zeros(N, H)]", "layers=0"):
         text = LENGTHS + f"graph:\n  hs: bidirectional(gru, x, H, {bad})\nloss: mean(hs * hs)\n"
         with pytest.raises(SpecError) as e:
             compile_spec(spec_from_text(text, "b.yaml"))
@@ -1276,7 +1291,8 @@ loss: mean(hs * hs) + s + mean(x)
     ("lstm(x, H, layers=3, init=[zeros(N, H), zeros(N, H)])", "this lstm has 3 layers"),
     ("lstm(x, H, return_state=both)", "return_state must be true, false or all, got 'both'"),
     ("lstm(x, H, return_state=x)", r"return_state must be true, false or all, got the tensor float32\[N, T, 3\]"),
-    ("bidirectional(gru, x, H, return_state=all)", "bidirectional.. returns the merged sequence only"),
+    # (bidirectional() refused return_state: "returns the merged sequence only")
+    ("bidirectional(gru, x, H, return_state=both)", "return_state must be true, false or all, got 'both'"),
     # the one-step cells took any act= and read flags loosely (bool("no") is true)
     ("lstm_cell(x[:, 0, :], zeros(N, H), zeros(N, H), act=relu)[0]", "act= is for rnn"),
     ("rnn_cell(x[:, 0, :], zeros(N, H), act=softplus)", "act must be one of"),
@@ -1317,6 +1333,23 @@ def test_an_entry_named_all_is_named_where_return_state_reads_it():
     ("lstm(x, H, layers=2, init=[zeros(2, N, H), zeros(2, 5, H)])", r"init= state c0 is float32\[2, 5, 3\]"),
     ("rnn(x, H, layers=2, init=[zeros(2, N, H), zeros(2, N, H)])", r"an rnn carries 1: init=\[h0\], each float32\[2, N, 3\]"),
     ("lstm_cell(x[:, 0, :], zeros(N, H), zeros(N, 2 * H))[0]", r"lstm_cell.. needs its states of one shape: c is float32\[N, 6\]"),
+    # a bidirectional layer's: stacked [2 * layers, N, H] per layer and direction, as PyTorch's h_0
+    ("bidirectional(lstm, x, H, init=[zeros(2, N, H)])",
+     r"init= gives 1 state\(s\), and a bidirectional lstm carries 2 per direction: init=\[h0, c0\], each "
+     r"float32\[2, N, 3\]"),
+    ("bidirectional(gru, x, H, init=[zeros(N, H)])",
+     r"init= gives one direction's states, and this bidirectional gru has 2 directions: h0 is float32\[N, 3\]\n"
+     r".*stacked float32\[2, N, 3\], layer k's forward direction at 2k, its reverse at 2k \+ 1"),
+    ("bidirectional(gru, x, H, layers=2, init=[zeros(N, H)])", "2 directions in each of its 2 layers"),
+    ("bidirectional(gru, x, H, init=[zeros(N, 2 * H)])",
+     r"init= state h0 is float32\[N, 6\], the two directions concatenated \(what return_state=true gives\)"),
+    ("bidirectional(lstm, x, H, layers=2, init=[zeros(2, N, H), zeros(2, N, H)])",
+     r"init= state h0 is float32\[2, N, 3\], 2 slice\(s\), and this bidirectional lstm has 2 layers of 2 "
+     r"directions, 4 slices\n.*as float32\[4, N, 3\].*, or set layers=1"),
+    ("bidirectional(gru, x, H, layers=2, init=[zeros(4, N, 2 * H)])",
+     r"init= state h0 is float32\[4, N, 6\], but the bidirectional gru's states are float32\[4, N, 3\] \(the "
+     r"batch of its input and units=3, for each direction of each of its 2 layers\)"),
+    ("bidirectional(lstm, x, H, init=[zeros(2, N, H), cast(zeros(2, N, H), 'int64')])", r"init= state c0 is int64"),
 ])
 def test_recurrent_initial_states_are_checked_in_the_layers_words(call, words):
     """init= of the wrong count or shape reached the scan under the layer, whose error spoke of a
