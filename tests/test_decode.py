@@ -476,6 +476,37 @@ def test_a_two_layer_lstm_encoder_decoder_carries_every_layers_states():
     _greedy_translation_equals_the_inference_graph(STACKED_SEQ2SEQ.replace("dropout=0.1, ", ""))
 
 
+BIDIRECTIONAL_SEQ2SEQ = STACKED_SEQ2SEQ.replace(
+    "  enc, h, c: lstm(xe, H, layers=2, lengths=src_len, return_state=all)\n",
+    "  enc, h, c: bidirectional(lstm, xe, H, lengths=src_len, return_state=true)\n").replace(
+    "  dec: lstm(ye, H, layers=2, dropout=0.1, init=[h, c])\n", "  dec: lstm(ye, 2 * H, init=[h, c])\n")
+
+
+def test_a_decoder_started_from_a_bidirectional_encoders_states():
+    """A seq2seq decoder starts from a bidirectional encoder's final states: return_state=true gives
+    the top layer's two directions concatenated [N, 2H] (the forward one's at each source's last
+    token, the reverse one's at its first), a decoder of 2H units' init=. bidirectional() refused
+    return_state ("returns the merged sequence only"). It trains with a falling loss whose gradient
+    reaches both directions through the states alone, and its beam search carries the decoder's
+    state from token to token as the inference graph computes it."""
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.trainer import Trainer
+    from spec import spec_from_text
+
+    assert "bidirectional(lstm" in BIDIRECTIONAL_SEQ2SEQ and "lstm(ye, 2 * H" in BIDIRECTIONAL_SEQ2SEQ
+    spec = spec_from_text(BIDIRECTIONAL_SEQ2SEQ, "s2s.yaml")
+    cm = compile_spec(spec)
+    batch = real_batch(spec, cm, 32, 0)
+    trainer = Trainer(cm, "cpu", threads=1, seed=0)
+    before = {p: trainer.state[p].numpy().copy() for p in ("enc_h_c.fw.U", "enc_h_c.bw.U")}
+    losses = [trainer.train_step("main", batch, 0.01, step)["loss"] for step in range(6)]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    for p, was in before.items():  # the encoder's output is not read: both directions learn from the states
+        assert np.abs(trainer.state[p].numpy() - was).max() > 1e-4, p
+    _greedy_translation_equals_the_inference_graph(BIDIRECTIONAL_SEQ2SEQ)
+
+
 LABELS_FIRST = """\
 flowgrad: 1
 name: labels_first
