@@ -507,6 +507,23 @@ def test_a_decoder_started_from_a_bidirectional_encoders_states():
     _greedy_translation_equals_the_inference_graph(BIDIRECTIONAL_SEQ2SEQ)
 
 
+def test_an_attention_decoder_started_from_its_bidirectional_encoders_states():
+    """models/dates_attention.yaml starts its decoder from tanh(dense(mean of the encoder's outputs));
+    written with the encoder's final states instead (enc, eh: bidirectional(gru, ..., return_state=true),
+    the two directions [N, 2H], and s0: dense(eh, H, act=tanh)), as Bahdanau et al. start theirs from
+    the reverse direction's, its beam search decodes what the inference graph predicts."""
+    with open(os.path.join(ROOT, "models", "dates_attention.yaml")) as f:
+        text = f.read()
+    for old, new in (("E: 32, H: 64, A: 64", "E: 4, H: 5, A: 4"),
+                     ("  enc: bidirectional(gru, embedding(src, SV, E), H, lengths=src_len)\n",
+                      "  enc, eh: bidirectional(gru, embedding(src, SV, E), H, lengths=src_len, return_state=true)\n"),
+                     (next(line for line in text.splitlines(keepends=True) if line.startswith("  s0: ")),
+                      "  s0: dense(eh, H, act=tanh)\n")):
+        assert old in text, old
+        text = text.replace(old, new)
+    _greedy_translation_equals_the_inference_graph(text)
+
+
 LABELS_FIRST = """\
 flowgrad: 1
 name: labels_first
