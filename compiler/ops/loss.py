@@ -129,16 +129,19 @@ class CrossEntropy(OpDef):
     """Softmax cross-entropy of `logits` [..., K, ...] (classes on `axis`) against
     integer class ids `labels` (the logits' shape without `axis`) or float
     probability targets of the logits' shape (soft labels). label_smoothing
-    mixes the targets with the uniform distribution. Stable: uses log_softmax.
+    mixes the targets with the uniform distribution. ignore_index=k: labels k
+    add nothing and get no gradient, and the mean is over the other labels
+    (PyTorch's; its default is -100, here none; a batch of ignored labels alone
+    gives 0, where PyTorch's mean is NaN). Stable: uses log_softmax.
     Takes logits: an output of softmax or sigmoid (squashed twice) is refused."""
 
     inputs = ("logits", "labels")
-    attrs = {"axis": -1, "reduction": "mean", "label_smoothing": 0.0}
+    attrs = {"axis": -1, "reduction": "mean", "label_smoothing": 0.0, "ignore_index": None}
     choices = {"reduction": REDUCTIONS}
     composite = True
     gradgrad = True
 
-    def expand(self, g, logits, labels, axis, reduction, label_smoothing):
+    def expand(self, g, logits, labels, axis, reduction, label_smoothing, ignore_index):
         if not is_float(logits.dtype) and is_float(labels.dtype):
             # cross_entropy(y, logits): require_float's 'cast it to float32' would have the class
             # ids cast and read as scores
@@ -150,9 +153,17 @@ class CrossEntropy(OpDef):
         if not 0 <= label_smoothing <= 1:  # outside, the targets get negative weights: a loss without a minimum
             raise ShapeError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}", arg="label_smoothing",
                              hint="the weight of the uniform distribution in the targets, e.g. label_smoothing=0.1")
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))):
+            raise ShapeError(f"ignore_index must be a class id (an integer), got {ignore_index!r}", arg="ignore_index",
+                             hint="the label that adds nothing to the loss, e.g. ignore_index=-100 (PyTorch's) or 0")
         axis = normalize_axis(axis, logits.rank)
         lp = log_softmax(g, logits, axis)
+        keep = None
         if is_float(labels.dtype):
+            if ignore_index is not None:  # (as PyTorch, which ignores it there)
+                raise ShapeError(f"ignore_index={ignore_index} picks out class-id labels, and these are soft labels "
+                                 f"{labels.dtype}{fmt_shape(labels.shape)}", arg="ignore_index",
+                                 hint="give a soft label of all zeros the weight 0 instead, or leave out ignore_index")
             if labels.rank == logits.rank - 1:  # shaped like class ids, but float
                 raise ShapeError(f"class-id labels must be integers, got {labels.dtype}{fmt_shape(labels.shape)}",
                                  hint=f"declare them with dtype: int64, or give soft labels of the logits' shape "
@@ -174,17 +185,30 @@ class CrossEntropy(OpDef):
                                  hint=f"declare one-hot labels as floats (dtype: float32), or give class ids "
                                       f"{fmt_shape([d for i, d in enumerate(logits.shape) if i != axis])} "
                                       "with dtype: int64", arg="labels")
+            if ignore_index is not None:  # an ignored label picks class 0, whose loss is then dropped
+                keep = g.apply("ne", labels, g.lift(int(ignore_index), like=labels))
+                labels = g.apply("where", keep, labels, g.apply("zeros_like", labels))
             loss = -_pick(g, lp, labels, axis)
         else:
             raise ShapeError(f"labels must be integer class ids or float probabilities, got {labels.dtype}", hint="declare the labels with dtype: int64 for class ids, or as floats with the scores' shape")
         if label_smoothing:
             smooth = -g.apply("mean", lp, axis=axis)
             loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
-        return _reduce(g, loss, reduction)
+        if keep is None:
+            return _reduce(g, loss, reduction)
+        loss = g.apply("where", keep, loss, g.apply("zeros_like", loss))
+        if reduction != "mean":
+            return _reduce(g, loss, reduction)
+        kept = g.apply("sum", g.cast(keep, loss.dtype))
+        return g.apply("sum", loss) / g.apply("maximum", kept, g.lift(1.0, like=kept))
 
     def ref(self, attrs, logits, labels):
         axis = normalize_axis(attrs["axis"], logits.ndim)
         lp = _np_log_softmax(logits, axis)
+        keep = None
+        if attrs["ignore_index"] is not None:
+            keep = labels != attrs["ignore_index"]
+            labels = np.where(keep, labels, 0)
         if labels.dtype.kind == "f":
             with np.errstate(invalid="ignore"):  # 0 * -inf of a masked class: np.where puts the 0
                 loss = -np.where((labels != 0) | (lp > -np.inf), labels * lp, 0.0).sum(axis=axis)
@@ -193,7 +217,10 @@ class CrossEntropy(OpDef):
         if attrs["label_smoothing"]:
             e = attrs["label_smoothing"]
             loss = (1 - e) * loss - e * lp.mean(axis=axis)
-        return _np_reduce(loss, attrs["reduction"])
+        if keep is None:
+            return _np_reduce(loss, attrs["reduction"])
+        loss = np.where(keep, loss, 0.0)
+        return np.asarray(loss.sum() / max(keep.sum(), 1)) if attrs["reduction"] == "mean" else _np_reduce(loss, attrs["reduction"])
 
     def samples(self, rng):
         n = rng.normal
@@ -212,6 +239,13 @@ class CrossEntropy(OpDef):
             # soft targets with classes masked out of the logits (-inf) and given no weight: those
             # add 0 to the loss and get 0 gradient (0 * -inf made the loss NaN)
             Sample([np.where(masked, -np.inf, n(size=(3, 4))), soft_masked], grad_inputs=[0]),
+            # ignore_index: those labels add nothing, and the mean is over the others (PyTorch's)
+            Sample([n(size=(5, 4)), np.array([0, -100, 3, -100, 1])], {"ignore_index": -100}, grad_inputs=[0]),
+            Sample([n(size=(2, 4, 3)), np.array([[0, 2, 2], [3, 1, 2]])],
+                   {"axis": 1, "ignore_index": 2, "label_smoothing": 0.2}, grad_inputs=[0]),
+            Sample([n(size=(2, 3, 4)), np.array([[0, 2, 1], [3, 0, 0]])], {"ignore_index": 0, "reduction": "none"},
+                   grad_inputs=[0]),
+            Sample([n(size=(2, 3)), np.array([1, 1])], {"ignore_index": 1}, grad_inputs=[0]),  # all ignored: 0
         ]
 
 
