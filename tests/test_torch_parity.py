@@ -74,3 +74,13 @@ def test_cross_entropy_matches_torch(reduction):
            lambda z, t: F.cross_entropy(z, t, reduction=reduction, label_smoothing=0.1), which=[0])
     _check("cross_entropy", [_Z, _P], {"reduction": reduction, "label_smoothing": 0.2},
            lambda z, t: F.cross_entropy(z, t, reduction=reduction, label_smoothing=0.2))
+
+
+@pytest.mark.parametrize("pos_weight", [None, 3.0, (0.5, 2.0, 4.0, 1.0)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_binary_cross_entropy_pos_weight_matches_torch(pos_weight, reduction):
+    t = np.random.default_rng(3).uniform(size=_Z.shape)
+    z = np.concatenate([_Z[:4] * 5, np.zeros((1, 4))])  # a row of logits at 0, where |z| has a kink
+    pw = None if pos_weight is None else torch.tensor(pos_weight)
+    _check("binary_cross_entropy", [z, t], {"reduction": reduction, "pos_weight": pos_weight},
+           lambda a, b: F.binary_cross_entropy_with_logits(a, b, reduction=reduction, pos_weight=pw))

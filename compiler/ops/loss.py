@@ -282,16 +282,20 @@ class BinaryCrossEntropy(OpDef):
     """Sigmoid cross-entropy of `logits` z against targets t in [0, 1]:
     max(z, 0) - z * t + log(1 + exp(-|z|)), stable for any z (softplus only
     sees -|z| <= 0), with the exact gradient sigmoid(z) - t also at z = 0.
+    pos_weight p (a number, or one per class of the last axis) weighs the
+    positive term: -p * t * log(sigmoid(z)) - (1 - t) * log(1 - sigmoid(z)),
+    PyTorch's binary_cross_entropy_with_logits.
     Takes logits: an output of sigmoid or softmax (squashed twice) is refused."""
 
     inputs = ("logits", "targets")
-    attrs = {"reduction": "mean"}
+    attrs = {"reduction": "mean", "pos_weight": None}
     choices = {"reduction": REDUCTIONS}
     composite = True
     gradgrad = True
 
-    def expand(self, g, z, t, reduction):
+    def expand(self, g, z, t, reduction, pos_weight):
         require_float(z, "logits")
+        pw = _pos_weight(pos_weight, z)
         refuse_probabilities("binary_cross_entropy", z, "sigmoid")
         _require_comparable("binary_cross_entropy", z, t, arg="targets")
         t = g.cast(t, z.dtype)
@@ -299,11 +303,17 @@ class BinaryCrossEntropy(OpDef):
         # relu'(0) + sigmoid(0) * 1 = 1/2 = sigmoid(0) is exact there (abs would
         # give sign(0) = 0, and minimum(z, -z) half of each slope, 0: a gradient of -t).
         neg_abs = g.apply("where", g.apply("gt", z, g.lift(0.0, like=z)), -z, z)
-        loss = g.apply("relu", z) - z * t + g.apply("softplus", neg_abs)
+        softplus = g.apply("relu", z) + g.apply("softplus", neg_abs)  # log(1 + exp(z)) = -log(1 - sigmoid(z))
+        loss = softplus - z * t
+        if pw is not None:  # (p - 1) * t * -log(sigmoid(z)) more, that log being softplus(z) - z
+            loss = loss + g.const(pw - 1.0, dtype=z.dtype) * t * (softplus - z)
         return _reduce(g, loss, reduction)
 
     def ref(self, attrs, z, t):
-        return _np_reduce(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))), attrs["reduction"])
+        loss = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+        if attrs["pos_weight"] is not None:
+            loss = loss + (np.asarray(attrs["pos_weight"], dtype=float) - 1.0) * t * (np.logaddexp(0, z) - z)
+        return _np_reduce(loss, attrs["reduction"])
 
     def samples(self, rng):
         return [
@@ -311,7 +321,29 @@ class BinaryCrossEntropy(OpDef):
             Sample([rng.uniform(-40, 40, (6,)), (rng.uniform(size=6) > 0.5).astype(np.float64)], {"reduction": "sum"},
                    grad_inputs=[0]),
             Sample([rng.uniform(-3, 3, (2, 3)), rng.uniform(0, 1, (3,))], {"reduction": "none"}),
+            Sample([rng.uniform(-3, 3, (4, 3)), rng.uniform(0, 1, (4, 3))], {"pos_weight": 3.0}),
+            Sample([rng.uniform(-3, 3, (4, 3)), rng.uniform(0, 1, (4, 3))], {"pos_weight": (0.5, 2.0, 4.0),
+                                                                          "reduction": "sum"}),
         ]
+
+
+def _pos_weight(pos_weight, z):
+    """binary_cross_entropy's pos_weight as an array broadcasting against the logits z, or None."""
+    if pos_weight is None:
+        return None
+    try:
+        pw = np.asarray(pos_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        pw = None
+    if pw is None or pw.ndim > 1 or not np.all(np.isfinite(pw)) or np.any(pw < 0):
+        raise ShapeError(f"pos_weight must be a number 0 or more, or a list of them (one per class), got {pos_weight!r}",
+                         arg="pos_weight", hint="the weight of the positive targets, e.g. pos_weight=3.0 for 1 "
+                                                "positive to 3 negatives, or pos_weight=[1.0, 4.0] per class")
+    if pw.ndim == 1 and (z.rank == 0 or z.shape[-1] != pw.shape[0]):
+        raise ShapeError(f"pos_weight has {pw.shape[0]} entries, one per class, but the logits {fmt_shape(z.shape)} "
+                         f"have {z.shape[-1] if z.rank else 'no'} classes on their last axis", arg="pos_weight",
+                         hint="give one weight per entry of the logits' last axis, or one number for all")
+    return pw
 
 
 def _require_comparable(name: str, a, b, arg: str = "b") -> None:
