@@ -268,10 +268,11 @@ def _arg_loc(e, name: str, position: int | None = None):
 class Embedding(Layer):
     name = "embedding"
     positional = ("ids", "vocab", "dim")
-    keywords = ("init", "W")
+    keywords = ("init", "W", "padding_idx")
     required = ("ids", "vocab", "dim")
     doc = "Rows of a table NAME.W [vocab, dim] looked up by integer ids: [..., dim] (or of a table given)."
-    usage = "embedding(ids, vocab, dim, init=... (default: normal with std 1), W=...) or embedding(ids, table)"
+    usage = ("embedding(ids, vocab, dim, init=... (default: normal with std 1), W=..., padding_idx=None) or "
+             "embedding(ids, table, padding_idx=None)")
 
     def applies(self, args, kwargs):
         # embedding(ids, V, E) or embedding(ids, vocab=V, dim=E): sizes, not a table
@@ -290,7 +291,8 @@ class Embedding(Layer):
             W = low.add_param(f"{low.layer_name('embedding')}.W", (vocab, dim), kind, args_, loc=e.loc)
         else:
             _check_given_weight("embedding", W, (vocab, dim), e, f"vocab={vocab} and dim={dim}")
-        return low.graph.apply("embedding", a["ids"], W)
+        pad = {"padding_idx": a["padding_idx"]} if a.get("padding_idx") is not None else {}
+        return _at_argument(e, lambda: low.graph.apply("embedding", a["ids"], W, **pad))
 
 
 class Norm(Layer):

@@ -84,3 +84,12 @@ def test_binary_cross_entropy_pos_weight_matches_torch(pos_weight, reduction):
     pw = None if pos_weight is None else torch.tensor(pos_weight)
     _check("binary_cross_entropy", [z, t], {"reduction": reduction, "pos_weight": pos_weight},
            lambda a, b: F.binary_cross_entropy_with_logits(a, b, reduction=reduction, pos_weight=pw))
+
+
+@pytest.mark.parametrize("padding_idx", [None, 0, 2, -1])
+def test_embedding_padding_idx_matches_torch(padding_idx):
+    """The padding row is looked up as it is, and gets no gradient (F.embedding's padding_idx)."""
+    ids = np.array([[0, 2, 5], [2, 1, 0]])
+    table = np.random.default_rng(4).normal(size=(6, 3))
+    _check("embedding", [ids, table], {"padding_idx": padding_idx},
+           lambda i, t: F.embedding(i, t, padding_idx=padding_idx), which=[1])

@@ -741,23 +741,45 @@ class ScatterAddAlongAxis(OpDef):
 
 @op("embedding")
 class Embedding(OpDef):
-    """Rows of `table` [V, E] looked up by integer `ids` of any shape: ids.shape + [E]."""
+    """Rows of `table` [V, E] looked up by integer `ids` of any shape: ids.shape + [E].
+    padding_idx=k (PyTorch's): row k is looked up as it is but gets no gradient
+    (a negative k counts from the end)."""
 
     inputs = ("ids", "table")
+    attrs = {"padding_idx": None}
     composite = True
     gradgrad = True
 
-    def expand(self, g, ids, table):
+    def expand(self, g, ids, table, padding_idx):
         if table.rank != 2:
             raise ShapeError(f"embedding table must be [vocab, dim], got {fmt_shape(table.shape)}", hint="give a table [vocab, dim], or write embedding(ids, vocab, dim) to declare one")
-        return g.apply("take", table, ids, axis=0)
+        rows = g.apply("take", table, ids, axis=0)
+        if padding_idx is None:
+            return rows
+        vocab = table.shape[0]
+        if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) or (
+                isinstance(vocab, int) and not -vocab <= padding_idx < vocab):
+            raise ShapeError(f"padding_idx must be a row of the table [{vocab}, {table.shape[1]}], got {padding_idx!r}",
+                             arg="padding_idx", hint=f"the id of the padding token, e.g. padding_idx=0")
+        if padding_idx < 0:
+            if not isinstance(vocab, int):
+                raise ShapeError(f"padding_idx={padding_idx} counts from the end of a table of {vocab} rows, a size "
+                                 "known at run time", arg="padding_idx", hint="give the padding id itself, e.g. padding_idx=0")
+            padding_idx += vocab
+        pad = g.apply("eq", ids, g.lift(int(padding_idx), like=ids))
+        pad = g.apply("unsqueeze", pad, axes=(ids.rank,))
+        return g.apply("where", pad, g.apply("stop_gradient", rows), rows)
 
     def ref(self, attrs, ids, table):
         return table[ids]
 
     def samples(self, rng):
         t = rng.normal(size=(5, 3))
-        return [Sample([np.array([[1, 4, 1], [0, 0, 2]]), t]), Sample([np.array([3, 3, 3, 0]), t])]
+        return [Sample([np.array([[1, 4, 1], [0, 0, 2]]), t]), Sample([np.array([3, 3, 3, 0]), t]),
+                # padding_idx: the rows of the padding ids are looked up, and get no gradient, which finite
+                # differences do not see (test_torch_parity.py checks it against F.embedding)
+                Sample([np.array([[1, 4, 1], [0, 0, 2]]), t], {"padding_idx": 0}, grad_inputs=[]),
+                Sample([np.array([3, 4, 4, 0]), t], {"padding_idx": -1}, grad_inputs=[])]
 
 
 @op("one_hot")
