@@ -93,3 +93,56 @@ def test_embedding_padding_idx_matches_torch(padding_idx):
     table = np.random.default_rng(4).normal(size=(6, 3))
     _check("embedding", [ids, table], {"padding_idx": padding_idx},
            lambda i, t: F.embedding(i, t, padding_idx=padding_idx), which=[1])
+
+
+_X = np.random.default_rng(5).normal(size=(2, 4, 7, 6))
+
+
+@pytest.mark.parametrize("attrs", [{}, {"stride": 2, "padding": 1}, {"padding": "same"},
+                                   {"padding": "same", "dilation": 2}, {"dilation": (2, 1), "stride": (1, 2)}])
+def test_conv_matches_torch(attrs):
+    w = np.random.default_rng(6).normal(size=(6, 4, 3, 3))
+    _check("conv", [_X, w], attrs, lambda x, k: F.conv2d(x, k, **attrs))
+    wg = np.random.default_rng(6).normal(size=(8, 1, 3, 2))  # depthwise: groups = channels
+    _check("conv", [_X, wg], {**attrs, "groups": 4}, lambda x, k: F.conv2d(x, k, groups=4, **attrs))
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((3, 2), (2, 1), (1, 0)), (3, 1, 1)])
+def test_pools_match_torch(kernel, stride, padding):
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding}
+    _check("max_pool2d", [_X], attrs, lambda x: F.max_pool2d(x, kernel, stride, padding))
+    _check("avg_pool2d", [_X], attrs, lambda x: F.avg_pool2d(x, kernel, stride, padding))  # count_include_pad=True
+    _check("global_avg_pool", [_X], {}, lambda x: F.adaptive_avg_pool2d(x, 1))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("shape", [(5, 3), (4, 3, 2, 3)])
+def test_batch_norm_matches_torch(mode, shape):
+    rng = np.random.default_rng(8)
+    args = [rng.normal(size=shape), rng.uniform(0.5, 1.5, 3), rng.normal(size=3), rng.normal(size=3),
+            rng.uniform(0.5, 2.0, 3)]
+    _check("batch_norm", args, {"eps": 1e-3}, lambda x, g, b, m, v: F.batch_norm(
+        x, m.detach().clone(), v.detach().clone(), g, b, training=mode == "train", eps=1e-3), which=[0, 1, 2], mode=mode)
+
+
+def test_layer_norm_softmax_and_activations_match_torch():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2, 3, 4, 5)) * 3
+    _check("layer_norm", [x, rng.normal(size=5), rng.normal(size=5)], {}, lambda a, g, b: F.layer_norm(a, (5,), g, b))
+    _check("layer_norm", [x, rng.normal(size=(4, 5)), rng.normal(size=(4, 5))], {"axis": -2, "eps": 1e-3},
+           lambda a, g, b: F.layer_norm(a, (4, 5), g, b, eps=1e-3))
+    for axis in (-1, 0, 1):
+        _check("softmax", [x], {"axis": axis}, lambda a: F.softmax(a, axis))
+        _check("log_softmax", [x], {"axis": axis}, lambda a: F.log_softmax(a, axis))
+    _check("leaky_relu", [x], {"alpha": 0.2}, lambda a: F.leaky_relu(a, 0.2))
+    _check("softplus", [x * 10], {}, F.softplus)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_regression_losses_and_nll_match_torch(reduction):
+    t = np.random.default_rng(10).uniform(size=_Z.shape)
+    _check("mse", [_Z, t], {"reduction": reduction}, lambda a, b: F.mse_loss(a, b, reduction=reduction))
+    _check("l1_loss", [_Z, t], {"reduction": reduction}, lambda a, b: F.l1_loss(a, b, reduction=reduction))
+    lp = _Z - np.log(np.exp(_Z).sum(-1, keepdims=True))
+    y = np.where(_Y < 0, 2, _Y)
+    _check("nll", [lp, y], {"reduction": reduction}, lambda a, b: F.nll_loss(a, b, reduction=reduction), which=[0])
