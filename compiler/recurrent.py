@@ -1124,9 +1124,14 @@ def _check_init(a: dict, e, cell: str, x: Value, H: int, n_layers: int = 1, dire
             got = v.type if isinstance(v, Value) else repr(v)
             each = (f", for each direction of each of its {layers})" if n_layers > 1 else ", for each direction)") \
                 if bi else (f", for each of its {layers})" if n_layers > 1 else ")")
+            # [N, 2H]: a bidirectional encoder's return_state=true, its two directions side by side
+            doubled = isinstance(v, Value) and not bi and tuple(v.shape) == (x.shape[0], 2 * H)
             raise ShapeError(f"init= state {name} is {got}, but the {what}'s states are {want} (the batch of its input "
                              f"and units={H}" + each, loc, f"give each initial state as {want}"
-                             + (f", {order}" if bi else ""))
+                             + (f", {order}" if bi else "")
+                             + (f"; [N, {2 * H}] is what a bidirectional layer of {H} units gives with "
+                                f"return_state=true: give this {cell} {2 * H} units, or map each state to {H} first "
+                                f"(dense(..., {H}, act=tanh))" if doubled else ""))
     return list(init)
 
 

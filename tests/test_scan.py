@@ -1323,6 +1323,10 @@ def test_an_entry_named_all_is_named_where_return_state_reads_it():
     ("lstm(x, H, init=[zeros(N, H), zeros(N, 2 * H)])", r"init= state c0 is float32\[N, 6\], but the lstm's states are "
                                                          r"float32\[N, 3\]"),
     ("gru(x, H, init=[cast(zeros(N, H), 'int64')])", "init= state h0 is int64"),
+    # a bidirectional encoder's return_state=true states, [N, 2H], given to a decoder of H units
+    ("gru(x, H, init=[zeros(N, 2 * H)])", r"init= state h0 is float32\[N, 6\].*\n.*\[N, 6\] is what a bidirectional "
+                                          r"layer of 3 units gives with return_state=true: give this gru 6 units, or "
+                                          r"map each state to 3 first \(dense\(\.\.\., 3, act=tanh\)\)"),
     # stacked states [layers, N, H] (PyTorch's h_0, c_0): of another number of layers, or width, or batch
     ("lstm(x, H, layers=2, init=[zeros(3, N, H), zeros(3, N, H)])",
      r"init= state h0 is float32\[3, N, 3\], stacked for 3 layer\(s\), and this lstm has 2 layers"),
