@@ -29,6 +29,9 @@ class Sample:
     # indices of inputs whose gradient is checked; default: every float input
     grad_inputs: list | None = None
     name: str = ""
+    # False where the sample sits on a kink of the gradient (smooth_l1_loss at |d| = beta): finite
+    # differences of the gradient average its two sides there, so only the first gradient is checked
+    gradgrad: bool = True
 
 
 def _attr_kind(default, value) -> str | None:

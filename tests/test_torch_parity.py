@@ -146,3 +146,17 @@ def test_regression_losses_and_nll_match_torch(reduction):
     lp = _Z - np.log(np.exp(_Z).sum(-1, keepdims=True))
     y = np.where(_Y < 0, 2, _Y)
     _check("nll", [lp, y], {"reduction": reduction}, lambda a, b: F.nll_loss(a, b, reduction=reduction), which=[0])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("t", [1.0, 0.5, 0.0])
+def test_smooth_l1_and_huber_match_torch(reduction, t):
+    """At and around the kink |a - b| = beta (delta), where the loss turns from quadratic to linear."""
+    b = np.round(np.random.default_rng(11).uniform(size=_Z.shape) * 8) / 8
+    a = b + np.array([-1.0, -0.5, 0.5, 1.0])  # a - b at +-0.5 and +-1 exactly
+    a = np.concatenate([a[:2], b[2:] + _Z[2:]])
+    _check("smooth_l1_loss", [a, b], {"reduction": reduction, "beta": t},
+           lambda x, y: F.smooth_l1_loss(x, y, reduction=reduction, beta=t))
+    if t:
+        _check("huber_loss", [a, b], {"reduction": reduction, "delta": t},
+               lambda x, y: F.huber_loss(x, y, reduction=reduction, delta=t))

@@ -417,6 +417,89 @@ class L1Loss(OpDef):
         return [Sample([n(size=(3, 4)), n(size=(3, 4))]), Sample([n(size=(2, 3)), n(size=(3,))], {"reduction": "sum"})]
 
 
+class _HuberLike(OpDef):
+    """smooth_l1_loss and huber_loss: quadratic in d = a - b where |d| < t (the attribute `knob`), linear
+    beyond, with one slope at |d| = t; one side may broadcast to the other's shape."""
+
+    inputs = ("a", "b")
+    choices = {"reduction": REDUCTIONS}
+    composite = True
+    gradgrad = True
+    knob = ""
+
+    def pieces(self, t):
+        """(q, m): the loss is q * d**2 where |d| < t, else m * (|d| - t / 2)."""
+        raise NotImplementedError
+
+    def threshold(self, attrs) -> float:
+        t = attrs[self.knob]
+        least = "0 or more" if self.name == "smooth_l1_loss" else "more than 0"
+        if not np.isfinite(t) or t < 0 or (t == 0 and self.name != "smooth_l1_loss"):
+            raise ShapeError(f"{self.knob} must be a number {least}, got {t!r}", arg=self.knob,
+                             hint=f"the |a - b| below which the loss is quadratic, e.g. {self.knob}=1.0"
+                                  + (" (0 gives l1_loss)" if self.name == "smooth_l1_loss" else ""))
+        return float(t)
+
+    def expand(self, g, a, b, reduction, **attrs):
+        t = self.threshold(attrs)
+        _require_comparable(self.name, a, b)
+        d = a - b
+        q, m = self.pieces(t)
+        ad = g.apply("abs", d)
+        if t == 0:  # all of it linear (smooth_l1_loss with beta=0 is l1_loss, as in PyTorch)
+            return _reduce(g, m * ad, reduction)
+        # |d| = t takes the linear side, as PyTorch; the slopes agree there
+        loss = g.apply("where", g.apply("lt", ad, g.lift(t, like=ad)), q * (d * d), m * (ad - 0.5 * t))
+        return _reduce(g, loss, reduction)
+
+    def ref(self, attrs, a, b):
+        t = float(attrs[self.knob])
+        q, m = self.pieces(t)
+        ad = np.abs(a - b)
+        return _np_reduce(np.where(ad < t, q * ad * ad, m * (ad - 0.5 * t)), attrs["reduction"])
+
+    def samples(self, rng):
+        n = rng.normal
+        a = np.array([-2.0, -1.0, -0.75, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 2.0])
+        b = np.zeros_like(a)
+        t0 = self.attrs[self.knob]
+        kink = {self.knob: 0.5}  # a - b exactly at -t and t, and just inside and outside
+        near = np.array([-0.5, 0.5, -0.499, 0.499, -0.501, 0.501, 0.1, -1.3])
+        return [
+            Sample([n(size=(3, 4)) * 2 * t0, n(size=(3, 4))]),
+            Sample([n(size=(2, 3)) * 2, n(size=(3,))], {"reduction": "sum", self.knob: 0.7}),
+            Sample([a, b], {"reduction": "none"}, gradgrad=False),
+            Sample([near + 0.25, np.full(8, 0.25)], kink, gradgrad=False),
+            Sample([near * 1.1, np.zeros(8)], {**kink, "reduction": "sum"}),  # around the kink, off it
+        ] + ([Sample([n(size=(4,)), n(size=(4,))], {"beta": 0.0, "reduction": "none"})]
+             if self.name == "smooth_l1_loss" else [])
+
+
+@op("smooth_l1_loss")
+class SmoothL1Loss(_HuberLike):
+    """PyTorch's smooth_l1_loss of d = a - b (one side broadcast to the other's shape): 0.5 * d**2 / beta
+    where |d| < beta, else |d| - 0.5 * beta; beta=0 is l1_loss. Reduced by `reduction`."""
+
+    attrs = {"reduction": "mean", "beta": 1.0}
+    knob = "beta"
+
+    def pieces(self, t):
+        return 0.5 / t if t else 0.0, 1.0
+
+
+@op("huber_loss")
+class HuberLoss(_HuberLike):
+    """PyTorch's huber_loss of d = a - b (one side broadcast to the other's shape): 0.5 * d**2
+    where |d| < delta, else delta * (|d| - 0.5 * delta) (delta * smooth_l1_loss with beta=delta).
+    Reduced by `reduction`."""
+
+    attrs = {"reduction": "mean", "delta": 1.0}
+    knob = "delta"
+
+    def pieces(self, t):
+        return 0.5, t
+
+
 class _Penalty(OpDef):
     inputs = ("param",)
     variadic = True
