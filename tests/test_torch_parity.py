@@ -76,6 +76,24 @@ def test_cross_entropy_matches_torch(reduction):
            lambda z, t: F.cross_entropy(z, t, reduction=reduction, label_smoothing=0.2))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_cross_entropy_weight_matches_torch(reduction, smoothing):
+    """weight= with class ids (the mean divides by the labels' weights), ignore_index, label_smoothing
+    (weighted too), and with probability targets (a plain mean)."""
+    w = (0.5, 2.0, 1.0, 0.25)
+    wt = torch.tensor(w, dtype=torch.float64)
+    _check("cross_entropy", [_Z, _Y], {"reduction": reduction, "ignore_index": -100, "label_smoothing": smoothing,
+                                       "weight": w},
+           lambda z, y: F.cross_entropy(z, y, weight=wt, reduction=reduction, label_smoothing=smoothing), which=[0])
+    _check("cross_entropy", [_Z3, _Y3], {"axis": 1, "ignore_index": 2, "reduction": reduction,
+                                         "label_smoothing": smoothing, "weight": w},
+           lambda z, y: F.cross_entropy(z, y, weight=wt, ignore_index=2, reduction=reduction,
+                                        label_smoothing=smoothing), which=[0])
+    _check("cross_entropy", [_Z, _P], {"reduction": reduction, "label_smoothing": smoothing, "weight": w},
+           lambda z, t: F.cross_entropy(z, t, weight=wt, reduction=reduction, label_smoothing=smoothing))
+
+
 @pytest.mark.parametrize("pos_weight", [None, 3.0, (0.5, 2.0, 4.0, 1.0)])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_binary_cross_entropy_pos_weight_matches_torch(pos_weight, reduction):

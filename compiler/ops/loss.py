@@ -132,16 +132,19 @@ class CrossEntropy(OpDef):
     mixes the targets with the uniform distribution. ignore_index=k: labels k
     add nothing and get no gradient, and the mean is over the other labels
     (PyTorch's; its default is -100, here none; a batch of ignored labels alone
-    gives 0, where PyTorch's mean is NaN). Stable: uses log_softmax.
+    gives 0, where PyTorch's mean is NaN). weight=[w1, ..., wK]: class k's
+    log-probability weighs wk, in the label's term and the smoothing's, and with
+    class ids the mean divides by the labels' weights summed, not their count
+    (PyTorch's). Stable: uses log_softmax.
     Takes logits: an output of softmax or sigmoid (squashed twice) is refused."""
 
     inputs = ("logits", "labels")
-    attrs = {"axis": -1, "reduction": "mean", "label_smoothing": 0.0, "ignore_index": None}
+    attrs = {"axis": -1, "reduction": "mean", "label_smoothing": 0.0, "ignore_index": None, "weight": None}
     choices = {"reduction": REDUCTIONS}
     composite = True
     gradgrad = True
 
-    def expand(self, g, logits, labels, axis, reduction, label_smoothing, ignore_index):
+    def expand(self, g, logits, labels, axis, reduction, label_smoothing, ignore_index, weight):
         if not is_float(logits.dtype) and is_float(labels.dtype):
             # cross_entropy(y, logits): require_float's 'cast it to float32' would have the class
             # ids cast and read as scores
@@ -157,8 +160,13 @@ class CrossEntropy(OpDef):
             raise ShapeError(f"ignore_index must be a class id (an integer), got {ignore_index!r}", arg="ignore_index",
                              hint="the label that adds nothing to the loss, e.g. ignore_index=-100 (PyTorch's) or 0")
         axis = normalize_axis(axis, logits.rank)
+        w = _class_weights(weight, "weight", logits, axis, "the weight of each class, e.g. weight=[1.0, 5.0, 1.0] "
+                           "for a rare class 1")
         lp = log_softmax(g, logits, axis)
-        keep = None
+        # the weights along the classes' axis, broadcasting against lp
+        wb = None if w is None else g.const(w.reshape([-1 if i == axis else 1 for i in range(lp.rank)]),
+                                            dtype=lp.dtype)
+        keep = picked = None
         if is_float(labels.dtype):
             if ignore_index is not None:  # (as PyTorch, which ignores it there)
                 raise ShapeError(f"ignore_index={ignore_index} picks out class-id labels, and these are soft labels "
@@ -176,7 +184,8 @@ class CrossEntropy(OpDef):
             # give no weight adds 0 (0 * log 0 = 0), not 0 * -inf = NaN; elsewhere lp is unchanged.
             zero = g.lift(0.0, like=lp)
             weighed = g.apply("logical_or", g.apply("ne", t, zero), g.apply("gt", lp, g.lift(-np.inf, like=lp)))
-            loss = -g.apply("sum", t * g.apply("where", weighed, lp, zero), axis=axis)
+            tlp = t * g.apply("where", weighed, lp, zero)
+            loss = -g.apply("sum", tlp if wb is None else tlp * wb, axis=axis)
         elif labels.dtype in ("int32", "int64"):
             if labels.rank == logits.rank and tuple(labels.shape) == tuple(logits.shape):
                 # one-hot targets declared int64: _pick's 'one axis shorter' left them to guess why
@@ -189,38 +198,54 @@ class CrossEntropy(OpDef):
                 keep = g.apply("ne", labels, g.lift(int(ignore_index), like=labels))
                 labels = g.apply("where", keep, labels, g.apply("zeros_like", labels))
             loss = -_pick(g, lp, labels, axis)
+            if w is not None:  # the label's class weight, which the mean divides by
+                picked = g.apply("take", g.const(w, dtype=lp.dtype), labels, axis=0)
+                loss = loss * picked
         else:
             raise ShapeError(f"labels must be integer class ids or float probabilities, got {labels.dtype}", hint="declare the labels with dtype: int64 for class ids, or as floats with the scores' shape")
         if label_smoothing:
-            smooth = -g.apply("mean", lp, axis=axis)
+            smooth = -g.apply("mean", lp if wb is None else lp * wb, axis=axis)
             loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
-        if keep is None:
+        if keep is None and picked is None:
             return _reduce(g, loss, reduction)
-        loss = g.apply("where", keep, loss, g.apply("zeros_like", loss))
+        if keep is not None:
+            loss = g.apply("where", keep, loss, g.apply("zeros_like", loss))
         if reduction != "mean":
             return _reduce(g, loss, reduction)
-        kept = g.apply("sum", g.cast(keep, loss.dtype))
-        return g.apply("sum", loss) / g.apply("maximum", kept, g.lift(1.0, like=kept))
+        # the mean over the labels kept, each counting its class weight
+        count = g.cast(keep, loss.dtype) if keep is not None else g.apply("ones_like", loss)
+        if picked is not None:
+            count = count * picked
+        kept = g.apply("sum", count)
+        return g.apply("sum", loss) / g.apply("where", g.apply("gt", kept, g.lift(0.0, like=kept)), kept,
+                                              g.lift(1.0, like=kept))
 
     def ref(self, attrs, logits, labels):
         axis = normalize_axis(attrs["axis"], logits.ndim)
         lp = _np_log_softmax(logits, axis)
-        keep = None
+        w = None if attrs["weight"] is None else np.asarray(attrs["weight"], dtype=np.float64)
+        wb = 1.0 if w is None else w.reshape([-1 if i == axis else 1 for i in range(lp.ndim)])
+        keep = True
         if attrs["ignore_index"] is not None:
             keep = labels != attrs["ignore_index"]
             labels = np.where(keep, labels, 0)
         if labels.dtype.kind == "f":
             with np.errstate(invalid="ignore"):  # 0 * -inf of a masked class: np.where puts the 0
-                loss = -np.where((labels != 0) | (lp > -np.inf), labels * lp, 0.0).sum(axis=axis)
+                loss = -(np.where((labels != 0) | (lp > -np.inf), labels * lp, 0.0) * wb).sum(axis=axis)
+            count = np.ones(loss.shape)
         else:
+            count = np.broadcast_to(keep, labels.shape).astype(np.float64)
             loss = -np.take_along_axis(lp, np.expand_dims(labels, axis), axis=axis).squeeze(axis)
+            if w is not None:
+                loss = loss * w[labels]
+                count = count * w[labels]
         if attrs["label_smoothing"]:
             e = attrs["label_smoothing"]
-            loss = (1 - e) * loss - e * lp.mean(axis=axis)
-        if keep is None:
-            return _np_reduce(loss, attrs["reduction"])
+            loss = (1 - e) * loss - e * (lp * wb).mean(axis=axis)
         loss = np.where(keep, loss, 0.0)
-        return np.asarray(loss.sum() / max(keep.sum(), 1)) if attrs["reduction"] == "mean" else _np_reduce(loss, attrs["reduction"])
+        if attrs["reduction"] != "mean":
+            return _np_reduce(loss, attrs["reduction"])
+        return np.asarray(loss.sum() / (count.sum() if count.sum() > 0 else 1.0))
 
     def samples(self, rng):
         n = rng.normal
@@ -246,6 +271,14 @@ class CrossEntropy(OpDef):
             Sample([n(size=(2, 3, 4)), np.array([[0, 2, 1], [3, 0, 0]])], {"ignore_index": 0, "reduction": "none"},
                    grad_inputs=[0]),
             Sample([n(size=(2, 3)), np.array([1, 1])], {"ignore_index": 1}, grad_inputs=[0]),  # all ignored: 0
+            # weight: each label's term weighs its class's weight, and the mean divides by those summed
+            Sample([n(size=(5, 4)), np.array([0, 3, 1, 1, 2])], {"weight": (0.5, 2.0, 1.0, 0.25)}, grad_inputs=[0]),
+            Sample([n(size=(2, 4, 3)), np.array([[0, 2, 2], [3, 1, 2]])],
+                   {"axis": 1, "ignore_index": 2, "label_smoothing": 0.2, "weight": (1.0, 3.0, 0.0, 0.5)},
+                   grad_inputs=[0]),
+            Sample([n(size=(2, 3, 4)), np.array([[0, 2, 1], [3, 0, 0]])],
+                   {"weight": (2.0, 0.5, 1.0, 1.5), "reduction": "none", "label_smoothing": 0.1}, grad_inputs=[0]),
+            Sample([n(size=(3, 4)), soft], {"weight": (1.0, 0.5, 2.0, 3.0), "label_smoothing": 0.3}),
         ]
 
 
@@ -329,21 +362,32 @@ class BinaryCrossEntropy(OpDef):
 
 def _pos_weight(pos_weight, z):
     """binary_cross_entropy's pos_weight as an array broadcasting against the logits z, or None."""
-    if pos_weight is None:
+    return _class_weights(pos_weight, "pos_weight", z, -1, "the weight of the positive targets, e.g. pos_weight=3.0 "
+                          "for 1 positive to 3 negatives, or pos_weight=[1.0, 4.0] per class")
+
+
+def _class_weights(value, arg, z, axis, hint):
+    """A loss's per-class weights `value` (a list of numbers 0 or more, one per entry of the logits z's
+    `axis`; pos_weight may also be one number), as a float64 array, or None; else refused at `arg`."""
+    if value is None:
         return None
+    scalar_ok = arg == "pos_weight"
     try:
-        pw = np.asarray(pos_weight, dtype=np.float64)
+        w = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        pw = None
-    if pw is None or pw.ndim > 1 or not np.all(np.isfinite(pw)) or np.any(pw < 0):
-        raise ShapeError(f"pos_weight must be a number 0 or more, or a list of them (one per class), got {pos_weight!r}",
-                         arg="pos_weight", hint="the weight of the positive targets, e.g. pos_weight=3.0 for 1 "
-                                                "positive to 3 negatives, or pos_weight=[1.0, 4.0] per class")
-    if pw.ndim == 1 and (z.rank == 0 or z.shape[-1] != pw.shape[0]):
-        raise ShapeError(f"pos_weight has {pw.shape[0]} entries, one per class, but the logits {fmt_shape(z.shape)} "
-                         f"have {z.shape[-1] if z.rank else 'no'} classes on their last axis", arg="pos_weight",
-                         hint="give one weight per entry of the logits' last axis, or one number for all")
-    return pw
+        w = None
+    if w is None or w.ndim > 1 or (w.ndim == 0 and not scalar_ok) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        what = "a number 0 or more, or a list of them (one per class)" if scalar_ok else \
+            "a list of numbers 0 or more, one per class"
+        raise ShapeError(f"{arg} must be {what}, got {value!r}", arg=arg, hint=hint)
+    axis = axis % z.rank if z.rank else axis
+    if w.ndim == 1 and (z.rank == 0 or z.shape[axis] != w.shape[0]):
+        where = "last axis" if axis in (-1, z.rank - 1) else f"axis {axis}"
+        raise ShapeError(f"{arg} has {w.shape[0]} entries, one per class, but the logits {fmt_shape(z.shape)} "
+                         f"have {z.shape[axis] if z.rank else 'no'} classes on their {where}", arg=arg,
+                         hint=f"give one weight per entry of the logits' {where}"
+                              + (", or one number for all" if scalar_ok else ""))
+    return w
 
 
 def _require_comparable(name: str, a, b, arg: str = "b") -> None:
