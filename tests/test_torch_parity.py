@@ -133,6 +133,20 @@ def test_pools_match_torch(kernel, stride, padding):
     _check("global_avg_pool", [_X], {}, lambda x: F.adaptive_avg_pool2d(x, 1))
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((3, 2), (2, 1), (1, 0)), (3, 1, 1),
+                                                   (3, 3, 1), ((2, 3), (3, 2), (0, 1))])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_pool_ceil_mode_and_count_include_pad_match_torch(kernel, stride, padding, ceil_mode):
+    """ceil_mode's last windows (past the padding, or dropped where they would start in it), and
+    avg_pool2d's divisor without the padding (count_include_pad=False)."""
+    x = _X[:, :, :, :5]  # 7x5: strides 2 and 3 leave rows and cols over
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding, "ceil_mode": ceil_mode}
+    _check("max_pool2d", [x], attrs, lambda a: F.max_pool2d(a, kernel, stride, padding, ceil_mode=ceil_mode))
+    for count in (True, False):
+        _check("avg_pool2d", [x], {**attrs, "count_include_pad": count},
+               lambda a: F.avg_pool2d(a, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=count))
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("shape", [(5, 3), (4, 3, 2, 3)])
 def test_batch_norm_matches_torch(mode, shape):

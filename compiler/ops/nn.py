@@ -541,8 +541,15 @@ class ConvTranspose(OpDef):
 
 # ------------------------------------------------------------------ pooling
 class _PoolGeom:
+    """The windows of a 2-D pooling: kernel k, stride s, padding p; with ceil_mode the output rounds up,
+    adding a last window that may run past the bottom/right padding (PyTorch's rule: kept only when it
+    starts inside the input or the left padding). pads (top, left, bottom, right) are the padding that
+    makes every window whole: p on each side, and the overrun at the end."""
+
     def __init__(self, attrs, in_hw):
         self.k = _pair(attrs["kernel"], "kernel")
+        self.ceil = bool(attrs.get("ceil_mode", False))
+        self.count_pad = bool(attrs.get("count_include_pad", True))
         self.s = self.k if attrs["stride"] is None else _pair(attrs["stride"], "stride")
         self.p = _pair(attrs["padding"], "padding", allow_zero=True)
         for i in range(2):
@@ -555,7 +562,37 @@ class _PoolGeom:
             raise ShapeError(
                 f"the input's spatial size {in_hw[0]}x{in_hw[1]} (padded by {self.p}) is smaller than the kernel {self.k}"
 , hint="use a smaller kernel, or more padding")
-        self.out_hw = tuple(span[i] // self.s[i] + 1 for i in range(2))
+        out = []
+        for i in range(2):
+            o = (span[i] + (self.s[i] - 1 if self.ceil else 0)) // self.s[i] + 1
+            if self.ceil and (o - 1) * self.s[i] >= in_hw[i] + self.p[i]:
+                o -= 1  # (a window starting in the end padding)
+            out.append(o)
+        self.out_hw = tuple(out)
+        # (signed: negative where rows/cols past the last window are left over)
+        self.end = tuple((out[i] - 1) * self.s[i] + self.k[i] - in_hw[i] - 2 * self.p[i] for i in range(2))
+        self.pads = (self.p[0], self.p[1], self.p[0] + max(self.end[0], 0), self.p[1] + max(self.end[1], 0))
+
+    def divisor(self) -> np.ndarray:
+        """[Ho, Wo]: what avg_pool2d divides each window's sum by, as PyTorch: the window's entries inside
+        the padded input (count_include_pad), or inside the input alone; a ceil_mode window's overrun
+        never counts."""
+        per_axis = []
+        for i in range(2):
+            start = np.arange(self.out_hw[i]) * self.s[i] - self.p[i]
+            end = np.minimum(start + self.k[i], self.in_hw[i] + self.p[i])
+            per_axis.append(end - start if self.count_pad else
+                            np.minimum(end, self.in_hw[i]) - np.maximum(start, 0))
+        return np.outer(per_axis[0], per_axis[1]).astype(np.float64)
+
+    def uniform(self) -> bool:
+        """Whether every window divides by kh * kw (ONNX AveragePool's count_include_pad)."""
+        return bool(np.all(self.divisor() == self.k[0] * self.k[1]))
+
+    def pad_np(self, x):
+        """x zero-padded by pads, every window whole."""
+        pt, pl, pb, pr = self.pads
+        return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
 
     def windows(self):
         """[Ho*Wo, kh*kw] flat input positions of each window's entries; a padding
@@ -579,9 +616,10 @@ def _pool_padding(e, geom: _PoolGeom, x: str, fill, apart: bool = False) -> tupl
     """(input, pads) for a pooling node: unequal pads (and any pads, with `apart`) are applied
     apart with an explicit Pad of `fill`, because onnx's reference pooling misreads unequal pads.
     An unpadded pool reads x itself."""
-    if geom.p == (0, 0) or geom.p[0] == geom.p[1] and not apart:
-        return x, list(geom.p) * 2
-    pads = e.ints([0, 0, geom.p[0], geom.p[1], 0, 0, geom.p[0], geom.p[1]])
+    pt, pl, pb, pr = geom.pads
+    if not any(geom.pads) or (pt, pl) == (pb, pr) and pt == pl and not apart:
+        return x, list(geom.pads)
+    pads = e.ints([0, 0, pt, pl, 0, 0, pb, pr])
     return e.add("Pad", [x, pads, e.const(fill)], mode="constant"), [0, 0, 0, 0]
 
 
@@ -593,7 +631,7 @@ def _pool_geom(attrs, x: TensorType) -> _PoolGeom:
 def _emit_argmax_positions(e, geom: _PoolGeom, x: str) -> str:
     """int64 [N, C, Ho*Wo]: the flat H*W position of each window's first maximum."""
     H, W = geom.in_hw
-    if geom.s == geom.k and geom.p == (0, 0):
+    if geom.s == geom.k and not any(geom.pads):
         # Non-overlapping windows: MaxPool's own indices (flat over N*C*H*W) are
         # right on every runtime here and far cheaper than gathering each window.
         idx = _max_pool_indices(e, geom, x)
@@ -636,7 +674,8 @@ def _pool_samples_x(rng, shape):
     return rng.permutation(int(np.prod(shape))).reshape(shape) / 7.0 - 1.0  # distinct: no ties
 
 
-_POOL_ATTRS = {"kernel": REQUIRED, "stride": None, "padding": 0}
+_POOL_ATTRS = {"kernel": REQUIRED, "stride": None, "padding": 0, "ceil_mode": False}
+_AVG_POOL_ATTRS = {**_POOL_ATTRS, "count_include_pad": True}
 _POOL_CASES = [
     ((2, 2, 5, 5), {"kernel": 2}),  # stride 2 does not divide 5
     ((1, 2, 5, 4), {"kernel": 3, "stride": 1, "padding": 1}),  # overlapping windows
@@ -644,6 +683,18 @@ _POOL_CASES = [
     ((1, 1, 4, 4), {"kernel": 2, "stride": 1, "padding": (1, 0)}),
     ((2, 2, 4, 6), {"kernel": 2}),  # windows that tile the input
     ((1, 2, 6, 6), {"kernel": (3, 2)}),
+    # ceil_mode: a last, partial window over the leftover rows/cols
+    ((1, 2, 5, 5), {"kernel": 2, "ceil_mode": True}),
+    ((1, 1, 6, 7), {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),  # past the padding on H only
+    ((1, 1, 5, 5), {"kernel": 3, "stride": 3, "padding": 1, "ceil_mode": True}),  # one starting in the padding: none
+    ((1, 1, 7, 6), {"kernel": (2, 3), "stride": (3, 2), "ceil_mode": True}),
+]
+# avg_pool2d's own: padding not counted in the average, with and without ceil_mode
+_AVG_POOL_CASES = _POOL_CASES + [
+    ((1, 2, 5, 4), {"kernel": 3, "stride": 1, "padding": 1, "count_include_pad": False}),
+    ((1, 1, 6, 7), {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False}),
+    ((2, 1, 6, 7), {"kernel": (3, 2), "stride": 2, "padding": (1, 0), "ceil_mode": True, "count_include_pad": False}),
+    ((1, 1, 6, 7), {"kernel": (3, 2), "stride": 2, "padding": (1, 1), "ceil_mode": True}),
 ]
 
 
@@ -704,7 +755,7 @@ class MaxPool2dGrad(OpDef):
         H, W = geom.in_hw
         from .indexing import _scatter_add
 
-        if geom.s == geom.k and geom.p == (0, 0) and (H, W) == tuple(o * k for o, k in zip(geom.out_hw, geom.k)):
+        if geom.s == geom.k and not any(geom.pads) and (H, W) == tuple(o * k for o, k in zip(geom.out_hw, geom.k)):
             # Windows that tile the input: MaxUnpool puts g at MaxPool's own indices (each
             # window's first maximum) and zeros elsewhere, in one pass. (With rows or columns
             # left over, onnx.reference's MaxUnpool misplaces values: those scatter.)
@@ -793,9 +844,11 @@ class MaxPool2dGather(OpDef):
 @op("avg_pool2d")
 class AvgPool2d(OpDef):
     """2-D average pooling, NCHW. kernel: int or (h, w); stride defaults to the
-    kernel; zero padding (int or (h, w)) counts in the average (count_include_pad)."""
+    kernel; zero padding (int or (h, w)) counts in the average unless
+    count_include_pad=false. ceil_mode=true rounds the output size up, as
+    PyTorch: a last window past the padding averages its entries inside it."""
 
-    attrs = dict(_POOL_ATTRS)
+    attrs = dict(_AVG_POOL_ATTRS)
     gradgrad = True
 
     def infer(self, attrs, x):
@@ -804,9 +857,16 @@ class AvgPool2d(OpDef):
 
     def emit(self, e, node, ins, outs):
         geom = _pool_geom(node.attrs, node.inputs[0].type)
-        # zero padding counted in the average is plain zero padding
-        x, pads = _pool_padding(e, geom, ins[0], np.asarray(0, dtype=node.inputs[0].dtype))
-        e.add("AveragePool", [x], outs, kernel_shape=list(geom.k), strides=list(geom.s), pads=pads, count_include_pad=1)
+        # zero padding counted in the average is plain zero padding: the sum over kh * kw, and
+        # windows that count fewer entries (count_include_pad=false, ceil_mode) rescaled
+        dtype = node.inputs[0].dtype
+        x, pads = _pool_padding(e, geom, ins[0], np.asarray(0, dtype=dtype))
+        uniform = geom.uniform()
+        pooled = e.add("AveragePool", [x], outs if uniform else 1, kernel_shape=list(geom.k), strides=list(geom.s),
+                       pads=pads, count_include_pad=1)
+        if not uniform:
+            scale = np.asarray(geom.k[0] * geom.k[1] / geom.divisor(), dtype=dtype)
+            e.add("Mul", [pooled, e.const(scale)], outs)
 
     def vjp(self, node, gouts):
         x = node.inputs[0]
@@ -814,27 +874,27 @@ class AvgPool2d(OpDef):
 
     def ref(self, attrs, x):
         geom = _PoolGeom(attrs, x.shape[2:])
-        xp = np.pad(x, ((0, 0), (0, 0), (geom.p[0],) * 2, (geom.p[1],) * 2))
+        xp = geom.pad_np(x)
         (kh, kw), (sh, sw), (ho, wo) = geom.k, geom.s, geom.out_hw
         out = np.zeros(x.shape[:2] + (ho, wo), dtype=x.dtype)
         for i in range(kh):
             for j in range(kw):
                 out += xp[:, :, i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw]
-        return out / (kh * kw)
+        return out / geom.divisor()
 
     def samples(self, rng):
-        return [Sample([rng.normal(size=s)], a) for s, a in _POOL_CASES]
+        return [Sample([rng.normal(size=s)], a) for s, a in _AVG_POOL_CASES]
 
 
 @op("avg_pool2d_grad")
 class AvgPool2dGrad(OpDef):
-    """The gradient of avg_pool2d (count_include_pad): each pooled g spread evenly
-    over its window, into an input of spatial `size` (h, w). Linear; its own
-    gradient is avg_pool2d."""
+    """The gradient of avg_pool2d: each pooled g divided as its window's average
+    divides, spread evenly over the window, into an input of spatial `size` (h, w).
+    Linear; its own gradient is avg_pool2d."""
 
     internal = True
     inputs = ("g",)
-    attrs = {**_POOL_ATTRS, "size": REQUIRED}
+    attrs = {**_AVG_POOL_ATTRS, "size": REQUIRED}
     gradgrad = True
 
     def geom(self, attrs, g: TensorType) -> _PoolGeom:
@@ -858,15 +918,18 @@ class AvgPool2dGrad(OpDef):
             raise ShapeError(f"avg_pool2d's gradient needs a fixed channel count, got {fmt_shape(g.shape)}", hint="declare the channel count C of [N, C, H, W] as a fixed size (a number or a name under dims)")
         kh, kw = geom.k
         w = e.const(np.full((c, 1, kh, kw), 1.0 / (kh * kw), dtype=g.dtype))
-        (ph, pw), (H, W) = geom.p, geom.in_hw
-        # output padding: input rows/cols past the last window
-        rem = [(geom.in_hw[i] + 2 * geom.p[i] - geom.k[i]) % geom.s[i] for i in range(2)]
+        H, W = geom.in_hw
+        gin = ins[0]
+        if not geom.uniform():  # windows dividing by fewer than kh * kw (see avg_pool2d)
+            gin = e.add("Mul", [gin, e.const(np.asarray(kh * kw / geom.divisor(), dtype=g.dtype))])
+        # output padding: input rows/cols past the last window; a ceil_mode window's overrun is cropped
+        rem = tuple(max(-geom.end[i], 0) for i in range(2))
         cg = _ConvGeom(
-            {"stride": geom.s, "dilation": 1, "padding": (ph, pw), "groups": c, "output_padding": tuple(rem)},
+            {"stride": geom.s, "dilation": 1, "padding": geom.pads, "groups": c, "output_padding": rem},
             geom.out_hw, geom.k, transpose=True,
         )
         assert cg.out_hw == (H, W), (cg.out_hw, H, W)
-        _emit_conv_transpose(e, ins[0], w, outs[0], cg, c, c)
+        _emit_conv_transpose(e, gin, w, outs[0], cg, c, c)
 
     def vjp(self, node, gouts):
         a = {k: v for k, v in node.attrs.items() if k != "size"}
@@ -876,16 +939,16 @@ class AvgPool2dGrad(OpDef):
         geom = _PoolGeom(attrs, _pair(attrs["size"], "size"))
         (kh, kw), (sh, sw), (ho, wo), (ph, pw) = geom.k, geom.s, geom.out_hw, geom.p
         H, W = geom.in_hw
-        full = np.zeros(g.shape[:2] + (H + 2 * ph, W + 2 * pw), dtype=g.dtype)
+        full = geom.pad_np(np.zeros(g.shape[:2] + (H, W), dtype=g.dtype))
         for i in range(kh):
             for j in range(kw):
-                full[:, :, i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw] += g / (kh * kw)
+                full[:, :, i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw] += g / geom.divisor()
         return full[:, :, ph: ph + H, pw: pw + W]
 
     def samples(self, rng):
         out = []
-        for s, a in _POOL_CASES:
-            geom = _PoolGeom({**_POOL_ATTRS, **a}, s[2:])
+        for s, a in _AVG_POOL_CASES:
+            geom = _PoolGeom({**_AVG_POOL_ATTRS, **a}, s[2:])
             out.append(Sample([rng.normal(size=s[:2] + geom.out_hw)], {**a, "size": s[2:]}))
         return out
 
