@@ -58,7 +58,9 @@ def reference_evaluator(model: onnx.ModelProto):
     onnx.reference's LogSoftmax is the log of its Softmax: an entry whose probability
     underflows (float32 logits 104 below the largest, float16 ones 17 below) came out -inf,
     so a cross entropy of confident logits was inf where onnxruntime gives its value; this
-    one is x - max - log(sum(exp(x - max))), as the op is defined."""
+    one is x - max - log(sum(exp(x - max))), as the op is defined. onnx.reference's Erf
+    rounds every value to float32 (1e-8 off in a float64 graph, noise to the finite
+    differences of a gradient check); this one keeps float64's digits."""
     from onnx.reference import ReferenceEvaluator
     from onnx.reference.op_run import OpRun
     from onnx.reference.ops.op_scan import Scan as ReferenceScan
@@ -105,7 +107,15 @@ def reference_evaluator(model: onnx.ModelProto):
             with np.errstate(divide="ignore"):  # a row of -inf but one: log(1) = 0 for that one
                 return ((z - np.log(np.exp(z).sum(axis=axis, keepdims=True))).astype(x.dtype),)
 
-    return ReferenceEvaluator(model, new_ops=[Scan, GatherElements, LogSoftmax])
+    class Erf(OpRun):
+        op_domain = ""
+
+        def _run(self, x):
+            from .ops.elementwise import np_erf
+
+            return (np_erf(x).astype(x.dtype),)
+
+    return ReferenceEvaluator(model, new_ops=[Scan, GatherElements, LogSoftmax, Erf])
 
 
 def reference_run(model: onnx.ModelProto, feeds: dict) -> dict:

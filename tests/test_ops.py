@@ -313,3 +313,26 @@ def test_softplus_gradient_keeps_its_digits_in_float32():
         (gv,) = grad([g.apply("sum", build(g, v))], [v])
         got = Runner(emit_model(g, [("x", v)], [("g", gv)]))({"x": x})["g"]
         np.testing.assert_allclose(got, want, rtol=2e-6)
+
+
+NARROW_ACTIVATIONS = [("erf", {})]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("name, attrs", NARROW_ACTIVATIONS, ids=[f"{n}-{a}" for n, a in NARROW_ACTIVATIONS])
+def test_activations_stay_finite_far_out_in_float16_and_float32(name, attrs, dtype):
+    """Each activation's value and gradient in a float16 and a float32 graph, far out both ways
+    (no e ** x that overflows to inf and meets a 0: silu(-1000) is -0.0, not nan), agree with
+    the float64 ones to the type's precision."""
+    x = np.array([-1000.0, -100.0, -30.0, -8.0, -2.5, -1.0, -1e-3, 0.0, 1e-3, 1.0, 2.5, 8.0, 30.0, 100.0, 1000.0])
+    got = {}
+    for dt in (dtype, "float64"):
+        g = Graph(float_dtype=dt)
+        v = g.add_input("x", dt, x.shape)
+        y = g.apply(name, v, **attrs)
+        (gv,) = grad([g.apply("sum", y)], [v])
+        got[dt] = Runner(emit_model(g, [("x", v)], [("y", y), ("g", gv)]))({"x": x.astype(dt)})
+    tol = {"float16": 2e-3, "float32": 1e-6}[dtype]
+    for k in ("y", "g"):
+        assert got[dtype][k].dtype == np.dtype(dtype) and np.all(np.isfinite(got[dtype][k])), (k, got[dtype][k])
+        np.testing.assert_allclose(got[dtype][k], got["float64"][k], rtol=tol, atol=tol, err_msg=k)

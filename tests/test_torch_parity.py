@@ -192,3 +192,17 @@ def test_smooth_l1_and_huber_match_torch(reduction, t):
     if t:
         _check("huber_loss", [a, b], {"reduction": reduction, "delta": t},
                lambda x, y: F.huber_loss(x, y, reduction=reduction, delta=t))
+
+
+# Activations a port reaches for, at random points and where they are hard: far out both ways (no
+# overflow: silu(-100) is -0.0, not nan) and at their kinks, where the gradient is torch's choice.
+_FAR = np.array([-100.0, -30.0, -8.0, -3.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 3.0, 8.0, 30.0, 100.0])
+_ACT_X = np.concatenate([np.random.default_rng(11).normal(size=20) * 3, _FAR])
+ACTIVATIONS = [
+    ("erf", {}, torch.erf),
+]
+
+
+@pytest.mark.parametrize("op, attrs, fn", ACTIVATIONS, ids=[f"{o}-{a}" for o, a, _ in ACTIVATIONS])
+def test_activations_match_torch(op, attrs, fn):
+    _check(op, [_ACT_X], attrs, fn)

@@ -1,6 +1,8 @@
 """Elementwise ops, constants, casts, comparisons and broadcasting helpers."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from spec.errors import ShapeError
@@ -898,3 +900,27 @@ class Softplus(Unary):
         return [Sample([rng.uniform(-4, 4, size=(3, 4))]),
                 Sample([np.array([-200.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 200.0])]),  # far out, both ways
                 Sample([np.array([-745.0, -100.0, -40.0, -20.0, -17.0, -15.0])])]  # tiny values keep their digits
+
+
+def np_erf(x):
+    """erf of an array, to float64's digits (math.erf; NumPy has none)."""
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+@op("erf")
+class Erf(Unary):
+    """The error function, 2 / sqrt(pi) times the integral of e ** -t ** 2 from 0 to x (torch.erf)."""
+
+    onnx = "Erf"
+    gradgrad = True
+
+    def vjp(self, node, gouts):
+        x = node.inputs[0]
+        return [gouts[0] * (2.0 / np.sqrt(np.pi)) * x.graph.apply("exp", -(x * x))]
+
+    def ref(self, attrs, x):
+        return np_erf(x)
+
+    def samples(self, rng):
+        return [Sample([rng.uniform(-3, 3, (3, 4))]),
+                Sample([np.array([-30.0, -6.0, -1e-3, 0.0, 1e-3, 6.0, 30.0])])]  # far out both ways: slope 0
