@@ -200,6 +200,8 @@ _FAR = np.array([-100.0, -30.0, -8.0, -3.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 3.0, 8.
 _ACT_X = np.concatenate([np.random.default_rng(11).normal(size=20) * 3, _FAR])
 ACTIVATIONS = [
     ("erf", {}, torch.erf),
+    ("gelu", {}, F.gelu),
+    ("gelu", {"approximate": "tanh"}, lambda a: F.gelu(a, approximate="tanh")),
 ]
 
 

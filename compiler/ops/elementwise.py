@@ -924,3 +924,61 @@ class Erf(Unary):
     def samples(self, rng):
         return [Sample([rng.uniform(-3, 3, (3, 4))]),
                 Sample([np.array([-30.0, -6.0, -1e-3, 0.0, 1e-3, 6.0, 30.0])])]  # far out both ways: slope 0
+
+
+_GELU_TANH_K = float(np.sqrt(2.0 / np.pi))  # gelu(approximate='tanh'): 0.5 x (1 + tanh(K (x + C x ** 3)))
+_GELU_TANH_C = 0.044715
+
+
+@op("gelu")
+class Gelu(Unary):
+    """x * P(N(0, 1) < x) = 0.5 * x * (1 + erf(x / sqrt(2))), as torch's GELU; with
+    approximate='tanh', 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3)))."""
+
+    attrs = {"approximate": "none"}
+    choices = {"approximate": ("none", "tanh")}
+    gradgrad = True
+
+    def emit(self, e, node, ins, outs):
+        # Composed as torch computes it, not ONNX's Gelu (opset 20): its function body, which
+        # runtimes without a kernel (onnx.reference) run, writes sqrt(2 / pi) and 0.044715 as
+        # float32 constants, 3e-8 off in a float64 graph. (onnxruntime has no float64 Erf: a
+        # float64 graph of the exact form runs on the reference evaluator.)
+        x, dtype = ins[0], node.inputs[0].dtype
+
+        def c(v):
+            return e.const(np.asarray(v, dtype=dtype))
+
+        if node.attrs["approximate"] == "tanh":
+            cube = e.add("Mul", [e.add("Mul", [x, x]), x])
+            inner = e.add("Mul", [e.add("Add", [x, e.add("Mul", [cube, c(_GELU_TANH_C)])]), c(_GELU_TANH_K)])
+            s = e.add("Tanh", [inner])
+        else:
+            s = e.add("Erf", [e.add("Mul", [x, c(1.0 / np.sqrt(2.0))])])
+        e.add("Mul", [e.add("Mul", [x, c(0.5)]), e.add("Add", [s, c(1.0)])], outs)
+
+    def vjp(self, node, gouts):
+        x, g = node.inputs[0], gouts[0]
+        gr = x.graph
+        if node.attrs["approximate"] == "none":
+            # Phi(x) + x phi(x): e ** (-x ** 2 / 2) is 0, not inf, far out, so x phi(x) is 0 there
+            cdf = 0.5 + 0.5 * gr.apply("erf", x * float(1.0 / np.sqrt(2.0)))
+            pdf = gr.apply("exp", x * x * -0.5) * float(1.0 / np.sqrt(2.0 * np.pi))
+            return [g * (cdf + x * pdf)]
+        # 0.5 (1 + t) + 0.5 x (1 - t ** 2) K (1 + 3 C x ** 2), t = tanh(K (x + C x ** 3)). 1 - t ** 2 is 0
+        # from |x| = 10 on (in float64 too); the polynomial reads x clipped there, so that a float16 x ** 2,
+        # inf from |x| = 256 on, does not make 0 * inf = nan.
+        t = gr.apply("tanh", (x + x * x * x * _GELU_TANH_C) * _GELU_TANH_K)
+        xc = gr.apply("minimum", gr.apply("maximum", x, gr.lift(-10.0, like=x)), gr.lift(10.0, like=x))
+        slope = (xc * xc * (3.0 * _GELU_TANH_C) + 1.0) * _GELU_TANH_K
+        return [g * (0.5 + 0.5 * t + x * 0.5 * (1.0 - t * t) * slope)]
+
+    def ref(self, attrs, x):
+        if attrs["approximate"] == "tanh":
+            return 0.5 * x * (1.0 + np.tanh(_GELU_TANH_K * (x + _GELU_TANH_C * x ** 3)))
+        return 0.5 * x * (1.0 + np_erf(x / np.sqrt(2.0)))
+
+    def samples(self, rng):
+        far = np.array([-100.0, -20.0, -8.0, -3.0, -1e-3, 0.0, 1e-3, 3.0, 8.0, 20.0, 100.0])
+        return [Sample([rng.uniform(-4, 4, (3, 4))]), Sample([far]),
+                Sample([rng.uniform(-4, 4, (3, 4))], {"approximate": "tanh"}), Sample([far], {"approximate": "tanh"})]
