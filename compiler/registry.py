@@ -187,7 +187,8 @@ def get_op(name: str) -> OpDef:
 
 # Ops as papers and other libraries name them, whose spelling is far from flowgrad's name (act=rectifier,
 # as the Theano tutorials write it, is far from relu) or close to another op's (expit to exp).
-OTHER_NAMES = {"rectifier": "relu", "rectify": "relu", "logistic": "sigmoid", "expit": "sigmoid"}
+OTHER_NAMES = {"rectifier": "relu", "rectify": "relu", "logistic": "sigmoid", "expit": "sigmoid",
+               "swish": "silu"}
 
 
 def op_hint(name: str, choices) -> str | None:

@@ -202,6 +202,7 @@ ACTIVATIONS = [
     ("erf", {}, torch.erf),
     ("gelu", {}, F.gelu),
     ("gelu", {"approximate": "tanh"}, lambda a: F.gelu(a, approximate="tanh")),
+    ("silu", {}, F.silu),
 ]
 
 

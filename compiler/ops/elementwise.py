@@ -827,6 +827,14 @@ class Tanh(Unary):
     samples = float_samples((3, 4))
 
 
+def _emit_sigmoid(e, x: str, dtype: str, outs=1, gate: bool = False):
+    """sigmoid(x) as Sigmoid.emit explains: 1 / (1 + e ** -x) in float32 and float64."""
+    if gate or dtype not in ("float32", "float64"):
+        return e.add("Sigmoid", [x], outs)
+    one = e.const(np.asarray(1, dtype=dtype))
+    return e.add("Reciprocal", [e.add("Add", [e.add("Exp", [e.add("Neg", [x])]), one])], outs)
+
+
 @op("sigmoid")
 class Sigmoid(Unary):
     """1 / (1 + e ** -x)."""
@@ -845,12 +853,7 @@ class Sigmoid(Unary):
         # and were 0 from -37 on. 1 / (1 + e ** -x) keeps every digit: e ** -x overflows to inf
         # only where the value is below the smallest normal float. (float16 keeps Sigmoid: its
         # e ** -x overflows from x = -11 on, where the value is still a float16.)
-        dtype = node.inputs[0].dtype
-        if node.attrs["gate"] or dtype not in ("float32", "float64"):
-            e.add("Sigmoid", ins, outs)
-            return
-        one = e.const(np.asarray(1, dtype=dtype))
-        e.add("Reciprocal", [e.add("Add", [e.add("Exp", [e.add("Neg", ins)]), one])], outs)
+        _emit_sigmoid(e, ins[0], node.inputs[0].dtype, outs, gate=node.attrs["gate"])
 
     def vjp(self, node, gouts):
         y = node.outputs[0]
@@ -982,3 +985,29 @@ class Gelu(Unary):
         far = np.array([-100.0, -20.0, -8.0, -3.0, -1e-3, 0.0, 1e-3, 3.0, 8.0, 20.0, 100.0])
         return [Sample([rng.uniform(-4, 4, (3, 4))]), Sample([far]),
                 Sample([rng.uniform(-4, 4, (3, 4))], {"approximate": "tanh"}), Sample([far], {"approximate": "tanh"})]
+
+
+@op("silu")
+class Silu(Unary):
+    """x * sigmoid(x), also called swish (torch's SiLU)."""
+
+    gradgrad = True
+
+    def emit(self, e, node, ins, outs):
+        # (ONNX has no Swish at the opset.) x * sigmoid(x) with sigmoid's emission: its e ** -x
+        # is inf far below 0, where the product is -0.0, never inf * 0 = nan.
+        e.add("Mul", [ins[0], _emit_sigmoid(e, ins[0], node.inputs[0].dtype)], outs)
+
+    def vjp(self, node, gouts):
+        # sigmoid(x) (1 + x (1 - sigmoid(x))), as torch's silu_backward
+        x = node.inputs[0]
+        s = x.graph.apply("sigmoid", x)
+        return [gouts[0] * s * (1.0 + x * (1.0 - s))]
+
+    def ref(self, attrs, x):
+        with np.errstate(over="ignore"):
+            return x / (1.0 + np.exp(-x))
+
+    def samples(self, rng):
+        return [Sample([rng.uniform(-4, 4, (3, 4))]),
+                Sample([np.array([-700.0, -100.0, -30.0, -1.2785, -1e-3, 0.0, 1e-3, 30.0, 100.0, 700.0])])]
