@@ -315,7 +315,7 @@ def test_softplus_gradient_keeps_its_digits_in_float32():
         np.testing.assert_allclose(got, want, rtol=2e-6)
 
 
-NARROW_ACTIVATIONS = [("erf", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"}), ("silu", {})]
+NARROW_ACTIVATIONS = [("erf", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"}), ("silu", {}), ("elu", {}), ("elu", {"alpha": 0.5})]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

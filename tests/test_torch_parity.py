@@ -203,6 +203,8 @@ ACTIVATIONS = [
     ("gelu", {}, F.gelu),
     ("gelu", {"approximate": "tanh"}, lambda a: F.gelu(a, approximate="tanh")),
     ("silu", {}, F.silu),
+    ("elu", {}, F.elu),
+    ("elu", {"alpha": 0.5}, lambda a: F.elu(a, 0.5)),
 ]
 
 

@@ -1011,3 +1011,51 @@ class Silu(Unary):
     def samples(self, rng):
         return [Sample([rng.uniform(-4, 4, (3, 4))]),
                 Sample([np.array([-700.0, -100.0, -30.0, -1.2785, -1e-3, 0.0, 1e-3, 30.0, 100.0, 700.0])])]
+
+
+@op("elu")
+class Elu(Unary):
+    """x where x > 0, else alpha * (e ** x - 1), as torch's ELU."""
+
+    attrs = {"alpha": 1.0}
+    gradgrad = True
+
+    def infer(self, attrs, x):
+        if attrs["alpha"] < 0:
+            raise ShapeError(f"alpha must be 0 or more, got {attrs['alpha']}", arg="alpha",
+                             hint="elu tends to -alpha far below 0 (PyTorch's default alpha=1.0); "
+                                  "a negative alpha would make it rise again")
+        return super().infer(attrs, x)
+
+    def emit(self, e, node, ins, outs):
+        # Not ONNX's Elu: onnxruntime computes e ** x - 1, which loses the digits of small x
+        # (float32: 1% off at x = -1e-6, where torch's expm1 has them all), and has no float64
+        # kernel. e ** x - 1 = 2t / (1 - t), t = tanh(x / 2), keeps them: t is accurate near 0,
+        # and 1 - t, in [1, 2) for x <= 0, cancels nothing (-1 far out, nothing overflows).
+        x, dtype = ins[0], node.inputs[0].dtype
+
+        def c(v):
+            return e.const(np.asarray(v, dtype=dtype))
+
+        t = e.add("Tanh", [e.add("Mul", [e.add("Min", [x, c(0.0)]), c(0.5)])])
+        expm1 = e.add("Div", [e.add("Add", [t, t]), e.add("Sub", [c(1.0), t])])
+        e.add("Add", [e.add("Relu", [x]), e.add("Mul", [expm1, c(node.attrs["alpha"])])], outs)
+
+    def vjp(self, node, gouts):
+        # alpha e ** x at x <= 0 (x = 0 included, as torch), read at min(x, 0): e ** x of a
+        # large x is inf, and its 0 share would be nan in the gradient of the gradient
+        x, g = node.inputs[0], gouts[0]
+        gr = x.graph
+        neg = g * (gr.apply("exp", gr.apply("minimum", x, gr.lift(0.0, like=x))) * float(node.attrs["alpha"]))
+        return [gr.apply("where", gr.apply("gt", x, gr.lift(0.0, like=x)), g, neg)]
+
+    def ref(self, attrs, x):
+        return np.where(x > 0, x, attrs["alpha"] * np.expm1(np.minimum(x, 0)))
+
+    def samples(self, rng):
+        kinks = np.array([-800.0, -100.0, -30.0, -1.0, -1e-3, -1e-4, 1e-4, 1e-3, 1.0, 30.0, 800.0])
+        return [Sample([rng.uniform(-3, 3, (3, 4))]), Sample([kinks]), Sample([kinks], {"alpha": 0.5}),
+                Sample([rng.uniform(-3, 3, (5,))], {"alpha": 2.5}),
+                # at the kink and a step of a central difference from it: values only (the
+                # difference would average the two slopes)
+                Sample([np.array([-1e-7, 0.0, 1e-7])], {"alpha": 0.5}, grad_inputs=[])]
