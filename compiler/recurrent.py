@@ -27,7 +27,7 @@ _ELEMENTWISE = {
     "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "relu", "leaky_relu", "tanh",
     "sigmoid", "softplus", "maximum", "minimum", "where", "cast", "eq", "ne", "lt", "le", "gt", "ge", "sign",
     "identity", "stop_gradient", "logical_not", "constant", "zeros_like", "ones_like", "precomputed",
-    "erf", "gelu", "silu", "elu",
+    "erf", "gelu", "silu", "elu", "hardtanh",
 }
 _LAST_AXIS = {"softmax", "log_softmax", "sum", "mean", "max", "min", "argmax", "argmin", "split", "concat"}
 

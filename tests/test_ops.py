@@ -315,7 +315,8 @@ def test_softplus_gradient_keeps_its_digits_in_float32():
         np.testing.assert_allclose(got, want, rtol=2e-6)
 
 
-NARROW_ACTIVATIONS = [("erf", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"}), ("silu", {}), ("elu", {}), ("elu", {"alpha": 0.5})]
+NARROW_ACTIVATIONS = [("erf", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"}), ("silu", {}), ("elu", {}), ("elu", {"alpha": 0.5}),
+                      ("hardtanh", {})]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

@@ -205,6 +205,8 @@ ACTIVATIONS = [
     ("silu", {}, F.silu),
     ("elu", {}, F.elu),
     ("elu", {"alpha": 0.5}, lambda a: F.elu(a, 0.5)),
+    ("hardtanh", {}, F.hardtanh),
+    ("hardtanh", {"min_val": 0.0, "max_val": 3.0}, lambda a: F.hardtanh(a, 0.0, 3.0)),
 ]
 
 

@@ -1059,3 +1059,39 @@ class Elu(Unary):
                 # at the kink and a step of a central difference from it: values only (the
                 # difference would average the two slopes)
                 Sample([np.array([-1e-7, 0.0, 1e-7])], {"alpha": 0.5}, grad_inputs=[])]
+
+
+@op("hardtanh")
+class Hardtanh(Unary):
+    """x clipped to [min_val, max_val], as torch's Hardtanh (its gradient 0 at the ends too)."""
+
+    attrs = {"min_val": -1.0, "max_val": 1.0}
+    gradgrad = True
+
+    def infer(self, attrs, x):
+        if not attrs["min_val"] < attrs["max_val"]:
+            raise ShapeError(f"max_val must be above min_val, got min_val={attrs['min_val']}, "
+                             f"max_val={attrs['max_val']}", arg="max_val",
+                             hint="hardtanh clips x to [min_val, max_val] (PyTorch's default [-1, 1])")
+        return super().infer(attrs, x)
+
+    def emit(self, e, node, ins, outs):
+        dtype = node.inputs[0].dtype
+        lo, hi = (e.const(np.asarray(node.attrs[k], dtype=dtype)) for k in ("min_val", "max_val"))
+        e.add("Clip", [ins[0], lo, hi], outs)
+
+    def vjp(self, node, gouts):
+        x, g = node.inputs[0], gouts[0]
+        gr = x.graph
+        inside = gr.apply("logical_and", gr.apply("gt", x, gr.lift(float(node.attrs["min_val"]), like=x)),
+                          gr.apply("lt", x, gr.lift(float(node.attrs["max_val"]), like=x)))
+        return [gr.apply("where", inside, g, gr.lift(0.0, like=g))]
+
+    def ref(self, attrs, x):
+        return np.clip(x, attrs["min_val"], attrs["max_val"])
+
+    def samples(self, rng):
+        return [Sample([rng.uniform(-2, 2, (3, 4))]),
+                Sample([np.array([-1e30, -1.001, -0.999, 0.0, 0.999, 1.001, 1e30])]),
+                Sample([rng.uniform(-1, 8, (5,))], {"min_val": 0.0, "max_val": 6.0}),  # relu6
+                Sample([np.array([-1.0, 1.0, 0.0, 6.0])], {"min_val": 0.0, "max_val": 6.0}, grad_inputs=[])]  # kinks
