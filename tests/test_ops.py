@@ -316,7 +316,7 @@ def test_softplus_gradient_keeps_its_digits_in_float32():
 
 
 NARROW_ACTIVATIONS = [("erf", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"}), ("silu", {}), ("elu", {}), ("elu", {"alpha": 0.5}),
-                      ("hardtanh", {})]
+                      ("hardtanh", {}), ("softplus", {"beta": 2.0}), ("softplus", {"beta": 0.5, "threshold": 20.0})]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

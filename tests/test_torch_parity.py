@@ -206,6 +206,8 @@ ACTIVATIONS = [
     ("elu", {}, F.elu),
     ("elu", {"alpha": 0.5}, lambda a: F.elu(a, 0.5)),
     ("hardtanh", {}, F.hardtanh),
+    ("softplus", {"beta": 2.5, "threshold": 20.0}, lambda a: F.softplus(a, 2.5, 20.0)),
+    ("softplus", {"beta": 0.5, "threshold": 5.0}, lambda a: F.softplus(a, 0.5, 5.0)),
     ("hardtanh", {"min_val": 0.0, "max_val": 3.0}, lambda a: F.hardtanh(a, 0.0, 3.0)),
 ]
 

@@ -871,38 +871,69 @@ class Sigmoid(Unary):
 
 @op("softplus")
 class Softplus(Unary):
-    """log(1 + e ** x), computed stably."""
+    """log(1 + e ** x), computed stably; with beta, log(1 + e ** (beta * x)) / beta, and with
+    threshold, x where beta * x > threshold (torch's Softplus, whose default threshold is 20;
+    flowgrad's, none, computes the curve everywhere)."""
 
+    attrs = {"beta": 1.0, "threshold": None}
     gradgrad = True
 
+    def infer(self, attrs, x):
+        if attrs["beta"] <= 0:
+            raise ShapeError(f"beta must be above 0, got {attrs['beta']}", arg="beta",
+                             hint="softplus(x, beta) is log(1 + e ** (beta * x)) / beta; PyTorch's default is 1.0")
+        t = attrs["threshold"]
+        if t is not None and (isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.number))):
+            raise ShapeError(f"threshold must be a number, got {t!r}", arg="threshold",
+                             hint="beta * x above it gives x itself, e.g. threshold=20 as PyTorch")
+        return super().infer(attrs, x)
+
     def emit(self, e, node, ins, outs):
-        # max(x, 0) + log1p(u), u = e ** -|x| in (0, 1]: nothing overflows. ONNX has no
-        # Log1p, and log(1 + u) is 0 once 1 + u rounds to 1 (x below -17 in float32). With
+        # max(z, 0) + log1p(u), u = e ** -|z| in (0, 1], z = beta x: nothing overflows. ONNX has no
+        # Log1p, and log(1 + u) is 0 once 1 + u rounds to 1 (z below -17 in float32). With
         # w = 1 + u rounded, log1p(u) = log(w) - ((w - 1) - u) / w to second order in the
         # rounding error: exact to a few ulps, and u itself where w is 1. (onnxruntime's
         # own Softplus is slower and as inexact as log(1 + u).)
-        x = ins[0]
-        one = e.const(np.asarray(1, dtype=node.inputs[0].dtype))
-        u = e.add("Exp", [e.add("Neg", [e.add("Abs", [x])])])
+        x, dtype = ins[0], node.inputs[0].dtype
+        beta, threshold = float(node.attrs["beta"]), node.attrs["threshold"]
+        one = e.const(np.asarray(1, dtype=dtype))
+        z = x if beta == 1 else e.add("Mul", [x, e.const(np.asarray(beta, dtype=dtype))])
+        u = e.add("Exp", [e.add("Neg", [e.add("Abs", [z])])])
         w = e.add("Add", [u, one])
         rounding = e.add("Div", [e.add("Sub", [e.add("Sub", [w, one]), u]), w])
-        e.add("Add", [e.add("Relu", [x]), e.add("Sub", [e.add("Log", [w]), rounding])], outs)
+        last = beta == 1 and threshold is None
+        y = e.add("Add", [e.add("Relu", [z]), e.add("Sub", [e.add("Log", [w]), rounding])], outs if last else 1)
+        if beta != 1:
+            y = e.add("Div", [y, e.const(np.asarray(beta, dtype=dtype))], outs if threshold is None else 1)
+        if threshold is not None:
+            e.add("Where", [e.add("Greater", [z, e.const(np.asarray(threshold, dtype=dtype))]), x, y], outs)
 
     def vjp(self, node, gouts):
-        # sigmoid(x) as exp(x - softplus(x)) (= exp(log sigmoid(x))): exact to a few ulps for any
-        # x, down to the smallest floats. onnxruntime's float32 Sigmoid computes small values as
-        # differences near 1/2: twice too large at x = -17 and 0 from x = -18 on, which made the
-        # gradient of softplus, binary_cross_entropy and log(sigmoid(.)) wrong or 0 there.
+        # sigmoid(z) as exp(z - softplus(z)) (= exp(log sigmoid(z))), z = beta x: exact to a few ulps
+        # for any z, down to the smallest floats. onnxruntime's float32 Sigmoid computes small values
+        # as differences near 1/2: twice too large at z = -17 and 0 from z = -18 on, which made the
+        # gradient of softplus, binary_cross_entropy and log(sigmoid(.)) wrong or 0 there. Above the
+        # threshold y is x, and this is 1.
         x, y = node.inputs[0], node.outputs[0]
-        return [gouts[0] * x.graph.apply("exp", x - y)]
+        beta = float(node.attrs["beta"])
+        d = x - y if beta == 1 else (x - y) * beta
+        return [gouts[0] * x.graph.apply("exp", d)]
 
     def ref(self, attrs, x):
-        return np.logaddexp(0.0, x)
+        beta, threshold = attrs["beta"], attrs["threshold"]
+        y = np.logaddexp(0.0, beta * x) / beta
+        return y if threshold is None else np.where(beta * x > threshold, x, y)
 
     def samples(self, rng):
         return [Sample([rng.uniform(-4, 4, size=(3, 4))]),
                 Sample([np.array([-200.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 200.0])]),  # far out, both ways
-                Sample([np.array([-745.0, -100.0, -40.0, -20.0, -17.0, -15.0])])]  # tiny values keep their digits
+                Sample([np.array([-745.0, -100.0, -40.0, -20.0, -17.0, -15.0])]),  # tiny values keep their digits
+                Sample([rng.uniform(-4, 4, size=(3, 4))], {"beta": 2.5}),
+                Sample([np.array([-200.0, -30.0, -1e-3, 0.0, 1e-3, 1.9, 2.1, 30.0, 200.0])], {"beta": 0.5}),
+                # linear above the threshold (beta x = 3 here): a jump of log1p(e ** -3) / beta at it
+                Sample([np.array([-5.0, -1e-3, 0.0, 1.2, 1.4, 1.6, 1.8, 5.0, 300.0])],
+                       {"beta": 2.0, "threshold": 3.0}),
+                Sample([np.array([-30.0, 0.0, 19.9, 20.1, 40.0])], {"threshold": 20.0})]
 
 
 def np_erf(x):
