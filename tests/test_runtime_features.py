@@ -276,6 +276,37 @@ def test_accumulated_batches_of_a_guarded_masked_mean_weigh_by_their_unmasked_en
             assert got["loss"] == pytest.approx(want, rel=1e-5, abs=1e-7), size
 
 
+@pytest.mark.parametrize("extra", ["", ", weight=[1.0, 2.0, 0.5, 3.0], label_smoothing=0.1"])
+def test_cross_entropy_ignore_index_adds_up_over_batches_as_one_batch(tmp_path, extra):
+    """cross_entropy(..., ignore_index=3) is a mean over the labels kept (weighed by weight=):
+    its validation loss read 1.55 at batches of 3, 1.75 at 7 and 1.80 at all 23 rows (each
+    batch's mean weighted by its rows), and --accumulate 2 moved the weights unlike one batch of
+    both. Now its sums and counts add up over batches, a batch of ignored labels alone adding
+    nothing."""
+    from compiler.training import compile_spec
+    from runtime.trainer import Trainer
+
+    text = MASKED_SUM.replace("LR", "0.5").replace("  mask: {shape: [N, T]}\n", "").replace(
+        "  ce: cross_entropy(x @ W, y, reduction='none')\nloss: sum(ce * mask) / sum(mask)",
+        f"  logits: x @ W\nloss: cross_entropy(logits, y, ignore_index=3{extra})")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, (23, 5))
+    y[rng.random((23, 5)) > np.linspace(0.1, 0.95, 23)[:, None]] = 3
+    y[:5] = 3  # the first accumulated batch has no label kept
+    data = {"x": rng.normal(size=(23, 5, 3)).astype(np.float32), "y": y}
+    common = dict(data=data, valid="0", epochs=2, threads=1, device="cpu")
+    train(text, run_dir=str(tmp_path / "big"), batch_size=10, **common)
+    train(text, run_dir=str(tmp_path / "acc"), batch_size=5, accumulate=2, **common)
+    big, acc = _params(str(tmp_path / "big")), _params(str(tmp_path / "acc"))
+    np.testing.assert_allclose(acc["W"], big["W"], rtol=1e-5, atol=1e-6)
+
+    trainer = Trainer(compile_spec(spec_from_text(text), graphs=("eval",)), "cpu", threads=1, seed=0)
+    whole = trainer.evaluate([data])["loss"]
+    for size in (3, 7):
+        got = trainer.evaluate([{k: v[i:i + size] for k, v in data.items()} for i in range(0, 23, size)])
+        assert got["loss"] == pytest.approx(whole, rel=1e-5), size
+
+
 @pytest.mark.parametrize("guard, mask_of", [
     # a floor above a batch's count: few unmasked tokens, counted against maximum(sum(mask), 20.0)
     ("20.0", lambda r: (r < 0.3).astype(np.float32)),

@@ -216,9 +216,11 @@ class CrossEntropy(OpDef):
         count = g.cast(keep, loss.dtype) if keep is not None else g.apply("ones_like", loss)
         if picked is not None:
             count = count * picked
+        # kept from 0 by the type's least normal number (no labels kept: a loss of 0), written
+        # sum / maximum(count, floor), the masked mean that evaluation and --accumulate add up over
+        # batches as over one batch of all of them (compiler.training.ratio_parts)
         kept = g.apply("sum", count)
-        return g.apply("sum", loss) / g.apply("where", g.apply("gt", kept, g.lift(0.0, like=kept)), kept,
-                                              g.lift(1.0, like=kept))
+        return g.apply("sum", loss) / g.apply("maximum", kept, g.lift(float(np.finfo(kept.dtype).tiny), like=kept))
 
     def ref(self, attrs, logits, labels):
         axis = normalize_axis(attrs["axis"], logits.ndim)
