@@ -165,6 +165,9 @@ class CompiledModel:
     compile_seconds: float = 0.0
     # data input -> (exclusive upper bound of its values, what it indexes, "{}" for the bound): checked before training
     index_bounds: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # labels input -> the ignore_index of the cross_entropy that takes it: that value is no class id
+    # (it may be negative, or beyond index_bounds), checked before training as one
+    ignored_labels: dict[str, int] = field(default_factory=dict)
     # lengths input -> the sequence whose rows' steps it counts (see length_bounds): checked before training
     # and kept in the manifest, whence export hands it to predict
     length_bounds: dict[str, dict] = field(default_factory=dict)
@@ -1148,8 +1151,13 @@ def index_bounds(g: Graph) -> dict[str, tuple[int, str]]:
                    "transpose", "slice", "index"}
 
     def source(v):
-        while v.id not in inputs and v.producer is not None and v.producer.op.name in passthrough:
-            v = v.producer.inputs[0]
+        while v.id not in inputs and v.producer is not None:
+            if v.producer.op.name in passthrough:
+                v = v.producer.inputs[0]
+            elif ignored_label(v) is not None:  # cross_entropy's labels with ignore_index's put to 0
+                v = v.producer.inputs[1]
+            else:
+                break
         return inputs.get(v.id)
 
     bounds: dict[str, tuple[int, str]] = {}
@@ -1166,6 +1174,35 @@ def index_bounds(g: Graph) -> dict[str, tuple[int, str]]:
         if name is not None and isinstance(size, int) and (name not in bounds or size < bounds[name][0]):
             bounds[name] = (int(size), what)
     return bounds
+
+
+def ignored_label(v: Value) -> int | None:
+    """k where v is where(ne(x, k), x, zeros_like(x)), cross_entropy's labels x with its
+    ignore_index=k put to 0 (compiler/ops/loss.py), else None."""
+    from .rewrites import const_value
+
+    p = v.producer
+    if p is None or p.op.name != "where":
+        return None
+    cond, x, other = p.inputs
+    if cond.producer is None or cond.producer.op.name != "ne" or cond.producer.inputs[0] is not x or \
+            other.producer is None or other.producer.op.name != "zeros_like" or other.producer.inputs[0] is not x:
+        return None
+    k = const_value(cond.producer.inputs[1])
+    return None if k is None or np.ndim(k) else int(k)
+
+
+def ignored_labels(g: Graph) -> dict[str, int]:
+    """Integer data inputs that are labels of a cross_entropy with ignore_index=k, with k: the
+    data may hold k (PyTorch's -100, or a class id beyond the classes) where a label is ignored."""
+    inputs = {gi.value.id: name for name, gi in g.inputs.items() if gi.kind == "input"}
+    out: dict[str, int] = {}
+    for node in g.nodes:
+        for v in node.outputs:
+            k = ignored_label(v)
+            if k is not None and node.inputs[1].id in inputs:
+                out[inputs[node.inputs[1].id]] = k
+    return out
 
 
 def least_sizes(g: Graph, values: list[Value] | None = None) -> dict[str, dict]:
@@ -1367,6 +1404,7 @@ def compile_spec(spec: S.Spec, dtype: str | None = None, optimize_graph: bool = 
     for obj in objectives:
         _refuse_unreached(check, obj)
     cm = CompiledModel(spec, dtype, check.params, objectives, index_bounds=index_bounds(check.graph),
+                       ignored_labels=ignored_labels(check.graph),
                        length_bounds=length_bounds(spec, check.graph), least_sizes=least_sizes(check.graph))
     for obj in objectives:
         suffix = "" if obj.name == "main" else f"_{obj.name}"

@@ -387,10 +387,11 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
 
 def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemory, bounds: dict | None = None,
                        dtypes: dict[str, str] | None = None, length_bounds: dict | None = None,
-                       least_sizes: dict | None = None) -> None:
+                       least_sizes: dict | None = None, ignored: dict | None = None) -> None:
     """Every input the graphs need is present, with the declared rank, dtype
     kind, fixed dims and equal lengths; float inputs are finite; ids and labels
-    are below the size of what they index (`bounds`: CompiledModel.index_bounds);
+    are below the size of what they index (`bounds`: CompiledModel.index_bounds), and none is
+    negative, bar a label that cross_entropy ignores (`ignored`: CompiledModel.ignored_labels);
     values fit the dtype each array is cast to (`dtypes`: the graphs' input types);
     sequence lengths are within their sequence's steps (`length_bounds`: CompiledModel's);
     symbolic dims are as long as the slices of them assume (`least_sizes`: CompiledModel's).
@@ -442,6 +443,8 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             bad = int(np.argwhere(~np.isfinite(a))[0][0]) if a.ndim else 0
             raise DataError(f"{array} has NaN or inf values (first at example {bad})", decl.loc, hint=f"replace or drop those examples{'' if memory else ' before saving the .npz'}, e.g. with numpy.nan_to_num or a mask of numpy.isfinite")
+        if name in (ignored or {}) and a.dtype.kind in "iu" and a.size:  # (no class id: checked as one, 0)
+            a = np.where(a == ignored[name], 0, a)
         if not want_float and a.dtype.kind == "i" and a.size and a.min() < 0:
             bad = int(np.argwhere(a < 0)[0][0]) if a.ndim else 0
             raise DataError(f"{array} has negative values (first at example {bad})", decl.loc,

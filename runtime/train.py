@@ -192,7 +192,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     needed = needed_inputs(cm)
     dtypes = input_dtypes(cm)
     D.check_against_spec(train_ds, spec, needed, where, cm.index_bounds, dtypes, cm.length_bounds,
-                         cm.least_sizes)
+                         cm.least_sizes, cm.ignored_labels)
     _check_labelled_is_read(train_ds, spec, needed)
     train_ds = D.only(train_ds, needed)
     test = spec_test(spec)
@@ -200,7 +200,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         test_path = beside_spec(spec, test, "test")
         D.check_against_spec(load_spec_npz(spec, "test", test_path), spec,
                              needed_inputs(cm, ("eval",)), test_path, cm.index_bounds, dtypes, cm.length_bounds,
-                             cm.least_sizes)
+                             cm.least_sizes, cm.ignored_labels)
     # the errors name the one the user gave: --valid (valid=), or the spec's
     valid_name = opts.names("valid") if opts.valid is not None else "valid"
     given = opts.names.given(valid=opts.valid) if opts.valid is not None else f"valid {source['valid']}"
@@ -214,7 +214,7 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
         valid_ds, valid_where = D.load_given(given, valid_name, spec.inputs) if opts.valid is not None else \
             (load_spec_npz(spec, "valid", valid_cfg), valid_cfg)
         D.check_against_spec(valid_ds, spec, needed, valid_where, cm.index_bounds, dtypes, cm.length_bounds,
-                         cm.least_sizes)
+                         cm.least_sizes, cm.ignored_labels)
         valid_ds = D.only(valid_ds, needed)
         train_ds, _ = split_like_training(train_ds, spec, None, seed)
     else:
@@ -306,7 +306,7 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel,
     ds = D.only(ds, needed_inputs(cm))
     dtypes = input_dtypes(cm)
     D.check_against_spec(ds, spec, needed_inputs(cm), where, cm.index_bounds, dtypes, cm.length_bounds,
-                         cm.least_sizes)
+                         cm.least_sizes, cm.ignored_labels)
     valid = source.get("valid")
     trained, _ = split_like_training(ds, spec, None if isinstance(valid, str) else valid, seed)
     if "data_hash" not in info:  # a run.json written before runs recorded it

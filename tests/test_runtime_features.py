@@ -307,6 +307,36 @@ def test_cross_entropy_ignore_index_adds_up_over_batches_as_one_batch(tmp_path, 
         assert got["loss"] == pytest.approx(whole, rel=1e-5), size
 
 
+def test_cross_entropy_ignore_index_labels_are_taken_from_the_data(tmp_path):
+    """cross_entropy(logits, y, ignore_index=-100), PyTorch's padding labels, could not be trained:
+    the data was refused ('data["y"] has negative values'), and with ignore_index=3 a label 9 of
+    4 classes was no longer checked, failing inside onnxruntime's GatherElements at step 0. Now
+    the ignored value passes, ignored as in the loss, and any other label is checked as a class id."""
+    text = MASKED_SUM.replace("LR", "0.5").replace("  mask: {shape: [N, T]}\n", "").replace(
+        "  ce: cross_entropy(x @ W, y, reduction='none')\nloss: sum(ce * mask) / sum(mask)",
+        "  logits: x @ W\nloss: cross_entropy(logits, y, ignore_index=-100)")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, (12, 5))
+    y[rng.random((12, 5)) < 0.3] = -100
+    data = {"x": rng.normal(size=(12, 5, 3)).astype(np.float32), "y": y}
+    common = dict(valid="0", epochs=1, threads=1, device="cpu", batch_size=4)
+    train(text, run_dir=str(tmp_path / "pad"), data=data, **common)
+    # the ignored labels add nothing: the same run as one whose ignored labels are another class id
+    text3 = text.replace("ignore_index=-100", "ignore_index=3")
+    kept = y != -100
+    data3 = {"x": data["x"], "y": np.where(kept, np.minimum(y, 2), 3)}
+    data["y"] = np.where(kept, np.minimum(y, 2), -100)
+    train(text, run_dir=str(tmp_path / "a"), data=data, **common)
+    train(text3, run_dir=str(tmp_path / "b"), data=data3, **common)
+    np.testing.assert_allclose(_params(str(tmp_path / "a"))["W"], _params(str(tmp_path / "b"))["W"], rtol=1e-6)
+    for labels, said in ((np.where(kept, y, -5), "negative values"), (np.where(kept, y, 9), "has the value 9")):
+        with pytest.raises(FlowgradError, match=said):
+            train(text, run_dir=str(tmp_path / "bad"), data={"x": data["x"], "y": labels}, **common)
+    data3["y"][0, 0] = 9
+    with pytest.raises(FlowgradError, match="the model has 4 classes"):
+        train(text3, run_dir=str(tmp_path / "bad3"), data=data3, **common)
+
+
 @pytest.mark.parametrize("guard, mask_of", [
     # a floor above a batch's count: few unmasked tokens, counted against maximum(sum(mask), 20.0)
     ("20.0", lambda r: (r < 0.3).astype(np.float32)),
