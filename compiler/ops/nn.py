@@ -573,6 +573,12 @@ class _PoolGeom:
         self.end = tuple((out[i] - 1) * self.s[i] + self.k[i] - in_hw[i] - 2 * self.p[i] for i in range(2))
         self.pads = (self.p[0], self.p[1], self.p[0] + max(self.end[0], 0), self.p[1] + max(self.end[1], 0))
 
+    @property
+    def identity(self) -> bool:
+        """Every entry its own window (a 1x1 kernel, stride 1, no padding): pooling passes x on, and
+        the gradient g. (onnx.reference's MaxUnpool put g of every channel but the first at 0.)"""
+        return self.k == (1, 1) and self.s == (1, 1) and not any(self.pads)
+
     def divisor(self) -> np.ndarray:
         """[Ho, Wo]: what avg_pool2d divides each window's sum by, as PyTorch: the window's entries inside
         the padded input (count_include_pad), or inside the input alone; a ceil_mode window's overrun
@@ -688,6 +694,7 @@ _POOL_CASES = [
     ((1, 1, 6, 7), {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),  # past the padding on H only
     ((1, 1, 5, 5), {"kernel": 3, "stride": 3, "padding": 1, "ceil_mode": True}),  # one starting in the padding: none
     ((1, 1, 7, 6), {"kernel": (2, 3), "stride": (3, 2), "ceil_mode": True}),
+    ((1, 2, 7, 5), {"kernel": 1}),  # every entry its own window: the identity
 ]
 # avg_pool2d's own: padding not counted in the average, with and without ceil_mode
 _AVG_POOL_CASES = _POOL_CASES + [
@@ -716,6 +723,9 @@ class MaxPool2d(OpDef):
         # -inf padding never wins the max. Written as a Pad: onnxruntime's MaxPool pads with the
         # float type's lowest number, which a window of -inf entries (-inf inputs, a masked
         # feature map) gave instead of -inf
+        if geom.identity:
+            e.add("Identity", ins, outs)
+            return
         x, pads = _pool_padding(e, geom, ins[0], np.asarray(-np.inf, dtype=node.inputs[0].dtype), apart=True)
         e.add("MaxPool", [x], outs, kernel_shape=list(geom.k), strides=list(geom.s), pads=pads)
 
@@ -755,6 +765,9 @@ class MaxPool2dGrad(OpDef):
         H, W = geom.in_hw
         from .indexing import _scatter_add
 
+        if geom.identity:
+            e.add("Identity", [ins[0]], outs)
+            return
         if geom.s == geom.k and not any(geom.pads) and (H, W) == tuple(o * k for o, k in zip(geom.out_hw, geom.k)):
             # Windows that tile the input: MaxUnpool puts g at MaxPool's own indices (each
             # window's first maximum) and zeros elsewhere, in one pass. (With rows or columns
@@ -819,6 +832,9 @@ class MaxPool2dGather(OpDef):
 
     def emit(self, e, node, ins, outs):
         geom = _pool_geom(node.attrs, node.inputs[1].type)
+        if geom.identity:
+            e.add("Identity", [ins[0]], outs)
+            return
         H, W = geom.in_hw
         pos = _emit_argmax_positions(e, geom, ins[1])
         hf = e.add("Reshape", [ins[0], e.ints([0, 0, H * W])])
