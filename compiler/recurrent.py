@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from functools import lru_cache
 
 import numpy as np
 
@@ -21,14 +22,20 @@ from .ir import Graph, TensorType, Value, at, current_loc, dim_mul, fmt_shape, i
 from .ops.scan import Body
 from .registry import get_op
 
-# Ops whose meaning does not change when their sequence operands carry an
-# extra leading time axis: they can run once over all steps.
-_ELEMENTWISE = {
-    "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "relu", "leaky_relu", "tanh",
-    "sigmoid", "softplus", "maximum", "minimum", "where", "cast", "eq", "ne", "lt", "le", "gt", "ge", "sign",
-    "identity", "stop_gradient", "logical_not", "constant", "zeros_like", "ones_like", "precomputed",
-    "erf", "gelu", "silu", "elu", "hardtanh",
-}
+# The elementwise family's ops whose output shape follows another operand (a reference or sizes),
+# not their operands': an extra leading time axis would not carry through them.
+_SHAPED_BY_REFERENCE = {"broadcast_like", "fill", "sum_to"}
+
+
+@lru_cache(maxsize=None)
+def _elementwise() -> frozenset:
+    """Ops whose meaning does not change when their sequence operands carry an extra leading time
+    axis, so that they can run once over all steps: the registry's elementwise ops (an activation
+    added there counts here too) and a precomputed value."""
+    from .registry import all_ops
+
+    return frozenset({n for n, o in all_ops().items() if o.family == "elementwise"} - _SHAPED_BY_REFERENCE
+                     | {"precomputed"})
 _LAST_AXIS = {"softmax", "log_softmax", "sum", "mean", "max", "min", "argmax", "argmin", "split", "concat"}
 
 
@@ -44,7 +51,7 @@ def _batch_polymorphic(node, kinds: list[str]) -> bool:
         return kinds[0] != "seq" and node.attrs.get("axis", 0) == 0
     if any(v.rank != out_rank for v in seq_ins):
         return False
-    if name in _ELEMENTWISE:
+    if name in _elementwise():
         return True
     if name == "matmul":
         return all(v.rank >= 2 for v in node.inputs)
