@@ -447,8 +447,11 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
             a = np.where(a == ignored[name], 0, a)
         if not want_float and a.dtype.kind == "i" and a.size and a.min() < 0:
             bad = int(np.argwhere(a < 0)[0][0]) if a.ndim else 0
-            raise DataError(f"{array} has negative values (first at example {bad})", decl.loc,
-                            "integer inputs are ids, labels, lengths or masks, and none is negative")
+            value = int(a.reshape(-1)[np.argmax(a.reshape(-1) < 0)])
+            raise DataError(f"{array} has negative values (first at example {bad}: {value})", decl.loc,
+                            "integer inputs are ids, labels, lengths or masks, and none is negative"
+                            + (f"; labels of {value} that the loss should leave out (PyTorch's padding label) are "
+                               f"cross_entropy(..., ignore_index={value})" if value == -100 else ""))
         check_fits(a, (dtypes or {}).get(name), array, decl.loc)
         if bounds and name in bounds:
             size, what = bounds[name]

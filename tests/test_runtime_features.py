@@ -335,6 +335,11 @@ def test_cross_entropy_ignore_index_labels_are_taken_from_the_data(tmp_path):
     data3["y"][0, 0] = 9
     with pytest.raises(FlowgradError, match="the model has 4 classes"):
         train(text3, run_dir=str(tmp_path / "bad3"), data=data3, **common)
+    # PyTorch's padding label without ignore_index: told how to leave it out
+    plain = text.replace(", ignore_index=-100", "")
+    with pytest.raises(FlowgradError, match=r"has negative values \(first at example 0: -100\)") as e:
+        train(plain, run_dir=str(tmp_path / "plain"), data={"x": data["x"], "y": np.where(kept, y, -100)}, **common)
+    assert "cross_entropy(..., ignore_index=-100)" in e.value.hint
 
 
 @pytest.mark.parametrize("guard, mask_of", [
