@@ -9,8 +9,7 @@ import numpy as np
 
 from spec.errors import SpecError
 
-INITS = ("zeros", "ones", "constant", "normal", "uniform", "glorot_uniform", "glorot_normal",
-         "he_uniform", "he_normal", "orthogonal")
+from spec.loader import INIT_KINDS as INITS  # the schema's list (one place to change it)
 
 
 def fans(shape) -> tuple[int, int]:
@@ -55,6 +54,9 @@ def initial_value(kind: str, args: dict, shape, dtype: str, rng: np.random.Gener
         v = rng.uniform(-a, a, shape)
     elif kind == "he_normal":
         v = rng.normal(0.0, np.sqrt(2.0 / fan_in) * float(args.get("gain", 1.0)), shape)
+    elif kind == "torch_uniform":
+        a = 1.0 / np.sqrt(float(args.get("fan_in") or _torch_fan_in(shape, loc)))
+        v = rng.uniform(-a, a, shape)
     elif kind == "orthogonal":
         v = _orthogonal(shape, rng) * float(args.get("gain", 1.0))
     else:
@@ -63,6 +65,23 @@ def initial_value(kind: str, args: dict, shape, dtype: str, rng: np.random.Gener
         raise SpecError(f"unknown initialiser {kind!r}", loc,
                         init_hint(str(kind)) or f"choose from {', '.join(INIT_KINDS)}")
     return np.asarray(v, dtype=dtype)
+
+
+def bias_init(weight_kind: str, weight_shape) -> tuple[str, dict]:
+    """The initialiser of the bias a layer makes beside its weight, by the weight's: zeros (Keras's
+    default), but torch_uniform draws the bias from the weight's bound, as nn.Linear's and nn.Conv2d's
+    reset_parameters do (fan_in of the weight: in_features, or in_channels / groups * kh * kw)."""
+    if weight_kind == "torch_uniform":
+        return "torch_uniform", {"fan_in": fans(weight_shape)[0]}
+    return "zeros", {}
+
+
+def _torch_fan_in(shape, loc=None) -> int:
+    if len(shape) < 2:  # (torch: "Fan in and fan out can not be computed for tensor with fewer than 2 dimensions")
+        raise SpecError(f"torch_uniform needs a parameter of rank >= 2 or a fan_in, got shape {list(shape)}", loc,
+                        "a bias takes its weight's fan_in: init: {torch_uniform: {fan_in: 128}} "
+                        "(in_features, or in_channels / groups * kh * kw)")
+    return fans(shape)[0]
 
 
 def _orthogonal(shape, rng) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from spec.errors import ShapeError, SpecError
 
+from .init import bias_init
 from .ir import Value, at, fmt_shape, is_float, normalize_axis
 
 
@@ -129,7 +130,7 @@ class Dense(Layer):
     positional = ("x", "units")
     keywords = ("act", "bias", "init", "W", "b")
     required = ("x", "units")
-    usage = "dense(x, units, act=relu (default: none), bias=true, init=glorot_uniform, W=..., b=...)"
+    usage = "dense(x, units, act=relu (default: none), bias=true, init=glorot_uniform (torch_uniform: W and b as nn.Linear), W=..., b=...)"
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
@@ -148,6 +149,7 @@ class Dense(Layer):
         W = a.get("W")
         # a given W takes no init, and no bias takes no b: each would be dropped without a word
         _refuse_init_with_weight("dense", W, a, e)
+        kind = None  # (the weight's initialiser, which picks the bias's: bias_init)
         if a.get("bias", True) is False and a.get("b") is not None:
             raise SpecError("dense() got b= and bias=false", e.kwarg_locs.get("b", e.loc), "leave out one of the two")
         if W is None:
@@ -159,7 +161,7 @@ class Dense(Layer):
         if a.get("bias", True):
             b = a.get("b")
             if b is None:
-                b = low.add_param(f"{prefix}.b", (units,), "zeros", loc=e.loc)
+                b = low.add_param(f"{prefix}.b", (units,), *bias_init(kind, W.shape), loc=e.loc)
             else:
                 _check_given_bias("dense", b, units, e, f"units={units}")
             y = y + b
@@ -174,7 +176,7 @@ class Conv2d(Layer):
     keywords = ("stride", "padding", "dilation", "groups", "act", "bias", "init", "W", "b")
     required = ("x", "channels", "kernel")
     usage = ("conv2d(x, channels, kernel, stride=1, padding=0, dilation=1, groups=1, act=relu (default: none), "
-             "bias=true, init=he_uniform, W=..., b=...) or conv2d(x, W, b, stride=1, padding=0, dilation=1, "
+             "bias=true, init=he_uniform (torch_uniform: W and b as nn.Conv2d), W=..., b=...) or conv2d(x, W, b, stride=1, padding=0, dilation=1, "
              "groups=1, act=...)")
     # what conv2d(x, W[, b]) with explicit tensors takes besides them
     raw_keywords = ("stride", "padding", "dilation", "groups", "act")
@@ -219,6 +221,7 @@ class Conv2d(Layer):
         prefix = low.layer_name("conv2d")
         W = a.get("W")
         _refuse_init_with_weight("conv2d", W, a, e)
+        kind = None
         if W is None:
             if not isinstance(x.shape[1], int) or x.shape[1] % groups:
                 raise ShapeError(f"conv2d: input channels {x.shape[1]} are not divisible by groups={groups}",
@@ -236,7 +239,7 @@ class Conv2d(Layer):
         if a.get("bias", True):
             b = a.get("b")
             if b is None:
-                b = low.add_param(f"{prefix}.b", (channels,), "zeros", loc=e.loc)
+                b = low.add_param(f"{prefix}.b", (channels,), *bias_init(kind, W.shape), loc=e.loc)
             else:
                 _check_given_bias("conv2d", b, channels, e, f"channels={channels}")
             y = y + low.graph.apply("reshape", b, shape=(channels, 1, 1))

@@ -331,6 +331,7 @@ INIT_ALIASES = {
     "kaiming_normal": ("he_normal",), "kaiming_uniform": ("he_uniform",), "msra": ("he_normal",),
     "gaussian": ("normal",), "random_normal": ("normal",), "random_uniform": ("uniform",),
     "zero": ("zeros",), "one": ("ones",),
+    "pytorch": ("torch_uniform",), "torch": ("torch_uniform",), "torch_default": ("torch_uniform",),
 }
 
 
@@ -913,6 +914,11 @@ class _SpecBuilder:
             raise SpecError(f"{where}.{name}.init: orthogonal needs a parameter of rank 2 or more, "
                             f"got shape {shape}", decl.value_locs["init"],
                             "use it for weight matrices and kernels; a bias or scale takes zeros, ones or normal")
+        if init.kind == "torch_uniform" and len(shape) < 2 and not init.args.get("fan_in"):
+            raise SpecError(f"{where}.{name}.init: torch_uniform needs a parameter of rank 2 or more, or a fan_in, "
+                            f"got shape {shape}", decl.value_locs["init"],
+                            "a bias takes its weight's fan_in: init: {torch_uniform: {fan_in: 128}} "
+                            "(in_features, or in_channels / groups * kh * kw)")
         return ParamDecl(name, shape, init, loc, trainable=decl.get("trainable", True),
                          dtype=decl.get("dtype", "float32"), seed=decl.get("seed"), doc=decl.get("doc", ""))
 

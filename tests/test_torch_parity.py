@@ -215,3 +215,58 @@ ACTIVATIONS = [
 @pytest.mark.parametrize("op, attrs, fn", ACTIVATIONS, ids=[f"{o}-{a}" for o, a, _ in ACTIVATIONS])
 def test_activations_match_torch(op, attrs, fn):
     _check(op, [_ACT_X], attrs, fn)
+
+
+_TORCH_INIT_SPEC = """
+flowgrad: 1
+name: t
+dims: {D: 300, U: 200, C: 12, O: 40}
+inputs:
+  x: {shape: [N, D]}
+  img: {shape: [N, C, 8, 8]}
+params:
+  V: {shape: [U], init: {torch_uniform: {fan_in: 300}}}
+graph:
+  h: dense(x, U, init=torch_uniform)
+  c: conv2d(img, O, [3, 5], init=torch_uniform)
+  g: conv2d(img, O, 3, groups=4, init=torch_uniform)
+  k: dense(x, U)
+loss: mean(h * V) + mean(c) + mean(g) + mean(k)
+"""
+
+
+def _torch_init_state(seed=0):
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    return compile_spec(spec_from_text(_TORCH_INIT_SPEC, "t.yaml"), "float64").initial_state(seed)
+
+
+def test_torch_uniform_draws_dense_and_conv2d_weights_and_biases_as_torch_reset_parameters():
+    """init=torch_uniform gives dense's and conv2d's W and b PyTorch's default distributions: the same
+    bound as nn.Linear's / nn.Conv2d's reset_parameters (fan_in = in_features, in_channels / groups
+    * kh * kw), uniform inside it (std bound / sqrt(3)), as torch's own draws of the same layers;
+    seeded per parameter name as the other initialisers (the same seed, the same numbers)."""
+    state = _torch_init_state()
+    torch.manual_seed(0)
+    mods = {"h": torch.nn.Linear(300, 200), "c": torch.nn.Conv2d(12, 40, (3, 5)),
+            "g": torch.nn.Conv2d(12, 40, 3, groups=4)}
+    for name, mod in mods.items():
+        for ours, theirs in ((state[f"{name}.W"], mod.weight), (state[f"{name}.b"], mod.bias)):
+            theirs = theirs.detach().numpy().astype(np.float64)
+            fan_in = {"h": 300, "c": 12 * 3 * 5, "g": 3 * 3 * 3}[name]
+            bound = 1 / np.sqrt(fan_in)
+            for v in (ours, theirs):  # (within 6 standard errors of n draws)
+                n, std = v.size, bound / np.sqrt(3)
+                assert bound * (1 - 10 / n) < np.abs(v).max() <= bound, (name, v.shape)
+                assert abs(v.std() - std) < 6 * std * np.sqrt(0.2 / n), (name, v.shape)
+                assert abs(v.mean()) < 6 * std / np.sqrt(n), (name, v.shape)
+            assert ours.size == theirs.size, name
+    assert state["c.W"].shape == (40, 12, 3, 5) and state["g.W"].shape == (40, 3, 3, 3)
+    np.testing.assert_array_less(np.abs(state["V"]), 1 / np.sqrt(300))  # a bias under params: names fan_in
+    assert np.abs(state["V"]).max() > 0.9 / np.sqrt(300)
+    assert not state["k.b"].any()  # the other initialisers keep the zero bias
+    again = _torch_init_state()
+    for name in ("h.W", "h.b", "c.W", "c.b"):
+        np.testing.assert_array_equal(state[name], again[name])
+    assert not np.array_equal(state["h.W"], _torch_init_state(seed=1)["h.W"])
