@@ -64,6 +64,8 @@ def initial_value(kind: str, args: dict, shape, dtype: str, rng: np.random.Gener
 
         raise SpecError(f"unknown initialiser {kind!r}", loc,
                         init_hint(str(kind)) or f"choose from {', '.join(INIT_KINDS)}")
+    if args.get("zero_rows"):  # (a layer's: embedding's padding row; the other rows are drawn as without it)
+        v[list(args["zero_rows"])] = 0
     return np.asarray(v, dtype=dtype)
 
 

@@ -291,6 +291,9 @@ class Embedding(Layer):
         _refuse_init_with_weight("embedding", W, a, e)
         if W is None:
             kind, args_ = _init(a.get("init"), "normal", {"std": 1.0}, loc=e.kwarg_locs.get("init"))
+            pad = a.get("padding_idx")
+            if isinstance(pad, int) and not isinstance(pad, bool) and -vocab <= pad < vocab:
+                args_["zero_rows"] = [pad % vocab]  # the padding row starts at zeros, as nn.Embedding's
             W = low.add_param(f"{low.layer_name('embedding')}.W", (vocab, dim), kind, args_, loc=e.loc)
         else:
             _check_given_weight("embedding", W, (vocab, dim), e, f"vocab={vocab} and dim={dim}")

@@ -270,3 +270,24 @@ def test_torch_uniform_draws_dense_and_conv2d_weights_and_biases_as_torch_reset_
     for name in ("h.W", "h.b", "c.W", "c.b"):
         np.testing.assert_array_equal(state[name], again[name])
     assert not np.array_equal(state["h.W"], _torch_init_state(seed=1)["h.W"])
+
+
+@pytest.mark.parametrize("padding_idx", [0, 3, -1])
+def test_embedding_padding_row_starts_at_zeros_as_nn_embedding(padding_idx):
+    """embedding(ids, V, E, padding_idx=p) drew its padding row as the others, where nn.Embedding
+    starts it at zeros; now it starts at zeros, and every other row (and a table without
+    padding_idx) is drawn as before."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    def state(call):
+        text = ("flowgrad: 1\nname: t\ninputs:\n  ids: {shape: [N], dtype: int64}\n"
+                f"graph:\n  e: {call}\nloss: mean(e)\n")
+        return compile_spec(spec_from_text(text, "t.yaml"), "float64").initial_state(0)["e.W"]
+
+    padded, plain = state(f"embedding(ids, 6, 4, padding_idx={padding_idx})"), state("embedding(ids, 6, 4)")
+    want = torch.nn.Embedding(6, 4, padding_idx=padding_idx).weight.detach().numpy()
+    assert not padded[padding_idx].any() and not want[padding_idx].any()
+    rest = [i for i in range(6) if i != padding_idx % 6]
+    np.testing.assert_array_equal(padded[rest], plain[rest])
+    assert plain[padding_idx].all()
