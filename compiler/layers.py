@@ -9,6 +9,8 @@ so `h: rnn(embedding(x, V, E), H)` makes h.W (the table) and h.rnn2.* (README,
 """
 from __future__ import annotations
 
+import numpy as np
+
 from spec.errors import ShapeError, SpecError
 
 from .init import bias_init
@@ -304,16 +306,31 @@ class Embedding(Layer):
 class Norm(Layer):
     """batch_norm(x) / layer_norm(x): the shorthand when only x is given."""
 
-    keywords = ("eps", "momentum", "axis")
     positional = ("x",)
     required = ("x",)
 
     def __init__(self, name):
         self.name = name
-        self.usage = f"{name}(x, eps=1e-5" + (", momentum=0.1)" if name == "batch_norm" else ", axis=-1)")
+        # PyTorch's names: BatchNorm's affine=, LayerNorm's elementwise_affine=
+        self.affine = "affine" if name == "batch_norm" else "elementwise_affine"
+        self.keywords = ("eps", "momentum", "axis", self.affine)
+        self.usage = f"{name}(x, eps=1e-5" + (", momentum=0.1" if name == "batch_norm" else ", axis=-1") + \
+            f", {self.affine}=true)"
         self.doc = ("Normalises x [N, C, ...] per channel over the batch, making NAME.gamma, NAME.beta [C] and the "
                     "buffers NAME.running_mean, NAME.running_var" if name == "batch_norm" else
-                    "Normalises x over its axes from `axis` on, making NAME.gamma and NAME.beta shaped like them")
+                    "Normalises x over its axes from `axis` on, making NAME.gamma and NAME.beta shaped like them") + \
+            f"; {self.affine}=false makes no gamma and beta (scale 1, shift 0)"
+
+    def _scale_shift(self, low, e, affine, prefix, shape, dtype):
+        """NAME.gamma and NAME.beta, or with affine false the constants 1 and 0 in their place."""
+        if not isinstance(affine, bool):  # ("false" in quotes would read as true)
+            raise SpecError(f"{self.name}(): {self.affine} must be true or false, got {affine!r}",
+                            e.kwarg_locs.get(self.affine, e.loc), f"write {self.affine}=true or {self.affine}=false, without quotes")
+        if affine:
+            return (low.add_param(f"{prefix}.gamma", shape, "ones", loc=e.loc),
+                    low.add_param(f"{prefix}.beta", shape, "zeros", loc=e.loc))
+        g = low.graph
+        return tuple(g.cast(g.const(np.full(shape, v, dtype=g.float_dtype)), dtype) for v in (1.0, 0.0))
 
     def applies(self, args, kwargs):
         return len(args) == 1
@@ -321,14 +338,14 @@ class Norm(Layer):
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
         x = a.pop("x")
+        affine = a.pop(self.affine, True)
         prefix = low.layer_name(self.name)
         if self.name == "batch_norm":
             if x.rank < 2:
                 raise ShapeError(f"batch_norm() needs an input [N, C, ...], got {x.type}", e.loc,
                                  "give it [N, C] or [N, C, H, W]; it normalises each channel C over the batch")
             c = x.shape[1]
-            gamma = low.add_param(f"{prefix}.gamma", (c,), "ones", loc=e.loc)
-            beta = low.add_param(f"{prefix}.beta", (c,), "zeros", loc=e.loc)
+            gamma, beta = self._scale_shift(low, e, affine, prefix, (c,), x.dtype)
             mean = low.add_param(f"{prefix}.running_mean", (c,), "zeros", loc=e.loc, kind="buffer")
             var = low.add_param(f"{prefix}.running_var", (c,), "ones", loc=e.loc, kind="buffer")
             return _at_argument(e, lambda: low.graph.apply("batch_norm", x, gamma, beta, mean, var, **a))
@@ -344,8 +361,7 @@ class Norm(Layer):
         if not all(isinstance(d, int) for d in shape):
             raise ShapeError(f"layer_norm() normalises axes {first}.. of {x.type}, which must be fixed sizes", e.loc,
                              "gamma and beta are shaped like those axes: leave the batch axis out")
-        gamma = low.add_param(f"{prefix}.gamma", shape, "ones", loc=e.loc)
-        beta = low.add_param(f"{prefix}.beta", shape, "zeros", loc=e.loc)
+        gamma, beta = self._scale_shift(low, e, affine, prefix, shape, x.dtype)
         return _at_argument(e, lambda: low.graph.apply("layer_norm", x, gamma, beta, **a))
 
 

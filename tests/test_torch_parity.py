@@ -291,3 +291,39 @@ def test_embedding_padding_row_starts_at_zeros_as_nn_embedding(padding_idx):
     rest = [i for i in range(6) if i != padding_idx % 6]
     np.testing.assert_array_equal(padded[rest], plain[rest])
     assert plain[padding_idx].all()
+
+
+def test_batch_norm_and_layer_norm_layers_without_affine_match_torch():
+    """batch_norm(x, affine=false) and layer_norm(x, elementwise_affine=false) were told 'no argument';
+    now they make no gamma and beta, as nn.BatchNorm2d(affine=False) and
+    nn.LayerNorm(elementwise_affine=False): the loss, its gradient and the running averages match."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    text = """flowgrad: 1
+name: t
+inputs:
+  x: {shape: [N, 3, 4, 5]}
+params:
+  s: {shape: [3, 1, 1], init: {normal: {mean: 1.0, std: 0.3}}}
+graph:
+  b: batch_norm(x * s, affine=false, momentum=0.2)
+  l: layer_norm(b, axis=-2, elementwise_affine=false)
+loss: mean(l * l * l)
+"""
+    cm = compile_spec(spec_from_text(text, "t.yaml"), "float64", graphs=("grads",))
+    assert set(cm.params) == {"s", "b.running_mean", "b.running_var"}
+    state = cm.initial_state(0)
+    x = np.random.default_rng(8).normal(size=(2, 3, 4, 5)) * 2 + 1
+    got = Runner(cm.graphs["grads"].model)({"x": x, **{k: state[k] for k in cm.params}})
+
+    s = torch.tensor(state["s"], requires_grad=True)
+    bn, ln = torch.nn.BatchNorm2d(3, affine=False, momentum=0.2).double(), \
+        torch.nn.LayerNorm((4, 5), elementwise_affine=False).double()
+    assert not list(bn.parameters()) and not list(ln.parameters())
+    loss = (ln(bn(torch.tensor(x) * s)) ** 3).mean()
+    loss.backward()
+    np.testing.assert_allclose(got["loss"], loss.item(), rtol=1e-9)
+    np.testing.assert_allclose(got["grad/s"], s.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["next/b.running_mean"], bn.running_mean.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(got["next/b.running_var"], bn.running_var.numpy(), rtol=1e-9)
