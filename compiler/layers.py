@@ -111,6 +111,16 @@ class Layer:
     def activate(self, low, y, act, e):
         if act is None:
             return y
+        from spec import model as S
+
+        if isinstance(act, S.Call):  # act=gelu(approximate='tanh'): an op of one tensor with its options
+            from .registry import all_ops
+
+            op = all_ops()[act.func]
+            if op.variadic or len(op.inputs) != 1:
+                raise SpecError(f"act= applies an op of one tensor, and {act.func} takes {len(op.inputs) or 'several'}",
+                                e.kwarg_locs.get("act", e.loc), "apply it to this layer's output instead")
+            return low.apply_op(op, act, [y], low._eval_kwargs(act))
         if not isinstance(act, str):
             raise SpecError(f"act must name an op such as relu, got {act!r}", e.kwarg_locs.get("act", e.loc),
                             "write the op's name without quotes, e.g. act=relu or act=tanh; `flowgrad ops` lists them")

@@ -716,6 +716,11 @@ class Lowering:
         for k, v in e.kwargs.items():
             if isinstance(v, S.Name) and self._is_word(v.id):
                 kwargs[k] = v.id  # act=relu, init=he_normal, merge=sum: words, not values
+            elif k == "act" and isinstance(v, S.Call) and not v.args and e.func in ("dense", "conv2d") \
+                    and v.func in all_ops() and v.func not in self.spec.blocks:
+                # act=gelu(approximate='tanh'): the op with its options, applied by the layer to its
+                # output (it was evaluated as a call, 'gelu() is missing the argument(s) x')
+                kwargs[k] = v
             else:
                 kwargs[k] = self.eval(v)
         return kwargs

@@ -444,6 +444,42 @@ loss: mean(c)
 """
 
 
+@pytest.mark.parametrize("layer, applied", [
+    ("dense(img[:, 0, 0, :], 3, act=gelu(approximate='tanh'))", "gelu(dense(img[:, 0, 0, :], 3), approximate='tanh')"),
+    ("dense(img[:, 0, 0, :], 3, act=elu(alpha=0.7))", "elu(dense(img[:, 0, 0, :], 3), alpha=0.7)"),
+    ("conv2d(img, 2, 3, act=softplus(beta=2, threshold=1))", "softplus(conv2d(img, 2, 3), beta=2, threshold=1)"),
+    ("conv2d(img, CW, act=hardtanh(min_val=-0.1, max_val=0.2))", "hardtanh(conv2d(img, CW), min_val=-0.1, max_val=0.2)"),
+    ("dense(img[:, 0, 0, :], 3, act=leaky_relu(alpha=0.3))", "leaky_relu(dense(img[:, 0, 0, :], 3), alpha=0.3)"),
+])
+def test_act_takes_an_op_with_its_options(layer, applied):
+    """The README lists act='s ops with their options (leaky_relu(alpha), softplus(beta, threshold),
+    gelu with approximate='tanh'), but act=gelu(approximate='tanh') was evaluated as a call of gelu on
+    nothing: 'gelu() is missing the argument(s) x'. It applies the op with those options to the output."""
+    from compiler.check import Runner
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    x = np.random.default_rng(0).normal(size=(2, 1, 6, 6)).astype(np.float32)
+    outs = []
+    for call in (layer, applied):
+        cm = compile_spec(spec_from_text(LAYER_SPEC.replace("loss:", "outputs: {o: out}\nloss:") % call, "l.yaml"),
+                          graphs=("infer",))
+        state = cm.initial_state(0)
+        graph = cm.graphs["infer"]
+        feeds = {i.name: (x if i.name == "img" else state[i.name]) for i in graph.model.graph.input}
+        outs.append(Runner(graph.model)(feeds)["o"])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-7)
+    assert np.abs(outs[0]).max() > 0
+
+
+def test_act_of_an_op_of_several_tensors_is_refused():
+    from compiler.training import check_spec
+    from spec import spec_from_text
+
+    with pytest.raises(FlowgradError, match="act= applies an op of one tensor"):
+        check_spec(spec_from_text(LAYER_SPEC % "dense(img[:, 0, 0, :], 3, act=maximum(b=2))", "l.yaml"))
+
+
 @pytest.mark.parametrize("expr, arg, message", [
     ("conv2d(x, 8, 3, stride=0)", "stride=0", "conv2d: stride must be a positive integer or a pair of them, got 0"),
     ("conv2d(x, 8, 3, padding=-1)", "padding=-1", "conv2d: padding must be a whole number of 0 or more"),
