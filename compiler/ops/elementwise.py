@@ -999,11 +999,12 @@ class Gelu(Unary):
             cdf = 0.5 + 0.5 * gr.apply("erf", x * float(1.0 / np.sqrt(2.0)))
             pdf = gr.apply("exp", x * x * -0.5) * float(1.0 / np.sqrt(2.0 * np.pi))
             return [g * (cdf + x * pdf)]
-        # 0.5 (1 + t) + 0.5 x (1 - t ** 2) K (1 + 3 C x ** 2), t = tanh(K (x + C x ** 3)). 1 - t ** 2 is 0
-        # from |x| = 10 on (in float64 too); the polynomial reads x clipped there, so that a float16 x ** 2,
-        # inf from |x| = 256 on, does not make 0 * inf = nan.
-        t = gr.apply("tanh", (x + x * x * x * _GELU_TANH_C) * _GELU_TANH_K)
+        # 0.5 (1 + t) + 0.5 x (1 - t ** 2) K (1 + 3 C x ** 2), t = tanh(K (x + C x ** 3)). t is +-1 and
+        # 1 - t ** 2 is 0 from |x| = 10 on (in float64 too); t and the polynomial read x clipped there, so
+        # that a float16 x ** 2, inf from |x| = 256 on, does not make 0 * inf = nan, here or in the
+        # gradient of this gradient (t's own, 1 - t ** 2 = 0 times x ** 2).
         xc = gr.apply("minimum", gr.apply("maximum", x, gr.lift(-10.0, like=x)), gr.lift(10.0, like=x))
+        t = gr.apply("tanh", (xc + xc * xc * xc * _GELU_TANH_C) * _GELU_TANH_K)
         slope = (xc * xc * (3.0 * _GELU_TANH_C) + 1.0) * _GELU_TANH_K
         return [g * (0.5 + 0.5 * t + x * 0.5 * (1.0 - t * t) * slope)]
 
