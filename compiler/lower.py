@@ -716,10 +716,19 @@ class Lowering:
         for k, v in e.kwargs.items():
             if isinstance(v, S.Name) and self._is_word(v.id):
                 kwargs[k] = v.id  # act=relu, init=he_normal, merge=sum: words, not values
-            elif k == "act" and isinstance(v, S.Call) and not v.args and e.func in ("dense", "conv2d") \
+            elif k == "act" and isinstance(v, S.Call) and e.func in ("dense", "conv2d") \
                     and v.func in all_ops() and v.func not in self.spec.blocks:
                 # act=gelu(approximate='tanh'): the op with its options, applied by the layer to its
                 # output (it was evaluated as a call, 'gelu() is missing the argument(s) x')
+                if v.args:  # act=hardtanh(0.0, 6.0) read 0.0 as x ('max_val must be above min_val, got
+                    # min_val=6.0, max_val=1.0'), act=elu(0.5) said 'act must name an op, got <elu#5 float32[]>'
+                    op = all_ops()[v.func]
+                    names = [a for a in op.attrs if a not in getattr(op, "internal_attrs", ())]
+                    opts = ", ".join(f"{n}={unparse(a)}" for n, a in zip(names, v.args)) \
+                        if 0 < len(v.args) <= len(names) else "..."
+                    raise SpecError(f"act={v.func}(...) applies {v.func} to this layer's output, and takes its "
+                                    f"options by name, got {len(v.args)} positional", v.args[0].loc or v.loc,
+                                    f"write act={v.func}({opts})" if names else f"write act={v.func}")
                 kwargs[k] = v
             else:
                 kwargs[k] = self.eval(v)

@@ -480,6 +480,25 @@ def test_act_of_an_op_of_several_tensors_is_refused():
         check_spec(spec_from_text(LAYER_SPEC % "dense(img[:, 0, 0, :], 3, act=maximum(b=2))", "l.yaml"))
 
 
+@pytest.mark.parametrize("act, hint", [
+    ("hardtanh(0.0, 6.0)", "write act=hardtanh(min_val=0.0, max_val=6.0)"),
+    ("elu(0.5)", "write act=elu(alpha=0.5)"),
+    ("relu(img)", "write act=relu"),
+])
+def test_act_of_an_op_with_positional_options_names_them(act, hint):
+    """README lists act='s ops as hardtanh(min_val, max_val), elu(alpha), and nn.Hardtanh(0.0, 6.0)
+    takes them in order, but act=hardtanh(0.0, 6.0) read 0.0 as x ('max_val must be above
+    min_val, got min_val=6.0, max_val=1.0') and act=elu(0.5) said 'act must name an op such as
+    relu, got <elu#5 float32[]>'. Each is told to name the options, at the first of them."""
+    from compiler.training import check_spec
+    from spec import spec_from_text
+
+    with pytest.raises(FlowgradError, match="takes its options by name") as err:
+        check_spec(spec_from_text(LAYER_SPEC % f"dense(img[:, 0, 0, :], 3, act={act})", "l.yaml"))
+    assert err.value.hint == hint
+    assert (err.value.loc.line, err.value.loc.col) == (10, 38 + len(act.split("(")[0]) + 1)  # (its first option)
+
+
 @pytest.mark.parametrize("expr, arg, message", [
     ("conv2d(x, 8, 3, stride=0)", "stride=0", "conv2d: stride must be a positive integer or a pair of them, got 0"),
     ("conv2d(x, 8, 3, padding=-1)", "padding=-1", "conv2d: padding must be a whole number of 0 or more"),
