@@ -118,7 +118,8 @@ class Layer:
 
             op = all_ops()[act.func]
             if op.variadic or len(op.inputs) != 1:
-                raise SpecError(f"act= applies an op of one tensor, and {act.func} takes {len(op.inputs) or 'several'}",
+                n = "several" if op.variadic else len(op.inputs) or "none"  # (fill said 'takes 1', constant 'several')
+                raise SpecError(f"act= applies an op of one tensor, and {act.func} takes {n}",
                                 e.kwarg_locs.get("act", e.loc), "apply it to this layer's output instead")
             return low.apply_op(op, act, [y], low._eval_kwargs(act))
         if not isinstance(act, str):

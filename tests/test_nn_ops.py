@@ -472,12 +472,14 @@ def test_act_takes_an_op_with_its_options(layer, applied):
     assert np.abs(outs[0]).max() > 0
 
 
-def test_act_of_an_op_of_several_tensors_is_refused():
+@pytest.mark.parametrize("act, takes", [("maximum(b=2)", "2"), ("fill(dims=[3])", "several"), ("constant(value=1.0)", "none")])
+def test_act_of_an_op_of_several_tensors_is_refused(act, takes):
+    """(fill, of any number of tensors, was said to take 1, and constant, of none, several)"""
     from compiler.training import check_spec
     from spec import spec_from_text
 
-    with pytest.raises(FlowgradError, match="act= applies an op of one tensor"):
-        check_spec(spec_from_text(LAYER_SPEC % "dense(img[:, 0, 0, :], 3, act=maximum(b=2))", "l.yaml"))
+    with pytest.raises(FlowgradError, match=f"act= applies an op of one tensor, and [a-z]+ takes {takes}\n"):
+        check_spec(spec_from_text(LAYER_SPEC % f"dense(img[:, 0, 0, :], 3, act={act})", "l.yaml"))
 
 
 @pytest.mark.parametrize("act, hint", [
