@@ -339,6 +339,24 @@ def test_activations_stay_finite_far_out_in_float16_and_float32(name, attrs, dty
         np.testing.assert_allclose(got[dtype][k], got["float64"][k], rtol=tol, atol=tol, err_msg=k)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_softplus_of_a_large_beta_stays_x_at_the_types_largest_values(dtype):
+    """softplus(x, beta=2) divided relu(beta x) by beta, and beta x overflowed to inf near the type's
+    largest values (x = 60000 in float16, 3e38 in float32), where the value is x and the gradient 1."""
+    top = float(np.finfo(dtype).max)
+    x = np.array([-top, -top / 3, -1.0, 0.0, 1.0, top / 3, top], dtype=dtype)
+    g = Graph(float_dtype=dtype)
+    v = g.add_input("x", dtype, x.shape)
+    y = g.apply("softplus", v, beta=2.0)
+    (gv,) = grad([g.apply("sum", y)], [v])
+    for run in (Runner, reference_run):
+        model = emit_model(g, [("x", v)], [("y", y), ("g", gv)])
+        got = run(model)({"x": x}) if run is Runner else run(model, {"x": x})
+        far = np.abs(x) > 1
+        np.testing.assert_array_equal(got["y"][far], np.maximum(x, 0)[far])
+        np.testing.assert_array_equal(got["g"][far], (x > 0)[far].astype(dtype))
+
+
 @pytest.mark.parametrize("name, attrs", [a for a in NARROW_ACTIVATIONS if a[0] != "hardtanh"],
                          ids=[f"{n}-{a}" for n, a in NARROW_ACTIVATIONS if n != "hardtanh"])
 def test_activations_gradient_of_gradient_stays_finite_far_out_in_float16(name, attrs):

@@ -901,10 +901,10 @@ class Softplus(Unary):
         u = e.add("Exp", [e.add("Neg", [e.add("Abs", [z])])])
         w = e.add("Add", [u, one])
         rounding = e.add("Div", [e.add("Sub", [e.add("Sub", [w, one]), u]), w])
-        last = beta == 1 and threshold is None
-        y = e.add("Add", [e.add("Relu", [z]), e.add("Sub", [e.add("Log", [w]), rounding])], outs if last else 1)
-        if beta != 1:
-            y = e.add("Div", [y, e.const(np.asarray(beta, dtype=dtype))], outs if threshold is None else 1)
+        soft = e.add("Sub", [e.add("Log", [w]), rounding])  # log1p(u)
+        if beta != 1:  # max(x, 0) + log1p(u) / beta: max(z, 0) / beta overflowed where beta x does (beta > 1)
+            soft = e.add("Div", [soft, e.const(np.asarray(beta, dtype=dtype))])
+        y = e.add("Add", [e.add("Relu", [x]), soft], outs if threshold is None else 1)
         if threshold is not None:
             e.add("Where", [e.add("Greater", [z, e.const(np.asarray(threshold, dtype=dtype))]), x, y], outs)
 
