@@ -472,6 +472,8 @@ def train(
         if ws["kept"]:
             kept = ", ".join(f"{name} ({why})" for name, why in ws["kept"].items())
             err.print(f"  kept their initial values: {escape(kept)}", soft_wrap=True)
+        if ws.get("unused"):  # (a run.json of an earlier flowgrad has none)
+            err.print(f"  left unused, this spec has none of: {escape(', '.join(ws['unused']))}", soft_wrap=True)
     err.print(f"run written to {escape(result.run_dir)}", soft_wrap=True)
     err.print(f"  plot the curves: flowgrad plot curves {_shell(result.run_dir)} -o "
               f"{_shell(os.path.join(result.run_dir, 'curves.png'))}", soft_wrap=True)

@@ -1513,7 +1513,11 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int, names: ArgNames) -> 
     if not taken:
         raise DataError(f"{names.given(init_from=run_dir)}: no parameter matches this spec by name and shape",
                         hint=f"give {names('init_from')} a run of a spec with the same parameter names and shapes")
-    return state, {"from": os.path.abspath(run_dir), "taken": taken, "kept": kept}
+    # that run's parameters this spec has none of (a layer removed, or made without them, as
+    # batch_norm(affine=false)'s gamma and beta): their trained values are left behind, said so
+    # (the optimizer's and loss scaling's state, "kind/name", is not a parameter)
+    unused = [k for k in source if k not in cm.params and "/" not in k]
+    return state, {"from": os.path.abspath(run_dir), "taken": taken, "kept": kept, "unused": unused}
 
 
 def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, resumed, warm_start=None):

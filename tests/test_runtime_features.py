@@ -152,7 +152,7 @@ def test_warm_start_reports_the_parameters_it_left_at_their_initial_values(tmp_p
     result = train(_spec(changed, tmp_path, "changed.yaml"), run_dir=str(tmp_path / "b"), data=data, epochs=1,
                    threads=1, device="cpu", init_from=str(tmp_path / "a"))
     want = {"from": str(tmp_path / "a"), "taken": ["W1"],
-            "kept": {"w2": "shape [8] there, [8, 1] here", "b": "not in that run"}}
+            "kept": {"w2": "shape [8] there, [8, 1] here", "b": "not in that run"}, "unused": []}
     assert result.warm_start == want
     assert result.to_json()["init_from"] == want
     with open(tmp_path / "b" / "run.json") as f:
@@ -167,6 +167,16 @@ def test_warm_start_reports_the_parameters_it_left_at_their_initial_values(tmp_p
     assert cli.returncode == 0, cli.stderr
     assert "warm-started 1 parameter from" in cli.stderr
     assert "w2 (shape [8] there, [8, 1] here), b (not in that run)" in " ".join(cli.stderr.split())
+    # the other way: that run's b, which this spec has none of, is left behind, and said so (as a
+    # batch_norm(affine=false) leaves a run's gamma and beta); optimizer state is not a parameter
+    back = train(_spec(REGRESSION, tmp_path), run_dir=str(tmp_path / "d"), data=data, epochs=1, threads=1,
+                 device="cpu", init_from=str(tmp_path / "b"))
+    assert back.warm_start["unused"] == ["b"] and back.warm_start["kept"] == {"w2": "shape [8, 1] there, [8] here"}
+    cli = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", str(tmp_path / "spec.yaml"), "--data",
+                          data, "--epochs", "1", "--threads", "1", "--device", "cpu", "--quiet", "--run-dir",
+                          str(tmp_path / "e"), "--init-from", str(tmp_path / "b")], capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 0, cli.stderr
+    assert "left unused, this spec has none of: b" in " ".join(cli.stderr.split())
 
 
 def test_accumulated_gradients_equal_one_larger_batch(tmp_path, data):
