@@ -56,7 +56,8 @@ def initial_value(kind: str, args: dict, shape, dtype: str, rng: np.random.Gener
         v = rng.normal(0.0, np.sqrt(2.0 / fan_in) * float(args.get("gain", 1.0)), shape)
     elif kind == "torch_uniform":
         a = 1.0 / np.sqrt(float(args.get("fan_in") or _torch_fan_in(shape, loc)))
-        v = rng.uniform(-a, a, shape)
+        # (a layer's `summed`: one bias standing for torch's b_ih + b_hh, the sum of that many draws)
+        v = sum(rng.uniform(-a, a, shape) for _ in range(int(args.get("summed", 1))))
     elif kind == "orthogonal":
         v = _orthogonal(shape, rng) * float(args.get("gain", 1.0))
     else:
@@ -69,12 +70,15 @@ def initial_value(kind: str, args: dict, shape, dtype: str, rng: np.random.Gener
     return np.asarray(v, dtype=dtype)
 
 
-def bias_init(weight_kind: str, weight_shape) -> tuple[str, dict]:
+def bias_init(weight_kind: str, weight_shape, fan_in: int | None = None, summed: int = 1) -> tuple[str, dict]:
     """The initialiser of the bias a layer makes beside its weight, by the weight's: zeros (Keras's
     default), but torch_uniform draws the bias from the weight's bound, as nn.Linear's and nn.Conv2d's
-    reset_parameters do (fan_in of the weight: in_features, or in_channels / groups * kh * kw)."""
+    reset_parameters do (fan_in of the weight: in_features, or in_channels / groups * kh * kw), or
+    from the `fan_in` a layer names: a recurrent cell's hidden_size, as nn.RNN/LSTM/GRU's
+    reset_parameters draw every weight and bias from U(+-1/sqrt(hidden_size)). `summed` 2: a bias that
+    stands for two of torch's (an LSTM's or RNN's one b for b_ih + b_hh) draws as their sum."""
     if weight_kind == "torch_uniform":
-        return "torch_uniform", {"fan_in": fans(weight_shape)[0]}
+        return "torch_uniform", {"fan_in": fan_in or fans(weight_shape)[0], **({"summed": summed} if summed > 1 else {})}
     return "zeros", {}
 
 

@@ -800,7 +800,8 @@ def _block_outputs(body_low, block, n_states: int, carry_in: list) -> tuple[list
 
 
 # -------------------------------------------------------------------- ready-made cells
-from .layers import LAYERS, Layer, _arg_loc, _int_arg  # noqa: E402
+from .init import bias_init  # noqa: E402
+from .layers import LAYERS, Layer, _arg_loc, _init, _int_arg  # noqa: E402
 
 
 def _lstm_step(bg, xw, carries, U, bias_u, H, ln, extra):
@@ -852,13 +853,22 @@ CELLS = {  # name: (gates, states, step)
 }
 
 
-def cell_params(low, e, cell: str, E: int, H: int, prefix: str, layer_norm: bool):
-    """A cell's parameters (input W, recurrent U, bias b, GRU's hidden bias bu, layer-norm pairs)."""
+def cell_params(low, e, cell: str, E: int, H: int, prefix: str, layer_norm: bool, weight_init=None):
+    """A cell's parameters (input W, recurrent U, bias b, GRU's hidden bias bu, layer-norm pairs).
+    W and U start from glorot_uniform and orthogonal, or both from `weight_init` (the call's
+    weight_init=); the biases from bias_init's rule: zeros, but under torch_uniform every weight and
+    bias draws from U(+-1/sqrt(H)), as nn.RNN/LSTM/GRU's reset_parameters (fan_in = hidden_size): GRU's
+    b and bu are torch's b_ih and b_hh; an LSTM's or RNN's one b is their sum (b_ih + b_hh)."""
     gates = CELLS[cell][0]
-    W = low.add_param(f"{prefix}.W", (E, gates * H), "glorot_uniform", loc=e.loc)
-    U = low.add_param(f"{prefix}.U", (H, gates * H), "orthogonal", loc=e.loc)
-    b = low.add_param(f"{prefix}.b", (gates * H,), "zeros", loc=e.loc)
-    bu = low.add_param(f"{prefix}.bu", (gates * H,), "zeros", loc=e.loc) if cell == "gru" else None
+    if weight_init is None:
+        w_init, u_init, kind = ("glorot_uniform", {}), ("orthogonal", {}), None
+    else:
+        kind, _ = _init(weight_init, "", loc=e.kwarg_locs.get("weight_init", e.loc))
+        w_init = u_init = (kind, {"fan_in": H} if kind == "torch_uniform" else {})
+    W = low.add_param(f"{prefix}.W", (E, gates * H), *w_init, loc=e.loc)
+    U = low.add_param(f"{prefix}.U", (H, gates * H), *u_init, loc=e.loc)
+    b = low.add_param(f"{prefix}.b", (gates * H,), *bias_init(kind, U.shape, H, 1 if cell == "gru" else 2), loc=e.loc)
+    bu = low.add_param(f"{prefix}.bu", (gates * H,), *bias_init(kind, U.shape, H), loc=e.loc) if cell == "gru" else None
     if not layer_norm:
         return W, U, b, bu, None
     n_ln = 1 if cell == "rnn" else 2  # rnn normalizes only its pre-activation
@@ -870,7 +880,7 @@ def cell_params(low, e, cell: str, E: int, H: int, prefix: str, layer_norm: bool
 
 def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=False, mask=None, init=None,
                     truncate=None, layer_norm=False, act="tanh", linear_before_reset=True, unroll=False,
-                    stateful=False):
+                    stateful=False, weight_init=None):
     """One recurrent layer over x [N, T, E]; returns (hs [N, T, H], final states)."""
     g = low.graph
     gates, n_states, step = CELLS[cell]
@@ -878,7 +888,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
         raise ShapeError(f"{cell}() needs an input [N, T, features], got {x.type}", e.loc,
                          hint="a sequence layer reads [N, T, features]; a one-step cell reads [N, features]")
     E = x.shape[2]
-    W, U, b, bu, ln_params = cell_params(low, e, cell, E, H, prefix, layer_norm)
+    W, U, b, bu, ln_params = cell_params(low, e, cell, E, H, prefix, layer_norm, weight_init)
     carried = decoding_states(low, x.shape[1])
     key = getattr(low, "state_prefix", "") + prefix
     if carried is not None and key in carried:
@@ -941,7 +951,7 @@ def recurrent_layer(low, e, cell: str, x: Value, H: int, prefix: str, reverse=Fa
 class Recurrent(Layer):
     keywords = ("layers", "reverse", "mask", "lengths", "init", "truncate", "layer_norm", "return_state", "act", "unroll",
                 "stateful",
-                "linear_before_reset", "dropout")
+                "linear_before_reset", "dropout", "weight_init")
     positional = ("x", "units")
     required = ("x", "units")
 
@@ -951,7 +961,9 @@ class Recurrent(Layer):
                       f"init=[{'h0, c0' if cell == 'lstm' else 'h0'}] (each [N, units], or [layers, N, units]), "
                       "truncate=K, layer_norm=false, return_state=false | true (the top layer's final states) "
                       "| all (every layer's, [layers, N, units]), "
-                      "dropout=0 (between layers), stateful=false, unroll=false"
+                      "dropout=0 (between layers), stateful=false, unroll=false, "
+                      "weight_init=glorot_uniform (W; U orthogonal; torch_uniform: W, U and biases as nn."
+                      + {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[cell] + ")"
                       + {"rnn": ", act=tanh", "gru": ", linear_before_reset=true", "lstm": ""}[cell] + ")")
         self.doc = (f"{'An LSTM' if cell == 'lstm' else 'A GRU' if cell == 'gru' else 'An RNN'} over x [N, T, E]: the "
                     f"hidden states [N, T, units] (a scan with a symbolic backward loop), making NAME.W, NAME.U, "
@@ -979,7 +991,8 @@ class Recurrent(Layer):
                                       init=inits[layer], truncate=a.get("truncate"),
                                       layer_norm=bool(a.get("layer_norm", False)), act=a.get("act", "tanh"),
                                       linear_before_reset=bool(a.get("linear_before_reset", True)),
-                                      unroll=bool(a.get("unroll", False)), stateful=bool(a.get("stateful", False)))
+                                      unroll=bool(a.get("unroll", False)), stateful=bool(a.get("stateful", False)),
+                                      weight_init=a.get("weight_init"))
             finals.append(fin)
         if a.get("return_state") == "all":  # every layer's final states, stacked [K, N, H] as init= takes them
             return (hs, *_stacked_finals(low.graph, finals))
@@ -1081,6 +1094,12 @@ def _check_init(a: dict, e, cell: str, x: Value, H: int, n_layers: int = 1, dire
     if init is None:
         return None
     names = ("h0", "c0")[:CELLS[cell][1]]
+    from .init import INITS
+
+    if isinstance(init, str) and init in INITS:  # dense's and conv2d's init= is their weights' initialiser
+        raise SpecError(f"init= of a{'n' if cell[0] in 'lr' else ''} {cell} gives its initial states "
+                        f"[{', '.join(names)}], not an initialiser ({init})", e.kwarg_locs.get("init", e.loc),
+                        f"write weight_init={init} for the weights' initialiser")
     slices = n_layers * directions
     bi = directions > 1
     what = f"bidirectional {cell}" if bi else cell
@@ -1170,7 +1189,8 @@ class Bidirectional(Layer):
              "direction at 2k, its reverse at 2k + 1), return_state=false | true (the top layer's final "
              "states, its directions concatenated [N, 2 * units]) | all (every layer's and direction's, "
              "[2 * layers, N, units]), truncate=K, layer_norm=false, unroll=false, act=tanh (rnn), "
-             "linear_before_reset=true (gru))")
+             "linear_before_reset=true (gru), weight_init=glorot_uniform (W; U orthogonal; torch_uniform: "
+             "W, U and biases as nn.LSTM/GRU/RNN(bidirectional=True)))")
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
@@ -1208,7 +1228,7 @@ class Bidirectional(Layer):
                                           init=inits[2 * layer + d], truncate=a.get("truncate"),
                                           layer_norm=bool(a.get("layer_norm", False)), act=a.get("act", "tanh"),
                                           linear_before_reset=bool(a.get("linear_before_reset", True)),
-                                          unroll=bool(a.get("unroll", False)))
+                                          unroll=bool(a.get("unroll", False)), weight_init=a.get("weight_init"))
                 outs.append(hs)
                 finals.append(fin)
             merged = outs[0] + outs[1] if merge == "sum" else low.graph.apply("concat", outs[0], outs[1], axis=-1)
@@ -1229,7 +1249,7 @@ LAYERS["bidirectional"] = Bidirectional()
 class Cell(Layer):
     """rnn_cell(x, h) / gru_cell(x, h) / lstm_cell(x, h, c): one step, for blocks; returns the new state(s)."""
 
-    keywords = ("layer_norm", "act", "linear_before_reset")
+    keywords = ("layer_norm", "act", "linear_before_reset", "weight_init")
 
     def __init__(self, cell):
         self.cell = cell
@@ -1240,7 +1260,9 @@ class Cell(Layer):
         self.doc = ("One step of the cell, for a scan's block: the new state(s), making NAME.W, NAME.U, NAME.b"
                     + (", NAME.bu." if cell == "gru" else "."))
         self.usage = f"{self.name}({', '.join(self.positional)}, layer_norm=false" + \
-            {"rnn": ", act=tanh)", "gru": ", linear_before_reset=true)", "lstm": ")"}[cell]
+            {"rnn": ", act=tanh", "gru": ", linear_before_reset=true", "lstm": ""}[cell] + \
+            ", weight_init=glorot_uniform (W; U orthogonal; torch_uniform: W, U and biases as nn." + \
+            {"rnn": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}[cell] + "))"
 
     def __call__(self, low, e, args, kwargs):
         a = self.bind(e, args, kwargs)
@@ -1260,7 +1282,8 @@ class Cell(Layer):
                 raise ShapeError(f"{self.name}() needs its states of one shape: {k} is {v.type}, h is {states[0].type}",
                                  e.loc, "give the cell and hidden states with the same batch and width")
         prefix = low.layer_name(self.name)
-        W, U, b, bu, ln = cell_params(low, e, self.cell, x.shape[-1], H, prefix, bool(a.get("layer_norm")))
+        W, U, b, bu, ln = cell_params(low, e, self.cell, x.shape[-1], H, prefix, bool(a.get("layer_norm")),
+                                    a.get("weight_init"))
         extra = {"lstm": None, "gru": bool(a.get("linear_before_reset", True)), "rnn": a.get("act", "tanh")}[self.cell]
         new = step(low.graph, x @ W + b, states, U, bu, H, ln, extra)
         return tuple(new) if len(new) > 1 else new[0]

@@ -272,6 +272,67 @@ def test_torch_uniform_draws_dense_and_conv2d_weights_and_biases_as_torch_reset_
     assert not np.array_equal(state["h.W"], _torch_init_state(seed=1)["h.W"])
 
 
+_TORCH_RECURRENT_INIT_SPEC = """
+flowgrad: 1
+name: t
+inputs:
+  x: {shape: [N, 5, 20]}
+graph:
+  l: lstm(x, 64, weight_init=torch_uniform)
+  g: bidirectional(gru, x, 48, weight_init=torch_uniform)
+  r: rnn(x, 32, layers=2, weight_init=torch_uniform)
+  k: lstm(x, 16)
+loss: mean(l) + mean(g) + mean(r) + mean(k)
+"""
+
+
+def test_torch_uniform_draws_recurrent_weights_and_biases_as_torch_reset_parameters():
+    """weight_init=torch_uniform gives lstm's, gru's (bidirectional too) and rnn's W, U and biases
+    nn.LSTM's / nn.GRU's / nn.RNN's reset_parameters distribution, U(+-1/sqrt(hidden_size)), as torch's
+    own draws of the same layers (within a few standard errors): GRU's b and bu are b_ih and b_hh, an
+    LSTM's or RNN's one b is b_ih + b_hh. The default (glorot_uniform W, orthogonal U, zero biases)
+    is unchanged; init=torch_uniform (the initial states' keyword) is refused with the hint."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    def state(seed=0):
+        return compile_spec(spec_from_text(_TORCH_RECURRENT_INIT_SPEC, "t.yaml"), "float64").initial_state(seed)
+
+    st = state()
+    torch.manual_seed(0)
+    lstm, gru, rnn = torch.nn.LSTM(20, 64), torch.nn.GRU(20, 48, bidirectional=True), torch.nn.RNN(20, 32, num_layers=2)
+    t = lambda p: p.detach().numpy().astype(np.float64)  # noqa: E731
+    pairs = [  # (ours, torch's, hidden_size, summed draws)
+        (st["l.W"], t(lstm.weight_ih_l0), 64, 1), (st["l.U"], t(lstm.weight_hh_l0), 64, 1),
+        (st["l.b"], t(lstm.bias_ih_l0 + lstm.bias_hh_l0), 64, 2),
+        (st["r.l2.W"], t(rnn.weight_ih_l1), 32, 1), (st["r.l2.b"], t(rnn.bias_ih_l1 + rnn.bias_hh_l1), 32, 2)]
+    for d, sfx in (("fw", ""), ("bw", "_reverse")):
+        pairs += [(st[f"g.{d}.W"], t(getattr(gru, "weight_ih_l0" + sfx)), 48, 1),
+                  (st[f"g.{d}.U"], t(getattr(gru, "weight_hh_l0" + sfx)), 48, 1),
+                  (st[f"g.{d}.b"], t(getattr(gru, "bias_ih_l0" + sfx)), 48, 1),
+                  (st[f"g.{d}.bu"], t(getattr(gru, "bias_hh_l0" + sfx)), 48, 1)]
+    for ours, theirs, H, k in pairs:
+        assert ours.size == theirs.size
+        bound = 1 / np.sqrt(H)
+        std = bound * np.sqrt(k / 3)
+        for v in (ours, theirs):  # (within 6 standard errors of n draws)
+            n = v.size
+            assert np.abs(v).max() <= k * bound
+            assert np.abs(v).max() > (bound * (1 - 10 / n) if k == 1 else bound), (v.shape, H)
+            assert abs(v.std() - std) < 6 * std * np.sqrt(0.2 / n), (v.shape, H)
+            assert abs(v.mean()) < 6 * std / np.sqrt(n), (v.shape, H)
+    assert not st["k.b"].any() and np.abs(st["k.W"]).max() > 1 / np.sqrt(16)  # the default: zeros, glorot
+    np.testing.assert_allclose(st["k.U"] @ st["k.U"].T, np.eye(16), atol=1e-12)  # orthogonal U
+    again, other = state(), state(seed=1)
+    for name in ("l.W", "l.b", "g.bw.bu", "r.l1.U"):
+        np.testing.assert_array_equal(st[name], again[name])
+        assert not np.array_equal(st[name], other[name])
+    from spec.errors import SpecError
+
+    with pytest.raises(SpecError, match="weight_init=torch_uniform"):
+        compile_spec(spec_from_text(_TORCH_RECURRENT_INIT_SPEC.replace("64, weight_init", "64, init"), "t.yaml"))
+
+
 @pytest.mark.parametrize("padding_idx", [0, 3, -1])
 def test_embedding_padding_row_starts_at_zeros_as_nn_embedding(padding_idx):
     """embedding(ids, V, E, padding_idx=p) drew its padding row as the others, where nn.Embedding
