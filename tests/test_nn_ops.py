@@ -518,6 +518,8 @@ def test_act_of_an_op_with_positional_options_names_them(act, hint):
     ("max_pool2d(x, 2, padding=-1)", "padding=-1", "max_pool2d: padding must be a whole number of 0 or more"),
     ("avg_pool2d(x, 2, stride=[2, 0])", "stride=", "avg_pool2d: stride must be a positive integer or a pair of them, got [2, 0]"),
     ("avg_pool2d(x, 2, padding=2)", "padding=2", "avg_pool2d: padding [2, 2] must be smaller than the kernel [2, 2]"),
+    ("adaptive_avg_pool2d(x, 0)", "0)", "adaptive_avg_pool2d: output_size must be a positive integer or a pair of them, got 0"),
+    ("adaptive_avg_pool2d(x, output_size=[3, -1])", "output_size=", "adaptive_avg_pool2d: output_size must be a positive"),
 ])
 def test_conv_and_pool_argument_errors_point_at_the_argument(expr, arg, message):
     """conv2d(x, C, 3, stride=0) and padding=-1 were located at the whole entry, and groups=3 said 'input channels

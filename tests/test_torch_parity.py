@@ -133,6 +133,14 @@ def test_pools_match_torch(kernel, stride, padding):
     _check("global_avg_pool", [_X], {}, lambda x: F.adaptive_avg_pool2d(x, 1))
 
 
+@pytest.mark.parametrize("output_size", [1, (7, 3), (1, 2), 3, (4, 5), (2, 6), (10, 9)])
+def test_adaptive_avg_pool2d_matches_torch(output_size):
+    """adaptive_avg_pool2d(x, output_size) over a 7x6 input: sizes that divide it (avg_pool2d's
+    windows), sizes that do not (torch's overlapping windows) and sizes larger than the input."""
+    _check("adaptive_avg_pool2d", [_X], {"output_size": output_size},
+           lambda x: F.adaptive_avg_pool2d(x, output_size))
+
+
 @pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((3, 2), (2, 1), (1, 0)), (3, 1, 1),
                                                    (3, 3, 1), ((2, 3), (3, 2), (0, 1))])
 @pytest.mark.parametrize("ceil_mode", [False, True])

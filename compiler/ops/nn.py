@@ -988,6 +988,58 @@ class GlobalAvgPool(OpDef):
         return [Sample([rng.normal(size=(2, 3, 4, 5))]), Sample([rng.normal(size=(2, 3, 4))])]
 
 
+def _adaptive_windows(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in]: each output's average over its window of one axis, as F.adaptive_avg_pool2d's:
+    rows floor(i * n_in / n_out) up to ceil((i + 1) * n_in / n_out) (overlapping where they do not
+    divide, repeating rows where n_out > n_in)."""
+    a = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        start, end = i * n_in // n_out, -(-(i + 1) * n_in // n_out)
+        a[i, start:end] = 1.0 / (end - start)
+    return a
+
+
+@op("adaptive_avg_pool2d")
+class AdaptiveAvgPool2d(OpDef):
+    """F.adaptive_avg_pool2d, NCHW: the average over output_size (int or (h, w)) windows. Sizes that
+    divide the input are avg_pool2d with kernel = stride = input / output; others average torch's
+    windows (floor(i * H / h) to ceil((i + 1) * H / h), also for an output larger than the input), as
+    the products A_h @ x @ A_w^T of fixed averaging matrices (their gradient: matmul's).
+    global_avg_pool is output_size 1."""
+
+    attrs = {"output_size": REQUIRED}
+    composite = True
+    gradgrad = True
+
+    def expand(self, g, x, output_size):
+        require_float(x)
+        (H, W), (oh, ow) = _spatial(x.type, "input"), _pair(output_size, "output_size")
+        if H % oh == 0 and W % ow == 0:
+            return g.apply("avg_pool2d", x, kernel=(H // oh, W // ow))
+        rows = g.const(_adaptive_windows(H, oh), dtype=x.dtype)
+        cols = g.const(_adaptive_windows(W, ow).T, dtype=x.dtype)
+        return g.apply("matmul", g.apply("matmul", rows, x), cols)
+
+    def ref(self, attrs, x):
+        (oh, ow) = _pair(attrs["output_size"], "output_size")
+        H, W = x.shape[2:]
+        out = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+        for i in range(oh):
+            h0, h1 = i * H // oh, -(-(i + 1) * H // oh)
+            for j in range(ow):
+                w0, w1 = j * W // ow, -(-(j + 1) * W // ow)
+                out[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+        return out
+
+    def samples(self, rng):
+        n = rng.normal
+        return [Sample([n(size=(2, 3, 4, 6))], {"output_size": 2}),  # avg_pool2d, kernel [2, 3]
+                Sample([n(size=(1, 2, 6, 6))], {"output_size": (3, 1)}),
+                Sample([n(size=(2, 2, 7, 5))], {"output_size": 3}),  # overlapping windows
+                Sample([n(size=(1, 2, 5, 4))], {"output_size": (2, 4)}),  # one axis divides, one not
+                Sample([n(size=(1, 1, 3, 2))], {"output_size": (5, 3)})]  # larger than the input
+
+
 # ------------------------------------------------------------------ normalisation
 def _per_channel(v, rank):
     """A [C] vector shaped to broadcast against [N, C, ...] of this rank."""
