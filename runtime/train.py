@@ -1563,13 +1563,13 @@ def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, 
 def _unwritten_run_hint(run_dir: str, names: ArgNames) -> str | None:
     """The hint for a run's file that cannot be written (a full disk): None, atomic_write's own
     ('the previous checkpoint is intact; free some space and --resume'), once the run has a
-    checkpoint; with best.npz alone (the first epoch's checkpoint.npz failed after it), to copy it
-    to checkpoint.npz and resume, or start over; before either there is nothing to resume
+    checkpoint; with best.npz alone (a run of an earlier flowgrad, which wrote the first epoch's
+    best.npz before its checkpoint.npz), to copy it to checkpoint.npz and resume, or start over; before either there is nothing to resume
     (--resume said 'nothing to resume: no checkpoint'), and the run is trained again as it was started."""
     ckpt, best = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
     if os.path.exists(ckpt):
         return None
-    if os.path.exists(best):  # (the first epoch writes best.npz first: --resume reads checkpoint.npz only)
+    if os.path.exists(best):  # (an earlier flowgrad's run: --resume reads checkpoint.npz only)
         return (f"free some space (or make the run directory writable), then copy {best} to {ckpt} and "
                 f"{names.given(resume=True)} to go on from its epoch, or start over with {names.given(overwrite=True)}")
     return (f"no checkpoint was written yet ({names.given(resume=True)} would find none): free some space (or make "
