@@ -189,14 +189,27 @@ def test_stacked_layers_match_torch_from_stacked_initial_states(cell, use_len):
     params = {f"{prefix}.l{k + 1}.{n}": v for k, p in enumerate(layers) for n, v in p.items()}
     got = _flowgrad_run(text, params, x, LENGTHS if use_len else None, init)
 
-    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](E, H, num_layers=K,
-                                                                                    batch_first=True)
+    ys, finals = _torch_run(torch, cell, [[p] for p in layers], states, init, x, use_len)
+    assert got["h"].shape == (K, N, H)
+    _close(got["hs"], ys, "hs vs torch's output")
+    for s, want in zip(states, finals):
+        _close(got[s], want, f"stacked final {s} vs torch's {s}_n")
+
+
+def _torch_run(torch, cell, layers, states, init, x, use_len):
+    """torch's nn.LSTM/GRU/RNN of len(layers) layers given flowgrad's weights, one dict per direction
+    of each layer (two: bidirectional), from the stacked initial states `init`, over x (packed by
+    LENGTHS with use_len): (its output, its final states), as arrays."""
+    bidirectional = len(layers[0]) == 2
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
+        E, H, num_layers=len(layers), batch_first=True, bidirectional=bidirectional)
     with torch.no_grad():
-        for k, p in enumerate(layers):
-            getattr(module, f"weight_ih_l{k}").copy_(torch.from_numpy(p["W"].T.copy()))
-            getattr(module, f"weight_hh_l{k}").copy_(torch.from_numpy(p["U"].T.copy()))
-            getattr(module, f"bias_ih_l{k}").copy_(torch.from_numpy(p["b"]))
-            getattr(module, f"bias_hh_l{k}").copy_(torch.from_numpy(p.get("bu", np.zeros_like(p["b"]))))
+        for k, directions in enumerate(layers):
+            for suffix, p in zip(("", "_reverse"), directions):
+                getattr(module, f"weight_ih_l{k}{suffix}").copy_(torch.from_numpy(p["W"].T.copy()))
+                getattr(module, f"weight_hh_l{k}{suffix}").copy_(torch.from_numpy(p["U"].T.copy()))
+                getattr(module, f"bias_ih_l{k}{suffix}").copy_(torch.from_numpy(p["b"]))
+                getattr(module, f"bias_hh_l{k}{suffix}").copy_(torch.from_numpy(p.get("bu", np.zeros_like(p["b"]))))
         h0 = tuple(torch.from_numpy(init[f"{s}0"]) for s in states)
         xs = torch.from_numpy(x)
         if use_len:
@@ -205,11 +218,7 @@ def test_stacked_layers_match_torch_from_stacked_initial_states(cell, use_len):
         ys, finals = module(xs, h0 if cell == "lstm" else h0[0])
         if use_len:
             ys = torch.nn.utils.rnn.pad_packed_sequence(ys, batch_first=True, total_length=T)[0]
-    finals = finals if cell == "lstm" else (finals,)
-    assert got["h"].shape == (K, N, H)
-    _close(got["hs"], ys.numpy(), "hs vs torch's output")
-    for s, want in zip(states, finals):
-        _close(got[s], want.numpy(), f"stacked final {s} vs torch's {s}_n")
+    return ys.numpy(), [f.numpy() for f in (finals if cell == "lstm" else (finals,))]
 
 
 @pytest.mark.parametrize("cell,K,merge,use_len", [("lstm", 1, "concat", False), ("lstm", 1, "sum", True),
@@ -243,25 +252,7 @@ def test_bidirectional_states_match_torch(cell, K, merge, use_len):
         text = text.replace("graph:", "".join(f"  {s}: {{shape: [{2 * K}, N, H]}}\n" for s in init) + "graph:")
         got[ret] = _flowgrad_run(text, params, x, LENGTHS if use_len else None, init)
 
-    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
-        E, H, num_layers=K, batch_first=True, bidirectional=True)
-    with torch.no_grad():
-        for k, pair in enumerate(layers):
-            for suffix, p in zip(("", "_reverse"), pair):
-                getattr(module, f"weight_ih_l{k}{suffix}").copy_(torch.from_numpy(p["W"].T.copy()))
-                getattr(module, f"weight_hh_l{k}{suffix}").copy_(torch.from_numpy(p["U"].T.copy()))
-                getattr(module, f"bias_ih_l{k}{suffix}").copy_(torch.from_numpy(p["b"]))
-                getattr(module, f"bias_hh_l{k}{suffix}").copy_(torch.from_numpy(p.get("bu", np.zeros_like(p["b"]))))
-        h0 = tuple(torch.from_numpy(init[f"{s}0"]) for s in states)
-        xs = torch.from_numpy(x)
-        if use_len:
-            xs = torch.nn.utils.rnn.pack_padded_sequence(xs, torch.from_numpy(LENGTHS), batch_first=True,
-                                                         enforce_sorted=False)
-        ys, finals = module(xs, h0 if cell == "lstm" else h0[0])
-        if use_len:
-            ys = torch.nn.utils.rnn.pad_packed_sequence(ys, batch_first=True, total_length=T)[0]
-    ys = ys.numpy()
-    finals = [f.numpy() for f in (finals if cell == "lstm" else (finals,))]
+    ys, finals = _torch_run(torch, cell, layers, states, init, x, use_len)
     if merge == "sum":  # (one layer: torch's layers above the first read the directions concatenated)
         ys = ys[..., :H] + ys[..., H:]
     for ret in ("all", "true"):
