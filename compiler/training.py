@@ -207,7 +207,9 @@ class CompiledModel:
             "ir_version": IR_VERSION,
             "float_dtype": self.float_dtype,
             "params": {
-                n: {"shape": list(p.shape), "kind": p.kind, "trainable": p.trainable, "init": p.init_kind}
+                # (carried: a stateful layer's state, zeroed at each epoch's start, not a trained value)
+                n: {"shape": list(p.shape), "kind": p.kind, "trainable": p.trainable, "init": p.init_kind,
+                    **({"carried": True} if p.carried else {})}
                 for n, p in self.params.items()
             },
             "objectives": {

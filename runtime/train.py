@@ -1502,7 +1502,9 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int, names: ArgNames) -> 
         raise DataError(f"{names.given(init_from=run_dir)}: {e.message}", e.loc, e.hint) from None
     state = cm.initial_state(seed)
     taken, kept = [], {}
-    for k in cm.params:
+    # a stateful layer's carried state (hs.h0) starts each epoch from zeros: not a weight to take,
+    # keep or leave behind (a stateful run's were listed as left unused by a spec without them)
+    for k in (k for k, p in cm.params.items() if not p.carried):
         if k not in source:
             kept[k] = "not in that run"
         elif source[k].shape != state[k].shape:
@@ -1516,8 +1518,20 @@ def _warm_start(cm: CompiledModel, run_dir: str, seed: int, names: ArgNames) -> 
     # that run's parameters this spec has none of (a layer removed, or made without them, as
     # batch_norm(affine=false)'s gamma and beta): their trained values are left behind, said so
     # (the optimizer's and loss scaling's state, "kind/name", is not a parameter)
-    unused = [k for k in source if k not in cm.params and "/" not in k]
+    carried = _carried_in(run_dir)
+    unused = [k for k in source if k not in cm.params and "/" not in k and k not in carried]
     return state, {"from": os.path.abspath(run_dir), "taken": taken, "kept": kept, "unused": unused}
+
+
+def _carried_in(run_dir: str) -> set[str]:
+    """The carried states (a stateful layer's) of the run `run_dir`, as its graphs/manifest.json
+    marks them; none known for a checkpoint given as a file, or a run of an earlier flowgrad."""
+    try:
+        with open(os.path.join(run_dir, "graphs", "manifest.json"), encoding="utf-8") as f:
+            params = json.load(f)["params"]
+        return {k for k, p in params.items() if isinstance(p, dict) and p.get("carried")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
 
 
 def _write_run_files(spec, cm, run_dir, device, seed, opts, train_ds, valid_ds, resumed, warm_start=None):

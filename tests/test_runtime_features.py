@@ -179,6 +179,29 @@ def test_warm_start_reports_the_parameters_it_left_at_their_initial_values(tmp_p
     assert "left unused, this spec has none of: b" in " ".join(cli.stderr.split())
 
 
+def test_warm_start_leaves_a_stateful_layers_carried_state_out_of_its_report(tmp_path):
+    """A stateful lstm's carried state (hs.h0, hs.c0: zeroed at each epoch's start) is not a
+    weight: a spec without stateful= warm-started from a stateful run listed them as left
+    unused, and one stateful run from another as taken; now neither lists them. A checkpoint
+    given as a file says nothing of which entries are carried: they are listed as before."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 11, size=(9, 5)), y=rng.integers(0, 11, size=(9, 5)))
+    common = dict(data=str(tmp_path / "d.npz"), valid="0", epochs=1, threads=1, device="cpu")
+    stateful = _spec(STATEFUL_CELL.replace("HS", "hs: lstm(e, H, stateful=true)"), tmp_path, "a.yaml")
+    plain = _spec(STATEFUL_CELL.replace("HS", "hs: lstm(e, H)"), tmp_path, "b.yaml")
+    train(stateful, run_dir=str(tmp_path / "a"), **common)
+    assert {"hs.h0", "hs.c0"} <= set(_params(str(tmp_path / "a")))
+    back = train(plain, run_dir=str(tmp_path / "b"), init_from=str(tmp_path / "a"), **common).warm_start
+    assert back["unused"] == [] and back["kept"] == {}
+    again = train(stateful, run_dir=str(tmp_path / "c"), init_from=str(tmp_path / "a"), **common).warm_start
+    assert not {"hs.h0", "hs.c0"} & set(again["taken"]) and again["kept"] == {} and again["unused"] == []
+    assert set(again["taken"]) == set(back["taken"])  # the weights, alike in both
+    forth = train(stateful, run_dir=str(tmp_path / "d"), init_from=str(tmp_path / "b"), **common).warm_start
+    assert forth["kept"] == {} and forth["unused"] == []  # (the plain run has no carried state to give)
+    file = train(plain, run_dir=str(tmp_path / "e"), init_from=str(tmp_path / "a" / "checkpoint.npz"), **common)
+    assert sorted(file.warm_start["unused"]) == ["hs.c0", "hs.h0"]
+
+
 def test_accumulated_gradients_equal_one_larger_batch(tmp_path, data):
     spec = _spec(REGRESSION, tmp_path)
     train(spec, run_dir=str(tmp_path / "big"), data=data, epochs=2, batch_size=32, threads=1, device="cpu")
