@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import signal
 import sys
@@ -610,9 +611,13 @@ def predict(
             check_data_path(data, flag="--data")
         feeds = load_npz(data).arrays if data is not None else generator_feeds(model, count, seed)
         # an .npz of a dataset also holds its labels: arrays the model does not read are left out
-        outs = run_predict(model, feeds, pick_device(device, names=FLAGS), threads, ignore_extra=True)
-        if as_json and not output:
-            _check_printable(outs)
+        # --json refuses outputs too many to print before the model runs where their shapes say it,
+        # and after it where only the run tells (a decoder's max_len tokens)
+        printed = as_json and not output
+        outs = run_predict(model, feeds, pick_device(device, names=FLAGS), threads, ignore_extra=True,
+                           before_run=_check_printable if printed else None)
+        if printed:
+            _check_printable({k: v.shape for k, v in outs.items()})
         if output:
             _write_npz(output, outs)
     r = _predict_report(outs, output, values=as_json and not output)
@@ -634,11 +639,12 @@ def predict(
 MAX_JSON_VALUES = 100_000
 
 
-def _check_printable(outs: dict) -> None:
-    """Outputs few enough to print as JSON (predict --json without -o), else a refusal before any of it."""
+def _check_printable(shapes: dict) -> None:
+    """Outputs few enough to print as JSON (predict --json without -o), else a refusal before any of
+    it. `shapes`: {output name: shape}, of all the outputs or (before the run) those known."""
     from spec.errors import FlowgradError
 
-    count = sum(v.size for v in outs.values())
+    count = sum(math.prod(s) for s in shapes.values())
     if count > MAX_JSON_VALUES:
         raise FlowgradError(f"the outputs hold {count:,} values, more than --json prints (at most {MAX_JSON_VALUES:,})",
                             hint="write them to an .npz with -o (with --json, it describes the file written)")

@@ -267,12 +267,14 @@ def _all_tensors(model):
 
 
 def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", threads: int | None = None,
-            ignore_extra: bool = False) -> dict[str, np.ndarray]:
+            ignore_extra: bool = False, before_run=None) -> dict[str, np.ndarray]:
     """Run an exported model: {input name: array} in, {output name: array} out. Unlike
     `flowgrad predict` (auto), it runs on the CPU unless `device` says cuda or auto. A bad
     device or thread count raises ExportArgumentError (an ExportError); inputs that do not
     fit the model, DataError, as does a feed the model has no input for, unless
-    `ignore_extra` (a data file that also holds labels)."""
+    `ignore_extra` (a data file that also holds labels). `before_run`: called, once the inputs
+    are checked and before the model runs, with {output name: shape} of the outputs whose
+    shapes the inputs' sizes give (a decoder's max_len-long or a data-dependent output has none)."""
     from .session import ORT_ERRORS, make_session, pick_device
 
     device = pick_device(device, error=ExportArgumentError, names=KEYWORDS)  # (an unknown device, or "auto", ran on the CPU)
@@ -347,6 +349,8 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     check_least_sizes(least if isinstance(least, dict) else None,
                       dim_sizes(fixed, {k: m.shape for k, m in wanted.items()}, model_path, "input"))
     check_index_bounds(fixed, meta.get("bounds"), model_path)
+    if before_run is not None:
+        before_run(_known_output_shapes(sess.get_outputs(), sizes))
     rows = meta.get("rows")
     n = sizes.get(rows, (0, None))[0] if isinstance(rows, str) else 0
     try:
@@ -365,6 +369,18 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     except ORT_ERRORS as e:
         raise DataError(f"onnxruntime cannot run {model_path} on these inputs ({_ort_message(e)})", hint="check the inputs' shapes and dtypes against the model's inputs (`flowgrad predict` names them)") from None
     return dict(zip([o.name for o in sess.get_outputs()], outs))
+
+
+def _known_output_shapes(outputs, sizes: dict) -> dict[str, tuple[int, ...]]:
+    """{output name: shape} of the outputs whose every dim is a number or an input's symbolic dim
+    (`sizes`: dim -> (size, input)); the others' sizes are known only once the model has run."""
+    known = {}
+    for o in outputs:
+        dims = [d if isinstance(d, int) else sizes[d][0] if isinstance(d, str) and d in sizes else None
+                for d in o.shape]
+        if all(isinstance(d, int) and d >= 0 for d in dims):
+            known[o.name] = tuple(dims)
+    return known
 
 
 def _describe_feeds(feeds) -> str:

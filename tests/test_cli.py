@@ -1918,6 +1918,37 @@ def test_predict_json_prints_the_outputs_or_describes_the_file(trained, tmp_path
     assert "hint: write them to an .npz with -o" in res.stderr
 
 
+def test_predict_json_refuses_outputs_too_many_to_print_before_running_the_model(trained, tmp_path, monkeypatch):
+    """The outputs' shapes (N from the inputs) say 220,000 values: --json refused them only after
+    the model had run on all 20,000 rows; now before it runs, with the same message. What the
+    shapes do not tell is still counted after the run."""
+    import onnxruntime as ort
+
+    import cli
+    from runtime import export
+
+    run_dir, _ = trained
+    model = str(tmp_path / "m.onnx")
+    invoke("export", run_dir, "-o", model)
+    np.savez(tmp_path / "big.npz", x=np.zeros((20_000, 64), np.float32))
+    ran = []
+    real_run = ort.InferenceSession.run
+    monkeypatch.setattr(ort.InferenceSession, "run", lambda self, *a, **k: ran.append(1) or real_run(self, *a, **k))
+    res = invoke("predict", model, "--data", tmp_path / "big.npz", "--json", "--device", "cpu", code=1)
+    assert res.stdout == "" and res.stderr.startswith("error: the outputs hold 220,000 values, more than --json prints")
+    assert "hint: write them to an .npz with -o" in res.stderr and ran == []
+    invoke("predict", model, "--data", tmp_path / "big.npz", "-o", tmp_path / "y.npz", "--device", "cpu")
+    assert ran  # (-o writes them all)
+    ran.clear()
+    monkeypatch.setattr(cli, "MAX_JSON_VALUES", 10)  # 3 rows' outputs: known before the run too
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 64), np.float32))
+    res = invoke("predict", model, "--data", tmp_path / "x.npz", "--json", "--device", "cpu", code=1)
+    assert res.stderr.startswith("error: the outputs hold 33 values, more than --json prints (at most 10)") and ran == []
+    monkeypatch.setattr(export, "_known_output_shapes", lambda outputs, sizes: {})  # as a decoder's: unknown
+    res = invoke("predict", model, "--data", tmp_path / "x.npz", "--json", "--device", "cpu", code=1)
+    assert res.stderr.startswith("error: the outputs hold 33 values, more than --json prints (at most 10)") and ran
+
+
 @pytest.mark.parametrize("watching, message", [
     ("  early_stopping: {metric: valid_acuracy, mode: max, patience: 3}\n",
      "early_stopping metric 'valid_acuracy' is not reported"),
