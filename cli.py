@@ -224,7 +224,7 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
         low = check_spec(s, dtype)
         check_data_section(s)
         # (the names validation would report too: whether there is any comes with the data, at train)
-        check_watched_metrics(s, None, validated=True)
+        check_watched_metrics(s, None, validated=True, dtype=dtype)
     for w in low.warnings:  # worth a look, but the spec is usable (exit code 0)
         err.print(f"[bold yellow]warning:[/bold yellow] {escape(visible(w.one_line()))}", soft_wrap=True)
         if w.hint:

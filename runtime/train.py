@@ -917,13 +917,14 @@ def reported_names(cm: CompiledModel, validated: bool) -> list[str]:
 WATCHING = (("early_stopping",), ("lr_schedule", "plateau"))
 
 
-def check_watched_metrics(spec: S.Spec, cm: CompiledModel | None, validated: bool) -> None:
+def check_watched_metrics(spec: S.Spec, cm: CompiledModel | None, validated: bool, dtype: str | None = None) -> None:
     """Each metric a train section watches (early_stopping, a plateau schedule) is reported and its
-    direction known (check_watched_metric). `cm` None: compiled here, only if a section watches one
-    (flowgrad check, which leaves the graphs uncompiled otherwise)."""
+    direction known (check_watched_metric). `cm` None: compiled here, in `dtype` (check's --dtype;
+    None: the spec's), only if a section watches one (flowgrad check, which leaves the graphs
+    uncompiled otherwise)."""
     sections = [section for section in WATCHING if _in_train(spec, section)]
     if sections and cm is None:
-        cm = compile_spec(spec, graphs=("train", "eval"))
+        cm = compile_spec(spec, dtype, graphs=("train", "eval"))
     for section in sections:
         check_watched_metric(spec, section, reported_names(cm, validated))
 

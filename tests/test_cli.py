@@ -1949,6 +1949,29 @@ def test_predict_json_refuses_outputs_too_many_to_print_before_running_the_model
     assert res.stderr.startswith("error: the outputs hold 33 values, more than --json prints (at most 10)") and ran
 
 
+def test_check_compiles_a_watched_metrics_graphs_in_its_dtype(tmp_path, monkeypatch):
+    """check --dtype float16 of a spec with early_stopping compiled the graphs that report its
+    metric in float32 (the spec's type), not in the type it was asked to check; now in float16."""
+    import runtime.train as T
+
+    dtypes, real = [], T.compile_spec
+
+    def compiled(spec, dtype=None, **kw):
+        cm = real(spec, dtype, **kw)
+        dtypes.append(cm.float_dtype)
+        return cm
+
+    monkeypatch.setattr(T, "compile_spec", compiled)
+    text = (ROOT / "models" / "mlp.yaml").read_text().replace("  seed: 0\n", "  seed: 0\n"
+        "  early_stopping: {metric: valid_accuracy, mode: max, patience: 3}\n").replace(
+        "{adam: {lr: 0.001}}", "{sgd: {lr: 0.01}}")
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    invoke("check", path, "--dtype", "float16")
+    invoke("check", path)
+    assert dtypes == ["float16", "float32"]
+
+
 @pytest.mark.parametrize("watching, message", [
     ("  early_stopping: {metric: valid_acuracy, mode: max, patience: 3}\n",
      "early_stopping metric 'valid_acuracy' is not reported"),
