@@ -377,6 +377,8 @@ def test_activations_gradient_of_gradient_stays_finite_far_out_in_float16(name, 
     ("mean", (10_000_000,), {}),
     ("mean", (4, 2, 1024, 1024), {"axis": (0, 2, 3), "keepdims": True}),  # batch_norm's per-channel mean, N*H*W = 2**22
     ("sum", (4, 2, 1024, 1024), {"axis": (0, 2, 3)}),
+    # sum_to: a conv bias's gradient over a large batch of feature maps, [C, 1, 1]
+    ("sum_to", (4, 2, 1024, 1024), {"shape": (2, 1, 1)}),
 ])
 def test_float32_sum_and_mean_over_millions_of_values_keep_their_digits(op, shape, attrs):
     """onnxruntime's float32 ReduceSum and ReduceMean accumulate nearly serially: over 10M values
@@ -393,7 +395,12 @@ def test_float32_sum_and_mean_over_millions_of_values_keep_their_digits(op, shap
     onnx.checker.check_model(model, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True)
     assert [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == list(y.shape)
-    want = getattr(np, op)(x.astype(np.float64), axis=attrs.get("axis"), keepdims=attrs.get("keepdims", False))
+    if op == "sum_to":  # (the leading axes go, the others sum to 1)
+        lead = x.ndim - len(attrs["shape"])
+        axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(attrs["shape"]) if d == 1 and shape[lead + i] != 1)
+        want = x.astype(np.float64).sum(axis=axes, keepdims=True).reshape(attrs["shape"])
+    else:
+        want = getattr(np, op)(x.astype(np.float64), axis=attrs.get("axis"), keepdims=attrs.get("keepdims", False))
     got = Runner(model)({"x": x})["y"]
     assert got.dtype == np.float32 and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)

@@ -245,6 +245,15 @@ def _ones_row(e, x, lead: int, rows: str) -> str:
     return cache[key]
 
 
+def _reduce_sum(e, x, src: str, axes, keepdims: int, outs) -> None:
+    """ReduceSum of x over `axes`, staged where each output takes millions of values (a bias's
+    gradient over a large batch of feature maps), as sum's (reduce.emit_staged)."""
+    from .reduce import emit_staged
+
+    if not emit_staged(e, "ReduceSum", x, src, axes, keepdims, outs):
+        e.add("ReduceSum", [src, e.ints(axes)], outs, keepdims=keepdims)
+
+
 @op("sum_to")
 class SumTo(OpDef):
     """Sum x down to `shape` (undoing a broadcast): the gradient of broadcasting."""
@@ -292,12 +301,13 @@ class SumTo(OpDef):
             summed = e.add("MatMul", [_ones_row(e, x, lead, rows), rows])
             e.add("Reshape", [summed, e.ints(list(tail))], outs)
         elif axes == list(range(lead)):  # only leading axes go: one reduction, no squeeze
-            e.add("ReduceSum", [ins[0], e.ints(axes)], outs, keepdims=0)
+            _reduce_sum(e, x, ins[0], axes, 0, outs)
         elif lead:
-            s = e.add("ReduceSum", [ins[0], e.ints(axes)], keepdims=1)
-            e.add("Squeeze", [s, e.ints(range(lead))], outs)
+            kept = e.fresh("summed")
+            _reduce_sum(e, x, ins[0], axes, 1, [kept])
+            e.add("Squeeze", [kept, e.ints(range(lead))], outs)
         else:
-            e.add("ReduceSum", [ins[0], e.ints(axes)], outs, keepdims=1)
+            _reduce_sum(e, x, ins[0], axes, 1, outs)
 
     def vjp(self, node, gouts):
         return [gouts[0].graph.apply("broadcast_like", gouts[0], node.inputs[0])]
