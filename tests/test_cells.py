@@ -285,3 +285,28 @@ def test_float_lengths_are_refused_at_the_argument(layer):
     with pytest.raises(SpecError, match=r"lengths must count steps in whole numbers \(int64\), got float32\[N\]") as e:
         compile_spec(spec_from_text(text, "cells.yaml"), "float32", graphs=("infer",))
     assert e.value.loc.col == len("  hs: ") + 1 + layer.index("lengths=") and "dtype: int64" in e.value.hint
+
+
+def test_a_bidirectional_stack_of_states_becomes_a_stacked_decoders_as_readme_writes_it():
+    """README's spelling for a stacked decoder of 2H units started from a 2-layer bidirectional
+    encoder: its [2K, N, H] states (layer k's forward at 2k, reverse at 2k + 1) reshaped to
+    [K, N, 2H], each layer's two directions side by side, forward first."""
+    text = """flowgrad: 1
+name: bi_to_stack
+dims: {E: 3, H: 4}
+inputs:
+  x: {shape: [N, T, E]}
+graph:
+  enc, h: bidirectional(gru, x, H, layers=2, return_state=all)
+  h2: reshape(transpose(reshape(h, [2, 2, -1, H]), [0, 2, 1, 3]), [2, -1, 2 * H])
+outputs:
+  h: h
+  h2: h2
+"""
+    cm = compile_spec(spec_from_text(text, "bi.yaml"), "float32", graphs=("infer",))
+    x = np.random.default_rng(5).normal(size=(3, 4, 3)).astype(np.float32)
+    out = Runner(cm.graphs["infer"].model)({"x": x, **cm.initial_state(0)})
+    h, h2 = out["h"], out["h2"]
+    assert h.shape == (4, 3, 4) and h2.shape == (2, 3, 8)
+    for k in range(2):
+        np.testing.assert_array_equal(h2[k], np.concatenate([h[2 * k], h[2 * k + 1]], axis=-1))
