@@ -939,13 +939,16 @@ def _in_train(spec: S.Spec, section: tuple[str, ...]) -> bool:
 def metric_mode(watching: dict | None, cm: CompiledModel) -> str:
     """min or max: a watching section's mode, else the loss's (check_watched_metric refuses a
     metric whose direction is not a loss's without a mode)."""
-    return (watching or {}).get("mode") or loss_mode(cm)
+    return (watching or {}).get("mode") or loss_mode(cm, (watching or {}).get("metric"))
 
 
-def loss_mode(cm: CompiledModel) -> str:
+def loss_mode(cm: CompiledModel, metric=None) -> str:
     """Which way a loss improves: down, but up where every objective's optimizer maximizes it
-    (its best epoch, best.npz, is its highest)."""
-    return "max" if cm.objectives and all(o.optimizer.hp.get("maximize") for o in cm.objectives) else "min"
+    (its best epoch, best.npz, is its highest); a metric naming one objective's loss
+    (valid_generator/loss) goes that objective's way."""
+    named = [o for o in cm.objectives if metric is not None and str(metric).endswith(f"_{o.name}/loss")]
+    objectives = named or cm.objectives
+    return "max" if objectives and all(o.optimizer.hp.get("maximize") for o in objectives) else "min"
 
 
 def check_watched_metric(spec: S.Spec, section: tuple[str, ...], reported: list[str]) -> None:

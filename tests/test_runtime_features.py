@@ -1718,3 +1718,25 @@ def test_a_maximized_loss_keeps_its_highest_epoch_as_the_best(tmp_path):
     final = _params(res.run_dir)
     if res.best["epoch"] == len(losses):
         assert all(np.array_equal(best[k], final[k]) for k in ("W1", "w2"))
+
+
+def test_an_objectives_maximized_loss_is_watched_upward(tmp_path):
+    """early_stopping on valid_up/loss, the loss of an objective whose optimizer maximizes it, took
+    it as one to lower (a loss's direction was max only where every objective maximized), so
+    best.npz kept its lowest, worst epoch; a metric naming one objective's loss goes its way."""
+    text = REGRESSION.replace("loss: mean((pred - y) ** 2)\n", "").replace(
+        "  pred: h @ w2\n", "  pred: h @ w2\n  down: mean((pred - y) ** 2)\n  up: -mean((pred - y) ** 2)\n").replace(
+        "  optimizer: {sgd: {lr: 0.05}}\n",
+        "  objectives:\n"
+        "    fit: {loss: down, params: W1, optimizer: {sgd: {lr: 0.05}}}\n"
+        "    lift: {loss: up, params: w2, optimizer: {sgd: {lr: 0.05, maximize: true}}}\n"
+        "  schedule: [fit, lift]\n"
+        "  early_stopping: {metric: valid_lift/loss, patience: 100}\n")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 4)).astype("float32")
+    data = {"x": x, "y": np.tanh(x @ rng.normal(size=4)).astype("float32")}
+    res = train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, valid="0.25", epochs=6, threads=1,
+                device="cpu")
+    ups = [r["valid_lift/loss"] for r in res.history]
+    assert ups[-1] > ups[0]  # (it ascends: a negated error)
+    assert res.best["epoch"] == 1 + int(np.argmax(ups))
