@@ -407,11 +407,15 @@ def eval_batches(ds: D.Dataset, batch_size: int, least: int = 1):
 
 def least_rows(spec: S.Spec, cm: CompiledModel) -> int:
     """The fewest examples a batch may have where the spec slices the examples' dim (x[1:]: 2), else 1."""
+    return max([1] + [int(r["least"]) for r in examples_least_sizes(spec, cm).values() if isinstance(r.get("least"), int)])
+
+
+def examples_least_sizes(spec: S.Spec, cm: CompiledModel) -> dict[str, dict]:
+    """The least sizes (CompiledModel.least_sizes) of the dims that the examples' dim is in (N, N*T)."""
     from compiler.ir import dim_symbols
 
     examples = batch_dims(spec)
-    return max([1] + [int(r["least"]) for dim, r in cm.least_sizes.items()
-                      if set(dim_symbols(dim)) & examples and isinstance(r.get("least"), int)])
+    return {d: r for d, r in cm.least_sizes.items() if set(dim_symbols(d)) & examples}
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -929,11 +933,12 @@ def check_watched_metrics(spec: S.Spec, cm: CompiledModel | None, validated: boo
         check_watched_metric(spec, section, reported_names(cm, validated))
 
 
-def _in_train(spec: S.Spec, section: tuple[str, ...]) -> bool:
+def _in_train(spec: S.Spec, section: tuple[str, ...]) -> dict | None:
+    """train.<section> of the spec (early_stopping, lr_schedule.plateau), None where it has none."""
     node = spec.train or {}
     for key in section:
         node = node.get(key) if isinstance(node, dict) else None
-    return bool(node)
+    return node or None
 
 
 def metric_mode(watching: dict | None, cm: CompiledModel) -> str:
@@ -955,9 +960,7 @@ def check_watched_metric(spec: S.Spec, section: tuple[str, ...], reported: list[
     """The metric that train.<section> watches is reported, and whether larger or smaller is
     better is known: its mode, or min for a loss. The metric first: a misspelt one (valid_acuracy)
     was asked for its mode, and refused as not reported only once the user had added one."""
-    watching = spec.train
-    for key in section:
-        watching = watching[key]
+    watching = _in_train(spec, section)
     metric = watching["metric"]
     what = ".".join(section)
     unsure = "mode" not in watching and "loss" not in str(metric)  # (only a loss has a default: its optimizers' direction)
@@ -1045,12 +1048,10 @@ def _check_batch_slices(spec: S.Spec, cm: CompiledModel, train_ds: D.Dataset, va
     of enough rows: a shorter one (a batch size below that, an epoch's short last batch) was
     computed on fewer rows than the graph's shape says, without a word. Refused before training,
     at the slice. (Validation's batches take a short last one into the batch before it.)"""
-    from compiler.ir import dim_symbols
-
-    examples = batch_dims(spec)
-    least = {d: r for d, r in cm.least_sizes.items() if set(dim_symbols(d)) & examples}
+    least = examples_least_sizes(spec, cm)
     if not least:
         return
+    examples = batch_dims(spec)
     B, drop_last, rows = spec.batch_size, bool(spec.train.get("drop_last")), len(train_ds)
     given = names.given(batch_size=B) if batch_given else \
         f"train.batch_size {B}" + ("" if "batch_size" in spec.train else ", its default")
