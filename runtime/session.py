@@ -120,7 +120,7 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     if device == "cuda":
-        model = shifts_in_float64(model)
+        model = max_pool_indices_row_major(shifts_in_float64(model))
     narrow = narrow_types(model)
     disabled = ort_disabled_optimizers(model)
     disabling = {"disabled_optimizers": disabled} if disabled else {}
@@ -235,6 +235,22 @@ def unpool_by_scatter(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _fresh_names(model: onnx.ModelProto):
+    """A function giving names no tensor of the model has (nor an earlier call gave)."""
+    taken = {name for n in all_nodes(model.graph) for name in [*n.input, *n.output]}
+    taken |= {v.name for v in [*model.graph.input, *model.graph.output, *model.graph.initializer]}
+
+    def fresh(hint: str) -> str:
+        name, i = hint, 1
+        while name in taken:
+            i += 1
+            name = f"{hint}_{i}"
+        taken.add(name)
+        return name
+
+    return fresh
+
+
 def shifts_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with each right BitShift of uint32 values by a constant scalar k (the hash
     behind random ops, compiler/ops/random.py) written as Cast(Cast(x, double) * 2**-k,
@@ -256,16 +272,7 @@ def shifts_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    taken = {name for n in all_nodes(out.graph) for name in [*n.input, *n.output]}
-    taken |= {v.name for v in [*out.graph.input, *out.graph.output, *out.graph.initializer]}
-
-    def fresh(hint: str) -> str:
-        name, i = hint, 1
-        while name in taken:
-            i += 1
-            name = f"{hint}_{i}"
-        taken.add(name)
-        return name
+    fresh = _fresh_names(out)
 
     scales = {}
 
@@ -301,6 +308,60 @@ def shifts_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     if len(kept) < len(out.graph.initializer):
         del out.graph.initializer[:]
         out.graph.initializer.extend(kept)
+    return out
+
+
+def max_pool_indices_row_major(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each 2-D MaxPool whose Indices output is read written over x with its
+    H and W swapped (kernel, strides, pads and dilations swapped too, storage_order=1) between
+    Transposes, in loop bodies too. Pooled values and indices are the same; what changes is
+    which of a window's tied maxima (a ReLU's zeros) the indices name. onnxruntime's CUDA
+    MaxPool walks a window column by column and names the first maximum in that order, its
+    CPU MaxPool (and PyTorch) the first row by row, where max pooling's gradient goes
+    (compiler/ops/nn.py): over the swapped input, CUDA's column walk is the row walk, and
+    storage_order=1 gives the index in x's own layout. CUDA sessions get this form."""
+    from onnx import helper
+
+    def swapped(n) -> bool:
+        if n.op_type != "MaxPool" or len(n.output) < 2 or not n.output[1]:
+            return False
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        return len(attrs["kernel_shape"]) == 2 and not attrs.get("storage_order", 0) \
+            and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"")
+
+    if not any(swapped(n) for n in all_nodes(model.graph)):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    fresh = _fresh_names(out)
+
+    def rewrite(graph) -> None:
+        nodes = []
+        for n in graph.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    rewrite(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for g in a.graphs:
+                        rewrite(g)
+            if not swapped(n):
+                nodes.append(n)
+                continue
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            kept = {k: v for k, v in attrs.items() if k in ("ceil_mode", "auto_pad")}
+            pairs = {k: list(attrs[k])[::-1] for k in ("kernel_shape", "strides", "dilations") if k in attrs}
+            if "pads" in attrs:  # [top, left, bottom, right] -> [left, top, right, bottom]
+                t, l, b, r = attrs["pads"]
+                pairs["pads"] = [l, t, r, b]
+            xt, yt, it = fresh(f"{n.input[0]}_hw"), fresh(f"{n.output[0]}_hw"), fresh(f"{n.output[1]}_hw")
+            nodes += [helper.make_node("Transpose", [n.input[0]], [xt], perm=[0, 1, 3, 2]),
+                      helper.make_node("MaxPool", [xt], [yt, it], storage_order=1, **kept, **pairs),
+                      helper.make_node("Transpose", [yt], [n.output[0]], perm=[0, 1, 3, 2]),
+                      helper.make_node("Transpose", [it], [n.output[1]], perm=[0, 1, 3, 2])]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+    rewrite(out.graph)
     return out
 
 

@@ -1589,3 +1589,88 @@ def test_predict_runs_many_rows_in_batches(tmp_path, monkeypatch):
         monkeypatch.setattr(E, "PREDICT_ROWS", 1 << 20)
         (whole,) = predict(model, {"x": x}).values()
         np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-7)
+
+
+def _column_walk_max_pool():
+    """onnx's reference MaxPool walking each window as onnxruntime's CUDA kernel does:
+    column by column, naming the first strict maximum in that order (unpadded 2-D windows)."""
+    from onnx.reference.op_run import OpRun
+
+    class MaxPool(OpRun):
+        def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, pads=None,
+                 storage_order=None, strides=None):
+            assert not any(pads or []) and not ceil_mode and set(dilations or [1]) == {1}
+            (kh, kw), (sh, sw) = kernel_shape, strides or kernel_shape
+            n, c, H, W = x.shape
+            ho, wo = (H - kh) // sh + 1, (W - kw) // sw + 1
+            y, idx = np.empty((n, c, ho, wo), x.dtype), np.empty((n, c, ho, wo), np.int64)
+            for a, b, i, j in np.ndindex(n, c, ho, wo):
+                best = None
+                for w in range(j * sw, j * sw + kw):
+                    for h in range(i * sh, i * sh + kh):
+                        if best is None or x[a, b, h, w] > x[a, b, best[0], best[1]]:
+                            best = (h, w)
+                h, w = best
+                y[a, b, i, j] = x[a, b, h, w]
+                idx[a, b, i, j] = (a * c + b) * H * W + (h * W + w if not storage_order else h + w * H)
+            return y, idx
+
+    return MaxPool
+
+
+def test_max_pool_indices_name_the_first_tied_maximum_row_by_row_on_cuda_too():
+    """Max pooling's gradient goes to each window's first maximum row by row (onnxruntime's CPU
+    MaxPool, PyTorch). onnxruntime's CUDA MaxPool walks windows column by column: with ties (a
+    ReLU's zeros) its Indices named another entry, and a device check found max_pool2d_grad 26%
+    off the CPU's. CUDA sessions pool the H/W-swapped input with storage_order=1
+    (runtime.session.max_pool_indices_row_major): here a reference MaxPool walking as CUDA's
+    does names the CPU's entries."""
+    from onnx import TensorProto as TP
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    from runtime.session import make_session, max_pool_indices_row_major
+
+    graph = helper.make_graph(
+        [helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 3], strides=[2, 3])], "pool",
+        [helper.make_tensor_value_info("x", TP.FLOAT, [2, 3, 4, 6])],
+        [helper.make_tensor_value_info("y", TP.FLOAT, [2, 3, 2, 2]), helper.make_tensor_value_info("idx", TP.INT64, [2, 3, 2, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    rewritten = max_pool_indices_row_major(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = np.maximum(np.round(np.random.default_rng(0).normal(size=(2, 3, 4, 6))), 0).astype(np.float32)  # ties
+    y, idx = make_session(model).run(None, {"x": x})
+    cuda_like = _column_walk_max_pool()
+    y_col, idx_col = ReferenceEvaluator(model, new_ops=[cuda_like]).run(None, {"x": x})
+    assert (idx_col != idx).any()  # the column walk names other tied entries
+    y_swapped, idx_swapped = ReferenceEvaluator(rewritten, new_ops=[cuda_like]).run(None, {"x": x})
+    np.testing.assert_array_equal(y_swapped, y)
+    np.testing.assert_array_equal(idx_swapped, idx)
+    np.testing.assert_array_equal(y_col, y)
+
+
+def test_max_pool_rewrite_for_cuda_keeps_the_convnet_step():
+    """The rewritten convnet training step (its pooling's gradient reads MaxPool's indices) gives
+    the same results on onnxruntime's CPU provider, bit for bit; a pool with no indices read is
+    left alone, and loop bodies are rewritten too."""
+    from compiler.emit import all_nodes
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.session import make_session, max_pool_indices_row_major
+    from spec import load_spec
+
+    spec = load_spec(os.path.join(ROOT, "models", "convnet.yaml"))
+    cm = compile_spec(spec)
+    g = cm.graphs["train"]
+    batch = real_batch(spec, cm, 16, 0)
+    state = cm.initial_state(0)
+    feeds = {i.name: np.asarray(state[i.name] if i.name in state else {**batch, "lr": 0.01, "step": 3, "seed": 1}[i.name],
+                                dtype=i.dtype) for i in g.inputs}
+    rewritten = max_pool_indices_row_major(g.model)
+    pools = [n for n in all_nodes(rewritten.graph) if n.op_type == "MaxPool"]
+    assert pools and all(any(a.name == "storage_order" and a.i == 1 for a in n.attribute) for n in pools)
+    onnx.checker.check_model(rewritten, full_check=True)
+    for a, b in zip(make_session(rewritten).run(None, feeds), make_session(g.model).run(None, feeds)):
+        np.testing.assert_array_equal(a, b)
+    forward = cm.graphs["eval"].model  # pools with no indices: unchanged
+    assert max_pool_indices_row_major(forward) is forward
