@@ -1292,8 +1292,11 @@ def _step_failed(ex: Exception, what: str, run_dir: str, float_dtype: str = "flo
     detail = detail.split("Status Message: ")[-1]
     if re.match(r"\S+\.(cc|h|cpp):\d+ ", detail):  # a C++ source position and signature: keep what follows
         detail = re.split(r"\] |\) ", detail)[-1]
-    if "NOT_IMPLEMENTED" in detail:
-        detail = detail.split("NOT_IMPLEMENTED : ")[-1]
+    # (a CUDA session with a node no provider takes says so from deep in its setup)
+    unplaced = re.search(r"Provider type for (\w+) node", detail)
+    if "NOT_IMPLEMENTED" in detail or unplaced:
+        detail = f"no provider has a kernel for its {unplaced.group(1)} node in these types" if unplaced \
+            else detail.split("NOT_IMPLEMENTED : ")[-1]
         if float_dtype == "float64":  # (the CPU provider has float64 products, not convolutions or pooling)
             hint = ("onnxruntime has no float64 kernel for that op: train in float32; flowgrad gradcheck checks "
                     "float64 gradients of any op on onnx's reference evaluator")

@@ -457,6 +457,21 @@ def test_float64_training_of_a_convnet_says_which_kernel_is_missing(tmp_path):
     assert "no float64 kernel" in e.value.hint and "mixed_precision" not in e.value.hint
 
 
+def test_a_node_no_cuda_provider_takes_is_named_as_a_missing_kernel():
+    """A float64 convnet's CUDA session fails in its setup (no provider takes float64 ConvTranspose);
+    onnxruntime's words were passed on as a C++ assertion with a hint about class ids."""
+    from runtime.train import _step_failed
+
+    said = ("[ONNXRuntimeError] : 1 : FAIL : Exception during initialization: /onnxruntime_src/onnxruntime/core/"
+            "optimizer/transformer_memcpy.cc:253 bool onnxruntime::TransformerMemcpyImpl::IsNodeCompatibleWithProvider"
+            "(const onnxruntime::Node&) const !node_provider_type.empty() was false. Provider type for ConvTranspose "
+            "node with name '' is not set.")
+    e = _step_failed(RuntimeError(said), "training step 0 (epoch 1)", "runs/r", "float64")
+    assert str(e).startswith("onnxruntime cannot run the training step 0 (epoch 1): no provider has a kernel for its "
+                             "ConvTranspose node in these types\n")
+    assert "no float64 kernel" in e.hint
+
+
 def test_gan_coverage_sessions_take_its_threads(tmp_path, monkeypatch):
     """benchmarks/gan_coverage.py's --threads reached the training runs but not its two
     sessions: session(path) was called without it, so they took every core."""
