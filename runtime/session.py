@@ -120,7 +120,7 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     if device == "cuda":
-        model = max_pool_indices_row_major(shifts_in_float64(model))
+        model = weights_last_in_loops(max_pool_indices_row_major(shifts_in_float64(model)))
     narrow = narrow_types(model)
     disabled = ort_disabled_optimizers(model)
     disabling = {"disabled_optimizers": disabled} if disabled else {}
@@ -362,6 +362,96 @@ def max_pool_indices_row_major(model: onnx.ModelProto) -> onnx.ModelProto:
         graph.node.extend(nodes)
 
     rewrite(out.graph)
+    return out
+
+
+def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each loop body's Transpose(MatMul(W^T, Transpose(x))) written back as
+    MatMul(x, W), W the input of the outer Transpose that makes W^T (a new one where none
+    does). compiler.rewrites.weights_first_in_loops writes products by a recurrent weight
+    weights-first for onnxruntime's CPU MatMul, which packs its right operand on every call
+    (a char_lstm step is 13% slower without it on the CPU); on CUDA the two Transposes are
+    two more kernel launches each step, in a loop whose steps are bound by launches. CUDA
+    sessions get this form."""
+    from onnx import helper
+
+    made = {o: n for n in all_nodes(model.graph) for o in n.output}
+
+    def transposed(n) -> bool:
+        return n is not None and n.op_type == "Transpose" and len(n.input) == 1 and \
+            [list(a.ints) for a in n.attribute if a.name == "perm"] == [[1, 0]]
+
+    def candidates(body):
+        """(outer Transpose node, MatMul node, inner Transpose node, x, W^T) of each product."""
+        here = {o: n for n in body.node for o in n.output}
+        reads: dict[str, int] = {}
+        for n in body.node:
+            for name in n.input:
+                reads[name] = reads.get(name, 0) + 1
+        for name in {o.name for o in body.output}:
+            reads[name] = reads.get(name, 0) + 1
+        for n in body.node:
+            product = here.get(n.input[0]) if transposed(n) else None
+            if product is None or product.op_type != "MatMul" or reads[product.output[0]] != 1:
+                continue
+            wt, xt = product.input
+            inner = here.get(xt)
+            if wt in here or not transposed(inner) or reads[xt] != 1:
+                continue  # (a weight made in the step changes every step)
+            yield n, product, inner, inner.input[0], wt
+
+    def bodies(graph):
+        for n in graph.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield a.g
+                    yield from bodies(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for g in a.graphs:
+                        yield g
+                        yield from bodies(g)
+
+    if not any(True for b in bodies(model.graph) for _ in candidates(b)):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    fresh = _fresh_names(out)
+    top = {v.name for v in [*out.graph.input, *out.graph.initializer]} | {o for n in out.graph.node for o in n.output}
+    weights: dict[str, str] = {}  # W^T -> W
+
+    def untransposed(wt: str) -> str | None:
+        if wt not in weights:
+            p = made.get(wt)
+            if transposed(p):
+                weights[wt] = p.input[0]
+            elif wt in top:  # W^T made outside every loop: its transpose is made there once, after it
+                there = [n for n in out.graph.node if transposed(n) and n.input[0] == wt]
+                if there:
+                    weights[wt] = there[0].output[0]
+                    return weights[wt]
+                weights[wt] = fresh(f"{wt}_T")
+                after = next((i + 1 for i, n in enumerate(out.graph.node) if wt in n.output), 0)
+                out.graph.node.insert(after, helper.make_node("Transpose", [wt], [weights[wt]], perm=[1, 0]))
+            else:
+                return None
+        return weights[wt]
+
+    for body in bodies(out.graph):
+        swaps = {}
+        for last, product, inner, x, wt in list(candidates(body)):
+            w = untransposed(wt)
+            if w is not None:
+                swaps[id(last)] = helper.make_node("MatMul", [x, w], list(last.output))
+                swaps[id(product)] = swaps[id(inner)] = None
+        if not swaps:
+            continue
+        nodes = [swaps.get(id(n), n) for n in body.node]
+        del body.node[:]
+        body.node.extend(n for n in nodes if n is not None)
+        still = {o for n in body.node for o in n.output}
+        kept = [v for v in body.value_info if v.name in still]
+        del body.value_info[:]
+        body.value_info.extend(kept)
     return out
 
 

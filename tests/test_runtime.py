@@ -1674,3 +1674,33 @@ def test_max_pool_rewrite_for_cuda_keeps_the_convnet_step():
         np.testing.assert_array_equal(a, b)
     forward = cm.graphs["eval"].model  # pools with no indices: unchanged
     assert max_pool_indices_row_major(forward) is forward
+
+
+def test_cuda_sessions_multiply_by_recurrent_weights_without_the_transposes():
+    """compiler.rewrites.weights_first_in_loops writes a step's h @ U as (U^T @ h^T)^T for the
+    CPU's MatMul; CUDA sessions get MatMul(h, U) back (runtime.session.weights_last_in_loops):
+    no Transpose is left in the LSTM's steps, and the training step computes the same values."""
+    from compiler.emit import all_nodes
+    from compiler.training import compile_spec
+    from runtime.bench import real_batch
+    from runtime.session import make_session, weights_last_in_loops
+    from spec import load_spec
+
+    spec = load_spec(os.path.join(ROOT, "models", "char_lstm.yaml"), ["dims.E=8"])  # (H 256: weights first)
+    cm = compile_spec(spec)
+    g = cm.graphs["train"]
+    steps = [a.g for n in g.model.graph.node if n.op_type == "Scan" for a in n.attribute if a.name == "body"]
+    assert len(steps) == 2 and all(any(n.op_type == "Transpose" for n in s.node) for s in steps)
+    rewritten = weights_last_in_loops(g.model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    steps = [a.g for n in rewritten.graph.node if n.op_type == "Scan" for a in n.attribute if a.name == "body"]
+    assert not any(n.op_type == "Transpose" for s in steps for n in s.node)
+    assert sum(n.op_type == "MatMul" for s in steps for n in s.node) == 2
+    batch = real_batch(spec, cm, 8, 0)
+    state = cm.initial_state(0)
+    feeds = {i.name: np.asarray(state[i.name] if i.name in state else {**batch, "lr": 0.01, "step": 3, "seed": 1}[i.name],
+                                dtype=i.dtype) for i in g.inputs}
+    for a, b in zip(make_session(rewritten).run(None, feeds), make_session(g.model).run(None, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # (float32 products in another order)
+    mlp = compile_spec(load_spec(os.path.join(ROOT, "models", "mlp.yaml"))).graphs["train"].model
+    assert weights_last_in_loops(mlp) is mlp  # no loops: unchanged
