@@ -385,7 +385,7 @@ def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
         """(outer Transpose node, MatMul node, inner Transpose node, x, W^T) of each product."""
         here = {o: n for n in body.node for o in n.output}
         reads: dict[str, int] = {}
-        for n in body.node:
+        for n in all_nodes(body):  # (a loop inside the step may read a value of it)
             for name in n.input:
                 reads[name] = reads.get(name, 0) + 1
         for name in {o.name for o in body.output}:
@@ -418,25 +418,24 @@ def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
     fresh = _fresh_names(out)
     top = {v.name for v in [*out.graph.input, *out.graph.initializer]} | {o for n in out.graph.node for o in n.output}
     weights: dict[str, str] = {}  # W^T -> W
+    new_transposes: list[str] = []  # the W^T whose transpose no node makes yet
 
     def untransposed(wt: str) -> str | None:
         if wt not in weights:
             p = made.get(wt)
+            there = [n for n in out.graph.node if transposed(n) and n.input[0] == wt]
             if transposed(p):
                 weights[wt] = p.input[0]
-            elif wt in top:  # W^T made outside every loop: its transpose is made there once, after it
-                there = [n for n in out.graph.node if transposed(n) and n.input[0] == wt]
-                if there:
-                    weights[wt] = there[0].output[0]
-                    return weights[wt]
+            elif there:
+                weights[wt] = there[0].output[0]
+            elif wt in top:  # W^T made outside every loop: its transpose is made there once
                 weights[wt] = fresh(f"{wt}_T")
-                after = next((i + 1 for i, n in enumerate(out.graph.node) if wt in n.output), 0)
-                out.graph.node.insert(after, helper.make_node("Transpose", [wt], [weights[wt]], perm=[1, 0]))
+                new_transposes.append(wt)
             else:
                 return None
         return weights[wt]
 
-    for body in bodies(out.graph):
+    for body in list(bodies(out.graph)):
         swaps = {}
         for last, product, inner, x, wt in list(candidates(body)):
             w = untransposed(wt)
@@ -452,6 +451,9 @@ def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
         kept = [v for v in body.value_info if v.name in still]
         del body.value_info[:]
         body.value_info.extend(kept)
+    for wt in new_transposes:  # each right after what makes W^T
+        after = next((i + 1 for i, n in enumerate(out.graph.node) if wt in n.output), 0)
+        out.graph.node.insert(after, helper.make_node("Transpose", [wt], [weights[wt]], perm=[1, 0]))
     return out
 
 

@@ -1704,3 +1704,36 @@ def test_cuda_sessions_multiply_by_recurrent_weights_without_the_transposes():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # (float32 products in another order)
     mlp = compile_spec(load_spec(os.path.join(ROOT, "models", "mlp.yaml"))).graphs["train"].model
     assert weights_last_in_loops(mlp) is mlp  # no loops: unchanged
+
+
+def test_weights_last_transposes_a_weight_given_as_it_is_once_outside_the_loop():
+    """W^T given to the model as it is (no Transpose makes it): the rewrite transposes it once,
+    outside the loop, and the step multiplies by that."""
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from runtime.session import make_session, weights_last_in_loops
+
+    body = helper.make_graph(
+        [helper.make_node("Transpose", ["h"], ["ht"], perm=[1, 0]),
+         helper.make_node("MatMul", ["wt", "ht"], ["m"]),
+         helper.make_node("Transpose", ["m"], ["y"], perm=[1, 0]),
+         helper.make_node("Add", ["y", "x_t"], ["out_t"]),
+         helper.make_node("Identity", ["h"], ["h_next"])], "step",
+        [helper.make_tensor_value_info("h", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("x_t", TP.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("h_next", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("out_t", TP.FLOAT, [2, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Scan", ["h0", "xs"], ["h_last", "outs"], num_scan_inputs=1, body=body)], "loop",
+        [helper.make_tensor_value_info(n, TP.FLOAT, s) for n, s in (("wt", [4, 3]), ("h0", [2, 3]), ("xs", [5, 2, 4]))],
+        [helper.make_tensor_value_info("h_last", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("outs", TP.FLOAT, [5, 2, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    rewritten = weights_last_in_loops(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert [(n.op_type, list(n.input)) for n in rewritten.graph.node] == [("Transpose", ["wt"]), ("Scan", ["h0", "xs"])]
+    step = rewritten.graph.node[1].attribute[0].g
+    assert [(n.op_type, list(n.input)) for n in step.node][0] == ("MatMul", ["h", rewritten.graph.node[0].output[0]])
+    rng = np.random.default_rng(0)
+    feeds = {"wt": rng.normal(size=(4, 3)).astype(np.float32), "h0": rng.normal(size=(2, 3)).astype(np.float32),
+             "xs": rng.normal(size=(5, 2, 4)).astype(np.float32)}
+    for a, b in zip(make_session(rewritten).run(None, feeds), make_session(model).run(None, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
