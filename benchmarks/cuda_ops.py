@@ -1,7 +1,8 @@
 """On a machine with a GPU: every registered op's samples (the table that drives
 tests/test_ops.py), forward and gradient, run on onnxruntime's CUDA provider and on the
 CPU, in float64 and in float32; prints each op's largest difference and whether some of
-its nodes run on the CPU provider beside CUDA (no CUDA kernel).
+its nodes run on the CPU provider beside CUDA (a node with no CUDA kernel, or one of the
+small shape computations onnxruntime keeps on the CPU).
 
     python benchmarks/cuda_ops.py [--workers 8] [--json cuda_ops.json]
 
