@@ -235,6 +235,25 @@ def unpool_by_scatter(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _graphs_inner_first(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """A graph's loop bodies, each after those inside it, then the graph: rebuilding a graph's
+    node list copies its nodes, bodies and all, so a body is rewritten before its graph is."""
+    inner = [g for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
+             for g in _graphs_inner_first(a.g)]
+    return inner + [graph]
+
+
+def _replace_nodes(graph: onnx.GraphProto, replace) -> None:
+    """Each node n of the graph (not of its bodies) replaced by the nodes replace(n) gives,
+    where it gives any (None keeps n)."""
+    nodes = []
+    for n in graph.node:
+        new = replace(n)
+        nodes.extend([n] if new is None else new)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def _fresh_names(model: onnx.ModelProto):
     """A function giving names no tensor of the model has (nor an earlier call gave)."""
     taken = {name for n in all_nodes(model.graph) for name in [*n.input, *n.output]}
@@ -276,30 +295,20 @@ def shifts_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 
     scales = {}
 
-    def rewrite(graph) -> None:
-        nodes = []
-        for n in graph.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    rewrite(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        rewrite(g)
-            k = shift(n)
-            if k is None:
-                nodes.append(n)
-                continue
-            if k not in scales:  # an outer-scope initializer, read by loop bodies too
-                scales[k] = fresh(f"shift_scale_{k}")
-                out.graph.initializer.append(helper.make_tensor(scales[k], TensorProto.DOUBLE, [], [2.0 ** -k]))
-            wide, scaled = fresh(f"{n.output[0]}_wide"), fresh(f"{n.output[0]}_scaled")
-            nodes += [helper.make_node("Cast", [n.input[0]], [wide], to=TensorProto.DOUBLE),
-                      helper.make_node("Mul", [wide, scales[k]], [scaled]),
-                      helper.make_node("Cast", [scaled], list(n.output), to=TensorProto.UINT32)]
-        del graph.node[:]
-        graph.node.extend(nodes)
+    def exact(n):
+        k = shift(n)
+        if k is None:
+            return None
+        if k not in scales:  # an outer-scope initializer, read by loop bodies too
+            scales[k] = fresh(f"shift_scale_{k}")
+            out.graph.initializer.append(helper.make_tensor(scales[k], TensorProto.DOUBLE, [], [2.0 ** -k]))
+        wide, scaled = fresh(f"{n.output[0]}_wide"), fresh(f"{n.output[0]}_scaled")
+        return [helper.make_node("Cast", [n.input[0]], [wide], to=TensorProto.DOUBLE),
+                helper.make_node("Mul", [wide, scales[k]], [scaled]),
+                helper.make_node("Cast", [scaled], list(n.output), to=TensorProto.UINT32)]
 
-    rewrite(out.graph)
+    for graph in _graphs_inner_first(out.graph):
+        _replace_nodes(graph, exact)
     # the shift amounts no node reads any more go too (onnxruntime warns about each unused
     # initializer whenever it loads the file)
     read = {name for n in all_nodes(out.graph) for name in n.input}
@@ -335,33 +344,23 @@ def max_pool_indices_row_major(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     fresh = _fresh_names(out)
 
-    def rewrite(graph) -> None:
-        nodes = []
-        for n in graph.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    rewrite(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        rewrite(g)
-            if not swapped(n):
-                nodes.append(n)
-                continue
-            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-            kept = {k: v for k, v in attrs.items() if k in ("ceil_mode", "auto_pad")}
-            pairs = {k: list(attrs[k])[::-1] for k in ("kernel_shape", "strides", "dilations") if k in attrs}
-            if "pads" in attrs:  # [top, left, bottom, right] -> [left, top, right, bottom]
-                t, l, b, r = attrs["pads"]
-                pairs["pads"] = [l, t, r, b]
-            xt, yt, it = fresh(f"{n.input[0]}_hw"), fresh(f"{n.output[0]}_hw"), fresh(f"{n.output[1]}_hw")
-            nodes += [helper.make_node("Transpose", [n.input[0]], [xt], perm=[0, 1, 3, 2]),
-                      helper.make_node("MaxPool", [xt], [yt, it], storage_order=1, **kept, **pairs),
-                      helper.make_node("Transpose", [yt], [n.output[0]], perm=[0, 1, 3, 2]),
-                      helper.make_node("Transpose", [it], [n.output[1]], perm=[0, 1, 3, 2])]
-        del graph.node[:]
-        graph.node.extend(nodes)
+    def swap(n):
+        if not swapped(n):
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        kept = {k: v for k, v in attrs.items() if k in ("ceil_mode", "auto_pad")}
+        pairs = {k: list(attrs[k])[::-1] for k in ("kernel_shape", "strides", "dilations") if k in attrs}
+        if "pads" in attrs:  # [top, left, bottom, right] -> [left, top, right, bottom]
+            t, l, b, r = attrs["pads"]
+            pairs["pads"] = [l, t, r, b]
+        xt, yt, it = fresh(f"{n.input[0]}_hw"), fresh(f"{n.output[0]}_hw"), fresh(f"{n.output[1]}_hw")
+        return [helper.make_node("Transpose", [n.input[0]], [xt], perm=[0, 1, 3, 2]),
+                helper.make_node("MaxPool", [xt], [yt, it], storage_order=1, **kept, **pairs),
+                helper.make_node("Transpose", [yt], [n.output[0]], perm=[0, 1, 3, 2]),
+                helper.make_node("Transpose", [it], [n.output[1]], perm=[0, 1, 3, 2])]
 
-    rewrite(out.graph)
+    for graph in _graphs_inner_first(out.graph):
+        _replace_nodes(graph, swap)
     return out
 
 
@@ -400,16 +399,8 @@ def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
                 continue  # (a weight made in the step changes every step)
             yield n, product, inner, inner.input[0], wt
 
-    def bodies(graph):
-        for n in graph.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    yield a.g
-                    yield from bodies(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        yield g
-                        yield from bodies(g)
+    def bodies(graph) -> list:
+        return _graphs_inner_first(graph)[:-1]
 
     if not any(True for b in bodies(model.graph) for _ in candidates(b)):
         return model
@@ -435,18 +426,16 @@ def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
                 return None
         return weights[wt]
 
-    for body in list(bodies(out.graph)):
-        swaps = {}
+    for body in bodies(out.graph):
+        swaps = {}  # first output -> the nodes in place of its node
         for last, product, inner, x, wt in list(candidates(body)):
             w = untransposed(wt)
             if w is not None:
-                swaps[id(last)] = helper.make_node("MatMul", [x, w], list(last.output))
-                swaps[id(product)] = swaps[id(inner)] = None
+                swaps[last.output[0]] = [helper.make_node("MatMul", [x, w], list(last.output))]
+                swaps[product.output[0]] = swaps[inner.output[0]] = []
         if not swaps:
             continue
-        nodes = [swaps.get(id(n), n) for n in body.node]
-        del body.node[:]
-        body.node.extend(n for n in nodes if n is not None)
+        _replace_nodes(body, lambda n: swaps.get(n.output[0]) if n.output else None)
         still = {o for n in body.node for o in n.output}
         kept = [v for v in body.value_info if v.name in still]
         del body.value_info[:]

@@ -1706,13 +1706,10 @@ def test_cuda_sessions_multiply_by_recurrent_weights_without_the_transposes():
     assert weights_last_in_loops(mlp) is mlp  # no loops: unchanged
 
 
-def test_weights_last_transposes_a_weight_given_as_it_is_once_outside_the_loop():
-    """W^T given to the model as it is (no Transpose makes it): the rewrite transposes it once,
-    outside the loop, and the step multiplies by that."""
+def _weights_first_scan(h0: str, xs: str, outputs: list[str]):
+    """A Scan node whose step multiplies its state h [2, 3] by the outer wt [4, 3] weights-first."""
     from onnx import TensorProto as TP
     from onnx import helper
-
-    from runtime.session import make_session, weights_last_in_loops
 
     body = helper.make_graph(
         [helper.make_node("Transpose", ["h"], ["ht"], perm=[1, 0]),
@@ -1722,8 +1719,20 @@ def test_weights_last_transposes_a_weight_given_as_it_is_once_outside_the_loop()
          helper.make_node("Identity", ["h"], ["h_next"])], "step",
         [helper.make_tensor_value_info("h", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("x_t", TP.FLOAT, [2, 4])],
         [helper.make_tensor_value_info("h_next", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("out_t", TP.FLOAT, [2, 4])])
+    return helper.make_node("Scan", [h0, xs], outputs, num_scan_inputs=1, body=body)
+
+
+def test_weights_last_transposes_a_weight_given_as_it_is_once_outside_the_loop():
+    """W^T given to the model as it is (no Transpose makes it): the rewrite transposes it once,
+    outside the loop, and the step multiplies by that; a loop inside a loop's step is rewritten
+    too (the outer step's nodes are copied when it is rebuilt: the inner one goes first)."""
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from runtime.session import make_session, weights_last_in_loops
+
     graph = helper.make_graph(
-        [helper.make_node("Scan", ["h0", "xs"], ["h_last", "outs"], num_scan_inputs=1, body=body)], "loop",
+        [_weights_first_scan("h0", "xs", ["h_last", "outs"])], "loop",
         [helper.make_tensor_value_info(n, TP.FLOAT, s) for n, s in (("wt", [4, 3]), ("h0", [2, 3]), ("xs", [5, 2, 4]))],
         [helper.make_tensor_value_info("h_last", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("outs", TP.FLOAT, [5, 2, 4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
@@ -1736,4 +1745,26 @@ def test_weights_last_transposes_a_weight_given_as_it_is_once_outside_the_loop()
     feeds = {"wt": rng.normal(size=(4, 3)).astype(np.float32), "h0": rng.normal(size=(2, 3)).astype(np.float32),
              "xs": rng.normal(size=(5, 2, 4)).astype(np.float32)}
     for a, b in zip(make_session(rewritten).run(None, feeds), make_session(model).run(None, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+    outer_step = helper.make_graph(  # a product of its own too: the step is rebuilt
+        [_weights_first_scan("g", "xs_o", ["g_last", "outs_o"]), helper.make_node("Identity", ["g_last"], ["g_next"]),
+         helper.make_node("Transpose", ["g"], ["gt"], perm=[1, 0]), helper.make_node("MatMul", ["wt", "gt"], ["m2"]),
+         helper.make_node("Transpose", ["m2"], ["y2"], perm=[1, 0])],
+        "outer", [helper.make_tensor_value_info("g", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("xs_o", TP.FLOAT, [5, 2, 4])],
+        [helper.make_tensor_value_info("g_next", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("outs_o", TP.FLOAT, [5, 2, 4]),
+         helper.make_tensor_value_info("y2", TP.FLOAT, [2, 4])])
+    nested = helper.make_model(helper.make_graph(
+        [helper.make_node("Scan", ["h0", "xss"], ["h_last", "outs", "ys"], num_scan_inputs=1, body=outer_step)], "loops",
+        [helper.make_tensor_value_info(n, TP.FLOAT, s) for n, s in (("wt", [4, 3]), ("h0", [2, 3]), ("xss", [3, 5, 2, 4]))],
+        [helper.make_tensor_value_info("h_last", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("outs", TP.FLOAT, [3, 5, 2, 4]),
+         helper.make_tensor_value_info("ys", TP.FLOAT, [3, 2, 4])]),
+        opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    rewritten = weights_last_in_loops(nested)
+    onnx.checker.check_model(rewritten, full_check=True)
+    outer = rewritten.graph.node[1].attribute[0].g
+    assert [n.op_type for n in outer.node] == ["Scan", "Identity", "MatMul"]
+    assert [n.op_type for n in outer.node[0].attribute[0].g.node] == ["MatMul", "Add", "Identity"]
+    feeds = {"wt": feeds["wt"], "h0": feeds["h0"], "xss": rng.normal(size=(3, 5, 2, 4)).astype(np.float32)}
+    for a, b in zip(make_session(rewritten).run(None, feeds), make_session(nested).run(None, feeds)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
