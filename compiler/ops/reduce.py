@@ -5,6 +5,7 @@ import math
 
 import ml_dtypes
 import numpy as np
+import onnx
 
 from spec.errors import FlowgradError, ShapeError
 
@@ -295,14 +296,30 @@ class ArgReduction(OpDef):
         return [TensorType("int64", reduced_shape(x.shape, (axis,), attrs["keepdims"]))]
 
     def emit(self, e, node, ins, outs):
-        axis = normalize_axis(node.attrs["axis"], node.inputs[0].rank)
-        e.add(self.onnx, ins, outs, axis=axis, keepdims=int(bool(node.attrs["keepdims"])))
+        from ..emit import onnx_dtype
+
+        x = node.inputs[0]
+        axis = normalize_axis(node.attrs["axis"], x.rank)
+        keepdims = int(bool(node.attrs["keepdims"]))
+        if not is_float(x.dtype):
+            e.add(self.onnx, ins, outs, axis=axis, keepdims=keepdims)
+            return
+        # onnxruntime's CPU ArgMax/ArgMin pass over NaNs (argmax of [1, nan, 3] was 2); NumPy,
+        # PyTorch and onnx's reference name the first NaN, as the max and min give NaN
+        nan = e.add("Cast", [e.add("IsNaN", ins)], to=onnx_dtype(x.dtype))
+        first_nan = e.add("ArgMax", [nan], axis=axis, keepdims=keepdims)
+        has_nan = e.add("Cast", [e.add("ReduceMax", [nan, e.ints([axis])], keepdims=keepdims)], to=onnx.TensorProto.BOOL)
+        e.add("Where", [has_nan, first_nan, e.add(self.onnx, ins, axis=axis, keepdims=keepdims)], outs)
 
     def ref(self, attrs, x):
         return type(self).np_fn(x, axis=attrs["axis"], keepdims=bool(attrs["keepdims"]))
 
     def samples(self, rng):
-        return [Sample([rng.normal(size=(4, 5))]), Sample([rng.normal(size=(4, 5))], {"axis": 0, "keepdims": True})]
+        nan = rng.normal(size=(4, 5))
+        nan[0, 3] = nan[2, 1] = nan[2, 4] = np.nan  # onnxruntime's ArgMax/ArgMin passed over them
+        return [Sample([rng.normal(size=(4, 5))]), Sample([rng.normal(size=(4, 5))], {"axis": 0, "keepdims": True}),
+                Sample([nan]), Sample([nan], {"axis": 0, "keepdims": True}),
+                Sample([np.array([[1, 5, 5, 2], [3, 3, 0, 0]])])]  # ties and integers: the first
 
 
 @op("argmax")
