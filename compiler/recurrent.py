@@ -64,6 +64,11 @@ def _batch_polymorphic(node, kinds: list[str]) -> bool:
     return False
 
 
+# Constants of at most this many entries that a step reads stay in it when its state-free part
+# is hoisted out of the loop (larger ones are read from outside, not copied into the step).
+SMALL_CONSTANT = 16
+
+
 def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Graph, per_step: bool = True):
     """Move the state-independent part of `body` out of the loop: loop-invariant
     values, and (with `per_step`) values computed from the sequences alone, as one
@@ -113,6 +118,12 @@ def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Gr
     mapping.update({c.id: n for c, n in zip(body.carries, new_carries)})
     seqs, nonseqs, seq_outer, nonseq_outer = [], [], [], []
     for v in needed:
+        p = outer[v.id].producer
+        if p is not None and p.op.name == "constant" and np.size(p.attrs["value"]) <= SMALL_CONSTANT:
+            # a small constant stays in the step, where emission can read it (a uint32 division by
+            # 256 inside a sampling loop became a Div, not a shift, as a step input)
+            mapping[v.id] = bg.add_node(p.op, [], dict(p.attrs), [v.type])[0]
+            continue
         if kind[v.id] == "seq":
             n = bg.add_input(v.name or "x_t", v.dtype, v.shape, unique=True)
             seqs.append(n)

@@ -321,6 +321,27 @@ def test_uint32_division_by_a_power_of_two_is_a_shift_that_keeps_broadcasting(di
     assert bit_equal(a[0], want) and bit_equal(b[0], want)
 
 
+def test_a_sampling_loops_uniform_draws_divide_by_shifts_too():
+    """A scan's step keeps the small constants it reads: hoisting its state-free part moved the
+    uniform draw's divisor 256 out of char_lstm's sampling loop, where the step read it as an
+    input, so the draw's uint32 division was emitted as a Div (slower than the shift, and no
+    kernel in onnxruntime 1.18-1.20, which otherwise run the export)."""
+    import os
+
+    from compiler.emit import all_graphs
+    from compiler.training import compile_spec
+    from spec import load_spec
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cm = compile_spec(load_spec(os.path.join(root, "models", "char_lstm.yaml"), ["dims.H=8", "dims.E=4"]))
+    model = onnx.shape_inference.infer_shapes(cm.graphs["generate"].model)
+    divided = []
+    for g in all_graphs(model.graph):
+        types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+        divided += [types.get(n.input[0]) for n in g.node if n.op_type == "Div"]
+    assert divided and onnx.TensorProto.UINT32 not in divided
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_uniform_never_reaches_high(dtype):  # (float32 reaches it once in 2^24 draws: not seen here)
     """uniform(low=1, high=2) is 1 + u, which rounds up to 2 for u = 1 - 2^-11 in float16 (one
