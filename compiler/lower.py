@@ -228,8 +228,8 @@ class Lowering:
             decl = self.spec.inputs[sized]
             raise SpecError(f"{name!r} is a size of input {sized!r} (shape [{', '.join(map(str, decl.shape))}]), "
                             "known only at run time: it is not a value of the graph", loc,
-                            f"zeros({name}, ...) and ones({name}, ...) take it alone as a size; reshape takes -1 "
-                            f"in its place (reshape(x, [-1, 4])); a number needs a dim under dims:")
+                            f"zeros({name}, ...), ones({name}, ...) and reshape's target (reshape(x, [{name}, -1, 4])) "
+                            f"take it alone as a size; a number needs a dim under dims:")
         if name in (*FLOAT_DTYPES, *INT_DTYPES, "bool", *SPEC_FLOAT_NAMES):
             # cast(y, to=float32) takes the bare word (a keyword's value may be one), but a type
             # given positionally, cast(y, float32), is read as a value, and was 'undefined'
@@ -650,8 +650,14 @@ class Lowering:
         if e.func in self.spec.blocks:
             return self.call_block(e)
         self._check_keywords(e)
-        args = [self.eval(a) for a in e.args]
-        kwargs = self._eval_kwargs(e)
+        if e.func == "reshape":
+            # reshape(q, [N, T, H, D]): a symbolic dim of an input (the batch N, a length T) is a
+            # size of the target, as in torch's q.view(B, T, H, D); it was 'not a value of the graph'
+            args = [self._reshape_target(a) if i == 1 else self.eval(a) for i, a in enumerate(e.args)]
+            kwargs = {k: self._reshape_target(v) if k == "shape" else self.eval(v) for k, v in e.kwargs.items()}
+        else:
+            args = [self.eval(a) for a in e.args]
+            kwargs = self._eval_kwargs(e)
         layer = layers.LAYERS.get(e.func)
         if layer is not None and layer.applies(args, kwargs):
             return self._run_layer(layer, e, args, kwargs)
@@ -710,6 +716,20 @@ class Lowering:
                 err.hint = f"{err.hint}; {call}" if err.hint else call
             raise
         return tuple(outs) if len(outs) > 1 else outs[0]
+
+    def _reshape_target(self, e: S.Expr):
+        """reshape's shape: a list whose entries may name symbolic dims of the inputs (N, T), kept
+        as those dims (the op copies a dim at its input's position or infers the one -1 it needs)."""
+        if not isinstance(e, S.ListExpr):
+            return self.eval(e)
+        out = []
+        for item in e.items:
+            if isinstance(item, S.Name) and item.id not in self.spec.dims and item.id not in self._defs \
+                    and item.id not in self.env and self.symbolic_dim(item.id) is not None:
+                out.append(item.id)
+            else:
+                out.append(self.eval(item))
+        return out
 
     def _eval_kwargs(self, e: S.Call) -> dict:
         kwargs = {}

@@ -1768,3 +1768,51 @@ def test_weights_last_transposes_a_weight_given_as_it_is_once_outside_the_loop()
     feeds = {"wt": feeds["wt"], "h0": feeds["h0"], "xss": rng.normal(size=(3, 5, 2, 4)).astype(np.float32)}
     for a, b in zip(make_session(rewritten).run(None, feeds), make_session(nested).run(None, feeds)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+_HEADS = """flowgrad: 1
+name: heads
+dims: {E: 6, NH: 2, D: 3}
+inputs:
+  x: {shape: [N, T, E]}
+params:
+  s: {shape: [E], init: ones}
+graph:
+  q: transpose(reshape(x * s, [N, T, NH, D]), [0, 2, 1, 3])
+  a: softmax(q @ transpose(q, [0, 1, 3, 2]), axis=-1) @ q
+  o: reshape(transpose(a, [0, 2, 1, 3]), shape=[N, T, E])
+outputs:
+  out: o
+loss: mean(o * o)
+train:
+  optimizer: {sgd: {lr: 0.01}}
+"""
+
+
+def test_reshape_takes_the_symbolic_dims_of_the_inputs():
+    """Splitting [N, T, E] into heads, as torch's q.view(B, T, nh, d) does, could not be written:
+    reshape(q, [N, T, NH, D]) was refused ("'N' is a size of input 'x', known only at run time")
+    and -1 stands for one dim only, so a multi-head attention over a symbolic batch and length had
+    no reshape. The target now names the inputs' symbolic dims; a target that would need two
+    inferred dims at run time, or holds another size, is refused at the reshape."""
+    from compiler.check import Runner
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    cm = compile_spec(spec_from_text(_HEADS, "h.yaml"), "float64", graphs=("infer", "grads"))
+
+    for n, t in ((3, 5), (1, 2)):
+        x = np.random.default_rng(n).normal(size=(n, t, 6))
+        q = x.reshape(n, t, 2, 3).transpose(0, 2, 1, 3)
+        s = q @ q.transpose(0, 1, 3, 2)
+        w = np.exp(s - s.max(-1, keepdims=True))
+        want = ((w / w.sum(-1, keepdims=True)) @ q).transpose(0, 2, 1, 3).reshape(n, t, 6)
+        np.testing.assert_allclose(Runner(cm.graphs["infer"].model)({"x": x, "s": np.ones(6)})["out"], want, rtol=1e-12)
+        grads = Runner(cm.graphs["grads"].model)({"x": x, "s": np.ones(6)})
+        np.testing.assert_allclose(grads["loss"], np.mean(want * want), rtol=1e-12)
+    with pytest.raises(FlowgradError, match=r"h.yaml:9:31: .*cannot reshape \[N, T, 6\] \(6\*N\*T elements\) "
+                                            r"to \[N, T, 4, 3\]"):
+        compile_spec(spec_from_text(_HEADS.replace("NH: 2", "NH: 4"), "h.yaml"), "float64", graphs=("infer",))
+    with pytest.raises(FlowgradError, match=r"h.yaml:9:31: .*with one unknown dim"):
+        compile_spec(spec_from_text(_HEADS.replace("[N, T, NH, D]", "[T, N, NH, D]"), "h.yaml"), "float64",
+                     graphs=("infer",))

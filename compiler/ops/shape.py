@@ -45,7 +45,8 @@ def reshape_code(in_shape, out_shape) -> list[int]:
         else:
             code.append(-1)
     if code.count(-1) > 1:
-        raise ShapeError(f"cannot express reshape {fmt_shape(in_shape)} -> {fmt_shape(out_shape)} with one unknown dim", hint="write all but one of the target's sizes as numbers or declared dims")
+        raise ShapeError(f"cannot express reshape {fmt_shape(in_shape)} -> {fmt_shape(out_shape)} with one unknown dim", arg="shape", hint="a symbolic dim of the target (N, T) is copied from the same axis of the input, and one "
+                         "other may be inferred: write the rest as numbers or declared dims, or transpose first")
     if 0 in out_shape:
         raise ShapeError("reshape to an empty dim is not supported", hint="give every dim of the target a size of 1 or more")
     return code
@@ -70,7 +71,9 @@ class Reshape(OpDef):
     gradgrad = True
 
     def infer(self, attrs, x):
-        return [TensorType(x.dtype, resolve_reshape(x.shape, attrs["shape"]))]
+        shape = resolve_reshape(x.shape, attrs["shape"])
+        reshape_code(x.shape, shape)  # refused here, at the spec's reshape, not when the graph is emitted
+        return [TensorType(x.dtype, shape)]
 
     def emit(self, e, node, ins, outs):
         code = reshape_code(node.inputs[0].shape, node.outputs[0].shape)
