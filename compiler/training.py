@@ -30,7 +30,7 @@ from spec.errors import FLAGS, ArgNames, GradientError, ShapeError, SpecError, S
 from .autodiff import grad
 from .emit import IR_VERSION, OPSET, emit_model
 from .init import initial_value, param_rng
-from .ir import HALF_TYPES, Graph, Value, at, is_float, passed_from, producers_of
+from .ir import HALF_TYPES, Graph, Node, Value, at, is_float, normalize_axis, passed_from, producers_of
 from .lower import Lowering, ParamInfo
 from .optim import Optimizer, optimizer_from_config
 from .rewrites import emission_rewrites, optimize, rewrite_forward, sizes_from_inputs_read
@@ -1215,7 +1215,12 @@ def least_sizes(g: Graph, values: list[Value] | None = None) -> dict[str, dict]:
     of dims (reshape(x, [-1, 3]) of x [N, T, 6] is [2*N*T, 3]) is recorded as it is written, and
     checked with the sizes the data gives its dims (runtime.data.check_least_sizes). The slices in
     scan steps and block calls count: their dims are the graph's. `values`: the slices that
-    compute them alone (a deployment graph's outputs), else all of the graph's."""
+    compute them alone (a deployment graph's outputs), else all of the graph's.
+
+    A dim's record also holds {"most": n, "rows_at": ...} where positions() of it index a
+    table of n rows (embedding(positions(x, axis=1), P, E), a learned position per step): data
+    with a longer dim failed inside onnxruntime's Gather, and is refused before it runs, at the
+    lookup."""
     from .ir import body_nodes, dim_shift
     from .ops.indexing import _slice_plan
 
@@ -1223,6 +1228,8 @@ def least_sizes(g: Graph, values: list[Value] | None = None) -> dict[str, dict]:
     todo = list(g.nodes if values is None else producers_of(values))
     while todo:
         node = todo.pop(0)
+        if node.op.name == "take":
+            _positions_into_rows(node, out)
         if node.op.name != "slice":
             todo.extend(body_nodes(node) or [])
             continue
@@ -1233,8 +1240,28 @@ def least_sizes(g: Graph, values: list[Value] | None = None) -> dict[str, dict]:
             dim, least = dim_shift(a.dim) or (a.dim, 0)
             least += a.least
             if least > out.get(dim, {}).get("least", 0):
-                out[dim] = {"least": least, "slice": a.text(), "at": str(node.loc) if node.loc else ""}
+                out.setdefault(dim, {}).update(least=least, slice=a.text(), at=str(node.loc) if node.loc else "")
     return out
+
+
+def _positions_into_rows(take: Node, out: dict[str, dict]) -> None:
+    """Records the most entries a symbolic dim may have where positions() of it are the indices
+    of `take` (a lookup) into a table whose rows are known."""
+    from .ir import dim_shift
+
+    table, idx = take.inputs
+    p = idx.producer
+    while p is not None and p.op.name == "unsqueeze":
+        p = p.inputs[0].producer
+    if p is None or p.op.name != "positions":
+        return
+    x = p.inputs[0]
+    rows = table.shape[normalize_axis(take.attrs["axis"], table.rank)]
+    # (positions of T-1 that index 12 rows allow T of 13)
+    dim, less = dim_shift(x.shape[normalize_axis(p.attrs["axis"], x.rank)]) or (None, 0)
+    if dim is None or not isinstance(rows, int) or rows + less >= out.get(dim, {}).get("most", rows + less + 1):
+        return
+    out.setdefault(dim, {}).update(most=rows + less, rows_at=str(take.loc) if take.loc else "")
 
 
 def length_bounds(spec: S.Spec, g: Graph) -> dict[str, dict]:

@@ -504,17 +504,32 @@ def check_least_sizes(least_sizes: dict | None, sizes: dict[str, tuple[int, str]
 def check_least_size(dim: str, got: int, array: str, least: dict | None, hint: str | None = None) -> None:
     """A symbolic dim of `got` entries against the least size a slice of it assumes (`least`:
     an entry of CompiledModel.least_sizes): shorter, the slice has fewer entries than the graph's
-    shape says, and onnxruntime failed far from the spec, or went on with the wrong shape."""
-    if not isinstance(least, dict) or not isinstance(least.get("least"), int) or got >= least["least"]:
+    shape says, and onnxruntime failed far from the spec, or went on with the wrong shape; and
+    against the most a lookup of its positions takes ("most"): longer, they index past the table."""
+    if not isinstance(least, dict):
         return  # (a model from someone else may say anything there: what is not such a record is not read)
-    at, loc = str(least.get("at") or ""), None
-    parts = at.rsplit(":", 2)
-    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-        loc = Loc(parts[0], int(parts[1]), int(parts[2]))
+    most = least.get("most")
+    if isinstance(most, int) and not isinstance(most, bool) and got > most:
+        at, loc = _at(least.get("rows_at"))
+        raise DataError(f"{array} has {dim} = {got}, but positions of {dim}{f' at {at}' if at and loc is None else ''} "
+                        f"index a table of {most} rows", loc,
+                        hint or f"give data with {dim} of {most} or fewer, or a table of {got} rows or more")
+    if not isinstance(least.get("least"), int) or got >= least["least"]:
+        return
+    at, loc = _at(least.get("at"))
     n = int(least["least"])
     raise DataError(f"{array} has {dim} = {got}, but the slice {least.get('slice', '')} of {dim}"
                     f"{f' at {at}' if at and loc is None else ''} needs {dim} of {n} or more", loc,
                     hint or f"give data with {dim} of {n} or more, or slice {dim} with bounds that the data reaches")
+
+
+def _at(at) -> tuple[str, Loc | None]:
+    """A record's 'file:line:column' as text and as a location (None where it is not one)."""
+    at, loc = str(at or ""), None
+    parts = at.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        loc = Loc(parts[0], int(parts[1]), int(parts[2]))
+    return at, loc
 
 
 def check_below(a: np.ndarray, size: int, array: str, why: str, loc, hint: str, at: str = "example") -> None:

@@ -1816,3 +1816,44 @@ def test_reshape_takes_the_symbolic_dims_of_the_inputs():
     with pytest.raises(FlowgradError, match=r"h.yaml:9:31: .*with one unknown dim"):
         compile_spec(spec_from_text(_HEADS.replace("[N, T, NH, D]", "[T, N, NH, D]"), "h.yaml"), "float64",
                      graphs=("infer",))
+
+
+def test_learned_positions_refuse_a_sequence_longer_than_their_table(tmp_path):
+    """embedding(positions(x, axis=1), P, E), a learned position per step, indexes P rows: data of
+    T > P failed inside onnxruntime's training step ('indices element out of data bounds', with a
+    hint about class ids), and so did predict on the export. Both refuse it before the run, at the
+    lookup; positions of x[:, 1:] (T - 1 of them) take T of P + 1."""
+    (tmp_path / "p.yaml").write_text("""flowgrad: 1
+name: learned_positions
+dims: {P: 6, E: 3}
+inputs:
+  x: {shape: [N, T], dtype: int64}
+graph:
+  e: embedding(x, 5, E) + embedding(positions(x, axis=1), P, E)
+  f: embedding(positions(x[:, 1:], axis=1), P, E)
+  y: sum(e, axis=1) + sum(f)
+outputs:
+  out: y
+loss: mean(y * y)
+train:
+  optimizer: {sgd: {lr: 0.01}}
+  batch_size: 4
+  epochs: 1
+""")
+    spec = load(str(tmp_path / "p.yaml"))
+    rng = np.random.default_rng(0)
+    with pytest.raises(DataError, match=r"data\[\"x\"\] has T = 7, but positions of T index a table of 6 rows") as e:
+        train(spec, run_dir=str(tmp_path / "run"), data={"x": rng.integers(0, 5, size=(8, 7))})
+    assert (e.value.loc.line, e.value.loc.col) == (7, 27) and "T of 6 or fewer" in e.value.hint  # the embedding
+    train(spec, run_dir=str(tmp_path / "run"), data={"x": rng.integers(0, 5, size=(8, 6))})
+    export(str(tmp_path / "run"), str(tmp_path / "p.onnx"))
+    assert predict(str(tmp_path / "p.onnx"), {"x": rng.integers(0, 5, size=(2, 6))})["out"].shape == (2, 3)
+    with pytest.raises(DataError, match=r"input 'x' has T = 9, but positions of T index a table of 6 rows"):
+        predict(str(tmp_path / "p.onnx"), {"x": rng.integers(0, 5, size=(2, 9))})
+
+    (tmp_path / "q.yaml").write_text((tmp_path / "p.yaml").read_text().replace(
+        "e: embedding(x, 5, E) + embedding(positions(x, axis=1), P, E)", "e: embedding(x, 5, E)"))
+    shifted = load(str(tmp_path / "q.yaml"))  # positions of T - 1 steps: T of 7 fits 6 rows
+    train(shifted, run_dir=str(tmp_path / "run_q"), data={"x": rng.integers(0, 5, size=(8, 7))})
+    with pytest.raises(DataError, match=r"has T = 8, but positions of T index a table of 7 rows"):
+        train(shifted, run_dir=str(tmp_path / "run_q2"), data={"x": rng.integers(0, 5, size=(8, 8))})
