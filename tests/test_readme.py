@@ -245,3 +245,28 @@ def test_readmes_joined_entry_name_collision_holds():
     entries = ["e: embedding(x, V, E)", "h, s: rnn(e, H, return_state=true)", "h_s: dense(s, K)", "logits: h_s"]
     with pytest.raises(FlowgradError, match="parameter 'h_s.W' is defined twice"):
         compile_spec(spec_from_text(LAYER_NAMES_SPEC % "".join(f"  {e}\n" for e in entries)))
+
+
+def test_readmes_multi_head_attention_compiles_and_matches_its_reshapes(tmp_path):
+    """The Porting paragraph's multi-head attention lines, with the h, keep and v they assume,
+    make a spec that checks: heads split by reshape(..., [N, T, NH, D]) and joined back."""
+    from compiler.training import check_spec
+    from spec import load_spec
+
+    (lines,) = [b for b in blocks("") if "reshape(dense(h, E), [N, T, NH, D])" in b]
+    graph = "\n".join(line.split("#")[0].rstrip() for line in lines.strip("\n").splitlines())
+    (tmp_path / "mha.yaml").write_text(f"""flowgrad: 1
+name: mha
+dims: {{E: 8, NH: 2, D: 4, V: 11}}
+inputs:
+  x: {{shape: [N, T], dtype: int64}}
+  lengths: {{shape: [N], dtype: int64}}
+graph:
+  h: embedding(x, V, E)
+  keep: unsqueeze(positions(x, axis=1) < unsqueeze(lengths, axes=1), axes=[1, 2])
+  v: transpose(reshape(dense(h, E), [N, T, NH, D]), [0, 2, 1, 3])
+{graph}
+loss: mean(o * o)
+""")
+    low = check_spec(load_spec(str(tmp_path / "mha.yaml")))
+    assert tuple(low.env["o"].shape) == ("N", "T", 8)
