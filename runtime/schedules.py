@@ -8,7 +8,7 @@ import math
 from spec.errors import SpecError
 
 
-def check_schedule_fits(spec, total_steps: int, length: str) -> None:
+def check_schedule_fits(spec, total_steps: int, length: str, steps_per_epoch: int) -> None:
     """A warmup or a step decay that the run ends before reaching changes nothing it promises:
     a warmup of more steps than the run leaves the learning rate below lr to the end (and a
     cosine after it never anneals, nor does one after a warmup of all steps but the last: that
@@ -36,6 +36,12 @@ def check_schedule_fits(spec, total_steps: int, length: str) -> None:
                         f"rate would never decay",
                         spec.locate("train", "lr_schedule", "step", "every"),
                         f"decay within the run, e.g. every: {max(total_steps // 3, 1)}, or train for more steps")
+    epochs = (cfg.get("step") or {}).get("every_epochs")
+    if epochs is not None and epochs * steps_per_epoch >= total_steps:
+        raise SpecError(f"train.lr_schedule.step.every_epochs {epochs} is not shorter than the run, {length}: the "
+                        f"learning rate would never decay", spec.locate("train", "lr_schedule", "step", "every_epochs"),
+                        f"decay within the run, e.g. every_epochs: {max(total_steps // steps_per_epoch // 3, 1)}, or "
+                        f"train for more epochs")
 
 
 def improves(value: float, best: float, mode: str, threshold: float = 0.0, threshold_mode: str = "rel") -> bool:
@@ -115,8 +121,8 @@ def lr_schedule(base_lr: float, cfg: dict | None, total_steps: int, steps_per_ep
     def base(step: int) -> float:
         if kind == "constant":
             return base_lr
-        if kind == "step":
-            every = int(args["every"])  # (the schema requires it)
+        if kind == "step":  # (the spec's check requires one of every and every_epochs)
+            every = int(args["every"]) if "every" in args else int(args["every_epochs"]) * max(steps_per_epoch, 1)
             return base_lr * float(args.get("gamma", 0.1)) ** (step // max(every, 1))
         if kind == "exponential":
             # gamma per epoch, applied smoothly per step

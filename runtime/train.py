@@ -607,7 +607,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         length = f"{total_steps} optimizer step{'s' if total_steps > 1 else ''}" + (
             f" ({epochs} epoch{'s' if epochs > 1 else ''} of {steps_per_epoch})"
             if epochs and total_steps == epochs * steps_per_epoch else "")
-        check_schedule_fits(spec, total_steps, length)
+        check_schedule_fits(spec, total_steps, length, steps_per_epoch)
         epochs = epochs or -(-total_steps // steps_per_epoch)
 
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}

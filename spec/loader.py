@@ -1089,6 +1089,14 @@ class _SpecBuilder:
                 raise SpecError(f"train.lr_schedule takes one schedule, got {', '.join(kinds)}",
                                 schedule.key_locs[kinds[1]], "keep one of them (warmup may go with any)")
             self.attempt(self.check_lr_floor, train, schedule)
+            step = schedule.get("step")
+            if isinstance(step, LocMap) and ("every" in step) == ("every_epochs" in step):
+                both = "every" in step
+                raise SpecError("train.lr_schedule.step takes " + ("one of every and every_epochs, got both" if both
+                                                                   else "every (optimizer steps) or every_epochs"),
+                                step.key_locs["every_epochs"] if both else schedule.key_locs["step"],
+                                "every: 1000 decays every 1000 updates, every_epochs: 10 every 10 epochs "
+                                "(PyTorch's StepLR stepped per epoch)")
             plateau = schedule.get("plateau")
             metric = plateau.get("metric") if isinstance(plateau, LocMap) else None
             if isinstance(metric, str) and metric and not metric.startswith("valid_"):

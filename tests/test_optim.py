@@ -455,6 +455,9 @@ def _torch_schedulers():
         "constant": ({"constant": {}}, lambda o: L.LambdaLR(o, lambda k: 1.0)),
         "step": ({"step": {"every": 6, "gamma": 0.5}}, lambda o: L.StepLR(o, 6, 0.5)),
         "step_default_gamma": ({"step": {"every": 6}}, lambda o: L.StepLR(o, 6)),
+        # PyTorch's per-epoch StepLR(step_size=2), stepped once an epoch: every update of an epoch
+        # takes its rate, which a StepLR of 2 epochs' updates stepped per update gives too
+        "step_epochs": ({"step": {"every_epochs": 2, "gamma": 0.5}}, lambda o: L.StepLR(o, 2 * spe, 0.5)),
         # gamma per epoch applied smoothly: torch's ExponentialLR of gamma ** (1 / steps per epoch)
         # stepped per update (ExponentialLR(gamma) stepped per epoch agrees at each epoch's first update)
         "exponential": ({"exponential": {"gamma": 0.5}}, lambda o: L.ExponentialLR(o, 0.5 ** (1 / spe))),
@@ -478,7 +481,7 @@ def _torch_schedulers():
 TOTAL_UPDATES = 20
 
 
-@pytest.mark.parametrize("kind", ["constant", "step", "step_default_gamma", "exponential", "cosine", "cosine_null",
+@pytest.mark.parametrize("kind", ["constant", "step", "step_default_gamma", "step_epochs", "exponential", "cosine", "cosine_null",
                                   "warmup", "warmup_constant", "warmup_cosine", "warmup_step", "warmup_exponential"])
 def test_lr_schedules_follow_torch_lr_scheduler(kind):
     """Each lr_schedule gives, at update k, the lr that the PyTorch scheduler written for it

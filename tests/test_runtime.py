@@ -1526,6 +1526,9 @@ def test_lengths_an_attention_reads_are_at_least_1(tmp_path):
     ("train.lr_schedule={step: {every: 12}}",
      "train.lr_schedule.step.every 12 is not shorter than the run, 12 optimizer steps (3 epochs of 4): "
      "the learning rate would never decay", "decay within the run, e.g. every: 4"),
+    ("train.lr_schedule={step: {every_epochs: 3}}",
+     "train.lr_schedule.step.every_epochs 3 is not shorter than the run, 12 optimizer steps (3 epochs of 4): "
+     "the learning rate would never decay", "decay within the run, e.g. every_epochs: 1"),
 ])
 def test_a_schedule_the_run_ends_before_is_refused_at_it(tmp_path, schedule, message, hint):
     """warmup: 500 over a run of 12 steps never reached lr (nor annealed a cosine after it), a

@@ -275,6 +275,10 @@ def test_missing_keys_are_located_at_the_parent():
      None),
     ("epochs: 30", "epochs: 30\n  lr_schedule: {step: {every: 100, gamma: 2}}",  # (a 'decay' that doubled lr)
      "train.lr_schedule.step.gamma must be <= 1, not 2", None),
+    ("epochs: 30", "epochs: 30\n  lr_schedule: {step: {gamma: 0.5}}",  # (every was required by the schema alone)
+     "train.lr_schedule.step takes every (optimizer steps) or every_epochs", "every_epochs: 10"),
+    ("epochs: 30", "epochs: 30\n  lr_schedule: {step: {every: 100, every_epochs: 2}}",
+     "train.lr_schedule.step takes one of every and every_epochs, got both", "StepLR stepped per epoch"),
     ("epochs: 30", "epochs: 30\n  early_stopping: {metric: valid_loss, mode: maximum}",
      "train.early_stopping.mode must be one of min, max, not the string 'maximum'", None),
     ("epochs: 30", "epochs: 30\n  dtype: 32",  # (a number for a choice of words printed no hint)
