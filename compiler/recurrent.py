@@ -119,9 +119,11 @@ def hoist(body: Body, outer_seqs: list[Value], outer_nonseqs: list[Value], g: Gr
     seqs, nonseqs, seq_outer, nonseq_outer = [], [], [], []
     for v in needed:
         p = outer[v.id].producer
-        if p is not None and p.op.name == "constant" and np.size(p.attrs["value"]) <= SMALL_CONSTANT:
+        if kind[v.id] != "seq" and p is not None and p.op.name == "constant" \
+                and np.size(p.attrs["value"]) <= SMALL_CONSTANT:
             # a small constant stays in the step, where emission can read it (a uint32 division by
-            # 256 inside a sampling loop became a Div, not a shift, as a step input)
+            # 256 inside a sampling loop became a Div, not a shift, as a step input); a constant
+            # sequence is sliced step by step as any other
             mapping[v.id] = bg.add_node(p.op, [], dict(p.attrs), [v.type])[0]
             continue
         if kind[v.id] == "seq":

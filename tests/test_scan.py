@@ -1888,3 +1888,21 @@ def test_a_block_applied_to_its_own_output_is_two_layers_not_a_block_that_runs_i
     itself = SHARED_LAYERS_SPEC.replace("h2: tanh(x_t @ W + h @ U)", "h2: tanh(x_t @ W + h @ U) + scan(step, over=x, init=[h])[:, -1]")
     with pytest.raises(SpecError, match=r"block 'step' runs itself \(step -> step\)"):
         compile_spec(spec_from_text(itself % graph, "itself.yaml"), "float64", graphs=("grads",))
+
+
+def test_a_small_constant_sequence_is_scanned_step_by_step():
+    """Hoisting keeps a step's small constants in the step (recurrent.SMALL_CONSTANT): a scan
+    over a constant sequence of a few entries ([3, 2] here) had the whole sequence copied into
+    the step as if it were one step's slice, and the graph failed onnx's check ('Inferred shape
+    and existing shape differ in rank') instead of scanning it."""
+    g = Graph(float_dtype="float64")
+    s0 = g.add_input("s0", "float64", (2,))
+    xs = np.arange(6.0).reshape(3, 2)
+    bg = Graph(float_dtype="float64")
+    s, x_t = bg.add_input("s", "float64", (2,)), bg.add_input("x_t", "float64", (2,))
+    (out,) = recurrent.run_scan(g, Body(bg, [s], [x_t], [], [s * x_t + 1.0]), [s0], [g.const(xs)], [])
+    want = [np.ones(2)]
+    for x in xs:
+        want.append(want[-1] * x + 1.0)
+    got = Runner(emit_model(g, [("s0", s0)], [("states", out)]))({"s0": np.ones(2)})["states"]
+    np.testing.assert_allclose(got, want[1:], rtol=1e-12)  # the states after each step
