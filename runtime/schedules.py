@@ -41,7 +41,9 @@ def check_schedule_fits(spec, total_steps: int, length: str, steps_per_epoch: in
         raise SpecError(f"train.lr_schedule.step.every_epochs {epochs} is not shorter than the run, {length}: the "
                         f"learning rate would never decay", spec.locate("train", "lr_schedule", "step", "every_epochs"),
                         f"decay within the run, e.g. every_epochs: {max(total_steps // steps_per_epoch // 3, 1)}, or "
-                        f"train for more epochs")
+                        f"train for more epochs" if total_steps > steps_per_epoch else
+                        f"the run is not longer than an epoch ({steps_per_epoch} optimizer steps): decay by optimizer "
+                        f"steps, e.g. every: {max(total_steps // 3, 1)}, or train for more epochs")
 
 
 def improves(value: float, best: float, mode: str, threshold: float = 0.0, threshold_mode: str = "rel") -> bool:

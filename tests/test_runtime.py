@@ -1543,6 +1543,17 @@ def test_a_schedule_the_run_ends_before_is_refused_at_it(tmp_path, schedule, mes
     assert not os.path.exists(tmp_path / "run" / "checkpoint_last.npz")
 
 
+def test_every_epochs_over_a_run_shorter_than_an_epoch_hints_at_every(tmp_path):
+    """A run of 3 optimizer steps, an epoch being 4, with step: {every_epochs: 1} is refused (it would
+    never decay); the hint said 'e.g. every_epochs: 1', the very value refused. It points at every:
+    in optimizer steps, which can decay within the run."""
+    spec = load(MLP, SMALL + ["train.batch_size=400", "train.lr_schedule={step: {every_epochs: 1}}"])
+    with pytest.raises(SpecError) as e:
+        train(spec, run_dir=str(tmp_path / "run"), epochs=3, steps=3, threads=1, device="cpu")
+    assert "every_epochs 1 is not shorter than the run, 3 optimizer steps" in e.value.message
+    assert "every_epochs: 1" not in e.value.hint and "every: 1" in e.value.hint
+
+
 def test_progress_draws_the_current_epoch_only(capsys, monkeypatch):
     """Each epoch was a task of one progress bar, and every refresh drew them all again: 500 epochs
     of one step took 104 s in a terminal against 1.5 s with -q. An ended epoch's line is printed
