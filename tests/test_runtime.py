@@ -1690,6 +1690,40 @@ def test_max_pool_rewrite_for_cuda_keeps_the_convnet_step():
     assert max_pool_indices_row_major(forward) is forward
 
 
+def test_max_pool_rewrite_for_cuda_reaches_the_pools_in_loop_bodies():
+    """test_max_pool_rewrite_for_cuda_keeps_the_convnet_step says loop bodies are rewritten too, but
+    the convnet has no loop: here a Scan's step pools its slice and reads the indices, and the
+    rewritten step pools the swapped input (storage_order=1) with the same values and indices
+    (distinct values: which of tied maxima it names is the CUDA kernel's matter)."""
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from compiler.emit import all_nodes
+    from runtime.session import make_session, max_pool_indices_row_major
+
+    step = helper.make_graph(
+        [helper.make_node("MaxPool", ["x_t"], ["y_t", "i_t"], kernel_shape=[2, 3], strides=[1, 2]),
+         helper.make_node("Identity", ["s"], ["s_next"])], "step",
+        [helper.make_tensor_value_info("s", TP.FLOAT, [1]), helper.make_tensor_value_info("x_t", TP.FLOAT, [1, 2, 4, 7])],
+        [helper.make_tensor_value_info("s_next", TP.FLOAT, [1]), helper.make_tensor_value_info("y_t", TP.FLOAT, [1, 2, 3, 3]),
+         helper.make_tensor_value_info("i_t", TP.INT64, [1, 2, 3, 3])])
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Scan", ["s0", "xs"], ["s_last", "ys", "idx"], num_scan_inputs=1, body=step)], "loop",
+        [helper.make_tensor_value_info("s0", TP.FLOAT, [1]), helper.make_tensor_value_info("xs", TP.FLOAT, [3, 1, 2, 4, 7])],
+        [helper.make_tensor_value_info("s_last", TP.FLOAT, [1]), helper.make_tensor_value_info("ys", TP.FLOAT, [3, 1, 2, 3, 3]),
+         helper.make_tensor_value_info("idx", TP.INT64, [3, 1, 2, 3, 3])]),
+        opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    rewritten = max_pool_indices_row_major(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    pools = [n for n in all_nodes(rewritten.graph) if n.op_type == "MaxPool"]
+    assert len(pools) == 1 and any(a.name == "storage_order" and a.i == 1 for a in pools[0].attribute)
+    # (no ties: the CPU's row walk over the swapped input names a window's tied maxima column by column)
+    xs = np.random.default_rng(0).normal(size=(3, 1, 2, 4, 7)).astype(np.float32)
+    feeds = {"s0": np.zeros(1, np.float32), "xs": xs}
+    for a, b in zip(make_session(rewritten).run(None, feeds), make_session(model).run(None, feeds)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cuda_sessions_multiply_by_recurrent_weights_without_the_transposes():
     """compiler.rewrites.weights_first_in_loops writes a step's h @ U as (U^T @ h^T)^T for the
     CPU's MatMul; CUDA sessions get MatMul(h, U) back (runtime.session.weights_last_in_loops):
