@@ -1217,8 +1217,8 @@ def least_sizes(g: Graph, values: list[Value] | None = None) -> dict[str, dict]:
     scan steps and block calls count: their dims are the graph's. `values`: the slices that
     compute them alone (a deployment graph's outputs), else all of the graph's.
 
-    A dim's record also holds {"most": n, "rows_at": ...} where positions() of it index a
-    table of n rows (embedding(positions(x, axis=1), P, E), a learned position per step): data
+    A dim's record also holds {"most": n, "rows": r, "rows_at": ...} where positions() of it
+    (or of it less a constant, n - r) index a table of r rows (embedding(positions(x, axis=1), P, E), a learned position per step): data
     with a longer dim failed inside onnxruntime's Gather, and is refused before it runs, at the
     lookup."""
     from .ir import body_nodes, dim_shift
@@ -1261,7 +1261,7 @@ def _positions_into_rows(take: Node, out: dict[str, dict]) -> None:
     dim, less = dim_shift(x.shape[normalize_axis(p.attrs["axis"], x.rank)]) or (None, 0)
     if dim is None or not isinstance(rows, int) or rows + less >= out.get(dim, {}).get("most", rows + less + 1):
         return
-    out.setdefault(dim, {}).update(most=rows + less, rows_at=str(take.loc) if take.loc else "")
+    out.setdefault(dim, {}).update(most=rows + less, rows=rows, rows_at=str(take.loc) if take.loc else "")
 
 
 def length_bounds(spec: S.Spec, g: Graph) -> dict[str, dict]:

@@ -511,9 +511,11 @@ def check_least_size(dim: str, got: int, array: str, least: dict | None, hint: s
     most = least.get("most")
     if isinstance(most, int) and not isinstance(most, bool) and got > most:
         at, loc = _at(least.get("rows_at"))
-        raise DataError(f"{array} has {dim} = {got}, but positions of {dim}{f' at {at}' if at and loc is None else ''} "
-                        f"index a table of {most} rows", loc,
-                        hint or f"give data with {dim} of {most} or fewer, or a table of {got} rows or more")
+        rows = least.get("rows")
+        less = most - rows if isinstance(rows, int) and not isinstance(rows, bool) and 0 <= most - rows else 0
+        raise DataError(f"{array} has {dim} = {got}, but positions of {dim}{f'-{less}' if less else ''}"
+                        f"{f' at {at}' if at and loc is None else ''} index a table of {most - less} rows", loc,
+                        hint or f"give data with {dim} of {most} or fewer, or a table of {got - less} rows or more")
     if not isinstance(least.get("least"), int) or got >= least["least"]:
         return
     at, loc = _at(least.get("at"))

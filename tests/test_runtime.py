@@ -1903,5 +1903,8 @@ train:
         "e: embedding(x, 5, E) + embedding(positions(x, axis=1), P, E)", "e: embedding(x, 5, E)"))
     shifted = load(str(tmp_path / "q.yaml"))  # positions of T - 1 steps: T of 7 fits 6 rows
     train(shifted, run_dir=str(tmp_path / "run_q"), data={"x": rng.integers(0, 5, size=(8, 7))})
-    with pytest.raises(DataError, match=r"has T = 8, but positions of T index a table of 7 rows"):
+    # (the table has 6 rows, and T of 8 needs 7 of them: it said 'positions of T index a table of 7
+    # rows', and its hint asked for a table of 8)
+    with pytest.raises(DataError, match=r"has T = 8, but positions of T-1 index a table of 6 rows") as e:
         train(shifted, run_dir=str(tmp_path / "run_q2"), data={"x": rng.integers(0, 5, size=(8, 8))})
+    assert e.value.hint == "give data with T of 7 or fewer, or a table of 7 rows or more"
