@@ -409,7 +409,7 @@ def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
     fresh = _fresh_names(out)
     top = {v.name for v in [*out.graph.input, *out.graph.initializer]} | {o for n in out.graph.node for o in n.output}
     weights: dict[str, str] = {}  # W^T -> W
-    new_transposes: list[str] = []  # the W^T whose transpose no node makes yet
+    new_transposes: list[str] = []  # the W^T whose transpose no node makes yet, or one after the loops
 
     def untransposed(wt: str) -> str | None:
         if wt not in weights:
@@ -417,8 +417,10 @@ def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
             there = [n for n in out.graph.node if transposed(n) and n.input[0] == wt]
             if transposed(p):
                 weights[wt] = p.input[0]
-            elif there:
+            elif there:  # (moved up with the new ones: the graph may make it after the loop)
                 weights[wt] = there[0].output[0]
+                new_transposes.append(wt)
+                out.graph.node.remove(there[0])
             elif wt in top:  # W^T made outside every loop: its transpose is made there once
                 weights[wt] = fresh(f"{wt}_T")
                 new_transposes.append(wt)
@@ -440,7 +442,7 @@ def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
         kept = [v for v in body.value_info if v.name in still]
         del body.value_info[:]
         body.value_info.extend(kept)
-    for wt in new_transposes:  # each right after what makes W^T
+    for wt in new_transposes:  # each right after what makes W^T, before any loop reading it
         after = next((i + 1 for i, n in enumerate(out.graph.node) if wt in n.output), 0)
         out.graph.node.insert(after, helper.make_node("Transpose", [wt], [weights[wt]], perm=[1, 0]))
     return out

@@ -1818,6 +1818,32 @@ def test_weights_last_transposes_a_weight_given_as_it_is_once_outside_the_loop()
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+def test_weights_last_reuses_a_transpose_made_after_the_loop_only_before_it():
+    """A W^T whose transpose the graph makes after the loop (an output of its own): the rewritten
+    step read that transpose's output, made after the Scan, and onnx's checker refused the graph
+    ('Nodes in a graph must be topologically sorted'); the transpose it reuses is made before."""
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from runtime.session import make_session, weights_last_in_loops
+
+    graph = helper.make_graph(
+        [_weights_first_scan("h0", "xs", ["h_last", "outs"]), helper.make_node("Transpose", ["wt"], ["w"], perm=[1, 0])],
+        "loop", [helper.make_tensor_value_info(n, TP.FLOAT, s) for n, s in (("wt", [4, 3]), ("h0", [2, 3]), ("xs", [5, 2, 4]))],
+        [helper.make_tensor_value_info("h_last", TP.FLOAT, [2, 3]), helper.make_tensor_value_info("outs", TP.FLOAT, [5, 2, 4]),
+         helper.make_tensor_value_info("w", TP.FLOAT, [3, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    rewritten = weights_last_in_loops(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert [(n.op_type, list(n.output)) for n in rewritten.graph.node] == [("Transpose", ["w"]), ("Scan", ["h_last", "outs"])]
+    assert [(n.op_type, list(n.input)) for n in rewritten.graph.node[1].attribute[0].g.node][0] == ("MatMul", ["h", "w"])
+    rng = np.random.default_rng(0)
+    feeds = {"wt": rng.normal(size=(4, 3)).astype(np.float32), "h0": rng.normal(size=(2, 3)).astype(np.float32),
+             "xs": rng.normal(size=(5, 2, 4)).astype(np.float32)}
+    for a, b in zip(make_session(rewritten).run(None, feeds), make_session(model).run(None, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 _HEADS = """flowgrad: 1
 name: heads
 dims: {E: 6, NH: 2, D: 3}
