@@ -94,7 +94,7 @@ def _check(case, device="cuda"):
 
     from compiler.check import reference_evaluator
     from compiler.emit import ort_disabled_optimizers
-    from runtime.session import make_session
+    from runtime.session import cuda_form, make_session
 
     op_name, index, sample = case
     rows = []
@@ -133,8 +133,8 @@ def _check(case, device="cuda"):
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
         opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        try:
-            ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"],
+        try:  # (the model as the CUDA session ran it)
+            ort.InferenceSession(cuda_form(model).SerializeToString(), opts, providers=["CUDAExecutionProvider"],
                                  disabled_optimizers=ort_disabled_optimizers(model))
         except Exception:
             row["cpu_nodes"] = True

@@ -120,7 +120,7 @@ def make_session(model: onnx.ModelProto | bytes | str, device: str = "cpu", thre
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     if device == "cuda":
-        model = weights_last_in_loops(max_pool_indices_row_major(shifts_in_float64(model)))
+        model = cuda_form(model)
     narrow = narrow_types(model)
     disabled = ort_disabled_optimizers(model)
     disabling = {"disabled_optimizers": disabled} if disabled else {}
@@ -233,6 +233,12 @@ def unpool_by_scatter(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
+
+
+def cuda_form(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as CUDA sessions run it: exact shifts, row-major max-pool indices, weights-last
+    products in loops (each rewrite's docstring says why)."""
+    return weights_last_in_loops(max_pool_indices_row_major(shifts_in_float64(model)))
 
 
 def _graphs_inner_first(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
