@@ -1218,9 +1218,9 @@ def least_sizes(g: Graph, values: list[Value] | None = None) -> dict[str, dict]:
     compute them alone (a deployment graph's outputs), else all of the graph's.
 
     A dim's record also holds {"most": n, "rows": r, "rows_at": ...} where positions() of it
-    (or of it less a constant, n - r) index a table of r rows (embedding(positions(x, axis=1), P, E), a learned position per step): data
-    with a longer dim failed inside onnxruntime's Gather, and is refused before it runs, at the
-    lookup."""
+    (or of it less a constant, n - r) index a table of r rows (embedding(positions(x, axis=1),
+    P, E), a learned position per step): data with a longer dim failed inside onnxruntime's
+    Gather, and is refused before it runs, at the lookup."""
     from .ir import body_nodes, dim_shift
     from .ops.indexing import _slice_plan
 
