@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError, unknown_choice
+from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError, did_you_mean, unknown_choice
 
 from .checkpoint import check_checkpoint, checkpoint_path, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
@@ -164,8 +164,9 @@ def _is_bound(b) -> bool:
     return (isinstance(b, list) and len(b) == 2 and type(b[0]) is int and b[0] > 0 and isinstance(b[1], str))
 
 
-def check_index_bounds(feeds: dict[str, np.ndarray], bounds, model_path: str) -> None:
-    """Ids and labels below the size of what they index (an exported model's flowgrad.bounds)."""
+def check_index_bounds(feeds: dict[str, np.ndarray], bounds, model_path: str, named=None) -> None:
+    """Ids and labels below the size of what they index (an exported model's flowgrad.bounds).
+    `named`: how messages name an input by its name (generator_feeds' --input digit)."""
     for name, b in bounds.items() if isinstance(bounds, dict) else ():
         if name not in feeds or not _is_bound(b):
             continue
@@ -174,7 +175,7 @@ def check_index_bounds(feeds: dict[str, np.ndarray], bounds, model_path: str) ->
             why = what.format(size)
         except (IndexError, KeyError, ValueError):
             why = f"it is read as ids below {size}"
-        check_below(feeds[name], size, array_named(model_path, name, "input"), why, None,
+        check_below(feeds[name], size, named(name) if named else array_named(model_path, name, "input"), why, None,
                     f"ids and labels count from 0: give values from 0 to {size - 1}, as in training",
                     at="position" if name == "prompt" else "example")  # (a language model's prompt: one row of tokens)
 
@@ -522,27 +523,165 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
     return prompt + (" " if text_meta["level"] == "word" and text else "") + text
 
 
-def generator_feeds(model_path: str, count: int, seed: int | None = None) -> dict[str, np.ndarray]:
+def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs: Mapping | None = None, *,
+                    names: ArgNames = KEYWORDS) -> dict[str, np.ndarray]:
     """The inputs of an exported generator (`seed` and one integer scalar, the count: `count` in
     the bundled specs, whatever the spec named it) for `count` samples drawn with `seed` (default
-    0). Bad arguments raise ExportArgumentError, an ExportError."""
+    0). A conditional generator takes more inputs (a digit to draw, say): `inputs` gives them,
+    {name: value}, a value being a number, a list of numbers or an array of the input's shape;
+    the count is then the one integer scalar input besides seed that `inputs` leaves out. Bad
+    arguments raise ExportArgumentError, an ExportError. `names`: how messages name the
+    arguments (count and inputs, or the CLI's --count and --input)."""
     check_seed(seed, error=ExportArgumentError)
-    inputs = load_model_safely(model_path).graph.input
-    names = sorted(i.name for i in inputs)
-    # (a spec's `n: {shape: [], dtype: int64}` was refused: its inputs were n and seed, "not count and seed")
-    # (an int32 count, which plot samples draws with, was "not a generator: its inputs are count, seed")
-    sizers = [i for i in inputs if i.name != "seed"
-              and i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-              and i.type.tensor_type.HasField("shape") and not i.type.tensor_type.shape.dim]
-    if "seed" not in names or len(names) != 2 or len(sizers) != 1:
-        raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names) or 'none'}, "
+    if inputs is not None and (not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs)):
+        raise ExportArgumentError(f"inputs must be a dict of input name to value, got {_describe_feeds(inputs)}",
+                                  hint='e.g. generator_feeds("cvae.onnx", 16, seed=7, inputs={"digit": 3})')
+    given = dict(inputs or {})
+    model = load_model_safely(model_path)
+    graph_inputs = {i.name: i for i in model.graph.input}
+    names_ = sorted(graph_inputs)
+    if "seed" not in graph_inputs:
+        raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names_) or 'none'}, "
                                   "not count and seed",
                                   hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
                                        "generate_text() (--text)")
-    count = check_count("count", count, most=MAX_COUNT, has_default=False, error=ExportArgumentError,  # (1.5 drew
-                        most_hint=MAX_COUNT_WHY, required=True)  # 1 sample; predict --count is bounded by typer)
-    return {sizers[0].name: np.asarray(count, dtype=onnx.helper.tensor_dtype_to_np_dtype(sizers[0].type.tensor_type.elem_type)),
-            "seed": np.asarray(seed or 0, dtype=np.int64)}
+    arg = lambda k: names(k) if names.flags else f"{k}="  # noqa: E731  (--count, or count=)
+    flag = arg("inputs")  # --input or inputs=
+
+    def named(name: str) -> str:  # an input as the caller gave it: --input digit, inputs['digit']
+        return f"--input {name}" if names.flags else f"inputs[{name!r}]"
+
+    def example(name: str) -> str:
+        return f"--input {name}=VALUE" if names.flags else f'inputs={{"{name}": VALUE}}'
+
+    for name in given:
+        if name == "seed":  # (it would have been fed twice, the flag's or the dict's silently winning)
+            raise ExportArgumentError(f"{named('seed')}: the seed is given by {arg('seed')}",
+                                      hint=f"give it as {names.given(seed=_as_shown(given['seed'], 7))}")
+        if name not in graph_inputs:
+            others = [n for n in names_ if n != "seed"]
+            raise ExportArgumentError(f"{named(name)}: {model_path} has no input {name!r}",
+                                      hint=(did_you_mean(name, others) + " " if did_you_mean(name, others) else "")
+                                      + f"its inputs are {', '.join(names_)} (the seed given by {arg('seed')})")
+    # (a spec's `n: {shape: [], dtype: int64}` was refused: its inputs were n and seed, "not count and seed")
+    # (an int32 count, which plot samples draws with, was "not a generator: its inputs are count, seed")
+    scalars = [n for n, i in graph_inputs.items() if n != "seed"
+               and i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+               and i.type.tensor_type.HasField("shape") and not i.type.tensor_type.shape.dim]
+    sizers = [n for n in scalars if n not in given]
+    if not scalars:
+        raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names_)}, "
+                                  "not count and seed" + (" (no integer scalar input counts the samples)" if given else ""),
+                                  hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
+                                       "generate_text() (--text)")
+    if not sizers:
+        if len(scalars) == 1:  # (the count fed twice)
+            raise ExportArgumentError(f"{named(scalars[0])}: {scalars[0]!r} is the generator's count, which "
+                                      f"{arg('count')} gives", hint=f"leave {named(scalars[0])} out and give "
+                                      f"{names.given(count=_as_shown(given[scalars[0]], 16))}")
+        raise ExportArgumentError(f"{flag} gives every integer scalar input of {model_path} ({', '.join(scalars)}): "
+                                  f"none is left for {arg('count')} to give",
+                                  hint=f"leave out the --input of the count, one of {', '.join(scalars)}" if names.flags
+                                  else f"leave the count, one of {', '.join(scalars)}, out of inputs")
+    if len(sizers) > 1:
+        rest = [n for n in sizers if n != "count"] if "count" in sizers else sizers[1:]
+        raise ExportArgumentError(f"{model_path} has the integer scalar inputs {', '.join(sizers)} besides seed: "
+                                  f"{arg('count')} gives one of them, {flag} the others",
+                                  hint=f"e.g. {example(rest[0])} (then {', '.join(n for n in sizers if n not in rest[:1])} "
+                                       "is the count)" if len(sizers) == 2 else
+                                       f"give all but the count with {flag}, e.g. {example(rest[0])}")
+    missing = [n for n in names_ if n != "seed" and n not in given and n != sizers[0]]
+    if missing:
+        inp = graph_inputs[missing[0]]
+        raise ExportArgumentError(f"{model_path} also takes the input(s) {', '.join(missing)} (a conditional "
+                                  f"generator): give {'it' if len(missing) == 1 else 'them'} with {flag}",
+                                  hint=f"e.g. {example(missing[0])}, {_input_takes(inp)}; its count is "
+                                       f"{sizers[0]!r} ({arg('count')})")
+    count = check_count(names("count"), count, most=MAX_COUNT, has_default=False, error=ExportArgumentError,  # (1.5
+                        most_hint=MAX_COUNT_WHY, required=True)  # drew 1 sample; predict --count is bounded by typer)
+    feeds = {sizers[0]: np.asarray(count, dtype=onnx.helper.tensor_dtype_to_np_dtype(
+        graph_inputs[sizers[0]].type.tensor_type.elem_type)), "seed": np.asarray(seed or 0, dtype=np.int64)}
+    for name, value in given.items():
+        feeds[name] = _generator_input(value, graph_inputs[name], named(name))
+    bounds = model_metadata(model).get("bounds")  # (digit=12 of a one_hot of 10 classes drew from no class)
+    try:
+        check_index_bounds({k: feeds[k] for k in given}, bounds, model_path, named=named)
+    except DataError as e:  # (a bad argument, as the others)
+        raise ExportArgumentError(e.message, hint=e.hint) from None
+    return feeds
+
+
+def _holds_bool(value) -> bool:
+    """Whether lists of values hold a bool (which NumPy reads as 1 among numbers)."""
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    return isinstance(value, (bool, np.bool_))
+
+
+def _as_shown(value, default: int) -> int:
+    """A value given for a seed or a count, to show in a hint, where it is a plain integer."""
+    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+        and value >= 0 else default
+
+
+def _input_takes(inp: onnx.ValueInfoProto) -> str:
+    """What an input takes, as a value given by name: "a number (int64)", "a list of 2 numbers
+    (float32)", "an array of shape [N, 64] (float32)"."""
+    t = inp.type.tensor_type
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    if not dims:
+        return f"a number ({dtype})"
+    if len(dims) == 1 and isinstance(dims[0], int):
+        return f"a list of {dims[0]} numbers ({dtype})"
+    return f"an array of shape {shape_text(dims)} ({dtype})"
+
+
+def _generator_input(value, inp: onnx.ValueInfoProto, what: str) -> np.ndarray:
+    """A conditional generator's input given by name (`what`: --input digit, inputs['digit']) as
+    the array the model reads: numbers of its dtype (within its range, finite; integers not
+    negative, as predict takes them) and of its shape (a symbolic dim any size)."""
+    t = inp.type.tensor_type
+    want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+    takes = _input_takes(inp)
+    shown = lambda: json.dumps(value) if isinstance(value, (int, float, list)) else repr(value)  # noqa: E731
+    if isinstance(value, (str, bytes, Mapping)) or value is None:
+        raise ExportArgumentError(f"{what} must be a number or a list of numbers, got {shown()}",
+                                  hint=f"{inp.name} takes {takes}")
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+            and not np.iinfo(np.int64).min <= int(value) <= np.iinfo(np.int64).max:
+        raise ExportArgumentError(f"{what} holds {int(value)}, outside the range of {want.name}", hint=f"{inp.name} takes {takes}")
+    try:
+        a = as_array(value, what)
+    except ValueError:  # np.load's pickled object array
+        a = np.asarray([], dtype=object)
+    except DataError as e:  # ragged lists
+        raise ExportArgumentError(e.message, hint=f"{inp.name} takes {takes}") from None
+    if not a.size and a.dtype.kind == "f" and isinstance(value, (list, tuple)):  # ([] is float64 to NumPy)
+        a = a.astype(want)
+    if a.dtype.kind in "iuf" and want.kind != "b" and _holds_bool(value):  # ([0.5, true] read true as 1.0)
+        a = a.astype(bool)
+    if a.dtype.kind not in "biuf" or a.dtype.kind == "b" and want.kind != "b" or a.dtype.kind != "b" and want.kind == "b":
+        got = shown() if a.dtype.kind != "O" else "values of no number type"
+        raise ExportArgumentError(f"{what} must be {'true or false' if want.kind == 'b' else 'a number' if not t.shape.dim else 'numbers'}, got {got}",
+                                  hint=f"{inp.name} takes {takes}")
+    if want.kind in "iu" and a.dtype.kind == "f":  # (as a count, 2.0 is refused as 2.5 is: never rounded)
+        raise ExportArgumentError(f"{what} must hold integers, got {shown()}", hint=f"{inp.name} takes {takes}")
+    if a.dtype.kind == "f" and a.size and not np.all(np.isfinite(a)):
+        raise ExportArgumentError(f"{what} has NaN or inf values", hint="the samples would be meaningless")
+    if want.kind in "iu" and a.size and a.min() < 0:
+        raise ExportArgumentError(f"{what} holds negative values ({a.min()})",
+                                  hint="integer inputs are ids, labels, lengths or counts, and none is negative")
+    try:
+        check_fits(a, want.name, what, None)
+    except DataError as e:
+        raise ExportArgumentError(e.message, hint=e.hint) from None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+    if dims is not None and (a.ndim != len(dims) or any(d is not None and d != n for d, n in zip(dims, a.shape))):
+        got = "a number" if a.ndim == 0 else f"a list of {len(a)}" if a.ndim == 1 else f"an array of shape {shape_text(a.shape)}"
+        raise ExportArgumentError(f"{what} must be {takes.split(' (')[0]}, got {got}",
+                                  hint=f"{inp.name} takes {takes}" + (": e.g. [0.1, 0.9]" if len(dims) == 1 and dims[0] == 2 else ""))
+    return np.array(a, dtype=want)  # (a copy, of the input's rank: ascontiguousarray makes a scalar [1])
 
 
 def translate(model_path: str, texts: list[str], beam_width: int | None = None, max_len: int | None = None,

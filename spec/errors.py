@@ -80,7 +80,7 @@ class ArgNames:
         return ", ".join(f"{k}={_literal(k, v)}" for k, v in args.items())
 
 
-_FLAG_OF = {"output": "-o", "overrides": "--set"}  # the flags not spelt --KEYWORD-IN-DASHES
+_FLAG_OF = {"output": "-o", "overrides": "--set", "inputs": "--input"}  # the flags not spelt --KEYWORD-IN-DASHES
 _LIST_KEYWORDS = ("overrides", "freeze")  # a repeatable flag is a list keyword
 
 

@@ -366,6 +366,91 @@ def test_predict_count_takes_an_int32_count(tmp_path):
     assert np.load(tmp_path / "s.npz")["samples"].shape == (5, 64)
 
 
+# A conditional VAE: its samples are drawn for one digit, an input beside count and seed
+CVAE = """\
+flowgrad: 1
+name: cvae
+dims: {D: 64, H: 16, Z: 2, K: 10}
+inputs:
+  x: {shape: [N, D]}
+  y: {shape: [N], dtype: int64}
+  count: {shape: [], dtype: int64}
+  digit: {shape: [], dtype: int64}
+  weights: {shape: [K]}
+blocks:
+  decode:
+    in: [z, c]
+    graph:
+      h: dense(concat(z, c, axis=-1), H, act=relu)
+      logits: dense(h, D)
+    out: [logits]
+graph:
+  cy: one_hot(y, K)
+  enc: dense(concat(x, cy, axis=-1), H, act=relu)
+  mu: dense(enc, Z)
+  logvar: dense(enc, Z)
+  z: reparameterize(mu, logvar)
+  logits: decode(z, cy)
+  reconstruction: mean(sum(binary_cross_entropy(logits, x, reduction='none'), axis=-1))
+  kl: mean(-0.5 * sum(1 + logvar - mu * mu - exp(logvar), axis=-1))
+outputs:
+  samples: sigmoid(decode(normal(zeros(count, Z)), one_hot(digit, K) + zeros(count, K)))
+loss: reconstruction + kl
+train:
+  data: {dataset: digits, valid: 0.2}
+  batch_size: 64
+"""
+
+
+def _conditional_generator(tmp_path, weighted: bool = False) -> str:
+    """A conditional VAE trained a few steps and exported: inputs count, digit and seed (and a
+    float [10] `weights` mixing the classes in place of the digit where `weighted`)."""
+    text = CVAE if not weighted else CVAE.replace("one_hot(digit, K) + zeros(count, K)", "weights + zeros(count, K)")
+    (tmp_path / "cvae.yaml").write_text(text)
+    run_dir = str(tmp_path / ("wrun" if weighted else "run"))
+    train(load_spec(str(tmp_path / "cvae.yaml")), run_dir=run_dir, steps=3, threads=1, device="cpu")
+    path = str(tmp_path / ("wcvae.onnx" if weighted else "cvae.onnx"))
+    export(run_dir, path)
+    return path
+
+
+def test_generator_feeds_takes_a_conditional_generators_inputs(tmp_path):
+    """generator_feeds(path, count, seed) refused a conditional generator ('not count and seed');
+    its `inputs` gives the other inputs by name, checked against the model's: the dtype (a float
+    input takes numbers, cast to float32 within its range), the shape (a [10] input a list of
+    10), and the API's words in the messages (inputs['weights'], not --input)."""
+    from runtime.export import generator_feeds, predict
+
+    path = _conditional_generator(tmp_path, weighted=True)
+    mix = [0.0] * 8 + [0.5, 0.5]
+    feeds = generator_feeds(path, 3, seed=4, inputs={"weights": mix})
+    assert sorted(feeds) == ["count", "seed", "weights"] and feeds["count"] == 3 and feeds["seed"] == 4
+    assert feeds["weights"].dtype == np.float32 and feeds["weights"].shape == (10,)
+    one = predict(path, feeds)["samples"]
+    assert one.shape == (3, 64)
+    np.testing.assert_array_equal(one, predict(path, generator_feeds(path, 3, 4, {"weights": np.asarray(mix)}))["samples"])
+    assert not np.array_equal(one, predict(path, generator_feeds(path, 3, 4, {"weights": [1.0] + [0.0] * 9}))["samples"])
+    for inputs, words in (
+            (None, f"^{re.escape(path)} also takes the input\\(s\\) weights \\(a conditional generator\\): give it "
+                   "with inputs="),
+            ([("weights", mix)], "^inputs must be a dict of input name to value, got list"),
+            ({"weights": [0.1, 0.9]}, r"^inputs\['weights'\] must be a list of 10 numbers, got a list of 2"),
+            ({"weights": 0.5}, r"^inputs\['weights'\] must be a list of 10 numbers, got a number"),
+            ({"weights": [[0.1] * 10]}, r"^inputs\['weights'\] must be a list of 10 numbers, got an array of shape \[1, 10\]"),
+            ({"weights": [0.1] * 9 + [float("nan")]}, r"^inputs\['weights'\] has NaN or inf values"),
+            ({"weights": [0.1] * 9 + [1e39]}, r"^inputs\['weights'\] holds 1e\+39, beyond float32's range"),
+            ({"weights": [0.1] * 9 + [True]}, r"^inputs\['weights'\] must be numbers"),
+            ({"weights": "0.5"}, r"^inputs\['weights'\] must be a number or a list of numbers, got '0.5'"),
+            ({"weights": [[0.1], [0.1, 0.2]]}, r"^inputs\['weights'\] is ragged"),
+            ({"weights": mix, "count": 3}, r"^inputs\['count'\]: 'count' is the generator's count, which count= gives"),
+            ({"weights": mix, "seed": 3}, r"^inputs\['seed'\]: the seed is given by seed=")):
+        with pytest.raises(DataError, match=words) as e:  # (an ExportArgumentError, a DataError too)
+            generator_feeds(path, 3, inputs=inputs)
+        assert e.value.hint, e.value
+    with pytest.raises(DataError, match="^count must be an integer of at least 1"):  # the count as before
+        generator_feeds(path, 0, inputs={"weights": mix})
+
+
 # ---------------------------------------------------------------- pictures
 def test_plot_samples(tmp_path):
     from typer.testing import CliRunner
