@@ -560,8 +560,9 @@ def predict(
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).",
                                                 min=0, max=MAX_SEED)] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model whose inputs are seed and an integer scalar, the count) draws.",
+    count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model whose inputs are seed and an integer scalar, the count; a conditional one's others given with --input) draws.",
                                                  min=1, max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
+    inputs: Annotated[Optional[list[str]], typer.Option("--input", metavar="NAME=VALUE", help="Another input of a conditional generator with --count, a number or a JSON list (--input digit=3, --input weights=[0.1,0.9]); repeatable.")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outputs (each one's shape, dtype and values; with -o, the file written; with --text, the text) as JSON.")] = False,
@@ -590,6 +591,11 @@ def predict(
                 raise FlowgradError(f"{given[0]} is for --text" + (" or --count" if given[0] == "--seed" else ""),
                                     hint="the .npz gives every input of the model" if data is not None
                                     else "a generator takes --count and --seed")
+        if inputs and count is None:  # (a text generator's inputs are its prompt and the flags above)
+            raise FlowgradError(f"--input {inputs[0]} is for --count (the inputs of a conditional generator)",
+                                hint="the .npz gives every input of the model" if data is not None
+                                else "--text reads a prompt with --max-len, --temperature, --seed and --beam-width; "
+                                     "run other inputs with --data (an .npz of them)")
         if output:  # (it replaced the model, or the inputs, it was reading, without a word)
             for flag, path in (("the model", model), ("--data", data)):
                 if path is not None and os.path.exists(output) and os.path.exists(path) \
@@ -609,7 +615,8 @@ def predict(
             return
         if data is not None:
             check_data_path(data, flag="--data")
-        feeds = load_npz(data).arrays if data is not None else generator_feeds(model, count, seed)
+        feeds = load_npz(data).arrays if data is not None else \
+            generator_feeds(model, count, seed, _given_inputs(inputs or []), names=FLAGS)
         # an .npz of a dataset also holds its labels: arrays the model does not read are left out
         # --json refuses outputs too many to print before the model runs where their shapes say it,
         # and after it where only the run tells (a decoder's max_len tokens)
@@ -633,6 +640,34 @@ def predict(
         print(f"{k}: shape {list(v.shape)} dtype {v.dtype}")
         # the first 10 rows, or a sequence's first 50 values (a sampler's tokens [300] were a column of 10)
         print(v if v.size <= 50 else v[:50] if v.ndim == 1 else v.reshape(len(v), -1)[:10])
+
+
+def _given_inputs(texts: list[str]) -> dict:
+    """predict's --input NAME=VALUE flags as {name: value}: VALUE is JSON, a number or a list
+    (generator_feeds checks it against the model's input)."""
+    import json
+
+    from spec.errors import FlowgradError
+
+    given, first = {}, {}
+    for text in texts:
+        name, eq, value = text.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise FlowgradError(f"bad --input {text!r}: expected NAME=VALUE" + ("" if eq else " (no '=')"),
+                                hint="e.g. --input digit=3, or --input weights=[0.1,0.9] for a list")
+        if name in given:  # (the last one was taken without a word)
+            raise FlowgradError(f"--input {name} is given twice ({first[name]} and {text})",
+                                hint="give each input once: predict reads one value of it")
+        first[name] = text
+        try:
+            given[name] = json.loads(value)
+        except ValueError:  # (JSONDecodeError, or a number of too many digits)
+            given[name] = None
+        if given[name] is None or isinstance(given[name], (str, dict)):
+            raise FlowgradError(f"--input {text}: {value.strip() or 'the empty value'} is not a number or a JSON list",
+                                hint=f"e.g. --input {name}=3, or --input {name}=[0.1,0.9] for a list")
+    return given
 
 
 # predict --json prints at most this many output values; more are for an .npz (-o)

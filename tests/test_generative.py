@@ -414,6 +414,77 @@ def _conditional_generator(tmp_path, weighted: bool = False) -> str:
     return path
 
 
+def test_predict_count_draws_from_a_conditional_generator_with_input(tmp_path):
+    """A conditional generator (a VAE drawing a given digit) takes an input besides count and
+    seed: predict --count said 'is not a generator: its inputs are count, digit, seed, not count
+    and seed', and the digit had to go in an .npz for --data. --input digit=3 gives it; the
+    count is the integer scalar input --input leaves out. Mistakes are one line and a hint."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from runtime.export import predict
+
+    path = _conditional_generator(tmp_path)
+    invoke = lambda *a: CliRunner().invoke(app, ["predict", path, "--device", "cpu", *map(str, a)])  # noqa: E731
+    drawn = {}
+    for digit, seed, name in ((3, 7, "a"), (3, 7, "b"), (5, 7, "c"), (3, 8, "d")):
+        res = invoke("--count", 4, "--seed", seed, "--input", f"digit={digit}", "-o", tmp_path / f"{name}.npz")
+        assert res.exit_code == 0, res.output
+        drawn[name] = np.load(tmp_path / f"{name}.npz")["samples"]
+        assert drawn[name].shape == (4, 64)
+    np.testing.assert_array_equal(drawn["a"], drawn["b"])  # the same seed and digit: the same samples
+    assert not np.array_equal(drawn["a"], drawn["c"]) and not np.array_equal(drawn["a"], drawn["d"])
+    want = predict(path, {"count": np.asarray(4), "seed": np.asarray(7), "digit": np.asarray(5)})["samples"]
+    np.testing.assert_array_equal(drawn["c"], want)
+    res = invoke("--count", 2, "--input", "digit=3", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["outputs"]["samples"]["shape"] == [2, 64], res.output
+    for args, error, hint in (
+            ([], f"{path} has the integer scalar inputs count, digit besides seed: --count gives one of them, "
+                 "--input the others", "e.g. --input digit=VALUE (then count is the count)"),
+            (["--input", "digit"], "bad --input 'digit': expected NAME=VALUE (no '=')", "e.g. --input digit=3"),
+            (["--input", "=3"], "bad --input '=3': expected NAME=VALUE", "e.g. --input digit=3"),
+            (["--input", "digit=3", "--input", "digit=5"], "--input digit is given twice (digit=3 and digit=5)",
+             "give each input once"),
+            (["--input", "digt=3"], f"--input digt: {path} has no input 'digt'", "did you mean 'digit'?"),
+            (["--input", "seed=3"], "--input seed: the seed is given by --seed", "give it as --seed 3"),
+            (["--input", "digit=3", "--input", "count=4"], f"--input gives every integer scalar input of {path} "
+             "(count, digit): none is left for --count to give", "leave out the --input of the count"),
+            (["--input", "digit=three"], "--input digit=three: three is not a number or a JSON list",
+             "e.g. --input digit=3"),
+            (["--input", "digit=3.5"], "--input digit must hold integers, got 3.5", "digit takes a number (int64)"),
+            (["--input", "digit=3.0"], "--input digit must hold integers, got 3.0", "digit takes a number (int64)"),
+            (["--input", "digit=-1"], "--input digit holds negative values (-1)", "none is negative"),
+            (["--input", "digit=12"], "--input digit has the value 12, but its one_hot has 10 classes",
+             "give values from 0 to 9"),
+            (["--input", "digit=[3]"], "--input digit must be a number, got a list of 1", "digit takes a number"),
+            (["--input", "digit=true"], "--input digit must be a number, got true", "digit takes a number"),
+            (["--input", "digit=1e999"], "--input digit must hold integers, got Infinity", "digit takes a number"),
+            (["--input", f"digit={2**64}"], f"--input digit holds {2**64}, outside the range of int64",
+             "digit takes a number")):
+        res = invoke("--count", 2, *args)
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert res.stderr.splitlines()[0] == f"error: {error}", res.stderr
+        assert res.stderr.splitlines()[1].startswith("  hint: ") and hint in res.stderr.splitlines()[1], res.stderr
+        assert len(res.stderr.splitlines()) == 2, res.stderr
+    # --input is for --count: a text generator reads its prompt and flags, --data every input
+    np.savez(tmp_path / "in.npz", count=np.asarray(2), seed=np.asarray(0), digit=np.asarray(3))
+    for args, hint in ((["--data", tmp_path / "in.npz"], "the .npz gives every input"),
+                       (["--text", "a"], "--text reads a prompt with")):
+        res = invoke(*args, "--input", "digit=3")
+        assert res.exit_code == 1 and "error: --input digit=3 is for --count" in res.stderr, res.output
+        assert hint in res.stderr
+    # an unconditional generator is as before: --count alone, and its count is no --input
+    vae_run = str(tmp_path / "vae")
+    train(load_spec(MODEL["vae"], SMALL["vae"]), run_dir=vae_run, steps=2, threads=1, device="cpu")
+    export(vae_run, str(tmp_path / "vae.onnx"))
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "vae.onnx"), "--count", "3", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["outputs"]["samples"]["shape"] == [3, 64], res.output
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "vae.onnx"), "--count", "3", "--input", "count=5"])
+    assert res.exit_code == 1 and res.stderr.splitlines() == [
+        "error: --input count: 'count' is the generator's count, which --count gives",
+        "  hint: leave --input count out and give --count 5"], res.stderr
+
+
 def test_generator_feeds_takes_a_conditional_generators_inputs(tmp_path):
     """generator_feeds(path, count, seed) refused a conditional generator ('not count and seed');
     its `inputs` gives the other inputs by name, checked against the model's: the dtype (a float
