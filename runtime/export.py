@@ -540,7 +540,12 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs
     model = load_model_safely(model_path)
     graph_inputs = {i.name: i for i in model.graph.input}
     names_ = sorted(graph_inputs)
-    if "seed" not in graph_inputs:
+    meta = model_metadata(model)
+    # (a language model's max_len, an integer scalar beside its prompt and seed, is no count: the
+    # decoders take --text, and were "not a generator" before conditional generators took inputs)
+    decoder = "prompt" in graph_inputs or "beam_width" in graph_inputs or \
+        any(k in meta for k in ("generate.input", "vocab", "src_vocab"))
+    if "seed" not in graph_inputs or decoder:
         raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names_) or 'none'}, "
                                   "not count and seed",
                                   hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
@@ -603,7 +608,7 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs
         graph_inputs[sizers[0]].type.tensor_type.elem_type)), "seed": np.asarray(seed or 0, dtype=np.int64)}
     for name, value in given.items():
         feeds[name] = _generator_input(value, graph_inputs[name], named(name))
-    bounds = model_metadata(model).get("bounds")  # (digit=12 of a one_hot of 10 classes drew from no class)
+    bounds = meta.get("bounds")  # (digit=12 of a one_hot of 10 classes drew from no class)
     try:
         check_index_bounds({k: feeds[k] for k in given}, bounds, model_path, named=named)
     except DataError as e:  # (a bad argument, as the others)
