@@ -7,7 +7,9 @@ token input (generate.input; a beam search's tokens too). It runs the
 spec's graph over the prompt once, carrying out every recurrent layer's final
 state, then loops: sample a token from the last logits (Gumbel-max with the
 counter-based generator, so a seed replays exactly), feed it through the graph
-as a one-step input, repeat. Everything is standard ONNX: any onnxruntime user
+as a one-step input, repeat. A model of a fixed window of C tokens (logits [N, V], the
+token after the window: nlm.yaml) carries the last C tokens instead and runs the whole graph
+on each window (_build_window_sampler). Everything is standard ONNX: any onnxruntime user
 can generate with the one file.
 """
 from __future__ import annotations
@@ -126,23 +128,50 @@ def _check_config(spec: S.Spec):
         raise SpecError(f"generate.logits {logits_name!r} is not a graph node", spec.locate("generate", "logits"),
                         did_you_mean(logits_name, [t for a in spec.graph for t in a.targets])
                         or "name the graph entry that scores the vocabulary, [N, T, vocab]")
-    # the logits as the spec computes them, before decoding feeds the tokens one at a time: a model of
-    # the last C tokens (nlm.yaml's flatten(embedding(x, V, E)), [N, V]) was told to declare 64*P under dims
+    # the logits as the spec computes them, before decoding feeds the tokens one at a time
     checked = Lowering(spec, mode="infer")
     logits = checked.evaluate_name(logits_name)
+    tokens = checked.inputs[token_input]
+    if isinstance(logits, Value) and logits.rank == 2:
+        # a model of a fixed window of tokens (nlm.yaml: the last C words, flattened) scores the next
+        # one, [N, V]: the sampler carries the window and runs the whole graph on it at every step
+        return token_input, logits_name, decl, set(), _window_size(spec, logits_name, logits, tokens)
     if not isinstance(logits, Value) or logits.rank != 3:
         raise SpecError(f"generate.logits {logits_name!r} must be [N, T, vocab], got "
                         f"{getattr(logits, 'type', logits)}", spec.locate("generate", "logits"),
                         "decoding needs a score of the vocabulary at every step of the tokens, from a recurrent "
-                        "layer that reads them (lstm(embedding(x, V, E), H)); a model of a fixed window of "
-                        "tokens cannot decode")
+                        "layer that reads them (lstm(embedding(x, V, E), H)), or of the token after a fixed "
+                        "window of them, [N, vocab]")
     # the inputs that count the tokens' steps (lengths=len over padded sentences or targets), as the
     # export records them: every token decoding feeds is real
     # (and read for nothing else: a length read as a number would be the prompt's, or 1, when decoding)
     counts = {k for k, b in length_bounds(spec, checked.graph).items() if b["of"] == token_input and b["axis"] == 1
               and _only_in_step_masks(checked.inputs[k], checked.graph.nodes, False,
                                       lambda u: u.producer is not None and u.producer.op.name == "positions")}
-    return token_input, logits_name, decl, counts
+    return token_input, logits_name, decl, counts, None
+
+
+def _window_size(spec: S.Spec, logits_name: str, logits: Value, tokens: Value) -> int:
+    """The C of a window model: generate.input [N, C] of a fixed C, the logits [N, vocab] one row
+    per window (the next token's scores). Anything else cannot be fed the last C tokens."""
+    token_input = spec.generate["input"]
+    if "bos" in spec.generate:
+        raise SpecError(f"generate.logits {logits_name!r} must be [N, T, vocab] for beam search (with bos), got "
+                        f"{logits.type}", spec.locate("generate", "logits"),
+                        "a sequence-to-sequence decoder scores the vocabulary at every step of the tokens")
+    C = tokens.shape[1]
+    if not isinstance(C, int):
+        raise SpecError(f"generate.logits {logits_name!r} is {logits.type}, the next token after a window, but "
+                        f"generate.input {token_input!r} has no fixed window size: {tokens.type}",
+                        spec.locate("generate", "logits"),
+                        f"give {token_input} a window of a fixed size ([N, C], C under dims) for logits [N, vocab], "
+                        "or score every step of the tokens, [N, T, vocab], with a recurrent layer")
+    if logits.shape[0] != tokens.shape[0]:
+        raise SpecError(f"generate.logits {logits_name!r} must be [{tokens.shape[0]}, vocab], one row per window of "
+                        f"generate.input {token_input!r} {tokens.type}, got {logits.type}",
+                        spec.locate("generate", "logits"),
+                        "name the node that scores the token after each window (dense(h, V) over the window's rows)")
+    return C
 
 
 def _first_pass(low: Lowering, logits_name: str, loc):
@@ -242,7 +271,9 @@ def _build_sampler(spec: S.Spec, dtype: str):
     """Language models: continue a prompt by sampling."""
     from .training import _Builder
 
-    token_input, logits_name, decl, counts = _check_config(spec)
+    token_input, logits_name, decl, counts, window = _check_config(spec)
+    if window is not None:
+        return _build_window_sampler(spec, dtype, token_input, logits_name, decl, window)
     loc = spec.locate("generate")
     low = Lowering(spec, mode="infer", float_dtype=dtype)
     g = low.graph
@@ -285,6 +316,58 @@ def _build_sampler(spec: S.Spec, dtype: str):
     return b
 
 
+def _build_window_sampler(spec: S.Spec, dtype: str, token_input: str, logits_name: str, decl, C: int):
+    """A language model of a fixed window of C tokens (Bengio et al. 2003; logits [N, V], the next
+    token's): the loop carries the last C tokens, [1, C]. The first window is the prompt's last C
+    tokens, padded at the front with id 0 (the text dataset's <unk> wherever it has one: at character
+    level, and at word level with max_vocab) when the prompt is shorter; each step samples a token
+    from the window's logits, shifts it onto the window and runs the whole graph on the new window."""
+    from .training import _Builder
+
+    loc = spec.locate("generate")
+    low = Lowering(spec, mode="infer", float_dtype=dtype)
+    g = low.graph
+    prompt = g.add_input("prompt", "int64", ("P",))
+    max_len = g.add_input("max_len", "int64", ())
+    temperature = g.add_input("temperature", dtype, ())
+    seed = g.add_input("seed", "int64", ())
+    with at(loc):
+        others = sorted(_inputs_read(spec, logits_name) - {token_input})
+        if others:
+            raise SpecError(f"generate: the logits read the input {others[0]!r} besides generate.input "
+                            f"{token_input!r}, and a language model samples from a prompt alone",
+                            spec.locate("generate", "logits"), f"compute the logits from {token_input} alone")
+        # window[i] = prompt[P - C + i], or 0 before the prompt's start: a concat of C zeros and the
+        # prompt has no static size (C + P), so each entry sums the prompt's ids where its position matches
+        pos = g.apply("positions", prompt, axis=0)  # [P]
+        length = g.apply("sum", g.apply("fill", prompt, dims=((0, 0),), value=1, dtype="int64"), axis=0)
+        wanted = g.const(np.arange(C, dtype=np.int64)) + (length - g.lift(C, like=length))  # [C]
+        hit = g.apply("eq", g.apply("unsqueeze", wanted, axes=(1,)), g.apply("unsqueeze", pos, axes=(0,)))  # [C, P]
+        last_c = g.apply("sum", g.cast(hit, "int64") * g.apply("unsqueeze", prompt, axes=(0,)), axis=1)  # [C]
+        window0 = g.apply("unsqueeze", g.cast(last_c, decl.dtype), axes=(0,))  # [1, C]
+        low.inputs[token_input] = window0
+        first = low.evaluate_name(logits_name)  # [1, V]
+        # The loop: carries = (the logits of the window, the window).
+        sb = StepBuilder(g)
+        bg = sb.graph
+        t = bg.add_input("t", "int64", ())
+        c_logits = bg.add_input("logits", first.dtype, first.shape)
+        c_window = bg.add_input("window", window0.dtype, window0.shape)
+        token = _sample(bg, c_logits, sb.capture(temperature), sb.capture(seed), t, salt=1)  # [1]
+        tok = bg.apply("unsqueeze", bg.cast(token, decl.dtype), axes=(1,))  # [1, 1]
+        new_window = bg.apply("concat", bg.apply("index", c_window, spec=((None, None, None), (1, None, None))), tok, axis=1)
+        step_low = _StepLowering(low, sb, token_input, new_window, None)
+        new_logits = step_low.evaluate_name(logits_name)
+        body = Body(bg, [c_logits, c_window], [t], sb.nonseqs, [new_logits, new_window], [token])
+        steps, kept = _lengths(g, max_len)
+        res = run_scan(g, body, [first, window0], [steps], sb.nonseq_outer, stack=(False, False))
+        tokens = g.apply("take", g.apply("reshape", res[-1], shape=(-1,)), kept, axis=0)
+        tokens = g.cast(tokens, decl.dtype)
+    b = _Builder(low.graph, spec.name)
+    b.out("tokens", "output", tokens)
+    return b
+
+
 class _BeamLowering(Lowering):
     """The graph with every data input repeated per beam: row n*K + k is beam k of example n."""
 
@@ -320,7 +403,7 @@ def _build_beam_search(spec: S.Spec, dtype: str):
     of the empty hypothesis, as though the loop had run no step."""
     from .training import _Builder
 
-    token_input, logits_name, decl, counts = _check_config(spec)
+    token_input, logits_name, decl, counts, _ = _check_config(spec)
     cfg = spec.generate
     loc = spec.locate("generate")
     K = int(cfg.get("beam_width", 4))

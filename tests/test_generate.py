@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import onnx
@@ -298,19 +299,83 @@ def test_generate_keys_of_the_other_decoder_are_refused(model, key, words):
     assert str(e.value).startswith(f'overrides=["generate.{key}"]:1:'), str(e.value)  # (as load() was given it)
 
 
-def test_a_language_model_of_a_fixed_window_is_told_its_logits_do_not_score_every_step():
-    """nlm.yaml (the last C words, flattened) given a generate section was told, at its hidden
-    layer, "parameter 'h.W' would have shape [64*P, 128], but the size 64*P is only known at run
-    time" with the hint to declare 64*P under dims: the error of the prompt's length fed where C
-    was. It is told at generate.logits that its logits [N, V] are not [N, T, vocab]."""
+@pytest.mark.parametrize("prompt", [(3, 7, 1, 9, 4), (5, 8), (6,), ()])
+def test_a_language_model_of_a_fixed_window_samples_from_its_last_words(prompt):
+    """nlm.yaml (Bengio et al. 2003: the last C=3 words, flattened; logits [N, V]) could not
+    generate: given a generate section it was told its logits were not [N, T, vocab] and that a
+    model of a fixed window of tokens cannot decode. Its sampler carries the last C tokens: greedy
+    decoding is the inference graph run on each successive window, the first one the prompt's
+    last C words, padded at the front with id 0 (the text dataset's <unk>) when the prompt is
+    shorter; onnx's reference evaluator decodes alike."""
+    from compiler.check import Runner, reference_evaluator
+    from compiler.training import compile_spec
+
+    spec = load(os.path.join(ROOT, "models", "nlm.yaml"), ["dims.V=40", "dims.E=4", "dims.H=8"])
+    cm = compile_spec(spec, "float64", graphs=("infer", "generate"))
+    state = cm.initial_state(3)
+
+    def feeds(kind, f):
+        return {**f, **{i.name: state[i.name] for i in cm.graphs[kind].inputs if i.name in state}}
+
+    f = feeds("generate", {"prompt": np.asarray(prompt, dtype=np.int64), "max_len": np.asarray(8),
+                           "temperature": np.asarray(0.0), "seed": np.asarray(0)})
+    out = Runner(cm.graphs["generate"].model)(f)["tokens"]
+    seq = [0, 0, 0] + list(prompt)
+    for _ in range(8):
+        probs = Runner(cm.graphs["infer"].model)(feeds("infer", {"x": np.asarray([seq[-3:]])}))["probs"]
+        seq.append(int(np.argmax(probs[0])))
+    assert len(set(seq[-8:])) > 1  # not a constant continuation
+    assert out.tolist() == seq[-8:]
+    assert reference_evaluator(cm.graphs["generate"].model).run(None, f)[0].tolist() == out.tolist()
+
+
+@pytest.mark.parametrize("logits, words", [
+    # a mean over a sequence of any length: no window of a fixed size to carry
+    ("dense(mean(embedding(x, V, E), axis=1), V)", "generate.input 'x' has no fixed window size: int64[N, T]"),
+    # one row per token of the window, not per window
+    ("dense(reshape(embedding(x, V, E), [-1, E]), V)", "must be [N, vocab], one row per window"),
+])
+def test_a_window_language_model_whose_logits_do_not_score_the_next_token_is_refused(logits, words):
+    """Logits [N, V] are read as the token after a window [N, C] of a fixed C: over tokens of any
+    length, or with other rows than the windows', the sampler could not feed them the last C tokens.
+    Each is refused at generate.logits, saying what the logits must be."""
     from compiler.training import check_spec
+    from spec import spec_from_text
     from spec.errors import SpecError
 
-    spec = load(os.path.join(ROOT, "models", "nlm.yaml"), ["generate={input: x, logits: logits}"])
-    with pytest.raises(SpecError) as e:
-        check_spec(spec)
-    assert e.value.message == "generate.logits 'logits' must be [N, T, vocab], got float32[N, 2000]"
-    assert str(e.value).startswith('overrides=["generate={input: x, logits: logits}"]:1:') and "recurrent layer" in e.value.hint
+    shape = "[N, T]" if "mean" in logits else "[N, C]"
+    text = (f"flowgrad: 1\nname: w\ndims: {{V: 12, E: 4, C: 3}}\ninputs:\n  x: {{shape: {shape}, dtype: int64}}\n"
+            f"graph:\n  logits: {logits}\ngenerate: {{input: x, logits: logits}}\n")
+    with pytest.raises(SpecError, match=re.escape(words)) as e:
+        check_spec(spec_from_text(text, "w.yaml"), objectives=False)
+    assert str(e.value).startswith("w.yaml:8:"), str(e.value)
+
+
+@pytest.fixture(scope="module")
+def nlm_exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nlm")
+    spec = load(os.path.join(ROOT, "models", "nlm.yaml"),
+                ["dims.V=200", "dims.E=8", "dims.H=16", "train.data.options.max_vocab=200"])
+    result = train(spec, run_dir=str(tmp / "run"), steps=20, threads=1, device="cpu")
+    gen = tmp / "nlm.onnx"
+    export(result.run_dir, str(gen))
+    return str(gen)
+
+
+def test_a_window_language_model_replays_a_seed_and_predict_text_prints_words(nlm_exported):
+    """The exported nlm samples text from a prompt of words: a seed replays it, another draws other
+    words, and flowgrad predict --text "the object" prints the prompt and 30 words (the spec's max_len)."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    a = generate_text(nlm_exported, "the object", max_len=20, temperature=1.0, seed=3)
+    assert a == generate_text(nlm_exported, "the object", max_len=20, temperature=1.0, seed=3)
+    assert a != generate_text(nlm_exported, "the object", max_len=20, temperature=1.0, seed=4)
+    assert len(a.split(" ")) == 20
+    res = CliRunner().invoke(app, ["predict", nlm_exported, "--text", "the object", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("the object ") and len(res.stdout.split()) >= 2 + 30, res.stdout
 
 
 @pytest.mark.parametrize("key, words", [("pad=50", "generate.pad is 50, but the logits 'logits' have 14 entries"),
