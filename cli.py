@@ -562,7 +562,7 @@ def predict(
                                                 min=0, max=MAX_SEED)] = None,
     count: Annotated[Optional[int], typer.Option("--count", help="How many samples a generator (a model whose inputs are seed and an integer scalar, the count; a conditional one's others given with --input) draws.",
                                                  min=1, max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
-    inputs: Annotated[Optional[list[str]], typer.Option("--input", metavar="NAME=VALUE", help="Another input of a conditional generator with --count, a number or a JSON list (--input digit=3, --input weights=[0.1,0.9]); repeatable.")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Option("--input", metavar="NAME=VALUE", help="Another input of a conditional generator with --count, a number or a JSON list (--input digit=3, --input 'weights=[0.1,0.9]', quoted for the shell); repeatable.")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outputs (each one's shape, dtype and values; with -o, the file written; with --text, the text) as JSON.")] = False,
@@ -655,7 +655,7 @@ def _given_inputs(texts: list[str]) -> dict:
         name = name.strip()
         if not eq or not name:
             raise FlowgradError(f"bad --input {text!r}: expected NAME=VALUE" + ("" if eq else " (no '=')"),
-                                hint="e.g. --input digit=3, or --input weights=[0.1,0.9] for a list")
+                                hint="e.g. --input digit=3, or --input 'weights=[0.1,0.9]' for a list (quoted for the shell)")
         if name in given:  # (the last one was taken without a word)
             raise FlowgradError(f"--input {name} is given twice ({first[name]} and {text})",
                                 hint="give each input once: predict reads one value of it")
@@ -666,7 +666,7 @@ def _given_inputs(texts: list[str]) -> dict:
             given[name] = None
         if given[name] is None or isinstance(given[name], (str, dict)):
             raise FlowgradError(f"--input {text}: {value.strip() or 'the empty value'} is not a number or a JSON list",
-                                hint=f"e.g. --input {name}=3, or --input {name}=[0.1,0.9] for a list")
+                                hint=f"e.g. --input {name}=3, or --input '{name}=[0.1,0.9]' for a list (quoted for the shell)")
     return given
 
 

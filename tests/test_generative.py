@@ -485,6 +485,23 @@ def test_predict_count_draws_from_a_conditional_generator_with_input(tmp_path):
         "  hint: leave --input count out and give --count 5"], res.stderr
 
 
+def test_predict_inputs_list_example_is_quoted_for_the_shell(tmp_path):
+    """predict's --help and hints showed a list as --input weights=[0.1,0.9]: unquoted, zsh
+    refuses it ('no matches found', [...] is a glob) and any shell splits [0.1, 0.9] at the
+    space, so a user copying it got an error before flowgrad ran, or '[0.1, is not a number or
+    a JSON list' with the same unquoted example. The examples are quoted, as a shell needs."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    model = str(tmp_path / "g.onnx")  # (--input is read before the model)
+    for text, hint in (("weights", "--input 'weights=[0.1,0.9]' for a list (quoted for the shell)"),
+                       ("w=[0.1,", "--input 'w=[0.1,0.9]' for a list (quoted for the shell)")):
+        res = CliRunner().invoke(app, ["predict", model, "--count", "2", "--input", text])
+        assert res.exit_code == 1 and res.stderr.splitlines()[1].endswith(hint), res.output
+    res = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "300"})
+    assert "--input 'weights=[0.1,0.9]'" in " ".join(res.output.split()), res.output
+
 def test_generator_feeds_takes_a_conditional_generators_inputs(tmp_path):
     """generator_feeds(path, count, seed) refused a conditional generator ('not count and seed');
     its `inputs` gives the other inputs by name, checked against the model's: the dtype (a float
