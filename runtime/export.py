@@ -579,6 +579,10 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs
                                   "not count and seed" + (" (no integer scalar input counts the samples)" if given else ""),
                                   hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
                                        "generate_text() (--text)")
+    if "count" in given and "count" in scalars:
+        # (--input count=3 --count 4 took the other integer input, a digit, for the count)
+        raise ExportArgumentError(f"{named('count')}: 'count' is the generator's count, which {arg('count')} gives",
+                                  hint=f"leave {named('count')} out and give {names.given(count=_as_shown(given['count'], 16))}")
     if not sizers:
         if len(scalars) == 1:  # (the count fed twice)
             raise ExportArgumentError(f"{named(scalars[0])}: {scalars[0]!r} is the generator's count, which "

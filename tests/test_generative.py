@@ -447,8 +447,11 @@ def test_predict_count_draws_from_a_conditional_generator_with_input(tmp_path):
              "give each input once"),
             (["--input", "digt=3"], f"--input digt: {path} has no input 'digt'", "did you mean 'digit'?"),
             (["--input", "seed=3"], "--input seed: the seed is given by --seed", "give it as --seed 3"),
-            (["--input", "digit=3", "--input", "count=4"], f"--input gives every integer scalar input of {path} "
-             "(count, digit): none is left for --count to give", "leave out the --input of the count"),
+            (["--input", "digit=3", "--input", "count=4"], "--input count: 'count' is the generator's count, "
+             "which --count gives", "leave --input count out and give --count 4"),
+            # (the digit was taken for the count without a word)
+            (["--input", "count=3"], "--input count: 'count' is the generator's count, which --count gives",
+             "leave --input count out and give --count 3"),
             (["--input", "digit=three"], "--input digit=three: three is not a number or a JSON list",
              "e.g. --input digit=3"),
             (["--input", "digit=3.5"], "--input digit must hold integers, got 3.5", "digit takes a number (int64)"),
