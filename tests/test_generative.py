@@ -909,3 +909,24 @@ def test_plot_samples_of_many_digits_draws_a_picture_of_bounded_size(tmp_path, m
         samples.plot_samples(str(tmp_path / "run"), str(tmp_path / "s.png"), count=n)
     assert sizes[64][0] == pytest.approx(0.1 * 110 * (8 * 9 + 1))  # 8 digits across, 11 pixels to a pixel
     assert max(sizes[samples.MAX_SAMPLES]) <= 4500, sizes
+
+
+def test_generator_feeds_given_every_integer_input_leaves_none_for_the_count(tmp_path):
+    """A generator whose count is not named count (n), with every integer scalar input given by
+    inputs=, has none left for count= to give: refused, naming them."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from runtime.export import generator_feeds
+    from spec.errors import ExportError
+
+    ints = [helper.make_tensor_value_info(n, TP.INT64, []) for n in ("n", "digit", "seed")]
+    graph = helper.make_graph([helper.make_node("Add", ["n", "digit"], ["y"])], "g", ints,
+                              [helper.make_tensor_value_info("y", TP.INT64, [])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), tmp_path / "g.onnx")
+    path = str(tmp_path / "g.onnx")
+    assert sorted(generator_feeds(path, 3, 1, {"digit": 2})) == ["digit", "n", "seed"]  # n is the count
+    with pytest.raises(ExportError, match=r"inputs= gives every integer scalar input of .*g\.onnx \(n, digit\): none is "
+                                          r"left for count= to give"):
+        generator_feeds(path, 3, 1, {"digit": 2, "n": 4})
