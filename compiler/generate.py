@@ -267,6 +267,14 @@ def build_generator(spec: S.Spec, dtype: str):
     return _build_sampler(spec, dtype)
 
 
+def _sampler_inputs(spec: S.Spec, dtype: str):
+    """A sampler's lowering of the spec and its inputs: prompt [P], max_len, temperature, seed."""
+    low = Lowering(spec, mode="infer", float_dtype=dtype)
+    g = low.graph
+    return (low, g.add_input("prompt", "int64", ("P",)), g.add_input("max_len", "int64", ()),
+            g.add_input("temperature", dtype, ()), g.add_input("seed", "int64", ()))
+
+
 def _build_sampler(spec: S.Spec, dtype: str):
     """Language models: continue a prompt by sampling."""
     from .training import _Builder
@@ -275,12 +283,8 @@ def _build_sampler(spec: S.Spec, dtype: str):
     if window is not None:
         return _build_window_sampler(spec, dtype, token_input, logits_name, decl, window)
     loc = spec.locate("generate")
-    low = Lowering(spec, mode="infer", float_dtype=dtype)
+    low, prompt, max_len, temperature, seed = _sampler_inputs(spec, dtype)
     g = low.graph
-    prompt = g.add_input("prompt", "int64", ("P",))
-    max_len = g.add_input("max_len", "int64", ())
-    temperature = g.add_input("temperature", dtype, ())
-    seed = g.add_input("seed", "int64", ())
     low.inputs[token_input] = g.apply("unsqueeze", g.cast(prompt, decl.dtype), axes=(0,))  # [1, P]
     with at(loc):
         # An input that counts the tokens' steps (lstm(e, H, lengths=len), a language model of padded
@@ -325,12 +329,8 @@ def _build_window_sampler(spec: S.Spec, dtype: str, token_input: str, logits_nam
     from .training import _Builder
 
     loc = spec.locate("generate")
-    low = Lowering(spec, mode="infer", float_dtype=dtype)
+    low, prompt, max_len, temperature, seed = _sampler_inputs(spec, dtype)
     g = low.graph
-    prompt = g.add_input("prompt", "int64", ("P",))
-    max_len = g.add_input("max_len", "int64", ())
-    temperature = g.add_input("temperature", dtype, ())
-    seed = g.add_input("seed", "int64", ())
     with at(loc):
         others = sorted(_inputs_read(spec, logits_name) - {token_input})
         if others:
