@@ -222,6 +222,8 @@ def apply_override(tree: LocMap, text: str, names: ArgNames = FLAGS) -> tuple[st
             raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
                             Loc(origin, 1, cols[i]), _set_inside_hint(here, names))
     last = keys[-1]
+    if keys[:-1] == ["graph"] and isinstance(node, LocMap) and last not in node:
+        last = _graph_entry_key(node, last, path_text, value_text, Loc(origin, 1, cols[-1]), names)
     if isinstance(node, LocMap):
         new_dim = None
         if keys[:-1] == ["dims"] and last not in node:
@@ -239,6 +241,24 @@ def apply_override(tree: LocMap, text: str, names: ArgNames = FLAGS) -> tuple[st
         _refuse_index(path_text, here, node, last, Loc(origin, 1, cols[-1]), names)
         raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
                         Loc(origin, 1, cols[-1]), _set_inside_hint(here, names))
+
+
+def _graph_entry_key(graph: LocMap, key: str, path_text: str, value_text: str, loc: Loc, names: ArgNames) -> str:
+    """The graph's key that an override of `key` sets: an entry of several values written with
+    other spacing (graph.hs,h for 'hs, h') is that entry. One that names some of an entry's values
+    is refused, naming the entry (it added an entry beside it, refused as 'hs' already defined)."""
+    wanted = [t.strip() for t in key.split(",")]
+    for existing in (k for k in graph if isinstance(k, str)):
+        targets = [t.strip() for t in existing.split(",")]
+        if targets == wanted:
+            return existing
+        if set(targets) & set(wanted):
+            whole = f"graph.{existing}={value_text.strip()}"
+            raise SpecError(f"cannot set '{path_text}': '{sorted(set(targets) & set(wanted))[0]}' is computed by "
+                            f"the graph entry '{existing}'", loc,
+                            f"override that entry as the spec writes it, all its values: "
+                            f"{names.given(overrides=shlex.quote(whole) if names.flags else whole)}")
+    return key
 
 
 def _set_inside_hint(here: str, names: ArgNames) -> str:

@@ -904,3 +904,18 @@ def test_model_change_of_a_long_entry_shows_what_differs():
                                       "...) is new: run trained without it")
     short = model_change(then, spec_from_text(MODEL_WITH_A_BLOCK.replace("act=tanh", "act=relu"), "now.yaml"))
     assert short is not None and "dense(v, H, act=relu)" in short.describe("run")
+
+
+def test_an_override_of_one_value_of_an_entry_of_several_names_the_entry():
+    """--set graph.hs=... on a spec whose entry is 'hs, h' added an entry beside it and was refused
+    as "'hs' is already defined as a graph value", and --set 'graph.hs,h=...' (no space) the same:
+    the first names the entry and gives the override as written, the second sets that entry."""
+    spec = MINI.replace("[N, D]", "[N, T, D]") + "graph:\n  hs, h: gru(x, 4, return_state=true)\nloss: mean(h)\n"
+    e = error(spec, ["graph.hs=gru(x, 5)"])
+    assert e.message == "cannot set 'graph.hs': 'hs' is computed by the graph entry 'hs, h'"
+    assert e.hint == "override that entry as the spec writes it, all its values: --set 'graph.hs, h=gru(x, 5)'"
+    assert e.loc == Loc("--set graph.hs=gru(x, 5)", 1, 13)
+    e = error(spec, ["graph.hs, hn=gru(x, 5, return_state=true)"])
+    assert e.message == "cannot set 'graph.hs, hn': 'hs' is computed by the graph entry 'hs, h'"
+    overridden = load(spec, ["graph.hs,h=gru(x, 6, return_state=true)"])
+    assert [a.targets for a in overridden.graph if "hs" in a.targets] == [["hs", "h"]]
