@@ -222,8 +222,10 @@ def apply_override(tree: LocMap, text: str, names: ArgNames = FLAGS) -> tuple[st
             raise SpecError(f"cannot set '{path_text}': {here} is {_describe(node)}, not a mapping",
                             Loc(origin, 1, cols[i]), _set_inside_hint(here, names))
     last = keys[-1]
-    if keys[:-1] == ["graph"] and isinstance(node, LocMap) and last not in node:
-        last = _graph_entry_key(node, last, path_text, value_text, Loc(origin, 1, cols[-1]), names)
+    # (a block's graph too: blocks.F.graph.hs added an entry beside 'hs, h', refused as 'hs' already defined)
+    if (keys[:-1] == ["graph"] or len(keys) == 4 and keys[0] == "blocks" and keys[2] == "graph") \
+            and isinstance(node, LocMap) and last not in node:
+        last = _graph_entry_key(node, last, ".".join(keys[:-1]), path_text, value_text, Loc(origin, 1, cols[-1]), names)
     if isinstance(node, LocMap):
         new_dim = None
         if keys[:-1] == ["dims"] and last not in node:
@@ -243,17 +245,19 @@ def apply_override(tree: LocMap, text: str, names: ArgNames = FLAGS) -> tuple[st
                         Loc(origin, 1, cols[-1]), _set_inside_hint(here, names))
 
 
-def _graph_entry_key(graph: LocMap, key: str, path_text: str, value_text: str, loc: Loc, names: ArgNames) -> str:
+def _graph_entry_key(graph: LocMap, key: str, where: str, path_text: str, value_text: str, loc: Loc,
+                     names: ArgNames) -> str:
     """The graph's key that an override of `key` sets: an entry of several values written with
     other spacing (graph.hs,h for 'hs, h') is that entry. One that names some of an entry's values
-    is refused, naming the entry (it added an entry beside it, refused as 'hs' already defined)."""
+    is refused, naming the entry (it added an entry beside it, refused as 'hs' already defined).
+    `where`: the graph's path, graph or blocks.F.graph."""
     wanted = [t.strip() for t in key.split(",")]
     for existing in (k for k in graph if isinstance(k, str)):
         targets = [t.strip() for t in existing.split(",")]
         if targets == wanted:
             return existing
         if set(targets) & set(wanted):
-            whole = f"graph.{existing}={value_text.strip()}"
+            whole = f"{where}.{existing}={value_text.strip()}"
             raise SpecError(f"cannot set '{path_text}': '{sorted(set(targets) & set(wanted))[0]}' is computed by "
                             f"the graph entry '{existing}'", loc,
                             f"override that entry as the spec writes it, all its values: "

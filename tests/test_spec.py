@@ -919,3 +919,18 @@ def test_an_override_of_one_value_of_an_entry_of_several_names_the_entry():
     assert e.message == "cannot set 'graph.hs, hn': 'hs' is computed by the graph entry 'hs, h'"
     overridden = load(spec, ["graph.hs,h=gru(x, 6, return_state=true)"])
     assert [a.targets for a in overridden.graph if "hs" in a.targets] == [["hs", "h"]]
+
+
+def test_an_override_of_one_value_of_a_blocks_entry_of_several_names_the_entry():
+    """--set blocks.F.graph.hs=... on a block whose entry is 'hs, h' added an entry beside it,
+    refused as "'hs' is already defined as a graph value" with the hint to rename one, and
+    --set 'blocks.F.graph.hs,h=...' (no space) the same (twice, once per name): a block's graph
+    is read as the spec's is, the first naming the entry, the second setting it."""
+    spec = MODEL_WITH_A_BLOCK.replace("h: dense(v, H, act=tanh)", "hs, h: gru(unsqueeze(v, axes=1), H, return_state=true)")
+    e = error(spec, ["blocks.F.graph.hs=gru(v, 5)"])
+    assert e.message == "cannot set 'blocks.F.graph.hs': 'hs' is computed by the graph entry 'hs, h'"
+    assert e.hint == ("override that entry as the spec writes it, all its values: "
+                      "--set 'blocks.F.graph.hs, h=gru(v, 5)'")
+    assert e.loc == Loc("--set blocks.F.graph.hs=gru(v, 5)", 1, 22)
+    overridden = load(spec, ["blocks.F.graph.hs,h=gru(unsqueeze(v, axes=1), 6, return_state=true)"])
+    assert [a.targets for a in overridden.blocks["F"].graph] == [["hs", "h"]]
