@@ -635,14 +635,14 @@ def _as_shown(value, default: int) -> int:
 
 def _input_takes(inp: onnx.ValueInfoProto) -> str:
     """What an input takes, as a value given by name: "a number (int64)", "a list of 2 numbers
-    (float32)", "an array of shape [N, 64] (float32)"."""
+    (float32)", "an array of shape [N, 64] (float32)", "true or false (bool)"."""
     t = inp.type.tensor_type
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-    if not dims:
-        return f"a number ({dtype})"
+    if not dims:  # (a bool's hint said "a number", which it refuses)
+        return f"{'true or false' if dtype == 'bool' else 'a number'} ({dtype})"
     if len(dims) == 1 and isinstance(dims[0], int):
-        return f"a list of {dims[0]} numbers ({dtype})"
+        return f"a list of {dims[0]} {'values true or false' if dtype == 'bool' else 'numbers'} ({dtype})"
     return f"an array of shape {shape_text(dims)} ({dtype})"
 
 

@@ -930,3 +930,35 @@ def test_generator_feeds_given_every_integer_input_leaves_none_for_the_count(tmp
     with pytest.raises(ExportError, match=r"inputs= gives every integer scalar input of .*g\.onnx \(n, digit\): none is "
                                           r"left for count= to give"):
         generator_feeds(path, 3, 1, {"digit": 2, "n": 4})
+
+
+def test_generator_feeds_hints_that_a_bool_input_takes_true_or_false(tmp_path):
+    """A conditional generator with a bool input (flag) given --input flag=1 was refused as
+    "--input flag must be true or false, got 1" with the hint "flag takes a number (bool)",
+    which --input flag=0 then met again: the hint says it takes true or false."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from runtime.export import generator_feeds
+    from spec.errors import ExportError
+
+    ins = [helper.make_tensor_value_info("count", TP.INT64, []), helper.make_tensor_value_info("seed", TP.INT64, []),
+           helper.make_tensor_value_info("flag", TP.BOOL, []), helper.make_tensor_value_info("mask", TP.BOOL, [2])]
+    graph = helper.make_graph([helper.make_node("Not", ["flag"], ["y"]), helper.make_node("Not", ["mask"], ["z"])],
+                              "g", ins, [helper.make_tensor_value_info("y", TP.BOOL, []),
+                                         helper.make_tensor_value_info("z", TP.BOOL, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), tmp_path / "g.onnx")
+    path = str(tmp_path / "g.onnx")
+    feeds = generator_feeds(path, 3, 1, {"flag": True, "mask": [True, False]})
+    assert feeds["flag"].dtype == np.bool_ and feeds["mask"].tolist() == [True, False]
+    with pytest.raises(ExportError) as e:
+        generator_feeds(path, 3, 1, {"flag": 1, "mask": [True, False]})
+    assert e.value.message == "inputs['flag'] must be true or false, got 1"
+    assert e.value.hint == "flag takes true or false (bool)"
+    with pytest.raises(ExportError) as e:
+        generator_feeds(path, 3, 1, {"flag": True, "mask": [1, 0]})
+    assert e.value.hint == "mask takes a list of 2 values true or false (bool)"
+    with pytest.raises(ExportError) as e:
+        generator_feeds(path, 3, 1, {"flag": True})
+    assert "e.g. inputs={\"mask\": VALUE}, a list of 2 values true or false (bool)" in e.value.hint
