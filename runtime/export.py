@@ -599,6 +599,15 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs
                                   hint=f"e.g. {example(rest[0])} (then {', '.join(n for n in sizers if n not in rest[:1])} "
                                        "is the count)" if len(sizers) == 2 else
                                        f"give all but the count with {flag}, e.g. {example(rest[0])}")
+    bounds = meta.get("bounds")  # (digit=12 of a one_hot of 10 classes drew from no class)
+    indexed = [n for n in scalars if isinstance(bounds, dict) and _is_bound(bounds.get(n))]
+    if sizers[0] in indexed and [n for n in scalars if n not in indexed]:
+        # (--count 4 --input n=3 drew 3 samples of digit 4: the ids were taken for the count)
+        count_name = [n for n in scalars if n not in indexed][0]
+        raise ExportArgumentError(f"{named(count_name)}: {sizers[0]!r} is read as ids (below "
+                                  f"{bounds[sizers[0]][0]}), so {count_name!r} is the generator's count, which "
+                                  f"{arg('count')} gives", hint=f"give {example(sizers[0])} and "
+                                  f"{names.given(count=_as_shown(given.get(count_name), 16))}")
     missing = [n for n in names_ if n != "seed" and n not in given and n != sizers[0]]
     if missing:
         inp = graph_inputs[missing[0]]
@@ -612,7 +621,6 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs
         graph_inputs[sizers[0]].type.tensor_type.elem_type)), "seed": np.asarray(seed or 0, dtype=np.int64)}
     for name, value in given.items():
         feeds[name] = _generator_input(value, graph_inputs[name], named(name))
-    bounds = meta.get("bounds")  # (digit=12 of a one_hot of 10 classes drew from no class)
     try:
         check_index_bounds({k: feeds[k] for k in given}, bounds, model_path, named=named)
     except DataError as e:  # (a bad argument, as the others)

@@ -962,3 +962,24 @@ def test_generator_feeds_hints_that_a_bool_input_takes_true_or_false(tmp_path):
     with pytest.raises(ExportError) as e:
         generator_feeds(path, 3, 1, {"flag": True})
     assert "e.g. inputs={\"mask\": VALUE}, a list of 2 values true or false (bool)" in e.value.hint
+
+
+def test_a_conditional_generators_ids_are_not_taken_for_its_count(tmp_path):
+    """A conditional generator whose count is named n: --count 4 --input n=3 drew 3 samples of
+    digit 4 (the one integer scalar --input left out, the digit, was taken for the count). The
+    export records the digit as ids (of a one_hot of 10 classes): n is then the count, and giving
+    it with --input is refused with the flags to write."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    (tmp_path / "cvae.yaml").write_text(CVAE.replace("count", "n"))
+    train(load_spec(str(tmp_path / "cvae.yaml")), run_dir=str(tmp_path / "run"), steps=2, threads=1, device="cpu")
+    path = str(tmp_path / "cvae.onnx")
+    export(str(tmp_path / "run"), path)
+    res = CliRunner().invoke(app, ["predict", path, "--count", "4", "--input", "n=3", "--json"])
+    assert res.exit_code == 1 and res.stderr.splitlines() == [
+        "error: --input n: 'digit' is read as ids (below 10), so 'n' is the generator's count, which --count gives",
+        "  hint: give --input digit=VALUE and --count 3"], res.stderr
+    res = CliRunner().invoke(app, ["predict", path, "--count", "4", "--input", "digit=3", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["outputs"]["samples"]["shape"] == [4, 64], res.output
