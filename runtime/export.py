@@ -665,9 +665,12 @@ def _generator_input(value, inp: onnx.ValueInfoProto, what: str) -> np.ndarray:
     if isinstance(value, (str, bytes, Mapping)) or value is None:
         raise ExportArgumentError(f"{what} must be a number or a list of numbers, got {shown()}",
                                   hint=f"{inp.name} takes {takes}")
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
-            and not np.iinfo(np.int64).min <= int(value) <= np.iinfo(np.int64).max:
-        raise ExportArgumentError(f"{what} holds {int(value)}, outside the range of {want.name}", hint=f"{inp.name} takes {takes}")
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        if want.kind == "f":  # (a float input given a whole number: 100000000000000000000 is 1e20)
+            value = float(value)
+        elif not np.iinfo(np.int64).min <= int(value) <= np.iinfo(np.int64).max:
+            raise ExportArgumentError(f"{what} holds {int(value)}, outside the range of {want.name}",
+                                      hint=f"{inp.name} takes {takes}")
     try:
         a = as_array(value, what)
     except ValueError:  # np.load's pickled object array

@@ -983,3 +983,26 @@ def test_a_conditional_generators_ids_are_not_taken_for_its_count(tmp_path):
         "  hint: give --input digit=VALUE and --count 3"], res.stderr
     res = CliRunner().invoke(app, ["predict", path, "--count", "4", "--input", "digit=3", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["outputs"]["samples"]["shape"] == [4, 64], res.output
+
+
+def test_a_float_input_given_a_whole_number_takes_it_as_a_float(tmp_path):
+    """--input scale=100000000000000000000 for a float input was checked against int64's range
+    ('outside the range of float32'), though 1e20 is a float32; a whole number is read as a float
+    there, and beyond float32's range refused as such."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from runtime.export import generator_feeds
+    from spec.errors import ExportError
+
+    ins = [helper.make_tensor_value_info("n", TP.INT64, []), helper.make_tensor_value_info("seed", TP.INT64, []),
+           helper.make_tensor_value_info("scale", TP.FLOAT, [])]
+    graph = helper.make_graph([helper.make_node("Identity", ["scale"], ["y"])], "g", ins,
+                              [helper.make_tensor_value_info("y", TP.FLOAT, [])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), tmp_path / "g.onnx")
+    path = str(tmp_path / "g.onnx")
+    feeds = generator_feeds(path, 3, 1, {"scale": 10**20})
+    assert feeds["scale"].dtype == np.float32 and feeds["scale"] == np.float32(1e20) and feeds["n"] == 3
+    with pytest.raises(ExportError, match=r"holds 1e\+40, beyond float32's range"):
+        generator_feeds(path, 3, 1, {"scale": 10**40})
