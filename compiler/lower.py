@@ -15,7 +15,7 @@ from spec import model as S
 from spec.errors import FlowgradError, Loc, ShapeError, SpecError, did_you_mean
 from spec.expr import unparse
 
-from .ir import FLOAT_DTYPES, INT_DTYPES, Graph, Value, at, is_float
+from .ir import FLOAT_DTYPES, INT_DTYPES, Graph, TensorType, Value, at, is_float
 from .registry import REQUIRED, all_ops, get_op, op_hint
 
 
@@ -79,6 +79,21 @@ def _int64(value, loc):
     if type(value) is int and not -2**63 <= value < 2**63:
         raise SpecError(f"the integer {_short(value)} is too large", loc, "integers must fit in 64 bits; write a float, e.g. 1e30")
     return value
+
+
+def _numbers_need_floats(op, attrs: dict, args: list) -> bool:
+    """Whether an op given only whole numbers (a dim, a literal) takes floats alone, as sqrt, exp
+    and tanh do: its shape rule refuses them as int64 scalars."""
+    if not args or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args) \
+            or not any(isinstance(a, int) for a in args):
+        return False
+    try:
+        op.infer(op.bind_attrs(attrs), *[TensorType("int64", ())] * len(args))
+    except ShapeError as ex:
+        return "float" in str(ex)
+    except Exception:  # (an op whose rule wants other arguments says so when it is applied)
+        return False
+    return False
 
 
 def _whole_float_hint(v, written: S.Expr) -> str | None:
@@ -821,6 +836,10 @@ class Lowering:
         # one's, as in x + 1 (maximum(src_len, 1) over int32 lengths made an int64 1 and was refused)
         like = next((t for t in tensors if isinstance(t, Value) and is_float(t.dtype)), None) or \
             next((t for t in tensors if isinstance(t, Value) and t.dtype in INT_DTYPES), None)
+        if like is None and _numbers_need_floats(op, attrs, tensors):
+            # sqrt(D) of a dim, as Python's math.sqrt(4) and torch.sqrt of an integer: the number as a
+            # float (it was 'sqrt: input must be a float tensor, got int64')
+            tensors = [float(t) for t in tensors]
         names = [str(i) for i in range(len(tensors))] if op.variadic else list(op.inputs)
         lifted = []
         for name, t in zip(names, tensors):

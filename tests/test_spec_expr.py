@@ -381,3 +381,24 @@ loss: mean(z) * mean(W)
     with pytest.raises(FlowgradError) as info:
         check_spec(spec)
     assert info.value.hint.startswith("/ in an expression gives a float") == divided, info.value
+
+
+def test_a_float_op_of_a_dim_takes_it_as_a_float():
+    """sqrt(D) of a dim, an attention's scale, was refused ('sqrt: input must be a float tensor,
+    got int64', with a cast hint) where Python's math.sqrt(4) and torch.sqrt of an integer give a
+    float; a whole number given alone to an op that takes floats is now a float. An op that takes
+    integers keeps it an integer (zeros(D) is still int-sized, abs(D) an int64)."""
+    import numpy as np
+
+    from compiler.training import compile_spec
+    from runtime.session import make_session
+
+    text = ("flowgrad: 1\nname: t\ndims: {D: 4}\ninputs:\n  x: {shape: [N, D]}\ngraph:\n  h: dense(x, 2)\n"
+            "  y: h / sqrt(D) + exp(0) + tanh(D) + cast(abs(D), 'float32')\noutputs:\n  out: y\nloss: mean(y * y)\n")
+    cm = compile_spec(spec_from_text(text, "models/t.yaml"))
+    state = cm.initial_state(0)
+    g = cm.graphs["infer"]
+    x = np.ones((3, 4), np.float32)
+    out = make_session(g.model).run(None, {i.name: x if i.name == "x" else state[i.name] for i in g.inputs})[0]
+    h = x @ state["h.W"] + state["h.b"]
+    np.testing.assert_allclose(out, h / 2 + 1 + np.tanh(4) + 4, rtol=1e-6)
