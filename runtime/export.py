@@ -635,23 +635,42 @@ def _holds_bool(value) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
+def _is_whole_number(value) -> bool:
+    """A Python or NumPy integer, not a bool (which Python counts as one)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _as_shown(value, default: int) -> int:
     """A value given for a seed or a count, to show in a hint, where it is a plain integer."""
-    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
-        and value >= 0 else default
+    return int(value) if _is_whole_number(value) and value >= 0 else default
+
+
+def _value_wanted(t: onnx.TypeProto.Tensor) -> str:
+    """What a tensor type takes, without its dtype: "a number", "true or false", "a list of 2
+    numbers", "an array of shape [N, 64]"."""
+    is_bool = t.elem_type == onnx.TensorProto.BOOL
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    if not dims:  # (a bool's hint said "a number", which it refuses)
+        return "true or false" if is_bool else "a number"
+    if len(dims) == 1 and isinstance(dims[0], int):
+        return f"a list of {dims[0]} " + ("values true or false" if is_bool else "numbers")
+    return f"an array of shape {shape_text(dims)}"
 
 
 def _input_takes(inp: onnx.ValueInfoProto) -> str:
     """What an input takes, as a value given by name: "a number (int64)", "a list of 2 numbers
     (float32)", "an array of shape [N, 64] (float32)", "true or false (bool)"."""
     t = inp.type.tensor_type
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-    if not dims:  # (a bool's hint said "a number", which it refuses)
-        return f"{'true or false' if dtype == 'bool' else 'a number'} ({dtype})"
-    if len(dims) == 1 and isinstance(dims[0], int):
-        return f"a list of {dims[0]} {'values true or false' if dtype == 'bool' else 'numbers'} ({dtype})"
-    return f"an array of shape {shape_text(dims)} ({dtype})"
+    return f"{_value_wanted(t)} ({np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name})"
+
+
+def _shape_described(a: np.ndarray) -> str:
+    """An array's shape as a value given by name: "a number", "a list of 3", "an array of shape [2, 3]"."""
+    if a.ndim == 0:
+        return "a number"
+    if a.ndim == 1:
+        return f"a list of {len(a)}"
+    return f"an array of shape {shape_text(a.shape)}"
 
 
 def _generator_input(value, inp: onnx.ValueInfoProto, what: str) -> np.ndarray:
@@ -660,33 +679,40 @@ def _generator_input(value, inp: onnx.ValueInfoProto, what: str) -> np.ndarray:
     negative, as predict takes them) and of its shape (a symbolic dim any size)."""
     t = inp.type.tensor_type
     want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
-    takes = _input_takes(inp)
-    shown = lambda: json.dumps(value) if isinstance(value, (int, float, list)) else repr(value)  # noqa: E731
+    takes = f"{inp.name} takes {_input_takes(inp)}"  # the hint of most refusals
+
+    def shown() -> str:
+        return json.dumps(value) if isinstance(value, (int, float, list)) else repr(value)
+
     if isinstance(value, (str, bytes, Mapping)) or value is None:
-        raise ExportArgumentError(f"{what} must be a number or a list of numbers, got {shown()}",
-                                  hint=f"{inp.name} takes {takes}")
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        raise ExportArgumentError(f"{what} must be a number or a list of numbers, got {shown()}", hint=takes)
+    if _is_whole_number(value):
         if want.kind == "f":  # (a float input given a whole number: 100000000000000000000 is 1e20)
             value = float(value)
         elif not np.iinfo(np.int64).min <= int(value) <= np.iinfo(np.int64).max:
-            raise ExportArgumentError(f"{what} holds {int(value)}, outside the range of {want.name}",
-                                      hint=f"{inp.name} takes {takes}")
+            raise ExportArgumentError(f"{what} holds {int(value)}, outside the range of {want.name}", hint=takes)
     try:
         a = as_array(value, what)
     except ValueError:  # np.load's pickled object array
         a = np.asarray([], dtype=object)
     except DataError as e:  # ragged lists
-        raise ExportArgumentError(e.message, hint=f"{inp.name} takes {takes}") from None
+        raise ExportArgumentError(e.message, hint=takes) from None
     if not a.size and a.dtype.kind == "f" and isinstance(value, (list, tuple)):  # ([] is float64 to NumPy)
         a = a.astype(want)
     if a.dtype.kind in "iuf" and want.kind != "b" and _holds_bool(value):  # ([0.5, true] read true as 1.0)
         a = a.astype(bool)
-    if a.dtype.kind not in "biuf" or a.dtype.kind == "b" and want.kind != "b" or a.dtype.kind != "b" and want.kind == "b":
+    is_bool, wants_bool = a.dtype.kind == "b", want.kind == "b"
+    if a.dtype.kind not in "biuf" or is_bool != wants_bool:
         got = shown() if a.dtype.kind != "O" else "values of no number type"
-        raise ExportArgumentError(f"{what} must be {'true or false' if want.kind == 'b' else 'a number' if not t.shape.dim else 'numbers'}, got {got}",
-                                  hint=f"{inp.name} takes {takes}")
+        if wants_bool:
+            wanted = "true or false"
+        elif t.shape.dim:
+            wanted = "numbers"
+        else:
+            wanted = "a number"
+        raise ExportArgumentError(f"{what} must be {wanted}, got {got}", hint=takes)
     if want.kind in "iu" and a.dtype.kind == "f":  # (as a count, 2.0 is refused as 2.5 is: never rounded)
-        raise ExportArgumentError(f"{what} must hold integers, got {shown()}", hint=f"{inp.name} takes {takes}")
+        raise ExportArgumentError(f"{what} must hold integers, got {shown()}", hint=takes)
     if a.dtype.kind == "f" and a.size and not np.all(np.isfinite(a)):
         raise ExportArgumentError(f"{what} has NaN or inf values", hint="the samples would be meaningless")
     if want.kind in "iu" and a.size and a.min() < 0:
@@ -696,11 +722,11 @@ def _generator_input(value, inp: onnx.ValueInfoProto, what: str) -> np.ndarray:
         check_fits(a, want.name, what, None)
     except DataError as e:
         raise ExportArgumentError(e.message, hint=e.hint) from None
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
-    if dims is not None and (a.ndim != len(dims) or any(d is not None and d != n for d, n in zip(dims, a.shape))):
-        got = "a number" if a.ndim == 0 else f"a list of {len(a)}" if a.ndim == 1 else f"an array of shape {shape_text(a.shape)}"
-        raise ExportArgumentError(f"{what} must be {takes.split(' (')[0]}, got {got}",
-                                  hint=f"{inp.name} takes {takes}" + (": e.g. [0.1, 0.9]" if len(dims) == 1 and dims[0] == 2 else ""))
+    if t.HasField("shape"):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]  # (None: any size)
+        if a.ndim != len(dims) or any(d is not None and d != n for d, n in zip(dims, a.shape)):
+            raise ExportArgumentError(f"{what} must be {_value_wanted(t)}, got {_shape_described(a)}",
+                                      hint=takes + (": e.g. [0.1, 0.9]" if dims == [2] else ""))
     return np.array(a, dtype=want)  # (a copy, of the input's rank: ascontiguousarray makes a scalar [1])
 
 
