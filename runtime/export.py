@@ -539,18 +539,18 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs
     given = dict(inputs or {})
     model = load_model_safely(model_path)
     graph_inputs = {i.name: i for i in model.graph.input}
-    names_ = sorted(graph_inputs)
+    input_names = sorted(graph_inputs)
     meta = model_metadata(model)
     # (a language model's max_len, an integer scalar beside its prompt and seed, is no count: the
     # decoders take --text, and were "not a generator" before conditional generators took inputs)
     decoder = "prompt" in graph_inputs or "beam_width" in graph_inputs or \
         any(k in meta for k in ("generate.input", "vocab", "src_vocab"))
     if "seed" not in graph_inputs or decoder:
-        raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names_) or 'none'}, "
-                                  "not count and seed",
-                                  hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
-                                       "generate_text() (--text)")
-    arg = lambda k: names(k) if names.flags else f"{k}="  # noqa: E731  (--count, or count=)
+        raise _not_a_generator(model_path, input_names)
+
+    def arg(keyword: str) -> str:  # --count, or count=
+        return names(keyword) if names.flags else f"{keyword}="
+
     flag = arg("inputs")  # --input or inputs=
 
     def named(name: str) -> str:  # an input as the caller gave it: --input digit, inputs['digit']
@@ -559,66 +559,66 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs
     def example(name: str) -> str:
         return f"--input {name}=VALUE" if names.flags else f'inputs={{"{name}": VALUE}}'
 
+    def given_count(name: str) -> ExportArgumentError:  # the count's input given with the others
+        return ExportArgumentError(f"{named(name)}: {name!r} is the generator's count, which {arg('count')} gives",
+                                   hint=f"leave {named(name)} out and give {names.given(count=_as_shown(given[name], 16))}")
+
     for name in given:
         if name == "seed":  # (it would have been fed twice, the flag's or the dict's silently winning)
             raise ExportArgumentError(f"{named('seed')}: the seed is given by {arg('seed')}",
                                       hint=f"give it as {names.given(seed=_as_shown(given['seed'], 7))}")
         if name not in graph_inputs:
-            others = [n for n in names_ if n != "seed"]
+            close = did_you_mean(name, [n for n in input_names if n != "seed"])
             raise ExportArgumentError(f"{named(name)}: {model_path} has no input {name!r}",
-                                      hint=(did_you_mean(name, others) + " " if did_you_mean(name, others) else "")
-                                      + f"its inputs are {', '.join(names_)} (the seed given by {arg('seed')})")
+                                      hint=(close + " " if close else "")
+                                      + f"its inputs are {', '.join(input_names)} (the seed given by {arg('seed')})")
     # (a spec's `n: {shape: [], dtype: int64}` was refused: its inputs were n and seed, "not count and seed")
     # (an int32 count, which plot samples draws with, was "not a generator: its inputs are count, seed")
-    scalars = [n for n, i in graph_inputs.items() if n != "seed"
-               and i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-               and i.type.tensor_type.HasField("shape") and not i.type.tensor_type.shape.dim]
-    sizers = [n for n in scalars if n not in given]
+    scalars = [n for n, i in graph_inputs.items() if n != "seed" and _is_integer_scalar(i)]
     if not scalars:
-        raise ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(names_)}, "
-                                  "not count and seed" + (" (no integer scalar input counts the samples)" if given else ""),
-                                  hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
-                                       "generate_text() (--text)")
+        raise _not_a_generator(model_path, input_names, " (no integer scalar input counts the samples)" if given else "")
     if "count" in given and "count" in scalars:
         # (--input count=3 --count 4 took the other integer input, a digit, for the count)
-        raise ExportArgumentError(f"{named('count')}: 'count' is the generator's count, which {arg('count')} gives",
-                                  hint=f"leave {named('count')} out and give {names.given(count=_as_shown(given['count'], 16))}")
-    if not sizers:
+        raise given_count("count")
+    candidates = [n for n in scalars if n not in given]  # for the count
+    if not candidates:
         if len(scalars) == 1:  # (the count fed twice)
-            raise ExportArgumentError(f"{named(scalars[0])}: {scalars[0]!r} is the generator's count, which "
-                                      f"{arg('count')} gives", hint=f"leave {named(scalars[0])} out and give "
-                                      f"{names.given(count=_as_shown(given[scalars[0]], 16))}")
+            raise given_count(scalars[0])
+        if names.flags:
+            hint = f"leave out the --input of the count, one of {', '.join(scalars)}"
+        else:
+            hint = f"leave the count, one of {', '.join(scalars)}, out of inputs"
         raise ExportArgumentError(f"{flag} gives every integer scalar input of {model_path} ({', '.join(scalars)}): "
-                                  f"none is left for {arg('count')} to give",
-                                  hint=f"leave out the --input of the count, one of {', '.join(scalars)}" if names.flags
-                                  else f"leave the count, one of {', '.join(scalars)}, out of inputs")
-    if len(sizers) > 1:
-        rest = [n for n in sizers if n != "count"] if "count" in sizers else sizers[1:]
-        raise ExportArgumentError(f"{model_path} has the integer scalar inputs {', '.join(sizers)} besides seed: "
-                                  f"{arg('count')} gives one of them, {flag} the others",
-                                  hint=f"e.g. {example(rest[0])} (then {', '.join(n for n in sizers if n not in rest[:1])} "
-                                       "is the count)" if len(sizers) == 2 else
-                                       f"give all but the count with {flag}, e.g. {example(rest[0])}")
+                                  f"none is left for {arg('count')} to give", hint=hint)
+    if len(candidates) > 1:
+        # an input named count is the count: the example gives another
+        others = [n for n in candidates if n != "count"] if "count" in candidates else candidates[1:]
+        if len(candidates) == 2:
+            the_count = next(n for n in candidates if n != others[0])
+            hint = f"e.g. {example(others[0])} (then {the_count} is the count)"
+        else:
+            hint = f"give all but the count with {flag}, e.g. {example(others[0])}"
+        raise ExportArgumentError(f"{model_path} has the integer scalar inputs {', '.join(candidates)} besides seed: "
+                                  f"{arg('count')} gives one of them, {flag} the others", hint=hint)
+    count_input = candidates[0]
     bounds = meta.get("bounds")  # (digit=12 of a one_hot of 10 classes drew from no class)
-    indexed = [n for n in scalars if isinstance(bounds, dict) and _is_bound(bounds.get(n))]
-    if sizers[0] in indexed and [n for n in scalars if n not in indexed]:
+    ids = [n for n in scalars if isinstance(bounds, dict) and _is_bound(bounds.get(n))]
+    non_ids = [n for n in scalars if n not in ids]
+    if count_input in ids and non_ids:
         # (--count 4 --input n=3 drew 3 samples of digit 4: the ids were taken for the count)
-        count_name = [n for n in scalars if n not in indexed][0]
-        raise ExportArgumentError(f"{named(count_name)}: {sizers[0]!r} is read as ids (below "
-                                  f"{bounds[sizers[0]][0]}), so {count_name!r} is the generator's count, which "
-                                  f"{arg('count')} gives", hint=f"give {example(sizers[0])} and "
-                                  f"{names.given(count=_as_shown(given.get(count_name), 16))}")
-    missing = [n for n in names_ if n != "seed" and n not in given and n != sizers[0]]
+        raise ExportArgumentError(f"{named(non_ids[0])}: {count_input!r} is read as ids (below {bounds[count_input][0]}), "
+                                  f"so {non_ids[0]!r} is the generator's count, which {arg('count')} gives",
+                                  hint=f"give {example(count_input)} and {names.given(count=_as_shown(given[non_ids[0]], 16))}")
+    missing = [n for n in input_names if n not in ("seed", count_input) and n not in given]
     if missing:
-        inp = graph_inputs[missing[0]]
         raise ExportArgumentError(f"{model_path} also takes the input(s) {', '.join(missing)} (a conditional "
                                   f"generator): give {'it' if len(missing) == 1 else 'them'} with {flag}",
-                                  hint=f"e.g. {example(missing[0])}, {_input_takes(inp)}; its count is "
-                                       f"{sizers[0]!r} ({arg('count')})")
+                                  hint=f"e.g. {example(missing[0])}, {_input_takes(graph_inputs[missing[0]])}; "
+                                       f"its count is {count_input!r} ({arg('count')})")
     count = check_count(names("count"), count, most=MAX_COUNT, has_default=False, error=ExportArgumentError,  # (1.5
                         most_hint=MAX_COUNT_WHY, required=True)  # drew 1 sample; predict --count is bounded by typer)
-    feeds = {sizers[0]: np.asarray(count, dtype=onnx.helper.tensor_dtype_to_np_dtype(
-        graph_inputs[sizers[0]].type.tensor_type.elem_type)), "seed": np.asarray(seed or 0, dtype=np.int64)}
+    count_dtype = onnx.helper.tensor_dtype_to_np_dtype(graph_inputs[count_input].type.tensor_type.elem_type)
+    feeds = {count_input: np.asarray(count, dtype=count_dtype), "seed": np.asarray(seed or 0, dtype=np.int64)}
     for name, value in given.items():
         feeds[name] = _generator_input(value, graph_inputs[name], named(name))
     try:
@@ -626,6 +626,18 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs
     except DataError as e:  # (a bad argument, as the others)
         raise ExportArgumentError(e.message, hint=e.hint) from None
     return feeds
+
+
+def _not_a_generator(model_path: str, input_names: list[str], why: str = "") -> ExportArgumentError:
+    return ExportArgumentError(f"{model_path} is not a generator: its inputs are {', '.join(input_names) or 'none'}, "
+                               f"not count and seed{why}",
+                               hint="give its inputs to predict() (flowgrad predict --data), or a prompt to "
+                                    "generate_text() (--text)")
+
+
+def _is_integer_scalar(inp: onnx.ValueInfoProto) -> bool:
+    t = inp.type.tensor_type
+    return t.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and t.HasField("shape") and not t.shape.dim
 
 
 def _holds_bool(value) -> bool:
