@@ -509,29 +509,36 @@ def check_least_size(dim: str, got: int, array: str, least: dict | None, hint: s
     if not isinstance(least, dict):
         return  # (a model from someone else may say anything there: what is not such a record is not read)
     most = least.get("most")
-    if isinstance(most, int) and not isinstance(most, bool) and got > most:
-        at, loc = _at(least.get("rows_at"))
+    if _is_count(most) and got > most:
+        where, loc = _where_recorded(least.get("rows_at"))
         rows = least.get("rows")
-        less = most - rows if isinstance(rows, int) and not isinstance(rows, bool) and 0 <= most - rows else 0
-        raise DataError(f"{array} has {dim} = {got}, but positions of {dim}{f'-{less}' if less else ''}"
-                        f"{f' at {at}' if at and loc is None else ''} index a table of {most - less} rows", loc,
+        less = most - rows if _is_count(rows) and rows <= most else 0  # positions of T-1: most is rows + 1
+        shift = f"-{less}" if less else ""
+        raise DataError(f"{array} has {dim} = {got}, but positions of {dim}{shift}{where} index a table of "
+                        f"{most - less} rows", loc,
                         hint or f"give data with {dim} of {most} or fewer, or a table of {got - less} rows or more")
     if not isinstance(least.get("least"), int) or got >= least["least"]:
         return
-    at, loc = _at(least.get("at"))
+    where, loc = _where_recorded(least.get("at"))
     n = int(least["least"])
-    raise DataError(f"{array} has {dim} = {got}, but the slice {least.get('slice', '')} of {dim}"
-                    f"{f' at {at}' if at and loc is None else ''} needs {dim} of {n} or more", loc,
+    raise DataError(f"{array} has {dim} = {got}, but the slice {least.get('slice', '')} of {dim}{where} needs "
+                    f"{dim} of {n} or more", loc,
                     hint or f"give data with {dim} of {n} or more, or slice {dim} with bounds that the data reaches")
 
 
-def _at(at) -> tuple[str, Loc | None]:
-    """A record's 'file:line:column' as text and as a location (None where it is not one)."""
-    at, loc = str(at or ""), None
+def _is_count(value) -> bool:
+    """An int of a record, not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _where_recorded(at) -> tuple[str, Loc | None]:
+    """A record's 'file:line:column' as the location of the message, or where that is no location,
+    as text to put in it (" at ..."; "" where the record has none)."""
+    at = str(at or "")
     parts = at.rsplit(":", 2)
     if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-        loc = Loc(parts[0], int(parts[1]), int(parts[2]))
-    return at, loc
+        return "", Loc(parts[0], int(parts[1]), int(parts[2]))
+    return (f" at {at}" if at else ""), None
 
 
 def check_below(a: np.ndarray, size: int, array: str, why: str, loc, hint: str, at: str = "example") -> None:
