@@ -1229,7 +1229,7 @@ def least_sizes(g: Graph, values: list[Value] | None = None) -> dict[str, dict]:
     while todo:
         node = todo.pop(0)
         if node.op.name == "take":
-            _positions_into_rows(node, out)
+            _record_positions_lookup(node, out)
         if node.op.name != "slice":
             todo.extend(body_nodes(node) or [])
             continue
@@ -1244,7 +1244,7 @@ def least_sizes(g: Graph, values: list[Value] | None = None) -> dict[str, dict]:
     return out
 
 
-def _positions_into_rows(take: Node, out: dict[str, dict]) -> None:
+def _record_positions_lookup(take: Node, out: dict[str, dict]) -> None:
     """Records the most entries a symbolic dim may have where positions() of it are the indices
     of `take` (a lookup) into a table whose rows are known."""
     from .ir import dim_shift
@@ -1257,11 +1257,14 @@ def _positions_into_rows(take: Node, out: dict[str, dict]) -> None:
         return
     x = p.inputs[0]
     rows = table.shape[normalize_axis(take.attrs["axis"], table.rank)]
-    # (positions of T-1 that index 12 rows allow T of 13)
-    dim, less = dim_shift(x.shape[normalize_axis(p.attrs["axis"], x.rank)]) or (None, 0)
-    if dim is None or not isinstance(rows, int) or rows + less >= out.get(dim, {}).get("most", rows + less + 1):
+    shift = dim_shift(x.shape[normalize_axis(p.attrs["axis"], x.rank)])
+    if shift is None or not isinstance(rows, int):
         return
-    out.setdefault(dim, {}).update(most=rows + less, rows=rows, rows_at=str(take.loc) if take.loc else "")
+    dim, less = shift
+    most = rows + less  # (positions of T-1 that index 12 rows allow T of 13)
+    if dim in out and "most" in out[dim] and out[dim]["most"] <= most:
+        return  # (the smallest table bounds the dim)
+    out.setdefault(dim, {}).update(most=most, rows=rows, rows_at=str(take.loc) if take.loc else "")
 
 
 def length_bounds(spec: S.Spec, g: Graph) -> dict[str, dict]:
