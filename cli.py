@@ -649,7 +649,7 @@ def _given_inputs(texts: list[str]) -> dict:
 
     from spec.errors import FlowgradError
 
-    given, first = {}, {}
+    given, written = {}, {}  # {name: value}, {name: the flag's text}
     for text in texts:
         name, eq, value = text.partition("=")
         name = name.strip()
@@ -657,16 +657,16 @@ def _given_inputs(texts: list[str]) -> dict:
             raise FlowgradError(f"bad --input {text!r}: expected NAME=VALUE" + ("" if eq else " (no '=')"),
                                 hint="e.g. --input digit=3, or --input 'weights=[0.1,0.9]' for a list (quoted for the shell)")
         if name in given:  # (the last one was taken without a word)
-            raise FlowgradError(f"--input {name} is given twice ({first[name]} and {text})",
+            raise FlowgradError(f"--input {name} is given twice ({written[name]} and {text})",
                                 hint="give each input once: predict reads one value of it")
-        first[name] = text
         try:
-            given[name] = json.loads(value)
+            parsed = json.loads(value)
         except ValueError:  # (JSONDecodeError, or a number of too many digits)
-            given[name] = None
-        if given[name] is None or isinstance(given[name], (str, dict)):
+            parsed = None
+        if parsed is None or isinstance(parsed, (str, dict)):  # (null, a quoted string, an object)
             raise FlowgradError(f"--input {text}: {value.strip() or 'the empty value'} is not a number or a JSON list",
                                 hint=f"e.g. --input {name}=3, or --input '{name}=[0.1,0.9]' for a list (quoted for the shell)")
+        given[name], written[name] = parsed, text
     return given
 
 
