@@ -417,27 +417,29 @@ def weights_last_in_loops(model: onnx.ModelProto) -> onnx.ModelProto:
     weights: dict[str, str] = {}  # W^T -> W
     new_transposes: list[str] = []  # the W^T whose transpose no node makes yet, or one after the loops
 
-    def untransposed(wt: str) -> str | None:
-        if wt not in weights:
-            p = made.get(wt)
-            there = [n for n in out.graph.node if transposed(n) and n.input[0] == wt]
-            if transposed(p):
-                weights[wt] = p.input[0]
-            elif there:  # (moved up with the new ones: the graph may make it after the loop)
-                weights[wt] = there[0].output[0]
-                new_transposes.append(wt)
-                out.graph.node.remove(there[0])
-            elif wt in top:  # W^T made outside every loop: its transpose is made there once
-                weights[wt] = fresh(f"{wt}_T")
-                new_transposes.append(wt)
-            else:
-                return None
+    def weight_of(wt: str) -> str | None:
+        """The name of W for a W^T read in a loop (None where the loop cannot read one)."""
+        if wt in weights:
+            return weights[wt]
+        maker = made.get(wt)
+        if transposed(maker):  # W^T = Transpose(W): read W itself
+            weights[wt] = maker.input[0]
+            return weights[wt]
+        existing = [n for n in out.graph.node if transposed(n) and n.input[0] == wt]
+        if existing:  # a Transpose(W^T) of the graph, moved up with the new ones (it may come after the loop)
+            weights[wt] = existing[0].output[0]
+            out.graph.node.remove(existing[0])
+        elif wt in top:  # W^T made outside every loop: its transpose is made there once
+            weights[wt] = fresh(f"{wt}_T")
+        else:
+            return None
+        new_transposes.append(wt)
         return weights[wt]
 
     for body in bodies(out.graph):
         swaps = {}  # first output -> the nodes in place of its node
         for last, product, inner, x, wt in list(candidates(body)):
-            w = untransposed(wt)
+            w = weight_of(wt)
             if w is not None:
                 swaps[last.output[0]] = [helper.make_node("MatMul", [x, w], list(last.output))]
                 swaps[product.output[0]] = swaps[inner.output[0]] = []
