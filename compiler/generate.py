@@ -275,6 +275,13 @@ def _sampler_inputs(spec: S.Spec, dtype: str):
             g.add_input("temperature", dtype, ()), g.add_input("seed", "int64", ()))
 
 
+def _reads_besides_prompt(spec: S.Spec, token_input: str, name: str, more_hint: str = "") -> SpecError:
+    """The refusal of a language model's logits that read the input `name` besides the tokens."""
+    return SpecError(f"generate: the logits read the input {name!r} besides generate.input {token_input!r}, and a "
+                     "language model samples from a prompt alone", spec.locate("generate", "logits"),
+                     f"compute the logits from {token_input} alone{more_hint}")
+
+
 def _build_sampler(spec: S.Spec, dtype: str):
     """Language models: continue a prompt by sampling."""
     from .training import _Builder
@@ -293,11 +300,8 @@ def _build_sampler(spec: S.Spec, dtype: str):
         # spec never wrote). Any other input is none of the sampler's.
         for name in sorted(_inputs_read(spec, logits_name) - {token_input}):
             if name not in counts:
-                raise SpecError(f"generate: the logits read the input {name!r} besides generate.input "
-                                f"{token_input!r}, and a language model samples from a prompt alone",
-                                spec.locate("generate", "logits"),
-                                f"compute the logits from {token_input} alone, or add bos to decode from "
-                                f"{name} as a sequence-to-sequence model does")
+                raise _reads_besides_prompt(spec, token_input, name, f", or add bos to decode from {name} as a "
+                                            "sequence-to-sequence model does")
             ones = g.apply("fill", low.inputs[token_input], dims=((0, 0), (0, 1)), value=1, dtype=spec.inputs[name].dtype)
             low.inputs[name] = g.apply("sum", ones, axis=1)  # [1]: the prompt's length
         last, prefixes, states = _first_pass(low, logits_name, loc)
@@ -334,9 +338,7 @@ def _build_window_sampler(spec: S.Spec, dtype: str, token_input: str, logits_nam
     with at(loc):
         others = sorted(_inputs_read(spec, logits_name) - {token_input})
         if others:
-            raise SpecError(f"generate: the logits read the input {others[0]!r} besides generate.input "
-                            f"{token_input!r}, and a language model samples from a prompt alone",
-                            spec.locate("generate", "logits"), f"compute the logits from {token_input} alone")
+            raise _reads_besides_prompt(spec, token_input, others[0])
         # window[i] = prompt[P - C + i], or 0 before the prompt's start: a concat of C zeros and the
         # prompt has no static size (C + P), so each entry sums the prompt's ids where its position matches
         pos = g.apply("positions", prompt, axis=0)  # [P]
