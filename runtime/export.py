@@ -652,6 +652,26 @@ def _is_whole_number(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+def _whole_numbers(value) -> list[int]:
+    """The whole numbers of a value and of its nested lists."""
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _whole_numbers(v)]
+    return [int(value)] if _is_whole_number(value) else []
+
+
+def _beyond_int64_as_floats(value):
+    """A value with each whole number beyond int64's range in its nested lists a float."""
+    if isinstance(value, (list, tuple)):
+        floats = [_beyond_int64_as_floats(v) for v in value]
+        return tuple(floats) if isinstance(value, tuple) else floats
+    if _is_whole_number(value) and not _INT64_MIN <= value <= _INT64_MAX:
+        return float(value)
+    return value
+
+
 def _as_shown(value, default: int) -> int:
     """A value given for a seed or a count, to show in a hint, where it is a plain integer."""
     return int(value) if _is_whole_number(value) and value >= 0 else default
@@ -698,11 +718,13 @@ def _generator_input(value, inp: onnx.ValueInfoProto, what: str) -> np.ndarray:
 
     if isinstance(value, (str, bytes, Mapping)) or value is None:
         raise ExportArgumentError(f"{what} must be a number or a list of numbers, got {shown()}", hint=takes)
-    if _is_whole_number(value):
-        if want.kind == "f":  # (a float input given a whole number: 100000000000000000000 is 1e20)
-            value = float(value)
-        elif not np.iinfo(np.int64).min <= int(value) <= np.iinfo(np.int64).max:
-            raise ExportArgumentError(f"{what} holds {int(value)}, outside the range of {want.name}", hint=takes)
+    # (NumPy reads a list holding a whole number beyond int64's range as objects, or as floats)
+    if want.kind == "f":  # (a float input given a whole number: 100000000000000000000 is 1e20)
+        value = float(value) if _is_whole_number(value) else _beyond_int64_as_floats(value)
+    else:
+        beyond = [n for n in _whole_numbers(value) if not _INT64_MIN <= n <= _INT64_MAX]
+        if beyond:
+            raise ExportArgumentError(f"{what} holds {beyond[0]}, outside the range of {want.name}", hint=takes)
     try:
         a = as_array(value, what)
     except ValueError:  # np.load's pickled object array

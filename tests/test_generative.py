@@ -1006,3 +1006,32 @@ def test_a_float_input_given_a_whole_number_takes_it_as_a_float(tmp_path):
     assert feeds["scale"].dtype == np.float32 and feeds["scale"] == np.float32(1e20) and feeds["n"] == 3
     with pytest.raises(ExportError, match=r"holds 1e\+40, beyond float32's range"):
         generator_feeds(path, 3, 1, {"scale": 10**40})
+
+
+def test_a_list_holding_a_whole_number_beyond_int64_is_read_as_its_scalar_is(tmp_path):
+    """--input 'weights=[100000000000000000000,1]' for a float input was refused as "must be
+    numbers, got values of no number type" (NumPy read the list as objects), though the same
+    number alone is taken as 1e20; and an integer input given [9223372036854775808, 1] was told
+    it "must hold integers". A list's whole numbers are read as its scalar is: floats for a float
+    input, and beyond int64's range refused with the number for an integer one."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from runtime.export import generator_feeds
+    from spec.errors import ExportError
+
+    ins = [helper.make_tensor_value_info("n", TP.INT64, []), helper.make_tensor_value_info("seed", TP.INT64, []),
+           helper.make_tensor_value_info("weights", TP.FLOAT, [2]), helper.make_tensor_value_info("ids", TP.INT64, [2])]
+    graph = helper.make_graph([helper.make_node("Identity", ["weights"], ["y"])], "g", ins,
+                              [helper.make_tensor_value_info("y", TP.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), tmp_path / "g.onnx")
+    path = str(tmp_path / "g.onnx")
+    feeds = generator_feeds(path, 3, 1, {"weights": [10**20, 1], "ids": [1, 2]})
+    assert feeds["weights"].dtype == np.float32 and feeds["weights"].tolist() == [np.float32(1e20), 1.0]
+    with pytest.raises(ExportError, match=r"holds 1e\+40, beyond float32's range"):
+        generator_feeds(path, 3, 1, {"weights": [10**40, 1], "ids": [1, 2]})
+    for big in (10**20, 2**63):
+        with pytest.raises(ExportError) as e:
+            generator_feeds(path, 3, 1, {"weights": [0.5, 1], "ids": [big, 1]})
+        assert e.value.message == f"inputs['ids'] holds {big}, outside the range of int64"
