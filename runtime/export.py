@@ -420,6 +420,13 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
             check_number("input 'length_penalty'", feeds["length_penalty"].item(), 0, error=DataError,
                          hint=LENGTH_PENALTY_HINT)
     sizer = [k for k in feeds if k != "seed"]
+    if "seed" in feeds and len(sizer) > 1 and not decoder:
+        # a conditional generator (a digit beside the count): its count is the one integer scalar
+        # that the export does not record as ids (a count of 10**9 in an .npz was not bounded)
+        bounds = meta.get("bounds") if isinstance(meta.get("bounds"), dict) else {}
+        counts = [k for k in sizer if feeds[k].ndim == 0 and feeds[k].dtype.kind in "iu" and not _is_bound(bounds.get(k))]
+        if len(counts) == 1:
+            sizer = counts
     if "seed" in feeds and len(sizer) == 1 and feeds[sizer[0]].size == 1:  # a generator, as --count is checked
         check_count(f"input {sizer[0]!r}", feeds[sizer[0]].item(), most=MAX_COUNT, has_default=False,  # (a huge
                     error=DataError, most_hint=MAX_COUNT_WHY)  # one tried to allocate terabytes)

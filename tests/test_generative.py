@@ -476,6 +476,14 @@ def test_predict_count_draws_from_a_conditional_generator_with_input(tmp_path):
         res = invoke(*args, "--input", "digit=3")
         assert res.exit_code == 1 and "error: --input digit=3 is for --count" in res.stderr, res.output
         assert hint in res.stderr
+    # its .npz for --data is bounded as --count is: the count is the integer scalar that the export
+    # does not record as ids (a count of 2**30 beside a digit tried to allocate gigabytes)
+    np.savez(tmp_path / "big.npz", count=np.asarray(2**30), seed=np.asarray(0), digit=np.asarray(3))
+    res = invoke("--data", tmp_path / "big.npz")
+    assert res.exit_code == 1 and res.stderr.startswith("error: input 'count'") and "Traceback" not in res.output, \
+        res.output
+    res = invoke("--data", tmp_path / "in.npz", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["outputs"]["samples"]["shape"] == [2, 64], res.output
     # an unconditional generator is as before: --count alone, and its count is no --input
     vae_run = str(tmp_path / "vae")
     train(load_spec(MODEL["vae"], SMALL["vae"]), run_dir=vae_run, steps=2, threads=1, device="cpu")
