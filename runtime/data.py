@@ -509,10 +509,10 @@ def check_least_size(dim: str, got: int, array: str, least: dict | None, hint: s
     if not isinstance(least, dict):
         return  # (a model from someone else may say anything there: what is not such a record is not read)
     most = least.get("most")
-    if _is_count(most) and got > most:
+    if is_whole_number(most) and got > most:
         where, loc = _where_recorded(least.get("rows_at"))
         rows = least.get("rows")
-        less = most - rows if _is_count(rows) and rows <= most else 0  # positions of T-1: most is rows + 1
+        less = most - rows if is_whole_number(rows) and rows <= most else 0  # positions of T-1: most is rows + 1
         shift = f"-{less}" if less else ""
         raise DataError(f"{array} has {dim} = {got}, but positions of {dim}{shift}{where} index a table of "
                         f"{most - less} rows", loc,
@@ -526,9 +526,9 @@ def check_least_size(dim: str, got: int, array: str, least: dict | None, hint: s
                     hint or f"give data with {dim} of {n} or more, or slice {dim} with bounds that the data reaches")
 
 
-def _is_count(value) -> bool:
-    """An int of a record, not a bool (which Python counts as one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+def is_whole_number(value) -> bool:
+    """A Python or NumPy integer, not a bool (which Python counts as one)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _where_recorded(at) -> tuple[str, Loc | None]:

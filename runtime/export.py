@@ -15,7 +15,8 @@ from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, Expo
 
 from .checkpoint import check_checkpoint, checkpoint_path, load_checkpoint, read_run_info
 from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
-from .data import array_named, as_array, check_below, check_fits, check_least_sizes, check_lengths, dim_sizes, shape_text
+from .data import (array_named, as_array, check_below, check_fits, check_least_sizes, check_lengths, dim_sizes,
+                   is_whole_number, shape_text)
 from .jsontext import dumps  # (the model's metadata is strict JSON: a NaN is null, an infinity "Infinity")
 from .session import shifts_in_float64
 
@@ -162,6 +163,13 @@ def _is_bound(b) -> bool:
     """[size, what] as the manifest and an export record an input's ids' bound (an exported model may
     come from anyone: what is not such a record is not read as one)."""
     return (isinstance(b, list) and len(b) == 2 and type(b[0]) is int and b[0] > 0 and isinstance(b[1], str))
+
+
+def _recorded_ids(meta: dict) -> set[str]:
+    """The inputs an exported model records as ids (flowgrad.bounds: an embedding's rows, a
+    one_hot's classes): none of them counts samples."""
+    bounds = meta.get("bounds")
+    return {k for k, b in bounds.items() if _is_bound(b)} if isinstance(bounds, dict) else set()
 
 
 def check_index_bounds(feeds: dict[str, np.ndarray], bounds, model_path: str, named=None) -> None:
@@ -423,8 +431,8 @@ def _check_decoder_inputs(feeds: dict[str, np.ndarray], meta: dict) -> None:
     if "seed" in feeds and len(sizer) > 1 and not decoder:
         # a conditional generator (a digit beside the count): its count is the one integer scalar
         # that the export does not record as ids (a count of 10**9 in an .npz was not bounded)
-        bounds = meta.get("bounds") if isinstance(meta.get("bounds"), dict) else {}
-        counts = [k for k in sizer if feeds[k].ndim == 0 and feeds[k].dtype.kind in "iu" and not _is_bound(bounds.get(k))]
+        ids = _recorded_ids(meta)
+        counts = [k for k in sizer if feeds[k].ndim == 0 and feeds[k].dtype.kind in "iu" and k not in ids]
         if len(counts) == 1:
             sizer = counts
     if "seed" in feeds and len(sizer) == 1 and feeds[sizer[0]].size == 1:  # a generator, as --count is checked
@@ -609,7 +617,7 @@ def generator_feeds(model_path: str, count: int, seed: int | None = None, inputs
                                   f"{arg('count')} gives one of them, {flag} the others", hint=hint)
     count_input = candidates[0]
     bounds = meta.get("bounds")  # (digit=12 of a one_hot of 10 classes drew from no class)
-    ids = [n for n in scalars if isinstance(bounds, dict) and _is_bound(bounds.get(n))]
+    ids = [n for n in scalars if n in _recorded_ids(meta)]
     non_ids = [n for n in scalars if n not in ids]
     if count_input in ids and non_ids:
         # (--count 4 --input n=3 drew 3 samples of digit 4: the ids were taken for the count)
@@ -654,11 +662,6 @@ def _holds_bool(value) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
-def _is_whole_number(value) -> bool:
-    """A Python or NumPy integer, not a bool (which Python counts as one)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
@@ -666,7 +669,7 @@ def _whole_numbers(value) -> list[int]:
     """The whole numbers of a value and of its nested lists."""
     if isinstance(value, (list, tuple)):
         return [n for v in value for n in _whole_numbers(v)]
-    return [int(value)] if _is_whole_number(value) else []
+    return [int(value)] if is_whole_number(value) else []
 
 
 def _beyond_int64_as_floats(value):
@@ -674,14 +677,14 @@ def _beyond_int64_as_floats(value):
     if isinstance(value, (list, tuple)):
         floats = [_beyond_int64_as_floats(v) for v in value]
         return tuple(floats) if isinstance(value, tuple) else floats
-    if _is_whole_number(value) and not _INT64_MIN <= value <= _INT64_MAX:
+    if is_whole_number(value) and not _INT64_MIN <= value <= _INT64_MAX:
         return float(value)
     return value
 
 
 def _as_shown(value, default: int) -> int:
     """A value given for a seed or a count, to show in a hint, where it is a plain integer."""
-    return int(value) if _is_whole_number(value) and value >= 0 else default
+    return int(value) if is_whole_number(value) and value >= 0 else default
 
 
 def _value_wanted(t: onnx.TypeProto.Tensor) -> str:
@@ -727,7 +730,7 @@ def _generator_input(value, inp: onnx.ValueInfoProto, what: str) -> np.ndarray:
         raise ExportArgumentError(f"{what} must be a number or a list of numbers, got {shown()}", hint=takes)
     # (NumPy reads a list holding a whole number beyond int64's range as objects, or as floats)
     if want.kind == "f":  # (a float input given a whole number: 100000000000000000000 is 1e20)
-        value = float(value) if _is_whole_number(value) else _beyond_int64_as_floats(value)
+        value = float(value) if is_whole_number(value) else _beyond_int64_as_floats(value)
     else:
         beyond = [n for n in _whole_numbers(value) if not _INT64_MIN <= n <= _INT64_MAX]
         if beyond:

@@ -1700,17 +1700,22 @@ def test_a_plateau_schedule_without_its_metric_is_refused_at_it_before_training(
     assert not os.path.exists(tmp_path / "r")
 
 
+def _train_six_epochs(text: str, tmp_path):
+    """REGRESSION-like `text` trained 6 epochs on 96 examples of a tanh regression, a quarter held out."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 4)).astype("float32")
+    data = {"x": x, "y": np.tanh(x @ rng.normal(size=4)).astype("float32")}
+    return train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, valid="0.25", epochs=6, threads=1,
+                 device="cpu")
+
+
 def test_a_maximized_loss_keeps_its_highest_epoch_as_the_best(tmp_path):
     """An optimizer with maximize: true ascends its loss, so its best epoch is the highest: best.npz
     and result.json's best kept the lowest, the worst epoch of the run, as for a loss minimized.
     (With several objectives, the loss improves upward only where every optimizer maximizes it.)"""
     text = REGRESSION.replace("loss: mean((pred - y) ** 2)", "loss: -mean((pred - y) ** 2)") \
         .replace("{sgd: {lr: 0.05}}", "{sgd: {lr: 0.05, maximize: true}}")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 4)).astype("float32")
-    data = {"x": x, "y": np.tanh(x @ rng.normal(size=4)).astype("float32")}
-    res = train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, valid="0.25", epochs=6, threads=1,
-                device="cpu")
+    res = _train_six_epochs(text, tmp_path)
     losses = [r["valid_loss"] for r in res.history]
     assert losses[-1] > losses[0]  # (it ascends: the loss is a negated error)
     assert res.best["epoch"] == 1 + int(np.argmax(losses))
@@ -1732,11 +1737,7 @@ def test_an_objectives_maximized_loss_is_watched_upward(tmp_path):
         "    lift: {loss: up, params: w2, optimizer: {sgd: {lr: 0.05, maximize: true}}}\n"
         "  schedule: [fit, lift]\n"
         "  early_stopping: {metric: valid_lift/loss, patience: 100}\n")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 4)).astype("float32")
-    data = {"x": x, "y": np.tanh(x @ rng.normal(size=4)).astype("float32")}
-    res = train(_spec(text, tmp_path), run_dir=str(tmp_path / "r"), data=data, valid="0.25", epochs=6, threads=1,
-                device="cpu")
+    res = _train_six_epochs(text, tmp_path)
     ups = [r["valid_lift/loss"] for r in res.history]
     assert ups[-1] > ups[0]  # (it ascends: a negated error)
     assert res.best["epoch"] == 1 + int(np.argmax(ups))
