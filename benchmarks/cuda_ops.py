@@ -42,28 +42,16 @@ def _cases():
 def _graph(op_name, sample, dtype):
     """The op's outputs and, where it has one, the gradient of a fixed weighted sum of them."""
     from compiler.autodiff import grad
+    from compiler.check import sample_grad_inputs, sample_graph, weighted_sum
     from compiler.emit import emit_model
-    from compiler.ir import Graph, is_float
     from compiler.registry import all_ops
 
     op = all_ops()[op_name]
-    g = Graph(float_dtype=dtype)
-    arrays = [np.asarray(x) for x in sample.inputs]
-    arrays = [a.astype(dtype) if a.dtype.kind == "f" else a for a in arrays]
-    ins = [g.add_input(f"in{i}", a.dtype.name, a.shape) for i, a in enumerate(arrays)]
-    out = g.apply(op.name, *ins, **sample.attrs)
-    outs = list(out) if isinstance(out, tuple) else [out]
+    g, ins, outs, arrays = sample_graph(op, sample, dtype)
     outputs = [(f"out{k}", v) for k, v in enumerate(outs)]
-    which = list(sample.grad_inputs) if sample.grad_inputs is not None else \
-        [i for i, a in enumerate(arrays) if a.dtype.kind == "f"]
+    which = sample_grad_inputs(sample)
     if not op.nondiff and op.name != "constant" and which:
-        rng = np.random.default_rng(zlib.crc32(op.name.encode()))
-        loss = None
-        for v in outs:
-            if is_float(v.dtype):
-                w = rng.normal(size=[int(d) for d in v.shape]).astype(v.dtype)
-                term = g.apply("sum", v * g.const(w))
-                loss = term if loss is None else loss + term
+        loss, _ = weighted_sum(g, outs, np.random.default_rng(zlib.crc32(op.name.encode())))
         if loss is not None:
             grads = grad([loss], [ins[i] for i in which])
             outputs += [(f"g{i}", gv) for i, gv in zip(which, grads) if gv is not None]

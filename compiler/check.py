@@ -46,6 +46,46 @@ class Runner:
         return dict(zip(self.output_names, outs))
 
 
+def sample_graph(op, sample, dtype: str | None = None):
+    """One op applied to a sample of its table: (graph, its inputs in0, in1, ..., the op's outputs,
+    the input arrays). The graph is float64 with the sample's arrays as they are, or, given a
+    `dtype`, of that float type with the float arrays cast to it. tests/test_ops.py and
+    benchmarks/cuda_ops.py build their graphs so."""
+    from .ir import Graph
+
+    g = Graph(float_dtype=dtype or "float64")
+    arrays = [np.asarray(x) for x in sample.inputs]
+    if dtype is not None:
+        arrays = [a.astype(dtype) if a.dtype.kind == "f" else a for a in arrays]
+    ins = [g.add_input(f"in{i}", a.dtype.name, a.shape) for i, a in enumerate(arrays)]
+    out = g.apply(op.name, *ins, **sample.attrs)
+    return g, ins, list(out) if isinstance(out, tuple) else [out], arrays
+
+
+def weighted_sum(g, outs, rng):
+    """sum_k sum(out_k * w_k) over the float outputs, each w_k drawn from `rng`: (that loss, or None
+    where no output is a float, and the weights)."""
+    from .ir import is_float
+
+    loss, weights = None, []
+    for v in outs:
+        if not is_float(v.dtype):
+            continue
+        w = rng.normal(size=[int(d) for d in v.shape]).astype(v.dtype)
+        weights.append(w)
+        term = g.apply("sum", v * g.const(w))
+        loss = term if loss is None else loss + term
+    return loss, weights
+
+
+def sample_grad_inputs(sample) -> list[int]:
+    """The inputs of a sample that its gradient checks differentiate: the sample's grad_inputs, else
+    its float inputs."""
+    if sample.grad_inputs is not None:
+        return list(sample.grad_inputs)
+    return [i for i, x in enumerate(sample.inputs) if np.asarray(x).dtype.kind == "f"]
+
+
 def reference_evaluator(model: onnx.ModelProto):
     """onnx's ReferenceEvaluator, with a Scan that also runs backwards, a GatherElements
     that picks among any number of entries and a LogSoftmax that keeps its digits.

@@ -11,9 +11,9 @@ import onnx
 import pytest
 
 from compiler.autodiff import grad
-from compiler.check import Runner, check_gradients, reference_run
+from compiler.check import Runner, check_gradients, reference_run, sample_grad_inputs, sample_graph, weighted_sum
 from compiler.emit import emit_model
-from compiler.ir import Graph, is_float
+from compiler.ir import Graph
 from compiler.registry import OpDef, all_ops
 
 OPS = all_ops()
@@ -32,26 +32,15 @@ CASES = _cases()
 
 
 def _grad_inputs(sample):
-    if sample.grad_inputs is not None:
-        return list(sample.grad_inputs)
-    return [i for i, x in enumerate(sample.inputs) if np.asarray(x).dtype.kind == "f"]
+    return sample_grad_inputs(sample)
 
 
 def _rng(op, sample_id=0):
     return np.random.default_rng(zlib.crc32(op.name.encode()) + 7 * sample_id)
 
 
-def _arrays(sample):
-    return [np.asarray(x) for x in sample.inputs]
-
-
 def _build(op, sample):
-    g = Graph(float_dtype="float64")
-    arrays = _arrays(sample)
-    ins = [g.add_input(f"in{i}", a.dtype.name, a.shape) for i, a in enumerate(arrays)]
-    out = g.apply(op.name, *ins, **sample.attrs)
-    outs = list(out) if isinstance(out, tuple) else [out]
-    return g, ins, outs, arrays
+    return sample_graph(op, sample)
 
 
 def _ref_outputs(op, sample, arrays):
@@ -98,16 +87,7 @@ def test_forward_and_shapes(op, sample):
 def _weighted_sum_graph(op, sample):
     """loss = sum_k sum(out_k * w_k) with fixed random w_k, and its gradient."""
     g, ins, outs, arrays = _build(op, sample)
-    rng = _rng(op)
-    weights = []
-    loss = None
-    for v in outs:
-        if not is_float(v.dtype):
-            continue
-        w = rng.normal(size=[int(d) for d in v.shape])
-        weights.append(w)
-        term = g.apply("sum", v * g.const(w))
-        loss = term if loss is None else loss + term
+    loss, weights = weighted_sum(g, outs, _rng(op))
     return g, ins, loss, arrays, weights
 
 
