@@ -27,6 +27,11 @@ MAX_COUNT_WHY = "a run holds at most that many tokens, steps, beams or samples"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def is_whole_number(value) -> bool:
+    """A Python or NumPy integer, not a bool (which Python counts as one)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def check_count(name: str, value, least: int = 1, has_default: bool = True, most: int | None = None,
                 error: type[FlowgradError] = FlowgradError, hint: str | None = None,
                 most_hint: str | None = None, required: bool = False) -> int | None:
@@ -36,7 +41,7 @@ def check_count(name: str, value, least: int = 1, has_default: bool = True, most
     if value is None and not required:
         return None
     shown = value.item() if isinstance(value, np.generic) else value  # (not np.int64(0))
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+    if not is_whole_number(value) or value < least:
         raise error(f"{name} must be an integer of at least {least}, got {shown!r}",
                     hint=hint or (f"leave {name} out for the default" if has_default
                                   else f"give {name} a whole number of at least {least}"))

@@ -23,7 +23,7 @@ import numpy as np
 from spec.errors import DataError, FlowgradError, Loc, did_you_mean
 from spec.loader import home_hint
 
-from .checks import check_count, check_path
+from .checks import check_count, check_path, is_whole_number
 
 BUNDLED = ("digits", "digits_images", "text", "segment", "dates", "reverse", "copy")
 # The version of each bundled dataset's generator, which run.json records with the data source:
@@ -524,11 +524,6 @@ def check_least_size(dim: str, got: int, array: str, least: dict | None, hint: s
     raise DataError(f"{array} has {dim} = {got}, but the slice {least.get('slice', '')} of {dim}{where} needs "
                     f"{dim} of {n} or more", loc,
                     hint or f"give data with {dim} of {n} or more, or slice {dim} with bounds that the data reaches")
-
-
-def is_whole_number(value) -> bool:
-    """A Python or NumPy integer, not a bool (which Python counts as one)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _where_recorded(at) -> tuple[str, Loc | None]:

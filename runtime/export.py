@@ -14,9 +14,9 @@ from onnx import numpy_helper
 from spec.errors import KEYWORDS, ArgNames, DataError, ExportArgumentError, ExportError, FlowgradError, did_you_mean, unknown_choice
 
 from .checkpoint import check_checkpoint, checkpoint_path, load_checkpoint, read_run_info
-from .checks import MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed
-from .data import (array_named, as_array, check_below, check_fits, check_least_sizes, check_lengths, dim_sizes,
-                   is_whole_number, shape_text)
+from .checks import (MAX_COUNT, MAX_COUNT_WHY, MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed,
+                     is_whole_number)
+from .data import array_named, as_array, check_below, check_fits, check_least_sizes, check_lengths, dim_sizes, shape_text
 from .jsontext import dumps  # (the model's metadata is strict JSON: a NaN is null, an infinity "Infinity")
 from .session import shifts_in_float64
 
