@@ -130,6 +130,7 @@ def _check_config(spec: S.Spec):
                         or "name the graph entry that scores the vocabulary, [N, T, vocab]")
     # the logits as the spec computes them, before decoding feeds the tokens one at a time
     checked = Lowering(spec, mode="infer")
+    checked.recurrent_state, checked.recurrent_final = {}, {}  # the states a sampler would carry
     logits = checked.evaluate_name(logits_name)
     tokens = checked.inputs[token_input]
     if isinstance(logits, Value) and logits.rank == 2:
@@ -142,6 +143,14 @@ def _check_config(spec: S.Spec):
                         "decoding needs a score of the vocabulary at every step of the tokens, from a recurrent "
                         "layer that reads them (lstm(embedding(x, V, E), H)), or of the token after a fixed "
                         "window of them, [N, vocab]")
+    if not any(_depends_on(f, tokens) for finals in checked.recurrent_final.values() for f in finals):
+        # refused here, on the graph as trained: lowered over a prompt [1, P], a graph without
+        # one (a transformer) met its first reshape to [N, T, ...] and was refused there
+        raise SpecError("generate needs a recurrent layer (rnn, lstm, gru or a scan) that reads generate.input to "
+                        "carry the context from one sampled token to the next", spec.locate("generate", "logits"),
+                        f"run the tokens through e.g. lstm(embedding({token_input}, V, D), H) before the logits; a "
+                        "model that attends over all its tokens (a transformer) has no state to carry: leave out "
+                        "generate and run flowgrad predict on its outputs")
     # the inputs that count the tokens' steps (lengths=len over padded sentences or targets), as the
     # export records them: every token decoding feeds is real
     # (and read for nothing else: a length read as a number would be the prompt's, or 1, when decoding)
