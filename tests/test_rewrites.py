@@ -816,6 +816,33 @@ def test_log_one_minus_sigmoid_is_stable():
     np.testing.assert_allclose(res["gx"], -sig, rtol=1e-6, atol=1e-6)
 
 
+def test_log_sum_exp_is_stable():
+    """log(sum(exp(z))) written out (a mixture density network's likelihood, torch.logsumexp
+    ported) gave inf where exp(z) overflowed (z of 1000) and -inf where every exp(z) underflowed
+    (z of -1000), and NaN gradients. It is built as logsumexp, whose largest entry is taken out
+    first; the gradient is the softmax of z. A row of -inf (every entry masked) stays -inf."""
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (4, 3))
+    y = g.apply("log", g.apply("sum", g.apply("exp", x), axis=-1))
+    assert y.producer.op.name == "squeeze" and "exp" in ops_of([y])
+    assert [n for n in ops_of([y]) if n == "max"]
+    fx = np.asarray([[1000.0, 999.0, 0.0], [-1000.0, -1001.0, -1002.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]],
+                    dtype=np.float32)
+    fw = np.asarray([1.0, -2.0, 0.5, 3.0], dtype=np.float32)
+    res, _ = _value_and_grad(g, y, x, {"x": fx, "w": fw})
+    x64 = fx.astype(np.float64)
+    m = x64.max(axis=1, keepdims=True)
+    want = (np.log(np.exp(x64 - m).sum(axis=1, keepdims=True)) + m)[:, 0]
+    np.testing.assert_allclose(res["y"], want, rtol=1e-6)
+    p = np.exp(x64 - want[:, None])
+    np.testing.assert_allclose(res["gx"], p * fw[:, None], rtol=1e-5, atol=1e-6)
+    g = Graph("float32")
+    x = g.add_input("x", "float32", (2, 2))
+    y = g.apply("logsumexp", x, axis=1)
+    out = run_graph(g, {"y": optimize([y])[0]}, {"x": np.asarray([[-np.inf, -np.inf], [np.inf, 0.0]], np.float32)})
+    np.testing.assert_array_equal(out["y"], [-np.inf, np.inf])
+
+
 def test_stabilised_forms_in_a_spec():
     """The same stabilisation when the spec writes the unstable forms: the loss and
     its gradients stay finite for logits of magnitude 1000."""

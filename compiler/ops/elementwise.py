@@ -703,6 +703,9 @@ class Log(Unary):
         if p is not None:
             if p.op.name == "softmax":
                 return g.apply("log_softmax", p.inputs[0], axis=p.attrs["axis"])
+            if p.op.name == "sum" and p.inputs[0].producer is not None and p.inputs[0].producer.op.name == "exp":
+                # log(sum(exp(z))): overflowed above z of 89 in float32, and was log(0) = -inf where every z is below -104
+                return g.apply("logsumexp", p.inputs[0].producer.inputs[0], **p.attrs)
             if p.op.name == "sigmoid":  # log(sigmoid(z)) = -softplus(-z)
                 return -g.apply("softplus", -p.inputs[0])
             if p.op.name == "sub":  # log(1 - sigmoid(z)) = -softplus(z)

@@ -1,4 +1,4 @@
-"""Reductions over axes: sum, mean, max, min, argmax, argmin, numel."""
+"""Reductions over axes: sum, mean, max, min, logsumexp, argmax, argmin, numel."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import numpy as np
 from spec.errors import FlowgradError, ShapeError
 
 from ..ir import HALF_TYPES, TensorType, fmt_shape, is_float, normalize_axis
-from ..registry import OpDef, Sample, op, require_dtype
+from ..registry import OpDef, Sample, get_op, op, require_dtype, require_float
 
 
 def reduce_axes(axis, rank: int) -> tuple:
@@ -187,6 +187,51 @@ class Min(Max):
 
     onnx = "ReduceMin"
     np_fn = staticmethod(np.min)
+
+
+@op("logsumexp")
+class LogSumExp(OpDef):
+    """log(sum(exp(x))) over `axis` (all when omitted), computed stably, as torch.logsumexp: the
+    largest entry is taken out first, so large entries do not overflow and very negative ones do
+    not all underflow to log(0). Its gradient is the softmax of x over the axes. log(sum(exp(x)))
+    written out is built as this op."""
+
+    attrs = {"axis": None, "keepdims": False}
+    composite = True
+    gradgrad = True
+
+    def expand(self, g, x, axis, keepdims):
+        require_float(x.type)
+        axes = reduce_axes(axis, x.rank)
+        refuse_empty(self.name, x, axes)
+        if not axes:
+            return x
+        m = g.apply("max", x, axis=axes, keepdims=True)
+        # a row of infinities (or of -inf, all masked) subtracts 0 instead, as torch does; the shift
+        # is a constant to the result, so it passes no gradient (and none through max's ties)
+        finite = g.apply("eq", m - m, g.lift(0.0, like=m))
+        m = g.apply("stop_gradient", g.apply("where", finite, m, g.apply("zeros_like", m)))
+        total = g.apply("sum", g.apply("exp", x - m), axis=axes, keepdims=True)
+        out = OpDef.build(get_op("log"), g, [total], {}) + m  # (the log op would build this op again)
+        return out if keepdims else g.apply("squeeze", out, axes=axes)
+
+    def ref(self, attrs, x):
+        axes = reduce_axes(attrs["axis"], x.ndim)
+        m = np.max(x, axis=axes, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        out = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
+        return out if attrs["keepdims"] else np.squeeze(out, axis=axes)
+
+    def samples(self, rng):
+        x = rng.normal(size=(3, 4, 2))
+        return [
+            Sample([x]),
+            Sample([x], {"axis": 1}),
+            Sample([x], {"axis": (0, 2), "keepdims": True}),
+            Sample([x], {"axis": -1}),
+            # entries whose exps overflow (1000) or all underflow (-1000) keep a finite value
+            Sample([np.array([[1000.0, 999.0, 0.5], [-1000.0, -1001.0, -1002.5]])], {"axis": 1}),
+        ]
 
 
 @op("numel")
