@@ -1297,7 +1297,7 @@ def _step_failed(ex: Exception, what: str, run_dir: str, float_dtype: str = "flo
     if "NOT_IMPLEMENTED" in detail or unplaced:
         detail = f"no provider has a kernel for its {unplaced.group(1)} node in these types" if unplaced \
             else detail.split("NOT_IMPLEMENTED : ")[-1]
-        if float_dtype == "float64":  # (the CPU provider has float64 products, not convolutions or pooling)
+        if float_dtype == "float64":  # (the CPU provider has float64 products, not convolutions, pooling or Erf)
             hint = ("onnxruntime has no float64 kernel for that op: train in float32; flowgrad gradcheck checks "
                     "float64 gradients of any op on onnx's reference evaluator")
         else:
