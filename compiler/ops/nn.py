@@ -72,7 +72,11 @@ def _spatial(t: TensorType, what: str) -> tuple[int, int]:
         raise ShapeError(f"{what} must be 4-D (NCHW), got {fmt_shape(t.shape)}", hint="give it [N, C, H, W]; reshape a flat input first, e.g. reshape(x, [-1, 1, 28, 28])")
     h, w = t.shape[2], t.shape[3]
     if not (isinstance(h, int) and isinstance(w, int)):
-        raise ShapeError(f"the spatial dims of the {what} must be fixed numbers, got {fmt_shape(t.shape)}", hint="declare H and W as fixed sizes (numbers or names under dims)")
+        free = [str(d) for d in (h, w) if not isinstance(d, int)]
+        example = f"dims: {{{free[0]}: 20}}, " if free[0].isidentifier() else ""
+        raise ShapeError(f"the spatial dims of the {what} must be fixed numbers, got {fmt_shape(t.shape)}",
+                         hint=f"give {' and '.join(free)} a fixed size under dims ({example}the data padded or cut to "
+                              "it), or declare the input's spatial sizes as numbers")
     return h, w
 
 
