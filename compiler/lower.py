@@ -260,6 +260,14 @@ class Lowering:
                 raise SpecError(f"{name!r} is {kind}, and expressions read graph entries, not {section}", loc,
                                 f"move its expression under graph: ({name}: {unparse(decl.expr)}) and write "
                                 f"{name}: {name} under {section}; or use the graph entry it is computed from")
+        if name in ("inf", "nan", "pi") and name not in self.known_names():
+            # a port of masked_fill(mask, float('-inf')) or math.pi: the hint was a name one letter
+            # away ('did you mean 'nf'?'), or where names come from
+            hints = {"inf": "a mask fills with a large finite number instead: where(keep, scores, -1e9) (a number "
+                            "beyond the float type's range is refused)",
+                     "pi": "write the number: 3.141592653589793",
+                     "nan": "a NaN is no value to compute with: write a number"}
+            raise SpecError(f"undefined name {name!r}: expressions have no named numbers", loc, hints[name])
         # The loss is no graph entry either: 'undefined name' with the hint 'logits' (or none)
         # for loss / log(2) in a metric, where the schema said the loss was readable as `loss`.
         if name == "loss" and self.spec.loss is not None:
