@@ -149,8 +149,9 @@ def _check_config(spec: S.Spec):
         raise SpecError("generate needs a recurrent layer (rnn, lstm, gru or a scan) that reads generate.input to "
                         "carry the context from one sampled token to the next", spec.locate("generate", "logits"),
                         f"run the tokens through e.g. lstm(embedding({token_input}, V, D), H) before the logits; a "
-                        "model that attends over all its tokens (a transformer) has no state to carry: leave out "
-                        "generate and run flowgrad predict on its outputs")
+                        "model that attends over its tokens (a transformer) has no state to carry, but samples as "
+                        f"a model of a fixed window: {token_input} [N, C] (C under dims) and logits [N, vocab] "
+                        "for the token after it (the last position's)")
     # the inputs that count the tokens' steps (lengths=len over padded sentences or targets), as the
     # export records them: every token decoding feeds is real
     # (and read for nothing else: a length read as a number would be the prompt's, or 1, when decoding)

@@ -749,10 +749,21 @@ class Lowering:
         for item in e.items:
             if isinstance(item, S.Name) and item.id not in self.spec.dims and item.id not in self._defs \
                     and item.id not in self.env and self.symbolic_dim(item.id) is not None:
-                out.append(item.id)
+                out.append(self._symbolic_size(item.id))
             else:
                 out.append(self.eval(item))
         return out
+
+    def _symbolic_size(self, name: str):
+        """The size a symbolic dim of the inputs has in this lowering: that of an input already read
+        that declares it, such as N of the tokens: 1 where decoding feeds them as one window or one
+        prompt [1, P] (reshape(q, [N, T, NH, D]) was refused there: 'cannot reshape [1, 16, 16] to
+        [N, 16, 2, 8]'); the dim itself in training, or where no input read declares it."""
+        for n, decl in self.spec.inputs.items():
+            v = self.inputs.get(n)
+            if isinstance(v, Value) and name in decl.shape and v.rank == len(decl.shape):
+                return v.shape[list(decl.shape).index(name)]
+        return name
 
     def _eval_kwargs(self, e: S.Call) -> dict:
         kwargs = {}

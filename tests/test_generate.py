@@ -800,3 +800,74 @@ def test_an_int32_language_model_generates_int32_tokens(tmp_path):
     res = runner.invoke(app, ["predict", gen, "--data", str(tmp_path / "feeds.npz")])
     assert res.exit_code == 0 and "tokens: shape [6] dtype int32" in res.stdout, res.output
     assert res.stdout.split("\n", 1)[1].strip() == str(out)
+
+
+RESHAPING_LM = """\
+flowgrad: 1
+name: reshaping_lm
+dims: {V: 12, E: 4, H: 6}
+inputs:
+  x: {shape: [N, T], dtype: int64}
+  y: {shape: [N, T], dtype: int64}
+graph:
+  e: embedding(x, V, E)
+  hs: gru(e, H)
+  halves: reshape(hs, [N, T, 2, 3])
+  logits: dense(reshape(tanh(halves) * halves, [N, T, H]), V)
+outputs:
+  probs: softmax(logits)
+generate: {input: x, logits: logits, max_len: 8}
+loss: cross_entropy(logits, y)
+"""
+
+WINDOW_ATTENTION_LM = """\
+flowgrad: 1
+name: window_attention_lm
+dims: {V: 12, E: 8, NH: 2, D: 4, C: 5}
+inputs:
+  x: {shape: [N, C], dtype: int64}
+  y: {shape: [N], dtype: int64}
+graph:
+  pos: positions(x, axis=1)
+  causal: reshape(pos, [1, 1, C, 1]) >= reshape(pos, [1, 1, 1, C])
+  h: embedding(x, V, E) + embedding(pos, C, E)
+  q: transpose(reshape(dense(h, E), [N, C, NH, D]), [0, 2, 1, 3])
+  k: transpose(reshape(dense(h, E), [N, C, NH, D]), [0, 2, 3, 1])
+  v: transpose(reshape(dense(h, E), [N, C, NH, D]), [0, 2, 1, 3])
+  a: softmax(where(causal, q @ k / sqrt(D), -1e9), axis=-1) @ v
+  o: h + dense(reshape(transpose(a, [0, 2, 1, 3]), [N, C, E]), E)
+  logits: dense(o[:, -1], V)
+outputs:
+  probs: softmax(logits)
+generate: {input: x, logits: logits, max_len: 8}
+loss: cross_entropy(logits, y)
+"""
+
+
+def test_a_language_model_that_reshapes_by_the_batch_and_steps_decodes():
+    """reshape(hs, [N, T, 2, 3]) in a recurrent language model, and a model of a fixed window
+    that splits attention heads as README shows (reshape(dense(h, E), [N, C, NH, D])), could not
+    generate: the sampler feeds a prompt [1, P], one token [1, 1] or one window [1, C], and the
+    reshapes were refused at check and export ('cannot reshape [1, P, 6] (6*P elements) to [N, T, 2,
+    3] (6*N*T)'). A symbolic dim of a reshape's target takes the size the tokens have there: greedy
+    decoding is the inference graph run on the whole prefix (on each window) at each step."""
+    from compiler.check import Runner
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    _greedy_decoding_equals_the_inference_graph(RESHAPING_LM, seed=1)
+    cm = compile_spec(spec_from_text(WINDOW_ATTENTION_LM, "lm.yaml"), "float64", graphs=("infer", "generate"))
+    state = cm.initial_state(2)
+
+    def run(kind, feeds):
+        graph = cm.graphs[kind]
+        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+
+    prompt = [3, 7, 1, 9, 4, 2]
+    out = run("generate", {"prompt": np.asarray(prompt), "max_len": np.asarray(8), "temperature": np.asarray(0.0),
+                           "seed": np.asarray(0)})["tokens"]
+    seq = list(prompt)
+    for _ in range(8):
+        seq.append(int(np.argmax(run("infer", {"x": np.asarray([seq[-5:]])})["probs"][0])))
+    assert len(set(seq[len(prompt):])) > 1
+    assert out.tolist() == seq[len(prompt):]
