@@ -349,7 +349,9 @@ def objectives_of(spec: S.Spec) -> list[Objective]:
         if schedule.count(s) > 1:
             # a repeat would be the same step again: the same batch, random draws and Adam step count
             raise SpecError(f"schedule names objective {s!r} {schedule.count(s)} times", _loc(spec, "train", "schedule"),
-                            "each objective takes one step per batch; to weigh one more, raise its learning rate")
+                            "each objective takes one step per batch, and several steps of one per step of another "
+                            "(a WGAN critic's n_critic) cannot be written: name each objective once; to weigh one "
+                            "more, raise its learning rate")
     left_out = [name for name in train["objectives"] if schedule and name not in schedule]
     if left_out:
         raise SpecError(f"schedule leaves out objective {left_out[0]!r}: it would never train", _loc(spec, "train", "schedule"),
