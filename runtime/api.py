@@ -190,7 +190,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | Mapping |
     needed = needed_inputs(cm, ("eval",))
     dtypes = input_dtypes(cm)
     D.check_against_spec(ds, spec, needed, data, cm.index_bounds, dtypes, cm.length_bounds,
-                         cm.least_sizes, cm.ignored_labels)
+                         cm.least_sizes, cm.ignored_labels, trained=True)
     ds = D.cast_for(D.only(ds, needed), dtypes)
     trainer = Trainer(cm, pick_device(device, names=names), threads, state, seed)
     try:

@@ -387,7 +387,7 @@ def load_npz(path: str, loc: Loc | None = None, inputs: dict | None = None) -> D
 
 def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemory, bounds: dict | None = None,
                        dtypes: dict[str, str] | None = None, length_bounds: dict | None = None,
-                       least_sizes: dict | None = None, ignored: dict | None = None) -> None:
+                       least_sizes: dict | None = None, ignored: dict | None = None, trained: bool = False) -> None:
     """Every input the graphs need is present, with the declared rank, dtype
     kind, fixed dims and equal lengths; float inputs are finite; ids and labels
     are below the size of what they index (`bounds`: CompiledModel.index_bounds), and none is
@@ -395,7 +395,8 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
     values fit the dtype each array is cast to (`dtypes`: the graphs' input types);
     sequence lengths are within their sequence's steps (`length_bounds`: CompiledModel's);
     symbolic dims are as long as the slices of them assume (`least_sizes`: CompiledModel's).
-    `where`: the file, or the arrays given in memory (InMemory), as messages name them."""
+    `where`: the file, or the arrays given in memory (InMemory), as messages name them.
+    `trained`: the spec is a trained run's, whose fixed sizes the data must take (not declare anew)."""
     from spec.errors import did_you_mean
 
     lengths = {}
@@ -431,7 +432,9 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
         for i, (got, want) in enumerate(zip(a.shape, decl.shape)):
             if isinstance(want, int) and got != want:
                 raise DataError(f"{array} has size {got} in dim {i}, the spec declares {want}", decl.loc,
-                                hint=declare(name, a) if bundled else f"{'give' if memory else 'save'} the array with {want} in dim {i}, or declare that dim as {got} (or as a symbolic dim such as N)")
+                                hint=declare(name, a) if bundled
+                                else f"{'give' if memory else 'save'} the array with {want} in dim {i}, the size the model was trained with" if trained
+                                else f"{'give' if memory else 'save'} the array with {want} in dim {i}, or declare that dim as {got} (or as a symbolic dim such as N)")
         want_float = decl.dtype.startswith("float")
         if want_float and a.dtype.kind not in "fiub":
             raise DataError(f"{array} has dtype {a.dtype}, the spec declares {decl.dtype}", decl.loc, hint=f"{'give' if memory else 'save'} it as numbers, e.g. x.astype('{decl.dtype}')")

@@ -306,7 +306,7 @@ def held_out_test(spec: S.Spec, run_dir: str, info: dict, cm: CompiledModel,
     ds = D.only(ds, needed_inputs(cm))
     dtypes = input_dtypes(cm)
     D.check_against_spec(ds, spec, needed_inputs(cm), where, cm.index_bounds, dtypes, cm.length_bounds,
-                         cm.least_sizes, cm.ignored_labels)
+                         cm.least_sizes, cm.ignored_labels, trained=True)
     valid = source.get("valid")
     trained, _ = split_like_training(ds, spec, None if isinstance(valid, str) else valid, seed)
     if "data_hash" not in info:  # a run.json written before runs recorded it

@@ -636,6 +636,19 @@ def test_evaluate_run_takes_arrays_and_says_what_a_run_on_arrays_cannot_rebuild(
         samples_of(str(tmp_path / "dae"), 4)
 
 
+def test_evaluating_a_run_on_data_of_another_fixed_size_asks_for_the_trained_size(tmp_path, run):
+    """A trained run's fixed sizes are the data's to take: evaluating the MLP (x [N, 64]) on
+    arrays of 63 features was told to 'declare that dim as 63 (or as a symbolic dim such as N)',
+    a spec its weights were trained for; training is still told it may declare the size."""
+    x, y = _digits(0, 40)
+    with pytest.raises(DataError, match="has size 63 in dim 1, the spec declares 64") as e:
+        evaluate_run(run / "run", data={"x": x[:, :63], "y": y}, device="cpu")
+    assert e.value.hint == "give the array with 64 in dim 1, the size the model was trained with"
+    with pytest.raises(DataError, match="has size 63 in dim 1, the spec declares 64") as e:
+        train(load(MLP, SMALL), data={"x": x[:, :63], "y": y}, run_dir=str(tmp_path / "r"), device="cpu")
+    assert "or declare that dim as 63" in e.value.hint
+
+
 def test_arrays_given_in_memory_are_not_copied_whole(tmp_path, run):
     """Training and evaluating on arrays given in memory reads them where they are: a large array
     is not copied whole (it was copied on arrival, and again to hash it), and stays unmodified. A
