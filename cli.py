@@ -478,7 +478,8 @@ def train(
     err.print(f"run written to {escape(result.run_dir)}", soft_wrap=True)
     err.print(f"  plot the curves: flowgrad plot curves {_shell(result.run_dir)} -o "
               f"{_shell(os.path.join(result.run_dir, 'curves.png'))}", soft_wrap=True)
-    err.print(f"  export the model: flowgrad export {_shell(result.run_dir)} -o {s.name}.onnx", soft_wrap=True)
+    if s.outputs or s.generate:  # export writes the outputs' or the sampler's graph: without either it refuses
+        err.print(f"  export the model: flowgrad export {_shell(result.run_dir)} -o {s.name}.onnx", soft_wrap=True)
 
 
 def _device_name(device: str) -> str:

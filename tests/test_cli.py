@@ -1991,3 +1991,20 @@ def test_check_refuses_a_watched_metric_that_train_refuses(tmp_path, watching, m
         "{metric: valid_accuracy, patience: 3}", "{metric: valid_accuracy, mode: max, patience: 3}")
     path.write_text(good)
     invoke("check", path)
+
+
+def test_train_suggests_an_export_only_for_a_spec_that_has_something_to_export(tmp_path):
+    """A spec without outputs (or a generate section) has no deployment graph, yet train ended with
+    'export the model: flowgrad export RUN -o NAME.onnx', a command that then failed with 'RUN has
+    no inference graph'."""
+    spec = tmp_path / "nooutputs.yaml"
+    spec.write_text("flowgrad: 1\nname: t\ninputs:\n  x: {shape: [N, 3]}\ngraph:\n  y: dense(x, 2)\n"
+                    "loss: mean(y * y)\n")
+    np.savez(tmp_path / "x.npz", x=np.ones((4, 3), np.float32))
+    res = invoke("train", spec, "--data", tmp_path / "x.npz", "--steps", "1", "--run-dir", tmp_path / "run",
+                 "--quiet", "--device", "cpu")
+    assert f"flowgrad plot curves {tmp_path / 'run'}" in res.stderr
+    assert "flowgrad export" not in res.stderr
+    res = invoke("train", MLP, "--set", "dims.H=4", "--steps", "1", "--run-dir", tmp_path / "mlp", "--quiet",
+                 "--device", "cpu")
+    assert f"flowgrad export {tmp_path / 'mlp'} -o mlp.onnx" in res.stderr
