@@ -16,26 +16,30 @@ def check_schedule_fits(spec, total_steps: int, length: str, steps_per_epoch: in
     `length` says how the run got its `total_steps` ('300 optimizer steps (30 epochs of 10)')."""
     cfg = (spec.train or {}).get("lr_schedule") or {}
     warmup = cfg.get("warmup") or 0
+    # a hint's example must pass these checks itself: a warmup leaves a step after it (two for a
+    # cosine), a decay interval is below the run's steps; a run too short for any is told so
+    longest_warmup = total_steps - (2 if "cosine" in cfg else 1)
+    warmup_hint = (f"warm up over a part of the run, e.g. warmup: {min(max(total_steps // 10, 1), longest_warmup)}, "
+                   f"or train for more steps" if longest_warmup >= 1 else
+                   f"a run of {length} has no room for a warmup: leave out warmup, or train for more steps")
     if warmup >= total_steps:
         raise SpecError(f"train.lr_schedule.warmup {warmup} is not shorter than the run, {length}: the learning "
                         f"rate would not reach lr before the run's last step, if at all"
                         + (", and the cosine would never anneal it" if "cosine" in cfg else ""),
-                        spec.locate("train", "lr_schedule", "warmup"),
-                        f"warm up over a part of the run, e.g. warmup: {max(total_steps // 10, 1)}, or train for "
-                        f"more steps")
+                        spec.locate("train", "lr_schedule", "warmup"), warmup_hint)
     if "cosine" in cfg and warmup and warmup == total_steps - 1:
         # the one update after the warmup takes lr: the cosine never reaches min_lr
         raise SpecError(f"train.lr_schedule.warmup {warmup} leaves the cosine one optimizer step of the run, "
                         f"{length}: that step takes lr, and the cosine never anneals it to min_lr",
-                        spec.locate("train", "lr_schedule", "warmup"),
-                        f"warm up over a part of the run, e.g. warmup: {max(total_steps // 10, 1)}, or train for "
-                        f"more steps")
+                        spec.locate("train", "lr_schedule", "warmup"), warmup_hint)
     every = (cfg.get("step") or {}).get("every")
+    decay = f"e.g. every: {max(total_steps // 3, 1)}, or" if total_steps > 1 else "but a run of one never decays:"
     if every is not None and every >= total_steps:
         raise SpecError(f"train.lr_schedule.step.every {every} is not shorter than the run, {length}: the learning "
                         f"rate would never decay",
                         spec.locate("train", "lr_schedule", "step", "every"),
-                        f"decay within the run, e.g. every: {max(total_steps // 3, 1)}, or train for more steps")
+                        f"decay within the run, {decay} train for more steps" if total_steps > 1 else
+                        "a run of one optimizer step never decays: train for more steps")
     epochs = (cfg.get("step") or {}).get("every_epochs")
     if epochs is not None and epochs * steps_per_epoch >= total_steps:
         raise SpecError(f"train.lr_schedule.step.every_epochs {epochs} is not shorter than the run, {length}: the "
@@ -43,7 +47,7 @@ def check_schedule_fits(spec, total_steps: int, length: str, steps_per_epoch: in
                         f"decay within the run, e.g. every_epochs: {max(total_steps // steps_per_epoch // 3, 1)}, or "
                         f"train for more epochs" if total_steps > steps_per_epoch else
                         f"the run is not longer than an epoch ({steps_per_epoch} optimizer steps): decay by optimizer "
-                        f"steps, e.g. every: {max(total_steps // 3, 1)}, or train for more epochs")
+                        f"steps, {decay} train for more epochs")
 
 
 def improves(value: float, best: float, mode: str, threshold: float = 0.0, threshold_mode: str = "rel") -> bool:

@@ -1554,6 +1554,27 @@ def test_every_epochs_over_a_run_shorter_than_an_epoch_hints_at_every(tmp_path):
     assert "every_epochs: 1" not in e.value.hint and "every: 1" in e.value.hint
 
 
+@pytest.mark.parametrize("steps, schedule, refused, hint", [
+    (1, "{warmup: 5}", "warmup: 1", "a run of 1 optimizer step has no room for a warmup: leave out warmup"),
+    (2, "{cosine: {}, warmup: 5}", "warmup: 1", "a run of 2 optimizer steps has no room for a warmup"),
+    (2, "{cosine: {}, warmup: 1}", "warmup: 1", "has no room for a warmup"),
+    (3, "{cosine: {}, warmup: 5}", None, "e.g. warmup: 1, or train for more steps"),
+    (1, "{step: {every: 5}}", "every: 1", "a run of one optimizer step never decays: train for more steps"),
+    (1, "{step: {every_epochs: 1}}", "every: 1", "but a run of one never decays: train for more epochs"),
+])
+def test_a_schedule_refused_for_a_short_run_hints_at_nothing_that_is_refused_too(tmp_path, steps, schedule,
+                                                                                refused, hint):
+    """--steps 1 with step: {every: 5} was told 'e.g. every: 1', with warmup: 5 'e.g. warmup: 1', and
+    --steps 2 with a cosine after warmup: 5 'e.g. warmup: 1': values each refused in their turn, since
+    no warmup or decay interval fits such a run. The hint says so; where one fits, it is the example."""
+    spec = load(MLP, SMALL + ["train.batch_size=400", f"train.lr_schedule={schedule}"])
+    with pytest.raises(SpecError) as e:
+        train(spec, run_dir=str(tmp_path / "run"), epochs=3, steps=steps, threads=1, device="cpu")
+    assert hint in e.value.hint, e.value.hint
+    if refused:
+        assert refused not in e.value.hint
+
+
 def test_progress_draws_the_current_epoch_only(capsys, monkeypatch):
     """Each epoch was a task of one progress bar, and every refresh drew them all again: 500 epochs
     of one step took 104 s in a terminal against 1.5 s with -q. An ended epoch's line is printed
