@@ -401,15 +401,17 @@ class Lowering:
             value = self.eval(a.expr)
         finally:
             self._target, self._layer_calls = saved
+        # an entry overridden by --set keeps the file's key: its count of values is the override's
+        where = a.loc if a.expr.loc is None or a.expr.loc.file == a.loc.file else a.expr.loc
         if len(a.targets) == 1:
             if isinstance(value, tuple):  # else the tuple surfaces later, at a use of the name
-                raise SpecError(f"'{a.targets[0]}' is given {len(value)} values, but names one", a.loc,
+                raise SpecError(f"'{a.targets[0]}' is given {len(value)} values, but names one", where,
                                 f"name each of them: '{a.targets[0]}, ...: ...' (one name per value)")
             self.env[a.targets[0]] = value
         else:
             if not isinstance(value, tuple) or len(value) != len(a.targets):
                 n = len(value) if isinstance(value, tuple) else 1
-                raise SpecError(f"cannot unpack {n} value(s) into {len(a.targets)} names", a.loc,
+                raise SpecError(f"cannot unpack {n} value(s) into {len(a.targets)} names", where,
                                 f"write {n} target names, e.g. '{', '.join('abcdefgh'[:n]) if n <= 8 else 'a, b, ...'}'"
                                 if n > 1 else "the value is one tensor: give it a single target name")
             for t, v in zip(a.targets, value):

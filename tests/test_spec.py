@@ -921,6 +921,26 @@ def test_an_override_of_one_value_of_an_entry_of_several_names_the_entry():
     assert [a.targets for a in overridden.graph if "hs" in a.targets] == [["hs", "h"]]
 
 
+@pytest.mark.parametrize("override, message, col", [
+    ("graph.hs, h=lstm(x, 4, return_state=true)", "cannot unpack 3 value(s) into 2 names", 19),
+    ("graph.g=split(x, 2, axis=-1)", "'g' is given 2 values, but names one", 15),
+])
+def test_an_override_giving_an_entry_another_count_of_values_is_located_in_the_override(override, message, col):
+    """--set 'graph.hs, h=lstm(...)' over 'hs, h: gru(...)' was refused as 'cannot unpack 3 value(s)
+    into 2 names' at the file's 'hs, h' key, a line whose gru gives two: the values come from the
+    override, which the error now points into (an entry of the file is still located at its key)."""
+    from compiler.training import check_spec
+
+    spec = MINI.replace("[N, D]", "[N, T, D]") + ("graph:\n  hs, h: gru(x, 4, return_state=true)\n  g: x * 2\n"
+                                                 "loss: mean(h) + mean(g)\n")
+    with pytest.raises(SpecError) as e:
+        check_spec(load(spec, [override]))
+    assert e.value.message == message and e.value.loc == Loc(f"--set {override}", 1, col)
+    with pytest.raises(SpecError) as e:
+        check_spec(load(spec.replace("gru(", "lstm(")))
+    assert e.value.message == "cannot unpack 3 value(s) into 2 names" and line_col(e.value) == "7:3"
+
+
 def test_an_override_of_one_value_of_a_blocks_entry_of_several_names_the_entry():
     """--set blocks.F.graph.hs=... on a block whose entry is 'hs, h' added an entry beside it,
     refused as "'hs' is already defined as a graph value" with the hint to rename one, and
