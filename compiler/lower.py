@@ -274,6 +274,17 @@ class Lowering:
             raise SpecError("'loss' is the spec's loss, and expressions read graph entries, not the loss", loc,
                             f"move its expression under graph: (loss_value: {unparse(self.spec.loss.expr)}), write "
                             f"loss: loss_value and read loss_value")
+        # A block, an op or a layer written without its call ('z: mix', 'act' aside) was pointed at
+        # a parameter of the block ('mix.M') or told to declare the name
+        if name in self.spec.blocks:
+            inputs = ", ".join(self.spec.blocks[name].inputs)
+            raise SpecError(f"{name!r} is a block, not a value", loc,
+                            f"call it on its inputs ({inputs}): {name}({inputs}), or scan it: scan({name}, over=...)")
+        from .layers import LAYERS
+
+        if name in _SPECIAL_FORMS or name in LAYERS or name in {n for n, op in all_ops().items() if not op.internal}:
+            raise SpecError(f"{name!r} is an op, not a value", loc,
+                            f"call it on its arguments, {name}(...): 'flowgrad ops' gives its signature")
         # (no close name, as for 'Wl' against 'W1': the hint still says where names come from)
         raise SpecError(f"undefined name {name!r}", loc, did_you_mean(name, self.known_names())
                         or "declare it under inputs, params, dims or graph (a block's: in, params, graph); "
