@@ -133,6 +133,9 @@ class Layer:
             if act in LAYERS:
                 raise SpecError(f"act= applies an op to the output, and {act} is a layer", loc,
                                 f"apply {act}(...) to this layer's output instead; act= takes an op such as relu")
+            if act in low.spec.blocks:  # (it was an unknown op, with ops of a similar name as the hint)
+                raise SpecError(f"act= applies an op to the output, and {act} is a block", loc,
+                                f"call {act}(...) on this layer's output instead; act= takes an op such as relu")
             raise SpecError(f"unknown op {act!r}", loc, op_hint(act, ops) or "run 'flowgrad ops' to list the ops")
         return low.graph.apply(act, y)
 
