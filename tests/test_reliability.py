@@ -1027,6 +1027,27 @@ def test_parameters_that_become_inf_in_an_epochs_last_step_name_that_epoch(tmp_p
                   threads=1, device="cpu")
 
 
+def test_a_metric_of_0_over_0_in_a_training_step_does_not_stop_the_run(tmp_path):
+    """A masked accuracy, sum(m * ok) / sum(m), over a training batch whose mask is all 0 is 0/0: the
+    run stopped there with 'acc became nan at step 1 (epoch 1)' and the hint to lower the learning
+    rate, though the loss and the parameters were fine (the semi-supervised digits' labelled ones,
+    a few per batch, leave some batches without one). A NaN or inf loss still stops the run."""
+    from runtime.api import train
+
+    spec = ("flowgrad: 1\nname: t\ninputs:\n  x: {shape: [N, 1]}\n  m: {shape: [N]}\n"
+            "params:\n  w: {shape: [1], init: ones}\nloss: mean((x * w - 1) ** 2)\n"
+            "metrics:\n  acc: sum(m * x[:, 0] * w) / sum(m)\n"
+            "train:\n  optimizer: {sgd: {lr: 0.1}}\n  batch_size: 2\n  shuffle: false\n")
+    data = {"x": np.ones((4, 1), np.float32), "m": np.array([1, 1, 0, 0], np.float32)}
+    valid = {"x": np.ones((4, 1), np.float32), "m": np.array([1, 0, 0, 0], np.float32)}
+    result = train(spec, data=data, valid=valid, epochs=2, run_dir=str(tmp_path / "r"), threads=1, device="cpu")
+    assert result.epochs == 2 and result.stopped == "finished"
+    assert np.isnan(result.final["train_acc"]) and np.isfinite(result.final["valid_acc"])
+    with pytest.raises(FlowgradError, match=re.escape("loss became nan at step 1 (epoch 1)")):
+        train(spec.replace("loss: mean(", "loss: sum(m) / sum(m) * mean("), data=data, valid=valid, epochs=2,
+              run_dir=str(tmp_path / "s"), threads=1, device="cpu")
+
+
 # ====================================================================== ONNX files from strangers
 def _matmul_model(weight: onnx.TensorProto) -> onnx.ModelProto:
     g = helper.make_graph([helper.make_node("MatMul", ["x", weight.name], ["y"])], "g",
