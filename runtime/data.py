@@ -414,6 +414,11 @@ def check_against_spec(ds: Dataset, spec, needed: list[str], where: str | InMemo
 
     for name in needed:
         decl = spec.inputs[name]
+        if not decl.shape:  # (its 0-d array ended training in an IndexError where batches are cut)
+            raise DataError(f"input {name!r} is a scalar (shape []) that training and evaluation read, but their data "
+                            f"give each input one value per example", decl.loc,
+                            "declare it with the batch dim first ([N], or [N, 1] to scale rows) and give one value "
+                            "per example; or write the number in the spec (a number, or a dim under dims:)")
         if name not in ds.arrays:
             # (the digits' has_label is made by their labelled option, not named after an array they hold)
             labelled = bundled and name == "has_label" and ds.name in ("digits", "digits_images")

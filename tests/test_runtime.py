@@ -466,6 +466,25 @@ def test_bad_npz_is_a_clean_error(tmp_path):
         train(spec, run_dir=str(tmp_path / "r4"), data=str(tmp_path / "header.npz"), epochs=1)
 
 
+def test_a_scalar_input_that_training_reads_is_refused_at_its_declaration(tmp_path):
+    """An input declared shape [] that the loss reads (a scale t in x * w * t) passed the data's
+    checks as a 0-d array, and training ended in an IndexError traceback where the batches are cut;
+    evaluation too. It is refused at the input's declaration, before a run directory is made."""
+    spec = ("flowgrad: 1\nname: s\ninputs:\n  x: {shape: [N, 4]}\n  t: {shape: []}\nparams:\n"
+            "  w: {shape: [4], init: ones}\nloss: mean(x * w * t)\n")
+    data = {"x": np.ones((8, 4), np.float32), "t": np.array(2.0, np.float32)}
+    for given in (data, {"t": data["t"], "x": data["x"]}):
+        with pytest.raises(DataError, match=r"input 't' is a scalar \(shape \[\]\) that training and evaluation "
+                                            r"read") as e:
+            train(spec, run_dir=str(tmp_path / "r"), data=given, valid=0, epochs=1)
+        assert e.value.loc.line == 5 and "declare it with the batch dim first ([N]" in e.value.hint
+    assert not (tmp_path / "r").exists()
+    train(spec.replace("t: {shape: []}", "t: {shape: [N, 1]}"), run_dir=str(tmp_path / "r"),
+          data={"x": data["x"], "t": np.full((8, 1), 2.0, np.float32)}, valid=0, epochs=1)
+    with pytest.raises(DataError, match="input 't' is a scalar"):  # evaluation's data, checked the same way
+        D.check_against_spec(D.Dataset(data, "d.npz"), load(spec), ["x", "t"], "d.npz")
+
+
 def test_only_the_arrays_the_graphs_read_count_the_examples(tmp_path):
     """Another array stored first in the file (of another length) neither sets the number of
     examples nor the split; other members of the archive (a README) are left alone."""
