@@ -18,6 +18,7 @@ import numpy as np
 from spec import model as S
 
 from .check import Runner, relative_error
+from .lower import SPEC_FLOAT_NAMES
 from .training import compile_spec, require_objectives
 
 SYMBOLIC_SIZES = {"N": 3}
@@ -28,14 +29,16 @@ JITTER = 0.1  # each trained parameter moves by N(0, (JITTER * its RMS, or JITTE
 def random_batch(spec: S.Spec, names: list[str], rng: np.random.Generator, dtype: str = "float64",
                  sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Random inputs of the declared shapes (symbolic dims small); integer
-    inputs are 0 or 1, which is a valid class or token id for any model."""
+    inputs are 0 or 1, which is a valid class or token id for any model. A float input takes
+    `dtype`, the model's, unless it declares another float type, which its graph input keeps."""
     sizes = {**SYMBOLIC_SIZES, **(sizes or {})}
     out = {}
     for name in names:
         decl = spec.inputs[name]
         shape = [d if isinstance(d, int) else sizes.get(d, DEFAULT_SYMBOLIC) for d in decl.shape]
         if decl.dtype.startswith("float"):
-            out[name] = rng.uniform(0.0, 1.0, shape).astype(dtype)
+            # (a float16 mask of a float32 model was made float32: onnxruntime refused it, a traceback)
+            out[name] = rng.uniform(0.0, 1.0, shape).astype(dtype if decl.dtype in SPEC_FLOAT_NAMES else decl.dtype)
         elif decl.dtype == "bool":
             out[name] = rng.integers(0, 2, shape).astype(bool)
         else:

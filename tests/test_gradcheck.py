@@ -15,6 +15,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_an_input_of_another_float_type_is_fed_in_it(dtype):
+    """An input declared float16 (or float64) in a float32 model keeps that type in the graphs, but
+    the random batch of gradcheck and bench was made in the model's type: onnxruntime refused it
+    ('Unexpected input data type') and both commands ended in a traceback."""
+    from runtime.bench import bench
+    from spec import spec_from_text
+
+    spec = spec_from_text("flowgrad: 1\nname: d\ninputs:\n  x: {shape: [N, 4]}\n"
+                          f"  m: {{shape: [N, 4], dtype: {dtype}}}\n  y: {{shape: [N], dtype: int64}}\n"
+                          "graph:\n  logits: dense(x * cast(m, 'float32'), 3)\nloss: cross_entropy(logits, y)\n")
+    report = gradcheck_spec(spec)
+    assert all(err < 1e-4 for err in report["main"].values()), report
+    assert bench(spec, steps=2, warmup=0)["steps"] == 2
+
+
 @pytest.mark.parametrize("H", [2, 3, 4])
 def test_mlp_with_few_units_passes(H):
     """With H=4 (2, 3) the dropout mask zeroed every hidden unit of the check's batch, so the
