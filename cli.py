@@ -215,21 +215,16 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print the nodes, parameters and warnings as JSON.")] = False,
           quiet: QuietOpt = False):
     """Validate a spec, infer every shape, and print its nodes and parameters."""
-    from compiler.training import check_spec
-    from runtime.train import check_data_section, check_watched_metrics
+    from runtime.reports import check_spec_report
 
     with user_errors():
         _check_dtype(dtype)
         s = _load(spec, set)
-        low = check_spec(s, dtype)
-        check_data_section(s)
-        # (the names validation would report too: whether there is any comes with the data, at train)
-        check_watched_metrics(s, None, validated=True, dtype=dtype)
+        low, r = check_spec_report(s, dtype)
     for w in low.warnings:  # worth a look, but the spec is usable (exit code 0)
         err.print(f"[bold yellow]warning:[/bold yellow] {escape(visible(w.one_line()))}", soft_wrap=True)
         if w.hint:
             err.print(f"[dim]  hint: {escape(visible(w.hint))}[/dim]", soft_wrap=True)
-    r = _check_report(s, low)
     if as_json:  # (the pointer to summary below is for a person reading the tables, as summary's notes)
         _print_json(r)
         return
@@ -263,40 +258,6 @@ def check(spec: SpecArg, set: SetOpt = None, dtype: DtypeOpt = None,
     dtype_flag = f" --dtype {_shell(dtype)}" if dtype else ""
     err.print(f"[dim]parameter counts and FLOPs per node: flowgrad summary {_shell(spec)}{sets}{dtype_flag}[/dim]",
               soft_wrap=True)
-
-
-def _check_report(s, low) -> dict:
-    """What check shows of a checked spec, the rows of its tables as check --json prints them:
-    each graph entry's op, shape and type (a compile-time number, which has neither, its value);
-    each parameter's shape, init, kind (param, buffer, or frozen: a param with trainable: false)
-    and count of values; the count of tensors and of trained values; the warnings."""
-    from compiler.visual import op_word
-
-    nodes = []
-    for a in s.graph:
-        for t in a.targets:
-            v = low.env.get(t)
-            op = op_word(a.expr)  # as summary and graph name it: h @ W + b is an add (not 'binop')
-            if hasattr(v, "shape"):
-                nodes.append({"name": t, "op": op, "shape": list(v.shape), "dtype": str(v.dtype)})
-            else:
-                value = v if isinstance(v, (bool, int, float)) else repr(v)
-                nodes.append({"name": t, "op": op, "shape": None, "dtype": None, "value": value})
-    params = []
-    for n, p in low.params.items():
-        count = 1
-        for d in p.shape:
-            count *= d
-        kind = p.kind if p.trainable or p.kind != "param" else "frozen"
-        params.append({"name": n, "shape": list(p.shape), "init": p.init_kind, "kind": kind, "count": count})
-    return {"name": s.name, "doc": s.doc,
-            # the float type the training step computes in (a mixed-precision step's half type) and the
-            # one the parameters and optimizer state are kept in
-            "step_dtype": low.graph.float_dtype, "master_dtype": low.stored_dtype,
-            "nodes": nodes, "params": params, "tensors": len(params),
-            # a frozen parameter (trainable: false) is not trained, nor is a buffer
-            "trainable_values": sum(p["count"] for p in params if p["kind"] == "param"),
-            "warnings": [{"message": w.one_line(), "hint": w.hint} for w in low.warnings]}
 
 
 def _print_doc(s) -> None:
@@ -713,10 +674,6 @@ def _is_translator(path: str) -> bool:
     return any(i.name == "beam_width" for i in load_model_safely(path).graph.input)
 
 
-# gradcheck's status of a parameter whose every probe crossed a kink of the loss (neither ok nor FAIL)
-UNCHECKABLE = "not checkable here"
-
-
 @app.command()
 def gradcheck(
     spec: SpecArg,
@@ -728,7 +685,7 @@ def gradcheck(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table: a failed check says which parameters failed, as an error.")] = False,
 ):
     """Compare each parameter's symbolic gradient with finite differences (float64)."""
-    from compiler.gradcheck import gradcheck_spec
+    from runtime.reports import UNCHECKABLE, gradcheck_report
 
     with user_errors():
         if not tolerance < float("inf"):  # NaN passes typer's min= check
@@ -736,8 +693,7 @@ def gradcheck(
 
             raise FlowgradError(f"--tolerance must be a finite number, got {tolerance}", hint="give a finite positive number, e.g. --tolerance 1e-4")
         s = _load(spec, set)
-        report = gradcheck_spec(s, seed)
-    r = _gradcheck_report(s, report, seed, tolerance)
+        r = gradcheck_report(s, seed, tolerance)
     if as_json:
         _print_json(r)
     elif quiet:
@@ -776,22 +732,6 @@ def gradcheck(
                       "differs from finite differences of the loss, which move it too; check the spec without "
                       "stop_gradient[/dim]", soft_wrap=True)
         raise typer.Exit(1)
-
-
-def _gradcheck_report(s, report: dict, seed: int, tolerance: float) -> dict:
-    """gradcheck's rows, as its table shows them and --json prints them: per objective and
-    parameter, the worst relative error and its status: ok up to `tolerance`, FAIL above it (an
-    infinite error too: a NaN or infinite gradient), 'not checkable here' where every probe
-    crossed a kink (gradcheck_spec's NaN; no error). The check passes without a FAIL."""
-    checks = []
-    for obj, errs in report.items():
-        for p, e in errs.items():
-            status = UNCHECKABLE if e != e else "ok" if e <= tolerance else "FAIL"
-            checks.append({"objective": obj, "parameter": p, "relative_error": None if e != e else e, "status": status})
-    checked = [c["relative_error"] for c in checks if c["status"] != UNCHECKABLE]
-    return {"name": s.name, "seed": seed, "tolerance": tolerance,
-            "passed": all(c["status"] != "FAIL" for c in checks),
-            "worst_relative_error": max(checked) if checked else None, "checks": checks}
 
 
 @app.command()
@@ -894,6 +834,7 @@ def summary(
 ):
     """Nodes, parameters and FLOPs (forward and training, counted from the IR) of a spec."""
     from compiler import visual
+    from spec.errors import FLAGS
 
     with user_errors():
         _check_dtype(dtype)
@@ -903,7 +844,7 @@ def summary(
         s = _load(spec, set)
         if objective is not None:  # (a spec without a loss has no training step: any name was taken)
             visual.pick_objective(s, objective)
-        r = visual.summary(s, batch_size, dtype, dims, objective)
+        r = visual.summary(s, batch_size, dtype, dims, objective, names=FLAGS)
     if as_json:
         _print_json(r)
         return

@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -911,10 +912,11 @@ def parse_dims(items) -> dict:
     return dims
 
 
-def check_dims(spec, dims: dict | None, sizes: set | None = None) -> None:
-    """Sizes given to symbolic dims (summary's and bench's --dim): each names a symbolic dim of
-    the spec's inputs (or one of `sizes`, that the spec's values have) other than the batch,
-    and is at least 1."""
+def check_dims(spec, dims: dict | None, sizes: set | None = None, *, names) -> None:
+    """Sizes given to symbolic dims (summary's and bench's --dim, the API's dims=): each names a
+    symbolic dim of the spec's inputs (or one of `sizes`, that the spec's values have) other than
+    the batch, and is a whole number of at least 1. `names`: the CLI's flags or the API's keywords,
+    as the messages name them."""
     from spec.errors import FlowgradError, did_you_mean
 
     from .ir import dim_symbols
@@ -922,17 +924,27 @@ def check_dims(spec, dims: dict | None, sizes: set | None = None) -> None:
     def symbols(d):
         return dim_symbols(d) if isinstance(d, str) else []
 
+    def given(name, value=None) -> str:  # (--dim T=64, or dims={"T": 64})
+        if names.flags:
+            return f"--dim {name}" + ("" if value is None else f"={value}")
+        return f"dims[{name!r}]" + ("" if value is None else f" = {value!r}")
+
+    if dims is not None and not isinstance(dims, Mapping):  # (a list of "T=64" was read key by key)
+        raise FlowgradError(f"dims must be a dict of dim name to size, got {type(dims).__name__}",
+                            hint='e.g. dims={"T": 64}')
     batch = {p for decl in spec.inputs.values() if decl.shape for p in symbols(decl.shape[0])}
     symbolic = {p for decl in spec.inputs.values() for d in decl.shape for p in symbols(d)} | set(sizes or ())
     for name, value in (dims or {}).items():
         if name in batch:
-            raise FlowgradError(f"--dim {name}: {name} is the batch dim", hint="set it with --batch-size")
+            raise FlowgradError(f"{given(name)}: {name} is the batch dim", hint=f"set it with {names('batch_size')}")
         if name not in symbolic:
-            raise FlowgradError(f"--dim {name}: the spec's inputs have no symbolic dim {name!r}",
-                                hint=did_you_mean(name, symbolic - batch)
+            raise FlowgradError(f"{given(name)}: the spec's inputs have no symbolic dim {name!r}",
+                                hint=did_you_mean(str(name), symbolic - batch)
                                 or f"its symbolic dims besides the batch: {', '.join(sorted(symbolic - batch)) or 'none'}")
-        if value < 1:
-            raise FlowgradError(f"--dim {name}={value}: a size must be at least 1", hint=f"e.g. --dim {name}=64")
+        whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        if not whole or value < 1:
+            raise FlowgradError(f"{given(name, value)}: a size must be a whole number of at least 1",
+                                hint=f"e.g. {given(name, 64)}")
 
 
 def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value, Value | None] | None:

@@ -1087,13 +1087,14 @@ def _symbols(d) -> list[str]:
     return dim_symbols(d) if isinstance(d, str) else []
 
 
-def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None, sizes: set | None = None) -> tuple[dict, list[str]]:
+def batch_env(spec: S.Spec, batch_size: int, dims: dict | None = None, sizes: set | None = None, *,
+              names) -> tuple[dict, list[str]]:
     """Values of the symbolic dims: the inputs' leading dim is the batch, `dims` gives others
     (a sequence length T, or one of `sizes`: a size given by an integer scalar input, such as a
     generator's count); the rest count as 1 and are returned as the second item."""
     from .training import check_dims
 
-    check_dims(spec, dims, sizes)
+    check_dims(spec, dims, sizes, names=names)
     env: dict = {}
     for decl in spec.inputs.values():
         if decl.shape:
@@ -1125,8 +1126,9 @@ def rows_of(spec: S.Spec, value, env: dict, batch_size: int) -> tuple[str, int]:
 
 
 def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = None, dims: dict | None = None,
-            objective: str | None = None) -> dict:
-    """Nodes, parameters and totals (parameter count, forward and training FLOPs per step)."""
+            objective: str | None = None, *, names) -> dict:
+    """Nodes, parameters and totals (parameter count, forward and training FLOPs per step).
+    `names`: the CLI's flags or the API's keywords, as refusals of `dims` name them."""
     # the spec compiled as it trains at that batch size: a stateful layer's carried-state
     # buffers have batch-size rows, and the graphs' layout choices follow the batch
     spec = spec.with_batch_size(batch_size)
@@ -1147,7 +1149,7 @@ def summary(spec: S.Spec, batch_size: int | None = None, dtype: str | None = Non
             walk(body_nodes(n) or [])
 
     walk(low.graph.nodes)
-    env, unset = batch_env(spec, B, dims, sizes)
+    env, unset = batch_env(spec, B, dims, sizes, names=names)
     from .training import objectives_of
 
     def loss_of(o):

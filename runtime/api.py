@@ -1,9 +1,11 @@
 """The Python API: the CLI's verbs as functions.
 
-    from runtime.api import load, compile, train, export, predict
+    from runtime.api import load, check, compile, train, export, predict
     spec = load("models/mlp.yaml", overrides=["dims.H=128"])
     result = train(spec, epochs=5)
     export(result.run_dir, "mlp.onnx")
+
+check, gradcheck, summary and bench return what their verbs print with --json.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Mapping
 
 from compiler.training import CompiledModel, check_dtype, compile_spec, trained_names
@@ -22,7 +25,7 @@ from . import data as D
 from .checkpoint import check_checkpoint, checkpoint_path, load_checkpoint, refuse_replacing
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .checks import MAX_THREADS, check_count, check_path, enclosing_run
+from .checks import MAX_THREADS, check_count, check_number, check_path, check_seed, enclosing_run
 from .train import TrainOptions, TrainResult, eval_batches, held_out_test, input_dtypes, least_rows, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
@@ -103,6 +106,66 @@ def _earlier_graphs(output: str, cm: CompiledModel) -> list[str]:
     return [os.path.join(output, f) for f in files  # (a bare file name only: nothing outside the folder)
             if isinstance(f, str) and f.endswith(".onnx") and f == os.path.basename(f) and f not in ours
             and os.path.isfile(os.path.join(output, f))]
+
+
+def check(spec: str | os.PathLike | dict | Spec, dtype: str | None = None) -> dict:
+    """Validate a spec and infer every shape, as `flowgrad check` does; returns what `check --json`
+    prints: each graph entry's op, shape and dtype, each parameter's shape, init, kind and count,
+    the trainable values, and the warnings (message and hint) that check prints. A spec that
+    compile would refuse raises the same error."""
+    from .reports import check_spec_report
+
+    check_dtype(dtype)
+    return check_spec_report(load(spec), dtype)[1]
+
+
+def gradcheck(spec: str | os.PathLike | dict | Spec, seed: int = 0, tolerance: float = 1e-4) -> dict:
+    """Each parameter's symbolic gradient against central finite differences in float64, as
+    `flowgrad gradcheck` does; returns what `gradcheck --json` prints: "passed", the worst
+    relative error, and per objective and parameter its error and status (ok, FAIL above
+    `tolerance`, or 'not checkable here' where every probe crossed a kink of the loss)."""
+    from .reports import gradcheck_report
+
+    seed = check_seed(seed)
+    tolerance = check_number("tolerance", tolerance, 0.0, sys.float_info.max,
+                             hint="give a finite number of 0 or more, e.g. tolerance=1e-4")
+    return gradcheck_report(load(spec), seed, tolerance)
+
+
+def summary(spec: str | os.PathLike | dict | Spec, batch_size: int | None = None, dims: Mapping | None = None,
+            objective: str | None = None, dtype: str | None = None) -> dict:
+    """Nodes, parameters and FLOPs (forward and training, per step and per example) of a spec,
+    as `flowgrad summary` counts them; returns what `summary --json` prints. `batch_size` is the
+    batch dim's value (default train.batch_size), `dims` gives other symbolic dims
+    ({"T": 64}; those left out count as 1), `objective` whose training step to count."""
+    from compiler import visual
+
+    check_dtype(dtype)
+    check_count("batch_size", batch_size)
+    if objective is not None and not isinstance(objective, str):
+        raise FlowgradError(f"objective must be an objective's name, got {type(objective).__name__}",
+                            hint='e.g. objective="generator"')
+    s = load(spec)
+    if objective is not None:  # (a spec without a loss has no training step: any name was taken)
+        visual.pick_objective(s, objective)
+    return visual.summary(s, batch_size, dtype, dict(dims) if isinstance(dims, Mapping) else dims, objective,
+                          names=KEYWORDS)
+
+
+def bench(spec: str | os.PathLike | dict | Spec, steps: int = 50, batch_size: int | None = None, device: str = "cpu",
+          threads: int | None = None, steps_per_call: int = 1, cuda_graphs: bool = True, dtype: str | None = None,
+          dims: Mapping | None = None) -> dict:
+    """The median training-step time of a spec on its data (a random batch where it has none),
+    with compile time, node counts and peak memory, as `flowgrad bench` times it; returns what
+    `bench --json` prints (step_ms, samples_per_s, compile_s, nodes, peak_rss_mb, ...)."""
+    from .bench import bench as time_steps
+
+    if not isinstance(cuda_graphs, bool):
+        raise FlowgradError(f"cuda_graphs must be True or False, got {cuda_graphs!r}", hint="e.g. cuda_graphs=False")
+    s = load(spec)
+    return time_steps(s, batch_size, steps, device=device, threads=threads,
+                      steps_per_call=steps_per_call, cuda_graphs=cuda_graphs, dtype=dtype,
+                      dims=dict(dims) if isinstance(dims, Mapping) else dims, names=KEYWORDS)
 
 
 def compile(spec: str | os.PathLike | dict | Spec, dtype: str | None = None,  # noqa: A001

@@ -51,7 +51,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     check_seed(seed)
     check_dtype(dtype)
     require_objectives(spec, "time")
-    check_dims(spec, dims)
+    check_dims(spec, dims, names=names)
     from .train import check_steps_per_call
 
     check_steps_per_call(spec, steps_per_call, FLAGS)  # (it timed K steps of each objective in turn, which no run does)

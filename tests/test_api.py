@@ -2,6 +2,7 @@
 wrong types and values end in flowgrad's own one-line errors, named as the API names them."""
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from runtime.api import compile, evaluate_run, export, load, predict, train
+from runtime.api import bench, check, compile, evaluate_run, export, gradcheck, load, predict, summary, train
 from spec.errors import FLAGS, DataError, ExportArgumentError, ExportError, FlowgradError, SpecError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp.yaml")
+CHAR_LSTM = os.path.join(ROOT, "models", "char_lstm.yaml")
 SMALL = ["dims.H=32"]
 
 
@@ -1061,3 +1063,56 @@ def test_importing_the_api_leaves_onnxruntime_s_process_logger_alone():
              "print(calls)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _cli_json(*args) -> dict:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args] + ["--json"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_check_gradcheck_summary_and_bench_return_what_their_verbs_print_with_json():
+    """A script had only load, compile, train, export, predict and evaluate_run: checking a spec,
+    its gradients, its FLOPs or its step time meant running the CLI and parsing its output. The
+    API's check, gradcheck, summary and bench return what the verbs print with --json."""
+    lstm = os.path.join(ROOT, "models", "char_lstm.yaml")
+    assert check(MLP) == _cli_json("check", MLP)
+    assert check(load(MLP, SMALL), dtype="float64") == _cli_json("check", MLP, "--set", SMALL[0], "--dtype", "float64")
+    assert summary(lstm, batch_size=8, dims={"T": 16}) == _cli_json("summary", lstm, "--batch-size", "8", "--dim", "T=16")
+    ours, theirs = gradcheck(load(MLP, SMALL), seed=3), _cli_json("gradcheck", MLP, "--set", SMALL[0], "--seed", "3")
+    assert ours["passed"] and ours["seed"] == 3 and len(ours["checks"]) == 6  # W1..W3, b1..b3
+    assert [(c["parameter"], c["status"]) for c in ours["checks"]] == [(c["parameter"], c["status"]) for c in theirs["checks"]]
+    assert ours["worst_relative_error"] == pytest.approx(theirs["worst_relative_error"], rel=1e-3)
+    assert gradcheck(load(MLP, SMALL), tolerance=0.0)["passed"] is False
+    timed = bench(load(MLP, SMALL), steps=2, threads=1)
+    assert timed.keys() == _cli_json("bench", MLP, "--set", SMALL[0], "--steps", "2", "--threads", "1").keys()
+    assert timed["step_ms"] > 0 and timed["threads"] == 1 and timed["batch_size"] == load(MLP).batch_size
+
+
+@pytest.mark.parametrize("call, words, hint", [
+    (lambda: summary(CHAR_LSTM, dims={"X": 3}), "dims\\['X'\\]: the spec's inputs have no symbolic dim 'X'", "besides the batch: T"),
+    (lambda: summary(CHAR_LSTM, dims={"N": 3}), "dims\\['N'\\]: N is the batch dim", "set it with batch_size"),
+    (lambda: summary(CHAR_LSTM, dims={"T": 2.5}), "dims\\['T'\\] = 2.5: a size must be a whole number of at least 1",
+     "e.g. dims['T'] = 64"),
+    (lambda: summary(CHAR_LSTM, dims=["T=64"]), "dims must be a dict of dim name to size, got list", 'dims={"T": 64}'),
+    (lambda: summary(CHAR_LSTM, batch_size=0), "batch_size must be an integer of at least 1", "batch_size"),
+    (lambda: summary(CHAR_LSTM, objective="critic"), "unknown objective 'critic'", "objectives: main"),
+    (lambda: gradcheck(MLP, seed=-1), "seed must be an integer of at least 0", "seed"),
+    (lambda: gradcheck(MLP, tolerance=float("nan")), "tolerance must be 0 or more and finite", "tolerance=1e-4"),
+    (lambda: check(MLP, dtype="float8"), "float8", None),
+    (lambda: bench(MLP, steps=0), "steps must be an integer of at least 1", "steps"),
+    (lambda: bench(MLP, cuda_graphs="no"), "cuda_graphs must be True or False", "cuda_graphs=False"),
+    (lambda: bench(MLP, dims={"T": 3}), "dims\\['T'\\]: the spec's inputs have no symbolic dim 'T'", "none"),
+])
+def test_the_inspecting_verbs_refuse_bad_arguments_by_their_keywords(call, words, hint):
+    """The API's check, gradcheck, summary and bench name their keywords where the CLI names
+    --dim, --batch-size and --tolerance: one-line FlowgradErrors, before any model runs."""
+    with pytest.raises(FlowgradError, match=words) as e:
+        call()
+    assert "--" not in e.value.message and "\n" not in e.value.message
+    if hint:
+        assert hint in e.value.hint and "--" not in e.value.hint

@@ -94,6 +94,21 @@ def test_readmes_python_api_snippet_runs(tmp_path, monkeypatch):
     assert set(env["outputs"]) == {"probs", "label"} and env["outputs"]["probs"].shape == (3, 10)
 
 
+def test_readmes_inspecting_verbs_snippet_runs(tmp_path, monkeypatch):
+    """check, gradcheck, summary and bench as the snippet calls them, bench with two steps."""
+    code = python_block("from runtime.api import bench, check")
+    assert "steps=20" in code
+    code = code.replace("steps=20", "steps=2, threads=1")
+    os.makedirs(tmp_path / "models")
+    for name in ("mlp.yaml", "char_lstm.yaml"):
+        shutil.copy(os.path.join(ROOT, "models", name), tmp_path / "models")
+    monkeypatch.chdir(tmp_path)
+    env: dict = {}
+    exec(compile(code, "README.md", "exec"), env)
+    assert env["report"]["name"] == "mlp" and env["report"]["trainable_values"] > 0
+    assert env["flops"] > 1e9 and env["step_ms"] > 0
+
+
 def test_readmes_arrays_snippet_runs(tmp_path, monkeypatch):
     """The snippet of arrays given in memory as written, on digits, with one step an epoch: the
     resume continues the run, and evaluate_run reads its arrays."""

@@ -20,6 +20,7 @@ from compiler.ir import producers_of
 from compiler.training import check_spec, compile_spec, objectives_of
 from spec import load_spec
 from spec import model as S
+from spec.errors import FLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = sorted((ROOT / "models").glob("*.yaml"))
@@ -699,7 +700,7 @@ def test_summary_refuses_a_float16_step_that_check_refuses():
     assert refused.stdout == ""
     with pytest.raises(Exception, match="float16 rounds to 0"):
         from compiler import visual
-        visual.summary(load_spec(str(mlp)), dtype="float16")
+        visual.summary(load_spec(str(mlp)), dtype="float16", names=FLAGS)
     # a larger eps trains, and is counted
     assert json.loads(invoke("summary", mlp, "--dtype", "float16", "--json",
                              "--set", "train.optimizer.adam.eps=1e-4").stdout)["totals"]["training_flops_per_step"] > 0
