@@ -146,25 +146,33 @@ def _check_option_names_and_values(name: str, options: dict) -> None:
                             f"give {key} a value, or leave it out for its default")
 
 
-def load_bundled(name: str, options: dict | None = None, loc: Loc | None = None) -> Dataset:
+def load_bundled(name: str, options: dict | None = None, loc: Loc | None = None,
+                 check_only: bool = False) -> Dataset | None:
+    """A bundled dataset made with `options`; `check_only`: its options checked as making it
+    checks them, and None returned where it would start making examples (flowgrad check)."""
     options = options or {}
+    from . import datasets_text
+
+    checking = datasets_text.CHECKING_OPTIONS_ONLY.set(check_only)
     try:
         if name in BUNDLED:
             _check_option_names_and_values(name, options)
-        if name == "digits":
+        if name == "digits":  # (the digits load in milliseconds: labelled is checked against their count)
             return load_digits(False, **_digits_options(name, options, loc))
         if name == "digits_images":
             return load_digits(True, **_digits_options(name, options, loc))
-        from . import datasets_text
-
         loader = getattr(datasets_text, f"load_{name}", None)
         if loader is None:
             raise DataError(f"unknown dataset {name!r}", loc, f"bundled datasets: {', '.join(BUNDLED)}")
         return loader(**options)
+    except datasets_text.OptionsChecked:
+        return None
     except DataError as e:  # a bad option: point at the spec's data section
         if e.loc is None:
             e.loc = loc
         raise
+    finally:
+        datasets_text.CHECKING_OPTIONS_ONLY.reset(checking)
 
 
 # An .npz whose arrays would unpack beyond this, or far beyond their packed size, is refused

@@ -57,6 +57,7 @@ dates, reverse, copy (sequence to sequence)
 """
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
 import functools
 import hashlib
@@ -199,6 +200,20 @@ def _text_stream(level: str, lowercase: bool, max_vocab: int | None) -> tuple[np
     return ids, tuple(ordered), unk
 
 
+class OptionsChecked(Exception):
+    """A loader's options are checked, and its caller asked for no more (load_bundled's
+    check_only: flowgrad check reads a data section without making its examples)."""
+
+
+CHECKING_OPTIONS_ONLY = contextvars.ContextVar("checking_options_only", default=False)
+
+
+def _options_checked() -> None:
+    """Where a loader has checked its options and starts making examples."""
+    if CHECKING_OPTIONS_ONLY.get():
+        raise OptionsChecked
+
+
 def load_text(level: str = "char", seq_len: int | None = None, stride: int | None = None, max_vocab: int | None = None,
               lowercase: bool = False, seed: int | None = None, context: int | None = None,
               max_examples: int | None = None, streams: int | None = None, **unknown) -> Dataset:
@@ -247,6 +262,7 @@ def load_text(level: str = "char", seq_len: int | None = None, stride: int | Non
                             f"use context < {L}")
         n_total = L - context
         pick = _subsample(ds, n_total, max_examples, seed)
+        _options_checked()  # (the stream is quick to read: what its length allows is checked too)
         starts = np.arange(n_total) if pick is None else pick
         x = ids[starts[:, None] + np.arange(context)[None, :]]
         y = ids[starts + context]
@@ -261,6 +277,7 @@ def load_text(level: str = "char", seq_len: int | None = None, stride: int | Non
         if per < 1:
             raise DataError(f"dataset 'text': {streams} streams of {part} tokens hold no window of {seq_len}", None,
                             "use fewer streams or a shorter seq_len")
+        _options_checked()
         starts = (np.arange(per)[:, None] * seq_len + np.arange(streams)[None, :] * part).reshape(-1)
         cols = np.arange(seq_len)[None, :]
         meta["streams"] = streams
@@ -270,6 +287,7 @@ def load_text(level: str = "char", seq_len: int | None = None, stride: int | Non
     n_total = (L - seq_len - 1) // stride + 1  # windows with a full next-token target
     starts = np.arange(n_total, dtype=np.int64) * stride
     pick = _subsample(ds, n_total, max_examples, seed)
+    _options_checked()
     if pick is not None:
         starts = starts[pick]
     cols = np.arange(seq_len)[None, :]
@@ -509,6 +527,7 @@ def load_dates(n: int = 20000, seed: int = 0, split: str = "train", **unknown) -
     n = _int(ds, "n", n, 1, MAX_EXAMPLES)
     seed = _int(ds, "seed", seed, 0, MAX_SEED)
     split = _choice(ds, "split", split, ("train", "test"))
+    _options_checked()
     pool = _dates_of(split)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, 0xDA7E])
     sources, targets, seen = [], [], set()
@@ -580,6 +599,7 @@ def _strings(task: str, n, min_len, max_len, alphabet, seed, unknown: dict) -> D
                         f"letters over {letters}", None,
                         f"use n <= {most}, or a larger max_len or alphabet: examples are distinct, so that no "
                         "validation example is a training one")
+    _options_checked()
     rng = np.random.default_rng([seed, 0x5E0 if task == "reverse" else 0xC0F])
     chars = np.array(list(string.ascii_lowercase[:alphabet]))
     sources = ["".join(chars[row]) for row in _distinct_strings(rng, n, min_len, max_len, alphabet)]
@@ -615,6 +635,7 @@ def load_segment(seq_len: int = 48, stride: int | None = None, max_examples: int
     if max_examples is not None:
         max_examples = _int("segment", "max_examples", max_examples, 1)
     seed = _seed_of_subsample("segment", seed, max_examples)
+    _options_checked()
     words = re.findall(r"[a-z]+", corpus().lower())
     letters = "".join(words)
     ends = np.zeros(len(letters), dtype=np.int64)

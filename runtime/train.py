@@ -336,8 +336,8 @@ def _refuse_fractions_over_one(valid, test, given: str, valid_name: str, loc) ->
 def check_data_section(spec: S.Spec) -> None:
     """What train refuses in the spec's data section as written, before reading any data, for
     `flowgrad check` (train checks it against the flags it is given: --valid may replace the
-    spec's valid, --data its dataset): a bundled dataset's unknown option, and valid and test
-    fractions that leave nothing to train on."""
+    spec's valid, --data its dataset): a bundled dataset's unknown option or a value it refuses,
+    and valid and test fractions that leave nothing to train on."""
     cfg = spec.train.get("data") or {}
     name, options = cfg.get("dataset"), cfg.get("options") or {}
     if name in D.BUNDLED and isinstance(options, dict):
@@ -346,6 +346,8 @@ def check_data_section(spec: S.Spec) -> None:
             if key not in known:
                 raise DataError(f"dataset {name!r} has no option {key!r}", spec.locate("train", "data", "options", key),
                                 did_you_mean(str(key), known) or f"options of {name}: {', '.join(known) or 'none'}")
+        # and their values, as making the examples checks them (seq_len: 0 passed check, refused by train)
+        D.load_bundled(name, options, spec.locate("train", "data"), check_only=True)
     if "valid" in cfg:
         valid = _fraction_or_path(cfg["valid"], "valid", spec.locate("train", "data", "valid"))
         _refuse_fractions_over_one(valid, spec_test(spec), f"valid {valid}", "valid", spec.locate("train", "data", "test"))

@@ -105,6 +105,24 @@ def test_check_refuses_the_data_section_train_refuses(tmp_path):
     assert "did you mean 'labelled'?" in res.stderr
 
 
+@pytest.mark.parametrize("option, words", [
+    ("level=chars", "unknown level 'chars'"),
+    ("seq_len=0", "option seq_len must be an integer of at least 1, got 0"),
+    ("seq_len=2.5", "option seq_len must be an integer of at least 1, got 2.5"),
+    ("max_vocab=1", "option max_vocab must be an integer of at least 2, got 1"),
+    ("seq_len=10000000", "seq_len 10000000 is not shorter than the"),
+])
+def test_check_refuses_a_dataset_option_value_that_train_refuses(option, words):
+    """check named a bundled dataset's unknown options but said 'spec OK' of values its loader
+    refuses (level: chars, seq_len: 0 or 2.5, a seq_len longer than the text), which train then
+    refused once it read the data. check refuses them as train does, at the data section, without
+    making the examples."""
+    spec = ROOT / "models" / "char_lstm.yaml"
+    res = invoke("check", spec, "--set", f"train.data.options.{option}", code=1)
+    assert res.stderr.startswith(f"error: {spec}:21:9: dataset 'text': ") and words in res.stderr
+    assert invoke("train", spec, "--set", f"train.data.options.{option}", "--steps", "1", code=1).stderr.endswith(res.stderr)
+
+
 def strict_json(text: str):
     """`text` read as jq or any strict parser reads it: NaN, Infinity and -Infinity refused."""
     def refuse(constant):
