@@ -52,6 +52,16 @@ class Objective:
     frozen_as: str = ""  # and as the caller wrote it (--freeze 'G.*', freeze=["G.*"])
     mixed: "MixedPrecision | None" = None
     declared: bool = True  # False for the one objective of a spec's top-level `loss`
+    every: int = 1  # takes a step on every `every`-th update of the run (a GAN's generator beside its critic)
+
+    def runs_at(self, step: int) -> bool:
+        """Whether it takes a step at the run's update `step` (from 0): the every-th, 2*every-th, ..."""
+        return (step + 1) % self.every == 0
+
+    def own_step(self, step: int) -> int:
+        """Its updates before the run's update `step`: Adam's bias correction counts them, as
+        torch.optim's state['step'] does, where the run's count would take it for further on."""
+        return (step + 1) // self.every - 1
 
     @property
     def called(self) -> str:
@@ -338,7 +348,7 @@ def objectives_of(spec: S.Spec) -> list[Objective]:
         opt = optimizer_from_config(cfg.get("optimizer", default_opt), _loc(spec, "train", "objectives", name))
         out.append(Objective(name, loss, globs, opt, loc=loc,
                              clip_norm=cfg.get("clip_norm", common["clip_norm"]), l1=common["l1"], l2=common["l2"],
-                             mixed=common["mixed"]))
+                             mixed=common["mixed"], every=cfg.get("every", 1)))
     schedule = list(train.get("schedule", []))
     for s in schedule:
         if s not in train["objectives"]:
@@ -349,10 +359,16 @@ def objectives_of(spec: S.Spec) -> list[Objective]:
                             or f"name objectives of train.objectives: {', '.join(train['objectives'])}")
         if schedule.count(s) > 1:
             # a repeat would be the same step again: the same batch, random draws and Adam step count
+            others = [o for o in train["objectives"] if o != s]
             raise SpecError(f"schedule names objective {s!r} {schedule.count(s)} times", _loc(spec, "train", "schedule"),
-                            "each objective takes one step per batch, and several steps of one per step of another "
-                            "(a WGAN critic's n_critic) cannot be written: name each objective once; to weigh one "
-                            "more, raise its learning rate")
+                            "each objective takes one step per batch: name each once, and for several steps of one per "
+                            "step of another (a WGAN critic's n_critic of 5), give the other every: 5"
+                            + (f" (train.objectives.{others[0]}.every)" if len(others) == 1 else ""))
+    if all(o.every > 1 for o in out):
+        raise SpecError("no objective takes a step on every update: the batches between their steps would "
+                        "go unused", _loc(spec, "train", "objectives", out[0].name, "every"),
+                        "leave every out of the objective that steps each batch (a critic), and give every: K to "
+                        "the one that steps once per K of them (its generator)")
     left_out = [name for name in train["objectives"] if schedule and name not in schedule]
     if left_out:
         raise SpecError(f"schedule leaves out objective {left_out[0]!r}: it would never train", _loc(spec, "train", "schedule"),

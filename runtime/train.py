@@ -610,6 +610,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             f" ({epochs} epoch{'s' if epochs > 1 else ''} of {steps_per_epoch})"
             if epochs and total_steps == epochs * steps_per_epoch else "")
         check_schedule_fits(spec, total_steps, length, steps_per_epoch)
+        _check_every_fits(spec, cm, total_steps, length, steps_per_epoch)
         epochs = epochs or -(-total_steps // steps_per_epoch)
 
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
@@ -835,14 +836,18 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                     carried = trainer.carried() if len(cm.schedule) > 1 else {}
                     ended = {}
                     for name in cm.schedule:
+                        objective = trainer.objectives[name]
+                        if not objective.runs_at(step):  # (every: K, at the K-th update, the 2K-th, ...)
+                            continue
                         if carried and name != cm.schedule[0]:
                             trainer.set_carried(carried)
-                        lr = schedules[name](step)
+                        lr = schedules[name](step)  # (where the run is: a schedule ends with the run)
+                        own = objective.own_step(step)
                         try:
                             if opts.accumulate > 1:
-                                scalars = trainer.accumulate_step(name, group, lr, step)
+                                scalars = trainer.accumulate_step(name, group, lr, own)
                             else:
-                                scalars = trainer.train_step(name, group[0], lr, step)
+                                scalars = trainer.train_step(name, group[0], lr, own)
                         except ORT_ERRORS as ex:
                             raise _step_failed(ex, f"training step {step} (epoch {epoch + 1})", run_dir, cm.float_dtype) from None
                         finish_step(name, scalars, n)
@@ -1072,6 +1077,22 @@ def _check_batch_slices(spec: S.Spec, cm: CompiledModel, train_ds: D.Dataset, va
         smallest = min(n, max(valid_batch_size(B), least_rows(spec, cm)))  # (eval_batches')
         D.check_least_sizes(least, {**{d: (smallest, f"the {n} validation examples") for d in examples}, **others},
                             f"hold out more validation examples, or do not slice the examples' dim {axis}")
+
+
+def _check_every_fits(spec: S.Spec, cm: CompiledModel, total_steps: int, length: str, steps_per_epoch: int) -> None:
+    """An objective of every: K steps at least once an epoch, so that each epoch's record has its
+    numbers, and so at least once in the run."""
+    for o in cm.objectives:
+        loc = spec.locate("train", "objectives", o.name, "every") if o.every > 1 else None
+        if o.every > total_steps:
+            raise FlowgradError(f"objective {o.name!r} takes a step every {o.every} updates, but the run makes "
+                                f"{length}: it would never train", loc,
+                                f"lower every to at most {total_steps}, or train for more steps")
+        if o.every > steps_per_epoch:
+            raise FlowgradError(f"objective {o.name!r} takes a step every {o.every} updates, but an epoch makes "
+                                f"{steps_per_epoch}: epochs would pass without its step, and record none of its numbers",
+                                loc, f"lower every to at most {steps_per_epoch}, or make more updates an epoch "
+                                     "(a smaller batch_size)")
 
 
 def check_steps_per_call(spec: S.Spec, steps_per_call: int, names: ArgNames) -> None:

@@ -840,3 +840,78 @@ def test_a_bad_plateau_setting_is_one_located_line_with_a_hint(plateau, message,
     assert "\n" not in e.message and "\n" not in e.hint
     line = text.splitlines()[10]
     assert e.loc.file == "models/bad.yaml" and e.loc.line == 11 and e.loc.col > line.index("plateau:") + 1
+
+
+def _every_spec(every: int) -> dict:
+    return {
+        "flowgrad": 1, "name": "two", "dims": {"D": D, "K": K},
+        "inputs": {"x": {"shape": ["N", "D"]}, "y": {"shape": ["N", "K"]}},
+        "params": {"W": {"shape": ["D", "K"], "init": "ones"}, "V": {"shape": ["D", "K"], "init": "ones"}},
+        "graph": {"c_loss": "mean((x @ W - y) ** 2)", "g_loss": "mean((x @ V + y) ** 2)"},
+        "train": {"dtype": "float64", "shuffle": False, "batch_size": 3, "lr_schedule": {"warmup": 3},
+                  "objectives": {"critic": {"loss": "c_loss", "params": "W", "optimizer": {"adam": {"lr": 0.1}}},
+                                 "generator": {"loss": "g_loss", "params": "V", "every": every,
+                                               "optimizer": {"adam": {"lr": 0.05, "beta1": 0.5}}}}},
+    }
+
+
+def test_an_objective_of_every_k_steps_once_per_k_updates_counting_its_own_steps(tmp_path):
+    """A WGAN's critic takes n_critic steps, each on its own batch, per step of its generator:
+    train.objectives.generator.every: 3 makes it step on updates 3, 6, ... on their batches, while
+    the critic steps on each. The generator's Adam counts its own steps (bias correction from its
+    first step, as torch.optim's state['step']), and its warmup follows the run's updates; a run
+    stopped at update 4 and resumed to 9 makes torch's updates, two Adams stepped in that loop."""
+    import torch
+
+    from runtime import api
+    from runtime.checkpoint import load_checkpoint
+
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(27, D)), "y": rng.normal(size=(27, K))}  # 9 batches of 3: an epoch
+    run_dir = str(tmp_path / "run")
+    spec = spec_from_dict(_every_spec(3))
+    api.train(spec, data=data, run_dir=run_dir, threads=1, steps=4)
+    api.train(spec, data=data, run_dir=run_dir, threads=1, steps=9, resume=True)
+    state, meta = load_checkpoint(f"{run_dir}/checkpoint.npz")
+    assert meta["step"] == 9
+
+    W = torch.ones(D, K, dtype=torch.float64, requires_grad=True)
+    V = torch.ones(D, K, dtype=torch.float64, requires_grad=True)
+    critic, generator = torch.optim.Adam([W], lr=0.1), torch.optim.Adam([V], lr=0.05, betas=(0.5, 0.999))
+    moved = []
+    for t in range(1, 10):
+        x, y = (torch.from_numpy(data[k][3 * (t - 1):3 * t]) for k in ("x", "y"))
+        for opt, lr, loss, every in ((critic, 0.1, lambda: ((x @ W - y) ** 2).mean(), 1),
+                                     (generator, 0.05, lambda: ((x @ V + y) ** 2).mean(), 3)):
+            if t % every:
+                continue
+            opt.param_groups[0]["lr"] = lr * min(1.0, t / 3)  # the warmup at the run's update t
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+        moved.append(V.detach().clone())
+    np.testing.assert_allclose(state["W"], W.detach().numpy(), rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(state["V"], V.detach().numpy(), rtol=1e-11, atol=1e-14)
+    assert not torch.equal(moved[2], moved[1]) and torch.equal(moved[1], moved[0])  # V moved at update 3 only
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"critic": {"every": 2}, "generator": {"every": 2}}, "no objective takes a step on every update"),
+    ({"generator": {"every": 10}}, "takes a step every 10 updates, but an epoch makes 9"),
+    ({"generator": {"every": 5}, "steps": 4}, "takes a step every 5 updates, but the run makes 4 optimizer steps"),
+])
+def test_an_every_that_would_leave_batches_or_epochs_without_a_step_is_refused(tmp_path, change, words):
+    """every: K on each objective left the batches between their steps unused, and one larger than
+    an epoch's updates left epochs that recorded none of its numbers: both refused, located."""
+    from runtime import api
+    from spec.errors import FlowgradError
+
+    raw = _every_spec(1)
+    steps = change.pop("steps", 27)
+    for name, keys in change.items():
+        raw["train"]["objectives"][name].update(keys)
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(27, D)), "y": rng.normal(size=(27, K))}
+    with pytest.raises(FlowgradError, match=words) as e:
+        api.train(spec_from_dict(raw), data=data, run_dir=str(tmp_path / "run"), threads=1, steps=steps)
+    assert e.value.loc is not None and "\n" not in e.value.message
