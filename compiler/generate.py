@@ -152,6 +152,7 @@ def _check_config(spec: S.Spec):
                         "model that attends over its tokens (a transformer) has no state to carry, but samples as "
                         f"a model of a fixed window: {token_input} [N, C] (C under dims) and logits [N, vocab] "
                         "for the token after it (the last position's)")
+    _refuse_mixed_steps(spec, token_input, logits_name, decl)
     # the inputs that count the tokens' steps (lengths=len over padded sentences or targets), as the
     # export records them: every token decoding feeds is real
     # (and read for nothing else: a length read as a number would be the prompt's, or 1, when decoding)
@@ -159,6 +160,58 @@ def _check_config(spec: S.Spec):
               and _only_in_step_masks(checked.inputs[k], checked.graph.nodes, False,
                                       lambda u: u.producer is not None and u.producer.op.name == "positions")}
     return token_input, logits_name, decl, counts, None
+
+
+# ops that combine the entries along an axis (`axis`: one, several, or all where None)
+_ALONG_AXIS = ("sum", "mean", "max", "min", "logsumexp", "argmax", "argmin", "softmax", "log_softmax", "topk")
+
+
+def _mixed_axes(node) -> set[int]:
+    """The axes of its first input along which `node` combines the entries (a softmax over the steps)."""
+    x = node.inputs[0]
+    rank = x.rank
+    if node.op.name not in _ALONG_AXIS:
+        return set()
+    axis = node.attrs.get("axis")
+    if axis is None:
+        return set(range(rank))
+    return {a % rank for a in (axis if isinstance(axis, (list, tuple)) else (axis,))}
+
+
+def _refuse_mixed_steps(spec: S.Spec, token_input: str, logits_name: str, decl):
+    """Decoding runs the graph on one token at a time, carrying only the recurrent layers' states:
+    outside them, a reduction or softmax along the tokens' steps (mean(hs, axis=1)) would see that
+    one step, and the decoder sampled silently from other logits than the model computes. The
+    graph is lowered with the tokens' steps as a dim of their own, so that a source's steps of
+    the same name (src [N, T] attended over after the decoder) are not taken for them; a graph
+    that needs the two to be one size cannot decode one token at a time anyway, and is left to
+    the checks that follow."""
+    from spec.errors import FlowgradError
+
+    steps = f"{token_input}'s steps"
+    probe = Lowering(spec, mode="infer")
+    probe.recurrent_state, probe.recurrent_final = {}, {}
+    tokens = probe.graph.add_input(token_input, decl.dtype, (decl.shape[0], steps), kind="input", loc=decl.loc)
+    probe.inputs[token_input] = tokens
+    try:
+        logits = probe.evaluate_name(logits_name)
+    except FlowgradError:
+        return
+    if not isinstance(logits, Value):
+        return
+    for node in producers_of([logits]):
+        if node.op.name == "scan" or not node.inputs or not _depends_on(node.inputs[0], tokens):
+            continue
+        shape = node.inputs[0].shape
+        mixed = [a for a in _mixed_axes(node) if a < len(shape) and shape[a] == steps]
+        if node.op.name == "matmul" and len(node.inputs) == 2 and len(shape) >= 1 and shape[-1] == steps:
+            mixed.append(len(shape) - 1)  # a product that sums over the steps (attention over the tokens)
+        if mixed:
+            raise SpecError(f"generate: the logits combine the tokens' steps ({node.op.name} along axis {mixed[0]}, "
+                            f"the steps of generate.input {token_input!r}), which decoding one token at a time "
+                            "cannot reproduce", node.loc or spec.locate("generate", "logits"),
+                            "let the steps reach one another through the recurrent layers only: outside them, "
+                            "reduce over the features, not over time")
 
 
 def _window_size(spec: S.Spec, logits_name: str, logits: Value, tokens: Value) -> int:

@@ -266,6 +266,41 @@ def test_a_generator_whose_logits_read_token_positions_is_refused():
             compile_spec(spec_from_text(spec_text.replace("  hs: lstm(e, H)\n", f"  hs: {layer}\n"), "b.yaml"))
 
 
+def test_a_generator_whose_logits_combine_the_tokens_steps_is_refused():
+    """A mean or softmax over the steps outside the recurrent layer sees the one token decoding
+    feeds at a time: the export sampled greedily other tokens than the model's argmax over the prefix."""
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+    from spec.errors import SpecError
+
+    spec_text = open(os.path.join(ROOT, "models", "char_lstm.yaml")).read()
+    for logits in ("dense(hs + mean(hs, axis=1, keepdims=true), V)", "dense(hs * softmax(hs, axis=1), V)"):
+        text = spec_text.replace("  logits: dense(hs, V)\n", f"  logits: {logits}\n")
+        with pytest.raises(SpecError, match="combine the tokens' steps") as e:
+            compile_spec(spec_from_text(text, "mix.yaml"))
+        assert str(e.value).startswith("mix.yaml:13:") and "over the features, not over time" in e.value.hint
+    # over the features it decodes as before
+    compile_spec(spec_from_text(spec_text.replace("  logits: dense(hs, V)\n",
+                                                  "  logits: dense(hs * softmax(hs, axis=-1), V)\n"), "ok.yaml"))
+    # and so does attention over a source whose steps have the tokens' dim name (src and tgt_in [N, T])
+    compile_spec(spec_from_text("""flowgrad: 1
+name: luong
+dims: {SV: 9, TV: 7, E: 6, H: 8}
+inputs:
+  src: {shape: [N, T], dtype: int64}
+  tgt_in: {shape: [N, T], dtype: int64}
+  tgt: {shape: [N, T], dtype: int64}
+graph:
+  enc, h: gru(embedding(src, SV, E), H, return_state=true)
+  dec: gru(embedding(tgt_in, TV, E), H, init=[h])
+  w: softmax(dec @ transpose(enc, [0, 2, 1]), axis=-1)
+  logits: dense(concat(dec, w @ enc, axis=-1), TV)
+generate: {input: tgt_in, logits: logits, bos: 1, eos: 2, max_len: 7}
+loss: cross_entropy(logits, tgt)
+train: {optimizer: {adam: {lr: 0.01}}, batch_size: 16}
+""", "luong.yaml"))
+
+
 def test_predict_refuses_inputs_that_disagree_on_a_shared_dim(tmp_path):
     """Two inputs with the batch dim N must hold the same N (onnxruntime would broadcast 1)."""
     from onnx import TensorProto as TP
