@@ -571,7 +571,11 @@ def _build_beam_search(spec: S.Spec, dtype: str):
         ran = g.apply("gt", max_len, g.lift(0, like=max_len))
         scores, lengths = g.apply("where", ran, scores, scores0), g.apply("where", ran, lengths, lengths0)
         seqs = g.apply("take", seqs, kept, axis=2)
-        best, norm = length_normalised_best(g, scores, lengths, alpha)
+        # Dead beams (past the width, or padding the first step where the vocabulary is smaller
+        # than the beam) end with a length of their own under a score of -1e9: at a large alpha
+        # its penalty outweighed that score, and a hypothesis the search had dropped came out
+        real = g.apply("gt", scores, g.lift(_dead_score(scores.dtype) / 2, like=scores))
+        best, norm = length_normalised_best(g, scores, lengths, alpha, real)
         best_seq = g.apply("take_along_axis", seqs, g.apply("broadcast_like", g.apply("unsqueeze", best, axes=(-1,)),
                                                             g.apply("index", seqs, spec=((None, None, None), (0, 1, None))), ), axis=1)
         tokens = g.cast(g.apply("squeeze", best_seq, axes=(1,)), decl.dtype)  # in the token input's int type
@@ -582,12 +586,16 @@ def _build_beam_search(spec: S.Spec, dtype: str):
     return b
 
 
-def length_normalised_best(g: Graph, scores: Value, lengths: Value, alpha: Value) -> tuple[Value, Value]:
+def length_normalised_best(g: Graph, scores: Value, lengths: Value, alpha: Value,
+                           real: Value | None = None) -> tuple[Value, Value]:
     """GNMT's length penalty over [N, K] hypotheses: score / ((L + 5) / 6) ** alpha; returns the
     best beam of each row [N, 1] and the normalised scores. Ranked by their log magnitude (scores
     are log-probabilities, <= 0): a large alpha overflowed the power to inf, every normalised score
-    to -0, and the best was beam 0, the best raw score, the opposite of what alpha asks."""
+    to -0, and the best was beam 0, the best raw score, the opposite of what alpha asks. `real`
+    [N, K] (bool): the hypotheses that may be picked; the others are never the best."""
     magnitude = g.apply("log", g.apply("neg", scores)) - alpha * g.apply("log", (lengths + 5.0) / 6.0)
+    if real is not None:
+        magnitude = g.apply("where", real, magnitude, g.lift(float("inf"), like=magnitude))
     best = g.apply("argmin", magnitude, axis=-1, keepdims=True)
     return best, g.apply("neg", g.apply("exp", magnitude))
 

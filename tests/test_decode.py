@@ -118,6 +118,27 @@ def test_the_length_penalty_ranks_hypotheses_at_any_alpha(alpha):
         assert out["best"][:, 0].tolist() == [2, 1]  # the longest of row 0; row 1's probability-1 beam
 
 
+def test_a_large_length_penalty_never_picks_a_beam_the_search_dropped(tmp_path):
+    """Beams past the width, or padding the first step of a beam wider than the vocabulary, hold a
+    score of -1e9 and grow as long as max_len: at alpha 1000 that length outweighed the score, and
+    greedy decoding of "5" returned such a beam, ending in a <pad> where the search had <eos>."""
+    spec = load(os.path.join(ROOT, "models", "dates_attention.yaml"), [
+        "train.data.options.n=2000", "generate.beam_width=20", "dims.H=32", "dims.A=32"])  # 20 beams, 14 tokens
+    result = train(spec, run_dir=str(tmp_path / "run"), steps=60, threads=1, device="cpu")
+    gen, inf = str(tmp_path / "gen.onnx"), str(tmp_path / "infer.onnx")
+    export(result.run_dir, gen, graph="generate")
+    export(result.run_dir, inf, graph="infer")
+    src = T.encode_source("5", T.load_dates(n=1).meta)
+    out = predict(gen, {"src": src[None], "src_len": np.asarray([1]), "beam_width": np.asarray(1), "max_len": np.asarray(13),
+                        "length_penalty": np.asarray(1000.0, dtype=np.float32)})
+    greedy = predict(gen, {"src": src[None], "src_len": np.asarray([1]), "beam_width": np.asarray(1),
+                           "max_len": np.asarray(13), "length_penalty": np.asarray(0.0, dtype=np.float32)})
+    # width 1 keeps one hypothesis: whatever alpha is, it is the greedy one
+    assert out["tokens"].tolist() == greedy["tokens"].tolist()
+    toks, _ = numpy_beam_search(inf, src, 1, 1, max_len=13, alpha=0.0)
+    assert out["tokens"][0].tolist() == toks
+
+
 def test_beam_width_one_is_greedy(model):
     gen, inf, ds = model
     a = _decode(gen, ds, beam=1)
