@@ -519,6 +519,7 @@ def predict(
     max_len: Annotated[Optional[int], typer.Option("--max-len", help="Tokens to generate with --text, 0 or more (default: the spec's generate.max_len; without it 200, or a translator's target length).", min=0,
                                                    max=1 << 20)] = None,  # runtime.checks' MAX_COUNT
     beam_width: Annotated[Optional[int], typer.Option("--beam-width", help="Beam width with --text for sequence-to-sequence models; 1 is greedy (default and most: the spec's generate.beam_width, else 4).", min=1)] = None,
+    length_penalty: Annotated[Optional[float], typer.Option("--length-penalty", help="Length penalty of the beam search with --text for sequence-to-sequence models, 0 or more; 0 ranks by total log-probability (default: the spec's generate.length_penalty, else 0.6).")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature with --text; 0 is greedy (default: the spec's generate.temperature, else 1).", min=0.0)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the sampling with --text, or of a generator's draws with --count (default: 0).",
                                                 min=0, max=MAX_SEED)] = None,
@@ -546,7 +547,8 @@ def predict(
         if sum(x is not None for x in (data, text, count)) != 1:
             raise FlowgradError("give one of --data (an .npz of inputs), --text (a prompt) or --count "
                                 "(samples of a generator)", hint="--data for any model, --text for language models and translators, --count for generators")
-        text_only = {"--max-len": max_len, "--temperature": temperature, "--beam-width": beam_width}
+        text_only = {"--max-len": max_len, "--temperature": temperature, "--beam-width": beam_width,
+                     "--length-penalty": length_penalty}
         if text is None:  # these would be silently ignored
             given = [f for f, v in {**text_only, "--seed": seed if data is not None else None}.items() if v is not None]
             if given:
@@ -556,7 +558,8 @@ def predict(
         if inputs and count is None:  # (a text generator's inputs are its prompt and the flags above)
             raise FlowgradError(f"--input {inputs[0]} is for --count (the inputs of a conditional generator)",
                                 hint="the .npz gives every input of the model" if data is not None
-                                else "--text reads a prompt with --max-len, --temperature, --seed and --beam-width; "
+                                else "--text reads a prompt with --max-len, --temperature, --seed, --beam-width and "
+                                     "--length-penalty; "
                                      "run other inputs with --data (an .npz of them)")
         if output:  # (it replaced the model, or the inputs, it was reading, without a word)
             for flag, path in (("the model", model), ("--data", data)):
@@ -569,7 +572,8 @@ def predict(
                 raise FlowgradError("-o writes the arrays of --data or --count; --text prints its text",
                                     hint="redirect it instead: > out.txt")
             generated = generate_text(model, text, max_len, temperature, seed, pick_device(device, names=FLAGS), beam_width,
-                                      with_prompt=not _is_translator(model), threads=threads, names=FLAGS)
+                                      with_prompt=not _is_translator(model), threads=threads,
+                                      length_penalty=length_penalty, names=FLAGS)
             if as_json:
                 _print_json({"prompt": text, "text": generated}, indent=None)
             else:

@@ -484,11 +484,13 @@ def model_metadata(model: onnx.ModelProto) -> dict:
 
 def generate_text(model_path: str, prompt: str, max_len: int | None = None, temperature: float | None = None,
                   seed: int | None = None, device: str = "cpu", beam_width: int | None = None,
-                  with_prompt: bool = False, threads: int | None = None, *, names: ArgNames = KEYWORDS) -> str:
+                  with_prompt: bool = False, threads: int | None = None, length_penalty: float | None = None, *,
+                  names: ArgNames = KEYWORDS) -> str:
     """Sample text from an exported language model (a graph with a `prompt` input): the
-    continuation, or with `with_prompt` the prompt and its continuation. Unset arguments take
-    the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0); max_len 0
-    generates nothing. Bad arguments raise ExportArgumentError, an ExportError. `names`: how
+    continuation, or with `with_prompt` the prompt and its continuation; or decode it with a
+    sequence-to-sequence model by beam search (`beam_width`, `length_penalty`). Unset arguments
+    take the spec's `generate` values (temperature 1.0 where the spec gives none, seed 0); max_len
+    0 generates nothing. Bad arguments raise ExportArgumentError, an ExportError. `names`: how
     messages name the arguments (the keywords; flowgrad predict passes its flags)."""
     from .datasets_text import decode_text, encode_text
 
@@ -507,10 +509,11 @@ def generate_text(model_path: str, prompt: str, max_len: int | None = None, temp
                                 hint=f"leave it out; the beam width ({names('beam_width')}) picks the beam (1 is greedy)")
         # is refused by translate as one, not as "not a text generator ... trained on text")
         return translate(model_path, [prompt], beam_width=beam_width, device=device, max_len=max_len,
-                         threads=threads, names=names)[0]
-    if beam_width is not None:
-        raise ExportArgumentError(f"{model_path} samples text: a beam width is for sequence-to-sequence models",
-                                  hint=f"leave out the beam width ({names('beam_width')})")
+                         length_penalty=length_penalty, threads=threads, names=names)[0]
+    for value, what, keyword in ((beam_width, "a beam width", "beam_width"), (length_penalty, "a length penalty", "length_penalty")):
+        if value is not None:
+            raise ExportArgumentError(f"{model_path} samples text: {what} is for sequence-to-sequence models",
+                                      hint=f"leave out the {what[2:]} ({names(keyword)})")
     if "prompt" in inputs and "vocab" not in meta and "generate.input" in meta:  # a language model of ids
         raise ExportArgumentError(f"{model_path} was trained on token ids: it carries no vocabulary to read a "
                                   "prompt with", hint="give it ids with predict() (flowgrad predict --data): "

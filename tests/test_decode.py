@@ -276,6 +276,30 @@ def test_predict_text_names_its_flags_where_the_api_names_keywords(model):
         generate_text(gen, "abc", beam_width=99)
 
 
+def test_predict_text_takes_a_length_penalty_for_beam_search(model):
+    """flowgrad predict --text decoded with the spec's length penalty alone (0.6), which the API's
+    translate() and the export's input let a user set: --length-penalty gives it, as
+    generate_text(length_penalty=) does, and a sampler or the other verbs refuse it."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from runtime.export import generate_text, translate
+    from spec.errors import FlowgradError
+
+    gen, _, _ = model
+    for penalty in (0.0, 2.0):
+        res = CliRunner().invoke(app, ["predict", gen, "--text", "abc", "--length-penalty", str(penalty), "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        assert res.stdout.strip() == translate(gen, ["abc"], length_penalty=penalty)[0] \
+            == generate_text(gen, "abc", length_penalty=penalty)
+    res = CliRunner().invoke(app, ["predict", gen, "--text", "abc", "--length-penalty", "-1", "--device", "cpu"])
+    assert res.exit_code == 1 and res.output.startswith("error: --length-penalty must be 0 or more"), res.output
+    res = CliRunner().invoke(app, ["predict", gen, "--data", "x.npz", "--length-penalty", "1"])
+    assert res.exit_code == 1 and "--length-penalty is for --text" in res.output, res.output
+    with pytest.raises(FlowgradError, match="^length_penalty must be 0 or more"):
+        generate_text(gen, "abc", length_penalty=float("nan"))
+
+
 def test_raw_decoder_inputs_outside_their_ranges_are_errors(model):
     from spec.errors import FlowgradError
 

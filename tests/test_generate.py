@@ -440,6 +440,7 @@ def test_bad_arguments_of_the_export_api_are_export_errors(exported, tmp_path):
              (generate_text, (gen, "def "), {"max_len": 2.0}, "max_len must be"),
              (generate_text, (gen, "def "), {"temperature": -1.0}, "temperature must be"),
              (generate_text, (gen, "def "), {"beam_width": 2}, "a beam width is for"),
+             (generate_text, (gen, "def "), {"length_penalty": 1.0}, "a length penalty is for"),
              (generate_text, (gen, "def "), {"device": "tpu"}, "unknown device"),
              (generate_text, (gen, "def "), {"threads": 0}, "threads must be"),
              (generate_text, (gen, ""), {}, "the prompt is empty"),  # (predict's DataError)
