@@ -14,7 +14,7 @@ from spec.model import Spec
 
 from .checks import MAX_THREADS, check_count, check_seed
 from .memory import peak_rss_mb
-from .session import pick_device
+from .session import ORT_ERRORS, pick_device
 from .trainer import Trainer
 
 
@@ -87,10 +87,15 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     for call in range(warmup + -(-steps // k)):
         t = time.perf_counter()
         for obj in cm.schedule:
-            if k == 1:
-                trainer.train_step(obj, batch, lr=1e-4, step=call)
-            else:
-                trainer.train_steps(obj, [batch] * k, [1e-4] * k, step=call * k)
+            try:
+                if k == 1:
+                    trainer.train_step(obj, batch, lr=1e-4, step=call)
+                else:
+                    trainer.train_steps(obj, [batch] * k, [1e-4] * k, step=call * k)
+            except ORT_ERRORS as ex:  # (a float64 convnet: the CPU provider has no float64 Conv)
+                from .train import _step_failed
+
+                raise _step_failed(ex, "timed training step", None, cm.float_dtype) from None
         if call >= warmup:
             times.append((time.perf_counter() - t) / k)
     median = statistics.median(times)

@@ -1309,8 +1309,9 @@ def _last_good_hint(run_dir: str, names: ArgNames) -> str:
             f"{names.given(resume=True)} or {names.given(overwrite=True)}")
 
 
-def _step_failed(ex: Exception, what: str, run_dir: str, float_dtype: str = "float32") -> FlowgradError:
-    """onnxruntime refused to run a step: nearly always data the graph cannot take."""
+def _step_failed(ex: Exception, what: str, run_dir: str | None, float_dtype: str = "float32") -> FlowgradError:
+    """onnxruntime refused to run a step: nearly always data the graph cannot take.
+    `run_dir` None: no run's checkpoints to speak of (bench)."""
     detail = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
     detail = detail.split("Status Message: ")[-1]
     if re.match(r"\S+\.(cc|h|cpp):\d+ ", detail):  # a C++ source position and signature: keep what follows
@@ -1327,10 +1328,11 @@ def _step_failed(ex: Exception, what: str, run_dir: str, float_dtype: str = "flo
             hint = "this device's provider lacks a kernel for that op and type; with mixed_precision, try float16 " \
                    "instead of bfloat16"
         return FlowgradError(f"onnxruntime cannot run the {what}: {detail}", hint=hint)
-    kept = (f"the last checkpoint in {run_dir} is intact" if os.path.exists(os.path.join(run_dir, CHECKPOINT))
-            else "no checkpoint was written before it")
-    return FlowgradError(f"onnxruntime failed in the {what}: {detail}",
-                         hint=f"check the data's values, e.g. class ids must be below the number of classes; {kept}")
+    hint = "check the data's values, e.g. class ids must be below the number of classes"
+    if run_dir is not None:
+        hint += (f"; the last checkpoint in {run_dir} is intact" if os.path.exists(os.path.join(run_dir, CHECKPOINT))
+                 else "; no checkpoint was written before it")
+    return FlowgradError(f"onnxruntime failed in the {what}: {detail}", hint=hint)
 
 
 def _check_finite(scalars, step, epoch, run_dir, names: ArgNames):

@@ -838,6 +838,16 @@ def test_bench_takes_dtype_as_the_other_verbs_do():
         bench(load_spec(MLP, ["dims.H=8"]), dtype="float8")
 
 
+def test_bench_of_an_op_without_a_float64_kernel_ends_in_one_line():
+    """bench --dtype float64 of the convnet ended in a traceback from onnxruntime (its CPU
+    provider has no float64 Conv), where train says so in one line with a hint."""
+    res = invoke("bench", str(ROOT / "models" / "convnet.yaml"), "--dtype", "float64", "--steps", "1",
+                 "--batch-size", "4", "--threads", "1", code=1)
+    assert "Traceback" not in res.output
+    assert res.stderr.startswith("error: onnxruntime cannot run the timed training step: ")
+    assert "Conv" in res.stderr and "no float64 kernel for that op" in res.stderr
+
+
 def test_bench_reports_the_steps_it_timed():
     """With steps_per_call 3, steps=4 times two calls (6 steps): it reported 4; steps_per_call 0
     through the API divided by zero."""
