@@ -592,6 +592,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
         _check_stateful_batches(spec, cm, len(train_ds))
         _check_batch_statistics(spec, cm, len(train_ds), names, batch_given=opts.batch_size is not None)
         mixed = any(o.mixed for o in cm.objectives)
+        mixed_type = next((o.mixed.compute for o in cm.objectives if o.mixed), None)  # (a hint names it)
         batch_size = spec.batch_size
         n_batches = len(train_ds) // batch_size if cfg.get("drop_last") else -(-len(train_ds) // batch_size)
         if not n_batches:
@@ -774,7 +775,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                             raise FlowgradError(
                                 f"every training step overflowed for {overflows} steps in mixed precision "
                                 f"(step {step}, epoch {epoch + 1}); training stopped",
-                                hint=f"the model's values exceed float16's range even unscaled; train without "
+                                hint=f"the model's values exceed {mixed_type}'s range even unscaled; train without "
                                      f"mixed_precision, or lower the learning rate; checkpoints are in {run_dir}")
                         return
                     overflows = 0

@@ -646,10 +646,10 @@ def test_float16_recurrent_sessions_do_not_crash_onnxruntime(tmp_path, extra):
     assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
 
 
-def _always_overflowing(tmp_path):
+def _always_overflowing(tmp_path, mixed="float16"):
     """(a spec whose every mixed-precision step overflows, train options on its data): the loss
     is finite, the gradient of |w| at w = 0 is 0/0."""
-    text = TINY.replace("OPTIMIZER", "{adam: {lr: 0.01}}").replace("MIXED", "float16").replace(
+    text = TINY.replace("OPTIMIZER", "{adam: {lr: 0.01}}").replace("MIXED", mixed).replace(
         "graph:", "params:\n  w: {shape: [3], init: zeros}\ngraph:").replace(
         "loss: cross_entropy(logits, y)", "loss: cross_entropy(logits, y) + 0.01 * sum(sqrt(w * w))")
     path = tmp_path / "nan.yaml"
@@ -668,6 +668,17 @@ def test_a_run_whose_gradients_always_overflow_stops_though_its_loss_is_finite(t
     spec, opts = _always_overflowing(tmp_path)
     with pytest.raises(FlowgradError, match=f"overflowed for {MAX_OVERFLOWS} steps"):  # (it stopped at the 26th)
         train(spec, steps=MAX_OVERFLOWS + 5, **opts)
+
+
+def test_the_stop_after_overflows_names_the_half_type_of_the_step(tmp_path):
+    """A bfloat16 run whose steps all overflowed was told its values exceed float16's range."""
+    from runtime.api import train
+    from runtime.train import MAX_OVERFLOWS
+
+    spec, opts = _always_overflowing(tmp_path, "bfloat16")
+    with pytest.raises(FlowgradError, match=f"overflowed for {MAX_OVERFLOWS} steps") as err:
+        train(spec, steps=MAX_OVERFLOWS + 5, **opts)
+    assert "exceed bfloat16's range" in err.value.hint and "float16's" not in err.value.hint.replace("bfloat16", "")
 
 
 def test_overflows_in_a_row_count_across_a_resume(tmp_path):
