@@ -607,8 +607,10 @@ def _schema_errors(e, tree, file) -> list[SpecError]:
         from jsonschema.exceptions import best_match
 
         # A branch that took the value's type and failed inside it says what is wrong
-        # (compute: float8), where the others only say that the type does not fit.
-        inside = [c for c in e.context if len(c.relative_path) > 0]
+        # (compute: float8), where the others only say that the type does not fit. A mapping's
+        # unknown or missing key fails at the mapping itself, only in a branch that takes mappings
+        # ({compute: float16, growth: 2} was told that mixed_precision is not a mapping).
+        inside = [c for c in e.context if len(c.relative_path) > 0 or c.validator in ("additionalProperties", "required")]
         best = best_match(inside or e.context)
         if best is not None:
             return _schema_errors(best, tree, file)
