@@ -1348,12 +1348,14 @@ def _check_finite(scalars, step, epoch, run_dir, names: ArgNames):
 
 
 def _check_state(cm: CompiledModel, state: dict, path: str, seed: int, names: ArgNames):
-    """The checkpoint's state fits the compiled model (a mixed-precision checkpoint written
-    before the count of skipped steps existed gets it, at zero)."""
-    for name, _ in (entry for o in cm.objectives for entry in cm.state_specs(o)):
-        if name.startswith("loss_scale_skipped/") and name not in state:
-            state[name] = np.zeros((), cm.float_dtype)
+    """The checkpoint's state fits the compiled model. A checkpoint without loss-scale state (a
+    run trained without mixed precision, resumed with it; or one written before the count of
+    skipped steps existed) starts it as a new run would: mixed_precision is a train setting that
+    a resume may change, as it may the other way round."""
     want = cm.initial_state(seed)
+    for name, _ in (entry for o in cm.objectives for entry in cm.state_specs(o)):
+        if name.startswith("loss_scale") and name not in state:
+            state[name] = want[name]
     missing = [k for k in want if k not in state]
     if missing:
         raise DataError(f"checkpoint {path} lacks {', '.join(missing[:5])}",

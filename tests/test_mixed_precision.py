@@ -681,6 +681,22 @@ def test_the_stop_after_overflows_names_the_half_type_of_the_step(tmp_path):
     assert "exceed bfloat16's range" in err.value.hint and "float16's" not in err.value.hint.replace("bfloat16", "")
 
 
+def test_a_run_trained_without_mixed_precision_resumes_with_it(tmp_path):
+    """mixed_precision is a train setting that a resume may change: a run resumed without it
+    went on, but one trained in float32 and resumed with it was refused ('checkpoint lacks
+    loss_scale/main, ...: the spec changed since it was written; train anew with overwrite').
+    Its loss scale starts as a new run's does."""
+    from runtime.api import train
+
+    np.savez(tmp_path / "d.npz", **batch(n=64))
+    opts = dict(run_dir=str(tmp_path / "run"), data=str(tmp_path / "d.npz"), valid="0", threads=1, device="cpu")
+    train(tiny(tmp_path, mixed=None), steps=2, **opts)
+    result = train(tiny(tmp_path, mixed="{compute: float16, init_scale: 256}"), steps=5, resume=True, **opts)
+    assert result.steps == 5
+    with np.load(tmp_path / "run" / "checkpoint.npz") as ckpt:
+        assert float(ckpt["t:loss_scale/main"]) == 256 and float(ckpt["t:loss_scale_steps/main"]) == 3
+
+
 def test_overflows_in_a_row_count_across_a_resume(tmp_path):
     """The count of overflowed steps in a row restarted at 0 on --resume: a run stopped and
     resumed every 20 steps never reached the limit and trained on without an update."""
