@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -890,9 +891,13 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                     check_watched_metric(spec, ("early_stopping",), [k for k in record if k.startswith(("train_", "valid_"))])
                 mode = metric_mode(stopping, cm)
                 # NaN compares false with everything: a NaN record is never better, and any number
-                # beats a NaN best (else a NaN first epoch stayed the best for good)
-                improved = not best or key not in record or not np.isnan(record[key]) and (
-                    np.isnan(best[key]) or improves(record[key], best[key], mode))
+                # beats a NaN best (else a NaN first epoch stayed the best for good). A record without
+                # the key counts as NaN where the other has it: a mixed-precision epoch whose every
+                # step overflowed books no train_loss. Where neither has it (a GAN's train_loss), the
+                # last epoch is the best.
+                value, held = record.get(key, math.nan), best.get(key, math.nan)
+                improved = not best or key not in record and key not in best or not np.isnan(value) and (
+                    np.isnan(held) or improves(value, held, mode))
                 bad_epochs = 0 if improved else bad_epochs + 1
                 if improved:
                     best = dict(record)

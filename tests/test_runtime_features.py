@@ -1135,6 +1135,25 @@ def test_an_objectives_overflowed_steps_leave_its_own_epoch_averages_alone(tmp_p
     assert result.history[0]["train_second/loss"] == pytest.approx(np.nanmean(second), rel=1e-6)
 
 
+def test_an_epoch_whose_every_step_overflowed_neither_ends_the_run_nor_becomes_the_best(tmp_path, data, monkeypatch):
+    """A mixed-precision epoch whose every step overflowed books no train_loss: with no
+    validation it became the best, and the next epoch with a loss ended in a KeyError traceback
+    ('train_loss') where the best was compared. It counts as a NaN loss now."""
+    from runtime.trainer import Trainer
+
+    spec = _spec(REGRESSION + "  mixed_precision: float16\n", tmp_path)
+    plain = Trainer.train_step
+
+    def the_second_epoch_overflows(self, objective, batch, lr, step):  # (4 steps an epoch)
+        out = plain(self, objective, batch, lr, step)
+        return {**out, "loss": float("nan")} if 4 <= step < 8 else out
+
+    monkeypatch.setattr(Trainer, "train_step", the_second_epoch_overflows)
+    result = train(spec, run_dir=str(tmp_path / "run"), data=data, epochs=3, valid="0", threads=1, device="cpu")
+    assert ["train_loss" in r for r in result.history] == [True, False, True]
+    assert result.best["epoch"] in (1, 3) and "train_loss" in result.best
+
+
 def test_each_objective_has_its_validation_loss(tmp_path, data):
     """Training reported train_<objective>/loss, validation only the spec's loss and metrics: a
     GAN (no single loss) had no validation loss at all, and early stopping could watch none."""
