@@ -1105,6 +1105,17 @@ def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
                         f"zero gradient would step by 0/0", _loc(spec, "train", "optimizer") or obj.loc,
                         "train with mixed_precision: float16 (float32 weights and optimizer state) instead of "
                         "dtype float16, or raise eps to 1e-4")
+    # A decay rate that float16 rounds to 1 keeps its average from ever taking a gradient: Adam's
+    # bias correction 1 - beta^t is then 0 (beta2: no step moves a weight, silently; beta1: 0/0),
+    # RMSProp's mean square stays 0.
+    hp = getattr(obj.optimizer, "hp", {})
+    for name in ("beta1", "beta2", "alpha"):
+        rate = hp.get(name)
+        if dtype == "float16" and isinstance(rate, (int, float)) and rate < 1 and np.float16(rate) == 1:
+            raise SpecError(f"{type(obj.optimizer).__name__}'s {name}={rate:g} is 1 in float16, so 1 - {name} is 0: "
+                            f"its running average would never take a gradient", _loc(spec, "train", "optimizer") or obj.loc,
+                            f"train with mixed_precision: float16 (float32 weights and optimizer state) instead of "
+                            f"dtype float16, or lower {name} to 0.9995 (float16's largest below 1) or less")
 
 
 def _check_generated_ids(spec: S.Spec, low: Lowering) -> None:

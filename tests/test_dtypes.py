@@ -333,6 +333,25 @@ def test_float16_adaptive_optimizer_is_refused_with_a_hint(optimizer):
         check_spec(spec, "float16")
 
 
+@pytest.mark.parametrize("optimizer, rate", [("{adam: {lr: 0.01, eps: 1.0e-4, beta2: 0.9999}}", "beta2"),
+                                             ("{adamw: {lr: 0.01, eps: 1.0e-4, beta1: 0.9999}}", "beta1"),
+                                             ("{rmsprop: {lr: 0.01, eps: 1.0e-4, alpha: 0.9999}}", "alpha")])
+def test_float16_decay_rate_that_rounds_to_1_is_refused(optimizer, rate):
+    """float16 rounds 0.9999 to 1: Adam's beta2 then made every bias correction 0, and a pure
+    float16 run trained for its epochs without moving a weight (beta1: NaN; RMSProp's alpha: its
+    mean square stayed 0), where float32 trains. It is refused as eps that rounds to 0 is."""
+    from compiler.training import check_spec
+    from spec.errors import SpecError
+
+    spec = shrunk(MLP, size=16, extra=[f"train.optimizer={optimizer}"])
+    with pytest.raises(SpecError, match=f"{rate}=0.9999 is 1 in float16") as e:
+        check_spec(spec, "float16")
+    assert "mixed_precision" in e.value.hint and "0.9995" in e.value.hint and e.value.loc is not None
+    compile_spec(spec, dtype="float32", graphs=("train",))
+    compile_spec(shrunk(MLP, size=16, extra=[f"train.optimizer={optimizer.replace('0.9999', '0.9995')}"]),
+                 dtype="float16", graphs=("train",))
+
+
 def test_same_spec_float64_matches_float32(mlp_models):
     """The float64 graphs compute what the float32 ones do, more precisely."""
     spec, cms = mlp_models
