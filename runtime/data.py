@@ -588,10 +588,11 @@ def check_lengths(arrays: dict[str, np.ndarray], lengths: dict, where: str | InM
                             (locs or {}).get(name), f"{within}; drop the examples without steps")
 
 
-def check_fits(a: np.ndarray, dtype: str | None, array: str, loc) -> None:
+def check_fits(a: np.ndarray, dtype: str | None, array: str, loc, why: str = "", other: str = "") -> None:
     """Casting `a` to `dtype` keeps its values: integers within the target's range (a cast
     would wrap them), floats within its largest finite value (a cast would make them inf).
-    `array`: the array as messages name it (array_named)."""
+    `array`: the array as messages name it (array_named); `why` says where the cast is made and
+    `other` adds a way out to the hint."""
     if dtype is None or not a.size or a.dtype.kind not in "iuf" or np.dtype(dtype) == a.dtype:
         return
     target = np.dtype(dtype)
@@ -605,9 +606,9 @@ def check_fits(a: np.ndarray, dtype: str | None, array: str, loc) -> None:
     elif target.kind == "f" and a.dtype.kind == "f" and target.itemsize < a.dtype.itemsize:
         big = float(np.max(np.abs(a)))
         if big > float(np.finfo(target).max):
-            raise DataError(f"{array} holds {big:g}, beyond {dtype}'s range (it would become inf)",
+            raise DataError(f"{array} holds {big:g}, beyond {dtype}'s range (it would become inf{why})",
                             loc, f"{dtype} holds magnitudes up to {float(np.finfo(target).max):g}: stay below it "
-                                 "(data inputs are usually standardised or in [0, 1])")
+                                 f"(data inputs are usually standardised or in [0, 1]){other}")
 
 
 def only(ds: Dataset, names: list[str]) -> Dataset:

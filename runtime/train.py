@@ -223,10 +223,25 @@ def load_data(spec: S.Spec, cm: CompiledModel, opts: TrainOptions, seed: int) ->
     if not len(train_ds):
         raise DataError(f"no examples are left to train on: {where} holds {total} and the validation (and test) "
                         f"split took them all", loc, f"lower {valid_name} (or test), or use more data")
+    _check_fits_the_step(train_ds, spec, cm, where)
     train_ds = D.cast_for(train_ds, dtypes)
     if valid_ds is not None:
         valid_ds = D.cast_for(valid_ds, dtypes)
     return train_ds, valid_ds
+
+
+def _check_fits_the_step(ds: D.Dataset, spec: S.Spec, cm: CompiledModel, where) -> None:
+    """A float16 mixed-precision step casts the float inputs it reads to float16: a value
+    beyond 65504 becomes inf there, and every step of its batch overflows and is skipped (on a
+    GPU; the CPU widens those casts away). Refused as --dtype float16 refuses it; validation,
+    in float32, is not concerned."""
+    if not any(o.mixed and o.mixed.compute == "float16" for o in cm.objectives):
+        return
+    for name, a in ds.arrays.items():
+        decl = spec.inputs.get(name)
+        if decl is not None and decl.dtype == "float32" and a.dtype.kind == "f":
+            D.check_fits(a, "float16", D.array_named(where, name), decl.loc, " in the mixed-precision step",
+                         "; or train with mixed_precision: bfloat16, which has float32's range")
 
 
 def _check_labelled_is_read(ds: D.Dataset, spec: S.Spec, needed: list[str]) -> None:

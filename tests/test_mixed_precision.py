@@ -697,6 +697,30 @@ def test_a_run_trained_without_mixed_precision_resumes_with_it(tmp_path):
         assert float(ckpt["t:loss_scale/main"]) == 256 and float(ckpt["t:loss_scale_steps/main"]) == 3
 
 
+def test_training_data_beyond_float16s_range_is_refused_for_a_float16_step(tmp_path):
+    """The float16 step casts its float inputs to float16: x = 1e5 became inf there and every
+    step of its batches overflowed and was skipped (as onnx's reference evaluator, and a GPU,
+    compute; the CPU widens the cast away), and a run whose every batch held one stopped after 25
+    of them with the hint that the model's values exceed float16's range. --dtype float16
+    refuses such data; so does a float16 mixed-precision run now. bfloat16 has float32's range."""
+    from runtime.api import train
+    from spec.errors import DataError
+
+    spec = tiny(tmp_path)
+    step = compile_spec(spec, graphs=("train",)).graphs["train"].model
+    assert any(n.op_type == "Cast" and list(n.input) == ["x"] and n.attribute[0].i == onnx.TensorProto.FLOAT16
+               for n in step.graph.node)
+    data = batch(n=32)
+    data["x"][5, 1] = 1e5
+    np.savez(tmp_path / "d.npz", **data)
+    opts = dict(data=str(tmp_path / "d.npz"), valid="0", threads=1, device="cpu", steps=1)
+    with pytest.raises(DataError, match="holds 100000, beyond float16's range \\(it would become inf in the "
+                                        "mixed-precision step\\)") as err:
+        train(spec, run_dir=str(tmp_path / "run"), **opts)
+    assert "mixed_precision: bfloat16" in err.value.hint and err.value.loc is not None
+    assert train(tiny(tmp_path, mixed="bfloat16"), run_dir=str(tmp_path / "bf"), **opts).steps == 1
+
+
 def test_overflows_in_a_row_count_across_a_resume(tmp_path):
     """The count of overflowed steps in a row restarted at 0 on --resume: a run stopped and
     resumed every 20 steps never reached the limit and trained on without an update."""
