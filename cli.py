@@ -768,7 +768,8 @@ def bench(
     if as_json:
         _print_json(r, indent=None)
         return
-    table = Table(title=f"{s.name} on {r['device']}, batch {r['batch_size']}, {r['dtype']}", title_justify="left")
+    mixed = f" (steps in {r['step_dtype']}, mixed precision)" if r["step_dtype"] != r["dtype"] else ""
+    table = Table(title=f"{s.name} on {r['device']}, batch {r['batch_size']}, {r['dtype']}{mixed}", title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("median step", f"{r['step_ms']:.3f} ms")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from compiler.gradcheck import DEFAULT_SYMBOLIC, random_batch
-from compiler.training import batch_dims, check_dims, check_dtype, compile_spec, require_objectives
+from compiler.training import batch_dims, check_dims, check_dtype, compile_spec, require_objectives, step_float_type
 from spec.errors import FLAGS, KEYWORDS, ArgNames, FlowgradError
 from spec.model import Spec
 
@@ -106,6 +106,8 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
         "dims": dict(sorted(timed.items())),
         "dims_defaulted": [d for d in defaulted if d in timed],
         "dtype": cm.float_dtype,
+        # the type the timed steps compute in: under mixed_precision its half type, not dtype's
+        "step_dtype": step_float_type(spec, cm.float_dtype),
         "compile_s": round(compile_s, 4),
         "nodes": {k: g.node_count for k, g in cm.graphs.items()},
         "step_ms": round(median * 1e3, 4),

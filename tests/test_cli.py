@@ -848,6 +848,18 @@ def test_bench_of_an_op_without_a_float64_kernel_ends_in_one_line():
     assert "Conv" in res.stderr and "no float64 kernel for that op" in res.stderr
 
 
+def test_bench_of_a_mixed_precision_spec_says_the_steps_type():
+    """bench of a spec with train.mixed_precision: bfloat16 timed bfloat16 steps, but its table
+    and --json said float32 alone (the master weights' type), as for a float32 spec."""
+    common = [MLP, "--set", "dims.H=8", "--steps", "1", "--batch-size", "8", "--threads", "1"]
+    mixed = json.loads(invoke("bench", *common, "--set", "train.mixed_precision=bfloat16", "--json").stdout)
+    assert (mixed["dtype"], mixed["step_dtype"]) == ("float32", "bfloat16")
+    plain = json.loads(invoke("bench", *common, "--json").stdout)
+    assert (plain["dtype"], plain["step_dtype"]) == ("float32", "float32")
+    table = " ".join(invoke("bench", *common, "--set", "train.mixed_precision=bfloat16").stdout.split())
+    assert "float32 (steps in bfloat16, mixed precision)" in table
+
+
 def test_bench_reports_the_steps_it_timed():
     """With steps_per_call 3, steps=4 times two calls (6 steps): it reported 4; steps_per_call 0
     through the API divided by zero."""
