@@ -317,6 +317,14 @@ def require_objectives(spec: S.Spec, what: str) -> None:
 def objectives_of(spec: S.Spec) -> list[Objective]:
     train = spec.train or {}
     mixed = MixedPrecision.of(train.get("mixed_precision"))
+    for key in ("init_scale", "max_scale"):
+        # the scale is float32 state: beyond its range the step's graph could not be made (an
+        # unlocated error), and one that rounds to 0 unscales every gradient to 0/0
+        value, f32 = getattr(mixed, key, None), np.finfo(np.float32)
+        if value is not None and not float(f32.tiny) <= value <= float(f32.max):
+            raise SpecError(f"mixed_precision {key} {value:g} is {'beyond' if value > 1 else 'below'} the range of float32, "
+                            f"the type the loss scale is kept in", _loc(spec, "train", "mixed_precision", key),
+                            "a loss scale between 1 and 2^24 (bfloat16's max_scale) is plenty; leave it out for the default")
     if mixed is not None and mixed.init_scale > mixed.max_scale:  # (the first growth would clamp it silently)
         raise SpecError(f"mixed_precision init_scale {mixed.init_scale:g} is above its max_scale {mixed.max_scale:g}",
                         _loc(spec, "train", "mixed_precision", "init_scale"),
