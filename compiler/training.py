@@ -1113,6 +1113,11 @@ def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
                         f"zero gradient would step by 0/0", _loc(spec, "train", "optimizer") or obj.loc,
                         "train with mixed_precision: float16 (float32 weights and optimizer state) instead of "
                         "dtype float16, or raise eps to 1e-4")
+    lr = getattr(obj.optimizer, "hp", {}).get("lr")
+    if dtype == "float16" and isinstance(lr, (int, float)) and np.float16(lr) == 0:  # (the step's lr input is float16)
+        raise SpecError(f"lr={lr:g} is 0 in float16: no step would move a weight", _loc(spec, "train", "optimizer") or obj.loc,
+                        "train with mixed_precision: float16 (float32 weights and optimizer state) instead of dtype "
+                        "float16, or raise lr above 3e-8 (float16's smallest positive value is 6e-8)")
     # A decay rate that float16 rounds to 1 keeps its average from ever taking a gradient: Adam's
     # bias correction 1 - beta^t is then 0 (beta2: no step moves a weight, silently; beta1: 0/0),
     # RMSProp's mean square stays 0.

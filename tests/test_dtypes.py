@@ -352,6 +352,20 @@ def test_float16_decay_rate_that_rounds_to_1_is_refused(optimizer, rate):
                  dtype="float16", graphs=("train",))
 
 
+def test_float16_lr_that_rounds_to_0_is_refused():
+    """The step's lr input is float16, which rounds 1e-8 to 0: a --dtype float16 run trained
+    for all its epochs without moving a weight, without a word."""
+    from compiler.training import check_spec
+    from spec.errors import SpecError
+
+    spec = shrunk(MLP, size=16, extra=["train.optimizer={sgd: {lr: 1.0e-8}}"])
+    with pytest.raises(SpecError, match="lr=1e-08 is 0 in float16: no step would move a weight") as e:
+        check_spec(spec, "float16")
+    assert "mixed_precision" in e.value.hint and e.value.loc is not None
+    check_spec(spec, "float32")
+    check_spec(shrunk(MLP, size=16, extra=["train.optimizer={sgd: {lr: 1.0e-7}}"]), "float16")
+
+
 def test_same_spec_float64_matches_float32(mlp_models):
     """The float64 graphs compute what the float32 ones do, more precisely."""
     spec, cms = mlp_models
