@@ -1102,6 +1102,17 @@ def check_float_types(spec: S.Spec, dtype: str | None = None) -> None:
         _check_float_type(spec, obj, dtype)
 
 
+def _optimizer_loc(spec: S.Spec, obj: Objective):
+    """Where an objective's optimizer is written: its own under train.objectives, else
+    train.optimizer, else the objective (the default sgd). (locate gives a missing key's parent:
+    a GAN's optimizer was pointed at the train section's first line.)"""
+    train = spec.train or {}
+    own = (train.get("objectives") or {}).get(obj.name) if obj.declared else None
+    if isinstance(own, dict) and "optimizer" in own:
+        return _loc(spec, "train", "objectives", obj.name, "optimizer")
+    return _loc(spec, "train", "optimizer") if "optimizer" in train else obj.loc
+
+
 def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
     """What an objective's training cannot do in the compile float type (check refuses it too)."""
     if obj.mixed and dtype != "float32":
@@ -1110,12 +1121,12 @@ def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
     eps = obj.optimizer.hp.get("eps") if hasattr(obj.optimizer, "hp") else None
     if dtype == "float16" and eps is not None and np.float16(eps) == 0:
         raise SpecError(f"{type(obj.optimizer).__name__} divides by eps={eps:g}, which float16 rounds to 0: a "
-                        f"zero gradient would step by 0/0", _loc(spec, "train", "optimizer") or obj.loc,
+                        f"zero gradient would step by 0/0", _optimizer_loc(spec, obj),
                         "train with mixed_precision: float16 (float32 weights and optimizer state) instead of "
                         "dtype float16, or raise eps to 1e-4")
     lr = getattr(obj.optimizer, "hp", {}).get("lr")
     if dtype == "float16" and isinstance(lr, (int, float)) and np.float16(lr) == 0:  # (the step's lr input is float16)
-        raise SpecError(f"lr={lr:g} is 0 in float16: no step would move a weight", _loc(spec, "train", "optimizer") or obj.loc,
+        raise SpecError(f"lr={lr:g} is 0 in float16: no step would move a weight", _optimizer_loc(spec, obj),
                         "train with mixed_precision: float16 (float32 weights and optimizer state) instead of dtype "
                         "float16, or raise lr above 3e-8 (float16's smallest positive value is 6e-8)")
     # A decay rate that float16 rounds to 1 keeps its average from ever taking a gradient: Adam's
@@ -1126,7 +1137,7 @@ def _check_float_type(spec: S.Spec, obj: Objective, dtype: str) -> None:
         rate = hp.get(name)
         if dtype == "float16" and isinstance(rate, (int, float)) and rate < 1 and np.float16(rate) == 1:
             raise SpecError(f"{type(obj.optimizer).__name__}'s {name}={rate:g} is 1 in float16, so 1 - {name} is 0: "
-                            f"its running average would never take a gradient", _loc(spec, "train", "optimizer") or obj.loc,
+                            f"its running average would never take a gradient", _optimizer_loc(spec, obj),
                             f"train with mixed_precision: float16 (float32 weights and optimizer state) instead of "
                             f"dtype float16, or lower {name} to 0.9995 (float16's largest below 1) or less")
 

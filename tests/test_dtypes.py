@@ -366,6 +366,22 @@ def test_float16_lr_that_rounds_to_0_is_refused():
     check_spec(shrunk(MLP, size=16, extra=["train.optimizer={sgd: {lr: 1.0e-7}}"]), "float16")
 
 
+def test_float16_refusal_of_an_objectives_optimizer_points_at_it():
+    """A GAN's objectives each write their optimizer: the refusal of Adam's eps in float16
+    pointed at the train section's first line (data:), the parent that locate gives of the
+    train.optimizer the spec does not have."""
+    from compiler.training import check_spec
+    from spec import load_spec
+    from spec.errors import SpecError
+
+    path = os.path.join(ROOT, "models", "gan.yaml")
+    lines = open(path).read().splitlines()
+    with pytest.raises(SpecError, match="rounds to 0") as e:
+        check_spec(load_spec(path), "float16")
+    assert lines[e.value.loc.line - 1].lstrip().startswith("discriminator:")
+    assert lines[e.value.loc.line - 1][e.value.loc.col - 1:].startswith("{adam:")
+
+
 def test_same_spec_float64_matches_float32(mlp_models):
     """The float64 graphs compute what the float32 ones do, more precisely."""
     spec, cms = mlp_models
