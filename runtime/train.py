@@ -1376,6 +1376,12 @@ def _check_state(cm: CompiledModel, state: dict, path: str, seed: int, names: Ar
     for name, _ in (entry for o in cm.objectives for entry in cm.state_specs(o)):
         if name.startswith("loss_scale") and name not in state:
             state[name] = want[name]
+    # A scale above this run's max_scale (a bfloat16 run's 2^24, resumed in float16) would
+    # overflow the half type's loss seed: each step would be skipped until it halved below it.
+    for o in cm.objectives:
+        key = f"loss_scale/{o.name}"
+        if o.mixed and key in state and float(state[key]) > o.mixed.max_scale:
+            state[key] = np.asarray(o.mixed.max_scale, dtype=np.asarray(state[key]).dtype)
     missing = [k for k in want if k not in state]
     if missing:
         raise DataError(f"checkpoint {path} lacks {', '.join(missing[:5])}",

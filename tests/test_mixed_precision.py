@@ -721,6 +721,20 @@ def test_training_data_beyond_float16s_range_is_refused_for_a_float16_step(tmp_p
     assert train(tiny(tmp_path, mixed="bfloat16"), run_dir=str(tmp_path / "bf"), **opts).steps == 1
 
 
+def test_a_bfloat16_run_resumed_in_float16_starts_within_float16s_scale(tmp_path):
+    """A bfloat16 run's loss scale grows to 2^24; resumed with mixed_precision: float16, whose
+    loss seed overflows above 65504, its steps were skipped one after another while the scale
+    halved down to float16's (9 batches lost from 2^24). It starts at float16's max_scale."""
+    from runtime.api import train
+
+    np.savez(tmp_path / "d.npz", **batch(n=64))
+    opts = dict(run_dir=str(tmp_path / "run"), data=str(tmp_path / "d.npz"), valid="0", threads=1, device="cpu")
+    train(tiny(tmp_path, mixed="{compute: bfloat16, init_scale: 16777216}"), steps=2, **opts)
+    train(tiny(tmp_path, mixed="float16"), steps=4, resume=True, **opts)
+    with np.load(tmp_path / "run" / "checkpoint.npz") as ckpt:
+        assert float(ckpt["t:loss_scale_skipped/main"]) == 0 and float(ckpt["t:loss_scale/main"]) == 2.0 ** 15
+
+
 def test_overflows_in_a_row_count_across_a_resume(tmp_path):
     """The count of overflowed steps in a row restarted at 0 on --resume: a run stopped and
     resumed every 20 steps never reached the limit and trained on without an update."""
