@@ -130,11 +130,19 @@ def plot_curves(run_dirs: list[str], output: str, warn=None) -> str:
     # generator/loss were at opposite ends, its p_real and p_fake between them (a run of one
     # objective, whose "loss" is no objective's, keeps its order)
     measures.sort(key=lambda m: not m.endswith("/loss"))
+    # An epoch records no number where every step of it overflowed in mixed precision and was
+    # skipped: such a run has epochs, and was told to train for one
+    skipped = "its epochs recorded no numbers: every training step overflowed in mixed precision and was skipped"
     if not measures:
+        if any(histories.values()):
+            run = next(r for r, h in histories.items() if h)
+            raise DataError(f"{run}: {skipped}" if len(histories) == 1 else f"the runs recorded no metrics ({run}: {skipped})",
+                            hint="train again without mixed_precision, or with a lower learning rate")
         raise DataError("the runs recorded no metrics yet", hint="train the runs for at least one epoch first (flowgrad train)")
     for run in histories:
         if not curves[run] and warn:  # (it was left out without a word)
-            warn(f"{run} has no metrics yet (no epoch finished): drawing the other runs")
+            warn(f"{run}: {skipped}: drawing the other runs" if histories[run]
+                 else f"{run} has no metrics yet (no epoch finished): drawing the other runs")
     # at most four panels a row: a GAN's or several models' dozen measures were one row 65 inches wide
     cols = min(4, len(measures))
     rows = math.ceil(len(measures) / cols)

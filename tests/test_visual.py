@@ -1170,6 +1170,22 @@ def test_plot_curves_says_which_run_has_no_metrics_yet(tmp_path):
     assert (tmp_path / "c.png").is_file()
 
 
+def test_plot_curves_of_a_run_whose_every_step_overflowed_says_so(tmp_path):
+    """A mixed-precision run whose every step overflowed records epochs without a number: plot
+    curves said that the runs recorded no metrics yet and to train them for an epoch, as though
+    no epoch had finished (its metrics.jsonl held three)."""
+    lines = "".join(f'{{"epoch": {e}, "step": {8 * e}, "lr": 0.001, "seconds": 0.1}}\n' for e in (1, 2, 3))
+    for name, text in (("overflowed", lines), ("done", '{"epoch": 1, "train_loss": 1.0}\n')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(text)
+    res = invoke("plot", "curves", tmp_path / "overflowed", "-o", tmp_path / "c.png", code=1)
+    assert res.stderr.startswith(f"error: {tmp_path / 'overflowed'}: its epochs recorded no numbers: every training "
+                                 "step overflowed in mixed precision and was skipped")
+    assert "mixed_precision" in res.stderr and "at least one epoch" not in res.stderr
+    res = invoke("plot", "curves", tmp_path / "done", tmp_path / "overflowed", "-o", tmp_path / "c.png")
+    assert f"warning: {tmp_path / 'overflowed'}: its epochs recorded no numbers" in res.stderr
+
+
 @pytest.mark.parametrize("graphs, hint", [
     ({"infer": {"outputs": [{"name": "samples"}]}}, "models/reverse_attention.yaml"),  # a GAN's
     ({"infer": {"outputs": [{"name": "probs"}]}, "generate": {"inputs": [{"name": "prompt"}]}},
