@@ -556,6 +556,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
     seed = int(opts.seed if opts.seed is not None else cfg.get("seed", 0))
     if opts.accumulate > 1 and cfg.get("mixed_precision"):
         raise FlowgradError(f"{names('accumulate')} does not work with train.mixed_precision",
+                            spec.locate("train", "mixed_precision"),  # (where the spec turns it on)
                             hint="its loss scaling needs each update's gradients in one step: leave out one of the two")
     if opts.resume and (opts.overwrite or opts.init_from):
         raise FlowgradError(f"{names.given(resume=True)} continues the run; it does not combine with "

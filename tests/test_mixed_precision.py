@@ -190,8 +190,11 @@ def test_mixed_precision_with_float16_master_weights_is_a_located_error(tmp_path
 def test_mixed_precision_refuses_gradient_accumulation(tmp_path):
     from runtime.train import TrainOptions, train
 
-    with pytest.raises(FlowgradError, match="^accumulate does not work with train.mixed_precision"):
+    with pytest.raises(FlowgradError) as err:
         train(tiny(tmp_path), TrainOptions(names=KEYWORDS, run_dir=str(tmp_path / "run"), progress=False, accumulate=2))
+    assert err.value.message == "accumulate does not work with train.mixed_precision"
+    # (it named no place, where the spec turns mixed precision on)
+    assert err.value.loc is not None and err.value.loc.file.endswith("tiny_True.yaml") and err.value.loc.line == 15
 
 
 def test_bfloat16_trains_the_digits_mlp_on_the_cpu(tmp_path):
