@@ -633,8 +633,10 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
 
         trained = {o.name: trained_names(cm.params, o) for o in cm.objectives}
         optimizers = {o.name: o.optimizer.name for o in cm.objectives}
+        every = {o.name: o.every for o in cm.objectives}
         if opts.resume:
             _check_same_optimizers(meta.get("optimizers"), optimizers, ckpt_path, run_dir, names)
+            _check_same_every(meta, every, spec, ckpt_path, run_dir, names)
             # before the shapes: another --freeze also resizes the flat optimizer state, which
             # _check_state would blame on a changed spec (a parameter the checkpoint lacks is one)
             if "trained" in meta and meta["trained"] != trained and all(p in state for p in cm.params) \
@@ -729,7 +731,7 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
             data = checkpoint_bytes(state, {
                 "step": step, "epoch": epoch, "position": pos, "records": len(history), "best": best,
                 "bad_epochs": bad_epochs, "seed": seed, "names": sorted(trainer.state), "trained": trained,
-                "optimizers": optimizers, "batch_size": batch_size, "accumulate": opts.accumulate,
+                "optimizers": optimizers, "every": every, "batch_size": batch_size, "accumulate": opts.accumulate,
                 "overflows": overflows,
                 # mid-epoch: the running sums of the epoch's metrics, so that a resumed epoch reports the same
                 "epoch_sums": sums if pos else {}, "epoch_count": count if pos else 0, "epoch_rows": rows if pos else {},
@@ -1251,6 +1253,22 @@ def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: s
                             hint="resume with the run's own optimizer (its spec.yaml has it; another lr is fine), "
                                  "or start a new run from its weights: "
                                  f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+
+
+def _check_same_every(meta: dict, now: dict, spec: S.Spec, path: str, run_dir: str, names: ArgNames) -> None:
+    """A resumed objective steps as often as it did: its optimizer's own step count (Adam's bias
+    correction) is derived from the run's step and its every, so another every would take the
+    moments of its steps so far for those of more or fewer steps. (A checkpoint written before
+    every existed stepped each objective on every update.)"""
+    before = meta.get("every") or {}
+    for obj, k in now.items():
+        was = before.get(obj, 1) if "optimizers" in meta else k
+        if was != k:
+            raise DataError(f"{path} was trained with objective {obj} stepping every {was} update{'s' if was > 1 else ''}, "
+                            f"and the spec now says every: {k}: its optimizer counts its steps by it",
+                            spec.locate("train", "objectives", obj, "every") if k > 1 else None,
+                            f"resume with the run's own every (its spec.yaml has it), or start a new run from its "
+                            f"weights: {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 # the optimizer setting that keeps a kind of state, for a resume whose settings changed to name it

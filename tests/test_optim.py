@@ -895,6 +895,23 @@ def test_an_objective_of_every_k_steps_once_per_k_updates_counting_its_own_steps
     assert not torch.equal(moved[2], moved[1]) and torch.equal(moved[1], moved[0])  # V moved at update 3 only
 
 
+@pytest.mark.parametrize("before, after", [(1, 3), (3, 1), (3, 2)])
+def test_a_resume_that_changes_an_objectives_every_is_refused(tmp_path, before, after):
+    """The generator's Adam counts its own steps from the run's step and its every: a run of 6
+    updates with every: 1 resumed with every: 3 counted 1 step where it had made 6 (bias
+    correction as of the second step, over moments of six), and went on without a word."""
+    from runtime import api
+    from spec.errors import DataError
+
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(27, D)), "y": rng.normal(size=(27, K))}
+    run_dir = str(tmp_path / "run")
+    api.train(spec_from_dict(_every_spec(before)), data=data, run_dir=run_dir, threads=1, steps=6)
+    with pytest.raises(DataError, match=f"objective generator stepping every {before} update.*every: {after}"):
+        api.train(spec_from_dict(_every_spec(after)), data=data, run_dir=run_dir, threads=1, steps=9, resume=True)
+    api.train(spec_from_dict(_every_spec(before)), data=data, run_dir=run_dir, threads=1, steps=9, resume=True)
+
+
 @pytest.mark.parametrize("change, words", [
     ({"critic": {"every": 2}, "generator": {"every": 2}}, "no objective takes a step on every update"),
     ({"generator": {"every": 10}}, "takes a step every 10 updates, but an epoch makes 9"),
