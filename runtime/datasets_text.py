@@ -635,7 +635,6 @@ def load_segment(seq_len: int = 48, stride: int | None = None, max_examples: int
     if max_examples is not None:
         max_examples = _int("segment", "max_examples", max_examples, 1)
     seed = _seed_of_subsample("segment", seed, max_examples)
-    _options_checked()
     words = re.findall(r"[a-z]+", corpus().lower())
     letters = "".join(words)
     ends = np.zeros(len(letters), dtype=np.int64)
@@ -643,6 +642,7 @@ def load_segment(seq_len: int = 48, stride: int | None = None, max_examples: int
     ids = np.frombuffer(letters.encode("ascii"), dtype=np.uint8).astype(np.int64) - ord("a")
     starts = np.arange(0, len(ids) - seq_len + 1, stride)
     keep = _subsample("segment", len(starts), max_examples, seed)
+    _options_checked()  # (the corpus is quick to read: what its windows allow is checked too)
     if keep is not None:
         starts = starts[keep]
     window = starts[:, None] + np.arange(seq_len)[None, :]

@@ -123,6 +123,17 @@ def test_check_refuses_a_dataset_option_value_that_train_refuses(option, words):
     assert invoke("train", spec, "--set", f"train.data.options.{option}", "--steps", "1", code=1).stderr.endswith(res.stderr)
 
 
+def test_check_refuses_a_segment_sample_that_train_refuses():
+    """The segment dataset's max_examples with a seed that takes every window (max_examples:
+    100000 of its 6489) passed check as 'spec OK', though train refuses it once it counts the
+    windows: check counts them too."""
+    spec = ROOT / "models" / "birnn_tagger.yaml"
+    option = "train.data.options={seq_len: 48, max_examples: 100000, seed: 1}"
+    res = invoke("check", spec, "--set", option, code=1)
+    assert res.stderr.startswith(f"error: {spec}:21:9: dataset 'segment': seed picks the max_examples sample")
+    assert invoke("train", spec, "--set", option, "--steps", "1", code=1).stderr.endswith(res.stderr)
+
+
 def strict_json(text: str):
     """`text` read as jq or any strict parser reads it: NaN, Infinity and -Infinity refused."""
     def refuse(constant):
