@@ -904,9 +904,9 @@ def _train(spec: S.Spec, opts: TrainOptions, on_epoch=None) -> TrainResult:
                 epoch += 1
                 # "best" follows the early-stopping metric, else the validation (or training) loss: its
                 # lowest, or its highest where the optimizers maximize it
+                # (the watched metric was checked before training, against what the run reports: an
+                # epoch may lack it, where an objective of every: K or every overflowed step booked none)
                 key = stopping["metric"] if stopping else ("valid_loss" if "valid_loss" in record else "train_loss")
-                if stopping:
-                    check_watched_metric(spec, ("early_stopping",), [k for k in record if k.startswith(("train_", "valid_"))])
                 mode = metric_mode(stopping, cm)
                 # NaN compares false with everything: a NaN record is never better, and any number
                 # beats a NaN best (else a NaN first epoch stayed the best for good). A record without

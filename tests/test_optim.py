@@ -912,6 +912,22 @@ def test_a_resume_that_changes_an_objectives_every_is_refused(tmp_path, before, 
     api.train(spec_from_dict(_every_spec(before)), data=data, run_dir=run_dir, threads=1, steps=9, resume=True)
 
 
+def test_early_stopping_on_an_every_objectives_metric_survives_an_epoch_without_its_step(tmp_path):
+    """A run stopped by its step limit mid-epoch may end with an epoch in which the generator
+    (every: 3) took no step, whose record holds none of its numbers: early stopping on its
+    loss stopped the run there with 'early_stopping metric train_generator/loss is not
+    reported', though it is. The epoch counts as one without improvement."""
+    from runtime import api
+
+    raw = _every_spec(3)
+    raw["train"]["early_stopping"] = {"metric": "train_generator/loss", "patience": 5}
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(27, D)), "y": rng.normal(size=(27, K))}  # 9 updates an epoch
+    result = api.train(spec_from_dict(raw), data=data, run_dir=str(tmp_path / "run"), threads=1, steps=10, epochs=2)
+    assert [("train_generator/loss" in r) for r in result.history] == [True, False]
+    assert result.best["epoch"] == 1
+
+
 @pytest.mark.parametrize("change, words", [
     ({"critic": {"every": 2}, "generator": {"every": 2}}, "no objective takes a step on every update"),
     ({"generator": {"every": 10}}, "takes a step every 10 updates, but an epoch makes 9"),
