@@ -771,9 +771,12 @@ class Lowering:
         """The size a symbolic dim of the inputs has in this lowering: that of an input already read
         that declares it, such as N of the tokens: 1 where decoding feeds them as one window or one
         prompt [1, P] (reshape(q, [N, T, NH, D]) was refused there: 'cannot reshape [1, 16, 16] to
-        [N, 16, 2, 8]'); the dim itself in training, or where no input read declares it."""
-        for n, decl in self.spec.inputs.items():
-            v = self.inputs.get(n)
+        [N, 16, 2, 8]'); the dim itself in training, or where no input read declares it. The tokens
+        that decoding feeds (generate.input) come first: a source [N, T] beside target tokens [N, T]
+        has the source's length, where the decoder's steps are the tokens'."""
+        tokens = (self.spec.generate or {}).get("input")
+        for n in sorted(self.spec.inputs, key=lambda n: n != tokens):
+            decl, v = self.spec.inputs[n], self.inputs.get(n)
             if isinstance(v, Value) and name in decl.shape and v.rank == len(decl.shape):
                 return v.shape[list(decl.shape).index(name)]
         return name

@@ -907,3 +907,51 @@ def test_a_language_model_that_reshapes_by_the_batch_and_steps_decodes():
         seq.append(int(np.argmax(run("infer", {"x": np.asarray([seq[-5:]])})["probs"][0])))
     assert len(set(seq[len(prompt):])) > 1
     assert out.tolist() == seq[len(prompt):]
+
+
+def test_a_translator_that_reshapes_by_the_tokens_steps_decodes_where_the_source_shares_their_name():
+    """A reshape by T in a decoder whose source declares the same T (src and tgt_in both [N, T]) took
+    the source's length where beam search feeds one target token: 'cannot reshape [4*N, 1, 16] to
+    [4*N, T, 2, 8]' at check and export. T is the tokens' there (generate.input's), and greedy
+    decoding (beam width 1) is the inference graph's argmax on each prefix."""
+    from compiler.check import Runner
+    from compiler.training import compile_spec
+    from spec import spec_from_text
+
+    text = """flowgrad: 1
+name: luong_reshaped
+dims: {SV: 9, TV: 7, E: 6, H: 8}
+inputs:
+  src: {shape: [N, T], dtype: int64}
+  tgt_in: {shape: [N, T], dtype: int64}
+  tgt: {shape: [N, T], dtype: int64}
+graph:
+  enc, h: gru(embedding(src, SV, E), H, return_state=true)
+  dec: gru(embedding(tgt_in, TV, E), H, init=[h])
+  w: softmax(dec @ transpose(enc, [0, 2, 1]), axis=-1)
+  both: reshape(reshape(concat(dec, w @ enc, axis=-1), [N, T, 2, H]), [N, T, 16])
+  logits: dense(both, TV)
+outputs:
+  probs: softmax(logits)
+generate: {input: tgt_in, logits: logits, bos: 1, eos: 2, max_len: 5}
+loss: cross_entropy(logits, tgt)
+train: {optimizer: {adam: {lr: 0.01}}, batch_size: 16}
+"""
+    cm = compile_spec(spec_from_text(text, "luong.yaml"), "float64", graphs=("infer", "generate"))
+    state = cm.initial_state(3)
+
+    def run(kind, feeds):
+        graph = cm.graphs[kind]
+        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+
+    src = np.asarray([[3, 5, 8, 4, 6, 7, 2]])
+    out = run("generate", {"src": src, "beam_width": np.asarray(1), "max_len": np.asarray(5),
+                           "length_penalty": np.asarray(0.0)})["tokens"][0].tolist()
+    seq = [1]
+    for _ in range(5):
+        # (the inference graph takes tgt_in as long as src, both [N, T]: the prefix padded, read causally)
+        prefix = np.asarray([seq + [0] * (src.shape[1] - len(seq))])
+        seq.append(int(np.argmax(run("infer", {"src": src, "tgt_in": prefix})["probs"][0, len(seq) - 1])))
+        if seq[-1] == 2:
+            break
+    assert len(set(seq[1:])) > 1 and out[:len(seq) - 1] == seq[1:]
