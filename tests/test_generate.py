@@ -266,6 +266,37 @@ def test_a_generator_whose_logits_read_token_positions_is_refused():
             compile_spec(spec_from_text(spec_text.replace("  hs: lstm(e, H)\n", f"  hs: {layer}\n"), "b.yaml"))
 
 
+def _graph_runner(cm, state: dict):
+    """run(kind, feeds): the compiled graph `kind` on `feeds` and the parameters in `state` it reads."""
+    from compiler.check import Runner
+
+    def run(kind, feeds):
+        graph = cm.graphs[kind]
+        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+    return run
+
+
+# attention over a source whose steps have the tokens' dim name (src and tgt_in both [N, T])
+LUONG = """flowgrad: 1
+name: luong
+dims: {SV: 9, TV: 7, E: 6, H: 8}
+inputs:
+  src: {shape: [N, T], dtype: int64}
+  tgt_in: {shape: [N, T], dtype: int64}
+  tgt: {shape: [N, T], dtype: int64}
+graph:
+  enc, h: gru(embedding(src, SV, E), H, return_state=true)
+  dec: gru(embedding(tgt_in, TV, E), H, init=[h])
+  w: softmax(dec @ transpose(enc, [0, 2, 1]), axis=-1)
+  logits: dense(concat(dec, w @ enc, axis=-1), TV)
+outputs:
+  probs: softmax(logits)
+generate: {input: tgt_in, logits: logits, bos: 1, eos: 2, max_len: 7}
+loss: cross_entropy(logits, tgt)
+train: {optimizer: {adam: {lr: 0.01}}, batch_size: 16}
+"""
+
+
 def test_a_generator_whose_logits_combine_the_tokens_steps_is_refused():
     """A mean or softmax over the steps outside the recurrent layer sees the one token decoding
     feeds at a time: the export sampled greedily other tokens than the model's argmax over the prefix."""
@@ -283,22 +314,7 @@ def test_a_generator_whose_logits_combine_the_tokens_steps_is_refused():
     compile_spec(spec_from_text(spec_text.replace("  logits: dense(hs, V)\n",
                                                   "  logits: dense(hs * softmax(hs, axis=-1), V)\n"), "ok.yaml"))
     # and so does attention over a source whose steps have the tokens' dim name (src and tgt_in [N, T])
-    compile_spec(spec_from_text("""flowgrad: 1
-name: luong
-dims: {SV: 9, TV: 7, E: 6, H: 8}
-inputs:
-  src: {shape: [N, T], dtype: int64}
-  tgt_in: {shape: [N, T], dtype: int64}
-  tgt: {shape: [N, T], dtype: int64}
-graph:
-  enc, h: gru(embedding(src, SV, E), H, return_state=true)
-  dec: gru(embedding(tgt_in, TV, E), H, init=[h])
-  w: softmax(dec @ transpose(enc, [0, 2, 1]), axis=-1)
-  logits: dense(concat(dec, w @ enc, axis=-1), TV)
-generate: {input: tgt_in, logits: logits, bos: 1, eos: 2, max_len: 7}
-loss: cross_entropy(logits, tgt)
-train: {optimizer: {adam: {lr: 0.01}}, batch_size: 16}
-""", "luong.yaml"))
+    compile_spec(spec_from_text(LUONG, "luong.yaml"))
 
 
 def test_predict_refuses_inputs_that_disagree_on_a_shared_dim(tmp_path):
@@ -554,16 +570,12 @@ def test_predict_max_len_0_prints_the_prompt_alone_as_the_graph_generates_nothin
 def _greedy_decoding_equals_the_inference_graph(text: str, seed: int = 3, prompt=(3, 7, 1), steps: int = 8):
     """The spec's sampler at temperature 0 (with its initial weights) against the inference graph
     run on the whole prefix at each step, taking the most likely next token."""
-    from compiler.check import Runner
     from compiler.training import compile_spec
     from spec import spec_from_text
 
     cm = compile_spec(spec_from_text(text, "lm.yaml"), "float64", graphs=("infer", "generate"))
     state = cm.initial_state(seed)
-
-    def run(kind, feeds):
-        graph = cm.graphs[kind]
-        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+    run = _graph_runner(cm, state)
 
     out = run("generate", {"prompt": np.asarray(prompt), "max_len": np.asarray(steps), "temperature": np.asarray(0.0),
                            "seed": np.asarray(0)})["tokens"]
@@ -725,7 +737,6 @@ def test_a_language_model_of_padded_sentences_samples_from_its_prompt(dtype, lay
     sampler fed the lengths input [N] beside the prompt [1, P]. The lengths are the prompt's (every
     token of the prompt and each sampled one is real): greedy sampling equals the inference graph
     run on the prefix padded to a width of 16 with its length."""
-    from compiler.check import Runner
     from compiler.training import compile_spec
     from spec import spec_from_text
 
@@ -733,10 +744,7 @@ def test_a_language_model_of_padded_sentences_samples_from_its_prompt(dtype, lay
     assert [i.name for i in cm.graphs["generate"].inputs if i.name not in cm.initial_state(3)] == \
         ["prompt", "max_len", "temperature", "seed"]
     state = cm.initial_state(3)
-
-    def run(kind, feeds):
-        graph = cm.graphs[kind]
-        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+    run = _graph_runner(cm, state)
 
     prompt, steps = [3, 7, 1], 8
     out = run("generate", {"prompt": np.asarray(prompt), "max_len": np.asarray(steps), "temperature": np.asarray(0.0),
@@ -887,17 +895,13 @@ def test_a_language_model_that_reshapes_by_the_batch_and_steps_decodes():
     reshapes were refused at check and export ('cannot reshape [1, P, 6] (6*P elements) to [N, T, 2,
     3] (6*N*T)'). A symbolic dim of a reshape's target takes the size the tokens have there: greedy
     decoding is the inference graph run on the whole prefix (on each window) at each step."""
-    from compiler.check import Runner
     from compiler.training import compile_spec
     from spec import spec_from_text
 
     _greedy_decoding_equals_the_inference_graph(RESHAPING_LM, seed=1)
     cm = compile_spec(spec_from_text(WINDOW_ATTENTION_LM, "lm.yaml"), "float64", graphs=("infer", "generate"))
     state = cm.initial_state(2)
-
-    def run(kind, feeds):
-        graph = cm.graphs[kind]
-        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+    run = _graph_runner(cm, state)
 
     prompt = [3, 7, 1, 9, 4, 2]
     out = run("generate", {"prompt": np.asarray(prompt), "max_len": np.asarray(8), "temperature": np.asarray(0.0),
@@ -914,35 +918,16 @@ def test_a_translator_that_reshapes_by_the_tokens_steps_decodes_where_the_source
     the source's length where beam search feeds one target token: 'cannot reshape [4*N, 1, 16] to
     [4*N, T, 2, 8]' at check and export. T is the tokens' there (generate.input's), and greedy
     decoding (beam width 1) is the inference graph's argmax on each prefix."""
-    from compiler.check import Runner
     from compiler.training import compile_spec
     from spec import spec_from_text
 
-    text = """flowgrad: 1
-name: luong_reshaped
-dims: {SV: 9, TV: 7, E: 6, H: 8}
-inputs:
-  src: {shape: [N, T], dtype: int64}
-  tgt_in: {shape: [N, T], dtype: int64}
-  tgt: {shape: [N, T], dtype: int64}
-graph:
-  enc, h: gru(embedding(src, SV, E), H, return_state=true)
-  dec: gru(embedding(tgt_in, TV, E), H, init=[h])
-  w: softmax(dec @ transpose(enc, [0, 2, 1]), axis=-1)
-  both: reshape(reshape(concat(dec, w @ enc, axis=-1), [N, T, 2, H]), [N, T, 16])
-  logits: dense(both, TV)
-outputs:
-  probs: softmax(logits)
-generate: {input: tgt_in, logits: logits, bos: 1, eos: 2, max_len: 5}
-loss: cross_entropy(logits, tgt)
-train: {optimizer: {adam: {lr: 0.01}}, batch_size: 16}
-"""
+    text = LUONG.replace("  logits: dense(concat(dec, w @ enc, axis=-1), TV)\n",
+                         "  both: reshape(reshape(concat(dec, w @ enc, axis=-1), [N, T, 2, H]), [N, T, 16])\n"
+                         "  logits: dense(both, TV)\n")
+    assert "both:" in text
     cm = compile_spec(spec_from_text(text, "luong.yaml"), "float64", graphs=("infer", "generate"))
     state = cm.initial_state(3)
-
-    def run(kind, feeds):
-        graph = cm.graphs[kind]
-        return Runner(graph.model)({**feeds, **{i.name: state[i.name] for i in graph.inputs if i.name in state}})
+    run = _graph_runner(cm, state)
 
     src = np.asarray([[3, 5, 8, 4, 6, 7, 2]])
     out = run("generate", {"src": src, "beam_width": np.asarray(1), "max_len": np.asarray(5),
