@@ -747,3 +747,17 @@ def test_train_and_check_name_the_same_unknown_option_first(tmp_path):
         check_data_section(load_spec(str(path)))
     with pytest.raises(DataError, match="has no option 'seqlen'"):
         load_bundled("text", {"seqlen": 64, "lvl": "char"})
+
+
+@pytest.mark.parametrize("name, options", [("text", {"seq_len": 32}), ("text", {"context": 3}),
+                                           ("text", {"seq_len": 16, "streams": 4}), ("dates", {"n": 50}),
+                                           ("reverse", {"n": 50}), ("copy", {"n": 50}), ("segment", {})])
+def test_a_check_only_load_makes_no_examples_and_leaves_loading_as_it_was(name, options, monkeypatch):
+    """load_bundled(check_only=True) (flowgrad check) stops where a loader has checked its options
+    and would start making examples; a refusal raises as a full load does. Either way the next
+    load makes its examples: the check-only mode ends with the call."""
+    assert D.load_bundled(name, options, check_only=True) is None
+    with pytest.raises(DataError):
+        D.load_bundled(name, {**options, "seed": -1}, check_only=True)
+    assert not T.CHECKING_OPTIONS_ONLY.get()
+    assert len(D.load_bundled(name, options)) > 0
