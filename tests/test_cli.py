@@ -123,6 +123,18 @@ def test_check_refuses_a_dataset_option_value_that_train_refuses(option, words):
     assert invoke("train", spec, "--set", f"train.data.options.{option}", "--steps", "1", code=1).stderr.endswith(res.stderr)
 
 
+def test_check_refuses_more_dates_than_are_distinct_as_train_does():
+    """dates n: 131500 of the test split, more than its 131415 distinct examples (the (date,
+    format) pairs less those that read alike), passed check as 'spec OK' and was refused by train
+    once it had drawn them all. check draws them too where n exceeds the split's dates (one
+    format alone tells those apart)."""
+    spec = ROOT / "models" / "dates_attention.yaml"
+    option = "train.data.options={n: 131500, split: test}"
+    res = invoke("check", spec, "--set", option, code=1)
+    assert res.stderr.startswith(f"error: {spec}:38:9: dataset 'dates': n 131500 is more than the 131415 distinct")
+    assert invoke("train", spec, "--set", option, "--steps", "1", code=1).stderr.endswith(res.stderr)
+
+
 def test_check_refuses_a_segment_sample_that_train_refuses():
     """The segment dataset's max_examples with a seed that takes every window (max_examples:
     100000 of its 6489) passed check as 'spec OK', though train refuses it once it counts the
