@@ -54,7 +54,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     check_dims(spec, dims, names=names)
     from .train import check_steps_per_call
 
-    check_steps_per_call(spec, steps_per_call, FLAGS)  # (it timed K steps of each objective in turn, which no run does)
+    check_steps_per_call(spec, steps_per_call, names)  # (it timed K steps of each objective in turn, which no run does)
     spec = spec.with_batch_size(batch_size)  # the graphs' layout choices follow the batch timed
     t0 = time.perf_counter()
     cm = compile_spec(spec, dtype)
