@@ -64,17 +64,18 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     # the batch dim is each input's first, whatever its name (x: [B, D] was timed at 4 rows)
     sizes = {d: batch_size for d in batch_dims(spec)}
     first = cm.graphs["train" if "train" in cm.graphs else next(k for k in cm.graphs if k.startswith("train"))]
-    names = [i.name for i in first.inputs if i.role == "input"]
+    inputs = [i.name for i in first.inputs if i.role == "input"]
     rng = np.random.default_rng(seed)
     batch = real_batch(spec, cm, batch_size, seed)
     if batch is not None and dims:
         name = next(iter(dims))
-        raise FlowgradError(f"--dim {name}: bench times the first batch of the spec's data, which sizes {name}",
-                            hint="leave out --dim, or time a spec without data")
-    defaulted = sorted({p for n in names for d in spec.inputs[n].shape if isinstance(d, str)
+        raise FlowgradError(f"{f'--dim {name}' if names.flags else f'dims[{name!r}]'}: bench times the first batch "
+                            f"of the spec's data, which sizes {name}",
+                            hint=f"leave out {'--dim' if names.flags else 'dims'}, or time a spec without data")
+    defaulted = sorted({p for n in inputs for d in spec.inputs[n].shape if isinstance(d, str)
                         for p in [d] if p not in sizes and p not in (dims or {})}) if batch is None else []
     if batch is None:
-        batch = random_batch(spec, names, rng, cm.float_dtype, {**sizes, **(dims or {})})
+        batch = random_batch(spec, inputs, rng, cm.float_dtype, {**sizes, **(dims or {})})
     # the sizes timed of the symbolic dims, as the batch has them (a random one's T is 4 unless --dim sets it)
     timed = {}
     for n, a in batch.items():

@@ -1109,6 +1109,8 @@ def test_check_gradcheck_summary_and_bench_return_what_their_verbs_print_with_js
     (lambda: bench(MLP, dims={"T": 3}), "dims\\['T'\\]: the spec's inputs have no symbolic dim 'T'", "none"),
     (lambda: bench(os.path.join(ROOT, "models", "gan.yaml"), steps_per_call=2),
      "steps_per_call does not work with a schedule of several objectives", "leave out steps_per_call"),
+    (lambda: bench(CHAR_LSTM, steps=1, dims={"T": 64}), "dims\\['T'\\]: bench times the first batch of the spec's data",
+     "leave out dims"),
 ])
 def test_the_inspecting_verbs_refuse_bad_arguments_by_their_keywords(call, words, hint):
     """The API's check, gradcheck, summary and bench name their keywords where the CLI names
