@@ -356,7 +356,7 @@ def objectives_of(spec: S.Spec) -> list[Objective]:
         opt = optimizer_from_config(cfg.get("optimizer", default_opt), _loc(spec, "train", "objectives", name))
         out.append(Objective(name, loss, globs, opt, loc=loc,
                              clip_norm=cfg.get("clip_norm", common["clip_norm"]), l1=common["l1"], l2=common["l2"],
-                             mixed=common["mixed"], every=cfg.get("every", 1)))
+                             mixed=common["mixed"], every=int(cfg.get("every", 1))))  # (the schema takes 2.0 as an integer)
     schedule = list(train.get("schedule", []))
     for s in schedule:
         if s not in train["objectives"]:
