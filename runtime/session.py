@@ -25,16 +25,20 @@ from .ortlog import session_options
 
 @contextlib.contextmanager
 def _silenced_stderr():
-    """Hide what native code writes to fd 2 (onnxruntime's CUDA loader errors)."""
+    """Hide what native code writes to fd 2 (onnxruntime's CUDA loader errors). Native code
+    writes to the process's fd 2 whatever sys.stderr is: a script that captured sys.stderr
+    (contextlib.redirect_stderr, a notebook) has one without a file descriptor, and the errors
+    it was spared went on to the terminal."""
+    fd = 2
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
+        saved = os.dup(fd)
+    except OSError:  # (no fd 2 at all: nothing to hide)
         yield
         return
-    saved = os.dup(fd)
     try:
         with open(os.devnull, "w") as devnull:
-            sys.stderr.flush()
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                sys.stderr.flush()
             os.dup2(devnull.fileno(), fd)
             yield
     finally:

@@ -1120,3 +1120,19 @@ def test_the_inspecting_verbs_refuse_bad_arguments_by_their_keywords(call, words
     assert "--" not in e.value.message and "\n" not in e.value.message
     if hint:
         assert hint in e.value.hint and "--" not in e.value.hint
+
+
+
+def test_native_errors_stay_hidden_when_the_script_captured_sys_stderr():
+    """onnxruntime's CUDA loader errors were hidden from fd 2 only while sys.stderr had a file
+    descriptor: a script that captured sys.stderr (redirect_stderr, a notebook) saw them printed."""
+    import subprocess
+    import sys
+
+    probe = ("import contextlib, io, os\n"
+             "from runtime.session import _silenced_stderr\n"
+             "with contextlib.redirect_stderr(io.StringIO()), _silenced_stderr():\n"
+             "    os.write(2, b'native error\\n')\n"
+             "os.write(2, b'after\\n')\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stderr == "after\n"
