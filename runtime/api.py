@@ -126,9 +126,10 @@ def gradcheck(spec: str | os.PathLike | dict | Spec, seed: int = 0, tolerance: f
     `tolerance`, or 'not checkable here' where every probe crossed a kink of the loss)."""
     from .reports import gradcheck_report
 
-    seed = check_seed(seed)
+    seed = check_seed(seed) or 0  # (None, the seed left out, reached NumPy's SeedSequence as a TypeError)
     tolerance = check_number("tolerance", tolerance, 0.0, sys.float_info.max,
                              hint="give a finite number of 0 or more, e.g. tolerance=1e-4")
+    tolerance = 1e-4 if tolerance is None else tolerance
     return gradcheck_report(load(spec), seed, tolerance)
 
 

@@ -65,9 +65,11 @@ def check_number(name: str, value, least: float, most: float = FLOAT32_MAX,
         return None
     shown = value.item() if isinstance(value, np.generic) else value
     number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if not number or not least <= value <= most:  # (NaN and inf fail the comparison)
+    # (NaN and inf fail the comparison; a NumPy float compared as a Python one: np.float32(1e-3)
+    # against a bound beyond float32 printed NumPy's "overflow encountered in cast" warning)
+    if not number or not least <= shown <= most:
         # a finite number above `most` (1e39 beyond a float32) is "0 or more and finite": name the bound it passes
-        bound = f"at most {most:g}" if number and least <= value < float("inf") else f"{least:g} or more and finite"
+        bound = f"at most {most:g}" if number and least <= shown < float("inf") else f"{least:g} or more and finite"
         raise error(f"{name} must be {bound}, got {shown!r}" if not number else f"{name} must be {bound}, got {shown}",
                     hint=hint or f"give {name} a number from {least:g} to {most:g}")
     return float(value)

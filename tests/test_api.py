@@ -1136,3 +1136,12 @@ def test_native_errors_stay_hidden_when_the_script_captured_sys_stderr():
              "os.write(2, b'after\\n')\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stderr == "after\n"
+
+
+
+def test_gradcheck_takes_none_for_its_defaults_and_numpy_floats_quietly(recwarn):
+    """gradcheck(spec, seed=None) was NumPy's TypeError from its SeedSequence, and a tolerance of
+    np.float32(1e-3) printed NumPy's 'overflow encountered in cast' warning."""
+    assert gradcheck(load(MLP, SMALL), seed=None, tolerance=None)["seed"] == 0
+    assert gradcheck(load(MLP, SMALL), tolerance=np.float32(1e-3))["passed"]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
