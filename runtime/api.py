@@ -25,7 +25,7 @@ from . import data as D
 from .checkpoint import check_checkpoint, checkpoint_path, load_checkpoint, refuse_replacing
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .checks import MAX_THREADS, check_count, check_number, check_path, check_seed, enclosing_run
+from .checks import MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed, enclosing_run
 from .train import TrainOptions, TrainResult, eval_batches, held_out_test, input_dtypes, least_rows, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
@@ -161,8 +161,7 @@ def bench(spec: str | os.PathLike | dict | Spec, steps: int = 50, batch_size: in
     `bench --json` prints (step_ms, samples_per_s, compile_s, nodes, peak_rss_mb, ...)."""
     from .bench import bench as time_steps
 
-    if not isinstance(cuda_graphs, bool):
-        raise FlowgradError(f"cuda_graphs must be True or False, got {cuda_graphs!r}", hint="e.g. cuda_graphs=False")
+    cuda_graphs = check_flag("cuda_graphs", cuda_graphs)  # (as train's: a NumPy bool is one, "no" is refused)
     s = load(spec)
     return time_steps(s, batch_size, steps, device=device, threads=threads,
                       steps_per_call=steps_per_call, cuda_graphs=cuda_graphs, dtype=dtype,

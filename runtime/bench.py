@@ -44,10 +44,14 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     symbolic dims other than the batch (a sequence length T) of a random batch, where the spec
     has no data (the data's batch sizes them); those it leaves out are 4. The result's `dims`
     are the sizes timed, `dims_defaulted` those of them that took the default."""
-    for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1), ("steps_per_call", steps_per_call, 1),
-                               ("warmup", warmup, 0)):  # (batch_size=0 timed the spec's, 2.5 timed 2)
-        check_count(name, value, least, has_default=True)
-    check_count("threads", threads, most=MAX_THREADS)
+    # (batch_size=0 timed the spec's, 2.5 timed 2). The counts go on as ints, None as the default
+    # that the hint to a bad one offers (steps=None was a TypeError), and the result holds ints:
+    # steps=np.int64(20) came back as a NumPy integer, which json.dumps refused
+    batch_size = check_count("batch_size", batch_size)
+    steps = check_count("steps", steps) or 50
+    steps_per_call = check_count("steps_per_call", steps_per_call) or 1
+    warmup = check_count("warmup", warmup, 0, required=True)
+    threads = check_count("threads", threads, most=MAX_THREADS)
     check_seed(seed)
     check_dtype(dtype)
     require_objectives(spec, "time")

@@ -1145,3 +1145,15 @@ def test_gradcheck_takes_none_for_its_defaults_and_numpy_floats_quietly(recwarn)
     assert gradcheck(load(MLP, SMALL), seed=None, tolerance=None)["seed"] == 0
     assert gradcheck(load(MLP, SMALL), tolerance=np.float32(1e-3))["passed"]
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+
+def test_bench_takes_numpy_and_none_counts_and_returns_what_json_writes():
+    """bench(steps=None) and steps_per_call=None were TypeErrors from inside the timing loop,
+    and bench(steps=np.int64(2), threads=np.int64(1)) returned NumPy integers that json.dumps
+    refused. None is the default, as the hint to a bad count says, and the result holds ints."""
+    timed = bench(load(MLP, SMALL), steps=np.int64(2), threads=np.int64(1), steps_per_call=np.int64(2),
+                  batch_size=np.int32(8), cuda_graphs=np.bool_(True))
+    assert json.loads(json.dumps(timed))["steps"] == 2
+    assert type(timed["steps_per_call"]) is int and type(timed["threads"]) is int and timed["batch_size"] == 8
+    assert bench(load(MLP, SMALL), steps=None, steps_per_call=None, threads=1)["steps"] == 50
