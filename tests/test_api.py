@@ -1157,3 +1157,18 @@ def test_bench_takes_numpy_and_none_counts_and_returns_what_json_writes():
     assert json.loads(json.dumps(timed))["steps"] == 2
     assert type(timed["steps_per_call"]) is int and type(timed["threads"]) is int and timed["batch_size"] == 8
     assert bench(load(MLP, SMALL), steps=None, steps_per_call=None, threads=1)["steps"] == 50
+
+
+
+@pytest.mark.parametrize("call, words, hint", [
+    (lambda: bench(CHAR_LSTM, steps=1, dims={"T": 8}), "dims\\['T'\\]: bench times the first batch of the spec's data",
+     "leave out dims"),
+    (lambda: bench(os.path.join(ROOT, "models", "gan.yaml"), steps=1, steps_per_call=2),
+     "steps_per_call does not work with a schedule of several objectives", "leave out steps_per_call"),
+])
+def test_bench_names_its_keywords_where_the_cli_names_its_flags(call, words, hint):
+    """bench(dims={"T": 8}) on a spec with data was told '--dim T: ...' and to leave out --dim,
+    and a steps_per_call with a schedule of several objectives was told of --steps-per-call."""
+    with pytest.raises(FlowgradError, match=words) as e:
+        call()
+    assert "--" not in e.value.message and hint in e.value.hint and "--" not in e.value.hint
