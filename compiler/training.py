@@ -294,6 +294,11 @@ def check_dtype(dtype: str | None, name: str = "dtype") -> None:
     """A float type given through the API (or, named "--dtype", the CLI), checked as --dtype is
     (bfloat16 failed in the first step with onnxruntime's message, an int8 with a shape error at
     the spec's first product). The message names the keyword or flag the user wrote."""
+    if dtype is not None and not isinstance(dtype, str):  # (np.dtype("float64") equals "float64", and went on
+        # to run.json and bench's result, which json refused: train() failed with a TypeError after it began)
+        raise SpecError(f"{name} must be a float type's name, got {dtype!r}",
+                        hint="choose " + ", ".join(f'"{t}"' for t in COMPILE_FLOAT_TYPES[:-1])
+                             + f' or "{COMPILE_FLOAT_TYPES[-1]}" (a string)')
     if dtype is not None and dtype not in COMPILE_FLOAT_TYPES:
         raise unknown_choice(dtype, name, COMPILE_FLOAT_TYPES, SpecError)
 

@@ -1172,3 +1172,20 @@ def test_bench_names_its_keywords_where_the_cli_names_its_flags(call, words, hin
     with pytest.raises(FlowgradError, match=words) as e:
         call()
     assert "--" not in e.value.message and hint in e.value.hint and "--" not in e.value.hint
+
+
+@pytest.mark.parametrize("call", [
+    lambda dtype: train(load(MLP, SMALL), dtype=dtype, steps=1, run_dir=os.devnull + "/never"),
+    lambda dtype: bench(load(MLP, SMALL), dtype=dtype, steps=1),
+    lambda dtype: compile(MLP, dtype=dtype),
+    lambda dtype: check(MLP, dtype=dtype),
+    lambda dtype: summary(MLP, dtype=dtype),
+])
+def test_a_numpy_dtype_is_refused_as_a_float_types_name(call):
+    """dtype=np.dtype("float64") equals "float64" and passed the check, then went on to run.json and
+    bench's result, which json refused: train() and bench() failed with a TypeError after they had
+    compiled and trained. A dtype is a string, as the hint says."""
+    for dtype in (np.dtype("float64"), np.float64):
+        with pytest.raises(SpecError, match="dtype must be a float type's name") as e:
+            call(dtype)
+        assert '"float64"' in e.value.hint
