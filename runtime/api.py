@@ -25,7 +25,8 @@ from . import data as D
 from .checkpoint import check_checkpoint, checkpoint_path, load_checkpoint, refuse_replacing
 from .export import export, predict  # noqa: F401  (part of the API)
 from .session import pick_device
-from .checks import MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed, enclosing_run
+from .checks import (MAX_THREADS, check_count, check_flag, check_number, check_path, check_seed, enclosing_run,
+                     is_whole_number)
 from .train import TrainOptions, TrainResult, eval_batches, held_out_test, input_dtypes, least_rows, needed_inputs
 from .train import train as _train
 from .trainer import Trainer
@@ -108,6 +109,15 @@ def _earlier_graphs(output: str, cm: CompiledModel) -> list[str]:
             and os.path.isfile(os.path.join(output, f))]
 
 
+def _sizes(dims):
+    """`dims` as a dict whose whole numbers are Python ints: a size given as a NumPy integer
+    (dims={"T": np.int64(64)}) came back in the result as one, which json.dumps refused. Other
+    values, and a `dims` that is no mapping, are left for check_dims to refuse."""
+    if not isinstance(dims, Mapping):
+        return dims
+    return {name: int(size) if is_whole_number(size) else size for name, size in dims.items()}
+
+
 def check(spec: str | os.PathLike | dict | Spec, dtype: str | None = None) -> dict:
     """Validate a spec and infer every shape, as `flowgrad check` does; returns what `check --json`
     prints: each graph entry's op, shape and dtype, each parameter's shape, init, kind and count,
@@ -142,14 +152,14 @@ def summary(spec: str | os.PathLike | dict | Spec, batch_size: int | None = None
     from compiler import visual
 
     check_dtype(dtype)
-    check_count("batch_size", batch_size)
+    batch_size = check_count("batch_size", batch_size)  # (an int: a NumPy one went on into the result)
     if objective is not None and not isinstance(objective, str):
         raise FlowgradError(f"objective must be an objective's name, got {type(objective).__name__}",
                             hint='e.g. objective="generator"')
     s = load(spec)
     if objective is not None:  # (a spec without a loss has no training step: any name was taken)
         visual.pick_objective(s, objective)
-    return visual.summary(s, batch_size, dtype, dict(dims) if isinstance(dims, Mapping) else dims, objective,
+    return visual.summary(s, batch_size, dtype, _sizes(dims), objective,
                           names=KEYWORDS)
 
 
@@ -165,7 +175,7 @@ def bench(spec: str | os.PathLike | dict | Spec, steps: int = 50, batch_size: in
     s = load(spec)
     return time_steps(s, batch_size, steps, device=device, threads=threads,
                       steps_per_call=steps_per_call, cuda_graphs=cuda_graphs, dtype=dtype,
-                      dims=dict(dims) if isinstance(dims, Mapping) else dims, names=KEYWORDS)
+                      dims=_sizes(dims), names=KEYWORDS)
 
 
 def compile(spec: str | os.PathLike | dict | Spec, dtype: str | None = None,  # noqa: A001

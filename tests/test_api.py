@@ -1189,3 +1189,16 @@ def test_a_numpy_dtype_is_refused_as_a_float_types_name(call):
         with pytest.raises(SpecError, match="dtype must be a float type's name") as e:
             call(dtype)
         assert '"float64"' in e.value.hint
+
+
+def test_summary_and_bench_return_numpy_sizes_as_ints():
+    """summary(spec, dims={"T": np.int64(64)}) returned the size as a NumPy integer in its result's
+    dims, which json.dumps refused, though it prints as summary --json's 64."""
+    counted = summary(CHAR_LSTM, batch_size=np.int64(4), dims={"T": np.int64(16)})
+    assert json.loads(json.dumps(counted)) == summary(CHAR_LSTM, batch_size=4, dims={"T": 16})
+    spec = yaml.safe_load(open(CHAR_LSTM))
+    del spec["train"]["data"]  # (random inputs: bench then takes dims)
+    timed = bench(spec, steps=1, threads=1, dims={"T": np.int64(5)})
+    assert json.loads(json.dumps(timed))["dims"]["T"] == 5
+    with pytest.raises(FlowgradError, match=re.escape("dims['T'] = 2.0: a size must be a whole number")):
+        summary(CHAR_LSTM, dims={"T": 2.0})
