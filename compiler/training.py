@@ -966,6 +966,12 @@ def check_dims(spec, dims: dict | None, sizes: set | None = None, *, names) -> N
     for name, value in (dims or {}).items():
         if name in batch:
             raise FlowgradError(f"{given(name)}: {name} is the batch dim", hint=f"set it with {names('batch_size')}")
+        if name not in symbolic and isinstance(name, str) and name in spec.dims:
+            # (a dim of the spec's dims: section was told only of the inputs' symbolic dims, "none" for
+            # the MLP's H, with no word of how to size it)
+            fixed = f'load(spec, overrides=["dims.{name}={value}"])' if not names.flags else f"--set dims.{name}={value}"
+            raise FlowgradError(f"{given(name)}: {name} is the spec's dims.{name} ({spec.dims[name]}), not a symbolic dim "
+                                "of its inputs", hint=f"set it in the spec, e.g. {fixed}")
         if name not in symbolic:
             raise FlowgradError(f"{given(name)}: the spec's inputs have no symbolic dim {name!r}",
                                 hint=did_you_mean(str(name), symbolic - batch)

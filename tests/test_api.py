@@ -1111,6 +1111,9 @@ def test_check_gradcheck_summary_and_bench_return_what_their_verbs_print_with_js
      "steps_per_call does not work with a schedule of several objectives", "leave out steps_per_call"),
     (lambda: bench(CHAR_LSTM, steps=1, dims={"T": 64}), "dims\\['T'\\]: bench times the first batch of the spec's data",
      "leave out dims"),
+    # (a dim of the spec's dims: section was told only "its symbolic dims besides the batch: none")
+    (lambda: summary(MLP, dims={"H": 32}), "dims\\['H'\\]: H is the spec's dims.H \\(256\\), not a symbolic dim",
+     'load(spec, overrides=["dims.H=32"])'),
 ])
 def test_the_inspecting_verbs_refuse_bad_arguments_by_their_keywords(call, words, hint):
     """The API's check, gradcheck, summary and bench name their keywords where the CLI names
