@@ -303,6 +303,12 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
                                "flowgrad predict --device cpu)") from None
     wanted = {i.name: i for i in sess.get_inputs()}
     missing = [n for n in wanted if n not in feeds]
+    if missing and not model_metadata(model) and os.path.isfile(os.path.join(os.path.dirname(model_path), "manifest.json")):
+        # a graph that train or compile -o wrote takes its parameters as inputs: it was told that it
+        # needs W1, b1, ... and shown the inputs given, with no word of export
+        raise ExportError(f"{model_path} is a compiled graph, whose parameters are inputs, not an exported model",
+                          hint="export the run's trained weights into one first: export(run_dir, \"model.onnx\") "
+                               "(flowgrad export RUN_DIR -o model.onnx)")
     if missing:
         raise DataError(f"the model needs input(s) {', '.join(missing)}",  # (predict()'s feeds are no "data file")
                         hint=f"the inputs given: {', '.join(feeds) or 'none'}")

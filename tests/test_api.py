@@ -1205,3 +1205,13 @@ def test_summary_and_bench_return_numpy_sizes_as_ints():
     assert json.loads(json.dumps(timed))["dims"]["T"] == 5
     with pytest.raises(FlowgradError, match=re.escape("dims['T'] = 2.0: a size must be a whole number")):
         summary(CHAR_LSTM, dims={"T": 2.0})
+
+
+def test_predict_on_a_compiled_graph_points_at_export(run):
+    """predict() on a run's graphs/infer.onnx (or compile -o's) said that the model needs input(s)
+    W1, b1, W2, ..., and that the inputs given were x, with no word that the file is a compiled
+    graph whose weights are inputs and that export writes the model to run."""
+    with pytest.raises(ExportError, match="is a compiled graph, whose parameters are inputs, not an exported model") as e:
+        predict(run / "run" / "graphs" / "infer.onnx", {"x": np.zeros((1, 64), np.float32)})
+    assert 'export(run_dir, "model.onnx")' in e.value.hint and "\n" not in e.value.message
+    assert set(predict(run / "mlp.onnx", {"x": np.zeros((1, 64), np.float32)})) == {"probs", "label"}
