@@ -461,6 +461,22 @@ def run_lock(run_dir: str, names: ArgNames):
         f.close()
 
 
+def _training_now(run_dir: str) -> bool:
+    """Whether another run holds `run_dir`'s lock (it is training there and has not yet written
+    its first checkpoint, say)."""
+    import fcntl
+
+    try:
+        with open(os.path.join(run_dir, ".lock")) as f:  # (read-only: a run that is not there makes no file)
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def _removed_if_left_empty(run_dir: str, fresh: bool):
     """A run directory this run made goes again if the run stops before writing anything into
@@ -496,6 +512,10 @@ def prepare_run_dir(spec: S.Spec, opts: TrainOptions) -> str:
         raise FlowgradError(f"{run_dir} already holds a run (its checkpoint would be lost)",
                             hint=f"continue it with {names.given(resume=True)}, start over with {names.given(overwrite=True)}, "
                                  f"or pick {names('run_dir')}")
+    if opts.resume and not os.path.exists(ckpt) and _training_now(run_dir):
+        # (it said there was nothing to resume and to train without resume first, which the lock then refused)
+        raise FlowgradError(f"another flowgrad run is training in {run_dir} and has written no checkpoint yet",
+                            hint=f"wait for it to finish, or use {names('run_dir')} for a separate run")
     if opts.resume and not os.path.exists(ckpt):
         raise FlowgradError(f"nothing to resume: no checkpoint in {run_dir}", hint=(
             f"{best} is a whole checkpoint of its epoch: copy it to {ckpt} and {names.given(resume=True)} to go on "

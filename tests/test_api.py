@@ -1215,3 +1215,20 @@ def test_predict_on_a_compiled_graph_points_at_export(run):
         predict(run / "run" / "graphs" / "infer.onnx", {"x": np.zeros((1, 64), np.float32)})
     assert 'export(run_dir, "model.onnx")' in e.value.hint and "\n" not in e.value.message
     assert set(predict(run / "mlp.onnx", {"x": np.zeros((1, 64), np.float32)})) == {"probs", "label"}
+
+
+def test_a_resume_of_a_run_that_is_training_and_has_no_checkpoint_yet_says_so(tmp_path):
+    """train(resume=True) on a run directory another run was training in, before its first
+    checkpoint, said 'nothing to resume: no checkpoint' and to train without resume=True first,
+    which the other run's lock then refused."""
+    import fcntl
+
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(FlowgradError, match="another flowgrad run is training in .* no checkpoint yet") as e:
+            train(load(MLP, SMALL), run_dir=run_dir, resume=True, steps=1)
+        assert "wait for it to finish" in e.value.hint
+    with pytest.raises(FlowgradError, match="nothing to resume: no checkpoint"):  # (once it is gone)
+        train(load(MLP, SMALL), run_dir=run_dir, resume=True, steps=1)
