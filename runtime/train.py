@@ -1256,8 +1256,10 @@ def _check_same_batches(meta: dict, now: dict, path: str, run_dir: str, names: A
                       "accumulate": names("accumulate")}.items():
         if key in meta and meta[key] != now[key]:
             raise DataError(f"{path} was trained with another {name} ({meta[key]}, now {now[key]})",
-                            hint=f"resume with the run's own {name}, or start a new run from its weights: "
-                                 f"{names.given(init_from=run_dir, run_dir='NEW_DIR')}")
+                            # (it said "the run's own train.batch_size" to a run trained with --batch-size 8,
+                            # whose spec.yaml holds the spec's 32: the value itself is what resumes it)
+                            hint=f"resume with {names.given(**{key: meta[key]})}, as it trained, or start a new run "
+                                 f"from its weights: {names.given(init_from=run_dir, run_dir='NEW_DIR')}")
 
 
 def _check_same_optimizers(before: dict | None, now: dict, path: str, run_dir: str, names: ArgNames) -> None:

@@ -1109,6 +1109,19 @@ def test_resume_after_the_specs_batch_size_changed_names_train_batch_size(tmp_pa
         train(edited, resume=True, **{**opts, "steps": 6})
 
 
+def test_resume_without_the_runs_batch_size_is_told_the_value_it_trained_with(tmp_path, data):
+    """A run trained with batch_size=8 (the spec says 16) and resumed without it was told to
+    resume with the run's own train.batch_size, which its spec.yaml gives as 16: the value it
+    trained with is what resumes it."""
+    opts = dict(run_dir=str(tmp_path / "run"), data=data, steps=3, threads=1, device="cpu")
+    spec = _spec(REGRESSION, tmp_path)
+    train(spec, batch_size=8, **opts)
+    with pytest.raises(FlowgradError, match=re.escape("another train.batch_size (8, now 16)")) as e:
+        train(spec, resume=True, **{**opts, "steps": 6})
+    assert e.value.hint.startswith("resume with batch_size=8, as it trained")
+    assert train(spec, resume=True, batch_size=8, **{**opts, "steps": 6}).steps == 6
+
+
 def test_an_objectives_overflowed_steps_leave_its_own_epoch_averages_alone(tmp_path, data, monkeypatch):
     """With several objectives in mixed precision, an epoch's rows were counted only for steps
     whose last objective did not overflow: the first objective's average was then a sum over
