@@ -289,6 +289,9 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
     device = pick_device(device, error=ExportArgumentError, names=KEYWORDS)  # (an unknown device, or "auto", ran on the CPU)
     check_count("threads", threads, most=MAX_THREADS, error=ExportArgumentError)
     check_flag("ignore_extra", ignore_extra, error=ExportArgumentError)
+    if before_run is not None and not callable(before_run):  # (before_run=3 was a TypeError once the inputs were read)
+        raise ExportArgumentError(f"before_run must be a function, got {type(before_run).__name__}",
+                                  hint="give a function of {output name: shape}, or leave before_run out")
     if not isinstance(feeds, Mapping) or not all(isinstance(k, str) for k in feeds):
         # (a list or an array of inputs ended in a ValueError or TypeError from inside predict)
         raise ExportArgumentError(f"feeds must be a dict of input name to array, got {_describe_feeds(feeds)}",

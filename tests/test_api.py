@@ -1232,3 +1232,13 @@ def test_a_resume_of_a_run_that_is_training_and_has_no_checkpoint_yet_says_so(tm
         assert "wait for it to finish" in e.value.hint
     with pytest.raises(FlowgradError, match="nothing to resume: no checkpoint"):  # (once it is gone)
         train(load(MLP, SMALL), run_dir=run_dir, resume=True, steps=1)
+
+
+def test_predict_refuses_a_before_run_that_is_no_function(run):
+    """predict(model, feeds, before_run=3) read and checked the inputs, then ended in Python's
+    TypeError ('int' object is not callable) from inside predict."""
+    with pytest.raises(ExportArgumentError, match="before_run must be a function, got int"):
+        predict(run / "mlp.onnx", {"x": np.zeros((1, 64), np.float32)}, before_run=3)
+    shapes = []
+    predict(run / "mlp.onnx", {"x": np.zeros((2, 64), np.float32)}, before_run=shapes.append)
+    assert shapes == [{"probs": (2, 10), "label": (2,)}]
