@@ -331,6 +331,10 @@ def predict(model_path: str, feeds: dict[str, np.ndarray], device: str = "cpu", 
         except ValueError:  # np.load's object array, which it reads only with allow_pickle
             raise DataError(f"{model_path}: input {name!r} must hold numbers, got object", hint=shapes) from None
         want = _ORT_TYPES.get(meta.type)
+        beyond = [n for n in _whole_numbers(feeds[name]) if not _INT64_MIN <= n <= _INT64_MAX] \
+            if a.dtype == object else []
+        if beyond:  # (NumPy reads a whole number beyond int64 as an object: seed=2**70 "must hold numbers")
+            raise DataError(f"{model_path}: input {name!r} holds {beyond[0]}, outside the range of int64", hint=shapes)
         if a.dtype.kind not in "biuf":
             raise DataError(f"{model_path}: input {name!r} must hold numbers, got {a.dtype}", hint=shapes)
         if a.dtype.kind == "f" and a.size and not np.all(np.isfinite(a)):

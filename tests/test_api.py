@@ -1242,3 +1242,12 @@ def test_predict_refuses_a_before_run_that_is_no_function(run):
     shapes = []
     predict(run / "mlp.onnx", {"x": np.zeros((2, 64), np.float32)}, before_run=shapes.append)
     assert shapes == [{"probs": (2, 10), "label": (2,)}]
+
+
+def test_predict_names_a_whole_number_beyond_int64(run):
+    """predict() given a Python int beyond int64's range (x as 2**70, or a seed of 2**70) said that
+    the input must hold numbers, got object: NumPy reads such a number as an object."""
+    with pytest.raises(DataError, match=re.escape("input 'x' holds 1180591620717411303424, outside the range of int64")):
+        predict(run / "mlp.onnx", {"x": [[2**70] * 64]})
+    with pytest.raises(DataError, match="input 'x' must hold numbers, got <U1"):
+        predict(run / "mlp.onnx", {"x": [["a"] * 64]})
