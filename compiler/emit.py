@@ -383,9 +383,12 @@ def ort_disabled_optimizers(model: onnx.ModelProto) -> list[str]:
     """onnxruntime's rewrites to turn off for this model, in every session made of it.
     Its blocked-layout rewrite (NchwcTransformer, which speeds up float32 convolutions only)
     crashes the process while making sessions of some float16 graphs with a Scan (an LSTM's
-    eval graph): it stays out of narrow models."""
+    eval graph): it stays out of narrow models. So does FuseFp16InitializerToFp32NodeTransformer,
+    which rewrites the top graph alone, not a Loop's body: a stateful LSTM's mixed-precision step
+    then rounded otherwise as a plain step than inside --steps-per-call's Loop, so a run with K > 1
+    (whose lone steps are plain ones) and a resume from a --steps stop between K's went apart."""
     if narrow_types(model) or narrow_values(model):
-        return ["NchwcTransformer"]
+        return ["NchwcTransformer", "FuseFp16InitializerToFp32NodeTransformer"]
     return exact_float64_optimizers(model)
 
 
