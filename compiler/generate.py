@@ -162,8 +162,9 @@ def _check_config(spec: S.Spec):
     return token_input, logits_name, decl, counts, None
 
 
-# ops that combine the entries along an axis (`axis`: one, several, or all where None)
-_ALONG_AXIS = ("sum", "mean", "max", "min", "logsumexp", "argmax", "argmin", "softmax", "log_softmax", "topk")
+# ops that combine the entries along an axis (`axis`: one, several, or all where None); logsumexp
+# is built of max and sum, which are here
+_ALONG_AXIS = ("sum", "mean", "max", "min", "argmax", "argmin", "softmax", "log_softmax", "topk")
 
 
 def _mixed_axes(node) -> set[int]:

@@ -941,22 +941,25 @@ def parse_dims(items) -> dict:
     return dims
 
 
+def dim_given(name, names: ArgNames, value=None) -> str:
+    """A size given to a symbolic dim as the caller wrote it: --dim T=64, or dims['T'] = 64."""
+    if names.flags:
+        return f"--dim {name}" + ("" if value is None else f"={value}")
+    return f"dims[{name!r}]" + ("" if value is None else f" = {value!r}")
+
+
 def check_dims(spec, dims: dict | None, sizes: set | None = None, *, names) -> None:
     """Sizes given to symbolic dims (summary's and bench's --dim, the API's dims=): each names a
     symbolic dim of the spec's inputs (or one of `sizes`, that the spec's values have) other than
     the batch, and is a whole number of at least 1. `names`: the CLI's flags or the API's keywords,
     as the messages name them."""
+    from runtime.checks import is_whole_number
     from spec.errors import FlowgradError, did_you_mean
 
     from .ir import dim_symbols
 
     def symbols(d):
         return dim_symbols(d) if isinstance(d, str) else []
-
-    def given(name, value=None) -> str:  # (--dim T=64, or dims={"T": 64})
-        if names.flags:
-            return f"--dim {name}" + ("" if value is None else f"={value}")
-        return f"dims[{name!r}]" + ("" if value is None else f" = {value!r}")
 
     if dims is not None and not isinstance(dims, Mapping):  # (a list of "T=64" was read key by key)
         raise FlowgradError(f"dims must be a dict of dim name to size, got {type(dims).__name__}",
@@ -965,21 +968,20 @@ def check_dims(spec, dims: dict | None, sizes: set | None = None, *, names) -> N
     symbolic = {p for decl in spec.inputs.values() for d in decl.shape for p in symbols(d)} | set(sizes or ())
     for name, value in (dims or {}).items():
         if name in batch:
-            raise FlowgradError(f"{given(name)}: {name} is the batch dim", hint=f"set it with {names('batch_size')}")
+            raise FlowgradError(f"{dim_given(name, names)}: {name} is the batch dim", hint=f"set it with {names('batch_size')}")
         if name not in symbolic and isinstance(name, str) and name in spec.dims:
             # (a dim of the spec's dims: section was told only of the inputs' symbolic dims, "none" for
             # the MLP's H, with no word of how to size it)
             fixed = f'load(spec, overrides=["dims.{name}={value}"])' if not names.flags else f"--set dims.{name}={value}"
-            raise FlowgradError(f"{given(name)}: {name} is the spec's dims.{name} ({spec.dims[name]}), not a symbolic dim "
+            raise FlowgradError(f"{dim_given(name, names)}: {name} is the spec's dims.{name} ({spec.dims[name]}), not a symbolic dim "
                                 "of its inputs", hint=f"set it in the spec, e.g. {fixed}")
         if name not in symbolic:
-            raise FlowgradError(f"{given(name)}: the spec's inputs have no symbolic dim {name!r}",
+            raise FlowgradError(f"{dim_given(name, names)}: the spec's inputs have no symbolic dim {name!r}",
                                 hint=did_you_mean(str(name), symbolic - batch)
                                 or f"its symbolic dims besides the batch: {', '.join(sorted(symbolic - batch)) or 'none'}")
-        whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-        if not whole or value < 1:
-            raise FlowgradError(f"{given(name, value)}: a size must be a whole number of at least 1",
-                                hint=f"e.g. {given(name, 64)}")
+        if not is_whole_number(value) or value < 1:
+            raise FlowgradError(f"{dim_given(name, names, value)}: a size must be a whole number of at least 1",
+                                hint=f"e.g. {dim_given(name, names, 64)}")
 
 
 def ratio_parts(v: Value, batch_dims: set) -> tuple[Value, Value, Value | None] | None:

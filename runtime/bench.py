@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 from compiler.gradcheck import DEFAULT_SYMBOLIC, random_batch
-from compiler.training import batch_dims, check_dims, check_dtype, compile_spec, require_objectives, step_float_type
+from compiler.training import (batch_dims, check_dims, check_dtype, compile_spec, dim_given, require_objectives,
+                               step_float_type)
 from spec.errors import FLAGS, KEYWORDS, ArgNames, FlowgradError
 from spec.model import Spec
 
@@ -73,8 +74,7 @@ def bench(spec: Spec, batch_size: int | None = None, steps: int = 50, warmup: in
     batch = real_batch(spec, cm, batch_size, seed)
     if batch is not None and dims:
         name = next(iter(dims))
-        raise FlowgradError(f"{f'--dim {name}' if names.flags else f'dims[{name!r}]'}: bench times the first batch "
-                            f"of the spec's data, which sizes {name}",
+        raise FlowgradError(f"{dim_given(name, names)}: bench times the first batch of the spec's data, which sizes {name}",
                             hint=f"leave out {'--dim' if names.flags else 'dims'}, or time a spec without data")
     defaulted = sorted({p for n in inputs for d in spec.inputs[n].shape if isinstance(d, str)
                         for p in [d] if p not in sizes and p not in (dims or {})}) if batch is None else []
